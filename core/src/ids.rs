@@ -1,0 +1,168 @@
+//! Identifiers: account ids and transaction ids.
+//!
+//! Both are short opaque strings chosen by clients. They are stored inline (no heap
+//! allocation) so that ledger tables stay compact and copying a key is a memcpy.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+/// Longest identifier accepted, in bytes.
+pub const ID_LEN_MAX: usize = 64;
+
+/// Why an identifier was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("{kind} is empty")]
+    Empty { kind: &'static str },
+    #[error("{kind} is longer than {ID_LEN_MAX} bytes")]
+    TooLong { kind: &'static str },
+    #[error("{kind} may only contain ASCII letters, digits and . _ : -")]
+    BadCharacter { kind: &'static str },
+}
+
+/// Inline bytes of a validated identifier: ASCII `[A-Za-z0-9._:-]`, 1 to 64 bytes.
+#[derive(Clone, Copy)]
+struct InlineId {
+    len: u8,
+    bytes: [u8; ID_LEN_MAX],
+}
+
+impl InlineId {
+    fn parse(text: &str, kind: &'static str) -> Result<InlineId, IdError> {
+        if text.is_empty() {
+            return Err(IdError::Empty { kind });
+        }
+        if text.len() > ID_LEN_MAX {
+            return Err(IdError::TooLong { kind });
+        }
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-');
+        if !text.bytes().all(allowed) {
+            return Err(IdError::BadCharacter { kind });
+        }
+        let mut bytes = [0u8; ID_LEN_MAX];
+        bytes[..text.len()].copy_from_slice(text.as_bytes());
+        Ok(InlineId {
+            len: text.len() as u8,
+            bytes,
+        })
+    }
+
+    fn as_str(&self) -> &str {
+        // Only validated ASCII ever enters `bytes`.
+        std::str::from_utf8(&self.bytes[..self.len as usize]).expect("ids are ASCII")
+    }
+}
+
+impl PartialEq for InlineId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+impl Eq for InlineId {}
+impl Hash for InlineId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+impl PartialOrd for InlineId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for InlineId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(InlineId);
+
+        impl $name {
+            /// Validates and wraps an identifier.
+            pub fn new(text: &str) -> Result<Self, IdError> {
+                InlineId::parse(text, $kind).map($name)
+            }
+
+            /// The identifier as text.
+            pub fn as_str(&self) -> &str {
+                self.0.as_str()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:?}", self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = IdError;
+            fn from_str(text: &str) -> Result<Self, IdError> {
+                Self::new(text)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// An account identifier chosen by the client (e.g. `"alice"`, `"acct:42"`).
+    AccountId,
+    "account id"
+);
+id_type!(
+    /// A client-chosen idempotency key, unique per source account.
+    TransactionId,
+    "transaction id"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_documented_charset_and_length() {
+        let id = AccountId::new("acct:42_a-b.c").unwrap();
+        assert_eq!(id.as_str(), "acct:42_a-b.c");
+        assert_eq!(format!("{id}"), "acct:42_a-b.c");
+        assert!(AccountId::new(&"a".repeat(ID_LEN_MAX)).is_ok());
+    }
+
+    #[test]
+    fn rejects_empty_long_and_foreign_characters() {
+        assert_eq!(
+            AccountId::new(""),
+            Err(IdError::Empty { kind: "account id" })
+        );
+        assert_eq!(
+            TransactionId::new(&"a".repeat(ID_LEN_MAX + 1)),
+            Err(IdError::TooLong {
+                kind: "transaction id"
+            })
+        );
+        for bad in ["a b", "a/b", "é", "a\n", "a\0"] {
+            assert!(
+                matches!(AccountId::new(bad), Err(IdError::BadCharacter { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn equality_and_order_follow_the_text() {
+        let a = AccountId::new("a").unwrap();
+        let ab = AccountId::new("ab").unwrap();
+        assert!(a < ab);
+        assert_eq!(a, AccountId::new("a").unwrap());
+        assert_ne!(a, ab);
+    }
+}

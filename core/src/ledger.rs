@@ -1,0 +1,984 @@
+//! The partition ledger: the state of one partition and the rules that change it.
+//!
+//! Business rules live only in [`Ledger::decide`], which reads the state and a [`Command`]
+//! and either returns the events to append or a [`LedgerError`] (and then nothing changes).
+//! [`Ledger::apply`] folds an event into the state without deciding anything; replaying a log
+//! is calling it once per record. The ledger plays both TC/C roles of DESIGN section 3: the
+//! *source* (home) side keeps the idempotency record and phase row of every transfer that
+//! starts here, the *destination* side keeps the barrier rows of transfers that credit here.
+
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
+
+use crate::event::{Decision, Event, Lsn, Reason, Timestamp, Transfer, TransferKey};
+use crate::ids::{AccountId, TransactionId};
+use crate::money::{format_minor, Amount, Currency, BALANCE_MINOR_MAX};
+use crate::partition::{partition_of, PartitionId};
+
+/// One account: a single currency, an available balance and money in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Account {
+    pub currency: Currency,
+    /// Available balance in minor units; never negative by construction (`u64`).
+    pub balance: u64,
+    /// Debited by a Try, not yet confirmed or cancelled (source side).
+    pub held: u64,
+    /// Pending credits of Tries not yet confirmed or cancelled (destination side). Counted at
+    /// Try so that a later Confirm can never push the balance past [`BALANCE_MINOR_MAX`].
+    pub incoming: u64,
+}
+
+/// The phase row of a transfer at its home partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransferState {
+    /// Cross-partition: source debited into a hold, destination Try outstanding.
+    Trying,
+    /// Decision to confirm is durable; destination Confirm not yet acknowledged.
+    Confirming,
+    /// Decision to cancel is durable; destination Cancel not yet acknowledged.
+    Cancelling(Reason),
+    /// Final: money moved.
+    Committed,
+    /// Final: money returned to the source after a Try.
+    Cancelled(Reason),
+    /// Final: refused at the home partition; nothing moved.
+    Rejected(Reason),
+}
+
+impl TransferState {
+    /// What a client is told about a transfer in this state.
+    pub fn status(self) -> TransferStatus {
+        match self {
+            TransferState::Trying => TransferStatus::Pending,
+            // A logged Confirm decision is never reversed, so the transfer is committed for
+            // the client even while the destination's acknowledgement is outstanding.
+            TransferState::Confirming | TransferState::Committed => TransferStatus::Committed,
+            TransferState::Cancelling(r) | TransferState::Cancelled(r) => {
+                TransferStatus::Cancelled(r)
+            }
+            TransferState::Rejected(r) => TransferStatus::Rejected(r),
+        }
+    }
+
+    /// Whether the coordinator still has work to do for this row.
+    pub fn is_unfinished(self) -> bool {
+        matches!(
+            self,
+            TransferState::Trying | TransferState::Confirming | TransferState::Cancelling(_)
+        )
+    }
+}
+
+/// The client-visible outcome of a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransferStatus {
+    Pending,
+    Committed,
+    Rejected(Reason),
+    Cancelled(Reason),
+}
+
+/// The home-side row of a transfer: idempotency record and phase status in one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransferRow {
+    pub transfer: Transfer,
+    pub state: TransferState,
+    /// Whether the destination lives on another partition (TC/C) or here (one event).
+    pub remote: bool,
+    pub accepted_at: Timestamp,
+    /// When the second-phase decision was logged (0 until then).
+    pub decided_at: Timestamp,
+    /// When the row became final (0 until then).
+    pub finished_at: Timestamp,
+}
+
+/// The destination-side barrier row of a transfer, keyed by its [`TransferKey`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CreditState {
+    /// A pending credit is recorded.
+    Tried,
+    Confirmed,
+    /// Cancelled after its Try.
+    Cancelled,
+    /// Cancelled before any Try: the null-compensation flag that fails a late Try.
+    TryNotSeen,
+}
+
+/// Barrier row at the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreditRow {
+    pub state: CreditState,
+    /// The transfer as the Try described it (`None` for [`CreditState::TryNotSeen`]).
+    pub transfer: Option<Transfer>,
+}
+
+/// Kind of a deposit or withdrawal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CashKind {
+    Deposit,
+    Withdrawal,
+}
+
+/// The idempotency record of a deposit or withdrawal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CashRow {
+    pub kind: CashKind,
+    pub amount: Amount,
+    /// The balance right after it applied: what every retry is answered with.
+    pub balance_after: u64,
+}
+
+/// Money that crossed the partition's boundary, per currency. With the account sums it gives
+/// the partition's conservation law (see [`Ledger::check_conservation`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flows {
+    pub deposited: u128,
+    pub withdrawn: u128,
+    /// Source side: holds made final by a confirmed cross-partition transfer.
+    pub sent: u128,
+    /// Destination side: credits confirmed for cross-partition transfers.
+    pub received: u128,
+}
+
+/// Something a partition is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    OpenAccount {
+        account: AccountId,
+        currency: Currency,
+    },
+    Deposit {
+        account: AccountId,
+        amount: Amount,
+        currency: Currency,
+        transaction_id: TransactionId,
+    },
+    Withdraw {
+        account: AccountId,
+        amount: Amount,
+        currency: Currency,
+        transaction_id: TransactionId,
+    },
+    /// A client transfer; this partition must own `from` (it is the home partition).
+    Transfer(Transfer),
+    /// From this partition's coordinator: log the second-phase decision.
+    Decide {
+        key: TransferKey,
+        decision: Decision,
+    },
+    /// From this partition's coordinator: the destination acknowledged the decision.
+    FinishDebit {
+        key: TransferKey,
+    },
+    /// Destination phases, sent by the home partition of the transfer.
+    TryCredit(Transfer),
+    ConfirmCredit(Transfer),
+    CancelCredit(Transfer),
+}
+
+/// The answer to an accepted command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// `created` is false when the same account and currency already existed.
+    Opened {
+        created: bool,
+    },
+    /// The balance after a deposit or withdrawal (for a retry: after the first attempt).
+    Balance {
+        balance: u64,
+    },
+    Transfer(TransferStatus),
+    Phase(PhaseResult),
+    /// A coordinator command applied (or was already applied).
+    Done,
+}
+
+/// A destination's answer to a phase message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PhaseResult {
+    /// The Try holds a pending credit (or the branch is already confirmed).
+    Tried,
+    /// The Try was refused; the home partition must cancel.
+    TryFailed(Reason),
+    /// The branch is confirmed (the answer to Confirm, and to a Cancel that came too late).
+    Confirmed,
+    /// The branch is cancelled (the answer to Cancel, and to a Confirm that came too late).
+    Cancelled,
+}
+
+/// Why a command was refused. A refused command changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    #[error("account {0} does not exist")]
+    AccountNotFound(AccountId),
+    #[error("account {account} already exists in {existing}")]
+    AccountExists {
+        account: AccountId,
+        existing: Currency,
+    },
+    #[error("account {account} holds {expected}, not {got}")]
+    CurrencyMismatch {
+        account: AccountId,
+        expected: Currency,
+        got: Currency,
+    },
+    #[error("insufficient funds: {available} {currency} available")]
+    InsufficientFunds {
+        available: String,
+        currency: Currency,
+    },
+    #[error("the balance of {0} would exceed the largest balance an account may hold")]
+    BalanceLimit(AccountId),
+    #[error("from_account and to_account are the same account")]
+    SameAccount,
+    #[error("transaction id {0:?} was already used with a different request")]
+    Conflict(TransactionId),
+    #[error("account {account} lives on partition {owner}, not on partition {here}")]
+    WrongPartition {
+        account: AccountId,
+        owner: PartitionId,
+        here: PartitionId,
+    },
+    #[error("no transfer {0:?} on this partition")]
+    UnknownTransfer(TransferKey),
+    #[error("transfer {key:?} cannot go from {from:?} by {command}")]
+    InvalidTransition {
+        key: TransferKey,
+        from: String,
+        command: &'static str,
+    },
+}
+
+/// An event that cannot be applied to the state: the log contradicts itself. Never produced by
+/// events that `decide` returned; seen only when replaying a damaged or foreign log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("event at lsn {lsn} cannot apply: {what}")]
+pub struct ApplyError {
+    pub lsn: Lsn,
+    pub what: String,
+}
+
+/// Position and time of the record an event is applied from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RecordMeta {
+    pub lsn: Lsn,
+    pub timestamp: Timestamp,
+}
+
+/// The state of one partition.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    partition: PartitionId,
+    partitions: u32,
+    pub(crate) accounts: FxHashMap<AccountId, Account>,
+    pub(crate) transfers: FxHashMap<TransferKey, TransferRow>,
+    pub(crate) credits: FxHashMap<TransferKey, CreditRow>,
+    pub(crate) cash: FxHashMap<(AccountId, TransactionId), CashRow>,
+    pub(crate) flows: BTreeMap<Currency, Flows>,
+    pub(crate) last: RecordMeta,
+}
+
+impl Ledger {
+    /// An empty ledger for `partition` out of `partitions`.
+    pub fn new(partition: PartitionId, partitions: u32) -> Ledger {
+        assert!(
+            partition < partitions,
+            "partition {partition} out of {partitions}"
+        );
+        Ledger {
+            partition,
+            partitions,
+            accounts: FxHashMap::default(),
+            transfers: FxHashMap::default(),
+            credits: FxHashMap::default(),
+            cash: FxHashMap::default(),
+            flows: BTreeMap::new(),
+            last: RecordMeta::default(),
+        }
+    }
+
+    pub fn partition(&self) -> PartitionId {
+        self.partition
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The last record applied (lsn 0 for an empty log).
+    pub fn last_applied(&self) -> RecordMeta {
+        self.last
+    }
+
+    pub fn account(&self, account: &AccountId) -> Option<&Account> {
+        self.accounts.get(account)
+    }
+
+    pub fn accounts(&self) -> impl Iterator<Item = (&AccountId, &Account)> {
+        self.accounts.iter()
+    }
+
+    pub fn transfer(&self, key: &TransferKey) -> Option<&TransferRow> {
+        self.transfers.get(key)
+    }
+
+    pub fn transfers(&self) -> impl Iterator<Item = &TransferRow> {
+        self.transfers.values()
+    }
+
+    pub fn credit(&self, key: &TransferKey) -> Option<&CreditRow> {
+        self.credits.get(key)
+    }
+
+    pub fn credits(&self) -> impl Iterator<Item = (&TransferKey, &CreditRow)> {
+        self.credits.iter()
+    }
+
+    pub fn flows(&self) -> &BTreeMap<Currency, Flows> {
+        &self.flows
+    }
+
+    /// Home rows the coordinator must still drive, sorted by key so that rebuilding after a
+    /// restart is deterministic whatever the hash-table order.
+    pub fn unfinished_transfers(&self) -> Vec<TransferRow> {
+        let mut rows: Vec<TransferRow> = self
+            .transfers
+            .values()
+            .filter(|row| row.state.is_unfinished())
+            .copied()
+            .collect();
+        rows.sort_by_key(|row| row.transfer.key());
+        rows
+    }
+
+    fn owns(&self, account: &AccountId) -> bool {
+        partition_of(account, self.partitions) == self.partition
+    }
+
+    fn require_local(&self, account: &AccountId) -> Result<(), LedgerError> {
+        if self.owns(account) {
+            Ok(())
+        } else {
+            Err(LedgerError::WrongPartition {
+                account: *account,
+                owner: partition_of(account, self.partitions),
+                here: self.partition,
+            })
+        }
+    }
+
+    fn require_account(
+        &self,
+        account: &AccountId,
+        currency: Currency,
+    ) -> Result<&Account, LedgerError> {
+        let found = self
+            .accounts
+            .get(account)
+            .ok_or(LedgerError::AccountNotFound(*account))?;
+        if found.currency != currency {
+            return Err(LedgerError::CurrencyMismatch {
+                account: *account,
+                expected: found.currency,
+                got: currency,
+            });
+        }
+        Ok(found)
+    }
+
+    /// Decides `command` against the current state: pushes the events to append onto
+    /// `events` and returns the reply, or refuses with an error and pushes nothing.
+    pub fn decide(&self, command: &Command, events: &mut Vec<Event>) -> Result<Reply, LedgerError> {
+        let events_before = events.len();
+        let result = match *command {
+            Command::OpenAccount { account, currency } => {
+                self.decide_open(account, currency, events)
+            }
+            Command::Deposit {
+                account,
+                amount,
+                currency,
+                transaction_id,
+            } => self.decide_cash(
+                CashKind::Deposit,
+                account,
+                amount,
+                currency,
+                transaction_id,
+                events,
+            ),
+            Command::Withdraw {
+                account,
+                amount,
+                currency,
+                transaction_id,
+            } => self.decide_cash(
+                CashKind::Withdrawal,
+                account,
+                amount,
+                currency,
+                transaction_id,
+                events,
+            ),
+            Command::Transfer(transfer) => self.decide_transfer(transfer, events),
+            Command::Decide { key, decision } => self.decide_decision(key, decision, events),
+            Command::FinishDebit { key } => self.decide_finish(key, events),
+            Command::TryCredit(transfer) => self.decide_try_credit(transfer, events),
+            Command::ConfirmCredit(transfer) => self.decide_confirm_credit(transfer, events),
+            Command::CancelCredit(transfer) => self.decide_cancel_credit(transfer, events),
+        };
+        debug_assert!(
+            result.is_ok() || events.len() == events_before,
+            "a refused command emitted events"
+        );
+        result
+    }
+
+    fn decide_open(
+        &self,
+        account: AccountId,
+        currency: Currency,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        self.require_local(&account)?;
+        match self.accounts.get(&account) {
+            Some(existing) if existing.currency == currency => Ok(Reply::Opened { created: false }),
+            Some(existing) => Err(LedgerError::AccountExists {
+                account,
+                existing: existing.currency,
+            }),
+            None => {
+                events.push(Event::AccountOpened { account, currency });
+                Ok(Reply::Opened { created: true })
+            }
+        }
+    }
+
+    fn decide_cash(
+        &self,
+        kind: CashKind,
+        account: AccountId,
+        amount: Amount,
+        currency: Currency,
+        transaction_id: TransactionId,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        self.require_local(&account)?;
+        let found = self.require_account(&account, currency)?;
+        if let Some(row) = self.cash.get(&(account, transaction_id)) {
+            return if row.kind == kind && row.amount == amount {
+                Ok(Reply::Balance {
+                    balance: row.balance_after,
+                })
+            } else {
+                Err(LedgerError::Conflict(transaction_id))
+            };
+        }
+        let balance = match kind {
+            CashKind::Deposit => {
+                let after = found.balance + found.incoming + amount.minor();
+                if after > BALANCE_MINOR_MAX {
+                    return Err(LedgerError::BalanceLimit(account));
+                }
+                events.push(Event::Deposited {
+                    account,
+                    amount,
+                    transaction_id,
+                });
+                found.balance + amount.minor()
+            }
+            CashKind::Withdrawal => {
+                if found.balance < amount.minor() {
+                    return Err(LedgerError::InsufficientFunds {
+                        available: format_minor(found.balance, currency),
+                        currency,
+                    });
+                }
+                events.push(Event::Withdrawn {
+                    account,
+                    amount,
+                    transaction_id,
+                });
+                found.balance - amount.minor()
+            }
+        };
+        Ok(Reply::Balance { balance })
+    }
+
+    fn decide_transfer(
+        &self,
+        transfer: Transfer,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        self.require_local(&transfer.from)?;
+        if let Some(row) = self.transfers.get(&transfer.key()) {
+            return if row.transfer == transfer {
+                Ok(Reply::Transfer(row.state.status()))
+            } else {
+                Err(LedgerError::Conflict(transfer.transaction_id))
+            };
+        }
+        if transfer.from == transfer.to {
+            return Err(LedgerError::SameAccount);
+        }
+        let source = self.require_account(&transfer.from, transfer.currency)?;
+        if !self.owns(&transfer.to) {
+            // Cross-partition: debit first, into a hold. The destination is validated by its Try.
+            if source.balance < transfer.amount.minor() {
+                events.push(Event::TransferRejected {
+                    transfer,
+                    reason: Reason::InsufficientFunds,
+                });
+                return Ok(Reply::Transfer(TransferStatus::Rejected(
+                    Reason::InsufficientFunds,
+                )));
+            }
+            events.push(Event::DebitTried { transfer });
+            return Ok(Reply::Transfer(TransferStatus::Pending));
+        }
+        let destination = self.require_account(&transfer.to, transfer.currency)?;
+        if destination.balance + destination.incoming + transfer.amount.minor() > BALANCE_MINOR_MAX
+        {
+            return Err(LedgerError::BalanceLimit(transfer.to));
+        }
+        if source.balance < transfer.amount.minor() {
+            events.push(Event::TransferRejected {
+                transfer,
+                reason: Reason::InsufficientFunds,
+            });
+            return Ok(Reply::Transfer(TransferStatus::Rejected(
+                Reason::InsufficientFunds,
+            )));
+        }
+        events.push(Event::Transferred { transfer });
+        Ok(Reply::Transfer(TransferStatus::Committed))
+    }
+
+    fn home_row(&self, key: &TransferKey) -> Result<&TransferRow, LedgerError> {
+        self.transfers
+            .get(key)
+            .ok_or(LedgerError::UnknownTransfer(*key))
+    }
+
+    fn decide_decision(
+        &self,
+        key: TransferKey,
+        decision: Decision,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        let row = self.home_row(&key)?;
+        match (row.state, decision) {
+            (TransferState::Trying, _) => {
+                events.push(Event::TransferDecided { key, decision });
+                Ok(Reply::Done)
+            }
+            // Retried decision that is already logged, or already carried out: a no-op.
+            (TransferState::Confirming | TransferState::Committed, Decision::Confirm) => {
+                Ok(Reply::Done)
+            }
+            (TransferState::Cancelling(_) | TransferState::Cancelled(_), Decision::Cancel(_)) => {
+                Ok(Reply::Done)
+            }
+            (state, _) => Err(LedgerError::InvalidTransition {
+                key,
+                from: format!("{state:?}"),
+                command: "decide",
+            }),
+        }
+    }
+
+    fn decide_finish(
+        &self,
+        key: TransferKey,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        let row = self.home_row(&key)?;
+        match row.state {
+            TransferState::Confirming => events.push(Event::DebitConfirmed { key }),
+            TransferState::Cancelling(_) => events.push(Event::DebitCancelled { key }),
+            TransferState::Committed | TransferState::Cancelled(_) => {}
+            state => {
+                return Err(LedgerError::InvalidTransition {
+                    key,
+                    from: format!("{state:?}"),
+                    command: "finish",
+                })
+            }
+        }
+        Ok(Reply::Done)
+    }
+
+    fn decide_try_credit(
+        &self,
+        transfer: Transfer,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        self.require_local(&transfer.to)?;
+        let key = transfer.key();
+        if let Some(row) = self.credits.get(&key) {
+            if row.transfer.is_some_and(|t| t != transfer) {
+                return Err(LedgerError::Conflict(transfer.transaction_id));
+            }
+            // The barrier: a duplicate Try is a no-op; a Try after its Cancel fails at once.
+            let result = match row.state {
+                CreditState::Tried | CreditState::Confirmed => PhaseResult::Tried,
+                CreditState::Cancelled | CreditState::TryNotSeen => {
+                    PhaseResult::TryFailed(Reason::CancelledBeforeTry)
+                }
+            };
+            return Ok(Reply::Phase(result));
+        }
+        let refusal = match self.accounts.get(&transfer.to) {
+            None => Some(Reason::DestinationNotFound),
+            Some(account) if account.currency != transfer.currency => {
+                Some(Reason::DestinationCurrencyMismatch)
+            }
+            Some(account)
+                if account.balance + account.incoming + transfer.amount.minor()
+                    > BALANCE_MINOR_MAX =>
+            {
+                Some(Reason::DestinationBalanceLimit)
+            }
+            Some(_) => None,
+        };
+        if let Some(reason) = refusal {
+            // Nothing is recorded: the home partition cancels, and that Cancel leaves the
+            // try-not-seen flag that fails any retry of this Try.
+            return Ok(Reply::Phase(PhaseResult::TryFailed(reason)));
+        }
+        events.push(Event::CreditTried { transfer });
+        Ok(Reply::Phase(PhaseResult::Tried))
+    }
+
+    fn decide_confirm_credit(
+        &self,
+        transfer: Transfer,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        self.require_local(&transfer.to)?;
+        let key = transfer.key();
+        let row = self
+            .credits
+            .get(&key)
+            .ok_or(LedgerError::UnknownTransfer(key))?;
+        let result = match row.state {
+            CreditState::Tried => {
+                events.push(Event::CreditConfirmed { key });
+                PhaseResult::Confirmed
+            }
+            CreditState::Confirmed => PhaseResult::Confirmed,
+            // A branch that is cancelled is never confirmed: answer with what it is.
+            CreditState::Cancelled | CreditState::TryNotSeen => PhaseResult::Cancelled,
+        };
+        Ok(Reply::Phase(result))
+    }
+
+    fn decide_cancel_credit(
+        &self,
+        transfer: Transfer,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        self.require_local(&transfer.to)?;
+        let key = transfer.key();
+        let result = match self.credits.get(&key).map(|row| row.state) {
+            None => {
+                events.push(Event::CreditTryNotSeen { key });
+                PhaseResult::Cancelled
+            }
+            Some(CreditState::Tried) => {
+                events.push(Event::CreditCancelled { key });
+                PhaseResult::Cancelled
+            }
+            Some(CreditState::Cancelled | CreditState::TryNotSeen) => PhaseResult::Cancelled,
+            // A branch that is confirmed is never cancelled: answer with what it is.
+            Some(CreditState::Confirmed) => PhaseResult::Confirmed,
+        };
+        Ok(Reply::Phase(result))
+    }
+
+    /// Decides and, if accepted, applies `command` at once. `events` receives what to log.
+    pub fn execute(
+        &mut self,
+        command: &Command,
+        meta: RecordMeta,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        let first = events.len();
+        let reply = self.decide(command, events)?;
+        for event in &events[first..] {
+            self.apply(meta, event)
+                .expect("events from decide always apply");
+        }
+        Ok(reply)
+    }
+
+    /// Folds one event into the state. Checks everything before changing anything, so a
+    /// refused event leaves the state as it was.
+    pub fn apply(&mut self, meta: RecordMeta, event: &Event) -> Result<(), ApplyError> {
+        let fail = |what: String| {
+            Err(ApplyError {
+                lsn: meta.lsn,
+                what,
+            })
+        };
+        match *event {
+            Event::AccountOpened { account, currency } => {
+                if self.accounts.contains_key(&account) {
+                    return fail(format!("account {account} opened twice"));
+                }
+                self.accounts.insert(
+                    account,
+                    Account {
+                        currency,
+                        balance: 0,
+                        held: 0,
+                        incoming: 0,
+                    },
+                );
+            }
+            Event::Deposited {
+                account,
+                amount,
+                transaction_id,
+            } => {
+                let Some(acct) = self.accounts.get_mut(&account) else {
+                    return fail(format!("deposit to unknown account {account}"));
+                };
+                acct.balance += amount.minor();
+                let (currency, balance_after) = (acct.currency, acct.balance);
+                self.cash.insert(
+                    (account, transaction_id),
+                    CashRow {
+                        kind: CashKind::Deposit,
+                        amount,
+                        balance_after,
+                    },
+                );
+                self.flows.entry(currency).or_default().deposited += u128::from(amount.minor());
+            }
+            Event::Withdrawn {
+                account,
+                amount,
+                transaction_id,
+            } => {
+                let Some(acct) = self.accounts.get_mut(&account) else {
+                    return fail(format!("withdrawal from unknown account {account}"));
+                };
+                let Some(balance_after) = acct.balance.checked_sub(amount.minor()) else {
+                    return fail(format!("withdrawal overdraws {account}"));
+                };
+                acct.balance = balance_after;
+                let currency = acct.currency;
+                self.cash.insert(
+                    (account, transaction_id),
+                    CashRow {
+                        kind: CashKind::Withdrawal,
+                        amount,
+                        balance_after,
+                    },
+                );
+                self.flows.entry(currency).or_default().withdrawn += u128::from(amount.minor());
+            }
+            Event::Transferred { transfer } => {
+                let amount = transfer.amount.minor();
+                match (
+                    self.accounts.get(&transfer.from),
+                    self.accounts.get(&transfer.to),
+                ) {
+                    (Some(from), Some(_)) if from.balance >= amount => {}
+                    _ => return fail(format!("transfer {:?} cannot apply", transfer.key())),
+                }
+                self.accounts
+                    .get_mut(&transfer.from)
+                    .expect("checked")
+                    .balance -= amount;
+                self.accounts
+                    .get_mut(&transfer.to)
+                    .expect("checked")
+                    .balance += amount;
+                self.insert_row(meta, transfer, TransferState::Committed, false);
+            }
+            Event::TransferRejected { transfer, reason } => {
+                self.insert_row(
+                    meta,
+                    transfer,
+                    TransferState::Rejected(reason),
+                    !self.owns(&transfer.to),
+                );
+            }
+            Event::DebitTried { transfer } => {
+                let Some(from) = self.accounts.get_mut(&transfer.from) else {
+                    return fail(format!("debit from unknown account {}", transfer.from));
+                };
+                let Some(balance) = from.balance.checked_sub(transfer.amount.minor()) else {
+                    return fail(format!("debit overdraws {}", transfer.from));
+                };
+                from.balance = balance;
+                from.held += transfer.amount.minor();
+                self.insert_row(meta, transfer, TransferState::Trying, true);
+            }
+            Event::TransferDecided { key, decision } => {
+                let Some(row) = self.transfers.get_mut(&key) else {
+                    return fail(format!("decision for unknown transfer {key:?}"));
+                };
+                if row.state != TransferState::Trying {
+                    return fail(format!("decision for {key:?} in state {:?}", row.state));
+                }
+                row.state = match decision {
+                    Decision::Confirm => TransferState::Confirming,
+                    Decision::Cancel(reason) => TransferState::Cancelling(reason),
+                };
+                row.decided_at = meta.timestamp;
+            }
+            Event::DebitConfirmed { key } | Event::DebitCancelled { key } => {
+                let confirmed = matches!(event, Event::DebitConfirmed { .. });
+                let Some(row) = self.transfers.get(&key).copied() else {
+                    return fail(format!("finish of unknown transfer {key:?}"));
+                };
+                let next = match (row.state, confirmed) {
+                    (TransferState::Confirming, true) => TransferState::Committed,
+                    (TransferState::Cancelling(reason), false) => TransferState::Cancelled(reason),
+                    (state, _) => return fail(format!("finish of {key:?} in state {state:?}")),
+                };
+                let amount = row.transfer.amount.minor();
+                let Some(from) = self
+                    .accounts
+                    .get_mut(&key.from)
+                    .filter(|a| a.held >= amount)
+                else {
+                    return fail(format!("hold of {key:?} is missing"));
+                };
+                from.held -= amount;
+                if confirmed {
+                    self.flows.entry(row.transfer.currency).or_default().sent += u128::from(amount);
+                } else {
+                    from.balance += amount;
+                }
+                let row = self.transfers.get_mut(&key).expect("checked");
+                row.state = next;
+                row.finished_at = meta.timestamp;
+            }
+            Event::CreditTried { transfer } => {
+                let key = transfer.key();
+                if self.credits.contains_key(&key) {
+                    return fail(format!("second Try for {key:?}"));
+                }
+                let Some(to) = self.accounts.get_mut(&transfer.to) else {
+                    return fail(format!("credit to unknown account {}", transfer.to));
+                };
+                to.incoming += transfer.amount.minor();
+                self.credits.insert(
+                    key,
+                    CreditRow {
+                        state: CreditState::Tried,
+                        transfer: Some(transfer),
+                    },
+                );
+            }
+            Event::CreditConfirmed { key } | Event::CreditCancelled { key } => {
+                let confirmed = matches!(event, Event::CreditConfirmed { .. });
+                let Some(CreditRow {
+                    state: CreditState::Tried,
+                    transfer: Some(transfer),
+                }) = self.credits.get(&key).copied()
+                else {
+                    return fail(format!("second phase of {key:?} without a pending Try"));
+                };
+                let amount = transfer.amount.minor();
+                let Some(to) = self
+                    .accounts
+                    .get_mut(&transfer.to)
+                    .filter(|a| a.incoming >= amount)
+                else {
+                    return fail(format!("pending credit of {key:?} is missing"));
+                };
+                to.incoming -= amount;
+                if confirmed {
+                    to.balance += amount;
+                    self.flows.entry(transfer.currency).or_default().received += u128::from(amount);
+                }
+                let state = if confirmed {
+                    CreditState::Confirmed
+                } else {
+                    CreditState::Cancelled
+                };
+                self.credits.get_mut(&key).expect("checked").state = state;
+            }
+            Event::CreditTryNotSeen { key } => {
+                if self.credits.contains_key(&key) {
+                    return fail(format!("null compensation for {key:?} after its Try"));
+                }
+                self.credits.insert(
+                    key,
+                    CreditRow {
+                        state: CreditState::TryNotSeen,
+                        transfer: None,
+                    },
+                );
+            }
+        }
+        assert!(meta.lsn >= self.last.lsn, "records apply in log order");
+        self.last = meta;
+        Ok(())
+    }
+
+    fn insert_row(
+        &mut self,
+        meta: RecordMeta,
+        transfer: Transfer,
+        state: TransferState,
+        remote: bool,
+    ) {
+        let final_at = if state.is_unfinished() {
+            0
+        } else {
+            meta.timestamp
+        };
+        let row = TransferRow {
+            transfer,
+            state,
+            remote,
+            accepted_at: meta.timestamp,
+            decided_at: final_at,
+            finished_at: final_at,
+        };
+        let previous = self.transfers.insert(transfer.key(), row);
+        assert!(previous.is_none(), "a transfer key is recorded once");
+    }
+
+    /// The partition's conservation law, per currency:
+    /// `Σ balance + Σ held = deposited − withdrawn − sent + received`. Scans every account,
+    /// so it is meant for tests, debug builds, the simulator and `wallet verify`.
+    pub fn check_conservation(&self) -> Result<(), String> {
+        let mut sums: BTreeMap<Currency, (u128, u128)> = BTreeMap::new();
+        for account in self.accounts.values() {
+            let entry = sums.entry(account.currency).or_default();
+            entry.0 += u128::from(account.balance) + u128::from(account.held);
+            entry.1 += u128::from(account.incoming);
+        }
+        let mut incoming_by_rows: BTreeMap<Currency, u128> = BTreeMap::new();
+        for row in self.credits.values() {
+            if let (CreditState::Tried, Some(t)) = (row.state, row.transfer) {
+                *incoming_by_rows.entry(t.currency).or_default() += u128::from(t.amount.minor());
+            }
+        }
+        for currency in sums.keys().chain(self.flows.keys()) {
+            let (held_and_balance, incoming) = sums.get(currency).copied().unwrap_or_default();
+            let flows = self.flows.get(currency).copied().unwrap_or_default();
+            let expected = (flows.deposited + flows.received)
+                .checked_sub(flows.withdrawn + flows.sent)
+                .ok_or_else(|| format!("{currency}: more left the partition than entered"))?;
+            if held_and_balance != expected {
+                return Err(format!(
+                    "{currency}: balances + holds = {held_and_balance}, but deposited - withdrawn - sent + received = {expected}"
+                ));
+            }
+            let by_rows = incoming_by_rows.get(currency).copied().unwrap_or_default();
+            if incoming != by_rows {
+                return Err(format!("{currency}: pending credits on accounts {incoming} != on barrier rows {by_rows}"));
+            }
+        }
+        Ok(())
+    }
+}

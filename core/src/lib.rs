@@ -1,0 +1,24 @@
+//! # walletd core
+//!
+//! The wallet protocol, written once: pure state machines with no I/O, no clock reads and no
+//! randomness (time and inputs are parameters), plus the async partition driver that runs
+//! them on top of a [`runtime`] boundary shared by production (tokio) and simulation (madsim).
+//!
+//! # Layout
+//! - [`money`]: currencies (ISO 4217 minor units) and strict decimal-string amounts.
+//! - [`ids`]: account and transaction identifiers, validated and stored inline.
+//! - [`partition`]: the stable account → partition hash and the versioned partition map.
+//! - [`event`]: the facts a partition log records.
+//! - [`ledger`]: one partition's state, `decide` (all business rules) and `apply` (a fold).
+//! - [`coordinator`]: the TC/C coordinator of a home partition (sans-IO).
+//! - [`codec`]: the log record format: versioned, length-prefixed, CRC32C-checked.
+//! - [`replay`]: folding a log back into state; balances and movements as of any point.
+
+pub mod codec;
+pub mod coordinator;
+pub mod event;
+pub mod ids;
+pub mod ledger;
+pub mod money;
+pub mod partition;
+pub mod replay;
