@@ -13,7 +13,10 @@
 //! - [`coordinator`]: the TC/C coordinator of a home partition (sans-IO).
 //! - [`codec`]: the log record format: versioned, length-prefixed, CRC32C-checked.
 //! - [`replay`]: folding a log back into state; balances and movements as of any point.
+//! - `bugs` (tests and simulation only): switchable known-bug mutations.
 
+#[cfg(any(test, madsim))]
+pub mod bugs;
 pub mod codec;
 pub mod coordinator;
 pub mod event;

@@ -1,0 +1,53 @@
+//! Known-bug mutations, compiled only into tests and the simulation build (`--cfg madsim`).
+//!
+//! A simulator that finds nothing proves nothing: each mutation removes one protection of the
+//! protocol, and the property tests and the simulator must catch every one of them. Switches
+//! are per thread: unit tests run on many threads, a madsim run on one.
+
+use std::cell::Cell;
+
+/// A protection that can be switched off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Bug {
+    /// The destination applies a Try that arrives after its Cancel (no barrier).
+    SkipBarrier = 1,
+    /// The driver replies to clients before the batch holding their events is synced.
+    ReplyBeforeSync = 2,
+    /// A retried transfer with a known `(from, transaction_id)` is applied again.
+    NoIdempotency = 4,
+    /// The home partition asks the destination to Try and Confirm before debiting the source.
+    CreditBeforeDebit = 8,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 4] = [Bug::SkipBarrier, Bug::ReplyBeforeSync, Bug::NoIdempotency, Bug::CreditBeforeDebit];
+
+    /// The name used on the simulator's command line (`--bug skip-barrier`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::SkipBarrier => "skip-barrier",
+            Bug::ReplyBeforeSync => "reply-before-sync",
+            Bug::NoIdempotency => "no-idempotency",
+            Bug::CreditBeforeDebit => "credit-before-debit",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Bug> {
+        Bug::ALL.into_iter().find(|bug| bug.name() == name)
+    }
+}
+
+thread_local! {
+    static ENABLED: Cell<u8> = const { Cell::new(0) };
+}
+
+/// Whether `bug` is switched on for this thread.
+pub fn enabled(bug: Bug) -> bool {
+    ENABLED.with(|bits| bits.get() & bug as u8 != 0)
+}
+
+/// Switches exactly the given bugs on for this thread (an empty slice switches all off).
+pub fn set(bugs: &[Bug]) {
+    ENABLED.with(|bits| bits.set(bugs.iter().fold(0, |acc, bug| acc | *bug as u8)));
+}
