@@ -21,7 +21,12 @@ pub enum Bug {
 }
 
 impl Bug {
-    pub const ALL: [Bug; 4] = [Bug::SkipBarrier, Bug::ReplyBeforeSync, Bug::NoIdempotency, Bug::CreditBeforeDebit];
+    pub const ALL: [Bug; 4] = [
+        Bug::SkipBarrier,
+        Bug::ReplyBeforeSync,
+        Bug::NoIdempotency,
+        Bug::CreditBeforeDebit,
+    ];
 
     /// The name used on the simulator's command line (`--bug skip-barrier`).
     pub fn name(self) -> &'static str {

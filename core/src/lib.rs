@@ -13,15 +13,24 @@
 //! - [`coordinator`]: the TC/C coordinator of a home partition (sans-IO).
 //! - [`codec`]: the log record format: versioned, length-prefixed, CRC32C-checked.
 //! - [`replay`]: folding a log back into state; balances and movements as of any point.
+//! - [`storage`]: the durable-storage trait; [`storage::file`] on real files with fsync.
+//! - [`transport`]: how partitions send phase messages to each other (best effort).
+//! - [`driver`]: the async partition driver: inbox → ledger → group commit → replies.
+//! - [`engine`]: partitions of one process and the [`engine::Client`] that routes to them.
 //! - `bugs` (tests and simulation only): switchable known-bug mutations.
 
 #[cfg(any(test, madsim))]
 pub mod bugs;
 pub mod codec;
 pub mod coordinator;
+pub mod driver;
+pub mod engine;
 pub mod event;
 pub mod ids;
 pub mod ledger;
 pub mod money;
 pub mod partition;
 pub mod replay;
+pub mod snapshot;
+pub mod storage;
+pub mod transport;

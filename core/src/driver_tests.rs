@@ -1,0 +1,566 @@
+//! Tests of the partition driver on tokio: real files in temp dirs, group commit, recovery,
+//! and the rule that no reply precedes the sync of the batch that holds it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::coordinator::Phase;
+use crate::engine::{Client, Engine, EngineConfig};
+use crate::event::Transfer;
+use crate::ids::{AccountId, TransactionId};
+use crate::ledger::TransferState;
+use crate::money::{Amount, Currency};
+use crate::partition::partition_of;
+use crate::storage::file::{FileStorage, FileStorageConfig};
+use crate::storage::{LogSegment, MemStorage, StoredSnapshot};
+
+fn id(s: &str) -> AccountId {
+    AccountId::new(s).unwrap()
+}
+
+fn usd(minor: u64) -> Amount {
+    Amount::from_minor(minor).unwrap()
+}
+
+/// Two accounts on different partitions of `partitions`, funded with `funds` each.
+async fn open_pair(client: &Client, funds: u64) -> (AccountId, AccountId) {
+    let partitions = client.partitions();
+    let a = id("alice");
+    let b = (0..)
+        .map(|i| id(&format!("bob{i}")))
+        .find(|b| partition_of(b, partitions) != partition_of(&a, partitions))
+        .unwrap();
+    for account in [a, b] {
+        let open = Command::OpenAccount {
+            account,
+            currency: Currency::USD,
+        };
+        assert_eq!(
+            client.execute(open, false).await.unwrap(),
+            Ok(Reply::Opened { created: true })
+        );
+        let deposit = Command::Deposit {
+            account,
+            amount: usd(funds),
+            currency: Currency::USD,
+            transaction_id: TransactionId::new("seed").unwrap(),
+        };
+        assert_eq!(
+            client.execute(deposit, false).await.unwrap(),
+            Ok(Reply::Balance { balance: funds })
+        );
+    }
+    (a, b)
+}
+
+fn transfer(from: AccountId, to: AccountId, minor: u64, txn: &str) -> Transfer {
+    Transfer {
+        transaction_id: TransactionId::new(txn).unwrap(),
+        from,
+        to,
+        amount: usd(minor),
+        currency: Currency::USD,
+    }
+}
+
+fn file_storages(dir: &std::path::Path, partitions: u32) -> Vec<FileStorage> {
+    (0..partitions)
+        .map(|p| {
+            FileStorage::open(dir.join(format!("p{p}")), FileStorageConfig::default()).unwrap()
+        })
+        .collect()
+}
+
+async fn balance(client: &Client, account: AccountId) -> (u64, u64) {
+    match client
+        .query(client.partition_of(&account), Query::Account(account))
+        .await
+        .unwrap()
+    {
+        QueryAnswer::Account(Some(a)) => (a.balance, a.held),
+        other => panic!("no account {account}: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn cross_partition_transfers_commit_on_real_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        partitions: 4,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(file_storages(dir.path(), 4), config)
+        .await
+        .unwrap();
+    let client = engine.client();
+    let (a, b) = open_pair(&client, 10_000).await;
+    for i in 0..20 {
+        let result = client
+            .execute(
+                Command::Transfer(transfer(a, b, 100, &format!("t{i}"))),
+                true,
+            )
+            .await
+            .unwrap();
+        assert_eq!(result, Ok(Reply::Transfer(TransferStatus::Committed)));
+    }
+    let rejected = client
+        .execute(Command::Transfer(transfer(a, b, 1_000_000, "big")), true)
+        .await
+        .unwrap();
+    assert_eq!(
+        rejected,
+        Ok(Reply::Transfer(TransferStatus::Rejected(
+            crate::event::Reason::InsufficientFunds
+        )))
+    );
+    // The destination's acknowledgement of the last Confirm may still be on its way.
+    for _ in 0..100 {
+        if balance(&client, a).await.1 == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(balance(&client, a).await, (8_000, 0));
+    assert_eq!(balance(&client, b).await, (12_000, 0));
+    engine.shutdown().await.unwrap();
+
+    // Everything acknowledged is on disk: a restart sees the same balances.
+    let engine = Engine::start(file_storages(dir.path(), 4), config)
+        .await
+        .unwrap();
+    let client = engine.client();
+    assert_eq!(balance(&client, a).await, (8_000, 0));
+    assert_eq!(balance(&client, b).await, (12_000, 0));
+    assert!(
+        engine
+            .recovery_reports()
+            .iter()
+            .map(|r| r.records_replayed)
+            .sum::<u64>()
+            > 40
+    );
+    engine.shutdown().await.unwrap();
+}
+
+/// A transport that can be told to drop every message of one phase.
+struct FilteringTransport {
+    inner: Mutex<Option<Arc<dyn Transport>>>,
+    drop_phase: Mutex<Option<Phase>>,
+}
+
+impl Transport for FilteringTransport {
+    fn send(&self, message: PeerMessage) {
+        if let PeerMessage::Request { request, .. } = message {
+            if Some(request.phase) == *self.drop_phase.lock().unwrap() {
+                return;
+            }
+        }
+        if let Some(inner) = self.inner.lock().unwrap().as_ref() {
+            inner.send(message);
+        }
+    }
+}
+
+/// Starts `partitions` drivers on `storages` with a filtering transport around local delivery.
+async fn start_filtered(
+    storages: Vec<MemStorage>,
+    config: DriverConfig,
+    drop_phase: Option<Phase>,
+) -> (
+    Client,
+    Vec<tokio::task::JoinHandle<Result<MemStorage, DriverError>>>,
+) {
+    let partitions = storages.len() as u32;
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..partitions).map(|_| mpsc::channel(1024)).unzip();
+    let inboxes: Arc<[mpsc::Sender<Input>]> = senders.into();
+    let transport = Arc::new(FilteringTransport {
+        inner: Mutex::new(Some(Arc::new(crate::transport::LocalTransport::new(
+            Arc::clone(&inboxes),
+        )))),
+        drop_phase: Mutex::new(drop_phase),
+    });
+    let mut tasks = Vec::new();
+    for (p, (mut storage, inbox)) in storages.into_iter().zip(receivers).enumerate() {
+        let (ledger, _) = recover(&mut storage, p as PartitionId, partitions)
+            .await
+            .unwrap();
+        let driver = PartitionDriver::new(
+            ledger,
+            storage,
+            transport.clone(),
+            inbox,
+            config,
+            Arc::default(),
+        );
+        tasks.push(tokio::spawn(driver.run()));
+    }
+    (Client::new(inboxes), tasks)
+}
+
+/// Kills the drivers where they stand, like a crash (the disks then lose what was not synced).
+async fn stop(
+    _client: &Client,
+    tasks: Vec<tokio::task::JoinHandle<Result<MemStorage, DriverError>>>,
+) {
+    for task in tasks {
+        task.abort();
+        let _ = task.await;
+    }
+}
+
+async fn transfer_state(client: &Client, key: TransferKey) -> TransferState {
+    match client
+        .query(client.partition_of(&key.from), Query::Transfer(key))
+        .await
+        .unwrap()
+    {
+        QueryAnswer::Transfer(Some(row)) => row.state,
+        other => panic!("no transfer row: {other:?}"),
+    }
+}
+
+async fn wait_for_state(client: &Client, key: TransferKey, want: TransferState) {
+    for _ in 0..500 {
+        if transfer_state(client, key).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "transfer never reached {want:?}, is {:?}",
+        transfer_state(client, key).await
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_home_partition_resumes_a_transfer_between_try_and_confirm() {
+    let config = DriverConfig {
+        coordinator: CoordinatorConfig {
+            try_timeout_us: 60_000_000,
+            retry_initial_us: 5_000,
+            retry_max_us: 20_000,
+        },
+        ..DriverConfig::default()
+    };
+    let storages: Vec<MemStorage> = (0..2).map(|_| MemStorage::default()).collect();
+    let disks: Vec<_> = storages.clone();
+
+    // First life: every Try is lost, so the transfer stays between Try and Confirm.
+    let (client, tasks) = start_filtered(storages, config, Some(Phase::Try)).await;
+    let (a, b) = open_pair(&client, 1_000).await;
+    let t = transfer(a, b, 300, "resume-me");
+    let first = client.execute(Command::Transfer(t), false).await.unwrap();
+    assert_eq!(first, Ok(Reply::Transfer(TransferStatus::Pending)));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        transfer_state(&client, t.key()).await,
+        TransferState::Trying
+    );
+    assert_eq!(balance(&client, a).await, (700, 300));
+    stop(&client, tasks).await;
+
+    // Second life, with a working network: the transfer resumes from the log alone.
+    for disk in &disks {
+        disk.disk.lock().unwrap().crash();
+    }
+    let (client, tasks) = start_filtered(disks, config, None).await;
+    wait_for_state(&client, t.key(), TransferState::Committed).await;
+    assert_eq!(balance(&client, a).await, (700, 0));
+    assert_eq!(balance(&client, b).await, (1_300, 0));
+    // The client's retry gets the outcome, not a second transfer.
+    let retry = client.execute(Command::Transfer(t), false).await.unwrap();
+    assert_eq!(retry, Ok(Reply::Transfer(TransferStatus::Committed)));
+    stop(&client, tasks).await;
+}
+
+#[tokio::test]
+async fn a_restarted_home_partition_carries_out_a_logged_confirm() {
+    let config = DriverConfig {
+        coordinator: CoordinatorConfig {
+            try_timeout_us: 60_000_000,
+            retry_initial_us: 5_000,
+            retry_max_us: 20_000,
+        },
+        ..DriverConfig::default()
+    };
+    let storages: Vec<MemStorage> = (0..2).map(|_| MemStorage::default()).collect();
+    let disks: Vec<_> = storages.clone();
+    let (client, tasks) = start_filtered(storages, config, Some(Phase::Confirm)).await;
+    let (a, b) = open_pair(&client, 1_000).await;
+    let t = transfer(a, b, 250, "confirm-me");
+    // The decision is durable, so the client already hears "committed".
+    let first = client.execute(Command::Transfer(t), true).await.unwrap();
+    assert_eq!(first, Ok(Reply::Transfer(TransferStatus::Committed)));
+    assert_eq!(
+        transfer_state(&client, t.key()).await,
+        TransferState::Confirming
+    );
+    assert_eq!(
+        balance(&client, b).await,
+        (1_000, 0),
+        "Confirm was lost: not credited yet"
+    );
+    stop(&client, tasks).await;
+    for disk in &disks {
+        disk.disk.lock().unwrap().crash();
+    }
+    let (client, tasks) = start_filtered(disks, config, None).await;
+    wait_for_state(&client, t.key(), TransferState::Committed).await;
+    assert_eq!(balance(&client, a).await, (750, 0));
+    assert_eq!(balance(&client, b).await, (1_250, 0));
+    stop(&client, tasks).await;
+}
+
+fn segment_path(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    files.sort();
+    files.pop().expect("a segment")
+}
+
+/// Writes a small log for partition 0 of 1 and returns the engine's balance of `alice`.
+async fn write_small_log(dir: &std::path::Path) {
+    let config = EngineConfig {
+        partitions: 1,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(file_storages(dir, 1), config).await.unwrap();
+    let client = engine.client();
+    let open = Command::OpenAccount {
+        account: id("alice"),
+        currency: Currency::USD,
+    };
+    client.execute(open, false).await.unwrap().unwrap();
+    for i in 0..5 {
+        let deposit = Command::Deposit {
+            account: id("alice"),
+            amount: usd(100),
+            currency: Currency::USD,
+            transaction_id: TransactionId::new(&format!("d{i}")).unwrap(),
+        };
+        client.execute(deposit, false).await.unwrap().unwrap();
+    }
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_torn_log_tail_is_truncated_and_the_partition_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    write_small_log(dir.path()).await;
+    let segment = segment_path(&dir.path().join("p0"));
+    let intact = std::fs::metadata(&segment).unwrap().len();
+    // A crash in the middle of writing a record leaves part of it.
+    let bytes = std::fs::read(&segment).unwrap();
+    let mut torn = bytes.clone();
+    torn.extend_from_slice(&bytes[bytes.len() - 20..bytes.len() - 7]);
+    std::fs::write(&segment, &torn).unwrap();
+
+    let config = EngineConfig {
+        partitions: 1,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(file_storages(dir.path(), 1), config)
+        .await
+        .unwrap();
+    assert_eq!(engine.recovery_reports()[0].torn_bytes_dropped, 13);
+    assert_eq!(engine.recovery_reports()[0].records_replayed, 6);
+    assert_eq!(
+        std::fs::metadata(&segment).unwrap().len(),
+        intact,
+        "the torn tail is cut off on disk"
+    );
+    let client = engine.client();
+    assert_eq!(balance(&client, id("alice")).await, (500, 0));
+    let deposit = Command::Deposit {
+        account: id("alice"),
+        amount: usd(1),
+        currency: Currency::USD,
+        transaction_id: TransactionId::new("after").unwrap(),
+    };
+    assert_eq!(
+        client.execute(deposit, false).await.unwrap(),
+        Ok(Reply::Balance { balance: 501 })
+    );
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_corrupted_middle_record_refuses_to_start_naming_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    write_small_log(dir.path()).await;
+    let segment = segment_path(&dir.path().join("p0"));
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let config = EngineConfig {
+        partitions: 1,
+        ..EngineConfig::default()
+    };
+    let error = Engine::start(file_storages(dir.path(), 1), config)
+        .await
+        .err()
+        .expect("must refuse to start");
+    let message = error.to_string();
+    assert!(matches!(error, DriverError::Corrupt { .. }), "{message}");
+    assert!(
+        message.contains(&segment.display().to_string()),
+        "{message}"
+    );
+    assert!(message.contains("offset"), "{message}");
+    // Nothing was truncated: corruption is for an operator to look at, not to repair silently.
+    assert_eq!(std::fs::read(&segment).unwrap(), bytes);
+}
+
+/// Storage whose sync takes a while and which records what was durable when.
+#[derive(Clone, Default)]
+struct SlowSync {
+    inner: MemStorage,
+    syncing: Arc<AtomicBool>,
+    synced_bytes: Arc<AtomicU64>,
+}
+
+impl Storage for SlowSync {
+    async fn read_log(&mut self, from_lsn: Lsn) -> io::Result<Vec<LogSegment>> {
+        self.inner.read_log(from_lsn).await
+    }
+    async fn truncate_last(&mut self, len: u64) -> io::Result<()> {
+        self.inner.truncate_last(len).await
+    }
+    async fn append(&mut self, first_lsn: Lsn, bytes: &[u8]) -> io::Result<()> {
+        self.inner.append(first_lsn, bytes).await
+    }
+    async fn sync(&mut self) -> io::Result<()> {
+        self.syncing.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        self.inner.sync().await?;
+        let len = self.inner.disk.lock().unwrap().synced_len as u64;
+        self.synced_bytes.store(len, Ordering::SeqCst);
+        self.syncing.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn write_snapshot(&mut self, lsn: Lsn, bytes: &[u8]) -> io::Result<()> {
+        self.inner.write_snapshot(lsn, bytes).await
+    }
+    async fn read_snapshots(&mut self) -> io::Result<Vec<StoredSnapshot>> {
+        self.inner.read_snapshots().await
+    }
+}
+
+/// Sends deposits and checks, at the moment each reply arrives, that the disk already holds
+/// the deposit's record. Returns how many replies arrived before their record was durable.
+async fn replies_ahead_of_durability() -> usize {
+    let storage = SlowSync::default();
+    let probe = storage.clone();
+    let config = EngineConfig {
+        partitions: 1,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(vec![storage], config).await.unwrap();
+    let client = engine.client();
+    client
+        .execute(
+            Command::OpenAccount {
+                account: id("alice"),
+                currency: Currency::USD,
+            },
+            false,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let mut early = 0;
+    for i in 0..5 {
+        let deposit = Command::Deposit {
+            account: id("alice"),
+            amount: usd(1),
+            currency: Currency::USD,
+            transaction_id: TransactionId::new(&format!("d{i}")).unwrap(),
+        };
+        client.execute(deposit, false).await.unwrap().unwrap();
+        let durable = probe.synced_bytes.load(Ordering::SeqCst) as usize;
+        let written = probe
+            .inner
+            .disk
+            .lock()
+            .unwrap()
+            .segments
+            .last()
+            .map_or(0, |(_, b)| b.len());
+        if durable < written {
+            early += 1;
+        }
+    }
+    engine.shutdown().await.unwrap();
+    early
+}
+
+#[tokio::test]
+async fn replies_never_precede_the_sync_of_their_batch() {
+    assert_eq!(replies_ahead_of_durability().await, 0);
+}
+
+#[tokio::test]
+async fn the_durability_check_catches_replies_sent_before_the_sync() {
+    crate::bugs::set(&[crate::bugs::Bug::ReplyBeforeSync]);
+    let early = replies_ahead_of_durability().await;
+    crate::bugs::set(&[]);
+    assert!(
+        early > 0,
+        "with the reply moved before the sync, the test above must fail"
+    );
+}
+
+#[tokio::test]
+async fn group_commit_puts_many_commands_in_one_sync() {
+    let storage = MemStorage::default();
+    let disk = storage.disk.clone();
+    let config = EngineConfig {
+        partitions: 1,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(vec![storage], config).await.unwrap();
+    let client = engine.client();
+    client
+        .execute(
+            Command::OpenAccount {
+                account: id("alice"),
+                currency: Currency::USD,
+            },
+            false,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let syncs_before = disk.lock().unwrap().syncs;
+    let mut pending = Vec::new();
+    for i in 0..1000 {
+        let client = client.clone();
+        pending.push(tokio::spawn(async move {
+            let deposit = Command::Deposit {
+                account: id("alice"),
+                amount: usd(1),
+                currency: Currency::USD,
+                transaction_id: TransactionId::new(&format!("d{i}")).unwrap(),
+            };
+            client.execute(deposit, false).await.unwrap().unwrap()
+        }));
+    }
+    for task in pending {
+        task.await.unwrap();
+    }
+    let syncs = disk.lock().unwrap().syncs - syncs_before;
+    assert!(syncs < 100, "1000 concurrent deposits took {syncs} syncs");
+    assert_eq!(balance(&client, id("alice")).await, (1000, 0));
+    engine.shutdown().await.unwrap();
+}

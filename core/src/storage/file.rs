@@ -1,0 +1,246 @@
+//! [`Storage`] on real files: one directory per partition holding log segments and snapshots.
+//!
+//! ```text
+//! <dir>/log-00000000000000000001.seg    records from lsn 1
+//! <dir>/log-00000000000001048577.seg    records from lsn 1048577, once the first passed the size limit
+//! <dir>/snapshot-00000000000002000000.snap
+//! ```
+//! Segments are named by the first lsn they hold, so recovery can skip those a snapshot
+//! covers. A new file's directory entry is only durable after the directory itself is synced,
+//! so every file creation and rename is followed by an fsync of the directory.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{LogSegment, Storage, StoredSnapshot};
+use crate::event::Lsn;
+
+/// Limits of file storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStorageConfig {
+    /// A segment that has reached this size is closed and the next batch starts a new one.
+    pub segment_bytes_max: u64,
+    /// How many snapshots to keep; older ones are deleted after a new one is durable.
+    pub snapshots_kept_max: usize,
+}
+
+impl Default for FileStorageConfig {
+    fn default() -> Self {
+        FileStorageConfig {
+            segment_bytes_max: 64 << 20,
+            snapshots_kept_max: 2,
+        }
+    }
+}
+
+/// The open segment being appended to.
+struct OpenSegment {
+    file: Arc<File>,
+    len: u64,
+}
+
+/// Log segments and snapshots of one partition in one directory.
+pub struct FileStorage {
+    dir: PathBuf,
+    config: FileStorageConfig,
+    current: Option<OpenSegment>,
+    /// Set when an append created a file whose directory entry is not yet durable.
+    dir_dirty: bool,
+}
+
+fn segment_name(first_lsn: Lsn) -> String {
+    format!("log-{first_lsn:020}.seg")
+}
+
+fn snapshot_name(lsn: Lsn) -> String {
+    format!("snapshot-{lsn:020}.snap")
+}
+
+/// Files in `dir` named `<prefix><20 digits><suffix>`, sorted by the number.
+fn numbered_files(dir: &Path, prefix: &str, suffix: &str) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(number) = name
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(suffix))
+        else {
+            continue;
+        };
+        if let Ok(number) = number.parse::<u64>() {
+            found.push((number, entry.path()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl FileStorage {
+    /// Opens (creating if needed) the storage directory `dir`.
+    pub fn open(dir: impl Into<PathBuf>, config: FileStorageConfig) -> io::Result<FileStorage> {
+        let dir = dir.into();
+        assert!(config.segment_bytes_max > 0 && config.snapshots_kept_max > 0);
+        if !dir.exists() {
+            fs::create_dir_all(&dir)?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        Ok(FileStorage {
+            dir,
+            config,
+            current: None,
+            dir_dirty: false,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn open_last_segment(&mut self) -> io::Result<()> {
+        if let Some((_, path)) = numbered_files(&self.dir, "log-", ".seg")?.pop() {
+            let file = OpenOptions::new().append(true).open(&path)?;
+            let len = file.metadata()?.len();
+            self.current = Some(OpenSegment {
+                file: Arc::new(file),
+                len,
+            });
+        }
+        Ok(())
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| io::Error::other(format!("storage task failed: {e}")))?
+}
+
+impl Storage for FileStorage {
+    async fn read_log(&mut self, from_lsn: Lsn) -> io::Result<Vec<LogSegment>> {
+        let files = numbered_files(&self.dir, "log-", ".seg")?;
+        let mut segments = Vec::with_capacity(files.len());
+        for (i, (first_lsn, path)) in files.iter().enumerate() {
+            // Every record of this segment precedes the next segment's first lsn; if that is
+            // still covered by the snapshot, the segment is not needed for recovery.
+            if files
+                .get(i + 1)
+                .is_some_and(|(next, _)| *next <= from_lsn + 1)
+            {
+                continue;
+            }
+            let path = path.clone();
+            let bytes = blocking({
+                let path = path.clone();
+                move || fs::read(path)
+            })
+            .await?;
+            segments.push(LogSegment {
+                first_lsn: *first_lsn,
+                name: path.display().to_string(),
+                bytes,
+            });
+        }
+        self.open_last_segment()?;
+        Ok(segments)
+    }
+
+    async fn truncate_last(&mut self, len: u64) -> io::Result<()> {
+        let Some(current) = self.current.as_mut() else {
+            return Ok(());
+        };
+        assert!(len <= current.len, "truncation only shortens");
+        current.file.set_len(len)?;
+        current.len = len;
+        let file = Arc::clone(&current.file);
+        blocking(move || file.sync_all()).await
+    }
+
+    async fn append(&mut self, first_lsn: Lsn, bytes: &[u8]) -> io::Result<()> {
+        let full = self.current.as_ref().is_none_or(|c| {
+            c.len > 0 && c.len + bytes.len() as u64 > self.config.segment_bytes_max
+        });
+        if full {
+            let path = self.dir.join(segment_name(first_lsn));
+            let file = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)?;
+            self.current = Some(OpenSegment {
+                file: Arc::new(file),
+                len: 0,
+            });
+            self.dir_dirty = true;
+        }
+        let current = self.current.as_mut().expect("a segment is open");
+        // Writes go to the page cache and are cheap; only the sync waits for the disk.
+        (&*current.file).write_all(bytes)?;
+        current.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    async fn sync(&mut self) -> io::Result<()> {
+        let Some(current) = self.current.as_ref() else {
+            return Ok(());
+        };
+        let file = Arc::clone(&current.file);
+        let dir = self.dir_dirty.then(|| self.dir.clone());
+        blocking(move || {
+            file.sync_data()?;
+            if let Some(dir) = dir {
+                sync_dir(&dir)?;
+            }
+            Ok(())
+        })
+        .await?;
+        self.dir_dirty = false;
+        Ok(())
+    }
+
+    async fn write_snapshot(&mut self, lsn: Lsn, bytes: &[u8]) -> io::Result<()> {
+        let dir = self.dir.clone();
+        let bytes = bytes.to_vec();
+        let kept = self.config.snapshots_kept_max;
+        blocking(move || {
+            let tmp = dir.join(format!("snapshot-{lsn:020}.tmp"));
+            let mut file = File::create(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            fs::rename(&tmp, dir.join(snapshot_name(lsn)))?;
+            sync_dir(&dir)?;
+            let snapshots = numbered_files(&dir, "snapshot-", ".snap")?;
+            for (_, old) in snapshots.iter().rev().skip(kept) {
+                fs::remove_file(old)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn read_snapshots(&mut self) -> io::Result<Vec<StoredSnapshot>> {
+        let mut snapshots = Vec::new();
+        for (lsn, path) in numbered_files(&self.dir, "snapshot-", ".snap")?
+            .into_iter()
+            .rev()
+        {
+            let bytes = fs::read(&path)?;
+            snapshots.push(StoredSnapshot {
+                lsn,
+                name: path.display().to_string(),
+                bytes,
+            });
+        }
+        Ok(snapshots)
+    }
+}
