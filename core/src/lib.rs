@@ -17,6 +17,9 @@
 //! - [`transport`]: how partitions send phase messages to each other (best effort).
 //! - [`driver`]: the async partition driver: inbox → ledger → group commit → replies.
 //! - [`engine`]: partitions of one process and the [`engine::Client`] that routes to them.
+//! - [`wire`]: the node-to-node protocol: batched, versioned, CRC32C-checked frames.
+//! - `net` (not under the simulator): cluster nodes over TCP: forwarders to the owners of
+//!   remote partitions, the authenticated peer listener, and `net::start_node`.
 //! - `bugs` (tests and simulation only): switchable known-bug mutations.
 
 #[cfg(any(test, madsim))]
@@ -34,3 +37,4 @@ pub mod replay;
 pub mod snapshot;
 pub mod storage;
 pub mod transport;
+pub mod wire;
