@@ -32,6 +32,8 @@ pub mod event;
 pub mod ids;
 pub mod ledger;
 pub mod money;
+#[cfg(not(madsim))]
+pub mod net;
 pub mod partition;
 pub mod replay;
 pub mod snapshot;

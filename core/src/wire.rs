@@ -751,7 +751,7 @@ fn get_ledger_error(cursor: &mut Cursor<'_>) -> Result<LedgerError, String> {
             from: get_text(cursor)?,
             command: match cursor.u8()? {
                 0 => TRANSITION_COMMAND_OTHER,
-                n => *TRANSITION_COMMANDS
+                n => TRANSITION_COMMANDS
                     .get(usize::from(n) - 1)
                     .ok_or_else(|| format!("unknown transition command {n}"))?,
             },
