@@ -291,6 +291,11 @@ impl<'a> Cursor<'a> {
         Cursor { bytes, pos: 0 }
     }
 
+    /// Bytes read so far.
+    pub(crate) fn position(&self) -> usize {
+        self.pos
+    }
+
     pub(crate) fn remaining(&self) -> usize {
         self.bytes.len() - self.pos
     }
@@ -319,8 +324,16 @@ impl<'a> Cursor<'a> {
         Ok(u16::from_le_bytes(self.array()?))
     }
 
+    pub(crate) fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
     pub(crate) fn u64(&mut self) -> Result<u64, String> {
         Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    pub(crate) fn u128(&mut self) -> Result<u128, String> {
+        Ok(u128::from_le_bytes(self.array()?))
     }
 
     fn id_text(&mut self) -> Result<&'a str, String> {
