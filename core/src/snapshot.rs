@@ -25,10 +25,10 @@
 //!
 //! A transfer state is a byte (1 trying, 2 confirming, 3 cancelling, 4 committed,
 //! 5 cancelled, 6 rejected) followed by its reason for 3, 5 and 6. A credit state is 1 tried,
-//! 2 confirmed, 3 cancelled, 4 try-not-seen. A cash kind is 1 deposit, 2 withdrawal. Sorting
-//! every table makes the bytes a function of the state alone: the same state always gives
-//! the same snapshot, whatever the order its hash tables iterate in, so snapshots can be
-//! compared and hashed.
+//! 2 confirmed, 3 cancelled, 4 try-not-seen. A cash kind is 1 deposit, 2 withdrawal. Ids sort
+//! by their ASCII bytes, keys field by field in the order listed. Sorting every table makes
+//! the bytes a function of the state alone: the same state always gives the same snapshot,
+//! whatever the order its hash tables iterate in, so snapshots can be compared and hashed.
 
 use crc32c::crc32c;
 use rustc_hash::FxHashMap;
@@ -61,7 +61,7 @@ pub fn encode_snapshot(ledger: &Ledger) -> Vec<u8> {
     out.extend_from_slice(&ledger.last.lsn.to_le_bytes());
     out.extend_from_slice(&ledger.last.timestamp.to_le_bytes());
     put_table(&mut out, sorted(&ledger.accounts), |out, (id, account)| {
-        put_id(out, id.as_str());
+        put_id(out, id.as_bytes());
         put_currency(out, account.currency);
         for value in [account.balance, account.held, account.incoming] {
             out.extend_from_slice(&value.to_le_bytes());
@@ -82,8 +82,8 @@ pub fn encode_snapshot(ledger: &Ledger) -> Vec<u8> {
         &mut out,
         sorted(&ledger.cash),
         |out, ((account, t), row)| {
-            put_id(out, account.as_str());
-            put_id(out, t.as_str());
+            put_id(out, account.as_bytes());
+            put_id(out, t.as_bytes());
             out.push(cash_kind_tag(row.kind));
             out.extend_from_slice(&row.amount.minor().to_le_bytes());
             out.extend_from_slice(&row.balance_after.to_le_bytes());
