@@ -12,6 +12,7 @@
 //! - [`ledger`]: one partition's state, `decide` (all business rules) and `apply` (a fold).
 //! - [`coordinator`]: the TC/C coordinator of a home partition (sans-IO).
 //! - [`codec`]: the log record format: versioned, length-prefixed, CRC32C-checked.
+//! - [`snapshot`]: a partition's whole state as one canonical, checksummed blob.
 //! - [`replay`]: folding a log back into state; balances and movements as of any point.
 //! - [`storage`]: the durable-storage trait; [`storage::file`] on real files with fsync.
 //! - [`transport`]: how partitions send phase messages to each other (best effort).
