@@ -2,7 +2,7 @@
 //!
 //! The wallet protocol, written once: pure state machines with no I/O, no clock reads and no
 //! randomness (time and inputs are parameters), plus the async partition driver that runs
-//! them on top of a [`runtime`] boundary shared by production (tokio) and simulation (madsim).
+//! them on top of a runtime boundary shared by production (tokio) and simulation (madsim).
 //!
 //! # Layout
 //! - [`money`]: currencies (ISO 4217 minor units) and strict decimal-string amounts.
