@@ -29,6 +29,16 @@ pub struct Account {
     pub incoming: u64,
 }
 
+impl Account {
+    /// Whether `minor` more can be credited without the balance ever passing
+    /// [`BALANCE_MINOR_MAX`]. Holds count because a Cancel returns them to the balance, and
+    /// pending credits count because a Confirm adds them; neither can be refused later.
+    fn has_room_for(&self, minor: u64) -> bool {
+        // Each term is at most BALANCE_MINOR_MAX (10^18): the sum stays far below u64::MAX.
+        self.balance + self.held + self.incoming + minor <= BALANCE_MINOR_MAX
+    }
+}
+
 /// The phase row of a transfer at its home partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TransferState {
@@ -477,8 +487,7 @@ impl Ledger {
         }
         let balance = match kind {
             CashKind::Deposit => {
-                let after = found.balance + found.incoming + amount.minor();
-                if after > BALANCE_MINOR_MAX {
+                if !found.has_room_for(amount.minor()) {
                     return Err(LedgerError::BalanceLimit(account));
                 }
                 events.push(Event::Deposited {
@@ -538,8 +547,7 @@ impl Ledger {
             return Ok(Reply::Transfer(TransferStatus::Pending));
         }
         let destination = self.require_account(&transfer.to, transfer.currency)?;
-        if destination.balance + destination.incoming + transfer.amount.minor() > BALANCE_MINOR_MAX
-        {
+        if !destination.has_room_for(transfer.amount.minor()) {
             return Err(LedgerError::BalanceLimit(transfer.to));
         }
         if source.balance < transfer.amount.minor() {
@@ -634,10 +642,7 @@ impl Ledger {
             Some(account) if account.currency != transfer.currency => {
                 Some(Reason::DestinationCurrencyMismatch)
             }
-            Some(account)
-                if account.balance + account.incoming + transfer.amount.minor()
-                    > BALANCE_MINOR_MAX =>
-            {
+            Some(account) if !account.has_room_for(transfer.amount.minor()) => {
                 Some(Reason::DestinationBalanceLimit)
             }
             Some(_) => None,

@@ -398,6 +398,38 @@ fn pending_credits_count_toward_the_balance_limit() {
 }
 
 #[test]
+fn holds_count_toward_the_balance_limit() {
+    // `b` sends everything above 1 minor unit across partitions and so holds it; a Cancel
+    // gives the hold back, so room for deposits and credits must count it.
+    let w = world();
+    let mut events = home(&w);
+    events.extend(fill_to_the_limit(w.b));
+    let out = transfer(w.b, w.c, AMOUNT_MINOR_MAX, USD, "out");
+    events.push(Event::DebitTried { transfer: out });
+    let then = given(0, &events)
+        .when(deposit(w.b, 1, USD, "d1"))
+        .then_error(LedgerError::BalanceLimit(w.b))
+        .when(Command::Transfer(transfer(w.a, w.b, 1, USD, "t1")))
+        .then_error(LedgerError::BalanceLimit(w.b))
+        .when(Command::Decide {
+            key: out.key(),
+            decision: Decision::Cancel(Reason::Timeout),
+        })
+        .when(Command::FinishDebit { key: out.key() });
+    assert_eq!(then.account(w.b), account(USD, BALANCE_MINOR_MAX, 0, 0));
+    // The same on a destination: `c` holds money of its own outgoing transfer.
+    let mut events = destination(&w);
+    events.extend(fill_to_the_limit(w.c));
+    events.push(Event::DebitTried {
+        transfer: transfer(w.c, w.a, 1, USD, "out"),
+    });
+    given(1, &events)
+        .when(Command::TryCredit(transfer(w.a, w.c, 1, USD, "t1")))
+        .then_phase(PhaseResult::TryFailed(Reason::DestinationBalanceLimit))
+        .then_nothing_new();
+}
+
+#[test]
 fn transferring_to_the_same_account_is_refused() {
     let w = world();
     given(0, &home(&w))
