@@ -727,6 +727,37 @@ impl Ledger {
                 what,
             })
         };
+        if meta.lsn < self.last.lsn {
+            return fail(format!(
+                "record out of log order after lsn {}",
+                self.last.lsn
+            ));
+        }
+        // Idempotency keys are spent once: a second record for one is a contradiction, and
+        // must be refused before any balance moves.
+        if let Event::Transferred { transfer }
+        | Event::TransferRejected { transfer, .. }
+        | Event::DebitTried { transfer } = *event
+        {
+            if self.transfers.contains_key(&transfer.key()) {
+                return fail(format!("transfer {:?} recorded twice", transfer.key()));
+            }
+        }
+        if let Event::Deposited {
+            account,
+            transaction_id,
+            ..
+        }
+        | Event::Withdrawn {
+            account,
+            transaction_id,
+            ..
+        } = *event
+        {
+            if self.cash.contains_key(&(account, transaction_id)) {
+                return fail(format!("{account} used {transaction_id:?} twice"));
+            }
+        }
         match *event {
             Event::AccountOpened { account, currency } => {
                 if self.accounts.contains_key(&account) {
@@ -923,7 +954,6 @@ impl Ledger {
                 );
             }
         }
-        assert!(meta.lsn >= self.last.lsn, "records apply in log order");
         self.last = meta;
         Ok(())
     }

@@ -1051,3 +1051,48 @@ fn apply_refuses_destination_phases_out_of_order() {
     assert_refused(&mut not_seen, Event::CreditTryNotSeen { key: t.key() });
     assert_refused(&mut not_seen, Event::CreditConfirmed { key: t.key() });
 }
+
+#[test]
+fn apply_refuses_a_second_record_of_one_transfer_or_cash_key() {
+    let w = world();
+    let local = transfer(w.a, w.b, 100, USD, "t1");
+    let mut events = home(&w);
+    events.push(Event::Transferred { transfer: local });
+    let mut ledger = given(0, &events).ledger;
+    let remote = transfer(w.a, w.c, 100, USD, "t1");
+    assert_refused(&mut ledger, Event::Transferred { transfer: local });
+    assert_refused(&mut ledger, Event::DebitTried { transfer: remote });
+    assert_refused(
+        &mut ledger,
+        Event::TransferRejected {
+            transfer: remote,
+            reason: Reason::InsufficientFunds,
+        },
+    );
+    // `home` deposited with "d0": the id is spent for deposits and withdrawals alike.
+    assert_refused(&mut ledger, deposited(w.a, FUNDS, "d0"));
+    assert_refused(
+        &mut ledger,
+        Event::Withdrawn {
+            account: w.a,
+            amount: amt(1),
+            transaction_id: txn("d0"),
+        },
+    );
+}
+
+#[test]
+fn apply_refuses_records_out_of_log_order() {
+    let w = world();
+    let mut ledger = given(0, &home(&w)).ledger;
+    let last = ledger.last_applied();
+    let before = Snapshot::of(&ledger);
+    let error = ledger
+        .apply(meta(last.lsn - 1), &deposited(w.a, 1, "d1"))
+        .expect_err("an older lsn must not apply");
+    assert_eq!(error.lsn, last.lsn - 1);
+    assert_eq!(Snapshot::of(&ledger), before);
+    // One record may carry several events: the same lsn again is in order.
+    ledger.apply(last, &deposited(w.a, 1, "d1")).unwrap();
+    assert_eq!(ledger.account(&w.a).unwrap().balance, FUNDS + 1);
+}
