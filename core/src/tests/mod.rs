@@ -3,7 +3,14 @@
 //!
 //! # Layout
 //! - `support`: identifiers, amounts, accounts placed on chosen partitions, ledger snapshots.
+//! - `cluster`: a deterministic cluster of ledgers and coordinators with a fake clock and a
+//!   network the test delivers, duplicates and drops messages of.
+//! - `checks`: the invariants of DESIGN section 5 as checkers returning a `Violation`.
 //! - `ledger`: every rule of `Ledger::decide` and `Ledger::apply`, given/when/then.
+//! - `coordinator`: the TC/C coordinator alone and inside a cluster.
 
+mod checks;
+mod cluster;
+mod coordinator;
 mod ledger;
 mod support;
