@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::event::{Event, TransferKey};
 use crate::ids::AccountId;
-use crate::ledger::{ApplyError, Command, CreditState, Ledger, LedgerError, TransferState};
+use crate::ledger::{
+    ApplyError, Command, CreditState, Ledger, LedgerError, TransferState, TransferStatus,
+};
 use crate::money::{Currency, BALANCE_MINOR_MAX};
 use crate::partition::{partition_of, PartitionId};
 
@@ -50,6 +52,13 @@ pub enum Violation {
     },
     /// A destination answered with the opposite of the logged decision.
     Contradiction { key: TransferKey, detail: String },
+    /// A client was told one final outcome, and later another (a retry's answer, or the
+    /// state the home partition ends in).
+    Acknowledged {
+        key: TransferKey,
+        told: TransferStatus,
+        now: TransferStatus,
+    },
 }
 
 /// What must hold after every step, whatever is in flight.

@@ -83,6 +83,8 @@ pub struct Cluster {
     pub history: Vec<Applied>,
     /// Every phase request that left a coordinator.
     pub sent: Vec<Sent>,
+    /// Every answer a destination gave to a phase request.
+    pub answers: Vec<PhaseResponse>,
     /// Every command a coordinator had its home ledger execute, with the time.
     pub executed: Vec<(Micros, Command)>,
     /// What went wrong while running: events that did not apply, coordinator commands the
@@ -106,6 +108,7 @@ impl Cluster {
             network: Vec::new(),
             history: Vec::new(),
             sent: Vec::new(),
+            answers: Vec::new(),
             executed: Vec::new(),
             violations: Vec::new(),
             refused: Vec::new(),
@@ -252,14 +255,15 @@ impl Cluster {
             Message::Request { home, to, request } => {
                 let command = request.command();
                 match self.execute_one(to, &command) {
-                    Ok(Reply::Phase(result)) => self.network.push(Message::Response {
-                        home,
-                        response: PhaseResponse {
+                    Ok(Reply::Phase(result)) => {
+                        let response = PhaseResponse {
                             phase: request.phase,
                             key: request.transfer.key(),
                             result,
-                        },
-                    }),
+                        };
+                        self.answers.push(response);
+                        self.network.push(Message::Response { home, response });
+                    }
                     Ok(other) => panic!("{command:?} answered {other:?}"),
                     Err(error) => self.refused.push((to, command, error)),
                 }

@@ -8,9 +8,11 @@
 //! - `checks`: the invariants of DESIGN section 5 as checkers returning a `Violation`.
 //! - `ledger`: every rule of `Ledger::decide` and `Ledger::apply`, given/when/then.
 //! - `coordinator`: the TC/C coordinator alone and inside a cluster.
+//! - `properties`: random schedules of clients, network faults, crashes and time.
 
 mod checks;
 mod cluster;
 mod coordinator;
 mod ledger;
+mod properties;
 mod support;
