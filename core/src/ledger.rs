@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
 
+#[cfg(any(test, madsim))]
+use crate::bugs::Bug;
 use crate::event::{Decision, Event, Lsn, Reason, Timestamp, Transfer, TransferKey};
 use crate::ids::{AccountId, TransactionId};
 use crate::money::{format_minor, Amount, Currency, BALANCE_MINOR_MAX};
@@ -522,12 +524,27 @@ impl Ledger {
     ) -> Result<Reply, LedgerError> {
         self.require_local(&transfer.from)?;
         if let Some(row) = self.transfers.get(&transfer.key()) {
+            #[cfg(any(test, madsim))]
+            if crate::bugs::enabled(Bug::NoIdempotency) && !row.state.is_unfinished() {
+                // Known bug: the key of a finished transfer is forgotten, so a retry is
+                // decided and applied again as if it were new.
+                return self.decide_new_transfer(transfer, events);
+            }
             return if row.transfer == transfer {
                 Ok(Reply::Transfer(row.state.status()))
             } else {
                 Err(LedgerError::Conflict(transfer.transaction_id))
             };
         }
+        self.decide_new_transfer(transfer, events)
+    }
+
+    /// A transfer whose key this partition has not seen.
+    fn decide_new_transfer(
+        &self,
+        transfer: Transfer,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
         if transfer.from == transfer.to {
             return Err(LedgerError::SameAccount);
         }
@@ -635,8 +652,23 @@ impl Ledger {
                     PhaseResult::TryFailed(Reason::CancelledBeforeTry)
                 }
             };
+            #[cfg(any(test, madsim))]
+            if crate::bugs::enabled(Bug::SkipBarrier) && result != PhaseResult::Tried {
+                // Known bug: no barrier, so a Try that arrives after its Cancel is validated
+                // and recorded like a first one, and its pending credit hangs.
+                return self.decide_new_try(transfer, events);
+            }
             return Ok(Reply::Phase(result));
         }
+        self.decide_new_try(transfer, events)
+    }
+
+    /// A Try with no barrier row yet: validate the destination and record a pending credit.
+    fn decide_new_try(
+        &self,
+        transfer: Transfer,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
         let refusal = match self.accounts.get(&transfer.to) {
             None => Some(Reason::DestinationNotFound),
             Some(account) if account.currency != transfer.currency => {
@@ -732,6 +764,14 @@ impl Ledger {
                 "record out of log order after lsn {}",
                 self.last.lsn
             ));
+        }
+        #[cfg(any(test, madsim))]
+        if crate::bugs::enabled(Bug::NoIdempotency) {
+            self.forget_finished_transfer(event);
+        }
+        #[cfg(any(test, madsim))]
+        if crate::bugs::enabled(Bug::SkipBarrier) {
+            self.forget_cancelled_branch(event);
         }
         // Idempotency keys are spent once: a second record for one is a contradiction, and
         // must be refused before any balance moves.
@@ -956,6 +996,41 @@ impl Ledger {
         }
         self.last = meta;
         Ok(())
+    }
+
+    /// Known bug `NoIdempotency`: a new record for a finished transfer replaces its row, as
+    /// if the key had never been seen (what `decide` does under the same bug).
+    #[cfg(any(test, madsim))]
+    fn forget_finished_transfer(&mut self, event: &Event) {
+        if let Event::Transferred { transfer }
+        | Event::TransferRejected { transfer, .. }
+        | Event::DebitTried { transfer } = *event
+        {
+            let key = transfer.key();
+            if self
+                .transfers
+                .get(&key)
+                .is_some_and(|row| !row.state.is_unfinished())
+            {
+                self.transfers.remove(&key);
+            }
+        }
+    }
+
+    /// Known bug `SkipBarrier`: a Try after its Cancel replaces the cancelled barrier row, as
+    /// if no Cancel had come (what `decide` does under the same bug).
+    #[cfg(any(test, madsim))]
+    fn forget_cancelled_branch(&mut self, event: &Event) {
+        if let Event::CreditTried { transfer } = *event {
+            let key = transfer.key();
+            let cancelled = matches!(
+                self.credits.get(&key).map(|row| row.state),
+                Some(CreditState::Cancelled | CreditState::TryNotSeen)
+            );
+            if cancelled && self.accounts.contains_key(&transfer.to) {
+                self.credits.remove(&key);
+            }
+        }
     }
 
     fn insert_row(

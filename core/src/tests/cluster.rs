@@ -9,7 +9,7 @@
 use crate::coordinator::{
     Coordinator, CoordinatorConfig, Micros, Output, Phase, PhaseRequest, PhaseResponse,
 };
-use crate::event::{Event, TransferKey};
+use crate::event::Event;
 use crate::ids::AccountId;
 use crate::ledger::{Command, Ledger, LedgerError, RecordMeta, Reply};
 use crate::partition::{partition_of, PartitionId};
@@ -37,13 +37,6 @@ pub enum Message {
 }
 
 impl Message {
-    pub fn key(&self) -> TransferKey {
-        match self {
-            Message::Request { request, .. } => request.transfer.key(),
-            Message::Response { response, .. } => response.key,
-        }
-    }
-
     pub fn phase(&self) -> Phase {
         match self {
             Message::Request { request, .. } => request.phase,

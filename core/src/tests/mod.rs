@@ -9,10 +9,12 @@
 //! - `ledger`: every rule of `Ledger::decide` and `Ledger::apply`, given/when/then.
 //! - `coordinator`: the TC/C coordinator alone and inside a cluster.
 //! - `properties`: random schedules of clients, network faults, crashes and time.
+//! - `mutations`: each known bug switched on is caught by the checker of its invariant.
 
 mod checks;
 mod cluster;
 mod coordinator;
 mod ledger;
+mod mutations;
 mod properties;
 mod support;
