@@ -178,6 +178,22 @@ impl Cluster {
         std::mem::take(&mut self.network).len()
     }
 
+    /// Loses every message in flight and moves the clock by `tick_us`, again and again, until
+    /// `done` holds. Panics if it does not within `limit_us` of simulated time.
+    pub fn lose_all_until(
+        &mut self,
+        tick_us: Micros,
+        limit_us: Micros,
+        done: impl Fn(&Cluster) -> bool,
+    ) {
+        let deadline = self.now + limit_us;
+        while !done(self) {
+            assert!(self.now < deadline, "not done within {limit_us} us");
+            self.drop_all();
+            self.advance(tick_us);
+        }
+    }
+
     /// Moves the clock forward by `us` and lets every coordinator do what is due.
     pub fn advance(&mut self, us: Micros) {
         self.advance_to(self.now + us);

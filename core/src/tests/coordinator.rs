@@ -355,12 +355,12 @@ fn an_unanswered_try_is_resent_then_cancelled_at_the_timeout() {
     let (mut cluster, w) = cluster();
     let t = transfer(w.src, w.dst, 2_500, USD, "t1");
     cluster.client(Command::Transfer(t)).unwrap();
-    let is_decision = |(_, c): &(Micros, Command)| matches!(c, Command::Decide { .. });
-    while !cluster.executed.iter().any(is_decision) {
-        assert!(cluster.now <= CONFIG.try_timeout_us, "no decision in time");
-        cluster.drop_all();
-        cluster.advance(TICK_US);
-    }
+    cluster.lose_all_until(TICK_US, CONFIG.try_timeout_us, |cluster| {
+        cluster
+            .executed
+            .iter()
+            .any(|(_, c)| matches!(c, Command::Decide { .. }))
+    });
     // Resent with doubling intervals, the last one cut short by the deadline.
     assert_eq!(
         sent_at(&cluster, Phase::Try),
@@ -394,10 +394,9 @@ fn a_try_overtaken_by_its_cancel_fails_at_the_barrier() {
     cluster.client(Command::Transfer(t)).unwrap();
     let late_try = cluster.drop_message(0);
     assert_eq!(late_try.phase(), Phase::Try);
-    while sent_at(&cluster, Phase::Cancel).is_empty() {
-        cluster.drop_all();
-        cluster.advance(TICK_US);
-    }
+    cluster.lose_all_until(TICK_US, CONFIG.try_timeout_us, |cluster| {
+        !sent_at(cluster, Phase::Cancel).is_empty()
+    });
     assert!(cluster.settle(SETTLE_STEPS_MAX));
     assert_eq!(
         home_state(&cluster, &t),
@@ -429,10 +428,9 @@ fn confirm_is_resent_with_exponential_backoff_until_acknowledged() {
     assert_eq!(home_state(&cluster, &t), TransferState::Confirming);
     // The destination loses the first five Confirms.
     let confirms_lost = 5;
-    while sent_at(&cluster, Phase::Confirm).len() <= confirms_lost {
-        cluster.drop_all();
-        cluster.advance(TICK_US);
-    }
+    cluster.lose_all_until(TICK_US, 10 * CONFIG.retry_max_us, |cluster| {
+        sent_at(cluster, Phase::Confirm).len() > confirms_lost
+    });
     let times = sent_at(&cluster, Phase::Confirm);
     let gaps: Vec<Micros> = times.windows(2).map(|w| w[1] - w[0]).collect();
     assert_eq!(gaps, [100_000, 200_000, 400_000, 800_000, 800_000]);

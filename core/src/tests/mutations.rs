@@ -101,14 +101,12 @@ fn late_try(bugs: &[Bug]) -> (Cluster, Transfer) {
     let t = transfer(w.src, w.dst, 2_500, USD, "t1");
     cluster.client(Command::Transfer(t)).unwrap();
     let held_back = cluster.drop_message(0);
-    while cluster
-        .sent
-        .iter()
-        .all(|s| s.request.phase != Phase::Cancel)
-    {
-        cluster.drop_all();
-        cluster.advance(TICK_US);
-    }
+    cluster.lose_all_until(TICK_US, CONFIG.try_timeout_us, |cluster| {
+        cluster
+            .sent
+            .iter()
+            .any(|s| s.request.phase == Phase::Cancel)
+    });
     assert!(cluster.settle(SETTLE_STEPS_MAX));
     assert_eq!(
         cluster.ledger_of(&w.dst).credit(&t.key()).map(|c| c.state),
