@@ -2,7 +2,7 @@
 //!
 //! The wallet protocol, written once: pure state machines with no I/O, no clock reads and no
 //! randomness (time and inputs are parameters), plus the async partition driver that runs
-//! them on top of a [`runtime`] boundary shared by production (tokio) and simulation (madsim).
+//! them on top of a runtime boundary shared by production (tokio) and simulation (madsim).
 //!
 //! # Layout
 //! - [`money`]: currencies (ISO 4217 minor units) and strict decimal-string amounts.
@@ -22,6 +22,7 @@
 //! - `net` (not under the simulator): cluster nodes over TCP: forwarders to the owners of
 //!   remote partitions, the authenticated peer listener, and `net::start_node`.
 //! - `bugs` (tests and simulation only): switchable known-bug mutations.
+//! - `tests` (tests only): ledger, coordinator, property and mutation tests of the core.
 
 #[cfg(any(test, madsim))]
 pub mod bugs;
@@ -41,3 +42,6 @@ pub mod snapshot;
 pub mod storage;
 pub mod transport;
 pub mod wire;
+
+#[cfg(test)]
+mod tests;
