@@ -185,6 +185,16 @@ impl Server {
         self.wait_exit()
     }
 
+    /// Sends SIGTERM without waiting (see [`Server::wait_exit`]).
+    pub fn send_sigterm(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&self) -> bool {
+        self.try_wait().is_none() && self.child.lock().expect("child").is_some()
+    }
+
     /// SIGKILL: the process dies at once, mid-whatever. Callable while other threads still
     /// send requests.
     pub fn kill9(&self) {
@@ -201,7 +211,8 @@ impl Server {
         assert!(sent.success(), "kill {signal} {pid}");
     }
 
-    fn wait_exit(&self) -> ExitStatus {
+    /// Waits for the process to exit.
+    pub fn wait_exit(&self) -> ExitStatus {
         let started = Instant::now();
         loop {
             if let Some(status) = self.try_wait() {

@@ -2,14 +2,16 @@
 //! check, restart), `wallet replay` and `wallet verify` on healthy and damaged data.
 
 use std::fs;
+use std::io::Write;
 use std::path::Path;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use walletd_core::codec::{encode_record, Record};
 use walletd_core::event::{Event, Transfer};
 use walletd_core::ids::{AccountId, TransactionId};
 use walletd_core::money::{Amount, Currency};
-use walletd_e2e::{wallet, Wallet};
+use walletd_e2e::{http, wallet, Wallet};
 
 fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -59,8 +61,8 @@ fn help_explains_every_subcommand() {
 }
 
 /// Runs a small day of business on a fresh server and stops it with SIGTERM.
-fn business_day(w: &Wallet, data: &Path) {
-    let s = w.serve(data, &[]);
+fn business_day(w: &Wallet, data: &Path, extra: &[&str]) {
+    let s = w.serve(data, extra);
     for (account, currency) in [("alice", "USD"), ("bob", "USD"), ("carol", "EUR")] {
         s.post(
             "/v1/accounts",
@@ -99,7 +101,7 @@ fn sigterm_stops_cleanly_and_a_restart_recovers_everything() {
     let w = wallet!();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    business_day(&w, &data);
+    business_day(&w, &data, &[]);
     let s = w.serve(&data, &[]);
     assert!(s.logs().contains("events_replayed="), "{}", s.logs());
     let b = s.get("/v1/accounts/bob/balance").json();
@@ -140,11 +142,39 @@ fn sigterm_stops_cleanly_and_a_restart_recovers_everything() {
 }
 
 #[test]
+fn sigterm_drains_a_request_in_flight_before_exiting() {
+    let w = wallet!();
+    let tmp = tempfile::tempdir().unwrap();
+    let s = w.serve(&tmp.path().join("data"), &[]);
+    let body = br#"{"account_id":"late","currency":"USD"}"#;
+    let head = format!(
+        "POST /v1/accounts HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut slow = http::connect(s.addr).unwrap();
+    slow.write_all(head.as_bytes()).unwrap();
+    slow.write_all(&body[..10]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    s.send_sigterm();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(s.is_running(), "the server waits for the request in flight");
+    slow.write_all(&body[10..]).unwrap();
+    let r = http::read_response(&mut slow).unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    let status = s.wait_exit();
+    assert!(status.success(), "{status}: {}", s.logs());
+    // What the drained request did is durable.
+    let s = w.serve(&tmp.path().join("data"), &[]);
+    assert_eq!(s.get("/v1/accounts/late/balance").status, 200);
+}
+
+#[test]
 fn replay_prints_balances_and_history_from_the_logs() {
     let w = wallet!();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    business_day(&w, &data);
+    // Snapshots every few events, so that verify compares them with the replay.
+    business_day(&w, &data, &["--snapshot-every-events", "2"]);
     let dir = data.display().to_string();
 
     let out = w.run(&["replay", "--data-dir", &dir, "--format", "json"]);

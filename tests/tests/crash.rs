@@ -16,6 +16,8 @@ const ACCOUNTS_PER_PARTITION: usize = 2;
 const CLIENTS: u64 = 8;
 /// Bound on transfers per client (the kill normally comes long before).
 const TRANSFERS_PER_CLIENT_MAX: u64 = 5_000;
+/// Transfers answered before the kill.
+const ANSWERED_BEFORE_KILL: usize = 1_000;
 /// Opening balance of each account, in cents.
 const OPENING_CENTS: u64 = 100_000;
 
@@ -143,7 +145,8 @@ fn kill_9_during_transfers_then_verify_restart_and_audit() {
             scope.spawn(move || client(server, accounts, seed, stop, log, answered));
         }
         let started = Instant::now();
-        while answered.load(Ordering::Relaxed) < 400 && started.elapsed() < Duration::from_secs(20)
+        while answered.load(Ordering::Relaxed) < ANSWERED_BEFORE_KILL
+            && started.elapsed() < Duration::from_secs(30)
         {
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -158,6 +161,11 @@ fn kill_9_during_transfers_then_verify_restart_and_audit() {
     assert!(
         committed_seen >= 100,
         "too few transfers before the kill: {committed_seen}"
+    );
+    let unanswered = attempts.iter().filter(|a| a.answer.is_none()).count();
+    eprintln!(
+        "{} attempts, {committed_seen} seen committed, {unanswered} unanswered at the kill",
+        attempts.len()
     );
 
     // The crashed directory is consistent as it lies (unfinished transfers allowed).
