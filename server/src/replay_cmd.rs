@@ -140,7 +140,7 @@ fn all_balances(
             incoming: a.incoming,
         }));
     }
-    rows.sort_by(|a, b| a.account.cmp(&b.account));
+    rows.sort_by_key(|row| row.account);
     match format {
         Format::Json => print_json(&rows, &positions),
         Format::Text => print_table(dir, &rows, as_of),

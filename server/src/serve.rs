@@ -7,6 +7,7 @@
 //! and exit 0. A partition whose driver stopped (an fsync or write failed: the only safe
 //! reaction is to stop) makes the server shut down the same way and exit non-zero.
 
+use std::future::IntoFuture;
 use std::io;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -159,16 +160,28 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     })?;
     tracing::info!(%addr, "listening on http://{addr}");
 
-    let (stop_tx, stop_rx) = watch::channel(Stop::Running);
+    let (stop_tx, mut stop_rx) = watch::channel(Stop::Running);
     let mut graceful = stop_tx.subscribe();
     tokio::spawn(watch_for_stop(api.clone(), stop_tx));
     let app = api::router(api);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = graceful.wait_for(|stop| *stop != Stop::Running).await;
-            tracing::info!("shutting down: draining requests in flight");
-        })
-        .await;
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = graceful.wait_for(|stop| *stop != Stop::Running).await;
+        tracing::info!("shutting down: draining requests in flight");
+    });
+    // Draining is bounded: a client that never finishes its request must not keep the
+    // partitions from syncing and stopping.
+    let grace = Duration::from_millis(args.shutdown_grace_ms);
+    let drain_deadline = async {
+        let _ = stop_rx.wait_for(|stop| *stop != Stop::Running).await;
+        tokio::time::sleep(grace).await;
+    };
+    let served = tokio::select! {
+        served = server.into_future() => served,
+        () = drain_deadline => {
+            tracing::warn!(grace_ms = args.shutdown_grace_ms, "requests still in flight after the grace period; closing them");
+            Ok(())
+        }
+    };
     let stop = *stop_rx.borrow();
     tracing::info!("syncing and stopping partitions");
     let stopped = engine.shutdown().await;

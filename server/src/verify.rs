@@ -191,21 +191,42 @@ fn safe_replay(
 
 /// Checks the records themselves: ownership, exactly once, no Try after its Cancel.
 pub fn scan_log(partition: PartitionId, partitions: u32, records: &[Record]) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut cash: BTreeSet<(AccountId, TransactionId)> = BTreeSet::new();
-    let mut home: BTreeSet<TransferKey> = BTreeSet::new();
-    let mut tried: BTreeSet<TransferKey> = BTreeSet::new();
-    let mut closed: BTreeSet<TransferKey> = BTreeSet::new();
-    let here = |account: &AccountId| partition_of(account, partitions) == partition;
-    for record in records {
-        let lsn = record.lsn;
-        let mut violation = |text: String| {
-            found.push(format!("partition {partition} lsn {lsn}: {text}"));
-        };
-        match &record.event {
-            Event::AccountOpened { account, .. } if !here(account) => violation(format!(
-                "account {account} opened on a partition that does not own it"
-            )),
+    let mut scan = LogScan {
+        partition,
+        partitions,
+        ..LogScan::default()
+    };
+    records
+        .iter()
+        .filter_map(|record| {
+            scan.check(&record.event)
+                .map(|text| format!("partition {partition} lsn {}: {text}", record.lsn))
+        })
+        .collect()
+}
+
+/// What [`scan_log`] remembers of the records it has seen.
+#[derive(Default)]
+struct LogScan {
+    partition: PartitionId,
+    partitions: u32,
+    cash: BTreeSet<(AccountId, TransactionId)>,
+    home: BTreeSet<TransferKey>,
+    tried: BTreeSet<TransferKey>,
+    /// Destination branches cancelled (with or without a Try before).
+    closed: BTreeSet<TransferKey>,
+}
+
+impl LogScan {
+    fn here(&self, account: &AccountId) -> bool {
+        partition_of(account, self.partitions) == self.partition
+    }
+
+    /// The violation `event` shows, given the events before it.
+    fn check(&mut self, event: &Event) -> Option<String> {
+        match event {
+            Event::AccountOpened { account, .. } => (!self.here(account))
+                .then(|| format!("account {account} opened on a partition that does not own it")),
             Event::Deposited {
                 account,
                 transaction_id,
@@ -215,44 +236,37 @@ pub fn scan_log(partition: PartitionId, partitions: u32, records: &[Record]) -> 
                 account,
                 transaction_id,
                 ..
-            } => {
-                if !cash.insert((*account, *transaction_id)) {
-                    violation(format!(
-                        "transaction {transaction_id:?} of account {account} applied twice"
-                    ));
-                }
-            }
+            } => (!self.cash.insert((*account, *transaction_id))).then(|| {
+                format!("transaction {transaction_id:?} of account {account} applied twice")
+            }),
             Event::Transferred { transfer }
             | Event::TransferRejected { transfer, .. }
             | Event::DebitTried { transfer } => {
-                if !here(&transfer.from) {
-                    violation(format!(
-                        "transfer {:?} recorded away from its home",
-                        transfer.key()
-                    ));
+                let key = transfer.key();
+                if !self.here(&transfer.from) {
+                    return Some(format!("transfer {key:?} recorded away from its home"));
                 }
-                if !home.insert(transfer.key()) {
-                    violation(format!("transfer {:?} recorded twice", transfer.key()));
-                }
+                (!self.home.insert(key)).then(|| format!("transfer {key:?} recorded twice"))
             }
             Event::CreditTried { transfer } => {
                 let key = transfer.key();
-                if closed.contains(&key) {
-                    violation(format!(
+                if self.closed.contains(&key) {
+                    return Some(format!(
                         "Try of {key:?} after its Cancel (a hanging reservation)"
                     ));
                 }
-                if !tried.insert(key) {
-                    violation(format!("Try of {key:?} recorded twice"));
-                }
+                (!self.tried.insert(key)).then(|| format!("Try of {key:?} recorded twice"))
             }
             Event::CreditTryNotSeen { key } | Event::CreditCancelled { key } => {
-                closed.insert(*key);
+                self.closed.insert(*key);
+                None
             }
-            _ => {}
+            Event::TransferDecided { .. }
+            | Event::DebitConfirmed { .. }
+            | Event::DebitCancelled { .. }
+            | Event::CreditConfirmed { .. } => None,
         }
     }
-    found
 }
 
 /// Each account's `held` must equal the amounts of the unfinished transfers it is the source of.
