@@ -16,14 +16,14 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use walletd_core::driver::{DriverConfig, DriverError, DriverStats, Query, RecoveryReport};
-use walletd_core::engine::{Engine, EngineConfig};
+use walletd_core::engine::{Client, Engine, EngineConfig};
 use walletd_core::event::TransferKey;
 use walletd_core::ids::{AccountId, TransactionId};
 use walletd_core::partition::PartitionId;
 use walletd_core::storage::file::{FileStorage, FileStorageConfig};
 
 use crate::api::{self, Api, ApiOptions};
-use crate::cli::ServeArgs;
+use crate::cli::{ServeArgs, ServiceArgs};
 use crate::datadir::{DataDir, DataDirError};
 use crate::history::LogReader;
 
@@ -45,7 +45,7 @@ pub enum ServeError {
 
 /// Why serving ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
+pub(crate) enum Stop {
     Running,
     Signal,
     PartitionStopped(PartitionId),
@@ -76,7 +76,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
 }
 
-fn options(args: &ServeArgs) -> ApiOptions {
+pub(crate) fn options(args: &ServiceArgs) -> ApiOptions {
     ApiOptions {
         transfer_wait: Duration::from_millis(args.transfer_wait_ms),
         request_timeout: Duration::from_millis(args.request_timeout_ms),
@@ -102,7 +102,7 @@ async fn start_engine(args: &ServeArgs, dir: &DataDir) -> Result<Engine, ServeEr
     let config = EngineConfig {
         partitions: dir.partitions(),
         driver: DriverConfig {
-            snapshot_every_events: args.snapshot_every_events,
+            snapshot_every_events: args.service.snapshot_every_events,
             ..DriverConfig::default()
         },
         ..EngineConfig::default()
@@ -110,7 +110,7 @@ async fn start_engine(args: &ServeArgs, dir: &DataDir) -> Result<Engine, ServeEr
     Ok(Engine::start(storages, config).await?)
 }
 
-fn log_recovery(reports: &[RecoveryReport]) {
+pub(crate) fn log_recovery(reports: &[RecoveryReport]) {
     for report in reports {
         tracing::info!(
             partition = report.partition,
@@ -136,6 +136,21 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     tracing::info!(data_dir = %dir.root().display(), partitions = dir.partitions(), "starting");
     let engine = start_engine(&args, &dir).await?;
     log_recovery(engine.recovery_reports());
+    let api = local_api(&engine, engine.client(), dir, &args.service);
+    let listener = bind_http(&args.listen.to_string()).await?;
+    let stopped = serve_http(api, listener, engine.local_partitions(), &args.service).await;
+    tracing::info!("syncing and stopping partitions");
+    let engine_stopped = engine.shutdown().await;
+    let stop = stopped?;
+    engine_stopped?;
+    match stop {
+        Stop::PartitionStopped(partition) => Err(ServeError::PartitionStopped(partition)),
+        Stop::Running | Stop::Signal => Ok(()),
+    }
+}
+
+/// The API over `client`, with the statistics and logs of the partitions `engine` runs here.
+pub(crate) fn local_api(engine: &Engine, client: Client, dir: DataDir, args: &ServiceArgs) -> Api {
     let stats: Vec<(PartitionId, Arc<DriverStats>)> = engine
         .local_partitions()
         .iter()
@@ -147,11 +162,15 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         durable[*partition as usize] = Some(Arc::clone(stats));
     }
     let history = LogReader::new(dir, durable);
-    let api = Api::new(engine.client(), stats, Some(history), options(&args));
-    let listener = TcpListener::bind(args.listen)
+    Api::new(client, stats, Some(history), options(args))
+}
+
+/// Binds the HTTP listener and logs where it listens.
+pub(crate) async fn bind_http(address: &str) -> Result<TcpListener, ServeError> {
+    let listener = TcpListener::bind(address)
         .await
         .map_err(|source| ServeError::Io {
-            what: format!("cannot listen on {}", args.listen),
+            what: format!("cannot listen on {address}"),
             source,
         })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Io {
@@ -159,10 +178,21 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         source,
     })?;
     tracing::info!(%addr, "listening on http://{addr}");
+    Ok(listener)
+}
 
+/// Serves `api` until a signal, or until one of the `watched` partitions (those running in
+/// this process) stops; then drains requests in flight for at most the grace period. The
+/// caller stops its partitions afterwards.
+pub(crate) async fn serve_http(
+    api: Api,
+    listener: TcpListener,
+    watched: &[PartitionId],
+    args: &ServiceArgs,
+) -> Result<Stop, ServeError> {
     let (stop_tx, mut stop_rx) = watch::channel(Stop::Running);
     let mut graceful = stop_tx.subscribe();
-    tokio::spawn(watch_for_stop(api.clone(), stop_tx));
+    tokio::spawn(watch_for_stop(api.clone(), watched.to_vec(), stop_tx));
     let app = api::router(api);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = graceful.wait_for(|stop| *stop != Stop::Running).await;
@@ -183,24 +213,18 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         }
     };
     let stop = *stop_rx.borrow();
-    tracing::info!("syncing and stopping partitions");
-    let stopped = engine.shutdown().await;
     served.map_err(|source| ServeError::Io {
         what: "HTTP server failed".into(),
         source,
     })?;
-    stopped?;
-    match stop {
-        Stop::PartitionStopped(partition) => Err(ServeError::PartitionStopped(partition)),
-        Stop::Running | Stop::Signal => Ok(()),
-    }
+    Ok(stop)
 }
 
 /// Waits for a signal or for a partition to stop, and publishes why serving must end.
-async fn watch_for_stop(api: Api, stop: watch::Sender<Stop>) {
+async fn watch_for_stop(api: Api, watched: Vec<PartitionId>, stop: watch::Sender<Stop>) {
     let reason = tokio::select! {
         () = shutdown_signal() => Stop::Signal,
-        partition = dead_partition(&api) => Stop::PartitionStopped(partition),
+        partition = dead_partition(&api, &watched) => Stop::PartitionStopped(partition),
     };
     if let Stop::PartitionStopped(partition) = reason {
         tracing::error!(partition, "partition driver stopped; shutting down");
@@ -210,20 +234,21 @@ async fn watch_for_stop(api: Api, stop: watch::Sender<Stop>) {
     let _ = stop.send(reason);
 }
 
-/// Resolves with the first partition whose driver no longer answers. Polls every partition
-/// each [`WATCHDOG_INTERVAL_MS`], and at once when a request found one unavailable.
-async fn dead_partition(api: &Api) -> PartitionId {
+/// Resolves with the first of the `watched` partitions whose driver no longer answers. Polls
+/// them each [`WATCHDOG_INTERVAL_MS`], and at once when a request found one unavailable.
+/// Only partitions of this process are watched: one on another node that is down is that
+/// node's outage, not a reason for this one to stop.
+async fn dead_partition(api: &Api, watched: &[PartitionId]) -> PartitionId {
     let probe = TransferKey {
         from: AccountId::new("walletd.watchdog").expect("valid id"),
         transaction_id: TransactionId::new("probe").expect("valid id"),
     };
-    let partitions = api.client().partitions();
     loop {
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(WATCHDOG_INTERVAL_MS)) => {}
             () = api.partition_unavailable() => {}
         }
-        for partition in 0..partitions {
+        for &partition in watched {
             if api
                 .client()
                 .query(partition, Query::Transfer(probe))
