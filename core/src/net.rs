@@ -1146,12 +1146,10 @@ pub async fn start_node_on<S: Storage>(
         engine_config,
         |p| queues[&map.owner(p)].clone(),
         |report: &RecoveryReport| {
-            tracing::info!(
+            tracing::debug!(
                 node,
                 partition = report.partition,
                 last_lsn = report.last_lsn,
-                records = report.records_replayed,
-                resumed = report.transfers_resumed,
                 "partition recovered"
             )
         },

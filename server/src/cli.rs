@@ -56,8 +56,10 @@ pub enum Command {
     /// Checks: each log replays (no negative balance, nothing applied twice, no Try after its
     /// Cancel), each partition's conservation law, conservation across partitions per
     /// currency, that both sides of every cross-partition transfer agree, and that each
-    /// snapshot equals the replay at its lsn. Exits 0 with a summary, or 1 listing every
-    /// violation (2 if the directory cannot be read at all).
+    /// snapshot equals the replay at its lsn. A cluster node's directory is checked for the
+    /// partitions it holds; given every node's directory, the cluster is checked as one.
+    /// Exits 0 with a summary, or 1 listing every violation (2 if a directory cannot be read
+    /// at all).
     Verify(VerifyArgs),
 }
 
@@ -162,9 +164,10 @@ pub struct ReplayArgs {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The data directory to check (of a stopped server).
+    /// The data directory to check (of a stopped server). Repeat it with the directory of
+    /// every node of a cluster (<data-dir>/node-<N>) to check the cluster as a whole.
     #[arg(long, default_value = "./data")]
-    pub data_dir: PathBuf,
+    pub data_dir: Vec<PathBuf>,
 }
 
 /// Sets up logging to stderr; `WALLET_LOG` overrides `default` (an `EnvFilter` directive).

@@ -67,14 +67,17 @@ impl Report {
 }
 
 pub fn run(args: VerifyArgs) -> ExitCode {
-    let dir = match DataDir::open(&args.data_dir) {
-        Ok(dir) => dir,
-        Err(error) => {
-            eprintln!("wallet verify: {error}");
-            return ExitCode::from(EXIT_UNREADABLE);
+    let mut dirs = Vec::with_capacity(args.data_dir.len());
+    for root in &args.data_dir {
+        match DataDir::open(root) {
+            Ok(dir) => dirs.push(dir),
+            Err(error) => {
+                eprintln!("wallet verify: {error}");
+                return ExitCode::from(EXIT_UNREADABLE);
+            }
         }
-    };
-    let report = verify(&dir);
+    }
+    let report = verify_all(&dirs);
     for line in &report.lines {
         println!("{line}");
     }
@@ -93,35 +96,48 @@ pub fn run(args: VerifyArgs) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Runs every check on `dir`. A cluster node's directory holds some of the partitions: each
-/// of those is checked, and between partitions only what lies in the directory.
+/// Runs every check on `dir`.
 pub fn verify(dir: &DataDir) -> Report {
+    verify_all(std::slice::from_ref(dir))
+}
+
+/// Runs every check on the partitions of `dirs` taken together: an all-in-one node's
+/// directory, one cluster node's (each of its partitions is checked, and between partitions
+/// only what lies in it), or the directories of every node of a cluster (then the whole
+/// cluster is checked, across nodes, as one all-in-one directory would be).
+pub fn verify_all(dirs: &[DataDir]) -> Report {
     let mut report = Report::default();
-    report.lines.push(format!(
-        "wallet verify: {} ({} partitions)",
-        dir.root().display(),
-        dir.partitions()
-    ));
-    let held = match dir.held_partitions() {
-        Ok(held) => held,
-        Err(error) => {
-            report.violation(format!("cannot tell which partitions live here: {error}"));
+    let Some(partitions) = dirs.first().map(DataDir::partitions) else {
+        report.violation("no data directory to check".into());
+        return report;
+    };
+    let mut homes: Vec<Option<&DataDir>> = vec![None; partitions as usize];
+    for dir in dirs {
+        report.lines.push(format!(
+            "wallet verify: {} ({} partitions)",
+            dir.root().display(),
+            dir.partitions()
+        ));
+        if let Err(violation) = place_partitions(dir, &mut homes) {
+            report.violation(violation);
             return report;
         }
-    };
-    let complete = held.len() == dir.partitions() as usize;
+    }
+    let complete = homes.iter().all(Option::is_some);
     if !complete {
+        let held: Vec<PartitionId> = (0..partitions)
+            .filter(|p| homes[*p as usize].is_some())
+            .collect();
         report.lines.push(format!(
-            "a cluster node's directory: holds partitions {held:?}; the others live on other nodes, \
-             so conservation across partitions is left to a check of the whole cluster"
+            "partitions {held:?} are here; the others live on other cluster nodes, so \
+             conservation across partitions is left to a check of every node's directory \
+             (wallet verify --data-dir <node-0> --data-dir <node-1> ...)"
         ));
     }
-    let mut ledgers = Vec::with_capacity(dir.partitions() as usize);
+    let mut ledgers = Vec::with_capacity(partitions as usize);
     let mut replayed = true;
-    for partition in 0..dir.partitions() {
-        let ledger = held
-            .contains(&partition)
-            .then(|| verify_partition(dir, partition, &mut report));
+    for (partition, home) in (0..partitions).zip(&homes) {
+        let ledger = home.map(|dir| verify_partition(dir, partition, &mut report));
         replayed &= ledger.as_ref().is_none_or(Option::is_some);
         ledgers.push(ledger.flatten());
     }
@@ -137,6 +153,32 @@ pub fn verify(dir: &DataDir) -> Report {
     }
     check_transfers_agree(&ledgers, &mut report);
     report
+}
+
+/// Records in `homes[p]` that `dir` holds partition `p`; a partition in two directories, or
+/// directories of different partition counts, cannot be one cluster.
+fn place_partitions<'a>(dir: &'a DataDir, homes: &mut [Option<&'a DataDir>]) -> Result<(), String> {
+    if dir.partitions() as usize != homes.len() {
+        return Err(format!(
+            "{} has {} partitions, not {} like the first directory: not one cluster",
+            dir.root().display(),
+            dir.partitions(),
+            homes.len()
+        ));
+    }
+    let held = dir
+        .held_partitions()
+        .map_err(|error| format!("cannot tell which partitions live here: {error}"))?;
+    for partition in held {
+        if let Some(other) = homes[partition as usize].replace(dir) {
+            return Err(format!(
+                "partition {partition} is in both {} and {}",
+                other.root().display(),
+                dir.root().display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks one partition; its replayed ledger when the log replays.
