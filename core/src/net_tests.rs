@@ -695,3 +695,97 @@ fn macs_bind_role_nodes_and_nonces() {
     };
     assert_ne!(nonces.next(), nonces.next());
 }
+
+/// A map of two nodes: node 0 at `peer0`, node 1 at `peer1`; node 0 owns partition 0.
+fn two_node_map(peer0: String, peer1: String) -> PartitionMap {
+    let mut nodes = BTreeMap::new();
+    nodes.insert(
+        0,
+        NodeAddress {
+            http: "h0:1".into(),
+            peer: peer0,
+        },
+    );
+    nodes.insert(
+        1,
+        NodeAddress {
+            http: "h1:1".into(),
+            peer: peer1,
+        },
+    );
+    PartitionMap {
+        version: 1,
+        owners: vec![0, 1],
+        nodes,
+    }
+}
+
+#[tokio::test]
+async fn a_peer_that_goes_silent_is_declared_dead_and_its_requests_fail() {
+    // Node 1 is an impostor that knows the secret, completes the handshake, then reads and
+    // never answers: a frozen process, or a network that drops everything one way.
+    let fake = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let map = two_node_map(
+        listener.local_addr().unwrap().to_string(),
+        fake.local_addr().unwrap().to_string(),
+    );
+    let fake_ctx = NodeContext {
+        map: map.clone(),
+        ..context(1, 1, SECRET)
+    };
+    let frozen = tokio::spawn(async move {
+        let (mut stream, _) = fake.accept().await.unwrap();
+        handshake_acceptor(&mut stream, &fake_ctx).await.unwrap();
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let storage = FileStorage::open(dir.path().join("p0"), FileStorageConfig::default()).unwrap();
+    let node = start_node_on(listener, &map, 0, SECRET, vec![(0, storage)], config(1_000))
+        .await
+        .unwrap();
+    eventually("link up", || {
+        node.links()[&1].connected.load(Ordering::Relaxed)
+    })
+    .await;
+    // The last frame from the frozen peer is its handshake, just before the link came up.
+    let link_up = Instant::now();
+    let remote = (0..)
+        .map(|i| AccountId::new(&format!("acct-{i}")).unwrap())
+        .find(|a| map.partition_of(a) == 1)
+        .unwrap();
+    let answer = node
+        .client()
+        .execute(deposit(remote, 1, "d-1"), false)
+        .await;
+    assert_eq!(answer, Err(Unavailable(1)));
+    let silent = Duration::from_millis(config(1_000).net.peer_silent_max_ms);
+    let waited = link_up.elapsed();
+    let polling = Duration::from_millis(50);
+    assert!(
+        waited + polling >= silent && waited < silent * 3,
+        "failed {waited:?} after the last frame"
+    );
+    assert!(!node.links()[&1].connected.load(Ordering::Relaxed));
+    frozen.abort();
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_peer_that_sends_garbage_is_disconnected() {
+    let cluster = Cluster::start(2, 4, config(30_000)).await;
+    let mut stream = TcpStream::connect(cluster.node(0).peer_address())
+        .await
+        .unwrap();
+    handshake_connector(&mut stream, &context(1, 1, SECRET), 0)
+        .await
+        .unwrap();
+    stream.write_all(&[0xff; 64]).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    // The node itself is unharmed.
+    let a = cluster.account_on(1, "acct");
+    open(&cluster.client(0), a).await;
+}
