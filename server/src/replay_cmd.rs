@@ -12,7 +12,7 @@ use walletd_core::partition::{partition_of, PartitionId};
 use walletd_core::replay::{self, AsOf};
 
 use crate::api::queries::{format_signed, kind_name};
-use crate::cli::{Format, ReplayArgs};
+use crate::cli::{print_line, Format, ReplayArgs};
 use crate::datadir::DataDir;
 use crate::history::{account_filter, read_partition_log, PartitionLog, Progress};
 use crate::rfc3339;
@@ -216,7 +216,7 @@ fn print_json(rows: &[Row], positions: &BTreeMap<PartitionId, u64>) {
         .map(|(p, lsn)| (p.to_string(), *lsn))
         .collect();
     let doc = json!({ "accounts": accounts, "as_of_lsn_by_partition": lsns });
-    println!("{doc:#}");
+    print_line(&format!("{doc:#}"));
 }
 
 /// Formats a sum of balances, which may exceed `u64` in principle.
@@ -269,7 +269,7 @@ fn account_history(
             "as_of_lsn": log.last_lsn,
             "movements": list,
         });
-        println!("{doc:#}");
+        print_line(&format!("{doc:#}"));
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = io::stdout().lock();

@@ -29,7 +29,7 @@ use walletd_core::partition::{partition_of, PartitionId};
 use walletd_core::replay::{self, AsOf};
 use walletd_core::snapshot::decode_snapshot;
 
-use crate::cli::VerifyArgs;
+use crate::cli::{print_line, VerifyArgs};
 use crate::datadir::DataDir;
 use crate::history::read_partition_log;
 
@@ -76,19 +76,19 @@ pub fn run(args: VerifyArgs) -> ExitCode {
     };
     let report = verify(&dir);
     for line in &report.lines {
-        println!("{line}");
+        print_line(line);
     }
     if report.is_clean() {
-        println!("OK: no violations");
+        print_line("OK: no violations");
         return ExitCode::SUCCESS;
     }
     let total = report.violations.len() + report.unlisted;
-    println!("FAILED: {total} violation(s):");
+    print_line(&format!("FAILED: {total} violation(s):"));
     for (i, violation) in report.violations.iter().enumerate() {
-        println!("  {}. {violation}", i + 1);
+        print_line(&format!("  {}. {violation}", i + 1));
     }
     if report.unlisted > 0 {
-        println!("  ... and {} more", report.unlisted);
+        print_line(&format!("  ... and {} more", report.unlisted));
     }
     ExitCode::FAILURE
 }
