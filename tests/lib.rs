@@ -28,6 +28,8 @@ use walletd_core::partition::partition_of;
 
 /// How long a server may take to recover and listen.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long test servers let a transfer request wait for its outcome (`--transfer-wait-ms`).
+const TRANSFER_WAIT_MS: &str = "20000";
 /// How long a stopping server may take to exit.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -87,8 +89,15 @@ pub struct Server {
 
 impl Server {
     fn start(wallet: &Wallet, data_dir: &Path, extra: &[&str]) -> Server {
+        // Tests expect final outcomes: wait for them far longer than a loaded CI machine needs,
+        // unless the test is about the wait itself.
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
+        if !extra.contains(&"--transfer-wait-ms") {
+            args.extend(["--transfer-wait-ms", TRANSFER_WAIT_MS]);
+        }
         let mut child = Command::new(&wallet.bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(&args)
+            .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
             .env("WALLET_LOG", "info,tower_http=warn")

@@ -195,10 +195,11 @@ fn kill_9_during_transfers_then_verify_restart_and_audit() {
                 ("rejected", "rejected"),
                 "{attempt:?}"
             ),
-            Some((code, _)) => panic!("unexpected answer {code} for {attempt:?}"),
-            None => {
+            // No answer, or not final in time: any outcome, as long as it is final now.
+            None | Some((202, _)) => {
                 assert!(["committed", "rejected", "cancelled", "absent"].contains(&status.as_str()))
             }
+            Some((code, _)) => panic!("unexpected answer {code} for {attempt:?}"),
         }
         if status == "committed" {
             *expected.get_mut(attempt.from.as_str()).unwrap() -= attempt.cents;
