@@ -706,13 +706,13 @@ fn over_the_in_flight_limit_requests_get_429() {
     // Probes are not limited.
     assert_eq!(s.get("/healthz").status, 200);
     drop(slow);
+    // (`b` may have been opened by an attempt that came before the slow request's.)
     let admitted = wait_until(Duration::from_secs(10), || {
-        s.post(
+        let r = s.post(
             "/v1/accounts",
             &json!({"account_id": "b", "currency": "USD"}),
-        )
-        .status
-            == 201
+        );
+        r.status == 201 || r.status == 200
     });
     assert!(admitted, "the permit came back");
 }
