@@ -723,6 +723,23 @@ fn over_the_in_flight_limit_requests_get_429() {
 }
 
 #[test]
+fn a_request_over_the_time_limit_gets_503_request_timeout() {
+    let (_tmp, s) = start(&["--request-timeout-ms", "200"]);
+    // A body that never finishes arriving keeps its request busy past the limit.
+    let mut slow = http::connect(s.addr).expect("connect");
+    slow.write_all(b"POST /v1/accounts HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        .expect("write");
+    let r = http::read_response(&mut slow).expect("a response");
+    assert_eq!(
+        (r.status, r.code()),
+        (503, "request_timeout".into()),
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.header("content-type"), Some("application/json"));
+}
+
+#[test]
 fn an_outcome_not_final_in_time_is_202_with_a_status_url() {
     let (_tmp, s) = start(&["--transfer-wait-ms", "0"]);
     let a = &accounts_in("p", 6, PARTITIONS, 1)[0];
