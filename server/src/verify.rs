@@ -46,9 +46,20 @@ pub struct Report {
     pub violations: Vec<String>,
     /// Violations found but not listed (beyond [`VIOLATIONS_LISTED_MAX`] for one check).
     pub unlisted: usize,
+    /// Print each line as soon as it is known.
+    pub echo: bool,
 }
 
 impl Report {
+    /// A line of the summary; printed at once when `echo` is set, so a long check shows
+    /// its progress partition by partition.
+    fn line(&mut self, text: String) {
+        if self.echo {
+            print_line(&text);
+        }
+        self.lines.push(text);
+    }
+
     fn violation(&mut self, text: String) {
         self.violations.push(text);
     }
@@ -74,10 +85,7 @@ pub fn run(args: VerifyArgs) -> ExitCode {
             return ExitCode::from(EXIT_UNREADABLE);
         }
     };
-    let report = verify(&dir);
-    for line in &report.lines {
-        print_line(line);
-    }
+    let report = verify(&dir, true);
     if report.is_clean() {
         print_line("OK: no violations");
         return ExitCode::SUCCESS;
@@ -93,10 +101,13 @@ pub fn run(args: VerifyArgs) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Runs every check on `dir`.
-pub fn verify(dir: &DataDir) -> Report {
-    let mut report = Report::default();
-    report.lines.push(format!(
+/// Runs every check on `dir`; with `echo`, prints the summary lines as they come.
+pub fn verify(dir: &DataDir, echo: bool) -> Report {
+    let mut report = Report {
+        echo,
+        ..Report::default()
+    };
+    report.line(format!(
         "wallet verify: {} ({} partitions)",
         dir.root().display(),
         dir.partitions()
@@ -110,9 +121,7 @@ pub fn verify(dir: &DataDir) -> Report {
             check_global_conservation(&ledgers, &mut report);
             check_transfers_agree(&ledgers, &mut report);
         }
-        None => report
-            .lines
-            .push("cross-partition checks skipped: some partition did not replay".into()),
+        None => report.line("cross-partition checks skipped: some partition did not replay".into()),
     }
     report
 }
@@ -158,7 +167,7 @@ fn verify_partition(dir: &DataDir, partition: PartitionId, report: &mut Report) 
         );
     }
     line.push_str(&snapshots);
-    report.lines.push(line);
+    report.line(line);
     Some(ledger)
 }
 
@@ -408,7 +417,7 @@ fn check_global_conservation(ledgers: &[Ledger], report: &mut Report) {
             money(t.holds_in_flight, currency)
         );
         if expected == Some(held) {
-            report.lines.push(format!("{line}: conserved"));
+            report.line(format!("{line}: conserved"));
         } else {
             report.violation(format!("conservation across partitions: {line}"));
         }
@@ -457,9 +466,7 @@ fn check_transfers_agree(ledgers: &[Ledger], report: &mut Report) {
             }
         }
     }
-    report
-        .lines
-        .push(format!("cross-partition transfers checked: {checked}"));
+    report.line(format!("cross-partition transfers checked: {checked}"));
     report.violations_of(found);
 }
 
