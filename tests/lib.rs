@@ -31,6 +31,8 @@ use walletd_core::partition::partition_of;
 
 /// How long a server may take to recover and listen.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long test servers let a transfer request wait for its outcome (`--transfer-wait-ms`).
+const TRANSFER_WAIT_MS: &str = "20000";
 /// How long a stopping server may take to exit.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -76,6 +78,11 @@ impl Wallet {
     /// Starts `wallet serve` on a free port with `data_dir` and extra arguments.
     pub fn serve(&self, data_dir: &Path, extra: &[&str]) -> Server {
         let mut args: Vec<OsString> = vec!["serve".into(), "--listen".into(), "127.0.0.1:0".into()];
+        // Tests expect final outcomes: wait for them far longer than a loaded CI machine needs,
+        // unless the test is about the wait itself.
+        if !extra.contains(&"--transfer-wait-ms") {
+            args.extend(["--transfer-wait-ms".into(), TRANSFER_WAIT_MS.into()]);
+        }
         args.extend(["--data-dir".into(), data_dir.into()]);
         args.extend(extra.iter().map(OsString::from));
         Server::start(self, args, data_dir)

@@ -170,6 +170,13 @@ pub struct VerifyArgs {
     pub data_dir: Vec<PathBuf>,
 }
 
+/// Writes a line to stdout, ignoring a closed pipe (`wallet replay | head` must not panic).
+pub fn print_line(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+}
+
 /// Sets up logging to stderr; `WALLET_LOG` overrides `default` (an `EnvFilter` directive).
 fn init_tracing(default: &str) {
     let filter = EnvFilter::try_from_env("WALLET_LOG").unwrap_or_else(|_| EnvFilter::new(default));

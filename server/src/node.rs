@@ -14,6 +14,7 @@
 //! links close last.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use walletd_core::coordinator::CoordinatorConfig;
 use walletd_core::driver::DriverConfig;
@@ -25,7 +26,7 @@ use walletd_core::storage::file::{FileStorage, FileStorageConfig};
 use crate::cli::NodeArgs;
 use crate::cluster::{ClusterConfig, ClusterConfigError};
 use crate::datadir::DataDir;
-use crate::serve::{bind_http, local_api, log_recovery, serve_http, ServeError, Stop};
+use crate::serve::{bind_http, build_api, log_recovery, options, serve_http, ServeError, Stop};
 
 /// Why a node could not start or did not stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -126,11 +127,16 @@ async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
     let http = bind_http(&address.http).await?;
     let node = start_node(&cluster.map, args.id, &cluster.secret, storages, config).await?;
     log_recovery(node.engine().recovery_reports());
-    let api = local_api(node.engine(), node.client(), dir, &args.service);
-    let stopped = serve_http(api, http, node.engine().local_partitions(), &args.service).await;
+    let api = build_api(node.engine(), dir, options(&args.service));
+    let grace = Duration::from_millis(args.service.shutdown_grace_ms);
+    let local = node.engine().local_partitions().to_vec();
+    let (served, stop) = serve_http(http, api, &local, grace).await;
     tracing::info!("syncing and stopping partitions");
     let node_stopped = node.shutdown().await;
-    let stop = stopped?;
+    served.map_err(|source| ServeError::Io {
+        what: "HTTP server failed".into(),
+        source,
+    })?;
     node_stopped.map_err(ServeError::from)?;
     match stop {
         Stop::PartitionStopped(partition) => Err(ServeError::PartitionStopped(partition).into()),

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use walletd_core::driver::{DriverConfig, DriverError, DriverStats, Query, RecoveryReport};
-use walletd_core::engine::{Client, Engine, EngineConfig};
+use walletd_core::engine::{Engine, EngineConfig};
 use walletd_core::event::TransferKey;
 use walletd_core::ids::{AccountId, TransactionId};
 use walletd_core::partition::PartitionId;
@@ -136,33 +136,21 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     tracing::info!(data_dir = %dir.root().display(), partitions = dir.partitions(), "starting");
     let engine = start_engine(&args, &dir).await?;
     log_recovery(engine.recovery_reports());
-    let api = local_api(&engine, engine.client(), dir, &args.service);
+    let api = build_api(&engine, dir, options(&args.service));
     let listener = bind_http(&args.listen.to_string()).await?;
-    let stopped = serve_http(api, listener, engine.local_partitions(), &args.service).await;
+    let grace = Duration::from_millis(args.service.shutdown_grace_ms);
+    let (served, stop) = serve_http(listener, api, engine.local_partitions(), grace).await;
     tracing::info!("syncing and stopping partitions");
-    let engine_stopped = engine.shutdown().await;
-    let stop = stopped?;
-    engine_stopped?;
+    let stopped = engine.shutdown().await;
+    served.map_err(|source| ServeError::Io {
+        what: "HTTP server failed".into(),
+        source,
+    })?;
+    stopped?;
     match stop {
         Stop::PartitionStopped(partition) => Err(ServeError::PartitionStopped(partition)),
         Stop::Running | Stop::Signal => Ok(()),
     }
-}
-
-/// The API over `client`, with the statistics and logs of the partitions `engine` runs here.
-pub(crate) fn local_api(engine: &Engine, client: Client, dir: DataDir, args: &ServiceArgs) -> Api {
-    let stats: Vec<(PartitionId, Arc<DriverStats>)> = engine
-        .local_partitions()
-        .iter()
-        .copied()
-        .zip(engine.stats().iter().cloned())
-        .collect();
-    let mut durable = vec![None; dir.partitions() as usize];
-    for (partition, stats) in &stats {
-        durable[*partition as usize] = Some(Arc::clone(stats));
-    }
-    let history = LogReader::new(dir, durable);
-    Api::new(client, stats, Some(history), options(args))
 }
 
 /// Binds the HTTP listener and logs where it listens.
@@ -181,26 +169,41 @@ pub(crate) async fn bind_http(address: &str) -> Result<TcpListener, ServeError> 
     Ok(listener)
 }
 
-/// Serves `api` until a signal, or until one of the `watched` partitions (those running in
-/// this process) stops; then drains requests in flight for at most the grace period. The
-/// caller stops its partitions afterwards.
+/// The API over every partition `engine`'s client reaches (on a cluster node, those of other
+/// nodes too), with the statistics and logs of the partitions running here.
+pub(crate) fn build_api(engine: &Engine, dir: DataDir, options: ApiOptions) -> Api {
+    let stats: Vec<(PartitionId, Arc<DriverStats>)> = engine
+        .local_partitions()
+        .iter()
+        .copied()
+        .zip(engine.stats().iter().cloned())
+        .collect();
+    let mut durable = vec![None; dir.partitions() as usize];
+    for (partition, stats) in &stats {
+        durable[*partition as usize] = Some(Arc::clone(stats));
+    }
+    let history = LogReader::new(dir, durable);
+    Api::new(engine.client(), stats, Some(history), options)
+}
+
+/// Serves HTTP until a signal or until one of the `watched` partitions (those running in
+/// this process) stops, then drains requests in flight for at most `grace`. Returns how
+/// serving ended and why; the caller stops its partitions afterwards.
 pub(crate) async fn serve_http(
-    api: Api,
     listener: TcpListener,
+    api: Api,
     watched: &[PartitionId],
-    args: &ServiceArgs,
-) -> Result<Stop, ServeError> {
+    grace: Duration,
+) -> (io::Result<()>, Stop) {
     let (stop_tx, mut stop_rx) = watch::channel(Stop::Running);
     let mut graceful = stop_tx.subscribe();
     tokio::spawn(watch_for_stop(api.clone(), watched.to_vec(), stop_tx));
-    let app = api::router(api);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = axum::serve(listener, api::router(api)).with_graceful_shutdown(async move {
         let _ = graceful.wait_for(|stop| *stop != Stop::Running).await;
         tracing::info!("shutting down: draining requests in flight");
     });
     // Draining is bounded: a client that never finishes its request must not keep the
     // partitions from syncing and stopping.
-    let grace = Duration::from_millis(args.shutdown_grace_ms);
     let drain_deadline = async {
         let _ = stop_rx.wait_for(|stop| *stop != Stop::Running).await;
         tokio::time::sleep(grace).await;
@@ -208,16 +211,12 @@ pub(crate) async fn serve_http(
     let served = tokio::select! {
         served = server.into_future() => served,
         () = drain_deadline => {
-            tracing::warn!(grace_ms = args.shutdown_grace_ms, "requests still in flight after the grace period; closing them");
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "requests still in flight after the grace period; closing them");
             Ok(())
         }
     };
     let stop = *stop_rx.borrow();
-    served.map_err(|source| ServeError::Io {
-        what: "HTTP server failed".into(),
-        source,
-    })?;
-    Ok(stop)
+    (served, stop)
 }
 
 /// Waits for a signal or for a partition to stop, and publishes why serving must end.

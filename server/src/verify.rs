@@ -29,7 +29,7 @@ use walletd_core::partition::{partition_of, PartitionId};
 use walletd_core::replay::{self, AsOf};
 use walletd_core::snapshot::decode_snapshot;
 
-use crate::cli::VerifyArgs;
+use crate::cli::{print_line, VerifyArgs};
 use crate::datadir::DataDir;
 use crate::history::read_partition_log;
 
@@ -46,9 +46,20 @@ pub struct Report {
     pub violations: Vec<String>,
     /// Violations found but not listed (beyond [`VIOLATIONS_LISTED_MAX`] for one check).
     pub unlisted: usize,
+    /// Print each line as soon as it is known.
+    pub echo: bool,
 }
 
 impl Report {
+    /// A line of the summary; printed at once when `echo` is set, so a long check shows
+    /// its progress partition by partition.
+    fn line(&mut self, text: String) {
+        if self.echo {
+            print_line(&text);
+        }
+        self.lines.push(text);
+    }
+
     fn violation(&mut self, text: String) {
         self.violations.push(text);
     }
@@ -77,43 +88,43 @@ pub fn run(args: VerifyArgs) -> ExitCode {
             }
         }
     }
-    let report = verify_all(&dirs);
-    for line in &report.lines {
-        println!("{line}");
-    }
+    let report = verify_all(&dirs, true);
     if report.is_clean() {
-        println!("OK: no violations");
+        print_line("OK: no violations");
         return ExitCode::SUCCESS;
     }
     let total = report.violations.len() + report.unlisted;
-    println!("FAILED: {total} violation(s):");
+    print_line(&format!("FAILED: {total} violation(s):"));
     for (i, violation) in report.violations.iter().enumerate() {
-        println!("  {}. {violation}", i + 1);
+        print_line(&format!("  {}. {violation}", i + 1));
     }
     if report.unlisted > 0 {
-        println!("  ... and {} more", report.unlisted);
+        print_line(&format!("  ... and {} more", report.unlisted));
     }
     ExitCode::FAILURE
 }
 
-/// Runs every check on `dir`.
-pub fn verify(dir: &DataDir) -> Report {
-    verify_all(std::slice::from_ref(dir))
+/// Runs every check on `dir`; with `echo`, prints the summary lines as they come.
+pub fn verify(dir: &DataDir, echo: bool) -> Report {
+    verify_all(std::slice::from_ref(dir), echo)
 }
 
 /// Runs every check on the partitions of `dirs` taken together: an all-in-one node's
 /// directory, one cluster node's (each of its partitions is checked, and between partitions
 /// only what lies in it), or the directories of every node of a cluster (then the whole
 /// cluster is checked, across nodes, as one all-in-one directory would be).
-pub fn verify_all(dirs: &[DataDir]) -> Report {
-    let mut report = Report::default();
+pub fn verify_all(dirs: &[DataDir], echo: bool) -> Report {
+    let mut report = Report {
+        echo,
+        ..Report::default()
+    };
     let Some(partitions) = dirs.first().map(DataDir::partitions) else {
         report.violation("no data directory to check".into());
         return report;
     };
     let mut homes: Vec<Option<&DataDir>> = vec![None; partitions as usize];
     for dir in dirs {
-        report.lines.push(format!(
+        report.line(format!(
             "wallet verify: {} ({} partitions)",
             dir.root().display(),
             dir.partitions()
@@ -128,7 +139,7 @@ pub fn verify_all(dirs: &[DataDir]) -> Report {
         let held: Vec<PartitionId> = (0..partitions)
             .filter(|p| homes[*p as usize].is_some())
             .collect();
-        report.lines.push(format!(
+        report.line(format!(
             "partitions {held:?} are here; the others live on other cluster nodes, so \
              conservation across partitions is left to a check of every node's directory \
              (wallet verify --data-dir <node-0> --data-dir <node-1> ...)"
@@ -142,9 +153,7 @@ pub fn verify_all(dirs: &[DataDir]) -> Report {
         ledgers.push(ledger.flatten());
     }
     if !replayed {
-        report
-            .lines
-            .push("cross-partition checks skipped: some partition did not replay".into());
+        report.line("cross-partition checks skipped: some partition did not replay".into());
         return report;
     }
     if complete {
@@ -222,7 +231,7 @@ fn verify_partition(dir: &DataDir, partition: PartitionId, report: &mut Report) 
         );
     }
     line.push_str(&snapshots);
-    report.lines.push(line);
+    report.line(line);
     Some(ledger)
 }
 
@@ -472,7 +481,7 @@ fn check_global_conservation(ledgers: &[Ledger], report: &mut Report) {
             money(t.holds_in_flight, currency)
         );
         if expected == Some(held) {
-            report.lines.push(format!("{line}: conserved"));
+            report.line(format!("{line}: conserved"));
         } else {
             report.violation(format!("conservation across partitions: {line}"));
         }
@@ -534,7 +543,7 @@ fn check_transfers_agree(ledgers: &[Option<Ledger>], report: &mut Report) {
             "; {elsewhere} with a destination on another node not checked here"
         ));
     }
-    report.lines.push(line);
+    report.line(line);
     report.violations_of(found);
 }
 

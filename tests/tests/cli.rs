@@ -154,7 +154,12 @@ fn sigterm_drains_a_request_in_flight_before_exiting() {
     let mut slow = http::connect(s.addr).unwrap();
     slow.write_all(head.as_bytes()).unwrap();
     slow.write_all(&body[..10]).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let in_flight = walletd_e2e::wait_until(Duration::from_secs(10), || {
+        s.get("/metrics")
+            .text()
+            .contains("walletd_http_requests_in_flight 2")
+    });
+    assert!(in_flight, "the slow request reached its handler");
     s.send_sigterm();
     std::thread::sleep(Duration::from_millis(300));
     assert!(s.is_running(), "the server waits for the request in flight");
