@@ -80,6 +80,12 @@ impl Client {
         partition_of(account, self.partitions)
     }
 
+    /// The inbox of `partition`. A cluster node's peer link hands what arrives from other
+    /// nodes (peer messages, forwarded commands) to its local drivers through it.
+    pub fn inbox(&self, partition: PartitionId) -> &mpsc::Sender<Input> {
+        &self.inboxes[partition as usize]
+    }
+
     /// Executes `command` on its partition and waits for the durable answer. With `wait`, a
     /// cross-partition transfer answers once decided (bound the wait with a timeout).
     pub async fn execute(
