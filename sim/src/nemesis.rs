@@ -1,0 +1,237 @@
+//! The nemesis: injects the faults enabled for the run, at seeded times, and undoes each
+//! after a seeded while; `heal` ends them all for the quiesce period.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use tokio::time::Instant;
+
+use crate::cluster::Cluster;
+use crate::config::{Fault, FaultSet};
+use crate::network::{HostId, LinkFaults};
+
+/// Pause between two injections (uniform in this range, in ms).
+const GAP_MS: (u64, u64) = (200, 2_500);
+/// How long a node stays down, in ms.
+const DOWN_MS: (u64, u64) = (100, 4_000);
+/// How long a network or disk fault lasts, in ms.
+const FAULT_MS: (u64, u64) = (500, 6_000);
+
+/// Something to undo at a given time.
+#[derive(Debug, Clone)]
+enum Undo {
+    Restart(usize),
+    Uncut(Vec<(HostId, HostId)>),
+    Unclog((HostId, HostId)),
+    LossOff,
+    DupOff,
+    JitterOff,
+    DiskNormal(usize),
+}
+
+/// Injects and undoes faults; counts and logs them.
+pub struct Nemesis {
+    rng: ChaCha8Rng,
+    faults: FaultSet,
+    /// Undo actions by due time (with a sequence number to keep equal times in order).
+    pending: BTreeMap<(Instant, u64), Undo>,
+    seq: u64,
+    pub injected: u32,
+    pub log: Vec<String>,
+    verbose: bool,
+    start: Instant,
+}
+
+fn ms(rng: &mut ChaCha8Rng, range: (u64, u64)) -> Duration {
+    Duration::from_millis(rng.gen_range(range.0..=range.1))
+}
+
+impl Nemesis {
+    pub fn new(rng: ChaCha8Rng, faults: FaultSet, verbose: bool) -> Nemesis {
+        Nemesis {
+            rng,
+            faults,
+            pending: BTreeMap::new(),
+            seq: 0,
+            injected: 0,
+            log: Vec::new(),
+            verbose,
+            start: Instant::now(),
+        }
+    }
+
+    fn note(&mut self, what: String) {
+        let line = format!("{:>8.3}s {what}", self.start.elapsed().as_secs_f64());
+        if self.verbose {
+            println!("nemesis: {line}");
+        }
+        self.log.push(line);
+    }
+
+    fn schedule(&mut self, after: Duration, undo: Undo) {
+        self.seq += 1;
+        self.pending.insert((Instant::now() + after, self.seq), undo);
+    }
+
+    /// Injects faults until `until`, undoing each when due.
+    pub async fn run(&mut self, cluster: &mut Cluster, until: Instant) {
+        let kinds: Vec<Fault> = self.faults.iter().filter(|f| *f != Fault::Torn).collect();
+        let mut next_injection = Instant::now() + ms(&mut self.rng, GAP_MS);
+        loop {
+            let next_undo = self.pending.keys().next().map(|(t, _)| *t);
+            let next = next_undo.map_or(next_injection, |u| u.min(next_injection));
+            if next >= until {
+                break;
+            }
+            tokio::time::sleep_until(next).await;
+            if next_undo == Some(next) {
+                let (_, undo) = self.pending.pop_first().expect("a pending undo");
+                self.undo(cluster, undo);
+                continue;
+            }
+            if let Some(&kind) = kinds.choose(&mut self.rng) {
+                self.inject(cluster, kind).await;
+            }
+            next_injection = Instant::now() + ms(&mut self.rng, GAP_MS);
+        }
+        tokio::time::sleep_until(until).await;
+    }
+
+    /// Ends every fault: restarts dead nodes, heals the network and the disks.
+    pub fn heal(&mut self, cluster: &mut Cluster) {
+        for (_, undo) in std::mem::take(&mut self.pending) {
+            self.undo(cluster, undo);
+        }
+        cluster.net().set_faults(LinkFaults::default());
+        for n in cluster.nodes_down() {
+            cluster.restart(n);
+        }
+        for node in &cluster.nodes {
+            node.speed.slow_us_max.store(0, Ordering::Relaxed);
+        }
+        self.note("heal: network healed, every node up, disks normal".into());
+    }
+
+    async fn inject(&mut self, cluster: &mut Cluster, kind: Fault) {
+        let net = std::sync::Arc::clone(cluster.net());
+        let mut faults = net.faults();
+        let hosts = (cluster.nodes.len() + cluster.client_hosts.len()) as HostId;
+        let servers = cluster.nodes.len() as HostId;
+        match kind {
+            Fault::Kill => {
+                let up: Vec<usize> = (0..cluster.nodes.len()).filter(|n| cluster.nodes[*n].up).collect();
+                let Some(&n) = up.choose(&mut self.rng) else {
+                    return;
+                };
+                let reports = cluster.kill(n);
+                let down = ms(&mut self.rng, DOWN_MS);
+                let lost: usize = reports.iter().map(|r| r.lost_bytes).sum();
+                let torn: usize = reports.iter().map(|r| r.torn_bytes_kept).sum();
+                self.note(format!(
+                    "kill {} (lost {lost} unsynced bytes, kept {torn} torn) for {down:?}",
+                    cluster.nodes[n].name
+                ));
+                self.schedule(down, Undo::Restart(n));
+            }
+            Fault::Partition => {
+                let mut side: Vec<HostId> = (0..hosts).filter(|_| self.rng.gen_bool(0.5)).collect();
+                if side.is_empty() || side.len() == hosts as usize {
+                    side = vec![self.rng.gen_range(0..servers)];
+                }
+                let mut links = Vec::new();
+                for a in 0..hosts {
+                    for b in 0..hosts {
+                        if side.contains(&a) != side.contains(&b) && faults.cut.insert((a, b)) {
+                            links.push((a, b));
+                        }
+                    }
+                }
+                let lasts = ms(&mut self.rng, FAULT_MS);
+                self.note(format!("partition {side:?} from the rest for {lasts:?}"));
+                self.schedule(lasts, Undo::Uncut(links));
+            }
+            Fault::Clog => {
+                let a = self.rng.gen_range(0..hosts);
+                let b = loop {
+                    let b = self.rng.gen_range(0..servers);
+                    if b != a {
+                        break b;
+                    }
+                };
+                let (from, to) = if self.rng.gen_bool(0.5) { (a, b) } else { (b, a) };
+                faults.clogged.insert((from, to));
+                let lasts = ms(&mut self.rng, FAULT_MS);
+                self.note(format!("clog {from}>{to} for {lasts:?}"));
+                self.schedule(lasts, Undo::Unclog((from, to)));
+            }
+            Fault::Loss => {
+                faults.loss_ppm = self.rng.gen_range(20_000..=300_000);
+                let lasts = ms(&mut self.rng, FAULT_MS);
+                self.note(format!("loss {} ppm for {lasts:?}", faults.loss_ppm));
+                self.schedule(lasts, Undo::LossOff);
+            }
+            Fault::Dup => {
+                faults.dup_ppm = self.rng.gen_range(50_000..=500_000);
+                let lasts = ms(&mut self.rng, FAULT_MS);
+                self.note(format!("duplicate {} ppm for {lasts:?}", faults.dup_ppm));
+                self.schedule(lasts, Undo::DupOff);
+            }
+            Fault::Delay => {
+                faults.jitter_us_max = self.rng.gen_range(20_000..=3_000_000);
+                let lasts = ms(&mut self.rng, FAULT_MS);
+                self.note(format!("jitter up to {} ms for {lasts:?}", faults.jitter_us_max / 1_000));
+                self.schedule(lasts, Undo::JitterOff);
+            }
+            Fault::SlowDisk => {
+                let n = self.rng.gen_range(0..cluster.nodes.len());
+                let slow_us = self.rng.gen_range(5_000..=300_000);
+                cluster.nodes[n].speed.slow_us_max.store(slow_us, Ordering::Relaxed);
+                let lasts = ms(&mut self.rng, FAULT_MS);
+                self.note(format!(
+                    "slow disk on {} (up to {} ms per sync) for {lasts:?}",
+                    cluster.nodes[n].name,
+                    slow_us / 1_000
+                ));
+                self.schedule(lasts, Undo::DiskNormal(n));
+            }
+            Fault::ClockJump => {
+                let jump = ms(&mut self.rng, (200, 5_000));
+                self.note(format!("clock jumps forward {jump:?}"));
+                madsim::time::advance(jump);
+            }
+            Fault::Torn => unreachable!("torn tails are a property of kills"),
+        }
+        net.set_faults(faults);
+        self.injected += 1;
+    }
+
+    fn undo(&mut self, cluster: &mut Cluster, undo: Undo) {
+        let net = std::sync::Arc::clone(cluster.net());
+        let mut faults = net.faults();
+        match &undo {
+            Undo::Restart(n) => {
+                cluster.restart(*n);
+                self.note(format!("restart {}", cluster.nodes[*n].name));
+            }
+            Undo::Uncut(links) => {
+                for link in links {
+                    faults.cut.remove(link);
+                }
+                self.note("partition healed".into());
+            }
+            Undo::Unclog(link) => {
+                faults.clogged.remove(link);
+                self.note(format!("clog {}>{} cleared", link.0, link.1));
+            }
+            Undo::LossOff => faults.loss_ppm = 0,
+            Undo::DupOff => faults.dup_ppm = 0,
+            Undo::JitterOff => faults.jitter_us_max = 0,
+            Undo::DiskNormal(n) => cluster.nodes[*n].speed.slow_us_max.store(0, Ordering::Relaxed),
+        }
+        net.set_faults(faults);
+    }
+}
