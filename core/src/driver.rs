@@ -21,7 +21,7 @@ use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::codec::{decode_log, encode_record, Record};
+use crate::codec::{decode_log, encode_record, CodecError, Record};
 use crate::coordinator::{Coordinator, CoordinatorConfig, Micros, Output};
 use crate::event::{Event, Lsn, Timestamp, TransferKey};
 use crate::ledger::{
@@ -182,7 +182,7 @@ pub async fn recover<S: Storage>(
             decode_log(&segment.bytes, segment.first_lsn).map_err(|e| DriverError::Corrupt {
                 partition,
                 name: segment.name.clone(),
-                offset: e.offset(),
+                offset: codec_offset(&e),
                 detail: e.to_string(),
             })?;
         if decoded.torn_tail {
@@ -586,6 +586,14 @@ impl<S: Storage> PartitionDriver<S> {
         self.events_since_snapshot = 0;
         tracing::info!(partition, lsn, bytes = bytes.len(), "snapshot written");
         Ok(())
+    }
+}
+
+fn codec_offset(error: &CodecError) -> u64 {
+    match error {
+        CodecError::Corrupt { offset, .. }
+        | CodecError::UnsupportedVersion { offset, .. }
+        | CodecError::LsnGap { offset, .. } => *offset,
     }
 }
 

@@ -49,19 +49,25 @@ impl InlineId {
 
     fn as_str(&self) -> &str {
         // Only validated ASCII ever enters `bytes`.
-        std::str::from_utf8(&self.bytes[..self.len as usize]).expect("ids are ASCII")
+        std::str::from_utf8(self.as_bytes()).expect("ids are ASCII")
+    }
+
+    /// The id's bytes. Comparisons and hashing use these rather than `as_str`, which would
+    /// re-validate UTF-8 on the ledger's hottest path.
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
     }
 }
 
 impl PartialEq for InlineId {
     fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
+        self.as_bytes() == other.as_bytes()
     }
 }
 impl Eq for InlineId {}
 impl Hash for InlineId {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state)
+        state.write(self.as_bytes())
     }
 }
 impl PartialOrd for InlineId {
@@ -71,7 +77,8 @@ impl PartialOrd for InlineId {
 }
 impl Ord for InlineId {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_str().cmp(other.as_str())
+        // ASCII: byte order is text order.
+        self.as_bytes().cmp(other.as_bytes())
     }
 }
 
@@ -90,6 +97,11 @@ macro_rules! id_type {
             /// The identifier as text.
             pub fn as_str(&self) -> &str {
                 self.0.as_str()
+            }
+
+            /// The identifier's ASCII bytes (no UTF-8 check: for hot paths such as encoding).
+            pub fn as_bytes(&self) -> &[u8] {
+                self.0.as_bytes()
             }
         }
 

@@ -33,7 +33,7 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
 /// The partition that owns `account` when there are `partitions` partitions.
 pub fn partition_of(account: &AccountId, partitions: u32) -> PartitionId {
     assert!(partitions > 0 && partitions <= PARTITIONS_MAX);
-    (stable_hash(account.as_str().as_bytes()) % u64::from(partitions)) as PartitionId
+    (stable_hash(account.as_bytes()) % u64::from(partitions)) as PartitionId
 }
 
 /// Where a node can be reached.

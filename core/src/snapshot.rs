@@ -1,9 +1,12 @@
-//! TEMP STUB
+//! Placeholder until the snapshot codec lands: writes nothing useful and never decodes.
 use crate::codec::CodecError;
 use crate::ledger::Ledger;
-pub fn encode_snapshot(_l: &Ledger) -> Vec<u8> {
-    todo!()
+pub fn encode_snapshot(_ledger: &Ledger) -> Vec<u8> {
+    Vec::new()
 }
-pub fn decode_snapshot(_b: &[u8]) -> Result<Ledger, CodecError> {
-    todo!()
+pub fn decode_snapshot(_bytes: &[u8]) -> Result<Ledger, CodecError> {
+    Err(CodecError::Corrupt {
+        offset: 0,
+        reason: "snapshots not implemented yet".into(),
+    })
 }

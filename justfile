@@ -1,0 +1,34 @@
+# walletd developer recipes. `just` lists them; each has a plain-cargo equivalent in README.md.
+
+# List the recipes.
+default:
+    @just --list
+
+# Run the whole test suite (what the README promises on a fresh machine).
+test:
+    cargo test --workspace
+
+# Format every crate.
+fmt:
+    cargo fmt --all
+
+# Lint with clippy; warnings are errors.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Start the all-in-one server on ./data and 127.0.0.1:8080.
+run *ARGS:
+    cargo run --release -p walletd-server -- serve {{ARGS}}
+
+# Run the deterministic simulator: `just sim --seed 7`, `just sim --seeds 0..200`, `just sim --seed 7 --bug skip-barrier`.
+sim *ARGS:
+    cargo sim -- {{ARGS}}
+
+# The engine benchmark: partitions in-process on real files, fsync on.
+bench-engine *ARGS:
+    cargo run --release -p walletd-core --example bench_engine -- {{ARGS}}
+
+# Exactly what CI runs.
+ci:
+    bash .ci/run
