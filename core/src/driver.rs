@@ -336,7 +336,9 @@ impl<S: Storage> PartitionDriver<S> {
                 let input = match self.inbox.try_recv() {
                     Ok(input) => input,
                     Err(_) if self.config.batch_linger_us > 0 && Instant::now() < linger_until => {
-                        match tokio::time::timeout_at(linger_until, self.inbox.recv()).await {
+                        // `timeout`, not `timeout_at`: madsim's time module has no `timeout_at`.
+                        let linger = linger_until.saturating_duration_since(Instant::now());
+                        match tokio::time::timeout(linger, self.inbox.recv()).await {
                             Ok(Some(input)) => input,
                             _ => break,
                         }
