@@ -201,6 +201,19 @@ impl Cluster {
         node.up = true;
     }
 
+    /// Up nodes with a write in progress (unsynced bytes on one of their disks).
+    pub fn nodes_writing(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|n| self.nodes[*n].up)
+            .filter(|n| {
+                self.nodes[*n]
+                    .partitions
+                    .iter()
+                    .any(|p| self.shared.disks[*p as usize].unsynced() > 0)
+            })
+            .collect()
+    }
+
     pub fn nodes_down(&self) -> Vec<usize> {
         (0..self.nodes.len()).filter(|n| !self.nodes[*n].up).collect()
     }

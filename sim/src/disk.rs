@@ -114,6 +114,12 @@ impl Disk {
         }
     }
 
+    /// Bytes written and not yet synced: a crash now would lose (or tear) them.
+    pub fn unsynced(&self) -> usize {
+        let state = self.lock();
+        state.log.len() - state.synced_len
+    }
+
     /// What a crash now would leave: the first lsn and the synced bytes of the log.
     pub fn durable_log(&self) -> (Lsn, Vec<u8>) {
         let state = self.lock();

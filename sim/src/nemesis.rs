@@ -16,6 +16,10 @@ use crate::network::{HostId, LinkFaults};
 
 /// Pause between two injections (uniform in this range, in ms).
 const GAP_MS: (u64, u64) = (200, 2_500);
+/// Share of kills that wait for a node with unsynced bytes.
+const KILL_MID_WRITE_P: f64 = 0.7;
+/// Longest wait (in 1 ms polls) for a node in the middle of a write.
+const KILL_WAIT_POLLS_MAX: u32 = 500;
 /// How long a node stays down, in ms.
 const DOWN_MS: (u64, u64) = (100, 4_000);
 /// How long a network or disk fault lasts, in ms.
@@ -123,8 +127,21 @@ impl Nemesis {
         let servers = cluster.nodes.len() as HostId;
         match kind {
             Fault::Kill => {
+                // Most kills wait for a node in the middle of a write, so that acknowledged
+                // work that is not yet durable (a bug) and torn records (recovery) are hit.
+                let mut writing = Vec::new();
+                if self.rng.gen_bool(KILL_MID_WRITE_P) {
+                    for _ in 0..KILL_WAIT_POLLS_MAX {
+                        writing = cluster.nodes_writing();
+                        if !writing.is_empty() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
                 let up: Vec<usize> = (0..cluster.nodes.len()).filter(|n| cluster.nodes[*n].up).collect();
-                let Some(&n) = up.choose(&mut self.rng) else {
+                let candidates = if writing.is_empty() { up } else { writing };
+                let Some(&n) = candidates.choose(&mut self.rng) else {
                     return;
                 };
                 let reports = cluster.kill(n);

@@ -361,8 +361,13 @@ fn failure_details(
     if violations.len() > SHOWN_MAX + 1 {
         let _ = writeln!(out, "... and {} more", violations.len() - SHOWN_MAX - 1);
     }
+    // Conservation is global; show the first violation that names transfers or accounts.
+    let involved = violations
+        .iter()
+        .find(|v| !v.keys.is_empty() || !v.accounts.is_empty())
+        .unwrap_or(first);
     out.push_str("history of what it involves:\n");
-    checkers::involved_history(first, finals, history, &mut out);
+    checkers::involved_history(involved, finals, history, &mut out);
     let _ = writeln!(out, "faults ({} injected, last {FAULT_LINES_MAX}):", nemesis.injected);
     let skip = nemesis.log.len().saturating_sub(FAULT_LINES_MAX);
     for line in &nemesis.log[skip..] {
