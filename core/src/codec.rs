@@ -174,7 +174,7 @@ fn encode_event(event: &Event, out: &mut Vec<u8>) {
     match *event {
         Event::AccountOpened { account, currency } => {
             out.push(tag::ACCOUNT_OPENED);
-            put_id(out, account.as_str());
+            put_id(out, account.as_bytes());
             put_currency(out, currency);
         }
         Event::Deposited {
@@ -209,10 +209,12 @@ fn encode_event(event: &Event, out: &mut Vec<u8>) {
     }
 }
 
-pub(crate) fn put_id(out: &mut Vec<u8>, id: &str) {
+/// Writes an id's validated ASCII bytes; taking bytes rather than text skips a UTF-8 check
+/// per id on the write path.
+pub(crate) fn put_id(out: &mut Vec<u8>, id: &[u8]) {
     debug_assert!(!id.is_empty() && id.len() <= ID_LEN_MAX);
     out.push(id.len() as u8);
-    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(id);
 }
 
 pub(crate) fn put_currency(out: &mut Vec<u8>, currency: Currency) {
@@ -220,16 +222,16 @@ pub(crate) fn put_currency(out: &mut Vec<u8>, currency: Currency) {
 }
 
 pub(crate) fn put_transfer(out: &mut Vec<u8>, transfer: &Transfer) {
-    put_id(out, transfer.transaction_id.as_str());
-    put_id(out, transfer.from.as_str());
-    put_id(out, transfer.to.as_str());
+    put_id(out, transfer.transaction_id.as_bytes());
+    put_id(out, transfer.from.as_bytes());
+    put_id(out, transfer.to.as_bytes());
     out.extend_from_slice(&transfer.amount.minor().to_le_bytes());
     put_currency(out, transfer.currency);
 }
 
 pub(crate) fn put_key(out: &mut Vec<u8>, key: &TransferKey) {
-    put_id(out, key.from.as_str());
-    put_id(out, key.transaction_id.as_str());
+    put_id(out, key.from.as_bytes());
+    put_id(out, key.transaction_id.as_bytes());
 }
 
 fn put_cash(
@@ -240,9 +242,9 @@ fn put_cash(
     transaction_id: TransactionId,
 ) {
     out.push(tag);
-    put_id(out, account.as_str());
+    put_id(out, account.as_bytes());
     out.extend_from_slice(&amount.minor().to_le_bytes());
-    put_id(out, transaction_id.as_str());
+    put_id(out, transaction_id.as_bytes());
 }
 
 fn put_transfer_event(out: &mut Vec<u8>, tag: u8, transfer: &Transfer) {
@@ -291,6 +293,11 @@ impl<'a> Cursor<'a> {
         Cursor { bytes, pos: 0 }
     }
 
+    /// Bytes read so far.
+    pub(crate) fn position(&self) -> usize {
+        self.pos
+    }
+
     pub(crate) fn remaining(&self) -> usize {
         self.bytes.len() - self.pos
     }
@@ -319,8 +326,16 @@ impl<'a> Cursor<'a> {
         Ok(u16::from_le_bytes(self.array()?))
     }
 
+    pub(crate) fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
     pub(crate) fn u64(&mut self) -> Result<u64, String> {
         Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    pub(crate) fn u128(&mut self) -> Result<u128, String> {
+        Ok(u128::from_le_bytes(self.array()?))
     }
 
     fn id_text(&mut self) -> Result<&'a str, String> {

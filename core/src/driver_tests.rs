@@ -564,3 +564,63 @@ async fn group_commit_puts_many_commands_in_one_sync() {
     assert_eq!(balance(&client, id("alice")).await, (1000, 0));
     engine.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn recovery_from_a_snapshot_equals_replay_from_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        partitions: 2,
+        driver: DriverConfig {
+            snapshot_every_events: 7,
+            ..DriverConfig::default()
+        },
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(file_storages(dir.path(), 2), config)
+        .await
+        .unwrap();
+    let client = engine.client();
+    let (a, b) = open_pair(&client, 10_000).await;
+    for i in 0..15 {
+        let result = client
+            .execute(
+                Command::Transfer(transfer(a, b, 10 + i, &format!("t{i}"))),
+                true,
+            )
+            .await
+            .unwrap();
+        assert_eq!(result, Ok(Reply::Transfer(TransferStatus::Committed)));
+    }
+    engine.shutdown().await.unwrap();
+
+    for p in 0..2u32 {
+        let mut storage = FileStorage::open(
+            dir.path().join(format!("p{p}")),
+            FileStorageConfig::default(),
+        )
+        .unwrap();
+        let snapshots = storage.read_snapshots().await.unwrap();
+        assert!(!snapshots.is_empty(), "partition {p} wrote no snapshot");
+        assert!(snapshots.len() <= 2, "old snapshots are pruned");
+        let (from_snapshot, report) = recover(&mut storage, p, 2).await.unwrap();
+        assert_eq!(report.snapshot_lsn, Some(snapshots[0].lsn));
+        assert!(
+            report.records_replayed < report.last_lsn,
+            "the snapshot saved replay work"
+        );
+        let mut records = Vec::new();
+        for segment in storage.read_log(0).await.unwrap() {
+            records.extend(
+                decode_log(&segment.bytes, segment.first_lsn)
+                    .unwrap()
+                    .records,
+            );
+        }
+        let from_zero = crate::replay::replay(p, 2, &records, crate::replay::AsOf::End).unwrap();
+        assert!(
+            crate::replay::same_state(&from_snapshot, &from_zero),
+            "{:?}",
+            crate::replay::state_difference(&from_snapshot, &from_zero)
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //!
 //! The wallet protocol, written once: pure state machines with no I/O, no clock reads and no
 //! randomness (time and inputs are parameters), plus the async partition driver that runs
-//! them on top of a [`runtime`] boundary shared by production (tokio) and simulation (madsim).
+//! them on top of a runtime boundary shared by production (tokio) and simulation (madsim).
 //!
 //! # Layout
 //! - [`money`]: currencies (ISO 4217 minor units) and strict decimal-string amounts.
@@ -12,6 +12,7 @@
 //! - [`ledger`]: one partition's state, `decide` (all business rules) and `apply` (a fold).
 //! - [`coordinator`]: the TC/C coordinator of a home partition (sans-IO).
 //! - [`codec`]: the log record format: versioned, length-prefixed, CRC32C-checked.
+//! - [`snapshot`]: a partition's whole state as one canonical, checksummed blob.
 //! - [`replay`]: folding a log back into state; balances and movements as of any point.
 //! - [`storage`]: the durable-storage trait; [`storage::file`] on real files with fsync.
 //! - [`transport`]: how partitions send phase messages to each other (best effort).

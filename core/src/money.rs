@@ -134,7 +134,7 @@ impl Amount {
             None => (text, None),
         };
         let digits_only = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-        if !digits_only(whole) || !fraction.map_or(true, digits_only) {
+        if !digits_only(whole) || !fraction.is_none_or(digits_only) {
             return Err(MoneyError::Malformed(text.to_string()));
         }
         if whole.len() > 1 && whole.starts_with('0') {
