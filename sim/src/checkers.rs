@@ -453,7 +453,7 @@ fn replay(state: &FinalState<'_>, found: &mut Vec<Violation>) {
         }
         match (&fin.replayed, &fin.recovered) {
             (Ok(replayed), Ok(recovered)) => {
-                if let Some(difference) = crate::compat::state_difference(replayed, recovered) {
+                if let Some(difference) = walletd_core::replay::state_difference(replayed, recovered) {
                     found.push(Violation::new(
                         "replay",
                         format!("partition {}: replay from zero and recovery differ: {difference}", fin.partition),

@@ -153,14 +153,14 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
-    /// The default run: 3 nodes, 6 partitions, 8 clients, 60 s of load, every fault on.
+    /// The default run: 3 nodes, 6 partitions, 16 clients, 60 s of load, every fault on.
     pub fn standard(seed: u64) -> SimConfig {
         SimConfig {
             seed,
             nodes: 3,
             partitions: 6,
             client_hosts: 2,
-            clients: 8,
+            clients: 16,
             accounts: 24,
             duration: Duration::from_secs(60),
             quiesce_max: Duration::from_secs(120),
@@ -169,7 +169,7 @@ impl SimConfig {
             verbose: false,
             client_timeout: Duration::from_secs(4),
             client_attempts_max: 6,
-            think_max: Duration::from_millis(120),
+            think_max: Duration::from_millis(100),
         }
     }
 

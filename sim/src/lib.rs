@@ -22,7 +22,6 @@
 #![cfg(madsim)]
 
 pub mod checkers;
-mod compat;
 pub mod cluster;
 pub mod config;
 pub mod disk;

@@ -223,15 +223,23 @@ or ... result=FAIL invariant=<name>; the exit code is 0 on ok, 1 on failure, 2 o
         (output.status.success(), last, stdout)
     }
 
+    /// The number after `name` in a result line.
+    fn field(line: &str, name: &str) -> Option<u64> {
+        let rest = &line[line.find(name)? + name.len()..];
+        rest.split(' ').next()?.parse().ok()
+    }
+
     fn sweep(args: &Args, (first, end): (u64, u64)) -> i32 {
         let started = Instant::now();
         let next = Arc::new(AtomicU64::new(first));
         let stop = Arc::new(AtomicBool::new(false));
         let failures: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
         let ran = Arc::new(AtomicU64::new(0));
+        let transfers: Arc<Mutex<Vec<u64>>> = Arc::default();
         let workers: Vec<_> = (0..args.jobs)
             .map(|_| {
                 let (next, stop, failures, ran) = (next.clone(), stop.clone(), failures.clone(), ran.clone());
+                let transfers = transfers.clone();
                 let passthrough = args.passthrough.clone();
                 let fail_fast = args.fail_fast;
                 std::thread::spawn(move || loop {
@@ -241,6 +249,9 @@ or ... result=FAIL invariant=<name>; the exit code is 0 on ok, 1 on failure, 2 o
                     }
                     let (ok, last, _) = child(seed, &passthrough);
                     ran.fetch_add(1, Ordering::Relaxed);
+                    if let Some(t) = field(&last, "transfers=") {
+                        transfers.lock().unwrap().push(t);
+                    }
                     if !ok {
                         println!("{last}");
                         let _ = std::io::stdout().flush();
@@ -263,8 +274,13 @@ or ... result=FAIL invariant=<name>; the exit code is 0 on ok, 1 on failure, 2 o
             config.seed = *seed;
             format!(" reproduce=\"{}\"", sim::reproduce_command(&config))
         });
+        let transfers = transfers.lock().unwrap().clone();
+        let (min, mean) = match transfers.iter().min() {
+            Some(min) => (*min, transfers.iter().sum::<u64>() / transfers.len() as u64),
+            None => (0, 0),
+        };
         println!(
-            "sweep seeds={first}..{end} ran={} failed={} first_failure={first_failure} wall={:.1}s{reproduce}",
+            "sweep seeds={first}..{end} ran={} failed={} first_failure={first_failure} transfers_min={min} transfers_mean={mean} wall={:.1}s{reproduce}",
             ran.load(Ordering::Relaxed),
             failures.len(),
             started.elapsed().as_secs_f64()

@@ -15,7 +15,7 @@ use walletd_core::codec::decode_log;
 use walletd_core::driver::{recover, Query};
 use walletd_core::event::TransferKey;
 use walletd_core::partition::partition_of;
-use crate::compat::{replay, AsOf};
+use walletd_core::replay::{replay, AsOf};
 
 use crate::checkers::{self, FinalState, LiveState, PartitionFinal, Violation};
 use crate::cluster::Cluster;
@@ -328,9 +328,17 @@ fn summary(cluster: &Cluster, history: &crate::history::HistoryState, nemesis: &
     }
     let attempts: usize = history.ops.iter().map(|op| op.attempts.len()).sum();
     let answered = history.ops.iter().filter(|op| op.settled().is_some()).count();
-    let recoveries = cluster.shared.lock().recoveries.len();
+    let (recoveries, from_snapshot, torn_cut) = {
+        let state = cluster.shared.lock();
+        let reports = &state.recoveries;
+        (
+            reports.len(),
+            reports.iter().filter(|r| r.snapshot_lsn.is_some()).count(),
+            reports.iter().filter(|r| r.torn_bytes_dropped > 0).count(),
+        )
+    };
     format!(
-        "ops={} attempts={attempts} answered={answered} reads={} messages sent={} delivered={} dropped={} duplicated={} disk crashes={crashes} torn={torn} syncs={syncs} recoveries={recoveries} faults={} quiesced={quiesced} simulated={:.1}s",
+        "ops={} attempts={attempts} answered={answered} reads={} messages sent={} delivered={} dropped={} duplicated={} disk crashes={crashes} torn={torn} syncs={syncs} recoveries={recoveries} from_snapshot={from_snapshot} torn_cut={torn_cut} faults={} quiesced={quiesced} simulated={:.1}s",
         history.ops.len(),
         history.reads.len(),
         net.sent,
