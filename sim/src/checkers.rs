@@ -21,8 +21,8 @@ use crate::model::Model;
 
 /// The invariants, in the order they are checked and reported.
 pub const INVARIANTS: [&str; 11] = [
-    "exactly_once",
     "no_hanging",
+    "exactly_once",
     "no_negative",
     "conservation",
     "atomicity",
