@@ -1,12 +1,13 @@
 //! Engine benchmark: partitions driven in-process on real files with fsync on.
 //!
 //! `cargo run --release -p walletd-core --example bench_engine -- [--seconds S] [--clients C]
-//! [--accounts-per-partition K] [--partitions 1,2,8]`
+//! [--accounts-per-partition K] [--partitions 1,2,8] [--batch B]`
 //!
 //! For every partition count, C concurrent clients send transfers between random funded
 //! accounts for S seconds (after a one-second warm-up that is not counted), same-partition and
 //! cross-partition (TC/C) separately. A transfer counts when its client has the durable final
-//! answer (committed or rejected). The last line is machine-readable:
+//! answer (committed or rejected). With `--batch B`, each client hands B transfers at a time to
+//! the engine (`Client::execute_many`, as the HTTP batch endpoint does). The last line is machine-readable:
 //! `engine same_partition_tps=N cross_partition_tps=M partitions=P fsync=on`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +27,8 @@ struct Options {
     clients: usize,
     accounts_per_partition: usize,
     partitions: Vec<u32>,
+    /// Transfers per client request (1: one at a time; more: `Client::execute_many`).
+    batch: usize,
 }
 
 fn parse_options() -> Options {
@@ -34,6 +37,7 @@ fn parse_options() -> Options {
         clients: 4096,
         accounts_per_partition: 1000,
         partitions: vec![1, 2, 8],
+        batch: 1,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -45,6 +49,7 @@ fn parse_options() -> Options {
             "--accounts-per-partition" => {
                 options.accounts_per_partition = value.parse().expect("--accounts-per-partition N")
             }
+            "--batch" => options.batch = value.parse().expect("--batch N"),
             "--partitions" => {
                 options.partitions = value
                     .split(',')
@@ -163,6 +168,7 @@ async fn run(partitions: u32, cross: bool, options: &Options) -> RunResult {
     let rejected = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
+    let options_batch = options.batch;
     for c in 0..options.clients {
         let (client, accounts, done, rejected, stop) = (
             client.clone(),
@@ -174,38 +180,50 @@ async fn run(partitions: u32, cross: bool, options: &Options) -> RunResult {
         tasks.push(tokio::spawn(async move {
             let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ (c as u64 + 1));
             let mut seq = 0u64;
+            let batch = options_batch;
+            let mut commands = Vec::with_capacity(batch);
             while !stop.load(Ordering::Relaxed) {
-                let p = rng.below(partitions as usize);
-                let q = if cross {
-                    (p + 1 + rng.below(partitions as usize - 1)) % partitions as usize
-                } else {
-                    p
-                };
-                let (from, to) = (
-                    accounts[p][rng.below(accounts[p].len())],
-                    accounts[q][rng.below(accounts[q].len())],
-                );
-                if from == to {
-                    continue;
-                }
-                seq += 1;
-                let transfer = Transfer {
-                    transaction_id: TransactionId::new(&format!("c{c}-{seq}")).unwrap(),
-                    from,
-                    to,
-                    amount: Amount::from_minor(1 + rng.below(10_000) as u64).unwrap(),
-                    currency: Currency::USD,
-                };
-                match client.execute(Command::Transfer(transfer), true).await {
-                    Ok(Ok(Reply::Transfer(TransferStatus::Committed))) => {}
-                    Ok(Ok(Reply::Transfer(
-                        TransferStatus::Rejected(_) | TransferStatus::Cancelled(_),
-                    ))) => {
-                        rejected.fetch_add(1, Ordering::Relaxed);
+                commands.clear();
+                while commands.len() < batch {
+                    let p = rng.below(partitions as usize);
+                    let q = if cross {
+                        (p + 1 + rng.below(partitions as usize - 1)) % partitions as usize
+                    } else {
+                        p
+                    };
+                    let (from, to) = (
+                        accounts[p][rng.below(accounts[p].len())],
+                        accounts[q][rng.below(accounts[q].len())],
+                    );
+                    if from == to {
+                        continue;
                     }
-                    other => panic!("unexpected answer {other:?}"),
+                    seq += 1;
+                    commands.push(Command::Transfer(Transfer {
+                        transaction_id: TransactionId::new(&format!("c{c}-{seq}")).unwrap(),
+                        from,
+                        to,
+                        amount: Amount::from_minor(1 + rng.below(10_000) as u64).unwrap(),
+                        currency: Currency::USD,
+                    }));
                 }
-                done.fetch_add(1, Ordering::Relaxed);
+                let answers = if batch == 1 {
+                    vec![client.execute(commands[0], true).await]
+                } else {
+                    client.execute_many(commands.iter().copied(), true).await
+                };
+                for answer in answers {
+                    match answer {
+                        Ok(Ok(Reply::Transfer(TransferStatus::Committed))) => {}
+                        Ok(Ok(Reply::Transfer(
+                            TransferStatus::Rejected(_) | TransferStatus::Cancelled(_),
+                        ))) => {
+                            rejected.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => panic!("unexpected answer {other:?}"),
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }));
     }
@@ -246,7 +264,10 @@ async fn run(partitions: u32, cross: bool, options: &Options) -> RunResult {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let options = parse_options();
-    println!("engine benchmark: fsync on, {} clients, {} accounts per partition, {}s per run after 1s warm-up", options.clients, options.accounts_per_partition, options.seconds);
+    println!(
+        "engine benchmark: fsync on, {} clients x {} transfers per request, {} accounts per partition, {}s per run after 1s warm-up",
+        options.clients, options.batch, options.accounts_per_partition, options.seconds
+    );
     println!(
         "{:>10} {:>16} {:>14} {:>10} {:>12}",
         "partitions", "kind", "transfers/s", "rejected", "fsyncs/s"

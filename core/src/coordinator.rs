@@ -12,6 +12,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+#[cfg(any(test, madsim))]
+use crate::bugs::Bug;
 use crate::event::{Decision, Event, Reason, Transfer, TransferKey};
 use crate::ledger::{Command, PhaseResult, TransferRow, TransferState};
 use crate::partition::{partition_of, PartitionId};
@@ -175,6 +177,10 @@ impl Coordinator {
 
     /// Observes an event the home ledger applied.
     pub fn on_event(&mut self, event: &Event, now: Micros) {
+        #[cfg(any(test, madsim))]
+        if crate::bugs::enabled(Bug::CreditBeforeDebit) {
+            self.credit_before_debit(event);
+        }
         match *event {
             Event::DebitTried { transfer } => self.start_try(transfer, now),
             Event::TransferDecided { key, decision } => {
@@ -245,6 +251,28 @@ impl Coordinator {
                     self.rearm(flight, now);
                 }
             }
+        }
+    }
+
+    /// Known bug `CreditBeforeDebit`: as soon as the home partition takes a cross-partition
+    /// transfer, the destination is told to Try and Confirm, before the source's debit is
+    /// known to hold and before any decision is logged. When the debit is refused
+    /// (insufficient funds) the destination is credited with money that never left the source.
+    #[cfg(any(test, madsim))]
+    fn credit_before_debit(&mut self, event: &Event) {
+        let (Event::DebitTried { transfer } | Event::TransferRejected { transfer, .. }) = *event
+        else {
+            return;
+        };
+        let partition = partition_of(&transfer.to, self.partitions);
+        if partition == partition_of(&transfer.from, self.partitions) {
+            return;
+        }
+        for phase in [Phase::Try, Phase::Confirm] {
+            self.outputs.push_back(Output::Send {
+                partition,
+                request: PhaseRequest { phase, transfer },
+            });
         }
     }
 

@@ -107,6 +107,40 @@ impl Client {
         answer.await.map_err(|_| Unavailable(partition))
     }
 
+    /// Executes many commands at once and answers in their order. All are handed to their
+    /// partitions before any answer is awaited, so they share group commits; awaiting the
+    /// answers one by one costs nothing extra because a batch's answers arrive together.
+    pub async fn execute_many(
+        &self,
+        commands: impl IntoIterator<Item = Command>,
+        wait: bool,
+    ) -> Vec<Result<CommandResult, Unavailable>> {
+        let mut answers = Vec::new();
+        for command in commands {
+            let partition = self.partition_of(command_account(&command));
+            let (reply, answer) = oneshot::channel();
+            let sent = self
+                .send(
+                    partition,
+                    Input::Command {
+                        command,
+                        wait,
+                        reply,
+                    },
+                )
+                .await;
+            answers.push((partition, sent.map(|()| answer)));
+        }
+        let mut results = Vec::with_capacity(answers.len());
+        for (partition, answer) in answers {
+            results.push(match answer {
+                Ok(answer) => answer.await.map_err(|_| Unavailable(partition)),
+                Err(unavailable) => Err(unavailable),
+            });
+        }
+        results
+    }
+
     /// Asks partition `partition` a read-only question.
     pub async fn query(
         &self,

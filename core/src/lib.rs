@@ -19,6 +19,7 @@
 //! - [`driver`]: the async partition driver: inbox → ledger → group commit → replies.
 //! - [`engine`]: partitions of one process and the [`engine::Client`] that routes to them.
 //! - `bugs` (tests and simulation only): switchable known-bug mutations.
+//! - `tests` (tests only): ledger, coordinator, property and mutation tests of the core.
 
 #[cfg(any(test, madsim))]
 pub mod bugs;
@@ -35,3 +36,6 @@ pub mod replay;
 pub mod snapshot;
 pub mod storage;
 pub mod transport;
+
+#[cfg(test)]
+mod tests;
