@@ -314,7 +314,11 @@ impl<S: Storage> PartitionDriver<S> {
             let first = match self.coordinator.next_due() {
                 Some(due) => {
                     let deadline = self.clock_origin + Duration::from_micros(due);
+                    // `biased`: tokio's select! otherwise polls its branches in a random order
+                    // drawn from a process-wide seed, which no simulation seed controls. Inputs
+                    // first; timers cannot starve, every batch below ticks the coordinator too.
                     tokio::select! {
+                        biased;
                         input = self.inbox.recv() => input,
                         _ = tokio::time::sleep_until(deadline) => {
                             self.coordinator.on_tick(self.now());
