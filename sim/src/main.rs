@@ -31,6 +31,7 @@ USAGE:
   cargo sim -- --seed N [OPTIONS]                 run one seed
   cargo sim -- --seeds A..B [OPTIONS]             sweep seeds A to B-1 in child processes
   cargo sim -- --seed N --check-determinism       run a seed twice (two processes), compare traces
+  cargo sim -- --regressions sim/regressions.txt  run every line of a regression list
 
 OPTIONS:
   --seed N               the seed (decides every random choice of the run)
@@ -45,6 +46,8 @@ OPTIONS:
   --jobs N               runs at a time in a sweep [2]
   --fail-fast            stop a sweep at its first failing seed
   --check-determinism    run the seed twice in separate processes and compare the traces
+  --regressions FILE     run each line `SEED [OPTIONS] # why`: a line with --bug must fail,
+                         any other must pass
   --verbose              print the fault schedule, every delivered message and panics
   -h, --help             this text
 
@@ -60,6 +63,7 @@ or ... result=FAIL invariant=<name>; the exit code is 0 on ok, 1 on failure, 2 o
         jobs: usize,
         fail_fast: bool,
         check_determinism: bool,
+        regressions: Option<String>,
         /// The options to pass on to child processes.
         passthrough: Vec<String>,
     }
@@ -78,6 +82,7 @@ or ... result=FAIL invariant=<name>; the exit code is 0 on ok, 1 on failure, 2 o
         let mut jobs = 2;
         let mut fail_fast = false;
         let mut check_determinism = false;
+        let mut regressions = None;
         let mut passthrough = Vec::new();
         // `cargo sim -- ...` hands the program a literal `--` first: skip it.
         let mut args = raw.into_iter().filter(|a| a != "--");
@@ -132,6 +137,9 @@ or ... result=FAIL invariant=<name>; the exit code is 0 on ok, 1 on failure, 2 o
                 "--jobs" => jobs = parse_number::<usize>(&flag, args.next())?.max(1),
                 "--fail-fast" => fail_fast = true,
                 "--check-determinism" => check_determinism = true,
+                "--regressions" => {
+                    regressions = Some(args.next().ok_or("--regressions needs a file")?);
+                }
                 "--verbose" => {
                     config.verbose = true;
                     pass(&None);
@@ -140,6 +148,7 @@ or ... result=FAIL invariant=<name>; the exit code is 0 on ok, 1 on failure, 2 o
             }
         }
         match (seed, seeds) {
+            _ if regressions.is_some() => {}
             (Some(_), Some(_)) => return Err("give either --seed or --seeds".into()),
             (None, None) => return Err("give --seed N or --seeds A..B (see --help)".into()),
             (Some(seed), None) => config.seed = seed,
@@ -152,6 +161,7 @@ or ... result=FAIL invariant=<name>; the exit code is 0 on ok, 1 on failure, 2 o
             jobs,
             fail_fast,
             check_determinism,
+            regressions,
             passthrough,
         }))
     }
@@ -169,6 +179,9 @@ or ... result=FAIL invariant=<name>; the exit code is 0 on ok, 1 on failure, 2 o
             }
         };
         walletd_sim::panics::install(args.config.verbose);
+        if let Some(file) = &args.regressions {
+            return regressions(file, args.jobs);
+        }
         match (args.seeds, args.check_determinism) {
             (Some(range), _) => sweep(&args, range),
             (None, true) => check_determinism(&args),
@@ -190,7 +203,11 @@ or ... result=FAIL invariant=<name>; the exit code is 0 on ok, 1 on failure, 2 o
         );
         let report = sim::run(config);
         println!("{} wall={:.2}s", report.summary, started.elapsed().as_secs_f64());
-        println!("invariants checked: {}", walletd_sim::checkers::INVARIANTS.join(", "));
+        println!("fault schedule: {}", report.schedule);
+        println!(
+            "invariants checked: {} (determinism: with --check-determinism)",
+            walletd_sim::checkers::CHECKED.join(", ")
+        );
         if !report.ok() {
             print!("{}", report.details);
         }
@@ -286,6 +303,68 @@ or ... result=FAIL invariant=<name>; the exit code is 0 on ok, 1 on failure, 2 o
             started.elapsed().as_secs_f64()
         );
         i32::from(!failures.is_empty())
+    }
+
+    /// Runs every line of a regression list; returns 1 if any line did not go as expected.
+    fn regressions(file: &str, jobs: usize) -> i32 {
+        let text = match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(error) => {
+                eprintln!("error: cannot read {file}: {error}");
+                return 2;
+            }
+        };
+        let mut cases = Vec::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let mut words = line.split_whitespace().map(str::to_string);
+            let Some(Ok(seed)) = words.next().map(|w| w.parse::<u64>()) else {
+                eprintln!("error: {file}:{}: a line starts with a seed", number + 1);
+                return 2;
+            };
+            let options: Vec<String> = words.collect();
+            let expect_failure = options.iter().any(|w| w == "--bug");
+            cases.push((seed, options, expect_failure));
+        }
+        let started = Instant::now();
+        let next = Arc::new(AtomicU64::new(0));
+        let cases = Arc::new(cases);
+        let bad: Arc<Mutex<Vec<String>>> = Arc::default();
+        let workers: Vec<_> = (0..jobs)
+            .map(|_| {
+                let (next, cases, bad) = (next.clone(), cases.clone(), bad.clone());
+                std::thread::spawn(move || loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some((seed, options, expect_failure)) = cases.get(i) else {
+                        return;
+                    };
+                    let (ok, last, _) = child(*seed, options);
+                    let as_expected = ok != *expect_failure;
+                    let verdict = if as_expected { "as expected" } else { "UNEXPECTED" };
+                    println!("{verdict}: {last}");
+                    if !as_expected {
+                        bad.lock().unwrap().push(format!("--seed {seed} {}", options.join(" ")));
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().expect("regression worker");
+        }
+        let bad = bad.lock().unwrap().clone();
+        println!(
+            "regressions file={file} cases={} unexpected={} wall={:.1}s",
+            cases.len(),
+            bad.len(),
+            started.elapsed().as_secs_f64()
+        );
+        for case in &bad {
+            println!("unexpected: cargo sim -- {case}");
+        }
+        i32::from(!bad.is_empty())
     }
 
     fn check_determinism(args: &Args) -> i32 {

@@ -45,6 +45,8 @@ pub struct Nemesis {
     pending: BTreeMap<(Instant, u64), Undo>,
     seq: u64,
     pub injected: u32,
+    /// Injections per kind of fault, for the run's summary.
+    pub by_kind: BTreeMap<&'static str, u32>,
     pub log: Vec<String>,
     verbose: bool,
     start: Instant,
@@ -62,6 +64,7 @@ impl Nemesis {
             pending: BTreeMap::new(),
             seq: 0,
             injected: 0,
+            by_kind: BTreeMap::new(),
             log: Vec::new(),
             verbose,
             start: Instant::now(),
@@ -224,6 +227,16 @@ impl Nemesis {
         }
         net.set_faults(faults);
         self.injected += 1;
+        *self.by_kind.entry(kind.name()).or_default() += 1;
+    }
+
+    /// The fault schedule in one line: injections per kind.
+    pub fn schedule_summary(&self) -> String {
+        if self.by_kind.is_empty() {
+            return "none".into();
+        }
+        let parts: Vec<String> = self.by_kind.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        parts.join(" ")
     }
 
     fn undo(&mut self, cluster: &mut Cluster, undo: Undo) {

@@ -46,6 +46,8 @@ pub struct RunReport {
     pub details: String,
     /// One line of counters.
     pub summary: String,
+    /// Faults injected per kind.
+    pub schedule: String,
 }
 
 impl RunReport {
@@ -135,6 +137,7 @@ fn panic_report(
         violations: vec![Violation::new(invariant, message)],
         details,
         summary: format!("ops={} (run stopped by the panic)", history.ops.len()),
+        schedule: "unknown (run stopped by the panic)".into(),
     }
 }
 
@@ -237,6 +240,7 @@ async fn simulate(config: SimConfig, history: History, trace: Trace) -> RunRepor
         violations,
         details,
         summary,
+        schedule: nemesis.schedule_summary(),
     }
 }
 
