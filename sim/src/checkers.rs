@@ -10,8 +10,8 @@ use walletd_core::driver::QueryAnswer;
 use walletd_core::event::{Event, TransferKey};
 use walletd_core::ids::AccountId;
 use walletd_core::ledger::{
-    Account, Command, CreditState, Ledger, LedgerError, Reply, TransferRow,
-    TransferState, TransferStatus,
+    Account, Command, CreditState, Ledger, LedgerError, Reply, TransferRow, TransferState,
+    TransferStatus,
 };
 use walletd_core::money::Currency;
 use walletd_core::partition::{partition_of, PartitionId};
@@ -169,10 +169,22 @@ fn exactly_once(state: &FinalState<'_>, found: &mut Vec<Violation>) {
                 | Event::DebitTried { transfer } => (&mut home, transfer.key()),
                 Event::CreditTried { transfer } => (&mut tried, transfer.key()),
                 Event::CreditConfirmed { key } => (&mut confirmed, key),
-                Event::DebitConfirmed { key } | Event::DebitCancelled { key } => (&mut finished, key),
-                Event::Deposited { account, transaction_id, .. }
-                | Event::Withdrawn { account, transaction_id, .. } => {
-                    let count = cash.entry((account, transaction_id.to_string())).or_default();
+                Event::DebitConfirmed { key } | Event::DebitCancelled { key } => {
+                    (&mut finished, key)
+                }
+                Event::Deposited {
+                    account,
+                    transaction_id,
+                    ..
+                }
+                | Event::Withdrawn {
+                    account,
+                    transaction_id,
+                    ..
+                } => {
+                    let count = cash
+                        .entry((account, transaction_id.to_string()))
+                        .or_default();
                     *count += 1;
                     if *count == 2 {
                         found.push(
@@ -252,7 +264,10 @@ fn no_negative(state: &FinalState<'_>, found: &mut Vec<Violation>) {
             };
             found.push(Violation::new(
                 invariant,
-                format!("partition {}: the log does not replay: {error}", fin.partition),
+                format!(
+                    "partition {}: the log does not replay: {error}",
+                    fin.partition
+                ),
             ));
         }
         for problem in &fin.model.problems {
@@ -332,21 +347,30 @@ fn atomicity(state: &FinalState<'_>, found: &mut Vec<Violation>) {
                 (s, _, _) if s.is_unfinished() => Some(format!("left {s:?}")),
                 (_, false, _) => None,
                 (TransferState::Committed, true, Some(CreditState::Confirmed)) => None,
-                (TransferState::Committed, true, c) => Some(format!("Committed but the destination has {c:?}")),
+                (TransferState::Committed, true, c) => {
+                    Some(format!("Committed but the destination has {c:?}"))
+                }
                 (
                     TransferState::Cancelled(_),
                     true,
                     Some(CreditState::Cancelled | CreditState::TryNotSeen),
                 ) => None,
-                (TransferState::Cancelled(_), true, c) => Some(format!("Cancelled but the destination has {c:?}")),
+                (TransferState::Cancelled(_), true, c) => {
+                    Some(format!("Cancelled but the destination has {c:?}"))
+                }
                 (TransferState::Rejected(_), true, None) => None,
-                (TransferState::Rejected(_), true, c) => Some(format!("Rejected but the destination has {c:?}")),
+                (TransferState::Rejected(_), true, c) => {
+                    Some(format!("Rejected but the destination has {c:?}"))
+                }
                 _ => unreachable!("unfinished states are matched first"),
             };
             if let Some(problem) = problem {
                 found.push(
-                    Violation::new("atomicity", format!("partition {p}: transfer {key:?} {problem}"))
-                        .key(key),
+                    Violation::new(
+                        "atomicity",
+                        format!("partition {p}: transfer {key:?} {problem}"),
+                    )
+                    .key(key),
                 );
             }
         }
@@ -405,9 +429,9 @@ fn durability(state: &FinalState<'_>, found: &mut Vec<Violation>) {
                 (Command::Transfer(t), Ok(Reply::Transfer(status))) => {
                     let row = state.home_row(&t.key());
                     match (status, row) {
-                        (_, Some(row)) if row.transfer != *t => {
-                            Some(format!("acknowledged {status:?} but the logged transfer has another body"))
-                        }
+                        (_, Some(row)) if row.transfer != *t => Some(format!(
+                            "acknowledged {status:?} but the logged transfer has another body"
+                        )),
                         (TransferStatus::Pending, Some(_)) => None,
                         (status, Some(row)) if row.state.status() == *status => None,
                         (status, row) => Some(format!(
@@ -418,12 +442,23 @@ fn durability(state: &FinalState<'_>, found: &mut Vec<Violation>) {
                     }
                 }
                 (
-                    Command::Deposit { account, transaction_id, .. }
-                    | Command::Withdraw { account, transaction_id, .. },
+                    Command::Deposit {
+                        account,
+                        transaction_id,
+                        ..
+                    }
+                    | Command::Withdraw {
+                        account,
+                        transaction_id,
+                        ..
+                    },
                     Ok(Reply::Balance { balance }),
                 ) => {
                     let p = partition_of(account, state.partitions);
-                    let fact = state.finals[p as usize].model.cash.get(&(*account, *transaction_id));
+                    let fact = state.finals[p as usize]
+                        .model
+                        .cash
+                        .get(&(*account, *transaction_id));
                     match fact {
                         Some(_) => None,
                         None => Some(format!(
@@ -435,7 +470,9 @@ fn durability(state: &FinalState<'_>, found: &mut Vec<Violation>) {
                 (Command::OpenAccount { account, .. }, Ok(Reply::Opened { .. })) => {
                     let p = partition_of(account, state.partitions);
                     match state.ledger(p).map(|l| l.account(account).is_some()) {
-                        Some(false) => Some("acknowledged as opened, missing from the final log".into()),
+                        Some(false) => {
+                            Some("acknowledged as opened, missing from the final log".into())
+                        }
                         _ => None,
                     }
                 }
@@ -461,21 +498,32 @@ fn replay(state: &FinalState<'_>, found: &mut Vec<Violation>) {
         if let Some(error) = &fin.decode_error {
             found.push(Violation::new(
                 "replay",
-                format!("partition {}: the durable log does not decode: {error}", fin.partition),
+                format!(
+                    "partition {}: the durable log does not decode: {error}",
+                    fin.partition
+                ),
             ));
         }
         match (&fin.replayed, &fin.recovered) {
             (Ok(replayed), Ok(recovered)) => {
-                if let Some(difference) = walletd_core::replay::state_difference(replayed, recovered) {
+                if let Some(difference) =
+                    walletd_core::replay::state_difference(replayed, recovered)
+                {
                     found.push(Violation::new(
                         "replay",
-                        format!("partition {}: replay from zero and recovery differ: {difference}", fin.partition),
+                        format!(
+                            "partition {}: replay from zero and recovery differ: {difference}",
+                            fin.partition
+                        ),
                     ));
                 }
             }
             (_, Err(error)) => found.push(Violation::new(
                 "replay",
-                format!("partition {}: recovery from the final disk fails: {error}", fin.partition),
+                format!(
+                    "partition {}: recovery from the final disk fails: {error}",
+                    fin.partition
+                ),
             )),
             (Err(_), _) => {}
         }
@@ -496,8 +544,11 @@ fn replay(state: &FinalState<'_>, found: &mut Vec<Violation>) {
                 .account(*account),
             ),
             None => found.push(
-                Violation::new("replay", format!("the live cluster did not answer for {account}"))
-                    .account(*account),
+                Violation::new(
+                    "replay",
+                    format!("the live cluster did not answer for {account}"),
+                )
+                .account(*account),
             ),
         }
     }
@@ -522,17 +573,31 @@ fn replay(state: &FinalState<'_>, found: &mut Vec<Violation>) {
 fn oracle(state: &FinalState<'_>, found: &mut Vec<Violation>) {
     for violation in &state.history.violations {
         let op = &state.history.ops[violation.op];
-        let mut v = Violation::new(violation.invariant, format!("{:?}: {}", op.command, violation.detail));
+        let mut v = Violation::new(
+            violation.invariant,
+            format!("{:?}: {}", op.command, violation.detail),
+        );
         v.keys.extend(op.transfer_key());
         found.push(v);
     }
-    let model = |account: &AccountId| &state.finals[partition_of(account, state.partitions) as usize].model;
+    let model =
+        |account: &AccountId| &state.finals[partition_of(account, state.partitions) as usize].model;
     for op in &state.history.ops {
         for (attempt, result) in op.answers() {
             let problem = match (&op.command, result) {
                 (
-                    Command::Deposit { account, transaction_id, amount, .. }
-                    | Command::Withdraw { account, transaction_id, amount, .. },
+                    Command::Deposit {
+                        account,
+                        transaction_id,
+                        amount,
+                        ..
+                    }
+                    | Command::Withdraw {
+                        account,
+                        transaction_id,
+                        amount,
+                        ..
+                    },
                     Ok(Reply::Balance { balance }),
                 ) => match model(account).cash.get(&(*account, *transaction_id)) {
                     Some(fact) if fact.balance_after != *balance => Some(format!(
@@ -545,9 +610,17 @@ fn oracle(state: &FinalState<'_>, found: &mut Vec<Violation>) {
                     _ => None,
                 },
                 (
-                    Command::Withdraw { account, amount, .. },
+                    Command::Withdraw {
+                        account, amount, ..
+                    },
                     Err(LedgerError::InsufficientFunds { .. }),
-                ) if !model(account).was_below(account, amount.minor(), attempt.sent_us, attempt.done_us) => {
+                ) if !model(account).was_below(
+                    account,
+                    amount.minor(),
+                    attempt.sent_us,
+                    attempt.done_us,
+                ) =>
+                {
                     Some(format!(
                         "refused for insufficient funds, but {account} had at least {} throughout",
                         amount.minor()
@@ -556,7 +629,10 @@ fn oracle(state: &FinalState<'_>, found: &mut Vec<Violation>) {
                 _ => None,
             };
             if let Some(problem) = problem {
-                found.push(Violation::new("oracle", format!("{:?}: {problem}", op.command)));
+                found.push(Violation::new(
+                    "oracle",
+                    format!("{:?}: {problem}", op.command),
+                ));
                 break;
             }
         }
@@ -618,7 +694,12 @@ pub fn event_mentions(event: &Event, key: &TransferKey) -> bool {
 
 /// The history of the transfers and accounts a violation involves: client attempts and log
 /// events, for the failure report.
-pub fn involved_history(violation: &Violation, finals: &[PartitionFinal], history: &HistoryState, out: &mut String) {
+pub fn involved_history(
+    violation: &Violation,
+    finals: &[PartitionFinal],
+    history: &HistoryState,
+    out: &mut String,
+) {
     const OPS_MAX: usize = 12;
     const EVENTS_MAX: usize = 40;
     for key in violation.keys.iter().take(4) {
@@ -626,13 +707,20 @@ pub fn involved_history(violation: &Violation, finals: &[PartitionFinal], histor
         for op in history
             .ops
             .iter()
-            .filter(|op| op.mentions(None, Some(&key.transaction_id)) && op.mentions(Some(&key.from), None))
+            .filter(|op| {
+                op.mentions(None, Some(&key.transaction_id)) && op.mentions(Some(&key.from), None)
+            })
             .take(OPS_MAX)
         {
             let _ = write!(out, "{op}");
         }
         for fin in finals {
-            for record in fin.records.iter().filter(|r| event_mentions(&r.event, key)).take(EVENTS_MAX) {
+            for record in fin
+                .records
+                .iter()
+                .filter(|r| event_mentions(&r.event, key))
+                .take(EVENTS_MAX)
+            {
                 let _ = writeln!(
                     out,
                     "  log p{} lsn {} at {} us: {:?}",
@@ -643,7 +731,11 @@ pub fn involved_history(violation: &Violation, finals: &[PartitionFinal], histor
     }
     for account in violation.accounts.iter().take(2) {
         let _ = writeln!(out, "account {account} (last requests):");
-        let ops: Vec<_> = history.ops.iter().filter(|op| op.mentions(Some(account), None)).collect();
+        let ops: Vec<_> = history
+            .ops
+            .iter()
+            .filter(|op| op.mentions(Some(account), None))
+            .collect();
         for op in ops.iter().rev().take(OPS_MAX).rev() {
             let _ = write!(out, "{op}");
         }

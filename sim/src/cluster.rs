@@ -14,8 +14,8 @@ use std::time::Duration;
 use madsim::runtime::{Handle, NodeHandle};
 use madsim::task::NodeId;
 use tokio::sync::mpsc;
-use walletd_core::driver::{DriverConfig, DriverStats, Input, RecoveryReport};
 use walletd_core::coordinator::CoordinatorConfig;
+use walletd_core::driver::{DriverConfig, DriverStats, Input, RecoveryReport};
 use walletd_core::engine::{Engine, EngineConfig};
 use walletd_core::partition::PartitionId;
 
@@ -115,7 +115,12 @@ impl Cluster {
         let disk_rng = SharedRng::new(config.seed, Purpose::Disk);
         let speeds: Vec<Arc<DiskSpeed>> = (0..config.nodes).map(|_| Arc::default()).collect();
         let disks = (0..config.partitions)
-            .map(|p| Disk::new(Arc::clone(&speeds[(p % config.nodes) as usize]), disk_rng.clone()))
+            .map(|p| {
+                Disk::new(
+                    Arc::clone(&speeds[(p % config.nodes) as usize]),
+                    disk_rng.clone(),
+                )
+            })
             .collect();
         let shared = Arc::new(Shared {
             net,
@@ -128,8 +133,9 @@ impl Cluster {
         });
         let nodes = (0..config.nodes)
             .map(|n| {
-                let partitions: Vec<PartitionId> =
-                    (0..config.partitions).filter(|p| p % config.nodes == n).collect();
+                let partitions: Vec<PartitionId> = (0..config.partitions)
+                    .filter(|p| p % config.nodes == n)
+                    .collect();
                 let name = format!("node-{n}");
                 let init_shared = Arc::clone(&shared);
                 let init_partitions = partitions.clone();
@@ -137,9 +143,7 @@ impl Cluster {
                     .create_node()
                     .name(name.clone())
                     .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, n as u8 + 1)))
-                    .init(move || {
-                        run_node(Arc::clone(&init_shared), n, init_partitions.clone())
-                    })
+                    .init(move || run_node(Arc::clone(&init_shared), n, init_partitions.clone()))
                     .build();
                 ServerNode {
                     name,
@@ -215,15 +219,18 @@ impl Cluster {
     }
 
     pub fn nodes_down(&self) -> Vec<usize> {
-        (0..self.nodes.len()).filter(|n| !self.nodes[*n].up).collect()
+        (0..self.nodes.len())
+            .filter(|n| !self.nodes[*n].up)
+            .collect()
     }
 
     /// Whether every partition runs and no transfer is in flight anywhere.
     pub fn idle(&self) -> bool {
         let state = self.shared.lock();
         let all_running = state.stats.iter().all(|s| {
-            s.as_ref()
-                .is_some_and(|s| s.in_flight.load(Ordering::Relaxed) == 0 && s.batches.load(Ordering::Relaxed) > 0)
+            s.as_ref().is_some_and(|s| {
+                s.in_flight.load(Ordering::Relaxed) == 0 && s.batches.load(Ordering::Relaxed) > 0
+            })
         });
         all_running && self.shared.net.peer_in_flight() == 0
     }

@@ -204,8 +204,7 @@ impl SimConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if self.nodes == 0 || self.partitions == 0 || self.clients == 0 || self.client_hosts == 0
-        {
+        if self.nodes == 0 || self.partitions == 0 || self.clients == 0 || self.client_hosts == 0 {
             return Err("nodes, partitions, clients and client hosts must be at least 1".into());
         }
         if self.partitions > walletd_core::partition::PARTITIONS_MAX {

@@ -99,7 +99,10 @@ or ... result=FAIL invariant=<name>; the exit code is 0 on ok, 1 on failure, 2 o
                     let (a, b) = value
                         .split_once("..")
                         .ok_or_else(|| format!("--seeds: {value:?} is not a range A..B"))?;
-                    let (a, b) = (parse_number::<u64>("--seeds", Some(a.into()))?, parse_number::<u64>("--seeds", Some(b.into()))?);
+                    let (a, b) = (
+                        parse_number::<u64>("--seeds", Some(a.into()))?,
+                        parse_number::<u64>("--seeds", Some(b.into()))?,
+                    );
                     if a >= b {
                         return Err(format!("--seeds: the range {value} is empty"));
                     }
@@ -202,7 +205,11 @@ or ... result=FAIL invariant=<name>; the exit code is 0 on ok, 1 on failure, 2 o
             config.bug.map_or("none", |b| b.name())
         );
         let report = sim::run(config);
-        println!("{} wall={:.2}s", report.summary, started.elapsed().as_secs_f64());
+        println!(
+            "{} wall={:.2}s",
+            report.summary,
+            started.elapsed().as_secs_f64()
+        );
         println!("fault schedule: {}", report.schedule);
         println!(
             "invariants checked: {} (determinism: with --check-determinism)",
@@ -255,7 +262,8 @@ or ... result=FAIL invariant=<name>; the exit code is 0 on ok, 1 on failure, 2 o
         let transfers: Arc<Mutex<Vec<u64>>> = Arc::default();
         let workers: Vec<_> = (0..args.jobs)
             .map(|_| {
-                let (next, stop, failures, ran) = (next.clone(), stop.clone(), failures.clone(), ran.clone());
+                let (next, stop, failures, ran) =
+                    (next.clone(), stop.clone(), failures.clone(), ran.clone());
                 let transfers = transfers.clone();
                 let passthrough = args.passthrough.clone();
                 let fail_fast = args.fail_fast;
@@ -285,7 +293,9 @@ or ... result=FAIL invariant=<name>; the exit code is 0 on ok, 1 on failure, 2 o
         }
         let mut failures = failures.lock().unwrap().clone();
         failures.sort();
-        let first_failure = failures.first().map_or("none".to_string(), |(s, _)| s.to_string());
+        let first_failure = failures
+            .first()
+            .map_or("none".to_string(), |(s, _)| s.to_string());
         let reproduce = failures.first().map_or(String::new(), |(seed, _)| {
             let mut config = args.config.clone();
             config.seed = *seed;
@@ -343,10 +353,16 @@ or ... result=FAIL invariant=<name>; the exit code is 0 on ok, 1 on failure, 2 o
                     };
                     let (ok, last, _) = child(*seed, options);
                     let as_expected = ok != *expect_failure;
-                    let verdict = if as_expected { "as expected" } else { "UNEXPECTED" };
+                    let verdict = if as_expected {
+                        "as expected"
+                    } else {
+                        "UNEXPECTED"
+                    };
                     println!("{verdict}: {last}");
                     if !as_expected {
-                        bad.lock().unwrap().push(format!("--seed {seed} {}", options.join(" ")));
+                        bad.lock()
+                            .unwrap()
+                            .push(format!("--seed {seed} {}", options.join(" ")));
                     }
                 })
             })
@@ -375,8 +391,10 @@ or ... result=FAIL invariant=<name>; the exit code is 0 on ok, 1 on failure, 2 o
                 std::thread::spawn(move || child(seed, &passthrough))
             })
             .collect();
-        let results: Vec<(bool, String, String)> =
-            runs.into_iter().map(|r| r.join().expect("determinism run")).collect();
+        let results: Vec<(bool, String, String)> = runs
+            .into_iter()
+            .map(|r| r.join().expect("determinism run"))
+            .collect();
         let (a, b) = (&results[0].1, &results[1].1);
         println!("first run:  {a}");
         println!("second run: {b}");

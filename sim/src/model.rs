@@ -71,7 +71,14 @@ impl Model {
         model
     }
 
-    fn problem(&mut self, invariant: &'static str, record: &Record, detail: String, key: Option<TransferKey>, account: Option<AccountId>) {
+    fn problem(
+        &mut self,
+        invariant: &'static str,
+        record: &Record,
+        detail: String,
+        key: Option<TransferKey>,
+        account: Option<AccountId>,
+    ) {
         self.problems.push(ModelProblem {
             invariant,
             detail: format!("lsn {}: {detail}", record.lsn),
@@ -93,13 +100,29 @@ impl Model {
     }
 
     /// Takes `amount` from the available balance of `account` (into a hold if `hold`).
-    fn debit(&mut self, record: &Record, account: &AccountId, amount: u64, hold: bool, key: Option<TransferKey>) -> bool {
+    fn debit(
+        &mut self,
+        record: &Record,
+        account: &AccountId,
+        amount: u64,
+        hold: bool,
+        key: Option<TransferKey>,
+    ) -> bool {
         let Some(a) = self.accounts.get_mut(account) else {
-            self.problem("oracle", record, format!("debit of unknown account {account}"), key, Some(*account));
+            self.problem(
+                "oracle",
+                record,
+                format!("debit of unknown account {account}"),
+                key,
+                Some(*account),
+            );
             return false;
         };
         if a.balance < amount {
-            let detail = format!("debit of {amount} from {account} with only {} available", a.balance);
+            let detail = format!(
+                "debit of {amount} from {account} with only {} available",
+                a.balance
+            );
             self.problem("no_negative", record, detail, key, Some(*account));
             return false;
         }
@@ -114,39 +137,87 @@ impl Model {
         match record.event {
             Event::AccountOpened { account, currency } => {
                 if self.accounts.contains_key(&account) {
-                    self.problem("oracle", record, format!("{account} opened twice"), None, Some(account));
+                    self.problem(
+                        "oracle",
+                        record,
+                        format!("{account} opened twice"),
+                        None,
+                        Some(account),
+                    );
                     return;
                 }
-                self.accounts.insert(account, ModelAccount { currency, balance: 0, held: 0, incoming: 0, versions: Vec::new() });
+                self.accounts.insert(
+                    account,
+                    ModelAccount {
+                        currency,
+                        balance: 0,
+                        held: 0,
+                        incoming: 0,
+                        versions: Vec::new(),
+                    },
+                );
                 self.snapshot(&account, record);
             }
-            Event::Deposited { account, amount, transaction_id } => {
+            Event::Deposited {
+                account,
+                amount,
+                transaction_id,
+            } => {
                 let Some(a) = self.accounts.get_mut(&account) else {
-                    return self.problem("oracle", record, format!("deposit to unknown {account}"), None, Some(account));
+                    return self.problem(
+                        "oracle",
+                        record,
+                        format!("deposit to unknown {account}"),
+                        None,
+                        Some(account),
+                    );
                 };
                 a.balance += amount.minor();
-                let fact = CashFact { withdrawal: false, amount: amount.minor(), balance_after: a.balance, lsn: record.lsn };
+                let fact = CashFact {
+                    withdrawal: false,
+                    amount: amount.minor(),
+                    balance_after: a.balance,
+                    lsn: record.lsn,
+                };
                 self.cash.insert((account, transaction_id), fact);
                 self.snapshot(&account, record);
             }
-            Event::Withdrawn { account, amount, transaction_id } => {
+            Event::Withdrawn {
+                account,
+                amount,
+                transaction_id,
+            } => {
                 if !self.debit(record, &account, amount.minor(), false, None) {
                     return;
                 }
                 let balance_after = self.accounts[&account].balance;
-                let fact = CashFact { withdrawal: true, amount: amount.minor(), balance_after, lsn: record.lsn };
+                let fact = CashFact {
+                    withdrawal: true,
+                    amount: amount.minor(),
+                    balance_after,
+                    lsn: record.lsn,
+                };
                 self.cash.insert((account, transaction_id), fact);
                 self.snapshot(&account, record);
             }
             Event::Transferred { transfer } => {
                 let key = Some(transfer.key());
                 if !self.accounts.contains_key(&transfer.to) {
-                    return self.problem("oracle", record, format!("transfer to unknown {}", transfer.to), key, Some(transfer.to));
+                    return self.problem(
+                        "oracle",
+                        record,
+                        format!("transfer to unknown {}", transfer.to),
+                        key,
+                        Some(transfer.to),
+                    );
                 }
                 if !self.debit(record, &transfer.from, transfer.amount.minor(), false, key) {
                     return;
                 }
-                self.accounts.get_mut(&transfer.to).expect("checked").balance += transfer.amount.minor();
+                self.accounts
+                    .get_mut(&transfer.to)
+                    .expect("checked")
+                    .balance += transfer.amount.minor();
                 self.home.insert(transfer.key(), transfer);
                 self.snapshot(&transfer.from, record);
                 self.snapshot(&transfer.to, record);
@@ -154,19 +225,33 @@ impl Model {
             Event::TransferRejected { transfer, reason } => {
                 self.home.insert(transfer.key(), transfer);
                 let available = self.accounts.get(&transfer.from).map(|a| a.balance);
-                if reason == Reason::InsufficientFunds && available.is_some_and(|b| b >= transfer.amount.minor()) {
+                if reason == Reason::InsufficientFunds
+                    && available.is_some_and(|b| b >= transfer.amount.minor())
+                {
                     let detail = format!(
                         "{:?} rejected for insufficient funds with {} available for {}",
                         transfer.key(),
                         available.unwrap_or(0),
                         transfer.amount.minor()
                     );
-                    self.problem("oracle", record, detail, Some(transfer.key()), Some(transfer.from));
+                    self.problem(
+                        "oracle",
+                        record,
+                        detail,
+                        Some(transfer.key()),
+                        Some(transfer.from),
+                    );
                 }
             }
             Event::DebitTried { transfer } => {
                 self.home.insert(transfer.key(), transfer);
-                if self.debit(record, &transfer.from, transfer.amount.minor(), true, Some(transfer.key())) {
+                if self.debit(
+                    record,
+                    &transfer.from,
+                    transfer.amount.minor(),
+                    true,
+                    Some(transfer.key()),
+                ) {
                     self.snapshot(&transfer.from, record);
                 }
             }
@@ -174,10 +259,26 @@ impl Model {
             Event::DebitConfirmed { key } | Event::DebitCancelled { key } => {
                 let cancelled = matches!(record.event, Event::DebitCancelled { .. });
                 let Some(amount) = self.home.get(&key).map(|t| t.amount.minor()) else {
-                    return self.problem("oracle", record, format!("finish of unknown {key:?}"), Some(key), None);
+                    return self.problem(
+                        "oracle",
+                        record,
+                        format!("finish of unknown {key:?}"),
+                        Some(key),
+                        None,
+                    );
                 };
-                let Some(a) = self.accounts.get_mut(&key.from).filter(|a| a.held >= amount) else {
-                    return self.problem("conservation", record, format!("hold of {key:?} missing"), Some(key), Some(key.from));
+                let Some(a) = self
+                    .accounts
+                    .get_mut(&key.from)
+                    .filter(|a| a.held >= amount)
+                else {
+                    return self.problem(
+                        "conservation",
+                        record,
+                        format!("hold of {key:?} missing"),
+                        Some(key),
+                        Some(key.from),
+                    );
                 };
                 a.held -= amount;
                 if cancelled {
@@ -187,7 +288,13 @@ impl Model {
             }
             Event::CreditTried { transfer } => {
                 let Some(a) = self.accounts.get_mut(&transfer.to) else {
-                    return self.problem("oracle", record, format!("pending credit to unknown {}", transfer.to), Some(transfer.key()), Some(transfer.to));
+                    return self.problem(
+                        "oracle",
+                        record,
+                        format!("pending credit to unknown {}", transfer.to),
+                        Some(transfer.key()),
+                        Some(transfer.to),
+                    );
                 };
                 a.incoming += transfer.amount.minor();
                 self.home.entry(transfer.key()).or_insert(transfer);
@@ -196,11 +303,27 @@ impl Model {
             Event::CreditConfirmed { key } | Event::CreditCancelled { key } => {
                 let confirmed = matches!(record.event, Event::CreditConfirmed { .. });
                 let Some(transfer) = self.home.get(&key).copied() else {
-                    return self.problem("oracle", record, format!("second phase of {key:?} without a Try"), Some(key), None);
+                    return self.problem(
+                        "oracle",
+                        record,
+                        format!("second phase of {key:?} without a Try"),
+                        Some(key),
+                        None,
+                    );
                 };
                 let amount = transfer.amount.minor();
-                let Some(a) = self.accounts.get_mut(&transfer.to).filter(|a| a.incoming >= amount) else {
-                    return self.problem("conservation", record, format!("pending credit of {key:?} missing"), Some(key), Some(transfer.to));
+                let Some(a) = self
+                    .accounts
+                    .get_mut(&transfer.to)
+                    .filter(|a| a.incoming >= amount)
+                else {
+                    return self.problem(
+                        "conservation",
+                        record,
+                        format!("pending credit of {key:?} missing"),
+                        Some(key),
+                        Some(transfer.to),
+                    );
                 };
                 a.incoming -= amount;
                 if confirmed {
@@ -213,7 +336,13 @@ impl Model {
 
     /// Whether `account` was ever `answer` (or absent, for `None`) between `from_us` and
     /// `to_us`: some version valid in that window matches.
-    pub fn was(&self, account: &AccountId, answer: Option<&Account>, from_us: Timestamp, to_us: Timestamp) -> bool {
+    pub fn was(
+        &self,
+        account: &AccountId,
+        answer: Option<&Account>,
+        from_us: Timestamp,
+        to_us: Timestamp,
+    ) -> bool {
         let Some(model) = self.accounts.get(account) else {
             return answer.is_none();
         };
@@ -226,7 +355,9 @@ impl Model {
             return false;
         }
         versions.iter().enumerate().any(|(i, v)| {
-            let valid_until = versions.get(i + 1).map_or(Timestamp::MAX, |next| next.timestamp);
+            let valid_until = versions
+                .get(i + 1)
+                .map_or(Timestamp::MAX, |next| next.timestamp);
             v.timestamp <= to_us
                 && valid_until >= from_us
                 && (v.balance, v.held, v.incoming) == (answer.balance, answer.held, answer.incoming)
@@ -234,13 +365,21 @@ impl Model {
     }
 
     /// Whether `account`'s available balance was below `amount` at some point in the window.
-    pub fn was_below(&self, account: &AccountId, amount: u64, from_us: Timestamp, to_us: Timestamp) -> bool {
+    pub fn was_below(
+        &self,
+        account: &AccountId,
+        amount: u64,
+        from_us: Timestamp,
+        to_us: Timestamp,
+    ) -> bool {
         let Some(model) = self.accounts.get(account) else {
             return false;
         };
         let versions = &model.versions;
         versions.iter().enumerate().any(|(i, v)| {
-            let valid_until = versions.get(i + 1).map_or(Timestamp::MAX, |next| next.timestamp);
+            let valid_until = versions
+                .get(i + 1)
+                .map_or(Timestamp::MAX, |next| next.timestamp);
             v.timestamp <= to_us && valid_until >= from_us && v.balance < amount
         })
     }

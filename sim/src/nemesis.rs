@@ -81,7 +81,8 @@ impl Nemesis {
 
     fn schedule(&mut self, after: Duration, undo: Undo) {
         self.seq += 1;
-        self.pending.insert((Instant::now() + after, self.seq), undo);
+        self.pending
+            .insert((Instant::now() + after, self.seq), undo);
     }
 
     /// Injects faults until `until`, undoing each when due.
@@ -142,7 +143,9 @@ impl Nemesis {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
                 }
-                let up: Vec<usize> = (0..cluster.nodes.len()).filter(|n| cluster.nodes[*n].up).collect();
+                let up: Vec<usize> = (0..cluster.nodes.len())
+                    .filter(|n| cluster.nodes[*n].up)
+                    .collect();
                 let candidates = if writing.is_empty() { up } else { writing };
                 let Some(&n) = candidates.choose(&mut self.rng) else {
                     return;
@@ -182,7 +185,11 @@ impl Nemesis {
                         break b;
                     }
                 };
-                let (from, to) = if self.rng.gen_bool(0.5) { (a, b) } else { (b, a) };
+                let (from, to) = if self.rng.gen_bool(0.5) {
+                    (a, b)
+                } else {
+                    (b, a)
+                };
                 faults.clogged.insert((from, to));
                 let lasts = ms(&mut self.rng, FAULT_MS);
                 self.note(format!("clog {from}>{to} for {lasts:?}"));
@@ -203,13 +210,19 @@ impl Nemesis {
             Fault::Delay => {
                 faults.jitter_us_max = self.rng.gen_range(20_000..=3_000_000);
                 let lasts = ms(&mut self.rng, FAULT_MS);
-                self.note(format!("jitter up to {} ms for {lasts:?}", faults.jitter_us_max / 1_000));
+                self.note(format!(
+                    "jitter up to {} ms for {lasts:?}",
+                    faults.jitter_us_max / 1_000
+                ));
                 self.schedule(lasts, Undo::JitterOff);
             }
             Fault::SlowDisk => {
                 let n = self.rng.gen_range(0..cluster.nodes.len());
                 let slow_us = self.rng.gen_range(5_000..=300_000);
-                cluster.nodes[n].speed.slow_us_max.store(slow_us, Ordering::Relaxed);
+                cluster.nodes[n]
+                    .speed
+                    .slow_us_max
+                    .store(slow_us, Ordering::Relaxed);
                 let lasts = ms(&mut self.rng, FAULT_MS);
                 self.note(format!(
                     "slow disk on {} (up to {} ms per sync) for {lasts:?}",
@@ -235,7 +248,11 @@ impl Nemesis {
         if self.by_kind.is_empty() {
             return "none".into();
         }
-        let parts: Vec<String> = self.by_kind.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        let parts: Vec<String> = self
+            .by_kind
+            .iter()
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect();
         parts.join(" ")
     }
 
@@ -260,7 +277,10 @@ impl Nemesis {
             Undo::LossOff => faults.loss_ppm = 0,
             Undo::DupOff => faults.dup_ppm = 0,
             Undo::JitterOff => faults.jitter_us_max = 0,
-            Undo::DiskNormal(n) => cluster.nodes[*n].speed.slow_us_max.store(0, Ordering::Relaxed),
+            Undo::DiskNormal(n) => cluster.nodes[*n]
+                .speed
+                .slow_us_max
+                .store(0, Ordering::Relaxed),
         }
         net.set_faults(faults);
     }

@@ -48,6 +48,8 @@ impl SharedRng {
     }
 
     pub fn lock(&self) -> MutexGuard<'_, ChaCha8Rng> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

@@ -131,7 +131,11 @@ fn panic_report(
     let _ = writeln!(details, "reproduce: {}", reproduce_command(config));
     RunReport {
         seed: config.seed,
-        transfers: history.ops.iter().filter(|op| op.transfer_key().is_some()).count() as u64,
+        transfers: history
+            .ops
+            .iter()
+            .filter(|op| op.transfer_key().is_some())
+            .count() as u64,
         faults: 0,
         trace: trace.hash(),
         violations: vec![Violation::new(invariant, message)],
@@ -171,7 +175,8 @@ async fn simulate(config: SimConfig, history: History, trace: Trace) -> RunRepor
     };
     let (setup_host, setup_node) = cluster.client_hosts[0].clone();
     {
-        let (requester, history, specs) = (requester(setup_host), history.clone(), Arc::clone(&specs));
+        let (requester, history, specs) =
+            (requester(setup_host), history.clone(), Arc::clone(&specs));
         setup_node
             .spawn(async move { setup(&requester, &history, &specs, &mut setup_rng).await })
             .await
@@ -195,8 +200,14 @@ async fn simulate(config: SimConfig, history: History, trace: Trace) -> RunRepor
         })
         .collect();
 
-    let mut nemesis = Nemesis::new(stream(config.seed, Purpose::Nemesis), config.faults, config.verbose);
-    nemesis.run(&mut cluster, Instant::now() + config.duration).await;
+    let mut nemesis = Nemesis::new(
+        stream(config.seed, Purpose::Nemesis),
+        config.faults,
+        config.verbose,
+    );
+    nemesis
+        .run(&mut cluster, Instant::now() + config.duration)
+        .await;
     stop.store(true, Ordering::Relaxed);
     nemesis.heal(&mut cluster);
     let heal_deadline = Instant::now() + config.quiesce_max;
@@ -272,11 +283,21 @@ async fn read_live(
     };
     let accounts: Vec<_> = specs
         .iter()
-        .map(|s| (s.id, ask(Query::Account(s.id), partition_of(&s.id, partitions))))
+        .map(|s| {
+            (
+                s.id,
+                ask(Query::Account(s.id), partition_of(&s.id, partitions)),
+            )
+        })
         .collect();
     let transfers: Vec<_> = keys
         .into_iter()
-        .map(|k| (k, ask(Query::Transfer(k), partition_of(&k.from, partitions))))
+        .map(|k| {
+            (
+                k,
+                ask(Query::Transfer(k), partition_of(&k.from, partitions)),
+            )
+        })
         .collect();
     let mut live = LiveState::default();
     for (id, task) in accounts {
@@ -297,12 +318,16 @@ async fn collect_finals(cluster: &Cluster, partitions: u32) -> Vec<PartitionFina
         let (records, decode_error) = match decode_log(&bytes, first_lsn.max(1)) {
             Ok(decoded) if decoded.torn_tail => (
                 decoded.records,
-                Some(format!("torn tail after byte {} at the end of the run", decoded.valid_len)),
+                Some(format!(
+                    "torn tail after byte {} at the end of the run",
+                    decoded.valid_len
+                )),
             ),
             Ok(decoded) => (decoded.records, None),
             Err(error) => (Vec::new(), Some(error.to_string())),
         };
-        let replayed = replay(partition, partitions, &records, AsOf::End).map_err(|e| e.to_string());
+        let replayed =
+            replay(partition, partitions, &records, AsOf::End).map_err(|e| e.to_string());
         let recovered = recover(&mut disk.durable_copy().open(), partition, partitions)
             .await
             .map(|(ledger, _)| ledger)
@@ -321,7 +346,12 @@ async fn collect_finals(cluster: &Cluster, partitions: u32) -> Vec<PartitionFina
     finals
 }
 
-fn summary(cluster: &Cluster, history: &crate::history::HistoryState, nemesis: &Nemesis, quiesced: bool) -> String {
+fn summary(
+    cluster: &Cluster,
+    history: &crate::history::HistoryState,
+    nemesis: &Nemesis,
+    quiesced: bool,
+) -> String {
     let net = cluster.net().stats();
     let (mut crashes, mut torn, mut syncs) = (0, 0, 0);
     for disk in &cluster.shared.disks {
@@ -331,7 +361,11 @@ fn summary(cluster: &Cluster, history: &crate::history::HistoryState, nemesis: &
         syncs += state.syncs;
     }
     let attempts: usize = history.ops.iter().map(|op| op.attempts.len()).sum();
-    let answered = history.ops.iter().filter(|op| op.settled().is_some()).count();
+    let answered = history
+        .ops
+        .iter()
+        .filter(|op| op.settled().is_some())
+        .count();
     let (recoveries, from_snapshot, torn_cut) = {
         let state = cluster.shared.lock();
         let reports = &state.recoveries;
@@ -380,7 +414,11 @@ fn failure_details(
         .unwrap_or(first);
     out.push_str("history of what it involves:\n");
     checkers::involved_history(involved, finals, history, &mut out);
-    let _ = writeln!(out, "faults ({} injected, last {FAULT_LINES_MAX}):", nemesis.injected);
+    let _ = writeln!(
+        out,
+        "faults ({} injected, last {FAULT_LINES_MAX}):",
+        nemesis.injected
+    );
     let skip = nemesis.log.len().saturating_sub(FAULT_LINES_MAX);
     for line in &nemesis.log[skip..] {
         let _ = writeln!(out, "  {line}");

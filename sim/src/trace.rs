@@ -53,7 +53,9 @@ impl Trace {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, TraceState> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Adds one entry (a formatted line) to the trace.

@@ -132,7 +132,12 @@ impl Requester {
 }
 
 /// Opens every account and funds it, before any fault starts. Retries until done.
-pub async fn setup(requester: &Requester, history: &History, specs: &[AccountSpec], rng: &mut ChaCha8Rng) {
+pub async fn setup(
+    requester: &Requester,
+    history: &History,
+    specs: &[AccountSpec],
+    rng: &mut ChaCha8Rng,
+) {
     for spec in specs {
         let open = Command::OpenAccount {
             account: spec.id,
@@ -151,7 +156,11 @@ pub async fn setup(requester: &Requester, history: &History, specs: &[AccountSpe
             transaction_id: TransactionId::new("setup").expect("valid id"),
         };
         let op = history.start(u32::MAX, deposit, Expect::Valid);
-        while requester.execute(history, op, deposit, 1, rng).await.is_none() {}
+        while requester
+            .execute(history, op, deposit, 1, rng)
+            .await
+            .is_none()
+        {}
     }
 }
 
@@ -171,7 +180,15 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(config: &SimConfig, index: u32, requester: Requester, history: History, specs: Arc<[AccountSpec]>, rng: ChaCha8Rng, stop: Arc<AtomicBool>) -> Client {
+    pub fn new(
+        config: &SimConfig,
+        index: u32,
+        requester: Requester,
+        history: History,
+        specs: Arc<[AccountSpec]>,
+        rng: ChaCha8Rng,
+        stop: Arc<AtomicBool>,
+    ) -> Client {
         Client {
             index,
             requester,
@@ -252,7 +269,10 @@ impl Client {
             0..=59 => {
                 let from = self.pick();
                 let same = self.rng.gen_bool(0.25);
-                let Some(to) = self.pick_other(from, same).or_else(|| self.pick_other(from, false)) else {
+                let Some(to) = self
+                    .pick_other(from, same)
+                    .or_else(|| self.pick_other(from, false))
+                else {
                     return;
                 };
                 (self.transfer(from.id, to.id, from.currency), Expect::Valid)
@@ -348,11 +368,17 @@ impl Client {
             0 => {
                 let ghost = self.ghost(None);
                 let to = self.pick();
-                (self.transfer(ghost, to.id, to.currency), Expect::Error("AccountNotFound"))
+                (
+                    self.transfer(ghost, to.id, to.currency),
+                    Expect::Error("AccountNotFound"),
+                )
             }
             1 => {
                 let ghost = self.ghost(Some(from_partition));
-                (self.transfer(from.id, ghost, from.currency), Expect::Error("AccountNotFound"))
+                (
+                    self.transfer(from.id, ghost, from.currency),
+                    Expect::Error("AccountNotFound"),
+                )
             }
             2 => {
                 let other = (0..partitions).find(|p| *p != from_partition);
@@ -374,9 +400,15 @@ impl Client {
                 while to.id == from.id {
                     to = self.pick();
                 }
-                (self.transfer(from.id, to.id, wrong), Expect::Error("CurrencyMismatch"))
+                (
+                    self.transfer(from.id, to.id, wrong),
+                    Expect::Error("CurrencyMismatch"),
+                )
             }
-            4 => (self.transfer(from.id, from.id, from.currency), Expect::Error("SameAccount")),
+            4 => (
+                self.transfer(from.id, from.id, from.currency),
+                Expect::Error("SameAccount"),
+            ),
             _ => {
                 // A destination that holds another currency.
                 let to = self

@@ -25,7 +25,9 @@ fn reply_before_sync_is_caught() {
     let report = sim::run(&config);
     assert!(!report.ok(), "the bug went unnoticed: {}", report.summary);
     assert!(report.result_line().contains("result=FAIL invariant="));
-    assert!(report.details.contains("reproduce: cargo sim -- --seed 0 --bug reply-before-sync"));
+    assert!(report
+        .details
+        .contains("reproduce: cargo sim -- --seed 0 --bug reply-before-sync"));
 }
 
 #[test]
@@ -36,7 +38,9 @@ fn skip_barrier_is_caught_as_a_hanging_try() {
     };
     let report = sim::run(&config);
     assert!(
-        report.result_line().ends_with("result=FAIL invariant=no_hanging"),
+        report
+            .result_line()
+            .ends_with("result=FAIL invariant=no_hanging"),
         "{}",
         report.result_line()
     );
