@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use walletd_core::codec::Record;
 use walletd_core::driver::QueryAnswer;
-use walletd_core::event::{Event, TransferKey};
+use walletd_core::event::{Event, Reason, TransferKey};
 use walletd_core::ids::AccountId;
 use walletd_core::ledger::{
     Account, Command, CreditState, Ledger, LedgerError, Reply, TransferRow, TransferState,
@@ -637,6 +637,7 @@ fn oracle(state: &FinalState<'_>, found: &mut Vec<Violation>) {
             }
         }
     }
+    cancel_reasons(state, found);
     for read in &state.history.reads {
         let QueryAnswer::Account(answer) = read.answer else {
             continue;
@@ -652,6 +653,52 @@ fn oracle(state: &FinalState<'_>, found: &mut Vec<Violation>) {
                 )
                 .account(read.account),
             );
+        }
+    }
+}
+
+/// Every cross-partition transfer cancelled for a reason found at its destination had that
+/// reason: the destination account was missing, held another currency, or the branch was
+/// already cancelled there.
+fn cancel_reasons(state: &FinalState<'_>, found: &mut Vec<Violation>) {
+    for fin in state.finals {
+        let Ok(ledger) = &fin.replayed else {
+            continue;
+        };
+        for row in sorted_rows(ledger) {
+            let (TransferState::Cancelled(reason) | TransferState::Cancelling(reason)) = row.state
+            else {
+                continue;
+            };
+            let t = row.transfer;
+            let to = partition_of(&t.to, state.partitions);
+            let model = &state.finals[to as usize].model;
+            let account = model.accounts.get(&t.to);
+            let justified = match reason {
+                Reason::DestinationNotFound => account
+                    .and_then(|a| a.versions.first())
+                    .is_none_or(|opened| opened.timestamp > row.decided_at),
+                Reason::DestinationCurrencyMismatch => {
+                    account.is_some_and(|a| a.currency != t.currency)
+                }
+                Reason::CancelledBeforeTry => matches!(
+                    state
+                        .ledger(to)
+                        .and_then(|l| l.credit(&t.key()))
+                        .map(|c| c.state),
+                    Some(CreditState::Cancelled | CreditState::TryNotSeen)
+                ),
+                _ => true,
+            };
+            if !justified {
+                found.push(
+                    Violation::new(
+                        "oracle",
+                        format!("transfer {:?} was cancelled for {reason:?}, which its destination does not show", t.key()),
+                    )
+                    .key(t.key()),
+                );
+            }
         }
     }
 }

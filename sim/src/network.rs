@@ -171,6 +171,13 @@ impl Network {
         state.stats.sent += 1;
         if self.lost(&state, from, to) {
             state.stats.dropped += 1;
+            drop(state);
+            let mut line = String::with_capacity(160);
+            describe(&input, &mut line);
+            self.trace.record(format_args!(
+                "{} {from}>{to} p{partition} {line} lost",
+                madsim::time::TimeHandle::current().elapsed().as_nanos()
+            ));
             // Dropping the input drops a command's reply channel: its client sees Unavailable.
             return;
         }

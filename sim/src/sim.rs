@@ -366,6 +366,13 @@ fn summary(
         .iter()
         .filter(|op| op.settled().is_some())
         .count();
+    // Answers held against an expectation known in advance (errors, refusals, repeats).
+    let expected = history
+        .ops
+        .iter()
+        .filter(|op| op.expect != crate::history::Expect::Valid)
+        .map(|op| op.answers().count())
+        .sum::<usize>();
     let (recoveries, from_snapshot, torn_cut) = {
         let state = cluster.shared.lock();
         let reports = &state.recoveries;
@@ -376,7 +383,7 @@ fn summary(
         )
     };
     format!(
-        "ops={} attempts={attempts} answered={answered} reads={} messages sent={} delivered={} dropped={} duplicated={} disk crashes={crashes} torn={torn} syncs={syncs} recoveries={recoveries} from_snapshot={from_snapshot} torn_cut={torn_cut} faults={} quiesced={quiesced} simulated={:.1}s",
+        "ops={} attempts={attempts} answered={answered} expected_answers={expected} reads={} messages sent={} delivered={} dropped={} duplicated={} disk crashes={crashes} torn={torn} syncs={syncs} recoveries={recoveries} from_snapshot={from_snapshot} torn_cut={torn_cut} faults={} quiesced={quiesced} simulated={:.1}s",
         history.ops.len(),
         history.reads.len(),
         net.sent,
