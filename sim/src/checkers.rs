@@ -54,6 +54,8 @@ pub struct Violation {
     pub detail: String,
     pub keys: Vec<TransferKey>,
     pub accounts: Vec<AccountId>,
+    /// The client request it is about (an index into the history's ops).
+    pub op: Option<usize>,
 }
 
 impl Violation {
@@ -63,6 +65,7 @@ impl Violation {
             detail: detail.into(),
             keys: Vec::new(),
             accounts: Vec::new(),
+            op: None,
         }
     }
 
@@ -423,7 +426,7 @@ fn sorted_rows(ledger: &Ledger) -> Vec<TransferRow> {
 
 /// Every outcome acknowledged to a client is in the final logs with that outcome.
 fn durability(state: &FinalState<'_>, found: &mut Vec<Violation>) {
-    for op in &state.history.ops {
+    for (index, op) in state.history.ops.iter().enumerate() {
         for (attempt, result) in op.answers() {
             let problem = match (&op.command, result) {
                 (Command::Transfer(t), Ok(Reply::Transfer(status))) => {
@@ -481,6 +484,8 @@ fn durability(state: &FinalState<'_>, found: &mut Vec<Violation>) {
             if let Some(problem) = problem {
                 let mut v = Violation::new("durability", format!("{:?}: {problem}", op.command));
                 v.keys.extend(op.transfer_key());
+                v.accounts.extend(cash_account(&op.command));
+                v.op = Some(index);
                 found.push(v);
                 break;
             }
@@ -578,11 +583,13 @@ fn oracle(state: &FinalState<'_>, found: &mut Vec<Violation>) {
             format!("{:?}: {}", op.command, violation.detail),
         );
         v.keys.extend(op.transfer_key());
+        v.accounts.extend(cash_account(&op.command));
+        v.op = Some(violation.op);
         found.push(v);
     }
     let model =
         |account: &AccountId| &state.finals[partition_of(account, state.partitions) as usize].model;
-    for op in &state.history.ops {
+    for (index, op) in state.history.ops.iter().enumerate() {
         for (attempt, result) in op.answers() {
             let problem = match (&op.command, result) {
                 (
@@ -629,10 +636,10 @@ fn oracle(state: &FinalState<'_>, found: &mut Vec<Violation>) {
                 _ => None,
             };
             if let Some(problem) = problem {
-                found.push(Violation::new(
-                    "oracle",
-                    format!("{:?}: {problem}", op.command),
-                ));
+                let mut v = Violation::new("oracle", format!("{:?}: {problem}", op.command));
+                v.accounts.extend(cash_account(&op.command));
+                v.op = Some(index);
+                found.push(v);
                 break;
             }
         }
@@ -703,6 +710,14 @@ fn cancel_reasons(state: &FinalState<'_>, found: &mut Vec<Violation>) {
     }
 }
 
+/// The account of a deposit or withdrawal.
+fn cash_account(command: &Command) -> Option<AccountId> {
+    match command {
+        Command::Deposit { account, .. } | Command::Withdraw { account, .. } => Some(*account),
+        _ => None,
+    }
+}
+
 /// A short name of an event, for messages.
 pub fn event_name(event: &Event) -> &'static str {
     match event {
@@ -747,8 +762,11 @@ pub fn involved_history(
     history: &HistoryState,
     out: &mut String,
 ) {
-    const OPS_MAX: usize = 12;
+    const OPS_MAX: usize = 6;
     const EVENTS_MAX: usize = 40;
+    if let Some(op) = violation.op.and_then(|i| history.ops.get(i)) {
+        let _ = write!(out, "the request:\n{op}");
+    }
     for key in violation.keys.iter().take(4) {
         let _ = writeln!(out, "transfer {key:?}:");
         for op in history
@@ -785,6 +803,29 @@ pub fn involved_history(
             .collect();
         for op in ops.iter().rev().take(OPS_MAX).rev() {
             let _ = write!(out, "{op}");
+        }
+        let fin = &finals[partition_of(account, finals.len() as u32) as usize];
+        let _ = writeln!(
+            out,
+            "  its last deposits and withdrawals in the log of p{}:",
+            fin.partition
+        );
+        let cash: Vec<&Record> = fin
+            .records
+            .iter()
+            .filter(|r| match r.event {
+                Event::Deposited { account: a, .. } | Event::Withdrawn { account: a, .. } => {
+                    a == *account
+                }
+                _ => false,
+            })
+            .collect();
+        for record in cash.iter().rev().take(OPS_MAX).rev() {
+            let _ = writeln!(
+                out,
+                "  log lsn {} at {} us: {:?}",
+                record.lsn, record.timestamp, record.event
+            );
         }
     }
 }
