@@ -153,14 +153,14 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
-    /// The default run: 3 nodes, 6 partitions, 16 clients, 60 s of load, every fault on.
+    /// The default run: 3 nodes, 6 partitions, 20 clients, 60 s of load, every fault on.
     pub fn standard(seed: u64) -> SimConfig {
         SimConfig {
             seed,
             nodes: 3,
             partitions: 6,
             client_hosts: 2,
-            clients: 16,
+            clients: 20,
             accounts: 24,
             duration: Duration::from_secs(60),
             quiesce_max: Duration::from_secs(120),
