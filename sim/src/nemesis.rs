@@ -125,122 +125,144 @@ impl Nemesis {
     }
 
     async fn inject(&mut self, cluster: &mut Cluster, kind: Fault) {
-        let net = std::sync::Arc::clone(cluster.net());
-        let mut faults = net.faults();
-        let hosts = (cluster.nodes.len() + cluster.client_hosts.len()) as HostId;
-        let servers = cluster.nodes.len() as HostId;
-        match kind {
-            Fault::Kill => {
-                // Most kills wait for a node in the middle of a write, so that acknowledged
-                // work that is not yet durable (a bug) and torn records (recovery) are hit.
-                let mut writing = Vec::new();
-                if self.rng.gen_bool(KILL_MID_WRITE_P) {
-                    for _ in 0..KILL_WAIT_POLLS_MAX {
-                        writing = cluster.nodes_writing();
-                        if !writing.is_empty() {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                }
-                let up: Vec<usize> = (0..cluster.nodes.len())
-                    .filter(|n| cluster.nodes[*n].up)
-                    .collect();
-                let candidates = if writing.is_empty() { up } else { writing };
-                let Some(&n) = candidates.choose(&mut self.rng) else {
-                    return;
-                };
-                let reports = cluster.kill(n);
-                let down = ms(&mut self.rng, DOWN_MS);
-                let lost: usize = reports.iter().map(|r| r.lost_bytes).sum();
-                let torn: usize = reports.iter().map(|r| r.torn_bytes_kept).sum();
-                self.note(format!(
-                    "kill {} (lost {lost} unsynced bytes, kept {torn} torn) for {down:?}",
-                    cluster.nodes[n].name
-                ));
-                self.schedule(down, Undo::Restart(n));
-            }
-            Fault::Partition => {
-                let mut side: Vec<HostId> = (0..hosts).filter(|_| self.rng.gen_bool(0.5)).collect();
-                if side.is_empty() || side.len() == hosts as usize {
-                    side = vec![self.rng.gen_range(0..servers)];
-                }
-                let mut links = Vec::new();
-                for a in 0..hosts {
-                    for b in 0..hosts {
-                        if side.contains(&a) != side.contains(&b) && faults.cut.insert((a, b)) {
-                            links.push((a, b));
-                        }
-                    }
-                }
-                let lasts = ms(&mut self.rng, FAULT_MS);
-                self.note(format!("partition {side:?} from the rest for {lasts:?}"));
-                self.schedule(lasts, Undo::Uncut(links));
-            }
-            Fault::Clog => {
-                let a = self.rng.gen_range(0..hosts);
-                let b = loop {
-                    let b = self.rng.gen_range(0..servers);
-                    if b != a {
-                        break b;
-                    }
-                };
-                let (from, to) = if self.rng.gen_bool(0.5) {
-                    (a, b)
-                } else {
-                    (b, a)
-                };
-                faults.clogged.insert((from, to));
-                let lasts = ms(&mut self.rng, FAULT_MS);
-                self.note(format!("clog {from}>{to} for {lasts:?}"));
-                self.schedule(lasts, Undo::Unclog((from, to)));
-            }
-            Fault::Loss => {
-                faults.loss_ppm = self.rng.gen_range(20_000..=300_000);
-                let lasts = ms(&mut self.rng, FAULT_MS);
-                self.note(format!("loss {} ppm for {lasts:?}", faults.loss_ppm));
-                self.schedule(lasts, Undo::LossOff);
-            }
-            Fault::Dup => {
-                faults.dup_ppm = self.rng.gen_range(50_000..=500_000);
-                let lasts = ms(&mut self.rng, FAULT_MS);
-                self.note(format!("duplicate {} ppm for {lasts:?}", faults.dup_ppm));
-                self.schedule(lasts, Undo::DupOff);
-            }
-            Fault::Delay => {
-                faults.jitter_us_max = self.rng.gen_range(20_000..=3_000_000);
-                let lasts = ms(&mut self.rng, FAULT_MS);
-                self.note(format!(
-                    "jitter up to {} ms for {lasts:?}",
-                    faults.jitter_us_max / 1_000
-                ));
-                self.schedule(lasts, Undo::JitterOff);
-            }
-            Fault::SlowDisk => {
-                let n = self.rng.gen_range(0..cluster.nodes.len());
-                let slow_us = self.rng.gen_range(5_000..=300_000);
-                cluster.nodes[n]
-                    .speed
-                    .slow_us_max
-                    .store(slow_us, Ordering::Relaxed);
-                let lasts = ms(&mut self.rng, FAULT_MS);
-                self.note(format!(
-                    "slow disk on {} (up to {} ms per sync) for {lasts:?}",
-                    cluster.nodes[n].name,
-                    slow_us / 1_000
-                ));
-                self.schedule(lasts, Undo::DiskNormal(n));
-            }
+        let injected = match kind {
+            Fault::Kill => self.kill(cluster).await,
+            Fault::Partition => self.partition(cluster),
+            Fault::Clog => self.clog(cluster),
+            Fault::Loss | Fault::Dup | Fault::Delay => self.degrade(cluster, kind),
+            Fault::SlowDisk => self.slow_disk(cluster),
             Fault::ClockJump => {
                 let jump = ms(&mut self.rng, (200, 5_000));
                 self.note(format!("clock jumps forward {jump:?}"));
                 madsim::time::advance(jump);
+                true
             }
             Fault::Torn => unreachable!("torn tails are a property of kills"),
+        };
+        if injected {
+            self.injected += 1;
+            *self.by_kind.entry(kind.name()).or_default() += 1;
         }
-        net.set_faults(faults);
-        self.injected += 1;
-        *self.by_kind.entry(kind.name()).or_default() += 1;
+    }
+
+    /// Kills a node. Most kills wait for a node in the middle of a write, so that
+    /// acknowledged work that is not yet durable (a bug) and torn records (recovery) are hit.
+    async fn kill(&mut self, cluster: &mut Cluster) -> bool {
+        let mut writing = Vec::new();
+        if self.rng.gen_bool(KILL_MID_WRITE_P) {
+            for _ in 0..KILL_WAIT_POLLS_MAX {
+                writing = cluster.nodes_writing();
+                if !writing.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let up: Vec<usize> = (0..cluster.nodes.len())
+            .filter(|n| cluster.nodes[*n].up)
+            .collect();
+        let candidates = if writing.is_empty() { up } else { writing };
+        let Some(&n) = candidates.choose(&mut self.rng) else {
+            return false;
+        };
+        let reports = cluster.kill(n);
+        let down = ms(&mut self.rng, DOWN_MS);
+        let lost: usize = reports.iter().map(|r| r.lost_bytes).sum();
+        let torn: usize = reports.iter().map(|r| r.torn_bytes_kept).sum();
+        self.note(format!(
+            "kill {} (lost {lost} unsynced bytes, kept {torn} torn) for {down:?}",
+            cluster.nodes[n].name
+        ));
+        self.schedule(down, Undo::Restart(n));
+        true
+    }
+
+    /// Splits all hosts in two random groups that cannot reach each other.
+    fn partition(&mut self, cluster: &Cluster) -> bool {
+        let hosts = (cluster.nodes.len() + cluster.client_hosts.len()) as HostId;
+        let servers = cluster.nodes.len() as HostId;
+        let mut side: Vec<HostId> = (0..hosts).filter(|_| self.rng.gen_bool(0.5)).collect();
+        if side.is_empty() || side.len() == hosts as usize {
+            side = vec![self.rng.gen_range(0..servers)];
+        }
+        let mut faults = cluster.net().faults();
+        let mut links = Vec::new();
+        for a in 0..hosts {
+            for b in 0..hosts {
+                if side.contains(&a) != side.contains(&b) && faults.cut.insert((a, b)) {
+                    links.push((a, b));
+                }
+            }
+        }
+        cluster.net().set_faults(faults);
+        let lasts = ms(&mut self.rng, FAULT_MS);
+        self.note(format!("partition {side:?} from the rest for {lasts:?}"));
+        self.schedule(lasts, Undo::Uncut(links));
+        true
+    }
+
+    /// Holds the messages of one direction of a link between a host and a server node.
+    fn clog(&mut self, cluster: &Cluster) -> bool {
+        let hosts = (cluster.nodes.len() + cluster.client_hosts.len()) as HostId;
+        let servers = cluster.nodes.len() as HostId;
+        let a = self.rng.gen_range(0..hosts);
+        let others: Vec<HostId> = (0..servers).filter(|b| *b != a).collect();
+        let Some(&b) = others.choose(&mut self.rng) else {
+            return false; // A single server node and the draw was that node.
+        };
+        let (from, to) = if self.rng.gen_bool(0.5) {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        let mut faults = cluster.net().faults();
+        faults.clogged.insert((from, to));
+        cluster.net().set_faults(faults);
+        let lasts = ms(&mut self.rng, FAULT_MS);
+        self.note(format!("clog {from}>{to} for {lasts:?}"));
+        self.schedule(lasts, Undo::Unclog((from, to)));
+        true
+    }
+
+    /// Loss, duplication or long random delays on every link for a while.
+    fn degrade(&mut self, cluster: &Cluster, kind: Fault) -> bool {
+        let mut faults = cluster.net().faults();
+        let (what, undo) = match kind {
+            Fault::Loss => {
+                faults.loss_ppm = self.rng.gen_range(20_000..=300_000);
+                (format!("loss {} ppm", faults.loss_ppm), Undo::LossOff)
+            }
+            Fault::Dup => {
+                faults.dup_ppm = self.rng.gen_range(50_000..=500_000);
+                (format!("duplicate {} ppm", faults.dup_ppm), Undo::DupOff)
+            }
+            _ => {
+                faults.jitter_us_max = self.rng.gen_range(20_000..=3_000_000);
+                let ms = faults.jitter_us_max / 1_000;
+                (format!("jitter up to {ms} ms"), Undo::JitterOff)
+            }
+        };
+        cluster.net().set_faults(faults);
+        let lasts = ms(&mut self.rng, FAULT_MS);
+        self.note(format!("{what} for {lasts:?}"));
+        self.schedule(lasts, undo);
+        true
+    }
+
+    /// Makes the disks of one node slow to sync for a while.
+    fn slow_disk(&mut self, cluster: &Cluster) -> bool {
+        let n = self.rng.gen_range(0..cluster.nodes.len());
+        let slow_us = self.rng.gen_range(5_000..=300_000);
+        let node = &cluster.nodes[n];
+        node.speed.slow_us_max.store(slow_us, Ordering::Relaxed);
+        let lasts = ms(&mut self.rng, FAULT_MS);
+        self.note(format!(
+            "slow disk on {} (up to {} ms per sync) for {lasts:?}",
+            node.name,
+            slow_us / 1_000
+        ));
+        self.schedule(lasts, Undo::DiskNormal(n));
+        true
     }
 
     /// The fault schedule in one line: injections per kind.

@@ -23,6 +23,7 @@ use crate::config::SimConfig;
 use crate::history::History;
 use crate::model::Model;
 use crate::nemesis::Nemesis;
+use crate::network::HostId;
 use crate::rng::{stream, Purpose};
 use crate::trace::Trace;
 use crate::workload::{accounts, setup, AccountSpec, Client, Requester};
@@ -161,65 +162,29 @@ fn classify_panic(message: &str) -> &'static str {
         .map_or("node_panic", |(_, invariant)| invariant)
 }
 
+/// One run: setup, load under faults, heal and quiesce, then the checks.
 async fn simulate(config: SimConfig, history: History, trace: Trace) -> RunReport {
     let mut setup_rng = stream(config.seed, Purpose::Setup);
     let snapshot_every_events = setup_rng.gen_range(50..=500);
     let mut cluster = Cluster::start(&config, trace.clone(), snapshot_every_events);
     let specs: Arc<[AccountSpec]> = accounts(config.accounts).into();
-    let net = Arc::clone(cluster.net());
-    let requester = |host| Requester {
-        net: Arc::clone(&net),
-        host,
-        partitions: config.partitions,
-        timeout: config.client_timeout,
-    };
     let (setup_host, setup_node) = cluster.client_hosts[0].clone();
     {
-        let (requester, history, specs) =
-            (requester(setup_host), history.clone(), Arc::clone(&specs));
+        let requester = requester(&config, &cluster, setup_host);
+        let (history, specs) = (history.clone(), Arc::clone(&specs));
         setup_node
             .spawn(async move { setup(&requester, &history, &specs, &mut setup_rng).await })
             .await
             .expect("setup task");
     }
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..config.clients)
-        .map(|i| {
-            let (host, node) = &cluster.client_hosts[(i % config.client_hosts) as usize];
-            let client = Client::new(
-                &config,
-                i,
-                requester(*host),
-                history.clone(),
-                Arc::clone(&specs),
-                stream(config.seed, Purpose::Client(i)),
-                Arc::clone(&stop),
-            );
-            node.spawn(client.run())
-        })
-        .collect();
-
-    let mut nemesis = Nemesis::new(
-        stream(config.seed, Purpose::Nemesis),
-        config.faults,
-        config.verbose,
-    );
-    nemesis
-        .run(&mut cluster, Instant::now() + config.duration)
-        .await;
-    stop.store(true, Ordering::Relaxed);
-    nemesis.heal(&mut cluster);
-    let heal_deadline = Instant::now() + config.quiesce_max;
-    for client in clients {
-        let left = heal_deadline.saturating_duration_since(Instant::now());
-        let _ = tokio::time::timeout(left, client).await;
-    }
-    let quiesced = cluster
-        .quiesce(heal_deadline.saturating_duration_since(Instant::now()))
-        .await;
-
-    let live = read_live(&cluster, &history, &specs, requester(setup_host)).await;
+    let (nemesis, quiesced) = load_under_faults(&config, &mut cluster, &history, &specs).await;
+    let live = read_live(
+        &cluster,
+        &history,
+        &specs,
+        requester(&config, &cluster, setup_host),
+    )
+    .await;
     let finals = collect_finals(&cluster, config.partitions).await;
     for fin in &finals {
         trace.record_bytes(&format!("log-{}", fin.partition), &fin.bytes);
@@ -241,18 +206,66 @@ async fn simulate(config: SimConfig, history: History, trace: Trace) -> RunRepor
         .filter_map(|f| f.replayed.as_ref().ok())
         .map(|l| l.transfers().count() as u64)
         .sum();
-    let summary = summary(&cluster, &history_state, &nemesis, quiesced);
-    let details = failure_details(&config, &violations, &finals, &history_state, &nemesis);
     RunReport {
         seed: config.seed,
         transfers,
         faults: nemesis.injected,
         trace: trace.hash(),
+        details: failure_details(&config, &violations, &finals, &history_state, &nemesis),
         violations,
-        details,
-        summary,
+        summary: summary(&cluster, &history_state, &nemesis, quiesced),
         schedule: nemesis.schedule_summary(),
     }
+}
+
+/// A client's connection: requests from `host` over the run's network.
+fn requester(config: &SimConfig, cluster: &Cluster, host: HostId) -> Requester {
+    Requester {
+        net: Arc::clone(cluster.net()),
+        host,
+        partitions: config.partitions,
+        timeout: config.client_timeout,
+    }
+}
+
+/// Runs the clients under the nemesis for the configured time, then heals everything, lets
+/// the clients finish their current request and waits for the cluster to quiesce. Returns the
+/// nemesis (its log and counters) and whether the cluster quiesced in time.
+async fn load_under_faults(
+    config: &SimConfig,
+    cluster: &mut Cluster,
+    history: &History,
+    specs: &Arc<[AccountSpec]>,
+) -> (Nemesis, bool) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..config.clients)
+        .map(|i| {
+            let (host, node) = &cluster.client_hosts[(i % config.client_hosts) as usize];
+            let client = Client::new(
+                config,
+                i,
+                requester(config, cluster, *host),
+                history.clone(),
+                Arc::clone(specs),
+                stream(config.seed, Purpose::Client(i)),
+                Arc::clone(&stop),
+            );
+            node.spawn(client.run())
+        })
+        .collect();
+    let nemesis_rng = stream(config.seed, Purpose::Nemesis);
+    let mut nemesis = Nemesis::new(nemesis_rng, config.faults, config.verbose);
+    nemesis.run(cluster, Instant::now() + config.duration).await;
+    stop.store(true, Ordering::Relaxed);
+    nemesis.heal(cluster);
+    let heal_deadline = Instant::now() + config.quiesce_max;
+    for client in clients {
+        let left = heal_deadline.saturating_duration_since(Instant::now());
+        let _ = tokio::time::timeout(left, client).await;
+    }
+    let left = heal_deadline.saturating_duration_since(Instant::now());
+    let quiesced = cluster.quiesce(left).await;
+    (nemesis, quiesced)
 }
 
 /// Asks the live cluster for every account and every transfer a client asked for.

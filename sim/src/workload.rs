@@ -27,6 +27,8 @@ const BACKOFF_INITIAL: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_millis(1_600);
 /// Largest amount of one transfer, in minor units (balances start at 5,000..50,000).
 const TRANSFER_MINOR_MAX: u64 = 8_000;
+/// Attempts of each setup request (made before any fault: the first one normally succeeds).
+const SETUP_ATTEMPTS_MAX: u32 = 20;
 /// Ops a client remembers for idempotent repeats and conflicting reuses.
 const REMEMBERED_MAX: usize = 256;
 
@@ -144,7 +146,14 @@ pub async fn setup(
             currency: spec.currency,
         };
         let op = history.start(u32::MAX, open, Expect::Valid);
-        while requester.execute(history, op, open, 1, rng).await.is_none() {}
+        let opened = requester
+            .execute(history, op, open, SETUP_ATTEMPTS_MAX, rng)
+            .await;
+        assert!(
+            opened.is_some(),
+            "setup could not open {} (no faults are on yet)",
+            spec.id
+        );
         let funds = match spec.currency {
             Currency::JPY => rng.gen_range(1_000..=10_000),
             _ => rng.gen_range(5_000..=50_000),
@@ -156,11 +165,14 @@ pub async fn setup(
             transaction_id: TransactionId::new("setup").expect("valid id"),
         };
         let op = history.start(u32::MAX, deposit, Expect::Valid);
-        while requester
-            .execute(history, op, deposit, 1, rng)
-            .await
-            .is_none()
-        {}
+        let funded = requester
+            .execute(history, op, deposit, SETUP_ATTEMPTS_MAX, rng)
+            .await;
+        assert!(
+            funded.is_some(),
+            "setup could not fund {} (no faults are on yet)",
+            spec.id
+        );
     }
 }
 
