@@ -21,6 +21,10 @@ lint:
 run *ARGS:
     cargo run --release -p walletd-server -- serve {{ARGS}}
 
+# Run node N of the example 3-node cluster on 127.0.0.1 (data in ./data/node-N).
+node id="0" *ARGS:
+    cargo run --release -p walletd-server -- node --config cluster.example.toml --id {{id}} {{ARGS}}
+
 # Run the deterministic simulator: `just sim --seed 7`, `just sim --seeds 0..200`, `just sim --seed 7 --bug skip-barrier`.
 sim *ARGS:
     cargo sim -- {{ARGS}}
@@ -28,6 +32,10 @@ sim *ARGS:
 # The engine benchmark: partitions in-process on real files, fsync on.
 bench-engine *ARGS:
     cargo run --release -p walletd-core --example bench_engine -- {{ARGS}}
+
+# The cluster benchmark: nodes in one process over loopback TCP, fsync on.
+bench-cluster *ARGS:
+    cargo run --release -p walletd-core --example bench_cluster -- {{ARGS}}
 
 # Exactly what CI runs.
 ci:

@@ -10,13 +10,16 @@
 //! # Layout
 //! - [`Wallet`]: runs the binary's subcommands (`serve`, `verify`, `replay`, `--help`).
 //! - [`Server`]: one `wallet serve` child on a free loopback port with its own data directory,
-//!   stopped by SIGTERM or SIGKILL, killed on drop.
+//!   stopped by SIGTERM or SIGKILL, killed on drop; or one `wallet node` of a cluster
+//!   ([`Wallet::node`]), on the addresses its cluster file gives it.
+//! - [`free_ports`]: loopback ports nobody listens on, for cluster files.
 //! - [`http`]: a small blocking HTTP/1.1 client (one request per connection), enough to send
 //!   the malformed and slow requests the tests need, without an HTTP client dependency.
 //! - [`accounts_in`]: account ids that land on chosen partitions.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -74,7 +77,25 @@ impl Wallet {
 
     /// Starts `wallet serve` on a free port with `data_dir` and extra arguments.
     pub fn serve(&self, data_dir: &Path, extra: &[&str]) -> Server {
-        Server::start(self, data_dir, extra)
+        let mut args: Vec<OsString> = vec!["serve".into(), "--listen".into(), "127.0.0.1:0".into()];
+        // Tests expect final outcomes: wait for them far longer than a loaded CI machine needs,
+        // unless the test is about the wait itself.
+        if !extra.contains(&"--transfer-wait-ms") {
+            args.extend(["--transfer-wait-ms".into(), TRANSFER_WAIT_MS.into()]);
+        }
+        args.extend(["--data-dir".into(), data_dir.into()]);
+        args.extend(extra.iter().map(OsString::from));
+        Server::start(self, args, data_dir)
+    }
+
+    /// Starts `wallet node --config <config> --id <id> --data-dir <data_dir>` and extra
+    /// arguments. The server's `data_dir` is the node's own, `<data_dir>/node-<id>`.
+    pub fn node(&self, config: &Path, id: u32, data_dir: &Path, extra: &[&str]) -> Server {
+        let mut args: Vec<OsString> = vec!["node".into(), "--config".into(), config.into()];
+        args.extend(["--id".into(), id.to_string().into()]);
+        args.extend(["--data-dir".into(), data_dir.into()]);
+        args.extend(extra.iter().map(OsString::from));
+        Server::start(self, args, &data_dir.join(format!("node-{id}")))
     }
 }
 
@@ -88,24 +109,15 @@ pub struct Server {
 }
 
 impl Server {
-    fn start(wallet: &Wallet, data_dir: &Path, extra: &[&str]) -> Server {
-        // Tests expect final outcomes: wait for them far longer than a loaded CI machine needs,
-        // unless the test is about the wait itself.
-        let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
-        if !extra.contains(&"--transfer-wait-ms") {
-            args.extend(["--transfer-wait-ms", TRANSFER_WAIT_MS]);
-        }
+    fn start(wallet: &Wallet, args: Vec<OsString>, data_dir: &Path) -> Server {
         let mut child = Command::new(&wallet.bin)
-            .args(&args)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(extra)
+            .args(args)
             .env("WALLET_LOG", "info,tower_http=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn wallet serve");
+            .expect("spawn wallet");
         let stderr = child.stderr.take().expect("piped stderr");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (addr_tx, addr_rx) = mpsc::channel();
@@ -252,6 +264,18 @@ pub fn accounts_in(prefix: &str, partition: u32, partitions: u32, count: usize) 
         .map(|i| format!("{prefix}{i}"))
         .filter(|id| partition_of(&AccountId::new(id).expect("valid id"), partitions) == partition)
         .take(count)
+        .collect()
+}
+
+/// `count` distinct loopback ports that were free a moment ago (all held open together while
+/// they are chosen, so they differ; another process could still take one before it is used).
+pub fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local address").port())
         .collect()
 }
 

@@ -18,6 +18,9 @@
 //! - [`transport`]: how partitions send phase messages to each other (best effort).
 //! - [`driver`]: the async partition driver: inbox → ledger → group commit → replies.
 //! - [`engine`]: partitions of one process and the [`engine::Client`] that routes to them.
+//! - [`wire`]: the node-to-node protocol: batched, versioned, CRC32C-checked frames.
+//! - `net` (not under the simulator): cluster nodes over TCP: forwarders to the owners of
+//!   remote partitions, the authenticated peer listener, and `net::start_node`.
 //! - `bugs` (tests and simulation only): switchable known-bug mutations.
 //! - `tests` (tests only): ledger, coordinator, property and mutation tests of the core.
 
@@ -31,11 +34,14 @@ pub mod event;
 pub mod ids;
 pub mod ledger;
 pub mod money;
+#[cfg(not(madsim))]
+pub mod net;
 pub mod partition;
 pub mod replay;
 pub mod snapshot;
 pub mod storage;
 pub mod transport;
+pub mod wire;
 
 #[cfg(test)]
 mod tests;

@@ -1,8 +1,8 @@
 //! The `wallet` command line: one binary, one subcommand per job.
 //!
 //! `serve` runs the all-in-one node; `replay` and `verify` read a data directory at rest.
-//! A cluster node (`wallet node --config cluster.toml --id N`) and `wallet bench` join as
-//! further subcommands: each is a variant of [`Command`] and a module with a `run`.
+//! `node` runs one node of a cluster (`wallet node --config cluster.toml --id N`). Each
+//! subcommand is a variant of [`Command`] and a module with a `run`.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -38,6 +38,14 @@ pub enum Command {
     /// torn tail, resuming unfinished transfers), then serves. Ctrl-C or SIGTERM stops
     /// accepting, drains requests in flight, syncs every partition and exits 0.
     Serve(ServeArgs),
+    /// Run one node of a multi-process cluster described by a cluster file.
+    ///
+    /// Recovers the partitions the cluster file gives node --id from
+    /// <data-dir>/node-<id>/partition-<p>, links to every other node over the authenticated
+    /// peer protocol (commands and TC/C messages for their partitions are forwarded there),
+    /// and serves the same HTTP API as `serve` on the node's http address: any node answers
+    /// for any account. Ctrl-C or SIGTERM drains, syncs and exits 0.
+    Node(NodeArgs),
     /// Print every account's balance (or one account's history) rebuilt from the logs.
     ///
     /// Reads a data directory without a running server (or beside one: only whole records
@@ -48,8 +56,10 @@ pub enum Command {
     /// Checks: each log replays (no negative balance, nothing applied twice, no Try after its
     /// Cancel), each partition's conservation law, conservation across partitions per
     /// currency, that both sides of every cross-partition transfer agree, and that each
-    /// snapshot equals the replay at its lsn. Exits 0 with a summary, or 1 listing every
-    /// violation (2 if the directory cannot be read at all).
+    /// snapshot equals the replay at its lsn. A cluster node's directory is checked for the
+    /// partitions it holds; given every node's directory, the cluster is checked as one.
+    /// Exits 0 with a summary, or 1 listing every violation (2 if a directory cannot be read
+    /// at all).
     Verify(VerifyArgs),
 }
 
@@ -65,6 +75,14 @@ pub struct ServeArgs {
     /// Address of the HTTP API (port 0 picks a free port; the log says which).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    #[command(flatten)]
+    pub service: ServiceArgs,
+}
+
+/// How a node serves: the HTTP API's limits and the partitions' snapshots. Shared by `serve`
+/// and `node`.
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
     /// How long a transfer request waits for its outcome before answering 202 pending.
     #[arg(long, default_value_t = 2000)]
     pub transfer_wait_ms: u64,
@@ -91,6 +109,26 @@ pub struct ServeArgs {
     /// recovery time; the log alone always suffices.
     #[arg(long, default_value_t = 1_000_000)]
     pub snapshot_every_events: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The cluster file (see cluster.example.toml): nodes, their addresses, partition owners,
+    /// map version and the cluster secret (or set WALLET_CLUSTER_SECRET).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Which node of the cluster file this process is.
+    #[arg(long)]
+    pub id: u32,
+    /// Parent of the node's data: its partitions live in <data-dir>/node-<id>/partition-<p>.
+    #[arg(long, default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// How long a transfer may wait for its destination's Try before it is cancelled
+    /// (a destination node that is down for longer gets the transfer cancelled).
+    #[arg(long, default_value_t = 2000)]
+    pub try_timeout_ms: u64,
+    #[command(flatten)]
+    pub service: ServiceArgs,
 }
 
 /// How `replay` prints.
@@ -126,9 +164,10 @@ pub struct ReplayArgs {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The data directory to check (of a stopped server).
+    /// The data directory to check (of a stopped server). Repeat it with the directory of
+    /// every node of a cluster (<data-dir>/node-<N>) to check the cluster as a whole.
     #[arg(long, default_value = "./data")]
-    pub data_dir: PathBuf,
+    pub data_dir: Vec<PathBuf>,
 }
 
 /// Writes a line to stdout, ignoring a closed pipe (`wallet replay | head` must not panic).
@@ -155,6 +194,10 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => {
             init_tracing("info,tower_http=warn");
             crate::serve::run(args)
+        }
+        Command::Node(args) => {
+            init_tracing("info,tower_http=warn");
+            crate::node::run(args)
         }
         Command::Replay(args) => {
             init_tracing("warn");
@@ -186,8 +229,8 @@ mod tests {
         assert_eq!(args.partitions, 8);
         assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(args.data_dir, PathBuf::from("./data"));
-        assert_eq!(args.transfer_wait_ms, 2000);
-        assert_eq!(args.body_limit_bytes, 2 << 20);
-        assert_eq!(args.max_in_flight, 4096);
+        assert_eq!(args.service.transfer_wait_ms, 2000);
+        assert_eq!(args.service.body_limit_bytes, 2 << 20);
+        assert_eq!(args.service.max_in_flight, 4096);
     }
 }

@@ -9,6 +9,17 @@
 //! The partition count is part of the data: an account's partition is its hash modulo the
 //! count, so opening the same logs with another count would look accounts up in the wrong
 //! partition. The layout file makes that mistake impossible.
+//!
+//! A cluster node (`wallet node`) keeps a data directory of the same layout in
+//! `<data-dir>/node-<N>`, holding only the partitions it owns, and a node file that says
+//! which ones: readers then know the others live elsewhere, and a node restarted with a map
+//! that moved partitions refuses to start on data that is not the map's.
+//!
+//! ```text
+//! <data-dir>/node-1/walletd-layout    as above, with the cluster's partition count
+//! <data-dir>/node-1/walletd-node      "node = 1" and "holds = 1,4,7"
+//! <data-dir>/node-1/partition-1/…
+//! ```
 
 use std::fs;
 use std::io::{self, Write};
@@ -19,6 +30,8 @@ use walletd_core::partition::{PartitionId, PARTITIONS_MAX};
 
 /// Name of the file that records the layout of a data directory.
 pub const LAYOUT_FILE: &str = "walletd-layout";
+/// Name of the file that marks a cluster node's data directory and lists its partitions.
+pub const NODE_FILE: &str = "walletd-node";
 const LAYOUT_FORMAT: u32 = 1;
 
 /// Why a data directory cannot be used.
@@ -41,6 +54,16 @@ pub enum DataDirError {
     BadPartitionCount(u32),
     #[error("{path}: {source}")]
     Io { path: String, source: io::Error },
+    #[error(
+        "{root} holds partitions {recorded:?} of node {node}, but the cluster map gives it \
+         {mapped:?}; moving partitions between nodes is not supported: restore the old map"
+    )]
+    NodePartitions {
+        root: String,
+        node: u32,
+        recorded: Vec<PartitionId>,
+        mapped: Vec<PartitionId>,
+    },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> DataDirError + '_ {
@@ -236,6 +259,94 @@ fn count_partition_dirs(root: &Path) -> Result<Option<u32>, DataDirError> {
     Ok(contiguous.then_some(found.len() as u32))
 }
 
+impl DataDir {
+    /// The partitions whose logs live in this directory: all of them for an all-in-one node,
+    /// those its node file lists for a cluster node's directory.
+    pub fn held_partitions(&self) -> Result<Vec<PartitionId>, DataDirError> {
+        match read_node_file(&self.root)? {
+            Some((_, holds)) => Ok(holds),
+            None => Ok((0..self.partitions).collect()),
+        }
+    }
+
+    /// Records (first start) or checks (every later start) that this directory belongs to
+    /// cluster node `node` and holds exactly `partitions`.
+    pub fn claim_for_node(
+        &self,
+        node: u32,
+        partitions: &[PartitionId],
+    ) -> Result<(), DataDirError> {
+        assert!(partitions.iter().all(|p| *p < self.partitions));
+        match read_node_file(&self.root)? {
+            Some((recorded_node, recorded)) if recorded_node == node && recorded == partitions => {
+                Ok(())
+            }
+            Some((_, recorded)) => Err(DataDirError::NodePartitions {
+                root: self.root.display().to_string(),
+                node,
+                recorded,
+                mapped: partitions.to_vec(),
+            }),
+            None => write_node_file(&self.root, node, partitions),
+        }
+    }
+}
+
+/// The node file's `(node, partitions held)`, if there is one.
+fn read_node_file(root: &Path) -> Result<Option<(u32, Vec<PartitionId>)>, DataDirError> {
+    let path = root.join(NODE_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(&path)(e)),
+    };
+    let bad = |detail: &str| DataDirError::BadLayout {
+        path: path.display().to_string(),
+        detail: detail.to_string(),
+    };
+    let (mut node, mut holds) = (None, None);
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .ok_or_else(|| bad("expected `key = value` lines"))?;
+        match key.trim() {
+            "node" => node = Some(value.trim().parse().map_err(|_| bad("node is a number"))?),
+            "holds" => {
+                let parsed: Result<Vec<PartitionId>, _> =
+                    value.split(',').map(|p| p.trim().parse()).collect();
+                holds = Some(parsed.map_err(|_| bad("holds is a list of partition numbers"))?);
+            }
+            _ => {}
+        }
+    }
+    match (node, holds) {
+        (Some(node), Some(holds)) => Ok(Some((node, holds))),
+        _ => Err(bad("expected `node = N` and `holds = p, q, ...` lines")),
+    }
+}
+
+/// Writes the node file atomically, as [`write_layout`] does the layout file.
+fn write_node_file(root: &Path, node: u32, partitions: &[PartitionId]) -> Result<(), DataDirError> {
+    let path = root.join(NODE_FILE);
+    let tmp = root.join(format!("{NODE_FILE}.tmp"));
+    let holds: Vec<String> = partitions.iter().map(u32::to_string).collect();
+    let text = format!(
+        "# walletd cluster node directory: the partitions that live here. Never edit it.\n\
+         node = {node}\nholds = {}\n",
+        holds.join(",")
+    );
+    let mut file = fs::File::create(&tmp).map_err(io_error(&tmp))?;
+    file.write_all(text.as_bytes()).map_err(io_error(&tmp))?;
+    file.sync_all().map_err(io_error(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io_error(&path))?;
+    fs::File::open(root)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io_error(root))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,6 +390,29 @@ mod tests {
         fs::write(empty.path().join(LAYOUT_FILE), "partitions = x\n").unwrap();
         assert!(matches!(
             DataDir::open(empty.path()),
+            Err(DataDirError::BadLayout { .. })
+        ));
+    }
+
+    #[test]
+    fn a_node_directory_records_its_partitions_and_refuses_others() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("node-1");
+        let dir = DataDir::create_or_check(&root, 6).unwrap();
+        assert_eq!(dir.held_partitions().unwrap(), vec![0, 1, 2, 3, 4, 5]);
+        dir.claim_for_node(1, &[1, 4]).unwrap();
+        dir.claim_for_node(1, &[1, 4]).unwrap();
+        let reopened = DataDir::open(&root).unwrap();
+        assert_eq!(reopened.held_partitions().unwrap(), vec![1, 4]);
+        let error = reopened.claim_for_node(1, &[1, 3]).unwrap_err();
+        assert!(
+            matches!(error, DataDirError::NodePartitions { .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("not supported"), "{error}");
+        fs::write(root.join(NODE_FILE), "node = 1\nholds = 1,x\n").unwrap();
+        assert!(matches!(
+            reopened.held_partitions(),
             Err(DataDirError::BadLayout { .. })
         ));
     }

@@ -6,6 +6,9 @@
 //! # Layout
 //! - [`cli`]: the command line (clap); one subcommand per job, each a module with a `run`.
 //! - [`serve`]: `wallet serve`, the all-in-one node: recovery, HTTP, graceful shutdown.
+//! - [`node`]: `wallet node`, one node of a cluster: the same API over partitions that run
+//!   here or on the nodes the peer protocol reaches.
+//! - [`cluster`]: the cluster file: nodes, addresses, partition owners, map version, secret.
 //! - [`api`]: the HTTP API. The router takes a `Client` and driver statistics, never an
 //!   `Engine`, so a cluster node can serve the same API. One file per group of routes:
 //!   [`api::accounts`], [`api::transfers`], [`api::batch`], [`api::queries`],
@@ -21,9 +24,11 @@
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod datadir;
 pub mod errors;
 pub mod history;
+pub mod node;
 pub mod replay_cmd;
 pub mod rfc3339;
 pub mod serve;

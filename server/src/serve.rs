@@ -23,7 +23,7 @@ use walletd_core::partition::PartitionId;
 use walletd_core::storage::file::{FileStorage, FileStorageConfig};
 
 use crate::api::{self, Api, ApiOptions};
-use crate::cli::ServeArgs;
+use crate::cli::{ServeArgs, ServiceArgs};
 use crate::datadir::{DataDir, DataDirError};
 use crate::history::LogReader;
 
@@ -45,7 +45,7 @@ pub enum ServeError {
 
 /// Why serving ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
+pub(crate) enum Stop {
     Running,
     Signal,
     PartitionStopped(PartitionId),
@@ -76,7 +76,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
 }
 
-fn options(args: &ServeArgs) -> ApiOptions {
+pub(crate) fn options(args: &ServiceArgs) -> ApiOptions {
     ApiOptions {
         transfer_wait: Duration::from_millis(args.transfer_wait_ms),
         request_timeout: Duration::from_millis(args.request_timeout_ms),
@@ -102,7 +102,7 @@ async fn start_engine(args: &ServeArgs, dir: &DataDir) -> Result<Engine, ServeEr
     let config = EngineConfig {
         partitions: dir.partitions(),
         driver: DriverConfig {
-            snapshot_every_events: args.snapshot_every_events,
+            snapshot_every_events: args.service.snapshot_every_events,
             ..DriverConfig::default()
         },
         ..EngineConfig::default()
@@ -110,7 +110,7 @@ async fn start_engine(args: &ServeArgs, dir: &DataDir) -> Result<Engine, ServeEr
     Ok(Engine::start(storages, config).await?)
 }
 
-fn log_recovery(reports: &[RecoveryReport]) {
+pub(crate) fn log_recovery(reports: &[RecoveryReport]) {
     for report in reports {
         tracing::info!(
             partition = report.partition,
@@ -136,20 +136,10 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     tracing::info!(data_dir = %dir.root().display(), partitions = dir.partitions(), "starting");
     let engine = start_engine(&args, &dir).await?;
     log_recovery(engine.recovery_reports());
-    let api = build_api(&engine, dir, options(&args));
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| ServeError::Io {
-            what: format!("cannot listen on {}", args.listen),
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Io {
-        what: "cannot read the listening address".into(),
-        source,
-    })?;
-    tracing::info!(%addr, "listening on http://{addr}");
-    let grace = Duration::from_millis(args.shutdown_grace_ms);
-    let (served, stop) = serve_http(listener, api, grace).await;
+    let api = build_api(&engine, dir, options(&args.service));
+    let listener = bind_http(&args.listen.to_string()).await?;
+    let grace = Duration::from_millis(args.service.shutdown_grace_ms);
+    let (served, stop) = serve_http(listener, api, engine.local_partitions(), grace).await;
     tracing::info!("syncing and stopping partitions");
     let stopped = engine.shutdown().await;
     served.map_err(|source| ServeError::Io {
@@ -163,9 +153,25 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     }
 }
 
-/// The API over every partition of `engine`, reading history from `dir`. A cluster node
-/// builds its `Api` the same way from its own client, statistics and local logs.
-fn build_api(engine: &Engine, dir: DataDir, options: ApiOptions) -> Api {
+/// Binds the HTTP listener and logs where it listens.
+pub(crate) async fn bind_http(address: &str) -> Result<TcpListener, ServeError> {
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| ServeError::Io {
+            what: format!("cannot listen on {address}"),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Io {
+        what: "cannot read the listening address".into(),
+        source,
+    })?;
+    tracing::info!(%addr, "listening on http://{addr}");
+    Ok(listener)
+}
+
+/// The API over every partition `engine`'s client reaches (on a cluster node, those of other
+/// nodes too), with the statistics and logs of the partitions running here.
+pub(crate) fn build_api(engine: &Engine, dir: DataDir, options: ApiOptions) -> Api {
     let stats: Vec<(PartitionId, Arc<DriverStats>)> = engine
         .local_partitions()
         .iter()
@@ -180,12 +186,18 @@ fn build_api(engine: &Engine, dir: DataDir, options: ApiOptions) -> Api {
     Api::new(engine.client(), stats, Some(history), options)
 }
 
-/// Serves HTTP until a signal or a dead partition, then drains requests in flight for at
-/// most `grace`. Returns how serving ended and why.
-async fn serve_http(listener: TcpListener, api: Api, grace: Duration) -> (io::Result<()>, Stop) {
+/// Serves HTTP until a signal or until one of the `watched` partitions (those running in
+/// this process) stops, then drains requests in flight for at most `grace`. Returns how
+/// serving ended and why; the caller stops its partitions afterwards.
+pub(crate) async fn serve_http(
+    listener: TcpListener,
+    api: Api,
+    watched: &[PartitionId],
+    grace: Duration,
+) -> (io::Result<()>, Stop) {
     let (stop_tx, mut stop_rx) = watch::channel(Stop::Running);
     let mut graceful = stop_tx.subscribe();
-    tokio::spawn(watch_for_stop(api.clone(), stop_tx));
+    tokio::spawn(watch_for_stop(api.clone(), watched.to_vec(), stop_tx));
     let server = axum::serve(listener, api::router(api)).with_graceful_shutdown(async move {
         let _ = graceful.wait_for(|stop| *stop != Stop::Running).await;
         tracing::info!("shutting down: draining requests in flight");
@@ -208,10 +220,10 @@ async fn serve_http(listener: TcpListener, api: Api, grace: Duration) -> (io::Re
 }
 
 /// Waits for a signal or for a partition to stop, and publishes why serving must end.
-async fn watch_for_stop(api: Api, stop: watch::Sender<Stop>) {
+async fn watch_for_stop(api: Api, watched: Vec<PartitionId>, stop: watch::Sender<Stop>) {
     let reason = tokio::select! {
         () = shutdown_signal() => Stop::Signal,
-        partition = dead_partition(&api) => Stop::PartitionStopped(partition),
+        partition = dead_partition(&api, &watched) => Stop::PartitionStopped(partition),
     };
     if let Stop::PartitionStopped(partition) = reason {
         tracing::error!(partition, "partition driver stopped; shutting down");
@@ -221,20 +233,21 @@ async fn watch_for_stop(api: Api, stop: watch::Sender<Stop>) {
     let _ = stop.send(reason);
 }
 
-/// Resolves with the first partition whose driver no longer answers. Polls every partition
-/// each [`WATCHDOG_INTERVAL_MS`], and at once when a request found one unavailable.
-async fn dead_partition(api: &Api) -> PartitionId {
+/// Resolves with the first of the `watched` partitions whose driver no longer answers. Polls
+/// them each [`WATCHDOG_INTERVAL_MS`], and at once when a request found one unavailable.
+/// Only partitions of this process are watched: one on another node that is down is that
+/// node's outage, not a reason for this one to stop.
+async fn dead_partition(api: &Api, watched: &[PartitionId]) -> PartitionId {
     let probe = TransferKey {
         from: AccountId::new("walletd.watchdog").expect("valid id"),
         transaction_id: TransactionId::new("probe").expect("valid id"),
     };
-    let partitions = api.client().partitions();
     loop {
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(WATCHDOG_INTERVAL_MS)) => {}
             () = api.partition_unavailable() => {}
         }
-        for partition in 0..partitions {
+        for &partition in watched {
             if api
                 .client()
                 .query(partition, Query::Transfer(probe))

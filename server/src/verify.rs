@@ -78,14 +78,17 @@ impl Report {
 }
 
 pub fn run(args: VerifyArgs) -> ExitCode {
-    let dir = match DataDir::open(&args.data_dir) {
-        Ok(dir) => dir,
-        Err(error) => {
-            eprintln!("wallet verify: {error}");
-            return ExitCode::from(EXIT_UNREADABLE);
+    let mut dirs = Vec::with_capacity(args.data_dir.len());
+    for root in &args.data_dir {
+        match DataDir::open(root) {
+            Ok(dir) => dirs.push(dir),
+            Err(error) => {
+                eprintln!("wallet verify: {error}");
+                return ExitCode::from(EXIT_UNREADABLE);
+            }
         }
-    };
-    let report = verify(&dir, true);
+    }
+    let report = verify_all(&dirs, true);
     if report.is_clean() {
         print_line("OK: no violations");
         return ExitCode::SUCCESS;
@@ -103,27 +106,88 @@ pub fn run(args: VerifyArgs) -> ExitCode {
 
 /// Runs every check on `dir`; with `echo`, prints the summary lines as they come.
 pub fn verify(dir: &DataDir, echo: bool) -> Report {
+    verify_all(std::slice::from_ref(dir), echo)
+}
+
+/// Runs every check on the partitions of `dirs` taken together: an all-in-one node's
+/// directory, one cluster node's (each of its partitions is checked, and between partitions
+/// only what lies in it), or the directories of every node of a cluster (then the whole
+/// cluster is checked, across nodes, as one all-in-one directory would be).
+pub fn verify_all(dirs: &[DataDir], echo: bool) -> Report {
     let mut report = Report {
         echo,
         ..Report::default()
     };
-    report.line(format!(
-        "wallet verify: {} ({} partitions)",
-        dir.root().display(),
-        dir.partitions()
-    ));
-    let mut ledgers = Vec::with_capacity(dir.partitions() as usize);
-    for partition in 0..dir.partitions() {
-        ledgers.push(verify_partition(dir, partition, &mut report));
-    }
-    match ledgers.into_iter().collect::<Option<Vec<Ledger>>>() {
-        Some(ledgers) => {
-            check_global_conservation(&ledgers, &mut report);
-            check_transfers_agree(&ledgers, &mut report);
+    let Some(partitions) = dirs.first().map(DataDir::partitions) else {
+        report.violation("no data directory to check".into());
+        return report;
+    };
+    let mut homes: Vec<Option<&DataDir>> = vec![None; partitions as usize];
+    for dir in dirs {
+        report.line(format!(
+            "wallet verify: {} ({} partitions)",
+            dir.root().display(),
+            dir.partitions()
+        ));
+        if let Err(violation) = place_partitions(dir, &mut homes) {
+            report.violation(violation);
+            return report;
         }
-        None => report.line("cross-partition checks skipped: some partition did not replay".into()),
     }
+    let complete = homes.iter().all(Option::is_some);
+    if !complete {
+        let held: Vec<PartitionId> = (0..partitions)
+            .filter(|p| homes[*p as usize].is_some())
+            .collect();
+        report.line(format!(
+            "partitions {held:?} are here; the others live on other cluster nodes, so \
+             conservation across partitions is left to a check of every node's directory \
+             (wallet verify --data-dir <node-0> --data-dir <node-1> ...)"
+        ));
+    }
+    let mut ledgers = Vec::with_capacity(partitions as usize);
+    let mut replayed = true;
+    for (partition, home) in (0..partitions).zip(&homes) {
+        let ledger = home.map(|dir| verify_partition(dir, partition, &mut report));
+        replayed &= ledger.as_ref().is_none_or(Option::is_some);
+        ledgers.push(ledger.flatten());
+    }
+    if !replayed {
+        report.line("cross-partition checks skipped: some partition did not replay".into());
+        return report;
+    }
+    if complete {
+        let all: Vec<Ledger> = ledgers.iter().flatten().cloned().collect();
+        check_global_conservation(&all, &mut report);
+    }
+    check_transfers_agree(&ledgers, &mut report);
     report
+}
+
+/// Records in `homes[p]` that `dir` holds partition `p`; a partition in two directories, or
+/// directories of different partition counts, cannot be one cluster.
+fn place_partitions<'a>(dir: &'a DataDir, homes: &mut [Option<&'a DataDir>]) -> Result<(), String> {
+    if dir.partitions() as usize != homes.len() {
+        return Err(format!(
+            "{} has {} partitions, not {} like the first directory: not one cluster",
+            dir.root().display(),
+            dir.partitions(),
+            homes.len()
+        ));
+    }
+    let held = dir
+        .held_partitions()
+        .map_err(|error| format!("cannot tell which partitions live here: {error}"))?;
+    for partition in held {
+        if let Some(other) = homes[partition as usize].replace(dir) {
+            return Err(format!(
+                "partition {partition} is in both {} and {}",
+                other.root().display(),
+                dir.root().display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks one partition; its replayed ledger when the log replays.
@@ -432,16 +496,21 @@ fn money(minor: u128, currency: Currency) -> String {
 }
 
 /// Both sides of every cross-partition transfer must be in states the protocol allows
-/// together, and every destination row must have its home row.
-fn check_transfers_agree(ledgers: &[Ledger], report: &mut Report) {
+/// together, and every destination row must have its home row. `ledgers[p]` is `None` for a
+/// partition not in the directory; transfers with a side there are not judged.
+fn check_transfers_agree(ledgers: &[Option<Ledger>], report: &mut Report) {
     let partitions = ledgers.len() as u32;
+    let here = |account: &AccountId| ledgers[partition_of(account, partitions) as usize].as_ref();
     let mut found = Vec::new();
-    let mut checked = 0usize;
-    for ledger in ledgers {
+    let (mut checked, mut elsewhere) = (0usize, 0usize);
+    for ledger in ledgers.iter().flatten() {
         for row in ledger.transfers().filter(|row| row.remote) {
-            checked += 1;
             let key = row.transfer.key();
-            let destination = &ledgers[partition_of(&row.transfer.to, partitions) as usize];
+            let Some(destination) = here(&row.transfer.to) else {
+                elsewhere += 1;
+                continue;
+            };
+            checked += 1;
             let credit = destination.credit(&key).map(|c| c.state);
             if !home_and_credit_agree(row.state, credit) {
                 found.push(format!(
@@ -451,8 +520,10 @@ fn check_transfers_agree(ledgers: &[Ledger], report: &mut Report) {
             }
         }
         for (key, credit) in ledger.credits() {
-            let home = ledgers[partition_of(&key.from, partitions) as usize].transfer(key);
-            match home {
+            let Some(home) = here(&key.from) else {
+                continue;
+            };
+            match home.transfer(key) {
                 None => found.push(format!(
                     "transfer {key:?}: destination {:?} but no home row",
                     credit.state
@@ -466,7 +537,13 @@ fn check_transfers_agree(ledgers: &[Ledger], report: &mut Report) {
             }
         }
     }
-    report.line(format!("cross-partition transfers checked: {checked}"));
+    let mut line = format!("cross-partition transfers checked: {checked}");
+    if elsewhere > 0 {
+        line.push_str(&format!(
+            "; {elsewhere} with a destination on another node not checked here"
+        ));
+    }
+    report.line(line);
     report.violations_of(found);
 }
 

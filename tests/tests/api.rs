@@ -236,6 +236,12 @@ fn transfer_status_history_pages_and_past_balances() {
     assert_eq!(transfer(&s, a, c, "2.50", "x1").status, 200);
     assert_eq!(transfer(&s, a, c, "99.00", "x2").status, 422);
 
+    // The client hears "committed" once the decision is durable; the destination's
+    // acknowledgement, which finishes the phase row, follows a moment later.
+    let finished = wait_until(Duration::from_secs(10), || {
+        s.get(&format!("/v1/transfers/{a}/x1")).json()["phase"] == json!("committed")
+    });
+    assert!(finished, "the transfer's phase never reached committed");
     let r = s.get(&format!("/v1/transfers/{a}/x1"));
     assert_eq!(r.status, 200, "{}", r.text());
     let t = r.json();

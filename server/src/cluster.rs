@@ -1,0 +1,419 @@
+//! The cluster file (`cluster.toml`): which node owns which partition, how nodes reach each
+//! other, and the secret they prove to each other. Every node of a cluster reads the same
+//! file; `wallet node --config cluster.toml --id N` runs node `N`. See `cluster.example.toml`
+//! at the repository root for a commented example.
+//!
+//! ```toml
+//! map_version = 1          # every peer frame carries it; nodes of other versions are refused
+//! partitions = 12          # fixed for the cluster's life (accounts hash modulo this)
+//! secret_file = "secret"   # or `secret = "..."`; WALLET_CLUSTER_SECRET overrides both
+//! owners = [0, 1, 2, ...]  # optional: owners[p] owns partition p; default: an even spread
+//!
+//! [[nodes]]
+//! id = 0
+//! http = "127.0.0.1:8080"  # the HTTP API
+//! peer = "127.0.0.1:9080"  # the node-to-node protocol
+//! ```
+//!
+//! Parsing turns the file into a [`PartitionMap`] and the secret, and refuses anything a
+//! cluster could not run on with an error that names the field to fix.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use walletd_core::net::SECRET_LEN_MIN;
+use walletd_core::partition::{MapError, NodeAddress, NodeId, PartitionMap, PARTITIONS_MAX};
+
+/// The environment variable whose value, when set and not empty, is the cluster secret.
+pub const SECRET_ENV: &str = "WALLET_CLUSTER_SECRET";
+/// Most nodes a cluster file may list.
+pub const NODES_MAX: usize = 1024;
+
+/// The file as written; see the module docs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterFile {
+    map_version: u64,
+    partitions: u32,
+    #[serde(default)]
+    owners: Option<Vec<NodeId>>,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    secret_file: Option<PathBuf>,
+    #[serde(default)]
+    nodes: Vec<NodeEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeEntry {
+    id: NodeId,
+    http: String,
+    peer: String,
+}
+
+/// A cluster ready to run: the partition map and the shared secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub map: PartitionMap,
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret, not even in a debug log.
+        f.debug_struct("ClusterConfig")
+            .field("map", &self.map)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Why a cluster file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterConfigError {
+    #[error("cannot read the cluster file {path}: {source}")]
+    Read { path: String, source: io::Error },
+    #[error("{path} is not a valid cluster file: {message}")]
+    Parse { path: String, message: String },
+    #[error("map_version must be at least 1")]
+    MapVersion,
+    #[error("partitions must be between 1 and {PARTITIONS_MAX}, got {0}")]
+    Partitions(u32),
+    #[error("the cluster file lists no [[nodes]]")]
+    NoNodes,
+    #[error("the cluster file lists {0} nodes; at most {NODES_MAX} are allowed")]
+    TooManyNodes(usize),
+    #[error("node id {0} is listed twice")]
+    DuplicateNode(NodeId),
+    #[error("node {node}: {field} address {address:?} is not host:port")]
+    BadAddress {
+        node: NodeId,
+        field: &'static str,
+        address: String,
+    },
+    #[error("owners lists {given} partitions but partitions = {partitions}")]
+    Owners { given: usize, partitions: u32 },
+    #[error(transparent)]
+    Map(#[from] MapError),
+    #[error("no cluster secret: set `secret` or `secret_file`, or the {SECRET_ENV} environment variable")]
+    NoSecret,
+    #[error("set only one of `secret` and `secret_file`")]
+    TwoSecrets,
+    #[error("cannot read the secret file {path}: {source}")]
+    SecretFile { path: String, source: io::Error },
+    #[error(
+        "the cluster secret is {len} bytes; use at least {SECRET_LEN_MIN} (a long random string)"
+    )]
+    WeakSecret { len: usize },
+    #[error("node {id} is not in the cluster file (it lists {known:?})")]
+    UnknownNode { id: NodeId, known: Vec<NodeId> },
+}
+
+impl ClusterConfig {
+    /// Reads and checks the cluster file at `path`; the secret may come from
+    /// [`SECRET_ENV`].
+    pub fn load(path: &Path) -> Result<ClusterConfig, ClusterConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ClusterConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let env_secret = std::env::var(SECRET_ENV).ok();
+        let base = path.parent().unwrap_or(Path::new("."));
+        ClusterConfig::parse(&text, &path.display().to_string(), base, env_secret)
+    }
+
+    /// Parses and checks a cluster file's `text`. `name` names it in errors, `base` is where a
+    /// relative `secret_file` is found, and a non-empty `env_secret` overrides the file's.
+    pub fn parse(
+        text: &str,
+        name: &str,
+        base: &Path,
+        env_secret: Option<String>,
+    ) -> Result<ClusterConfig, ClusterConfigError> {
+        let file: ClusterFile = toml::from_str(text).map_err(|e| ClusterConfigError::Parse {
+            path: name.to_string(),
+            message: e.to_string(),
+        })?;
+        let map = partition_map(&file)?;
+        let secret = secret(&file, base, env_secret)?;
+        Ok(ClusterConfig { map, secret })
+    }
+
+    /// The address entry of node `id`, or an error listing the nodes there are.
+    pub fn node(&self, id: NodeId) -> Result<&NodeAddress, ClusterConfigError> {
+        self.map
+            .nodes
+            .get(&id)
+            .ok_or_else(|| ClusterConfigError::UnknownNode {
+                id,
+                known: self.map.nodes.keys().copied().collect(),
+            })
+    }
+}
+
+fn partition_map(file: &ClusterFile) -> Result<PartitionMap, ClusterConfigError> {
+    if file.map_version == 0 {
+        return Err(ClusterConfigError::MapVersion);
+    }
+    if file.partitions == 0 || file.partitions > PARTITIONS_MAX {
+        return Err(ClusterConfigError::Partitions(file.partitions));
+    }
+    if file.nodes.is_empty() {
+        return Err(ClusterConfigError::NoNodes);
+    }
+    if file.nodes.len() > NODES_MAX {
+        return Err(ClusterConfigError::TooManyNodes(file.nodes.len()));
+    }
+    let mut nodes = BTreeMap::new();
+    for entry in &file.nodes {
+        for (field, address) in [("http", &entry.http), ("peer", &entry.peer)] {
+            if !is_host_port(address) {
+                return Err(ClusterConfigError::BadAddress {
+                    node: entry.id,
+                    field,
+                    address: address.clone(),
+                });
+            }
+        }
+        let address = NodeAddress {
+            http: entry.http.clone(),
+            peer: entry.peer.clone(),
+        };
+        if nodes.insert(entry.id, address).is_some() {
+            return Err(ClusterConfigError::DuplicateNode(entry.id));
+        }
+    }
+    let owners = match &file.owners {
+        Some(owners) if owners.len() != file.partitions as usize => {
+            return Err(ClusterConfigError::Owners {
+                given: owners.len(),
+                partitions: file.partitions,
+            })
+        }
+        Some(owners) => owners.clone(),
+        None => even_spread(file.partitions, &nodes.keys().copied().collect::<Vec<_>>()),
+    };
+    let map = PartitionMap {
+        version: file.map_version,
+        owners,
+        nodes,
+    };
+    map.validate()?;
+    Ok(map)
+}
+
+/// Partition `p` on the `(p mod n)`-th node in id order.
+fn even_spread(partitions: u32, ids: &[NodeId]) -> Vec<NodeId> {
+    assert!(!ids.is_empty());
+    (0..partitions as usize)
+        .map(|p| ids[p % ids.len()])
+        .collect()
+}
+
+/// `host:port` with a non-empty host and a port number (`[v6]:port` included).
+fn is_host_port(address: &str) -> bool {
+    match address.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty() && !host.contains(char::is_whitespace) && port.parse::<u16>().is_ok()
+        }
+        None => false,
+    }
+}
+
+fn secret(
+    file: &ClusterFile,
+    base: &Path,
+    env_secret: Option<String>,
+) -> Result<Vec<u8>, ClusterConfigError> {
+    let secret = match (
+        env_secret.filter(|s| !s.is_empty()),
+        &file.secret,
+        &file.secret_file,
+    ) {
+        (Some(from_env), _, _) => from_env.into_bytes(),
+        (None, Some(_), Some(_)) => return Err(ClusterConfigError::TwoSecrets),
+        (None, Some(inline), None) => inline.clone().into_bytes(),
+        (None, None, Some(relative)) => {
+            let path = base.join(relative);
+            let bytes = fs::read(&path).map_err(|source| ClusterConfigError::SecretFile {
+                path: path.display().to_string(),
+                source,
+            })?;
+            // A trailing newline is an editor's, not part of the secret.
+            let end = bytes.trim_ascii_end().len();
+            bytes[..end].to_vec()
+        }
+        (None, None, None) => return Err(ClusterConfigError::NoSecret),
+    };
+    if secret.len() < SECRET_LEN_MIN {
+        return Err(ClusterConfigError::WeakSecret { len: secret.len() });
+    }
+    Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THREE_NODES: &str = r#"
+        map_version = 3
+        partitions = 7
+        secret = "sixteen bytes or more"
+
+        [[nodes]]
+        id = 0
+        http = "127.0.0.1:8080"
+        peer = "127.0.0.1:9080"
+
+        [[nodes]]
+        id = 5
+        http = "127.0.0.1:8085"
+        peer = "127.0.0.1:9085"
+
+        [[nodes]]
+        id = 2
+        http = "node2.internal:8080"
+        peer = "[::1]:9082"
+    "#;
+
+    fn parse(text: &str) -> Result<ClusterConfig, ClusterConfigError> {
+        ClusterConfig::parse(text, "cluster.toml", Path::new("."), None)
+    }
+
+    #[test]
+    fn parses_nodes_and_spreads_partitions_evenly_by_id() {
+        let config = parse(THREE_NODES).unwrap();
+        assert_eq!(config.map.version, 3);
+        assert_eq!(config.map.owners, vec![0, 2, 5, 0, 2, 5, 0]);
+        assert_eq!(config.map.partitions_of(5), vec![2, 5]);
+        assert_eq!(config.node(2).unwrap().peer, "[::1]:9082");
+        assert_eq!(config.secret, b"sixteen bytes or more");
+        assert!(
+            !format!("{config:?}").contains("sixteen"),
+            "the secret is never printed"
+        );
+        let error = config.node(1).unwrap_err().to_string();
+        assert!(error.contains("[0, 2, 5]"), "{error}");
+    }
+
+    #[test]
+    fn explicit_owners_are_checked() {
+        let text = THREE_NODES.replace("partitions = 7", "partitions = 3\nowners = [5, 5, 0]");
+        let error = parse(&text).unwrap_err();
+        assert!(
+            matches!(error, ClusterConfigError::Map(MapError::IdleNode(2))),
+            "{error}"
+        );
+        let text = THREE_NODES.replace("partitions = 7", "partitions = 3\nowners = [5, 2, 0]");
+        assert_eq!(parse(&text).unwrap().map.owners, vec![5, 2, 0]);
+        let text = THREE_NODES.replace("partitions = 7", "partitions = 3\nowners = [5, 2]");
+        assert!(matches!(
+            parse(&text),
+            Err(ClusterConfigError::Owners {
+                given: 2,
+                partitions: 3
+            })
+        ));
+        let text = THREE_NODES.replace("partitions = 7", "partitions = 3\nowners = [5, 2, 9]");
+        assert!(matches!(
+            parse(&text),
+            Err(ClusterConfigError::Map(MapError::UnknownOwner {
+                node: 9,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn bad_files_get_errors_that_name_the_problem() {
+        let cases: [(String, &str); 10] = [
+            (
+                THREE_NODES.replace("map_version = 3", "map_version = 0"),
+                "map_version",
+            ),
+            (
+                THREE_NODES.replace("partitions = 7", "partitions = 0"),
+                "partitions must",
+            ),
+            (
+                THREE_NODES.replace("id = 5", "id = 0"),
+                "node id 0 is listed twice",
+            ),
+            (
+                THREE_NODES.replace("127.0.0.1:8085", "127.0.0.1"),
+                "not host:port",
+            ),
+            (
+                THREE_NODES.replace("127.0.0.1:9085", "127.0.0.1:8080"),
+                "share the address",
+            ),
+            (
+                THREE_NODES.replace("sixteen bytes or more", "short"),
+                "at least 16",
+            ),
+            (
+                THREE_NODES.replace("secret =", "colour = \"blue\"\nsecret ="),
+                "unknown field",
+            ),
+            (
+                THREE_NODES.replace("map_version = 3", "map_version = \"x\""),
+                "map_version",
+            ),
+            (
+                THREE_NODES.replace("secret = \"sixteen bytes or more\"", ""),
+                "WALLET_CLUSTER_SECRET",
+            ),
+            (
+                "map_version = 1\npartitions = 2\nsecret = \"sixteen bytes or more\"".into(),
+                "no [[nodes]]",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = parse(&text).unwrap_err().to_string();
+            assert!(error.contains(expected), "{expected:?} not in {error:?}");
+        }
+    }
+
+    #[test]
+    fn the_secret_comes_from_the_environment_a_file_or_the_cluster_file() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("secret"), "from a file, 16+ bytes\n").unwrap();
+        let with_file = THREE_NODES.replace(
+            "secret = \"sixteen bytes or more\"",
+            "secret_file = \"secret\"",
+        );
+        let config = ClusterConfig::parse(&with_file, "c", dir.path(), None).unwrap();
+        assert_eq!(config.secret, b"from a file, 16+ bytes");
+        let env = Some("from the environment!".to_string());
+        let config = ClusterConfig::parse(&with_file, "c", dir.path(), env).unwrap();
+        assert_eq!(config.secret, b"from the environment!");
+        let empty_env = Some(String::new());
+        let config = ClusterConfig::parse(THREE_NODES, "c", dir.path(), empty_env).unwrap();
+        assert_eq!(config.secret, b"sixteen bytes or more");
+        let both = with_file.replace(
+            "secret_file",
+            "secret = \"sixteen bytes or more\"\nsecret_file",
+        );
+        assert!(matches!(parse(&both), Err(ClusterConfigError::TwoSecrets)));
+        let missing = ClusterConfig::parse(&with_file, "c", Path::new("/nonexistent"), None);
+        assert!(matches!(
+            missing,
+            Err(ClusterConfigError::SecretFile { .. })
+        ));
+    }
+
+    #[test]
+    fn the_example_at_the_repository_root_parses() {
+        let text = include_str!("../../cluster.example.toml");
+        let config = parse(text).unwrap();
+        assert_eq!(config.map.nodes.len(), 3);
+        for node in config.map.nodes.keys() {
+            assert!(!config.map.partitions_of(*node).is_empty());
+        }
+    }
+}

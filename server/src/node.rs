@@ -1,0 +1,145 @@
+//! `wallet node`: one node of a multi-process cluster.
+//!
+//! Start: read and check the cluster file ([`crate::cluster`]); open or create the node's
+//! data directory `<data-dir>/node-<id>`, refusing one that holds other partitions than the
+//! map gives this node; bind the HTTP address; recover the node's partitions; link to every
+//! other node over the authenticated peer protocol ([`walletd_core::net`]); serve the same
+//! HTTP API as `wallet serve`. Any node answers for any account: commands and queries for a
+//! partition of another node are forwarded to it, and answer 503 `partition_unavailable`
+//! while it is down (clients retry with the same transaction id). History and `as_of`
+//! balances are read from the logs, so they are answered for accounts whose partition lives
+//! here and are 503 `history_unavailable` elsewhere.
+//!
+//! Stop, on Ctrl-C or SIGTERM: as `serve` (drain, sync every local partition, exit 0); the
+//! links close last.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use walletd_core::coordinator::CoordinatorConfig;
+use walletd_core::driver::DriverConfig;
+use walletd_core::engine::EngineConfig;
+use walletd_core::net::{start_node, NetConfig, NodeConfig, NodeError};
+use walletd_core::partition::PartitionId;
+use walletd_core::storage::file::{FileStorage, FileStorageConfig};
+
+use crate::cli::NodeArgs;
+use crate::cluster::{ClusterConfig, ClusterConfigError};
+use crate::datadir::DataDir;
+use crate::serve::{bind_http, build_api, log_recovery, options, serve_http, ServeError, Stop};
+
+/// Why a node could not start or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeRunError {
+    #[error(transparent)]
+    Config(#[from] ClusterConfigError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("cannot draw random bytes for the peer handshake: {0}")]
+    Random(String),
+}
+
+/// Runs the node on a new multi-threaded runtime; the process exit code.
+pub fn run(args: NodeArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(node(args)) {
+        Ok(()) => {
+            tracing::info!("stopped cleanly");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(%error, "node failed");
+            eprintln!("wallet node: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn node_config(args: &NodeArgs) -> Result<NodeConfig, NodeRunError> {
+    // The handshake's challenges must be unpredictable to anyone without the secret.
+    let mut nonce_seed = [0u8; 32];
+    getrandom::fill(&mut nonce_seed).map_err(|e| NodeRunError::Random(e.to_string()))?;
+    Ok(NodeConfig {
+        engine: EngineConfig {
+            driver: DriverConfig {
+                snapshot_every_events: args.service.snapshot_every_events,
+                coordinator: CoordinatorConfig {
+                    try_timeout_us: args.try_timeout_ms.saturating_mul(1000),
+                    ..CoordinatorConfig::default()
+                },
+                ..DriverConfig::default()
+            },
+            ..EngineConfig::default()
+        },
+        net: NetConfig::default(),
+        nonce_seed,
+    })
+}
+
+fn open_storages(
+    dir: &DataDir,
+    partitions: &[PartitionId],
+) -> Result<Vec<(PartitionId, FileStorage)>, ServeError> {
+    partitions
+        .iter()
+        .map(|&partition| {
+            let path = dir.partition_dir(partition);
+            FileStorage::open(&path, FileStorageConfig::default())
+                .map(|storage| (partition, storage))
+                .map_err(|source| ServeError::Io {
+                    what: format!("cannot open {}", path.display()),
+                    source,
+                })
+        })
+        .collect()
+}
+
+async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
+    let cluster = ClusterConfig::load(&args.config)?;
+    let address = cluster.node(args.id)?.clone();
+    let owned = cluster.map.partitions_of(args.id);
+    let root = args.data_dir.join(format!("node-{}", args.id));
+    let dir =
+        DataDir::create_or_check(&root, cluster.map.partitions()).map_err(ServeError::from)?;
+    dir.claim_for_node(args.id, &owned)
+        .map_err(ServeError::from)?;
+    tracing::info!(
+        node = args.id,
+        data_dir = %root.display(),
+        partitions = ?owned,
+        map_version = cluster.map.version,
+        peer = address.peer,
+        "starting"
+    );
+    let config = node_config(&args)?;
+    let storages = open_storages(&dir, &owned)?;
+    let http = bind_http(&address.http).await?;
+    let node = start_node(&cluster.map, args.id, &cluster.secret, storages, config).await?;
+    log_recovery(node.engine().recovery_reports());
+    let api = build_api(node.engine(), dir, options(&args.service));
+    let grace = Duration::from_millis(args.service.shutdown_grace_ms);
+    let local = node.engine().local_partitions().to_vec();
+    let (served, stop) = serve_http(http, api, &local, grace).await;
+    tracing::info!("syncing and stopping partitions");
+    let node_stopped = node.shutdown().await;
+    served.map_err(|source| ServeError::Io {
+        what: "HTTP server failed".into(),
+        source,
+    })?;
+    node_stopped.map_err(ServeError::from)?;
+    match stop {
+        Stop::PartitionStopped(partition) => Err(ServeError::PartitionStopped(partition).into()),
+        Stop::Running | Stop::Signal => Ok(()),
+    }
+}
