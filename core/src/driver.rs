@@ -314,7 +314,11 @@ impl<S: Storage> PartitionDriver<S> {
             let first = match self.coordinator.next_due() {
                 Some(due) => {
                     let deadline = self.clock_origin + Duration::from_micros(due);
+                    // `biased`: tokio's select! otherwise polls its branches in a random order
+                    // drawn from a process-wide seed, which no simulation seed controls. Inputs
+                    // first; timers cannot starve, every batch below ticks the coordinator too.
                     tokio::select! {
+                        biased;
                         input = self.inbox.recv() => input,
                         _ = tokio::time::sleep_until(deadline) => {
                             self.coordinator.on_tick(self.now());
@@ -336,7 +340,9 @@ impl<S: Storage> PartitionDriver<S> {
                 let input = match self.inbox.try_recv() {
                     Ok(input) => input,
                     Err(_) if self.config.batch_linger_us > 0 && Instant::now() < linger_until => {
-                        match tokio::time::timeout_at(linger_until, self.inbox.recv()).await {
+                        // `timeout`, not `timeout_at`: madsim's time module has no `timeout_at`.
+                        let linger = linger_until.saturating_duration_since(Instant::now());
+                        match tokio::time::timeout(linger, self.inbox.recv()).await {
                             Ok(Some(input)) => input,
                             _ => break,
                         }

@@ -1,0 +1,224 @@
+//! The configuration of one simulated run: cluster shape, workload, faults and timings.
+//!
+//! Every knob has a documented default (the `standard` preset); the command line overrides a
+//! few of them. Nothing here is random: the seed decides everything else.
+
+use std::fmt;
+use std::time::Duration;
+
+use walletd_core::bugs::Bug;
+
+/// One kind of fault the nemesis may inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    /// Kill a server node (its unsynced writes are lost) and restart it later.
+    Kill,
+    /// Keep a torn prefix of the unsynced bytes when a node is killed.
+    Torn,
+    /// Split the hosts in two groups that cannot reach each other (messages dropped).
+    Partition,
+    /// Hold every message on one direction of one link until the clog clears.
+    Clog,
+    /// Drop a share of the messages.
+    Loss,
+    /// Deliver a share of the peer messages twice.
+    Dup,
+    /// Long random delays, so messages overtake each other.
+    Delay,
+    /// Slow `sync` on one node's disks.
+    SlowDisk,
+    /// Jump the (global) simulated clock forward.
+    ClockJump,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 9] = [
+        Fault::Kill,
+        Fault::Torn,
+        Fault::Partition,
+        Fault::Clog,
+        Fault::Loss,
+        Fault::Dup,
+        Fault::Delay,
+        Fault::SlowDisk,
+        Fault::ClockJump,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::Torn => "torn",
+            Fault::Partition => "partition",
+            Fault::Clog => "clog",
+            Fault::Loss => "loss",
+            Fault::Dup => "dup",
+            Fault::Delay => "delay",
+            Fault::SlowDisk => "slowdisk",
+            Fault::ClockJump => "clockjump",
+        }
+    }
+
+    fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+}
+
+/// A set of enabled faults.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct FaultSet(u16);
+
+impl FaultSet {
+    pub fn all() -> FaultSet {
+        FaultSet(Fault::ALL.iter().fold(0, |acc, f| acc | f.bit()))
+    }
+
+    pub fn none() -> FaultSet {
+        FaultSet(0)
+    }
+
+    pub fn contains(self, fault: Fault) -> bool {
+        self.0 & fault.bit() != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The enabled faults in a fixed order.
+    pub fn iter(self) -> impl Iterator<Item = Fault> {
+        Fault::ALL.into_iter().filter(move |f| self.contains(*f))
+    }
+
+    /// Parses `none`, `all` or a comma-separated list of fault names.
+    pub fn parse(text: &str) -> Result<FaultSet, String> {
+        match text {
+            "none" => return Ok(FaultSet::none()),
+            "all" => return Ok(FaultSet::all()),
+            _ => {}
+        }
+        let mut set = FaultSet::none();
+        for name in text.split(',').filter(|s| !s.is_empty()) {
+            let fault = Fault::ALL
+                .into_iter()
+                .find(|f| f.name() == name)
+                .ok_or_else(|| format!("unknown fault {name:?} (known: {})", FaultSet::all()))?;
+            set.0 |= fault.bit();
+        }
+        Ok(set)
+    }
+}
+
+impl fmt::Display for FaultSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("none");
+        }
+        let names: Vec<&str> = self.iter().map(Fault::name).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+impl fmt::Debug for FaultSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Everything one run needs besides its seed.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    /// Server nodes; partition `p` lives on node `p % nodes`.
+    pub nodes: u32,
+    pub partitions: u32,
+    /// Hosts the clients run on (never killed; they can be cut off by partitions).
+    pub client_hosts: u32,
+    /// Concurrent client tasks, spread over the client hosts.
+    pub clients: u32,
+    /// Accounts opened before the run (most in USD, some in EUR and JPY).
+    pub accounts: u32,
+    /// Simulated time with load and faults.
+    pub duration: Duration,
+    /// Longest heal-and-quiesce period before the final checks.
+    pub quiesce_max: Duration,
+    pub faults: FaultSet,
+    pub bug: Option<Bug>,
+    pub verbose: bool,
+    /// How long a client waits for one attempt before retrying with the same transaction id.
+    pub client_timeout: Duration,
+    /// Attempts per client request before the client gives up on it.
+    pub client_attempts_max: u32,
+    /// Pause between two requests of one client (uniform in `0..=think_max`).
+    pub think_max: Duration,
+}
+
+impl SimConfig {
+    /// The default run: 3 nodes, 6 partitions, 20 clients, 60 s of load, every fault on.
+    pub fn standard(seed: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            nodes: 3,
+            partitions: 6,
+            client_hosts: 2,
+            clients: 20,
+            accounts: 24,
+            duration: Duration::from_secs(60),
+            quiesce_max: Duration::from_secs(120),
+            faults: FaultSet::all(),
+            bug: None,
+            verbose: false,
+            client_timeout: Duration::from_secs(4),
+            client_attempts_max: 6,
+            think_max: Duration::from_millis(100),
+        }
+    }
+
+    /// A shorter run for unit tests of the simulator itself.
+    pub fn quick(seed: u64) -> SimConfig {
+        SimConfig {
+            duration: Duration::from_secs(20),
+            ..SimConfig::standard(seed)
+        }
+    }
+
+    /// The command-line options that reproduce this configuration (without the seed).
+    pub fn options(&self) -> String {
+        let standard = SimConfig::standard(self.seed);
+        let mut out = String::new();
+        if let Some(bug) = self.bug {
+            out.push_str(&format!(" --bug {}", bug.name()));
+        }
+        if self.nodes != standard.nodes {
+            out.push_str(&format!(" --nodes {}", self.nodes));
+        }
+        if self.partitions != standard.partitions {
+            out.push_str(&format!(" --partitions {}", self.partitions));
+        }
+        if self.duration != standard.duration {
+            out.push_str(&format!(" --duration-s {}", self.duration.as_secs()));
+        }
+        if self.faults != standard.faults {
+            out.push_str(&format!(" --faults {}", self.faults));
+        }
+        out
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.nodes == 0 || self.partitions == 0 || self.clients == 0 || self.client_hosts == 0 {
+            return Err("nodes, partitions, clients and client hosts must be at least 1".into());
+        }
+        if self.partitions > walletd_core::partition::PARTITIONS_MAX {
+            return Err(format!(
+                "at most {} partitions",
+                walletd_core::partition::PARTITIONS_MAX
+            ));
+        }
+        if self.accounts < 4 {
+            return Err("at least 4 accounts".into());
+        }
+        if self.duration.is_zero() {
+            return Err("the run must last at least 1 s".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,219 @@
+//! What the clients saw: every request, every attempt and its answer, with the (simulated)
+//! wall-clock times it was sent and answered. The checkers hold the final logs against it.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use walletd_core::driver::{CommandResult, QueryAnswer};
+use walletd_core::event::{Timestamp, TransferKey};
+use walletd_core::ids::{AccountId, TransactionId};
+use walletd_core::ledger::{Command, LedgerError, Reply, TransferStatus};
+
+/// The answer a client expects, decided when it builds the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// A valid request; its outcome is checked later against the logs.
+    Valid,
+    /// This error (compared by kind, see [`error_kind`]).
+    Error(&'static str),
+    /// A transfer that must not commit (its destination refuses it).
+    NotCommitted,
+    /// A repeat of an answered request: the same answer again.
+    Same(Reply),
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Answer(CommandResult),
+    /// The request or its reply was dropped, or the partition was down.
+    Unavailable,
+    /// No answer within the client's timeout.
+    Timeout,
+}
+
+/// One attempt of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub sent_us: Timestamp,
+    pub done_us: Timestamp,
+    pub outcome: Outcome,
+}
+
+/// One client request and its attempts (all with the same transaction id and body).
+#[derive(Debug, Clone)]
+pub struct Op {
+    pub client: u32,
+    pub command: Command,
+    pub expect: Expect,
+    pub attempts: Vec<Attempt>,
+}
+
+impl Op {
+    /// Every answer the client got (several when a retry followed a `Pending`).
+    pub fn answers(&self) -> impl Iterator<Item = (&Attempt, &CommandResult)> {
+        self.attempts.iter().filter_map(|a| match &a.outcome {
+            Outcome::Answer(result) => Some((a, result)),
+            _ => None,
+        })
+    }
+
+    /// The first definitive answer: anything but a pending transfer.
+    pub fn settled(&self) -> Option<&CommandResult> {
+        self.answers()
+            .map(|(_, r)| r)
+            .find(|r| !matches!(r, Ok(Reply::Transfer(TransferStatus::Pending))))
+    }
+
+    pub fn transfer_key(&self) -> Option<TransferKey> {
+        match self.command {
+            Command::Transfer(t) => Some(t.key()),
+            _ => None,
+        }
+    }
+
+    /// Whether the op concerns `account` or transaction id `txn`.
+    pub fn mentions(&self, account: Option<&AccountId>, txn: Option<&TransactionId>) -> bool {
+        let (accounts, id): (Vec<AccountId>, Option<TransactionId>) = match self.command {
+            Command::OpenAccount { account, .. } => (vec![account], None),
+            Command::Deposit {
+                account,
+                transaction_id,
+                ..
+            }
+            | Command::Withdraw {
+                account,
+                transaction_id,
+                ..
+            } => (vec![account], Some(transaction_id)),
+            Command::Transfer(t) => (vec![t.from, t.to], Some(t.transaction_id)),
+            _ => (vec![], None),
+        };
+        account.is_some_and(|a| accounts.contains(a)) || (txn.is_some() && txn.copied() == id)
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "  client {} {:?} expect {:?}",
+            self.client, self.command, self.expect
+        )?;
+        for attempt in &self.attempts {
+            writeln!(
+                f,
+                "    sent {} us, done {} us: {:?}",
+                attempt.sent_us, attempt.done_us, attempt.outcome
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A balance question and its answer.
+#[derive(Debug, Clone)]
+pub struct BalanceRead {
+    pub client: u32,
+    pub account: AccountId,
+    pub sent_us: Timestamp,
+    pub done_us: Timestamp,
+    pub answer: QueryAnswer,
+}
+
+/// A contradiction a client noticed at once (a wrong error, a retry answered differently).
+#[derive(Debug, Clone)]
+pub struct ClientViolation {
+    pub invariant: &'static str,
+    pub op: usize,
+    pub detail: String,
+}
+
+#[derive(Debug, Default)]
+pub struct HistoryState {
+    pub ops: Vec<Op>,
+    pub reads: Vec<BalanceRead>,
+    pub violations: Vec<ClientViolation>,
+}
+
+/// The shared history of a run.
+#[derive(Debug, Clone, Default)]
+pub struct History(Arc<Mutex<HistoryState>>);
+
+impl History {
+    pub fn lock(&self) -> MutexGuard<'_, HistoryState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a new op; returns its index.
+    pub fn start(&self, client: u32, command: Command, expect: Expect) -> usize {
+        let mut state = self.lock();
+        state.ops.push(Op {
+            client,
+            command,
+            expect,
+            attempts: Vec::new(),
+        });
+        state.ops.len() - 1
+    }
+
+    /// Records an attempt of op `op` and checks its answer against the expectation.
+    pub fn attempt(&self, op: usize, attempt: Attempt) {
+        let mut state = self.lock();
+        let expect = state.ops[op].expect;
+        if let Outcome::Answer(result) = &attempt.outcome {
+            if let Some((invariant, detail)) = contradiction(expect, result) {
+                state.violations.push(ClientViolation {
+                    invariant,
+                    op,
+                    detail,
+                });
+            }
+        }
+        state.ops[op].attempts.push(attempt);
+    }
+
+    pub fn read(&self, read: BalanceRead) {
+        self.lock().reads.push(read);
+    }
+}
+
+/// The variant name of a ledger error, for comparing expected and actual errors.
+pub fn error_kind(error: &LedgerError) -> &'static str {
+    match error {
+        LedgerError::AccountNotFound(_) => "AccountNotFound",
+        LedgerError::AccountExists { .. } => "AccountExists",
+        LedgerError::CurrencyMismatch { .. } => "CurrencyMismatch",
+        LedgerError::InsufficientFunds { .. } => "InsufficientFunds",
+        LedgerError::BalanceLimit(_) => "BalanceLimit",
+        LedgerError::SameAccount => "SameAccount",
+        LedgerError::Conflict(_) => "Conflict",
+        LedgerError::WrongPartition { .. } => "WrongPartition",
+        LedgerError::UnknownTransfer(_) => "UnknownTransfer",
+        LedgerError::InvalidTransition { .. } => "InvalidTransition",
+    }
+}
+
+/// Whether `result` contradicts `expect`: the invariant it breaks and why.
+fn contradiction(expect: Expect, result: &CommandResult) -> Option<(&'static str, String)> {
+    match (expect, result) {
+        (Expect::Valid, _) => None,
+        (Expect::Error(kind), Err(error)) if error_kind(error) == kind => None,
+        (Expect::Error(kind), other) => Some(("oracle", format!("expected {kind}, got {other:?}"))),
+        (Expect::NotCommitted, Ok(Reply::Transfer(TransferStatus::Committed))) => Some((
+            "oracle",
+            "a transfer its destination must refuse was committed".to_string(),
+        )),
+        (Expect::NotCommitted, Ok(Reply::Transfer(_))) => None,
+        (Expect::NotCommitted, other) => Some((
+            "oracle",
+            format!("expected a transfer status, got {other:?}"),
+        )),
+        (Expect::Same(_), Ok(Reply::Transfer(TransferStatus::Pending))) => None,
+        (Expect::Same(first), Ok(reply)) if *reply == first => None,
+        (Expect::Same(first), other) => Some((
+            "exactly_once",
+            format!("a repeat of a request answered {first:?} was answered {other:?}"),
+        )),
+    }
+}

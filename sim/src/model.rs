@@ -1,0 +1,386 @@
+//! The oracle: a sequential model of one partition, written independently of core's ledger.
+//!
+//! It folds a partition's log in lsn order with plain integers and checks every decision the
+//! log records against the state at that point (a debit never overdraws; an
+//! insufficient-funds rejection is justified), and it keeps every account's history so that
+//! acknowledged balances and balance reads can be checked as of the time they were given.
+
+use std::collections::BTreeMap;
+
+use walletd_core::codec::Record;
+use walletd_core::event::{Event, Lsn, Reason, Timestamp, Transfer, TransferKey};
+use walletd_core::ids::{AccountId, TransactionId};
+use walletd_core::ledger::Account;
+use walletd_core::money::Currency;
+
+/// An account's figures after one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version {
+    pub lsn: Lsn,
+    pub timestamp: Timestamp,
+    pub balance: u64,
+    pub held: u64,
+    pub incoming: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelAccount {
+    pub currency: Currency,
+    pub balance: u64,
+    pub held: u64,
+    pub incoming: u64,
+    /// The account after every record that changed it, oldest first.
+    pub versions: Vec<Version>,
+}
+
+/// A deposit or withdrawal as the model saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CashFact {
+    pub withdrawal: bool,
+    pub amount: u64,
+    pub balance_after: u64,
+    pub lsn: Lsn,
+}
+
+/// A problem the model found in a log: the invariant, the detail, the transfer involved.
+#[derive(Debug, Clone)]
+pub struct ModelProblem {
+    pub invariant: &'static str,
+    pub detail: String,
+    pub key: Option<TransferKey>,
+    pub account: Option<AccountId>,
+}
+
+/// The model of one partition.
+#[derive(Debug, Default)]
+pub struct Model {
+    pub accounts: BTreeMap<AccountId, ModelAccount>,
+    pub cash: BTreeMap<(AccountId, TransactionId), CashFact>,
+    /// Home-side transfers by key: body and the events seen for it.
+    pub home: BTreeMap<TransferKey, Transfer>,
+    pub problems: Vec<ModelProblem>,
+}
+
+impl Model {
+    /// Folds `records` (one partition's log, in order) into a fresh model.
+    pub fn fold(records: &[Record]) -> Model {
+        let mut model = Model::default();
+        for record in records {
+            model.apply(record);
+        }
+        model
+    }
+
+    fn problem(
+        &mut self,
+        invariant: &'static str,
+        record: &Record,
+        detail: String,
+        key: Option<TransferKey>,
+        account: Option<AccountId>,
+    ) {
+        self.problems.push(ModelProblem {
+            invariant,
+            detail: format!("lsn {}: {detail}", record.lsn),
+            key,
+            account,
+        });
+    }
+
+    fn snapshot(&mut self, account: &AccountId, record: &Record) {
+        if let Some(a) = self.accounts.get_mut(account) {
+            a.versions.push(Version {
+                lsn: record.lsn,
+                timestamp: record.timestamp,
+                balance: a.balance,
+                held: a.held,
+                incoming: a.incoming,
+            });
+        }
+    }
+
+    /// Takes `amount` from the available balance of `account` (into a hold if `hold`).
+    fn debit(
+        &mut self,
+        record: &Record,
+        account: &AccountId,
+        amount: u64,
+        hold: bool,
+        key: Option<TransferKey>,
+    ) -> bool {
+        let Some(a) = self.accounts.get_mut(account) else {
+            self.problem(
+                "oracle",
+                record,
+                format!("debit of unknown account {account}"),
+                key,
+                Some(*account),
+            );
+            return false;
+        };
+        if a.balance < amount {
+            let detail = format!(
+                "debit of {amount} from {account} with only {} available",
+                a.balance
+            );
+            self.problem("no_negative", record, detail, key, Some(*account));
+            return false;
+        }
+        a.balance -= amount;
+        if hold {
+            a.held += amount;
+        }
+        true
+    }
+
+    fn apply(&mut self, record: &Record) {
+        match record.event {
+            Event::AccountOpened { account, currency } => {
+                if self.accounts.contains_key(&account) {
+                    self.problem(
+                        "oracle",
+                        record,
+                        format!("{account} opened twice"),
+                        None,
+                        Some(account),
+                    );
+                    return;
+                }
+                self.accounts.insert(
+                    account,
+                    ModelAccount {
+                        currency,
+                        balance: 0,
+                        held: 0,
+                        incoming: 0,
+                        versions: Vec::new(),
+                    },
+                );
+                self.snapshot(&account, record);
+            }
+            Event::Deposited {
+                account,
+                amount,
+                transaction_id,
+            } => {
+                let Some(a) = self.accounts.get_mut(&account) else {
+                    return self.problem(
+                        "oracle",
+                        record,
+                        format!("deposit to unknown {account}"),
+                        None,
+                        Some(account),
+                    );
+                };
+                a.balance += amount.minor();
+                let fact = CashFact {
+                    withdrawal: false,
+                    amount: amount.minor(),
+                    balance_after: a.balance,
+                    lsn: record.lsn,
+                };
+                self.cash.insert((account, transaction_id), fact);
+                self.snapshot(&account, record);
+            }
+            Event::Withdrawn {
+                account,
+                amount,
+                transaction_id,
+            } => {
+                if !self.debit(record, &account, amount.minor(), false, None) {
+                    return;
+                }
+                let balance_after = self.accounts[&account].balance;
+                let fact = CashFact {
+                    withdrawal: true,
+                    amount: amount.minor(),
+                    balance_after,
+                    lsn: record.lsn,
+                };
+                self.cash.insert((account, transaction_id), fact);
+                self.snapshot(&account, record);
+            }
+            Event::Transferred { transfer } => {
+                let key = Some(transfer.key());
+                if !self.accounts.contains_key(&transfer.to) {
+                    return self.problem(
+                        "oracle",
+                        record,
+                        format!("transfer to unknown {}", transfer.to),
+                        key,
+                        Some(transfer.to),
+                    );
+                }
+                if !self.debit(record, &transfer.from, transfer.amount.minor(), false, key) {
+                    return;
+                }
+                self.accounts
+                    .get_mut(&transfer.to)
+                    .expect("checked")
+                    .balance += transfer.amount.minor();
+                self.home.insert(transfer.key(), transfer);
+                self.snapshot(&transfer.from, record);
+                self.snapshot(&transfer.to, record);
+            }
+            Event::TransferRejected { transfer, reason } => {
+                self.home.insert(transfer.key(), transfer);
+                let available = self.accounts.get(&transfer.from).map(|a| a.balance);
+                if reason == Reason::InsufficientFunds
+                    && available.is_some_and(|b| b >= transfer.amount.minor())
+                {
+                    let detail = format!(
+                        "{:?} rejected for insufficient funds with {} available for {}",
+                        transfer.key(),
+                        available.unwrap_or(0),
+                        transfer.amount.minor()
+                    );
+                    self.problem(
+                        "oracle",
+                        record,
+                        detail,
+                        Some(transfer.key()),
+                        Some(transfer.from),
+                    );
+                }
+            }
+            Event::DebitTried { transfer } => {
+                self.home.insert(transfer.key(), transfer);
+                if self.debit(
+                    record,
+                    &transfer.from,
+                    transfer.amount.minor(),
+                    true,
+                    Some(transfer.key()),
+                ) {
+                    self.snapshot(&transfer.from, record);
+                }
+            }
+            Event::TransferDecided { .. } | Event::CreditTryNotSeen { .. } => {}
+            Event::DebitConfirmed { key } | Event::DebitCancelled { key } => {
+                let cancelled = matches!(record.event, Event::DebitCancelled { .. });
+                let Some(amount) = self.home.get(&key).map(|t| t.amount.minor()) else {
+                    return self.problem(
+                        "oracle",
+                        record,
+                        format!("finish of unknown {key:?}"),
+                        Some(key),
+                        None,
+                    );
+                };
+                let Some(a) = self
+                    .accounts
+                    .get_mut(&key.from)
+                    .filter(|a| a.held >= amount)
+                else {
+                    return self.problem(
+                        "conservation",
+                        record,
+                        format!("hold of {key:?} missing"),
+                        Some(key),
+                        Some(key.from),
+                    );
+                };
+                a.held -= amount;
+                if cancelled {
+                    a.balance += amount;
+                }
+                self.snapshot(&key.from, record);
+            }
+            Event::CreditTried { transfer } => {
+                let Some(a) = self.accounts.get_mut(&transfer.to) else {
+                    return self.problem(
+                        "oracle",
+                        record,
+                        format!("pending credit to unknown {}", transfer.to),
+                        Some(transfer.key()),
+                        Some(transfer.to),
+                    );
+                };
+                a.incoming += transfer.amount.minor();
+                self.home.entry(transfer.key()).or_insert(transfer);
+                self.snapshot(&transfer.to, record);
+            }
+            Event::CreditConfirmed { key } | Event::CreditCancelled { key } => {
+                let confirmed = matches!(record.event, Event::CreditConfirmed { .. });
+                let Some(transfer) = self.home.get(&key).copied() else {
+                    return self.problem(
+                        "oracle",
+                        record,
+                        format!("second phase of {key:?} without a Try"),
+                        Some(key),
+                        None,
+                    );
+                };
+                let amount = transfer.amount.minor();
+                let Some(a) = self
+                    .accounts
+                    .get_mut(&transfer.to)
+                    .filter(|a| a.incoming >= amount)
+                else {
+                    return self.problem(
+                        "conservation",
+                        record,
+                        format!("pending credit of {key:?} missing"),
+                        Some(key),
+                        Some(transfer.to),
+                    );
+                };
+                a.incoming -= amount;
+                if confirmed {
+                    a.balance += amount;
+                }
+                self.snapshot(&transfer.to, record);
+            }
+        }
+    }
+
+    /// Whether `account` was ever `answer` (or absent, for `None`) between `from_us` and
+    /// `to_us`: some version valid in that window matches.
+    pub fn was(
+        &self,
+        account: &AccountId,
+        answer: Option<&Account>,
+        from_us: Timestamp,
+        to_us: Timestamp,
+    ) -> bool {
+        let Some(model) = self.accounts.get(account) else {
+            return answer.is_none();
+        };
+        let versions = &model.versions;
+        let opened_at = versions.first().map_or(Timestamp::MAX, |v| v.timestamp);
+        let Some(answer) = answer else {
+            return opened_at >= from_us;
+        };
+        if answer.currency != model.currency {
+            return false;
+        }
+        versions.iter().enumerate().any(|(i, v)| {
+            let valid_until = versions
+                .get(i + 1)
+                .map_or(Timestamp::MAX, |next| next.timestamp);
+            v.timestamp <= to_us
+                && valid_until >= from_us
+                && (v.balance, v.held, v.incoming) == (answer.balance, answer.held, answer.incoming)
+        })
+    }
+
+    /// Whether `account`'s available balance was below `amount` at some point in the window.
+    pub fn was_below(
+        &self,
+        account: &AccountId,
+        amount: u64,
+        from_us: Timestamp,
+        to_us: Timestamp,
+    ) -> bool {
+        let Some(model) = self.accounts.get(account) else {
+            return false;
+        };
+        let versions = &model.versions;
+        versions.iter().enumerate().any(|(i, v)| {
+            let valid_until = versions
+                .get(i + 1)
+                .map_or(Timestamp::MAX, |next| next.timestamp);
+            v.timestamp <= to_us && valid_until >= from_us && v.balance < amount
+        })
+    }
+}

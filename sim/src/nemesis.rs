@@ -1,0 +1,309 @@
+//! The nemesis: injects the faults enabled for the run, at seeded times, and undoes each
+//! after a seeded while; `heal` ends them all for the quiesce period.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use tokio::time::Instant;
+
+use crate::cluster::Cluster;
+use crate::config::{Fault, FaultSet};
+use crate::network::{HostId, LinkFaults};
+
+/// Pause between two injections (uniform in this range, in ms).
+const GAP_MS: (u64, u64) = (200, 2_500);
+/// Share of kills that wait for a node with unsynced bytes.
+const KILL_MID_WRITE_P: f64 = 0.7;
+/// Longest wait (in 1 ms polls) for a node in the middle of a write.
+const KILL_WAIT_POLLS_MAX: u32 = 500;
+/// How long a node stays down, in ms.
+const DOWN_MS: (u64, u64) = (100, 4_000);
+/// How long a network or disk fault lasts, in ms.
+const FAULT_MS: (u64, u64) = (500, 6_000);
+
+/// Something to undo at a given time.
+#[derive(Debug, Clone)]
+enum Undo {
+    Restart(usize),
+    Uncut(Vec<(HostId, HostId)>),
+    Unclog((HostId, HostId)),
+    LossOff,
+    DupOff,
+    JitterOff,
+    DiskNormal(usize),
+}
+
+/// Injects and undoes faults; counts and logs them.
+pub struct Nemesis {
+    rng: ChaCha8Rng,
+    faults: FaultSet,
+    /// Undo actions by due time (with a sequence number to keep equal times in order).
+    pending: BTreeMap<(Instant, u64), Undo>,
+    seq: u64,
+    pub injected: u32,
+    /// Injections per kind of fault, for the run's summary.
+    pub by_kind: BTreeMap<&'static str, u32>,
+    pub log: Vec<String>,
+    verbose: bool,
+    start: Instant,
+}
+
+fn ms(rng: &mut ChaCha8Rng, range: (u64, u64)) -> Duration {
+    Duration::from_millis(rng.gen_range(range.0..=range.1))
+}
+
+impl Nemesis {
+    pub fn new(rng: ChaCha8Rng, faults: FaultSet, verbose: bool) -> Nemesis {
+        Nemesis {
+            rng,
+            faults,
+            pending: BTreeMap::new(),
+            seq: 0,
+            injected: 0,
+            by_kind: BTreeMap::new(),
+            log: Vec::new(),
+            verbose,
+            start: Instant::now(),
+        }
+    }
+
+    fn note(&mut self, what: String) {
+        let line = format!("{:>8.3}s {what}", self.start.elapsed().as_secs_f64());
+        if self.verbose {
+            println!("nemesis: {line}");
+        }
+        self.log.push(line);
+    }
+
+    fn schedule(&mut self, after: Duration, undo: Undo) {
+        self.seq += 1;
+        self.pending
+            .insert((Instant::now() + after, self.seq), undo);
+    }
+
+    /// Injects faults until `until`, undoing each when due.
+    pub async fn run(&mut self, cluster: &mut Cluster, until: Instant) {
+        let kinds: Vec<Fault> = self.faults.iter().filter(|f| *f != Fault::Torn).collect();
+        let mut next_injection = Instant::now() + ms(&mut self.rng, GAP_MS);
+        loop {
+            let next_undo = self.pending.keys().next().map(|(t, _)| *t);
+            let next = next_undo.map_or(next_injection, |u| u.min(next_injection));
+            if next >= until {
+                break;
+            }
+            tokio::time::sleep_until(next).await;
+            if next_undo == Some(next) {
+                let (_, undo) = self.pending.pop_first().expect("a pending undo");
+                self.undo(cluster, undo);
+                continue;
+            }
+            if let Some(&kind) = kinds.choose(&mut self.rng) {
+                self.inject(cluster, kind).await;
+            }
+            next_injection = Instant::now() + ms(&mut self.rng, GAP_MS);
+        }
+        tokio::time::sleep_until(until).await;
+    }
+
+    /// Ends every fault: restarts dead nodes, heals the network and the disks.
+    pub fn heal(&mut self, cluster: &mut Cluster) {
+        for (_, undo) in std::mem::take(&mut self.pending) {
+            self.undo(cluster, undo);
+        }
+        cluster.net().set_faults(LinkFaults::default());
+        for n in cluster.nodes_down() {
+            cluster.restart(n);
+        }
+        for node in &cluster.nodes {
+            node.speed.slow_us_max.store(0, Ordering::Relaxed);
+        }
+        self.note("heal: network healed, every node up, disks normal".into());
+    }
+
+    async fn inject(&mut self, cluster: &mut Cluster, kind: Fault) {
+        let injected = match kind {
+            Fault::Kill => self.kill(cluster).await,
+            Fault::Partition => self.partition(cluster),
+            Fault::Clog => self.clog(cluster),
+            Fault::Loss | Fault::Dup | Fault::Delay => self.degrade(cluster, kind),
+            Fault::SlowDisk => self.slow_disk(cluster),
+            Fault::ClockJump => {
+                let jump = ms(&mut self.rng, (200, 5_000));
+                self.note(format!("clock jumps forward {jump:?}"));
+                madsim::time::advance(jump);
+                true
+            }
+            Fault::Torn => unreachable!("torn tails are a property of kills"),
+        };
+        if injected {
+            self.injected += 1;
+            *self.by_kind.entry(kind.name()).or_default() += 1;
+        }
+    }
+
+    /// Kills a node. Most kills wait for a node in the middle of a write, so that
+    /// acknowledged work that is not yet durable (a bug) and torn records (recovery) are hit.
+    async fn kill(&mut self, cluster: &mut Cluster) -> bool {
+        let mut writing = Vec::new();
+        if self.rng.gen_bool(KILL_MID_WRITE_P) {
+            for _ in 0..KILL_WAIT_POLLS_MAX {
+                writing = cluster.nodes_writing();
+                if !writing.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let up: Vec<usize> = (0..cluster.nodes.len())
+            .filter(|n| cluster.nodes[*n].up)
+            .collect();
+        let candidates = if writing.is_empty() { up } else { writing };
+        let Some(&n) = candidates.choose(&mut self.rng) else {
+            return false;
+        };
+        let reports = cluster.kill(n);
+        let down = ms(&mut self.rng, DOWN_MS);
+        let lost: usize = reports.iter().map(|r| r.lost_bytes).sum();
+        let torn: usize = reports.iter().map(|r| r.torn_bytes_kept).sum();
+        self.note(format!(
+            "kill {} (lost {lost} unsynced bytes, kept {torn} torn) for {down:?}",
+            cluster.nodes[n].name
+        ));
+        self.schedule(down, Undo::Restart(n));
+        true
+    }
+
+    /// Splits all hosts in two random groups that cannot reach each other.
+    fn partition(&mut self, cluster: &Cluster) -> bool {
+        let hosts = (cluster.nodes.len() + cluster.client_hosts.len()) as HostId;
+        let servers = cluster.nodes.len() as HostId;
+        let mut side: Vec<HostId> = (0..hosts).filter(|_| self.rng.gen_bool(0.5)).collect();
+        if side.is_empty() || side.len() == hosts as usize {
+            side = vec![self.rng.gen_range(0..servers)];
+        }
+        let mut faults = cluster.net().faults();
+        let mut links = Vec::new();
+        for a in 0..hosts {
+            for b in 0..hosts {
+                if side.contains(&a) != side.contains(&b) && faults.cut.insert((a, b)) {
+                    links.push((a, b));
+                }
+            }
+        }
+        cluster.net().set_faults(faults);
+        let lasts = ms(&mut self.rng, FAULT_MS);
+        self.note(format!("partition {side:?} from the rest for {lasts:?}"));
+        self.schedule(lasts, Undo::Uncut(links));
+        true
+    }
+
+    /// Holds the messages of one direction of a link between a host and a server node.
+    fn clog(&mut self, cluster: &Cluster) -> bool {
+        let hosts = (cluster.nodes.len() + cluster.client_hosts.len()) as HostId;
+        let servers = cluster.nodes.len() as HostId;
+        let a = self.rng.gen_range(0..hosts);
+        let others: Vec<HostId> = (0..servers).filter(|b| *b != a).collect();
+        let Some(&b) = others.choose(&mut self.rng) else {
+            return false; // A single server node and the draw was that node.
+        };
+        let (from, to) = if self.rng.gen_bool(0.5) {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        let mut faults = cluster.net().faults();
+        faults.clogged.insert((from, to));
+        cluster.net().set_faults(faults);
+        let lasts = ms(&mut self.rng, FAULT_MS);
+        self.note(format!("clog {from}>{to} for {lasts:?}"));
+        self.schedule(lasts, Undo::Unclog((from, to)));
+        true
+    }
+
+    /// Loss, duplication or long random delays on every link for a while.
+    fn degrade(&mut self, cluster: &Cluster, kind: Fault) -> bool {
+        let mut faults = cluster.net().faults();
+        let (what, undo) = match kind {
+            Fault::Loss => {
+                faults.loss_ppm = self.rng.gen_range(20_000..=300_000);
+                (format!("loss {} ppm", faults.loss_ppm), Undo::LossOff)
+            }
+            Fault::Dup => {
+                faults.dup_ppm = self.rng.gen_range(50_000..=500_000);
+                (format!("duplicate {} ppm", faults.dup_ppm), Undo::DupOff)
+            }
+            _ => {
+                faults.jitter_us_max = self.rng.gen_range(20_000..=3_000_000);
+                let ms = faults.jitter_us_max / 1_000;
+                (format!("jitter up to {ms} ms"), Undo::JitterOff)
+            }
+        };
+        cluster.net().set_faults(faults);
+        let lasts = ms(&mut self.rng, FAULT_MS);
+        self.note(format!("{what} for {lasts:?}"));
+        self.schedule(lasts, undo);
+        true
+    }
+
+    /// Makes the disks of one node slow to sync for a while.
+    fn slow_disk(&mut self, cluster: &Cluster) -> bool {
+        let n = self.rng.gen_range(0..cluster.nodes.len());
+        let slow_us = self.rng.gen_range(5_000..=300_000);
+        let node = &cluster.nodes[n];
+        node.speed.slow_us_max.store(slow_us, Ordering::Relaxed);
+        let lasts = ms(&mut self.rng, FAULT_MS);
+        self.note(format!(
+            "slow disk on {} (up to {} ms per sync) for {lasts:?}",
+            node.name,
+            slow_us / 1_000
+        ));
+        self.schedule(lasts, Undo::DiskNormal(n));
+        true
+    }
+
+    /// The fault schedule in one line: injections per kind.
+    pub fn schedule_summary(&self) -> String {
+        if self.by_kind.is_empty() {
+            return "none".into();
+        }
+        let parts: Vec<String> = self
+            .by_kind
+            .iter()
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect();
+        parts.join(" ")
+    }
+
+    fn undo(&mut self, cluster: &mut Cluster, undo: Undo) {
+        let net = std::sync::Arc::clone(cluster.net());
+        let mut faults = net.faults();
+        match &undo {
+            Undo::Restart(n) => {
+                cluster.restart(*n);
+                self.note(format!("restart {}", cluster.nodes[*n].name));
+            }
+            Undo::Uncut(links) => {
+                for link in links {
+                    faults.cut.remove(link);
+                }
+                self.note("partition healed".into());
+            }
+            Undo::Unclog(link) => {
+                faults.clogged.remove(link);
+                self.note(format!("clog {}>{} cleared", link.0, link.1));
+            }
+            Undo::LossOff => faults.loss_ppm = 0,
+            Undo::DupOff => faults.dup_ppm = 0,
+            Undo::JitterOff => faults.jitter_us_max = 0,
+            Undo::DiskNormal(n) => cluster.nodes[*n]
+                .speed
+                .slow_us_max
+                .store(0, Ordering::Relaxed),
+        }
+        net.set_faults(faults);
+    }
+}

@@ -1,0 +1,453 @@
+//! One simulated run: build the cluster inside madsim, set up accounts, run the clients under
+//! the nemesis for the configured time, heal and quiesce, then check every invariant.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use madsim::runtime::Runtime;
+use rand::Rng;
+use tokio::time::Instant;
+use walletd_core::codec::decode_log;
+use walletd_core::driver::{recover, Query};
+use walletd_core::event::TransferKey;
+use walletd_core::partition::partition_of;
+use walletd_core::replay::{replay, AsOf};
+
+use crate::checkers::{self, FinalState, LiveState, PartitionFinal, Violation};
+use crate::cluster::Cluster;
+use crate::config::SimConfig;
+use crate::history::History;
+use crate::model::Model;
+use crate::nemesis::Nemesis;
+use crate::network::HostId;
+use crate::rng::{stream, Purpose};
+use crate::trace::Trace;
+use crate::workload::{accounts, setup, AccountSpec, Client, Requester};
+
+/// Stack of the thread a run executes on (deep async state machines in debug builds).
+const RUN_STACK_BYTES: usize = 64 << 20;
+/// Attempts of each final live read.
+const LIVE_READ_ATTEMPTS: u32 = 5;
+
+/// The result of one run.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    pub seed: u64,
+    /// Transfers recorded at their home partitions (committed, cancelled or rejected).
+    pub transfers: u64,
+    pub faults: u32,
+    pub trace: u64,
+    /// Broken invariants, most important first; empty on success.
+    pub violations: Vec<Violation>,
+    /// The failure report: violations, the history involved, the fault schedule.
+    pub details: String,
+    /// One line of counters.
+    pub summary: String,
+    /// Faults injected per kind.
+    pub schedule: String,
+}
+
+impl RunReport {
+    pub fn ok(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// The line other tools parse: always the last line a run prints.
+    pub fn result_line(&self) -> String {
+        let result = match self.violations.first() {
+            None => "result=ok".to_string(),
+            Some(v) => format!("result=FAIL invariant={}", v.invariant),
+        };
+        format!(
+            "seed={} transfers={} faults={} trace={:016x} {result}",
+            self.seed, self.transfers, self.faults, self.trace
+        )
+    }
+}
+
+/// Runs `config` on a fresh thread (madsim seeds the thread's std hash keys, and the bug
+/// switches are per thread) and returns its report. A panic inside the simulation is caught
+/// and reported as a violation.
+pub fn run(config: &SimConfig) -> RunReport {
+    let config = config.clone();
+    std::thread::Builder::new()
+        .name(format!("sim-seed-{}", config.seed))
+        .stack_size(RUN_STACK_BYTES)
+        .spawn(move || run_on_this_thread(&config))
+        .expect("spawn the simulation thread")
+        .join()
+        .expect("the simulation thread catches its panics")
+}
+
+fn run_on_this_thread(config: &SimConfig) -> RunReport {
+    walletd_core::bugs::set(config.bug.as_slice());
+    let history = History::default();
+    let trace = Trace::new(config.verbose);
+    let mut runtime = Runtime::with_seed_and_config(config.seed, madsim::Config::default());
+    runtime.set_time_limit(config.duration + config.quiesce_max + Duration::from_secs(600));
+    let simulation = simulate(config.clone(), history.clone(), trace.clone());
+    let result = catch_unwind(AssertUnwindSafe(|| runtime.block_on(simulation)));
+    walletd_core::bugs::set(&[]);
+    match result {
+        Ok(report) => report,
+        Err(payload) => panic_report(config, &history, &trace, payload),
+    }
+}
+
+/// A panic inside the simulation (a node's assertion, the time limit) as a failed run.
+fn panic_report(
+    config: &SimConfig,
+    history: &History,
+    trace: &Trace,
+    payload: Box<dyn std::any::Any + Send>,
+) -> RunReport {
+    let message = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic without a message".into());
+    let message = crate::panics::take_last().unwrap_or(message);
+    let invariant = classify_panic(&message);
+    let history = history.lock();
+    let mut details = format!("a node panicked: {message}\n");
+    let mentioned: Vec<&crate::history::Op> = history
+        .ops
+        .iter()
+        .filter(|op| {
+            op.transfer_key()
+                .is_some_and(|k| message.contains(&format!("{:?}", k.transaction_id)))
+        })
+        .take(8)
+        .collect();
+    if !mentioned.is_empty() {
+        details.push_str("requests it mentions:\n");
+        for op in mentioned {
+            let _ = write!(details, "{op}");
+        }
+    }
+    let _ = writeln!(details, "reproduce: {}", reproduce_command(config));
+    RunReport {
+        seed: config.seed,
+        transfers: history
+            .ops
+            .iter()
+            .filter(|op| op.transfer_key().is_some())
+            .count() as u64,
+        faults: 0,
+        trace: trace.hash(),
+        violations: vec![Violation::new(invariant, message)],
+        details,
+        summary: format!("ops={} (run stopped by the panic)", history.ops.len()),
+        schedule: "unknown (run stopped by the panic)".into(),
+    }
+}
+
+/// The invariant a panic message shows broken (core asserts some of them as it runs).
+fn classify_panic(message: &str) -> &'static str {
+    let rules: [(&str, &'static str); 6] = [
+        ("conservation violated", "conservation"),
+        ("overdraw", "no_negative"),
+        ("second Try", "no_hanging"),
+        ("after its Try", "no_hanging"),
+        ("recorded once", "exactly_once"),
+        ("starts once", "exactly_once"),
+    ];
+    rules
+        .iter()
+        .find(|(needle, _)| message.contains(needle))
+        .map_or("node_panic", |(_, invariant)| invariant)
+}
+
+/// One run: setup, load under faults, heal and quiesce, then the checks.
+async fn simulate(config: SimConfig, history: History, trace: Trace) -> RunReport {
+    let mut setup_rng = stream(config.seed, Purpose::Setup);
+    let snapshot_every_events = setup_rng.gen_range(50..=500);
+    let mut cluster = Cluster::start(&config, trace.clone(), snapshot_every_events);
+    let specs: Arc<[AccountSpec]> = accounts(config.accounts).into();
+    let (setup_host, setup_node) = cluster.client_hosts[0].clone();
+    {
+        let requester = requester(&config, &cluster, setup_host);
+        let (history, specs) = (history.clone(), Arc::clone(&specs));
+        setup_node
+            .spawn(async move { setup(&requester, &history, &specs, &mut setup_rng).await })
+            .await
+            .expect("setup task");
+    }
+    let (nemesis, quiesced) = load_under_faults(&config, &mut cluster, &history, &specs).await;
+    let live = read_live(
+        &cluster,
+        &history,
+        &specs,
+        requester(&config, &cluster, setup_host),
+    )
+    .await;
+    let finals = collect_finals(&cluster, config.partitions).await;
+    for fin in &finals {
+        trace.record_bytes(&format!("log-{}", fin.partition), &fin.bytes);
+    }
+    let fatal = cluster.shared.lock().fatal.clone();
+    let history_state = history.lock();
+    let state = FinalState {
+        partitions: config.partitions,
+        finals: &finals,
+        live: &live,
+        history: &history_state,
+        quiesced,
+        protocol_violations: cluster.shared.violations(),
+        fatal: &fatal,
+    };
+    let violations = checkers::check(&state);
+    let transfers = finals
+        .iter()
+        .filter_map(|f| f.replayed.as_ref().ok())
+        .map(|l| l.transfers().count() as u64)
+        .sum();
+    RunReport {
+        seed: config.seed,
+        transfers,
+        faults: nemesis.injected,
+        trace: trace.hash(),
+        details: failure_details(&config, &violations, &finals, &history_state, &nemesis),
+        violations,
+        summary: summary(&cluster, &history_state, &nemesis, quiesced),
+        schedule: nemesis.schedule_summary(),
+    }
+}
+
+/// A client's connection: requests from `host` over the run's network.
+fn requester(config: &SimConfig, cluster: &Cluster, host: HostId) -> Requester {
+    Requester {
+        net: Arc::clone(cluster.net()),
+        host,
+        partitions: config.partitions,
+        timeout: config.client_timeout,
+    }
+}
+
+/// Runs the clients under the nemesis for the configured time, then heals everything, lets
+/// the clients finish their current request and waits for the cluster to quiesce. Returns the
+/// nemesis (its log and counters) and whether the cluster quiesced in time.
+async fn load_under_faults(
+    config: &SimConfig,
+    cluster: &mut Cluster,
+    history: &History,
+    specs: &Arc<[AccountSpec]>,
+) -> (Nemesis, bool) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..config.clients)
+        .map(|i| {
+            let (host, node) = &cluster.client_hosts[(i % config.client_hosts) as usize];
+            let client = Client::new(
+                config,
+                i,
+                requester(config, cluster, *host),
+                history.clone(),
+                Arc::clone(specs),
+                stream(config.seed, Purpose::Client(i)),
+                Arc::clone(&stop),
+            );
+            node.spawn(client.run())
+        })
+        .collect();
+    let nemesis_rng = stream(config.seed, Purpose::Nemesis);
+    let mut nemesis = Nemesis::new(nemesis_rng, config.faults, config.verbose);
+    nemesis.run(cluster, Instant::now() + config.duration).await;
+    stop.store(true, Ordering::Relaxed);
+    nemesis.heal(cluster);
+    let heal_deadline = Instant::now() + config.quiesce_max;
+    for client in clients {
+        let left = heal_deadline.saturating_duration_since(Instant::now());
+        let _ = tokio::time::timeout(left, client).await;
+    }
+    let left = heal_deadline.saturating_duration_since(Instant::now());
+    let quiesced = cluster.quiesce(left).await;
+    (nemesis, quiesced)
+}
+
+/// Asks the live cluster for every account and every transfer a client asked for.
+async fn read_live(
+    cluster: &Cluster,
+    history: &History,
+    specs: &[AccountSpec],
+    requester: Requester,
+) -> LiveState {
+    let keys: BTreeSet<TransferKey> = history
+        .lock()
+        .ops
+        .iter()
+        .filter_map(|op| op.transfer_key())
+        .collect();
+    let node = &cluster.client_hosts[0].1;
+    let partitions = requester.partitions;
+    let ask = |query: Query, partition| {
+        let requester = requester.clone();
+        node.spawn(async move {
+            for _ in 0..LIVE_READ_ATTEMPTS {
+                if let Some(answer) = requester.query(partition, query).await {
+                    return Some(answer);
+                }
+            }
+            None
+        })
+    };
+    let accounts: Vec<_> = specs
+        .iter()
+        .map(|s| {
+            (
+                s.id,
+                ask(Query::Account(s.id), partition_of(&s.id, partitions)),
+            )
+        })
+        .collect();
+    let transfers: Vec<_> = keys
+        .into_iter()
+        .map(|k| {
+            (
+                k,
+                ask(Query::Transfer(k), partition_of(&k.from, partitions)),
+            )
+        })
+        .collect();
+    let mut live = LiveState::default();
+    for (id, task) in accounts {
+        live.accounts.insert(id, task.await.ok().flatten());
+    }
+    for (key, task) in transfers {
+        live.transfers.insert(key, task.await.ok().flatten());
+    }
+    live
+}
+
+/// Each partition's durable log, decoded, replayed, recovered and modelled.
+async fn collect_finals(cluster: &Cluster, partitions: u32) -> Vec<PartitionFinal> {
+    let mut finals = Vec::new();
+    for (p, disk) in cluster.shared.disks.iter().enumerate() {
+        let partition = p as u32;
+        let (first_lsn, bytes) = disk.durable_log();
+        let (records, decode_error) = match decode_log(&bytes, first_lsn.max(1)) {
+            Ok(decoded) if decoded.torn_tail => (
+                decoded.records,
+                Some(format!(
+                    "torn tail after byte {} at the end of the run",
+                    decoded.valid_len
+                )),
+            ),
+            Ok(decoded) => (decoded.records, None),
+            Err(error) => (Vec::new(), Some(error.to_string())),
+        };
+        let replayed =
+            replay(partition, partitions, &records, AsOf::End).map_err(|e| e.to_string());
+        let recovered = recover(&mut disk.durable_copy().open(), partition, partitions)
+            .await
+            .map(|(ledger, _)| ledger)
+            .map_err(|e| e.to_string());
+        let model = Model::fold(&records);
+        finals.push(PartitionFinal {
+            partition,
+            bytes,
+            records,
+            decode_error,
+            replayed,
+            recovered,
+            model,
+        });
+    }
+    finals
+}
+
+fn summary(
+    cluster: &Cluster,
+    history: &crate::history::HistoryState,
+    nemesis: &Nemesis,
+    quiesced: bool,
+) -> String {
+    let net = cluster.net().stats();
+    let (mut crashes, mut torn, mut syncs) = (0, 0, 0);
+    for disk in &cluster.shared.disks {
+        let state = disk.lock();
+        crashes += state.crashes;
+        torn += state.torn_crashes;
+        syncs += state.syncs;
+    }
+    let attempts: usize = history.ops.iter().map(|op| op.attempts.len()).sum();
+    let answered = history
+        .ops
+        .iter()
+        .filter(|op| op.settled().is_some())
+        .count();
+    // Answers held against an expectation known in advance (errors, refusals, repeats).
+    let expected = history
+        .ops
+        .iter()
+        .filter(|op| op.expect != crate::history::Expect::Valid)
+        .map(|op| op.answers().count())
+        .sum::<usize>();
+    let (recoveries, from_snapshot, torn_cut) = {
+        let state = cluster.shared.lock();
+        let reports = &state.recoveries;
+        (
+            reports.len(),
+            reports.iter().filter(|r| r.snapshot_lsn.is_some()).count(),
+            reports.iter().filter(|r| r.torn_bytes_dropped > 0).count(),
+        )
+    };
+    format!(
+        "ops={} attempts={attempts} answered={answered} expected_answers={expected} reads={} messages sent={} delivered={} dropped={} duplicated={} disk crashes={crashes} torn={torn} syncs={syncs} recoveries={recoveries} from_snapshot={from_snapshot} torn_cut={torn_cut} faults={} quiesced={quiesced} simulated={:.1}s",
+        history.ops.len(),
+        history.reads.len(),
+        net.sent,
+        net.delivered,
+        net.dropped,
+        net.duplicated,
+        nemesis.injected,
+        madsim::time::TimeHandle::current().elapsed().as_secs_f64(),
+    )
+}
+
+fn failure_details(
+    config: &SimConfig,
+    violations: &[Violation],
+    finals: &[PartitionFinal],
+    history: &crate::history::HistoryState,
+    nemesis: &Nemesis,
+) -> String {
+    const SHOWN_MAX: usize = 8;
+    const FAULT_LINES_MAX: usize = 40;
+    let Some(first) = violations.first() else {
+        return String::new();
+    };
+    let mut out = format!("violated: {}: {}\n", first.invariant, first.detail);
+    for v in violations.iter().skip(1).take(SHOWN_MAX) {
+        let _ = writeln!(out, "also: {}: {}", v.invariant, v.detail);
+    }
+    if violations.len() > SHOWN_MAX + 1 {
+        let _ = writeln!(out, "... and {} more", violations.len() - SHOWN_MAX - 1);
+    }
+    // Conservation is global; show the first violation that names transfers or accounts.
+    let involved = violations
+        .iter()
+        .find(|v| !v.keys.is_empty() || !v.accounts.is_empty())
+        .unwrap_or(first);
+    out.push_str("history of what it involves:\n");
+    checkers::involved_history(involved, finals, history, &mut out);
+    let _ = writeln!(
+        out,
+        "faults ({} injected, last {FAULT_LINES_MAX}):",
+        nemesis.injected
+    );
+    let skip = nemesis.log.len().saturating_sub(FAULT_LINES_MAX);
+    for line in &nemesis.log[skip..] {
+        let _ = writeln!(out, "  {line}");
+    }
+    let _ = writeln!(out, "reproduce: {}", reproduce_command(config));
+    out
+}
+
+/// The command that reruns this seed with this configuration.
+pub fn reproduce_command(config: &SimConfig) -> String {
+    format!("cargo sim -- --seed {}{}", config.seed, config.options())
+}

@@ -1,0 +1,463 @@
+//! Simulated clients: open accounts, deposit, and run random same- and cross-partition
+//! transfers, retrying with the same transaction id after a timeout or an unavailable
+//! partition, and sending some invalid requests whose error they know in advance.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::oneshot;
+use walletd_core::driver::{wall_clock_us, Input, Query, QueryAnswer};
+use walletd_core::engine::command_account;
+use walletd_core::event::Transfer;
+use walletd_core::ids::{AccountId, TransactionId};
+use walletd_core::ledger::{Command, Reply, TransferStatus};
+use walletd_core::money::{Amount, Currency};
+use walletd_core::partition::{partition_of, PartitionId};
+
+use crate::config::SimConfig;
+use crate::history::{Attempt, BalanceRead, Expect, History, Outcome};
+use crate::network::{HostId, Network};
+
+/// First backoff after a failed attempt; doubles up to `BACKOFF_MAX`.
+const BACKOFF_INITIAL: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_millis(1_600);
+/// Largest amount of one transfer, in minor units (balances start at 5,000..50,000).
+const TRANSFER_MINOR_MAX: u64 = 8_000;
+/// Attempts of each setup request (made before any fault: the first one normally succeeds).
+const SETUP_ATTEMPTS_MAX: u32 = 20;
+/// Ops a client remembers for idempotent repeats and conflicting reuses.
+const REMEMBERED_MAX: usize = 256;
+
+/// An account of the workload and its currency.
+#[derive(Debug, Clone, Copy)]
+pub struct AccountSpec {
+    pub id: AccountId,
+    pub currency: Currency,
+}
+
+/// The accounts of a run: most in USD, every eighth in EUR, one in JPY.
+pub fn accounts(count: u32) -> Vec<AccountSpec> {
+    (0..count)
+        .map(|i| AccountSpec {
+            id: AccountId::new(&format!("acct-{i:03}")).expect("valid id"),
+            currency: match i {
+                5 => Currency::JPY,
+                i if i % 8 == 7 => Currency::EUR,
+                _ => Currency::USD,
+            },
+        })
+        .collect()
+}
+
+fn amount(minor: u64) -> Amount {
+    Amount::from_minor(minor).expect("a positive amount in range")
+}
+
+/// Sends requests from one host over the simulated network.
+#[derive(Clone)]
+pub struct Requester {
+    pub net: Arc<Network>,
+    pub host: HostId,
+    pub partitions: u32,
+    pub timeout: Duration,
+}
+
+impl Requester {
+    /// One attempt of `command` (transfers wait for their outcome).
+    pub async fn attempt(&self, command: Command) -> Attempt {
+        let sent_us = wall_clock_us();
+        let partition = partition_of(command_account(&command), self.partitions);
+        let (reply, answer) = oneshot::channel();
+        self.net.send(
+            self.host,
+            partition,
+            Input::Command {
+                command,
+                wait: true,
+                reply,
+            },
+        );
+        let outcome = match tokio::time::timeout(self.timeout, answer).await {
+            Ok(Ok(result)) => Outcome::Answer(result),
+            Ok(Err(_)) => Outcome::Unavailable,
+            Err(_) => Outcome::Timeout,
+        };
+        Attempt {
+            sent_us,
+            done_us: wall_clock_us(),
+            outcome,
+        }
+    }
+
+    /// One attempt of a query; `None` if it got no answer.
+    pub async fn query(&self, partition: PartitionId, query: Query) -> Option<QueryAnswer> {
+        let (reply, answer) = oneshot::channel();
+        self.net
+            .send(self.host, partition, Input::Query { query, reply });
+        match tokio::time::timeout(self.timeout, answer).await {
+            Ok(Ok(answer)) => Some(answer),
+            _ => None,
+        }
+    }
+
+    /// Runs `command` until it gets a settled answer or `attempts_max` attempts are spent,
+    /// recording every attempt as op `op` of `history`.
+    pub async fn execute(
+        &self,
+        history: &History,
+        op: usize,
+        command: Command,
+        attempts_max: u32,
+        rng: &mut ChaCha8Rng,
+    ) -> Option<Reply> {
+        let mut backoff = BACKOFF_INITIAL;
+        for _ in 0..attempts_max {
+            let attempt = self.attempt(command).await;
+            let outcome = attempt.outcome.clone();
+            history.attempt(op, attempt);
+            match outcome {
+                Outcome::Answer(Ok(Reply::Transfer(TransferStatus::Pending))) => {}
+                Outcome::Answer(Ok(reply)) => return Some(reply),
+                Outcome::Answer(Err(_)) => return None,
+                Outcome::Unavailable | Outcome::Timeout => {}
+            }
+            let jitter = rng.gen_range(0..=backoff.as_millis() as u64);
+            tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        None
+    }
+}
+
+/// Opens every account and funds it, before any fault starts. Retries until done.
+pub async fn setup(
+    requester: &Requester,
+    history: &History,
+    specs: &[AccountSpec],
+    rng: &mut ChaCha8Rng,
+) {
+    for spec in specs {
+        let open = Command::OpenAccount {
+            account: spec.id,
+            currency: spec.currency,
+        };
+        let op = history.start(u32::MAX, open, Expect::Valid);
+        let opened = requester
+            .execute(history, op, open, SETUP_ATTEMPTS_MAX, rng)
+            .await;
+        assert!(
+            opened.is_some(),
+            "setup could not open {} (no faults are on yet)",
+            spec.id
+        );
+        let funds = match spec.currency {
+            Currency::JPY => rng.gen_range(1_000..=10_000),
+            _ => rng.gen_range(5_000..=50_000),
+        };
+        let deposit = Command::Deposit {
+            account: spec.id,
+            amount: amount(funds),
+            currency: spec.currency,
+            transaction_id: TransactionId::new("setup").expect("valid id"),
+        };
+        let op = history.start(u32::MAX, deposit, Expect::Valid);
+        let funded = requester
+            .execute(history, op, deposit, SETUP_ATTEMPTS_MAX, rng)
+            .await;
+        assert!(
+            funded.is_some(),
+            "setup could not fund {} (no faults are on yet)",
+            spec.id
+        );
+    }
+}
+
+/// One simulated client.
+pub struct Client {
+    pub index: u32,
+    pub requester: Requester,
+    pub history: History,
+    pub specs: Arc<[AccountSpec]>,
+    pub rng: ChaCha8Rng,
+    pub stop: Arc<AtomicBool>,
+    pub think_max: Duration,
+    pub attempts_max: u32,
+    next_id: u64,
+    /// Recent ops that got a settled, successful answer: candidates for repeats and reuses.
+    answered: Vec<(Command, Reply)>,
+}
+
+impl Client {
+    pub fn new(
+        config: &SimConfig,
+        index: u32,
+        requester: Requester,
+        history: History,
+        specs: Arc<[AccountSpec]>,
+        rng: ChaCha8Rng,
+        stop: Arc<AtomicBool>,
+    ) -> Client {
+        Client {
+            index,
+            requester,
+            history,
+            specs,
+            rng,
+            stop,
+            think_max: config.think_max,
+            attempts_max: config.client_attempts_max,
+            next_id: 0,
+            answered: Vec::new(),
+        }
+    }
+
+    /// Runs requests until told to stop.
+    pub async fn run(mut self) {
+        while !self.stop.load(Ordering::Relaxed) {
+            let think = self.rng.gen_range(0..=self.think_max.as_micros() as u64);
+            tokio::time::sleep(Duration::from_micros(think)).await;
+            self.step().await;
+        }
+    }
+
+    fn fresh_id(&mut self) -> TransactionId {
+        self.next_id += 1;
+        TransactionId::new(&format!("c{}-{}", self.index, self.next_id)).expect("valid id")
+    }
+
+    fn pick(&mut self) -> AccountSpec {
+        *self.specs.choose(&mut self.rng).expect("accounts")
+    }
+
+    /// A second account with the same currency as `from` (it exists: USD has many).
+    fn pick_other(&mut self, from: AccountSpec, same_partition: bool) -> Option<AccountSpec> {
+        let partitions = self.requester.partitions;
+        let candidates: Vec<AccountSpec> = self
+            .specs
+            .iter()
+            .filter(|s| s.id != from.id && s.currency == from.currency)
+            .filter(|s| {
+                !same_partition
+                    || partition_of(&s.id, partitions) == partition_of(&from.id, partitions)
+            })
+            .copied()
+            .collect();
+        candidates.choose(&mut self.rng).copied()
+    }
+
+    /// An account id that is never opened, on the partition `partition` if given.
+    fn ghost(&mut self, partition: Option<PartitionId>) -> AccountId {
+        let partitions = self.requester.partitions;
+        loop {
+            let n: u32 = self.rng.gen_range(0..1_000_000);
+            let id = AccountId::new(&format!("ghost-{n}")).expect("valid id");
+            if partition.is_none_or(|p| partition_of(&id, partitions) == p) {
+                return id;
+            }
+        }
+    }
+
+    fn transfer(&mut self, from: AccountId, to: AccountId, currency: Currency) -> Command {
+        let minor = match currency {
+            Currency::JPY => self.rng.gen_range(1..=2_000),
+            _ => self.rng.gen_range(1..=TRANSFER_MINOR_MAX),
+        };
+        Command::Transfer(Transfer {
+            transaction_id: self.fresh_id(),
+            from,
+            to,
+            amount: amount(minor),
+            currency,
+        })
+    }
+
+    async fn step(&mut self) {
+        let roll = self.rng.gen_range(0..100);
+        let (command, expect) = match roll {
+            0..=59 => {
+                let from = self.pick();
+                let same = self.rng.gen_bool(0.25);
+                let Some(to) = self
+                    .pick_other(from, same)
+                    .or_else(|| self.pick_other(from, false))
+                else {
+                    return;
+                };
+                (self.transfer(from.id, to.id, from.currency), Expect::Valid)
+            }
+            60..=66 => {
+                let spec = self.pick();
+                let minor = self.rng.gen_range(1..=5_000);
+                let command = Command::Deposit {
+                    account: spec.id,
+                    amount: amount(minor),
+                    currency: spec.currency,
+                    transaction_id: self.fresh_id(),
+                };
+                (command, Expect::Valid)
+            }
+            67..=71 => {
+                let spec = self.pick();
+                let minor = self.rng.gen_range(1..=6_000);
+                let command = Command::Withdraw {
+                    account: spec.id,
+                    amount: amount(minor),
+                    currency: spec.currency,
+                    transaction_id: self.fresh_id(),
+                };
+                (command, Expect::Valid)
+            }
+            72..=76 => return self.read_balance().await,
+            77..=83 => match self.answered.choose(&mut self.rng).copied() {
+                Some((command, reply)) => (command, Expect::Same(reply)),
+                None => return,
+            },
+            84..=87 => match self.conflicting() {
+                Some(command) => (command, Expect::Error("Conflict")),
+                None => return,
+            },
+            _ => self.invalid(),
+        };
+        let op = self.history.start(self.index, command, expect);
+        let reply = self
+            .requester
+            .execute(&self.history, op, command, self.attempts_max, &mut self.rng)
+            .await;
+        if let (Some(reply), Expect::Valid) = (reply, expect) {
+            if self.answered.len() == REMEMBERED_MAX {
+                let i = self.rng.gen_range(0..REMEMBERED_MAX);
+                self.answered.swap_remove(i);
+            }
+            self.answered.push((command, reply));
+        }
+    }
+
+    /// A request that reuses the transaction id of an answered op with another body.
+    fn conflicting(&mut self) -> Option<Command> {
+        let (command, _) = self.answered.choose(&mut self.rng).copied()?;
+        let bump = |a: Amount| amount(if a.minor() > 1 { a.minor() - 1 } else { 2 });
+        Some(match command {
+            Command::Transfer(mut t) => {
+                t.amount = bump(t.amount);
+                Command::Transfer(t)
+            }
+            Command::Deposit {
+                account,
+                amount,
+                currency,
+                transaction_id,
+            } => Command::Deposit {
+                account,
+                amount: bump(amount),
+                currency,
+                transaction_id,
+            },
+            Command::Withdraw {
+                account,
+                amount,
+                currency,
+                transaction_id,
+            } => Command::Withdraw {
+                account,
+                amount: bump(amount),
+                currency,
+                transaction_id,
+            },
+            _ => return None,
+        })
+    }
+
+    /// A request with a mistake whose answer is known in advance.
+    fn invalid(&mut self) -> (Command, Expect) {
+        let partitions = self.requester.partitions;
+        let from = self.pick();
+        let from_partition = partition_of(&from.id, partitions);
+        match self.rng.gen_range(0..6) {
+            0 => {
+                let ghost = self.ghost(None);
+                let to = self.pick();
+                (
+                    self.transfer(ghost, to.id, to.currency),
+                    Expect::Error("AccountNotFound"),
+                )
+            }
+            1 => {
+                let ghost = self.ghost(Some(from_partition));
+                (
+                    self.transfer(from.id, ghost, from.currency),
+                    Expect::Error("AccountNotFound"),
+                )
+            }
+            2 => {
+                let other = (0..partitions).find(|p| *p != from_partition);
+                let ghost = self.ghost(other);
+                let expect = if other.is_some() {
+                    Expect::NotCommitted
+                } else {
+                    Expect::Error("AccountNotFound")
+                };
+                (self.transfer(from.id, ghost, from.currency), expect)
+            }
+            3 => {
+                let wrong = if from.currency == Currency::EUR {
+                    Currency::USD
+                } else {
+                    Currency::EUR
+                };
+                let mut to = self.pick();
+                while to.id == from.id {
+                    to = self.pick();
+                }
+                (
+                    self.transfer(from.id, to.id, wrong),
+                    Expect::Error("CurrencyMismatch"),
+                )
+            }
+            4 => (
+                self.transfer(from.id, from.id, from.currency),
+                Expect::Error("SameAccount"),
+            ),
+            _ => {
+                // A destination that holds another currency.
+                let to = self
+                    .specs
+                    .iter()
+                    .filter(|s| s.currency != from.currency)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .choose(&mut self.rng)
+                    .copied()
+                    .expect("accounts in several currencies");
+                let expect = if partition_of(&to.id, partitions) == from_partition {
+                    Expect::Error("CurrencyMismatch")
+                } else {
+                    Expect::NotCommitted
+                };
+                (self.transfer(from.id, to.id, from.currency), expect)
+            }
+        }
+    }
+
+    async fn read_balance(&mut self) {
+        let spec = self.pick();
+        let partition = partition_of(&spec.id, self.requester.partitions);
+        let sent_us = wall_clock_us();
+        if let Some(answer) = self
+            .requester
+            .query(partition, Query::Account(spec.id))
+            .await
+        {
+            self.history.read(BalanceRead {
+                client: self.index,
+                account: spec.id,
+                sent_us,
+                done_us: wall_clock_us(),
+                answer,
+            });
+        }
+    }
+}
