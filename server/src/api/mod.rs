@@ -1,0 +1,334 @@
+//! The HTTP API: routes, shared state, the JSON extractors and the middleware stack.
+//!
+//! The router is built from a [`walletd_core::engine::Client`] and the driver statistics of
+//! the partitions that run in this process, never from an `Engine`: an all-in-one server and
+//! a cluster node (whose client forwards some partitions to other nodes) serve the same API.
+//!
+//! Request path, outermost first: tracing → metrics → JSON error normaliser → timeout →
+//! body-size limit → panic catcher → (on `/v1` routes) bearer auth → in-flight limit → handler.
+
+pub mod accounts;
+pub mod batch;
+pub mod metrics;
+pub mod openapi;
+pub mod queries;
+pub mod transfers;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::de::DeserializeOwned;
+use tokio::sync::{Notify, Semaphore};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use walletd_core::driver::DriverStats;
+use walletd_core::engine::{Client, Unavailable};
+use walletd_core::ids::{AccountId, TransactionId};
+use walletd_core::money::Currency;
+use walletd_core::partition::PartitionId;
+
+use crate::auth;
+use crate::errors::ApiError;
+use crate::history::LogReader;
+use metrics::Metrics;
+
+/// Limits and timings of the HTTP API. Every field is a decision with a documented default
+/// on the `serve` command line.
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    /// How long a transfer request waits for a final outcome before answering `202 pending`.
+    pub transfer_wait: Duration,
+    /// Hard limit on one request, after which it is answered `503 request_timeout`.
+    pub request_timeout: Duration,
+    /// Largest request body accepted; larger bodies get `413 body_too_large`.
+    pub body_limit_bytes: usize,
+    /// Most `/v1` requests handled at once; more get `429 overloaded` at once rather than
+    /// queueing, so a client sees overload instead of timeouts.
+    pub in_flight_max: usize,
+    /// Most transfers in one batch request; more get `413 batch_too_large`.
+    pub batch_items_max: usize,
+    /// When set, every `/v1` route requires `Authorization: Bearer <token>`.
+    pub api_token: Option<String>,
+}
+
+impl Default for ApiOptions {
+    fn default() -> Self {
+        ApiOptions {
+            transfer_wait: Duration::from_millis(2000),
+            request_timeout: Duration::from_secs(30),
+            body_limit_bytes: 2 << 20,
+            in_flight_max: 4096,
+            batch_items_max: 8000,
+            api_token: None,
+        }
+    }
+}
+
+/// What the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct Api {
+    inner: Arc<ApiInner>,
+}
+
+struct ApiInner {
+    client: Client,
+    /// Driver statistics of the partitions running in this process (for `/metrics`).
+    stats: Vec<(PartitionId, Arc<DriverStats>)>,
+    /// Reads logs for `as_of` balances and history; `None` where no log is local.
+    history: Option<LogReader>,
+    options: ApiOptions,
+    metrics: Metrics,
+    /// Permits for `/v1` requests (`options.in_flight_max` of them).
+    in_flight: Arc<Semaphore>,
+    /// Woken when a partition answered `Unavailable`, so the server can notice a dead driver.
+    unavailable: Notify,
+}
+
+impl Api {
+    pub fn new(
+        client: Client,
+        stats: Vec<(PartitionId, Arc<DriverStats>)>,
+        history: Option<LogReader>,
+        options: ApiOptions,
+    ) -> Api {
+        assert!(options.in_flight_max > 0 && options.batch_items_max > 0);
+        Api {
+            inner: Arc::new(ApiInner {
+                in_flight: Arc::new(Semaphore::new(options.in_flight_max)),
+                client,
+                stats,
+                history,
+                options,
+                metrics: Metrics::default(),
+                unavailable: Notify::new(),
+            }),
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    pub fn options(&self) -> &ApiOptions {
+        &self.inner.options
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn history(&self) -> Option<&LogReader> {
+        self.inner.history.as_ref()
+    }
+
+    pub fn driver_stats(&self) -> &[(PartitionId, Arc<DriverStats>)] {
+        &self.inner.stats
+    }
+
+    /// Resolves when some request found a partition unavailable.
+    pub async fn partition_unavailable(&self) {
+        self.inner.unavailable.notified().await
+    }
+
+    /// Converts an engine error, and tells whoever watches that a partition is gone.
+    pub fn unavailable(&self, error: Unavailable) -> ApiError {
+        self.inner.unavailable.notify_waiters();
+        error.into()
+    }
+}
+
+/// The complete router of the API.
+pub fn router(api: Api) -> Router {
+    let options = api.options().clone();
+    let v1 = Router::new()
+        .route("/v1/accounts", post(accounts::open_account))
+        .route("/v1/accounts/{id}/deposit", post(accounts::deposit))
+        .route("/v1/accounts/{id}/withdraw", post(accounts::withdraw))
+        .route("/v1/accounts/{id}/balance", get(queries::balance))
+        .route("/v1/accounts/{id}/history", get(queries::history))
+        .route("/v1/wallet/balance_transfer", post(transfers::transfer))
+        // The seed's spelling, kept as an alias for its clients.
+        .route("/v1/wallet/balance_transper", post(transfers::transfer))
+        .route("/v1/wallet/balance_transfers", post(batch::transfers))
+        .route(
+            "/v1/transfers/{from_account}/{transaction_id}",
+            get(transfers::status),
+        )
+        .route_layer(middleware::from_fn_with_state(api.clone(), limit_in_flight))
+        .route_layer(middleware::from_fn_with_state(
+            api.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::render))
+        .route("/openapi.json", get(openapi::document))
+        .merge(v1)
+        .fallback(not_found)
+        .layer(CatchPanicLayer::custom(|_panic| {
+            tracing::error!("request handler panicked");
+            ApiError::internal("internal error").into_response()
+        }))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            options.body_limit_bytes,
+        ))
+        .layer(RequestBodyLimitLayer::new(options.body_limit_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            options.request_timeout,
+        ))
+        .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn_with_state(api.clone(), metrics::track))
+        .layer(TraceLayer::new_for_http())
+        .with_state(api)
+}
+
+/// `GET /healthz`: the process is up and serving.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The server is up", body = String, example = "ok")))]
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::route_not_found(request.uri().path())
+}
+
+/// Bounds the `/v1` requests in flight; refuses (429) rather than queues beyond the bound.
+async fn limit_in_flight(State(api): State<Api>, request: Request, next: Next) -> Response {
+    match Arc::clone(&api.inner.in_flight).try_acquire_owned() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => ApiError::overloaded(api.options().in_flight_max).into_response(),
+    }
+}
+
+/// Makes sure every error leaves as `{code, message}` JSON, whatever layer produced it (a 405
+/// from the router, a 413 from the body limit, a timeout), so plain-text rejections never
+/// reach a client.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let mut fixed = ApiError::for_status(status).into_response();
+    if let Some(allow) = allow {
+        fixed.headers_mut().insert(header::ALLOW, allow);
+    }
+    fixed
+}
+
+/// The route a request matched, for metrics labels (bounded: unmatched paths share one).
+pub fn route_label(request: &Request) -> String {
+    request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string())
+}
+
+/// A JSON request body. Unlike axum's `Json`, every rejection is an [`ApiError`]: a body that
+/// is not JSON, has the wrong shape or is too large gets a JSON 400 or 413, never plain text.
+/// The `Content-Type` must be `application/json`; browsers cannot send that cross-origin
+/// without a CORS preflight (which this server never grants), so a web page cannot forge a
+/// transfer against a server on localhost.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let content_type = request.headers().get(header::CONTENT_TYPE);
+        if !content_type.is_some_and(is_json_content_type) {
+            return Err(ApiError::malformed_json(
+                "the body must be JSON sent with `Content-Type: application/json`",
+            ));
+        }
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::for_status(StatusCode::PAYLOAD_TOO_LARGE)
+                } else {
+                    ApiError::malformed_json(rejection.body_text())
+                }
+            })?;
+        serde_json::from_slice(&bytes)
+            .map(ApiJson)
+            .map_err(|error| {
+                use serde_json::error::Category;
+                match error.classify() {
+                    Category::Data => ApiError::invalid_field(error.to_string()),
+                    Category::Syntax | Category::Eof | Category::Io => {
+                        ApiError::malformed_json(format!("the body is not valid JSON: {error}"))
+                    }
+                }
+            })
+    }
+}
+
+fn is_json_content_type(value: &HeaderValue) -> bool {
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+        || (essence.len() > 5 && essence[essence.len() - 5..].eq_ignore_ascii_case("+json"))
+}
+
+/// Path parameters with an [`ApiError`] rejection.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| ApiPath(value))
+            .map_err(|rejection| ApiError::invalid_field(rejection.body_text()))
+    }
+}
+
+/// Query-string parameters with an [`ApiError`] rejection.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| ApiQuery(value))
+            .map_err(|rejection| ApiError::invalid_query(rejection.body_text()))
+    }
+}
+
+/// Validates an account id field.
+pub fn account_id(field: &str, text: &str) -> Result<AccountId, ApiError> {
+    AccountId::new(text).map_err(|e| ApiError::invalid_id(field, &e))
+}
+
+/// Validates a transaction id field.
+pub fn transaction_id(field: &str, text: &str) -> Result<TransactionId, ApiError> {
+    TransactionId::new(text).map_err(|e| ApiError::invalid_id(field, &e))
+}
+
+/// Validates a currency code.
+pub fn currency(text: &str) -> Result<Currency, ApiError> {
+    Currency::from_code(text).map_err(ApiError::from)
+}

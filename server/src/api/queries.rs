@@ -1,0 +1,303 @@
+//! Reads: an account's balance (now, or as of a log position or time) and its history.
+//!
+//! "Now" asks the partition itself (answered once everything before it is durable). Past
+//! balances and history are folded from the partition's log on disk, read up to the last
+//! durable record.
+
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use walletd_core::driver::{Query, QueryAnswer};
+use walletd_core::event::Lsn;
+use walletd_core::ids::AccountId;
+use walletd_core::ledger::LedgerError;
+use walletd_core::money::{format_minor, Currency};
+use walletd_core::replay::{self, AsOf, MovementKind};
+
+use super::{account_id, currency, Api, ApiPath, ApiQuery};
+use crate::errors::{ApiError, ErrorBody};
+use crate::history::{LogError, PartitionLog};
+use crate::rfc3339;
+
+/// Default and largest page of `GET /v1/accounts/{id}/history`.
+pub const HISTORY_LIMIT_DEFAULT: usize = 50;
+pub const HISTORY_LIMIT_MAX: usize = 1000;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct BalanceParams {
+    /// The account's currency; a different one is a `422 currency_mismatch`.
+    pub currency: Option<String>,
+    /// Balance after the partition's log record with this lsn.
+    pub as_of_lsn: Option<Lsn>,
+    /// Balance at this RFC 3339 instant, e.g. `2024-05-01T12:00:00Z`.
+    pub as_of: Option<String>,
+}
+
+/// An account's figures. `held` is money on its way out (a cross-partition transfer not yet
+/// final), `incoming` money on its way in (not yet spendable).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountBalance {
+    #[schema(example = "alice")]
+    pub account_id: String,
+    #[schema(example = "USD")]
+    pub currency: String,
+    #[schema(example = "87.66")]
+    pub balance: String,
+    #[schema(example = "0.00")]
+    pub held: String,
+    #[schema(example = "0.00")]
+    pub incoming: String,
+    /// For a historical balance: the last log record (of the account's partition) it covers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_of_lsn: Option<Lsn>,
+    /// For a historical balance: the time of that record, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<String>,
+}
+
+/// The balance of an account, now or in the past.
+#[utoipa::path(get, path = "/v1/accounts/{id}/balance", tag = "accounts",
+    params(("id" = String, Path, description = "Account id"), BalanceParams),
+    responses(
+        (status = 200, description = "The balance", body = AccountBalance),
+        (status = 400, description = "Malformed id, currency or as_of", body = ErrorBody),
+        (status = 404, description = "`account_not_found` (now, or at that point)", body = ErrorBody),
+        (status = 422, description = "`currency_mismatch`", body = ErrorBody),
+    ))]
+pub async fn balance(
+    State(api): State<Api>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<BalanceParams>,
+) -> Result<axum::Json<AccountBalance>, ApiError> {
+    let account = account_id("account id", &id)?;
+    let wanted = params.currency.as_deref().map(currency).transpose()?;
+    let as_of = match (params.as_of_lsn, params.as_of.as_deref()) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid_query(
+                "give either as_of_lsn or as_of, not both",
+            ))
+        }
+        (Some(lsn), None) => AsOf::Lsn(lsn),
+        (None, Some(text)) => AsOf::Time(rfc3339::parse_us(text).map_err(ApiError::invalid_query)?),
+        (None, None) => return balance_now(&api, account, wanted).await,
+    };
+    let partition = api.client().partition_of(&account);
+    let log = read_account_log(&api, account, as_of).await?;
+    let figures = replay::balance_as_of(&log.records, &account, AsOf::End)
+        .ok_or(LedgerError::AccountNotFound(account))?;
+    check_currency(account, figures.currency, wanted)?;
+    tracing::debug!(partition, lsn = log.last_lsn, "historical balance");
+    let c = figures.currency;
+    Ok(axum::Json(AccountBalance {
+        account_id: account.to_string(),
+        currency: c.to_string(),
+        balance: format_minor(figures.balance, c),
+        held: format_minor(figures.held, c),
+        incoming: format_minor(figures.incoming, c),
+        as_of_lsn: Some(log.last_lsn),
+        as_of: (log.last_lsn > 0).then(|| rfc3339::format_us(log.last_timestamp)),
+    }))
+}
+
+async fn balance_now(
+    api: &Api,
+    account: AccountId,
+    wanted: Option<Currency>,
+) -> Result<axum::Json<AccountBalance>, ApiError> {
+    let partition = api.client().partition_of(&account);
+    let answer = api
+        .client()
+        .query(partition, Query::Account(account))
+        .await
+        .map_err(|e| api.unavailable(e))?;
+    let found = match answer {
+        QueryAnswer::Account(found) => found.ok_or(LedgerError::AccountNotFound(account))?,
+        QueryAnswer::Transfer(_) => return Err(ApiError::internal("unexpected query answer")),
+    };
+    check_currency(account, found.currency, wanted)?;
+    let c = found.currency;
+    Ok(axum::Json(AccountBalance {
+        account_id: account.to_string(),
+        currency: c.to_string(),
+        balance: format_minor(found.balance, c),
+        held: format_minor(found.held, c),
+        incoming: format_minor(found.incoming, c),
+        as_of_lsn: None,
+        as_of: None,
+    }))
+}
+
+fn check_currency(
+    account: AccountId,
+    actual: Currency,
+    wanted: Option<Currency>,
+) -> Result<(), ApiError> {
+    match wanted {
+        Some(got) if got != actual => Err(LedgerError::CurrencyMismatch {
+            account,
+            expected: actual,
+            got,
+        }
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+async fn read_account_log(
+    api: &Api,
+    account: AccountId,
+    as_of: AsOf,
+) -> Result<PartitionLog, ApiError> {
+    let partition = api.client().partition_of(&account);
+    let history = api.history().ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "history_unavailable",
+            "this node keeps no logs to answer history from",
+        )
+    })?;
+    history
+        .account_records(partition, account, as_of)
+        .await
+        .map_err(|error| match error {
+            LogError::NotLocal(_) => ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "history_unavailable",
+                error.to_string(),
+            ),
+            LogError::Io { .. } | LogError::Corrupt { .. } => {
+                tracing::error!(partition, %error, "log unreadable for a history query");
+                ApiError::new(
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "log_unreadable",
+                    error.to_string(),
+                )
+            }
+        })
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryParams {
+    /// The account's currency; a different one is a `422 currency_mismatch`.
+    pub currency: Option<String>,
+    /// Movements per page: default 50, at most 1000.
+    pub limit: Option<usize>,
+    /// Cursor: only movements with a smaller lsn (pass the previous page's `next_before_lsn`).
+    pub before_lsn: Option<Lsn>,
+}
+
+/// One change of an account's available balance or held amount.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MovementView {
+    /// Position in the account's partition log.
+    pub lsn: Lsn,
+    /// RFC 3339.
+    pub timestamp: String,
+    /// `deposit`, `withdrawal`, `transfer_out`, `transfer_in`, `hold` (cross-partition
+    /// transfer out started), `hold_captured` (it committed), `hold_released` (it was
+    /// cancelled: money back), `credit_in` (cross-partition transfer in committed).
+    pub kind: &'static str,
+    pub amount: String,
+    /// Signed change of the available balance, e.g. `-12.34`.
+    pub balance_change: String,
+    pub transaction_id: String,
+    /// The other account of a transfer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counterparty: Option<String>,
+    pub balance_after: String,
+    pub held_after: String,
+}
+
+/// A page of movements, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryPage {
+    pub account_id: String,
+    pub currency: String,
+    pub movements: Vec<MovementView>,
+    /// Pass as `before_lsn` for the next (older) page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_before_lsn: Option<Lsn>,
+}
+
+/// The API name of a movement kind.
+pub fn kind_name(kind: MovementKind) -> &'static str {
+    match kind {
+        MovementKind::Deposit => "deposit",
+        MovementKind::Withdrawal => "withdrawal",
+        MovementKind::TransferOut => "transfer_out",
+        MovementKind::TransferIn => "transfer_in",
+        MovementKind::Hold => "hold",
+        MovementKind::HoldCaptured => "hold_captured",
+        MovementKind::HoldReleased => "hold_released",
+        MovementKind::CreditIn => "credit_in",
+    }
+}
+
+/// Formats a signed count of minor units.
+pub fn format_signed(minor: i128, currency: Currency) -> String {
+    let magnitude = format_minor(minor.unsigned_abs() as u64, currency);
+    if minor < 0 {
+        format!("-{magnitude}")
+    } else {
+        magnitude
+    }
+}
+
+/// The movements of an account, newest first, a page at a time.
+#[utoipa::path(get, path = "/v1/accounts/{id}/history", tag = "accounts",
+    params(("id" = String, Path, description = "Account id"), HistoryParams),
+    responses(
+        (status = 200, description = "A page of movements", body = HistoryPage),
+        (status = 400, description = "Malformed id, currency, limit or cursor", body = ErrorBody),
+        (status = 404, description = "`account_not_found`", body = ErrorBody),
+        (status = 422, description = "`currency_mismatch`", body = ErrorBody),
+    ))]
+pub async fn history(
+    State(api): State<Api>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<HistoryParams>,
+) -> Result<axum::Json<HistoryPage>, ApiError> {
+    let account = account_id("account id", &id)?;
+    let wanted = params.currency.as_deref().map(currency).transpose()?;
+    let limit = params.limit.unwrap_or(HISTORY_LIMIT_DEFAULT);
+    if limit == 0 || limit > HISTORY_LIMIT_MAX {
+        return Err(ApiError::invalid_query(format!(
+            "limit must be between 1 and {HISTORY_LIMIT_MAX}"
+        )));
+    }
+    let log = read_account_log(&api, account, AsOf::End).await?;
+    let figures = replay::balance_as_of(&log.records, &account, AsOf::End)
+        .ok_or(LedgerError::AccountNotFound(account))?;
+    check_currency(account, figures.currency, wanted)?;
+    let c = figures.currency;
+    let before = params.before_lsn.unwrap_or(Lsn::MAX);
+    let all = replay::movements(&log.records, &account);
+    let mut older = all.iter().rev().filter(|m| m.lsn < before);
+    let page: Vec<_> = older.by_ref().take(limit).collect();
+    let next_before_lsn = match (older.next(), page.last()) {
+        (Some(_), Some(last)) => Some(last.lsn),
+        _ => None,
+    };
+    let movements = page
+        .into_iter()
+        .map(|m| MovementView {
+            lsn: m.lsn,
+            timestamp: rfc3339::format_us(m.timestamp),
+            kind: kind_name(m.kind),
+            amount: m.amount.format(c),
+            balance_change: format_signed(m.balance_change(), c),
+            transaction_id: m.transaction_id.to_string(),
+            counterparty: m.counterparty.map(|a| a.to_string()),
+            balance_after: format_minor(m.balance_after, c),
+            held_after: format_minor(m.held_after, c),
+        })
+        .collect();
+    Ok(axum::Json(HistoryPage {
+        account_id: account.to_string(),
+        currency: c.to_string(),
+        movements,
+        next_before_lsn,
+    }))
+}

@@ -1,0 +1,266 @@
+//! Transfers: the single-transfer endpoint (and its alias) and the transfer status.
+//!
+//! A transfer request waits for a final outcome up to `transfer_wait`; past it the answer is
+//! `202 pending` with the URL to poll. Retrying the same request (same body, same
+//! `transaction_id`) is always safe: the home partition's idempotency record answers with the
+//! first outcome, and a different body under the same id is a `409 transaction_conflict`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use utoipa::ToSchema;
+use walletd_core::driver::{Query, QueryAnswer};
+use walletd_core::event::{Transfer, TransferKey};
+use walletd_core::ledger::{Command, Reply, TransferRow, TransferState, TransferStatus};
+use walletd_core::money::{format_minor, Amount};
+
+use super::accounts::unexpected;
+use super::metrics::Outcome;
+use super::{account_id, currency, transaction_id, Api, ApiJson, ApiPath};
+use crate::errors::{reason_message, reason_status, ApiError, ErrorBody};
+use crate::rfc3339;
+
+/// A transfer between two accounts of the same currency.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct TransferRequest {
+    #[schema(example = "alice")]
+    pub from_account: String,
+    #[schema(example = "bob")]
+    pub to_account: String,
+    #[schema(example = "12.34")]
+    pub amount: String,
+    #[schema(example = "USD")]
+    pub currency: String,
+    /// Idempotency key, unique per source account.
+    #[schema(example = "t-0001")]
+    pub transaction_id: String,
+}
+
+/// The outcome of a transfer request. A rejected or cancelled transfer also carries the
+/// error `code` and `message`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TransferResponse {
+    #[schema(example = "t-0001")]
+    pub transaction_id: String,
+    /// `committed`, `pending`, `rejected` or `cancelled`.
+    #[schema(example = "committed")]
+    pub status: &'static str,
+    /// Why a transfer was rejected or cancelled, e.g. `insufficient_funds`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<&'static str>,
+    /// Where to poll a pending transfer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_url: Option<String>,
+}
+
+/// A validated transfer request and what the ledger said about it.
+pub struct Decided {
+    pub transfer: Transfer,
+    pub status: TransferStatus,
+}
+
+/// Validates a transfer request into the core type.
+pub fn parse_transfer(request: &TransferRequest) -> Result<Transfer, ApiError> {
+    let from = account_id("from_account", &request.from_account)?;
+    let to = account_id("to_account", &request.to_account)?;
+    let currency = currency(&request.currency)?;
+    let amount = Amount::parse(&request.amount, currency)?;
+    let transaction_id = transaction_id("transaction_id", &request.transaction_id)?;
+    Ok(Transfer {
+        transaction_id,
+        from,
+        to,
+        amount,
+        currency,
+    })
+}
+
+/// Executes a transfer, waiting for its outcome until `deadline`. Counts the outcome.
+pub async fn execute(
+    api: &Api,
+    transfer: Transfer,
+    deadline: Instant,
+) -> Result<Decided, ApiError> {
+    let run = api.client().execute(Command::Transfer(transfer), true);
+    let result = match tokio::time::timeout_at(deadline, run).await {
+        // Not final in time. The command may still be queued; the status URL (or a retry
+        // of the same request, which is idempotent) tells the outcome.
+        Err(_elapsed) => Ok(Reply::Transfer(TransferStatus::Pending)),
+        Ok(Err(unavailable)) => {
+            api.metrics().transfer(Outcome::Failed);
+            return Err(api.unavailable(unavailable));
+        }
+        Ok(Ok(result)) => result,
+    };
+    let outcome = match &result {
+        Ok(Reply::Transfer(status)) => Outcome::of_status(*status),
+        Err(walletd_core::ledger::LedgerError::Conflict(_)) => Outcome::Conflict,
+        _ => Outcome::Failed,
+    };
+    api.metrics().transfer(outcome);
+    match result? {
+        Reply::Transfer(status) => Ok(Decided { transfer, status }),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The status line and body for a decided transfer.
+pub fn render(decided: &Decided) -> (StatusCode, TransferResponse) {
+    let transaction_id = decided.transfer.transaction_id.to_string();
+    let mut body = TransferResponse {
+        transaction_id,
+        status: "committed",
+        code: None,
+        message: None,
+        status_url: None,
+    };
+    let status = match decided.status {
+        TransferStatus::Committed => StatusCode::OK,
+        TransferStatus::Pending => {
+            body.status = "pending";
+            body.status_url = Some(status_url(&decided.transfer.key()));
+            StatusCode::ACCEPTED
+        }
+        TransferStatus::Rejected(reason) | TransferStatus::Cancelled(reason) => {
+            body.status = if matches!(decided.status, TransferStatus::Rejected(_)) {
+                "rejected"
+            } else {
+                "cancelled"
+            };
+            body.code = Some(reason.code());
+            body.message = Some(reason_message(reason));
+            reason_status(reason)
+        }
+    };
+    (status, body)
+}
+
+/// Where a client polls the status of a transfer.
+pub fn status_url(key: &TransferKey) -> String {
+    format!("/v1/transfers/{}/{}", key.from, key.transaction_id)
+}
+
+/// Move money from one account to another.
+#[utoipa::path(post, path = "/v1/wallet/balance_transfer", tag = "transfers", request_body = TransferRequest,
+    description = "Also served at `/v1/wallet/balance_transper` (the original spelling).",
+    responses(
+        (status = 200, description = "Committed", body = TransferResponse),
+        (status = 202, description = "Not final within the wait; poll `status_url` or retry", body = TransferResponse),
+        (status = 400, description = "Malformed body, id, amount or currency", body = ErrorBody),
+        (status = 404, description = "`account_not_found` (source, or destination: then status `cancelled`)", body = TransferResponse),
+        (status = 409, description = "`transaction_conflict`: the transaction id was used with another body", body = ErrorBody),
+        (status = 422, description = "`insufficient_funds` (rejected), `currency_mismatch`, `balance_limit`, `same_account`", body = TransferResponse),
+        (status = 503, description = "`partition_unavailable`; or `timeout` (cancelled: the destination did not answer)", body = ErrorBody),
+    ))]
+pub async fn transfer(
+    State(api): State<Api>,
+    ApiJson(request): ApiJson<TransferRequest>,
+) -> Result<Response, ApiError> {
+    let transfer = parse_transfer(&request).inspect_err(|_| {
+        api.metrics().transfer(Outcome::Failed);
+    })?;
+    let deadline = Instant::now() + api.options().transfer_wait;
+    let decided = execute(&api, transfer, deadline).await?;
+    let (status, body) = render(&decided);
+    Ok((status, axum::Json(body)).into_response())
+}
+
+/// The phase row of a transfer, as `GET /v1/transfers/{from}/{id}` shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransferStatusResponse {
+    pub transaction_id: String,
+    pub from_account: String,
+    pub to_account: String,
+    #[schema(example = "12.34")]
+    pub amount: String,
+    pub currency: String,
+    /// `committed`, `pending`, `rejected` or `cancelled`.
+    pub status: &'static str,
+    /// Why it was rejected or cancelled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<&'static str>,
+    /// The protocol phase: `trying`, `confirming`, `cancelling`, `committed`, `cancelled`, `rejected`.
+    pub phase: &'static str,
+    /// Whether the accounts live on different partitions (two-phase transfer).
+    pub cross_partition: bool,
+    /// RFC 3339, when the home partition accepted the transfer.
+    pub accepted_at: String,
+    /// When the second-phase decision was logged (absent until then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<String>,
+    /// When the transfer became final (absent until then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+}
+
+fn status_response(row: &TransferRow) -> TransferStatusResponse {
+    let transfer = &row.transfer;
+    let (status, reason) = match row.state.status() {
+        TransferStatus::Committed => ("committed", None),
+        TransferStatus::Pending => ("pending", None),
+        TransferStatus::Rejected(r) => ("rejected", Some(r)),
+        TransferStatus::Cancelled(r) => ("cancelled", Some(r)),
+    };
+    let phase = match row.state {
+        TransferState::Trying => "trying",
+        TransferState::Confirming => "confirming",
+        TransferState::Cancelling(_) => "cancelling",
+        TransferState::Committed => "committed",
+        TransferState::Cancelled(_) => "cancelled",
+        TransferState::Rejected(_) => "rejected",
+    };
+    let time = |ts: u64| (ts != 0).then(|| rfc3339::format_us(ts));
+    TransferStatusResponse {
+        transaction_id: transfer.transaction_id.to_string(),
+        from_account: transfer.from.to_string(),
+        to_account: transfer.to.to_string(),
+        amount: format_minor(transfer.amount.minor(), transfer.currency),
+        currency: transfer.currency.to_string(),
+        status,
+        code: reason.map(|r| r.code()),
+        message: reason.map(reason_message),
+        phase,
+        cross_partition: row.remote,
+        accepted_at: rfc3339::format_us(row.accepted_at),
+        decided_at: time(row.decided_at),
+        finished_at: time(row.finished_at),
+    }
+}
+
+/// The status and phase timestamps of a transfer, by source account and transaction id.
+#[utoipa::path(get, path = "/v1/transfers/{from_account}/{transaction_id}", tag = "transfers",
+    params(
+        ("from_account" = String, Path, description = "Source account of the transfer"),
+        ("transaction_id" = String, Path, description = "The transfer's transaction id"),
+    ),
+    responses(
+        (status = 200, description = "The transfer", body = TransferStatusResponse),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 404, description = "`transfer_not_found`", body = ErrorBody),
+    ))]
+pub async fn status(
+    State(api): State<Api>,
+    ApiPath((from, id)): ApiPath<(String, String)>,
+) -> Result<axum::Json<TransferStatusResponse>, ApiError> {
+    let key = TransferKey {
+        from: account_id("from_account", &from)?,
+        transaction_id: transaction_id("transaction_id", &id)?,
+    };
+    let partition = api.client().partition_of(&key.from);
+    let answer = api
+        .client()
+        .query(partition, Query::Transfer(key))
+        .await
+        .map_err(|e| api.unavailable(e))?;
+    match answer {
+        QueryAnswer::Transfer(Some(row)) => Ok(axum::Json(status_response(&row))),
+        QueryAnswer::Transfer(None) => Err(ApiError::transfer_not_found(&from, &id)),
+        QueryAnswer::Account(_) => Err(ApiError::internal("unexpected query answer")),
+    }
+}

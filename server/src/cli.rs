@@ -1,0 +1,182 @@
+//! The `wallet` command line: one binary, one subcommand per job.
+//!
+//! `serve` runs the all-in-one node; `replay` and `verify` read a data directory at rest.
+//! A cluster node (`wallet node --config cluster.toml --id N`) and `wallet bench` join as
+//! further subcommands: each is a variant of [`Command`] and a module with a `run`.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+/// walletd: a sharded wallet ledger with exactly-once transfers.
+#[derive(Debug, Parser)]
+#[command(
+    name = "wallet",
+    version,
+    about,
+    long_about = "walletd: a sharded wallet ledger with exactly-once transfers.\n\n\
+        Accounts are spread over partitions by a stable hash of their id. Each partition is an \
+        append-only, checksummed event log with group commit (one fsync per batch); transfers \
+        across partitions run as Try-Confirm/Cancel driven by the source account's partition.\n\n\
+        Start a server with `wallet serve`, inspect its data with `wallet replay`, and check it \
+        with `wallet verify`. Log verbosity follows WALLET_LOG (e.g. WALLET_LOG=debug)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the all-in-one node: every partition in this process, the HTTP API on --listen.
+    ///
+    /// Recovers each partition from <data-dir>/partition-<p> (replaying its log, dropping a
+    /// torn tail, resuming unfinished transfers), then serves. Ctrl-C or SIGTERM stops
+    /// accepting, drains requests in flight, syncs every partition and exits 0.
+    Serve(ServeArgs),
+    /// Print every account's balance (or one account's history) rebuilt from the logs.
+    ///
+    /// Reads a data directory without a running server (or beside one: only whole records
+    /// are read). With --as-of or --as-of-lsn, shows the state at that point instead of now.
+    Replay(ReplayArgs),
+    /// Check a data directory at rest: replay every partition from zero and test invariants.
+    ///
+    /// Checks: each log replays (no negative balance, nothing applied twice, no Try after its
+    /// Cancel), each partition's conservation law, conservation across partitions per
+    /// currency, that both sides of every cross-partition transfer agree, and that each
+    /// snapshot equals the replay at its lsn. Exits 0 with a summary, or 1 listing every
+    /// violation (2 if the directory cannot be read at all).
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Directory holding the partitions' logs and snapshots (created if missing).
+    #[arg(long, default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Number of partitions. Fixed when the data directory is created; the server refuses
+    /// to start on a directory made with another count.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub partitions: u32,
+    /// Address of the HTTP API (port 0 picks a free port; the log says which).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// How long a transfer request waits for its outcome before answering 202 pending.
+    #[arg(long, default_value_t = 2000)]
+    pub transfer_wait_ms: u64,
+    /// Hard limit on any request; past it the answer is 503 request_timeout.
+    #[arg(long, default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+    /// Largest request body accepted (413 body_too_large beyond).
+    #[arg(long, default_value_t = 2 << 20)]
+    pub body_limit_bytes: usize,
+    /// Most /v1 requests handled at once; more are refused with 429 overloaded.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_in_flight: u64,
+    /// Most transfers in one batch request (413 batch_too_large beyond).
+    #[arg(long, default_value_t = 8000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub batch_items_max: u64,
+    /// Require `Authorization: Bearer <token>` on every /v1 route.
+    #[arg(long, env = "WALLET_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Write a snapshot of a partition after this many events (0: never). Snapshots bound
+    /// recovery time; the log alone always suffices.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub snapshot_every_events: u64,
+}
+
+/// How `replay` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned columns for people.
+    Text,
+    /// One JSON document for programs.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The data directory to read.
+    #[arg(long, default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Show the state as of this RFC 3339 time (e.g. 2024-05-01T12:00:00Z).
+    #[arg(long, conflicts_with = "as_of_lsn")]
+    pub as_of: Option<String>,
+    /// Show the state after this log record. Lsns are per partition, so this needs
+    /// --partition or --account.
+    #[arg(long)]
+    pub as_of_lsn: Option<u64>,
+    /// Print this account's balance and history instead of every balance.
+    #[arg(long)]
+    pub account: Option<String>,
+    /// Only this partition.
+    #[arg(long)]
+    pub partition: Option<u32>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The data directory to check (of a stopped server).
+    #[arg(long, default_value = "./data")]
+    pub data_dir: PathBuf,
+}
+
+/// Sets up logging to stderr; `WALLET_LOG` overrides `default` (an `EnvFilter` directive).
+fn init_tracing(default: &str) {
+    let filter = EnvFilter::try_from_env("WALLET_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// Parses the command line and runs the chosen subcommand.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            init_tracing("info,tower_http=warn");
+            crate::serve::run(args)
+        }
+        Command::Replay(args) => {
+            init_tracing("warn");
+            crate::replay_cmd::run(args)
+        }
+        Command::Verify(args) => {
+            init_tracing("warn");
+            crate::verify::run(args)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_defaults_match_the_readme() {
+        let cli = Cli::parse_from(["wallet", "serve"]);
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(args.partitions, 8);
+        assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(args.data_dir, PathBuf::from("./data"));
+        assert_eq!(args.transfer_wait_ms, 2000);
+        assert_eq!(args.body_limit_bytes, 2 << 20);
+        assert_eq!(args.max_in_flight, 4096);
+    }
+}

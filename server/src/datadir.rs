@@ -1,0 +1,285 @@
+//! The data directory of an all-in-one node: one sub-directory of log segments and snapshots
+//! per partition, and a layout file that records the partition count.
+//!
+//! ```text
+//! <data-dir>/walletd-layout          "format = 1" and "partitions = 8"
+//! <data-dir>/partition-0/log-….seg   see walletd_core::storage::file
+//! <data-dir>/partition-1/…
+//! ```
+//! The partition count is part of the data: an account's partition is its hash modulo the
+//! count, so opening the same logs with another count would look accounts up in the wrong
+//! partition. The layout file makes that mistake impossible.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use walletd_core::event::Lsn;
+use walletd_core::partition::{PartitionId, PARTITIONS_MAX};
+
+/// Name of the file that records the layout of a data directory.
+pub const LAYOUT_FILE: &str = "walletd-layout";
+const LAYOUT_FORMAT: u32 = 1;
+
+/// Why a data directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error(
+        "{root} was created with {recorded} partitions; refusing to use it with {requested} \
+         (accounts would map to other partitions). Use --partitions {recorded}, or a new --data-dir"
+    )]
+    PartitionMismatch {
+        root: String,
+        recorded: u32,
+        requested: u32,
+    },
+    #[error("{0} is not a walletd data directory (no {LAYOUT_FILE} file and no partition-N directories)")]
+    NotADataDir(String),
+    #[error("{path}: {detail}")]
+    BadLayout { path: String, detail: String },
+    #[error("partition count must be between 1 and {PARTITIONS_MAX}, got {0}")]
+    BadPartitionCount(u32),
+    #[error("{path}: {source}")]
+    Io { path: String, source: io::Error },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> DataDirError + '_ {
+    move |source| DataDirError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// An opened data directory with a known partition count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataDir {
+    root: PathBuf,
+    partitions: u32,
+}
+
+impl DataDir {
+    /// Opens `root` for a server that runs `partitions` partitions, creating the directory
+    /// and its layout file if needed; refuses a directory made with another count.
+    pub fn create_or_check(root: &Path, partitions: u32) -> Result<DataDir, DataDirError> {
+        if partitions == 0 || partitions > PARTITIONS_MAX {
+            return Err(DataDirError::BadPartitionCount(partitions));
+        }
+        fs::create_dir_all(root).map_err(io_error(root))?;
+        let recorded = match read_layout(root)? {
+            Some(recorded) => Some(recorded),
+            None => count_partition_dirs(root)?.filter(|n| *n > 0),
+        };
+        if let Some(recorded) = recorded {
+            if recorded != partitions {
+                return Err(DataDirError::PartitionMismatch {
+                    root: root.display().to_string(),
+                    recorded,
+                    requested: partitions,
+                });
+            }
+        }
+        write_layout(root, partitions)?;
+        Ok(DataDir {
+            root: root.to_path_buf(),
+            partitions,
+        })
+    }
+
+    /// Opens an existing data directory (for `replay` and `verify`), reading its count.
+    pub fn open(root: &Path) -> Result<DataDir, DataDirError> {
+        let not_a_data_dir = || DataDirError::NotADataDir(root.display().to_string());
+        if !root.is_dir() {
+            return Err(not_a_data_dir());
+        }
+        let partitions = match read_layout(root)? {
+            Some(n) => n,
+            None => count_partition_dirs(root)?
+                .filter(|n| *n > 0)
+                .ok_or_else(not_a_data_dir)?,
+        };
+        Ok(DataDir {
+            root: root.to_path_buf(),
+            partitions,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The directory of partition `partition`'s log and snapshots.
+    pub fn partition_dir(&self, partition: PartitionId) -> PathBuf {
+        assert!(partition < self.partitions);
+        self.root.join(format!("partition-{partition}"))
+    }
+
+    /// The log segments of a partition, oldest first, as `(first lsn, path)`.
+    pub fn segments(&self, partition: PartitionId) -> io::Result<Vec<(Lsn, PathBuf)>> {
+        numbered_files(&self.partition_dir(partition), "log-", ".seg")
+    }
+
+    /// The snapshots of a partition, oldest first, as `(lsn, path)`.
+    pub fn snapshots(&self, partition: PartitionId) -> io::Result<Vec<(Lsn, PathBuf)>> {
+        numbered_files(&self.partition_dir(partition), "snapshot-", ".snap")
+    }
+}
+
+/// Files in `dir` named `<prefix><number><suffix>`, sorted by the number. A missing
+/// directory has no files (a partition that never wrote anything).
+fn numbered_files(dir: &Path, prefix: &str, suffix: &str) -> io::Result<Vec<(u64, PathBuf)>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(number) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|n| n.strip_suffix(suffix))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        found.push((number, entry.path()));
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The partition count recorded in the layout file, if there is one.
+fn read_layout(root: &Path) -> Result<Option<u32>, DataDirError> {
+    let path = root.join(LAYOUT_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(&path)(e)),
+    };
+    let bad = |detail: &str| DataDirError::BadLayout {
+        path: path.display().to_string(),
+        detail: detail.to_string(),
+    };
+    let mut partitions = None;
+    let mut format = None;
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .ok_or_else(|| bad("expected `key = value` lines"))?;
+        let value: u32 = value
+            .trim()
+            .parse()
+            .map_err(|_| bad("values are numbers"))?;
+        match key.trim() {
+            "format" => format = Some(value),
+            "partitions" => partitions = Some(value),
+            _ => {}
+        }
+    }
+    if format != Some(LAYOUT_FORMAT) {
+        return Err(bad(&format!(
+            "unknown layout format (this version reads format {LAYOUT_FORMAT})"
+        )));
+    }
+    match partitions {
+        Some(n) if n > 0 && n <= PARTITIONS_MAX => Ok(Some(n)),
+        _ => Err(bad("no valid `partitions = N` line")),
+    }
+}
+
+/// Writes the layout file atomically (temporary file, fsync, rename, fsync of the directory).
+fn write_layout(root: &Path, partitions: u32) -> Result<(), DataDirError> {
+    let path = root.join(LAYOUT_FILE);
+    if read_layout(root)? == Some(partitions) {
+        return Ok(());
+    }
+    let tmp = root.join(format!("{LAYOUT_FILE}.tmp"));
+    let text = format!(
+        "# walletd data directory. Accounts map to partitions by this count: never edit it.\n\
+         format = {LAYOUT_FORMAT}\npartitions = {partitions}\n"
+    );
+    let mut file = fs::File::create(&tmp).map_err(io_error(&tmp))?;
+    file.write_all(text.as_bytes()).map_err(io_error(&tmp))?;
+    file.sync_all().map_err(io_error(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io_error(&path))?;
+    fs::File::open(root)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io_error(root))
+}
+
+/// The number of `partition-N` directories, if they form `0..N` (a directory written before
+/// the layout file existed); `Some(0)` if there are none.
+fn count_partition_dirs(root: &Path) -> Result<Option<u32>, DataDirError> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(root).map_err(io_error(root))? {
+        let entry = entry.map_err(io_error(root))?;
+        let name = entry.file_name();
+        if let Some(n) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("partition-"))
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            found.push(n);
+        }
+    }
+    found.sort_unstable();
+    let contiguous = found.iter().enumerate().all(|(i, n)| i as u32 == *n);
+    Ok(contiguous.then_some(found.len() as u32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_the_partition_count_and_refuses_another() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("data");
+        let dir = DataDir::create_or_check(&root, 8).unwrap();
+        assert_eq!(dir.partitions(), 8);
+        assert_eq!(DataDir::open(&root).unwrap().partitions(), 8);
+        assert!(DataDir::create_or_check(&root, 8).is_ok());
+        let error = DataDir::create_or_check(&root, 4).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                DataDirError::PartitionMismatch {
+                    recorded: 8,
+                    requested: 4,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains("--partitions 8"));
+    }
+
+    #[test]
+    fn infers_the_count_of_an_old_directory_and_rejects_strangers() {
+        let tmp = tempfile::tempdir().unwrap();
+        for p in 0..3 {
+            fs::create_dir_all(tmp.path().join(format!("partition-{p}"))).unwrap();
+        }
+        assert_eq!(DataDir::open(tmp.path()).unwrap().partitions(), 3);
+        assert!(DataDir::create_or_check(tmp.path(), 8).is_err());
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            DataDir::open(empty.path()),
+            Err(DataDirError::NotADataDir(_))
+        ));
+        fs::write(empty.path().join(LAYOUT_FILE), "partitions = x\n").unwrap();
+        assert!(matches!(
+            DataDir::open(empty.path()),
+            Err(DataDirError::BadLayout { .. })
+        ));
+    }
+}

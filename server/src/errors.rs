@@ -1,0 +1,315 @@
+//! Every way a request can fail, mapped in ONE place to an HTTP status and a stable,
+//! machine-readable `code`.
+//!
+//! Clients switch on `code`, never on `message` (which is for people and may change). The
+//! matches on [`LedgerError`] and [`Reason`] are exhaustive on purpose: a new variant in core
+//! does not compile here until someone decides its status and code.
+//!
+//! | status | codes |
+//! | --- | --- |
+//! | 400 | `malformed_json`, `invalid_field`, `invalid_amount`, `invalid_currency`, `invalid_account_id`, `invalid_transaction_id`, `invalid_query` |
+//! | 401 | `unauthorized` |
+//! | 404 | `not_found` (route), `account_not_found`, `transfer_not_found` |
+//! | 405 | `method_not_allowed` |
+//! | 409 | `account_exists`, `transaction_conflict` |
+//! | 413 | `body_too_large`, `batch_too_large` |
+//! | 422 | `insufficient_funds`, `currency_mismatch`, `balance_limit`, `same_account`, `cancelled_before_try` |
+//! | 429 | `overloaded` |
+//! | 500 | `internal_error`, `log_unreadable` (never for a client's mistake) |
+//! | 503 | `partition_unavailable`, `wrong_partition`, `timeout`, `request_timeout`, `history_unavailable` |
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+use walletd_core::engine::Unavailable;
+use walletd_core::event::Reason;
+use walletd_core::ids::IdError;
+use walletd_core::ledger::LedgerError;
+use walletd_core::money::MoneyError;
+
+/// The body of every error response.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable machine-readable code, e.g. `insufficient_funds`.
+    pub code: String,
+    /// Human-readable explanation; may change between versions.
+    pub message: String,
+}
+
+/// A failed request: status, stable code, message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn malformed_json(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", message)
+    }
+
+    pub fn invalid_field(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", message)
+    }
+
+    pub fn invalid_query(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message)
+    }
+
+    pub fn unauthorized() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid `Authorization: Bearer <token>` header is required",
+        )
+    }
+
+    pub fn route_not_found(path: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no route for {path}"),
+        )
+    }
+
+    pub fn transfer_not_found(from: &str, transaction_id: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "transfer_not_found",
+            format!("no transfer {transaction_id:?} from account {from}"),
+        )
+    }
+
+    pub fn overloaded(limit: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "overloaded",
+            format!("more than {limit} requests in flight; retry later"),
+        )
+    }
+
+    pub fn batch_too_large(items: usize, items_max: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!("a batch holds at most {items_max} transfers, got {items}"),
+        )
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
+    }
+
+    /// An identifier field failed validation; `field` names it in the message.
+    pub fn invalid_id(field: &str, error: &IdError) -> ApiError {
+        let code = if field.contains("transaction") {
+            "invalid_transaction_id"
+        } else {
+            "invalid_account_id"
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, code, format!("{field}: {error}"))
+    }
+
+    /// The error response for a status with no more specific cause (a rejection produced by
+    /// a layer, e.g. a 405 or a 413 from the body limit), so clients always get JSON.
+    pub fn for_status(status: StatusCode) -> ApiError {
+        let (code, message) = match status {
+            StatusCode::BAD_REQUEST => ("malformed_json", "the request is malformed"),
+            StatusCode::UNAUTHORIZED => ("unauthorized", "authorization required"),
+            StatusCode::NOT_FOUND => ("not_found", "not found"),
+            StatusCode::METHOD_NOT_ALLOWED => (
+                "method_not_allowed",
+                "this method is not allowed on this route",
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                ("body_too_large", "the request body exceeds the size limit")
+            }
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+                "malformed_json",
+                "the request body must be JSON (Content-Type: application/json)",
+            ),
+            StatusCode::REQUEST_TIMEOUT | StatusCode::SERVICE_UNAVAILABLE => (
+                "request_timeout",
+                "the request did not finish within the server's time limit",
+            ),
+            StatusCode::TOO_MANY_REQUESTS => ("overloaded", "too many requests in flight"),
+            s if s.is_client_error() => ("bad_request", "the request was refused"),
+            _ => ("internal_error", "internal error"),
+        };
+        // 415 and 408 become 400 and 503: the API documents no other statuses.
+        let status = match status {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => StatusCode::BAD_REQUEST,
+            StatusCode::REQUEST_TIMEOUT => StatusCode::SERVICE_UNAVAILABLE,
+            s => s,
+        };
+        ApiError::new(status, code, message)
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            code: self.code.to_string(),
+            message: self.message.clone(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let unauthorized = self.status == StatusCode::UNAUTHORIZED;
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        if unauthorized {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// The status and code of each ledger error: the single mapping the whole API uses.
+pub fn ledger_status(error: &LedgerError) -> (StatusCode, &'static str) {
+    match error {
+        LedgerError::AccountNotFound(_) => (StatusCode::NOT_FOUND, "account_not_found"),
+        LedgerError::AccountExists { .. } => (StatusCode::CONFLICT, "account_exists"),
+        LedgerError::CurrencyMismatch { .. } => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "currency_mismatch")
+        }
+        LedgerError::InsufficientFunds { .. } => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_funds")
+        }
+        LedgerError::BalanceLimit(_) => (StatusCode::UNPROCESSABLE_ENTITY, "balance_limit"),
+        LedgerError::SameAccount => (StatusCode::UNPROCESSABLE_ENTITY, "same_account"),
+        LedgerError::Conflict(_) => (StatusCode::CONFLICT, "transaction_conflict"),
+        // The engine routes every client command to the owning partition; this can only
+        // happen with a stale partition map in a cluster, and a retry may succeed.
+        LedgerError::WrongPartition { .. } => (StatusCode::SERVICE_UNAVAILABLE, "wrong_partition"),
+        // Only coordinator-internal commands produce these; a client command never does.
+        LedgerError::UnknownTransfer(_) => (StatusCode::NOT_FOUND, "transfer_not_found"),
+        LedgerError::InvalidTransition { .. } => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
+        }
+    }
+}
+
+/// The status of a transfer that ended rejected or cancelled for `reason`; its code is
+/// [`Reason::code`], the same string `GET /v1/transfers/..` reports.
+pub fn reason_status(reason: Reason) -> StatusCode {
+    match reason {
+        Reason::InsufficientFunds => StatusCode::UNPROCESSABLE_ENTITY,
+        Reason::DestinationNotFound => StatusCode::NOT_FOUND,
+        Reason::DestinationCurrencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+        Reason::DestinationBalanceLimit => StatusCode::UNPROCESSABLE_ENTITY,
+        // The destination partition did not answer in time; the money went back to the
+        // source. Final: a retry with the same transaction id gets this answer again.
+        Reason::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+        Reason::CancelledBeforeTry => StatusCode::UNPROCESSABLE_ENTITY,
+    }
+}
+
+/// A human-readable sentence for a transfer that did not happen.
+pub fn reason_message(reason: Reason) -> &'static str {
+    match reason {
+        Reason::InsufficientFunds => "the source account's available balance is too small",
+        Reason::DestinationNotFound => "the destination account does not exist",
+        Reason::DestinationCurrencyMismatch => "the destination account holds another currency",
+        Reason::DestinationBalanceLimit => {
+            "the destination would exceed the largest balance an account may hold"
+        }
+        Reason::Timeout => {
+            "the destination partition did not answer in time; the transfer was cancelled and \
+             the amount returned (use a new transaction_id to try again)"
+        }
+        Reason::CancelledBeforeTry => {
+            "the transfer was cancelled before it reached the destination"
+        }
+    }
+}
+
+impl From<LedgerError> for ApiError {
+    fn from(error: LedgerError) -> ApiError {
+        let (status, code) = ledger_status(&error);
+        ApiError::new(status, code, error.to_string())
+    }
+}
+
+impl From<Unavailable> for ApiError {
+    fn from(error: Unavailable) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "partition_unavailable",
+            format!("{error}; retry later"),
+        )
+    }
+}
+
+impl From<MoneyError> for ApiError {
+    fn from(error: MoneyError) -> ApiError {
+        let code = match error {
+            MoneyError::UnknownCurrency(_) => "invalid_currency",
+            _ => "invalid_amount",
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, code, error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use walletd_core::ids::{AccountId, TransactionId};
+    use walletd_core::money::Currency;
+
+    #[test]
+    fn every_ledger_error_has_one_status_and_a_snake_case_code() {
+        let account = AccountId::new("a").unwrap();
+        let errors = [
+            LedgerError::AccountNotFound(account),
+            LedgerError::AccountExists {
+                account,
+                existing: Currency::USD,
+            },
+            LedgerError::CurrencyMismatch {
+                account,
+                expected: Currency::USD,
+                got: Currency::EUR,
+            },
+            LedgerError::InsufficientFunds {
+                available: "1.00".into(),
+                currency: Currency::USD,
+            },
+            LedgerError::BalanceLimit(account),
+            LedgerError::SameAccount,
+            LedgerError::Conflict(TransactionId::new("t").unwrap()),
+        ];
+        for error in errors {
+            let (status, code) = ledger_status(&error);
+            assert!(status.is_client_error(), "{error:?} → {status}");
+            assert!(code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+        }
+    }
+
+    #[test]
+    fn layer_statuses_become_documented_json_errors() {
+        assert_eq!(
+            ApiError::for_status(StatusCode::UNSUPPORTED_MEDIA_TYPE).status,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            ApiError::for_status(StatusCode::REQUEST_TIMEOUT).status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            ApiError::for_status(StatusCode::PAYLOAD_TOO_LARGE).code,
+            "body_too_large"
+        );
+    }
+}

@@ -1,0 +1,229 @@
+//! Reading a partition's log from disk, for historical balances, account history, `wallet
+//! replay` and `wallet verify`.
+//!
+//! The log may be read while its partition driver appends to it: the newest segment can end
+//! in a record that is only partly written, which decodes as a torn tail and is left out. A
+//! live server also passes the partition's durable lsn, so a reader never reports a record
+//! whose batch has not been synced (and so might not survive a crash).
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use walletd_core::codec::{decode_log, CodecError, Record};
+use walletd_core::driver::DriverStats;
+use walletd_core::event::{Event, Lsn, TransferKey};
+use walletd_core::ids::AccountId;
+use walletd_core::partition::PartitionId;
+use walletd_core::replay::AsOf;
+
+use crate::datadir::DataDir;
+
+/// Why a log could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is corrupt at byte offset {offset}: {detail}")]
+    Corrupt {
+        path: String,
+        offset: u64,
+        detail: String,
+    },
+    #[error("partition {0}'s log is not on this node")]
+    NotLocal(PartitionId),
+}
+
+/// Progress of a long read, reported once per segment.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub partition: PartitionId,
+    pub segment: usize,
+    pub segments: usize,
+    pub bytes_read: u64,
+    pub bytes_total: u64,
+    pub records: usize,
+}
+
+/// A partition's records as read from disk.
+#[derive(Debug, Default)]
+pub struct PartitionLog {
+    pub records: Vec<Record>,
+    pub segments: usize,
+    pub bytes: u64,
+    /// Bytes at the end of the newest segment that do not form a whole record.
+    pub torn_bytes: u64,
+    /// The last record read (kept or not): the point of the log the records describe.
+    pub last_lsn: Lsn,
+    pub last_timestamp: u64,
+    /// Whether reading stopped before the end of the log (at `upto_lsn` or `as_of`).
+    pub stopped: bool,
+}
+
+/// Reads the records of `partition` oldest first, stopping before the first record past
+/// `upto_lsn` (the durable lsn of a live partition) or not included by `as_of` (as
+/// `walletd_core::replay` does: state is a prefix of the log). `keep` decides which records to hold in
+/// memory (all of them for a replay; one account's for its history). Corruption anywhere but
+/// at the tail of the newest segment is an error, as it is at recovery.
+pub fn read_partition_log(
+    dir: &DataDir,
+    partition: PartitionId,
+    upto_lsn: Option<Lsn>,
+    as_of: AsOf,
+    keep: &mut dyn FnMut(&Record) -> bool,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<PartitionLog, LogError> {
+    let io = |path: &PathBuf| {
+        let path = path.display().to_string();
+        move |source| LogError::Io { path, source }
+    };
+    let partition_dir = dir.partition_dir(partition);
+    let segments = dir.segments(partition).map_err(io(&partition_dir))?;
+    let mut sizes = Vec::with_capacity(segments.len());
+    for (_, path) in &segments {
+        sizes.push(fs::metadata(path).map_err(io(path))?.len());
+    }
+    let mut log = PartitionLog {
+        segments: segments.len(),
+        ..PartitionLog::default()
+    };
+    let bytes_total = sizes.iter().sum();
+    for (i, (first_lsn, path)) in segments.iter().enumerate() {
+        if log.stopped {
+            break;
+        }
+        let bytes = fs::read(path).map_err(io(path))?;
+        let decoded = decode_log(&bytes, *first_lsn).map_err(|e| LogError::Corrupt {
+            path: path.display().to_string(),
+            offset: codec_offset(&e),
+            detail: e.to_string(),
+        })?;
+        if decoded.torn_tail {
+            if i + 1 != segments.len() {
+                return Err(LogError::Corrupt {
+                    path: path.display().to_string(),
+                    offset: decoded.valid_len as u64,
+                    detail: "a segment that is not the newest ends in a partial record".into(),
+                });
+            }
+            log.torn_bytes = (bytes.len() - decoded.valid_len) as u64;
+        }
+        log.bytes += bytes.len() as u64;
+        for record in decoded.records {
+            if upto_lsn.is_some_and(|upto| record.lsn > upto) || !as_of.includes(&record) {
+                log.stopped = true;
+                break;
+            }
+            log.last_lsn = record.lsn;
+            log.last_timestamp = record.timestamp;
+            if keep(&record) {
+                log.records.push(record);
+            }
+        }
+        progress(Progress {
+            partition,
+            segment: i + 1,
+            segments: segments.len(),
+            bytes_read: log.bytes,
+            bytes_total,
+            records: log.records.len(),
+        });
+    }
+    Ok(log)
+}
+
+fn codec_offset(error: &CodecError) -> u64 {
+    match error {
+        CodecError::Corrupt { offset, .. }
+        | CodecError::UnsupportedVersion { offset, .. }
+        | CodecError::LsnGap { offset, .. } => *offset,
+    }
+}
+
+/// A filter that keeps exactly the records that change or describe `account`: its opening,
+/// its deposits and withdrawals, transfers from or to it, and the phases of both sides of
+/// its cross-partition transfers. Destination phases name only the transfer key, so the
+/// filter remembers the keys of the Tries that credit `account`. Folding the kept records
+/// gives the same figures as folding them all ([`walletd_core::replay::balance_as_of`] tracks
+/// one account the same way).
+pub fn account_filter(account: AccountId) -> impl FnMut(&Record) -> bool {
+    let mut credited: BTreeSet<TransferKey> = BTreeSet::new();
+    move |record| match &record.event {
+        Event::AccountOpened { account: a, .. }
+        | Event::Deposited { account: a, .. }
+        | Event::Withdrawn { account: a, .. } => *a == account,
+        Event::Transferred { transfer }
+        | Event::TransferRejected { transfer, .. }
+        | Event::DebitTried { transfer } => transfer.from == account || transfer.to == account,
+        Event::TransferDecided { key, .. }
+        | Event::DebitConfirmed { key }
+        | Event::DebitCancelled { key } => key.from == account,
+        Event::CreditTried { transfer } => {
+            let mine = transfer.to == account;
+            if mine {
+                credited.insert(transfer.key());
+            }
+            mine
+        }
+        Event::CreditConfirmed { key }
+        | Event::CreditCancelled { key }
+        | Event::CreditTryNotSeen { key } => credited.contains(key),
+    }
+}
+
+/// Reads partition logs for the API of a running node, off the async threads, bounded in
+/// how many scans run at once (each may read a whole log).
+#[derive(Clone)]
+pub struct LogReader {
+    dir: Arc<DataDir>,
+    /// `durable[p]` publishes the last synced lsn of partition `p` when it runs here.
+    durable: Arc<[Option<Arc<DriverStats>>]>,
+    scans: Arc<Semaphore>,
+}
+
+impl LogReader {
+    /// Most log scans that run at once; more wait their turn (under the request timeout).
+    pub const SCANS_MAX: usize = 2;
+
+    pub fn new(dir: DataDir, durable: Vec<Option<Arc<DriverStats>>>) -> LogReader {
+        assert_eq!(durable.len(), dir.partitions() as usize);
+        LogReader {
+            dir: Arc::new(dir),
+            durable: durable.into(),
+            scans: Arc::new(Semaphore::new(Self::SCANS_MAX)),
+        }
+    }
+
+    /// The durable records of `partition` up to `as_of` that concern `account`, oldest
+    /// first, with the log position they describe.
+    pub async fn account_records(
+        &self,
+        partition: PartitionId,
+        account: AccountId,
+        as_of: AsOf,
+    ) -> Result<PartitionLog, LogError> {
+        let stats = self
+            .durable
+            .get(partition as usize)
+            .and_then(Option::as_ref)
+            .ok_or(LogError::NotLocal(partition))?;
+        let upto = stats.last_lsn.load(Ordering::Acquire);
+        let _permit = self.scans.acquire().await.expect("never closed");
+        let dir = Arc::clone(&self.dir);
+        tokio::task::spawn_blocking(move || {
+            let mut keep = account_filter(account);
+            read_partition_log(&dir, partition, Some(upto), as_of, &mut keep, &mut |_| {})
+        })
+        .await
+        .map_err(|e| LogError::Io {
+            path: format!("partition {partition}"),
+            source: std::io::Error::other(e.to_string()),
+        })?
+    }
+}

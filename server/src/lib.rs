@@ -1,0 +1,35 @@
+//! # walletd server
+//!
+//! The `wallet` binary: the HTTP API over a [`walletd_core::engine::Client`], the all-in-one
+//! node, and the offline tools that read a data directory.
+//!
+//! # Layout
+//! - [`cli`]: the command line (clap); one subcommand per job, each a module with a `run`.
+//! - [`serve`]: `wallet serve`, the all-in-one node: recovery, HTTP, graceful shutdown.
+//! - [`api`]: the HTTP API. The router takes a `Client` and driver statistics, never an
+//!   `Engine`, so a cluster node can serve the same API. One file per group of routes:
+//!   [`api::accounts`], [`api::transfers`], [`api::batch`], [`api::queries`],
+//!   [`api::metrics`], [`api::openapi`].
+//! - [`errors`]: every error's HTTP status and stable `code`, in one place.
+//! - [`auth`]: the optional bearer token of the `/v1` routes.
+//! - [`datadir`]: the data directory layout and its recorded partition count.
+//! - [`history`]: reading partition logs from disk (live or at rest).
+//! - [`replay_cmd`]: `wallet replay`, balances and history rebuilt from the logs.
+//! - [`verify`]: `wallet verify`, the invariants of DESIGN section 5 checked at rest.
+//! - [`rfc3339`]: timestamps in and out of the API.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod datadir;
+pub mod errors;
+pub mod history;
+pub mod replay_cmd;
+pub mod rfc3339;
+pub mod serve;
+pub mod verify;
+
+/// Runs the `wallet` command line; what `main` of the binary calls.
+pub fn main() -> std::process::ExitCode {
+    cli::main()
+}

@@ -1,0 +1,252 @@
+//! `wallet serve`: the all-in-one node.
+//!
+//! Start: check the data directory's partition count, recover every partition (log replay,
+//! torn tail dropped, unfinished transfers resumed) and start its driver, then serve HTTP.
+//! Stop, on Ctrl-C or SIGTERM: stop accepting, let requests in flight finish (axum's graceful
+//! shutdown), then ask every partition to finish its batch and sync (`Engine::shutdown`),
+//! and exit 0. A partition whose driver stopped (an fsync or write failed: the only safe
+//! reaction is to stop) makes the server shut down the same way and exit non-zero.
+
+use std::io;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use walletd_core::driver::{DriverConfig, DriverError, DriverStats, Query, RecoveryReport};
+use walletd_core::engine::{Engine, EngineConfig};
+use walletd_core::event::TransferKey;
+use walletd_core::ids::{AccountId, TransactionId};
+use walletd_core::partition::PartitionId;
+use walletd_core::storage::file::{FileStorage, FileStorageConfig};
+
+use crate::api::{self, Api, ApiOptions};
+use crate::cli::ServeArgs;
+use crate::datadir::{DataDir, DataDirError};
+use crate::history::LogReader;
+
+/// How often the watchdog asks every partition whether its driver still runs.
+const WATCHDOG_INTERVAL_MS: u64 = 1000;
+
+/// Why the server could not start or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    #[error("partition {0} stopped unexpectedly (see the errors above); the server shut down")]
+    PartitionStopped(PartitionId),
+}
+
+/// Why serving ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Running,
+    Signal,
+    PartitionStopped(PartitionId),
+}
+
+/// Runs the server on a new multi-threaded runtime; the process exit code.
+pub fn run(args: ServeArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => {
+            tracing::info!("stopped cleanly");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(%error, "server failed");
+            eprintln!("wallet serve: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn options(args: &ServeArgs) -> ApiOptions {
+    ApiOptions {
+        transfer_wait: Duration::from_millis(args.transfer_wait_ms),
+        request_timeout: Duration::from_millis(args.request_timeout_ms),
+        body_limit_bytes: args.body_limit_bytes,
+        in_flight_max: args.max_in_flight as usize,
+        batch_items_max: args.batch_items_max as usize,
+        api_token: args.api_token.clone().filter(|t| !t.is_empty()),
+    }
+}
+
+async fn start_engine(args: &ServeArgs, dir: &DataDir) -> Result<Engine, ServeError> {
+    let mut storages = Vec::with_capacity(dir.partitions() as usize);
+    for partition in 0..dir.partitions() {
+        let path = dir.partition_dir(partition);
+        let storage = FileStorage::open(&path, FileStorageConfig::default()).map_err(|source| {
+            ServeError::Io {
+                what: format!("cannot open {}", path.display()),
+                source,
+            }
+        })?;
+        storages.push(storage);
+    }
+    let config = EngineConfig {
+        partitions: dir.partitions(),
+        driver: DriverConfig {
+            snapshot_every_events: args.snapshot_every_events,
+            ..DriverConfig::default()
+        },
+        ..EngineConfig::default()
+    };
+    Ok(Engine::start(storages, config).await?)
+}
+
+fn log_recovery(reports: &[RecoveryReport]) {
+    for report in reports {
+        tracing::info!(
+            partition = report.partition,
+            snapshot_lsn = ?report.snapshot_lsn,
+            events_replayed = report.records_replayed,
+            torn_bytes_dropped = report.torn_bytes_dropped,
+            last_lsn = report.last_lsn,
+            transfers_resumed = report.transfers_resumed,
+            "partition recovered"
+        );
+    }
+    tracing::info!(
+        partitions = reports.len(),
+        events_replayed = reports.iter().map(|r| r.records_replayed).sum::<u64>(),
+        torn_bytes_dropped = reports.iter().map(|r| r.torn_bytes_dropped).sum::<u64>(),
+        transfers_resumed = reports.iter().map(|r| r.transfers_resumed).sum::<usize>(),
+        "recovery complete"
+    );
+}
+
+async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    let dir = DataDir::create_or_check(&args.data_dir, args.partitions)?;
+    tracing::info!(data_dir = %dir.root().display(), partitions = dir.partitions(), "starting");
+    let engine = start_engine(&args, &dir).await?;
+    log_recovery(engine.recovery_reports());
+    let stats: Vec<(PartitionId, Arc<DriverStats>)> = engine
+        .local_partitions()
+        .iter()
+        .copied()
+        .zip(engine.stats().iter().cloned())
+        .collect();
+    let mut durable = vec![None; dir.partitions() as usize];
+    for (partition, stats) in &stats {
+        durable[*partition as usize] = Some(Arc::clone(stats));
+    }
+    let history = LogReader::new(dir, durable);
+    let api = Api::new(engine.client(), stats, Some(history), options(&args));
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| ServeError::Io {
+            what: format!("cannot listen on {}", args.listen),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Io {
+        what: "cannot read the listening address".into(),
+        source,
+    })?;
+    tracing::info!(%addr, "listening on http://{addr}");
+
+    let (stop_tx, stop_rx) = watch::channel(Stop::Running);
+    let mut graceful = stop_tx.subscribe();
+    tokio::spawn(watch_for_stop(api.clone(), stop_tx));
+    let app = api::router(api);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = graceful.wait_for(|stop| *stop != Stop::Running).await;
+            tracing::info!("shutting down: draining requests in flight");
+        })
+        .await;
+    let stop = *stop_rx.borrow();
+    tracing::info!("syncing and stopping partitions");
+    let stopped = engine.shutdown().await;
+    served.map_err(|source| ServeError::Io {
+        what: "HTTP server failed".into(),
+        source,
+    })?;
+    stopped?;
+    match stop {
+        Stop::PartitionStopped(partition) => Err(ServeError::PartitionStopped(partition)),
+        Stop::Running | Stop::Signal => Ok(()),
+    }
+}
+
+/// Waits for a signal or for a partition to stop, and publishes why serving must end.
+async fn watch_for_stop(api: Api, stop: watch::Sender<Stop>) {
+    let reason = tokio::select! {
+        () = shutdown_signal() => Stop::Signal,
+        partition = dead_partition(&api) => Stop::PartitionStopped(partition),
+    };
+    if let Stop::PartitionStopped(partition) = reason {
+        tracing::error!(partition, "partition driver stopped; shutting down");
+    } else {
+        tracing::info!("signal received");
+    }
+    let _ = stop.send(reason);
+}
+
+/// Resolves with the first partition whose driver no longer answers. Polls every partition
+/// each [`WATCHDOG_INTERVAL_MS`], and at once when a request found one unavailable.
+async fn dead_partition(api: &Api) -> PartitionId {
+    let probe = TransferKey {
+        from: AccountId::new("walletd.watchdog").expect("valid id"),
+        transaction_id: TransactionId::new("probe").expect("valid id"),
+    };
+    let partitions = api.client().partitions();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(WATCHDOG_INTERVAL_MS)) => {}
+            () = api.partition_unavailable() => {}
+        }
+        for partition in 0..partitions {
+            if api
+                .client()
+                .query(partition, Query::Transfer(probe))
+                .await
+                .is_err()
+            {
+                return partition;
+            }
+        }
+    }
+}
+
+/// Ctrl-C, or SIGTERM on Unix.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,547 @@
+//! `wallet verify`: check a data directory at rest (DESIGN section 5).
+//!
+//! Every partition is replayed from zero, ignoring snapshots, and then:
+//! - the log itself: each record belongs to this partition, no deposit, withdrawal or transfer
+//!   is recorded twice (exactly once), no destination Try follows its Cancel (no hanging), and
+//!   it replays without an apply error (no negative balance, no phase out of order);
+//! - each partition's conservation law, and its holds against its unfinished transfers;
+//! - each snapshot equals the replay of the log up to the snapshot's lsn;
+//! - across partitions: per currency, balances + holds in flight = deposits − withdrawals
+//!   (a hold is in flight while its destination credit is not confirmed), and both sides of
+//!   every cross-partition transfer are in states the protocol allows together (home
+//!   committed ⇔ destination confirmed; a cancelled home never meets a confirmed credit).
+//!
+//! A stopped server may leave transfers unfinished; those are reported, not violations: the
+//! next start resumes them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::fs;
+use std::panic::{self, AssertUnwindSafe};
+use std::process::ExitCode;
+
+use walletd_core::codec::Record;
+use walletd_core::event::{Event, TransferKey};
+use walletd_core::ids::{AccountId, TransactionId};
+use walletd_core::ledger::{CreditState, Ledger, TransferState};
+use walletd_core::money::{format_minor, Currency};
+use walletd_core::partition::{partition_of, PartitionId};
+use walletd_core::replay::{self, AsOf};
+use walletd_core::snapshot::decode_snapshot;
+
+use crate::cli::VerifyArgs;
+use crate::datadir::DataDir;
+use crate::history::read_partition_log;
+
+/// Violations listed per check before the rest are only counted.
+const VIOLATIONS_LISTED_MAX: usize = 50;
+
+/// Exit code when the directory cannot be read at all.
+const EXIT_UNREADABLE: u8 = 2;
+
+/// What a check found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub lines: Vec<String>,
+    pub violations: Vec<String>,
+    /// Violations found but not listed (beyond [`VIOLATIONS_LISTED_MAX`] for one check).
+    pub unlisted: usize,
+}
+
+impl Report {
+    fn violation(&mut self, text: String) {
+        self.violations.push(text);
+    }
+
+    fn violations_of(&mut self, mut found: Vec<String>) {
+        if found.len() > VIOLATIONS_LISTED_MAX {
+            self.unlisted += found.len() - VIOLATIONS_LISTED_MAX;
+            found.truncate(VIOLATIONS_LISTED_MAX);
+        }
+        self.violations.extend(found);
+    }
+
+    pub fn is_clean(&self) -> bool {
+        self.violations.is_empty() && self.unlisted == 0
+    }
+}
+
+pub fn run(args: VerifyArgs) -> ExitCode {
+    let dir = match DataDir::open(&args.data_dir) {
+        Ok(dir) => dir,
+        Err(error) => {
+            eprintln!("wallet verify: {error}");
+            return ExitCode::from(EXIT_UNREADABLE);
+        }
+    };
+    let report = verify(&dir);
+    for line in &report.lines {
+        println!("{line}");
+    }
+    if report.is_clean() {
+        println!("OK: no violations");
+        return ExitCode::SUCCESS;
+    }
+    let total = report.violations.len() + report.unlisted;
+    println!("FAILED: {total} violation(s):");
+    for (i, violation) in report.violations.iter().enumerate() {
+        println!("  {}. {violation}", i + 1);
+    }
+    if report.unlisted > 0 {
+        println!("  ... and {} more", report.unlisted);
+    }
+    ExitCode::FAILURE
+}
+
+/// Runs every check on `dir`.
+pub fn verify(dir: &DataDir) -> Report {
+    let mut report = Report::default();
+    report.lines.push(format!(
+        "wallet verify: {} ({} partitions)",
+        dir.root().display(),
+        dir.partitions()
+    ));
+    let mut ledgers = Vec::with_capacity(dir.partitions() as usize);
+    for partition in 0..dir.partitions() {
+        ledgers.push(verify_partition(dir, partition, &mut report));
+    }
+    match ledgers.into_iter().collect::<Option<Vec<Ledger>>>() {
+        Some(ledgers) => {
+            check_global_conservation(&ledgers, &mut report);
+            check_transfers_agree(&ledgers, &mut report);
+        }
+        None => report
+            .lines
+            .push("cross-partition checks skipped: some partition did not replay".into()),
+    }
+    report
+}
+
+/// Checks one partition; its replayed ledger when the log replays.
+fn verify_partition(dir: &DataDir, partition: PartitionId, report: &mut Report) -> Option<Ledger> {
+    let log = match read_partition_log(dir, partition, None, AsOf::End, &mut |_| true, &mut |_| {})
+    {
+        Ok(log) => log,
+        Err(error) => {
+            report.violation(format!("partition {partition}: log unreadable: {error}"));
+            return None;
+        }
+    };
+    report.violations_of(scan_log(partition, dir.partitions(), &log.records));
+    let ledger = match safe_replay(partition, dir.partitions(), &log.records, AsOf::End) {
+        Ok(ledger) => ledger,
+        Err(error) => {
+            report.violation(format!("partition {partition}: replay failed: {error}"));
+            return None;
+        }
+    };
+    if let Err(error) = ledger.check_conservation() {
+        report.violation(format!("partition {partition}: conservation: {error}"));
+    }
+    report.violations_of(check_holds(&ledger));
+    let snapshots = check_snapshots(dir, partition, &log.records, report);
+    let unfinished = ledger.unfinished_transfers().len();
+    let mut line = format!(
+        "partition {partition}: {} records in {} segment(s), last lsn {}; {} accounts, {} transfers ({unfinished} unfinished), {} destination rows",
+        log.records.len(),
+        log.segments,
+        log.last_lsn,
+        ledger.accounts().count(),
+        ledger.transfers().count(),
+        ledger.credits().count(),
+    );
+    if log.torn_bytes > 0 {
+        let _ = write!(
+            line,
+            "; torn tail of {} bytes (a crash mid-write; dropped at the next start)",
+            log.torn_bytes
+        );
+    }
+    line.push_str(&snapshots);
+    report.lines.push(line);
+    Some(ledger)
+}
+
+/// Replays, turning a panic (an assertion in `apply` on a damaged log) into an error.
+fn safe_replay(
+    partition: PartitionId,
+    partitions: u32,
+    records: &[Record],
+    as_of: AsOf,
+) -> Result<Ledger, String> {
+    let previous_hook = panic::take_hook();
+    panic::set_hook(Box::new(|_| {}));
+    let result = panic::catch_unwind(AssertUnwindSafe(|| {
+        replay::replay(partition, partitions, records, as_of)
+    }));
+    panic::set_hook(previous_hook);
+    match result {
+        Ok(Ok(ledger)) => Ok(ledger),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic".into());
+            Err(format!("the log contradicts itself: {message}"))
+        }
+    }
+}
+
+/// Checks the records themselves: ownership, exactly once, no Try after its Cancel.
+pub fn scan_log(partition: PartitionId, partitions: u32, records: &[Record]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut cash: BTreeSet<(AccountId, TransactionId)> = BTreeSet::new();
+    let mut home: BTreeSet<TransferKey> = BTreeSet::new();
+    let mut tried: BTreeSet<TransferKey> = BTreeSet::new();
+    let mut closed: BTreeSet<TransferKey> = BTreeSet::new();
+    let here = |account: &AccountId| partition_of(account, partitions) == partition;
+    for record in records {
+        let lsn = record.lsn;
+        let mut violation = |text: String| {
+            found.push(format!("partition {partition} lsn {lsn}: {text}"));
+        };
+        match &record.event {
+            Event::AccountOpened { account, .. } if !here(account) => violation(format!(
+                "account {account} opened on a partition that does not own it"
+            )),
+            Event::Deposited {
+                account,
+                transaction_id,
+                ..
+            }
+            | Event::Withdrawn {
+                account,
+                transaction_id,
+                ..
+            } => {
+                if !cash.insert((*account, *transaction_id)) {
+                    violation(format!(
+                        "transaction {transaction_id:?} of account {account} applied twice"
+                    ));
+                }
+            }
+            Event::Transferred { transfer }
+            | Event::TransferRejected { transfer, .. }
+            | Event::DebitTried { transfer } => {
+                if !here(&transfer.from) {
+                    violation(format!(
+                        "transfer {:?} recorded away from its home",
+                        transfer.key()
+                    ));
+                }
+                if !home.insert(transfer.key()) {
+                    violation(format!("transfer {:?} recorded twice", transfer.key()));
+                }
+            }
+            Event::CreditTried { transfer } => {
+                let key = transfer.key();
+                if closed.contains(&key) {
+                    violation(format!(
+                        "Try of {key:?} after its Cancel (a hanging reservation)"
+                    ));
+                }
+                if !tried.insert(key) {
+                    violation(format!("Try of {key:?} recorded twice"));
+                }
+            }
+            Event::CreditTryNotSeen { key } | Event::CreditCancelled { key } => {
+                closed.insert(*key);
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+/// Each account's `held` must equal the amounts of the unfinished transfers it is the source of.
+fn check_holds(ledger: &Ledger) -> Vec<String> {
+    let mut by_rows: BTreeMap<AccountId, u64> = BTreeMap::new();
+    for row in ledger.transfers().filter(|row| row.state.is_unfinished()) {
+        *by_rows.entry(row.transfer.from).or_default() += row.transfer.amount.minor();
+    }
+    let mut found = Vec::new();
+    for (account, figures) in ledger.accounts() {
+        let expected = by_rows.get(account).copied().unwrap_or(0);
+        if figures.held != expected {
+            found.push(format!(
+                "partition {}: account {account} holds {} but its unfinished transfers add up to {}",
+                ledger.partition(),
+                format_minor(figures.held, figures.currency),
+                format_minor(expected, figures.currency)
+            ));
+        }
+    }
+    found
+}
+
+/// Compares every snapshot of a partition with the replay of its log up to the snapshot's
+/// lsn. Returns a note for the partition's summary line.
+fn check_snapshots(
+    dir: &DataDir,
+    partition: PartitionId,
+    records: &[Record],
+    report: &mut Report,
+) -> String {
+    let snapshots = match dir.snapshots(partition) {
+        Ok(snapshots) => snapshots,
+        Err(error) => {
+            report.violation(format!(
+                "partition {partition}: cannot list snapshots: {error}"
+            ));
+            return String::new();
+        }
+    };
+    let last_lsn = records.last().map_or(0, |r| r.lsn);
+    let mut matched = Vec::new();
+    for (lsn, path) in snapshots {
+        let name = path.display();
+        let snapshot = match fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| decode_snapshot(&bytes).map_err(|e| e.to_string()))
+        {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                report.violation(format!("{name}: unreadable snapshot: {error}"));
+                continue;
+            }
+        };
+        let at = snapshot.last_applied().lsn;
+        if at != lsn
+            || snapshot.partition() != partition
+            || snapshot.partitions() != dir.partitions()
+        {
+            report.violation(format!(
+                "{name}: holds partition {}/{} at lsn {at}, not what its name says",
+                snapshot.partition(),
+                snapshot.partitions()
+            ));
+            continue;
+        }
+        if at > last_lsn {
+            report.violation(format!(
+                "{name}: snapshot at lsn {at} is ahead of the log, which ends at {last_lsn}"
+            ));
+            continue;
+        }
+        match safe_replay(partition, dir.partitions(), records, AsOf::Lsn(at)) {
+            Ok(replayed) => match replay::state_difference(&snapshot, &replayed) {
+                None => matched.push(at.to_string()),
+                Some(difference) => report.violation(format!(
+                    "{name}: snapshot differs from the replay at lsn {at}: {difference}"
+                )),
+            },
+            Err(error) => report.violation(format!("{name}: replay to lsn {at} failed: {error}")),
+        }
+    }
+    if matched.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; snapshot(s) at lsn {} equal the replay",
+            matched.join(", ")
+        )
+    }
+}
+
+/// Money in the system per currency, from every partition.
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    deposited: u128,
+    withdrawn: u128,
+    balances: u128,
+    holds_in_flight: u128,
+}
+
+/// Σ balances + Σ holds in flight = Σ deposits − Σ withdrawals, per currency. A hold whose
+/// destination credit is already confirmed is not in flight: that money is in the
+/// destination's balance, and the home's hold only awaits the acknowledgement.
+fn check_global_conservation(ledgers: &[Ledger], report: &mut Report) {
+    let partitions = ledgers.len() as u32;
+    let mut totals: BTreeMap<Currency, Totals> = BTreeMap::new();
+    for ledger in ledgers {
+        for (currency, flows) in ledger.flows() {
+            let t = totals.entry(*currency).or_default();
+            t.deposited += flows.deposited;
+            t.withdrawn += flows.withdrawn;
+        }
+        for (_, account) in ledger.accounts() {
+            totals.entry(account.currency).or_default().balances += u128::from(account.balance);
+        }
+        for row in ledger.transfers().filter(|row| row.state.is_unfinished()) {
+            let key = row.transfer.key();
+            let destination = &ledgers[partition_of(&row.transfer.to, partitions) as usize];
+            let confirmed = destination
+                .credit(&key)
+                .is_some_and(|credit| credit.state == CreditState::Confirmed);
+            if !confirmed {
+                totals
+                    .entry(row.transfer.currency)
+                    .or_default()
+                    .holds_in_flight += u128::from(row.transfer.amount.minor());
+            }
+        }
+    }
+    for (currency, t) in totals {
+        let held = t.balances + t.holds_in_flight;
+        let expected = t.deposited.checked_sub(t.withdrawn);
+        let line = format!(
+            "{currency}: deposited {}, withdrawn {}, balances {}, holds in flight {}",
+            money(t.deposited, currency),
+            money(t.withdrawn, currency),
+            money(t.balances, currency),
+            money(t.holds_in_flight, currency)
+        );
+        if expected == Some(held) {
+            report.lines.push(format!("{line}: conserved"));
+        } else {
+            report.violation(format!("conservation across partitions: {line}"));
+        }
+    }
+}
+
+fn money(minor: u128, currency: Currency) -> String {
+    u64::try_from(minor).map_or_else(
+        |_| format!("{minor} minor units"),
+        |m| format_minor(m, currency),
+    )
+}
+
+/// Both sides of every cross-partition transfer must be in states the protocol allows
+/// together, and every destination row must have its home row.
+fn check_transfers_agree(ledgers: &[Ledger], report: &mut Report) {
+    let partitions = ledgers.len() as u32;
+    let mut found = Vec::new();
+    let mut checked = 0usize;
+    for ledger in ledgers {
+        for row in ledger.transfers().filter(|row| row.remote) {
+            checked += 1;
+            let key = row.transfer.key();
+            let destination = &ledgers[partition_of(&row.transfer.to, partitions) as usize];
+            let credit = destination.credit(&key).map(|c| c.state);
+            if !home_and_credit_agree(row.state, credit) {
+                found.push(format!(
+                    "transfer {key:?}: home {:?} but destination {credit:?}",
+                    row.state
+                ));
+            }
+        }
+        for (key, credit) in ledger.credits() {
+            let home = ledgers[partition_of(&key.from, partitions) as usize].transfer(key);
+            match home {
+                None => found.push(format!(
+                    "transfer {key:?}: destination {:?} but no home row",
+                    credit.state
+                )),
+                Some(row) if credit.transfer.is_some_and(|t| t != row.transfer) => {
+                    found.push(format!(
+                        "transfer {key:?}: the destination recorded another body than the home"
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    report
+        .lines
+        .push(format!("cross-partition transfers checked: {checked}"));
+    report.violations_of(found);
+}
+
+/// Whether a home row state and its destination barrier row may coexist at rest.
+fn home_and_credit_agree(home: TransferState, credit: Option<CreditState>) -> bool {
+    use CreditState as C;
+    match home {
+        // Refused at home: the destination never heard of it.
+        TransferState::Rejected(_) => credit.is_none(),
+        // Try sent (or not yet): nothing decided, so nothing second-phase at the destination.
+        TransferState::Trying => matches!(credit, None | Some(C::Tried)),
+        // Confirm decided: the Try succeeded; the Confirm may not have landed yet.
+        TransferState::Confirming => matches!(credit, Some(C::Tried | C::Confirmed)),
+        TransferState::Committed => credit == Some(C::Confirmed),
+        // Cancel decided: anything but a confirmed credit.
+        TransferState::Cancelling(_) => credit != Some(C::Confirmed),
+        // The destination acknowledged the Cancel, so it recorded it.
+        TransferState::Cancelled(_) => matches!(credit, Some(C::Cancelled | C::TryNotSeen)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use walletd_core::event::{Reason, Transfer};
+    use walletd_core::money::Amount;
+
+    fn transfer(from: &str, to: &str, id: &str) -> Transfer {
+        Transfer {
+            transaction_id: TransactionId::new(id).unwrap(),
+            from: AccountId::new(from).unwrap(),
+            to: AccountId::new(to).unwrap(),
+            amount: Amount::from_minor(100).unwrap(),
+            currency: Currency::USD,
+        }
+    }
+
+    fn record(lsn: u64, event: Event) -> Record {
+        Record {
+            lsn,
+            timestamp: lsn,
+            event,
+        }
+    }
+
+    #[test]
+    fn the_scan_finds_duplicates_and_hanging_tries() {
+        let t = transfer("alice", "bob", "t1");
+        let records = [
+            record(1, Event::CreditTryNotSeen { key: t.key() }),
+            record(2, Event::CreditTried { transfer: t }),
+            record(
+                3,
+                Event::TransferRejected {
+                    transfer: t,
+                    reason: Reason::InsufficientFunds,
+                },
+            ),
+            record(
+                4,
+                Event::TransferRejected {
+                    transfer: t,
+                    reason: Reason::InsufficientFunds,
+                },
+            ),
+        ];
+        // One partition owns every account, so only the content is judged.
+        let found = scan_log(0, 1, &records);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].contains("after its Cancel"), "{found:?}");
+        assert!(found[1].contains("recorded twice"), "{found:?}");
+    }
+
+    #[test]
+    fn home_and_destination_states_that_may_coexist() {
+        use CreditState as C;
+        assert!(home_and_credit_agree(
+            TransferState::Committed,
+            Some(C::Confirmed)
+        ));
+        assert!(!home_and_credit_agree(
+            TransferState::Committed,
+            Some(C::Tried)
+        ));
+        assert!(home_and_credit_agree(
+            TransferState::Confirming,
+            Some(C::Tried)
+        ));
+        let cancelled = TransferState::Cancelled(Reason::Timeout);
+        assert!(home_and_credit_agree(cancelled, Some(C::TryNotSeen)));
+        assert!(!home_and_credit_agree(cancelled, Some(C::Confirmed)));
+        assert!(!home_and_credit_agree(cancelled, None));
+        assert!(home_and_credit_agree(TransferState::Trying, None));
+        assert!(!home_and_credit_agree(
+            TransferState::Rejected(Reason::InsufficientFunds),
+            Some(C::Tried)
+        ));
+    }
+}
