@@ -16,7 +16,9 @@ use walletd_core::money::Amount;
 use walletd_core::storage::file::{FileStorage, FileStorageConfig};
 
 use super::report::{Live, MemoryReport, Phase, Tally};
-use super::workload::{account_name, Rng, Workload, CURRENCY, FUNDING_MINOR, FUNDING_TRANSACTION_ID};
+use super::workload::{
+    account_name, Rng, Workload, CURRENCY, FUNDING_MINOR, FUNDING_TRANSACTION_ID,
+};
 use super::{BenchError, Totals};
 
 /// Commands handed to the engine at once while opening accounts.
@@ -73,7 +75,9 @@ async fn execute_all(
                     match answer {
                         Ok(Ok(_)) => {}
                         Ok(Err(refused)) => return Err(BenchError::Engine(refused.to_string())),
-                        Err(unavailable) => return Err(BenchError::Engine(unavailable.to_string())),
+                        Err(unavailable) => {
+                            return Err(BenchError::Engine(unavailable.to_string()))
+                        }
                     }
                 }
             }
@@ -179,7 +183,12 @@ pub fn run_transfers(
                                 answered += 1;
                                 rejected += 1;
                             }
-                            _ => errors += 1,
+                            other => {
+                                errors += 1;
+                                if live.phase() == Phase::Measuring {
+                                    tally.sample_error(&format!("{other:?}"));
+                                }
+                            }
                         }
                     }
                     let latency = started.elapsed();

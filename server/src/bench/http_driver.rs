@@ -53,7 +53,10 @@ impl Target {
         if authority.contains('/') {
             return Err(bad("give the server's root URL, without a path"));
         }
-        let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        let with_port = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
             authority.to_string()
         } else {
             format!("{authority}:80")
@@ -121,7 +124,8 @@ impl Connection {
                 .uri(path)
                 .header(HOST, self.target.host.clone());
             if body.is_some() {
-                request = request.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                request =
+                    request.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             }
             let request = request
                 .body(Full::new(body.unwrap_or_default()))
@@ -130,7 +134,7 @@ impl Connection {
                 .sender
                 .send_request(request)
                 .await
-                .map_err(|e| BenchError::http(format!("{path}"), e))?;
+                .map_err(|e| BenchError::http(path, e))?;
             let status = response.status();
             let bytes = response
                 .into_body()
@@ -149,8 +153,13 @@ impl Connection {
         }
     }
 
-    async fn post_json(&mut self, path: &str, body: String) -> Result<(StatusCode, Bytes), BenchError> {
-        self.request(Method::POST, path, Some(Bytes::from(body))).await
+    async fn post_json(
+        &mut self,
+        path: &str,
+        body: String,
+    ) -> Result<(StatusCode, Bytes), BenchError> {
+        self.request(Method::POST, path, Some(Bytes::from(body)))
+            .await
     }
 }
 
@@ -178,7 +187,9 @@ impl SpawnedServer {
     ) -> Result<SpawnedServer, BenchError> {
         let bin = match bin {
             Some(bin) => bin,
-            None => std::env::current_exe().map_err(|e| BenchError::io("locate this executable", e))?,
+            None => {
+                std::env::current_exe().map_err(|e| BenchError::io("locate this executable", e))?
+            }
         };
         let dir = tempfile::Builder::new()
             .prefix("walletd-bench-")
@@ -194,7 +205,10 @@ impl SpawnedServer {
             .arg("--partitions")
             .arg(partitions.to_string())
             .args(extra_args)
-            .env("WALLET_LOG", std::env::var("WALLET_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "WALLET_LOG",
+                std::env::var("WALLET_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -217,10 +231,14 @@ impl SpawnedServer {
         let deadline = Instant::now() + Duration::from_millis(SERVER_START_TIMEOUT_MS);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(BenchError::Server(format!("wallet serve exited at start: {status}")));
+                return Err(BenchError::Server(format!(
+                    "wallet serve exited at start: {status}"
+                )));
             }
             if let Ok(mut connection) = Connection::open(&self.target).await {
-                if let Ok((StatusCode::OK, _)) = connection.request(Method::GET, "/healthz", None).await {
+                if let Ok((StatusCode::OK, _)) =
+                    connection.request(Method::GET, "/healthz", None).await
+                {
                     return Ok(());
                 }
             }
@@ -245,7 +263,11 @@ fn free_port() -> Result<SocketAddr, BenchError> {
 }
 
 /// Runs `job(client, connection)` for `clients` concurrent clients and waits for all.
-async fn with_clients<F, Fut, T>(target: &Target, clients: u64, job: F) -> Result<Vec<T>, BenchError>
+async fn with_clients<F, Fut, T>(
+    target: &Target,
+    clients: u64,
+    job: F,
+) -> Result<Vec<T>, BenchError>
 where
     F: Fn(u64, Connection) -> Fut,
     Fut: std::future::Future<Output = Result<T, BenchError>> + Send + 'static,
@@ -258,7 +280,10 @@ where
     }
     let mut results = Vec::with_capacity(tasks.len());
     for task in tasks {
-        results.push(task.await.map_err(|e| BenchError::Server(format!("client task failed: {e}")))??);
+        results.push(
+            task.await
+                .map_err(|e| BenchError::Server(format!("client task failed: {e}")))??,
+        );
     }
     Ok(results)
 }
@@ -311,31 +336,38 @@ struct BalanceBody<'a> {
 /// The sums of every account's figures, read through the API.
 pub async fn sum_balances(target: &Target, workload: &Workload) -> Result<Totals, BenchError> {
     let accounts = workload.accounts;
-    let sums = with_clients(target, SETUP_CLIENTS, move |client, mut connection| async move {
-        let mut totals = Totals::default();
-        let mut index = client;
-        while index < accounts {
-            let path = format!("/v1/accounts/{}/balance?currency={CURRENCY}", account_name(index));
-            let (status, body) = connection.request(Method::GET, &path, None).await?;
-            expect_success("read balance", status, &body)?;
-            let unreadable = |detail: String| BenchError::Http {
-                what: path.clone(),
-                detail,
-            };
-            let parsed: BalanceBody = serde_json::from_slice(&body)
-                .map_err(|e| unreadable(format!("unreadable balance: {e}")))?;
-            let minor = |text: &str| {
-                parse_balance(text)
-                    .map(u128::from)
-                    .ok_or_else(|| unreadable(format!("unreadable amount {text:?}")))
-            };
-            totals.balance += minor(parsed.balance)?;
-            totals.held += minor(parsed.held)?;
-            totals.incoming += minor(parsed.incoming)?;
-            index += SETUP_CLIENTS;
-        }
-        Ok(totals)
-    })
+    let sums = with_clients(
+        target,
+        SETUP_CLIENTS,
+        move |client, mut connection| async move {
+            let mut totals = Totals::default();
+            let mut index = client;
+            while index < accounts {
+                let path = format!(
+                    "/v1/accounts/{}/balance?currency={CURRENCY}",
+                    account_name(index)
+                );
+                let (status, body) = connection.request(Method::GET, &path, None).await?;
+                expect_success("read balance", status, &body)?;
+                let unreadable = |detail: String| BenchError::Http {
+                    what: path.clone(),
+                    detail,
+                };
+                let parsed: BalanceBody = serde_json::from_slice(&body)
+                    .map_err(|e| unreadable(format!("unreadable balance: {e}")))?;
+                let minor = |text: &str| {
+                    parse_balance(text)
+                        .map(u128::from)
+                        .ok_or_else(|| unreadable(format!("unreadable amount {text:?}")))
+                };
+                totals.balance += minor(parsed.balance)?;
+                totals.held += minor(parsed.held)?;
+                totals.incoming += minor(parsed.incoming)?;
+                index += SETUP_CLIENTS;
+            }
+            Ok(totals)
+        },
+    )
     .await?;
     Ok(sums.into_iter().fold(Totals::default(), Totals::add))
 }
@@ -393,11 +425,23 @@ struct HttpClient {
 }
 
 /// What one request achieved.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Answered {
     transfers: u64,
     rejected: u64,
     errors: u64,
+    /// What the (first) error was.
+    error: Option<String>,
+}
+
+impl Answered {
+    fn failed(errors: u64, error: String) -> Answered {
+        Answered {
+            errors,
+            error: Some(error),
+            ..Answered::default()
+        }
+    }
 }
 
 impl HttpClient {
@@ -425,20 +469,29 @@ impl HttpClient {
             let started = Instant::now();
             let answered = self.send(path, &body, shape).await;
             let latency = started.elapsed();
-            self.live.transfers.fetch_add(answered.transfers, std::sync::atomic::Ordering::Relaxed);
-            self.live.errors.fetch_add(answered.errors, std::sync::atomic::Ordering::Relaxed);
+            self.live
+                .transfers
+                .fetch_add(answered.transfers, std::sync::atomic::Ordering::Relaxed);
+            self.live
+                .errors
+                .fetch_add(answered.errors, std::sync::atomic::Ordering::Relaxed);
             if self.live.phase() == Phase::Measuring {
                 self.tally.record(latency);
                 self.tally.transfers += answered.transfers;
                 self.tally.rejected += answered.rejected;
                 self.tally.errors += answered.errors;
+                if let Some(error) = &answered.error {
+                    self.tally.sample_error(error);
+                }
             }
         }
     }
 
     fn write_transfer(&mut self, out: &mut String) {
         use std::fmt::Write;
-        let draw = self.workload.draw(&mut self.rng, self.client, self.sequence);
+        let draw = self
+            .workload
+            .draw(&mut self.rng, self.client, self.sequence);
         self.sequence += 1;
         let _ = write!(
             out,
@@ -453,10 +506,6 @@ impl HttpClient {
     }
 
     async fn send(&mut self, path: &str, body: &str, shape: Shape) -> Answered {
-        let failed = |errors| Answered {
-            errors,
-            ..Answered::default()
-        };
         let per_request = match shape {
             Shape::Single => 1,
             Shape::Batch(size) => size,
@@ -464,27 +513,40 @@ impl HttpClient {
         if self.connection.is_none() {
             match Connection::open(&self.target).await {
                 Ok(connection) => self.connection = Some(connection),
-                Err(_) => {
+                Err(error) => {
                     tokio::time::sleep(Duration::from_millis(RECONNECT_PAUSE_MS)).await;
-                    return failed(per_request);
+                    return Answered::failed(per_request, error.to_string());
                 }
             }
         }
         let connection = self.connection.as_mut().expect("connected above");
         let answer = connection
-            .request(Method::POST, path, Some(Bytes::copy_from_slice(body.as_bytes())))
+            .request(
+                Method::POST,
+                path,
+                Some(Bytes::copy_from_slice(body.as_bytes())),
+            )
             .await;
         match (answer, shape) {
             (Ok((status, answer)), Shape::Single) => single_outcome(status, &answer),
             (Ok((StatusCode::OK, answer)), Shape::Batch(size)) => batch_outcome(&answer, size),
-            (Ok(_), Shape::Batch(size)) => failed(size),
-            (Err(_), _) => {
+            (Ok((status, answer)), Shape::Batch(size)) => {
+                Answered::failed(size, describe(status, &answer))
+            }
+            (Err(error), _) => {
                 self.connection = None;
                 tokio::time::sleep(Duration::from_millis(RECONNECT_PAUSE_MS)).await;
-                failed(per_request)
+                Answered::failed(per_request, error.to_string())
             }
         }
     }
+}
+
+/// A short description of an unexpected answer.
+fn describe(status: StatusCode, body: &[u8]) -> String {
+    const BODY_SHOWN_MAX: usize = 200;
+    let shown = &body[..body.len().min(BODY_SHOWN_MAX)];
+    format!("{status}: {}", String::from_utf8_lossy(shown))
 }
 
 fn single_outcome(status: StatusCode, body: &[u8]) -> Answered {
@@ -496,12 +558,9 @@ fn single_outcome(status: StatusCode, body: &[u8]) -> Answered {
         StatusCode::UNPROCESSABLE_ENTITY if contains(body, b"\"insufficient_funds\"") => Answered {
             transfers: 1,
             rejected: 1,
-            errors: 0,
-        },
-        _ => Answered {
-            errors: 1,
             ..Answered::default()
         },
+        _ => Answered::failed(1, describe(status, body)),
     }
 }
 
@@ -516,14 +575,15 @@ struct BatchItem<'a> {
     http_status: u16,
     #[serde(default, borrow)]
     code: Option<&'a str>,
+    /// Messages may hold escaped quotes, so they cannot always borrow.
+    #[serde(default, borrow)]
+    message: Option<std::borrow::Cow<'a, str>>,
 }
 
 fn batch_outcome(body: &[u8], size: u64) -> Answered {
-    let Ok(parsed) = serde_json::from_slice::<BatchBody>(body) else {
-        return Answered {
-            errors: size,
-            ..Answered::default()
-        };
+    let parsed = match serde_json::from_slice::<BatchBody>(body) {
+        Ok(parsed) => parsed,
+        Err(error) => return Answered::failed(size, format!("unreadable batch answer: {error}")),
     };
     let mut answered = Answered::default();
     for item in &parsed.results {
@@ -533,7 +593,16 @@ fn batch_outcome(body: &[u8], size: u64) -> Answered {
                 answered.transfers += 1;
                 answered.rejected += 1;
             }
-            _ => answered.errors += 1,
+            (status, code) => {
+                answered.errors += 1;
+                if answered.error.is_none() {
+                    answered.error = Some(format!(
+                        "batch item {status} {}: {}",
+                        code.unwrap_or("-"),
+                        item.message.as_deref().unwrap_or("")
+                    ));
+                }
+            }
         }
     }
     // Items the server did not answer at all are errors too.
@@ -551,9 +620,18 @@ mod tests {
 
     #[test]
     fn outcomes_count_rejections_as_answers_and_the_rest_as_errors() {
-        let single = single_outcome(StatusCode::UNPROCESSABLE_ENTITY, br#"{"code":"insufficient_funds"}"#);
-        assert_eq!((single.transfers, single.rejected, single.errors), (1, 1, 0));
-        let single = single_outcome(StatusCode::UNPROCESSABLE_ENTITY, br#"{"code":"same_account"}"#);
+        let single = single_outcome(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            br#"{"code":"insufficient_funds"}"#,
+        );
+        assert_eq!(
+            (single.transfers, single.rejected, single.errors),
+            (1, 1, 0)
+        );
+        let single = single_outcome(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            br#"{"code":"same_account"}"#,
+        );
         assert_eq!((single.transfers, single.errors), (0, 1));
         let body = br#"{"results":[{"index":0,"http_status":200,"status":"committed"},
             {"index":1,"http_status":422,"status":"rejected","code":"insufficient_funds"},

@@ -111,7 +111,12 @@ pub fn main(args: BenchArgs) -> ExitCode {
         }
     };
     match runtime.block_on(run(args)) {
-        Ok(report) if report.modes.iter().all(|m| m.money_conserved != Some(false)) => {
+        Ok(report)
+            if report
+                .modes
+                .iter()
+                .all(|m| m.money_conserved != Some(false)) =>
+        {
             ExitCode::SUCCESS
         }
         Ok(_) => {
@@ -195,7 +200,8 @@ fn print_report(args: &BenchArgs, report: &BenchReport) -> Result<(), BenchError
             .open(path)
             .map_err(|e| BenchError::io(format!("open {}", path.display()), e))?;
         for row in &rows {
-            writeln!(file, "{row}").map_err(|e| BenchError::io(format!("write {}", path.display()), e))?;
+            writeln!(file, "{row}")
+                .map_err(|e| BenchError::io(format!("write {}", path.display()), e))?;
         }
     }
     Ok(())
@@ -228,7 +234,10 @@ async fn run_http_modes(
         }
     };
     let started = Instant::now();
-    eprintln!("opening and funding {} accounts over HTTP", workload.accounts);
+    eprintln!(
+        "opening and funding {} accounts over HTTP",
+        workload.accounts
+    );
     http_driver::open_accounts(&target, workload).await?;
     let baseline = settled_totals(|| http_driver::sum_balances(&target, workload)).await?;
     eprintln!(
@@ -256,9 +265,13 @@ async fn run_http_modes(
         };
         let live = Arc::new(Live::default());
         let seed = args.seed.wrapping_add(i as u64 * 7919);
-        let tasks = http_driver::run_transfers(&target, workload, &live, clients, shape, seed).await?;
+        let mode_workload = Arc::new(workload.for_mode(mode.name()));
+        let tasks =
+            http_driver::run_transfers(&target, &mode_workload, &live, clients, shape, seed)
+                .await?;
         let window = drive_clock(mode.name(), &live, args).await;
         let tally = collect(tasks).await?;
+        report_errors(mode.name(), &tally);
         let shape = RunShape {
             clients,
             transfers_per_request: per_request,
@@ -274,7 +287,10 @@ async fn run_http_modes(
 }
 
 /// Runs the engine mode on a fresh engine in a temporary directory.
-async fn run_engine_mode(args: &BenchArgs, workload: &Arc<Workload>) -> Result<ModeReport, BenchError> {
+async fn run_engine_mode(
+    args: &BenchArgs,
+    workload: &Arc<Workload>,
+) -> Result<ModeReport, BenchError> {
     let dir = tempfile::Builder::new()
         .prefix("walletd-bench-engine-")
         .tempdir()
@@ -283,7 +299,10 @@ async fn run_engine_mode(args: &BenchArgs, workload: &Arc<Workload>) -> Result<M
     let client = engine.client();
     let accounts = engine_driver::account_ids(workload.accounts);
     let started = Instant::now();
-    eprintln!("opening and funding {} accounts in the engine", workload.accounts);
+    eprintln!(
+        "opening and funding {} accounts in the engine",
+        workload.accounts
+    );
     engine_driver::open_accounts(&client, &accounts).await?;
     eprintln!(
         "  {} accounts ready in {:.1} s",
@@ -292,6 +311,7 @@ async fn run_engine_mode(args: &BenchArgs, workload: &Arc<Workload>) -> Result<M
     );
     let live = Arc::new(Live::default());
     let seed = args.seed.wrapping_add(104_729);
+    let workload = &Arc::new(workload.for_mode(Mode::Engine.name()));
     let tasks = engine_driver::run_transfers(
         &client,
         &accounts,
@@ -303,6 +323,7 @@ async fn run_engine_mode(args: &BenchArgs, workload: &Arc<Workload>) -> Result<M
     );
     let window = drive_clock(Mode::Engine.name(), &live, args).await;
     let tally = collect(tasks).await?;
+    report_errors(Mode::Engine.name(), &tally);
     let shape = RunShape {
         clients: args.engine_clients,
         transfers_per_request: args.engine_batch,
@@ -334,6 +355,13 @@ where
         totals = read().await?;
     }
     Ok(totals)
+}
+
+/// Shows on stderr what the errors of a run were, if any.
+fn report_errors(mode: &str, tally: &Tally) {
+    for description in &tally.error_samples {
+        eprintln!("  {mode}: error: {description}");
+    }
 }
 
 async fn collect(tasks: Vec<tokio::task::JoinHandle<Tally>>) -> Result<Tally, BenchError> {

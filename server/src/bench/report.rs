@@ -12,6 +12,8 @@ use serde::Serialize;
 const LATENCY_US_MAX: u64 = 60_000_000;
 /// Significant decimal digits the histograms keep (0.1% resolution).
 const LATENCY_DIGITS: u8 = 3;
+/// Distinct error descriptions a tally keeps, to show what went wrong without flooding.
+pub const ERROR_SAMPLES_MAX: usize = 5;
 
 /// Where a run is: only requests that complete while `Measuring` count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +67,8 @@ pub struct Tally {
     pub transfers: u64,
     pub rejected: u64,
     pub errors: u64,
+    /// The first distinct error descriptions seen (at most [`ERROR_SAMPLES_MAX`]).
+    pub error_samples: Vec<String>,
 }
 
 impl Default for Tally {
@@ -81,6 +85,16 @@ impl Tally {
             transfers: 0,
             rejected: 0,
             errors: 0,
+            error_samples: Vec::new(),
+        }
+    }
+
+    /// Keeps `description` if it is new and there is room.
+    pub fn sample_error(&mut self, description: &str) {
+        if self.error_samples.len() < ERROR_SAMPLES_MAX
+            && !self.error_samples.iter().any(|e| e == description)
+        {
+            self.error_samples.push(description.to_string());
         }
     }
 
@@ -99,6 +113,9 @@ impl Tally {
         self.transfers += other.transfers;
         self.rejected += other.rejected;
         self.errors += other.errors;
+        for description in &other.error_samples {
+            self.sample_error(description);
+        }
     }
 }
 
@@ -136,7 +153,7 @@ impl ModeReport {
     pub fn from_tally(mode: &str, tally: &Tally, window: Duration, shape: RunShape) -> ModeReport {
         let seconds = window.as_secs_f64();
         let ms = |q: f64| tally.latency_us.value_at_quantile(q) as f64 / 1000.0;
-        let any = tally.latency_us.len() > 0;
+        let any = !tally.latency_us.is_empty();
         ModeReport {
             mode: mode.to_string(),
             clients: shape.clients,
@@ -228,9 +245,7 @@ pub fn render_table(rows: &[String]) -> String {
                 .unwrap_or(0)
         })
         .collect();
-    let numeric = |cell: &str| {
-        !cell.is_empty() && cell != "-" && cell.parse::<f64>().is_ok() || cell == "-"
-    };
+    let numeric = |cell: &str| cell == "-" || cell.parse::<f64>().is_ok();
     let mut out = String::new();
     for row in &cells {
         let mut line = String::new();
@@ -340,7 +355,10 @@ mod tests {
         let mut row =
             ModeReport::from_tally("http", &tally_of(&[2500], 0), Duration::from_secs(1), shape);
         row.money_conserved = Some(true);
-        let table = render_table(&[row.tsv(), "peer x\t8\t1\t123\t-\t-\t-\t0\t0\t-\tnone".into()]);
+        let table = render_table(&[
+            row.tsv(),
+            "peer x\t8\t1\t123\t-\t-\t-\t0\t0\t-\tnone".into(),
+        ]);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("system / mode"));

@@ -39,9 +39,15 @@ fn the_defaults_are_the_documented_comparison() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_mode_moves_money_and_conserves_it() {
-    let report = run(args(&["engine", "--engine-clients", "4", "--engine-batch", "8"]))
-        .await
-        .expect("the engine mode runs");
+    let report = run(args(&[
+        "engine",
+        "--engine-clients",
+        "4",
+        "--engine-batch",
+        "8",
+    ]))
+    .await
+    .expect("the engine mode runs");
     let row = &report.modes[0];
     assert_eq!(row.mode, "engine");
     assert!(row.transfers > 0, "{row:?}");
@@ -62,7 +68,9 @@ async fn http_modes_run_against_a_target_server() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let server = tokio::spawn(async move {
-        axum::serve(listener, crate::api::router(api)).await.unwrap();
+        axum::serve(listener, crate::api::router(api))
+            .await
+            .unwrap();
     });
     let report = run(args(&[
         "http",

@@ -70,6 +70,15 @@ impl Workload {
         Workload { accounts, run_tag }
     }
 
+    /// The same accounts with transaction ids of their own (one per mode, so that two modes
+    /// never reuse an id, which the ledger would refuse as a conflict).
+    pub fn for_mode(&self, mode: &str) -> Workload {
+        Workload {
+            accounts: self.accounts,
+            run_tag: format!("{}{mode}", self.run_tag),
+        }
+    }
+
     /// Money the funded accounts hold in total, in minor units.
     pub fn funded_total_minor(&self) -> u128 {
         u128::from(self.accounts) * u128::from(FUNDING_MINOR)
