@@ -131,6 +131,12 @@ impl<K: Ord, V, S> Table<K, V> for std::collections::HashMap<K, V, S> {
     }
 }
 
+impl<K: Ord, V, S> Table<K, V> for indexmap::IndexMap<K, V, S> {
+    fn sorted(&self) -> BTreeMap<&K, &V> {
+        self.iter().collect()
+    }
+}
+
 impl<K: Ord, V> Table<K, V> for BTreeMap<K, V> {
     fn sorted(&self) -> BTreeMap<&K, &V> {
         self.iter().collect()

@@ -31,7 +31,6 @@
 //! whatever the order its hash tables iterate in, so snapshots can be compared and hashed.
 
 use crc32c::crc32c;
-use rustc_hash::FxHashMap;
 
 use crate::codec::{put_currency, put_id, put_key, put_transfer, reason_tag, CodecError, Cursor};
 use crate::ledger::{
@@ -103,8 +102,10 @@ pub fn encode_snapshot(ledger: &Ledger) -> Vec<u8> {
 }
 
 /// The rows of a hash table in key order.
-fn sorted<K: Ord, V>(table: &FxHashMap<K, V>) -> Vec<(&K, &V)> {
-    let mut rows: Vec<(&K, &V)> = table.iter().collect();
+fn sorted<'a, K: Ord + 'a, V: 'a>(
+    table: impl IntoIterator<Item = (&'a K, &'a V)>,
+) -> Vec<(&'a K, &'a V)> {
+    let mut rows: Vec<(&K, &V)> = table.into_iter().collect();
     rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
     rows
 }
@@ -276,10 +277,10 @@ fn read_rows<K: Ord, V>(
     Ok(rows)
 }
 
-fn read_table<K: Ord + std::hash::Hash, V>(
+fn read_table<K: Ord + std::hash::Hash, V, T: FromIterator<(K, V)>>(
     cursor: &mut Cursor<'_>,
     read_row: impl FnMut(&mut Cursor<'_>) -> Result<(K, V), String>,
-) -> Result<FxHashMap<K, V>, String> {
+) -> Result<T, String> {
     Ok(read_rows(cursor, read_row)?.into_iter().collect())
 }
 

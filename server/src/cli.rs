@@ -92,6 +92,10 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer <token>` on every /v1 route.
     #[arg(long, env = "WALLET_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// On Ctrl-C or SIGTERM, how long requests in flight may take to finish before their
+    /// connections are closed and the partitions stop anyway.
+    #[arg(long, default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
     /// Write a snapshot of a partition after this many events (0: never). Snapshots bound
     /// recovery time; the log alone always suffices.
     #[arg(long, default_value_t = 1_000_000)]
@@ -134,6 +138,13 @@ pub struct VerifyArgs {
     /// The data directory to check (of a stopped server).
     #[arg(long, default_value = "./data")]
     pub data_dir: PathBuf,
+}
+
+/// Writes a line to stdout, ignoring a closed pipe (`wallet replay | head` must not panic).
+pub fn print_line(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
 }
 
 /// Sets up logging to stderr; `WALLET_LOG` overrides `default` (an `EnvFilter` directive).

@@ -110,14 +110,22 @@ impl ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
     }
 
-    /// An identifier field failed validation; `field` names it in the message.
-    pub fn invalid_id(field: &str, error: &IdError) -> ApiError {
-        let code = if field.contains("transaction") {
-            "invalid_transaction_id"
-        } else {
-            "invalid_account_id"
-        };
-        ApiError::new(StatusCode::BAD_REQUEST, code, format!("{field}: {error}"))
+    /// An account id failed validation; `field` names it in the message.
+    pub fn invalid_account_id(field: &str, error: &IdError) -> ApiError {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_account_id",
+            format!("{field}: {error}"),
+        )
+    }
+
+    /// A transaction id failed validation; `field` names it in the message.
+    pub fn invalid_transaction_id(field: &str, error: &IdError) -> ApiError {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_transaction_id",
+            format!("{field}: {error}"),
+        )
     }
 
     /// The error response for a status with no more specific cause (a rejection produced by

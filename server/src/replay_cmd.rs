@@ -9,10 +9,10 @@ use walletd_core::codec::Record;
 use walletd_core::ids::AccountId;
 use walletd_core::money::{format_minor, Currency};
 use walletd_core::partition::{partition_of, PartitionId};
-use walletd_core::replay::{self, AsOf};
+use walletd_core::replay::{self, AsOf, BalanceAt, Movement};
 
 use crate::api::queries::{format_signed, kind_name};
-use crate::cli::{Format, ReplayArgs};
+use crate::cli::{print_line, Format, ReplayArgs};
 use crate::datadir::DataDir;
 use crate::history::{account_filter, read_partition_log, PartitionLog, Progress};
 use crate::rfc3339;
@@ -140,7 +140,7 @@ fn all_balances(
             incoming: a.incoming,
         }));
     }
-    rows.sort_by(|a, b| a.account.cmp(&b.account));
+    rows.sort_by_key(|row| row.account);
     match format {
         Format::Json => print_json(&rows, &positions),
         Format::Text => print_table(dir, &rows, as_of),
@@ -216,7 +216,7 @@ fn print_json(rows: &[Row], positions: &BTreeMap<PartitionId, u64>) {
         .map(|(p, lsn)| (p.to_string(), *lsn))
         .collect();
     let doc = json!({ "accounts": accounts, "as_of_lsn_by_partition": lsns });
-    println!("{doc:#}");
+    print_line(&format!("{doc:#}"));
 }
 
 /// Formats a sum of balances, which may exceed `u64` in principle.
@@ -225,6 +225,15 @@ fn format_u128(minor: u128, currency: Currency) -> String {
         Ok(minor) => format_minor(minor, currency),
         Err(_) => format!("{minor} minor units"),
     }
+}
+
+/// One account's history as read from its partition's log.
+struct History {
+    account: AccountId,
+    partition: PartitionId,
+    figures: BalanceAt,
+    movements: Vec<Movement>,
+    last_lsn: u64,
 }
 
 fn account_history(
@@ -240,50 +249,66 @@ fn account_history(
         eprintln!("wallet replay: account {account} does not exist at that point");
         return Ok(ExitCode::FAILURE);
     };
-    let c = figures.currency;
-    let movements = replay::movements(&log.records, &account);
-    if format == Format::Json {
-        let list: Vec<_> = movements
-            .iter()
-            .map(|m| {
-                json!({
-                    "lsn": m.lsn,
-                    "timestamp": rfc3339::format_us(m.timestamp),
-                    "kind": kind_name(m.kind),
-                    "amount": m.amount.format(c),
-                    "balance_change": format_signed(m.balance_change(), c),
-                    "transaction_id": m.transaction_id.as_str(),
-                    "counterparty": m.counterparty.map(|a| a.to_string()),
-                    "balance_after": format_minor(m.balance_after, c),
-                    "held_after": format_minor(m.held_after, c),
-                })
-            })
-            .collect();
-        let doc = json!({
-            "account_id": account.as_str(),
-            "partition": partition,
-            "currency": c.code(),
-            "balance": format_minor(figures.balance, c),
-            "held": format_minor(figures.held, c),
-            "incoming": format_minor(figures.incoming, c),
-            "as_of_lsn": log.last_lsn,
-            "movements": list,
-        });
-        println!("{doc:#}");
-        return Ok(ExitCode::SUCCESS);
+    let history = History {
+        account,
+        partition,
+        figures,
+        movements: replay::movements(&log.records, &account),
+        last_lsn: log.last_lsn,
+    };
+    match format {
+        Format::Json => print_history_json(&history),
+        Format::Text => print_history_text(&history),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_history_json(h: &History) {
+    let c = h.figures.currency;
+    let list: Vec<_> = h
+        .movements
+        .iter()
+        .map(|m| {
+            json!({
+                "lsn": m.lsn,
+                "timestamp": rfc3339::format_us(m.timestamp),
+                "kind": kind_name(m.kind),
+                "amount": m.amount.format(c),
+                "balance_change": format_signed(m.balance_change(), c),
+                "transaction_id": m.transaction_id.as_str(),
+                "counterparty": m.counterparty.map(|a| a.to_string()),
+                "balance_after": format_minor(m.balance_after, c),
+                "held_after": format_minor(m.held_after, c),
+            })
+        })
+        .collect();
+    let doc = json!({
+        "account_id": h.account.as_str(),
+        "partition": h.partition,
+        "currency": c.code(),
+        "balance": format_minor(h.figures.balance, c),
+        "held": format_minor(h.figures.held, c),
+        "incoming": format_minor(h.figures.incoming, c),
+        "as_of_lsn": h.last_lsn,
+        "movements": list,
+    });
+    print_line(&format!("{doc:#}"));
+}
+
+fn print_history_text(h: &History) {
+    let c = h.figures.currency;
     let mut out = io::stdout().lock();
     let _ = writeln!(
         out,
-        "# account {account} (partition {partition}, {c}) as of lsn {}",
-        log.last_lsn
+        "# account {} (partition {}, {c}) as of lsn {}",
+        h.account, h.partition, h.last_lsn
     );
     let _ = writeln!(
         out,
         "{:>10} {:<27} {:<13} {:>16} {:<24} {:<20} {:>16} {:>14}",
         "lsn", "time", "kind", "change", "transaction", "counterparty", "balance", "held"
     );
-    for m in &movements {
+    for m in &h.movements {
         let _ = writeln!(
             out,
             "{:>10} {:<27} {:<13} {:>16} {:<24} {:<20} {:>16} {:>14}",
@@ -300,9 +325,8 @@ fn account_history(
     let _ = writeln!(
         out,
         "# balance {} held {} incoming {}",
-        format_minor(figures.balance, c),
-        format_minor(figures.held, c),
-        format_minor(figures.incoming, c)
+        format_minor(h.figures.balance, c),
+        format_minor(h.figures.held, c),
+        format_minor(h.figures.incoming, c)
     );
-    Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@
 //! and exit 0. A partition whose driver stopped (an fsync or write failed: the only safe
 //! reaction is to stop) makes the server shut down the same way and exit non-zero.
 
+use std::future::IntoFuture;
 use std::io;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -135,18 +136,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     tracing::info!(data_dir = %dir.root().display(), partitions = dir.partitions(), "starting");
     let engine = start_engine(&args, &dir).await?;
     log_recovery(engine.recovery_reports());
-    let stats: Vec<(PartitionId, Arc<DriverStats>)> = engine
-        .local_partitions()
-        .iter()
-        .copied()
-        .zip(engine.stats().iter().cloned())
-        .collect();
-    let mut durable = vec![None; dir.partitions() as usize];
-    for (partition, stats) in &stats {
-        durable[*partition as usize] = Some(Arc::clone(stats));
-    }
-    let history = LogReader::new(dir, durable);
-    let api = Api::new(engine.client(), stats, Some(history), options(&args));
+    let api = build_api(&engine, dir, options(&args));
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|source| ServeError::Io {
@@ -158,18 +148,8 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         source,
     })?;
     tracing::info!(%addr, "listening on http://{addr}");
-
-    let (stop_tx, stop_rx) = watch::channel(Stop::Running);
-    let mut graceful = stop_tx.subscribe();
-    tokio::spawn(watch_for_stop(api.clone(), stop_tx));
-    let app = api::router(api);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = graceful.wait_for(|stop| *stop != Stop::Running).await;
-            tracing::info!("shutting down: draining requests in flight");
-        })
-        .await;
-    let stop = *stop_rx.borrow();
+    let grace = Duration::from_millis(args.shutdown_grace_ms);
+    let (served, stop) = serve_http(listener, api, grace).await;
     tracing::info!("syncing and stopping partitions");
     let stopped = engine.shutdown().await;
     served.map_err(|source| ServeError::Io {
@@ -181,6 +161,50 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         Stop::PartitionStopped(partition) => Err(ServeError::PartitionStopped(partition)),
         Stop::Running | Stop::Signal => Ok(()),
     }
+}
+
+/// The API over every partition of `engine`, reading history from `dir`. A cluster node
+/// builds its `Api` the same way from its own client, statistics and local logs.
+fn build_api(engine: &Engine, dir: DataDir, options: ApiOptions) -> Api {
+    let stats: Vec<(PartitionId, Arc<DriverStats>)> = engine
+        .local_partitions()
+        .iter()
+        .copied()
+        .zip(engine.stats().iter().cloned())
+        .collect();
+    let mut durable = vec![None; dir.partitions() as usize];
+    for (partition, stats) in &stats {
+        durable[*partition as usize] = Some(Arc::clone(stats));
+    }
+    let history = LogReader::new(dir, durable);
+    Api::new(engine.client(), stats, Some(history), options)
+}
+
+/// Serves HTTP until a signal or a dead partition, then drains requests in flight for at
+/// most `grace`. Returns how serving ended and why.
+async fn serve_http(listener: TcpListener, api: Api, grace: Duration) -> (io::Result<()>, Stop) {
+    let (stop_tx, mut stop_rx) = watch::channel(Stop::Running);
+    let mut graceful = stop_tx.subscribe();
+    tokio::spawn(watch_for_stop(api.clone(), stop_tx));
+    let server = axum::serve(listener, api::router(api)).with_graceful_shutdown(async move {
+        let _ = graceful.wait_for(|stop| *stop != Stop::Running).await;
+        tracing::info!("shutting down: draining requests in flight");
+    });
+    // Draining is bounded: a client that never finishes its request must not keep the
+    // partitions from syncing and stopping.
+    let drain_deadline = async {
+        let _ = stop_rx.wait_for(|stop| *stop != Stop::Running).await;
+        tokio::time::sleep(grace).await;
+    };
+    let served = tokio::select! {
+        served = server.into_future() => served,
+        () = drain_deadline => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "requests still in flight after the grace period; closing them");
+            Ok(())
+        }
+    };
+    let stop = *stop_rx.borrow();
+    (served, stop)
 }
 
 /// Waits for a signal or for a partition to stop, and publishes why serving must end.

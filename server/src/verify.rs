@@ -29,7 +29,7 @@ use walletd_core::partition::{partition_of, PartitionId};
 use walletd_core::replay::{self, AsOf};
 use walletd_core::snapshot::decode_snapshot;
 
-use crate::cli::VerifyArgs;
+use crate::cli::{print_line, VerifyArgs};
 use crate::datadir::DataDir;
 use crate::history::read_partition_log;
 
@@ -46,9 +46,20 @@ pub struct Report {
     pub violations: Vec<String>,
     /// Violations found but not listed (beyond [`VIOLATIONS_LISTED_MAX`] for one check).
     pub unlisted: usize,
+    /// Print each line as soon as it is known.
+    pub echo: bool,
 }
 
 impl Report {
+    /// A line of the summary; printed at once when `echo` is set, so a long check shows
+    /// its progress partition by partition.
+    fn line(&mut self, text: String) {
+        if self.echo {
+            print_line(&text);
+        }
+        self.lines.push(text);
+    }
+
     fn violation(&mut self, text: String) {
         self.violations.push(text);
     }
@@ -74,29 +85,29 @@ pub fn run(args: VerifyArgs) -> ExitCode {
             return ExitCode::from(EXIT_UNREADABLE);
         }
     };
-    let report = verify(&dir);
-    for line in &report.lines {
-        println!("{line}");
-    }
+    let report = verify(&dir, true);
     if report.is_clean() {
-        println!("OK: no violations");
+        print_line("OK: no violations");
         return ExitCode::SUCCESS;
     }
     let total = report.violations.len() + report.unlisted;
-    println!("FAILED: {total} violation(s):");
+    print_line(&format!("FAILED: {total} violation(s):"));
     for (i, violation) in report.violations.iter().enumerate() {
-        println!("  {}. {violation}", i + 1);
+        print_line(&format!("  {}. {violation}", i + 1));
     }
     if report.unlisted > 0 {
-        println!("  ... and {} more", report.unlisted);
+        print_line(&format!("  ... and {} more", report.unlisted));
     }
     ExitCode::FAILURE
 }
 
-/// Runs every check on `dir`.
-pub fn verify(dir: &DataDir) -> Report {
-    let mut report = Report::default();
-    report.lines.push(format!(
+/// Runs every check on `dir`; with `echo`, prints the summary lines as they come.
+pub fn verify(dir: &DataDir, echo: bool) -> Report {
+    let mut report = Report {
+        echo,
+        ..Report::default()
+    };
+    report.line(format!(
         "wallet verify: {} ({} partitions)",
         dir.root().display(),
         dir.partitions()
@@ -110,9 +121,7 @@ pub fn verify(dir: &DataDir) -> Report {
             check_global_conservation(&ledgers, &mut report);
             check_transfers_agree(&ledgers, &mut report);
         }
-        None => report
-            .lines
-            .push("cross-partition checks skipped: some partition did not replay".into()),
+        None => report.line("cross-partition checks skipped: some partition did not replay".into()),
     }
     report
 }
@@ -158,7 +167,7 @@ fn verify_partition(dir: &DataDir, partition: PartitionId, report: &mut Report) 
         );
     }
     line.push_str(&snapshots);
-    report.lines.push(line);
+    report.line(line);
     Some(ledger)
 }
 
@@ -191,21 +200,42 @@ fn safe_replay(
 
 /// Checks the records themselves: ownership, exactly once, no Try after its Cancel.
 pub fn scan_log(partition: PartitionId, partitions: u32, records: &[Record]) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut cash: BTreeSet<(AccountId, TransactionId)> = BTreeSet::new();
-    let mut home: BTreeSet<TransferKey> = BTreeSet::new();
-    let mut tried: BTreeSet<TransferKey> = BTreeSet::new();
-    let mut closed: BTreeSet<TransferKey> = BTreeSet::new();
-    let here = |account: &AccountId| partition_of(account, partitions) == partition;
-    for record in records {
-        let lsn = record.lsn;
-        let mut violation = |text: String| {
-            found.push(format!("partition {partition} lsn {lsn}: {text}"));
-        };
-        match &record.event {
-            Event::AccountOpened { account, .. } if !here(account) => violation(format!(
-                "account {account} opened on a partition that does not own it"
-            )),
+    let mut scan = LogScan {
+        partition,
+        partitions,
+        ..LogScan::default()
+    };
+    records
+        .iter()
+        .filter_map(|record| {
+            scan.check(&record.event)
+                .map(|text| format!("partition {partition} lsn {}: {text}", record.lsn))
+        })
+        .collect()
+}
+
+/// What [`scan_log`] remembers of the records it has seen.
+#[derive(Default)]
+struct LogScan {
+    partition: PartitionId,
+    partitions: u32,
+    cash: BTreeSet<(AccountId, TransactionId)>,
+    home: BTreeSet<TransferKey>,
+    tried: BTreeSet<TransferKey>,
+    /// Destination branches cancelled (with or without a Try before).
+    closed: BTreeSet<TransferKey>,
+}
+
+impl LogScan {
+    fn here(&self, account: &AccountId) -> bool {
+        partition_of(account, self.partitions) == self.partition
+    }
+
+    /// The violation `event` shows, given the events before it.
+    fn check(&mut self, event: &Event) -> Option<String> {
+        match event {
+            Event::AccountOpened { account, .. } => (!self.here(account))
+                .then(|| format!("account {account} opened on a partition that does not own it")),
             Event::Deposited {
                 account,
                 transaction_id,
@@ -215,44 +245,37 @@ pub fn scan_log(partition: PartitionId, partitions: u32, records: &[Record]) -> 
                 account,
                 transaction_id,
                 ..
-            } => {
-                if !cash.insert((*account, *transaction_id)) {
-                    violation(format!(
-                        "transaction {transaction_id:?} of account {account} applied twice"
-                    ));
-                }
-            }
+            } => (!self.cash.insert((*account, *transaction_id))).then(|| {
+                format!("transaction {transaction_id:?} of account {account} applied twice")
+            }),
             Event::Transferred { transfer }
             | Event::TransferRejected { transfer, .. }
             | Event::DebitTried { transfer } => {
-                if !here(&transfer.from) {
-                    violation(format!(
-                        "transfer {:?} recorded away from its home",
-                        transfer.key()
-                    ));
+                let key = transfer.key();
+                if !self.here(&transfer.from) {
+                    return Some(format!("transfer {key:?} recorded away from its home"));
                 }
-                if !home.insert(transfer.key()) {
-                    violation(format!("transfer {:?} recorded twice", transfer.key()));
-                }
+                (!self.home.insert(key)).then(|| format!("transfer {key:?} recorded twice"))
             }
             Event::CreditTried { transfer } => {
                 let key = transfer.key();
-                if closed.contains(&key) {
-                    violation(format!(
+                if self.closed.contains(&key) {
+                    return Some(format!(
                         "Try of {key:?} after its Cancel (a hanging reservation)"
                     ));
                 }
-                if !tried.insert(key) {
-                    violation(format!("Try of {key:?} recorded twice"));
-                }
+                (!self.tried.insert(key)).then(|| format!("Try of {key:?} recorded twice"))
             }
             Event::CreditTryNotSeen { key } | Event::CreditCancelled { key } => {
-                closed.insert(*key);
+                self.closed.insert(*key);
+                None
             }
-            _ => {}
+            Event::TransferDecided { .. }
+            | Event::DebitConfirmed { .. }
+            | Event::DebitCancelled { .. }
+            | Event::CreditConfirmed { .. } => None,
         }
     }
-    found
 }
 
 /// Each account's `held` must equal the amounts of the unfinished transfers it is the source of.
@@ -394,7 +417,7 @@ fn check_global_conservation(ledgers: &[Ledger], report: &mut Report) {
             money(t.holds_in_flight, currency)
         );
         if expected == Some(held) {
-            report.lines.push(format!("{line}: conserved"));
+            report.line(format!("{line}: conserved"));
         } else {
             report.violation(format!("conservation across partitions: {line}"));
         }
@@ -443,9 +466,7 @@ fn check_transfers_agree(ledgers: &[Ledger], report: &mut Report) {
             }
         }
     }
-    report
-        .lines
-        .push(format!("cross-partition transfers checked: {checked}"));
+    report.line(format!("cross-partition transfers checked: {checked}"));
     report.violations_of(found);
 }
 

@@ -320,12 +320,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 
 /// Validates an account id field.
 pub fn account_id(field: &str, text: &str) -> Result<AccountId, ApiError> {
-    AccountId::new(text).map_err(|e| ApiError::invalid_id(field, &e))
+    AccountId::new(text).map_err(|e| ApiError::invalid_account_id(field, &e))
 }
 
 /// Validates a transaction id field.
 pub fn transaction_id(field: &str, text: &str) -> Result<TransactionId, ApiError> {
-    TransactionId::new(text).map_err(|e| ApiError::invalid_id(field, &e))
+    TransactionId::new(text).map_err(|e| ApiError::invalid_transaction_id(field, &e))
 }
 
 /// Validates a currency code.

@@ -1,0 +1,91 @@
+//! The pure ledger's ceiling: decide + apply + encode of same-partition transfers in a tight
+//! loop on one core, no I/O, no channels. `cargo run --release -p walletd-core --example bench_ledger`
+
+use std::time::Instant;
+
+use walletd_core::codec::{encode_record, Record};
+use walletd_core::event::Transfer;
+use walletd_core::ids::{AccountId, TransactionId};
+use walletd_core::ledger::{Command, Ledger, RecordMeta};
+use walletd_core::money::{Amount, Currency};
+
+fn main() {
+    let accounts: Vec<AccountId> = (0..100_000)
+        .map(|i| AccountId::new(&format!("acct-{i}")).unwrap())
+        .collect();
+    let mut ledger = Ledger::new(0, 1);
+    let mut events = Vec::new();
+    let mut lsn = 0;
+    let mut meta = || {
+        lsn += 1;
+        RecordMeta { lsn, timestamp: 1 }
+    };
+    for &account in &accounts {
+        ledger
+            .execute(
+                &Command::OpenAccount {
+                    account,
+                    currency: Currency::USD,
+                },
+                meta(),
+                &mut events,
+            )
+            .unwrap();
+        let funds = Command::Deposit {
+            account,
+            amount: Amount::from_minor(1 << 40).unwrap(),
+            currency: Currency::USD,
+            transaction_id: TransactionId::new("f").unwrap(),
+        };
+        ledger.execute(&funds, meta(), &mut events).unwrap();
+    }
+    let ids: Vec<TransactionId> = (0..2_000_000)
+        .map(|i| TransactionId::new(&format!("t-{i}")).unwrap())
+        .collect();
+    let mut out = Vec::with_capacity(64 << 20);
+    let mut x: u64 = 88172645463325252;
+    let started = Instant::now();
+    for (i, &transaction_id) in ids.iter().enumerate() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let from = accounts[(x % 100_000) as usize];
+        let to = accounts[((x >> 20) % 100_000) as usize];
+        if from == to {
+            continue;
+        }
+        let transfer = Transfer {
+            transaction_id,
+            from,
+            to,
+            amount: Amount::from_minor(1 + i as u64 % 1000).unwrap(),
+            currency: Currency::USD,
+        };
+        events.clear();
+        let m = meta();
+        ledger
+            .execute(&Command::Transfer(transfer), m, &mut events)
+            .unwrap();
+        for event in &events {
+            encode_record(
+                &Record {
+                    lsn: m.lsn,
+                    timestamp: m.timestamp,
+                    event: *event,
+                },
+                &mut out,
+            );
+        }
+        if out.len() > 60 << 20 {
+            out.clear();
+        }
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "{} transfers in {:?}: {:.0} ns per transfer, {:.0} transfers/s on one core",
+        ids.len(),
+        elapsed,
+        elapsed.as_nanos() as f64 / ids.len() as f64,
+        ids.len() as f64 / elapsed.as_secs_f64()
+    );
+}

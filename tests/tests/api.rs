@@ -1,0 +1,811 @@
+//! Every endpoint and every error code of the HTTP API, against a real `wallet serve`.
+//!
+//! Not covered here: `503 partition_unavailable` needs a partition driver to die while the
+//! process lives (an fsync error), which an all-in-one server on a healthy disk cannot be
+//! made to do from outside; the mapping is unit-tested in `errors.rs` and the shutdown on a
+//! dead partition is in `serve.rs`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use walletd_e2e::{accounts_in, http, wait_until, wallet, Server};
+
+const PARTITIONS: u32 = 8;
+
+fn start(extra: &[&str]) -> (tempfile::TempDir, Server) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = wallet!().serve(&tmp.path().join("data"), extra);
+    (tmp, server)
+}
+
+fn open(server: &Server, account: &str, currency: &str) {
+    let r = server.post(
+        "/v1/accounts",
+        &json!({"account_id": account, "currency": currency}),
+    );
+    assert!(
+        r.status == 201 || r.status == 200,
+        "{}: {}",
+        r.status,
+        r.text()
+    );
+}
+
+fn deposit(server: &Server, account: &str, amount: &str, id: &str) -> http::Response {
+    server.post(
+        &format!("/v1/accounts/{account}/deposit"),
+        &json!({"amount": amount, "currency": "USD", "transaction_id": id}),
+    )
+}
+
+fn transfer(server: &Server, from: &str, to: &str, amount: &str, id: &str) -> http::Response {
+    server.post(
+        "/v1/wallet/balance_transfer",
+        &json!({"from_account": from, "to_account": to, "amount": amount, "currency": "USD", "transaction_id": id}),
+    )
+}
+
+fn balance(server: &Server, account: &str) -> Value {
+    let r = server.get(&format!("/v1/accounts/{account}/balance"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+#[test]
+fn accounts_open_deposit_withdraw_and_their_errors() {
+    let (_tmp, s) = start(&[]);
+    let r = s.post(
+        "/v1/accounts",
+        &json!({"account_id": "alice", "currency": "USD"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"account_id": "alice", "currency": "USD", "created": true})
+    );
+    assert_eq!(r.header("location"), Some("/v1/accounts/alice/balance"));
+    let r = s.post(
+        "/v1/accounts",
+        &json!({"account_id": "alice", "currency": "USD"}),
+    );
+    assert_eq!((r.status, r.json()["created"].clone()), (200, json!(false)));
+    let r = s.post(
+        "/v1/accounts",
+        &json!({"account_id": "alice", "currency": "EUR"}),
+    );
+    assert_eq!((r.status, r.code()), (409, "account_exists".into()));
+
+    let r = deposit(&s, "alice", "100.50", "d1");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"account_id": "alice", "currency": "USD", "balance": "100.50"})
+    );
+    // The same deposit again is answered, not applied again.
+    let r = deposit(&s, "alice", "100.50", "d1");
+    assert_eq!(
+        (r.status, r.json()["balance"].clone()),
+        (200, json!("100.50"))
+    );
+    let r = deposit(&s, "alice", "7", "d1");
+    assert_eq!((r.status, r.code()), (409, "transaction_conflict".into()));
+    assert_eq!(balance(&s, "alice")["balance"], "100.50");
+
+    let withdraw = |amount: &str, id: &str| {
+        s.post(
+            "/v1/accounts/alice/withdraw",
+            &json!({"amount": amount, "currency": "USD", "transaction_id": id}),
+        )
+    };
+    let r = withdraw("0.50", "w1");
+    assert_eq!(
+        (r.status, r.json()["balance"].clone()),
+        (200, json!("100.00"))
+    );
+    let r = withdraw("1000", "w2");
+    assert_eq!((r.status, r.code()), (422, "insufficient_funds".into()));
+    let r = s.post(
+        "/v1/accounts/alice/withdraw",
+        &json!({"amount": "1", "currency": "EUR", "transaction_id": "w3"}),
+    );
+    assert_eq!((r.status, r.code()), (422, "currency_mismatch".into()));
+    let r = deposit(&s, "nobody", "1", "d1");
+    assert_eq!((r.status, r.code()), (404, "account_not_found".into()));
+    let r = s.get("/v1/accounts/nobody/balance");
+    assert_eq!((r.status, r.code()), (404, "account_not_found".into()));
+    let r = s.get("/v1/accounts/alice/balance?currency=EUR");
+    assert_eq!((r.status, r.code()), (422, "currency_mismatch".into()));
+    let b = balance(&s, "alice");
+    assert_eq!(
+        b,
+        json!({"account_id": "alice", "currency": "USD", "balance": "100.00", "held": "0.00", "incoming": "0.00"})
+    );
+    // Currencies keep their own minor units.
+    open(&s, "yen", "JPY");
+    let r = s.post(
+        "/v1/accounts/yen/deposit",
+        &json!({"amount": "500", "currency": "JPY", "transaction_id": "d"}),
+    );
+    assert_eq!(r.json()["balance"], "500");
+    let r = s.post(
+        "/v1/accounts/yen/deposit",
+        &json!({"amount": "5.5", "currency": "JPY", "transaction_id": "e"}),
+    );
+    assert_eq!((r.status, r.code()), (400, "invalid_amount".into()));
+}
+
+#[test]
+fn transfers_commit_reject_cancel_and_answer_retries_alike() {
+    let (_tmp, s) = start(&[]);
+    let same = accounts_in("s", 0, PARTITIONS, 2);
+    let other = accounts_in("o", 1, PARTITIONS, 1);
+    let (a, b, c) = (&same[0], &same[1], &other[0]);
+    for account in [a, b, c] {
+        open(&s, account, "USD");
+    }
+    deposit(&s, a, "100.00", "d1");
+
+    // Same partition: one atomic event.
+    let r = transfer(&s, a, b, "10.00", "t1");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"transaction_id": "t1", "status": "committed"})
+    );
+    // Across partitions (TC/C), through the original spelling of the route.
+    let r = s.post(
+        "/v1/wallet/balance_transper",
+        &json!({"from_account": a, "to_account": c, "amount": "20.00", "currency": "USD", "transaction_id": "t2"}),
+    );
+    assert_eq!(
+        (r.status, r.json()["status"].clone()),
+        (200, json!("committed"))
+    );
+    // Retries get the first answer; a different body under the same id is a conflict.
+    let r = transfer(&s, a, c, "20.00", "t2");
+    assert_eq!(
+        (r.status, r.json()["status"].clone()),
+        (200, json!("committed"))
+    );
+    let r = transfer(&s, a, c, "20.01", "t2");
+    assert_eq!((r.status, r.code()), (409, "transaction_conflict".into()));
+    assert_eq!(balance(&s, a)["balance"], "70.00");
+    assert_eq!(balance(&s, b)["balance"], "10.00");
+    assert_eq!(balance(&s, c)["balance"], "20.00");
+
+    // Rejected: insufficient funds, recorded, and a retry is rejected the same way.
+    for _ in 0..2 {
+        let r = transfer(&s, a, c, "70.01", "t3");
+        assert_eq!(r.status, 422, "{}", r.text());
+        let body = r.json();
+        assert_eq!(
+            (body["status"].clone(), body["code"].clone()),
+            (json!("rejected"), json!("insufficient_funds"))
+        );
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // Cancelled: the destination does not exist (cross-partition: the Try fails).
+    let missing = &accounts_in("m", 2, PARTITIONS, 1)[0];
+    let r = transfer(&s, a, missing, "1.00", "t4");
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(
+        (r.json()["status"].clone(), r.code()),
+        (json!("cancelled"), "account_not_found".into())
+    );
+    // Same partition, destination missing: refused before anything is recorded.
+    let missing_here = &accounts_in("mh", 0, PARTITIONS, 1)[0];
+    let r = transfer(&s, a, missing_here, "1.00", "t5");
+    assert_eq!((r.status, r.code()), (404, "account_not_found".into()));
+    // Currency mismatch, cross-partition (cancelled) and same-partition (refused).
+    let euro_there = &accounts_in("e", 3, PARTITIONS, 1)[0];
+    let euro_here = &accounts_in("eh", 0, PARTITIONS, 1)[0];
+    open(&s, euro_there, "EUR");
+    open(&s, euro_here, "EUR");
+    let r = transfer(&s, a, euro_there, "1.00", "t6");
+    assert_eq!(
+        (r.status, r.json()["status"].clone(), r.code()),
+        (422, json!("cancelled"), "currency_mismatch".into())
+    );
+    let r = transfer(&s, a, euro_here, "1.00", "t7");
+    assert_eq!((r.status, r.code()), (422, "currency_mismatch".into()));
+    let r = transfer(&s, a, a, "1.00", "t8");
+    assert_eq!((r.status, r.code()), (422, "same_account".into()));
+    let r = transfer(&s, "ghost", c, "1.00", "t9");
+    assert_eq!((r.status, r.code()), (404, "account_not_found".into()));
+    // Nothing of the refused or cancelled transfers stuck. A cancelled transfer is final for
+    // its client once the Cancel decision is logged; the hold returns when the destination
+    // acknowledges the Cancel, an instant later.
+    let settled = wait_until(Duration::from_secs(10), || {
+        let b = balance(&s, a);
+        (b["balance"].clone(), b["held"].clone()) == (json!("70.00"), json!("0.00"))
+    });
+    assert!(settled, "{}", balance(&s, a));
+}
+
+#[test]
+fn transfer_status_history_pages_and_past_balances() {
+    let (_tmp, s) = start(&[]);
+    let a = &accounts_in("h", 4, PARTITIONS, 1)[0];
+    let c = &accounts_in("k", 5, PARTITIONS, 1)[0];
+    open(&s, a, "USD");
+    open(&s, c, "USD");
+    for i in 1..=5 {
+        deposit(&s, a, "10.00", &format!("d{i}"));
+    }
+    assert_eq!(transfer(&s, a, c, "2.50", "x1").status, 200);
+    assert_eq!(transfer(&s, a, c, "99.00", "x2").status, 422);
+
+    let r = s.get(&format!("/v1/transfers/{a}/x1"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = r.json();
+    assert_eq!(
+        (t["status"].clone(), t["phase"].clone(), t["amount"].clone()),
+        (json!("committed"), json!("committed"), json!("2.50"))
+    );
+    assert_eq!(t["cross_partition"], true);
+    let times: Vec<&str> = ["accepted_at", "decided_at", "finished_at"]
+        .iter()
+        .map(|k| t[*k].as_str().unwrap_or_else(|| panic!("{k} in {t}")))
+        .collect();
+    assert!(
+        times.iter().all(|ts| ts.ends_with('Z') && ts.len() == 27),
+        "{times:?}"
+    );
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "phases in order: {times:?}"
+    );
+    let r = s.get(&format!("/v1/transfers/{a}/x2"));
+    assert_eq!(
+        (r.json()["status"].clone(), r.json()["code"].clone()),
+        (json!("rejected"), json!("insufficient_funds"))
+    );
+    let r = s.get(&format!("/v1/transfers/{a}/nope"));
+    assert_eq!((r.status, r.code()), (404, "transfer_not_found".into()));
+
+    // History newest first, two per page, following the cursor: 5 deposits, hold, capture.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let r = s.get(&format!(
+            "/v1/accounts/{a}/history?currency=USD&limit=2{cursor}"
+        ));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let page = r.json();
+        let movements = page["movements"].as_array().expect("movements").clone();
+        assert!(movements.len() <= 2);
+        seen.extend(movements);
+        match page["next_before_lsn"].as_u64() {
+            Some(lsn) => cursor = format!("&before_lsn={lsn}"),
+            None => break,
+        }
+    }
+    let kinds: Vec<&str> = seen.iter().map(|m| m["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "hold_captured",
+            "hold",
+            "deposit",
+            "deposit",
+            "deposit",
+            "deposit",
+            "deposit"
+        ]
+    );
+    let lsns: Vec<u64> = seen.iter().map(|m| m["lsn"].as_u64().unwrap()).collect();
+    assert!(lsns.windows(2).all(|w| w[0] > w[1]), "{lsns:?}");
+    assert_eq!(seen[1]["balance_change"], "-2.50");
+    assert_eq!(seen[0]["balance_after"], "47.50");
+    let r = s.get(&format!("/v1/accounts/{c}/history"));
+    assert_eq!(r.json()["movements"][0]["kind"], "credit_in");
+
+    // Past balances: after the second deposit, by lsn and by time.
+    let second = &seen[5];
+    let r = s.get(&format!(
+        "/v1/accounts/{a}/balance?as_of_lsn={}",
+        second["lsn"]
+    ));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        (r.json()["balance"].clone(), r.json()["as_of_lsn"].clone()),
+        (json!("20.00"), second["lsn"].clone())
+    );
+    let r = s.get(&format!(
+        "/v1/accounts/{a}/balance?as_of={}",
+        second["timestamp"].as_str().unwrap()
+    ));
+    assert_eq!(r.json()["balance"], "20.00");
+    let r = s.get(&format!(
+        "/v1/accounts/{a}/balance?as_of=1970-01-01T00:00:01Z"
+    ));
+    assert_eq!((r.status, r.code()), (404, "account_not_found".into()));
+    for bad in [
+        "as_of=yesterday",
+        "as_of_lsn=-1",
+        "as_of_lsn=1&as_of=2024-01-01T00:00:00Z",
+    ] {
+        let r = s.get(&format!("/v1/accounts/{a}/balance?{bad}"));
+        assert_eq!((r.status, r.code()), (400, "invalid_query".into()), "{bad}");
+    }
+    for bad in ["limit=0", "limit=1001", "limit=x", "before_lsn=x"] {
+        let r = s.get(&format!("/v1/accounts/{a}/history?{bad}"));
+        assert_eq!((r.status, r.code()), (400, "invalid_query".into()), "{bad}");
+    }
+}
+
+#[test]
+fn batch_transfers_answer_each_item_in_order() {
+    let (_tmp, s) = start(&[]);
+    let accounts = accounts_in("b", 0, 1, 16);
+    for a in &accounts {
+        open(&s, a, "USD");
+        deposit(&s, a, "1000.00", "seed");
+    }
+    let items: Vec<Value> = (0..2000)
+        .map(|i| {
+            json!({"from_account": accounts[i % 16], "to_account": accounts[(i * 7 + 3) % 16],
+                   "amount": "0.01", "currency": "USD", "transaction_id": format!("bt{i}")})
+        })
+        .collect();
+    let r = s.post(
+        "/v1/wallet/balance_transfers",
+        &json!({ "transfers": items }),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let results = r.json()["results"].as_array().expect("results").clone();
+    assert_eq!(results.len(), 2000);
+    for (i, item) in results.iter().enumerate() {
+        assert_eq!(item["index"], i);
+        let same = i % 16 == (i * 7 + 3) % 16;
+        let expected = if same { "error" } else { "committed" };
+        assert_eq!(item["status"], expected, "{item}");
+    }
+    let mut total = 0u64;
+    for a in &accounts {
+        let text = balance(&s, a)["balance"].as_str().unwrap().replace('.', "");
+        total += text.parse::<u64>().unwrap();
+    }
+    assert_eq!(total, 16 * 100_000, "money is conserved");
+
+    // Mixed items: each gets its own status, a malformed one does not spoil the rest.
+    let r = s.post(
+        "/v1/wallet/balance_transfers",
+        &json!({"transfers": [
+            {"from_account": accounts[0], "to_account": accounts[1], "amount": "1.00", "currency": "USD", "transaction_id": "m1"},
+            {"from_account": accounts[0]},
+            {"from_account": accounts[0], "to_account": accounts[1], "amount": "1,00", "currency": "USD", "transaction_id": "m2"},
+            {"from_account": accounts[0], "to_account": accounts[1], "amount": "999999", "currency": "USD", "transaction_id": "m3"},
+            {"from_account": accounts[0], "to_account": accounts[1], "amount": "2.00", "currency": "USD", "transaction_id": "m1"},
+        ]}),
+    );
+    let results = r.json()["results"].clone();
+    let summary: Vec<(u64, String, String)> = results
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["http_status"].as_u64().unwrap(),
+                i["status"].as_str().unwrap().into(),
+                i["code"].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect();
+    assert_eq!(summary[0], (200, "committed".into(), "".into()));
+    assert_eq!(summary[1], (400, "error".into(), "invalid_field".into()));
+    assert_eq!(summary[2], (400, "error".into(), "invalid_amount".into()));
+    assert_eq!(
+        summary[3],
+        (422, "rejected".into(), "insufficient_funds".into())
+    );
+    assert_eq!(
+        summary[4],
+        (409, "error".into(), "transaction_conflict".into())
+    );
+
+    // The batch bound: 8000 items at most by default.
+    let too_many: Vec<Value> = (0..8001)
+        .map(|i| json!({"from_account": "a", "to_account": "b", "amount": "1", "currency": "USD", "transaction_id": format!("z{i}")}))
+        .collect();
+    let r = s.post(
+        "/v1/wallet/balance_transfers",
+        &json!({ "transfers": too_many }),
+    );
+    assert_eq!((r.status, r.code()), (413, "batch_too_large".into()));
+    let r = s.post("/v1/wallet/balance_transfers", &json!({"transfers": "no"}));
+    assert_eq!((r.status, r.code()), (400, "invalid_field".into()));
+}
+
+#[test]
+fn malformed_requests_get_json_errors_never_plain_text() {
+    let (_tmp, s) = start(&["--body-limit-bytes", "4096"]);
+    open(&s, "alice", "USD");
+    let post = |path: &str, content_type: Option<&str>, body: &str| {
+        let headers: Vec<(&str, &str)> = content_type
+            .map(|c| ("Content-Type", c))
+            .into_iter()
+            .collect();
+        http::request(s.addr, "POST", path, &headers, Some(body.as_bytes())).expect("request")
+    };
+    let json = Some("application/json");
+    let cases: Vec<(http::Response, u16, &str)> = vec![
+        (
+            post("/v1/accounts", json, "{not json"),
+            400,
+            "malformed_json",
+        ),
+        (post("/v1/accounts", json, ""), 400, "malformed_json"),
+        (
+            post(
+                "/v1/accounts",
+                None,
+                r#"{"account_id":"x","currency":"USD"}"#,
+            ),
+            400,
+            "malformed_json",
+        ),
+        (
+            post(
+                "/v1/accounts",
+                Some("text/plain"),
+                r#"{"account_id":"x","currency":"USD"}"#,
+            ),
+            400,
+            "malformed_json",
+        ),
+        (
+            post("/v1/accounts", json, r#"{"account_id":"x"}"#),
+            400,
+            "invalid_field",
+        ),
+        (
+            post("/v1/accounts", json, r#"{"account_id":7,"currency":"USD"}"#),
+            400,
+            "invalid_field",
+        ),
+        (post("/v1/accounts", json, r#"[1,2]"#), 400, "invalid_field"),
+        (
+            post(
+                "/v1/accounts",
+                json,
+                r#"{"account_id":"a b","currency":"USD"}"#,
+            ),
+            400,
+            "invalid_account_id",
+        ),
+        (
+            post(
+                "/v1/accounts",
+                json,
+                &format!(r#"{{"account_id":"{}","currency":"USD"}}"#, "a".repeat(65)),
+            ),
+            400,
+            "invalid_account_id",
+        ),
+        (
+            post(
+                "/v1/accounts",
+                json,
+                r#"{"account_id":"x","currency":"usd"}"#,
+            ),
+            400,
+            "invalid_currency",
+        ),
+        (
+            post(
+                "/v1/accounts",
+                json,
+                r#"{"account_id":"x","currency":"XYZ"}"#,
+            ),
+            400,
+            "invalid_currency",
+        ),
+        (
+            post(
+                "/v1/accounts/alice/deposit",
+                json,
+                r#"{"amount":"-1","currency":"USD","transaction_id":"t"}"#,
+            ),
+            400,
+            "invalid_amount",
+        ),
+        (
+            post(
+                "/v1/accounts/alice/deposit",
+                json,
+                r#"{"amount":"1e3","currency":"USD","transaction_id":"t"}"#,
+            ),
+            400,
+            "invalid_amount",
+        ),
+        (
+            post(
+                "/v1/accounts/alice/deposit",
+                json,
+                r#"{"amount":"0","currency":"USD","transaction_id":"t"}"#,
+            ),
+            400,
+            "invalid_amount",
+        ),
+        (
+            post(
+                "/v1/accounts/alice/deposit",
+                json,
+                r#"{"amount":"0.001","currency":"USD","transaction_id":"t"}"#,
+            ),
+            400,
+            "invalid_amount",
+        ),
+        (
+            post(
+                "/v1/accounts/alice/deposit",
+                json,
+                r#"{"amount":"99999999999999999999","currency":"USD","transaction_id":"t"}"#,
+            ),
+            400,
+            "invalid_amount",
+        ),
+        (
+            post(
+                "/v1/accounts/alice/deposit",
+                json,
+                r#"{"amount":1,"currency":"USD","transaction_id":"t"}"#,
+            ),
+            400,
+            "invalid_field",
+        ),
+        (
+            post(
+                "/v1/accounts/alice/deposit",
+                json,
+                r#"{"amount":"1","currency":"USD","transaction_id":"t/1"}"#,
+            ),
+            400,
+            "invalid_transaction_id",
+        ),
+        (
+            post(
+                "/v1/accounts/a%20b/deposit",
+                json,
+                r#"{"amount":"1","currency":"USD","transaction_id":"t"}"#,
+            ),
+            400,
+            "invalid_account_id",
+        ),
+        (
+            post(
+                "/v1/wallet/balance_transfer",
+                json,
+                r#"{"from_account":"alice","to_account":"b","amount":"1","currency":"USD","transaction_id":""}"#,
+            ),
+            400,
+            "invalid_transaction_id",
+        ),
+        (
+            post(
+                "/v1/accounts",
+                json,
+                &format!(
+                    r#"{{"account_id":"x","currency":"USD","pad":"{}"}}"#,
+                    "x".repeat(10_000)
+                ),
+            ),
+            413,
+            "body_too_large",
+        ),
+        (post("/v1/nope", json, "{}"), 404, "not_found"),
+        (
+            http::request(s.addr, "GET", "/nope", &[], None).unwrap(),
+            404,
+            "not_found",
+        ),
+        (
+            http::request(s.addr, "DELETE", "/v1/accounts", &[], None).unwrap(),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            http::request(s.addr, "GET", "/v1/transfers/%FF/t", &[], None).unwrap(),
+            400,
+            "invalid_field",
+        ),
+    ];
+    for (i, (r, status, code)) in cases.iter().enumerate() {
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/json"),
+            "case {i}: {}",
+            r.text()
+        );
+        assert_eq!(
+            (r.status, r.code()),
+            (*status, code.to_string()),
+            "case {i}: {}",
+            r.text()
+        );
+        assert!(
+            !r.json()["message"].as_str().unwrap_or("").is_empty(),
+            "case {i}"
+        );
+    }
+    // A body announced larger than the limit is refused before it is read.
+    let raw = "POST /v1/accounts HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 3145728\r\n\r\n";
+    let r = http::send_raw(s.addr, raw.as_bytes()).expect("raw");
+    assert_eq!((r.status, r.code()), (413, "body_too_large".into()));
+    // The server is still fine.
+    assert_eq!(s.get("/healthz").status, 200);
+}
+
+#[test]
+fn a_bearer_token_guards_the_v1_routes() {
+    let (_tmp, s) = start(&["--api-token", "s3cret"]);
+    let body = r#"{"account_id":"alice","currency":"USD"}"#;
+    let post = |auth: Option<&str>| {
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(auth) = auth {
+            headers.push(("Authorization", auth));
+        }
+        http::request(
+            s.addr,
+            "POST",
+            "/v1/accounts",
+            &headers,
+            Some(body.as_bytes()),
+        )
+        .unwrap()
+    };
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("Basic czNjcmV0"),
+        Some("Bearer"),
+    ] {
+        let r = post(auth);
+        assert_eq!(
+            (r.status, r.code()),
+            (401, "unauthorized".into()),
+            "{auth:?}"
+        );
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    }
+    assert_eq!(post(Some("Bearer s3cret")).status, 201);
+    let r = http::request(s.addr, "GET", "/v1/accounts/alice/balance", &[], None).unwrap();
+    assert_eq!(r.status, 401);
+    let r = http::request(
+        s.addr,
+        "GET",
+        "/v1/accounts/alice/balance",
+        &[("Authorization", "bearer s3cret")],
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    // Probes need no token.
+    for path in ["/healthz", "/metrics", "/openapi.json"] {
+        assert_eq!(s.get(path).status, 200, "{path}");
+    }
+}
+
+#[test]
+fn over_the_in_flight_limit_requests_get_429() {
+    let (_tmp, s) = start(&["--max-in-flight", "1"]);
+    // A request whose body never finishes arriving holds the only permit.
+    let mut slow = http::connect(s.addr).expect("connect");
+    slow.write_all(b"POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"acc")
+        .expect("write");
+    // Once the metrics count it in flight (besides the scrape itself), it holds the permit.
+    let holding = wait_until(Duration::from_secs(10), || {
+        s.get("/metrics")
+            .text()
+            .contains("walletd_http_requests_in_flight 2")
+    });
+    assert!(holding, "{}", s.get("/metrics").text());
+    let r = s.post(
+        "/v1/accounts",
+        &json!({"account_id": "b", "currency": "USD"}),
+    );
+    let refused = r.status == 429 && r.code() == "overloaded";
+    assert!(refused, "a second request was not refused");
+    // Probes are not limited.
+    assert_eq!(s.get("/healthz").status, 200);
+    drop(slow);
+    // (`b` may have been opened by an attempt that came before the slow request's.)
+    let admitted = wait_until(Duration::from_secs(10), || {
+        let r = s.post(
+            "/v1/accounts",
+            &json!({"account_id": "b", "currency": "USD"}),
+        );
+        r.status == 201 || r.status == 200
+    });
+    assert!(admitted, "the permit came back");
+}
+
+#[test]
+fn a_request_over_the_time_limit_gets_503_request_timeout() {
+    let (_tmp, s) = start(&["--request-timeout-ms", "200"]);
+    // A body that never finishes arriving keeps its request busy past the limit.
+    let mut slow = http::connect(s.addr).expect("connect");
+    slow.write_all(b"POST /v1/accounts HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        .expect("write");
+    let r = http::read_response(&mut slow).expect("a response");
+    assert_eq!(
+        (r.status, r.code()),
+        (503, "request_timeout".into()),
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.header("content-type"), Some("application/json"));
+}
+
+#[test]
+fn an_outcome_not_final_in_time_is_202_with_a_status_url() {
+    let (_tmp, s) = start(&["--transfer-wait-ms", "0"]);
+    let a = &accounts_in("p", 6, PARTITIONS, 1)[0];
+    let c = &accounts_in("q", 7, PARTITIONS, 1)[0];
+    open(&s, a, "USD");
+    open(&s, c, "USD");
+    deposit(&s, a, "5.00", "d");
+    let r = transfer(&s, a, c, "1.00", "slow1");
+    assert_eq!(r.status, 202, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["status"], "pending");
+    let url = body["status_url"].as_str().expect("status_url").to_string();
+    assert_eq!(url, format!("/v1/transfers/{a}/slow1"));
+    let committed = wait_until(Duration::from_secs(10), || {
+        let r = s.get(&url);
+        r.status == 200 && r.json()["status"] == "committed"
+    });
+    assert!(committed, "{}", s.get(&url).text());
+    assert_eq!(balance(&s, c)["balance"], "1.00");
+}
+
+#[test]
+fn health_metrics_and_the_openapi_document() {
+    let (_tmp, s) = start(&[]);
+    let r = s.get("/healthz");
+    assert_eq!((r.status, r.text()), (200, "ok\n".into()));
+    open(&s, "alice", "USD");
+    let _ = transfer(&s, "alice", "bob", "1", "t");
+    let r = s.get("/metrics");
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = r.text();
+    for needle in [
+        "walletd_http_requests_total{route=\"/v1/accounts\",status=\"201\"} 1",
+        "walletd_transfers_total{outcome=\"rejected\"} 1",
+        "walletd_partition_batches_total{partition=\"0\"}",
+        "walletd_partition_events_total{partition=\"7\"}",
+        "walletd_partition_syncs_total{partition=\"3\"}",
+        "walletd_partition_fsync_seconds_sum{partition=\"0\"}",
+        "walletd_partition_fsync_seconds_count{partition=\"0\"}",
+        "walletd_partition_transfers_in_flight{partition=\"0\"} 0",
+        "# TYPE walletd_partition_fsync_seconds summary",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+    let doc = s.get("/openapi.json").json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/v1/accounts",
+        "/v1/accounts/{id}/deposit",
+        "/v1/accounts/{id}/withdraw",
+        "/v1/accounts/{id}/balance",
+        "/v1/accounts/{id}/history",
+        "/v1/wallet/balance_transfer",
+        "/v1/wallet/balance_transfers",
+        "/v1/transfers/{from_account}/{transaction_id}",
+        "/healthz",
+        "/metrics",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    assert!(doc["components"]["schemas"]["TransferRequest"].is_object());
+}

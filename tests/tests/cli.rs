@@ -1,0 +1,416 @@
+//! The command line: help texts, the server's life cycle (SIGTERM → exit 0, partition count
+//! check, restart), `wallet replay` and `wallet verify` on healthy and damaged data.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use walletd_core::codec::{encode_record, Record};
+use walletd_core::event::{Event, Transfer};
+use walletd_core::ids::{AccountId, TransactionId};
+use walletd_core::money::{Amount, Currency};
+use walletd_e2e::{http, wallet, Wallet};
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn help_explains_every_subcommand() {
+    let w = wallet!();
+    let top = w.run(&["--help"]);
+    assert!(top.status.success());
+    for word in ["serve", "replay", "verify"] {
+        assert!(stdout(&top).contains(word), "{}", stdout(&top));
+    }
+    let serve = stdout(&w.run(&["serve", "--help"]));
+    for flag in [
+        "--data-dir",
+        "--partitions",
+        "--listen",
+        "--transfer-wait-ms",
+        "--body-limit-bytes",
+        "--max-in-flight",
+        "--api-token",
+        "WALLET_API_TOKEN",
+        "[default: 127.0.0.1:8080]",
+    ] {
+        assert!(serve.contains(flag), "serve --help lacks {flag}:\n{serve}");
+    }
+    let replay = stdout(&w.run(&["replay", "--help"]));
+    for flag in [
+        "--as-of",
+        "--as-of-lsn",
+        "--account",
+        "--partition",
+        "--format",
+    ] {
+        assert!(
+            replay.contains(flag),
+            "replay --help lacks {flag}:\n{replay}"
+        );
+    }
+    assert!(stdout(&w.run(&["verify", "--help"])).contains("conservation"));
+    assert!(!w.run(&["frobnicate"]).status.success());
+}
+
+/// Runs a small day of business on a fresh server and stops it with SIGTERM.
+fn business_day(w: &Wallet, data: &Path, extra: &[&str]) {
+    let s = w.serve(data, extra);
+    for (account, currency) in [("alice", "USD"), ("bob", "USD"), ("carol", "EUR")] {
+        s.post(
+            "/v1/accounts",
+            &json!({"account_id": account, "currency": currency}),
+        );
+    }
+    s.post(
+        "/v1/accounts/alice/deposit",
+        &json!({"amount": "100.00", "currency": "USD", "transaction_id": "d1"}),
+    );
+    s.post(
+        "/v1/accounts/carol/deposit",
+        &json!({"amount": "5.00", "currency": "EUR", "transaction_id": "d1"}),
+    );
+    let r = s.post(
+        "/v1/wallet/balance_transfer",
+        &json!({"from_account": "alice", "to_account": "bob",
+        "amount": "30.00", "currency": "USD", "transaction_id": "t1"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    s.post(
+        "/v1/accounts/bob/withdraw",
+        &json!({"amount": "5.00", "currency": "USD", "transaction_id": "w1"}),
+    );
+    let status = s.terminate();
+    assert!(
+        status.success(),
+        "SIGTERM must exit 0, got {status}:\n{}",
+        s.logs()
+    );
+    assert!(s.logs().contains("stopped cleanly"), "{}", s.logs());
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_a_restart_recovers_everything() {
+    let w = wallet!();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    business_day(&w, &data, &[]);
+    let s = w.serve(&data, &[]);
+    assert!(s.logs().contains("events_replayed="), "{}", s.logs());
+    let b = s.get("/v1/accounts/bob/balance").json();
+    assert_eq!(b["balance"], "25.00");
+    let r = s.post(
+        "/v1/wallet/balance_transfer",
+        &json!({"from_account": "alice", "to_account": "bob",
+        "amount": "30.00", "currency": "USD", "transaction_id": "t1"}),
+    );
+    assert_eq!(
+        (r.status, r.json()["status"].clone()),
+        (200, json!("committed")),
+        "the retry after restart"
+    );
+    assert!(s.terminate().success());
+
+    // The partition count is part of the data directory.
+    let refused = w.run(&[
+        "serve",
+        "--data-dir",
+        &data.display().to_string(),
+        "--partitions",
+        "4",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("created with 8 partitions"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(
+        stderr(&refused).contains("--partitions 8"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
+#[test]
+fn sigterm_drains_a_request_in_flight_before_exiting() {
+    let w = wallet!();
+    let tmp = tempfile::tempdir().unwrap();
+    let s = w.serve(&tmp.path().join("data"), &[]);
+    let body = br#"{"account_id":"late","currency":"USD"}"#;
+    let head = format!(
+        "POST /v1/accounts HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut slow = http::connect(s.addr).unwrap();
+    slow.write_all(head.as_bytes()).unwrap();
+    slow.write_all(&body[..10]).unwrap();
+    let in_flight = walletd_e2e::wait_until(Duration::from_secs(10), || {
+        s.get("/metrics")
+            .text()
+            .contains("walletd_http_requests_in_flight 2")
+    });
+    assert!(in_flight, "the slow request reached its handler");
+    s.send_sigterm();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(s.is_running(), "the server waits for the request in flight");
+    slow.write_all(&body[10..]).unwrap();
+    let r = http::read_response(&mut slow).unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    let status = s.wait_exit();
+    assert!(status.success(), "{status}: {}", s.logs());
+    // What the drained request did is durable.
+    let s = w.serve(&tmp.path().join("data"), &[]);
+    assert_eq!(s.get("/v1/accounts/late/balance").status, 200);
+}
+
+#[test]
+fn replay_prints_balances_and_history_from_the_logs() {
+    let w = wallet!();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // Snapshots every few events, so that verify compares them with the replay.
+    business_day(&w, &data, &["--snapshot-every-events", "2"]);
+    let dir = data.display().to_string();
+
+    let out = w.run(&["replay", "--data-dir", &dir, "--format", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let balances: Vec<(String, String)> = doc["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["account_id"].as_str().unwrap().into(),
+                a["balance"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        balances,
+        [
+            ("alice".into(), "70.00".into()),
+            ("bob".into(), "25.00".into()),
+            ("carol".into(), "5.00".into())
+        ]
+    );
+    let text = stdout(&w.run(&["replay", "--data-dir", &dir]));
+    assert!(text.contains("# total USD: balance 95.00"), "{text}");
+
+    let out = w.run(&[
+        "replay",
+        "--data-dir",
+        &dir,
+        "--account",
+        "bob",
+        "--format",
+        "json",
+    ]);
+    let bob: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let kinds: Vec<&str> = bob["movements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["credit_in", "withdrawal"]);
+    // As of the record before the withdrawal.
+    let before = bob["movements"][1]["lsn"].as_u64().unwrap() - 1;
+    let out = w.run(&[
+        "replay",
+        "--data-dir",
+        &dir,
+        "--account",
+        "bob",
+        "--as-of-lsn",
+        &before.to_string(),
+        "--format",
+        "json",
+    ]);
+    let then: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(then["balance"], "30.00");
+    let out = w.run(&[
+        "replay",
+        "--data-dir",
+        &dir,
+        "--as-of",
+        "1970-01-02T00:00:00Z",
+        "--format",
+        "json",
+    ]);
+    let empty: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(empty["accounts"], json!([]));
+
+    let out = w.run(&["replay", "--data-dir", &dir, "--as-of-lsn", "3"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--partition"), "{}", stderr(&out));
+    let out = w.run(&[
+        "replay",
+        "--data-dir",
+        &tmp.path().join("nothing").display().to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+
+    let (code, report) = w.verify(&data);
+    assert_eq!(code, 0, "{report}");
+    assert!(report.contains("OK: no violations"), "{report}");
+    assert!(
+        report.contains("EUR: deposited 5.00, withdrawn 0.00, balances 5.00"),
+        "{report}"
+    );
+}
+
+fn id(text: &str) -> AccountId {
+    AccountId::new(text).unwrap()
+}
+
+/// Writes `events` as the log of partition 0 of a one-partition data directory.
+fn write_log(data: &Path, events: &[Event]) {
+    let partition = data.join("partition-0");
+    fs::create_dir_all(&partition).unwrap();
+    fs::write(data.join("walletd-layout"), "format = 1\npartitions = 1\n").unwrap();
+    let mut bytes = Vec::new();
+    for (i, event) in events.iter().enumerate() {
+        let lsn = i as u64 + 1;
+        encode_record(
+            &Record {
+                lsn,
+                timestamp: 1_700_000_000_000_000 + lsn,
+                event: *event,
+            },
+            &mut bytes,
+        );
+    }
+    fs::write(partition.join("log-00000000000000000001.seg"), bytes).unwrap();
+}
+
+#[test]
+fn verify_reports_each_violation_in_damaged_logs() {
+    let w = wallet!();
+    let tmp = tempfile::tempdir().unwrap();
+    let usd = Currency::USD;
+    let amount = Amount::from_minor(500).unwrap();
+    let t1 = TransactionId::new("t1").unwrap();
+    let transfer = Transfer {
+        transaction_id: t1,
+        from: id("x"),
+        to: id("alice"),
+        amount,
+        currency: usd,
+    };
+
+    // A deposit applied twice, and a destination Try after its Cancel (a hanging reservation).
+    let data = tmp.path().join("twice");
+    write_log(
+        &data,
+        &[
+            Event::AccountOpened {
+                account: id("alice"),
+                currency: usd,
+            },
+            Event::Deposited {
+                account: id("alice"),
+                amount,
+                transaction_id: t1,
+            },
+            Event::Deposited {
+                account: id("alice"),
+                amount,
+                transaction_id: t1,
+            },
+            Event::CreditTryNotSeen {
+                key: transfer.key(),
+            },
+            Event::CreditTried { transfer },
+        ],
+    );
+    let (code, report) = w.verify(&data);
+    assert_eq!(code, 1, "{report}");
+    assert!(report.contains("FAILED"), "{report}");
+    assert!(report.contains("applied twice"), "{report}");
+    assert!(report.contains("after its Cancel"), "{report}");
+
+    // A withdrawal that overdraws: the log does not replay.
+    let data = tmp.path().join("overdraw");
+    write_log(
+        &data,
+        &[
+            Event::AccountOpened {
+                account: id("alice"),
+                currency: usd,
+            },
+            Event::Withdrawn {
+                account: id("alice"),
+                amount,
+                transaction_id: t1,
+            },
+        ],
+    );
+    let (code, report) = w.verify(&data);
+    assert_eq!(code, 1, "{report}");
+    assert!(report.contains("replay failed"), "{report}");
+
+    // A flipped byte in the middle of the log is corruption, not a torn tail.
+    let data = tmp.path().join("corrupt");
+    write_log(
+        &data,
+        &[
+            Event::AccountOpened {
+                account: id("alice"),
+                currency: usd,
+            },
+            Event::Deposited {
+                account: id("alice"),
+                amount,
+                transaction_id: t1,
+            },
+            Event::Deposited {
+                account: id("alice"),
+                amount,
+                transaction_id: TransactionId::new("t2").unwrap(),
+            },
+        ],
+    );
+    let segment = data.join("partition-0/log-00000000000000000001.seg");
+    let mut bytes = fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    fs::write(&segment, &bytes).unwrap();
+    let (code, report) = w.verify(&data);
+    assert_eq!(code, 1, "{report}");
+    assert!(report.contains("log unreadable"), "{report}");
+
+    // A torn tail alone is what a crash leaves: reported, not a violation.
+    let data = tmp.path().join("torn");
+    write_log(
+        &data,
+        &[
+            Event::AccountOpened {
+                account: id("alice"),
+                currency: usd,
+            },
+            Event::Deposited {
+                account: id("alice"),
+                amount,
+                transaction_id: t1,
+            },
+        ],
+    );
+    let segment = data.join("partition-0/log-00000000000000000001.seg");
+    let mut bytes = fs::read(&segment).unwrap();
+    bytes.truncate(bytes.len() - 3);
+    fs::write(&segment, &bytes).unwrap();
+    let (code, report) = w.verify(&data);
+    assert_eq!(code, 0, "{report}");
+    assert!(report.contains("torn tail"), "{report}");
+}
