@@ -372,6 +372,33 @@ pub async fn sum_balances(target: &Target, workload: &Workload) -> Result<Totals
     Ok(sums.into_iter().fold(Totals::default(), Totals::add))
 }
 
+/// Log syncs the server made so far and the seconds they took, summed over partitions, from
+/// its Prometheus `/metrics` (`None` when the target does not publish them).
+pub async fn scrape_syncs(target: &Target) -> Option<(u64, f64)> {
+    let mut connection = Connection::open(target).await.ok()?;
+    let (status, body) = connection
+        .request(Method::GET, "/metrics", None)
+        .await
+        .ok()?;
+    if status != StatusCode::OK {
+        return None;
+    }
+    let text = std::str::from_utf8(&body).ok()?;
+    let (mut count, mut seconds, mut seen) = (0u64, 0f64, false);
+    for line in text.lines() {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        if name.starts_with("walletd_partition_fsync_seconds_count{") {
+            count += value.parse::<u64>().ok()?;
+            seen = true;
+        } else if name.starts_with("walletd_partition_fsync_seconds_sum{") {
+            seconds += value.parse::<f64>().ok()?;
+        }
+    }
+    seen.then_some((count, seconds))
+}
+
 /// How one HTTP client sends its transfers.
 #[derive(Debug, Clone, Copy)]
 pub enum Shape {

@@ -269,9 +269,14 @@ async fn run_http_modes(
         let tasks =
             http_driver::run_transfers(&target, &mode_workload, &live, clients, shape, seed)
                 .await?;
+        let syncs_before = http_driver::scrape_syncs(&target).await;
         let window = drive_clock(mode.name(), &live, args).await;
+        let syncs_after = http_driver::scrape_syncs(&target).await;
         let tally = collect(tasks).await?;
         report_errors(mode.name(), &tally);
+        if let (Some(before), Some(after)) = (syncs_before, syncs_after) {
+            report_syncs(mode.name(), before, after, window, tally.transfers);
+        }
         let shape = RunShape {
             clients,
             transfers_per_request: per_request,
@@ -355,6 +360,28 @@ where
         totals = read().await?;
     }
     Ok(totals)
+}
+
+/// Shows on stderr how often the server synced its logs during a run and how long a sync
+/// took on average: the floor under a single transfer's latency.
+fn report_syncs(
+    mode: &str,
+    before: (u64, f64),
+    after: (u64, f64),
+    window: Duration,
+    transfers: u64,
+) {
+    let syncs = after.0.saturating_sub(before.0);
+    let seconds = (after.1 - before.1).max(0.0);
+    if syncs == 0 {
+        return;
+    }
+    eprintln!(
+        "  {mode}: {:.0} log syncs/s (all partitions), {:.2} ms per sync on average, {:.1} transfers per sync",
+        syncs as f64 / window.as_secs_f64(),
+        seconds * 1000.0 / syncs as f64,
+        transfers as f64 / syncs as f64
+    );
 }
 
 /// Shows on stderr what the errors of a run were, if any.
