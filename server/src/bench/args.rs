@@ -65,6 +65,10 @@ pub struct BenchArgs {
     /// Partitions of the spawned server and of the in-process engine.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub partitions: u32,
+    /// Snapshot a partition after this many events (0: never), in the engine mode and the
+    /// spawned server; the default is the server's.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub snapshot_every_events: u64,
     /// Run the HTTP modes against this running server (e.g. http://127.0.0.1:8080) instead
     /// of spawning `wallet serve` on a temporary data directory and a free port.
     #[arg(long)]

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use walletd_core::driver::{Query, QueryAnswer};
+use walletd_core::driver::{DriverConfig, Query, QueryAnswer};
 use walletd_core::engine::{Client, Engine, EngineConfig};
 use walletd_core::event::Reason;
 use walletd_core::ids::{AccountId, TransactionId};
@@ -27,7 +27,11 @@ const SETUP_CHUNK: usize = 8192;
 const SETUP_TASKS: u64 = 8;
 
 /// Starts an engine of `partitions` partitions on file storage under `dir`.
-pub async fn start_engine(dir: &Path, partitions: u32) -> Result<Engine, BenchError> {
+pub async fn start_engine(
+    dir: &Path,
+    partitions: u32,
+    snapshot_every_events: u64,
+) -> Result<Engine, BenchError> {
     let mut storages = Vec::with_capacity(partitions as usize);
     for partition in 0..partitions {
         let path = dir.join(format!("partition-{partition}"));
@@ -37,6 +41,10 @@ pub async fn start_engine(dir: &Path, partitions: u32) -> Result<Engine, BenchEr
     }
     let config = EngineConfig {
         partitions,
+        driver: DriverConfig {
+            snapshot_every_events,
+            ..DriverConfig::default()
+        },
         ..EngineConfig::default()
     };
     Engine::start(storages, config)
@@ -222,13 +230,17 @@ pub fn resident_bytes() -> Result<u64, BenchError> {
 
 /// Opens `count` accounts (no deposits) in a fresh engine and reports the growth of the
 /// resident set per account.
-pub async fn measure_memory(count: u64, partitions: u32) -> Result<MemoryReport, BenchError> {
+pub async fn measure_memory(
+    count: u64,
+    partitions: u32,
+    snapshot_every_events: u64,
+) -> Result<MemoryReport, BenchError> {
     let dir = tempfile::Builder::new()
         .prefix("walletd-bench-memory-")
         .tempdir()
         .map_err(|e| BenchError::io("create a temporary directory", e))?;
     let rss_before_bytes = resident_bytes()?;
-    let engine = start_engine(dir.path(), partitions).await?;
+    let engine = start_engine(dir.path(), partitions, snapshot_every_events).await?;
     let started = Instant::now();
     let progress = tokio::spawn({
         let stats = engine.stats().to_vec();

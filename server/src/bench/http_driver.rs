@@ -183,6 +183,7 @@ impl SpawnedServer {
     pub async fn start(
         bin: Option<PathBuf>,
         partitions: u32,
+        snapshot_every_events: u64,
         extra_args: &[String],
     ) -> Result<SpawnedServer, BenchError> {
         let bin = match bin {
@@ -204,6 +205,8 @@ impl SpawnedServer {
             .arg(addr.to_string())
             .arg("--partitions")
             .arg(partitions.to_string())
+            .arg("--snapshot-every-events")
+            .arg(snapshot_every_events.to_string())
             .args(extra_args)
             .env(
                 "WALLET_LOG",

@@ -156,7 +156,12 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
             "memory: opening {} accounts in an in-process engine ({} partitions)",
             args.memory_accounts, args.partitions
         );
-        let memory = engine_driver::measure_memory(args.memory_accounts, args.partitions).await?;
+        let memory = engine_driver::measure_memory(
+            args.memory_accounts,
+            args.partitions,
+            args.snapshot_every_events,
+        )
+        .await?;
         report.memory = Some(memory);
     }
     print_report(&args, &report)?;
@@ -220,6 +225,7 @@ async fn run_http_modes(
             let server = http_driver::SpawnedServer::start(
                 args.server_bin.clone(),
                 args.partitions,
+                args.snapshot_every_events,
                 &args.server_args,
             )
             .await?;
@@ -300,7 +306,9 @@ async fn run_engine_mode(
         .prefix("walletd-bench-engine-")
         .tempdir()
         .map_err(|e| BenchError::io("create a temporary directory", e))?;
-    let engine = engine_driver::start_engine(dir.path(), args.partitions).await?;
+    let engine =
+        engine_driver::start_engine(dir.path(), args.partitions, args.snapshot_every_events)
+            .await?;
     let client = engine.client();
     let accounts = engine_driver::account_ids(workload.accounts);
     let started = Instant::now();

@@ -58,7 +58,9 @@ async fn engine_mode_moves_money_and_conserves_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_modes_run_against_a_target_server() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = engine_driver::start_engine(dir.path(), 2).await.unwrap();
+    let engine = engine_driver::start_engine(dir.path(), 2, 1_000_000)
+        .await
+        .unwrap();
     let api = crate::api::Api::new(
         engine.client(),
         Vec::new(),
@@ -98,7 +100,7 @@ async fn http_modes_run_against_a_target_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_mode_reports_bytes_per_account() {
-    let memory = engine_driver::measure_memory(1000, 2).await.unwrap();
+    let memory = engine_driver::measure_memory(1000, 2, 0).await.unwrap();
     assert_eq!(memory.accounts, 1000);
     assert!(memory.rss_after_bytes > 0);
 }
