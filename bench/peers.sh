@@ -11,8 +11,9 @@
 # temporary data directory, own port) that is stopped at the end, even on failure.
 #
 # Knobs (environment): BENCH_SECONDS (10), BENCH_WARMUP_SECONDS (2), BENCH_ACCOUNTS (100000),
-# PG_CLIENTS ("8 16 32": the best is reported), REDIS_CLIENTS (50), REDIS_PIPELINE (16),
-# WALLET_BENCH_ARGS (extra arguments for `wallet bench`, e.g. "--partitions 4").
+# PG_CLIENTS ("8 16 32": the best is reported), REDIS_CLIENTS (50; also walletd's single-transfer
+# clients), REDIS_PIPELINE (16), WALLETD_PARTITIONS (1), WALLETD_REFERENCE_PARTITIONS (8; empty
+# skips the reference rows), WALLET_BENCH_ARGS (extra arguments for `wallet bench`).
 #
 # Prints one table and ends with exactly one line:
 #   peers http_tps=A http_batch_tps=B engine_tps=C pg_sync_tps=D redis_always_tps=E redis_always_pipelined_tps=F redis_everysec_tps=G
@@ -25,6 +26,11 @@ PG_CLIENTS=${PG_CLIENTS:-"8 16 32"}
 REDIS_CLIENTS=${REDIS_CLIENTS:-50}
 REDIS_PIPELINE=${REDIS_PIPELINE:-16}
 WALLET_BENCH_ARGS=${WALLET_BENCH_ARGS:-}
+# One partition: on a machine this small every transfer is then local to its partition (one
+# log sync, one event). With more partitions, a random transfer usually crosses partitions and
+# runs the two-phase protocol; those rows are printed for reference (empty: skip them).
+WALLETD_PARTITIONS=${WALLETD_PARTITIONS:-1}
+WALLETD_REFERENCE_PARTITIONS=${WALLETD_REFERENCE_PARTITIONS-8}
 FUNDING_MINOR=100000        # 1,000.00 per account, as `wallet bench` funds
 TRANSFER_MINOR_MAX=10000    # 100.00, as `wallet bench` draws
 
@@ -102,12 +108,19 @@ percentiles() {
 run_walletd() {
   log "== walletd: building and running wallet bench"
   (cd "$ROOT" && cargo build --release -q -p walletd-server) >&2
+  local wallet="$ROOT/target/release/wallet"
+  local common=(--accounts "$BENCH_ACCOUNTS" --seconds "$BENCH_SECONDS" --warmup-seconds "$BENCH_WARMUP_SECONDS"
+    --clients "$REDIS_CLIENTS" --rows "$ROWS")
   # shellcheck disable=SC2086  # WALLET_BENCH_ARGS is a list of words by design
-  "$ROOT/target/release/wallet" bench http batch engine \
-    --accounts "$BENCH_ACCOUNTS" --seconds "$BENCH_SECONDS" --warmup-seconds "$BENCH_WARMUP_SECONDS" \
-    --clients "$REDIS_CLIENTS" --rows "$ROWS" $WALLET_BENCH_ARGS >"$WORK/walletd.out"
+  "$wallet" bench http batch engine --partitions "$WALLETD_PARTITIONS" "${common[@]}" $WALLET_BENCH_ARGS \
+    >"$WORK/walletd.out"
   cat "$WORK/walletd.out" >&2
   WALLETD_LINE=$(grep '^walletd ' "$WORK/walletd.out" | tail -1)
+  if [[ -n "$WALLETD_REFERENCE_PARTITIONS" ]]; then
+    log "== walletd with $WALLETD_REFERENCE_PARTITIONS partitions, for reference (most transfers cross partitions)"
+    # shellcheck disable=SC2086
+    "$wallet" bench http batch --partitions "$WALLETD_REFERENCE_PARTITIONS" "${common[@]}" $WALLET_BENCH_ARGS >&2
+  fi
 }
 
 walletd_tps() { sed -n "s/.* $1=\([0-9]*\).*/\1/p" <<<"$WALLETD_LINE"; }

@@ -178,9 +178,11 @@ impl ModeReport {
 
     /// The row as tab-separated fields, in the order of [`TABLE_COLUMNS`].
     pub fn tsv(&self) -> String {
+        let plural = if self.partitions == 1 { "" } else { "s" };
         format!(
-            "walletd {}\t{}\t{}\t{:.0}\t{:.2}\t{:.2}\t{:.2}\t{}\t{}\t{}\t{}",
+            "walletd {} ({} partition{plural})\t{}\t{}\t{:.0}\t{:.2}\t{:.2}\t{:.2}\t{}\t{}\t{}\t{}",
             self.mode,
+            self.partitions,
             self.clients,
             self.transfers_per_request,
             self.transfers_per_second,
@@ -362,7 +364,10 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("system / mode"));
-        assert!(lines[1].starts_with("walletd http "));
+        assert!(
+            lines[1].starts_with("walletd http (8 partitions) "),
+            "{table}"
+        );
         assert!(lines[1].contains("2.50") && lines[1].contains("yes"));
         // Numbers are right-aligned: the rates end in the same column.
         let end = |line: &str, text: &str| line.find(text).map(|i| i + text.len());
