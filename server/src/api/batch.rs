@@ -5,20 +5,19 @@
 //! it would have had alone. One malformed item does not spoil the others.
 //!
 //! Items stay raw JSON text until each is parsed on its own into borrowed fields, so no
-//! generic JSON tree is built; the batch shares one deadline (one timer) rather than one
-//! per item, and an item still undecided at the deadline answers `202 pending`.
+//! generic JSON tree is built; the parsed items go to the engine together
+//! (`Client::execute_many`) under one deadline, with no task or timer per item, and an item
+//! still undecided at the deadline answers `202 pending`.
 
 use std::borrow::Cow;
-use std::pin::pin;
 
 use axum::extract::State;
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 use utoipa::ToSchema;
 use walletd_core::event::Transfer;
-use walletd_core::ledger::{Command, TransferStatus};
+use walletd_core::ledger::Command;
 
 use super::metrics::Outcome;
 use super::transfers::{
@@ -79,55 +78,58 @@ pub async fn transfers(
     }
     let deadline = Instant::now() + api.options().transfer_wait;
     let mut results: Vec<Option<BatchItemResult>> = Vec::with_capacity(batch.transfers.len());
-    let mut transfers: Vec<Option<Transfer>> = Vec::with_capacity(batch.transfers.len());
-    let mut runs = FuturesUnordered::new();
+    // The parsed items and their positions in the request.
+    let mut parsed: Vec<(usize, Transfer)> = Vec::with_capacity(batch.transfers.len());
     for (index, item) in batch.transfers.iter().enumerate() {
         match parse_item(index, item) {
             Ok(transfer) => {
                 results.push(None);
-                transfers.push(Some(transfer));
-                let client = api.client();
-                runs.push(async move {
-                    let answer = client.execute(Command::Transfer(transfer), true).await;
-                    (index, answer)
-                });
+                parsed.push((index, transfer));
             }
             Err(error) => {
                 api.metrics().transfer(Outcome::Failed);
                 results.push(Some(error_result(index, item_transaction_id(item), error)));
-                transfers.push(None);
             }
         }
     }
-    let mut timeout = pin!(tokio::time::sleep_until(deadline));
-    while !runs.is_empty() {
-        tokio::select! {
-            Some((index, answer)) = runs.next() => {
-                let transfer = transfers[index].expect("a run exists only for a parsed item");
-                results[index] = Some(item_result(index, &transfer, conclude(&api, transfer, answer)));
-            }
-            () = &mut timeout => break,
-        }
+    for ((index, transfer), decided) in parsed
+        .iter()
+        .zip(execute_all(&api, &parsed, deadline).await)
+    {
+        results[*index] = Some(item_result(*index, transfer, decided));
     }
-    // Not final in time: the commands may still be queued; a retry of the same item (which
-    // is idempotent) or its status URL tells the outcome.
     let results = results
         .into_iter()
-        .zip(transfers)
-        .enumerate()
-        .map(|(index, (result, transfer))| {
-            result.unwrap_or_else(|| {
-                let transfer = transfer.expect("an unanswered item was parsed");
-                api.metrics().transfer(Outcome::Pending);
-                let pending = Decided {
-                    transfer,
-                    status: TransferStatus::Pending,
-                };
-                item_result(index, &transfer, Ok(pending))
-            })
-        })
+        .map(|result| result.expect("every item is answered"))
         .collect();
     Ok(axum::Json(BatchResponse { results }))
+}
+
+/// Hands every transfer to its partition at once (`Client::execute_many`: they share group
+/// commits, and awaiting the answers in order costs nothing because a batch's answers arrive
+/// together), waiting for outcomes until `deadline`.
+///
+/// Past the deadline the same transfers are asked again without waiting for outcomes:
+/// transfers are idempotent, so each answers what its partition has recorded, `pending` for
+/// one still in its two-phase protocol, the first outcome for a finished one. This keeps the
+/// common path free of a timer and a task per item.
+async fn execute_all(
+    api: &Api,
+    parsed: &[(usize, Transfer)],
+    deadline: Instant,
+) -> Vec<Result<Decided, ApiError>> {
+    let commands: Vec<Command> = parsed.iter().map(|(_, t)| Command::Transfer(*t)).collect();
+    let client = api.client();
+    let waiting = client.execute_many(commands.iter().copied(), true);
+    let answers = match tokio::time::timeout_at(deadline, waiting).await {
+        Ok(answers) => answers,
+        Err(_elapsed) => client.execute_many(commands.iter().copied(), false).await,
+    };
+    parsed
+        .iter()
+        .zip(answers)
+        .map(|((_, transfer), answer)| conclude(api, *transfer, answer))
+        .collect()
 }
 
 /// The fields of one item, borrowed from the request where they hold no JSON escapes.
