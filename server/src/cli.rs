@@ -100,14 +100,6 @@ pub struct ServeArgs {
     /// recovery time; the log alone always suffices.
     #[arg(long, default_value_t = 1_000_000)]
     pub snapshot_every_events: u64,
-    /// Threads of the async runtime that runs HTTP and the partition drivers (0: one per
-    /// core). Log syncs run on separate blocking threads either way.
-    #[arg(long, default_value_t = 0)]
-    pub worker_threads: usize,
-    /// When a partition's batch is not full, wait up to this long for more inputs before
-    /// writing and syncing it (0: write as soon as the inbox is empty).
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000))]
-    pub batch_linger_us: u64,
 }
 
 /// How `replay` prints.

@@ -53,11 +53,10 @@ enum Stop {
 
 /// Runs the server on a new multi-threaded runtime; the process exit code.
 pub fn run(args: ServeArgs) -> ExitCode {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if args.worker_threads > 0 {
-        builder.worker_threads(args.worker_threads);
-    }
-    let runtime = match builder.enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "cannot start the async runtime");
@@ -104,7 +103,6 @@ async fn start_engine(args: &ServeArgs, dir: &DataDir) -> Result<Engine, ServeEr
         partitions: dir.partitions(),
         driver: DriverConfig {
             snapshot_every_events: args.snapshot_every_events,
-            batch_linger_us: args.batch_linger_us,
             ..DriverConfig::default()
         },
         ..EngineConfig::default()

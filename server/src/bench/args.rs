@@ -56,7 +56,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub batch_size: u64,
     /// Concurrent clients of the in-process engine mode.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub engine_clients: u64,
     /// Transfers each engine client hands over at once (`Client::execute_many`); 1 is one
     /// `Client::execute` at a time.
