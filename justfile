@@ -40,3 +40,11 @@ bench-cluster *ARGS:
 # Exactly what CI runs.
 ci:
     bash .ci/run
+
+# Throughput side by side: walletd (HTTP, HTTP batch, in-process engine) beside PostgreSQL and Redis on one workload (installs them with apt-get if missing).
+bench-peers:
+    bash bench/peers.sh
+
+# The load generator alone: `just bench http --accounts 10000`, `just bench memory`.
+bench *ARGS:
+    cargo run --release -p walletd-server -- bench {{ARGS}}

@@ -1,8 +1,8 @@
 //! The `wallet` command line: one binary, one subcommand per job.
 //!
-//! `serve` runs the all-in-one node; `replay` and `verify` read a data directory at rest.
-//! `node` runs one node of a cluster (`wallet node --config cluster.toml --id N`). Each
-//! subcommand is a variant of [`Command`] and a module with a `run`.
+//! `serve` runs the all-in-one node; `replay` and `verify` read a data directory at rest;
+//! `node` runs one node of a cluster (`wallet node --config cluster.toml --id N`); `bench` is
+//! the load generator. Each subcommand is a variant of [`Command`] and a module with a `run`.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -61,6 +61,15 @@ pub enum Command {
     /// Exits 0 with a summary, or 1 listing every violation (2 if a directory cannot be read
     /// at all).
     Verify(VerifyArgs),
+    /// Load generator: transfers/s and latency of this server over HTTP and in-process.
+    ///
+    /// Opens --accounts accounts with funds, then sends transfers between random accounts
+    /// for --seconds (after --warmup-seconds) in each mode: `http` (single transfers to a
+    /// spawned `wallet serve`, or to --target), `batch` (the batch endpoint) and `engine`
+    /// (the engine in-process, no HTTP). Prints a table (transfers/s, p50/p99/p99.9 latency,
+    /// rejected, errors), checks that money was conserved, and ends with a summary line.
+    /// `wallet bench memory` measures resident bytes per open account instead.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -206,6 +215,10 @@ pub fn main() -> ExitCode {
         Command::Verify(args) => {
             init_tracing("warn");
             crate::verify::run(args)
+        }
+        Command::Bench(args) => {
+            init_tracing("warn");
+            crate::bench::main(args)
         }
     }
 }

@@ -20,9 +20,11 @@
 //! - [`replay_cmd`]: `wallet replay`, balances and history rebuilt from the logs.
 //! - [`verify`]: `wallet verify`, the invariants of DESIGN section 5 checked at rest.
 //! - [`rfc3339`]: timestamps in and out of the API.
+//! - [`bench`]: `wallet bench`, the load generator (HTTP, batch, in-process engine, memory).
 
 pub mod api;
 pub mod auth;
+pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod datadir;

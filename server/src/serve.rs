@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use walletd_core::driver::{DriverConfig, DriverError, DriverStats, Query, RecoveryReport};
@@ -198,6 +199,13 @@ pub(crate) async fn serve_http(
     let (stop_tx, mut stop_rx) = watch::channel(Stop::Running);
     let mut graceful = stop_tx.subscribe();
     tokio::spawn(watch_for_stop(api.clone(), watched.to_vec(), stop_tx));
+    // Answers go out at once: without TCP_NODELAY the tail of a multi-segment answer (a batch
+    // result) can wait on Nagle's algorithm for the client's delayed acknowledgement.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
+        }
+    });
     let server = axum::serve(listener, api::router(api)).with_graceful_shutdown(async move {
         let _ = graceful.wait_for(|stop| *stop != Stop::Running).await;
         tracing::info!("shutting down: draining requests in flight");

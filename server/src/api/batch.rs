@@ -3,15 +3,26 @@
 //! Every item is executed concurrently (they land in the partitions' inboxes together and
 //! share group commits), each is answered on its own, in request order, with the HTTP status
 //! it would have had alone. One malformed item does not spoil the others.
+//!
+//! Items stay raw JSON text until each is parsed on its own into borrowed fields, so no
+//! generic JSON tree is built; the parsed items go to the engine together
+//! (`Client::execute_many`) under one deadline, with no task or timer per item, and an item
+//! still undecided at the deadline answers `202 pending`.
+
+use std::borrow::Cow;
 
 use axum::extract::State;
-use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use tokio::time::Instant;
 use utoipa::ToSchema;
+use walletd_core::event::Transfer;
+use walletd_core::ledger::Command;
 
 use super::metrics::Outcome;
-use super::transfers::{execute, parse_transfer, render, TransferRequest};
+use super::transfers::{
+    conclude, parse_transfer_fields, render, Decided, TransferFields, TransferRequest,
+};
 use super::{Api, ApiJson};
 use crate::errors::{ApiError, ErrorBody};
 
@@ -20,7 +31,7 @@ use crate::errors::{ApiError, ErrorBody};
 pub struct BatchRequest {
     /// At most 8000 items (`batch_items_max`).
     #[schema(value_type = Vec<TransferRequest>)]
-    pub transfers: Vec<serde_json::Value>,
+    pub transfers: Vec<Box<RawValue>>,
 }
 
 /// The result of one item of a batch.
@@ -66,46 +77,118 @@ pub async fn transfers(
         return Err(ApiError::batch_too_large(batch.transfers.len(), items_max));
     }
     let deadline = Instant::now() + api.options().transfer_wait;
-    let runs = batch
-        .transfers
+    let mut results: Vec<Option<BatchItemResult>> = Vec::with_capacity(batch.transfers.len());
+    // The parsed items and their positions in the request.
+    let mut parsed: Vec<(usize, Transfer)> = Vec::with_capacity(batch.transfers.len());
+    for (index, item) in batch.transfers.iter().enumerate() {
+        match parse_item(index, item) {
+            Ok(transfer) => {
+                results.push(None);
+                parsed.push((index, transfer));
+            }
+            Err(error) => {
+                api.metrics().transfer(Outcome::Failed);
+                results.push(Some(error_result(index, item_transaction_id(item), error)));
+            }
+        }
+    }
+    for ((index, transfer), decided) in parsed
+        .iter()
+        .zip(execute_all(&api, &parsed, deadline).await)
+    {
+        results[*index] = Some(item_result(*index, transfer, decided));
+    }
+    let results = results
         .into_iter()
-        .enumerate()
-        .map(|(index, item)| run_item(&api, index, item, deadline));
-    Ok(axum::Json(BatchResponse {
-        results: join_all(runs).await,
-    }))
+        .map(|result| result.expect("every item is answered"))
+        .collect();
+    Ok(axum::Json(BatchResponse { results }))
 }
 
-async fn run_item(
+/// Hands every transfer to its partition at once (`Client::execute_many`: they share group
+/// commits, and awaiting the answers in order costs nothing because a batch's answers arrive
+/// together), waiting for outcomes until `deadline`.
+///
+/// Past the deadline the same transfers are asked again without waiting for outcomes:
+/// transfers are idempotent, so each answers what its partition has recorded, `pending` for
+/// one still in its two-phase protocol, the first outcome for a finished one. This keeps the
+/// common path free of a timer and a task per item.
+async fn execute_all(
     api: &Api,
-    index: usize,
-    item: serde_json::Value,
+    parsed: &[(usize, Transfer)],
     deadline: Instant,
-) -> BatchItemResult {
-    let transaction_id = item
-        .get("transaction_id")
-        .and_then(|v| v.as_str())
-        .map(str::to_string);
-    let error = |error: ApiError| BatchItemResult {
+) -> Vec<Result<Decided, ApiError>> {
+    let commands: Vec<Command> = parsed.iter().map(|(_, t)| Command::Transfer(*t)).collect();
+    let client = api.client();
+    let waiting = client.execute_many(commands.iter().copied(), true);
+    let answers = match tokio::time::timeout_at(deadline, waiting).await {
+        Ok(answers) => answers,
+        Err(_elapsed) => client.execute_many(commands.iter().copied(), false).await,
+    };
+    parsed
+        .iter()
+        .zip(answers)
+        .map(|((_, transfer), answer)| conclude(api, *transfer, answer))
+        .collect()
+}
+
+/// The fields of one item, borrowed from the request where they hold no JSON escapes.
+#[derive(Deserialize)]
+struct ItemFields<'a> {
+    #[serde(borrow)]
+    from_account: Cow<'a, str>,
+    #[serde(borrow)]
+    to_account: Cow<'a, str>,
+    #[serde(borrow)]
+    amount: Cow<'a, str>,
+    #[serde(borrow)]
+    currency: Cow<'a, str>,
+    #[serde(borrow)]
+    transaction_id: Cow<'a, str>,
+}
+
+fn parse_item(index: usize, item: &RawValue) -> Result<Transfer, ApiError> {
+    let fields: ItemFields = serde_json::from_str(item.get())
+        .map_err(|e| ApiError::invalid_field(format!("transfers[{index}]: {e}")))?;
+    parse_transfer_fields(TransferFields {
+        from_account: &fields.from_account,
+        to_account: &fields.to_account,
+        amount: &fields.amount,
+        currency: &fields.currency,
+        transaction_id: &fields.transaction_id,
+    })
+}
+
+/// The transaction id of an item that could not be parsed, when it has a readable one.
+fn item_transaction_id(item: &RawValue) -> Option<String> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        transaction_id: Option<serde_json::Value>,
+    }
+    serde_json::from_str::<IdOnly>(item.get())
+        .ok()
+        .and_then(|id| id.transaction_id)
+        .and_then(|v| v.as_str().map(str::to_string))
+}
+
+fn error_result(index: usize, transaction_id: Option<String>, error: ApiError) -> BatchItemResult {
+    BatchItemResult {
         index,
-        transaction_id: transaction_id.clone(),
+        transaction_id,
         http_status: error.status.as_u16(),
         status: "error",
         code: Some(error.code.to_string()),
         message: Some(error.message),
         status_url: None,
-    };
-    let parsed = serde_json::from_value::<TransferRequest>(item)
-        .map_err(|e| ApiError::invalid_field(format!("transfers[{index}]: {e}")))
-        .and_then(|request| parse_transfer(&request));
-    let transfer = match parsed {
-        Ok(transfer) => transfer,
-        Err(e) => {
-            api.metrics().transfer(Outcome::Failed);
-            return error(e);
-        }
-    };
-    match execute(api, transfer, deadline).await {
+    }
+}
+
+fn item_result(
+    index: usize,
+    transfer: &Transfer,
+    decided: Result<Decided, ApiError>,
+) -> BatchItemResult {
+    match decided {
         Ok(decided) => {
             let (status, body) = render(&decided);
             BatchItemResult {
@@ -118,6 +201,6 @@ async fn run_item(
                 status_url: body.status_url,
             }
         }
-        Err(e) => error(e),
+        Err(error) => error_result(index, Some(transfer.transaction_id.to_string()), error),
     }
 }

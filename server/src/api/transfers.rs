@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use utoipa::ToSchema;
-use walletd_core::driver::{Query, QueryAnswer};
+use walletd_core::driver::{CommandResult, Query, QueryAnswer};
+use walletd_core::engine::Unavailable;
 use walletd_core::event::{Transfer, TransferKey};
 use walletd_core::ledger::{Command, Reply, TransferRow, TransferState, TransferStatus};
 use walletd_core::money::{format_minor, Amount};
@@ -65,11 +66,33 @@ pub struct Decided {
 
 /// Validates a transfer request into the core type.
 pub fn parse_transfer(request: &TransferRequest) -> Result<Transfer, ApiError> {
-    let from = account_id("from_account", &request.from_account)?;
-    let to = account_id("to_account", &request.to_account)?;
-    let currency = currency(&request.currency)?;
-    let amount = Amount::parse(&request.amount, currency)?;
-    let transaction_id = transaction_id("transaction_id", &request.transaction_id)?;
+    parse_transfer_fields(TransferFields {
+        from_account: &request.from_account,
+        to_account: &request.to_account,
+        amount: &request.amount,
+        currency: &request.currency,
+        transaction_id: &request.transaction_id,
+    })
+}
+
+/// The text fields of a transfer request, borrowed (the batch endpoint parses items
+/// without copying them into a [`TransferRequest`]).
+#[derive(Debug, Clone, Copy)]
+pub struct TransferFields<'a> {
+    pub from_account: &'a str,
+    pub to_account: &'a str,
+    pub amount: &'a str,
+    pub currency: &'a str,
+    pub transaction_id: &'a str,
+}
+
+/// Validates the fields of a transfer request into the core type.
+pub fn parse_transfer_fields(request: TransferFields<'_>) -> Result<Transfer, ApiError> {
+    let from = account_id("from_account", request.from_account)?;
+    let to = account_id("to_account", request.to_account)?;
+    let currency = currency(request.currency)?;
+    let amount = Amount::parse(request.amount, currency)?;
+    let transaction_id = transaction_id("transaction_id", request.transaction_id)?;
     Ok(Transfer {
         transaction_id,
         from,
@@ -86,15 +109,27 @@ pub async fn execute(
     deadline: Instant,
 ) -> Result<Decided, ApiError> {
     let run = api.client().execute(Command::Transfer(transfer), true);
-    let result = match tokio::time::timeout_at(deadline, run).await {
+    let answer = match tokio::time::timeout_at(deadline, run).await {
         // Not final in time. The command may still be queued; the status URL (or a retry
         // of the same request, which is idempotent) tells the outcome.
-        Err(_elapsed) => Ok(Reply::Transfer(TransferStatus::Pending)),
-        Ok(Err(unavailable)) => {
+        Err(_elapsed) => Ok(Ok(Reply::Transfer(TransferStatus::Pending))),
+        Ok(answer) => answer,
+    };
+    conclude(api, transfer, answer)
+}
+
+/// Counts the engine's answer to a transfer and interprets it.
+pub fn conclude(
+    api: &Api,
+    transfer: Transfer,
+    answer: Result<CommandResult, Unavailable>,
+) -> Result<Decided, ApiError> {
+    let result = match answer {
+        Err(unavailable) => {
             api.metrics().transfer(Outcome::Failed);
             return Err(api.unavailable(unavailable));
         }
-        Ok(Ok(result)) => result,
+        Ok(result) => result,
     };
     let outcome = match &result {
         Ok(Reply::Transfer(status)) => Outcome::of_status(*status),

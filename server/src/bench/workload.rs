@@ -1,0 +1,182 @@
+//! The workload every mode (and every peer in `bench/peers.sh`) runs: K accounts funded
+//! alike, then transfers between two accounts drawn uniformly at random, each with its own
+//! transaction id, amounts drawn uniformly from a range. Insufficient funds are rejected.
+
+use walletd_core::event::Transfer;
+use walletd_core::ids::{AccountId, TransactionId};
+use walletd_core::money::{Amount, Currency};
+
+/// The currency of every benchmark account.
+pub const CURRENCY: Currency = Currency::USD;
+/// What each account is funded with, in minor units (1,000.00 USD).
+pub const FUNDING_MINOR: u64 = 100_000;
+/// Largest transfer amount in minor units (100.00 USD); the smallest is 1 (0.01 USD).
+pub const TRANSFER_MINOR_MAX: u64 = 10_000;
+/// The transaction id of the deposit that funds an account. A fixed id makes funding
+/// idempotent: benchmarking a server twice never funds an account twice.
+pub const FUNDING_TRANSACTION_ID: &str = "bench-funding";
+
+/// A small, fast generator (xorshift64*); the benchmark needs speed, not quality.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        // Any non-zero state works; mix the seed so that nearby seeds diverge at once.
+        Rng((seed ^ 0x9E37_79B9_7F4A_7C15).wrapping_mul(0xBF58_476D_1CE4_E5B9) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n` (the modulo bias is negligible for the ranges used here).
+    pub fn below(&mut self, n: u64) -> u64 {
+        assert!(n > 0);
+        self.next_u64() % n
+    }
+}
+
+/// The id of benchmark account `index`.
+pub fn account_name(index: u64) -> String {
+    format!("bench-{index}")
+}
+
+/// The benchmark accounts and the draw of transfers between them.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// K: accounts opened and funded.
+    pub accounts: u64,
+    /// Distinguishes this run's transaction ids from any earlier run against the same server.
+    pub run_tag: String,
+}
+
+/// One transfer drawn by a client: the account indexes, the amount and a unique id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Draw {
+    pub from: u64,
+    pub to: u64,
+    pub amount_minor: u64,
+    pub client: u64,
+    pub sequence: u64,
+}
+
+impl Workload {
+    pub fn new(accounts: u64, run_tag: String) -> Workload {
+        assert!(accounts >= 2, "a transfer needs two accounts");
+        Workload { accounts, run_tag }
+    }
+
+    /// The same accounts with transaction ids of their own (one per mode, so that two modes
+    /// never reuse an id, which the ledger would refuse as a conflict).
+    pub fn for_mode(&self, mode: &str) -> Workload {
+        Workload {
+            accounts: self.accounts,
+            run_tag: format!("{}{mode}", self.run_tag),
+        }
+    }
+
+    /// Money the funded accounts hold in total, in minor units.
+    pub fn funded_total_minor(&self) -> u128 {
+        u128::from(self.accounts) * u128::from(FUNDING_MINOR)
+    }
+
+    /// The next transfer of `client`, its `sequence`-th: two distinct random accounts.
+    pub fn draw(&self, rng: &mut Rng, client: u64, sequence: u64) -> Draw {
+        let from = rng.below(self.accounts);
+        // Uniform over the other K-1 accounts.
+        let to = (from + 1 + rng.below(self.accounts - 1)) % self.accounts;
+        Draw {
+            from,
+            to,
+            amount_minor: 1 + rng.below(TRANSFER_MINOR_MAX),
+            client,
+            sequence,
+        }
+    }
+
+    /// Appends the transaction id of a draw, unique within the run and across runs.
+    pub fn write_transaction_id(&self, draw: &Draw, out: &mut String) {
+        use std::fmt::Write;
+        let _ = write!(out, "{}-{}-{}", self.run_tag, draw.client, draw.sequence);
+    }
+
+    /// The core transfer of a draw (for the in-process engine); `scratch` is reused for the id.
+    pub fn transfer(&self, draw: &Draw, accounts: &[AccountId], scratch: &mut String) -> Transfer {
+        scratch.clear();
+        self.write_transaction_id(draw, scratch);
+        Transfer {
+            transaction_id: TransactionId::new(scratch).expect("benchmark ids are valid"),
+            from: accounts[draw.from as usize],
+            to: accounts[draw.to as usize],
+            amount: Amount::from_minor(draw.amount_minor).expect("amounts are in range"),
+            currency: CURRENCY,
+        }
+    }
+}
+
+/// A run tag from the clock: short, and different for every run started a second apart.
+pub fn run_tag() -> String {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("r{seconds:x}")
+}
+
+/// Formats minor units of [`CURRENCY`] as the API's decimal string (2 fraction digits).
+pub fn format_amount(minor: u64, out: &mut String) {
+    use std::fmt::Write;
+    let _ = write!(out, "{}.{:02}", minor / 100, minor % 100);
+}
+
+/// Parses a non-negative decimal balance with at most two fraction digits into minor units.
+pub fn parse_balance(text: &str) -> Option<u64> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if whole.is_empty() || fraction.len() > 2 {
+        return None;
+    }
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || !digits(fraction) {
+        return None;
+    }
+    let whole: u64 = whole.parse().ok()?;
+    let fraction: u64 = match fraction.len() {
+        0 => 0,
+        1 => fraction.parse::<u64>().ok()? * 10,
+        _ => fraction.parse().ok()?,
+    };
+    whole.checked_mul(100)?.checked_add(fraction)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_two_distinct_accounts_in_range() {
+        let workload = Workload::new(3, "t".into());
+        let mut rng = Rng::new(7);
+        for sequence in 0..1000 {
+            let draw = workload.draw(&mut rng, 0, sequence);
+            assert!(draw.from < 3 && draw.to < 3 && draw.from != draw.to);
+            assert!((1..=TRANSFER_MINOR_MAX).contains(&draw.amount_minor));
+        }
+    }
+
+    #[test]
+    fn amounts_round_trip_through_text() {
+        for minor in [0, 1, 10, 99, 100, 12_345, FUNDING_MINOR] {
+            let mut text = String::new();
+            format_amount(minor, &mut text);
+            assert_eq!(parse_balance(&text), Some(minor), "{text}");
+        }
+        assert_eq!(parse_balance("7"), Some(700));
+        assert_eq!(parse_balance("7.5"), Some(750));
+        for bad in ["", ".5", "1.234", "-1", "1e3", "1.x"] {
+            assert_eq!(parse_balance(bad), None, "{bad}");
+        }
+    }
+}
