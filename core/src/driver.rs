@@ -41,7 +41,8 @@ pub struct DriverConfig {
     /// When a batch is not full, wait up to this long for more inputs before writing
     /// (0: write as soon as the inbox is empty; the sync itself is what gathers the next batch).
     pub batch_linger_us: u64,
-    /// Write a snapshot after this many events since the last one (0: never).
+    /// Write a snapshot after this many events since the last one, and no sooner than the
+    /// log since the last one holds as many events as the state has rows (0: never).
     pub snapshot_every_events: u64,
     /// Most clients waiting for the outcome of a pending transfer; beyond it they get `Pending`.
     pub waiters_max: usize,
@@ -578,8 +579,12 @@ impl<S: Storage> PartitionDriver<S> {
     }
 
     async fn maybe_snapshot(&mut self) -> Result<(), DriverError> {
+        // A snapshot costs time in proportion to the whole state, and the partition waits for
+        // it. Taking one only once the log since the last has grown at least as large as the
+        // state keeps that cost at most one row per event, however large the state becomes,
+        // and recovery replays at most about one state's worth of records.
         let every = self.config.snapshot_every_events;
-        if every == 0 || self.events_since_snapshot < every {
+        if every == 0 || self.events_since_snapshot < every.max(self.ledger.row_count() as u64) {
             return Ok(());
         }
         let bytes = encode_snapshot(&self.ledger);

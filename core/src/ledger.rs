@@ -359,6 +359,11 @@ impl Ledger {
         self.credits.iter()
     }
 
+    /// Rows in every table: the size of a snapshot, in rows.
+    pub fn row_count(&self) -> usize {
+        self.accounts.len() + self.transfers.len() + self.credits.len() + self.cash.len()
+    }
+
     pub fn flows(&self) -> &BTreeMap<Currency, Flows> {
         &self.flows
     }

@@ -108,7 +108,10 @@ pub async fn execute(
     transfer: Transfer,
     deadline: Instant,
 ) -> Result<Decided, ApiError> {
-    let run = api.client().execute(Command::Transfer(transfer), true);
+    // With no time to wait at all, a transfer is answered once accepted (durably), so a
+    // cross-partition one is reliably `pending` rather than whatever a race makes of it.
+    let wait = !api.options().transfer_wait.is_zero();
+    let run = api.client().execute(Command::Transfer(transfer), wait);
     let answer = match tokio::time::timeout_at(deadline, run).await {
         // Not final in time. The command may still be queued; the status URL (or a retry
         // of the same request, which is idempotent) tells the outcome.
