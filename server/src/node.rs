@@ -43,27 +43,7 @@ pub enum NodeRunError {
 
 /// Runs the node on a new multi-threaded runtime; the process exit code.
 pub fn run(args: NodeArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "cannot start the async runtime");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(node(args)) {
-        Ok(()) => {
-            tracing::info!("stopped cleanly");
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            tracing::error!(%error, "node failed");
-            eprintln!("wallet node: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::serve::run_to_exit_code("wallet node", node(args))
 }
 
 fn node_config(args: &NodeArgs) -> Result<NodeConfig, NodeRunError> {

@@ -54,6 +54,15 @@ pub(crate) enum Stop {
 
 /// Runs the server on a new multi-threaded runtime; the process exit code.
 pub fn run(args: ServeArgs) -> ExitCode {
+    run_to_exit_code("wallet serve", serve(args))
+}
+
+/// Runs `job` on a new multi-threaded runtime and turns its outcome into the process exit
+/// code, logging and printing a failure under `name`.
+pub(crate) fn run_to_exit_code<E: std::fmt::Display>(
+    name: &str,
+    job: impl std::future::Future<Output = Result<(), E>>,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -64,14 +73,14 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args)) {
+    match runtime.block_on(job) {
         Ok(()) => {
             tracing::info!("stopped cleanly");
             ExitCode::SUCCESS
         }
         Err(error) => {
-            tracing::error!(%error, "server failed");
-            eprintln!("wallet serve: {error}");
+            tracing::error!(%error, "{name} failed");
+            eprintln!("{name}: {error}");
             ExitCode::FAILURE
         }
     }
