@@ -238,8 +238,9 @@ async fn wait_for_state(client: &Client, key: TransferKey, want: TransferState) 
     );
 }
 
-#[tokio::test]
-async fn a_restarted_home_partition_resumes_a_transfer_between_try_and_confirm() {
+/// Two partitions on memory disks, with Tries that never time out and quick resends, so a
+/// restart test decides when a transfer moves on.
+fn restart_setup() -> (DriverConfig, Vec<MemStorage>) {
     let config = DriverConfig {
         coordinator: CoordinatorConfig {
             try_timeout_us: 60_000_000,
@@ -248,8 +249,20 @@ async fn a_restarted_home_partition_resumes_a_transfer_between_try_and_confirm()
         },
         ..DriverConfig::default()
     };
-    let storages: Vec<MemStorage> = (0..2).map(|_| MemStorage::default()).collect();
-    let disks: Vec<_> = storages.clone();
+    (config, (0..2).map(|_| MemStorage::default()).collect())
+}
+
+/// Power loss: every disk keeps only what was synced.
+fn crash(disks: &[MemStorage]) {
+    for disk in disks {
+        disk.disk.lock().unwrap().crash();
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_home_partition_resumes_a_transfer_between_try_and_confirm() {
+    let (config, storages) = restart_setup();
+    let disks = storages.clone();
 
     // First life: every Try is lost, so the transfer stays between Try and Confirm.
     let (client, tasks) = start_filtered(storages, config, Some(Phase::Try)).await;
@@ -266,9 +279,7 @@ async fn a_restarted_home_partition_resumes_a_transfer_between_try_and_confirm()
     stop(&client, tasks).await;
 
     // Second life, with a working network: the transfer resumes from the log alone.
-    for disk in &disks {
-        disk.disk.lock().unwrap().crash();
-    }
+    crash(&disks);
     let (client, tasks) = start_filtered(disks, config, None).await;
     wait_for_state(&client, t.key(), TransferState::Committed).await;
     assert_eq!(balance(&client, a).await, (700, 0));
@@ -281,16 +292,8 @@ async fn a_restarted_home_partition_resumes_a_transfer_between_try_and_confirm()
 
 #[tokio::test]
 async fn a_restarted_home_partition_carries_out_a_logged_confirm() {
-    let config = DriverConfig {
-        coordinator: CoordinatorConfig {
-            try_timeout_us: 60_000_000,
-            retry_initial_us: 5_000,
-            retry_max_us: 20_000,
-        },
-        ..DriverConfig::default()
-    };
-    let storages: Vec<MemStorage> = (0..2).map(|_| MemStorage::default()).collect();
-    let disks: Vec<_> = storages.clone();
+    let (config, storages) = restart_setup();
+    let disks = storages.clone();
     let (client, tasks) = start_filtered(storages, config, Some(Phase::Confirm)).await;
     let (a, b) = open_pair(&client, 1_000).await;
     let t = transfer(a, b, 250, "confirm-me");
@@ -307,9 +310,7 @@ async fn a_restarted_home_partition_carries_out_a_logged_confirm() {
         "Confirm was lost: not credited yet"
     );
     stop(&client, tasks).await;
-    for disk in &disks {
-        disk.disk.lock().unwrap().crash();
-    }
+    crash(&disks);
     let (client, tasks) = start_filtered(disks, config, None).await;
     wait_for_state(&client, t.key(), TransferState::Committed).await;
     assert_eq!(balance(&client, a).await, (750, 0));
