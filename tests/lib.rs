@@ -437,3 +437,30 @@ pub mod http {
         }
     }
 }
+
+/// A tiny deterministic generator for load-test clients (a 64-bit LCG, high bits out).
+pub struct Lcg(u64);
+
+impl Lcg {
+    pub fn new(seed: u64) -> Lcg {
+        Lcg(seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1))
+    }
+
+    pub fn draw(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+
+    /// Two different accounts of `accounts` (at least two), drawn at random.
+    pub fn pair(&mut self, accounts: &[String]) -> (String, String) {
+        let from = self.draw() as usize % accounts.len();
+        let mut to = self.draw() as usize % accounts.len();
+        if to == from {
+            to = (from + 1) % accounts.len();
+        }
+        (accounts[from].clone(), accounts[to].clone())
+    }
+}

@@ -56,24 +56,13 @@ fn client(
     log: &Mutex<Vec<Attempt>>,
     answered: &AtomicUsize,
 ) {
-    let mut rng = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-    let mut next = || {
-        rng = rng
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        rng >> 33
-    };
+    let mut rng = walletd_e2e::Lcg::new(seed);
     for i in 0..TRANSFERS_PER_CLIENT_MAX {
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let from = accounts[next() as usize % accounts.len()].clone();
-        let mut to = accounts[next() as usize % accounts.len()].clone();
-        if to == from {
-            to = accounts[(accounts.iter().position(|a| *a == from).unwrap() + 1) % accounts.len()]
-                .clone();
-        }
-        let cents = 1 + next() % 500;
+        let (from, to) = rng.pair(accounts);
+        let cents = 1 + rng.draw() % 500;
         let id = format!("c{seed}-{i}");
         let body = json!({"from_account": from, "to_account": to, "currency": "USD", "transaction_id": id,
                           "amount": format!("{}.{:02}", cents / 100, cents % 100)});
