@@ -1,10 +1,11 @@
 //! The partition driver: the async loop that owns one partition.
 //!
-//! It is deliberately thin (no business rule lives here): take a batch of inputs from the
-//! inbox, run each through the pure [`Ledger`] and [`Coordinator`], append the resulting
-//! events as one write, sync once (group commit), and only then release the replies and the
-//! outgoing phase messages. The same source runs on tokio in production and under madsim in
-//! the simulator.
+//! It is deliberately thin (no business rule lives here): take inputs from the inbox, run
+//! each through the pure [`Ledger`] and [`Coordinator`], append the resulting events of a
+//! batch as one write, sync once (group commit), and only then release the batch's replies
+//! and outgoing phase messages. Commits are pipelined: the next batch is decided and applied
+//! while the previous one syncs, and released strictly after it. The same source runs on
+//! tokio in production and under madsim in the simulator.
 //!
 //! ```text
 //!   inbox ──► decide/apply (Ledger) ──► encode ──► append + sync ──► replies, peer messages
@@ -12,7 +13,9 @@
 //!                 └── Coordinator ◄── responses, timers
 //! ```
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -36,11 +39,9 @@ use crate::transport::{PeerMessage, Transport};
 /// Limits and timings of a partition driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DriverConfig {
-    /// Most inputs taken into one group commit.
+    /// Most inputs taken into one group commit (each command of an [`Input::Commands`]
+    /// counts). A full batch stops taking inputs until the one before it is durable.
     pub batch_inputs_max: usize,
-    /// When a batch is not full, wait up to this long for more inputs before writing
-    /// (0: write as soon as the inbox is empty; the sync itself is what gathers the next batch).
-    pub batch_linger_us: u64,
     /// Write a snapshot after this many events since the last one, and no sooner than the
     /// log since the last one holds as many events as the state has rows (0: never).
     pub snapshot_every_events: u64,
@@ -52,8 +53,7 @@ pub struct DriverConfig {
 impl Default for DriverConfig {
     fn default() -> Self {
         DriverConfig {
-            batch_inputs_max: 8192,
-            batch_linger_us: 0,
+            batch_inputs_max: 16_384,
             snapshot_every_events: 1_000_000,
             waiters_max: 100_000,
             coordinator: CoordinatorConfig::default(),
@@ -78,6 +78,9 @@ pub enum QueryAnswer {
 /// The result of a command as seen by its client.
 pub type CommandResult = Result<Reply, LedgerError>;
 
+/// Most commands in one [`Input::Commands`]; a client splits larger sets.
+pub const COMMANDS_PER_INPUT_MAX: usize = 4096;
+
 /// What a partition's inbox carries.
 #[derive(Debug)]
 pub enum Input {
@@ -87,6 +90,15 @@ pub enum Input {
         command: Command,
         wait: bool,
         reply: oneshot::Sender<CommandResult>,
+    },
+    /// Client commands executed in order, answered together (one answer per command, in
+    /// their order) once all are durable, and with `wait` all decided. At most
+    /// [`COMMANDS_PER_INPUT_MAX`]. Only for partitions in this process: a peer link carries
+    /// single commands.
+    Commands {
+        commands: Vec<Command>,
+        wait: bool,
+        reply: oneshot::Sender<Vec<CommandResult>>,
     },
     Query {
         query: Query,
@@ -225,12 +237,58 @@ pub async fn recover<S: Storage>(
     Ok((ledger, report))
 }
 
-/// A reply held back until its batch is durable.
-struct HeldReply {
-    reply: oneshot::Sender<CommandResult>,
-    result: CommandResult,
-    /// Set when the client wants the outcome of this transfer, not just `Pending`.
-    wait_for: Option<TransferKey>,
+/// Where the answer to one command goes.
+#[derive(Debug)]
+enum ReplyTo {
+    /// The client of an [`Input::Command`].
+    One(oneshot::Sender<CommandResult>),
+    /// Position `index` of the open group `group` (an [`Input::Commands`]).
+    InGroup { group: u64, index: usize },
+}
+
+/// The answers of an [`Input::Commands`] while some still wait for a transfer's outcome.
+struct OpenGroup {
+    results: Vec<CommandResult>,
+    /// Answers not yet final; the group is sent once this reaches zero.
+    waiting: usize,
+    reply: oneshot::Sender<Vec<CommandResult>>,
+}
+
+/// A batch: its encoded records and everything that may leave only once they are durable.
+/// Every answer joins the batch whose events it reflects, so releasing batches in log order
+/// never shows a client or a peer a state that a crash could still take back.
+#[derive(Default)]
+struct Batch {
+    encoded: Vec<u8>,
+    first_lsn: Lsn,
+    /// Inputs taken into this batch, counting each command of a group.
+    inputs: usize,
+    replies: Vec<(oneshot::Sender<CommandResult>, CommandResult)>,
+    groups: Vec<(oneshot::Sender<Vec<CommandResult>>, Vec<CommandResult>)>,
+    answers: Vec<(oneshot::Sender<QueryAnswer>, QueryAnswer)>,
+    outbox: Vec<PeerMessage>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.encoded.is_empty()
+            && self.replies.is_empty()
+            && self.groups.is_empty()
+            && self.answers.is_empty()
+            && self.outbox.is_empty()
+    }
+}
+
+/// What a commit gives back: the storage, the batch's buffer for reuse, and the outcome.
+type CommitOutput<S> = (S, Vec<u8>, Result<(), DriverError>);
+
+/// A batch being written and synced (the write, the sync and an optional snapshot run as one
+/// future polled by the driver while it goes on applying the next batch).
+struct InFlight<S> {
+    commit: Pin<Box<dyn Future<Output = CommitOutput<S>> + Send>>,
+    batch: Batch,
+    last_lsn: Lsn,
+    started: Instant,
 }
 
 /// The driver of one partition. Build with [`PartitionDriver::new`] after [`recover`], then
@@ -239,22 +297,23 @@ pub struct PartitionDriver<S: Storage> {
     partition: PartitionId,
     ledger: Ledger,
     coordinator: Coordinator,
-    storage: S,
+    /// `None` while a commit owns it.
+    storage: Option<S>,
     transport: Arc<dyn Transport>,
     inbox: mpsc::Receiver<Input>,
     config: DriverConfig,
     stats: Arc<DriverStats>,
     clock_origin: Instant,
-    /// The current batch: encoded records, and everything released once they are durable.
-    encoded: Vec<u8>,
-    batch_first_lsn: Lsn,
+    /// The batch being filled; it is committed as soon as the one before it is durable.
+    batch: Batch,
+    /// The buffer of the last committed batch, reused by the next one.
+    spare_buffer: Vec<u8>,
     events: Vec<Event>,
-    replies: Vec<HeldReply>,
-    answers: Vec<(oneshot::Sender<QueryAnswer>, QueryAnswer)>,
-    outbox: Vec<PeerMessage>,
-    decided: Vec<TransferKey>,
-    waiters: FxHashMap<TransferKey, Vec<oneshot::Sender<CommandResult>>>,
+    /// Clients waiting for the outcome of a pending transfer.
+    waiters: FxHashMap<TransferKey, Vec<ReplyTo>>,
     waiter_count: usize,
+    groups: FxHashMap<u64, OpenGroup>,
+    next_group: u64,
     events_since_snapshot: u64,
 }
 
@@ -268,6 +327,7 @@ impl<S: Storage> PartitionDriver<S> {
         config: DriverConfig,
         stats: Arc<DriverStats>,
     ) -> PartitionDriver<S> {
+        assert!(config.batch_inputs_max > 0);
         let rows = ledger.unfinished_transfers();
         let coordinator = Coordinator::rebuild(config.coordinator, ledger.partitions(), &rows, 0);
         stats
@@ -277,21 +337,22 @@ impl<S: Storage> PartitionDriver<S> {
             partition: ledger.partition(),
             ledger,
             coordinator,
-            storage,
+            storage: Some(storage),
             transport,
             inbox,
             config,
             stats,
             clock_origin: Instant::now(),
-            encoded: Vec::with_capacity(1 << 20),
-            batch_first_lsn: 0,
+            batch: Batch {
+                encoded: Vec::with_capacity(1 << 20),
+                ..Batch::default()
+            },
+            spare_buffer: Vec::with_capacity(1 << 20),
             events: Vec::new(),
-            replies: Vec::new(),
-            answers: Vec::new(),
-            outbox: Vec::new(),
-            decided: Vec::new(),
             waiters: FxHashMap::default(),
             waiter_count: 0,
+            groups: FxHashMap::default(),
+            next_group: 0,
             events_since_snapshot: 0,
         }
     }
@@ -304,64 +365,156 @@ impl<S: Storage> PartitionDriver<S> {
         self.clock_origin.elapsed().as_micros() as Micros
     }
 
-    /// Runs until a [`Input::Shutdown`] or until every sender of the inbox is gone. Returns
-    /// the storage on a clean stop; an I/O error is fatal and returned.
+    /// Runs until a [`Input::Shutdown`] or until every sender of the inbox is gone, and in
+    /// either case until everything taken in is durable. Returns the storage on a clean stop;
+    /// an I/O error is fatal and returned.
+    ///
+    /// Pipelined group commit: while one batch is written and synced, the next one fills
+    /// (inputs are decided and applied at once); it is committed the moment the first is
+    /// durable. The partition thus never waits for the disk while there is work, and a batch
+    /// is as large as what arrived during one sync.
     pub async fn run(mut self) -> Result<S, DriverError> {
         // Rebuilt transfers have their first resend due now.
         self.coordinator.on_tick(self.now());
         self.drain_coordinator();
-        self.commit().await?;
+        // The first batch is committed even when empty: from then on the stats show a running
+        // partition (the simulator waits for that after a restart).
+        let mut in_flight: Option<InFlight<S>> = self.start_commit();
+        let mut stopping: Option<Option<oneshot::Sender<()>>> = None;
         loop {
-            let first = match self.coordinator.next_due() {
-                Some(due) => {
-                    let deadline = self.clock_origin + Duration::from_micros(due);
-                    // `biased`: tokio's select! otherwise polls its branches in a random order
-                    // drawn from a process-wide seed, which no simulation seed controls. Inputs
-                    // first; timers cannot starve, every batch below ticks the coordinator too.
-                    tokio::select! {
-                        biased;
-                        input = self.inbox.recv() => input,
-                        _ = tokio::time::sleep_until(deadline) => {
-                            self.coordinator.on_tick(self.now());
-                            self.drain_coordinator();
-                            self.commit().await?;
-                            continue;
+            if in_flight.is_none() {
+                if !self.batch.is_empty() {
+                    in_flight = self.start_commit();
+                }
+                if in_flight.is_none() && self.batch.is_empty() {
+                    if let Some(ack) = stopping {
+                        if let Some(ack) = ack {
+                            let _ = ack.send(());
                         }
+                        return Ok(self.storage.take().expect("no commit in flight"));
                     }
                 }
-                None => self.inbox.recv().await,
-            };
-            let Some(first) = first else {
-                return Ok(self.storage);
-            };
-            let mut shutdown = self.handle(first);
-            let mut taken = 1;
-            let linger_until = Instant::now() + Duration::from_micros(self.config.batch_linger_us);
-            while taken < self.config.batch_inputs_max && shutdown.is_none() {
-                let input = match self.inbox.try_recv() {
-                    Ok(input) => input,
-                    Err(_) if self.config.batch_linger_us > 0 && Instant::now() < linger_until => {
-                        // `timeout`, not `timeout_at`: madsim's time module has no `timeout_at`.
-                        let linger = linger_until.saturating_duration_since(Instant::now());
-                        match tokio::time::timeout(linger, self.inbox.recv()).await {
-                            Ok(Some(input)) => input,
-                            _ => break,
+            }
+            let accepting = stopping.is_none() && self.batch.inputs < self.config.batch_inputs_max;
+            let deadline = self
+                .coordinator
+                .next_due()
+                .map(|due| self.clock_origin + Duration::from_micros(due));
+            // `biased`: tokio's select! otherwise polls its branches in a random order drawn
+            // from a process-wide seed, which no simulation seed controls. A finished commit
+            // first (it releases answers and frees the disk for the next batch), then inputs;
+            // timers cannot starve, every batch ticks the coordinator too.
+            tokio::select! {
+                biased;
+                (storage, buffer, result) = poll_commit(&mut in_flight), if in_flight.is_some() => {
+                    let done = in_flight.take().expect("a commit was in flight");
+                    result?;
+                    self.finish_commit(storage, buffer, done);
+                }
+                input = self.inbox.recv(), if accepting => match input {
+                    Some(input) => {
+                        let mut shutdown = self.handle(input);
+                        while shutdown.is_none() && self.batch.inputs < self.config.batch_inputs_max {
+                            let Ok(input) = self.inbox.try_recv() else { break };
+                            shutdown = self.handle(input);
+                        }
+                        self.coordinator.on_tick(self.now());
+                        self.drain_coordinator();
+                        if shutdown.is_some() {
+                            stopping = Some(shutdown);
                         }
                     }
-                    Err(_) => break,
-                };
-                shutdown = self.handle(input);
-                taken += 1;
-            }
-            self.stats.inputs.fetch_add(taken as u64, Ordering::Relaxed);
-            self.coordinator.on_tick(self.now());
-            self.drain_coordinator();
-            self.commit().await?;
-            if let Some(ack) = shutdown {
-                let _ = ack.send(());
-                return Ok(self.storage);
+                    None => stopping = Some(None),
+                },
+                _ = sleep_until_due(deadline), if deadline.is_some() => {
+                    self.coordinator.on_tick(self.now());
+                    self.drain_coordinator();
+                }
             }
         }
+    }
+
+    /// Hands the current batch to a commit future, or releases it at once when it holds no
+    /// records (everything it answers from is then already durable). A snapshot that is due
+    /// is encoded now, from exactly the state the batch leaves, and written after its sync.
+    fn start_commit(&mut self) -> Option<InFlight<S>> {
+        #[cfg(any(debug_assertions, madsim))]
+        if let Err(violation) = self.ledger.check_conservation() {
+            panic!(
+                "partition {}: conservation violated: {violation}",
+                self.partition
+            );
+        }
+        let next = Batch {
+            encoded: std::mem::take(&mut self.spare_buffer),
+            ..Batch::default()
+        };
+        let mut batch = std::mem::replace(&mut self.batch, next);
+        #[cfg(any(test, madsim))]
+        if crate::bugs::enabled(crate::bugs::Bug::ReplyBeforeSync) {
+            self.release(&mut batch);
+        }
+        if batch.encoded.is_empty() {
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            self.publish_in_flight();
+            self.release(&mut batch);
+            self.spare_buffer = std::mem::take(&mut batch.encoded);
+            return None;
+        }
+        let last_lsn = self.ledger.last_applied().lsn;
+        let snapshot = self.snapshot_due().then(|| encode_snapshot(&self.ledger));
+        if snapshot.is_some() {
+            self.events_since_snapshot = 0;
+        }
+        let mut storage = self.storage.take().expect("one commit at a time");
+        let bytes = std::mem::take(&mut batch.encoded);
+        let (partition, first_lsn) = (self.partition, batch.first_lsn);
+        let commit = Box::pin(async move {
+            let (bytes, mut result) = storage.append_durably(first_lsn, bytes).await;
+            if let (Ok(()), Some(snapshot)) = (&result, &snapshot) {
+                result = storage.write_snapshot(last_lsn, snapshot).await;
+                if result.is_ok() {
+                    tracing::info!(
+                        partition,
+                        lsn = last_lsn,
+                        bytes = snapshot.len(),
+                        "snapshot written"
+                    );
+                }
+            }
+            let result = result.map_err(|source| DriverError::Io { partition, source });
+            (storage, bytes, result)
+        });
+        Some(InFlight {
+            commit,
+            batch,
+            last_lsn,
+            started: Instant::now(),
+        })
+    }
+
+    /// A batch is durable: take the storage back and release what waited for it.
+    fn finish_commit(&mut self, storage: S, mut buffer: Vec<u8>, mut done: InFlight<S>) {
+        assert!(self.storage.is_none(), "the commit owned the storage");
+        self.storage = Some(storage);
+        buffer.clear();
+        self.spare_buffer = buffer;
+        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .sync_us_total
+            .fetch_add(done.started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.stats.last_lsn.store(done.last_lsn, Ordering::Relaxed);
+        self.publish_in_flight();
+        self.release(&mut done.batch);
+    }
+
+    /// Publishes how many transfers the coordinator is carrying out (the simulator waits for
+    /// zero everywhere to call a cluster quiet).
+    fn publish_in_flight(&self) {
+        self.stats
+            .in_flight
+            .store(self.coordinator.in_flight() as u64, Ordering::Relaxed);
     }
 
     /// Feeds one input to the state machines. Returns the shutdown acknowledgement if asked to stop.
@@ -372,22 +525,20 @@ impl<S: Storage> PartitionDriver<S> {
                 wait,
                 reply,
             } => {
+                self.batch.inputs += 1;
                 let result = self.execute(&command);
-                let wait_for = match (&command, &result) {
-                    (Command::Transfer(t), Ok(Reply::Transfer(TransferStatus::Pending)))
-                        if wait =>
-                    {
-                        Some(t.key())
-                    }
-                    _ => None,
-                };
-                self.replies.push(HeldReply {
-                    reply,
-                    result,
-                    wait_for,
-                });
+                match self.pending_key(&command, &result, wait) {
+                    Some(key) => self.add_waiter(key, ReplyTo::One(reply)),
+                    None => self.batch.replies.push((reply, result)),
+                }
             }
+            Input::Commands {
+                commands,
+                wait,
+                reply,
+            } => self.handle_group(&commands, wait, reply),
             Input::Query { query, reply } => {
+                self.batch.inputs += 1;
                 let answer = match query {
                     Query::Account(account) => {
                         QueryAnswer::Account(self.ledger.account(&account).copied())
@@ -396,9 +547,10 @@ impl<S: Storage> PartitionDriver<S> {
                         QueryAnswer::Transfer(self.ledger.transfer(&key).copied())
                     }
                 };
-                self.answers.push((reply, answer));
+                self.batch.answers.push((reply, answer));
             }
             Input::Peer(PeerMessage::Request { request, .. }) => {
+                self.batch.inputs += 1;
                 match self.execute(&request.command()) {
                     Ok(Reply::Phase(result)) => {
                         let key = request.transfer.key();
@@ -407,7 +559,7 @@ impl<S: Storage> PartitionDriver<S> {
                             key,
                             result,
                         };
-                        self.outbox.push(PeerMessage::Response(response));
+                        self.batch.outbox.push(PeerMessage::Response(response));
                     }
                     Ok(other) => {
                         unreachable!("phase commands reply with a phase result, got {other:?}")
@@ -418,6 +570,7 @@ impl<S: Storage> PartitionDriver<S> {
                 }
             }
             Input::Peer(PeerMessage::Response(response)) => {
+                self.batch.inputs += 1;
                 let now = self.now();
                 self.coordinator.on_response(&response, now);
                 self.drain_coordinator();
@@ -427,17 +580,119 @@ impl<S: Storage> PartitionDriver<S> {
         None
     }
 
+    /// Executes the commands of one [`Input::Commands`] in order; their answers leave together.
+    fn handle_group(
+        &mut self,
+        commands: &[Command],
+        wait: bool,
+        reply: oneshot::Sender<Vec<CommandResult>>,
+    ) {
+        assert!(commands.len() <= COMMANDS_PER_INPUT_MAX);
+        self.batch.inputs += commands.len();
+        let group = self.next_group;
+        self.next_group += 1;
+        // The group is registered before its commands run, holding one extra `waiting` so it
+        // cannot complete half-built should a command's outcome be decided meanwhile.
+        self.groups.insert(
+            group,
+            OpenGroup {
+                results: Vec::with_capacity(commands.len()),
+                waiting: 1,
+                reply,
+            },
+        );
+        for (index, command) in commands.iter().enumerate() {
+            let result = self.execute(command);
+            let pending = self.pending_key(command, &result, wait);
+            let open = self.groups.get_mut(&group).expect("the group is open");
+            open.results.push(result);
+            if let Some(key) = pending {
+                open.waiting += 1;
+                self.add_waiter(key, ReplyTo::InGroup { group, index });
+            }
+        }
+        self.resolve_in_group(group, None);
+    }
+
+    /// The transfer whose outcome the client of `command` waits for, if it asked to, the
+    /// transfer is still pending, and there is room for one more waiter.
+    fn pending_key(
+        &self,
+        command: &Command,
+        result: &CommandResult,
+        wait: bool,
+    ) -> Option<TransferKey> {
+        match (command, result) {
+            (Command::Transfer(t), Ok(Reply::Transfer(TransferStatus::Pending)))
+                if wait && self.waiter_count < self.config.waiters_max =>
+            {
+                Some(t.key())
+            }
+            _ => None,
+        }
+    }
+
+    fn add_waiter(&mut self, key: TransferKey, to: ReplyTo) {
+        self.waiters.entry(key).or_default().push(to);
+        self.waiter_count += 1;
+    }
+
+    /// Settles answer `index` of `group` (when given) and, once none is left waiting, puts
+    /// the group's answers into the current batch.
+    fn resolve_in_group(&mut self, group: u64, answer: Option<(usize, CommandResult)>) {
+        let open = self
+            .groups
+            .get_mut(&group)
+            .expect("a waiter's group is open");
+        if let Some((index, result)) = answer {
+            open.results[index] = result;
+        }
+        open.waiting -= 1;
+        if open.waiting == 0 {
+            let open = self.groups.remove(&group).expect("the group is open");
+            self.batch.groups.push((open.reply, open.results));
+        }
+    }
+
+    /// A transfer's outcome was decided by an event of the current batch: its waiters' answers
+    /// join that batch.
+    fn resolve_waiters(&mut self, key: &TransferKey) {
+        let Some(waiting) = self.waiters.remove(key) else {
+            return;
+        };
+        self.waiter_count -= waiting.len();
+        let status = self
+            .ledger
+            .transfer(key)
+            .expect("a decided transfer has a row")
+            .state
+            .status();
+        debug_assert_ne!(status, TransferStatus::Pending);
+        for to in waiting {
+            let answer = Ok(Reply::Transfer(status));
+            match to {
+                ReplyTo::One(reply) => self.batch.replies.push((reply, answer)),
+                ReplyTo::InGroup { group, index } => {
+                    self.resolve_in_group(group, Some((index, answer)))
+                }
+            }
+        }
+    }
+
     /// Decides `command`, applies its events and encodes them into the current batch.
     fn execute(&mut self, command: &Command) -> CommandResult {
         debug_assert!(self.events.is_empty());
         let result = self.ledger.decide(command, &mut self.events);
+        if self.events.is_empty() {
+            return result;
+        }
         let now = self.now();
         let wall = wall_clock_us().max(self.ledger.last_applied().timestamp);
         for i in 0..self.events.len() {
             let event = self.events[i];
             let lsn = self.ledger.last_applied().lsn + 1;
-            if self.encoded.is_empty() {
-                self.batch_first_lsn = lsn;
+            if self.batch.encoded.is_empty() {
+                self.batch.first_lsn = lsn;
             }
             let meta = RecordMeta {
                 lsn,
@@ -452,11 +707,11 @@ impl<S: Storage> PartitionDriver<S> {
                     timestamp: wall,
                     event,
                 },
-                &mut self.encoded,
+                &mut self.batch.encoded,
             );
             self.coordinator.on_event(&event, now);
             if let Event::TransferDecided { key, .. } = event {
-                self.decided.push(key);
+                self.resolve_waiters(&key);
             }
         }
         self.events_since_snapshot += self.events.len() as u64;
@@ -474,7 +729,7 @@ impl<S: Storage> PartitionDriver<S> {
         while let Some(output) = self.coordinator.poll_output() {
             match output {
                 Output::Send { request, .. } => {
-                    self.outbox.push(PeerMessage::Request {
+                    self.batch.outbox.push(PeerMessage::Request {
                         from: self.partition,
                         request,
                     });
@@ -497,106 +752,47 @@ impl<S: Storage> PartitionDriver<S> {
         }
     }
 
-    /// Makes the batch durable, then releases what waited for it.
-    async fn commit(&mut self) -> Result<(), DriverError> {
-        #[cfg(any(test, madsim))]
-        if crate::bugs::enabled(crate::bugs::Bug::ReplyBeforeSync) {
-            self.release();
+    /// Sends every reply, answer and peer message of a durable batch.
+    fn release(&self, batch: &mut Batch) {
+        for (reply, result) in batch.replies.drain(..) {
+            let _ = reply.send(result);
         }
-        if !self.encoded.is_empty() {
-            let started = Instant::now();
-            let partition = self.partition;
-            let io_err = |source| DriverError::Io { partition, source };
-            self.storage
-                .append(self.batch_first_lsn, &self.encoded)
-                .await
-                .map_err(io_err)?;
-            self.storage.sync().await.map_err(io_err)?;
-            self.encoded.clear();
-            self.stats.syncs.fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .sync_us_total
-                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        for (reply, results) in batch.groups.drain(..) {
+            let _ = reply.send(results);
         }
-        self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .last_lsn
-            .store(self.ledger.last_applied().lsn, Ordering::Relaxed);
-        self.stats
-            .in_flight
-            .store(self.coordinator.in_flight() as u64, Ordering::Relaxed);
-        #[cfg(any(debug_assertions, madsim))]
-        if let Err(violation) = self.ledger.check_conservation() {
-            panic!(
-                "partition {}: conservation violated: {violation}",
-                self.partition
-            );
-        }
-        self.release();
-        self.maybe_snapshot().await
-    }
-
-    /// Sends every held reply, answer and peer message, and resolves decided waiters.
-    fn release(&mut self) {
-        for held in self.replies.drain(..) {
-            let still_pending = held
-                .wait_for
-                .and_then(|key| self.ledger.transfer(&key))
-                .filter(|row| row.state.status() == TransferStatus::Pending);
-            match still_pending {
-                Some(row) if self.waiter_count < self.config.waiters_max => {
-                    self.waiters
-                        .entry(row.transfer.key())
-                        .or_default()
-                        .push(held.reply);
-                    self.waiter_count += 1;
-                }
-                Some(row) => {
-                    let _ = held.reply.send(Ok(Reply::Transfer(row.state.status())));
-                }
-                None => {
-                    let _ = held.reply.send(held.result);
-                }
-            }
-        }
-        for key in self.decided.drain(..) {
-            let (Some(waiting), Some(row)) =
-                (self.waiters.remove(&key), self.ledger.transfer(&key))
-            else {
-                continue;
-            };
-            self.waiter_count -= waiting.len();
-            for reply in waiting {
-                let _ = reply.send(Ok(Reply::Transfer(row.state.status())));
-            }
-        }
-        for (reply, answer) in self.answers.drain(..) {
+        for (reply, answer) in batch.answers.drain(..) {
             let _ = reply.send(answer);
         }
-        for message in self.outbox.drain(..) {
+        for message in batch.outbox.drain(..) {
             self.transport.send(message);
         }
     }
 
-    async fn maybe_snapshot(&mut self) -> Result<(), DriverError> {
-        // A snapshot costs time in proportion to the whole state, and the partition waits for
-        // it. Taking one only once the log since the last has grown at least as large as the
-        // state keeps that cost at most one row per event, however large the state becomes,
-        // and recovery replays at most about one state's worth of records.
+    /// Whether the batch being committed should be followed by a snapshot.
+    ///
+    /// A snapshot costs time in proportion to the whole state, and the partition waits for
+    /// its encoding. Taking one only once the log since the last has grown at least as large
+    /// as the state keeps that cost at most one row per event, however large the state
+    /// becomes, and recovery replays at most about one state's worth of records.
+    fn snapshot_due(&self) -> bool {
         let every = self.config.snapshot_every_events;
-        if every == 0 || self.events_since_snapshot < every.max(self.ledger.row_count() as u64) {
-            return Ok(());
-        }
-        let bytes = encode_snapshot(&self.ledger);
-        let lsn = self.ledger.last_applied().lsn;
-        let partition = self.partition;
-        self.storage
-            .write_snapshot(lsn, &bytes)
-            .await
-            .map_err(|source| DriverError::Io { partition, source })?;
-        self.events_since_snapshot = 0;
-        tracing::info!(partition, lsn, bytes = bytes.len(), "snapshot written");
-        Ok(())
+        every != 0 && self.events_since_snapshot >= every.max(self.ledger.row_count() as u64)
+    }
+}
+
+/// The output of the commit in flight (the caller polls this only when there is one).
+async fn poll_commit<S>(in_flight: &mut Option<InFlight<S>>) -> CommitOutput<S> {
+    match in_flight {
+        Some(in_flight) => in_flight.commit.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `deadline` (the caller polls this only when there is one).
+async fn sleep_until_due(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

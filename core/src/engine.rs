@@ -7,9 +7,11 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use rustc_hash::FxHashMap;
+
 use crate::driver::{
     recover, CommandResult, DriverConfig, DriverError, DriverStats, Input, PartitionDriver, Query,
-    QueryAnswer, RecoveryReport,
+    QueryAnswer, RecoveryReport, COMMANDS_PER_INPUT_MAX,
 };
 use crate::ids::AccountId;
 use crate::ledger::Command;
@@ -60,15 +62,28 @@ pub fn command_account(command: &Command) -> &AccountId {
 pub struct Client {
     partitions: u32,
     inboxes: Arc<[mpsc::Sender<Input>]>,
+    /// `local[p]`: partition `p`'s driver reads `inboxes[p]` in this process, so several
+    /// commands can travel as one [`Input::Commands`]; a forwarder to another node takes
+    /// single commands only.
+    local: Arc<[bool]>,
 }
 
 impl Client {
-    /// `inboxes[p]` reaches partition `p` (locally or through a forwarder).
+    /// `inboxes[p]` reaches partition `p` through a forwarder (or an in-process driver that
+    /// is not to be sent command groups).
     pub fn new(inboxes: Arc<[mpsc::Sender<Input>]>) -> Client {
+        let local = vec![false; inboxes.len()].into();
+        Client::with_local(inboxes, local)
+    }
+
+    /// `inboxes[p]` reaches partition `p`; `local[p]` says its driver runs in this process.
+    pub fn with_local(inboxes: Arc<[mpsc::Sender<Input>]>, local: Arc<[bool]>) -> Client {
         assert!(!inboxes.is_empty());
+        assert_eq!(inboxes.len(), local.len());
         Client {
             partitions: inboxes.len() as u32,
             inboxes,
+            local,
         }
     }
 
@@ -108,37 +123,86 @@ impl Client {
     }
 
     /// Executes many commands at once and answers in their order. All are handed to their
-    /// partitions before any answer is awaited, so they share group commits; awaiting the
-    /// answers one by one costs nothing extra because a batch's answers arrive together.
+    /// partitions before any answer is awaited, so they share group commits. The commands
+    /// for one local partition travel as [`Input::Commands`] of up to
+    /// [`COMMANDS_PER_INPUT_MAX`], with one answer for them all.
     pub async fn execute_many(
         &self,
         commands: impl IntoIterator<Item = Command>,
         wait: bool,
     ) -> Vec<Result<CommandResult, Unavailable>> {
-        let mut answers = Vec::new();
-        for command in commands {
-            let partition = self.partition_of(command_account(&command));
-            let (reply, answer) = oneshot::channel();
-            let sent = self
-                .send(
-                    partition,
-                    Input::Command {
-                        command,
-                        wait,
-                        reply,
-                    },
-                )
-                .await;
-            answers.push((partition, sent.map(|()| answer)));
+        /// Answers on their way: a single command's, or a group's with its commands' positions.
+        enum Awaited {
+            One(usize, oneshot::Receiver<CommandResult>),
+            Group(Vec<usize>, oneshot::Receiver<Vec<CommandResult>>),
         }
-        let mut results = Vec::with_capacity(answers.len());
-        for (partition, answer) in answers {
-            results.push(match answer {
-                Ok(answer) => answer.await.map_err(|_| Unavailable(partition)),
-                Err(unavailable) => Err(unavailable),
-            });
+        let commands: Vec<Command> = commands.into_iter().collect();
+        let mut results: Vec<Option<Result<CommandResult, Unavailable>>> =
+            (0..commands.len()).map(|_| None).collect();
+        // Positions of the commands bound for each local partition, in order.
+        let mut grouped: FxHashMap<PartitionId, Vec<usize>> = FxHashMap::default();
+        let mut awaited = Vec::new();
+        for (position, command) in commands.iter().enumerate() {
+            let partition = self.partition_of(command_account(command));
+            if self.local[partition as usize] {
+                grouped.entry(partition).or_default().push(position);
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            let input = Input::Command {
+                command: *command,
+                wait,
+                reply,
+            };
+            match self.send(partition, input).await {
+                Ok(()) => awaited.push((partition, Awaited::One(position, answer))),
+                Err(unavailable) => results[position] = Some(Err(unavailable)),
+            }
+        }
+        let mut grouped: Vec<_> = grouped.into_iter().collect();
+        grouped.sort_unstable_by_key(|(partition, _)| *partition);
+        for (partition, positions) in grouped {
+            for chunk in positions.chunks(COMMANDS_PER_INPUT_MAX) {
+                let (reply, answer) = oneshot::channel();
+                let input = Input::Commands {
+                    commands: chunk.iter().map(|&p| commands[p]).collect(),
+                    wait,
+                    reply,
+                };
+                match self.send(partition, input).await {
+                    Ok(()) => awaited.push((partition, Awaited::Group(chunk.to_vec(), answer))),
+                    Err(unavailable) => {
+                        for &position in chunk {
+                            results[position] = Some(Err(unavailable));
+                        }
+                    }
+                }
+            }
+        }
+        for (partition, answer) in awaited {
+            match answer {
+                Awaited::One(position, answer) => {
+                    results[position] = Some(answer.await.map_err(|_| Unavailable(partition)));
+                }
+                Awaited::Group(positions, answer) => match answer.await {
+                    Ok(answers) => {
+                        assert_eq!(answers.len(), positions.len(), "one answer per command");
+                        for (position, result) in positions.into_iter().zip(answers) {
+                            results[position] = Some(Ok(result));
+                        }
+                    }
+                    Err(_) => {
+                        for position in positions {
+                            results[position] = Some(Err(Unavailable(partition)));
+                        }
+                    }
+                },
+            }
         }
         results
+            .into_iter()
+            .map(|result| result.expect("every command is answered"))
+            .collect()
     }
 
     /// Asks partition `partition` a read-only question.
@@ -220,8 +284,12 @@ impl Engine {
             .map(|(p, s)| s.unwrap_or_else(|| remote(p as PartitionId)))
             .collect();
         let transport: Arc<dyn Transport> = Arc::new(LocalTransport::new(Arc::clone(&inboxes)));
+        let mut is_local = vec![false; config.partitions as usize];
+        for (partition, _) in &local {
+            is_local[*partition as usize] = true;
+        }
         let mut engine = Engine {
-            client: Client::new(inboxes),
+            client: Client::with_local(inboxes, is_local.into()),
             local: local.iter().map(|(p, _)| *p).collect(),
             tasks: Vec::new(),
             stats: Vec::new(),

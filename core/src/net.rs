@@ -650,6 +650,15 @@ async fn to_message(
             let _ = ack.send(());
             return Some(None);
         }
+        // `Client` sends command groups only to partitions in its own process; dropping the
+        // reply answers each of the group's commands with `Unavailable`.
+        Input::Commands { commands, .. } => {
+            tracing::error!(
+                commands = commands.len(),
+                "a command group cannot cross a peer link; refused"
+            );
+            return Some(None);
+        }
         // A client that stopped waiting needs no answer: skip the work.
         Input::Command { reply, .. } if reply.is_closed() => return Some(None),
         Input::Query { reply, .. } if reply.is_closed() => return Some(None),

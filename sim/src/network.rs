@@ -195,6 +195,19 @@ impl Network {
                     reply: inner,
                 }
             }
+            Input::Commands {
+                commands,
+                wait,
+                reply,
+            } => {
+                let (inner, answer) = oneshot::channel();
+                self.spawn_reply(to, from, answer, reply);
+                Input::Commands {
+                    commands,
+                    wait,
+                    reply: inner,
+                }
+            }
             Input::Query { query, reply } => {
                 let (inner, answer) = oneshot::channel();
                 self.spawn_reply(to, from, answer, reply);
@@ -307,6 +320,7 @@ impl Network {
 fn describe(input: &Input, out: &mut String) {
     let _ = match input {
         Input::Command { command, wait, .. } => write!(out, "cmd wait={wait} {command:?}"),
+        Input::Commands { commands, wait, .. } => write!(out, "cmds wait={wait} {commands:?}"),
         Input::Query { query, .. } => write!(out, "query {query:?}"),
         Input::Peer(message) => write!(out, "peer {message:?}"),
         Input::Shutdown(_) => write!(out, "shutdown"),

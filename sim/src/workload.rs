@@ -67,21 +67,34 @@ pub struct Requester {
 }
 
 impl Requester {
-    /// One attempt of `command` (transfers wait for their outcome).
-    pub async fn attempt(&self, command: Command) -> Attempt {
+    /// One attempt of `command` (transfers wait for their outcome), sent as a single command
+    /// or, with `as_group`, as a command group of one (the path batches take).
+    pub async fn attempt(&self, command: Command, as_group: bool) -> Attempt {
         let sent_us = wall_clock_us();
         let partition = partition_of(command_account(&command), self.partitions);
-        let (reply, answer) = oneshot::channel();
-        self.net.send(
-            self.host,
-            partition,
-            Input::Command {
+        let answered = if as_group {
+            let (reply, answer) = oneshot::channel();
+            let commands = vec![command];
+            let input = Input::Commands {
+                commands,
+                wait: true,
+                reply,
+            };
+            self.net.send(self.host, partition, input);
+            tokio::time::timeout(self.timeout, answer)
+                .await
+                .map(|answer| answer.map(|mut results| results.pop().expect("one answer")))
+        } else {
+            let (reply, answer) = oneshot::channel();
+            let input = Input::Command {
                 command,
                 wait: true,
                 reply,
-            },
-        );
-        let outcome = match tokio::time::timeout(self.timeout, answer).await {
+            };
+            self.net.send(self.host, partition, input);
+            tokio::time::timeout(self.timeout, answer).await
+        };
+        let outcome = match answered {
             Ok(Ok(result)) => Outcome::Answer(result),
             Ok(Err(_)) => Outcome::Unavailable,
             Err(_) => Outcome::Timeout,
@@ -116,7 +129,7 @@ impl Requester {
     ) -> Option<Reply> {
         let mut backoff = BACKOFF_INITIAL;
         for _ in 0..attempts_max {
-            let attempt = self.attempt(command).await;
+            let attempt = self.attempt(command, rng.gen_bool(0.5)).await;
             let outcome = attempt.outcome.clone();
             history.attempt(op, attempt);
             match outcome {

@@ -16,27 +16,35 @@ fn clean_seeds_pass() {
     }
 }
 
+/// The first quick run among seeds `0..SEEDS_TO_FIND_A_BUG` that fails with `bug` switched on.
+fn first_failure(bug: Bug) -> Option<sim::RunReport> {
+    (0..SEEDS_TO_FIND_A_BUG)
+        .map(|seed| {
+            sim::run(&SimConfig {
+                bug: Some(bug),
+                ..SimConfig::quick(seed)
+            })
+        })
+        .find(|report| !report.ok())
+}
+
+/// Quick runs are short; a known bug must still show within this many seeds.
+const SEEDS_TO_FIND_A_BUG: u64 = 10;
+
 #[test]
 fn reply_before_sync_is_caught() {
-    let config = SimConfig {
-        bug: Some(Bug::ReplyBeforeSync),
-        ..SimConfig::quick(0)
-    };
-    let report = sim::run(&config);
-    assert!(!report.ok(), "the bug went unnoticed: {}", report.summary);
+    let report = first_failure(Bug::ReplyBeforeSync).expect("the bug went unnoticed");
     assert!(report.result_line().contains("result=FAIL invariant="));
-    assert!(report
-        .details
-        .contains("reproduce: cargo sim -- --seed 0 --bug reply-before-sync"));
+    let reproduce = format!(
+        "reproduce: cargo sim -- --seed {} --bug reply-before-sync",
+        report.seed
+    );
+    assert!(report.details.contains(&reproduce), "{}", report.details);
 }
 
 #[test]
 fn skip_barrier_is_caught_as_a_hanging_try() {
-    let config = SimConfig {
-        bug: Some(Bug::SkipBarrier),
-        ..SimConfig::quick(0)
-    };
-    let report = sim::run(&config);
+    let report = first_failure(Bug::SkipBarrier).expect("the bug went unnoticed");
     assert!(
         report
             .result_line()

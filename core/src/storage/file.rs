@@ -106,6 +106,28 @@ impl FileStorage {
         &self.dir
     }
 
+    /// The open segment, after starting a new one (named by `first_lsn`) if appending
+    /// `len` more bytes would take the current one past its size limit.
+    fn segment_for(&mut self, first_lsn: Lsn, len: usize) -> io::Result<&mut OpenSegment> {
+        let full = self
+            .current
+            .as_ref()
+            .is_none_or(|c| c.len > 0 && c.len + len as u64 > self.config.segment_bytes_max);
+        if full {
+            let path = self.dir.join(segment_name(first_lsn));
+            let file = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)?;
+            self.current = Some(OpenSegment {
+                file: Arc::new(file),
+                len: 0,
+            });
+            self.dir_dirty = true;
+        }
+        Ok(self.current.as_mut().expect("a segment is open"))
+    }
+
     fn open_last_segment(&mut self) -> io::Result<()> {
         if let Some((_, path)) = numbered_files(&self.dir, "log-", ".seg")?.pop() {
             let file = OpenOptions::new().append(true).open(&path)?;
@@ -168,26 +190,46 @@ impl Storage for FileStorage {
     }
 
     async fn append(&mut self, first_lsn: Lsn, bytes: &[u8]) -> io::Result<()> {
-        let full = self.current.as_ref().is_none_or(|c| {
-            c.len > 0 && c.len + bytes.len() as u64 > self.config.segment_bytes_max
-        });
-        if full {
-            let path = self.dir.join(segment_name(first_lsn));
-            let file = OpenOptions::new()
-                .create_new(true)
-                .append(true)
-                .open(&path)?;
-            self.current = Some(OpenSegment {
-                file: Arc::new(file),
-                len: 0,
-            });
-            self.dir_dirty = true;
-        }
-        let current = self.current.as_mut().expect("a segment is open");
+        let current = self.segment_for(first_lsn, bytes.len())?;
         // Writes go to the page cache and are cheap; only the sync waits for the disk.
         (&*current.file).write_all(bytes)?;
         current.len += bytes.len() as u64;
         Ok(())
+    }
+
+    async fn append_durably(
+        &mut self,
+        first_lsn: Lsn,
+        bytes: Vec<u8>,
+    ) -> (Vec<u8>, io::Result<()>) {
+        let current = match self.segment_for(first_lsn, bytes.len()) {
+            Ok(current) => current,
+            Err(error) => return (bytes, Err(error)),
+        };
+        let file = Arc::clone(&current.file);
+        let dir = self.dir_dirty.then(|| self.dir.clone());
+        let len = bytes.len() as u64;
+        let outcome = tokio::task::spawn_blocking(move || {
+            let result = (&*file).write_all(&bytes).and_then(|()| {
+                file.sync_data()?;
+                dir.map_or(Ok(()), |dir| sync_dir(&dir))
+            });
+            (bytes, result)
+        })
+        .await;
+        let (bytes, result) = match outcome {
+            Ok(done) => done,
+            Err(e) => {
+                let error = io::Error::other(format!("storage task failed: {e}"));
+                return (Vec::new(), Err(error));
+            }
+        };
+        if result.is_ok() {
+            // A failed write or sync is fatal for the partition, so `len` only matters here.
+            self.current.as_mut().expect("a segment is open").len += len;
+            self.dir_dirty = false;
+        }
+        (bytes, result)
     }
 
     async fn sync(&mut self) -> io::Result<()> {

@@ -58,6 +58,24 @@ pub trait Storage: Send + 'static {
     /// Makes every appended byte durable.
     fn sync(&mut self) -> impl Future<Output = io::Result<()>> + Send;
 
+    /// [`Storage::append`] then [`Storage::sync`], handing the buffer back. The driver commits
+    /// through this; file storage overrides it to write and sync on a blocking thread, so the
+    /// partition goes on applying while the kernel copies the bytes.
+    fn append_durably(
+        &mut self,
+        first_lsn: Lsn,
+        bytes: Vec<u8>,
+    ) -> impl Future<Output = (Vec<u8>, io::Result<()>)> + Send {
+        async move {
+            let written = self.append(first_lsn, &bytes).await;
+            let result = match written {
+                Ok(()) => self.sync().await,
+                Err(error) => Err(error),
+            };
+            (bytes, result)
+        }
+    }
+
     /// Durably stores a snapshot (atomically: a crash leaves the old or the new one).
     fn write_snapshot(
         &mut self,
