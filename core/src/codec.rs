@@ -174,7 +174,7 @@ fn encode_event(event: &Event, out: &mut Vec<u8>) {
     match *event {
         Event::AccountOpened { account, currency } => {
             out.push(tag::ACCOUNT_OPENED);
-            put_id(out, account.as_bytes());
+            account.encode_into(out);
             put_currency(out, currency);
         }
         Event::Deposited {
@@ -209,29 +209,21 @@ fn encode_event(event: &Event, out: &mut Vec<u8>) {
     }
 }
 
-/// Writes an id's validated ASCII bytes; taking bytes rather than text skips a UTF-8 check
-/// per id on the write path.
-pub(crate) fn put_id(out: &mut Vec<u8>, id: &[u8]) {
-    debug_assert!(!id.is_empty() && id.len() <= ID_LEN_MAX);
-    out.push(id.len() as u8);
-    out.extend_from_slice(id);
-}
-
 pub(crate) fn put_currency(out: &mut Vec<u8>, currency: Currency) {
     out.extend_from_slice(&currency.numeric().to_le_bytes());
 }
 
 pub(crate) fn put_transfer(out: &mut Vec<u8>, transfer: &Transfer) {
-    put_id(out, transfer.transaction_id.as_bytes());
-    put_id(out, transfer.from.as_bytes());
-    put_id(out, transfer.to.as_bytes());
+    transfer.transaction_id.encode_into(out);
+    transfer.from.encode_into(out);
+    transfer.to.encode_into(out);
     out.extend_from_slice(&transfer.amount.minor().to_le_bytes());
     put_currency(out, transfer.currency);
 }
 
 pub(crate) fn put_key(out: &mut Vec<u8>, key: &TransferKey) {
-    put_id(out, key.from.as_bytes());
-    put_id(out, key.transaction_id.as_bytes());
+    key.from.encode_into(out);
+    key.transaction_id.encode_into(out);
 }
 
 fn put_cash(
@@ -242,9 +234,9 @@ fn put_cash(
     transaction_id: TransactionId,
 ) {
     out.push(tag);
-    put_id(out, account.as_bytes());
+    account.encode_into(out);
     out.extend_from_slice(&amount.minor().to_le_bytes());
-    put_id(out, transaction_id.as_bytes());
+    transaction_id.encode_into(out);
 }
 
 fn put_transfer_event(out: &mut Vec<u8>, tag: u8, transfer: &Transfer) {

@@ -282,13 +282,22 @@ impl Batch {
 /// What a commit gives back: the storage, the batch's buffer for reuse, and the outcome.
 type CommitOutput<S> = (S, Vec<u8>, Result<(), DriverError>);
 
-/// A batch being written and synced (the write, the sync and an optional snapshot run as one
-/// future polled by the driver while it goes on applying the next batch).
+/// A batch being written and synced (one future polled by the driver while it goes on
+/// applying the next batch).
 struct InFlight<S> {
     commit: Pin<Box<dyn Future<Output = CommitOutput<S>> + Send>>,
     batch: Batch,
     last_lsn: Lsn,
     started: Instant,
+    /// A snapshot of the state this batch leaves, to be written once the batch is durable.
+    snapshot: Option<Vec<u8>>,
+}
+
+/// A snapshot being written, alongside the log's commits.
+struct SnapshotWrite {
+    write: Pin<Box<dyn Future<Output = io::Result<()>> + Send>>,
+    lsn: Lsn,
+    len: usize,
 }
 
 /// The driver of one partition. Build with [`PartitionDriver::new`] after [`recover`], then
@@ -312,6 +321,12 @@ pub struct PartitionDriver<S: Storage> {
     /// Clients waiting for the outcome of a pending transfer.
     waiters: FxHashMap<TransferKey, Vec<ReplyTo>>,
     waiter_count: usize,
+    /// See [`PartitionDriver::input_clock`]; cleared before each input and timer tick.
+    clock: Option<(Micros, Timestamp)>,
+    /// Events applied since the driver started (published to `stats.events` once per input).
+    events_applied: u64,
+    /// A snapshot is encoded and not yet written: no second one until it is.
+    snapshot_pending: bool,
     groups: FxHashMap<u64, OpenGroup>,
     next_group: u64,
     events_since_snapshot: u64,
@@ -351,6 +366,9 @@ impl<S: Storage> PartitionDriver<S> {
             events: Vec::new(),
             waiters: FxHashMap::default(),
             waiter_count: 0,
+            clock: None,
+            events_applied: 0,
+            snapshot_pending: false,
             groups: FxHashMap::default(),
             next_group: 0,
             events_since_snapshot: 0,
@@ -363,6 +381,16 @@ impl<S: Storage> PartitionDriver<S> {
 
     fn now(&self) -> Micros {
         self.clock_origin.elapsed().as_micros() as Micros
+    }
+
+    /// The driver's clock and the wall clock for the input being handled, read once per
+    /// input: the records of a command group share one timestamp, and a clock read per
+    /// record would cost more than applying it.
+    fn input_clock(&mut self) -> (Micros, Timestamp) {
+        if self.clock.is_none() {
+            self.clock = Some((self.now(), wall_clock_us()));
+        }
+        self.clock.expect("just read")
     }
 
     /// Runs until a [`Input::Shutdown`] or until every sender of the inbox is gone, and in
@@ -380,13 +408,17 @@ impl<S: Storage> PartitionDriver<S> {
         // The first batch is committed even when empty: from then on the stats show a running
         // partition (the simulator waits for that after a restart).
         let mut in_flight: Option<InFlight<S>> = self.start_commit();
+        let mut snapshot: Option<SnapshotWrite> = None;
         let mut stopping: Option<Option<oneshot::Sender<()>>> = None;
         loop {
+            self.stats
+                .events
+                .store(self.events_applied, Ordering::Relaxed);
             if in_flight.is_none() {
                 if !self.batch.is_empty() {
                     in_flight = self.start_commit();
                 }
-                if in_flight.is_none() && self.batch.is_empty() {
+                if in_flight.is_none() && self.batch.is_empty() && snapshot.is_none() {
                     if let Some(ack) = stopping {
                         if let Some(ack) = ack {
                             let _ = ack.send(());
@@ -409,7 +441,17 @@ impl<S: Storage> PartitionDriver<S> {
                 (storage, buffer, result) = poll_commit(&mut in_flight), if in_flight.is_some() => {
                     let done = in_flight.take().expect("a commit was in flight");
                     result?;
-                    self.finish_commit(storage, buffer, done);
+                    let lsn = done.last_lsn;
+                    if let Some(bytes) = self.finish_commit(storage, buffer, done) {
+                        snapshot = Some(self.start_snapshot(lsn, bytes));
+                    }
+                }
+                result = poll_snapshot(&mut snapshot), if snapshot.is_some() => {
+                    let done = snapshot.take().expect("a snapshot was being written");
+                    self.snapshot_pending = false;
+                    let partition = self.partition;
+                    result.map_err(|source| DriverError::Io { partition, source })?;
+                    tracing::info!(partition, lsn = done.lsn, bytes = done.len, "snapshot written");
                 }
                 input = self.inbox.recv(), if accepting => match input {
                     Some(input) => {
@@ -418,6 +460,7 @@ impl<S: Storage> PartitionDriver<S> {
                             let Ok(input) = self.inbox.try_recv() else { break };
                             shutdown = self.handle(input);
                         }
+                        self.clock = None;
                         self.coordinator.on_tick(self.now());
                         self.drain_coordinator();
                         if shutdown.is_some() {
@@ -427,6 +470,7 @@ impl<S: Storage> PartitionDriver<S> {
                     None => stopping = Some(None),
                 },
                 _ = sleep_until_due(deadline), if deadline.is_some() => {
+                    self.clock = None;
                     self.coordinator.on_tick(self.now());
                     self.drain_coordinator();
                 }
@@ -465,23 +509,13 @@ impl<S: Storage> PartitionDriver<S> {
         let snapshot = self.snapshot_due().then(|| encode_snapshot(&self.ledger));
         if snapshot.is_some() {
             self.events_since_snapshot = 0;
+            self.snapshot_pending = true;
         }
         let mut storage = self.storage.take().expect("one commit at a time");
         let bytes = std::mem::take(&mut batch.encoded);
         let (partition, first_lsn) = (self.partition, batch.first_lsn);
         let commit = Box::pin(async move {
-            let (bytes, mut result) = storage.append_durably(first_lsn, bytes).await;
-            if let (Ok(()), Some(snapshot)) = (&result, &snapshot) {
-                result = storage.write_snapshot(last_lsn, snapshot).await;
-                if result.is_ok() {
-                    tracing::info!(
-                        partition,
-                        lsn = last_lsn,
-                        bytes = snapshot.len(),
-                        "snapshot written"
-                    );
-                }
-            }
+            let (bytes, result) = storage.append_durably(first_lsn, bytes).await;
             let result = result.map_err(|source| DriverError::Io { partition, source });
             (storage, bytes, result)
         });
@@ -490,11 +524,29 @@ impl<S: Storage> PartitionDriver<S> {
             batch,
             last_lsn,
             started: Instant::now(),
+            snapshot,
         })
     }
 
-    /// A batch is durable: take the storage back and release what waited for it.
-    fn finish_commit(&mut self, storage: S, mut buffer: Vec<u8>, mut done: InFlight<S>) {
+    /// Starts writing a snapshot taken at `lsn`, now that the log is durable up to there.
+    fn start_snapshot(&mut self, lsn: Lsn, bytes: Vec<u8>) -> SnapshotWrite {
+        let len = bytes.len();
+        let storage = self.storage.as_mut().expect("no commit in flight");
+        SnapshotWrite {
+            write: Box::pin(storage.write_snapshot(lsn, bytes)),
+            lsn,
+            len,
+        }
+    }
+
+    /// A batch is durable: take the storage back and release what waited for it. Returns
+    /// the snapshot the batch carried, now safe to write.
+    fn finish_commit(
+        &mut self,
+        storage: S,
+        mut buffer: Vec<u8>,
+        mut done: InFlight<S>,
+    ) -> Option<Vec<u8>> {
         assert!(self.storage.is_none(), "the commit owned the storage");
         self.storage = Some(storage);
         buffer.clear();
@@ -507,6 +559,7 @@ impl<S: Storage> PartitionDriver<S> {
         self.stats.last_lsn.store(done.last_lsn, Ordering::Relaxed);
         self.publish_in_flight();
         self.release(&mut done.batch);
+        done.snapshot.take()
     }
 
     /// Publishes how many transfers the coordinator is carrying out (the simulator waits for
@@ -519,6 +572,7 @@ impl<S: Storage> PartitionDriver<S> {
 
     /// Feeds one input to the state machines. Returns the shutdown acknowledgement if asked to stop.
     fn handle(&mut self, input: Input) -> Option<oneshot::Sender<()>> {
+        self.clock = None;
         match input {
             Input::Command {
                 command,
@@ -686,8 +740,8 @@ impl<S: Storage> PartitionDriver<S> {
         if self.events.is_empty() {
             return result;
         }
-        let now = self.now();
-        let wall = wall_clock_us().max(self.ledger.last_applied().timestamp);
+        let (now, wall) = self.input_clock();
+        let wall = wall.max(self.ledger.last_applied().timestamp);
         for i in 0..self.events.len() {
             let event = self.events[i];
             let lsn = self.ledger.last_applied().lsn + 1;
@@ -715,9 +769,7 @@ impl<S: Storage> PartitionDriver<S> {
             }
         }
         self.events_since_snapshot += self.events.len() as u64;
-        self.stats
-            .events
-            .fetch_add(self.events.len() as u64, Ordering::Relaxed);
+        self.events_applied += self.events.len() as u64;
         self.events.clear();
         self.drain_coordinator();
         result
@@ -776,7 +828,9 @@ impl<S: Storage> PartitionDriver<S> {
     /// becomes, and recovery replays at most about one state's worth of records.
     fn snapshot_due(&self) -> bool {
         let every = self.config.snapshot_every_events;
-        every != 0 && self.events_since_snapshot >= every.max(self.ledger.row_count() as u64)
+        !self.snapshot_pending
+            && every != 0
+            && self.events_since_snapshot >= every.max(self.ledger.row_count() as u64)
     }
 }
 
@@ -784,6 +838,14 @@ impl<S: Storage> PartitionDriver<S> {
 async fn poll_commit<S>(in_flight: &mut Option<InFlight<S>>) -> CommitOutput<S> {
     match in_flight {
         Some(in_flight) => in_flight.commit.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The outcome of the snapshot write in progress (the caller polls this only when there is one).
+async fn poll_snapshot(snapshot: &mut Option<SnapshotWrite>) -> io::Result<()> {
+    match snapshot {
+        Some(snapshot) => snapshot.write.as_mut().await,
         None => std::future::pending().await,
     }
 }

@@ -455,8 +455,12 @@ impl Storage for SlowSync {
         self.syncing.store(false, Ordering::SeqCst);
         Ok(())
     }
-    async fn write_snapshot(&mut self, lsn: Lsn, bytes: &[u8]) -> io::Result<()> {
-        self.inner.write_snapshot(lsn, bytes).await
+    fn write_snapshot(
+        &mut self,
+        lsn: Lsn,
+        bytes: Vec<u8>,
+    ) -> impl std::future::Future<Output = io::Result<()>> + Send + 'static {
+        self.inner.write_snapshot(lsn, bytes)
     }
     async fn read_snapshots(&mut self) -> io::Result<Vec<StoredSnapshot>> {
         self.inner.read_snapshots().await

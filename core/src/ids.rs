@@ -21,6 +21,11 @@ pub enum IdError {
 }
 
 /// Inline bytes of a validated identifier: ASCII `[A-Za-z0-9._:-]`, 1 to 64 bytes.
+///
+/// The bytes past `len` are zero (`parse` is the only constructor). Equality can therefore
+/// compare whole arrays, which compiles to a few vector compares instead of a `memcmp` call,
+/// and ordering the zero-padded arrays is ordering the ids, since zero sorts before every
+/// allowed character.
 #[derive(Clone, Copy)]
 struct InlineId {
     len: u8,
@@ -52,6 +57,17 @@ impl InlineId {
         std::str::from_utf8(self.as_bytes()).expect("ids are ASCII")
     }
 
+    /// Appends the id as a length byte and its bytes: the encoding of ids in logs,
+    /// snapshots and peer frames.
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        let end = out.len() + 1 + self.len as usize;
+        out.push(self.len);
+        // Copying the whole padded array is a few vector stores; copying exactly `len` bytes
+        // is a call to memmove, which cost 5% of the one-partition engine's time.
+        out.extend_from_slice(&self.bytes);
+        out.truncate(end);
+    }
+
     /// The id's bytes. Comparisons and hashing use these rather than `as_str`, which would
     /// re-validate UTF-8 on the ledger's hottest path.
     fn as_bytes(&self) -> &[u8] {
@@ -61,7 +77,7 @@ impl InlineId {
 
 impl PartialEq for InlineId {
     fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
+        self.len == other.len && self.bytes == other.bytes
     }
 }
 impl Eq for InlineId {}
@@ -77,8 +93,16 @@ impl PartialOrd for InlineId {
 }
 impl Ord for InlineId {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        // ASCII: byte order is text order.
-        self.as_bytes().cmp(other.as_bytes())
+        // ASCII: byte order is text order. Eight bytes at a time, as big-endian words, so a
+        // snapshot's sort of millions of ids rarely looks past the first word or two.
+        for (a, b) in self.bytes.chunks_exact(8).zip(other.bytes.chunks_exact(8)) {
+            let a = u64::from_be_bytes(a.try_into().expect("8 bytes"));
+            let b = u64::from_be_bytes(b.try_into().expect("8 bytes"));
+            if a != b {
+                return a.cmp(&b);
+            }
+        }
+        std::cmp::Ordering::Equal
     }
 }
 
@@ -102,6 +126,11 @@ macro_rules! id_type {
             /// The identifier's ASCII bytes (no UTF-8 check: for hot paths such as encoding).
             pub fn as_bytes(&self) -> &[u8] {
                 self.0.as_bytes()
+            }
+
+            /// Appends the id as a length byte and its bytes (how every encoder writes ids).
+            pub fn encode_into(&self, out: &mut Vec<u8>) {
+                self.0.encode_into(out)
             }
         }
 
@@ -176,5 +205,21 @@ mod tests {
         assert!(a < ab);
         assert_eq!(a, AccountId::new("a").unwrap());
         assert_ne!(a, ab);
+    }
+
+    proptest::proptest! {
+        /// The word-wise comparison of padded arrays agrees with comparing the texts,
+        /// including ids that are prefixes of each other or differ past the first word.
+        #[test]
+        fn comparisons_agree_with_the_text(
+            a in "[a-c.:_-]{1,20}[A-Za-z0-9]{0,44}",
+            b in "[a-c.:_-]{1,20}[A-Za-z0-9]{0,44}",
+        ) {
+            let (x, y) = (AccountId::new(&a).unwrap(), AccountId::new(&b).unwrap());
+            proptest::prop_assert_eq!(x.cmp(&y), a.cmp(&b));
+            proptest::prop_assert_eq!(x == y, a == b);
+            let prefix = AccountId::new(&a[..a.len().div_ceil(2)]).unwrap();
+            proptest::prop_assert_eq!(prefix.cmp(&x), a[..a.len().div_ceil(2)].cmp(&a));
+        }
     }
 }

@@ -12,11 +12,11 @@
 //! magic "WSNP" | version u8 | partition u32 | partitions u32 | last lsn u64 | last timestamp u64
 //! accounts:  count u32, rows sorted by id:
 //!            id | currency | balance u64 | held u64 | incoming u64
-//! transfers: count u32, rows sorted by key (from, transaction id):
+//! transfers: count u32, rows in log order (the order their keys were first recorded):
 //!            transfer | state | remote u8 | accepted_at u64 | decided_at u64 | finished_at u64
-//! credits:   count u32, rows sorted by key:
+//! credits:   count u32, rows in log order:
 //!            key | state u8 | has transfer u8 | [transfer]
-//! cash:      count u32, rows sorted by (account, transaction id):
+//! cash:      count u32, rows in log order:
 //!            account | transaction id | kind u8 | amount u64 | balance_after u64
 //! flows:     count u32, rows sorted by ISO numeric code:
 //!            currency | deposited u128 | withdrawn u128 | sent u128 | received u128
@@ -26,13 +26,18 @@
 //! A transfer state is a byte (1 trying, 2 confirming, 3 cancelling, 4 committed,
 //! 5 cancelled, 6 rejected) followed by its reason for 3, 5 and 6. A credit state is 1 tried,
 //! 2 confirmed, 3 cancelled, 4 try-not-seen. A cash kind is 1 deposit, 2 withdrawal. Ids sort
-//! by their ASCII bytes, keys field by field in the order listed. Sorting every table makes
-//! the bytes a function of the state alone: the same state always gives the same snapshot,
-//! whatever the order its hash tables iterate in, so snapshots can be compared and hashed.
+//! by their ASCII bytes. Keys are unique within a table.
+//!
+//! The bytes are a function of the log: the row tables keep the order in which the log
+//! created their rows (a ledger restored from a snapshot keeps it, and replay appends in log
+//! order), so any two partitions that applied the same records write the same snapshot.
+//! Version 1 sorted those tables by key as well; sorting millions of idempotency rows was
+//! most of what a snapshot cost, and it stalled the partition meanwhile. Version 1 snapshots
+//! are still read.
 
 use crc32c::crc32c;
 
-use crate::codec::{put_currency, put_id, put_key, put_transfer, reason_tag, CodecError, Cursor};
+use crate::codec::{put_currency, put_key, put_transfer, reason_tag, CodecError, Cursor};
 use crate::ledger::{
     Account, CashKind, CashRow, CreditRow, CreditState, Flows, Ledger, RecordMeta, TransferRow,
     TransferState,
@@ -41,8 +46,10 @@ use crate::partition::{partition_of, PARTITIONS_MAX};
 
 /// The first bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"WSNP";
-/// The snapshot version this build writes and the only one it reads.
-pub const SNAPSHOT_VERSION: u8 = 1;
+/// The snapshot version this build writes.
+pub const SNAPSHOT_VERSION: u8 = 2;
+/// The oldest version this build reads: version 1, whose row tables are sorted by key.
+const SNAPSHOT_VERSION_SORTED: u8 = 1;
 /// Bytes before the first table: magic, version, partition, partitions, last record.
 const HEADER_LEN: usize = 4 + 1 + 4 + 4 + 8 + 8;
 const CRC_LEN: usize = 4;
@@ -59,17 +66,21 @@ pub fn encode_snapshot(ledger: &Ledger) -> Vec<u8> {
     out.extend_from_slice(&ledger.partitions().to_le_bytes());
     out.extend_from_slice(&ledger.last.lsn.to_le_bytes());
     out.extend_from_slice(&ledger.last.timestamp.to_le_bytes());
-    put_table(&mut out, sorted(&ledger.accounts), |out, (id, account)| {
-        put_id(out, id.as_bytes());
-        put_currency(out, account.currency);
-        for value in [account.balance, account.held, account.incoming] {
-            out.extend_from_slice(&value.to_le_bytes());
-        }
-    });
-    put_table(&mut out, sorted(&ledger.transfers), |out, (_, row)| {
+    put_table(
+        &mut out,
+        sorted(&ledger.accounts).into_iter(),
+        |out, (id, account)| {
+            id.encode_into(out);
+            put_currency(out, account.currency);
+            for value in [account.balance, account.held, account.incoming] {
+                out.extend_from_slice(&value.to_le_bytes());
+            }
+        },
+    );
+    put_table(&mut out, ledger.transfers.iter(), |out, (_, row)| {
         put_transfer_row(out, row)
     });
-    put_table(&mut out, sorted(&ledger.credits), |out, (key, row)| {
+    put_table(&mut out, ledger.credits.iter(), |out, (key, row)| {
         put_key(out, key);
         out.push(credit_state_tag(row.state));
         out.push(u8::from(row.transfer.is_some()));
@@ -77,20 +88,16 @@ pub fn encode_snapshot(ledger: &Ledger) -> Vec<u8> {
             put_transfer(out, transfer);
         }
     });
-    put_table(
-        &mut out,
-        sorted(&ledger.cash),
-        |out, ((account, t), row)| {
-            put_id(out, account.as_bytes());
-            put_id(out, t.as_bytes());
-            out.push(cash_kind_tag(row.kind));
-            out.extend_from_slice(&row.amount.minor().to_le_bytes());
-            out.extend_from_slice(&row.balance_after.to_le_bytes());
-        },
-    );
+    put_table(&mut out, ledger.cash.iter(), |out, ((account, t), row)| {
+        account.encode_into(out);
+        t.encode_into(out);
+        out.push(cash_kind_tag(row.kind));
+        out.extend_from_slice(&row.amount.minor().to_le_bytes());
+        out.extend_from_slice(&row.balance_after.to_le_bytes());
+    });
     let mut flows: Vec<_> = ledger.flows.iter().collect();
     flows.sort_by_key(|(currency, _)| currency.numeric());
-    put_table(&mut out, flows, |out, (currency, flows)| {
+    put_table(&mut out, flows.into_iter(), |out, (currency, flows)| {
         put_currency(out, *currency);
         for value in [flows.deposited, flows.withdrawn, flows.sent, flows.received] {
             out.extend_from_slice(&value.to_le_bytes());
@@ -110,7 +117,11 @@ fn sorted<'a, K: Ord + 'a, V: 'a>(
     rows
 }
 
-fn put_table<R>(out: &mut Vec<u8>, rows: Vec<R>, mut put_row: impl FnMut(&mut Vec<u8>, R)) {
+fn put_table<R>(
+    out: &mut Vec<u8>,
+    rows: impl ExactSizeIterator<Item = R>,
+    mut put_row: impl FnMut(&mut Vec<u8>, R),
+) {
     let count = u32::try_from(rows.len()).expect("a table has fewer than 2^32 rows");
     out.extend_from_slice(&count.to_le_bytes());
     for row in rows {
@@ -169,27 +180,35 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Ledger, CodecError> {
     if crc32c(content).to_le_bytes() != trailer {
         return Err(corrupt(content.len(), "snapshot checksum mismatch"));
     }
-    if bytes[4] != SNAPSHOT_VERSION {
-        return Err(CodecError::UnsupportedVersion {
-            offset: 4,
-            version: bytes[4],
-        });
+    let version = bytes[4];
+    if !(SNAPSHOT_VERSION_SORTED..=SNAPSHOT_VERSION).contains(&version) {
+        return Err(CodecError::UnsupportedVersion { offset: 4, version });
     }
+    let rows_sorted = version == SNAPSHOT_VERSION_SORTED;
     let mut cursor = Cursor::new(&content[5..]);
-    let ledger =
-        read_ledger(&mut cursor).map_err(|reason| corrupt(5 + cursor.position(), &reason))?;
+    let ledger = read_ledger(&mut cursor, rows_sorted)
+        .map_err(|reason| corrupt(5 + cursor.position(), &reason))?;
     if let Err(reason) = ledger.check_conservation() {
         return Err(corrupt(
             0,
             &format!("snapshot does not conserve money: {reason}"),
         ));
     }
-    debug_assert!(encode_snapshot(&ledger) == bytes, "decoding is canonical");
+    debug_assert!(
+        rows_sorted || encode_snapshot(&ledger) == bytes,
+        "decoding is canonical"
+    );
     Ok(ledger)
 }
 
-/// Reads everything after the version byte, up to the checksum.
-fn read_ledger(cursor: &mut Cursor<'_>) -> Result<Ledger, String> {
+/// Reads everything after the version byte, up to the checksum. With `rows_sorted` (version
+/// 1) the row tables must be in key order, otherwise only their keys must be unique.
+fn read_ledger(cursor: &mut Cursor<'_>, rows_sorted: bool) -> Result<Ledger, String> {
+    let order = if rows_sorted {
+        Order::Sorted
+    } else {
+        Order::Unique
+    };
     let partition = cursor.u32()?;
     let partitions = cursor.u32()?;
     if partitions == 0 || partitions > PARTITIONS_MAX || partition >= partitions {
@@ -202,7 +221,7 @@ fn read_ledger(cursor: &mut Cursor<'_>) -> Result<Ledger, String> {
         lsn: cursor.u64()?,
         timestamp: cursor.u64()?,
     };
-    ledger.accounts = read_table(cursor, |cursor| {
+    ledger.accounts = read_table(cursor, Order::Sorted, |cursor| {
         let id = cursor.account()?;
         if partition_of(&id, partitions) != partition {
             return Err(format!("account {id} belongs to another partition"));
@@ -215,12 +234,12 @@ fn read_ledger(cursor: &mut Cursor<'_>) -> Result<Ledger, String> {
         };
         Ok((id, account))
     })?;
-    ledger.transfers = read_table(cursor, |cursor| {
+    ledger.transfers = read_table(cursor, order, |cursor| {
         let row = read_transfer_row(cursor)?;
         Ok((row.transfer.key(), row))
     })?;
-    ledger.credits = read_table(cursor, read_credit_row)?;
-    ledger.cash = read_table(cursor, |cursor| {
+    ledger.credits = read_table(cursor, order, read_credit_row)?;
+    ledger.cash = read_table(cursor, order, |cursor| {
         let key = (cursor.account()?, cursor.transaction_id()?);
         let kind = match cursor.u8()? {
             1 => CashKind::Deposit,
@@ -237,7 +256,7 @@ fn read_ledger(cursor: &mut Cursor<'_>) -> Result<Ledger, String> {
             },
         ))
     })?;
-    let flows: Vec<_> = read_rows(cursor, |cursor| {
+    let flows: Vec<_> = read_rows(cursor, Order::Sorted, |cursor| {
         let currency = cursor.currency()?;
         let (deposited, withdrawn) = (cursor.u128()?, cursor.u128()?);
         let (sent, received) = (cursor.u128()?, cursor.u128()?);
@@ -259,29 +278,47 @@ fn read_ledger(cursor: &mut Cursor<'_>) -> Result<Ledger, String> {
     Ok(ledger)
 }
 
-/// Reads a count and that many rows, requiring keys in strictly increasing order: the
-/// canonical form, which also rules out duplicate keys.
-fn read_rows<K: Ord, V>(
+/// What a table's keys must satisfy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// Strictly increasing (which also rules out duplicates).
+    Sorted,
+    /// Any order, no key twice.
+    Unique,
+}
+
+/// Reads a count and that many rows whose keys follow `order`.
+fn read_rows<K: Ord + std::hash::Hash, V>(
     cursor: &mut Cursor<'_>,
+    order: Order,
     mut read_row: impl FnMut(&mut Cursor<'_>) -> Result<(K, V), String>,
 ) -> Result<Vec<(K, V)>, String> {
     let count = cursor.u32()? as usize;
-    let mut rows: Vec<(K, V)> = Vec::with_capacity(count.min(cursor.remaining() / ROW_LEN_MIN));
+    let capacity = count.min(cursor.remaining() / ROW_LEN_MIN);
+    let mut rows: Vec<(K, V)> = Vec::with_capacity(capacity);
     for _ in 0..count {
         let row = read_row(cursor)?;
-        if rows.last().is_some_and(|last| last.0 >= row.0) {
+        if order == Order::Sorted && rows.last().is_some_and(|last| last.0 >= row.0) {
             return Err("table rows out of order".to_string());
         }
         rows.push(row);
+    }
+    if order == Order::Unique {
+        let mut seen = rustc_hash::FxHashSet::default();
+        seen.reserve(rows.len());
+        if !rows.iter().all(|(key, _)| seen.insert(key)) {
+            return Err("a table holds a key twice".to_string());
+        }
     }
     Ok(rows)
 }
 
 fn read_table<K: Ord + std::hash::Hash, V, T: FromIterator<(K, V)>>(
     cursor: &mut Cursor<'_>,
+    order: Order,
     read_row: impl FnMut(&mut Cursor<'_>) -> Result<(K, V), String>,
 ) -> Result<T, String> {
-    Ok(read_rows(cursor, read_row)?.into_iter().collect())
+    Ok(read_rows(cursor, order, read_row)?.into_iter().collect())
 }
 
 fn read_transfer_row(cursor: &mut Cursor<'_>) -> Result<TransferRow, String> {
@@ -444,6 +481,54 @@ mod tests {
                 "{result:?}"
             );
         }
+    }
+
+    #[test]
+    fn row_tables_keep_log_order_and_refuse_a_key_twice() {
+        let table = |keys: &[u32]| {
+            let mut bytes = (keys.len() as u32).to_le_bytes().to_vec();
+            for key in keys {
+                bytes.extend_from_slice(&key.to_le_bytes());
+            }
+            bytes
+        };
+        let read = |bytes: &[u8], order| {
+            read_rows(&mut Cursor::new(bytes), order, |c| Ok((c.u32()?, ())))
+                .map(|rows| rows.into_iter().map(|(k, ())| k).collect::<Vec<_>>())
+        };
+        assert_eq!(read(&table(&[5, 3, 9]), Order::Unique), Ok(vec![5, 3, 9]));
+        assert!(read(&table(&[5, 3, 5]), Order::Unique).is_err());
+        assert!(read(&table(&[5, 3, 9]), Order::Sorted).is_err());
+        assert_eq!(read(&table(&[3, 5, 9]), Order::Sorted), Ok(vec![3, 5, 9]));
+    }
+
+    /// `bytes` relabelled as a version 1 snapshot.
+    fn as_version_1(bytes: &[u8]) -> Vec<u8> {
+        let mut content = bytes[..bytes.len() - CRC_LEN].to_vec();
+        content[4] = SNAPSHOT_VERSION_SORTED;
+        sealed(content)
+    }
+
+    #[test]
+    fn version_1_snapshots_with_sorted_tables_are_still_read() {
+        let mut ledger = every_state().ledger;
+        ledger.transfers.sort_keys();
+        ledger.credits.sort_keys();
+        ledger.cash.sort_keys();
+        let restored = decode_snapshot(&as_version_1(&encode_snapshot(&ledger))).unwrap();
+        assert!(
+            same_state(&restored, &ledger),
+            "{:?}",
+            state_difference(&restored, &ledger)
+        );
+        // Version 1 promised sorted tables; one out of order is damage there.
+        ledger.transfers.reverse();
+        assert!(ledger.transfers.len() > 1);
+        let result = decode_snapshot(&as_version_1(&encode_snapshot(&ledger)));
+        assert!(
+            matches!(result, Err(CodecError::Corrupt { .. })),
+            "{result:?}"
+        );
     }
 
     #[test]

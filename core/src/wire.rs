@@ -68,7 +68,7 @@
 
 use crc32c::{crc32c, crc32c_append};
 
-use crate::codec::{put_currency, put_id, put_key, put_transfer, reason_tag, Cursor};
+use crate::codec::{put_currency, put_key, put_transfer, reason_tag, Cursor};
 use crate::coordinator::{Phase, PhaseRequest, PhaseResponse};
 use crate::driver::{CommandResult, Query, QueryAnswer};
 use crate::event::Decision;
@@ -465,7 +465,7 @@ fn put_command(out: &mut Vec<u8>, command: &Command) {
     match *command {
         Command::OpenAccount { account, currency } => {
             out.push(1);
-            put_id(out, account.as_bytes());
+            account.encode_into(out);
             put_currency(out, currency);
         }
         Command::Deposit {
@@ -485,10 +485,10 @@ fn put_command(out: &mut Vec<u8>, command: &Command) {
             } else {
                 3
             });
-            put_id(out, account.as_bytes());
+            account.encode_into(out);
             out.extend_from_slice(&amount.minor().to_le_bytes());
             put_currency(out, currency);
-            put_id(out, transaction_id.as_bytes());
+            transaction_id.encode_into(out);
         }
         Command::Transfer(transfer) => put_tagged_transfer(out, 4, &transfer),
         Command::Decide { key, decision } => {
@@ -546,7 +546,7 @@ fn put_query(out: &mut Vec<u8>, query: &Query) {
     match query {
         Query::Account(account) => {
             out.push(1);
-            put_id(out, account.as_bytes());
+            account.encode_into(out);
         }
         Query::Transfer(key) => {
             out.push(2);
@@ -660,11 +660,11 @@ fn put_ledger_error(out: &mut Vec<u8>, error: &LedgerError) {
     match error {
         LedgerError::AccountNotFound(account) => {
             out.push(1);
-            put_id(out, account.as_bytes());
+            account.encode_into(out);
         }
         LedgerError::AccountExists { account, existing } => {
             out.push(2);
-            put_id(out, account.as_bytes());
+            account.encode_into(out);
             put_currency(out, *existing);
         }
         LedgerError::CurrencyMismatch {
@@ -673,7 +673,7 @@ fn put_ledger_error(out: &mut Vec<u8>, error: &LedgerError) {
             got,
         } => {
             out.push(3);
-            put_id(out, account.as_bytes());
+            account.encode_into(out);
             put_currency(out, *expected);
             put_currency(out, *got);
         }
@@ -687,12 +687,12 @@ fn put_ledger_error(out: &mut Vec<u8>, error: &LedgerError) {
         }
         LedgerError::BalanceLimit(account) => {
             out.push(5);
-            put_id(out, account.as_bytes());
+            account.encode_into(out);
         }
         LedgerError::SameAccount => out.push(6),
         LedgerError::Conflict(transaction_id) => {
             out.push(7);
-            put_id(out, transaction_id.as_bytes());
+            transaction_id.encode_into(out);
         }
         LedgerError::WrongPartition {
             account,
@@ -700,7 +700,7 @@ fn put_ledger_error(out: &mut Vec<u8>, error: &LedgerError) {
             here,
         } => {
             out.push(8);
-            put_id(out, account.as_bytes());
+            account.encode_into(out);
             out.extend_from_slice(&owner.to_le_bytes());
             out.extend_from_slice(&here.to_le_bytes());
         }

@@ -7,6 +7,7 @@
 //! must cut off. A [`SimStorage`] is the node's handle to its disk; a handle from a killed
 //! incarnation is fenced off by an epoch, so a stale task can never write after the crash.
 
+use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -213,13 +214,26 @@ impl Storage for SimStorage {
         Ok(())
     }
 
-    async fn write_snapshot(&mut self, lsn: Lsn, bytes: &[u8]) -> io::Result<()> {
-        let mut state = self.live()?;
-        state.snapshots.push((lsn, bytes.to_vec()));
-        if state.snapshots.len() > SNAPSHOTS_KEPT {
-            state.snapshots.remove(0);
+    fn write_snapshot(
+        &mut self,
+        lsn: Lsn,
+        bytes: Vec<u8>,
+    ) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        // Taking a sync's time lets log appends and syncs (and crashes) happen meanwhile;
+        // the snapshot then appears at once, as a rename makes it appear on a real disk.
+        let handle = SimStorage {
+            disk: self.disk.clone(),
+            epoch: self.epoch,
+        };
+        async move {
+            tokio::time::sleep(handle.disk.sync_delay()).await;
+            let mut state = handle.live()?;
+            state.snapshots.push((lsn, bytes));
+            if state.snapshots.len() > SNAPSHOTS_KEPT {
+                state.snapshots.remove(0);
+            }
+            Ok(())
         }
-        Ok(())
     }
 
     async fn read_snapshots(&mut self) -> io::Result<Vec<StoredSnapshot>> {

@@ -10,6 +10,7 @@
 //! so every file creation and rename is followed by an fsync of the directory.
 
 use std::fs::{self, File, OpenOptions};
+use std::future::Future;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -250,9 +251,12 @@ impl Storage for FileStorage {
         Ok(())
     }
 
-    async fn write_snapshot(&mut self, lsn: Lsn, bytes: &[u8]) -> io::Result<()> {
+    fn write_snapshot(
+        &mut self,
+        lsn: Lsn,
+        bytes: Vec<u8>,
+    ) -> impl Future<Output = io::Result<()>> + Send + 'static {
         let dir = self.dir.clone();
-        let bytes = bytes.to_vec();
         let kept = self.config.snapshots_kept_max;
         blocking(move || {
             let tmp = dir.join(format!("snapshot-{lsn:020}.tmp"));
@@ -267,7 +271,6 @@ impl Storage for FileStorage {
             }
             Ok(())
         })
-        .await
     }
 
     async fn read_snapshots(&mut self) -> io::Result<Vec<StoredSnapshot>> {

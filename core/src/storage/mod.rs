@@ -77,11 +77,15 @@ pub trait Storage: Send + 'static {
     }
 
     /// Durably stores a snapshot (atomically: a crash leaves the old or the new one).
+    ///
+    /// The future owns what it needs (`'static`): the driver lets it run alongside the log's
+    /// appends and syncs, because writing a large snapshot takes as long as many group
+    /// commits. The bytes are taken by value so file storage writes them without a copy.
     fn write_snapshot(
         &mut self,
         lsn: Lsn,
-        bytes: &[u8],
-    ) -> impl Future<Output = io::Result<()>> + Send;
+        bytes: Vec<u8>,
+    ) -> impl Future<Output = io::Result<()>> + Send + 'static;
 
     /// The snapshots present, newest first (recovery falls back to older ones if one is bad).
     fn read_snapshots(&mut self) -> impl Future<Output = io::Result<Vec<StoredSnapshot>>> + Send;
@@ -162,10 +166,16 @@ impl Storage for MemStorage {
         Ok(())
     }
 
-    async fn write_snapshot(&mut self, lsn: Lsn, bytes: &[u8]) -> io::Result<()> {
-        let mut disk = self.disk.lock().expect("disk lock");
-        disk.snapshots.push((lsn, bytes.to_vec()));
-        Ok(())
+    fn write_snapshot(
+        &mut self,
+        lsn: Lsn,
+        bytes: Vec<u8>,
+    ) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        let disk = Arc::clone(&self.disk);
+        async move {
+            disk.lock().expect("disk lock").snapshots.push((lsn, bytes));
+            Ok(())
+        }
     }
 
     async fn read_snapshots(&mut self) -> io::Result<Vec<StoredSnapshot>> {
