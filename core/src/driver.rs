@@ -81,6 +81,10 @@ pub type CommandResult = Result<Reply, LedgerError>;
 /// Most commands in one [`Input::Commands`]; a client splits larger sets.
 pub const COMMANDS_PER_INPUT_MAX: usize = 4096;
 
+/// Commands of a group whose rows are fetched into cache ahead of executing them
+/// ([`Ledger::prefetch`]); their rows must fit in a core's L2 cache with room to spare.
+const PREFETCH_COMMANDS_MAX: usize = 256;
+
 /// What a partition's inbox carries.
 #[derive(Debug)]
 pub enum Input {
@@ -655,14 +659,21 @@ impl<S: Storage> PartitionDriver<S> {
                 reply,
             },
         );
-        for (index, command) in commands.iter().enumerate() {
-            let result = self.execute(command);
-            let pending = self.pending_key(command, &result, wait);
-            let open = self.groups.get_mut(&group).expect("the group is open");
-            open.results.push(result);
-            if let Some(key) = pending {
-                open.waiting += 1;
-                self.add_waiter(key, ReplyTo::InGroup { group, index });
+        for (first, chunk) in (0..)
+            .step_by(PREFETCH_COMMANDS_MAX)
+            .zip(commands.chunks(PREFETCH_COMMANDS_MAX))
+        {
+            self.ledger.prefetch(chunk);
+            for (offset, command) in chunk.iter().enumerate() {
+                let result = self.execute(command);
+                let pending = self.pending_key(command, &result, wait);
+                let open = self.groups.get_mut(&group).expect("the group is open");
+                open.results.push(result);
+                if let Some(key) = pending {
+                    open.waiting += 1;
+                    let index = first + offset;
+                    self.add_waiter(key, ReplyTo::InGroup { group, index });
+                }
             }
         }
         self.resolve_in_group(group, None);

@@ -416,6 +416,22 @@ impl Ledger {
         Ok(found)
     }
 
+    /// Reads, without deciding anything, the rows that `commands` will look up: the source
+    /// and destination accounts and the idempotency slot of each transfer. The lookups of
+    /// different commands do not depend on each other, so the processor overlaps their
+    /// cache misses; `decide` and `apply` then find the rows in cache. The same idea as a
+    /// prefetch phase before execution in TigerBeetle's state machine. Purely a speed-up:
+    /// skipping it changes no outcome.
+    pub fn prefetch(&self, commands: &[Command]) {
+        for command in commands {
+            if let Command::Transfer(transfer) = command {
+                std::hint::black_box(self.accounts.get(&transfer.from));
+                std::hint::black_box(self.accounts.get(&transfer.to));
+                std::hint::black_box(self.transfers.get_index_of(&transfer.key()));
+            }
+        }
+    }
+
     /// Decides `command` against the current state: pushes the events to append onto
     /// `events` and returns the reply, or refuses with an error and pushes nothing.
     pub fn decide(&self, command: &Command, events: &mut Vec<Event>) -> Result<Reply, LedgerError> {
@@ -791,11 +807,9 @@ impl Ledger {
             self.forget_cancelled_branch(event);
         }
         // Idempotency keys are spent once: a second record for one is a contradiction, and
-        // must be refused before any balance moves.
-        if let Event::Transferred { transfer }
-        | Event::TransferRejected { transfer, .. }
-        | Event::DebitTried { transfer } = *event
-        {
+        // must be refused before any balance moves (`Transferred` checks its own, below, with
+        // the one lookup that also inserts the row).
+        if let Event::TransferRejected { transfer, .. } | Event::DebitTried { transfer } = *event {
             if self.transfers.contains_key(&transfer.key()) {
                 return fail(format!("transfer {:?} recorded twice", transfer.key()));
             }
@@ -879,7 +893,11 @@ impl Ledger {
                     // `decide` never logs one; `get_disjoint_mut` would panic on it.
                     return fail(format!("transfer {:?} to its own account", transfer.key()));
                 }
-                // One lookup per account: this is the hottest path of the ledger.
+                // One lookup per account and one for the key: the ledger's hottest path.
+                let key = transfer.key();
+                let indexmap::map::Entry::Vacant(slot) = self.transfers.entry(key) else {
+                    return fail(format!("transfer {key:?} recorded twice"));
+                };
                 match self
                     .accounts
                     .get_disjoint_mut([&transfer.from, &transfer.to])
@@ -888,9 +906,9 @@ impl Ledger {
                         from.balance -= amount;
                         to.balance += amount;
                     }
-                    _ => return fail(format!("transfer {:?} cannot apply", transfer.key())),
+                    _ => return fail(format!("transfer {key:?} cannot apply")),
                 }
-                self.insert_row(meta, transfer, TransferState::Committed, false);
+                slot.insert(new_row(meta, transfer, TransferState::Committed, false));
             }
             Event::TransferRejected { transfer, reason } => {
                 self.insert_row(
@@ -1057,19 +1075,7 @@ impl Ledger {
         state: TransferState,
         remote: bool,
     ) {
-        let final_at = if state.is_unfinished() {
-            0
-        } else {
-            meta.timestamp
-        };
-        let row = TransferRow {
-            transfer,
-            state,
-            remote,
-            accepted_at: meta.timestamp,
-            decided_at: final_at,
-            finished_at: final_at,
-        };
+        let row = new_row(meta, transfer, state, remote);
         let previous = self.transfers.insert(transfer.key(), row);
         assert!(previous.is_none(), "a transfer key is recorded once");
     }
@@ -1107,5 +1113,27 @@ impl Ledger {
             }
         }
         Ok(())
+    }
+}
+
+/// The idempotency row a transfer gets when its first record is applied.
+fn new_row(
+    meta: RecordMeta,
+    transfer: Transfer,
+    state: TransferState,
+    remote: bool,
+) -> TransferRow {
+    let final_at = if state.is_unfinished() {
+        0
+    } else {
+        meta.timestamp
+    };
+    TransferRow {
+        transfer,
+        state,
+        remote,
+        accepted_at: meta.timestamp,
+        decided_at: final_at,
+        finished_at: final_at,
     }
 }
