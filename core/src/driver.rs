@@ -691,7 +691,11 @@ impl<S: Storage> PartitionDriver<S> {
             (Command::Transfer(t), Ok(Reply::Transfer(TransferStatus::Pending)))
                 if wait && self.waiter_count < self.config.waiters_max =>
             {
-                Some(t.key())
+                // A waiter must be registered before the decision it waits for; should the
+                // decision already be applied, the client gets `Pending` and asks again.
+                let key = t.key();
+                let row = self.ledger.transfer(&key)?;
+                (row.state.status() == TransferStatus::Pending).then_some(key)
             }
             _ => None,
         }
