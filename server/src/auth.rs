@@ -4,30 +4,21 @@
 //! behind a gateway or on localhost; health, metrics and the OpenAPI document stay open so
 //! probes and scrapers need no secret.
 
-use axum::extract::{Request, State};
-use axum::http::header;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::{header, HeaderMap};
 
-use crate::api::Api;
-use crate::errors::ApiError;
+use crate::api::ApiOptions;
 
-/// Lets the request through if no token is configured or it carries the right one.
-pub async fn require_token(State(api): State<Api>, request: Request, next: Next) -> Response {
-    let Some(expected) = api.options().api_token.as_deref() else {
-        return next.run(request).await;
+/// Whether a request with these headers may use the `/v1` routes: no token is configured,
+/// or it carries the right one.
+pub fn authorized(options: &ApiOptions, headers: &HeaderMap) -> bool {
+    let Some(expected) = options.api_token.as_deref() else {
+        return true;
     };
-    let presented = request
-        .headers()
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(bearer_token);
-    match presented {
-        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
-            next.run(request).await
-        }
-        _ => ApiError::unauthorized().into_response(),
-    }
+        .and_then(bearer_token)
+        .is_some_and(|token| constant_time_eq(token.as_bytes(), expected.as_bytes()))
 }
 
 /// The token of an `Authorization: Bearer <token>` value (the scheme is case-insensitive).

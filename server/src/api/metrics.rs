@@ -8,13 +8,12 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use walletd_core::ledger::TransferStatus;
 
-use super::{route_label, Api};
+use super::Api;
 
 /// The outcome of a transfer request, as counted by `walletd_transfers_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,11 +62,11 @@ impl Outcome {
 /// Counters of the HTTP layer.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Requests by (route, status). Routes are the router's patterns, so the key set is
+    /// Requests by route, then status. Routes are the router's patterns, so the key set is
     /// bounded by the number of routes times the statuses the API uses.
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    requests: Mutex<BTreeMap<String, BTreeMap<u16, u64>>>,
     transfers: [AtomicU64; 6],
-    http_in_flight: AtomicI64,
+    pub(crate) http_in_flight: AtomicI64,
 }
 
 impl Metrics {
@@ -79,21 +78,16 @@ impl Metrics {
         self.transfers[index].fetch_add(1, Ordering::Relaxed);
     }
 
-    fn request(&self, route: String, status: u16) {
+    /// Counts a request (see [`super::layers::Track`]). Allocates only for a route's first
+    /// request.
+    pub(crate) fn request(&self, route: &str, status: u16) {
         let mut requests = self.requests.lock().expect("metrics lock");
-        *requests.entry((route, status)).or_default() += 1;
+        let statuses = match requests.get_mut(route) {
+            Some(statuses) => statuses,
+            None => requests.entry(route.to_string()).or_default(),
+        };
+        *statuses.entry(status).or_default() += 1;
     }
-}
-
-/// Middleware: counts every request by route and status, and the requests in flight.
-pub async fn track(State(api): State<Api>, request: Request, next: Next) -> Response {
-    let route = route_label(&request);
-    let metrics = api.metrics();
-    metrics.http_in_flight.fetch_add(1, Ordering::Relaxed);
-    let response = next.run(request).await;
-    metrics.http_in_flight.fetch_sub(1, Ordering::Relaxed);
-    metrics.request(route, response.status().as_u16());
-    response
 }
 
 /// `GET /metrics`.
@@ -114,12 +108,14 @@ pub async fn render(State(api): State<Api>) -> Response {
 fn write_http(out: &mut String, metrics: &Metrics) {
     out.push_str("# HELP walletd_http_requests_total HTTP requests by route and status.\n");
     out.push_str("# TYPE walletd_http_requests_total counter\n");
-    for ((route, status), count) in metrics.requests.lock().expect("metrics lock").iter() {
-        let _ = writeln!(
-            out,
-            "walletd_http_requests_total{{route=\"{}\",status=\"{status}\"}} {count}",
-            escape_label(route)
-        );
+    for (route, statuses) in metrics.requests.lock().expect("metrics lock").iter() {
+        let route = escape_label(route);
+        for (status, count) in statuses {
+            let _ = writeln!(
+                out,
+                "walletd_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
+            );
+        }
     }
     out.push_str("# HELP walletd_http_requests_in_flight HTTP requests being handled.\n");
     out.push_str("# TYPE walletd_http_requests_in_flight gauge\n");

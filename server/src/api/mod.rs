@@ -4,11 +4,13 @@
 //! the partitions that run in this process, never from an `Engine`: an all-in-one server and
 //! a cluster node (whose client forwards some partitions to other nodes) serve the same API.
 //!
-//! Request path, outermost first: tracing → metrics → JSON error normaliser → timeout →
-//! body-size limit → panic catcher → (on `/v1` routes) bearer auth → in-flight limit → handler.
+//! Request path, outermost first: tracing → metrics and JSON error normaliser → timeout →
+//! body-size limit → panic catcher → (on `/v1` routes) bearer auth and in-flight limit →
+//! handler. The API's own layers are in [`layers`].
 
 pub mod accounts;
 pub mod batch;
+pub mod layers;
 pub mod metrics;
 pub mod openapi;
 pub mod queries;
@@ -17,16 +19,17 @@ pub mod transfers;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, Semaphore};
+use tower::ServiceBuilder;
+use tower_http::body::Limited;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -37,7 +40,6 @@ use walletd_core::ids::{AccountId, TransactionId};
 use walletd_core::money::Currency;
 use walletd_core::partition::PartitionId;
 
-use crate::auth;
 use crate::errors::ApiError;
 use crate::history::LogReader;
 use metrics::Metrics;
@@ -164,32 +166,34 @@ pub fn router(api: Api) -> Router {
             "/v1/transfers/{from_account}/{transaction_id}",
             get(transfers::status),
         )
-        .route_layer(middleware::from_fn_with_state(api.clone(), limit_in_flight))
-        .route_layer(middleware::from_fn_with_state(
-            api.clone(),
-            auth::require_token,
-        ));
+        .route_layer(layers::GuardLayer { api: api.clone() });
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::render))
         .route("/openapi.json", get(openapi::document))
         .merge(v1)
         .fallback(not_found)
-        .layer(CatchPanicLayer::custom(|_panic| {
-            tracing::error!("request handler panicked");
-            ApiError::internal("internal error").into_response()
-        }))
-        .layer(axum::extract::DefaultBodyLimit::max(
-            options.body_limit_bytes,
-        ))
-        .layer(RequestBodyLimitLayer::new(options.body_limit_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            options.request_timeout,
-        ))
-        .layer(middleware::from_fn(json_errors))
-        .layer(middleware::from_fn_with_state(api.clone(), metrics::track))
-        .layer(TraceLayer::new_for_http())
+        // One stack, one `layer` call: each `Router::layer` call boxes every route again, and
+        // a request then clones and boxes its way through each of those boxes. Outermost first.
+        .layer(
+            ServiceBuilder::new()
+                .layer(TraceLayer::new_for_http())
+                .layer(layers::TrackLayer { api: api.clone() })
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    options.request_timeout,
+                ))
+                .map_response(IntoResponse::into_response)
+                .layer(RequestBodyLimitLayer::new(options.body_limit_bytes))
+                .map_request(|request: Request<Limited<Body>>| request.map(Body::new))
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    options.body_limit_bytes,
+                ))
+                .layer(CatchPanicLayer::custom(|_panic| {
+                    tracing::error!("request handler panicked");
+                    ApiError::internal("internal error").into_response()
+                })),
+        )
         .with_state(api)
 }
 
@@ -202,43 +206,6 @@ pub async fn healthz() -> &'static str {
 
 async fn not_found(request: Request) -> ApiError {
     ApiError::route_not_found(request.uri().path())
-}
-
-/// Bounds the `/v1` requests in flight; refuses (429) rather than queues beyond the bound.
-async fn limit_in_flight(State(api): State<Api>, request: Request, next: Next) -> Response {
-    match Arc::clone(&api.inner.in_flight).try_acquire_owned() {
-        Ok(_permit) => next.run(request).await,
-        Err(_) => ApiError::overloaded(api.options().in_flight_max).into_response(),
-    }
-}
-
-/// Makes sure every error leaves as `{code, message}` JSON, whatever layer produced it (a 405
-/// from the router, a 413 from the body limit, a timeout), so plain-text rejections never
-/// reach a client.
-async fn json_errors(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
-    let status = response.status();
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
-        return response;
-    }
-    let allow = response.headers().get(header::ALLOW).cloned();
-    let mut fixed = ApiError::for_status(status).into_response();
-    if let Some(allow) = allow {
-        fixed.headers_mut().insert(header::ALLOW, allow);
-    }
-    fixed
-}
-
-/// The route a request matched, for metrics labels (bounded: unmatched paths share one).
-pub fn route_label(request: &Request) -> String {
-    request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string())
 }
 
 /// A JSON request body. Unlike axum's `Json`, every rejection is an [`ApiError`]: a body that

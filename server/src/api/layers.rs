@@ -1,0 +1,231 @@
+//! The API's own middleware, as plain tower services: no boxed futures and no per-request
+//! clones of the services underneath (axum's `from_fn` does both for every layer).
+//!
+//! - [`Track`] (around every route): counts the request by route and status and the
+//!   requests in flight, and turns a non-JSON error of any layer below it into the
+//!   documented `{code, message}` JSON.
+//! - [`Guard`] (around every `/v1` route): the bearer token, then the in-flight limit.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use pin_project_lite::pin_project;
+use tokio::sync::OwnedSemaphorePermit;
+use tower::{Layer, Service};
+
+use super::Api;
+use crate::auth;
+use crate::errors::ApiError;
+
+/// Route label of requests that matched no route (bounded, like the route patterns).
+const UNMATCHED: &str = "unmatched";
+
+/// Layer of [`Track`].
+#[derive(Clone)]
+pub struct TrackLayer {
+    pub api: Api,
+}
+
+impl<S> Layer<S> for TrackLayer {
+    type Service = Track<S>;
+
+    fn layer(&self, inner: S) -> Track<S> {
+        Track {
+            api: self.api.clone(),
+            inner,
+        }
+    }
+}
+
+/// Metrics and JSON errors around a route.
+#[derive(Clone)]
+pub struct Track<S> {
+    api: Api,
+    inner: S,
+}
+
+impl<S> Service<Request> for Track<S>
+where
+    S: Service<Request, Error = Infallible>,
+    S::Response: IntoResponse,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = TrackFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        self.api
+            .metrics()
+            .http_in_flight
+            .fetch_add(1, Ordering::Relaxed);
+        TrackFuture {
+            inner: self.inner.call(request),
+            in_flight: InFlight(self.api.clone()),
+            route,
+        }
+    }
+}
+
+/// Counts a request out of `walletd_http_requests_in_flight` when it ends, answered or not.
+struct InFlight(Api);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .metrics()
+            .http_in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project! {
+    /// The future of [`Track`].
+    pub struct TrackFuture<F> {
+        #[pin]
+        inner: F,
+        in_flight: InFlight,
+        route: Option<MatchedPath>,
+    }
+}
+
+impl<F, R> Future for TrackFuture<F>
+where
+    F: Future<Output = Result<R, Infallible>>,
+    R: IntoResponse,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(response) = ready!(this.inner.poll(cx));
+        let response = json_errors(response.into_response());
+        let route = this.route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
+        this.in_flight
+            .0
+            .metrics()
+            .request(route, response.status().as_u16());
+        Poll::Ready(Ok(response))
+    }
+}
+
+/// Makes sure every error leaves as `{code, message}` JSON, whatever layer produced it (a 405
+/// from the router, a 413 from the body limit, a timeout), so plain-text rejections never
+/// reach a client.
+fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let mut fixed = ApiError::for_status(status).into_response();
+    if let Some(allow) = allow {
+        fixed.headers_mut().insert(header::ALLOW, allow);
+    }
+    fixed
+}
+
+/// Layer of [`Guard`].
+#[derive(Clone)]
+pub struct GuardLayer {
+    pub api: Api,
+}
+
+impl<S> Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard {
+            api: self.api.clone(),
+            inner,
+        }
+    }
+}
+
+/// The bearer token (when one is configured), then the bound on `/v1` requests in flight:
+/// beyond it a request is refused (429) at once rather than queued.
+#[derive(Clone)]
+pub struct Guard<S> {
+    api: Api,
+    inner: S,
+}
+
+impl<S> Service<Request> for Guard<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = GuardFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if !auth::authorized(self.api.options(), request.headers()) {
+            return GuardFuture::Refused {
+                response: Some(ApiError::unauthorized().into_response()),
+            };
+        }
+        match Arc::clone(&self.api.inner.in_flight).try_acquire_owned() {
+            Ok(permit) => GuardFuture::Admitted {
+                inner: self.inner.call(request),
+                permit,
+            },
+            Err(_) => GuardFuture::Refused {
+                response: Some(
+                    ApiError::overloaded(self.api.options().in_flight_max).into_response(),
+                ),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`Guard`]; an admitted request holds its permit until it is answered
+    /// or dropped.
+    #[project = GuardProjection]
+    pub enum GuardFuture<F> {
+        Refused { response: Option<Response> },
+        Admitted {
+            #[pin]
+            inner: F,
+            permit: OwnedSemaphorePermit,
+        },
+    }
+}
+
+impl<F> Future for GuardFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            GuardProjection::Refused { response } => {
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
+            GuardProjection::Admitted { inner, .. } => inner.poll(cx),
+        }
+    }
+}
