@@ -52,10 +52,12 @@
 //! - if one exists, data survives after the damage, so the damage is not a torn write but
 //!   corruption: [`CodecError::Corrupt`] at the damaged offset. Silently skipping it would
 //!   drop or reorder durable records.
-//! - if none exists, everything from the damaged offset on is a torn tail: the records before
-//!   it are returned with `valid_len` at the damaged offset and `torn_tail` set. This covers a
-//!   write cut short at any byte, a last record whose bytes never reached the disk, and the
-//!   zero-filled space of a preallocated file.
+//! - if none exists and every byte from there on is zero, the log simply ends there: that is
+//!   the zero-filled space of a preallocated file (or a last write whose bytes never reached
+//!   the disk). The records before it are returned with `valid_len` at that offset.
+//! - otherwise everything from the damaged offset on is a torn tail: the records before it are
+//!   returned with `valid_len` at the damaged offset and `torn_tail` set. This covers a write
+//!   cut short at any byte.
 //!
 //! A frame whose checksum is valid is never treated as a torn tail: a torn write does not
 //! produce a matching CRC, so a checksummed record that cannot be used (an unknown version,
@@ -133,9 +135,10 @@ pub enum CodecError {
 pub struct DecodedLog {
     pub records: Vec<Record>,
     /// Bytes of whole valid records from the start: where the next record is to be appended.
+    /// Bytes after it are a torn tail or, if `torn_tail` is false, zero-filled space.
     pub valid_len: usize,
-    /// True when bytes after `valid_len` were dropped as a torn tail (including zero-filled
-    /// space); the writer must truncate or overwrite from `valid_len`.
+    /// True when bytes after `valid_len` were dropped as a torn tail (something other than
+    /// zeros); the writer must truncate or overwrite from `valid_len`.
     pub torn_tail: bool,
 }
 
@@ -541,6 +544,11 @@ impl<'a> RecordReader<'a> {
 
     /// No valid frame starts at `offset`: a torn tail if none starts later, else corruption.
     fn damaged(&mut self, reason: &str) -> Result<Option<Record>, CodecError> {
+        if self.bytes[self.offset..].iter().all(|&b| b == 0) {
+            // Zero-filled space: no frame can start in it (a length of 0 is never valid).
+            self.state = ReaderState::Ended { torn: false };
+            return Ok(None);
+        }
         match next_valid_frame(self.bytes, self.offset) {
             None => {
                 self.state = ReaderState::Ended { torn: true };
@@ -608,11 +616,11 @@ pub fn decode_log(bytes: &[u8], first_lsn: Lsn) -> Result<DecodedLog, CodecError
         valid_len: reader.valid_len(),
         torn_tail: reader.torn_tail(),
     };
-    assert_eq!(
-        decoded.torn_tail,
-        decoded.valid_len < bytes.len(),
-        "a log ends at the end of its bytes or at a torn tail"
+    assert!(
+        decoded.torn_tail || bytes[decoded.valid_len..].iter().all(|&b| b == 0),
+        "a log ends at the end of its bytes, in zero-filled space or at a torn tail"
     );
+    assert!(!decoded.torn_tail || decoded.valid_len < bytes.len());
     Ok(decoded)
 }
 
@@ -901,7 +909,7 @@ mod tests {
         bytes.resize(valid_len + 8192, 0);
         let decoded = decode_log(&bytes, 41).unwrap();
         assert_eq!(decoded.records, records);
-        assert_eq!((decoded.valid_len, decoded.torn_tail), (valid_len, true));
+        assert_eq!((decoded.valid_len, decoded.torn_tail), (valid_len, false));
         // A record cut short inside preallocated space: partial bytes, then zeros.
         let (_, mut bytes, boundaries) = small_log();
         let last_start = boundaries[boundaries.len() - 2];
@@ -909,7 +917,7 @@ mod tests {
         bytes.resize(last_start + 4096, 0);
         let decoded = decode_log(&bytes, 41).unwrap();
         assert_eq!(decoded.records, records[..records.len() - 1]);
-        assert_eq!(decoded.valid_len, last_start);
+        assert_eq!((decoded.valid_len, decoded.torn_tail), (last_start, true));
     }
 
     #[test]

@@ -202,7 +202,10 @@ pub async fn recover<S: Storage>(
                 offset: codec_offset(&e),
                 detail: e.to_string(),
             })?;
-        if decoded.torn_tail {
+        if decoded.valid_len < segment.bytes.len() {
+            // A torn tail, or the zero-filled space a file storage preallocates. Only the
+            // newest segment may have either: an older one was cut to its last record before
+            // the next was created.
             if i + 1 != segment_count {
                 return Err(DriverError::Corrupt {
                     partition,
@@ -211,13 +214,15 @@ pub async fn recover<S: Storage>(
                     detail: "a segment that is not the newest ends in a partial record".into(),
                 });
             }
-            report.torn_bytes_dropped = (segment.bytes.len() - decoded.valid_len) as u64;
-            tracing::warn!(
-                partition,
-                name = segment.name,
-                dropped = report.torn_bytes_dropped,
-                "torn log tail truncated"
-            );
+            if decoded.torn_tail {
+                report.torn_bytes_dropped = (segment.bytes.len() - decoded.valid_len) as u64;
+                tracing::warn!(
+                    partition,
+                    name = segment.name,
+                    dropped = report.torn_bytes_dropped,
+                    "torn log tail truncated"
+                );
+            }
             storage
                 .truncate_last(decoded.valid_len as u64)
                 .await

@@ -868,3 +868,61 @@ async fn the_concurrent_durability_check_catches_replies_sent_before_the_sync() 
         "with the reply moved before the sync, the test above must fail"
     );
 }
+
+#[tokio::test]
+async fn a_preallocated_segment_recovers_to_its_last_record_and_appends_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let config = EngineConfig {
+        partitions: 1,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(file_storages(&live, 1), config)
+        .await
+        .unwrap();
+    let client = engine.client();
+    let open = Command::OpenAccount {
+        account: id("alice"),
+        currency: Currency::USD,
+    };
+    client.execute(open, false).await.unwrap().unwrap();
+    for i in 0..10 {
+        client.execute(deposit(i), false).await.unwrap().unwrap();
+    }
+    // What a power cut leaves of a running partition: its segment, zeros after the records.
+    let copy = dir.path().join("crashed");
+    std::fs::create_dir_all(copy.join("p0")).unwrap();
+    let segment = segment_path(&live.join("p0"));
+    let bytes = std::fs::read(&segment).unwrap();
+    engine.shutdown().await.unwrap();
+    let records_len = decode_log(&bytes, 1).unwrap().valid_len;
+    assert!(
+        bytes.len() as u64 >= crate::storage::file::PREALLOCATE_BYTES && bytes.len() > records_len,
+        "the segment is extended ahead of its records"
+    );
+    assert!(bytes[records_len..].iter().all(|&b| b == 0));
+    // A clean stop cuts the zeros.
+    assert_eq!(
+        std::fs::metadata(&segment).unwrap().len(),
+        records_len as u64
+    );
+    std::fs::write(copy.join("p0").join(segment.file_name().unwrap()), &bytes).unwrap();
+
+    let engine = Engine::start(file_storages(&copy, 1), config)
+        .await
+        .unwrap();
+    let report = engine.recovery_reports()[0];
+    assert_eq!(
+        (report.records_replayed, report.torn_bytes_dropped),
+        (11, 0)
+    );
+    let client = engine.client();
+    client.execute(deposit(10), false).await.unwrap().unwrap();
+    engine.shutdown().await.unwrap();
+    let engine = Engine::start(file_storages(&copy, 1), config)
+        .await
+        .unwrap();
+    assert_eq!(engine.recovery_reports()[0].records_replayed, 12);
+    assert_eq!(balance(&engine.client(), id("alice")).await, (11, 0));
+    engine.shutdown().await.unwrap();
+}

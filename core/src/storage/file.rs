@@ -8,10 +8,20 @@
 //! Segments are named by the first lsn they hold, so recovery can skip those a snapshot
 //! covers. A new file's directory entry is only durable after the directory itself is synced,
 //! so every file creation and rename is followed by an fsync of the directory.
+//!
+//! While batches are small, the newest segment is extended ahead of its records in
+//! zero-filled steps of [`PREALLOCATE_BYTES`]: an `fdatasync` of a write that does not change
+//! the file's size has no metadata to flush, which makes a small group commit's sync about a
+//! quarter to a third quicker on ext4 here. Large batches just extend the file: for them the
+//! metadata is a small part of the sync, and flushing zeros too would double the bytes
+//! written. The zeros after the last record decode as the end of the log ([`crate::codec`]);
+//! a segment is cut to its last record before the next one is created, and when the storage
+//! is dropped.
 
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -36,10 +46,42 @@ impl Default for FileStorageConfig {
     }
 }
 
+/// How far ahead of its records the newest segment is extended with zeros.
+pub const PREALLOCATE_BYTES: u64 = 1 << 20;
+/// Largest batch whose write extends the file with zeros; a larger one extends it with its
+/// own bytes only.
+const PREALLOCATE_BATCH_BYTES_MAX: u64 = PREALLOCATE_BYTES / 16;
+
 /// The open segment being appended to.
 struct OpenSegment {
     file: Arc<File>,
+    /// Bytes of records: where the next append goes.
     len: u64,
+    /// The file's size: records, then zeros.
+    allocated: u64,
+}
+
+/// Writes `bytes` at `len` and, when that passes `allocated` and the batch is small,
+/// zero-fills the file up to [`PREALLOCATE_BYTES`] beyond them. Returns the file's new size.
+fn write_records(file: &File, len: u64, allocated: u64, bytes: &[u8]) -> io::Result<u64> {
+    assert!(len <= allocated, "records end within the file");
+    file.write_all_at(bytes, len)?;
+    let end = len + bytes.len() as u64;
+    if end <= allocated {
+        return Ok(allocated);
+    }
+    if bytes.len() as u64 > PREALLOCATE_BATCH_BYTES_MAX {
+        return Ok(end);
+    }
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    let target = end + PREALLOCATE_BYTES;
+    let mut at = end;
+    while at < target {
+        let step = (target - at).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..step], at)?;
+        at += step as u64;
+    }
+    Ok(target)
 }
 
 /// Log segments and snapshots of one partition in one directory.
@@ -115,27 +157,39 @@ impl FileStorage {
             .as_ref()
             .is_none_or(|c| c.len > 0 && c.len + len as u64 > self.config.segment_bytes_max);
         if full {
+            if let Some(closed) = &self.current {
+                // Recovery refuses a segment other than the newest that does not end at its
+                // last record, so the zeros go, durably, before the next segment exists.
+                if closed.allocated > closed.len {
+                    closed.file.set_len(closed.len)?;
+                    closed.file.sync_all()?;
+                }
+            }
             let path = self.dir.join(segment_name(first_lsn));
             let file = OpenOptions::new()
                 .create_new(true)
-                .append(true)
+                .write(true)
                 .open(&path)?;
             self.current = Some(OpenSegment {
                 file: Arc::new(file),
                 len: 0,
+                allocated: 0,
             });
             self.dir_dirty = true;
         }
         Ok(self.current.as_mut().expect("a segment is open"))
     }
 
+    /// Opens the newest segment for appending. Until recovery cuts it with
+    /// [`Storage::truncate_last`], its records are taken to fill the whole file.
     fn open_last_segment(&mut self) -> io::Result<()> {
         if let Some((_, path)) = numbered_files(&self.dir, "log-", ".seg")?.pop() {
-            let file = OpenOptions::new().append(true).open(&path)?;
+            let file = OpenOptions::new().write(true).open(&path)?;
             let len = file.metadata()?.len();
             self.current = Some(OpenSegment {
                 file: Arc::new(file),
                 len,
+                allocated: len,
             });
         }
         Ok(())
@@ -183,9 +237,10 @@ impl Storage for FileStorage {
         let Some(current) = self.current.as_mut() else {
             return Ok(());
         };
-        assert!(len <= current.len, "truncation only shortens");
+        assert!(len <= current.allocated, "truncation only shortens");
         current.file.set_len(len)?;
         current.len = len;
+        current.allocated = len;
         let file = Arc::clone(&current.file);
         blocking(move || file.sync_all()).await
     }
@@ -193,7 +248,7 @@ impl Storage for FileStorage {
     async fn append(&mut self, first_lsn: Lsn, bytes: &[u8]) -> io::Result<()> {
         let current = self.segment_for(first_lsn, bytes.len())?;
         // Writes go to the page cache and are cheap; only the sync waits for the disk.
-        (&*current.file).write_all(bytes)?;
+        current.allocated = write_records(&current.file, current.len, current.allocated, bytes)?;
         current.len += bytes.len() as u64;
         Ok(())
     }
@@ -208,12 +263,13 @@ impl Storage for FileStorage {
             Err(error) => return (bytes, Err(error)),
         };
         let file = Arc::clone(&current.file);
+        let (len, allocated) = (current.len, current.allocated);
         let dir = self.dir_dirty.then(|| self.dir.clone());
-        let len = bytes.len() as u64;
         let outcome = tokio::task::spawn_blocking(move || {
-            let result = (&*file).write_all(&bytes).and_then(|()| {
+            let result = write_records(&file, len, allocated, &bytes).and_then(|allocated| {
                 file.sync_data()?;
-                dir.map_or(Ok(()), |dir| sync_dir(&dir))
+                dir.map_or(Ok(()), |dir| sync_dir(&dir))?;
+                Ok(allocated)
             });
             (bytes, result)
         })
@@ -225,12 +281,18 @@ impl Storage for FileStorage {
                 return (Vec::new(), Err(error));
             }
         };
-        if result.is_ok() {
-            // A failed write or sync is fatal for the partition, so `len` only matters here.
-            self.current.as_mut().expect("a segment is open").len += len;
-            self.dir_dirty = false;
+        match result {
+            Ok(allocated) => {
+                // A failed write or sync is fatal for the partition, so the sizes only
+                // matter here.
+                let current = self.current.as_mut().expect("a segment is open");
+                current.len += bytes.len() as u64;
+                current.allocated = allocated;
+                self.dir_dirty = false;
+                (bytes, Ok(()))
+            }
+            Err(error) => (bytes, Err(error)),
         }
-        (bytes, result)
     }
 
     async fn sync(&mut self) -> io::Result<()> {
@@ -287,5 +349,17 @@ impl Storage for FileStorage {
             });
         }
         Ok(snapshots)
+    }
+}
+
+impl Drop for FileStorage {
+    /// Cuts the zeros after the last record, so a cleanly stopped partition leaves segments
+    /// that end at their last record (a crash leaves them for recovery to cut).
+    fn drop(&mut self) {
+        if let Some(current) = &self.current {
+            if current.allocated > current.len {
+                let _ = current.file.set_len(current.len);
+            }
+        }
     }
 }
