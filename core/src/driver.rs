@@ -606,9 +606,7 @@ impl<S: Storage> PartitionDriver<S> {
                     Query::Account(account) => {
                         QueryAnswer::Account(self.ledger.account(&account).copied())
                     }
-                    Query::Transfer(key) => {
-                        QueryAnswer::Transfer(self.ledger.transfer(&key).copied())
-                    }
+                    Query::Transfer(key) => QueryAnswer::Transfer(self.ledger.transfer(&key)),
                 };
                 self.batch.answers.push((reply, answer));
             }

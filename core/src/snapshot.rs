@@ -39,8 +39,8 @@ use crc32c::crc32c;
 
 use crate::codec::{put_currency, put_key, put_transfer, reason_tag, CodecError, Cursor};
 use crate::ledger::{
-    Account, CashKind, CashRow, CreditRow, CreditState, Flows, Ledger, RecordMeta, TransferRow,
-    TransferState,
+    Account, CashKind, CashRow, CreditRow, CreditState, Flows, Ledger, RecordMeta, StoredTransfer,
+    TransferRow, TransferState,
 };
 use crate::partition::{partition_of, PARTITIONS_MAX};
 
@@ -80,8 +80,9 @@ pub fn encode_snapshot(ledger: &Ledger) -> Vec<u8> {
             }
         },
     );
-    put_table(&mut out, ledger.transfers.iter(), |out, (_, row)| {
-        put_transfer_row(out, row)
+    // The table stores each row without its key's fields; the format keeps the whole transfer.
+    put_table(&mut out, ledger.transfers.iter(), |out, (key, stored)| {
+        put_transfer_row(out, &stored.row(key))
     });
     put_table(&mut out, ledger.credits.iter(), |out, (key, row)| {
         put_key(out, key);
@@ -239,7 +240,7 @@ fn read_ledger(cursor: &mut Cursor<'_>, rows_sorted: bool) -> Result<Ledger, Str
     })?;
     ledger.transfers = read_table(cursor, order, |cursor| {
         let row = read_transfer_row(cursor)?;
-        Ok((row.transfer.key(), row))
+        Ok(StoredTransfer::split(&row))
     })?;
     ledger.credits = read_table(cursor, order, read_credit_row)?;
     ledger.cash = read_table(cursor, order, |cursor| {

@@ -119,7 +119,7 @@ impl FinalState<'_> {
         self.finals[partition as usize].replayed.as_ref().ok()
     }
 
-    fn home_row(&self, key: &TransferKey) -> Option<&TransferRow> {
+    fn home_row(&self, key: &TransferKey) -> Option<TransferRow> {
         self.ledger(partition_of(&key.from, self.partitions))?
             .transfer(key)
     }
@@ -309,7 +309,7 @@ fn conservation(state: &FinalState<'_>, found: &mut Vec<Violation>) {
         }
         for row in ledger.transfers().filter(|r| r.state.is_unfinished()) {
             // The money is already at the destination; the hold is about to be released.
-            if state.credit_state(row) == Some(CreditState::Confirmed) {
+            if state.credit_state(&row) == Some(CreditState::Confirmed) {
                 *held.entry(row.transfer.currency).or_default() -=
                     i128::from(row.transfer.amount.minor());
             }
@@ -419,7 +419,7 @@ fn atomicity(state: &FinalState<'_>, found: &mut Vec<Violation>) {
 }
 
 fn sorted_rows(ledger: &Ledger) -> Vec<TransferRow> {
-    let mut rows: Vec<TransferRow> = ledger.transfers().copied().collect();
+    let mut rows: Vec<TransferRow> = ledger.transfers().collect();
     rows.sort_by_key(|r| r.transfer.key());
     rows
 }
@@ -558,7 +558,7 @@ fn replay(state: &FinalState<'_>, found: &mut Vec<Violation>) {
         }
     }
     for (key, answer) in &state.live.transfers {
-        let expected = QueryAnswer::Transfer(state.home_row(key).copied());
+        let expected = QueryAnswer::Transfer(state.home_row(key));
         if let Some(answer) = answer {
             if *answer != expected {
                 found.push(

@@ -9,7 +9,7 @@ use crate::event::{Decision, Event, Reason, Transfer};
 use crate::ids::AccountId;
 use crate::ledger::{
     Account, ApplyError, Command, CreditState, Ledger, LedgerError, PhaseResult, RecordMeta, Reply,
-    TransferState, TransferStatus,
+    TransferRow, TransferState, TransferStatus,
 };
 use crate::money::Currency::{self, EUR, USD};
 use crate::money::{AMOUNT_MINOR_MAX, BALANCE_MINOR_MAX};
@@ -318,7 +318,7 @@ fn cross_partition_transfer_without_funds_is_recorded_as_rejected() {
         then.state(&t),
         TransferState::Rejected(Reason::InsufficientFunds)
     );
-    let row = *then.ledger.transfer(&t.key()).unwrap();
+    let row = then.ledger.transfer(&t.key()).unwrap();
     assert!(row.remote, "the destination lives on partition 1");
     assert_eq!(then.account(w.a), account(USD, FUNDS, 0, 0));
     // A retry gets the first answer even once the funds are there: nothing moves.
@@ -927,6 +927,85 @@ fn rows_remember_when_they_were_accepted_decided_and_finished() {
         (5_000, 6_000, 9_000)
     );
     assert_eq!(ledger.last_applied(), meta(9));
+}
+
+#[test]
+fn a_row_reads_back_as_it_was_recorded_key_fields_included() {
+    // The table stores a row without the fields its key holds; every read must put them back.
+    let w = world();
+    let long = "x".repeat(64);
+    let local = transfer(w.a, w.b, 10, USD, &long);
+    let remote = transfer(w.a, w.c, 20, USD, "t2");
+    let rejected = transfer(w.a, w.c, FUNDS + 1, USD, "t3");
+    let mut events = home(&w);
+    events.extend([
+        Event::Transferred { transfer: local },
+        Event::DebitTried { transfer: remote },
+        Event::TransferRejected {
+            transfer: rejected,
+            reason: Reason::InsufficientFunds,
+        },
+        Event::TransferDecided {
+            key: remote.key(),
+            decision: Decision::Confirm,
+        },
+    ]);
+    let ledger = given(0, &events).ledger;
+    // home() has four events: the transfers are records 5, 6 and 7, the decision 8.
+    let expected = [
+        TransferRow {
+            transfer: local,
+            state: TransferState::Committed,
+            remote: false,
+            accepted_at: 5_000,
+            decided_at: 5_000,
+            finished_at: 5_000,
+        },
+        TransferRow {
+            transfer: remote,
+            state: TransferState::Confirming,
+            remote: true,
+            accepted_at: 6_000,
+            decided_at: 8_000,
+            finished_at: 0,
+        },
+        TransferRow {
+            transfer: rejected,
+            state: TransferState::Rejected(Reason::InsufficientFunds),
+            remote: true,
+            accepted_at: 7_000,
+            decided_at: 7_000,
+            finished_at: 7_000,
+        },
+    ];
+    for row in &expected {
+        assert_eq!(ledger.transfer(&row.transfer.key()), Some(*row));
+    }
+    assert_eq!(ledger.transfers().collect::<Vec<_>>(), expected);
+    assert_eq!(ledger.unfinished_transfers(), [expected[1]]);
+    // Another source with the same transaction id is another key, and has no row.
+    assert_eq!(ledger.transfer(&key(w.b, &long)), None);
+    // A retry is recognised only with the very body recorded under its key.
+    given(0, &events)
+        .when(Command::Transfer(local))
+        .then_nothing_new()
+        .then_status(TransferStatus::Committed);
+    let others = [
+        Transfer { to: w.e, ..local },
+        Transfer {
+            amount: amt(11),
+            ..local
+        },
+        Transfer {
+            currency: EUR,
+            ..local
+        },
+    ];
+    for other in others {
+        given(0, &events)
+            .when(Command::Transfer(other))
+            .then_error(LedgerError::Conflict(local.transaction_id));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ impl Snapshot {
             accounts: ledger.accounts().map(|(id, a)| (*id, *a)).collect(),
             transfers: ledger
                 .transfers()
-                .map(|row| (row.transfer.key(), *row))
+                .map(|row| (row.transfer.key(), row))
                 .collect(),
             credits: ledger.credits().map(|(k, row)| (*k, *row)).collect(),
             cash: ledger.cash.iter().map(|(k, row)| (*k, *row)).collect(),
