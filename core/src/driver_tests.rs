@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::*;
+use crate::bugs::Bug;
 use crate::coordinator::Phase;
 use crate::engine::{Client, Engine, EngineConfig};
 use crate::event::Transfer;
@@ -470,49 +471,26 @@ impl Storage for SlowSync {
 /// Sends deposits and checks, at the moment each reply arrives, that the disk already holds
 /// the deposit's record. Returns how many replies arrived before their record was durable.
 async fn replies_ahead_of_durability() -> usize {
-    let storage = SlowSync::default();
-    let probe = storage.clone();
-    let config = EngineConfig {
-        partitions: 1,
-        ..EngineConfig::default()
-    };
-    let engine = Engine::start(vec![storage], config).await.unwrap();
+    let (engine, probe) = start_slow_single(None).await;
     let client = engine.client();
-    client
-        .execute(
-            Command::OpenAccount {
-                account: id("alice"),
-                currency: Currency::USD,
-            },
-            false,
-        )
-        .await
-        .unwrap()
-        .unwrap();
     let mut early = 0;
     for i in 0..5 {
-        let deposit = Command::Deposit {
-            account: id("alice"),
-            amount: usd(1),
-            currency: Currency::USD,
-            transaction_id: TransactionId::new(&format!("d{i}")).unwrap(),
-        };
-        client.execute(deposit, false).await.unwrap().unwrap();
+        client.execute(deposit(i), false).await.unwrap().unwrap();
         let durable = probe.synced_bytes.load(Ordering::SeqCst) as usize;
-        let written = probe
-            .inner
-            .disk
-            .lock()
-            .unwrap()
-            .segments
-            .last()
-            .map_or(0, |(_, b)| b.len());
-        if durable < written {
-            early += 1;
-        }
+        let disk = probe.inner.disk.lock().unwrap();
+        let written = disk.segments.last().map_or(0, |(_, b)| b.len());
+        early += usize::from(durable < written);
     }
     engine.shutdown().await.unwrap();
     early
+}
+
+/// Runs `check` with `bug` switched on, and switches it off again.
+async fn with_bug<T>(bug: crate::bugs::Bug, check: impl std::future::Future<Output = T>) -> T {
+    crate::bugs::set(&[bug]);
+    let found = check.await;
+    crate::bugs::set(&[]);
+    found
 }
 
 #[tokio::test]
@@ -522,9 +500,7 @@ async fn replies_never_precede_the_sync_of_their_batch() {
 
 #[tokio::test]
 async fn the_durability_check_catches_replies_sent_before_the_sync() {
-    crate::bugs::set(&[crate::bugs::Bug::ReplyBeforeSync]);
-    let early = replies_ahead_of_durability().await;
-    crate::bugs::set(&[]);
+    let early = with_bug(Bug::ReplyBeforeSync, replies_ahead_of_durability()).await;
     assert!(
         early > 0,
         "with the reply moved before the sync, the test above must fail"
@@ -860,9 +836,11 @@ async fn under_concurrent_load_no_reply_precedes_the_sync_of_its_record() {
 
 #[tokio::test]
 async fn the_concurrent_durability_check_catches_replies_sent_before_the_sync() {
-    crate::bugs::set(&[crate::bugs::Bug::ReplyBeforeSync]);
-    let early = concurrent_replies_ahead_of_durability().await;
-    crate::bugs::set(&[]);
+    let early = with_bug(
+        Bug::ReplyBeforeSync,
+        concurrent_replies_ahead_of_durability(),
+    )
+    .await;
     assert!(
         early > 0,
         "with the reply moved before the sync, the test above must fail"
