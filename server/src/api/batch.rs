@@ -9,21 +9,21 @@
 //! (`Client::execute_many`) under one deadline, with no task or timer per item, and an item
 //! still undecided at the deadline answers `202 pending`.
 
-use std::borrow::Cow;
-
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 use utoipa::ToSchema;
+use walletd_core::driver::CommandResult;
+use walletd_core::engine::Unavailable;
 use walletd_core::event::Transfer;
 use walletd_core::ledger::Command;
 
 use super::metrics::Outcome;
 use super::transfers::{
-    conclude, parse_transfer_fields, render, Decided, TransferFields, TransferRequest,
+    conclude, parse_transfer_fields, render, Decided, TransferBody, TransferRequest,
 };
-use super::{Api, ApiJson};
+use super::{parse_json, Api, JsonBody};
 use crate::errors::{ApiError, ErrorBody};
 
 /// A batch of transfers.
@@ -55,6 +55,13 @@ pub struct BatchItemResult {
     pub status_url: Option<String>,
 }
 
+/// The wire form of [`BatchRequest`]: each item's text borrowed from the body.
+#[derive(Deserialize)]
+struct BatchBody<'a> {
+    #[serde(borrow)]
+    transfers: Vec<&'a RawValue>,
+}
+
 /// Per-item results in request order.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BatchResponse {
@@ -70,8 +77,9 @@ pub struct BatchResponse {
     ))]
 pub async fn transfers(
     State(api): State<Api>,
-    ApiJson(batch): ApiJson<BatchRequest>,
+    JsonBody(body): JsonBody,
 ) -> Result<axum::Json<BatchResponse>, ApiError> {
+    let batch: BatchBody = parse_json(&body)?;
     let items_max = api.options().batch_items_max;
     if batch.transfers.len() > items_max {
         return Err(ApiError::batch_too_large(batch.transfers.len(), items_max));
@@ -92,10 +100,11 @@ pub async fn transfers(
             }
         }
     }
-    for ((index, transfer), decided) in parsed
+    for ((index, transfer), answer) in parsed
         .iter()
         .zip(execute_all(&api, &parsed, deadline).await)
     {
+        let decided = conclude(&api, *transfer, answer);
         results[*index] = Some(item_result(*index, transfer, decided));
     }
     let results = results
@@ -117,46 +126,20 @@ async fn execute_all(
     api: &Api,
     parsed: &[(usize, Transfer)],
     deadline: Instant,
-) -> Vec<Result<Decided, ApiError>> {
-    let commands: Vec<Command> = parsed.iter().map(|(_, t)| Command::Transfer(*t)).collect();
+) -> Vec<Result<CommandResult, Unavailable>> {
+    let commands = || parsed.iter().map(|(_, t)| Command::Transfer(*t));
     let client = api.client();
-    let waiting = client.execute_many(commands.iter().copied(), true);
-    let answers = match tokio::time::timeout_at(deadline, waiting).await {
+    let waiting = client.execute_many(commands(), true);
+    match tokio::time::timeout_at(deadline, waiting).await {
         Ok(answers) => answers,
-        Err(_elapsed) => client.execute_many(commands.iter().copied(), false).await,
-    };
-    parsed
-        .iter()
-        .zip(answers)
-        .map(|((_, transfer), answer)| conclude(api, *transfer, answer))
-        .collect()
-}
-
-/// The fields of one item, borrowed from the request where they hold no JSON escapes.
-#[derive(Deserialize)]
-struct ItemFields<'a> {
-    #[serde(borrow)]
-    from_account: Cow<'a, str>,
-    #[serde(borrow)]
-    to_account: Cow<'a, str>,
-    #[serde(borrow)]
-    amount: Cow<'a, str>,
-    #[serde(borrow)]
-    currency: Cow<'a, str>,
-    #[serde(borrow)]
-    transaction_id: Cow<'a, str>,
+        Err(_elapsed) => client.execute_many(commands(), false).await,
+    }
 }
 
 fn parse_item(index: usize, item: &RawValue) -> Result<Transfer, ApiError> {
-    let fields: ItemFields = serde_json::from_str(item.get())
+    let fields: TransferBody = serde_json::from_str(item.get())
         .map_err(|e| ApiError::invalid_field(format!("transfers[{index}]: {e}")))?;
-    parse_transfer_fields(TransferFields {
-        from_account: &fields.from_account,
-        to_account: &fields.to_account,
-        amount: &fields.amount,
-        currency: &fields.currency,
-        transaction_id: &fields.transaction_id,
-    })
+    parse_transfer_fields(fields.fields())
 }
 
 /// The transaction id of an item that could not be parsed, when it has a readable one.

@@ -4,6 +4,7 @@
 //! - [`Track`] (around every route): counts the request by route and status and the
 //!   requests in flight, and turns a non-JSON error of any layer below it into the
 //!   documented `{code, message}` JSON.
+//! - [`LengthLimit`] (around every route): a body announced larger than the limit is refused.
 //! - [`Guard`] (around every `/v1` route): the bearer token, then the in-flight limit.
 
 use std::convert::Infallible;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pin_project_lite::pin_project;
 use tokio::sync::OwnedSemaphorePermit;
@@ -31,6 +32,9 @@ const UNMATCHED: &str = "unmatched";
 #[derive(Clone)]
 pub struct TrackLayer {
     pub api: Api,
+    /// Log server errors (5xx) at error level, as tower-http's trace layer does when it is
+    /// not in the stack.
+    pub log_failures: bool,
 }
 
 impl<S> Layer<S> for TrackLayer {
@@ -39,6 +43,7 @@ impl<S> Layer<S> for TrackLayer {
     fn layer(&self, inner: S) -> Track<S> {
         Track {
             api: self.api.clone(),
+            log_failures: self.log_failures,
             inner,
         }
     }
@@ -48,6 +53,7 @@ impl<S> Layer<S> for TrackLayer {
 #[derive(Clone)]
 pub struct Track<S> {
     api: Api,
+    log_failures: bool,
     inner: S,
 }
 
@@ -74,6 +80,7 @@ where
             inner: self.inner.call(request),
             in_flight: InFlight(self.api.clone()),
             route,
+            log_failures: self.log_failures,
         }
     }
 }
@@ -97,6 +104,7 @@ pin_project! {
         inner: F,
         in_flight: InFlight,
         route: Option<MatchedPath>,
+        log_failures: bool,
     }
 }
 
@@ -112,10 +120,16 @@ where
         let Ok(response) = ready!(this.inner.poll(cx));
         let response = json_errors(response.into_response());
         let route = this.route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
-        this.in_flight
-            .0
-            .metrics()
-            .request(route, response.status().as_u16());
+        let status = response.status();
+        if *this.log_failures && status.is_server_error() {
+            tracing::error!(
+                target: "tower_http::trace::on_failure",
+                route,
+                classification = %format_args!("Status code: {status}"),
+                "response failed"
+            );
+        }
+        this.in_flight.0.metrics().request(route, status.as_u16());
         Poll::Ready(Ok(response))
     }
 }
@@ -201,11 +215,15 @@ where
 }
 
 pin_project! {
-    /// The future of [`Guard`]; an admitted request holds its permit until it is answered
-    /// or dropped.
+    /// The future of [`Guard`] and [`LengthLimit`]; an admitted request holds its permit
+    /// until it is answered or dropped.
     #[project = GuardProjection]
     pub enum GuardFuture<F> {
         Refused { response: Option<Response> },
+        Passed {
+            #[pin]
+            inner: F,
+        },
         Admitted {
             #[pin]
             inner: F,
@@ -225,7 +243,63 @@ where
             GuardProjection::Refused { response } => {
                 Poll::Ready(Ok(response.take().expect("polled after completion")))
             }
+            GuardProjection::Passed { inner } => inner.poll(cx),
             GuardProjection::Admitted { inner, .. } => inner.poll(cx),
+        }
+    }
+}
+
+/// Layer of [`LengthLimit`].
+#[derive(Clone, Copy)]
+pub struct LengthLimitLayer {
+    pub limit: usize,
+}
+
+impl<S> Layer<S> for LengthLimitLayer {
+    type Service = LengthLimit<S>;
+
+    fn layer(&self, inner: S) -> LengthLimit<S> {
+        LengthLimit {
+            limit: self.limit,
+            inner,
+        }
+    }
+}
+
+/// Refuses a request whose announced `Content-Length` exceeds the body limit (413) before
+/// its body is read. A body without a length, or one longer than announced, is bounded
+/// where it is read: by the JSON extractor, under [`axum::extract::DefaultBodyLimit`]. This
+/// leaves the body as it came (no wrapper to box and poll through on every request).
+#[derive(Clone)]
+pub struct LengthLimit<S> {
+    limit: usize,
+    inner: S,
+}
+
+impl<S> Service<Request> for LengthLimit<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = GuardFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let announced = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        if announced.is_some_and(|length| length > self.limit as u64) {
+            return GuardFuture::Refused {
+                response: Some(ApiError::for_status(StatusCode::PAYLOAD_TOO_LARGE).into_response()),
+            };
+        }
+        GuardFuture::Passed {
+            inner: self.inner.call(request),
         }
     }
 }

@@ -4,8 +4,8 @@
 //! the partitions that run in this process, never from an `Engine`: an all-in-one server and
 //! a cluster node (whose client forwards some partitions to other nodes) serve the same API.
 //!
-//! Request path, outermost first: tracing → metrics and JSON error normaliser → timeout →
-//! body-size limit → panic catcher → (on `/v1` routes) bearer auth and in-flight limit →
+//! Request path, outermost first: tracing (when its debug logs are on) → metrics and JSON error normaliser → timeout →
+//! announced body size → panic catcher → (on `/v1` routes) bearer auth and in-flight limit →
 //! handler. The API's own layers are in [`layers`].
 
 pub mod accounts;
@@ -19,7 +19,7 @@ pub mod transfers;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -27,11 +27,10 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use tokio::sync::{Notify, Semaphore};
 use tower::ServiceBuilder;
-use tower_http::body::Limited;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use walletd_core::driver::DriverStats;
@@ -167,7 +166,11 @@ pub fn router(api: Api) -> Router {
             get(transfers::status),
         )
         .route_layer(layers::GuardLayer { api: api.clone() });
-    Router::new()
+    // tower-http's request and response logs are at debug level: when nobody reads them,
+    // the layer is left out altogether (its span, clock reads and body wrapper cost CPU on
+    // every request), and `Track` logs the server errors it would have logged.
+    let trace = trace_enabled();
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::render))
         .route("/openapi.json", get(openapi::document))
@@ -177,15 +180,18 @@ pub fn router(api: Api) -> Router {
         // a request then clones and boxes its way through each of those boxes. Outermost first.
         .layer(
             ServiceBuilder::new()
-                .layer(TraceLayer::new_for_http())
-                .layer(layers::TrackLayer { api: api.clone() })
+                .layer(layers::TrackLayer {
+                    api: api.clone(),
+                    log_failures: !trace,
+                })
                 .layer(TimeoutLayer::with_status_code(
                     StatusCode::SERVICE_UNAVAILABLE,
                     options.request_timeout,
                 ))
+                .layer(layers::LengthLimitLayer {
+                    limit: options.body_limit_bytes,
+                })
                 .map_response(IntoResponse::into_response)
-                .layer(RequestBodyLimitLayer::new(options.body_limit_bytes))
-                .map_request(|request: Request<Limited<Body>>| request.map(Body::new))
                 .layer(axum::extract::DefaultBodyLimit::max(
                     options.body_limit_bytes,
                 ))
@@ -193,8 +199,21 @@ pub fn router(api: Api) -> Router {
                     tracing::error!("request handler panicked");
                     ApiError::internal("internal error").into_response()
                 })),
-        )
-        .with_state(api)
+        );
+    let router = if trace {
+        router.layer(TraceLayer::new_for_http())
+    } else {
+        router
+    };
+    router.with_state(api)
+}
+
+/// Whether the logs of tower-http's trace layer (debug level) are wanted.
+fn trace_enabled() -> bool {
+    use tracing::Level;
+    tracing::enabled!(target: "tower_http::trace::make_span", Level::DEBUG)
+        || tracing::enabled!(target: "tower_http::trace::on_request", Level::DEBUG)
+        || tracing::enabled!(target: "tower_http::trace::on_response", Level::DEBUG)
 }
 
 /// `GET /healthz`: the process is up and serving.
@@ -219,33 +238,50 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let JsonBody(bytes) = JsonBody::from_request(request, state).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// The raw bytes of a JSON request body, checked as [`ApiJson`] checks them, for handlers
+/// that parse it into fields borrowed from it (no allocation per text field).
+pub struct JsonBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
         let content_type = request.headers().get(header::CONTENT_TYPE);
         if !content_type.is_some_and(is_json_content_type) {
             return Err(ApiError::malformed_json(
                 "the body must be JSON sent with `Content-Type: application/json`",
             ));
         }
-        let bytes = Bytes::from_request(request, state)
+        Bytes::from_request(request, state)
             .await
+            .map(JsonBody)
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::for_status(StatusCode::PAYLOAD_TOO_LARGE)
                 } else {
                     ApiError::malformed_json(rejection.body_text())
                 }
-            })?;
-        serde_json::from_slice(&bytes)
-            .map(ApiJson)
-            .map_err(|error| {
-                use serde_json::error::Category;
-                match error.classify() {
-                    Category::Data => ApiError::invalid_field(error.to_string()),
-                    Category::Syntax | Category::Eof | Category::Io => {
-                        ApiError::malformed_json(format!("the body is not valid JSON: {error}"))
-                    }
-                }
             })
     }
+}
+
+/// Parses a JSON body; a body of the wrong shape is `invalid_field`, one that is not JSON
+/// `malformed_json`.
+pub fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|error| {
+        use serde_json::error::Category;
+        match error.classify() {
+            Category::Data => ApiError::invalid_field(error.to_string()),
+            Category::Syntax | Category::Eof | Category::Io => {
+                ApiError::malformed_json(format!("the body is not valid JSON: {error}"))
+            }
+        }
+    })
 }
 
 fn is_json_content_type(value: &HeaderValue) -> bool {

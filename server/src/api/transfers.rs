@@ -5,6 +5,8 @@
 //! `transaction_id`) is always safe: the home partition's idempotency record answers with the
 //! first outcome, and a different body under the same id is a `409 transaction_conflict`.
 
+use std::borrow::Cow;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -19,7 +21,7 @@ use walletd_core::money::{format_minor, Amount};
 
 use super::accounts::unexpected;
 use super::metrics::Outcome;
-use super::{account_id, currency, transaction_id, Api, ApiJson, ApiPath};
+use super::{account_id, currency, parse_json, transaction_id, Api, ApiPath, JsonBody};
 use crate::errors::{reason_message, reason_status, ApiError, ErrorBody};
 use crate::rfc3339;
 
@@ -73,6 +75,34 @@ pub fn parse_transfer(request: &TransferRequest) -> Result<Transfer, ApiError> {
         currency: &request.currency,
         transaction_id: &request.transaction_id,
     })
+}
+
+/// The fields of a transfer request as sent, borrowed from the body where they hold no JSON
+/// escapes (the wire form of [`TransferRequest`]).
+#[derive(Deserialize)]
+pub struct TransferBody<'a> {
+    #[serde(borrow)]
+    pub from_account: Cow<'a, str>,
+    #[serde(borrow)]
+    pub to_account: Cow<'a, str>,
+    #[serde(borrow)]
+    pub amount: Cow<'a, str>,
+    #[serde(borrow)]
+    pub currency: Cow<'a, str>,
+    #[serde(borrow)]
+    pub transaction_id: Cow<'a, str>,
+}
+
+impl TransferBody<'_> {
+    pub fn fields(&self) -> TransferFields<'_> {
+        TransferFields {
+            from_account: &self.from_account,
+            to_account: &self.to_account,
+            amount: &self.amount,
+            currency: &self.currency,
+            transaction_id: &self.transaction_id,
+        }
+    }
 }
 
 /// The text fields of a transfer request, borrowed (the batch endpoint parses items
@@ -196,9 +226,11 @@ pub fn status_url(key: &TransferKey) -> String {
     ))]
 pub async fn transfer(
     State(api): State<Api>,
-    ApiJson(request): ApiJson<TransferRequest>,
+    JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let transfer = parse_transfer(&request).inspect_err(|_| {
+    // A body that is not a transfer request is refused before it counts as a transfer.
+    let request: TransferBody = parse_json(&body)?;
+    let transfer = parse_transfer_fields(request.fields()).inspect_err(|_| {
         api.metrics().transfer(Outcome::Failed);
     })?;
     let deadline = Instant::now() + api.options().transfer_wait;
