@@ -904,3 +904,41 @@ async fn a_preallocated_segment_recovers_to_its_last_record_and_appends_after_it
     assert_eq!(balance(&engine.client(), id("alice")).await, (11, 0));
     engine.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn more_commands_than_one_group_holds_are_split_and_answered_in_order() {
+    let (engine, _probe) = start_slow_single(None).await;
+    let count = COMMANDS_PER_INPUT_MAX as u32 * 2 + 3;
+    // Every third one repeats an earlier deposit's id with another amount: a conflict.
+    let commands = (0..count).map(|i| match i % 3 {
+        2 => Command::Deposit {
+            account: id("alice"),
+            amount: usd(2),
+            currency: Currency::USD,
+            transaction_id: TransactionId::new(&format!("d{}", i - 2)).unwrap(),
+        },
+        _ => deposit(i),
+    });
+    let answers = engine.client().execute_many(commands, false).await;
+    assert_eq!(answers.len(), count as usize);
+    let mut balance_after = 0;
+    for (i, answer) in answers.into_iter().enumerate() {
+        let answer = answer.unwrap();
+        if i % 3 == 2 {
+            assert!(
+                matches!(answer, Err(LedgerError::Conflict(_))),
+                "{i}: {answer:?}"
+            );
+        } else {
+            balance_after += 1;
+            assert_eq!(
+                answer,
+                Ok(Reply::Balance {
+                    balance: balance_after
+                }),
+                "{i}"
+            );
+        }
+    }
+    engine.shutdown().await.unwrap();
+}

@@ -2,6 +2,7 @@
 //! commands to them. The all-in-one server, the in-process benchmark and the tests use it;
 //! a cluster node uses the same [`Client`] with some inboxes forwarding to other nodes.
 
+use std::mem::take;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -136,21 +137,40 @@ impl Client {
             One(usize, oneshot::Receiver<CommandResult>),
             Group(Vec<usize>, oneshot::Receiver<Vec<CommandResult>>),
         }
-        let commands: Vec<Command> = commands.into_iter().collect();
-        let mut results: Vec<Option<Result<CommandResult, Unavailable>>> =
-            (0..commands.len()).map(|_| None).collect();
-        // Positions of the commands bound for each local partition, in order.
-        let mut grouped: FxHashMap<PartitionId, Vec<usize>> = FxHashMap::default();
-        let mut awaited = Vec::new();
-        for (position, command) in commands.iter().enumerate() {
-            let partition = self.partition_of(command_account(command));
-            if self.local[partition as usize] {
-                grouped.entry(partition).or_default().push(position);
+        /// The commands bound for one local partition and their positions, in order, split
+        /// into groups of at most [`COMMANDS_PER_INPUT_MAX`].
+        #[derive(Default)]
+        struct Grouped {
+            full: Vec<(Vec<usize>, Vec<Command>)>,
+            positions: Vec<usize>,
+            commands: Vec<Command>,
+        }
+        let mut results: Vec<Option<Result<CommandResult, Unavailable>>> = Vec::new();
+        let mut grouped: FxHashMap<PartitionId, Grouped> = FxHashMap::default();
+        // Commands for other nodes go one by one. The input is consumed before the first
+        // await, so the caller's iterator need not live across one.
+        let mut singles = Vec::new();
+        for (position, command) in commands.into_iter().enumerate() {
+            results.push(None);
+            let partition = self.partition_of(command_account(&command));
+            if !self.local[partition as usize] {
+                singles.push((position, partition, command));
                 continue;
             }
+            // Moved once into its group, which travels as it is: no copy per command.
+            let group = grouped.entry(partition).or_default();
+            if group.commands.len() == COMMANDS_PER_INPUT_MAX {
+                let full = (take(&mut group.positions), take(&mut group.commands));
+                group.full.push(full);
+            }
+            group.positions.push(position);
+            group.commands.push(command);
+        }
+        let mut awaited = Vec::new();
+        for (position, partition, command) in singles {
             let (reply, answer) = oneshot::channel();
             let input = Input::Command {
-                command: *command,
+                command,
                 wait,
                 reply,
             };
@@ -161,18 +181,19 @@ impl Client {
         }
         let mut grouped: Vec<_> = grouped.into_iter().collect();
         grouped.sort_unstable_by_key(|(partition, _)| *partition);
-        for (partition, positions) in grouped {
-            for chunk in positions.chunks(COMMANDS_PER_INPUT_MAX) {
+        for (partition, mut group) in grouped {
+            group.full.push((group.positions, group.commands));
+            for (positions, commands) in group.full {
                 let (reply, answer) = oneshot::channel();
                 let input = Input::Commands {
-                    commands: chunk.iter().map(|&p| commands[p]).collect(),
+                    commands,
                     wait,
                     reply,
                 };
                 match self.send(partition, input).await {
-                    Ok(()) => awaited.push((partition, Awaited::Group(chunk.to_vec(), answer))),
+                    Ok(()) => awaited.push((partition, Awaited::Group(positions, answer))),
                     Err(unavailable) => {
-                        for &position in chunk {
+                        for position in positions {
                             results[position] = Some(Err(unavailable));
                         }
                     }
