@@ -334,8 +334,29 @@ async fn run_engine_mode(
         args.engine_batch,
         seed,
     );
+    let syncs = || {
+        let stats = engine.stats();
+        let count = stats
+            .iter()
+            .map(|s| s.syncs.load(Ordering::Relaxed))
+            .sum::<u64>();
+        let us = stats
+            .iter()
+            .map(|s| s.sync_us_total.load(Ordering::Relaxed))
+            .sum::<u64>();
+        (count, us as f64 / 1e6)
+    };
+    let syncs_before = syncs();
     let window = drive_clock(Mode::Engine.name(), &live, args).await;
+    let syncs_after = syncs();
     let tally = collect(tasks).await?;
+    report_syncs(
+        Mode::Engine.name(),
+        syncs_before,
+        syncs_after,
+        window,
+        tally.transfers,
+    );
     report_errors(Mode::Engine.name(), &tally);
     let shape = RunShape {
         clients: args.engine_clients,
