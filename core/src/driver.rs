@@ -404,6 +404,14 @@ impl<S: Storage> PartitionDriver<S> {
         self.clock.expect("just read")
     }
 
+    /// Lets the coordinator act on the time (timeouts, resends); what it asks for joins the
+    /// current batch.
+    fn tick(&mut self) {
+        self.clock = None;
+        self.coordinator.on_tick(self.now());
+        self.drain_coordinator();
+    }
+
     /// Runs until a [`Input::Shutdown`] or until every sender of the inbox is gone, and in
     /// either case until everything taken in is durable. Returns the storage on a clean stop;
     /// an I/O error is fatal and returned.
@@ -414,8 +422,7 @@ impl<S: Storage> PartitionDriver<S> {
     /// is as large as what arrived during one sync.
     pub async fn run(mut self) -> Result<S, DriverError> {
         // Rebuilt transfers have their first resend due now.
-        self.coordinator.on_tick(self.now());
-        self.drain_coordinator();
+        self.tick();
         // The first batch is committed even when empty: from then on the stats show a running
         // partition (the simulator waits for that after a restart).
         let mut in_flight: Option<InFlight<S>> = self.start_commit();
@@ -471,20 +478,14 @@ impl<S: Storage> PartitionDriver<S> {
                             let Ok(input) = self.inbox.try_recv() else { break };
                             shutdown = self.handle(input);
                         }
-                        self.clock = None;
-                        self.coordinator.on_tick(self.now());
-                        self.drain_coordinator();
+                        self.tick();
                         if shutdown.is_some() {
                             stopping = Some(shutdown);
                         }
                     }
                     None => stopping = Some(None),
                 },
-                _ = sleep_until_due(deadline), if deadline.is_some() => {
-                    self.clock = None;
-                    self.coordinator.on_tick(self.now());
-                    self.drain_coordinator();
-                }
+                _ = sleep_until_due(deadline), if deadline.is_some() => self.tick(),
             }
         }
     }

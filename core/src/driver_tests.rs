@@ -331,10 +331,7 @@ fn segment_path(dir: &std::path::Path) -> std::path::PathBuf {
 
 /// Writes a small log for partition 0 of 1 and returns the engine's balance of `alice`.
 async fn write_small_log(dir: &std::path::Path) {
-    let config = EngineConfig {
-        partitions: 1,
-        ..EngineConfig::default()
-    };
+    let config = single();
     let engine = Engine::start(file_storages(dir, 1), config).await.unwrap();
     let client = engine.client();
     let open = Command::OpenAccount {
@@ -366,10 +363,7 @@ async fn a_torn_log_tail_is_truncated_and_the_partition_starts() {
     torn.extend_from_slice(&bytes[bytes.len() - 20..bytes.len() - 7]);
     std::fs::write(&segment, &torn).unwrap();
 
-    let config = EngineConfig {
-        partitions: 1,
-        ..EngineConfig::default()
-    };
+    let config = single();
     let engine = Engine::start(file_storages(dir.path(), 1), config)
         .await
         .unwrap();
@@ -405,10 +399,7 @@ async fn a_corrupted_middle_record_refuses_to_start_naming_file_and_offset() {
     bytes[middle] ^= 0x10;
     std::fs::write(&segment, &bytes).unwrap();
 
-    let config = EngineConfig {
-        partitions: 1,
-        ..EngineConfig::default()
-    };
+    let config = single();
     let error = Engine::start(file_storages(dir.path(), 1), config)
         .await
         .err()
@@ -511,35 +502,14 @@ async fn the_durability_check_catches_replies_sent_before_the_sync() {
 async fn group_commit_puts_many_commands_in_one_sync() {
     let storage = MemStorage::default();
     let disk = storage.disk.clone();
-    let config = EngineConfig {
-        partitions: 1,
-        ..EngineConfig::default()
-    };
-    let engine = Engine::start(vec![storage], config).await.unwrap();
+    let engine = start_single_with_alice(storage).await;
     let client = engine.client();
-    client
-        .execute(
-            Command::OpenAccount {
-                account: id("alice"),
-                currency: Currency::USD,
-            },
-            false,
-        )
-        .await
-        .unwrap()
-        .unwrap();
     let syncs_before = disk.lock().unwrap().syncs;
     let mut pending = Vec::new();
     for i in 0..1000 {
         let client = client.clone();
         pending.push(tokio::spawn(async move {
-            let deposit = Command::Deposit {
-                account: id("alice"),
-                amount: usd(1),
-                currency: Currency::USD,
-                transaction_id: TransactionId::new(&format!("d{i}")).unwrap(),
-            };
-            client.execute(deposit, false).await.unwrap().unwrap()
+            client.execute(deposit(i), false).await.unwrap().unwrap()
         }));
     }
     for task in pending {
@@ -619,31 +589,11 @@ async fn logs_roll_over_into_segments_and_recover_across_them() {
         snapshots_kept_max: 2,
     };
     let open = |p: u32| FileStorage::open(dir.path().join(format!("p{p}")), small).unwrap();
-    let config = EngineConfig {
-        partitions: 1,
-        ..EngineConfig::default()
-    };
-    let engine = Engine::start(vec![open(0)], config).await.unwrap();
+    let config = single();
+    let engine = start_single_with_alice(open(0)).await;
     let client = engine.client();
-    client
-        .execute(
-            Command::OpenAccount {
-                account: id("alice"),
-                currency: Currency::USD,
-            },
-            false,
-        )
-        .await
-        .unwrap()
-        .unwrap();
     for i in 0..40 {
-        let deposit = Command::Deposit {
-            account: id("alice"),
-            amount: usd(1),
-            currency: Currency::USD,
-            transaction_id: TransactionId::new(&format!("d{i}")).unwrap(),
-        };
-        client.execute(deposit, false).await.unwrap().unwrap();
+        client.execute(deposit(i), false).await.unwrap().unwrap();
     }
     engine.shutdown().await.unwrap();
     let segments: Vec<_> = std::fs::read_dir(dir.path().join("p0"))
@@ -719,6 +669,25 @@ async fn a_command_group_answers_in_order_and_waits_for_cross_partition_outcomes
     engine.shutdown().await.unwrap();
 }
 
+/// The configuration of the one-partition engines below.
+fn single() -> EngineConfig {
+    EngineConfig {
+        partitions: 1,
+        ..EngineConfig::default()
+    }
+}
+
+/// One partition on `storage` with an account "alice" (USD) opened.
+async fn start_single_with_alice<S: Storage>(storage: S) -> Engine {
+    let engine = Engine::start(vec![storage], single()).await.unwrap();
+    let open = Command::OpenAccount {
+        account: id("alice"),
+        currency: Currency::USD,
+    };
+    engine.client().execute(open, false).await.unwrap().unwrap();
+    engine
+}
+
 /// One partition on [`SlowSync`] (with `gate`, if given) and an account "alice".
 async fn start_slow_single(gate: Option<Arc<tokio::sync::Semaphore>>) -> (Engine, SlowSync) {
     let storage = SlowSync {
@@ -726,17 +695,7 @@ async fn start_slow_single(gate: Option<Arc<tokio::sync::Semaphore>>) -> (Engine
         ..SlowSync::default()
     };
     let probe = storage.clone();
-    let config = EngineConfig {
-        partitions: 1,
-        ..EngineConfig::default()
-    };
-    let engine = Engine::start(vec![storage], config).await.unwrap();
-    let open = Command::OpenAccount {
-        account: id("alice"),
-        currency: Currency::USD,
-    };
-    engine.client().execute(open, false).await.unwrap().unwrap();
-    (engine, probe)
+    (start_single_with_alice(storage).await, probe)
 }
 
 fn deposit(i: u32) -> Command {
@@ -851,19 +810,10 @@ async fn the_concurrent_durability_check_catches_replies_sent_before_the_sync() 
 async fn a_preallocated_segment_recovers_to_its_last_record_and_appends_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let live = dir.path().join("live");
-    let config = EngineConfig {
-        partitions: 1,
-        ..EngineConfig::default()
-    };
-    let engine = Engine::start(file_storages(&live, 1), config)
-        .await
-        .unwrap();
+    let config = single();
+    let storage = file_storages(&live, 1).pop().unwrap();
+    let engine = start_single_with_alice(storage).await;
     let client = engine.client();
-    let open = Command::OpenAccount {
-        account: id("alice"),
-        currency: Currency::USD,
-    };
-    client.execute(open, false).await.unwrap().unwrap();
     for i in 0..10 {
         client.execute(deposit(i), false).await.unwrap().unwrap();
     }
