@@ -22,6 +22,7 @@ use crate::event::{Decision, Event, Lsn, Reason, Timestamp, Transfer, TransferKe
 use crate::ids::{AccountId, TransactionId};
 use crate::money::{format_minor, Amount, Currency, BALANCE_MINOR_MAX};
 use crate::partition::{partition_of, PartitionId};
+use crate::transfer_table::TransferTable;
 
 /// One account: a single currency, an available balance and money in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,72 +109,6 @@ pub struct TransferRow {
     pub decided_at: Timestamp,
     /// When the row became final (0 until then).
     pub finished_at: Timestamp,
-}
-
-/// What the transfers table stores for a key: a [`TransferRow`] without the two fields its
-/// [`TransferKey`] already holds (`from` and `transaction_id`). Rows are never dropped, so the
-/// table grows by one of these per transfer: storing the key's 130 bytes once instead of twice
-/// keeps it at 104 bytes instead of 240, and writing it into fresh memory costs that much less.
-/// Callers only ever see a [`TransferRow`], rebuilt from the key and this on read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct StoredTransfer {
-    pub(crate) to: AccountId,
-    pub(crate) amount: Amount,
-    pub(crate) currency: Currency,
-    pub(crate) state: TransferState,
-    pub(crate) remote: bool,
-    pub(crate) accepted_at: Timestamp,
-    pub(crate) decided_at: Timestamp,
-    pub(crate) finished_at: Timestamp,
-}
-
-// The three timestamps and the amount take 32 bytes, the inline `to` id 65, the state 2 (a
-// tag and a reason), currency and `remote` 1 each: 101 bytes, padded to 104 by the 8-byte
-// alignment. The bound is that exact size, so a field that grows the row fails the build.
-const _: () = assert!(std::mem::size_of::<StoredTransfer>() <= 104);
-
-impl StoredTransfer {
-    /// Splits `row` into the key it is stored under and what is stored.
-    pub(crate) fn split(row: &TransferRow) -> (TransferKey, StoredTransfer) {
-        let t = &row.transfer;
-        let stored = StoredTransfer {
-            to: t.to,
-            amount: t.amount,
-            currency: t.currency,
-            state: row.state,
-            remote: row.remote,
-            accepted_at: row.accepted_at,
-            decided_at: row.decided_at,
-            finished_at: row.finished_at,
-        };
-        (t.key(), stored)
-    }
-
-    /// The row as callers see it, with `key`'s fields put back.
-    #[inline]
-    pub(crate) fn row(&self, key: &TransferKey) -> TransferRow {
-        TransferRow {
-            transfer: Transfer {
-                transaction_id: key.transaction_id,
-                from: key.from,
-                to: self.to,
-                amount: self.amount,
-                currency: self.currency,
-            },
-            state: self.state,
-            remote: self.remote,
-            accepted_at: self.accepted_at,
-            decided_at: self.decided_at,
-            finished_at: self.finished_at,
-        }
-    }
-
-    /// Whether `transfer`, whose key this row is stored under, is the transfer recorded.
-    fn records(&self, transfer: &Transfer) -> bool {
-        self.to == transfer.to
-            && self.amount == transfer.amount
-            && self.currency == transfer.currency
-    }
 }
 
 /// The destination-side barrier row of a transfer, keyed by its [`TransferKey`].
@@ -349,11 +284,10 @@ pub struct RecordMeta {
     pub timestamp: Timestamp,
 }
 
-/// A table of rows that only ever grows (idempotency, phase and barrier rows): rows live in
-/// one vector and the hash index holds only positions, so growing the table moves no rows.
-/// With rows of a few hundred bytes (ids are inline) this halves the cost of a transfer
-/// compared with a hash map that stores rows in its buckets and rehashes them on growth.
-/// Iteration follows insertion order, which also keeps it deterministic.
+/// A table of rows that only ever grows (barrier and cash rows): rows live in one vector and
+/// the hash index holds only positions, so growing the table moves no rows. Iteration follows
+/// insertion order, which also keeps it deterministic. The transfers table, which grows by a
+/// row per transfer, packs its rows further ([`TransferTable`]).
 pub(crate) type Table<K, V> = indexmap::IndexMap<K, V, FxBuildHasher>;
 
 /// The state of one partition.
@@ -362,7 +296,7 @@ pub struct Ledger {
     partition: PartitionId,
     partitions: u32,
     pub(crate) accounts: FxHashMap<AccountId, Account>,
-    pub(crate) transfers: Table<TransferKey, StoredTransfer>,
+    pub(crate) transfers: TransferTable,
     pub(crate) credits: Table<TransferKey, CreditRow>,
     pub(crate) cash: Table<(AccountId, TransactionId), CashRow>,
     pub(crate) flows: BTreeMap<Currency, Flows>,
@@ -380,7 +314,7 @@ impl Ledger {
             partition,
             partitions,
             accounts: FxHashMap::default(),
-            transfers: Table::default(),
+            transfers: TransferTable::default(),
             credits: Table::default(),
             cash: Table::default(),
             flows: BTreeMap::new(),
@@ -410,12 +344,12 @@ impl Ledger {
     }
 
     pub fn transfer(&self, key: &TransferKey) -> Option<TransferRow> {
-        self.transfers.get(key).map(|stored| stored.row(key))
+        self.transfers.get(key)
     }
 
     /// Every home row, in the order the log recorded them.
     pub fn transfers(&self) -> impl Iterator<Item = TransferRow> + '_ {
-        self.transfers.iter().map(|(key, stored)| stored.row(key))
+        self.transfers.iter()
     }
 
     pub fn credit(&self, key: &TransferKey) -> Option<&CreditRow> {
@@ -438,12 +372,7 @@ impl Ledger {
     /// Home rows the coordinator must still drive, sorted by key so that rebuilding after a
     /// restart is deterministic whatever the hash-table order.
     pub fn unfinished_transfers(&self) -> Vec<TransferRow> {
-        let mut rows: Vec<TransferRow> = self
-            .transfers
-            .iter()
-            .filter(|(_, stored)| stored.state.is_unfinished())
-            .map(|(key, stored)| stored.row(key))
-            .collect();
+        let mut rows: Vec<TransferRow> = self.transfers.unfinished().collect();
         rows.sort_by_key(|row| row.transfer.key());
         rows
     }
@@ -494,7 +423,7 @@ impl Ledger {
             if let Command::Transfer(transfer) = command {
                 std::hint::black_box(self.accounts.get(&transfer.from));
                 std::hint::black_box(self.accounts.get(&transfer.to));
-                std::hint::black_box(self.transfers.get_index_of(&transfer.key()));
+                std::hint::black_box(self.transfers.find(&transfer.key()));
             }
         }
     }
@@ -623,15 +552,16 @@ impl Ledger {
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
         self.require_local(&transfer.from)?;
-        if let Some(row) = self.transfers.get(&transfer.key()) {
+        if let Some(at) = self.transfers.find(&transfer.key()) {
+            let state = self.transfers.phase(at).state;
             #[cfg(any(test, madsim))]
-            if crate::bugs::enabled(Bug::NoIdempotency) && !row.state.is_unfinished() {
+            if crate::bugs::enabled(Bug::NoIdempotency) && !state.is_unfinished() {
                 // Known bug: the key of a finished transfer is forgotten, so a retry is
                 // decided and applied again as if it were new.
                 return self.decide_new_transfer(transfer, events);
             }
-            return if row.records(&transfer) {
-                Ok(Reply::Transfer(row.state.status()))
+            return if self.transfers.records(at, &transfer) {
+                Ok(Reply::Transfer(state.status()))
             } else {
                 Err(LedgerError::Conflict(transfer.transaction_id))
             };
@@ -680,9 +610,11 @@ impl Ledger {
         Ok(Reply::Transfer(TransferStatus::Committed))
     }
 
-    fn home_row(&self, key: &TransferKey) -> Result<&StoredTransfer, LedgerError> {
+    /// The phase of the home row under `key`.
+    fn home_state(&self, key: &TransferKey) -> Result<TransferState, LedgerError> {
         self.transfers
-            .get(key)
+            .find(key)
+            .map(|at| self.transfers.phase(at).state)
             .ok_or(LedgerError::UnknownTransfer(*key))
     }
 
@@ -692,8 +624,7 @@ impl Ledger {
         decision: Decision,
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
-        let row = self.home_row(&key)?;
-        match (row.state, decision) {
+        match (self.home_state(&key)?, decision) {
             (TransferState::Trying, _) => {
                 events.push(Event::TransferDecided { key, decision });
                 Ok(Reply::Done)
@@ -718,8 +649,7 @@ impl Ledger {
         key: TransferKey,
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
-        let row = self.home_row(&key)?;
-        match row.state {
+        match self.home_state(&key)? {
             TransferState::Confirming => events.push(Event::DebitConfirmed { key }),
             TransferState::Cancelling(_) => events.push(Event::DebitCancelled { key }),
             TransferState::Committed | TransferState::Cancelled(_) => {}
@@ -877,7 +807,7 @@ impl Ledger {
         // must be refused before any balance moves (`Transferred` checks its own, below, with
         // the one lookup that also inserts the row).
         if let Event::TransferRejected { transfer, .. } | Event::DebitTried { transfer } = *event {
-            if self.transfers.contains_key(&transfer.key()) {
+            if self.transfers.contains(&transfer.key()) {
                 return fail(format!("transfer {:?} recorded twice", transfer.key()));
             }
         }
@@ -962,7 +892,7 @@ impl Ledger {
                 }
                 // One lookup per account and one for the key: the ledger's hottest path.
                 let key = transfer.key();
-                let indexmap::map::Entry::Vacant(slot) = self.transfers.entry(key) else {
+                let Some(slot) = self.transfers.vacancy(&key) else {
                     return fail(format!("transfer {key:?} recorded twice"));
                 };
                 match self
@@ -975,7 +905,7 @@ impl Ledger {
                     }
                     _ => return fail(format!("transfer {key:?} cannot apply")),
                 }
-                slot.insert(new_stored(meta, transfer, TransferState::Committed, false));
+                slot.fill(&new_row(meta, transfer, TransferState::Committed, false));
             }
             Event::TransferRejected { transfer, reason } => {
                 self.insert_row(
@@ -997,29 +927,32 @@ impl Ledger {
                 self.insert_row(meta, transfer, TransferState::Trying, true);
             }
             Event::TransferDecided { key, decision } => {
-                let Some(row) = self.transfers.get_mut(&key) else {
+                let Some(at) = self.transfers.find(&key) else {
                     return fail(format!("decision for unknown transfer {key:?}"));
                 };
-                if row.state != TransferState::Trying {
-                    return fail(format!("decision for {key:?} in state {:?}", row.state));
+                let mut phase = self.transfers.phase(at);
+                if phase.state != TransferState::Trying {
+                    return fail(format!("decision for {key:?} in state {:?}", phase.state));
                 }
-                row.state = match decision {
+                phase.state = match decision {
                     Decision::Confirm => TransferState::Confirming,
                     Decision::Cancel(reason) => TransferState::Cancelling(reason),
                 };
-                row.decided_at = meta.timestamp;
+                phase.decided_at = meta.timestamp;
+                self.transfers.set_phase(at, phase);
             }
             Event::DebitConfirmed { key } | Event::DebitCancelled { key } => {
                 let confirmed = matches!(event, Event::DebitConfirmed { .. });
-                let Some(row) = self.transfers.get(&key).copied() else {
+                let Some(at) = self.transfers.find(&key) else {
                     return fail(format!("finish of unknown transfer {key:?}"));
                 };
-                let next = match (row.state, confirmed) {
+                let next = match (self.transfers.phase(at).state, confirmed) {
                     (TransferState::Confirming, true) => TransferState::Committed,
                     (TransferState::Cancelling(reason), false) => TransferState::Cancelled(reason),
                     (state, _) => return fail(format!("finish of {key:?} in state {state:?}")),
                 };
-                let amount = row.amount.minor();
+                let (amount, currency) = self.transfers.money(at);
+                let amount = amount.minor();
                 let Some(from) = self
                     .accounts
                     .get_mut(&key.from)
@@ -1029,13 +962,14 @@ impl Ledger {
                 };
                 from.held -= amount;
                 if confirmed {
-                    self.flows.entry(row.currency).or_default().sent += u128::from(amount);
+                    self.flows.entry(currency).or_default().sent += u128::from(amount);
                 } else {
                     from.balance += amount;
                 }
-                let row = self.transfers.get_mut(&key).expect("checked");
-                row.state = next;
-                row.finished_at = meta.timestamp;
+                let mut phase = self.transfers.phase(at);
+                phase.state = next;
+                phase.finished_at = meta.timestamp;
+                self.transfers.set_phase(at, phase);
             }
             Event::CreditTried { transfer } => {
                 let key = transfer.key();
@@ -1109,12 +1043,9 @@ impl Ledger {
         | Event::DebitTried { transfer } = *event
         {
             let key = transfer.key();
-            if self
-                .transfers
-                .get(&key)
-                .is_some_and(|row| !row.state.is_unfinished())
-            {
-                self.transfers.swap_remove(&key);
+            let finished = self.transfers.find(&key);
+            if finished.is_some_and(|at| !self.transfers.phase(at).state.is_unfinished()) {
+                self.transfers.remove(&key);
             }
         }
     }
@@ -1142,9 +1073,10 @@ impl Ledger {
         state: TransferState,
         remote: bool,
     ) {
-        let row = new_stored(meta, transfer, state, remote);
-        let previous = self.transfers.insert(transfer.key(), row);
-        assert!(previous.is_none(), "a transfer key is recorded once");
+        let recorded = self
+            .transfers
+            .insert(&new_row(meta, transfer, state, remote));
+        assert!(recorded, "a transfer key is recorded once");
     }
 
     /// The partition's conservation law, per currency:
@@ -1183,23 +1115,20 @@ impl Ledger {
     }
 }
 
-/// The idempotency row a transfer gets when its first record is applied (its key is
-/// `transfer.key()`).
-fn new_stored(
+/// The idempotency row a transfer gets when its first record is applied.
+fn new_row(
     meta: RecordMeta,
     transfer: Transfer,
     state: TransferState,
     remote: bool,
-) -> StoredTransfer {
+) -> TransferRow {
     let final_at = if state.is_unfinished() {
         0
     } else {
         meta.timestamp
     };
-    StoredTransfer {
-        to: transfer.to,
-        amount: transfer.amount,
-        currency: transfer.currency,
+    TransferRow {
+        transfer,
         state,
         remote,
         accepted_at: meta.timestamp,

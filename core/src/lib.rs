@@ -10,6 +10,7 @@
 //! - [`partition`]: the stable account → partition hash and the versioned partition map.
 //! - [`event`]: the facts a partition log records.
 //! - [`ledger`]: one partition's state, `decide` (all business rules) and `apply` (a fold).
+//! - `transfer_table`: the ledger's idempotency and phase rows, packed (ids in an arena).
 //! - [`coordinator`]: the TC/C coordinator of a home partition (sans-IO).
 //! - [`codec`]: the log record format: versioned, length-prefixed, CRC32C-checked.
 //! - [`snapshot`]: a partition's whole state as one canonical, checksummed blob.
@@ -40,6 +41,7 @@ pub mod partition;
 pub mod replay;
 pub mod snapshot;
 pub mod storage;
+pub(crate) mod transfer_table;
 pub mod transport;
 pub mod wire;
 
