@@ -11,6 +11,7 @@
 //! - [`event`]: the facts a partition log records.
 //! - [`ledger`]: one partition's state, `decide` (all business rules) and `apply` (a fold).
 //! - `transfer_table`: the ledger's idempotency and phase rows, packed (ids in an arena).
+//! - `row_index`: the transfers table's hash index, which grows without stalling.
 //! - [`coordinator`]: the TC/C coordinator of a home partition (sans-IO).
 //! - [`codec`]: the log record format: versioned, length-prefixed, CRC32C-checked.
 //! - [`snapshot`]: a partition's whole state as one canonical, checksummed blob.
@@ -39,6 +40,7 @@ pub mod money;
 pub mod net;
 pub mod partition;
 pub mod replay;
+pub(crate) mod row_index;
 pub mod snapshot;
 pub mod storage;
 pub(crate) mod transfer_table;

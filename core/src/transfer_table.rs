@@ -6,19 +6,14 @@
 //! stored like that (an ordered hash map of `TransferKey → row`) every transfer wrote about 250
 //! bytes into fresh memory, and writing them was a fifth of the one-partition engine's time.
 //! Here a row is a fixed 48-byte record plus the ids' actual bytes, appended to one byte arena
-//! (about 30 bytes for typical ids), and the hash index holds 8-byte slots:
+//! (about 30 bytes for typical ids):
 //!
 //! - `rows`: one [`PackedRow`] per transfer, in log order, never moved by growth of the index;
 //! - `ids`: the `from`, `transaction_id` and `to` bytes of each row, back to back, at the
 //!   row's `ids_at`;
-//! - `index`: one [`Slot`] per row, its position and 32 bits of the key's hash, found by the
-//!   hash and confirmed by comparing the key's bytes. The slot carries the hash so that
-//!   growing the index reads nothing but the index: with the hash in the row, every doubling
-//!   read millions of rows in random order and held the partition for most of a second.
-//!   The index also grows step by step ([`Growth`]): a new index of twice the capacity takes
-//!   the inserts while a few old slots move over with each of them, so no insert waits for
-//!   millions of slots to move at once (which, in one go, held the partition for half a
-//!   second at 7 million rows).
+//! - `index`: a [`RowIndex`] of 8-byte slots, each a row position and 32 bits of the key's
+//!   hash, found by the hash and confirmed by comparing the key's bytes. It grows step by
+//!   step and reads nothing but itself while it does (see its module).
 //!
 //! Callers see only whole [`TransferRow`]s, rebuilt on read; the ledger's hot paths ask the
 //! narrower questions (`find`, `records`, `state`) that touch just the packed row.
@@ -31,18 +26,12 @@ use crate::event::{Timestamp, Transfer, TransferKey};
 use crate::ids::{AccountId, TransactionId};
 use crate::ledger::{TransferRow, TransferState};
 use crate::money::{Amount, Currency};
+use crate::row_index::{RowIndex, ROWS_MAX};
 
-/// Most rows one table holds: positions in the index are `u32`. At a million transfers a
+/// Most rows one table holds (positions in the index are 32 bits). At a million transfers a
 /// second this is more than an hour of one partition's traffic without pruning; a partition
-/// that reaches it refuses nothing silently, it stops with an assertion (see `push`).
-pub const TRANSFER_ROWS_MAX: usize = u32::MAX as usize;
-
-/// Slots moved from the old index to the new one with each insert while the index grows. With
-/// 4, the move is over after a quarter of the old row count has been inserted, long before
-/// the new index, twice the size, is full again.
-const GROWTH_SLOTS_PER_INSERT: usize = 4;
-/// Capacity of the first index, which is sized at once rather than grown.
-const INDEX_CAPACITY_MIN: usize = 1024;
+/// that reaches it refuses nothing silently, it stops with an assertion (see `fill`).
+pub const TRANSFER_ROWS_MAX: usize = ROWS_MAX;
 
 /// What changes in a row after it is recorded: its phase and the times of its phases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,35 +41,6 @@ pub(crate) struct Phase {
     pub(crate) decided_at: Timestamp,
     /// When the row became final (0 until then).
     pub(crate) finished_at: Timestamp,
-}
-
-/// An index entry: a row's position (low half) and the key's 32-bit hash (high half).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Slot(u64);
-
-impl Slot {
-    fn new(at: u32, hash: u32) -> Slot {
-        Slot(u64::from(hash) << 32 | u64::from(at))
-    }
-
-    fn at(self) -> usize {
-        self.0 as u32 as usize
-    }
-
-    fn hash32(self) -> u32 {
-        (self.0 >> 32) as u32
-    }
-
-    /// The 64-bit hash the index places the slot by, rebuilt from its 32 bits: the index takes
-    /// a bucket from the low bits and a 7-bit tag from the top ones, so the 32 bits go to both
-    /// halves (bucket and tag stay independent up to 2^25 buckets, and stay correct beyond).
-    fn index_hash(self) -> u64 {
-        index_hash(self.hash32())
-    }
-}
-
-fn index_hash(hash32: u32) -> u64 {
-    u64::from(hash32) << 32 | u64::from(hash32)
 }
 
 /// One row without its ids, which live in the arena at `ids_at`.
@@ -121,20 +81,9 @@ fn key_hash(from: &[u8], transaction_id: &[u8]) -> u32 {
 /// See the module documentation.
 #[derive(Clone, Default)]
 pub(crate) struct TransferTable {
-    index: hashbrown::HashTable<Slot>,
-    /// The index being replaced, while its slots move to `index`.
-    growth: Option<Growth>,
+    index: RowIndex,
     rows: Vec<PackedRow>,
     ids: Vec<u8>,
-}
-
-/// An index being replaced by one of twice its capacity: it holds rows `0..rows`, of which
-/// `0..moved` are also in the new index already.
-#[derive(Clone)]
-struct Growth {
-    old: hashbrown::HashTable<Slot>,
-    rows: usize,
-    moved: usize,
 }
 
 impl TransferTable {
@@ -147,83 +96,16 @@ impl TransferTable {
     pub(crate) fn find(&self, key: &TransferKey) -> Option<usize> {
         let (from, transaction_id) = (key.from.as_bytes(), key.transaction_id.as_bytes());
         let hash = key_hash(from, transaction_id);
-        self.find_in(&self.index, hash, key)
-            .or_else(|| self.find_in_old(hash, key))
-    }
-
-    /// The position of the row under `key` (of `hash`) if `index` holds it.
-    #[inline]
-    fn find_in(
-        &self,
-        index: &hashbrown::HashTable<Slot>,
-        hash: u32,
-        key: &TransferKey,
-    ) -> Option<usize> {
-        let (from, transaction_id) = (key.from.as_bytes(), key.transaction_id.as_bytes());
         let (rows, ids) = (&self.rows, &self.ids);
-        index
-            .find(index_hash(hash), |&slot| {
-                is_key(rows, ids, slot, hash, from, transaction_id)
-            })
-            .map(|slot| slot.at())
+        self.index
+            .find(hash, |at| is_key(rows, ids, at, from, transaction_id))
     }
 
-    /// The position of the row under `key` if the old index of a growth holds it.
-    fn find_in_old(&self, hash: u32, key: &TransferKey) -> Option<usize> {
-        let growth = self.growth.as_ref()?;
-        self.find_in(&growth.old, hash, key)
-    }
-
-    /// Makes room in the index for one more slot without moving many: starts a growth when
-    /// the index is full, and moves a few slots of a growth under way.
-    fn make_room(&mut self) {
-        if self.index.len() == self.index.capacity() {
-            // Not reached while a growth is under way (see `GROWTH_SLOTS_PER_INSERT`); if it
-            // were, finishing that one first keeps the table correct, only slower.
-            debug_assert!(self.growth.is_none(), "an index filled while it grew");
-            self.finish_growth();
-            let capacity = (2 * self.index.capacity()).max(INDEX_CAPACITY_MIN);
-            let old = std::mem::replace(
-                &mut self.index,
-                hashbrown::HashTable::with_capacity(capacity),
-            );
-            if !old.is_empty() {
-                let rows = old.len();
-                self.growth = Some(Growth {
-                    old,
-                    rows,
-                    moved: 0,
-                });
-            }
-        }
-        self.move_slots(GROWTH_SLOTS_PER_INSERT);
-    }
-
-    /// Moves up to `count` slots of the growth under way into the new index; ends the growth
-    /// (and frees the old index) once every row is in the new one.
-    fn move_slots(&mut self, count: usize) {
-        let Some(growth) = &mut self.growth else {
-            return;
-        };
-        let end = growth.rows.min(growth.moved + count);
-        for at in growth.moved..end {
-            let row = &self.rows[at];
-            let start = row.ids_at as usize;
-            let (from, rest) = self.ids[start..].split_at(usize::from(row.from_len));
-            let hash = key_hash(from, &rest[..usize::from(row.transaction_id_len)]);
-            let slot = Slot::new(at as u32, hash);
-            self.index
-                .insert_unique(index_hash(hash), slot, |s| s.index_hash());
-        }
-        growth.moved = end;
-        if growth.moved == growth.rows {
-            debug_assert_eq!(self.index.len(), self.rows.len(), "every row is indexed");
-            self.growth = None;
-        }
-    }
-
-    fn finish_growth(&mut self) {
-        self.move_slots(usize::MAX);
+    /// Reads the index slot that a lookup of `key` starts from, so that the lookup finds it
+    /// in cache (see `Ledger::prefetch`).
+    pub(crate) fn prefetch(&self, key: &TransferKey) {
+        let hash = key_hash(key.from.as_bytes(), key.transaction_id.as_bytes());
+        self.index.touch(hash);
     }
 
     pub(crate) fn contains(&self, key: &TransferKey) -> bool {
@@ -303,31 +185,20 @@ impl TransferTable {
         }
     }
 
-    /// The place for a row under `key`, if none is recorded yet: one lookup that both checks
-    /// the key and, filled, inserts the row (the ledger's hottest path).
+    /// The place for a row under `key`, if none is recorded yet: the key is hashed once for
+    /// both the check and, filled, the insert (the ledger's hottest path).
     pub(crate) fn vacancy(&mut self, key: &TransferKey) -> Option<Vacancy<'_>> {
         let (from, transaction_id) = (key.from.as_bytes(), key.transaction_id.as_bytes());
         let hash = key_hash(from, transaction_id);
-        self.make_room();
-        // A key that the old index of a growth still holds alone is recorded too.
-        if self.find_in_old(hash, key).is_some() {
+        let (rows, ids) = (&self.rows, &self.ids);
+        if self
+            .index
+            .find(hash, |at| is_key(rows, ids, at, from, transaction_id))
+            .is_some()
+        {
             return None;
         }
-        let (rows, ids) = (&self.rows, &self.ids);
-        let entry = self.index.entry(
-            index_hash(hash),
-            |&slot| is_key(rows, ids, slot, hash, from, transaction_id),
-            |slot| slot.index_hash(),
-        );
-        match entry {
-            hashbrown::hash_table::Entry::Occupied(_) => None,
-            hashbrown::hash_table::Entry::Vacant(slot) => Some(Vacancy {
-                slot,
-                rows: &mut self.rows,
-                ids: &mut self.ids,
-                hash,
-            }),
-        }
+        Some(Vacancy { table: self, hash })
     }
 
     /// Every row, whole, in log order.
@@ -344,24 +215,17 @@ impl TransferTable {
     }
 
     /// Forgets the row under `key`; the last row takes its position (the id bytes stay in
-    /// the arena). Only the known bug that forgets finished transfers removes rows.
+    /// the arena) and the index is rebuilt. Only the known bug that forgets finished
+    /// transfers removes rows, in tests and the simulator.
     #[cfg(any(test, madsim))]
     pub(crate) fn remove(&mut self, key: &TransferKey) {
-        self.finish_growth();
         let Some(at) = self.find(key) else { return };
-        let last = self.rows.len() - 1;
-        let hash = key_hash(key.from.as_bytes(), key.transaction_id.as_bytes());
-        let found = self.index.find_entry(index_hash(hash), |s| s.at() == at);
-        found.expect("a found row is indexed").remove();
         self.rows.swap_remove(at);
-        if at != last {
-            let moved = self.row(at).transfer.key();
-            let hash = key_hash(moved.from.as_bytes(), moved.transaction_id.as_bytes());
-            let slot = self
-                .index
-                .find_mut(index_hash(hash), |s| s.at() == last)
-                .expect("every row is indexed");
-            *slot = Slot::new(at as u32, hash);
+        self.index = RowIndex::default();
+        for at in 0..self.rows.len() {
+            let key = self.row(at).transfer.key();
+            let hash = key_hash(key.from.as_bytes(), key.transaction_id.as_bytes());
+            self.index.insert(hash, at);
         }
     }
 
@@ -372,21 +236,10 @@ impl TransferTable {
     }
 }
 
-/// Whether the row of `slot` is recorded under the key of `hash`, `from` and `transaction_id`.
-/// The hash in the slot rules out nearly every other key without reading the row.
+/// Whether the row at `at` is recorded under the key of `from` and `transaction_id`.
 #[inline]
-fn is_key(
-    rows: &[PackedRow],
-    ids: &[u8],
-    slot: Slot,
-    hash: u32,
-    from: &[u8],
-    transaction_id: &[u8],
-) -> bool {
-    if slot.hash32() != hash {
-        return false;
-    }
-    let row = &rows[slot.at()];
+fn is_key(rows: &[PackedRow], ids: &[u8], at: usize, from: &[u8], transaction_id: &[u8]) -> bool {
+    let row = &rows[at];
     if usize::from(row.from_len) != from.len()
         || usize::from(row.transaction_id_len) != transaction_id.len()
     {
@@ -399,29 +252,29 @@ fn is_key(
 
 /// A checked-vacant place in the index for one key (see [`TransferTable::vacancy`]).
 pub(crate) struct Vacancy<'a> {
-    slot: hashbrown::hash_table::VacantEntry<'a, Slot>,
-    rows: &'a mut Vec<PackedRow>,
-    ids: &'a mut Vec<u8>,
+    table: &'a mut TransferTable,
     hash: u32,
 }
 
 impl Vacancy<'_> {
     /// Appends `row`, whose key must be the one this place was found for.
     pub(crate) fn fill(self, row: &TransferRow) {
-        let at = u32::try_from(self.rows.len())
-            .ok()
-            .filter(|&at| (at as usize) < TRANSFER_ROWS_MAX)
-            .expect("a partition records fewer than 2^32 transfers");
+        let TransferTable { index, rows, ids } = self.table;
+        let at = rows.len();
+        assert!(
+            at < TRANSFER_ROWS_MAX,
+            "a partition records fewer than 2^32 - 1 transfers"
+        );
         let t = &row.transfer;
         debug_assert_eq!(
             self.hash,
             key_hash(t.from.as_bytes(), t.transaction_id.as_bytes())
         );
-        let ids_at = self.ids.len() as u64;
-        t.from.append_bytes_to(self.ids);
-        t.transaction_id.append_bytes_to(self.ids);
-        t.to.append_bytes_to(self.ids);
-        self.rows.push(PackedRow {
+        let ids_at = ids.len() as u64;
+        t.from.append_bytes_to(ids);
+        t.transaction_id.append_bytes_to(ids);
+        t.to.append_bytes_to(ids);
+        rows.push(PackedRow {
             ids_at,
             amount: t.amount,
             accepted_at: row.accepted_at,
@@ -434,7 +287,7 @@ impl Vacancy<'_> {
             currency: t.currency,
             remote: row.remote,
         });
-        self.slot.insert(Slot::new(at, self.hash));
+        index.insert(self.hash, at);
     }
 }
 
@@ -530,18 +383,16 @@ mod tests {
     fn phases_change_in_place_and_survive_growth_of_the_index() {
         let mut table = TransferTable::default();
         let count = 10_000u64;
-        let mut grew = 0;
         for i in 0..count {
             let mut r = row(&format!("acct-{i}"), &format!("t-{i}"), "dst", i + 1);
             r.state = TransferState::Trying;
             assert!(table.insert(&r));
-            grew += usize::from(table.growth.is_some());
-            // Mid-growth, a key only the old index holds is still found and still refused.
+            // Rows indexed long ago (their slots may be in a growing index's old half) are
+            // still found, and their keys still refused.
             let earlier = row(&format!("acct-{}", i / 3), &format!("t-{}", i / 3), "x", 1);
             assert_eq!(table.find(&earlier.transfer.key()), Some(i as usize / 3));
             assert!(!table.insert(&earlier));
         }
-        assert!(grew > 1000, "the index grew step by step ({grew} inserts)");
         let key = row("acct-17", "t-17", "dst", 18).transfer.key();
         let at = table.find(&key).unwrap();
         let phase = Phase {

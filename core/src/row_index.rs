@@ -1,0 +1,240 @@
+//! A hash index from keys to row positions, for a table whose rows live in a vector and are
+//! only ever appended (the transfers table).
+//!
+//! Open addressing with linear probing over 8-byte slots, each holding a row position and 32
+//! bits of the key's hash. The index never reads a key itself: the caller hashes, and confirms
+//! a candidate row by its own comparison, which the slot's hash makes rare.
+//!
+//! Why not a general hash table: this index grows by millions of slots, and a general table
+//! moves all of them at once when it doubles (half a second at 7 million rows), in an order
+//! that scatters the writes. Here a doubling is spread over the inserts that follow it
+//! ([`SLOTS_MOVED_PER_INSERT`] old slots move with each), and the old slots move in position
+//! order, so their writes land in two runs through the new index, which the cache follows.
+//! Lookups during a growth look in the new index, then in the old one.
+
+/// Most slots in use per slot of the index before it doubles: 3/4. Linear probing looks at
+/// about 8 slots (one or two cache lines) for a missing key at that fill, 2.5 at half of it.
+const FILL_NUMERATOR: usize = 3;
+const FILL_DENOMINATOR: usize = 4;
+/// Slots of the first index.
+const SLOTS_MIN: usize = 1024;
+/// Old slots moved into the new index with every insert while it grows. The old index holds
+/// `n` slots of which 3/4 are in use when it doubles; with 4 per insert it is emptied after
+/// `n/4` inserts, while the new index (of `2n` slots) only fills after `3n/4` more.
+const SLOTS_MOVED_PER_INSERT: usize = 4;
+/// Most rows an index addresses: positions are 32 bits, and 0 marks an empty slot.
+pub const ROWS_MAX: usize = u32::MAX as usize - 1;
+
+/// A slot: 0 when empty, else the key's 32-bit hash (high half) and the row position plus one
+/// (low half).
+type Slot = u64;
+
+fn slot(hash: u32, row: usize) -> Slot {
+    debug_assert!(row < ROWS_MAX);
+    u64::from(hash) << 32 | (row as u64 + 1)
+}
+
+fn slot_hash(slot: Slot) -> u32 {
+    (slot >> 32) as u32
+}
+
+fn slot_row(slot: Slot) -> usize {
+    (slot as u32) as usize - 1
+}
+
+/// One open-addressed array of slots (a power of two of them).
+#[derive(Debug, Clone, Default)]
+struct Slots {
+    slots: Vec<Slot>,
+    used: usize,
+}
+
+impl Slots {
+    fn with_len(len: usize) -> Slots {
+        debug_assert!(len.is_power_of_two());
+        // `vec![0; n]` takes zeroed pages from the allocator: untouched slots cost no time.
+        Slots {
+            slots: vec![0; len],
+            used: 0,
+        }
+    }
+
+    fn mask(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    fn find(&self, hash: u32, mut is_row: impl FnMut(usize) -> bool) -> Option<usize> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.mask();
+        let mut at = hash as usize & mask;
+        // Bounded: the fill limit leaves a quarter of the slots empty, so a probe ends.
+        loop {
+            let slot = self.slots[at];
+            if slot == 0 {
+                return None;
+            }
+            if slot_hash(slot) == hash && is_row(slot_row(slot)) {
+                return Some(slot_row(slot));
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// Puts `slot` into the first empty place from its hash's home.
+    fn put(&mut self, slot: Slot) {
+        let mask = self.mask();
+        let mut at = slot_hash(slot) as usize & mask;
+        while self.slots[at] != 0 {
+            at = (at + 1) & mask;
+        }
+        self.slots[at] = slot;
+        self.used += 1;
+        assert!(
+            self.used < self.slots.len(),
+            "an index always keeps an empty slot"
+        );
+    }
+
+    fn is_full(&self) -> bool {
+        (self.used + 1) * FILL_DENOMINATOR > self.slots.len() * FILL_NUMERATOR
+    }
+
+    /// Reads the home slot of `hash`, so that a lookup soon after finds it in cache.
+    fn touch(&self, hash: u32) {
+        if !self.slots.is_empty() {
+            std::hint::black_box(self.slots[hash as usize & self.mask()]);
+        }
+    }
+}
+
+/// An index being replaced by one of twice the slots: positions `0..moved` of `old` are
+/// already in the new one.
+#[derive(Debug, Clone)]
+struct Growth {
+    old: Slots,
+    moved: usize,
+}
+
+/// See the module documentation.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RowIndex {
+    current: Slots,
+    growth: Option<Growth>,
+}
+
+impl RowIndex {
+    /// The row whose key has `hash` and for which `is_row` holds.
+    #[inline]
+    pub(crate) fn find(&self, hash: u32, mut is_row: impl FnMut(usize) -> bool) -> Option<usize> {
+        self.current
+            .find(hash, &mut is_row)
+            .or_else(|| self.growth.as_ref()?.old.find(hash, is_row))
+    }
+
+    /// Reads the slots a lookup of `hash` starts from (see `Ledger::prefetch`).
+    pub(crate) fn touch(&self, hash: u32) {
+        self.current.touch(hash);
+        if let Some(growth) = &self.growth {
+            growth.old.touch(hash);
+        }
+    }
+
+    /// Indexes `row` under `hash`. The caller has found no row for its key.
+    pub(crate) fn insert(&mut self, hash: u32, row: usize) {
+        assert!(
+            row < ROWS_MAX,
+            "an index addresses fewer than 2^32 - 1 rows"
+        );
+        if self.current.is_full() {
+            // Not reached while a growth is under way (see `SLOTS_MOVED_PER_INSERT`); were it,
+            // finishing that one first would keep the index correct, only slower.
+            debug_assert!(self.growth.is_none(), "an index filled while it grew");
+            self.move_slots(usize::MAX);
+            let len = (2 * self.current.slots.len()).max(SLOTS_MIN);
+            let old = std::mem::replace(&mut self.current, Slots::with_len(len));
+            if old.used > 0 {
+                self.growth = Some(Growth { old, moved: 0 });
+            }
+        }
+        self.current.put(slot(hash, row));
+        self.move_slots(SLOTS_MOVED_PER_INSERT);
+    }
+
+    /// Moves up to `count` old slot positions of a growth under way into the current index;
+    /// ends the growth, freeing the old index, once all have moved.
+    fn move_slots(&mut self, count: usize) {
+        let Some(growth) = &mut self.growth else {
+            return;
+        };
+        let end = growth
+            .old
+            .slots
+            .len()
+            .min(growth.moved.saturating_add(count));
+        for at in growth.moved..end {
+            let slot = growth.old.slots[at];
+            if slot != 0 {
+                self.current.put(slot);
+            }
+        }
+        growth.moved = end;
+        if end == growth.old.slots.len() {
+            self.growth = None;
+        }
+    }
+
+    /// Rows indexed.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        let moved = self.growth.as_ref().map_or(0, |g| {
+            g.old.slots[..g.moved].iter().filter(|&&s| s != 0).count()
+        });
+        self.current.used + self.growth.as_ref().map_or(0, |g| g.old.used) - moved
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hash with few distinct values, so that probes run long and wrap around.
+    fn crowded_hash(key: usize) -> u32 {
+        (key as u32 % 97).wrapping_mul(0x9E37_79B9)
+    }
+
+    #[test]
+    fn every_row_is_found_by_its_key_before_during_and_after_growth() {
+        let mut index = RowIndex::default();
+        let keys: Vec<usize> = (0..20_000).map(|i| i * 7 + 3).collect();
+        let mut grew = 0;
+        for (row, &key) in keys.iter().enumerate() {
+            let hash = crowded_hash(key);
+            assert_eq!(index.find(hash, |r| keys[r] == key), None);
+            index.insert(hash, row);
+            grew += usize::from(index.growth.is_some());
+            assert_eq!(index.find(hash, |r| keys[r] == key), Some(row));
+            // A row indexed long ago, whose slot may still be in the old index only.
+            let early = row / 3;
+            let found = index.find(crowded_hash(keys[early]), |r| keys[r] == keys[early]);
+            assert_eq!(found, Some(early));
+            assert_eq!(index.len(), row + 1);
+        }
+        assert!(grew > 1000, "growth was spread over inserts ({grew})");
+        for (row, &key) in keys.iter().enumerate() {
+            assert_eq!(index.find(crowded_hash(key), |r| keys[r] == key), Some(row));
+        }
+        assert_eq!(index.find(crowded_hash(1), |r| keys[r] == 1), None);
+    }
+
+    #[test]
+    fn the_fill_limit_leaves_empty_slots() {
+        let mut index = RowIndex::default();
+        for row in 0..100_000 {
+            index.insert(row as u32, row);
+            let fill = index.current.used as f64 / index.current.slots.len() as f64;
+            assert!(fill <= 0.75, "fill {fill} after {row} rows");
+        }
+    }
+}
