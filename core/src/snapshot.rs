@@ -43,6 +43,7 @@ use crate::ledger::{
     TransferState,
 };
 use crate::partition::{partition_of, PARTITIONS_MAX};
+use crate::transfer_table::RowView;
 
 /// The first bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"WSNP";
@@ -81,9 +82,7 @@ pub fn encode_snapshot(ledger: &Ledger) -> Vec<u8> {
         },
     );
     // The table packs its rows (ids in an arena); the format keeps each whole transfer.
-    put_table(&mut out, ledger.transfers.iter(), |out, row| {
-        put_transfer_row(out, &row)
-    });
+    put_table(&mut out, ledger.transfers.views(), put_transfer_row);
     put_table(&mut out, ledger.credits.iter(), |out, (key, row)| {
         put_key(out, key);
         out.push(credit_state_tag(row.state));
@@ -133,8 +132,15 @@ fn put_table<R>(
     }
 }
 
-fn put_transfer_row(out: &mut Vec<u8>, row: &TransferRow) {
-    put_transfer(out, &row.transfer);
+/// A transfer row as [`put_transfer`] and the row's phase fields would write it, from the
+/// packed table's borrowed ids.
+fn put_transfer_row(out: &mut Vec<u8>, row: RowView<'_>) {
+    for id in [row.transaction_id, row.from, row.to] {
+        out.push(id.len() as u8);
+        out.extend_from_slice(id);
+    }
+    out.extend_from_slice(&row.amount.minor().to_le_bytes());
+    put_currency(out, row.currency);
     let (tag, reason) = match row.state {
         TransferState::Trying => (1, None),
         TransferState::Confirming => (2, None),
