@@ -475,12 +475,21 @@ fn next_valid_frame(bytes: &[u8], offset: usize) -> Option<usize> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReaderState {
     Reading,
-    /// The log ended; `torn` says whether bytes were left over.
-    Ended {
-        torn: bool,
-    },
+    /// The log ended; how says what follows its last whole record.
+    Ended(LogEnd),
     /// An error was returned; nothing more is read.
     Failed,
+}
+
+/// How a log ended: what follows its last whole record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogEnd {
+    /// Nothing: the records fill the bytes.
+    Exact,
+    /// Only zeros (the reader checked every one).
+    ZeroFilled,
+    /// Bytes that are not a record and not all zeros, and no valid frame after them.
+    Torn,
 }
 
 /// Reads records one at a time from a byte slice, with the rules of [`decode_log`].
@@ -512,7 +521,15 @@ impl<'a> RecordReader<'a> {
 
     /// Whether the reader stopped at a torn tail (only meaningful once it returned `None`).
     pub fn torn_tail(&self) -> bool {
-        self.state == ReaderState::Ended { torn: true }
+        self.state == ReaderState::Ended(LogEnd::Torn)
+    }
+
+    /// How the log ended, once the reader returned `None`.
+    fn end(&self) -> Option<LogEnd> {
+        match self.state {
+            ReaderState::Ended(end) => Some(end),
+            ReaderState::Reading | ReaderState::Failed => None,
+        }
     }
 
     /// The next record, `Ok(None)` at the end of the log (clean or torn), or the error that
@@ -522,7 +539,7 @@ impl<'a> RecordReader<'a> {
             return Ok(None);
         }
         if self.offset == self.bytes.len() {
-            self.state = ReaderState::Ended { torn: false };
+            self.state = ReaderState::Ended(LogEnd::Exact);
             return Ok(None);
         }
         let body = match frame_at(self.bytes, self.offset) {
@@ -546,12 +563,12 @@ impl<'a> RecordReader<'a> {
     fn damaged(&mut self, reason: &str) -> Result<Option<Record>, CodecError> {
         if self.bytes[self.offset..].iter().all(|&b| b == 0) {
             // Zero-filled space: no frame can start in it (a length of 0 is never valid).
-            self.state = ReaderState::Ended { torn: false };
+            self.state = ReaderState::Ended(LogEnd::ZeroFilled);
             return Ok(None);
         }
         match next_valid_frame(self.bytes, self.offset) {
             None => {
-                self.state = ReaderState::Ended { torn: true };
+                self.state = ReaderState::Ended(LogEnd::Torn);
                 Ok(None)
             }
             Some(valid_at) => {
@@ -611,16 +628,25 @@ pub fn decode_log(bytes: &[u8], first_lsn: Lsn) -> Result<DecodedLog, CodecError
     while let Some(record) = reader.next_record()? {
         records.push(record);
     }
+    let end = reader
+        .end()
+        .expect("the reader stopped at the end of the log");
     let decoded = DecodedLog {
         records,
         valid_len: reader.valid_len(),
-        torn_tail: reader.torn_tail(),
+        torn_tail: end == LogEnd::Torn,
     };
+    // The reader scanned a zero-filled tail, up to a preallocation step, to call it one; its
+    // verdict is carried here rather than scanned again, and checked against the lengths.
+    let tail = &bytes[decoded.valid_len..];
     assert!(
-        decoded.torn_tail || bytes[decoded.valid_len..].iter().all(|&b| b == 0),
+        match end {
+            LogEnd::Exact => tail.is_empty(),
+            LogEnd::ZeroFilled => tail.first() == Some(&0) && tail.last() == Some(&0),
+            LogEnd::Torn => !tail.is_empty(),
+        },
         "a log ends at the end of its bytes, in zero-filled space or at a torn tail"
     );
-    assert!(!decoded.torn_tail || decoded.valid_len < bytes.len());
     Ok(decoded)
 }
 

@@ -17,13 +17,16 @@
 //! written. The zeros after the last record decode as the end of the log ([`crate::codec`]);
 //! a segment is cut to its last record before the next one is created, and when the storage
 //! is dropped.
+//!
+//! The writing end of the log, [`LogWriter`], is plain blocking code. An append moves it onto
+//! a blocking thread and back, so the partition goes on applying while a batch is written and
+//! synced, and also while a full segment is closed and the next one created.
 
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use super::{LogSegment, Storage, StoredSnapshot};
 use crate::event::Lsn;
@@ -54,7 +57,7 @@ const PREALLOCATE_BATCH_BYTES_MAX: u64 = PREALLOCATE_BYTES / 16;
 
 /// The open segment being appended to.
 struct OpenSegment {
-    file: Arc<File>,
+    file: File,
     /// Bytes of records: where the next append goes.
     len: u64,
     /// The file's size: records, then zeros.
@@ -88,8 +91,18 @@ fn write_records(file: &File, len: u64, allocated: u64, bytes: &[u8]) -> io::Res
 pub struct FileStorage {
     dir: PathBuf,
     config: FileStorageConfig,
+    /// `None` only while a storage task has it on a blocking thread, or after such a task
+    /// panicked: the storage then refuses further log work rather than guess at the files.
+    log: Option<LogWriter>,
+}
+
+/// The writing end of the log. Its methods block; [`FileStorage`] runs them on a blocking
+/// thread, moving the writer there and back.
+struct LogWriter {
+    dir: PathBuf,
+    segment_bytes_max: u64,
     current: Option<OpenSegment>,
-    /// Set when an append created a file whose directory entry is not yet durable.
+    /// Set when a file was created whose directory entry is not yet durable.
     dir_dirty: bool,
 }
 
@@ -122,6 +135,10 @@ fn numbered_files(dir: &Path, prefix: &str, suffix: &str) -> io::Result<Vec<(u64
     Ok(found)
 }
 
+fn log_lost() -> io::Error {
+    io::Error::other("the log writer was lost when an earlier storage task failed")
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -137,11 +154,16 @@ impl FileStorage {
                 sync_dir(parent)?;
             }
         }
+        let log = LogWriter {
+            dir: dir.clone(),
+            segment_bytes_max: config.segment_bytes_max,
+            current: None,
+            dir_dirty: false,
+        };
         Ok(FileStorage {
             dir,
             config,
-            current: None,
-            dir_dirty: false,
+            log: Some(log),
         })
     }
 
@@ -149,35 +171,94 @@ impl FileStorage {
         &self.dir
     }
 
-    /// The open segment, after starting a new one (named by `first_lsn`) if appending
-    /// `len` more bytes would take the current one past its size limit.
-    fn segment_for(&mut self, first_lsn: Lsn, len: usize) -> io::Result<&mut OpenSegment> {
-        let full = self
-            .current
+    /// Runs `work` with the log writer on a blocking thread, moving the writer there and back.
+    async fn on_log<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&mut LogWriter) -> T + Send + 'static,
+    ) -> io::Result<T> {
+        let mut log = self.log.take().ok_or_else(log_lost)?;
+        let (log, out) = tokio::task::spawn_blocking(move || {
+            let out = work(&mut log);
+            (log, out)
+        })
+        .await
+        .map_err(|e| io::Error::other(format!("storage task failed: {e}")))?;
+        self.log = Some(log);
+        Ok(out)
+    }
+}
+
+impl LogWriter {
+    /// Whether `len` more bytes go to a new segment. A segment holds at least one batch,
+    /// however large.
+    fn full(&self, len: usize) -> bool {
+        self.current
             .as_ref()
-            .is_none_or(|c| c.len > 0 && c.len + len as u64 > self.config.segment_bytes_max);
-        if full {
-            if let Some(closed) = &self.current {
-                // Recovery refuses a segment other than the newest that does not end at its
-                // last record, so the zeros go, durably, before the next segment exists.
-                if closed.allocated > closed.len {
-                    closed.file.set_len(closed.len)?;
-                    closed.file.sync_all()?;
-                }
+            .is_none_or(|c| c.len > 0 && c.len + len as u64 > self.segment_bytes_max)
+    }
+
+    /// Closes the open segment and creates the next one, named by `first_lsn`. The new
+    /// file's directory entry is durable after the next [`LogWriter::sync`].
+    fn roll_over(&mut self, first_lsn: Lsn) -> io::Result<()> {
+        if let Some(closed) = self.current.as_mut() {
+            // Recovery refuses a segment other than the newest that does not end at its
+            // last record, so the zeros go, durably, before the next segment exists.
+            if closed.allocated > closed.len {
+                closed.file.set_len(closed.len)?;
+                closed.allocated = closed.len;
+                closed.file.sync_all()?;
             }
-            let path = self.dir.join(segment_name(first_lsn));
-            let file = OpenOptions::new()
-                .create_new(true)
-                .write(true)
-                .open(&path)?;
-            self.current = Some(OpenSegment {
-                file: Arc::new(file),
-                len: 0,
-                allocated: 0,
-            });
-            self.dir_dirty = true;
         }
-        Ok(self.current.as_mut().expect("a segment is open"))
+        let path = self.dir.join(segment_name(first_lsn));
+        let file = OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&path)?;
+        self.current = Some(OpenSegment {
+            file,
+            len: 0,
+            allocated: 0,
+        });
+        self.dir_dirty = true;
+        Ok(())
+    }
+
+    /// Writes whole records starting at `first_lsn`, into a new segment if the open one is
+    /// full. Not durable until [`LogWriter::sync`].
+    fn append(&mut self, first_lsn: Lsn, bytes: &[u8]) -> io::Result<()> {
+        if self.full(bytes.len()) {
+            self.roll_over(first_lsn)?;
+        }
+        let current = self.current.as_mut().expect("a segment is open");
+        // Writes go to the page cache and are cheap; only the sync waits for the disk.
+        current.allocated = write_records(&current.file, current.len, current.allocated, bytes)?;
+        current.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Makes the open segment's records, and the directory entry of a new segment, durable.
+    fn sync(&mut self) -> io::Result<()> {
+        let Some(current) = self.current.as_ref() else {
+            return Ok(());
+        };
+        current.file.sync_data()?;
+        if self.dir_dirty {
+            sync_dir(&self.dir)?;
+            self.dir_dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Cuts the newest segment to `len` bytes and makes that durable.
+    fn truncate_last(&mut self, len: u64) -> io::Result<()> {
+        let Some(current) = self.current.as_mut() else {
+            return Ok(());
+        };
+        assert!(len <= current.allocated, "truncation only shortens");
+        current.file.set_len(len)?;
+        current.len = len;
+        current.allocated = len;
+        current.file.sync_all()
     }
 
     /// Opens the newest segment for appending. Until recovery cuts it with
@@ -187,12 +268,24 @@ impl FileStorage {
             let file = OpenOptions::new().write(true).open(&path)?;
             let len = file.metadata()?.len();
             self.current = Some(OpenSegment {
-                file: Arc::new(file),
+                file,
                 len,
                 allocated: len,
             });
         }
         Ok(())
+    }
+}
+
+impl Drop for LogWriter {
+    /// Cuts the zeros after the last record, so a cleanly stopped partition leaves segments
+    /// that end at their last record (a crash leaves them for recovery to cut).
+    fn drop(&mut self) {
+        if let Some(current) = &self.current {
+            if current.allocated > current.len {
+                let _ = current.file.set_len(current.len);
+            }
+        }
     }
 }
 
@@ -229,88 +322,43 @@ impl Storage for FileStorage {
                 bytes,
             });
         }
-        self.open_last_segment()?;
+        self.on_log(LogWriter::open_last_segment).await??;
         Ok(segments)
     }
 
     async fn truncate_last(&mut self, len: u64) -> io::Result<()> {
-        let Some(current) = self.current.as_mut() else {
-            return Ok(());
-        };
-        assert!(len <= current.allocated, "truncation only shortens");
-        current.file.set_len(len)?;
-        current.len = len;
-        current.allocated = len;
-        let file = Arc::clone(&current.file);
-        blocking(move || file.sync_all()).await
+        self.on_log(move |log| log.truncate_last(len)).await?
     }
 
+    /// Writes on the caller's thread, a roll-over included, because `bytes` is borrowed. The
+    /// driver commits through [`Storage::append_durably`], which does it on a blocking thread.
     async fn append(&mut self, first_lsn: Lsn, bytes: &[u8]) -> io::Result<()> {
-        let current = self.segment_for(first_lsn, bytes.len())?;
-        // Writes go to the page cache and are cheap; only the sync waits for the disk.
-        current.allocated = write_records(&current.file, current.len, current.allocated, bytes)?;
-        current.len += bytes.len() as u64;
-        Ok(())
+        self.log
+            .as_mut()
+            .ok_or_else(log_lost)?
+            .append(first_lsn, bytes)
     }
 
+    /// Writes and syncs on a blocking thread, closing a full segment and creating the next
+    /// there too. Everything a record in the new segment depends on is durable before this
+    /// resolves: the closed segment cut to its last record, the new file's directory entry.
     async fn append_durably(
         &mut self,
         first_lsn: Lsn,
         bytes: Vec<u8>,
     ) -> (Vec<u8>, io::Result<()>) {
-        let current = match self.segment_for(first_lsn, bytes.len()) {
-            Ok(current) => current,
-            Err(error) => return (bytes, Err(error)),
-        };
-        let file = Arc::clone(&current.file);
-        let (len, allocated) = (current.len, current.allocated);
-        let dir = self.dir_dirty.then(|| self.dir.clone());
-        let outcome = tokio::task::spawn_blocking(move || {
-            let result = write_records(&file, len, allocated, &bytes).and_then(|allocated| {
-                file.sync_data()?;
-                dir.map_or(Ok(()), |dir| sync_dir(&dir))?;
-                Ok(allocated)
-            });
-            (bytes, result)
-        })
-        .await;
-        let (bytes, result) = match outcome {
-            Ok(done) => done,
-            Err(e) => {
-                let error = io::Error::other(format!("storage task failed: {e}"));
-                return (Vec::new(), Err(error));
-            }
-        };
-        match result {
-            Ok(allocated) => {
-                // A failed write or sync is fatal for the partition, so the sizes only
-                // matter here.
-                let current = self.current.as_mut().expect("a segment is open");
-                current.len += bytes.len() as u64;
-                current.allocated = allocated;
-                self.dir_dirty = false;
-                (bytes, Ok(()))
-            }
-            Err(error) => (bytes, Err(error)),
-        }
+        let outcome = self
+            .on_log(move |log| {
+                let result = log.append(first_lsn, &bytes).and_then(|()| log.sync());
+                (bytes, result)
+            })
+            .await;
+        // The buffer is lost only with a panicked task, which is fatal for the partition.
+        outcome.unwrap_or_else(|error| (Vec::new(), Err(error)))
     }
 
     async fn sync(&mut self) -> io::Result<()> {
-        let Some(current) = self.current.as_ref() else {
-            return Ok(());
-        };
-        let file = Arc::clone(&current.file);
-        let dir = self.dir_dirty.then(|| self.dir.clone());
-        blocking(move || {
-            file.sync_data()?;
-            if let Some(dir) = dir {
-                sync_dir(&dir)?;
-            }
-            Ok(())
-        })
-        .await?;
-        self.dir_dirty = false;
-        Ok(())
+        self.on_log(LogWriter::sync).await?
     }
 
     fn write_snapshot(
@@ -352,14 +400,114 @@ impl Storage for FileStorage {
     }
 }
 
-impl Drop for FileStorage {
-    /// Cuts the zeros after the last record, so a cleanly stopped partition leaves segments
-    /// that end at their last record (a crash leaves them for recovery to cut).
-    fn drop(&mut self) {
-        if let Some(current) = &self.current {
-            if current.allocated > current.len {
-                let _ = current.file.set_len(current.len);
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode_log, encode_record, Record};
+    use crate::event::Event;
+    use crate::ids::{AccountId, TransactionId};
+    use crate::money::Amount;
+
+    /// Small enough that a few batches of records fill a segment.
+    const SEGMENT_BYTES_MAX: u64 = 256;
+    /// Batches hold 1 to this many records, so segments close at varied lengths.
+    const BATCH_RECORDS_MAX: u64 = 3;
+
+    fn config() -> FileStorageConfig {
+        FileStorageConfig {
+            segment_bytes_max: SEGMENT_BYTES_MAX,
+            snapshots_kept_max: 1,
         }
+    }
+
+    fn record(lsn: Lsn) -> Record {
+        Record {
+            lsn,
+            timestamp: 1_700_000_000_000_000 + lsn,
+            event: Event::Deposited {
+                account: AccountId::new("alice").unwrap(),
+                amount: Amount::from_minor(lsn).unwrap(),
+                transaction_id: TransactionId::new(&format!("d{lsn}")).unwrap(),
+            },
+        }
+    }
+
+    /// Appends `batches` batches durably from `next_lsn` on, recording what was written.
+    async fn append_batches(
+        storage: &mut FileStorage,
+        batches: u64,
+        next_lsn: &mut Lsn,
+        written: &mut Vec<Record>,
+    ) {
+        for batch in 0..batches {
+            let first_lsn = *next_lsn;
+            let mut bytes = Vec::new();
+            for _ in 0..=batch % BATCH_RECORDS_MAX {
+                let record = record(*next_lsn);
+                encode_record(&record, &mut bytes);
+                written.push(record);
+                *next_lsn += 1;
+            }
+            let (_, result) = storage.append_durably(first_lsn, bytes).await;
+            result.unwrap();
+        }
+    }
+
+    /// The segment files of `dir`, oldest first: the lsn each is named by, and its bytes.
+    fn segment_files(dir: &Path) -> Vec<(Lsn, Vec<u8>)> {
+        numbered_files(dir, "log-", ".seg")
+            .unwrap()
+            .into_iter()
+            .map(|(first_lsn, path)| (first_lsn, fs::read(path).unwrap()))
+            .collect()
+    }
+
+    /// Reopens the storage as recovery does and returns every record of every segment,
+    /// checking that each segment ends at its last record after a clean stop.
+    async fn read_back(dir: &Path) -> (FileStorage, Vec<Record>) {
+        let mut storage = FileStorage::open(dir, config()).unwrap();
+        let mut records = Vec::new();
+        for segment in storage.read_log(0).await.unwrap() {
+            let decoded = decode_log(&segment.bytes, segment.first_lsn).unwrap();
+            assert_eq!(decoded.valid_len, segment.bytes.len(), "{}", segment.name);
+            records.extend(decoded.records);
+        }
+        (storage, records)
+    }
+
+    #[tokio::test]
+    async fn appends_roll_over_into_segments_cut_to_their_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = FileStorage::open(dir.path(), config()).unwrap();
+        let (mut next_lsn, mut written) = (1, Vec::new());
+        append_batches(&mut storage, 40, &mut next_lsn, &mut written).await;
+
+        // While the storage is open, the newest segment runs on into preallocated zeros and
+        // every closed one already ends exactly at its last record.
+        let files = segment_files(dir.path());
+        assert!(files.len() >= 5, "only {} segments", files.len());
+        let (newest, closed) = files.split_last().unwrap();
+        for (first_lsn, bytes) in closed {
+            let decoded = decode_log(bytes, *first_lsn).unwrap();
+            assert!(!decoded.records.is_empty());
+            assert_eq!(decoded.valid_len, bytes.len(), "segment {first_lsn}");
+            assert!(bytes.len() as u64 <= SEGMENT_BYTES_MAX);
+        }
+        let decoded = decode_log(&newest.1, newest.0).unwrap();
+        assert!(
+            decoded.valid_len < newest.1.len(),
+            "the newest segment is preallocated"
+        );
+        drop(storage);
+
+        let (mut storage, records) = read_back(dir.path()).await;
+        assert_eq!(records, written);
+
+        // Appending after a reopen goes on from the newest segment and rolls over again.
+        append_batches(&mut storage, 20, &mut next_lsn, &mut written).await;
+        assert!(segment_files(dir.path()).len() > files.len());
+        drop(storage);
+        let (_, records) = read_back(dir.path()).await;
+        assert_eq!(records, written);
     }
 }
