@@ -844,14 +844,18 @@ impl<S: Storage> PartitionDriver<S> {
     /// Whether the batch being committed should be followed by a snapshot.
     ///
     /// A snapshot costs time in proportion to the whole state, and the partition waits for
-    /// its encoding. Taking one only once the log since the last has grown at least as large
-    /// as the state keeps that cost at most one row per event, however large the state
-    /// becomes, and recovery replays at most about one state's worth of records.
+    /// its encoding. Taking one only once the log since the last holds at least half as many
+    /// events as the state has rows keeps that cost at most two rows per event, however large
+    /// the state becomes, and recovery replays at most about half a state's worth of records.
+    /// Half, not all: most events add a row (every transfer does), so a log since the last
+    /// snapshot never catches up with a state that grows with it, and a partition would take
+    /// one snapshot and then never another.
     fn snapshot_due(&self) -> bool {
         let every = self.config.snapshot_every_events;
+        let half_the_rows = self.ledger.row_count() as u64 / 2;
         !self.snapshot_pending
             && every != 0
-            && self.events_since_snapshot >= every.max(self.ledger.row_count() as u64)
+            && self.events_since_snapshot >= every.max(half_the_rows)
     }
 }
 

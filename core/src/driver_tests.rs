@@ -581,6 +581,47 @@ async fn recovery_from_a_snapshot_equals_replay_from_zero() {
     }
 }
 
+/// Deposits add a row each, like transfers: a log that only had to grow as large as the
+/// state would never catch up with it again after the first snapshot.
+#[tokio::test]
+async fn snapshots_keep_coming_while_every_event_adds_a_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep_all = FileStorageConfig {
+        snapshots_kept_max: 100,
+        ..FileStorageConfig::default()
+    };
+    let storage = FileStorage::open(dir.path().join("p0"), keep_all).unwrap();
+    let config = EngineConfig {
+        driver: DriverConfig {
+            snapshot_every_events: 4,
+            ..DriverConfig::default()
+        },
+        ..single()
+    };
+    let engine = Engine::start(vec![storage], config).await.unwrap();
+    let client = engine.client();
+    let open = Command::OpenAccount {
+        account: id("alice"),
+        currency: Currency::USD,
+    };
+    client.execute(open, false).await.unwrap().unwrap();
+    for i in 0..200 {
+        client.execute(deposit(i), true).await.unwrap().unwrap();
+    }
+    engine.shutdown().await.unwrap();
+    let mut storage = FileStorage::open(dir.path().join("p0"), keep_all).unwrap();
+    let snapshots = storage.read_snapshots().await.unwrap();
+    // Rows double between snapshots (4, 8, 16, ..., 128 events): at least five of them.
+    assert!(snapshots.len() >= 5, "{} snapshots", snapshots.len());
+    let (_, report) = recover(&mut storage, 0, 1).await.unwrap();
+    assert!(
+        report.records_replayed <= report.last_lsn / 2 + 1,
+        "recovery replayed {} of {} records",
+        report.records_replayed,
+        report.last_lsn
+    );
+}
+
 #[tokio::test]
 async fn logs_roll_over_into_segments_and_recover_across_them() {
     let dir = tempfile::tempdir().unwrap();

@@ -202,12 +202,15 @@ impl LogWriter {
     fn roll_over(&mut self, first_lsn: Lsn) -> io::Result<()> {
         if let Some(closed) = self.current.as_mut() {
             // Recovery refuses a segment other than the newest that does not end at its
-            // last record, so the zeros go, durably, before the next segment exists.
+            // last record, so the zeros go before the next segment exists. The fsync is
+            // unconditional: a later `sync` only reaches the newest segment, so records
+            // appended here without one since must be made durable now (the driver syncs
+            // every batch, so then this fsync finds nothing to write but the length).
             if closed.allocated > closed.len {
                 closed.file.set_len(closed.len)?;
                 closed.allocated = closed.len;
-                closed.file.sync_all()?;
             }
+            closed.file.sync_all()?;
         }
         let path = self.dir.join(segment_name(first_lsn));
         let file = OpenOptions::new()
