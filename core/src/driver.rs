@@ -32,7 +32,7 @@ use crate::ledger::{
     TransferStatus,
 };
 use crate::partition::PartitionId;
-use crate::snapshot::{decode_snapshot, encode_snapshot};
+use crate::snapshot::{decode_snapshot, SnapshotImage};
 use crate::storage::Storage;
 use crate::transport::{PeerMessage, Transport};
 
@@ -301,14 +301,14 @@ struct InFlight<S> {
     last_lsn: Lsn,
     started: Instant,
     /// A snapshot of the state this batch leaves, to be written once the batch is durable.
-    snapshot: Option<Vec<u8>>,
+    snapshot: Option<SnapshotImage>,
 }
 
 /// A snapshot being written, alongside the log's commits.
 struct SnapshotWrite {
-    write: Pin<Box<dyn Future<Output = io::Result<()>> + Send>>,
+    /// Encodes and writes; resolves to the snapshot's length.
+    write: Pin<Box<dyn Future<Output = io::Result<usize>> + Send>>,
     lsn: Lsn,
-    len: usize,
 }
 
 /// The driver of one partition. Build with [`PartitionDriver::new`] after [`recover`], then
@@ -336,7 +336,7 @@ pub struct PartitionDriver<S: Storage> {
     clock: Option<(Micros, Timestamp)>,
     /// Events applied since the driver started (published to `stats.events` once per input).
     events_applied: u64,
-    /// A snapshot is encoded and not yet written: no second one until it is.
+    /// A snapshot is taken and not yet written: no second one until it is.
     snapshot_pending: bool,
     groups: FxHashMap<u64, OpenGroup>,
     next_group: u64,
@@ -460,16 +460,16 @@ impl<S: Storage> PartitionDriver<S> {
                     let done = in_flight.take().expect("a commit was in flight");
                     result?;
                     let lsn = done.last_lsn;
-                    if let Some(bytes) = self.finish_commit(storage, buffer, done) {
-                        snapshot = Some(self.start_snapshot(lsn, bytes));
+                    if let Some(image) = self.finish_commit(storage, buffer, done) {
+                        snapshot = Some(self.start_snapshot(lsn, image));
                     }
                 }
                 result = poll_snapshot(&mut snapshot), if snapshot.is_some() => {
                     let done = snapshot.take().expect("a snapshot was being written");
                     self.snapshot_pending = false;
                     let partition = self.partition;
-                    result.map_err(|source| DriverError::Io { partition, source })?;
-                    tracing::info!(partition, lsn = done.lsn, bytes = done.len, "snapshot written");
+                    let bytes = result.map_err(|source| DriverError::Io { partition, source })?;
+                    tracing::info!(partition, lsn = done.lsn, bytes, "snapshot written");
                 }
                 input = self.inbox.recv(), if accepting => match input {
                     Some(input) => {
@@ -518,7 +518,8 @@ impl<S: Storage> PartitionDriver<S> {
             return None;
         }
         let last_lsn = self.ledger.last_applied().lsn;
-        let snapshot = self.snapshot_due().then(|| encode_snapshot(&self.ledger));
+        // Only the image is taken here; it is encoded where the storage writes it.
+        let snapshot = self.snapshot_due().then(|| SnapshotImage::of(&self.ledger));
         if snapshot.is_some() {
             self.events_since_snapshot = 0;
             self.snapshot_pending = true;
@@ -541,13 +542,12 @@ impl<S: Storage> PartitionDriver<S> {
     }
 
     /// Starts writing a snapshot taken at `lsn`, now that the log is durable up to there.
-    fn start_snapshot(&mut self, lsn: Lsn, bytes: Vec<u8>) -> SnapshotWrite {
-        let len = bytes.len();
+    fn start_snapshot(&mut self, lsn: Lsn, image: SnapshotImage) -> SnapshotWrite {
         let storage = self.storage.as_mut().expect("no commit in flight");
+        let encode = Box::new(move || image.encode());
         SnapshotWrite {
-            write: Box::pin(storage.write_snapshot(lsn, bytes)),
+            write: Box::pin(storage.write_snapshot(lsn, encode)),
             lsn,
-            len,
         }
     }
 
@@ -558,7 +558,7 @@ impl<S: Storage> PartitionDriver<S> {
         storage: S,
         mut buffer: Vec<u8>,
         mut done: InFlight<S>,
-    ) -> Option<Vec<u8>> {
+    ) -> Option<SnapshotImage> {
         assert!(self.storage.is_none(), "the commit owned the storage");
         self.storage = Some(storage);
         buffer.clear();
@@ -868,7 +868,7 @@ async fn poll_commit<S>(in_flight: &mut Option<InFlight<S>>) -> CommitOutput<S> 
 }
 
 /// The outcome of the snapshot write in progress (the caller polls this only when there is one).
-async fn poll_snapshot(snapshot: &mut Option<SnapshotWrite>) -> io::Result<()> {
+async fn poll_snapshot(snapshot: &mut Option<SnapshotWrite>) -> io::Result<usize> {
     match snapshot {
         Some(snapshot) => snapshot.write.as_mut().await,
         None => std::future::pending().await,

@@ -450,9 +450,9 @@ impl Storage for SlowSync {
     fn write_snapshot(
         &mut self,
         lsn: Lsn,
-        bytes: Vec<u8>,
-    ) -> impl std::future::Future<Output = io::Result<()>> + Send + 'static {
-        self.inner.write_snapshot(lsn, bytes)
+        encode: crate::storage::EncodeSnapshot,
+    ) -> impl std::future::Future<Output = io::Result<usize>> + Send + 'static {
+        self.inner.write_snapshot(lsn, encode)
     }
     async fn read_snapshots(&mut self) -> io::Result<Vec<StoredSnapshot>> {
         self.inner.read_snapshots().await

@@ -35,15 +35,20 @@
 //! most of what a snapshot cost, and it stalled the partition meanwhile. Version 1 snapshots
 //! are still read.
 
+use std::collections::BTreeMap;
+
 use crc32c::crc32c;
 
 use crate::codec::{put_currency, put_key, put_transfer, reason_tag, CodecError, Cursor};
+use crate::event::TransferKey;
+use crate::ids::{AccountId, TransactionId};
 use crate::ledger::{
-    Account, CashKind, CashRow, CreditRow, CreditState, Flows, Ledger, RecordMeta, TransferRow,
-    TransferState,
+    Account, CashKind, CashRow, CreditRow, CreditState, Flows, Ledger, RecordMeta, Table,
+    TransferRow, TransferState,
 };
-use crate::partition::{partition_of, PARTITIONS_MAX};
-use crate::transfer_table::RowView;
+use crate::money::Currency;
+use crate::partition::{partition_of, PartitionId, PARTITIONS_MAX};
+use crate::transfer_table::{RowStore, RowView};
 
 /// The first bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"WSNP";
@@ -58,16 +63,59 @@ const CRC_LEN: usize = 4;
 /// what a corrupt count can make the decoder preallocate.
 const ROW_LEN_MIN: usize = 6;
 
+/// The state of a ledger at one point, detached from it: what a snapshot is encoded from.
+///
+/// Taking one copies the accounts and the barrier and cash tables, and shares the transfers
+/// table's sealed chunks of rows ([`crate::transfer_table::RowStore`]), so a partition takes
+/// it in milliseconds and the encoding, which costs time in proportion to every row ever
+/// recorded, runs on another thread while the partition goes on.
+#[derive(Clone)]
+pub struct SnapshotImage {
+    partition: PartitionId,
+    partitions: u32,
+    last: RecordMeta,
+    accounts: rustc_hash::FxHashMap<AccountId, Account>,
+    transfers: RowStore,
+    credits: Table<TransferKey, CreditRow>,
+    cash: Table<(AccountId, TransactionId), CashRow>,
+    flows: BTreeMap<Currency, Flows>,
+}
+
+impl SnapshotImage {
+    /// The state `ledger` holds now.
+    pub fn of(ledger: &Ledger) -> SnapshotImage {
+        SnapshotImage {
+            partition: ledger.partition(),
+            partitions: ledger.partitions(),
+            last: ledger.last,
+            accounts: ledger.accounts.clone(),
+            transfers: ledger.transfers.freeze(),
+            credits: ledger.credits.clone(),
+            cash: ledger.cash.clone(),
+            flows: ledger.flows.clone(),
+        }
+    }
+
+    /// The snapshot's bytes (see [`encode_snapshot`]).
+    pub fn encode(&self) -> Vec<u8> {
+        encode_image(self)
+    }
+}
+
 /// The whole state of `ledger`, in the canonical form described in the module docs.
 pub fn encode_snapshot(ledger: &Ledger) -> Vec<u8> {
+    SnapshotImage::of(ledger).encode()
+}
+
+fn encode_image(ledger: &SnapshotImage) -> Vec<u8> {
     // Sized for typical rows up front: growing a buffer of hundreds of megabytes by doubling
     // would fault its pages in twice.
     let rows = ledger.accounts.len() + ledger.transfers.len() + ledger.credits.len();
     let mut out = Vec::with_capacity(HEADER_LEN + CRC_LEN + 96 * (rows + ledger.cash.len()));
     out.extend_from_slice(&SNAPSHOT_MAGIC);
     out.push(SNAPSHOT_VERSION);
-    out.extend_from_slice(&ledger.partition().to_le_bytes());
-    out.extend_from_slice(&ledger.partitions().to_le_bytes());
+    out.extend_from_slice(&ledger.partition.to_le_bytes());
+    out.extend_from_slice(&ledger.partitions.to_le_bytes());
     out.extend_from_slice(&ledger.last.lsn.to_le_bytes());
     out.extend_from_slice(&ledger.last.timestamp.to_le_bytes());
     put_table(

@@ -19,6 +19,7 @@
 //! narrower questions (`find`, `records`, `state`) that touch just the packed row.
 
 use std::hash::Hasher;
+use std::sync::Arc;
 
 use rustc_hash::FxHasher;
 
@@ -78,17 +79,126 @@ fn key_hash(from: &[u8], transaction_id: &[u8]) -> u32 {
     (hasher.finish() >> 32) as u32
 }
 
+/// Rows per sealed chunk of rows: 3 MiB of them (tests use small chunks to cross their edges).
+const CHUNK_ROWS: usize = if cfg!(test) { 64 } else { 1 << 16 };
+/// Bytes per sealed chunk of the id arena. A row's ids (at most 192 bytes) never span two.
+const ARENA_CHUNK_BYTES: usize = if cfg!(test) { 1024 } else { 1 << 22 };
+
+/// The rows and their id bytes, in chunks: sealed ones shared (`Arc`), and an open tail that
+/// takes the appends. Cloning it, which is what a snapshot does, copies only the two tails and
+/// shares every sealed chunk, so the partition hands a snapshot of millions of rows to another
+/// thread in a few milliseconds; a phase change in a chunk a snapshot still reads copies that
+/// one chunk first (`Arc::make_mut`), so the snapshot sees the rows as they were.
+#[derive(Clone, Default)]
+pub(crate) struct RowStore {
+    sealed: Vec<Arc<Vec<PackedRow>>>,
+    tail: Vec<PackedRow>,
+    sealed_ids: Vec<Arc<Vec<u8>>>,
+    tail_ids: Vec<u8>,
+}
+
+impl RowStore {
+    pub(crate) fn len(&self) -> usize {
+        self.sealed.len() * CHUNK_ROWS + self.tail.len()
+    }
+
+    #[inline]
+    fn row(&self, at: usize) -> &PackedRow {
+        let (chunk, i) = (at / CHUNK_ROWS, at % CHUNK_ROWS);
+        match self.sealed.get(chunk) {
+            Some(sealed) => &sealed[i],
+            None => &self.tail[i],
+        }
+    }
+
+    fn row_mut(&mut self, at: usize) -> &mut PackedRow {
+        let (chunk, i) = (at / CHUNK_ROWS, at % CHUNK_ROWS);
+        match self.sealed.get_mut(chunk) {
+            Some(sealed) => &mut Arc::make_mut(sealed)[i],
+            None => &mut self.tail[i],
+        }
+    }
+
+    /// The `from`, `transaction_id` and `to` bytes of `row`, back to back.
+    #[inline]
+    fn ids_of(&self, row: &PackedRow) -> &[u8] {
+        let (chunk, start) = ((row.ids_at >> 32) as usize, row.ids_at as u32 as usize);
+        let len = usize::from(row.from_len)
+            + usize::from(row.transaction_id_len)
+            + usize::from(row.to_len);
+        let bytes = match self.sealed_ids.get(chunk) {
+            Some(sealed) => sealed.as_slice(),
+            None => self.tail_ids.as_slice(),
+        };
+        &bytes[start..start + len]
+    }
+
+    /// Appends `row` with the ids of `transfer`; returns its position.
+    fn push(&mut self, mut row: PackedRow, transfer: &Transfer) -> usize {
+        let ids_len = usize::from(row.from_len)
+            + usize::from(row.transaction_id_len)
+            + usize::from(row.to_len);
+        if self.tail_ids.len() + ids_len > ARENA_CHUNK_BYTES {
+            let sealed =
+                std::mem::replace(&mut self.tail_ids, Vec::with_capacity(ARENA_CHUNK_BYTES));
+            self.sealed_ids.push(Arc::new(sealed));
+        }
+        if self.tail_ids.capacity() == 0 {
+            self.tail_ids.reserve_exact(ARENA_CHUNK_BYTES);
+        }
+        row.ids_at = (self.sealed_ids.len() as u64) << 32 | self.tail_ids.len() as u64;
+        transfer.from.append_bytes_to(&mut self.tail_ids);
+        transfer.transaction_id.append_bytes_to(&mut self.tail_ids);
+        transfer.to.append_bytes_to(&mut self.tail_ids);
+        if self.tail.len() == CHUNK_ROWS {
+            let sealed = std::mem::replace(&mut self.tail, Vec::with_capacity(CHUNK_ROWS));
+            self.sealed.push(Arc::new(sealed));
+        }
+        let at = self.len();
+        self.tail.push(row);
+        at
+    }
+
+    /// Every row as borrowed fields, in log order: what encoders read without rebuilding
+    /// three inline ids per row (a snapshot holds millions of rows).
+    pub(crate) fn views(&self) -> impl ExactSizeIterator<Item = RowView<'_>> + '_ {
+        (0..self.len()).map(|at| {
+            let row = self.row(at);
+            let ids = self.ids_of(row);
+            let (from, rest) = ids.split_at(usize::from(row.from_len));
+            let (transaction_id, to) = rest.split_at(usize::from(row.transaction_id_len));
+            RowView {
+                transaction_id,
+                from,
+                to,
+                amount: row.amount,
+                currency: row.currency,
+                state: row.state,
+                remote: row.remote,
+                accepted_at: row.accepted_at,
+                decided_at: row.decided_at,
+                finished_at: row.finished_at,
+            }
+        })
+    }
+}
+
 /// See the module documentation.
 #[derive(Clone, Default)]
 pub(crate) struct TransferTable {
     index: RowIndex,
-    rows: Vec<PackedRow>,
-    ids: Vec<u8>,
+    store: RowStore,
 }
 
 impl TransferTable {
     pub(crate) fn len(&self) -> usize {
-        self.rows.len()
+        self.store.len()
+    }
+
+    /// The rows as they are now, detached from the table: later changes to the table do not
+    /// show in it (see [`RowStore`]).
+    pub(crate) fn freeze(&self) -> RowStore {
+        self.store.clone()
     }
 
     /// The position of the row recorded under `key`.
@@ -96,9 +206,8 @@ impl TransferTable {
     pub(crate) fn find(&self, key: &TransferKey) -> Option<usize> {
         let (from, transaction_id) = (key.from.as_bytes(), key.transaction_id.as_bytes());
         let hash = key_hash(from, transaction_id);
-        let (rows, ids) = (&self.rows, &self.ids);
         self.index
-            .find(hash, |at| is_key(rows, ids, at, from, transaction_id))
+            .find(hash, |at| is_key(&self.store, at, from, transaction_id))
     }
 
     /// Reads the index slot that a lookup of `key` starts from, so that the lookup finds it
@@ -119,8 +228,8 @@ impl TransferTable {
 
     /// The row at position `at` (positions are log order), whole.
     pub(crate) fn row(&self, at: usize) -> TransferRow {
-        let row = &self.rows[at];
-        let ids = self.ids_of(row);
+        let row = self.store.row(at);
+        let ids = self.store.ids_of(row);
         let (from, rest) = ids.split_at(usize::from(row.from_len));
         let (transaction_id, to) = rest.split_at(usize::from(row.transaction_id_len));
         TransferRow {
@@ -140,7 +249,7 @@ impl TransferTable {
     }
 
     pub(crate) fn phase(&self, at: usize) -> Phase {
-        let row = &self.rows[at];
+        let row = self.store.row(at);
         Phase {
             state: row.state,
             decided_at: row.decided_at,
@@ -149,7 +258,7 @@ impl TransferTable {
     }
 
     pub(crate) fn set_phase(&mut self, at: usize, phase: Phase) {
-        let row = &mut self.rows[at];
+        let row = self.store.row_mut(at);
         row.state = phase.state;
         row.decided_at = phase.decided_at;
         row.finished_at = phase.finished_at;
@@ -157,16 +266,16 @@ impl TransferTable {
 
     /// The amount and currency of the row at `at`: what finishing its hold needs.
     pub(crate) fn money(&self, at: usize) -> (Amount, Currency) {
-        let row = &self.rows[at];
+        let row = self.store.row(at);
         (row.amount, row.currency)
     }
 
     /// Whether `transfer`, whose key the row at `at` is recorded under, is the transfer the
     /// row records (a retry) rather than another body under the same key (a conflict).
     pub(crate) fn records(&self, at: usize, transfer: &Transfer) -> bool {
-        let row = &self.rows[at];
+        let row = self.store.row(at);
         debug_assert!(self.row(at).transfer.key() == transfer.key());
-        let ids = self.ids_of(row);
+        let ids = self.store.ids_of(row);
         let to_at = usize::from(row.from_len) + usize::from(row.transaction_id_len);
         row.amount == transfer.amount
             && row.currency == transfer.currency
@@ -190,10 +299,9 @@ impl TransferTable {
     pub(crate) fn vacancy(&mut self, key: &TransferKey) -> Option<Vacancy<'_>> {
         let (from, transaction_id) = (key.from.as_bytes(), key.transaction_id.as_bytes());
         let hash = key_hash(from, transaction_id);
-        let (rows, ids) = (&self.rows, &self.ids);
         if self
             .index
-            .find(hash, |at| is_key(rows, ids, at, from, transaction_id))
+            .find(hash, |at| is_key(&self.store, at, from, transaction_id))
             .is_some()
         {
             return None;
@@ -201,38 +309,16 @@ impl TransferTable {
         Some(Vacancy { table: self, hash })
     }
 
-    /// Every row as borrowed fields, in log order: what encoders read without rebuilding
-    /// three inline ids per row (a snapshot holds millions of rows).
-    pub(crate) fn views(&self) -> impl ExactSizeIterator<Item = RowView<'_>> + '_ {
-        self.rows.iter().map(|row| {
-            let ids = self.ids_of(row);
-            let (from, rest) = ids.split_at(usize::from(row.from_len));
-            let (transaction_id, to) = rest.split_at(usize::from(row.transaction_id_len));
-            RowView {
-                transaction_id,
-                from,
-                to,
-                amount: row.amount,
-                currency: row.currency,
-                state: row.state,
-                remote: row.remote,
-                accepted_at: row.accepted_at,
-                decided_at: row.decided_at,
-                finished_at: row.finished_at,
-            }
-        })
-    }
-
     /// Every row, whole, in log order.
     pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = TransferRow> + '_ {
-        (0..self.rows.len()).map(|at| self.row(at))
+        (0..self.len()).map(|at| self.row(at))
     }
 
     /// Rows still driven by the coordinator, whole, in log order. Reads only the packed rows
     /// of the others.
     pub(crate) fn unfinished(&self) -> impl Iterator<Item = TransferRow> + '_ {
-        (0..self.rows.len())
-            .filter(|&at| self.rows[at].state.is_unfinished())
+        (0..self.len())
+            .filter(|&at| self.store.row(at).state.is_unfinished())
             .map(|at| self.row(at))
     }
 
@@ -242,33 +328,22 @@ impl TransferTable {
     #[cfg(any(test, madsim))]
     pub(crate) fn remove(&mut self, key: &TransferKey) {
         let Some(at) = self.find(key) else { return };
-        self.rows.swap_remove(at);
-        self.index = RowIndex::default();
-        for at in 0..self.rows.len() {
-            let key = self.row(at).transfer.key();
-            let hash = key_hash(key.from.as_bytes(), key.transaction_id.as_bytes());
-            self.index.insert(hash, at);
-        }
-    }
-
-    fn ids_of(&self, row: &PackedRow) -> &[u8] {
-        let start = row.ids_at as usize;
-        let len = usize::from(row.from_len) + usize::from(row.transaction_id_len);
-        &self.ids[start..start + len + usize::from(row.to_len)]
+        let mut rows: Vec<TransferRow> = self.iter().collect();
+        rows.swap_remove(at);
+        *self = rows.into_iter().collect();
     }
 }
 
 /// Whether the row at `at` is recorded under the key of `from` and `transaction_id`.
 #[inline]
-fn is_key(rows: &[PackedRow], ids: &[u8], at: usize, from: &[u8], transaction_id: &[u8]) -> bool {
-    let row = &rows[at];
+fn is_key(store: &RowStore, at: usize, from: &[u8], transaction_id: &[u8]) -> bool {
+    let row = store.row(at);
     if usize::from(row.from_len) != from.len()
         || usize::from(row.transaction_id_len) != transaction_id.len()
     {
         return false;
     }
-    let start = row.ids_at as usize;
-    let (stored_from, rest) = ids[start..].split_at(from.len());
+    let (stored_from, rest) = store.ids_of(row).split_at(from.len());
     stored_from == from && &rest[..transaction_id.len()] == transaction_id
 }
 
@@ -296,10 +371,9 @@ pub(crate) struct Vacancy<'a> {
 impl Vacancy<'_> {
     /// Appends `row`, whose key must be the one this place was found for.
     pub(crate) fn fill(self, row: &TransferRow) {
-        let TransferTable { index, rows, ids } = self.table;
-        let at = rows.len();
+        let TransferTable { index, store } = self.table;
         assert!(
-            at < TRANSFER_ROWS_MAX,
+            store.len() < TRANSFER_ROWS_MAX,
             "a partition records fewer than 2^32 - 1 transfers"
         );
         let t = &row.transfer;
@@ -307,12 +381,8 @@ impl Vacancy<'_> {
             self.hash,
             key_hash(t.from.as_bytes(), t.transaction_id.as_bytes())
         );
-        let ids_at = ids.len() as u64;
-        t.from.append_bytes_to(ids);
-        t.transaction_id.append_bytes_to(ids);
-        t.to.append_bytes_to(ids);
-        rows.push(PackedRow {
-            ids_at,
+        let packed = PackedRow {
+            ids_at: 0,
             amount: t.amount,
             accepted_at: row.accepted_at,
             decided_at: row.decided_at,
@@ -323,7 +393,8 @@ impl Vacancy<'_> {
             to_len: t.to.as_bytes().len() as u8,
             currency: t.currency,
             remote: row.remote,
-        });
+        };
+        let at = store.push(packed, t);
         index.insert(self.hash, at);
     }
 }
@@ -448,6 +519,50 @@ mod tests {
                 .key();
             assert_eq!(table.find(&key), Some(i as usize));
         }
+    }
+
+    #[test]
+    fn a_frozen_copy_keeps_the_rows_as_they_were() {
+        let mut table = TransferTable::default();
+        let trying = |i: usize| {
+            let mut r = row(&format!("acct-{i}"), &format!("t-{i}"), "dst", i as u64 + 1);
+            r.state = TransferState::Trying;
+            r
+        };
+        // Several sealed chunks of rows and of ids, and an open tail of each.
+        let count = 10 * CHUNK_ROWS + 5;
+        for i in 0..count {
+            assert!(table.insert(&trying(i)));
+        }
+        assert!(table.store.sealed.len() >= 10 && table.store.sealed_ids.len() > 1);
+        let frozen = table.freeze();
+        let before: Vec<_> = table.iter().collect();
+        // Change rows in a sealed chunk and in the tail, and append more.
+        let done = Phase {
+            state: TransferState::Committed,
+            decided_at: 7,
+            finished_at: 7,
+        };
+        for at in [0, CHUNK_ROWS + 1, count - 1] {
+            table.set_phase(at, done);
+        }
+        for i in count..count + CHUNK_ROWS {
+            assert!(table.insert(&trying(i)));
+        }
+        assert_eq!(frozen.len(), count);
+        for (view, row) in frozen.views().zip(&before) {
+            assert_eq!(view.state, TransferState::Trying);
+            assert_eq!(view.from, row.transfer.from.as_bytes());
+            assert_eq!(view.transaction_id, row.transfer.transaction_id.as_bytes());
+            assert_eq!(view.to, row.transfer.to.as_bytes());
+            assert_eq!(view.amount, row.transfer.amount);
+        }
+        assert_eq!(table.phase(CHUNK_ROWS + 1), done);
+        assert_eq!(table.phase(CHUNK_ROWS + 2).state, TransferState::Trying);
+        assert_eq!(
+            table.get(&trying(count + 3).transfer.key()),
+            Some(trying(count + 3))
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use walletd_core::event::Lsn;
-use walletd_core::storage::{LogSegment, Storage, StoredSnapshot};
+use walletd_core::storage::{EncodeSnapshot, LogSegment, Storage, StoredSnapshot};
 
 use crate::rng::SharedRng;
 
@@ -217,8 +217,8 @@ impl Storage for SimStorage {
     fn write_snapshot(
         &mut self,
         lsn: Lsn,
-        bytes: Vec<u8>,
-    ) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        encode: EncodeSnapshot,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'static {
         // Taking a sync's time lets log appends and syncs (and crashes) happen meanwhile;
         // the snapshot then appears at once, as a rename makes it appear on a real disk.
         let handle = SimStorage {
@@ -226,13 +226,17 @@ impl Storage for SimStorage {
             epoch: self.epoch,
         };
         async move {
+            // Encoded here, as file storage encodes on its writing thread: the driver's
+            // state may move on meanwhile, which is what the image must withstand.
+            let bytes = encode();
+            let len = bytes.len();
             tokio::time::sleep(handle.disk.sync_delay()).await;
             let mut state = handle.live()?;
             state.snapshots.push((lsn, bytes));
             if state.snapshots.len() > SNAPSHOTS_KEPT {
                 state.snapshots.remove(0);
             }
-            Ok(())
+            Ok(len)
         }
     }
 

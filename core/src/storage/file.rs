@@ -28,7 +28,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{LogSegment, Storage, StoredSnapshot};
+use super::{EncodeSnapshot, LogSegment, Storage, StoredSnapshot};
 use crate::event::Lsn;
 
 /// Limits of file storage.
@@ -367,11 +367,12 @@ impl Storage for FileStorage {
     fn write_snapshot(
         &mut self,
         lsn: Lsn,
-        bytes: Vec<u8>,
-    ) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        encode: EncodeSnapshot,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'static {
         let dir = self.dir.clone();
         let kept = self.config.snapshots_kept_max;
         blocking(move || {
+            let bytes = encode();
             let tmp = dir.join(format!("snapshot-{lsn:020}.tmp"));
             let mut file = File::create(&tmp)?;
             file.write_all(&bytes)?;
@@ -382,7 +383,7 @@ impl Storage for FileStorage {
             for (_, old) in snapshots.iter().rev().skip(kept) {
                 fs::remove_file(old)?;
             }
-            Ok(())
+            Ok(bytes.len())
         })
     }
 

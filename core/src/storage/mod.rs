@@ -76,20 +76,25 @@ pub trait Storage: Send + 'static {
         }
     }
 
-    /// Durably stores a snapshot (atomically: a crash leaves the old or the new one).
+    /// Durably stores a snapshot (atomically: a crash leaves the old or the new one) and
+    /// returns its length in bytes.
     ///
     /// The future owns what it needs (`'static`): the driver lets it run alongside the log's
-    /// appends and syncs, because writing a large snapshot takes as long as many group
-    /// commits. The bytes are taken by value so file storage writes them without a copy.
+    /// appends and syncs, because encoding and writing a large snapshot take as long as many
+    /// group commits. The bytes come from `encode`, which the storage calls where it writes
+    /// them (file storage: on a blocking thread), so the partition's thread never encodes.
     fn write_snapshot(
         &mut self,
         lsn: Lsn,
-        bytes: Vec<u8>,
-    ) -> impl Future<Output = io::Result<()>> + Send + 'static;
+        encode: EncodeSnapshot,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'static;
 
     /// The snapshots present, newest first (recovery falls back to older ones if one is bad).
     fn read_snapshots(&mut self) -> impl Future<Output = io::Result<Vec<StoredSnapshot>>> + Send;
 }
+
+/// Encodes a snapshot when called (see [`Storage::write_snapshot`]).
+pub type EncodeSnapshot = Box<dyn FnOnce() -> Vec<u8> + Send + 'static>;
 
 /// The bytes of an in-memory disk, shared so a test (or crash) can inspect and damage them.
 #[derive(Debug, Default, Clone)]
@@ -169,12 +174,14 @@ impl Storage for MemStorage {
     fn write_snapshot(
         &mut self,
         lsn: Lsn,
-        bytes: Vec<u8>,
-    ) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        encode: EncodeSnapshot,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'static {
         let disk = Arc::clone(&self.disk);
         async move {
+            let bytes = encode();
+            let len = bytes.len();
             disk.lock().expect("disk lock").snapshots.push((lsn, bytes));
-            Ok(())
+            Ok(len)
         }
     }
 
