@@ -14,7 +14,7 @@
 //! ```
 
 use std::future::Future;
-use std::io;
+use std::io::{self, Write};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -544,7 +544,7 @@ impl<S: Storage> PartitionDriver<S> {
     /// Starts writing a snapshot taken at `lsn`, now that the log is durable up to there.
     fn start_snapshot(&mut self, lsn: Lsn, image: SnapshotImage) -> SnapshotWrite {
         let storage = self.storage.as_mut().expect("no commit in flight");
-        let encode = Box::new(move || image.encode());
+        let encode = Box::new(move |out: &mut dyn Write| image.write_to(out));
         SnapshotWrite {
             write: Box::pin(storage.write_snapshot(lsn, encode)),
             lsn,

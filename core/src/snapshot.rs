@@ -36,6 +36,7 @@
 //! are still read.
 
 use std::collections::BTreeMap;
+use std::io::{self, Write};
 
 use crc32c::crc32c;
 
@@ -98,7 +99,17 @@ impl SnapshotImage {
 
     /// The snapshot's bytes (see [`encode_snapshot`]).
     pub fn encode(&self) -> Vec<u8> {
-        encode_image(self)
+        let mut bytes = Vec::new();
+        self.write_to(&mut bytes)
+            .expect("writing into memory does not fail");
+        bytes
+    }
+
+    /// Writes the snapshot's bytes to `writer` a chunk at a time, so a snapshot of any size
+    /// takes [`SINK_CHUNK_BYTES`] of memory, not its own size in fresh pages; returns the
+    /// length written.
+    pub fn write_to(&self, writer: impl Write) -> io::Result<usize> {
+        encode_image(self, writer)
     }
 }
 
@@ -107,11 +118,54 @@ pub fn encode_snapshot(ledger: &Ledger) -> Vec<u8> {
     SnapshotImage::of(ledger).encode()
 }
 
-fn encode_image(ledger: &SnapshotImage) -> Vec<u8> {
-    // Sized for typical rows up front: growing a buffer of hundreds of megabytes by doubling
-    // would fault its pages in twice.
-    let rows = ledger.accounts.len() + ledger.transfers.len() + ledger.credits.len();
-    let mut out = Vec::with_capacity(HEADER_LEN + CRC_LEN + 96 * (rows + ledger.cash.len()));
+/// Bytes an encoder gathers before handing them to its writer.
+const SINK_CHUNK_BYTES: usize = 1 << 20;
+
+/// Where an encoder puts a snapshot: a buffer passed on to `writer` whenever it holds a
+/// chunk, and the checksum of everything passed on so far.
+struct Sink<W> {
+    out: Vec<u8>,
+    crc: u32,
+    len: usize,
+    writer: W,
+}
+
+impl<W: Write> Sink<W> {
+    fn new(writer: W) -> Sink<W> {
+        Sink {
+            out: Vec::with_capacity(SINK_CHUNK_BYTES + 4096),
+            crc: 0,
+            len: 0,
+            writer,
+        }
+    }
+
+    fn pass_on(&mut self) -> io::Result<()> {
+        self.crc = crc32c::crc32c_append(self.crc, &self.out);
+        self.len += self.out.len();
+        self.writer.write_all(&self.out)?;
+        self.out.clear();
+        Ok(())
+    }
+
+    fn pass_on_if_full(&mut self) -> io::Result<()> {
+        if self.out.len() >= SINK_CHUNK_BYTES {
+            self.pass_on()?;
+        }
+        Ok(())
+    }
+
+    /// Passes on the rest and the checksum trailer; returns the length written.
+    fn finish(mut self) -> io::Result<usize> {
+        self.pass_on()?;
+        self.writer.write_all(&self.crc.to_le_bytes())?;
+        Ok(self.len + CRC_LEN)
+    }
+}
+
+fn encode_image(ledger: &SnapshotImage, writer: impl Write) -> io::Result<usize> {
+    let mut sink = Sink::new(writer);
+    let out = &mut sink.out;
     out.extend_from_slice(&SNAPSHOT_MAGIC);
     out.push(SNAPSHOT_VERSION);
     out.extend_from_slice(&ledger.partition.to_le_bytes());
@@ -119,7 +173,7 @@ fn encode_image(ledger: &SnapshotImage) -> Vec<u8> {
     out.extend_from_slice(&ledger.last.lsn.to_le_bytes());
     out.extend_from_slice(&ledger.last.timestamp.to_le_bytes());
     put_table(
-        &mut out,
+        &mut sink,
         sorted(&ledger.accounts).into_iter(),
         |out, (id, account)| {
             id.encode_into(out);
@@ -128,35 +182,33 @@ fn encode_image(ledger: &SnapshotImage) -> Vec<u8> {
                 out.extend_from_slice(&value.to_le_bytes());
             }
         },
-    );
+    )?;
     // The table packs its rows (ids in an arena); the format keeps each whole transfer.
-    put_table(&mut out, ledger.transfers.views(), put_transfer_row);
-    put_table(&mut out, ledger.credits.iter(), |out, (key, row)| {
+    put_table(&mut sink, ledger.transfers.views(), put_transfer_row)?;
+    put_table(&mut sink, ledger.credits.iter(), |out, (key, row)| {
         put_key(out, key);
         out.push(credit_state_tag(row.state));
         out.push(u8::from(row.transfer.is_some()));
         if let Some(transfer) = &row.transfer {
             put_transfer(out, transfer);
         }
-    });
-    put_table(&mut out, ledger.cash.iter(), |out, ((account, t), row)| {
+    })?;
+    put_table(&mut sink, ledger.cash.iter(), |out, ((account, t), row)| {
         account.encode_into(out);
         t.encode_into(out);
         out.push(cash_kind_tag(row.kind));
         out.extend_from_slice(&row.amount.minor().to_le_bytes());
         out.extend_from_slice(&row.balance_after.to_le_bytes());
-    });
+    })?;
     let mut flows: Vec<_> = ledger.flows.iter().collect();
     flows.sort_by_key(|(currency, _)| currency.numeric());
-    put_table(&mut out, flows.into_iter(), |out, (currency, flows)| {
+    put_table(&mut sink, flows.into_iter(), |out, (currency, flows)| {
         put_currency(out, *currency);
         for value in [flows.deposited, flows.withdrawn, flows.sent, flows.received] {
             out.extend_from_slice(&value.to_le_bytes());
         }
-    });
-    let crc = crc32c(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
+    })?;
+    sink.finish()
 }
 
 /// The rows of a hash table in key order.
@@ -169,15 +221,17 @@ fn sorted<'a, K: Ord + 'a, V: 'a>(
 }
 
 fn put_table<R>(
-    out: &mut Vec<u8>,
+    sink: &mut Sink<impl Write>,
     rows: impl ExactSizeIterator<Item = R>,
     mut put_row: impl FnMut(&mut Vec<u8>, R),
-) {
+) -> io::Result<()> {
     let count = u32::try_from(rows.len()).expect("a table has fewer than 2^32 rows");
-    out.extend_from_slice(&count.to_le_bytes());
+    sink.out.extend_from_slice(&count.to_le_bytes());
     for row in rows {
-        put_row(out, row);
+        put_row(&mut sink.out, row);
+        sink.pass_on_if_full()?;
     }
+    Ok(())
 }
 
 /// A transfer row as [`put_transfer`] and the row's phase fields would write it, from the

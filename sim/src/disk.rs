@@ -228,8 +228,8 @@ impl Storage for SimStorage {
         async move {
             // Encoded here, as file storage encodes on its writing thread: the driver's
             // state may move on meanwhile, which is what the image must withstand.
-            let bytes = encode();
-            let len = bytes.len();
+            let mut bytes = Vec::new();
+            let len = encode(&mut bytes)?;
             tokio::time::sleep(handle.disk.sync_delay()).await;
             let mut state = handle.live()?;
             state.snapshots.push((lsn, bytes));

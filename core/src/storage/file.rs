@@ -24,7 +24,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -372,10 +372,9 @@ impl Storage for FileStorage {
         let dir = self.dir.clone();
         let kept = self.config.snapshots_kept_max;
         blocking(move || {
-            let bytes = encode();
             let tmp = dir.join(format!("snapshot-{lsn:020}.tmp"));
             let mut file = File::create(&tmp)?;
-            file.write_all(&bytes)?;
+            let len = encode(&mut file)?;
             file.sync_all()?;
             fs::rename(&tmp, dir.join(snapshot_name(lsn)))?;
             sync_dir(&dir)?;
@@ -383,7 +382,7 @@ impl Storage for FileStorage {
             for (_, old) in snapshots.iter().rev().skip(kept) {
                 fs::remove_file(old)?;
             }
-            Ok(bytes.len())
+            Ok(len)
         })
     }
 

@@ -82,7 +82,8 @@ pub trait Storage: Send + 'static {
     /// The future owns what it needs (`'static`): the driver lets it run alongside the log's
     /// appends and syncs, because encoding and writing a large snapshot take as long as many
     /// group commits. The bytes come from `encode`, which the storage calls where it writes
-    /// them (file storage: on a blocking thread), so the partition's thread never encodes.
+    /// them (file storage: on a blocking thread, straight into the file), so the partition's
+    /// thread never encodes and no snapshot-sized buffer is ever built.
     fn write_snapshot(
         &mut self,
         lsn: Lsn,
@@ -93,8 +94,10 @@ pub trait Storage: Send + 'static {
     fn read_snapshots(&mut self) -> impl Future<Output = io::Result<Vec<StoredSnapshot>>> + Send;
 }
 
-/// Encodes a snapshot when called (see [`Storage::write_snapshot`]).
-pub type EncodeSnapshot = Box<dyn FnOnce() -> Vec<u8> + Send + 'static>;
+/// Writes a snapshot's bytes to the writer it is given and returns their length (see
+/// [`Storage::write_snapshot`]).
+pub type EncodeSnapshot =
+    Box<dyn FnOnce(&mut dyn std::io::Write) -> io::Result<usize> + Send + 'static>;
 
 /// The bytes of an in-memory disk, shared so a test (or crash) can inspect and damage them.
 #[derive(Debug, Default, Clone)]
@@ -178,8 +181,8 @@ impl Storage for MemStorage {
     ) -> impl Future<Output = io::Result<usize>> + Send + 'static {
         let disk = Arc::clone(&self.disk);
         async move {
-            let bytes = encode();
-            let len = bytes.len();
+            let mut bytes = Vec::new();
+            let len = encode(&mut bytes)?;
             disk.lock().expect("disk lock").snapshots.push((lsn, bytes));
             Ok(len)
         }
