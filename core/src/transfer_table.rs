@@ -162,24 +162,27 @@ impl RowStore {
     /// Every row as borrowed fields, in log order: what encoders read without rebuilding
     /// three inline ids per row (a snapshot holds millions of rows).
     pub(crate) fn views(&self) -> impl ExactSizeIterator<Item = RowView<'_>> + '_ {
-        (0..self.len()).map(|at| {
-            let row = self.row(at);
-            let ids = self.ids_of(row);
-            let (from, rest) = ids.split_at(usize::from(row.from_len));
-            let (transaction_id, to) = rest.split_at(usize::from(row.transaction_id_len));
-            RowView {
-                transaction_id,
-                from,
-                to,
-                amount: row.amount,
-                currency: row.currency,
-                state: row.state,
-                remote: row.remote,
-                accepted_at: row.accepted_at,
-                decided_at: row.decided_at,
-                finished_at: row.finished_at,
-            }
-        })
+        (0..self.len()).map(|at| self.view(at))
+    }
+
+    /// The row at `at` as borrowed fields.
+    fn view(&self, at: usize) -> RowView<'_> {
+        let row = self.row(at);
+        let ids = self.ids_of(row);
+        let (from, rest) = ids.split_at(usize::from(row.from_len));
+        let (transaction_id, to) = rest.split_at(usize::from(row.transaction_id_len));
+        RowView {
+            transaction_id,
+            from,
+            to,
+            amount: row.amount,
+            currency: row.currency,
+            state: row.state,
+            remote: row.remote,
+            accepted_at: row.accepted_at,
+            decided_at: row.decided_at,
+            finished_at: row.finished_at,
+        }
     }
 }
 
@@ -228,24 +231,7 @@ impl TransferTable {
 
     /// The row at position `at` (positions are log order), whole.
     pub(crate) fn row(&self, at: usize) -> TransferRow {
-        let row = self.store.row(at);
-        let ids = self.store.ids_of(row);
-        let (from, rest) = ids.split_at(usize::from(row.from_len));
-        let (transaction_id, to) = rest.split_at(usize::from(row.transaction_id_len));
-        TransferRow {
-            transfer: Transfer {
-                transaction_id: TransactionId::from_stored(transaction_id),
-                from: AccountId::from_stored(from),
-                to: AccountId::from_stored(to),
-                amount: row.amount,
-                currency: row.currency,
-            },
-            state: row.state,
-            remote: row.remote,
-            accepted_at: row.accepted_at,
-            decided_at: row.decided_at,
-            finished_at: row.finished_at,
-        }
+        self.store.view(at).to_row()
     }
 
     pub(crate) fn phase(&self, at: usize) -> Phase {
@@ -360,6 +346,26 @@ pub(crate) struct RowView<'a> {
     pub(crate) accepted_at: Timestamp,
     pub(crate) decided_at: Timestamp,
     pub(crate) finished_at: Timestamp,
+}
+
+impl RowView<'_> {
+    /// The row whole, its ids copied back inline.
+    fn to_row(self) -> TransferRow {
+        TransferRow {
+            transfer: Transfer {
+                transaction_id: TransactionId::from_stored(self.transaction_id),
+                from: AccountId::from_stored(self.from),
+                to: AccountId::from_stored(self.to),
+                amount: self.amount,
+                currency: self.currency,
+            },
+            state: self.state,
+            remote: self.remote,
+            accepted_at: self.accepted_at,
+            decided_at: self.decided_at,
+            finished_at: self.finished_at,
+        }
+    }
 }
 
 /// A checked-vacant place in the index for one key (see [`TransferTable::vacancy`]).
