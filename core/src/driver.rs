@@ -14,7 +14,7 @@
 //! ```
 
 use std::future::Future;
-use std::io::{self, Write};
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,7 +32,9 @@ use crate::ledger::{
     TransferStatus,
 };
 use crate::partition::PartitionId;
-use crate::snapshot::{decode_snapshot, SnapshotImage};
+use crate::snapshot::{
+    decode_snapshot_with, snapshot_chunks, ChunkPlan, SnapshotImage, SnapshotOut,
+};
 use crate::storage::Storage;
 use crate::transport::{PeerMessage, Transport};
 
@@ -133,6 +135,8 @@ pub struct DriverStats {
 pub struct RecoveryReport {
     pub partition: PartitionId,
     pub snapshot_lsn: Option<Lsn>,
+    /// Chunk files the snapshot recovered from refers to (all read and found intact).
+    pub snapshot_chunks: usize,
     pub records_replayed: u64,
     pub torn_bytes_dropped: u64,
     pub last_lsn: Lsn,
@@ -161,6 +165,15 @@ pub enum DriverError {
     },
 }
 
+/// The first `count` chunk files of the snapshots, in order.
+async fn read_chunks<S: Storage>(storage: &mut S, count: u32) -> io::Result<Vec<Vec<u8>>> {
+    let mut chunks = Vec::with_capacity(count as usize);
+    for index in 0..u64::from(count) {
+        chunks.push(storage.read_chunk(index).await?);
+    }
+    Ok(chunks)
+}
+
 /// Rebuilds a partition's ledger from its latest good snapshot and its log, dropping a torn
 /// tail (durably) and refusing to start on corruption anywhere before the tail.
 pub async fn recover<S: Storage>(
@@ -175,9 +188,17 @@ pub async fn recover<S: Storage>(
     };
     let mut ledger = Ledger::new(partition, partitions);
     for snapshot in storage.read_snapshots().await.map_err(io_err)? {
-        match decode_snapshot(&snapshot.bytes) {
+        let chunks = match read_chunks(storage, snapshot_chunks(&snapshot.bytes)).await {
+            Ok(chunks) => chunks,
+            Err(error) => {
+                tracing::warn!(partition, name = snapshot.name, %error, "snapshot without its chunk files ignored");
+                continue;
+            }
+        };
+        match decode_snapshot_with(&snapshot.bytes, &chunks) {
             Ok(state) if state.partition() == partition && state.partitions() == partitions => {
                 report.snapshot_lsn = Some(state.last_applied().lsn);
+                report.snapshot_chunks = chunks.len();
                 ledger = state;
                 break;
             }
@@ -309,6 +330,8 @@ struct SnapshotWrite {
     /// Encodes and writes; resolves to the snapshot's length.
     write: Pin<Box<dyn Future<Output = io::Result<usize>> + Send>>,
     lsn: Lsn,
+    /// Chunks whose files exist once the write is done.
+    chunks_frozen: usize,
 }
 
 /// The driver of one partition. Build with [`PartitionDriver::new`] after [`recover`], then
@@ -338,12 +361,28 @@ pub struct PartitionDriver<S: Storage> {
     events_applied: u64,
     /// A snapshot is taken and not yet written: no second one until it is.
     snapshot_pending: bool,
+    /// Chunks of the transfers table whose chunk files are written (see [`crate::snapshot`]):
+    /// those of the snapshot recovered from ([`PartitionDriver::with_chunks_written`]), then
+    /// those of every snapshot this driver wrote.
+    chunks_written: usize,
     groups: FxHashMap<u64, OpenGroup>,
     next_group: u64,
     events_since_snapshot: u64,
 }
 
 impl<S: Storage> PartitionDriver<S> {
+    /// Tells a new driver that the chunk files of the snapshot it recovered from (the first
+    /// `chunks` of them, see [`RecoveryReport::snapshot_chunks`]) are on its storage, so its
+    /// snapshots refer to them instead of writing them again.
+    pub fn with_chunks_written(mut self, chunks: usize) -> Self {
+        assert!(
+            self.ledger.final_chunks_from(0) >= chunks,
+            "chunk files hold sealed chunks of final rows"
+        );
+        self.chunks_written = chunks;
+        self
+    }
+
     /// A driver for a recovered `ledger`. Unfinished transfers resume at once.
     pub fn new(
         ledger: Ledger,
@@ -380,6 +419,7 @@ impl<S: Storage> PartitionDriver<S> {
             clock: None,
             events_applied: 0,
             snapshot_pending: false,
+            chunks_written: 0,
             groups: FxHashMap::default(),
             next_group: 0,
             events_since_snapshot: 0,
@@ -469,7 +509,8 @@ impl<S: Storage> PartitionDriver<S> {
                     self.snapshot_pending = false;
                     let partition = self.partition;
                     let bytes = result.map_err(|source| DriverError::Io { partition, source })?;
-                    tracing::info!(partition, lsn = done.lsn, bytes, "snapshot written");
+                    self.chunks_written = done.chunks_frozen;
+                    tracing::info!(partition, lsn = done.lsn, bytes, chunks = done.chunks_frozen, "snapshot written");
                 }
                 input = self.inbox.recv(), if accepting => match input {
                     Some(input) => {
@@ -518,8 +559,13 @@ impl<S: Storage> PartitionDriver<S> {
             return None;
         }
         let last_lsn = self.ledger.last_applied().lsn;
-        // Only the image is taken here; it is encoded where the storage writes it.
-        let snapshot = self.snapshot_due().then(|| SnapshotImage::of(&self.ledger));
+        // Only the image is taken here; it is encoded where the storage writes it. Chunks of
+        // the transfers table that have become final since the last go to chunk files.
+        let snapshot = self.snapshot_due().then(|| {
+            let written = self.chunks_written;
+            let frozen = written + self.ledger.final_chunks_from(written);
+            SnapshotImage::with_chunks(&self.ledger, ChunkPlan { written, frozen })
+        });
         if snapshot.is_some() {
             self.events_since_snapshot = 0;
             self.snapshot_pending = true;
@@ -544,9 +590,11 @@ impl<S: Storage> PartitionDriver<S> {
     /// Starts writing a snapshot taken at `lsn`, now that the log is durable up to there.
     fn start_snapshot(&mut self, lsn: Lsn, image: SnapshotImage) -> SnapshotWrite {
         let storage = self.storage.as_mut().expect("no commit in flight");
-        let encode = Box::new(move |out: &mut dyn Write| image.write_to(out));
+        let chunks_frozen = image.chunks().frozen;
+        let encode = Box::new(move |out: &mut dyn SnapshotOut| image.write_to(out));
         SnapshotWrite {
             write: Box::pin(storage.write_snapshot(lsn, encode)),
+            chunks_frozen,
             lsn,
         }
     }
@@ -843,16 +891,16 @@ impl<S: Storage> PartitionDriver<S> {
 
     /// Whether the batch being committed should be followed by a snapshot.
     ///
-    /// A snapshot costs time in proportion to the whole state, and the partition waits for
-    /// its encoding. Taking one only once the log since the last holds at least half as many
-    /// events as the state has rows keeps that cost at most two rows per event, however large
-    /// the state becomes, and recovery replays at most about half a state's worth of records.
-    /// Half, not all: most events add a row (every transfer does), so a log since the last
-    /// snapshot never catches up with a state that grows with it, and a partition would take
-    /// one snapshot and then never another.
+    /// A snapshot costs time in proportion to the rows it holds inline: every row but those
+    /// of chunk files already written. Taking one only once the log since the last holds at
+    /// least half as many events as there are such rows keeps that cost at most two rows per
+    /// event, however large the state becomes, and recovery replays at most about half a
+    /// state's worth of records. Half, not all: most events add a row (every transfer does),
+    /// so the log since the last snapshot would never catch up with a state growing with it.
     fn snapshot_due(&self) -> bool {
         let every = self.config.snapshot_every_events;
-        let half_the_rows = self.ledger.row_count() as u64 / 2;
+        let in_chunks = self.chunks_written * crate::transfer_table::CHUNK_ROWS;
+        let half_the_rows = self.ledger.row_count().saturating_sub(in_chunks) as u64 / 2;
         !self.snapshot_pending
             && every != 0
             && self.events_since_snapshot >= every.max(half_the_rows)

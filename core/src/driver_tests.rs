@@ -457,6 +457,9 @@ impl Storage for SlowSync {
     async fn read_snapshots(&mut self) -> io::Result<Vec<StoredSnapshot>> {
         self.inner.read_snapshots().await
     }
+    async fn read_chunk(&mut self, index: u64) -> io::Result<Vec<u8>> {
+        self.inner.read_chunk(index).await
+    }
 }
 
 /// Sends deposits and checks, at the moment each reply arrives, that the disk already holds
@@ -620,6 +623,97 @@ async fn snapshots_keep_coming_while_every_event_adds_a_row() {
         report.records_replayed,
         report.last_lsn
     );
+}
+
+/// Transfers fill chunks of final rows: snapshots keep them in chunk files, written once,
+/// and recovery from such a snapshot equals replay from zero, before and after a restart
+/// (whose first snapshot writes the chunk files again).
+#[tokio::test]
+async fn snapshots_keep_final_transfers_in_chunk_files_and_recover_from_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        driver: DriverConfig {
+            snapshot_every_events: 64,
+            ..DriverConfig::default()
+        },
+        ..single()
+    };
+    let (alice, dave) = (id("alice"), id("dave"));
+    for (run, accounts_needed) in [(0, true), (1, false)] {
+        let storages = file_storages(dir.path(), 1);
+        let engine = Engine::start(storages, config).await.unwrap();
+        let client = engine.client();
+        if accounts_needed {
+            for account in [alice, dave] {
+                let open = Command::OpenAccount {
+                    account,
+                    currency: Currency::USD,
+                };
+                client.execute(open, false).await.unwrap().unwrap();
+            }
+            let fund = Command::Deposit {
+                account: alice,
+                amount: usd(1_000_000),
+                currency: Currency::USD,
+                transaction_id: TransactionId::new("fund").unwrap(),
+            };
+            client.execute(fund, false).await.unwrap().unwrap();
+        }
+        for group in 0..20 {
+            let commands = (0..50).map(|i| {
+                let (from, to) = if i % 2 == 0 {
+                    (alice, dave)
+                } else {
+                    (dave, alice)
+                };
+                Command::Transfer(transfer(from, to, 1, &format!("r{run}-g{group}-{i}")))
+            });
+            for answer in client.execute_many(commands, true).await {
+                assert_eq!(
+                    answer.unwrap(),
+                    Ok(Reply::Transfer(TransferStatus::Committed))
+                );
+            }
+        }
+        engine.shutdown().await.unwrap();
+
+        let mut storage = file_storages(dir.path(), 1).pop().unwrap();
+        let chunk_files = std::fs::read_dir(dir.path().join("p0"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".rows")
+            })
+            .count();
+        assert!(
+            chunk_files >= 10 * (run + 1),
+            "{chunk_files} chunk files after run {run}"
+        );
+        let newest = storage.read_snapshots().await.unwrap().remove(0);
+        assert!(
+            snapshot_chunks(&newest.bytes) >= 10,
+            "the snapshot refers to chunk files"
+        );
+        let (from_snapshot, report) = recover(&mut storage, 0, 1).await.unwrap();
+        assert_eq!(report.snapshot_lsn, Some(newest.lsn));
+        let mut records = Vec::new();
+        for segment in storage.read_log(0).await.unwrap() {
+            records.extend(
+                decode_log(&segment.bytes, segment.first_lsn)
+                    .unwrap()
+                    .records,
+            );
+        }
+        let from_zero = crate::replay::replay(0, 1, &records, crate::replay::AsOf::End).unwrap();
+        assert!(
+            crate::replay::same_state(&from_snapshot, &from_zero),
+            "{:?}",
+            crate::replay::state_difference(&from_snapshot, &from_zero)
+        );
+    }
 }
 
 #[tokio::test]

@@ -328,7 +328,8 @@ impl Engine {
                 inbox,
                 config.driver,
                 Arc::clone(&stats),
-            );
+            )
+            .with_chunks_written(report.snapshot_chunks);
             engine
                 .tasks
                 .push(tokio::spawn(async move { driver.run().await.map(drop) }));

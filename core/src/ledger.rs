@@ -360,6 +360,12 @@ impl Ledger {
         self.credits.iter()
     }
 
+    /// Sealed chunks of the transfers table, counted from chunk `first`, whose rows are all
+    /// final (see [`crate::snapshot`]'s chunk files).
+    pub fn final_chunks_from(&self, first: usize) -> usize {
+        self.transfers.final_chunks_from(first)
+    }
+
     /// Rows in every table: the size of a snapshot, in rows.
     pub fn row_count(&self) -> usize {
         self.accounts.len() + self.transfers.len() + self.credits.len() + self.cash.len()

@@ -10,9 +10,11 @@
 //!
 //! ```text
 //! magic "WSNP" | version u8 | partition u32 | partitions u32 | last lsn u64 | last timestamp u64
+//! chunks u32 (version 3)
 //! accounts:  count u32, rows sorted by id:
 //!            id | currency | balance u64 | held u64 | incoming u64
-//! transfers: count u32, rows in log order (the order their keys were first recorded):
+//! transfers: count u32, rows in log order (the order their keys were first recorded), after
+//!            those of the chunk files:
 //!            transfer | state | remote u8 | accepted_at u64 | decided_at u64 | finished_at u64
 //! credits:   count u32, rows in log order:
 //!            key | state u8 | has transfer u8 | [transfer]
@@ -34,6 +36,22 @@
 //! Version 1 sorted those tables by key as well; sorting millions of idempotency rows was
 //! most of what a snapshot cost, and it stalled the partition meanwhile. Version 1 snapshots
 //! are still read.
+//!
+//! # Chunk files (version 3)
+//! The transfers table grows by a row per transfer, and its rows stop changing once final. A
+//! version 3 snapshot keeps the first `chunks` chunks of that table
+//! ([`crate::transfer_table::CHUNK_ROWS`] rows each, every row final) in chunk files of their
+//! own, written once by the first snapshot that found the chunk final and read by every later
+//! one, and holds only the rows after them. A snapshot so costs the accounts and the rows
+//! still recent, not every transfer ever made. A chunk file:
+//!
+//! ```text
+//! magic "WCHK" | version u8 | partition u32 | chunk index u64 | count u32 | rows as above
+//! crc32c u32 over every byte before it
+//! ```
+//!
+//! A chunk's bytes are a function of the log too, so rewriting one (a partition restarted
+//! from an older snapshot freezes its chunks again) writes the same bytes.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -49,12 +67,17 @@ use crate::ledger::{
 };
 use crate::money::Currency;
 use crate::partition::{partition_of, PartitionId, PARTITIONS_MAX};
-use crate::transfer_table::{RowStore, RowView};
+use crate::transfer_table::{RowStore, RowView, CHUNK_ROWS};
 
 /// The first bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"WSNP";
 /// The snapshot version this build writes.
-pub const SNAPSHOT_VERSION: u8 = 2;
+pub const SNAPSHOT_VERSION: u8 = 3;
+/// The version before chunk files: the header has no chunk count.
+const SNAPSHOT_VERSION_UNCHUNKED: u8 = 2;
+/// The first bytes of every chunk file.
+pub const CHUNK_MAGIC: [u8; 4] = *b"WCHK";
+const CHUNK_VERSION: u8 = 1;
 /// The oldest version this build reads: version 1, whose row tables are sorted by key.
 const SNAPSHOT_VERSION_SORTED: u8 = 1;
 /// Bytes before the first table: magic, version, partition, partitions, last record.
@@ -72,6 +95,7 @@ const ROW_LEN_MIN: usize = 6;
 /// recorded, runs on another thread while the partition goes on.
 #[derive(Clone)]
 pub struct SnapshotImage {
+    chunks: ChunkPlan,
     partition: PartitionId,
     partitions: u32,
     last: RecordMeta,
@@ -82,10 +106,33 @@ pub struct SnapshotImage {
     flows: BTreeMap<Currency, Flows>,
 }
 
+/// Which chunks of the transfers table a snapshot keeps in chunk files (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChunkPlan {
+    /// Chunks whose files are already written (by earlier snapshots).
+    pub written: usize,
+    /// Chunks the snapshot refers to; files `written..frozen` are written with it.
+    pub frozen: usize,
+}
+
 impl SnapshotImage {
-    /// The state `ledger` holds now.
+    /// The state `ledger` holds now, with every row inline (no chunk files).
     pub fn of(ledger: &Ledger) -> SnapshotImage {
+        SnapshotImage::with_chunks(ledger, ChunkPlan::default())
+    }
+
+    /// The state `ledger` holds now, its first `chunks.frozen` transfer chunks in chunk files.
+    ///
+    /// # Panics
+    /// If those chunks are not all sealed and final (see [`Ledger::final_chunks_from`]).
+    pub fn with_chunks(ledger: &Ledger, chunks: ChunkPlan) -> SnapshotImage {
+        assert!(chunks.written <= chunks.frozen);
+        assert!(
+            ledger.final_chunks_from(0) >= chunks.frozen,
+            "only sealed chunks of final rows go to chunk files"
+        );
         SnapshotImage {
+            chunks,
             partition: ledger.partition(),
             partitions: ledger.partitions(),
             last: ledger.last,
@@ -97,25 +144,126 @@ impl SnapshotImage {
         }
     }
 
-    /// The snapshot's bytes (see [`encode_snapshot`]).
-    pub fn encode(&self) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        self.write_to(&mut bytes)
-            .expect("writing into memory does not fail");
-        bytes
+    /// Chunks the snapshot refers to.
+    pub fn chunks(&self) -> ChunkPlan {
+        self.chunks
     }
 
-    /// Writes the snapshot's bytes to `writer` a chunk at a time, so a snapshot of any size
-    /// takes [`SINK_CHUNK_BYTES`] of memory, not its own size in fresh pages; returns the
-    /// length written.
-    pub fn write_to(&self, writer: impl Write) -> io::Result<usize> {
-        encode_image(self, writer)
+    /// The snapshot's bytes (see [`encode_snapshot`]) and the chunk files it writes.
+    pub fn encode(&self) -> (Vec<u8>, Vec<(u64, Vec<u8>)>) {
+        let mut out = InMemory::default();
+        self.write_to(&mut out)
+            .expect("writing into memory does not fail");
+        (out.bytes, out.chunks)
+    }
+
+    /// Writes the new chunk files, then the snapshot's bytes a piece at a time, so a snapshot
+    /// of any size takes [`SINK_CHUNK_BYTES`] of memory, not its own size in fresh pages;
+    /// returns the snapshot's length.
+    pub fn write_to(&self, out: &mut dyn SnapshotOut) -> io::Result<usize> {
+        for index in self.chunks.written..self.chunks.frozen {
+            let bytes = encode_chunk(self.partition, index, &self.transfers);
+            out.write_chunk(index as u64, &bytes)?;
+        }
+        encode_image(self, out)
     }
 }
 
-/// The whole state of `ledger`, in the canonical form described in the module docs.
+/// Where a snapshot is written: the snapshot's bytes (`Write`) and its chunk files.
+pub trait SnapshotOut: Write {
+    /// Stores chunk file `index` (replacing any of that index), durably once the snapshot
+    /// that refers to it is.
+    fn write_chunk(&mut self, index: u64, bytes: &[u8]) -> io::Result<()>;
+}
+
+/// A snapshot and its chunk files in memory.
+#[derive(Debug, Default)]
+pub struct InMemory {
+    pub bytes: Vec<u8>,
+    pub chunks: Vec<(u64, Vec<u8>)>,
+}
+
+impl Write for InMemory {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.bytes.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SnapshotOut for InMemory {
+    fn write_chunk(&mut self, index: u64, bytes: &[u8]) -> io::Result<()> {
+        self.chunks.retain(|(i, _)| *i != index);
+        self.chunks.push((index, bytes.to_vec()));
+        Ok(())
+    }
+}
+
+/// Chunk file `index` of `rows` (see the module docs).
+fn encode_chunk(partition: PartitionId, index: usize, rows: &RowStore) -> Vec<u8> {
+    let range = index * CHUNK_ROWS..(index + 1) * CHUNK_ROWS;
+    let mut out = Vec::with_capacity(CHUNK_ROWS * 96);
+    out.extend_from_slice(&CHUNK_MAGIC);
+    out.push(CHUNK_VERSION);
+    out.extend_from_slice(&partition.to_le_bytes());
+    out.extend_from_slice(&(index as u64).to_le_bytes());
+    out.extend_from_slice(&(CHUNK_ROWS as u32).to_le_bytes());
+    for row in rows.views_of(range) {
+        debug_assert!(!row.state.is_unfinished(), "chunk rows are final");
+        put_transfer_row(&mut out, row);
+    }
+    let crc = crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// The rows of chunk file `index` of `partition`; any damage or a mismatch is an error.
+fn decode_chunk(
+    bytes: &[u8],
+    partition: PartitionId,
+    index: u64,
+) -> Result<Vec<TransferRow>, String> {
+    const CHUNK_HEADER_LEN: usize = 4 + 1 + 4 + 8 + 4;
+    if bytes.len() < CHUNK_HEADER_LEN + CRC_LEN || bytes[..4] != CHUNK_MAGIC {
+        return Err(format!("chunk file {index} is not a walletd chunk"));
+    }
+    let (content, trailer) = bytes.split_at(bytes.len() - CRC_LEN);
+    if crc32c(content).to_le_bytes() != trailer {
+        return Err(format!("chunk file {index}: checksum mismatch"));
+    }
+    if content[4] != CHUNK_VERSION {
+        return Err(format!(
+            "chunk file {index}: unknown version {}",
+            content[4]
+        ));
+    }
+    let mut cursor = Cursor::new(&content[5..]);
+    let (found_partition, found_index) = (cursor.u32()?, cursor.u64()?);
+    if (found_partition, found_index) != (partition, index) {
+        return Err(format!(
+            "chunk file {index} holds chunk {found_index} of partition {found_partition}"
+        ));
+    }
+    let count = cursor.u32()? as usize;
+    let mut rows = Vec::with_capacity(count.min(cursor.remaining() / ROW_LEN_MIN));
+    for _ in 0..count {
+        let row = read_transfer_row(&mut cursor)?;
+        if row.state.is_unfinished() {
+            return Err(format!("chunk file {index} holds a row still in flight"));
+        }
+        rows.push(row);
+    }
+    cursor.finish()?;
+    Ok(rows)
+}
+
+/// The whole state of `ledger`, in the canonical form described in the module docs, with
+/// every row inline (no chunk files).
 pub fn encode_snapshot(ledger: &Ledger) -> Vec<u8> {
-    SnapshotImage::of(ledger).encode()
+    let (bytes, chunks) = SnapshotImage::of(ledger).encode();
+    debug_assert!(chunks.is_empty());
+    bytes
 }
 
 /// Bytes an encoder gathers before handing them to its writer.
@@ -163,7 +311,7 @@ impl<W: Write> Sink<W> {
     }
 }
 
-fn encode_image(ledger: &SnapshotImage, writer: impl Write) -> io::Result<usize> {
+fn encode_image(ledger: &SnapshotImage, writer: &mut dyn SnapshotOut) -> io::Result<usize> {
     let mut sink = Sink::new(writer);
     let out = &mut sink.out;
     out.extend_from_slice(&SNAPSHOT_MAGIC);
@@ -172,6 +320,8 @@ fn encode_image(ledger: &SnapshotImage, writer: impl Write) -> io::Result<usize>
     out.extend_from_slice(&ledger.partitions.to_le_bytes());
     out.extend_from_slice(&ledger.last.lsn.to_le_bytes());
     out.extend_from_slice(&ledger.last.timestamp.to_le_bytes());
+    let chunks = u32::try_from(ledger.chunks.frozen).expect("fewer than 2^32 chunks");
+    out.extend_from_slice(&chunks.to_le_bytes());
     put_table(
         &mut sink,
         sorted(&ledger.accounts).into_iter(),
@@ -184,7 +334,12 @@ fn encode_image(ledger: &SnapshotImage, writer: impl Write) -> io::Result<usize>
         },
     )?;
     // The table packs its rows (ids in an arena); the format keeps each whole transfer.
-    put_table(&mut sink, ledger.transfers.views(), put_transfer_row)?;
+    let inline = ledger.chunks.frozen * CHUNK_ROWS..ledger.transfers.len();
+    put_table(
+        &mut sink,
+        ledger.transfers.views_of(inline),
+        put_transfer_row,
+    )?;
     put_table(&mut sink, ledger.credits.iter(), |out, (key, row)| {
         put_key(out, key);
         out.push(credit_state_tag(row.state));
@@ -277,10 +432,28 @@ fn cash_kind_tag(kind: CashKind) -> u8 {
     }
 }
 
-/// Restores a ledger from [`encode_snapshot`]'s bytes. Any damage is an error: the checksum
-/// covers every byte, and the contents must also be canonical (sorted, no trailing bytes)
-/// and consistent (rows belong to the partition, money is conserved).
+/// How many chunk files the snapshot `bytes` refers to (none before version 3): read them,
+/// in order, for [`decode_snapshot_with`]. Damage shows when decoding.
+pub fn snapshot_chunks(bytes: &[u8]) -> u32 {
+    match bytes.get(..HEADER_LEN + 4) {
+        Some(head) if head[..4] == SNAPSHOT_MAGIC && head[4] > SNAPSHOT_VERSION_UNCHUNKED => {
+            u32::from_le_bytes(head[HEADER_LEN..].try_into().expect("4 bytes"))
+        }
+        _ => 0,
+    }
+}
+
+/// Restores a ledger from a snapshot that refers to no chunk files (see
+/// [`decode_snapshot_with`]).
 pub fn decode_snapshot(bytes: &[u8]) -> Result<Ledger, CodecError> {
+    decode_snapshot_with(bytes, &[])
+}
+
+/// Restores a ledger from a snapshot's bytes and its chunk files (see [`snapshot_chunks`]).
+/// Any damage is an error: the checksums cover every byte, and the contents must also be
+/// canonical (sorted, no trailing bytes) and consistent (rows belong to the partition, keys
+/// are unique, money is conserved).
+pub fn decode_snapshot_with(bytes: &[u8], chunks: &[Vec<u8>]) -> Result<Ledger, CodecError> {
     let corrupt = |offset: usize, reason: &str| CodecError::Corrupt {
         offset: offset as u64,
         reason: reason.to_string(),
@@ -296,9 +469,8 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Ledger, CodecError> {
     if !(SNAPSHOT_VERSION_SORTED..=SNAPSHOT_VERSION).contains(&version) {
         return Err(CodecError::UnsupportedVersion { offset: 4, version });
     }
-    let rows_sorted = version == SNAPSHOT_VERSION_SORTED;
     let mut cursor = Cursor::new(&content[5..]);
-    let ledger = read_ledger(&mut cursor, rows_sorted)
+    let ledger = read_ledger(&mut cursor, version, chunks)
         .map_err(|reason| corrupt(5 + cursor.position(), &reason))?;
     if let Err(reason) = ledger.check_conservation() {
         return Err(corrupt(
@@ -307,15 +479,23 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Ledger, CodecError> {
         ));
     }
     debug_assert!(
-        rows_sorted || encode_snapshot(&ledger) == bytes,
+        version != SNAPSHOT_VERSION || {
+            let plan = ChunkPlan {
+                written: chunks.len(),
+                frozen: chunks.len(),
+            };
+            SnapshotImage::with_chunks(&ledger, plan).encode().0 == bytes
+        },
         "decoding is canonical"
     );
     Ok(ledger)
 }
 
-/// Reads everything after the version byte, up to the checksum. With `rows_sorted` (version
-/// 1) the row tables must be in key order, otherwise only their keys must be unique.
-fn read_ledger(cursor: &mut Cursor<'_>, rows_sorted: bool) -> Result<Ledger, String> {
+/// Reads everything after the version byte, up to the checksum, taking the first rows of the
+/// transfers table from `chunks`. Version 1's row tables must be in key order; in later ones
+/// only their keys must be unique.
+fn read_ledger(cursor: &mut Cursor<'_>, version: u8, chunks: &[Vec<u8>]) -> Result<Ledger, String> {
+    let rows_sorted = version == SNAPSHOT_VERSION_SORTED;
     let order = if rows_sorted {
         Order::Sorted
     } else {
@@ -333,6 +513,17 @@ fn read_ledger(cursor: &mut Cursor<'_>, rows_sorted: bool) -> Result<Ledger, Str
         lsn: cursor.u64()?,
         timestamp: cursor.u64()?,
     };
+    let chunk_count = if version > SNAPSHOT_VERSION_UNCHUNKED {
+        cursor.u32()? as usize
+    } else {
+        0
+    };
+    if chunk_count != chunks.len() {
+        return Err(format!(
+            "the snapshot refers to {chunk_count} chunk files, {} given",
+            chunks.len()
+        ));
+    }
     ledger.accounts = read_table(cursor, Order::Sorted, |cursor| {
         let id = cursor.account()?;
         if partition_of(&id, partitions) != partition {
@@ -346,14 +537,22 @@ fn read_ledger(cursor: &mut Cursor<'_>, rows_sorted: bool) -> Result<Ledger, Str
         };
         Ok((id, account))
     })?;
-    // `read_rows` refuses a key twice, which the table would not take.
-    ledger.transfers = read_rows(cursor, order, |cursor| {
+    for (index, bytes) in chunks.iter().enumerate() {
+        for row in decode_chunk(bytes, partition, index as u64)? {
+            if !ledger.transfers.insert(&row) {
+                return Err("a table holds a key twice".to_string());
+            }
+        }
+    }
+    let inline = read_rows(cursor, order, |cursor| {
         let row = read_transfer_row(cursor)?;
         Ok((row.transfer.key(), row))
-    })?
-    .into_iter()
-    .map(|(_, row)| row)
-    .collect();
+    })?;
+    for (_, row) in inline {
+        if !ledger.transfers.insert(&row) {
+            return Err("a table holds a key twice".to_string());
+        }
+    }
     ledger.credits = read_table(cursor, order, read_credit_row)?;
     ledger.cash = read_table(cursor, order, |cursor| {
         let key = (cursor.account()?, cursor.transaction_id()?);
@@ -618,11 +817,98 @@ mod tests {
         assert_eq!(read(&table(&[3, 5, 9]), Order::Sorted), Ok(vec![3, 5, 9]));
     }
 
-    /// `bytes` relabelled as a version 1 snapshot.
-    fn as_version_1(bytes: &[u8]) -> Vec<u8> {
-        let mut content = bytes[..bytes.len() - CRC_LEN].to_vec();
-        content[4] = SNAPSHOT_VERSION_SORTED;
+    /// `bytes`, a snapshot without chunk files, in the layout of `version` (1 or 2): the
+    /// same but for the header's chunk count.
+    fn as_version(bytes: &[u8], version: u8) -> Vec<u8> {
+        assert_eq!(snapshot_chunks(bytes), 0);
+        let mut content = bytes[..HEADER_LEN].to_vec();
+        content.extend_from_slice(&bytes[HEADER_LEN + 4..bytes.len() - CRC_LEN]);
+        content[4] = version;
         sealed(content)
+    }
+
+    fn as_version_1(bytes: &[u8]) -> Vec<u8> {
+        as_version(bytes, SNAPSHOT_VERSION_SORTED)
+    }
+
+    /// A partition whose transfers fill five sealed chunks with final rows, then a tail that
+    /// holds a row still in flight.
+    fn chunked_state() -> Ledger {
+        use crate::replay::tests::{transfer, Script};
+        let mut s = Script::new(3, 4);
+        s.open("alice", Currency::USD);
+        s.open("dave", Currency::USD);
+        s.deposit("alice", 1_000_000, Currency::USD, "d-1");
+        for i in 0..5 * CHUNK_ROWS + 10 {
+            let (from, to) = if i % 2 == 0 {
+                ("alice", "dave")
+            } else {
+                ("dave", "alice")
+            };
+            s.transfer(&format!("t-{i}"), from, to, 1);
+        }
+        let pending = crate::ledger::Command::Transfer(transfer("t-p", "alice", "bob", 5));
+        s.run(pending).unwrap();
+        s.ledger
+    }
+
+    #[test]
+    fn final_chunks_go_to_chunk_files_that_the_snapshot_refers_to() {
+        let ledger = chunked_state();
+        assert_eq!(ledger.final_chunks_from(0), 5);
+        let plan = ChunkPlan {
+            written: 0,
+            frozen: 5,
+        };
+        let (bytes, chunks) = SnapshotImage::with_chunks(&ledger, plan).encode();
+        assert_eq!(snapshot_chunks(&bytes), 5);
+        assert_eq!(
+            chunks.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4]
+        );
+        assert!(bytes.len() * 10 < encode_snapshot(&ledger).len());
+        let files: Vec<Vec<u8>> = chunks.into_iter().map(|(_, b)| b).collect();
+        let restored = decode_snapshot_with(&bytes, &files).unwrap();
+        assert!(
+            same_state(&restored, &ledger),
+            "{:?}",
+            state_difference(&restored, &ledger)
+        );
+        // Chunks already written are not written again; the snapshot is the same.
+        let plan = ChunkPlan {
+            written: 5,
+            frozen: 5,
+        };
+        let (again, more) = SnapshotImage::with_chunks(&ledger, plan).encode();
+        assert_eq!((again.as_slice(), more.len()), (bytes.as_slice(), 0));
+
+        // A missing, misplaced or damaged chunk file is an error, never a different state.
+        let corrupt = |result: Result<Ledger, CodecError>| {
+            assert!(
+                matches!(result, Err(CodecError::Corrupt { .. })),
+                "{result:?}"
+            );
+        };
+        corrupt(decode_snapshot(&bytes));
+        corrupt(decode_snapshot_with(&bytes, &files[..4]));
+        let mut swapped = files.clone();
+        swapped.swap(1, 2);
+        corrupt(decode_snapshot_with(&bytes, &swapped));
+        let mut damaged = files.clone();
+        damaged[3][40] ^= 1;
+        corrupt(decode_snapshot_with(&bytes, &damaged));
+    }
+
+    #[test]
+    fn version_2_snapshots_without_chunk_files_are_still_read() {
+        let ledger = every_state().ledger;
+        let bytes = as_version(&encode_snapshot(&ledger), SNAPSHOT_VERSION_UNCHUNKED);
+        let restored = decode_snapshot(&bytes).unwrap();
+        assert!(
+            same_state(&restored, &ledger),
+            "{:?}",
+            state_difference(&restored, &ledger)
+        );
     }
 
     #[test]

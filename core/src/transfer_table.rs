@@ -80,7 +80,7 @@ fn key_hash(from: &[u8], transaction_id: &[u8]) -> u32 {
 }
 
 /// Rows per sealed chunk of rows: 3 MiB of them (tests use small chunks to cross their edges).
-const CHUNK_ROWS: usize = if cfg!(test) { 64 } else { 1 << 16 };
+pub(crate) const CHUNK_ROWS: usize = if cfg!(test) { 64 } else { 1 << 16 };
 /// Bytes per sealed chunk of the id arena. A row's ids (at most 192 bytes) never span two.
 const ARENA_CHUNK_BYTES: usize = if cfg!(test) { 1024 } else { 1 << 22 };
 
@@ -159,10 +159,24 @@ impl RowStore {
         at
     }
 
-    /// Every row as borrowed fields, in log order: what encoders read without rebuilding
-    /// three inline ids per row (a snapshot holds millions of rows).
-    pub(crate) fn views(&self) -> impl ExactSizeIterator<Item = RowView<'_>> + '_ {
-        (0..self.len()).map(|at| self.view(at))
+    /// The rows at positions `range`, as borrowed fields.
+    pub(crate) fn views_of(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> impl ExactSizeIterator<Item = RowView<'_>> + '_ {
+        assert!(range.end <= self.len());
+        range.map(|at| self.view(at))
+    }
+
+    /// Sealed chunks, counted from chunk `first`, whose rows are all final: rows that can
+    /// never change again, which a snapshot may store once and refer to ever after. Stops at
+    /// the first chunk with a row still in flight.
+    pub(crate) fn final_chunks_from(&self, first: usize) -> usize {
+        self.sealed
+            .iter()
+            .skip(first)
+            .take_while(|chunk| chunk.iter().all(|row| !row.state.is_unfinished()))
+            .count()
     }
 
     /// The row at `at` as borrowed fields.
@@ -196,6 +210,11 @@ pub(crate) struct TransferTable {
 impl TransferTable {
     pub(crate) fn len(&self) -> usize {
         self.store.len()
+    }
+
+    /// See [`RowStore::final_chunks_from`].
+    pub(crate) fn final_chunks_from(&self, first: usize) -> usize {
+        self.store.final_chunks_from(first)
     }
 
     /// The rows as they are now, detached from the table: later changes to the table do not
@@ -556,7 +575,7 @@ mod tests {
             assert!(table.insert(&trying(i)));
         }
         assert_eq!(frozen.len(), count);
-        for (view, row) in frozen.views().zip(&before) {
+        for (view, row) in frozen.views_of(0..count).zip(&before) {
             assert_eq!(view.state, TransferState::Trying);
             assert_eq!(view.from, row.transfer.from.as_bytes());
             assert_eq!(view.transaction_id, row.transfer.transaction_id.as_bytes());

@@ -27,7 +27,8 @@ use walletd_core::ledger::{CreditState, Ledger, TransferState};
 use walletd_core::money::{format_minor, Currency};
 use walletd_core::partition::{partition_of, PartitionId};
 use walletd_core::replay::{self, AsOf};
-use walletd_core::snapshot::decode_snapshot;
+use walletd_core::snapshot::{decode_snapshot_with, snapshot_chunks};
+use walletd_core::storage::file::chunk_name;
 
 use crate::cli::{print_line, VerifyArgs};
 use crate::datadir::DataDir;
@@ -363,6 +364,19 @@ fn check_holds(ledger: &Ledger) -> Vec<String> {
     found
 }
 
+/// Decodes the snapshot `bytes` read from `path`, with the chunk files it refers to, which
+/// live beside it.
+fn decode_with_chunks(path: &std::path::Path, bytes: &[u8]) -> Result<Ledger, String> {
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let chunks = (0..u64::from(snapshot_chunks(bytes)))
+        .map(|index| {
+            let chunk = dir.join(chunk_name(index));
+            fs::read(&chunk).map_err(|e| format!("{}: {e}", chunk.display()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    decode_snapshot_with(bytes, &chunks).map_err(|e| e.to_string())
+}
+
 /// Compares every snapshot of a partition with the replay of its log up to the snapshot's
 /// lsn. Returns a note for the partition's summary line.
 fn check_snapshots(
@@ -386,7 +400,7 @@ fn check_snapshots(
         let name = path.display();
         let snapshot = match fs::read(&path)
             .map_err(|e| e.to_string())
-            .and_then(|bytes| decode_snapshot(&bytes).map_err(|e| e.to_string()))
+            .and_then(|bytes| decode_with_chunks(&path, &bytes))
         {
             Ok(snapshot) => snapshot,
             Err(error) => {

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use walletd_core::event::Lsn;
+use walletd_core::snapshot::InMemory;
 use walletd_core::storage::{EncodeSnapshot, LogSegment, Storage, StoredSnapshot};
 
 use crate::rng::SharedRng;
@@ -36,6 +37,8 @@ pub struct DiskState {
     pub synced_len: usize,
     /// Snapshots, oldest first; each is written atomically and durably.
     pub snapshots: Vec<(Lsn, Vec<u8>)>,
+    /// Chunk files of the snapshots, by index; durable with the snapshot that wrote them.
+    pub chunks: std::collections::BTreeMap<u64, Vec<u8>>,
     /// Bumped by every crash: handles of older incarnations are refused.
     pub epoch: u64,
     pub syncs: u64,
@@ -228,16 +231,24 @@ impl Storage for SimStorage {
         async move {
             // Encoded here, as file storage encodes on its writing thread: the driver's
             // state may move on meanwhile, which is what the image must withstand.
-            let mut bytes = Vec::new();
-            let len = encode(&mut bytes)?;
+            let mut out = InMemory::default();
+            let len = encode(&mut out)?;
             tokio::time::sleep(handle.disk.sync_delay()).await;
             let mut state = handle.live()?;
-            state.snapshots.push((lsn, bytes));
+            state.chunks.extend(out.chunks);
+            state.snapshots.push((lsn, out.bytes));
             if state.snapshots.len() > SNAPSHOTS_KEPT {
                 state.snapshots.remove(0);
             }
             Ok(len)
         }
+    }
+
+    async fn read_chunk(&mut self, index: u64) -> io::Result<Vec<u8>> {
+        let state = self.live()?;
+        state.chunks.get(&index).cloned().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("no chunk file {index}"))
+        })
     }
 
     async fn read_snapshots(&mut self) -> io::Result<Vec<StoredSnapshot>> {

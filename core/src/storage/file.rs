@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 
 use super::{EncodeSnapshot, LogSegment, Storage, StoredSnapshot};
 use crate::event::Lsn;
+use crate::snapshot::SnapshotOut;
 
 /// Limits of file storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,6 +293,39 @@ impl Drop for LogWriter {
     }
 }
 
+/// The name of chunk file `index` of the snapshots.
+pub fn chunk_name(index: u64) -> String {
+    format!("chunk-{index:010}.rows")
+}
+
+/// A snapshot being written: its temporary file, and the directory its chunk files go to.
+struct SnapshotFiles {
+    file: File,
+    dir: PathBuf,
+}
+
+impl std::io::Write for SnapshotFiles {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl SnapshotOut for SnapshotFiles {
+    /// Writes the chunk to a temporary file, syncs it and renames it into place (the
+    /// directory is synced before the snapshot's own rename).
+    fn write_chunk(&mut self, index: u64, bytes: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        let tmp = self.dir.join(format!("chunk-{index:010}.tmp"));
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, self.dir.join(chunk_name(index)))
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
@@ -373,9 +407,14 @@ impl Storage for FileStorage {
         let kept = self.config.snapshots_kept_max;
         blocking(move || {
             let tmp = dir.join(format!("snapshot-{lsn:020}.tmp"));
-            let mut file = File::create(&tmp)?;
-            let len = encode(&mut file)?;
-            file.sync_all()?;
+            let mut out = SnapshotFiles {
+                file: File::create(&tmp)?,
+                dir: dir.clone(),
+            };
+            let len = encode(&mut out)?;
+            out.file.sync_all()?;
+            // The chunk files' names must be durable before a snapshot that needs them is.
+            sync_dir(&dir)?;
             fs::rename(&tmp, dir.join(snapshot_name(lsn)))?;
             sync_dir(&dir)?;
             let snapshots = numbered_files(&dir, "snapshot-", ".snap")?;
@@ -384,6 +423,11 @@ impl Storage for FileStorage {
             }
             Ok(len)
         })
+    }
+
+    async fn read_chunk(&mut self, index: u64) -> io::Result<Vec<u8>> {
+        let path = self.dir.join(chunk_name(index));
+        blocking(move || fs::read(path)).await
     }
 
     async fn read_snapshots(&mut self) -> io::Result<Vec<StoredSnapshot>> {

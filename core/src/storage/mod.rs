@@ -14,6 +14,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use crate::event::Lsn;
+use crate::snapshot::{InMemory, SnapshotOut};
 
 #[cfg(not(madsim))]
 pub mod file;
@@ -92,12 +93,15 @@ pub trait Storage: Send + 'static {
 
     /// The snapshots present, newest first (recovery falls back to older ones if one is bad).
     fn read_snapshots(&mut self) -> impl Future<Output = io::Result<Vec<StoredSnapshot>>> + Send;
+
+    /// Chunk file `index` of the snapshots (see [`crate::snapshot`]).
+    fn read_chunk(&mut self, index: u64) -> impl Future<Output = io::Result<Vec<u8>>> + Send;
 }
 
-/// Writes a snapshot's bytes to the writer it is given and returns their length (see
-/// [`Storage::write_snapshot`]).
+/// Writes a snapshot's chunk files and bytes to what it is given and returns the snapshot's
+/// length (see [`Storage::write_snapshot`]).
 pub type EncodeSnapshot =
-    Box<dyn FnOnce(&mut dyn std::io::Write) -> io::Result<usize> + Send + 'static>;
+    Box<dyn FnOnce(&mut dyn SnapshotOut) -> io::Result<usize> + Send + 'static>;
 
 /// The bytes of an in-memory disk, shared so a test (or crash) can inspect and damage them.
 #[derive(Debug, Default, Clone)]
@@ -108,6 +112,8 @@ pub struct MemDisk {
     pub synced_len: usize,
     pub synced_segments: usize,
     pub snapshots: Vec<(Lsn, Vec<u8>)>,
+    /// Chunk files of snapshots, by index.
+    pub chunks: std::collections::BTreeMap<u64, Vec<u8>>,
     /// Number of successful syncs (for tests of group commit).
     pub syncs: u64,
 }
@@ -181,11 +187,20 @@ impl Storage for MemStorage {
     ) -> impl Future<Output = io::Result<usize>> + Send + 'static {
         let disk = Arc::clone(&self.disk);
         async move {
-            let mut bytes = Vec::new();
-            let len = encode(&mut bytes)?;
-            disk.lock().expect("disk lock").snapshots.push((lsn, bytes));
+            let mut out = InMemory::default();
+            let len = encode(&mut out)?;
+            let mut disk = disk.lock().expect("disk lock");
+            disk.chunks.extend(out.chunks);
+            disk.snapshots.push((lsn, out.bytes));
             Ok(len)
         }
+    }
+
+    async fn read_chunk(&mut self, index: u64) -> io::Result<Vec<u8>> {
+        let disk = self.disk.lock().expect("disk lock");
+        disk.chunks.get(&index).cloned().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("no chunk file {index}"))
+        })
     }
 
     async fn read_snapshots(&mut self) -> io::Result<Vec<StoredSnapshot>> {
