@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use walletd_core::driver::{DriverConfig, Query, QueryAnswer};
-use walletd_core::engine::{Client, Engine, EngineConfig};
+use walletd_core::driver::{CommandResult, DriverConfig, Query, QueryAnswer};
+use walletd_core::engine::{Client, Engine, EngineConfig, Unavailable};
 use walletd_core::event::Reason;
 use walletd_core::ids::{AccountId, TransactionId};
 use walletd_core::ledger::{Command, Reply, TransferStatus};
@@ -147,7 +147,6 @@ pub async fn sum_balances(client: &Client, accounts: &[AccountId]) -> Result<Tot
 /// phase is `Stopped`.
 pub fn run_transfers(
     client: &Client,
-    accounts: &Arc<[AccountId]>,
     workload: &Arc<Workload>,
     live: &Arc<Live>,
     clients: u64,
@@ -156,12 +155,7 @@ pub fn run_transfers(
 ) -> Vec<tokio::task::JoinHandle<Tally>> {
     (0..clients)
         .map(|c| {
-            let (client, accounts, workload, live) = (
-                client.clone(),
-                Arc::clone(accounts),
-                Arc::clone(workload),
-                Arc::clone(live),
-            );
+            let (client, workload, live) = (client.clone(), Arc::clone(workload), Arc::clone(live));
             tokio::spawn(async move {
                 let mut rng = Rng::new(seed.wrapping_mul(1_000_003).wrapping_add(c));
                 let mut tally = Tally::new();
@@ -172,47 +166,64 @@ pub fn run_transfers(
                     for _ in 0..batch {
                         let draw = workload.draw(&mut rng, c, sequence);
                         sequence += 1;
-                        let transfer = workload.transfer(&draw, &accounts, &mut scratch);
-                        commands.push(Command::Transfer(transfer));
+                        commands.push(Command::Transfer(workload.transfer(&draw, &mut scratch)));
                     }
                     let started = Instant::now();
-                    let (mut answered, mut rejected, mut errors) = (0, 0, 0);
-                    let answers = if batch == 1 {
-                        vec![client.execute(commands[0], true).await]
+                    let mut counted = Counted::default();
+                    if batch == 1 {
+                        counted.add(client.execute(commands[0], true).await);
                     } else {
-                        client.execute_many(commands.iter().copied(), true).await
-                    };
-                    for answer in answers {
-                        match answer {
-                            Ok(Ok(Reply::Transfer(TransferStatus::Committed))) => answered += 1,
-                            Ok(Ok(Reply::Transfer(TransferStatus::Rejected(
-                                Reason::InsufficientFunds,
-                            )))) => {
-                                answered += 1;
-                                rejected += 1;
-                            }
-                            other => {
-                                errors += 1;
-                                if live.phase() == Phase::Measuring {
-                                    tally.sample_error(&format!("{other:?}"));
-                                }
-                            }
+                        for answer in client.execute_many(commands.iter().copied(), true).await {
+                            counted.add(answer);
                         }
                     }
                     let latency = started.elapsed();
-                    live.transfers.fetch_add(answered, Ordering::Relaxed);
-                    live.errors.fetch_add(errors, Ordering::Relaxed);
+                    live.transfers
+                        .fetch_add(counted.answered, Ordering::Relaxed);
+                    live.errors.fetch_add(counted.errors, Ordering::Relaxed);
                     if live.phase() == Phase::Measuring {
                         tally.record(latency);
-                        tally.transfers += answered;
-                        tally.rejected += rejected;
-                        tally.errors += errors;
+                        tally.transfers += counted.answered;
+                        tally.rejected += counted.rejected;
+                        tally.errors += counted.errors;
+                        if let Some(error) = &counted.error {
+                            tally.sample_error(error);
+                        }
                     }
                 }
                 tally
             })
         })
         .collect()
+}
+
+/// The answers to one hand-over of transfers, counted.
+#[derive(Debug, Default)]
+struct Counted {
+    /// Committed or rejected for insufficient funds: what the workload expects.
+    answered: u64,
+    rejected: u64,
+    errors: u64,
+    /// What the first error was.
+    error: Option<String>,
+}
+
+impl Counted {
+    fn add(&mut self, answer: Result<CommandResult, Unavailable>) {
+        match answer {
+            Ok(Ok(Reply::Transfer(TransferStatus::Committed))) => self.answered += 1,
+            Ok(Ok(Reply::Transfer(TransferStatus::Rejected(Reason::InsufficientFunds)))) => {
+                self.answered += 1;
+                self.rejected += 1;
+            }
+            other => {
+                self.errors += 1;
+                if self.error.is_none() {
+                    self.error = Some(format!("{other:?}"));
+                }
+            }
+        }
+    }
 }
 
 /// Resident set size of this process in bytes (`VmRSS` of `/proc/self/status`).

@@ -327,7 +327,6 @@ async fn run_engine_mode(
     let workload = &Arc::new(workload.for_mode(Mode::Engine.name()));
     let tasks = engine_driver::run_transfers(
         &client,
-        &accounts,
         workload,
         &live,
         args.engine_clients,

@@ -40,9 +40,27 @@ impl Rng {
     }
 }
 
+/// The prefix of every benchmark account id; the account's index follows in decimal.
+const ACCOUNT_PREFIX: &str = "bench-";
+
 /// The id of benchmark account `index`.
 pub fn account_name(index: u64) -> String {
-    format!("bench-{index}")
+    let mut name = String::new();
+    write_account_name(index, &mut name);
+    name
+}
+
+/// Appends the id of benchmark account `index` (what [`account_name`] returns).
+pub fn write_account_name(index: u64, out: &mut String) {
+    out.push_str(ACCOUNT_PREFIX);
+    push_decimal(index, out);
+}
+
+/// Appends `value` in decimal, exactly as `Display` writes it, without the formatting
+/// machinery: ids and amounts are written for every transfer the benchmark sends, and every
+/// cycle spent here is a cycle taken from the server on the same machine.
+pub fn push_decimal(value: u64, out: &mut String) {
+    out.push_str(itoa::Buffer::new().format(value));
 }
 
 /// The benchmark accounts and the draw of transfers between them.
@@ -87,8 +105,14 @@ impl Workload {
     /// The next transfer of `client`, its `sequence`-th: two distinct random accounts.
     pub fn draw(&self, rng: &mut Rng, client: u64, sequence: u64) -> Draw {
         let from = rng.below(self.accounts);
-        // Uniform over the other K-1 accounts.
-        let to = (from + 1 + rng.below(self.accounts - 1)) % self.accounts;
+        // Uniform over the other K-1 accounts: `(from + 1 + r) % K`, where the sum is below
+        // 2K, so one subtraction does the modulo without a division.
+        let to = from + 1 + rng.below(self.accounts - 1);
+        let to = if to >= self.accounts {
+            to - self.accounts
+        } else {
+            to
+        };
         Draw {
             from,
             to,
@@ -98,20 +122,36 @@ impl Workload {
         }
     }
 
-    /// Appends the transaction id of a draw, unique within the run and across runs.
+    /// Appends the transaction id of a draw, `{run_tag}-{client}-{sequence}`: unique within
+    /// the run and across runs.
     pub fn write_transaction_id(&self, draw: &Draw, out: &mut String) {
-        use std::fmt::Write;
-        let _ = write!(out, "{}-{}-{}", self.run_tag, draw.client, draw.sequence);
+        out.push_str(&self.run_tag);
+        out.push('-');
+        push_decimal(draw.client, out);
+        out.push('-');
+        push_decimal(draw.sequence, out);
     }
 
-    /// The core transfer of a draw (for the in-process engine); `scratch` is reused for the id.
-    pub fn transfer(&self, draw: &Draw, accounts: &[AccountId], scratch: &mut String) -> Transfer {
+    /// The core transfer of a draw (for the in-process engine); `scratch` is reused for the
+    /// ids.
+    ///
+    /// The account ids are rebuilt from their names rather than read from a table of
+    /// [`AccountId`]s: with K accounts that table is 65 bytes × K (6.5 MB for 100,000), and
+    /// two random reads of it per transfer missed the cache so often that they cost more than
+    /// all of the rest of the generator.
+    pub fn transfer(&self, draw: &Draw, scratch: &mut String) -> Transfer {
+        let account = |index: u64, scratch: &mut String| {
+            scratch.clear();
+            write_account_name(index, scratch);
+            AccountId::new(scratch).expect("benchmark account ids are valid")
+        };
+        let (from, to) = (account(draw.from, scratch), account(draw.to, scratch));
         scratch.clear();
         self.write_transaction_id(draw, scratch);
         Transfer {
             transaction_id: TransactionId::new(scratch).expect("benchmark ids are valid"),
-            from: accounts[draw.from as usize],
-            to: accounts[draw.to as usize],
+            from,
+            to,
             amount: Amount::from_minor(draw.amount_minor).expect("amounts are in range"),
             currency: CURRENCY,
         }
@@ -128,8 +168,11 @@ pub fn run_tag() -> String {
 
 /// Formats minor units of [`CURRENCY`] as the API's decimal string (2 fraction digits).
 pub fn format_amount(minor: u64, out: &mut String) {
-    use std::fmt::Write;
-    let _ = write!(out, "{}.{:02}", minor / 100, minor % 100);
+    push_decimal(minor / 100, out);
+    let cents = (minor % 100) as u8;
+    out.push('.');
+    out.push(char::from(b'0' + cents / 10));
+    out.push(char::from(b'0' + cents % 10));
 }
 
 /// Parses a non-negative decimal balance with at most two fraction digits into minor units.
@@ -163,6 +206,87 @@ mod tests {
             let draw = workload.draw(&mut rng, 0, sequence);
             assert!(draw.from < 3 && draw.to < 3 && draw.from != draw.to);
             assert!((1..=TRANSFER_MINOR_MAX).contains(&draw.amount_minor));
+        }
+    }
+
+    /// Values around every power of ten, and the extremes.
+    fn decimal_edges() -> impl Iterator<Item = u64> {
+        (0..=19u32)
+            .flat_map(|power| {
+                let p = 10u64.pow(power);
+                [p - 1, p, p + 1]
+            })
+            .chain((0..100_000).step_by(7))
+            .chain([u64::MAX - 1, u64::MAX])
+    }
+
+    #[test]
+    fn decimals_are_written_as_display_writes_them() {
+        let mut text = String::from("x");
+        for value in decimal_edges().chain(0..10_000) {
+            text.truncate(1);
+            push_decimal(value, &mut text);
+            assert_eq!(text, format!("x{value}"));
+        }
+    }
+
+    /// The hand-written formatting produces exactly the text the `format!` versions did, so
+    /// the ids, names and amounts the benchmark sends are unchanged.
+    #[test]
+    fn ids_names_and_amounts_are_unchanged() {
+        let workload = Workload::new(10, "r6929f3a1engine".into());
+        let mut text = String::new();
+        for value in decimal_edges() {
+            let draw = Draw {
+                from: 0,
+                to: 1,
+                amount_minor: 1,
+                client: value % 1000,
+                sequence: value,
+            };
+            text.clear();
+            workload.write_transaction_id(&draw, &mut text);
+            assert_eq!(text, format!("r6929f3a1engine-{}-{value}", value % 1000));
+            assert_eq!(account_name(value), format!("bench-{value}"));
+            text.clear();
+            format_amount(value, &mut text);
+            assert_eq!(text, format!("{}.{:02}", value / 100, value % 100));
+        }
+    }
+
+    /// The draws are those of `(from + 1 + r) % K`, the formula the division-free one replaced.
+    #[test]
+    fn draws_are_unchanged() {
+        for accounts in [2, 3, 10, 100_000, 10_000_000] {
+            let workload = Workload::new(accounts, "t".into());
+            let (mut rng, mut reference) = (Rng::new(accounts), Rng::new(accounts));
+            for sequence in 0..10_000 {
+                let draw = workload.draw(&mut rng, 3, sequence);
+                let from = reference.below(accounts);
+                let to = ((u128::from(from) + 1 + u128::from(reference.below(accounts - 1)))
+                    % u128::from(accounts)) as u64;
+                let amount_minor = 1 + reference.below(TRANSFER_MINOR_MAX);
+                assert_eq!(
+                    (draw.from, draw.to, draw.amount_minor),
+                    (from, to, amount_minor)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn transfers_name_the_accounts_of_their_draw() {
+        let workload = Workload::new(1_000_000, "t".into());
+        let mut rng = Rng::new(5);
+        let mut scratch = String::new();
+        for sequence in 0..1000 {
+            let draw = workload.draw(&mut rng, 2, sequence);
+            let transfer = workload.transfer(&draw, &mut scratch);
+            let account = |i: u64| AccountId::new(&format!("bench-{i}")).unwrap();
+            assert_eq!(transfer.from, account(draw.from));
+            assert_eq!(transfer.to, account(draw.to));
+            assert_eq!(transfer.transaction_id.as_str(), format!("t-2-{sequence}"));
+            assert_eq!(transfer.amount.minor(), draw.amount_minor);
         }
     }
 
