@@ -234,14 +234,21 @@ redis_cli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
 
 # Starts a fresh Redis with AOF on and appendfsync $1, funds the accounts, loads the script.
 start_redis() {
-  local fsync=$1
-  REDIS_PORT=$(free_port)
-  rm -rf "$WORK/redis" && mkdir -p "$WORK/redis"
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK/redis" --save "" \
-    --appendonly yes --appendfsync "$fsync" --protected-mode no --logfile "$WORK/redis/redis.log" &
-  REDIS_PID=$!
-  for _ in $(seq 1 100); do redis_cli ping >/dev/null 2>&1 && break; sleep 0.1; done
-  redis_cli ping >/dev/null || die "redis-server did not start (see $WORK/redis/redis.log)"
+  local fsync=$1 attempt
+  # A port found free can be taken before Redis binds it; such a start is retried on another.
+  for attempt in 1 2 3; do
+    REDIS_PORT=$(free_port)
+    rm -rf "$WORK/redis" && mkdir -p "$WORK/redis"
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK/redis" --save "" \
+      --appendonly yes --appendfsync "$fsync" --protected-mode no --logfile "$WORK/redis/redis.log" &
+    REDIS_PID=$!
+    for _ in $(seq 1 100); do redis_cli ping >/dev/null 2>&1 && break; sleep 0.1; done
+    redis_cli ping >/dev/null 2>&1 && break
+    log "   redis-server did not start on port $REDIS_PORT (attempt $attempt):"
+    tail -n 5 "$WORK/redis/redis.log" >&2 || true
+    kill "$REDIS_PID" 2>/dev/null; wait "$REDIS_PID" 2>/dev/null || true
+  done
+  redis_cli ping >/dev/null || die "redis-server did not start in three attempts"
   # Accounts are acct:<12 digits>, the form redis-benchmark gives __rand_int__.
   awk -v k="$BENCH_ACCOUNTS" -v f="$FUNDING_MINOR" 'BEGIN {
     for (i = 0; i < k; i++) { key = sprintf("acct:%012d", i)
