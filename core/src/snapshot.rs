@@ -99,7 +99,9 @@ pub struct SnapshotImage {
     partition: PartitionId,
     partitions: u32,
     last: RecordMeta,
-    accounts: rustc_hash::FxHashMap<AccountId, Account>,
+    /// Unsorted here; sorted where the image is encoded. A vector rather than a copy of the
+    /// hash map: without the map's empty buckets it takes about 40% less memory.
+    accounts: Vec<(AccountId, Account)>,
     transfers: RowStore,
     credits: Table<TransferKey, CreditRow>,
     cash: Table<(AccountId, TransactionId), CashRow>,
@@ -136,7 +138,7 @@ impl SnapshotImage {
             partition: ledger.partition(),
             partitions: ledger.partitions(),
             last: ledger.last,
-            accounts: ledger.accounts.clone(),
+            accounts: ledger.accounts.iter().map(|(id, a)| (*id, *a)).collect(),
             transfers: ledger.transfers.freeze(),
             credits: ledger.credits.clone(),
             cash: ledger.cash.clone(),
@@ -150,7 +152,7 @@ impl SnapshotImage {
     }
 
     /// The snapshot's bytes (see [`encode_snapshot`]) and the chunk files it writes.
-    pub fn encode(&self) -> (Vec<u8>, Vec<(u64, Vec<u8>)>) {
+    pub fn encode(self) -> (Vec<u8>, Vec<(u64, Vec<u8>)>) {
         let mut out = InMemory::default();
         self.write_to(&mut out)
             .expect("writing into memory does not fail");
@@ -160,12 +162,13 @@ impl SnapshotImage {
     /// Writes the new chunk files, then the snapshot's bytes a piece at a time, so a snapshot
     /// of any size takes [`SINK_CHUNK_BYTES`] of memory, not its own size in fresh pages;
     /// returns the snapshot's length.
-    pub fn write_to(&self, out: &mut dyn SnapshotOut) -> io::Result<usize> {
+    pub fn write_to(mut self, out: &mut dyn SnapshotOut) -> io::Result<usize> {
         for index in self.chunks.written..self.chunks.frozen {
             let bytes = encode_chunk(self.partition, index, &self.transfers);
             out.write_chunk(index as u64, &bytes)?;
         }
-        encode_image(self, out)
+        self.accounts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        encode_image(&self, out)
     }
 }
 
@@ -322,17 +325,14 @@ fn encode_image(ledger: &SnapshotImage, writer: &mut dyn SnapshotOut) -> io::Res
     out.extend_from_slice(&ledger.last.timestamp.to_le_bytes());
     let chunks = u32::try_from(ledger.chunks.frozen).expect("fewer than 2^32 chunks");
     out.extend_from_slice(&chunks.to_le_bytes());
-    put_table(
-        &mut sink,
-        sorted(&ledger.accounts).into_iter(),
-        |out, (id, account)| {
-            id.encode_into(out);
-            put_currency(out, account.currency);
-            for value in [account.balance, account.held, account.incoming] {
-                out.extend_from_slice(&value.to_le_bytes());
-            }
-        },
-    )?;
+    debug_assert!(ledger.accounts.is_sorted_by(|a, b| a.0 < b.0));
+    put_table(&mut sink, ledger.accounts.iter(), |out, (id, account)| {
+        id.encode_into(out);
+        put_currency(out, account.currency);
+        for value in [account.balance, account.held, account.incoming] {
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+    })?;
     // The table packs its rows (ids in an arena); the format keeps each whole transfer.
     let inline = ledger.chunks.frozen * CHUNK_ROWS..ledger.transfers.len();
     put_table(
@@ -364,15 +364,6 @@ fn encode_image(ledger: &SnapshotImage, writer: &mut dyn SnapshotOut) -> io::Res
         }
     })?;
     sink.finish()
-}
-
-/// The rows of a hash table in key order.
-fn sorted<'a, K: Ord + 'a, V: 'a>(
-    table: impl IntoIterator<Item = (&'a K, &'a V)>,
-) -> Vec<(&'a K, &'a V)> {
-    let mut rows: Vec<(&K, &V)> = table.into_iter().collect();
-    rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    rows
 }
 
 fn put_table<R>(

@@ -83,7 +83,11 @@ fn key_hash(from: &[u8], transaction_id: &[u8]) -> u32 {
 /// that their runs cross chunk edges and write chunk files).
 pub(crate) const CHUNK_ROWS: usize = if cfg!(any(test, madsim)) { 64 } else { 1 << 16 };
 /// Bytes per sealed chunk of the id arena. A row's ids (at most 192 bytes) never span two.
-const ARENA_CHUNK_BYTES: usize = if cfg!(any(test, madsim)) { 1024 } else { 1 << 22 };
+const ARENA_CHUNK_BYTES: usize = if cfg!(any(test, madsim)) {
+    1024
+} else {
+    1 << 22
+};
 
 /// The rows and their id bytes, in chunks: sealed ones shared (`Arc`), and an open tail that
 /// takes the appends. Cloning it, which is what a snapshot does, copies only the two tails and
