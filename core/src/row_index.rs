@@ -42,6 +42,24 @@ fn slot_row(slot: Slot) -> usize {
     (slot as u32) as usize - 1
 }
 
+/// Asks the processor to bring `slot`'s cache line in, without waiting for it: a lookup a
+/// few hundred nanoseconds later then finds it there. A plain read of the slot would do the
+/// same but hold its place in the processor's window until the miss is served, and the
+/// prefetch pass reads one slot per transfer of a whole group, so those reads filled the
+/// window and stalled it (the pass was an eighth of the partition's time).
+#[inline]
+fn prefetch(slot: &Slot) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it reads nothing and cannot fault, whatever the address
+    // (here a valid reference). SSE, which provides it, is part of every x86_64 target.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>((slot as *const Slot).cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    std::hint::black_box(*slot);
+}
+
 /// One open-addressed array of slots (a power of two of them).
 #[derive(Debug, Clone, Default)]
 struct Slots {
@@ -103,8 +121,11 @@ impl Slots {
 
     /// Reads the home slot of `hash`, so that a lookup soon after finds it in cache.
     fn touch(&self, hash: u32) {
-        if !self.slots.is_empty() {
-            std::hint::black_box(self.slots[hash as usize & self.mask()]);
+        if let Some(home) = self
+            .slots
+            .get(hash as usize & self.slots.len().wrapping_sub(1))
+        {
+            prefetch(home);
         }
     }
 }
