@@ -334,11 +334,7 @@ async fn write_small_log(dir: &std::path::Path) {
     let config = single();
     let engine = Engine::start(file_storages(dir, 1), config).await.unwrap();
     let client = engine.client();
-    let open = Command::OpenAccount {
-        account: id("alice"),
-        currency: Currency::USD,
-    };
-    client.execute(open, false).await.unwrap().unwrap();
+    open_usd(&client, id("alice")).await;
     for i in 0..5 {
         let deposit = Command::Deposit {
             account: id("alice"),
@@ -603,11 +599,7 @@ async fn snapshots_keep_coming_while_every_event_adds_a_row() {
     };
     let engine = Engine::start(vec![storage], config).await.unwrap();
     let client = engine.client();
-    let open = Command::OpenAccount {
-        account: id("alice"),
-        currency: Currency::USD,
-    };
-    client.execute(open, false).await.unwrap().unwrap();
+    open_usd(&client, id("alice")).await;
     for i in 0..200 {
         client.execute(deposit(i), true).await.unwrap().unwrap();
     }
@@ -645,11 +637,7 @@ async fn snapshots_keep_final_transfers_in_chunk_files_and_recover_from_them() {
         let client = engine.client();
         if accounts_needed {
             for account in [alice, dave] {
-                let open = Command::OpenAccount {
-                    account,
-                    currency: Currency::USD,
-                };
-                client.execute(open, false).await.unwrap().unwrap();
+                open_usd(&client, account).await;
             }
             let fund = Command::Deposit {
                 account: alice,
@@ -815,12 +803,17 @@ fn single() -> EngineConfig {
 /// One partition on `storage` with an account "alice" (USD) opened.
 async fn start_single_with_alice<S: Storage>(storage: S) -> Engine {
     let engine = Engine::start(vec![storage], single()).await.unwrap();
+    open_usd(&engine.client(), id("alice")).await;
+    engine
+}
+
+/// Opens `account` in USD.
+async fn open_usd(client: &Client, account: AccountId) {
     let open = Command::OpenAccount {
-        account: id("alice"),
+        account,
         currency: Currency::USD,
     };
-    engine.client().execute(open, false).await.unwrap().unwrap();
-    engine
+    client.execute(open, false).await.unwrap().unwrap();
 }
 
 /// One partition on [`SlowSync`] (with `gate`, if given) and an account "alice".

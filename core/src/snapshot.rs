@@ -167,7 +167,7 @@ impl SnapshotImage {
             let bytes = encode_chunk(self.partition, index, &self.transfers);
             out.write_chunk(index as u64, &bytes)?;
         }
-        self.accounts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.accounts.sort_unstable_by_key(|(id, _)| *id);
         encode_image(&self, out)
     }
 }
