@@ -8,15 +8,16 @@
 //! Here a row is a fixed 48-byte record plus the ids' actual bytes, appended to one byte arena
 //! (about 30 bytes for typical ids):
 //!
-//! - `rows`: one [`PackedRow`] per transfer, in log order, never moved by growth of the index;
-//! - `ids`: the `from`, `transaction_id` and `to` bytes of each row, back to back, at the
-//!   row's `ids_at`;
-//! - `index`: a [`RowIndex`] of 8-byte slots, each a row position and 32 bits of the key's
+//! - rows: one [`PackedRow`] per transfer, in log order, never moved by growth of the index,
+//!   in chunks of [`CHUNK_ROWS`] ([`RowStore`]: sealed chunks are shared with snapshots);
+//! - ids: the `from`, `transaction_id` and `to` bytes of each row, back to back, in arena
+//!   chunks, at the row's `ids_at`;
+//! - index: a [`RowIndex`] of 8-byte slots, each a row position and 32 bits of the key's
 //!   hash, found by the hash and confirmed by comparing the key's bytes. It grows step by
 //!   step and reads nothing but itself while it does (see its module).
 //!
 //! Callers see only whole [`TransferRow`]s, rebuilt on read; the ledger's hot paths ask the
-//! narrower questions (`find`, `records`, `state`) that touch just the packed row.
+//! narrower questions (`find`, `records`, `phase`) that touch just the packed row.
 
 use std::hash::Hasher;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use rustc_hash::FxHasher;
 
 use crate::event::{Timestamp, Transfer, TransferKey};
-use crate::ids::{AccountId, TransactionId};
+use crate::ids::{AccountId, TransactionId, ID_LEN_MAX};
 use crate::ledger::{TransferRow, TransferState};
 use crate::money::{Amount, Currency};
 use crate::row_index::{RowIndex, ROWS_MAX};
@@ -143,7 +144,11 @@ impl RowStore {
         let ids_len = usize::from(row.from_len)
             + usize::from(row.transaction_id_len)
             + usize::from(row.to_len);
-        if self.tail_ids.len() + ids_len > ARENA_CHUNK_BYTES {
+        // Each id is appended as its whole 64-byte padded array and then cut (see
+        // `append_bytes_to`), so the chunk needs room for that much, or it would reallocate
+        // to twice its size just before being sealed.
+        debug_assert!(ids_len <= 3 * ID_LEN_MAX);
+        if self.tail_ids.len() + 3 * ID_LEN_MAX > ARENA_CHUNK_BYTES {
             let sealed =
                 std::mem::replace(&mut self.tail_ids, Vec::with_capacity(ARENA_CHUNK_BYTES));
             self.sealed_ids.push(Arc::new(sealed));
@@ -565,6 +570,9 @@ mod tests {
             assert!(table.insert(&trying(i)));
         }
         assert!(table.store.sealed.len() >= 10 && table.store.sealed_ids.len() > 1);
+        // Arena chunks are sealed before an append could make them reallocate.
+        let capacities = table.store.sealed_ids.iter().map(|c| c.capacity());
+        assert!(capacities.max() == Some(ARENA_CHUNK_BYTES));
         let frozen = table.freeze();
         let before: Vec<_> = table.iter().collect();
         // Change rows in a sealed chunk and in the tail, and append more.
