@@ -91,8 +91,9 @@ const ROW_LEN_MIN: usize = 6;
 ///
 /// Taking one copies the accounts and the barrier and cash tables, and shares the transfers
 /// table's sealed chunks of rows ([`crate::transfer_table::RowStore`]), so a partition takes
-/// it in milliseconds and the encoding, which costs time in proportion to every row ever
-/// recorded, runs on another thread while the partition goes on.
+/// it in milliseconds and the encoding, which costs time in proportion to the accounts, the
+/// rows held inline and the new chunk files, runs on another thread while the partition goes
+/// on.
 #[derive(Clone)]
 pub struct SnapshotImage {
     chunks: ChunkPlan,
@@ -126,12 +127,20 @@ impl SnapshotImage {
     /// The state `ledger` holds now, its first `chunks.frozen` transfer chunks in chunk files.
     ///
     /// # Panics
-    /// If those chunks are not all sealed and final (see [`Ledger::final_chunks_from`]).
+    /// If those chunks are not all sealed. That the new ones (`written..frozen`) hold only
+    /// final rows is the caller's finding ([`Ledger::final_chunks_from`]), checked again in
+    /// debug builds only: it scans every new row, on the partition's thread. Chunks written
+    /// before were final then, and final rows do not change.
     pub fn with_chunks(ledger: &Ledger, chunks: ChunkPlan) -> SnapshotImage {
         assert!(chunks.written <= chunks.frozen);
+        // A chunk is sealed once a row follows it.
         assert!(
-            ledger.final_chunks_from(0) >= chunks.frozen,
-            "only sealed chunks of final rows go to chunk files"
+            chunks.frozen == 0 || ledger.transfers.len() > chunks.frozen * CHUNK_ROWS,
+            "only sealed chunks go to chunk files"
+        );
+        debug_assert!(
+            ledger.final_chunks_from(chunks.written) >= chunks.frozen - chunks.written,
+            "only chunks of final rows go to chunk files"
         );
         SnapshotImage {
             chunks,

@@ -200,12 +200,11 @@ impl FileStorage {
         work: impl FnOnce(&mut LogWriter) -> T + Send + 'static,
     ) -> io::Result<T> {
         let mut log = self.log.take().ok_or_else(log_lost)?;
-        let (log, out) = tokio::task::spawn_blocking(move || {
+        let (log, out) = blocking(move || {
             let out = work(&mut log);
-            (log, out)
+            Ok((log, out))
         })
-        .await
-        .map_err(|e| io::Error::other(format!("storage task failed: {e}")))?;
+        .await?;
         self.log = Some(log);
         Ok(out)
     }
