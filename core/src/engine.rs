@@ -2,7 +2,6 @@
 //! commands to them. The all-in-one server, the in-process benchmark and the tests use it;
 //! a cluster node uses the same [`Client`] with some inboxes forwarding to other nodes.
 
-use std::mem::take;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -11,8 +10,8 @@ use tokio::task::JoinHandle;
 use rustc_hash::FxHashMap;
 
 use crate::driver::{
-    recover, CommandResult, DriverConfig, DriverError, DriverStats, Input, PartitionDriver, Query,
-    QueryAnswer, RecoveryReport, COMMANDS_PER_INPUT_MAX,
+    recover, CommandGroup, CommandResult, DriverConfig, DriverError, DriverStats, Input,
+    PartitionDriver, Query, QueryAnswer, RecoveryReport, COMMANDS_PER_INPUT_MAX,
 };
 use crate::ids::AccountId;
 use crate::ledger::Command;
@@ -123,54 +122,52 @@ impl Client {
         answer.await.map_err(|_| Unavailable(partition))
     }
 
-    /// Executes many commands at once and answers in their order. All are handed to their
-    /// partitions before any answer is awaited, so they share group commits. The commands
-    /// for one local partition travel as [`Input::Commands`] of up to
-    /// [`COMMANDS_PER_INPUT_MAX`], with one answer for them all.
+    /// Executes many commands at once and answers in their order (see
+    /// [`Client::execute_shared`]).
     pub async fn execute_many(
         &self,
         commands: impl IntoIterator<Item = Command>,
         wait: bool,
     ) -> Vec<Result<CommandResult, Unavailable>> {
-        /// Answers on their way: a single command's, or a group's with its commands' positions.
+        let commands = Arc::new(commands.into_iter().collect());
+        self.execute_shared(&commands, wait).await
+    }
+
+    /// Executes many commands at once and answers in their order. All are handed to their
+    /// partitions before any answer is awaited, so they share group commits. The commands
+    /// for one local partition travel as [`Input::Commands`] of up to
+    /// [`COMMANDS_PER_INPUT_MAX`], with one answer for them all; those groups share
+    /// `commands` rather than copy them.
+    pub async fn execute_shared(
+        &self,
+        commands: &Arc<Vec<Command>>,
+        wait: bool,
+    ) -> Vec<Result<CommandResult, Unavailable>> {
+        /// Answers on their way: a single command's, or a group's.
         enum Awaited {
             One(usize, oneshot::Receiver<CommandResult>),
-            Group(Vec<usize>, oneshot::Receiver<Vec<CommandResult>>),
+            Group(Arc<[u32]>, oneshot::Receiver<Vec<CommandResult>>),
         }
-        /// The commands bound for one local partition and their positions, in order, split
-        /// into groups of at most [`COMMANDS_PER_INPUT_MAX`].
-        #[derive(Default)]
-        struct Grouped {
-            full: Vec<(Vec<usize>, Vec<Command>)>,
-            positions: Vec<usize>,
-            commands: Vec<Command>,
-        }
-        let mut results: Vec<Option<Result<CommandResult, Unavailable>>> = Vec::new();
-        let mut grouped: FxHashMap<PartitionId, Grouped> = FxHashMap::default();
-        // Commands for other nodes go one by one. The input is consumed before the first
-        // await, so the caller's iterator need not live across one.
+        assert!(commands.len() <= u32::MAX as usize);
+        let mut results: Vec<Option<Result<CommandResult, Unavailable>>> =
+            vec![None; commands.len()];
+        // The positions of the commands bound for each local partition, in order.
+        let mut picks: FxHashMap<PartitionId, Vec<u32>> = FxHashMap::default();
+        // Commands for other nodes go one by one.
         let mut singles = Vec::new();
-        for (position, command) in commands.into_iter().enumerate() {
-            results.push(None);
-            let partition = self.partition_of(command_account(&command));
-            if !self.local[partition as usize] {
-                singles.push((position, partition, command));
-                continue;
+        for (position, command) in commands.iter().enumerate() {
+            let partition = self.partition_of(command_account(command));
+            if self.local[partition as usize] {
+                picks.entry(partition).or_default().push(position as u32);
+            } else {
+                singles.push((position, partition));
             }
-            // Moved once into its group, which travels as it is: no copy per command.
-            let group = grouped.entry(partition).or_default();
-            if group.commands.len() == COMMANDS_PER_INPUT_MAX {
-                let full = (take(&mut group.positions), take(&mut group.commands));
-                group.full.push(full);
-            }
-            group.positions.push(position);
-            group.commands.push(command);
         }
         let mut awaited = Vec::new();
-        for (position, partition, command) in singles {
+        for (position, partition) in singles {
             let (reply, answer) = oneshot::channel();
             let input = Input::Command {
-                command,
+                command: commands[position],
                 wait,
                 reply,
             };
@@ -179,22 +176,22 @@ impl Client {
                 Err(unavailable) => results[position] = Some(Err(unavailable)),
             }
         }
-        let mut grouped: Vec<_> = grouped.into_iter().collect();
-        grouped.sort_unstable_by_key(|(partition, _)| *partition);
-        for (partition, mut group) in grouped {
-            group.full.push((group.positions, group.commands));
-            for (positions, commands) in group.full {
+        let mut picks: Vec<_> = picks.into_iter().collect();
+        picks.sort_unstable_by_key(|(partition, _)| *partition);
+        for (partition, positions) in picks {
+            for group in positions.chunks(COMMANDS_PER_INPUT_MAX) {
+                let group: Arc<[u32]> = group.into();
                 let (reply, answer) = oneshot::channel();
                 let input = Input::Commands {
-                    commands,
+                    commands: CommandGroup::picked(commands.clone(), group.clone()),
                     wait,
                     reply,
                 };
                 match self.send(partition, input).await {
-                    Ok(()) => awaited.push((partition, Awaited::Group(positions, answer))),
+                    Ok(()) => awaited.push((partition, Awaited::Group(group, answer))),
                     Err(unavailable) => {
-                        for position in positions {
-                            results[position] = Some(Err(unavailable));
+                        for &position in group.iter() {
+                            results[position as usize] = Some(Err(unavailable));
                         }
                     }
                 }
@@ -208,13 +205,13 @@ impl Client {
                 Awaited::Group(positions, answer) => match answer.await {
                     Ok(answers) => {
                         assert_eq!(answers.len(), positions.len(), "one answer per command");
-                        for (position, result) in positions.into_iter().zip(answers) {
-                            results[position] = Some(Ok(result));
+                        for (&position, result) in positions.iter().zip(answers) {
+                            results[position as usize] = Some(Ok(result));
                         }
                     }
                     Err(_) => {
-                        for position in positions {
-                            results[position] = Some(Err(Unavailable(partition)));
+                        for &position in positions.iter() {
+                            results[position as usize] = Some(Err(Unavailable(partition)));
                         }
                     }
                 },

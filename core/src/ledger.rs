@@ -424,7 +424,7 @@ impl Ledger {
     /// cache misses; `decide` and `apply` then find the rows in cache. The same idea as a
     /// prefetch phase before execution in TigerBeetle's state machine. Purely a speed-up:
     /// skipping it changes no outcome.
-    pub fn prefetch(&self, commands: &[Command]) {
+    pub fn prefetch<'a>(&self, commands: impl IntoIterator<Item = &'a Command>) {
         for command in commands {
             if let Command::Transfer(transfer) = command {
                 std::hint::black_box(self.accounts.get(&transfer.from));

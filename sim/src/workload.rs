@@ -10,7 +10,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::oneshot;
-use walletd_core::driver::{wall_clock_us, Input, Query, QueryAnswer};
+use walletd_core::driver::{wall_clock_us, CommandGroup, Input, Query, QueryAnswer};
 use walletd_core::engine::command_account;
 use walletd_core::event::Transfer;
 use walletd_core::ids::{AccountId, TransactionId};
@@ -74,7 +74,7 @@ impl Requester {
         let partition = partition_of(command_account(&command), self.partitions);
         let answered = if as_group {
             let (reply, answer) = oneshot::channel();
-            let commands = vec![command];
+            let commands = CommandGroup::all(vec![command]);
             let input = Input::Commands {
                 commands,
                 wait: true,

@@ -4,27 +4,34 @@
 //! share group commits), each is answered on its own, in request order, with the HTTP status
 //! it would have had alone. One malformed item does not spoil the others.
 //!
-//! Items stay raw JSON text until each is parsed on its own into borrowed fields, so no
-//! generic JSON tree is built; the parsed items go to the engine together
-//! (`Client::execute_many`) under one deadline, with no task or timer per item, and an item
-//! still undecided at the deadline answers `202 pending`.
+//! The body is read in one pass, each item validated into a command as it closes
+//! ([`items`]); the commands go to the engine together, shared rather than copied
+//! (`Client::execute_shared`), under one deadline, with no task or timer per item, and an
+//! item still undecided at the deadline answers `202 pending`. The answer is written
+//! straight into the response body ([`results`]).
+
+mod items;
+mod results;
+
+use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 use utoipa::ToSchema;
 use walletd_core::driver::CommandResult;
 use walletd_core::engine::Unavailable;
-use walletd_core::event::Transfer;
-use walletd_core::ledger::Command;
+use walletd_core::ledger::{Command, TransferStatus};
 
 use super::metrics::Outcome;
-use super::transfers::{
-    conclude, parse_transfer_fields, render, Decided, TransferBody, TransferRequest,
-};
-use super::{parse_json, Api, JsonBody};
+use super::transfers::{conclude, status_url, status_view, TransferRequest};
+use super::{Api, JsonBody};
 use crate::errors::{ApiError, ErrorBody};
+use items::read_batch;
+use results::{ItemResult, ResultsWriter};
 
 /// A batch of transfers.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -34,7 +41,8 @@ pub struct BatchRequest {
     pub transfers: Vec<Box<RawValue>>,
 }
 
-/// The result of one item of a batch.
+/// The result of one item of a batch: the documented shape of what [`results`] writes (a
+/// test holds the two equal).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BatchItemResult {
     /// Position of the item in the request.
@@ -55,13 +63,6 @@ pub struct BatchItemResult {
     pub status_url: Option<String>,
 }
 
-/// The wire form of [`BatchRequest`]: each item's text borrowed from the body.
-#[derive(Deserialize)]
-struct BatchBody<'a> {
-    #[serde(borrow)]
-    transfers: Vec<&'a RawValue>,
-}
-
 /// Per-item results in request order.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BatchResponse {
@@ -78,45 +79,66 @@ pub struct BatchResponse {
 pub async fn transfers(
     State(api): State<Api>,
     JsonBody(body): JsonBody,
-) -> Result<axum::Json<BatchResponse>, ApiError> {
-    let batch: BatchBody = parse_json(&body)?;
-    let items_max = api.options().batch_items_max;
-    if batch.transfers.len() > items_max {
-        return Err(ApiError::batch_too_large(batch.transfers.len(), items_max));
+) -> Result<Response, ApiError> {
+    let batch = read_batch(&body, api.options().batch_items_max)?;
+    drop(body);
+    for _ in &batch.failed {
+        api.metrics().transfer(Outcome::Failed);
     }
     let deadline = Instant::now() + api.options().transfer_wait;
-    let mut results: Vec<Option<BatchItemResult>> = Vec::with_capacity(batch.transfers.len());
-    // The parsed items and their positions in the request.
-    let mut parsed: Vec<(usize, Transfer)> = Vec::with_capacity(batch.transfers.len());
-    for (index, item) in batch.transfers.iter().enumerate() {
-        match parse_item(index, item) {
-            Ok(transfer) => {
-                results.push(None);
-                parsed.push((index, transfer));
-            }
-            Err(error) => {
-                api.metrics().transfer(Outcome::Failed);
-                results.push(Some(error_result(index, item_transaction_id(item), error)));
-            }
+    let commands = Arc::new(batch.commands);
+    let answers = execute_all(&api, &commands, deadline).await;
+    assert_eq!(answers.len(), commands.len(), "one answer per command");
+    let mut decided = batch.positions.iter().zip(commands.iter().zip(answers));
+    let mut failed = batch.failed.into_iter();
+    let mut writer = ResultsWriter::with_capacity(batch.count);
+    let mut next_failed = failed.next();
+    let mut next_decided = decided.next();
+    for index in 0..batch.count {
+        if let Some((_, transaction_id, error)) = next_failed.take_if(|(at, ..)| *at == index) {
+            writer.push(error_result(index, transaction_id.as_deref(), &error));
+            next_failed = failed.next();
+            continue;
         }
+        let (&at, (command, answer)) = next_decided.take().expect("every item is answered");
+        assert_eq!(at as usize, index, "items are answered in request order");
+        let Command::Transfer(transfer) = command else {
+            unreachable!("a batch holds transfers only")
+        };
+        match conclude(&api, answer) {
+            Ok(status) => {
+                let view = status_view(status);
+                let status_url =
+                    (status == TransferStatus::Pending).then(|| status_url(&transfer.key()));
+                writer.push(ItemResult {
+                    index,
+                    transaction_id: Some(transfer.transaction_id.as_str()),
+                    http_status: view.http.as_u16(),
+                    status: view.status,
+                    code: view.reason.map(|(code, _)| code),
+                    message: view.reason.map(|(_, message)| message),
+                    status_url: status_url.as_deref(),
+                });
+            }
+            Err(error) => writer.push(error_result(
+                index,
+                Some(transfer.transaction_id.as_str()),
+                &error,
+            )),
+        }
+        next_decided = decided.next();
     }
-    for ((index, transfer), answer) in parsed
-        .iter()
-        .zip(execute_all(&api, &parsed, deadline).await)
-    {
-        let decided = conclude(&api, *transfer, answer);
-        results[*index] = Some(item_result(*index, transfer, decided));
-    }
-    let results = results
-        .into_iter()
-        .map(|result| result.expect("every item is answered"))
-        .collect();
-    Ok(axum::Json(BatchResponse { results }))
+    assert!(
+        next_failed.is_none() && next_decided.is_none(),
+        "every item is answered once"
+    );
+    let headers = [(header::CONTENT_TYPE, "application/json")];
+    Ok((headers, writer.finish()).into_response())
 }
 
-/// Hands every transfer to its partition at once (`Client::execute_many`: they share group
-/// commits, and awaiting the answers in order costs nothing because a batch's answers arrive
-/// together), waiting for outcomes until `deadline`.
+/// Hands every transfer to its partition at once (`Client::execute_shared`: they share
+/// group commits, and awaiting the answers in order costs nothing because a batch's answers
+/// arrive together), waiting for outcomes until `deadline`.
 ///
 /// Past the deadline the same transfers are asked again without waiting for outcomes:
 /// transfers are idempotent, so each answers what its partition has recorded, `pending` for
@@ -124,66 +146,29 @@ pub async fn transfers(
 /// common path free of a timer and a task per item.
 async fn execute_all(
     api: &Api,
-    parsed: &[(usize, Transfer)],
+    commands: &Arc<Vec<Command>>,
     deadline: Instant,
 ) -> Vec<Result<CommandResult, Unavailable>> {
-    let commands = || parsed.iter().map(|(_, t)| Command::Transfer(*t));
     let client = api.client();
-    let waiting = client.execute_many(commands(), true);
+    let waiting = client.execute_shared(commands, true);
     match tokio::time::timeout_at(deadline, waiting).await {
         Ok(answers) => answers,
-        Err(_elapsed) => client.execute_many(commands(), false).await,
+        Err(_elapsed) => client.execute_shared(commands, false).await,
     }
 }
 
-fn parse_item(index: usize, item: &RawValue) -> Result<Transfer, ApiError> {
-    let fields: TransferBody = serde_json::from_str(item.get())
-        .map_err(|e| ApiError::invalid_field(format!("transfers[{index}]: {e}")))?;
-    parse_transfer_fields(fields.fields())
-}
-
-/// The transaction id of an item that could not be parsed, when it has a readable one.
-fn item_transaction_id(item: &RawValue) -> Option<String> {
-    #[derive(Deserialize)]
-    struct IdOnly {
-        transaction_id: Option<serde_json::Value>,
-    }
-    serde_json::from_str::<IdOnly>(item.get())
-        .ok()
-        .and_then(|id| id.transaction_id)
-        .and_then(|v| v.as_str().map(str::to_string))
-}
-
-fn error_result(index: usize, transaction_id: Option<String>, error: ApiError) -> BatchItemResult {
-    BatchItemResult {
+fn error_result<'a>(
+    index: usize,
+    transaction_id: Option<&'a str>,
+    error: &'a ApiError,
+) -> ItemResult<'a> {
+    ItemResult {
         index,
         transaction_id,
         http_status: error.status.as_u16(),
         status: "error",
-        code: Some(error.code.to_string()),
-        message: Some(error.message),
+        code: Some(error.code),
+        message: Some(&error.message),
         status_url: None,
-    }
-}
-
-fn item_result(
-    index: usize,
-    transfer: &Transfer,
-    decided: Result<Decided, ApiError>,
-) -> BatchItemResult {
-    match decided {
-        Ok(decided) => {
-            let (status, body) = render(&decided);
-            BatchItemResult {
-                index,
-                transaction_id: Some(body.transaction_id),
-                http_status: status.as_u16(),
-                status: body.status,
-                code: body.code.map(str::to_string),
-                message: body.message.map(str::to_string),
-                status_url: body.status_url,
-            }
-        }
-        Err(error) => error_result(index, Some(transfer.transaction_id.to_string()), error),
     }
 }

@@ -273,15 +273,19 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
 /// Parses a JSON body; a body of the wrong shape is `invalid_field`, one that is not JSON
 /// `malformed_json`.
 pub fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|error| {
-        use serde_json::error::Category;
-        match error.classify() {
-            Category::Data => ApiError::invalid_field(error.to_string()),
-            Category::Syntax | Category::Eof | Category::Io => {
-                ApiError::malformed_json(format!("the body is not valid JSON: {error}"))
-            }
+    serde_json::from_slice(bytes).map_err(json_error)
+}
+
+/// The client error for a body that failed to parse: `invalid_field` when it is JSON of
+/// the wrong shape, `malformed_json` when it is not JSON.
+pub fn json_error(error: serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    match error.classify() {
+        Category::Data => ApiError::invalid_field(error.to_string()),
+        Category::Syntax | Category::Eof | Category::Io => {
+            ApiError::malformed_json(format!("the body is not valid JSON: {error}"))
         }
-    })
+    }
 }
 
 fn is_json_content_type(value: &HeaderValue) -> bool {

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use utoipa::ToSchema;
 use walletd_core::driver::{CommandResult, Query, QueryAnswer};
 use walletd_core::engine::Unavailable;
-use walletd_core::event::{Transfer, TransferKey};
+use walletd_core::event::{Reason, Transfer, TransferKey};
 use walletd_core::ledger::{Command, Reply, TransferRow, TransferState, TransferStatus};
 use walletd_core::money::{format_minor, Amount};
 
@@ -58,12 +58,6 @@ pub struct TransferResponse {
     /// Where to poll a pending transfer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status_url: Option<String>,
-}
-
-/// A validated transfer request and what the ledger said about it.
-pub struct Decided {
-    pub transfer: Transfer,
-    pub status: TransferStatus,
 }
 
 /// Validates a transfer request into the core type.
@@ -137,7 +131,7 @@ pub async fn execute(
     api: &Api,
     transfer: Transfer,
     deadline: Instant,
-) -> Result<Decided, ApiError> {
+) -> Result<TransferStatus, ApiError> {
     // With no time to wait at all, a transfer is answered once accepted (durably), so a
     // cross-partition one is reliably `pending` rather than whatever a race makes of it.
     let wait = !api.options().transfer_wait.is_zero();
@@ -148,15 +142,14 @@ pub async fn execute(
         Err(_elapsed) => Ok(Ok(Reply::Transfer(TransferStatus::Pending))),
         Ok(answer) => answer,
     };
-    conclude(api, transfer, answer)
+    conclude(api, answer)
 }
 
 /// Counts the engine's answer to a transfer and interprets it.
 pub fn conclude(
     api: &Api,
-    transfer: Transfer,
     answer: Result<CommandResult, Unavailable>,
-) -> Result<Decided, ApiError> {
+) -> Result<TransferStatus, ApiError> {
     let result = match answer {
         Err(unavailable) => {
             api.metrics().transfer(Outcome::Failed);
@@ -171,40 +164,57 @@ pub fn conclude(
     };
     api.metrics().transfer(outcome);
     match result? {
-        Reply::Transfer(status) => Ok(Decided { transfer, status }),
+        Reply::Transfer(status) => Ok(status),
         other => Err(unexpected(other)),
     }
 }
 
+/// How a transfer's status reads in an answer.
+pub struct StatusView {
+    pub http: StatusCode,
+    /// `committed`, `pending`, `rejected` or `cancelled`.
+    pub status: &'static str,
+    /// Why a transfer was rejected or cancelled: the error code and message.
+    pub reason: Option<(&'static str, &'static str)>,
+}
+
+pub fn status_view(status: TransferStatus) -> StatusView {
+    let reason = |reason: Reason| Some((reason.code(), reason_message(reason)));
+    match status {
+        TransferStatus::Committed => StatusView {
+            http: StatusCode::OK,
+            status: "committed",
+            reason: None,
+        },
+        TransferStatus::Pending => StatusView {
+            http: StatusCode::ACCEPTED,
+            status: "pending",
+            reason: None,
+        },
+        TransferStatus::Rejected(r) => StatusView {
+            http: reason_status(r),
+            status: "rejected",
+            reason: reason(r),
+        },
+        TransferStatus::Cancelled(r) => StatusView {
+            http: reason_status(r),
+            status: "cancelled",
+            reason: reason(r),
+        },
+    }
+}
+
 /// The status line and body for a decided transfer.
-pub fn render(decided: &Decided) -> (StatusCode, TransferResponse) {
-    let transaction_id = decided.transfer.transaction_id.to_string();
-    let mut body = TransferResponse {
-        transaction_id,
-        status: "committed",
-        code: None,
-        message: None,
-        status_url: None,
+pub fn render(transfer: &Transfer, status: TransferStatus) -> (StatusCode, TransferResponse) {
+    let view = status_view(status);
+    let body = TransferResponse {
+        transaction_id: transfer.transaction_id.to_string(),
+        status: view.status,
+        code: view.reason.map(|(code, _)| code),
+        message: view.reason.map(|(_, message)| message),
+        status_url: (status == TransferStatus::Pending).then(|| status_url(&transfer.key())),
     };
-    let status = match decided.status {
-        TransferStatus::Committed => StatusCode::OK,
-        TransferStatus::Pending => {
-            body.status = "pending";
-            body.status_url = Some(status_url(&decided.transfer.key()));
-            StatusCode::ACCEPTED
-        }
-        TransferStatus::Rejected(reason) | TransferStatus::Cancelled(reason) => {
-            body.status = if matches!(decided.status, TransferStatus::Rejected(_)) {
-                "rejected"
-            } else {
-                "cancelled"
-            };
-            body.code = Some(reason.code());
-            body.message = Some(reason_message(reason));
-            reason_status(reason)
-        }
-    };
-    (status, body)
+    (view.http, body)
 }
 
 /// Where a client polls the status of a transfer.
@@ -235,7 +245,7 @@ pub async fn transfer(
     })?;
     let deadline = Instant::now() + api.options().transfer_wait;
     let decided = execute(&api, transfer, deadline).await?;
-    let (status, body) = render(&decided);
+    let (status, body) = render(&transfer, decided);
     Ok((status, axum::Json(body)).into_response())
 }
 
