@@ -85,6 +85,10 @@ pub type CommandResult = Result<Reply, LedgerError>;
 /// Most commands in one [`Input::Commands`]; a client splits larger sets.
 pub const COMMANDS_PER_INPUT_MAX: usize = 4096;
 
+/// Inputs (each command of a group counts) taken from the inbox before the driver looks at
+/// its commit again.
+const DRAIN_INPUTS_MAX: usize = 1024;
+
 /// Commands of a group whose rows are fetched into cache ahead of executing them
 /// ([`Ledger::prefetch`]); their rows must fit in a core's L2 cache with room to spare.
 const PREFETCH_COMMANDS_MAX: usize = 256;
@@ -565,8 +569,12 @@ impl<S: Storage> PartitionDriver<S> {
                 }
                 input = self.inbox.recv(), if accepting => match input {
                     Some(input) => {
+                        // Drained in rounds of about `DRAIN_INPUTS_MAX`, so that a commit that
+                        // finished meanwhile is noticed (and the disk given the next batch)
+                        // after one round, not after everything that kept arriving.
+                        let round_end = self.batch.inputs.saturating_add(DRAIN_INPUTS_MAX).min(self.config.batch_inputs_max);
                         let mut shutdown = self.handle(input);
-                        while shutdown.is_none() && self.batch.inputs < self.config.batch_inputs_max {
+                        while shutdown.is_none() && self.batch.inputs < round_end {
                             let Ok(input) = self.inbox.try_recv() else { break };
                             shutdown = self.handle(input);
                         }
