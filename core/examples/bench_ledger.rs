@@ -1,5 +1,6 @@
 //! The pure ledger's ceiling: decide + apply + encode of same-partition transfers in a tight
-//! loop on one core, no I/O, no channels. `cargo run --release -p walletd-core --example bench_ledger`
+//! loop on one core, no I/O, no channels, in groups whose rows are prefetched first as a
+//! partition does. `cargo run --release -p walletd-core --example bench_ledger [GROUP_LEN]`
 
 use std::time::Instant;
 
@@ -10,6 +11,11 @@ use walletd_core::ledger::{Command, Ledger, RecordMeta};
 use walletd_core::money::{Amount, Currency};
 
 fn main() {
+    // Commands executed after one prefetch of their rows, as a partition executes a group
+    // (1: one at a time, no prefetch).
+    let group_len: usize = std::env::args().nth(1).map_or(256, |arg| {
+        arg.parse().expect("usage: bench_ledger [GROUP_LEN]")
+    });
     let accounts: Vec<AccountId> = (0..100_000)
         .map(|i| AccountId::new(&format!("acct-{i}")).unwrap())
         .collect();
@@ -44,48 +50,56 @@ fn main() {
         .collect();
     let mut out = Vec::with_capacity(64 << 20);
     let mut x: u64 = 88172645463325252;
+    let commands: Vec<Command> = ids
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &transaction_id)| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let from = accounts[(x % 100_000) as usize];
+            let to = accounts[((x >> 20) % 100_000) as usize];
+            (from != to).then(|| {
+                Command::Transfer(Transfer {
+                    transaction_id,
+                    from,
+                    to,
+                    amount: Amount::from_minor(1 + i as u64 % 1000).unwrap(),
+                    currency: Currency::USD,
+                })
+            })
+        })
+        .collect();
     let started = Instant::now();
-    for (i, &transaction_id) in ids.iter().enumerate() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let from = accounts[(x % 100_000) as usize];
-        let to = accounts[((x >> 20) % 100_000) as usize];
-        if from == to {
-            continue;
+    for group in commands.chunks(group_len) {
+        if group_len > 1 {
+            ledger.prefetch(group.iter());
         }
-        let transfer = Transfer {
-            transaction_id,
-            from,
-            to,
-            amount: Amount::from_minor(1 + i as u64 % 1000).unwrap(),
-            currency: Currency::USD,
-        };
-        events.clear();
-        let m = meta();
-        ledger
-            .execute(&Command::Transfer(transfer), m, &mut events)
-            .unwrap();
-        for event in &events {
-            encode_record(
-                &Record {
-                    lsn: m.lsn,
-                    timestamp: m.timestamp,
-                    event: *event,
-                },
-                &mut out,
-            );
-        }
-        if out.len() > 60 << 20 {
-            out.clear();
+        for command in group {
+            events.clear();
+            let m = meta();
+            ledger.execute(command, m, &mut events).unwrap();
+            for event in &events {
+                encode_record(
+                    &Record {
+                        lsn: m.lsn,
+                        timestamp: m.timestamp,
+                        event: *event,
+                    },
+                    &mut out,
+                );
+            }
+            if out.len() > 60 << 20 {
+                out.clear();
+            }
         }
     }
     let elapsed = started.elapsed();
     println!(
         "{} transfers in {:?}: {:.0} ns per transfer, {:.0} transfers/s on one core",
-        ids.len(),
+        commands.len(),
         elapsed,
-        elapsed.as_nanos() as f64 / ids.len() as f64,
-        ids.len() as f64 / elapsed.as_secs_f64()
+        elapsed.as_nanos() as f64 / commands.len() as f64,
+        commands.len() as f64 / elapsed.as_secs_f64()
     );
 }
