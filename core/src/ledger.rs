@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 
 use rustc_hash::{FxBuildHasher, FxHashMap};
 
+use crate::append_table::AppendTable;
 #[cfg(any(test, madsim))]
 use crate::bugs::Bug;
 use crate::event::{Decision, Event, Lsn, Reason, Timestamp, Transfer, TransferKey};
@@ -298,7 +299,7 @@ pub struct Ledger {
     pub(crate) accounts: FxHashMap<AccountId, Account>,
     pub(crate) transfers: TransferTable,
     pub(crate) credits: Table<TransferKey, CreditRow>,
-    pub(crate) cash: Table<(AccountId, TransactionId), CashRow>,
+    pub(crate) cash: AppendTable<(AccountId, TransactionId), CashRow>,
     pub(crate) flows: BTreeMap<Currency, Flows>,
     pub(crate) last: RecordMeta,
 }
@@ -316,7 +317,7 @@ impl Ledger {
             accounts: FxHashMap::default(),
             transfers: TransferTable::default(),
             credits: Table::default(),
-            cash: Table::default(),
+            cash: AppendTable::default(),
             flows: BTreeMap::new(),
             last: RecordMeta::default(),
         }

@@ -26,6 +26,7 @@
 //! - `bugs` (tests and simulation only): switchable known-bug mutations.
 //! - `tests` (tests only): ledger, coordinator, property and mutation tests of the core.
 
+pub(crate) mod append_table;
 #[cfg(any(test, madsim))]
 pub mod bugs;
 pub mod codec;

@@ -12,6 +12,7 @@ use std::fmt::Debug;
 
 use rustc_hash::FxHashMap;
 
+use crate::append_table::AppendTable;
 use crate::codec::Record;
 use crate::event::{Event, Lsn, Timestamp, Transfer, TransferKey};
 use crate::ids::{AccountId, TransactionId};
@@ -141,6 +142,12 @@ impl<K: Ord, V, S> Table<K, V> for std::collections::HashMap<K, V, S> {
 }
 
 impl<K: Ord, V, S> Table<K, V> for indexmap::IndexMap<K, V, S> {
+    fn sorted(&self) -> BTreeMap<&K, &V> {
+        self.iter().collect()
+    }
+}
+
+impl<K: Ord + std::hash::Hash + Clone, V: Clone> Table<K, V> for AppendTable<K, V> {
     fn sorted(&self) -> BTreeMap<&K, &V> {
         self.iter().collect()
     }

@@ -58,6 +58,7 @@ use std::io::{self, Write};
 
 use crc32c::crc32c;
 
+use crate::append_table::Rows;
 use crate::codec::{put_currency, put_key, put_transfer, reason_tag, CodecError, Cursor};
 use crate::event::TransferKey;
 use crate::ids::{AccountId, TransactionId};
@@ -89,8 +90,9 @@ const ROW_LEN_MIN: usize = 6;
 
 /// The state of a ledger at one point, detached from it: what a snapshot is encoded from.
 ///
-/// Taking one copies the accounts and the barrier and cash tables, and shares the transfers
-/// table's sealed chunks of rows ([`crate::transfer_table::RowStore`]), so a partition takes
+/// Taking one copies the accounts and the barrier table, and shares the sealed chunks of rows
+/// of the transfers table ([`crate::transfer_table::RowStore`]) and of the cash table
+/// ([`crate::append_table::AppendTable`]), so a partition takes
 /// it in milliseconds and the encoding, which costs time in proportion to the accounts, the
 /// rows held inline and the new chunk files, runs on another thread while the partition goes
 /// on.
@@ -105,7 +107,7 @@ pub struct SnapshotImage {
     accounts: Vec<(AccountId, Account)>,
     transfers: RowStore,
     credits: Table<TransferKey, CreditRow>,
-    cash: Table<(AccountId, TransactionId), CashRow>,
+    cash: Rows<(AccountId, TransactionId), CashRow>,
     flows: BTreeMap<Currency, Flows>,
 }
 
@@ -150,7 +152,7 @@ impl SnapshotImage {
             accounts: ledger.accounts.iter().map(|(id, a)| (*id, *a)).collect(),
             transfers: ledger.transfers.freeze(),
             credits: ledger.credits.clone(),
-            cash: ledger.cash.clone(),
+            cash: ledger.cash.freeze(),
             flows: ledger.flows.clone(),
         }
     }
@@ -918,7 +920,9 @@ mod tests {
         rows.sort_by_key(|row| row.transfer.key());
         ledger.transfers = rows.iter().copied().collect();
         ledger.credits.sort_keys();
-        ledger.cash.sort_keys();
+        let mut cash: Vec<_> = ledger.cash.iter().map(|(k, row)| (*k, *row)).collect();
+        cash.sort_by_key(|(key, _)| *key);
+        ledger.cash = cash.into_iter().collect();
         let restored = decode_snapshot(&as_version_1(&encode_snapshot(&ledger))).unwrap();
         assert!(
             same_state(&restored, &ledger),

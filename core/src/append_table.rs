@@ -1,0 +1,196 @@
+//! A table whose rows are only ever added, never changed or removed: the cash table, whose
+//! rows are the idempotency records of deposits and withdrawals.
+//!
+//! Rows live in chunks of [`CHUNK_ROWS`]; a full chunk is sealed behind an `Arc` and never
+//! changes again, so a snapshot image ([`AppendTable::freeze`]) shares the sealed chunks and
+//! copies only the open one. Before, the image cloned the whole table on the partition
+//! thread: 10 ms for 100,000 rows, at every snapshot, while nothing else ran. Keys are found
+//! through a [`RowIndex`] of their hashes, so no key is stored twice.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use rustc_hash::FxHasher;
+
+use crate::row_index::RowIndex;
+
+/// Rows per sealed chunk (small in tests and the simulator, so that they cross chunk edges).
+const CHUNK_ROWS: usize = if cfg!(any(test, madsim)) { 8 } else { 4096 };
+
+/// The rows of an [`AppendTable`] in the order they were added, without its index: what a
+/// snapshot image keeps.
+#[derive(Debug, Clone)]
+pub(crate) struct Rows<K, V> {
+    sealed: Vec<Arc<Vec<(K, V)>>>,
+    open: Vec<(K, V)>,
+}
+
+impl<K, V> Default for Rows<K, V> {
+    fn default() -> Self {
+        Rows {
+            sealed: Vec::new(),
+            open: Vec::new(),
+        }
+    }
+}
+
+impl<K, V> Rows<K, V> {
+    pub fn len(&self) -> usize {
+        self.sealed.len() * CHUNK_ROWS + self.open.len()
+    }
+
+    fn row(&self, at: usize) -> &(K, V) {
+        match self.sealed.get(at / CHUNK_ROWS) {
+            Some(chunk) => &chunk[at % CHUNK_ROWS],
+            None => &self.open[at - self.sealed.len() * CHUNK_ROWS],
+        }
+    }
+
+    /// Rows in the order they were added.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&K, &V)> {
+        (0..self.len()).map(|at| {
+            let (key, value) = self.row(at);
+            (key, value)
+        })
+    }
+
+    fn push(&mut self, row: (K, V)) {
+        if self.open.len() == CHUNK_ROWS {
+            let full = std::mem::replace(&mut self.open, Vec::with_capacity(CHUNK_ROWS));
+            self.sealed.push(Arc::new(full));
+        }
+        self.open.push(row);
+    }
+}
+
+/// See the module documentation.
+#[derive(Debug, Clone)]
+pub(crate) struct AppendTable<K, V> {
+    rows: Rows<K, V>,
+    index: RowIndex,
+}
+
+impl<K, V> Default for AppendTable<K, V> {
+    fn default() -> Self {
+        AppendTable {
+            rows: Rows::default(),
+            index: RowIndex::default(),
+        }
+    }
+}
+
+fn key_hash<K: Hash>(key: &K) -> u32 {
+    let mut hasher = FxHasher::default();
+    key.hash(&mut hasher);
+    // Fx mixes into the high bits; they are the better half.
+    (hasher.finish() >> 32) as u32
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> AppendTable<K, V> {
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn get(&self, key: &K) -> Option<&V> {
+        let at = self
+            .index
+            .find(key_hash(key), |at| self.rows.row(at).0 == *key)?;
+        Some(&self.rows.row(at).1)
+    }
+
+    pub fn contains_key(&self, key: &K) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Adds `value` under `key`; false, adding nothing, when `key` already has a row.
+    pub fn insert(&mut self, key: K, value: V) -> bool {
+        if self.contains_key(&key) {
+            return false;
+        }
+        self.index.insert(key_hash(&key), self.rows.len());
+        self.rows.push((key, value));
+        true
+    }
+
+    /// Rows in the order they were added.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&K, &V)> {
+        self.rows.iter()
+    }
+
+    #[cfg(test)]
+    pub fn values(&self) -> impl ExactSizeIterator<Item = &V> {
+        self.rows.iter().map(|(_, value)| value)
+    }
+
+    /// The rows as they are now, for a snapshot image: sealed chunks are shared, only the
+    /// open one (fewer than [`CHUNK_ROWS`] rows) is copied.
+    pub fn freeze(&self) -> Rows<K, V> {
+        self.rows.clone()
+    }
+}
+
+/// Equal when they hold the same rows, in whatever order they were added.
+impl<K: Hash + Eq + Clone, V: Clone + PartialEq> PartialEq for AppendTable<K, V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len()
+            && self
+                .iter()
+                .all(|(key, value)| other.get(key) == Some(value))
+    }
+}
+
+/// Panics on a key given twice: decoders check that first and refuse such input.
+impl<K: Hash + Eq + Clone, V: Clone> FromIterator<(K, V)> for AppendTable<K, V> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(rows: I) -> Self {
+        let mut table = AppendTable::default();
+        for (key, value) in rows {
+            assert!(table.insert(key, value), "a key given twice");
+        }
+        table
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_found_by_key_and_kept_in_order() {
+        let mut table = AppendTable::default();
+        for i in 0..100u32 {
+            assert!(table.get(&i).is_none());
+            assert!(table.insert(i, i * 10));
+            assert_eq!(table.get(&i), Some(&(i * 10)));
+        }
+        assert!(!table.insert(7, 0), "a key is added once");
+        assert_eq!(table.get(&7), Some(&70));
+        assert_eq!(table.len(), 100);
+        let keys: Vec<u32> = table.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, (0..100).collect::<Vec<_>>());
+        assert_eq!(table.values().sum::<u32>(), 49_500);
+    }
+
+    #[test]
+    fn a_frozen_copy_shares_sealed_chunks_and_keeps_its_rows() {
+        let mut table: AppendTable<u32, u32> = (0..20).map(|i| (i, i)).collect();
+        let frozen = table.freeze();
+        assert!(Arc::ptr_eq(&frozen.sealed[0], &table.rows.sealed[0]));
+        for i in 20..40 {
+            table.insert(i, i);
+        }
+        assert_eq!(frozen.len(), 20);
+        let rows: Vec<(u32, u32)> = frozen.iter().map(|(k, v)| (*k, *v)).collect();
+        assert_eq!(rows, (0..20).map(|i| (i, i)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn tables_are_equal_whatever_the_order_rows_were_added_in() {
+        let forward: AppendTable<u32, u32> = (0..30).map(|i| (i, i)).collect();
+        let backward: AppendTable<u32, u32> = (0..30).rev().map(|i| (i, i)).collect();
+        assert_eq!(forward, backward);
+        let other: AppendTable<u32, u32> = (0..30).map(|i| (i, i + u32::from(i == 9))).collect();
+        assert_ne!(forward, other);
+        let fewer: AppendTable<u32, u32> = (0..29).map(|i| (i, i)).collect();
+        assert_ne!(forward, fewer);
+    }
+}
