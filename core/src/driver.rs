@@ -366,6 +366,42 @@ impl Batch {
     }
 }
 
+/// What a batch sends once it is durable: the answers to its clients and its peer messages.
+struct Outgoing {
+    replies: Vec<(oneshot::Sender<CommandResult>, CommandResult)>,
+    groups: Vec<(oneshot::Sender<Vec<CommandResult>>, Vec<CommandResult>)>,
+    answers: Vec<(oneshot::Sender<QueryAnswer>, QueryAnswer)>,
+    outbox: Vec<PeerMessage>,
+    transport: Arc<dyn Transport>,
+}
+
+impl Outgoing {
+    fn take(batch: &mut Batch, transport: Arc<dyn Transport>) -> Outgoing {
+        Outgoing {
+            replies: std::mem::take(&mut batch.replies),
+            groups: std::mem::take(&mut batch.groups),
+            answers: std::mem::take(&mut batch.answers),
+            outbox: std::mem::take(&mut batch.outbox),
+            transport,
+        }
+    }
+
+    fn send(self) {
+        for (reply, result) in self.replies {
+            let _ = reply.send(result);
+        }
+        for (reply, results) in self.groups {
+            let _ = reply.send(results);
+        }
+        for (reply, answer) in self.answers {
+            let _ = reply.send(answer);
+        }
+        for message in self.outbox {
+            self.transport.send(message);
+        }
+    }
+}
+
 /// What a commit gives back: the storage, the batch's buffer for reuse, and the outcome.
 type CommitOutput<S> = (S, Vec<u8>, Result<(), DriverError>);
 
@@ -632,8 +668,14 @@ impl<S: Storage> PartitionDriver<S> {
         let mut storage = self.storage.take().expect("one commit at a time");
         let bytes = std::mem::take(&mut batch.encoded);
         let (partition, first_lsn) = (self.partition, batch.first_lsn);
+        // Answers and peer messages leave from wherever the batch becomes durable (file
+        // storage: its writing thread), not when this task next gets to run: on a busy
+        // machine that was most of a batch's wait. Should the write fail, they are dropped
+        // unsent, and the partition stops.
+        let outgoing = Outgoing::take(&mut batch, Arc::clone(&self.transport));
         let commit = Box::pin(async move {
-            let (bytes, result) = storage.append_durably(first_lsn, bytes).await;
+            let on_durable = Box::new(move || outgoing.send());
+            let (bytes, result) = storage.append_durably(first_lsn, bytes, on_durable).await;
             let result = result.map_err(|source| DriverError::Io { partition, source });
             (storage, bytes, result)
         });
@@ -935,18 +977,7 @@ impl<S: Storage> PartitionDriver<S> {
 
     /// Sends every reply, answer and peer message of a durable batch.
     fn release(&self, batch: &mut Batch) {
-        for (reply, result) in batch.replies.drain(..) {
-            let _ = reply.send(result);
-        }
-        for (reply, results) in batch.groups.drain(..) {
-            let _ = reply.send(results);
-        }
-        for (reply, answer) in batch.answers.drain(..) {
-            let _ = reply.send(answer);
-        }
-        for message in batch.outbox.drain(..) {
-            self.transport.send(message);
-        }
+        Outgoing::take(batch, Arc::clone(&self.transport)).send();
     }
 
     /// Whether the batch being committed should be followed by a snapshot.

@@ -34,7 +34,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{EncodeSnapshot, LogSegment, Storage, StoredSnapshot};
+use super::{EncodeSnapshot, LogSegment, OnDurable, Storage, StoredSnapshot};
 use crate::event::Lsn;
 use crate::snapshot::SnapshotOut;
 
@@ -412,10 +412,14 @@ impl Storage for FileStorage {
         &mut self,
         first_lsn: Lsn,
         bytes: Vec<u8>,
+        on_durable: OnDurable,
     ) -> (Vec<u8>, io::Result<()>) {
         let outcome = self
             .on_log(move |log| {
                 let result = log.append(first_lsn, &bytes).and_then(|()| log.sync());
+                if result.is_ok() {
+                    on_durable();
+                }
                 (bytes, result)
             })
             .await;
@@ -510,12 +514,15 @@ mod tests {
     }
 
     /// Appends `batches` batches durably from `next_lsn` on, recording what was written.
+    /// Checks that each batch's `on_durable` runs once, with its records already in the
+    /// segment files.
     async fn append_batches(
         storage: &mut FileStorage,
         batches: u64,
         next_lsn: &mut Lsn,
         written: &mut Vec<Record>,
     ) {
+        let durable = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         for batch in 0..batches {
             let first_lsn = *next_lsn;
             let mut bytes = Vec::new();
@@ -525,9 +532,26 @@ mod tests {
                 written.push(record);
                 *next_lsn += 1;
             }
-            let (_, result) = storage.append_durably(first_lsn, bytes).await;
+            let last_lsn = *next_lsn - 1;
+            let (dir, seen) = (storage.dir.clone(), durable.clone());
+            let on_durable = Box::new(move || {
+                let on_file = segment_files(&dir)
+                    .iter()
+                    .flat_map(|(first, bytes)| decode_log(bytes, *first).unwrap().records)
+                    .last()
+                    .map(|record| record.lsn);
+                assert_eq!(on_file, Some(last_lsn), "written before on_durable");
+                seen.lock().unwrap().push(last_lsn);
+            });
+            let (_, result) = storage.append_durably(first_lsn, bytes, on_durable).await;
             result.unwrap();
+            assert_eq!(
+                durable.lock().unwrap().last(),
+                Some(&last_lsn),
+                "run once per batch"
+            );
         }
+        assert_eq!(durable.lock().unwrap().len() as u64, batches);
     }
 
     /// The segment files of `dir`, oldest first: the lsn each is named by, and its bytes.

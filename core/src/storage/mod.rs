@@ -37,6 +37,10 @@ pub struct StoredSnapshot {
     pub bytes: Vec<u8>,
 }
 
+/// Work that waits for appended bytes to be durable; [`Storage::append_durably`] runs it
+/// right after they are, wherever that happens.
+pub type OnDurable = Box<dyn FnOnce() + Send>;
+
 /// Durable storage of one partition.
 pub trait Storage: Send + 'static {
     /// Every log segment, oldest first, with segments whose records all precede
@@ -59,13 +63,16 @@ pub trait Storage: Send + 'static {
     /// Makes every appended byte durable.
     fn sync(&mut self) -> impl Future<Output = io::Result<()>> + Send;
 
-    /// [`Storage::append`] then [`Storage::sync`], handing the buffer back. The driver commits
-    /// through this; file storage overrides it to write and sync on a blocking thread, so the
-    /// partition goes on applying while the kernel copies the bytes.
+    /// [`Storage::append`] then [`Storage::sync`], then `on_durable` (only if both succeeded),
+    /// handing the buffer back. The driver commits through this; file storage overrides it to
+    /// write, sync and call `on_durable` on a blocking thread, so the partition goes on
+    /// applying while the kernel copies the bytes, and what waited for them (the batch's
+    /// replies) leaves the moment they are durable, not when the partition next looks.
     fn append_durably(
         &mut self,
         first_lsn: Lsn,
         bytes: Vec<u8>,
+        on_durable: OnDurable,
     ) -> impl Future<Output = (Vec<u8>, io::Result<()>)> + Send {
         async move {
             let written = self.append(first_lsn, &bytes).await;
@@ -73,6 +80,9 @@ pub trait Storage: Send + 'static {
                 Ok(()) => self.sync().await,
                 Err(error) => Err(error),
             };
+            if result.is_ok() {
+                on_durable();
+            }
             (bytes, result)
         }
     }
