@@ -229,6 +229,32 @@ fn text<'f>(value: &'f Option<Text<'_>>, name: &str) -> Result<&'f str, String> 
     }
 }
 
+/// The `visit_*` methods for the scalars other than strings, each answering `$value::Other`
+/// with the JSON type it met.
+macro_rules! other_scalars {
+    ($value:ident) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<$value<'de>, E> {
+            Ok($value::Other("a boolean"))
+        }
+
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<$value<'de>, E> {
+            Ok($value::Other("a number"))
+        }
+
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<$value<'de>, E> {
+            Ok($value::Other("a number"))
+        }
+
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<$value<'de>, E> {
+            Ok($value::Other("a number"))
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<$value<'de>, E> {
+            Ok($value::Other("null"))
+        }
+    };
+}
+
 impl<'de> Deserialize<'de> for Item<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Item<'de>, D::Error> {
         deserializer.deserialize_any(ItemVisitor)
@@ -280,25 +306,7 @@ impl<'de> Visitor<'de> for ItemVisitor {
         Ok(Item::Other("a string"))
     }
 
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Item<'de>, E> {
-        Ok(Item::Other("a boolean"))
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Item<'de>, E> {
-        Ok(Item::Other("a number"))
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Item<'de>, E> {
-        Ok(Item::Other("a number"))
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Item<'de>, E> {
-        Ok(Item::Other("a number"))
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Item<'de>, E> {
-        Ok(Item::Other("null"))
-    }
+    other_scalars!(Item);
 }
 
 impl<'de> Deserialize<'de> for Text<'de> {
@@ -328,25 +336,7 @@ impl<'de> Visitor<'de> for TextVisitor {
         Ok(Text::Str(Cow::Owned(text)))
     }
 
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Text<'de>, E> {
-        Ok(Text::Other("a boolean"))
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Text<'de>, E> {
-        Ok(Text::Other("a number"))
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Text<'de>, E> {
-        Ok(Text::Other("a number"))
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Text<'de>, E> {
-        Ok(Text::Other("a number"))
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Text<'de>, E> {
-        Ok(Text::Other("null"))
-    }
+    other_scalars!(Text);
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Text<'de>, A::Error> {
         drain_seq(seq).map(|()| Text::Other("an array"))
