@@ -608,7 +608,8 @@ impl<S: Storage> PartitionDriver<S> {
                         // Drained in rounds of about `DRAIN_INPUTS_MAX`, so that a commit that
                         // finished meanwhile is noticed (and the disk given the next batch)
                         // after one round, not after everything that kept arriving.
-                        let round_end = self.batch.inputs.saturating_add(DRAIN_INPUTS_MAX).min(self.config.batch_inputs_max);
+                        let round_end = (self.batch.inputs + DRAIN_INPUTS_MAX)
+                            .min(self.config.batch_inputs_max);
                         let mut shutdown = self.handle(input);
                         while shutdown.is_none() && self.batch.inputs < round_end {
                             let Ok(input) = self.inbox.try_recv() else { break };
