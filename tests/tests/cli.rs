@@ -96,6 +96,43 @@ fn business_day(w: &Wallet, data: &Path, extra: &[&str]) {
     assert!(s.logs().contains("stopped cleanly"), "{}", s.logs());
 }
 
+/// A second server on a data directory in use is refused with a message that says why,
+/// and the first goes on unharmed; once the first stops, the directory can be used again.
+#[test]
+fn a_data_directory_is_served_by_one_process_at_a_time() {
+    let w = wallet!();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let first = w.serve(&data, &["--partitions", "2"]);
+    first.post(
+        "/v1/accounts",
+        &json!({"account_id": "alice", "currency": "USD"}),
+    );
+    let data_arg = data.display().to_string();
+    let second = w.run(&[
+        "serve",
+        "--data-dir",
+        &data_arg,
+        "--partitions",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    let holder = format!("in use by another process (pid {} holds LOCK)", first.pid());
+    assert!(stderr.contains(&holder), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let r = first.get("/v1/accounts/alice/balance?currency=USD");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(first.terminate().success(), "{}", first.logs());
+
+    let again = w.serve(&data, &["--partitions", "2"]);
+    let r = again.get("/v1/accounts/alice/balance?currency=USD");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(again.terminate().success(), "{}", again.logs());
+}
+
 #[test]
 fn sigterm_stops_cleanly_and_a_restart_recovers_everything() {
     let w = wallet!();
@@ -277,6 +314,8 @@ fn replay_prints_balances_and_history_from_the_logs() {
 fn verify_reads_snapshots_with_chunk_files_and_reports_a_damaged_one() {
     let w = wallet!();
     let tmp = tempfile::tempdir().unwrap();
+    /// Batches of 8,000 transfers at most: 2.5 million rows, far past the first chunk.
+    const BATCHES_MAX: usize = 320;
     let data = tmp.path().join("data");
     let s = w.serve(
         &data,
@@ -292,9 +331,13 @@ fn verify_reads_snapshots_with_chunk_files_and_reports_a_damaged_one() {
         "/v1/accounts/alice/deposit",
         &json!({"amount": "1000.00", "currency": "USD", "transaction_id": "d1"}),
     );
-    // Snapshots come at about 10k, 20k, 40k and 80k events (see `snapshot_due`): the last
-    // finds the first chunk sealed and final.
-    for batch in 0..12 {
+    // Snapshots come at growing intervals (see `snapshot_due`), and a snapshot taken while
+    // the one before is still being written waits for it, so when one first finds the
+    // first chunk (65,536 rows) sealed and final depends on timing: transfers go on until
+    // its chunk file is there.
+    let partition = data.join("partition-0");
+    let chunk = partition.join("chunk-0000000000.rows");
+    for batch in 0..BATCHES_MAX {
         let transfers: Vec<Value> = (0..8000)
             .map(|i| {
                 let (from, to) = if i % 2 == 0 {
@@ -311,11 +354,17 @@ fn verify_reads_snapshots_with_chunk_files_and_reports_a_damaged_one() {
             &json!({ "transfers": transfers }),
         );
         assert_eq!(r.status, 200, "{}", r.text());
+        if batch >= 8 && chunk.exists() {
+            break;
+        }
     }
     assert!(s.terminate().success(), "{}", s.logs());
-    let partition = data.join("partition-0");
-    let chunk = partition.join("chunk-0000000000.rows");
-    assert!(chunk.exists(), "no chunk file in {}", partition.display());
+    assert!(
+        chunk.exists(),
+        "no chunk file in {}: {}",
+        partition.display(),
+        s.logs()
+    );
 
     let (code, report) = w.verify(&data);
     assert_eq!(code, 0, "{report}");

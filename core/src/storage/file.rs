@@ -5,6 +5,7 @@
 //! <dir>/log-00000000000001048577.seg    records from lsn 1048577, once the first passed the size limit
 //! <dir>/snapshot-00000000000002000000.snap
 //! <dir>/chunk-0000000000.rows          final transfer rows 0..65,536, which snapshots refer to
+//! <dir>/LOCK                           locked while a storage has the directory open
 //! ```
 //! Segments are named by the first lsn they hold, so recovery can skip those a snapshot
 //! covers. A new file's directory entry is only durable after the directory itself is synced,
@@ -117,6 +118,47 @@ pub struct FileStorage {
     /// `None` only while a storage task has it on a blocking thread, or after such a task
     /// panicked: the storage then refuses further log work rather than guess at the files.
     log: Option<LogWriter>,
+    /// The directory's lock, held while the storage is open (see [`lock_dir`]).
+    _lock: File,
+}
+
+/// The file in a storage's directory that an open storage holds locked.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// Takes `dir`'s lock, or refuses if another open storage holds it: two writers of one log
+/// would interleave their records, and each would delete the other's snapshots. The lock is
+/// the kernel's (`flock`), so it goes with the process however that ends; a stale lock file
+/// locks nothing. The file holds the pid of the process that took it, for the error message.
+fn lock_dir(dir: &Path) -> io::Result<File> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let holder = if holder.is_empty() { "?" } else { holder };
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!(
+                    "{} is in use by another process (pid {holder} holds {LOCK_FILE})",
+                    dir.display()
+                ),
+            ));
+        }
+        Err(error) => return Err(error.into()),
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())?;
+    Ok(file)
 }
 
 /// The writing end of the log. Its methods block; [`FileStorage`] runs them on a blocking
@@ -177,6 +219,7 @@ impl FileStorage {
                 sync_dir(parent)?;
             }
         }
+        let lock = lock_dir(&dir)?;
         let log = LogWriter {
             dir: dir.clone(),
             segment_bytes_max: config.segment_bytes_max,
@@ -187,6 +230,7 @@ impl FileStorage {
             dir,
             config,
             log: Some(log),
+            _lock: lock,
         })
     }
 
@@ -574,6 +618,23 @@ mod tests {
             records.extend(decoded.records);
         }
         (storage, records)
+    }
+
+    #[test]
+    fn a_directory_is_open_in_one_storage_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = FileStorage::open(dir.path(), config()).unwrap();
+        let refused = FileStorage::open(dir.path(), config())
+            .err()
+            .expect("locked");
+        assert_eq!(refused.kind(), io::ErrorKind::ResourceBusy);
+        let message = refused.to_string();
+        let pid = format!("pid {} holds LOCK", std::process::id());
+        assert!(message.contains(&pid), "{message}");
+        drop(first);
+        // The lock went with the storage; the file stays and locks nothing.
+        assert!(dir.path().join(LOCK_FILE).exists());
+        FileStorage::open(dir.path(), config()).unwrap();
     }
 
     #[tokio::test]
