@@ -29,6 +29,7 @@
 pub(crate) mod append_table;
 #[cfg(any(test, madsim))]
 pub mod bugs;
+pub(crate) mod chunked;
 pub mod codec;
 pub mod coordinator;
 pub mod driver;

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHasher;
 
+use crate::chunked::ChunkedVec;
 use crate::event::{Timestamp, Transfer, TransferKey};
 use crate::ids::{AccountId, TransactionId, ID_LEN_MAX};
 use crate::ledger::{TransferRow, TransferState};
@@ -90,39 +91,30 @@ const ARENA_CHUNK_BYTES: usize = if cfg!(any(test, madsim)) {
     1 << 22
 };
 
-/// The rows and their id bytes, in chunks: sealed ones shared (`Arc`), and an open tail that
-/// takes the appends. Cloning it, which is what a snapshot does, copies only the two tails and
+/// The rows ([`ChunkedVec`]) and their id bytes, in chunks: sealed ones shared (`Arc`), and
+/// an open tail that takes the appends. Cloning it, which is what a snapshot does, copies only the two tails and
 /// shares every sealed chunk, so the partition hands a snapshot of millions of rows to another
 /// thread in a few milliseconds; a phase change in a chunk a snapshot still reads copies that
 /// one chunk first (`Arc::make_mut`), so the snapshot sees the rows as they were.
 #[derive(Clone, Default)]
 pub(crate) struct RowStore {
-    sealed: Vec<Arc<Vec<PackedRow>>>,
-    tail: Vec<PackedRow>,
+    rows: ChunkedVec<PackedRow, CHUNK_ROWS>,
     sealed_ids: Vec<Arc<Vec<u8>>>,
     tail_ids: Vec<u8>,
 }
 
 impl RowStore {
     pub(crate) fn len(&self) -> usize {
-        self.sealed.len() * CHUNK_ROWS + self.tail.len()
+        self.rows.len()
     }
 
     #[inline]
     fn row(&self, at: usize) -> &PackedRow {
-        let (chunk, i) = (at / CHUNK_ROWS, at % CHUNK_ROWS);
-        match self.sealed.get(chunk) {
-            Some(sealed) => &sealed[i],
-            None => &self.tail[i],
-        }
+        self.rows.get(at)
     }
 
     fn row_mut(&mut self, at: usize) -> &mut PackedRow {
-        let (chunk, i) = (at / CHUNK_ROWS, at % CHUNK_ROWS);
-        match self.sealed.get_mut(chunk) {
-            Some(sealed) => &mut Arc::make_mut(sealed)[i],
-            None => &mut self.tail[i],
-        }
+        self.rows.get_mut(at)
     }
 
     /// The `from`, `transaction_id` and `to` bytes of `row`, back to back.
@@ -160,13 +152,7 @@ impl RowStore {
         transfer.from.append_bytes_to(&mut self.tail_ids);
         transfer.transaction_id.append_bytes_to(&mut self.tail_ids);
         transfer.to.append_bytes_to(&mut self.tail_ids);
-        if self.tail.len() == CHUNK_ROWS {
-            let sealed = std::mem::replace(&mut self.tail, Vec::with_capacity(CHUNK_ROWS));
-            self.sealed.push(Arc::new(sealed));
-        }
-        let at = self.len();
-        self.tail.push(row);
-        at
+        self.rows.push(row)
     }
 
     /// The rows at positions `range`, as borrowed fields.
@@ -182,7 +168,8 @@ impl RowStore {
     /// never change again, which a snapshot may store once and refer to ever after. Stops at
     /// the first chunk with a row still in flight.
     pub(crate) fn final_chunks_from(&self, first: usize) -> usize {
-        self.sealed
+        self.rows
+            .sealed()
             .iter()
             .skip(first)
             .take_while(|chunk| chunk.iter().all(|row| !row.state.is_unfinished()))
@@ -569,7 +556,7 @@ mod tests {
         for i in 0..count {
             assert!(table.insert(&trying(i)));
         }
-        assert!(table.store.sealed.len() >= 10 && table.store.sealed_ids.len() > 1);
+        assert!(table.store.rows.sealed().len() >= 10 && table.store.sealed_ids.len() > 1);
         // Arena chunks are sealed before an append could make them reallocate.
         let capacities = table.store.sealed_ids.iter().map(|c| c.capacity());
         assert!(capacities.max() == Some(ARENA_CHUNK_BYTES));
