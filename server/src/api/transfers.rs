@@ -60,17 +60,6 @@ pub struct TransferResponse {
     pub status_url: Option<String>,
 }
 
-/// Validates a transfer request into the core type.
-pub fn parse_transfer(request: &TransferRequest) -> Result<Transfer, ApiError> {
-    parse_transfer_fields(TransferFields {
-        from_account: &request.from_account,
-        to_account: &request.to_account,
-        amount: &request.amount,
-        currency: &request.currency,
-        transaction_id: &request.transaction_id,
-    })
-}
-
 /// The fields of a transfer request as sent, borrowed from the body where they hold no JSON
 /// escapes (the wire form of [`TransferRequest`]).
 #[derive(Deserialize)]
