@@ -523,14 +523,7 @@ async fn group_commit_puts_many_commands_in_one_sync() {
 #[tokio::test]
 async fn recovery_from_a_snapshot_equals_replay_from_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let config = EngineConfig {
-        partitions: 2,
-        driver: DriverConfig {
-            snapshot_every_events: 7,
-            ..DriverConfig::default()
-        },
-        ..EngineConfig::default()
-    };
+    let config = snapshotting_every(7, 2);
     let engine = Engine::start(file_storages(dir.path(), 2), config)
         .await
         .unwrap();
@@ -590,13 +583,7 @@ async fn snapshots_keep_coming_while_every_event_adds_a_row() {
         ..FileStorageConfig::default()
     };
     let storage = FileStorage::open(dir.path().join("p0"), keep_all).unwrap();
-    let config = EngineConfig {
-        driver: DriverConfig {
-            snapshot_every_events: 4,
-            ..DriverConfig::default()
-        },
-        ..single()
-    };
+    let config = snapshotting_every(4, 1);
     let engine = Engine::start(vec![storage], config).await.unwrap();
     let client = engine.client();
     open_usd(&client, id("alice")).await;
@@ -623,13 +610,7 @@ async fn snapshots_keep_coming_while_every_event_adds_a_row() {
 #[tokio::test]
 async fn snapshots_keep_final_transfers_in_chunk_files_and_recover_from_them() {
     let dir = tempfile::tempdir().unwrap();
-    let config = EngineConfig {
-        driver: DriverConfig {
-            snapshot_every_events: 64,
-            ..DriverConfig::default()
-        },
-        ..single()
-    };
+    let config = snapshotting_every(64, 1);
     let (alice, dave) = (id("alice"), id("dave"));
     for (run, accounts_needed) in [(0, true), (1, false)] {
         let storages = file_storages(dir.path(), 1);
@@ -796,6 +777,19 @@ async fn a_command_group_answers_in_order_and_waits_for_cross_partition_outcomes
 fn single() -> EngineConfig {
     EngineConfig {
         partitions: 1,
+        ..EngineConfig::default()
+    }
+}
+
+/// `partitions` partitions that snapshot after every `events` events (and no sooner than
+/// the driver's rule allows).
+fn snapshotting_every(events: u64, partitions: u32) -> EngineConfig {
+    EngineConfig {
+        partitions,
+        driver: DriverConfig {
+            snapshot_every_events: events,
+            ..DriverConfig::default()
+        },
         ..EngineConfig::default()
     }
 }
