@@ -386,7 +386,14 @@ impl Outgoing {
         }
     }
 
+    /// Peer messages first, then answers: a client told that its transfer is committed can
+    /// count on the destination's Confirm being on its way already, so whatever it sends the
+    /// destination next through the same path (the local inboxes, one peer link) arrives
+    /// behind the credit.
     fn send(self) {
+        for message in self.outbox {
+            self.transport.send(message);
+        }
         for (reply, result) in self.replies {
             let _ = reply.send(result);
         }
@@ -395,9 +402,6 @@ impl Outgoing {
         }
         for (reply, answer) in self.answers {
             let _ = reply.send(answer);
-        }
-        for message in self.outbox {
-            self.transport.send(message);
         }
     }
 }

@@ -267,6 +267,9 @@ async fn cross_node_transfers_commit_on_both_sides() {
             .unwrap(),
         committed
     );
+    // Committed is told once the decision is durable; b can spend the money once its
+    // partition has applied the Confirm, which the home row shows as Committed.
+    wait_for_state(&cluster.client(1), ab.key(), TransferState::Committed).await;
     let bc = transfer(b, c, 100, "t-2");
     assert_eq!(
         cluster
@@ -285,7 +288,6 @@ async fn cross_node_transfers_commit_on_both_sides() {
             .unwrap(),
         committed
     );
-    wait_for_state(&cluster.client(1), ab.key(), TransferState::Committed).await;
     wait_for_state(&cluster.client(2), bc.key(), TransferState::Committed).await;
     for n in 0..3 {
         let client = cluster.client(n);
