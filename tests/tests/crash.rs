@@ -202,12 +202,18 @@ fn audit_outcomes<'a>(
 }
 
 /// Every account's balance is what the committed transfers imply: each applied exactly once,
-/// nothing else moved, no hold or pending credit left.
+/// nothing else moved, no hold or pending credit left once the transfers resumed after the
+/// restart have had their Confirms acknowledged (a transfer reads `committed` from its durable
+/// decision on, before that).
 fn audit_balances(server: &Server, expected: &BTreeMap<&str, u64>) {
     for (account, cents_expected) in expected {
-        let b = server
-            .get(&format!("/v1/accounts/{account}/balance"))
-            .json();
+        let mut b = serde_json::Value::Null;
+        wait_until(Duration::from_secs(30), || {
+            b = server
+                .get(&format!("/v1/accounts/{account}/balance"))
+                .json();
+            b["held"] == "0.00" && b["incoming"] == "0.00"
+        });
         assert_eq!(
             (b["held"].as_str(), b["incoming"].as_str()),
             (Some("0.00"), Some("0.00")),
