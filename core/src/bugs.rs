@@ -18,14 +18,19 @@ pub enum Bug {
     NoIdempotency = 4,
     /// The home partition asks the destination to Try and Confirm before debiting the source.
     CreditBeforeDebit = 8,
+    /// A failed `sync` is tried again, and the batch counted durable once a retry succeeds.
+    /// After a failed fsync the kernel may have dropped the pages it could not write and
+    /// reports the error only once, so the retry succeeds with the bytes gone.
+    RetryFailedSync = 16,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 4] = [
+    pub const ALL: [Bug; 5] = [
         Bug::SkipBarrier,
         Bug::ReplyBeforeSync,
         Bug::NoIdempotency,
         Bug::CreditBeforeDebit,
+        Bug::RetryFailedSync,
     ];
 
     /// The name used on the simulator's command line (`--bug skip-barrier`).
@@ -35,6 +40,7 @@ impl Bug {
             Bug::ReplyBeforeSync => "reply-before-sync",
             Bug::NoIdempotency => "no-idempotency",
             Bug::CreditBeforeDebit => "credit-before-debit",
+            Bug::RetryFailedSync => "retry-failed-sync",
         }
     }
 

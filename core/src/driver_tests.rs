@@ -419,6 +419,8 @@ struct SlowSync {
     synced_bytes: Arc<AtomicU64>,
     /// When set, each sync waits for a permit of this gate instead of 30 ms.
     gate: Option<Arc<tokio::sync::Semaphore>>,
+    /// When set, the next sync fails (and clears it), as an fsync reporting EIO does once.
+    fail_next_sync: Arc<AtomicBool>,
 }
 
 impl Storage for SlowSync {
@@ -436,6 +438,10 @@ impl Storage for SlowSync {
         match &self.gate {
             Some(gate) => gate.acquire().await.expect("gate open").forget(),
             None => tokio::time::sleep(Duration::from_millis(30)).await,
+        }
+        if self.fail_next_sync.swap(false, Ordering::SeqCst) {
+            self.syncing.store(false, Ordering::SeqCst);
+            return Err(io::Error::other("simulated EIO"));
         }
         self.inner.sync().await?;
         let len = self.inner.disk.lock().unwrap().synced_len as u64;
@@ -495,6 +501,43 @@ async fn the_durability_check_catches_replies_sent_before_the_sync() {
         early > 0,
         "with the reply moved before the sync, the test above must fail"
     );
+}
+
+/// What a deposit made while the next sync fails is answered, and whether the partition goes
+/// on (`None`: the answer was dropped, or the partition was unavailable).
+async fn deposit_across_a_failed_sync() -> (Option<CommandResult>, Result<(), DriverError>) {
+    let (engine, storage) = start_slow_single(None).await;
+    let client = engine.client();
+    storage.fail_next_sync.store(true, Ordering::SeqCst);
+    let answer = client.execute(deposit(0), false).await.ok();
+    let after = client.execute(deposit(1), false).await;
+    if answer.is_none() {
+        assert!(
+            after.is_err(),
+            "a partition whose sync failed takes no more commands"
+        );
+    }
+    (answer, engine.shutdown().await)
+}
+
+/// A failed sync is final: the batch it held is never answered and the partition stops (the
+/// server then exits, and recovery reads what the disk really kept), because the kernel may
+/// have dropped the pages it failed to write and a retry would report success without them.
+#[tokio::test]
+async fn a_failed_sync_answers_nothing_and_stops_the_partition() {
+    let (answer, stopped) = deposit_across_a_failed_sync().await;
+    assert_eq!(answer, None);
+    assert!(
+        matches!(stopped, Err(DriverError::Io { partition: 0, .. })),
+        "{stopped:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_failed_sync_check_catches_a_retried_sync() {
+    let (answer, stopped) = with_bug(Bug::RetryFailedSync, deposit_across_a_failed_sync()).await;
+    assert_eq!(answer, Some(Ok(Reply::Balance { balance: 1 })));
+    assert!(stopped.is_ok(), "{stopped:?}");
 }
 
 /// A durable batch hands its peer messages to the transport before it answers its clients,

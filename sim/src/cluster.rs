@@ -205,6 +205,22 @@ impl Cluster {
         node.up = true;
     }
 
+    /// Makes the next sync of every disk of node `n` fail.
+    pub fn fail_next_syncs(&self, n: usize) {
+        for &p in &self.nodes[n].partitions {
+            self.shared.disks[p as usize].fail_next_sync();
+        }
+    }
+
+    /// Ends a disk fault on node `n`: whether a sync of one of its disks failed meanwhile.
+    pub fn repair_disks(&self, n: usize) -> bool {
+        let mut failed = false;
+        for &p in &self.nodes[n].partitions {
+            failed |= self.shared.disks[p as usize].repair();
+        }
+        failed
+    }
+
     /// Up nodes with a write in progress (unsynced bytes on one of their disks).
     pub fn nodes_writing(&self) -> Vec<usize> {
         (0..self.nodes.len())

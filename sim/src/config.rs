@@ -27,12 +27,15 @@ pub enum Fault {
     Delay,
     /// Slow `sync` on one node's disks.
     SlowDisk,
+    /// The next `sync` of each of one node's disks fails (its bytes never reach the disk);
+    /// the partitions stop, and the node is restarted when the fault ends.
+    DiskError,
     /// Jump the (global) simulated clock forward.
     ClockJump,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 10] = [
         Fault::Kill,
         Fault::Torn,
         Fault::Partition,
@@ -41,6 +44,7 @@ impl Fault {
         Fault::Dup,
         Fault::Delay,
         Fault::SlowDisk,
+        Fault::DiskError,
         Fault::ClockJump,
     ];
 
@@ -54,6 +58,7 @@ impl Fault {
             Fault::Dup => "dup",
             Fault::Delay => "delay",
             Fault::SlowDisk => "slowdisk",
+            Fault::DiskError => "diskerror",
             Fault::ClockJump => "clockjump",
         }
     }

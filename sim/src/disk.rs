@@ -6,6 +6,11 @@
 //! bytes and, sometimes, a random prefix of the unsynced ones: a torn last record that recovery
 //! must cut off. A [`SimStorage`] is the node's handle to its disk; a handle from a killed
 //! incarnation is fenced off by an epoch, so a stale task can never write after the crash.
+//!
+//! A disk can also be told to fail its next `sync`, as Linux does after a write-back error:
+//! the pages it could not write are dropped, the error is reported once, and a later `sync`
+//! succeeds without them. So the bytes that sync covered never reach the disk, whatever
+//! follows; a crash cuts the log where they began.
 
 use std::future::Future;
 use std::io;
@@ -45,6 +50,19 @@ pub struct DiskState {
     pub crashes: u64,
     /// Crashes that left a partial record behind.
     pub torn_crashes: u64,
+    /// The next `sync` fails.
+    pub fail_next_sync: bool,
+    /// Where the bytes of a failed `sync` begin: none from there on survive a crash.
+    pub lost_from: Option<usize>,
+    pub failed_syncs: u64,
+}
+
+impl DiskState {
+    /// How much of the log a crash now would keep (before any torn tail).
+    fn durable_len(&self) -> usize {
+        self.lost_from
+            .map_or(self.synced_len, |lost| lost.min(self.synced_len))
+    }
 }
 
 /// What one crash did to a disk.
@@ -95,15 +113,19 @@ impl Disk {
     pub fn crash(&self, torn: bool) -> CrashReport {
         let mut rng = self.rng.lock();
         let mut state = self.lock();
-        let unsynced = state.log.len() - state.synced_len;
-        let kept = if torn && unsynced > 0 && rng.gen_bool(0.5) {
+        let durable = state.durable_len();
+        let unsynced = state.log.len() - durable;
+        // Pages dropped by a failed sync are gone: no torn tail is kept after them.
+        let kept = if torn && unsynced > 0 && state.lost_from.is_none() && rng.gen_bool(0.5) {
             rng.gen_range(1..=unsynced)
         } else {
             0
         };
-        let len = state.synced_len + kept;
+        let len = durable + kept;
         state.log.truncate(len);
         state.synced_len = len;
+        state.lost_from = None;
+        state.fail_next_sync = false;
         if state.log.is_empty() {
             state.first_lsn = 0;
         }
@@ -118,23 +140,38 @@ impl Disk {
         }
     }
 
-    /// Bytes written and not yet synced: a crash now would lose (or tear) them.
+    /// Bytes that a crash now would lose (or tear): not synced, or dropped by a failed sync.
     pub fn unsynced(&self) -> usize {
         let state = self.lock();
-        state.log.len() - state.synced_len
+        state.log.len() - state.durable_len()
     }
 
-    /// What a crash now would leave: the first lsn and the synced bytes of the log.
+    /// What a crash now would leave: the first lsn and the durable bytes of the log.
     pub fn durable_log(&self) -> (Lsn, Vec<u8>) {
         let state = self.lock();
-        (state.first_lsn, state.log[..state.synced_len].to_vec())
+        (state.first_lsn, state.log[..state.durable_len()].to_vec())
+    }
+
+    /// Makes the next `sync` fail, dropping the bytes it covers.
+    pub fn fail_next_sync(&self) {
+        self.lock().fail_next_sync = true;
+    }
+
+    /// Ends a disk fault: whether a sync failed since the last crash (if so, the node must be
+    /// restarted to read what the disk really kept).
+    pub fn repair(&self) -> bool {
+        let mut state = self.lock();
+        state.fail_next_sync = false;
+        state.lost_from.is_some()
     }
 
     /// An independent copy holding only the durable bytes (for recovery checks).
     pub fn durable_copy(&self) -> Disk {
         let state = self.lock();
         let mut copy = state.clone();
-        copy.log.truncate(copy.synced_len);
+        copy.log.truncate(copy.durable_len());
+        copy.lost_from = None;
+        copy.fail_next_sync = false;
         Disk {
             state: Arc::new(Mutex::new(copy)),
             speed: Arc::default(),
@@ -212,6 +249,12 @@ impl Storage for SimStorage {
         // The window in which a kill loses the batch (or tears it).
         tokio::time::sleep(self.disk.sync_delay()).await;
         let mut state = self.live()?;
+        if std::mem::take(&mut state.fail_next_sync) {
+            let lost = state.synced_len;
+            state.lost_from = Some(state.lost_from.map_or(lost, |from| from.min(lost)));
+            state.failed_syncs += 1;
+            return Err(io::Error::other("simulated EIO: sync failed"));
+        }
         state.synced_len = state.synced_len.max(target);
         state.syncs += 1;
         Ok(())
@@ -263,5 +306,67 @@ impl Storage for SimStorage {
                 bytes: bytes.clone(),
             })
             .collect())
+    }
+}
+
+#[cfg(all(test, madsim))]
+mod tests {
+    use super::*;
+    use crate::rng::Purpose;
+
+    /// Runs `body` on a madsim runtime (a `sync` sleeps for its latency).
+    fn simulated(body: impl Future<Output = ()> + 'static) {
+        madsim::runtime::Runtime::with_seed_and_config(1, madsim::Config::default()).block_on(body);
+    }
+
+    fn disk() -> Disk {
+        Disk::new(Arc::default(), SharedRng::new(1, Purpose::Disk))
+    }
+
+    #[test]
+    fn a_failed_sync_loses_its_bytes_even_when_a_later_sync_succeeds() {
+        simulated(async {
+            let disk = disk();
+            let mut storage = disk.open();
+            storage.append(1, b"first").await.unwrap();
+            storage.sync().await.unwrap();
+            storage.append(2, b"second").await.unwrap();
+            disk.fail_next_sync();
+            assert!(storage.sync().await.is_err());
+            assert_eq!(disk.unsynced(), b"second".len());
+            // The error is reported once: the retry succeeds, and the bytes are still gone.
+            storage.append(3, b"third").await.unwrap();
+            storage.sync().await.unwrap();
+            assert_eq!(disk.durable_log(), (1, b"first".to_vec()));
+            assert!(
+                disk.repair(),
+                "the failed sync is remembered until the crash"
+            );
+            let report = disk.crash(true);
+            assert_eq!(
+                report.torn_bytes_kept, 0,
+                "dropped pages leave no torn tail"
+            );
+            assert_eq!(report.lost_bytes, b"secondthird".len());
+            assert_eq!(disk.lock().log, b"first");
+            assert!(!disk.repair(), "a crash ends the fault");
+            let mut storage = disk.open();
+            storage.append(2, b"again").await.unwrap();
+            storage.sync().await.unwrap();
+            assert_eq!(disk.durable_log(), (1, b"firstagain".to_vec()));
+        });
+    }
+
+    #[test]
+    fn a_repaired_disk_syncs_normally() {
+        simulated(async {
+            let disk = disk();
+            let mut storage = disk.open();
+            disk.fail_next_sync();
+            assert!(!disk.repair(), "no sync failed before the repair");
+            storage.append(1, b"bytes").await.unwrap();
+            storage.sync().await.unwrap();
+            assert_eq!(disk.durable_log(), (1, b"bytes".to_vec()));
+        });
     }
 }

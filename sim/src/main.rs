@@ -37,12 +37,12 @@ OPTIONS:
   --seed N               the seed (decides every random choice of the run)
   --seeds A..B           a range of seeds, B excluded
   --bug NAME             switch a known bug on: skip-barrier, reply-before-sync,
-                         no-idempotency, credit-before-debit
+                         no-idempotency, credit-before-debit, retry-failed-sync
   --nodes N              server nodes [3]
   --partitions N         partitions, spread over the nodes [6]
   --duration-s S         simulated seconds of load and faults before healing [60]
   --faults LIST          none, all, or a comma list of kill,torn,partition,clog,loss,dup,
-                         delay,slowdisk,clockjump [all]
+                         delay,slowdisk,diskerror,clockjump [all]
   --jobs N               runs at a time in a sweep [2]
   --fail-fast            stop a sweep at its first failing seed
   --check-determinism    run the seed twice in separate processes and compare the traces

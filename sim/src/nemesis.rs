@@ -35,6 +35,7 @@ enum Undo {
     DupOff,
     JitterOff,
     DiskNormal(usize),
+    DiskRepaired(usize),
 }
 
 /// Injects and undoes faults; counts and logs them.
@@ -131,6 +132,7 @@ impl Nemesis {
             Fault::Clog => self.clog(cluster),
             Fault::Loss | Fault::Dup | Fault::Delay => self.degrade(cluster, kind),
             Fault::SlowDisk => self.slow_disk(cluster),
+            Fault::DiskError => self.disk_error(cluster),
             Fault::ClockJump => {
                 let jump = ms(&mut self.rng, (200, 5_000));
                 self.note(format!("clock jumps forward {jump:?}"));
@@ -265,6 +267,19 @@ impl Nemesis {
         true
     }
 
+    /// Makes the next sync of each disk of one node fail, for a while.
+    fn disk_error(&mut self, cluster: &Cluster) -> bool {
+        let n = self.rng.gen_range(0..cluster.nodes.len());
+        cluster.fail_next_syncs(n);
+        let lasts = ms(&mut self.rng, FAULT_MS);
+        self.note(format!(
+            "disk error on {}: its next syncs fail, for {lasts:?}",
+            cluster.nodes[n].name
+        ));
+        self.schedule(lasts, Undo::DiskRepaired(n));
+        true
+    }
+
     /// The fault schedule in one line: injections per kind.
     pub fn schedule_summary(&self) -> String {
         if self.by_kind.is_empty() {
@@ -303,6 +318,18 @@ impl Nemesis {
                 .speed
                 .slow_us_max
                 .store(0, Ordering::Relaxed),
+            // As a supervisor restarts a server that exited because a partition stopped.
+            Undo::DiskRepaired(n) => {
+                let failed = cluster.repair_disks(*n);
+                let name = &cluster.nodes[*n].name;
+                if failed && cluster.nodes[*n].up {
+                    self.note(format!("disk of {name} repaired: a sync failed, restart"));
+                    cluster.kill(*n);
+                    cluster.restart(*n);
+                } else {
+                    self.note(format!("disk of {name} repaired"));
+                }
+            }
         }
         net.set_faults(faults);
     }

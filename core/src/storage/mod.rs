@@ -75,9 +75,16 @@ pub trait Storage: Send + 'static {
         on_durable: OnDurable,
     ) -> impl Future<Output = (Vec<u8>, io::Result<()>)> + Send {
         async move {
-            let written = self.append(first_lsn, &bytes).await;
-            let result = match written {
-                Ok(()) => self.sync().await,
+            let result = match self.append(first_lsn, &bytes).await {
+                Ok(()) => {
+                    #[allow(unused_mut)]
+                    let mut synced = self.sync().await;
+                    #[cfg(any(test, madsim))]
+                    if synced.is_err() && crate::bugs::enabled(crate::bugs::Bug::RetryFailedSync) {
+                        synced = self.sync().await;
+                    }
+                    synced
+                }
                 Err(error) => Err(error),
             };
             if result.is_ok() {
