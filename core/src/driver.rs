@@ -183,6 +183,10 @@ pub struct DriverStats {
     pub in_flight: AtomicU64,
     pub violations: AtomicU64,
     pub last_lsn: AtomicU64,
+    /// Rows of the partition's tables held in memory ([`Ledger::row_count`]). Transfer,
+    /// credit and cash rows are idempotency records that are never pruned, so this grows
+    /// with every operation, and memory with it.
+    pub rows: AtomicU64,
 }
 
 /// What recovery found and did.
@@ -647,13 +651,15 @@ impl<S: Storage> PartitionDriver<S> {
             ..Batch::default()
         };
         let mut batch = std::mem::replace(&mut self.batch, next);
+        // Before anything of the batch is answered, so a client that saw its answer sees
+        // the gauges count it.
+        self.publish_gauges();
         #[cfg(any(test, madsim))]
         if crate::bugs::enabled(crate::bugs::Bug::ReplyBeforeSync) {
             self.release(&mut batch);
         }
         if batch.encoded.is_empty() {
             self.stats.batches.fetch_add(1, Ordering::Relaxed);
-            self.publish_in_flight();
             self.release(&mut batch);
             self.spare_buffer = std::mem::take(&mut batch.encoded);
             return None;
@@ -723,17 +729,20 @@ impl<S: Storage> PartitionDriver<S> {
             .sync_us_total
             .fetch_add(done.started.elapsed().as_micros() as u64, Ordering::Relaxed);
         self.stats.last_lsn.store(done.last_lsn, Ordering::Relaxed);
-        self.publish_in_flight();
+        self.publish_gauges();
         self.release(&mut done.batch);
         done.snapshot.take()
     }
 
     /// Publishes how many transfers the coordinator is carrying out (the simulator waits for
     /// zero everywhere to call a cluster quiet).
-    fn publish_in_flight(&self) {
+    fn publish_gauges(&self) {
         self.stats
             .in_flight
             .store(self.coordinator.in_flight() as u64, Ordering::Relaxed);
+        self.stats
+            .rows
+            .store(self.ledger.row_count() as u64, Ordering::Relaxed);
     }
 
     /// Feeds one input to the state machines. Returns the shutdown acknowledgement if asked to stop.

@@ -20,6 +20,7 @@
 //! - [`replay_cmd`]: `wallet replay`, balances and history rebuilt from the logs.
 //! - [`verify`]: `wallet verify`, the invariants of DESIGN section 5 checked at rest.
 //! - [`rfc3339`]: timestamps in and out of the API.
+//! - [`process`]: this process's resident memory (for `/metrics` and `wallet bench memory`).
 //! - [`bench`]: `wallet bench`, the load generator (HTTP, batch, in-process engine, memory).
 
 pub mod api;
@@ -31,6 +32,7 @@ pub mod datadir;
 pub mod errors;
 pub mod history;
 pub mod node;
+pub mod process;
 pub mod replay_cmd;
 pub mod rfc3339;
 pub mod serve;

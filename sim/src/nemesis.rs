@@ -273,7 +273,7 @@ impl Nemesis {
         cluster.fail_next_syncs(n);
         let lasts = ms(&mut self.rng, FAULT_MS);
         self.note(format!(
-            "disk error on {}: its next syncs fail, for {lasts:?}",
+            "disk error on {}: the next sync of each of its disks fails, for {lasts:?}",
             cluster.nodes[n].name
         ));
         self.schedule(lasts, Undo::DiskRepaired(n));

@@ -791,9 +791,23 @@ fn health_metrics_and_the_openapi_document() {
         "walletd_partition_fsync_seconds_count{partition=\"0\"}",
         "walletd_partition_transfers_in_flight{partition=\"0\"} 0",
         "# TYPE walletd_partition_fsync_seconds summary",
+        "# TYPE walletd_partition_rows gauge",
+        "# TYPE process_resident_memory_bytes gauge",
     ] {
         assert!(text.contains(needle), "{needle} missing from\n{text}");
     }
+    // One account row and the rejected transfer's row, on whichever partitions they live.
+    let rows: u64 = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("walletd_partition_rows{"))
+        .map(|rest| rest.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(rows, 2, "{text}");
+    let resident = text
+        .lines()
+        .find_map(|line| line.strip_prefix("process_resident_memory_bytes "))
+        .map(|bytes| bytes.parse::<u64>().unwrap());
+    assert!(resident.unwrap() > 1 << 20, "{text}");
     let doc = s.get("/openapi.json").json();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     for path in [

@@ -97,6 +97,7 @@ pub async fn render(State(api): State<Api>) -> Response {
     let mut out = String::with_capacity(4096);
     write_http(&mut out, api.metrics());
     write_partitions(&mut out, &api);
+    write_process(&mut out);
     let mut response = out.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -140,7 +141,7 @@ fn write_http(out: &mut String, metrics: &Metrics) {
 
 fn write_partitions(out: &mut String, api: &Api) {
     type Read = fn(&walletd_core::driver::DriverStats) -> u64;
-    let families: [(&str, &str, &str, Read); 8] = [
+    let families: [(&str, &str, &str, Read); 9] = [
         (
             "walletd_partition_batches_total",
             "counter",
@@ -184,6 +185,13 @@ fn write_partitions(out: &mut String, api: &Api) {
             |s| s.violations.load(Ordering::Relaxed),
         ),
         (
+            "walletd_partition_rows",
+            "gauge",
+            "Rows held in memory: accounts, and the transfer, credit and cash rows that are \
+             idempotency records, never pruned (memory grows with them).",
+            |s| s.rows.load(Ordering::Relaxed),
+        ),
+        (
             "walletd_partition_events_per_batch",
             "gauge",
             "Average events per batch since start.",
@@ -206,6 +214,18 @@ fn write_partitions(out: &mut String, api: &Api) {
         let syncs = stats.syncs.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_sum{{partition=\"{partition}\"}} {seconds:.6}");
         let _ = writeln!(out, "{name}_count{{partition=\"{partition}\"}} {syncs}");
+    }
+}
+
+/// The process's resident memory, under the name Prometheus' own clients use. Left out where
+/// `/proc` cannot tell (not Linux).
+fn write_process(out: &mut String) {
+    if let Ok(bytes) = crate::process::resident_bytes() {
+        let name = "process_resident_memory_bytes";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Resident memory size in bytes.\n# TYPE {name} gauge\n{name} {bytes}"
+        );
     }
 }
 

@@ -226,17 +226,10 @@ impl Counted {
     }
 }
 
-/// Resident set size of this process in bytes (`VmRSS` of `/proc/self/status`).
-pub fn resident_bytes() -> Result<u64, BenchError> {
-    let status = std::fs::read_to_string("/proc/self/status")
-        .map_err(|e| BenchError::io("read /proc/self/status (Linux only)", e))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().strip_suffix("kB"))
-        .and_then(|kb| kb.trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .ok_or_else(|| BenchError::Engine("no VmRSS line in /proc/self/status".into()))
+/// Resident set size of this process in bytes.
+fn resident_bytes() -> Result<u64, BenchError> {
+    crate::process::resident_bytes()
+        .map_err(|e| BenchError::io("read VmRSS from /proc/self/status (Linux only)", e))
 }
 
 /// Opens `count` accounts (no deposits) in a fresh engine and reports the growth of the
