@@ -1,11 +1,15 @@
-//! A table whose rows are only ever added, never changed or removed: the cash table, whose
-//! rows are the idempotency records of deposits and withdrawals.
+//! A table whose rows are only ever added, never removed: the cash table (the idempotency
+//! records of deposits and withdrawals) and the destination's credit table (the barrier row
+//! of every cross-partition transfer in).
 //!
 //! Rows live in chunks of [`CHUNK_ROWS`] ([`ChunkedVec`]); a full chunk is sealed behind an
-//! `Arc` and never changes again, so a snapshot image ([`AppendTable::freeze`]) shares the sealed chunks and
-//! copies only the open one. Before, the image cloned the whole table on the partition
-//! thread: 10 ms for 100,000 rows, at every snapshot, while nothing else ran. Keys are found
-//! through a [`RowIndex`] of their hashes, so no key is stored twice.
+//! `Arc`, so a snapshot image ([`AppendTable::freeze`]) shares the sealed chunks and copies
+//! only the open one. Before, the image cloned the whole table on the partition thread: 10 ms
+//! for 100,000 rows, at every snapshot, while nothing else ran. A row's value may still change
+//! ([`AppendTable::get_mut`]: a credit's state moves on when its Confirm or Cancel comes);
+//! when a snapshot still shares that row's chunk, the chunk is copied first, one chunk and not
+//! the table, and almost always a recent one. Keys are found through a [`RowIndex`] of their
+//! hashes, so no key is stored twice.
 
 use std::hash::{Hash, Hasher};
 
@@ -60,6 +64,26 @@ impl<K: Hash + Eq + Clone, V: Clone> AppendTable<K, V> {
         self.get(key).is_some()
     }
 
+    /// The value under `key`, to change in place (its chunk is copied first if a frozen image
+    /// still shares it).
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        let at = self
+            .index
+            .find(key_hash(key), |at| self.rows.get(at).0 == *key)?;
+        Some(&mut self.rows.get_mut(at).1)
+    }
+
+    /// Known-bug mutations only: drops the row of `key`, the last row taking its place. Slow
+    /// (the table is rebuilt), as nothing but a deliberately broken ledger removes a row.
+    #[cfg(any(test, madsim))]
+    pub fn swap_remove(&mut self, key: &K) {
+        let mut rows: Vec<(K, V)> = self.rows.iter().cloned().collect();
+        if let Some(at) = rows.iter().position(|(k, _)| k == key) {
+            rows.swap_remove(at);
+            *self = rows.into_iter().collect();
+        }
+    }
+
     /// Adds `value` under `key`; false, adding nothing, when `key` already has a row.
     pub fn insert(&mut self, key: K, value: V) -> bool {
         if self.contains_key(&key) {
@@ -76,7 +100,6 @@ impl<K: Hash + Eq + Clone, V: Clone> AppendTable<K, V> {
         self.rows.iter().map(|(key, value)| (key, value))
     }
 
-    #[cfg(test)]
     pub fn values(&self) -> impl ExactSizeIterator<Item = &V> {
         self.rows.iter().map(|(_, value)| value)
     }
@@ -111,6 +134,8 @@ impl<K: Hash + Eq + Clone, V: Clone> FromIterator<(K, V)> for AppendTable<K, V> 
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
@@ -143,6 +168,27 @@ mod tests {
         assert_eq!(frozen.len(), 20);
         let rows: Vec<(u32, u32)> = frozen.iter().copied().collect();
         assert_eq!(rows, (0..20).map(|i| (i, i)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_change_copies_only_the_shared_chunk_it_falls_in() {
+        let mut table: AppendTable<u32, u32> = (0..20).map(|i| (i, i)).collect();
+        let frozen = table.freeze();
+        *table.get_mut(&3).unwrap() = 300;
+        *table.get_mut(&18).unwrap() = 1800;
+        assert_eq!(table.get_mut(&99), None);
+        assert_eq!((table.get(&3), table.get(&18)), (Some(&300), Some(&1800)));
+        assert_eq!(frozen.get(3), &(3, 3), "the image keeps what it saw");
+        assert_eq!(frozen.get(18), &(18, 18));
+        let shared =
+            |chunk: usize| Arc::ptr_eq(&frozen.sealed()[chunk], &table.rows.sealed()[chunk]);
+        assert!(!shared(0), "the changed chunk was copied");
+        assert!(shared(1), "the untouched chunk is still shared");
+        table.swap_remove(&5);
+        assert_eq!(
+            (table.len(), table.get(&5), table.get(&19)),
+            (19, None, Some(&19))
+        );
     }
 
     #[test]

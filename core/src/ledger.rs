@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use rustc_hash::{FxBuildHasher, FxHashMap};
+use rustc_hash::FxHashMap;
 
 use crate::append_table::AppendTable;
 #[cfg(any(test, madsim))]
@@ -285,12 +285,6 @@ pub struct RecordMeta {
     pub timestamp: Timestamp,
 }
 
-/// A table of rows that only ever grows (barrier and cash rows): rows live in one vector and
-/// the hash index holds only positions, so growing the table moves no rows. Iteration follows
-/// insertion order, which also keeps it deterministic. The transfers table, which grows by a
-/// row per transfer, packs its rows further ([`TransferTable`]).
-pub(crate) type Table<K, V> = indexmap::IndexMap<K, V, FxBuildHasher>;
-
 /// The state of one partition.
 #[derive(Debug, Clone)]
 pub struct Ledger {
@@ -298,7 +292,7 @@ pub struct Ledger {
     partitions: u32,
     pub(crate) accounts: FxHashMap<AccountId, Account>,
     pub(crate) transfers: TransferTable,
-    pub(crate) credits: Table<TransferKey, CreditRow>,
+    pub(crate) credits: AppendTable<TransferKey, CreditRow>,
     pub(crate) cash: AppendTable<(AccountId, TransactionId), CashRow>,
     pub(crate) flows: BTreeMap<Currency, Flows>,
     pub(crate) last: RecordMeta,
@@ -316,7 +310,7 @@ impl Ledger {
             partitions,
             accounts: FxHashMap::default(),
             transfers: TransferTable::default(),
-            credits: Table::default(),
+            credits: AppendTable::default(),
             cash: AppendTable::default(),
             flows: BTreeMap::new(),
             last: RecordMeta::default(),

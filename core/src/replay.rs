@@ -141,12 +141,6 @@ impl<K: Ord, V, S> Table<K, V> for std::collections::HashMap<K, V, S> {
     }
 }
 
-impl<K: Ord, V, S> Table<K, V> for indexmap::IndexMap<K, V, S> {
-    fn sorted(&self) -> BTreeMap<&K, &V> {
-        self.iter().collect()
-    }
-}
-
 impl<K: Ord + std::hash::Hash + Clone, V: Clone> Table<K, V> for AppendTable<K, V> {
     fn sorted(&self) -> BTreeMap<&K, &V> {
         self.iter().collect()

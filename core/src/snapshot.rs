@@ -63,8 +63,8 @@ use crate::codec::{put_currency, put_key, put_transfer, reason_tag, CodecError, 
 use crate::event::TransferKey;
 use crate::ids::{AccountId, TransactionId};
 use crate::ledger::{
-    Account, CashKind, CashRow, CreditRow, CreditState, Flows, Ledger, RecordMeta, Table,
-    TransferRow, TransferState,
+    Account, CashKind, CashRow, CreditRow, CreditState, Flows, Ledger, RecordMeta, TransferRow,
+    TransferState,
 };
 use crate::money::Currency;
 use crate::partition::{partition_of, PartitionId, PARTITIONS_MAX};
@@ -90,12 +90,11 @@ const ROW_LEN_MIN: usize = 6;
 
 /// The state of a ledger at one point, detached from it: what a snapshot is encoded from.
 ///
-/// Taking one copies the accounts and the barrier table, and shares the sealed chunks of rows
-/// of the transfers table ([`crate::transfer_table::RowStore`]) and of the cash table
-/// ([`crate::append_table::AppendTable`]), so a partition takes
-/// it in milliseconds and the encoding, which costs time in proportion to the accounts, the
-/// rows held inline and the new chunk files, runs on another thread while the partition goes
-/// on.
+/// Taking one copies the accounts, and shares the sealed chunks of rows of the transfers
+/// table ([`crate::transfer_table::RowStore`]) and of the credit and cash tables
+/// ([`crate::append_table::AppendTable`]), so a partition takes it in milliseconds and the
+/// encoding, which costs time in proportion to the accounts, the rows held inline and the new
+/// chunk files, runs on another thread while the partition goes on.
 #[derive(Clone)]
 pub struct SnapshotImage {
     chunks: ChunkPlan,
@@ -106,7 +105,7 @@ pub struct SnapshotImage {
     /// hash map: without the map's empty buckets it takes about 40% less memory.
     accounts: Vec<(AccountId, Account)>,
     transfers: RowStore,
-    credits: Table<TransferKey, CreditRow>,
+    credits: Rows<TransferKey, CreditRow>,
     cash: Rows<(AccountId, TransactionId), CashRow>,
     flows: BTreeMap<Currency, Flows>,
 }
@@ -151,7 +150,7 @@ impl SnapshotImage {
             last: ledger.last,
             accounts: ledger.accounts.iter().map(|(id, a)| (*id, *a)).collect(),
             transfers: ledger.transfers.freeze(),
-            credits: ledger.credits.clone(),
+            credits: ledger.credits.freeze(),
             cash: ledger.cash.freeze(),
             flows: ledger.flows.clone(),
         }
@@ -919,7 +918,9 @@ mod tests {
         let mut rows: Vec<_> = ledger.transfers().collect();
         rows.sort_by_key(|row| row.transfer.key());
         ledger.transfers = rows.iter().copied().collect();
-        ledger.credits.sort_keys();
+        let mut credits: Vec<_> = ledger.credits.iter().map(|(k, row)| (*k, *row)).collect();
+        credits.sort_by_key(|(key, _)| *key);
+        ledger.credits = credits.into_iter().collect();
         let mut cash: Vec<_> = ledger.cash.iter().map(|(k, row)| (*k, *row)).collect();
         cash.sort_by_key(|(key, _)| *key);
         ledger.cash = cash.into_iter().collect();
