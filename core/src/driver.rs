@@ -187,6 +187,8 @@ pub struct DriverStats {
     /// credit and cash rows are idempotency records that are never pruned, so this grows
     /// with every operation, and memory with it.
     pub rows: AtomicU64,
+    /// Snapshots that could not be written (the partition went on from its log).
+    pub snapshot_failures: AtomicU64,
 }
 
 /// What recovery found and did.
@@ -607,9 +609,21 @@ impl<S: Storage> PartitionDriver<S> {
                     let done = snapshot.take().expect("a snapshot was being written");
                     self.snapshot_pending = false;
                     let partition = self.partition;
-                    let bytes = result.map_err(|source| DriverError::Io { partition, source })?;
-                    self.chunks_written = done.chunks_frozen;
-                    tracing::info!(partition, lsn = done.lsn, bytes, chunks = done.chunks_frozen, "snapshot written");
+                    match result {
+                        Ok(bytes) => {
+                            self.chunks_written = done.chunks_frozen;
+                            tracing::info!(partition, lsn = done.lsn, bytes, chunks = done.chunks_frozen, "snapshot written");
+                        }
+                        // A snapshot only shortens recovery: the log holds everything. So the
+                        // partition goes on (a disk too full for a snapshot may still take
+                        // the log's appends) and tries again at the next one, which writes
+                        // the chunk files of this one too. A disk that is failing shows at
+                        // the log's next sync, which does stop the partition.
+                        Err(error) => {
+                            self.stats.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(partition, lsn = done.lsn, %error, "snapshot not written; going on from the log, the next snapshot tries again");
+                        }
+                    }
                 }
                 input = self.inbox.recv(), if accepting => match input {
                     Some(input) => {

@@ -421,6 +421,8 @@ struct SlowSync {
     gate: Option<Arc<tokio::sync::Semaphore>>,
     /// When set, the next sync fails (and clears it), as an fsync reporting EIO does once.
     fail_next_sync: Arc<AtomicBool>,
+    /// When set, the next snapshot is not written and fails (and clears it).
+    fail_next_snapshot: Arc<AtomicBool>,
 }
 
 impl Storage for SlowSync {
@@ -454,7 +456,15 @@ impl Storage for SlowSync {
         lsn: Lsn,
         encode: crate::storage::EncodeSnapshot,
     ) -> impl std::future::Future<Output = io::Result<usize>> + Send + 'static {
-        self.inner.write_snapshot(lsn, encode)
+        let fail = self.fail_next_snapshot.swap(false, Ordering::SeqCst);
+        // Memory storage writes when polled, so a write that is never polled leaves nothing.
+        let write = self.inner.write_snapshot(lsn, encode);
+        async move {
+            if fail {
+                return Err(io::Error::other("simulated ENOSPC"));
+            }
+            write.await
+        }
     }
     async fn read_snapshots(&mut self) -> io::Result<Vec<StoredSnapshot>> {
         self.inner.read_snapshots().await
@@ -538,6 +548,39 @@ async fn the_failed_sync_check_catches_a_retried_sync() {
     let (answer, stopped) = with_bug(Bug::RetryFailedSync, deposit_across_a_failed_sync()).await;
     assert_eq!(answer, Some(Ok(Reply::Balance { balance: 1 })));
     assert!(stopped.is_ok(), "{stopped:?}");
+}
+
+/// A snapshot that cannot be written costs only recovery time: the partition answers on from
+/// its log, counts the failure, and writes the next snapshot, which recovery then starts from.
+#[tokio::test]
+async fn a_failed_snapshot_is_counted_and_the_partition_goes_on() {
+    let storage = SlowSync::default();
+    let probe = storage.clone();
+    let engine = Engine::start(vec![storage], snapshotting_every(8, 1))
+        .await
+        .unwrap();
+    let client = engine.client();
+    open_usd(&client, id("alice")).await;
+    let stats = Arc::clone(&engine.stats()[0]);
+    let snapshots = || probe.inner.disk.lock().unwrap().snapshots.len();
+    probe.fail_next_snapshot.store(true, Ordering::SeqCst);
+    for round in 0..2u32 {
+        let deposits = (0..10).map(|i| deposit(round * 10 + i));
+        for answer in client.execute_many(deposits, false).await {
+            assert!(matches!(answer.unwrap(), Ok(Reply::Balance { .. })));
+        }
+        eventually("the snapshot is written or has failed", || {
+            stats.snapshot_failures.load(Ordering::SeqCst) + snapshots() as u64 > u64::from(round)
+        })
+        .await;
+    }
+    assert_eq!(stats.snapshot_failures.load(Ordering::SeqCst), 1);
+    assert_eq!(snapshots(), 1, "the second snapshot was written");
+    engine.shutdown().await.unwrap();
+    let mut storage = probe.clone();
+    let (ledger, report) = recover(&mut storage, 0, 1).await.unwrap();
+    assert!(report.snapshot_lsn.is_some(), "{report:?}");
+    assert_eq!(ledger.account(&id("alice")).unwrap().balance, 20);
 }
 
 /// A durable batch hands its peer messages to the transport before it answers its clients,

@@ -205,10 +205,10 @@ impl Cluster {
         node.up = true;
     }
 
-    /// Makes the next sync of every disk of node `n` fail.
-    pub fn fail_next_syncs(&self, n: usize) {
+    /// The disks of node `n` start failing (see [`Disk::fail`]).
+    pub fn fail_disks(&self, n: usize, sync: bool) {
         for &p in &self.nodes[n].partitions {
-            self.shared.disks[p as usize].fail_next_sync();
+            self.shared.disks[p as usize].fail(sync);
         }
     }
 

@@ -7,10 +7,12 @@
 //! must cut off. A [`SimStorage`] is the node's handle to its disk; a handle from a killed
 //! incarnation is fenced off by an epoch, so a stale task can never write after the crash.
 //!
-//! A disk can also be told to fail its next `sync`, as Linux does after a write-back error:
-//! the pages it could not write are dropped, the error is reported once, and a later `sync`
-//! succeeds without them. So the bytes that sync covered never reach the disk, whatever
-//! follows; a crash cuts the log where they began.
+//! A disk can also be told to fail ([`Disk::fail`]). Its next `sync` fails as Linux's does
+//! after a write-back error: the pages it could not write are dropped, the error is reported
+//! once, and a later `sync` succeeds without them. So the bytes that sync covered never reach
+//! the disk, whatever follows; a crash cuts the log where they began. Until the disk is
+//! repaired, every snapshot written to it fails, leaving nothing behind; that alone (a disk
+//! too full for snapshots, with room for the log's appends) is the other kind of failure.
 
 use std::future::Future;
 use std::io;
@@ -52,6 +54,9 @@ pub struct DiskState {
     pub torn_crashes: u64,
     /// The next `sync` fails.
     pub fail_next_sync: bool,
+    /// Snapshot writes fail (until repaired).
+    pub fail_snapshots: bool,
+    pub failed_snapshots: u64,
     /// Where the bytes of a failed `sync` begin: none from there on survive a crash.
     pub lost_from: Option<usize>,
     pub failed_syncs: u64,
@@ -126,6 +131,7 @@ impl Disk {
         state.synced_len = len;
         state.lost_from = None;
         state.fail_next_sync = false;
+        state.fail_snapshots = false;
         if state.log.is_empty() {
             state.first_lsn = 0;
         }
@@ -152,9 +158,12 @@ impl Disk {
         (state.first_lsn, state.log[..state.durable_len()].to_vec())
     }
 
-    /// Makes the next `sync` fail, dropping the bytes it covers.
-    pub fn fail_next_sync(&self) {
-        self.lock().fail_next_sync = true;
+    /// The disk starts failing: snapshot writes fail until [`Disk::repair`] (a disk too full
+    /// for them), and with `sync` its next sync fails too, dropping the bytes it covers.
+    pub fn fail(&self, sync: bool) {
+        let mut state = self.lock();
+        state.fail_next_sync |= sync;
+        state.fail_snapshots = true;
     }
 
     /// Ends a disk fault: whether a sync failed since the last crash (if so, the node must be
@@ -162,6 +171,7 @@ impl Disk {
     pub fn repair(&self) -> bool {
         let mut state = self.lock();
         state.fail_next_sync = false;
+        state.fail_snapshots = false;
         state.lost_from.is_some()
     }
 
@@ -172,6 +182,7 @@ impl Disk {
         copy.log.truncate(copy.durable_len());
         copy.lost_from = None;
         copy.fail_next_sync = false;
+        copy.fail_snapshots = false;
         Disk {
             state: Arc::new(Mutex::new(copy)),
             speed: Arc::default(),
@@ -278,6 +289,10 @@ impl Storage for SimStorage {
             let len = encode(&mut out)?;
             tokio::time::sleep(handle.disk.sync_delay()).await;
             let mut state = handle.live()?;
+            if state.fail_snapshots {
+                state.failed_snapshots += 1;
+                return Err(io::Error::other("simulated EIO: snapshot not written"));
+            }
             state.chunks.extend(out.chunks);
             state.snapshots.push((lsn, out.bytes));
             if state.snapshots.len() > SNAPSHOTS_KEPT {
@@ -331,7 +346,7 @@ mod tests {
             storage.append(1, b"first").await.unwrap();
             storage.sync().await.unwrap();
             storage.append(2, b"second").await.unwrap();
-            disk.fail_next_sync();
+            disk.fail(true);
             assert!(storage.sync().await.is_err());
             assert_eq!(disk.unsynced(), b"second".len());
             // The error is reported once: the retry succeeds, and the bytes are still gone.
@@ -362,7 +377,7 @@ mod tests {
         simulated(async {
             let disk = disk();
             let mut storage = disk.open();
-            disk.fail_next_sync();
+            disk.fail(true);
             assert!(!disk.repair(), "no sync failed before the repair");
             storage.append(1, b"bytes").await.unwrap();
             storage.sync().await.unwrap();

@@ -267,13 +267,20 @@ impl Nemesis {
         true
     }
 
-    /// Makes the next sync of each disk of one node fail, for a while.
+    /// Makes the disks of one node fail for a while: every snapshot written meanwhile, and
+    /// half of the time the next sync of each disk too.
     fn disk_error(&mut self, cluster: &Cluster) -> bool {
         let n = self.rng.gen_range(0..cluster.nodes.len());
-        cluster.fail_next_syncs(n);
+        let sync = self.rng.gen_bool(0.5);
+        cluster.fail_disks(n, sync);
         let lasts = ms(&mut self.rng, FAULT_MS);
+        let what = if sync {
+            "the next sync of each disk and every snapshot fail"
+        } else {
+            "snapshots fail"
+        };
         self.note(format!(
-            "disk error on {}: the next sync of each of its disks fails, for {lasts:?}",
+            "disk error on {}: {what}, for {lasts:?}",
             cluster.nodes[n].name
         ));
         self.schedule(lasts, Undo::DiskRepaired(n));

@@ -366,13 +366,15 @@ fn summary(
     quiesced: bool,
 ) -> String {
     let net = cluster.net().stats();
-    let (mut crashes, mut torn, mut syncs, mut failed_syncs) = (0, 0, 0, 0);
+    let (mut crashes, mut torn, mut syncs, mut failed_syncs, mut failed_snapshots) =
+        (0, 0, 0, 0, 0);
     for disk in &cluster.shared.disks {
         let state = disk.lock();
         crashes += state.crashes;
         torn += state.torn_crashes;
         syncs += state.syncs;
         failed_syncs += state.failed_syncs;
+        failed_snapshots += state.failed_snapshots;
     }
     let attempts: usize = history.ops.iter().map(|op| op.attempts.len()).sum();
     let answered = history
@@ -397,7 +399,7 @@ fn summary(
         )
     };
     format!(
-        "ops={} attempts={attempts} answered={answered} expected_answers={expected} reads={} messages sent={} delivered={} dropped={} duplicated={} disk crashes={crashes} torn={torn} syncs={syncs} failed_syncs={failed_syncs} recoveries={recoveries} from_snapshot={from_snapshot} torn_cut={torn_cut} faults={} quiesced={quiesced} simulated={:.1}s",
+        "ops={} attempts={attempts} answered={answered} expected_answers={expected} reads={} messages sent={} delivered={} dropped={} duplicated={} disk crashes={crashes} torn={torn} syncs={syncs} failed_syncs={failed_syncs} failed_snapshots={failed_snapshots} recoveries={recoveries} from_snapshot={from_snapshot} torn_cut={torn_cut} faults={} quiesced={quiesced} simulated={:.1}s",
         history.ops.len(),
         history.reads.len(),
         net.sent,

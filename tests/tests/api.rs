@@ -792,6 +792,7 @@ fn health_metrics_and_the_openapi_document() {
         "walletd_partition_transfers_in_flight{partition=\"0\"} 0",
         "# TYPE walletd_partition_fsync_seconds summary",
         "# TYPE walletd_partition_rows gauge",
+        "walletd_partition_snapshot_failures_total{partition=\"0\"} 0",
         "# TYPE process_resident_memory_bytes gauge",
     ] {
         assert!(text.contains(needle), "{needle} missing from\n{text}");

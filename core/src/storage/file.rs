@@ -385,17 +385,29 @@ impl std::io::Write for SnapshotFiles {
     }
 }
 
+/// Runs `write`, which creates `tmp` and renames it into place; should it fail, removes
+/// whatever of `tmp` it left (best effort: the error that matters is the first).
+fn removing_on_error<T>(tmp: &Path, write: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let result = write();
+    if result.is_err() {
+        let _ = fs::remove_file(tmp);
+    }
+    result
+}
+
 impl SnapshotOut for SnapshotFiles {
     /// Writes the chunk to a temporary file, syncs it and renames it into place (the
     /// directory is synced before the snapshot's own rename).
     fn write_chunk(&mut self, index: u64, bytes: &[u8]) -> io::Result<()> {
         use std::io::Write;
         let tmp = self.dir.join(format!("chunk-{index:010}.tmp"));
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop_cached(&file, 0, bytes.len() as u64);
-        fs::rename(&tmp, self.dir.join(chunk_name(index)))
+        removing_on_error(&tmp, || {
+            let mut file = File::create(&tmp)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            drop_cached(&file, 0, bytes.len() as u64);
+            fs::rename(&tmp, self.dir.join(chunk_name(index)))
+        })
     }
 }
 
@@ -484,16 +496,19 @@ impl Storage for FileStorage {
         let kept = self.config.snapshots_kept_max;
         blocking(move || {
             let tmp = dir.join(format!("snapshot-{lsn:020}.tmp"));
-            let mut out = SnapshotFiles {
-                file: File::create(&tmp)?,
-                dir: dir.clone(),
-            };
-            let len = encode(&mut out)?;
-            out.file.sync_all()?;
-            drop_cached(&out.file, 0, len as u64);
-            // The chunk files' names must be durable before a snapshot that needs them is.
-            sync_dir(&dir)?;
-            fs::rename(&tmp, dir.join(snapshot_name(lsn)))?;
+            let len = removing_on_error(&tmp, || {
+                let mut out = SnapshotFiles {
+                    file: File::create(&tmp)?,
+                    dir: dir.clone(),
+                };
+                let len = encode(&mut out)?;
+                out.file.sync_all()?;
+                drop_cached(&out.file, 0, len as u64);
+                // The chunk files' names must be durable before a snapshot that needs them is.
+                sync_dir(&dir)?;
+                fs::rename(&tmp, dir.join(snapshot_name(lsn)))?;
+                Ok(len)
+            })?;
             sync_dir(&dir)?;
             let snapshots = numbered_files(&dir, "snapshot-", ".snap")?;
             for (_, old) in snapshots.iter().rev().skip(kept) {
@@ -671,5 +686,26 @@ mod tests {
         drop(storage);
         let (_, records) = read_back(dir.path()).await;
         assert_eq!(records, written);
+    }
+    /// A snapshot whose writing fails leaves neither a temporary file nor a snapshot; the
+    /// chunk files it finished stay (the next snapshot writes the same bytes again).
+    #[tokio::test]
+    async fn a_snapshot_that_fails_midway_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = FileStorage::open(dir.path(), config()).unwrap();
+        let encode: crate::storage::EncodeSnapshot = Box::new(|out| {
+            out.write_chunk(0, b"chunk bytes")?;
+            out.write_all(b"the first bytes of a snapshot")?;
+            Err(io::Error::other("the disk is full"))
+        });
+        let failed = storage.write_snapshot(7, encode).await;
+        assert_eq!(failed.unwrap_err().to_string(), "the disk is full");
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, [LOCK_FILE.to_string(), chunk_name(0)]);
+        assert!(storage.read_snapshots().await.unwrap().is_empty());
     }
 }

@@ -141,7 +141,7 @@ fn write_http(out: &mut String, metrics: &Metrics) {
 
 fn write_partitions(out: &mut String, api: &Api) {
     type Read = fn(&walletd_core::driver::DriverStats) -> u64;
-    let families: [(&str, &str, &str, Read); 9] = [
+    let families: [(&str, &str, &str, Read); 10] = [
         (
             "walletd_partition_batches_total",
             "counter",
@@ -190,6 +190,12 @@ fn write_partitions(out: &mut String, api: &Api) {
             "Rows held in memory: accounts, and the transfer, credit and cash rows that are \
              idempotency records, never pruned (memory grows with them).",
             |s| s.rows.load(Ordering::Relaxed),
+        ),
+        (
+            "walletd_partition_snapshot_failures_total",
+            "counter",
+            "Snapshots that could not be written; the partition went on from its log.",
+            |s| s.snapshot_failures.load(Ordering::Relaxed),
         ),
         (
             "walletd_partition_events_per_batch",
