@@ -223,6 +223,39 @@ fn transfers_commit_reject_cancel_and_answer_retries_alike() {
     assert!(settled, "{}", balance(&s, a));
 }
 
+/// On one node, money a client was told is committed can be spent at once: the Confirm that
+/// credits the destination is queued there before the client is answered, so the next
+/// transfer out of the destination finds it. Each hop here moves money the account did not
+/// have before the hop into it, around three partitions.
+#[test]
+fn a_committed_credit_can_be_spent_at_once_on_one_node() {
+    let (_tmp, s) = start(&[]);
+    let ring = [
+        accounts_in("r", 1, PARTITIONS, 1).remove(0),
+        accounts_in("r", 2, PARTITIONS, 1).remove(0),
+        accounts_in("r", 3, PARTITIONS, 1).remove(0),
+    ];
+    for account in &ring {
+        open(&s, account, "USD");
+    }
+    deposit(&s, &ring[0], "5.00", "d-ring");
+    for hop in 0..60 {
+        let (from, to) = (&ring[hop % 3], &ring[(hop + 1) % 3]);
+        let r = transfer(&s, from, to, "5.00", &format!("hop-{hop}"));
+        assert_eq!(
+            (r.status, r.json()["status"].clone()),
+            (200, json!("committed")),
+            "hop {hop}: {}",
+            r.text()
+        );
+    }
+    let funded = balance(&s, &ring[0]);
+    assert_eq!(
+        (funded["balance"].as_str(), funded["incoming"].as_str()),
+        (Some("5.00"), Some("0.00"))
+    );
+}
+
 #[test]
 fn transfer_status_history_pages_and_past_balances() {
     let (_tmp, s) = start(&[]);
