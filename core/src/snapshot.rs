@@ -63,8 +63,8 @@ use crate::codec::{put_currency, put_key, put_transfer, reason_tag, CodecError, 
 use crate::event::TransferKey;
 use crate::ids::{AccountId, TransactionId};
 use crate::ledger::{
-    Account, CashKind, CashRow, CreditRow, CreditState, Flows, Ledger, RecordMeta, TransferRow,
-    TransferState,
+    Account, CashKind, CashRow, CreditRow, CreditState, Flows, Ledger, RecordMeta, StoredCredit,
+    TransferRow, TransferState,
 };
 use crate::money::Currency;
 use crate::partition::{partition_of, PartitionId, PARTITIONS_MAX};
@@ -105,7 +105,7 @@ pub struct SnapshotImage {
     /// hash map: without the map's empty buckets it takes about 40% less memory.
     accounts: Vec<(AccountId, Account)>,
     transfers: RowStore,
-    credits: Rows<TransferKey, CreditRow>,
+    credits: Rows<TransferKey, StoredCredit>,
     cash: Rows<(AccountId, TransactionId), CashRow>,
     flows: BTreeMap<Currency, Flows>,
 }
@@ -350,7 +350,8 @@ fn encode_image(ledger: &SnapshotImage, writer: &mut dyn SnapshotOut) -> io::Res
         ledger.transfers.views_of(inline),
         put_transfer_row,
     )?;
-    put_table(&mut sink, ledger.credits.iter(), |out, (key, row)| {
+    put_table(&mut sink, ledger.credits.iter(), |out, (key, stored)| {
+        let row = stored.row(key);
         put_key(out, key);
         out.push(credit_state_tag(row.state));
         out.push(u8::from(row.transfer.is_some()));
@@ -554,7 +555,10 @@ fn read_ledger(cursor: &mut Cursor<'_>, version: u8, chunks: &[Vec<u8>]) -> Resu
             return Err("a table holds a key twice".to_string());
         }
     }
-    ledger.credits = read_table(cursor, order, read_credit_row)?;
+    ledger.credits = read_rows(cursor, order, read_credit_row)?
+        .into_iter()
+        .map(|(key, row)| (key, StoredCredit::new(&key, row)))
+        .collect();
     ledger.cash = read_table(cursor, order, |cursor| {
         let key = (cursor.account()?, cursor.transaction_id()?);
         let kind = match cursor.u8()? {

@@ -137,7 +137,7 @@ fn write_rows(out: &mut String, ledger: &Ledger) {
     }
     writeln!(out, "\ncredits at the end:").unwrap();
     let mut credits: Vec<_> = ledger.credits().collect();
-    credits.sort_by_key(|(key, _)| **key);
+    credits.sort_by_key(|(key, _)| *key);
     for (key, row) in credits {
         let key = format!("{}/{}", key.from, key.transaction_id);
         let state = format!("{:?}", row.state);

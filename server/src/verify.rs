@@ -537,7 +537,7 @@ fn check_transfers_agree(ledgers: &[Option<Ledger>], report: &mut Report) {
             let Some(home) = here(&key.from) else {
                 continue;
             };
-            match home.transfer(key) {
+            match home.transfer(&key) {
                 None => found.push(format!(
                     "transfer {key:?}: destination {:?} but no home row",
                     credit.state

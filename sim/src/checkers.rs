@@ -368,11 +368,11 @@ fn atomicity(state: &FinalState<'_>, found: &mut Vec<Violation>) {
                 );
             }
         }
-        let mut credits: Vec<(&TransferKey, CreditState)> =
+        let mut credits: Vec<(TransferKey, CreditState)> =
             ledger.credits().map(|(k, c)| (k, c.state)).collect();
-        credits.sort_by_key(|(k, _)| **k);
+        credits.sort_by_key(|(k, _)| *k);
         for (key, credit) in credits {
-            let home = state.home_row(key).map(|r| r.state);
+            let home = state.home_row(&key).map(|r| r.state);
             let consistent = match credit {
                 CreditState::Tried => false,
                 CreditState::Confirmed => home == Some(TransferState::Committed),
@@ -386,7 +386,7 @@ fn atomicity(state: &FinalState<'_>, found: &mut Vec<Violation>) {
                         "atomicity",
                         format!("partition {p}: credit of {key:?} is {credit:?} but its home row is {home:?}"),
                     )
-                    .key(*key),
+                    .key(key),
                 );
             }
         }

@@ -260,7 +260,7 @@ pub fn check_at_rest(cluster: &Cluster) -> Result<(), Violation> {
             }
         }
         for (key, credit) in ledger.credits() {
-            let home = cluster.ledger_of(&key.from).transfer(key).map(|r| r.state);
+            let home = cluster.ledger_of(&key.from).transfer(&key).map(|r| r.state);
             let agree = matches!(
                 (credit.state, home),
                 (CreditState::Confirmed, Some(TransferState::Committed))

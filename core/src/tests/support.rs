@@ -121,7 +121,7 @@ impl Snapshot {
                 .transfers()
                 .map(|row| (row.transfer.key(), row))
                 .collect(),
-            credits: ledger.credits().map(|(k, row)| (*k, *row)).collect(),
+            credits: ledger.credits().collect(),
             cash: ledger.cash.iter().map(|(k, row)| (*k, *row)).collect(),
             flows: ledger.flows().clone(),
             last: ledger.last_applied(),
