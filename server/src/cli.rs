@@ -107,6 +107,11 @@ pub struct ServiceArgs {
     /// Most transfers in one batch request (413 batch_too_large beyond).
     #[arg(long, default_value_t = 8000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub batch_items_max: u64,
+    /// Refuse new writes (503 memory_limit) while the resident memory of the process is
+    /// above this many MiB; reads, and transfers already under way, go on. 0: no limit.
+    /// [default: 90% of the machine's memory, or of its cgroup's limit if lower]
+    #[arg(long)]
+    pub memory_limit_mb: Option<u64>,
     /// Require `Authorization: Bearer <token>` on every /v1 route.
     #[arg(long, env = "WALLET_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,

@@ -16,7 +16,7 @@
 //! | 422 | `insufficient_funds`, `currency_mismatch`, `balance_limit`, `same_account`, `cancelled_before_try` |
 //! | 429 | `overloaded` |
 //! | 500 | `internal_error`, `log_unreadable` (never for a client's mistake) |
-//! | 503 | `partition_unavailable`, `wrong_partition`, `timeout`, `request_timeout`, `history_unavailable` |
+//! | 503 | `partition_unavailable`, `wrong_partition`, `timeout`, `request_timeout`, `history_unavailable`, `memory_limit` |
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -95,6 +95,18 @@ impl ApiError {
             StatusCode::TOO_MANY_REQUESTS,
             "overloaded",
             format!("more than {limit} requests in flight; retry later"),
+        )
+    }
+
+    pub fn memory_limit(resident: u64, limit: u64) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "memory_limit",
+            format!(
+                "the server holds {} MiB, above its limit of {} MiB (--memory-limit-mb): new writes are refused, reads are served",
+                resident >> 20,
+                limit >> 20
+            ),
         )
     }
 

@@ -14,6 +14,29 @@ pub fn resident_bytes() -> io::Result<u64> {
         .ok_or_else(|| io::Error::other("no VmRSS line in /proc/self/status"))
 }
 
+/// The memory this process may use: the machine's (`MemTotal`), or its cgroup's limit
+/// (`memory.max`, cgroup v2) when that is lower.
+pub fn memory_available() -> io::Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    let total = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|kb| kb.trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| io::Error::other("no MemTotal line in /proc/meminfo"))?;
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok());
+    Ok(cgroup.map_or(total, |limit| limit.min(total)))
+}
+
+/// The default of `--memory-limit-mb`: 90% of [`memory_available`], so that writes are
+/// refused before the kernel kills the process; `None` where that cannot be read.
+pub fn default_memory_limit() -> Option<u64> {
+    memory_available().ok().map(|bytes| bytes / 10 * 9)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -29,5 +52,12 @@ mod tests {
             "{before} -> {after} with 64 MiB touched"
         );
         drop(touched);
+    }
+
+    #[test]
+    fn the_default_limit_is_below_what_the_machine_has_and_above_what_this_uses() {
+        let available = memory_available().unwrap();
+        let limit = default_memory_limit().unwrap();
+        assert!(limit < available && limit > resident_bytes().unwrap());
     }
 }

@@ -94,6 +94,11 @@ pub(crate) fn options(args: &ServiceArgs) -> ApiOptions {
         in_flight_max: args.max_in_flight as usize,
         batch_items_max: args.batch_items_max as usize,
         api_token: args.api_token.clone().filter(|t| !t.is_empty()),
+        memory_limit_bytes: match args.memory_limit_mb {
+            Some(0) => None,
+            Some(mb) => Some(mb.saturating_mul(1 << 20)),
+            None => crate::process::default_memory_limit(),
+        },
     }
 }
 

@@ -256,6 +256,33 @@ fn a_committed_credit_can_be_spent_at_once_on_one_node() {
     );
 }
 
+/// Above its memory limit the server refuses new writes with a clear error and goes on
+/// serving reads (here the limit is 1 MiB, below any process).
+#[test]
+fn above_its_memory_limit_the_server_refuses_writes_and_serves_reads() {
+    let (_tmp, s) = start(&["--memory-limit-mb", "1"]);
+    let r = s.post(
+        "/v1/accounts",
+        &json!({"account_id": "alice", "currency": "USD"}),
+    );
+    assert_eq!(
+        (r.status, r.code()),
+        (503, "memory_limit".into()),
+        "{}",
+        r.text()
+    );
+    assert!(r.text().contains("--memory-limit-mb"), "{}", r.text());
+    let r = transfer(&s, "alice", "bob", "1.00", "t-1");
+    assert_eq!((r.status, r.code()), (503, "memory_limit".into()));
+    let r = s.get("/v1/accounts/alice/balance");
+    assert_eq!((r.status, r.code()), (404, "account_not_found".into()));
+    let metrics = s.get("/metrics").text();
+    assert!(
+        metrics.contains("walletd_memory_limit_bytes 1048576"),
+        "{metrics}"
+    );
+}
+
 #[test]
 fn transfer_status_history_pages_and_past_balances() {
     let (_tmp, s) = start(&[]);

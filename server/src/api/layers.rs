@@ -174,8 +174,9 @@ impl<S> Layer<S> for GuardLayer {
     }
 }
 
-/// The bearer token (when one is configured), then the bound on `/v1` requests in flight:
-/// beyond it a request is refused (429) at once rather than queued.
+/// The bearer token (when one is configured), the memory limit (for writes: every `POST`),
+/// then the bound on `/v1` requests in flight: beyond it a request is refused (429) at once
+/// rather than queued.
 #[derive(Clone)]
 pub struct Guard<S> {
     api: Api,
@@ -199,6 +200,13 @@ where
             return GuardFuture::Refused {
                 response: Some(ApiError::unauthorized().into_response()),
             };
+        }
+        if request.method() == axum::http::Method::POST {
+            if let Some((resident, limit)) = self.api.memory_over_limit() {
+                return GuardFuture::Refused {
+                    response: Some(ApiError::memory_limit(resident, limit).into_response()),
+                };
+            }
         }
         match Arc::clone(&self.api.inner.in_flight).try_acquire_owned() {
             Ok(permit) => GuardFuture::Admitted {

@@ -97,7 +97,7 @@ pub async fn render(State(api): State<Api>) -> Response {
     let mut out = String::with_capacity(4096);
     write_http(&mut out, api.metrics());
     write_partitions(&mut out, &api);
-    write_process(&mut out);
+    write_process(&mut out, &api);
     let mut response = out.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -223,14 +223,21 @@ fn write_partitions(out: &mut String, api: &Api) {
     }
 }
 
-/// The process's resident memory, under the name Prometheus' own clients use. Left out where
-/// `/proc` cannot tell (not Linux).
-fn write_process(out: &mut String) {
+/// The process's resident memory, under the name Prometheus' own clients use (left out where
+/// `/proc` cannot tell: not Linux), and the limit it is held to.
+fn write_process(out: &mut String, api: &Api) {
     if let Ok(bytes) = crate::process::resident_bytes() {
         let name = "process_resident_memory_bytes";
         let _ = writeln!(
             out,
             "# HELP {name} Resident memory size in bytes.\n# TYPE {name} gauge\n{name} {bytes}"
+        );
+    }
+    if let Some(limit) = api.options().memory_limit_bytes {
+        let name = "walletd_memory_limit_bytes";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Resident memory above which new writes are refused (503 memory_limit).\n# TYPE {name} gauge\n{name} {limit}"
         );
     }
 }

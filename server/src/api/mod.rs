@@ -5,8 +5,8 @@
 //! a cluster node (whose client forwards some partitions to other nodes) serve the same API.
 //!
 //! Request path, outermost first: tracing (when its debug logs are on) → metrics and JSON error normaliser → timeout →
-//! announced body size → panic catcher → (on `/v1` routes) bearer auth and in-flight limit →
-//! handler. The API's own layers are in [`layers`].
+//! announced body size → panic catcher → (on `/v1` routes) bearer auth, memory limit (writes)
+//! and in-flight limit → handler. The API's own layers are in [`layers`].
 
 pub mod accounts;
 pub mod batch;
@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod queries;
 pub mod transfers;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,6 +61,11 @@ pub struct ApiOptions {
     pub batch_items_max: usize,
     /// When set, every `/v1` route requires `Authorization: Bearer <token>`.
     pub api_token: Option<String>,
+    /// When set, new writes (every `POST` under `/v1`) are refused with `503 memory_limit`
+    /// while the process's resident memory is above it. The idempotency rows of every
+    /// operation stay in memory, so without a bound the kernel would end the process, and
+    /// recovery would rebuild the same memory and be ended again.
+    pub memory_limit_bytes: Option<u64>,
 }
 
 impl Default for ApiOptions {
@@ -71,6 +77,7 @@ impl Default for ApiOptions {
             in_flight_max: 4096,
             batch_items_max: 8000,
             api_token: None,
+            memory_limit_bytes: None,
         }
     }
 }
@@ -93,6 +100,50 @@ struct ApiInner {
     in_flight: Arc<Semaphore>,
     /// Woken when a partition answered `Unavailable`, so the server can notice a dead driver.
     unavailable: Notify,
+    memory: MemoryWatch,
+}
+
+/// The resident memory of the process against [`ApiOptions::memory_limit_bytes`], read from
+/// `/proc` at most every [`MemoryWatch::REFRESH_MS`] by whichever request asks first.
+struct MemoryWatch {
+    limit: Option<u64>,
+    origin: std::time::Instant,
+    /// When the figure below was read, in ms since `origin` (`u64::MAX`: never).
+    read_at_ms: AtomicU64,
+    resident: AtomicU64,
+}
+
+impl MemoryWatch {
+    const REFRESH_MS: u64 = 250;
+
+    fn new(limit: Option<u64>) -> MemoryWatch {
+        MemoryWatch {
+            limit,
+            origin: std::time::Instant::now(),
+            read_at_ms: AtomicU64::new(u64::MAX),
+            resident: AtomicU64::new(0),
+        }
+    }
+
+    /// `(resident, limit)` when the resident memory is above the limit.
+    fn over_limit(&self) -> Option<(u64, u64)> {
+        let limit = self.limit?;
+        let now = self.origin.elapsed().as_millis() as u64;
+        let read_at = self.read_at_ms.load(Ordering::Relaxed);
+        let stale = read_at == u64::MAX || now >= read_at + Self::REFRESH_MS;
+        if stale
+            && self
+                .read_at_ms
+                .compare_exchange(read_at, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            // Unreadable (not Linux): treated as within the limit.
+            let resident = crate::process::resident_bytes().unwrap_or(0);
+            self.resident.store(resident, Ordering::Relaxed);
+        }
+        let resident = self.resident.load(Ordering::Relaxed);
+        (resident > limit).then_some((resident, limit))
+    }
 }
 
 impl Api {
@@ -106,6 +157,7 @@ impl Api {
         Api {
             inner: Arc::new(ApiInner {
                 in_flight: Arc::new(Semaphore::new(options.in_flight_max)),
+                memory: MemoryWatch::new(options.memory_limit_bytes),
                 client,
                 stats,
                 history,
@@ -134,6 +186,11 @@ impl Api {
 
     pub fn driver_stats(&self) -> &[(PartitionId, Arc<DriverStats>)] {
         &self.inner.stats
+    }
+
+    /// `(resident, limit)` in bytes while the process is above its memory limit.
+    pub fn memory_over_limit(&self) -> Option<(u64, u64)> {
+        self.inner.memory.over_limit()
     }
 
     /// Resolves when some request found a partition unavailable.
