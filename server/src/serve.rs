@@ -198,6 +198,13 @@ pub(crate) fn build_api(engine: &Engine, dir: DataDir, options: ApiOptions) -> A
         durable[*partition as usize] = Some(Arc::clone(stats));
     }
     let history = LogReader::new(dir, durable);
+    match options.memory_limit_bytes {
+        Some(limit) => tracing::info!(
+            memory_limit_mb = limit >> 20,
+            "writes are refused above this resident memory"
+        ),
+        None => tracing::info!("no memory limit: writes are never refused for memory"),
+    }
     Api::new(engine.client(), stats, Some(history), options)
 }
 
