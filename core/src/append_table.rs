@@ -53,10 +53,13 @@ impl<K: Hash + Eq + Clone, V: Clone> AppendTable<K, V> {
         self.rows.len()
     }
 
+    /// Where the row of `key` is, if it has one.
+    fn position(&self, hash: u32, key: &K) -> Option<usize> {
+        self.index.find(hash, |at| self.rows.get(at).0 == *key)
+    }
+
     pub fn get(&self, key: &K) -> Option<&V> {
-        let at = self
-            .index
-            .find(key_hash(key), |at| self.rows.get(at).0 == *key)?;
+        let at = self.position(key_hash(key), key)?;
         Some(&self.rows.get(at).1)
     }
 
@@ -67,9 +70,7 @@ impl<K: Hash + Eq + Clone, V: Clone> AppendTable<K, V> {
     /// The value under `key`, to change in place (its chunk is copied first if a frozen image
     /// still shares it).
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        let at = self
-            .index
-            .find(key_hash(key), |at| self.rows.get(at).0 == *key)?;
+        let at = self.position(key_hash(key), key)?;
         Some(&mut self.rows.get_mut(at).1)
     }
 
@@ -86,10 +87,10 @@ impl<K: Hash + Eq + Clone, V: Clone> AppendTable<K, V> {
 
     /// Adds `value` under `key`; false, adding nothing, when `key` already has a row.
     pub fn insert(&mut self, key: K, value: V) -> bool {
-        if self.contains_key(&key) {
+        let hash = key_hash(&key);
+        if self.position(hash, &key).is_some() {
             return false;
         }
-        let hash = key_hash(&key);
         let at = self.rows.push((key, value));
         self.index.insert(hash, at);
         true

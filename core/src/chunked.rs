@@ -2,12 +2,12 @@
 //! one stays open for appends. Cloning it (what a snapshot image does) copies only the open
 //! chunk and shares the sealed ones; changing an item of a sealed chunk that a clone still
 //! shares copies that one chunk first (`Arc::make_mut`), so the clone keeps what it saw.
-//! The rows of the transfers table and of the cash table live in one.
+//! The rows of the transfers table and of the credit and cash tables live in one.
 
 use std::sync::Arc;
 
 /// See the module documentation.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct ChunkedVec<T, const CHUNK: usize> {
     sealed: Vec<Arc<Vec<T>>>,
     open: Vec<T>,
@@ -18,15 +18,6 @@ impl<T, const CHUNK: usize> Default for ChunkedVec<T, CHUNK> {
         ChunkedVec {
             sealed: Vec::new(),
             open: Vec::new(),
-        }
-    }
-}
-
-impl<T: Clone, const CHUNK: usize> Clone for ChunkedVec<T, CHUNK> {
-    fn clone(&self) -> Self {
-        ChunkedVec {
-            sealed: self.sealed.clone(),
-            open: self.open.clone(),
         }
     }
 }

@@ -749,7 +749,7 @@ impl<S: Storage> PartitionDriver<S> {
     }
 
     /// Publishes how many transfers the coordinator is carrying out (the simulator waits for
-    /// zero everywhere to call a cluster quiet).
+    /// zero everywhere to call a cluster quiet) and how many rows the ledger holds.
     fn publish_gauges(&self) {
         self.stats
             .in_flight

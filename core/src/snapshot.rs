@@ -698,6 +698,18 @@ fn read_credit_row(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::append_table::AppendTable;
+
+    /// The same rows, added in the order of their keys (as version 1 stored them).
+    fn sorted_by_key<K, V>(table: &AppendTable<K, V>) -> AppendTable<K, V>
+    where
+        K: Ord + Copy + std::hash::Hash,
+        V: Copy,
+    {
+        let mut rows: Vec<(K, V)> = table.iter().map(|(k, v)| (*k, *v)).collect();
+        rows.sort_by_key(|(key, _)| *key);
+        rows.into_iter().collect()
+    }
     use crate::replay::tests::every_state;
     use crate::replay::{same_state, state_difference};
 
@@ -922,12 +934,8 @@ mod tests {
         let mut rows: Vec<_> = ledger.transfers().collect();
         rows.sort_by_key(|row| row.transfer.key());
         ledger.transfers = rows.iter().copied().collect();
-        let mut credits: Vec<_> = ledger.credits.iter().map(|(k, row)| (*k, *row)).collect();
-        credits.sort_by_key(|(key, _)| *key);
-        ledger.credits = credits.into_iter().collect();
-        let mut cash: Vec<_> = ledger.cash.iter().map(|(k, row)| (*k, *row)).collect();
-        cash.sort_by_key(|(key, _)| *key);
-        ledger.cash = cash.into_iter().collect();
+        ledger.credits = sorted_by_key(&ledger.credits);
+        ledger.cash = sorted_by_key(&ledger.cash);
         let restored = decode_snapshot(&as_version_1(&encode_snapshot(&ledger))).unwrap();
         assert!(
             same_state(&restored, &ledger),

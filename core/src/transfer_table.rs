@@ -92,10 +92,11 @@ const ARENA_CHUNK_BYTES: usize = if cfg!(any(test, madsim)) {
 };
 
 /// The rows ([`ChunkedVec`]) and their id bytes, in chunks: sealed ones shared (`Arc`), and
-/// an open tail that takes the appends. Cloning it, which is what a snapshot does, copies only the two tails and
-/// shares every sealed chunk, so the partition hands a snapshot of millions of rows to another
-/// thread in a few milliseconds; a phase change in a chunk a snapshot still reads copies that
-/// one chunk first (`Arc::make_mut`), so the snapshot sees the rows as they were.
+/// an open tail that takes the appends. Cloning it, which is what a snapshot does, copies
+/// only the two tails and shares every sealed chunk, so the partition hands a snapshot of
+/// millions of rows to another thread in a few milliseconds; a phase change in a chunk a
+/// snapshot still reads copies that one chunk first (`Arc::make_mut`), so the snapshot sees
+/// the rows as they were.
 #[derive(Clone, Default)]
 pub(crate) struct RowStore {
     rows: ChunkedVec<PackedRow, CHUNK_ROWS>,

@@ -20,7 +20,8 @@
 //! - [`replay_cmd`]: `wallet replay`, balances and history rebuilt from the logs.
 //! - [`verify`]: `wallet verify`, the invariants of DESIGN section 5 checked at rest.
 //! - [`rfc3339`]: timestamps in and out of the API.
-//! - [`process`]: this process's resident memory (for `/metrics` and `wallet bench memory`).
+//! - [`process`]: this process's resident memory and the machine's (for `/metrics`, the
+//!   memory limit and `wallet bench memory`).
 //! - [`bench`]: `wallet bench`, the load generator (HTTP, batch, in-process engine, memory).
 
 pub mod api;

@@ -4,27 +4,24 @@ use std::io;
 
 /// Resident set size of this process in bytes (`VmRSS` of `/proc/self/status`).
 pub fn resident_bytes() -> io::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+    kilobytes_field("/proc/self/status", "VmRSS")
+}
+
+/// The bytes of a `Name:   1234 kB` line of a `/proc` file.
+fn kilobytes_field(path: &str, name: &str) -> io::Result<u64> {
+    let text = std::fs::read_to_string(path)?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
         .and_then(|rest| rest.trim().strip_suffix("kB"))
         .and_then(|kb| kb.trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
-        .ok_or_else(|| io::Error::other("no VmRSS line in /proc/self/status"))
+        .ok_or_else(|| io::Error::other(format!("no {name} line in {path}")))
 }
 
 /// The memory this process may use: the machine's (`MemTotal`), or its cgroup's limit
 /// (`memory.max`, cgroup v2) when that is lower.
 pub fn memory_available() -> io::Result<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
-    let total = meminfo
-        .lines()
-        .find_map(|line| line.strip_prefix("MemTotal:"))
-        .and_then(|rest| rest.trim().strip_suffix("kB"))
-        .and_then(|kb| kb.trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .ok_or_else(|| io::Error::other("no MemTotal line in /proc/meminfo"))?;
+    let total = kilobytes_field("/proc/meminfo", "MemTotal")?;
     let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
         .ok()
         .and_then(|text| text.trim().parse::<u64>().ok());

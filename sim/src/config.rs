@@ -27,9 +27,9 @@ pub enum Fault {
     Delay,
     /// Slow `sync` on one node's disks.
     SlowDisk,
-    /// The next `sync` of each of one node's disks fails (its bytes never reach the disk),
-    /// and so does every snapshot meanwhile; the partitions stop, and the node is restarted
-    /// when the fault ends.
+    /// One node's disks fail every snapshot written meanwhile (the partitions go on) and,
+    /// half of the time, the next `sync` of each disk too (its bytes never reach the disk; the
+    /// partitions stop, and the node is restarted when the fault ends).
     DiskError,
     /// Jump the (global) simulated clock forward.
     ClockJump,

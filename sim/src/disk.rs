@@ -63,6 +63,13 @@ pub struct DiskState {
 }
 
 impl DiskState {
+    /// Ends every disk fault: what a crash or a fresh copy starts from.
+    fn clear_faults(&mut self) {
+        self.lost_from = None;
+        self.fail_next_sync = false;
+        self.fail_snapshots = false;
+    }
+
     /// How much of the log a crash now would keep (before any torn tail).
     fn durable_len(&self) -> usize {
         self.lost_from
@@ -129,9 +136,7 @@ impl Disk {
         let len = durable + kept;
         state.log.truncate(len);
         state.synced_len = len;
-        state.lost_from = None;
-        state.fail_next_sync = false;
-        state.fail_snapshots = false;
+        state.clear_faults();
         if state.log.is_empty() {
             state.first_lsn = 0;
         }
@@ -180,9 +185,7 @@ impl Disk {
         let state = self.lock();
         let mut copy = state.clone();
         copy.log.truncate(copy.durable_len());
-        copy.lost_from = None;
-        copy.fail_next_sync = false;
-        copy.fail_snapshots = false;
+        copy.clear_faults();
         Disk {
             state: Arc::new(Mutex::new(copy)),
             speed: Arc::default(),

@@ -687,6 +687,7 @@ mod tests {
         let (_, records) = read_back(dir.path()).await;
         assert_eq!(records, written);
     }
+
     /// A snapshot whose writing fails leaves neither a temporary file nor a snapshot; the
     /// chunk files it finished stay (the next snapshot writes the same bytes again).
     #[tokio::test]
