@@ -31,11 +31,11 @@ sim *ARGS:
 
 # The engine benchmark: partitions in-process on real files, fsync on.
 bench-engine *ARGS:
-    cargo run --release -p walletd-core --example bench_engine -- {{ARGS}}
+    cargo run --release -p walletd-runtime --example bench_engine -- {{ARGS}}
 
 # The cluster benchmark: nodes in one process over loopback TCP, fsync on.
 bench-cluster *ARGS:
-    cargo run --release -p walletd-core --example bench_cluster -- {{ARGS}}
+    cargo run --release -p walletd-runtime --example bench_cluster -- {{ARGS}}
 
 # Exactly what CI runs.
 ci:

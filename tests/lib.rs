@@ -26,8 +26,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use walletd_core::ids::AccountId;
-use walletd_core::partition::partition_of;
+use walletd_core::model::ids::AccountId;
+use walletd_core::model::partition::partition_of;
 
 /// How long a server may take to recover and listen.
 const START_TIMEOUT: Duration = Duration::from_secs(60);

@@ -4,11 +4,11 @@
 
 use std::time::Instant;
 
-use walletd_core::codec::{encode_record, Record};
-use walletd_core::event::Transfer;
-use walletd_core::ids::{AccountId, TransactionId};
 use walletd_core::ledger::{Command, Ledger, RecordMeta};
-use walletd_core::money::{Amount, Currency};
+use walletd_core::log::codec::{encode_record, Record};
+use walletd_core::model::event::Transfer;
+use walletd_core::model::ids::{AccountId, TransactionId};
+use walletd_core::model::money::{Amount, Currency};
 
 fn main() {
     // Commands executed after one prefetch of their rows, as a partition executes a group

@@ -12,14 +12,14 @@
 
 use std::path::Path;
 
-use walletd_core::codec::{encode_record, Record};
-use walletd_core::event::{Decision, Reason, Timestamp, Transfer};
-use walletd_core::ids::{AccountId, TransactionId};
 use walletd_core::ledger::{
     Command, Ledger, LedgerError, PhaseResult, RecordMeta, Reply, TransferStatus,
 };
-use walletd_core::money::{Amount, Currency};
-use walletd_core::partition::{partition_of, PartitionId};
+use walletd_core::log::codec::{encode_record, Record};
+use walletd_core::model::event::{Decision, Reason, Timestamp, Transfer};
+use walletd_core::model::ids::{AccountId, TransactionId};
+use walletd_core::model::money::{Amount, Currency};
+use walletd_core::model::partition::{partition_of, PartitionId};
 
 /// 2024-03-01T09:00:00Z in microseconds: the first record of every fixture is stamped one
 /// step after it.

@@ -6,13 +6,13 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use walletd_core::codec::{decode_log, DecodedLog, Record};
-use walletd_core::event::Timestamp;
-use walletd_core::ids::AccountId;
 use walletd_core::ledger::Ledger;
-use walletd_core::money::format_minor;
-use walletd_core::partition::PartitionId;
-use walletd_core::replay::{balance_as_of, movements, replay, AsOf, BalanceAt};
+use walletd_core::log::codec::{decode_log, DecodedLog, Record};
+use walletd_core::log::replay::{balance_as_of, movements, replay, AsOf, BalanceAt};
+use walletd_core::model::event::Timestamp;
+use walletd_core::model::ids::AccountId;
+use walletd_core::model::money::format_minor;
+use walletd_core::model::partition::PartitionId;
 
 #[path = "../examples/gen_fixtures.rs"]
 #[allow(dead_code)]

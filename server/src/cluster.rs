@@ -24,8 +24,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use walletd_core::net::SECRET_LEN_MIN;
-use walletd_core::partition::{MapError, NodeAddress, NodeId, PartitionMap, PARTITIONS_MAX};
+use walletd_core::model::partition::{MapError, NodeAddress, NodeId, PartitionMap, PARTITIONS_MAX};
+use walletd_runtime::net::SECRET_LEN_MIN;
 
 /// The environment variable whose value, when set and not empty, is the cluster secret.
 pub const SECRET_ENV: &str = "WALLET_CLUSTER_SECRET";

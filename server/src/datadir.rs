@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! <data-dir>/walletd-layout          "format = 1" and "partitions = 8"
-//! <data-dir>/partition-0/log-….seg   see walletd_core::storage::file
+//! <data-dir>/partition-0/log-….seg   see walletd_runtime::storage::file
 //! <data-dir>/partition-1/…
 //! ```
 //! The partition count is part of the data: an account's partition is its hash modulo the
@@ -25,8 +25,8 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use walletd_core::event::Lsn;
-use walletd_core::partition::{PartitionId, PARTITIONS_MAX};
+use walletd_core::model::event::Lsn;
+use walletd_core::model::partition::{PartitionId, PARTITIONS_MAX};
 
 /// Name of the file that records the layout of a data directory.
 pub const LAYOUT_FILE: &str = "walletd-layout";

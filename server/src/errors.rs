@@ -22,11 +22,11 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
-use walletd_core::engine::Unavailable;
-use walletd_core::event::Reason;
-use walletd_core::ids::IdError;
 use walletd_core::ledger::LedgerError;
-use walletd_core::money::MoneyError;
+use walletd_core::model::event::Reason;
+use walletd_core::model::ids::IdError;
+use walletd_core::model::money::MoneyError;
+use walletd_runtime::engine::Unavailable;
 
 /// The body of every error response.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -285,8 +285,8 @@ impl From<MoneyError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use walletd_core::ids::{AccountId, TransactionId};
-    use walletd_core::money::Currency;
+    use walletd_core::model::ids::{AccountId, TransactionId};
+    use walletd_core::model::money::Currency;
 
     #[test]
     fn every_ledger_error_has_one_status_and_a_snake_case_code() {

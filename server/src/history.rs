@@ -13,12 +13,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
-use walletd_core::codec::{decode_log, CodecError, Record};
-use walletd_core::driver::DriverStats;
-use walletd_core::event::{Event, Lsn, TransferKey};
-use walletd_core::ids::AccountId;
-use walletd_core::partition::PartitionId;
-use walletd_core::replay::AsOf;
+use walletd_core::log::codec::{decode_log, CodecError, Record};
+use walletd_core::log::replay::AsOf;
+use walletd_core::model::event::{Event, Lsn, TransferKey};
+use walletd_core::model::ids::AccountId;
+use walletd_core::model::partition::PartitionId;
+use walletd_runtime::driver::DriverStats;
 
 use crate::datadir::DataDir;
 
@@ -68,7 +68,7 @@ pub struct PartitionLog {
 
 /// Reads the records of `partition` oldest first, stopping before the first record past
 /// `upto_lsn` (the durable lsn of a live partition) or not included by `as_of` (as
-/// `walletd_core::replay` does: state is a prefix of the log). `keep` decides which records to hold in
+/// `walletd_core::log::replay` does: state is a prefix of the log). `keep` decides which records to hold in
 /// memory (all of them for a replay; one account's for its history). Corruption anywhere but
 /// at the tail of the newest segment is an error, as it is at recovery.
 pub fn read_partition_log(
@@ -150,7 +150,7 @@ fn codec_offset(error: &CodecError) -> u64 {
 /// its deposits and withdrawals, transfers from or to it, and the phases of both sides of
 /// its cross-partition transfers. Destination phases name only the transfer key, so the
 /// filter remembers the keys of the Tries that credit `account`. Folding the kept records
-/// gives the same figures as folding them all ([`walletd_core::replay::balance_as_of`] tracks
+/// gives the same figures as folding them all ([`walletd_core::log::replay::balance_as_of`] tracks
 /// one account the same way).
 pub fn account_filter(account: AccountId) -> impl FnMut(&Record) -> bool {
     let mut credited: BTreeSet<TransferKey> = BTreeSet::new();
@@ -232,7 +232,7 @@ impl LogReader {
 mod tests {
     use super::*;
     use std::path::Path;
-    use walletd_core::replay::{balance_as_of, movements};
+    use walletd_core::log::replay::{balance_as_of, movements};
 
     fn fixture(name: &str) -> Vec<u8> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,6 +1,6 @@
 //! # walletd server
 //!
-//! The `wallet` binary: the HTTP API over a [`walletd_core::engine::Client`], the all-in-one
+//! The `wallet` binary: the HTTP API over a [`walletd_runtime::engine::Client`], the all-in-one
 //! node, and the offline tools that read a data directory.
 //!
 //! # Layout

@@ -3,7 +3,7 @@
 //! Start: read and check the cluster file ([`crate::cluster`]); open or create the node's
 //! data directory `<data-dir>/node-<id>`, refusing one that holds other partitions than the
 //! map gives this node; bind the HTTP address; recover the node's partitions; link to every
-//! other node over the authenticated peer protocol ([`walletd_core::net`]); serve the same
+//! other node over the authenticated peer protocol ([`walletd_runtime::net`]); serve the same
 //! HTTP API as `wallet serve`. Any node answers for any account: commands and queries for a
 //! partition of another node are forwarded to it, and answer 503 `partition_unavailable`
 //! while it is down (clients retry with the same transaction id). History and `as_of`
@@ -16,12 +16,12 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use walletd_core::coordinator::CoordinatorConfig;
-use walletd_core::driver::DriverConfig;
-use walletd_core::engine::EngineConfig;
-use walletd_core::net::{start_node, NetConfig, NodeConfig, NodeError};
-use walletd_core::partition::PartitionId;
-use walletd_core::storage::file::{FileStorage, FileStorageConfig};
+use walletd_core::model::partition::PartitionId;
+use walletd_core::protocol::coordinator::CoordinatorConfig;
+use walletd_runtime::driver::DriverConfig;
+use walletd_runtime::engine::EngineConfig;
+use walletd_runtime::net::{start_node, NetConfig, NodeConfig, NodeError};
+use walletd_runtime::storage::file::{FileStorage, FileStorageConfig};
 
 use crate::cli::NodeArgs;
 use crate::cluster::{ClusterConfig, ClusterConfigError};

@@ -5,11 +5,11 @@ use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
 
 use serde_json::json;
-use walletd_core::codec::Record;
-use walletd_core::ids::AccountId;
-use walletd_core::money::{format_minor, Currency};
-use walletd_core::partition::{partition_of, PartitionId};
-use walletd_core::replay::{self, AsOf, BalanceAt, Movement};
+use walletd_core::log::codec::Record;
+use walletd_core::log::replay::{self, AsOf, BalanceAt, Movement};
+use walletd_core::model::ids::AccountId;
+use walletd_core::model::money::{format_minor, Currency};
+use walletd_core::model::partition::{partition_of, PartitionId};
 
 use crate::api::queries::{format_signed, kind_name};
 use crate::cli::{print_line, Format, ReplayArgs};

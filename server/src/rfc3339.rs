@@ -3,7 +3,7 @@
 //! Written out by hand (some forty lines) rather than pulling in a date crate: the server only
 //! needs `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` in and `...ffffffZ` out.
 
-use walletd_core::event::Timestamp;
+use walletd_core::model::event::Timestamp;
 
 /// Longest timestamp text accepted before any parsing work is done.
 const TEXT_LEN_MAX: usize = 40;

@@ -16,12 +16,12 @@ use std::time::Duration;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use walletd_core::driver::{DriverConfig, DriverError, DriverStats, Query, RecoveryReport};
-use walletd_core::engine::{Engine, EngineConfig};
-use walletd_core::event::TransferKey;
-use walletd_core::ids::{AccountId, TransactionId};
-use walletd_core::partition::PartitionId;
-use walletd_core::storage::file::{FileStorage, FileStorageConfig};
+use walletd_core::model::event::TransferKey;
+use walletd_core::model::ids::{AccountId, TransactionId};
+use walletd_core::model::partition::PartitionId;
+use walletd_runtime::driver::{DriverConfig, DriverError, DriverStats, Query, RecoveryReport};
+use walletd_runtime::engine::{Engine, EngineConfig};
+use walletd_runtime::storage::file::{FileStorage, FileStorageConfig};
 
 use crate::api::{self, Api, ApiOptions};
 use crate::cli::{ServeArgs, ServiceArgs};

@@ -20,15 +20,15 @@ use std::fs;
 use std::panic::{self, AssertUnwindSafe};
 use std::process::ExitCode;
 
-use walletd_core::codec::Record;
-use walletd_core::event::{Event, TransferKey};
-use walletd_core::ids::{AccountId, TransactionId};
 use walletd_core::ledger::{CreditState, Ledger, TransferState};
-use walletd_core::money::{format_minor, Currency};
-use walletd_core::partition::{partition_of, PartitionId};
-use walletd_core::replay::{self, AsOf};
-use walletd_core::snapshot::{decode_snapshot_with, snapshot_chunks};
-use walletd_core::storage::file::chunk_name;
+use walletd_core::log::codec::Record;
+use walletd_core::log::replay::{self, AsOf};
+use walletd_core::log::snapshot::{decode_snapshot_with, snapshot_chunks};
+use walletd_core::model::event::{Event, TransferKey};
+use walletd_core::model::ids::{AccountId, TransactionId};
+use walletd_core::model::money::{format_minor, Currency};
+use walletd_core::model::partition::{partition_of, PartitionId};
+use walletd_runtime::storage::file::chunk_name;
 
 use crate::cli::{print_line, VerifyArgs};
 use crate::datadir::DataDir;
@@ -582,8 +582,8 @@ fn home_and_credit_agree(home: TransferState, credit: Option<CreditState>) -> bo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use walletd_core::event::{Reason, Transfer};
-    use walletd_core::money::Amount;
+    use walletd_core::model::event::{Reason, Transfer};
+    use walletd_core::model::money::Amount;
 
     fn transfer(from: &str, to: &str, id: &str) -> Transfer {
         Transfer {

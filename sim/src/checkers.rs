@@ -5,16 +5,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use walletd_core::codec::Record;
-use walletd_core::driver::QueryAnswer;
-use walletd_core::event::{Event, Reason, TransferKey};
-use walletd_core::ids::AccountId;
 use walletd_core::ledger::{
     Account, Command, CreditState, Ledger, LedgerError, Reply, TransferRow, TransferState,
     TransferStatus,
 };
-use walletd_core::money::Currency;
-use walletd_core::partition::{partition_of, PartitionId};
+use walletd_core::log::codec::Record;
+use walletd_core::model::event::{Event, Reason, TransferKey};
+use walletd_core::model::ids::AccountId;
+use walletd_core::model::money::Currency;
+use walletd_core::model::partition::{partition_of, PartitionId};
+use walletd_runtime::driver::QueryAnswer;
 
 use crate::history::HistoryState;
 use crate::model::Model;
@@ -503,7 +503,7 @@ fn replay(state: &FinalState<'_>, found: &mut Vec<Violation>) {
         match (&fin.replayed, &fin.recovered) {
             (Ok(replayed), Ok(recovered)) => {
                 if let Some(difference) =
-                    walletd_core::replay::state_difference(replayed, recovered)
+                    walletd_core::log::replay::state_difference(replayed, recovered)
                 {
                     found.push(Violation::new(
                         "replay",

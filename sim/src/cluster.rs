@@ -14,10 +14,10 @@ use std::time::Duration;
 use madsim::runtime::{Handle, NodeHandle};
 use madsim::task::NodeId;
 use tokio::sync::mpsc;
-use walletd_core::coordinator::CoordinatorConfig;
-use walletd_core::driver::{DriverConfig, DriverStats, Input, RecoveryReport};
-use walletd_core::engine::{Engine, EngineConfig};
-use walletd_core::partition::PartitionId;
+use walletd_core::model::partition::PartitionId;
+use walletd_core::protocol::coordinator::CoordinatorConfig;
+use walletd_runtime::driver::{DriverConfig, DriverStats, Input, RecoveryReport};
+use walletd_runtime::engine::{Engine, EngineConfig};
 
 use crate::config::SimConfig;
 use crate::disk::{CrashReport, Disk, DiskSpeed};

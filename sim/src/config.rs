@@ -6,7 +6,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use walletd_core::bugs::Bug;
+use walletd_core::protocol::bugs::Bug;
 
 /// One kind of fault the nemesis may inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -213,10 +213,10 @@ impl SimConfig {
         if self.nodes == 0 || self.partitions == 0 || self.clients == 0 || self.client_hosts == 0 {
             return Err("nodes, partitions, clients and client hosts must be at least 1".into());
         }
-        if self.partitions > walletd_core::partition::PARTITIONS_MAX {
+        if self.partitions > walletd_core::model::partition::PARTITIONS_MAX {
             return Err(format!(
                 "at most {} partitions",
-                walletd_core::partition::PARTITIONS_MAX
+                walletd_core::model::partition::PARTITIONS_MAX
             ));
         }
         if self.accounts < 4 {

@@ -21,9 +21,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rand::Rng;
-use walletd_core::event::Lsn;
-use walletd_core::snapshot::InMemory;
-use walletd_core::storage::{EncodeSnapshot, LogSegment, Storage, StoredSnapshot};
+use walletd_core::log::snapshot::InMemory;
+use walletd_core::model::event::Lsn;
+use walletd_runtime::storage::{EncodeSnapshot, LogSegment, Storage, StoredSnapshot};
 
 use crate::rng::SharedRng;
 

@@ -4,10 +4,10 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use walletd_core::driver::{CommandResult, QueryAnswer};
-use walletd_core::event::{Timestamp, TransferKey};
-use walletd_core::ids::{AccountId, TransactionId};
 use walletd_core::ledger::{Command, LedgerError, Reply, TransferStatus};
+use walletd_core::model::event::{Timestamp, TransferKey};
+use walletd_core::model::ids::{AccountId, TransactionId};
+use walletd_runtime::driver::{CommandResult, QueryAnswer};
 
 /// The answer a client expects, decided when it builds the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

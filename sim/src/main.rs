@@ -20,7 +20,7 @@ mod cli {
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
-    use walletd_core::bugs::Bug;
+    use walletd_core::protocol::bugs::Bug;
     use walletd_sim::config::{FaultSet, SimConfig};
     use walletd_sim::sim;
 

@@ -7,11 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use walletd_core::codec::Record;
-use walletd_core::event::{Event, Lsn, Reason, Timestamp, Transfer, TransferKey};
-use walletd_core::ids::{AccountId, TransactionId};
 use walletd_core::ledger::Account;
-use walletd_core::money::Currency;
+use walletd_core::log::codec::Record;
+use walletd_core::model::event::{Event, Lsn, Reason, Timestamp, Transfer, TransferKey};
+use walletd_core::model::ids::{AccountId, TransactionId};
+use walletd_core::model::money::Currency;
 
 /// An account's figures after one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,8 +20,8 @@ use std::time::Duration;
 use madsim::runtime::NodeHandle;
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
-use walletd_core::driver::Input;
-use walletd_core::partition::PartitionId;
+use walletd_core::model::partition::PartitionId;
+use walletd_runtime::driver::Input;
 
 use crate::rng::SharedRng;
 use crate::trace::Trace;

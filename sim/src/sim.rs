@@ -11,11 +11,11 @@ use std::time::Duration;
 use madsim::runtime::Runtime;
 use rand::Rng;
 use tokio::time::Instant;
-use walletd_core::codec::decode_log;
-use walletd_core::driver::{recover, Query};
-use walletd_core::event::TransferKey;
-use walletd_core::partition::partition_of;
-use walletd_core::replay::{replay, AsOf};
+use walletd_core::log::codec::decode_log;
+use walletd_core::log::replay::{replay, AsOf};
+use walletd_core::model::event::TransferKey;
+use walletd_core::model::partition::partition_of;
+use walletd_runtime::driver::{recover, Query};
 
 use crate::checkers::{self, FinalState, LiveState, PartitionFinal, Violation};
 use crate::cluster::Cluster;
@@ -84,14 +84,14 @@ pub fn run(config: &SimConfig) -> RunReport {
 }
 
 fn run_on_this_thread(config: &SimConfig) -> RunReport {
-    walletd_core::bugs::set(config.bug.as_slice());
+    walletd_core::protocol::bugs::set(config.bug.as_slice());
     let history = History::default();
     let trace = Trace::new(config.verbose);
     let mut runtime = Runtime::with_seed_and_config(config.seed, madsim::Config::default());
     runtime.set_time_limit(config.duration + config.quiesce_max + Duration::from_secs(600));
     let simulation = simulate(config.clone(), history.clone(), trace.clone());
     let result = catch_unwind(AssertUnwindSafe(|| runtime.block_on(simulation)));
-    walletd_core::bugs::set(&[]);
+    walletd_core::protocol::bugs::set(&[]);
     match result {
         Ok(report) => report,
         Err(payload) => panic_report(config, &history, &trace, payload),

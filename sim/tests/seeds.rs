@@ -2,7 +2,7 @@
 //! the same trace. Runs with `cargo simtest` (a `--cfg madsim` build).
 #![cfg(madsim)]
 
-use walletd_core::bugs::Bug;
+use walletd_core::protocol::bugs::Bug;
 use walletd_sim::config::SimConfig;
 use walletd_sim::sim;
 

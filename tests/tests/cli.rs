@@ -7,10 +7,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use walletd_core::codec::{encode_record, Record};
-use walletd_core::event::{Event, Transfer};
-use walletd_core::ids::{AccountId, TransactionId};
-use walletd_core::money::{Amount, Currency};
+use walletd_core::log::codec::{encode_record, Record};
+use walletd_core::model::event::{Event, Transfer};
+use walletd_core::model::ids::{AccountId, TransactionId};
+use walletd_core::model::money::{Amount, Currency};
 use walletd_e2e::{http, wallet, Wallet};
 
 fn stdout(output: &std::process::Output) -> String {

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use walletd_core::ledger::{CashKind, Command, Reply};
-use walletd_core::money::{format_minor, Amount};
+use walletd_core::model::money::{format_minor, Amount};
 
 use super::{account_id, currency, transaction_id, Api, ApiJson, ApiPath};
 use crate::errors::{ApiError, ErrorBody};

@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 use utoipa::ToSchema;
-use walletd_core::driver::CommandResult;
-use walletd_core::engine::Unavailable;
 use walletd_core::ledger::{Command, TransferStatus};
+use walletd_runtime::driver::CommandResult;
+use walletd_runtime::engine::Unavailable;
 
 use super::metrics::Outcome;
 use super::transfers::{conclude, status_url, status_view, TransferRequest};

@@ -1,7 +1,7 @@
 //! `/metrics`: Prometheus text exposition (format 0.0.4), written by hand.
 //!
 //! HTTP counters are kept here; partition counters come straight from each driver's
-//! [`walletd_core::driver::DriverStats`], read at scrape time.
+//! [`walletd_runtime::driver::DriverStats`], read at scrape time.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -140,7 +140,7 @@ fn write_http(out: &mut String, metrics: &Metrics) {
 }
 
 fn write_partitions(out: &mut String, api: &Api) {
-    type Read = fn(&walletd_core::driver::DriverStats) -> u64;
+    type Read = fn(&walletd_runtime::driver::DriverStats) -> u64;
     let families: [(&str, &str, &str, Read); 10] = [
         (
             "walletd_partition_batches_total",

@@ -1,6 +1,6 @@
 //! The HTTP API: routes, shared state, the JSON extractors and the middleware stack.
 //!
-//! The router is built from a [`walletd_core::engine::Client`] and the driver statistics of
+//! The router is built from a [`walletd_runtime::engine::Client`] and the driver statistics of
 //! the partitions that run in this process, never from an `Engine`: an all-in-one server and
 //! a cluster node (whose client forwards some partitions to other nodes) serve the same API.
 //!
@@ -34,11 +34,11 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
-use walletd_core::driver::DriverStats;
-use walletd_core::engine::{Client, Unavailable};
-use walletd_core::ids::{AccountId, TransactionId};
-use walletd_core::money::Currency;
-use walletd_core::partition::PartitionId;
+use walletd_core::model::ids::{AccountId, TransactionId};
+use walletd_core::model::money::Currency;
+use walletd_core::model::partition::PartitionId;
+use walletd_runtime::driver::DriverStats;
+use walletd_runtime::engine::{Client, Unavailable};
 
 use crate::errors::ApiError;
 use crate::history::LogReader;

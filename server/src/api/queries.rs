@@ -7,12 +7,12 @@
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
-use walletd_core::driver::{Query, QueryAnswer};
-use walletd_core::event::Lsn;
-use walletd_core::ids::AccountId;
 use walletd_core::ledger::LedgerError;
-use walletd_core::money::{format_minor, Currency};
-use walletd_core::replay::{self, AsOf, MovementKind};
+use walletd_core::log::replay::{self, AsOf, MovementKind};
+use walletd_core::model::event::Lsn;
+use walletd_core::model::ids::AccountId;
+use walletd_core::model::money::{format_minor, Currency};
+use walletd_runtime::driver::{Query, QueryAnswer};
 
 use super::{account_id, currency, Api, ApiPath, ApiQuery};
 use crate::errors::{ApiError, ErrorBody};

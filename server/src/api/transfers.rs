@@ -13,11 +13,11 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use utoipa::ToSchema;
-use walletd_core::driver::{CommandResult, Query, QueryAnswer};
-use walletd_core::engine::Unavailable;
-use walletd_core::event::{Reason, Transfer, TransferKey};
 use walletd_core::ledger::{Command, Reply, TransferRow, TransferState, TransferStatus};
-use walletd_core::money::{format_minor, Amount};
+use walletd_core::model::event::{Reason, Transfer, TransferKey};
+use walletd_core::model::money::{format_minor, Amount};
+use walletd_runtime::driver::{CommandResult, Query, QueryAnswer};
+use walletd_runtime::engine::Unavailable;
 
 use super::accounts::unexpected;
 use super::metrics::Outcome;

@@ -1,5 +1,5 @@
 //! The in-process modes: the engine's partitions on real files (fsync on) in a temporary
-//! directory, driven through [`walletd_core::engine::Client`] without HTTP; and the
+//! directory, driven through [`walletd_runtime::engine::Client`] without HTTP; and the
 //! resident memory an open account costs.
 
 use std::path::Path;
@@ -7,13 +7,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use walletd_core::driver::{CommandResult, DriverConfig, Query, QueryAnswer};
-use walletd_core::engine::{Client, Engine, EngineConfig, Unavailable};
-use walletd_core::event::Reason;
-use walletd_core::ids::{AccountId, TransactionId};
 use walletd_core::ledger::{Command, Reply, TransferStatus};
-use walletd_core::money::Amount;
-use walletd_core::storage::file::{FileStorage, FileStorageConfig};
+use walletd_core::model::event::Reason;
+use walletd_core::model::ids::{AccountId, TransactionId};
+use walletd_core::model::money::Amount;
+use walletd_runtime::driver::{CommandResult, DriverConfig, Query, QueryAnswer};
+use walletd_runtime::engine::{Client, Engine, EngineConfig, Unavailable};
+use walletd_runtime::storage::file::{FileStorage, FileStorageConfig};
 
 use super::report::{Live, MemoryReport, Phase, Tally};
 use super::workload::{

@@ -2,9 +2,9 @@
 //! alike, then transfers between two accounts drawn uniformly at random, each with its own
 //! transaction id, amounts drawn uniformly from a range. Insufficient funds are rejected.
 
-use walletd_core::event::Transfer;
-use walletd_core::ids::{AccountId, TransactionId};
-use walletd_core::money::{Amount, Currency};
+use walletd_core::model::event::Transfer;
+use walletd_core::model::ids::{AccountId, TransactionId};
+use walletd_core::model::money::{Amount, Currency};
 
 /// The currency of every benchmark account.
 pub const CURRENCY: Currency = Currency::USD;

@@ -1,0 +1,20 @@
+//! # walletd runtime
+//!
+//! The async half of walletd: it runs the pure protocol of `walletd-core` on a runtime
+//! boundary shared by production (tokio, real files, fsync, TCP) and simulation (madsim,
+//! with the same source built under `--cfg madsim`). No business rule lives here.
+//!
+//! # Layout
+//! - [`driver`]: the async partition driver: inbox → ledger → group commit → replies.
+//! - [`engine`]: partitions of one process and the [`engine::Client`] that routes to them.
+//! - [`storage`]: the durable-storage trait; [`storage::file`] on real files with fsync.
+//! - [`transport`]: how partitions send phase messages to each other (best effort).
+//! - `net` (not under the simulator): cluster nodes over TCP: forwarders to the owners of
+//!   remote partitions, the authenticated peer listener, and `net::start_node`.
+
+pub mod driver;
+pub mod engine;
+#[cfg(not(madsim))]
+pub mod net;
+pub mod storage;
+pub mod transport;

@@ -1,0 +1,793 @@
+//! Nodes of one cluster inside one test process: each its own engine on real files in a temp
+//! dir and its own peer listener on a loopback port, talking the real protocol over TCP.
+
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+use super::*;
+use crate::driver::DriverConfig;
+use crate::engine::Unavailable;
+use crate::storage::file::{FileStorage, FileStorageConfig};
+use walletd_core::ledger::{
+    Account, Command, LedgerError, Reply, TransferRow, TransferState, TransferStatus,
+};
+use walletd_core::model::event::{Reason, Transfer, TransferKey};
+use walletd_core::model::ids::{AccountId, TransactionId};
+use walletd_core::model::money::{Amount, Currency};
+use walletd_core::model::partition::NodeAddress;
+use walletd_core::protocol::coordinator::CoordinatorConfig;
+
+const SECRET: &[u8] = b"a cluster secret for the tests";
+
+fn config(try_timeout_ms: u64) -> NodeConfig {
+    NodeConfig {
+        engine: EngineConfig {
+            inbox_capacity: 4096,
+            driver: DriverConfig {
+                coordinator: CoordinatorConfig {
+                    try_timeout_us: try_timeout_ms * 1000,
+                    retry_initial_us: 20_000,
+                    retry_max_us: 200_000,
+                },
+                ..DriverConfig::default()
+            },
+            ..EngineConfig::default()
+        },
+        net: NetConfig {
+            connect_backoff_initial_ms: 10,
+            connect_backoff_max_ms: 100,
+            heartbeat_ms: 100,
+            peer_silent_max_ms: 1_000,
+            ..NetConfig::default()
+        },
+        nonce_seed: [7; 32],
+    }
+}
+
+/// A cluster of in-process nodes; a stopped node's slot is `None`.
+struct Cluster {
+    dir: TempDir,
+    map: PartitionMap,
+    config: NodeConfig,
+    nodes: Vec<Option<ClusterNode>>,
+}
+
+impl Cluster {
+    async fn start(nodes: u32, partitions: u32, config: NodeConfig) -> Cluster {
+        // Every listener is bound first: the map must name every port before a node starts.
+        let mut listeners = Vec::new();
+        let mut addresses = BTreeMap::new();
+        for n in 0..nodes {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = NodeAddress {
+                http: format!("127.0.0.1:{}", 1 + n),
+                peer: listener.local_addr().unwrap().to_string(),
+            };
+            addresses.insert(n, address);
+            listeners.push(listener);
+        }
+        let map = PartitionMap {
+            version: 1,
+            owners: (0..partitions).map(|p| p % nodes).collect(),
+            nodes: addresses,
+        };
+        let mut cluster = Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            map,
+            config,
+            nodes: Vec::new(),
+        };
+        for (n, listener) in listeners.into_iter().enumerate() {
+            let node = cluster
+                .start_node(n as NodeId, listener, &cluster.map.clone(), SECRET)
+                .await
+                .unwrap();
+            cluster.nodes.push(Some(node));
+        }
+        cluster.wait_linked().await;
+        cluster
+    }
+
+    async fn start_node(
+        &self,
+        node: NodeId,
+        listener: TcpListener,
+        map: &PartitionMap,
+        secret: &[u8],
+    ) -> Result<ClusterNode, NodeError> {
+        let storages = map
+            .partitions_of(node)
+            .into_iter()
+            .map(|p| {
+                let dir = self.dir.path().join(format!("node-{node}/partition-{p}"));
+                (
+                    p,
+                    FileStorage::open(dir, FileStorageConfig::default()).unwrap(),
+                )
+            })
+            .collect();
+        start_node_on(listener, map, node, secret, storages, self.config).await
+    }
+
+    fn node(&self, node: NodeId) -> &ClusterNode {
+        self.nodes[node as usize].as_ref().expect("node is running")
+    }
+
+    fn client(&self, node: NodeId) -> Client {
+        self.node(node).client()
+    }
+
+    async fn stop(&mut self, node: NodeId) {
+        let stopped = self.nodes[node as usize].take().expect("node is running");
+        stopped.shutdown().await.unwrap();
+    }
+
+    /// Restarts a stopped node on its old port and data.
+    async fn restart(&mut self, node: NodeId) {
+        let address = &self.map.nodes[&node].peer;
+        let listener = TcpListener::bind(address).await.unwrap();
+        let started = self
+            .start_node(node, listener, &self.map.clone(), SECRET)
+            .await
+            .unwrap();
+        self.nodes[node as usize] = Some(started);
+        self.wait_linked().await;
+    }
+
+    /// Waits until every running node has a link up to every other running node.
+    async fn wait_linked(&self) {
+        let running: Vec<NodeId> = (0..self.nodes.len() as NodeId)
+            .filter(|n| self.nodes[*n as usize].is_some())
+            .collect();
+        eventually("links up", || {
+            running.iter().all(|n| {
+                self.node(*n).links().iter().all(|(peer, link)| {
+                    !running.contains(peer) || link.connected.load(Ordering::Relaxed)
+                })
+            })
+        })
+        .await;
+    }
+
+    /// The first account named `prefix-<i>` that lives on a partition of `node`.
+    fn account_on(&self, node: NodeId, prefix: &str) -> AccountId {
+        (0..)
+            .map(|i| AccountId::new(&format!("{prefix}-{i}")).unwrap())
+            .find(|a| self.map.owner(self.map.partition_of(a)) == node)
+            .unwrap()
+    }
+}
+
+/// Polls `done` every 10 ms for up to 10 s.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn usd(minor: u64) -> Amount {
+    Amount::from_minor(minor).unwrap()
+}
+
+fn txn(text: &str) -> TransactionId {
+    TransactionId::new(text).unwrap()
+}
+
+fn transfer(from: AccountId, to: AccountId, minor: u64, id: &str) -> Transfer {
+    Transfer {
+        transaction_id: txn(id),
+        from,
+        to,
+        amount: usd(minor),
+        currency: Currency::USD,
+    }
+}
+
+async fn open(client: &Client, account: AccountId) {
+    let command = Command::OpenAccount {
+        account,
+        currency: Currency::USD,
+    };
+    assert_eq!(
+        client.execute(command, false).await.unwrap(),
+        Ok(Reply::Opened { created: true })
+    );
+}
+
+fn deposit(account: AccountId, minor: u64, id: &str) -> Command {
+    Command::Deposit {
+        account,
+        amount: usd(minor),
+        currency: Currency::USD,
+        transaction_id: txn(id),
+    }
+}
+
+async fn account(client: &Client, account: AccountId) -> Account {
+    let partition = client.partition_of(&account);
+    match client
+        .query(partition, Query::Account(account))
+        .await
+        .unwrap()
+    {
+        QueryAnswer::Account(Some(found)) => found,
+        other => panic!("no account {account}: {other:?}"),
+    }
+}
+
+async fn row(client: &Client, key: TransferKey) -> Option<TransferRow> {
+    let partition = client.partition_of(&key.from);
+    match client.query(partition, Query::Transfer(key)).await {
+        Ok(QueryAnswer::Transfer(row)) => row,
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+/// Polls the home row of `key` through `client` until it is in `state`.
+async fn wait_for_state(client: &Client, key: TransferKey, state: TransferState) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = row(client, key).await.map(|r| r.state);
+        if found == Some(state) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{key:?} stuck in {found:?}, want {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn cross_node_transfers_commit_on_both_sides() {
+    let cluster = Cluster::start(3, 6, config(30_000)).await;
+    let [a, b, c] = [0, 1, 2].map(|n| cluster.account_on(n, "acct"));
+    for account in [a, b, c] {
+        open(&cluster.client(2), account).await;
+    }
+    let funded = cluster
+        .client(1)
+        .execute(deposit(a, 1_000, "d-1"), false)
+        .await;
+    assert_eq!(funded.unwrap(), Ok(Reply::Balance { balance: 1_000 }));
+    // Asked of a node that owns neither side: forwarded to a's node, which runs TC/C with b's.
+    let ab = transfer(a, b, 300, "t-1");
+    let committed = Ok(Reply::Transfer(TransferStatus::Committed));
+    assert_eq!(
+        cluster
+            .client(2)
+            .execute(Command::Transfer(ab), true)
+            .await
+            .unwrap(),
+        committed
+    );
+    // Committed is told once the decision is durable; b can spend the money once its
+    // partition has applied the Confirm, which the home row shows as Committed.
+    wait_for_state(&cluster.client(1), ab.key(), TransferState::Committed).await;
+    let bc = transfer(b, c, 100, "t-2");
+    assert_eq!(
+        cluster
+            .client(0)
+            .execute(Command::Transfer(bc), true)
+            .await
+            .unwrap(),
+        committed
+    );
+    // A retry with the same transaction id is answered from the first outcome, applied once.
+    assert_eq!(
+        cluster
+            .client(1)
+            .execute(Command::Transfer(ab), true)
+            .await
+            .unwrap(),
+        committed
+    );
+    wait_for_state(&cluster.client(2), bc.key(), TransferState::Committed).await;
+    for n in 0..3 {
+        let client = cluster.client(n);
+        let balances = [
+            account(&client, a).await,
+            account(&client, b).await,
+            account(&client, c).await,
+        ];
+        let expected = [700, 200, 100].map(|balance| Account {
+            currency: Currency::USD,
+            balance,
+            held: 0,
+            incoming: 0,
+        });
+        assert_eq!(balances, expected, "as seen from node {n}");
+    }
+    let link = &cluster.node(2).links()[&0];
+    assert!(link.frames_sent.load(Ordering::Relaxed) > 0);
+}
+
+#[tokio::test]
+async fn forwarded_commands_and_queries_answer_like_local_ones() {
+    let cluster = Cluster::start(2, 4, config(30_000)).await;
+    let remote = cluster.client(1);
+    let a = cluster.account_on(0, "acct");
+    let b = cluster.account_on(0, "other");
+    assert_eq!(
+        remote.execute(deposit(a, 5, "d-0"), false).await.unwrap(),
+        Err(LedgerError::AccountNotFound(a))
+    );
+    open(&remote, a).await;
+    let reopen = Command::OpenAccount {
+        account: a,
+        currency: Currency::EUR,
+    };
+    assert_eq!(
+        remote.execute(reopen, false).await.unwrap(),
+        Err(LedgerError::AccountExists {
+            account: a,
+            existing: Currency::USD
+        })
+    );
+    assert_eq!(
+        remote.execute(deposit(a, 250, "d-1"), false).await.unwrap(),
+        Ok(Reply::Balance { balance: 250 })
+    );
+    // The same deposit again is answered with its first outcome; a different body conflicts.
+    assert_eq!(
+        remote.execute(deposit(a, 250, "d-1"), false).await.unwrap(),
+        Ok(Reply::Balance { balance: 250 })
+    );
+    assert_eq!(
+        remote.execute(deposit(a, 1, "d-1"), false).await.unwrap(),
+        Err(LedgerError::Conflict(txn("d-1")))
+    );
+    let withdraw = Command::Withdraw {
+        account: a,
+        amount: usd(1_000),
+        currency: Currency::USD,
+        transaction_id: txn("w-1"),
+    };
+    assert_eq!(
+        remote.execute(withdraw, false).await.unwrap(),
+        Err(LedgerError::InsufficientFunds {
+            available: "2.50".into(),
+            currency: Currency::USD
+        })
+    );
+    let same = transfer(a, a, 1, "t-same");
+    assert_eq!(
+        remote
+            .execute(Command::Transfer(same), false)
+            .await
+            .unwrap(),
+        Err(LedgerError::SameAccount)
+    );
+    open(&remote, b).await;
+    let ab = transfer(a, b, 100, "t-1");
+    assert_eq!(
+        remote.execute(Command::Transfer(ab), false).await.unwrap(),
+        Ok(Reply::Transfer(TransferStatus::Committed))
+    );
+    let row = row(&remote, ab.key()).await.expect("row");
+    assert_eq!((row.transfer, row.state), (ab, TransferState::Committed));
+    assert_eq!(account(&remote, b).await.balance, 100);
+    let unknown = AccountId::new("nobody").unwrap();
+    let partition = remote.partition_of(&unknown);
+    let answer = remote.query(partition, Query::Account(unknown)).await;
+    assert_eq!(answer.unwrap(), QueryAnswer::Account(None));
+}
+
+#[tokio::test]
+async fn many_concurrent_cross_node_transfers_conserve_money() {
+    let cluster = Cluster::start(2, 4, config(30_000)).await;
+    let accounts: Vec<AccountId> = (0..8)
+        .map(|i| cluster.account_on(i % 2, &format!("acct{i}")))
+        .collect();
+    for (i, account) in accounts.iter().enumerate() {
+        open(&cluster.client(0), *account).await;
+        let command = deposit(*account, 10_000, &format!("d{i}"));
+        let funded = cluster.client(1).execute(command, false).await;
+        assert!(funded.unwrap().is_ok());
+    }
+    let mut tasks = Vec::new();
+    for worker in 0..8usize {
+        let client = cluster.client((worker % 2) as NodeId);
+        let accounts = accounts.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50usize {
+                let from = accounts[(worker + i) % 8];
+                let to = accounts[(worker + i + 1 + i % 3) % 8];
+                let t = transfer(from, to, 1 + (i as u64 % 7), &format!("w{worker}-{i}"));
+                let result = client.execute(Command::Transfer(t), true).await.unwrap();
+                assert!(matches!(result, Ok(Reply::Transfer(_))), "{result:?}");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let client = cluster.client(0);
+    eventually_async("every hold resolved", || async {
+        let mut total = 0;
+        for a in &accounts {
+            let found = account(&client, *a).await;
+            if found.held != 0 || found.incoming != 0 {
+                return false;
+            }
+            total += found.balance;
+        }
+        assert_eq!(total, 80_000, "money is conserved");
+        true
+    })
+    .await;
+}
+
+async fn eventually_async<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut done: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_node_that_is_down_is_unavailable_and_transfers_wait_for_it() {
+    let mut cluster = Cluster::start(2, 4, config(30_000)).await;
+    let a = cluster.account_on(0, "acct");
+    let b = cluster.account_on(1, "acct");
+    open(&cluster.client(0), a).await;
+    open(&cluster.client(0), b).await;
+    let funded = cluster
+        .client(0)
+        .execute(deposit(a, 500, "d-1"), false)
+        .await;
+    assert!(funded.unwrap().is_ok());
+    cluster.stop(1).await;
+    let client = cluster.client(0);
+    eventually("link down", || {
+        !cluster.node(0).links()[&1]
+            .connected
+            .load(Ordering::Relaxed)
+    })
+    .await;
+    // A command for a partition of the stopped node fails at once, not at a timeout.
+    let started = Instant::now();
+    let refused = client.execute(deposit(b, 5, "d-2"), false).await;
+    assert_eq!(refused, Err(Unavailable(client.partition_of(&b))));
+    assert!(started.elapsed() < Duration::from_millis(500));
+    // A transfer whose home is up is accepted, debited into a hold, and waits for the Try.
+    let ab = transfer(a, b, 200, "t-1");
+    let accepted = client.execute(Command::Transfer(ab), false).await.unwrap();
+    assert_eq!(accepted, Ok(Reply::Transfer(TransferStatus::Pending)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        row(&client, ab.key()).await.unwrap().state,
+        TransferState::Trying
+    );
+    assert_eq!(
+        (
+            account(&client, a).await.balance,
+            account(&client, a).await.held
+        ),
+        (300, 200)
+    );
+    cluster.restart(1).await;
+    wait_for_state(&cluster.client(0), ab.key(), TransferState::Committed).await;
+    let b_now = account(&cluster.client(1), b).await;
+    assert_eq!((b_now.balance, b_now.incoming), (200, 0));
+    assert_eq!(account(&cluster.client(1), a).await.held, 0);
+}
+
+#[tokio::test]
+async fn a_try_that_times_out_while_a_node_is_down_is_cancelled_once_it_is_back() {
+    let mut cluster = Cluster::start(2, 4, config(200)).await;
+    let a = cluster.account_on(0, "acct");
+    let b = cluster.account_on(1, "acct");
+    open(&cluster.client(0), a).await;
+    open(&cluster.client(0), b).await;
+    assert!(cluster
+        .client(0)
+        .execute(deposit(a, 500, "d-1"), false)
+        .await
+        .unwrap()
+        .is_ok());
+    cluster.stop(1).await;
+    let ab = transfer(a, b, 200, "t-1");
+    let client = cluster.client(0);
+    let outcome = client.execute(Command::Transfer(ab), true).await.unwrap();
+    assert_eq!(
+        outcome,
+        Ok(Reply::Transfer(TransferStatus::Cancelled(Reason::Timeout)))
+    );
+    let cancelling = TransferState::Cancelling(Reason::Timeout);
+    assert_eq!(row(&client, ab.key()).await.unwrap().state, cancelling);
+    cluster.restart(1).await;
+    let cancelled = TransferState::Cancelled(Reason::Timeout);
+    wait_for_state(&cluster.client(1), ab.key(), cancelled).await;
+    let a_now = account(&cluster.client(0), a).await;
+    assert_eq!((a_now.balance, a_now.held), (500, 0));
+    assert_eq!(account(&cluster.client(0), b).await.balance, 0);
+}
+
+#[tokio::test]
+async fn a_node_with_another_secret_is_refused() {
+    let mut cluster = Cluster::start(2, 4, config(30_000)).await;
+    cluster.stop(1).await;
+    let address = cluster.map.nodes[&1].peer.clone();
+    let listener = TcpListener::bind(&address).await.unwrap();
+    let wrong = b"not the cluster secret at all";
+    let impostor = cluster
+        .start_node(1, listener, &cluster.map.clone(), wrong)
+        .await
+        .unwrap();
+    let b = cluster.account_on(1, "acct");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!cluster.node(0).links()[&1]
+        .connected
+        .load(Ordering::Relaxed));
+    assert!(!impostor.links()[&0].connected.load(Ordering::Relaxed));
+    let refused = cluster.client(0).execute(deposit(b, 5, "d-1"), false).await;
+    assert_eq!(
+        refused,
+        Err(Unavailable(cluster.client(0).partition_of(&b)))
+    );
+    // The handshake itself reports the mismatch to a connecting node.
+    let mut stream = TcpStream::connect(cluster.node(0).peer_address())
+        .await
+        .unwrap();
+    let ctx = context(1, 1, wrong);
+    let result = handshake_connector(&mut stream, &ctx, 0).await;
+    assert!(matches!(result, Err(NetError::Auth(_))), "{result:?}");
+    impostor.shutdown().await.unwrap();
+}
+
+fn context(node: NodeId, map_version: u64, secret: &[u8]) -> NodeContext {
+    let mut map = PartitionMap {
+        version: map_version,
+        owners: vec![0, 1],
+        nodes: BTreeMap::new(),
+    };
+    for n in 0..2 {
+        let address = NodeAddress {
+            http: format!("h{n}"),
+            peer: format!("p{n}"),
+        };
+        map.nodes.insert(n, address);
+    }
+    NodeContext {
+        node,
+        map,
+        secret: secret.to_vec(),
+        nonces: NonceSource {
+            key: [9; 32],
+            counter: AtomicU64::new(0),
+        },
+        config: config(1_000).net,
+    }
+}
+
+#[tokio::test]
+async fn a_frame_of_another_map_version_is_refused_and_not_applied() {
+    let cluster = Cluster::start(2, 4, config(30_000)).await;
+    let a = cluster.account_on(0, "acct");
+    open(&cluster.client(0), a).await;
+    let mut stream = TcpStream::connect(cluster.node(0).peer_address())
+        .await
+        .unwrap();
+    handshake_connector(&mut stream, &context(1, 1, SECRET), 0)
+        .await
+        .unwrap();
+    let request = Message::Request {
+        id: 1,
+        wait: false,
+        command: deposit(a, 40, "d-1"),
+    };
+    let mut buf = Vec::new();
+    walletd_core::wire::encode_frame(2, std::slice::from_ref(&request), &mut buf);
+    stream.write_all(&buf).await.unwrap();
+    let answer = FrameReader::new(&mut stream).next().await.unwrap();
+    assert_eq!(
+        answer.messages,
+        vec![Message::StaleMap {
+            expected: 1,
+            got: 2
+        }]
+    );
+    assert_eq!(
+        account(&cluster.client(0), a).await.balance,
+        0,
+        "nothing applied"
+    );
+    // The same request under the current map is applied and answered on the same connection.
+    buf.clear();
+    walletd_core::wire::encode_frame(1, &[request], &mut buf);
+    stream.write_all(&buf).await.unwrap();
+    let answer = FrameReader::new(&mut stream).next().await.unwrap();
+    let applied = Message::Reply {
+        id: 1,
+        result: Ok(Reply::Balance { balance: 40 }),
+    };
+    assert_eq!(answer.messages, vec![applied]);
+}
+
+#[tokio::test]
+async fn a_node_holding_another_map_version_never_links() {
+    let mut cluster = Cluster::start(2, 4, config(30_000)).await;
+    cluster.stop(1).await;
+    let mut newer = cluster.map.clone();
+    newer.version = 2;
+    let listener = TcpListener::bind(&newer.nodes[&1].peer).await.unwrap();
+    let stale = cluster
+        .start_node(1, listener, &newer, SECRET)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!cluster.node(0).links()[&1]
+        .connected
+        .load(Ordering::Relaxed));
+    assert!(!stale.links()[&0].connected.load(Ordering::Relaxed));
+    let b = cluster.account_on(1, "acct");
+    let refused = cluster.client(0).execute(deposit(b, 5, "d-1"), false).await;
+    assert!(refused.is_err());
+    let mut stream = TcpStream::connect(stale.peer_address()).await.unwrap();
+    let result = handshake_connector(&mut stream, &context(0, 1, SECRET), 1).await;
+    assert!(
+        matches!(
+            result,
+            Err(NetError::StaleMap {
+                expected: 1,
+                got: 2
+            })
+        ),
+        "{result:?}"
+    );
+    stale.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_node_setups_are_refused_with_clear_errors() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let map = context(0, 1, SECRET).map;
+    let none: Vec<(PartitionId, crate::storage::MemStorage)> = Vec::new();
+    let weak = start_node_on(listener, &map, 0, b"short", none, config(1_000)).await;
+    assert!(matches!(weak, Err(NodeError::WeakSecret)));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let none: Vec<(PartitionId, crate::storage::MemStorage)> = Vec::new();
+    let missing = start_node_on(listener, &map, 0, SECRET, none, config(1_000)).await;
+    assert!(
+        matches!(&missing, Err(NodeError::Storages { owned, .. }) if owned == &vec![0]),
+        "storage for partition 0 is missing"
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let none: Vec<(PartitionId, crate::storage::MemStorage)> = Vec::new();
+    let unknown = start_node_on(listener, &map, 5, SECRET, none, config(1_000)).await;
+    assert!(matches!(unknown, Err(NodeError::UnknownNode(5))));
+}
+
+#[test]
+fn macs_bind_role_nodes_and_nonces() {
+    let transcript = Transcript {
+        connector: 1,
+        acceptor: 0,
+        map_version: 3,
+        connector_nonce: [1; NONCE_LEN],
+        acceptor_nonce: [2; NONCE_LEN],
+    };
+    let mac = transcript.mac(SECRET, Role::Connector);
+    assert!(transcript.verify(SECRET, Role::Connector, &mac));
+    assert!(
+        !transcript.verify(SECRET, Role::Acceptor, &mac),
+        "a reflected MAC fails"
+    );
+    assert!(!transcript.verify(b"another secret of some length", Role::Connector, &mac));
+    let swapped = Transcript {
+        connector: 0,
+        acceptor: 1,
+        ..transcript
+    };
+    assert!(!swapped.verify(SECRET, Role::Connector, &mac));
+    let nonces = NonceSource {
+        key: [3; 32],
+        counter: AtomicU64::new(0),
+    };
+    assert_ne!(nonces.next(), nonces.next());
+}
+
+/// A map of two nodes: node 0 at `peer0`, node 1 at `peer1`; node 0 owns partition 0.
+fn two_node_map(peer0: String, peer1: String) -> PartitionMap {
+    let mut nodes = BTreeMap::new();
+    nodes.insert(
+        0,
+        NodeAddress {
+            http: "h0:1".into(),
+            peer: peer0,
+        },
+    );
+    nodes.insert(
+        1,
+        NodeAddress {
+            http: "h1:1".into(),
+            peer: peer1,
+        },
+    );
+    PartitionMap {
+        version: 1,
+        owners: vec![0, 1],
+        nodes,
+    }
+}
+
+#[tokio::test]
+async fn a_peer_that_goes_silent_is_declared_dead_and_its_requests_fail() {
+    // Node 1 is an impostor that knows the secret, completes the handshake, then reads and
+    // never answers: a frozen process, or a network that drops everything one way.
+    let fake = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let map = two_node_map(
+        listener.local_addr().unwrap().to_string(),
+        fake.local_addr().unwrap().to_string(),
+    );
+    let fake_ctx = NodeContext {
+        map: map.clone(),
+        ..context(1, 1, SECRET)
+    };
+    let frozen = tokio::spawn(async move {
+        let (mut stream, _) = fake.accept().await.unwrap();
+        handshake_acceptor(&mut stream, &fake_ctx).await.unwrap();
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let storage = FileStorage::open(dir.path().join("p0"), FileStorageConfig::default()).unwrap();
+    let node = start_node_on(listener, &map, 0, SECRET, vec![(0, storage)], config(1_000))
+        .await
+        .unwrap();
+    eventually("link up", || {
+        node.links()[&1].connected.load(Ordering::Relaxed)
+    })
+    .await;
+    // The last frame from the frozen peer is its handshake, just before the link came up.
+    let link_up = Instant::now();
+    let remote = (0..)
+        .map(|i| AccountId::new(&format!("acct-{i}")).unwrap())
+        .find(|a| map.partition_of(a) == 1)
+        .unwrap();
+    let answer = node
+        .client()
+        .execute(deposit(remote, 1, "d-1"), false)
+        .await;
+    assert_eq!(answer, Err(Unavailable(1)));
+    let silent = Duration::from_millis(config(1_000).net.peer_silent_max_ms);
+    let waited = link_up.elapsed();
+    let polling = Duration::from_millis(50);
+    assert!(
+        waited + polling >= silent && waited < silent * 3,
+        "failed {waited:?} after the last frame"
+    );
+    assert!(!node.links()[&1].connected.load(Ordering::Relaxed));
+    frozen.abort();
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_peer_that_sends_garbage_is_disconnected() {
+    let cluster = Cluster::start(2, 4, config(30_000)).await;
+    let mut stream = TcpStream::connect(cluster.node(0).peer_address())
+        .await
+        .unwrap();
+    handshake_connector(&mut stream, &context(1, 1, SECRET), 0)
+        .await
+        .unwrap();
+    stream.write_all(&[0xff; 64]).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    // The node itself is unharmed.
+    let a = cluster.account_on(1, "acct");
+    open(&cluster.client(0), a).await;
+}

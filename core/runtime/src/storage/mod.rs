@@ -1,0 +1,240 @@
+//! The durable-storage boundary of a partition: an append-only log of segments plus snapshots.
+//!
+//! Storage is a trait, not a file API, because the simulator must be able to lose every byte
+//! that was written but not synced when a node crashes; no real file system lets a test do that.
+//! Production uses [`file::FileStorage`]; tests use [`MemStorage`]; the simulator its own disk.
+//!
+//! The contract the driver relies on: bytes passed to [`Storage::append`] are durable once a
+//! later [`Storage::sync`] returns `Ok`. An error from `sync` is fatal for the partition: after a
+//! failed fsync the kernel may have dropped the dirty pages, so retrying could report success
+//! for data that is gone.
+
+use std::future::Future;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use walletd_core::log::snapshot::{InMemory, SnapshotOut};
+use walletd_core::model::event::Lsn;
+
+#[cfg(not(madsim))]
+pub mod file;
+
+/// One log segment as read back at recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSegment {
+    /// The lsn of the first record the segment was created for.
+    pub first_lsn: Lsn,
+    /// A name for messages (the file path in production).
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+/// A snapshot of the ledger state after applying record `lsn`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    pub lsn: Lsn,
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Work that waits for appended bytes to be durable; [`Storage::append_durably`] runs it
+/// right after they are, wherever that happens.
+pub type OnDurable = Box<dyn FnOnce() + Send>;
+
+/// Durable storage of one partition.
+pub trait Storage: Send + 'static {
+    /// Every log segment, oldest first, with segments whose records all precede
+    /// `from_lsn` allowed to be skipped (they are covered by a snapshot).
+    fn read_log(
+        &mut self,
+        from_lsn: Lsn,
+    ) -> impl Future<Output = io::Result<Vec<LogSegment>>> + Send;
+
+    /// Cuts the newest segment to `len` bytes (dropping a torn tail) and makes that durable.
+    fn truncate_last(&mut self, len: u64) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Appends whole records starting at `first_lsn`. Not durable until [`Storage::sync`].
+    fn append(
+        &mut self,
+        first_lsn: Lsn,
+        bytes: &[u8],
+    ) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Makes every appended byte durable.
+    fn sync(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// [`Storage::append`] then [`Storage::sync`], then `on_durable` (only if both succeeded),
+    /// handing the buffer back. The driver commits through this; file storage overrides it to
+    /// write, sync and call `on_durable` on a blocking thread, so the partition goes on
+    /// applying while the kernel copies the bytes, and what waited for them (the batch's
+    /// replies) leaves the moment they are durable, not when the partition next looks.
+    fn append_durably(
+        &mut self,
+        first_lsn: Lsn,
+        bytes: Vec<u8>,
+        on_durable: OnDurable,
+    ) -> impl Future<Output = (Vec<u8>, io::Result<()>)> + Send {
+        async move {
+            let result = match self.append(first_lsn, &bytes).await {
+                Ok(()) => {
+                    #[allow(unused_mut)]
+                    let mut synced = self.sync().await;
+                    #[cfg(any(test, madsim))]
+                    if synced.is_err()
+                        && walletd_core::protocol::bugs::enabled(
+                            walletd_core::protocol::bugs::Bug::RetryFailedSync,
+                        )
+                    {
+                        synced = self.sync().await;
+                    }
+                    synced
+                }
+                Err(error) => Err(error),
+            };
+            if result.is_ok() {
+                on_durable();
+            }
+            (bytes, result)
+        }
+    }
+
+    /// Durably stores a snapshot (atomically: a crash leaves the old or the new one) and
+    /// returns its length in bytes.
+    ///
+    /// The future owns what it needs (`'static`): the driver lets it run alongside the log's
+    /// appends and syncs, because encoding and writing a large snapshot take as long as many
+    /// group commits. The bytes come from `encode`, which the storage calls where it writes
+    /// them (file storage: on a blocking thread, straight into the file), so the partition's
+    /// thread never encodes and no snapshot-sized buffer is ever built.
+    fn write_snapshot(
+        &mut self,
+        lsn: Lsn,
+        encode: EncodeSnapshot,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'static;
+
+    /// The snapshots present, newest first (recovery falls back to older ones if one is bad).
+    fn read_snapshots(&mut self) -> impl Future<Output = io::Result<Vec<StoredSnapshot>>> + Send;
+
+    /// Chunk file `index` of the snapshots (see [`walletd_core::log::snapshot`]).
+    fn read_chunk(&mut self, index: u64) -> impl Future<Output = io::Result<Vec<u8>>> + Send;
+}
+
+/// Writes a snapshot's chunk files and bytes to what it is given and returns the snapshot's
+/// length (see [`Storage::write_snapshot`]).
+pub type EncodeSnapshot =
+    Box<dyn FnOnce(&mut dyn SnapshotOut) -> io::Result<usize> + Send + 'static>;
+
+/// The bytes of an in-memory disk, shared so a test (or crash) can inspect and damage them.
+#[derive(Debug, Default, Clone)]
+pub struct MemDisk {
+    /// Segments, oldest first: (first lsn, bytes written).
+    pub segments: Vec<(Lsn, Vec<u8>)>,
+    /// Bytes of the newest segment that are durable, and how many older segments are.
+    pub synced_len: usize,
+    pub synced_segments: usize,
+    pub snapshots: Vec<(Lsn, Vec<u8>)>,
+    /// Chunk files of snapshots, by index.
+    pub chunks: std::collections::BTreeMap<u64, Vec<u8>>,
+    /// Number of successful syncs (for tests of group commit).
+    pub syncs: u64,
+}
+
+impl MemDisk {
+    /// What survives a power loss: everything synced, nothing after.
+    pub fn crash(&mut self) {
+        self.segments.truncate(self.synced_segments);
+        let synced_len = self.synced_len;
+        if let Some((_, bytes)) = self.segments.last_mut() {
+            bytes.truncate(synced_len);
+        }
+    }
+}
+
+/// In-memory [`Storage`] for tests. Clones share one disk.
+#[derive(Debug, Clone, Default)]
+pub struct MemStorage {
+    pub disk: Arc<Mutex<MemDisk>>,
+}
+
+impl Storage for MemStorage {
+    async fn read_log(&mut self, _from_lsn: Lsn) -> io::Result<Vec<LogSegment>> {
+        let disk = self.disk.lock().expect("disk lock");
+        Ok(disk
+            .segments
+            .iter()
+            .map(|(first_lsn, bytes)| LogSegment {
+                first_lsn: *first_lsn,
+                name: format!("mem-{first_lsn}"),
+                bytes: bytes.clone(),
+            })
+            .collect())
+    }
+
+    async fn truncate_last(&mut self, len: u64) -> io::Result<()> {
+        let mut disk = self.disk.lock().expect("disk lock");
+        if let Some((_, bytes)) = disk.segments.last_mut() {
+            bytes.truncate(len as usize);
+        }
+        disk.synced_segments = disk.segments.len();
+        disk.synced_len = len as usize;
+        Ok(())
+    }
+
+    async fn append(&mut self, first_lsn: Lsn, bytes: &[u8]) -> io::Result<()> {
+        let mut disk = self.disk.lock().expect("disk lock");
+        if disk.segments.is_empty() {
+            disk.segments.push((first_lsn, Vec::new()));
+        }
+        disk.segments
+            .last_mut()
+            .expect("a segment")
+            .1
+            .extend_from_slice(bytes);
+        Ok(())
+    }
+
+    async fn sync(&mut self) -> io::Result<()> {
+        let mut disk = self.disk.lock().expect("disk lock");
+        disk.synced_segments = disk.segments.len();
+        disk.synced_len = disk.segments.last().map_or(0, |(_, b)| b.len());
+        disk.syncs += 1;
+        Ok(())
+    }
+
+    fn write_snapshot(
+        &mut self,
+        lsn: Lsn,
+        encode: EncodeSnapshot,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'static {
+        let disk = Arc::clone(&self.disk);
+        async move {
+            let mut out = InMemory::default();
+            let len = encode(&mut out)?;
+            let mut disk = disk.lock().expect("disk lock");
+            disk.chunks.extend(out.chunks);
+            disk.snapshots.push((lsn, out.bytes));
+            Ok(len)
+        }
+    }
+
+    async fn read_chunk(&mut self, index: u64) -> io::Result<Vec<u8>> {
+        let disk = self.disk.lock().expect("disk lock");
+        disk.chunks.get(&index).cloned().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("no chunk file {index}"))
+        })
+    }
+
+    async fn read_snapshots(&mut self) -> io::Result<Vec<StoredSnapshot>> {
+        let disk = self.disk.lock().expect("disk lock");
+        Ok(disk
+            .snapshots
+            .iter()
+            .rev()
+            .map(|(lsn, bytes)| StoredSnapshot {
+                lsn: *lsn,
+                name: format!("mem-snapshot-{lsn}"),
+                bytes: bytes.clone(),
+            })
+            .collect())
+    }
+}

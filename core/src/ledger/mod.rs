@@ -1,0 +1,1190 @@
+//! The partition ledger: the state of one partition and the rules that change it.
+//!
+//! Business rules live only in [`Ledger::decide`], which reads the state and a [`Command`]
+//! and either returns the events to append or a [`LedgerError`] (and then nothing changes).
+//! [`Ledger::apply`] folds an event into the state without deciding anything; replaying a log
+//! is calling it once per record. The ledger plays both TC/C roles of DESIGN section 3: the
+//! *source* (home) side keeps the idempotency record and phase row of every transfer that
+//! starts here, the *destination* side keeps the barrier rows of transfers that credit here.
+
+// `LedgerError` names transfer keys, whose two ids are stored inline (see `ids`) so that
+// refusing a command never allocates; that makes it larger than clippy's default bound for
+// an `Err`. Refusals are rare next to the work of deciding, so moving it costs nothing.
+#![allow(clippy::result_large_err)]
+
+pub(crate) mod append_table;
+pub(crate) mod chunked;
+pub(crate) mod row_index;
+pub(crate) mod transfer_table;
+
+pub use transfer_table::CHUNK_ROWS;
+
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
+
+use crate::ledger::append_table::AppendTable;
+use crate::ledger::transfer_table::TransferTable;
+use crate::model::event::{Decision, Event, Lsn, Reason, Timestamp, Transfer, TransferKey};
+use crate::model::ids::{AccountId, TransactionId};
+use crate::model::money::{format_minor, Amount, Currency, BALANCE_MINOR_MAX};
+use crate::model::partition::{partition_of, PartitionId};
+#[cfg(any(test, madsim, feature = "testing"))]
+use crate::protocol::bugs::Bug;
+
+/// One account: a single currency, an available balance and money in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Account {
+    pub currency: Currency,
+    /// Available balance in minor units; never negative by construction (`u64`).
+    pub balance: u64,
+    /// Debited by a Try, not yet confirmed or cancelled (source side).
+    pub held: u64,
+    /// Pending credits of Tries not yet confirmed or cancelled (destination side). Counted at
+    /// Try so that a later Confirm can never push the balance past [`BALANCE_MINOR_MAX`].
+    pub incoming: u64,
+}
+
+impl Account {
+    /// Whether `minor` more can be credited without the balance ever passing
+    /// [`BALANCE_MINOR_MAX`]. Holds count because a Cancel returns them to the balance, and
+    /// pending credits count because a Confirm adds them; neither can be refused later.
+    fn has_room_for(&self, minor: u64) -> bool {
+        // Each term is at most BALANCE_MINOR_MAX (10^18): the sum stays far below u64::MAX.
+        self.balance + self.held + self.incoming + minor <= BALANCE_MINOR_MAX
+    }
+}
+
+/// The phase row of a transfer at its home partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransferState {
+    /// Cross-partition: source debited into a hold, destination Try outstanding.
+    Trying,
+    /// Decision to confirm is durable; destination Confirm not yet acknowledged.
+    Confirming,
+    /// Decision to cancel is durable; destination Cancel not yet acknowledged.
+    Cancelling(Reason),
+    /// Final: money moved.
+    Committed,
+    /// Final: money returned to the source after a Try.
+    Cancelled(Reason),
+    /// Final: refused at the home partition; nothing moved.
+    Rejected(Reason),
+}
+
+impl TransferState {
+    /// What a client is told about a transfer in this state.
+    pub fn status(self) -> TransferStatus {
+        match self {
+            TransferState::Trying => TransferStatus::Pending,
+            // A logged Confirm decision is never reversed, so the transfer is committed for
+            // the client even while the destination's acknowledgement is outstanding.
+            TransferState::Confirming | TransferState::Committed => TransferStatus::Committed,
+            TransferState::Cancelling(r) | TransferState::Cancelled(r) => {
+                TransferStatus::Cancelled(r)
+            }
+            TransferState::Rejected(r) => TransferStatus::Rejected(r),
+        }
+    }
+
+    /// Whether the coordinator still has work to do for this row.
+    pub fn is_unfinished(self) -> bool {
+        matches!(
+            self,
+            TransferState::Trying | TransferState::Confirming | TransferState::Cancelling(_)
+        )
+    }
+}
+
+/// The client-visible outcome of a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransferStatus {
+    Pending,
+    Committed,
+    Rejected(Reason),
+    Cancelled(Reason),
+}
+
+/// The home-side row of a transfer: idempotency record and phase status in one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransferRow {
+    pub transfer: Transfer,
+    pub state: TransferState,
+    /// Whether the destination lives on another partition (TC/C) or here (one event).
+    pub remote: bool,
+    pub accepted_at: Timestamp,
+    /// When the second-phase decision was logged (0 until then).
+    pub decided_at: Timestamp,
+    /// When the row became final (0 until then).
+    pub finished_at: Timestamp,
+}
+
+/// The destination-side barrier row of a transfer, keyed by its [`TransferKey`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CreditState {
+    /// A pending credit is recorded.
+    Tried,
+    Confirmed,
+    /// Cancelled after its Try.
+    Cancelled,
+    /// Cancelled before any Try: the null-compensation flag that fails a late Try.
+    TryNotSeen,
+}
+
+/// Barrier row at the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreditRow {
+    pub state: CreditState,
+    /// The transfer as the Try described it (`None` for [`CreditState::TryNotSeen`]).
+    pub transfer: Option<Transfer>,
+}
+
+/// A barrier row as the credit table keeps it. Its key holds the transfer's `from` and
+/// `transaction_id` already, so the row keeps only the rest of the Try's transfer: ids are
+/// 65 bytes each, inline, and a whole [`CreditRow`] beside its key held each of those twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StoredCredit {
+    pub(crate) state: CreditState,
+    /// `to`, amount and currency of the Try (`None` for [`CreditState::TryNotSeen`]).
+    tried: Option<(AccountId, Amount, Currency)>,
+}
+
+// With its key, a stored row takes 224 bytes, against 352 with a whole `CreditRow`; the bound
+// fails the build should a field grow it.
+const _: () = assert!(std::mem::size_of::<(TransferKey, StoredCredit)>() <= 224);
+
+impl StoredCredit {
+    /// What the table keeps of `row`, the row of `key`.
+    pub(crate) fn new(key: &TransferKey, row: CreditRow) -> StoredCredit {
+        debug_assert!(row.transfer.is_none_or(|t| t.key() == *key));
+        StoredCredit {
+            state: row.state,
+            tried: row.transfer.map(|t| (t.to, t.amount, t.currency)),
+        }
+    }
+
+    /// The whole row again.
+    pub(crate) fn row(&self, key: &TransferKey) -> CreditRow {
+        CreditRow {
+            state: self.state,
+            transfer: self.tried.map(|(to, amount, currency)| Transfer {
+                transaction_id: key.transaction_id,
+                from: key.from,
+                to,
+                amount,
+                currency,
+            }),
+        }
+    }
+
+    /// Amount and currency of a pending credit.
+    fn pending(&self) -> Option<(Amount, Currency)> {
+        match (self.state, self.tried) {
+            (CreditState::Tried, Some((_, amount, currency))) => Some((amount, currency)),
+            _ => None,
+        }
+    }
+}
+
+/// Kind of a deposit or withdrawal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CashKind {
+    Deposit,
+    Withdrawal,
+}
+
+/// The idempotency record of a deposit or withdrawal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CashRow {
+    pub kind: CashKind,
+    pub amount: Amount,
+    /// The balance right after it applied: what every retry is answered with.
+    pub balance_after: u64,
+}
+
+/// Money that crossed the partition's boundary, per currency. With the account sums it gives
+/// the partition's conservation law (see [`Ledger::check_conservation`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flows {
+    pub deposited: u128,
+    pub withdrawn: u128,
+    /// Source side: holds made final by a confirmed cross-partition transfer.
+    pub sent: u128,
+    /// Destination side: credits confirmed for cross-partition transfers.
+    pub received: u128,
+}
+
+/// Something a partition is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    OpenAccount {
+        account: AccountId,
+        currency: Currency,
+    },
+    Deposit {
+        account: AccountId,
+        amount: Amount,
+        currency: Currency,
+        transaction_id: TransactionId,
+    },
+    Withdraw {
+        account: AccountId,
+        amount: Amount,
+        currency: Currency,
+        transaction_id: TransactionId,
+    },
+    /// A client transfer; this partition must own `from` (it is the home partition).
+    Transfer(Transfer),
+    /// From this partition's coordinator: log the second-phase decision.
+    Decide {
+        key: TransferKey,
+        decision: Decision,
+    },
+    /// From this partition's coordinator: the destination acknowledged the decision.
+    FinishDebit {
+        key: TransferKey,
+    },
+    /// Destination phases, sent by the home partition of the transfer.
+    TryCredit(Transfer),
+    ConfirmCredit(Transfer),
+    CancelCredit(Transfer),
+}
+
+/// The answer to an accepted command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// `created` is false when the same account and currency already existed.
+    Opened {
+        created: bool,
+    },
+    /// The balance after a deposit or withdrawal (for a retry: after the first attempt).
+    Balance {
+        balance: u64,
+    },
+    Transfer(TransferStatus),
+    Phase(PhaseResult),
+    /// A coordinator command applied (or was already applied).
+    Done,
+}
+
+/// A destination's answer to a phase message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PhaseResult {
+    /// The Try holds a pending credit (or the branch is already confirmed).
+    Tried,
+    /// The Try was refused; the home partition must cancel.
+    TryFailed(Reason),
+    /// The branch is confirmed (the answer to Confirm, and to a Cancel that came too late).
+    Confirmed,
+    /// The branch is cancelled (the answer to Cancel, and to a Confirm that came too late).
+    Cancelled,
+}
+
+/// Why a command was refused. A refused command changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    #[error("account {0} does not exist")]
+    AccountNotFound(AccountId),
+    #[error("account {account} already exists in {existing}")]
+    AccountExists {
+        account: AccountId,
+        existing: Currency,
+    },
+    #[error("account {account} holds {expected}, not {got}")]
+    CurrencyMismatch {
+        account: AccountId,
+        expected: Currency,
+        got: Currency,
+    },
+    #[error("insufficient funds: {available} {currency} available")]
+    InsufficientFunds {
+        available: String,
+        currency: Currency,
+    },
+    #[error("the balance of {0} would exceed the largest balance an account may hold")]
+    BalanceLimit(AccountId),
+    #[error("from_account and to_account are the same account")]
+    SameAccount,
+    #[error("transaction id {0:?} was already used with a different request")]
+    Conflict(TransactionId),
+    #[error("account {account} lives on partition {owner}, not on partition {here}")]
+    WrongPartition {
+        account: AccountId,
+        owner: PartitionId,
+        here: PartitionId,
+    },
+    #[error("no transfer {0:?} on this partition")]
+    UnknownTransfer(TransferKey),
+    #[error("transfer {key:?} cannot go from {from:?} by {command}")]
+    InvalidTransition {
+        key: TransferKey,
+        from: String,
+        command: &'static str,
+    },
+}
+
+/// An event that cannot be applied to the state: the log contradicts itself. Never produced by
+/// events that `decide` returned; seen only when replaying a damaged or foreign log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("event at lsn {lsn} cannot apply: {what}")]
+pub struct ApplyError {
+    pub lsn: Lsn,
+    pub what: String,
+}
+
+/// Position and time of the record an event is applied from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RecordMeta {
+    pub lsn: Lsn,
+    pub timestamp: Timestamp,
+}
+
+/// The state of one partition.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    partition: PartitionId,
+    partitions: u32,
+    pub(crate) accounts: FxHashMap<AccountId, Account>,
+    pub(crate) transfers: TransferTable,
+    pub(crate) credits: AppendTable<TransferKey, StoredCredit>,
+    pub(crate) cash: AppendTable<(AccountId, TransactionId), CashRow>,
+    pub(crate) flows: BTreeMap<Currency, Flows>,
+    pub(crate) last: RecordMeta,
+}
+
+impl Ledger {
+    /// An empty ledger for `partition` out of `partitions`.
+    pub fn new(partition: PartitionId, partitions: u32) -> Ledger {
+        assert!(
+            partition < partitions,
+            "partition {partition} out of {partitions}"
+        );
+        Ledger {
+            partition,
+            partitions,
+            accounts: FxHashMap::default(),
+            transfers: TransferTable::default(),
+            credits: AppendTable::default(),
+            cash: AppendTable::default(),
+            flows: BTreeMap::new(),
+            last: RecordMeta::default(),
+        }
+    }
+
+    pub fn partition(&self) -> PartitionId {
+        self.partition
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The last record applied (lsn 0 for an empty log).
+    pub fn last_applied(&self) -> RecordMeta {
+        self.last
+    }
+
+    pub fn account(&self, account: &AccountId) -> Option<&Account> {
+        self.accounts.get(account)
+    }
+
+    pub fn accounts(&self) -> impl Iterator<Item = (&AccountId, &Account)> {
+        self.accounts.iter()
+    }
+
+    pub fn transfer(&self, key: &TransferKey) -> Option<TransferRow> {
+        self.transfers.get(key)
+    }
+
+    /// Every home row, in the order the log recorded them.
+    pub fn transfers(&self) -> impl Iterator<Item = TransferRow> + '_ {
+        self.transfers.iter()
+    }
+
+    pub fn credit(&self, key: &TransferKey) -> Option<CreditRow> {
+        self.credits.get(key).map(|stored| stored.row(key))
+    }
+
+    /// Every barrier row, in the order the log recorded them.
+    pub fn credits(&self) -> impl Iterator<Item = (TransferKey, CreditRow)> + '_ {
+        self.credits
+            .iter()
+            .map(|(key, stored)| (*key, stored.row(key)))
+    }
+
+    /// Sealed chunks of the transfers table, counted from chunk `first`, whose rows are all
+    /// final (see [`crate::log::snapshot`]'s chunk files).
+    pub fn final_chunks_from(&self, first: usize) -> usize {
+        self.transfers.final_chunks_from(first)
+    }
+
+    /// Rows in every table: the size of a snapshot, in rows.
+    pub fn row_count(&self) -> usize {
+        self.accounts.len() + self.transfers.len() + self.credits.len() + self.cash.len()
+    }
+
+    pub fn flows(&self) -> &BTreeMap<Currency, Flows> {
+        &self.flows
+    }
+
+    /// Home rows the coordinator must still drive, sorted by key so that rebuilding after a
+    /// restart is deterministic whatever the hash-table order.
+    pub fn unfinished_transfers(&self) -> Vec<TransferRow> {
+        let mut rows: Vec<TransferRow> = self.transfers.unfinished().collect();
+        rows.sort_by_key(|row| row.transfer.key());
+        rows
+    }
+
+    fn owns(&self, account: &AccountId) -> bool {
+        partition_of(account, self.partitions) == self.partition
+    }
+
+    fn require_local(&self, account: &AccountId) -> Result<(), LedgerError> {
+        if self.owns(account) {
+            Ok(())
+        } else {
+            Err(LedgerError::WrongPartition {
+                account: *account,
+                owner: partition_of(account, self.partitions),
+                here: self.partition,
+            })
+        }
+    }
+
+    fn require_account(
+        &self,
+        account: &AccountId,
+        currency: Currency,
+    ) -> Result<&Account, LedgerError> {
+        let found = self
+            .accounts
+            .get(account)
+            .ok_or(LedgerError::AccountNotFound(*account))?;
+        if found.currency != currency {
+            return Err(LedgerError::CurrencyMismatch {
+                account: *account,
+                expected: found.currency,
+                got: currency,
+            });
+        }
+        Ok(found)
+    }
+
+    /// Reads, without deciding anything, the rows that `commands` will look up: the source
+    /// and destination accounts and the idempotency slot of each transfer. The lookups of
+    /// different commands do not depend on each other, so the processor overlaps their
+    /// cache misses; `decide` and `apply` then find the rows in cache. The same idea as a
+    /// prefetch phase before execution in TigerBeetle's state machine. Purely a speed-up:
+    /// skipping it changes no outcome.
+    pub fn prefetch<'a>(&self, commands: impl IntoIterator<Item = &'a Command>) {
+        for command in commands {
+            if let Command::Transfer(transfer) = command {
+                std::hint::black_box(self.accounts.get(&transfer.from));
+                std::hint::black_box(self.accounts.get(&transfer.to));
+                self.transfers.prefetch(&transfer.key());
+            }
+        }
+    }
+
+    /// Decides `command` against the current state: pushes the events to append onto
+    /// `events` and returns the reply, or refuses with an error and pushes nothing.
+    pub fn decide(&self, command: &Command, events: &mut Vec<Event>) -> Result<Reply, LedgerError> {
+        let events_before = events.len();
+        let result = match *command {
+            Command::OpenAccount { account, currency } => {
+                self.decide_open(account, currency, events)
+            }
+            Command::Deposit {
+                account,
+                amount,
+                currency,
+                transaction_id,
+            } => self.decide_cash(
+                CashKind::Deposit,
+                account,
+                amount,
+                currency,
+                transaction_id,
+                events,
+            ),
+            Command::Withdraw {
+                account,
+                amount,
+                currency,
+                transaction_id,
+            } => self.decide_cash(
+                CashKind::Withdrawal,
+                account,
+                amount,
+                currency,
+                transaction_id,
+                events,
+            ),
+            Command::Transfer(transfer) => self.decide_transfer(transfer, events),
+            Command::Decide { key, decision } => self.decide_decision(key, decision, events),
+            Command::FinishDebit { key } => self.decide_finish(key, events),
+            Command::TryCredit(transfer) => self.decide_try_credit(transfer, events),
+            Command::ConfirmCredit(transfer) => self.decide_confirm_credit(transfer, events),
+            Command::CancelCredit(transfer) => self.decide_cancel_credit(transfer, events),
+        };
+        debug_assert!(
+            result.is_ok() || events.len() == events_before,
+            "a refused command emitted events"
+        );
+        result
+    }
+
+    fn decide_open(
+        &self,
+        account: AccountId,
+        currency: Currency,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        self.require_local(&account)?;
+        match self.accounts.get(&account) {
+            Some(existing) if existing.currency == currency => Ok(Reply::Opened { created: false }),
+            Some(existing) => Err(LedgerError::AccountExists {
+                account,
+                existing: existing.currency,
+            }),
+            None => {
+                events.push(Event::AccountOpened { account, currency });
+                Ok(Reply::Opened { created: true })
+            }
+        }
+    }
+
+    fn decide_cash(
+        &self,
+        kind: CashKind,
+        account: AccountId,
+        amount: Amount,
+        currency: Currency,
+        transaction_id: TransactionId,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        self.require_local(&account)?;
+        let found = self.require_account(&account, currency)?;
+        if let Some(row) = self.cash.get(&(account, transaction_id)) {
+            return if row.kind == kind && row.amount == amount {
+                Ok(Reply::Balance {
+                    balance: row.balance_after,
+                })
+            } else {
+                Err(LedgerError::Conflict(transaction_id))
+            };
+        }
+        let balance = match kind {
+            CashKind::Deposit => {
+                if !found.has_room_for(amount.minor()) {
+                    return Err(LedgerError::BalanceLimit(account));
+                }
+                events.push(Event::Deposited {
+                    account,
+                    amount,
+                    transaction_id,
+                });
+                found.balance + amount.minor()
+            }
+            CashKind::Withdrawal => {
+                if found.balance < amount.minor() {
+                    return Err(LedgerError::InsufficientFunds {
+                        available: format_minor(found.balance, currency),
+                        currency,
+                    });
+                }
+                events.push(Event::Withdrawn {
+                    account,
+                    amount,
+                    transaction_id,
+                });
+                found.balance - amount.minor()
+            }
+        };
+        Ok(Reply::Balance { balance })
+    }
+
+    fn decide_transfer(
+        &self,
+        transfer: Transfer,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        self.require_local(&transfer.from)?;
+        if let Some(at) = self.transfers.find(&transfer.key()) {
+            let state = self.transfers.phase(at).state;
+            #[cfg(any(test, madsim, feature = "testing"))]
+            if crate::protocol::bugs::enabled(Bug::NoIdempotency) && !state.is_unfinished() {
+                // Known bug: the key of a finished transfer is forgotten, so a retry is
+                // decided and applied again as if it were new.
+                return self.decide_new_transfer(transfer, events);
+            }
+            return if self.transfers.records(at, &transfer) {
+                Ok(Reply::Transfer(state.status()))
+            } else {
+                Err(LedgerError::Conflict(transfer.transaction_id))
+            };
+        }
+        self.decide_new_transfer(transfer, events)
+    }
+
+    /// A transfer whose key this partition has not seen.
+    fn decide_new_transfer(
+        &self,
+        transfer: Transfer,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        if transfer.from == transfer.to {
+            return Err(LedgerError::SameAccount);
+        }
+        let source = self.require_account(&transfer.from, transfer.currency)?;
+        if !self.owns(&transfer.to) {
+            // Cross-partition: debit first, into a hold. The destination is validated by its Try.
+            if source.balance < transfer.amount.minor() {
+                events.push(Event::TransferRejected {
+                    transfer,
+                    reason: Reason::InsufficientFunds,
+                });
+                return Ok(Reply::Transfer(TransferStatus::Rejected(
+                    Reason::InsufficientFunds,
+                )));
+            }
+            events.push(Event::DebitTried { transfer });
+            return Ok(Reply::Transfer(TransferStatus::Pending));
+        }
+        let destination = self.require_account(&transfer.to, transfer.currency)?;
+        if !destination.has_room_for(transfer.amount.minor()) {
+            return Err(LedgerError::BalanceLimit(transfer.to));
+        }
+        if source.balance < transfer.amount.minor() {
+            events.push(Event::TransferRejected {
+                transfer,
+                reason: Reason::InsufficientFunds,
+            });
+            return Ok(Reply::Transfer(TransferStatus::Rejected(
+                Reason::InsufficientFunds,
+            )));
+        }
+        events.push(Event::Transferred { transfer });
+        Ok(Reply::Transfer(TransferStatus::Committed))
+    }
+
+    /// The phase of the home row under `key`.
+    fn home_state(&self, key: &TransferKey) -> Result<TransferState, LedgerError> {
+        self.transfers
+            .find(key)
+            .map(|at| self.transfers.phase(at).state)
+            .ok_or(LedgerError::UnknownTransfer(*key))
+    }
+
+    fn decide_decision(
+        &self,
+        key: TransferKey,
+        decision: Decision,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        match (self.home_state(&key)?, decision) {
+            (TransferState::Trying, _) => {
+                events.push(Event::TransferDecided { key, decision });
+                Ok(Reply::Done)
+            }
+            // Retried decision that is already logged, or already carried out: a no-op.
+            (TransferState::Confirming | TransferState::Committed, Decision::Confirm) => {
+                Ok(Reply::Done)
+            }
+            (TransferState::Cancelling(_) | TransferState::Cancelled(_), Decision::Cancel(_)) => {
+                Ok(Reply::Done)
+            }
+            (state, _) => Err(LedgerError::InvalidTransition {
+                key,
+                from: format!("{state:?}"),
+                command: "decide",
+            }),
+        }
+    }
+
+    fn decide_finish(
+        &self,
+        key: TransferKey,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        match self.home_state(&key)? {
+            TransferState::Confirming => events.push(Event::DebitConfirmed { key }),
+            TransferState::Cancelling(_) => events.push(Event::DebitCancelled { key }),
+            TransferState::Committed | TransferState::Cancelled(_) => {}
+            state => {
+                return Err(LedgerError::InvalidTransition {
+                    key,
+                    from: format!("{state:?}"),
+                    command: "finish",
+                })
+            }
+        }
+        Ok(Reply::Done)
+    }
+
+    fn decide_try_credit(
+        &self,
+        transfer: Transfer,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        self.require_local(&transfer.to)?;
+        let key = transfer.key();
+        if let Some(row) = self.credit(&key) {
+            if row.transfer.is_some_and(|t| t != transfer) {
+                return Err(LedgerError::Conflict(transfer.transaction_id));
+            }
+            // The barrier: a duplicate Try is a no-op; a Try after its Cancel fails at once.
+            let result = match row.state {
+                CreditState::Tried | CreditState::Confirmed => PhaseResult::Tried,
+                CreditState::Cancelled | CreditState::TryNotSeen => {
+                    PhaseResult::TryFailed(Reason::CancelledBeforeTry)
+                }
+            };
+            #[cfg(any(test, madsim, feature = "testing"))]
+            if crate::protocol::bugs::enabled(Bug::SkipBarrier) && result != PhaseResult::Tried {
+                // Known bug: no barrier, so a Try that arrives after its Cancel is validated
+                // and recorded like a first one, and its pending credit hangs.
+                return self.decide_new_try(transfer, events);
+            }
+            return Ok(Reply::Phase(result));
+        }
+        self.decide_new_try(transfer, events)
+    }
+
+    /// A Try with no barrier row yet: validate the destination and record a pending credit.
+    fn decide_new_try(
+        &self,
+        transfer: Transfer,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        let refusal = match self.accounts.get(&transfer.to) {
+            None => Some(Reason::DestinationNotFound),
+            Some(account) if account.currency != transfer.currency => {
+                Some(Reason::DestinationCurrencyMismatch)
+            }
+            Some(account) if !account.has_room_for(transfer.amount.minor()) => {
+                Some(Reason::DestinationBalanceLimit)
+            }
+            Some(_) => None,
+        };
+        if let Some(reason) = refusal {
+            // Nothing is recorded: the home partition cancels, and that Cancel leaves the
+            // try-not-seen flag that fails any retry of this Try.
+            return Ok(Reply::Phase(PhaseResult::TryFailed(reason)));
+        }
+        events.push(Event::CreditTried { transfer });
+        Ok(Reply::Phase(PhaseResult::Tried))
+    }
+
+    fn decide_confirm_credit(
+        &self,
+        transfer: Transfer,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        self.require_local(&transfer.to)?;
+        let key = transfer.key();
+        let row = self
+            .credits
+            .get(&key)
+            .ok_or(LedgerError::UnknownTransfer(key))?;
+        let result = match row.state {
+            CreditState::Tried => {
+                events.push(Event::CreditConfirmed { key });
+                PhaseResult::Confirmed
+            }
+            CreditState::Confirmed => PhaseResult::Confirmed,
+            // A branch that is cancelled is never confirmed: answer with what it is.
+            CreditState::Cancelled | CreditState::TryNotSeen => PhaseResult::Cancelled,
+        };
+        Ok(Reply::Phase(result))
+    }
+
+    fn decide_cancel_credit(
+        &self,
+        transfer: Transfer,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        self.require_local(&transfer.to)?;
+        let key = transfer.key();
+        let result = match self.credits.get(&key).map(|row| row.state) {
+            None => {
+                events.push(Event::CreditTryNotSeen { key });
+                PhaseResult::Cancelled
+            }
+            Some(CreditState::Tried) => {
+                events.push(Event::CreditCancelled { key });
+                PhaseResult::Cancelled
+            }
+            Some(CreditState::Cancelled | CreditState::TryNotSeen) => PhaseResult::Cancelled,
+            // A branch that is confirmed is never cancelled: answer with what it is.
+            Some(CreditState::Confirmed) => PhaseResult::Confirmed,
+        };
+        Ok(Reply::Phase(result))
+    }
+
+    /// Decides and, if accepted, applies `command` at once. `events` receives what to log.
+    pub fn execute(
+        &mut self,
+        command: &Command,
+        meta: RecordMeta,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        let first = events.len();
+        let reply = self.decide(command, events)?;
+        for event in &events[first..] {
+            self.apply(meta, event)
+                .expect("events from decide always apply");
+        }
+        Ok(reply)
+    }
+
+    /// Folds one event into the state. Checks everything before changing anything, so a
+    /// refused event leaves the state as it was.
+    pub fn apply(&mut self, meta: RecordMeta, event: &Event) -> Result<(), ApplyError> {
+        let fail = |what: String| {
+            Err(ApplyError {
+                lsn: meta.lsn,
+                what,
+            })
+        };
+        if meta.lsn < self.last.lsn {
+            return fail(format!(
+                "record out of log order after lsn {}",
+                self.last.lsn
+            ));
+        }
+        #[cfg(any(test, madsim, feature = "testing"))]
+        if crate::protocol::bugs::enabled(Bug::NoIdempotency) {
+            self.forget_finished_transfer(event);
+        }
+        #[cfg(any(test, madsim, feature = "testing"))]
+        if crate::protocol::bugs::enabled(Bug::SkipBarrier) {
+            self.forget_cancelled_branch(event);
+        }
+        // Idempotency keys are spent once: a second record for one is a contradiction, and
+        // must be refused before any balance moves (`Transferred` checks its own, below, with
+        // the one lookup that also inserts the row).
+        if let Event::TransferRejected { transfer, .. } | Event::DebitTried { transfer } = *event {
+            if self.transfers.contains(&transfer.key()) {
+                return fail(format!("transfer {:?} recorded twice", transfer.key()));
+            }
+        }
+        if let Event::Deposited {
+            account,
+            transaction_id,
+            ..
+        }
+        | Event::Withdrawn {
+            account,
+            transaction_id,
+            ..
+        } = *event
+        {
+            if self.cash.contains_key(&(account, transaction_id)) {
+                return fail(format!("{account} used {transaction_id:?} twice"));
+            }
+        }
+        match *event {
+            Event::AccountOpened { account, currency } => {
+                if self.accounts.contains_key(&account) {
+                    return fail(format!("account {account} opened twice"));
+                }
+                self.accounts.insert(
+                    account,
+                    Account {
+                        currency,
+                        balance: 0,
+                        held: 0,
+                        incoming: 0,
+                    },
+                );
+            }
+            Event::Deposited {
+                account,
+                amount,
+                transaction_id,
+            } => {
+                let Some(acct) = self.accounts.get_mut(&account) else {
+                    return fail(format!("deposit to unknown account {account}"));
+                };
+                acct.balance += amount.minor();
+                let (currency, balance_after) = (acct.currency, acct.balance);
+                self.cash.insert(
+                    (account, transaction_id),
+                    CashRow {
+                        kind: CashKind::Deposit,
+                        amount,
+                        balance_after,
+                    },
+                );
+                self.flows.entry(currency).or_default().deposited += u128::from(amount.minor());
+            }
+            Event::Withdrawn {
+                account,
+                amount,
+                transaction_id,
+            } => {
+                let Some(acct) = self.accounts.get_mut(&account) else {
+                    return fail(format!("withdrawal from unknown account {account}"));
+                };
+                let Some(balance_after) = acct.balance.checked_sub(amount.minor()) else {
+                    return fail(format!("withdrawal overdraws {account}"));
+                };
+                acct.balance = balance_after;
+                let currency = acct.currency;
+                self.cash.insert(
+                    (account, transaction_id),
+                    CashRow {
+                        kind: CashKind::Withdrawal,
+                        amount,
+                        balance_after,
+                    },
+                );
+                self.flows.entry(currency).or_default().withdrawn += u128::from(amount.minor());
+            }
+            Event::Transferred { transfer } => {
+                let amount = transfer.amount.minor();
+                if transfer.from == transfer.to {
+                    // `decide` never logs one; `get_disjoint_mut` would panic on it.
+                    return fail(format!("transfer {:?} to its own account", transfer.key()));
+                }
+                // One lookup per account and one for the key: the ledger's hottest path.
+                let key = transfer.key();
+                let Some(slot) = self.transfers.vacancy(&key) else {
+                    return fail(format!("transfer {key:?} recorded twice"));
+                };
+                match self
+                    .accounts
+                    .get_disjoint_mut([&transfer.from, &transfer.to])
+                {
+                    [Some(from), Some(to)] if from.balance >= amount => {
+                        from.balance -= amount;
+                        to.balance += amount;
+                    }
+                    _ => return fail(format!("transfer {key:?} cannot apply")),
+                }
+                slot.fill(&new_row(meta, transfer, TransferState::Committed, false));
+            }
+            Event::TransferRejected { transfer, reason } => {
+                self.insert_row(
+                    meta,
+                    transfer,
+                    TransferState::Rejected(reason),
+                    !self.owns(&transfer.to),
+                );
+            }
+            Event::DebitTried { transfer } => {
+                let Some(from) = self.accounts.get_mut(&transfer.from) else {
+                    return fail(format!("debit from unknown account {}", transfer.from));
+                };
+                let Some(balance) = from.balance.checked_sub(transfer.amount.minor()) else {
+                    return fail(format!("debit overdraws {}", transfer.from));
+                };
+                from.balance = balance;
+                from.held += transfer.amount.minor();
+                self.insert_row(meta, transfer, TransferState::Trying, true);
+            }
+            Event::TransferDecided { key, decision } => {
+                let Some(at) = self.transfers.find(&key) else {
+                    return fail(format!("decision for unknown transfer {key:?}"));
+                };
+                let mut phase = self.transfers.phase(at);
+                if phase.state != TransferState::Trying {
+                    return fail(format!("decision for {key:?} in state {:?}", phase.state));
+                }
+                phase.state = match decision {
+                    Decision::Confirm => TransferState::Confirming,
+                    Decision::Cancel(reason) => TransferState::Cancelling(reason),
+                };
+                phase.decided_at = meta.timestamp;
+                self.transfers.set_phase(at, phase);
+            }
+            Event::DebitConfirmed { key } | Event::DebitCancelled { key } => {
+                let confirmed = matches!(event, Event::DebitConfirmed { .. });
+                let Some(at) = self.transfers.find(&key) else {
+                    return fail(format!("finish of unknown transfer {key:?}"));
+                };
+                let next = match (self.transfers.phase(at).state, confirmed) {
+                    (TransferState::Confirming, true) => TransferState::Committed,
+                    (TransferState::Cancelling(reason), false) => TransferState::Cancelled(reason),
+                    (state, _) => return fail(format!("finish of {key:?} in state {state:?}")),
+                };
+                let (amount, currency) = self.transfers.money(at);
+                let amount = amount.minor();
+                let Some(from) = self
+                    .accounts
+                    .get_mut(&key.from)
+                    .filter(|a| a.held >= amount)
+                else {
+                    return fail(format!("hold of {key:?} is missing"));
+                };
+                from.held -= amount;
+                if confirmed {
+                    self.flows.entry(currency).or_default().sent += u128::from(amount);
+                } else {
+                    from.balance += amount;
+                }
+                let mut phase = self.transfers.phase(at);
+                phase.state = next;
+                phase.finished_at = meta.timestamp;
+                self.transfers.set_phase(at, phase);
+            }
+            Event::CreditTried { transfer } => {
+                let key = transfer.key();
+                if self.credits.contains_key(&key) {
+                    return fail(format!("second Try for {key:?}"));
+                }
+                let Some(to) = self.accounts.get_mut(&transfer.to) else {
+                    return fail(format!("credit to unknown account {}", transfer.to));
+                };
+                to.incoming += transfer.amount.minor();
+                let row = CreditRow {
+                    state: CreditState::Tried,
+                    transfer: Some(transfer),
+                };
+                self.credits.insert(key, StoredCredit::new(&key, row));
+            }
+            Event::CreditConfirmed { key } | Event::CreditCancelled { key } => {
+                let confirmed = matches!(event, Event::CreditConfirmed { .. });
+                let Some(CreditRow {
+                    state: CreditState::Tried,
+                    transfer: Some(transfer),
+                }) = self.credit(&key)
+                else {
+                    return fail(format!("second phase of {key:?} without a pending Try"));
+                };
+                let amount = transfer.amount.minor();
+                let Some(to) = self
+                    .accounts
+                    .get_mut(&transfer.to)
+                    .filter(|a| a.incoming >= amount)
+                else {
+                    return fail(format!("pending credit of {key:?} is missing"));
+                };
+                to.incoming -= amount;
+                if confirmed {
+                    to.balance += amount;
+                    self.flows.entry(transfer.currency).or_default().received += u128::from(amount);
+                }
+                let state = if confirmed {
+                    CreditState::Confirmed
+                } else {
+                    CreditState::Cancelled
+                };
+                self.credits.get_mut(&key).expect("checked").state = state;
+            }
+            Event::CreditTryNotSeen { key } => {
+                if self.credits.contains_key(&key) {
+                    return fail(format!("null compensation for {key:?} after its Try"));
+                }
+                let row = CreditRow {
+                    state: CreditState::TryNotSeen,
+                    transfer: None,
+                };
+                self.credits.insert(key, StoredCredit::new(&key, row));
+            }
+        }
+        self.last = meta;
+        Ok(())
+    }
+
+    /// Known bug `NoIdempotency`: a new record for a finished transfer replaces its row, as
+    /// if the key had never been seen (what `decide` does under the same bug).
+    #[cfg(any(test, madsim, feature = "testing"))]
+    fn forget_finished_transfer(&mut self, event: &Event) {
+        if let Event::Transferred { transfer }
+        | Event::TransferRejected { transfer, .. }
+        | Event::DebitTried { transfer } = *event
+        {
+            let key = transfer.key();
+            let finished = self.transfers.find(&key);
+            if finished.is_some_and(|at| !self.transfers.phase(at).state.is_unfinished()) {
+                self.transfers.remove(&key);
+            }
+        }
+    }
+
+    /// Known bug `SkipBarrier`: a Try after its Cancel replaces the cancelled barrier row, as
+    /// if no Cancel had come (what `decide` does under the same bug).
+    #[cfg(any(test, madsim, feature = "testing"))]
+    fn forget_cancelled_branch(&mut self, event: &Event) {
+        if let Event::CreditTried { transfer } = *event {
+            let key = transfer.key();
+            let cancelled = matches!(
+                self.credits.get(&key).map(|row| row.state),
+                Some(CreditState::Cancelled | CreditState::TryNotSeen)
+            );
+            if cancelled && self.accounts.contains_key(&transfer.to) {
+                self.credits.swap_remove(&key);
+            }
+        }
+    }
+
+    fn insert_row(
+        &mut self,
+        meta: RecordMeta,
+        transfer: Transfer,
+        state: TransferState,
+        remote: bool,
+    ) {
+        let recorded = self
+            .transfers
+            .insert(&new_row(meta, transfer, state, remote));
+        assert!(recorded, "a transfer key is recorded once");
+    }
+
+    /// The partition's conservation law, per currency:
+    /// `Σ balance + Σ held = deposited − withdrawn − sent + received`. Scans every account,
+    /// so it is meant for tests, debug builds, the simulator and `wallet verify`.
+    pub fn check_conservation(&self) -> Result<(), String> {
+        let mut sums: BTreeMap<Currency, (u128, u128)> = BTreeMap::new();
+        for account in self.accounts.values() {
+            let entry = sums.entry(account.currency).or_default();
+            entry.0 += u128::from(account.balance) + u128::from(account.held);
+            entry.1 += u128::from(account.incoming);
+        }
+        let mut incoming_by_rows: BTreeMap<Currency, u128> = BTreeMap::new();
+        for (amount, currency) in self.credits.values().filter_map(StoredCredit::pending) {
+            *incoming_by_rows.entry(currency).or_default() += u128::from(amount.minor());
+        }
+        for currency in sums.keys().chain(self.flows.keys()) {
+            let (held_and_balance, incoming) = sums.get(currency).copied().unwrap_or_default();
+            let flows = self.flows.get(currency).copied().unwrap_or_default();
+            let expected = (flows.deposited + flows.received)
+                .checked_sub(flows.withdrawn + flows.sent)
+                .ok_or_else(|| format!("{currency}: more left the partition than entered"))?;
+            if held_and_balance != expected {
+                return Err(format!(
+                    "{currency}: balances + holds = {held_and_balance}, but deposited - withdrawn - sent + received = {expected}"
+                ));
+            }
+            let by_rows = incoming_by_rows.get(currency).copied().unwrap_or_default();
+            if incoming != by_rows {
+                return Err(format!("{currency}: pending credits on accounts {incoming} != on barrier rows {by_rows}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The idempotency row a transfer gets when its first record is applied.
+fn new_row(
+    meta: RecordMeta,
+    transfer: Transfer,
+    state: TransferState,
+    remote: bool,
+) -> TransferRow {
+    let final_at = if state.is_unfinished() {
+        0
+    } else {
+        meta.timestamp
+    };
+    TransferRow {
+        transfer,
+        state,
+        remote,
+        accepted_at: meta.timestamp,
+        decided_at: final_at,
+        finished_at: final_at,
+    }
+}

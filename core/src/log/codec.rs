@@ -1,0 +1,972 @@
+//! The log record codec: how one partition's log is laid out in bytes.
+//!
+//! # Frame
+//! A log segment is a sequence of records, each framed as (all integers little-endian)
+//!
+//! ```text
+//! [body_len: u32][crc: u32][body: body_len bytes]
+//! body = [version: u8][lsn: u64][timestamp: u64][event]
+//! ```
+//!
+//! `crc` is CRC32C over the four `body_len` bytes followed by the body. Covering the length
+//! means a damaged length field is caught by the checksum itself rather than only by the luck
+//! of the body no longer matching: a record is accepted only if its extent and its contents
+//! are exactly what the writer checksummed. `body_len` must lie in
+//! `RECORD_BODY_LEN_MIN..=RECORD_BODY_LEN_MAX`; anything else is not a record.
+//!
+//! # Events
+//! An event is a tag byte followed by its fields in a fixed order. The tag numbers below are
+//! part of the format: a tag is never reused or renumbered, new events get new numbers, and tag
+//! 0 is never valid (so zero-filled space never decodes as an event).
+//!
+//! | tag | event | fields |
+//! | --- | --- | --- |
+//! | 1 | `AccountOpened` | account, currency |
+//! | 2 | `Deposited` | account, amount, transaction id |
+//! | 3 | `Withdrawn` | account, amount, transaction id |
+//! | 4 | `Transferred` | transfer |
+//! | 5 | `TransferRejected` | transfer, reason |
+//! | 6 | `DebitTried` | transfer |
+//! | 7 | `TransferDecided` | key, decision |
+//! | 8 | `DebitConfirmed` | key |
+//! | 9 | `DebitCancelled` | key |
+//! | 10 | `CreditTried` | transfer |
+//! | 11 | `CreditConfirmed` | key |
+//! | 12 | `CreditCancelled` | key |
+//! | 13 | `CreditTryNotSeen` | key |
+//!
+//! Fields: an id is a `u8` length and that many ASCII bytes (validated by [`AccountId::new`] or
+//! [`TransactionId::new`] on decode); an amount is a `u64` of minor units (validated by
+//! [`Amount::from_minor`]); a currency is its ISO 4217 numeric code as a `u16`; a transfer is
+//! transaction id, from, to, amount, currency; a key is from, transaction id. A reason is one
+//! byte: 1 insufficient funds, 2 destination not found, 3 destination currency mismatch,
+//! 4 destination balance limit, 5 timeout, 6 cancelled before try. A decision is one byte,
+//! 1 confirm or 2 cancel, and a cancel is followed by its reason. The body must end exactly
+//! where the event ends.
+//!
+//! # Where a log ends
+//! [`decode_log`] reads records from the start. At the first offset where no valid frame
+//! begins (too few bytes for a header, a length out of bounds, a record running past the end
+//! of the buffer, or a checksum mismatch) it searches every later offset for a valid frame:
+//!
+//! - if one exists, data survives after the damage, so the damage is not a torn write but
+//!   corruption: [`CodecError::Corrupt`] at the damaged offset. Silently skipping it would
+//!   drop or reorder durable records.
+//! - if none exists and every byte from there on is zero, the log simply ends there: that is
+//!   the zero-filled space of a preallocated file (or a last write whose bytes never reached
+//!   the disk). The records before it are returned with `valid_len` at that offset.
+//! - otherwise everything from the damaged offset on is a torn tail: the records before it are
+//!   returned with `valid_len` at the damaged offset and `torn_tail` set. This covers a write
+//!   cut short at any byte.
+//!
+//! A frame whose checksum is valid is never treated as a torn tail: a torn write does not
+//! produce a matching CRC, so a checksummed record that cannot be used (an unknown version,
+//! an undecodable event, an lsn out of sequence) is always an error, wherever it is.
+
+use crc32c::{crc32c, crc32c_append};
+
+use crate::model::event::{Decision, Event, Lsn, Reason, Timestamp, Transfer, TransferKey};
+use crate::model::ids::{AccountId, TransactionId, ID_LEN_MAX};
+use crate::model::money::{Amount, Currency};
+
+/// The body version this build writes and the only one it reads.
+pub const RECORD_VERSION: u8 = 1;
+/// Largest body a frame may declare. Bounds the damage a corrupt length can claim and the
+/// memory a reader needs per record; real bodies are far smaller ([`RECORD_ENCODED_LEN_MAX`]).
+pub const RECORD_BODY_LEN_MAX: usize = 4096;
+/// Bytes of the frame header: body length and checksum.
+pub const RECORD_HEADER_LEN: usize = 8;
+
+/// Bytes of the body before the event: version, lsn, timestamp.
+const BODY_PREFIX_LEN: usize = 1 + 8 + 8;
+/// Smallest body a frame may declare: the prefix and an event tag.
+const RECORD_BODY_LEN_MIN: usize = BODY_PREFIX_LEN + 1;
+const ID_FIELD_LEN_MAX: usize = 1 + ID_LEN_MAX;
+const TRANSFER_FIELD_LEN_MAX: usize = 3 * ID_FIELD_LEN_MAX + 8 + 2;
+/// The longest event: `TransferRejected` (tag, transfer, reason).
+const EVENT_LEN_MAX: usize = 1 + TRANSFER_FIELD_LEN_MAX + 1;
+/// Most bytes [`encode_record`] appends for one record.
+pub const RECORD_ENCODED_LEN_MAX: usize = RECORD_HEADER_LEN + BODY_PREFIX_LEN + EVENT_LEN_MAX;
+const _: () = assert!(BODY_PREFIX_LEN + EVENT_LEN_MAX <= RECORD_BODY_LEN_MAX);
+
+/// Event tags; see the module docs. Never reuse or renumber one.
+mod tag {
+    pub const ACCOUNT_OPENED: u8 = 1;
+    pub const DEPOSITED: u8 = 2;
+    pub const WITHDRAWN: u8 = 3;
+    pub const TRANSFERRED: u8 = 4;
+    pub const TRANSFER_REJECTED: u8 = 5;
+    pub const DEBIT_TRIED: u8 = 6;
+    pub const TRANSFER_DECIDED: u8 = 7;
+    pub const DEBIT_CONFIRMED: u8 = 8;
+    pub const DEBIT_CANCELLED: u8 = 9;
+    pub const CREDIT_TRIED: u8 = 10;
+    pub const CREDIT_CONFIRMED: u8 = 11;
+    pub const CREDIT_CANCELLED: u8 = 12;
+    pub const CREDIT_TRY_NOT_SEEN: u8 = 13;
+}
+
+/// One record of a partition log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    pub lsn: Lsn,
+    pub timestamp: Timestamp,
+    pub event: Event,
+}
+
+/// Why bytes could not be read as a log (or a snapshot). Offsets are from the start of the
+/// buffer given to the decoder.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    #[error("corrupt data at byte {offset}: {reason}")]
+    Corrupt { offset: u64, reason: String },
+    #[error("record at byte {offset} has version {version}; this build reads only version {RECORD_VERSION} (written by a newer walletd?)")]
+    UnsupportedVersion { offset: u64, version: u8 },
+    #[error("record at byte {offset} has lsn {found}, expected {expected}: the log has a gap or is out of order")]
+    LsnGap {
+        offset: u64,
+        expected: Lsn,
+        found: Lsn,
+    },
+}
+
+/// The readable part of a log segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedLog {
+    pub records: Vec<Record>,
+    /// Bytes of whole valid records from the start: where the next record is to be appended.
+    /// Bytes after it are a torn tail or, if `torn_tail` is false, zero-filled space.
+    pub valid_len: usize,
+    /// True when bytes after `valid_len` were dropped as a torn tail (something other than
+    /// zeros); the writer must truncate or overwrite from `valid_len`.
+    pub torn_tail: bool,
+}
+
+/// Appends one framed record to `out`.
+///
+/// This is the write hot path: it allocates nothing beyond `out` growing, and checksums the
+/// body where it was written.
+pub fn encode_record(record: &Record, out: &mut Vec<u8>) {
+    out.reserve(RECORD_ENCODED_LEN_MAX);
+    let start = out.len();
+    out.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+    out.push(RECORD_VERSION);
+    out.extend_from_slice(&record.lsn.to_le_bytes());
+    out.extend_from_slice(&record.timestamp.to_le_bytes());
+    encode_event(&record.event, out);
+    let body_len = out.len() - start - RECORD_HEADER_LEN;
+    assert!(
+        (RECORD_BODY_LEN_MIN..=BODY_PREFIX_LEN + EVENT_LEN_MAX).contains(&body_len),
+        "encoded body of {body_len} bytes is outside its bounds"
+    );
+    seal_frame(out, start);
+}
+
+/// Fills in the header of the frame that starts at `start` and runs to the end of `out`.
+fn seal_frame(out: &mut [u8], start: usize) {
+    let body_len = out.len() - start - RECORD_HEADER_LEN;
+    let len_bytes = u32::try_from(body_len)
+        .expect("bodies are bounded")
+        .to_le_bytes();
+    let crc = crc32c_append(crc32c(&len_bytes), &out[start + RECORD_HEADER_LEN..]);
+    out[start..start + 4].copy_from_slice(&len_bytes);
+    out[start + 4..start + RECORD_HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn encode_event(event: &Event, out: &mut Vec<u8>) {
+    match *event {
+        Event::AccountOpened { account, currency } => {
+            out.push(tag::ACCOUNT_OPENED);
+            account.encode_into(out);
+            put_currency(out, currency);
+        }
+        Event::Deposited {
+            account,
+            amount,
+            transaction_id,
+        } => put_cash(out, tag::DEPOSITED, account, amount, transaction_id),
+        Event::Withdrawn {
+            account,
+            amount,
+            transaction_id,
+        } => put_cash(out, tag::WITHDRAWN, account, amount, transaction_id),
+        Event::Transferred { transfer } => put_transfer_event(out, tag::TRANSFERRED, &transfer),
+        Event::TransferRejected { transfer, reason } => {
+            put_transfer_event(out, tag::TRANSFER_REJECTED, &transfer);
+            out.push(reason_tag(reason));
+        }
+        Event::DebitTried { transfer } => put_transfer_event(out, tag::DEBIT_TRIED, &transfer),
+        Event::TransferDecided { key, decision } => {
+            put_key_event(out, tag::TRANSFER_DECIDED, &key);
+            match decision {
+                Decision::Confirm => out.push(1),
+                Decision::Cancel(reason) => out.extend_from_slice(&[2, reason_tag(reason)]),
+            }
+        }
+        Event::DebitConfirmed { key } => put_key_event(out, tag::DEBIT_CONFIRMED, &key),
+        Event::DebitCancelled { key } => put_key_event(out, tag::DEBIT_CANCELLED, &key),
+        Event::CreditTried { transfer } => put_transfer_event(out, tag::CREDIT_TRIED, &transfer),
+        Event::CreditConfirmed { key } => put_key_event(out, tag::CREDIT_CONFIRMED, &key),
+        Event::CreditCancelled { key } => put_key_event(out, tag::CREDIT_CANCELLED, &key),
+        Event::CreditTryNotSeen { key } => put_key_event(out, tag::CREDIT_TRY_NOT_SEEN, &key),
+    }
+}
+
+pub(crate) fn put_currency(out: &mut Vec<u8>, currency: Currency) {
+    out.extend_from_slice(&currency.numeric().to_le_bytes());
+}
+
+pub(crate) fn put_transfer(out: &mut Vec<u8>, transfer: &Transfer) {
+    transfer.transaction_id.encode_into(out);
+    transfer.from.encode_into(out);
+    transfer.to.encode_into(out);
+    out.extend_from_slice(&transfer.amount.minor().to_le_bytes());
+    put_currency(out, transfer.currency);
+}
+
+pub(crate) fn put_key(out: &mut Vec<u8>, key: &TransferKey) {
+    key.from.encode_into(out);
+    key.transaction_id.encode_into(out);
+}
+
+fn put_cash(
+    out: &mut Vec<u8>,
+    tag: u8,
+    account: AccountId,
+    amount: Amount,
+    transaction_id: TransactionId,
+) {
+    out.push(tag);
+    account.encode_into(out);
+    out.extend_from_slice(&amount.minor().to_le_bytes());
+    transaction_id.encode_into(out);
+}
+
+fn put_transfer_event(out: &mut Vec<u8>, tag: u8, transfer: &Transfer) {
+    out.push(tag);
+    put_transfer(out, transfer);
+}
+
+fn put_key_event(out: &mut Vec<u8>, tag: u8, key: &TransferKey) {
+    out.push(tag);
+    put_key(out, key);
+}
+
+/// The stable byte of a reason; see the module docs. Never renumber.
+pub(crate) fn reason_tag(reason: Reason) -> u8 {
+    match reason {
+        Reason::InsufficientFunds => 1,
+        Reason::DestinationNotFound => 2,
+        Reason::DestinationCurrencyMismatch => 3,
+        Reason::DestinationBalanceLimit => 4,
+        Reason::Timeout => 5,
+        Reason::CancelledBeforeTry => 6,
+    }
+}
+
+fn reason_from_tag(byte: u8) -> Option<Reason> {
+    Some(match byte {
+        1 => Reason::InsufficientFunds,
+        2 => Reason::DestinationNotFound,
+        3 => Reason::DestinationCurrencyMismatch,
+        4 => Reason::DestinationBalanceLimit,
+        5 => Reason::Timeout,
+        6 => Reason::CancelledBeforeTry,
+        _ => return None,
+    })
+}
+
+/// Reads fields front to back from a byte slice; every read is bounds-checked and every value
+/// validated, so a decoder built on it cannot produce a value the encoder could not write.
+pub(crate) struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Cursor<'a> {
+        Cursor { bytes, pos: 0 }
+    }
+
+    /// Bytes read so far.
+    pub(crate) fn position(&self) -> usize {
+        self.pos
+    }
+
+    pub(crate) fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.remaining() < n {
+            return Err(format!(
+                "field of {n} bytes runs past the end at byte {}",
+                self.pos
+            ));
+        }
+        let taken = &self.bytes[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(taken)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        Ok(self.take(N)?.try_into().expect("took N bytes"))
+    }
+
+    pub(crate) fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    pub(crate) fn u16(&mut self) -> Result<u16, String> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+
+    pub(crate) fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    pub(crate) fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    pub(crate) fn u128(&mut self) -> Result<u128, String> {
+        Ok(u128::from_le_bytes(self.array()?))
+    }
+
+    fn id_text(&mut self) -> Result<&'a str, String> {
+        let len = usize::from(self.u8()?);
+        let bytes = self.take(len)?;
+        std::str::from_utf8(bytes).map_err(|_| "identifier is not ASCII".to_string())
+    }
+
+    pub(crate) fn account(&mut self) -> Result<AccountId, String> {
+        AccountId::new(self.id_text()?).map_err(|e| e.to_string())
+    }
+
+    pub(crate) fn transaction_id(&mut self) -> Result<TransactionId, String> {
+        TransactionId::new(self.id_text()?).map_err(|e| e.to_string())
+    }
+
+    pub(crate) fn amount(&mut self) -> Result<Amount, String> {
+        let minor = self.u64()?;
+        Amount::from_minor(minor).ok_or_else(|| format!("amount {minor} is out of bounds"))
+    }
+
+    pub(crate) fn currency(&mut self) -> Result<Currency, String> {
+        let numeric = self.u16()?;
+        Currency::from_numeric(numeric).ok_or_else(|| format!("unknown currency code {numeric}"))
+    }
+
+    pub(crate) fn reason(&mut self) -> Result<Reason, String> {
+        let byte = self.u8()?;
+        reason_from_tag(byte).ok_or_else(|| format!("unknown reason {byte}"))
+    }
+
+    fn decision(&mut self) -> Result<Decision, String> {
+        match self.u8()? {
+            1 => Ok(Decision::Confirm),
+            2 => Ok(Decision::Cancel(self.reason()?)),
+            other => Err(format!("unknown decision {other}")),
+        }
+    }
+
+    pub(crate) fn transfer(&mut self) -> Result<Transfer, String> {
+        Ok(Transfer {
+            transaction_id: self.transaction_id()?,
+            from: self.account()?,
+            to: self.account()?,
+            amount: self.amount()?,
+            currency: self.currency()?,
+        })
+    }
+
+    pub(crate) fn key(&mut self) -> Result<TransferKey, String> {
+        Ok(TransferKey {
+            from: self.account()?,
+            transaction_id: self.transaction_id()?,
+        })
+    }
+
+    /// Succeeds only if every byte was read: trailing bytes mean a different layout.
+    pub(crate) fn finish(&self) -> Result<(), String> {
+        match self.remaining() {
+            0 => Ok(()),
+            extra => Err(format!("{extra} unexpected trailing bytes")),
+        }
+    }
+}
+
+fn decode_event(cursor: &mut Cursor<'_>) -> Result<Event, String> {
+    let event = match cursor.u8()? {
+        tag::ACCOUNT_OPENED => Event::AccountOpened {
+            account: cursor.account()?,
+            currency: cursor.currency()?,
+        },
+        tag::DEPOSITED => Event::Deposited {
+            account: cursor.account()?,
+            amount: cursor.amount()?,
+            transaction_id: cursor.transaction_id()?,
+        },
+        tag::WITHDRAWN => Event::Withdrawn {
+            account: cursor.account()?,
+            amount: cursor.amount()?,
+            transaction_id: cursor.transaction_id()?,
+        },
+        tag::TRANSFERRED => Event::Transferred {
+            transfer: cursor.transfer()?,
+        },
+        tag::TRANSFER_REJECTED => Event::TransferRejected {
+            transfer: cursor.transfer()?,
+            reason: cursor.reason()?,
+        },
+        tag::DEBIT_TRIED => Event::DebitTried {
+            transfer: cursor.transfer()?,
+        },
+        tag::TRANSFER_DECIDED => Event::TransferDecided {
+            key: cursor.key()?,
+            decision: cursor.decision()?,
+        },
+        tag::DEBIT_CONFIRMED => Event::DebitConfirmed { key: cursor.key()? },
+        tag::DEBIT_CANCELLED => Event::DebitCancelled { key: cursor.key()? },
+        tag::CREDIT_TRIED => Event::CreditTried {
+            transfer: cursor.transfer()?,
+        },
+        tag::CREDIT_CONFIRMED => Event::CreditConfirmed { key: cursor.key()? },
+        tag::CREDIT_CANCELLED => Event::CreditCancelled { key: cursor.key()? },
+        tag::CREDIT_TRY_NOT_SEEN => Event::CreditTryNotSeen { key: cursor.key()? },
+        other => return Err(format!("unknown event tag {other}")),
+    };
+    cursor.finish()?;
+    Ok(event)
+}
+
+/// The body of the valid frame at `offset`, or why there is none.
+fn frame_at(bytes: &[u8], offset: usize) -> Result<&[u8], &'static str> {
+    let rest = &bytes[offset..];
+    if rest.len() < RECORD_HEADER_LEN {
+        return Err("incomplete record header");
+    }
+    let len_bytes: [u8; 4] = rest[..4].try_into().expect("4 bytes");
+    let body_len = u32::from_le_bytes(len_bytes) as usize;
+    if !(RECORD_BODY_LEN_MIN..=RECORD_BODY_LEN_MAX).contains(&body_len) {
+        return Err("record length out of bounds");
+    }
+    let Some(body) = rest.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + body_len) else {
+        return Err("record runs past the end of the data");
+    };
+    let stored = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+    if crc32c_append(crc32c(&len_bytes), body) != stored {
+        return Err("checksum mismatch");
+    }
+    Ok(body)
+}
+
+/// The first offset after `offset` where a valid frame begins. Only called on damage, so
+/// its cost (a cheap length test at each offset, a checksum only where that passes) is paid
+/// only by recovery from a torn or corrupt log.
+fn next_valid_frame(bytes: &[u8], offset: usize) -> Option<usize> {
+    let last_start = bytes
+        .len()
+        .checked_sub(RECORD_HEADER_LEN + RECORD_BODY_LEN_MIN)?;
+    (offset + 1..=last_start).find(|&at| frame_at(bytes, at).is_ok())
+}
+
+/// Where a [`RecordReader`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReaderState {
+    Reading,
+    /// The log ended; how says what follows its last whole record.
+    Ended(LogEnd),
+    /// An error was returned; nothing more is read.
+    Failed,
+}
+
+/// How a log ended: what follows its last whole record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogEnd {
+    /// Nothing: the records fill the bytes.
+    Exact,
+    /// Only zeros (the reader checked every one).
+    ZeroFilled,
+    /// Bytes that are not a record and not all zeros, and no valid frame after them.
+    Torn,
+}
+
+/// Reads records one at a time from a byte slice, with the rules of [`decode_log`].
+#[derive(Debug, Clone)]
+pub struct RecordReader<'a> {
+    bytes: &'a [u8],
+    /// Start of the next record: the end of the valid records read so far.
+    offset: usize,
+    /// The lsn the next record must carry; 0 before the first record means "any".
+    expected_lsn: Lsn,
+    state: ReaderState,
+}
+
+impl<'a> RecordReader<'a> {
+    /// A reader whose first record must have lsn `first_lsn` (0 accepts any first lsn).
+    pub fn new(bytes: &'a [u8], first_lsn: Lsn) -> RecordReader<'a> {
+        RecordReader {
+            bytes,
+            offset: 0,
+            expected_lsn: first_lsn,
+            state: ReaderState::Reading,
+        }
+    }
+
+    /// Bytes of whole valid records read so far.
+    pub fn valid_len(&self) -> usize {
+        self.offset
+    }
+
+    /// Whether the reader stopped at a torn tail (only meaningful once it returned `None`).
+    pub fn torn_tail(&self) -> bool {
+        self.state == ReaderState::Ended(LogEnd::Torn)
+    }
+
+    /// How the log ended, once the reader returned `None`.
+    fn end(&self) -> Option<LogEnd> {
+        match self.state {
+            ReaderState::Ended(end) => Some(end),
+            ReaderState::Reading | ReaderState::Failed => None,
+        }
+    }
+
+    /// The next record, `Ok(None)` at the end of the log (clean or torn), or the error that
+    /// stops the log. After `None` or an error, every later call returns `Ok(None)`.
+    pub fn next_record(&mut self) -> Result<Option<Record>, CodecError> {
+        if self.state != ReaderState::Reading {
+            return Ok(None);
+        }
+        if self.offset == self.bytes.len() {
+            self.state = ReaderState::Ended(LogEnd::Exact);
+            return Ok(None);
+        }
+        let body = match frame_at(self.bytes, self.offset) {
+            Ok(body) => body,
+            Err(reason) => return self.damaged(reason),
+        };
+        match self.decode_body(body) {
+            Ok(record) => {
+                self.offset += RECORD_HEADER_LEN + body.len();
+                self.expected_lsn = record.lsn.saturating_add(1);
+                Ok(Some(record))
+            }
+            Err(error) => {
+                self.state = ReaderState::Failed;
+                Err(error)
+            }
+        }
+    }
+
+    /// No valid frame starts at `offset`: a torn tail if none starts later, else corruption.
+    fn damaged(&mut self, reason: &str) -> Result<Option<Record>, CodecError> {
+        if self.bytes[self.offset..].iter().all(|&b| b == 0) {
+            // Zero-filled space: no frame can start in it (a length of 0 is never valid).
+            self.state = ReaderState::Ended(LogEnd::ZeroFilled);
+            return Ok(None);
+        }
+        match next_valid_frame(self.bytes, self.offset) {
+            None => {
+                self.state = ReaderState::Ended(LogEnd::Torn);
+                Ok(None)
+            }
+            Some(valid_at) => {
+                self.state = ReaderState::Failed;
+                Err(CodecError::Corrupt {
+                    offset: self.offset as u64,
+                    reason: format!("{reason}, yet a valid record follows at byte {valid_at}"),
+                })
+            }
+        }
+    }
+
+    /// Decodes the checksummed body of the record at `self.offset`.
+    fn decode_body(&self, body: &[u8]) -> Result<Record, CodecError> {
+        let offset = self.offset as u64;
+        let corrupt = |reason: String| CodecError::Corrupt { offset, reason };
+        let mut cursor = Cursor::new(body);
+        let version = cursor.u8().map_err(corrupt)?;
+        if version != RECORD_VERSION {
+            return Err(CodecError::UnsupportedVersion { offset, version });
+        }
+        let lsn = cursor.u64().map_err(corrupt)?;
+        let timestamp = cursor.u64().map_err(corrupt)?;
+        if lsn == 0 {
+            return Err(corrupt("lsn 0 (lsns start at 1)".to_string()));
+        }
+        if self.expected_lsn != 0 && lsn != self.expected_lsn {
+            return Err(CodecError::LsnGap {
+                offset,
+                expected: self.expected_lsn,
+                found: lsn,
+            });
+        }
+        let event = decode_event(&mut cursor).map_err(corrupt)?;
+        Ok(Record {
+            lsn,
+            timestamp,
+            event,
+        })
+    }
+}
+
+impl Iterator for RecordReader<'_> {
+    type Item = Result<Record, CodecError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_record().transpose()
+    }
+}
+
+/// Decodes a whole log segment whose first record must have lsn `first_lsn` (pass 0 to
+/// accept any first lsn; lsns must then go up by one). See the module docs for where a log
+/// ends and what is an error.
+pub fn decode_log(bytes: &[u8], first_lsn: Lsn) -> Result<DecodedLog, CodecError> {
+    let mut reader = RecordReader::new(bytes, first_lsn);
+    let mut records = Vec::new();
+    while let Some(record) = reader.next_record()? {
+        records.push(record);
+    }
+    let end = reader
+        .end()
+        .expect("the reader stopped at the end of the log");
+    let decoded = DecodedLog {
+        records,
+        valid_len: reader.valid_len(),
+        torn_tail: end == LogEnd::Torn,
+    };
+    // The reader scanned a zero-filled tail, up to a preallocation step, to call it one; its
+    // verdict is carried here rather than scanned again, and checked against the lengths.
+    let tail = &bytes[decoded.valid_len..];
+    assert!(
+        match end {
+            LogEnd::Exact => tail.is_empty(),
+            LogEnd::ZeroFilled => tail.first() == Some(&0) && tail.last() == Some(&0),
+            LogEnd::Torn => !tail.is_empty(),
+        },
+        "a log ends at the end of its bytes, in zero-filled space or at a torn tail"
+    );
+    Ok(decoded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(text: &str) -> AccountId {
+        AccountId::new(text).unwrap()
+    }
+
+    fn txn(text: &str) -> TransactionId {
+        TransactionId::new(text).unwrap()
+    }
+
+    fn transfer(id: &str, amount: u64) -> Transfer {
+        Transfer {
+            transaction_id: txn(id),
+            from: account("alice"),
+            to: account("bob:with-a.longer_id"),
+            amount: Amount::from_minor(amount).unwrap(),
+            currency: Currency::KWD,
+        }
+    }
+
+    /// One event of every variant, with every reason and both decisions.
+    fn every_event() -> Vec<Event> {
+        let t = transfer("t-1", 12_345);
+        let key = t.key();
+        let mut events = vec![
+            Event::AccountOpened {
+                account: account("alice"),
+                currency: Currency::USD,
+            },
+            Event::Deposited {
+                account: account("alice"),
+                amount: Amount::from_minor(1).unwrap(),
+                transaction_id: txn("d-1"),
+            },
+            Event::Withdrawn {
+                account: account(&"w".repeat(ID_LEN_MAX)),
+                amount: Amount::from_minor(crate::model::money::AMOUNT_MINOR_MAX).unwrap(),
+                transaction_id: txn(&"x".repeat(ID_LEN_MAX)),
+            },
+            Event::Transferred { transfer: t },
+            Event::DebitTried { transfer: t },
+            Event::TransferDecided {
+                key,
+                decision: Decision::Confirm,
+            },
+            Event::DebitConfirmed { key },
+            Event::DebitCancelled { key },
+            Event::CreditTried { transfer: t },
+            Event::CreditConfirmed { key },
+            Event::CreditCancelled { key },
+            Event::CreditTryNotSeen { key },
+        ];
+        for reason in ALL_REASONS {
+            events.push(Event::TransferRejected {
+                transfer: t,
+                reason,
+            });
+            events.push(Event::TransferDecided {
+                key,
+                decision: Decision::Cancel(reason),
+            });
+        }
+        events
+    }
+
+    const ALL_REASONS: [Reason; 6] = [
+        Reason::InsufficientFunds,
+        Reason::DestinationNotFound,
+        Reason::DestinationCurrencyMismatch,
+        Reason::DestinationBalanceLimit,
+        Reason::Timeout,
+        Reason::CancelledBeforeTry,
+    ];
+
+    fn records_of(events: &[Event], first_lsn: Lsn) -> Vec<Record> {
+        events
+            .iter()
+            .zip(first_lsn..)
+            .map(|(event, lsn)| Record {
+                lsn,
+                timestamp: 1_700_000_000_000_000 + lsn * 1_000,
+                event: *event,
+            })
+            .collect()
+    }
+
+    fn encode_all(records: &[Record]) -> (Vec<u8>, Vec<usize>) {
+        let mut bytes = Vec::new();
+        let mut boundaries = vec![0];
+        for record in records {
+            encode_record(record, &mut bytes);
+            boundaries.push(bytes.len());
+        }
+        (bytes, boundaries)
+    }
+
+    /// A small log of mixed variants, short ids so that records are varied in length.
+    fn small_log() -> (Vec<Record>, Vec<u8>, Vec<usize>) {
+        let all = every_event();
+        let picked: Vec<Event> = [0, 1, 2, 3, 4, 5, 6, 8, 12, 13]
+            .iter()
+            .map(|&i| all[i])
+            .collect();
+        let records = records_of(&picked, 41);
+        let (bytes, boundaries) = encode_all(&records);
+        (records, bytes, boundaries)
+    }
+
+    #[test]
+    fn every_event_round_trips() {
+        let records = records_of(&every_event(), 1);
+        for record in &records {
+            let mut bytes = Vec::new();
+            encode_record(record, &mut bytes);
+            assert!(bytes.len() <= RECORD_ENCODED_LEN_MAX);
+            let decoded = decode_log(&bytes, record.lsn).unwrap();
+            assert_eq!(decoded.records, vec![*record]);
+            assert_eq!(decoded.valid_len, bytes.len());
+            assert!(!decoded.torn_tail);
+        }
+        let (bytes, _) = encode_all(&records);
+        let decoded = decode_log(&bytes, 0).unwrap();
+        assert_eq!(decoded.records, records);
+        let streamed: Result<Vec<Record>, CodecError> = RecordReader::new(&bytes, 1).collect();
+        assert_eq!(streamed.unwrap(), records);
+    }
+
+    #[test]
+    fn encoding_appends_after_existing_bytes() {
+        let (records, bytes, _) = small_log();
+        let mut out = b"prefix".to_vec();
+        encode_record(&records[0], &mut out);
+        assert_eq!(&out[..6], b"prefix");
+        let mut alone = Vec::new();
+        encode_record(&records[0], &mut alone);
+        assert_eq!(&out[6..], &alone[..]);
+        assert_eq!(&bytes[..alone.len()], &alone[..]);
+    }
+
+    #[test]
+    fn empty_input_is_an_empty_log() {
+        let decoded = decode_log(&[], 1).unwrap();
+        assert_eq!(decoded.records, vec![]);
+        assert_eq!((decoded.valid_len, decoded.torn_tail), (0, false));
+    }
+
+    #[test]
+    fn truncation_at_every_offset_keeps_exactly_the_whole_records() {
+        let (records, bytes, boundaries) = small_log();
+        for cut in 0..=bytes.len() {
+            let decoded = decode_log(&bytes[..cut], 41).unwrap();
+            let whole = boundaries.iter().filter(|&&b| b <= cut).count() - 1;
+            assert_eq!(decoded.records, records[..whole], "cut at {cut}");
+            assert_eq!(decoded.valid_len, boundaries[whole], "cut at {cut}");
+            assert_eq!(decoded.torn_tail, !boundaries.contains(&cut), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn flipping_any_bit_never_yields_a_modified_record() {
+        let (records, bytes, boundaries) = small_log();
+        let last_start = boundaries[boundaries.len() - 2];
+        for bit in 0..bytes.len() * 8 {
+            let mut damaged = bytes.clone();
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            match decode_log(&damaged, 41) {
+                Ok(decoded) => {
+                    let n = decoded.records.len();
+                    assert_eq!(decoded.records, records[..n], "bit {bit}");
+                    assert!(n < records.len(), "bit {bit} went unnoticed");
+                    assert!(decoded.torn_tail);
+                    assert!(bit / 8 >= last_start, "bit {bit}: damage before the tail");
+                }
+                Err(error) => assert!(
+                    matches!(error, CodecError::Corrupt { .. }),
+                    "bit {bit}: {error}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn damage_before_the_tail_reports_its_offset() {
+        let (_, mut bytes, boundaries) = small_log();
+        bytes[boundaries[3] + RECORD_HEADER_LEN + 5] ^= 0x10;
+        assert!(matches!(
+            decode_log(&bytes, 41),
+            Err(CodecError::Corrupt { offset, .. }) if offset == boundaries[3] as u64
+        ));
+    }
+
+    /// Frames `body` as the writer would, checksum included, to test what a checksum alone
+    /// does not protect against.
+    fn framed(body: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; RECORD_HEADER_LEN];
+        out.extend_from_slice(body);
+        seal_frame(&mut out, 0);
+        out
+    }
+
+    fn body_of(record: &Record) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        encode_record(record, &mut bytes);
+        bytes.split_off(RECORD_HEADER_LEN)
+    }
+
+    #[test]
+    fn unsupported_version_is_an_error_even_at_the_tail() {
+        let (records, mut bytes, boundaries) = small_log();
+        let mut body = body_of(&Record {
+            lsn: 51,
+            ..records[0]
+        });
+        body[0] = RECORD_VERSION + 1;
+        bytes.extend_from_slice(&framed(&body));
+        assert_eq!(
+            decode_log(&bytes, 41),
+            Err(CodecError::UnsupportedVersion {
+                offset: *boundaries.last().unwrap() as u64,
+                version: RECORD_VERSION + 1
+            })
+        );
+    }
+
+    #[test]
+    fn checksummed_but_undecodable_bodies_are_errors() {
+        let record = Record {
+            lsn: 1,
+            timestamp: 7,
+            event: every_event()[0],
+        };
+        let body = body_of(&record);
+        let mut unknown_tag = body.clone();
+        unknown_tag[BODY_PREFIX_LEN] = 200;
+        let mut bad_id = body.clone();
+        bad_id[BODY_PREFIX_LEN + 2] = b' ';
+        let mut trailing = body.clone();
+        trailing.push(0);
+        let mut lsn_zero = body.clone();
+        lsn_zero[1..9].copy_from_slice(&0u64.to_le_bytes());
+        let mut bad_currency = body.clone();
+        let at = body.len() - 2;
+        bad_currency[at..].copy_from_slice(&999u16.to_le_bytes());
+        for bad in [unknown_tag, bad_id, trailing, lsn_zero, bad_currency] {
+            let result = decode_log(&framed(&bad), 0);
+            assert!(
+                matches!(result, Err(CodecError::Corrupt { offset: 0, .. })),
+                "{result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn lsn_gaps_and_wrong_first_lsn_are_errors() {
+        let (records, bytes, boundaries) = small_log();
+        assert_eq!(
+            decode_log(&bytes, 40),
+            Err(CodecError::LsnGap {
+                offset: 0,
+                expected: 40,
+                found: 41
+            })
+        );
+        let mut gapped = records.clone();
+        gapped.remove(4);
+        let (bytes, _) = encode_all(&gapped);
+        assert_eq!(
+            decode_log(&bytes, 0),
+            Err(CodecError::LsnGap {
+                offset: boundaries[4] as u64,
+                expected: 45,
+                found: 46
+            })
+        );
+    }
+
+    #[test]
+    fn a_zero_filled_tail_is_a_clean_stop() {
+        let (records, mut bytes, _) = small_log();
+        let valid_len = bytes.len();
+        bytes.resize(valid_len + 8192, 0);
+        let decoded = decode_log(&bytes, 41).unwrap();
+        assert_eq!(decoded.records, records);
+        assert_eq!((decoded.valid_len, decoded.torn_tail), (valid_len, false));
+        // A record cut short inside preallocated space: partial bytes, then zeros.
+        let (_, mut bytes, boundaries) = small_log();
+        let last_start = boundaries[boundaries.len() - 2];
+        bytes.truncate(last_start + 11);
+        bytes.resize(last_start + 4096, 0);
+        let decoded = decode_log(&bytes, 41).unwrap();
+        assert_eq!(decoded.records, records[..records.len() - 1]);
+        assert_eq!((decoded.valid_len, decoded.torn_tail), (last_start, true));
+    }
+
+    #[test]
+    fn garbage_after_the_records_is_a_torn_tail_but_records_after_damage_are_not() {
+        let (records, mut bytes, _) = small_log();
+        let valid_len = bytes.len();
+        bytes.extend((0u32..3000).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+        let decoded = decode_log(&bytes, 41).unwrap();
+        assert_eq!(decoded.records, records);
+        assert_eq!(decoded.valid_len, valid_len);
+        // The same garbage in front of a valid record is corruption, not a tail.
+        let mut tail = Vec::new();
+        encode_record(
+            &Record {
+                lsn: 51,
+                ..records[0]
+            },
+            &mut tail,
+        );
+        bytes.extend_from_slice(&tail);
+        assert!(matches!(
+            decode_log(&bytes, 41),
+            Err(CodecError::Corrupt { offset, .. }) if offset == valid_len as u64
+        ));
+    }
+}

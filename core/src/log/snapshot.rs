@@ -1,0 +1,966 @@
+//! Ledger snapshots: the whole state of a partition in one checksummed blob.
+//!
+//! A snapshot bounds recovery time: restore it, then replay the log after its lsn (see
+//! [`crate::log::replay::replay_onto`]). It is only an optimisation; replay from zero must give
+//! the same state, and [`decode_snapshot`] refuses anything it cannot prove intact.
+//!
+//! # Format
+//! All integers little-endian; ids, currencies, amounts, transfers and reasons are encoded as
+//! in the log ([`crate::log::codec`]).
+//!
+//! ```text
+//! magic "WSNP" | version u8 | partition u32 | partitions u32 | last lsn u64 | last timestamp u64
+//! chunks u32 (version 3)
+//! accounts:  count u32, rows sorted by id:
+//!            id | currency | balance u64 | held u64 | incoming u64
+//! transfers: count u32, rows in log order (the order their keys were first recorded), after
+//!            those of the chunk files:
+//!            transfer | state | remote u8 | accepted_at u64 | decided_at u64 | finished_at u64
+//! credits:   count u32, rows in log order:
+//!            key | state u8 | has transfer u8 | [transfer]
+//! cash:      count u32, rows in log order:
+//!            account | transaction id | kind u8 | amount u64 | balance_after u64
+//! flows:     count u32, rows sorted by ISO numeric code:
+//!            currency | deposited u128 | withdrawn u128 | sent u128 | received u128
+//! crc32c u32 over every byte before it
+//! ```
+//!
+//! A transfer state is a byte (1 trying, 2 confirming, 3 cancelling, 4 committed,
+//! 5 cancelled, 6 rejected) followed by its reason for 3, 5 and 6. A credit state is 1 tried,
+//! 2 confirmed, 3 cancelled, 4 try-not-seen. A cash kind is 1 deposit, 2 withdrawal. Ids sort
+//! by their ASCII bytes. Keys are unique within a table.
+//!
+//! The bytes are a function of the log: the row tables keep the order in which the log
+//! created their rows (a ledger restored from a snapshot keeps it, and replay appends in log
+//! order), so any two partitions that applied the same records write the same snapshot.
+//! Version 1 sorted those tables by key as well; sorting millions of idempotency rows was
+//! most of what a snapshot cost, and it stalled the partition meanwhile. Version 1 snapshots
+//! are still read.
+//!
+//! # Chunk files (version 3)
+//! The transfers table grows by a row per transfer, and its rows stop changing once final. A
+//! version 3 snapshot keeps the first `chunks` chunks of that table
+//! ([`crate::ledger::transfer_table::CHUNK_ROWS`] rows each, every row final) in chunk files of their
+//! own, written once by the first snapshot that found the chunk final and read by every later
+//! one, and holds only the rows after them. A snapshot so costs the accounts and the rows
+//! still recent, not every transfer ever made. A chunk file:
+//!
+//! ```text
+//! magic "WCHK" | version u8 | partition u32 | chunk index u64 | count u32 | rows as above
+//! crc32c u32 over every byte before it
+//! ```
+//!
+//! A chunk's bytes are a function of the log too, so rewriting one (a partition restarted
+//! from an older snapshot freezes its chunks again) writes the same bytes.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+
+use crc32c::crc32c;
+
+use crate::ledger::append_table::Rows;
+use crate::ledger::transfer_table::{RowStore, RowView, CHUNK_ROWS};
+use crate::ledger::{
+    Account, CashKind, CashRow, CreditRow, CreditState, Flows, Ledger, RecordMeta, StoredCredit,
+    TransferRow, TransferState,
+};
+use crate::log::codec::{put_currency, put_key, put_transfer, reason_tag, CodecError, Cursor};
+use crate::model::event::TransferKey;
+use crate::model::ids::{AccountId, TransactionId};
+use crate::model::money::Currency;
+use crate::model::partition::{partition_of, PartitionId, PARTITIONS_MAX};
+
+/// The first bytes of every snapshot.
+pub const SNAPSHOT_MAGIC: [u8; 4] = *b"WSNP";
+/// The snapshot version this build writes.
+pub const SNAPSHOT_VERSION: u8 = 3;
+/// The version before chunk files: the header has no chunk count.
+const SNAPSHOT_VERSION_UNCHUNKED: u8 = 2;
+/// The first bytes of every chunk file.
+pub const CHUNK_MAGIC: [u8; 4] = *b"WCHK";
+const CHUNK_VERSION: u8 = 1;
+/// The oldest version this build reads: version 1, whose row tables are sorted by key.
+const SNAPSHOT_VERSION_SORTED: u8 = 1;
+/// Bytes before the first table: magic, version, partition, partitions, last record.
+const HEADER_LEN: usize = 4 + 1 + 4 + 4 + 8 + 8;
+const CRC_LEN: usize = 4;
+/// Fewest bytes any table row takes (a credit row with one-byte ids and no transfer). Caps
+/// what a corrupt count can make the decoder preallocate.
+const ROW_LEN_MIN: usize = 6;
+
+/// The state of a ledger at one point, detached from it: what a snapshot is encoded from.
+///
+/// Taking one copies the accounts, and shares the sealed chunks of rows of the transfers
+/// table ([`crate::ledger::transfer_table::RowStore`]) and of the credit and cash tables
+/// ([`crate::ledger::append_table::AppendTable`]), so a partition takes it in milliseconds and the
+/// encoding, which costs time in proportion to the accounts, the rows held inline and the new
+/// chunk files, runs on another thread while the partition goes on.
+#[derive(Clone)]
+pub struct SnapshotImage {
+    chunks: ChunkPlan,
+    partition: PartitionId,
+    partitions: u32,
+    last: RecordMeta,
+    /// Unsorted here; sorted where the image is encoded. A vector rather than a copy of the
+    /// hash map: without the map's empty buckets it takes about 40% less memory.
+    accounts: Vec<(AccountId, Account)>,
+    transfers: RowStore,
+    credits: Rows<TransferKey, StoredCredit>,
+    cash: Rows<(AccountId, TransactionId), CashRow>,
+    flows: BTreeMap<Currency, Flows>,
+}
+
+/// Which chunks of the transfers table a snapshot keeps in chunk files (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChunkPlan {
+    /// Chunks whose files are already written (by earlier snapshots).
+    pub written: usize,
+    /// Chunks the snapshot refers to; files `written..frozen` are written with it.
+    pub frozen: usize,
+}
+
+impl SnapshotImage {
+    /// The state `ledger` holds now, with every row inline (no chunk files).
+    pub fn of(ledger: &Ledger) -> SnapshotImage {
+        SnapshotImage::with_chunks(ledger, ChunkPlan::default())
+    }
+
+    /// The state `ledger` holds now, its first `chunks.frozen` transfer chunks in chunk files.
+    ///
+    /// # Panics
+    /// If those chunks are not all sealed. That the new ones (`written..frozen`) hold only
+    /// final rows is the caller's finding ([`Ledger::final_chunks_from`]), checked again in
+    /// debug builds only: it scans every new row, on the partition's thread. Chunks written
+    /// before were final then, and final rows do not change.
+    pub fn with_chunks(ledger: &Ledger, chunks: ChunkPlan) -> SnapshotImage {
+        assert!(chunks.written <= chunks.frozen);
+        // A chunk is sealed once a row follows it.
+        assert!(
+            chunks.frozen == 0 || ledger.transfers.len() > chunks.frozen * CHUNK_ROWS,
+            "only sealed chunks go to chunk files"
+        );
+        debug_assert!(
+            ledger.final_chunks_from(chunks.written) >= chunks.frozen - chunks.written,
+            "only chunks of final rows go to chunk files"
+        );
+        SnapshotImage {
+            chunks,
+            partition: ledger.partition(),
+            partitions: ledger.partitions(),
+            last: ledger.last,
+            accounts: ledger.accounts.iter().map(|(id, a)| (*id, *a)).collect(),
+            transfers: ledger.transfers.freeze(),
+            credits: ledger.credits.freeze(),
+            cash: ledger.cash.freeze(),
+            flows: ledger.flows.clone(),
+        }
+    }
+
+    /// Chunks the snapshot refers to.
+    pub fn chunks(&self) -> ChunkPlan {
+        self.chunks
+    }
+
+    /// The snapshot's bytes (see [`encode_snapshot`]) and the chunk files it writes.
+    pub fn encode(self) -> (Vec<u8>, Vec<(u64, Vec<u8>)>) {
+        let mut out = InMemory::default();
+        self.write_to(&mut out)
+            .expect("writing into memory does not fail");
+        (out.bytes, out.chunks)
+    }
+
+    /// Writes the new chunk files, then the snapshot's bytes a piece at a time, so a snapshot
+    /// of any size takes [`SINK_CHUNK_BYTES`] of memory, not its own size in fresh pages;
+    /// returns the snapshot's length.
+    pub fn write_to(mut self, out: &mut dyn SnapshotOut) -> io::Result<usize> {
+        for index in self.chunks.written..self.chunks.frozen {
+            let bytes = encode_chunk(self.partition, index, &self.transfers);
+            out.write_chunk(index as u64, &bytes)?;
+        }
+        self.accounts.sort_unstable_by_key(|(id, _)| *id);
+        encode_image(&self, out)
+    }
+}
+
+/// Where a snapshot is written: the snapshot's bytes (`Write`) and its chunk files.
+pub trait SnapshotOut: Write {
+    /// Stores chunk file `index` (replacing any of that index), durably once the snapshot
+    /// that refers to it is.
+    fn write_chunk(&mut self, index: u64, bytes: &[u8]) -> io::Result<()>;
+}
+
+/// A snapshot and its chunk files in memory.
+#[derive(Debug, Default)]
+pub struct InMemory {
+    pub bytes: Vec<u8>,
+    pub chunks: Vec<(u64, Vec<u8>)>,
+}
+
+impl Write for InMemory {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.bytes.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SnapshotOut for InMemory {
+    fn write_chunk(&mut self, index: u64, bytes: &[u8]) -> io::Result<()> {
+        self.chunks.retain(|(i, _)| *i != index);
+        self.chunks.push((index, bytes.to_vec()));
+        Ok(())
+    }
+}
+
+/// Chunk file `index` of `rows` (see the module docs).
+fn encode_chunk(partition: PartitionId, index: usize, rows: &RowStore) -> Vec<u8> {
+    let range = index * CHUNK_ROWS..(index + 1) * CHUNK_ROWS;
+    let mut out = Vec::with_capacity(CHUNK_ROWS * 96);
+    out.extend_from_slice(&CHUNK_MAGIC);
+    out.push(CHUNK_VERSION);
+    out.extend_from_slice(&partition.to_le_bytes());
+    out.extend_from_slice(&(index as u64).to_le_bytes());
+    out.extend_from_slice(&(CHUNK_ROWS as u32).to_le_bytes());
+    for row in rows.views_of(range) {
+        debug_assert!(!row.state.is_unfinished(), "chunk rows are final");
+        put_transfer_row(&mut out, row);
+    }
+    let crc = crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// The rows of chunk file `index` of `partition`; any damage or a mismatch is an error.
+fn decode_chunk(
+    bytes: &[u8],
+    partition: PartitionId,
+    index: u64,
+) -> Result<Vec<TransferRow>, String> {
+    const CHUNK_HEADER_LEN: usize = 4 + 1 + 4 + 8 + 4;
+    if bytes.len() < CHUNK_HEADER_LEN + CRC_LEN || bytes[..4] != CHUNK_MAGIC {
+        return Err(format!("chunk file {index} is not a walletd chunk"));
+    }
+    let (content, trailer) = bytes.split_at(bytes.len() - CRC_LEN);
+    if crc32c(content).to_le_bytes() != trailer {
+        return Err(format!("chunk file {index}: checksum mismatch"));
+    }
+    if content[4] != CHUNK_VERSION {
+        return Err(format!(
+            "chunk file {index}: unknown version {}",
+            content[4]
+        ));
+    }
+    let mut cursor = Cursor::new(&content[5..]);
+    let (found_partition, found_index) = (cursor.u32()?, cursor.u64()?);
+    if (found_partition, found_index) != (partition, index) {
+        return Err(format!(
+            "chunk file {index} holds chunk {found_index} of partition {found_partition}"
+        ));
+    }
+    let count = cursor.u32()? as usize;
+    let mut rows = Vec::with_capacity(count.min(cursor.remaining() / ROW_LEN_MIN));
+    for _ in 0..count {
+        let row = read_transfer_row(&mut cursor)?;
+        if row.state.is_unfinished() {
+            return Err(format!("chunk file {index} holds a row still in flight"));
+        }
+        rows.push(row);
+    }
+    cursor.finish()?;
+    Ok(rows)
+}
+
+/// The whole state of `ledger`, in the canonical form described in the module docs, with
+/// every row inline (no chunk files).
+pub fn encode_snapshot(ledger: &Ledger) -> Vec<u8> {
+    let (bytes, chunks) = SnapshotImage::of(ledger).encode();
+    debug_assert!(chunks.is_empty());
+    bytes
+}
+
+/// Bytes an encoder gathers before handing them to its writer.
+const SINK_CHUNK_BYTES: usize = 1 << 20;
+
+/// Where an encoder puts a snapshot: a buffer passed on to `writer` whenever it holds a
+/// chunk, and the checksum of everything passed on so far.
+struct Sink<W> {
+    out: Vec<u8>,
+    crc: u32,
+    len: usize,
+    writer: W,
+}
+
+impl<W: Write> Sink<W> {
+    fn new(writer: W) -> Sink<W> {
+        Sink {
+            out: Vec::with_capacity(SINK_CHUNK_BYTES + 4096),
+            crc: 0,
+            len: 0,
+            writer,
+        }
+    }
+
+    fn pass_on(&mut self) -> io::Result<()> {
+        self.crc = crc32c::crc32c_append(self.crc, &self.out);
+        self.len += self.out.len();
+        self.writer.write_all(&self.out)?;
+        self.out.clear();
+        Ok(())
+    }
+
+    fn pass_on_if_full(&mut self) -> io::Result<()> {
+        if self.out.len() >= SINK_CHUNK_BYTES {
+            self.pass_on()?;
+        }
+        Ok(())
+    }
+
+    /// Passes on the rest and the checksum trailer; returns the length written.
+    fn finish(mut self) -> io::Result<usize> {
+        self.pass_on()?;
+        self.writer.write_all(&self.crc.to_le_bytes())?;
+        Ok(self.len + CRC_LEN)
+    }
+}
+
+fn encode_image(ledger: &SnapshotImage, writer: &mut dyn SnapshotOut) -> io::Result<usize> {
+    let mut sink = Sink::new(writer);
+    let out = &mut sink.out;
+    out.extend_from_slice(&SNAPSHOT_MAGIC);
+    out.push(SNAPSHOT_VERSION);
+    out.extend_from_slice(&ledger.partition.to_le_bytes());
+    out.extend_from_slice(&ledger.partitions.to_le_bytes());
+    out.extend_from_slice(&ledger.last.lsn.to_le_bytes());
+    out.extend_from_slice(&ledger.last.timestamp.to_le_bytes());
+    let chunks = u32::try_from(ledger.chunks.frozen).expect("fewer than 2^32 chunks");
+    out.extend_from_slice(&chunks.to_le_bytes());
+    debug_assert!(ledger.accounts.is_sorted_by(|a, b| a.0 < b.0));
+    put_table(&mut sink, ledger.accounts.iter(), |out, (id, account)| {
+        id.encode_into(out);
+        put_currency(out, account.currency);
+        for value in [account.balance, account.held, account.incoming] {
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+    })?;
+    // The table packs its rows (ids in an arena); the format keeps each whole transfer.
+    let inline = ledger.chunks.frozen * CHUNK_ROWS..ledger.transfers.len();
+    put_table(
+        &mut sink,
+        ledger.transfers.views_of(inline),
+        put_transfer_row,
+    )?;
+    put_table(&mut sink, ledger.credits.iter(), |out, (key, stored)| {
+        let row = stored.row(key);
+        put_key(out, key);
+        out.push(credit_state_tag(row.state));
+        out.push(u8::from(row.transfer.is_some()));
+        if let Some(transfer) = &row.transfer {
+            put_transfer(out, transfer);
+        }
+    })?;
+    put_table(&mut sink, ledger.cash.iter(), |out, ((account, t), row)| {
+        account.encode_into(out);
+        t.encode_into(out);
+        out.push(cash_kind_tag(row.kind));
+        out.extend_from_slice(&row.amount.minor().to_le_bytes());
+        out.extend_from_slice(&row.balance_after.to_le_bytes());
+    })?;
+    let mut flows: Vec<_> = ledger.flows.iter().collect();
+    flows.sort_by_key(|(currency, _)| currency.numeric());
+    put_table(&mut sink, flows.into_iter(), |out, (currency, flows)| {
+        put_currency(out, *currency);
+        for value in [flows.deposited, flows.withdrawn, flows.sent, flows.received] {
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+    })?;
+    sink.finish()
+}
+
+fn put_table<R>(
+    sink: &mut Sink<impl Write>,
+    rows: impl ExactSizeIterator<Item = R>,
+    mut put_row: impl FnMut(&mut Vec<u8>, R),
+) -> io::Result<()> {
+    let count = u32::try_from(rows.len()).expect("a table has fewer than 2^32 rows");
+    sink.out.extend_from_slice(&count.to_le_bytes());
+    for row in rows {
+        put_row(&mut sink.out, row);
+        sink.pass_on_if_full()?;
+    }
+    Ok(())
+}
+
+/// A transfer row as [`put_transfer`] and the row's phase fields would write it, from the
+/// packed table's borrowed ids.
+fn put_transfer_row(out: &mut Vec<u8>, row: RowView<'_>) {
+    for id in [row.transaction_id, row.from, row.to] {
+        out.push(id.len() as u8);
+        out.extend_from_slice(id);
+    }
+    out.extend_from_slice(&row.amount.minor().to_le_bytes());
+    put_currency(out, row.currency);
+    let (tag, reason) = match row.state {
+        TransferState::Trying => (1, None),
+        TransferState::Confirming => (2, None),
+        TransferState::Cancelling(reason) => (3, Some(reason)),
+        TransferState::Committed => (4, None),
+        TransferState::Cancelled(reason) => (5, Some(reason)),
+        TransferState::Rejected(reason) => (6, Some(reason)),
+    };
+    out.push(tag);
+    if let Some(reason) = reason {
+        out.push(reason_tag(reason));
+    }
+    out.push(u8::from(row.remote));
+    for at in [row.accepted_at, row.decided_at, row.finished_at] {
+        out.extend_from_slice(&at.to_le_bytes());
+    }
+}
+
+fn credit_state_tag(state: CreditState) -> u8 {
+    match state {
+        CreditState::Tried => 1,
+        CreditState::Confirmed => 2,
+        CreditState::Cancelled => 3,
+        CreditState::TryNotSeen => 4,
+    }
+}
+
+fn cash_kind_tag(kind: CashKind) -> u8 {
+    match kind {
+        CashKind::Deposit => 1,
+        CashKind::Withdrawal => 2,
+    }
+}
+
+/// How many chunk files the snapshot `bytes` refers to (none before version 3): read them,
+/// in order, for [`decode_snapshot_with`]. Damage shows when decoding.
+pub fn snapshot_chunks(bytes: &[u8]) -> u32 {
+    match bytes.get(..HEADER_LEN + 4) {
+        Some(head) if head[..4] == SNAPSHOT_MAGIC && head[4] > SNAPSHOT_VERSION_UNCHUNKED => {
+            u32::from_le_bytes(head[HEADER_LEN..].try_into().expect("4 bytes"))
+        }
+        _ => 0,
+    }
+}
+
+/// Restores a ledger from a snapshot that refers to no chunk files (see
+/// [`decode_snapshot_with`]).
+pub fn decode_snapshot(bytes: &[u8]) -> Result<Ledger, CodecError> {
+    decode_snapshot_with(bytes, &[])
+}
+
+/// Restores a ledger from a snapshot's bytes and its chunk files (see [`snapshot_chunks`]).
+/// Any damage is an error: the checksums cover every byte, and the contents must also be
+/// canonical (sorted, no trailing bytes) and consistent (rows belong to the partition, keys
+/// are unique, money is conserved).
+pub fn decode_snapshot_with(bytes: &[u8], chunks: &[Vec<u8>]) -> Result<Ledger, CodecError> {
+    let corrupt = |offset: usize, reason: &str| CodecError::Corrupt {
+        offset: offset as u64,
+        reason: reason.to_string(),
+    };
+    if bytes.len() < HEADER_LEN + CRC_LEN || bytes[..4] != SNAPSHOT_MAGIC {
+        return Err(corrupt(0, "not a walletd snapshot"));
+    }
+    let (content, trailer) = bytes.split_at(bytes.len() - CRC_LEN);
+    if crc32c(content).to_le_bytes() != trailer {
+        return Err(corrupt(content.len(), "snapshot checksum mismatch"));
+    }
+    let version = bytes[4];
+    if !(SNAPSHOT_VERSION_SORTED..=SNAPSHOT_VERSION).contains(&version) {
+        return Err(CodecError::UnsupportedVersion { offset: 4, version });
+    }
+    let mut cursor = Cursor::new(&content[5..]);
+    let ledger = read_ledger(&mut cursor, version, chunks)
+        .map_err(|reason| corrupt(5 + cursor.position(), &reason))?;
+    if let Err(reason) = ledger.check_conservation() {
+        return Err(corrupt(
+            0,
+            &format!("snapshot does not conserve money: {reason}"),
+        ));
+    }
+    debug_assert!(
+        version != SNAPSHOT_VERSION || {
+            let plan = ChunkPlan {
+                written: chunks.len(),
+                frozen: chunks.len(),
+            };
+            SnapshotImage::with_chunks(&ledger, plan).encode().0 == bytes
+        },
+        "decoding is canonical"
+    );
+    Ok(ledger)
+}
+
+/// Reads everything after the version byte, up to the checksum, taking the first rows of the
+/// transfers table from `chunks`. Version 1's row tables must be in key order; in later ones
+/// only their keys must be unique.
+fn read_ledger(cursor: &mut Cursor<'_>, version: u8, chunks: &[Vec<u8>]) -> Result<Ledger, String> {
+    let rows_sorted = version == SNAPSHOT_VERSION_SORTED;
+    let order = if rows_sorted {
+        Order::Sorted
+    } else {
+        Order::Unique
+    };
+    let partition = cursor.u32()?;
+    let partitions = cursor.u32()?;
+    if partitions == 0 || partitions > PARTITIONS_MAX || partition >= partitions {
+        return Err(format!(
+            "partition {partition} of {partitions} is impossible"
+        ));
+    }
+    let mut ledger = Ledger::new(partition, partitions);
+    ledger.last = RecordMeta {
+        lsn: cursor.u64()?,
+        timestamp: cursor.u64()?,
+    };
+    let chunk_count = if version > SNAPSHOT_VERSION_UNCHUNKED {
+        cursor.u32()? as usize
+    } else {
+        0
+    };
+    if chunk_count != chunks.len() {
+        return Err(format!(
+            "the snapshot refers to {chunk_count} chunk files, {} given",
+            chunks.len()
+        ));
+    }
+    ledger.accounts = read_table(cursor, Order::Sorted, |cursor| {
+        let id = cursor.account()?;
+        if partition_of(&id, partitions) != partition {
+            return Err(format!("account {id} belongs to another partition"));
+        }
+        let account = Account {
+            currency: cursor.currency()?,
+            balance: cursor.u64()?,
+            held: cursor.u64()?,
+            incoming: cursor.u64()?,
+        };
+        Ok((id, account))
+    })?;
+    for (index, bytes) in chunks.iter().enumerate() {
+        for row in decode_chunk(bytes, partition, index as u64)? {
+            if !ledger.transfers.insert(&row) {
+                return Err("a table holds a key twice".to_string());
+            }
+        }
+    }
+    let inline = read_rows(cursor, order, |cursor| {
+        let row = read_transfer_row(cursor)?;
+        Ok((row.transfer.key(), row))
+    })?;
+    for (_, row) in inline {
+        if !ledger.transfers.insert(&row) {
+            return Err("a table holds a key twice".to_string());
+        }
+    }
+    ledger.credits = read_rows(cursor, order, read_credit_row)?
+        .into_iter()
+        .map(|(key, row)| (key, StoredCredit::new(&key, row)))
+        .collect();
+    ledger.cash = read_table(cursor, order, |cursor| {
+        let key = (cursor.account()?, cursor.transaction_id()?);
+        let kind = match cursor.u8()? {
+            1 => CashKind::Deposit,
+            2 => CashKind::Withdrawal,
+            other => return Err(format!("unknown cash kind {other}")),
+        };
+        let (amount, balance_after) = (cursor.amount()?, cursor.u64()?);
+        Ok((
+            key,
+            CashRow {
+                kind,
+                amount,
+                balance_after,
+            },
+        ))
+    })?;
+    let flows: Vec<_> = read_rows(cursor, Order::Sorted, |cursor| {
+        let currency = cursor.currency()?;
+        let (deposited, withdrawn) = (cursor.u128()?, cursor.u128()?);
+        let (sent, received) = (cursor.u128()?, cursor.u128()?);
+        Ok((
+            currency.numeric(),
+            (
+                currency,
+                Flows {
+                    deposited,
+                    withdrawn,
+                    sent,
+                    received,
+                },
+            ),
+        ))
+    })?;
+    ledger.flows = flows.into_iter().map(|(_, row)| row).collect();
+    cursor.finish()?;
+    Ok(ledger)
+}
+
+/// What a table's keys must satisfy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// Strictly increasing (which also rules out duplicates).
+    Sorted,
+    /// Any order, no key twice.
+    Unique,
+}
+
+/// Reads a count and that many rows whose keys follow `order`.
+fn read_rows<K: Ord + std::hash::Hash, V>(
+    cursor: &mut Cursor<'_>,
+    order: Order,
+    mut read_row: impl FnMut(&mut Cursor<'_>) -> Result<(K, V), String>,
+) -> Result<Vec<(K, V)>, String> {
+    let count = cursor.u32()? as usize;
+    let capacity = count.min(cursor.remaining() / ROW_LEN_MIN);
+    let mut rows: Vec<(K, V)> = Vec::with_capacity(capacity);
+    for _ in 0..count {
+        let row = read_row(cursor)?;
+        if order == Order::Sorted && rows.last().is_some_and(|last| last.0 >= row.0) {
+            return Err("table rows out of order".to_string());
+        }
+        rows.push(row);
+    }
+    if order == Order::Unique {
+        let mut seen = rustc_hash::FxHashSet::default();
+        seen.reserve(rows.len());
+        if !rows.iter().all(|(key, _)| seen.insert(key)) {
+            return Err("a table holds a key twice".to_string());
+        }
+    }
+    Ok(rows)
+}
+
+fn read_table<K: Ord + std::hash::Hash, V, T: FromIterator<(K, V)>>(
+    cursor: &mut Cursor<'_>,
+    order: Order,
+    read_row: impl FnMut(&mut Cursor<'_>) -> Result<(K, V), String>,
+) -> Result<T, String> {
+    Ok(read_rows(cursor, order, read_row)?.into_iter().collect())
+}
+
+fn read_transfer_row(cursor: &mut Cursor<'_>) -> Result<TransferRow, String> {
+    let transfer = cursor.transfer()?;
+    let state = match cursor.u8()? {
+        1 => TransferState::Trying,
+        2 => TransferState::Confirming,
+        3 => TransferState::Cancelling(cursor.reason()?),
+        4 => TransferState::Committed,
+        5 => TransferState::Cancelled(cursor.reason()?),
+        6 => TransferState::Rejected(cursor.reason()?),
+        other => return Err(format!("unknown transfer state {other}")),
+    };
+    let remote = match cursor.u8()? {
+        0 => false,
+        1 => true,
+        other => return Err(format!("remote flag {other} is not 0 or 1")),
+    };
+    Ok(TransferRow {
+        transfer,
+        state,
+        remote,
+        accepted_at: cursor.u64()?,
+        decided_at: cursor.u64()?,
+        finished_at: cursor.u64()?,
+    })
+}
+
+fn read_credit_row(
+    cursor: &mut Cursor<'_>,
+) -> Result<(crate::model::event::TransferKey, CreditRow), String> {
+    let key = cursor.key()?;
+    let state = match cursor.u8()? {
+        1 => CreditState::Tried,
+        2 => CreditState::Confirmed,
+        3 => CreditState::Cancelled,
+        4 => CreditState::TryNotSeen,
+        other => return Err(format!("unknown credit state {other}")),
+    };
+    let transfer = match cursor.u8()? {
+        0 => None,
+        1 => Some(cursor.transfer()?),
+        other => return Err(format!("transfer flag {other} is not 0 or 1")),
+    };
+    // Only the null-compensation flag has no Try, hence no transfer.
+    if transfer.is_none() != (state == CreditState::TryNotSeen) {
+        return Err(format!(
+            "credit row in state {state:?} with transfer {transfer:?}"
+        ));
+    }
+    if transfer.is_some_and(|t| t.key() != key) {
+        return Err("credit row key differs from its transfer".to_string());
+    }
+    Ok((key, CreditRow { state, transfer }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::append_table::AppendTable;
+
+    /// The same rows, added in the order of their keys (as version 1 stored them).
+    fn sorted_by_key<K, V>(table: &AppendTable<K, V>) -> AppendTable<K, V>
+    where
+        K: Ord + Copy + std::hash::Hash,
+        V: Copy,
+    {
+        let mut rows: Vec<(K, V)> = table.iter().map(|(k, v)| (*k, *v)).collect();
+        rows.sort_by_key(|(key, _)| *key);
+        rows.into_iter().collect()
+    }
+    use crate::log::replay::tests::every_state;
+    use crate::log::replay::{same_state, state_difference};
+
+    #[test]
+    fn a_ledger_in_every_state_round_trips() {
+        let s = every_state();
+        let ledger = &s.ledger;
+        // The script must really cover every table and state, or this test proves less.
+        let states: std::collections::HashSet<_> = ledger
+            .transfers()
+            .map(|row| std::mem::discriminant(&row.state))
+            .collect();
+        assert_eq!(states.len(), 6, "every transfer state");
+        let credits: std::collections::HashSet<_> =
+            ledger.credits().map(|(_, row)| row.state).collect();
+        assert_eq!(credits.len(), 4, "every credit state");
+        assert!(ledger.transfers().any(|row| !row.remote));
+        assert!(ledger
+            .cash
+            .values()
+            .any(|row| row.kind == CashKind::Withdrawal));
+        assert_eq!(ledger.flows.len(), 2);
+
+        let bytes = encode_snapshot(ledger);
+        let restored = decode_snapshot(&bytes).unwrap();
+        assert_eq!(state_difference(&restored, ledger), None);
+        assert_eq!(encode_snapshot(&restored), bytes);
+    }
+
+    #[test]
+    fn the_same_state_gives_the_same_bytes() {
+        let a = every_state().ledger;
+        // Rebuild the tables in another insertion order: the bytes must not change.
+        let mut b = a.clone();
+        let mut accounts: Vec<_> = a.accounts.iter().map(|(k, v)| (*k, *v)).collect();
+        accounts.reverse();
+        b.accounts = accounts.into_iter().collect();
+        assert!(same_state(&a, &b));
+        assert_eq!(encode_snapshot(&a), encode_snapshot(&b));
+    }
+
+    #[test]
+    fn every_prefix_of_a_log_snapshots_and_restores() {
+        let s = every_state();
+        for live in &s.after {
+            let restored = decode_snapshot(&encode_snapshot(live)).unwrap();
+            assert!(same_state(&restored, live));
+        }
+        let empty = Ledger::new(0, 1);
+        assert!(same_state(
+            &decode_snapshot(&encode_snapshot(&empty)).unwrap(),
+            &empty
+        ));
+    }
+
+    #[test]
+    fn any_damaged_byte_is_an_error() {
+        let bytes = encode_snapshot(&every_state().ledger);
+        for at in 0..bytes.len() {
+            for flip in [0x01, 0x80, 0xff] {
+                let mut damaged = bytes.clone();
+                damaged[at] ^= flip;
+                assert!(decode_snapshot(&damaged).is_err(), "byte {at} ^ {flip:#x}");
+            }
+        }
+        for len in 0..bytes.len() {
+            assert!(decode_snapshot(&bytes[..len]).is_err(), "cut at {len}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode_snapshot(&longer).is_err());
+    }
+
+    /// Re-checksums `content` so that tests reach the checks behind the checksum.
+    fn sealed(mut content: Vec<u8>) -> Vec<u8> {
+        let crc = crc32c(&content);
+        content.extend_from_slice(&crc.to_le_bytes());
+        content
+    }
+
+    #[test]
+    fn checksummed_but_invalid_contents_are_errors() {
+        let bytes = encode_snapshot(&every_state().ledger);
+        let content = &bytes[..bytes.len() - CRC_LEN];
+        let mut newer = content.to_vec();
+        newer[4] = SNAPSHOT_VERSION + 1;
+        assert!(matches!(
+            decode_snapshot(&sealed(newer)),
+            Err(CodecError::UnsupportedVersion { offset: 4, .. })
+        ));
+        let mut wrong_partition = content.to_vec();
+        wrong_partition[5] = 2; // partition 2 of 4 does not own alice
+        let mut trailing = content.to_vec();
+        trailing.push(0);
+        let mut impossible = content.to_vec();
+        impossible[9..13].copy_from_slice(&0u32.to_le_bytes());
+        for bad in [wrong_partition, trailing, impossible] {
+            let result = decode_snapshot(&sealed(bad));
+            assert!(
+                matches!(result, Err(CodecError::Corrupt { .. })),
+                "{result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn row_tables_keep_log_order_and_refuse_a_key_twice() {
+        let table = |keys: &[u32]| {
+            let mut bytes = (keys.len() as u32).to_le_bytes().to_vec();
+            for key in keys {
+                bytes.extend_from_slice(&key.to_le_bytes());
+            }
+            bytes
+        };
+        let read = |bytes: &[u8], order| {
+            read_rows(&mut Cursor::new(bytes), order, |c| Ok((c.u32()?, ())))
+                .map(|rows| rows.into_iter().map(|(k, ())| k).collect::<Vec<_>>())
+        };
+        assert_eq!(read(&table(&[5, 3, 9]), Order::Unique), Ok(vec![5, 3, 9]));
+        assert!(read(&table(&[5, 3, 5]), Order::Unique).is_err());
+        assert!(read(&table(&[5, 3, 9]), Order::Sorted).is_err());
+        assert_eq!(read(&table(&[3, 5, 9]), Order::Sorted), Ok(vec![3, 5, 9]));
+    }
+
+    /// `bytes`, a snapshot without chunk files, in the layout of `version` (1 or 2): the
+    /// same but for the header's chunk count.
+    fn as_version(bytes: &[u8], version: u8) -> Vec<u8> {
+        assert_eq!(snapshot_chunks(bytes), 0);
+        let mut content = bytes[..HEADER_LEN].to_vec();
+        content.extend_from_slice(&bytes[HEADER_LEN + 4..bytes.len() - CRC_LEN]);
+        content[4] = version;
+        sealed(content)
+    }
+
+    fn as_version_1(bytes: &[u8]) -> Vec<u8> {
+        as_version(bytes, SNAPSHOT_VERSION_SORTED)
+    }
+
+    /// A partition whose transfers fill five sealed chunks with final rows, then a tail that
+    /// holds a row still in flight.
+    fn chunked_state() -> Ledger {
+        use crate::log::replay::tests::{transfer, Script};
+        let mut s = Script::new(3, 4);
+        s.open("alice", Currency::USD);
+        s.open("dave", Currency::USD);
+        s.deposit("alice", 1_000_000, Currency::USD, "d-1");
+        for i in 0..5 * CHUNK_ROWS + 10 {
+            let (from, to) = if i % 2 == 0 {
+                ("alice", "dave")
+            } else {
+                ("dave", "alice")
+            };
+            s.transfer(&format!("t-{i}"), from, to, 1);
+        }
+        let pending = crate::ledger::Command::Transfer(transfer("t-p", "alice", "bob", 5));
+        s.run(pending).unwrap();
+        s.ledger
+    }
+
+    #[test]
+    fn final_chunks_go_to_chunk_files_that_the_snapshot_refers_to() {
+        let ledger = chunked_state();
+        assert_eq!(ledger.final_chunks_from(0), 5);
+        let plan = ChunkPlan {
+            written: 0,
+            frozen: 5,
+        };
+        let (bytes, chunks) = SnapshotImage::with_chunks(&ledger, plan).encode();
+        assert_eq!(snapshot_chunks(&bytes), 5);
+        assert_eq!(
+            chunks.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4]
+        );
+        assert!(bytes.len() * 10 < encode_snapshot(&ledger).len());
+        let files: Vec<Vec<u8>> = chunks.into_iter().map(|(_, b)| b).collect();
+        let restored = decode_snapshot_with(&bytes, &files).unwrap();
+        assert!(
+            same_state(&restored, &ledger),
+            "{:?}",
+            state_difference(&restored, &ledger)
+        );
+        // Chunks already written are not written again; the snapshot is the same.
+        let plan = ChunkPlan {
+            written: 5,
+            frozen: 5,
+        };
+        let (again, more) = SnapshotImage::with_chunks(&ledger, plan).encode();
+        assert_eq!((again.as_slice(), more.len()), (bytes.as_slice(), 0));
+
+        // A missing, misplaced or damaged chunk file is an error, never a different state.
+        let corrupt = |result: Result<Ledger, CodecError>| {
+            assert!(
+                matches!(result, Err(CodecError::Corrupt { .. })),
+                "{result:?}"
+            );
+        };
+        corrupt(decode_snapshot(&bytes));
+        corrupt(decode_snapshot_with(&bytes, &files[..4]));
+        let mut swapped = files.clone();
+        swapped.swap(1, 2);
+        corrupt(decode_snapshot_with(&bytes, &swapped));
+        let mut damaged = files.clone();
+        damaged[3][40] ^= 1;
+        corrupt(decode_snapshot_with(&bytes, &damaged));
+    }
+
+    #[test]
+    fn version_2_snapshots_without_chunk_files_are_still_read() {
+        let ledger = every_state().ledger;
+        let bytes = as_version(&encode_snapshot(&ledger), SNAPSHOT_VERSION_UNCHUNKED);
+        let restored = decode_snapshot(&bytes).unwrap();
+        assert!(
+            same_state(&restored, &ledger),
+            "{:?}",
+            state_difference(&restored, &ledger)
+        );
+    }
+
+    #[test]
+    fn version_1_snapshots_with_sorted_tables_are_still_read() {
+        let mut ledger = every_state().ledger;
+        let mut rows: Vec<_> = ledger.transfers().collect();
+        rows.sort_by_key(|row| row.transfer.key());
+        ledger.transfers = rows.iter().copied().collect();
+        ledger.credits = sorted_by_key(&ledger.credits);
+        ledger.cash = sorted_by_key(&ledger.cash);
+        let restored = decode_snapshot(&as_version_1(&encode_snapshot(&ledger))).unwrap();
+        assert!(
+            same_state(&restored, &ledger),
+            "{:?}",
+            state_difference(&restored, &ledger)
+        );
+        // Version 1 promised sorted tables; one out of order is damage there.
+        ledger.transfers = rows.iter().rev().copied().collect();
+        assert!(ledger.transfers.len() > 1);
+        let result = decode_snapshot(&as_version_1(&encode_snapshot(&ledger)));
+        assert!(
+            matches!(result, Err(CodecError::Corrupt { .. })),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_that_does_not_conserve_money_is_refused() {
+        let mut ledger = every_state().ledger;
+        let alice = crate::log::replay::tests::id("alice");
+        ledger.accounts.get_mut(&alice).unwrap().balance += 1;
+        let result = decode_snapshot(&encode_snapshot(&ledger));
+        assert!(
+            matches!(result, Err(CodecError::Corrupt { offset: 0, .. })),
+            "{result:?}"
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! The events of a partition log and the facts they carry.
+//!
+//! Events are facts that already happened; applying one never fails and never decides
+//! anything (see [`crate::ledger`] for where decisions are made). Every variant is part of the
+//! on-disk format: never change the meaning of an existing one, add new variants instead.
+
+use crate::model::ids::{AccountId, TransactionId};
+use crate::model::money::{Amount, Currency};
+
+/// Microseconds since the Unix epoch, as read by the driver (wall clock) and stamped on records.
+pub type Timestamp = u64;
+/// Log sequence number: the position of a record in its partition's log, from 1.
+pub type Lsn = u64;
+
+/// Identifies a transfer everywhere: idempotency key, phase row and barrier row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TransferKey {
+    pub from: AccountId,
+    pub transaction_id: TransactionId,
+}
+
+/// Everything a client said about a transfer. Two requests with the same key must carry the
+/// same body, or the second is a conflict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Transfer {
+    pub transaction_id: TransactionId,
+    pub from: AccountId,
+    pub to: AccountId,
+    pub amount: Amount,
+    pub currency: Currency,
+}
+
+impl Transfer {
+    /// The idempotency key of this transfer.
+    pub fn key(&self) -> TransferKey {
+        TransferKey {
+            from: self.from,
+            transaction_id: self.transaction_id,
+        }
+    }
+}
+
+/// Why a transfer did not happen. Part of the log format: append only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The source's available balance was smaller than the amount.
+    InsufficientFunds,
+    /// The destination account does not exist.
+    DestinationNotFound,
+    /// The destination account holds another currency.
+    DestinationCurrencyMismatch,
+    /// The destination would exceed the largest balance an account may hold.
+    DestinationBalanceLimit,
+    /// The destination did not answer the Try in time.
+    Timeout,
+    /// The destination had already seen a Cancel for this transfer (a late Try).
+    CancelledBeforeTry,
+}
+
+impl Reason {
+    /// The stable machine-readable code for APIs and logs.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::InsufficientFunds => "insufficient_funds",
+            Reason::DestinationNotFound => "account_not_found",
+            Reason::DestinationCurrencyMismatch => "currency_mismatch",
+            Reason::DestinationBalanceLimit => "balance_limit",
+            Reason::Timeout => "timeout",
+            Reason::CancelledBeforeTry => "cancelled_before_try",
+        }
+    }
+}
+
+/// The second-phase decision of a cross-partition transfer, logged at its home partition
+/// before any second-phase message leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Decision {
+    Confirm,
+    Cancel(Reason),
+}
+
+/// One fact in a partition's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// An account was opened with a zero balance in one currency.
+    AccountOpened {
+        account: AccountId,
+        currency: Currency,
+    },
+    /// Money entered the system.
+    Deposited {
+        account: AccountId,
+        amount: Amount,
+        transaction_id: TransactionId,
+    },
+    /// Money left the system.
+    Withdrawn {
+        account: AccountId,
+        amount: Amount,
+        transaction_id: TransactionId,
+    },
+    /// A transfer within one partition, applied atomically: debit and credit in one event.
+    Transferred { transfer: Transfer },
+    /// A transfer was refused at its home partition; recorded so a retry gets the same answer.
+    TransferRejected { transfer: Transfer, reason: Reason },
+    /// Source Try: the amount moved from the balance into a hold; the phase row is `Trying`.
+    DebitTried { transfer: Transfer },
+    /// The home partition decided the second phase; the row is `Confirming` or `Cancelling`.
+    TransferDecided {
+        key: TransferKey,
+        decision: Decision,
+    },
+    /// Source Confirm acknowledged by the destination: the hold is gone for good.
+    DebitConfirmed { key: TransferKey },
+    /// Source Cancel acknowledged by the destination: the hold went back to the balance.
+    DebitCancelled { key: TransferKey },
+    /// Destination Try: a pending credit was recorded; no balance changed.
+    CreditTried { transfer: Transfer },
+    /// Destination Confirm: the pending credit became balance.
+    CreditConfirmed { key: TransferKey },
+    /// Destination Cancel after its Try: the pending credit was dropped.
+    CreditCancelled { key: TransferKey },
+    /// Destination Cancel with no prior Try (null compensation): a later Try must fail.
+    CreditTryNotSeen { key: TransferKey },
+}

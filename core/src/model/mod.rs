@@ -1,0 +1,11 @@
+//! The domain's vocabulary: what the ledger, the protocol and the log all speak of.
+//!
+//! - [`money`]: currencies (ISO 4217 minor units) and strict decimal-string amounts.
+//! - [`ids`]: account and transaction identifiers, validated and stored inline.
+//! - [`partition`]: the stable account → partition hash and the versioned partition map.
+//! - [`event`]: the facts a partition log records.
+
+pub mod event;
+pub mod ids;
+pub mod money;
+pub mod partition;

@@ -1,0 +1,366 @@
+//! The transfer coordinator: drives cross-partition transfers (TC/C) from their home partition.
+//!
+//! Pure and clock-free in the style of a sans-IO protocol crate: inputs arrive through
+//! [`Coordinator::on_event`] (events the home ledger made durable), [`Coordinator::on_response`]
+//! (a destination's answer) and [`Coordinator::on_tick`] (time passed); outputs leave through
+//! [`Coordinator::poll_output`]. The driver must only release `Send` outputs after the batch
+//! holding the events that caused them is durable; that is what makes "debit first" and "the
+//! decision is durable before it acts" hold.
+//!
+//! Its whole state is derivable from the home ledger's phase rows ([`Coordinator::rebuild`]),
+//! so a restarted partition resumes every unfinished transfer without a separate coordinator log.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::ledger::{Command, PhaseResult, TransferRow, TransferState};
+use crate::model::event::{Decision, Event, Reason, Transfer, TransferKey};
+use crate::model::partition::{partition_of, PartitionId};
+#[cfg(any(test, madsim, feature = "testing"))]
+use crate::protocol::bugs::Bug;
+
+/// Monotonic microseconds, as given by the driver. Only differences matter.
+pub type Micros = u64;
+
+/// Timing of the coordinator. All durations in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoordinatorConfig {
+    /// How long a Try may go unanswered (across resends) before the transfer is cancelled.
+    pub try_timeout_us: u64,
+    /// First resend interval of any phase message.
+    pub retry_initial_us: u64,
+    /// Largest resend interval; backoff doubles up to it. Confirm and Cancel retry forever.
+    pub retry_max_us: u64,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            try_timeout_us: 2_000_000,
+            retry_initial_us: 100_000,
+            retry_max_us: 2_000_000,
+        }
+    }
+}
+
+/// A phase of the destination branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Phase {
+    Try,
+    Confirm,
+    Cancel,
+}
+
+/// A phase message from a home partition to a destination partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhaseRequest {
+    pub phase: Phase,
+    pub transfer: Transfer,
+}
+
+impl PhaseRequest {
+    /// The command the destination partition executes for this message.
+    pub fn command(&self) -> Command {
+        match self.phase {
+            Phase::Try => Command::TryCredit(self.transfer),
+            Phase::Confirm => Command::ConfirmCredit(self.transfer),
+            Phase::Cancel => Command::CancelCredit(self.transfer),
+        }
+    }
+}
+
+/// A destination's answer to a [`PhaseRequest`], routed back to the home partition of `key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhaseResponse {
+    pub phase: Phase,
+    pub key: TransferKey,
+    pub result: PhaseResult,
+}
+
+/// What the coordinator asks its driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send a phase message to `partition` (only once the triggering events are durable).
+    Send {
+        partition: PartitionId,
+        request: PhaseRequest,
+    },
+    /// Execute a command on the home ledger (a decision, or finishing the source branch).
+    Execute(Command),
+    /// A destination answered with the opposite of the logged decision. Never happens in a
+    /// correct system; surfaced so tests and the simulator fail loudly.
+    Violation { key: TransferKey, detail: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Try sent; waiting for its answer until `deadline`.
+    Trying { deadline: Micros },
+    /// A `Decide` command was emitted; waiting for the decision event.
+    Deciding(Decision),
+    /// Decision logged; resending the second phase until it is acknowledged.
+    Carrying(Decision),
+    /// Acknowledged; a `FinishDebit` was emitted; waiting for the finishing event.
+    Finishing,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Flight {
+    transfer: Transfer,
+    stage: Stage,
+    /// When the next resend (or re-emit) is due.
+    due: Micros,
+    backoff_us: u64,
+}
+
+/// The coordinator of one home partition.
+#[derive(Debug)]
+pub struct Coordinator {
+    config: CoordinatorConfig,
+    partitions: u32,
+    flights: BTreeMap<TransferKey, Flight>,
+    /// Due times of `flights`, so a tick touches only what is due.
+    timers: BTreeSet<(Micros, TransferKey)>,
+    outputs: VecDeque<Output>,
+}
+
+impl Coordinator {
+    pub fn new(config: CoordinatorConfig, partitions: u32) -> Coordinator {
+        assert!(config.retry_initial_us > 0 && config.retry_initial_us <= config.retry_max_us);
+        Coordinator {
+            config,
+            partitions,
+            flights: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            outputs: VecDeque::new(),
+        }
+    }
+
+    /// Rebuilds the coordinator after a restart from the home ledger's unfinished rows: every
+    /// Trying transfer resends its Try, every decided one resends its second phase.
+    pub fn rebuild(
+        config: CoordinatorConfig,
+        partitions: u32,
+        rows: &[TransferRow],
+        now: Micros,
+    ) -> Coordinator {
+        let mut coordinator = Coordinator::new(config, partitions);
+        for row in rows {
+            match row.state {
+                TransferState::Trying => coordinator.start_try(row.transfer, now),
+                TransferState::Confirming => {
+                    coordinator.carry(row.transfer, Decision::Confirm, now)
+                }
+                TransferState::Cancelling(reason) => {
+                    coordinator.carry(row.transfer, Decision::Cancel(reason), now)
+                }
+                _ => {}
+            }
+        }
+        coordinator
+    }
+
+    /// Transfers in flight.
+    pub fn in_flight(&self) -> usize {
+        self.flights.len()
+    }
+
+    /// The earliest time [`Coordinator::on_tick`] has work to do.
+    pub fn next_due(&self) -> Option<Micros> {
+        self.timers.first().map(|(due, _)| *due)
+    }
+
+    /// The next output, if any. Call until `None` after every input.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Observes an event the home ledger applied.
+    pub fn on_event(&mut self, event: &Event, now: Micros) {
+        #[cfg(any(test, madsim, feature = "testing"))]
+        if crate::protocol::bugs::enabled(Bug::CreditBeforeDebit) {
+            self.credit_before_debit(event);
+        }
+        match *event {
+            Event::DebitTried { transfer } => self.start_try(transfer, now),
+            Event::TransferDecided { key, decision } => {
+                if let Some(transfer) = self.flights.get(&key).map(|f| f.transfer) {
+                    self.carry(transfer, decision, now);
+                }
+            }
+            Event::DebitConfirmed { key } | Event::DebitCancelled { key } => self.forget(&key),
+            _ => {}
+        }
+    }
+
+    /// Handles a destination's answer. Stale and duplicate answers are ignored.
+    pub fn on_response(&mut self, response: &PhaseResponse, now: Micros) {
+        let Some(flight) = self.flights.get(&response.key).copied() else {
+            return;
+        };
+        match (flight.stage, response.phase, response.result) {
+            (Stage::Trying { .. }, Phase::Try, PhaseResult::Tried) => {
+                self.decide(flight, Decision::Confirm, now)
+            }
+            (Stage::Trying { .. }, Phase::Try, PhaseResult::TryFailed(reason)) => {
+                self.decide(flight, Decision::Cancel(reason), now)
+            }
+            (Stage::Carrying(Decision::Confirm), Phase::Confirm, PhaseResult::Confirmed)
+            | (Stage::Carrying(Decision::Cancel(_)), Phase::Cancel, PhaseResult::Cancelled) => {
+                self.finish(flight, now)
+            }
+            (Stage::Carrying(decision), _, PhaseResult::Confirmed | PhaseResult::Cancelled)
+                if response.phase != Phase::Try =>
+            {
+                self.outputs.push_back(Output::Violation {
+                    key: response.key,
+                    detail: format!(
+                        "decided {decision:?} but the destination answered {:?}",
+                        response.result
+                    ),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// Does whatever is due at `now`: resends, Try timeouts, re-emitted commands.
+    pub fn on_tick(&mut self, now: Micros) {
+        while let Some(&(due, key)) = self.timers.first() {
+            if due > now {
+                break;
+            }
+            self.timers.pop_first();
+            let flight = self.flights[&key];
+            match flight.stage {
+                Stage::Trying { deadline } if now >= deadline => {
+                    self.decide(flight, Decision::Cancel(Reason::Timeout), now)
+                }
+                Stage::Trying { .. } => self.send(flight, Phase::Try, now),
+                Stage::Carrying(decision) => self.send(flight, second_phase(decision), now),
+                // The driver always executes what it is given; re-emitting covers a command
+                // lost with a failed batch and is harmless because both commands are idempotent.
+                Stage::Deciding(decision) => {
+                    self.outputs
+                        .push_back(Output::Execute(Command::Decide { key, decision }));
+                    self.rearm(flight, now);
+                }
+                Stage::Finishing => {
+                    self.outputs
+                        .push_back(Output::Execute(Command::FinishDebit { key }));
+                    self.rearm(flight, now);
+                }
+            }
+        }
+    }
+
+    /// Known bug `CreditBeforeDebit`: as soon as the home partition takes a cross-partition
+    /// transfer, the destination is told to Try and Confirm, before the source's debit is
+    /// known to hold and before any decision is logged. When the debit is refused
+    /// (insufficient funds) the destination is credited with money that never left the source.
+    #[cfg(any(test, madsim, feature = "testing"))]
+    fn credit_before_debit(&mut self, event: &Event) {
+        let (Event::DebitTried { transfer } | Event::TransferRejected { transfer, .. }) = *event
+        else {
+            return;
+        };
+        let partition = partition_of(&transfer.to, self.partitions);
+        if partition == partition_of(&transfer.from, self.partitions) {
+            return;
+        }
+        for phase in [Phase::Try, Phase::Confirm] {
+            self.outputs.push_back(Output::Send {
+                partition,
+                request: PhaseRequest { phase, transfer },
+            });
+        }
+    }
+
+    fn start_try(&mut self, transfer: Transfer, now: Micros) {
+        let deadline = now + self.config.try_timeout_us;
+        let flight = Flight {
+            transfer,
+            stage: Stage::Trying { deadline },
+            due: 0,
+            backoff_us: self.config.retry_initial_us,
+        };
+        assert!(
+            !self.flights.contains_key(&transfer.key()),
+            "a transfer starts once"
+        );
+        self.flights.insert(transfer.key(), flight);
+        self.send(flight, Phase::Try, now);
+    }
+
+    fn decide(&mut self, mut flight: Flight, decision: Decision, now: Micros) {
+        let key = flight.transfer.key();
+        flight.stage = Stage::Deciding(decision);
+        flight.backoff_us = self.config.retry_initial_us;
+        self.outputs
+            .push_back(Output::Execute(Command::Decide { key, decision }));
+        self.rearm(flight, now);
+    }
+
+    fn carry(&mut self, transfer: Transfer, decision: Decision, now: Micros) {
+        let flight = Flight {
+            transfer,
+            stage: Stage::Carrying(decision),
+            due: 0,
+            backoff_us: self.config.retry_initial_us,
+        };
+        if let Some(old) = self.flights.insert(transfer.key(), flight) {
+            self.timers.remove(&(old.due, transfer.key()));
+        }
+        self.send(flight, second_phase(decision), now);
+    }
+
+    fn finish(&mut self, mut flight: Flight, now: Micros) {
+        flight.stage = Stage::Finishing;
+        flight.backoff_us = self.config.retry_initial_us;
+        self.outputs
+            .push_back(Output::Execute(Command::FinishDebit {
+                key: flight.transfer.key(),
+            }));
+        self.rearm(flight, now);
+    }
+
+    fn forget(&mut self, key: &TransferKey) {
+        if let Some(flight) = self.flights.remove(key) {
+            self.timers.remove(&(flight.due, *key));
+        }
+    }
+
+    fn send(&mut self, flight: Flight, phase: Phase, now: Micros) {
+        let partition = partition_of(&flight.transfer.to, self.partitions);
+        self.outputs.push_back(Output::Send {
+            partition,
+            request: PhaseRequest {
+                phase,
+                transfer: flight.transfer,
+            },
+        });
+        self.rearm(flight, now);
+    }
+
+    /// Stores `flight` with its next due time and doubles its backoff.
+    fn rearm(&mut self, mut flight: Flight, now: Micros) {
+        let key = flight.transfer.key();
+        if let Some(old) = self.flights.get(&key) {
+            self.timers.remove(&(old.due, key));
+        }
+        flight.due = match flight.stage {
+            Stage::Trying { deadline } => (now + flight.backoff_us).min(deadline),
+            _ => now + flight.backoff_us,
+        };
+        flight.backoff_us = (flight.backoff_us * 2).min(self.config.retry_max_us);
+        self.timers.insert((flight.due, key));
+        self.flights.insert(key, flight);
+    }
+}
+
+fn second_phase(decision: Decision) -> Phase {
+    match decision {
+        Decision::Confirm => Phase::Confirm,
+        Decision::Cancel(_) => Phase::Cancel,
+    }
+}

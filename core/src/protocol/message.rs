@@ -1,0 +1,106 @@
+//! What crosses a partition's boundary: the commands and queries of clients with their
+//! answers, and the TC/C phase messages between partitions.
+//!
+//! These are values only; how they travel (in-process inboxes, TCP frames of [`crate::wire`])
+//! is the runtime's business.
+
+use std::sync::Arc;
+
+use crate::ledger::{Account, Command, LedgerError, Reply, TransferRow};
+use crate::model::event::TransferKey;
+use crate::model::ids::AccountId;
+use crate::model::partition::{partition_of, PartitionId};
+use crate::protocol::coordinator::{PhaseRequest, PhaseResponse};
+
+/// A read-only question to a partition, answered after everything before it is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Query {
+    Account(AccountId),
+    Transfer(TransferKey),
+}
+
+/// The answer to a [`Query`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryAnswer {
+    Account(Option<Account>),
+    Transfer(Option<TransferRow>),
+}
+
+/// The result of a command as seen by its client.
+pub type CommandResult = Result<Reply, LedgerError>;
+
+/// Most commands in one command group; a client splits larger sets.
+pub const COMMANDS_PER_INPUT_MAX: usize = 4096;
+
+/// Commands a client handed over together, shared by the groups that carry them to their
+/// partitions: each group picks its commands by position, so none is copied on its way (a
+/// transfer command is about 200 bytes, and copying them was a tenth of a batch's cost).
+#[derive(Clone)]
+pub struct CommandGroup {
+    commands: Arc<Vec<Command>>,
+    picks: Arc<[u32]>,
+}
+
+impl CommandGroup {
+    /// All of `commands`, in order.
+    pub fn all(commands: Vec<Command>) -> CommandGroup {
+        let picks = (0..commands.len() as u32).collect();
+        CommandGroup::picked(Arc::new(commands), picks)
+    }
+
+    /// The commands at positions `picks` of `commands`, in that order.
+    pub fn picked(commands: Arc<Vec<Command>>, picks: Arc<[u32]>) -> CommandGroup {
+        assert!(picks.len() <= COMMANDS_PER_INPUT_MAX);
+        assert!(picks.iter().all(|&pick| (pick as usize) < commands.len()));
+        CommandGroup { commands, picks }
+    }
+
+    pub fn len(&self) -> usize {
+        self.picks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.picks.is_empty()
+    }
+
+    /// The positions of the group's commands in what the client handed over.
+    pub fn picks(&self) -> &[u32] {
+        &self.picks
+    }
+
+    pub fn get(&self, pick: u32) -> &Command {
+        &self.commands[pick as usize]
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &Command> + '_ {
+        self.picks.iter().map(|&pick| self.get(pick))
+    }
+}
+
+impl std::fmt::Debug for CommandGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// A message between partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerMessage {
+    /// From the home partition `from` to the partition of `request.transfer.to`.
+    Request {
+        from: PartitionId,
+        request: PhaseRequest,
+    },
+    /// From a destination back to the home partition of `response.key.from`.
+    Response(PhaseResponse),
+}
+
+impl PeerMessage {
+    /// The partition this message is for.
+    pub fn destination(&self, partitions: u32) -> PartitionId {
+        match self {
+            PeerMessage::Request { request, .. } => partition_of(&request.transfer.to, partitions),
+            PeerMessage::Response(response) => partition_of(&response.key.from, partitions),
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! How partitions agree: the TC/C coordinator of a home partition and the messages
+//! partitions exchange.
+//!
+//! - [`coordinator`]: drives cross-partition transfers from their home partition (sans-IO).
+//! - [`message`]: what crosses a partition's boundary: client commands and queries, their
+//!   answers, and the phase messages between partitions.
+//! - `bugs` (tests and simulation only): switchable known-bug mutations.
+//! - `tests` (tests only): ledger, coordinator, property and mutation tests.
+
+#[cfg(any(test, madsim, feature = "testing"))]
+pub mod bugs;
+pub mod coordinator;
+pub mod message;
+
+#[cfg(test)]
+mod tests;

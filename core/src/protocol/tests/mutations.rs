@@ -1,0 +1,386 @@
+//! Each protection, removed: with a known bug switched on (see [`crate::protocol::bugs`]), a known
+//! sequence breaks the invariant that protection keeps and its checker says so; the same
+//! sequence without the bug passes every checker. The random schedules of
+//! [`super::properties`] must find each bug too, from a fixed stream of cases.
+
+use proptest::strategy::{Strategy, ValueTree};
+use proptest::test_runner::TestRunner;
+
+use crate::ledger::{Command, CreditState, Reply, TransferState, TransferStatus};
+use crate::model::event::{Reason, Transfer};
+use crate::model::ids::AccountId;
+use crate::model::money::Currency::USD;
+use crate::model::money::BALANCE_MINOR_MAX;
+use crate::protocol::bugs::{self, Bug};
+use crate::protocol::coordinator::{CoordinatorConfig, Phase};
+
+use super::checks::{
+    check_always, check_at_rest, check_balances, check_books, check_conservation,
+    check_exactly_once, check_no_try_after_cancel, check_quiescent, check_replay, Violation,
+};
+use super::cluster::Cluster;
+use super::properties::{ops, simulate};
+use super::support::{account_on, deposit, open, transfer};
+
+const PARTITIONS: u32 = 4;
+const CONFIG: CoordinatorConfig = CoordinatorConfig {
+    try_timeout_us: 1_000_000,
+    retry_initial_us: 100_000,
+    retry_max_us: 800_000,
+};
+const FUNDS: u64 = 10_000;
+const SETTLE_STEPS_MAX: usize = 1_000;
+const TICK_US: u64 = 10_000;
+/// How many random schedules a bug hunt may try. Each bug below is found well within it.
+const HUNT_CASES_MAX: usize = 128;
+
+/// Switches exactly `bugs` on for this thread until dropped, even if the test panics.
+struct Switched;
+
+fn switch_on(bugs: &[Bug]) -> Switched {
+    bugs::set(bugs);
+    Switched
+}
+
+impl Drop for Switched {
+    fn drop(&mut self) {
+        bugs::set(&[]);
+    }
+}
+
+struct Accounts {
+    /// USD on partition 0, funded.
+    src: AccountId,
+    /// USD on partition 0 too, empty.
+    neighbour: AccountId,
+    /// USD on partition 0, opened and never funded.
+    poor: AccountId,
+    /// USD on partition 1.
+    dst: AccountId,
+}
+
+fn cluster() -> (Cluster, Accounts) {
+    let w = Accounts {
+        src: account_on("src", 0, PARTITIONS, 0),
+        neighbour: account_on("src", 0, PARTITIONS, 1),
+        poor: account_on("poor", 0, PARTITIONS, 0),
+        dst: account_on("dst", 1, PARTITIONS, 0),
+    };
+    let mut cluster = Cluster::new(PARTITIONS, CONFIG);
+    for command in [
+        open(w.src, USD),
+        deposit(w.src, FUNDS, USD, "d0"),
+        open(w.neighbour, USD),
+        open(w.poor, USD),
+        open(w.dst, USD),
+    ] {
+        cluster.client(command).expect("fixture commands apply");
+    }
+    (cluster, w)
+}
+
+/// Runs random schedules from a fixed stream with `bugs` on; the first violation found and
+/// the index of the schedule that found it.
+fn hunt(bugs: &[Bug]) -> Option<(usize, Violation)> {
+    let _switched = switch_on(bugs);
+    let mut runner = TestRunner::deterministic();
+    (0..HUNT_CASES_MAX).find_map(|case| {
+        let schedule = ops().new_tree(&mut runner).expect("generates").current();
+        simulate(&schedule).err().map(|violation| (case, violation))
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// SkipBarrier: a Try that arrives after its Cancel.
+
+/// A transfer whose first Try is held back until the transfer timed out and was cancelled on
+/// both sides; then the Try arrives.
+fn late_try(bugs: &[Bug]) -> (Cluster, Transfer) {
+    let _switched = switch_on(bugs);
+    let (mut cluster, w) = cluster();
+    let t = transfer(w.src, w.dst, 2_500, USD, "t1");
+    cluster.client(Command::Transfer(t)).unwrap();
+    let held_back = cluster.drop_message(0);
+    cluster.lose_all_until(TICK_US, CONFIG.try_timeout_us, |cluster| {
+        cluster
+            .sent
+            .iter()
+            .any(|s| s.request.phase == Phase::Cancel)
+    });
+    assert!(cluster.settle(SETTLE_STEPS_MAX));
+    assert_eq!(
+        cluster.ledger_of(&w.dst).credit(&t.key()).map(|c| c.state),
+        Some(CreditState::TryNotSeen)
+    );
+    cluster.network.push(held_back);
+    assert!(cluster.settle(SETTLE_STEPS_MAX));
+    (cluster, t)
+}
+
+#[test]
+fn skip_barrier_applies_a_try_after_its_cancel_and_leaves_it_hanging() {
+    let (cluster, t) = late_try(&[Bug::SkipBarrier]);
+    assert_eq!(
+        check_no_try_after_cancel(&cluster.history),
+        Err(Violation::TryAfterCancel { key: t.key() })
+    );
+    // The home partition is done with the transfer; the destination holds a pending credit
+    // that nobody will ever confirm or cancel.
+    assert!(matches!(
+        check_at_rest(&cluster),
+        Err(Violation::AtRest { .. })
+    ));
+    assert_eq!(
+        cluster.ledger_of(&t.to).account(&t.to).unwrap().incoming,
+        2_500
+    );
+    assert_eq!(
+        cluster.ledger_of(&t.to).credit(&t.key()).map(|c| c.state),
+        Some(CreditState::Tried)
+    );
+    let (cluster, _) = late_try(&[]);
+    assert_eq!(check_quiescent(&cluster), Ok(()));
+}
+
+#[test]
+fn random_schedules_find_skip_barrier() {
+    let found = hunt(&[Bug::SkipBarrier]);
+    assert!(
+        matches!(found, Some((_, Violation::TryAfterCancel { .. }))),
+        "{found:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// NoIdempotency: a retried transfer applied again.
+
+/// A committed transfer from `src` to `to`, then the client's exact retry.
+fn retried(bugs: &[Bug], to: fn(&Accounts) -> AccountId) -> (Cluster, Transfer, Reply) {
+    let _switched = switch_on(bugs);
+    let (mut cluster, w) = cluster();
+    let t = transfer(w.src, to(&w), 2_500, USD, "t1");
+    cluster.client(Command::Transfer(t)).unwrap();
+    assert!(cluster.settle(SETTLE_STEPS_MAX));
+    assert_eq!(
+        cluster.ledger_of(&t.from).transfer(&t.key()).unwrap().state,
+        TransferState::Committed
+    );
+    let reply = cluster.client(Command::Transfer(t)).unwrap();
+    (cluster, t, reply)
+}
+
+#[test]
+fn no_idempotency_applies_a_same_partition_retry_twice() {
+    let (cluster, t, _) = retried(&[Bug::NoIdempotency], |w| w.neighbour);
+    assert!(matches!(
+        check_exactly_once(&cluster.history),
+        Err(Violation::ExactlyOnce { key, .. }) if key == t.key()
+    ));
+    assert_eq!(
+        cluster.ledger_of(&t.to).account(&t.to).unwrap().balance,
+        5_000
+    );
+    let (cluster, _, reply) = retried(&[], |w| w.neighbour);
+    assert_eq!(reply, Reply::Transfer(TransferStatus::Committed));
+    assert_eq!(check_quiescent(&cluster), Ok(()));
+}
+
+#[test]
+fn no_idempotency_debits_a_cross_partition_retry_twice() {
+    let (mut cluster, t, reply) = retried(&[Bug::NoIdempotency], |w| w.dst);
+    // The retry debits again; the destination, already confirmed, is not credited again.
+    assert_eq!(reply, Reply::Transfer(TransferStatus::Pending));
+    assert!(matches!(
+        check_conservation(&cluster.ledgers),
+        Err(Violation::Conservation { currency: USD, .. })
+    ));
+    assert!(matches!(
+        check_exactly_once(&cluster.history),
+        Err(Violation::ExactlyOnce { key, .. }) if key == t.key()
+    ));
+    {
+        let _switched = switch_on(&[Bug::NoIdempotency]);
+        assert!(cluster.settle(SETTLE_STEPS_MAX));
+    }
+    assert_eq!(
+        cluster.ledger_of(&t.from).account(&t.from).unwrap().balance,
+        FUNDS - 5_000
+    );
+    assert_eq!(
+        cluster.ledger_of(&t.to).account(&t.to).unwrap().balance,
+        2_500
+    );
+    assert!(check_conservation(&cluster.ledgers).is_err());
+    let (cluster, _, reply) = retried(&[], |w| w.dst);
+    assert_eq!(reply, Reply::Transfer(TransferStatus::Committed));
+    assert_eq!(check_quiescent(&cluster), Ok(()));
+}
+
+#[test]
+fn random_schedules_find_no_idempotency() {
+    let found = hunt(&[Bug::NoIdempotency]);
+    assert!(
+        matches!(
+            found,
+            Some((
+                _,
+                Violation::ExactlyOnce { .. }
+                    | Violation::Conservation { .. }
+                    | Violation::Acknowledged { .. }
+            ))
+        ),
+        "{found:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// CreditBeforeDebit: the destination is credited before the source is debited.
+
+/// A transfer from an account with no money to another partition.
+fn unfunded_transfer(bugs: &[Bug]) -> (Cluster, Transfer, Reply) {
+    let _switched = switch_on(bugs);
+    let (mut cluster, w) = cluster();
+    let t = transfer(w.poor, w.dst, 2_500, USD, "t1");
+    let reply = cluster.client(Command::Transfer(t)).unwrap();
+    assert!(cluster.settle(SETTLE_STEPS_MAX));
+    (cluster, t, reply)
+}
+
+#[test]
+fn credit_before_debit_creates_money_when_the_debit_fails() {
+    let (cluster, t, reply) = unfunded_transfer(&[Bug::CreditBeforeDebit]);
+    assert_eq!(
+        reply,
+        Reply::Transfer(TransferStatus::Rejected(Reason::InsufficientFunds))
+    );
+    assert_eq!(
+        cluster.ledger_of(&t.to).account(&t.to).unwrap().balance,
+        2_500
+    );
+    assert!(matches!(
+        check_conservation(&cluster.ledgers),
+        Err(Violation::Conservation { currency: USD, .. })
+    ));
+    assert!(matches!(
+        check_at_rest(&cluster),
+        Err(Violation::AtRest { .. })
+    ));
+    let (cluster, _, reply) = unfunded_transfer(&[]);
+    assert_eq!(
+        reply,
+        Reply::Transfer(TransferStatus::Rejected(Reason::InsufficientFunds))
+    );
+    assert!(cluster.sent.is_empty(), "a refused debit sends nothing");
+    assert_eq!(check_quiescent(&cluster), Ok(()));
+}
+
+#[test]
+fn credit_before_debit_confirms_before_any_decision() {
+    let _switched = switch_on(&[Bug::CreditBeforeDebit]);
+    let (mut cluster, w) = cluster();
+    let t = transfer(w.src, w.dst, 2_500, USD, "t1");
+    cluster.client(Command::Transfer(t)).unwrap();
+    assert!(cluster.executed.is_empty(), "nothing is decided yet");
+    assert!(cluster
+        .sent
+        .iter()
+        .any(|s| s.request.phase == Phase::Confirm));
+}
+
+#[test]
+fn random_schedules_find_credit_before_debit() {
+    let found = hunt(&[Bug::CreditBeforeDebit]);
+    assert!(
+        matches!(
+            found,
+            Some((
+                _,
+                Violation::Conservation { .. }
+                    | Violation::AtRest { .. }
+                    | Violation::Contradiction { .. }
+            ))
+        ),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn the_schedules_that_find_the_bugs_pass_without_them() {
+    assert_eq!(hunt(&[]), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checkers with no bug switch of their own fail on a state tampered with by hand.
+
+#[test]
+fn replay_books_and_limit_checkers_catch_a_tampered_balance() {
+    let (mut cluster, w) = cluster();
+    assert_eq!(check_always(&cluster), Ok(()));
+    assert_eq!(check_replay(&cluster), Ok(()));
+    cluster.ledgers[0]
+        .accounts
+        .get_mut(&w.src)
+        .expect("fixture account")
+        .balance = BALANCE_MINOR_MAX + 1;
+    assert!(matches!(
+        check_replay(&cluster),
+        Err(Violation::Replay { partition: 0, .. })
+    ));
+    assert!(matches!(
+        check_books(&cluster.ledgers),
+        Err(Violation::Books { partition: 0, .. })
+    ));
+    assert!(matches!(
+        check_conservation(&cluster.ledgers),
+        Err(Violation::Conservation { currency: USD, .. })
+    ));
+    assert_eq!(
+        check_balances(&cluster.ledgers),
+        Err(Violation::BalanceLimit {
+            account: w.src,
+            balance: BALANCE_MINOR_MAX + 1
+        })
+    );
+}
+
+#[test]
+fn the_at_rest_checker_rejects_a_transfer_still_in_flight() {
+    let (mut cluster, w) = cluster();
+    cluster
+        .client(Command::Transfer(transfer(w.src, w.dst, 1, USD, "t1")))
+        .unwrap();
+    cluster.drop_all();
+    assert_eq!(check_always(&cluster), Ok(()));
+    assert!(matches!(
+        check_at_rest(&cluster),
+        Err(Violation::AtRest { .. })
+    ));
+    assert!(cluster.settle(SETTLE_STEPS_MAX));
+    assert_eq!(check_at_rest(&cluster), Ok(()));
+}
+
+#[test]
+fn the_replay_checker_sees_a_lost_record() {
+    let (mut cluster, _) = cluster();
+    let lost = cluster.history.remove(1);
+    assert!(matches!(
+        lost.event,
+        crate::model::event::Event::Deposited { .. }
+    ));
+    assert!(matches!(
+        check_replay(&cluster),
+        Err(Violation::Replay { partition: 0, .. })
+    ));
+}
+
+#[test]
+fn the_switches_are_per_thread_and_off_by_default() {
+    assert!(Bug::ALL.iter().all(|bug| !bugs::enabled(*bug)));
+    let switched = switch_on(&[Bug::SkipBarrier, Bug::NoIdempotency]);
+    assert!(bugs::enabled(Bug::SkipBarrier) && bugs::enabled(Bug::NoIdempotency));
+    assert!(!bugs::enabled(Bug::CreditBeforeDebit));
+    let other = std::thread::spawn(|| bugs::enabled(Bug::SkipBarrier));
+    assert!(!other.join().unwrap());
+    drop(switched);
+    assert!(!bugs::enabled(Bug::SkipBarrier));
+}

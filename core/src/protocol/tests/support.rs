@@ -1,0 +1,159 @@
+//! Shared fixtures: identifiers, amounts, accounts placed on chosen partitions, and a
+//! comparable snapshot of a ledger's whole state.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::ledger::{Account, CashRow, Command, CreditRow, Flows, Ledger, RecordMeta, TransferRow};
+use crate::model::event::{Event, Transfer, TransferKey};
+use crate::model::ids::{AccountId, TransactionId};
+use crate::model::money::{Amount, Currency};
+use crate::model::partition::{partition_of, PartitionId};
+
+/// How many candidate names [`account_on`] tries before giving up. FNV-1a spreads
+/// `prefix-i` names evenly, so a few dozen always suffice for a handful of partitions.
+const ACCOUNT_CANDIDATES_MAX: usize = 10_000;
+
+pub fn acct(name: &str) -> AccountId {
+    AccountId::new(name).expect("test account ids are valid")
+}
+
+pub fn txn(name: &str) -> TransactionId {
+    TransactionId::new(name).expect("test transaction ids are valid")
+}
+
+pub fn amt(minor: u64) -> Amount {
+    Amount::from_minor(minor).expect("test amounts are in range")
+}
+
+/// The `nth` (from 0) account id named `{prefix}-{i}` that lives on `partition`.
+pub fn account_on(prefix: &str, partition: PartitionId, partitions: u32, nth: usize) -> AccountId {
+    (0..ACCOUNT_CANDIDATES_MAX)
+        .map(|i| acct(&format!("{prefix}-{i}")))
+        .filter(|id| partition_of(id, partitions) == partition)
+        .nth(nth)
+        .expect("enough candidate names land on every partition")
+}
+
+pub fn transfer(
+    from: AccountId,
+    to: AccountId,
+    minor: u64,
+    currency: Currency,
+    transaction_id: &str,
+) -> Transfer {
+    Transfer {
+        transaction_id: txn(transaction_id),
+        from,
+        to,
+        amount: amt(minor),
+        currency,
+    }
+}
+
+pub fn key(from: AccountId, transaction_id: &str) -> TransferKey {
+    TransferKey {
+        from,
+        transaction_id: txn(transaction_id),
+    }
+}
+
+pub fn open(account: AccountId, currency: Currency) -> Command {
+    Command::OpenAccount { account, currency }
+}
+
+pub fn deposit(
+    account: AccountId,
+    minor: u64,
+    currency: Currency,
+    transaction_id: &str,
+) -> Command {
+    Command::Deposit {
+        account,
+        amount: amt(minor),
+        currency,
+        transaction_id: txn(transaction_id),
+    }
+}
+
+pub fn withdraw(
+    account: AccountId,
+    minor: u64,
+    currency: Currency,
+    transaction_id: &str,
+) -> Command {
+    Command::Withdraw {
+        account,
+        amount: amt(minor),
+        currency,
+        transaction_id: txn(transaction_id),
+    }
+}
+
+pub fn opened(account: AccountId, currency: Currency) -> Event {
+    Event::AccountOpened { account, currency }
+}
+
+pub fn deposited(account: AccountId, minor: u64, transaction_id: &str) -> Event {
+    Event::Deposited {
+        account,
+        amount: amt(minor),
+        transaction_id: txn(transaction_id),
+    }
+}
+
+/// Everything a ledger holds, in sorted maps so that two ledgers compare field by field
+/// whatever their hash-table order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub accounts: BTreeMap<AccountId, Account>,
+    pub transfers: BTreeMap<TransferKey, TransferRow>,
+    pub credits: BTreeMap<TransferKey, CreditRow>,
+    pub cash: BTreeMap<(AccountId, TransactionId), CashRow>,
+    pub flows: BTreeMap<Currency, Flows>,
+    pub last: RecordMeta,
+}
+
+impl Snapshot {
+    pub fn of(ledger: &Ledger) -> Snapshot {
+        Snapshot {
+            accounts: ledger.accounts().map(|(id, a)| (*id, *a)).collect(),
+            transfers: ledger
+                .transfers()
+                .map(|row| (row.transfer.key(), row))
+                .collect(),
+            credits: ledger.credits().collect(),
+            cash: ledger.cash.iter().map(|(k, row)| (*k, *row)).collect(),
+            flows: ledger.flows().clone(),
+            last: ledger.last_applied(),
+        }
+    }
+
+    /// A readable list of the fields where `self` and `other` differ (empty when equal).
+    pub fn diff(&self, other: &Snapshot) -> String {
+        let mut out = String::new();
+        diff_maps("account", &self.accounts, &other.accounts, &mut out);
+        diff_maps("transfer", &self.transfers, &other.transfers, &mut out);
+        diff_maps("credit", &self.credits, &other.credits, &mut out);
+        diff_maps("cash", &self.cash, &other.cash, &mut out);
+        diff_maps("flows", &self.flows, &other.flows, &mut out);
+        if self.last != other.last {
+            out.push_str(&format!("last {:?} != {:?}; ", self.last, other.last));
+        }
+        out
+    }
+}
+
+fn diff_maps<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
+    what: &str,
+    left: &BTreeMap<K, V>,
+    right: &BTreeMap<K, V>,
+    out: &mut String,
+) {
+    let keys: BTreeSet<&K> = left.keys().chain(right.keys()).collect();
+    for key in keys {
+        let (l, r) = (left.get(key), right.get(key));
+        if l != r {
+            out.push_str(&format!("{what} {key:?}: {l:?} != {r:?}; "));
+        }
+    }
+}

@@ -1,0 +1,903 @@
+//! The node-to-node protocol: how the nodes of a cluster carry client commands, queries, their
+//! answers and TC/C phase messages to each other. Bytes only: no sockets here (see
+//! [`crate::net`] for the TCP driver).
+//!
+//! # Frame
+//! Same family as the log codec ([`crate::log::codec`]); all integers little-endian:
+//!
+//! ```text
+//! [body_len: u32][crc: u32][body: body_len bytes]
+//! body = [version: u8][map_version: u64][count: u16][message; count]
+//! ```
+//!
+//! `crc` is CRC32C over the four `body_len` bytes followed by the body, as in the log, so a
+//! damaged length is caught by the checksum. `body_len` lies in
+//! `FRAME_BODY_LEN_MIN..=FRAME_BODY_LEN_MAX` and `count` is at most [`FRAME_MESSAGES_MAX`];
+//! both bounds hold by construction for every frame [`FrameWriter`] writes, and anything else
+//! is refused before a byte of it is buffered. Frames are batched: a sender puts everything it
+//! has queued into one frame, one write. A frame with no message is a heartbeat.
+//!
+//! `map_version` is the sender's partition-map version. A receiver holding another version
+//! applies nothing from the frame and answers [`Message::StaleMap`].
+//!
+//! # Messages
+//! A message is a tag byte and its fields. Tags are part of the protocol: never reuse or
+//! renumber one; tag 0 is never valid.
+//!
+//! | tag | message | fields | sent by |
+//! | --- | --- | --- | --- |
+//! | 1 | `Hello` | node `u32`, map version `u64`, nonce `[u8; 16]` | both ends, handshake |
+//! | 2 | `Auth` | mac `[u8; 32]` | both ends, handshake |
+//! | 3 | `Request` | id `u64`, wait bool, command | the forwarding node |
+//! | 4 | `QueryRequest` | id, query | the forwarding node |
+//! | 5 | `Reply` | id, command result | the owning node |
+//! | 6 | `Answer` | id, query answer | the owning node |
+//! | 7 | `Peer` | peer message (TC/C phase request or response) | the forwarding node |
+//! | 8 | `StaleMap` | expected `u64`, got `u64` | the receiving node |
+//! | 9 | `Refused` | id | the owning node: the request was not run |
+//!
+//! # Fields
+//! Ids, amounts, currencies, transfers, transfer keys and reasons are encoded exactly as in the
+//! log codec. A bool is one byte, 0 or 1; an option is a byte 0 (none) or 1 followed by the
+//! value; text is a `u8` length and at most [`ERROR_TEXT_LEN_MAX`] bytes of UTF-8 (longer text
+//! is cut at a character boundary when encoded). Every enum is a tag byte from 1, then its
+//! fields:
+//!
+//! - command: 1 open (account, currency), 2 deposit and 3 withdraw (account, amount, currency,
+//!   transaction id), 4 transfer (transfer), 5 decide (key, decision), 6 finish debit (key),
+//!   7 try, 8 confirm, 9 cancel credit (transfer). A decision is 1 confirm or 2 cancel and a
+//!   reason, as in the log.
+//! - command result: 0 ok and a reply, or 1 error and a ledger error.
+//! - reply: 1 opened (created bool), 2 balance (`u64`), 3 transfer (status), 4 phase (phase
+//!   result), 5 done. Status: 1 pending, 2 committed, 3 rejected and 4 cancelled (a reason).
+//!   Phase result: 1 tried, 2 try failed (a reason), 3 confirmed, 4 cancelled.
+//! - ledger error: 1 account not found (account), 2 account exists (account, currency),
+//!   3 currency mismatch (account, expected, got), 4 insufficient funds (available text,
+//!   currency), 5 balance limit (account), 6 same account, 7 conflict (transaction id), 8 wrong
+//!   partition (account, owner `u32`, here `u32`), 9 unknown transfer (key), 10 invalid
+//!   transition (key, from text, command: 1 decide, 2 finish, 0 another). Every variant crosses
+//!   the wire, so the node that serves the client maps it to the same HTTP status.
+//! - query: 1 account (account), 2 transfer (key). Answer: 1 account (option of currency,
+//!   balance, held, incoming as `u64`), 2 transfer (option of transfer, state, remote bool,
+//!   accepted, decided and finished timestamps as `u64`). State: 1 trying, 2 confirming,
+//!   3 cancelling (reason), 4 committed, 5 cancelled (reason), 6 rejected (reason).
+//! - peer message: 1 request (from partition `u32`, phase, transfer), 2 response (phase, key,
+//!   phase result). Phase: 1 try, 2 confirm, 3 cancel.
+//!
+//! A message ends where its fields end; the frame ends exactly after its `count`-th message.
+
+use crc32c::{crc32c, crc32c_append};
+
+use crate::ledger::{
+    Account, Command, LedgerError, PhaseResult, Reply, TransferRow, TransferState, TransferStatus,
+};
+use crate::log::codec::{put_currency, put_key, put_transfer, reason_tag, Cursor};
+use crate::model::event::Decision;
+use crate::model::ids::ID_LEN_MAX;
+use crate::model::partition::NodeId;
+use crate::protocol::coordinator::{Phase, PhaseRequest, PhaseResponse};
+use crate::protocol::message::{CommandResult, PeerMessage, Query, QueryAnswer};
+
+/// The body version this build writes and the only one it reads.
+pub const WIRE_VERSION: u8 = 1;
+/// Bytes of the frame header: body length and checksum.
+pub const FRAME_HEADER_LEN: usize = 8;
+/// Bytes of the body before the messages: version, map version, count.
+const BODY_PREFIX_LEN: usize = 1 + 8 + 2;
+/// Smallest body: a heartbeat (no message).
+pub const FRAME_BODY_LEN_MIN: usize = BODY_PREFIX_LEN;
+/// Most messages in one frame. Bounds the work one frame asks of a receiver.
+pub const FRAME_MESSAGES_MAX: usize = 1024;
+/// Most bytes one encoded message takes (the longest, an answer carrying a transfer row, takes
+/// 243; see `message_lengths_are_bounded`).
+pub const MESSAGE_ENCODED_LEN_MAX: usize = 256;
+/// Largest body a frame may declare: a full frame of the longest messages.
+pub const FRAME_BODY_LEN_MAX: usize =
+    BODY_PREFIX_LEN + FRAME_MESSAGES_MAX * MESSAGE_ENCODED_LEN_MAX;
+/// Most bytes one whole frame takes.
+pub const FRAME_ENCODED_LEN_MAX: usize = FRAME_HEADER_LEN + FRAME_BODY_LEN_MAX;
+/// Bytes of a handshake nonce.
+pub const NONCE_LEN: usize = 16;
+/// Bytes of a handshake MAC (HMAC-SHA256).
+pub const MAC_LEN: usize = 32;
+/// Longest text an error carries across the wire, in bytes.
+pub const ERROR_TEXT_LEN_MAX: usize = 64;
+const _: () = assert!(FRAME_MESSAGES_MAX <= u16::MAX as usize);
+const _: () = assert!(FRAME_BODY_LEN_MAX <= u32::MAX as usize);
+const _: () = assert!(ERROR_TEXT_LEN_MAX <= u8::MAX as usize && ID_LEN_MAX <= u8::MAX as usize);
+
+/// Message tags; see the module docs. Never reuse or renumber one.
+mod tag {
+    pub const HELLO: u8 = 1;
+    pub const AUTH: u8 = 2;
+    pub const REQUEST: u8 = 3;
+    pub const QUERY_REQUEST: u8 = 4;
+    pub const REPLY: u8 = 5;
+    pub const ANSWER: u8 = 6;
+    pub const PEER: u8 = 7;
+    pub const STALE_MAP: u8 = 8;
+    pub const REFUSED: u8 = 9;
+}
+
+/// The commands an [`LedgerError::InvalidTransition`] can name, by their wire number (index + 1).
+/// The ledger names its commands with static strings; the wire carries the number.
+const TRANSITION_COMMANDS: [&str; 2] = ["decide", "finish"];
+/// What a transition command the table does not know decodes as.
+const TRANSITION_COMMAND_OTHER: &str = "command";
+
+/// Correlates a request with its answer on one connection.
+pub type RequestId = u64;
+
+/// One message between nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Opens the handshake: who I am, which map I hold, and a fresh challenge for the other end.
+    Hello {
+        node: NodeId,
+        map_version: u64,
+        nonce: [u8; NONCE_LEN],
+    },
+    /// Proves knowledge of the cluster secret: the MAC of the other end's challenge.
+    Auth { mac: [u8; MAC_LEN] },
+    /// A client command for a partition the receiver owns.
+    Request {
+        id: RequestId,
+        wait: bool,
+        command: Command,
+    },
+    /// A read-only question for a partition the receiver owns.
+    QueryRequest { id: RequestId, query: Query },
+    /// The answer to [`Message::Request`] `id`.
+    Reply {
+        id: RequestId,
+        result: CommandResult,
+    },
+    /// The answer to [`Message::QueryRequest`] `id`.
+    Answer { id: RequestId, answer: QueryAnswer },
+    /// A TC/C phase message for a partition the receiver owns (best effort, no answer).
+    Peer(PeerMessage),
+    /// The receiver holds map `expected`, the frame carried `got`: nothing in it was applied.
+    StaleMap { expected: u64, got: u64 },
+    /// Request `id` was not run (its partition is not here or is stopped); retry elsewhere or later.
+    Refused { id: RequestId },
+}
+
+/// A decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub map_version: u64,
+    pub messages: Vec<Message>,
+}
+
+/// Why bytes are not a frame. Any of these ends the connection that carried them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("frame body of {len} bytes is outside {FRAME_BODY_LEN_MIN}..={FRAME_BODY_LEN_MAX}")]
+    Length { len: usize },
+    #[error("frame checksum mismatch")]
+    Checksum,
+    #[error("frame has wire version {0}; this build speaks only version {WIRE_VERSION}")]
+    Version(u8),
+    #[error("frame declares {0} messages; at most {FRAME_MESSAGES_MAX} are allowed")]
+    TooManyMessages(usize),
+    #[error("malformed frame at message {index}: {reason}")]
+    Malformed { index: usize, reason: String },
+}
+
+/// Appends one frame to a buffer, message by message. Every frame it finishes is within the
+/// bounds a reader accepts: at most [`FRAME_MESSAGES_MAX`] messages of at most
+/// [`MESSAGE_ENCODED_LEN_MAX`] bytes each.
+pub struct FrameWriter<'a> {
+    out: &'a mut Vec<u8>,
+    start: usize,
+    count: usize,
+}
+
+impl<'a> FrameWriter<'a> {
+    /// Starts a frame at the end of `out`.
+    pub fn new(out: &'a mut Vec<u8>, map_version: u64) -> FrameWriter<'a> {
+        let start = out.len();
+        out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
+        out.push(WIRE_VERSION);
+        out.extend_from_slice(&map_version.to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        FrameWriter {
+            out,
+            start,
+            count: 0,
+        }
+    }
+
+    /// Messages pushed so far.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Whether the frame holds [`FRAME_MESSAGES_MAX`] messages; pushing more is a bug.
+    pub fn is_full(&self) -> bool {
+        self.count == FRAME_MESSAGES_MAX
+    }
+
+    /// Appends `message`. Panics if the frame is full.
+    pub fn push(&mut self, message: &Message) {
+        assert!(
+            !self.is_full(),
+            "a frame holds at most {FRAME_MESSAGES_MAX} messages"
+        );
+        let before = self.out.len();
+        encode_message(message, self.out);
+        let len = self.out.len() - before;
+        assert!(
+            len <= MESSAGE_ENCODED_LEN_MAX,
+            "message of {len} bytes exceeds its bound"
+        );
+        self.count += 1;
+    }
+
+    /// Writes count, length and checksum. Returns the frame's length in bytes.
+    pub fn finish(self) -> usize {
+        let count_at = self.start + FRAME_HEADER_LEN + 1 + 8;
+        let count = u16::try_from(self.count).expect("count is bounded");
+        self.out[count_at..count_at + 2].copy_from_slice(&count.to_le_bytes());
+        let body_len = self.out.len() - self.start - FRAME_HEADER_LEN;
+        assert!((FRAME_BODY_LEN_MIN..=FRAME_BODY_LEN_MAX).contains(&body_len));
+        let len_bytes = u32::try_from(body_len)
+            .expect("bodies are bounded")
+            .to_le_bytes();
+        let body = &self.out[self.start + FRAME_HEADER_LEN..];
+        let crc = crc32c_append(crc32c(&len_bytes), body);
+        self.out[self.start..self.start + 4].copy_from_slice(&len_bytes);
+        self.out[self.start + 4..self.start + FRAME_HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+        self.out.len() - self.start
+    }
+}
+
+/// Appends a frame of `messages` to `out` (at most [`FRAME_MESSAGES_MAX`]).
+pub fn encode_frame(map_version: u64, messages: &[Message], out: &mut Vec<u8>) -> usize {
+    let mut writer = FrameWriter::new(out, map_version);
+    for message in messages {
+        writer.push(message);
+    }
+    writer.finish()
+}
+
+/// The body length a frame header declares, checked against the bounds before the body is read.
+pub fn frame_body_len(header: &[u8; FRAME_HEADER_LEN]) -> Result<usize, WireError> {
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    if !(FRAME_BODY_LEN_MIN..=FRAME_BODY_LEN_MAX).contains(&len) {
+        return Err(WireError::Length { len });
+    }
+    Ok(len)
+}
+
+/// Checks and decodes the body that followed `header` (its length is `frame_body_len(header)`).
+pub fn decode_frame_body(header: &[u8; FRAME_HEADER_LEN], body: &[u8]) -> Result<Frame, WireError> {
+    let len = frame_body_len(header)?;
+    if body.len() != len {
+        return Err(WireError::Length { len: body.len() });
+    }
+    let stored = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    if crc32c_append(crc32c(&header[..4]), body) != stored {
+        return Err(WireError::Checksum);
+    }
+    let mut cursor = Cursor::new(body);
+    let prefix = |reason: String| WireError::Malformed { index: 0, reason };
+    let version = cursor.u8().map_err(prefix)?;
+    if version != WIRE_VERSION {
+        return Err(WireError::Version(version));
+    }
+    let map_version = cursor.u64().map_err(prefix)?;
+    let count = usize::from(cursor.u16().map_err(prefix)?);
+    if count > FRAME_MESSAGES_MAX {
+        return Err(WireError::TooManyMessages(count));
+    }
+    let mut messages = Vec::with_capacity(count);
+    for index in 0..count {
+        let message =
+            decode_message(&mut cursor).map_err(|reason| WireError::Malformed { index, reason })?;
+        messages.push(message);
+    }
+    cursor.finish().map_err(|reason| WireError::Malformed {
+        index: count,
+        reason,
+    })?;
+    Ok(Frame {
+        map_version,
+        messages,
+    })
+}
+
+/// Decodes the frame at the start of `bytes`: `Ok(None)` when more bytes are needed, else the
+/// frame and how many bytes it took.
+pub fn decode_frame(bytes: &[u8]) -> Result<Option<(Frame, usize)>, WireError> {
+    let Some(header) = bytes.get(..FRAME_HEADER_LEN) else {
+        return Ok(None);
+    };
+    let header: &[u8; FRAME_HEADER_LEN] = header.try_into().expect("header length");
+    let len = frame_body_len(header)?;
+    let Some(body) = bytes.get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + len) else {
+        return Ok(None);
+    };
+    let frame = decode_frame_body(header, body)?;
+    Ok(Some((frame, FRAME_HEADER_LEN + len)))
+}
+
+fn encode_message(message: &Message, out: &mut Vec<u8>) {
+    match message {
+        Message::Hello {
+            node,
+            map_version,
+            nonce,
+        } => {
+            out.push(tag::HELLO);
+            out.extend_from_slice(&node.to_le_bytes());
+            out.extend_from_slice(&map_version.to_le_bytes());
+            out.extend_from_slice(nonce);
+        }
+        Message::Auth { mac } => {
+            out.push(tag::AUTH);
+            out.extend_from_slice(mac);
+        }
+        Message::Request { id, wait, command } => {
+            put_tagged_id(out, tag::REQUEST, *id);
+            out.push(u8::from(*wait));
+            put_command(out, command);
+        }
+        Message::QueryRequest { id, query } => {
+            put_tagged_id(out, tag::QUERY_REQUEST, *id);
+            put_query(out, query);
+        }
+        Message::Reply { id, result } => {
+            put_tagged_id(out, tag::REPLY, *id);
+            put_result(out, result);
+        }
+        Message::Answer { id, answer } => {
+            put_tagged_id(out, tag::ANSWER, *id);
+            put_answer(out, answer);
+        }
+        Message::Peer(peer) => {
+            out.push(tag::PEER);
+            put_peer(out, peer);
+        }
+        Message::StaleMap { expected, got } => {
+            out.push(tag::STALE_MAP);
+            out.extend_from_slice(&expected.to_le_bytes());
+            out.extend_from_slice(&got.to_le_bytes());
+        }
+        Message::Refused { id } => put_tagged_id(out, tag::REFUSED, *id),
+    }
+}
+
+fn decode_message(cursor: &mut Cursor<'_>) -> Result<Message, String> {
+    Ok(match cursor.u8()? {
+        tag::HELLO => Message::Hello {
+            node: get_u32(cursor)?,
+            map_version: cursor.u64()?,
+            nonce: cursor.take(NONCE_LEN)?.try_into().expect("nonce length"),
+        },
+        tag::AUTH => Message::Auth {
+            mac: cursor.take(MAC_LEN)?.try_into().expect("mac length"),
+        },
+        tag::REQUEST => Message::Request {
+            id: cursor.u64()?,
+            wait: get_bool(cursor)?,
+            command: get_command(cursor)?,
+        },
+        tag::QUERY_REQUEST => Message::QueryRequest {
+            id: cursor.u64()?,
+            query: get_query(cursor)?,
+        },
+        tag::REPLY => Message::Reply {
+            id: cursor.u64()?,
+            result: get_result(cursor)?,
+        },
+        tag::ANSWER => Message::Answer {
+            id: cursor.u64()?,
+            answer: get_answer(cursor)?,
+        },
+        tag::PEER => Message::Peer(get_peer(cursor)?),
+        tag::STALE_MAP => Message::StaleMap {
+            expected: cursor.u64()?,
+            got: cursor.u64()?,
+        },
+        tag::REFUSED => Message::Refused { id: cursor.u64()? },
+        other => return Err(format!("unknown message tag {other}")),
+    })
+}
+
+fn put_tagged_id(out: &mut Vec<u8>, tag: u8, id: RequestId) {
+    out.push(tag);
+    out.extend_from_slice(&id.to_le_bytes());
+}
+
+fn get_u32(cursor: &mut Cursor<'_>) -> Result<u32, String> {
+    Ok(u32::from_le_bytes(
+        cursor.take(4)?.try_into().expect("4 bytes"),
+    ))
+}
+
+fn get_bool(cursor: &mut Cursor<'_>) -> Result<bool, String> {
+    match cursor.u8()? {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => Err(format!("bool byte {other}")),
+    }
+}
+
+/// Text of at most [`ERROR_TEXT_LEN_MAX`] bytes, cut at a character boundary if longer.
+fn put_text(out: &mut Vec<u8>, text: &str) {
+    let mut end = text.len().min(ERROR_TEXT_LEN_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.push(end as u8);
+    out.extend_from_slice(&text.as_bytes()[..end]);
+}
+
+fn get_text(cursor: &mut Cursor<'_>) -> Result<String, String> {
+    let len = usize::from(cursor.u8()?);
+    if len > ERROR_TEXT_LEN_MAX {
+        return Err(format!(
+            "text of {len} bytes is longer than {ERROR_TEXT_LEN_MAX}"
+        ));
+    }
+    let bytes = cursor.take(len)?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| "text is not UTF-8".to_string())
+}
+
+fn put_decision(out: &mut Vec<u8>, decision: Decision) {
+    match decision {
+        Decision::Confirm => out.push(1),
+        Decision::Cancel(reason) => out.extend_from_slice(&[2, reason_tag(reason)]),
+    }
+}
+
+fn get_decision(cursor: &mut Cursor<'_>) -> Result<Decision, String> {
+    match cursor.u8()? {
+        1 => Ok(Decision::Confirm),
+        2 => Ok(Decision::Cancel(cursor.reason()?)),
+        other => Err(format!("unknown decision {other}")),
+    }
+}
+
+fn put_command(out: &mut Vec<u8>, command: &Command) {
+    match *command {
+        Command::OpenAccount { account, currency } => {
+            out.push(1);
+            account.encode_into(out);
+            put_currency(out, currency);
+        }
+        Command::Deposit {
+            account,
+            amount,
+            currency,
+            transaction_id,
+        }
+        | Command::Withdraw {
+            account,
+            amount,
+            currency,
+            transaction_id,
+        } => {
+            out.push(if matches!(command, Command::Deposit { .. }) {
+                2
+            } else {
+                3
+            });
+            account.encode_into(out);
+            out.extend_from_slice(&amount.minor().to_le_bytes());
+            put_currency(out, currency);
+            transaction_id.encode_into(out);
+        }
+        Command::Transfer(transfer) => put_tagged_transfer(out, 4, &transfer),
+        Command::Decide { key, decision } => {
+            out.push(5);
+            put_key(out, &key);
+            put_decision(out, decision);
+        }
+        Command::FinishDebit { key } => {
+            out.push(6);
+            put_key(out, &key);
+        }
+        Command::TryCredit(transfer) => put_tagged_transfer(out, 7, &transfer),
+        Command::ConfirmCredit(transfer) => put_tagged_transfer(out, 8, &transfer),
+        Command::CancelCredit(transfer) => put_tagged_transfer(out, 9, &transfer),
+    }
+}
+
+fn put_tagged_transfer(out: &mut Vec<u8>, tag: u8, transfer: &crate::model::event::Transfer) {
+    out.push(tag);
+    put_transfer(out, transfer);
+}
+
+fn get_command(cursor: &mut Cursor<'_>) -> Result<Command, String> {
+    Ok(match cursor.u8()? {
+        1 => Command::OpenAccount {
+            account: cursor.account()?,
+            currency: cursor.currency()?,
+        },
+        2 => Command::Deposit {
+            account: cursor.account()?,
+            amount: cursor.amount()?,
+            currency: cursor.currency()?,
+            transaction_id: cursor.transaction_id()?,
+        },
+        3 => Command::Withdraw {
+            account: cursor.account()?,
+            amount: cursor.amount()?,
+            currency: cursor.currency()?,
+            transaction_id: cursor.transaction_id()?,
+        },
+        4 => Command::Transfer(cursor.transfer()?),
+        5 => Command::Decide {
+            key: cursor.key()?,
+            decision: get_decision(cursor)?,
+        },
+        6 => Command::FinishDebit { key: cursor.key()? },
+        7 => Command::TryCredit(cursor.transfer()?),
+        8 => Command::ConfirmCredit(cursor.transfer()?),
+        9 => Command::CancelCredit(cursor.transfer()?),
+        other => return Err(format!("unknown command {other}")),
+    })
+}
+
+fn put_query(out: &mut Vec<u8>, query: &Query) {
+    match query {
+        Query::Account(account) => {
+            out.push(1);
+            account.encode_into(out);
+        }
+        Query::Transfer(key) => {
+            out.push(2);
+            put_key(out, key);
+        }
+    }
+}
+
+fn get_query(cursor: &mut Cursor<'_>) -> Result<Query, String> {
+    match cursor.u8()? {
+        1 => Ok(Query::Account(cursor.account()?)),
+        2 => Ok(Query::Transfer(cursor.key()?)),
+        other => Err(format!("unknown query {other}")),
+    }
+}
+
+fn put_result(out: &mut Vec<u8>, result: &CommandResult) {
+    match result {
+        Ok(reply) => {
+            out.push(0);
+            put_reply(out, reply);
+        }
+        Err(error) => {
+            out.push(1);
+            put_ledger_error(out, error);
+        }
+    }
+}
+
+fn get_result(cursor: &mut Cursor<'_>) -> Result<CommandResult, String> {
+    match cursor.u8()? {
+        0 => Ok(Ok(get_reply(cursor)?)),
+        1 => Ok(Err(get_ledger_error(cursor)?)),
+        other => Err(format!("unknown result {other}")),
+    }
+}
+
+fn put_reply(out: &mut Vec<u8>, reply: &Reply) {
+    match *reply {
+        Reply::Opened { created } => out.extend_from_slice(&[1, u8::from(created)]),
+        Reply::Balance { balance } => {
+            out.push(2);
+            out.extend_from_slice(&balance.to_le_bytes());
+        }
+        Reply::Transfer(status) => {
+            out.push(3);
+            put_status(out, status);
+        }
+        Reply::Phase(result) => {
+            out.push(4);
+            put_phase_result(out, result);
+        }
+        Reply::Done => out.push(5),
+    }
+}
+
+fn get_reply(cursor: &mut Cursor<'_>) -> Result<Reply, String> {
+    Ok(match cursor.u8()? {
+        1 => Reply::Opened {
+            created: get_bool(cursor)?,
+        },
+        2 => Reply::Balance {
+            balance: cursor.u64()?,
+        },
+        3 => Reply::Transfer(get_status(cursor)?),
+        4 => Reply::Phase(get_phase_result(cursor)?),
+        5 => Reply::Done,
+        other => return Err(format!("unknown reply {other}")),
+    })
+}
+
+fn put_status(out: &mut Vec<u8>, status: TransferStatus) {
+    match status {
+        TransferStatus::Pending => out.push(1),
+        TransferStatus::Committed => out.push(2),
+        TransferStatus::Rejected(reason) => out.extend_from_slice(&[3, reason_tag(reason)]),
+        TransferStatus::Cancelled(reason) => out.extend_from_slice(&[4, reason_tag(reason)]),
+    }
+}
+
+fn get_status(cursor: &mut Cursor<'_>) -> Result<TransferStatus, String> {
+    Ok(match cursor.u8()? {
+        1 => TransferStatus::Pending,
+        2 => TransferStatus::Committed,
+        3 => TransferStatus::Rejected(cursor.reason()?),
+        4 => TransferStatus::Cancelled(cursor.reason()?),
+        other => return Err(format!("unknown transfer status {other}")),
+    })
+}
+
+fn put_phase_result(out: &mut Vec<u8>, result: PhaseResult) {
+    match result {
+        PhaseResult::Tried => out.push(1),
+        PhaseResult::TryFailed(reason) => out.extend_from_slice(&[2, reason_tag(reason)]),
+        PhaseResult::Confirmed => out.push(3),
+        PhaseResult::Cancelled => out.push(4),
+    }
+}
+
+fn get_phase_result(cursor: &mut Cursor<'_>) -> Result<PhaseResult, String> {
+    Ok(match cursor.u8()? {
+        1 => PhaseResult::Tried,
+        2 => PhaseResult::TryFailed(cursor.reason()?),
+        3 => PhaseResult::Confirmed,
+        4 => PhaseResult::Cancelled,
+        other => return Err(format!("unknown phase result {other}")),
+    })
+}
+
+fn put_ledger_error(out: &mut Vec<u8>, error: &LedgerError) {
+    match error {
+        LedgerError::AccountNotFound(account) => {
+            out.push(1);
+            account.encode_into(out);
+        }
+        LedgerError::AccountExists { account, existing } => {
+            out.push(2);
+            account.encode_into(out);
+            put_currency(out, *existing);
+        }
+        LedgerError::CurrencyMismatch {
+            account,
+            expected,
+            got,
+        } => {
+            out.push(3);
+            account.encode_into(out);
+            put_currency(out, *expected);
+            put_currency(out, *got);
+        }
+        LedgerError::InsufficientFunds {
+            available,
+            currency,
+        } => {
+            out.push(4);
+            put_text(out, available);
+            put_currency(out, *currency);
+        }
+        LedgerError::BalanceLimit(account) => {
+            out.push(5);
+            account.encode_into(out);
+        }
+        LedgerError::SameAccount => out.push(6),
+        LedgerError::Conflict(transaction_id) => {
+            out.push(7);
+            transaction_id.encode_into(out);
+        }
+        LedgerError::WrongPartition {
+            account,
+            owner,
+            here,
+        } => {
+            out.push(8);
+            account.encode_into(out);
+            out.extend_from_slice(&owner.to_le_bytes());
+            out.extend_from_slice(&here.to_le_bytes());
+        }
+        LedgerError::UnknownTransfer(key) => {
+            out.push(9);
+            put_key(out, key);
+        }
+        LedgerError::InvalidTransition { key, from, command } => {
+            out.push(10);
+            put_key(out, key);
+            put_text(out, from);
+            let number = TRANSITION_COMMANDS
+                .iter()
+                .position(|known| known == command)
+                .map_or(0, |index| index as u8 + 1);
+            out.push(number);
+        }
+    }
+}
+
+fn get_ledger_error(cursor: &mut Cursor<'_>) -> Result<LedgerError, String> {
+    Ok(match cursor.u8()? {
+        1 => LedgerError::AccountNotFound(cursor.account()?),
+        2 => LedgerError::AccountExists {
+            account: cursor.account()?,
+            existing: cursor.currency()?,
+        },
+        3 => LedgerError::CurrencyMismatch {
+            account: cursor.account()?,
+            expected: cursor.currency()?,
+            got: cursor.currency()?,
+        },
+        4 => LedgerError::InsufficientFunds {
+            available: get_text(cursor)?,
+            currency: cursor.currency()?,
+        },
+        5 => LedgerError::BalanceLimit(cursor.account()?),
+        6 => LedgerError::SameAccount,
+        7 => LedgerError::Conflict(cursor.transaction_id()?),
+        8 => LedgerError::WrongPartition {
+            account: cursor.account()?,
+            owner: get_u32(cursor)?,
+            here: get_u32(cursor)?,
+        },
+        9 => LedgerError::UnknownTransfer(cursor.key()?),
+        10 => LedgerError::InvalidTransition {
+            key: cursor.key()?,
+            from: get_text(cursor)?,
+            command: match cursor.u8()? {
+                0 => TRANSITION_COMMAND_OTHER,
+                n => TRANSITION_COMMANDS
+                    .get(usize::from(n) - 1)
+                    .ok_or_else(|| format!("unknown transition command {n}"))?,
+            },
+        },
+        other => return Err(format!("unknown ledger error {other}")),
+    })
+}
+
+fn put_answer(out: &mut Vec<u8>, answer: &QueryAnswer) {
+    match answer {
+        QueryAnswer::Account(account) => {
+            out.push(1);
+            match account {
+                None => out.push(0),
+                Some(account) => {
+                    out.push(1);
+                    put_account(out, account);
+                }
+            }
+        }
+        QueryAnswer::Transfer(row) => {
+            out.push(2);
+            match row {
+                None => out.push(0),
+                Some(row) => {
+                    out.push(1);
+                    put_row(out, row);
+                }
+            }
+        }
+    }
+}
+
+fn get_answer(cursor: &mut Cursor<'_>) -> Result<QueryAnswer, String> {
+    let kind = cursor.u8()?;
+    let present = get_bool(cursor)?;
+    Ok(match kind {
+        1 => QueryAnswer::Account(present.then(|| get_account(cursor)).transpose()?),
+        2 => QueryAnswer::Transfer(present.then(|| get_row(cursor)).transpose()?),
+        other => return Err(format!("unknown answer {other}")),
+    })
+}
+
+fn put_account(out: &mut Vec<u8>, account: &Account) {
+    put_currency(out, account.currency);
+    for value in [account.balance, account.held, account.incoming] {
+        out.extend_from_slice(&value.to_le_bytes());
+    }
+}
+
+fn get_account(cursor: &mut Cursor<'_>) -> Result<Account, String> {
+    Ok(Account {
+        currency: cursor.currency()?,
+        balance: cursor.u64()?,
+        held: cursor.u64()?,
+        incoming: cursor.u64()?,
+    })
+}
+
+fn put_row(out: &mut Vec<u8>, row: &TransferRow) {
+    put_transfer(out, &row.transfer);
+    match row.state {
+        TransferState::Trying => out.push(1),
+        TransferState::Confirming => out.push(2),
+        TransferState::Cancelling(reason) => out.extend_from_slice(&[3, reason_tag(reason)]),
+        TransferState::Committed => out.push(4),
+        TransferState::Cancelled(reason) => out.extend_from_slice(&[5, reason_tag(reason)]),
+        TransferState::Rejected(reason) => out.extend_from_slice(&[6, reason_tag(reason)]),
+    }
+    out.push(u8::from(row.remote));
+    for at in [row.accepted_at, row.decided_at, row.finished_at] {
+        out.extend_from_slice(&at.to_le_bytes());
+    }
+}
+
+fn get_row(cursor: &mut Cursor<'_>) -> Result<TransferRow, String> {
+    let transfer = cursor.transfer()?;
+    let state = match cursor.u8()? {
+        1 => TransferState::Trying,
+        2 => TransferState::Confirming,
+        3 => TransferState::Cancelling(cursor.reason()?),
+        4 => TransferState::Committed,
+        5 => TransferState::Cancelled(cursor.reason()?),
+        6 => TransferState::Rejected(cursor.reason()?),
+        other => return Err(format!("unknown transfer state {other}")),
+    };
+    Ok(TransferRow {
+        transfer,
+        state,
+        remote: get_bool(cursor)?,
+        accepted_at: cursor.u64()?,
+        decided_at: cursor.u64()?,
+        finished_at: cursor.u64()?,
+    })
+}
+
+fn phase_tag(phase: Phase) -> u8 {
+    match phase {
+        Phase::Try => 1,
+        Phase::Confirm => 2,
+        Phase::Cancel => 3,
+    }
+}
+
+fn get_phase(cursor: &mut Cursor<'_>) -> Result<Phase, String> {
+    match cursor.u8()? {
+        1 => Ok(Phase::Try),
+        2 => Ok(Phase::Confirm),
+        3 => Ok(Phase::Cancel),
+        other => Err(format!("unknown phase {other}")),
+    }
+}
+
+fn put_peer(out: &mut Vec<u8>, peer: &PeerMessage) {
+    match peer {
+        PeerMessage::Request { from, request } => {
+            out.push(1);
+            out.extend_from_slice(&from.to_le_bytes());
+            out.push(phase_tag(request.phase));
+            put_transfer(out, &request.transfer);
+        }
+        PeerMessage::Response(response) => {
+            out.push(2);
+            out.push(phase_tag(response.phase));
+            put_key(out, &response.key);
+            put_phase_result(out, response.result);
+        }
+    }
+}
+
+fn get_peer(cursor: &mut Cursor<'_>) -> Result<PeerMessage, String> {
+    Ok(match cursor.u8()? {
+        1 => PeerMessage::Request {
+            from: get_u32(cursor)?,
+            request: PhaseRequest {
+                phase: get_phase(cursor)?,
+                transfer: cursor.transfer()?,
+            },
+        },
+        2 => PeerMessage::Response(PhaseResponse {
+            phase: get_phase(cursor)?,
+            key: cursor.key()?,
+            result: get_phase_result(cursor)?,
+        }),
+        other => return Err(format!("unknown peer message {other}")),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,724 @@
+use proptest::prelude::*;
+
+use super::*;
+use crate::model::event::{Reason, Transfer, TransferKey};
+use crate::model::ids::{AccountId, TransactionId};
+use crate::model::money::{Amount, Currency, AMOUNT_MINOR_MAX};
+
+const ALL_REASONS: [Reason; 6] = [
+    Reason::InsufficientFunds,
+    Reason::DestinationNotFound,
+    Reason::DestinationCurrencyMismatch,
+    Reason::DestinationBalanceLimit,
+    Reason::Timeout,
+    Reason::CancelledBeforeTry,
+];
+
+fn account(text: &str) -> AccountId {
+    AccountId::new(text).unwrap()
+}
+
+fn txn(text: &str) -> TransactionId {
+    TransactionId::new(text).unwrap()
+}
+
+fn transfer() -> Transfer {
+    Transfer {
+        transaction_id: txn("t-1"),
+        from: account("alice"),
+        to: account("bob"),
+        amount: Amount::from_minor(12_345).unwrap(),
+        currency: Currency::KWD,
+    }
+}
+
+/// The longest transfer there is: every id at its length limit.
+fn longest_transfer() -> Transfer {
+    Transfer {
+        transaction_id: txn(&"t".repeat(ID_LEN_MAX)),
+        from: account(&"f".repeat(ID_LEN_MAX)),
+        to: account(&"o".repeat(ID_LEN_MAX)),
+        amount: Amount::from_minor(AMOUNT_MINOR_MAX).unwrap(),
+        currency: Currency::USD,
+    }
+}
+
+fn round_trip(messages: &[Message]) -> Frame {
+    let mut bytes = b"prefix".to_vec();
+    let len = encode_frame(7, messages, &mut bytes);
+    assert_eq!(len, bytes.len() - 6);
+    let (frame, used) = decode_frame(&bytes[6..]).unwrap().unwrap();
+    assert_eq!(used, len);
+    assert_eq!(frame.map_version, 7);
+    assert_eq!(frame.messages, messages);
+    frame
+}
+
+fn every_command(t: Transfer) -> Vec<Command> {
+    let key = t.key();
+    let mut commands = vec![
+        Command::OpenAccount {
+            account: t.from,
+            currency: Currency::JPY,
+        },
+        Command::Deposit {
+            account: t.from,
+            amount: t.amount,
+            currency: t.currency,
+            transaction_id: t.transaction_id,
+        },
+        Command::Withdraw {
+            account: t.to,
+            amount: t.amount,
+            currency: Currency::EUR,
+            transaction_id: t.transaction_id,
+        },
+        Command::Transfer(t),
+        Command::Decide {
+            key,
+            decision: Decision::Confirm,
+        },
+        Command::FinishDebit { key },
+        Command::TryCredit(t),
+        Command::ConfirmCredit(t),
+        Command::CancelCredit(t),
+    ];
+    for reason in ALL_REASONS {
+        commands.push(Command::Decide {
+            key,
+            decision: Decision::Cancel(reason),
+        });
+    }
+    commands
+}
+
+fn every_ledger_error(t: Transfer) -> Vec<LedgerError> {
+    vec![
+        LedgerError::AccountNotFound(t.from),
+        LedgerError::AccountExists {
+            account: t.from,
+            existing: Currency::GBP,
+        },
+        LedgerError::CurrencyMismatch {
+            account: t.to,
+            expected: Currency::USD,
+            got: Currency::JPY,
+        },
+        LedgerError::InsufficientFunds {
+            available: "1000000000000000.000".into(),
+            currency: Currency::KWD,
+        },
+        LedgerError::BalanceLimit(t.to),
+        LedgerError::SameAccount,
+        LedgerError::Conflict(t.transaction_id),
+        LedgerError::WrongPartition {
+            account: t.from,
+            owner: 4095,
+            here: 0,
+        },
+        LedgerError::UnknownTransfer(t.key()),
+        LedgerError::InvalidTransition {
+            key: t.key(),
+            from: format!(
+                "{:?}",
+                TransferState::Cancelling(Reason::DestinationBalanceLimit)
+            ),
+            command: "decide",
+        },
+        LedgerError::InvalidTransition {
+            key: t.key(),
+            from: "Committed".into(),
+            command: "finish",
+        },
+    ]
+}
+
+fn every_reply() -> Vec<Reply> {
+    let mut replies = vec![
+        Reply::Opened { created: true },
+        Reply::Opened { created: false },
+        Reply::Balance { balance: u64::MAX },
+        Reply::Transfer(TransferStatus::Pending),
+        Reply::Transfer(TransferStatus::Committed),
+        Reply::Phase(PhaseResult::Tried),
+        Reply::Phase(PhaseResult::Confirmed),
+        Reply::Phase(PhaseResult::Cancelled),
+        Reply::Done,
+    ];
+    for reason in ALL_REASONS {
+        replies.push(Reply::Transfer(TransferStatus::Rejected(reason)));
+        replies.push(Reply::Transfer(TransferStatus::Cancelled(reason)));
+        replies.push(Reply::Phase(PhaseResult::TryFailed(reason)));
+    }
+    replies
+}
+
+fn every_state() -> Vec<TransferState> {
+    let mut states = vec![
+        TransferState::Trying,
+        TransferState::Confirming,
+        TransferState::Committed,
+    ];
+    for reason in ALL_REASONS {
+        states.push(TransferState::Cancelling(reason));
+        states.push(TransferState::Cancelled(reason));
+        states.push(TransferState::Rejected(reason));
+    }
+    states
+}
+
+fn row(t: Transfer, state: TransferState) -> TransferRow {
+    TransferRow {
+        transfer: t,
+        state,
+        remote: true,
+        accepted_at: 1,
+        decided_at: u64::MAX,
+        finished_at: 1_700_000_000_000_000,
+    }
+}
+
+fn every_answer(t: Transfer) -> Vec<QueryAnswer> {
+    let mut answers = vec![
+        QueryAnswer::Account(None),
+        QueryAnswer::Account(Some(Account {
+            currency: Currency::CHF,
+            balance: u64::MAX,
+            held: 3,
+            incoming: 0,
+        })),
+        QueryAnswer::Transfer(None),
+    ];
+    for state in every_state() {
+        answers.push(QueryAnswer::Transfer(Some(row(t, state))));
+    }
+    answers
+}
+
+fn every_peer_message(t: Transfer) -> Vec<PeerMessage> {
+    let mut messages = Vec::new();
+    for phase in [Phase::Try, Phase::Confirm, Phase::Cancel] {
+        messages.push(PeerMessage::Request {
+            from: 17,
+            request: PhaseRequest { phase, transfer: t },
+        });
+        let results = [
+            PhaseResult::Tried,
+            PhaseResult::TryFailed(Reason::Timeout),
+            PhaseResult::Confirmed,
+            PhaseResult::Cancelled,
+        ];
+        for result in results {
+            messages.push(PeerMessage::Response(PhaseResponse {
+                phase,
+                key: t.key(),
+                result,
+            }));
+        }
+    }
+    messages
+}
+
+/// One message of every kind and every variant inside it.
+fn every_message(t: Transfer) -> Vec<Message> {
+    let mut messages = vec![
+        Message::Hello {
+            node: u32::MAX,
+            map_version: 3,
+            nonce: [0xab; NONCE_LEN],
+        },
+        Message::Auth { mac: [7; MAC_LEN] },
+        Message::StaleMap {
+            expected: 2,
+            got: 1,
+        },
+        Message::Refused { id: u64::MAX },
+        Message::QueryRequest {
+            id: 1,
+            query: Query::Account(t.from),
+        },
+        Message::QueryRequest {
+            id: 2,
+            query: Query::Transfer(t.key()),
+        },
+    ];
+    for (i, command) in every_command(t).into_iter().enumerate() {
+        messages.push(Message::Request {
+            id: i as u64,
+            wait: i % 2 == 0,
+            command,
+        });
+    }
+    for reply in every_reply() {
+        messages.push(Message::Reply {
+            id: 9,
+            result: Ok(reply),
+        });
+    }
+    for error in every_ledger_error(t) {
+        messages.push(Message::Reply {
+            id: 10,
+            result: Err(error),
+        });
+    }
+    for answer in every_answer(t) {
+        messages.push(Message::Answer { id: 11, answer });
+    }
+    messages.extend(every_peer_message(t).into_iter().map(Message::Peer));
+    messages
+}
+
+#[test]
+fn handshake_messages_round_trip() {
+    round_trip(&[Message::Hello {
+        node: 2,
+        map_version: 9,
+        nonce: *b"0123456789abcdef",
+    }]);
+    round_trip(&[Message::Auth {
+        mac: [0xff; MAC_LEN],
+    }]);
+}
+
+#[test]
+fn every_command_round_trips_in_a_request() {
+    for command in every_command(transfer()) {
+        for wait in [false, true] {
+            round_trip(&[Message::Request {
+                id: 42,
+                wait,
+                command,
+            }]);
+        }
+    }
+}
+
+#[test]
+fn queries_and_every_answer_round_trip() {
+    let t = transfer();
+    round_trip(&[Message::QueryRequest {
+        id: 0,
+        query: Query::Account(t.to),
+    }]);
+    round_trip(&[Message::QueryRequest {
+        id: 1,
+        query: Query::Transfer(t.key()),
+    }]);
+    for answer in every_answer(t) {
+        round_trip(&[Message::Answer { id: 5, answer }]);
+    }
+}
+
+#[test]
+fn every_reply_round_trips() {
+    for reply in every_reply() {
+        round_trip(&[Message::Reply {
+            id: 3,
+            result: Ok(reply),
+        }]);
+    }
+}
+
+#[test]
+fn every_ledger_error_crosses_the_wire_unchanged() {
+    for error in every_ledger_error(transfer()) {
+        let message = Message::Reply {
+            id: 3,
+            result: Err(error.clone()),
+        };
+        let frame = round_trip(std::slice::from_ref(&message));
+        let Message::Reply {
+            result: Err(got), ..
+        } = &frame.messages[0]
+        else {
+            panic!("not an error reply");
+        };
+        // The receiving node shows the same text and maps the same variant to a status.
+        assert_eq!(got.to_string(), error.to_string());
+    }
+}
+
+#[test]
+fn an_unknown_transition_command_and_long_text_degrade_gracefully() {
+    let key = transfer().key();
+    let long = "é".repeat(ERROR_TEXT_LEN_MAX);
+    let message = Message::Reply {
+        id: 1,
+        result: Err(LedgerError::InvalidTransition {
+            key,
+            from: long.clone(),
+            command: "some-future-command",
+        }),
+    };
+    let mut bytes = Vec::new();
+    encode_frame(1, &[message], &mut bytes);
+    let (frame, _) = decode_frame(&bytes).unwrap().unwrap();
+    let Message::Reply {
+        result: Err(LedgerError::InvalidTransition { from, command, .. }),
+        ..
+    } = &frame.messages[0]
+    else {
+        panic!("not an invalid transition");
+    };
+    assert_eq!(*command, TRANSITION_COMMAND_OTHER);
+    assert!(from.len() <= ERROR_TEXT_LEN_MAX && long.starts_with(from.as_str()));
+    assert_eq!(from.chars().count(), ERROR_TEXT_LEN_MAX / 2);
+}
+
+#[test]
+fn peer_messages_and_control_messages_round_trip() {
+    for peer in every_peer_message(transfer()) {
+        round_trip(&[Message::Peer(peer)]);
+    }
+    round_trip(&[Message::StaleMap {
+        expected: 5,
+        got: 4,
+    }]);
+    round_trip(&[Message::Refused { id: 77 }]);
+}
+
+#[test]
+fn a_batch_of_every_kind_round_trips_and_a_heartbeat_is_empty() {
+    round_trip(&every_message(transfer()));
+    let frame = round_trip(&[]);
+    assert!(frame.messages.is_empty());
+    let mut bytes = Vec::new();
+    assert_eq!(
+        encode_frame(1, &[], &mut bytes),
+        FRAME_HEADER_LEN + FRAME_BODY_LEN_MIN
+    );
+}
+
+#[test]
+fn message_lengths_are_bounded() {
+    let mut longest = 0;
+    for message in every_message(longest_transfer()) {
+        let mut bytes = Vec::new();
+        encode_frame(1, std::slice::from_ref(&message), &mut bytes);
+        let len = bytes.len() - FRAME_HEADER_LEN - BODY_PREFIX_LEN;
+        longest = longest.max(len);
+    }
+    assert_eq!(longest, 243, "update MESSAGE_ENCODED_LEN_MAX's docs");
+    assert!(longest <= MESSAGE_ENCODED_LEN_MAX);
+}
+
+#[test]
+fn a_full_frame_of_the_longest_messages_fits_its_bound() {
+    let message = Message::Answer {
+        id: u64::MAX,
+        answer: QueryAnswer::Transfer(Some(row(longest_transfer(), TransferState::Trying))),
+    };
+    let mut bytes = Vec::new();
+    let mut writer = FrameWriter::new(&mut bytes, 1);
+    while !writer.is_full() {
+        writer.push(&message);
+    }
+    assert_eq!(writer.count(), FRAME_MESSAGES_MAX);
+    let len = writer.finish();
+    assert!(len <= FRAME_ENCODED_LEN_MAX);
+    let (frame, used) = decode_frame(&bytes).unwrap().unwrap();
+    assert_eq!((frame.messages.len(), used), (FRAME_MESSAGES_MAX, len));
+}
+
+#[test]
+#[should_panic(expected = "at most")]
+fn pushing_into_a_full_frame_is_a_bug() {
+    let mut bytes = Vec::new();
+    let mut writer = FrameWriter::new(&mut bytes, 1);
+    for _ in 0..=FRAME_MESSAGES_MAX {
+        writer.push(&Message::Refused { id: 1 });
+    }
+}
+
+#[test]
+fn every_prefix_of_a_frame_asks_for_more_bytes() {
+    let mut bytes = Vec::new();
+    encode_frame(1, &every_message(transfer())[..8], &mut bytes);
+    for cut in 0..bytes.len() {
+        assert_eq!(decode_frame(&bytes[..cut]), Ok(None), "cut at {cut}");
+    }
+    // Two frames back to back decode one after the other.
+    let first_len = bytes.len();
+    encode_frame(2, &[Message::Refused { id: 3 }], &mut bytes);
+    let (_, used) = decode_frame(&bytes).unwrap().unwrap();
+    assert_eq!(used, first_len);
+    let (second, _) = decode_frame(&bytes[used..]).unwrap().unwrap();
+    assert_eq!(second.map_version, 2);
+}
+
+#[test]
+fn every_flipped_bit_is_refused() {
+    let mut bytes = Vec::new();
+    encode_frame(1, &every_message(transfer())[..6], &mut bytes);
+    for bit in 0..bytes.len() * 8 {
+        let mut damaged = bytes.clone();
+        damaged[bit / 8] ^= 1 << (bit % 8);
+        match decode_frame(&damaged) {
+            Ok(None) | Err(_) => {}
+            Ok(Some(frame)) => panic!("bit {bit} went unnoticed: {frame:?}"),
+        }
+    }
+}
+
+/// Frames `body` with a valid header, to test what the checksum alone does not catch.
+fn framed(body: &[u8]) -> Vec<u8> {
+    let len = (body.len() as u32).to_le_bytes();
+    let crc = crc32c_append(crc32c(&len), body);
+    let mut out = len.to_vec();
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+#[test]
+fn checksummed_but_invalid_bodies_are_refused() {
+    let mut good = Vec::new();
+    encode_frame(1, &[Message::Refused { id: 1 }], &mut good);
+    let body = good[FRAME_HEADER_LEN..].to_vec();
+    let mut version = body.clone();
+    version[0] = WIRE_VERSION + 1;
+    assert_eq!(
+        decode_frame(&framed(&version)),
+        Err(WireError::Version(WIRE_VERSION + 1))
+    );
+    let mut too_many = body.clone();
+    too_many[9..11].copy_from_slice(&(FRAME_MESSAGES_MAX as u16 + 1).to_le_bytes());
+    assert_eq!(
+        decode_frame(&framed(&too_many)),
+        Err(WireError::TooManyMessages(FRAME_MESSAGES_MAX + 1))
+    );
+    let mut trailing = body.clone();
+    trailing.push(0);
+    let mut unknown_tag = body.clone();
+    unknown_tag[BODY_PREFIX_LEN] = 0;
+    let mut short_count = body.clone();
+    short_count[9..11].copy_from_slice(&2u16.to_le_bytes());
+    for bad in [trailing, unknown_tag, short_count] {
+        assert!(matches!(
+            decode_frame(&framed(&bad)),
+            Err(WireError::Malformed { .. })
+        ));
+    }
+}
+
+#[test]
+fn lengths_out_of_bounds_are_refused_from_the_header_alone() {
+    for len in [
+        0,
+        FRAME_BODY_LEN_MIN - 1,
+        FRAME_BODY_LEN_MAX + 1,
+        u32::MAX as usize,
+    ] {
+        let mut header = [0u8; FRAME_HEADER_LEN];
+        header[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        assert_eq!(frame_body_len(&header), Err(WireError::Length { len }));
+        assert_eq!(decode_frame(&header), Err(WireError::Length { len }));
+    }
+}
+
+#[test]
+fn bad_field_values_are_refused() {
+    let mut good = Vec::new();
+    let request = Message::Request {
+        id: 1,
+        wait: true,
+        command: Command::Transfer(transfer()),
+    };
+    encode_frame(1, &[request], &mut good);
+    let body = good[FRAME_HEADER_LEN..].to_vec();
+    let wait_at = BODY_PREFIX_LEN + 1 + 8;
+    let mut bad_bool = body.clone();
+    bad_bool[wait_at] = 2;
+    let mut bad_command = body.clone();
+    bad_command[wait_at + 1] = 10;
+    let mut bad_id = body.clone();
+    bad_id[wait_at + 3] = b' ';
+    let mut zero_amount = body.clone();
+    let amount_at = body.len() - 2 - 8;
+    zero_amount[amount_at..amount_at + 8].copy_from_slice(&0u64.to_le_bytes());
+    for bad in [bad_bool, bad_command, bad_id, zero_amount] {
+        assert!(matches!(
+            decode_frame(&framed(&bad)),
+            Err(WireError::Malformed { index: 0, .. })
+        ));
+    }
+}
+
+// Property tests: arbitrary messages round-trip; arbitrary bytes never panic the decoder.
+
+fn id_text() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9._:-]{1,64}"
+}
+
+fn arb_account() -> impl Strategy<Value = AccountId> {
+    id_text().prop_map(|s| AccountId::new(&s).unwrap())
+}
+
+fn arb_txn() -> impl Strategy<Value = TransactionId> {
+    id_text().prop_map(|s| TransactionId::new(&s).unwrap())
+}
+
+fn arb_currency() -> impl Strategy<Value = Currency> {
+    prop::sample::select(Currency::ALL.to_vec())
+}
+
+fn arb_reason() -> impl Strategy<Value = Reason> {
+    prop::sample::select(ALL_REASONS.to_vec())
+}
+
+fn arb_transfer() -> impl Strategy<Value = Transfer> {
+    (
+        arb_txn(),
+        arb_account(),
+        arb_account(),
+        1..=AMOUNT_MINOR_MAX,
+        arb_currency(),
+    )
+        .prop_map(|(transaction_id, from, to, minor, currency)| Transfer {
+            transaction_id,
+            from,
+            to,
+            amount: Amount::from_minor(minor).unwrap(),
+            currency,
+        })
+}
+
+fn arb_key() -> impl Strategy<Value = TransferKey> {
+    (arb_account(), arb_txn()).prop_map(|(from, transaction_id)| TransferKey {
+        from,
+        transaction_id,
+    })
+}
+
+fn arb_command() -> impl Strategy<Value = Command> {
+    (arb_transfer(), 0..9usize, any::<bool>(), arb_reason()).prop_map(
+        |(t, pick, confirm, reason)| {
+            let decision = if confirm {
+                Decision::Confirm
+            } else {
+                Decision::Cancel(reason)
+            };
+            match every_command(t)[pick] {
+                Command::Decide { key, .. } => Command::Decide { key, decision },
+                other => other,
+            }
+        },
+    )
+}
+
+fn arb_ledger_error() -> impl Strategy<Value = LedgerError> {
+    (arb_transfer(), 0..11usize, "[ -~é]{0,40}", any::<u32>()).prop_map(
+        |(t, pick, text, number)| match every_ledger_error(t)[pick].clone() {
+            LedgerError::InsufficientFunds { currency, .. } => LedgerError::InsufficientFunds {
+                available: text,
+                currency,
+            },
+            LedgerError::InvalidTransition { key, command, .. } => LedgerError::InvalidTransition {
+                key,
+                from: text,
+                command,
+            },
+            LedgerError::WrongPartition { account, here, .. } => LedgerError::WrongPartition {
+                account,
+                owner: number,
+                here,
+            },
+            other => other,
+        },
+    )
+}
+
+fn arb_message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (any::<u32>(), any::<u64>(), any::<[u8; NONCE_LEN]>()).prop_map(
+            |(node, map_version, nonce)| Message::Hello {
+                node,
+                map_version,
+                nonce
+            }
+        ),
+        any::<[u8; MAC_LEN]>().prop_map(|mac| Message::Auth { mac }),
+        (any::<u64>(), any::<bool>(), arb_command())
+            .prop_map(|(id, wait, command)| Message::Request { id, wait, command }),
+        (any::<u64>(), arb_key(), arb_account(), any::<bool>()).prop_map(|(id, key, a, pick)| {
+            let query = if pick {
+                Query::Transfer(key)
+            } else {
+                Query::Account(a)
+            };
+            Message::QueryRequest { id, query }
+        }),
+        (any::<u64>(), prop::sample::select(every_reply())).prop_map(|(id, reply)| {
+            Message::Reply {
+                id,
+                result: Ok(reply),
+            }
+        }),
+        (any::<u64>(), arb_ledger_error())
+            .prop_map(|(id, e)| Message::Reply { id, result: Err(e) }),
+        (any::<u64>(), arb_transfer(), 0..15usize).prop_map(|(id, t, pick)| Message::Answer {
+            id,
+            answer: every_answer(t)[pick % every_answer(t).len()],
+        }),
+        (arb_transfer(), 0..15usize)
+            .prop_map(|(t, pick)| Message::Peer(every_peer_message(t)[pick])),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(expected, got)| Message::StaleMap { expected, got }),
+        any::<u64>().prop_map(|id| Message::Refused { id }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_messages_round_trip(
+        map_version in any::<u64>(),
+        messages in prop::collection::vec(arb_message(), 0..40),
+    ) {
+        let mut bytes = Vec::new();
+        encode_frame(map_version, &messages, &mut bytes);
+        let (frame, used) = decode_frame(&bytes).unwrap().unwrap();
+        prop_assert_eq!(used, bytes.len());
+        prop_assert_eq!(frame.map_version, map_version);
+        prop_assert_eq!(frame.messages, messages);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+        let _ = decode_frame(&bytes);
+        let mut header = [0u8; FRAME_HEADER_LEN];
+        let n = bytes.len().min(FRAME_HEADER_LEN);
+        header[..n].copy_from_slice(&bytes[..n]);
+        let _ = decode_frame_body(&header, &bytes[n..]);
+    }
+
+    #[test]
+    fn arbitrary_bodies_behind_a_valid_checksum_never_panic(
+        map_version in any::<u64>(),
+        count in 0..4u16,
+        tail in prop::collection::vec(any::<u8>(), 0..400),
+    ) {
+        // Past the checksum, every byte is attacker-chosen: only the decoder's checks remain.
+        let mut body = vec![WIRE_VERSION];
+        body.extend_from_slice(&map_version.to_le_bytes());
+        body.extend_from_slice(&count.to_le_bytes());
+        body.extend_from_slice(&tail);
+        let _ = decode_frame(&framed(&body));
+    }
+
+    #[test]
+    fn mutated_frames_never_panic_nor_decode_wrong(
+        messages in prop::collection::vec(arb_message(), 1..6),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), 0..8u8), 1..4),
+    ) {
+        let mut bytes = Vec::new();
+        encode_frame(1, &messages, &mut bytes);
+        let original = bytes.clone();
+        for (at, bit) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] ^= 1 << bit;
+        }
+        if let Ok(Some((frame, _))) = decode_frame(&bytes) {
+            prop_assert_eq!(&bytes, &original, "a damaged frame decoded: {:?}", frame);
+        }
+    }
+}
