@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use walletd_core::ledger::{Command, Ledger, RecordMeta};
+use walletd_core::ledger::{Command, Ledger};
 use walletd_core::log::codec::{encode_record, Record};
 use walletd_core::model::event::Transfer;
 use walletd_core::model::ids::{AccountId, TransactionId};
@@ -21,11 +21,7 @@ fn main() {
         .collect();
     let mut ledger = Ledger::new(0, 1);
     let mut events = Vec::new();
-    let mut lsn = 0;
-    let mut meta = || {
-        lsn += 1;
-        RecordMeta { lsn, timestamp: 1 }
-    };
+    let timestamp = 1;
     for &account in &accounts {
         ledger
             .execute(
@@ -33,7 +29,7 @@ fn main() {
                     account,
                     currency: Currency::USD,
                 },
-                meta(),
+                timestamp,
                 &mut events,
             )
             .unwrap();
@@ -43,7 +39,7 @@ fn main() {
             currency: Currency::USD,
             transaction_id: TransactionId::new("f").unwrap(),
         };
-        ledger.execute(&funds, meta(), &mut events).unwrap();
+        ledger.execute(&funds, timestamp, &mut events).unwrap();
     }
     let ids: Vec<TransactionId> = (0..2_000_000)
         .map(|i| TransactionId::new(&format!("t-{i}")).unwrap())
@@ -77,13 +73,13 @@ fn main() {
         }
         for command in group {
             events.clear();
-            let m = meta();
-            ledger.execute(command, m, &mut events).unwrap();
-            for event in &events {
+            let first_lsn = ledger.last_applied().lsn + 1;
+            ledger.execute(command, timestamp, &mut events).unwrap();
+            for (lsn, event) in (first_lsn..).zip(&events) {
                 encode_record(
                     &Record {
-                        lsn: m.lsn,
-                        timestamp: m.timestamp,
+                        lsn,
+                        timestamp,
                         event: *event,
                     },
                     &mut out,

@@ -822,16 +822,25 @@ impl Ledger {
         Ok(Reply::Phase(result))
     }
 
-    /// Decides and, if accepted, applies `command` at once. `events` receives what to log.
+    /// Decides `command` and, if accepted, applies what it decided as the records that follow
+    /// the last applied one: lsns count up from `last_applied().lsn + 1`, one per event, all
+    /// stamped `timestamp`, or the last applied record's stamp if that is later (the log's
+    /// stamps never go back, whatever the wall clock does). `events` receives the events in
+    /// log order; the caller encodes them with those lsns and [`Ledger::last_applied`]'s stamp.
     pub fn execute(
         &mut self,
         command: &Command,
-        meta: RecordMeta,
+        timestamp: Timestamp,
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
         let first = events.len();
         let reply = self.decide(command, events)?;
+        let timestamp = timestamp.max(self.last.timestamp);
         for event in &events[first..] {
+            let meta = RecordMeta {
+                lsn: self.last.lsn + 1,
+                timestamp,
+            };
             self.apply(meta, event)
                 .expect("events from decide always apply");
         }

@@ -479,7 +479,7 @@ pub(crate) mod tests {
                 timestamp: self.now,
             };
             let mut events = Vec::new();
-            let reply = self.ledger.execute(&command, meta, &mut events);
+            let reply = self.ledger.execute(&command, meta.timestamp, &mut events);
             assert!(events.len() <= 1, "one record per command keeps lsns exact");
             for event in events {
                 self.records.push(Record {

@@ -2,6 +2,7 @@
 //! partitions exchange.
 //!
 //! - [`coordinator`]: drives cross-partition transfers from their home partition (sans-IO).
+//! - [`machine`]: the partition machine: everything a partition decides, sans-IO.
 //! - [`message`]: what crosses a partition's boundary: client commands and queries, their
 //!   answers, and the phase messages between partitions.
 //! - `bugs` (tests and simulation only): switchable known-bug mutations.
@@ -10,6 +11,7 @@
 #[cfg(any(test, madsim, feature = "testing"))]
 pub mod bugs;
 pub mod coordinator;
+pub mod machine;
 pub mod message;
 
 #[cfg(test)]

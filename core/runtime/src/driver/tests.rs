@@ -11,12 +11,15 @@ use super::*;
 use crate::engine::{Client, Engine, EngineConfig};
 use crate::storage::file::{FileStorage, FileStorageConfig};
 use crate::storage::{LogSegment, MemStorage, StoredSnapshot};
-use walletd_core::ledger::{LedgerError, TransferState};
+use walletd_core::ledger::{LedgerError, Reply, TransferState, TransferStatus};
+use walletd_core::log::codec::decode_log;
 use walletd_core::model::event::Transfer;
+use walletd_core::model::event::{Event, TransferKey};
 use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_core::model::money::{Amount, Currency};
 use walletd_core::model::partition::partition_of;
 use walletd_core::protocol::bugs::Bug;
+use walletd_core::protocol::coordinator::CoordinatorConfig;
 use walletd_core::protocol::coordinator::{Phase, PhaseRequest};
 
 fn id(s: &str) -> AccountId {
@@ -608,9 +611,9 @@ fn a_batch_sends_its_peer_messages_before_its_answers() {
         answer: Mutex::new(answer),
         sent_before_the_answer: AtomicU64::new(0),
     });
-    let mut batch = Batch::default();
+    let mut release = Release::<Channels>::default();
     let committed = Ok(Reply::Transfer(TransferStatus::Committed));
-    batch.replies.push((reply, committed.clone()));
+    release.replies.push((reply, committed.clone()));
     let confirm = PeerMessage::Request {
         from: 0,
         request: PhaseRequest {
@@ -618,9 +621,8 @@ fn a_batch_sends_its_peer_messages_before_its_answers() {
             transfer: transfer(id("alice"), id("bob"), 5, "t-1"),
         },
     };
-    batch.outbox.extend([confirm; 2]);
-    Outgoing::take(&mut batch, probe.clone()).send();
-    assert!(batch.is_empty(), "everything was taken from the batch");
+    release.peer_messages.extend([confirm; 2]);
+    send_release(release, &*probe);
     assert_eq!(probe.sent_before_the_answer.load(Ordering::Relaxed), 2);
     let answered = probe.answer.lock().unwrap().try_recv();
     assert_eq!(answered.unwrap(), committed);

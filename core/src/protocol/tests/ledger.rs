@@ -127,7 +127,7 @@ impl Then {
         let mut ledger = ledger;
         let mut events = Vec::new();
         let lsn = ledger.last_applied().lsn + 1;
-        let result = ledger.execute(&command, meta(lsn), &mut events);
+        let result = ledger.execute(&command, meta(lsn).timestamp, &mut events);
         assert_eq!(
             result, decided_result,
             "execute answers what decide answered"

@@ -21,4 +21,4 @@ mod coordinator;
 mod ledger;
 mod mutations;
 mod properties;
-mod support;
+pub(crate) mod support;

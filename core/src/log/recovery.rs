@@ -1,0 +1,161 @@
+//! Recovery, pure: a partition's latest good snapshot and its log segments in, a ledger and
+//! what to cut from the newest segment out. The runtime reads the bytes and carries out the
+//! cut; every rule about what to believe lives here.
+//!
+//! The rules:
+//! - Snapshots are offered newest first; the first that decodes intact, with the chunk files
+//!   it names, and belongs to this partition layout is taken. Any other is ignored with a
+//!   warning: the log holds everything a snapshot does.
+//! - Segments are replayed in order after the snapshot's lsn. Only the newest may end in a
+//!   partial record (a torn tail, or the zero-filled space a file storage preallocates): it
+//!   is cut to its last whole record. An older segment was cut to its last record before the
+//!   next was created, so a partial record there, or corruption anywhere before a segment's
+//!   end, is an error that names the segment and the byte offset.
+
+use crate::ledger::{ApplyError, Ledger, RecordMeta};
+use crate::log::codec::{decode_log, CodecError};
+use crate::log::snapshot::decode_snapshot_with;
+use crate::model::event::Lsn;
+use crate::model::partition::PartitionId;
+
+/// What recovery found and did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub partition: PartitionId,
+    pub snapshot_lsn: Option<Lsn>,
+    /// Chunk files the snapshot recovered from refers to (all read and found intact).
+    pub snapshot_chunks: usize,
+    pub records_replayed: u64,
+    pub torn_bytes_dropped: u64,
+    pub last_lsn: Lsn,
+    pub transfers_resumed: usize,
+}
+
+/// Why a log cannot be recovered.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error("log {name} is corrupt at byte offset {offset}: {detail}")]
+    Corrupt {
+        name: String,
+        offset: u64,
+        detail: String,
+    },
+    #[error("log does not replay: {0}")]
+    Replay(#[from] ApplyError),
+}
+
+/// A recovery in progress: offer snapshots, then replay segments, then finish.
+pub struct Recovery {
+    ledger: Ledger,
+    report: RecoveryReport,
+    snapshot_taken: bool,
+}
+
+impl Recovery {
+    /// Starts from the empty ledger of `partition` of `partitions`.
+    pub fn new(partition: PartitionId, partitions: u32) -> Recovery {
+        Recovery {
+            ledger: Ledger::new(partition, partitions),
+            report: RecoveryReport {
+                partition,
+                ..RecoveryReport::default()
+            },
+            snapshot_taken: false,
+        }
+    }
+
+    /// Offers the snapshot `name` with its chunk files; returns whether it was taken (then
+    /// offer no other). Offer the newest first.
+    pub fn offer_snapshot(&mut self, name: &str, bytes: &[u8], chunks: &[Vec<u8>]) -> bool {
+        assert!(!self.snapshot_taken, "one snapshot at most");
+        let partition = self.report.partition;
+        match decode_snapshot_with(bytes, chunks) {
+            Ok(state)
+                if state.partition() == partition
+                    && state.partitions() == self.ledger.partitions() =>
+            {
+                self.report.snapshot_lsn = Some(state.last_applied().lsn);
+                self.report.snapshot_chunks = chunks.len();
+                self.ledger = state;
+                self.snapshot_taken = true;
+                true
+            }
+            Ok(_) => {
+                tracing::warn!(
+                    partition,
+                    name,
+                    "snapshot of another partition layout ignored"
+                );
+                false
+            }
+            Err(error) => {
+                tracing::warn!(partition, name, %error, "bad snapshot ignored");
+                false
+            }
+        }
+    }
+
+    /// The lsn the log must be read after.
+    pub fn replay_after(&self) -> Lsn {
+        self.ledger.last_applied().lsn
+    }
+
+    /// Replays segment `name` (whose first record is `first_lsn`); `newest` says whether it
+    /// is the last segment. Returns the length to cut the segment to, when it must be cut.
+    pub fn replay_segment(
+        &mut self,
+        name: &str,
+        first_lsn: Lsn,
+        bytes: &[u8],
+        newest: bool,
+    ) -> Result<Option<u64>, RecoveryError> {
+        let decoded = decode_log(bytes, first_lsn).map_err(|e| RecoveryError::Corrupt {
+            name: name.to_string(),
+            offset: codec_offset(&e),
+            detail: e.to_string(),
+        })?;
+        let cut = (decoded.valid_len < bytes.len()).then_some(decoded.valid_len as u64);
+        if let Some(valid_len) = cut {
+            if !newest {
+                return Err(RecoveryError::Corrupt {
+                    name: name.to_string(),
+                    offset: valid_len,
+                    detail: "a segment that is not the newest ends in a partial record".into(),
+                });
+            }
+            if decoded.torn_tail {
+                self.report.torn_bytes_dropped = bytes.len() as u64 - valid_len;
+                let partition = self.report.partition;
+                let dropped = self.report.torn_bytes_dropped;
+                tracing::warn!(partition, name, dropped, "torn log tail truncated");
+            }
+        }
+        for record in &decoded.records {
+            if record.lsn <= self.ledger.last_applied().lsn {
+                continue;
+            }
+            let meta = RecordMeta {
+                lsn: record.lsn,
+                timestamp: record.timestamp,
+            };
+            self.ledger.apply(meta, &record.event)?;
+            self.report.records_replayed += 1;
+        }
+        Ok(cut)
+    }
+
+    /// The recovered ledger and the report.
+    pub fn finish(mut self) -> (Ledger, RecoveryReport) {
+        self.report.last_lsn = self.ledger.last_applied().lsn;
+        self.report.transfers_resumed = self.ledger.unfinished_transfers().len();
+        (self.ledger, self.report)
+    }
+}
+
+fn codec_offset(error: &CodecError) -> u64 {
+    match error {
+        CodecError::Corrupt { offset, .. }
+        | CodecError::UnsupportedVersion { offset, .. }
+        | CodecError::LsnGap { offset, .. } => *offset,
+    }
+}

@@ -1,0 +1,650 @@
+//! The partition machine: everything one partition decides, with no I/O, no clock reads and no
+//! channels (sans-IO, in the style of quinn-proto).
+//!
+//! The runtime feeds it inputs through `handle_*` methods, each with the time it was taken
+//! at ([`Now`]), and carries out what it asks for through `#[must_use] poll_*` methods. Clients
+//! are addressed by opaque reply tokens ([`ReplyTokens`]): the async driver uses its oneshot
+//! senders as tokens, tests use numbers.
+//!
+//! ```text
+//!   handle_command / handle_commands / handle_query / handle_peer / handle_tick
+//!        │ decide + apply (Ledger), coordinator outputs, waiters, command groups
+//!        ▼
+//!   open batch ── poll_commit ──► Commit { bytes, release, snapshot } ──► runtime: append + sync
+//!        ▲                                                                    │
+//!        └──────────────── handle_durable(last_lsn, buffer) ◄─────────────────┘
+//! ```
+//!
+//! # The release rule
+//! Every reply, query answer and peer message joins the batch whose records it depends on,
+//! and leaves with that batch's [`Commit::release`], which the runtime may send only once
+//! [`Commit::bytes`] are durable (after a successful sync). Commits are handed out one at a
+//! time and in log order ([`PartitionMachine::poll_commit`] returns nothing while one is in
+//! flight), so nothing a client or a peer sees can be taken back by a crash. A commit without
+//! bytes answers only from state that is already durable, and may be released at once.
+//! Within a release, peer messages go first: a client told `committed` can count on the
+//! destination's Confirm being on its way already.
+
+use rustc_hash::FxHashMap;
+
+use crate::ledger::{Command, Ledger, LedgerError, Reply, TransferStatus};
+use crate::log::codec::{encode_record, Record};
+use crate::log::snapshot::{ChunkPlan, SnapshotImage};
+use crate::model::event::{Event, Lsn, Timestamp, TransferKey};
+use crate::model::partition::PartitionId;
+use crate::protocol::coordinator::{Coordinator, CoordinatorConfig, Micros, Output, PhaseResponse};
+use crate::protocol::message::{CommandGroup, CommandResult, PeerMessage, Query, QueryAnswer};
+
+/// Limits and timings of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineConfig {
+    /// Most inputs taken into one group commit (each command of a command group counts). A
+    /// full batch takes no inputs until the one before it is durable, so this over the sync
+    /// time caps a partition's rate while its disk is slow (a snapshot being written back,
+    /// say): 65,536 over a 50 ms sync is still 1.3M inputs/s.
+    pub batch_inputs_max: usize,
+    /// Take a snapshot after this many events since the last one, and no sooner than the log
+    /// since the last one holds as many events as the state has rows (0: never).
+    pub snapshot_every_events: u64,
+    /// Most clients waiting for the outcome of a pending transfer; beyond it they get `Pending`.
+    pub waiters_max: usize,
+    pub coordinator: CoordinatorConfig,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        MachineConfig {
+            batch_inputs_max: 65_536,
+            snapshot_every_events: 1_000_000,
+            waiters_max: 100_000,
+            coordinator: CoordinatorConfig::default(),
+        }
+    }
+}
+
+/// The time an input is handled at: a monotonic clock for the coordinator's timers, and the
+/// wall clock the log's records are stamped with (clamped so that stamps never go back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Now {
+    pub micros: Micros,
+    pub wall_us: Timestamp,
+}
+
+/// How the runtime addresses the clients of a partition. The driver uses its reply channels
+/// themselves, so no lookup stands between a durable batch and its answers.
+pub trait ReplyTokens {
+    /// The client of one command ([`PartitionMachine::handle_command`]).
+    type Command;
+    /// The client of a command group ([`PartitionMachine::handle_commands`]).
+    type Group;
+    /// The client of a query ([`PartitionMachine::handle_query`]).
+    type Query;
+}
+
+/// What may leave once a commit's bytes are durable: answers to clients and peer messages.
+pub struct Release<K: ReplyTokens> {
+    /// Phase messages to other partitions; send these before the answers.
+    pub peer_messages: Vec<PeerMessage>,
+    pub replies: Vec<(K::Command, CommandResult)>,
+    pub groups: Vec<(K::Group, Vec<CommandResult>)>,
+    pub answers: Vec<(K::Query, QueryAnswer)>,
+}
+
+impl<K: ReplyTokens> Default for Release<K> {
+    fn default() -> Self {
+        Release {
+            peer_messages: Vec::new(),
+            replies: Vec::new(),
+            groups: Vec::new(),
+            answers: Vec::new(),
+        }
+    }
+}
+
+impl<K: ReplyTokens> Release<K> {
+    pub fn is_empty(&self) -> bool {
+        self.peer_messages.is_empty()
+            && self.replies.is_empty()
+            && self.groups.is_empty()
+            && self.answers.is_empty()
+    }
+}
+
+/// A batch to make durable, and what waits for it (see the release rule in the module docs).
+#[must_use = "a commit holds answers that must be released once its bytes are durable"]
+pub struct Commit<K: ReplyTokens> {
+    /// Encoded log records, lsns `first_lsn..=last_lsn`; empty when the batch logged nothing.
+    pub bytes: Vec<u8>,
+    pub first_lsn: Lsn,
+    pub last_lsn: Lsn,
+    /// Leaves once `bytes` are durable (at once when `bytes` is empty).
+    pub release: Release<K>,
+    /// A snapshot of the state this batch leaves, to be written once `bytes` are durable;
+    /// report the outcome with [`PartitionMachine::handle_snapshot_written`].
+    pub snapshot: Option<SnapshotImage>,
+}
+
+/// Where the answer to one pending transfer goes once it is decided.
+enum Waiter<K: ReplyTokens> {
+    One(K::Command),
+    /// Position `index` of the open command group `group`.
+    InGroup {
+        group: u64,
+        index: usize,
+    },
+}
+
+/// The answers of a command group while some still wait for a transfer's outcome.
+struct OpenGroup<K: ReplyTokens> {
+    results: Vec<CommandResult>,
+    /// Answers not yet final; the group is answered once this reaches zero.
+    waiting: usize,
+    token: K::Group,
+}
+
+/// The batch being filled.
+struct OpenBatch<K: ReplyTokens> {
+    bytes: Vec<u8>,
+    first_lsn: Lsn,
+    /// Inputs taken, counting each command of a group.
+    inputs: usize,
+    release: Release<K>,
+}
+
+impl<K: ReplyTokens> OpenBatch<K> {
+    fn new(bytes: Vec<u8>) -> Self {
+        debug_assert!(bytes.is_empty());
+        OpenBatch {
+            bytes,
+            first_lsn: 0,
+            inputs: 0,
+            release: Release::default(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bytes.is_empty() && self.release.is_empty()
+    }
+}
+
+/// Counters the runtime publishes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MachineCounters {
+    /// Events applied since the machine was built.
+    pub events: u64,
+    /// Coordinator reports of a state the protocol says cannot happen (release builds only:
+    /// debug and simulation builds stop at the first).
+    pub violations: u64,
+}
+
+/// One partition: its ledger, the coordinator of the transfers it is home of, the clients
+/// waiting for outcomes, the batch being filled, and the snapshot policy.
+pub struct PartitionMachine<K: ReplyTokens> {
+    ledger: Ledger,
+    coordinator: Coordinator,
+    config: MachineConfig,
+    batch: OpenBatch<K>,
+    /// The last lsn of the commit handed out and not yet durable.
+    committing: Option<Lsn>,
+    /// The buffer of the last durable commit, reused by the next batch.
+    spare_bytes: Vec<u8>,
+    /// Scratch space for the events of one command.
+    events: Vec<Event>,
+    waiters: FxHashMap<TransferKey, Vec<Waiter<K>>>,
+    waiter_count: usize,
+    groups: FxHashMap<u64, OpenGroup<K>>,
+    next_group: u64,
+    /// The time of the input being handled.
+    now: Now,
+    counters: MachineCounters,
+    events_since_snapshot: u64,
+    /// A snapshot is taken and not yet written: no second one until it is.
+    snapshot_pending: bool,
+    /// Chunks of the transfers table whose chunk files are written (see
+    /// [`crate::log::snapshot`]).
+    chunks_written: usize,
+}
+
+impl<K: ReplyTokens> PartitionMachine<K> {
+    /// A machine for a recovered `ledger`. Its unfinished transfers resume at once: their
+    /// first resend is due at `now`.
+    pub fn new(ledger: Ledger, config: MachineConfig, now: Now) -> Self {
+        assert!(config.batch_inputs_max > 0);
+        let rows = ledger.unfinished_transfers();
+        let coordinator =
+            Coordinator::rebuild(config.coordinator, ledger.partitions(), &rows, now.micros);
+        let mut machine = PartitionMachine {
+            ledger,
+            coordinator,
+            config,
+            batch: OpenBatch::new(Vec::with_capacity(1 << 20)),
+            committing: None,
+            spare_bytes: Vec::with_capacity(1 << 20),
+            events: Vec::new(),
+            waiters: FxHashMap::default(),
+            waiter_count: 0,
+            groups: FxHashMap::default(),
+            next_group: 0,
+            now,
+            counters: MachineCounters::default(),
+            events_since_snapshot: 0,
+            snapshot_pending: false,
+            chunks_written: 0,
+        };
+        machine.handle_tick(now);
+        machine
+    }
+
+    /// Tells a new machine that the chunk files of the snapshot it recovered from (the first
+    /// `chunks` of them) are on its storage, so its snapshots refer to them instead of
+    /// writing them again.
+    pub fn with_chunks_written(mut self, chunks: usize) -> Self {
+        assert!(
+            self.ledger.final_chunks_from(0) >= chunks,
+            "chunk files hold sealed chunks of final rows"
+        );
+        self.chunks_written = chunks;
+        self
+    }
+
+    pub fn partition(&self) -> PartitionId {
+        self.ledger.partition()
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    pub fn counters(&self) -> MachineCounters {
+        self.counters
+    }
+
+    /// Transfers the coordinator is carrying out.
+    pub fn in_flight(&self) -> usize {
+        self.coordinator.in_flight()
+    }
+
+    /// Inputs taken into the open batch (each command of a group counts).
+    pub fn batch_inputs(&self) -> usize {
+        self.batch.inputs
+    }
+
+    /// Whether the open batch takes more inputs; once full it waits for the commit in flight.
+    pub fn wants_inputs(&self) -> bool {
+        self.batch.inputs < self.config.batch_inputs_max
+    }
+
+    /// Whether a commit is handed out and not yet durable.
+    pub fn is_committing(&self) -> bool {
+        self.committing.is_some()
+    }
+
+    /// Whether the open batch holds anything to commit or release.
+    pub fn has_open_batch(&self) -> bool {
+        !self.batch.is_empty()
+    }
+
+    /// When [`PartitionMachine::handle_tick`] is next due, on the [`Now::micros`] clock.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Micros> {
+        self.coordinator.next_due()
+    }
+
+    /// A client command. With `wait`, a transfer still pending when its batch is durable is
+    /// answered only once its outcome is decided (the runtime bounds the wait).
+    pub fn handle_command(&mut self, now: Now, token: K::Command, command: &Command, wait: bool) {
+        self.now = now;
+        self.batch.inputs += 1;
+        let result = self.execute(command);
+        match self.pending_key(command, &result, wait) {
+            Some(key) => self.add_waiter(key, Waiter::One(token)),
+            None => self.batch.release.replies.push((token, result)),
+        }
+    }
+
+    /// Client commands executed in order and answered together (one answer per command, in
+    /// their order) once all are durable, and with `wait` all decided.
+    pub fn handle_commands(
+        &mut self,
+        now: Now,
+        token: K::Group,
+        commands: &CommandGroup,
+        wait: bool,
+    ) {
+        self.now = now;
+        self.batch.inputs += commands.len();
+        let group = self.next_group;
+        self.next_group += 1;
+        // Registered before its commands run, holding one extra `waiting`, so that it cannot
+        // complete half-built should a command's outcome be decided meanwhile.
+        let open = OpenGroup {
+            results: Vec::with_capacity(commands.len()),
+            waiting: 1,
+            token,
+        };
+        self.groups.insert(group, open);
+        for (first, chunk) in (0..)
+            .step_by(PREFETCH_COMMANDS_MAX)
+            .zip(commands.picks().chunks(PREFETCH_COMMANDS_MAX))
+        {
+            self.ledger
+                .prefetch(chunk.iter().map(|&pick| commands.get(pick)));
+            for (offset, &pick) in chunk.iter().enumerate() {
+                self.execute_in_group(group, first + offset, commands.get(pick), wait);
+            }
+        }
+        self.resolve_in_group(group, None);
+    }
+
+    /// A read-only question, answered from the state the open batch leaves (so the answer
+    /// leaves with that batch).
+    pub fn handle_query(&mut self, token: K::Query, query: Query) {
+        self.batch.inputs += 1;
+        let answer = match query {
+            Query::Account(account) => QueryAnswer::Account(self.ledger.account(&account).copied()),
+            Query::Transfer(key) => QueryAnswer::Transfer(self.ledger.transfer(&key)),
+        };
+        self.batch.release.answers.push((token, answer));
+    }
+
+    /// A phase message from another partition: a request this partition takes part in as a
+    /// destination, or a response to a transfer it is home of.
+    pub fn handle_peer(&mut self, now: Now, message: PeerMessage) {
+        self.now = now;
+        self.batch.inputs += 1;
+        match message {
+            PeerMessage::Request { request, .. } => self.handle_phase_request(request),
+            PeerMessage::Response(response) => {
+                self.coordinator.on_response(&response, now.micros);
+                self.drain_coordinator();
+            }
+        }
+    }
+
+    /// Time passed: resends and timeouts that are due join the open batch.
+    pub fn handle_tick(&mut self, now: Now) {
+        self.now = now;
+        self.coordinator.on_tick(now.micros);
+        self.drain_coordinator();
+    }
+
+    /// The next batch to make durable, if none is in flight and the open batch holds
+    /// anything. See the release rule in the module docs.
+    #[must_use]
+    pub fn poll_commit(&mut self) -> Option<Commit<K>> {
+        if self.committing.is_some() || self.batch.is_empty() {
+            return None;
+        }
+        #[cfg(any(debug_assertions, madsim))]
+        if let Err(violation) = self.ledger.check_conservation() {
+            panic!(
+                "partition {}: conservation violated: {violation}",
+                self.partition()
+            );
+        }
+        let next = OpenBatch::new(std::mem::take(&mut self.spare_bytes));
+        let batch = std::mem::replace(&mut self.batch, next);
+        let last_lsn = self.ledger.last_applied().lsn;
+        if batch.bytes.is_empty() {
+            self.spare_bytes = batch.bytes;
+            return Some(Commit {
+                bytes: Vec::new(),
+                first_lsn: last_lsn + 1,
+                last_lsn,
+                release: batch.release,
+                snapshot: None,
+            });
+        }
+        assert!(batch.first_lsn > 0 && batch.first_lsn <= last_lsn);
+        self.committing = Some(last_lsn);
+        Some(Commit {
+            bytes: batch.bytes,
+            first_lsn: batch.first_lsn,
+            last_lsn,
+            release: batch.release,
+            snapshot: self.take_snapshot_if_due(),
+        })
+    }
+
+    /// The commit in flight is durable up to `last_lsn`; `buffer` is its bytes' buffer, given
+    /// back for reuse.
+    pub fn handle_durable(&mut self, last_lsn: Lsn, mut buffer: Vec<u8>) {
+        assert_eq!(
+            self.committing.take(),
+            Some(last_lsn),
+            "durable reports come one per commit, in order"
+        );
+        buffer.clear();
+        if buffer.capacity() > self.spare_bytes.capacity() {
+            self.spare_bytes = buffer;
+        }
+    }
+
+    /// The snapshot of the last commit that carried one is written (`Ok` with the chunk
+    /// files it wrote, see [`ChunkPlan::frozen`]) or failed. A snapshot only shortens
+    /// recovery, so a failure changes nothing but that the next one writes these chunks too.
+    pub fn handle_snapshot_written(&mut self, written: Result<usize, ()>) {
+        assert!(self.snapshot_pending, "a snapshot was being written");
+        self.snapshot_pending = false;
+        if let Ok(chunks_frozen) = written {
+            assert!(chunks_frozen >= self.chunks_written);
+            self.chunks_written = chunks_frozen;
+        }
+    }
+
+    fn execute_in_group(&mut self, group: u64, index: usize, command: &Command, wait: bool) {
+        let result = self.execute(command);
+        let pending = self.pending_key(command, &result, wait);
+        let open = self.groups.get_mut(&group).expect("the group is open");
+        debug_assert_eq!(open.results.len(), index);
+        open.results.push(result);
+        if let Some(key) = pending {
+            open.waiting += 1;
+            self.add_waiter(key, Waiter::InGroup { group, index });
+        }
+    }
+
+    /// A destination's part of a transfer. Its answer leaves with the batch that logs it.
+    fn handle_phase_request(&mut self, request: crate::protocol::coordinator::PhaseRequest) {
+        match self.execute(&request.command()) {
+            Ok(Reply::Phase(result)) => {
+                let response = PhaseResponse {
+                    phase: request.phase,
+                    key: request.transfer.key(),
+                    result,
+                };
+                self.batch
+                    .release
+                    .peer_messages
+                    .push(PeerMessage::Response(response));
+            }
+            Ok(other) => unreachable!("phase commands reply with a phase result, got {other:?}"),
+            Err(error) => {
+                tracing::warn!(partition = self.partition(), %error, "phase request refused")
+            }
+        }
+    }
+
+    /// The transfer whose outcome the client of `command` waits for, if it asked to, the
+    /// transfer is still pending, and there is room for one more waiter.
+    fn pending_key(
+        &self,
+        command: &Command,
+        result: &CommandResult,
+        wait: bool,
+    ) -> Option<TransferKey> {
+        match (command, result) {
+            (Command::Transfer(t), Ok(Reply::Transfer(TransferStatus::Pending)))
+                if wait && self.waiter_count < self.config.waiters_max =>
+            {
+                // A waiter must be registered before the decision it waits for; should the
+                // decision already be applied, the client gets `Pending` and asks again.
+                let key = t.key();
+                let row = self.ledger.transfer(&key)?;
+                (row.state.status() == TransferStatus::Pending).then_some(key)
+            }
+            _ => None,
+        }
+    }
+
+    fn add_waiter(&mut self, key: TransferKey, waiter: Waiter<K>) {
+        self.waiters.entry(key).or_default().push(waiter);
+        self.waiter_count += 1;
+    }
+
+    /// Settles answer `index` of `group` (when given) and, once none is left waiting, puts
+    /// the group's answers into the open batch.
+    fn resolve_in_group(&mut self, group: u64, answer: Option<(usize, CommandResult)>) {
+        let open = self
+            .groups
+            .get_mut(&group)
+            .expect("a waiter's group is open");
+        if let Some((index, result)) = answer {
+            open.results[index] = result;
+        }
+        open.waiting -= 1;
+        if open.waiting == 0 {
+            let open = self.groups.remove(&group).expect("the group is open");
+            self.batch.release.groups.push((open.token, open.results));
+        }
+    }
+
+    /// A transfer's outcome was decided by an event of the open batch: its waiters' answers
+    /// join that batch.
+    fn resolve_waiters(&mut self, key: &TransferKey) {
+        let Some(waiting) = self.waiters.remove(key) else {
+            return;
+        };
+        self.waiter_count -= waiting.len();
+        let status = self
+            .ledger
+            .transfer(key)
+            .expect("a decided transfer has a row")
+            .state
+            .status();
+        assert_ne!(status, TransferStatus::Pending);
+        for waiter in waiting {
+            let answer = Ok(Reply::Transfer(status));
+            match waiter {
+                Waiter::One(token) => self.batch.release.replies.push((token, answer)),
+                Waiter::InGroup { group, index } => {
+                    self.resolve_in_group(group, Some((index, answer)))
+                }
+            }
+        }
+    }
+
+    /// Decides `command`, applies its events and encodes them into the open batch.
+    fn execute(&mut self, command: &Command) -> CommandResult {
+        debug_assert!(self.events.is_empty());
+        let first_lsn = self.ledger.last_applied().lsn + 1;
+        let result = self
+            .ledger
+            .execute(command, self.now.wall_us, &mut self.events);
+        if self.events.is_empty() {
+            return result;
+        }
+        if self.batch.bytes.is_empty() {
+            self.batch.first_lsn = first_lsn;
+        }
+        let timestamp = self.ledger.last_applied().timestamp;
+        let mut events = std::mem::take(&mut self.events);
+        for (lsn, event) in (first_lsn..).zip(events.iter()) {
+            let record = Record {
+                lsn,
+                timestamp,
+                event: *event,
+            };
+            encode_record(&record, &mut self.batch.bytes);
+            self.coordinator.on_event(event, self.now.micros);
+            if let Event::TransferDecided { key, .. } = event {
+                self.resolve_waiters(key);
+            }
+        }
+        debug_assert_eq!(
+            first_lsn + events.len() as Lsn - 1,
+            self.ledger.last_applied().lsn
+        );
+        self.events_since_snapshot += events.len() as u64;
+        self.counters.events += events.len() as u64;
+        events.clear();
+        self.events = events;
+        self.drain_coordinator();
+        result
+    }
+
+    /// Carries out everything the coordinator asked for. Local commands run at once (their
+    /// events join the open batch); messages join its release.
+    fn drain_coordinator(&mut self) {
+        while let Some(output) = self.coordinator.poll_output() {
+            match output {
+                Output::Send { request, .. } => {
+                    let from = self.partition();
+                    let message = PeerMessage::Request { from, request };
+                    self.batch.release.peer_messages.push(message);
+                }
+                Output::Execute(command) => {
+                    if let Err(error) = self.execute(&command) {
+                        self.report_refused_coordinator_command(error);
+                    }
+                }
+                Output::Violation { key, detail } => self.report_violation(key, detail),
+            }
+        }
+    }
+
+    fn report_refused_coordinator_command(&self, error: LedgerError) {
+        tracing::error!(partition = self.partition(), %error, "coordinator command refused");
+    }
+
+    /// A state the protocol says cannot happen. Debug and simulation builds stop at once, so
+    /// no test and no seed can pass over one; a release build logs it and counts it (for
+    /// metrics and alerts), and goes on: the logged decision stands either way.
+    fn report_violation(&mut self, key: TransferKey, detail: String) {
+        let partition = self.partition();
+        #[cfg(any(debug_assertions, madsim))]
+        panic!("partition {partition}: TC/C protocol violation for {key:?}: {detail}");
+        #[cfg(not(any(debug_assertions, madsim)))]
+        {
+            self.counters.violations += 1;
+            tracing::error!(partition, ?key, detail, "TC/C protocol violation");
+        }
+    }
+
+    /// The image of a snapshot to write after the commit being handed out, if one is due.
+    ///
+    /// A snapshot costs time in proportion to the rows it holds inline: every row but those
+    /// of chunk files already written. Taking one only once the log since the last holds at
+    /// least half as many events as there are such rows keeps that cost at most two rows per
+    /// event, however large the state becomes, and recovery replays at most about half a
+    /// state's worth of records. Half, not all: most events add a row (every transfer does),
+    /// so the log since the last snapshot would never catch up with a state growing with it.
+    fn take_snapshot_if_due(&mut self) -> Option<SnapshotImage> {
+        let every = self.config.snapshot_every_events;
+        let in_chunks = self.chunks_written * crate::ledger::CHUNK_ROWS;
+        let half_the_rows = self.ledger.row_count().saturating_sub(in_chunks) as u64 / 2;
+        let due = !self.snapshot_pending
+            && every != 0
+            && self.events_since_snapshot >= every.max(half_the_rows);
+        if !due {
+            return None;
+        }
+        self.events_since_snapshot = 0;
+        self.snapshot_pending = true;
+        // Only the image is taken here; the runtime encodes it where it writes it. Chunks of
+        // the transfers table that have become final since the last go to chunk files.
+        let written = self.chunks_written;
+        let frozen = written + self.ledger.final_chunks_from(written);
+        Some(SnapshotImage::with_chunks(
+            &self.ledger,
+            ChunkPlan { written, frozen },
+        ))
+    }
+}
+
+/// Commands of a group whose rows are fetched into cache ahead of executing them
+/// ([`Ledger::prefetch`]); their rows must fit in a core's L2 cache with room to spare.
+const PREFETCH_COMMANDS_MAX: usize = 256;
+
+#[cfg(test)]
+mod tests;

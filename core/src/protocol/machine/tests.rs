@@ -1,0 +1,351 @@
+//! The partition machine driven step by step: a fake clock, a disk per partition that makes
+//! a commit durable only when the test says so, and a wire the test delivers or drops.
+//! Nothing here runs a runtime, so every interleaving is the test's choice.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::*;
+use crate::ledger::{Command, PhaseResult, Reply, TransferStatus};
+use crate::log::codec::decode_log;
+use crate::model::ids::AccountId;
+use crate::model::money::Currency::USD;
+use crate::protocol::coordinator::{Phase, PhaseRequest};
+use crate::protocol::tests::support::{account_on, deposit, key, open, transfer};
+
+/// Tokens are numbers; each test picks them.
+struct Numbers;
+
+impl ReplyTokens for Numbers {
+    type Command = u32;
+    type Group = u32;
+    type Query = u32;
+}
+
+/// Steps a world runs before a test calls it stuck.
+const STEPS_MAX: usize = 1_000;
+
+struct Partition {
+    machine: PartitionMachine<Numbers>,
+    /// Bytes made durable, in order.
+    durable: Vec<u8>,
+    in_flight: Option<Commit<Numbers>>,
+}
+
+/// Partitions of one cluster, what their clients were answered, and the wire between them.
+struct World {
+    partitions: Vec<Partition>,
+    now: Now,
+    wire: VecDeque<PeerMessage>,
+    replies: BTreeMap<u32, CommandResult>,
+    groups: BTreeMap<u32, Vec<CommandResult>>,
+    answers: BTreeMap<u32, QueryAnswer>,
+    /// Phase requests are dropped instead of delivered (a destination cut off).
+    drop_requests: bool,
+}
+
+impl World {
+    fn new(partitions: u32) -> World {
+        let now = Now {
+            micros: 0,
+            wall_us: 1_000_000,
+        };
+        let partitions = (0..partitions)
+            .map(|p| Partition {
+                machine: PartitionMachine::new(
+                    Ledger::new(p, partitions),
+                    MachineConfig::default(),
+                    now,
+                ),
+                durable: Vec::new(),
+                in_flight: None,
+            })
+            .collect();
+        World {
+            partitions,
+            now,
+            wire: VecDeque::new(),
+            replies: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            answers: BTreeMap::new(),
+            drop_requests: false,
+        }
+    }
+
+    fn machine(&mut self, p: PartitionId) -> &mut PartitionMachine<Numbers> {
+        &mut self.partitions[p as usize].machine
+    }
+
+    fn command(&mut self, p: PartitionId, token: u32, command: Command, wait: bool) {
+        let now = self.now;
+        self.machine(p).handle_command(now, token, &command, wait);
+    }
+
+    /// Hands out partition `p`'s next commit, if any; one without bytes is released at once.
+    /// Returns whether anything happened.
+    fn commit(&mut self, p: PartitionId) -> bool {
+        let partition = &mut self.partitions[p as usize];
+        if partition.in_flight.is_some() {
+            assert!(partition.machine.poll_commit().is_none(), "one commit at a time");
+            return false;
+        }
+        let Some(commit) = partition.machine.poll_commit() else {
+            return false;
+        };
+        if commit.bytes.is_empty() {
+            self.release(commit.release);
+        } else {
+            self.partitions[p as usize].in_flight = Some(commit);
+        }
+        true
+    }
+
+    /// Makes partition `p`'s commit in flight durable and releases what waited for it.
+    fn sync(&mut self, p: PartitionId) -> bool {
+        let partition = &mut self.partitions[p as usize];
+        let Some(commit) = partition.in_flight.take() else {
+            return false;
+        };
+        partition.durable.extend_from_slice(&commit.bytes);
+        partition
+            .machine
+            .handle_durable(commit.last_lsn, commit.bytes);
+        if commit.snapshot.is_some() {
+            partition.machine.handle_snapshot_written(Err(()));
+        }
+        self.release(commit.release);
+        true
+    }
+
+    fn release(&mut self, release: Release<Numbers>) {
+        self.wire.extend(release.peer_messages);
+        for (token, result) in release.replies {
+            assert!(self.replies.insert(token, result).is_none(), "one answer per token");
+        }
+        for (token, results) in release.groups {
+            assert!(self.groups.insert(token, results).is_none(), "one answer per token");
+        }
+        for (token, answer) in release.answers {
+            assert!(self.answers.insert(token, answer).is_none(), "one answer per token");
+        }
+    }
+
+    /// Delivers (or drops) every message on the wire. Returns whether there was any.
+    fn deliver(&mut self) -> bool {
+        let count = self.partitions.len() as u32;
+        let delivered = !self.wire.is_empty();
+        while let Some(message) = self.wire.pop_front() {
+            if self.drop_requests && matches!(message, PeerMessage::Request { .. }) {
+                continue;
+            }
+            let now = self.now;
+            let p = message.destination(count);
+            self.machine(p).handle_peer(now, message);
+        }
+        delivered
+    }
+
+    /// Commits, syncs and delivers until nothing moves, without letting time pass.
+    fn settle(&mut self) {
+        for _ in 0..STEPS_MAX {
+            let mut moved = false;
+            for p in 0..self.partitions.len() as PartitionId {
+                moved |= self.commit(p);
+                moved |= self.sync(p);
+            }
+            moved |= self.deliver();
+            if !moved {
+                return;
+            }
+        }
+        panic!("the world did not settle in {STEPS_MAX} steps");
+    }
+
+    /// Lets `micros` pass, ticking every machine, then settles.
+    fn advance(&mut self, micros: u64) {
+        self.now.micros += micros;
+        self.now.wall_us += micros;
+        let now = self.now;
+        for partition in &mut self.partitions {
+            partition.machine.handle_tick(now);
+        }
+        self.settle();
+    }
+
+    fn balance(&self, p: PartitionId, account: &AccountId) -> u64 {
+        let ledger = self.partitions[p as usize].machine.ledger();
+        ledger.account(account).expect("account is open").balance
+    }
+
+    /// The events partition `p` made durable.
+    fn durable_events(&self, p: PartitionId) -> Vec<Event> {
+        let decoded = decode_log(&self.partitions[p as usize].durable, 1).expect("log decodes");
+        decoded.records.into_iter().map(|r| r.event).collect()
+    }
+}
+
+/// Two partitions; `alice` on 0 holds 100 USD, `bob` on 1 holds nothing.
+fn alice_and_bob() -> (World, AccountId, AccountId) {
+    let mut world = World::new(2);
+    let alice = account_on("alice", 0, 2, 0);
+    let bob = account_on("bob", 1, 2, 0);
+    world.command(0, 1, open(alice, USD), false);
+    world.command(0, 2, deposit(alice, 100, USD, "d-1"), false);
+    world.command(1, 3, open(bob, USD), false);
+    world.settle();
+    world.replies.clear();
+    (world, alice, bob)
+}
+
+#[test]
+fn an_answer_leaves_only_with_its_durable_commit() {
+    let mut world = World::new(1);
+    let alice = account_on("alice", 0, 1, 0);
+    world.command(0, 1, open(alice, USD), false);
+    assert!(world.commit(0));
+    assert!(world.replies.is_empty(), "handed out, not durable: no answer yet");
+    // A second command joins the next batch, which waits for the first to be durable.
+    world.command(0, 2, deposit(alice, 5, USD, "d-1"), false);
+    assert!(!world.commit(0), "one commit in flight at a time");
+    assert!(world.sync(0));
+    assert_eq!(world.replies.keys().copied().collect::<Vec<_>>(), [1]);
+    assert!(world.commit(0) && world.sync(0));
+    assert_eq!(world.replies.len(), 2);
+    assert_eq!(world.durable_events(0).len(), 2, "both records are in the synced bytes");
+}
+
+#[test]
+fn a_query_answers_from_the_state_its_batch_leaves_and_leaves_with_it() {
+    let mut world = World::new(1);
+    let alice = account_on("alice", 0, 1, 0);
+    world.command(0, 1, open(alice, USD), false);
+    world.command(0, 2, deposit(alice, 7, USD, "d-1"), false);
+    world.machine(0).handle_query(3, Query::Account(alice));
+    assert!(world.commit(0));
+    assert!(world.answers.is_empty(), "the answer shows a deposit that is not yet durable");
+    world.sync(0);
+    let QueryAnswer::Account(Some(account)) = world.answers[&3] else {
+        panic!("the account is open: {:?}", world.answers[&3]);
+    };
+    assert_eq!(account.balance, 7);
+}
+
+#[test]
+fn a_cross_partition_transfer_debits_first_and_commits_step_by_step() {
+    let (mut world, alice, bob) = alice_and_bob();
+    world.command(0, 10, Command::Transfer(transfer(alice, bob, 30, USD, "t-1")), true);
+    // The hold is logged and handed out; no Try may leave before it is durable.
+    assert!(world.commit(0));
+    assert!(world.wire.is_empty(), "the Try waits for the hold to be durable");
+    world.sync(0);
+    let PeerMessage::Request { request, .. } = world.wire[0] else {
+        panic!("a Try after the hold: {:?}", world.wire);
+    };
+    assert_eq!(request.phase, Phase::Try);
+    assert!(world.replies.is_empty(), "a waiting client hears the outcome, not `pending`");
+    world.settle();
+    assert_eq!(
+        world.replies[&10],
+        Ok(Reply::Transfer(TransferStatus::Committed))
+    );
+    assert_eq!(world.balance(0, &alice), 70);
+    assert_eq!(world.balance(1, &bob), 30);
+    let decided = world
+        .durable_events(0)
+        .iter()
+        .any(|e| matches!(e, Event::TransferDecided { .. }));
+    assert!(decided, "the client heard `committed` after the decision was durable");
+}
+
+#[test]
+fn a_try_that_never_arrives_is_resent_then_cancelled_and_the_hold_returned() {
+    let (mut world, alice, bob) = alice_and_bob();
+    world.drop_requests = true;
+    world.command(0, 10, Command::Transfer(transfer(alice, bob, 30, USD, "t-1")), true);
+    world.settle();
+    assert_eq!(world.balance(0, &alice), 70, "the hold is taken first");
+    let timeout_us = MachineConfig::default().coordinator.try_timeout_us;
+    let step_us = MachineConfig::default().coordinator.retry_initial_us;
+    for _ in 0..(timeout_us / step_us + 2) {
+        world.advance(step_us);
+    }
+    // The Cancel is a request too, and is dropped: the destination is cut off. The decision
+    // is logged at the home, so the client hears it.
+    assert!(
+        matches!(
+            world.replies[&10],
+            Ok(Reply::Transfer(TransferStatus::Cancelled(_)))
+        ),
+        "{:?}",
+        world.replies[&10]
+    );
+    world.drop_requests = false;
+    world.advance(MachineConfig::default().coordinator.retry_max_us);
+    assert_eq!(world.balance(0, &alice), 100, "the hold is returned");
+    let credit = world.partitions[1].machine.ledger().credit(&key(alice, "t-1"));
+    assert!(credit.is_some(), "the Cancel reached the destination: {credit:?}");
+    assert_eq!(world.machine(0).in_flight(), 0);
+}
+
+#[test]
+fn a_group_is_answered_once_every_transfer_in_it_is_decided() {
+    let (mut world, alice, bob) = alice_and_bob();
+    let commands = vec![
+        Command::Transfer(transfer(alice, bob, 10, USD, "t-1")),
+        deposit(alice, 1, USD, "d-2"),
+        Command::Transfer(transfer(alice, bob, 500, USD, "t-2")),
+    ];
+    let now = world.now;
+    world
+        .machine(0)
+        .handle_commands(now, 20, &CommandGroup::all(commands), true);
+    assert!(world.commit(0) && world.sync(0));
+    assert!(world.groups.is_empty(), "the cross-partition transfer is not decided yet");
+    world.settle();
+    let results = &world.groups[&20];
+    assert_eq!(results[0], Ok(Reply::Transfer(TransferStatus::Committed)));
+    assert!(results[1].is_ok());
+    assert!(
+        matches!(results[2], Ok(Reply::Transfer(TransferStatus::Rejected(_)))),
+        "more than the balance: {:?}",
+        results[2]
+    );
+}
+
+#[test]
+fn a_destination_answers_a_phase_request_with_the_batch_that_logs_it() {
+    let (mut world, alice, bob) = alice_and_bob();
+    let request = PhaseRequest {
+        phase: Phase::Try,
+        transfer: transfer(alice, bob, 5, USD, "t-1"),
+    };
+    let now = world.now;
+    world
+        .machine(1)
+        .handle_peer(now, PeerMessage::Request { from: 0, request });
+    assert!(world.commit(1));
+    assert!(world.wire.is_empty(), "the answer waits for the pending credit to be durable");
+    world.sync(1);
+    let PeerMessage::Response(response) = world.wire[0] else {
+        panic!("a response: {:?}", world.wire);
+    };
+    assert_eq!(response.result, PhaseResult::Tried);
+}
+
+#[test]
+fn a_recovered_machine_resumes_its_unfinished_transfers_at_once() {
+    let (mut world, alice, bob) = alice_and_bob();
+    world.drop_requests = true;
+    world.command(0, 10, Command::Transfer(transfer(alice, bob, 30, USD, "t-1")), false);
+    world.settle();
+    world.wire.clear();
+    // A restart: the home's ledger, as recovered, in a new machine.
+    let ledger = world.partitions[0].machine.ledger().clone();
+    let now = world.now;
+    let mut restarted = PartitionMachine::<Numbers>::new(ledger, MachineConfig::default(), now);
+    let commit = restarted.poll_commit().expect("the resend of the Try is due at once");
+    assert!(commit.bytes.is_empty(), "a resend logs nothing");
+    assert!(matches!(
+        commit.release.peer_messages[..],
+        [PeerMessage::Request { .. }]
+    ));
+}
