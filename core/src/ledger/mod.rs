@@ -19,12 +19,13 @@ pub(crate) mod transfer_table;
 
 pub use transfer_table::CHUNK_ROWS;
 
+use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
 
 use crate::ledger::append_table::AppendTable;
-use crate::ledger::transfer_table::TransferTable;
+use crate::ledger::transfer_table::{TransferTable, Vacancy};
 use crate::model::event::{Decision, Event, Lsn, Reason, Timestamp, Transfer, TransferKey};
 use crate::model::ids::{AccountId, TransactionId};
 use crate::model::money::{format_minor, Amount, Currency, BALANCE_MINOR_MAX};
@@ -46,9 +47,25 @@ pub struct Account {
 }
 
 impl Account {
+    /// Whether money in `currency` may move in or out of this account. An account keeps the
+    /// currency it was opened in, so anything else would mix currencies in one balance and
+    /// break the per-currency conservation law.
+    #[inline]
+    fn holds(&self, currency: Currency) -> bool {
+        self.currency == currency
+    }
+
+    /// Whether `minor` can be debited from the available balance. Money on hold or pending is
+    /// not available, and a balance never goes negative.
+    #[inline]
+    fn covers(&self, minor: u64) -> bool {
+        self.balance >= minor
+    }
+
     /// Whether `minor` more can be credited without the balance ever passing
     /// [`BALANCE_MINOR_MAX`]. Holds count because a Cancel returns them to the balance, and
     /// pending credits count because a Confirm adds them; neither can be refused later.
+    #[inline]
     fn has_room_for(&self, minor: u64) -> bool {
         // Each term is at most BALANCE_MINOR_MAX (10^18): the sum stays far below u64::MAX.
         self.balance + self.held + self.incoming + minor <= BALANCE_MINOR_MAX
@@ -93,6 +110,31 @@ impl TransferState {
             self,
             TransferState::Trying | TransferState::Confirming | TransferState::Cancelling(_)
         )
+    }
+
+    /// The phase that logging `decision` moves this row to. Only a row still `Trying` takes a
+    /// decision: once logged, a decision is never reversed.
+    #[inline]
+    fn after_decision(self, decision: Decision) -> Option<TransferState> {
+        match (self, decision) {
+            (TransferState::Trying, Decision::Confirm) => Some(TransferState::Confirming),
+            (TransferState::Trying, Decision::Cancel(reason)) => {
+                Some(TransferState::Cancelling(reason))
+            }
+            _ => None,
+        }
+    }
+
+    /// The logged decision that the destination has not acknowledged yet: what finishing the
+    /// row carries out. `None` when nothing awaits an acknowledgement, before the decision or
+    /// after the finish.
+    #[inline]
+    fn unacknowledged(self) -> Option<Decision> {
+        match self {
+            TransferState::Confirming => Some(Decision::Confirm),
+            TransferState::Cancelling(reason) => Some(Decision::Cancel(reason)),
+            _ => None,
+        }
     }
 }
 
@@ -177,10 +219,12 @@ impl StoredCredit {
         }
     }
 
-    /// Amount and currency of a pending credit.
-    fn pending(&self) -> Option<(Amount, Currency)> {
-        match (self.state, self.tried) {
-            (CreditState::Tried, Some((_, amount, currency))) => Some((amount, currency)),
+    /// Destination, amount and currency of a pending credit: what its Confirm or Cancel
+    /// moves. `None` unless the row holds a Try that is neither confirmed nor cancelled.
+    #[inline]
+    fn pending(&self) -> Option<(&AccountId, Amount, Currency)> {
+        match (self.state, &self.tried) {
+            (CreditState::Tried, Some((to, amount, currency))) => Some((to, *amount, *currency)),
             _ => None,
         }
     }
@@ -460,7 +504,7 @@ impl Ledger {
             .accounts
             .get(account)
             .ok_or(LedgerError::AccountNotFound(*account))?;
-        if found.currency != currency {
+        if !found.holds(currency) {
             return Err(LedgerError::CurrencyMismatch {
                 account: *account,
                 expected: found.currency,
@@ -587,7 +631,7 @@ impl Ledger {
                 found.balance + amount.minor()
             }
             CashKind::Withdrawal => {
-                if found.balance < amount.minor() {
+                if !found.covers(amount.minor()) {
                     return Err(LedgerError::InsufficientFunds {
                         available: format_minor(found.balance, currency),
                         currency,
@@ -633,13 +677,13 @@ impl Ledger {
         transfer: Transfer,
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
-        if transfer.from == transfer.to {
+        if is_to_itself(&transfer) {
             return Err(LedgerError::SameAccount);
         }
         let source = self.require_account(&transfer.from, transfer.currency)?;
         if !self.owns(&transfer.to) {
             // Cross-partition: debit first, into a hold. The destination is validated by its Try.
-            if source.balance < transfer.amount.minor() {
+            if !source.covers(transfer.amount.minor()) {
                 events.push(Event::TransferRejected {
                     transfer,
                     reason: Reason::InsufficientFunds,
@@ -655,7 +699,7 @@ impl Ledger {
         if !destination.has_room_for(transfer.amount.minor()) {
             return Err(LedgerError::BalanceLimit(transfer.to));
         }
-        if source.balance < transfer.amount.minor() {
+        if !source.covers(transfer.amount.minor()) {
             events.push(Event::TransferRejected {
                 transfer,
                 reason: Reason::InsufficientFunds,
@@ -668,12 +712,18 @@ impl Ledger {
         Ok(Reply::Transfer(TransferStatus::Committed))
     }
 
-    /// The phase of the home row under `key`.
-    fn home_state(&self, key: &TransferKey) -> Result<TransferState, LedgerError> {
+    /// The position of the home row under `key`. Phase commands and phase events name a
+    /// transfer that started here; any other key is unknown to this partition.
+    #[inline]
+    fn home_row(&self, key: &TransferKey) -> Result<usize, LedgerError> {
         self.transfers
             .find(key)
-            .map(|at| self.transfers.phase(at).state)
             .ok_or(LedgerError::UnknownTransfer(*key))
+    }
+
+    /// The phase of the home row under `key`.
+    fn home_state(&self, key: &TransferKey) -> Result<TransferState, LedgerError> {
+        self.home_row(key).map(|at| self.transfers.phase(at).state)
     }
 
     fn decide_decision(
@@ -682,11 +732,12 @@ impl Ledger {
         decision: Decision,
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
-        match (self.home_state(&key)?, decision) {
-            (TransferState::Trying, _) => {
-                events.push(Event::TransferDecided { key, decision });
-                Ok(Reply::Done)
-            }
+        let state = self.home_state(&key)?;
+        if state.after_decision(decision).is_some() {
+            events.push(Event::TransferDecided { key, decision });
+            return Ok(Reply::Done);
+        }
+        match (state, decision) {
             // Retried decision that is already logged, or already carried out: a no-op.
             (TransferState::Confirming | TransferState::Committed, Decision::Confirm) => {
                 Ok(Reply::Done)
@@ -707,11 +758,13 @@ impl Ledger {
         key: TransferKey,
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
-        match self.home_state(&key)? {
-            TransferState::Confirming => events.push(Event::DebitConfirmed { key }),
-            TransferState::Cancelling(_) => events.push(Event::DebitCancelled { key }),
-            TransferState::Committed | TransferState::Cancelled(_) => {}
-            state => {
+        let state = self.home_state(&key)?;
+        match (state.unacknowledged(), state) {
+            (Some(Decision::Confirm), _) => events.push(Event::DebitConfirmed { key }),
+            (Some(Decision::Cancel(_)), _) => events.push(Event::DebitCancelled { key }),
+            // Already finished: a retried finish is a no-op.
+            (None, TransferState::Committed | TransferState::Cancelled(_)) => {}
+            (None, state) => {
                 return Err(LedgerError::InvalidTransition {
                     key,
                     from: format!("{state:?}"),
@@ -759,7 +812,7 @@ impl Ledger {
     ) -> Result<Reply, LedgerError> {
         let refusal = match self.accounts.get(&transfer.to) {
             None => Some(Reason::DestinationNotFound),
-            Some(account) if account.currency != transfer.currency => {
+            Some(account) if !account.holds(transfer.currency) => {
                 Some(Reason::DestinationCurrencyMismatch)
             }
             Some(account) if !account.has_room_for(transfer.amount.minor()) => {
@@ -847,254 +900,270 @@ impl Ledger {
         Ok(reply)
     }
 
-    /// Folds one event into the state. Checks everything before changing anything, so a
-    /// refused event leaves the state as it was.
+    /// Folds one event into the state. Nothing is decided here, but nothing read from a log
+    /// is trusted either: an event that does not fit the state (a record out of order, a key
+    /// recorded twice, a phase out of turn, money that is not there) is refused with an
+    /// [`ApplyError`] rather than folded into a wrong state. Each `apply_*` checks everything
+    /// before it changes anything, so a refused event leaves the state as it was.
     pub fn apply(&mut self, meta: RecordMeta, event: &Event) -> Result<(), ApplyError> {
-        let fail = |what: String| {
-            Err(ApplyError {
-                lsn: meta.lsn,
-                what,
-            })
+        let refused = |what| ApplyError {
+            lsn: meta.lsn,
+            what,
         };
         if meta.lsn < self.last.lsn {
-            return fail(format!(
-                "record out of log order after lsn {}",
-                self.last.lsn
-            ));
+            let what = format!("record out of log order after lsn {}", self.last.lsn);
+            return Err(refused(what));
         }
         #[cfg(any(test, madsim, feature = "testing"))]
-        if crate::protocol::bugs::enabled(Bug::NoIdempotency) {
-            self.forget_finished_transfer(event);
-        }
-        #[cfg(any(test, madsim, feature = "testing"))]
-        if crate::protocol::bugs::enabled(Bug::SkipBarrier) {
-            self.forget_cancelled_branch(event);
-        }
-        // Idempotency keys are spent once: a second record for one is a contradiction, and
-        // must be refused before any balance moves (`Transferred` checks its own, below, with
-        // the one lookup that also inserts the row).
-        if let Event::TransferRejected { transfer, .. } | Event::DebitTried { transfer } = *event {
-            if self.transfers.contains(&transfer.key()) {
-                return fail(format!("transfer {:?} recorded twice", transfer.key()));
-            }
-        }
-        if let Event::Deposited {
-            account,
-            transaction_id,
-            ..
-        }
-        | Event::Withdrawn {
-            account,
-            transaction_id,
-            ..
-        } = *event
-        {
-            if self.cash.contains_key(&(account, transaction_id)) {
-                return fail(format!("{account} used {transaction_id:?} twice"));
-            }
-        }
-        match *event {
-            Event::AccountOpened { account, currency } => {
-                if self.accounts.contains_key(&account) {
-                    return fail(format!("account {account} opened twice"));
-                }
-                self.accounts.insert(
-                    account,
-                    Account {
-                        currency,
-                        balance: 0,
-                        held: 0,
-                        incoming: 0,
-                    },
-                );
-            }
+        self.forget_as_known_bugs_do(event);
+        match event {
+            Event::AccountOpened { account, currency } => self.apply_opened(account, *currency),
             Event::Deposited {
                 account,
                 amount,
                 transaction_id,
-            } => {
-                let Some(acct) = self.accounts.get_mut(&account) else {
-                    return fail(format!("deposit to unknown account {account}"));
-                };
-                acct.balance += amount.minor();
-                let (currency, balance_after) = (acct.currency, acct.balance);
-                self.cash.insert(
-                    (account, transaction_id),
-                    CashRow {
-                        kind: CashKind::Deposit,
-                        amount,
-                        balance_after,
-                    },
-                );
-                self.flows.entry(currency).or_default().deposited += u128::from(amount.minor());
-            }
+            } => self.apply_deposited(account, *amount, transaction_id),
             Event::Withdrawn {
                 account,
                 amount,
                 transaction_id,
-            } => {
-                let Some(acct) = self.accounts.get_mut(&account) else {
-                    return fail(format!("withdrawal from unknown account {account}"));
-                };
-                let Some(balance_after) = acct.balance.checked_sub(amount.minor()) else {
-                    return fail(format!("withdrawal overdraws {account}"));
-                };
-                acct.balance = balance_after;
-                let currency = acct.currency;
-                self.cash.insert(
-                    (account, transaction_id),
-                    CashRow {
-                        kind: CashKind::Withdrawal,
-                        amount,
-                        balance_after,
-                    },
-                );
-                self.flows.entry(currency).or_default().withdrawn += u128::from(amount.minor());
-            }
-            Event::Transferred { transfer } => {
-                let amount = transfer.amount.minor();
-                if transfer.from == transfer.to {
-                    // `decide` never logs one; `get_disjoint_mut` would panic on it.
-                    return fail(format!("transfer {:?} to its own account", transfer.key()));
-                }
-                // One lookup per account and one for the key: the ledger's hottest path.
-                let key = transfer.key();
-                let Some(slot) = self.transfers.vacancy(&key) else {
-                    return fail(format!("transfer {key:?} recorded twice"));
-                };
-                match self
-                    .accounts
-                    .get_disjoint_mut([&transfer.from, &transfer.to])
-                {
-                    [Some(from), Some(to)] if from.balance >= amount => {
-                        from.balance -= amount;
-                        to.balance += amount;
-                    }
-                    _ => return fail(format!("transfer {key:?} cannot apply")),
-                }
-                slot.fill(&new_row(meta, transfer, TransferState::Committed, false));
-            }
+            } => self.apply_withdrawn(account, *amount, transaction_id),
+            Event::Transferred { transfer } => self.apply_transferred(meta, transfer),
             Event::TransferRejected { transfer, reason } => {
-                self.insert_row(
-                    meta,
-                    transfer,
-                    TransferState::Rejected(reason),
-                    !self.owns(&transfer.to),
-                );
+                self.apply_rejected(meta, transfer, *reason)
             }
-            Event::DebitTried { transfer } => {
-                let Some(from) = self.accounts.get_mut(&transfer.from) else {
-                    return fail(format!("debit from unknown account {}", transfer.from));
-                };
-                let Some(balance) = from.balance.checked_sub(transfer.amount.minor()) else {
-                    return fail(format!("debit overdraws {}", transfer.from));
-                };
-                from.balance = balance;
-                from.held += transfer.amount.minor();
-                self.insert_row(meta, transfer, TransferState::Trying, true);
-            }
-            Event::TransferDecided { key, decision } => {
-                let Some(at) = self.transfers.find(&key) else {
-                    return fail(format!("decision for unknown transfer {key:?}"));
-                };
-                let mut phase = self.transfers.phase(at);
-                if phase.state != TransferState::Trying {
-                    return fail(format!("decision for {key:?} in state {:?}", phase.state));
-                }
-                phase.state = match decision {
-                    Decision::Confirm => TransferState::Confirming,
-                    Decision::Cancel(reason) => TransferState::Cancelling(reason),
-                };
-                phase.decided_at = meta.timestamp;
-                self.transfers.set_phase(at, phase);
-            }
-            Event::DebitConfirmed { key } | Event::DebitCancelled { key } => {
-                let confirmed = matches!(event, Event::DebitConfirmed { .. });
-                let Some(at) = self.transfers.find(&key) else {
-                    return fail(format!("finish of unknown transfer {key:?}"));
-                };
-                let next = match (self.transfers.phase(at).state, confirmed) {
-                    (TransferState::Confirming, true) => TransferState::Committed,
-                    (TransferState::Cancelling(reason), false) => TransferState::Cancelled(reason),
-                    (state, _) => return fail(format!("finish of {key:?} in state {state:?}")),
-                };
-                let (amount, currency) = self.transfers.money(at);
-                let amount = amount.minor();
-                let Some(from) = self
-                    .accounts
-                    .get_mut(&key.from)
-                    .filter(|a| a.held >= amount)
-                else {
-                    return fail(format!("hold of {key:?} is missing"));
-                };
-                from.held -= amount;
-                if confirmed {
-                    self.flows.entry(currency).or_default().sent += u128::from(amount);
-                } else {
-                    from.balance += amount;
-                }
-                let mut phase = self.transfers.phase(at);
-                phase.state = next;
-                phase.finished_at = meta.timestamp;
-                self.transfers.set_phase(at, phase);
-            }
-            Event::CreditTried { transfer } => {
-                let key = transfer.key();
-                if self.credits.contains_key(&key) {
-                    return fail(format!("second Try for {key:?}"));
-                }
-                let Some(to) = self.accounts.get_mut(&transfer.to) else {
-                    return fail(format!("credit to unknown account {}", transfer.to));
-                };
-                to.incoming += transfer.amount.minor();
-                let row = CreditRow {
-                    state: CreditState::Tried,
-                    transfer: Some(transfer),
-                };
-                self.credits.insert(key, StoredCredit::new(&key, row));
-            }
-            Event::CreditConfirmed { key } | Event::CreditCancelled { key } => {
-                let confirmed = matches!(event, Event::CreditConfirmed { .. });
-                let Some(CreditRow {
-                    state: CreditState::Tried,
-                    transfer: Some(transfer),
-                }) = self.credit(&key)
-                else {
-                    return fail(format!("second phase of {key:?} without a pending Try"));
-                };
-                let amount = transfer.amount.minor();
-                let Some(to) = self
-                    .accounts
-                    .get_mut(&transfer.to)
-                    .filter(|a| a.incoming >= amount)
-                else {
-                    return fail(format!("pending credit of {key:?} is missing"));
-                };
-                to.incoming -= amount;
-                if confirmed {
-                    to.balance += amount;
-                    self.flows.entry(transfer.currency).or_default().received += u128::from(amount);
-                }
-                let state = if confirmed {
-                    CreditState::Confirmed
-                } else {
-                    CreditState::Cancelled
-                };
-                self.credits.get_mut(&key).expect("checked").state = state;
-            }
-            Event::CreditTryNotSeen { key } => {
-                if self.credits.contains_key(&key) {
-                    return fail(format!("null compensation for {key:?} after its Try"));
-                }
-                let row = CreditRow {
-                    state: CreditState::TryNotSeen,
-                    transfer: None,
-                };
-                self.credits.insert(key, StoredCredit::new(&key, row));
-            }
+            Event::DebitTried { transfer } => self.apply_debit_tried(meta, transfer),
+            Event::TransferDecided { key, decision } => self.apply_decided(meta, key, *decision),
+            Event::DebitConfirmed { key } => self.apply_debit_finished(meta, key, true),
+            Event::DebitCancelled { key } => self.apply_debit_finished(meta, key, false),
+            Event::CreditTried { transfer } => self.apply_credit_tried(transfer),
+            Event::CreditConfirmed { key } => self.apply_credit_finished(key, true),
+            Event::CreditCancelled { key } => self.apply_credit_finished(key, false),
+            Event::CreditTryNotSeen { key } => self.apply_try_not_seen(key),
         }
+        .map_err(refused)?;
         self.last = meta;
         Ok(())
+    }
+
+    fn apply_opened(&mut self, account: &AccountId, currency: Currency) -> Result<(), String> {
+        // One lookup both checks and inserts.
+        match self.accounts.entry(*account) {
+            Entry::Occupied(_) => Err(format!("account {account} opened twice")),
+            Entry::Vacant(slot) => {
+                slot.insert(Account {
+                    currency,
+                    balance: 0,
+                    held: 0,
+                    incoming: 0,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn apply_deposited(
+        &mut self,
+        account: &AccountId,
+        amount: Amount,
+        transaction_id: &TransactionId,
+    ) -> Result<(), String> {
+        let found = find_account(&mut self.accounts, account, "deposit to")?;
+        check_room(account, found, amount.minor())?;
+        let balance_after = found.balance + amount.minor();
+        let row = CashRow {
+            kind: CashKind::Deposit,
+            amount,
+            balance_after,
+        };
+        record_cash(&mut self.cash, account, transaction_id, row)?;
+        found.balance = balance_after;
+        self.flows.entry(found.currency).or_default().deposited += u128::from(amount.minor());
+        Ok(())
+    }
+
+    fn apply_withdrawn(
+        &mut self,
+        account: &AccountId,
+        amount: Amount,
+        transaction_id: &TransactionId,
+    ) -> Result<(), String> {
+        let found = find_account(&mut self.accounts, account, "withdrawal from")?;
+        check_covers(account, found, amount.minor())?;
+        let balance_after = found.balance - amount.minor();
+        let row = CashRow {
+            kind: CashKind::Withdrawal,
+            amount,
+            balance_after,
+        };
+        record_cash(&mut self.cash, account, transaction_id, row)?;
+        found.balance = balance_after;
+        self.flows.entry(found.currency).or_default().withdrawn += u128::from(amount.minor());
+        Ok(())
+    }
+
+    /// The ledger's hottest path: one lookup for the key, which also places the row, and one
+    /// for both accounts.
+    fn apply_transferred(&mut self, meta: RecordMeta, transfer: &Transfer) -> Result<(), String> {
+        if is_to_itself(transfer) {
+            // Besides breaking the rule, `get_disjoint_mut` would panic on it.
+            return Err(format!("transfer {:?} to its own account", transfer.key()));
+        }
+        let slot = vacancy(&mut self.transfers, &transfer.key())?;
+        let (from_id, to_id) = (&transfer.from, &transfer.to);
+        let [Some(from), Some(to)] = self.accounts.get_disjoint_mut([from_id, to_id]) else {
+            return Err(format!(
+                "transfer {:?} names an unknown account",
+                transfer.key()
+            ));
+        };
+        let (minor, currency) = (transfer.amount.minor(), transfer.currency);
+        check_debit(from_id, from, minor, currency)?;
+        check_credit(to_id, to, minor, currency)?;
+        from.balance -= minor;
+        to.balance += minor;
+        slot.fill(&new_row(meta, *transfer, TransferState::Committed, false));
+        Ok(())
+    }
+
+    fn apply_rejected(
+        &mut self,
+        meta: RecordMeta,
+        transfer: &Transfer,
+        reason: Reason,
+    ) -> Result<(), String> {
+        let key = transfer.key();
+        if self.transfers.contains(&key) {
+            return Err(recorded_twice(&key));
+        }
+        let remote = !self.owns(&transfer.to);
+        let row = new_row(meta, *transfer, TransferState::Rejected(reason), remote);
+        self.transfers.insert(&row);
+        Ok(())
+    }
+
+    fn apply_debit_tried(&mut self, meta: RecordMeta, transfer: &Transfer) -> Result<(), String> {
+        let slot = vacancy(&mut self.transfers, &transfer.key())?;
+        let from = find_account(&mut self.accounts, &transfer.from, "debit from")?;
+        let minor = transfer.amount.minor();
+        check_debit(&transfer.from, from, minor, transfer.currency)?;
+        from.balance -= minor;
+        from.held += minor;
+        slot.fill(&new_row(meta, *transfer, TransferState::Trying, true));
+        Ok(())
+    }
+
+    fn apply_decided(
+        &mut self,
+        meta: RecordMeta,
+        key: &TransferKey,
+        decision: Decision,
+    ) -> Result<(), String> {
+        let at = self.home_row(key).map_err(|e| format!("decision: {e}"))?;
+        let mut phase = self.transfers.phase(at);
+        let Some(next) = phase.state.after_decision(decision) else {
+            return Err(format!("decision for {key:?} in state {:?}", phase.state));
+        };
+        phase.state = next;
+        phase.decided_at = meta.timestamp;
+        self.transfers.set_phase(at, phase);
+        Ok(())
+    }
+
+    /// The destination acknowledged the logged decision (`confirmed`: a Confirm): the hold is
+    /// gone for good, or back in the balance.
+    fn apply_debit_finished(
+        &mut self,
+        meta: RecordMeta,
+        key: &TransferKey,
+        confirmed: bool,
+    ) -> Result<(), String> {
+        let at = self.home_row(key).map_err(|e| format!("finish: {e}"))?;
+        let mut phase = self.transfers.phase(at);
+        phase.state = match (phase.state.unacknowledged(), confirmed) {
+            (Some(Decision::Confirm), true) => TransferState::Committed,
+            (Some(Decision::Cancel(reason)), false) => TransferState::Cancelled(reason),
+            _ => return Err(format!("finish of {key:?} in state {:?}", phase.state)),
+        };
+        let (amount, currency) = self.transfers.money(at);
+        let minor = amount.minor();
+        let Some(from) = self.accounts.get_mut(&key.from).filter(|a| a.held >= minor) else {
+            return Err(format!("hold of {key:?} is missing"));
+        };
+        from.held -= minor;
+        if confirmed {
+            self.flows.entry(currency).or_default().sent += u128::from(minor);
+        } else {
+            from.balance += minor;
+        }
+        phase.finished_at = meta.timestamp;
+        self.transfers.set_phase(at, phase);
+        Ok(())
+    }
+
+    fn apply_credit_tried(&mut self, transfer: &Transfer) -> Result<(), String> {
+        let key = transfer.key();
+        let to = find_account(&mut self.accounts, &transfer.to, "credit to")?;
+        let minor = transfer.amount.minor();
+        check_credit(&transfer.to, to, minor, transfer.currency)?;
+        let row = CreditRow {
+            state: CreditState::Tried,
+            transfer: Some(*transfer),
+        };
+        // One lookup both checks and inserts.
+        if !self.credits.insert(key, StoredCredit::new(&key, row)) {
+            return Err(barrier_twice(&key));
+        }
+        to.incoming += minor;
+        Ok(())
+    }
+
+    /// The destination's second phase (`confirmed`: a Confirm): the pending credit becomes
+    /// balance, or is dropped.
+    fn apply_credit_finished(&mut self, key: &TransferKey, confirmed: bool) -> Result<(), String> {
+        let no_try = || format!("second phase of {key:?} without a pending Try");
+        // One lookup of the row both checks it and, once everything fits, moves it on.
+        let row = self.credits.get_mut(key).ok_or_else(no_try)?;
+        let (to_id, amount, currency) = row.pending().ok_or_else(no_try)?;
+        let minor = amount.minor();
+        let Some(to) = self.accounts.get_mut(to_id).filter(|a| a.incoming >= minor) else {
+            return Err(format!("pending credit of {key:?} is missing"));
+        };
+        to.incoming -= minor;
+        if confirmed {
+            to.balance += minor;
+            self.flows.entry(currency).or_default().received += u128::from(minor);
+        }
+        row.state = if confirmed {
+            CreditState::Confirmed
+        } else {
+            CreditState::Cancelled
+        };
+        Ok(())
+    }
+
+    fn apply_try_not_seen(&mut self, key: &TransferKey) -> Result<(), String> {
+        if self.credits.contains_key(key) {
+            return Err(barrier_twice(key));
+        }
+        let row = CreditRow {
+            state: CreditState::TryNotSeen,
+            transfer: None,
+        };
+        self.credits.insert(*key, StoredCredit::new(key, row));
+        Ok(())
+    }
+
+    /// Replays what the switched-on known bugs do to the state before an event applies (see
+    /// [`crate::protocol::bugs`]), so that a log written with a bug on replays as it ran.
+    #[cfg(any(test, madsim, feature = "testing"))]
+    fn forget_as_known_bugs_do(&mut self, event: &Event) {
+        if crate::protocol::bugs::enabled(Bug::NoIdempotency) {
+            self.forget_finished_transfer(event);
+        }
+        if crate::protocol::bugs::enabled(Bug::SkipBarrier) {
+            self.forget_cancelled_branch(event);
+        }
     }
 
     /// Known bug `NoIdempotency`: a new record for a finished transfer replaces its row, as
@@ -1129,19 +1198,6 @@ impl Ledger {
         }
     }
 
-    fn insert_row(
-        &mut self,
-        meta: RecordMeta,
-        transfer: Transfer,
-        state: TransferState,
-        remote: bool,
-    ) {
-        let recorded = self
-            .transfers
-            .insert(&new_row(meta, transfer, state, remote));
-        assert!(recorded, "a transfer key is recorded once");
-    }
-
     /// The partition's conservation law, per currency:
     /// `Σ balance + Σ held = deposited − withdrawn − sent + received`. Scans every account,
     /// so it is meant for tests, debug builds, the simulator and `wallet verify`.
@@ -1153,7 +1209,7 @@ impl Ledger {
             entry.1 += u128::from(account.incoming);
         }
         let mut incoming_by_rows: BTreeMap<Currency, u128> = BTreeMap::new();
-        for (amount, currency) in self.credits.values().filter_map(StoredCredit::pending) {
+        for (_, amount, currency) in self.credits.values().filter_map(StoredCredit::pending) {
             *incoming_by_rows.entry(currency).or_default() += u128::from(amount.minor());
         }
         for currency in sums.keys().chain(self.flows.keys()) {
@@ -1196,4 +1252,140 @@ fn new_row(
         decided_at: final_at,
         finished_at: final_at,
     }
+}
+
+/// Whether `transfer` names one account on both sides. `decide` refuses it and `apply` must
+/// too: a transfer moves money between two accounts.
+#[inline]
+fn is_to_itself(transfer: &Transfer) -> bool {
+    transfer.from == transfer.to
+}
+
+/// The account `id` that an event names (as `role`, for the error), which must exist.
+#[inline]
+fn find_account<'a>(
+    accounts: &'a mut FxHashMap<AccountId, Account>,
+    id: &AccountId,
+    role: &str,
+) -> Result<&'a mut Account, String> {
+    accounts
+        .get_mut(id)
+        .ok_or_else(|| format!("{role} unknown account {id}"))
+}
+
+// The `check_*` functions below keep the text of a refusal out of line (`#[cold]`), so that
+// the hot path of `apply` is the comparison alone.
+
+/// That money in `currency` may move in or out of `found`, the account `id`.
+#[inline]
+fn check_currency(id: &AccountId, found: &Account, currency: Currency) -> Result<(), String> {
+    #[cold]
+    fn refusal(id: &AccountId, found: &Account, currency: Currency) -> String {
+        format!("account {id} holds {}, not {currency}", found.currency)
+    }
+    if found.holds(currency) {
+        Ok(())
+    } else {
+        Err(refusal(id, found, currency))
+    }
+}
+
+/// That `minor` can leave the available balance of `found`, the account `id`.
+#[inline]
+fn check_covers(id: &AccountId, found: &Account, minor: u64) -> Result<(), String> {
+    #[cold]
+    fn refusal(id: &AccountId, found: &Account, minor: u64) -> String {
+        let currency = found.currency;
+        format!(
+            "{} {currency} overdraws {id}, which has {} {currency} available",
+            format_minor(minor, currency),
+            format_minor(found.balance, currency)
+        )
+    }
+    if found.covers(minor) {
+        Ok(())
+    } else {
+        Err(refusal(id, found, minor))
+    }
+}
+
+/// That `minor` more fits in `found`, the account `id`, below the balance limit.
+#[inline]
+fn check_room(id: &AccountId, found: &Account, minor: u64) -> Result<(), String> {
+    #[cold]
+    fn refusal(id: &AccountId, found: &Account, minor: u64) -> String {
+        format!(
+            "{} {} more would take {id} past the largest balance an account may hold",
+            format_minor(minor, found.currency),
+            found.currency
+        )
+    }
+    if found.has_room_for(minor) {
+        Ok(())
+    } else {
+        Err(refusal(id, found, minor))
+    }
+}
+
+/// That `minor` of `currency` can be debited from `found`, the account `id`: the rules
+/// `decide` checked before it logged the debit.
+#[inline]
+fn check_debit(
+    id: &AccountId,
+    found: &Account,
+    minor: u64,
+    currency: Currency,
+) -> Result<(), String> {
+    check_currency(id, found, currency)?;
+    check_covers(id, found, minor)
+}
+
+/// That `minor` of `currency` can be credited to `found`, the account `id`: the rules
+/// `decide` checked before it logged the credit.
+#[inline]
+fn check_credit(
+    id: &AccountId,
+    found: &Account,
+    minor: u64,
+    currency: Currency,
+) -> Result<(), String> {
+    check_currency(id, found, currency)?;
+    check_room(id, found, minor)
+}
+
+/// Why a second record under the transfer key `key` is refused: a transfer key is an
+/// idempotency key, spent once, so a second record under it contradicts the log.
+#[cold]
+fn recorded_twice(key: &TransferKey) -> String {
+    format!("transfer {key:?} recorded twice")
+}
+
+/// The place for the row of `key`'s first record (see [`recorded_twice`]): one lookup both
+/// checks and, filled, inserts.
+#[inline]
+fn vacancy<'a>(transfers: &'a mut TransferTable, key: &TransferKey) -> Result<Vacancy<'a>, String> {
+    transfers.vacancy(key).ok_or_else(|| recorded_twice(key))
+}
+
+/// Records the idempotency row of a deposit or withdrawal. A transaction id is spent once per
+/// account, by deposits and withdrawals alike: a second record of one contradicts the log.
+#[inline]
+fn record_cash(
+    cash: &mut AppendTable<(AccountId, TransactionId), CashRow>,
+    account: &AccountId,
+    transaction_id: &TransactionId,
+    row: CashRow,
+) -> Result<(), String> {
+    if cash.insert((*account, *transaction_id), row) {
+        Ok(())
+    } else {
+        Err(format!("{account} used {transaction_id:?} twice"))
+    }
+}
+
+/// Why a second barrier row for `key` is refused: a key gets one, written by its Try or, when
+/// the Cancel came first, by the flag that fails a late Try; a second contradicts the log.
+#[cold]
+fn barrier_twice(key: &TransferKey) -> String {
+    format!("barrier row of {key:?} recorded twice")
 }

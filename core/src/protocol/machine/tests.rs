@@ -85,7 +85,10 @@ impl World {
     fn commit(&mut self, p: PartitionId) -> bool {
         let partition = &mut self.partitions[p as usize];
         if partition.in_flight.is_some() {
-            assert!(partition.machine.poll_commit().is_none(), "one commit at a time");
+            assert!(
+                partition.machine.poll_commit().is_none(),
+                "one commit at a time"
+            );
             return false;
         }
         let Some(commit) = partition.machine.poll_commit() else {
@@ -119,13 +122,22 @@ impl World {
     fn release(&mut self, release: Release<Numbers>) {
         self.wire.extend(release.peer_messages);
         for (token, result) in release.replies {
-            assert!(self.replies.insert(token, result).is_none(), "one answer per token");
+            assert!(
+                self.replies.insert(token, result).is_none(),
+                "one answer per token"
+            );
         }
         for (token, results) in release.groups {
-            assert!(self.groups.insert(token, results).is_none(), "one answer per token");
+            assert!(
+                self.groups.insert(token, results).is_none(),
+                "one answer per token"
+            );
         }
         for (token, answer) in release.answers {
-            assert!(self.answers.insert(token, answer).is_none(), "one answer per token");
+            assert!(
+                self.answers.insert(token, answer).is_none(),
+                "one answer per token"
+            );
         }
     }
 
@@ -202,7 +214,10 @@ fn an_answer_leaves_only_with_its_durable_commit() {
     let alice = account_on("alice", 0, 1, 0);
     world.command(0, 1, open(alice, USD), false);
     assert!(world.commit(0));
-    assert!(world.replies.is_empty(), "handed out, not durable: no answer yet");
+    assert!(
+        world.replies.is_empty(),
+        "handed out, not durable: no answer yet"
+    );
     // A second command joins the next batch, which waits for the first to be durable.
     world.command(0, 2, deposit(alice, 5, USD, "d-1"), false);
     assert!(!world.commit(0), "one commit in flight at a time");
@@ -210,7 +225,11 @@ fn an_answer_leaves_only_with_its_durable_commit() {
     assert_eq!(world.replies.keys().copied().collect::<Vec<_>>(), [1]);
     assert!(world.commit(0) && world.sync(0));
     assert_eq!(world.replies.len(), 2);
-    assert_eq!(world.durable_events(0).len(), 2, "both records are in the synced bytes");
+    assert_eq!(
+        world.durable_events(0).len(),
+        2,
+        "both records are in the synced bytes"
+    );
 }
 
 #[test]
@@ -221,7 +240,10 @@ fn a_query_answers_from_the_state_its_batch_leaves_and_leaves_with_it() {
     world.command(0, 2, deposit(alice, 7, USD, "d-1"), false);
     world.machine(0).handle_query(3, Query::Account(alice));
     assert!(world.commit(0));
-    assert!(world.answers.is_empty(), "the answer shows a deposit that is not yet durable");
+    assert!(
+        world.answers.is_empty(),
+        "the answer shows a deposit that is not yet durable"
+    );
     world.sync(0);
     let QueryAnswer::Account(Some(account)) = world.answers[&3] else {
         panic!("the account is open: {:?}", world.answers[&3]);
@@ -232,16 +254,27 @@ fn a_query_answers_from_the_state_its_batch_leaves_and_leaves_with_it() {
 #[test]
 fn a_cross_partition_transfer_debits_first_and_commits_step_by_step() {
     let (mut world, alice, bob) = alice_and_bob();
-    world.command(0, 10, Command::Transfer(transfer(alice, bob, 30, USD, "t-1")), true);
+    world.command(
+        0,
+        10,
+        Command::Transfer(transfer(alice, bob, 30, USD, "t-1")),
+        true,
+    );
     // The hold is logged and handed out; no Try may leave before it is durable.
     assert!(world.commit(0));
-    assert!(world.wire.is_empty(), "the Try waits for the hold to be durable");
+    assert!(
+        world.wire.is_empty(),
+        "the Try waits for the hold to be durable"
+    );
     world.sync(0);
     let PeerMessage::Request { request, .. } = world.wire[0] else {
         panic!("a Try after the hold: {:?}", world.wire);
     };
     assert_eq!(request.phase, Phase::Try);
-    assert!(world.replies.is_empty(), "a waiting client hears the outcome, not `pending`");
+    assert!(
+        world.replies.is_empty(),
+        "a waiting client hears the outcome, not `pending`"
+    );
     world.settle();
     assert_eq!(
         world.replies[&10],
@@ -253,14 +286,22 @@ fn a_cross_partition_transfer_debits_first_and_commits_step_by_step() {
         .durable_events(0)
         .iter()
         .any(|e| matches!(e, Event::TransferDecided { .. }));
-    assert!(decided, "the client heard `committed` after the decision was durable");
+    assert!(
+        decided,
+        "the client heard `committed` after the decision was durable"
+    );
 }
 
 #[test]
 fn a_try_that_never_arrives_is_resent_then_cancelled_and_the_hold_returned() {
     let (mut world, alice, bob) = alice_and_bob();
     world.drop_requests = true;
-    world.command(0, 10, Command::Transfer(transfer(alice, bob, 30, USD, "t-1")), true);
+    world.command(
+        0,
+        10,
+        Command::Transfer(transfer(alice, bob, 30, USD, "t-1")),
+        true,
+    );
     world.settle();
     assert_eq!(world.balance(0, &alice), 70, "the hold is taken first");
     let timeout_us = MachineConfig::default().coordinator.try_timeout_us;
@@ -281,8 +322,14 @@ fn a_try_that_never_arrives_is_resent_then_cancelled_and_the_hold_returned() {
     world.drop_requests = false;
     world.advance(MachineConfig::default().coordinator.retry_max_us);
     assert_eq!(world.balance(0, &alice), 100, "the hold is returned");
-    let credit = world.partitions[1].machine.ledger().credit(&key(alice, "t-1"));
-    assert!(credit.is_some(), "the Cancel reached the destination: {credit:?}");
+    let credit = world.partitions[1]
+        .machine
+        .ledger()
+        .credit(&key(alice, "t-1"));
+    assert!(
+        credit.is_some(),
+        "the Cancel reached the destination: {credit:?}"
+    );
     assert_eq!(world.machine(0).in_flight(), 0);
 }
 
@@ -299,7 +346,10 @@ fn a_group_is_answered_once_every_transfer_in_it_is_decided() {
         .machine(0)
         .handle_commands(now, 20, &CommandGroup::all(commands), true);
     assert!(world.commit(0) && world.sync(0));
-    assert!(world.groups.is_empty(), "the cross-partition transfer is not decided yet");
+    assert!(
+        world.groups.is_empty(),
+        "the cross-partition transfer is not decided yet"
+    );
     world.settle();
     let results = &world.groups[&20];
     assert_eq!(results[0], Ok(Reply::Transfer(TransferStatus::Committed)));
@@ -323,7 +373,10 @@ fn a_destination_answers_a_phase_request_with_the_batch_that_logs_it() {
         .machine(1)
         .handle_peer(now, PeerMessage::Request { from: 0, request });
     assert!(world.commit(1));
-    assert!(world.wire.is_empty(), "the answer waits for the pending credit to be durable");
+    assert!(
+        world.wire.is_empty(),
+        "the answer waits for the pending credit to be durable"
+    );
     world.sync(1);
     let PeerMessage::Response(response) = world.wire[0] else {
         panic!("a response: {:?}", world.wire);
@@ -335,14 +388,21 @@ fn a_destination_answers_a_phase_request_with_the_batch_that_logs_it() {
 fn a_recovered_machine_resumes_its_unfinished_transfers_at_once() {
     let (mut world, alice, bob) = alice_and_bob();
     world.drop_requests = true;
-    world.command(0, 10, Command::Transfer(transfer(alice, bob, 30, USD, "t-1")), false);
+    world.command(
+        0,
+        10,
+        Command::Transfer(transfer(alice, bob, 30, USD, "t-1")),
+        false,
+    );
     world.settle();
     world.wire.clear();
     // A restart: the home's ledger, as recovered, in a new machine.
     let ledger = world.partitions[0].machine.ledger().clone();
     let now = world.now;
     let mut restarted = PartitionMachine::<Numbers>::new(ledger, MachineConfig::default(), now);
-    let commit = restarted.poll_commit().expect("the resend of the Try is due at once");
+    let commit = restarted
+        .poll_commit()
+        .expect("the resend of the Try is due at once");
     assert!(commit.bytes.is_empty(), "a resend logs nothing");
     assert!(matches!(
         commit.release.peer_messages[..],

@@ -1079,6 +1079,63 @@ fn apply_refuses_transfers_that_overdraw_or_name_unknown_accounts() {
 }
 
 #[test]
+fn apply_refuses_money_in_another_currency_than_the_account_holds() {
+    let w = world();
+    let mut home = given(0, &home(&w)).ledger;
+    let local = assert_refused(
+        &mut home,
+        Event::Transferred {
+            transfer: transfer(w.a, w.b, 1, EUR, "t1"),
+        },
+    );
+    assert!(local.what.contains("holds USD, not EUR"), "{local}");
+    assert_refused(
+        &mut home,
+        Event::Transferred {
+            transfer: transfer(w.a, w.e, 1, USD, "t1"),
+        },
+    );
+    assert_refused(
+        &mut home,
+        Event::DebitTried {
+            transfer: transfer(w.a, w.c, 1, EUR, "t1"),
+        },
+    );
+    let mut destination = given(1, &destination(&w)).ledger;
+    assert_refused(
+        &mut destination,
+        Event::CreditTried {
+            transfer: transfer(w.a, w.x, 1, USD, "t1"),
+        },
+    );
+}
+
+#[test]
+fn apply_refuses_credits_past_the_balance_limit() {
+    let w = world();
+    let mut events = home(&w);
+    events.extend(fill_to_the_limit(w.b));
+    let mut home = given(0, &events).ledger;
+    let deposit = assert_refused(&mut home, deposited(w.b, 1, "d1"));
+    assert!(deposit.what.contains("largest balance"), "{deposit}");
+    assert_refused(
+        &mut home,
+        Event::Transferred {
+            transfer: transfer(w.a, w.b, 1, USD, "t1"),
+        },
+    );
+    let mut events = destination(&w);
+    events.extend(fill_to_the_limit(w.c));
+    let mut destination = given(1, &events).ledger;
+    assert_refused(
+        &mut destination,
+        Event::CreditTried {
+            transfer: transfer(w.a, w.c, 1, USD, "t1"),
+        },
+    );
+}
+
+#[test]
 fn apply_refuses_source_phases_out_of_order() {
     let w = world();
     let t = transfer(w.a, w.c, 100, USD, "t1");
