@@ -368,7 +368,8 @@ fn check_holds(ledger: &Ledger) -> Vec<String> {
 /// live beside it.
 fn decode_with_chunks(path: &std::path::Path, bytes: &[u8]) -> Result<Ledger, String> {
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    let chunks = (0..u64::from(snapshot_chunks(bytes)))
+    let count = snapshot_chunks(bytes).map_err(|e| e.to_string())?;
+    let chunks = (0..u64::from(count))
         .map(|index| {
             let chunk = dir.join(chunk_name(index));
             fs::read(&chunk).map_err(|e| format!("{}: {e}", chunk.display()))

@@ -11,6 +11,8 @@
 //!   is cut to its last whole record. An older segment was cut to its last record before the
 //!   next was created, so a partial record there, or corruption anywhere before a segment's
 //!   end, is an error that names the segment and the byte offset.
+//! - Lsns are contiguous: from the snapshot to the first record replayed, and from each
+//!   segment to the next. A gap (a lost segment) is an error that names the missing lsn.
 
 use crate::ledger::{ApplyError, Ledger, RecordMeta};
 use crate::log::codec::{decode_log, CodecError};
@@ -39,6 +41,15 @@ pub enum RecoveryError {
         name: String,
         offset: u64,
         detail: String,
+    },
+    #[error(
+        "log {name} does not follow what precedes it: lsn {expected} is missing (the segment \
+         goes on at lsn {found}); a segment or records were lost"
+    )]
+    Gap {
+        name: String,
+        expected: Lsn,
+        found: Lsn,
     },
     #[error("log does not replay: {0}")]
     Replay(#[from] ApplyError),
@@ -131,8 +142,19 @@ impl Recovery {
             }
         }
         for record in &decoded.records {
-            if record.lsn <= self.ledger.last_applied().lsn {
+            let expected = self.ledger.last_applied().lsn + 1;
+            if record.lsn < expected {
                 continue;
+            }
+            // Within a segment the codec checks that lsns go up by one; across segments, and
+            // from the snapshot to the log, it is checked here: `apply` alone would take a
+            // jump forward and silently lose what lay in between.
+            if record.lsn > expected {
+                return Err(RecoveryError::Gap {
+                    name: name.to_string(),
+                    expected,
+                    found: record.lsn,
+                });
             }
             let meta = RecordMeta {
                 lsn: record.lsn,
@@ -157,5 +179,87 @@ fn codec_offset(error: &CodecError) -> u64 {
         CodecError::Corrupt { offset, .. }
         | CodecError::UnsupportedVersion { offset, .. }
         | CodecError::LsnGap { offset, .. } => *offset,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::codec::{encode_record, Record};
+    use crate::model::event::Event;
+    use crate::model::ids::AccountId;
+    use crate::model::money::Currency;
+
+    /// A segment holding account-opening records `lsns` (each opens its own account).
+    fn segment(lsns: std::ops::RangeInclusive<Lsn>) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for lsn in lsns {
+            let account = AccountId::new(&format!("a-{lsn}")).unwrap();
+            let event = Event::AccountOpened {
+                account,
+                currency: Currency::USD,
+            };
+            let record = Record {
+                lsn,
+                timestamp: lsn,
+                event,
+            };
+            encode_record(&record, &mut bytes);
+        }
+        bytes
+    }
+
+    #[test]
+    fn contiguous_segments_replay_and_a_missing_one_is_named() {
+        let mut recovery = Recovery::new(0, 1);
+        assert_eq!(
+            recovery
+                .replay_segment("s1", 1, &segment(1..=3), false)
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            recovery
+                .replay_segment("s2", 4, &segment(4..=5), true)
+                .unwrap(),
+            None
+        );
+        assert_eq!(recovery.finish().1.last_lsn, 5);
+
+        let mut recovery = Recovery::new(0, 1);
+        recovery
+            .replay_segment("s1", 1, &segment(1..=3), false)
+            .unwrap();
+        let error = recovery
+            .replay_segment("s3", 6, &segment(6..=7), true)
+            .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                RecoveryError::Gap {
+                    expected: 4,
+                    found: 6,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains("lsn 4 is missing"), "{error}");
+    }
+
+    #[test]
+    fn a_partial_record_cuts_the_newest_segment_only() {
+        let mut torn = segment(1..=2);
+        torn.truncate(torn.len() - 3);
+        let mut recovery = Recovery::new(0, 1);
+        let cut = recovery.replay_segment("s1", 1, &torn, true).unwrap();
+        assert!(cut.is_some_and(|len| len < torn.len() as u64));
+        let (_, report) = recovery.finish();
+        assert_eq!(report.last_lsn, 1);
+        assert!(report.torn_bytes_dropped > 0);
+
+        let mut recovery = Recovery::new(0, 1);
+        let error = recovery.replay_segment("s1", 1, &torn, false).unwrap_err();
+        assert!(matches!(error, RecoveryError::Corrupt { .. }), "{error}");
     }
 }

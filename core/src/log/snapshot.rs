@@ -435,14 +435,43 @@ fn cash_kind_tag(kind: CashKind) -> u8 {
 }
 
 /// How many chunk files the snapshot `bytes` refers to (none before version 3): read them,
-/// in order, for [`decode_snapshot_with`]. Damage shows when decoding.
-pub fn snapshot_chunks(bytes: &[u8]) -> u32 {
-    match bytes.get(..HEADER_LEN + 4) {
-        Some(head) if head[..4] == SNAPSHOT_MAGIC && head[4] > SNAPSHOT_VERSION_UNCHUNKED => {
-            u32::from_le_bytes(head[HEADER_LEN..].try_into().expect("4 bytes"))
-        }
-        _ => 0,
+/// in order, for [`decode_snapshot_with`]. The whole snapshot's checksum is verified first,
+/// so a damaged header is refused before its count can make anyone read or allocate for
+/// chunks that were never written.
+pub fn snapshot_chunks(bytes: &[u8]) -> Result<u32, CodecError> {
+    let content = verified_content(bytes)?;
+    let version = content[4];
+    if version <= SNAPSHOT_VERSION_UNCHUNKED {
+        return Ok(0);
     }
+    let count = content
+        .get(HEADER_LEN..HEADER_LEN + 4)
+        .ok_or_else(|| corrupt_at(content.len(), "snapshot ends inside its header"))?;
+    Ok(u32::from_le_bytes(count.try_into().expect("4 bytes")))
+}
+
+fn corrupt_at(offset: usize, reason: &str) -> CodecError {
+    CodecError::Corrupt {
+        offset: offset as u64,
+        reason: reason.to_string(),
+    }
+}
+
+/// The bytes of a snapshot before its checksum, once the magic, the checksum and the version
+/// are found right.
+fn verified_content(bytes: &[u8]) -> Result<&[u8], CodecError> {
+    if bytes.len() < HEADER_LEN + CRC_LEN || bytes[..4] != SNAPSHOT_MAGIC {
+        return Err(corrupt_at(0, "not a walletd snapshot"));
+    }
+    let (content, trailer) = bytes.split_at(bytes.len() - CRC_LEN);
+    if crc32c(content).to_le_bytes() != trailer {
+        return Err(corrupt_at(content.len(), "snapshot checksum mismatch"));
+    }
+    let version = bytes[4];
+    if !(SNAPSHOT_VERSION_SORTED..=SNAPSHOT_VERSION).contains(&version) {
+        return Err(CodecError::UnsupportedVersion { offset: 4, version });
+    }
+    Ok(content)
 }
 
 /// Restores a ledger from a snapshot that refers to no chunk files (see
@@ -456,26 +485,13 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Ledger, CodecError> {
 /// canonical (sorted, no trailing bytes) and consistent (rows belong to the partition, keys
 /// are unique, money is conserved).
 pub fn decode_snapshot_with(bytes: &[u8], chunks: &[Vec<u8>]) -> Result<Ledger, CodecError> {
-    let corrupt = |offset: usize, reason: &str| CodecError::Corrupt {
-        offset: offset as u64,
-        reason: reason.to_string(),
-    };
-    if bytes.len() < HEADER_LEN + CRC_LEN || bytes[..4] != SNAPSHOT_MAGIC {
-        return Err(corrupt(0, "not a walletd snapshot"));
-    }
-    let (content, trailer) = bytes.split_at(bytes.len() - CRC_LEN);
-    if crc32c(content).to_le_bytes() != trailer {
-        return Err(corrupt(content.len(), "snapshot checksum mismatch"));
-    }
+    let content = verified_content(bytes)?;
     let version = bytes[4];
-    if !(SNAPSHOT_VERSION_SORTED..=SNAPSHOT_VERSION).contains(&version) {
-        return Err(CodecError::UnsupportedVersion { offset: 4, version });
-    }
     let mut cursor = Cursor::new(&content[5..]);
     let ledger = read_ledger(&mut cursor, version, chunks)
-        .map_err(|reason| corrupt(5 + cursor.position(), &reason))?;
+        .map_err(|reason| corrupt_at(5 + cursor.position(), &reason))?;
     if let Err(reason) = ledger.check_conservation() {
-        return Err(corrupt(
+        return Err(corrupt_at(
             0,
             &format!("snapshot does not conserve money: {reason}"),
         ));
@@ -837,7 +853,7 @@ mod tests {
     /// `bytes`, a snapshot without chunk files, in the layout of `version` (1 or 2): the
     /// same but for the header's chunk count.
     fn as_version(bytes: &[u8], version: u8) -> Vec<u8> {
-        assert_eq!(snapshot_chunks(bytes), 0);
+        assert_eq!(snapshot_chunks(bytes).unwrap(), 0);
         let mut content = bytes[..HEADER_LEN].to_vec();
         content.extend_from_slice(&bytes[HEADER_LEN + 4..bytes.len() - CRC_LEN]);
         content[4] = version;
@@ -878,7 +894,7 @@ mod tests {
             frozen: 5,
         };
         let (bytes, chunks) = SnapshotImage::with_chunks(&ledger, plan).encode();
-        assert_eq!(snapshot_chunks(&bytes), 5);
+        assert_eq!(snapshot_chunks(&bytes).unwrap(), 5);
         assert_eq!(
             chunks.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
             [0, 1, 2, 3, 4]
@@ -914,6 +930,24 @@ mod tests {
         let mut damaged = files.clone();
         damaged[3][40] ^= 1;
         corrupt(decode_snapshot_with(&bytes, &damaged));
+    }
+
+    #[test]
+    fn a_damaged_chunk_count_is_refused_before_it_is_believed() {
+        let ledger = chunked_state();
+        let plan = ChunkPlan {
+            written: 0,
+            frozen: 5,
+        };
+        let (mut bytes, _) = SnapshotImage::with_chunks(&ledger, plan).encode();
+        assert_eq!(snapshot_chunks(&bytes).unwrap(), 5);
+        bytes[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let refused = snapshot_chunks(&bytes);
+        assert!(
+            matches!(&refused, Err(CodecError::Corrupt { reason, .. }) if reason.contains("checksum")),
+            "{refused:?}"
+        );
+        assert!(snapshot_chunks(&bytes[..10]).is_err(), "too short to be a snapshot");
     }
 
     #[test]

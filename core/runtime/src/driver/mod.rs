@@ -106,6 +106,11 @@ pub enum DriverError {
         offset: u64,
         detail: String,
     },
+    #[error("partition {partition}: {detail}")]
+    Gap {
+        partition: PartitionId,
+        detail: String,
+    },
     #[error("partition {partition}: log does not replay: {source}")]
     Replay {
         partition: PartitionId,
@@ -115,7 +120,8 @@ pub enum DriverError {
 
 /// The first `count` chunk files of the snapshots, in order.
 async fn read_chunks<S: Storage>(storage: &mut S, count: u32) -> io::Result<Vec<Vec<u8>>> {
-    let mut chunks = Vec::with_capacity(count as usize);
+    // Not `with_capacity(count)`: the count is only as good as the storage's bytes.
+    let mut chunks = Vec::new();
     for index in 0..u64::from(count) {
         chunks.push(storage.read_chunk(index).await?);
     }
@@ -132,7 +138,14 @@ pub async fn recover<S: Storage>(
     let io_err = |source| DriverError::Io { partition, source };
     let mut recovery = Recovery::new(partition, partitions);
     for snapshot in storage.read_snapshots().await.map_err(io_err)? {
-        let chunks = match read_chunks(storage, snapshot_chunks(&snapshot.bytes)).await {
+        let count = match snapshot_chunks(&snapshot.bytes) {
+            Ok(count) => count,
+            Err(error) => {
+                tracing::warn!(partition, name = snapshot.name, %error, "damaged snapshot ignored; falling back to an older one or the log");
+                continue;
+            }
+        };
+        let chunks = match read_chunks(storage, count).await {
             Ok(chunks) => chunks,
             Err(error) => {
                 tracing::warn!(partition, name = snapshot.name, %error, "snapshot without its chunk files ignored");
@@ -178,6 +191,10 @@ impl DriverError {
                 detail,
             },
             RecoveryError::Replay(source) => DriverError::Replay { partition, source },
+            gap @ RecoveryError::Gap { .. } => DriverError::Gap {
+                partition,
+                detail: gap.to_string(),
+            },
         }
     }
 }
