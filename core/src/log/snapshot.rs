@@ -947,7 +947,10 @@ mod tests {
             matches!(&refused, Err(CodecError::Corrupt { reason, .. }) if reason.contains("checksum")),
             "{refused:?}"
         );
-        assert!(snapshot_chunks(&bytes[..10]).is_err(), "too short to be a snapshot");
+        assert!(
+            snapshot_chunks(&bytes[..10]).is_err(),
+            "too short to be a snapshot"
+        );
     }
 
     #[test]

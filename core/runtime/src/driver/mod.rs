@@ -174,6 +174,10 @@ pub async fn recover<S: Storage>(
             storage.truncate_last(len).await.map_err(io_err)?;
         }
     }
+    // What was read back may still sit in the page cache only (a process crash keeps
+    // unsynced writes; a power loss would not): it is made durable before anything that
+    // rests on it is answered or sent.
+    storage.sync().await.map_err(io_err)?;
     Ok(recovery.finish())
 }
 

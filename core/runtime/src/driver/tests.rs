@@ -984,7 +984,7 @@ async fn eventually(what: &str, condition: impl Fn() -> bool) {
 
 #[tokio::test]
 async fn the_next_batch_is_applied_while_the_previous_one_syncs() {
-    let gate = Arc::new(tokio::sync::Semaphore::new(1)); // the account opening's sync
+    let gate = Arc::new(tokio::sync::Semaphore::new(2)); // recovery's sync and the account opening's
     let (engine, probe) = start_slow_single(Some(Arc::clone(&gate))).await;
     let client = engine.client();
     let events = || engine.stats()[0].events.load(Ordering::SeqCst);

@@ -348,6 +348,9 @@ impl LogWriter {
                 allocated: len,
                 dropped: 0,
             });
+            // The segment's directory entry may not be durable yet (a crash right after it
+            // was created): the first sync, which recovery makes, syncs the directory too.
+            self.dir_dirty = true;
         }
         Ok(())
     }
