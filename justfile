@@ -29,13 +29,17 @@ node id="0" *ARGS:
 sim *ARGS:
     cargo sim -- {{ARGS}}
 
-# The engine benchmark: partitions in-process on real files, fsync on.
+# The engine per partition count, in-process on real files, fsync on: same-partition against cross-partition transfers (`wallet bench partitions`).
 bench-engine *ARGS:
-    cargo run --release -p walletd-runtime --example bench_engine -- {{ARGS}}
+    cargo run --release -p walletd-server -- bench partitions {{ARGS}}
 
-# The cluster benchmark: nodes in one process over loopback TCP, fsync on.
+# The cluster benchmark: nodes in one process over loopback TCP, fsync on (`wallet bench cluster`).
 bench-cluster *ARGS:
-    cargo run --release -p walletd-runtime --example bench_cluster -- {{ARGS}}
+    cargo run --release -p walletd-server -- bench cluster {{ARGS}}
+
+# The ledger alone on one core, no disk: the ceiling (`wallet bench ledger`).
+bench-ledger *ARGS:
+    cargo run --release -p walletd-server -- bench ledger {{ARGS}}
 
 # Exactly what CI runs.
 ci:
@@ -45,6 +49,6 @@ ci:
 bench-peers:
     bash bench/peers.sh
 
-# The load generator alone: `just bench http --accounts 10000`, `just bench memory`.
+# The load generator, any modes: `just bench http --accounts 10000`, `just bench memory`, `just bench --help`.
 bench *ARGS:
     cargo run --release -p walletd-server -- bench {{ARGS}}

@@ -108,13 +108,17 @@ percentiles() {
 run_walletd() {
   log "== walletd: building and running wallet bench"
   (cd "$ROOT" && cargo build --release -q -p walletd-server) >&2
-  local wallet="$ROOT/target/release/wallet"
+  local target_dir=${CARGO_TARGET_DIR:-target}
+  [[ $target_dir == /* ]] || target_dir="$ROOT/$target_dir"
+  local wallet="$target_dir/release/wallet"
   local common=(--accounts "$BENCH_ACCOUNTS" --seconds "$BENCH_SECONDS" --warmup-seconds "$BENCH_WARMUP_SECONDS"
     --clients "$REDIS_CLIENTS" --rows "$ROWS")
   # shellcheck disable=SC2086  # WALLET_BENCH_ARGS is a list of words by design
   "$wallet" bench http batch engine --partitions "$WALLETD_PARTITIONS" "${common[@]}" $WALLET_BENCH_ARGS \
     >"$WORK/walletd.out"
   cat "$WORK/walletd.out" >&2
+  # `wallet bench` ends with one machine-readable line per kind of measurement; the modes
+  # run here print `walletd http_tps=N http_batch_tps=N engine_tps=N`.
   WALLETD_LINE=$(grep '^walletd ' "$WORK/walletd.out" | tail -1)
   if [[ -n "$WALLETD_REFERENCE_PARTITIONS" ]]; then
     log "== walletd with $WALLETD_REFERENCE_PARTITIONS partitions, for reference (most transfers cross partitions)"

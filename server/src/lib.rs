@@ -22,7 +22,8 @@
 //! - [`rfc3339`]: timestamps in and out of the API.
 //! - [`process`]: this process's resident memory and the machine's (for `/metrics`, the
 //!   memory limit and `wallet bench memory`).
-//! - [`bench`]: `wallet bench`, the load generator (HTTP, batch, in-process engine, memory).
+//! - [`bench`]: `wallet bench`, the load generator (HTTP, batch, in-process engine, engine per
+//!   partition count, in-process cluster, the ledger alone, memory).
 
 pub mod api;
 pub mod auth;

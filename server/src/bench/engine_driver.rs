@@ -1,6 +1,7 @@
 //! The in-process modes: the engine's partitions on real files (fsync on) in a temporary
-//! directory, driven through [`walletd_runtime::engine::Client`] without HTTP; and the
-//! resident memory an open account costs.
+//! directory, driven through [`walletd_runtime::engine::Client`] without HTTP (the clients of an
+//! in-process cluster are driven the same way); and the resident memory an open account
+//! costs.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -11,14 +12,15 @@ use walletd_core::ledger::{Command, Reply, TransferStatus};
 use walletd_core::model::event::Reason;
 use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_core::model::money::Amount;
+use walletd_core::model::partition::NodeId;
+
 use walletd_runtime::driver::{CommandResult, DriverConfig, Query, QueryAnswer};
 use walletd_runtime::engine::{Client, Engine, EngineConfig, Unavailable};
 use walletd_runtime::storage::file::{FileStorage, FileStorageConfig};
 
-use super::report::{Live, MemoryReport, Phase, Tally};
-use super::workload::{
-    account_name, Rng, Workload, CURRENCY, FUNDING_MINOR, FUNDING_TRANSACTION_ID,
-};
+use super::measure::Syncs;
+use super::report::{Live, MemoryReport, Phase, SharedTallies, Tally};
+use super::workload::{account_name, Rng, Workload, CURRENCY, FUNDING_TRANSACTION_ID};
 use super::{BenchError, Totals};
 
 /// Commands handed to the engine at once while opening accounts.
@@ -52,11 +54,25 @@ pub async fn start_engine(
         .map_err(|e| BenchError::Engine(e.to_string()))
 }
 
-/// The ids of the workload's accounts, by index.
-pub fn account_ids(count: u64) -> Arc<[AccountId]> {
-    (0..count)
-        .map(|i| AccountId::new(&account_name(i)).expect("benchmark ids are valid"))
+/// The ids of the workload's accounts.
+pub fn account_ids(workload: &Workload) -> Arc<[AccountId]> {
+    (0..workload.accounts)
+        .map(|i| {
+            let name = account_name(workload.account_index(i));
+            AccountId::new(&name).expect("benchmark ids are valid")
+        })
         .collect()
+}
+
+/// Log syncs of `engine`'s partitions so far, and the seconds they took.
+pub fn syncs(engine: &Engine) -> Syncs {
+    let stats = engine.stats();
+    let count = stats.iter().map(|s| s.syncs.load(Ordering::Relaxed)).sum();
+    let us: u64 = stats
+        .iter()
+        .map(|s| s.sync_us_total.load(Ordering::Relaxed))
+        .sum();
+    (count, us as f64 / 1e6)
 }
 
 /// Runs `commands(i)` for every `i` in `0..count` through `SETUP_TASKS` concurrent tasks,
@@ -99,9 +115,13 @@ async fn execute_all(
     Ok(())
 }
 
-/// Opens and funds every account of the workload.
-pub async fn open_accounts(client: &Client, accounts: &Arc<[AccountId]>) -> Result<(), BenchError> {
-    let funding = Amount::from_minor(FUNDING_MINOR).expect("funding is a valid amount");
+/// Opens every account and funds it with `funding_minor`.
+pub async fn open_accounts(
+    client: &Client,
+    accounts: &Arc<[AccountId]>,
+    funding_minor: u64,
+) -> Result<(), BenchError> {
+    let funding = Amount::from_minor(funding_minor).expect("funding is a valid amount");
     let funding_id = TransactionId::new(FUNDING_TRANSACTION_ID).expect("valid id");
     let ids = Arc::clone(accounts);
     execute_all(client, accounts.len() as u64, move |i| {
@@ -143,58 +163,118 @@ pub async fn sum_balances(client: &Client, accounts: &[AccountId]) -> Result<Tot
     Ok(totals)
 }
 
-/// Starts `clients` clients handing `batch` transfers at a time to the engine until the
-/// phase is `Stopped`.
+/// Where the clients hand over their transfers.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    /// The one engine of this process.
+    Engine(Client),
+    /// The node that owns the source account's partition (`owners[p]` owns `p`): the
+    /// transfer starts where its Try runs, with no forwarding first.
+    Home {
+        nodes: Arc<[Client]>,
+        owners: Arc<[NodeId]>,
+    },
+    /// A node drawn at random: a transfer whose source is elsewhere is forwarded there first.
+    Any(Arc<[Client]>),
+}
+
+impl Entry {
+    /// The client that takes a request whose first command is `first`.
+    fn pick(&self, first: &Command, rng: &mut Rng) -> &Client {
+        match self {
+            Entry::Engine(client) => client,
+            Entry::Home { nodes, owners } => {
+                let Command::Transfer(transfer) = first else {
+                    return &nodes[0];
+                };
+                let partition = nodes[0].partition_of(&transfer.from);
+                &nodes[owners[partition as usize] as usize]
+            }
+            Entry::Any(nodes) => &nodes[rng.below(nodes.len() as u64) as usize],
+        }
+    }
+}
+
+/// The shape of one run's load.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub clients: u64,
+    /// Transfers a client hands over at once: 1 is `Client::execute`, more
+    /// `Client::execute_many`.
+    pub batch: u64,
+    pub seed: u64,
+}
+
+/// The clients of a run, busy until the phase is `Stopped`.
+#[derive(Debug)]
+pub struct Running {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tallies: Arc<SharedTallies>,
+}
+
+impl Running {
+    /// Waits for every client and merges what they measured.
+    pub async fn finish(self) -> Result<Tally, BenchError> {
+        for task in self.tasks {
+            task.await
+                .map_err(|e| BenchError::Engine(format!("client task failed: {e}")))?;
+        }
+        Ok(self.tallies.merged())
+    }
+}
+
+/// Starts `load.clients` clients handing `load.batch` transfers at a time to `entry` until
+/// the phase is `Stopped`.
 pub fn run_transfers(
-    client: &Client,
+    entry: &Entry,
     workload: &Arc<Workload>,
     live: &Arc<Live>,
-    clients: u64,
-    batch: u64,
-    seed: u64,
-) -> Vec<tokio::task::JoinHandle<Tally>> {
-    (0..clients)
+    load: Load,
+) -> Running {
+    let tallies = Arc::new(SharedTallies::new(load.clients));
+    let tasks = (0..load.clients)
         .map(|c| {
-            let (client, workload, live) = (client.clone(), Arc::clone(workload), Arc::clone(live));
+            let (entry, workload, live) = (entry.clone(), Arc::clone(workload), Arc::clone(live));
+            let tallies = Arc::clone(&tallies);
             tokio::spawn(async move {
-                let mut rng = Rng::new(seed.wrapping_mul(1_000_003).wrapping_add(c));
-                let mut tally = Tally::new();
-                let mut commands = Vec::with_capacity(batch as usize);
+                let mut rng = Rng::new(load.seed.wrapping_mul(1_000_003).wrapping_add(c));
+                let mut commands = Vec::with_capacity(load.batch as usize);
                 let (mut sequence, mut scratch) = (0u64, String::new());
                 while live.phase() != Phase::Stopped {
                     commands.clear();
-                    for _ in 0..batch {
+                    for _ in 0..load.batch {
                         let draw = workload.draw(&mut rng, c, sequence);
                         sequence += 1;
                         commands.push(Command::Transfer(workload.transfer(&draw, &mut scratch)));
                     }
+                    let client = entry.pick(&commands[0], &mut rng);
                     let started = Instant::now();
-                    let mut counted = Counted::default();
-                    if batch == 1 {
-                        counted.add(client.execute(commands[0], true).await);
-                    } else {
-                        for answer in client.execute_many(commands.iter().copied(), true).await {
-                            counted.add(answer);
-                        }
-                    }
+                    let counted = hand_over(client, &commands).await;
                     let latency = started.elapsed();
                     live.transfers
                         .fetch_add(counted.answered, Ordering::Relaxed);
                     live.errors.fetch_add(counted.errors, Ordering::Relaxed);
                     if live.phase() == Phase::Measuring {
-                        tally.record(latency);
-                        tally.transfers += counted.answered;
-                        tally.rejected += counted.rejected;
-                        tally.errors += counted.errors;
-                        if let Some(error) = &counted.error {
-                            tally.sample_error(error);
-                        }
+                        tallies.record(c, |tally| counted.record(tally, latency));
                     }
                 }
-                tally
             })
         })
-        .collect()
+        .collect();
+    Running { tasks, tallies }
+}
+
+/// Hands `commands` to `client` in one request and counts the answers.
+async fn hand_over(client: &Client, commands: &[Command]) -> Counted {
+    let mut counted = Counted::default();
+    if let [command] = commands {
+        counted.add(client.execute(*command, true).await);
+    } else {
+        for answer in client.execute_many(commands.iter().copied(), true).await {
+            counted.add(answer);
+        }
+    }
+    counted
 }
 
 /// The answers to one hand-over of transfers, counted.
@@ -222,6 +302,17 @@ impl Counted {
                     self.error = Some(format!("{other:?}"));
                 }
             }
+        }
+    }
+
+    /// Adds one request of the measured window to `tally`.
+    fn record(&self, tally: &mut Tally, latency: std::time::Duration) {
+        tally.record(latency);
+        tally.transfers += self.answered;
+        tally.rejected += self.rejected;
+        tally.errors += self.errors;
+        if let Some(error) = &self.error {
+            tally.sample_error(error);
         }
     }
 }

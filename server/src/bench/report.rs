@@ -3,10 +3,15 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
+
+use super::cluster_run;
+use super::ledger_run::LedgerReport;
+use super::partition_sweep;
 
 /// Highest latency a histogram tracks, in microseconds (a minute); longer ones are clamped.
 const LATENCY_US_MAX: u64 = 60_000_000;
@@ -119,16 +124,53 @@ impl Tally {
     }
 }
 
+/// Tallies that clients share, for the in-process modes and their thousands of clients. A
+/// tally per client is a histogram per client (about 140 kB each, zeroed when made: hundreds
+/// of MB), and recording into thousands of histograms misses the cache on every request,
+/// taking cycles from the engine under test on the same cores. With a few shards per worker
+/// thread, two threads rarely want one lock at once.
+#[derive(Debug)]
+pub struct SharedTallies(Box<[Mutex<Tally>]>);
+
+/// Shards of [`SharedTallies`] (fewer if there are fewer clients).
+const TALLY_SHARDS: u64 = 32;
+
+impl SharedTallies {
+    pub fn new(clients: u64) -> SharedTallies {
+        let shards = clients.clamp(1, TALLY_SHARDS);
+        SharedTallies((0..shards).map(|_| Mutex::new(Tally::new())).collect())
+    }
+
+    /// Lets `client` add to its shard.
+    pub fn record(&self, client: u64, add: impl FnOnce(&mut Tally)) {
+        let shard = &self.0[(client % self.0.len() as u64) as usize];
+        add(&mut shard.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// Every shard merged into one.
+    pub fn merged(&self) -> Tally {
+        let mut merged = Tally::new();
+        for shard in &self.0 {
+            merged.merge(&shard.lock().unwrap_or_else(PoisonError::into_inner));
+        }
+        merged
+    }
+}
+
 /// One row of the results table.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModeReport {
-    /// `http`, `http_batch` or `engine`.
+    /// `http`, `http_batch`, `engine`, `engine_same_partition`, `engine_cross_partition`,
+    /// `cluster_home` or `cluster_any`.
     pub mode: String,
     /// Concurrent clients.
     pub clients: u64,
     /// Transfers per request (1 for single transfers).
     pub transfers_per_request: u64,
     pub partitions: u32,
+    /// Nodes the partitions are spread over (the `cluster` mode only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<u32>,
     /// Measured seconds (warm-up excluded).
     pub seconds: f64,
     /// Transfers answered in the measured window, committed or rejected.
@@ -159,6 +201,7 @@ impl ModeReport {
             clients: shape.clients,
             transfers_per_request: shape.transfers_per_request,
             partitions: shape.partitions,
+            nodes: shape.nodes,
             seconds,
             transfers: tally.transfers,
             transfers_per_second: if seconds > 0.0 {
@@ -179,8 +222,9 @@ impl ModeReport {
     /// The row as tab-separated fields, in the order of [`TABLE_COLUMNS`].
     pub fn tsv(&self) -> String {
         let plural = if self.partitions == 1 { "" } else { "s" };
+        let nodes = self.nodes.map_or(String::new(), |n| format!("{n} nodes, "));
         format!(
-            "walletd {} ({} partition{plural})\t{}\t{}\t{:.0}\t{:.2}\t{:.2}\t{:.2}\t{}\t{}\t{}\t{}",
+            "walletd {} ({nodes}{} partition{plural})\t{}\t{}\t{:.0}\t{:.2}\t{:.2}\t{:.2}\t{}\t{}\t{}\t{}",
             self.mode,
             self.partitions,
             self.clients,
@@ -203,6 +247,7 @@ pub struct RunShape {
     pub clients: u64,
     pub transfers_per_request: u64,
     pub partitions: u32,
+    pub nodes: Option<u32>,
 }
 
 /// walletd's promise for every mode: a reply leaves only after the log record holding it was
@@ -285,13 +330,46 @@ pub struct MemoryReport {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct BenchReport {
     pub accounts: u64,
+    /// The rows of `http`, `batch` and `engine`, the modes `bench/peers.sh` compares.
     pub modes: Vec<ModeReport>,
+    /// The rows of `partitions`: one per partition count and placement.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<ModeReport>,
+    /// The rows of `cluster`: clients entering at the home node, then at any node.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cluster: Vec<ModeReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<LedgerReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryReport>,
 }
 
 impl BenchReport {
-    /// The machine-readable last line: `walletd http_tps=N http_batch_tps=N engine_tps=N`.
+    /// Every row of every table.
+    pub fn rows(&self) -> impl Iterator<Item = &ModeReport> {
+        self.modes
+            .iter()
+            .chain(&self.partitions)
+            .chain(&self.cluster)
+    }
+
+    /// The machine-readable last lines, one per kind of measurement that ran, each starting
+    /// with its own word so that a script greps the one it wants: `walletd …` (the modes
+    /// `bench/peers.sh` compares, and memory), `engine …` (`partitions`), `cluster …`,
+    /// `ledger …`.
+    pub fn summary_lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if !self.modes.is_empty() || self.memory.is_some() {
+            lines.push(self.summary_line());
+        }
+        lines.extend(partition_sweep::summary_line(&self.partitions));
+        lines.extend(cluster_run::summary_line(&self.cluster));
+        lines.extend(self.ledger.as_ref().map(|ledger| ledger.lines().1));
+        lines
+    }
+
+    /// The machine-readable line of the compared modes:
+    /// `walletd http_tps=N http_batch_tps=N engine_tps=N`.
     pub fn summary_line(&self) -> String {
         let mut line = String::from("walletd");
         for mode in &self.modes {
@@ -330,6 +408,7 @@ mod tests {
             clients: 2,
             transfers_per_request: 1,
             partitions: 8,
+            nodes: None,
         };
         let row = ModeReport::from_tally("http", &merged, Duration::from_secs(2), shape);
         assert_eq!(row.transfers, 100);
@@ -353,6 +432,7 @@ mod tests {
             clients: 50,
             transfers_per_request: 1,
             partitions: 8,
+            nodes: None,
         };
         let mut row =
             ModeReport::from_tally("http", &tally_of(&[2500], 0), Duration::from_secs(1), shape);
@@ -375,8 +455,8 @@ mod tests {
         let report = BenchReport {
             accounts: 10,
             modes: vec![row],
-            memory: None,
+            ..BenchReport::default()
         };
-        assert_eq!(report.summary_line(), "walletd http_tps=1");
+        assert_eq!(report.summary_lines(), ["walletd http_tps=1"]);
     }
 }

@@ -1,15 +1,25 @@
 //! The workload every mode (and every peer in `bench/peers.sh`) runs: K accounts funded
 //! alike, then transfers between two accounts drawn uniformly at random, each with its own
 //! transaction id, amounts drawn uniformly from a range. Insufficient funds are rejected.
+//! The modes that compare where accounts live (`partitions`, `cluster`) draw the two accounts
+//! from a [`Placed`] set instead, and fund them so that nothing is rejected.
+
+use std::sync::Arc;
 
 use walletd_core::model::event::Transfer;
 use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_core::model::money::{Amount, Currency};
 
+use super::placement::Placed;
+
 /// The currency of every benchmark account.
 pub const CURRENCY: Currency = Currency::USD;
 /// What each account is funded with, in minor units (1,000.00 USD).
 pub const FUNDING_MINOR: u64 = 100_000;
+/// What each account of a placed workload is funded with, in minor units (1,000,000,000.00
+/// USD): more than a run moves out of it, so every transfer commits and the modes that
+/// compare placements measure committing, not the cheaper rejections.
+pub const FUNDING_UNSPENDABLE_MINOR: u64 = 100_000_000_000;
 /// Largest transfer amount in minor units (100.00 USD); the smallest is 1 (0.01 USD).
 pub const TRANSFER_MINOR_MAX: u64 = 10_000;
 /// The transaction id of the deposit that funds an account. A fixed id makes funding
@@ -70,6 +80,11 @@ pub struct Workload {
     pub accounts: u64,
     /// Distinguishes this run's transaction ids from any earlier run against the same server.
     pub run_tag: String,
+    /// What each account is funded with, in minor units.
+    pub funding_minor: u64,
+    /// Where the accounts are, if they were picked partition by partition; `None`: they are
+    /// `bench-0` to `bench-{K-1}`, drawn uniformly.
+    placed: Option<Arc<Placed>>,
 }
 
 /// One transfer drawn by a client: the account indexes, the amount and a unique id.
@@ -85,25 +100,58 @@ pub struct Draw {
 impl Workload {
     pub fn new(accounts: u64, run_tag: String) -> Workload {
         assert!(accounts >= 2, "a transfer needs two accounts");
-        Workload { accounts, run_tag }
+        Workload {
+            accounts,
+            run_tag,
+            funding_minor: FUNDING_MINOR,
+            placed: None,
+        }
+    }
+
+    /// The accounts of `placed`, funded beyond what a run can spend.
+    pub fn placed(placed: Placed, run_tag: String) -> Workload {
+        Workload {
+            accounts: placed.accounts(),
+            run_tag,
+            funding_minor: FUNDING_UNSPENDABLE_MINOR,
+            placed: Some(Arc::new(placed)),
+        }
     }
 
     /// The same accounts with transaction ids of their own (one per mode, so that two modes
     /// never reuse an id, which the ledger would refuse as a conflict).
     pub fn for_mode(&self, mode: &str) -> Workload {
         Workload {
-            accounts: self.accounts,
             run_tag: format!("{}{mode}", self.run_tag),
+            ..self.clone()
+        }
+    }
+
+    /// The index of the `i`-th account (`bench-{index}` is its id), `i` in `0..accounts`.
+    pub fn account_index(&self, i: u64) -> u64 {
+        match &self.placed {
+            Some(placed) => placed.index(i),
+            None => i,
         }
     }
 
     /// Money the funded accounts hold in total, in minor units.
     pub fn funded_total_minor(&self) -> u128 {
-        u128::from(self.accounts) * u128::from(FUNDING_MINOR)
+        u128::from(self.accounts) * u128::from(self.funding_minor)
     }
 
     /// The next transfer of `client`, its `sequence`-th: two distinct random accounts.
     pub fn draw(&self, rng: &mut Rng, client: u64, sequence: u64) -> Draw {
+        if let Some(placed) = &self.placed {
+            let (from, to) = placed.draw(rng);
+            return Draw {
+                from,
+                to,
+                amount_minor: 1 + rng.below(TRANSFER_MINOR_MAX),
+                client,
+                sequence,
+            };
+        }
         let from = rng.below(self.accounts);
         // Uniform over the other K-1 accounts: `(from + 1 + r) % K`, where the sum is below
         // 2K, so one subtraction does the modulo without a division.
