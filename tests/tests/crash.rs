@@ -277,3 +277,71 @@ fn kill_9_during_transfers_then_verify_restart_and_audit() {
         "{report}"
     );
 }
+
+/// Rounds of the 202 test: concurrent transfers, a `kill -9` at the first 202, a restart.
+const ACCEPTED_ROUNDS: usize = 10;
+/// Transfers sent at once in each round.
+const ACCEPTED_CONCURRENT: usize = 24;
+
+/// `202 pending` means durably accepted: with no time to wait for outcomes, a server killed
+/// the moment it answers 202 (while more transfers are on their way in) and restarted knows
+/// every transfer it answered 202 for.
+#[test]
+fn every_transfer_answered_202_survives_a_kill_9() {
+    let w = wallet!();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let no_wait = ["--transfer-wait-ms", "0"];
+    let from = accounts_in("src", 0, PARTITIONS, 1).remove(0);
+    let to = accounts_in("dst", 1, PARTITIONS, 1).remove(0);
+    let mut server = w.serve(&data, &no_wait);
+    for account in [&from, &to] {
+        let r = server.post(
+            "/v1/accounts",
+            &json!({"account_id": account, "currency": "USD"}),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let funds = json!({"amount": "100.00", "currency": "USD", "transaction_id": "funds"});
+    let r = server.post(&format!("/v1/accounts/{from}/deposit"), &funds);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut accepted_total = 0;
+    for round in 0..ACCEPTED_ROUNDS {
+        let accepted = Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for i in 0..ACCEPTED_CONCURRENT {
+                let (server, accepted, from, to) = (&server, &accepted, &from, &to);
+                scope.spawn(move || {
+                    let id = format!("t-{round}-{i}");
+                    let body = json!({"from_account": from, "to_account": to, "currency": "USD",
+                                      "transaction_id": id, "amount": "0.01"});
+                    if let Ok(r) = server.try_post("/v1/wallet/balance_transfer", &body) {
+                        if r.status == 202 {
+                            accepted.lock().unwrap().push(id);
+                        }
+                    }
+                });
+            }
+            let first = wait_until(Duration::from_secs(10), || {
+                !accepted.lock().unwrap().is_empty()
+            });
+            assert!(first, "some transfer is answered 202");
+            server.kill9();
+        });
+        server = w.serve(&data, &no_wait);
+        for id in accepted.into_inner().unwrap() {
+            let status = server.get(&format!("/v1/transfers/{from}/{id}"));
+            assert_eq!(
+                status.status,
+                200,
+                "{id}: answered 202, unknown after kill -9: {}",
+                status.text()
+            );
+            accepted_total += 1;
+        }
+    }
+    assert!(
+        accepted_total >= ACCEPTED_ROUNDS,
+        "{accepted_total} transfers answered 202"
+    );
+}

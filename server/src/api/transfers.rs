@@ -116,6 +116,11 @@ pub fn parse_transfer_fields(request: TransferFields<'_>) -> Result<Transfer, Ap
 }
 
 /// Executes a transfer, waiting for its outcome until `deadline`. Counts the outcome.
+///
+/// `202 pending` means durably accepted: past `deadline`, the answer waits until the home
+/// partition has durably recorded the transfer (or its outcome arrives first). A crash can
+/// then never make the status URL deny a transfer the client was told exists. The request's
+/// own time limit bounds that wait (`503 request_timeout`, which says to retry).
 pub async fn execute(
     api: &Api,
     transfer: Transfer,
@@ -125,13 +130,35 @@ pub async fn execute(
     // cross-partition one is reliably `pending` rather than whatever a race makes of it.
     let wait = !api.options().transfer_wait.is_zero();
     let run = api.client().execute(Command::Transfer(transfer), wait);
-    let answer = match tokio::time::timeout_at(deadline, run).await {
-        // Not final in time. The command may still be queued; the status URL (or a retry
-        // of the same request, which is idempotent) tells the outcome.
-        Err(_elapsed) => Ok(Ok(Reply::Transfer(TransferStatus::Pending))),
-        Ok(answer) => answer,
-    };
-    conclude(api, answer)
+    tokio::pin!(run);
+    if let Ok(answer) = tokio::time::timeout_at(deadline, &mut run).await {
+        return conclude(api, answer);
+    }
+    tokio::select! {
+        answer = &mut run => conclude(api, answer),
+        accepted = durably_accepted(api, transfer.key()) => {
+            if accepted? {
+                api.metrics().transfer(Outcome::of_status(TransferStatus::Pending));
+                return Ok(TransferStatus::Pending);
+            }
+            // Not recorded: the command was refused; its answer says why.
+            conclude(api, run.await)
+        }
+    }
+}
+
+/// Whether the home partition of `key` has durably recorded it. A query is answered only
+/// once everything the partition took in before it is durable, and it goes behind the
+/// transfer on the same way in (one inbox, or one peer link), so a row it finds is a row a
+/// crash keeps.
+async fn durably_accepted(api: &Api, key: TransferKey) -> Result<bool, ApiError> {
+    let client = api.client();
+    let partition = client.partition_of(&key.from);
+    match client.query(partition, Query::Transfer(key)).await {
+        Ok(QueryAnswer::Transfer(row)) => Ok(row.is_some()),
+        Ok(QueryAnswer::Account(_)) => Err(ApiError::internal("unexpected query answer")),
+        Err(unavailable) => Err(api.unavailable(unavailable)),
+    }
 }
 
 /// Counts the engine's answer to a transfer and interprets it.
@@ -216,7 +243,7 @@ pub fn status_url(key: &TransferKey) -> String {
     description = "Also served at `/v1/wallet/balance_transper` (the original spelling).",
     responses(
         (status = 200, description = "Committed", body = TransferResponse),
-        (status = 202, description = "Not final within the wait; poll `status_url` or retry", body = TransferResponse),
+        (status = 202, description = "Durably accepted, not final within the wait; poll `status_url` or retry", body = TransferResponse),
         (status = 400, description = "Malformed body, id, amount or currency", body = ErrorBody),
         (status = 404, description = "`account_not_found` (source, or destination: then status `cancelled`)", body = TransferResponse),
         (status = 409, description = "`transaction_conflict`: the transaction id was used with another body", body = ErrorBody),
