@@ -1273,58 +1273,53 @@ fn find_account<'a>(
         .ok_or_else(|| format!("{role} unknown account {id}"))
 }
 
-// The `check_*` functions below keep the text of a refusal out of line (`#[cold]`), so that
-// the hot path of `apply` is the comparison alone.
+/// `Ok` when `ok`, else the refusal `text` makes. The text is built out of line (`#[cold]`),
+/// so that the hot path of `apply` is the comparison alone.
+#[inline]
+fn check(ok: bool, text: impl FnOnce() -> String) -> Result<(), String> {
+    #[cold]
+    #[inline(never)]
+    fn refused(text: impl FnOnce() -> String) -> Result<(), String> {
+        Err(text())
+    }
+    if ok {
+        Ok(())
+    } else {
+        refused(text)
+    }
+}
 
 /// That money in `currency` may move in or out of `found`, the account `id`.
 #[inline]
 fn check_currency(id: &AccountId, found: &Account, currency: Currency) -> Result<(), String> {
-    #[cold]
-    fn refusal(id: &AccountId, found: &Account, currency: Currency) -> String {
+    check(found.holds(currency), || {
         format!("account {id} holds {}, not {currency}", found.currency)
-    }
-    if found.holds(currency) {
-        Ok(())
-    } else {
-        Err(refusal(id, found, currency))
-    }
+    })
 }
 
 /// That `minor` can leave the available balance of `found`, the account `id`.
 #[inline]
 fn check_covers(id: &AccountId, found: &Account, minor: u64) -> Result<(), String> {
-    #[cold]
-    fn refusal(id: &AccountId, found: &Account, minor: u64) -> String {
+    check(found.covers(minor), || {
         let currency = found.currency;
         format!(
             "{} {currency} overdraws {id}, which has {} {currency} available",
             format_minor(minor, currency),
             format_minor(found.balance, currency)
         )
-    }
-    if found.covers(minor) {
-        Ok(())
-    } else {
-        Err(refusal(id, found, minor))
-    }
+    })
 }
 
 /// That `minor` more fits in `found`, the account `id`, below the balance limit.
 #[inline]
 fn check_room(id: &AccountId, found: &Account, minor: u64) -> Result<(), String> {
-    #[cold]
-    fn refusal(id: &AccountId, found: &Account, minor: u64) -> String {
+    check(found.has_room_for(minor), || {
         format!(
             "{} {} more would take {id} past the largest balance an account may hold",
             format_minor(minor, found.currency),
             found.currency
         )
-    }
-    if found.has_room_for(minor) {
-        Ok(())
-    } else {
-        Err(refusal(id, found, minor))
-    }
+    })
 }
 
 /// That `minor` of `currency` can be debited from `found`, the account `id`: the rules

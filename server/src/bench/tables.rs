@@ -9,32 +9,33 @@ use super::report::{render_table, BenchReport, ModeReport};
 /// The tables of every kind of measurement that ran, and the ledger's and memory's results.
 pub fn render(args: &BenchArgs, report: &BenchReport) -> String {
     let mut out = String::new();
-    if !report.modes.is_empty() {
-        let clock = args.clock(Mode::Engine);
+    let per_partition = args.accounts_per_partition;
+    let sections = [
+        (&report.modes, Mode::Engine, format!("walletd, {} accounts", report.accounts), "mode"),
+        (
+            &report.partitions,
+            Mode::Partitions,
+            format!("engine in-process per partition count, fsync on, {per_partition} accounts per partition (funded beyond what a run spends)"),
+            "run",
+        ),
+        (
+            &report.cluster,
+            Mode::Cluster,
+            format!("cluster in one process over loopback TCP, fsync on, every transfer across nodes, {per_partition} accounts per partition"),
+            "run",
+        ),
+    ];
+    for (rows, mode, heading, per) in sections {
+        if rows.is_empty() {
+            continue;
+        }
+        let clock = args.clock(mode);
         let _ = writeln!(
             out,
-            "\nwalletd, {} accounts, {} s measured after {} s warm-up per mode:",
-            report.accounts, clock.seconds, clock.warmup_seconds
+            "\n{heading}, {} s measured after {} s warm-up per {per}:",
+            clock.seconds, clock.warmup_seconds
         );
-        out.push_str(&table(&report.modes));
-    }
-    if !report.partitions.is_empty() {
-        let clock = args.clock(Mode::Partitions);
-        let _ = writeln!(
-            out,
-            "\nengine in-process per partition count, fsync on, {} accounts per partition (funded beyond what a run spends), {} s measured after {} s warm-up per run:",
-            args.accounts_per_partition, clock.seconds, clock.warmup_seconds
-        );
-        out.push_str(&table(&report.partitions));
-    }
-    if !report.cluster.is_empty() {
-        let clock = args.clock(Mode::Cluster);
-        let _ = writeln!(
-            out,
-            "\ncluster in one process over loopback TCP, fsync on, every transfer across nodes, {} accounts per partition, {} s measured after {} s warm-up per run:",
-            args.accounts_per_partition, clock.seconds, clock.warmup_seconds
-        );
-        out.push_str(&table(&report.cluster));
+        out.push_str(&table(rows));
     }
     if let Some(ledger) = &report.ledger {
         let _ = writeln!(out, "\n{}", ledger.lines().0);
