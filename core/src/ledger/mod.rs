@@ -322,6 +322,11 @@ pub enum PhaseResult {
     Confirmed,
     /// The branch is cancelled (the answer to Cancel, and to a Confirm that came too late).
     Cancelled,
+    /// The destination refused the phase request outright (it names a transfer the
+    /// destination cannot take part in: another partition's account, a Try whose key came
+    /// with another transfer, a Confirm for a Try it never recorded). Never happens in a
+    /// correct cluster; answered, so that the home reports it rather than resend forever.
+    Refused,
 }
 
 /// Why a command was refused. A refused command changes nothing.

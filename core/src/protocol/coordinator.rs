@@ -212,13 +212,15 @@ impl Coordinator {
             (Stage::Carrying(decision), _, PhaseResult::Confirmed | PhaseResult::Cancelled)
                 if response.phase != Phase::Try =>
             {
-                self.outputs.push_back(Output::Violation {
-                    key: response.key,
-                    detail: format!(
-                        "decided {decision:?} but the destination answered {:?}",
-                        response.result
-                    ),
-                });
+                let detail = format!(
+                    "decided {decision:?} but the destination answered {:?}",
+                    response.result
+                );
+                self.violated(response.key, detail);
+            }
+            (_, phase, PhaseResult::Refused) => {
+                let detail = format!("the destination refused {phase:?}, which it cannot do");
+                self.violated(response.key, detail);
             }
             _ => {}
         }
@@ -322,6 +324,16 @@ impl Coordinator {
                 key: flight.transfer.key(),
             }));
         self.rearm(flight, now);
+    }
+
+    /// A state the protocol says cannot happen: reported once, and the transfer is parked
+    /// (no more resends, which would only be refused again) until a restart rebuilds it. Its
+    /// logged decision stands; an operator must look at the destination's log.
+    fn violated(&mut self, key: TransferKey, detail: String) {
+        if let Some(flight) = self.flights.get(&key) {
+            self.timers.remove(&(flight.due, key));
+        }
+        self.outputs.push_back(Output::Violation { key, detail });
     }
 
     fn forget(&mut self, key: &TransferKey) {

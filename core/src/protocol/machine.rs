@@ -27,12 +27,14 @@
 
 use rustc_hash::FxHashMap;
 
-use crate::ledger::{Command, Ledger, LedgerError, Reply, TransferStatus};
+use crate::ledger::{Command, Ledger, LedgerError, PhaseResult, Reply, TransferStatus};
 use crate::log::codec::{encode_record, Record};
 use crate::log::snapshot::{ChunkPlan, SnapshotImage};
 use crate::model::event::{Event, Lsn, Timestamp, TransferKey};
 use crate::model::partition::PartitionId;
-use crate::protocol::coordinator::{Coordinator, CoordinatorConfig, Micros, Output, PhaseResponse};
+use crate::protocol::coordinator::{
+    Coordinator, CoordinatorConfig, Micros, Output, PhaseRequest, PhaseResponse,
+};
 use crate::protocol::message::{CommandGroup, CommandResult, PeerMessage, Query, QueryAnswer};
 
 /// Limits and timings of a partition.
@@ -444,25 +446,25 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         }
     }
 
-    /// A destination's part of a transfer. Its answer leaves with the batch that logs it.
-    fn handle_phase_request(&mut self, request: crate::protocol::coordinator::PhaseRequest) {
-        match self.execute(&request.command()) {
-            Ok(Reply::Phase(result)) => {
-                let response = PhaseResponse {
-                    phase: request.phase,
-                    key: request.transfer.key(),
-                    result,
-                };
-                self.batch
-                    .release
-                    .peer_messages
-                    .push(PeerMessage::Response(response));
-            }
+    /// A destination's part of a transfer. Its answer leaves with the batch that logs it;
+    /// every request is answered, a refusal included (the home reports it as a violation).
+    fn handle_phase_request(&mut self, request: PhaseRequest) {
+        let result = match self.execute(&request.command()) {
+            Ok(Reply::Phase(result)) => result,
             Ok(other) => unreachable!("phase commands reply with a phase result, got {other:?}"),
             Err(error) => {
-                tracing::warn!(partition = self.partition(), %error, "phase request refused")
+                let (partition, key) = (self.partition(), request.transfer.key());
+                tracing::error!(partition, ?key, %error, "phase request refused");
+                PhaseResult::Refused
             }
-        }
+        };
+        let response = PhaseResponse {
+            phase: request.phase,
+            key: request.transfer.key(),
+            result,
+        };
+        let message = PeerMessage::Response(response);
+        self.batch.release.peer_messages.push(message);
     }
 
     /// The transfer whose outcome the client of `command` waits for, if it asked to, the

@@ -642,6 +642,7 @@ fn put_phase_result(out: &mut Vec<u8>, result: PhaseResult) {
         PhaseResult::TryFailed(reason) => out.extend_from_slice(&[2, reason_tag(reason)]),
         PhaseResult::Confirmed => out.push(3),
         PhaseResult::Cancelled => out.push(4),
+        PhaseResult::Refused => out.push(5),
     }
 }
 
@@ -651,6 +652,7 @@ fn get_phase_result(cursor: &mut Cursor<'_>) -> Result<PhaseResult, String> {
         2 => PhaseResult::TryFailed(cursor.reason()?),
         3 => PhaseResult::Confirmed,
         4 => PhaseResult::Cancelled,
+        5 => PhaseResult::Refused,
         other => return Err(format!("unknown phase result {other}")),
     })
 }

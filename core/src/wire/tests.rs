@@ -143,6 +143,7 @@ fn every_reply() -> Vec<Reply> {
         Reply::Phase(PhaseResult::Tried),
         Reply::Phase(PhaseResult::Confirmed),
         Reply::Phase(PhaseResult::Cancelled),
+        Reply::Phase(PhaseResult::Refused),
         Reply::Done,
     ];
     for reason in ALL_REASONS {
@@ -207,6 +208,7 @@ fn every_peer_message(t: Transfer) -> Vec<PeerMessage> {
             PhaseResult::TryFailed(Reason::Timeout),
             PhaseResult::Confirmed,
             PhaseResult::Cancelled,
+            PhaseResult::Refused,
         ];
         for result in results {
             messages.push(PeerMessage::Response(PhaseResponse {

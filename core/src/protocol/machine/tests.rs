@@ -409,3 +409,26 @@ fn a_recovered_machine_resumes_its_unfinished_transfers_at_once() {
         [PeerMessage::Request { .. }]
     ));
 }
+
+#[test]
+fn a_phase_request_the_destination_cannot_take_is_answered_refused() {
+    let (mut world, alice, bob) = alice_and_bob();
+    // A Confirm for a Try the destination never recorded: only a lost disk makes one.
+    let request = PhaseRequest {
+        phase: Phase::Confirm,
+        transfer: transfer(alice, bob, 5, USD, "t-1"),
+    };
+    let now = world.now;
+    world
+        .machine(1)
+        .handle_peer(now, PeerMessage::Request { from: 0, request });
+    assert!(world.commit(1), "the answer leaves with a batch");
+    let PeerMessage::Response(response) = world.wire[0] else {
+        panic!("a response: {:?}", world.wire);
+    };
+    assert_eq!(response.result, PhaseResult::Refused);
+    assert!(
+        world.durable_events(1).len() == 1,
+        "nothing but bob's opening is logged"
+    );
+}

@@ -205,7 +205,34 @@ fn a_destination_answering_against_the_decision_is_a_violation() {
             matches!(out.as_slice(), [Output::Violation { key: k, .. }] if *k == key),
             "{decision:?} answered {contrary:?}: {out:?}"
         );
-        // It never finishes on a contrary answer: the transfer stays in flight.
+        // It never finishes on a contrary answer: the transfer stays in flight, parked.
+        assert_eq!(c.in_flight(), 1);
+        c.on_tick(CONFIG.retry_max_us * 10);
+        assert_eq!(outputs(&mut c), [], "a violated transfer is not resent");
+    }
+}
+
+#[test]
+fn a_refused_phase_is_reported_once_and_not_resent() {
+    let t = lone_transfer();
+    let key = t.key();
+    for (decision, phase) in [
+        (Decision::Confirm, Phase::Confirm),
+        (Decision::Cancel(Reason::Timeout), Phase::Cancel),
+    ] {
+        let mut c = Coordinator::new(CONFIG, PARTITIONS);
+        c.on_event(&Event::DebitTried { transfer: t }, 0);
+        c.on_event(&Event::TransferDecided { key, decision }, 1);
+        assert_eq!(outputs(&mut c), [send(Phase::Try, t), send(phase, t)]);
+        c.on_response(&response(phase, &t, PhaseResult::Refused), 2);
+        let out = outputs(&mut c);
+        assert!(
+            matches!(out.as_slice(), [Output::Violation { key: k, detail }] if *k == key && detail.contains("refused")),
+            "{out:?}"
+        );
+        c.on_tick(CONFIG.retry_max_us * 10);
+        assert_eq!(outputs(&mut c), [], "a refused phase is not resent");
+        // A restart rebuilds the transfer from its row and tries once more.
         assert_eq!(c.in_flight(), 1);
     }
 }
