@@ -233,6 +233,9 @@ pub fn reason_status(reason: Reason) -> StatusCode {
         // source. Final: a retry with the same transaction id gets this answer again.
         Reason::Timeout => StatusCode::SERVICE_UNAVAILABLE,
         Reason::CancelledBeforeTry => StatusCode::UNPROCESSABLE_ENTITY,
+        Reason::SourceNotFound => StatusCode::NOT_FOUND,
+        Reason::SourceCurrencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+        Reason::SameAccount => StatusCode::UNPROCESSABLE_ENTITY,
     }
 }
 
@@ -252,6 +255,9 @@ pub fn reason_message(reason: Reason) -> &'static str {
         Reason::CancelledBeforeTry => {
             "the transfer was cancelled before it reached the destination"
         }
+        Reason::SourceNotFound => "the source account does not exist",
+        Reason::SourceCurrencyMismatch => "the source account holds another currency",
+        Reason::SameAccount => "from_account and to_account are the same account",
     }
 }
 

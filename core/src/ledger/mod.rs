@@ -676,45 +676,56 @@ impl Ledger {
         self.decide_new_transfer(transfer, events)
     }
 
-    /// A transfer whose key this partition has not seen.
+    /// A transfer whose key this partition has not seen. Every business refusal is recorded
+    /// (`TransferRejected`), on every path, so the same `transaction_id` gets the same answer
+    /// forever, whatever changes after it (a later deposit, an account opened since).
     fn decide_new_transfer(
         &self,
         transfer: Transfer,
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
-        if is_to_itself(&transfer) {
-            return Err(LedgerError::SameAccount);
+        let verdict = match self.transfer_refusal(&transfer) {
+            Some(reason) => Event::TransferRejected { transfer, reason },
+            // Cross-partition: debit first, into a hold; the destination is validated by
+            // its Try.
+            None if !self.owns(&transfer.to) => Event::DebitTried { transfer },
+            None => Event::Transferred { transfer },
+        };
+        let status = match verdict {
+            Event::TransferRejected { reason, .. } => TransferStatus::Rejected(reason),
+            Event::DebitTried { .. } => TransferStatus::Pending,
+            _ => TransferStatus::Committed,
+        };
+        events.push(verdict);
+        Ok(Reply::Transfer(status))
+    }
+
+    /// Why the home partition refuses `transfer`, if it does: the source (and, within one
+    /// partition, the destination) must exist in the transfer's currency, the source must
+    /// cover the amount, and the destination must have room for it.
+    fn transfer_refusal(&self, transfer: &Transfer) -> Option<Reason> {
+        if is_to_itself(transfer) {
+            return Some(Reason::SameAccount);
         }
-        let source = self.require_account(&transfer.from, transfer.currency)?;
-        if !self.owns(&transfer.to) {
-            // Cross-partition: debit first, into a hold. The destination is validated by its Try.
-            if !source.covers(transfer.amount.minor()) {
-                events.push(Event::TransferRejected {
-                    transfer,
-                    reason: Reason::InsufficientFunds,
-                });
-                return Ok(Reply::Transfer(TransferStatus::Rejected(
-                    Reason::InsufficientFunds,
-                )));
+        let minor = transfer.amount.minor();
+        let Some(source) = self.accounts.get(&transfer.from) else {
+            return Some(Reason::SourceNotFound);
+        };
+        if !source.holds(transfer.currency) {
+            return Some(Reason::SourceCurrencyMismatch);
+        }
+        if self.owns(&transfer.to) {
+            let Some(destination) = self.accounts.get(&transfer.to) else {
+                return Some(Reason::DestinationNotFound);
+            };
+            if !destination.holds(transfer.currency) {
+                return Some(Reason::DestinationCurrencyMismatch);
             }
-            events.push(Event::DebitTried { transfer });
-            return Ok(Reply::Transfer(TransferStatus::Pending));
+            if !destination.has_room_for(minor) {
+                return Some(Reason::DestinationBalanceLimit);
+            }
         }
-        let destination = self.require_account(&transfer.to, transfer.currency)?;
-        if !destination.has_room_for(transfer.amount.minor()) {
-            return Err(LedgerError::BalanceLimit(transfer.to));
-        }
-        if !source.covers(transfer.amount.minor()) {
-            events.push(Event::TransferRejected {
-                transfer,
-                reason: Reason::InsufficientFunds,
-            });
-            return Ok(Reply::Transfer(TransferStatus::Rejected(
-                Reason::InsufficientFunds,
-            )));
-        }
-        events.push(Event::Transferred { transfer });
-        Ok(Reply::Transfer(TransferStatus::Committed))
+        (!source.covers(minor)).then_some(Reason::InsufficientFunds)
     }
 
     /// The position of the home row under `key`. Phase commands and phase events name a

@@ -261,19 +261,16 @@ pub(crate) fn reason_tag(reason: Reason) -> u8 {
         Reason::DestinationBalanceLimit => 4,
         Reason::Timeout => 5,
         Reason::CancelledBeforeTry => 6,
+        Reason::SourceNotFound => 7,
+        Reason::SourceCurrencyMismatch => 8,
+        Reason::SameAccount => 9,
     }
 }
 
 fn reason_from_tag(byte: u8) -> Option<Reason> {
-    Some(match byte {
-        1 => Reason::InsufficientFunds,
-        2 => Reason::DestinationNotFound,
-        3 => Reason::DestinationCurrencyMismatch,
-        4 => Reason::DestinationBalanceLimit,
-        5 => Reason::Timeout,
-        6 => Reason::CancelledBeforeTry,
-        _ => return None,
-    })
+    let reason = *Reason::ALL.get(usize::from(byte).checked_sub(1)?)?;
+    debug_assert_eq!(reason_tag(reason), byte);
+    Some(reason)
 }
 
 /// Reads fields front to back from a byte slice; every read is bounds-checked and every value
@@ -717,14 +714,7 @@ mod tests {
         events
     }
 
-    const ALL_REASONS: [Reason; 6] = [
-        Reason::InsufficientFunds,
-        Reason::DestinationNotFound,
-        Reason::DestinationCurrencyMismatch,
-        Reason::DestinationBalanceLimit,
-        Reason::Timeout,
-        Reason::CancelledBeforeTry,
-    ];
+    const ALL_REASONS: [Reason; 9] = Reason::ALL;
 
     fn records_of(events: &[Event], first_lsn: Lsn) -> Vec<Record> {
         events

@@ -55,9 +55,28 @@ pub enum Reason {
     Timeout,
     /// The destination had already seen a Cancel for this transfer (a late Try).
     CancelledBeforeTry,
+    /// The source account does not exist (at its home partition, when the transfer came).
+    SourceNotFound,
+    /// The source account holds another currency.
+    SourceCurrencyMismatch,
+    /// `from` and `to` are the same account.
+    SameAccount,
 }
 
 impl Reason {
+    /// Every reason, in the order of their log tags.
+    pub const ALL: [Reason; 9] = [
+        Reason::InsufficientFunds,
+        Reason::DestinationNotFound,
+        Reason::DestinationCurrencyMismatch,
+        Reason::DestinationBalanceLimit,
+        Reason::Timeout,
+        Reason::CancelledBeforeTry,
+        Reason::SourceNotFound,
+        Reason::SourceCurrencyMismatch,
+        Reason::SameAccount,
+    ];
+
     /// The stable machine-readable code for APIs and logs.
     pub fn code(self) -> &'static str {
         match self {
@@ -67,6 +86,9 @@ impl Reason {
             Reason::DestinationBalanceLimit => "balance_limit",
             Reason::Timeout => "timeout",
             Reason::CancelledBeforeTry => "cancelled_before_try",
+            Reason::SourceNotFound => "account_not_found",
+            Reason::SourceCurrencyMismatch => "currency_mismatch",
+            Reason::SameAccount => "same_account",
         }
     }
 }

@@ -5,14 +5,7 @@ use crate::model::event::{Reason, Transfer, TransferKey};
 use crate::model::ids::{AccountId, TransactionId};
 use crate::model::money::{Amount, Currency, AMOUNT_MINOR_MAX};
 
-const ALL_REASONS: [Reason; 6] = [
-    Reason::InsufficientFunds,
-    Reason::DestinationNotFound,
-    Reason::DestinationCurrencyMismatch,
-    Reason::DestinationBalanceLimit,
-    Reason::Timeout,
-    Reason::CancelledBeforeTry,
-];
+const ALL_REASONS: [Reason; 9] = Reason::ALL;
 
 fn account(text: &str) -> AccountId {
     AccountId::new(text).unwrap()

@@ -903,7 +903,13 @@ async fn a_command_group_answers_in_order_and_waits_for_cross_partition_outcomes
             Ok(Reply::Transfer(TransferStatus::Committed)),
         ]
     );
-    assert!(statuses[4].is_err(), "a transfer to itself is refused");
+    assert_eq!(
+        statuses[4],
+        Ok(Reply::Transfer(TransferStatus::Rejected(
+            walletd_core::model::event::Reason::SameAccount
+        ))),
+        "a transfer to itself is refused, and the refusal recorded"
+    );
     for _ in 0..100 {
         if balance(&client, a).await.1 == 0 && balance(&client, b).await == (1_550, 0) {
             break;

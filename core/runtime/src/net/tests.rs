@@ -362,7 +362,9 @@ async fn forwarded_commands_and_queries_answer_like_local_ones() {
             .execute(Command::Transfer(same), false)
             .await
             .unwrap(),
-        Err(LedgerError::SameAccount)
+        Ok(Reply::Transfer(TransferStatus::Rejected(
+            Reason::SameAccount
+        )))
     );
     open(&remote, b).await;
     let ab = transfer(a, b, 100, "t-1");

@@ -244,10 +244,20 @@ fn account_not_found_for_cash_sources_and_local_destinations() {
         .then_error(LedgerError::AccountNotFound(w.n))
         .when(withdraw(w.n, 1, USD, "w1"))
         .then_error(LedgerError::AccountNotFound(w.n))
+        // A transfer's refusal is recorded: its id gets the same answer forever, even once
+        // the account exists.
         .when(Command::Transfer(transfer(w.n, w.a, 1, USD, "t1")))
-        .then_error(LedgerError::AccountNotFound(w.n))
+        .then_status(TransferStatus::Rejected(Reason::SourceNotFound))
         .when(Command::Transfer(transfer(w.a, w.n, 1, USD, "t1")))
-        .then_error(LedgerError::AccountNotFound(w.n));
+        .then_status(TransferStatus::Rejected(Reason::DestinationNotFound))
+        .when(open(w.n, USD))
+        .when(deposit(w.n, 5, USD, "d2"))
+        .when(Command::Transfer(transfer(w.n, w.a, 1, USD, "t1")))
+        .then_status(TransferStatus::Rejected(Reason::SourceNotFound))
+        .then_nothing_new()
+        .when(Command::Transfer(transfer(w.a, w.n, 1, USD, "t1")))
+        .then_status(TransferStatus::Rejected(Reason::DestinationNotFound))
+        .then_nothing_new();
 }
 
 #[test]
@@ -276,10 +286,12 @@ fn currency_mismatch_on_cash_source_and_destination() {
         .then_error(mismatch(w.a, USD, EUR))
         // Source: a holds USD, the transfer says EUR.
         .when(Command::Transfer(transfer(w.a, w.e, 1, EUR, "t1")))
-        .then_error(mismatch(w.a, USD, EUR))
+        .then_status(TransferStatus::Rejected(Reason::SourceCurrencyMismatch))
         // Destination on the same partition: e holds EUR.
-        .when(Command::Transfer(transfer(w.a, w.e, 1, USD, "t1")))
-        .then_error(mismatch(w.e, EUR, USD));
+        .when(Command::Transfer(transfer(w.a, w.e, 1, USD, "t2")))
+        .then_status(TransferStatus::Rejected(
+            Reason::DestinationCurrencyMismatch,
+        ));
     // Destination on another partition: its Try fails and nothing is recorded there.
     given(1, &destination(&w))
         .when(Command::TryCredit(transfer(w.a, w.x, 1, USD, "t1")))
@@ -362,7 +374,7 @@ fn same_partition_credit_past_the_balance_limit_is_refused() {
     events.extend(fill_to_the_limit(w.b));
     given(0, &events)
         .when(Command::Transfer(transfer(w.a, w.b, 1, USD, "t1")))
-        .then_error(LedgerError::BalanceLimit(w.b));
+        .then_status(TransferStatus::Rejected(Reason::DestinationBalanceLimit));
 }
 
 #[test]
@@ -410,7 +422,7 @@ fn holds_count_toward_the_balance_limit() {
         .when(deposit(w.b, 1, USD, "d1"))
         .then_error(LedgerError::BalanceLimit(w.b))
         .when(Command::Transfer(transfer(w.a, w.b, 1, USD, "t1")))
-        .then_error(LedgerError::BalanceLimit(w.b))
+        .then_status(TransferStatus::Rejected(Reason::DestinationBalanceLimit))
         .when(Command::Decide {
             key: out.key(),
             decision: Decision::Cancel(Reason::Timeout),
@@ -434,7 +446,11 @@ fn transferring_to_the_same_account_is_refused() {
     let w = world();
     given(0, &home(&w))
         .when(Command::Transfer(transfer(w.a, w.a, 1, USD, "t1")))
-        .then_error(LedgerError::SameAccount);
+        .then_status(TransferStatus::Rejected(Reason::SameAccount))
+        .then_events(&[Event::TransferRejected {
+            transfer: transfer(w.a, w.a, 1, USD, "t1"),
+            reason: Reason::SameAccount,
+        }]);
 }
 
 #[test]
