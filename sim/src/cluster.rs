@@ -16,7 +16,7 @@ use madsim::task::NodeId;
 use tokio::sync::mpsc;
 use walletd_core::model::partition::PartitionId;
 use walletd_core::protocol::coordinator::CoordinatorConfig;
-use walletd_runtime::driver::{DriverConfig, DriverStats, Input, RecoveryReport};
+use walletd_runtime::driver::{DriverConfig, DriverError, DriverStats, Input, RecoveryReport};
 use walletd_runtime::engine::{Engine, EngineConfig};
 
 use crate::config::SimConfig;
@@ -267,9 +267,16 @@ impl Cluster {
     }
 }
 
-/// The life of one incarnation of a server node: recover its partitions, register them with
-/// the network, then serve until killed.
-async fn run_node(shared: Arc<Shared>, host: HostId, partitions: Vec<PartitionId>) {
+/// How long a supervisor waits before it starts again a node whose recovery hit an I/O error.
+const RESTART_AFTER_FAILED_RECOVERY: Duration = Duration::from_millis(500);
+
+/// Recovers the partitions of `host` from their disks and starts them, with a forwarder task
+/// per remote partition.
+async fn start_engine(
+    shared: &Arc<Shared>,
+    host: HostId,
+    partitions: &[PartitionId],
+) -> Result<(Engine, Vec<RecoveryReport>), DriverError> {
     let local = partitions
         .iter()
         .map(|&p| (p, shared.disks[p as usize].open()))
@@ -286,18 +293,35 @@ async fn run_node(shared: Arc<Shared>, host: HostId, partitions: Vec<PartitionId
         sender
     };
     let mut reports = Vec::new();
-    let started = Engine::start_partitions(local, shared.engine, forward, |report| {
+    let engine = Engine::start_partitions(local, shared.engine, forward, |report| {
         reports.push(*report)
     })
-    .await;
-    let engine = match started {
-        Ok(engine) => engine,
-        Err(error) => {
-            shared
-                .lock()
-                .fatal
-                .push(format!("node-{host} failed to recover: {error}"));
-            return std::future::pending().await;
+    .await?;
+    Ok((engine, reports))
+}
+
+/// The life of one incarnation of a server node: recover its partitions, register them with
+/// the network, then serve until killed.
+async fn run_node(shared: Arc<Shared>, host: HostId, partitions: Vec<PartitionId>) {
+    let (engine, reports) = loop {
+        match start_engine(&shared, host, &partitions).await {
+            Ok(started) => break started,
+            // A sync failed during recovery (a failing disk): the process stops, and its
+            // supervisor starts it again. The failed sync's pages are gone, as after any
+            // crash of a process whose sync failed.
+            Err(DriverError::Io { .. }) => {
+                for &p in &partitions {
+                    shared.disks[p as usize].crash(false);
+                }
+                tokio::time::sleep(RESTART_AFTER_FAILED_RECOVERY).await;
+            }
+            Err(error) => {
+                shared
+                    .lock()
+                    .fatal
+                    .push(format!("node-{host} failed to recover: {error}"));
+                return std::future::pending().await;
+            }
         }
     };
     {
