@@ -1,6 +1,6 @@
 //! The node-to-node protocol: how the nodes of a cluster carry client commands, queries, their
 //! answers and TC/C phase messages to each other. Bytes only: no sockets here (see
-//! [`crate::net`] for the TCP driver).
+//! `walletd_runtime::net` for the TCP driver).
 //!
 //! # Frame
 //! Same family as the log codec ([`crate::log::codec`]); all integers little-endian:
