@@ -18,7 +18,7 @@ echo "--> a sweep of 500 seeds, all faults on: every one must pass"
 cargo sim -- --seeds 0..500
 
 echo "--> every known bug must be found by a short sweep"
-for bug in skip-barrier reply-before-sync no-idempotency credit-before-debit retry-failed-sync; do
+for bug in skip-barrier reply-before-sync no-idempotency credit-before-debit retry-failed-sync refusal-unrecorded; do
   if out=$(cargo sim -- --seeds 0..20 --bug "$bug" 2>&1); then
     printf '%s\n' "$out" | tail -5
     echo "the simulator did not find the known bug $bug in seeds 0..20" >&2

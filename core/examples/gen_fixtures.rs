@@ -202,7 +202,7 @@ fn transfer(t: &str, from: &str, to: &str, amount: &str, currency: Currency) -> 
 
 /// Partition 3 of 8 (frank, grace, niaj, olivia, yolanda, bea, fay and nia live there): a day
 /// of accounts in four currencies, deposits, withdrawals and same-partition transfers, one
-/// rejected for insufficient funds. Refused commands and retries log nothing.
+/// rejected for insufficient funds. Retries log nothing; a refused deposit logs its refusal (`CashRefused`).
 fn plain_day() -> Fixture {
     let mut log = Log::new(3, 8);
     let opened = [
@@ -251,7 +251,7 @@ fn plain_day_trading(log: &mut Log) {
     log.withdraw("grace", "50.00", "wd-1");
     log.withdraw("bea", "2000", "wd-2");
     log.withdraw("fay", "1.125", "wd-3");
-    // A retry of a deposit, and a deposit in the wrong currency: neither is logged.
+    // A retry of a deposit (not logged) and a deposit in the wrong currency (its refusal is).
     log.deposit("frank", "1000.00", "dep-1");
     let wrong_currency = log.run(Command::Deposit {
         account: id("bea"),

@@ -310,6 +310,11 @@ impl LogScan {
                 account,
                 transaction_id,
                 ..
+            }
+            | Event::CashRefused {
+                account,
+                transaction_id,
+                ..
             } => (!self.cash.insert((*account, *transaction_id))).then(|| {
                 format!("transaction {transaction_id:?} of account {account} applied twice")
             }),

@@ -581,7 +581,7 @@ fn oracle(state: &FinalState<'_>, found: &mut Vec<Violation>) {
     let model =
         |account: &AccountId| &state.finals[partition_of(account, state.partitions) as usize].model;
     for (index, op) in state.history.ops.iter().enumerate() {
-        for (attempt, result) in op.answers() {
+        for (_, result) in op.answers() {
             let problem = match (&op.command, result) {
                 (
                     Command::Deposit {
@@ -598,6 +598,10 @@ fn oracle(state: &FinalState<'_>, found: &mut Vec<Violation>) {
                     },
                     Ok(Reply::Balance { balance }),
                 ) => match model(account).cash.get(&(*account, *transaction_id)) {
+                    Some(fact) if fact.refused.is_some() => Some(format!(
+                        "acknowledged balance {balance}, but the log refused it at lsn {}",
+                        fact.lsn
+                    )),
                     Some(fact) if fact.balance_after != *balance => Some(format!(
                         "acknowledged balance {balance}, the model has {} after lsn {}",
                         fact.balance_after, fact.lsn
@@ -607,22 +611,29 @@ fn oracle(state: &FinalState<'_>, found: &mut Vec<Violation>) {
                     }
                     _ => None,
                 },
+                // A business refusal is recorded, and the record was right when it was made
+                // (the model checks it at its lsn), so every answer to the id repeats it.
                 (
-                    Command::Withdraw {
-                        account, amount, ..
+                    Command::Deposit {
+                        account,
+                        transaction_id,
+                        ..
+                    }
+                    | Command::Withdraw {
+                        account,
+                        transaction_id,
+                        ..
                     },
-                    Err(LedgerError::InsufficientFunds { .. }),
-                ) if !model(account).was_below(
-                    account,
-                    amount.minor(),
-                    attempt.sent_us,
-                    attempt.done_us,
-                ) =>
-                {
-                    Some(format!(
-                        "refused for insufficient funds, but {account} had at least {} throughout",
-                        amount.minor()
-                    ))
+                    Err(error),
+                ) if is_business_refusal(error) => {
+                    match model(account).cash.get(&(*account, *transaction_id)) {
+                        Some(fact) if fact.refused.is_some() => None,
+                        Some(fact) => Some(format!(
+                            "answered {error}, but the log applied it at lsn {}",
+                            fact.lsn
+                        )),
+                        None => Some(format!("answered {error}, but the refusal is not recorded")),
+                    }
                 }
                 _ => None,
             };
@@ -709,6 +720,17 @@ fn cash_account(command: &Command) -> Option<AccountId> {
     }
 }
 
+/// Whether `error` is a business refusal of a deposit or withdrawal, which the ledger records.
+fn is_business_refusal(error: &LedgerError) -> bool {
+    matches!(
+        error,
+        LedgerError::AccountNotFound(_)
+            | LedgerError::CurrencyMismatch { .. }
+            | LedgerError::InsufficientFunds { .. }
+            | LedgerError::BalanceLimit(_)
+    )
+}
+
 /// A short name of an event, for messages.
 pub fn event_name(event: &Event) -> &'static str {
     match event {
@@ -725,6 +747,7 @@ pub fn event_name(event: &Event) -> &'static str {
         Event::CreditConfirmed { .. } => "CreditConfirmed",
         Event::CreditCancelled { .. } => "CreditCancelled",
         Event::CreditTryNotSeen { .. } => "CreditTryNotSeen",
+        Event::CashRefused { .. } => "CashRefused",
     }
 }
 

@@ -10,7 +10,7 @@ use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_runtime::driver::{CommandResult, QueryAnswer};
 
 /// The answer a client expects, decided when it builds the request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expect {
     /// A valid request; its outcome is checked later against the logs.
     Valid,
@@ -18,8 +18,8 @@ pub enum Expect {
     Error(&'static str),
     /// A transfer that must not commit (its destination refuses it).
     NotCommitted,
-    /// A repeat of an answered request: the same answer again.
-    Same(Reply),
+    /// A repeat of an answered request: the same answer again (a refusal included).
+    Same(CommandResult),
 }
 
 /// How one attempt ended.
@@ -160,7 +160,7 @@ impl History {
     /// Records an attempt of op `op` and checks its answer against the expectation.
     pub fn attempt(&self, op: usize, attempt: Attempt) {
         let mut state = self.lock();
-        let expect = state.ops[op].expect;
+        let expect = state.ops[op].expect.clone();
         if let Outcome::Answer(result) = &attempt.outcome {
             if let Some((invariant, detail)) = contradiction(expect, result) {
                 state.violations.push(ClientViolation {
@@ -228,7 +228,7 @@ fn contradiction(expect: Expect, result: &CommandResult) -> Option<(&'static str
             format!("expected a transfer status, got {other:?}"),
         )),
         (Expect::Same(_), Ok(Reply::Transfer(TransferStatus::Pending))) => None,
-        (Expect::Same(first), Ok(reply)) if *reply == first => None,
+        (Expect::Same(first), result) if *result == first => None,
         (Expect::Same(first), other) => Some((
             "exactly_once",
             format!("a repeat of a request answered {first:?} was answered {other:?}"),

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use walletd_core::ledger::Account;
+use walletd_core::ledger::{Account, CashKind, CashRefusal};
 use walletd_core::log::codec::Record;
 use walletd_core::model::event::{Event, Lsn, Reason, Timestamp, Transfer, TransferKey};
 use walletd_core::model::ids::{AccountId, TransactionId};
@@ -40,6 +40,8 @@ pub struct CashFact {
     pub amount: u64,
     pub balance_after: u64,
     pub lsn: Lsn,
+    /// The recorded refusal, when the request was refused (nothing moved).
+    pub refused: Option<CashRefusal>,
 }
 
 /// A problem the model found in a log: the invariant, the detail, the transfer involved.
@@ -133,8 +135,52 @@ impl Model {
         true
     }
 
+    /// A recorded refusal of a deposit or withdrawal must have been right when it was made.
+    fn refused_cash(
+        &mut self,
+        record: &Record,
+        (account, transaction_id): (AccountId, TransactionId),
+        kind: CashKind,
+        minor: u64,
+        refusal: CashRefusal,
+    ) {
+        let found = self.accounts.get(&account);
+        let fact = CashFact {
+            withdrawal: kind == CashKind::Withdrawal,
+            amount: minor,
+            balance_after: found.map_or(0, |a| a.balance),
+            lsn: record.lsn,
+            refused: Some(refusal),
+        };
+        let justified = match refusal {
+            CashRefusal::AccountNotFound => found.is_none(),
+            CashRefusal::CurrencyMismatch(asked) => found.is_some_and(|a| a.currency != asked),
+            CashRefusal::InsufficientFunds => {
+                kind == CashKind::Withdrawal && found.is_some_and(|a| a.balance < minor)
+            }
+            CashRefusal::BalanceLimit => kind == CashKind::Deposit && found.is_some(),
+        };
+        self.cash.insert((account, transaction_id), fact);
+        if !justified {
+            let detail = format!(
+                "{kind:?} of {minor} refused for {refusal:?}, which {account} does not show"
+            );
+            self.problem("oracle", record, detail, None, Some(account));
+        }
+    }
+
     fn apply(&mut self, record: &Record) {
         match record.event {
+            Event::CashRefused {
+                account,
+                transaction_id,
+                kind,
+                amount,
+                refusal,
+            } => {
+                let key = (account, transaction_id);
+                self.refused_cash(record, key, kind, amount.minor(), refusal)
+            }
             Event::AccountOpened { account, currency } => {
                 if self.accounts.contains_key(&account) {
                     self.problem(
@@ -178,6 +224,7 @@ impl Model {
                     amount: amount.minor(),
                     balance_after: a.balance,
                     lsn: record.lsn,
+                    refused: None,
                 };
                 self.cash.insert((account, transaction_id), fact);
                 self.snapshot(&account, record);
@@ -196,6 +243,7 @@ impl Model {
                     amount: amount.minor(),
                     balance_after,
                     lsn: record.lsn,
+                    refused: None,
                 };
                 self.cash.insert((account, transaction_id), fact);
                 self.snapshot(&account, record);

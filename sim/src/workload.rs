@@ -10,12 +10,14 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::oneshot;
-use walletd_core::ledger::{Command, Reply, TransferStatus};
+use walletd_core::ledger::{Command, LedgerError, Reply, TransferStatus};
 use walletd_core::model::event::Transfer;
 use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_core::model::money::{Amount, Currency};
 use walletd_core::model::partition::{partition_of, PartitionId};
-use walletd_runtime::driver::{wall_clock_us, CommandGroup, Input, Query, QueryAnswer};
+use walletd_runtime::driver::{
+    wall_clock_us, CommandGroup, CommandResult, Input, Query, QueryAnswer,
+};
 use walletd_runtime::engine::command_account;
 
 use crate::config::SimConfig;
@@ -126,7 +128,7 @@ impl Requester {
         command: Command,
         attempts_max: u32,
         rng: &mut ChaCha8Rng,
-    ) -> Option<Reply> {
+    ) -> Option<CommandResult> {
         let mut backoff = BACKOFF_INITIAL;
         for _ in 0..attempts_max {
             let attempt = self.attempt(command, rng.gen_bool(0.5)).await;
@@ -134,8 +136,7 @@ impl Requester {
             history.attempt(op, attempt);
             match outcome {
                 Outcome::Answer(Ok(Reply::Transfer(TransferStatus::Pending))) => {}
-                Outcome::Answer(Ok(reply)) => return Some(reply),
-                Outcome::Answer(Err(_)) => return None,
+                Outcome::Answer(result) => return Some(result),
                 Outcome::Unavailable | Outcome::Timeout => {}
             }
             let jitter = rng.gen_range(0..=backoff.as_millis() as u64);
@@ -163,7 +164,7 @@ pub async fn setup(
             .execute(history, op, open, SETUP_ATTEMPTS_MAX, rng)
             .await;
         assert!(
-            opened.is_some(),
+            opened.is_some_and(|result| result.is_ok()),
             "setup could not open {} (no faults are on yet)",
             spec.id
         );
@@ -182,11 +183,23 @@ pub async fn setup(
             .execute(history, op, deposit, SETUP_ATTEMPTS_MAX, rng)
             .await;
         assert!(
-            funded.is_some(),
+            funded.is_some_and(|result| result.is_ok()),
             "setup could not fund {} (no faults are on yet)",
             spec.id
         );
     }
+}
+
+/// Whether `error` is a business refusal, which the ledger records so that a repeat of the
+/// request gets it again (not a conflict, nor a routing error).
+fn is_business_refusal(error: &LedgerError) -> bool {
+    matches!(
+        error,
+        LedgerError::AccountNotFound(_)
+            | LedgerError::CurrencyMismatch { .. }
+            | LedgerError::InsufficientFunds { .. }
+            | LedgerError::BalanceLimit(_)
+    )
 }
 
 /// One simulated client.
@@ -200,8 +213,10 @@ pub struct Client {
     pub think_max: Duration,
     pub attempts_max: u32,
     next_id: u64,
-    /// Recent ops that got a settled, successful answer: candidates for repeats and reuses.
-    answered: Vec<(Command, Reply)>,
+    /// Recent ops that got a settled answer, a success or a business refusal: candidates for
+    /// repeats (which must get the same answer, however the accounts changed since) and
+    /// reuses of their ids with another body.
+    answered: Vec<(Command, CommandResult)>,
 }
 
 impl Client {
@@ -325,7 +340,7 @@ impl Client {
                 (command, Expect::Valid)
             }
             72..=76 => return self.read_balance().await,
-            77..=83 => match self.answered.choose(&mut self.rng).copied() {
+            77..=83 => match self.answered.choose(&mut self.rng).cloned() {
                 Some((command, reply)) => (command, Expect::Same(reply)),
                 None => return,
             },
@@ -335,15 +350,20 @@ impl Client {
             },
             _ => self.invalid(),
         };
+        let valid = expect == Expect::Valid;
         let op = self.history.start(self.index, command, expect);
         let reply = self
             .requester
             .execute(&self.history, op, command, self.attempts_max, &mut self.rng)
             .await;
-        if let (Some(reply), Expect::Valid) = (reply, expect) {
+        let settled = reply.filter(|result| match result {
+            Ok(_) => true,
+            Err(error) => is_business_refusal(error),
+        });
+        if let (Some(reply), true) = (settled, valid) {
             if self.answered.len() == REMEMBERED_MAX {
                 let i = self.rng.gen_range(0..REMEMBERED_MAX);
-                self.answered.swap_remove(i);
+                drop(self.answered.swap_remove(i));
             }
             self.answered.push((command, reply));
         }
@@ -351,7 +371,7 @@ impl Client {
 
     /// A request that reuses the transaction id of an answered op with another body.
     fn conflicting(&mut self) -> Option<Command> {
-        let (command, _) = self.answered.choose(&mut self.rng).copied()?;
+        let (command, _) = self.answered.choose(&mut self.rng).cloned()?;
         let bump = |a: Amount| amount(if a.minor() > 1 { a.minor() - 1 } else { 2 });
         Some(match command {
             Command::Transfer(mut t) => {

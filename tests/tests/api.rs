@@ -890,3 +890,59 @@ fn health_metrics_and_the_openapi_document() {
     }
     assert!(doc["components"]["schemas"]["TransferRequest"].is_object());
 }
+
+/// One idempotency rule for refusals, on every path: a business refusal is recorded, so the
+/// same `transaction_id` gets the same answer after the account changed (a deposit, an
+/// account opened since); a new id is decided afresh.
+#[test]
+fn a_refused_request_answers_the_same_after_the_state_that_refused_it_changed() {
+    let (_tmp, s) = start(&[]);
+    let home = accounts_in("rich", 0, PARTITIONS, 1).remove(0);
+    let near = accounts_in("near", 0, PARTITIONS, 1).remove(0);
+    let far = accounts_in("far", 1, PARTITIONS, 1).remove(0);
+    open(&s, &home, "USD");
+    assert_eq!(deposit(&s, &home, "10.00", "d1").status, 200);
+    let withdraw = |id: &str| {
+        s.post(
+            &format!("/v1/accounts/{home}/withdraw"),
+            &json!({"amount": "15.00", "currency": "USD", "transaction_id": id}),
+        )
+    };
+    let first = withdraw("w1");
+    assert_eq!(
+        (first.status, first.code()),
+        (422, "insufficient_funds".to_string())
+    );
+    assert_eq!(deposit(&s, &home, "10.00", "d2").status, 200);
+    let again = withdraw("w1");
+    assert_eq!(
+        (again.status, again.code()),
+        (422, "insufficient_funds".to_string())
+    );
+    assert_eq!(
+        again.json()["message"],
+        first.json()["message"],
+        "the same answer"
+    );
+    assert_eq!(withdraw("w2").status, 200, "a new id is decided afresh");
+
+    // Transfers to accounts that do not exist yet, on the home's partition and on another.
+    for (to, id) in [(&near, "t-near"), (&far, "t-far")] {
+        let r = transfer(&s, &home, to, "1.00", id);
+        assert_eq!(r.status, 404, "{id}: {}", r.text());
+        assert_eq!(r.code(), "account_not_found", "{id}");
+    }
+    open(&s, &near, "USD");
+    open(&s, &far, "USD");
+    for (to, id) in [(&near, "t-near"), (&far, "t-far")] {
+        let r = transfer(&s, &home, to, "1.00", id);
+        assert_eq!(
+            (r.status, r.code()),
+            (404, "account_not_found".to_string()),
+            "{id} after the account was opened: {}",
+            r.text()
+        );
+    }
+    assert_eq!(transfer(&s, &home, &far, "1.00", "t-far-2").status, 200);
+    assert_eq!(balance(&s, &home)["balance"], "4.00");
+}

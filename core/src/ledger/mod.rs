@@ -17,6 +17,7 @@ pub(crate) mod chunked;
 pub(crate) mod row_index;
 pub(crate) mod transfer_table;
 
+pub use crate::model::event::{CashKind, CashRefusal};
 pub use transfer_table::CHUNK_ROWS;
 
 use std::collections::hash_map::Entry;
@@ -230,20 +231,16 @@ impl StoredCredit {
     }
 }
 
-/// Kind of a deposit or withdrawal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CashKind {
-    Deposit,
-    Withdrawal,
-}
-
 /// The idempotency record of a deposit or withdrawal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CashRow {
     pub kind: CashKind,
     pub amount: Amount,
-    /// The balance right after it applied: what every retry is answered with.
+    /// The balance right after it applied (or, refused, the balance it found): what every
+    /// retry is answered with.
     pub balance_after: u64,
+    /// Set when the request was refused; nothing moved.
+    pub refused: Option<CashRefusal>,
 }
 
 /// Money that crossed the partition's boundary, per currency. With the account sums it gives
@@ -500,25 +497,6 @@ impl Ledger {
         }
     }
 
-    fn require_account(
-        &self,
-        account: &AccountId,
-        currency: Currency,
-    ) -> Result<&Account, LedgerError> {
-        let found = self
-            .accounts
-            .get(account)
-            .ok_or(LedgerError::AccountNotFound(*account))?;
-        if !found.holds(currency) {
-            return Err(LedgerError::CurrencyMismatch {
-                account: *account,
-                expected: found.currency,
-                got: currency,
-            });
-        }
-        Ok(found)
-    }
-
     /// Reads, without deciding anything, the rows that `commands` will look up: the source
     /// and destination accounts and the idempotency slot of each transfer. The lookups of
     /// different commands do not depend on each other, so the processor overlaps their
@@ -577,8 +555,10 @@ impl Ledger {
             Command::CancelCredit(transfer) => self.decide_cancel_credit(transfer, events),
         };
         debug_assert!(
-            result.is_ok() || events.len() == events_before,
-            "a refused command emitted events"
+            result.is_ok()
+                || events.len() == events_before
+                || matches!(&events[events_before..], [Event::CashRefused { .. }]),
+            "a refused command emitted events other than its refusal's record"
         );
         result
     }
@@ -603,6 +583,10 @@ impl Ledger {
         }
     }
 
+    /// A deposit or withdrawal. A business refusal (no such account, another currency, the
+    /// balance limit, insufficient funds) is answered as an error and recorded
+    /// ([`Event::CashRefused`]), so a retry of its `transaction_id` gets the same answer
+    /// forever, whatever happened to the account since.
     fn decide_cash(
         &self,
         kind: CashKind,
@@ -613,44 +597,110 @@ impl Ledger {
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
         self.require_local(&account)?;
-        let found = self.require_account(&account, currency)?;
         if let Some(row) = self.cash.get(&(account, transaction_id)) {
-            return if row.kind == kind && row.amount == amount {
-                Ok(Reply::Balance {
+            if row.kind != kind || row.amount != amount {
+                return Err(LedgerError::Conflict(transaction_id));
+            }
+            return match row.refused {
+                None => Ok(Reply::Balance {
                     balance: row.balance_after,
-                })
-            } else {
-                Err(LedgerError::Conflict(transaction_id))
+                }),
+                Some(refusal) => Err(self.cash_error(account, currency, refusal, row)),
             };
         }
-        let balance = match kind {
-            CashKind::Deposit => {
-                if !found.has_room_for(amount.minor()) {
-                    return Err(LedgerError::BalanceLimit(account));
-                }
-                events.push(Event::Deposited {
+        let refusal = self.cash_refusal(kind, &account, amount, currency);
+        if let Some(refusal) = refusal {
+            let refused = Event::CashRefused {
+                account,
+                transaction_id,
+                kind,
+                amount,
+                refusal,
+            };
+            if records_refusals() {
+                events.push(refused);
+            }
+            let found = self.accounts.get(&account).map_or(0, |a| a.balance);
+            let row = CashRow {
+                kind,
+                amount,
+                balance_after: found,
+                refused: Some(refusal),
+            };
+            return Err(self.cash_error(account, currency, refusal, &row));
+        }
+        let found = self.accounts[&account];
+        let (event, balance) = match kind {
+            CashKind::Deposit => (
+                Event::Deposited {
                     account,
                     amount,
                     transaction_id,
-                });
-                found.balance + amount.minor()
-            }
-            CashKind::Withdrawal => {
-                if !found.covers(amount.minor()) {
-                    return Err(LedgerError::InsufficientFunds {
-                        available: format_minor(found.balance, currency),
-                        currency,
-                    });
-                }
-                events.push(Event::Withdrawn {
+                },
+                found.balance + amount.minor(),
+            ),
+            CashKind::Withdrawal => (
+                Event::Withdrawn {
                     account,
                     amount,
                     transaction_id,
-                });
-                found.balance - amount.minor()
-            }
+                },
+                found.balance - amount.minor(),
+            ),
         };
+        events.push(event);
         Ok(Reply::Balance { balance })
+    }
+
+    /// Why the ledger refuses a new deposit or withdrawal, if it does.
+    fn cash_refusal(
+        &self,
+        kind: CashKind,
+        account: &AccountId,
+        amount: Amount,
+        currency: Currency,
+    ) -> Option<CashRefusal> {
+        let Some(found) = self.accounts.get(account) else {
+            return Some(CashRefusal::AccountNotFound);
+        };
+        if !found.holds(currency) {
+            return Some(CashRefusal::CurrencyMismatch(currency));
+        }
+        match kind {
+            CashKind::Deposit if !found.has_room_for(amount.minor()) => {
+                Some(CashRefusal::BalanceLimit)
+            }
+            CashKind::Withdrawal if !found.covers(amount.minor()) => {
+                Some(CashRefusal::InsufficientFunds)
+            }
+            _ => None,
+        }
+    }
+
+    /// The answer to a refused deposit or withdrawal, first time and every retry alike.
+    fn cash_error(
+        &self,
+        account: AccountId,
+        currency: Currency,
+        refusal: CashRefusal,
+        row: &CashRow,
+    ) -> LedgerError {
+        match refusal {
+            CashRefusal::AccountNotFound => LedgerError::AccountNotFound(account),
+            CashRefusal::CurrencyMismatch(got) => LedgerError::CurrencyMismatch {
+                account,
+                expected: self.accounts.get(&account).map_or(currency, |a| a.currency),
+                got,
+            },
+            CashRefusal::InsufficientFunds => {
+                let held = self.accounts.get(&account).map_or(currency, |a| a.currency);
+                LedgerError::InsufficientFunds {
+                    available: format_minor(row.balance_after, held),
+                    currency: held,
+                }
+            }
+            CashRefusal::BalanceLimit => LedgerError::BalanceLimit(account),
+        }
     }
 
     fn decide_transfer(
@@ -891,7 +941,7 @@ impl Ledger {
         Ok(Reply::Phase(result))
     }
 
-    /// Decides `command` and, if accepted, applies what it decided as the records that follow
+    /// Decides `command` and applies what it decided as the records that follow
     /// the last applied one: lsns count up from `last_applied().lsn + 1`, one per event, all
     /// stamped `timestamp`, or the last applied record's stamp if that is later (the log's
     /// stamps never go back, whatever the wall clock does). `events` receives the events in
@@ -903,7 +953,8 @@ impl Ledger {
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
         let first = events.len();
-        let reply = self.decide(command, events)?;
+        // A refusal may come with its own record (see `decide_cash`): applied all the same.
+        let result = self.decide(command, events);
         let timestamp = timestamp.max(self.last.timestamp);
         for event in &events[first..] {
             let meta = RecordMeta {
@@ -913,7 +964,7 @@ impl Ledger {
             self.apply(meta, event)
                 .expect("events from decide always apply");
         }
-        Ok(reply)
+        result
     }
 
     /// Folds one event into the state. Nothing is decided here, but nothing read from a log
@@ -944,6 +995,13 @@ impl Ledger {
                 amount,
                 transaction_id,
             } => self.apply_withdrawn(account, *amount, transaction_id),
+            Event::CashRefused {
+                account,
+                transaction_id,
+                kind,
+                amount,
+                refusal,
+            } => self.apply_cash_refused(account, transaction_id, *kind, *amount, *refusal),
             Event::Transferred { transfer } => self.apply_transferred(meta, transfer),
             Event::TransferRejected { transfer, reason } => {
                 self.apply_rejected(meta, transfer, *reason)
@@ -991,6 +1049,7 @@ impl Ledger {
             kind: CashKind::Deposit,
             amount,
             balance_after,
+            refused: None,
         };
         record_cash(&mut self.cash, account, transaction_id, row)?;
         found.balance = balance_after;
@@ -1011,11 +1070,30 @@ impl Ledger {
             kind: CashKind::Withdrawal,
             amount,
             balance_after,
+            refused: None,
         };
         record_cash(&mut self.cash, account, transaction_id, row)?;
         found.balance = balance_after;
         self.flows.entry(found.currency).or_default().withdrawn += u128::from(amount.minor());
         Ok(())
+    }
+
+    /// A refused deposit or withdrawal: only its idempotency row, with the balance it found.
+    fn apply_cash_refused(
+        &mut self,
+        account: &AccountId,
+        transaction_id: &TransactionId,
+        kind: CashKind,
+        amount: Amount,
+        refusal: CashRefusal,
+    ) -> Result<(), String> {
+        let row = CashRow {
+            kind,
+            amount,
+            balance_after: self.accounts.get(account).map_or(0, |a| a.balance),
+            refused: Some(refusal),
+        };
+        record_cash(&mut self.cash, account, transaction_id, row)
     }
 
     /// The ledger's hottest path: one lookup for the key, which also places the row, and one
@@ -1268,6 +1346,16 @@ fn new_row(
         decided_at: final_at,
         finished_at: final_at,
     }
+}
+
+/// Whether business refusals are recorded: always, but for the known bug that forgets to.
+#[inline]
+fn records_refusals() -> bool {
+    #[cfg(any(test, madsim, feature = "testing"))]
+    if crate::protocol::bugs::enabled(Bug::RefusalUnrecorded) {
+        return false;
+    }
+    true
 }
 
 /// Whether `transfer` names one account on both sides. `decide` refuses it and `apply` must

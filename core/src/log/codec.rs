@@ -34,13 +34,17 @@
 //! | 11 | `CreditConfirmed` | key |
 //! | 12 | `CreditCancelled` | key |
 //! | 13 | `CreditTryNotSeen` | key |
+//! | 14 | `CashRefused` | kind, account, amount, transaction id, refusal |
 //!
 //! Fields: an id is a `u8` length and that many ASCII bytes (validated by [`AccountId::new`] or
 //! [`TransactionId::new`] on decode); an amount is a `u64` of minor units (validated by
 //! [`Amount::from_minor`]); a currency is its ISO 4217 numeric code as a `u16`; a transfer is
 //! transaction id, from, to, amount, currency; a key is from, transaction id. A reason is one
 //! byte: 1 insufficient funds, 2 destination not found, 3 destination currency mismatch,
-//! 4 destination balance limit, 5 timeout, 6 cancelled before try. A decision is one byte,
+//! 4 destination balance limit, 5 timeout, 6 cancelled before try, 7 source not found,
+//! 8 source currency mismatch, 9 same account. A cash kind is one byte, 1 deposit or
+//! 2 withdrawal; a cash refusal is one byte, 1 account not found, 2 currency mismatch
+//! (followed by the request's currency), 3 insufficient funds, 4 balance limit. A decision is one byte,
 //! 1 confirm or 2 cancel, and a cancel is followed by its reason. The body must end exactly
 //! where the event ends.
 //!
@@ -65,7 +69,9 @@
 
 use crc32c::{crc32c, crc32c_append};
 
-use crate::model::event::{Decision, Event, Lsn, Reason, Timestamp, Transfer, TransferKey};
+use crate::model::event::{
+    CashKind, CashRefusal, Decision, Event, Lsn, Reason, Timestamp, Transfer, TransferKey,
+};
 use crate::model::ids::{AccountId, TransactionId, ID_LEN_MAX};
 use crate::model::money::{Amount, Currency};
 
@@ -104,6 +110,7 @@ mod tag {
     pub const CREDIT_CONFIRMED: u8 = 11;
     pub const CREDIT_CANCELLED: u8 = 12;
     pub const CREDIT_TRY_NOT_SEEN: u8 = 13;
+    pub const CASH_REFUSED: u8 = 14;
 }
 
 /// One record of a partition log.
@@ -209,6 +216,39 @@ fn encode_event(event: &Event, out: &mut Vec<u8>) {
         Event::CreditConfirmed { key } => put_key_event(out, tag::CREDIT_CONFIRMED, &key),
         Event::CreditCancelled { key } => put_key_event(out, tag::CREDIT_CANCELLED, &key),
         Event::CreditTryNotSeen { key } => put_key_event(out, tag::CREDIT_TRY_NOT_SEEN, &key),
+        Event::CashRefused {
+            account,
+            transaction_id,
+            kind,
+            amount,
+            refusal,
+        } => {
+            out.extend_from_slice(&[tag::CASH_REFUSED, cash_kind_tag(kind)]);
+            account.encode_into(out);
+            out.extend_from_slice(&amount.minor().to_le_bytes());
+            transaction_id.encode_into(out);
+            put_cash_refusal(out, refusal);
+        }
+    }
+}
+
+/// The stable byte of a cash kind; see the module docs.
+pub(crate) fn cash_kind_tag(kind: CashKind) -> u8 {
+    match kind {
+        CashKind::Deposit => 1,
+        CashKind::Withdrawal => 2,
+    }
+}
+
+pub(crate) fn put_cash_refusal(out: &mut Vec<u8>, refusal: CashRefusal) {
+    match refusal {
+        CashRefusal::AccountNotFound => out.push(1),
+        CashRefusal::CurrencyMismatch(currency) => {
+            out.push(2);
+            put_currency(out, currency);
+        }
+        CashRefusal::InsufficientFunds => out.push(3),
+        CashRefusal::BalanceLimit => out.push(4),
     }
 }
 
@@ -359,6 +399,31 @@ impl<'a> Cursor<'a> {
         reason_from_tag(byte).ok_or_else(|| format!("unknown reason {byte}"))
     }
 
+    pub(crate) fn cash_kind(&mut self) -> Result<CashKind, String> {
+        match self.u8()? {
+            1 => Ok(CashKind::Deposit),
+            2 => Ok(CashKind::Withdrawal),
+            other => Err(format!("unknown cash kind {other}")),
+        }
+    }
+
+    fn cash_refusal(&mut self) -> Result<CashRefusal, String> {
+        self.cash_refusal_or_none()?
+            .ok_or_else(|| "a refused cash record without its refusal".to_string())
+    }
+
+    /// A cash refusal, or byte 0 for none (a snapshot's cash row that was not refused).
+    pub(crate) fn cash_refusal_or_none(&mut self) -> Result<Option<CashRefusal>, String> {
+        Ok(Some(match self.u8()? {
+            0 => return Ok(None),
+            1 => CashRefusal::AccountNotFound,
+            2 => CashRefusal::CurrencyMismatch(self.currency()?),
+            3 => CashRefusal::InsufficientFunds,
+            4 => CashRefusal::BalanceLimit,
+            other => return Err(format!("unknown cash refusal {other}")),
+        }))
+    }
+
     fn decision(&mut self) -> Result<Decision, String> {
         match self.u8()? {
             1 => Ok(Decision::Confirm),
@@ -431,6 +496,13 @@ fn decode_event(cursor: &mut Cursor<'_>) -> Result<Event, String> {
         tag::CREDIT_CONFIRMED => Event::CreditConfirmed { key: cursor.key()? },
         tag::CREDIT_CANCELLED => Event::CreditCancelled { key: cursor.key()? },
         tag::CREDIT_TRY_NOT_SEEN => Event::CreditTryNotSeen { key: cursor.key()? },
+        tag::CASH_REFUSED => Event::CashRefused {
+            kind: cursor.cash_kind()?,
+            account: cursor.account()?,
+            amount: cursor.amount()?,
+            transaction_id: cursor.transaction_id()?,
+            refusal: cursor.cash_refusal()?,
+        },
         other => return Err(format!("unknown event tag {other}")),
     };
     cursor.finish()?;

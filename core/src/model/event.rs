@@ -93,6 +93,24 @@ impl Reason {
     }
 }
 
+/// Kind of a deposit or withdrawal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CashKind {
+    Deposit,
+    Withdrawal,
+}
+
+/// Why a deposit or withdrawal was refused: a business refusal, recorded so that its
+/// `transaction_id` gets the same answer forever (see [`Event::CashRefused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CashRefusal {
+    AccountNotFound,
+    /// The account holds another currency than the request's, which is kept.
+    CurrencyMismatch(Currency),
+    InsufficientFunds,
+    BalanceLimit,
+}
+
 /// The second-phase decision of a cross-partition transfer, logged at its home partition
 /// before any second-phase message leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -120,6 +138,15 @@ pub enum Event {
         account: AccountId,
         amount: Amount,
         transaction_id: TransactionId,
+    },
+    /// A deposit or withdrawal was refused (a business refusal); recorded so that a retry of
+    /// its `transaction_id` gets the same answer forever. Nothing moved.
+    CashRefused {
+        account: AccountId,
+        transaction_id: TransactionId,
+        kind: CashKind,
+        amount: Amount,
+        refusal: CashRefusal,
     },
     /// A transfer within one partition, applied atomically: debit and credit in one event.
     Transferred { transfer: Transfer },

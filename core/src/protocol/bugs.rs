@@ -22,15 +22,19 @@ pub enum Bug {
     /// After a failed fsync the kernel may have dropped the pages it could not write and
     /// reports the error only once, so the retry succeeds with the bytes gone.
     RetryFailedSync = 16,
+    /// A business refusal of a deposit or withdrawal is answered but not recorded, so the
+    /// same `transaction_id` can succeed later, once the account has changed.
+    RefusalUnrecorded = 32,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 5] = [
+    pub const ALL: [Bug; 6] = [
         Bug::SkipBarrier,
         Bug::ReplyBeforeSync,
         Bug::NoIdempotency,
         Bug::CreditBeforeDebit,
         Bug::RetryFailedSync,
+        Bug::RefusalUnrecorded,
     ];
 
     /// The name used on the simulator's command line (`--bug skip-barrier`).
@@ -41,6 +45,7 @@ impl Bug {
             Bug::NoIdempotency => "no-idempotency",
             Bug::CreditBeforeDebit => "credit-before-debit",
             Bug::RetryFailedSync => "retry-failed-sync",
+            Bug::RefusalUnrecorded => "refusal-unrecorded",
         }
     }
 

@@ -99,6 +99,9 @@ pub async fn open_account(
 }
 
 /// Deposit money into an account (money enters the system).
+///
+/// A business refusal (`404`, `422`) is recorded: the same `transaction_id` gets the same
+/// refusal forever, even once the account has changed. A `400` is not recorded.
 #[utoipa::path(post, path = "/v1/accounts/{id}/deposit", tag = "accounts", request_body = CashRequest,
     params(("id" = String, Path, description = "Account id")),
     responses(
@@ -117,6 +120,9 @@ pub async fn deposit(
 }
 
 /// Withdraw money from an account (money leaves the system).
+///
+/// A business refusal (`404`, `422`) is recorded: the same `transaction_id` gets the same
+/// refusal forever, even once the account has changed. A `400` is not recorded.
 #[utoipa::path(post, path = "/v1/accounts/{id}/withdraw", tag = "accounts", request_body = CashRequest,
     params(("id" = String, Path, description = "Account id")),
     responses(

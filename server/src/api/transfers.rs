@@ -239,6 +239,9 @@ pub fn status_url(key: &TransferKey) -> String {
 }
 
 /// Move money from one account to another.
+///
+/// A business refusal (`404`, `422`: status `rejected` or `cancelled` with its code) is
+/// recorded: the same `transaction_id` gets the same answer forever. A `400` is not recorded.
 #[utoipa::path(post, path = "/v1/wallet/balance_transfer", tag = "transfers", request_body = TransferRequest,
     description = "Also served at `/v1/wallet/balance_transper` (the original spelling).",
     responses(

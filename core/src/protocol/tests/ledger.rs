@@ -9,7 +9,7 @@ use crate::ledger::{
     Account, ApplyError, Command, CreditState, Ledger, LedgerError, PhaseResult, RecordMeta, Reply,
     TransferRow, TransferState, TransferStatus,
 };
-use crate::model::event::{Decision, Event, Reason, Transfer};
+use crate::model::event::{CashKind, CashRefusal, Decision, Event, Reason, Transfer};
 use crate::model::ids::AccountId;
 use crate::model::money::Currency::{self, EUR, USD};
 use crate::model::money::{AMOUNT_MINOR_MAX, BALANCE_MINOR_MAX};
@@ -122,6 +122,7 @@ struct Then {
 impl Then {
     fn run(ledger: Ledger, command: Command) -> Then {
         let before = Snapshot::of(&ledger);
+        let flows_before = ledger.flows().clone();
         let mut decided = Vec::new();
         let decided_result = ledger.decide(&command, &mut decided);
         let mut ledger = ledger;
@@ -136,7 +137,9 @@ impl Then {
         ledger
             .check_conservation()
             .unwrap_or_else(|e| panic!("after {command:?}: {e}"));
-        if result.is_err() {
+        // A refused command changes nothing, but for the record of a business refusal (which
+        // only keeps its idempotency row, and moves no money).
+        if result.is_err() && !matches!(events[..], [Event::CashRefused { .. }]) {
             assert!(
                 events.is_empty(),
                 "{command:?} was refused but emitted {events:?}"
@@ -146,6 +149,10 @@ impl Then {
                 before,
                 "{command:?} was refused but changed the state"
             );
+        }
+        if matches!(events[..], [Event::CashRefused { .. }]) {
+            assert!(result.is_err(), "a refusal's record answers a refusal");
+            assert_eq!(ledger.flows(), &flows_before, "a refusal moved money");
         }
         Then {
             command,
@@ -313,6 +320,41 @@ fn withdrawing_more_than_the_balance_is_insufficient_funds() {
             available: "0.00".to_string(),
             currency: USD,
         });
+}
+
+/// One idempotency rule for refusals: a business refusal is recorded, so the same request
+/// gets the same answer forever, whatever happened to the account since.
+#[test]
+fn a_refused_withdrawal_or_deposit_answers_the_same_after_the_account_changes() {
+    let w = world();
+    let short = LedgerError::InsufficientFunds {
+        available: "100.00".to_string(),
+        currency: USD,
+    };
+    given(0, &home(&w))
+        .when(withdraw(w.a, FUNDS + 1, USD, "w1"))
+        .then_error(short.clone())
+        .then_events(&[Event::CashRefused {
+            account: w.a,
+            transaction_id: txn("w1"),
+            kind: CashKind::Withdrawal,
+            amount: amt(FUNDS + 1),
+            refusal: CashRefusal::InsufficientFunds,
+        }])
+        .when(deposit(w.a, 50, USD, "d9"))
+        .when(withdraw(w.a, FUNDS + 1, USD, "w1"))
+        .then_error(short)
+        .then_events(&[])
+        // The same id with another amount is a conflict, refused or not.
+        .when(withdraw(w.a, 1, USD, "w1"))
+        .then_error(LedgerError::Conflict(txn("w1")))
+        // A deposit to an account that does not exist yet, then exists.
+        .when(deposit(w.n, 1, USD, "d1"))
+        .then_error(LedgerError::AccountNotFound(w.n))
+        .when(open(w.n, USD))
+        .when(deposit(w.n, 1, USD, "d1"))
+        .then_error(LedgerError::AccountNotFound(w.n))
+        .then_events(&[]);
 }
 
 #[test]
