@@ -72,10 +72,9 @@ impl Op {
         }
     }
 
-    /// Whether the op concerns `account` or transaction id `txn`.
-    pub fn mentions(&self, account: Option<&AccountId>, txn: Option<&TransactionId>) -> bool {
-        let (accounts, id): (Vec<AccountId>, Option<TransactionId>) = match self.command {
-            Command::OpenAccount { account, .. } => (vec![account], None),
+    /// The account and transaction id of a deposit or withdrawal.
+    pub fn cash_movement(&self) -> Option<(AccountId, TransactionId)> {
+        match self.command {
             Command::Deposit {
                 account,
                 transaction_id,
@@ -85,9 +84,20 @@ impl Op {
                 account,
                 transaction_id,
                 ..
-            } => (vec![account], Some(transaction_id)),
+            } => Some((account, transaction_id)),
+            _ => None,
+        }
+    }
+
+    /// Whether the op concerns `account` or transaction id `txn`.
+    pub fn mentions(&self, account: Option<&AccountId>, txn: Option<&TransactionId>) -> bool {
+        let (accounts, id): (Vec<AccountId>, Option<TransactionId>) = match self.command {
+            Command::OpenAccount { account, .. } => (vec![account], None),
             Command::Transfer(t) => (vec![t.from, t.to], Some(t.transaction_id)),
-            _ => (vec![], None),
+            _ => match self.cash_movement() {
+                Some((account, id)) => (vec![account], Some(id)),
+                None => (vec![], None),
+            },
         };
         account.is_some_and(|a| accounts.contains(a)) || (txn.is_some() && txn.copied() == id)
     }

@@ -339,8 +339,7 @@ async fn collect_finals(cluster: &Cluster, partitions: u32) -> Vec<PartitionFina
             Ok(decoded) => (decoded.records, None),
             Err(error) => (Vec::new(), Some(error.to_string())),
         };
-        let replayed =
-            replay(partition, partitions, &records, AsOf::End).map_err(|e| e.to_string());
+        let replayed = replay(partition, partitions, &records, AsOf::End);
         let recovered = recover(&mut disk.durable_copy().open(), partition, partitions)
             .await
             .map(|(ledger, _)| ledger)
