@@ -5,7 +5,8 @@
 //! The invariants themselves are core's ([`walletd_core::protocol::invariants`]), shared with
 //! the core's tests and `wallet verify`; what stays here is what only the simulator knows:
 //! the oracle (an independent model of each log, and the clients' history held against it),
-//! whether the cluster quiesced, and what the live cluster answers.
+//! whether the cluster quiesced, and what the live cluster answers. What must hold at every
+//! instant is checked while the run goes, in [`crate::live`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -25,13 +26,15 @@ use crate::model::Model;
 
 /// The invariants, in the order they are checked and reported: core's, with the oracle
 /// before the protocol, then what only a sweep or a crash shows.
-pub const INVARIANTS: [&str; 11] = [
+pub const INVARIANTS: [&str; 13] = [
     "no_hanging",
     "exactly_once",
     "no_negative",
     "conservation",
     "atomicity",
     "durability",
+    "durable_decision",
+    "durable_release",
     "replay",
     "oracle",
     "protocol",
@@ -611,6 +614,10 @@ fn account_history(
         .collect();
     for op in ops.iter().rev().take(OPS_MAX).rev() {
         let _ = write!(out, "{op}");
+    }
+    // A run stopped by a live check has no final logs to show.
+    if finals.is_empty() {
+        return;
     }
     let fin = &finals[partition_of(account, finals.len() as u32) as usize];
     let _ = writeln!(

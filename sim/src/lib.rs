@@ -2,7 +2,8 @@
 //!
 //! Deterministic simulation of a walletd cluster: the real partition drivers of `core` run
 //! inside madsim on simulated nodes, disks and network, driven by simulated clients, under
-//! faults drawn from one seed, and the invariants of DESIGN section 5 are checked at the end.
+//! faults drawn from one seed, and the invariants of DESIGN section 5 are checked while the
+//! run goes (what must hold at every instant) and at its end.
 //! Builds only with `--cfg madsim` (use `cargo sim` / `cargo simtest`).
 //!
 //! # Layout
@@ -15,7 +16,8 @@
 //! - [`nemesis`]: injects and heals faults.
 //! - [`history`]: what the clients were told, and when.
 //! - [`model`]: the oracle, an independent sequential model of a partition log.
-//! - [`checkers`]: the named invariants.
+//! - [`live`]: the invariants checked at every instant, while the run goes.
+//! - [`checkers`]: the named invariants, checked at the end of a run.
 //! - [`trace`]: the determinism trace hash.
 //! - [`sim`]: one run, end to end, and its report.
 //! - [`panics`]: panics inside the simulation become reports.
@@ -26,6 +28,7 @@ pub mod cluster;
 pub mod config;
 pub mod disk;
 pub mod history;
+pub mod live;
 pub mod model;
 pub mod nemesis;
 pub mod network;
