@@ -223,16 +223,41 @@ fn sorted_rows(ledger: &Ledger) -> Vec<TransferRow> {
 }
 
 /// Every outcome acknowledged to a client is in the final logs with that outcome.
-fn durability(state: &FinalState<'_>, found: &mut Vec<Violation>) {
+fn durability<'a>(state: &'a FinalState<'a>, found: &mut Vec<Violation>) {
+    each_answer(state, Invariant::Durability.name(), not_kept, found);
+}
+
+/// One answer a client got, with the final state it is held against.
+#[derive(Clone, Copy)]
+struct Answer<'a> {
+    state: &'a FinalState<'a>,
+    op: &'a Op,
+    attempt: &'a Attempt,
+    result: &'a CommandResult,
+}
+
+/// A check of one answer: what is wrong with it, if anything.
+type AnswerCheck = fn(Answer<'_>) -> Option<String>;
+
+/// Holds every answer of every client request against `check`; the first problem of each
+/// request is a violation of `invariant`.
+fn each_answer<'a>(
+    state: &'a FinalState<'a>,
+    invariant: &'static str,
+    check: AnswerCheck,
+    found: &mut Vec<Violation>,
+) {
     for (index, op) in state.history.ops.iter().enumerate() {
-        let problem = op
-            .answers()
-            .find_map(|(attempt, result)| not_kept(state, op, attempt, result));
+        let problem = op.answers().find_map(|(attempt, result)| {
+            check(Answer {
+                state,
+                op,
+                attempt,
+                result,
+            })
+        });
         if let Some(problem) = problem {
-            let mut v = Violation::new(
-                Invariant::Durability.name(),
-                format!("{:?}: {problem}", op.command),
-            );
+            let mut v = Violation::new(invariant, format!("{:?}: {problem}", op.command));
             v.keys.extend(op.transfer_key());
             v.accounts
                 .extend(op.cash_movement().map(|(account, _)| account));
@@ -242,13 +267,14 @@ fn durability(state: &FinalState<'_>, found: &mut Vec<Violation>) {
     }
 }
 
-/// How the final logs break what `attempt` of `op` was answered, if they do.
-fn not_kept(
-    state: &FinalState<'_>,
-    op: &Op,
-    attempt: &Attempt,
-    result: &CommandResult,
-) -> Option<String> {
+/// How the final logs break what a request was answered, if they do.
+fn not_kept(answer: Answer<'_>) -> Option<String> {
+    let Answer {
+        state,
+        op,
+        attempt,
+        result,
+    } = answer;
     match (&op.command, result) {
         (Command::Transfer(t), Ok(Reply::Transfer(status))) => {
             invariants::acknowledged(t, *status, state.home_row(&t.key()))
@@ -347,7 +373,7 @@ fn live_answers(state: &FinalState<'_>, found: &mut Vec<Violation>) {
 
 /// The sequential model agrees with every acknowledged outcome and every balance read, and
 /// the clients' own expectations (known errors, repeated answers) held.
-fn oracle(state: &FinalState<'_>, found: &mut Vec<Violation>) {
+fn oracle<'a>(state: &'a FinalState<'a>, found: &mut Vec<Violation>) {
     for violation in &state.history.violations {
         let op = &state.history.ops[violation.op];
         let mut v = Violation::new(
@@ -360,18 +386,7 @@ fn oracle(state: &FinalState<'_>, found: &mut Vec<Violation>) {
         v.op = Some(violation.op);
         found.push(v);
     }
-    for (index, op) in state.history.ops.iter().enumerate() {
-        let problem = op
-            .answers()
-            .find_map(|(attempt, result)| not_modelled(state, op, attempt, result));
-        if let Some(problem) = problem {
-            let mut v = Violation::new("oracle", format!("{:?}: {problem}", op.command));
-            v.accounts
-                .extend(op.cash_movement().map(|(account, _)| account));
-            v.op = Some(index);
-            found.push(v);
-        }
-    }
+    each_answer(state, "oracle", not_modelled, found);
     cancel_reasons(state, found);
     balance_reads(state, found);
 }
@@ -381,15 +396,11 @@ fn model_of<'a>(state: &'a FinalState<'_>, account: &AccountId) -> &'a Model {
     &state.finals[partition_of(account, state.partitions) as usize].model
 }
 
-/// How the model contradicts what `attempt` of `op` was answered, if it does: an
-/// acknowledged balance, or a refusal for insufficient funds.
-fn not_modelled(
-    state: &FinalState<'_>,
-    op: &Op,
-    attempt: &Attempt,
-    result: &CommandResult,
-) -> Option<String> {
-    match (&op.command, result) {
+/// How the model contradicts what a request was answered, if it does: an acknowledged
+/// balance, or a refusal for insufficient funds.
+fn not_modelled(answer: Answer<'_>) -> Option<String> {
+    let (state, attempt) = (answer.state, answer.attempt);
+    match (&answer.op.command, answer.result) {
         (
             Command::Deposit {
                 account,

@@ -13,6 +13,8 @@
 //! - [`network`]: the simulated network that carries core's inputs between hosts.
 //! - [`cluster`]: named nodes running `Engine::start_partitions`, kill and restart.
 //! - [`workload`]: clients: accounts, deposits, transfers, retries, invalid requests.
+//! - [`edges`]: edge episodes, in which a client takes an account through a decision boundary.
+//! - [`boundary`]: the boundaries, and how often a run or a sweep hit each.
 //! - [`nemesis`]: injects and heals faults.
 //! - [`history`]: what the clients were told, and when.
 //! - [`model`]: the oracle, an independent sequential model of a partition log.
@@ -21,12 +23,15 @@
 //! - [`trace`]: the determinism trace hash.
 //! - [`sim`]: one run, end to end, and its report.
 //! - [`panics`]: panics inside the simulation become reports.
+//! - [`shared`]: state shared by the tasks of a run and the harness.
 #![cfg(madsim)]
 
+pub mod boundary;
 pub mod checkers;
 pub mod cluster;
 pub mod config;
 pub mod disk;
+pub mod edges;
 pub mod history;
 pub mod live;
 pub mod model;
@@ -34,6 +39,7 @@ pub mod nemesis;
 pub mod network;
 pub mod panics;
 pub mod rng;
+pub mod shared;
 pub mod sim;
 pub mod trace;
 pub mod workload;

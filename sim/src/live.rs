@@ -20,7 +20,6 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::rc::Rc;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -36,6 +35,7 @@ use walletd_runtime::driver::Channels;
 
 use crate::checkers::Violation;
 use crate::disk::Disk;
+use crate::shared::Shared;
 
 /// Simulated time between two checks of conservation across partitions. Every batch updates
 /// its partition's books; the check itself, over all of them, runs at most this often.
@@ -54,14 +54,7 @@ pub struct LiveVerdict {
 }
 
 /// The verdict of a run's live checks. Clones share it.
-#[derive(Debug, Clone, Default)]
-pub struct Verdict(Arc<Mutex<LiveVerdict>>);
-
-impl Verdict {
-    pub fn lock(&self) -> MutexGuard<'_, LiveVerdict> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
+pub type Verdict = Shared<LiveVerdict>;
 
 /// One partition's money as of its latest cut batch: what conservation needs of it, kept up
 /// to date from each batch's records rather than read from the whole ledger every time.

@@ -17,6 +17,7 @@ use walletd_core::model::event::TransferKey;
 use walletd_core::model::partition::partition_of;
 use walletd_runtime::driver::{recover, Query};
 
+use crate::boundary::Hits;
 use crate::checkers::{self, FinalState, LiveState, PartitionFinal, Violation};
 use crate::cluster::Cluster;
 use crate::config::SimConfig;
@@ -50,6 +51,8 @@ pub struct RunReport {
     pub summary: String,
     /// Faults injected per kind.
     pub schedule: String,
+    /// The decision boundaries the clients saw themselves reach.
+    pub hits: Hits,
 }
 
 impl RunReport {
@@ -121,16 +124,29 @@ fn stopped_report(
         violation.invariant, violation.detail
     );
     checkers::involved_history(&violation, &[], &history, &mut details);
+    stopped_early(config, &history, trace, violation, details, "a live check")
+}
+
+/// The report of a run that stopped before its end (`by` what), at `violation`.
+fn stopped_early(
+    config: &SimConfig,
+    history: &crate::history::HistoryState,
+    trace: &Trace,
+    violation: Violation,
+    mut details: String,
+    by: &str,
+) -> RunReport {
     let _ = writeln!(details, "reproduce: {}", reproduce_command(config));
     RunReport {
         seed: config.seed,
-        transfers: transfer_ops(&history),
+        transfers: transfer_ops(history),
         faults: 0,
         trace: trace.hash(),
         violations: vec![violation],
         details,
-        summary: format!("ops={} (run stopped by a live check)", history.ops.len()),
-        schedule: "unknown (run stopped by a live check)".into(),
+        summary: format!("ops={} (run stopped by {by})", history.ops.len()),
+        schedule: format!("unknown (run stopped by {by})"),
+        hits: history.hits,
     }
 }
 
@@ -174,17 +190,8 @@ fn panic_report(
             let _ = write!(details, "{op}");
         }
     }
-    let _ = writeln!(details, "reproduce: {}", reproduce_command(config));
-    RunReport {
-        seed: config.seed,
-        transfers: transfer_ops(&history),
-        faults: 0,
-        trace: trace.hash(),
-        violations: vec![Violation::new(invariant, message)],
-        details,
-        summary: format!("ops={} (run stopped by the panic)", history.ops.len()),
-        schedule: "unknown (run stopped by the panic)".into(),
-    }
+    let violation = Violation::new(invariant, message);
+    stopped_early(config, &history, trace, violation, details, "the panic")
 }
 
 /// The invariant a panic message shows broken (core asserts some of them as it runs).
@@ -263,6 +270,7 @@ async fn simulate(
         violations,
         summary: summary(&cluster, &history_state, &nemesis, quiesced, &verdict),
         schedule: nemesis.schedule_summary(),
+        hits: history_state.hits,
     }
 }
 
