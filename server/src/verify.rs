@@ -1,6 +1,9 @@
 //! `wallet verify`: check a data directory at rest (DESIGN section 5).
 //!
-//! Every partition is replayed from zero, ignoring snapshots, and then:
+//! The invariants themselves are core's ([`walletd_core::protocol::invariants`]); this module
+//! reads the files, feeds them to those checks, and checks what only files have (snapshots and
+//! their chunk files against the log). Every partition is replayed from zero, ignoring
+//! snapshots, and then:
 //! - the log itself: each record belongs to this partition, no deposit, withdrawal or transfer
 //!   is recorded twice (exactly once), no destination Try follows its Cancel (no hanging), and
 //!   it replays without an apply error (no negative balance, no phase out of order);
@@ -14,20 +17,18 @@
 //! A stopped server may leave transfers unfinished; those are reported, not violations: the
 //! next start resumes them.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::panic::{self, AssertUnwindSafe};
 use std::process::ExitCode;
 
-use walletd_core::ledger::{CreditState, Ledger, TransferState};
+use walletd_core::ledger::Ledger;
 use walletd_core::log::codec::Record;
 use walletd_core::log::replay::{self, AsOf};
 use walletd_core::log::snapshot::{decode_snapshot_with, snapshot_chunks};
-use walletd_core::model::event::{Event, TransferKey};
-use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_core::model::money::{format_minor, Currency};
-use walletd_core::model::partition::{partition_of, PartitionId};
+use walletd_core::model::partition::PartitionId;
+use walletd_core::protocol::invariants::{self, Moment, Violation};
 use walletd_runtime::storage::file::chunk_name;
 
 use crate::cli::{print_line, VerifyArgs};
@@ -65,7 +66,13 @@ impl Report {
         self.violations.push(text);
     }
 
-    fn violations_of(&mut self, mut found: Vec<String>) {
+    /// A broken invariant, named.
+    fn broken(&mut self, violation: Violation) {
+        self.violation(named(&violation));
+    }
+
+    fn violations_of(&mut self, found: Vec<Violation>) {
+        let mut found: Vec<String> = found.iter().map(named).collect();
         if found.len() > VIOLATIONS_LISTED_MAX {
             self.unlisted += found.len() - VIOLATIONS_LISTED_MAX;
             found.truncate(VIOLATIONS_LISTED_MAX);
@@ -76,6 +83,11 @@ impl Report {
     pub fn is_clean(&self) -> bool {
         self.violations.is_empty() && self.unlisted == 0
     }
+}
+
+/// A violation as verify lists it: the invariant's name, then what broke.
+fn named(violation: &Violation) -> String {
+    format!("{}: {violation}", violation.invariant())
 }
 
 pub fn run(args: VerifyArgs) -> ExitCode {
@@ -201,7 +213,11 @@ fn verify_partition(dir: &DataDir, partition: PartitionId, report: &mut Report) 
             return None;
         }
     };
-    report.violations_of(scan_log(partition, dir.partitions(), &log.records));
+    report.violations_of(invariants::scan_log(
+        partition,
+        dir.partitions(),
+        &log.records,
+    ));
     let ledger = match safe_replay(partition, dir.partitions(), &log.records, AsOf::End) {
         Ok(ledger) => ledger,
         Err(error) => {
@@ -209,10 +225,10 @@ fn verify_partition(dir: &DataDir, partition: PartitionId, report: &mut Report) 
             return None;
         }
     };
-    if let Err(error) = ledger.check_conservation() {
-        report.violation(format!("partition {partition}: conservation: {error}"));
+    if let Err(violation) = invariants::books(&ledger) {
+        report.broken(violation);
     }
-    report.violations_of(check_holds(&ledger));
+    report.violations_of(invariants::holds(&ledger));
     let snapshots = check_snapshots(dir, partition, &log.records, report);
     let unfinished = ledger.unfinished_transfers().len();
     let mut line = format!(
@@ -261,112 +277,6 @@ fn safe_replay(
             Err(format!("the log contradicts itself: {message}"))
         }
     }
-}
-
-/// Checks the records themselves: ownership, exactly once, no Try after its Cancel.
-pub fn scan_log(partition: PartitionId, partitions: u32, records: &[Record]) -> Vec<String> {
-    let mut scan = LogScan {
-        partition,
-        partitions,
-        ..LogScan::default()
-    };
-    records
-        .iter()
-        .filter_map(|record| {
-            scan.check(&record.event)
-                .map(|text| format!("partition {partition} lsn {}: {text}", record.lsn))
-        })
-        .collect()
-}
-
-/// What [`scan_log`] remembers of the records it has seen.
-#[derive(Default)]
-struct LogScan {
-    partition: PartitionId,
-    partitions: u32,
-    cash: BTreeSet<(AccountId, TransactionId)>,
-    home: BTreeSet<TransferKey>,
-    tried: BTreeSet<TransferKey>,
-    /// Destination branches cancelled (with or without a Try before).
-    closed: BTreeSet<TransferKey>,
-}
-
-impl LogScan {
-    fn here(&self, account: &AccountId) -> bool {
-        partition_of(account, self.partitions) == self.partition
-    }
-
-    /// The violation `event` shows, given the events before it.
-    fn check(&mut self, event: &Event) -> Option<String> {
-        match event {
-            Event::AccountOpened { account, .. } => (!self.here(account))
-                .then(|| format!("account {account} opened on a partition that does not own it")),
-            Event::Deposited {
-                account,
-                transaction_id,
-                ..
-            }
-            | Event::Withdrawn {
-                account,
-                transaction_id,
-                ..
-            }
-            | Event::CashRefused {
-                account,
-                transaction_id,
-                ..
-            } => (!self.cash.insert((*account, *transaction_id))).then(|| {
-                format!("transaction {transaction_id:?} of account {account} applied twice")
-            }),
-            Event::Transferred { transfer }
-            | Event::TransferRejected { transfer, .. }
-            | Event::DebitTried { transfer } => {
-                let key = transfer.key();
-                if !self.here(&transfer.from) {
-                    return Some(format!("transfer {key:?} recorded away from its home"));
-                }
-                (!self.home.insert(key)).then(|| format!("transfer {key:?} recorded twice"))
-            }
-            Event::CreditTried { transfer } => {
-                let key = transfer.key();
-                if self.closed.contains(&key) {
-                    return Some(format!(
-                        "Try of {key:?} after its Cancel (a hanging reservation)"
-                    ));
-                }
-                (!self.tried.insert(key)).then(|| format!("Try of {key:?} recorded twice"))
-            }
-            Event::CreditTryNotSeen { key } | Event::CreditCancelled { key } => {
-                self.closed.insert(*key);
-                None
-            }
-            Event::TransferDecided { .. }
-            | Event::DebitConfirmed { .. }
-            | Event::DebitCancelled { .. }
-            | Event::CreditConfirmed { .. } => None,
-        }
-    }
-}
-
-/// Each account's `held` must equal the amounts of the unfinished transfers it is the source of.
-fn check_holds(ledger: &Ledger) -> Vec<String> {
-    let mut by_rows: BTreeMap<AccountId, u64> = BTreeMap::new();
-    for row in ledger.transfers().filter(|row| row.state.is_unfinished()) {
-        *by_rows.entry(row.transfer.from).or_default() += row.transfer.amount.minor();
-    }
-    let mut found = Vec::new();
-    for (account, figures) in ledger.accounts() {
-        let expected = by_rows.get(account).copied().unwrap_or(0);
-        if figures.held != expected {
-            found.push(format!(
-                "partition {}: account {account} holds {} but its unfinished transfers add up to {}",
-                ledger.partition(),
-                format_minor(figures.held, figures.currency),
-                format_minor(expected, figures.currency)
-            ));
-        }
-    }
-    found
 }
 
 /// Decodes the snapshot `bytes` read from `path`, with the chunk files it refers to, which
@@ -433,12 +343,12 @@ fn check_snapshots(
             continue;
         }
         match safe_replay(partition, dir.partitions(), records, AsOf::Lsn(at)) {
-            Ok(replayed) => match replay::state_difference(&snapshot, &replayed) {
-                None => matched.push(at.to_string()),
-                Some(difference) => report.violation(format!(
-                    "{name}: snapshot differs from the replay at lsn {at}: {difference}"
-                )),
-            },
+            Ok(replayed) => {
+                match invariants::replay_matches(&replayed, &snapshot, &name.to_string()) {
+                    Ok(()) => matched.push(at.to_string()),
+                    Err(violation) => report.broken(violation),
+                }
+            }
             Err(error) => report.violation(format!("{name}: replay to lsn {at} failed: {error}")),
         }
     }
@@ -452,58 +362,22 @@ fn check_snapshots(
     }
 }
 
-/// Money in the system per currency, from every partition.
-#[derive(Debug, Default, Clone, Copy)]
-struct Totals {
-    deposited: u128,
-    withdrawn: u128,
-    balances: u128,
-    holds_in_flight: u128,
-}
-
-/// Σ balances + Σ holds in flight = Σ deposits − Σ withdrawals, per currency. A hold whose
-/// destination credit is already confirmed is not in flight: that money is in the
-/// destination's balance, and the home's hold only awaits the acknowledgement.
+/// Σ balances + Σ holds in flight = Σ deposits − Σ withdrawals, per currency, over every
+/// partition of the cluster; one line per currency.
 fn check_global_conservation(ledgers: &[Ledger], report: &mut Report) {
-    let partitions = ledgers.len() as u32;
-    let mut totals: BTreeMap<Currency, Totals> = BTreeMap::new();
-    for ledger in ledgers {
-        for (currency, flows) in ledger.flows() {
-            let t = totals.entry(*currency).or_default();
-            t.deposited += flows.deposited;
-            t.withdrawn += flows.withdrawn;
-        }
-        for (_, account) in ledger.accounts() {
-            totals.entry(account.currency).or_default().balances += u128::from(account.balance);
-        }
-        for row in ledger.transfers().filter(|row| row.state.is_unfinished()) {
-            let key = row.transfer.key();
-            let destination = &ledgers[partition_of(&row.transfer.to, partitions) as usize];
-            let confirmed = destination
-                .credit(&key)
-                .is_some_and(|credit| credit.state == CreditState::Confirmed);
-            if !confirmed {
-                totals
-                    .entry(row.transfer.currency)
-                    .or_default()
-                    .holds_in_flight += u128::from(row.transfer.amount.minor());
-            }
-        }
-    }
-    for (currency, t) in totals {
-        let held = t.balances + t.holds_in_flight;
-        let expected = t.deposited.checked_sub(t.withdrawn);
+    let totals = invariants::money_totals(ledgers);
+    for (currency, t) in &totals {
         let line = format!(
             "{currency}: deposited {}, withdrawn {}, balances {}, holds in flight {}",
-            money(t.deposited, currency),
-            money(t.withdrawn, currency),
-            money(t.balances, currency),
-            money(t.holds_in_flight, currency)
+            money(t.deposited, *currency),
+            money(t.withdrawn, *currency),
+            money(t.balances, *currency),
+            money(t.holds_in_flight(), *currency)
         );
-        if expected == Some(held) {
+        if t.present() == t.net() {
             report.line(format!("{line}: conserved"));
         } else {
-            report.violation(format!("conservation across partitions: {line}"));
+            report.violation(format!("conservation: across partitions: {line}"));
         }
     }
 }
@@ -519,147 +393,15 @@ fn money(minor: u128, currency: Currency) -> String {
 /// together, and every destination row must have its home row. `ledgers[p]` is `None` for a
 /// partition not in the directory; transfers with a side there are not judged.
 fn check_transfers_agree(ledgers: &[Option<Ledger>], report: &mut Report) {
-    let partitions = ledgers.len() as u32;
-    let here = |account: &AccountId| ledgers[partition_of(account, partitions) as usize].as_ref();
-    let mut found = Vec::new();
-    let (mut checked, mut elsewhere) = (0usize, 0usize);
-    for ledger in ledgers.iter().flatten() {
-        for row in ledger.transfers().filter(|row| row.remote) {
-            let key = row.transfer.key();
-            let Some(destination) = here(&row.transfer.to) else {
-                elsewhere += 1;
-                continue;
-            };
-            checked += 1;
-            let credit = destination.credit(&key).map(|c| c.state);
-            if !home_and_credit_agree(row.state, credit) {
-                found.push(format!(
-                    "transfer {key:?}: home {:?} but destination {credit:?}",
-                    row.state
-                ));
-            }
-        }
-        for (key, credit) in ledger.credits() {
-            let Some(home) = here(&key.from) else {
-                continue;
-            };
-            match home.transfer(&key) {
-                None => found.push(format!(
-                    "transfer {key:?}: destination {:?} but no home row",
-                    credit.state
-                )),
-                Some(row) if credit.transfer.is_some_and(|t| t != row.transfer) => {
-                    found.push(format!(
-                        "transfer {key:?}: the destination recorded another body than the home"
-                    ))
-                }
-                Some(_) => {}
-            }
-        }
-    }
-    let mut line = format!("cross-partition transfers checked: {checked}");
-    if elsewhere > 0 {
+    let cut: Vec<Option<&Ledger>> = ledgers.iter().map(Option::as_ref).collect();
+    let agreement = invariants::transfers_agree(&cut, Moment::Any);
+    let mut line = format!("cross-partition transfers checked: {}", agreement.checked);
+    if agreement.elsewhere > 0 {
         line.push_str(&format!(
-            "; {elsewhere} with a destination on another node not checked here"
+            "; {} with a destination on another node not checked here",
+            agreement.elsewhere
         ));
     }
     report.line(line);
-    report.violations_of(found);
-}
-
-/// Whether a home row state and its destination barrier row may coexist at rest.
-fn home_and_credit_agree(home: TransferState, credit: Option<CreditState>) -> bool {
-    use CreditState as C;
-    match home {
-        // Refused at home: the destination never heard of it.
-        TransferState::Rejected(_) => credit.is_none(),
-        // Try sent (or not yet): nothing decided, so nothing second-phase at the destination.
-        TransferState::Trying => matches!(credit, None | Some(C::Tried)),
-        // Confirm decided: the Try succeeded; the Confirm may not have landed yet.
-        TransferState::Confirming => matches!(credit, Some(C::Tried | C::Confirmed)),
-        TransferState::Committed => credit == Some(C::Confirmed),
-        // Cancel decided: anything but a confirmed credit.
-        TransferState::Cancelling(_) => credit != Some(C::Confirmed),
-        // The destination acknowledged the Cancel, so it recorded it.
-        TransferState::Cancelled(_) => matches!(credit, Some(C::Cancelled | C::TryNotSeen)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use walletd_core::model::event::{Reason, Transfer};
-    use walletd_core::model::money::Amount;
-
-    fn transfer(from: &str, to: &str, id: &str) -> Transfer {
-        Transfer {
-            transaction_id: TransactionId::new(id).unwrap(),
-            from: AccountId::new(from).unwrap(),
-            to: AccountId::new(to).unwrap(),
-            amount: Amount::from_minor(100).unwrap(),
-            currency: Currency::USD,
-        }
-    }
-
-    fn record(lsn: u64, event: Event) -> Record {
-        Record {
-            lsn,
-            timestamp: lsn,
-            event,
-        }
-    }
-
-    #[test]
-    fn the_scan_finds_duplicates_and_hanging_tries() {
-        let t = transfer("alice", "bob", "t1");
-        let records = [
-            record(1, Event::CreditTryNotSeen { key: t.key() }),
-            record(2, Event::CreditTried { transfer: t }),
-            record(
-                3,
-                Event::TransferRejected {
-                    transfer: t,
-                    reason: Reason::InsufficientFunds,
-                },
-            ),
-            record(
-                4,
-                Event::TransferRejected {
-                    transfer: t,
-                    reason: Reason::InsufficientFunds,
-                },
-            ),
-        ];
-        // One partition owns every account, so only the content is judged.
-        let found = scan_log(0, 1, &records);
-        assert_eq!(found.len(), 2, "{found:?}");
-        assert!(found[0].contains("after its Cancel"), "{found:?}");
-        assert!(found[1].contains("recorded twice"), "{found:?}");
-    }
-
-    #[test]
-    fn home_and_destination_states_that_may_coexist() {
-        use CreditState as C;
-        assert!(home_and_credit_agree(
-            TransferState::Committed,
-            Some(C::Confirmed)
-        ));
-        assert!(!home_and_credit_agree(
-            TransferState::Committed,
-            Some(C::Tried)
-        ));
-        assert!(home_and_credit_agree(
-            TransferState::Confirming,
-            Some(C::Tried)
-        ));
-        let cancelled = TransferState::Cancelled(Reason::Timeout);
-        assert!(home_and_credit_agree(cancelled, Some(C::TryNotSeen)));
-        assert!(!home_and_credit_agree(cancelled, Some(C::Confirmed)));
-        assert!(!home_and_credit_agree(cancelled, None));
-        assert!(home_and_credit_agree(TransferState::Trying, None));
-        assert!(!home_and_credit_agree(
-            TransferState::Rejected(Reason::InsufficientFunds),
-            Some(C::Tried)
-        ));
-    }
+    report.violations_of(agreement.violations);
 }

@@ -1,32 +1,40 @@
-//! The invariants of DESIGN section 5, each a named check over the final state of a run: the
-//! durable bytes of every partition's log, the replayed and recovered ledgers, what the live
-//! cluster answers after quiescing, and the history of what clients were told.
+//! The invariants of DESIGN section 5 at the end of a run, each a named check over its final
+//! state: the durable bytes of every partition's log, the replayed and recovered ledgers, what
+//! the live cluster answers after quiescing, and the history of what clients were told.
+//!
+//! The invariants themselves are core's ([`walletd_core::protocol::invariants`]), shared with
+//! the core's tests and `wallet verify`; what stays here is what only the simulator knows:
+//! the oracle (an independent model of each log, and the clients' history held against it),
+//! whether the cluster quiesced, and what the live cluster answers. What must hold at every
+//! instant is checked while the run goes, in [`crate::live`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use walletd_core::ledger::{
-    Account, Command, CreditState, Ledger, LedgerError, Reply, TransferRow, TransferState,
-    TransferStatus,
+    ApplyError, Command, CreditState, Ledger, LedgerError, Reply, TransferRow, TransferState,
 };
 use walletd_core::log::codec::Record;
 use walletd_core::model::event::{Event, Reason, TransferKey};
 use walletd_core::model::ids::AccountId;
-use walletd_core::model::money::Currency;
 use walletd_core::model::partition::{partition_of, PartitionId};
-use walletd_runtime::driver::QueryAnswer;
+use walletd_core::protocol::invariants::{self, Invariant, Moment};
+use walletd_runtime::driver::{CommandResult, QueryAnswer};
 
-use crate::history::HistoryState;
+use crate::history::{Attempt, HistoryState, Op};
 use crate::model::Model;
 
-/// The invariants, in the order they are checked and reported.
-pub const INVARIANTS: [&str; 11] = [
+/// The invariants, in the order they are checked and reported: core's, with the oracle
+/// before the protocol, then what only a sweep or a crash shows.
+pub const INVARIANTS: [&str; 13] = [
     "no_hanging",
     "exactly_once",
     "no_negative",
     "conservation",
     "atomicity",
     "durability",
+    "durable_decision",
+    "durable_release",
     "replay",
     "oracle",
     "protocol",
@@ -71,6 +79,15 @@ impl Violation {
     }
 }
 
+impl From<invariants::Violation> for Violation {
+    fn from(violation: invariants::Violation) -> Violation {
+        let mut v = Violation::new(violation.invariant().name(), violation.to_string());
+        v.keys.extend(violation.key());
+        v.accounts.extend(violation.account());
+        v
+    }
+}
+
 /// One partition at the end of a run.
 pub struct PartitionFinal {
     pub partition: PartitionId,
@@ -80,7 +97,7 @@ pub struct PartitionFinal {
     pub records: Vec<Record>,
     pub decode_error: Option<String>,
     /// The log replayed from zero with core's replay.
-    pub replayed: Result<Ledger, String>,
+    pub replayed: Result<Ledger, ApplyError>,
     /// What core's recovery (latest snapshot plus log) rebuilds from the same disk.
     pub recovered: Result<Ledger, String>,
     /// The independent sequential model of the log.
@@ -115,28 +132,27 @@ impl FinalState<'_> {
             .transfer(key)
     }
 
-    fn credit_state(&self, row: &TransferRow) -> Option<CreditState> {
-        let to = partition_of(&row.transfer.to, self.partitions);
-        self.ledger(to)?
-            .credit(&row.transfer.key())
-            .map(|c| c.state)
+    /// The replayed ledgers, `None` where a log did not replay.
+    fn cut(&self) -> Vec<Option<&Ledger>> {
+        self.finals
+            .iter()
+            .map(|f| f.replayed.as_ref().ok())
+            .collect()
     }
 }
 
 /// Runs every checker; returns the violations found, in the order of [`INVARIANTS`].
 pub fn check(state: &FinalState<'_>) -> Vec<Violation> {
     let mut found = Vec::new();
-    exactly_once(state, &mut found);
-    no_hanging(state, &mut found);
-    no_negative(state, &mut found);
-    conservation(state, &mut found);
+    logs(state, &mut found);
+    ledgers(state, &mut found);
     atomicity(state, &mut found);
     durability(state, &mut found);
     replay(state, &mut found);
     oracle(state, &mut found);
     if state.protocol_violations > 0 {
         found.push(Violation::new(
-            "protocol",
+            Invariant::Protocol.name(),
             format!(
                 "coordinators counted {} TC/C protocol violations (a destination answered against a logged decision)",
                 state.protocol_violations
@@ -147,122 +163,14 @@ pub fn check(state: &FinalState<'_>) -> Vec<Violation> {
     found
 }
 
-/// No `(from, transaction_id)` debited or transferred twice, no destination credited twice,
-/// no deposit or withdrawal applied twice: a scan of every durable log.
-fn exactly_once(state: &FinalState<'_>, found: &mut Vec<Violation>) {
+/// Exactly once, no hanging, every record on its partition: a scan of every durable log; and
+/// each log replays (no overdraft), as the independent model agrees.
+fn logs(state: &FinalState<'_>, found: &mut Vec<Violation>) {
     for fin in state.finals {
-        let mut home: BTreeMap<TransferKey, u32> = BTreeMap::new();
-        let mut tried: BTreeMap<TransferKey, u32> = BTreeMap::new();
-        let mut confirmed: BTreeMap<TransferKey, u32> = BTreeMap::new();
-        let mut finished: BTreeMap<TransferKey, u32> = BTreeMap::new();
-        let mut cash: BTreeMap<(AccountId, String), u32> = BTreeMap::new();
-        for record in &fin.records {
-            let (table, key) = match record.event {
-                Event::Transferred { transfer }
-                | Event::TransferRejected { transfer, .. }
-                | Event::DebitTried { transfer } => (&mut home, transfer.key()),
-                Event::CreditTried { transfer } => (&mut tried, transfer.key()),
-                Event::CreditConfirmed { key } => (&mut confirmed, key),
-                Event::DebitConfirmed { key } | Event::DebitCancelled { key } => {
-                    (&mut finished, key)
-                }
-                Event::Deposited {
-                    account,
-                    transaction_id,
-                    ..
-                }
-                | Event::Withdrawn {
-                    account,
-                    transaction_id,
-                    ..
-                } => {
-                    let count = cash
-                        .entry((account, transaction_id.to_string()))
-                        .or_default();
-                    *count += 1;
-                    if *count == 2 {
-                        found.push(
-                            Violation::new(
-                                "exactly_once",
-                                format!(
-                                    "partition {}: cash movement {transaction_id} of {account} applied twice (second at lsn {})",
-                                    fin.partition, record.lsn
-                                ),
-                            )
-                            .account(account),
-                        );
-                    }
-                    continue;
-                }
-                _ => continue,
-            };
-            let count = table.entry(key).or_default();
-            *count += 1;
-            if *count == 2 {
-                found.push(
-                    Violation::new(
-                        "exactly_once",
-                        format!(
-                            "partition {}: {:?} applied twice for {key:?} (second at lsn {})",
-                            fin.partition,
-                            event_name(&record.event),
-                            record.lsn
-                        ),
-                    )
-                    .key(key),
-                );
-            }
-        }
-    }
-}
-
-/// No Try applied after its Cancel: in every destination log, no `CreditTried` follows a
-/// `CreditTryNotSeen` or `CreditCancelled` of the same key.
-fn no_hanging(state: &FinalState<'_>, found: &mut Vec<Violation>) {
-    for fin in state.finals {
-        let mut cancelled: BTreeSet<TransferKey> = BTreeSet::new();
-        for record in &fin.records {
-            match record.event {
-                Event::CreditTryNotSeen { key } | Event::CreditCancelled { key } => {
-                    cancelled.insert(key);
-                }
-                Event::CreditTried { transfer } if cancelled.contains(&transfer.key()) => {
-                    found.push(
-                        Violation::new(
-                            "no_hanging",
-                            format!(
-                                "partition {}: Try of {:?} applied at lsn {} after its Cancel",
-                                fin.partition,
-                                transfer.key(),
-                                record.lsn
-                            ),
-                        )
-                        .key(transfer.key()),
-                    );
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-/// No available balance ever negative: replaying each log must not overdraw, and neither may
-/// the independent model.
-fn no_negative(state: &FinalState<'_>, found: &mut Vec<Violation>) {
-    for fin in state.finals {
+        let scanned = invariants::scan_log(fin.partition, state.partitions, &fin.records);
+        found.extend(scanned.into_iter().map(Violation::from));
         if let Err(error) = &fin.replayed {
-            let invariant = if error.contains("overdraw") {
-                "no_negative"
-            } else {
-                "replay"
-            };
-            found.push(Violation::new(
-                invariant,
-                format!(
-                    "partition {}: the log does not replay: {error}",
-                    fin.partition
-                ),
-            ));
+            found.push(invariants::apply_failed(fin.partition, error.clone()).into());
         }
         for problem in &fin.model.problems {
             let mut v = Violation::new(
@@ -276,137 +184,36 @@ fn no_negative(state: &FinalState<'_>, found: &mut Vec<Violation>) {
     }
 }
 
-/// Per currency: Σ balances + Σ holds in flight = Σ deposits − Σ withdrawals, where a hold is
-/// in flight while its destination credit is not confirmed; and each ledger's own law.
-fn conservation(state: &FinalState<'_>, found: &mut Vec<Violation>) {
-    let mut held: BTreeMap<Currency, i128> = BTreeMap::new();
-    let mut net: BTreeMap<Currency, i128> = BTreeMap::new();
-    for fin in state.finals {
-        let Ok(ledger) = &fin.replayed else {
-            return; // Reported by no_negative or replay.
-        };
-        if let Err(error) = ledger.check_conservation() {
-            found.push(Violation::new(
-                "conservation",
-                format!("partition {}: {error}", fin.partition),
-            ));
-        }
-        for (_, account) in ledger.accounts() {
-            *held.entry(account.currency).or_default() +=
-                i128::from(account.balance) + i128::from(account.held);
-        }
-        for (currency, flows) in ledger.flows() {
-            *net.entry(*currency).or_default() += flows.deposited as i128 - flows.withdrawn as i128;
-        }
-        for row in ledger.transfers().filter(|r| r.state.is_unfinished()) {
-            // The money is already at the destination; the hold is about to be released.
-            if state.credit_state(&row) == Some(CreditState::Confirmed) {
-                *held.entry(row.transfer.currency).or_default() -=
-                    i128::from(row.transfer.amount.minor());
-            }
-        }
+/// Each replayed ledger's own books, holds and balances; and conservation across all of
+/// them, when every log replayed.
+fn ledgers(state: &FinalState<'_>, found: &mut Vec<Violation>) {
+    let cut = state.cut();
+    for ledger in cut.iter().flatten() {
+        found.extend(invariants::books(ledger).err().map(Violation::from));
+        found.extend(invariants::holds(ledger).into_iter().map(Violation::from));
+        found.extend(
+            invariants::balances_in_range(ledger)
+                .err()
+                .map(Violation::from),
+        );
     }
-    for currency in held.keys().chain(net.keys()).collect::<BTreeSet<_>>() {
-        let have = held.get(currency).copied().unwrap_or_default();
-        let expected = net.get(currency).copied().unwrap_or_default();
-        if have != expected {
-            found.push(Violation::new(
-                "conservation",
-                format!(
-                    "{currency}: balances + holds in flight = {have}, deposits - withdrawals = {expected}"
-                ),
-            ));
-        }
+    let all: Option<Vec<&Ledger>> = cut.into_iter().collect();
+    if let Some(all) = all {
+        found.extend(invariants::conservation(&all).err().map(Violation::from));
     }
 }
 
-/// After quiescing: nothing unfinished, no pending credit, Committed ⇔ CreditConfirmed,
-/// cancelled and rejected transfers refunded and never credited.
+/// After quiescing: the cluster did quiesce, and every transfer is final and agrees on both
+/// sides, with nothing held or pending.
 fn atomicity(state: &FinalState<'_>, found: &mut Vec<Violation>) {
     if !state.quiesced {
         found.push(Violation::new(
-            "atomicity",
+            Invariant::Atomicity.name(),
             "the cluster did not quiesce (transfers still in flight) within the heal period",
         ));
     }
-    for fin in state.finals {
-        let Ok(ledger) = &fin.replayed else {
-            continue;
-        };
-        let p = fin.partition;
-        for row in sorted_rows(ledger) {
-            let key = row.transfer.key();
-            let credit = state.credit_state(&row);
-            let problem = match (row.state, row.remote, credit) {
-                (s, _, _) if s.is_unfinished() => Some(format!("left {s:?}")),
-                (_, false, _) => None,
-                (TransferState::Committed, true, Some(CreditState::Confirmed)) => None,
-                (TransferState::Committed, true, c) => {
-                    Some(format!("Committed but the destination has {c:?}"))
-                }
-                (
-                    TransferState::Cancelled(_),
-                    true,
-                    Some(CreditState::Cancelled | CreditState::TryNotSeen),
-                ) => None,
-                (TransferState::Cancelled(_), true, c) => {
-                    Some(format!("Cancelled but the destination has {c:?}"))
-                }
-                (TransferState::Rejected(_), true, None) => None,
-                (TransferState::Rejected(_), true, c) => {
-                    Some(format!("Rejected but the destination has {c:?}"))
-                }
-                _ => unreachable!("unfinished states are matched first"),
-            };
-            if let Some(problem) = problem {
-                found.push(
-                    Violation::new(
-                        "atomicity",
-                        format!("partition {p}: transfer {key:?} {problem}"),
-                    )
-                    .key(key),
-                );
-            }
-        }
-        let mut credits: Vec<(TransferKey, CreditState)> =
-            ledger.credits().map(|(k, c)| (k, c.state)).collect();
-        credits.sort_by_key(|(k, _)| *k);
-        for (key, credit) in credits {
-            let home = state.home_row(&key).map(|r| r.state);
-            let consistent = match credit {
-                CreditState::Tried => false,
-                CreditState::Confirmed => home == Some(TransferState::Committed),
-                CreditState::Cancelled | CreditState::TryNotSeen => {
-                    matches!(home, Some(TransferState::Cancelled(_)))
-                }
-            };
-            if !consistent {
-                found.push(
-                    Violation::new(
-                        "atomicity",
-                        format!("partition {p}: credit of {key:?} is {credit:?} but its home row is {home:?}"),
-                    )
-                    .key(key),
-                );
-            }
-        }
-        let mut accounts: Vec<(&AccountId, &Account)> = ledger.accounts().collect();
-        accounts.sort_by_key(|(id, _)| **id);
-        for (id, account) in accounts {
-            if account.held != 0 || account.incoming != 0 {
-                found.push(
-                    Violation::new(
-                        "atomicity",
-                        format!(
-                            "partition {p}: {id} still holds {} and expects {} after quiescing",
-                            account.held, account.incoming
-                        ),
-                    )
-                    .account(*id),
-                );
-            }
-        }
-    }
+    let agreement = invariants::transfers_agree(&state.cut(), Moment::AtRest);
+    found.extend(agreement.violations.into_iter().map(Violation::from));
 }
 
 fn sorted_rows(ledger: &Ledger) -> Vec<TransferRow> {
@@ -416,84 +223,94 @@ fn sorted_rows(ledger: &Ledger) -> Vec<TransferRow> {
 }
 
 /// Every outcome acknowledged to a client is in the final logs with that outcome.
-fn durability(state: &FinalState<'_>, found: &mut Vec<Violation>) {
+fn durability<'a>(state: &'a FinalState<'a>, found: &mut Vec<Violation>) {
+    each_answer(state, Invariant::Durability.name(), not_kept, found);
+}
+
+/// One answer a client got, with the final state it is held against.
+#[derive(Clone, Copy)]
+struct Answer<'a> {
+    state: &'a FinalState<'a>,
+    op: &'a Op,
+    attempt: &'a Attempt,
+    result: &'a CommandResult,
+}
+
+/// A check of one answer: what is wrong with it, if anything.
+type AnswerCheck = fn(Answer<'_>) -> Option<String>;
+
+/// Holds every answer of every client request against `check`; the first problem of each
+/// request is a violation of `invariant`.
+fn each_answer<'a>(
+    state: &'a FinalState<'a>,
+    invariant: &'static str,
+    check: AnswerCheck,
+    found: &mut Vec<Violation>,
+) {
     for (index, op) in state.history.ops.iter().enumerate() {
-        for (attempt, result) in op.answers() {
-            let problem = match (&op.command, result) {
-                (Command::Transfer(t), Ok(Reply::Transfer(status))) => {
-                    let row = state.home_row(&t.key());
-                    match (status, row) {
-                        (_, Some(row)) if row.transfer != *t => Some(format!(
-                            "acknowledged {status:?} but the logged transfer has another body"
-                        )),
-                        (TransferStatus::Pending, Some(_)) => None,
-                        (status, Some(row)) if row.state.status() == *status => None,
-                        (status, row) => Some(format!(
-                            "acknowledged {status:?} at {} us, the final log has {:?}",
-                            attempt.done_us,
-                            row.map(|r| r.state)
-                        )),
-                    }
-                }
-                (
-                    Command::Deposit {
-                        account,
-                        transaction_id,
-                        ..
-                    }
-                    | Command::Withdraw {
-                        account,
-                        transaction_id,
-                        ..
-                    },
-                    Ok(Reply::Balance { balance }),
-                ) => {
-                    let p = partition_of(account, state.partitions);
-                    let fact = state.finals[p as usize]
-                        .model
-                        .cash
-                        .get(&(*account, *transaction_id));
-                    match fact {
-                        Some(_) => None,
-                        None => Some(format!(
-                            "acknowledged with balance {balance} at {} us, the final log has no such movement",
-                            attempt.done_us
-                        )),
-                    }
-                }
-                (Command::OpenAccount { account, .. }, Ok(Reply::Opened { .. })) => {
-                    let p = partition_of(account, state.partitions);
-                    match state.ledger(p).map(|l| l.account(account).is_some()) {
-                        Some(false) => {
-                            Some("acknowledged as opened, missing from the final log".into())
-                        }
-                        _ => None,
-                    }
-                }
-                _ => None,
-            };
-            if let Some(problem) = problem {
-                let mut v = Violation::new("durability", format!("{:?}: {problem}", op.command));
-                v.keys.extend(op.transfer_key());
-                v.accounts.extend(cash_account(&op.command));
-                v.op = Some(index);
-                found.push(v);
-                break;
-            }
+        let problem = op.answers().find_map(|(attempt, result)| {
+            check(Answer {
+                state,
+                op,
+                attempt,
+                result,
+            })
+        });
+        if let Some(problem) = problem {
+            let mut v = Violation::new(invariant, format!("{:?}: {problem}", op.command));
+            v.keys.extend(op.transfer_key());
+            v.accounts
+                .extend(op.cash_movement().map(|(account, _)| account));
+            v.op = Some(index);
+            found.push(v);
         }
+    }
+}
+
+/// How the final logs break what a request was answered, if they do.
+fn not_kept(answer: Answer<'_>) -> Option<String> {
+    let Answer {
+        state,
+        op,
+        attempt,
+        result,
+    } = answer;
+    match (&op.command, result) {
+        (Command::Transfer(t), Ok(Reply::Transfer(status))) => {
+            invariants::acknowledged(t, *status, state.home_row(&t.key()))
+                .err()
+                .map(|v| format!("{v} (acknowledged at {} us)", attempt.done_us))
+        }
+        (Command::Deposit { .. } | Command::Withdraw { .. }, Ok(Reply::Balance { balance })) => {
+            let (account, transaction_id) = op.cash_movement()?;
+            let model = &state.finals[partition_of(&account, state.partitions) as usize].model;
+            (!model.cash.contains_key(&(account, transaction_id))).then(|| {
+                format!(
+                    "acknowledged with balance {balance} at {} us, the final log has no such movement",
+                    attempt.done_us
+                )
+            })
+        }
+        (Command::OpenAccount { account, .. }, Ok(Reply::Opened { .. })) => {
+            let p = partition_of(account, state.partitions);
+            (state.ledger(p).map(|l| l.account(account).is_some()) == Some(false))
+                .then(|| "acknowledged as opened, missing from the final log".into())
+        }
+        _ => None,
     }
 }
 
 /// Replay from zero equals what recovery (snapshot plus log) rebuilds and what the live
 /// cluster answers.
 fn replay(state: &FinalState<'_>, found: &mut Vec<Violation>) {
+    let replay = Invariant::Replay.name();
     for message in state.fatal {
-        found.push(Violation::new("replay", message.clone()));
+        found.push(Violation::new(replay, message.clone()));
     }
     for fin in state.finals {
         if let Some(error) = &fin.decode_error {
             found.push(Violation::new(
-                "replay",
+                replay,
                 format!(
                     "partition {}: the durable log does not decode: {error}",
                     fin.partition
@@ -501,21 +318,13 @@ fn replay(state: &FinalState<'_>, found: &mut Vec<Violation>) {
             ));
         }
         match (&fin.replayed, &fin.recovered) {
-            (Ok(replayed), Ok(recovered)) => {
-                if let Some(difference) =
-                    walletd_core::log::replay::state_difference(replayed, recovered)
-                {
-                    found.push(Violation::new(
-                        "replay",
-                        format!(
-                            "partition {}: replay from zero and recovery differ: {difference}",
-                            fin.partition
-                        ),
-                    ));
-                }
-            }
+            (Ok(replayed), Ok(recovered)) => found.extend(
+                invariants::replay_matches(replayed, recovered, "recovery (snapshot and log)")
+                    .err()
+                    .map(Violation::from),
+            ),
             (_, Err(error)) => found.push(Violation::new(
-                "replay",
+                replay,
                 format!(
                     "partition {}: recovery from the final disk fails: {error}",
                     fin.partition
@@ -524,29 +333,27 @@ fn replay(state: &FinalState<'_>, found: &mut Vec<Violation>) {
             (Err(_), _) => {}
         }
     }
+    live_answers(state, found);
+}
+
+/// The live cluster's answers for every account and every transfer a client asked about
+/// equal the replayed ledgers.
+fn live_answers(state: &FinalState<'_>, found: &mut Vec<Violation>) {
+    let replay = Invariant::Replay.name();
     for (account, answer) in &state.live.accounts {
         let p = partition_of(account, state.partitions);
         let Some(ledger) = state.ledger(p) else {
             continue;
         };
         let expected = QueryAnswer::Account(ledger.account(account).copied());
-        match answer {
-            Some(answer) if *answer == expected => {}
-            Some(answer) => found.push(
-                Violation::new(
-                    "replay",
-                    format!("live {account} is {answer:?}, replay of the log gives {expected:?}"),
-                )
-                .account(*account),
-            ),
-            None => found.push(
-                Violation::new(
-                    "replay",
-                    format!("the live cluster did not answer for {account}"),
-                )
-                .account(*account),
-            ),
-        }
+        let problem = match answer {
+            Some(answer) if *answer == expected => continue,
+            Some(answer) => {
+                format!("live {account} is {answer:?}, replay of the log gives {expected:?}")
+            }
+            None => format!("the live cluster did not answer for {account}"),
+        };
+        found.push(Violation::new(replay, problem).account(*account));
     }
     for (key, answer) in &state.live.transfers {
         let expected = QueryAnswer::Transfer(state.home_row(key));
@@ -554,7 +361,7 @@ fn replay(state: &FinalState<'_>, found: &mut Vec<Violation>) {
             if *answer != expected {
                 found.push(
                     Violation::new(
-                        "replay",
+                        replay,
                         format!("live transfer {key:?} is {answer:?}, replay gives {expected:?}"),
                     )
                     .key(*key),
@@ -566,7 +373,7 @@ fn replay(state: &FinalState<'_>, found: &mut Vec<Violation>) {
 
 /// The sequential model agrees with every acknowledged outcome and every balance read, and
 /// the clients' own expectations (known errors, repeated answers) held.
-fn oracle(state: &FinalState<'_>, found: &mut Vec<Violation>) {
+fn oracle<'a>(state: &'a FinalState<'a>, found: &mut Vec<Violation>) {
     for violation in &state.history.violations {
         let op = &state.history.ops[violation.op];
         let mut v = Violation::new(
@@ -574,84 +381,96 @@ fn oracle(state: &FinalState<'_>, found: &mut Vec<Violation>) {
             format!("{:?}: {}", op.command, violation.detail),
         );
         v.keys.extend(op.transfer_key());
-        v.accounts.extend(cash_account(&op.command));
+        v.accounts
+            .extend(op.cash_movement().map(|(account, _)| account));
         v.op = Some(violation.op);
         found.push(v);
     }
-    let model =
-        |account: &AccountId| &state.finals[partition_of(account, state.partitions) as usize].model;
-    for (index, op) in state.history.ops.iter().enumerate() {
-        for (_, result) in op.answers() {
-            let problem = match (&op.command, result) {
-                (
-                    Command::Deposit {
-                        account,
-                        transaction_id,
-                        amount,
-                        ..
-                    }
-                    | Command::Withdraw {
-                        account,
-                        transaction_id,
-                        amount,
-                        ..
-                    },
-                    Ok(Reply::Balance { balance }),
-                ) => match model(account).cash.get(&(*account, *transaction_id)) {
-                    Some(fact) if fact.refused.is_some() => Some(format!(
-                        "acknowledged balance {balance}, but the log refused it at lsn {}",
-                        fact.lsn
-                    )),
-                    Some(fact) if fact.balance_after != *balance => Some(format!(
-                        "acknowledged balance {balance}, the model has {} after lsn {}",
-                        fact.balance_after, fact.lsn
-                    )),
-                    Some(fact) if fact.amount != amount.minor() => {
-                        Some(format!("the logged movement is of {}", fact.amount))
-                    }
-                    _ => None,
-                },
-                // A business refusal is recorded, and the record was right when it was made
-                // (the model checks it at its lsn), so every answer to the id repeats it.
-                (
-                    Command::Deposit {
-                        account,
-                        transaction_id,
-                        ..
-                    }
-                    | Command::Withdraw {
-                        account,
-                        transaction_id,
-                        ..
-                    },
-                    Err(error),
-                ) if is_business_refusal(error) => {
-                    match model(account).cash.get(&(*account, *transaction_id)) {
-                        Some(fact) if fact.refused.is_some() => None,
-                        Some(fact) => Some(format!(
-                            "answered {error}, but the log applied it at lsn {}",
-                            fact.lsn
-                        )),
-                        None => Some(format!("answered {error}, but the refusal is not recorded")),
-                    }
-                }
-                _ => None,
-            };
-            if let Some(problem) = problem {
-                let mut v = Violation::new("oracle", format!("{:?}: {problem}", op.command));
-                v.accounts.extend(cash_account(&op.command));
-                v.op = Some(index);
-                found.push(v);
-                break;
+    each_answer(state, "oracle", not_modelled, found);
+    cancel_reasons(state, found);
+    balance_reads(state, found);
+}
+
+/// The model of `account`'s partition.
+fn model_of<'a>(state: &'a FinalState<'_>, account: &AccountId) -> &'a Model {
+    &state.finals[partition_of(account, state.partitions) as usize].model
+}
+
+/// How the model contradicts what a request was answered, if it does: an acknowledged
+/// balance, or a refusal for insufficient funds.
+fn not_modelled(answer: Answer<'_>) -> Option<String> {
+    let state = answer.state;
+    match (&answer.op.command, answer.result) {
+        (
+            Command::Deposit {
+                account,
+                transaction_id,
+                amount,
+                ..
+            }
+            | Command::Withdraw {
+                account,
+                transaction_id,
+                amount,
+                ..
+            },
+            Ok(Reply::Balance { balance }),
+        ) => match model_of(state, account)
+            .cash
+            .get(&(*account, *transaction_id))
+        {
+            Some(fact) if fact.refused.is_some() => Some(format!(
+                "acknowledged balance {balance}, but the log refused it at lsn {}",
+                fact.lsn
+            )),
+            Some(fact) if fact.balance_after != *balance => Some(format!(
+                "acknowledged balance {balance}, the model has {} after lsn {}",
+                fact.balance_after, fact.lsn
+            )),
+            Some(fact) if fact.amount != amount.minor() => {
+                Some(format!("the logged movement is of {}", fact.amount))
+            }
+            _ => None,
+        },
+        // A business refusal is recorded, and the record was right when it was made (the
+        // model checks it at its lsn), so every answer to the id repeats it.
+        (
+            Command::Deposit {
+                account,
+                transaction_id,
+                ..
+            }
+            | Command::Withdraw {
+                account,
+                transaction_id,
+                ..
+            },
+            Err(error),
+        ) if is_business_refusal(error) => {
+            match model_of(state, account)
+                .cash
+                .get(&(*account, *transaction_id))
+            {
+                Some(fact) if fact.refused.is_some() => None,
+                Some(fact) => Some(format!(
+                    "answered {error}, but the log applied it at lsn {}",
+                    fact.lsn
+                )),
+                None => Some(format!("answered {error}, but the refusal is not recorded")),
             }
         }
+        _ => None,
     }
-    cancel_reasons(state, found);
+}
+
+/// Every balance read matches a state the account had while the read was in flight.
+fn balance_reads(state: &FinalState<'_>, found: &mut Vec<Violation>) {
     for read in &state.history.reads {
         let QueryAnswer::Account(answer) = read.answer else {
             continue;
         };
-        if !model(&read.account).was(&read.account, answer.as_ref(), read.sent_us, read.done_us) {
+        let model = model_of(state, &read.account);
+        if !model.was(&read.account, answer.as_ref(), read.sent_us, read.done_us) {
             found.push(
                 Violation::new(
                     "oracle",
@@ -712,14 +531,6 @@ fn cancel_reasons(state: &FinalState<'_>, found: &mut Vec<Violation>) {
     }
 }
 
-/// The account of a deposit or withdrawal.
-fn cash_account(command: &Command) -> Option<AccountId> {
-    match command {
-        Command::Deposit { account, .. } | Command::Withdraw { account, .. } => Some(*account),
-        _ => None,
-    }
-}
-
 /// Whether `error` is a business refusal of a deposit or withdrawal, which the ledger records.
 fn is_business_refusal(error: &LedgerError) -> bool {
     matches!(
@@ -768,6 +579,10 @@ pub fn event_mentions(event: &Event, key: &TransferKey) -> bool {
     }
 }
 
+/// Client requests and log records shown per transfer or account of a failure report.
+const OPS_MAX: usize = 6;
+const EVENTS_MAX: usize = 40;
+
 /// The history of the transfers and accounts a violation involves: client attempts and log
 /// events, for the failure report.
 pub fn involved_history(
@@ -776,70 +591,92 @@ pub fn involved_history(
     history: &HistoryState,
     out: &mut String,
 ) {
-    const OPS_MAX: usize = 6;
-    const EVENTS_MAX: usize = 40;
     if let Some(op) = violation.op.and_then(|i| history.ops.get(i)) {
         let _ = write!(out, "the request:\n{op}");
     }
     for key in violation.keys.iter().take(4) {
-        let _ = writeln!(out, "transfer {key:?}:");
-        for op in history
-            .ops
-            .iter()
-            .filter(|op| {
-                op.mentions(None, Some(&key.transaction_id)) && op.mentions(Some(&key.from), None)
-            })
-            .take(OPS_MAX)
-        {
-            let _ = write!(out, "{op}");
-        }
-        for fin in finals {
-            for record in fin
-                .records
-                .iter()
-                .filter(|r| event_mentions(&r.event, key))
-                .take(EVENTS_MAX)
-            {
-                let _ = writeln!(
-                    out,
-                    "  log p{} lsn {} at {} us: {:?}",
-                    fin.partition, record.lsn, record.timestamp, record.event
-                );
-            }
-        }
+        transfer_history(key, finals, history, out);
     }
     for account in violation.accounts.iter().take(2) {
-        let _ = writeln!(out, "account {account} (last requests):");
-        let ops: Vec<_> = history
-            .ops
-            .iter()
-            .filter(|op| op.mentions(Some(account), None))
-            .collect();
-        for op in ops.iter().rev().take(OPS_MAX).rev() {
-            let _ = write!(out, "{op}");
-        }
-        let fin = &finals[partition_of(account, finals.len() as u32) as usize];
-        let _ = writeln!(
-            out,
-            "  its last deposits and withdrawals in the log of p{}:",
-            fin.partition
-        );
-        let cash: Vec<&Record> = fin
+        account_history(account, finals, history, out);
+    }
+}
+
+/// Every client attempt and log event of transfer `key`.
+fn transfer_history(
+    key: &TransferKey,
+    finals: &[PartitionFinal],
+    history: &HistoryState,
+    out: &mut String,
+) {
+    let _ = writeln!(out, "transfer {key:?}:");
+    for op in history
+        .ops
+        .iter()
+        .filter(|op| {
+            op.mentions(None, Some(&key.transaction_id)) && op.mentions(Some(&key.from), None)
+        })
+        .take(OPS_MAX)
+    {
+        let _ = write!(out, "{op}");
+    }
+    for fin in finals {
+        for record in fin
             .records
             .iter()
-            .filter(|r| match r.event {
-                Event::Deposited { account: a, .. } | Event::Withdrawn { account: a, .. } => {
-                    a == *account
-                }
-                _ => false,
-            })
-            .collect();
-        for record in cash.iter().rev().take(OPS_MAX).rev() {
+            .filter(|r| event_mentions(&r.event, key))
+            .take(EVENTS_MAX)
+        {
             let _ = writeln!(
                 out,
-                "  log lsn {} at {} us: {:?}",
-                record.lsn, record.timestamp, record.event
+                "  log p{} lsn {} at {} us: {:?}",
+                fin.partition, record.lsn, record.timestamp, record.event
             );
         }
+    }
+}
+
+/// The last requests about `account`, and its last deposits and withdrawals in the log.
+fn account_history(
+    account: &AccountId,
+    finals: &[PartitionFinal],
+    history: &HistoryState,
+    out: &mut String,
+) {
+    let _ = writeln!(out, "account {account} (last requests):");
+    let ops: Vec<_> = history
+        .ops
+        .iter()
+        .filter(|op| op.mentions(Some(account), None))
+        .collect();
+    for op in ops.iter().rev().take(OPS_MAX).rev() {
+        let _ = write!(out, "{op}");
+    }
+    // A run stopped by a live check has no final logs to show.
+    if finals.is_empty() {
+        return;
+    }
+    let fin = &finals[partition_of(account, finals.len() as u32) as usize];
+    let _ = writeln!(
+        out,
+        "  its last deposits and withdrawals in the log of p{}:",
+        fin.partition
+    );
+    let cash: Vec<&Record> = fin
+        .records
+        .iter()
+        .filter(|r| match r.event {
+            Event::Deposited { account: a, .. } | Event::Withdrawn { account: a, .. } => {
+                a == *account
+            }
+            _ => false,
+        })
+        .collect();
+    for record in cash.iter().rev().take(OPS_MAX).rev() {
+        let _ = writeln!(
+            out,
+            "  log lsn {} at {} us: {:?}",
+            record.lsn, record.timestamp, record.event
+        );
     }
 }

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rand::Rng;
+use walletd_core::log::codec::RecordReader;
 use walletd_core::log::snapshot::InMemory;
 use walletd_core::model::event::Lsn;
 use walletd_runtime::storage::{EncodeSnapshot, LogSegment, Storage, StoredSnapshot};
@@ -60,6 +61,10 @@ pub struct DiskState {
     /// Where the bytes of a failed `sync` begin: none from there on survive a crash.
     pub lost_from: Option<usize>,
     pub failed_syncs: u64,
+    /// How far [`DiskState::durable_lsn`] has read whole records into the durable bytes, and
+    /// the lsn of the last one: it reads each record once, not the whole log each time.
+    walked_len: usize,
+    walked_lsn: Lsn,
 }
 
 impl DiskState {
@@ -74,6 +79,24 @@ impl DiskState {
     fn durable_len(&self) -> usize {
         self.lost_from
             .map_or(self.synced_len, |lost| lost.min(self.synced_len))
+    }
+
+    /// The lsn of the last whole record in the bytes a crash now would keep (0: none): what
+    /// anything released may depend on at most.
+    fn durable_lsn(&mut self) -> Lsn {
+        let durable = self.durable_len();
+        if self.walked_len == 0 || self.walked_len > durable {
+            // A fresh log, or the durable bytes shrank (a failed sync): read from the start.
+            self.walked_len = 0;
+            self.walked_lsn = self.first_lsn.saturating_sub(1);
+        }
+        let mut reader =
+            RecordReader::new(&self.log[self.walked_len..durable], self.walked_lsn + 1);
+        while let Ok(Some(record)) = reader.next_record() {
+            self.walked_lsn = record.lsn;
+        }
+        self.walked_len += reader.valid_len();
+        self.walked_lsn
     }
 }
 
@@ -155,6 +178,11 @@ impl Disk {
     pub fn unsynced(&self) -> usize {
         let state = self.lock();
         state.log.len() - state.durable_len()
+    }
+
+    /// The lsn of the last record a crash now would keep (0: none).
+    pub fn durable_lsn(&self) -> Lsn {
+        self.lock().durable_lsn()
     }
 
     /// What a crash now would leave: the first lsn and the durable bytes of the log.
@@ -372,6 +400,58 @@ mod tests {
             storage.append(2, b"again").await.unwrap();
             storage.sync().await.unwrap();
             assert_eq!(disk.durable_log(), (1, b"firstagain".to_vec()));
+        });
+    }
+
+    /// The encoded records `lsns` (deposits of one unit).
+    fn records(lsns: std::ops::RangeInclusive<Lsn>) -> Vec<u8> {
+        use walletd_core::log::codec::{encode_record, Record};
+        use walletd_core::model::event::Event;
+        let mut bytes = Vec::new();
+        for lsn in lsns {
+            let event = Event::Deposited {
+                account: walletd_core::model::ids::AccountId::new("a").unwrap(),
+                amount: walletd_core::model::money::Amount::from_minor(1).unwrap(),
+                transaction_id: walletd_core::model::ids::TransactionId::new("t").unwrap(),
+            };
+            encode_record(
+                &Record {
+                    lsn,
+                    timestamp: lsn,
+                    event,
+                },
+                &mut bytes,
+            );
+        }
+        bytes
+    }
+
+    #[test]
+    fn the_durable_lsn_follows_syncs_crashes_and_failed_syncs() {
+        simulated(async {
+            let disk = disk();
+            let mut storage = disk.open();
+            assert_eq!(disk.durable_lsn(), 0);
+            storage.append(1, &records(1..=3)).await.unwrap();
+            assert_eq!(disk.durable_lsn(), 0, "appended is not durable");
+            storage.sync().await.unwrap();
+            assert_eq!(disk.durable_lsn(), 3);
+            storage.append(4, &records(4..=5)).await.unwrap();
+            disk.fail(true);
+            assert!(storage.sync().await.is_err());
+            storage.append(6, &records(6..=6)).await.unwrap();
+            storage.sync().await.unwrap();
+            assert_eq!(
+                disk.durable_lsn(),
+                3,
+                "a failed sync's records never become durable"
+            );
+            disk.crash(false);
+            assert_eq!(disk.durable_lsn(), 3);
+            let mut storage = disk.open();
+            storage.append(4, &records(4..=4)).await.unwrap();
+            storage.sync().await.unwrap();
+            assert_eq!(disk.durable_lsn(), 4);
         });
     }
 

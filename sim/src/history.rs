@@ -2,12 +2,14 @@
 //! wall-clock times it was sent and answered. The checkers hold the final logs against it.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use walletd_core::ledger::{Command, LedgerError, Reply, TransferStatus};
 use walletd_core::model::event::{Reason, Timestamp, TransferKey};
 use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_runtime::driver::{CommandResult, QueryAnswer};
+
+use crate::boundary::{Boundary, Hits};
+use crate::shared::Shared;
 
 /// The answer a client expects, decided when it builds the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +22,12 @@ pub enum Expect {
     NotCommitted,
     /// A repeat of an answered request: the same answer again (a refusal included).
     Same(CommandResult),
+    /// This answer, which the client knows in advance because it alone uses the account
+    /// and knows its balance (see [`crate::edges`]).
+    Exactly(Reply),
+    /// A transfer whose source the client knows covers it: anything but a rejection for
+    /// insufficient funds.
+    Accepted,
 }
 
 /// How one attempt ended.
@@ -72,10 +80,9 @@ impl Op {
         }
     }
 
-    /// Whether the op concerns `account` or transaction id `txn`.
-    pub fn mentions(&self, account: Option<&AccountId>, txn: Option<&TransactionId>) -> bool {
-        let (accounts, id): (Vec<AccountId>, Option<TransactionId>) = match self.command {
-            Command::OpenAccount { account, .. } => (vec![account], None),
+    /// The account and transaction id of a deposit or withdrawal.
+    pub fn cash_movement(&self) -> Option<(AccountId, TransactionId)> {
+        match self.command {
             Command::Deposit {
                 account,
                 transaction_id,
@@ -85,9 +92,20 @@ impl Op {
                 account,
                 transaction_id,
                 ..
-            } => (vec![account], Some(transaction_id)),
+            } => Some((account, transaction_id)),
+            _ => None,
+        }
+    }
+
+    /// Whether the op concerns `account` or transaction id `txn`.
+    pub fn mentions(&self, account: Option<&AccountId>, txn: Option<&TransactionId>) -> bool {
+        let (accounts, id): (Vec<AccountId>, Option<TransactionId>) = match self.command {
+            Command::OpenAccount { account, .. } => (vec![account], None),
             Command::Transfer(t) => (vec![t.from, t.to], Some(t.transaction_id)),
-            _ => (vec![], None),
+            _ => match self.cash_movement() {
+                Some((account, id)) => (vec![account], Some(id)),
+                None => (vec![], None),
+            },
         };
         account.is_some_and(|a| accounts.contains(a)) || (txn.is_some() && txn.copied() == id)
     }
@@ -134,17 +152,14 @@ pub struct HistoryState {
     pub ops: Vec<Op>,
     pub reads: Vec<BalanceRead>,
     pub violations: Vec<ClientViolation>,
+    /// The decision boundaries the clients saw themselves reach.
+    pub hits: Hits,
 }
 
 /// The shared history of a run.
-#[derive(Debug, Clone, Default)]
-pub struct History(Arc<Mutex<HistoryState>>);
+pub type History = Shared<HistoryState>;
 
 impl History {
-    pub fn lock(&self) -> MutexGuard<'_, HistoryState> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Records a new op; returns its index.
     pub fn start(&self, client: u32, command: Command, expect: Expect) -> usize {
         let mut state = self.lock();
@@ -175,6 +190,20 @@ impl History {
 
     pub fn read(&self, read: BalanceRead) {
         self.lock().reads.push(read);
+    }
+
+    /// A client saw `boundary` reached.
+    pub fn hit(&self, boundary: Boundary) {
+        self.lock().hits.hit(boundary);
+    }
+
+    /// A contradiction a client noticed across several answers of op `op`.
+    pub fn violation(&self, op: usize, invariant: &'static str, detail: String) {
+        self.lock().violations.push(ClientViolation {
+            invariant,
+            op,
+            detail,
+        });
     }
 }
 
@@ -208,30 +237,55 @@ fn refusal_kind(reason: Reason) -> &'static str {
 
 /// Whether `result` contradicts `expect`: the invariant it breaks and why.
 fn contradiction(expect: Expect, result: &CommandResult) -> Option<(&'static str, String)> {
-    match (expect, result) {
-        (Expect::Valid, _) => None,
-        (Expect::Error(kind), Err(error)) if error_kind(error) == kind => None,
-        // A transfer's business refusal is recorded and answered as a rejection.
-        (Expect::Error(kind), Ok(Reply::Transfer(TransferStatus::Rejected(reason))))
-            if refusal_kind(*reason) == kind =>
-        {
-            None
-        }
-        (Expect::Error(kind), other) => Some(("oracle", format!("expected {kind}, got {other:?}"))),
-        (Expect::NotCommitted, Ok(Reply::Transfer(TransferStatus::Committed))) => Some((
-            "oracle",
-            "a transfer its destination must refuse was committed".to_string(),
+    let pending = Ok(Reply::Transfer(TransferStatus::Pending));
+    match expect {
+        Expect::Valid => None,
+        Expect::Error(kind) => match result {
+            Err(error) if error_kind(error) == kind => None,
+            // A transfer's business refusal is recorded and answered as a rejection.
+            Ok(Reply::Transfer(TransferStatus::Rejected(reason)))
+                if refusal_kind(*reason) == kind =>
+            {
+                None
+            }
+            other => Some(("oracle", format!("expected {kind}, got {other:?}"))),
+        },
+        Expect::NotCommitted => transfer_but_not(
+            result,
+            TransferStatus::Committed,
+            "a transfer its destination must refuse was committed",
+        ),
+        Expect::Accepted => transfer_but_not(
+            result,
+            TransferStatus::Rejected(Reason::InsufficientFunds),
+            "a transfer the client knew its balance covers was rejected for funds",
+        ),
+        Expect::Same(first) if *result == first || *result == pending => None,
+        Expect::Same(first) => Some((
+            "exactly_once",
+            format!("a repeat of a request answered {first:?} was answered {result:?}"),
         )),
-        (Expect::NotCommitted, Ok(Reply::Transfer(_))) => None,
-        (Expect::NotCommitted, other) => Some((
+        Expect::Exactly(want) if *result == Ok(want) => None,
+        Expect::Exactly(want) => Some((
+            "oracle",
+            format!("the client knew the balance: expected {want:?}, got {result:?}"),
+        )),
+    }
+}
+
+/// Whether `result` is anything but a transfer status other than `refused`: the oracle's
+/// complaint, `why` when it is `refused`.
+fn transfer_but_not(
+    result: &CommandResult,
+    refused: TransferStatus,
+    why: &str,
+) -> Option<(&'static str, String)> {
+    match result {
+        Ok(Reply::Transfer(status)) if *status == refused => Some(("oracle", why.to_string())),
+        Ok(Reply::Transfer(_)) => None,
+        other => Some((
             "oracle",
             format!("expected a transfer status, got {other:?}"),
-        )),
-        (Expect::Same(_), Ok(Reply::Transfer(TransferStatus::Pending))) => None,
-        (Expect::Same(first), result) if *result == first => None,
-        (Expect::Same(first), other) => Some((
-            "exactly_once",
-            format!("a repeat of a request answered {first:?} was answered {other:?}"),
         )),
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Deterministic simulation of a walletd cluster: the real partition drivers of `core` run
 //! inside madsim on simulated nodes, disks and network, driven by simulated clients, under
-//! faults drawn from one seed, and the invariants of DESIGN section 5 are checked at the end.
+//! faults drawn from one seed, and the invariants of DESIGN section 5 are checked while the
+//! run goes (what must hold at every instant) and at its end.
 //! Builds only with `--cfg madsim` (use `cargo sim` / `cargo simtest`).
 //!
 //! # Layout
@@ -12,25 +13,33 @@
 //! - [`network`]: the simulated network that carries core's inputs between hosts.
 //! - [`cluster`]: named nodes running `Engine::start_partitions`, kill and restart.
 //! - [`workload`]: clients: accounts, deposits, transfers, retries, invalid requests.
+//! - [`edges`]: edge episodes, in which a client takes an account through a decision boundary.
+//! - [`boundary`]: the boundaries, and how often a run or a sweep hit each.
 //! - [`nemesis`]: injects and heals faults.
 //! - [`history`]: what the clients were told, and when.
 //! - [`model`]: the oracle, an independent sequential model of a partition log.
-//! - [`checkers`]: the named invariants.
+//! - [`live`]: the invariants checked at every instant, while the run goes.
+//! - [`checkers`]: the named invariants, checked at the end of a run.
 //! - [`trace`]: the determinism trace hash.
 //! - [`sim`]: one run, end to end, and its report.
 //! - [`panics`]: panics inside the simulation become reports.
+//! - [`shared`]: state shared by the tasks of a run and the harness.
 #![cfg(madsim)]
 
+pub mod boundary;
 pub mod checkers;
 pub mod cluster;
 pub mod config;
 pub mod disk;
+pub mod edges;
 pub mod history;
+pub mod live;
 pub mod model;
 pub mod nemesis;
 pub mod network;
 pub mod panics;
 pub mod rng;
+pub mod shared;
 pub mod sim;
 pub mod trace;
 pub mod workload;

@@ -21,6 +21,7 @@ mod cli {
     use std::time::{Duration, Instant};
 
     use walletd_core::protocol::bugs::Bug;
+    use walletd_sim::boundary::{Hits, SweepHits};
     use walletd_sim::config::{FaultSet, SimConfig};
     use walletd_sim::sim;
 
@@ -55,6 +56,8 @@ OPTIONS:
 The last line of a run is exactly
   seed=N transfers=T faults=F trace=<16 hex digits> result=ok
 or ... result=FAIL invariant=<name>; the exit code is 0 on ok, 1 on failure, 2 on bad usage.
+The line before it counts the decision boundaries the clients hit
+(boundaries: transfer_exact=N ...); a sweep prints in how many runs each was hit.
 ";
 
     /// What the command line asks for.
@@ -219,6 +222,7 @@ or ... result=FAIL invariant=<name>; the exit code is 0 on ok, 1 on failure, 2 o
         if !report.ok() {
             print!("{}", report.details);
         }
+        println!("{}", report.hits);
         println!("{}", report.result_line());
         i32::from(!report.ok())
     }
@@ -254,18 +258,39 @@ or ... result=FAIL invariant=<name>; the exit code is 0 on ok, 1 on failure, 2 o
         rest.split(' ').next()?.parse().ok()
     }
 
+    /// What a sweep gathers from its child runs.
+    #[derive(Default)]
+    struct Tally {
+        ran: u64,
+        /// Seeds that failed, with their last lines.
+        failures: Vec<(u64, String)>,
+        transfers: Vec<u64>,
+        /// Per decision boundary, the runs that hit it (from each run's `boundaries:` line).
+        hits: SweepHits,
+    }
+
+    impl Tally {
+        /// One child run: whether it passed, its last line and its whole output.
+        fn add(&mut self, seed: u64, ok: bool, last: &str, stdout: &str) {
+            self.ran += 1;
+            self.transfers.extend(field(last, "transfers="));
+            if let Some(hits) = stdout.lines().find_map(Hits::parse) {
+                self.hits.add(&hits);
+            }
+            if !ok {
+                self.failures.push((seed, last.to_string()));
+            }
+        }
+    }
+
     fn sweep(args: &Args, (first, end): (u64, u64)) -> i32 {
         let started = Instant::now();
         let next = Arc::new(AtomicU64::new(first));
         let stop = Arc::new(AtomicBool::new(false));
-        let failures: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
-        let ran = Arc::new(AtomicU64::new(0));
-        let transfers: Arc<Mutex<Vec<u64>>> = Arc::default();
+        let tally: Arc<Mutex<Tally>> = Arc::default();
         let workers: Vec<_> = (0..args.jobs)
             .map(|_| {
-                let (next, stop, failures, ran) =
-                    (next.clone(), stop.clone(), failures.clone(), ran.clone());
-                let transfers = transfers.clone();
+                let (next, stop, tally) = (next.clone(), stop.clone(), tally.clone());
                 let passthrough = args.passthrough.clone();
                 let fail_fast = args.fail_fast;
                 std::thread::spawn(move || loop {
@@ -273,27 +298,35 @@ or ... result=FAIL invariant=<name>; the exit code is 0 on ok, 1 on failure, 2 o
                     if seed >= end || stop.load(Ordering::Relaxed) {
                         return;
                     }
-                    let (ok, last, _) = child(seed, &passthrough);
-                    ran.fetch_add(1, Ordering::Relaxed);
-                    if let Some(t) = field(&last, "transfers=") {
-                        transfers.lock().unwrap().push(t);
-                    }
+                    let (ok, last, stdout) = child(seed, &passthrough);
                     if !ok {
                         println!("{last}");
                         let _ = std::io::stdout().flush();
-                        failures.lock().unwrap().push((seed, last));
                         if fail_fast {
                             stop.store(true, Ordering::Relaxed);
                         }
                     }
+                    tally.lock().unwrap().add(seed, ok, &last, &stdout);
                 })
             })
             .collect();
         for worker in workers {
             worker.join().expect("sweep worker");
         }
-        let mut failures = failures.lock().unwrap().clone();
-        failures.sort();
+        let mut tally = tally.lock().unwrap();
+        tally.failures.sort();
+        sweep_report(args, (first, end), &tally, started)
+    }
+
+    /// Prints what a sweep found: the boundaries its runs hit, then its one-line summary
+    /// (always the last line). Returns the exit code.
+    fn sweep_report(args: &Args, (first, end): (u64, u64), tally: &Tally, started: Instant) -> i32 {
+        println!("{}", tally.hits);
+        let missed: Vec<&str> = tally.hits.missed().iter().map(|b| b.name()).collect();
+        if !missed.is_empty() {
+            println!("boundaries no run hit: {}", missed.join(", "));
+        }
+        let failures = &tally.failures;
         let first_failure = failures
             .first()
             .map_or("none".to_string(), |(s, _)| s.to_string());
@@ -302,14 +335,14 @@ or ... result=FAIL invariant=<name>; the exit code is 0 on ok, 1 on failure, 2 o
             config.seed = *seed;
             format!(" reproduce=\"{}\"", sim::reproduce_command(&config))
         });
-        let transfers = transfers.lock().unwrap().clone();
+        let transfers = &tally.transfers;
         let (min, mean) = match transfers.iter().min() {
             Some(min) => (*min, transfers.iter().sum::<u64>() / transfers.len() as u64),
             None => (0, 0),
         };
         println!(
             "sweep seeds={first}..{end} ran={} failed={} first_failure={first_failure} transfers_min={min} transfers_mean={mean} wall={:.1}s{reproduce}",
-            ran.load(Ordering::Relaxed),
+            tally.ran,
             failures.len(),
             started.elapsed().as_secs_f64()
         );

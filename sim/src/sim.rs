@@ -17,10 +17,12 @@ use walletd_core::model::event::TransferKey;
 use walletd_core::model::partition::partition_of;
 use walletd_runtime::driver::{recover, Query};
 
+use crate::boundary::Hits;
 use crate::checkers::{self, FinalState, LiveState, PartitionFinal, Violation};
 use crate::cluster::Cluster;
 use crate::config::SimConfig;
 use crate::history::History;
+use crate::live::{LiveChecks, Verdict};
 use crate::model::Model;
 use crate::nemesis::Nemesis;
 use crate::network::HostId;
@@ -49,6 +51,8 @@ pub struct RunReport {
     pub summary: String,
     /// Faults injected per kind.
     pub schedule: String,
+    /// The decision boundaries the clients saw themselves reach.
+    pub hits: Hits,
 }
 
 impl RunReport {
@@ -87,15 +91,72 @@ fn run_on_this_thread(config: &SimConfig) -> RunReport {
     walletd_core::protocol::bugs::set(config.bug.as_slice());
     let history = History::default();
     let trace = Trace::new(config.verbose);
+    let verdict = Verdict::default();
     let mut runtime = Runtime::with_seed_and_config(config.seed, madsim::Config::default());
     runtime.set_time_limit(config.duration + config.quiesce_max + Duration::from_secs(600));
-    let simulation = simulate(config.clone(), history.clone(), trace.clone());
+    let simulation = simulate(
+        config.clone(),
+        history.clone(),
+        trace.clone(),
+        verdict.clone(),
+    );
     let result = catch_unwind(AssertUnwindSafe(|| runtime.block_on(simulation)));
+    LiveChecks::uninstall();
     walletd_core::protocol::bugs::set(&[]);
-    match result {
-        Ok(report) => report,
-        Err(payload) => panic_report(config, &history, &trace, payload),
+    let stopped = verdict.lock().violation.take();
+    match (result, stopped) {
+        (Ok(report), _) => report,
+        (Err(_), Some(violation)) => stopped_report(config, &history, &trace, violation),
+        (Err(payload), None) => panic_report(config, &history, &trace, payload),
     }
+}
+
+/// A run stopped by a live check at its first violation.
+fn stopped_report(
+    config: &SimConfig,
+    history: &History,
+    trace: &Trace,
+    violation: Violation,
+) -> RunReport {
+    let history = history.lock();
+    let mut details = format!(
+        "violated while the run went: {}: {}\nhistory of what it involves:\n",
+        violation.invariant, violation.detail
+    );
+    checkers::involved_history(&violation, &[], &history, &mut details);
+    stopped_early(config, &history, trace, violation, details, "a live check")
+}
+
+/// The report of a run that stopped before its end (`by` what), at `violation`.
+fn stopped_early(
+    config: &SimConfig,
+    history: &crate::history::HistoryState,
+    trace: &Trace,
+    violation: Violation,
+    mut details: String,
+    by: &str,
+) -> RunReport {
+    let _ = writeln!(details, "reproduce: {}", reproduce_command(config));
+    RunReport {
+        seed: config.seed,
+        transfers: transfer_ops(history),
+        faults: 0,
+        trace: trace.hash(),
+        violations: vec![violation],
+        details,
+        summary: format!("ops={} (run stopped by {by})", history.ops.len()),
+        schedule: format!("unknown (run stopped by {by})"),
+        hits: history.hits,
+    }
+}
+
+/// Transfer requests the clients made (what a stopped run reports as its transfers).
+fn transfer_ops(history: &crate::history::HistoryState) -> u64 {
+    history
+        .ops
+        .iter()
+        .filter(|op| op.transfer_key().is_some())
+        .count() as u64
 }
 
 /// A panic inside the simulation (a node's assertion, the time limit) as a failed run.
@@ -129,21 +190,8 @@ fn panic_report(
             let _ = write!(details, "{op}");
         }
     }
-    let _ = writeln!(details, "reproduce: {}", reproduce_command(config));
-    RunReport {
-        seed: config.seed,
-        transfers: history
-            .ops
-            .iter()
-            .filter(|op| op.transfer_key().is_some())
-            .count() as u64,
-        faults: 0,
-        trace: trace.hash(),
-        violations: vec![Violation::new(invariant, message)],
-        details,
-        summary: format!("ops={} (run stopped by the panic)", history.ops.len()),
-        schedule: "unknown (run stopped by the panic)".into(),
-    }
+    let violation = Violation::new(invariant, message);
+    stopped_early(config, &history, trace, violation, details, "the panic")
 }
 
 /// The invariant a panic message shows broken (core asserts some of them as it runs).
@@ -163,10 +211,17 @@ fn classify_panic(message: &str) -> &'static str {
 }
 
 /// One run: setup, load under faults, heal and quiesce, then the checks.
-async fn simulate(config: SimConfig, history: History, trace: Trace) -> RunReport {
+async fn simulate(
+    config: SimConfig,
+    history: History,
+    trace: Trace,
+    verdict: Verdict,
+) -> RunReport {
     let mut setup_rng = stream(config.seed, Purpose::Setup);
     let snapshot_every_events = setup_rng.gen_range(50..=500);
     let mut cluster = Cluster::start(&config, trace.clone(), snapshot_every_events);
+    // Before any node runs: the checks see every partition from its first start.
+    LiveChecks::install(cluster.shared.disks.clone(), verdict.clone());
     let specs: Arc<[AccountSpec]> = accounts(config.accounts).into();
     let (setup_host, setup_node) = cluster.client_hosts[0].clone();
     {
@@ -213,8 +268,9 @@ async fn simulate(config: SimConfig, history: History, trace: Trace) -> RunRepor
         trace: trace.hash(),
         details: failure_details(&config, &violations, &finals, &history_state, &nemesis),
         violations,
-        summary: summary(&cluster, &history_state, &nemesis, quiesced),
+        summary: summary(&cluster, &history_state, &nemesis, quiesced, &verdict),
         schedule: nemesis.schedule_summary(),
+        hits: history_state.hits,
     }
 }
 
@@ -339,8 +395,7 @@ async fn collect_finals(cluster: &Cluster, partitions: u32) -> Vec<PartitionFina
             Ok(decoded) => (decoded.records, None),
             Err(error) => (Vec::new(), Some(error.to_string())),
         };
-        let replayed =
-            replay(partition, partitions, &records, AsOf::End).map_err(|e| e.to_string());
+        let replayed = replay(partition, partitions, &records, AsOf::End);
         let recovered = recover(&mut disk.durable_copy().open(), partition, partitions)
             .await
             .map(|(ledger, _)| ledger)
@@ -364,6 +419,7 @@ fn summary(
     history: &crate::history::HistoryState,
     nemesis: &Nemesis,
     quiesced: bool,
+    verdict: &Verdict,
 ) -> String {
     let net = cluster.net().stats();
     let (mut crashes, mut torn, mut syncs, mut failed_syncs, mut failed_snapshots) =
@@ -398,8 +454,12 @@ fn summary(
             reports.iter().filter(|r| r.torn_bytes_dropped > 0).count(),
         )
     };
+    let (live_conservation, live_releases) = {
+        let verdict = verdict.lock();
+        (verdict.conservation_checks, verdict.releases)
+    };
     format!(
-        "ops={} attempts={attempts} answered={answered} expected_answers={expected} reads={} messages sent={} delivered={} dropped={} duplicated={} disk crashes={crashes} torn={torn} syncs={syncs} failed_syncs={failed_syncs} failed_snapshots={failed_snapshots} recoveries={recoveries} from_snapshot={from_snapshot} torn_cut={torn_cut} faults={} quiesced={quiesced} simulated={:.1}s",
+        "ops={} attempts={attempts} answered={answered} expected_answers={expected} reads={} messages sent={} delivered={} dropped={} duplicated={} disk crashes={crashes} torn={torn} syncs={syncs} failed_syncs={failed_syncs} failed_snapshots={failed_snapshots} recoveries={recoveries} from_snapshot={from_snapshot} torn_cut={torn_cut} faults={} quiesced={quiesced} live_conservation_checks={live_conservation} live_releases_checked={live_releases} simulated={:.1}s",
         history.ops.len(),
         history.reads.len(),
         net.sent,

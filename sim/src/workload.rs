@@ -1,6 +1,7 @@
 //! Simulated clients: open accounts, deposit, and run random same- and cross-partition
 //! transfers, retrying with the same transaction id after a timeout or an unavailable
-//! partition, and sending some invalid requests whose error they know in advance.
+//! partition, sending some invalid requests whose error they know in advance, and now and
+//! then taking an account of their own through a decision boundary ([`crate::edges`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use walletd_runtime::driver::{
 use walletd_runtime::engine::command_account;
 
 use crate::config::SimConfig;
+use crate::edges::Episode;
 use crate::history::{Attempt, BalanceRead, Expect, History, Outcome};
 use crate::network::{HostId, Network};
 
@@ -213,6 +215,8 @@ pub struct Client {
     pub think_max: Duration,
     pub attempts_max: u32,
     next_id: u64,
+    /// Edge episodes run so far (each opens its own account).
+    episodes: u64,
     /// Recent ops that got a settled answer, a success or a business refusal: candidates for
     /// repeats (which must get the same answer, however the accounts changed since) and
     /// reuses of their ids with another body.
@@ -239,6 +243,7 @@ impl Client {
             think_max: config.think_max,
             attempts_max: config.client_attempts_max,
             next_id: 0,
+            episodes: 0,
             answered: Vec::new(),
         }
     }
@@ -306,7 +311,7 @@ impl Client {
     async fn step(&mut self) {
         let roll = self.rng.gen_range(0..100);
         let (command, expect) = match roll {
-            0..=59 => {
+            0..=55 => {
                 let from = self.pick();
                 let same = self.rng.gen_bool(0.25);
                 let Some(to) = self
@@ -317,6 +322,7 @@ impl Client {
                 };
                 (self.transfer(from.id, to.id, from.currency), Expect::Valid)
             }
+            56..=59 => return self.edge_episode().await,
             60..=66 => {
                 let spec = self.pick();
                 let minor = self.rng.gen_range(1..=5_000);
@@ -367,6 +373,22 @@ impl Client {
             }
             self.answered.push((command, reply));
         }
+    }
+
+    /// Takes a fresh account of this client's through one decision boundary.
+    async fn edge_episode(&mut self) {
+        self.episodes += 1;
+        Episode::new(
+            self.index,
+            self.episodes,
+            &self.requester,
+            &self.history,
+            &mut self.rng,
+            self.attempts_max,
+            &self.specs,
+        )
+        .run()
+        .await;
     }
 
     /// A request that reuses the transaction id of an answered op with another body.

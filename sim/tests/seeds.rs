@@ -3,9 +3,11 @@
 #![cfg(madsim)]
 
 use walletd_core::protocol::bugs::Bug;
+use walletd_sim::boundary::Boundary;
 use walletd_sim::config::SimConfig;
 use walletd_sim::sim;
 
+/// Clean seeds pass, under faults, and their clients reach every decision boundary.
 #[test]
 fn clean_seeds_pass() {
     for seed in [1, 2] {
@@ -13,6 +15,9 @@ fn clean_seeds_pass() {
         assert!(report.ok(), "{}{}", report.details, report.result_line());
         assert!(report.transfers > 100, "{}", report.summary);
         assert!(report.faults > 0, "{}", report.summary);
+        for boundary in Boundary::ALL {
+            assert!(report.hits.count(boundary) > 0, "{}", report.hits);
+        }
     }
 }
 
@@ -28,13 +33,30 @@ fn first_failure(bug: Bug) -> Option<sim::RunReport> {
         .find(|report| !report.ok())
 }
 
+/// The first failing run with `bug` on, which must name `invariant`.
+fn caught_as(bug: Bug, invariant: &str) -> sim::RunReport {
+    let report = first_failure(bug).expect("the bug went unnoticed");
+    let line = report.result_line();
+    assert!(
+        line.ends_with(&format!("result=FAIL invariant={invariant}")),
+        "{line}"
+    );
+    report
+}
+
 /// Quick runs are short; a known bug must still show within this many seeds.
 const SEEDS_TO_FIND_A_BUG: u64 = 10;
 
+/// The live checks catch a reply sent before its sync at the moment it leaves, not in the
+/// final logs.
 #[test]
-fn reply_before_sync_is_caught() {
-    let report = first_failure(Bug::ReplyBeforeSync).expect("the bug went unnoticed");
-    assert!(report.result_line().contains("result=FAIL invariant="));
+fn reply_before_sync_is_caught_when_the_early_reply_leaves() {
+    let report = caught_as(Bug::ReplyBeforeSync, "durability");
+    assert!(
+        report.details.contains("violated while the run went"),
+        "{}",
+        report.details
+    );
     let reproduce = format!(
         "reproduce: cargo sim -- --seed {} --bug reply-before-sync",
         report.seed
@@ -44,14 +66,7 @@ fn reply_before_sync_is_caught() {
 
 #[test]
 fn skip_barrier_is_caught_as_a_hanging_try() {
-    let report = first_failure(Bug::SkipBarrier).expect("the bug went unnoticed");
-    assert!(
-        report
-            .result_line()
-            .ends_with("result=FAIL invariant=no_hanging"),
-        "{}",
-        report.result_line()
-    );
+    caught_as(Bug::SkipBarrier, "no_hanging");
 }
 
 #[test]

@@ -378,6 +378,17 @@ pub struct ApplyError {
     pub what: String,
 }
 
+impl ApplyError {
+    /// Whether the event would have taken an account's available balance below zero
+    /// (invariant 2), rather than contradict the log some other way.
+    pub fn is_overdraw(&self) -> bool {
+        self.what.contains(OVERDRAWS)
+    }
+}
+
+/// The word of an [`ApplyError`] that refuses an overdraft.
+const OVERDRAWS: &str = "overdraws";
+
 /// Position and time of the record an event is applied from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RecordMeta {
@@ -1407,7 +1418,7 @@ fn check_covers(id: &AccountId, found: &Account, minor: u64) -> Result<(), Strin
     check(found.covers(minor), || {
         let currency = found.currency;
         format!(
-            "{} {currency} overdraws {id}, which has {} {currency} available",
+            "{} {currency} {OVERDRAWS} {id}, which has {} {currency} available",
             format_minor(minor, currency),
             format_minor(found.balance, currency)
         )

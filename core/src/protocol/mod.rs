@@ -2,6 +2,8 @@
 //! partitions exchange.
 //!
 //! - [`coordinator`]: drives cross-partition transfers from their home partition (sans-IO).
+//! - [`invariants`]: the invariants of DESIGN section 5, one function each, shared by the
+//!   tests, the simulator and `wallet verify`.
 //! - [`machine`]: the partition machine: everything a partition decides, sans-IO.
 //! - [`message`]: what crosses a partition's boundary: client commands and queries, their
 //!   answers, and the phase messages between partitions.
@@ -11,6 +13,7 @@
 #[cfg(any(test, madsim, feature = "testing"))]
 pub mod bugs;
 pub mod coordinator;
+pub mod invariants;
 pub mod machine;
 pub mod message;
 

@@ -12,6 +12,10 @@
 //!   timer ──► machine.handle_tick          ▲                                   │
 //!                                          └──── machine.handle_durable ◄──────┘
 //! ```
+//!
+//! Tests and the simulator can watch a driver through [`observe`] (compiled only into them):
+//! the state a partition starts from, every batch as it is cut, and every release as it
+//! leaves.
 
 use std::future::Future;
 use std::io;
@@ -32,6 +36,9 @@ use walletd_core::protocol::machine::{Now, PartitionMachine, Release, ReplyToken
 
 use crate::storage::Storage;
 use crate::transport::{PeerMessage, Transport};
+
+#[cfg(any(test, madsim))]
+pub mod observe;
 
 pub use walletd_core::log::recovery::RecoveryReport;
 /// The driver's limits are its machine's.
@@ -213,8 +220,13 @@ impl ReplyTokens for Channels {
 }
 
 /// Sends what a durable batch releases: peer messages first (the machine's release rule),
-/// then the answers. A client that went away is no error.
-fn send_release(release: Release<Channels>, transport: &dyn Transport) {
+/// then the answers. A client that went away is no error. `batch` (the partition and the
+/// batch's last lsn) is for the observer of tests and the simulator ([`observe`]), which is
+/// shown the release first.
+#[cfg_attr(not(any(test, madsim)), allow(unused_variables))]
+fn send_release(batch: (PartitionId, Lsn), release: Release<Channels>, transport: &dyn Transport) {
+    #[cfg(any(test, madsim))]
+    observe::releasing(batch.0, batch.1, &release);
     for message in release.peer_messages {
         transport.send(message);
     }
@@ -281,6 +293,8 @@ impl<S: Storage> PartitionDriver<S> {
             micros: 0,
             wall_us: wall_clock_us(),
         };
+        #[cfg(any(test, madsim))]
+        observe::started(ledger.partition(), &ledger);
         PartitionDriver {
             machine: PartitionMachine::new(ledger, config, now),
             storage: Some(storage),
@@ -436,22 +450,25 @@ impl<S: Storage> PartitionDriver<S> {
         // Before anything of the batch is answered, so a client that saw its answer sees
         // the gauges count it.
         self.publish_stats();
+        let partition = self.machine.partition();
+        #[cfg(any(test, madsim))]
+        observe::committing(partition, self.machine.ledger(), &commit);
         #[cfg(any(test, madsim))]
         let commit = self.reply_before_sync_if_bugged(commit);
+        let batch = (partition, commit.last_lsn);
         if commit.bytes.is_empty() {
             self.stats.batches.fetch_add(1, Ordering::Relaxed);
-            send_release(commit.release, &*self.transport);
+            send_release(batch, commit.release, &*self.transport);
             return None;
         }
         let mut storage = self.storage.take().expect("one commit at a time");
-        let partition = self.machine.partition();
         let (first_lsn, bytes, release) = (commit.first_lsn, commit.bytes, commit.release);
         let transport = Arc::clone(&self.transport);
         // Answers and peer messages leave from wherever the batch becomes durable (file
         // storage: its writing thread), not when this task next gets to run: on a busy
         // machine that was most of a batch's wait. Should the write fail, they are dropped
         // unsent, and the partition stops.
-        let on_durable = Box::new(move || send_release(release, &*transport));
+        let on_durable = Box::new(move || send_release(batch, release, &*transport));
         let commit_future = Box::pin(async move {
             let (bytes, result) = storage.append_durably(first_lsn, bytes, on_durable).await;
             let result = result.map_err(|source| DriverError::Io { partition, source });
@@ -473,7 +490,8 @@ impl<S: Storage> PartitionDriver<S> {
     ) -> walletd_core::protocol::machine::Commit<Channels> {
         use walletd_core::protocol::bugs::{enabled, Bug};
         if enabled(Bug::ReplyBeforeSync) {
-            send_release(std::mem::take(&mut commit.release), &*self.transport);
+            let batch = (self.machine.partition(), commit.last_lsn);
+            send_release(batch, std::mem::take(&mut commit.release), &*self.transport);
         }
         commit
     }

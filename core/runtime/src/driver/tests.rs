@@ -519,6 +519,87 @@ async fn the_durability_check_catches_replies_sent_before_the_sync() {
     );
 }
 
+/// An observer that checks, with core's invariant, that every release leaves only once its
+/// batch is durable on `disk`, and counts the releases that left early.
+struct DurableReleases {
+    disk: MemStorage,
+    cut: std::cell::RefCell<Vec<Lsn>>,
+    early: std::cell::Cell<usize>,
+}
+
+impl DurableReleases {
+    /// The last lsn of the synced bytes of the disk.
+    fn durable_lsn(&self) -> Lsn {
+        let disk = self.disk.disk.lock().unwrap();
+        let Some((first_lsn, bytes)) = disk.segments.last() else {
+            return 0;
+        };
+        let decoded = decode_log(&bytes[..disk.synced_len], *first_lsn).unwrap();
+        decoded.records.last().map_or(first_lsn - 1, |r| r.lsn)
+    }
+}
+
+impl observe::Observer for DurableReleases {
+    fn started(&self, _: PartitionId, _: &Ledger) {}
+
+    fn committing(
+        &self,
+        _: PartitionId,
+        _: &Ledger,
+        commit: &walletd_core::protocol::machine::Commit<Channels>,
+    ) {
+        self.cut.borrow_mut().push(commit.last_lsn);
+    }
+
+    fn releasing(&self, partition: PartitionId, last_lsn: Lsn, release: &Release<Channels>) {
+        assert!(
+            self.cut.borrow().contains(&last_lsn),
+            "a release follows its cut"
+        );
+        let answers = release.replies.len() + release.groups.len() + release.answers.len();
+        let durable = self.durable_lsn();
+        let checked = walletd_core::protocol::invariants::released_durably(
+            partition,
+            last_lsn,
+            durable,
+            &release.peer_messages,
+            answers,
+        );
+        self.early
+            .set(self.early.get() + usize::from(checked.is_err()));
+    }
+}
+
+/// Deposits under an observer of every release; how many left before their batch was durable.
+async fn observed_early_releases() -> usize {
+    let storage = SlowSync::default();
+    let watch = std::rc::Rc::new(DurableReleases {
+        disk: storage.inner.clone(),
+        cut: Default::default(),
+        early: Default::default(),
+    });
+    observe::install(Some(watch.clone()));
+    let engine = start_single_with_alice(storage).await;
+    let client = engine.client();
+    for i in 0..5 {
+        client.execute(deposit(i), false).await.unwrap().unwrap();
+    }
+    engine.shutdown().await.unwrap();
+    observe::install(None);
+    assert!(
+        !watch.cut.borrow().is_empty(),
+        "the observer saw the batches"
+    );
+    watch.early.get()
+}
+
+#[tokio::test]
+async fn the_observer_sees_every_release_after_its_batch_is_durable() {
+    assert_eq!(observed_early_releases().await, 0);
+    let early = with_bug(Bug::ReplyBeforeSync, observed_early_releases()).await;
+    assert!(early > 0, "releases before the sync are seen as such");
+}
+
 /// What a deposit made while the next sync fails is answered, and whether the partition goes
 /// on (`None`: the answer was dropped, or the partition was unavailable).
 async fn deposit_across_a_failed_sync() -> (Option<CommandResult>, Result<(), DriverError>) {
@@ -622,7 +703,7 @@ fn a_batch_sends_its_peer_messages_before_its_answers() {
         },
     };
     release.peer_messages.extend([confirm; 2]);
-    send_release(release, &*probe);
+    send_release((0, 0), release, &*probe);
     assert_eq!(probe.sent_before_the_answer.load(Ordering::Relaxed), 2);
     let answered = probe.answer.lock().unwrap().try_recv();
     assert_eq!(answered.unwrap(), committed);

@@ -13,6 +13,8 @@ use crate::model::partition::{partition_of, PartitionId};
 use crate::protocol::coordinator::{
     Coordinator, CoordinatorConfig, Micros, Output, Phase, PhaseRequest, PhaseResponse,
 };
+use crate::protocol::invariants;
+use crate::protocol::message::PeerMessage;
 
 use super::checks::Violation;
 
@@ -81,7 +83,8 @@ pub struct Cluster {
     /// Every command a coordinator had its home ledger execute, with the time.
     pub executed: Vec<(Micros, Command)>,
     /// What went wrong while running: events that did not apply, coordinator commands the
-    /// ledger refused, and coordinator `Violation` outputs. Checked by `checks::check_always`.
+    /// ledger refused, coordinator `Violation` outputs, and second-phase messages sent
+    /// without their decision. Checked by `checks::check_always`.
     pub violations: Vec<Violation>,
     /// Phase commands a destination refused; no answer leaves for them.
     pub refused: Vec<(PartitionId, Command, LedgerError)>,
@@ -300,11 +303,8 @@ impl Cluster {
         };
         for event in events {
             if let Err(error) = self.ledgers[p].apply(meta, &event) {
-                self.violations.push(Violation::Apply {
-                    partition,
-                    event,
-                    error,
-                });
+                self.violations
+                    .push(invariants::apply_failed(partition, error));
                 break;
             }
             self.history.push(Applied {
@@ -335,6 +335,16 @@ impl Cluster {
                         home: partition,
                         request,
                     });
+                    // Logs apply at once here, so a decision is durable once it is applied.
+                    let message = PeerMessage::Request {
+                        from: partition,
+                        request,
+                    };
+                    if let Err(violation) =
+                        invariants::decisions_logged(&self.ledgers[p], &[message])
+                    {
+                        self.violations.push(violation);
+                    }
                     self.network.push(Message::Request {
                         home: partition,
                         to,
@@ -344,16 +354,17 @@ impl Cluster {
                 Output::Execute(command) => {
                     self.executed.push((self.now, command));
                     if let Err(error) = self.execute_one(partition, &command) {
-                        self.violations.push(Violation::Refused {
-                            partition,
-                            command,
-                            error,
+                        self.violations.push(Violation::Protocol {
+                            key: None,
+                            detail: format!("partition {partition} refused its coordinator's {command:?}: {error}"),
                         });
                     }
                 }
                 Output::Violation { key, detail } => {
-                    self.violations
-                        .push(Violation::Contradiction { key, detail });
+                    self.violations.push(Violation::Protocol {
+                        key: Some(key),
+                        detail,
+                    });
                 }
             }
         }

@@ -589,7 +589,7 @@ fn the_cluster_records_a_contradicting_destination() {
     cluster.deliver(0);
     assert!(matches!(
         cluster.violations.as_slice(),
-        [Violation::Contradiction { key, .. }] if *key == t.key()
+        [Violation::Protocol { key: Some(key), .. }] if *key == t.key()
     ));
     assert_eq!(home_state(&cluster, &t), TransferState::Confirming);
 }

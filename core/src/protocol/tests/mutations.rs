@@ -14,9 +14,11 @@ use crate::model::money::BALANCE_MINOR_MAX;
 use crate::protocol::bugs::{self, Bug};
 use crate::protocol::coordinator::{CoordinatorConfig, Phase};
 
+use crate::protocol::invariants::{self, Invariant};
+
 use super::checks::{
-    check_always, check_at_rest, check_balances, check_books, check_conservation,
-    check_exactly_once, check_no_try_after_cancel, check_quiescent, check_replay, Violation,
+    check_always, check_at_rest, check_log, check_quiescent, check_recorded, check_replay,
+    Violation,
 };
 use super::cluster::Cluster;
 use super::properties::{ops, simulate};
@@ -120,15 +122,15 @@ fn late_try(bugs: &[Bug]) -> (Cluster, Transfer) {
 #[test]
 fn skip_barrier_applies_a_try_after_its_cancel_and_leaves_it_hanging() {
     let (cluster, t) = late_try(&[Bug::SkipBarrier]);
-    assert_eq!(
-        check_no_try_after_cancel(&cluster.history),
-        Err(Violation::TryAfterCancel { key: t.key() })
-    );
+    assert!(matches!(
+        check_log(&cluster),
+        Err(Violation::Hanging { key, .. }) if key == t.key()
+    ));
     // The home partition is done with the transfer; the destination holds a pending credit
     // that nobody will ever confirm or cancel.
     assert!(matches!(
         check_at_rest(&cluster),
-        Err(Violation::AtRest { .. })
+        Err(Violation::Sides { at_rest: true, .. })
     ));
     assert_eq!(
         cluster.ledger_of(&t.to).account(&t.to).unwrap().incoming,
@@ -146,7 +148,7 @@ fn skip_barrier_applies_a_try_after_its_cancel_and_leaves_it_hanging() {
 fn random_schedules_find_skip_barrier() {
     let found = hunt(&[Bug::SkipBarrier]);
     assert!(
-        matches!(found, Some((_, Violation::TryAfterCancel { .. }))),
+        matches!(found, Some((_, Violation::Hanging { .. }))),
         "{found:?}"
     );
 }
@@ -173,8 +175,8 @@ fn retried(bugs: &[Bug], to: fn(&Accounts) -> AccountId) -> (Cluster, Transfer, 
 fn no_idempotency_applies_a_same_partition_retry_twice() {
     let (cluster, t, _) = retried(&[Bug::NoIdempotency], |w| w.neighbour);
     assert!(matches!(
-        check_exactly_once(&cluster.history),
-        Err(Violation::ExactlyOnce { key, .. }) if key == t.key()
+        check_log(&cluster),
+        Err(Violation::ExactlyOnce { key, .. }) if key == Some(t.key())
     ));
     assert_eq!(
         cluster.ledger_of(&t.to).account(&t.to).unwrap().balance,
@@ -191,12 +193,12 @@ fn no_idempotency_debits_a_cross_partition_retry_twice() {
     // The retry debits again; the destination, already confirmed, is not credited again.
     assert_eq!(reply, Reply::Transfer(TransferStatus::Pending));
     assert!(matches!(
-        check_conservation(&cluster.ledgers),
+        invariants::conservation(&cluster.ledgers),
         Err(Violation::Conservation { currency: USD, .. })
     ));
     assert!(matches!(
-        check_exactly_once(&cluster.history),
-        Err(Violation::ExactlyOnce { key, .. }) if key == t.key()
+        check_log(&cluster),
+        Err(Violation::ExactlyOnce { key, .. }) if key == Some(t.key())
     ));
     {
         let _switched = switch_on(&[Bug::NoIdempotency]);
@@ -210,7 +212,7 @@ fn no_idempotency_debits_a_cross_partition_retry_twice() {
         cluster.ledger_of(&t.to).account(&t.to).unwrap().balance,
         2_500
     );
-    assert!(check_conservation(&cluster.ledgers).is_err());
+    assert!(invariants::conservation(&cluster.ledgers).is_err());
     let (cluster, _, reply) = retried(&[], |w| w.dst);
     assert_eq!(reply, Reply::Transfer(TransferStatus::Committed));
     assert_eq!(check_quiescent(&cluster), Ok(()));
@@ -226,6 +228,7 @@ fn random_schedules_find_no_idempotency() {
                 _,
                 Violation::ExactlyOnce { .. }
                     | Violation::Conservation { .. }
+                    | Violation::Books { .. }
                     | Violation::Acknowledged { .. }
             ))
         ),
@@ -258,12 +261,12 @@ fn credit_before_debit_creates_money_when_the_debit_fails() {
         2_500
     );
     assert!(matches!(
-        check_conservation(&cluster.ledgers),
+        invariants::conservation(&cluster.ledgers),
         Err(Violation::Conservation { currency: USD, .. })
     ));
     assert!(matches!(
         check_at_rest(&cluster),
-        Err(Violation::AtRest { .. })
+        Err(Violation::Sides { at_rest: true, .. })
     ));
     let (cluster, _, reply) = unfunded_transfer(&[]);
     assert_eq!(
@@ -285,6 +288,8 @@ fn credit_before_debit_confirms_before_any_decision() {
         .sent
         .iter()
         .any(|s| s.request.phase == Phase::Confirm));
+    let found = check_recorded(&cluster).unwrap_err();
+    assert_eq!(found.invariant(), Invariant::DurableDecision, "{found}");
 }
 
 #[test]
@@ -296,8 +301,9 @@ fn random_schedules_find_credit_before_debit() {
             Some((
                 _,
                 Violation::Conservation { .. }
-                    | Violation::AtRest { .. }
-                    | Violation::Contradiction { .. }
+                    | Violation::Sides { .. }
+                    | Violation::DecisionMissing { .. }
+                    | Violation::Protocol { .. }
             ))
         ),
         "{found:?}"
@@ -327,15 +333,15 @@ fn replay_books_and_limit_checkers_catch_a_tampered_balance() {
         Err(Violation::Replay { partition: 0, .. })
     ));
     assert!(matches!(
-        check_books(&cluster.ledgers),
+        invariants::books(&cluster.ledgers[0]),
         Err(Violation::Books { partition: 0, .. })
     ));
     assert!(matches!(
-        check_conservation(&cluster.ledgers),
+        invariants::conservation(&cluster.ledgers),
         Err(Violation::Conservation { currency: USD, .. })
     ));
     assert_eq!(
-        check_balances(&cluster.ledgers),
+        invariants::balances_in_range(&cluster.ledgers[0]),
         Err(Violation::BalanceLimit {
             account: w.src,
             balance: BALANCE_MINOR_MAX + 1
@@ -353,7 +359,7 @@ fn the_at_rest_checker_rejects_a_transfer_still_in_flight() {
     assert_eq!(check_always(&cluster), Ok(()));
     assert!(matches!(
         check_at_rest(&cluster),
-        Err(Violation::AtRest { .. })
+        Err(Violation::NotQuiet { .. })
     ));
     assert!(cluster.settle(SETTLE_STEPS_MAX));
     assert_eq!(check_at_rest(&cluster), Ok(()));

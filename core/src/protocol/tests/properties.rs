@@ -15,6 +15,7 @@ use crate::model::ids::AccountId;
 use crate::model::money::Currency::{self, EUR, USD};
 use crate::model::partition::PartitionId;
 use crate::protocol::coordinator::{CoordinatorConfig, Micros};
+use crate::protocol::invariants;
 
 use super::checks::{check_always, check_quiescent, Violation};
 use super::cluster::Cluster;
@@ -143,7 +144,7 @@ pub struct Run {
     accounts: Vec<(AccountId, Currency)>,
     requests: Vec<Transfer>,
     /// The first final outcome a client was told for each transfer.
-    acknowledged: BTreeMap<TransferKey, TransferStatus>,
+    acknowledged: BTreeMap<TransferKey, (Transfer, TransferStatus)>,
     violation: Option<Violation>,
     /// Client requests refused as conflicts (a transaction id reused with another body).
     pub conflicts: u64,
@@ -229,12 +230,16 @@ impl Run {
         if status == TransferStatus::Pending {
             return;
         }
-        let first = *self.acknowledged.entry(request.key()).or_insert(status);
+        let (_, first) = *self
+            .acknowledged
+            .entry(request.key())
+            .or_insert((request, status));
         if first != status && self.violation.is_none() {
             self.violation = Some(Violation::Acknowledged {
                 key: request.key(),
                 told: first,
-                now: status,
+                found: Some(status),
+                other_body: false,
             });
         }
     }
@@ -249,19 +254,9 @@ impl Run {
         if let Some(violation) = &self.violation {
             return Err(violation.clone());
         }
-        for (key, told) in &self.acknowledged {
-            let now = self
-                .cluster
-                .ledger_of(&key.from)
-                .transfer(key)
-                .map(|row| row.state.status());
-            if now != Some(*told) {
-                return Err(Violation::Acknowledged {
-                    key: *key,
-                    told: *told,
-                    now: now.unwrap_or(TransferStatus::Pending),
-                });
-            }
+        for (key, (transfer, told)) in &self.acknowledged {
+            let row = self.cluster.ledger_of(&key.from).transfer(key);
+            invariants::acknowledged(transfer, *told, row)?;
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Shared fixtures: identifiers, amounts, accounts placed on chosen partitions, and a
 //! comparable snapshot of a ledger's whole state.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crate::ledger::{Account, CashRow, Command, CreditRow, Flows, Ledger, RecordMeta, TransferRow};
 use crate::model::event::{Event, Transfer, TransferKey};
@@ -125,35 +125,6 @@ impl Snapshot {
             cash: ledger.cash.iter().map(|(k, row)| (*k, *row)).collect(),
             flows: ledger.flows().clone(),
             last: ledger.last_applied(),
-        }
-    }
-
-    /// A readable list of the fields where `self` and `other` differ (empty when equal).
-    pub fn diff(&self, other: &Snapshot) -> String {
-        let mut out = String::new();
-        diff_maps("account", &self.accounts, &other.accounts, &mut out);
-        diff_maps("transfer", &self.transfers, &other.transfers, &mut out);
-        diff_maps("credit", &self.credits, &other.credits, &mut out);
-        diff_maps("cash", &self.cash, &other.cash, &mut out);
-        diff_maps("flows", &self.flows, &other.flows, &mut out);
-        if self.last != other.last {
-            out.push_str(&format!("last {:?} != {:?}; ", self.last, other.last));
-        }
-        out
-    }
-}
-
-fn diff_maps<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
-    what: &str,
-    left: &BTreeMap<K, V>,
-    right: &BTreeMap<K, V>,
-    out: &mut String,
-) {
-    let keys: BTreeSet<&K> = left.keys().chain(right.keys()).collect();
-    for key in keys {
-        let (l, r) = (left.get(key), right.get(key));
-        if l != r {
-            out.push_str(&format!("{what} {key:?}: {l:?} != {r:?}; "));
         }
     }
 }

@@ -1,0 +1,119 @@
+//! Invariant 6: what a client or a peer was told cannot be taken back by a crash. At rest:
+//! every acknowledged outcome is the one the log holds. At the moment it could break: a
+//! batch's answers and messages leave only once the log is durable through the batch (the
+//! release rule of [`crate::protocol::machine`]), and a Confirm or Cancel only once its
+//! home's decision is logged and durable (DESIGN section 3).
+
+use crate::ledger::{Ledger, TransferRow, TransferState, TransferStatus};
+use crate::model::event::{Lsn, Transfer};
+use crate::model::partition::PartitionId;
+use crate::protocol::coordinator::Phase;
+use crate::protocol::message::PeerMessage;
+
+use super::Violation;
+
+/// A client was told `told` about `transfer`; its home partition holds `row` now (at rest,
+/// after any crash): the row must exist with the same body, and unless `told` was
+/// `Pending`, in a state the client is told the same of.
+pub fn acknowledged(
+    transfer: &Transfer,
+    told: TransferStatus,
+    row: Option<TransferRow>,
+) -> Result<(), Violation> {
+    let other_body = row.is_some_and(|row| row.transfer != *transfer);
+    let found = row.map(|row| row.state.status());
+    let kept = match found {
+        Some(status) => told == TransferStatus::Pending || status == told,
+        None => false,
+    };
+    if kept && !other_body {
+        return Ok(());
+    }
+    Err(Violation::Acknowledged {
+        key: transfer.key(),
+        told,
+        found,
+        other_body,
+    })
+}
+
+/// When a batch of the home partition whose state is `home` is cut: every Confirm or Cancel
+/// among the `messages` it will send carries the decision `home` holds for its transfer.
+pub fn decisions_logged(home: &Ledger, messages: &[PeerMessage]) -> Result<(), Violation> {
+    for (key, phase) in second_phase(messages) {
+        let state = home.transfer(&key).map(|row| row.state);
+        let decided = match phase {
+            Phase::Confirm => matches!(
+                state,
+                Some(TransferState::Confirming | TransferState::Committed)
+            ),
+            _ => matches!(
+                state,
+                Some(TransferState::Cancelling(_) | TransferState::Cancelled(_))
+            ),
+        };
+        if !decided {
+            return Err(Violation::DecisionMissing {
+                partition: home.partition(),
+                key,
+                phase,
+                state,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// When the release of a batch of `partition` ending at `last_lsn` leaves, with the
+/// partition's log durable through `durable_lsn`: it sends `messages` and `answers` answers,
+/// every one of which depends on records up to `last_lsn` (a batch with no records ends at
+/// the last lsn applied before it).
+pub fn released_durably(
+    partition: PartitionId,
+    last_lsn: Lsn,
+    durable_lsn: Lsn,
+    messages: &[PeerMessage],
+    answers: usize,
+) -> Result<(), Violation> {
+    if last_lsn <= durable_lsn {
+        return Ok(());
+    }
+    if let Some((key, phase)) = second_phase(messages).next() {
+        return Err(Violation::DecisionNotDurable {
+            partition,
+            key,
+            phase,
+            last_lsn,
+            durable_lsn,
+        });
+    }
+    if answers > 0 {
+        return Err(Violation::AnswerBeforeDurable {
+            partition,
+            last_lsn,
+            durable_lsn,
+            answers,
+        });
+    }
+    if !messages.is_empty() {
+        return Err(Violation::MessageBeforeDurable {
+            partition,
+            last_lsn,
+            durable_lsn,
+            messages: messages.len(),
+        });
+    }
+    Ok(())
+}
+
+/// The Confirm and Cancel requests among `messages`, with their transfers' keys.
+fn second_phase(
+    messages: &[PeerMessage],
+) -> impl Iterator<Item = (crate::model::event::TransferKey, Phase)> + '_ {
+    messages.iter().filter_map(|message| match message {
+        PeerMessage::Request { request, .. } if request.phase != Phase::Try => {
+            Some((request.transfer.key(), request.phase))
+        }
+        _ => None,
+    })
+}

@@ -1,0 +1,147 @@
+//! Invariant 4: the two sides of every cross-partition transfer are in states the protocol
+//! allows together, at any moment; at rest, both are final and agree (committed on both
+//! sides, or cancelled or rejected with the source refunded), and nothing is left on hold
+//! or pending.
+
+use crate::ledger::{CreditState, Ledger, TransferState};
+use crate::model::partition::partition_of;
+
+use super::Violation;
+
+/// When a cut of the partitions is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moment {
+    /// Any moment: transfers may be under way.
+    Any,
+    /// After faults healed and the cluster quiesced: nothing may be under way.
+    AtRest,
+}
+
+/// Whether a home row in state `home` and its destination's barrier row (`None`: none) may
+/// exist together at any moment of a consistent cut.
+pub fn sides_agree(home: TransferState, credit: Option<CreditState>) -> bool {
+    use CreditState as C;
+    match home {
+        // Refused at home: the destination never heard of it.
+        TransferState::Rejected(_) => credit.is_none(),
+        // Try sent (or not yet): nothing decided, so nothing second-phase at the destination.
+        TransferState::Trying => matches!(credit, None | Some(C::Tried)),
+        // Confirm decided: the Try succeeded; the Confirm may not have landed yet.
+        TransferState::Confirming => matches!(credit, Some(C::Tried | C::Confirmed)),
+        TransferState::Committed => credit == Some(C::Confirmed),
+        // Cancel decided: anything but a confirmed credit.
+        TransferState::Cancelling(_) => credit != Some(C::Confirmed),
+        // The destination acknowledged the Cancel, so it recorded it.
+        TransferState::Cancelled(_) => matches!(credit, Some(C::Cancelled | C::TryNotSeen)),
+    }
+}
+
+/// Whether the two sides agree at rest: both final, and agreeing.
+pub fn sides_settled(home: TransferState, credit: Option<CreditState>) -> bool {
+    !home.is_unfinished() && credit != Some(CreditState::Tried) && sides_agree(home, credit)
+}
+
+/// What [`transfers_agree`] found.
+#[derive(Debug, Default)]
+pub struct Agreement {
+    /// Cross-partition transfers with both sides in the cut.
+    pub checked: usize,
+    /// Cross-partition transfers whose destination is not in the cut.
+    pub elsewhere: usize,
+    pub violations: Vec<Violation>,
+}
+
+/// Invariant 4 over a cut of the partitions (`cut[p]`: partition `p`, `None` when it is not
+/// at hand; transfers with a side there are not judged). Every home row of a
+/// cross-partition transfer against its destination's barrier row, every barrier row against
+/// its home row, and at rest every account with nothing held or pending.
+pub fn transfers_agree(cut: &[Option<&Ledger>], moment: Moment) -> Agreement {
+    let partitions = cut.len() as u32;
+    let mut agreement = Agreement::default();
+    for ledger in cut.iter().flatten() {
+        judge_home_rows(cut, ledger, moment, &mut agreement);
+        for (key, credit) in ledger.credits() {
+            let Some(home) = cut[partition_of(&key.from, partitions) as usize] else {
+                continue;
+            };
+            let row = home.transfer(&key);
+            // A pair with a remote home row is judged from the home side.
+            if !row.is_some_and(|row| row.remote) {
+                agreement.violations.push(Violation::Sides {
+                    key,
+                    home: row.map(|row| row.state),
+                    credit: Some(credit.state),
+                    at_rest: moment == Moment::AtRest,
+                });
+            }
+        }
+        if moment == Moment::AtRest {
+            left_in_flight(ledger, &mut agreement.violations);
+        }
+    }
+    agreement
+}
+
+/// The home rows of `ledger` against their destinations in `cut`.
+fn judge_home_rows(
+    cut: &[Option<&Ledger>],
+    ledger: &Ledger,
+    moment: Moment,
+    agreement: &mut Agreement,
+) {
+    let partitions = cut.len() as u32;
+    let at_rest = moment == Moment::AtRest;
+    for row in ledger.transfers() {
+        let key = row.transfer.key();
+        let destination = cut[partition_of(&row.transfer.to, partitions) as usize];
+        if !row.remote || destination.is_none() {
+            agreement.elsewhere += usize::from(row.remote);
+            if at_rest && row.state.is_unfinished() {
+                // Unfinished at rest, whatever the destination holds.
+                agreement.violations.push(Violation::Sides {
+                    key,
+                    home: Some(row.state),
+                    credit: None,
+                    at_rest,
+                });
+            }
+            continue;
+        }
+        agreement.checked += 1;
+        let credit = destination.and_then(|d| d.credit(&key));
+        let state = credit.map(|c| c.state);
+        let agree = match moment {
+            Moment::Any => sides_agree(row.state, state),
+            Moment::AtRest => sides_settled(row.state, state),
+        };
+        if !agree {
+            agreement.violations.push(Violation::Sides {
+                key,
+                home: Some(row.state),
+                credit: state,
+                at_rest,
+            });
+        }
+        if credit.is_some_and(|c| c.transfer.is_some_and(|t| t != row.transfer)) {
+            agreement.violations.push(Violation::BodyDiffers { key });
+        }
+    }
+}
+
+/// At rest: accounts of `ledger` with money still held or pending, in account order.
+fn left_in_flight(ledger: &Ledger, violations: &mut Vec<Violation>) {
+    let mut accounts: Vec<_> = ledger
+        .accounts()
+        .filter(|(_, a)| a.held != 0 || a.incoming != 0)
+        .collect();
+    accounts.sort_by_key(|(id, _)| **id);
+    violations.extend(
+        accounts
+            .into_iter()
+            .map(|(account, figures)| Violation::LeftInFlight {
+                account: *account,
+                held: figures.held,
+                incoming: figures.incoming,
+            }),
+    );
+}

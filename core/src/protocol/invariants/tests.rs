@@ -1,0 +1,238 @@
+//! Each checker on small hand-made inputs: what it accepts and what it names broken. The
+//! checkers on whole runs are exercised by `protocol::tests` (properties and mutations).
+
+use crate::ledger::{CreditState, Ledger, RecordMeta, TransferState, TransferStatus};
+use crate::log::codec::Record;
+use crate::model::event::{Decision, Event, Reason, Transfer};
+use crate::model::money::Currency::USD;
+use crate::protocol::coordinator::{Phase, PhaseRequest};
+use crate::protocol::message::PeerMessage;
+use crate::protocol::tests::support::{account_on, transfer};
+
+use super::*;
+
+const PARTITIONS: u32 = 2;
+
+fn record(lsn: u64, event: Event) -> Record {
+    Record {
+        lsn,
+        timestamp: lsn,
+        event,
+    }
+}
+
+/// A transfer from partition 0 to partition 1.
+fn remote(id: &str) -> Transfer {
+    let (from, to) = (
+        account_on("a", 0, PARTITIONS, 0),
+        account_on("b", 1, PARTITIONS, 0),
+    );
+    transfer(from, to, 100, USD, id)
+}
+
+/// The two partitions with `t`'s accounts open, `t.from` funded, and `home` and
+/// `destination` events applied on each side.
+fn cluster(t: &Transfer, home: &[Event], destination: &[Event]) -> Vec<Ledger> {
+    let opened = |account, partition| {
+        let mut ledger = Ledger::new(partition, PARTITIONS);
+        let events = [
+            Event::AccountOpened {
+                account,
+                currency: USD,
+            },
+            Event::Deposited {
+                account,
+                amount: t.amount,
+                transaction_id: t.transaction_id,
+            },
+        ];
+        for (lsn, event) in
+            (1..).zip(
+                events
+                    .iter()
+                    .chain(if partition == 0 { home } else { destination }),
+            )
+        {
+            let meta = RecordMeta {
+                lsn,
+                timestamp: lsn,
+            };
+            ledger.apply(meta, event).expect("the fixture applies");
+        }
+        ledger
+    };
+    vec![opened(t.from, 0), opened(t.to, 1)]
+}
+
+#[test]
+fn the_scan_finds_duplicates_and_hanging_tries() {
+    let t = remote("t1");
+    let records = [
+        record(1, Event::CreditTryNotSeen { key: t.key() }),
+        record(2, Event::CreditTried { transfer: t }),
+        record(3, Event::CreditConfirmed { key: t.key() }),
+        record(4, Event::CreditConfirmed { key: t.key() }),
+    ];
+    let found = scan_log(1, PARTITIONS, &records);
+    assert!(
+        matches!(
+            found.as_slice(),
+            [
+                Violation::Hanging { lsn: 2, .. },
+                Violation::ExactlyOnce { lsn: 4, .. }
+            ]
+        ),
+        "{found:?}"
+    );
+    assert_eq!(found[0].invariant(), Invariant::NoHanging);
+    assert_eq!(found[1].invariant(), Invariant::ExactlyOnce);
+    let home = [record(1, Event::DebitTried { transfer: t })];
+    let misplaced = scan_log(1, PARTITIONS, &home);
+    assert!(
+        matches!(misplaced.as_slice(), [Violation::Misplaced { .. }]),
+        "{misplaced:?}"
+    );
+    assert_eq!(misplaced[0].invariant(), Invariant::Replay);
+}
+
+#[test]
+fn home_and_destination_states_that_may_coexist() {
+    use CreditState as C;
+    assert!(sides_agree(TransferState::Committed, Some(C::Confirmed)));
+    assert!(!sides_agree(TransferState::Committed, Some(C::Tried)));
+    assert!(sides_agree(TransferState::Confirming, Some(C::Tried)));
+    assert!(!sides_settled(
+        TransferState::Confirming,
+        Some(C::Confirmed)
+    ));
+    let cancelled = TransferState::Cancelled(Reason::Timeout);
+    assert!(sides_settled(cancelled, Some(C::TryNotSeen)));
+    assert!(!sides_agree(cancelled, Some(C::Confirmed)));
+    assert!(!sides_agree(cancelled, None));
+    assert!(sides_agree(TransferState::Trying, None));
+    assert!(!sides_agree(
+        TransferState::Rejected(Reason::InsufficientFunds),
+        Some(C::Tried)
+    ));
+}
+
+/// The phases of a committed transfer, in protocol order, as (home, destination) events.
+fn phases(t: &Transfer) -> [(Option<Event>, Option<Event>); 5] {
+    let key = t.key();
+    [
+        (Some(Event::DebitTried { transfer: *t }), None),
+        (None, Some(Event::CreditTried { transfer: *t })),
+        (
+            Some(Event::TransferDecided {
+                key,
+                decision: Decision::Confirm,
+            }),
+            None,
+        ),
+        (None, Some(Event::CreditConfirmed { key })),
+        (Some(Event::DebitConfirmed { key }), None),
+    ]
+}
+
+#[test]
+fn conservation_holds_at_every_phase_of_a_transfer() {
+    let t = remote("t1");
+    let (mut home, mut destination) = (Vec::new(), Vec::new());
+    for (step, (at_home, at_destination)) in phases(&t).into_iter().enumerate() {
+        home.extend(at_home);
+        destination.extend(at_destination);
+        let ledgers = cluster(&t, &home, &destination);
+        assert_eq!(conservation(&ledgers), Ok(()), "after phase {step}");
+        let agreement = transfers_agree(&[Some(&ledgers[0]), Some(&ledgers[1])], Moment::Any);
+        assert!(
+            agreement.violations.is_empty(),
+            "{:?}",
+            agreement.violations
+        );
+    }
+    let ledgers = cluster(&t, &home, &destination);
+    let at_rest = transfers_agree(&[Some(&ledgers[0]), Some(&ledgers[1])], Moment::AtRest);
+    assert!(at_rest.violations.is_empty(), "{:?}", at_rest.violations);
+    assert_eq!(at_rest.checked, 1);
+}
+
+#[test]
+fn a_credit_confirmed_without_its_hold_creates_money() {
+    let t = remote("t1");
+    let destination = [
+        Event::CreditTried { transfer: t },
+        Event::CreditConfirmed { key: t.key() },
+    ];
+    let ledgers = cluster(&t, &[], &destination);
+    let found = conservation(&ledgers);
+    assert!(
+        matches!(
+            found,
+            Err(Violation::Conservation {
+                have: 300,
+                expected: 200,
+                ..
+            })
+        ),
+        "{found:?}"
+    );
+    let at_rest = transfers_agree(&[Some(&ledgers[0]), Some(&ledgers[1])], Moment::Any);
+    assert!(
+        matches!(
+            at_rest.violations.as_slice(),
+            [Violation::Sides { home: None, .. }]
+        ),
+        "{:?}",
+        at_rest.violations
+    );
+}
+
+#[test]
+fn an_acknowledged_outcome_must_be_the_logged_one() {
+    let t = remote("t1");
+    let ledgers = cluster(&t, &[Event::DebitTried { transfer: t }], &[]);
+    let row = ledgers[0].transfer(&t.key());
+    assert_eq!(acknowledged(&t, TransferStatus::Pending, row), Ok(()));
+    let broken = acknowledged(&t, TransferStatus::Committed, row).unwrap_err();
+    assert_eq!(broken.invariant(), Invariant::Durability);
+    assert!(acknowledged(&t, TransferStatus::Pending, None).is_err());
+    let mut other = t;
+    other.amount = crate::protocol::tests::support::amt(7);
+    assert!(acknowledged(&other, TransferStatus::Pending, row).is_err());
+}
+
+#[test]
+fn a_second_phase_message_needs_a_durable_decision() {
+    let t = remote("t1");
+    let confirm = [PeerMessage::Request {
+        from: 0,
+        request: PhaseRequest {
+            phase: Phase::Confirm,
+            transfer: t,
+        },
+    }];
+    let trying = cluster(&t, &[Event::DebitTried { transfer: t }], &[]);
+    let missing = decisions_logged(&trying[0], &confirm).unwrap_err();
+    assert_eq!(missing.invariant(), Invariant::DurableDecision);
+    let decided = [
+        Event::DebitTried { transfer: t },
+        Event::TransferDecided {
+            key: t.key(),
+            decision: Decision::Confirm,
+        },
+    ];
+    let confirming = cluster(&t, &decided, &[]);
+    assert_eq!(decisions_logged(&confirming[0], &confirm), Ok(()));
+    assert_eq!(released_durably(0, 4, 4, &confirm, 1), Ok(()));
+    let early = released_durably(0, 4, 3, &confirm, 1).unwrap_err();
+    assert_eq!(early.invariant(), Invariant::DurableDecision);
+    let early = released_durably(0, 4, 3, &[], 1).unwrap_err();
+    assert_eq!(early.invariant(), Invariant::Durability);
+    assert_eq!(released_durably(0, 4, 3, &[], 0), Ok(()));
+}
+
+#[test]
+fn every_invariant_has_a_distinct_name() {
+    let names: std::collections::BTreeSet<&str> = Invariant::ALL.iter().map(|i| i.name()).collect();
+    assert_eq!(names.len(), Invariant::ALL.len());
+}

@@ -1,0 +1,213 @@
+//! The invariants that must hold at every instant, checked while a run goes: the first
+//! violation stops the run there, with the moment it broke at, instead of leaving its traces
+//! to be found in the final logs.
+//!
+//! [`LiveChecks`] is the drivers' observer ([`walletd_runtime::driver::observe`]), so it sees
+//! every partition the moment it starts from recovery, every batch as it is cut, and every
+//! release as it leaves, and checks with core's invariants:
+//!
+//! - **conservation with money in flight**, over every partition's state as of its latest
+//!   cut batch ([`LiveBooks`]). Those states form a consistent cut (a message leaves only once
+//!   the batch holding its cause is cut), so the exact formula of
+//!   [`walletd_core::protocol::invariants`] applies, not a bound. Checked at most every
+//!   [`CONSERVATION_EVERY`] of simulated time, when a batch is cut;
+//! - **durable decisions**: every Confirm or Cancel a batch will send has its home's decision
+//!   in the state the batch leaves (when it is cut), and that state is durable on the
+//!   partition's `SimDisk` when it leaves;
+//! - **durable releases**: no answer and no peer message leaves a batch whose records its
+//!   disk has not synced at that instant (`durability`, `durable_release`).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use walletd_core::ledger::{CreditState, Ledger};
+use walletd_core::log::codec::RecordReader;
+use walletd_core::model::event::{Event, Lsn, Transfer, TransferKey};
+use walletd_core::model::money::Currency;
+use walletd_core::model::partition::{partition_of, PartitionId};
+use walletd_core::protocol::invariants::{self, Money, Totals};
+use walletd_core::protocol::machine::{Commit, Release};
+use walletd_runtime::driver::observe::{self, Observer};
+use walletd_runtime::driver::Channels;
+
+use crate::checkers::Violation;
+use crate::disk::Disk;
+use crate::shared::Shared;
+
+/// Simulated time between two checks of conservation across partitions. Every batch updates
+/// its partition's books; the check itself, over all of them, runs at most this often.
+pub const CONSERVATION_EVERY: Duration = Duration::from_millis(1);
+
+/// What the live checks found, shared with the harness (which reads it after the run, or
+/// after the panic that stopped it).
+#[derive(Debug, Default)]
+pub struct LiveVerdict {
+    /// The first violation; the run stopped there.
+    pub violation: Option<Violation>,
+    /// Checks of conservation across partitions.
+    pub conservation_checks: u64,
+    /// Releases checked against their disks.
+    pub releases: u64,
+}
+
+/// The verdict of a run's live checks. Clones share it.
+pub type Verdict = Shared<LiveVerdict>;
+
+/// One partition's money as of its latest cut batch: what conservation needs of it, kept up
+/// to date from each batch's records rather than read from the whole ledger every time.
+#[derive(Debug, Default)]
+pub struct LiveBooks {
+    /// Balances, holds, deposits and withdrawals per currency (from the ledger's accounts).
+    totals: BTreeMap<Currency, Totals>,
+    /// Cross-partition transfers this partition is home of, debited and not finished.
+    unfinished: BTreeMap<TransferKey, Transfer>,
+    /// Credits this partition confirmed as a destination.
+    confirmed: HashSet<TransferKey>,
+}
+
+impl LiveBooks {
+    /// The books of a partition that starts from `ledger`.
+    fn recovered(ledger: &Ledger) -> LiveBooks {
+        let mut books = LiveBooks::default();
+        ledger.add_totals(&mut books.totals);
+        ledger.for_each_unfinished(&mut |t| {
+            books.unfinished.insert(t.key(), *t);
+        });
+        books.confirmed = ledger
+            .credits()
+            .filter(|(_, credit)| credit.state == CreditState::Confirmed)
+            .map(|(key, _)| key)
+            .collect();
+        books
+    }
+
+    /// The batch `commit` of partition `partition` is cut, leaving `ledger`.
+    fn cut(&mut self, partition: PartitionId, ledger: &Ledger, commit: &Commit<Channels>) {
+        self.totals.clear();
+        ledger.add_totals(&mut self.totals);
+        let mut reader = RecordReader::new(&commit.bytes, commit.first_lsn);
+        while let Some(record) = reader.next_record().expect("a batch's records decode") {
+            match record.event {
+                Event::DebitTried { transfer } => {
+                    assert_ne!(partition_of(&transfer.to, ledger.partitions()), partition);
+                    self.unfinished.insert(transfer.key(), transfer);
+                }
+                Event::DebitConfirmed { key } | Event::DebitCancelled { key } => {
+                    self.unfinished.remove(&key);
+                }
+                Event::CreditConfirmed { key } => {
+                    self.confirmed.insert(key);
+                }
+                _ => {}
+            }
+        }
+        debug_assert_eq!(reader.valid_len(), commit.bytes.len());
+    }
+}
+
+impl Money for LiveBooks {
+    fn add_totals(&self, totals: &mut BTreeMap<Currency, Totals>) {
+        for (currency, t) in &self.totals {
+            let sum = totals.entry(*currency).or_default();
+            sum.deposited += t.deposited;
+            sum.withdrawn += t.withdrawn;
+            sum.balances += t.balances;
+            sum.holds += t.holds;
+        }
+    }
+
+    fn for_each_unfinished(&self, each: &mut dyn FnMut(&Transfer)) {
+        self.unfinished.values().for_each(each);
+    }
+
+    fn credit_confirmed(&self, key: &TransferKey) -> bool {
+        self.confirmed.contains(key)
+    }
+}
+
+/// The live checks of one run: the observer of every driver of the simulation thread.
+pub struct LiveChecks {
+    /// One disk per partition: what each has synced, at the instant a release leaves.
+    disks: Vec<Disk>,
+    books: RefCell<Vec<LiveBooks>>,
+    last_conservation: RefCell<Option<Instant>>,
+    verdict: Verdict,
+}
+
+impl LiveChecks {
+    /// Installs the live checks of a run over `disks` (one per partition) on this thread.
+    pub fn install(disks: Vec<Disk>, verdict: Verdict) {
+        let books = disks.iter().map(|_| LiveBooks::default()).collect();
+        let checks = LiveChecks {
+            disks,
+            books: RefCell::new(books),
+            last_conservation: RefCell::new(None),
+            verdict,
+        };
+        observe::install(Some(Rc::new(checks)));
+    }
+
+    /// Removes the live checks from this thread.
+    pub fn uninstall() {
+        observe::install(None);
+    }
+
+    /// Stops the run at `violation`: it is recorded for the report, and the panic ends the
+    /// simulation at once (the harness turns it into the run's report).
+    fn stop(&self, violation: invariants::Violation) -> ! {
+        let violation = Violation::from(violation);
+        let message = format!("live check: {}: {}", violation.invariant, violation.detail);
+        self.verdict.lock().violation.get_or_insert(violation);
+        panic!("{message}");
+    }
+
+    /// Conservation across the partitions, if it is due.
+    fn conservation_if_due(&self) {
+        let now = Instant::now();
+        let mut last = self.last_conservation.borrow_mut();
+        if last.is_some_and(|last| now.duration_since(last) < CONSERVATION_EVERY) {
+            return;
+        }
+        *last = Some(now);
+        drop(last);
+        self.verdict.lock().conservation_checks += 1;
+        let checked = invariants::conservation(&self.books.borrow());
+        if let Err(violation) = checked {
+            self.stop(violation);
+        }
+    }
+}
+
+impl Observer for LiveChecks {
+    fn started(&self, partition: PartitionId, ledger: &Ledger) {
+        self.books.borrow_mut()[partition as usize] = LiveBooks::recovered(ledger);
+    }
+
+    fn committing(&self, partition: PartitionId, ledger: &Ledger, commit: &Commit<Channels>) {
+        if let Err(violation) = invariants::decisions_logged(ledger, &commit.release.peer_messages)
+        {
+            self.stop(violation);
+        }
+        self.books.borrow_mut()[partition as usize].cut(partition, ledger, commit);
+        self.conservation_if_due();
+    }
+
+    fn releasing(&self, partition: PartitionId, last_lsn: Lsn, release: &Release<Channels>) {
+        let durable_lsn = self.disks[partition as usize].durable_lsn();
+        let answers = release.replies.len() + release.groups.len() + release.answers.len();
+        self.verdict.lock().releases += 1;
+        let checked = invariants::released_durably(
+            partition,
+            last_lsn,
+            durable_lsn,
+            &release.peer_messages,
+            answers,
+        );
+        if let Err(violation) = checked {
+            self.stop(violation);
+        }
+    }
+}
