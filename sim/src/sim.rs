@@ -21,9 +21,10 @@ use crate::checkers::{self, FinalState, LiveState, PartitionFinal, Violation};
 use crate::cluster::Cluster;
 use crate::config::SimConfig;
 use crate::history::History;
+use crate::links::LinkCounters;
 use crate::model::Model;
 use crate::nemesis::Nemesis;
-use crate::network::HostId;
+use crate::network::{HostId, Route};
 use crate::rng::{stream, Purpose};
 use crate::trace::Trace;
 use crate::workload::{accounts, setup, AccountSpec, Client, Requester};
@@ -49,6 +50,8 @@ pub struct RunReport {
     pub summary: String,
     /// Faults injected per kind.
     pub schedule: String,
+    /// What the peer links carried and suffered.
+    pub peer: LinkCounters,
 }
 
 impl RunReport {
@@ -143,6 +146,7 @@ fn panic_report(
         details,
         summary: format!("ops={} (run stopped by the panic)", history.ops.len()),
         schedule: "unknown (run stopped by the panic)".into(),
+        peer: LinkCounters::default(),
     }
 }
 
@@ -170,7 +174,7 @@ async fn simulate(config: SimConfig, history: History, trace: Trace) -> RunRepor
     let specs: Arc<[AccountSpec]> = accounts(config.accounts).into();
     let (setup_host, setup_node) = cluster.client_hosts[0].clone();
     {
-        let requester = requester(&config, &cluster, setup_host);
+        let requester = requester(&config, &cluster, setup_host, Route::Any);
         let (history, specs) = (history.clone(), Arc::clone(&specs));
         setup_node
             .spawn(async move { setup(&requester, &history, &specs, &mut setup_rng).await })
@@ -182,7 +186,7 @@ async fn simulate(config: SimConfig, history: History, trace: Trace) -> RunRepor
         &cluster,
         &history,
         &specs,
-        requester(&config, &cluster, setup_host),
+        requester(&config, &cluster, setup_host, Route::Owner),
     )
     .await;
     let finals = collect_finals(&cluster, config.partitions).await;
@@ -215,14 +219,16 @@ async fn simulate(config: SimConfig, history: History, trace: Trace) -> RunRepor
         violations,
         summary: summary(&cluster, &history_state, &nemesis, quiesced),
         schedule: nemesis.schedule_summary(),
+        peer: cluster.links().counters(),
     }
 }
 
 /// A client's connection: requests from `host` over the run's network.
-fn requester(config: &SimConfig, cluster: &Cluster, host: HostId) -> Requester {
+fn requester(config: &SimConfig, cluster: &Cluster, host: HostId, route: Route) -> Requester {
     Requester {
         net: Arc::clone(cluster.net()),
         host,
+        route,
         partitions: config.partitions,
         timeout: config.client_timeout,
     }
@@ -244,7 +250,7 @@ async fn load_under_faults(
             let client = Client::new(
                 config,
                 i,
-                requester(config, cluster, *host),
+                requester(config, cluster, *host, Route::Any),
                 history.clone(),
                 Arc::clone(specs),
                 stream(config.seed, Purpose::Client(i)),
@@ -366,6 +372,7 @@ fn summary(
     quiesced: bool,
 ) -> String {
     let net = cluster.net().stats();
+    let links = cluster.links().counters();
     let (mut crashes, mut torn, mut syncs, mut failed_syncs, mut failed_snapshots) =
         (0, 0, 0, 0, 0);
     for disk in &cluster.shared.disks {
@@ -399,13 +406,17 @@ fn summary(
         )
     };
     format!(
-        "ops={} attempts={attempts} answered={answered} expected_answers={expected} reads={} messages sent={} delivered={} dropped={} duplicated={} disk crashes={crashes} torn={torn} syncs={syncs} failed_syncs={failed_syncs} failed_snapshots={failed_snapshots} recoveries={recoveries} from_snapshot={from_snapshot} torn_cut={torn_cut} faults={} quiesced={quiesced} simulated={:.1}s",
+        "ops={} attempts={attempts} answered={answered} expected_answers={expected} reads={} client messages sent={} delivered={} dropped={} peer connections={} frames={} bytes={} resets={} broken_after_write={} disk crashes={crashes} torn={torn} syncs={syncs} failed_syncs={failed_syncs} failed_snapshots={failed_snapshots} recoveries={recoveries} from_snapshot={from_snapshot} torn_cut={torn_cut} faults={} quiesced={quiesced} simulated={:.1}s",
         history.ops.len(),
         history.reads.len(),
         net.sent,
         net.delivered,
         net.dropped,
-        net.duplicated,
+        links.connections,
+        links.frames,
+        links.bytes,
+        links.resets,
+        links.broken_after_frame,
         nemesis.injected,
         madsim::time::TimeHandle::current().elapsed().as_secs_f64(),
     )

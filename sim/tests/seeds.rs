@@ -13,6 +13,9 @@ fn clean_seeds_pass() {
         assert!(report.ok(), "{}{}", report.details, report.result_line());
         assert!(report.transfers > 100, "{}", report.summary);
         assert!(report.faults > 0, "{}", report.summary);
+        // The nodes talked over the production peer links, and relinked after faults.
+        assert!(report.peer.frames > 1_000, "{}", report.summary);
+        assert!(report.peer.connections > 6, "{}", report.summary);
     }
 }
 
