@@ -1164,24 +1164,11 @@ pub async fn start_node_with<S: Storage, N: PeerIo>(
         config: config.net,
     });
     let io = Arc::new(io);
-    let mut queues = BTreeMap::new();
-    let mut links = BTreeMap::new();
-    let mut forwarders = Vec::new();
-    for (&remote, address) in map.nodes.iter().filter(|(id, _)| **id != node) {
-        let (queue, inputs) = mpsc::channel(config.net.forward_queue_max);
-        let stats = Arc::new(LinkStats::default());
-        let forwarder = Forwarder {
-            remote,
-            address: address.peer.clone(),
-            ctx: Arc::clone(&ctx),
-            io: Arc::clone(&io),
-            inputs,
-            stats: Arc::clone(&stats),
-        };
-        forwarders.push(AbortOnDrop(tokio::spawn(forwarder.run())));
-        queues.insert(remote, queue);
-        links.insert(remote, stats);
-    }
+    let Links {
+        queues,
+        stats: links,
+        forwarders,
+    } = spawn_forwarders(&ctx, &io);
     let engine_config = EngineConfig {
         partitions: map.partitions(),
         ..config.engine
@@ -1215,6 +1202,41 @@ pub async fn start_node_with<S: Storage, N: PeerIo>(
         forwarders,
         links,
     })
+}
+
+/// The links of a node to every other node of its map.
+struct Links {
+    /// The queue of each remote node's forwarder.
+    queues: BTreeMap<NodeId, mpsc::Sender<Input>>,
+    stats: BTreeMap<NodeId, Arc<LinkStats>>,
+    forwarders: Vec<AbortOnDrop>,
+}
+
+/// Starts a forwarder to every other node of the map of `ctx`.
+fn spawn_forwarders<N: PeerIo>(ctx: &Arc<NodeContext>, io: &Arc<N>) -> Links {
+    let mut links = Links {
+        queues: BTreeMap::new(),
+        stats: BTreeMap::new(),
+        forwarders: Vec::new(),
+    };
+    for (&remote, address) in ctx.map.nodes.iter().filter(|(id, _)| **id != ctx.node) {
+        let (queue, inputs) = mpsc::channel(ctx.config.forward_queue_max);
+        let stats = Arc::new(LinkStats::default());
+        let forwarder = Forwarder {
+            remote,
+            address: address.peer.clone(),
+            ctx: Arc::clone(ctx),
+            io: Arc::clone(io),
+            inputs,
+            stats: Arc::clone(&stats),
+        };
+        links
+            .forwarders
+            .push(AbortOnDrop(tokio::spawn(forwarder.run())));
+        links.queues.insert(remote, queue);
+        links.stats.insert(remote, stats);
+    }
+    links
 }
 
 fn check_node<S>(
