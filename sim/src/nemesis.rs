@@ -1,5 +1,7 @@
 //! The nemesis: injects the faults enabled for the run, at seeded times, and undoes each
-//! after a seeded while; `heal` ends them all for the quiesce period.
+//! after a seeded while; `heal` ends them all for the quiesce period. Network faults are
+//! stated once, as [`LinkFaults`]; `Cluster::set_faults` applies them to the client network
+//! and, as far as they exist for TCP, to the peer links.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
