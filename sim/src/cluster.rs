@@ -1,39 +1,57 @@
-//! The simulated cluster: named server nodes, each running core's
-//! [`Engine::start_partitions`] for its own partitions (the code the server runs), with a
-//! forwarder task per remote partition that carries inputs over the simulated [`Network`].
+//! The simulated cluster: named server nodes, each a `wallet node` as far as madsim can run
+//! one: `net::start_node_with` (the production code) recovers its partitions, starts their
+//! drivers, links to every other node with production forwarders over madsim's TCP
+//! ([`crate::links`]) and serves its peer listener; a [`gateway`] takes the clients'
+//! requests from the simulated [`Network`] in place of HTTP.
 //!
 //! Disks live here, outside the nodes, so they survive a kill; killing a node crashes its
-//! disks (unsynced bytes lost, sometimes a torn tail kept) and unregisters its partitions.
-//! Restarting re-runs the node's init: recovery from the disk, then registration.
+//! disks (unsynced bytes lost, sometimes a torn tail kept), drops its tasks and sockets (its
+//! peers see their links break, reconnect with backoff and run the handshake again once it
+//! is back) and unregisters its gateway. Restarting re-runs the node's init: recovery from
+//! the disk, links, gateway. A node that owns no partition (more nodes than partitions) is
+//! not in the partition map, as `wallet node` refuses an idle node: it runs nothing.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use madsim::net::NetSim;
 use madsim::runtime::{Handle, NodeHandle};
 use madsim::task::NodeId;
+use rand::RngCore;
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use walletd_core::model::partition::PartitionId;
+use walletd_core::model::partition::{NodeAddress, PartitionId, PartitionMap};
 use walletd_core::protocol::coordinator::CoordinatorConfig;
-use walletd_runtime::driver::{DriverConfig, DriverError, DriverStats, Input, RecoveryReport};
-use walletd_runtime::engine::{Engine, EngineConfig};
+use walletd_runtime::driver::{DriverConfig, DriverError, DriverStats, RecoveryReport};
+use walletd_runtime::engine::EngineConfig;
+use walletd_runtime::net::{start_node_with, ClusterNode, NetConfig, NodeConfig, NodeError};
 
 use crate::config::SimConfig;
 use crate::disk::{CrashReport, Disk, DiskSpeed};
-use crate::network::{HostId, Network};
+use crate::gateway;
+use crate::links::{server_ip, Links, NodeIo, LATENCY_MAX, LATENCY_MIN, PEER_PORT};
+use crate::network::{HostId, LinkFaults, Network};
 use crate::rng::{Purpose, SharedRng};
 use crate::trace::Trace;
 
-/// Capacity of a forwarder's queue (inputs for one remote partition).
-const FORWARD_CAPACITY: usize = 65_536;
+/// The secret every server node of a run shares (the handshake proves it).
+const CLUSTER_SECRET: &[u8] = b"walletd simulated cluster secret";
 
 /// What the nodes of a run share with the harness.
 pub struct Shared {
     pub net: Arc<Network>,
+    pub links: Arc<Links>,
     /// One disk per partition.
     pub disks: Vec<Disk>,
     pub engine: EngineConfig,
+    /// The partition map every node starts with: the nodes that own partitions, at their
+    /// simulated addresses.
+    pub map: PartitionMap,
+    /// Each incarnation's handshake nonce seed is drawn from here.
+    nonces: SharedRng,
     state: Mutex<SharedState>,
 }
 
@@ -86,6 +104,27 @@ pub struct Cluster {
     pub torn: bool,
 }
 
+/// The partition map of a run: partition `p` on node `p % nodes`; nodes that own nothing
+/// are left out (a map with an idle node is refused).
+fn partition_map(config: &SimConfig) -> PartitionMap {
+    let owners: Vec<u32> = (0..config.partitions).map(|p| p % config.nodes).collect();
+    let nodes = (0..config.nodes.min(config.partitions))
+        .map(|n| {
+            let ip = server_ip(n);
+            let address = NodeAddress {
+                http: format!("{ip}:8080"),
+                peer: SocketAddr::new(ip, PEER_PORT).to_string(),
+            };
+            (n, address)
+        })
+        .collect::<BTreeMap<_, _>>();
+    PartitionMap {
+        version: 1,
+        owners,
+        nodes,
+    }
+}
+
 /// The engine configuration used in simulation: snapshot often, so recovery from a
 /// snapshot plus a log tail runs many times per seed.
 fn engine_config(config: &SimConfig, snapshot_every_events: u64) -> EngineConfig {
@@ -100,20 +139,28 @@ fn engine_config(config: &SimConfig, snapshot_every_events: u64) -> EngineConfig
     }
 }
 
-impl Cluster {
-    /// Creates the wire node, the server nodes (started) and the client hosts.
-    pub fn start(config: &SimConfig, trace: Trace, snapshot_every_events: u64) -> Cluster {
-        let handle = Handle::current();
-        let wire = handle.create_node().name("wire").build();
-        let owner: Vec<HostId> = (0..config.partitions).map(|p| p % config.nodes).collect();
+impl Shared {
+    fn new(
+        config: &SimConfig,
+        trace: Trace,
+        snapshot_every_events: u64,
+        speeds: &[Arc<DiskSpeed>],
+        wire: NodeHandle,
+    ) -> Shared {
+        let map = partition_map(config);
         let net = Arc::new(Network::new(
-            owner,
+            config.nodes,
+            map.nodes.keys().copied().collect(),
+            map.owners.clone(),
             SharedRng::new(config.seed, Purpose::Network),
-            trace,
+            trace.clone(),
             wire,
         ));
+        let links = Arc::new(Links::new(
+            SharedRng::new(config.seed, Purpose::Links),
+            trace,
+        ));
         let disk_rng = SharedRng::new(config.seed, Purpose::Disk);
-        let speeds: Vec<Arc<DiskSpeed>> = (0..config.nodes).map(|_| Arc::default()).collect();
         let disks = (0..config.partitions)
             .map(|p| {
                 Disk::new(
@@ -122,34 +169,66 @@ impl Cluster {
                 )
             })
             .collect();
-        let shared = Arc::new(Shared {
+        Shared {
             net,
+            links,
             disks,
             engine: engine_config(config, snapshot_every_events),
+            map,
+            nonces: SharedRng::new(config.seed, Purpose::Nonces),
             state: Mutex::new(SharedState {
                 stats: vec![None; config.partitions as usize],
                 ..SharedState::default()
             }),
-        });
+        }
+    }
+
+    /// The node configuration of one incarnation: the simulation's engine, production's
+    /// link timings, and a handshake nonce seed drawn from the run's seed.
+    fn node_config(&self) -> NodeConfig {
+        let mut nonce_seed = [0u8; 32];
+        self.nonces.lock().fill_bytes(&mut nonce_seed);
+        NodeConfig {
+            engine: self.engine,
+            net: NetConfig::default(),
+            nonce_seed,
+        }
+    }
+
+    fn fatal(&self, what: String) {
+        self.lock().fatal.push(what);
+    }
+}
+
+impl Cluster {
+    /// Creates the wire node, the server nodes (started) and the client hosts.
+    pub fn start(config: &SimConfig, trace: Trace, snapshot_every_events: u64) -> Cluster {
+        let handle = Handle::current();
+        NetSim::current().update_config(|net| net.send_latency = LATENCY_MIN..LATENCY_MAX);
+        let wire = handle.create_node().name("wire").build();
+        let speeds: Vec<Arc<DiskSpeed>> = (0..config.nodes).map(|_| Arc::default()).collect();
+        let shared = Arc::new(Shared::new(
+            config,
+            trace,
+            snapshot_every_events,
+            &speeds,
+            wire,
+        ));
         let nodes = (0..config.nodes)
             .map(|n| {
-                let partitions: Vec<PartitionId> = (0..config.partitions)
-                    .filter(|p| p % config.nodes == n)
-                    .collect();
                 let name = format!("node-{n}");
                 let init_shared = Arc::clone(&shared);
-                let init_partitions = partitions.clone();
                 let node = handle
                     .create_node()
                     .name(name.clone())
-                    .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, n as u8 + 1)))
-                    .init(move || run_node(Arc::clone(&init_shared), n, init_partitions.clone()))
+                    .ip(server_ip(n))
+                    .init(move || run_node(Arc::clone(&init_shared), n))
                     .build();
                 ServerNode {
                     name,
                     id: node.id(),
                     host: n,
-                    partitions,
+                    partitions: shared.map.partitions_of(n),
                     up: true,
                     speed: Arc::clone(&speeds[n as usize]),
                 }
@@ -179,13 +258,45 @@ impl Cluster {
         &self.shared.net
     }
 
-    /// Kills node `n`: its tasks stop at once, its disks lose what was not synced.
+    pub fn links(&self) -> &Arc<Links> {
+        &self.shared.links
+    }
+
+    /// Applies `faults`: to the client network as they are, and to the peer links as far as
+    /// they apply to TCP. A cut or clogged link between two server nodes clogs it in madsim
+    /// (packets held and retransmitted once it clears; a connection attempt is refused);
+    /// loss becomes madsim's packet loss (retransmissions: delay, never a gap); the jitter
+    /// widens madsim's latency range (a connection stays in order); `dup` breaks
+    /// connections right after a write, so the sender sends it again.
+    pub fn set_faults(&self, faults: LinkFaults) {
+        let sim = NetSim::current();
+        for a in &self.nodes {
+            for b in self.nodes.iter().filter(|b| b.host != a.host) {
+                let link = (a.host, b.host);
+                if faults.cut.contains(&link) || faults.clogged.contains(&link) {
+                    sim.clog_link(a.id, b.id);
+                } else {
+                    sim.unclog_link(a.id, b.id);
+                }
+            }
+        }
+        sim.update_config(|net| {
+            net.packet_loss_rate = f64::from(faults.loss_ppm) / 1e6;
+            net.send_latency =
+                LATENCY_MIN..LATENCY_MAX + Duration::from_micros(faults.jitter_us_max);
+        });
+        self.shared.links.set_dup_ppm(faults.dup_ppm);
+        self.shared.net.set_faults(faults);
+    }
+
+    /// Kills node `n`: its tasks stop at once (their sockets close), its disks lose what was
+    /// not synced.
     pub fn kill(&mut self, n: usize) -> Vec<CrashReport> {
         let node = &mut self.nodes[n];
         assert!(node.up, "{} is already down", node.name);
         self.handle.kill(node.id);
         node.up = false;
-        self.shared.net.unregister_host(node.host);
+        self.shared.net.unregister(node.host);
         let mut state = self.shared.lock();
         let mut reports = Vec::new();
         for &p in &node.partitions {
@@ -197,7 +308,7 @@ impl Cluster {
         reports
     }
 
-    /// Restarts node `n`: recovery runs, then its partitions register with the network.
+    /// Restarts node `n`: recovery runs, then its links and its gateway start.
     pub fn restart(&mut self, n: usize) {
         let node = &mut self.nodes[n];
         assert!(!node.up, "{} is already up", node.name);
@@ -240,7 +351,8 @@ impl Cluster {
             .collect()
     }
 
-    /// Whether every partition runs and no transfer is in flight anywhere.
+    /// Whether every partition runs, no transfer is in flight anywhere and no byte is on a
+    /// peer link.
     pub fn idle(&self) -> bool {
         let state = self.shared.lock();
         let all_running = state.stats.iter().all(|s| {
@@ -248,12 +360,14 @@ impl Cluster {
                 s.in_flight.load(Ordering::Relaxed) == 0 && s.batches.load(Ordering::Relaxed) > 0
             })
         });
-        all_running && self.shared.net.peer_in_flight() == 0
+        all_running && self.shared.links.in_flight() == 0
     }
 
     /// Waits until the cluster has been idle for two checks in a row, or `limit` passed.
     pub async fn quiesce(&self, limit: Duration) -> bool {
-        const CHECK: Duration = Duration::from_millis(500);
+        // Not a divisor or multiple of the links' heartbeat period (500 ms): checks in step
+        // with the heartbeats could find one on the wire every time.
+        const CHECK: Duration = Duration::from_millis(313);
         let deadline = tokio::time::Instant::now() + limit;
         let mut idle_checks = 0;
         while tokio::time::Instant::now() < deadline {
@@ -270,70 +384,75 @@ impl Cluster {
 /// How long a supervisor waits before it starts again a node whose recovery hit an I/O error.
 const RESTART_AFTER_FAILED_RECOVERY: Duration = Duration::from_millis(500);
 
-/// Recovers the partitions of `host` from their disks and starts them, with a forwarder task
-/// per remote partition.
-async fn start_engine(
+/// Starts node `host` as `wallet node` starts: bind the peer address, recover, link, listen.
+async fn start(
     shared: &Arc<Shared>,
     host: HostId,
     partitions: &[PartitionId],
-) -> Result<(Engine, Vec<RecoveryReport>), DriverError> {
-    let local = partitions
+) -> Result<ClusterNode, String> {
+    let storages = partitions
         .iter()
         .map(|&p| (p, shared.disks[p as usize].open()))
         .collect();
-    let net = Arc::clone(&shared.net);
-    let forward = |p: PartitionId| {
-        let (sender, mut receiver) = mpsc::channel::<Input>(FORWARD_CAPACITY);
-        let net = Arc::clone(&net);
-        tokio::spawn(async move {
-            while let Some(input) = receiver.recv().await {
-                net.send(host, p, input);
+    let address = SocketAddr::new(server_ip(host), PEER_PORT);
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|error| format!("node-{host} cannot listen: {error}"))?;
+    let io = NodeIo::new(Arc::clone(&shared.links), host);
+    let config = shared.node_config();
+    let started = start_node_with(
+        io,
+        listener,
+        &shared.map,
+        host,
+        CLUSTER_SECRET,
+        storages,
+        config,
+    );
+    match started.await {
+        Ok(node) => Ok(node),
+        // A sync failed during recovery (a failing disk): the process stops, and its
+        // supervisor starts it again. The failed sync's pages are gone, as after any crash
+        // of a process whose sync failed.
+        Err(NodeError::Driver(DriverError::Io { .. })) => {
+            for &p in partitions {
+                shared.disks[p as usize].crash(false);
             }
-        });
-        sender
-    };
-    let mut reports = Vec::new();
-    let engine = Engine::start_partitions(local, shared.engine, forward, |report| {
-        reports.push(*report)
-    })
-    .await?;
-    Ok((engine, reports))
+            Err(String::new())
+        }
+        Err(error) => Err(format!("node-{host} failed to start: {error}")),
+    }
 }
 
-/// The life of one incarnation of a server node: recover its partitions, register them with
-/// the network, then serve until killed.
-async fn run_node(shared: Arc<Shared>, host: HostId, partitions: Vec<PartitionId>) {
-    let (engine, reports) = loop {
-        match start_engine(&shared, host, &partitions).await {
-            Ok(started) => break started,
-            // A sync failed during recovery (a failing disk): the process stops, and its
-            // supervisor starts it again. The failed sync's pages are gone, as after any
-            // crash of a process whose sync failed.
-            Err(DriverError::Io { .. }) => {
-                for &p in &partitions {
-                    shared.disks[p as usize].crash(false);
-                }
-                tokio::time::sleep(RESTART_AFTER_FAILED_RECOVERY).await;
+/// The life of one incarnation of server node `host`: start it (again, after a failed
+/// recovery), register its partitions and its gateway, then serve until killed.
+async fn run_node(shared: Arc<Shared>, host: HostId) {
+    let partitions = shared.map.partitions_of(host);
+    if partitions.is_empty() {
+        return; // Not in the map: an idle node runs nothing.
+    }
+    let node = loop {
+        match start(&shared, host, &partitions).await {
+            Ok(node) => break node,
+            Err(retry) if retry.is_empty() => {
+                tokio::time::sleep(RESTART_AFTER_FAILED_RECOVERY).await
             }
-            Err(error) => {
-                shared
-                    .lock()
-                    .fatal
-                    .push(format!("node-{host} failed to recover: {error}"));
-                return std::future::pending().await;
-            }
+            Err(fatal) => return shared.fatal(fatal),
         }
     };
+    let (calls, gateway) = mpsc::channel(gateway::GATEWAY_CAPACITY);
     {
         let mut state = shared.lock();
-        state.recoveries.extend(reports);
-        let client = engine.client();
-        for (i, &p) in engine.local_partitions().iter().enumerate() {
-            state.stats[p as usize] = Some(Arc::clone(&engine.stats()[i]));
-            shared.net.register(p, client.inbox(p).clone());
+        state
+            .recoveries
+            .extend(node.engine().recovery_reports().iter().cloned());
+        for (i, &p) in node.engine().local_partitions().iter().enumerate() {
+            state.stats[p as usize] = Some(Arc::clone(&node.engine().stats()[i]));
         }
+        shared.net.register(host, calls);
     }
-    // The engine (and so the drivers' inboxes) lives as long as this incarnation.
+    // The node (its drivers, links and listener) lives as long as this incarnation.
+    gateway::serve(node.client(), gateway).await;
     std::future::pending::<()>().await;
-    drop(engine);
+    drop(node);
 }

@@ -21,8 +21,11 @@ pub enum Fault {
     Clog,
     /// Drop a share of the messages.
     Loss,
-    /// Deliver a share of the peer messages twice.
+    /// Make senders send again what already arrived: on the peer links (TCP, which never
+    /// duplicates bytes), break a share of the connections right after a write.
     Dup,
+    /// Break a peer connection mid-frame (a torn frame, then the connection is gone).
+    Reset,
     /// Long random delays, so messages overtake each other.
     Delay,
     /// Slow `sync` on one node's disks.
@@ -36,13 +39,14 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub const ALL: [Fault; 10] = [
+    pub const ALL: [Fault; 11] = [
         Fault::Kill,
         Fault::Torn,
         Fault::Partition,
         Fault::Clog,
         Fault::Loss,
         Fault::Dup,
+        Fault::Reset,
         Fault::Delay,
         Fault::SlowDisk,
         Fault::DiskError,
@@ -57,6 +61,7 @@ impl Fault {
             Fault::Clog => "clog",
             Fault::Loss => "loss",
             Fault::Dup => "dup",
+            Fault::Reset => "reset",
             Fault::Delay => "delay",
             Fault::SlowDisk => "slowdisk",
             Fault::DiskError => "diskerror",
@@ -218,6 +223,9 @@ impl SimConfig {
                 "at most {} partitions",
                 walletd_core::model::partition::PARTITIONS_MAX
             ));
+        }
+        if self.nodes > 250 || self.client_hosts > 250 {
+            return Err("at most 250 nodes and 250 client hosts (one address each)".into());
         }
         if self.accounts < 4 {
             return Err("at least 4 accounts".into());

@@ -1,17 +1,21 @@
 //! # walletd-sim
 //!
-//! Deterministic simulation of a walletd cluster: the real partition drivers of `core` run
-//! inside madsim on simulated nodes, disks and network, driven by simulated clients, under
-//! faults drawn from one seed, and the invariants of DESIGN section 5 are checked while the
-//! run goes (what must hold at every instant) and at its end.
-//! Builds only with `--cfg madsim` (use `cargo sim` / `cargo simtest`).
+//! Deterministic simulation of a walletd cluster: the real partition drivers and peer links
+//! of `walletd-runtime` run inside madsim on simulated nodes, disks and TCP, driven by
+//! simulated clients, under faults drawn from one seed, and the invariants of DESIGN
+//! section 5 are checked while the run goes (what must hold at every instant) and at its
+//! end. Builds only with `--cfg madsim` (use `cargo sim` / `cargo simtest`).
 //!
 //! # Layout
 //! - [`config`]: the run's configuration and the set of faults.
 //! - [`rng`]: one seed split into independent ChaCha streams, one per purpose.
 //! - [`disk`]: `SimDisk`, core's `Storage` on memory that loses unsynced bytes on a crash.
-//! - [`network`]: the simulated network that carries core's inputs between hosts.
-//! - [`cluster`]: named nodes running `Engine::start_partitions`, kill and restart.
+//! - [`network`]: the simulated network between clients and node gateways (HTTP's place).
+//! - [`gateway`]: a node's request handler, through its `engine::Client`.
+//! - [`links`]: the production peer links between nodes over madsim's TCP, wrapped to trace
+//!   frames, count bytes in flight and break connections.
+//! - [`cluster`]: named nodes started by `net::start_node_with`, kill and restart, the
+//!   mapping of network faults onto TCP.
 //! - [`workload`]: clients: accounts, deposits, transfers, retries, invalid requests.
 //! - [`edges`]: edge episodes, in which a client takes an account through a decision boundary.
 //! - [`boundary`]: the boundaries, and how often a run or a sweep hit each.
@@ -32,7 +36,9 @@ pub mod cluster;
 pub mod config;
 pub mod disk;
 pub mod edges;
+pub mod gateway;
 pub mod history;
+pub mod links;
 pub mod live;
 pub mod model;
 pub mod nemesis;

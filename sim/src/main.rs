@@ -44,7 +44,7 @@ OPTIONS:
   --partitions N         partitions, spread over the nodes [6]
   --duration-s S         simulated seconds of load and faults before healing [60]
   --faults LIST          none, all, or a comma list of kill,torn,partition,clog,loss,dup,
-                         delay,slowdisk,diskerror,clockjump [all]
+                         reset,delay,slowdisk,diskerror,clockjump [all]
   --jobs N               runs at a time in a sweep [2]
   --fail-fast            stop a sweep at its first failing seed
   --check-determinism    run the seed twice in separate processes and compare the traces

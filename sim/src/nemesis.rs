@@ -1,5 +1,7 @@
 //! The nemesis: injects the faults enabled for the run, at seeded times, and undoes each
-//! after a seeded while; `heal` ends them all for the quiesce period.
+//! after a seeded while; `heal` ends them all for the quiesce period. Network faults are
+//! stated once, as [`LinkFaults`]; `Cluster::set_faults` applies them to the client network
+//! and, as far as they exist for TCP, to the peer links.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -22,6 +24,13 @@ const KILL_MID_WRITE_P: f64 = 0.7;
 const KILL_WAIT_POLLS_MAX: u32 = 500;
 /// How long a node stays down, in ms.
 const DOWN_MS: (u64, u64) = (100, 4_000);
+/// Share of peer-link writes after which the connection breaks during a `dup` fault, in ppm.
+const DUP_PPM: (u32, u32) = (5_000, 50_000);
+/// Extra one-way delay during a `delay` fault (uniform in `0..=max`, max in this range), in
+/// microseconds. Its top is above the peer links' silence limit (3 s): a TCP link reorders
+/// only across connections, so a delay must be able to outlast a connection that then
+/// breaks with data still in flight, for the next connection to overtake it.
+const JITTER_US: (u64, u64) = (20_000, 5_000_000);
 /// How long a network or disk fault lasts, in ms.
 const FAULT_MS: (u64, u64) = (500, 6_000);
 
@@ -115,7 +124,7 @@ impl Nemesis {
         for (_, undo) in std::mem::take(&mut self.pending) {
             self.undo(cluster, undo);
         }
-        cluster.net().set_faults(LinkFaults::default());
+        cluster.set_faults(LinkFaults::default());
         for n in cluster.nodes_down() {
             cluster.restart(n);
         }
@@ -131,6 +140,7 @@ impl Nemesis {
             Fault::Partition => self.partition(cluster),
             Fault::Clog => self.clog(cluster),
             Fault::Loss | Fault::Dup | Fault::Delay => self.degrade(cluster, kind),
+            Fault::Reset => self.reset(cluster),
             Fault::SlowDisk => self.slow_disk(cluster),
             Fault::DiskError => self.disk_error(cluster),
             Fault::ClockJump => {
@@ -196,7 +206,7 @@ impl Nemesis {
                 }
             }
         }
-        cluster.net().set_faults(faults);
+        cluster.set_faults(faults);
         let lasts = ms(&mut self.rng, FAULT_MS);
         self.note(format!("partition {side:?} from the rest for {lasts:?}"));
         self.schedule(lasts, Undo::Uncut(links));
@@ -219,7 +229,7 @@ impl Nemesis {
         };
         let mut faults = cluster.net().faults();
         faults.clogged.insert((from, to));
-        cluster.net().set_faults(faults);
+        cluster.set_faults(faults);
         let lasts = ms(&mut self.rng, FAULT_MS);
         self.note(format!("clog {from}>{to} for {lasts:?}"));
         self.schedule(lasts, Undo::Unclog((from, to)));
@@ -235,19 +245,35 @@ impl Nemesis {
                 (format!("loss {} ppm", faults.loss_ppm), Undo::LossOff)
             }
             Fault::Dup => {
-                faults.dup_ppm = self.rng.gen_range(50_000..=500_000);
-                (format!("duplicate {} ppm", faults.dup_ppm), Undo::DupOff)
+                faults.dup_ppm = self.rng.gen_range(DUP_PPM.0..=DUP_PPM.1);
+                let what = format!(
+                    "peer connections break after {} ppm of writes",
+                    faults.dup_ppm
+                );
+                (what, Undo::DupOff)
             }
             _ => {
-                faults.jitter_us_max = self.rng.gen_range(20_000..=3_000_000);
+                faults.jitter_us_max = self.rng.gen_range(JITTER_US.0..=JITTER_US.1);
                 let ms = faults.jitter_us_max / 1_000;
                 (format!("jitter up to {ms} ms"), Undo::JitterOff)
             }
         };
-        cluster.net().set_faults(faults);
+        cluster.set_faults(faults);
         let lasts = ms(&mut self.rng, FAULT_MS);
         self.note(format!("{what} for {lasts:?}"));
         self.schedule(lasts, undo);
+        true
+    }
+
+    /// Cuts one open peer connection mid-frame, at its next write.
+    fn reset(&mut self, cluster: &Cluster) -> bool {
+        let rng = &mut self.rng;
+        let Some((from, to)) = cluster.links().reset_one(|n| rng.gen_range(0..n)) else {
+            return false;
+        };
+        self.note(format!(
+            "reset a connection {from}>{to} at its next write, mid-frame"
+        ));
         true
     }
 
@@ -301,8 +327,7 @@ impl Nemesis {
     }
 
     fn undo(&mut self, cluster: &mut Cluster, undo: Undo) {
-        let net = std::sync::Arc::clone(cluster.net());
-        let mut faults = net.faults();
+        let mut faults = cluster.net().faults();
         match &undo {
             Undo::Restart(n) => {
                 cluster.restart(*n);
@@ -338,6 +363,6 @@ impl Nemesis {
                 }
             }
         }
-        net.set_faults(faults);
+        cluster.set_faults(faults);
     }
 }

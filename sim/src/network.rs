@@ -1,16 +1,19 @@
-//! The simulated network between hosts (server nodes and client hosts).
+//! The simulated network between client hosts and the gateways of the server nodes: the hop
+//! that is HTTP in production (axum cannot run under madsim). Server nodes talk to each other
+//! over the production peer links instead ([`crate::links`]).
 //!
-//! It carries core's [`Input`]s: client commands and queries (whose replies travel back over
-//! the network too) and peer messages between partitions. Each message is delivered after a
-//! seeded delay into the inbox of the partition's *current* incarnation (the registry is
-//! updated when a node is killed and when it has recovered), or dropped if the partition is
-//! down. Faults, all switched by the nemesis: directed cuts (partitions, one-way links) drop
-//! messages, directed clogs hold them until the clog clears, loss drops a share, duplication
-//! delivers peer messages twice, and a wide delay range reorders them. A dropped command
-//! simply drops its reply channel, so its client sees the partition as unavailable.
+//! A client's request goes to the gateway of a server node drawn at random (as a load
+//! balancer in front of `wallet node`s would send it), after a seeded delay; the gateway
+//! runs it through the node's `engine::Client`, which serves it from a local partition or
+//! forwards it over a peer link. The answer travels back over this network too. A request
+//! to a node that is down is dropped. Faults, all switched by the nemesis: directed cuts
+//! (partitions, one-way links) drop messages, directed clogs hold them until the clog
+//! clears, loss drops a share, and a wide delay range reorders them. A dropped request, or a
+//! dropped answer, drops the client's reply channel: its client sees the partition as
+//! unavailable.
 //!
-//! The delivery tasks run on a dedicated `net` node that is never killed: a message already on
-//! the wire still arrives after its sender died, as it would on a real network.
+//! The delivery tasks run on a dedicated `wire` node that is never killed: a message already
+//! on the wire still arrives after its sender died, as it would on a real network.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -20,8 +23,10 @@ use std::time::Duration;
 use madsim::runtime::NodeHandle;
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
-use walletd_core::model::partition::PartitionId;
-use walletd_runtime::driver::Input;
+use walletd_core::ledger::Command;
+use walletd_core::model::partition::{partition_of, PartitionId};
+use walletd_runtime::driver::{CommandResult, Query, QueryAnswer};
+use walletd_runtime::engine::command_account;
 
 use crate::rng::SharedRng;
 use crate::trace::Trace;
@@ -35,20 +40,68 @@ const CLOG_POLL: Duration = Duration::from_millis(50);
 const DELAY_US_MIN: u64 = 200;
 const DELAY_US_MAX: u64 = 3_000;
 
-/// The faults currently applied to messages.
+/// The faults currently applied to messages, on this network and (as far as they apply to
+/// TCP) on the peer links: see `Cluster::set_faults`.
 #[derive(Debug, Clone, Default)]
 pub struct LinkFaults {
-    /// Directed links whose messages are dropped.
+    /// Directed links whose messages are dropped (peer links: held, as TCP retransmits).
     pub cut: BTreeSet<(HostId, HostId)>,
     /// Directed links whose messages are held until the clog clears.
     pub clogged: BTreeSet<(HostId, HostId)>,
-    /// Share of messages dropped, in parts per million.
+    /// Share of messages dropped, in parts per million (peer links: packets retransmitted).
     pub loss_ppm: u32,
-    /// Share of peer messages delivered twice, in parts per million.
+    /// Share of peer-link writes after which the connection breaks, so that what was
+    /// written arrives and is sent again: how a TCP peer sees duplicates.
     pub dup_ppm: u32,
     /// Upper bound of the extra random delay (reordering), in microseconds.
     pub jitter_us_max: u64,
 }
+
+/// What a client asks a gateway: what an HTTP handler of `wallet node` would run.
+#[derive(Debug, Clone, Copy)]
+pub enum Request {
+    /// One command; with `group`, as a batch of one (`Client::execute_many`, the path of
+    /// the batch endpoint).
+    Command {
+        command: Command,
+        wait: bool,
+        group: bool,
+    },
+    Query {
+        partition: PartitionId,
+        query: Query,
+    },
+}
+
+impl Request {
+    /// The partition that executes or answers the request.
+    pub fn partition(&self, partitions: u32) -> PartitionId {
+        match self {
+            Request::Command { command, .. } => partition_of(command_account(command), partitions),
+            Request::Query { partition, .. } => *partition,
+        }
+    }
+}
+
+/// Which node's gateway a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Any node, drawn at random: the clients, as behind a load balancer.
+    Any,
+    /// The node that owns the partition: the harness's final reads, which test nothing of
+    /// the links and need not pay for them.
+    Owner,
+}
+
+/// A gateway's answer; an unavailable partition answers nothing.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Command(CommandResult),
+    Query(QueryAnswer),
+}
+
+/// A request as a gateway receives it, with the channel its answer goes back on.
+pub type Call = (Request, oneshot::Sender<Answer>);
 
 /// Message counters of a run.
 #[derive(Debug, Clone, Copy, Default)]
@@ -56,22 +109,21 @@ pub struct NetStats {
     pub sent: u64,
     pub delivered: u64,
     pub dropped: u64,
-    pub duplicated: u64,
 }
 
 #[derive(Debug)]
 struct NetState {
     faults: LinkFaults,
-    /// The host of each partition.
-    owner: Vec<HostId>,
-    /// The inbox of each partition's current incarnation (`None` while down or recovering).
-    inbox: Vec<Option<mpsc::Sender<Input>>>,
-    /// Peer messages sent and not yet delivered or dropped.
-    peer_in_flight: u64,
+    /// The server nodes that run a gateway (those that own partitions).
+    gateways: Vec<HostId>,
+    /// The node of each partition.
+    owners: Vec<HostId>,
+    /// The gateway of each server node's current incarnation (`None` while down).
+    inbox: Vec<Option<mpsc::Sender<Call>>>,
     stats: NetStats,
 }
 
-/// The network of one run. Shared by every host.
+/// The client network of one run. Shared by every host.
 pub struct Network {
     state: Mutex<NetState>,
     rng: SharedRng,
@@ -81,14 +133,22 @@ pub struct Network {
 }
 
 impl Network {
-    pub fn new(owner: Vec<HostId>, rng: SharedRng, trace: Trace, wire: NodeHandle) -> Network {
-        let partitions = owner.len();
+    /// A network to the gateways of `gateways`, server nodes numbered below `servers`;
+    /// partition `p` lives on node `owners[p]`.
+    pub fn new(
+        servers: u32,
+        gateways: Vec<HostId>,
+        owners: Vec<HostId>,
+        rng: SharedRng,
+        trace: Trace,
+        wire: NodeHandle,
+    ) -> Network {
         Network {
             state: Mutex::new(NetState {
                 faults: LinkFaults::default(),
-                owner,
-                inbox: vec![None; partitions],
-                peer_in_flight: 0,
+                gateways,
+                owners,
+                inbox: vec![None; servers as usize],
                 stats: NetStats::default(),
             }),
             rng,
@@ -101,20 +161,14 @@ impl Network {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Partition `partition` recovered: deliver to `inbox` from now on.
-    pub fn register(&self, partition: PartitionId, inbox: mpsc::Sender<Input>) {
-        self.lock().inbox[partition as usize] = Some(inbox);
+    /// Server node `host` is up: deliver its requests to `gateway` from now on.
+    pub fn register(&self, host: HostId, gateway: mpsc::Sender<Call>) {
+        self.lock().inbox[host as usize] = Some(gateway);
     }
 
-    /// `host` died: its partitions receive nothing until they register again.
-    pub fn unregister_host(&self, host: HostId) {
-        let mut state = self.lock();
-        let NetState { owner, inbox, .. } = &mut *state;
-        for (partition, owner) in owner.iter().enumerate() {
-            if *owner == host {
-                inbox[partition] = None;
-            }
-        }
+    /// Server node `host` died: requests sent to it are dropped until it registers again.
+    pub fn unregister(&self, host: HostId) {
+        self.lock().inbox[host as usize] = None;
     }
 
     pub fn faults(&self) -> LinkFaults {
@@ -129,29 +183,15 @@ impl Network {
         self.lock().stats
     }
 
-    pub fn peer_in_flight(&self) -> u64 {
-        self.lock().peer_in_flight
-    }
-
-    pub fn owner(&self, partition: PartitionId) -> HostId {
-        self.lock().owner[partition as usize]
-    }
-
     /// Whether a message from `from` to `to` is lost now (cut link or random loss).
     fn lost(&self, state: &NetState, from: HostId, to: HostId) -> bool {
-        if from == to {
-            return false;
-        }
         if state.faults.cut.contains(&(from, to)) {
             return true;
         }
         state.faults.loss_ppm > 0 && self.rng.lock().gen_range(0..1_000_000) < state.faults.loss_ppm
     }
 
-    fn delay(&self, state: &NetState, from: HostId, to: HostId) -> Duration {
-        if from == to {
-            return Duration::ZERO;
-        }
+    fn delay(&self, state: &NetState) -> Duration {
         let mut rng = self.rng.lock();
         let mut us = rng.gen_range(DELAY_US_MIN..=DELAY_US_MAX);
         if state.faults.jitter_us_max > 0 {
@@ -161,110 +201,82 @@ impl Network {
     }
 
     fn clogged(&self, from: HostId, to: HostId) -> bool {
-        from != to && self.lock().faults.clogged.contains(&(from, to))
+        self.lock().faults.clogged.contains(&(from, to))
     }
 
-    /// Sends `input` from host `from` to partition `partition`, wherever it runs.
-    pub fn send(self: &Arc<Self>, from: HostId, partition: PartitionId, input: Input) {
+    /// Sends `request` from client host `from` to a gateway chosen by `route`; its answer
+    /// comes back on `reply` (dropped if the request or the answer is lost). One task on the
+    /// wire node carries both ways.
+    pub fn request(
+        self: &Arc<Self>,
+        from: HostId,
+        route: Route,
+        request: Request,
+        reply: oneshot::Sender<Answer>,
+    ) {
         let mut state = self.lock();
-        let to = state.owner[partition as usize];
+        let to = match route {
+            Route::Any => {
+                let n = self.rng.lock().gen_range(0..state.gateways.len());
+                state.gateways[n]
+            }
+            Route::Owner => state.owners[request.partition(state.owners.len() as u32) as usize],
+        };
         state.stats.sent += 1;
         if self.lost(&state, from, to) {
             state.stats.dropped += 1;
             drop(state);
-            let mut line = String::with_capacity(160);
-            describe(&input, &mut line);
             self.trace.record(format_args!(
-                "{} {from}>{to} p{partition} {line} lost",
-                madsim::time::TimeHandle::current().elapsed().as_nanos()
+                "{} {from}>{to} {} lost",
+                now_ns(),
+                describe(&request)
             ));
-            // Dropping the input drops a command's reply channel: its client sees Unavailable.
             return;
         }
-        let input = match input {
-            Input::Command {
-                command,
-                wait,
-                reply,
-            } => {
-                let (inner, answer) = oneshot::channel();
-                self.spawn_reply(to, from, answer, reply);
-                Input::Command {
-                    command,
-                    wait,
-                    reply: inner,
-                }
-            }
-            Input::Commands {
-                commands,
-                wait,
-                reply,
-            } => {
-                let (inner, answer) = oneshot::channel();
-                self.spawn_reply(to, from, answer, reply);
-                Input::Commands {
-                    commands,
-                    wait,
-                    reply: inner,
-                }
-            }
-            Input::Query { query, reply } => {
-                let (inner, answer) = oneshot::channel();
-                self.spawn_reply(to, from, answer, reply);
-                Input::Query {
-                    query,
-                    reply: inner,
-                }
-            }
-            Input::Peer(message) => {
-                let duplicate = state.faults.dup_ppm > 0
-                    && self.rng.lock().gen_range(0..1_000_000) < state.faults.dup_ppm;
-                if duplicate {
-                    state.stats.duplicated += 1;
-                    state.peer_in_flight += 1;
-                    let delay = self.delay(&state, from, to);
-                    self.spawn_delivery(from, to, partition, Input::Peer(message), delay);
-                }
-                state.peer_in_flight += 1;
-                Input::Peer(message)
-            }
-            Input::Shutdown(ack) => Input::Shutdown(ack),
-        };
-        let delay = self.delay(&state, from, to);
+        let delay = self.delay(&state);
         drop(state);
-        self.spawn_delivery(from, to, partition, input, delay);
-    }
-
-    fn spawn_delivery(
-        self: &Arc<Self>,
-        from: HostId,
-        to: HostId,
-        partition: PartitionId,
-        input: Input,
-        delay: Duration,
-    ) {
         let net = Arc::clone(self);
         self.wire.spawn(async move {
-            tokio::time::sleep(delay).await;
-            while net.clogged(from, to) {
-                tokio::time::sleep(CLOG_POLL).await;
+            net.carry(from, to, delay).await;
+            let (inner, answer) = oneshot::channel();
+            if !net.deliver(from, to, (request, inner)) {
+                return;
             }
-            net.deliver(from, to, partition, input);
+            let Ok(value) = answer.await else {
+                return; // The node died or the partition was unavailable.
+            };
+            let delay = {
+                let mut state = net.lock();
+                state.stats.sent += 1;
+                if net.lost(&state, to, from) {
+                    state.stats.dropped += 1;
+                    return;
+                }
+                net.delay(&state)
+            };
+            net.carry(to, from, delay).await;
+            net.lock().stats.delivered += 1;
+            net.trace
+                .record(format_args!("{} {to}>{from} reply {value:?}", now_ns()));
+            let _ = reply.send(value);
         });
     }
 
-    fn deliver(&self, from: HostId, to: HostId, partition: PartitionId, input: Input) {
-        let is_peer = matches!(input, Input::Peer(_));
-        let mut line = String::with_capacity(160);
-        describe(&input, &mut line);
-        let inbox = {
-            let mut state = self.lock();
-            if is_peer {
-                state.peer_in_flight -= 1;
-            }
-            state.inbox[partition as usize].clone()
-        };
-        let delivered = inbox.is_some_and(|inbox| inbox.try_send(input).is_ok());
+    /// A message from `from` to `to` crosses the network: `delay`, then as long as the link
+    /// is clogged.
+    async fn carry(&self, from: HostId, to: HostId, delay: Duration) {
+        tokio::time::sleep(delay).await;
+        while self.clogged(from, to) {
+            tokio::time::sleep(CLOG_POLL).await;
+        }
+    }
+
+    /// Hands `call` to the gateway of `to`, if it is up; whether it was.
+    fn deliver(&self, from: HostId, to: HostId, call: Call) -> bool {
+        let line = describe(&call.0);
+        let gateway = self.lock().inbox[to as usize].clone();
+        // Dropping a call drops its answer channel: the client sees Unavailable.
+        let delivered = gateway.is_some_and(|gateway| gateway.try_send(call).is_ok());
         {
             let mut state = self.lock();
             if delivered {
@@ -274,55 +286,28 @@ impl Network {
             }
         }
         self.trace.record(format_args!(
-            "{} {from}>{to} p{partition} {line} {}",
-            madsim::time::TimeHandle::current().elapsed().as_nanos(),
+            "{} {from}>{to} {line} {}",
+            now_ns(),
             if delivered { "ok" } else { "down" }
         ));
-    }
-
-    /// Carries the reply to a command or query from host `from` back to host `to`.
-    fn spawn_reply<T: std::fmt::Debug + Send + 'static>(
-        self: &Arc<Self>,
-        from: HostId,
-        to: HostId,
-        answer: oneshot::Receiver<T>,
-        reply: oneshot::Sender<T>,
-    ) {
-        let net = Arc::clone(self);
-        self.wire.spawn(async move {
-            let Ok(value) = answer.await else {
-                return; // The partition died or dropped the request: the client sees Unavailable.
-            };
-            let delay = {
-                let mut state = net.lock();
-                state.stats.sent += 1;
-                if net.lost(&state, from, to) {
-                    state.stats.dropped += 1;
-                    return;
-                }
-                net.delay(&state, from, to)
-            };
-            tokio::time::sleep(delay).await;
-            while net.clogged(from, to) {
-                tokio::time::sleep(CLOG_POLL).await;
-            }
-            net.lock().stats.delivered += 1;
-            net.trace.record(format_args!(
-                "{} {from}>{to} reply {value:?}",
-                madsim::time::TimeHandle::current().elapsed().as_nanos()
-            ));
-            let _ = reply.send(value);
-        });
+        delivered
     }
 }
 
-/// A stable, readable description of an input for the trace (never its channels).
-fn describe(input: &Input, out: &mut String) {
-    let _ = match input {
-        Input::Command { command, wait, .. } => write!(out, "cmd wait={wait} {command:?}"),
-        Input::Commands { commands, wait, .. } => write!(out, "cmds wait={wait} {commands:?}"),
-        Input::Query { query, .. } => write!(out, "query {query:?}"),
-        Input::Peer(message) => write!(out, "peer {message:?}"),
-        Input::Shutdown(_) => write!(out, "shutdown"),
+fn now_ns() -> u128 {
+    madsim::time::TimeHandle::current().elapsed().as_nanos()
+}
+
+/// A stable, readable description of a request for the trace (never its channel).
+fn describe(request: &Request) -> String {
+    let mut out = String::with_capacity(160);
+    let _ = match request {
+        Request::Command {
+            command,
+            wait,
+            group,
+        } => write!(out, "cmd wait={wait} group={group} {command:?}"),
+        Request::Query { partition, query } => write!(out, "query p{partition} {query:?}"),
     };
+    out
 }

@@ -14,6 +14,10 @@ pub enum Purpose {
     Disk,
     Nemesis,
     Setup,
+    /// Handshake nonce seeds of the server nodes, one draw per incarnation.
+    Nonces,
+    /// Peer-link faults: where a connection is cut, which writes break it.
+    Links,
     /// One stream per client, `Client(i)`.
     Client(u32),
 }
@@ -25,6 +29,8 @@ impl Purpose {
             Purpose::Disk => 2,
             Purpose::Nemesis => 3,
             Purpose::Setup => 4,
+            Purpose::Nonces => 5,
+            Purpose::Links => 6,
             Purpose::Client(i) => 1_000 + u64::from(i),
         }
     }

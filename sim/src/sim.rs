@@ -22,10 +22,11 @@ use crate::checkers::{self, FinalState, LiveState, PartitionFinal, Violation};
 use crate::cluster::Cluster;
 use crate::config::SimConfig;
 use crate::history::History;
+use crate::links::LinkCounters;
 use crate::live::{LiveChecks, Verdict};
 use crate::model::Model;
 use crate::nemesis::Nemesis;
-use crate::network::HostId;
+use crate::network::{HostId, Route};
 use crate::rng::{stream, Purpose};
 use crate::trace::Trace;
 use crate::workload::{accounts, setup, AccountSpec, Client, Requester};
@@ -53,6 +54,8 @@ pub struct RunReport {
     pub schedule: String,
     /// The decision boundaries the clients saw themselves reach.
     pub hits: Hits,
+    /// What the peer links carried and suffered.
+    pub peer: LinkCounters,
 }
 
 impl RunReport {
@@ -147,6 +150,7 @@ fn stopped_early(
         summary: format!("ops={} (run stopped by {by})", history.ops.len()),
         schedule: format!("unknown (run stopped by {by})"),
         hits: history.hits,
+        peer: LinkCounters::default(),
     }
 }
 
@@ -225,7 +229,7 @@ async fn simulate(
     let specs: Arc<[AccountSpec]> = accounts(config.accounts).into();
     let (setup_host, setup_node) = cluster.client_hosts[0].clone();
     {
-        let requester = requester(&config, &cluster, setup_host);
+        let requester = requester(&config, &cluster, setup_host, Route::Any);
         let (history, specs) = (history.clone(), Arc::clone(&specs));
         setup_node
             .spawn(async move { setup(&requester, &history, &specs, &mut setup_rng).await })
@@ -237,7 +241,7 @@ async fn simulate(
         &cluster,
         &history,
         &specs,
-        requester(&config, &cluster, setup_host),
+        requester(&config, &cluster, setup_host, Route::Owner),
     )
     .await;
     let finals = collect_finals(&cluster, config.partitions).await;
@@ -271,14 +275,16 @@ async fn simulate(
         summary: summary(&cluster, &history_state, &nemesis, quiesced, &verdict),
         schedule: nemesis.schedule_summary(),
         hits: history_state.hits,
+        peer: cluster.links().counters(),
     }
 }
 
 /// A client's connection: requests from `host` over the run's network.
-fn requester(config: &SimConfig, cluster: &Cluster, host: HostId) -> Requester {
+fn requester(config: &SimConfig, cluster: &Cluster, host: HostId, route: Route) -> Requester {
     Requester {
         net: Arc::clone(cluster.net()),
         host,
+        route,
         partitions: config.partitions,
         timeout: config.client_timeout,
     }
@@ -300,7 +306,7 @@ async fn load_under_faults(
             let client = Client::new(
                 config,
                 i,
-                requester(config, cluster, *host),
+                requester(config, cluster, *host, Route::Any),
                 history.clone(),
                 Arc::clone(specs),
                 stream(config.seed, Purpose::Client(i)),
@@ -422,6 +428,7 @@ fn summary(
     verdict: &Verdict,
 ) -> String {
     let net = cluster.net().stats();
+    let links = cluster.links().counters();
     let (mut crashes, mut torn, mut syncs, mut failed_syncs, mut failed_snapshots) =
         (0, 0, 0, 0, 0);
     for disk in &cluster.shared.disks {
@@ -459,13 +466,17 @@ fn summary(
         (verdict.conservation_checks, verdict.releases)
     };
     format!(
-        "ops={} attempts={attempts} answered={answered} expected_answers={expected} reads={} messages sent={} delivered={} dropped={} duplicated={} disk crashes={crashes} torn={torn} syncs={syncs} failed_syncs={failed_syncs} failed_snapshots={failed_snapshots} recoveries={recoveries} from_snapshot={from_snapshot} torn_cut={torn_cut} faults={} quiesced={quiesced} live_conservation_checks={live_conservation} live_releases_checked={live_releases} simulated={:.1}s",
+        "ops={} attempts={attempts} answered={answered} expected_answers={expected} reads={} client messages sent={} delivered={} dropped={} peer connections={} frames={} bytes={} resets={} broken_after_write={} disk crashes={crashes} torn={torn} syncs={syncs} failed_syncs={failed_syncs} failed_snapshots={failed_snapshots} recoveries={recoveries} from_snapshot={from_snapshot} torn_cut={torn_cut} faults={} quiesced={quiesced} live_conservation_checks={live_conservation} live_releases_checked={live_releases} simulated={:.1}s",
         history.ops.len(),
         history.reads.len(),
         net.sent,
         net.delivered,
         net.dropped,
-        net.duplicated,
+        links.connections,
+        links.frames,
+        links.bytes,
+        links.resets,
+        links.broken_after_frame,
         nemesis.injected,
         madsim::time::TimeHandle::current().elapsed().as_secs_f64(),
     )

@@ -1,5 +1,6 @@
-//! The determinism trace: a 64-bit FNV-1a hash over every delivered message (with its
-//! simulated delivery time) and the final bytes of every log. Two runs of one seed must print
+//! The determinism trace: a 64-bit FNV-1a hash over every client message (with its simulated
+//! time), every frame written on a peer link (with its time and bytes) and the final bytes
+//! of every log. Two runs of one seed must print
 //! the same value, in the same process or in separate ones.
 
 use std::fmt::{self, Write as _};
@@ -77,6 +78,17 @@ impl Trace {
         }
     }
 
+    /// Adds an entry of numbers and bytes, unformatted: the cheap form for the many frames
+    /// of the peer links.
+    pub fn record_raw(&self, words: &[u64], bytes: &[u8]) {
+        let mut state = self.lock();
+        for word in words {
+            state.hash.write(&word.to_le_bytes());
+        }
+        state.hash.write(bytes);
+        state.entries += 1;
+    }
+
     /// Adds raw bytes (a final log) to the trace.
     pub fn record_bytes(&self, label: &str, bytes: &[u8]) {
         let mut state = self.lock();
@@ -84,6 +96,11 @@ impl Trace {
         state.hash.write(&(bytes.len() as u64).to_le_bytes());
         state.hash.write(bytes);
         state.entries += 1;
+    }
+
+    /// Whether entries are printed (`--verbose`).
+    pub fn echoes(&self) -> bool {
+        self.lock().echo
     }
 
     pub fn hash(&self) -> u64 {

@@ -16,15 +16,12 @@ use walletd_core::model::event::Transfer;
 use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_core::model::money::{Amount, Currency};
 use walletd_core::model::partition::{partition_of, PartitionId};
-use walletd_runtime::driver::{
-    wall_clock_us, CommandGroup, CommandResult, Input, Query, QueryAnswer,
-};
-use walletd_runtime::engine::command_account;
+use walletd_runtime::driver::{wall_clock_us, CommandResult, Query, QueryAnswer};
 
 use crate::config::SimConfig;
 use crate::edges::Episode;
 use crate::history::{Attempt, BalanceRead, Expect, History, Outcome};
-use crate::network::{HostId, Network};
+use crate::network::{Answer, HostId, Network, Request, Route};
 
 /// First backoff after a failed attempt; doubles up to `BACKOFF_MAX`.
 const BACKOFF_INITIAL: Duration = Duration::from_millis(50);
@@ -61,45 +58,31 @@ fn amount(minor: u64) -> Amount {
     Amount::from_minor(minor).expect("a positive amount in range")
 }
 
-/// Sends requests from one host over the simulated network.
+/// Sends requests from one host over the simulated network, to the gateway of any node.
 #[derive(Clone)]
 pub struct Requester {
     pub net: Arc<Network>,
     pub host: HostId,
+    pub route: Route,
     pub partitions: u32,
     pub timeout: Duration,
 }
 
 impl Requester {
     /// One attempt of `command` (transfers wait for their outcome), sent as a single command
-    /// or, with `as_group`, as a command group of one (the path batches take).
+    /// or, with `as_group`, as a batch of one (the path of the batch endpoint).
     pub async fn attempt(&self, command: Command, as_group: bool) -> Attempt {
         let sent_us = wall_clock_us();
-        let partition = partition_of(command_account(&command), self.partitions);
-        let answered = if as_group {
-            let (reply, answer) = oneshot::channel();
-            let commands = CommandGroup::all(vec![command]);
-            let input = Input::Commands {
-                commands,
-                wait: true,
-                reply,
-            };
-            self.net.send(self.host, partition, input);
-            tokio::time::timeout(self.timeout, answer)
-                .await
-                .map(|answer| answer.map(|mut results| results.pop().expect("one answer")))
-        } else {
-            let (reply, answer) = oneshot::channel();
-            let input = Input::Command {
-                command,
-                wait: true,
-                reply,
-            };
-            self.net.send(self.host, partition, input);
-            tokio::time::timeout(self.timeout, answer).await
+        let (reply, answer) = oneshot::channel();
+        let request = Request::Command {
+            command,
+            wait: true,
+            group: as_group,
         };
-        let outcome = match answered {
-            Ok(Ok(result)) => Outcome::Answer(result),
+        self.net.request(self.host, self.route, request, reply);
+        let outcome = match tokio::time::timeout(self.timeout, answer).await {
+            Ok(Ok(Answer::Command(result))) => Outcome::Answer(result),
+            Ok(Ok(Answer::Query(_))) => unreachable!("a command is answered as one"),
             Ok(Err(_)) => Outcome::Unavailable,
             Err(_) => Outcome::Timeout,
         };
@@ -113,10 +96,10 @@ impl Requester {
     /// One attempt of a query; `None` if it got no answer.
     pub async fn query(&self, partition: PartitionId, query: Query) -> Option<QueryAnswer> {
         let (reply, answer) = oneshot::channel();
-        self.net
-            .send(self.host, partition, Input::Query { query, reply });
+        let request = Request::Query { partition, query };
+        self.net.request(self.host, self.route, request, reply);
         match tokio::time::timeout(self.timeout, answer).await {
-            Ok(Ok(answer)) => Some(answer),
+            Ok(Ok(Answer::Query(answer))) => Some(answer),
             _ => None,
         }
     }

@@ -9,12 +9,12 @@
 //! - [`engine`]: partitions of one process and the [`engine::Client`] that routes to them.
 //! - [`storage`]: the durable-storage trait; [`storage::file`] on real files with fsync.
 //! - [`transport`]: how partitions send phase messages to each other (best effort).
-//! - `net` (not under the simulator): cluster nodes over TCP: forwarders to the owners of
-//!   remote partitions, the authenticated peer listener, and `net::start_node`.
+//! - [`net`]: cluster nodes over TCP: forwarders to the owners of remote partitions, the
+//!   authenticated peer listener, and [`net::start_node`]. The simulator runs it too, over
+//!   madsim's simulated TCP.
 
 pub mod driver;
 pub mod engine;
-#[cfg(not(madsim))]
 pub mod net;
 pub mod storage;
 pub mod transport;

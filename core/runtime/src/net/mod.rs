@@ -39,8 +39,18 @@
 //! ```
 //!
 //! The nonces come from a keyed counter ([`NodeConfig::nonce_seed`]): `core` draws no random
-//! numbers of its own; the binary seeds it from the operating system. After the handshake
-//! frames are checksummed but neither signed nor encrypted: the peer network must be private.
+//! numbers of its own; the binary seeds it from the operating system (the simulator from the
+//! run's seed). After the handshake frames are checksummed but neither signed nor encrypted:
+//! the peer network must be private.
+//!
+//! # Byte streams, and the simulator
+//! Links run over any [`PeerIo`]: production uses [`Tcp`]. The module builds under
+//! `--cfg madsim` too, where `tokio::net` is madsim's simulated TCP, and the simulator starts
+//! its nodes with [`start_node_with`] and streams that wrap those sockets (to cut a
+//! connection mid-frame, and to trace frames). So that one source runs on both runtimes, it
+//! writes every frame with a flush (madsim's streams send only on flush), keeps no `JoinSet`
+//! (madsim has none), spawns no thread and iterates no `HashMap` where order reaches
+//! behaviour.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -53,10 +63,9 @@ use hmac::{Hmac, Mac};
 use rustc_hash::FxHashMap;
 use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout, Instant};
 
 use crate::driver::{CommandResult, DriverError, Input, Query, QueryAnswer, RecoveryReport};
@@ -67,6 +76,9 @@ use walletd_core::wire::{
     decode_frame_body, frame_body_len, Frame, FrameWriter, Message, RequestId, WireError,
     FRAME_HEADER_LEN, FRAME_MESSAGES_MAX, MAC_LEN, NONCE_LEN,
 };
+
+mod stream;
+pub use stream::{PeerIo, Tcp};
 
 /// Shortest cluster secret accepted, in bytes.
 pub const SECRET_LEN_MIN: usize = 16;
@@ -324,8 +336,8 @@ async fn write_frames<W: AsyncWrite + Unpin>(
 }
 
 /// Sends one handshake message in its own frame.
-async fn send_one(
-    stream: &mut TcpStream,
+async fn send_one<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     ctx: &NodeContext,
     message: Message,
 ) -> Result<(), NetError> {
@@ -338,7 +350,7 @@ async fn send_one(
 
 /// Reads one handshake frame, which must hold exactly one message. Unbuffered, so nothing
 /// past the handshake is read into a buffer that is about to be dropped.
-async fn receive_one(stream: &mut TcpStream) -> Result<Message, NetError> {
+async fn receive_one<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Message, NetError> {
     let frame = FrameReader::new(stream).next().await?;
     match <[Message; 1]>::try_from(frame.messages) {
         Ok([message]) => Ok(message),
@@ -350,8 +362,8 @@ async fn receive_one(stream: &mut TcpStream) -> Result<Message, NetError> {
 }
 
 /// The connecting end of the handshake: proves the secret to `remote` and checks its proof.
-async fn handshake_connector(
-    stream: &mut TcpStream,
+async fn handshake_connector<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     ctx: &NodeContext,
     remote: NodeId,
 ) -> Result<(), NetError> {
@@ -408,7 +420,10 @@ async fn handshake_connector(
 }
 
 /// The accepting end of the handshake. Returns the authenticated peer's node id.
-async fn handshake_acceptor(stream: &mut TcpStream, ctx: &NodeContext) -> Result<NodeId, NetError> {
+async fn handshake_acceptor<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    ctx: &NodeContext,
+) -> Result<NodeId, NetError> {
     let (peer, connector_nonce) = match receive_one(stream).await? {
         Message::Hello { map_version, .. } if map_version != ctx.map_version() => {
             let stale = Message::StaleMap {
@@ -485,15 +500,16 @@ enum LinkEnd {
 }
 
 /// Carries the inputs for every partition of one remote node to that node.
-struct Forwarder {
+struct Forwarder<N: PeerIo> {
     remote: NodeId,
     address: String,
     ctx: Arc<NodeContext>,
+    io: Arc<N>,
     inputs: mpsc::Receiver<Input>,
     stats: Arc<LinkStats>,
 }
 
-impl Forwarder {
+impl<N: PeerIo> Forwarder<N> {
     async fn run(mut self) {
         let config = self.ctx.config;
         let mut backoff_ms = config.connect_backoff_initial_ms;
@@ -532,10 +548,9 @@ impl Forwarder {
         }
     }
 
-    async fn connect(&self) -> Result<TcpStream, NetError> {
+    async fn connect(&self) -> Result<N::Stream, NetError> {
         let attempt = async {
-            let mut stream = TcpStream::connect(&self.address).await?;
-            stream.set_nodelay(true)?;
+            let mut stream = self.io.connect(&self.address).await?;
             handshake_connector(&mut stream, &self.ctx, self.remote).await?;
             Ok(stream)
         };
@@ -561,8 +576,8 @@ impl Forwarder {
     }
 
     /// Runs one authenticated connection until it breaks or the queue closes.
-    async fn serve(&mut self, stream: TcpStream) -> LinkEnd {
-        let (read, write) = stream.into_split();
+    async fn serve(&mut self, stream: N::Stream) -> LinkEnd {
+        let (read, write) = self.io.split(stream);
         let pending: Pending = Arc::default();
         let permits = Arc::new(Semaphore::new(self.ctx.config.pending_max));
         let mut reader = tokio::spawn(read_answers(
@@ -582,7 +597,7 @@ impl Forwarder {
 
     async fn write_loop(
         &mut self,
-        mut write: OwnedWriteHalf,
+        mut write: N::WriteHalf,
         pending: &Pending,
         permits: &Arc<Semaphore>,
         reader: &mut JoinHandle<NetError>,
@@ -698,8 +713,8 @@ async fn to_message(
 
 /// The forwarder's reader: resolves answers until the link breaks, then closes the permits
 /// so a writer waiting for one gives up too.
-async fn read_answers(
-    read: OwnedReadHalf,
+async fn read_answers<R: AsyncRead + Unpin>(
+    read: R,
     pending: Pending,
     permits: Arc<Semaphore>,
     ctx: Arc<NodeContext>,
@@ -780,13 +795,14 @@ pub struct PeerListener {
 
 impl PeerListener {
     /// Serves `listener` for the node of `ctx`, handing requests to `client`'s local inboxes.
-    fn start(
+    fn start<N: PeerIo>(
         listener: TcpListener,
         ctx: Arc<NodeContext>,
         client: Client,
+        io: Arc<N>,
     ) -> io::Result<PeerListener> {
         let address = listener.local_addr()?;
-        let task = tokio::spawn(accept_loop(listener, ctx, client));
+        let task = tokio::spawn(accept_loop(listener, ctx, client, io));
         Ok(PeerListener {
             address,
             _task: AbortOnDrop(task),
@@ -798,36 +814,39 @@ impl PeerListener {
     }
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Arc<NodeContext>, client: Client) {
+async fn accept_loop<N: PeerIo>(
+    listener: TcpListener,
+    ctx: Arc<NodeContext>,
+    client: Client,
+    io: Arc<N>,
+) {
     let slots = Arc::new(Semaphore::new(ctx.config.inbound_connections_max));
-    // Dropping the set (when this task is aborted) aborts every connection.
-    let mut connections = JoinSet::new();
+    // Dropping these (when this task is aborted) aborts every connection. Finished ones are
+    // pruned at each accept, so at most one more than the slots allow is ever held. (A plain
+    // list rather than a `JoinSet`, which the simulator's runtime does not have.)
+    let mut connections: Vec<AbortOnDrop> = Vec::new();
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, address) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Out of file descriptors, usually: wait instead of spinning.
-                        tracing::warn!(node = ctx.node, %error, "accept failed");
-                        tokio::time::sleep(ms(100)).await;
-                        continue;
-                    }
-                };
-                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                    tracing::warn!(node = ctx.node, %address, "too many peer connections; closing one");
-                    continue;
-                };
-                let (ctx, client) = (Arc::clone(&ctx), client.clone());
-                connections.spawn(async move {
-                    if let Err(error) = serve_inbound(stream, address, &ctx, client).await {
-                        log_inbound_end(&ctx, address, &error);
-                    }
-                    drop(slot);
-                });
+        let (stream, address) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors, usually: wait instead of spinning.
+                tracing::warn!(node = ctx.node, %error, "accept failed");
+                tokio::time::sleep(ms(100)).await;
+                continue;
             }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
+        };
+        connections.retain(|connection| !connection.0.is_finished());
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(node = ctx.node, %address, "too many peer connections; closing one");
+            continue;
+        };
+        let (ctx, client, io) = (Arc::clone(&ctx), client.clone(), Arc::clone(&io));
+        connections.push(AbortOnDrop(tokio::spawn(async move {
+            if let Err(error) = serve_inbound(stream, address, &ctx, client, &*io).await {
+                log_inbound_end(&ctx, address, &error);
+            }
+            drop(slot);
+        })));
     }
 }
 
@@ -840,13 +859,14 @@ fn log_inbound_end(ctx: &NodeContext, address: SocketAddr, error: &NetError) {
     }
 }
 
-async fn serve_inbound(
-    mut stream: TcpStream,
+async fn serve_inbound<N: PeerIo>(
+    stream: TcpStream,
     address: SocketAddr,
     ctx: &Arc<NodeContext>,
     client: Client,
+    io: &N,
 ) -> Result<(), NetError> {
-    stream.set_nodelay(true)?;
+    let mut stream = io.accepted(stream, address)?;
     let peer = match timeout(
         ms(ctx.config.handshake_timeout_ms),
         handshake_acceptor(&mut stream, ctx),
@@ -857,7 +877,7 @@ async fn serve_inbound(
         Err(_) => return Err(NetError::Timeout),
     };
     tracing::info!(node = ctx.node, peer, %address, "peer authenticated");
-    let (read, write) = stream.into_split();
+    let (read, write) = io.split(stream);
     // Every queued reply holds a request permit, so the queue never holds more than that.
     let (outbound, queue) = mpsc::channel(ctx.config.inbound_requests_max + 64);
     let writer = AbortOnDrop(tokio::spawn(write_outbound(write, queue, Arc::clone(ctx))));
@@ -866,8 +886,8 @@ async fn serve_inbound(
     result
 }
 
-async fn read_inbound(
-    read: OwnedReadHalf,
+async fn read_inbound<R: AsyncRead + Unpin>(
+    read: R,
     ctx: &Arc<NodeContext>,
     client: &Client,
     outbound: mpsc::Sender<Outbound>,
@@ -1004,8 +1024,8 @@ enum Answer {
 }
 
 /// An inbound connection's writer: batches whatever is queued into one frame per write.
-async fn write_outbound(
-    mut write: OwnedWriteHalf,
+async fn write_outbound<W: AsyncWrite + Unpin>(
+    mut write: W,
     mut queue: mpsc::Receiver<Outbound>,
     ctx: Arc<NodeContext>,
 ) {
@@ -1117,6 +1137,20 @@ pub async fn start_node_on<S: Storage>(
     storages: Vec<(PartitionId, S)>,
     config: NodeConfig,
 ) -> Result<ClusterNode, NodeError> {
+    start_node_with(Tcp, listener, map, node, secret, storages, config).await
+}
+
+/// [`start_node_on`] with the peer byte streams of `io`: the simulator's wrapped sockets
+/// (see [`PeerIo`]); production passes [`Tcp`].
+pub async fn start_node_with<S: Storage, N: PeerIo>(
+    io: N,
+    listener: TcpListener,
+    map: &PartitionMap,
+    node: NodeId,
+    secret: &[u8],
+    storages: Vec<(PartitionId, S)>,
+    config: NodeConfig,
+) -> Result<ClusterNode, NodeError> {
     check_node(map, node, secret, &storages)?;
     config.net.check();
     let ctx = Arc::new(NodeContext {
@@ -1129,23 +1163,12 @@ pub async fn start_node_on<S: Storage>(
         },
         config: config.net,
     });
-    let mut queues = BTreeMap::new();
-    let mut links = BTreeMap::new();
-    let mut forwarders = Vec::new();
-    for (&remote, address) in map.nodes.iter().filter(|(id, _)| **id != node) {
-        let (queue, inputs) = mpsc::channel(config.net.forward_queue_max);
-        let stats = Arc::new(LinkStats::default());
-        let forwarder = Forwarder {
-            remote,
-            address: address.peer.clone(),
-            ctx: Arc::clone(&ctx),
-            inputs,
-            stats: Arc::clone(&stats),
-        };
-        forwarders.push(AbortOnDrop(tokio::spawn(forwarder.run())));
-        queues.insert(remote, queue);
-        links.insert(remote, stats);
-    }
+    let io = Arc::new(io);
+    let Links {
+        queues,
+        stats: links,
+        forwarders,
+    } = spawn_forwarders(&ctx, &io);
     let engine_config = EngineConfig {
         partitions: map.partitions(),
         ..config.engine
@@ -1166,11 +1189,12 @@ pub async fn start_node_on<S: Storage>(
     .await?;
     // The engine's client now holds the only queue senders: the forwarders end with it.
     drop(queues);
-    let listener =
-        PeerListener::start(listener, ctx, engine.client()).map_err(|source| NodeError::Bind {
+    let listener = PeerListener::start(listener, ctx, engine.client(), io).map_err(|source| {
+        NodeError::Bind {
             address: map.nodes[&node].peer.clone(),
             source,
-        })?;
+        }
+    })?;
     Ok(ClusterNode {
         node,
         engine,
@@ -1178,6 +1202,41 @@ pub async fn start_node_on<S: Storage>(
         forwarders,
         links,
     })
+}
+
+/// The links of a node to every other node of its map.
+struct Links {
+    /// The queue of each remote node's forwarder.
+    queues: BTreeMap<NodeId, mpsc::Sender<Input>>,
+    stats: BTreeMap<NodeId, Arc<LinkStats>>,
+    forwarders: Vec<AbortOnDrop>,
+}
+
+/// Starts a forwarder to every other node of the map of `ctx`.
+fn spawn_forwarders<N: PeerIo>(ctx: &Arc<NodeContext>, io: &Arc<N>) -> Links {
+    let mut links = Links {
+        queues: BTreeMap::new(),
+        stats: BTreeMap::new(),
+        forwarders: Vec::new(),
+    };
+    for (&remote, address) in ctx.map.nodes.iter().filter(|(id, _)| **id != ctx.node) {
+        let (queue, inputs) = mpsc::channel(ctx.config.forward_queue_max);
+        let stats = Arc::new(LinkStats::default());
+        let forwarder = Forwarder {
+            remote,
+            address: address.peer.clone(),
+            ctx: Arc::clone(ctx),
+            io: Arc::clone(io),
+            inputs,
+            stats: Arc::clone(&stats),
+        };
+        links
+            .forwarders
+            .push(AbortOnDrop(tokio::spawn(forwarder.run())));
+        links.queues.insert(remote, queue);
+        links.stats.insert(remote, stats);
+    }
+    links
 }
 
 fn check_node<S>(
