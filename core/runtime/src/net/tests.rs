@@ -1,14 +1,17 @@
 //! Nodes of one cluster inside one test process: each its own engine on real files in a temp
 //! dir and its own peer listener on a loopback port, talking the real protocol over TCP.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tempfile::TempDir;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use super::*;
 use crate::driver::DriverConfig;
+use crate::driver::{Query, QueryAnswer};
 use crate::engine::Unavailable;
 use crate::storage::file::{FileStorage, FileStorageConfig};
 use walletd_core::ledger::{
@@ -19,6 +22,7 @@ use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_core::model::money::{Amount, Currency};
 use walletd_core::model::partition::NodeAddress;
 use walletd_core::protocol::coordinator::CoordinatorConfig;
+use walletd_core::wire::{Message, NONCE_LEN};
 
 const SECRET: &[u8] = b"a cluster secret for the tests";
 

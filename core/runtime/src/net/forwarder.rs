@@ -1,0 +1,318 @@
+//! The [`Forwarder`]: one per remote node; it carries the inputs for that node's partitions
+//! over one authenticated connection and resolves their answers by request id.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use rustc_hash::FxHashMap;
+use tokio::io::{AsyncRead, BufReader};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, timeout, Instant};
+
+use crate::driver::{CommandResult, Input, QueryAnswer};
+use walletd_core::model::partition::NodeId;
+use walletd_core::wire::{Frame, FrameWriter, Message, RequestId};
+
+use super::*;
+
+/// A request sent and not yet answered. The permit bounds how many there are.
+pub(super) struct Waiting {
+    reply: Waiter,
+    _permit: OwnedSemaphorePermit,
+}
+
+pub(super) enum Waiter {
+    Command(oneshot::Sender<CommandResult>),
+    Query(oneshot::Sender<QueryAnswer>),
+}
+
+/// The requests of one connection, shared by its writer (inserts) and reader (resolves), so
+/// answers are delivered however busy the writer is.
+pub(super) type Pending = Arc<Mutex<FxHashMap<RequestId, Waiting>>>;
+
+/// How a forwarder's connection ended.
+pub(super) enum LinkEnd {
+    /// The link broke; reconnect.
+    Broken(NetError),
+    /// Every sender of the queue is gone: the node is stopping.
+    Closed,
+}
+
+/// Carries the inputs for every partition of one remote node to that node.
+pub(super) struct Forwarder<N: PeerIo> {
+    pub(super) remote: NodeId,
+    pub(super) address: String,
+    pub(super) ctx: Arc<NodeContext>,
+    pub(super) io: Arc<N>,
+    pub(super) inputs: mpsc::Receiver<Input>,
+    pub(super) stats: Arc<LinkStats>,
+}
+
+impl<N: PeerIo> Forwarder<N> {
+    pub(super) async fn run(mut self) {
+        let config = self.ctx.config;
+        let mut backoff_ms = config.connect_backoff_initial_ms;
+        let mut failures: u64 = 0;
+        loop {
+            match self.connect().await {
+                Ok(stream) => {
+                    tracing::info!(node = self.ctx.node, peer = self.remote, "peer link up");
+                    backoff_ms = config.connect_backoff_initial_ms;
+                    failures = 0;
+                    self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                    self.stats.connected.store(true, Ordering::Relaxed);
+                    let end = self.serve(stream).await;
+                    self.stats.connected.store(false, Ordering::Relaxed);
+                    match end {
+                        LinkEnd::Closed => return,
+                        LinkEnd::Broken(error) => {
+                            tracing::warn!(node = self.ctx.node, peer = self.remote, %error, "peer link down")
+                        }
+                    }
+                }
+                Err(error) => {
+                    failures += 1;
+                    // The first failure is news; repeats while a node is down are not.
+                    if failures == 1
+                        || matches!(error, NetError::Auth(_) | NetError::StaleMap { .. })
+                    {
+                        tracing::warn!(node = self.ctx.node, peer = self.remote, address = self.address, %error, "cannot reach peer");
+                    }
+                }
+            }
+            if !self.refuse_until(Instant::now() + ms(backoff_ms)).await {
+                return;
+            }
+            backoff_ms = (backoff_ms * 2).min(config.connect_backoff_max_ms);
+        }
+    }
+
+    pub(super) async fn connect(&self) -> Result<N::Stream, NetError> {
+        let attempt = async {
+            let mut stream = self.io.connect(&self.address).await?;
+            handshake_connector(&mut stream, &self.ctx, self.remote).await?;
+            Ok(stream)
+        };
+        match timeout(ms(self.ctx.config.handshake_timeout_ms), attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(NetError::Timeout),
+        }
+    }
+
+    /// While the link is down: refuse every input at once (dropping a reply sender tells its
+    /// client the partition is unavailable) until `deadline`. False once the queue is closed.
+    pub(super) async fn refuse_until(&mut self, deadline: Instant) -> bool {
+        loop {
+            tokio::select! {
+                input = self.inputs.recv() => match input {
+                    Some(Input::Shutdown(ack)) => { let _ = ack.send(()); }
+                    Some(_) => { self.stats.refused_while_down.fetch_add(1, Ordering::Relaxed); }
+                    None => return false,
+                },
+                _ = sleep_until(deadline) => return true,
+            }
+        }
+    }
+
+    /// Runs one authenticated connection until it breaks or the queue closes.
+    pub(super) async fn serve(&mut self, stream: N::Stream) -> LinkEnd {
+        let (read, write) = self.io.split(stream);
+        let pending: Pending = Arc::default();
+        let permits = Arc::new(Semaphore::new(self.ctx.config.pending_max));
+        let mut reader = tokio::spawn(read_answers(
+            read,
+            Arc::clone(&pending),
+            Arc::clone(&permits),
+            Arc::clone(&self.ctx),
+        ));
+        let end = self
+            .write_loop(write, &pending, &permits, &mut reader)
+            .await;
+        reader.abort();
+        // Dropping the reply senders tells every waiting client the partition is unavailable.
+        pending.lock().expect("pending lock").clear();
+        end
+    }
+
+    pub(super) async fn write_loop(
+        &mut self,
+        mut write: N::WriteHalf,
+        pending: &Pending,
+        permits: &Arc<Semaphore>,
+        reader: &mut JoinHandle<NetError>,
+    ) -> LinkEnd {
+        let config = self.ctx.config;
+        let mut buf = Vec::with_capacity(64 << 10);
+        let mut next_id: RequestId = 1;
+        // Heartbeats keep their own schedule: a link that carries only phase messages gets no
+        // answers, so without them the reader could not tell it from a dead one.
+        let mut heartbeat_at = Instant::now() + ms(config.heartbeat_ms);
+        loop {
+            let first = tokio::select! {
+                biased;
+                ended = &mut *reader => return LinkEnd::Broken(reader_error(ended)),
+                _ = sleep_until(heartbeat_at) => {
+                    heartbeat_at = Instant::now() + ms(config.heartbeat_ms);
+                    None
+                }
+                input = self.inputs.recv() => match input {
+                    Some(input) => Some(input),
+                    None => return LinkEnd::Closed,
+                },
+            };
+            buf.clear();
+            let mut frame = FrameWriter::new(&mut buf, self.ctx.map_version());
+            let mut next = first;
+            while let Some(input) = next.take() {
+                let Some(message) = to_message(input, &mut next_id, pending, permits).await else {
+                    // The reader ended and closed the permits: the link is broken.
+                    return LinkEnd::Broken(reader_error((&mut *reader).await));
+                };
+                if let Some(message) = message {
+                    frame.push(&message);
+                }
+                if frame.count() < config.frame_messages_max {
+                    next = self.inputs.try_recv().ok();
+                }
+            }
+            let count = frame.count() as u64;
+            frame.finish();
+            if let Err(error) = write_frames(&mut write, &buf, config.write_timeout_ms).await {
+                return LinkEnd::Broken(error);
+            }
+            self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+            self.stats.messages_sent.fetch_add(count, Ordering::Relaxed);
+        }
+    }
+}
+
+pub(super) fn reader_error(ended: Result<NetError, tokio::task::JoinError>) -> NetError {
+    ended.unwrap_or_else(|join| NetError::Protocol(format!("reader task failed: {join}")))
+}
+
+/// The message for `input`, registering a waiter for commands and queries. `Some(None)` for
+/// an input that needs no message; `None` when the link broke while waiting for a permit.
+pub(super) async fn to_message(
+    input: Input,
+    next_id: &mut RequestId,
+    pending: &Pending,
+    permits: &Arc<Semaphore>,
+) -> Option<Option<Message>> {
+    let (reply, message) = match input {
+        Input::Peer(peer) => return Some(Some(Message::Peer(peer))),
+        Input::Shutdown(ack) => {
+            let _ = ack.send(());
+            return Some(None);
+        }
+        // `Client` sends command groups only to partitions in its own process; dropping the
+        // reply answers each of the group's commands with `Unavailable`.
+        Input::Commands { commands, .. } => {
+            tracing::error!(
+                commands = commands.len(),
+                "a command group cannot cross a peer link; refused"
+            );
+            return Some(None);
+        }
+        // A client that stopped waiting needs no answer: skip the work.
+        Input::Command { reply, .. } if reply.is_closed() => return Some(None),
+        Input::Query { reply, .. } if reply.is_closed() => return Some(None),
+        Input::Command {
+            command,
+            wait,
+            reply,
+        } => (
+            Waiter::Command(reply),
+            Message::Request {
+                id: *next_id,
+                wait,
+                command,
+            },
+        ),
+        Input::Query { query, reply } => (
+            Waiter::Query(reply),
+            Message::QueryRequest {
+                id: *next_id,
+                query,
+            },
+        ),
+    };
+    let permit = Arc::clone(permits).acquire_owned().await.ok()?;
+    let waiting = Waiting {
+        reply,
+        _permit: permit,
+    };
+    let previous = pending
+        .lock()
+        .expect("pending lock")
+        .insert(*next_id, waiting);
+    assert!(previous.is_none(), "request ids are unique per connection");
+    *next_id += 1;
+    Some(Some(message))
+}
+
+/// The forwarder's reader: resolves answers until the link breaks, then closes the permits
+/// so a writer waiting for one gives up too.
+pub(super) async fn read_answers<R: AsyncRead + Unpin>(
+    read: R,
+    pending: Pending,
+    permits: Arc<Semaphore>,
+    ctx: Arc<NodeContext>,
+) -> NetError {
+    let mut reader = FrameReader::new(BufReader::new(read));
+    let silent_ms = ctx.config.peer_silent_max_ms;
+    let error = loop {
+        let frame = match timeout(ms(silent_ms), reader.next()).await {
+            Err(_) => break NetError::Silent(silent_ms),
+            Ok(Err(error)) => break error,
+            Ok(Ok(frame)) => frame,
+        };
+        if let Err(error) = resolve(frame, &pending, &ctx) {
+            break error;
+        }
+    };
+    permits.close();
+    error
+}
+
+pub(super) fn resolve(frame: Frame, pending: &Pending, ctx: &NodeContext) -> Result<(), NetError> {
+    if frame.map_version != ctx.map_version() {
+        return Err(NetError::StaleMap {
+            expected: ctx.map_version(),
+            got: frame.map_version,
+        });
+    }
+    let mut pending = pending.lock().expect("pending lock");
+    for message in frame.messages {
+        match message {
+            Message::Reply { id, result } => match pending.remove(&id) {
+                Some(Waiting {
+                    reply: Waiter::Command(reply),
+                    ..
+                }) => {
+                    let _ = reply.send(result);
+                }
+                _ => return Err(NetError::Protocol(format!("reply {id} answers no command"))),
+            },
+            Message::Answer { id, answer } => match pending.remove(&id) {
+                Some(Waiting {
+                    reply: Waiter::Query(reply),
+                    ..
+                }) => {
+                    let _ = reply.send(answer);
+                }
+                _ => return Err(NetError::Protocol(format!("answer {id} answers no query"))),
+            },
+            // Dropping the waiter tells the client the partition is unavailable.
+            Message::Refused { id } => drop(pending.remove(&id)),
+            Message::StaleMap { expected, got } => {
+                return Err(NetError::StaleMap {
+                    expected: got,
+                    got: expected,
+                })
+            }
+            other => return Err(NetError::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+    Ok(())
+}
