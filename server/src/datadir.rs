@@ -177,13 +177,20 @@ fn numbered_files(dir: &Path, prefix: &str, suffix: &str) -> io::Result<Vec<(u64
     Ok(found)
 }
 
+/// The text of the file at `path`, or `None` when there is no such file.
+fn read_if_present(path: &Path) -> Result<Option<String>, DataDirError> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error(path)(e)),
+    }
+}
+
 /// The partition count recorded in the layout file, if there is one.
 fn read_layout(root: &Path) -> Result<Option<u32>, DataDirError> {
     let path = root.join(LAYOUT_FILE);
-    let text = match fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_error(&path)(e)),
+    let Some(text) = read_if_present(&path)? else {
+        return Ok(None);
     };
     let bad = |detail: &str| DataDirError::BadLayout {
         path: path.display().to_string(),
@@ -295,10 +302,8 @@ impl DataDir {
 /// The node file's `(node, partitions held)`, if there is one.
 fn read_node_file(root: &Path) -> Result<Option<(u32, Vec<PartitionId>)>, DataDirError> {
     let path = root.join(NODE_FILE);
-    let text = match fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_error(&path)(e)),
+    let Some(text) = read_if_present(&path)? else {
+        return Ok(None);
     };
     let bad = |detail: &str| DataDirError::BadLayout {
         path: path.display().to_string(),

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use walletd_core::ledger::{
-    ApplyError, Command, CreditState, Ledger, LedgerError, Reply, TransferRow, TransferState,
+    ApplyError, Command, CreditState, Ledger, Reply, TransferRow, TransferState,
 };
 use walletd_core::log::codec::Record;
 use walletd_core::model::event::{Event, Reason, TransferKey};
@@ -21,7 +21,7 @@ use walletd_core::model::partition::{partition_of, PartitionId};
 use walletd_core::protocol::invariants::{self, Invariant, Moment};
 use walletd_runtime::driver::{CommandResult, QueryAnswer};
 
-use crate::history::{Attempt, HistoryState, Op};
+use crate::history::{is_business_refusal, Attempt, HistoryState, Op};
 use crate::model::Model;
 
 /// The invariants, in the order they are checked and reported: core's, with the oracle
@@ -434,23 +434,9 @@ fn not_modelled(answer: Answer<'_>) -> Option<String> {
         },
         // A business refusal is recorded, and the record was right when it was made (the
         // model checks it at its lsn), so every answer to the id repeats it.
-        (
-            Command::Deposit {
-                account,
-                transaction_id,
-                ..
-            }
-            | Command::Withdraw {
-                account,
-                transaction_id,
-                ..
-            },
-            Err(error),
-        ) if is_business_refusal(error) => {
-            match model_of(state, account)
-                .cash
-                .get(&(*account, *transaction_id))
-            {
+        (_, Err(error)) if is_business_refusal(error) => {
+            let key = answer.op.cash_movement()?;
+            match model_of(state, &key.0).cash.get(&key) {
                 Some(fact) if fact.refused.is_some() => None,
                 Some(fact) => Some(format!(
                     "answered {error}, but the log applied it at lsn {}",
@@ -529,17 +515,6 @@ fn cancel_reasons(state: &FinalState<'_>, found: &mut Vec<Violation>) {
             }
         }
     }
-}
-
-/// Whether `error` is a business refusal of a deposit or withdrawal, which the ledger records.
-fn is_business_refusal(error: &LedgerError) -> bool {
-    matches!(
-        error,
-        LedgerError::AccountNotFound(_)
-            | LedgerError::CurrencyMismatch { .. }
-            | LedgerError::InsufficientFunds { .. }
-            | LedgerError::BalanceLimit(_)
-    )
 }
 
 /// A short name of an event, for messages.

@@ -223,6 +223,18 @@ pub fn error_kind(error: &LedgerError) -> &'static str {
     }
 }
 
+/// Whether `error` is a business refusal, which the ledger records so that a repeat of the
+/// request gets it again (not a conflict, nor a routing error).
+pub fn is_business_refusal(error: &LedgerError) -> bool {
+    matches!(
+        error,
+        LedgerError::AccountNotFound(_)
+            | LedgerError::CurrencyMismatch { .. }
+            | LedgerError::InsufficientFunds { .. }
+            | LedgerError::BalanceLimit(_)
+    )
+}
+
 /// The ledger error a transfer's recorded refusal stands for.
 fn refusal_kind(reason: Reason) -> &'static str {
     match reason {

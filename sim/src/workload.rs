@@ -11,7 +11,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::oneshot;
-use walletd_core::ledger::{Command, LedgerError, Reply, TransferStatus};
+use walletd_core::ledger::{Command, Reply, TransferStatus};
 use walletd_core::model::event::Transfer;
 use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_core::model::money::{Amount, Currency};
@@ -20,7 +20,7 @@ use walletd_runtime::driver::{wall_clock_us, CommandResult, Query, QueryAnswer};
 
 use crate::config::SimConfig;
 use crate::edges::Episode;
-use crate::history::{Attempt, BalanceRead, Expect, History, Outcome};
+use crate::history::{is_business_refusal, Attempt, BalanceRead, Expect, History, Outcome};
 use crate::network::{Answer, HostId, Network, Request, Route};
 
 /// First backoff after a failed attempt; doubles up to `BACKOFF_MAX`.
@@ -173,18 +173,6 @@ pub async fn setup(
             spec.id
         );
     }
-}
-
-/// Whether `error` is a business refusal, which the ledger records so that a repeat of the
-/// request gets it again (not a conflict, nor a routing error).
-fn is_business_refusal(error: &LedgerError) -> bool {
-    matches!(
-        error,
-        LedgerError::AccountNotFound(_)
-            | LedgerError::CurrencyMismatch { .. }
-            | LedgerError::InsufficientFunds { .. }
-            | LedgerError::BalanceLimit(_)
-    )
 }
 
 /// One simulated client.

@@ -1000,12 +1000,12 @@ impl Ledger {
                 account,
                 amount,
                 transaction_id,
-            } => self.apply_deposited(account, *amount, transaction_id),
+            } => self.apply_cash(CashKind::Deposit, account, *amount, transaction_id),
             Event::Withdrawn {
                 account,
                 amount,
                 transaction_id,
-            } => self.apply_withdrawn(account, *amount, transaction_id),
+            } => self.apply_cash(CashKind::Withdrawal, account, *amount, transaction_id),
             Event::CashRefused {
                 account,
                 transaction_id,
@@ -1047,45 +1047,40 @@ impl Ledger {
         }
     }
 
-    fn apply_deposited(
+    /// A deposit or a withdrawal: the balance moves, the idempotency row records it, and the
+    /// partition's flows count the money that entered or left.
+    fn apply_cash(
         &mut self,
+        kind: CashKind,
         account: &AccountId,
         amount: Amount,
         transaction_id: &TransactionId,
     ) -> Result<(), String> {
-        let found = find_account(&mut self.accounts, account, "deposit to")?;
-        check_room(account, found, amount.minor())?;
-        let balance_after = found.balance + amount.minor();
+        let minor = amount.minor();
+        let role = match kind {
+            CashKind::Deposit => "deposit to",
+            CashKind::Withdrawal => "withdrawal from",
+        };
+        let found = find_account(&mut self.accounts, account, role)?;
+        let balance_after = match kind {
+            CashKind::Deposit => check_room(account, found, minor).map(|()| found.balance + minor),
+            CashKind::Withdrawal => {
+                check_covers(account, found, minor).map(|()| found.balance - minor)
+            }
+        }?;
         let row = CashRow {
-            kind: CashKind::Deposit,
+            kind,
             amount,
             balance_after,
             refused: None,
         };
         record_cash(&mut self.cash, account, transaction_id, row)?;
         found.balance = balance_after;
-        self.flows.entry(found.currency).or_default().deposited += u128::from(amount.minor());
-        Ok(())
-    }
-
-    fn apply_withdrawn(
-        &mut self,
-        account: &AccountId,
-        amount: Amount,
-        transaction_id: &TransactionId,
-    ) -> Result<(), String> {
-        let found = find_account(&mut self.accounts, account, "withdrawal from")?;
-        check_covers(account, found, amount.minor())?;
-        let balance_after = found.balance - amount.minor();
-        let row = CashRow {
-            kind: CashKind::Withdrawal,
-            amount,
-            balance_after,
-            refused: None,
-        };
-        record_cash(&mut self.cash, account, transaction_id, row)?;
-        found.balance = balance_after;
-        self.flows.entry(found.currency).or_default().withdrawn += u128::from(amount.minor());
+        let flows = self.flows.entry(found.currency).or_default();
+        match kind {
+            CashKind::Deposit => flows.deposited += u128::from(minor),
+            CashKind::Withdrawal => flows.withdrawn += u128::from(minor),
+        }
         Ok(())
     }
 
