@@ -41,6 +41,16 @@ bench-cluster *ARGS:
 bench-ledger *ARGS:
     cargo run --release -p walletd-server -- bench ledger {{ARGS}}
 
+# Fuzz one decoder on nightly for a minute (`just fuzz snapshot`, `just fuzz wire_frame -max_total_time=600`); targets and what each checks in fuzz/README.md.
+fuzz target *ARGS:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cd fuzz
+    mkdir -p corpus/{{target}}
+    dirs=(corpus/{{target}} seeds/{{target}})
+    if [ -d ../core/tests/regressions/{{target}} ]; then dirs+=(../core/tests/regressions/{{target}}); fi
+    cargo +nightly fuzz run {{target}} "${dirs[@]}" -- -max_total_time=60 -rss_limit_mb=512 -malloc_limit_mb=256 {{ARGS}}
+
 # Exactly what CI runs.
 ci:
     bash .ci/run

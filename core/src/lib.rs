@@ -20,3 +20,6 @@ pub mod log;
 pub mod model;
 pub mod protocol;
 pub mod wire;
+
+#[cfg(test)]
+mod hostile;

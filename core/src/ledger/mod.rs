@@ -1315,8 +1315,15 @@ impl Ledger {
         for currency in sums.keys().chain(self.flows.keys()) {
             let (held_and_balance, incoming) = sums.get(currency).copied().unwrap_or_default();
             let flows = self.flows.get(currency).copied().unwrap_or_default();
-            let expected = (flows.deposited + flows.received)
-                .checked_sub(flows.withdrawn + flows.sent)
+            // Checked: a snapshot's flows are read from disk and may be anything, and in a
+            // release build a wrapped sum could make damaged totals look conserved.
+            let entered = flows.deposited.checked_add(flows.received);
+            let left = flows.withdrawn.checked_add(flows.sent);
+            let (Some(entered), Some(left)) = (entered, left) else {
+                return Err(format!("{currency}: flow totals overflow 128 bits"));
+            };
+            let expected = entered
+                .checked_sub(left)
                 .ok_or_else(|| format!("{currency}: more left the partition than entered"))?;
             if held_and_balance != expected {
                 return Err(format!(

@@ -664,6 +664,12 @@ impl<'a> RecordReader<'a> {
         if lsn == 0 {
             return Err(corrupt("lsn 0 (lsns start at 1)".to_string()));
         }
+        // No lsn follows u64::MAX. The reader used to expect `lsn + 1` saturated, so after a
+        // record with lsn u64::MAX it accepted another with the same lsn as next in sequence;
+        // no writer gets there, so such a record is damage.
+        if lsn == Lsn::MAX {
+            return Err(corrupt("lsn u64::MAX (no lsn could follow it)".to_string()));
+        }
         if self.expected_lsn != 0 && lsn != self.expected_lsn {
             return Err(CodecError::LsnGap {
                 offset,
@@ -691,6 +697,12 @@ impl Iterator for RecordReader<'_> {
 /// Decodes a whole log segment whose first record must have lsn `first_lsn` (pass 0 to
 /// accept any first lsn; lsns must then go up by one). See the module docs for where a log
 /// ends and what is an error.
+///
+/// Any bytes give a log or an error, never a panic. Allocation is bounded by the input, not
+/// by anything it declares: a record's body is borrowed from `bytes` (its declared length is
+/// checked against [`RECORD_BODY_LEN_MAX`] and against the bytes that are there before it is
+/// used), and the only allocation is the returned vector, one [`Record`] per whole record,
+/// so at most `bytes.len() / 26` of them (a header and the smallest body).
 pub fn decode_log(bytes: &[u8], first_lsn: Lsn) -> Result<DecodedLog, CodecError> {
     let mut reader = RecordReader::new(bytes, first_lsn);
     let mut records = Vec::new();
@@ -1030,5 +1042,95 @@ mod tests {
             decode_log(&bytes, 41),
             Err(CodecError::Corrupt { offset, .. }) if offset == valid_len as u64
         ));
+    }
+
+    #[test]
+    fn no_record_follows_lsn_u64_max() {
+        // Once decoded as two records in sequence: the reader expected `lsn + 1` saturated.
+        let record = Record {
+            lsn: Lsn::MAX,
+            ..records_of(&every_event(), 1)[0]
+        };
+        let mut bytes = Vec::new();
+        encode_record(&record, &mut bytes);
+        encode_record(&record, &mut bytes);
+        for first_lsn in [0, Lsn::MAX] {
+            assert!(
+                matches!(
+                    decode_log(&bytes, first_lsn),
+                    Err(CodecError::Corrupt { offset: 0, .. })
+                ),
+                "first lsn {first_lsn}"
+            );
+        }
+    }
+
+    // Hostile bytes: any input is a log or an error, and a log is exactly what was written.
+
+    use crate::hostile::{mutated, mutations, reseal_frames};
+    use proptest::prelude::*;
+
+    /// Every frame's checksum made right, so that damage reaches the body decoder.
+    fn resealed(bytes: &[u8]) -> Vec<u8> {
+        reseal_frames(bytes, 1..=RECORD_BODY_LEN_MAX)
+    }
+
+    /// What [`decode_log`] promises of any input: the streaming reader agrees with it; the
+    /// records re-encode to exactly the valid prefix and their lsns go up by one from
+    /// `first_lsn`; after the prefix come zeros, or a torn tail when it says so.
+    fn check_any(bytes: &[u8], first_lsn: Lsn) -> Result<(), TestCaseError> {
+        let decoded = decode_log(bytes, first_lsn);
+        let streamed: Result<Vec<Record>, CodecError> =
+            RecordReader::new(bytes, first_lsn).collect();
+        let decoded = match decoded {
+            Err(error) => {
+                prop_assert_eq!(streamed, Err(error));
+                return Ok(());
+            }
+            Ok(decoded) => decoded,
+        };
+        prop_assert_eq!(streamed.as_ref(), Ok(&decoded.records));
+        let mut again = Vec::new();
+        for record in &decoded.records {
+            encode_record(record, &mut again);
+        }
+        prop_assert_eq!(&again[..], &bytes[..decoded.valid_len]);
+        let mut expected = first_lsn;
+        for record in &decoded.records {
+            prop_assert!(record.lsn != 0 && (expected == 0 || record.lsn == expected));
+            expected = record.lsn + 1;
+        }
+        let zeros = bytes[decoded.valid_len..].iter().all(|&b| b == 0);
+        prop_assert_eq!(decoded.torn_tail, !zeros);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_bytes_are_a_log_or_an_error(
+            bytes in prop::collection::vec(any::<u8>(), 0..400),
+            first_lsn in prop_oneof![Just(0), Just(1), any::<Lsn>()],
+            reseal in any::<bool>(),
+        ) {
+            let bytes = if reseal { resealed(&bytes) } else { bytes };
+            check_any(&bytes, first_lsn)?;
+        }
+
+        #[test]
+        fn damaged_logs_are_a_prefix_or_an_error(
+            mutations in mutations(),
+            reseal in any::<bool>(),
+        ) {
+            let (records, bytes, _) = small_log();
+            let damaged = mutated(bytes.clone(), &mutations);
+            let damaged = if reseal { resealed(&damaged) } else { damaged };
+            check_any(&damaged, 41)?;
+            // Without a forged checksum, damage never yields a record that was not written.
+            if let (false, Ok(decoded)) = (reseal, decode_log(&damaged, 41)) {
+                prop_assert_eq!(&decoded.records[..], &records[..decoded.records.len()]);
+            }
+        }
     }
 }

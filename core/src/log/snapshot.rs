@@ -275,7 +275,17 @@ fn decode_chunk(
             "chunk file {index} holds chunk {found_index} of partition {found_partition}"
         ));
     }
+    // A chunk is exactly CHUNK_ROWS rows: the snapshot's inline rows start at
+    // `chunks * CHUNK_ROWS`. A shorter one used to be read as it was, moving every later row
+    // across the chunk edges: the restored partition then stopped on an assertion (a row in
+    // flight now in a chunk counted final) or, at its next snapshot, left out a row that it
+    // took its chunk files to hold.
     let count = cursor.u32()? as usize;
+    if count != CHUNK_ROWS {
+        return Err(format!(
+            "chunk file {index} holds {count} rows, not {CHUNK_ROWS}"
+        ));
+    }
     let mut rows = Vec::with_capacity(count.min(cursor.remaining() / ROW_LEN_MIN));
     for _ in 0..count {
         let row = read_transfer_row(&mut cursor)?;
@@ -503,6 +513,13 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Ledger, CodecError> {
 /// Any damage is an error: the checksums cover every byte, and the contents must also be
 /// canonical (sorted, no trailing bytes) and consistent (rows belong to the partition, keys
 /// are unique, money is conserved).
+///
+/// Any bytes give a ledger or an error, never a panic. Allocation is bounded by the input,
+/// not by what it declares: every count is read only after the checksum over it is found
+/// right, and a table preallocates at most `remaining bytes / ROW_LEN_MIN` rows (6: the
+/// smallest row of any table), a chunk file at most `its length / ROW_LEN_MIN`. Beyond
+/// that the restored ledger grows by the rows actually read, in the tables' fixed steps
+/// (the transfers table takes a 4 MiB id arena with its first row).
 pub fn decode_snapshot_with(bytes: &[u8], chunks: &[Vec<u8>]) -> Result<Ledger, CodecError> {
     let content = verified_content(bytes)?;
     let version = bytes[4];
@@ -585,6 +602,14 @@ fn read_ledger(cursor: &mut Cursor<'_>, version: u8, chunks: &[Vec<u8>]) -> Resu
         let row = read_transfer_row(cursor)?;
         Ok((row.transfer.key(), row))
     })?;
+    // A chunk goes to a file only once sealed, that is once a row follows it, so a snapshot
+    // with chunk files has an inline row. Without one, the restored partition's last chunk
+    // was unsealed and the partition stopped on an assertion as it started.
+    if chunk_count > 0 && inline.is_empty() {
+        return Err(format!(
+            "the snapshot refers to {chunk_count} chunk files but no row follows them"
+        ));
+    }
     for (_, row) in inline {
         if !ledger.transfers.insert(&row) {
             return Err("a table holds a key twice".to_string());
@@ -1023,5 +1048,162 @@ mod tests {
             matches!(result, Err(CodecError::Corrupt { offset: 0, .. })),
             "{result:?}"
         );
+    }
+
+    #[test]
+    fn flow_totals_that_overflow_are_refused() {
+        // Found by the `snapshot` fuzz target: the conservation check added the flows read
+        // from the snapshot unchecked, which panicked in debug builds and in release could
+        // wrap around to totals that looked conserved.
+        let mut ledger = every_state().ledger;
+        let usd = ledger.flows.get_mut(&Currency::USD).unwrap();
+        let entered = usd.deposited + usd.received;
+        (usd.deposited, usd.received) = (u128::MAX, entered + 1);
+        let result = decode_snapshot(&encode_snapshot(&ledger));
+        assert!(
+            matches!(&result, Err(CodecError::Corrupt { offset: 0, reason }) if reason.contains("overflow")),
+            "{result:?}"
+        );
+    }
+
+    /// Chunk file `index` of `ledger` as [`encode_chunk`] writes it, but holding `rows` rows.
+    fn chunk_with_rows(ledger: &Ledger, index: usize, rows: usize) -> Vec<u8> {
+        let store = ledger.transfers.freeze();
+        let mut out = CHUNK_MAGIC.to_vec();
+        out.push(CHUNK_VERSION);
+        out.extend_from_slice(&ledger.partition().to_le_bytes());
+        out.extend_from_slice(&(index as u64).to_le_bytes());
+        out.extend_from_slice(&(rows as u32).to_le_bytes());
+        for row in store.views_of(index * CHUNK_ROWS..index * CHUNK_ROWS + rows) {
+            put_transfer_row(&mut out, row);
+        }
+        sealed(out)
+    }
+
+    #[test]
+    fn a_chunk_file_holds_exactly_a_chunk_of_rows() {
+        // A short chunk file behind a right checksum was read as it was: every later row
+        // moved up a place, across the chunk edges the next snapshot relies on.
+        let ledger = chunked_state();
+        let plan = ChunkPlan {
+            written: 0,
+            frozen: 5,
+        };
+        let (bytes, chunks) = SnapshotImage::with_chunks(&ledger, plan).encode();
+        let mut files: Vec<Vec<u8>> = chunks.into_iter().map(|(_, b)| b).collect();
+        assert_eq!(chunk_with_rows(&ledger, 4, CHUNK_ROWS), files[4]);
+        files[4] = chunk_with_rows(&ledger, 4, CHUNK_ROWS - 1);
+        let result = decode_snapshot_with(&bytes, &files);
+        assert!(
+            matches!(&result, Err(CodecError::Corrupt { reason, .. }) if reason.contains("rows, not")),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_with_chunk_files_has_a_row_after_them() {
+        // Every chunk full and final, and nothing after them: the writer never seals a chunk
+        // without a row after it, a partition restored from this stopped on an assertion as
+        // it started, and the decoder's own canonical check panicked in debug builds.
+        let full = chunked_state();
+        let mut ledger = full.clone();
+        ledger.transfers = full.transfers().take(5 * CHUNK_ROWS).collect();
+        let image = SnapshotImage {
+            chunks: ChunkPlan {
+                written: 0,
+                frozen: 5,
+            },
+            ..SnapshotImage::of(&ledger)
+        };
+        let (bytes, chunks) = image.encode();
+        let files: Vec<Vec<u8>> = chunks.into_iter().map(|(_, b)| b).collect();
+        let result = decode_snapshot_with(&bytes, &files);
+        assert!(
+            matches!(&result, Err(CodecError::Corrupt { reason, .. }) if reason.contains("no row follows")),
+            "{result:?}"
+        );
+    }
+
+    // Hostile bytes: any input is a ledger or an error. In test builds `decode_snapshot_with`
+    // also checks that whatever it accepts re-encodes to the same bytes.
+
+    use crate::hostile::{mutated, mutations, reseal_trailer};
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    /// A snapshot of [`every_state`], encoded once.
+    fn every_state_bytes() -> &'static [u8] {
+        static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
+        BYTES.get_or_init(|| encode_snapshot(&every_state().ledger))
+    }
+
+    /// A snapshot of [`chunked_state`] with five chunk files, encoded once.
+    fn chunked_bytes() -> &'static (Vec<u8>, Vec<Vec<u8>>) {
+        static BYTES: OnceLock<(Vec<u8>, Vec<Vec<u8>>)> = OnceLock::new();
+        BYTES.get_or_init(|| {
+            let plan = ChunkPlan {
+                written: 0,
+                frozen: 5,
+            };
+            let (bytes, chunks) = SnapshotImage::with_chunks(&chunked_state(), plan).encode();
+            (bytes, chunks.into_iter().map(|(_, b)| b).collect())
+        })
+    }
+
+    /// Decodes `bytes` with as many of `files` as it declares; accepted bytes must be the
+    /// original ones unless a checksum was forged.
+    fn check_any(bytes: &[u8], files: &[Vec<u8>]) -> Option<Ledger> {
+        let declared = snapshot_chunks(bytes).map_or(0, |n| n as usize);
+        let ledger = decode_snapshot_with(bytes, &files[..declared.min(files.len())]).ok()?;
+        assert_eq!(ledger.check_conservation(), Ok(()));
+        Some(ledger)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn arbitrary_bytes_are_a_snapshot_or_an_error(
+            version in 0..5u8,
+            tail in prop::collection::vec(any::<u8>(), 0..300),
+            reseal in any::<bool>(),
+        ) {
+            let mut bytes = SNAPSHOT_MAGIC.to_vec();
+            bytes.push(version);
+            bytes.extend_from_slice(&tail);
+            let bytes = if reseal { reseal_trailer(&bytes) } else { bytes };
+            let _ = check_any(&bytes, &chunked_bytes().1);
+            let _ = check_any(&tail, &[]);
+        }
+
+        #[test]
+        fn damaged_snapshots_are_refused(mutations in mutations(), reseal in any::<bool>()) {
+            let original = every_state_bytes();
+            let damaged = mutated(original.to_vec(), &mutations);
+            let damaged = if reseal { reseal_trailer(&damaged) } else { damaged };
+            if check_any(&damaged, &[]).is_some() && !reseal {
+                prop_assert_eq!(&damaged[..], original);
+            }
+        }
+
+        #[test]
+        fn damaged_chunk_files_are_refused(
+            file in 0..6usize,
+            mutations in mutations(),
+            reseal in any::<bool>(),
+        ) {
+            // File 5 is the snapshot itself; 0..5 its chunk files.
+            let (bytes, files) = chunked_bytes();
+            let (mut bytes, mut files) = (bytes.clone(), files.clone());
+            let target = if file == 5 { &mut bytes } else { &mut files[file] };
+            *target = mutated(std::mem::take(target), &mutations);
+            if reseal {
+                *target = reseal_trailer(target);
+            }
+            let damaged = (bytes.clone(), files.clone());
+            if check_any(&bytes, &files).is_some() && !reseal {
+                prop_assert!(&damaged == chunked_bytes());
+            }
+        }
     }
 }

@@ -91,6 +91,9 @@ pub const FRAME_MESSAGES_MAX: usize = 1024;
 /// Most bytes one encoded message takes (the longest, an answer carrying a transfer row, takes
 /// 243; see `message_lengths_are_bounded`).
 pub const MESSAGE_ENCODED_LEN_MAX: usize = 256;
+/// Fewest bytes one encoded message takes (`Refused`: a tag and a request id). Caps what a
+/// frame's message count can make the decoder preallocate.
+const MESSAGE_LEN_MIN: usize = 1 + 8;
 /// Largest body a frame may declare: a full frame of the longest messages.
 pub const FRAME_BODY_LEN_MAX: usize =
     BODY_PREFIX_LEN + FRAME_MESSAGES_MAX * MESSAGE_ENCODED_LEN_MAX;
@@ -261,7 +264,8 @@ pub fn encode_frame(map_version: u64, messages: &[Message], out: &mut Vec<u8>) -
     writer.finish()
 }
 
-/// The body length a frame header declares, checked against the bounds before the body is read.
+/// The body length a frame header declares, checked against the bounds before the body is read:
+/// a reader that sizes its buffer by it allocates at most [`FRAME_BODY_LEN_MAX`] bytes.
 pub fn frame_body_len(header: &[u8; FRAME_HEADER_LEN]) -> Result<usize, WireError> {
     let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
     if !(FRAME_BODY_LEN_MIN..=FRAME_BODY_LEN_MAX).contains(&len) {
@@ -271,6 +275,12 @@ pub fn frame_body_len(header: &[u8; FRAME_HEADER_LEN]) -> Result<usize, WireErro
 }
 
 /// Checks and decodes the body that followed `header` (its length is `frame_body_len(header)`).
+///
+/// Any bytes give a frame or an error, never a panic. Allocation is bounded by the body,
+/// not by what it declares: the message vector is preallocated for at most
+/// `body.len() / 9` messages (the shortest message takes 9 bytes) and never more than
+/// [`FRAME_MESSAGES_MAX`], and a message's text is at most [`ERROR_TEXT_LEN_MAX`] bytes. A
+/// reader sizes its body buffer from [`frame_body_len`], so by at most [`FRAME_BODY_LEN_MAX`].
 pub fn decode_frame_body(header: &[u8; FRAME_HEADER_LEN], body: &[u8]) -> Result<Frame, WireError> {
     let len = frame_body_len(header)?;
     if body.len() != len {
@@ -291,7 +301,9 @@ pub fn decode_frame_body(header: &[u8; FRAME_HEADER_LEN], body: &[u8]) -> Result
     if count > FRAME_MESSAGES_MAX {
         return Err(WireError::TooManyMessages(count));
     }
-    let mut messages = Vec::with_capacity(count);
+    // Sized by the bytes that are there, not by the count alone: a 19-byte frame declaring
+    // the full count would otherwise reserve room for FRAME_MESSAGES_MAX messages.
+    let mut messages = Vec::with_capacity(count.min(cursor.remaining() / MESSAGE_LEN_MIN));
     for index in 0..count {
         let message =
             decode_message(&mut cursor).map_err(|reason| WireError::Malformed { index, reason })?;

@@ -717,3 +717,101 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn no_message_is_shorter_than_the_preallocation_bound() {
+    // The decoder preallocates for `remaining / MESSAGE_LEN_MIN` messages at most, so the
+    // bound must not exceed the shortest message, or a frame could hold more than it sized.
+    let shortest = every_message(transfer())
+        .iter()
+        .map(|message| {
+            let mut bytes = Vec::new();
+            encode_message(message, &mut bytes);
+            bytes.len()
+        })
+        .min();
+    assert_eq!(shortest, Some(MESSAGE_LEN_MIN));
+}
+
+// Hostile bytes beyond flipped bits: frames cut, grown and overwritten, with their checksums
+// made right so that the damage reaches the message decoders.
+
+fn resealed(bytes: &[u8]) -> Vec<u8> {
+    crate::hostile::reseal_frames(bytes, FRAME_BODY_LEN_MIN..=FRAME_BODY_LEN_MAX)
+}
+
+/// Decodes a stream of frames front to back; every frame that decodes must be within its
+/// bounds and encode back to its own bytes, through both decoding paths.
+fn check_stream(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let mut at = 0;
+    while let Ok(Some((frame, used))) = decode_frame(&bytes[at..]) {
+        prop_assert!(used <= FRAME_ENCODED_LEN_MAX && frame.messages.len() <= FRAME_MESSAGES_MAX);
+        let whole = &bytes[at..at + used];
+        let mut again = Vec::new();
+        encode_frame(frame.map_version, &frame.messages, &mut again);
+        prop_assert_eq!(&again[..], whole);
+        let header: &[u8; FRAME_HEADER_LEN] = whole[..FRAME_HEADER_LEN].try_into().unwrap();
+        prop_assert_eq!(
+            decode_frame_body(header, &whole[FRAME_HEADER_LEN..]),
+            Ok(frame)
+        );
+        at += used;
+    }
+    Ok(())
+}
+
+fn arb_handshake_message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (any::<u32>(), any::<u64>(), any::<[u8; NONCE_LEN]>()).prop_map(
+            |(node, map_version, nonce)| Message::Hello {
+                node,
+                map_version,
+                nonce
+            }
+        ),
+        any::<[u8; MAC_LEN]>().prop_map(|mac| Message::Auth { mac }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn damaged_frame_streams_decode_to_their_own_bytes_or_fail(
+        messages in prop::collection::vec(arb_message(), 0..6),
+        more in prop::collection::vec(arb_message(), 0..3),
+        mutations in crate::hostile::mutations(),
+        reseal in any::<bool>(),
+    ) {
+        let mut bytes = Vec::new();
+        encode_frame(1, &messages, &mut bytes);
+        encode_frame(1, &more, &mut bytes);
+        let damaged = crate::hostile::mutated(bytes, &mutations);
+        let damaged = if reseal { resealed(&damaged) } else { damaged };
+        check_stream(&damaged)?;
+    }
+
+    /// What an accepting node reads from a peer before it is authenticated: two frames, each
+    /// meant to hold one `Hello` or `Auth`.
+    #[test]
+    fn damaged_handshake_frames_decode_to_their_own_bytes_or_fail(
+        hello in arb_handshake_message(),
+        auth in arb_handshake_message(),
+        mutations in crate::hostile::mutations(),
+        reseal in any::<bool>(),
+    ) {
+        let mut bytes = Vec::new();
+        encode_frame(3, &[hello], &mut bytes);
+        encode_frame(3, &[auth], &mut bytes);
+        let damaged = crate::hostile::mutated(bytes, &mutations);
+        let damaged = if reseal { resealed(&damaged) } else { damaged };
+        check_stream(&damaged)?;
+        let header: [u8; FRAME_HEADER_LEN] = match damaged.get(..FRAME_HEADER_LEN) {
+            Some(header) => header.try_into().unwrap(),
+            None => return Ok(()),
+        };
+        if let Ok(len) = frame_body_len(&header) {
+            prop_assert!(len <= FRAME_BODY_LEN_MAX, "the reader's body buffer is bounded");
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! A log segment as read from disk (`decode_log`, `RecordReader`), as it is and with every
+//! record's checksum made right. See `walletd_fuzz::check_log` for what is checked.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    walletd_fuzz::check_log(data);
+    let resealed = walletd_fuzz::reseal_log(data);
+    if resealed != data {
+        walletd_fuzz::check_log(&resealed);
+    }
+});
