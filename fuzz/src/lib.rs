@@ -410,6 +410,7 @@ pub fn sample_messages() -> Vec<Message> {
         Message::Hello {
             node: 2,
             map_version: 7,
+            map_digest: 0x5a5a,
             nonce: [0x5a; NONCE_LEN],
         },
         Message::Auth {

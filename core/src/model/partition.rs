@@ -45,6 +45,10 @@ pub struct NodeAddress {
     pub peer: String,
 }
 
+/// FNV-1a 64-bit parameters (see [`PartitionMap::digest`]).
+const FNV64_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV64_PRIME: u64 = 0x0000_0100_0000_01b3;
+
 /// Which node owns which partition, at some version. Every peer message carries the version
 /// so a node holding a stale map can be told to refresh.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +76,31 @@ pub enum MapError {
 }
 
 impl PartitionMap {
+    /// A 64-bit FNV-1a digest of the whole map (version, owners, node ids and addresses), in a
+    /// canonical order. Two maps under one version with different contents (an edit that
+    /// forgot to bump `version`) have different digests, so nodes holding them refuse to link.
+    pub fn digest(&self) -> u64 {
+        let mut hash = FNV64_OFFSET;
+        let mut eat = |bytes: &[u8]| {
+            for &byte in bytes {
+                hash = (hash ^ u64::from(byte)).wrapping_mul(FNV64_PRIME);
+            }
+        };
+        eat(&self.version.to_le_bytes());
+        eat(&(self.owners.len() as u64).to_le_bytes());
+        for owner in &self.owners {
+            eat(&owner.to_le_bytes());
+        }
+        for (node, address) in &self.nodes {
+            eat(&node.to_le_bytes());
+            for text in [&address.http, &address.peer] {
+                eat(&(text.len() as u64).to_le_bytes());
+                eat(text.as_bytes());
+            }
+        }
+        hash
+    }
+
     /// A single-node map: node 0 owns every partition (the all-in-one server).
     pub fn single_node(partitions: u32, address: NodeAddress) -> Result<PartitionMap, MapError> {
         let map = PartitionMap {

@@ -26,7 +26,7 @@
 //!
 //! | tag | message | fields | sent by |
 //! | --- | --- | --- | --- |
-//! | 1 | `Hello` | node `u32`, map version `u64`, nonce `[u8; 16]` | both ends, handshake |
+//! | 1 | `Hello` | node `u32`, map version `u64`, map digest `u64`, nonce `[u8; 16]` | both ends, handshake |
 //! | 2 | `Auth` | mac `[u8; 32]` | both ends, handshake |
 //! | 3 | `Request` | id `u64`, wait bool, command | the forwarding node |
 //! | 4 | `QueryRequest` | id, query | the forwarding node |
@@ -79,7 +79,7 @@ use crate::protocol::coordinator::{Phase, PhaseRequest, PhaseResponse};
 use crate::protocol::message::{CommandResult, PeerMessage, Query, QueryAnswer};
 
 /// The body version this build writes and the only one it reads.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 /// Bytes of the frame header: body length and checksum.
 pub const FRAME_HEADER_LEN: usize = 8;
 /// Bytes of the body before the messages: version, map version, count.
@@ -138,6 +138,9 @@ pub enum Message {
     Hello {
         node: NodeId,
         map_version: u64,
+        /// [`crate::model::partition::PartitionMap::digest`]: the map's content, so that
+        /// two maps under one version are told apart.
+        map_digest: u64,
         nonce: [u8; NONCE_LEN],
     },
     /// Proves knowledge of the cluster secret: the MAC of the other end's challenge.
@@ -339,11 +342,13 @@ fn encode_message(message: &Message, out: &mut Vec<u8>) {
         Message::Hello {
             node,
             map_version,
+            map_digest,
             nonce,
         } => {
             out.push(tag::HELLO);
             out.extend_from_slice(&node.to_le_bytes());
             out.extend_from_slice(&map_version.to_le_bytes());
+            out.extend_from_slice(&map_digest.to_le_bytes());
             out.extend_from_slice(nonce);
         }
         Message::Auth { mac } => {
@@ -385,6 +390,7 @@ fn decode_message(cursor: &mut Cursor<'_>) -> Result<Message, String> {
         tag::HELLO => Message::Hello {
             node: get_u32(cursor)?,
             map_version: cursor.u64()?,
+            map_digest: cursor.u64()?,
             nonce: cursor.take(NONCE_LEN)?.try_into().expect("nonce length"),
         },
         tag::AUTH => Message::Auth {

@@ -220,6 +220,7 @@ fn every_message(t: Transfer) -> Vec<Message> {
         Message::Hello {
             node: u32::MAX,
             map_version: 3,
+            map_digest: u64::MAX,
             nonce: [0xab; NONCE_LEN],
         },
         Message::Auth { mac: [7; MAC_LEN] },
@@ -268,6 +269,7 @@ fn handshake_messages_round_trip() {
     round_trip(&[Message::Hello {
         node: 2,
         map_version: 9,
+        map_digest: 0x0123_4567_89ab_cdef,
         nonce: *b"0123456789abcdef",
     }]);
     round_trip(&[Message::Auth {
@@ -625,13 +627,18 @@ fn arb_ledger_error() -> impl Strategy<Value = LedgerError> {
 
 fn arb_message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (any::<u32>(), any::<u64>(), any::<[u8; NONCE_LEN]>()).prop_map(
-            |(node, map_version, nonce)| Message::Hello {
+        (
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<[u8; NONCE_LEN]>()
+        )
+            .prop_map(|(node, map_version, map_digest, nonce)| Message::Hello {
                 node,
                 map_version,
+                map_digest,
                 nonce
-            }
-        ),
+            }),
         any::<[u8; MAC_LEN]>().prop_map(|mac| Message::Auth { mac }),
         (any::<u64>(), any::<bool>(), arb_command())
             .prop_map(|(id, wait, command)| Message::Request { id, wait, command }),
@@ -762,13 +769,18 @@ fn check_stream(bytes: &[u8]) -> Result<(), TestCaseError> {
 
 fn arb_handshake_message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (any::<u32>(), any::<u64>(), any::<[u8; NONCE_LEN]>()).prop_map(
-            |(node, map_version, nonce)| Message::Hello {
+        (
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<[u8; NONCE_LEN]>()
+        )
+            .prop_map(|(node, map_version, map_digest, nonce)| Message::Hello {
                 node,
                 map_version,
+                map_digest,
                 nonce
-            }
-        ),
+            }),
         any::<[u8; MAC_LEN]>().prop_map(|mac| Message::Auth { mac }),
     ]
 }

@@ -45,6 +45,7 @@ pub(super) struct Transcript {
     pub(super) connector: NodeId,
     pub(super) acceptor: NodeId,
     pub(super) map_version: u64,
+    pub(super) map_digest: u64,
     pub(super) connector_nonce: [u8; NONCE_LEN],
     pub(super) acceptor_nonce: [u8; NONCE_LEN],
 }
@@ -59,6 +60,7 @@ impl Transcript {
         mac.update(&self.connector.to_le_bytes());
         mac.update(&self.acceptor.to_le_bytes());
         mac.update(&self.map_version.to_le_bytes());
+        mac.update(&self.map_digest.to_le_bytes());
         mac.update(&self.connector_nonce);
         mac.update(&self.acceptor_nonce);
         mac
@@ -110,6 +112,7 @@ pub(super) async fn handshake_connector<S: AsyncRead + AsyncWrite + Unpin>(
     let hello = Message::Hello {
         node: ctx.node,
         map_version: ctx.map_version(),
+        map_digest: ctx.map_digest,
         nonce: connector_nonce,
     };
     send_one(stream, ctx, hello).await?;
@@ -117,8 +120,12 @@ pub(super) async fn handshake_connector<S: AsyncRead + AsyncWrite + Unpin>(
         Message::Hello {
             node,
             map_version,
+            map_digest,
             nonce,
-        } if node == remote && map_version == ctx.map_version() => nonce,
+        } if node == remote && map_version == ctx.map_version() => {
+            check_same_map(ctx, map_digest)?;
+            nonce
+        }
         Message::Hello { node, .. } if node != remote => {
             return Err(NetError::Protocol(format!(
                 "expected node {remote} at its address, found node {node}"
@@ -140,6 +147,7 @@ pub(super) async fn handshake_connector<S: AsyncRead + AsyncWrite + Unpin>(
         connector: ctx.node,
         acceptor: remote,
         map_version: ctx.map_version(),
+        map_digest: ctx.map_digest,
         connector_nonce,
         acceptor_nonce,
     };
@@ -175,9 +183,18 @@ pub(super) async fn handshake_acceptor<S: AsyncRead + AsyncWrite + Unpin>(
                 got: map_version,
             });
         }
-        Message::Hello { node, nonce, .. }
-            if node != ctx.node && ctx.map.nodes.contains_key(&node) =>
-        {
+        Message::Hello {
+            node,
+            map_digest,
+            nonce,
+            ..
+        } if node != ctx.node && ctx.map.nodes.contains_key(&node) => {
+            if map_digest != ctx.map_digest {
+                // The connector learns why from this end's Hello, and closes with the same
+                // error; nothing past the Hellos is exchanged.
+                send_one(stream, ctx, own_hello(ctx, ctx.nonces.next())).await?;
+                return Err(map_mismatch(ctx, map_digest));
+            }
             (node, nonce)
         }
         Message::Hello { node, .. } => {
@@ -188,16 +205,12 @@ pub(super) async fn handshake_acceptor<S: AsyncRead + AsyncWrite + Unpin>(
         other => return Err(NetError::Protocol(format!("expected Hello, got {other:?}"))),
     };
     let acceptor_nonce = ctx.nonces.next();
-    let hello = Message::Hello {
-        node: ctx.node,
-        map_version: ctx.map_version(),
-        nonce: acceptor_nonce,
-    };
-    send_one(stream, ctx, hello).await?;
+    send_one(stream, ctx, own_hello(ctx, acceptor_nonce)).await?;
     let transcript = Transcript {
         connector: peer,
         acceptor: ctx.node,
         map_version: ctx.map_version(),
+        map_digest: ctx.map_digest,
         connector_nonce,
         acceptor_nonce,
     };
@@ -213,4 +226,31 @@ pub(super) async fn handshake_acceptor<S: AsyncRead + AsyncWrite + Unpin>(
     let mac = transcript.mac(&ctx.secret, Role::Acceptor);
     send_one(stream, ctx, Message::Auth { mac }).await?;
     Ok(peer)
+}
+
+/// This node's Hello, with challenge `nonce`.
+fn own_hello(ctx: &NodeContext, nonce: [u8; NONCE_LEN]) -> Message {
+    Message::Hello {
+        node: ctx.node,
+        map_version: ctx.map_version(),
+        map_digest: ctx.map_digest,
+        nonce,
+    }
+}
+
+/// Refuses a peer that holds another map under this node's map version.
+fn check_same_map(ctx: &NodeContext, peer_digest: u64) -> Result<(), NetError> {
+    if peer_digest == ctx.map_digest {
+        Ok(())
+    } else {
+        Err(map_mismatch(ctx, peer_digest))
+    }
+}
+
+fn map_mismatch(ctx: &NodeContext, peer_digest: u64) -> NetError {
+    NetError::MapMismatch {
+        version: ctx.map_version(),
+        ours: ctx.map_digest,
+        theirs: peer_digest,
+    }
 }

@@ -185,6 +185,15 @@ pub enum NetError {
     Auth(String),
     #[error("partition maps differ: this node holds version {expected}, the peer {got}")]
     StaleMap { expected: u64, got: u64 },
+    #[error(
+        "partition maps differ under one version {version} (digest {ours:016x} here, \
+         {theirs:016x} at the peer): a changed map must get a new map_version"
+    )]
+    MapMismatch {
+        version: u64,
+        ours: u64,
+        theirs: u64,
+    },
     #[error("protocol violation: {0}")]
     Protocol(String),
 }
@@ -226,6 +235,8 @@ pub struct LinkStats {
 struct NodeContext {
     node: NodeId,
     map: PartitionMap,
+    /// [`PartitionMap::digest`] of `map`, computed once.
+    map_digest: u64,
     secret: Vec<u8>,
     nonces: NonceSource,
     config: NetConfig,
@@ -347,6 +358,7 @@ pub async fn start_node_with<S: Storage, N: PeerIo>(
     let ctx = Arc::new(NodeContext {
         node,
         map: map.clone(),
+        map_digest: map.digest(),
         secret: secret.to_vec(),
         nonces: NonceSource {
             key: config.nonce_seed,

@@ -546,7 +546,7 @@ async fn a_node_with_another_secret_is_refused() {
     let mut stream = TcpStream::connect(cluster.node(0).peer_address())
         .await
         .unwrap();
-    let ctx = context(1, 1, wrong);
+    let ctx = context_in(&cluster.map, 1, wrong);
     let result = handshake_connector(&mut stream, &ctx, 0).await;
     assert!(matches!(result, Err(NetError::Auth(_))), "{result:?}");
     impostor.shutdown().await.unwrap();
@@ -565,9 +565,15 @@ fn context(node: NodeId, map_version: u64, secret: &[u8]) -> NodeContext {
         };
         map.nodes.insert(n, address);
     }
+    context_in(&map, node, secret)
+}
+
+/// The handshake context of `node` holding `map`.
+fn context_in(map: &PartitionMap, node: NodeId, secret: &[u8]) -> NodeContext {
     NodeContext {
         node,
-        map,
+        map_digest: map.digest(),
+        map: map.clone(),
         secret: secret.to_vec(),
         nonces: NonceSource {
             key: [9; 32],
@@ -585,7 +591,7 @@ async fn a_frame_of_another_map_version_is_refused_and_not_applied() {
     let mut stream = TcpStream::connect(cluster.node(0).peer_address())
         .await
         .unwrap();
-    handshake_connector(&mut stream, &context(1, 1, SECRET), 0)
+    handshake_connector(&mut stream, &context_in(&cluster.map, 1, SECRET), 0)
         .await
         .unwrap();
     let request = Message::Request {
@@ -655,6 +661,37 @@ async fn a_node_holding_another_map_version_never_links() {
     stale.shutdown().await.unwrap();
 }
 
+/// Two maps under one version (an edit that forgot to bump it) are told apart by their
+/// digests: the nodes never link, and the handshake names the mismatch.
+#[tokio::test]
+async fn a_node_holding_another_map_under_the_same_version_never_links() {
+    let mut cluster = Cluster::start(2, 4, config(30_000)).await;
+    cluster.stop(1).await;
+    let mut edited = cluster.map.clone();
+    edited.nodes.get_mut(&0).expect("node 0").http = "elsewhere:1".into();
+    assert_eq!(edited.version, cluster.map.version);
+    let listener = TcpListener::bind(&edited.nodes[&1].peer).await.unwrap();
+    let other = cluster
+        .start_node(1, listener, &edited, SECRET)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!cluster.node(0).links()[&1]
+        .connected
+        .load(Ordering::Relaxed));
+    assert!(!other.links()[&0].connected.load(Ordering::Relaxed));
+    let mut stream = TcpStream::connect(other.peer_address()).await.unwrap();
+    let ctx = context_in(&cluster.map, 0, SECRET);
+    let result = handshake_connector(&mut stream, &ctx, 1).await;
+    assert!(
+        matches!(result, Err(NetError::MapMismatch { version: 1, .. })),
+        "{result:?}"
+    );
+    let text = result.unwrap_err().to_string();
+    assert!(text.contains("under one version 1"), "{text}");
+    other.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn bad_node_setups_are_refused_with_clear_errors() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -681,6 +718,7 @@ fn macs_bind_role_nodes_and_nonces() {
         connector: 1,
         acceptor: 0,
         map_version: 3,
+        map_digest: 7,
         connector_nonce: [1; NONCE_LEN],
         acceptor_nonce: [2; NONCE_LEN],
     };
@@ -697,6 +735,14 @@ fn macs_bind_role_nodes_and_nonces() {
         ..transcript
     };
     assert!(!swapped.verify(SECRET, Role::Connector, &mac));
+    let other_map = Transcript {
+        map_digest: 8,
+        ..transcript
+    };
+    assert!(
+        !other_map.verify(SECRET, Role::Connector, &mac),
+        "the map is bound"
+    );
     let nonces = NonceSource {
         key: [3; 32],
         counter: AtomicU64::new(0),
@@ -738,10 +784,7 @@ async fn a_peer_that_goes_silent_is_declared_dead_and_its_requests_fail() {
         listener.local_addr().unwrap().to_string(),
         fake.local_addr().unwrap().to_string(),
     );
-    let fake_ctx = NodeContext {
-        map: map.clone(),
-        ..context(1, 1, SECRET)
-    };
+    let fake_ctx = context_in(&map, 1, SECRET);
     let frozen = tokio::spawn(async move {
         let (mut stream, _) = fake.accept().await.unwrap();
         handshake_acceptor(&mut stream, &fake_ctx).await.unwrap();
@@ -786,7 +829,7 @@ async fn a_peer_that_sends_garbage_is_disconnected() {
     let mut stream = TcpStream::connect(cluster.node(0).peer_address())
         .await
         .unwrap();
-    handshake_connector(&mut stream, &context(1, 1, SECRET), 0)
+    handshake_connector(&mut stream, &context_in(&cluster.map, 1, SECRET), 0)
         .await
         .unwrap();
     stream.write_all(&[0xff; 64]).await.unwrap();
