@@ -177,13 +177,17 @@ impl Links {
         Some((end.host, end.peer_host))
     }
 
-    /// Bytes flushed by one end and not yet read by the other, while the other can still read
-    /// them. Zero when no peer message is on the wire.
+    /// Bytes flushed by a live end and not yet read by the other, while the other can still
+    /// read them. Zero when no peer message is on the wire.
     pub fn in_flight(&self) -> u64 {
         let state = self.lock();
         let mut bytes = 0;
         for end in state.ends.values().filter(|end| end.alive) {
             match end.partner.and_then(|p| state.ends.get(&p)) {
+                // A sender that is gone counts for nothing: madsim reuses a restarted node's
+                // ports, so an end of an earlier incarnation can be taken for the partner of a
+                // new connection and would hold the count up forever (seed 439).
+                Some(sender) if !sender.alive => {}
                 Some(sender) => bytes += sender.flushed.saturating_sub(end.read),
                 // A connection not accepted yet: what its connector sent waits for the acceptor.
                 None if end.side == Side::Connector => bytes += end.flushed,
