@@ -213,6 +213,17 @@ fn verify_partition(dir: &DataDir, partition: PartitionId, report: &mut Report) 
             return None;
         }
     };
+    if let Some(gap) = log
+        .records
+        .windows(2)
+        .find(|pair| pair[1].lsn != pair[0].lsn + 1)
+    {
+        report.violation(format!(
+            "partition {partition}: lsn {} is missing (the log goes on at lsn {}): a segment or records were lost",
+            gap[0].lsn + 1,
+            gap[1].lsn
+        ));
+    }
     report.violations_of(invariants::scan_log(
         partition,
         dir.partitions(),

@@ -533,3 +533,74 @@ fn verify_reports_each_violation_in_damaged_logs() {
     assert_eq!(code, 0, "{report}");
     assert!(report.contains("torn tail"), "{report}");
 }
+
+/// Writes `records` deposits to `alice` (opened by the first) as the log segment of
+/// partition 0 of `data` that starts at `first_lsn`.
+fn write_segment(data: &Path, first_lsn: u64, records: u64) {
+    let mut bytes = Vec::new();
+    for lsn in first_lsn..first_lsn + records {
+        let event = if lsn == 1 {
+            Event::AccountOpened {
+                account: id("alice"),
+                currency: Currency::USD,
+            }
+        } else {
+            Event::Deposited {
+                account: id("alice"),
+                amount: Amount::from_minor(100).unwrap(),
+                transaction_id: TransactionId::new(&format!("d{lsn}")).unwrap(),
+            }
+        };
+        let record = Record {
+            lsn,
+            timestamp: 1_700_000_000_000_000 + lsn,
+            event,
+        };
+        encode_record(&record, &mut bytes);
+    }
+    let name = format!("log-{first_lsn:020}.seg");
+    fs::write(data.join("partition-0").join(name), bytes).unwrap();
+}
+
+/// A log segment lost from the middle: the partition refuses to start, and the error names
+/// the lsn that is missing, rather than replaying around the hole.
+#[test]
+fn a_missing_segment_in_the_middle_stops_the_partition_and_names_the_gap() {
+    let w = wallet!();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_log(&data, &[]);
+    fs::remove_file(
+        data.join("partition-0")
+            .join("log-00000000000000000001.seg"),
+    )
+    .unwrap();
+    for first_lsn in [1, 4, 7] {
+        write_segment(&data, first_lsn, 3);
+    }
+    let whole = w.run(&["replay", "--data-dir", &data.display().to_string()]);
+    assert!(whole.status.success(), "{}", stderr(&whole));
+    fs::remove_file(
+        data.join("partition-0")
+            .join("log-00000000000000000004.seg"),
+    )
+    .unwrap();
+    let refused = w.run(&[
+        "serve",
+        "--data-dir",
+        &data.display().to_string(),
+        "--partitions",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("lsn 4 is missing"),
+        "{}",
+        stderr(&refused)
+    );
+    let (code, report) = w.verify(&data);
+    assert_eq!(code, 1, "{report}");
+    assert!(report.contains("lsn 4 is missing"), "{report}");
+}
