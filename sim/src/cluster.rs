@@ -3,7 +3,8 @@
 //! forwarder task per remote partition that carries inputs over the simulated [`Network`].
 //!
 //! Disks live here, outside the nodes, so they survive a kill; killing a node crashes its
-//! disks (unsynced bytes lost, sometimes a torn tail kept) and unregisters its partitions.
+//! disks (a process crash keeps what reached the kernel; a power loss keeps what was synced
+//! and some unsynced sectors, see [`crate::disk`]) and unregisters its partitions.
 //! Restarting re-runs the node's init: recovery from the disk, then registration.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -20,7 +21,7 @@ use walletd_runtime::driver::{DriverConfig, DriverStats, Input, RecoveryReport};
 use walletd_runtime::engine::{Engine, EngineConfig};
 
 use crate::config::SimConfig;
-use crate::disk::{CrashReport, Disk, DiskSpeed};
+use crate::disk::{Crash, CrashReport, Disk, DiskSpeed};
 use crate::network::{HostId, Network};
 use crate::rng::{Purpose, SharedRng};
 use crate::trace::Trace;
@@ -179,8 +180,8 @@ impl Cluster {
         &self.shared.net
     }
 
-    /// Kills node `n`: its tasks stop at once, its disks lose what was not synced.
-    pub fn kill(&mut self, n: usize) -> Vec<CrashReport> {
+    /// Kills node `n` as `crash` says: its tasks stop at once, and its disks crash that way.
+    pub fn kill(&mut self, n: usize, crash: Crash) -> Vec<CrashReport> {
         let node = &mut self.nodes[n];
         assert!(node.up, "{} is already down", node.name);
         self.handle.kill(node.id);
@@ -192,7 +193,7 @@ impl Cluster {
             if let Some(stats) = state.stats[p as usize].take() {
                 state.violations_dead += stats.violations.load(Ordering::Relaxed);
             }
-            reports.push(self.shared.disks[p as usize].crash(self.torn));
+            reports.push(self.shared.disks[p as usize].crash(crash, self.torn));
         }
         reports
     }
@@ -292,6 +293,11 @@ async fn run_node(shared: Arc<Shared>, host: HostId, partitions: Vec<PartitionId
     .await;
     let engine = match started {
         Ok(engine) => engine,
+        // A disk failing its sync during recovery stops the node, as it would stop a server;
+        // the disk's repair restarts it. Only a log that cannot be believed is fatal.
+        Err(walletd_runtime::driver::DriverError::Io { .. }) => {
+            return std::future::pending().await;
+        }
         Err(error) => {
             shared
                 .lock()

@@ -37,7 +37,8 @@ OPTIONS:
   --seed N               the seed (decides every random choice of the run)
   --seeds A..B           a range of seeds, B excluded
   --bug NAME             switch a known bug on: skip-barrier, reply-before-sync,
-                         no-idempotency, credit-before-debit, retry-failed-sync
+                         no-idempotency, credit-before-debit, retry-failed-sync,
+                         recovery-trusts-unsynced, rollover-without-dir-sync
   --nodes N              server nodes [3]
   --partitions N         partitions, spread over the nodes [6]
   --duration-s S         simulated seconds of load and faults before healing [60]

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::config::{Fault, FaultSet};
+use crate::disk::Crash;
 use crate::network::{HostId, LinkFaults};
 
 /// Pause between two injections (uniform in this range, in ms).
@@ -20,6 +21,11 @@ const GAP_MS: (u64, u64) = (200, 2_500);
 const KILL_MID_WRITE_P: f64 = 0.7;
 /// Longest wait (in 1 ms polls) for a node in the middle of a write.
 const KILL_WAIT_POLLS_MAX: u32 = 500;
+/// Share of kills that are a power loss (the others are process crashes).
+const POWER_LOSS_P: f64 = 0.5;
+/// Share of process crashes whose restart is followed, as soon as the node has recovered, by
+/// a power loss: what recovery read from the page cache is then lost unless it synced it.
+const POWER_LOSS_AFTER_RESTART_P: f64 = 0.3;
 /// How long a node stays down, in ms.
 const DOWN_MS: (u64, u64) = (100, 4_000);
 /// How long a network or disk fault lasts, in ms.
@@ -36,6 +42,8 @@ enum Undo {
     JitterOff,
     DiskNormal(usize),
     DiskRepaired(usize),
+    /// Cut the power of a node the moment it has recovered (scheduled with its restart).
+    PowerLossAfterRecovery(usize),
 }
 
 /// Injects and undoes faults; counts and logs them.
@@ -99,7 +107,12 @@ impl Nemesis {
             tokio::time::sleep_until(next).await;
             if next_undo == Some(next) {
                 let (_, undo) = self.pending.pop_first().expect("a pending undo");
-                self.undo(cluster, undo);
+                match undo {
+                    Undo::PowerLossAfterRecovery(n) => {
+                        self.power_loss_after_recovery(cluster, n).await;
+                    }
+                    undo => self.undo(cluster, undo),
+                }
                 continue;
             }
             if let Some(&kind) = kinds.choose(&mut self.rng) {
@@ -167,16 +180,55 @@ impl Nemesis {
         let Some(&n) = candidates.choose(&mut self.rng) else {
             return false;
         };
-        let reports = cluster.kill(n);
+        let crash = if self.rng.gen_bool(POWER_LOSS_P) {
+            Crash::PowerLoss
+        } else {
+            Crash::Process
+        };
         let down = ms(&mut self.rng, DOWN_MS);
-        let lost: usize = reports.iter().map(|r| r.lost_bytes).sum();
-        let torn: usize = reports.iter().map(|r| r.torn_bytes_kept).sum();
-        self.note(format!(
-            "kill {} (lost {lost} unsynced bytes, kept {torn} torn) for {down:?}",
-            cluster.nodes[n].name
-        ));
-        self.schedule(down, Undo::Restart(n));
+        self.crash(cluster, n, crash, down);
+        if crash == Crash::Process && self.rng.gen_bool(POWER_LOSS_AFTER_RESTART_P) {
+            self.schedule(down, Undo::PowerLossAfterRecovery(n));
+        }
         true
+    }
+
+    /// Takes node `n` down as `crash` says, for `down`.
+    fn crash(&mut self, cluster: &mut Cluster, n: usize, crash: Crash, down: Duration) {
+        let reports = cluster.kill(n, crash);
+        let what = match crash {
+            Crash::Process => "process crash".to_string(),
+            Crash::PowerLoss => {
+                let lost: usize = reports.iter().map(|r| r.lost_bytes).sum();
+                let torn: usize = reports.iter().map(|r| r.torn_bytes_kept).sum();
+                format!("power loss: lost {lost} unsynced bytes, kept {torn} torn")
+            }
+        };
+        let name = &cluster.nodes[n].name;
+        self.note(format!("kill {name} ({what}) for {down:?}"));
+        self.schedule(down, Undo::Restart(n));
+    }
+
+    /// Cuts the power of node `n` as soon as every partition of its new incarnation has
+    /// recovered, before they are likely to have synced anything new.
+    async fn power_loss_after_recovery(&mut self, cluster: &mut Cluster, n: usize) {
+        let recovered = |cluster: &Cluster| {
+            let state = cluster.shared.lock();
+            let partitions = &cluster.nodes[n].partitions;
+            partitions
+                .iter()
+                .all(|p| state.stats[*p as usize].is_some())
+        };
+        for _ in 0..KILL_WAIT_POLLS_MAX {
+            if !cluster.nodes[n].up || recovered(cluster) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if cluster.nodes[n].up && recovered(cluster) {
+            let down = ms(&mut self.rng, DOWN_MS);
+            self.crash(cluster, n, Crash::PowerLoss, down);
+        }
     }
 
     /// Splits all hosts in two random groups that cannot reach each other.
@@ -304,6 +356,8 @@ impl Nemesis {
         let net = std::sync::Arc::clone(cluster.net());
         let mut faults = net.faults();
         match &undo {
+            // Only while faults run (see `run`); healing skips it.
+            Undo::PowerLossAfterRecovery(_) => {}
             Undo::Restart(n) => {
                 cluster.restart(*n);
                 self.note(format!("restart {}", cluster.nodes[*n].name));
@@ -331,7 +385,7 @@ impl Nemesis {
                 let name = &cluster.nodes[*n].name;
                 if failed && cluster.nodes[*n].up {
                     self.note(format!("disk of {name} repaired: a sync failed, restart"));
-                    cluster.kill(*n);
+                    cluster.kill(*n, Crash::Process);
                     cluster.restart(*n);
                 } else {
                     self.note(format!("disk of {name} repaired"));

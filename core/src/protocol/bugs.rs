@@ -22,15 +22,25 @@ pub enum Bug {
     /// After a failed fsync the kernel may have dropped the pages it could not write and
     /// reports the error only once, so the retry succeeds with the bytes gone.
     RetryFailedSync = 16,
+    /// Recovery keeps the newest segment's bytes without syncing them. After a process crash
+    /// they may be in the page cache only; the partition then answers from records that a
+    /// power loss can still take away.
+    RecoveryTrustsUnsynced = 64,
+    /// A new segment's directory entry is not synced when the segment is created: a record
+    /// acknowledged in it vanishes with the file if the power fails before some later
+    /// directory sync.
+    RolloverWithoutDirSync = 128,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 5] = [
+    pub const ALL: [Bug; 7] = [
         Bug::SkipBarrier,
         Bug::ReplyBeforeSync,
         Bug::NoIdempotency,
         Bug::CreditBeforeDebit,
         Bug::RetryFailedSync,
+        Bug::RecoveryTrustsUnsynced,
+        Bug::RolloverWithoutDirSync,
     ];
 
     /// The name used on the simulator's command line (`--bug skip-barrier`).
@@ -41,6 +51,8 @@ impl Bug {
             Bug::NoIdempotency => "no-idempotency",
             Bug::CreditBeforeDebit => "credit-before-debit",
             Bug::RetryFailedSync => "retry-failed-sync",
+            Bug::RecoveryTrustsUnsynced => "recovery-trusts-unsynced",
+            Bug::RolloverWithoutDirSync => "rollover-without-dir-sync",
         }
     }
 

@@ -5,9 +5,15 @@
 //! Production uses [`file::FileStorage`]; tests use [`MemStorage`]; the simulator its own disk.
 //!
 //! The contract the driver relies on: bytes passed to [`Storage::append`] are durable once a
-//! later [`Storage::sync`] returns `Ok`. An error from `sync` is fatal for the partition: after a
-//! failed fsync the kernel may have dropped the dirty pages, so retrying could report success
-//! for data that is gone.
+//! later [`Storage::sync`] returns `Ok`, and so is everything read back at recovery once the
+//! `sync` that ends recovery returns (a process crash keeps writes that were never synced in
+//! the page cache, where recovery reads them). An error from `sync` is fatal for the
+//! partition: after a failed fsync the kernel may have dropped the dirty pages, so retrying
+//! could report success for data that is gone.
+//!
+//! Recovery reads the log one segment at a time ([`Storage::list_log`], then
+//! [`Storage::read_segment`]), so its memory is bounded by the snapshot and one segment,
+//! however long the log.
 
 use std::future::Future;
 use std::io;
@@ -18,15 +24,15 @@ use walletd_core::model::event::Lsn;
 
 #[cfg(not(madsim))]
 pub mod file;
+pub mod segments;
 
-/// One log segment as read back at recovery.
+/// One log segment found at recovery, before its bytes are read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogSegment {
+pub struct SegmentRef {
     /// The lsn of the first record the segment was created for.
     pub first_lsn: Lsn,
     /// A name for messages (the file path in production).
     pub name: String,
-    pub bytes: Vec<u8>,
 }
 
 /// A snapshot of the ledger state after applying record `lsn`.
@@ -44,13 +50,21 @@ pub type OnDurable = Box<dyn FnOnce() + Send>;
 /// Durable storage of one partition.
 pub trait Storage: Send + 'static {
     /// Every log segment, oldest first, with segments whose records all precede
-    /// `from_lsn` allowed to be skipped (they are covered by a snapshot).
-    fn read_log(
+    /// `from_lsn` allowed to be skipped (they are covered by a snapshot). Opens the newest
+    /// for appending.
+    fn list_log(
         &mut self,
         from_lsn: Lsn,
-    ) -> impl Future<Output = io::Result<Vec<LogSegment>>> + Send;
+    ) -> impl Future<Output = io::Result<Vec<SegmentRef>>> + Send;
 
-    /// Cuts the newest segment to `len` bytes (dropping a torn tail) and makes that durable.
+    /// The bytes of one segment that [`Storage::list_log`] listed.
+    fn read_segment(
+        &mut self,
+        segment: &SegmentRef,
+    ) -> impl Future<Output = io::Result<Vec<u8>>> + Send;
+
+    /// Cuts the newest segment to `len` bytes (dropping a torn or stale range). The cut is
+    /// durable with the next [`Storage::sync`], which recovery makes before it answers.
     fn truncate_last(&mut self, len: u64) -> impl Future<Output = io::Result<()>> + Send;
 
     /// Appends whole records starting at `first_lsn`. Not durable until [`Storage::sync`].
@@ -119,6 +133,20 @@ pub trait Storage: Send + 'static {
     fn read_chunk(&mut self, index: u64) -> impl Future<Output = io::Result<Vec<u8>>> + Send;
 }
 
+/// Every segment [`Storage::list_log`] lists from `from_lsn`, with its bytes: the whole log
+/// in memory at once, for tests and tools that want it so (recovery reads one at a time).
+pub async fn read_whole_log<S: Storage>(
+    storage: &mut S,
+    from_lsn: Lsn,
+) -> io::Result<Vec<(SegmentRef, Vec<u8>)>> {
+    let mut segments = Vec::new();
+    for segment in storage.list_log(from_lsn).await? {
+        let bytes = storage.read_segment(&segment).await?;
+        segments.push((segment, bytes));
+    }
+    Ok(segments)
+}
+
 /// Writes a snapshot's chunk files and bytes to what it is given and returns the snapshot's
 /// length (see [`Storage::write_snapshot`]).
 pub type EncodeSnapshot =
@@ -157,17 +185,25 @@ pub struct MemStorage {
 }
 
 impl Storage for MemStorage {
-    async fn read_log(&mut self, _from_lsn: Lsn) -> io::Result<Vec<LogSegment>> {
+    async fn list_log(&mut self, _from_lsn: Lsn) -> io::Result<Vec<SegmentRef>> {
         let disk = self.disk.lock().expect("disk lock");
         Ok(disk
             .segments
             .iter()
-            .map(|(first_lsn, bytes)| LogSegment {
+            .map(|(first_lsn, _)| SegmentRef {
                 first_lsn: *first_lsn,
                 name: format!("mem-{first_lsn}"),
-                bytes: bytes.clone(),
             })
             .collect())
+    }
+
+    async fn read_segment(&mut self, segment: &SegmentRef) -> io::Result<Vec<u8>> {
+        let disk = self.disk.lock().expect("disk lock");
+        disk.segments
+            .iter()
+            .find(|(first_lsn, _)| *first_lsn == segment.first_lsn)
+            .map(|(_, bytes)| bytes.clone())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, segment.name.clone()))
     }
 
     async fn truncate_last(&mut self, len: u64) -> io::Result<()> {
