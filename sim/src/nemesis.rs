@@ -23,9 +23,10 @@ const KILL_MID_WRITE_P: f64 = 0.7;
 const KILL_WAIT_POLLS_MAX: u32 = 500;
 /// Share of kills that are a power loss (the others are process crashes).
 const POWER_LOSS_P: f64 = 0.5;
-/// Share of process crashes whose restart is followed, as soon as the node has recovered, by
-/// a power loss: what recovery read from the page cache is then lost unless it synced it.
-const POWER_LOSS_AFTER_RESTART_P: f64 = 0.3;
+/// Share of process crashes in the middle of a write whose restart is followed, once the
+/// node has recovered and writes its first batch, by a power loss: what recovery read from
+/// the page cache is then lost unless recovery synced it.
+const POWER_LOSS_AFTER_RESTART_P: f64 = 0.6;
 /// How long a node stays down, in ms.
 const DOWN_MS: (u64, u64) = (100, 4_000);
 /// How long a network or disk fault lasts, in ms.
@@ -186,8 +187,9 @@ impl Nemesis {
             Crash::Process
         };
         let down = ms(&mut self.rng, DOWN_MS);
+        let mid_write = cluster.nodes_writing().contains(&n);
         self.crash(cluster, n, crash, down);
-        if crash == Crash::Process && self.rng.gen_bool(POWER_LOSS_AFTER_RESTART_P) {
+        if crash == Crash::Process && mid_write && self.rng.gen_bool(POWER_LOSS_AFTER_RESTART_P) {
             self.schedule(down, Undo::PowerLossAfterRecovery(n));
         }
         true
@@ -209,8 +211,9 @@ impl Nemesis {
         self.schedule(down, Undo::Restart(n));
     }
 
-    /// Cuts the power of node `n` as soon as every partition of its new incarnation has
-    /// recovered, before they are likely to have synced anything new.
+    /// Cuts the power of node `n` once every partition of its new incarnation has recovered
+    /// and one of them writes its first batch: answers and peer messages that rest on the
+    /// recovered state have left, and nothing new has been synced yet.
     async fn power_loss_after_recovery(&mut self, cluster: &mut Cluster, n: usize) {
         let recovered = |cluster: &Cluster| {
             let state = cluster.shared.lock();
@@ -220,7 +223,8 @@ impl Nemesis {
                 .all(|p| state.stats[*p as usize].is_some())
         };
         for _ in 0..KILL_WAIT_POLLS_MAX {
-            if !cluster.nodes[n].up || recovered(cluster) {
+            if !cluster.nodes[n].up || (recovered(cluster) && cluster.nodes_writing().contains(&n))
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;

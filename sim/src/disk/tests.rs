@@ -222,10 +222,7 @@ fn a_retried_failed_sync_leaves_a_log_that_recovery_refuses() {
         assert!(storage.sync().await.is_err());
         storage.sync().await.unwrap();
         disk.crash(Crash::Process, true);
-        let error = recover(&mut disk.open(), 0, 1)
-            .await
-            .err()
-            .expect("refused");
+        let error = recover(&mut disk.open(), 0, 1).await.expect_err("refused");
         assert!(error.to_string().contains("in synced data"), "{error}");
     });
 }

@@ -701,7 +701,7 @@ mod tests {
         bytes[SYNC_MARK_LEN + walletd_core::log::codec::RECORD_HEADER_LEN + 2] ^= 0x01;
         fs::write(&path, &bytes).unwrap();
         let mut storage = FileStorage::open(dir.path(), config()).unwrap();
-        let error = recover(&mut storage, 0, 1).await.err().expect("refused");
+        let error = recover(&mut storage, 0, 1).await.expect_err("refused");
         assert!(
             matches!(error, DriverError::Corrupt { offset, .. } if offset == SYNC_MARK_LEN as u64)
         );
