@@ -40,7 +40,7 @@ use rand::Rng;
 use walletd_core::log::snapshot::InMemory;
 use walletd_core::model::event::Lsn;
 use walletd_runtime::storage::segments::{segment_lsn, SegmentConfig, SegmentDir, SegmentWriter};
-use walletd_runtime::storage::{EncodeSnapshot, SegmentRef, Storage, StoredSnapshot};
+use walletd_runtime::storage::{EncodeSnapshot, SegmentRef, SnapshotRef, Storage};
 
 pub use files::{SimDir, SimFile, SECTOR_BYTES};
 
@@ -435,18 +435,27 @@ impl Storage for SimStorage {
         })
     }
 
-    async fn read_snapshots(&mut self) -> io::Result<Vec<StoredSnapshot>> {
+    async fn list_snapshots(&mut self) -> io::Result<Vec<SnapshotRef>> {
         let state = self.handle.live()?;
         Ok(state
             .snapshots
             .iter()
             .rev()
-            .map(|(lsn, bytes)| StoredSnapshot {
+            .map(|(lsn, _)| SnapshotRef {
                 lsn: *lsn,
                 name: format!("simdisk-snapshot-{lsn}"),
-                bytes: bytes.clone(),
             })
             .collect())
+    }
+
+    async fn read_snapshot(&mut self, snapshot: &SnapshotRef) -> io::Result<Vec<u8>> {
+        let state = self.handle.live()?;
+        state
+            .snapshots
+            .iter()
+            .find(|(lsn, _)| *lsn == snapshot.lsn)
+            .map(|(_, bytes)| bytes.clone())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, snapshot.name.clone()))
     }
 }
 

@@ -8,7 +8,8 @@
 //! # Layout
 //! - [`config`]: the run's configuration and the set of faults.
 //! - [`rng`]: one seed split into independent ChaCha streams, one per purpose.
-//! - [`disk`]: `SimDisk`, core's `Storage` on memory that loses unsynced bytes on a crash.
+//! - [`disk`]: `SimDisk`, core's `Storage` on simulated segment files: a page cache that
+//!   outlives a process crash, a medium that a power loss leaves with what was synced.
 //! - [`network`]: the simulated network that carries core's inputs between hosts.
 //! - [`cluster`]: named nodes running `Engine::start_partitions`, kill and restart.
 //! - [`workload`]: clients: accounts, deposits, transfers, retries, invalid requests.

@@ -30,7 +30,7 @@ use walletd_core::model::event::{Lsn, Timestamp};
 use walletd_core::model::partition::PartitionId;
 use walletd_core::protocol::machine::{Now, PartitionMachine, Release, ReplyTokens};
 
-use crate::storage::Storage;
+use crate::storage::{Storage, StoredSnapshot};
 use crate::transport::{PeerMessage, Transport};
 
 pub use walletd_core::log::recovery::RecoveryReport;
@@ -137,7 +137,14 @@ pub async fn recover<S: Storage>(
 ) -> Result<(Ledger, RecoveryReport), DriverError> {
     let io_err = |source| DriverError::Io { partition, source };
     let mut recovery = Recovery::new(partition, partitions);
-    for snapshot in storage.read_snapshots().await.map_err(io_err)? {
+    for listed in storage.list_snapshots().await.map_err(io_err)? {
+        // One snapshot in memory at a time: a bad one is dropped before an older is read.
+        let bytes = storage.read_snapshot(&listed).await.map_err(io_err)?;
+        let snapshot = StoredSnapshot {
+            lsn: listed.lsn,
+            name: listed.name,
+            bytes,
+        };
         let count = match snapshot_chunks(&snapshot.bytes) {
             Ok(count) => count,
             Err(error) => {

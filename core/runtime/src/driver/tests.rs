@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use super::*;
 use crate::engine::{Client, Engine, EngineConfig};
 use crate::storage::file::{FileStorage, FileStorageConfig};
-use crate::storage::{read_whole_log, MemStorage, SegmentRef, StoredSnapshot};
+use crate::storage::{read_all_snapshots, read_whole_log, MemStorage, SegmentRef, SnapshotRef};
 use walletd_core::ledger::{LedgerError, Reply, TransferState, TransferStatus};
 use walletd_core::log::codec::{decode_log, SYNC_MARK_LEN};
 use walletd_core::model::event::Transfer;
@@ -474,8 +474,11 @@ impl Storage for SlowSync {
             write.await
         }
     }
-    async fn read_snapshots(&mut self) -> io::Result<Vec<StoredSnapshot>> {
-        self.inner.read_snapshots().await
+    async fn list_snapshots(&mut self) -> io::Result<Vec<SnapshotRef>> {
+        self.inner.list_snapshots().await
+    }
+    async fn read_snapshot(&mut self, snapshot: &SnapshotRef) -> io::Result<Vec<u8>> {
+        self.inner.read_snapshot(snapshot).await
     }
     async fn read_chunk(&mut self, index: u64) -> io::Result<Vec<u8>> {
         self.inner.read_chunk(index).await
@@ -683,7 +686,7 @@ async fn recovery_from_a_snapshot_equals_replay_from_zero() {
             FileStorageConfig::default(),
         )
         .unwrap();
-        let snapshots = storage.read_snapshots().await.unwrap();
+        let snapshots = read_all_snapshots(&mut storage).await.unwrap();
         assert!(!snapshots.is_empty(), "partition {p} wrote no snapshot");
         assert!(snapshots.len() <= 2, "old snapshots are pruned");
         let (from_snapshot, report) = recover(&mut storage, p, 2).await.unwrap();
@@ -726,7 +729,7 @@ async fn snapshots_keep_coming_while_every_event_adds_a_row() {
     }
     engine.shutdown().await.unwrap();
     let mut storage = FileStorage::open(dir.path().join("p0"), keep_all).unwrap();
-    let snapshots = storage.read_snapshots().await.unwrap();
+    let snapshots = read_all_snapshots(&mut storage).await.unwrap();
     // Rows double between snapshots (4, 8, 16, ..., 128 events): at least five of them.
     assert!(snapshots.len() >= 5, "{} snapshots", snapshots.len());
     let (_, report) = recover(&mut storage, 0, 1).await.unwrap();
@@ -791,7 +794,7 @@ async fn snapshots_keep_final_transfers_in_chunk_files_and_recover_from_them() {
         engine.shutdown().await.unwrap();
 
         let mut storage = file_storages(dir.path(), 1).pop().unwrap();
-        let newest = storage.read_snapshots().await.unwrap().remove(0);
+        let newest = read_all_snapshots(&mut storage).await.unwrap().remove(0);
         assert!(
             snapshot_chunks(&newest.bytes).unwrap() >= 10,
             "the snapshot refers to chunk files"

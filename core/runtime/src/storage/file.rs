@@ -29,7 +29,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::segments::{SegmentConfig, SegmentDir, SegmentWriter};
-use super::{EncodeSnapshot, OnDurable, SegmentRef, Storage, StoredSnapshot};
+use super::{EncodeSnapshot, OnDurable, SegmentRef, SnapshotRef, Storage};
 use walletd_core::log::snapshot::SnapshotOut;
 use walletd_core::model::event::Lsn;
 
@@ -447,20 +447,21 @@ impl Storage for FileStorage {
         blocking(move || fs::read(path)).await
     }
 
-    async fn read_snapshots(&mut self) -> io::Result<Vec<StoredSnapshot>> {
-        let mut snapshots = Vec::new();
-        for (lsn, path) in numbered_files(&self.dir, "snapshot-", ".snap")?
+    async fn list_snapshots(&mut self) -> io::Result<Vec<SnapshotRef>> {
+        let found = numbered_files(&self.dir, "snapshot-", ".snap")?;
+        Ok(found
             .into_iter()
             .rev()
-        {
-            let bytes = fs::read(&path)?;
-            snapshots.push(StoredSnapshot {
+            .map(|(lsn, path)| SnapshotRef {
                 lsn,
                 name: path.display().to_string(),
-                bytes,
-            });
-        }
-        Ok(snapshots)
+            })
+            .collect())
+    }
+
+    async fn read_snapshot(&mut self, snapshot: &SnapshotRef) -> io::Result<Vec<u8>> {
+        let path = PathBuf::from(&snapshot.name);
+        blocking(move || fs::read(path)).await
     }
 }
 
@@ -645,7 +646,7 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, [LOCK_FILE.to_string(), chunk_name(0)]);
-        assert!(storage.read_snapshots().await.unwrap().is_empty());
+        assert!(storage.list_snapshots().await.unwrap().is_empty());
     }
 
     /// The newest segment of a storage that was appended to and then lost power mid-batch:

@@ -11,7 +11,8 @@
 //! partition: after a failed fsync the kernel may have dropped the dirty pages, so retrying
 //! could report success for data that is gone.
 //!
-//! Recovery reads the log one segment at a time ([`Storage::list_log`], then
+//! Recovery reads one snapshot at a time ([`Storage::list_snapshots`], then
+//! [`Storage::read_snapshot`]) and the log one segment at a time ([`Storage::list_log`], then
 //! [`Storage::read_segment`]), so its memory is bounded by the snapshot and one segment,
 //! however long the log.
 
@@ -31,6 +32,15 @@ pub mod segments;
 pub struct SegmentRef {
     /// The lsn of the first record the segment was created for.
     pub first_lsn: Lsn,
+    /// A name for messages (the file path in production).
+    pub name: String,
+}
+
+/// A snapshot found at recovery, before its bytes are read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRef {
+    /// The lsn of the last record the snapshot reflects.
+    pub lsn: Lsn,
     /// A name for messages (the file path in production).
     pub name: String,
 }
@@ -126,8 +136,15 @@ pub trait Storage: Send + 'static {
         encode: EncodeSnapshot,
     ) -> impl Future<Output = io::Result<usize>> + Send + 'static;
 
-    /// The snapshots present, newest first (recovery falls back to older ones if one is bad).
-    fn read_snapshots(&mut self) -> impl Future<Output = io::Result<Vec<StoredSnapshot>>> + Send;
+    /// The snapshots present, newest first (recovery falls back to older ones if one is
+    /// bad, reading one at a time).
+    fn list_snapshots(&mut self) -> impl Future<Output = io::Result<Vec<SnapshotRef>>> + Send;
+
+    /// The bytes of one snapshot that [`Storage::list_snapshots`] listed.
+    fn read_snapshot(
+        &mut self,
+        snapshot: &SnapshotRef,
+    ) -> impl Future<Output = io::Result<Vec<u8>>> + Send;
 
     /// Chunk file `index` of the snapshots (see [`walletd_core::log::snapshot`]).
     fn read_chunk(&mut self, index: u64) -> impl Future<Output = io::Result<Vec<u8>>> + Send;
@@ -145,6 +162,21 @@ pub async fn read_whole_log<S: Storage>(
         segments.push((segment, bytes));
     }
     Ok(segments)
+}
+
+/// Every snapshot, newest first, with its bytes: all of them in memory at once, for tests and
+/// tools that want it so (recovery reads one at a time).
+pub async fn read_all_snapshots<S: Storage>(storage: &mut S) -> io::Result<Vec<StoredSnapshot>> {
+    let mut snapshots = Vec::new();
+    for snapshot in storage.list_snapshots().await? {
+        let bytes = storage.read_snapshot(&snapshot).await?;
+        snapshots.push(StoredSnapshot {
+            lsn: snapshot.lsn,
+            name: snapshot.name,
+            bytes,
+        });
+    }
+    Ok(snapshots)
 }
 
 /// Writes a snapshot's chunk files and bytes to what it is given and returns the snapshot's
@@ -260,17 +292,26 @@ impl Storage for MemStorage {
         })
     }
 
-    async fn read_snapshots(&mut self) -> io::Result<Vec<StoredSnapshot>> {
+    async fn list_snapshots(&mut self) -> io::Result<Vec<SnapshotRef>> {
         let disk = self.disk.lock().expect("disk lock");
         Ok(disk
             .snapshots
             .iter()
             .rev()
-            .map(|(lsn, bytes)| StoredSnapshot {
+            .map(|(lsn, _)| SnapshotRef {
                 lsn: *lsn,
                 name: format!("mem-snapshot-{lsn}"),
-                bytes: bytes.clone(),
             })
             .collect())
+    }
+
+    async fn read_snapshot(&mut self, snapshot: &SnapshotRef) -> io::Result<Vec<u8>> {
+        let disk = self.disk.lock().expect("disk lock");
+        disk.snapshots
+            .iter()
+            .rev()
+            .find(|(lsn, _)| *lsn == snapshot.lsn)
+            .map(|(_, bytes)| bytes.clone())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, snapshot.name.clone()))
     }
 }
