@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -104,42 +104,8 @@ pub fn read_partition_log(
         if log.stopped {
             break;
         }
-        let bytes = fs::read(path).map_err(io(path))?;
-        let corrupt = |e: CodecError| LogError::Corrupt {
-            path: path.display().to_string(),
-            offset: codec_offset(&e),
-            detail: e.to_string(),
-        };
-        // Streamed, and left at the durable lsn: the bytes after it may be an append in
-        // progress, which the codec must never be asked to judge (half of a batch read before
-        // its write and half after can look like damage that a sync mark vouches for).
-        let mut reader = RecordReader::new(&bytes, *first_lsn);
-        while let Some(record) = reader.next_record().map_err(corrupt)? {
-            if upto_lsn.is_some_and(|upto| record.lsn > upto) || !as_of.includes(&record) {
-                log.stopped = true;
-                break;
-            }
-            log.last_lsn = record.lsn;
-            log.last_timestamp = record.timestamp;
-            if keep(&record) {
-                log.records.push(record);
-            }
-            if upto_lsn == Some(record.lsn) {
-                log.stopped = true;
-                break;
-            }
-        }
-        if !log.stopped && reader.torn_tail() {
-            if i + 1 != segments.len() {
-                return Err(LogError::Corrupt {
-                    path: path.display().to_string(),
-                    offset: reader.valid_len() as u64,
-                    detail: "a segment that is not the newest ends in a partial record".into(),
-                });
-            }
-            log.torn_bytes = (bytes.len() - reader.valid_len()) as u64;
-        }
-        log.bytes += bytes.len() as u64;
+        let newest = i + 1 == segments.len();
+        log.bytes += read_segment(path, *first_lsn, newest, upto_lsn, as_of, keep, &mut log)?;
         progress(Progress {
             partition,
             segment: i + 1,
@@ -150,6 +116,60 @@ pub fn read_partition_log(
         });
     }
     Ok(log)
+}
+
+/// Reads the records of the segment at `path` into `log`, stopping after `upto_lsn` or
+/// before the first record `as_of` excludes; returns the segment's length. Streamed, and left
+/// at the durable lsn: the bytes after it may be an append in progress, which the codec must
+/// never be asked to judge (half of a batch read before its write and half after can look
+/// like damage that a sync mark vouches for).
+fn read_segment(
+    path: &Path,
+    first_lsn: Lsn,
+    newest: bool,
+    upto_lsn: Option<Lsn>,
+    as_of: AsOf,
+    keep: &mut dyn FnMut(&Record) -> bool,
+    log: &mut PartitionLog,
+) -> Result<u64, LogError> {
+    let bytes = fs::read(path).map_err(|source| LogError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let len = bytes.len() as u64;
+    let corrupt = |offset: u64, detail: String| LogError::Corrupt {
+        path: path.display().to_string(),
+        offset,
+        detail,
+    };
+    let mut reader = RecordReader::new(&bytes, first_lsn);
+    while let Some(record) = reader
+        .next_record()
+        .map_err(|e| corrupt(codec_offset(&e), e.to_string()))?
+    {
+        if upto_lsn.is_some_and(|upto| record.lsn > upto) || !as_of.includes(&record) {
+            log.stopped = true;
+            return Ok(len);
+        }
+        log.last_lsn = record.lsn;
+        log.last_timestamp = record.timestamp;
+        if keep(&record) {
+            log.records.push(record);
+        }
+        if upto_lsn == Some(record.lsn) {
+            log.stopped = true;
+            return Ok(len);
+        }
+    }
+    if reader.torn_tail() {
+        let valid_len = reader.valid_len();
+        if !newest {
+            let detail = "a segment that is not the newest ends in a partial record";
+            return Err(corrupt(valid_len as u64, detail.into()));
+        }
+        log.torn_bytes = len - valid_len as u64;
+    }
+    Ok(len)
 }
 
 fn codec_offset(error: &CodecError) -> u64 {
