@@ -182,13 +182,6 @@ impl Disk {
         self.lock().appending
     }
 
-    /// Bytes of the page cache not on the medium (a batch in flight, the sync mark after
-    /// the last sync, or what a crashed process left and recovery has not synced).
-    pub fn unsynced_sectors_bytes(&self) -> usize {
-        let state = self.lock();
-        state.dir.files.values().map(SimFile::unsynced_bytes).sum()
-    }
-
     /// What a power loss now would leave at best (no unsynced sector kept): the first lsn
     /// and the durable bytes of every surviving segment, in order, end to end.
     pub fn durable_log(&self) -> (Lsn, Vec<u8>) {

@@ -120,11 +120,6 @@ impl SimFile {
         self.dirty.clear();
         self.data = self.durable.clone();
     }
-
-    /// Bytes of sectors written since the last sync.
-    pub fn unsynced_bytes(&self) -> usize {
-        self.dirty.len() * SECTOR_BYTES
-    }
 }
 
 /// A directory of files: the names the kernel knows, and those the medium knows.
