@@ -37,6 +37,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rand::Rng;
+use walletd_core::log::codec::RecordReader;
 use walletd_core::log::snapshot::InMemory;
 use walletd_core::model::event::Lsn;
 use walletd_runtime::storage::segments::{segment_lsn, SegmentConfig, SegmentDir, SegmentWriter};
@@ -94,9 +95,51 @@ pub struct DiskState {
     /// A sync failed since the last crash: the node must restart to go on.
     pub sync_failed: bool,
     pub failed_syncs: u64,
+    /// How far [`Disk::durable_lsn`] has read the newest durable segment.
+    walk: DurableWalk,
+}
+
+/// A position in the medium's copy of the newest durable segment: each record is read once.
+#[derive(Debug, Default, Clone)]
+struct DurableWalk {
+    segment: String,
+    /// A frame boundary: where the codec stopped (the end of the frames, or the damage a
+    /// recovery would cut, which is where the medium changes next).
+    len: usize,
+    lsn: Lsn,
 }
 
 impl DiskState {
+    /// The lsn of the last whole record on the medium (0: none), read on from where the last
+    /// call stopped. Below that point the medium only changes when the newest segment does,
+    /// or shrinks: a recovery cuts at the damage, where reading stopped.
+    fn durable_lsn(&mut self) -> Lsn {
+        let dir = &self.dir;
+        let newest = dir
+            .files
+            .iter()
+            .rev()
+            .find(|(name, _)| dir.durable_names.contains(*name));
+        let Some((name, file)) = newest else {
+            return 0;
+        };
+        let walk = &mut self.walk;
+        if walk.segment != *name || walk.len > file.durable.len() {
+            let first_lsn = segment_lsn(name).expect("segment files are named by lsn");
+            *walk = DurableWalk {
+                segment: name.clone(),
+                len: 0,
+                lsn: first_lsn.saturating_sub(1),
+            };
+        }
+        let mut reader = RecordReader::resume(&file.durable, walk.len, walk.lsn + 1);
+        while let Ok(Some(record)) = reader.next_record() {
+            walk.lsn = record.lsn;
+        }
+        walk.len = reader.valid_len();
+        walk.lsn
+    }
+
     /// Ends every disk fault: what a crash or a fresh copy starts from.
     fn clear_faults(&mut self) {
         self.sync_failed = false;
@@ -180,6 +223,12 @@ impl Disk {
     /// would lose (or tear).
     pub fn unsynced(&self) -> usize {
         self.lock().appending
+    }
+
+    /// The lsn of the last record a power loss now would keep at best (0: none): what
+    /// anything released may rest on at most.
+    pub fn durable_lsn(&self) -> Lsn {
+        self.lock().durable_lsn()
     }
 
     /// What a power loss now would leave at best (no unsynced sector kept): the first lsn

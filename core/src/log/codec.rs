@@ -608,6 +608,17 @@ impl<'a> RecordReader<'a> {
         }
     }
 
+    /// A reader that goes on at `offset` of `bytes`, where an earlier reader of a prefix of
+    /// the same bytes stopped (its `valid_len`, a frame boundary), the next record to carry
+    /// lsn `next_lsn` (0: any). For following a log that only grows, each record read once.
+    pub fn resume(bytes: &'a [u8], offset: usize, next_lsn: Lsn) -> RecordReader<'a> {
+        assert!(offset <= bytes.len(), "a reader resumes within its bytes");
+        RecordReader {
+            offset,
+            ..RecordReader::new(bytes, next_lsn)
+        }
+    }
+
     /// Bytes of whole valid frames read so far.
     pub fn valid_len(&self) -> usize {
         self.offset
@@ -1242,5 +1253,17 @@ mod tests {
                 "{what}: {result:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_resumed_reader_goes_on_where_the_last_one_stopped() {
+        let (records, bytes, starts) = marked_segment(&[0..3, 3..4, 4..10]);
+        let mut first = RecordReader::new(&bytes[..starts[2]], 41);
+        let read: Vec<Record> = first.by_ref().map(Result::unwrap).collect();
+        assert_eq!(read, records[..4]);
+        let mut rest = RecordReader::resume(&bytes, first.valid_len(), 45);
+        let more: Vec<Record> = rest.by_ref().map(Result::unwrap).collect();
+        assert_eq!(more, records[4..]);
+        assert_eq!(rest.valid_len(), bytes.len());
     }
 }

@@ -241,3 +241,29 @@ fn a_repaired_disk_syncs_normally() {
         assert_eq!(lsns_read_back(&disk).await, vec![1, 2]);
     });
 }
+
+#[test]
+fn the_durable_lsn_follows_syncs_across_segments_and_crashes() {
+    simulated(async {
+        let disk = disk();
+        assert_eq!(disk.durable_lsn(), 0);
+        let mut storage = disk.open();
+        let mut lsn = 1;
+        while disk.lock().dir.files.len() < 3 {
+            append_synced(&mut storage, lsn..=lsn + 9).await;
+            lsn += 10;
+            assert_eq!(disk.durable_lsn(), lsn - 1);
+        }
+        storage.append(lsn, &batch(lsn..=lsn + 5)).await.unwrap();
+        assert_eq!(disk.durable_lsn(), lsn - 1, "written is not durable");
+        disk.crash(Crash::Process, true);
+        assert_eq!(
+            disk.durable_lsn(),
+            lsn - 1,
+            "the page cache is not the medium"
+        );
+        let (ledger, _) = recover(&mut disk.open(), 0, 1).await.unwrap();
+        assert_eq!(ledger.last_applied().lsn, lsn + 5);
+        assert_eq!(disk.durable_lsn(), lsn + 5, "recovery synced what it kept");
+    });
+}
