@@ -294,8 +294,10 @@ async fn run_node(shared: Arc<Shared>, host: HostId, partitions: Vec<PartitionId
     let engine = match started {
         Ok(engine) => engine,
         // A disk failing its sync during recovery stops the node, as it would stop a server;
-        // the disk's repair restarts it. Only a log that cannot be believed is fatal.
-        Err(walletd_runtime::driver::DriverError::Io { .. }) => {
+        // the disk's repair restarts it. Any other failure to recover is fatal.
+        Err(walletd_runtime::driver::DriverError::Io { partition, .. })
+            if shared.disks[partition as usize].lock().sync_failed =>
+        {
             return std::future::pending().await;
         }
         Err(error) => {
