@@ -1,19 +1,21 @@
 //! Reading a partition's log from disk, for historical balances, account history, `wallet
 //! replay` and `wallet verify`.
 //!
-//! The log may be read while its partition driver appends to it: the newest segment can end
-//! in a record that is only partly written, which decodes as a torn tail and is left out. A
-//! live server also passes the partition's durable lsn, so a reader never reports a record
-//! whose batch has not been synced (and so might not survive a crash).
+//! The log may be read while its partition driver appends to it. A live server passes the
+//! partition's durable lsn: the reader stops at that record and never looks at the bytes
+//! after it, so it never reports a record whose batch has not been synced (and so might not
+//! survive a crash), and never mistakes an append in progress for damage. Without a durable
+//! lsn (`wallet replay` and `wallet verify` on a stopped node's directory), the newest
+//! segment may end in a torn or stale range, which is left out as recovery would cut it.
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
-use walletd_core::log::codec::{decode_log, CodecError, Record};
+use walletd_core::log::codec::{CodecError, Record, RecordReader};
 use walletd_core::log::replay::AsOf;
 use walletd_core::model::event::{Event, Lsn, TransferKey};
 use walletd_core::model::ids::AccountId;
@@ -95,37 +97,15 @@ pub fn read_partition_log(
     };
     let bytes_total = sizes.iter().sum();
     for (i, (first_lsn, path)) in segments.iter().enumerate() {
+        if upto_lsn.is_some_and(|upto| *first_lsn > upto) {
+            // Nothing in it is known durable yet (a segment just created by a live writer).
+            log.stopped = true;
+        }
         if log.stopped {
             break;
         }
-        let bytes = fs::read(path).map_err(io(path))?;
-        let decoded = decode_log(&bytes, *first_lsn).map_err(|e| LogError::Corrupt {
-            path: path.display().to_string(),
-            offset: codec_offset(&e),
-            detail: e.to_string(),
-        })?;
-        if decoded.torn_tail {
-            if i + 1 != segments.len() {
-                return Err(LogError::Corrupt {
-                    path: path.display().to_string(),
-                    offset: decoded.valid_len as u64,
-                    detail: "a segment that is not the newest ends in a partial record".into(),
-                });
-            }
-            log.torn_bytes = (bytes.len() - decoded.valid_len) as u64;
-        }
-        log.bytes += bytes.len() as u64;
-        for record in decoded.records {
-            if upto_lsn.is_some_and(|upto| record.lsn > upto) || !as_of.includes(&record) {
-                log.stopped = true;
-                break;
-            }
-            log.last_lsn = record.lsn;
-            log.last_timestamp = record.timestamp;
-            if keep(&record) {
-                log.records.push(record);
-            }
-        }
+        let newest = i + 1 == segments.len();
+        log.bytes += read_segment(path, *first_lsn, newest, upto_lsn, as_of, keep, &mut log)?;
         progress(Progress {
             partition,
             segment: i + 1,
@@ -136,6 +116,60 @@ pub fn read_partition_log(
         });
     }
     Ok(log)
+}
+
+/// Reads the records of the segment at `path` into `log`, stopping after `upto_lsn` or
+/// before the first record `as_of` excludes; returns the segment's length. Streamed, and left
+/// at the durable lsn: the bytes after it may be an append in progress, which the codec must
+/// never be asked to judge (half of a batch read before its write and half after can look
+/// like damage that a sync mark vouches for).
+fn read_segment(
+    path: &Path,
+    first_lsn: Lsn,
+    newest: bool,
+    upto_lsn: Option<Lsn>,
+    as_of: AsOf,
+    keep: &mut dyn FnMut(&Record) -> bool,
+    log: &mut PartitionLog,
+) -> Result<u64, LogError> {
+    let bytes = fs::read(path).map_err(|source| LogError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let len = bytes.len() as u64;
+    let corrupt = |offset: u64, detail: String| LogError::Corrupt {
+        path: path.display().to_string(),
+        offset,
+        detail,
+    };
+    let mut reader = RecordReader::new(&bytes, first_lsn);
+    while let Some(record) = reader
+        .next_record()
+        .map_err(|e| corrupt(codec_offset(&e), e.to_string()))?
+    {
+        if upto_lsn.is_some_and(|upto| record.lsn > upto) || !as_of.includes(&record) {
+            log.stopped = true;
+            return Ok(len);
+        }
+        log.last_lsn = record.lsn;
+        log.last_timestamp = record.timestamp;
+        if keep(&record) {
+            log.records.push(record);
+        }
+        if upto_lsn == Some(record.lsn) {
+            log.stopped = true;
+            return Ok(len);
+        }
+    }
+    if reader.torn_tail() {
+        let valid_len = reader.valid_len();
+        if !newest {
+            let detail = "a segment that is not the newest ends in a partial record";
+            return Err(corrupt(valid_len as u64, detail.into()));
+        }
+        log.torn_bytes = len - valid_len as u64;
+    }
+    Ok(len)
 }
 
 fn codec_offset(error: &CodecError) -> u64 {
@@ -234,6 +268,7 @@ impl LogReader {
 mod tests {
     use super::*;
     use std::path::Path;
+    use walletd_core::log::codec::{decode_log, encode_sync_mark};
     use walletd_core::log::replay::{balance_as_of, movements};
 
     fn fixture(name: &str) -> Vec<u8> {
@@ -320,5 +355,48 @@ mod tests {
         // An empty partition has no records.
         let log = read_partition_log(&dir, 0, None, AsOf::End, &mut all, &mut |_| {}).unwrap();
         assert_eq!((log.records.len(), log.segments), (0, 0));
+    }
+
+    /// A history read racing an append: the reader saw part of a batch as it was before its
+    /// write (zeros) and the rest, with the sync mark written after its sync, as it was
+    /// after. Judged as a whole, that is damage a sync mark vouches for; a reader that stops
+    /// at the durable lsn it was given never judges it.
+    #[test]
+    fn a_read_racing_an_append_stops_at_the_durable_lsn_without_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::create_or_check(tmp.path(), 8).unwrap();
+        let partition_dir = dir.partition_dir(7);
+        fs::create_dir_all(&partition_dir).unwrap();
+        let records = decode_log(&fixture("tcc_cancels.log"), 1).unwrap().records;
+        let frame = |record: &Record| {
+            let mut bytes = Vec::new();
+            walletd_core::log::codec::encode_record(record, &mut bytes);
+            bytes
+        };
+        let mut bytes = Vec::new();
+        encode_sync_mark(0, 1, &mut bytes);
+        for record in &records[..20] {
+            bytes.extend_from_slice(&frame(record));
+        }
+        let synced = bytes.len() as u64;
+        encode_sync_mark(synced, 1, &mut bytes);
+        let batch_start = bytes.len();
+        for record in &records[20..25] {
+            bytes.extend_from_slice(&frame(record));
+        }
+        let synced_again = bytes.len() as u64;
+        encode_sync_mark(synced_again, 1, &mut bytes);
+        bytes[batch_start..batch_start + 40].fill(0);
+        fs::write(partition_dir.join("log-00000000000000000001.seg"), &bytes).unwrap();
+        let mut all = |_: &Record| true;
+        let log = read_partition_log(&dir, 7, Some(20), AsOf::End, &mut all, &mut |_| {}).unwrap();
+        assert_eq!(
+            (log.records.len(), log.last_lsn, log.stopped),
+            (20, 20, true)
+        );
+        // Read as a whole (a stopped node's directory), it is damage to synced data.
+        let error =
+            read_partition_log(&dir, 7, None, AsOf::End, &mut all, &mut |_| {}).unwrap_err();
+        assert!(matches!(error, LogError::Corrupt { offset, .. } if offset == batch_start as u64));
     }
 }

@@ -5,11 +5,12 @@
 //! requests from the simulated [`Network`] in place of HTTP.
 //!
 //! Disks live here, outside the nodes, so they survive a kill; killing a node crashes its
-//! disks (unsynced bytes lost, sometimes a torn tail kept), drops its tasks and sockets (its
-//! peers see their links break, reconnect with backoff and run the handshake again once it
-//! is back) and unregisters its gateway. Restarting re-runs the node's init: recovery from
-//! the disk, links, gateway. A node that owns no partition (more nodes than partitions) is
-//! not in the partition map, as `wallet node` refuses an idle node: it runs nothing.
+//! disks (a process crash keeps what reached the kernel; a power loss keeps what was synced
+//! and some unsynced sectors, see [`crate::disk`]), drops its tasks and sockets (its peers
+//! see their links break, reconnect with backoff and run the handshake again once it is
+//! back) and unregisters its gateway. Restarting re-runs the node's init: recovery from the
+//! disk, links, gateway. A node that owns no partition (more nodes than partitions) is not
+//! in the partition map, as `wallet node` refuses an idle node: it runs nothing.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -30,7 +31,7 @@ use walletd_runtime::engine::EngineConfig;
 use walletd_runtime::net::{start_node_with, ClusterNode, NetConfig, NodeConfig, NodeError};
 
 use crate::config::SimConfig;
-use crate::disk::{CrashReport, Disk, DiskSpeed};
+use crate::disk::{Crash, CrashReport, Disk, DiskSpeed};
 use crate::gateway;
 use crate::links::{server_ip, Links, NodeIo, LATENCY_MAX, LATENCY_MIN, PEER_PORT};
 use crate::network::{HostId, LinkFaults, Network};
@@ -289,9 +290,9 @@ impl Cluster {
         self.shared.net.set_faults(faults);
     }
 
-    /// Kills node `n`: its tasks stop at once (their sockets close), its disks lose what was
-    /// not synced.
-    pub fn kill(&mut self, n: usize) -> Vec<CrashReport> {
+    /// Kills node `n` as `crash` says: its tasks stop at once (their sockets close), and its
+    /// disks crash that way.
+    pub fn kill(&mut self, n: usize, crash: Crash) -> Vec<CrashReport> {
         let node = &mut self.nodes[n];
         assert!(node.up, "{} is already down", node.name);
         self.handle.kill(node.id);
@@ -303,7 +304,7 @@ impl Cluster {
             if let Some(stats) = state.stats[p as usize].take() {
                 state.violations_dead += stats.violations.load(Ordering::Relaxed);
             }
-            reports.push(self.shared.disks[p as usize].crash(self.torn));
+            reports.push(self.shared.disks[p as usize].crash(crash, self.torn));
         }
         reports
     }
@@ -381,9 +382,6 @@ impl Cluster {
     }
 }
 
-/// How long a supervisor waits before it starts again a node whose recovery hit an I/O error.
-const RESTART_AFTER_FAILED_RECOVERY: Duration = Duration::from_millis(500);
-
 /// Starts node `host` as `wallet node` starts: bind the peer address, recover, link, listen.
 async fn start(
     shared: &Arc<Shared>,
@@ -411,34 +409,30 @@ async fn start(
     );
     match started.await {
         Ok(node) => Ok(node),
-        // A sync failed during recovery (a failing disk): the process stops, and its
-        // supervisor starts it again. The failed sync's pages are gone, as after any crash
-        // of a process whose sync failed.
-        Err(NodeError::Driver(DriverError::Io { .. })) => {
-            for &p in partitions {
-                shared.disks[p as usize].crash(false);
-            }
+        // A sync failed during recovery (a failing disk): the node stops until the disk is
+        // repaired (any other failure to recover is fatal).
+        Err(NodeError::Driver(DriverError::Io { partition, .. }))
+            if shared.disks[partition as usize].lock().sync_failed =>
+        {
             Err(String::new())
         }
         Err(error) => Err(format!("node-{host} failed to start: {error}")),
     }
 }
 
-/// The life of one incarnation of server node `host`: start it (again, after a failed
-/// recovery), register its partitions and its gateway, then serve until killed.
+/// The life of one incarnation of server node `host`: start it, register its partitions and
+/// its gateway, then serve until killed.
 async fn run_node(shared: Arc<Shared>, host: HostId) {
     let partitions = shared.map.partitions_of(host);
     if partitions.is_empty() {
         return; // Not in the map: an idle node runs nothing.
     }
-    let node = loop {
-        match start(&shared, host, &partitions).await {
-            Ok(node) => break node,
-            Err(retry) if retry.is_empty() => {
-                tokio::time::sleep(RESTART_AFTER_FAILED_RECOVERY).await
-            }
-            Err(fatal) => return shared.fatal(fatal),
-        }
+    let node = match start(&shared, host, &partitions).await {
+        Ok(node) => node,
+        // A disk failing its sync during recovery stops the node, as it would stop a server;
+        // the disk's repair restarts it.
+        Err(stopped) if stopped.is_empty() => return std::future::pending().await,
+        Err(fatal) => return shared.fatal(fatal),
     };
     let (calls, gateway) = mpsc::channel(gateway::GATEWAY_CAPACITY);
     {

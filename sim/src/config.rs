@@ -11,9 +11,10 @@ use walletd_core::protocol::bugs::Bug;
 /// One kind of fault the nemesis may inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Fault {
-    /// Kill a server node (its unsynced writes are lost) and restart it later.
+    /// Take a server node down (a process crash or a power loss) and restart it later.
     Kill,
-    /// Keep a torn prefix of the unsynced bytes when a node is killed.
+    /// A power loss keeps some of the sectors written since the last sync (each with even
+    /// odds), not none of them.
     Torn,
     /// Split the hosts in two groups that cannot reach each other (messages dropped).
     Partition,

@@ -1,18 +1,34 @@
-//! `SimDisk`: a partition's disk that forgets what was not synced when its node dies.
+//! `SimDisk`: a partition's disk as a real kernel and a real disk keep it.
 //!
 //! madsim's own file system cannot lose unsynced writes (`sync_all` is a no-op and a kill loses
-//! nothing), so the simulator models the disk itself. The harness keeps every [`Disk`] outside
-//! the nodes, so it survives `kill`; on a kill it calls [`Disk::crash`], which keeps the synced
-//! bytes and, sometimes, a random prefix of the unsynced ones: a torn last record that recovery
-//! must cut off. A [`SimStorage`] is the node's handle to its disk; a handle from a killed
-//! incarnation is fenced off by an epoch, so a stale task can never write after the crash.
+//! nothing), so the simulator models the disk itself: a directory of log segment files
+//! ([`files`]), each with a page cache and a medium, written by the same segment writer that
+//! file storage runs in production (`walletd_runtime::storage::segments`), on a
+//! [`SegmentDir`] that is this disk. The harness keeps every [`Disk`] outside the nodes, so
+//! it survives `kill`, and crashes it one of two ways ([`Crash`]):
+//! - a **process crash** keeps every write that reached the kernel, synced or not: the page
+//!   cache outlives the process, and the restarted partition reads it back;
+//! - a **power loss** keeps every synced byte and an arbitrary subset of the sectors written
+//!   since (a torn or stale range that recovery must cut), and loses directory entries and
+//!   size changes not yet synced. A power loss may follow a process crash and restart before
+//!   anything new was synced: then it takes what the crashed process left unsynced too.
 //!
-//! A disk can also be told to fail ([`Disk::fail`]). Its next `sync` fails as Linux's does
-//! after a write-back error: the pages it could not write are dropped, the error is reported
-//! once, and a later `sync` succeeds without them. So the bytes that sync covered never reach
-//! the disk, whatever follows; a crash cuts the log where they began. Until the disk is
-//! repaired, every snapshot written to it fails, leaving nothing behind; that alone (a disk
-//! too full for snapshots, with room for the log's appends) is the other kind of failure.
+//! A [`SimStorage`] is the node's handle to its disk; a handle from a crashed incarnation is
+//! fenced off by an epoch, so a stale task can never write after the crash.
+//!
+//! A disk can also be told to fail ([`Disk::fail`]). Its next `fdatasync` fails as Linux's
+//! does after a write-back error: the sectors it could not write are dropped (and, in this
+//! model, evicted, see [`files`]), the error is reported once, and a later sync succeeds
+//! without them. Until the disk is repaired, every snapshot written to it fails, leaving
+//! nothing behind; that alone (a disk too full for snapshots, with room for the log's
+//! appends) is the other kind of failure.
+//!
+//! Snapshots and their chunk files are modelled as today's file storage leaves them: each
+//! appears atomically and durably when its write completes (it is synced and renamed into
+//! place), and that write syncs the directory, which makes every pending segment entry
+//! durable too.
+
+mod files;
 
 use std::future::Future;
 use std::io;
@@ -24,7 +40,10 @@ use rand::Rng;
 use walletd_core::log::codec::RecordReader;
 use walletd_core::log::snapshot::InMemory;
 use walletd_core::model::event::Lsn;
-use walletd_runtime::storage::{EncodeSnapshot, LogSegment, Storage, StoredSnapshot};
+use walletd_runtime::storage::segments::{segment_lsn, SegmentConfig, SegmentDir, SegmentWriter};
+use walletd_runtime::storage::{EncodeSnapshot, SegmentRef, SnapshotRef, Storage};
+
+pub use files::{SimDir, SimFile, SECTOR_BYTES};
 
 use crate::rng::SharedRng;
 
@@ -33,77 +52,108 @@ const SYNC_US_MIN: u64 = 1_000;
 const SYNC_US_MAX: u64 = 2_000;
 /// Snapshots a disk keeps (older ones are deleted, as a real deployment would).
 const SNAPSHOTS_KEPT: usize = 2;
+/// Segments of the simulated log: small, so that a run rolls over many times; preallocation
+/// in steps of a few sectors, so that power losses leave holes inside the synced size.
+pub const SEGMENTS: SegmentConfig = SegmentConfig {
+    segment_bytes_max: 16 << 10,
+    preallocate_bytes: 4 << 10,
+    preallocate_write_bytes_max: 1 << 10,
+};
+
+/// How a node goes down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crash {
+    /// The process dies; the kernel, its page cache and the disk go on.
+    Process,
+    /// The machine loses power: only what the medium holds survives.
+    PowerLoss,
+}
 
 /// The bytes of one partition's disk.
 #[derive(Debug, Default, Clone)]
 pub struct DiskState {
-    /// The lsn of the first record of `log` (0 while the log is empty).
-    pub first_lsn: Lsn,
-    /// Every byte appended, synced or not.
-    pub log: Vec<u8>,
-    /// The prefix of `log` that survives a crash.
-    pub synced_len: usize,
+    /// The partition's directory of log segments.
+    pub dir: SimDir,
     /// Snapshots, oldest first; each is written atomically and durably.
     pub snapshots: Vec<(Lsn, Vec<u8>)>,
     /// Chunk files of the snapshots, by index; durable with the snapshot that wrote them.
     pub chunks: std::collections::BTreeMap<u64, Vec<u8>>,
     /// Bumped by every crash: handles of older incarnations are refused.
     pub epoch: u64,
+    /// Bytes appended since the last completed sync: a batch in flight.
+    pub appending: usize,
     pub syncs: u64,
     pub crashes: u64,
-    /// Crashes that left a partial record behind.
+    pub power_losses: u64,
+    /// Power losses that kept some unsynced sector (a torn or stale range for recovery).
     pub torn_crashes: u64,
-    /// The next `sync` fails.
+    /// The next `fdatasync` fails.
     pub fail_next_sync: bool,
     /// Snapshot writes fail (until repaired).
     pub fail_snapshots: bool,
     pub failed_snapshots: u64,
-    /// Where the bytes of a failed `sync` begin: none from there on survive a crash.
-    pub lost_from: Option<usize>,
+    /// A sync failed since the last crash: the node must restart to go on.
+    pub sync_failed: bool,
     pub failed_syncs: u64,
-    /// How far [`DiskState::durable_lsn`] has read whole records into the durable bytes, and
-    /// the lsn of the last one: it reads each record once, not the whole log each time.
-    walked_len: usize,
-    walked_lsn: Lsn,
+    /// How far [`Disk::durable_lsn`] has read the newest durable segment.
+    walk: DurableWalk,
+}
+
+/// A position in the medium's copy of the newest durable segment: each record is read once.
+#[derive(Debug, Default, Clone)]
+struct DurableWalk {
+    segment: String,
+    /// A frame boundary: where the codec stopped (the end of the frames, or the damage a
+    /// recovery would cut, which is where the medium changes next).
+    len: usize,
+    lsn: Lsn,
 }
 
 impl DiskState {
+    /// The lsn of the last whole record on the medium (0: none), read on from where the last
+    /// call stopped. Below that point the medium only changes when the newest segment does,
+    /// or shrinks: a recovery cuts at the damage, where reading stopped.
+    fn durable_lsn(&mut self) -> Lsn {
+        let dir = &self.dir;
+        let newest = dir
+            .files
+            .iter()
+            .rev()
+            .find(|(name, _)| dir.durable_names.contains(*name));
+        let Some((name, file)) = newest else {
+            return 0;
+        };
+        let walk = &mut self.walk;
+        if walk.segment != *name || walk.len > file.durable.len() {
+            let first_lsn = segment_lsn(name).expect("segment files are named by lsn");
+            *walk = DurableWalk {
+                segment: name.clone(),
+                len: 0,
+                lsn: first_lsn.saturating_sub(1),
+            };
+        }
+        let mut reader = RecordReader::resume(&file.durable, walk.len, walk.lsn + 1);
+        while let Ok(Some(record)) = reader.next_record() {
+            walk.lsn = record.lsn;
+        }
+        walk.len = reader.valid_len();
+        walk.lsn
+    }
+
     /// Ends every disk fault: what a crash or a fresh copy starts from.
     fn clear_faults(&mut self) {
-        self.lost_from = None;
+        self.sync_failed = false;
         self.fail_next_sync = false;
         self.fail_snapshots = false;
-    }
-
-    /// How much of the log a crash now would keep (before any torn tail).
-    fn durable_len(&self) -> usize {
-        self.lost_from
-            .map_or(self.synced_len, |lost| lost.min(self.synced_len))
-    }
-
-    /// The lsn of the last whole record in the bytes a crash now would keep (0: none): what
-    /// anything released may depend on at most.
-    fn durable_lsn(&mut self) -> Lsn {
-        let durable = self.durable_len();
-        if self.walked_len == 0 || self.walked_len > durable {
-            // A fresh log, or the durable bytes shrank (a failed sync): read from the start.
-            self.walked_len = 0;
-            self.walked_lsn = self.first_lsn.saturating_sub(1);
-        }
-        let mut reader =
-            RecordReader::new(&self.log[self.walked_len..durable], self.walked_lsn + 1);
-        while let Ok(Some(record)) = reader.next_record() {
-            self.walked_lsn = record.lsn;
-        }
-        self.walked_len += reader.valid_len();
-        self.walked_lsn
     }
 }
 
 /// What one crash did to a disk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CrashReport {
+    /// Unsynced bytes that did not survive (a power loss only).
     pub lost_bytes: usize,
+    /// Unsynced bytes that did: a torn or stale range after a power loss.
     pub torn_bytes_kept: usize,
 }
 
@@ -137,58 +187,66 @@ impl Disk {
 
     /// A storage handle for a new incarnation of the partition.
     pub fn open(&self) -> SimStorage {
-        SimStorage {
-            epoch: self.lock().epoch,
+        let epoch = self.lock().epoch;
+        let dir = Handle {
             disk: self.clone(),
+            epoch,
+        };
+        SimStorage {
+            log: SegmentWriter::new(dir.clone(), SEGMENTS),
+            handle: dir,
         }
     }
 
-    /// The node died: keep the synced bytes and, if `torn` allows and the coin says so, a
-    /// random prefix of the unsynced ones. Fences off every handle opened before.
-    pub fn crash(&self, torn: bool) -> CrashReport {
+    /// The node went down as `crash` says. With a power loss, `torn` lets unsynced sectors
+    /// survive (each with even odds); without it none does. Fences off every handle opened
+    /// before.
+    pub fn crash(&self, crash: Crash, torn: bool) -> CrashReport {
         let mut rng = self.rng.lock();
         let mut state = self.lock();
-        let durable = state.durable_len();
-        let unsynced = state.log.len() - durable;
-        // Pages dropped by a failed sync are gone: no torn tail is kept after them.
-        let kept = if torn && unsynced > 0 && state.lost_from.is_none() && rng.gen_bool(0.5) {
-            rng.gen_range(1..=unsynced)
-        } else {
-            0
-        };
-        let len = durable + kept;
-        state.log.truncate(len);
-        state.synced_len = len;
-        state.clear_faults();
-        if state.log.is_empty() {
-            state.first_lsn = 0;
+        let mut report = CrashReport::default();
+        if crash == Crash::PowerLoss {
+            let loss = state.dir.power_loss(|| torn && rng.gen_bool(0.5));
+            report.lost_bytes = loss.lost;
+            report.torn_bytes_kept = loss.kept;
+            state.power_losses += 1;
+            state.torn_crashes += u64::from(loss.kept > 0);
         }
+        state.clear_faults();
+        state.appending = 0;
         state.epoch += 1;
         state.crashes += 1;
-        if kept > 0 {
-            state.torn_crashes += 1;
-        }
-        CrashReport {
-            lost_bytes: unsynced - kept,
-            torn_bytes_kept: kept,
-        }
+        report
     }
 
-    /// Bytes that a crash now would lose (or tear): not synced, or dropped by a failed sync.
+    /// Bytes of a batch being written whose sync has not completed: what a power loss now
+    /// would lose (or tear).
     pub fn unsynced(&self) -> usize {
-        let state = self.lock();
-        state.log.len() - state.durable_len()
+        self.lock().appending
     }
 
-    /// The lsn of the last record a crash now would keep (0: none).
+    /// The lsn of the last record a power loss now would keep at best (0: none): what
+    /// anything released may rest on at most.
     pub fn durable_lsn(&self) -> Lsn {
         self.lock().durable_lsn()
     }
 
-    /// What a crash now would leave: the first lsn and the durable bytes of the log.
+    /// What a power loss now would leave at best (no unsynced sector kept): the first lsn
+    /// and the durable bytes of every surviving segment, in order, end to end.
     pub fn durable_log(&self) -> (Lsn, Vec<u8>) {
         let state = self.lock();
-        (state.first_lsn, state.log[..state.durable_len()].to_vec())
+        let durable = state.dir.durable_copy();
+        let first_lsn = durable
+            .files
+            .keys()
+            .find_map(|name| segment_lsn(name))
+            .unwrap_or(0);
+        let bytes = durable
+            .files
+            .values()
+            .flat_map(|file| file.data.iter().copied())
+            .collect();
+        (first_lsn, bytes)
     }
 
     /// The disk starts failing: snapshot writes fail until [`Disk::repair`] (a disk too full
@@ -205,14 +263,14 @@ impl Disk {
         let mut state = self.lock();
         state.fail_next_sync = false;
         state.fail_snapshots = false;
-        state.lost_from.is_some()
+        state.sync_failed
     }
 
     /// An independent copy holding only the durable bytes (for recovery checks).
     pub fn durable_copy(&self) -> Disk {
         let state = self.lock();
         let mut copy = state.clone();
-        copy.log.truncate(copy.durable_len());
+        copy.dir = state.dir.durable_copy();
         copy.clear_faults();
         Disk {
             state: Arc::new(Mutex::new(copy)),
@@ -234,14 +292,14 @@ impl Disk {
     }
 }
 
-/// The [`Storage`] a partition driver gets: its incarnation's handle to a [`Disk`].
-#[derive(Debug)]
-pub struct SimStorage {
+/// One incarnation's access to its disk: the directory the segment writer works on.
+#[derive(Debug, Clone)]
+pub struct Handle {
     disk: Disk,
     epoch: u64,
 }
 
-impl SimStorage {
+impl Handle {
     /// Locks the disk, refusing a handle from an incarnation that has since crashed.
     fn live(&self) -> io::Result<MutexGuard<'_, DiskState>> {
         let state = self.disk.lock();
@@ -250,56 +308,135 @@ impl SimStorage {
         }
         Ok(state)
     }
+
+    /// Runs `work` on the file `name` of a live disk.
+    fn on_file<T>(&self, name: &str, work: impl FnOnce(&mut SimFile) -> T) -> io::Result<T> {
+        let mut state = self.live()?;
+        let file = state
+            .dir
+            .files
+            .get_mut(name)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_string()))?;
+        Ok(work(file))
+    }
 }
 
-impl Storage for SimStorage {
-    async fn read_log(&mut self, _from_lsn: Lsn) -> io::Result<Vec<LogSegment>> {
+impl SegmentDir for Handle {
+    /// Files are named; the name is the handle.
+    type File = String;
+
+    fn list(&mut self) -> io::Result<Vec<(Lsn, String)>> {
         let state = self.live()?;
-        if state.log.is_empty() {
-            return Ok(Vec::new());
-        }
-        Ok(vec![LogSegment {
-            first_lsn: state.first_lsn,
-            name: format!("simdisk-{}", state.first_lsn),
-            bytes: state.log.clone(),
-        }])
+        Ok(state
+            .dir
+            .files
+            .keys()
+            .filter_map(|name| Some((segment_lsn(name)?, name.clone())))
+            .collect())
     }
 
-    async fn truncate_last(&mut self, len: u64) -> io::Result<()> {
+    fn create(&mut self, name: &str) -> io::Result<String> {
         let mut state = self.live()?;
-        let len = len as usize;
-        assert!(len <= state.log.len(), "truncate_last grows the log");
-        state.log.truncate(len);
-        state.synced_len = len;
-        if state.log.is_empty() {
-            state.first_lsn = 0;
+        if state.dir.files.contains_key(name) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                name.to_string(),
+            ));
         }
+        state.dir.files.insert(name.to_string(), SimFile::default());
+        Ok(name.to_string())
+    }
+
+    fn open(&mut self, name: &str) -> io::Result<(String, u64)> {
+        let len = self.on_file(name, |file| file.data.len() as u64)?;
+        Ok((name.to_string(), len))
+    }
+
+    fn read(&mut self, name: &str) -> io::Result<Vec<u8>> {
+        self.on_file(name, |file| file.data.clone())
+    }
+
+    fn read_at(&mut self, name: &String, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.on_file(name, |file| file.read_at(offset as usize, len))
+    }
+
+    fn write_at(&mut self, name: &String, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        self.on_file(name, |file| file.write_at(offset as usize, bytes))
+    }
+
+    fn extend_zeroed(&mut self, name: &String, _from: u64, to: u64) -> io::Result<()> {
+        self.on_file(name, |file| file.set_len(to as usize))
+    }
+
+    fn set_len(&mut self, name: &String, len: u64) -> io::Result<()> {
+        self.on_file(name, |file| file.set_len(len as usize))
+    }
+
+    fn sync_data(&mut self, name: &String) -> io::Result<()> {
+        let mut state = self.live()?;
+        let fail = std::mem::take(&mut state.fail_next_sync);
+        let file = state
+            .dir
+            .files
+            .get_mut(name)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.clone()))?;
+        if fail {
+            file.drop_unsynced();
+            state.sync_failed = true;
+            state.failed_syncs += 1;
+            return Err(io::Error::other("simulated EIO: sync failed"));
+        }
+        file.sync();
         Ok(())
     }
 
+    fn sync_dir(&mut self) -> io::Result<()> {
+        self.live()?.dir.sync();
+        Ok(())
+    }
+}
+
+/// The [`Storage`] a partition driver gets: its incarnation's handle to a [`Disk`], written
+/// through the production segment writer.
+pub struct SimStorage {
+    log: SegmentWriter<Handle>,
+    handle: Handle,
+}
+
+impl Storage for SimStorage {
+    async fn list_log(&mut self, from_lsn: Lsn) -> io::Result<Vec<SegmentRef>> {
+        let segments = self.log.recovery_segments(from_lsn)?;
+        Ok(segments
+            .into_iter()
+            .map(|(first_lsn, name)| SegmentRef { first_lsn, name })
+            .collect())
+    }
+
+    async fn read_segment(&mut self, segment: &SegmentRef) -> io::Result<Vec<u8>> {
+        self.log.read(&segment.name)
+    }
+
+    async fn truncate_last(&mut self, len: u64) -> io::Result<()> {
+        self.log.truncate_last(len)
+    }
+
     async fn append(&mut self, first_lsn: Lsn, bytes: &[u8]) -> io::Result<()> {
-        let mut state = self.live()?;
-        if state.log.is_empty() {
-            state.first_lsn = first_lsn;
-        }
-        state.log.extend_from_slice(bytes);
+        self.log.append(first_lsn, bytes)?;
+        self.handle.live()?.appending += bytes.len();
         Ok(())
     }
 
     async fn sync(&mut self) -> io::Result<()> {
-        let target = self.live()?.log.len();
-        // The window in which a kill loses the batch (or tears it).
-        tokio::time::sleep(self.disk.sync_delay()).await;
-        let mut state = self.live()?;
-        if std::mem::take(&mut state.fail_next_sync) {
-            let lost = state.synced_len;
-            state.lost_from = Some(state.lost_from.map_or(lost, |from| from.min(lost)));
-            state.failed_syncs += 1;
-            return Err(io::Error::other("simulated EIO: sync failed"));
+        drop(self.handle.live()?);
+        // The window in which a crash finds the batch written but not synced.
+        tokio::time::sleep(self.handle.disk.sync_delay()).await;
+        let result = self.log.sync();
+        let mut state = self.handle.live()?;
+        state.appending = 0;
+        if result.is_ok() {
+            state.syncs += 1;
         }
-        state.synced_len = state.synced_len.max(target);
-        state.syncs += 1;
-        Ok(())
+        result
     }
 
     fn write_snapshot(
@@ -309,10 +446,7 @@ impl Storage for SimStorage {
     ) -> impl Future<Output = io::Result<usize>> + Send + 'static {
         // Taking a sync's time lets log appends and syncs (and crashes) happen meanwhile;
         // the snapshot then appears at once, as a rename makes it appear on a real disk.
-        let handle = SimStorage {
-            disk: self.disk.clone(),
-            epoch: self.epoch,
-        };
+        let handle = self.handle.clone();
         async move {
             // Encoded here, as file storage encodes on its writing thread: the driver's
             // state may move on meanwhile, which is what the image must withstand.
@@ -329,142 +463,43 @@ impl Storage for SimStorage {
             if state.snapshots.len() > SNAPSHOTS_KEPT {
                 state.snapshots.remove(0);
             }
+            // File storage syncs the directory around the rename: every entry in it is
+            // durable from here on, new log segments included.
+            state.dir.sync();
             Ok(len)
         }
     }
 
     async fn read_chunk(&mut self, index: u64) -> io::Result<Vec<u8>> {
-        let state = self.live()?;
+        let state = self.handle.live()?;
         state.chunks.get(&index).cloned().ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, format!("no chunk file {index}"))
         })
     }
 
-    async fn read_snapshots(&mut self) -> io::Result<Vec<StoredSnapshot>> {
-        let state = self.live()?;
+    async fn list_snapshots(&mut self) -> io::Result<Vec<SnapshotRef>> {
+        let state = self.handle.live()?;
         Ok(state
             .snapshots
             .iter()
             .rev()
-            .map(|(lsn, bytes)| StoredSnapshot {
+            .map(|(lsn, _)| SnapshotRef {
                 lsn: *lsn,
                 name: format!("simdisk-snapshot-{lsn}"),
-                bytes: bytes.clone(),
             })
             .collect())
+    }
+
+    async fn read_snapshot(&mut self, snapshot: &SnapshotRef) -> io::Result<Vec<u8>> {
+        let state = self.handle.live()?;
+        state
+            .snapshots
+            .iter()
+            .find(|(lsn, _)| *lsn == snapshot.lsn)
+            .map(|(_, bytes)| bytes.clone())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, snapshot.name.clone()))
     }
 }
 
 #[cfg(all(test, madsim))]
-mod tests {
-    use super::*;
-    use crate::rng::Purpose;
-
-    /// Runs `body` on a madsim runtime (a `sync` sleeps for its latency).
-    fn simulated(body: impl Future<Output = ()> + 'static) {
-        madsim::runtime::Runtime::with_seed_and_config(1, madsim::Config::default()).block_on(body);
-    }
-
-    fn disk() -> Disk {
-        Disk::new(Arc::default(), SharedRng::new(1, Purpose::Disk))
-    }
-
-    #[test]
-    fn a_failed_sync_loses_its_bytes_even_when_a_later_sync_succeeds() {
-        simulated(async {
-            let disk = disk();
-            let mut storage = disk.open();
-            storage.append(1, b"first").await.unwrap();
-            storage.sync().await.unwrap();
-            storage.append(2, b"second").await.unwrap();
-            disk.fail(true);
-            assert!(storage.sync().await.is_err());
-            assert_eq!(disk.unsynced(), b"second".len());
-            // The error is reported once: the retry succeeds, and the bytes are still gone.
-            storage.append(3, b"third").await.unwrap();
-            storage.sync().await.unwrap();
-            assert_eq!(disk.durable_log(), (1, b"first".to_vec()));
-            assert!(
-                disk.repair(),
-                "the failed sync is remembered until the crash"
-            );
-            let report = disk.crash(true);
-            assert_eq!(
-                report.torn_bytes_kept, 0,
-                "dropped pages leave no torn tail"
-            );
-            assert_eq!(report.lost_bytes, b"secondthird".len());
-            assert_eq!(disk.lock().log, b"first");
-            assert!(!disk.repair(), "a crash ends the fault");
-            let mut storage = disk.open();
-            storage.append(2, b"again").await.unwrap();
-            storage.sync().await.unwrap();
-            assert_eq!(disk.durable_log(), (1, b"firstagain".to_vec()));
-        });
-    }
-
-    /// The encoded records `lsns` (deposits of one unit).
-    fn records(lsns: std::ops::RangeInclusive<Lsn>) -> Vec<u8> {
-        use walletd_core::log::codec::{encode_record, Record};
-        use walletd_core::model::event::Event;
-        let mut bytes = Vec::new();
-        for lsn in lsns {
-            let event = Event::Deposited {
-                account: walletd_core::model::ids::AccountId::new("a").unwrap(),
-                amount: walletd_core::model::money::Amount::from_minor(1).unwrap(),
-                transaction_id: walletd_core::model::ids::TransactionId::new("t").unwrap(),
-            };
-            encode_record(
-                &Record {
-                    lsn,
-                    timestamp: lsn,
-                    event,
-                },
-                &mut bytes,
-            );
-        }
-        bytes
-    }
-
-    #[test]
-    fn the_durable_lsn_follows_syncs_crashes_and_failed_syncs() {
-        simulated(async {
-            let disk = disk();
-            let mut storage = disk.open();
-            assert_eq!(disk.durable_lsn(), 0);
-            storage.append(1, &records(1..=3)).await.unwrap();
-            assert_eq!(disk.durable_lsn(), 0, "appended is not durable");
-            storage.sync().await.unwrap();
-            assert_eq!(disk.durable_lsn(), 3);
-            storage.append(4, &records(4..=5)).await.unwrap();
-            disk.fail(true);
-            assert!(storage.sync().await.is_err());
-            storage.append(6, &records(6..=6)).await.unwrap();
-            storage.sync().await.unwrap();
-            assert_eq!(
-                disk.durable_lsn(),
-                3,
-                "a failed sync's records never become durable"
-            );
-            disk.crash(false);
-            assert_eq!(disk.durable_lsn(), 3);
-            let mut storage = disk.open();
-            storage.append(4, &records(4..=4)).await.unwrap();
-            storage.sync().await.unwrap();
-            assert_eq!(disk.durable_lsn(), 4);
-        });
-    }
-
-    #[test]
-    fn a_repaired_disk_syncs_normally() {
-        simulated(async {
-            let disk = disk();
-            let mut storage = disk.open();
-            disk.fail(true);
-            assert!(!disk.repair(), "no sync failed before the repair");
-            storage.append(1, b"bytes").await.unwrap();
-            storage.sync().await.unwrap();
-            assert_eq!(disk.durable_log(), (1, b"bytes".to_vec()));
-        });
-    }
-}
+mod tests;

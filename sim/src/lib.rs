@@ -9,7 +9,8 @@
 //! # Layout
 //! - [`config`]: the run's configuration and the set of faults.
 //! - [`rng`]: one seed split into independent ChaCha streams, one per purpose.
-//! - [`disk`]: `SimDisk`, core's `Storage` on memory that loses unsynced bytes on a crash.
+//! - [`disk`]: `SimDisk`, core's `Storage` on simulated segment files: a page cache that
+//!   outlives a process crash, a medium that a power loss leaves with what was synced.
 //! - [`network`]: the simulated network between clients and node gateways (HTTP's place).
 //! - [`gateway`]: a node's request handler, through its `engine::Client`.
 //! - [`links`]: the production peer links between nodes over madsim's TCP, wrapped to trace

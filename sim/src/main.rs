@@ -39,7 +39,8 @@ OPTIONS:
   --seeds A..B           a range of seeds, B excluded
   --bug NAME             switch a known bug on: skip-barrier, reply-before-sync,
                          no-idempotency, credit-before-debit, retry-failed-sync,
-                         refusal-unrecorded
+                         refusal-unrecorded, recovery-trusts-unsynced,
+                         rollover-without-dir-sync
   --nodes N              server nodes [3]
   --partitions N         partitions, spread over the nodes [6]
   --duration-s S         simulated seconds of load and faults before healing [60]

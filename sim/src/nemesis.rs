@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::config::{Fault, FaultSet};
+use crate::disk::Crash;
 use crate::network::{HostId, LinkFaults};
 
 /// Pause between two injections (uniform in this range, in ms).
@@ -22,6 +23,12 @@ const GAP_MS: (u64, u64) = (200, 2_500);
 const KILL_MID_WRITE_P: f64 = 0.7;
 /// Longest wait (in 1 ms polls) for a node in the middle of a write.
 const KILL_WAIT_POLLS_MAX: u32 = 500;
+/// Share of kills that are a power loss (the others are process crashes).
+const POWER_LOSS_P: f64 = 0.5;
+/// Share of process crashes in the middle of a write whose restart is followed, once the
+/// node has recovered and writes its first batch, by a power loss: what recovery read from
+/// the page cache is then lost unless recovery synced it.
+const POWER_LOSS_AFTER_RESTART_P: f64 = 0.6;
 /// How long a node stays down, in ms.
 const DOWN_MS: (u64, u64) = (100, 4_000);
 /// Share of peer-link writes after which the connection breaks during a `dup` fault, in ppm.
@@ -45,6 +52,8 @@ enum Undo {
     JitterOff,
     DiskNormal(usize),
     DiskRepaired(usize),
+    /// Cut the power of a node the moment it has recovered (scheduled with its restart).
+    PowerLossAfterRecovery(usize),
 }
 
 /// Injects and undoes faults; counts and logs them.
@@ -108,7 +117,12 @@ impl Nemesis {
             tokio::time::sleep_until(next).await;
             if next_undo == Some(next) {
                 let (_, undo) = self.pending.pop_first().expect("a pending undo");
-                self.undo(cluster, undo);
+                match undo {
+                    Undo::PowerLossAfterRecovery(n) => {
+                        self.power_loss_after_recovery(cluster, n).await;
+                    }
+                    undo => self.undo(cluster, undo),
+                }
                 continue;
             }
             if let Some(&kind) = kinds.choose(&mut self.rng) {
@@ -177,16 +191,58 @@ impl Nemesis {
         let Some(&n) = candidates.choose(&mut self.rng) else {
             return false;
         };
-        let reports = cluster.kill(n);
+        let crash = if self.rng.gen_bool(POWER_LOSS_P) {
+            Crash::PowerLoss
+        } else {
+            Crash::Process
+        };
         let down = ms(&mut self.rng, DOWN_MS);
-        let lost: usize = reports.iter().map(|r| r.lost_bytes).sum();
-        let torn: usize = reports.iter().map(|r| r.torn_bytes_kept).sum();
-        self.note(format!(
-            "kill {} (lost {lost} unsynced bytes, kept {torn} torn) for {down:?}",
-            cluster.nodes[n].name
-        ));
-        self.schedule(down, Undo::Restart(n));
+        let mid_write = cluster.nodes_writing().contains(&n);
+        self.crash(cluster, n, crash, down);
+        if crash == Crash::Process && mid_write && self.rng.gen_bool(POWER_LOSS_AFTER_RESTART_P) {
+            self.schedule(down, Undo::PowerLossAfterRecovery(n));
+        }
         true
+    }
+
+    /// Takes node `n` down as `crash` says, for `down`.
+    fn crash(&mut self, cluster: &mut Cluster, n: usize, crash: Crash, down: Duration) {
+        let reports = cluster.kill(n, crash);
+        let what = match crash {
+            Crash::Process => "process crash".to_string(),
+            Crash::PowerLoss => {
+                let lost: usize = reports.iter().map(|r| r.lost_bytes).sum();
+                let torn: usize = reports.iter().map(|r| r.torn_bytes_kept).sum();
+                format!("power loss: lost {lost} unsynced bytes, kept {torn} torn")
+            }
+        };
+        let name = &cluster.nodes[n].name;
+        self.note(format!("kill {name} ({what}) for {down:?}"));
+        self.schedule(down, Undo::Restart(n));
+    }
+
+    /// Cuts the power of node `n` once every partition of its new incarnation has recovered
+    /// and one of them writes its first batch: answers and peer messages that rest on the
+    /// recovered state have left, and nothing new has been synced yet.
+    async fn power_loss_after_recovery(&mut self, cluster: &mut Cluster, n: usize) {
+        let recovered = |cluster: &Cluster| {
+            let state = cluster.shared.lock();
+            let partitions = &cluster.nodes[n].partitions;
+            partitions
+                .iter()
+                .all(|p| state.stats[*p as usize].is_some())
+        };
+        for _ in 0..KILL_WAIT_POLLS_MAX {
+            if !cluster.nodes[n].up || (recovered(cluster) && cluster.nodes_writing().contains(&n))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if cluster.nodes[n].up && recovered(cluster) {
+            let down = ms(&mut self.rng, DOWN_MS);
+            self.crash(cluster, n, Crash::PowerLoss, down);
+        }
     }
 
     /// Splits all hosts in two random groups that cannot reach each other.
@@ -329,6 +385,8 @@ impl Nemesis {
     fn undo(&mut self, cluster: &mut Cluster, undo: Undo) {
         let mut faults = cluster.net().faults();
         match &undo {
+            // Only while faults run (see `run`); healing skips it.
+            Undo::PowerLossAfterRecovery(_) => {}
             Undo::Restart(n) => {
                 cluster.restart(*n);
                 self.note(format!("restart {}", cluster.nodes[*n].name));
@@ -356,7 +414,7 @@ impl Nemesis {
                 let name = &cluster.nodes[*n].name;
                 if failed && cluster.nodes[*n].up {
                     self.note(format!("disk of {name} repaired: a sync failed, restart"));
-                    cluster.kill(*n);
+                    cluster.kill(*n, Crash::Process);
                     cluster.restart(*n);
                 } else {
                     self.note(format!("disk of {name} repaired"));

@@ -12,7 +12,8 @@
 //! means a damaged length field is caught by the checksum itself rather than only by the luck
 //! of the body no longer matching: a record is accepted only if its extent and its contents
 //! are exactly what the writer checksummed. `body_len` must lie in
-//! `RECORD_BODY_LEN_MIN..=RECORD_BODY_LEN_MAX`; anything else is not a record.
+//! `FRAME_BODY_LEN_MIN..=RECORD_BODY_LEN_MAX`; anything else is not a frame. A frame is a
+//! record or a sync mark (below), told apart by the first byte of the body.
 //!
 //! # Events
 //! An event is a tag byte followed by its fields in a fixed order. The tag numbers below are
@@ -48,24 +49,55 @@
 //! 1 confirm or 2 cancel, and a cancel is followed by its reason. The body must end exactly
 //! where the event ends.
 //!
+//! # Sync marks
+//! A log written by this version also holds *sync marks*: frames of the same layout whose body
+//! is `[0x80][synced_len: u64][segment_lsn: u64]` (the first byte is where a record has its
+//! version, so an older reader refuses them as an unknown version rather than misreading
+//! them). A mark says: when it was written, the first `synced_len` bytes of its segment were
+//! durable (a sync covering them had completed). `segment_lsn` is the first lsn of the
+//! segment the mark belongs to. The writer (`walletd_runtime::storage::segments`) puts one at
+//! the start of every new segment (`synced_len` 0: the *segment header*, made durable, with
+//! the segment's directory entry, before any record goes in) and one right after every sync
+//! that made more of the segment durable. Marks carry no event: [`RecordReader`] checks and
+//! skips them. A mark whose `synced_len` exceeds its own offset, or that names a segment
+//! other than the records around it, is corruption.
+//!
 //! # Where a log ends
-//! [`decode_log`] reads records from the start. At the first offset where no valid frame
-//! begins (too few bytes for a header, a length out of bounds, a record running past the end
-//! of the buffer, or a checksum mismatch) it searches every later offset for a valid frame:
+//! [`decode_log`] reads frames from the start. At the first offset where no valid frame begins
+//! (too few bytes for a header, a length out of bounds, a frame running past the end of the
+//! buffer, or a checksum mismatch), call it the *damage*:
 //!
-//! - if one exists, data survives after the damage, so the damage is not a torn write but
-//!   corruption: [`CodecError::Corrupt`] at the damaged offset. Silently skipping it would
-//!   drop or reorder durable records.
-//! - if none exists and every byte from there on is zero, the log simply ends there: that is
-//!   the zero-filled space of a preallocated file (or a last write whose bytes never reached
-//!   the disk). The records before it are returned with `valid_len` at that offset.
-//! - otherwise everything from the damaged offset on is a torn tail: the records before it are
-//!   returned with `valid_len` at the damaged offset and `torn_tail` set. This covers a write
-//!   cut short at any byte.
+//! - if every byte from there on is zero, the log simply ends there: that is the zero-filled
+//!   space of a preallocated file (or writes that never reached the disk). The records
+//!   before it are returned with `valid_len` at that offset.
+//! - if a valid sync mark after the damage vouches for bytes past it (its `synced_len` is
+//!   beyond the damaged offset), the damage is in data a completed sync covered: a bit flip
+//!   or an unreadable sector, never a torn write. That is [`CodecError::Corrupt`] at the
+//!   damaged offset; dropping it would drop acknowledged records.
+//! - otherwise, in a segment that begins with a segment header, everything from the damage
+//!   on is a *torn or stale range*: writes that no completed sync covered. A power loss keeps
+//!   an arbitrary subset of those (sector by sector, not only a prefix), so whole records may
+//!   survive after a hole; none of them was acknowledged, since the writer acknowledges a
+//!   batch only after its sync, and a later sync would have written a mark after them. The
+//!   records before the damage are returned with `valid_len` at it and `torn_tail` set; the
+//!   caller cuts the rest.
+//! - in a log without a segment header (written before sync marks existed, such as
+//!   `fixtures/`), the old rule stands: a valid frame anywhere after the damage means the
+//!   damage is corruption ([`CodecError::Corrupt`]); if there is none, the rest is a torn
+//!   tail. The writer never appends to such a segment again (its next batch starts a new
+//!   segment), so the old rule only ever judges bytes written by the old writer.
 //!
-//! A frame whose checksum is valid is never treated as a torn tail: a torn write does not
-//! produce a matching CRC, so a checksummed record that cannot be used (an unknown version,
-//! an undecodable event, an lsn out of sequence) is always an error, wherever it is.
+//! Only the one batch whose sync completed last can be misjudged: if a power loss also drops
+//! the unsynced mark written right after that sync, and the batch is later damaged on the
+//! medium, nothing vouches for it and it is cut like a torn write. Vouching for it before its
+//! answers leave would take a second sync per batch; walletd does not pay that. A process
+//! crash keeps that mark (it reached the kernel), so after a crash that is not a power loss
+//! every acknowledged byte is vouched for.
+//!
+//! A frame whose checksum is valid is never treated as a torn tail when it is the next frame
+//! to read: a torn write does not produce a matching CRC, so a checksummed record that cannot
+//! be used (an unknown version, an undecodable event, an lsn out of sequence) is always an
+//! error, wherever it is.
 
 use crc32c::{crc32c, crc32c_append};
 
@@ -85,8 +117,17 @@ pub const RECORD_HEADER_LEN: usize = 8;
 
 /// Bytes of the body before the event: version, lsn, timestamp.
 const BODY_PREFIX_LEN: usize = 1 + 8 + 8;
-/// Smallest body a frame may declare: the prefix and an event tag.
+/// Smallest body a record may declare: the prefix and an event tag.
 const RECORD_BODY_LEN_MIN: usize = BODY_PREFIX_LEN + 1;
+/// The first byte of a sync mark's body (see the module docs); a record's is its version.
+const SYNC_MARK_KIND: u8 = 0x80;
+/// A sync mark's body: kind, synced length, the first lsn of its segment.
+const SYNC_MARK_BODY_LEN: usize = 1 + 8 + 8;
+/// Bytes of one framed sync mark.
+pub const SYNC_MARK_LEN: usize = RECORD_HEADER_LEN + SYNC_MARK_BODY_LEN;
+/// Smallest body any frame may declare (a sync mark's).
+const FRAME_BODY_LEN_MIN: usize = SYNC_MARK_BODY_LEN;
+const _: () = assert!(FRAME_BODY_LEN_MIN <= RECORD_BODY_LEN_MIN);
 const ID_FIELD_LEN_MAX: usize = 1 + ID_LEN_MAX;
 const TRANSFER_FIELD_LEN_MAX: usize = 3 * ID_FIELD_LEN_MAX + 8 + 2;
 /// The longest event: `TransferRejected` (tag, transfer, reason).
@@ -167,6 +208,51 @@ pub fn encode_record(record: &Record, out: &mut Vec<u8>) {
         "encoded body of {body_len} bytes is outside its bounds"
     );
     seal_frame(out, start);
+}
+
+/// Appends a sync mark to `out`: the first `synced_len` bytes of the segment whose first lsn
+/// is `segment_lsn` are durable (see the module docs). `synced_len` 0 is the segment header.
+pub fn encode_sync_mark(synced_len: u64, segment_lsn: Lsn, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+    out.push(SYNC_MARK_KIND);
+    out.extend_from_slice(&synced_len.to_le_bytes());
+    out.extend_from_slice(&segment_lsn.to_le_bytes());
+    assert_eq!(
+        out.len() - start,
+        SYNC_MARK_LEN,
+        "a sync mark has a fixed size"
+    );
+    seal_frame(out, start);
+}
+
+/// A sync mark as read back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncMark {
+    pub synced_len: u64,
+    pub segment_lsn: Lsn,
+}
+
+impl SyncMark {
+    /// The mark in the checksummed frame body `body`, if it is one (of the right size).
+    fn from_body(body: &[u8]) -> Option<SyncMark> {
+        if body.len() != SYNC_MARK_BODY_LEN || body[0] != SYNC_MARK_KIND {
+            return None;
+        }
+        let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
+        Some(SyncMark {
+            synced_len: u64_at(1),
+            segment_lsn: u64_at(9),
+        })
+    }
+}
+
+/// Whether `bytes` begins with a segment header: a valid sync mark vouching for nothing.
+pub fn starts_with_segment_header(bytes: &[u8]) -> bool {
+    frame_at(bytes, 0)
+        .ok()
+        .and_then(SyncMark::from_body)
+        .is_some_and(|mark| mark.synced_len == 0)
 }
 
 /// Fills in the header of the frame that starts at `start` and runs to the end of `out`.
@@ -517,7 +603,7 @@ fn frame_at(bytes: &[u8], offset: usize) -> Result<&[u8], &'static str> {
     }
     let len_bytes: [u8; 4] = rest[..4].try_into().expect("4 bytes");
     let body_len = u32::from_le_bytes(len_bytes) as usize;
-    if !(RECORD_BODY_LEN_MIN..=RECORD_BODY_LEN_MAX).contains(&body_len) {
+    if !(FRAME_BODY_LEN_MIN..=RECORD_BODY_LEN_MAX).contains(&body_len) {
         return Err("record length out of bounds");
     }
     let Some(body) = rest.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + body_len) else {
@@ -530,14 +616,18 @@ fn frame_at(bytes: &[u8], offset: usize) -> Result<&[u8], &'static str> {
     Ok(body)
 }
 
-/// The first offset after `offset` where a valid frame begins. Only called on damage, so
+/// Every offset after `offset` where a valid frame begins, in order. Only used on damage, so
 /// its cost (a cheap length test at each offset, a checksum only where that passes) is paid
 /// only by recovery from a torn or corrupt log.
-fn next_valid_frame(bytes: &[u8], offset: usize) -> Option<usize> {
+fn valid_frames_after(bytes: &[u8], offset: usize) -> impl Iterator<Item = (usize, &[u8])> {
     let last_start = bytes
         .len()
-        .checked_sub(RECORD_HEADER_LEN + RECORD_BODY_LEN_MIN)?;
-    (offset + 1..=last_start).find(|&at| frame_at(bytes, at).is_ok())
+        .checked_sub(RECORD_HEADER_LEN + FRAME_BODY_LEN_MIN);
+    let starts = match last_start {
+        Some(last) if last > offset => offset + 1..last + 1,
+        _ => 0..0,
+    };
+    starts.filter_map(move |at| frame_at(bytes, at).ok().map(|body| (at, body)))
 }
 
 /// Where a [`RecordReader`] is.
@@ -557,7 +647,8 @@ enum LogEnd {
     Exact,
     /// Only zeros (the reader checked every one).
     ZeroFilled,
-    /// Bytes that are not a record and not all zeros, and no valid frame after them.
+    /// Bytes that no completed sync covered (a torn or stale range), or in a log without
+    /// segment headers, bytes that are not a record with no valid frame after them.
     Torn,
 }
 
@@ -565,10 +656,12 @@ enum LogEnd {
 #[derive(Debug, Clone)]
 pub struct RecordReader<'a> {
     bytes: &'a [u8],
-    /// Start of the next record: the end of the valid records read so far.
+    /// Start of the next frame: the end of the valid frames read so far.
     offset: usize,
     /// The lsn the next record must carry; 0 before the first record means "any".
     expected_lsn: Lsn,
+    /// Whether the bytes begin with a segment header (then the sync-mark rules apply).
+    headed: bool,
     state: ReaderState,
 }
 
@@ -579,11 +672,23 @@ impl<'a> RecordReader<'a> {
             bytes,
             offset: 0,
             expected_lsn: first_lsn,
+            headed: starts_with_segment_header(bytes),
             state: ReaderState::Reading,
         }
     }
 
-    /// Bytes of whole valid records read so far.
+    /// A reader that goes on at `offset` of `bytes`, where an earlier reader of a prefix of
+    /// the same bytes stopped (its `valid_len`, a frame boundary), the next record to carry
+    /// lsn `next_lsn` (0: any). For following a log that only grows, each record read once.
+    pub fn resume(bytes: &'a [u8], offset: usize, next_lsn: Lsn) -> RecordReader<'a> {
+        assert!(offset <= bytes.len(), "a reader resumes within its bytes");
+        RecordReader {
+            offset,
+            ..RecordReader::new(bytes, next_lsn)
+        }
+    }
+
+    /// Bytes of whole valid frames read so far.
     pub fn valid_len(&self) -> usize {
         self.offset
     }
@@ -604,48 +709,104 @@ impl<'a> RecordReader<'a> {
     /// The next record, `Ok(None)` at the end of the log (clean or torn), or the error that
     /// stops the log. After `None` or an error, every later call returns `Ok(None)`.
     pub fn next_record(&mut self) -> Result<Option<Record>, CodecError> {
-        if self.state != ReaderState::Reading {
-            return Ok(None);
-        }
-        if self.offset == self.bytes.len() {
-            self.state = ReaderState::Ended(LogEnd::Exact);
-            return Ok(None);
-        }
-        let body = match frame_at(self.bytes, self.offset) {
-            Ok(body) => body,
-            Err(reason) => return self.damaged(reason),
-        };
-        match self.decode_body(body) {
-            Ok(record) => {
-                self.offset += RECORD_HEADER_LEN + body.len();
-                self.expected_lsn = record.lsn.saturating_add(1);
-                Ok(Some(record))
+        while self.state == ReaderState::Reading {
+            if self.offset == self.bytes.len() {
+                self.state = ReaderState::Ended(LogEnd::Exact);
+                return Ok(None);
             }
-            Err(error) => {
-                self.state = ReaderState::Failed;
-                Err(error)
+            let body = match frame_at(self.bytes, self.offset) {
+                Ok(body) => body,
+                Err(reason) => return self.damaged(reason),
+            };
+            let decoded = match SyncMark::from_body(body) {
+                Some(mark) => self.check_mark(mark).map(|()| None),
+                None => self.decode_body(body).map(Some),
+            };
+            match decoded {
+                Ok(record) => {
+                    self.offset += RECORD_HEADER_LEN + body.len();
+                    if let Some(record) = record {
+                        self.expected_lsn = record.lsn.saturating_add(1);
+                        return Ok(Some(record));
+                    }
+                }
+                Err(error) => {
+                    self.state = ReaderState::Failed;
+                    return Err(error);
+                }
             }
         }
+        Ok(None)
     }
 
-    /// No valid frame starts at `offset`: a torn tail if none starts later, else corruption.
+    /// A sync mark read in sequence: it may not vouch for more than precedes it, and it must
+    /// belong to the segment of the records around it.
+    fn check_mark(&mut self, mark: SyncMark) -> Result<(), CodecError> {
+        let offset = self.offset as u64;
+        let corrupt = |reason: String| CodecError::Corrupt { offset, reason };
+        if mark.synced_len > offset {
+            return Err(corrupt(format!(
+                "a sync mark vouches for {} bytes but only {} precede it",
+                mark.synced_len, self.offset
+            )));
+        }
+        let expected = self.expected_lsn;
+        if mark.synced_len == 0 {
+            // A segment header: the next record is the segment's first.
+            if expected != 0 && mark.segment_lsn != expected {
+                return Err(corrupt(format!(
+                    "segment header for lsn {}, but the next record is lsn {expected}",
+                    mark.segment_lsn
+                )));
+            }
+            self.expected_lsn = mark.segment_lsn;
+        } else if mark.segment_lsn == 0 || (expected != 0 && mark.segment_lsn > expected) {
+            return Err(corrupt(format!(
+                "sync mark of the segment from lsn {}, among records before lsn {expected}",
+                mark.segment_lsn
+            )));
+        }
+        Ok(())
+    }
+
+    /// No valid frame starts at `offset`: the end of the log, a torn or stale range, or
+    /// corruption, by the rules of the module docs.
     fn damaged(&mut self, reason: &str) -> Result<Option<Record>, CodecError> {
         if self.bytes[self.offset..].iter().all(|&b| b == 0) {
             // Zero-filled space: no frame can start in it (a length of 0 is never valid).
             self.state = ReaderState::Ended(LogEnd::ZeroFilled);
             return Ok(None);
         }
-        match next_valid_frame(self.bytes, self.offset) {
-            None => {
-                self.state = ReaderState::Ended(LogEnd::Torn);
-                Ok(None)
+        let damage = self.offset;
+        let mut first_valid = None;
+        for (at, body) in valid_frames_after(self.bytes, damage) {
+            first_valid.get_or_insert(at);
+            let vouched = SyncMark::from_body(body).map_or(0, |mark| mark.synced_len);
+            if vouched > damage as u64 {
+                self.state = ReaderState::Failed;
+                return Err(CodecError::Corrupt {
+                    offset: damage as u64,
+                    reason: format!(
+                        "{reason} in synced data: the sync mark at byte {at} says the first \
+                         {vouched} bytes were durable"
+                    ),
+                });
             }
-            Some(valid_at) => {
+            if !self.headed {
+                break;
+            }
+        }
+        match first_valid {
+            Some(valid_at) if !self.headed => {
                 self.state = ReaderState::Failed;
                 Err(CodecError::Corrupt {
-                    offset: self.offset as u64,
+                    offset: damage as u64,
                     reason: format!("{reason}, yet a valid record follows at byte {valid_at}"),
                 })
+            }
+            _ => {
+                self.state = ReaderState::Ended(LogEnd::Torn);
+                Ok(None)
             }
         }
     }
@@ -658,6 +819,9 @@ impl<'a> RecordReader<'a> {
         let version = cursor.u8().map_err(corrupt)?;
         if version != RECORD_VERSION {
             return Err(CodecError::UnsupportedVersion { offset, version });
+        }
+        if body.len() < RECORD_BODY_LEN_MIN {
+            return Err(corrupt(format!("record body of {} bytes", body.len())));
         }
         let lsn = cursor.u64().map_err(corrupt)?;
         let timestamp = cursor.u64().map_err(corrupt)?;
@@ -1063,6 +1227,139 @@ mod tests {
                 "first lsn {first_lsn}"
             );
         }
+    }
+
+    /// A segment as the writer lays it out: a header, then batches of `small_log`'s records,
+    /// each followed by the mark written after its sync. Returns the bytes and, per batch,
+    /// the offset where it starts.
+    fn marked_segment(batches: &[std::ops::Range<usize>]) -> (Vec<Record>, Vec<u8>, Vec<usize>) {
+        let (records, _, _) = small_log();
+        let mut bytes = Vec::new();
+        encode_sync_mark(0, 41, &mut bytes);
+        let mut starts = Vec::new();
+        for batch in batches {
+            starts.push(bytes.len());
+            for record in &records[batch.clone()] {
+                encode_record(record, &mut bytes);
+            }
+            let synced = bytes.len() as u64;
+            encode_sync_mark(synced, 41, &mut bytes);
+        }
+        (records, bytes, starts)
+    }
+
+    #[test]
+    fn sync_marks_are_skipped_and_counted_in_the_valid_length() {
+        let (records, bytes, _) = marked_segment(&[0..3, 3..4, 4..10]);
+        let decoded = decode_log(&bytes, 41).unwrap();
+        assert_eq!(decoded.records, records);
+        assert_eq!((decoded.valid_len, decoded.torn_tail), (bytes.len(), false));
+        assert!(starts_with_segment_header(&bytes));
+        assert!(!starts_with_segment_header(&small_log().1));
+        // Any first lsn: the header says which.
+        assert_eq!(decode_log(&bytes, 0).unwrap().records, records);
+    }
+
+    #[test]
+    fn a_hole_then_whole_records_in_an_unsynced_batch_is_cut_there() {
+        // The last batch (records 4..10) was written but its sync never completed: a power
+        // loss kept its later sectors and lost an earlier one.
+        let (records, mut bytes, starts) = marked_segment(&[0..3, 3..4]);
+        let batch_start = bytes.len();
+        for record in &records[4..10] {
+            encode_record(record, &mut bytes);
+        }
+        bytes.resize(bytes.len() + 512, 0);
+        let hole = batch_start + 5;
+        bytes[hole..hole + 60].fill(0);
+        let after: Vec<usize> = valid_frames_after(&bytes, hole).map(|(at, _)| at).collect();
+        assert_eq!(after.len(), 5, "whole records survive after the hole");
+        let decoded = decode_log(&bytes, 41).unwrap();
+        assert_eq!(decoded.records, records[..4]);
+        assert_eq!((decoded.valid_len, decoded.torn_tail), (batch_start, true));
+        assert!(starts[1] < batch_start);
+    }
+
+    #[test]
+    fn damage_that_a_later_sync_mark_vouches_for_is_corruption() {
+        let (_, mut bytes, starts) = marked_segment(&[0..3, 3..4, 4..10]);
+        let at = starts[1] + RECORD_HEADER_LEN + 3;
+        bytes[at] ^= 0x04;
+        let error = decode_log(&bytes, 41).unwrap_err();
+        assert!(
+            matches!(&error, CodecError::Corrupt { offset, .. } if *offset == starts[1] as u64),
+            "{error}"
+        );
+        assert!(error.to_string().contains("in synced data"), "{error}");
+        // The same damage in the last batch, whose mark was lost with the power: a cut.
+        let (_, mut bytes, starts) = marked_segment(&[0..3, 3..4, 4..10]);
+        bytes.truncate(bytes.len() - SYNC_MARK_LEN);
+        bytes[starts[2] + 3] ^= 0x04;
+        let decoded = decode_log(&bytes, 41).unwrap();
+        assert_eq!((decoded.valid_len, decoded.torn_tail), (starts[2], true));
+    }
+
+    #[test]
+    fn flipping_any_bit_of_a_marked_segment_never_yields_a_modified_record() {
+        let (records, bytes, starts) = marked_segment(&[0..2, 2..5, 5..10]);
+        let last_mark = bytes.len() - SYNC_MARK_LEN;
+        for bit in 0..bytes.len() * 8 {
+            let mut damaged = bytes.clone();
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            match decode_log(&damaged, 41) {
+                Ok(decoded) => {
+                    let n = decoded.records.len();
+                    assert_eq!(decoded.records, records[..n], "bit {bit}");
+                    assert!(
+                        bit / 8 >= last_mark,
+                        "bit {bit}: vouched-for damage was cut"
+                    );
+                    assert_eq!(n, records.len(), "bit {bit}");
+                }
+                Err(error) => assert!(
+                    bit / 8 < last_mark || starts.is_empty(),
+                    "bit {bit}: {error}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn inconsistent_sync_marks_are_corruption() {
+        let (records, _, _) = small_log();
+        let mut bytes = Vec::new();
+        encode_sync_mark(0, 41, &mut bytes);
+        encode_record(&records[0], &mut bytes);
+        let mut overclaiming = bytes.clone();
+        encode_sync_mark(10_000, 41, &mut overclaiming);
+        let mut foreign = bytes.clone();
+        encode_sync_mark(bytes.len() as u64, 900, &mut foreign);
+        let mut misnamed = Vec::new();
+        encode_sync_mark(0, 7, &mut misnamed);
+        encode_record(&records[0], &mut misnamed);
+        for (what, bad) in [
+            ("overclaim", overclaiming),
+            ("foreign", foreign),
+            ("misnamed", misnamed),
+        ] {
+            let result = decode_log(&bad, 41);
+            assert!(
+                matches!(result, Err(CodecError::Corrupt { .. })),
+                "{what}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_resumed_reader_goes_on_where_the_last_one_stopped() {
+        let (records, bytes, starts) = marked_segment(&[0..3, 3..4, 4..10]);
+        let mut first = RecordReader::new(&bytes[..starts[2]], 41);
+        let read: Vec<Record> = first.by_ref().map(Result::unwrap).collect();
+        assert_eq!(read, records[..4]);
+        let mut rest = RecordReader::resume(&bytes, first.valid_len(), 45);
+        let more: Vec<Record> = rest.by_ref().map(Result::unwrap).collect();
+        assert_eq!(more, records[4..]);
+        assert_eq!(rest.valid_len(), bytes.len());
     }
 
     // Hostile bytes: any input is a log or an error, and a log is exactly what was written.

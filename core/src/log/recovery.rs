@@ -6,11 +6,19 @@
 //! - Snapshots are offered newest first; the first that decodes intact, with the chunk files
 //!   it names, and belongs to this partition layout is taken. Any other is ignored with a
 //!   warning: the log holds everything a snapshot does.
-//! - Segments are replayed in order after the snapshot's lsn. Only the newest may end in a
-//!   partial record (a torn tail, or the zero-filled space a file storage preallocates): it
-//!   is cut to its last whole record. An older segment was cut to its last record before the
-//!   next was created, so a partial record there, or corruption anywhere before a segment's
-//!   end, is an error that names the segment and the byte offset.
+//! - Segments are replayed in order after the snapshot's lsn, one at a time (the caller reads
+//!   one segment's bytes per call, so memory is bounded by the snapshot and one segment).
+//! - Only the newest segment may end in bytes that are not whole records: the zero-filled
+//!   space a file storage preallocates, or a *torn or stale range*: writes no completed sync
+//!   covered, which a power loss keeps in any subset, so whole records may follow a hole. The
+//!   codec tells that apart from damage to synced data by the sync marks the writer leaves
+//!   after every sync ([`crate::log::codec`], "Where a log ends"). A torn or stale range and
+//!   everything after it is cut, and the cut is logged with its offset and byte count.
+//! - Damage that a sync mark vouches for is in data a completed sync covered: an error that
+//!   names the segment and the byte offset, never a cut. A single copy cannot repair it, and
+//!   cutting it would drop acknowledged records.
+//! - An older segment was synced and cut to its last record before the next was created, so
+//!   a partial record there, or damage anywhere in it, is such an error too.
 //! - Lsns are contiguous: from the snapshot to the first record replayed, and from each
 //!   segment to the next. A gap (a lost segment) is an error that names the missing lsn.
 
@@ -138,7 +146,14 @@ impl Recovery {
                 self.report.torn_bytes_dropped = bytes.len() as u64 - valid_len;
                 let partition = self.report.partition;
                 let dropped = self.report.torn_bytes_dropped;
-                tracing::warn!(partition, name, dropped, "torn log tail truncated");
+                tracing::warn!(
+                    partition,
+                    name,
+                    offset = valid_len,
+                    dropped,
+                    "newest log segment cut: {dropped} bytes from byte {valid_len} on were a \
+                     torn or stale range that no completed sync covered"
+                );
             }
         }
         for record in &decoded.records {
@@ -185,7 +200,7 @@ fn codec_offset(error: &CodecError) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::codec::{encode_record, Record};
+    use crate::log::codec::{encode_record, encode_sync_mark, Record};
     use crate::model::event::Event;
     use crate::model::ids::AccountId;
     use crate::model::money::Currency;
@@ -260,6 +275,104 @@ mod tests {
 
         let mut recovery = Recovery::new(0, 1);
         let error = recovery.replay_segment("s1", 1, &torn, false).unwrap_err();
+        assert!(matches!(error, RecoveryError::Corrupt { .. }), "{error}");
+    }
+
+    /// A segment as the writer lays it out: a header, then one batch per range of lsns, each
+    /// followed by the sync mark written once its sync completed (`synced` batches only).
+    fn marked_segment(first_lsn: Lsn, batches: &[(Lsn, Lsn)], synced: usize) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        encode_sync_mark(0, first_lsn, &mut bytes);
+        for (i, &(first, last)) in batches.iter().enumerate() {
+            bytes.extend_from_slice(&segment(first..=last));
+            if i < synced {
+                let len = bytes.len() as u64;
+                encode_sync_mark(len, first_lsn, &mut bytes);
+            }
+        }
+        bytes
+    }
+
+    /// Runs `work` with a subscriber that writes every event into the returned text.
+    fn logged<T>(work: impl FnOnce() -> T) -> (T, String) {
+        #[derive(Clone, Default)]
+        struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let out = tracing::subscriber::with_default(subscriber, work);
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        (out, text)
+    }
+
+    #[test]
+    fn a_stale_range_then_valid_records_in_the_newest_segment_is_cut_and_logged() {
+        // Two batches synced (1..=3, 4..=5); the third (6..=9) was being written when the
+        // power went: its first sector never reached the disk, later ones did.
+        let mut bytes = marked_segment(1, &[(1, 3), (4, 5), (6, 9)], 2);
+        let unsynced = marked_segment(1, &[(1, 3), (4, 5)], 2).len();
+        bytes[unsynced..unsynced + 30].fill(0);
+        bytes.resize(bytes.len() + 700, 0);
+        let mut recovery = Recovery::new(0, 1);
+        let (cut, log) = logged(|| recovery.replay_segment("log-1.seg", 1, &bytes, true));
+        assert_eq!(cut.unwrap(), Some(unsynced as u64));
+        let (_, report) = recovery.finish();
+        assert_eq!(report.last_lsn, 5);
+        let dropped = (bytes.len() - unsynced) as u64;
+        assert_eq!(report.torn_bytes_dropped, dropped);
+        assert!(log.contains("log-1.seg"), "{log}");
+        assert!(
+            log.contains(&format!("{dropped} bytes from byte {unsynced}")),
+            "{log}"
+        );
+    }
+
+    #[test]
+    fn damage_inside_the_synced_range_is_an_error_naming_file_and_offset() {
+        let mut bytes = marked_segment(1, &[(1, 3), (4, 5), (6, 9)], 3);
+        let second = marked_segment(1, &[(1, 3)], 1).len();
+        bytes[second + 12] ^= 0x20;
+        let before = bytes.clone();
+        for newest in [true, false] {
+            let mut recovery = Recovery::new(0, 1);
+            let error = recovery
+                .replay_segment("log-1.seg", 1, &bytes, newest)
+                .unwrap_err();
+            assert!(
+                matches!(&error, RecoveryError::Corrupt { name, offset, .. }
+                    if name == "log-1.seg" && *offset == second as u64),
+                "{error}"
+            );
+            let message = error.to_string();
+            assert!(
+                message.contains(&format!("log log-1.seg is corrupt at byte offset {second}")),
+                "{message}"
+            );
+        }
+        assert_eq!(bytes, before, "recovery cuts nothing itself");
+    }
+
+    #[test]
+    fn an_older_segment_with_an_unsynced_looking_tail_is_an_error() {
+        let bytes = marked_segment(1, &[(1, 3), (4, 5)], 1);
+        let mut recovery = Recovery::new(0, 1);
+        let mut torn = bytes.clone();
+        torn.truncate(bytes.len() - 5);
+        let error = recovery
+            .replay_segment("log-1.seg", 1, &torn, false)
+            .unwrap_err();
         assert!(matches!(error, RecoveryError::Corrupt { .. }), "{error}");
     }
 }

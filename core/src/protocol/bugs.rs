@@ -25,16 +25,26 @@ pub enum Bug {
     /// A business refusal of a deposit or withdrawal is answered but not recorded, so the
     /// same `transaction_id` can succeed later, once the account has changed.
     RefusalUnrecorded = 32,
+    /// Recovery keeps the newest segment's bytes without syncing them. After a process crash
+    /// they may be in the page cache only; the partition then answers from records that a
+    /// power loss can still take away.
+    RecoveryTrustsUnsynced = 64,
+    /// A new segment's directory entry is not synced when the segment is created: a record
+    /// acknowledged in it vanishes with the file if the power fails before some later
+    /// directory sync.
+    RolloverWithoutDirSync = 128,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 8] = [
         Bug::SkipBarrier,
         Bug::ReplyBeforeSync,
         Bug::NoIdempotency,
         Bug::CreditBeforeDebit,
         Bug::RetryFailedSync,
         Bug::RefusalUnrecorded,
+        Bug::RecoveryTrustsUnsynced,
+        Bug::RolloverWithoutDirSync,
     ];
 
     /// The name used on the simulator's command line (`--bug skip-barrier`).
@@ -46,6 +56,8 @@ impl Bug {
             Bug::CreditBeforeDebit => "credit-before-debit",
             Bug::RetryFailedSync => "retry-failed-sync",
             Bug::RefusalUnrecorded => "refusal-unrecorded",
+            Bug::RecoveryTrustsUnsynced => "recovery-trusts-unsynced",
+            Bug::RolloverWithoutDirSync => "rollover-without-dir-sync",
         }
     }
 

@@ -10,9 +10,9 @@ use tokio::sync::mpsc;
 use super::*;
 use crate::engine::{Client, Engine, EngineConfig};
 use crate::storage::file::{FileStorage, FileStorageConfig};
-use crate::storage::{LogSegment, MemStorage, StoredSnapshot};
+use crate::storage::{read_all_snapshots, read_whole_log, MemStorage, SegmentRef, SnapshotRef};
 use walletd_core::ledger::{LedgerError, Reply, TransferState, TransferStatus};
-use walletd_core::log::codec::decode_log;
+use walletd_core::log::codec::{decode_log, SYNC_MARK_LEN};
 use walletd_core::model::event::Transfer;
 use walletd_core::model::event::{Event, TransferKey};
 use walletd_core::model::ids::{AccountId, TransactionId};
@@ -368,11 +368,13 @@ async fn a_torn_log_tail_is_truncated_and_the_partition_starts() {
         .unwrap();
     assert_eq!(engine.recovery_reports()[0].torn_bytes_dropped, 13);
     assert_eq!(engine.recovery_reports()[0].records_replayed, 6);
-    assert_eq!(
-        std::fs::metadata(&segment).unwrap().len(),
-        intact,
-        "the torn tail is cut off on disk"
-    );
+    // The torn tail is cut off on disk: after the kept frames comes only the sync mark that
+    // recovery's sync wrote, then preallocated zeros.
+    let after = std::fs::read(&segment).unwrap();
+    assert_eq!(after[..intact as usize], bytes[..]);
+    let decoded = decode_log(&after, 1).unwrap();
+    assert_eq!(decoded.valid_len, intact as usize + SYNC_MARK_LEN);
+    assert!(!decoded.torn_tail);
     let client = engine.client();
     assert_eq!(balance(&client, id("alice")).await, (500, 0));
     let deposit = Command::Deposit {
@@ -429,8 +431,11 @@ struct SlowSync {
 }
 
 impl Storage for SlowSync {
-    async fn read_log(&mut self, from_lsn: Lsn) -> io::Result<Vec<LogSegment>> {
-        self.inner.read_log(from_lsn).await
+    async fn list_log(&mut self, from_lsn: Lsn) -> io::Result<Vec<SegmentRef>> {
+        self.inner.list_log(from_lsn).await
+    }
+    async fn read_segment(&mut self, segment: &SegmentRef) -> io::Result<Vec<u8>> {
+        self.inner.read_segment(segment).await
     }
     async fn truncate_last(&mut self, len: u64) -> io::Result<()> {
         self.inner.truncate_last(len).await
@@ -469,8 +474,11 @@ impl Storage for SlowSync {
             write.await
         }
     }
-    async fn read_snapshots(&mut self) -> io::Result<Vec<StoredSnapshot>> {
-        self.inner.read_snapshots().await
+    async fn list_snapshots(&mut self) -> io::Result<Vec<SnapshotRef>> {
+        self.inner.list_snapshots().await
+    }
+    async fn read_snapshot(&mut self, snapshot: &SnapshotRef) -> io::Result<Vec<u8>> {
+        self.inner.read_snapshot(snapshot).await
     }
     async fn read_chunk(&mut self, index: u64) -> io::Result<Vec<u8>> {
         self.inner.read_chunk(index).await
@@ -759,7 +767,7 @@ async fn recovery_from_a_snapshot_equals_replay_from_zero() {
             FileStorageConfig::default(),
         )
         .unwrap();
-        let snapshots = storage.read_snapshots().await.unwrap();
+        let snapshots = read_all_snapshots(&mut storage).await.unwrap();
         assert!(!snapshots.is_empty(), "partition {p} wrote no snapshot");
         assert!(snapshots.len() <= 2, "old snapshots are pruned");
         let (from_snapshot, report) = recover(&mut storage, p, 2).await.unwrap();
@@ -769,12 +777,8 @@ async fn recovery_from_a_snapshot_equals_replay_from_zero() {
             "the snapshot saved replay work"
         );
         let mut records = Vec::new();
-        for segment in storage.read_log(0).await.unwrap() {
-            records.extend(
-                decode_log(&segment.bytes, segment.first_lsn)
-                    .unwrap()
-                    .records,
-            );
+        for (segment, bytes) in read_whole_log(&mut storage, 0).await.unwrap() {
+            records.extend(decode_log(&bytes, segment.first_lsn).unwrap().records);
         }
         let from_zero =
             walletd_core::log::replay::replay(p, 2, &records, walletd_core::log::replay::AsOf::End)
@@ -806,7 +810,7 @@ async fn snapshots_keep_coming_while_every_event_adds_a_row() {
     }
     engine.shutdown().await.unwrap();
     let mut storage = FileStorage::open(dir.path().join("p0"), keep_all).unwrap();
-    let snapshots = storage.read_snapshots().await.unwrap();
+    let snapshots = read_all_snapshots(&mut storage).await.unwrap();
     // Rows double between snapshots (4, 8, 16, ..., 128 events): at least five of them.
     assert!(snapshots.len() >= 5, "{} snapshots", snapshots.len());
     let (_, report) = recover(&mut storage, 0, 1).await.unwrap();
@@ -871,7 +875,7 @@ async fn snapshots_keep_final_transfers_in_chunk_files_and_recover_from_them() {
         engine.shutdown().await.unwrap();
 
         let mut storage = file_storages(dir.path(), 1).pop().unwrap();
-        let newest = storage.read_snapshots().await.unwrap().remove(0);
+        let newest = read_all_snapshots(&mut storage).await.unwrap().remove(0);
         assert!(
             snapshot_chunks(&newest.bytes).unwrap() >= 10,
             "the snapshot refers to chunk files"
@@ -879,12 +883,8 @@ async fn snapshots_keep_final_transfers_in_chunk_files_and_recover_from_them() {
         let (from_snapshot, report) = recover(&mut storage, 0, 1).await.unwrap();
         assert_eq!(report.snapshot_lsn, Some(newest.lsn));
         let mut records = Vec::new();
-        for segment in storage.read_log(0).await.unwrap() {
-            records.extend(
-                decode_log(&segment.bytes, segment.first_lsn)
-                    .unwrap()
-                    .records,
-            );
+        for (segment, bytes) in read_whole_log(&mut storage, 0).await.unwrap() {
+            records.extend(decode_log(&bytes, segment.first_lsn).unwrap().records);
         }
         let from_zero =
             walletd_core::log::replay::replay(0, 1, &records, walletd_core::log::replay::AsOf::End)

@@ -8,26 +8,19 @@
 //! <dir>/LOCK                           locked while a storage has the directory open
 //! ```
 //! Segments are named by the first lsn they hold, so recovery can skip those a snapshot
-//! covers. A new file's directory entry is only durable after the directory itself is synced,
-//! so every file creation and rename is followed by an fsync of the directory.
-//!
-//! While batches are small, the newest segment is extended ahead of its records in
-//! zero-filled steps of [`PREALLOCATE_BYTES`]: an `fdatasync` of a write that does not change
-//! the file's size has no metadata to flush, which makes a small group commit's sync about a
-//! quarter to a third quicker on ext4 here. Large batches just extend the file: for them the
-//! metadata is a small part of the sync, and flushing zeros too would double the bytes
-//! written. The zeros after the last record decode as the end of the log ([`walletd_core::log::codec`]);
-//! a segment is cut to its last record before the next one is created, and when the storage
-//! is dropped.
+//! covers. How they are written (headers, sync marks, preallocation, directory syncs) is
+//! [`super::segments`], shared with the simulator's disk; this file gives it real files. A
+//! new file's directory entry is only durable after the directory itself is synced, so every
+//! file creation and rename is followed by an fsync of the directory.
 //!
 //! Synced pages of the log, snapshots and chunk files are dropped from the page cache
 //! (`posix_fadvise`): they are read again only by a recovery. With them cached, the writes
 //! kept claiming fresh pages, and the kernel's copy into them was an eighth of the engine's
 //! time at a million transfers a second.
 //!
-//! The writing end of the log, [`LogWriter`], is plain blocking code. An append moves it onto
-//! a blocking thread and back, so the partition goes on applying while a batch is written and
-//! synced, and also while a full segment is closed and the next one created.
+//! The writing end of the log is plain blocking code. An append moves it onto a blocking
+//! thread and back, so the partition goes on applying while a batch is written and synced,
+//! and also while a full segment is closed and the next one created.
 
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
@@ -35,7 +28,8 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{EncodeSnapshot, LogSegment, OnDurable, Storage, StoredSnapshot};
+use super::segments::{SegmentConfig, SegmentDir, SegmentWriter};
+use super::{EncodeSnapshot, OnDurable, SegmentRef, SnapshotRef, Storage};
 use walletd_core::log::snapshot::SnapshotOut;
 use walletd_core::model::event::Lsn;
 
@@ -63,21 +57,6 @@ pub const PREALLOCATE_BYTES: u64 = 1 << 20;
 /// own bytes only.
 const PREALLOCATE_BATCH_BYTES_MAX: u64 = PREALLOCATE_BYTES / 16;
 
-/// The open segment being appended to.
-struct OpenSegment {
-    file: File,
-    /// Bytes of records: where the next append goes.
-    len: u64,
-    /// The file's size: records, then zeros.
-    allocated: u64,
-    /// Bytes from the start whose pages were synced and dropped from the page cache.
-    dropped: u64,
-}
-
-/// Page size assumed when dropping synced pages from the page cache: a page the next write
-/// only partly covers must stay cached, or that write would first read it from the disk.
-const PAGE_BYTES: u64 = 4096;
-
 /// Tells the kernel that `file`'s bytes `from..to`, synced, will not be read again: a log
 /// and its snapshots are written once and read only by a recovery, so keeping them cached
 /// only takes memory from the rest of the machine (and keeps claiming fresh pages for the
@@ -88,28 +67,97 @@ fn drop_cached(file: &File, from: u64, to: u64) {
     }
 }
 
-/// Writes `bytes` at `len` and, when that passes `allocated` and the batch is small,
-/// zero-fills the file up to [`PREALLOCATE_BYTES`] beyond them. Returns the file's new size.
-fn write_records(file: &File, len: u64, allocated: u64, bytes: &[u8]) -> io::Result<u64> {
-    assert!(len <= allocated, "records end within the file");
-    file.write_all_at(bytes, len)?;
-    let end = len + bytes.len() as u64;
-    if end <= allocated {
-        return Ok(allocated);
-    }
-    if bytes.len() as u64 > PREALLOCATE_BATCH_BYTES_MAX {
-        return Ok(end);
-    }
-    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-    let target = end + PREALLOCATE_BYTES;
-    let mut at = end;
-    while at < target {
-        let step = (target - at).min(ZEROS.len() as u64) as usize;
-        file.write_all_at(&ZEROS[..step], at)?;
-        at += step as u64;
-    }
-    Ok(target)
+/// A partition's directory as the segment writer sees it: real files, real syncs.
+pub struct RealDir {
+    dir: PathBuf,
 }
+
+impl SegmentDir for RealDir {
+    type File = File;
+
+    fn list(&mut self) -> io::Result<Vec<(Lsn, String)>> {
+        let files = numbered_files(&self.dir, "log-", ".seg")?;
+        Ok(files
+            .into_iter()
+            .map(|(lsn, path)| (lsn, file_name(&path)))
+            .collect())
+    }
+
+    fn create(&mut self, name: &str) -> io::Result<File> {
+        OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .read(true)
+            .open(self.dir.join(name))
+    }
+
+    fn open(&mut self, name: &str) -> io::Result<(File, u64)> {
+        let file = OpenOptions::new()
+            .write(true)
+            .read(true)
+            .open(self.dir.join(name))?;
+        let len = file.metadata()?.len();
+        Ok((file, len))
+    }
+
+    fn read(&mut self, name: &str) -> io::Result<Vec<u8>> {
+        fs::read(self.dir.join(name))
+    }
+
+    fn read_at(&mut self, file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0; len];
+        let mut got = 0;
+        while got < len {
+            match file.read_at(&mut buf[got..], offset + got as u64)? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+
+    fn write_at(&mut self, file: &File, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        file.write_all_at(bytes, offset)
+    }
+
+    /// Writes the zeros rather than setting the length: the point is that the blocks are
+    /// allocated and the size is already on the disk when a later small batch is synced.
+    fn extend_zeroed(&mut self, file: &File, from: u64, to: u64) -> io::Result<()> {
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        let mut at = from;
+        while at < to {
+            let step = (to - at).min(ZEROS.len() as u64) as usize;
+            file.write_all_at(&ZEROS[..step], at)?;
+            at += step as u64;
+        }
+        Ok(())
+    }
+
+    fn set_len(&mut self, file: &File, len: u64) -> io::Result<()> {
+        file.set_len(len)
+    }
+
+    fn sync_data(&mut self, file: &File) -> io::Result<()> {
+        file.sync_data()
+    }
+
+    fn sync_dir(&mut self) -> io::Result<()> {
+        sync_dir(&self.dir)
+    }
+
+    fn drop_cached(&mut self, file: &File, from: u64, to: u64) {
+        drop_cached(file, from, to);
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
+/// The writing end of the log, on real files.
+type LogWriter = SegmentWriter<RealDir>;
 
 /// Log segments and snapshots of one partition in one directory.
 pub struct FileStorage {
@@ -161,20 +209,6 @@ fn lock_dir(dir: &Path) -> io::Result<File> {
     Ok(file)
 }
 
-/// The writing end of the log. Its methods block; [`FileStorage`] runs them on a blocking
-/// thread, moving the writer there and back.
-struct LogWriter {
-    dir: PathBuf,
-    segment_bytes_max: u64,
-    current: Option<OpenSegment>,
-    /// Set when a file was created whose directory entry is not yet durable.
-    dir_dirty: bool,
-}
-
-fn segment_name(first_lsn: Lsn) -> String {
-    format!("log-{first_lsn:020}.seg")
-}
-
 fn snapshot_name(lsn: Lsn) -> String {
     format!("snapshot-{lsn:020}.snap")
 }
@@ -220,12 +254,12 @@ impl FileStorage {
             }
         }
         let lock = lock_dir(&dir)?;
-        let log = LogWriter {
-            dir: dir.clone(),
+        let segments = SegmentConfig {
             segment_bytes_max: config.segment_bytes_max,
-            current: None,
-            dir_dirty: false,
+            preallocate_bytes: PREALLOCATE_BYTES,
+            preallocate_write_bytes_max: PREALLOCATE_BATCH_BYTES_MAX,
         };
+        let log = SegmentWriter::new(RealDir { dir: dir.clone() }, segments);
         Ok(FileStorage {
             dir,
             config,
@@ -254,116 +288,12 @@ impl FileStorage {
     }
 }
 
-impl LogWriter {
-    /// Whether `len` more bytes go to a new segment. A segment holds at least one batch,
-    /// however large.
-    fn full(&self, len: usize) -> bool {
-        self.current
-            .as_ref()
-            .is_none_or(|c| c.len > 0 && c.len + len as u64 > self.segment_bytes_max)
-    }
-
-    /// Closes the open segment and creates the next one, named by `first_lsn`. The new
-    /// file's directory entry is durable after the next [`LogWriter::sync`].
-    fn roll_over(&mut self, first_lsn: Lsn) -> io::Result<()> {
-        if let Some(closed) = self.current.as_mut() {
-            // Recovery refuses a segment other than the newest that does not end at its
-            // last record, so the zeros go before the next segment exists. The fsync is
-            // unconditional: a later `sync` only reaches the newest segment, so records
-            // appended here without one since must be made durable now (the driver syncs
-            // every batch, so then this fsync finds nothing to write but the length).
-            if closed.allocated > closed.len {
-                closed.file.set_len(closed.len)?;
-                closed.allocated = closed.len;
-            }
-            closed.file.sync_all()?;
-            drop_cached(&closed.file, closed.dropped, closed.len);
-        }
-        let path = self.dir.join(segment_name(first_lsn));
-        let file = OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .open(&path)?;
-        self.current = Some(OpenSegment {
-            file,
-            len: 0,
-            allocated: 0,
-            dropped: 0,
-        });
-        self.dir_dirty = true;
-        Ok(())
-    }
-
-    /// Writes whole records starting at `first_lsn`, into a new segment if the open one is
-    /// full. Not durable until [`LogWriter::sync`].
-    fn append(&mut self, first_lsn: Lsn, bytes: &[u8]) -> io::Result<()> {
-        if self.full(bytes.len()) {
-            self.roll_over(first_lsn)?;
-        }
-        let current = self.current.as_mut().expect("a segment is open");
-        // Writes go to the page cache and are cheap; only the sync waits for the disk.
-        current.allocated = write_records(&current.file, current.len, current.allocated, bytes)?;
-        current.len += bytes.len() as u64;
-        Ok(())
-    }
-
-    /// Makes the open segment's records, and the directory entry of a new segment, durable.
-    fn sync(&mut self) -> io::Result<()> {
-        let Some(current) = self.current.as_mut() else {
-            return Ok(());
-        };
-        current.file.sync_data()?;
-        if self.dir_dirty {
-            sync_dir(&self.dir)?;
-            self.dir_dirty = false;
-        }
-        // Whole pages only, up to the one the next append starts in.
-        let whole = current.len / PAGE_BYTES * PAGE_BYTES;
-        drop_cached(&current.file, current.dropped, whole);
-        current.dropped = current.dropped.max(whole);
-        Ok(())
-    }
-
-    /// Cuts the newest segment to `len` bytes and makes that durable.
-    fn truncate_last(&mut self, len: u64) -> io::Result<()> {
-        let Some(current) = self.current.as_mut() else {
-            return Ok(());
-        };
-        assert!(len <= current.allocated, "truncation only shortens");
-        current.file.set_len(len)?;
-        current.len = len;
-        current.allocated = len;
-        current.file.sync_all()
-    }
-
-    /// Opens the newest segment for appending. Until recovery cuts it with
-    /// [`Storage::truncate_last`], its records are taken to fill the whole file.
-    fn open_last_segment(&mut self) -> io::Result<()> {
-        if let Some((_, path)) = numbered_files(&self.dir, "log-", ".seg")?.pop() {
-            let file = OpenOptions::new().write(true).open(&path)?;
-            let len = file.metadata()?.len();
-            self.current = Some(OpenSegment {
-                file,
-                len,
-                allocated: len,
-                dropped: 0,
-            });
-            // The segment's directory entry may not be durable yet (a crash right after it
-            // was created): the first sync, which recovery makes, syncs the directory too.
-            self.dir_dirty = true;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for LogWriter {
+impl Drop for FileStorage {
     /// Cuts the zeros after the last record, so a cleanly stopped partition leaves segments
-    /// that end at their last record (a crash leaves them for recovery to cut).
+    /// that end at their last frame (a crash leaves them for recovery to cut).
     fn drop(&mut self) {
-        if let Some(current) = &self.current {
-            if current.allocated > current.len {
-                let _ = current.file.set_len(current.len);
-            }
+        if let Some(log) = self.log.as_mut() {
+            log.release();
         }
     }
 }
@@ -423,32 +353,23 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Storage for FileStorage {
-    async fn read_log(&mut self, from_lsn: Lsn) -> io::Result<Vec<LogSegment>> {
-        let files = numbered_files(&self.dir, "log-", ".seg")?;
-        let mut segments = Vec::with_capacity(files.len());
-        for (i, (first_lsn, path)) in files.iter().enumerate() {
-            // Every record of this segment precedes the next segment's first lsn; if that is
-            // still covered by the snapshot, the segment is not needed for recovery.
-            if files
-                .get(i + 1)
-                .is_some_and(|(next, _)| *next <= from_lsn + 1)
-            {
-                continue;
-            }
-            let path = path.clone();
-            let bytes = blocking({
-                let path = path.clone();
-                move || fs::read(path)
+    async fn list_log(&mut self, from_lsn: Lsn) -> io::Result<Vec<SegmentRef>> {
+        let dir = self.dir.clone();
+        let segments = self
+            .on_log(move |log| log.recovery_segments(from_lsn))
+            .await??;
+        Ok(segments
+            .into_iter()
+            .map(|(first_lsn, name)| SegmentRef {
+                first_lsn,
+                name: dir.join(name).display().to_string(),
             })
-            .await?;
-            segments.push(LogSegment {
-                first_lsn: *first_lsn,
-                name: path.display().to_string(),
-                bytes,
-            });
-        }
-        self.on_log(LogWriter::open_last_segment).await??;
-        Ok(segments)
+            .collect())
+    }
+
+    async fn read_segment(&mut self, segment: &SegmentRef) -> io::Result<Vec<u8>> {
+        let path = PathBuf::from(&segment.name);
+        blocking(move || fs::read(path)).await
     }
 
     async fn truncate_last(&mut self, len: u64) -> io::Result<()> {
@@ -526,27 +447,32 @@ impl Storage for FileStorage {
         blocking(move || fs::read(path)).await
     }
 
-    async fn read_snapshots(&mut self) -> io::Result<Vec<StoredSnapshot>> {
-        let mut snapshots = Vec::new();
-        for (lsn, path) in numbered_files(&self.dir, "snapshot-", ".snap")?
+    async fn list_snapshots(&mut self) -> io::Result<Vec<SnapshotRef>> {
+        let found = numbered_files(&self.dir, "snapshot-", ".snap")?;
+        Ok(found
             .into_iter()
             .rev()
-        {
-            let bytes = fs::read(&path)?;
-            snapshots.push(StoredSnapshot {
+            .map(|(lsn, path)| SnapshotRef {
                 lsn,
                 name: path.display().to_string(),
-                bytes,
-            });
-        }
-        Ok(snapshots)
+            })
+            .collect())
+    }
+
+    async fn read_snapshot(&mut self, snapshot: &SnapshotRef) -> io::Result<Vec<u8>> {
+        let path = PathBuf::from(&snapshot.name);
+        blocking(move || fs::read(path)).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use walletd_core::log::codec::{decode_log, encode_record, Record};
+    use crate::driver::{recover, DriverError};
+    use crate::storage::read_whole_log;
+    use walletd_core::log::codec::{
+        decode_log, encode_record, starts_with_segment_header, Record, SYNC_MARK_LEN,
+    };
     use walletd_core::model::event::Event;
     use walletd_core::model::ids::{AccountId, TransactionId};
     use walletd_core::model::money::Amount;
@@ -563,15 +489,24 @@ mod tests {
         }
     }
 
+    /// Record `lsn` of a log that replays: alice's account opened, then deposits to it.
     fn record(lsn: Lsn) -> Record {
-        Record {
-            lsn,
-            timestamp: 1_700_000_000_000_000 + lsn,
-            event: Event::Deposited {
-                account: AccountId::new("alice").unwrap(),
+        let account = AccountId::new("alice").unwrap();
+        let event = match lsn {
+            1 => Event::AccountOpened {
+                account,
+                currency: walletd_core::model::money::Currency::USD,
+            },
+            _ => Event::Deposited {
+                account,
                 amount: Amount::from_minor(lsn).unwrap(),
                 transaction_id: TransactionId::new(&format!("d{lsn}")).unwrap(),
             },
+        };
+        Record {
+            lsn,
+            timestamp: 1_700_000_000_000_000 + lsn,
+            event,
         }
     }
 
@@ -630,9 +565,9 @@ mod tests {
     async fn read_back(dir: &Path) -> (FileStorage, Vec<Record>) {
         let mut storage = FileStorage::open(dir, config()).unwrap();
         let mut records = Vec::new();
-        for segment in storage.read_log(0).await.unwrap() {
-            let decoded = decode_log(&segment.bytes, segment.first_lsn).unwrap();
-            assert_eq!(decoded.valid_len, segment.bytes.len(), "{}", segment.name);
+        for (segment, bytes) in read_whole_log(&mut storage, 0).await.unwrap() {
+            let decoded = decode_log(&bytes, segment.first_lsn).unwrap();
+            assert_eq!(decoded.valid_len, bytes.len(), "{}", segment.name);
             records.extend(decoded.records);
         }
         (storage, records)
@@ -668,6 +603,7 @@ mod tests {
         assert!(files.len() >= 5, "only {} segments", files.len());
         let (newest, closed) = files.split_last().unwrap();
         for (first_lsn, bytes) in closed {
+            assert!(starts_with_segment_header(bytes), "segment {first_lsn}");
             let decoded = decode_log(bytes, *first_lsn).unwrap();
             assert!(!decoded.records.is_empty());
             assert_eq!(decoded.valid_len, bytes.len(), "segment {first_lsn}");
@@ -710,6 +646,100 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, [LOCK_FILE.to_string(), chunk_name(0)]);
-        assert!(storage.read_snapshots().await.unwrap().is_empty());
+        assert!(storage.list_snapshots().await.unwrap().is_empty());
+    }
+
+    /// The newest segment of a storage that was appended to and then lost power mid-batch:
+    /// returns its path and where that batch (never synced) starts.
+    async fn crashed_mid_batch(dir: &Path) -> (PathBuf, usize) {
+        let mut storage = FileStorage::open(dir, config()).unwrap();
+        let (mut next_lsn, mut written) = (1, Vec::new());
+        append_batches(&mut storage, 4, &mut next_lsn, &mut written).await;
+        drop(storage);
+        let (first_lsn, path) = numbered_files(dir, "log-", ".seg").unwrap().pop().unwrap();
+        let mut bytes = fs::read(&path).unwrap();
+        let batch_start = decode_log(&bytes, first_lsn).unwrap().valid_len;
+        // The preallocated zeros a power cut leaves (a clean stop cut them).
+        bytes.resize(batch_start + 4096, 0);
+        // The next batch, written but not synced: its first sector lost, the rest kept.
+        let mut batch = Vec::new();
+        for lsn in next_lsn..next_lsn + 3 {
+            encode_record(&record(lsn), &mut batch);
+        }
+        bytes[batch_start..batch_start + batch.len()].copy_from_slice(&batch);
+        bytes[batch_start..batch_start + 20].fill(0);
+        fs::write(&path, &bytes).unwrap();
+        (path, batch_start)
+    }
+
+    #[tokio::test]
+    async fn recovery_cuts_a_stale_range_and_syncs_a_mark_after_what_it_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, batch_start) = crashed_mid_batch(dir.path()).await;
+        let mut storage = FileStorage::open(dir.path(), config()).unwrap();
+        let (ledger, report) = recover(&mut storage, 0, 1).await.unwrap();
+        assert!(report.torn_bytes_dropped > 0);
+        let after = fs::read(&path).unwrap();
+        let decoded = decode_log(&after, 0).unwrap();
+        assert_eq!(
+            decoded.valid_len,
+            batch_start + SYNC_MARK_LEN,
+            "cut, then a mark"
+        );
+        assert_eq!(
+            decoded.records.last().unwrap().lsn,
+            ledger.last_applied().lsn
+        );
+        assert!(after[decoded.valid_len..].iter().all(|&b| b == 0));
+    }
+
+    #[tokio::test]
+    async fn damage_that_a_sync_mark_vouches_for_stops_recovery_naming_file_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, batch_start) = crashed_mid_batch(dir.path()).await;
+        let mut bytes = fs::read(&path).unwrap();
+        // A bit flip in the first record after the header: several marks vouch for it.
+        bytes[SYNC_MARK_LEN + walletd_core::log::codec::RECORD_HEADER_LEN + 2] ^= 0x01;
+        fs::write(&path, &bytes).unwrap();
+        let mut storage = FileStorage::open(dir.path(), config()).unwrap();
+        let error = recover(&mut storage, 0, 1).await.expect_err("refused");
+        assert!(
+            matches!(error, DriverError::Corrupt { offset, .. } if offset == SYNC_MARK_LEN as u64)
+        );
+        let message = error.to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("in synced data"), "{message}");
+        assert_eq!(fs::read(&path).unwrap(), bytes, "nothing is cut");
+        assert!(batch_start > SYNC_MARK_LEN);
+    }
+
+    /// A segment written before segment headers is read with the old rules and never
+    /// appended to again: the next batch starts a new segment, with a header.
+    #[tokio::test]
+    async fn a_segment_without_a_header_is_closed_and_the_log_goes_on_in_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut legacy = Vec::new();
+        for lsn in 1..=5 {
+            encode_record(&record(lsn), &mut legacy);
+        }
+        fs::write(
+            dir.path().join(crate::storage::segments::segment_name(1)),
+            &legacy,
+        )
+        .unwrap();
+        let mut storage = FileStorage::open(dir.path(), config()).unwrap();
+        let (ledger, _) = recover(&mut storage, 0, 1).await.unwrap();
+        assert_eq!(ledger.last_applied().lsn, 5);
+        let mut written = Vec::new();
+        let mut next_lsn = 6;
+        append_batches(&mut storage, 1, &mut next_lsn, &mut written).await;
+        drop(storage);
+        let files = segment_files(dir.path());
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[0].1, legacy, "the old segment is left as it was");
+        assert_eq!(files[1].0, 6);
+        assert!(starts_with_segment_header(&files[1].1));
+        let (_, records) = read_back(dir.path()).await;
+        assert_eq!(records.len(), 6);
     }
 }

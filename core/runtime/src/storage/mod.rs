@@ -5,9 +5,16 @@
 //! Production uses [`file::FileStorage`]; tests use [`MemStorage`]; the simulator its own disk.
 //!
 //! The contract the driver relies on: bytes passed to [`Storage::append`] are durable once a
-//! later [`Storage::sync`] returns `Ok`. An error from `sync` is fatal for the partition: after a
-//! failed fsync the kernel may have dropped the dirty pages, so retrying could report success
-//! for data that is gone.
+//! later [`Storage::sync`] returns `Ok`, and so is everything read back at recovery once the
+//! `sync` that ends recovery returns (a process crash keeps writes that were never synced in
+//! the page cache, where recovery reads them). An error from `sync` is fatal for the
+//! partition: after a failed fsync the kernel may have dropped the dirty pages, so retrying
+//! could report success for data that is gone.
+//!
+//! Recovery reads one snapshot at a time ([`Storage::list_snapshots`], then
+//! [`Storage::read_snapshot`]) and the log one segment at a time ([`Storage::list_log`], then
+//! [`Storage::read_segment`]), so its memory is bounded by the snapshot and one segment,
+//! however long the log.
 
 use std::future::Future;
 use std::io;
@@ -18,15 +25,24 @@ use walletd_core::model::event::Lsn;
 
 #[cfg(not(madsim))]
 pub mod file;
+pub mod segments;
 
-/// One log segment as read back at recovery.
+/// One log segment found at recovery, before its bytes are read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogSegment {
+pub struct SegmentRef {
     /// The lsn of the first record the segment was created for.
     pub first_lsn: Lsn,
     /// A name for messages (the file path in production).
     pub name: String,
-    pub bytes: Vec<u8>,
+}
+
+/// A snapshot found at recovery, before its bytes are read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRef {
+    /// The lsn of the last record the snapshot reflects.
+    pub lsn: Lsn,
+    /// A name for messages (the file path in production).
+    pub name: String,
 }
 
 /// A snapshot of the ledger state after applying record `lsn`.
@@ -44,13 +60,21 @@ pub type OnDurable = Box<dyn FnOnce() + Send>;
 /// Durable storage of one partition.
 pub trait Storage: Send + 'static {
     /// Every log segment, oldest first, with segments whose records all precede
-    /// `from_lsn` allowed to be skipped (they are covered by a snapshot).
-    fn read_log(
+    /// `from_lsn` allowed to be skipped (they are covered by a snapshot). Opens the newest
+    /// for appending.
+    fn list_log(
         &mut self,
         from_lsn: Lsn,
-    ) -> impl Future<Output = io::Result<Vec<LogSegment>>> + Send;
+    ) -> impl Future<Output = io::Result<Vec<SegmentRef>>> + Send;
 
-    /// Cuts the newest segment to `len` bytes (dropping a torn tail) and makes that durable.
+    /// The bytes of one segment that [`Storage::list_log`] listed.
+    fn read_segment(
+        &mut self,
+        segment: &SegmentRef,
+    ) -> impl Future<Output = io::Result<Vec<u8>>> + Send;
+
+    /// Cuts the newest segment to `len` bytes (dropping a torn or stale range). The cut is
+    /// durable with the next [`Storage::sync`], which recovery makes before it answers.
     fn truncate_last(&mut self, len: u64) -> impl Future<Output = io::Result<()>> + Send;
 
     /// Appends whole records starting at `first_lsn`. Not durable until [`Storage::sync`].
@@ -112,11 +136,47 @@ pub trait Storage: Send + 'static {
         encode: EncodeSnapshot,
     ) -> impl Future<Output = io::Result<usize>> + Send + 'static;
 
-    /// The snapshots present, newest first (recovery falls back to older ones if one is bad).
-    fn read_snapshots(&mut self) -> impl Future<Output = io::Result<Vec<StoredSnapshot>>> + Send;
+    /// The snapshots present, newest first (recovery falls back to older ones if one is
+    /// bad, reading one at a time).
+    fn list_snapshots(&mut self) -> impl Future<Output = io::Result<Vec<SnapshotRef>>> + Send;
+
+    /// The bytes of one snapshot that [`Storage::list_snapshots`] listed.
+    fn read_snapshot(
+        &mut self,
+        snapshot: &SnapshotRef,
+    ) -> impl Future<Output = io::Result<Vec<u8>>> + Send;
 
     /// Chunk file `index` of the snapshots (see [`walletd_core::log::snapshot`]).
     fn read_chunk(&mut self, index: u64) -> impl Future<Output = io::Result<Vec<u8>>> + Send;
+}
+
+/// Every segment [`Storage::list_log`] lists from `from_lsn`, with its bytes: the whole log
+/// in memory at once, for tests and tools that want it so (recovery reads one at a time).
+pub async fn read_whole_log<S: Storage>(
+    storage: &mut S,
+    from_lsn: Lsn,
+) -> io::Result<Vec<(SegmentRef, Vec<u8>)>> {
+    let mut segments = Vec::new();
+    for segment in storage.list_log(from_lsn).await? {
+        let bytes = storage.read_segment(&segment).await?;
+        segments.push((segment, bytes));
+    }
+    Ok(segments)
+}
+
+/// Every snapshot, newest first, with its bytes: all of them in memory at once, for tests and
+/// tools that want it so (recovery reads one at a time).
+pub async fn read_all_snapshots<S: Storage>(storage: &mut S) -> io::Result<Vec<StoredSnapshot>> {
+    let mut snapshots = Vec::new();
+    for snapshot in storage.list_snapshots().await? {
+        let bytes = storage.read_snapshot(&snapshot).await?;
+        snapshots.push(StoredSnapshot {
+            lsn: snapshot.lsn,
+            name: snapshot.name,
+            bytes,
+        });
+    }
+    Ok(snapshots)
 }
 
 /// Writes a snapshot's chunk files and bytes to what it is given and returns the snapshot's
@@ -157,17 +217,25 @@ pub struct MemStorage {
 }
 
 impl Storage for MemStorage {
-    async fn read_log(&mut self, _from_lsn: Lsn) -> io::Result<Vec<LogSegment>> {
+    async fn list_log(&mut self, _from_lsn: Lsn) -> io::Result<Vec<SegmentRef>> {
         let disk = self.disk.lock().expect("disk lock");
         Ok(disk
             .segments
             .iter()
-            .map(|(first_lsn, bytes)| LogSegment {
+            .map(|(first_lsn, _)| SegmentRef {
                 first_lsn: *first_lsn,
                 name: format!("mem-{first_lsn}"),
-                bytes: bytes.clone(),
             })
             .collect())
+    }
+
+    async fn read_segment(&mut self, segment: &SegmentRef) -> io::Result<Vec<u8>> {
+        let disk = self.disk.lock().expect("disk lock");
+        disk.segments
+            .iter()
+            .find(|(first_lsn, _)| *first_lsn == segment.first_lsn)
+            .map(|(_, bytes)| bytes.clone())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, segment.name.clone()))
     }
 
     async fn truncate_last(&mut self, len: u64) -> io::Result<()> {
@@ -224,17 +292,26 @@ impl Storage for MemStorage {
         })
     }
 
-    async fn read_snapshots(&mut self) -> io::Result<Vec<StoredSnapshot>> {
+    async fn list_snapshots(&mut self) -> io::Result<Vec<SnapshotRef>> {
         let disk = self.disk.lock().expect("disk lock");
         Ok(disk
             .snapshots
             .iter()
             .rev()
-            .map(|(lsn, bytes)| StoredSnapshot {
+            .map(|(lsn, _)| SnapshotRef {
                 lsn: *lsn,
                 name: format!("mem-snapshot-{lsn}"),
-                bytes: bytes.clone(),
             })
             .collect())
+    }
+
+    async fn read_snapshot(&mut self, snapshot: &SnapshotRef) -> io::Result<Vec<u8>> {
+        let disk = self.disk.lock().expect("disk lock");
+        disk.snapshots
+            .iter()
+            .rev()
+            .find(|(lsn, _)| *lsn == snapshot.lsn)
+            .map(|(_, bytes)| bytes.clone())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, snapshot.name.clone()))
     }
 }

@@ -1,0 +1,269 @@
+use super::*;
+use crate::rng::Purpose;
+use walletd_core::log::codec::{decode_log, encode_record, Record};
+use walletd_core::model::event::Event;
+use walletd_core::model::ids::AccountId;
+use walletd_core::model::money::Currency;
+use walletd_core::protocol::bugs::{self, Bug};
+use walletd_runtime::driver::recover;
+use walletd_runtime::storage::read_whole_log;
+
+/// Runs `body` on a madsim runtime (a `sync` sleeps for its latency).
+fn simulated(body: impl Future<Output = ()> + 'static) {
+    madsim::runtime::Runtime::with_seed_and_config(1, madsim::Config::default()).block_on(body);
+}
+
+fn disk_with_seed(seed: u64) -> Disk {
+    Disk::new(Arc::default(), SharedRng::new(seed, Purpose::Disk))
+}
+
+fn disk() -> Disk {
+    disk_with_seed(1)
+}
+
+/// Records `lsns`, each opening its own account, framed as one batch.
+fn batch(lsns: std::ops::RangeInclusive<Lsn>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for lsn in lsns {
+        let account = AccountId::new(&format!("account-{lsn}")).unwrap();
+        let event = Event::AccountOpened {
+            account,
+            currency: Currency::USD,
+        };
+        let record = Record {
+            lsn,
+            timestamp: lsn,
+            event,
+        };
+        encode_record(&record, &mut bytes);
+    }
+    bytes
+}
+
+/// The lsns of every record a fresh incarnation reads back (as recovery would, decoding
+/// each segment with the codec's rules).
+async fn lsns_read_back(disk: &Disk) -> Vec<Lsn> {
+    let mut storage = disk.open();
+    let mut lsns = Vec::new();
+    for (segment, bytes) in read_whole_log(&mut storage, 0).await.unwrap() {
+        let decoded = decode_log(&bytes, segment.first_lsn).unwrap();
+        lsns.extend(decoded.records.iter().map(|r| r.lsn));
+    }
+    lsns
+}
+
+async fn append_synced(storage: &mut SimStorage, lsns: std::ops::RangeInclusive<Lsn>) {
+    storage.append(*lsns.start(), &batch(lsns)).await.unwrap();
+    storage.sync().await.unwrap();
+}
+
+#[test]
+fn a_process_crash_keeps_every_write_that_reached_the_kernel() {
+    simulated(async {
+        let disk = disk();
+        let mut storage = disk.open();
+        append_synced(&mut storage, 1..=3).await;
+        storage.append(4, &batch(4..=6)).await.unwrap();
+        assert!(disk.unsynced() > 0);
+        let report = disk.crash(Crash::Process, true);
+        assert_eq!(report, CrashReport::default());
+        assert_eq!(lsns_read_back(&disk).await, (1..=6).collect::<Vec<_>>());
+        // The old handle is fenced off.
+        assert!(storage.append(7, &batch(7..=7)).await.is_err());
+    });
+}
+
+#[test]
+fn a_power_loss_keeps_synced_bytes_and_without_torn_writes_nothing_else() {
+    simulated(async {
+        let disk = disk();
+        let mut storage = disk.open();
+        append_synced(&mut storage, 1..=3).await;
+        storage.append(4, &batch(4..=30)).await.unwrap();
+        let report = disk.crash(Crash::PowerLoss, false);
+        assert!(report.lost_bytes > 0 && report.torn_bytes_kept == 0);
+        assert_eq!(lsns_read_back(&disk).await, vec![1, 2, 3]);
+    });
+}
+
+/// Over many draws, a power loss keeps arbitrary subsets of the unsynced sectors: sometimes
+/// a later one survives an earlier one that did not (a hole with records after it), which
+/// recovery must cut at the hole.
+#[test]
+fn a_power_loss_keeps_an_arbitrary_subset_of_the_unsynced_sectors() {
+    simulated(async {
+        let mut holes = 0;
+        for seed in 0..40 {
+            let disk = disk_with_seed(seed);
+            let mut storage = disk.open();
+            append_synced(&mut storage, 1..=2).await;
+            let unsynced = batch(3..=40);
+            storage.append(3, &unsynced).await.unwrap();
+            disk.crash(Crash::PowerLoss, true);
+            let (_, bytes) = disk.durable_log();
+            let decoded = decode_log(&bytes, 1).unwrap();
+            let kept = decoded.records.len();
+            assert!(kept >= 2, "synced records survive");
+            // Whole records after the cut: sectors of the unsynced batch that did survive.
+            let tail = &bytes[decoded.valid_len..];
+            let survivors = (0..tail.len().saturating_sub(8))
+                .filter(|&at| {
+                    let len = u32::from_le_bytes(tail[at..at + 4].try_into().unwrap()) as usize;
+                    let end = at + 8 + len;
+                    (18..=4096).contains(&len)
+                        && end <= tail.len()
+                        && decode_log(&tail[at..end], 0).is_ok_and(|d| d.records.len() == 1)
+                })
+                .count();
+            holes += usize::from(decoded.torn_tail && survivors > 0);
+            let mut storage = disk.open();
+            let (ledger, report) = recover(&mut storage, 0, 1).await.unwrap();
+            assert_eq!(ledger.last_applied().lsn as usize, kept);
+            assert_eq!(report.torn_bytes_dropped > 0, decoded.torn_tail);
+        }
+        assert!(holes > 0, "no power loss left a hole with records after it");
+    });
+}
+
+#[test]
+fn a_new_segment_survives_a_power_loss_only_once_its_directory_entry_is_synced() {
+    simulated(async {
+        for bug in [false, true] {
+            let disk = disk();
+            let mut storage = disk.open();
+            let mut lsn = 1;
+            bugs::set(if bug {
+                &[Bug::RolloverWithoutDirSync]
+            } else {
+                &[]
+            });
+            while disk.lock().dir.files.len() < 2 {
+                append_synced(&mut storage, lsn..=lsn + 9).await;
+                lsn += 10;
+            }
+            bugs::set(&[]);
+            disk.crash(Crash::PowerLoss, true);
+            let kept = lsns_read_back(&disk).await.len() as u64;
+            if bug {
+                assert!(
+                    kept < lsn - 1,
+                    "acknowledged records vanished with the segment"
+                );
+            } else {
+                assert_eq!(kept, lsn - 1);
+            }
+        }
+    });
+}
+
+/// A process crash leaves a batch in the page cache; the restarted partition recovers it.
+/// A power loss before anything new was synced takes it unless recovery synced it.
+#[test]
+fn a_power_loss_after_a_restart_takes_what_recovery_did_not_sync() {
+    simulated(async {
+        for bug in [false, true] {
+            let disk = disk();
+            let mut storage = disk.open();
+            append_synced(&mut storage, 1..=2).await;
+            storage.append(3, &batch(3..=20)).await.unwrap();
+            disk.crash(Crash::Process, true);
+            let mut storage = disk.open();
+            bugs::set(if bug {
+                &[Bug::RecoveryTrustsUnsynced]
+            } else {
+                &[]
+            });
+            let (ledger, _) = recover(&mut storage, 0, 1).await.unwrap();
+            bugs::set(&[]);
+            assert_eq!(
+                ledger.last_applied().lsn,
+                20,
+                "the page cache was read back"
+            );
+            disk.crash(Crash::PowerLoss, false);
+            let kept = lsns_read_back(&disk).await.len();
+            assert_eq!(kept, if bug { 2 } else { 20 }, "bug {bug}");
+        }
+    });
+}
+
+#[test]
+fn a_failed_sync_loses_its_bytes_even_when_a_later_sync_succeeds() {
+    simulated(async {
+        let disk = disk();
+        let mut storage = disk.open();
+        append_synced(&mut storage, 1..=2).await;
+        storage.append(3, &batch(3..=4)).await.unwrap();
+        disk.fail(true);
+        assert!(storage.sync().await.is_err());
+        assert_eq!(lsns_read_back(&disk).await, vec![1, 2]);
+        assert!(
+            disk.repair(),
+            "the failed sync is remembered until the crash"
+        );
+        let report = disk.crash(Crash::PowerLoss, true);
+        assert_eq!(report.torn_bytes_kept, 0, "dropped sectors leave nothing");
+        assert!(!disk.repair(), "a crash ends the fault");
+        assert_eq!(lsns_read_back(&disk).await, vec![1, 2]);
+    });
+}
+
+/// The error is reported once: a retry succeeds with the bytes gone, and the sync mark it
+/// leaves vouches for them, so the next recovery refuses the log (it is how a retried sync
+/// shows in the simulator).
+#[test]
+fn a_retried_failed_sync_leaves_a_log_that_recovery_refuses() {
+    simulated(async {
+        let disk = disk();
+        let mut storage = disk.open();
+        append_synced(&mut storage, 1..=2).await;
+        storage.append(3, &batch(3..=4)).await.unwrap();
+        disk.fail(true);
+        assert!(storage.sync().await.is_err());
+        storage.sync().await.unwrap();
+        disk.crash(Crash::Process, true);
+        let error = recover(&mut disk.open(), 0, 1).await.expect_err("refused");
+        assert!(error.to_string().contains("in synced data"), "{error}");
+    });
+}
+
+#[test]
+fn a_repaired_disk_syncs_normally() {
+    simulated(async {
+        let disk = disk();
+        let storage = disk.open();
+        drop(storage);
+        disk.fail(true);
+        assert!(!disk.repair(), "no sync failed before the repair");
+        let mut storage = disk.open();
+        append_synced(&mut storage, 1..=2).await;
+        assert_eq!(disk.durable_log().0, 1);
+        assert_eq!(lsns_read_back(&disk).await, vec![1, 2]);
+    });
+}
+
+#[test]
+fn the_durable_lsn_follows_syncs_across_segments_and_crashes() {
+    simulated(async {
+        let disk = disk();
+        assert_eq!(disk.durable_lsn(), 0);
+        let mut storage = disk.open();
+        let mut lsn = 1;
+        while disk.lock().dir.files.len() < 3 {
+            append_synced(&mut storage, lsn..=lsn + 9).await;
+            lsn += 10;
+            assert_eq!(disk.durable_lsn(), lsn - 1);
+        }
+        storage.append(lsn, &batch(lsn..=lsn + 5)).await.unwrap();
+        assert_eq!(disk.durable_lsn(), lsn - 1, "written is not durable");
+        disk.crash(Crash::Process, true);
+        assert_eq!(
+            disk.durable_lsn(),
+            lsn - 1,
+            "the page cache is not the medium"
+        );
+        let (ledger, _) = recover(&mut disk.open(), 0, 1).await.unwrap();
+        assert_eq!(ledger.last_applied().lsn, lsn + 5);
+        assert_eq!(disk.durable_lsn(), lsn + 5, "recovery synced what it kept");
+    });
+}
