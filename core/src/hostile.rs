@@ -7,7 +7,7 @@
 //! against the bytes that are there. The fuzz targets in `fuzz/` check the same properties
 //! for longer (see `fuzz/README.md`).
 
-use crc32c::{crc32c, crc32c_append};
+use crc32c::crc32c;
 use proptest::prelude::*;
 use proptest::sample::Index;
 
@@ -63,24 +63,7 @@ pub(crate) fn mutated(mut bytes: Vec<u8>, mutations: &[Mutation]) -> Vec<u8> {
     bytes
 }
 
-/// `bytes` with the checksum of every `[len u32][crc u32][body]` frame recomputed, frame
-/// after frame from the start, while a frame's length lies in `lens` and fits: the framing of
-/// log segments and of wire streams.
-pub(crate) fn reseal_frames(bytes: &[u8], lens: std::ops::RangeInclusive<usize>) -> Vec<u8> {
-    let mut out = bytes.to_vec();
-    let mut at = 0;
-    while let Some(header) = out.get(at..at + 8) {
-        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-        let end = at + 8 + len;
-        if !lens.contains(&len) || end > out.len() {
-            break;
-        }
-        let crc = crc32c_append(crc32c(&out[at..at + 4]), &out[at + 8..end]);
-        out[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
-        at = end;
-    }
-    out
-}
+pub(crate) use crate::log::codec::reseal_frames;
 
 /// `bytes` with a right trailing CRC32C over everything before it: the framing of snapshots
 /// and chunk files. Unchanged if shorter than a checksum.

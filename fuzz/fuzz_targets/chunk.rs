@@ -11,11 +11,8 @@ fn check(chunk: &[u8]) {
     walletd_fuzz::check_snapshot(snapshot, &files);
 }
 
-fuzz_target!(|data: &[u8]| {
-    check(data);
-    if let Some(resealed) = walletd_fuzz::reseal_trailer(data) {
-        if resealed != data {
-            check(&resealed);
-        }
-    }
-});
+fuzz_target!(|data: &[u8]| walletd_fuzz::as_is_and_resealed(
+    data,
+    walletd_fuzz::reseal_trailer,
+    check
+));

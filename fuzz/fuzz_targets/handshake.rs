@@ -5,10 +5,8 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    walletd_fuzz::check_handshake(data);
-    let resealed = walletd_fuzz::reseal_wire(data);
-    if resealed != data {
-        walletd_fuzz::check_handshake(&resealed);
-    }
-});
+fuzz_target!(|data: &[u8]| walletd_fuzz::as_is_and_resealed(
+    data,
+    |d| Some(walletd_fuzz::reseal_wire(d)),
+    walletd_fuzz::check_handshake
+));

@@ -9,7 +9,7 @@
 
 use std::sync::OnceLock;
 
-use crc32c::{crc32c, crc32c_append};
+use crc32c::crc32c;
 use walletd_core::ledger::{Command, Ledger, LedgerError, PhaseResult, Reply, TransferStatus};
 use walletd_core::log::codec::{
     decode_log, encode_record, CodecError, Record, RecordReader, RECORD_BODY_LEN_MAX,
@@ -34,24 +34,7 @@ use walletd_core::wire::{
 // ---------------------------------------------------------------------------------------
 // Re-sealing checksums.
 
-/// `bytes` with the checksum of every frame recomputed, frame after frame from the start,
-/// as long as a frame's declared length lies in `lens` and fits. Log segments and wire
-/// streams share this framing: `[len u32][crc32c(len bytes, body) u32][body]`.
-fn reseal_frames(bytes: &[u8], lens: std::ops::RangeInclusive<usize>) -> Vec<u8> {
-    let mut out = bytes.to_vec();
-    let mut at = 0;
-    while let Some(header) = out.get(at..at + 8) {
-        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-        let end = at + 8 + len;
-        if !lens.contains(&len) || end > out.len() {
-            break;
-        }
-        let crc = crc32c_append(crc32c(&out[at..at + 4]), &out[at + 8..end]);
-        out[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
-        at = end;
-    }
-    out
-}
+use walletd_core::log::codec::reseal_frames;
 
 /// A log segment with every record's checksum made right.
 pub fn reseal_log(bytes: &[u8]) -> Vec<u8> {
@@ -532,4 +515,18 @@ pub fn frame_of(map_version: u64, messages: &[Message]) -> Vec<u8> {
     let mut out = Vec::new();
     encode_frame(map_version, messages, &mut out);
     out
+}
+
+/// Runs `check` on `data` as it is, then on `reseal(data)` when that differs: mutations
+/// rarely get past a checksum to the field decoders, so every target also decodes its input
+/// with the checksums made right.
+pub fn as_is_and_resealed(
+    data: &[u8],
+    reseal: impl Fn(&[u8]) -> Option<Vec<u8>>,
+    check: impl Fn(&[u8]),
+) {
+    check(data);
+    if let Some(resealed) = reseal(data).filter(|resealed| resealed != data) {
+        check(&resealed);
+    }
 }

@@ -177,6 +177,35 @@ fn numbered_files(dir: &Path, prefix: &str, suffix: &str) -> io::Result<Vec<(u64
     Ok(found)
 }
 
+/// Writes `text` to `path` atomically and durably: into `tmp`, synced, renamed over `path`,
+/// and the directory `root` synced, so a crash leaves the old file or the new one.
+fn replace_durably(root: &Path, tmp: &Path, path: &Path, text: &str) -> Result<(), DataDirError> {
+    let mut file = fs::File::create(tmp).map_err(io_error(tmp))?;
+    file.write_all(text.as_bytes()).map_err(io_error(tmp))?;
+    file.sync_all().map_err(io_error(tmp))?;
+    fs::rename(tmp, path).map_err(io_error(path))?;
+    fs::File::open(root)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io_error(root))
+}
+
+/// The `key = value` lines of a layout or node file (blank lines and `#` comments skipped);
+/// `None` for a line that is neither.
+fn key_values(text: &str) -> impl Iterator<Item = Option<(&str, &str)>> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| line.split_once('='))
+}
+
+/// The refusal of the layout or node file at `path` for `detail`.
+fn bad_layout(path: &Path) -> impl Fn(&str) -> DataDirError + '_ {
+    move |detail| DataDirError::BadLayout {
+        path: path.display().to_string(),
+        detail: detail.to_string(),
+    }
+}
+
 /// The text of the file at `path`, or `None` when there is no such file.
 fn read_if_present(path: &Path) -> Result<Option<String>, DataDirError> {
     match fs::read_to_string(path) {
@@ -192,19 +221,11 @@ fn read_layout(root: &Path) -> Result<Option<u32>, DataDirError> {
     let Some(text) = read_if_present(&path)? else {
         return Ok(None);
     };
-    let bad = |detail: &str| DataDirError::BadLayout {
-        path: path.display().to_string(),
-        detail: detail.to_string(),
-    };
+    let bad = bad_layout(&path);
     let mut partitions = None;
     let mut format = None;
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (key, value) = line
-            .split_once('=')
-            .ok_or_else(|| bad("expected `key = value` lines"))?;
+    for line in key_values(&text) {
+        let (key, value) = line.ok_or_else(|| bad("expected `key = value` lines"))?;
         let value: u32 = value
             .trim()
             .parse()
@@ -237,13 +258,7 @@ fn write_layout(root: &Path, partitions: u32) -> Result<(), DataDirError> {
         "# walletd data directory. Accounts map to partitions by this count: never edit it.\n\
          format = {LAYOUT_FORMAT}\npartitions = {partitions}\n"
     );
-    let mut file = fs::File::create(&tmp).map_err(io_error(&tmp))?;
-    file.write_all(text.as_bytes()).map_err(io_error(&tmp))?;
-    file.sync_all().map_err(io_error(&tmp))?;
-    fs::rename(&tmp, &path).map_err(io_error(&path))?;
-    fs::File::open(root)
-        .and_then(|dir| dir.sync_all())
-        .map_err(io_error(root))
+    replace_durably(root, &tmp, &path, &text)
 }
 
 /// The number of `partition-N` directories, if they form `0..N` (a directory written before
@@ -305,18 +320,10 @@ fn read_node_file(root: &Path) -> Result<Option<(u32, Vec<PartitionId>)>, DataDi
     let Some(text) = read_if_present(&path)? else {
         return Ok(None);
     };
-    let bad = |detail: &str| DataDirError::BadLayout {
-        path: path.display().to_string(),
-        detail: detail.to_string(),
-    };
+    let bad = bad_layout(&path);
     let (mut node, mut holds) = (None, None);
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (key, value) = line
-            .split_once('=')
-            .ok_or_else(|| bad("expected `key = value` lines"))?;
+    for line in key_values(&text) {
+        let (key, value) = line.ok_or_else(|| bad("expected `key = value` lines"))?;
         match key.trim() {
             "node" => node = Some(value.trim().parse().map_err(|_| bad("node is a number"))?),
             "holds" => {
@@ -343,13 +350,7 @@ fn write_node_file(root: &Path, node: u32, partitions: &[PartitionId]) -> Result
          node = {node}\nholds = {}\n",
         holds.join(",")
     );
-    let mut file = fs::File::create(&tmp).map_err(io_error(&tmp))?;
-    file.write_all(text.as_bytes()).map_err(io_error(&tmp))?;
-    file.sync_all().map_err(io_error(&tmp))?;
-    fs::rename(&tmp, &path).map_err(io_error(&path))?;
-    fs::File::open(root)
-        .and_then(|dir| dir.sync_all())
-        .map_err(io_error(root))
+    replace_durably(root, &tmp, &path, &text)
 }
 
 #[cfg(test)]

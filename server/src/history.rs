@@ -209,7 +209,7 @@ pub fn account_filter(account: AccountId) -> impl FnMut(&Record) -> bool {
         | Event::CreditCancelled { key }
         | Event::CreditTryNotSeen { key } => credited.contains(key),
         // A refusal moved no money: it is no movement of the account's.
-        Event::CashRefused { .. } => false,
+        Event::CashRefused(_) => false,
     }
 }
 

@@ -20,7 +20,9 @@ use walletd_core::model::partition::PartitionId;
 use walletd_core::protocol::coordinator::CoordinatorConfig;
 use walletd_runtime::driver::DriverConfig;
 use walletd_runtime::engine::EngineConfig;
-use walletd_runtime::net::{start_node, NetConfig, NodeConfig, NodeError};
+use walletd_runtime::net::{
+    bind_peer_address, start_node_with, NetConfig, NodeConfig, NodeError, Tcp,
+};
 use walletd_runtime::storage::file::{FileStorage, FileStorageConfig};
 
 use crate::cli::NodeArgs;
@@ -105,7 +107,17 @@ async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
     let config = node_config(&args)?;
     let storages = open_storages(&dir, &owned)?;
     let http = bind_http(&address.http).await?;
-    let node = start_node(&cluster.map, args.id, &cluster.secret, storages, config).await?;
+    let listener = bind_peer_address(&cluster.map, args.id).await?;
+    let node = start_node_with(
+        Tcp,
+        listener,
+        &cluster.map,
+        args.id,
+        &cluster.secret,
+        storages,
+        config,
+    )
+    .await?;
     log_recovery(node.engine().recovery_reports());
     let api = build_api(node.engine(), dir, options(&args.service));
     let grace = Duration::from_millis(args.service.shutdown_grace_ms);

@@ -533,7 +533,7 @@ pub fn event_name(event: &Event) -> &'static str {
         Event::CreditConfirmed { .. } => "CreditConfirmed",
         Event::CreditCancelled { .. } => "CreditCancelled",
         Event::CreditTryNotSeen { .. } => "CreditTryNotSeen",
-        Event::CashRefused { .. } => "CashRefused",
+        Event::CashRefused(_) => "CashRefused",
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use walletd_core::ledger::{Account, CashKind, CashRefusal};
+use walletd_core::ledger::{Account, CashKind, CashRefusal, CashRefused};
 use walletd_core::log::codec::Record;
 use walletd_core::model::event::{Event, Lsn, Reason, Timestamp, Transfer, TransferKey};
 use walletd_core::model::ids::{AccountId, TransactionId};
@@ -136,14 +136,15 @@ impl Model {
     }
 
     /// A recorded refusal of a deposit or withdrawal must have been right when it was made.
-    fn refused_cash(
-        &mut self,
-        record: &Record,
-        (account, transaction_id): (AccountId, TransactionId),
-        kind: CashKind,
-        minor: u64,
-        refusal: CashRefusal,
-    ) {
+    fn refused_cash(&mut self, record: &Record, refused: &CashRefused) {
+        let CashRefused {
+            account,
+            transaction_id,
+            kind,
+            amount,
+            refusal,
+        } = *refused;
+        let minor = amount.minor();
         let found = self.accounts.get(&account);
         let fact = CashFact {
             withdrawal: kind == CashKind::Withdrawal,
@@ -171,16 +172,7 @@ impl Model {
 
     fn apply(&mut self, record: &Record) {
         match record.event {
-            Event::CashRefused {
-                account,
-                transaction_id,
-                kind,
-                amount,
-                refusal,
-            } => {
-                let key = (account, transaction_id);
-                self.refused_cash(record, key, kind, amount.minor(), refusal)
-            }
+            Event::CashRefused(refused) => self.refused_cash(record, &refused),
             Event::AccountOpened { account, currency } => {
                 if self.accounts.contains_key(&account) {
                     self.problem(

@@ -156,26 +156,9 @@ fn sigterm_stops_cleanly_and_a_restart_recovers_everything() {
     assert!(s.terminate().success());
 
     // The partition count is part of the data directory.
-    let refused = w.run(&[
-        "serve",
-        "--data-dir",
-        &data.display().to_string(),
-        "--partitions",
-        "4",
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    assert!(!refused.status.success());
-    assert!(
-        stderr(&refused).contains("created with 8 partitions"),
-        "{}",
-        stderr(&refused)
-    );
-    assert!(
-        stderr(&refused).contains("--partitions 8"),
-        "{}",
-        stderr(&refused)
-    );
+    let refused = serve_refused(&w, &data, 4);
+    assert!(refused.contains("created with 8 partitions"), "{refused}");
+    assert!(refused.contains("--partitions 8"), "{refused}");
 }
 
 #[test]
@@ -394,6 +377,16 @@ fn id(text: &str) -> AccountId {
 }
 
 /// Writes `events` as the log of partition 0 of a one-partition data directory.
+/// Runs `wallet serve` on `data` with `partitions`, which must refuse to start; its stderr.
+fn serve_refused(w: &Wallet, data: &Path, partitions: u32) -> String {
+    let data = data.display().to_string();
+    let partitions = partitions.to_string();
+    let args = ["serve", "--data-dir", &data, "--partitions", &partitions];
+    let refused = w.run(&[&args[..], &["--listen", "127.0.0.1:0"]].concat());
+    assert!(!refused.status.success(), "{}", stderr(&refused));
+    stderr(&refused)
+}
+
 fn write_log(data: &Path, events: &[Event]) {
     let partition = data.join("partition-0");
     fs::create_dir_all(&partition).unwrap();
@@ -420,6 +413,17 @@ fn verify_reports_each_violation_in_damaged_logs() {
     let usd = Currency::USD;
     let amount = Amount::from_minor(500).unwrap();
     let t1 = TransactionId::new("t1").unwrap();
+    let funded = [
+        Event::AccountOpened {
+            account: id("alice"),
+            currency: usd,
+        },
+        Event::Deposited {
+            account: id("alice"),
+            amount,
+            transaction_id: t1,
+        },
+    ];
     let transfer = Transfer {
         transaction_id: t1,
         from: id("x"),
@@ -433,25 +437,20 @@ fn verify_reports_each_violation_in_damaged_logs() {
     write_log(
         &data,
         &[
-            Event::AccountOpened {
-                account: id("alice"),
-                currency: usd,
-            },
-            Event::Deposited {
-                account: id("alice"),
-                amount,
-                transaction_id: t1,
-            },
-            Event::Deposited {
-                account: id("alice"),
-                amount,
-                transaction_id: t1,
-            },
-            Event::CreditTryNotSeen {
-                key: transfer.key(),
-            },
-            Event::CreditTried { transfer },
-        ],
+            &funded[..],
+            &[
+                Event::Deposited {
+                    account: id("alice"),
+                    amount,
+                    transaction_id: t1,
+                },
+                Event::CreditTryNotSeen {
+                    key: transfer.key(),
+                },
+                Event::CreditTried { transfer },
+            ],
+        ]
+        .concat(),
     );
     let (code, report) = w.verify(&data);
     assert_eq!(code, 1, "{report}");
@@ -484,21 +483,14 @@ fn verify_reports_each_violation_in_damaged_logs() {
     write_log(
         &data,
         &[
-            Event::AccountOpened {
-                account: id("alice"),
-                currency: usd,
-            },
-            Event::Deposited {
-                account: id("alice"),
-                amount,
-                transaction_id: t1,
-            },
-            Event::Deposited {
+            &funded[..],
+            &[Event::Deposited {
                 account: id("alice"),
                 amount,
                 transaction_id: TransactionId::new("t2").unwrap(),
-            },
-        ],
+            }],
+        ]
+        .concat(),
     );
     let segment = data.join("partition-0/log-00000000000000000001.seg");
     let mut bytes = fs::read(&segment).unwrap();
@@ -511,20 +503,7 @@ fn verify_reports_each_violation_in_damaged_logs() {
 
     // A torn tail alone is what a crash leaves: reported, not a violation.
     let data = tmp.path().join("torn");
-    write_log(
-        &data,
-        &[
-            Event::AccountOpened {
-                account: id("alice"),
-                currency: usd,
-            },
-            Event::Deposited {
-                account: id("alice"),
-                amount,
-                transaction_id: t1,
-            },
-        ],
-    );
+    write_log(&data, &funded);
     let segment = data.join("partition-0/log-00000000000000000001.seg");
     let mut bytes = fs::read(&segment).unwrap();
     bytes.truncate(bytes.len() - 3);
@@ -585,21 +564,8 @@ fn a_missing_segment_in_the_middle_stops_the_partition_and_names_the_gap() {
             .join("log-00000000000000000004.seg"),
     )
     .unwrap();
-    let refused = w.run(&[
-        "serve",
-        "--data-dir",
-        &data.display().to_string(),
-        "--partitions",
-        "1",
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    assert!(!refused.status.success());
-    assert!(
-        stderr(&refused).contains("lsn 4 is missing"),
-        "{}",
-        stderr(&refused)
-    );
+    let refused = serve_refused(&w, &data, 1);
+    assert!(refused.contains("lsn 4 is missing"), "{refused}");
     let (code, report) = w.verify(&data);
     assert_eq!(code, 1, "{report}");
     assert!(report.contains("lsn 4 is missing"), "{report}");

@@ -10,7 +10,7 @@
 //! - [`storage`]: the durable-storage trait; [`storage::file`] on real files with fsync.
 //! - [`transport`]: how partitions send phase messages to each other (best effort).
 //! - [`net`]: cluster nodes over TCP: forwarders to the owners of remote partitions, the
-//!   authenticated peer listener, and [`net::start_node`]. The simulator runs it too, over
+//!   authenticated peer listener, and [`net::start_node_with`]. The simulator runs it too, over
 //!   madsim's simulated TCP.
 
 pub mod driver;

@@ -17,7 +17,7 @@ pub(crate) mod chunked;
 pub(crate) mod row_index;
 pub(crate) mod transfer_table;
 
-pub use crate::model::event::{CashKind, CashRefusal};
+pub use crate::model::event::{CashKind, CashRefusal, CashRefused};
 pub use transfer_table::CHUNK_ROWS;
 
 use std::collections::hash_map::Entry;
@@ -568,7 +568,7 @@ impl Ledger {
         debug_assert!(
             result.is_ok()
                 || events.len() == events_before
-                || matches!(&events[events_before..], [Event::CashRefused { .. }]),
+                || matches!(&events[events_before..], [Event::CashRefused(_)]),
             "a refused command emitted events other than its refusal's record"
         );
         result
@@ -621,13 +621,13 @@ impl Ledger {
         }
         let refusal = self.cash_refusal(kind, &account, amount, currency);
         if let Some(refusal) = refusal {
-            let refused = Event::CashRefused {
+            let refused = Event::CashRefused(CashRefused {
                 account,
                 transaction_id,
                 kind,
                 amount,
                 refusal,
-            };
+            });
             if records_refusals() {
                 events.push(refused);
             }
@@ -1006,13 +1006,7 @@ impl Ledger {
                 amount,
                 transaction_id,
             } => self.apply_cash(CashKind::Withdrawal, account, *amount, transaction_id),
-            Event::CashRefused {
-                account,
-                transaction_id,
-                kind,
-                amount,
-                refusal,
-            } => self.apply_cash_refused(account, transaction_id, *kind, *amount, *refusal),
+            Event::CashRefused(refused) => self.apply_cash_refused(refused),
             Event::Transferred { transfer } => self.apply_transferred(meta, transfer),
             Event::TransferRejected { transfer, reason } => {
                 self.apply_rejected(meta, transfer, *reason)
@@ -1085,21 +1079,15 @@ impl Ledger {
     }
 
     /// A refused deposit or withdrawal: only its idempotency row, with the balance it found.
-    fn apply_cash_refused(
-        &mut self,
-        account: &AccountId,
-        transaction_id: &TransactionId,
-        kind: CashKind,
-        amount: Amount,
-        refusal: CashRefusal,
-    ) -> Result<(), String> {
+    fn apply_cash_refused(&mut self, refused: &CashRefused) -> Result<(), String> {
+        let account = &refused.account;
         let row = CashRow {
-            kind,
-            amount,
+            kind: refused.kind,
+            amount: refused.amount,
             balance_after: self.accounts.get(account).map_or(0, |a| a.balance),
-            refused: Some(refusal),
+            refused: Some(refused.refusal),
         };
-        record_cash(&mut self.cash, account, transaction_id, row)
+        record_cash(&mut self.cash, account, &refused.transaction_id, row)
     }
 
     /// The ledger's hottest path: one lookup for the key, which also places the row, and one
@@ -1118,8 +1106,8 @@ impl Ledger {
             ));
         };
         let (minor, currency) = (transfer.amount.minor(), transfer.currency);
-        check_debit(from_id, from, minor, currency)?;
-        check_credit(to_id, to, minor, currency)?;
+        check_move(from_id, from, minor, currency, check_covers)?;
+        check_move(to_id, to, minor, currency, check_room)?;
         from.balance -= minor;
         to.balance += minor;
         slot.fill(&new_row(meta, *transfer, TransferState::Committed, false));
@@ -1146,7 +1134,7 @@ impl Ledger {
         let slot = vacancy(&mut self.transfers, &transfer.key())?;
         let from = find_account(&mut self.accounts, &transfer.from, "debit from")?;
         let minor = transfer.amount.minor();
-        check_debit(&transfer.from, from, minor, transfer.currency)?;
+        check_move(&transfer.from, from, minor, transfer.currency, check_covers)?;
         from.balance -= minor;
         from.held += minor;
         slot.fill(&new_row(meta, *transfer, TransferState::Trying, true));
@@ -1205,7 +1193,7 @@ impl Ledger {
         let key = transfer.key();
         let to = find_account(&mut self.accounts, &transfer.to, "credit to")?;
         let minor = transfer.amount.minor();
-        check_credit(&transfer.to, to, minor, transfer.currency)?;
+        check_move(&transfer.to, to, minor, transfer.currency, check_room)?;
         let row = CreditRow {
             state: CreditState::Tried,
             transfer: Some(*transfer),
@@ -1439,30 +1427,19 @@ fn check_room(id: &AccountId, found: &Account, minor: u64) -> Result<(), String>
     })
 }
 
-/// That `minor` of `currency` can be debited from `found`, the account `id`: the rules
-/// `decide` checked before it logged the debit.
+/// That `minor` of `currency` can be moved out of (with `check_covers`) or into (with
+/// `check_room`) `found`, the account `id`: the rules `decide` checked before it logged the
+/// movement.
 #[inline]
-fn check_debit(
+fn check_move(
     id: &AccountId,
     found: &Account,
     minor: u64,
     currency: Currency,
+    fits: fn(&AccountId, &Account, u64) -> Result<(), String>,
 ) -> Result<(), String> {
     check_currency(id, found, currency)?;
-    check_covers(id, found, minor)
-}
-
-/// That `minor` of `currency` can be credited to `found`, the account `id`: the rules
-/// `decide` checked before it logged the credit.
-#[inline]
-fn check_credit(
-    id: &AccountId,
-    found: &Account,
-    minor: u64,
-    currency: Currency,
-) -> Result<(), String> {
-    check_currency(id, found, currency)?;
-    check_room(id, found, minor)
+    fits(id, found, minor)
 }
 
 /// Why a second record under the transfer key `key` is refused: a transfer key is an

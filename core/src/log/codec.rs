@@ -101,8 +101,10 @@
 
 use crc32c::{crc32c, crc32c_append};
 
+use crate::ledger::TransferState;
 use crate::model::event::{
-    CashKind, CashRefusal, Decision, Event, Lsn, Reason, Timestamp, Transfer, TransferKey,
+    CashKind, CashRefusal, CashRefused, Decision, Event, Lsn, Reason, Timestamp, Transfer,
+    TransferKey,
 };
 use crate::model::ids::{AccountId, TransactionId, ID_LEN_MAX};
 use crate::model::money::{Amount, Currency};
@@ -302,20 +304,56 @@ fn encode_event(event: &Event, out: &mut Vec<u8>) {
         Event::CreditConfirmed { key } => put_key_event(out, tag::CREDIT_CONFIRMED, &key),
         Event::CreditCancelled { key } => put_key_event(out, tag::CREDIT_CANCELLED, &key),
         Event::CreditTryNotSeen { key } => put_key_event(out, tag::CREDIT_TRY_NOT_SEEN, &key),
-        Event::CashRefused {
-            account,
-            transaction_id,
-            kind,
-            amount,
-            refusal,
-        } => {
-            out.extend_from_slice(&[tag::CASH_REFUSED, cash_kind_tag(kind)]);
-            account.encode_into(out);
-            out.extend_from_slice(&amount.minor().to_le_bytes());
-            transaction_id.encode_into(out);
-            put_cash_refusal(out, refusal);
+        Event::CashRefused(refused) => {
+            out.extend_from_slice(&[tag::CASH_REFUSED, cash_kind_tag(refused.kind)]);
+            refused.account.encode_into(out);
+            out.extend_from_slice(&refused.amount.minor().to_le_bytes());
+            refused.transaction_id.encode_into(out);
+            put_cash_refusal(out, refused.refusal);
         }
     }
+}
+
+/// `bytes` with the checksum of every `[len u32][crc u32][body]` frame recomputed, frame
+/// after frame from the start, while a frame's length lies in `lens` and fits: the framing of
+/// log segments and of wire streams. For tests and fuzzing of the decoders, which must see
+/// damage get past a checksum to the fields behind it.
+#[cfg(any(test, feature = "testing"))]
+pub fn reseal_frames(bytes: &[u8], lens: std::ops::RangeInclusive<usize>) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    let mut at = 0;
+    while let Some(header) = out.get(at..at + 8) {
+        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+        let end = at + 8 + len;
+        if !lens.contains(&len) || end > out.len() {
+            break;
+        }
+        let crc = crc32c_append(crc32c(&out[at..at + 4]), &out[at + 8..end]);
+        out[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+        at = end;
+    }
+    out
+}
+
+/// Records `lsns`, each opening an account of its own (`account-{lsn}`), encoded end to end:
+/// a log for tests of what reads logs.
+#[cfg(any(test, madsim, feature = "testing"))]
+pub fn opening_records(lsns: std::ops::RangeInclusive<Lsn>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for lsn in lsns {
+        let account = AccountId::new(&format!("account-{lsn}")).expect("a valid id");
+        let event = Event::AccountOpened {
+            account,
+            currency: Currency::USD,
+        };
+        let record = Record {
+            lsn,
+            timestamp: lsn,
+            event,
+        };
+        encode_record(&record, &mut bytes);
+    }
+    bytes
 }
 
 /// The stable byte of a cash kind; see the module docs.
@@ -485,6 +523,20 @@ impl<'a> Cursor<'a> {
         reason_from_tag(byte).ok_or_else(|| format!("unknown reason {byte}"))
     }
 
+    /// A transfer state: a byte (1 trying, 2 confirming, 3 cancelling, 4 committed,
+    /// 5 cancelled, 6 rejected) and, for 3, 5 and 6, its reason.
+    pub(crate) fn transfer_state(&mut self) -> Result<TransferState, String> {
+        Ok(match self.u8()? {
+            1 => TransferState::Trying,
+            2 => TransferState::Confirming,
+            3 => TransferState::Cancelling(self.reason()?),
+            4 => TransferState::Committed,
+            5 => TransferState::Cancelled(self.reason()?),
+            6 => TransferState::Rejected(self.reason()?),
+            other => return Err(format!("unknown transfer state {other}")),
+        })
+    }
+
     pub(crate) fn cash_kind(&mut self) -> Result<CashKind, String> {
         match self.u8()? {
             1 => Ok(CashKind::Deposit),
@@ -582,13 +634,13 @@ fn decode_event(cursor: &mut Cursor<'_>) -> Result<Event, String> {
         tag::CREDIT_CONFIRMED => Event::CreditConfirmed { key: cursor.key()? },
         tag::CREDIT_CANCELLED => Event::CreditCancelled { key: cursor.key()? },
         tag::CREDIT_TRY_NOT_SEEN => Event::CreditTryNotSeen { key: cursor.key()? },
-        tag::CASH_REFUSED => Event::CashRefused {
+        tag::CASH_REFUSED => Event::CashRefused(CashRefused {
             kind: cursor.cash_kind()?,
             account: cursor.account()?,
             amount: cursor.amount()?,
             transaction_id: cursor.transaction_id()?,
             refusal: cursor.cash_refusal()?,
-        },
+        }),
         other => return Err(format!("unknown event tag {other}")),
     };
     cursor.finish()?;
@@ -1029,6 +1081,15 @@ mod tests {
         assert_eq!(&bytes[..alone.len()], &alone[..]);
     }
 
+    /// `bytes` with one bit flipped, for every bit: the bit's index and the damaged copy.
+    fn each_bit_flipped(bytes: &[u8]) -> impl Iterator<Item = (usize, Vec<u8>)> + '_ {
+        (0..bytes.len() * 8).map(|bit| {
+            let mut damaged = bytes.to_vec();
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            (bit, damaged)
+        })
+    }
+
     #[test]
     fn empty_input_is_an_empty_log() {
         let decoded = decode_log(&[], 1).unwrap();
@@ -1052,9 +1113,7 @@ mod tests {
     fn flipping_any_bit_never_yields_a_modified_record() {
         let (records, bytes, boundaries) = small_log();
         let last_start = boundaries[boundaries.len() - 2];
-        for bit in 0..bytes.len() * 8 {
-            let mut damaged = bytes.clone();
-            damaged[bit / 8] ^= 1 << (bit % 8);
+        for (bit, damaged) in each_bit_flipped(&bytes) {
             match decode_log(&damaged, 41) {
                 Ok(decoded) => {
                     let n = decoded.records.len();
@@ -1303,9 +1362,7 @@ mod tests {
     fn flipping_any_bit_of_a_marked_segment_never_yields_a_modified_record() {
         let (records, bytes, starts) = marked_segment(&[0..2, 2..5, 5..10]);
         let last_mark = bytes.len() - SYNC_MARK_LEN;
-        for bit in 0..bytes.len() * 8 {
-            let mut damaged = bytes.clone();
-            damaged[bit / 8] ^= 1 << (bit % 8);
+        for (bit, damaged) in each_bit_flipped(&bytes) {
             match decode_log(&damaged, 41) {
                 Ok(decoded) => {
                     let n = decoded.records.len();

@@ -200,28 +200,11 @@ fn codec_offset(error: &CodecError) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::codec::{encode_record, encode_sync_mark, Record};
-    use crate::model::event::Event;
-    use crate::model::ids::AccountId;
-    use crate::model::money::Currency;
+    use crate::log::codec::encode_sync_mark;
 
     /// A segment holding account-opening records `lsns` (each opens its own account).
     fn segment(lsns: std::ops::RangeInclusive<Lsn>) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        for lsn in lsns {
-            let account = AccountId::new(&format!("a-{lsn}")).unwrap();
-            let event = Event::AccountOpened {
-                account,
-                currency: Currency::USD,
-            };
-            let record = Record {
-                lsn,
-                timestamp: lsn,
-                event,
-            };
-            encode_record(&record, &mut bytes);
-        }
-        bytes
+        crate::log::codec::opening_records(lsns)
     }
 
     #[test]

@@ -705,15 +705,7 @@ fn read_table<K: Ord + std::hash::Hash, V, T: FromIterator<(K, V)>>(
 
 fn read_transfer_row(cursor: &mut Cursor<'_>) -> Result<TransferRow, String> {
     let transfer = cursor.transfer()?;
-    let state = match cursor.u8()? {
-        1 => TransferState::Trying,
-        2 => TransferState::Confirming,
-        3 => TransferState::Cancelling(cursor.reason()?),
-        4 => TransferState::Committed,
-        5 => TransferState::Cancelled(cursor.reason()?),
-        6 => TransferState::Rejected(cursor.reason()?),
-        other => return Err(format!("unknown transfer state {other}")),
-    };
+    let state = cursor.transfer_state()?;
     let remote = match cursor.u8()? {
         0 => false,
         1 => true,

@@ -100,6 +100,16 @@ pub enum CashKind {
     Withdrawal,
 }
 
+/// A refused deposit or withdrawal, as [`Event::CashRefused`] records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CashRefused {
+    pub account: AccountId,
+    pub transaction_id: TransactionId,
+    pub kind: CashKind,
+    pub amount: Amount,
+    pub refusal: CashRefusal,
+}
+
 /// Why a deposit or withdrawal was refused: a business refusal, recorded so that its
 /// `transaction_id` gets the same answer forever (see [`Event::CashRefused`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -141,13 +151,7 @@ pub enum Event {
     },
     /// A deposit or withdrawal was refused (a business refusal); recorded so that a retry of
     /// its `transaction_id` gets the same answer forever. Nothing moved.
-    CashRefused {
-        account: AccountId,
-        transaction_id: TransactionId,
-        kind: CashKind,
-        amount: Amount,
-        refusal: CashRefusal,
-    },
+    CashRefused(CashRefused),
     /// A transfer within one partition, applied atomically: debit and credit in one event.
     Transferred { transfer: Transfer },
     /// A transfer was refused at its home partition; recorded so a retry gets the same answer.

@@ -848,15 +848,7 @@ fn put_row(out: &mut Vec<u8>, row: &TransferRow) {
 
 fn get_row(cursor: &mut Cursor<'_>) -> Result<TransferRow, String> {
     let transfer = cursor.transfer()?;
-    let state = match cursor.u8()? {
-        1 => TransferState::Trying,
-        2 => TransferState::Confirming,
-        3 => TransferState::Cancelling(cursor.reason()?),
-        4 => TransferState::Committed,
-        5 => TransferState::Cancelled(cursor.reason()?),
-        6 => TransferState::Rejected(cursor.reason()?),
-        other => return Err(format!("unknown transfer state {other}")),
-    };
+    let state = cursor.transfer_state()?;
     Ok(TransferRow {
         transfer,
         state,

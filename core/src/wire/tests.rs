@@ -625,20 +625,24 @@ fn arb_ledger_error() -> impl Strategy<Value = LedgerError> {
     )
 }
 
+fn arb_hello() -> impl Strategy<Value = Message> {
+    let fields = (
+        any::<u32>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<[u8; NONCE_LEN]>(),
+    );
+    fields.prop_map(|(node, map_version, map_digest, nonce)| Message::Hello {
+        node,
+        map_version,
+        map_digest,
+        nonce,
+    })
+}
+
 fn arb_message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (
-            any::<u32>(),
-            any::<u64>(),
-            any::<u64>(),
-            any::<[u8; NONCE_LEN]>()
-        )
-            .prop_map(|(node, map_version, map_digest, nonce)| Message::Hello {
-                node,
-                map_version,
-                map_digest,
-                nonce
-            }),
+        arb_hello(),
         any::<[u8; MAC_LEN]>().prop_map(|mac| Message::Auth { mac }),
         (any::<u64>(), any::<bool>(), arb_command())
             .prop_map(|(id, wait, command)| Message::Request { id, wait, command }),
@@ -769,18 +773,7 @@ fn check_stream(bytes: &[u8]) -> Result<(), TestCaseError> {
 
 fn arb_handshake_message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (
-            any::<u32>(),
-            any::<u64>(),
-            any::<u64>(),
-            any::<[u8; NONCE_LEN]>()
-        )
-            .prop_map(|(node, map_version, map_digest, nonce)| Message::Hello {
-                node,
-                map_version,
-                map_digest,
-                nonce
-            }),
+        arb_hello(),
         any::<[u8; MAC_LEN]>().prop_map(|mac| Message::Auth { mac }),
     ]
 }

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use walletd_core::model::partition::{NodeAddress, NodeId, PartitionMap};
 
 use walletd_runtime::engine::{Client, EngineConfig};
-use walletd_runtime::net::{start_node_on, ClusterNode, NetConfig, NodeConfig};
+use walletd_runtime::net::{start_node_with, ClusterNode, NetConfig, NodeConfig, Tcp};
 use walletd_runtime::storage::file::{FileStorage, FileStorageConfig};
 
 use super::args::{BenchArgs, Mode};
@@ -181,7 +181,7 @@ async fn start_node(
         net: NetConfig::default(),
         nonce_seed: [node as u8; 32],
     };
-    start_node_on(listener, map, node, SECRET, storages, config)
+    start_node_with(Tcp, listener, map, node, SECRET, storages, config)
         .await
         .map_err(|e| BenchError::Engine(format!("node {node}: {e}")))
 }

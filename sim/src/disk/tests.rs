@@ -1,9 +1,6 @@
 use super::*;
 use crate::rng::Purpose;
-use walletd_core::log::codec::{decode_log, encode_record, Record};
-use walletd_core::model::event::Event;
-use walletd_core::model::ids::AccountId;
-use walletd_core::model::money::Currency;
+use walletd_core::log::codec::decode_log;
 use walletd_core::protocol::bugs::{self, Bug};
 use walletd_runtime::driver::recover;
 use walletd_runtime::storage::read_whole_log;
@@ -23,21 +20,7 @@ fn disk() -> Disk {
 
 /// Records `lsns`, each opening its own account, framed as one batch.
 fn batch(lsns: std::ops::RangeInclusive<Lsn>) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    for lsn in lsns {
-        let account = AccountId::new(&format!("account-{lsn}")).unwrap();
-        let event = Event::AccountOpened {
-            account,
-            currency: Currency::USD,
-        };
-        let record = Record {
-            lsn,
-            timestamp: lsn,
-            event,
-        };
-        encode_record(&record, &mut bytes);
-    }
-    bytes
+    walletd_core::log::codec::opening_records(lsns)
 }
 
 /// The lsns of every record a fresh incarnation reads back (as recovery would, decoding

@@ -18,7 +18,7 @@
 //!   are dropped when it is full (the coordinator resends).
 //!
 //! # Layout
-//! - this file: configuration, errors, [`ClusterNode`] and the `start_node*` functions that
+//! - this file: configuration, errors, [`ClusterNode`] and the `bind_peer_address` and `start_node_with` that
 //!   recover a node's partitions and start its links;
 //! - `handshake`: the HMAC challenge-response and its nonces;
 //! - `framing`: whole frames on a byte stream;
@@ -305,45 +305,27 @@ impl ClusterNode {
     }
 }
 
-/// Starts node `node` of `map`: binds its peer address, recovers its partitions from
-/// `storages` (exactly the partitions the map gives it), links to every other node and serves
-/// peers. `secret` is the cluster secret every node shares.
-pub async fn start_node<S: Storage>(
-    map: &PartitionMap,
-    node: NodeId,
-    secret: &[u8],
-    storages: Vec<(PartitionId, S)>,
-    config: NodeConfig,
-) -> Result<ClusterNode, NodeError> {
+/// Binds the peer address `map` gives node `node`, for [`start_node_with`].
+pub async fn bind_peer_address(map: &PartitionMap, node: NodeId) -> Result<TcpListener, NodeError> {
     map.validate()?;
     let address = &map
         .nodes
         .get(&node)
         .ok_or(NodeError::UnknownNode(node))?
         .peer;
-    let listener = TcpListener::bind(address)
+    TcpListener::bind(address)
         .await
         .map_err(|source| NodeError::Bind {
             address: address.clone(),
             source,
-        })?;
-    start_node_on(listener, map, node, secret, storages, config).await
+        })
 }
 
-/// [`start_node`] on a listener the caller bound (tests bind port 0 first to learn the port).
-pub async fn start_node_on<S: Storage>(
-    listener: TcpListener,
-    map: &PartitionMap,
-    node: NodeId,
-    secret: &[u8],
-    storages: Vec<(PartitionId, S)>,
-    config: NodeConfig,
-) -> Result<ClusterNode, NodeError> {
-    start_node_with(Tcp, listener, map, node, secret, storages, config).await
-}
-
-/// [`start_node_on`] with the peer byte streams of `io`: the simulator's wrapped sockets
-/// (see [`PeerIo`]); production passes [`Tcp`].
+/// Starts node `node` of `map` on `listener` (from [`bind_peer_address`]; tests bind port 0
+/// first to learn the port): recovers its partitions from `storages` (exactly the partitions
+/// the map gives it), links to every other node and serves peers, over the byte streams of
+/// `io` (production passes [`Tcp`]; the simulator its wrapped sockets, see [`PeerIo`]).
+/// `secret` is the cluster secret every node shares.
 pub async fn start_node_with<S: Storage, N: PeerIo>(
     io: N,
     listener: TcpListener,

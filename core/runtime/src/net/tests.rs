@@ -113,7 +113,7 @@ impl Cluster {
                 )
             })
             .collect();
-        start_node_on(listener, map, node, secret, storages, self.config).await
+        start_node_with(Tcp, listener, map, node, secret, storages, self.config).await
     }
 
     fn node(&self, node: NodeId) -> &ClusterNode {
@@ -263,35 +263,14 @@ async fn cross_node_transfers_commit_on_both_sides() {
     // Asked of a node that owns neither side: forwarded to a's node, which runs TC/C with b's.
     let ab = transfer(a, b, 300, "t-1");
     let committed = Ok(Reply::Transfer(TransferStatus::Committed));
-    assert_eq!(
-        cluster
-            .client(2)
-            .execute(Command::Transfer(ab), true)
-            .await
-            .unwrap(),
-        committed
-    );
+    assert_eq!(transfer_on(&cluster, 2, ab).await, committed);
     // Committed is told once the decision is durable; b can spend the money once its
     // partition has applied the Confirm, which the home row shows as Committed.
     wait_for_state(&cluster.client(1), ab.key(), TransferState::Committed).await;
     let bc = transfer(b, c, 100, "t-2");
-    assert_eq!(
-        cluster
-            .client(0)
-            .execute(Command::Transfer(bc), true)
-            .await
-            .unwrap(),
-        committed
-    );
+    assert_eq!(transfer_on(&cluster, 0, bc).await, committed);
     // A retry with the same transaction id is answered from the first outcome, applied once.
-    assert_eq!(
-        cluster
-            .client(1)
-            .execute(Command::Transfer(ab), true)
-            .await
-            .unwrap(),
-        committed
-    );
+    assert_eq!(transfer_on(&cluster, 1, ab).await, committed);
     wait_for_state(&cluster.client(2), bc.key(), TransferState::Committed).await;
     for n in 0..3 {
         let client = cluster.client(n);
@@ -552,6 +531,12 @@ async fn a_node_with_another_secret_is_refused() {
     impostor.shutdown().await.unwrap();
 }
 
+/// Runs transfer `t` through node `n`, waiting for its outcome.
+async fn transfer_on(cluster: &Cluster, n: u32, t: Transfer) -> crate::driver::CommandResult {
+    let client = cluster.client(n);
+    client.execute(Command::Transfer(t), true).await.unwrap()
+}
+
 fn context(node: NodeId, map_version: u64, secret: &[u8]) -> NodeContext {
     let mut map = PartitionMap {
         version: map_version,
@@ -627,22 +612,27 @@ async fn a_frame_of_another_map_version_is_refused_and_not_applied() {
     assert_eq!(answer.messages, vec![applied]);
 }
 
-#[tokio::test]
-async fn a_node_holding_another_map_version_never_links() {
+/// A two-node cluster whose node 1 is restarted holding the cluster's map changed by
+/// `change`; the two never link.
+async fn node_1_restarted_with(change: impl FnOnce(&mut PartitionMap)) -> (Cluster, ClusterNode) {
     let mut cluster = Cluster::start(2, 4, config(30_000)).await;
     cluster.stop(1).await;
-    let mut newer = cluster.map.clone();
-    newer.version = 2;
-    let listener = TcpListener::bind(&newer.nodes[&1].peer).await.unwrap();
-    let stale = cluster
-        .start_node(1, listener, &newer, SECRET)
+    let mut changed = cluster.map.clone();
+    change(&mut changed);
+    let listener = TcpListener::bind(&changed.nodes[&1].peer).await.unwrap();
+    let node = cluster
+        .start_node(1, listener, &changed, SECRET)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!cluster.node(0).links()[&1]
-        .connected
-        .load(Ordering::Relaxed));
-    assert!(!stale.links()[&0].connected.load(Ordering::Relaxed));
+    let linked = |node: &ClusterNode, peer| node.links()[&peer].connected.load(Ordering::Relaxed);
+    assert!(!linked(cluster.node(0), 1) && !linked(&node, 0));
+    (cluster, node)
+}
+
+#[tokio::test]
+async fn a_node_holding_another_map_version_never_links() {
+    let (cluster, stale) = node_1_restarted_with(|map| map.version = 2).await;
     let b = cluster.account_on(1, "acct");
     let refused = cluster.client(0).execute(deposit(b, 5, "d-1"), false).await;
     assert!(refused.is_err());
@@ -665,21 +655,10 @@ async fn a_node_holding_another_map_version_never_links() {
 /// digests: the nodes never link, and the handshake names the mismatch.
 #[tokio::test]
 async fn a_node_holding_another_map_under_the_same_version_never_links() {
-    let mut cluster = Cluster::start(2, 4, config(30_000)).await;
-    cluster.stop(1).await;
-    let mut edited = cluster.map.clone();
-    edited.nodes.get_mut(&0).expect("node 0").http = "elsewhere:1".into();
-    assert_eq!(edited.version, cluster.map.version);
-    let listener = TcpListener::bind(&edited.nodes[&1].peer).await.unwrap();
-    let other = cluster
-        .start_node(1, listener, &edited, SECRET)
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!cluster.node(0).links()[&1]
-        .connected
-        .load(Ordering::Relaxed));
-    assert!(!other.links()[&0].connected.load(Ordering::Relaxed));
+    let (cluster, other) = node_1_restarted_with(|map| {
+        map.nodes.get_mut(&0).expect("node 0").http = "elsewhere:1".into();
+    })
+    .await;
     let mut stream = TcpStream::connect(other.peer_address()).await.unwrap();
     let ctx = context_in(&cluster.map, 0, SECRET);
     let result = handshake_connector(&mut stream, &ctx, 1).await;
@@ -697,18 +676,18 @@ async fn bad_node_setups_are_refused_with_clear_errors() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let map = context(0, 1, SECRET).map;
     let none: Vec<(PartitionId, crate::storage::MemStorage)> = Vec::new();
-    let weak = start_node_on(listener, &map, 0, b"short", none, config(1_000)).await;
+    let weak = start_node_with(Tcp, listener, &map, 0, b"short", none, config(1_000)).await;
     assert!(matches!(weak, Err(NodeError::WeakSecret)));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let none: Vec<(PartitionId, crate::storage::MemStorage)> = Vec::new();
-    let missing = start_node_on(listener, &map, 0, SECRET, none, config(1_000)).await;
+    let missing = start_node_with(Tcp, listener, &map, 0, SECRET, none, config(1_000)).await;
     assert!(
         matches!(&missing, Err(NodeError::Storages { owned, .. }) if owned == &vec![0]),
         "storage for partition 0 is missing"
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let none: Vec<(PartitionId, crate::storage::MemStorage)> = Vec::new();
-    let unknown = start_node_on(listener, &map, 5, SECRET, none, config(1_000)).await;
+    let unknown = start_node_with(Tcp, listener, &map, 5, SECRET, none, config(1_000)).await;
     assert!(matches!(unknown, Err(NodeError::UnknownNode(5))));
 }
 
@@ -793,9 +772,17 @@ async fn a_peer_that_goes_silent_is_declared_dead_and_its_requests_fail() {
     });
     let dir = tempfile::tempdir().unwrap();
     let storage = FileStorage::open(dir.path().join("p0"), FileStorageConfig::default()).unwrap();
-    let node = start_node_on(listener, &map, 0, SECRET, vec![(0, storage)], config(1_000))
-        .await
-        .unwrap();
+    let node = start_node_with(
+        Tcp,
+        listener,
+        &map,
+        0,
+        SECRET,
+        vec![(0, storage)],
+        config(1_000),
+    )
+    .await
+    .unwrap();
     eventually("link up", || {
         node.links()[&1].connected.load(Ordering::Relaxed)
     })

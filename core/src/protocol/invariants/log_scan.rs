@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use crate::log::codec::Record;
-use crate::model::event::{Event, Lsn, Transfer, TransferKey};
+use crate::model::event::{CashRefused, Event, Lsn, Transfer, TransferKey};
 use crate::model::ids::{AccountId, TransactionId};
 use crate::model::partition::{partition_of, PartitionId};
 
@@ -80,11 +80,11 @@ impl LogScan {
                 transaction_id,
                 ..
             }
-            | Event::CashRefused {
+            | Event::CashRefused(CashRefused {
                 account,
                 transaction_id,
                 ..
-            } => once(&mut self.cash, (account, transaction_id), || {
+            }) => once(&mut self.cash, (account, transaction_id), || {
                 Violation::ExactlyOnce {
                     partition,
                     lsn,

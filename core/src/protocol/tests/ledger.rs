@@ -9,7 +9,7 @@ use crate::ledger::{
     Account, ApplyError, Command, CreditState, Ledger, LedgerError, PhaseResult, RecordMeta, Reply,
     TransferRow, TransferState, TransferStatus,
 };
-use crate::model::event::{CashKind, CashRefusal, Decision, Event, Reason, Transfer};
+use crate::model::event::{CashKind, CashRefusal, CashRefused, Decision, Event, Reason, Transfer};
 use crate::model::ids::AccountId;
 use crate::model::money::Currency::{self, EUR, USD};
 use crate::model::money::{AMOUNT_MINOR_MAX, BALANCE_MINOR_MAX};
@@ -139,7 +139,7 @@ impl Then {
             .unwrap_or_else(|e| panic!("after {command:?}: {e}"));
         // A refused command changes nothing, but for the record of a business refusal (which
         // only keeps its idempotency row, and moves no money).
-        if result.is_err() && !matches!(events[..], [Event::CashRefused { .. }]) {
+        if result.is_err() && !matches!(events[..], [Event::CashRefused(_)]) {
             assert!(
                 events.is_empty(),
                 "{command:?} was refused but emitted {events:?}"
@@ -150,7 +150,7 @@ impl Then {
                 "{command:?} was refused but changed the state"
             );
         }
-        if matches!(events[..], [Event::CashRefused { .. }]) {
+        if matches!(events[..], [Event::CashRefused(_)]) {
             assert!(result.is_err(), "a refusal's record answers a refusal");
             assert_eq!(ledger.flows(), &flows_before, "a refusal moved money");
         }
@@ -334,13 +334,13 @@ fn a_refused_withdrawal_or_deposit_answers_the_same_after_the_account_changes() 
     given(0, &home(&w))
         .when(withdraw(w.a, FUNDS + 1, USD, "w1"))
         .then_error(short.clone())
-        .then_events(&[Event::CashRefused {
+        .then_events(&[Event::CashRefused(CashRefused {
             account: w.a,
             transaction_id: txn("w1"),
             kind: CashKind::Withdrawal,
             amount: amt(FUNDS + 1),
             refusal: CashRefusal::InsufficientFunds,
-        }])
+        })])
         .when(deposit(w.a, 50, USD, "d9"))
         .when(withdraw(w.a, FUNDS + 1, USD, "w1"))
         .then_error(short)
