@@ -314,8 +314,7 @@ impl Engine {
             reports: Vec::new(),
         };
         for ((partition, mut storage), inbox) in local.into_iter().zip(receivers) {
-            let (ledger, mut report) = recover(&mut storage, partition, config.partitions).await?;
-            report.transfers_resumed = ledger.unfinished_transfers().len();
+            let (ledger, report) = recover(&mut storage, partition, config.partitions).await?;
             on_recovered(&report);
             let stats = Arc::new(DriverStats::default());
             let driver = PartitionDriver::new(
