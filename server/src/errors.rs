@@ -183,14 +183,23 @@ impl ApiError {
     }
 }
 
+/// Seconds a client is told to wait before it retries a request answered 503.
+const RETRY_AFTER_S: &str = "1";
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let unauthorized = self.status == StatusCode::UNAUTHORIZED;
         let mut response = (self.status, axum::Json(self.body())).into_response();
-        if unauthorized {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        let headers = response.headers_mut();
+        match self.status {
+            StatusCode::UNAUTHORIZED => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // Every 503 of an error is worth a retry (a partition unavailable, a request past
+            // its time limit, a transfer not yet durably accepted): say when.
+            StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
+            }
+            _ => {}
         }
         response
     }
@@ -337,5 +346,14 @@ mod tests {
             ApiError::for_status(StatusCode::PAYLOAD_TOO_LARGE).code,
             "body_too_large"
         );
+    }
+
+    #[test]
+    fn a_503_says_when_to_retry_and_other_errors_do_not() {
+        let timeout = ApiError::for_status(StatusCode::REQUEST_TIMEOUT).into_response();
+        assert_eq!(timeout.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(timeout.headers()[header::RETRY_AFTER], RETRY_AFTER_S);
+        let refused = ApiError::for_status(StatusCode::NOT_FOUND).into_response();
+        assert!(refused.headers().get(header::RETRY_AFTER).is_none());
     }
 }
