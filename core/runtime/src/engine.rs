@@ -49,11 +49,12 @@ pub fn command_account(command: &Command) -> &AccountId {
         Command::OpenAccount { account, .. }
         | Command::Deposit { account, .. }
         | Command::Withdraw { account, .. } => account,
-        Command::Transfer(transfer) => &transfer.from,
+        Command::Transfer(transfer) | Command::Abandon(transfer) => &transfer.from,
         Command::Decide { key, .. } | Command::FinishDebit { key } => &key.from,
         Command::TryCredit(transfer)
         | Command::ConfirmCredit(transfer)
-        | Command::CancelCredit(transfer) => &transfer.to,
+        | Command::CancelCredit(transfer)
+        | Command::AbortCredit(transfer) => &transfer.to,
     }
 }
 

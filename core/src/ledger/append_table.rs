@@ -100,6 +100,14 @@ impl<K: Hash + Eq + Clone, V: Clone> AppendTable<K, V> {
         true
     }
 
+    /// The row at `position` in the order rows were added, if there is one.
+    pub fn at(&self, position: usize) -> Option<(&K, &V)> {
+        (position < self.rows.len()).then(|| {
+            let (key, value) = self.rows.get(position);
+            (key, value)
+        })
+    }
+
     /// Rows in the order they were added.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&K, &V)> {
         self.rows.iter().map(|(key, value)| (key, value))

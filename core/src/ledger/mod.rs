@@ -285,10 +285,20 @@ pub enum Command {
     FinishDebit {
         key: TransferKey,
     },
+    /// From this partition's coordinator: a destination holds a pending credit for a transfer
+    /// this partition has no row of (its debit was lost with unsynced writes before the Try
+    /// it had already sent became durable here). Records the transfer refused for good, so
+    /// it can never commit, and the destination may cancel its credit.
+    Abandon(Transfer),
     /// Destination phases, sent by the home partition of the transfer.
     TryCredit(Transfer),
     ConfirmCredit(Transfer),
+    /// Cancel the credit whatever state it is in (short of confirmed): the home decided so.
     CancelCredit(Transfer),
+    /// Cancel the credit only if it was never tried: the home's Try went unanswered. A
+    /// credit that is tried commits the transfer (with the home's durable debit), so it
+    /// stays, and the answer says so.
+    AbortCredit(Transfer),
 }
 
 /// The answer to an accepted command.
@@ -462,6 +472,18 @@ impl Ledger {
         self.credits.get(key).map(|stored| stored.row(key))
     }
 
+    /// Barrier rows recorded so far; rows are never removed, so positions below this stay.
+    pub fn credit_count(&self) -> usize {
+        self.credits.len()
+    }
+
+    /// The barrier row at `position` in the order the log recorded them.
+    pub fn credit_at(&self, position: usize) -> Option<(TransferKey, CreditRow)> {
+        self.credits
+            .at(position)
+            .map(|(key, stored)| (*key, stored.row(key)))
+    }
+
     /// Every barrier row, in the order the log recorded them.
     pub fn credits(&self) -> impl Iterator<Item = (TransferKey, CreditRow)> + '_ {
         self.credits
@@ -564,6 +586,8 @@ impl Ledger {
             Command::TryCredit(transfer) => self.decide_try_credit(transfer, events),
             Command::ConfirmCredit(transfer) => self.decide_confirm_credit(transfer, events),
             Command::CancelCredit(transfer) => self.decide_cancel_credit(transfer, events),
+            Command::AbortCredit(transfer) => self.decide_abort_credit(transfer, events),
+            Command::Abandon(transfer) => self.decide_abandon(transfer, events),
         };
         debug_assert!(
             result.is_ok()
@@ -861,17 +885,29 @@ impl Ledger {
         let key = transfer.key();
         if let Some(row) = self.credit(&key) {
             if row.transfer.is_some_and(|t| t != transfer) {
-                return Err(LedgerError::Conflict(transfer.transaction_id));
+                // Another body under this key: the home lost the transfer this row was
+                // tried for (with unsynced writes) and took a new one under the same id.
+                // The new one can never be tried here; the old row is cancelled by the
+                // Cancel that follows this failure.
+                return Ok(Reply::Phase(PhaseResult::TryFailed(
+                    Reason::CancelledBeforeTry,
+                )));
             }
-            // The barrier: a duplicate Try is a no-op; a Try after its Cancel fails at once.
+            // The barrier: a duplicate Try is a no-op; a Try after its Cancel, or after its
+            // own refusal, fails at once. A refused Try's copy names the same refusal if the
+            // account still gives it (the home decides on whichever answer comes first).
             let result = match row.state {
                 CreditState::Tried | CreditState::Confirmed => PhaseResult::Tried,
-                CreditState::Cancelled | CreditState::TryNotSeen => {
-                    PhaseResult::TryFailed(Reason::CancelledBeforeTry)
-                }
+                CreditState::Cancelled | CreditState::TryNotSeen => PhaseResult::TryFailed(
+                    self.credit_refusal(&transfer)
+                        .unwrap_or(Reason::CancelledBeforeTry),
+                ),
             };
             #[cfg(any(test, madsim, feature = "testing"))]
-            if crate::protocol::bugs::enabled(Bug::SkipBarrier) && result != PhaseResult::Tried {
+            if crate::protocol::bugs::enabled(Bug::SkipBarrier)
+                && result != PhaseResult::Tried
+                && self.credit_refusal(&transfer).is_none()
+            {
                 // Known bug: no barrier, so a Try that arrives after its Cancel is validated
                 // and recorded like a first one, and its pending credit hangs.
                 return self.decide_new_try(transfer, events);
@@ -887,7 +923,23 @@ impl Ledger {
         transfer: Transfer,
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
-        let refusal = match self.accounts.get(&transfer.to) {
+        if let Some(reason) = self.credit_refusal(&transfer) {
+            // The failure is recorded as the try-not-seen flag before it is answered, so
+            // the destination's first durable answer to a Try is its answer forever: a
+            // resent Try fails too, even once the account exists. The home decides from
+            // that answer, and its Cancel finds the flag already set.
+            events.push(Event::CreditTryNotSeen {
+                key: transfer.key(),
+            });
+            return Ok(Reply::Phase(PhaseResult::TryFailed(reason)));
+        }
+        events.push(Event::CreditTried { transfer });
+        Ok(Reply::Phase(PhaseResult::Tried))
+    }
+
+    /// Why the destination refuses to credit `transfer`, if it does.
+    fn credit_refusal(&self, transfer: &Transfer) -> Option<Reason> {
+        match self.accounts.get(&transfer.to) {
             None => Some(Reason::DestinationNotFound),
             Some(account) if !account.holds(transfer.currency) => {
                 Some(Reason::DestinationCurrencyMismatch)
@@ -896,14 +948,7 @@ impl Ledger {
                 Some(Reason::DestinationBalanceLimit)
             }
             Some(_) => None,
-        };
-        if let Some(reason) = refusal {
-            // Nothing is recorded: the home partition cancels, and that Cancel leaves the
-            // try-not-seen flag that fails any retry of this Try.
-            return Ok(Reply::Phase(PhaseResult::TryFailed(reason)));
         }
-        events.push(Event::CreditTried { transfer });
-        Ok(Reply::Phase(PhaseResult::Tried))
     }
 
     fn decide_confirm_credit(
@@ -950,6 +995,47 @@ impl Ledger {
             Some(CreditState::Confirmed) => PhaseResult::Confirmed,
         };
         Ok(Reply::Phase(result))
+    }
+
+    fn decide_abort_credit(
+        &self,
+        transfer: Transfer,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        self.require_local(&transfer.to)?;
+        let key = transfer.key();
+        let Some(row) = self.credit(&key) else {
+            events.push(Event::CreditTryNotSeen { key });
+            return Ok(Reply::Phase(PhaseResult::Cancelled));
+        };
+        let result = match row.state {
+            // Another body under this key is a credit whose home lost it: it cannot commit.
+            CreditState::Tried if row.transfer.is_some_and(|t| t != transfer) => {
+                events.push(Event::CreditCancelled { key });
+                PhaseResult::Cancelled
+            }
+            // Tried (or already confirmed): with the home's durable debit, the transfer is
+            // committed. The abort does not take it back; the answer tells the home so.
+            CreditState::Tried | CreditState::Confirmed => PhaseResult::Tried,
+            CreditState::Cancelled | CreditState::TryNotSeen => PhaseResult::Cancelled,
+        };
+        Ok(Reply::Phase(result))
+    }
+
+    /// See [`Command::Abandon`]. A transfer that has a row here is not abandoned: the row
+    /// stands, and its state is the answer.
+    fn decide_abandon(
+        &self,
+        transfer: Transfer,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        self.require_local(&transfer.from)?;
+        if let Some(row) = self.transfers.get(&transfer.key()) {
+            return Ok(Reply::Transfer(row.state.status()));
+        }
+        let reason = Reason::Timeout;
+        events.push(Event::TransferRejected { transfer, reason });
+        Ok(Reply::Transfer(TransferStatus::Rejected(reason)))
     }
 
     /// Decides `command` and applies what it decided as the records that follow

@@ -8,7 +8,7 @@ use std::cell::Cell;
 
 /// A protection that can be switched off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
+#[repr(u16)]
 pub enum Bug {
     /// The destination applies a Try that arrives after its Cancel (no barrier).
     SkipBarrier = 1,
@@ -33,10 +33,17 @@ pub enum Bug {
     /// acknowledged in it vanishes with the file if the power fails before some later
     /// directory sync.
     RolloverWithoutDirSync = 128,
+    /// A Try that goes unanswered in time is cancelled at once, as the three-round protocol
+    /// did, without asking the destination whether it tried: a credit the destination has
+    /// made durable, which with the home's durable debit commits the transfer, is cancelled.
+    CancelAfterDurableCredit = 256,
+    /// The client of a cross-partition transfer is told `committed` once the home's debit is
+    /// durable, before the destination has durably tried its credit.
+    CommitOnHomeOnly = 512,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 8] = [
+    pub const ALL: [Bug; 10] = [
         Bug::SkipBarrier,
         Bug::ReplyBeforeSync,
         Bug::NoIdempotency,
@@ -45,6 +52,8 @@ impl Bug {
         Bug::RefusalUnrecorded,
         Bug::RecoveryTrustsUnsynced,
         Bug::RolloverWithoutDirSync,
+        Bug::CancelAfterDurableCredit,
+        Bug::CommitOnHomeOnly,
     ];
 
     /// The name used on the simulator's command line (`--bug skip-barrier`).
@@ -58,6 +67,8 @@ impl Bug {
             Bug::RefusalUnrecorded => "refusal-unrecorded",
             Bug::RecoveryTrustsUnsynced => "recovery-trusts-unsynced",
             Bug::RolloverWithoutDirSync => "rollover-without-dir-sync",
+            Bug::CancelAfterDurableCredit => "cancel-after-durable-credit",
+            Bug::CommitOnHomeOnly => "commit-on-home-only",
         }
     }
 
@@ -67,15 +78,15 @@ impl Bug {
 }
 
 thread_local! {
-    static ENABLED: Cell<u8> = const { Cell::new(0) };
+    static ENABLED: Cell<u16> = const { Cell::new(0) };
 }
 
 /// Whether `bug` is switched on for this thread.
 pub fn enabled(bug: Bug) -> bool {
-    ENABLED.with(|bits| bits.get() & bug as u8 != 0)
+    ENABLED.with(|bits| bits.get() & bug as u16 != 0)
 }
 
 /// Switches exactly the given bugs on for this thread (an empty slice switches all off).
 pub fn set(bugs: &[Bug]) {
-    ENABLED.with(|bits| bits.set(bugs.iter().fold(0, |acc, bug| acc | *bug as u8)));
+    ENABLED.with(|bits| bits.set(bugs.iter().fold(0, |acc, bug| acc | *bug as u16)));
 }

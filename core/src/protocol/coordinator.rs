@@ -9,6 +9,19 @@
 //!
 //! Its whole state is derivable from the home ledger's phase rows ([`Coordinator::rebuild`]),
 //! so a restarted partition resumes every unfinished transfer without a separate coordinator log.
+//!
+//! # The commit point
+//! A cross-partition transfer is committed once the home's `DebitTried` and the
+//! destination's `CreditTried` are both durable; it is cancelled once the home's `DebitTried`
+//! is durable and the destination has durably refused or aborted its Try (the try-not-seen
+//! flag). Either way the destination's first durable answer to the Try decides, and it
+//! answers every later Try or Abort the same way. So the coordinator never decides on its
+//! own: a Try that goes unanswered is followed by an Abort ("cancel unless you tried"),
+//! whose answer decides like a Try's. The decision record it then logs is history and a
+//! shortcut for recovery, not the commit point: a client is told `committed`
+//! ([`Output::Committed`]) as soon as the destination's Tried answer arrives and the home's
+//! debit is durable, one durable round after the transfer came in, because the Try leaves
+//! without waiting for the home's own sync.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -30,6 +43,9 @@ pub struct CoordinatorConfig {
     pub retry_initial_us: u64,
     /// Largest resend interval; backoff doubles up to it. Confirm and Cancel retry forever.
     pub retry_max_us: u64,
+    /// How long a destination holds a pending credit before it asks the home what became of
+    /// it (and then again at this interval): the home may have lost the transfer.
+    pub resolve_after_us: u64,
 }
 
 impl Default for CoordinatorConfig {
@@ -38,6 +54,7 @@ impl Default for CoordinatorConfig {
             try_timeout_us: 2_000_000,
             retry_initial_us: 100_000,
             retry_max_us: 2_000_000,
+            resolve_after_us: 5_000_000,
         }
     }
 }
@@ -48,6 +65,8 @@ pub enum Phase {
     Try,
     Confirm,
     Cancel,
+    /// Cancel unless tried: sent when a Try goes unanswered (see the module docs).
+    Abort,
 }
 
 /// A phase message from a home partition to a destination partition.
@@ -64,6 +83,7 @@ impl PhaseRequest {
             Phase::Try => Command::TryCredit(self.transfer),
             Phase::Confirm => Command::ConfirmCredit(self.transfer),
             Phase::Cancel => Command::CancelCredit(self.transfer),
+            Phase::Abort => Command::AbortCredit(self.transfer),
         }
     }
 }
@@ -86,6 +106,9 @@ pub enum Output {
     },
     /// Execute a command on the home ledger (a decision, or finishing the source branch).
     Execute(Command),
+    /// The destination durably tried the credit: the transfer is committed once the home's
+    /// debit is durable (it may still be syncing). Comes before the `Decide` that logs it.
+    Committed { key: TransferKey },
     /// A destination answered with the opposite of the logged decision. Never happens in a
     /// correct system; surfaced so tests and the simulator fail loudly.
     Violation { key: TransferKey, detail: String },
@@ -95,6 +118,8 @@ pub enum Output {
 enum Stage {
     /// Try sent; waiting for its answer until `deadline`.
     Trying { deadline: Micros },
+    /// The Try went unanswered; resending an Abort until the destination answers.
+    Aborting,
     /// A `Decide` command was emitted; waiting for the decision event.
     Deciding(Decision),
     /// Decision logged; resending the second phase until it is acknowledged.
@@ -198,19 +223,51 @@ impl Coordinator {
         let Some(flight) = self.flights.get(&response.key).copied() else {
             return;
         };
-        match (flight.stage, response.phase, response.result) {
-            (Stage::Trying { .. }, Phase::Try, PhaseResult::Tried) => {
-                self.decide(flight, Decision::Confirm, now)
+        let undecided = matches!(flight.stage, Stage::Trying { .. } | Stage::Aborting);
+        match (response.phase, response.result) {
+            // The destination's durable answer decides (see the module docs).
+            (Phase::Try | Phase::Abort, PhaseResult::Tried) if undecided => {
+                self.commit(flight, now)
             }
-            (Stage::Trying { .. }, Phase::Try, PhaseResult::TryFailed(reason)) => {
+            (Phase::Try, PhaseResult::TryFailed(reason)) if undecided => {
                 self.decide(flight, Decision::Cancel(reason), now)
             }
+            (Phase::Abort, PhaseResult::Cancelled) if undecided => {
+                self.decide(flight, Decision::Cancel(Reason::Timeout), now)
+            }
+            _ => self.on_second_phase_response(flight, response, now),
+        }
+    }
+
+    /// The destination holds a pending credit for `transfer` and asks what became of it.
+    /// Returns false when this coordinator is not carrying the transfer: the caller answers
+    /// from the ledger's row, or abandons a transfer it has no row of.
+    pub fn on_unresolved(&mut self, transfer: &Transfer, now: Micros) -> bool {
+        let Some(flight) = self.flights.get(&transfer.key()).copied() else {
+            return false;
+        };
+        if flight.transfer != *transfer {
+            // A credit for another body under this key: the home lost it and took a new
+            // transfer under the same id, whose own failed Try cancels that credit.
+            return true;
+        }
+        match flight.stage {
+            // The destination asks because it tried: as good as its Tried answer.
+            Stage::Trying { .. } | Stage::Aborting => self.commit(flight, now),
+            Stage::Carrying(decision) => self.send(flight, second_phase(decision), now),
+            Stage::Deciding(_) | Stage::Finishing => {}
+        }
+        true
+    }
+
+    fn on_second_phase_response(&mut self, flight: Flight, response: &PhaseResponse, now: Micros) {
+        match (flight.stage, response.phase, response.result) {
             (Stage::Carrying(Decision::Confirm), Phase::Confirm, PhaseResult::Confirmed)
             | (Stage::Carrying(Decision::Cancel(_)), Phase::Cancel, PhaseResult::Cancelled) => {
                 self.finish(flight, now)
             }
             (Stage::Carrying(decision), _, PhaseResult::Confirmed | PhaseResult::Cancelled)
-                if response.phase != Phase::Try =>
+                if matches!(response.phase, Phase::Confirm | Phase::Cancel) =>
             {
                 let detail = format!(
                     "decided {decision:?} but the destination answered {:?}",
@@ -235,10 +292,9 @@ impl Coordinator {
             self.timers.pop_first();
             let flight = self.flights[&key];
             match flight.stage {
-                Stage::Trying { deadline } if now >= deadline => {
-                    self.decide(flight, Decision::Cancel(Reason::Timeout), now)
-                }
+                Stage::Trying { deadline } if now >= deadline => self.abort(flight, now),
                 Stage::Trying { .. } => self.send(flight, Phase::Try, now),
+                Stage::Aborting => self.send(flight, Phase::Abort, now),
                 Stage::Carrying(decision) => self.send(flight, second_phase(decision), now),
                 // The driver always executes what it is given; re-emitting covers a command
                 // lost with a failed batch and is harmless because both commands are idempotent.
@@ -292,6 +348,25 @@ impl Coordinator {
         );
         self.flights.insert(transfer.key(), flight);
         self.send(flight, Phase::Try, now);
+    }
+
+    /// The Try went unanswered until its deadline: ask the destination to cancel unless it
+    /// tried. Under the known bug `CancelAfterDurableCredit`, cancel without asking.
+    fn abort(&mut self, mut flight: Flight, now: Micros) {
+        #[cfg(any(test, madsim, feature = "testing"))]
+        if crate::protocol::bugs::enabled(Bug::CancelAfterDurableCredit) {
+            return self.decide(flight, Decision::Cancel(Reason::Timeout), now);
+        }
+        flight.stage = Stage::Aborting;
+        flight.backoff_us = self.config.retry_initial_us;
+        self.send(flight, Phase::Abort, now);
+    }
+
+    /// The destination durably tried: tell the machine, then log the decision.
+    fn commit(&mut self, flight: Flight, now: Micros) {
+        let key = flight.transfer.key();
+        self.outputs.push_back(Output::Committed { key });
+        self.decide(flight, Decision::Confirm, now);
     }
 
     fn decide(&mut self, mut flight: Flight, decision: Decision, now: Micros) {

@@ -22,19 +22,29 @@
 //! time and in log order ([`PartitionMachine::poll_commit`] returns nothing while one is in
 //! flight), so nothing a client or a peer sees can be taken back by a crash. A commit without
 //! bytes answers only from state that is already durable, and may be released at once.
-//! Within a release, peer messages go first: a client told `committed` can count on the
-//! destination's Confirm being on its way already.
+//!
+//! Two things may leave sooner, through [`PartitionMachine::poll_ready`], at any time:
+//! - **Tries.** A Try leaves as soon as its debit is applied, in parallel with the sync
+//!   that makes the debit durable. This is safe because nothing commits on the Try alone:
+//!   the commit point is both sides durable (see [`crate::protocol::coordinator`]). Should
+//!   the home lose the debit, the destination holds a pending credit, which is in no
+//!   balance, until it asks about it ([`crate::protocol::credit_watch`]) and the home, which
+//!   has no row, records the transfer refused for good and cancels it.
+//! - **Answers resting only on durable records.** A client waiting for a cross-partition
+//!   transfer is told `committed` when the destination's Tried answer comes, as soon as the
+//!   home's own debit is durable, without waiting for the decision record of the open batch.
 
 use rustc_hash::FxHashMap;
 
 use crate::ledger::{Command, Ledger, LedgerError, PhaseResult, Reply, TransferStatus};
 use crate::log::codec::{encode_record, Record};
 use crate::log::snapshot::{ChunkPlan, SnapshotImage};
-use crate::model::event::{Event, Lsn, Timestamp, TransferKey};
+use crate::model::event::{Event, Lsn, Timestamp, Transfer, TransferKey};
 use crate::model::partition::PartitionId;
 use crate::protocol::coordinator::{
-    Coordinator, CoordinatorConfig, Micros, Output, PhaseRequest, PhaseResponse,
+    Coordinator, CoordinatorConfig, Micros, Output, Phase, PhaseRequest, PhaseResponse,
 };
+use crate::protocol::credit_watch::CreditWatch;
 use crate::protocol::message::{CommandGroup, CommandResult, PeerMessage, Query, QueryAnswer};
 
 /// Limits and timings of a partition.
@@ -104,6 +114,14 @@ impl<K: ReplyTokens> Default for Release<K> {
 }
 
 impl<K: ReplyTokens> Release<K> {
+    /// Moves everything of `other` behind what this release holds.
+    pub fn append(&mut self, mut other: Release<K>) {
+        self.peer_messages.append(&mut other.peer_messages);
+        self.replies.append(&mut other.replies);
+        self.groups.append(&mut other.groups);
+        self.answers.append(&mut other.answers);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.peer_messages.is_empty()
             && self.replies.is_empty()
@@ -128,12 +146,11 @@ pub struct Commit<K: ReplyTokens> {
 
 /// Where the answer to one pending transfer goes once it is decided.
 enum Waiter<K: ReplyTokens> {
-    One(K::Command),
+    /// A single client, whose answer may leave once the log is durable through `rests_on`
+    /// (the last record when it started waiting, which covers the transfer's debit).
+    One { token: K::Command, rests_on: Lsn },
     /// Position `index` of the open command group `group`.
-    InGroup {
-        group: u64,
-        index: usize,
-    },
+    InGroup { group: u64, index: usize },
 }
 
 /// The answers of a command group while some still wait for a transfer's outcome.
@@ -188,6 +205,14 @@ pub struct PartitionMachine<K: ReplyTokens> {
     batch: OpenBatch<K>,
     /// The last lsn of the commit handed out and not yet durable.
     committing: Option<Lsn>,
+    /// The log is durable through this lsn.
+    durable_lsn: Lsn,
+    /// What may leave now ([`PartitionMachine::poll_ready`]).
+    ready: Release<K>,
+    /// What may leave once the commit in flight is durable.
+    after_commit: Release<K>,
+    /// The destination's pending credits, asked about once they stay pending too long.
+    credit_watch: CreditWatch,
     /// The buffer of the last durable commit, reused by the next batch.
     spare_bytes: Vec<u8>,
     /// Scratch space for the events of one command.
@@ -215,12 +240,17 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         let rows = ledger.unfinished_transfers();
         let coordinator =
             Coordinator::rebuild(config.coordinator, ledger.partitions(), &rows, now.micros);
+        let durable_lsn = ledger.last_applied().lsn;
         let mut machine = PartitionMachine {
             ledger,
             coordinator,
             config,
             batch: OpenBatch::new(Vec::with_capacity(1 << 20)),
             committing: None,
+            durable_lsn,
+            ready: Release::default(),
+            after_commit: Release::default(),
+            credit_watch: CreditWatch::new(),
             spare_bytes: Vec::with_capacity(1 << 20),
             events: Vec::new(),
             waiters: FxHashMap::default(),
@@ -233,6 +263,11 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             snapshot_pending: false,
             chunks_written: 0,
         };
+        // Recovered pending credits are watched like new ones.
+        let after_us = config.coordinator.resolve_after_us;
+        machine
+            .credit_watch
+            .mark(&machine.ledger, now.micros, after_us);
         machine.handle_tick(now);
         machine
     }
@@ -276,6 +311,11 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         self.batch.inputs < self.config.batch_inputs_max
     }
 
+    /// The log is durable through this lsn (as far as the machine was told).
+    pub fn durable_lsn(&self) -> Lsn {
+        self.durable_lsn
+    }
+
     /// Whether a commit is handed out and not yet durable.
     pub fn is_committing(&self) -> bool {
         self.committing.is_some()
@@ -289,7 +329,15 @@ impl<K: ReplyTokens> PartitionMachine<K> {
     /// When [`PartitionMachine::handle_tick`] is next due, on the [`Now::micros`] clock.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Micros> {
-        self.coordinator.next_due()
+        let watch = self.credit_watch.next_due();
+        self.coordinator.next_due().into_iter().chain(watch).min()
+    }
+
+    /// What may leave right now, whatever commit is in flight: Tries and answers that rest
+    /// only on durable records (see the release rule in the module docs).
+    #[must_use]
+    pub fn poll_ready(&mut self) -> Option<Release<K>> {
+        (!self.ready.is_empty()).then(|| std::mem::take(&mut self.ready))
     }
 
     /// A client command. With `wait`, a transfer still pending when its batch is durable is
@@ -298,8 +346,13 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         self.now = now;
         self.batch.inputs += 1;
         let result = self.execute(command);
+        #[cfg(any(test, madsim, feature = "testing"))]
+        let result = self.committed_on_home_only_if_bugged(result);
         match self.pending_key(command, &result, wait) {
-            Some(key) => self.add_waiter(key, Waiter::One(token)),
+            Some(key) => {
+                let rests_on = self.ledger.last_applied().lsn;
+                self.add_waiter(key, Waiter::One { token, rests_on })
+            }
             None => self.batch.release.replies.push((token, result)),
         }
     }
@@ -360,14 +413,24 @@ impl<K: ReplyTokens> PartitionMachine<K> {
                 self.coordinator.on_response(&response, now.micros);
                 self.drain_coordinator();
             }
+            PeerMessage::Unresolved { transfer } => self.handle_unresolved(transfer),
         }
     }
 
-    /// Time passed: resends and timeouts that are due join the open batch.
+    /// Time passed: resends, timeouts and questions about pending credits that are due join
+    /// the open batch.
     pub fn handle_tick(&mut self, now: Now) {
         self.now = now;
         self.coordinator.on_tick(now.micros);
         self.drain_coordinator();
+        let after_us = self.config.coordinator.resolve_after_us;
+        let mut unresolved = Vec::new();
+        self.credit_watch
+            .due(&self.ledger, now.micros, after_us, &mut unresolved);
+        for transfer in unresolved {
+            let message = PeerMessage::Unresolved { transfer };
+            self.batch.release.peer_messages.push(message);
+        }
     }
 
     /// The next batch to make durable, if none is in flight and the open batch holds
@@ -384,6 +447,10 @@ impl<K: ReplyTokens> PartitionMachine<K> {
                 self.partition()
             );
         }
+        // Credits tried by this batch are asked about if they stay pending too long.
+        let after_us = self.config.coordinator.resolve_after_us;
+        self.credit_watch
+            .mark(&self.ledger, self.now.micros, after_us);
         let next = OpenBatch::new(std::mem::take(&mut self.spare_bytes));
         let batch = std::mem::replace(&mut self.batch, next);
         let last_lsn = self.ledger.last_applied().lsn;
@@ -416,6 +483,9 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             Some(last_lsn),
             "durable reports come one per commit, in order"
         );
+        self.durable_lsn = last_lsn;
+        let waited = std::mem::take(&mut self.after_commit);
+        self.ready.append(waited);
         buffer.clear();
         if buffer.capacity() > self.spare_bytes.capacity() {
             self.spare_bytes = buffer;
@@ -467,6 +537,49 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         self.batch.release.peer_messages.push(message);
     }
 
+    /// A destination asks about a pending credit (see [`crate::protocol::credit_watch`]).
+    /// The coordinator answers for a transfer it is carrying; otherwise the row answers:
+    /// a finished transfer resends its second phase, and a transfer this partition has no
+    /// row of (its debit was lost) is recorded refused for good and its credit cancelled.
+    /// Every answer leaves with the open batch, after the records it rests on.
+    fn handle_unresolved(&mut self, transfer: Transfer) {
+        if self.coordinator.on_unresolved(&transfer, self.now.micros) {
+            self.drain_coordinator();
+            return;
+        }
+        let (phase, transfer) = match self.execute(&Command::Abandon(transfer)) {
+            Ok(Reply::Transfer(TransferStatus::Committed)) => {
+                let row = self.ledger.transfer(&transfer.key());
+                match row {
+                    // The home's own transfer under this key committed; a credit of another
+                    // body is an orphan of a lost one.
+                    Some(row) if row.transfer != transfer => (Phase::Cancel, transfer),
+                    _ => (Phase::Confirm, transfer),
+                }
+            }
+            Ok(Reply::Transfer(TransferStatus::Pending)) => return,
+            Ok(_) => (Phase::Cancel, transfer),
+            Err(error) => return self.report_refused_coordinator_command(error),
+        };
+        let from = self.partition();
+        let request = PhaseRequest { phase, transfer };
+        let message = PeerMessage::Request { from, request };
+        self.batch.release.peer_messages.push(message);
+    }
+
+    /// Known bug `CommitOnHomeOnly`: a cross-partition transfer is answered `committed` as
+    /// soon as its debit is taken, so its client hears it once the home alone is durable.
+    #[cfg(any(test, madsim, feature = "testing"))]
+    fn committed_on_home_only_if_bugged(&self, result: CommandResult) -> CommandResult {
+        use crate::protocol::bugs::{enabled, Bug};
+        match result {
+            Ok(Reply::Transfer(TransferStatus::Pending)) if enabled(Bug::CommitOnHomeOnly) => {
+                Ok(Reply::Transfer(TransferStatus::Committed))
+            }
+            other => other,
+        }
+    }
+
     /// The transfer whose outcome the client of `command` waits for, if it asked to, the
     /// transfer is still pending, and there is room for one more waiter.
     fn pending_key(
@@ -511,28 +624,37 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         }
     }
 
-    /// A transfer's outcome was decided by an event of the open batch: its waiters' answers
-    /// join that batch.
-    fn resolve_waiters(&mut self, key: &TransferKey) {
+    /// A transfer's outcome is `status`: each single waiter's answer leaves as soon as the
+    /// records it rests on are durable, a group's with the open batch.
+    fn resolve_waiters(&mut self, key: &TransferKey, status: TransferStatus) {
         let Some(waiting) = self.waiters.remove(key) else {
             return;
         };
         self.waiter_count -= waiting.len();
-        let status = self
-            .ledger
-            .transfer(key)
-            .expect("a decided transfer has a row")
-            .state
-            .status();
         assert_ne!(status, TransferStatus::Pending);
         for waiter in waiting {
             let answer = Ok(Reply::Transfer(status));
             match waiter {
-                Waiter::One(token) => self.batch.release.replies.push((token, answer)),
+                Waiter::One { token, rests_on } => {
+                    self.release_resting_on(rests_on)
+                        .replies
+                        .push((token, answer));
+                }
                 Waiter::InGroup { group, index } => {
                     self.resolve_in_group(group, Some((index, answer)))
                 }
             }
+        }
+    }
+
+    /// The earliest release that may carry what rests on the records through `lsn`.
+    fn release_resting_on(&mut self, lsn: Lsn) -> &mut Release<K> {
+        if lsn <= self.durable_lsn {
+            &mut self.ready
+        } else if self.committing.is_some_and(|last| lsn <= last) {
+            &mut self.after_commit
+        } else {
+            &mut self.batch.release
         }
     }
 
@@ -560,7 +682,11 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             encode_record(&record, &mut self.batch.bytes);
             self.coordinator.on_event(event, self.now.micros);
             if let Event::TransferDecided { key, .. } = event {
-                self.resolve_waiters(key);
+                let row = self
+                    .ledger
+                    .transfer(key)
+                    .expect("a decided transfer has a row");
+                self.resolve_waiters(key, row.state.status());
             }
         }
         debug_assert_eq!(
@@ -583,8 +709,14 @@ impl<K: ReplyTokens> PartitionMachine<K> {
                 Output::Send { request, .. } => {
                     let from = self.partition();
                     let message = PeerMessage::Request { from, request };
-                    self.batch.release.peer_messages.push(message);
+                    // A Try leaves at once (see the release rule); the rest with the batch.
+                    let release = match request.phase {
+                        Phase::Try => &mut self.ready,
+                        _ => &mut self.batch.release,
+                    };
+                    release.peer_messages.push(message);
                 }
+                Output::Committed { key } => self.resolve_waiters(&key, TransferStatus::Committed),
                 Output::Execute(command) => {
                     if let Err(error) = self.execute(&command) {
                         self.report_refused_coordinator_command(error);

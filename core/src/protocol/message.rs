@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use crate::ledger::{Account, Command, LedgerError, Reply, TransferRow};
-use crate::model::event::TransferKey;
+use crate::model::event::{Transfer, TransferKey};
 use crate::model::ids::AccountId;
 use crate::model::partition::{partition_of, PartitionId};
 use crate::protocol::coordinator::{PhaseRequest, PhaseResponse};
@@ -93,6 +93,11 @@ pub enum PeerMessage {
     },
     /// From a destination back to the home partition of `response.key.from`.
     Response(PhaseResponse),
+    /// From a destination to the home partition of `transfer.from`: "I have held a pending
+    /// credit for this transfer for a while; what became of it?" The home may have lost the
+    /// transfer (its Try leaves before its debit is durable), and then only this question
+    /// gets the credit cancelled.
+    Unresolved { transfer: Transfer },
 }
 
 impl PeerMessage {
@@ -101,6 +106,7 @@ impl PeerMessage {
         match self {
             PeerMessage::Request { request, .. } => partition_of(&request.transfer.to, partitions),
             PeerMessage::Response(response) => partition_of(&response.key.from, partitions),
+            PeerMessage::Unresolved { transfer } => partition_of(&transfer.from, partitions),
         }
     }
 }

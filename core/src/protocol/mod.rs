@@ -2,6 +2,8 @@
 //! partitions exchange.
 //!
 //! - [`coordinator`]: drives cross-partition transfers from their home partition (sans-IO).
+//! - [`credit_watch`]: a destination asks about credits that stay pending (their home may
+//!   have lost the transfer).
 //! - [`invariants`]: the invariants of DESIGN section 5, one function each, shared by the
 //!   tests, the simulator and `wallet verify`.
 //! - [`machine`]: the partition machine: everything a partition decides, sans-IO.
@@ -13,6 +15,7 @@
 #[cfg(any(test, madsim, feature = "testing"))]
 pub mod bugs;
 pub mod coordinator;
+pub mod credit_watch;
 pub mod invariants;
 pub mod machine;
 pub mod message;

@@ -45,7 +45,7 @@
 //!
 //! - command: 1 open (account, currency), 2 deposit and 3 withdraw (account, amount, currency,
 //!   transaction id), 4 transfer (transfer), 5 decide (key, decision), 6 finish debit (key),
-//!   7 try, 8 confirm, 9 cancel credit (transfer). A decision is 1 confirm or 2 cancel and a
+//!   7 try, 8 confirm, 9 cancel, 10 abort credit (transfer), 11 abandon (transfer). A decision is 1 confirm or 2 cancel and a
 //!   reason, as in the log.
 //! - command result: 0 ok and a reply, or 1 error and a ledger error.
 //! - reply: 1 opened (created bool), 2 balance (`u64`), 3 transfer (status), 4 phase (phase
@@ -62,7 +62,8 @@
 //!   accepted, decided and finished timestamps as `u64`). State: 1 trying, 2 confirming,
 //!   3 cancelling (reason), 4 committed, 5 cancelled (reason), 6 rejected (reason).
 //! - peer message: 1 request (from partition `u32`, phase, transfer), 2 response (phase, key,
-//!   phase result). Phase: 1 try, 2 confirm, 3 cancel.
+//!   phase result), 3 unresolved (transfer: a destination asks its home about a pending
+//!   credit). Phase: 1 try, 2 confirm, 3 cancel, 4 abort.
 //!
 //! A message ends where its fields end; the frame ends exactly after its `count`-th message.
 
@@ -79,7 +80,7 @@ use crate::protocol::coordinator::{Phase, PhaseRequest, PhaseResponse};
 use crate::protocol::message::{CommandResult, PeerMessage, Query, QueryAnswer};
 
 /// The body version this build writes and the only one it reads.
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 3;
 /// Bytes of the frame header: body length and checksum.
 pub const FRAME_HEADER_LEN: usize = 8;
 /// Bytes of the body before the messages: version, map version, count.
@@ -520,6 +521,8 @@ fn put_command(out: &mut Vec<u8>, command: &Command) {
         Command::TryCredit(transfer) => put_tagged_transfer(out, 7, &transfer),
         Command::ConfirmCredit(transfer) => put_tagged_transfer(out, 8, &transfer),
         Command::CancelCredit(transfer) => put_tagged_transfer(out, 9, &transfer),
+        Command::AbortCredit(transfer) => put_tagged_transfer(out, 10, &transfer),
+        Command::Abandon(transfer) => put_tagged_transfer(out, 11, &transfer),
     }
 }
 
@@ -555,6 +558,8 @@ fn get_command(cursor: &mut Cursor<'_>) -> Result<Command, String> {
         7 => Command::TryCredit(cursor.transfer()?),
         8 => Command::ConfirmCredit(cursor.transfer()?),
         9 => Command::CancelCredit(cursor.transfer()?),
+        10 => Command::AbortCredit(cursor.transfer()?),
+        11 => Command::Abandon(cursor.transfer()?),
         other => return Err(format!("unknown command {other}")),
     })
 }
@@ -864,6 +869,7 @@ fn phase_tag(phase: Phase) -> u8 {
         Phase::Try => 1,
         Phase::Confirm => 2,
         Phase::Cancel => 3,
+        Phase::Abort => 4,
     }
 }
 
@@ -872,6 +878,7 @@ fn get_phase(cursor: &mut Cursor<'_>) -> Result<Phase, String> {
         1 => Ok(Phase::Try),
         2 => Ok(Phase::Confirm),
         3 => Ok(Phase::Cancel),
+        4 => Ok(Phase::Abort),
         other => Err(format!("unknown phase {other}")),
     }
 }
@@ -890,6 +897,10 @@ fn put_peer(out: &mut Vec<u8>, peer: &PeerMessage) {
             put_key(out, &response.key);
             put_phase_result(out, response.result);
         }
+        PeerMessage::Unresolved { transfer } => {
+            out.push(3);
+            put_transfer(out, transfer);
+        }
     }
 }
 
@@ -907,6 +918,9 @@ fn get_peer(cursor: &mut Cursor<'_>) -> Result<PeerMessage, String> {
             key: cursor.key()?,
             result: get_phase_result(cursor)?,
         }),
+        3 => PeerMessage::Unresolved {
+            transfer: cursor.transfer()?,
+        },
         other => return Err(format!("unknown peer message {other}")),
     })
 }

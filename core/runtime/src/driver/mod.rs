@@ -363,6 +363,7 @@ impl<S: Storage> PartitionDriver<S> {
         let mut stopping: Option<Option<oneshot::Sender<()>>> = None;
         loop {
             self.publish_stats();
+            self.send_ready();
             if in_flight.is_none() {
                 in_flight = self.start_commit();
             }
@@ -462,6 +463,16 @@ impl<S: Storage> PartitionDriver<S> {
             Input::Shutdown(ack) => return Some(ack),
         }
         None
+    }
+
+    /// Sends what the machine lets leave at once: Tries, and answers that rest only on
+    /// records already durable (see the machine's release rule).
+    fn send_ready(&mut self) {
+        let Some(release) = self.machine.poll_ready() else {
+            return;
+        };
+        let batch = (self.machine.partition(), self.machine.durable_lsn());
+        send_release(batch, release, &*self.transport);
     }
 
     /// Hands the machine's next commit to the storage, or releases it at once when it holds

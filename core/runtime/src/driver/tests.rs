@@ -250,6 +250,7 @@ fn restart_setup() -> (DriverConfig, Vec<MemStorage>) {
             try_timeout_us: 60_000_000,
             retry_initial_us: 5_000,
             retry_max_us: 20_000,
+            resolve_after_us: 1_000_000,
         },
         ..DriverConfig::default()
     };

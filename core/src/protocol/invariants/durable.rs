@@ -38,19 +38,35 @@ pub fn acknowledged(
 }
 
 /// When a batch of the home partition whose state is `home` is cut: every Confirm or Cancel
-/// among the `messages` it will send carries the decision `home` holds for its transfer.
+/// among the `messages` it will send carries the decision `home` holds for its transfer. A
+/// Cancel may also carry a transfer the home recorded refused for good (it had lost the
+/// debit), or a transfer of another body than the home's row under its key (a credit of a
+/// lost transfer whose id the client used again).
 pub fn decisions_logged(home: &Ledger, messages: &[PeerMessage]) -> Result<(), Violation> {
-    for (key, phase) in second_phase(messages) {
-        let state = home.transfer(&key).map(|row| row.state);
+    for (transfer, phase) in second_phase(messages) {
+        let key = transfer.key();
+        let row = home.transfer(&key);
+        let state = row.map(|row| row.state);
+        let orphan = row.is_some_and(|row| row.transfer != *transfer);
         let decided = match phase {
-            Phase::Confirm => matches!(
-                state,
-                Some(TransferState::Confirming | TransferState::Committed)
-            ),
-            _ => matches!(
-                state,
-                Some(TransferState::Cancelling(_) | TransferState::Cancelled(_))
-            ),
+            Phase::Confirm => {
+                !orphan
+                    && matches!(
+                        state,
+                        Some(TransferState::Confirming | TransferState::Committed)
+                    )
+            }
+            _ => {
+                orphan
+                    || matches!(
+                        state,
+                        Some(
+                            TransferState::Cancelling(_)
+                                | TransferState::Cancelled(_)
+                                | TransferState::Rejected(_)
+                        )
+                    )
+            }
         };
         if !decided {
             return Err(Violation::DecisionMissing {
@@ -78,10 +94,10 @@ pub fn released_durably(
     if last_lsn <= durable_lsn {
         return Ok(());
     }
-    if let Some((key, phase)) = second_phase(messages).next() {
+    if let Some((transfer, phase)) = second_phase(messages).next() {
         return Err(Violation::DecisionNotDurable {
             partition,
-            key,
+            key: transfer.key(),
             phase,
             last_lsn,
             durable_lsn,
@@ -106,13 +122,13 @@ pub fn released_durably(
     Ok(())
 }
 
-/// The Confirm and Cancel requests among `messages`, with their transfers' keys.
-fn second_phase(
-    messages: &[PeerMessage],
-) -> impl Iterator<Item = (crate::model::event::TransferKey, Phase)> + '_ {
+/// The Confirm and Cancel requests among `messages`, with their transfers.
+fn second_phase(messages: &[PeerMessage]) -> impl Iterator<Item = (&Transfer, Phase)> + '_ {
     messages.iter().filter_map(|message| match message {
-        PeerMessage::Request { request, .. } if request.phase != Phase::Try => {
-            Some((request.transfer.key(), request.phase))
+        PeerMessage::Request { request, .. }
+            if matches!(request.phase, Phase::Confirm | Phase::Cancel) =>
+        {
+            Some((&request.transfer, request.phase))
         }
         _ => None,
     })

@@ -4,6 +4,7 @@
 //! or pending.
 
 use crate::ledger::{CreditState, Ledger, TransferState};
+use crate::model::event::Reason;
 use crate::model::partition::partition_of;
 
 use super::Violation;
@@ -17,23 +18,40 @@ pub enum Moment {
     AtRest,
 }
 
-/// Whether a home row in state `home` and its destination's barrier row (`None`: none) may
-/// exist together at any moment of a consistent cut.
+/// Whether a home row in state `home` and its destination's barrier row (`None`: none) for
+/// the same transfer may exist together at any moment of a consistent cut.
 pub fn sides_agree(home: TransferState, credit: Option<CreditState>) -> bool {
     use CreditState as C;
     match home {
+        // Recorded refused for good after the home lost its debit while the destination
+        // held the credit (see `Command::Abandon`): that credit is pending until the Cancel
+        // lands. A home refusal gives no other reason, so this tells the two apart.
+        TransferState::Rejected(Reason::Timeout) => !matches!(credit, Some(C::Confirmed)),
         // Refused at home: the destination never heard of it.
         TransferState::Rejected(_) => credit.is_none(),
-        // Try sent (or not yet): nothing decided, so nothing second-phase at the destination.
-        TransferState::Trying => matches!(credit, None | Some(C::Tried)),
+        // Try sent (or not yet): nothing decided. The destination has tried, or refused the
+        // Try (the flag is set before the refusal is answered), or not heard of it yet.
+        TransferState::Trying => matches!(credit, None | Some(C::Tried | C::TryNotSeen)),
         // Confirm decided: the Try succeeded; the Confirm may not have landed yet.
         TransferState::Confirming => matches!(credit, Some(C::Tried | C::Confirmed)),
         TransferState::Committed => credit == Some(C::Confirmed),
-        // Cancel decided: anything but a confirmed credit.
-        TransferState::Cancelling(_) => credit != Some(C::Confirmed),
+        // Cancel decided: on a refused or aborted Try, whose flag is set. Never on a tried
+        // credit: with the home's durable debit that is the commit point. (No row: logs
+        // of the three-round protocol set the flag only with the Cancel.)
+        TransferState::Cancelling(_) => matches!(credit, None | Some(C::TryNotSeen)),
         // The destination acknowledged the Cancel, so it recorded it.
         TransferState::Cancelled(_) => matches!(credit, Some(C::Cancelled | C::TryNotSeen)),
     }
+}
+
+/// Whether a destination's credit for one body may stand beside a home row for another
+/// body under the same key: only if no money moved on either side for them. This happens
+/// when a home lost a transfer whose credit the destination held, and its client used the
+/// id again for another transfer: the first Try's credit is cancelled, and the new
+/// transfer's Try fails.
+pub fn bodies_apart_agree(home: TransferState, credit: CreditState) -> bool {
+    !matches!(home, TransferState::Confirming | TransferState::Committed)
+        && credit != CreditState::Confirmed
 }
 
 /// Whether the two sides agree at rest: both final, and agreeing.
@@ -65,8 +83,17 @@ pub fn transfers_agree(cut: &[Option<&Ledger>], moment: Moment) -> Agreement {
                 continue;
             };
             let row = home.transfer(&key);
-            // A pair with a remote home row is judged from the home side.
-            if !row.is_some_and(|row| row.remote) {
+            // A pair with a remote home row is judged from the home side. A credit may have
+            // no home row: its Try left before the home's debit was durable, and the home
+            // lost the debit. A pending one lasts until the home, asked, abandons the
+            // transfer (so not at rest); a refused one moved nothing and stays so.
+            let lost = row.is_none()
+                && match credit.state {
+                    CreditState::Tried => moment == Moment::Any,
+                    CreditState::Confirmed | CreditState::Cancelled => false,
+                    CreditState::TryNotSeen => true,
+                };
+            if !row.is_some_and(|row| row.remote) && !lost {
                 agreement.violations.push(Violation::Sides {
                     key,
                     home: row.map(|row| row.state),
@@ -110,6 +137,14 @@ fn judge_home_rows(
         agreement.checked += 1;
         let credit = destination.and_then(|d| d.credit(&key));
         let state = credit.map(|c| c.state);
+        if let Some(credit) = credit.filter(|c| c.transfer.is_some_and(|t| t != row.transfer)) {
+            let settled =
+                !at_rest || (!row.state.is_unfinished() && credit.state != CreditState::Tried);
+            if !bodies_apart_agree(row.state, credit.state) || !settled {
+                agreement.violations.push(Violation::BodyDiffers { key });
+            }
+            continue;
+        }
         let agree = match moment {
             Moment::Any => sides_agree(row.state, state),
             Moment::AtRest => sides_settled(row.state, state),
@@ -121,9 +156,6 @@ fn judge_home_rows(
                 credit: state,
                 at_rest,
             });
-        }
-        if credit.is_some_and(|c| c.transfer.is_some_and(|t| t != row.transfer)) {
-            agreement.violations.push(Violation::BodyDiffers { key });
         }
     }
 }

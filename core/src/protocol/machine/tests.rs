@@ -5,8 +5,9 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use super::*;
-use crate::ledger::{Command, PhaseResult, Reply, TransferStatus};
+use crate::ledger::{Command, CreditState, PhaseResult, Reply, TransferStatus};
 use crate::log::codec::decode_log;
+use crate::model::event::Reason;
 use crate::model::ids::AccountId;
 use crate::model::money::Currency::USD;
 use crate::protocol::coordinator::{Phase, PhaseRequest};
@@ -41,6 +42,8 @@ struct World {
     answers: BTreeMap<u32, QueryAnswer>,
     /// Phase requests are dropped instead of delivered (a destination cut off).
     drop_requests: bool,
+    /// Phase responses are dropped instead of delivered (the way back cut off).
+    drop_responses: bool,
 }
 
 impl World {
@@ -68,6 +71,7 @@ impl World {
             groups: BTreeMap::new(),
             answers: BTreeMap::new(),
             drop_requests: false,
+            drop_responses: false,
         }
     }
 
@@ -100,6 +104,37 @@ impl World {
             self.partitions[p as usize].in_flight = Some(commit);
         }
         true
+    }
+
+    /// Sends what partition `p` may send at once (Tries, answers resting on durable records).
+    fn ready(&mut self, p: PartitionId) -> bool {
+        match self.machine(p).poll_ready() {
+            Some(release) => {
+                self.release(release);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Partition `p` loses its power: it starts again from the bytes it made durable, and
+    /// whatever it had not is gone (its commit in flight included).
+    fn power_loss(&mut self, p: PartitionId) {
+        let count = self.partitions.len() as u32;
+        let decoded = decode_log(&self.partitions[p as usize].durable, 1).expect("log decodes");
+        let mut ledger = Ledger::new(p, count);
+        for record in decoded.records {
+            let meta = crate::ledger::RecordMeta {
+                lsn: record.lsn,
+                timestamp: record.timestamp,
+            };
+            ledger
+                .apply(meta, &record.event)
+                .expect("a durable log replays");
+        }
+        let partition = &mut self.partitions[p as usize];
+        partition.in_flight = None;
+        partition.machine = PartitionMachine::new(ledger, MachineConfig::default(), self.now);
     }
 
     /// Makes partition `p`'s commit in flight durable and releases what waited for it.
@@ -149,6 +184,9 @@ impl World {
             if self.drop_requests && matches!(message, PeerMessage::Request { .. }) {
                 continue;
             }
+            if self.drop_responses && matches!(message, PeerMessage::Response(_)) {
+                continue;
+            }
             let now = self.now;
             let p = message.destination(count);
             self.machine(p).handle_peer(now, message);
@@ -161,8 +199,10 @@ impl World {
         for _ in 0..STEPS_MAX {
             let mut moved = false;
             for p in 0..self.partitions.len() as PartitionId {
+                moved |= self.ready(p);
                 moved |= self.commit(p);
                 moved |= self.sync(p);
+                moved |= self.ready(p);
             }
             moved |= self.deliver();
             if !moved {
@@ -252,7 +292,7 @@ fn a_query_answers_from_the_state_its_batch_leaves_and_leaves_with_it() {
 }
 
 #[test]
-fn a_cross_partition_transfer_debits_first_and_commits_step_by_step() {
+fn a_cross_partition_transfer_commits_in_one_durable_round() {
     let (mut world, alice, bob) = alice_and_bob();
     world.command(
         0,
@@ -260,40 +300,47 @@ fn a_cross_partition_transfer_debits_first_and_commits_step_by_step() {
         Command::Transfer(transfer(alice, bob, 30, USD, "t-1")),
         true,
     );
-    // The hold is logged and handed out; no Try may leave before it is durable.
+    // The debit is applied first, and its batch handed out; the Try leaves at once, while
+    // that batch syncs.
     assert!(world.commit(0));
-    assert!(
-        world.wire.is_empty(),
-        "the Try waits for the hold to be durable"
-    );
-    world.sync(0);
+    assert!(world.ready(0));
     let PeerMessage::Request { request, .. } = world.wire[0] else {
-        panic!("a Try after the hold: {:?}", world.wire);
+        panic!("a Try beside the debit's sync: {:?}", world.wire);
     };
     assert_eq!(request.phase, Phase::Try);
+    assert_eq!(world.balance(0, &alice), 70, "the debit came first");
+    // The destination tries, durably, and answers.
+    world.deliver();
+    assert!(world.commit(1) && world.sync(1));
+    world.deliver();
     assert!(
-        world.replies.is_empty(),
-        "a waiting client hears the outcome, not `pending`"
+        !world.ready(0) && world.replies.is_empty(),
+        "the destination is durable, the home's debit is not yet: no answer"
     );
-    world.settle();
+    // The debit becomes durable: both sides are, so the transfer is committed, and the
+    // client hears it without waiting for the decision record.
+    assert!(world.sync(0));
+    assert!(world.ready(0));
     assert_eq!(
         world.replies[&10],
         Ok(Reply::Transfer(TransferStatus::Committed))
     );
-    assert_eq!(world.balance(0, &alice), 70);
-    assert_eq!(world.balance(1, &bob), 30);
     let decided = world
         .durable_events(0)
         .iter()
         .any(|e| matches!(e, Event::TransferDecided { .. }));
     assert!(
-        decided,
-        "the client heard `committed` after the decision was durable"
+        !decided,
+        "the decision record is history, logged afterwards"
     );
+    world.settle();
+    assert_eq!(world.balance(0, &alice), 70);
+    assert_eq!(world.balance(1, &bob), 30);
+    assert_eq!(world.machine(0).in_flight(), 0, "the transfer finished");
 }
 
 #[test]
-fn a_try_that_never_arrives_is_resent_then_cancelled_and_the_hold_returned() {
+fn a_try_that_never_arrives_is_aborted_and_the_hold_returned_once_the_destination_says_so() {
     let (mut world, alice, bob) = alice_and_bob();
     world.drop_requests = true;
     world.command(
@@ -309,28 +356,94 @@ fn a_try_that_never_arrives_is_resent_then_cancelled_and_the_hold_returned() {
     for _ in 0..(timeout_us / step_us + 2) {
         world.advance(step_us);
     }
-    // The Cancel is a request too, and is dropped: the destination is cut off. The decision
-    // is logged at the home, so the client hears it.
+    // The Abort is a request too, and is dropped: the destination is cut off. The home
+    // cannot know whether the destination tried, so it decides nothing.
+    assert!(world.replies.is_empty(), "{:?}", world.replies);
+    assert_eq!(world.balance(0, &alice), 70, "still held");
+    world.drop_requests = false;
+    world.advance(MachineConfig::default().coordinator.retry_max_us);
     assert!(
         matches!(
             world.replies[&10],
-            Ok(Reply::Transfer(TransferStatus::Cancelled(_)))
+            Ok(Reply::Transfer(TransferStatus::Cancelled(Reason::Timeout)))
         ),
         "{:?}",
         world.replies[&10]
     );
-    world.drop_requests = false;
     world.advance(MachineConfig::default().coordinator.retry_max_us);
     assert_eq!(world.balance(0, &alice), 100, "the hold is returned");
     let credit = world.partitions[1]
         .machine
         .ledger()
         .credit(&key(alice, "t-1"));
-    assert!(
-        credit.is_some(),
-        "the Cancel reached the destination: {credit:?}"
+    assert_eq!(
+        credit.map(|c| c.state),
+        Some(CreditState::TryNotSeen),
+        "the Abort set the flag that fails a late Try"
     );
     assert_eq!(world.machine(0).in_flight(), 0);
+}
+
+#[test]
+fn a_try_whose_answer_is_lost_commits_when_the_abort_finds_it_tried() {
+    let (mut world, alice, bob) = alice_and_bob();
+    world.drop_responses = true;
+    world.command(
+        0,
+        10,
+        Command::Transfer(transfer(alice, bob, 30, USD, "t-1")),
+        true,
+    );
+    world.settle();
+    let timeout_us = MachineConfig::default().coordinator.try_timeout_us;
+    let step_us = MachineConfig::default().coordinator.retry_initial_us;
+    for _ in 0..(timeout_us / step_us + 2) {
+        world.advance(step_us);
+    }
+    assert!(world.replies.is_empty(), "no answer came back yet");
+    world.drop_responses = false;
+    world.advance(MachineConfig::default().coordinator.retry_max_us);
+    assert_eq!(
+        world.replies[&10],
+        Ok(Reply::Transfer(TransferStatus::Committed)),
+        "the credit was durable: the timeout does not take the transfer back"
+    );
+    world.advance(MachineConfig::default().coordinator.retry_max_us);
+    assert_eq!(world.balance(1, &bob), 30);
+}
+
+#[test]
+fn a_credit_whose_home_lost_the_debit_is_asked_about_and_cancelled_for_good() {
+    let (mut world, alice, bob) = alice_and_bob();
+    let sent = transfer(alice, bob, 30, USD, "t-1");
+    world.command(0, 10, Command::Transfer(sent), true);
+    // The Try leaves while the debit syncs; the destination makes its credit durable, and
+    // the home loses its power before its sync completes.
+    assert!(world.commit(0) && world.ready(0));
+    world.deliver();
+    assert!(world.commit(1) && world.sync(1));
+    world.power_loss(0);
+    world.wire.clear();
+    assert!(world.machine(0).ledger().transfer(&sent.key()).is_none());
+    assert_eq!(
+        world.balance(0, &alice),
+        100,
+        "the debit is gone with the power"
+    );
+    // Once the credit is pending long enough, the destination asks; the home has no row,
+    // so it records the transfer refused for good and cancels the credit.
+    world.advance(MachineConfig::default().coordinator.resolve_after_us);
+    let credit = world.partitions[1].machine.ledger().credit(&sent.key());
+    assert_eq!(credit.map(|c| c.state), Some(CreditState::Cancelled));
+    assert_eq!(world.balance(1, &bob), 0);
+    // The client, who was told nothing, retries: one outcome for the id from now on.
+    world.command(0, 11, Command::Transfer(sent), true);
+    world.settle();
+    assert_eq!(
+        world.replies[&11],
+        Ok(Reply::Transfer(TransferStatus::Rejected(Reason::Timeout)))
+    );
+    assert_eq!(world.balance(0, &alice), 100);
 }
 
 #[test]
@@ -400,12 +513,12 @@ fn a_recovered_machine_resumes_its_unfinished_transfers_at_once() {
     let ledger = world.partitions[0].machine.ledger().clone();
     let now = world.now;
     let mut restarted = PartitionMachine::<Numbers>::new(ledger, MachineConfig::default(), now);
-    let commit = restarted
-        .poll_commit()
+    let ready = restarted
+        .poll_ready()
         .expect("the resend of the Try is due at once");
-    assert!(commit.bytes.is_empty(), "a resend logs nothing");
+    assert!(restarted.poll_commit().is_none(), "a resend logs nothing");
     assert!(matches!(
-        commit.release.peer_messages[..],
+        ready.peer_messages[..],
         [PeerMessage::Request { .. }]
     ));
 }

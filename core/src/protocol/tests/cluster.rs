@@ -7,7 +7,7 @@
 //! caused it. Nothing happens unless the test asks for it.
 
 use crate::ledger::{Command, Ledger, LedgerError, RecordMeta, Reply};
-use crate::model::event::Event;
+use crate::model::event::{Event, TransferKey};
 use crate::model::ids::AccountId;
 use crate::model::partition::{partition_of, PartitionId};
 use crate::protocol::coordinator::{
@@ -88,6 +88,8 @@ pub struct Cluster {
     pub violations: Vec<Violation>,
     /// Phase commands a destination refused; no answer leaves for them.
     pub refused: Vec<(PartitionId, Command, LedgerError)>,
+    /// Transfers a coordinator reported committed (its clients are told so), in order.
+    pub committed: Vec<TransferKey>,
 }
 
 impl Cluster {
@@ -108,6 +110,7 @@ impl Cluster {
             executed: Vec::new(),
             violations: Vec::new(),
             refused: Vec::new(),
+            committed: Vec::new(),
         }
     }
 
@@ -360,6 +363,9 @@ impl Cluster {
                         });
                     }
                 }
+                // Logs apply at once here: the debit is durable, and the destination's
+                // Tried was; `committed` records who was told.
+                Output::Committed { key } => self.committed.push(key),
                 Output::Violation { key, detail } => {
                     self.violations.push(Violation::Protocol {
                         key: Some(key),

@@ -18,6 +18,7 @@ const CONFIG: CoordinatorConfig = CoordinatorConfig {
     try_timeout_us: 1_000_000,
     retry_initial_us: 100_000,
     retry_max_us: 800_000,
+    resolve_after_us: 4_000_000,
 };
 /// What the fixture deposits into `src`.
 const FUNDS: u64 = 10_000;
@@ -117,11 +118,14 @@ fn confirm_leaves_only_after_the_decision_is_logged() {
     c.on_response(&response(Phase::Try, &t, PhaseResult::Tried), 10);
     assert_eq!(
         outputs(&mut c),
-        [Output::Execute(Command::Decide {
-            key,
-            decision: Decision::Confirm
-        })],
-        "the decision is logged before any second-phase message leaves"
+        [
+            Output::Committed { key },
+            Output::Execute(Command::Decide {
+                key,
+                decision: Decision::Confirm
+            })
+        ],
+        "committed on the destination's Tried; the decision is logged before any second-phase message leaves"
     );
     c.on_event(
         &Event::TransferDecided {
@@ -159,7 +163,11 @@ fn stale_and_duplicate_responses_are_ignored() {
     assert_eq!(outputs(&mut c), []);
     // The first Try answer decides; a duplicate, or a contrary late one, does not.
     c.on_response(&response(Phase::Try, &t, PhaseResult::Tried), 2);
-    assert_eq!(outputs(&mut c).len(), 1);
+    assert_eq!(
+        outputs(&mut c).len(),
+        2,
+        "committed, and the decision to log"
+    );
     c.on_response(&response(Phase::Try, &t, PhaseResult::Tried), 3);
     let failed = PhaseResult::TryFailed(Reason::DestinationNotFound);
     c.on_response(&response(Phase::Try, &t, failed), 3);
@@ -378,33 +386,36 @@ fn a_failed_try_cancels_both_sides_and_refunds_the_source() {
 }
 
 #[test]
-fn an_unanswered_try_is_resent_then_cancelled_at_the_timeout() {
+fn an_unanswered_try_is_resent_then_aborted_at_the_timeout_and_cancelled_once_the_abort_lands() {
     let (mut cluster, w) = cluster();
     let t = transfer(w.src, w.dst, 2_500, USD, "t1");
     cluster.client(Command::Transfer(t)).unwrap();
     cluster.lose_all_until(TICK_US, CONFIG.try_timeout_us, |cluster| {
-        cluster
-            .executed
-            .iter()
-            .any(|(_, c)| matches!(c, Command::Decide { .. }))
+        !sent_at(cluster, Phase::Abort).is_empty()
     });
     // Resent with doubling intervals, the last one cut short by the deadline.
     assert_eq!(
         sent_at(&cluster, Phase::Try),
         [0, 100_000, 300_000, 700_000]
     );
-    assert_eq!(
-        cluster.executed.last(),
-        Some(&(
-            CONFIG.try_timeout_us,
-            Command::Decide {
-                key: t.key(),
-                decision: Decision::Cancel(Reason::Timeout)
-            }
-        ))
+    assert_eq!(sent_at(&cluster, Phase::Abort), [CONFIG.try_timeout_us]);
+    assert!(
+        !cluster
+            .executed
+            .iter()
+            .any(|(_, c)| matches!(c, Command::Decide { .. })),
+        "nothing is decided until the destination answers"
     );
-    assert_eq!(sent_at(&cluster, Phase::Cancel), [CONFIG.try_timeout_us]);
+    // The Abort is resent until it lands; then its answer decides.
+    cluster.lose_all_until(TICK_US, 2 * CONFIG.retry_max_us, |cluster| {
+        sent_at(cluster, Phase::Abort).len() >= 3
+    });
     assert!(cluster.settle(SETTLE_STEPS_MAX));
+    assert!(cluster.executed.iter().any(|(_, c)| *c
+        == Command::Decide {
+            key: t.key(),
+            decision: Decision::Cancel(Reason::Timeout)
+        }));
     assert_eq!(
         home_state(&cluster, &t),
         TransferState::Cancelled(Reason::Timeout)
@@ -422,7 +433,7 @@ fn a_try_overtaken_by_its_cancel_fails_at_the_barrier() {
     let late_try = cluster.drop_message(0);
     assert_eq!(late_try.phase(), Phase::Try);
     cluster.lose_all_until(TICK_US, CONFIG.try_timeout_us, |cluster| {
-        !sent_at(cluster, Phase::Cancel).is_empty()
+        !sent_at(cluster, Phase::Abort).is_empty()
     });
     assert!(cluster.settle(SETTLE_STEPS_MAX));
     assert_eq!(

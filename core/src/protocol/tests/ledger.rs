@@ -181,6 +181,20 @@ impl Then {
         self
     }
 
+    /// A refused Try: only the try-not-seen flag is recorded (so that the first durable
+    /// answer stands), and no account changed.
+    fn then_only_the_flag(self) -> Then {
+        let Command::TryCredit(transfer) = self.command else {
+            panic!("{:?} is not a Try", self.command);
+        };
+        let flag = Event::CreditTryNotSeen {
+            key: transfer.key(),
+        };
+        assert_eq!(self.events, [flag], "events of {:?}", self.command);
+        assert_eq!(Snapshot::of(&self.ledger).accounts, self.before.accounts);
+        self
+    }
+
     fn then_reply(self, expected: Reply) -> Then {
         assert_eq!(self.result, Ok(expected), "reply to {:?}", self.command);
         self
@@ -303,7 +317,7 @@ fn currency_mismatch_on_cash_source_and_destination() {
     given(1, &destination(&w))
         .when(Command::TryCredit(transfer(w.a, w.x, 1, USD, "t1")))
         .then_phase(PhaseResult::TryFailed(Reason::DestinationCurrencyMismatch))
-        .then_nothing_new();
+        .then_only_the_flag();
 }
 
 #[test]
@@ -427,7 +441,7 @@ fn destination_try_past_the_balance_limit_fails_the_try() {
     given(1, &events)
         .when(Command::TryCredit(transfer(w.a, w.c, 1, USD, "t1")))
         .then_phase(PhaseResult::TryFailed(Reason::DestinationBalanceLimit))
-        .then_nothing_new();
+        .then_only_the_flag();
 }
 
 #[test]
@@ -448,7 +462,7 @@ fn pending_credits_count_toward_the_balance_limit() {
         .then_error(LedgerError::BalanceLimit(w.c))
         .when(Command::TryCredit(transfer(w.a, w.c, 1, USD, "t2")))
         .then_phase(PhaseResult::TryFailed(Reason::DestinationBalanceLimit))
-        .then_nothing_new();
+        .then_only_the_flag();
 }
 
 #[test]
@@ -480,7 +494,7 @@ fn holds_count_toward_the_balance_limit() {
     given(1, &events)
         .when(Command::TryCredit(transfer(w.a, w.c, 1, USD, "t1")))
         .then_phase(PhaseResult::TryFailed(Reason::DestinationBalanceLimit))
-        .then_nothing_new();
+        .then_only_the_flag();
 }
 
 #[test]
@@ -528,14 +542,71 @@ fn reusing_a_cash_transaction_id_with_another_request_is_a_conflict() {
 }
 
 #[test]
-fn a_try_that_reuses_a_key_with_another_body_is_a_conflict() {
+fn a_try_that_reuses_a_key_with_another_body_fails_and_an_abort_of_it_cancels_the_orphan() {
+    // Only a home that lost the first transfer (unsynced) and took the id again sends this.
     let w = world();
     let t = transfer(w.a, w.c, 100, USD, "t1");
+    let again = transfer(w.a, w.c, 200, USD, "t1");
     given(1, &destination(&w))
         .when(Command::TryCredit(t))
         .then_phase(PhaseResult::Tried)
-        .when(Command::TryCredit(transfer(w.a, w.c, 200, USD, "t1")))
-        .then_error(LedgerError::Conflict(txn("t1")));
+        .when(Command::TryCredit(again))
+        .then_phase(PhaseResult::TryFailed(Reason::CancelledBeforeTry))
+        .then_nothing_new()
+        .when(Command::AbortCredit(t))
+        .then_phase(PhaseResult::Tried)
+        .then_nothing_new()
+        .when(Command::AbortCredit(again))
+        .then_phase(PhaseResult::Cancelled)
+        .then_events(&[Event::CreditCancelled { key: t.key() }]);
+}
+
+#[test]
+fn an_abort_sets_the_flag_on_an_untried_credit_and_leaves_a_tried_one() {
+    let w = world();
+    let t = transfer(w.a, w.c, 100, USD, "t1");
+    given(1, &destination(&w))
+        .when(Command::AbortCredit(t))
+        .then_phase(PhaseResult::Cancelled)
+        .then_events(&[Event::CreditTryNotSeen { key: t.key() }])
+        .when(Command::TryCredit(t))
+        .then_phase(PhaseResult::TryFailed(Reason::CancelledBeforeTry))
+        .then_nothing_new();
+    let tried = transfer(w.a, w.c, 100, USD, "t2");
+    given(1, &destination(&w))
+        .when(Command::TryCredit(tried))
+        .then_phase(PhaseResult::Tried)
+        .when(Command::AbortCredit(tried))
+        .then_phase(PhaseResult::Tried)
+        .then_nothing_new()
+        .when(Command::ConfirmCredit(tried))
+        .then_phase(PhaseResult::Confirmed)
+        .when(Command::AbortCredit(tried))
+        .then_phase(PhaseResult::Tried)
+        .then_nothing_new();
+}
+
+#[test]
+fn abandoning_records_a_lost_transfer_refused_for_good_and_leaves_a_known_one() {
+    let w = world();
+    let lost = transfer(w.a, w.c, 100, USD, "lost");
+    given(0, &home(&w))
+        .when(Command::Abandon(lost))
+        .then_status(TransferStatus::Rejected(Reason::Timeout))
+        .then_events(&[Event::TransferRejected {
+            transfer: lost,
+            reason: Reason::Timeout,
+        }])
+        .when(Command::Transfer(lost))
+        .then_status(TransferStatus::Rejected(Reason::Timeout))
+        .then_nothing_new();
+    let known = transfer(w.a, w.c, 100, USD, "known");
+    given(0, &home(&w))
+        .when(Command::Transfer(known))
+        .then_status(TransferStatus::Pending)
+        .when(Command::Abandon(known))
+        .then_status(TransferStatus::Pending)
+        .then_nothing_new();
 }
 
 #[test]
@@ -629,12 +700,12 @@ fn decisions_and_finishes_out_of_order_are_invalid_transitions() {
 }
 
 #[test]
-fn a_try_to_a_missing_destination_fails_without_recording_anything() {
+fn a_try_to_a_missing_destination_fails_and_records_only_the_flag() {
     let w = world();
     given(1, &destination(&w))
         .when(Command::TryCredit(transfer(w.a, w.m, 1, USD, "t1")))
         .then_phase(PhaseResult::TryFailed(Reason::DestinationNotFound))
-        .then_nothing_new();
+        .then_only_the_flag();
 }
 
 // ---------------------------------------------------------------------------------------------

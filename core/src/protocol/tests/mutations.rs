@@ -29,6 +29,7 @@ const CONFIG: CoordinatorConfig = CoordinatorConfig {
     try_timeout_us: 1_000_000,
     retry_initial_us: 100_000,
     retry_max_us: 800_000,
+    resolve_after_us: 4_000_000,
 };
 const FUNDS: u64 = 10_000;
 const SETTLE_STEPS_MAX: usize = 1_000;
@@ -104,10 +105,7 @@ fn late_try(bugs: &[Bug]) -> (Cluster, Transfer) {
     cluster.client(Command::Transfer(t)).unwrap();
     let held_back = cluster.drop_message(0);
     cluster.lose_all_until(TICK_US, CONFIG.try_timeout_us, |cluster| {
-        cluster
-            .sent
-            .iter()
-            .any(|s| s.request.phase == Phase::Cancel)
+        cluster.sent.iter().any(|s| s.request.phase == Phase::Abort)
     });
     assert!(cluster.settle(SETTLE_STEPS_MAX));
     assert_eq!(

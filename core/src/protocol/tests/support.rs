@@ -128,3 +128,31 @@ impl Snapshot {
         }
     }
 }
+
+/// Partition 1 of 2 with an account `dest` and `n` pending credits into it, from accounts
+/// of partition 0: the ledger, and the transfers whose Tries it took, in log order.
+pub fn destination_ledger(n: usize) -> (Ledger, Vec<Transfer>) {
+    let mut ledger = Ledger::new(1, 2);
+    let mut events = Vec::new();
+    let dest = account_on("dest", 1, 2, 0);
+    ledger
+        .execute(&open(dest, Currency::USD), 1, &mut events)
+        .expect("a new account opens");
+    let transfers: Vec<Transfer> = (0..n)
+        .map(|i| cross_transfer_for(&ledger, &format!("t{i}")))
+        .collect();
+    for transfer in &transfers {
+        ledger
+            .execute(&Command::TryCredit(*transfer), 1, &mut events)
+            .expect("a Try into an open account is taken");
+    }
+    (ledger, transfers)
+}
+
+/// A transfer of 1.00 USD named `transaction_id` from partition 0 into the account
+/// [`destination_ledger`] opened on `ledger`'s partition.
+pub fn cross_transfer_for(ledger: &Ledger, transaction_id: &str) -> Transfer {
+    let dest = account_on("dest", ledger.partition(), ledger.partitions(), 0);
+    let source = account_on("src", 0, ledger.partitions(), 0);
+    transfer(source, dest, 100, Currency::USD, transaction_id)
+}

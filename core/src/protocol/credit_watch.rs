@@ -1,0 +1,144 @@
+//! The destination's watch over its pending credits: a credit still pending a while after it
+//! was tried is asked about ([`crate::protocol::message::PeerMessage::Unresolved`]), and
+//! again at that interval until it is confirmed or cancelled.
+//!
+//! Why a destination must ask: a home sends its Try before its own debit is durable (the
+//! commit point needs both sides durable, not one after the other), so a power loss at the
+//! home can take back a debit whose credit the destination already holds. The home then has
+//! no row and sends nothing; only the destination knows the credit exists. Asked, the home
+//! answers from its row, or records the transfer refused for good and cancels the credit.
+//!
+//! Cheap on the hot path: credit rows are only ever appended, so the watch keeps no key per
+//! credit, only marks ("rows below this position are due at that time", one per tick that
+//! added rows) and a cursor. Every row is looked at once, when its mark is due; the few
+//! still pending are kept by position and looked at again.
+
+use std::collections::VecDeque;
+
+use crate::ledger::{CreditState, Ledger};
+use crate::model::event::Transfer;
+use crate::protocol::coordinator::Micros;
+
+/// See the module documentation.
+#[derive(Debug, Default)]
+pub struct CreditWatch {
+    /// `(due, end)`: credit rows at positions below `end` are due at `due`. Both ascend.
+    marks: VecDeque<(Micros, usize)>,
+    /// Rows at positions below this one were looked at once, or are covered by a mark.
+    marked: usize,
+    /// Rows below this one were looked at once.
+    looked_at: usize,
+    /// `(due, position)` of rows found still pending, to look at again.
+    again: VecDeque<(Micros, usize)>,
+}
+
+impl CreditWatch {
+    /// Watches every credit `ledger` holds now (a recovered state) from `now` on.
+    pub fn new() -> CreditWatch {
+        CreditWatch::default()
+    }
+
+    /// Covers the credit rows added since the last call: due `after_us` from `now`.
+    pub fn mark(&mut self, ledger: &Ledger, now: Micros, after_us: u64) {
+        let end = ledger.credit_count();
+        if end > self.marked {
+            self.marks.push_back((now + after_us, end));
+            self.marked = end;
+        }
+    }
+
+    /// When the watch next has something to look at.
+    pub fn next_due(&self) -> Option<Micros> {
+        let mark = self.marks.front().map(|(due, _)| *due);
+        let again = self.again.front().map(|(due, _)| *due);
+        mark.into_iter().chain(again).min()
+    }
+
+    /// The transfers whose credits are due and still pending at `now`; each is looked at
+    /// again `after_us` later.
+    pub fn due(&mut self, ledger: &Ledger, now: Micros, after_us: u64, out: &mut Vec<Transfer>) {
+        let mut pending = Vec::new();
+        while let Some(&(due, end)) = self.marks.front() {
+            if due > now {
+                break;
+            }
+            self.marks.pop_front();
+            for position in self.looked_at..end {
+                if let Some(transfer) = pending_transfer(ledger, position) {
+                    out.push(transfer);
+                    pending.push(position);
+                }
+            }
+            self.looked_at = self.looked_at.max(end);
+        }
+        while let Some(&(due, position)) = self.again.front() {
+            if due > now {
+                break;
+            }
+            self.again.pop_front();
+            if let Some(transfer) = pending_transfer(ledger, position) {
+                out.push(transfer);
+                pending.push(position);
+            }
+        }
+        self.again.extend(
+            pending
+                .into_iter()
+                .map(|position| (now + after_us, position)),
+        );
+    }
+
+    /// Credits still pending that the watch will look at again.
+    pub fn unresolved(&self) -> usize {
+        self.again.len()
+    }
+}
+
+/// The transfer of the credit row at `position`, if that credit is still pending.
+fn pending_transfer(ledger: &Ledger, position: usize) -> Option<Transfer> {
+    let (_, row) = ledger.credit_at(position)?;
+    (row.state == CreditState::Tried)
+        .then_some(row.transfer)
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::Command;
+    use crate::protocol::tests::support::{cross_transfer_for, destination_ledger};
+
+    #[test]
+    fn a_pending_credit_is_asked_about_once_due_and_again_until_it_is_settled() {
+        let (mut ledger, transfers) = destination_ledger(3);
+        let mut watch = CreditWatch::new();
+        watch.mark(&ledger, 1_000, 500);
+        assert_eq!(watch.next_due(), Some(1_500));
+        let mut out = Vec::new();
+        watch.due(&ledger, 1_499, 500, &mut out);
+        assert!(out.is_empty(), "nothing is due before its time");
+        watch.due(&ledger, 1_500, 500, &mut out);
+        assert_eq!(out, transfers, "every pending credit, in log order");
+        // Settle one: only the other two are asked about again.
+        let mut events = Vec::new();
+        ledger
+            .execute(&Command::ConfirmCredit(transfers[1]), 2, &mut events)
+            .unwrap();
+        out.clear();
+        watch.due(&ledger, 2_000, 500, &mut out);
+        assert_eq!(out, vec![transfers[0], transfers[2]]);
+        assert_eq!(watch.unresolved(), 2);
+        // A credit tried later is covered by the next mark, not by the first.
+        let late = cross_transfer_for(&ledger, "late");
+        ledger
+            .execute(&Command::TryCredit(late), 3, &mut events)
+            .unwrap();
+        watch.mark(&ledger, 2_100, 500);
+        out.clear();
+        watch.due(&ledger, 2_500, 500, &mut out);
+        assert_eq!(out, vec![transfers[0], transfers[2]]);
+        out.clear();
+        watch.due(&ledger, 2_600, 500, &mut out);
+        assert_eq!(out, vec![late]);
+    }
+}
