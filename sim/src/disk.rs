@@ -352,10 +352,6 @@ impl SegmentDir for Handle {
         Ok((name.to_string(), len))
     }
 
-    fn read(&mut self, name: &str) -> io::Result<Vec<u8>> {
-        self.on_file(name, |file| file.data.clone())
-    }
-
     fn read_at(&mut self, name: &String, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         self.on_file(name, |file| file.read_at(offset as usize, len))
     }
