@@ -26,7 +26,7 @@ use crate::model::Model;
 
 /// The invariants, in the order they are checked and reported: core's, with the oracle
 /// before the protocol, then what only a sweep or a crash shows.
-pub const INVARIANTS: [&str; 13] = [
+pub const INVARIANTS: [&str; 14] = [
     "no_hanging",
     "exactly_once",
     "no_negative",
@@ -36,6 +36,7 @@ pub const INVARIANTS: [&str; 13] = [
     "durable_decision",
     "durable_release",
     "replay",
+    "damage_refused",
     "oracle",
     "protocol",
     "determinism",
@@ -120,6 +121,9 @@ pub struct FinalState<'a> {
     pub quiesced: bool,
     pub protocol_violations: u64,
     pub fatal: &'a [String],
+    /// Restarts on damaged synced data that did not refuse it, naming it (see
+    /// [`crate::storage_faults`]).
+    pub damage_not_refused: &'a [String],
 }
 
 impl FinalState<'_> {
@@ -149,6 +153,12 @@ pub fn check(state: &FinalState<'_>) -> Vec<Violation> {
     atomicity(state, &mut found);
     durability(state, &mut found);
     replay(state, &mut found);
+    found.extend(
+        state
+            .damage_not_refused
+            .iter()
+            .map(|what| Violation::new("damage_refused", what.clone())),
+    );
     oracle(state, &mut found);
     if state.protocol_violations > 0 {
         found.push(Violation::new(

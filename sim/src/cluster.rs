@@ -65,6 +65,30 @@ pub struct SharedState {
     pub recoveries: Vec<RecoveryReport>,
     /// Recoveries that failed (corrupt log, log that does not replay): never expected.
     pub fatal: Vec<String>,
+    /// How each node's latest start ended, by host (for a harness waiting on a restart).
+    pub starts: BTreeMap<HostId, StartOutcome>,
+}
+
+/// How a node's start ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartOutcome {
+    /// Its partitions recovered and run.
+    Running,
+    /// Recovery refused a partition whose disk's medium is damaged: the error's text.
+    Refused(String),
+    /// It stopped for another reason: a sync failed during recovery, or a fatal error.
+    Stopped,
+}
+
+/// Why a node did not start.
+enum Stop {
+    /// A sync failed during recovery (a failing disk): the node waits for the disk's repair.
+    SyncFailed,
+    /// Recovery refused a partition whose medium is damaged: the node waits for the file to
+    /// be restored. The error's text.
+    Refused(String),
+    /// Anything else: never expected.
+    Fatal(String),
 }
 
 impl Shared {
@@ -199,6 +223,10 @@ impl Shared {
     fn fatal(&self, what: String) {
         self.lock().fatal.push(what);
     }
+
+    fn started(&self, host: HostId, outcome: StartOutcome) {
+        self.lock().starts.insert(host, outcome);
+    }
 }
 
 impl Cluster {
@@ -317,6 +345,23 @@ impl Cluster {
         node.up = true;
     }
 
+    /// Restarts node `n` and waits, at most `wait_max`, until its start has ended: how it
+    /// ended, or `None` if it did not within that time.
+    pub async fn restart_and_wait(&mut self, n: usize, wait_max: Duration) -> Option<StartOutcome> {
+        const POLL: Duration = Duration::from_millis(1);
+        let host = self.nodes[n].host;
+        self.shared.lock().starts.remove(&host);
+        self.restart(n);
+        let deadline = tokio::time::Instant::now() + wait_max;
+        while tokio::time::Instant::now() < deadline {
+            if let Some(outcome) = self.shared.lock().starts.get(&host) {
+                return Some(outcome.clone());
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        None
+    }
+
     /// The disks of node `n` start failing (see [`Disk::fail`]).
     pub fn fail_disks(&self, n: usize, sync: bool) {
         for &p in &self.nodes[n].partitions {
@@ -387,7 +432,7 @@ async fn start(
     shared: &Arc<Shared>,
     host: HostId,
     partitions: &[PartitionId],
-) -> Result<ClusterNode, String> {
+) -> Result<ClusterNode, Stop> {
     let storages = partitions
         .iter()
         .map(|&p| (p, shared.disks[p as usize].open()))
@@ -395,7 +440,7 @@ async fn start(
     let address = SocketAddr::new(server_ip(host), PEER_PORT);
     let listener = TcpListener::bind(address)
         .await
-        .map_err(|error| format!("node-{host} cannot listen: {error}"))?;
+        .map_err(|error| Stop::Fatal(format!("node-{host} cannot listen: {error}")))?;
     let io = NodeIo::new(Arc::clone(&shared.links), host);
     let config = shared.node_config();
     let started = start_node_with(
@@ -407,16 +452,37 @@ async fn start(
         storages,
         config,
     );
-    match started.await {
-        Ok(node) => Ok(node),
+    started.await.map_err(|error| stop_of(shared, host, error))
+}
+
+/// Why node `host` did not start, from the error its start returned.
+fn stop_of(shared: &Shared, host: HostId, error: NodeError) -> Stop {
+    let disk = failed_partition(&error).map(|p| &shared.disks[p as usize]);
+    match (&error, disk) {
+        // Recovery met damage to synced data: it must refuse (whether its error names the
+        // damage is for the harness to judge).
+        (NodeError::Driver(_), Some(disk)) if disk.damage().is_some() => {
+            Stop::Refused(format!("node-{host} refused to start: {error}"))
+        }
         // A sync failed during recovery (a failing disk): the node stops until the disk is
         // repaired (any other failure to recover is fatal).
-        Err(NodeError::Driver(DriverError::Io { partition, .. }))
-            if shared.disks[partition as usize].lock().sync_failed =>
-        {
-            Err(String::new())
+        (NodeError::Driver(DriverError::Io { .. }), Some(disk)) if disk.lock().sync_failed => {
+            Stop::SyncFailed
         }
-        Err(error) => Err(format!("node-{host} failed to start: {error}")),
+        _ => Stop::Fatal(format!("node-{host} failed to start: {error}")),
+    }
+}
+
+/// The partition whose recovery failed, if that is why a node did not start.
+fn failed_partition(error: &NodeError) -> Option<PartitionId> {
+    match error {
+        NodeError::Driver(
+            DriverError::Io { partition, .. }
+            | DriverError::Corrupt { partition, .. }
+            | DriverError::Gap { partition, .. }
+            | DriverError::Replay { partition, .. },
+        ) => Some(*partition),
+        _ => None,
     }
 }
 
@@ -429,14 +495,12 @@ async fn run_node(shared: Arc<Shared>, host: HostId) {
     }
     let node = match start(&shared, host, &partitions).await {
         Ok(node) => node,
-        // A disk failing its sync during recovery stops the node, as it would stop a server;
-        // the disk's repair restarts it.
-        Err(stopped) if stopped.is_empty() => return std::future::pending().await,
-        Err(fatal) => return shared.fatal(fatal),
+        Err(stop) => return stopped(&shared, host, stop).await,
     };
     let (calls, gateway) = mpsc::channel(gateway::GATEWAY_CAPACITY);
     {
         let mut state = shared.lock();
+        state.starts.insert(host, StartOutcome::Running);
         state
             .recoveries
             .extend(node.engine().recovery_reports().iter().cloned());
@@ -449,4 +513,19 @@ async fn run_node(shared: Arc<Shared>, host: HostId) {
     gateway::serve(node.client(), gateway).await;
     std::future::pending::<()>().await;
     drop(node);
+}
+
+/// Node `host` did not start, for `stop`. A disk failing its sync during recovery stops the
+/// node, as it would stop a server, until the disk's repair restarts it; a refusal on damaged
+/// data stops it until the file is restored; anything else is fatal.
+async fn stopped(shared: &Shared, host: HostId, stop: Stop) {
+    match stop {
+        Stop::SyncFailed => shared.started(host, StartOutcome::Stopped),
+        Stop::Refused(error) => shared.started(host, StartOutcome::Refused(error)),
+        Stop::Fatal(error) => {
+            shared.started(host, StartOutcome::Stopped);
+            return shared.fatal(error);
+        }
+    }
+    std::future::pending().await
 }

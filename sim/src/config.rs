@@ -37,10 +37,14 @@ pub enum Fault {
     DiskError,
     /// Jump the (global) simulated clock forward.
     ClockJump,
+    /// Crash a node and, while it is down, damage synced data of one of its partitions (bit
+    /// flips, or an unreadable sector); its restart must refuse the partition, naming the
+    /// file and offset. The file is then restored from a copy and the node restarted.
+    Damage,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 11] = [
+    pub const ALL: [Fault; 12] = [
         Fault::Kill,
         Fault::Torn,
         Fault::Partition,
@@ -52,6 +56,7 @@ impl Fault {
         Fault::SlowDisk,
         Fault::DiskError,
         Fault::ClockJump,
+        Fault::Damage,
     ];
 
     pub fn name(self) -> &'static str {
@@ -67,6 +72,7 @@ impl Fault {
             Fault::SlowDisk => "slowdisk",
             Fault::DiskError => "diskerror",
             Fault::ClockJump => "clockjump",
+            Fault::Damage => "damage",
         }
     }
 

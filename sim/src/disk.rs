@@ -23,11 +23,17 @@
 //! nothing behind; that alone (a disk too full for snapshots, with room for the log's
 //! appends) is the other kind of failure.
 //!
+//! The medium can also be damaged in data a completed sync wrote ([`Disk::damage_synced`]:
+//! bit flips, or a sector that cannot be read), in a segment that recovery reads; the damage
+//! stays, across crashes, until the file is restored from a copy ([`Disk::restore_medium`]).
+//! See [`damage`].
+//!
 //! Snapshots and their chunk files are modelled as today's file storage leaves them: each
 //! appears atomically and durably when its write completes (it is synced and renamed into
 //! place), and that write syncs the directory, which makes every pending segment entry
 //! durable too.
 
+mod damage;
 mod files;
 
 use std::future::Future;
@@ -43,6 +49,7 @@ use walletd_core::model::event::Lsn;
 use walletd_runtime::storage::segments::{segment_lsn, SegmentConfig, SegmentDir, SegmentWriter};
 use walletd_runtime::storage::{EncodeSnapshot, SegmentRef, SnapshotRef, Storage};
 
+pub use damage::{Damage, DamageKind};
 pub use files::{SimDir, SimFile, SECTOR_BYTES};
 
 use crate::rng::SharedRng;
@@ -95,6 +102,9 @@ pub struct DiskState {
     /// A sync failed since the last crash: the node must restart to go on.
     pub sync_failed: bool,
     pub failed_syncs: u64,
+    /// The storage fault in force: damage to synced data injected and not yet restored.
+    /// Kept apart from the medium, which a silent cut at the damage would rewrite.
+    pub damage: Option<Damage>,
     /// How far [`Disk::durable_lsn`] has read the newest durable segment.
     walk: DurableWalk,
 }
@@ -352,12 +362,8 @@ impl SegmentDir for Handle {
         Ok((name.to_string(), len))
     }
 
-    fn read(&mut self, name: &str) -> io::Result<Vec<u8>> {
-        self.on_file(name, |file| file.data.clone())
-    }
-
     fn read_at(&mut self, name: &String, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        self.on_file(name, |file| file.read_at(offset as usize, len))
+        self.on_file(name, |file| file.read_at(offset as usize, len))?
     }
 
     fn write_at(&mut self, name: &String, offset: u64, bytes: &[u8]) -> io::Result<()> {

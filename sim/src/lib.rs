@@ -21,6 +21,7 @@
 //! - [`edges`]: edge episodes, in which a client takes an account through a decision boundary.
 //! - [`boundary`]: the boundaries, and how often a run or a sweep hit each.
 //! - [`nemesis`]: injects and heals faults.
+//! - [`storage_faults`]: damage to synced data, and what the restarts on it must do.
 //! - [`history`]: what the clients were told, and when.
 //! - [`model`]: the oracle, an independent sequential model of a partition log.
 //! - [`live`]: the invariants checked at every instant, while the run goes.
@@ -48,5 +49,6 @@ pub mod panics;
 pub mod rng;
 pub mod shared;
 pub mod sim;
+pub mod storage_faults;
 pub mod trace;
 pub mod workload;

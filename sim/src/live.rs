@@ -15,7 +15,10 @@
 //!   in the state the batch leaves (when it is cut), and that state is durable on the
 //!   partition's `SimDisk` when it leaves;
 //! - **durable releases**: no answer and no peer message leaves a batch whose records its
-//!   disk has not synced at that instant (`durability`, `durable_release`).
+//!   disk has not synced at that instant (`durability`, `durable_release`);
+//! - **damage refused**: no partition starts while its disk holds damage to synced data (a
+//!   storage fault not yet restored, see [`crate::storage_faults`]): recovery must refuse
+//!   it, not cut or trust it (`damage_refused`).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
@@ -155,10 +158,14 @@ impl LiveChecks {
         observe::install(None);
     }
 
+    /// Stops the run at `violation` of one of core's invariants.
+    fn stop(&self, violation: invariants::Violation) -> ! {
+        self.stop_at(Violation::from(violation))
+    }
+
     /// Stops the run at `violation`: it is recorded for the report, and the panic ends the
     /// simulation at once (the harness turns it into the run's report).
-    fn stop(&self, violation: invariants::Violation) -> ! {
-        let violation = Violation::from(violation);
+    fn stop_at(&self, violation: Violation) -> ! {
         let message = format!("live check: {}: {}", violation.invariant, violation.detail);
         self.verdict.lock().violation.get_or_insert(violation);
         panic!("{message}");
@@ -183,6 +190,16 @@ impl LiveChecks {
 
 impl Observer for LiveChecks {
     fn started(&self, partition: PartitionId, ledger: &Ledger) {
+        if let Some(damage) = self.disks[partition as usize].damage() {
+            self.stop_at(Violation::new(
+                "damage_refused",
+                format!(
+                    "partition {partition} started from recovery (at lsn {}) on damaged synced \
+                     data ({damage}): recovery cut or trusted it instead of refusing",
+                    ledger.last_applied().lsn
+                ),
+            ));
+        }
         self.books.borrow_mut()[partition as usize] = LiveBooks::recovered(ledger);
     }
 

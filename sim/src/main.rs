@@ -24,6 +24,7 @@ mod cli {
     use walletd_sim::boundary::{Hits, SweepHits};
     use walletd_sim::config::{FaultSet, SimConfig};
     use walletd_sim::sim;
+    use walletd_sim::storage_faults::{StorageFaults, SweepStorageFaults};
 
     const HELP: &str = "\
 walletd-sim: deterministic simulation of a walletd cluster (madsim)
@@ -45,7 +46,7 @@ OPTIONS:
   --partitions N         partitions, spread over the nodes [6]
   --duration-s S         simulated seconds of load and faults before healing [60]
   --faults LIST          none, all, or a comma list of kill,torn,partition,clog,loss,dup,
-                         reset,delay,slowdisk,diskerror,clockjump [all]
+                         reset,delay,slowdisk,diskerror,clockjump,damage [all]
   --jobs N               runs at a time in a sweep [2]
   --fail-fast            stop a sweep at its first failing seed
   --check-determinism    run the seed twice in separate processes and compare the traces
@@ -223,6 +224,7 @@ The line before it counts the decision boundaries the clients hit
         if !report.ok() {
             print!("{}", report.details);
         }
+        println!("{}", report.storage);
         println!("{}", report.hits);
         println!("{}", report.result_line());
         i32::from(!report.ok())
@@ -268,6 +270,8 @@ The line before it counts the decision boundaries the clients hit
         transfers: Vec<u64>,
         /// Per decision boundary, the runs that hit it (from each run's `boundaries:` line).
         hits: SweepHits,
+        /// Storage faults and their refusals (from each run's `storage faults:` line).
+        storage: SweepStorageFaults,
     }
 
     impl Tally {
@@ -277,6 +281,9 @@ The line before it counts the decision boundaries the clients hit
             self.transfers.extend(field(last, "transfers="));
             if let Some(hits) = stdout.lines().find_map(Hits::parse) {
                 self.hits.add(&hits);
+            }
+            if let Some(storage) = stdout.lines().find_map(StorageFaults::parse) {
+                self.storage.add(&storage);
             }
             if !ok {
                 self.failures.push((seed, last.to_string()));
@@ -319,9 +326,10 @@ The line before it counts the decision boundaries the clients hit
         sweep_report(args, (first, end), &tally, started)
     }
 
-    /// Prints what a sweep found: the boundaries its runs hit, then its one-line summary
-    /// (always the last line). Returns the exit code.
+    /// Prints what a sweep found: its storage faults, the boundaries its runs hit, then its
+    /// one-line summary (always the last line). Returns the exit code.
     fn sweep_report(args: &Args, (first, end): (u64, u64), tally: &Tally, started: Instant) -> i32 {
+        println!("{}", tally.storage);
         println!("{}", tally.hits);
         let missed: Vec<&str> = tally.hits.missed().iter().map(|b| b.name()).collect();
         if !missed.is_empty() {

@@ -12,10 +12,13 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use tokio::time::Instant;
 
+use walletd_core::model::partition::PartitionId;
+
 use crate::cluster::Cluster;
 use crate::config::{Fault, FaultSet};
-use crate::disk::Crash;
+use crate::disk::{Crash, Damage};
 use crate::network::{HostId, LinkFaults};
+use crate::storage_faults::StorageFaults;
 
 /// Pause between two injections (uniform in this range, in ms).
 const GAP_MS: (u64, u64) = (200, 2_500);
@@ -40,6 +43,11 @@ const DUP_PPM: (u32, u32) = (5_000, 50_000);
 const JITTER_US: (u64, u64) = (20_000, 5_000_000);
 /// How long a network or disk fault lasts, in ms.
 const FAULT_MS: (u64, u64) = (500, 6_000);
+/// Share of storage faults that make a sector unreadable (the others flip bits in it).
+const UNREADABLE_P: f64 = 0.5;
+/// Longest wait for a restart on damaged data to end (recovery syncs, and a slow disk takes
+/// up to 300 ms per sync).
+const DAMAGED_START_WAIT: Duration = Duration::from_secs(10);
 
 /// Something to undo at a given time.
 #[derive(Debug, Clone)]
@@ -54,6 +62,12 @@ enum Undo {
     DiskRepaired(usize),
     /// Cut the power of a node the moment it has recovered (scheduled with its restart).
     PowerLossAfterRecovery(usize),
+    /// Restart a node whose partition's disk holds damage to synced data: it must refuse.
+    RestartDamaged {
+        node: usize,
+        partition: PartitionId,
+        damage: Damage,
+    },
 }
 
 /// Injects and undoes faults; counts and logs them.
@@ -67,8 +81,12 @@ pub struct Nemesis {
     /// Injections per kind of fault, for the run's summary.
     pub by_kind: BTreeMap<&'static str, u32>,
     pub log: Vec<String>,
+    /// Damage to synced data, and what the restarts on it did.
+    pub storage: StorageFaults,
     verbose: bool,
     start: Instant,
+    /// When injections end (a storage fault's restart must come before).
+    until: Instant,
 }
 
 fn ms(rng: &mut ChaCha8Rng, range: (u64, u64)) -> Duration {
@@ -85,8 +103,10 @@ impl Nemesis {
             injected: 0,
             by_kind: BTreeMap::new(),
             log: Vec::new(),
+            storage: StorageFaults::default(),
             verbose,
             start: Instant::now(),
+            until: Instant::now(),
         }
     }
 
@@ -107,6 +127,7 @@ impl Nemesis {
     /// Injects faults until `until`, undoing each when due.
     pub async fn run(&mut self, cluster: &mut Cluster, until: Instant) {
         let kinds: Vec<Fault> = self.faults.iter().filter(|f| *f != Fault::Torn).collect();
+        self.until = until;
         let mut next_injection = Instant::now() + ms(&mut self.rng, GAP_MS);
         loop {
             let next_undo = self.pending.keys().next().map(|(t, _)| *t);
@@ -121,6 +142,11 @@ impl Nemesis {
                     Undo::PowerLossAfterRecovery(n) => {
                         self.power_loss_after_recovery(cluster, n).await;
                     }
+                    Undo::RestartDamaged {
+                        node,
+                        partition,
+                        damage,
+                    } => self.restart_damaged(cluster, node, partition, damage).await,
                     undo => self.undo(cluster, undo),
                 }
                 continue;
@@ -157,6 +183,7 @@ impl Nemesis {
             Fault::Reset => self.reset(cluster),
             Fault::SlowDisk => self.slow_disk(cluster),
             Fault::DiskError => self.disk_error(cluster),
+            Fault::Damage => self.damage(cluster),
             Fault::ClockJump => {
                 let jump = ms(&mut self.rng, (200, 5_000));
                 self.note(format!("clock jumps forward {jump:?}"));
@@ -207,6 +234,12 @@ impl Nemesis {
 
     /// Takes node `n` down as `crash` says, for `down`.
     fn crash(&mut self, cluster: &mut Cluster, n: usize, crash: Crash, down: Duration) {
+        self.take_down(cluster, n, crash, down);
+        self.schedule(down, Undo::Restart(n));
+    }
+
+    /// Takes node `n` down as `crash` says; its restart, after `down`, is the caller's.
+    fn take_down(&mut self, cluster: &mut Cluster, n: usize, crash: Crash, down: Duration) {
         let reports = cluster.kill(n, crash);
         let what = match crash {
             Crash::Process => "process crash".to_string(),
@@ -218,7 +251,82 @@ impl Nemesis {
         };
         let name = &cluster.nodes[n].name;
         self.note(format!("kill {name} ({what}) for {down:?}"));
-        self.schedule(down, Undo::Restart(n));
+    }
+
+    /// Crashes a node and, while it is down, damages synced data of one of its partitions:
+    /// flips bits in a synced sector of a log segment that recovery reads, or makes one
+    /// unreadable. Its restart must refuse that partition (see `restart_damaged`). Only when
+    /// the restart comes before the faults end, so that it is judged.
+    fn damage(&mut self, cluster: &mut Cluster) -> bool {
+        let up: Vec<usize> = (0..cluster.nodes.len())
+            .filter(|n| cluster.nodes[*n].up && !cluster.nodes[*n].partitions.is_empty())
+            .collect();
+        let Some(&n) = up.choose(&mut self.rng) else {
+            return false;
+        };
+        let down = ms(&mut self.rng, DOWN_MS);
+        if Instant::now() + down >= self.until {
+            return false;
+        }
+        let crash = if self.rng.gen_bool(POWER_LOSS_P) {
+            Crash::PowerLoss
+        } else {
+            Crash::Process
+        };
+        let unreadable = self.rng.gen_bool(UNREADABLE_P);
+        let mut partitions = cluster.nodes[n].partitions.clone();
+        partitions.shuffle(&mut self.rng);
+        self.take_down(cluster, n, crash, down);
+        let rng = &mut self.rng;
+        let damaged = partitions.into_iter().find_map(|p| {
+            let damage = cluster.shared.disks[p as usize].damage_synced(rng, unreadable)?;
+            Some((p, damage))
+        });
+        let Some((partition, damage)) = damaged else {
+            self.note("no synced sector to damage: a plain kill".into());
+            self.schedule(down, Undo::Restart(n));
+            return true;
+        };
+        self.storage.injected += 1;
+        self.note(format!("damage partition {partition}: {damage}"));
+        self.schedule(
+            down,
+            Undo::RestartDamaged {
+                node: n,
+                partition,
+                damage,
+            },
+        );
+        true
+    }
+
+    /// Restarts node `n`, whose `partition`'s disk holds `damage`, and judges how the start
+    /// ended: it must refuse, naming the file and offset. Then, as after any refusal, the
+    /// process is gone; the operator restores the file from a copy and starts the node again,
+    /// which must now start and catch up.
+    async fn restart_damaged(
+        &mut self,
+        cluster: &mut Cluster,
+        n: usize,
+        partition: PartitionId,
+        damage: Damage,
+    ) {
+        let outcome = cluster.restart_and_wait(n, DAMAGED_START_WAIT).await;
+        let name = cluster.nodes[n].name.clone();
+        let verdict = self.storage.judge(&name, &damage, outcome);
+        self.note(verdict);
+        cluster.kill(n, Crash::Process);
+        self.restore_and_restart(cluster, n, partition);
+    }
+
+    /// Restores the damaged files of `partition` from a copy and restarts node `n`.
+    fn restore_and_restart(&mut self, cluster: &mut Cluster, n: usize, partition: PartitionId) {
+        let sectors = cluster.shared.disks[partition as usize].restore_medium();
+        cluster.restart(n);
+        let name = &cluster.nodes[n].name;
+        self.note(format!(
+            "partition {partition} restored from a copy ({sectors} damaged sector), restart {name}"
+        ));
     }
 
     /// Cuts the power of node `n` once every partition of its new incarnation has recovered
@@ -387,6 +495,14 @@ impl Nemesis {
         match &undo {
             // Only while faults run (see `run`); healing skips it.
             Undo::PowerLossAfterRecovery(_) => {}
+            // Only while faults run too (see `damage`); were the heal to find one, the file is
+            // restored first, unjudged.
+            Undo::RestartDamaged {
+                node, partition, ..
+            } => {
+                self.storage.unchecked += 1;
+                self.restore_and_restart(cluster, *node, *partition);
+            }
             Undo::Restart(n) => {
                 cluster.restart(*n);
                 self.note(format!("restart {}", cluster.nodes[*n].name));

@@ -28,6 +28,7 @@ use crate::model::Model;
 use crate::nemesis::Nemesis;
 use crate::network::{HostId, Route};
 use crate::rng::{stream, Purpose};
+use crate::storage_faults::StorageFaults;
 use crate::trace::Trace;
 use crate::workload::{accounts, setup, AccountSpec, Client, Requester};
 
@@ -56,6 +57,8 @@ pub struct RunReport {
     pub hits: Hits,
     /// What the peer links carried and suffered.
     pub peer: LinkCounters,
+    /// Damage to synced data, and what the restarts on it did.
+    pub storage: StorageFaults,
 }
 
 impl RunReport {
@@ -151,6 +154,7 @@ fn stopped_early(
         schedule: format!("unknown (run stopped by {by})"),
         hits: history.hits,
         peer: LinkCounters::default(),
+        storage: StorageFaults::default(),
     }
 }
 
@@ -258,6 +262,7 @@ async fn simulate(
         quiesced,
         protocol_violations: cluster.shared.violations(),
         fatal: &fatal,
+        damage_not_refused: &nemesis.storage.violations,
     };
     let violations = checkers::check(&state);
     let transfers = finals
@@ -276,6 +281,7 @@ async fn simulate(
         schedule: nemesis.schedule_summary(),
         hits: history_state.hits,
         peer: cluster.links().counters(),
+        storage: nemesis.storage.clone(),
     }
 }
 

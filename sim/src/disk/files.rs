@@ -14,8 +14,15 @@
 //!   also evicts them from the page cache, so that no restarted process reads bytes the
 //!   medium does not hold (Linux keeps them cached, clean, until evicted; walletd stops the
 //!   partition on the error and relies on the process restart, which in the model clears them).
+//! - the medium can be damaged where a completed sync wrote ([`SimFile::flip_bits`],
+//!   [`SimFile::make_unreadable`]): bit rot, or a sector that can no longer be read. The
+//!   damage is the medium's, so it outlives crashes and power losses; it goes away when the
+//!   sector is written again (a disk remaps a bad sector it writes) or when the file is
+//!   restored from a copy ([`SimFile::restore`]). A damaged sector is clean (synced), and the
+//!   writer drops synced pages from the page cache, so reads see the medium's damage.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io;
 
 /// The unit a disk writes atomically; a power loss keeps or loses whole sectors.
 pub const SECTOR_BYTES: usize = 512;
@@ -29,6 +36,17 @@ pub struct SimFile {
     pub durable: Vec<u8>,
     /// Sectors written or cut since the last sync.
     dirty: BTreeSet<usize>,
+    /// Sectors of the medium damaged since they were synced, until rewritten or restored.
+    damaged: BTreeMap<usize, SectorDamage>,
+}
+
+/// What happened to one sector of the medium after a sync wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SectorDamage {
+    /// Bits flipped; the sector's bytes as they were, which a restore puts back.
+    Flipped(Vec<u8>),
+    /// Every read that touches the sector fails with an I/O error.
+    Unreadable,
 }
 
 /// What a power loss did to one file or a directory.
@@ -69,10 +87,78 @@ impl SimFile {
         self.data.resize(len, 0);
     }
 
-    pub fn read_at(&self, offset: usize, len: usize) -> Vec<u8> {
+    /// `len` bytes from `offset`, fewer only where the file ends; an I/O error if any of
+    /// them lies in an unreadable sector.
+    pub fn read_at(&self, offset: usize, len: usize) -> io::Result<Vec<u8>> {
         let from = offset.min(self.data.len());
         let to = (offset + len).min(self.data.len());
-        self.data[from..to].to_vec()
+        if from < to && self.unreadable_in(from, to) {
+            return Err(io::Error::other(
+                "simulated EIO: a sector of the medium cannot be read",
+            ));
+        }
+        Ok(self.data[from..to].to_vec())
+    }
+
+    /// Whether a sector that bytes `from..to` touch cannot be read: one the medium cannot
+    /// read, unless the page cache holds a newer write of it.
+    fn unreadable_in(&self, from: usize, to: usize) -> bool {
+        let sectors = from / SECTOR_BYTES..=(to - 1) / SECTOR_BYTES;
+        self.damaged.range(sectors).any(|(sector, damage)| {
+            *damage == SectorDamage::Unreadable && !self.dirty.contains(sector)
+        })
+    }
+
+    /// Whether `sector` lies within the file, holds what a sync wrote (not dirty) and is not
+    /// damaged already: a sector whose damage is damage to synced data.
+    pub fn is_synced_intact(&self, sector: usize) -> bool {
+        let end = (sector + 1) * SECTOR_BYTES;
+        end <= self.durable.len()
+            && end <= self.data.len()
+            && !self.dirty.contains(&sector)
+            && !self.damaged.contains_key(&sector)
+    }
+
+    /// Bit rot: flips bits `bits` (numbered from the sector's first byte, lowest bit first)
+    /// of synced `sector` on the medium, and so in what reads see.
+    pub fn flip_bits(&mut self, sector: usize, bits: &[usize]) {
+        assert!(self.is_synced_intact(sector), "damage to a synced sector");
+        let range = sector * SECTOR_BYTES..(sector + 1) * SECTOR_BYTES;
+        let original = self.durable[range.clone()].to_vec();
+        for &bit in bits {
+            assert!(bit < SECTOR_BYTES * 8, "a bit of the sector");
+            let at = range.start + bit / 8;
+            self.durable[at] ^= 1 << (bit % 8);
+        }
+        self.data[range.clone()].copy_from_slice(&self.durable[range]);
+        self.damaged.insert(sector, SectorDamage::Flipped(original));
+    }
+
+    /// A bad sector: every read of synced `sector` fails from now on.
+    pub fn make_unreadable(&mut self, sector: usize) {
+        assert!(self.is_synced_intact(sector), "damage to a synced sector");
+        self.damaged.insert(sector, SectorDamage::Unreadable);
+    }
+
+    /// Whether the medium holds damage.
+    pub fn is_damaged(&self) -> bool {
+        !self.damaged.is_empty()
+    }
+
+    /// The file restored from a copy: every damaged sector holds what its sync wrote again
+    /// (the page cache keeps a newer write of it, if any). Returns how many were damaged.
+    pub fn restore(&mut self) -> usize {
+        let damaged = std::mem::take(&mut self.damaged);
+        for (sector, damage) in &damaged {
+            if let SectorDamage::Flipped(original) = damage {
+                let range = sector * SECTOR_BYTES..(sector + 1) * SECTOR_BYTES;
+                self.durable[range.clone()].copy_from_slice(original);
+                if !self.dirty.contains(sector) {
+                    self.data[range].copy_from_slice(original);
+                }
+            }
+        }
+        damaged.len()
     }
 
     /// `fdatasync`: the medium takes the file's size and every dirty sector.
@@ -84,6 +170,8 @@ impl SimFile {
             if from < to {
                 self.durable[from..to].copy_from_slice(&self.data[from..to]);
             }
+            // Rewritten: a disk remaps a bad sector it writes.
+            self.damaged.remove(&sector);
         }
         debug_assert_eq!(self.durable, self.data, "a synced file is on the medium");
     }
@@ -106,6 +194,7 @@ impl SimFile {
                 for at in from..to {
                     self.durable[at] = self.data.get(at).copied().unwrap_or(0);
                 }
+                self.damaged.remove(&sector);
                 loss.kept += to - from;
             } else {
                 loss.lost += to - from;
@@ -171,6 +260,7 @@ impl SimDir {
                     data: file.durable.clone(),
                     durable: file.durable.clone(),
                     dirty: BTreeSet::new(),
+                    damaged: file.damaged.clone(),
                 };
                 (name.clone(), durable)
             })

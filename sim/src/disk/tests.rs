@@ -1,5 +1,5 @@
 use super::*;
-use crate::rng::Purpose;
+use crate::rng::{stream, Purpose};
 use walletd_core::log::codec::decode_log;
 use walletd_core::protocol::bugs::{self, Bug};
 use walletd_runtime::driver::recover;
@@ -248,5 +248,129 @@ fn the_durable_lsn_follows_syncs_across_segments_and_crashes() {
         let (ledger, _) = recover(&mut disk.open(), 0, 1).await.unwrap();
         assert_eq!(ledger.last_applied().lsn, lsn + 5);
         assert_eq!(disk.durable_lsn(), lsn + 5, "recovery synced what it kept");
+    });
+}
+
+/// Records 1..=`last` appended and synced in batches of ten, on a disk whose node then went
+/// down in a process crash.
+async fn synced_disk_of_a_down_node(seed: u64, last: Lsn) -> Disk {
+    let disk = disk_with_seed(seed);
+    let mut storage = disk.open();
+    for first in (1..=last).step_by(10) {
+        append_synced(&mut storage, first..=(first + 9).min(last)).await;
+    }
+    disk.crash(Crash::Process, true);
+    disk
+}
+
+/// The error a recovery of `disk` now stops with (it must stop).
+async fn refusal(disk: &Disk) -> String {
+    let refused = recover(&mut disk.open(), 0, 1).await;
+    refused.expect_err("recovery refuses").to_string()
+}
+
+#[test]
+fn damage_to_synced_data_stays_across_crashes_and_every_recovery_refuses_naming_it() {
+    simulated(async {
+        for seed in 0..20 {
+            let disk = synced_disk_of_a_down_node(seed, 400).await;
+            assert!(disk.lock().dir.files.len() > 1, "several segments");
+            let mut rng = stream(seed, Purpose::Nemesis);
+            let unreadable = seed % 2 == 0;
+            let damage = disk.damage_synced(&mut rng, unreadable).expect("synced");
+            assert_eq!(damage.kind == DamageKind::Unreadable, unreadable);
+            for crash in [Crash::Process, Crash::PowerLoss, Crash::Process] {
+                let error = refusal(&disk).await;
+                assert!(damage.named_by(&error), "{damage}: {error}");
+                disk.crash(crash, true);
+                let files = &disk.lock().dir.files;
+                assert!(
+                    files.values().any(SimFile::is_damaged),
+                    "the medium keeps it"
+                );
+            }
+        }
+    });
+}
+
+/// The batch synced last may lack its mark after a power loss, and a batch not synced is no
+/// synced data: neither is ever damaged, so every damage drawn is refused, never cut.
+#[test]
+fn damage_is_drawn_only_where_a_sync_mark_vouches_for_it() {
+    simulated(async {
+        for seed in 0..40 {
+            let disk = disk_with_seed(seed);
+            let mut storage = disk.open();
+            // The mark after the first batch's sync is synced with the second batch.
+            append_synced(&mut storage, 1..=30).await;
+            append_synced(&mut storage, 31..=35).await;
+            storage.append(36, &batch(36..=60)).await.unwrap();
+            let crash = if seed % 2 == 0 {
+                Crash::PowerLoss
+            } else {
+                Crash::Process
+            };
+            disk.crash(crash, true);
+            let mut rng = stream(seed, Purpose::Nemesis);
+            let damage = disk.damage_synced(&mut rng, seed % 4 < 2).expect("synced");
+            let error = refusal(&disk).await;
+            assert!(damage.named_by(&error), "{damage}: {error}");
+        }
+    });
+}
+
+#[test]
+fn nothing_is_damaged_before_a_sync_vouches_for_a_whole_sector() {
+    simulated(async {
+        let disk = disk();
+        let mut storage = disk.open();
+        append_synced(&mut storage, 1..=2).await;
+        disk.crash(Crash::PowerLoss, true);
+        let mut rng = stream(1, Purpose::Nemesis);
+        assert_eq!(disk.damage_synced(&mut rng, true), None);
+        assert_eq!(disk.damage(), None);
+    });
+}
+
+#[test]
+fn an_unreadable_sector_fails_the_reads_that_touch_it_until_rewritten() {
+    let mut file = SimFile::default();
+    file.write_at(0, &[7; 3 * SECTOR_BYTES]);
+    file.sync();
+    file.make_unreadable(1);
+    assert_eq!(file.read_at(0, SECTOR_BYTES).unwrap(), [7; SECTOR_BYTES]);
+    assert!(file.read_at(SECTOR_BYTES - 1, 2).is_err());
+    assert!(file.read_at(0, 3 * SECTOR_BYTES).is_err());
+    assert!(file.read_at(2 * SECTOR_BYTES, 10).is_ok());
+    file.power_loss(|| true);
+    assert!(
+        file.read_at(SECTOR_BYTES, 1).is_err(),
+        "the medium's damage"
+    );
+    // A write reaches the page cache at once, and the medium (remapped) at the sync.
+    file.write_at(SECTOR_BYTES, &[8; SECTOR_BYTES]);
+    assert!(file.read_at(SECTOR_BYTES, 1).is_ok());
+    file.sync();
+    assert!(!file.is_damaged());
+}
+
+#[test]
+fn a_restore_puts_back_what_the_syncs_wrote_and_recovery_reads_it_all() {
+    simulated(async {
+        for unreadable in [false, true] {
+            let disk = synced_disk_of_a_down_node(3, 400).await;
+            let before = disk.durable_log();
+            let mut rng = stream(3, Purpose::Nemesis);
+            disk.damage_synced(&mut rng, unreadable).expect("synced");
+            disk.crash(Crash::PowerLoss, true);
+            if !unreadable {
+                assert_ne!(disk.durable_log(), before, "bits flipped on the medium");
+            }
+            assert_eq!(disk.restore_medium(), 1);
+            assert_eq!(disk.damage(), None);
+            assert_eq!(disk.durable_log(), before);
+            assert_eq!(lsns_read_back(&disk).await, (1..=400).collect::<Vec<_>>());
+            recover(&mut disk.open(), 0, 1).await.expect("recovers");
+        }
     });
 }

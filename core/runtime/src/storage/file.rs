@@ -28,7 +28,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::segments::{SegmentConfig, SegmentDir, SegmentWriter};
+use super::segments::{read_segment, SegmentConfig, SegmentDir, SegmentWriter};
 use super::{EncodeSnapshot, OnDurable, SegmentRef, SnapshotRef, Storage};
 use walletd_core::log::snapshot::SnapshotOut;
 use walletd_core::model::event::Lsn;
@@ -100,21 +100,8 @@ impl SegmentDir for RealDir {
         Ok((file, len))
     }
 
-    fn read(&mut self, name: &str) -> io::Result<Vec<u8>> {
-        fs::read(self.dir.join(name))
-    }
-
     fn read_at(&mut self, file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        let mut buf = vec![0; len];
-        let mut got = 0;
-        while got < len {
-            match file.read_at(&mut buf[got..], offset + got as u64)? {
-                0 => break,
-                n => got += n,
-            }
-        }
-        buf.truncate(got);
-        Ok(buf)
+        read_at(file, offset, len)
     }
 
     fn write_at(&mut self, file: &File, offset: u64, bytes: &[u8]) -> io::Result<()> {
@@ -149,6 +136,20 @@ impl SegmentDir for RealDir {
     fn drop_cached(&mut self, file: &File, from: u64, to: u64) {
         drop_cached(file, from, to);
     }
+}
+
+/// `len` bytes of `file` from `offset`, fewer only where the file ends.
+fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0; len];
+    let mut got = 0;
+    while got < len {
+        match file.read_at(&mut buf[got..], offset + got as u64)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    buf.truncate(got);
+    Ok(buf)
 }
 
 fn file_name(path: &Path) -> String {
@@ -367,9 +368,15 @@ impl Storage for FileStorage {
             .collect())
     }
 
+    /// Read in steps, so that an unreadable sector is an error naming the file and where
+    /// ([`read_segment`]).
     async fn read_segment(&mut self, segment: &SegmentRef) -> io::Result<Vec<u8>> {
-        let path = PathBuf::from(&segment.name);
-        blocking(move || fs::read(path)).await
+        let path = segment.name.clone();
+        blocking(move || {
+            let file = File::open(&path)?;
+            read_segment(&path, |offset, len| read_at(&file, offset, len))
+        })
+        .await
     }
 
     async fn truncate_last(&mut self, len: u64) -> io::Result<()> {

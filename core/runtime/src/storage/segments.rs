@@ -48,9 +48,8 @@ pub trait SegmentDir {
     fn create(&mut self, name: &str) -> io::Result<Self::File>;
     /// Opens `name` for writing; returns it with its size.
     fn open(&mut self, name: &str) -> io::Result<(Self::File, u64)>;
-    /// The whole of `name`.
-    fn read(&mut self, name: &str) -> io::Result<Vec<u8>>;
-    /// Up to `len` bytes of `file` from `offset`.
+    /// `len` bytes of `file` from `offset`, fewer only where the file ends; an error if any
+    /// of them cannot be read.
     fn read_at(&mut self, file: &Self::File, offset: u64, len: usize) -> io::Result<Vec<u8>>;
     fn write_at(&mut self, file: &Self::File, offset: u64, bytes: &[u8]) -> io::Result<()>;
     /// Extends `file`, whose size is `from`, with zeros up to `to`.
@@ -93,6 +92,50 @@ pub struct SegmentConfig {
 /// only partly covers must stay cached, or that write would first read it from the disk.
 const PAGE_BYTES: u64 = 4096;
 const MARK_LEN: u64 = SYNC_MARK_LEN as u64;
+/// Bytes a whole segment is read in at a time.
+const READ_STEP_BYTES: usize = 64 << 10;
+/// The unit a step that failed is read again in, to find where reading fails: a sector.
+const READ_SECTOR_BYTES: usize = 512;
+
+/// All of segment `name`, read in steps through `read_at` (as [`SegmentDir::read_at`]). A read
+/// that fails is an error naming the segment and the byte offset of the first sector that
+/// cannot be read: an unreadable sector of synced data stops recovery, since a single copy
+/// cannot be recovered past it, and whoever restores the file from a copy must know where.
+pub fn read_segment(
+    name: &str,
+    mut read_at: impl FnMut(u64, usize) -> io::Result<Vec<u8>>,
+) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    loop {
+        let offset = bytes.len() as u64;
+        match read_at(offset, READ_STEP_BYTES) {
+            Ok(step) if step.is_empty() => return Ok(bytes),
+            Ok(step) => bytes.extend_from_slice(&step),
+            Err(error) => {
+                let at = first_unreadable_sector(&mut read_at, offset);
+                return Err(unreadable(name, at, error));
+            }
+        }
+    }
+}
+
+/// Where reading fails in the step from `from`: the first sector that cannot be read, or
+/// `from` itself if every sector reads on its own.
+fn first_unreadable_sector(
+    read_at: &mut impl FnMut(u64, usize) -> io::Result<Vec<u8>>,
+    from: u64,
+) -> u64 {
+    (from..from + READ_STEP_BYTES as u64)
+        .step_by(READ_SECTOR_BYTES)
+        .find(|&at| read_at(at, READ_SECTOR_BYTES).is_err())
+        .unwrap_or(from)
+}
+
+/// A read error that says which segment and where, keeping the error's kind.
+fn unreadable(name: &str, offset: u64, error: io::Error) -> io::Error {
+    let message = format!("log {name} is unreadable at byte offset {offset}: {error}");
+    io::Error::new(error.kind(), message)
+}
 
 /// The segment being appended to (or, if `legacy`, only read and cut).
 struct OpenSegment<F> {
@@ -152,7 +195,10 @@ impl<D: SegmentDir> SegmentWriter<D> {
         self.current = None;
         if let Some((first_lsn, name)) = all.last() {
             let (file, size) = self.dir.open(name)?;
-            let head = self.dir.read_at(&file, 0, SYNC_MARK_LEN)?;
+            let head = self
+                .dir
+                .read_at(&file, 0, SYNC_MARK_LEN)
+                .map_err(|error| unreadable(name, 0, error))?;
             let legacy = !starts_with_segment_header(&head);
             self.current = Some(OpenSegment {
                 file,
@@ -171,9 +217,11 @@ impl<D: SegmentDir> SegmentWriter<D> {
         Ok(needed)
     }
 
-    /// The bytes of segment `name`.
+    /// The bytes of segment `name` (see [`read_segment`]).
     pub fn read(&mut self, name: &str) -> io::Result<Vec<u8>> {
-        self.dir.read(name)
+        let (file, _) = self.dir.open(name)?;
+        let dir = &mut self.dir;
+        read_segment(name, |offset, len| dir.read_at(&file, offset, len))
     }
 
     /// Whether `len` more bytes (and the sync mark after them) go to a new segment. A
@@ -338,5 +386,50 @@ fn rollover_dir_sync_skipped() -> bool {
     #[cfg(not(any(test, madsim)))]
     {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of `len` bytes, as `read_at` reads it, whose sector `bad` cannot be read.
+    fn file(len: usize, bad: Option<usize>) -> impl FnMut(u64, usize) -> io::Result<Vec<u8>> {
+        let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        move |offset, want| {
+            let from = (offset as usize).min(len);
+            let to = (from + want).min(len);
+            let touches_bad = bad.is_some_and(|sector| {
+                let bad = sector * READ_SECTOR_BYTES..(sector + 1) * READ_SECTOR_BYTES;
+                from < to && from < bad.end && bad.start < to
+            });
+            if touches_bad {
+                return Err(io::Error::other("EIO"));
+            }
+            Ok(bytes[from..to].to_vec())
+        }
+    }
+
+    #[test]
+    fn a_segment_reads_whole_across_steps() {
+        let len = 2 * READ_STEP_BYTES + 100;
+        let bytes = read_segment("log-1.seg", file(len, None)).unwrap();
+        assert_eq!(bytes.len(), len);
+        assert!(bytes.iter().enumerate().all(|(i, &b)| b == i as u8));
+    }
+
+    #[test]
+    fn an_unreadable_sector_is_named_by_file_and_offset() {
+        let bad = READ_STEP_BYTES / READ_SECTOR_BYTES + 3;
+        let error = read_segment("log-1.seg", file(3 * READ_STEP_BYTES, Some(bad))).unwrap_err();
+        let offset = bad * READ_SECTOR_BYTES;
+        let message = error.to_string();
+        assert!(
+            message.contains(&format!(
+                "log log-1.seg is unreadable at byte offset {offset}"
+            )),
+            "{message}"
+        );
+        assert_eq!(error.kind(), io::ErrorKind::Other);
     }
 }
