@@ -200,7 +200,7 @@ pub(super) async fn to_message(
     permits: &Arc<Semaphore>,
 ) -> Option<Option<Message>> {
     let (reply, message) = match input {
-        Input::Peer(peer) => return Some(Some(Message::Peer(peer))),
+        Input::Peer(peer) => return Some(Some(Message::Peers(vec![peer]))),
         Input::Shutdown(ack) => {
             let _ = ack.send(());
             return Some(None);

@@ -179,20 +179,22 @@ pub(super) async fn route(
 ) -> Result<(), NetError> {
     let partitions = ctx.map.partitions();
     let (id, partition, input, answer) = match message {
-        Message::Peer(peer) => {
-            let partition = peer.destination(partitions);
-            if !ctx.owns(partition) {
-                tracing::warn!(
-                    node = ctx.node,
-                    partition,
-                    "phase message for a partition not owned here dropped"
-                );
-            } else if client.inbox(partition).try_send(Input::Peer(peer)).is_err() {
-                tracing::debug!(
-                    node = ctx.node,
-                    partition,
-                    "phase message dropped: inbox full"
-                );
+        Message::Peers(peers) => {
+            for peer in peers {
+                let partition = peer.destination(partitions);
+                if !ctx.owns(partition) {
+                    tracing::warn!(
+                        node = ctx.node,
+                        partition,
+                        "phase message for a partition not owned here dropped"
+                    );
+                } else if client.inbox(partition).try_send(Input::Peer(peer)).is_err() {
+                    tracing::debug!(
+                        node = ctx.node,
+                        partition,
+                        "phase message dropped: inbox full"
+                    );
+                }
             }
             return Ok(());
         }
