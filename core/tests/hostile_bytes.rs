@@ -8,7 +8,8 @@
 //! counting allocator, per thread), against the item bound times the item's size:
 //!
 //! - `decode_log`: the record vector, at most `len / 26` records (doubling as it grows).
-//! - `decode_frame`: the message vector, at most `len / 9` messages.
+//! - `decode_frame`: the message vector, at most `len / 9` messages; a `Peers` message's
+//!   vector, at most `len / 7` peer messages.
 //! - `decode_snapshot_with`: a table's rows, at most `len / 6` of them, each at most a
 //!   transfer row and its key; or the transfers table's fixed 4 MiB id arena.
 //!
@@ -27,7 +28,10 @@ use walletd_core::log::snapshot::{decode_snapshot_with, encode_snapshot, snapsho
 use walletd_core::model::event::{Event, TransferKey};
 use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_core::model::money::{Amount, Currency};
-use walletd_core::wire::{decode_frame, encode_frame, Message, FRAME_MESSAGES_MAX};
+use walletd_core::model::partition::PartitionId;
+use walletd_core::protocol::coordinator::{Phase, PhaseRequest, PhaseResponse};
+use walletd_core::protocol::message::{PeerMessage, PEER_MESSAGES_PER_INPUT_MAX};
+use walletd_core::wire::{decode_frame, encode_frame, Message, FRAME_MESSAGES_MAX, WIRE_VERSION};
 
 /// The system allocator, noting the largest allocation each thread asks for.
 struct Counting;
@@ -87,7 +91,9 @@ fn log_bound(len: usize) -> usize {
 }
 
 fn frame_bound(len: usize) -> usize {
-    SMALL + (len / 9 + 1) * size_of::<Message>()
+    let messages = (len / 9 + 1) * size_of::<Message>();
+    let peers = (len / 7 + 1) * size_of::<PeerMessage>();
+    SMALL + messages.max(peers)
 }
 
 fn snapshot_bound(len: usize) -> usize {
@@ -193,6 +199,30 @@ fn sample_log() -> Vec<u8> {
     bytes
 }
 
+/// A Try from partition `from` and the answer to it.
+fn sample_peer_messages(from: PartitionId) -> [PeerMessage; 2] {
+    let transfer = walletd_core::model::event::Transfer {
+        transaction_id: txn("t-1"),
+        from: id("a"),
+        to: id("b"),
+        amount: Amount::from_minor(5).unwrap(),
+        currency: Currency::USD,
+    };
+    let request = PhaseRequest {
+        phase: Phase::Try,
+        transfer,
+    };
+    let response = PhaseResponse {
+        phase: Phase::Try,
+        key: transfer.key(),
+        result: walletd_core::ledger::PhaseResult::Tried,
+    };
+    [
+        PeerMessage::Request { from, request },
+        PeerMessage::Response(response),
+    ]
+}
+
 fn sample_frames() -> Vec<u8> {
     let mut bytes = Vec::new();
     let messages = [
@@ -202,6 +232,7 @@ fn sample_frames() -> Vec<u8> {
             got: 1,
         },
         Message::Auth { mac: [7; 32] },
+        Message::Peers(sample_peer_messages(3).repeat(3)),
     ];
     encode_frame(1, &messages, &mut bytes);
     encode_frame(1, &[], &mut bytes);
@@ -248,17 +279,43 @@ fn overwrite(mut bytes: Vec<u8>, at: prop::sample::Index, value: u8, run: usize)
 // ---------------------------------------------------------------------------------------
 // Forged counts.
 
-#[test]
-fn a_frame_declaring_every_message_allocates_for_what_it_holds() {
-    // Once preallocated FRAME_MESSAGES_MAX messages for any count, whatever the body held.
-    let mut body = vec![1];
+/// A frame of this build's version whose body (after the version) is `rest`, checksummed.
+fn frame_with_body(rest: &[u8]) -> Vec<u8> {
+    let mut body = vec![WIRE_VERSION];
     body.extend_from_slice(&7u64.to_le_bytes());
-    body.extend_from_slice(&(FRAME_MESSAGES_MAX as u16).to_le_bytes());
+    body.extend_from_slice(rest);
     let mut bytes = (body.len() as u32).to_le_bytes().to_vec();
     bytes.extend_from_slice(&[0; 4]);
     bytes.extend_from_slice(&body);
-    let bytes = reseal_frames(&bytes, usize::MAX);
-    assert!(decode_frame(&bytes).is_err());
+    reseal_frames(&bytes, usize::MAX)
+}
+
+#[test]
+fn a_frame_declaring_every_message_allocates_for_what_it_holds() {
+    // Once preallocated FRAME_MESSAGES_MAX messages for any count, whatever the body held.
+    let bytes = frame_with_body(&(FRAME_MESSAGES_MAX as u16).to_le_bytes());
+    let error = decode_frame(&bytes).unwrap_err().to_string();
+    assert!(error.contains("malformed"), "the count was read: {error}");
+    check_frames(&bytes);
+}
+
+#[test]
+fn a_peers_message_declaring_every_peer_message_allocates_for_what_it_holds() {
+    // One message: `Peers` (tag 10) declaring the most peer messages, then one of them.
+    let mut rest = 1u16.to_le_bytes().to_vec();
+    rest.push(10);
+    rest.extend_from_slice(&(PEER_MESSAGES_PER_INPUT_MAX as u16).to_le_bytes());
+    let mut one = Vec::new();
+    encode_frame(
+        1,
+        &[Message::Peers(vec![sample_peer_messages(0)[1]])],
+        &mut one,
+    );
+    // Past the frame header (8), the body's prefix (11), and the Peers tag and count (3).
+    rest.extend_from_slice(&one[8 + 11 + 3..]);
+    let bytes = frame_with_body(&rest);
+    let error = decode_frame(&bytes).unwrap_err().to_string();
+    assert!(error.contains("malformed"), "the count was read: {error}");
     check_frames(&bytes);
 }
 
@@ -328,6 +385,19 @@ proptest! {
         check_frames(&reseal_frames(&frames, usize::MAX));
         let snapshot = damaged(encode_snapshot(&sample().0), snapshot);
         check_snapshot(&reseal_trailer(&snapshot));
+    }
+
+    /// A frame of one `Peers` message of `peers` peer messages, its count (or anything else)
+    /// overwritten, with its checksum made right.
+    #[test]
+    fn damaged_peers_messages_stay_within_the_frame_bound(
+        peers in 1..200usize,
+        damage in damage(),
+    ) {
+        let group: Vec<PeerMessage> = sample_peer_messages(1).iter().copied().cycle().take(peers).collect();
+        let mut bytes = Vec::new();
+        encode_frame(1, &[Message::Peers(group)], &mut bytes);
+        check_frames(&reseal_frames(&damaged(bytes, damage), usize::MAX));
     }
 }
 

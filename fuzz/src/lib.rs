@@ -492,21 +492,25 @@ pub fn sample_messages() -> Vec<Message> {
     for result in replies {
         messages.push(Message::Reply { id: 11, result });
     }
-    messages.push(Message::Peer(PeerMessage::Request {
+    let request = PeerMessage::Request {
         from: 1,
         request: PhaseRequest {
             phase: Phase::Try,
             transfer: t,
         },
-    }));
-    messages.push(Message::Peer(PeerMessage::Response(PhaseResponse {
+    };
+    let response = PeerMessage::Response(PhaseResponse {
         phase: Phase::Cancel,
         key: TransferKey {
             from: a,
             transaction_id: txn("t-1"),
         },
         result: PhaseResult::Cancelled,
-    })));
+    });
+    // Alone, and a group of several: the fuzzer starts from a count and a loop it can damage.
+    messages.push(Message::Peers(vec![request]));
+    messages.push(Message::Peers(vec![response]));
+    messages.push(Message::Peers(vec![request, response, request]));
     messages
 }
 

@@ -32,6 +32,17 @@ pub type CommandResult = Result<Reply, LedgerError>;
 /// Most commands in one command group; a client splits larger sets.
 pub const COMMANDS_PER_INPUT_MAX: usize = 4096;
 
+/// Most peer messages that travel together to one partition: one inbox input, and across a
+/// peer link one [`crate::wire::Message::Peers`]. A sender splits larger groups.
+///
+/// 1024 rather than [`COMMANDS_PER_INPUT_MAX`]: a group this large of the longest peer
+/// messages is one wire message of about 211 KiB, which fits in one frame under the frame
+/// bound every reader allocates for (about 256 KiB, [`crate::wire::FRAME_BODY_LEN_MAX`]),
+/// so one input crosses a link as one message without raising what an unauthenticated peer
+/// can make a node allocate. A batch of a thousand transfers to one partition still sends
+/// one group.
+pub const PEER_MESSAGES_PER_INPUT_MAX: usize = 1024;
+
 /// Commands a client handed over together, shared by the groups that carry them to their
 /// partitions: each group picks its commands by position, so none is copied on its way (a
 /// transfer command is about 200 bytes, and copying them was a tenth of a batch's cost).

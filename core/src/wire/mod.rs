@@ -17,6 +17,10 @@
 //! is refused before a byte of it is buffered. Frames are batched: a sender puts everything it
 //! has queued into one frame, one write. A frame with no message is a heartbeat.
 //!
+//! The body bound is a full frame of the longest messages other than `Peers`; a `Peers`
+//! message is longer, up to [`PEERS_ENCODED_LEN_MAX`], and a frame holds one beside others
+//! only while the bytes allow ([`FrameWriter::try_push`]). One always fits in an empty frame.
+//!
 //! `map_version` is the sender's partition-map version. A receiver holding another version
 //! applies nothing from the frame and answers [`Message::StaleMap`].
 //!
@@ -32,9 +36,16 @@
 //! | 4 | `QueryRequest` | id, query | the forwarding node |
 //! | 5 | `Reply` | id, command result | the owning node |
 //! | 6 | `Answer` | id, query answer | the owning node |
-//! | 7 | `Peer` | peer message (TC/C phase request or response) | the forwarding node |
+//! | 7 | retired | `Peer`, one peer message, up to wire version 2: never reuse | |
 //! | 8 | `StaleMap` | expected `u64`, got `u64` | the receiving node |
 //! | 9 | `Refused` | id | the owning node: the request was not run |
+//! | 10 | `Peers` | count `u16` (1..=[`PEER_MESSAGES_PER_INPUT_MAX`]), peer message; count | the forwarding node: TC/C phase messages for one partition |
+//!
+//! `Peers` carries the phase messages one partition's batch sends to one partition of the
+//! receiver, in their order; the receiver hands them to that partition as one input. (The
+//! receiver still checks each message's destination: it delivers each group of them to the
+//! partition it is for, if that partition is its own, and drops the rest, as a lone phase
+//! message was dropped.)
 //!
 //! # Fields
 //! Ids, amounts, currencies, transfers, transfer keys and reasons are encoded exactly as in the
@@ -50,7 +61,8 @@
 //! - command result: 0 ok and a reply, or 1 error and a ledger error.
 //! - reply: 1 opened (created bool), 2 balance (`u64`), 3 transfer (status), 4 phase (phase
 //!   result), 5 done. Status: 1 pending, 2 committed, 3 rejected and 4 cancelled (a reason).
-//!   Phase result: 1 tried, 2 try failed (a reason), 3 confirmed, 4 cancelled.
+//!   Phase result: 1 tried, 2 try failed (a reason), 3 confirmed, 4 cancelled,
+//!   5 refused.
 //! - ledger error: 1 account not found (account), 2 account exists (account, currency),
 //!   3 currency mismatch (account, expected, got), 4 insufficient funds (available text,
 //!   currency), 5 balance limit (account), 6 same account, 7 conflict (transaction id), 8 wrong
@@ -77,9 +89,13 @@ use crate::model::event::Decision;
 use crate::model::ids::ID_LEN_MAX;
 use crate::model::partition::NodeId;
 use crate::protocol::coordinator::{Phase, PhaseRequest, PhaseResponse};
-use crate::protocol::message::{CommandResult, PeerMessage, Query, QueryAnswer};
+use crate::protocol::message::{
+    CommandResult, PeerMessage, Query, QueryAnswer, PEER_MESSAGES_PER_INPUT_MAX,
+};
 
-/// The body version this build writes and the only one it reads.
+/// The body version this build writes and the only one it reads. Version 3 carries phase
+/// messages in `Peers` messages (tag 10) and no longer knows `Peer` (tag 7); its peer
+/// messages know the Abort phase and the Unresolved question.
 pub const WIRE_VERSION: u8 = 3;
 /// Bytes of the frame header: body length and checksum.
 pub const FRAME_HEADER_LEN: usize = 8;
@@ -89,15 +105,28 @@ const BODY_PREFIX_LEN: usize = 1 + 8 + 2;
 pub const FRAME_BODY_LEN_MIN: usize = BODY_PREFIX_LEN;
 /// Most messages in one frame. Bounds the work one frame asks of a receiver.
 pub const FRAME_MESSAGES_MAX: usize = 1024;
-/// Most bytes one encoded message takes (the longest, an answer carrying a transfer row, takes
-/// 243; see `message_lengths_are_bounded`).
+/// Most bytes one encoded message other than `Peers` takes (the longest, an answer carrying a
+/// transfer row, takes 243; see `message_lengths_are_bounded`).
 pub const MESSAGE_ENCODED_LEN_MAX: usize = 256;
-/// Fewest bytes one encoded message takes (`Refused`: a tag and a request id). Caps what a
-/// frame's message count can make the decoder preallocate.
+/// Fewest bytes one encoded message takes (`Refused`: a tag and a request id; a `Peers`
+/// message takes at least 10). Caps what a frame's message count can make the decoder
+/// preallocate.
 const MESSAGE_LEN_MIN: usize = 1 + 8;
-/// Largest body a frame may declare: a full frame of the longest messages.
+/// Largest body a frame may declare: a full frame of the longest messages other than `Peers`.
 pub const FRAME_BODY_LEN_MAX: usize =
     BODY_PREFIX_LEN + FRAME_MESSAGES_MAX * MESSAGE_ENCODED_LEN_MAX;
+/// Most bytes one encoded peer message takes (a phase request carrying a transfer whose ids
+/// are all at their length limit; see `peer_message_lengths_are_bounded`).
+pub const PEER_MESSAGE_ENCODED_LEN_MAX: usize = 1 + 4 + 1 + 3 * (1 + ID_LEN_MAX) + 8 + 2;
+/// Fewest bytes one encoded peer message takes (a response: tag, phase, a key of two one-byte
+/// ids, result). Caps what a `Peers` count can make the decoder preallocate.
+const PEER_MESSAGE_LEN_MIN: usize = 1 + 1 + 2 * (1 + 1) + 1;
+/// Bytes of a `Peers` message before its peer messages: tag and count.
+const PEERS_PREFIX_LEN: usize = 1 + 2;
+/// Most bytes one encoded `Peers` message takes: [`PEER_MESSAGES_PER_INPUT_MAX`] of the
+/// longest peer messages.
+pub const PEERS_ENCODED_LEN_MAX: usize =
+    PEERS_PREFIX_LEN + PEER_MESSAGES_PER_INPUT_MAX * PEER_MESSAGE_ENCODED_LEN_MAX;
 /// Most bytes one whole frame takes.
 pub const FRAME_ENCODED_LEN_MAX: usize = FRAME_HEADER_LEN + FRAME_BODY_LEN_MAX;
 /// Bytes of a handshake nonce.
@@ -107,6 +136,11 @@ pub const MAC_LEN: usize = 32;
 /// Longest text an error carries across the wire, in bytes.
 pub const ERROR_TEXT_LEN_MAX: usize = 64;
 const _: () = assert!(FRAME_MESSAGES_MAX <= u16::MAX as usize);
+const _: () = assert!(PEER_MESSAGES_PER_INPUT_MAX <= u16::MAX as usize);
+// Any `Peers` message fits in an empty frame, and none is shorter than the frame's
+// preallocation bound assumes.
+const _: () = assert!(BODY_PREFIX_LEN + PEERS_ENCODED_LEN_MAX <= FRAME_BODY_LEN_MAX);
+const _: () = assert!(PEERS_PREFIX_LEN + PEER_MESSAGE_LEN_MIN >= MESSAGE_LEN_MIN);
 const _: () = assert!(FRAME_BODY_LEN_MAX <= u32::MAX as usize);
 const _: () = assert!(ERROR_TEXT_LEN_MAX <= u8::MAX as usize && ID_LEN_MAX <= u8::MAX as usize);
 
@@ -118,9 +152,10 @@ mod tag {
     pub const QUERY_REQUEST: u8 = 4;
     pub const REPLY: u8 = 5;
     pub const ANSWER: u8 = 6;
-    pub const PEER: u8 = 7;
+    // 7 was `Peer`, one peer message, up to wire version 2.
     pub const STALE_MAP: u8 = 8;
     pub const REFUSED: u8 = 9;
+    pub const PEERS: u8 = 10;
 }
 
 /// The commands an [`LedgerError::InvalidTransition`] can name, by their wire number (index + 1).
@@ -161,8 +196,9 @@ pub enum Message {
     },
     /// The answer to [`Message::QueryRequest`] `id`.
     Answer { id: RequestId, answer: QueryAnswer },
-    /// A TC/C phase message for a partition the receiver owns (best effort, no answer).
-    Peer(PeerMessage),
+    /// TC/C phase messages for a partition the receiver owns, in the order they were sent
+    /// (best effort, no answer): 1..=[`PEER_MESSAGES_PER_INPUT_MAX`] of them.
+    Peers(Vec<PeerMessage>),
     /// The receiver holds map `expected`, the frame carried `got`: nothing in it was applied.
     StaleMap { expected: u64, got: u64 },
     /// Request `id` was not run (its partition is not here or is stopped); retry elsewhere or later.
@@ -192,8 +228,12 @@ pub enum WireError {
 }
 
 /// Appends one frame to a buffer, message by message. Every frame it finishes is within the
-/// bounds a reader accepts: at most [`FRAME_MESSAGES_MAX`] messages of at most
-/// [`MESSAGE_ENCODED_LEN_MAX`] bytes each.
+/// bounds a reader accepts: at most [`FRAME_MESSAGES_MAX`] messages in a body of at most
+/// [`FRAME_BODY_LEN_MAX`] bytes.
+///
+/// While a frame holds no `Peers` message and is not full, any message other than `Peers`
+/// fits (the body bound is a full frame of the longest of them); an empty frame has room
+/// for any message. Beyond that, [`FrameWriter::try_push`] says whether one fits.
 pub struct FrameWriter<'a> {
     out: &'a mut Vec<u8>,
     start: usize,
@@ -225,20 +265,44 @@ impl<'a> FrameWriter<'a> {
         self.count == FRAME_MESSAGES_MAX
     }
 
-    /// Appends `message`. Panics if the frame is full.
+    /// Bytes of the body so far.
+    fn body_len(&self) -> usize {
+        self.out.len() - self.start - FRAME_HEADER_LEN
+    }
+
+    /// Appends `message` if the frame has room for it: it is not full, and the body stays
+    /// within [`FRAME_BODY_LEN_MAX`]. Otherwise leaves the frame as it was and returns false;
+    /// the message then starts the next frame.
+    pub fn try_push(&mut self, message: &Message) -> bool {
+        if self.is_full() {
+            return false;
+        }
+        let before = self.out.len();
+        encode_message(message, self.out);
+        let len = self.out.len() - before;
+        assert!(
+            len <= encoded_len_max(message),
+            "message of {len} bytes exceeds its bound"
+        );
+        if self.body_len() > FRAME_BODY_LEN_MAX {
+            self.out.truncate(before);
+            return false;
+        }
+        self.count += 1;
+        true
+    }
+
+    /// Appends `message`. Panics if the frame has no room for it (see the type's docs for
+    /// when it has).
     pub fn push(&mut self, message: &Message) {
         assert!(
             !self.is_full(),
             "a frame holds at most {FRAME_MESSAGES_MAX} messages"
         );
-        let before = self.out.len();
-        encode_message(message, self.out);
-        let len = self.out.len() - before;
         assert!(
-            len <= MESSAGE_ENCODED_LEN_MAX,
-            "message of {len} bytes exceeds its bound"
+            self.try_push(message),
+            "a frame body holds at most {FRAME_BODY_LEN_MAX} bytes"
         );
-        self.count += 1;
     }
 
     /// Writes count, length and checksum. Returns the frame's length in bytes.
@@ -246,7 +310,7 @@ impl<'a> FrameWriter<'a> {
         let count_at = self.start + FRAME_HEADER_LEN + 1 + 8;
         let count = u16::try_from(self.count).expect("count is bounded");
         self.out[count_at..count_at + 2].copy_from_slice(&count.to_le_bytes());
-        let body_len = self.out.len() - self.start - FRAME_HEADER_LEN;
+        let body_len = self.body_len();
         assert!((FRAME_BODY_LEN_MIN..=FRAME_BODY_LEN_MAX).contains(&body_len));
         let len_bytes = u32::try_from(body_len)
             .expect("bodies are bounded")
@@ -259,7 +323,8 @@ impl<'a> FrameWriter<'a> {
     }
 }
 
-/// Appends a frame of `messages` to `out` (at most [`FRAME_MESSAGES_MAX`]).
+/// Appends a frame of `messages` to `out` (at most [`FRAME_MESSAGES_MAX`], and within the
+/// body bound: see [`FrameWriter`]).
 pub fn encode_frame(map_version: u64, messages: &[Message], out: &mut Vec<u8>) -> usize {
     let mut writer = FrameWriter::new(out, map_version);
     for message in messages {
@@ -283,7 +348,9 @@ pub fn frame_body_len(header: &[u8; FRAME_HEADER_LEN]) -> Result<usize, WireErro
 /// Any bytes give a frame or an error, never a panic. Allocation is bounded by the body,
 /// not by what it declares: the message vector is preallocated for at most
 /// `body.len() / 9` messages (the shortest message takes 9 bytes) and never more than
-/// [`FRAME_MESSAGES_MAX`], and a message's text is at most [`ERROR_TEXT_LEN_MAX`] bytes. A
+/// [`FRAME_MESSAGES_MAX`]; a `Peers` message's vector for at most its remaining bytes / 7
+/// peer messages (the shortest takes 7) and never more than [`PEER_MESSAGES_PER_INPUT_MAX`],
+/// its count checked first; and a message's text is at most [`ERROR_TEXT_LEN_MAX`] bytes. A
 /// reader sizes its body buffer from [`frame_body_len`], so by at most [`FRAME_BODY_LEN_MAX`].
 pub fn decode_frame_body(header: &[u8; FRAME_HEADER_LEN], body: &[u8]) -> Result<Frame, WireError> {
     let len = frame_body_len(header)?;
@@ -373,9 +440,9 @@ fn encode_message(message: &Message, out: &mut Vec<u8>) {
             put_tagged_id(out, tag::ANSWER, *id);
             put_answer(out, answer);
         }
-        Message::Peer(peer) => {
-            out.push(tag::PEER);
-            put_peer(out, peer);
+        Message::Peers(peers) => {
+            out.push(tag::PEERS);
+            put_peers(out, peers);
         }
         Message::StaleMap { expected, got } => {
             out.push(tag::STALE_MAP);
@@ -414,7 +481,7 @@ fn decode_message(cursor: &mut Cursor<'_>) -> Result<Message, String> {
             id: cursor.u64()?,
             answer: get_answer(cursor)?,
         },
-        tag::PEER => Message::Peer(get_peer(cursor)?),
+        tag::PEERS => Message::Peers(get_peers(cursor)?),
         tag::STALE_MAP => Message::StaleMap {
             expected: cursor.u64()?,
             got: cursor.u64()?,
@@ -422,6 +489,14 @@ fn decode_message(cursor: &mut Cursor<'_>) -> Result<Message, String> {
         tag::REFUSED => Message::Refused { id: cursor.u64()? },
         other => return Err(format!("unknown message tag {other}")),
     })
+}
+
+/// The most bytes `message` can encode to: what a frame must have room for.
+fn encoded_len_max(message: &Message) -> usize {
+    match message {
+        Message::Peers(peers) => PEERS_PREFIX_LEN + peers.len() * PEER_MESSAGE_ENCODED_LEN_MAX,
+        _ => MESSAGE_ENCODED_LEN_MAX,
+    }
 }
 
 fn put_tagged_id(out: &mut Vec<u8>, tag: u8, id: RequestId) {
@@ -902,6 +977,37 @@ fn put_peer(out: &mut Vec<u8>, peer: &PeerMessage) {
             put_transfer(out, transfer);
         }
     }
+}
+
+/// A count, then the peer messages. An empty or oversized group is a bug of the sender.
+fn put_peers(out: &mut Vec<u8>, peers: &[PeerMessage]) {
+    assert!(
+        (1..=PEER_MESSAGES_PER_INPUT_MAX).contains(&peers.len()),
+        "a Peers message holds 1..={PEER_MESSAGES_PER_INPUT_MAX} peer messages, not {}",
+        peers.len()
+    );
+    let count = u16::try_from(peers.len()).expect("the count is bounded");
+    out.extend_from_slice(&count.to_le_bytes());
+    for peer in peers {
+        put_peer(out, peer);
+    }
+}
+
+/// The count is checked before anything is allocated, and the vector is sized by the bytes
+/// that are there: a `Peers` message declaring the full count in a few bytes reserves room
+/// for a few peer messages, not for [`PEER_MESSAGES_PER_INPUT_MAX`].
+fn get_peers(cursor: &mut Cursor<'_>) -> Result<Vec<PeerMessage>, String> {
+    let count = usize::from(cursor.u16()?);
+    if !(1..=PEER_MESSAGES_PER_INPUT_MAX).contains(&count) {
+        return Err(format!(
+            "a Peers message holds 1..={PEER_MESSAGES_PER_INPUT_MAX} peer messages, not {count}"
+        ));
+    }
+    let mut peers = Vec::with_capacity(count.min(cursor.remaining() / PEER_MESSAGE_LEN_MIN));
+    for _ in 0..count {
+        peers.push(get_peer(cursor)?);
+    }
+    Ok(peers)
 }
 
 fn get_peer(cursor: &mut Cursor<'_>) -> Result<PeerMessage, String> {

@@ -75,6 +75,8 @@ fn every_command(t: Transfer) -> Vec<Command> {
         Command::TryCredit(t),
         Command::ConfirmCredit(t),
         Command::CancelCredit(t),
+        Command::AbortCredit(t),
+        Command::Abandon(t),
     ];
     for reason in ALL_REASONS {
         commands.push(Command::Decide {
@@ -191,7 +193,7 @@ fn every_answer(t: Transfer) -> Vec<QueryAnswer> {
 
 fn every_peer_message(t: Transfer) -> Vec<PeerMessage> {
     let mut messages = Vec::new();
-    for phase in [Phase::Try, Phase::Confirm, Phase::Cancel] {
+    for phase in [Phase::Try, Phase::Confirm, Phase::Cancel, Phase::Abort] {
         messages.push(PeerMessage::Request {
             from: 17,
             request: PhaseRequest { phase, transfer: t },
@@ -211,6 +213,7 @@ fn every_peer_message(t: Transfer) -> Vec<PeerMessage> {
             }));
         }
     }
+    messages.push(PeerMessage::Unresolved { transfer: t });
     messages
 }
 
@@ -260,7 +263,7 @@ fn every_message(t: Transfer) -> Vec<Message> {
     for answer in every_answer(t) {
         messages.push(Message::Answer { id: 11, answer });
     }
-    messages.extend(every_peer_message(t).into_iter().map(Message::Peer));
+    messages.push(Message::Peers(every_peer_message(t)));
     messages
 }
 
@@ -365,7 +368,7 @@ fn an_unknown_transition_command_and_long_text_degrade_gracefully() {
 #[test]
 fn peer_messages_and_control_messages_round_trip() {
     for peer in every_peer_message(transfer()) {
-        round_trip(&[Message::Peer(peer)]);
+        round_trip(&[Message::Peers(vec![peer])]);
     }
     round_trip(&[Message::StaleMap {
         expected: 5,
@@ -386,17 +389,169 @@ fn a_batch_of_every_kind_round_trips_and_a_heartbeat_is_empty() {
     );
 }
 
+/// Bytes `message` encodes to.
+fn encoded_len(message: &Message) -> usize {
+    let mut bytes = Vec::new();
+    encode_message(message, &mut bytes);
+    bytes.len()
+}
+
 #[test]
 fn message_lengths_are_bounded() {
     let mut longest = 0;
     for message in every_message(longest_transfer()) {
-        let mut bytes = Vec::new();
-        encode_frame(1, std::slice::from_ref(&message), &mut bytes);
-        let len = bytes.len() - FRAME_HEADER_LEN - BODY_PREFIX_LEN;
-        longest = longest.max(len);
+        let len = encoded_len(&message);
+        assert!(len <= encoded_len_max(&message), "{message:?}");
+        if !matches!(message, Message::Peers(_)) {
+            longest = longest.max(len);
+        }
     }
     assert_eq!(longest, 243, "update MESSAGE_ENCODED_LEN_MAX's docs");
     assert!(longest <= MESSAGE_ENCODED_LEN_MAX);
+}
+
+/// A response whose ids take one byte each: the shortest peer message.
+fn shortest_peer_message() -> PeerMessage {
+    PeerMessage::Response(PhaseResponse {
+        phase: Phase::Try,
+        key: TransferKey {
+            from: account("a"),
+            transaction_id: txn("t"),
+        },
+        result: PhaseResult::Tried,
+    })
+}
+
+#[test]
+fn peer_message_lengths_are_bounded() {
+    let peer_len = |peer: PeerMessage| encoded_len(&Message::Peers(vec![peer])) - PEERS_PREFIX_LEN;
+    let longest = every_peer_message(longest_transfer())
+        .into_iter()
+        .map(peer_len)
+        .max();
+    assert_eq!(longest, Some(PEER_MESSAGE_ENCODED_LEN_MAX));
+    assert_eq!(peer_len(shortest_peer_message()), PEER_MESSAGE_LEN_MIN);
+    let shortest = every_peer_message(transfer())
+        .into_iter()
+        .map(peer_len)
+        .min();
+    assert!(shortest >= Some(PEER_MESSAGE_LEN_MIN));
+    // The shortest Peers message is no shorter than the frame's preallocation bound assumes.
+    let one = Message::Peers(vec![shortest_peer_message()]);
+    assert!(encoded_len(&one) >= MESSAGE_LEN_MIN);
+}
+
+/// `PEER_MESSAGES_PER_INPUT_MAX` phase requests carrying the longest transfer.
+fn longest_peers_message() -> Message {
+    let request = every_peer_message(longest_transfer())[0];
+    assert!(matches!(request, PeerMessage::Request { .. }));
+    Message::Peers(vec![request; PEER_MESSAGES_PER_INPUT_MAX])
+}
+
+#[test]
+fn peers_messages_of_every_size_round_trip() {
+    let peers = every_peer_message(transfer());
+    round_trip(&[Message::Peers(peers.clone())]);
+    let many: Vec<PeerMessage> = peers.iter().copied().cycle().take(1000).collect();
+    let frame = round_trip(&[
+        Message::Refused { id: 1 },
+        Message::Peers(many.clone()),
+        Message::Peers(peers[..1].to_vec()),
+    ]);
+    assert_eq!(frame.messages[1], Message::Peers(many), "order is kept");
+    round_trip(&[longest_peers_message()]);
+}
+
+#[test]
+fn a_full_peers_message_of_the_longest_peer_messages_fills_an_empty_frame() {
+    let full = longest_peers_message();
+    assert_eq!(encoded_len(&full), PEERS_ENCODED_LEN_MAX);
+    let mut bytes = Vec::new();
+    let mut writer = FrameWriter::new(&mut bytes, 1);
+    assert!(writer.try_push(&full));
+    // A second does not fit: the frame is left as it was, and the message starts the next.
+    assert!(!writer.try_push(&full));
+    assert_eq!(writer.count(), 1);
+    let len = writer.finish();
+    assert!(len <= FRAME_ENCODED_LEN_MAX);
+    let (frame, used) = decode_frame(&bytes).unwrap().unwrap();
+    assert_eq!((frame.messages, used), (vec![full], len));
+}
+
+#[test]
+fn a_frame_takes_messages_beside_a_peers_message_while_its_bytes_allow() {
+    let longest_answer = Message::Answer {
+        id: u64::MAX,
+        answer: QueryAnswer::Transfer(Some(row(longest_transfer(), TransferState::Trying))),
+    };
+    let mut bytes = Vec::new();
+    let mut writer = FrameWriter::new(&mut bytes, 1);
+    writer.push(&longest_peers_message());
+    let mut answers = 0;
+    while writer.try_push(&longest_answer) {
+        answers += 1;
+    }
+    assert!(!writer.is_full());
+    let room = FRAME_BODY_LEN_MAX - BODY_PREFIX_LEN - PEERS_ENCODED_LEN_MAX;
+    assert_eq!(answers, room / encoded_len(&longest_answer));
+    let len = writer.finish();
+    let (frame, used) = decode_frame(&bytes).unwrap().unwrap();
+    assert_eq!((frame.messages.len(), used), (1 + answers, len));
+}
+
+#[test]
+#[should_panic(expected = "a frame body holds at most")]
+fn pushing_a_message_without_room_is_a_bug() {
+    let mut bytes = Vec::new();
+    let mut writer = FrameWriter::new(&mut bytes, 1);
+    writer.push(&longest_peers_message());
+    writer.push(&longest_peers_message());
+}
+
+#[test]
+#[should_panic(expected = "a Peers message holds 1..=")]
+fn an_empty_peers_message_is_a_bug() {
+    encode_frame(1, &[Message::Peers(Vec::new())], &mut Vec::new());
+}
+
+#[test]
+#[should_panic(expected = "a Peers message holds 1..=")]
+fn an_oversized_peers_message_is_a_bug() {
+    let peers = vec![shortest_peer_message(); PEER_MESSAGES_PER_INPUT_MAX + 1];
+    encode_frame(1, &[Message::Peers(peers)], &mut Vec::new());
+}
+
+#[test]
+fn peers_counts_out_of_bounds_and_the_retired_peer_tag_are_refused() {
+    let mut good = Vec::new();
+    let peers = vec![shortest_peer_message(); 2];
+    encode_frame(1, &[Message::Peers(peers)], &mut good);
+    let body = good[FRAME_HEADER_LEN..].to_vec();
+    let count_at = BODY_PREFIX_LEN + 1;
+    let with_count = |count: u16| {
+        let mut bad = body.clone();
+        bad[count_at..count_at + 2].copy_from_slice(&count.to_le_bytes());
+        bad
+    };
+    let mut retired = body.clone();
+    retired[BODY_PREFIX_LEN] = 7;
+    // A Peers message of no peer message, and nothing after it.
+    let mut empty = body[..count_at].to_vec();
+    empty.extend_from_slice(&0u16.to_le_bytes());
+    for bad in [
+        empty,
+        with_count(0),
+        with_count(1),
+        with_count(3),
+        with_count(PEER_MESSAGES_PER_INPUT_MAX as u16 + 1),
+        with_count(u16::MAX),
+        retired,
+    ] {
+        assert!(matches!(
+            decode_frame(&framed(&bad)),
+            Err(WireError::Malformed { .. })
+        ));
+    }
 }
 
 #[test]
@@ -588,7 +743,7 @@ fn arb_key() -> impl Strategy<Value = TransferKey> {
 }
 
 fn arb_command() -> impl Strategy<Value = Command> {
-    (arb_transfer(), 0..9usize, any::<bool>(), arb_reason()).prop_map(
+    (arb_transfer(), 0..11usize, any::<bool>(), arb_reason()).prop_map(
         |(t, pick, confirm, reason)| {
             let decision = if confirm {
                 Decision::Confirm
@@ -640,6 +795,16 @@ fn arb_hello() -> impl Strategy<Value = Message> {
     })
 }
 
+fn arb_peer_message() -> impl Strategy<Value = PeerMessage> {
+    (arb_transfer(), 0..25usize, any::<u32>()).prop_map(|(t, pick, from)| match every_peer_message(
+        t,
+    )[pick]
+    {
+        PeerMessage::Request { request, .. } => PeerMessage::Request { from, request },
+        response => response,
+    })
+}
+
 fn arb_message() -> impl Strategy<Value = Message> {
     prop_oneof![
         arb_hello(),
@@ -666,8 +831,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
             id,
             answer: every_answer(t)[pick % every_answer(t).len()],
         }),
-        (arb_transfer(), 0..15usize)
-            .prop_map(|(t, pick)| Message::Peer(every_peer_message(t)[pick])),
+        prop::collection::vec(arb_peer_message(), 1..8).prop_map(Message::Peers),
         (any::<u64>(), any::<u64>())
             .prop_map(|(expected, got)| Message::StaleMap { expected, got }),
         any::<u64>().prop_map(|id| Message::Refused { id }),
@@ -818,5 +982,31 @@ proptest! {
         if let Ok(len) = frame_body_len(&header) {
             prop_assert!(len <= FRAME_BODY_LEN_MAX, "the reader's body buffer is bounded");
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// `Peers` messages damaged anywhere, their counts most of all, and resealed so that the
+    /// damage reaches the peer decoders: each frame decodes to its own bytes or fails.
+    #[test]
+    fn damaged_peers_messages_decode_to_their_own_bytes_or_fail(
+        groups in prop::collection::vec(prop::collection::vec(arb_peer_message(), 1..40), 1..4),
+        forged_count in any::<u16>(),
+        forge in any::<bool>(),
+        mutations in crate::hostile::mutations(),
+        reseal in any::<bool>(),
+    ) {
+        let messages: Vec<Message> = groups.into_iter().map(Message::Peers).collect();
+        let mut bytes = Vec::new();
+        encode_frame(1, &messages, &mut bytes);
+        if forge {
+            let count_at = FRAME_HEADER_LEN + BODY_PREFIX_LEN + 1;
+            bytes[count_at..count_at + 2].copy_from_slice(&forged_count.to_le_bytes());
+        }
+        let damaged = crate::hostile::mutated(bytes, &mutations);
+        let damaged = if reseal || forge { resealed(&damaged) } else { damaged };
+        check_stream(&damaged)?;
     }
 }

@@ -74,7 +74,11 @@ pub enum Input {
         query: Query,
         reply: oneshot::Sender<QueryAnswer>,
     },
-    Peer(PeerMessage),
+    /// Phase messages for this partition, handled in order; at least one and at most
+    /// [`PEER_MESSAGES_PER_INPUT_MAX`](walletd_core::protocol::message::PEER_MESSAGES_PER_INPUT_MAX).
+    /// What a batch sends to one partition travels as one input ([`Transport::send_all`]),
+    /// and across a peer link as one wire message.
+    Peers(Vec<PeerMessage>),
     /// Finish the current batch, stop, and acknowledge.
     Shutdown(oneshot::Sender<()>),
 }
@@ -248,9 +252,7 @@ impl ReplyTokens for Channels {
 fn send_release(batch: (PartitionId, Lsn), release: Release<Channels>, transport: &dyn Transport) {
     #[cfg(any(test, madsim))]
     observe::releasing(batch.0, batch.1, &release);
-    for message in release.peer_messages {
-        transport.send(message);
-    }
+    transport.send_all(release.peer_messages);
     for (reply, result) in release.replies {
         let _ = reply.send(result);
     }
@@ -459,7 +461,11 @@ impl<S: Storage> PartitionDriver<S> {
                 reply,
             } => self.machine.handle_commands(now, reply, &commands, wait),
             Input::Query { query, reply } => self.machine.handle_query(reply, query),
-            Input::Peer(message) => self.machine.handle_peer(now, message),
+            Input::Peers(messages) => {
+                for message in messages {
+                    self.machine.handle_peer(now, message);
+                }
+            }
             Input::Shutdown(ack) => return Some(ack),
         }
         None

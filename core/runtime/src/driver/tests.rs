@@ -158,14 +158,13 @@ struct FilteringTransport {
 }
 
 impl Transport for FilteringTransport {
-    fn send(&self, message: PeerMessage) {
-        if let PeerMessage::Request { request, .. } = message {
-            if Some(request.phase) == *self.drop_phase.lock().unwrap() {
-                return;
-            }
-        }
+    fn send_all(&self, mut messages: Vec<PeerMessage>) {
+        let dropped = *self.drop_phase.lock().unwrap();
+        messages.retain(|message| {
+            !matches!(message, PeerMessage::Request { request, .. } if Some(request.phase) == dropped)
+        });
         if let Some(inner) = self.inner.lock().unwrap().as_ref() {
-            inner.send(message);
+            inner.send_all(messages);
         }
     }
 }
@@ -689,10 +688,12 @@ fn a_batch_sends_its_peer_messages_before_its_answers() {
         sent_before_the_answer: AtomicU64,
     }
     impl Transport for Probe {
-        fn send(&self, _message: PeerMessage) {
+        fn send_all(&self, messages: Vec<PeerMessage>) {
             let answered = self.answer.lock().unwrap().try_recv();
             if matches!(answered, Err(oneshot::error::TryRecvError::Empty)) {
-                self.sent_before_the_answer.fetch_add(1, Ordering::Relaxed);
+                let count = messages.len() as u64;
+                self.sent_before_the_answer
+                    .fetch_add(count, Ordering::Relaxed);
             }
         }
     }

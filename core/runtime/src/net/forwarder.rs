@@ -148,33 +148,45 @@ impl<N: PeerIo> Forwarder<N> {
         // Heartbeats keep their own schedule: a link that carries only phase messages gets no
         // answers, so without them the reader could not tell it from a dead one.
         let mut heartbeat_at = Instant::now() + ms(config.heartbeat_ms);
+        // A message the last frame had no bytes left for (beside a large `Peers` message): it
+        // opens the next frame, which is written at once.
+        let mut carried: Option<Message> = None;
         loop {
-            let first = tokio::select! {
-                biased;
-                ended = &mut *reader => return LinkEnd::Broken(reader_error(ended)),
-                _ = sleep_until(heartbeat_at) => {
-                    heartbeat_at = Instant::now() + ms(config.heartbeat_ms);
-                    None
-                }
-                input = self.inputs.recv() => match input {
-                    Some(input) => Some(input),
-                    None => return LinkEnd::Closed,
+            let first = match carried {
+                Some(_) => None,
+                None => tokio::select! {
+                    biased;
+                    ended = &mut *reader => return LinkEnd::Broken(reader_error(ended)),
+                    _ = sleep_until(heartbeat_at) => {
+                        heartbeat_at = Instant::now() + ms(config.heartbeat_ms);
+                        None
+                    }
+                    input = self.inputs.recv() => match input {
+                        Some(input) => Some(input),
+                        None => return LinkEnd::Closed,
+                    },
                 },
             };
             buf.clear();
             let mut frame = FrameWriter::new(&mut buf, self.ctx.map_version());
             let mut next = first;
+            if let Some(message) = carried.take() {
+                // An empty frame has room for any message.
+                frame.push(&message);
+                next = self.more_inputs(&frame);
+            }
             while let Some(input) = next.take() {
                 let Some(message) = to_message(input, &mut next_id, pending, permits).await else {
                     // The reader ended and closed the permits: the link is broken.
                     return LinkEnd::Broken(reader_error((&mut *reader).await));
                 };
                 if let Some(message) = message {
-                    frame.push(&message);
+                    if !frame.try_push(&message) {
+                        carried = Some(message);
+                        break;
+                    }
                 }
-                if frame.count() < config.frame_messages_max {
-                    next = self.inputs.try_recv().ok();
-                }
+                next = self.more_inputs(&frame);
             }
             let count = frame.count() as u64;
             frame.finish();
@@ -183,6 +195,15 @@ impl<N: PeerIo> Forwarder<N> {
             }
             self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
             self.stats.messages_sent.fetch_add(count, Ordering::Relaxed);
+        }
+    }
+
+    /// The next queued input, if `frame` may take more ([`NetConfig::frame_messages_max`]).
+    fn more_inputs(&mut self, frame: &FrameWriter<'_>) -> Option<Input> {
+        if frame.count() < self.ctx.config.frame_messages_max {
+            self.inputs.try_recv().ok()
+        } else {
+            None
         }
     }
 }
@@ -200,7 +221,8 @@ pub(super) async fn to_message(
     permits: &Arc<Semaphore>,
 ) -> Option<Option<Message>> {
     let (reply, message) = match input {
-        Input::Peer(peer) => return Some(Some(Message::Peer(peer))),
+        // The transport grouped them for one partition, within a wire message's bound.
+        Input::Peers(peers) => return Some(Some(Message::Peers(peers))),
         Input::Shutdown(ack) => {
             let _ = ack.send(());
             return Some(None);

@@ -12,6 +12,7 @@ use tokio::time::timeout;
 
 use crate::driver::{CommandResult, Input, Query, QueryAnswer};
 use crate::engine::{command_account, Client};
+use crate::transport::{by_destination, PeerMessage};
 use walletd_core::wire::{FrameWriter, Message};
 
 use super::*;
@@ -177,23 +178,9 @@ pub(super) async fn route(
     permits: &Arc<Semaphore>,
     outbound: &mpsc::Sender<Outbound>,
 ) -> Result<(), NetError> {
-    let partitions = ctx.map.partitions();
     let (id, partition, input, answer) = match message {
-        Message::Peer(peer) => {
-            let partition = peer.destination(partitions);
-            if !ctx.owns(partition) {
-                tracing::warn!(
-                    node = ctx.node,
-                    partition,
-                    "phase message for a partition not owned here dropped"
-                );
-            } else if client.inbox(partition).try_send(Input::Peer(peer)).is_err() {
-                tracing::debug!(
-                    node = ctx.node,
-                    partition,
-                    "phase message dropped: inbox full"
-                );
-            }
+        Message::Peers(peers) => {
+            deliver_peers(peers, ctx, client);
             return Ok(());
         }
         Message::Request { id, wait, command } => {
@@ -254,6 +241,36 @@ pub(super) async fn route(
         drop(permit);
     });
     Ok(())
+}
+
+/// Hands phase messages to their local partitions, those for one partition as one input (a
+/// `Peers` message holds those for one partition, which is then delivered without a copy). A
+/// group for a partition not owned here is dropped (its sender holds another view of the
+/// cluster), as is one whose inbox is full: phase messages are best effort, and their
+/// coordinators resend.
+pub(super) fn deliver_peers(peers: Vec<PeerMessage>, ctx: &NodeContext, client: &Client) {
+    for (partition, group) in by_destination(peers, ctx.map.partitions()) {
+        let count = group.len();
+        if !ctx.owns(partition) {
+            tracing::warn!(
+                node = ctx.node,
+                partition,
+                count,
+                "phase messages for a partition not owned here dropped"
+            );
+        } else if client
+            .inbox(partition)
+            .try_send(Input::Peers(group))
+            .is_err()
+        {
+            tracing::debug!(
+                node = ctx.node,
+                partition,
+                count,
+                "phase messages dropped: inbox full"
+            );
+        }
+    }
 }
 
 /// Where the answer to an inbound request will arrive.

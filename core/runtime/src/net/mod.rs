@@ -11,11 +11,14 @@
 //!   every partition that node owns. It connects (with backoff), authenticates, then loops:
 //!   take what is queued (up to a frame), give each command and query an id and keep its
 //!   oneshot in a bounded pending map, write one frame. A reader task resolves answers by id.
-//!   TC/C phase messages are fire and forget.
+//!   TC/C phase messages are fire and forget; those one batch sends to one partition come as
+//!   one input and leave as one `Peers` message. A message that does not fit in the bytes a
+//!   frame has left (beside a large `Peers` message) opens the next frame.
 //! - The [`PeerListener`] accepts peer connections, authenticates them and hands each request
 //!   to the local partition's inbox with a fresh oneshot; a writer task batches the answers
-//!   into frames on the same connection. Phase messages go to the inbox with `try_send` and
-//!   are dropped when it is full (the coordinator resends).
+//!   into frames on the same connection. The phase messages of a `Peers` message go to their
+//!   partition's inbox as one input, with `try_send`, and are dropped when it is full (the
+//!   coordinator resends).
 //!
 //! # Layout
 //! - this file: configuration, errors, [`ClusterNode`] and the `bind_peer_address` and `start_node_with` that

@@ -14,6 +14,7 @@ use crate::driver::DriverConfig;
 use crate::driver::{Query, QueryAnswer};
 use crate::engine::Unavailable;
 use crate::storage::file::{FileStorage, FileStorageConfig};
+use listener::deliver_peers;
 use walletd_core::ledger::{
     Account, Command, LedgerError, Reply, TransferRow, TransferState, TransferStatus,
 };
@@ -21,8 +22,9 @@ use walletd_core::model::event::{Reason, Transfer, TransferKey};
 use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_core::model::money::{Amount, Currency};
 use walletd_core::model::partition::NodeAddress;
-use walletd_core::protocol::coordinator::CoordinatorConfig;
-use walletd_core::wire::{Message, NONCE_LEN};
+use walletd_core::protocol::coordinator::{CoordinatorConfig, Phase, PhaseRequest};
+use walletd_core::protocol::message::{PeerMessage, PEER_MESSAGES_PER_INPUT_MAX};
+use walletd_core::wire::{Frame, FrameWriter, Message, NONCE_LEN};
 
 const SECRET: &[u8] = b"a cluster secret for the tests";
 
@@ -829,4 +831,227 @@ async fn a_peer_that_sends_garbage_is_disconnected() {
     // The node itself is unharmed.
     let a = cluster.account_on(1, "acct");
     open(&cluster.client(0), a).await;
+}
+
+/// Transfers a batch starts towards one partition: as many as make a large group, and
+/// still one wire message.
+const TRANSFERS_OF_ONE_BATCH: usize = 1000;
+
+/// The first `count` frames that carry a message, read by a fake node that has accepted
+/// `fake`'s next connection as node 1 of `map`; it echoes every frame, as a node echoes
+/// heartbeats.
+async fn frames_with_messages(fake: TcpListener, map: PartitionMap, count: usize) -> Vec<Frame> {
+    let (mut stream, _) = fake.accept().await.unwrap();
+    let ctx = context_in(&map, 1, SECRET);
+    handshake_acceptor(&mut stream, &ctx).await.unwrap();
+    let mut frames = Vec::new();
+    while frames.len() < count {
+        let frame = FrameReader::new(&mut stream).next().await.unwrap();
+        if !frame.messages.is_empty() {
+            frames.push(frame);
+        }
+        let mut echo = Vec::new();
+        FrameWriter::new(&mut echo, map.version).finish();
+        stream.write_all(&echo).await.unwrap();
+    }
+    frames
+}
+
+/// Node 0 of a two-node map whose node 1 is a fake that reads the first `count` frames with
+/// messages (see [`frames_with_messages`]), once their link is up. Node 0 owns partition 0,
+/// node 1 partition 1; phase messages are resent after a minute, so none joins a test's.
+async fn node_0_before_a_reader(
+    dir: &TempDir,
+    count: usize,
+) -> (ClusterNode, tokio::task::JoinHandle<Vec<Frame>>) {
+    let fake = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let map = two_node_map(
+        listener.local_addr().unwrap().to_string(),
+        fake.local_addr().unwrap().to_string(),
+    );
+    let read = tokio::spawn(frames_with_messages(fake, map.clone(), count));
+    let storage = FileStorage::open(dir.path().join("p0"), FileStorageConfig::default()).unwrap();
+    let mut config = config(30_000);
+    config.engine.driver.coordinator.retry_initial_us = 60_000_000;
+    config.engine.driver.coordinator.retry_max_us = 60_000_000;
+    let node = start_node_with(Tcp, listener, &map, 0, SECRET, vec![(0, storage)], config)
+        .await
+        .unwrap();
+    eventually("link up", || {
+        node.links()[&1].connected.load(Ordering::Relaxed)
+    })
+    .await;
+    (node, read)
+}
+
+/// What the reader of [`node_0_before_a_reader`] read.
+async fn frames_read(read: tokio::task::JoinHandle<Vec<Frame>>) -> Vec<Frame> {
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the frames crossed")
+        .unwrap()
+}
+
+/// A Try of `t` from partition 0.
+fn try_of(t: Transfer) -> PeerMessage {
+    PeerMessage::Request {
+        from: 0,
+        request: PhaseRequest {
+            phase: Phase::Try,
+            transfer: t,
+        },
+    }
+}
+
+#[tokio::test]
+async fn the_tries_of_one_batch_to_a_remote_partition_cross_as_one_message_in_one_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, read) = node_0_before_a_reader(&dir, 1).await;
+    let client = node.client();
+    let on = |partition| {
+        (0..)
+            .map(|i| AccountId::new(&format!("acct-{i}")).unwrap())
+            .find(|a| client.partition_of(a) == partition)
+            .unwrap()
+    };
+    let (a, b) = (on(0), on(1));
+    open(&client, a).await;
+    let funds = deposit(a, TRANSFERS_OF_ONE_BATCH as u64, "d-1");
+    assert!(client.execute(funds, false).await.unwrap().is_ok());
+    let transfers: Vec<Transfer> = (0..TRANSFERS_OF_ONE_BATCH)
+        .map(|i| transfer(a, b, 1, &format!("t-{i}")))
+        .collect();
+    let answers = client
+        .execute_many(transfers.iter().map(|t| Command::Transfer(*t)), false)
+        .await;
+    let pending = Ok(Ok(Reply::Transfer(TransferStatus::Pending)));
+    assert!(answers.iter().all(|answer| *answer == pending));
+    let frames = frames_read(read).await;
+    let [Message::Peers(crossed)] = &frames[0].messages[..] else {
+        panic!("not one Peers message: {:?}", frames[0].messages);
+    };
+    let tries: Vec<PeerMessage> = transfers.into_iter().map(try_of).collect();
+    assert_eq!(crossed.len(), tries.len());
+    assert_eq!(*crossed, tries, "every Try, in order");
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_message_the_bytes_of_a_frame_cannot_hold_opens_the_next_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, read) = node_0_before_a_reader(&dir, 2).await;
+    let client = node.client();
+    // Every id at its length limit: a full group is most of a frame's bytes.
+    let id = |prefix: &str, i: usize| format!("{prefix}{i:0>width$}", width = 64 - prefix.len());
+    let to = (0..)
+        .map(|i| AccountId::new(&id("to-", i)).unwrap())
+        .find(|a| client.partition_of(a) == 1)
+        .unwrap();
+    let from = AccountId::new(&id("from-", 0)).unwrap();
+    let group = |first: usize| -> Vec<PeerMessage> {
+        (first..first + PEER_MESSAGES_PER_INPUT_MAX)
+            .map(|i| try_of(transfer(from, to, 1, &id("t-", i))))
+            .collect()
+    };
+    let (first, second) = (group(0), group(PEER_MESSAGES_PER_INPUT_MAX));
+    // Both queued before the forwarder takes either (nothing is awaited between them, and
+    // the test's runtime has one thread): they would share a frame if their bytes fit.
+    let queue = client.inbox(1);
+    queue.try_send(Input::Peers(first.clone())).unwrap();
+    queue.try_send(Input::Peers(second.clone())).unwrap();
+    let frames = frames_read(read).await;
+    assert_eq!(frames[0].messages, vec![Message::Peers(first)]);
+    assert_eq!(frames[1].messages, vec![Message::Peers(second)]);
+    node.shutdown().await.unwrap();
+}
+
+/// A node's client whose partitions are all here, over inboxes the test reads.
+fn client_over_inboxes(partitions: u32) -> (Client, Vec<mpsc::Receiver<Input>>) {
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..partitions).map(|_| mpsc::channel(16)).unzip();
+    let local = vec![true; partitions as usize];
+    (Client::with_local(senders.into(), local.into()), receivers)
+}
+
+/// A response for the home partition `partition` of a two-partition map.
+fn response_for(partition: PartitionId, n: usize) -> PeerMessage {
+    let from = (0..)
+        .map(|i| AccountId::new(&format!("home-{i}")).unwrap())
+        .find(|a| walletd_core::model::partition::partition_of(a, 2) == partition)
+        .unwrap();
+    PeerMessage::Response(walletd_core::protocol::coordinator::PhaseResponse {
+        phase: Phase::Confirm,
+        key: TransferKey {
+            from,
+            transaction_id: txn(&format!("t-{n}")),
+        },
+        result: walletd_core::ledger::PhaseResult::Confirmed,
+    })
+}
+
+#[test]
+fn a_peers_message_reaches_its_local_partition_as_one_input_and_no_other() {
+    // Node 0 owns partition 0 of two; partition 1 is node 1's.
+    let ctx = context(0, 1, SECRET);
+    let (client, mut inboxes) = client_over_inboxes(2);
+    let ours: Vec<PeerMessage> = (0..TRANSFERS_OF_ONE_BATCH)
+        .map(|n| response_for(0, n))
+        .collect();
+    deliver_peers(ours.clone(), &ctx, &client);
+    let Ok(Input::Peers(received)) = inboxes[0].try_recv() else {
+        panic!("no input of peer messages");
+    };
+    assert_eq!(received, ours, "all of them, in order, in one input");
+    assert!(inboxes[0].try_recv().is_err());
+    // Messages for a partition another node owns are dropped, and only they.
+    let mixed = vec![response_for(1, 0), response_for(0, 1), response_for(1, 2)];
+    deliver_peers(mixed, &ctx, &client);
+    let Ok(Input::Peers(received)) = inboxes[0].try_recv() else {
+        panic!("no input of peer messages");
+    };
+    assert_eq!(received, vec![response_for(0, 1)]);
+    assert!(
+        inboxes[1].try_recv().is_err(),
+        "nothing for partition 1 here"
+    );
+}
+
+#[tokio::test]
+async fn the_transfers_of_one_batch_cross_as_few_messages_and_all_commit() {
+    let cluster = Cluster::start(2, 2, config(30_000)).await;
+    let (a, b) = (cluster.account_on(0, "acct"), cluster.account_on(1, "acct"));
+    open(&cluster.client(0), a).await;
+    open(&cluster.client(1), b).await;
+    let count = TRANSFERS_OF_ONE_BATCH as u64;
+    let funds = deposit(a, count, "d-1");
+    assert!(cluster
+        .client(0)
+        .execute(funds, false)
+        .await
+        .unwrap()
+        .is_ok());
+    let sent = |from: NodeId, to: NodeId| {
+        cluster.node(from).links()[&to]
+            .messages_sent
+            .load(Ordering::Relaxed)
+    };
+    let before = [sent(0, 1), sent(1, 0)];
+    let transfers = (0..count).map(|i| Command::Transfer(transfer(a, b, 1, &format!("t-{i}"))));
+    let answers = cluster.client(0).execute_many(transfers, true).await;
+    let committed = Ok(Ok(Reply::Transfer(TransferStatus::Committed)));
+    assert!(answers.iter().all(|answer| *answer == committed));
+    let client = cluster.client(1);
+    eventually_async("every credit confirmed", || async {
+        account(&client, b).await.balance == count
+    })
+    .await;
+    // Tries, then Confirms, one way; their answers the other: a message per batch, not per
+    // transfer (resends of a slow batch add a few).
+    let messages = [sent(0, 1) - before[0], sent(1, 0) - before[1]];
+    assert!(
+        messages.iter().all(|&m| m < count / 10),
+        "{messages:?} messages for {count} transfers"
+    );
+    let b_now = account(&client, b).await;
+    assert_eq!((b_now.balance, b_now.incoming), (count, 0));
 }
