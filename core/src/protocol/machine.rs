@@ -213,6 +213,8 @@ pub struct PartitionMachine<K: ReplyTokens> {
     after_commit: Release<K>,
     /// The destination's pending credits, asked about once they stay pending too long.
     credit_watch: CreditWatch,
+    /// Credits tried here and not yet confirmed or cancelled.
+    pending_credits: usize,
     /// The buffer of the last durable commit, reused by the next batch.
     spare_bytes: Vec<u8>,
     /// Scratch space for the events of one command.
@@ -251,6 +253,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             ready: Release::default(),
             after_commit: Release::default(),
             credit_watch: CreditWatch::new(),
+            pending_credits: 0,
             spare_bytes: Vec::with_capacity(1 << 20),
             events: Vec::new(),
             waiters: FxHashMap::default(),
@@ -263,6 +266,9 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             snapshot_pending: false,
             chunks_written: 0,
         };
+        machine.pending_credits = (machine.ledger.credits())
+            .filter(|(_, row)| row.state == crate::ledger::CreditState::Tried)
+            .count();
         // Recovered pending credits are watched like new ones.
         let after_us = config.coordinator.resolve_after_us;
         machine
@@ -296,9 +302,10 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         self.counters
     }
 
-    /// Transfers the coordinator is carrying out.
+    /// Transfers under way here: carried out by the coordinator as their home, or pending
+    /// here as their destination (a quiet cluster has none).
     pub fn in_flight(&self) -> usize {
-        self.coordinator.in_flight()
+        self.coordinator.in_flight() + self.pending_credits
     }
 
     /// Inputs taken into the open batch (each command of a group counts).
@@ -624,9 +631,13 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         }
     }
 
-    /// A transfer's outcome is `status`: each single waiter's answer leaves as soon as the
-    /// records it rests on are durable, a group's with the open batch.
-    fn resolve_waiters(&mut self, key: &TransferKey, status: TransferStatus) {
+    /// A transfer's outcome is `status`. Committed (`early`): each single waiter's answer
+    /// leaves as soon as the records it rests on (the debit) are durable, since the
+    /// destination's durable Tried fixed the outcome. Cancelled: with the open batch, which
+    /// logs the decision, because the reason is the home's: a restart that lost the
+    /// decision could decide on another answer with another reason. A group's answers
+    /// leave with the open batch either way.
+    fn resolve_waiters(&mut self, key: &TransferKey, status: TransferStatus, early: bool) {
         let Some(waiting) = self.waiters.remove(key) else {
             return;
         };
@@ -636,9 +647,11 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             let answer = Ok(Reply::Transfer(status));
             match waiter {
                 Waiter::One { token, rests_on } => {
-                    self.release_resting_on(rests_on)
-                        .replies
-                        .push((token, answer));
+                    let release = match early {
+                        true => self.release_resting_on(rests_on),
+                        false => &mut self.batch.release,
+                    };
+                    release.replies.push((token, answer));
                 }
                 Waiter::InGroup { group, index } => {
                     self.resolve_in_group(group, Some((index, answer)))
@@ -681,12 +694,19 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             };
             encode_record(&record, &mut self.batch.bytes);
             self.coordinator.on_event(event, self.now.micros);
+            match event {
+                Event::CreditTried { .. } => self.pending_credits += 1,
+                Event::CreditConfirmed { .. } | Event::CreditCancelled { .. } => {
+                    self.pending_credits = self.pending_credits.saturating_sub(1)
+                }
+                _ => {}
+            }
             if let Event::TransferDecided { key, .. } = event {
                 let row = self
                     .ledger
                     .transfer(key)
                     .expect("a decided transfer has a row");
-                self.resolve_waiters(key, row.state.status());
+                self.resolve_waiters(key, row.state.status(), false);
             }
         }
         debug_assert_eq!(
@@ -716,7 +736,9 @@ impl<K: ReplyTokens> PartitionMachine<K> {
                     };
                     release.peer_messages.push(message);
                 }
-                Output::Committed { key } => self.resolve_waiters(&key, TransferStatus::Committed),
+                Output::Committed { key } => {
+                    self.resolve_waiters(&key, TransferStatus::Committed, true)
+                }
                 Output::Execute(command) => {
                     if let Err(error) = self.execute(&command) {
                         self.report_refused_coordinator_command(error);

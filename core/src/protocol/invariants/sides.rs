@@ -4,7 +4,6 @@
 //! or pending.
 
 use crate::ledger::{CreditState, Ledger, TransferState};
-use crate::model::event::Reason;
 use crate::model::partition::partition_of;
 
 use super::Violation;
@@ -23,12 +22,11 @@ pub enum Moment {
 pub fn sides_agree(home: TransferState, credit: Option<CreditState>) -> bool {
     use CreditState as C;
     match home {
-        // Recorded refused for good after the home lost its debit while the destination
-        // held the credit (see `Command::Abandon`): that credit is pending until the Cancel
-        // lands. A home refusal gives no other reason, so this tells the two apart.
-        TransferState::Rejected(Reason::Timeout) => !matches!(credit, Some(C::Confirmed)),
-        // Refused at home: the destination never heard of it.
-        TransferState::Rejected(_) => credit.is_none(),
+        // Refused at home. The destination may still hold a credit for it: the Try of an
+        // earlier attempt left before its debit was durable, the home lost that debit, and
+        // the retry was refused (or the home, asked, recorded it refused for good, see
+        // `Command::Abandon`). That credit is pending until the home's Cancel lands.
+        TransferState::Rejected(_) => !matches!(credit, Some(C::Confirmed)),
         // Try sent (or not yet): nothing decided. The destination has tried, or refused the
         // Try (the flag is set before the refusal is answered), or not heard of it yet.
         TransferState::Trying => matches!(credit, None | Some(C::Tried | C::TryNotSeen)),

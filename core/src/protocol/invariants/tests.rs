@@ -110,10 +110,17 @@ fn home_and_destination_states_that_may_coexist() {
     assert!(!sides_agree(cancelled, Some(C::Confirmed)));
     assert!(!sides_agree(cancelled, None));
     assert!(sides_agree(TransferState::Trying, None));
-    assert!(!sides_agree(
-        TransferState::Rejected(Reason::InsufficientFunds),
-        Some(C::Tried)
-    ));
+    // A refused retry of a transfer whose earlier debit its home lost: the credit of the
+    // earlier Try waits for the Cancel, and is never confirmed.
+    let refused = TransferState::Rejected(Reason::InsufficientFunds);
+    assert!(sides_agree(refused, Some(C::Tried)));
+    assert!(!sides_settled(refused, Some(C::Tried)));
+    assert!(!sides_agree(refused, Some(C::Confirmed)));
+    // The commit point: a decided cancel never stands beside a tried credit.
+    let cancelling = TransferState::Cancelling(Reason::Timeout);
+    assert!(!sides_agree(cancelling, Some(C::Tried)));
+    assert!(sides_agree(cancelling, Some(C::TryNotSeen)));
+    assert!(sides_agree(TransferState::Trying, Some(C::TryNotSeen)));
 }
 
 /// The phases of a committed transfer, in protocol order, as (home, destination) events.
