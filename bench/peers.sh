@@ -16,7 +16,9 @@
 # skips the reference rows), WALLET_BENCH_ARGS (extra arguments for `wallet bench`).
 #
 # Prints one table and ends with exactly one line:
-#   peers http_tps=A http_batch_tps=B engine_tps=C pg_sync_tps=D redis_always_tps=E redis_always_pipelined_tps=F redis_everysec_tps=G
+#   peers http_tps=A http_batch_tps=B engine_tps=C pg_sync_tps=D redis_always_tps=E redis_always_pipelined_tps=F redis_everysec_tps=G http8_tps=H http8_batch_tps=I http8_p50_ms=J http1_p50_ms=K
+# where the http8 figures are the server's default partition count (the reference rows; "-"
+# when they are skipped) and http1_p50_ms is the single-transfer row of WALLETD_PARTITIONS.
 set -euo pipefail
 
 BENCH_SECONDS=${BENCH_SECONDS:-10}
@@ -128,6 +130,9 @@ run_walletd() {
 }
 
 walletd_tps() { sed -n "s/.* $1=\([0-9]*\).*/\1/p" <<<"$WALLETD_LINE"; }
+
+# Column $2 (4: transfers/s, 5: p50 ms) of the table row labelled $1; "-" if there is none.
+row_field() { awk -F'\t' -v label="$1" -v col="$2" '$1 == label { v = $col } END { print (v == "" ? "-" : v) }' "$ROWS"; }
 
 pg_sql() { as_pg "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d bench "$@"; }
 
@@ -334,7 +339,13 @@ main() {
   echo "Transfers between random accounts of $BENCH_ACCOUNTS, ${BENCH_SECONDS} s each after warm-up, on $(nproc) cores ($(uname -m)):"
   print_table
   echo
-  echo "peers http_tps=$(walletd_tps http_tps) http_batch_tps=$(walletd_tps http_batch_tps) engine_tps=$(walletd_tps engine_tps) pg_sync_tps=$PG_TPS redis_always_tps=$REDIS_ALWAYS redis_always_pipelined_tps=$REDIS_ALWAYS_PIPELINED redis_everysec_tps=$REDIS_EVERYSEC"
+  local ref="$WALLETD_REFERENCE_PARTITIONS" one="$WALLETD_PARTITIONS"
+  local http8_tps http8_batch_tps http8_p50 http1_p50
+  http8_tps=$(row_field "walletd http ($ref partitions)" 4)
+  http8_batch_tps=$(row_field "walletd http_batch ($ref partitions)" 4)
+  http8_p50=$(row_field "walletd http ($ref partitions)" 5)
+  http1_p50=$(row_field "walletd http ($one partition$([[ $one == 1 ]] || echo s))" 5)
+  echo "peers http_tps=$(walletd_tps http_tps) http_batch_tps=$(walletd_tps http_batch_tps) engine_tps=$(walletd_tps engine_tps) pg_sync_tps=$PG_TPS redis_always_tps=$REDIS_ALWAYS redis_always_pipelined_tps=$REDIS_ALWAYS_PIPELINED redis_everysec_tps=$REDIS_EVERYSEC http8_tps=$http8_tps http8_batch_tps=$http8_batch_tps http8_p50_ms=$http8_p50 http1_p50_ms=$http1_p50"
 }
 
 main "$@"

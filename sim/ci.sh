@@ -21,7 +21,8 @@ echo "--> every known bug must be found by a short sweep"
 # NAME:SEEDS. The disk bugs need a power loss at the right moment, which fewer seeds draw.
 for entry in skip-barrier:0..20 reply-before-sync:0..20 no-idempotency:0..20 \
   credit-before-debit:0..20 retry-failed-sync:0..20 refusal-unrecorded:0..20 \
-  recovery-trusts-unsynced:0..200 rollover-without-dir-sync:0..200; do
+  recovery-trusts-unsynced:0..200 rollover-without-dir-sync:0..200 \
+  cancel-after-durable-credit:0..20 commit-on-home-only:0..20; do
   bug=${entry%%:*}
   seeds=${entry#*:}
   if out=$(cargo sim -- --seeds "$seeds" --bug "$bug" --fail-fast 2>&1); then

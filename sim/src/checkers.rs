@@ -37,6 +37,7 @@ pub const INVARIANTS: [&str; 14] = [
     "durable_release",
     "replay",
     "damage_refused",
+    "commit_point",
     "oracle",
     "protocol",
     "determinism",

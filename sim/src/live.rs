@@ -18,21 +18,29 @@
 //!   disk has not synced at that instant (`durability`, `durable_release`);
 //! - **damage refused**: no partition starts while its disk holds damage to synced data (a
 //!   storage fault not yet restored, see [`crate::storage_faults`]): recovery must refuse
-//!   it, not cut or trust it (`damage_refused`).
+//!   it, not cut or trust it (`damage_refused`);
+//! - **the commit point**: a home never logs a Cancel decision for a transfer whose
+//!   destination has durably tried the same transfer's credit (`commit_point`): with the
+//!   home's durable debit, that credit committed it. Durably tried means a Tried answer for
+//!   it left the destination (which it does only once the credit is durable). The cut is
+//!   consistent up to Tries, which leave before their debit is cut: a Try's pending credit
+//!   is in no balance, so conservation does not see it.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use walletd_core::ledger::{CreditState, Ledger};
+use walletd_core::ledger::{CreditState, Ledger, PhaseResult};
 use walletd_core::log::codec::RecordReader;
-use walletd_core::model::event::{Event, Lsn, Transfer, TransferKey};
+use walletd_core::model::event::{Decision, Event, Lsn, Transfer, TransferKey};
 use walletd_core::model::money::Currency;
 use walletd_core::model::partition::{partition_of, PartitionId};
 use walletd_core::protocol::invariants::{self, Money, Totals};
+use walletd_core::protocol::coordinator::Phase;
 use walletd_core::protocol::machine::{Commit, Release};
+use walletd_core::protocol::message::PeerMessage;
 use walletd_runtime::driver::observe::{self, Observer};
 use walletd_runtime::driver::Channels;
 
@@ -137,6 +145,11 @@ pub struct LiveChecks {
     disks: Vec<Disk>,
     books: RefCell<Vec<LiveBooks>>,
     last_conservation: RefCell<Option<Instant>>,
+    /// Per partition: credits answered Tried by a batch that is cut and not yet released,
+    /// by the batch's last lsn.
+    tried_unreleased: RefCell<Vec<BTreeMap<Lsn, Vec<Transfer>>>>,
+    /// Credits some destination has answered Tried for, durably.
+    durably_tried: RefCell<HashMap<TransferKey, Transfer>>,
     verdict: Verdict,
 }
 
@@ -144,10 +157,13 @@ impl LiveChecks {
     /// Installs the live checks of a run over `disks` (one per partition) on this thread.
     pub fn install(disks: Vec<Disk>, verdict: Verdict) {
         let books = disks.iter().map(|_| LiveBooks::default()).collect();
+        let tried = disks.iter().map(|_| BTreeMap::new()).collect();
         let checks = LiveChecks {
             disks,
             books: RefCell::new(books),
             last_conservation: RefCell::new(None),
+            tried_unreleased: RefCell::new(tried),
+            durably_tried: RefCell::new(HashMap::new()),
             verdict,
         };
         observe::install(Some(Rc::new(checks)));
@@ -169,6 +185,50 @@ impl LiveChecks {
         let message = format!("live check: {}: {}", violation.invariant, violation.detail);
         self.verdict.lock().violation.get_or_insert(violation);
         panic!("{message}");
+    }
+
+    /// The commit point, as batch `commit` of `partition` is cut leaving `ledger`: its Tried
+    /// answers are noted (durable once released), and none of its Cancel decisions is for a
+    /// transfer whose credit a destination has durably tried.
+    fn commit_point(&self, partition: PartitionId, ledger: &Ledger, commit: &Commit<Channels>) {
+        let tried: Vec<Transfer> = (commit.release.peer_messages.iter())
+            .filter_map(|message| match message {
+                PeerMessage::Response(response)
+                    if response.result == PhaseResult::Tried
+                        && matches!(response.phase, Phase::Try | Phase::Abort) =>
+                {
+                    ledger.credit(&response.key)?.transfer
+                }
+                _ => None,
+            })
+            .collect();
+        if !tried.is_empty() {
+            self.tried_unreleased.borrow_mut()[partition as usize]
+                .entry(commit.last_lsn)
+                .or_default()
+                .extend(tried);
+        }
+        let mut reader = RecordReader::new(&commit.bytes, commit.first_lsn);
+        while let Some(record) = reader.next_record().expect("a batch's records decode") {
+            let Event::TransferDecided {
+                key,
+                decision: Decision::Cancel(reason),
+            } = record.event
+            else {
+                continue;
+            };
+            let home = ledger.transfer(&key).map(|row| row.transfer);
+            let credited = self.durably_tried.borrow().get(&key).copied();
+            if credited.is_some() && credited == home {
+                self.stop_at(Violation::new(
+                    "commit_point",
+                    format!(
+                        "partition {partition} decided Cancel({reason:?}) for {key:?}, whose \
+                         destination had durably tried its credit: the transfer was committed"
+                    ),
+                ));
+            }
+        }
     }
 
     /// Conservation across the partitions, if it is due.
@@ -201,6 +261,8 @@ impl Observer for LiveChecks {
             ));
         }
         self.books.borrow_mut()[partition as usize] = LiveBooks::recovered(ledger);
+        // Answers of batches that never became durable never left.
+        self.tried_unreleased.borrow_mut()[partition as usize].clear();
     }
 
     fn committing(&self, partition: PartitionId, ledger: &Ledger, commit: &Commit<Channels>) {
@@ -208,6 +270,7 @@ impl Observer for LiveChecks {
         {
             self.stop(violation);
         }
+        self.commit_point(partition, ledger, commit);
         self.books.borrow_mut()[partition as usize].cut(partition, ledger, commit);
         self.conservation_if_due();
     }
@@ -225,6 +288,14 @@ impl Observer for LiveChecks {
         );
         if let Err(violation) = checked {
             self.stop(violation);
+        }
+        let mut unreleased = self.tried_unreleased.borrow_mut();
+        let unreleased = &mut unreleased[partition as usize];
+        let still = unreleased.split_off(&(last_lsn + 1));
+        let released = std::mem::replace(unreleased, still);
+        let mut durably_tried = self.durably_tried.borrow_mut();
+        for transfer in released.into_values().flatten() {
+            durably_tried.insert(transfer.key(), transfer);
         }
     }
 }
