@@ -26,7 +26,7 @@ use crate::model::Model;
 
 /// The invariants, in the order they are checked and reported: core's, with the oracle
 /// before the protocol, then what only a sweep or a crash shows.
-pub const INVARIANTS: [&str; 14] = [
+pub const INVARIANTS: [&str; 15] = [
     "no_hanging",
     "exactly_once",
     "no_negative",
