@@ -39,7 +39,10 @@
 //! such that every message one of them has received was sent from within the state of its
 //! sender. The release rule gives one for free: a message leaves only once the batch holding
 //! its cause is committed, so the states of the partitions as of their latest commits always
-//! form a consistent cut, and so do the durable states a crash leaves. The simulator checks
+//! form a consistent cut, and so do the durable states a crash leaves. Tries are the one
+//! exception (they leave beside their debit's sync, see the machine's release rule), and the
+//! formula does not see them: a pending credit is in no term until its Confirm, and a
+//! Confirm leaves only after its home's durable decision. The simulator checks
 //! the formula over the former while the run goes ([`Money`] is what it keeps of each
 //! partition); the tests and `wallet verify` check it over ledgers.
 //!
