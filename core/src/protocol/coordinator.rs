@@ -26,7 +26,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::ledger::{Command, PhaseResult, TransferRow, TransferState};
-use crate::model::event::{Decision, Event, Reason, Transfer, TransferKey};
+use crate::model::event::{Decision, Event, Lsn, Reason, Transfer, TransferKey};
 use crate::model::partition::{partition_of, PartitionId};
 #[cfg(any(test, madsim, feature = "testing"))]
 use crate::protocol::bugs::Bug;
@@ -107,8 +107,10 @@ pub enum Output {
     /// Execute a command on the home ledger (a decision, or finishing the source branch).
     Execute(Command),
     /// The destination durably tried the credit: the transfer is committed once the home's
-    /// debit is durable (it may still be syncing). Comes before the `Decide` that logs it.
-    Committed { key: TransferKey },
+    /// debit (record `debit_lsn`) is durable, and from then on its clients may be told so
+    /// and its Confirm may leave (the caller sends it; the coordinator only resends it).
+    /// Comes before the `Decide` that logs the decision.
+    Committed { transfer: Transfer, debit_lsn: Lsn },
     /// A destination answered with the opposite of the logged decision. Never happens in a
     /// correct system; surfaced so tests and the simulator fail loudly.
     Violation { key: TransferKey, detail: String },
@@ -131,6 +133,8 @@ enum Stage {
 #[derive(Debug, Clone, Copy)]
 struct Flight {
     transfer: Transfer,
+    /// The lsn of the transfer's `DebitTried` (0 when rebuilt from a recovered, durable log).
+    debit_lsn: Lsn,
     stage: Stage,
     /// When the next resend (or re-emit) is due.
     due: Micros,
@@ -171,12 +175,12 @@ impl Coordinator {
         let mut coordinator = Coordinator::new(config, partitions);
         for row in rows {
             match row.state {
-                TransferState::Trying => coordinator.start_try(row.transfer, now),
+                TransferState::Trying => coordinator.start_try(row.transfer, 0, now),
                 TransferState::Confirming => {
-                    coordinator.carry(row.transfer, Decision::Confirm, now)
+                    coordinator.carry(row.transfer, 0, Decision::Confirm, true, now)
                 }
                 TransferState::Cancelling(reason) => {
-                    coordinator.carry(row.transfer, Decision::Cancel(reason), now)
+                    coordinator.carry(row.transfer, 0, Decision::Cancel(reason), true, now)
                 }
                 _ => {}
             }
@@ -200,17 +204,19 @@ impl Coordinator {
         self.outputs.pop_front()
     }
 
-    /// Observes an event the home ledger applied.
-    pub fn on_event(&mut self, event: &Event, now: Micros) {
+    /// Observes an event the home ledger applied as record `lsn`.
+    pub fn on_event(&mut self, event: &Event, lsn: Lsn, now: Micros) {
         #[cfg(any(test, madsim, feature = "testing"))]
         if crate::protocol::bugs::enabled(Bug::CreditBeforeDebit) {
             self.credit_before_debit(event);
         }
         match *event {
-            Event::DebitTried { transfer } => self.start_try(transfer, now),
+            Event::DebitTried { transfer } => self.start_try(transfer, lsn, now),
             Event::TransferDecided { key, decision } => {
-                if let Some(transfer) = self.flights.get(&key).map(|f| f.transfer) {
-                    self.carry(transfer, decision, now);
+                if let Some(flight) = self.flights.get(&key).copied() {
+                    // A Confirm after `Committed` has left already: only its resends are due.
+                    let sent = flight.stage == Stage::Deciding(Decision::Confirm);
+                    self.carry(flight.transfer, flight.debit_lsn, decision, !sent, now);
                 }
             }
             Event::DebitConfirmed { key } | Event::DebitCancelled { key } => self.forget(&key),
@@ -334,10 +340,11 @@ impl Coordinator {
         }
     }
 
-    fn start_try(&mut self, transfer: Transfer, now: Micros) {
+    fn start_try(&mut self, transfer: Transfer, debit_lsn: Lsn, now: Micros) {
         let deadline = now + self.config.try_timeout_us;
         let flight = Flight {
             transfer,
+            debit_lsn,
             stage: Stage::Trying { deadline },
             due: 0,
             backoff_us: self.config.retry_initial_us,
@@ -362,10 +369,14 @@ impl Coordinator {
         self.send(flight, Phase::Abort, now);
     }
 
-    /// The destination durably tried: tell the machine, then log the decision.
+    /// The destination durably tried: tell the machine (which answers the clients and sends
+    /// the Confirm once the debit is durable), then log the decision.
     fn commit(&mut self, flight: Flight, now: Micros) {
-        let key = flight.transfer.key();
-        self.outputs.push_back(Output::Committed { key });
+        let (transfer, debit_lsn) = (flight.transfer, flight.debit_lsn);
+        self.outputs.push_back(Output::Committed {
+            transfer,
+            debit_lsn,
+        });
         self.decide(flight, Decision::Confirm, now);
     }
 
@@ -378,9 +389,19 @@ impl Coordinator {
         self.rearm(flight, now);
     }
 
-    fn carry(&mut self, transfer: Transfer, decision: Decision, now: Micros) {
+    /// Carries a logged decision to the destination: sends its second phase (unless `send`
+    /// is false: it left already) and resends it until acknowledged.
+    fn carry(
+        &mut self,
+        transfer: Transfer,
+        debit_lsn: Lsn,
+        decision: Decision,
+        send: bool,
+        now: Micros,
+    ) {
         let flight = Flight {
             transfer,
+            debit_lsn,
             stage: Stage::Carrying(decision),
             due: 0,
             backoff_us: self.config.retry_initial_us,
@@ -388,7 +409,10 @@ impl Coordinator {
         if let Some(old) = self.flights.insert(transfer.key(), flight) {
             self.timers.remove(&(old.due, transfer.key()));
         }
-        self.send(flight, second_phase(decision), now);
+        match send {
+            true => self.send(flight, second_phase(decision), now),
+            false => self.rearm(flight, now),
+        }
     }
 
     fn finish(&mut self, mut flight: Flight, now: Micros) {

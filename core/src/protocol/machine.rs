@@ -146,9 +146,8 @@ pub struct Commit<K: ReplyTokens> {
 
 /// Where the answer to one pending transfer goes once it is decided.
 enum Waiter<K: ReplyTokens> {
-    /// A single client, whose answer may leave once the log is durable through `rests_on`
-    /// (the last record when it started waiting, which covers the transfer's debit).
-    One { token: K::Command, rests_on: Lsn },
+    /// A single client.
+    One(K::Command),
     /// Position `index` of the open command group `group`.
     InGroup { group: u64, index: usize },
 }
@@ -356,10 +355,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         #[cfg(any(test, madsim, feature = "testing"))]
         let result = self.committed_on_home_only_if_bugged(result);
         match self.pending_key(command, &result, wait) {
-            Some(key) => {
-                let rests_on = self.ledger.last_applied().lsn;
-                self.add_waiter(key, Waiter::One { token, rests_on })
-            }
+            Some(key) => self.add_waiter(key, Waiter::One(token)),
             None => self.batch.release.replies.push((token, result)),
         }
     }
@@ -631,13 +627,13 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         }
     }
 
-    /// A transfer's outcome is `status`. Committed (`early`): each single waiter's answer
-    /// leaves as soon as the records it rests on (the debit) are durable, since the
+    /// A transfer's outcome is `status`. Committed (`early`, the debit's lsn): each single
+    /// waiter's answer leaves as soon as the debit is durable, since the
     /// destination's durable Tried fixed the outcome. Cancelled: with the open batch, which
     /// logs the decision, because the reason is the home's: a restart that lost the
     /// decision could decide on another answer with another reason. A group's answers
     /// leave with the open batch either way.
-    fn resolve_waiters(&mut self, key: &TransferKey, status: TransferStatus, early: bool) {
+    fn resolve_waiters(&mut self, key: &TransferKey, status: TransferStatus, early: Option<Lsn>) {
         let Some(waiting) = self.waiters.remove(key) else {
             return;
         };
@@ -646,10 +642,10 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         for waiter in waiting {
             let answer = Ok(Reply::Transfer(status));
             match waiter {
-                Waiter::One { token, rests_on } => {
+                Waiter::One(token) => {
                     let release = match early {
-                        true => self.release_resting_on(rests_on),
-                        false => &mut self.batch.release,
+                        Some(debit_lsn) => self.release_resting_on(debit_lsn),
+                        None => &mut self.batch.release,
                     };
                     release.replies.push((token, answer));
                 }
@@ -658,6 +654,23 @@ impl<K: ReplyTokens> PartitionMachine<K> {
                 }
             }
         }
+    }
+
+    /// The destination durably tried `transfer`: once its debit (`debit_lsn`) is durable too,
+    /// it is committed, so its Confirm may leave and its clients be told, without waiting
+    /// for the decision record. The Confirm goes first: a client told `committed` can count
+    /// on the credit being on its way (on one node, spendable by its next request).
+    fn committed(&mut self, transfer: Transfer, debit_lsn: Lsn) {
+        let from = self.partition();
+        let request = PhaseRequest {
+            phase: Phase::Confirm,
+            transfer,
+        };
+        let confirm = PeerMessage::Request { from, request };
+        self.release_resting_on(debit_lsn)
+            .peer_messages
+            .push(confirm);
+        self.resolve_waiters(&transfer.key(), TransferStatus::Committed, Some(debit_lsn));
     }
 
     /// The earliest release that may carry what rests on the records through `lsn`.
@@ -693,7 +706,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
                 event: *event,
             };
             encode_record(&record, &mut self.batch.bytes);
-            self.coordinator.on_event(event, self.now.micros);
+            self.coordinator.on_event(event, lsn, self.now.micros);
             match event {
                 Event::CreditTried { .. } => self.pending_credits += 1,
                 Event::CreditConfirmed { .. } | Event::CreditCancelled { .. } => {
@@ -706,7 +719,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
                     .ledger
                     .transfer(key)
                     .expect("a decided transfer has a row");
-                self.resolve_waiters(key, row.state.status(), false);
+                self.resolve_waiters(key, row.state.status(), None);
             }
         }
         debug_assert_eq!(
@@ -736,9 +749,10 @@ impl<K: ReplyTokens> PartitionMachine<K> {
                     };
                     release.peer_messages.push(message);
                 }
-                Output::Committed { key } => {
-                    self.resolve_waiters(&key, TransferStatus::Committed, true)
-                }
+                Output::Committed {
+                    transfer,
+                    debit_lsn,
+                } => self.committed(transfer, debit_lsn),
                 Output::Execute(command) => {
                     if let Err(error) = self.execute(&command) {
                         self.report_refused_coordinator_command(error);

@@ -27,9 +27,13 @@ pub fn sides_agree(home: TransferState, credit: Option<CreditState>) -> bool {
         // the retry was refused (or the home, asked, recorded it refused for good, see
         // `Command::Abandon`). That credit is pending until the home's Cancel lands.
         TransferState::Rejected(_) => !matches!(credit, Some(C::Confirmed)),
-        // Try sent (or not yet): nothing decided. The destination has tried, or refused the
-        // Try (the flag is set before the refusal is answered), or not heard of it yet.
-        TransferState::Trying => matches!(credit, None | Some(C::Tried | C::TryNotSeen)),
+        // Try sent (or not yet): no decision logged. The destination has tried, or refused
+        // the Try (the flag is set before the refusal is answered), or not heard of it yet;
+        // or it confirmed: the Confirm leaves at the commit point, and a crash may take the
+        // home's decision record, which only followed.
+        TransferState::Trying => {
+            matches!(credit, None | Some(C::Tried | C::TryNotSeen | C::Confirmed))
+        }
         // Confirm decided: the Try succeeded; the Confirm may not have landed yet.
         TransferState::Confirming => matches!(credit, Some(C::Tried | C::Confirmed)),
         TransferState::Committed => credit == Some(C::Confirmed),

@@ -315,7 +315,7 @@ impl Cluster {
                 meta,
                 event,
             });
-            self.coordinators[p].on_event(&event, self.now);
+            self.coordinators[p].on_event(&event, meta.lsn, self.now);
         }
         Ok(reply)
     }
@@ -365,7 +365,25 @@ impl Cluster {
                 }
                 // Logs apply at once here: the debit is durable, and the destination's
                 // Tried was; `committed` records who was told.
-                Output::Committed { key } => self.committed.push(key),
+                // and the Confirm leaves at once, as the partition machine sends it.
+                Output::Committed { transfer, .. } => {
+                    self.committed.push(transfer.key());
+                    let request = PhaseRequest {
+                        phase: Phase::Confirm,
+                        transfer,
+                    };
+                    self.sent.push(Sent {
+                        at: self.now,
+                        home: partition,
+                        request,
+                    });
+                    let to = self.partition_of(&transfer.to);
+                    self.network.push(Message::Request {
+                        home: partition,
+                        to,
+                        request,
+                    });
+                }
                 Output::Violation { key, detail } => {
                     self.violations.push(Violation::Protocol {
                         key: Some(key),

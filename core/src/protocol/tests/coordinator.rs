@@ -109,39 +109,49 @@ fn balance(cluster: &Cluster, account: &AccountId) -> u64 {
 // A lone coordinator.
 
 #[test]
-fn confirm_leaves_only_after_the_decision_is_logged() {
+fn committed_on_the_destinations_tried_and_the_confirm_resent_until_acknowledged() {
     let t = lone_transfer();
     let key = t.key();
     let mut c = Coordinator::new(CONFIG, PARTITIONS);
-    c.on_event(&Event::DebitTried { transfer: t }, 0);
+    c.on_event(&Event::DebitTried { transfer: t }, 1, 0);
     assert_eq!(outputs(&mut c), [send(Phase::Try, t)]);
     c.on_response(&response(Phase::Try, &t, PhaseResult::Tried), 10);
     assert_eq!(
         outputs(&mut c),
         [
-            Output::Committed { key },
+            Output::Committed {
+                transfer: t,
+                debit_lsn: 1
+            },
             Output::Execute(Command::Decide {
                 key,
                 decision: Decision::Confirm
             })
         ],
-        "committed on the destination's Tried; the decision is logged before any second-phase message leaves"
+        "committed on the destination's Tried (the caller sends the Confirm), then logged"
     );
     c.on_event(
         &Event::TransferDecided {
             key,
             decision: Decision::Confirm,
         },
+        1,
         20,
     );
-    assert_eq!(outputs(&mut c), [send(Phase::Confirm, t)]);
+    assert_eq!(outputs(&mut c), [], "the Confirm left with `Committed`");
+    c.on_tick(20 + CONFIG.retry_initial_us);
+    assert_eq!(
+        outputs(&mut c),
+        [send(Phase::Confirm, t)],
+        "resent until acknowledged"
+    );
     c.on_response(&response(Phase::Confirm, &t, PhaseResult::Confirmed), 30);
     assert_eq!(
         outputs(&mut c),
         [Output::Execute(Command::FinishDebit { key })]
     );
     assert_eq!(c.in_flight(), 1);
-    c.on_event(&Event::DebitConfirmed { key }, 40);
+    c.on_event(&Event::DebitConfirmed { key }, 1, 40);
     assert_eq!(c.in_flight(), 0);
     assert_eq!(c.next_due(), None);
     c.on_tick(10_000_000);
@@ -153,7 +163,7 @@ fn stale_and_duplicate_responses_are_ignored() {
     let t = lone_transfer();
     let key = t.key();
     let mut c = Coordinator::new(CONFIG, PARTITIONS);
-    c.on_event(&Event::DebitTried { transfer: t }, 0);
+    c.on_event(&Event::DebitTried { transfer: t }, 1, 0);
     let _ = outputs(&mut c);
     // Answers to phases it has not sent yet, and answers for transfers it does not drive.
     c.on_response(&response(Phase::Confirm, &t, PhaseResult::Confirmed), 1);
@@ -176,7 +186,7 @@ fn stale_and_duplicate_responses_are_ignored() {
         key,
         decision: Decision::Confirm,
     };
-    c.on_event(&decided, 4);
+    c.on_event(&decided, 1, 4);
     let _ = outputs(&mut c);
     c.on_response(&response(Phase::Try, &t, PhaseResult::Tried), 5);
     assert_eq!(outputs(&mut c), []);
@@ -185,7 +195,7 @@ fn stale_and_duplicate_responses_are_ignored() {
     assert_eq!(outputs(&mut c).len(), 1);
     c.on_response(&response(Phase::Confirm, &t, PhaseResult::Confirmed), 7);
     assert_eq!(outputs(&mut c), []);
-    c.on_event(&Event::DebitConfirmed { key }, 8);
+    c.on_event(&Event::DebitConfirmed { key }, 1, 8);
     c.on_response(&response(Phase::Confirm, &t, PhaseResult::Confirmed), 9);
     assert_eq!(outputs(&mut c), []);
     assert_eq!(c.in_flight(), 0);
@@ -204,8 +214,8 @@ fn a_destination_answering_against_the_decision_is_a_violation() {
         ),
     ] {
         let mut c = Coordinator::new(CONFIG, PARTITIONS);
-        c.on_event(&Event::DebitTried { transfer: t }, 0);
-        c.on_event(&Event::TransferDecided { key, decision }, 1);
+        c.on_event(&Event::DebitTried { transfer: t }, 1, 0);
+        c.on_event(&Event::TransferDecided { key, decision }, 1, 1);
         assert_eq!(outputs(&mut c), [send(Phase::Try, t), send(phase, t)]);
         c.on_response(&response(phase, &t, contrary), 2);
         let out = outputs(&mut c);
@@ -229,8 +239,8 @@ fn a_refused_phase_is_reported_once_and_not_resent() {
         (Decision::Cancel(Reason::Timeout), Phase::Cancel),
     ] {
         let mut c = Coordinator::new(CONFIG, PARTITIONS);
-        c.on_event(&Event::DebitTried { transfer: t }, 0);
-        c.on_event(&Event::TransferDecided { key, decision }, 1);
+        c.on_event(&Event::DebitTried { transfer: t }, 1, 0);
+        c.on_event(&Event::TransferDecided { key, decision }, 1, 1);
         assert_eq!(outputs(&mut c), [send(Phase::Try, t), send(phase, t)]);
         c.on_response(&response(phase, &t, PhaseResult::Refused), 2);
         let out = outputs(&mut c);
@@ -250,7 +260,7 @@ fn lost_decide_and_finish_commands_are_emitted_again() {
     let t = lone_transfer();
     let key = t.key();
     let mut c = Coordinator::new(CONFIG, PARTITIONS);
-    c.on_event(&Event::DebitTried { transfer: t }, 0);
+    c.on_event(&Event::DebitTried { transfer: t }, 1, 0);
     let _ = outputs(&mut c);
     let failed = PhaseResult::TryFailed(Reason::DestinationCurrencyMismatch);
     c.on_response(&response(Phase::Try, &t, failed), 0);
@@ -269,6 +279,7 @@ fn lost_decide_and_finish_commands_are_emitted_again() {
             key,
             decision: Decision::Cancel(Reason::DestinationCurrencyMismatch),
         },
+        1,
         200_000,
     );
     assert_eq!(outputs(&mut c), [send(Phase::Cancel, t)]);
@@ -288,12 +299,12 @@ fn next_due_is_the_earliest_timer_of_all_transfers() {
     let t2 = transfer(t1.from, t1.to, 1, USD, "t2");
     let mut c = Coordinator::new(CONFIG, PARTITIONS);
     assert_eq!(c.next_due(), None);
-    c.on_event(&Event::DebitTried { transfer: t1 }, 1_000);
-    c.on_event(&Event::DebitTried { transfer: t2 }, 50_000);
+    c.on_event(&Event::DebitTried { transfer: t1 }, 1, 1_000);
+    c.on_event(&Event::DebitTried { transfer: t2 }, 1, 50_000);
     assert_eq!(c.next_due(), Some(1_000 + CONFIG.retry_initial_us));
     c.on_response(&response(Phase::Try, &t1, PhaseResult::Tried), 2_000);
     assert_eq!(c.next_due(), Some(2_000 + CONFIG.retry_initial_us));
-    c.on_event(&Event::DebitCancelled { key: t1.key() }, 3_000);
+    c.on_event(&Event::DebitCancelled { key: t1.key() }, 1, 3_000);
     assert_eq!(c.next_due(), Some(50_000 + CONFIG.retry_initial_us));
     assert_eq!(c.in_flight(), 1);
 }
