@@ -23,7 +23,10 @@
 //! debit is durable, one durable round after the transfer came in, because the Try leaves
 //! without waiting for the home's own sync.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+use rustc_hash::FxHashMap;
 
 use crate::ledger::{Command, PhaseResult, TransferRow, TransferState};
 use crate::model::event::{Decision, Event, Lsn, Reason, Transfer, TransferKey};
@@ -33,6 +36,9 @@ use crate::protocol::bugs::Bug;
 
 /// Monotonic microseconds, as given by the driver. Only differences matter.
 pub type Micros = u64;
+
+/// The due time of a parked flight (see `Coordinator::violated`): no timer entry matches it.
+const PARKED: Micros = Micros::MAX;
 
 /// Timing of the coordinator. All durations in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +145,9 @@ struct Flight {
     /// When the next resend (or re-emit) is due.
     due: Micros,
     backoff_us: u64,
+    /// The due time of the flight's live entry in `Coordinator::timers`, if it has one: at
+    /// or before `due`.
+    timer: Option<Micros>,
 }
 
 /// The coordinator of one home partition.
@@ -146,9 +155,15 @@ struct Flight {
 pub struct Coordinator {
     config: CoordinatorConfig,
     partitions: u32,
-    flights: BTreeMap<TransferKey, Flight>,
-    /// Due times of `flights`, so a tick touches only what is due.
-    timers: BTreeSet<(Micros, TransferKey)>,
+    flights: FxHashMap<TransferKey, Flight>,
+    /// Due times of `flights`, earliest first, so a tick touches only what is due. A flight
+    /// has at most one live entry, at or before its due time: a stage change that moves the
+    /// due time later (nearly all do) pushes nothing, and an entry that comes up early is
+    /// pushed again for its flight's due time. Entries of finished flights, or replaced by an
+    /// earlier one, are stale and dropped when they come up. Most transfers finish long
+    /// before their first resend, so each costs one push instead of a sorted-set removal
+    /// and insertion, keyed by 130-byte keys, at every stage.
+    timers: BinaryHeap<Reverse<(Micros, TransferKey)>>,
     outputs: VecDeque<Output>,
 }
 
@@ -158,8 +173,8 @@ impl Coordinator {
         Coordinator {
             config,
             partitions,
-            flights: BTreeMap::new(),
-            timers: BTreeSet::new(),
+            flights: FxHashMap::default(),
+            timers: BinaryHeap::new(),
             outputs: VecDeque::new(),
         }
     }
@@ -195,7 +210,7 @@ impl Coordinator {
 
     /// The earliest time [`Coordinator::on_tick`] has work to do.
     pub fn next_due(&self) -> Option<Micros> {
-        self.timers.first().map(|(due, _)| *due)
+        self.timers.peek().map(|Reverse((due, _))| *due)
     }
 
     /// The next output, if any. Call until `None` after every input.
@@ -291,12 +306,19 @@ impl Coordinator {
 
     /// Does whatever is due at `now`: resends, Try timeouts, re-emitted commands.
     pub fn on_tick(&mut self, now: Micros) {
-        while let Some(&(due, key)) = self.timers.first() {
+        loop {
+            self.settle_top();
+            let Some(Reverse((due, key))) = self.timers.peek().copied() else {
+                break;
+            };
             if due > now {
                 break;
             }
-            self.timers.pop_first();
-            let flight = self.flights[&key];
+            self.timers.pop();
+            let mut flight = self.flights[&key];
+            // Its entry is gone: whatever it does next pushes a new one.
+            flight.timer = None;
+            self.flights.insert(key, flight);
             match flight.stage {
                 Stage::Trying { deadline } if now >= deadline => self.abort(flight, now),
                 Stage::Trying { .. } => self.send(flight, Phase::Try, now),
@@ -348,6 +370,7 @@ impl Coordinator {
             stage: Stage::Trying { deadline },
             due: 0,
             backoff_us: self.config.retry_initial_us,
+            timer: None,
         };
         assert!(
             !self.flights.contains_key(&transfer.key()),
@@ -399,16 +422,16 @@ impl Coordinator {
         send: bool,
         now: Micros,
     ) {
+        let timer = self.flights.get(&transfer.key()).and_then(|f| f.timer);
         let flight = Flight {
             transfer,
             debit_lsn,
             stage: Stage::Carrying(decision),
             due: 0,
             backoff_us: self.config.retry_initial_us,
+            timer,
         };
-        if let Some(old) = self.flights.insert(transfer.key(), flight) {
-            self.timers.remove(&(old.due, transfer.key()));
-        }
+        self.flights.insert(transfer.key(), flight);
         match send {
             true => self.send(flight, second_phase(decision), now),
             false => self.rearm(flight, now),
@@ -429,15 +452,42 @@ impl Coordinator {
     /// (no more resends, which would only be refused again) until a restart rebuilds it. Its
     /// logged decision stands; an operator must look at the destination's log.
     fn violated(&mut self, key: TransferKey, detail: String) {
-        if let Some(flight) = self.flights.get(&key) {
-            self.timers.remove(&(flight.due, key));
+        if let Some(flight) = self.flights.get_mut(&key) {
+            flight.due = PARKED;
         }
+        self.settle_top();
         self.outputs.push_back(Output::Violation { key, detail });
     }
 
     fn forget(&mut self, key: &TransferKey) {
-        if let Some(flight) = self.flights.remove(key) {
-            self.timers.remove(&(flight.due, *key));
+        self.flights.remove(key);
+        self.settle_top();
+    }
+
+    /// Makes the top entry of `timers`, if any, the exact due time of a live flight: stale
+    /// entries are dropped, an early one is pushed again for its flight's due time, a
+    /// parked flight's is dropped. [`Coordinator::next_due`] is then exact.
+    fn settle_top(&mut self) {
+        while let Some(Reverse((due, key))) = self.timers.peek().copied() {
+            let Some(flight) = self.flights.get_mut(&key) else {
+                self.timers.pop();
+                continue;
+            };
+            if flight.timer != Some(due) {
+                self.timers.pop();
+                continue;
+            }
+            debug_assert!(flight.due >= due, "an entry is never late for its flight");
+            if flight.due == due {
+                return;
+            }
+            self.timers.pop();
+            if flight.due == PARKED {
+                flight.timer = None;
+            } else {
+                flight.timer = Some(flight.due);
+                self.timers.push(Reverse((flight.due, key)));
+            }
         }
     }
 
@@ -453,19 +503,21 @@ impl Coordinator {
         self.rearm(flight, now);
     }
 
-    /// Stores `flight` with its next due time and doubles its backoff.
+    /// Stores `flight` with its next due time and doubles its backoff; pushes a timer entry
+    /// only if the flight has none at or before that time.
     fn rearm(&mut self, mut flight: Flight, now: Micros) {
         let key = flight.transfer.key();
-        if let Some(old) = self.flights.get(&key) {
-            self.timers.remove(&(old.due, key));
-        }
         flight.due = match flight.stage {
             Stage::Trying { deadline } => (now + flight.backoff_us).min(deadline),
             _ => now + flight.backoff_us,
         };
         flight.backoff_us = (flight.backoff_us * 2).min(self.config.retry_max_us);
-        self.timers.insert((flight.due, key));
+        if flight.timer.is_none_or(|queued| flight.due < queued) {
+            self.timers.push(Reverse((flight.due, key)));
+            flight.timer = Some(flight.due);
+        }
         self.flights.insert(key, flight);
+        self.settle_top();
     }
 }
 
