@@ -22,6 +22,15 @@ impl ReplyTokens for Numbers {
     type Query = u32;
 }
 
+/// The machines' configuration: background batches commit at once, so that a world
+/// settles without time passing (`background_batches_wait_for_company` tests the delay).
+fn config() -> MachineConfig {
+    MachineConfig {
+        background_delay_us: 0,
+        ..MachineConfig::default()
+    }
+}
+
 /// Steps a world runs before a test calls it stuck.
 const STEPS_MAX: usize = 1_000;
 
@@ -54,11 +63,7 @@ impl World {
         };
         let partitions = (0..partitions)
             .map(|p| Partition {
-                machine: PartitionMachine::new(
-                    Ledger::new(p, partitions),
-                    MachineConfig::default(),
-                    now,
-                ),
+                machine: PartitionMachine::new(Ledger::new(p, partitions), config(), now),
                 durable: Vec::new(),
                 in_flight: None,
             })
@@ -134,7 +139,7 @@ impl World {
         }
         let partition = &mut self.partitions[p as usize];
         partition.in_flight = None;
-        partition.machine = PartitionMachine::new(ledger, MachineConfig::default(), self.now);
+        partition.machine = PartitionMachine::new(ledger, config(), self.now);
     }
 
     /// Makes partition `p`'s commit in flight durable and releases what waited for it.
@@ -544,4 +549,49 @@ fn a_phase_request_the_destination_cannot_take_is_answered_refused() {
         world.durable_events(1).len() == 1,
         "nothing but bob's opening is logged"
     );
+}
+
+#[test]
+fn background_batches_wait_for_company_up_to_their_delay() {
+    let (mut world, alice, bob) = alice_and_bob();
+    let delay_us = 2_000;
+    for p in 0..2 {
+        let ledger = world.partitions[p].machine.ledger().clone();
+        let config = MachineConfig {
+            background_delay_us: delay_us,
+            ..config()
+        };
+        world.partitions[p].machine = PartitionMachine::new(ledger, config, world.now);
+    }
+    world.command(
+        0,
+        10,
+        Command::Transfer(transfer(alice, bob, 30, USD, "t-1")),
+        true,
+    );
+    // The debit and the credit are waited on: each commits at once.
+    world.settle();
+    assert_eq!(
+        world.replies[&10],
+        Ok(Reply::Transfer(TransferStatus::Committed))
+    );
+    // What is left (the home's decision, the destination's confirmed credit, then the
+    // acknowledgement and the finish) is background work: nothing commits it yet.
+    assert!(world.partitions[0].machine.has_open_batch());
+    assert!(world.partitions[1].machine.has_open_batch());
+    assert_eq!(world.balance(1, &bob), 30, "applied, if not yet durable");
+    let due = world.partitions[0].machine.poll_timeout();
+    assert!(due.is_some_and(|due| due <= world.now.micros + delay_us));
+    // A client command joins the open batch and takes it along at once.
+    world.command(0, 11, deposit(alice, 1, USD, "d-2"), false);
+    assert!(world.commit(0), "a client waits: the batch commits now");
+    assert!(world.sync(0) && world.replies.contains_key(&11));
+    // Past the delay, the rest commits on its own.
+    for _ in 0..4 {
+        world.advance(delay_us);
+    }
+    assert!(!world.partitions[0].machine.has_open_batch());
+    assert!(!world.partitions[1].machine.has_open_batch());
+    assert_eq!(world.machine(0).in_flight(), 0, "the transfer finished");
+    assert_eq!(world.machine(1).in_flight(), 0);
 }
