@@ -141,8 +141,10 @@ pub struct NodeArgs {
     /// Parent of the node's data: its partitions live in <data-dir>/node-<id>/partition-<p>.
     #[arg(long, default_value = "./data")]
     pub data_dir: PathBuf,
-    /// How long a transfer may wait for its destination's Try before it is cancelled
-    /// (a destination node that is down for longer gets the transfer cancelled).
+    /// How long a transfer's Try may go unanswered before its home asks the destination to
+    /// abort it: cancel unless it tried. The destination's answer decides (a credit it holds
+    /// durably commits the transfer), so a transfer to a node that is down stays pending
+    /// until that node answers.
     #[arg(long, default_value_t = 2000)]
     pub try_timeout_ms: u64,
     #[command(flatten)]
