@@ -23,16 +23,21 @@
 //! flight), so nothing a client or a peer sees can be taken back by a crash. A commit without
 //! bytes answers only from state that is already durable, and may be released at once.
 //!
-//! Two things may leave sooner, through [`PartitionMachine::poll_ready`], at any time:
+//! Some things may leave sooner, through [`PartitionMachine::poll_ready`], at any time:
 //! - **Tries.** A Try leaves as soon as its debit is applied, in parallel with the sync
 //!   that makes the debit durable. This is safe because nothing commits on the Try alone:
 //!   the commit point is both sides durable (see [`crate::protocol::coordinator`]). Should
 //!   the home lose the debit, the destination holds a pending credit, which is in no
 //!   balance, until it asks about it ([`crate::protocol::credit_watch`]) and the home, which
 //!   has no row, records the transfer refused for good and cancels it.
-//! - **Answers resting only on durable records.** A client waiting for a cross-partition
-//!   transfer is told `committed` when the destination's Tried answer comes, as soon as the
-//!   home's own debit is durable, without waiting for the decision record of the open batch.
+//! - **What rests only on durable records.** When the destination's Tried answer comes, the
+//!   transfer is committed as soon as the home's own debit is durable: from then on its
+//!   Confirm may leave and its waiting client be told `committed` (in that order), without
+//!   waiting for the decision record, which joins the open batch as history.
+//!
+//! A batch that holds only background work (decisions, second phases, acknowledgements) may
+//! wait up to [`MachineConfig::background_delay_us`] for a batch someone waits on, so that it
+//! does not pay a sync of its own.
 
 use rustc_hash::FxHashMap;
 
