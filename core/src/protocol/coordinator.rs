@@ -23,8 +23,7 @@
 //! debit is durable, one durable round after the transfer came in, because the Try leaves
 //! without waiting for the home's own sync.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap;
 
@@ -33,6 +32,7 @@ use crate::model::event::{Decision, Event, Lsn, Reason, Transfer, TransferKey};
 use crate::model::partition::{partition_of, PartitionId};
 #[cfg(any(test, madsim, feature = "testing"))]
 use crate::protocol::bugs::Bug;
+use crate::protocol::timer_queue::TimerQueue;
 
 /// Monotonic microseconds, as given by the driver. Only differences matter.
 pub type Micros = u64;
@@ -158,12 +158,12 @@ pub struct Coordinator {
     flights: FxHashMap<TransferKey, Flight>,
     /// Due times of `flights`, earliest first, so a tick touches only what is due. A flight
     /// has at most one live entry, at or before its due time: a stage change that moves the
-    /// due time later (nearly all do) pushes nothing, and an entry that comes up early is
-    /// pushed again for its flight's due time. Entries of finished flights, or replaced by an
+    /// due time later (nearly all do) adds nothing, and an entry that comes up early is
+    /// queued again for its flight's due time. Entries of finished flights, or replaced by an
     /// earlier one, are stale and dropped when they come up. Most transfers finish long
-    /// before their first resend, so each costs one push instead of a sorted-set removal
-    /// and insertion, keyed by 130-byte keys, at every stage.
-    timers: BinaryHeap<Reverse<(Micros, TransferKey)>>,
+    /// before their first resend, so each costs one append to a queue that stays sorted
+    /// (see [`TimerQueue`]) instead of a sorted-set removal and insertion at every stage.
+    timers: TimerQueue,
     outputs: VecDeque<Output>,
 }
 
@@ -174,7 +174,7 @@ impl Coordinator {
             config,
             partitions,
             flights: FxHashMap::default(),
-            timers: BinaryHeap::new(),
+            timers: TimerQueue::default(),
             outputs: VecDeque::new(),
         }
     }
@@ -210,7 +210,7 @@ impl Coordinator {
 
     /// The earliest time [`Coordinator::on_tick`] has work to do.
     pub fn next_due(&self) -> Option<Micros> {
-        self.timers.peek().map(|Reverse((due, _))| *due)
+        self.timers.peek().map(|(due, _)| *due)
     }
 
     /// The next output, if any. Call until `None` after every input.
@@ -308,7 +308,7 @@ impl Coordinator {
     pub fn on_tick(&mut self, now: Micros) {
         loop {
             self.settle_top();
-            let Some(Reverse((due, key))) = self.timers.peek().copied() else {
+            let Some((due, key)) = self.timers.peek().copied() else {
                 break;
             };
             if due > now {
@@ -468,7 +468,7 @@ impl Coordinator {
     /// entries are dropped, an early one is pushed again for its flight's due time, a
     /// parked flight's is dropped. [`Coordinator::next_due`] is then exact.
     fn settle_top(&mut self) {
-        while let Some(Reverse((due, key))) = self.timers.peek().copied() {
+        while let Some((due, key)) = self.timers.peek().copied() {
             let Some(flight) = self.flights.get_mut(&key) else {
                 self.timers.pop();
                 continue;
@@ -486,7 +486,7 @@ impl Coordinator {
                 flight.timer = None;
             } else {
                 flight.timer = Some(flight.due);
-                self.timers.push(Reverse((flight.due, key)));
+                self.timers.push(flight.due, key);
             }
         }
     }
@@ -513,7 +513,7 @@ impl Coordinator {
         };
         flight.backoff_us = (flight.backoff_us * 2).min(self.config.retry_max_us);
         if flight.timer.is_none_or(|queued| flight.due < queued) {
-            self.timers.push(Reverse((flight.due, key)));
+            self.timers.push(flight.due, key);
             flight.timer = Some(flight.due);
         }
         self.flights.insert(key, flight);

@@ -19,6 +19,7 @@ pub mod credit_watch;
 pub mod invariants;
 pub mod machine;
 pub mod message;
+mod timer_queue;
 
 #[cfg(test)]
 mod tests;
