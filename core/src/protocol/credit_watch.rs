@@ -19,6 +19,11 @@ use crate::ledger::{CreditState, Ledger};
 use crate::model::event::Transfer;
 use crate::protocol::coordinator::Micros;
 
+/// Most credits asked about in one call of [`CreditWatch::due`]: a destination that holds
+/// many pending credits (its home down for long) asks in rounds, not in one burst as large
+/// as its table. The rest stay due, and the next tick takes the next round.
+pub const UNRESOLVED_PER_ROUND_MAX: usize = 4096;
+
 /// See the module documentation.
 #[derive(Debug, Default)]
 pub struct CreditWatch {
@@ -54,25 +59,30 @@ impl CreditWatch {
         mark.into_iter().chain(again).min()
     }
 
-    /// The transfers whose credits are due and still pending at `now`; each is looked at
-    /// again `after_us` later.
+    /// The transfers whose credits are due and still pending at `now`, at most
+    /// [`UNRESOLVED_PER_ROUND_MAX`] of them; each is looked at again `after_us` later.
     pub fn due(&mut self, ledger: &Ledger, now: Micros, after_us: u64, out: &mut Vec<Transfer>) {
         let mut pending = Vec::new();
-        while let Some(&(due, end)) = self.marks.front() {
+        let first = out.len();
+        let full = |out: &Vec<Transfer>| out.len() - first >= UNRESOLVED_PER_ROUND_MAX;
+        'marks: while let Some(&(due, end)) = self.marks.front() {
             if due > now {
                 break;
             }
-            self.marks.pop_front();
-            for position in self.looked_at..end {
-                if let Some(transfer) = pending_transfer(ledger, position) {
-                    out.push(transfer);
-                    pending.push(position);
+            while self.looked_at < end {
+                if full(out) {
+                    break 'marks;
                 }
+                if let Some(transfer) = pending_transfer(ledger, self.looked_at) {
+                    out.push(transfer);
+                    pending.push(self.looked_at);
+                }
+                self.looked_at += 1;
             }
-            self.looked_at = self.looked_at.max(end);
+            self.marks.pop_front();
         }
         while let Some(&(due, position)) = self.again.front() {
-            if due > now {
+            if due > now || full(out) {
                 break;
             }
             self.again.pop_front();
@@ -140,5 +150,26 @@ mod tests {
         out.clear();
         watch.due(&ledger, 2_600, 500, &mut out);
         assert_eq!(out, vec![late]);
+    }
+}
+
+#[cfg(test)]
+mod round_tests {
+    use super::*;
+    use crate::protocol::tests::support::destination_ledger;
+
+    #[test]
+    fn many_due_credits_are_asked_about_in_rounds_each_once() {
+        let count = UNRESOLVED_PER_ROUND_MAX + 10;
+        let (ledger, transfers) = destination_ledger(count);
+        let mut watch = CreditWatch::new();
+        watch.mark(&ledger, 0, 100);
+        let mut out = Vec::new();
+        watch.due(&ledger, 100, 100, &mut out);
+        assert_eq!(out.len(), UNRESOLVED_PER_ROUND_MAX, "one round at most");
+        assert_eq!(watch.next_due(), Some(100), "the rest are still due");
+        watch.due(&ledger, 101, 100, &mut out);
+        assert_eq!(out.len(), transfers.len(), "every credit once");
+        assert!(out == transfers, "in log order");
     }
 }
