@@ -615,3 +615,55 @@ fn the_cluster_records_a_contradicting_destination() {
     ));
     assert_eq!(home_state(&cluster, &t), TransferState::Confirming);
 }
+
+#[test]
+fn a_try_whose_answers_are_all_lost_commits_through_its_abort() {
+    let (mut cluster, w) = cluster();
+    let t = transfer(w.src, w.dst, 2_500, USD, "t1");
+    cluster.client(Command::Transfer(t)).unwrap();
+    // Every request lands; every answer is lost, past the Try's deadline.
+    let deadline = cluster.now + CONFIG.try_timeout_us + TICK_US;
+    while cluster.now < deadline {
+        while cluster.deliver_first(Message::is_request) {}
+        cluster.network.retain(Message::is_request);
+        cluster.advance(TICK_US);
+    }
+    assert_eq!(credit_state(&cluster, &t), Some(CreditState::Tried));
+    assert!(
+        !sent_at(&cluster, Phase::Abort).is_empty(),
+        "the Try timed out"
+    );
+    assert!(
+        cluster.committed.is_empty(),
+        "no answer came back: nothing is known yet"
+    );
+    // The Abort lands and finds the credit tried: the transfer was committed all along.
+    assert!(cluster.settle(SETTLE_STEPS_MAX));
+    assert_eq!(cluster.committed, [t.key()]);
+    assert_eq!(home_state(&cluster, &t), TransferState::Committed);
+    assert_eq!(balance(&cluster, &w.dst), 2_500);
+    assert_eq!(check_quiescent(&cluster), Ok(()));
+}
+
+#[test]
+fn an_abort_that_lands_before_its_try_sets_the_flag_and_the_late_try_fails() {
+    let (mut cluster, w) = cluster();
+    let t = transfer(w.src, w.dst, 2_500, USD, "t1");
+    cluster.client(Command::Transfer(t)).unwrap();
+    let late_try = cluster.drop_message(0);
+    cluster.lose_all_until(TICK_US, CONFIG.try_timeout_us, |cluster| {
+        !sent_at(cluster, Phase::Abort).is_empty()
+    });
+    // The last Abort is on its way: it lands, then the first Try, long delayed.
+    assert!(cluster.deliver_first(|m| m.is_request() && m.phase() == Phase::Abort));
+    cluster.network.push(late_try);
+    assert!(cluster.settle(SETTLE_STEPS_MAX));
+    assert_eq!(credit_state(&cluster, &t), Some(CreditState::TryNotSeen));
+    assert_eq!(
+        home_state(&cluster, &t),
+        TransferState::Cancelled(Reason::Timeout)
+    );
+    assert_eq!(balance(&cluster, &w.src), FUNDS, "the hold is back");
+    assert!(cluster.committed.is_empty());
+    assert_eq!(check_quiescent(&cluster), Ok(()));
+}

@@ -377,6 +377,42 @@ fn the_replay_checker_sees_a_lost_record() {
     ));
 }
 
+// ---------------------------------------------------------------------------------------------
+// CancelAfterDurableCredit: a Try that times out is cancelled without asking.
+
+/// A transfer whose every answer is lost until past its Try's deadline: the destination
+/// tried it, durably (here: at once).
+fn answers_lost_past_the_deadline(bugs: &[Bug]) -> (Cluster, Transfer) {
+    let _switched = switch_on(bugs);
+    let (mut cluster, w) = cluster();
+    let t = transfer(w.src, w.dst, 2_500, USD, "t1");
+    cluster.client(Command::Transfer(t)).unwrap();
+    let deadline = cluster.now + CONFIG.try_timeout_us + TICK_US;
+    while cluster.now < deadline {
+        while cluster.deliver_first(|m| m.is_request()) {}
+        cluster.network.retain(|m| m.is_request());
+        cluster.advance(TICK_US);
+    }
+    (cluster, t)
+}
+
+#[test]
+fn cancel_after_durable_credit_is_a_cancel_decision_beside_a_tried_credit() {
+    let (cluster, t) = answers_lost_past_the_deadline(&[Bug::CancelAfterDurableCredit]);
+    assert_eq!(
+        cluster
+            .ledger_of(&t.from)
+            .transfer(&t.key())
+            .map(|r| r.state),
+        Some(TransferState::Cancelling(Reason::Timeout))
+    );
+    let violation = check_always(&cluster).expect_err("the commit point is broken");
+    assert_eq!(violation.invariant(), Invariant::Atomicity, "{violation:?}");
+    // Without the bug the same schedule is fine: the home is still asking.
+    let (cluster, _) = answers_lost_past_the_deadline(&[]);
+    assert_eq!(check_always(&cluster), Ok(()));
+}
+
 #[test]
 fn the_switches_are_per_thread_and_off_by_default() {
     assert!(Bug::ALL.iter().all(|bug| !bugs::enabled(*bug)));
