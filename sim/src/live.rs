@@ -34,7 +34,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use walletd_core::ledger::{CreditState, Ledger, PhaseResult};
 use walletd_core::log::codec::RecordReader;
-use walletd_core::model::event::{Decision, Event, Lsn, Transfer, TransferKey};
+use walletd_core::model::event::{Decision, Event, Lsn, Reason, Transfer, TransferKey};
 use walletd_core::model::money::Currency;
 use walletd_core::model::partition::{partition_of, PartitionId};
 use walletd_core::protocol::coordinator::Phase;
@@ -95,8 +95,15 @@ impl LiveBooks {
         books
     }
 
-    /// The batch `commit` of partition `partition` is cut, leaving `ledger`.
-    fn cut(&mut self, partition: PartitionId, ledger: &Ledger, commit: &Commit<Channels>) {
+    /// The batch `commit` of partition `partition` is cut, leaving `ledger`. Returns the
+    /// Cancel decisions the batch logs, for the commit point (one decoding serves both).
+    fn cut(
+        &mut self,
+        partition: PartitionId,
+        ledger: &Ledger,
+        commit: &Commit<Channels>,
+    ) -> Vec<(TransferKey, Reason)> {
+        let mut cancels = Vec::new();
         self.totals.clear();
         ledger.add_totals(&mut self.totals);
         let mut reader = RecordReader::new(&commit.bytes, commit.first_lsn);
@@ -112,10 +119,15 @@ impl LiveBooks {
                 Event::CreditConfirmed { key } => {
                     self.confirmed.insert(key);
                 }
+                Event::TransferDecided {
+                    key,
+                    decision: Decision::Cancel(reason),
+                } => cancels.push((key, reason)),
                 _ => {}
             }
         }
         debug_assert_eq!(reader.valid_len(), commit.bytes.len());
+        cancels
     }
 }
 
@@ -188,9 +200,15 @@ impl LiveChecks {
     }
 
     /// The commit point, as batch `commit` of `partition` is cut leaving `ledger`: its Tried
-    /// answers are noted (durable once released), and none of its Cancel decisions is for a
-    /// transfer whose credit a destination has durably tried.
-    fn commit_point(&self, partition: PartitionId, ledger: &Ledger, commit: &Commit<Channels>) {
+    /// answers are noted (durable once released), and none of its Cancel decisions
+    /// (`cancels`) is for a transfer whose credit a destination has durably tried.
+    fn commit_point(
+        &self,
+        partition: PartitionId,
+        ledger: &Ledger,
+        commit: &Commit<Channels>,
+        cancels: &[(TransferKey, Reason)],
+    ) {
         let tried: Vec<Transfer> = (commit.release.peer_messages.iter())
             .filter_map(|message| match message {
                 PeerMessage::Response(response)
@@ -208,15 +226,7 @@ impl LiveChecks {
                 .or_default()
                 .extend(tried);
         }
-        let mut reader = RecordReader::new(&commit.bytes, commit.first_lsn);
-        while let Some(record) = reader.next_record().expect("a batch's records decode") {
-            let Event::TransferDecided {
-                key,
-                decision: Decision::Cancel(reason),
-            } = record.event
-            else {
-                continue;
-            };
+        for &(key, reason) in cancels {
             let home = ledger.transfer(&key).map(|row| row.transfer);
             let credited = self.durably_tried.borrow().get(&key).copied();
             if credited.is_some() && credited == home {
@@ -270,8 +280,8 @@ impl Observer for LiveChecks {
         {
             self.stop(violation);
         }
-        self.commit_point(partition, ledger, commit);
-        self.books.borrow_mut()[partition as usize].cut(partition, ledger, commit);
+        let cancels = self.books.borrow_mut()[partition as usize].cut(partition, ledger, commit);
+        self.commit_point(partition, ledger, commit, &cancels);
         self.conservation_if_due();
     }
 

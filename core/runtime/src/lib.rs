@@ -13,6 +13,19 @@
 //!   authenticated peer listener, and [`net::start_node_with`]. The simulator runs it too, over
 //!   madsim's simulated TCP.
 
+/// Whether the known bug `$bug` ([`walletd_core::protocol::bugs::Bug`]) is switched on:
+/// only tests and the simulator have the switches; everywhere else this is `false`.
+macro_rules! known_bug {
+    ($bug:ident) => {{
+        #[cfg(any(test, madsim))]
+        let on = walletd_core::protocol::bugs::enabled(walletd_core::protocol::bugs::Bug::$bug);
+        #[cfg(not(any(test, madsim)))]
+        let on = false;
+        on
+    }};
+}
+pub(crate) use known_bug;
+
 pub mod driver;
 pub mod engine;
 pub mod net;

@@ -193,24 +193,10 @@ pub async fn recover<S: Storage>(
     // What was read back may still sit in the page cache only (a process crash keeps
     // unsynced writes; a power loss would not): it is made durable, with the newest
     // segment's directory entry, before anything that rests on it is answered or sent.
-    if !recovery_sync_skipped() {
+    if !crate::known_bug!(RecoveryTrustsUnsynced) {
         storage.sync().await.map_err(io_err)?;
     }
     Ok(recovery.finish())
-}
-
-/// Whether the known bug `RecoveryTrustsUnsynced` is switched on (never in production).
-fn recovery_sync_skipped() -> bool {
-    #[cfg(any(test, madsim))]
-    {
-        walletd_core::protocol::bugs::enabled(
-            walletd_core::protocol::bugs::Bug::RecoveryTrustsUnsynced,
-        )
-    }
-    #[cfg(not(any(test, madsim)))]
-    {
-        false
-    }
 }
 
 impl DriverError {

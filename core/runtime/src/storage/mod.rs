@@ -101,14 +101,8 @@ pub trait Storage: Send + 'static {
         async move {
             let result = match self.append(first_lsn, &bytes).await {
                 Ok(()) => {
-                    #[allow(unused_mut)]
                     let mut synced = self.sync().await;
-                    #[cfg(any(test, madsim))]
-                    if synced.is_err()
-                        && walletd_core::protocol::bugs::enabled(
-                            walletd_core::protocol::bugs::Bug::RetryFailedSync,
-                        )
-                    {
+                    if synced.is_err() && crate::known_bug!(RetryFailedSync) {
                         synced = self.sync().await;
                     }
                     synced

@@ -278,7 +278,7 @@ impl<D: SegmentDir> SegmentWriter<D> {
         encode_sync_mark(0, first_lsn, &mut header);
         self.dir.write_at(&file, 0, &header)?;
         self.dir.sync_data(&file)?;
-        if rollover_dir_sync_skipped() {
+        if crate::known_bug!(RolloverWithoutDirSync) {
             // The known bug: the entry becomes durable only with some later directory sync.
             self.dir_dirty = false;
         } else {
@@ -372,20 +372,6 @@ impl<D: SegmentDir> SegmentWriter<D> {
                 let _ = self.dir.set_len(&current.file, current.len);
             }
         }
-    }
-}
-
-/// Whether the known bug `RolloverWithoutDirSync` is switched on (never in production).
-fn rollover_dir_sync_skipped() -> bool {
-    #[cfg(any(test, madsim))]
-    {
-        walletd_core::protocol::bugs::enabled(
-            walletd_core::protocol::bugs::Bug::RolloverWithoutDirSync,
-        )
-    }
-    #[cfg(not(any(test, madsim)))]
-    {
-        false
     }
 }
 
