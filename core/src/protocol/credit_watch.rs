@@ -99,7 +99,8 @@ impl CreditWatch {
     }
 
     /// Credits still pending that the watch will look at again.
-    pub fn unresolved(&self) -> usize {
+    #[cfg(test)]
+    fn unresolved(&self) -> usize {
         self.again.len()
     }
 }
