@@ -32,7 +32,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use walletd_core::ledger::{CreditState, Ledger, PhaseResult};
+use walletd_core::ledger::{CreditState, Ledger, PhaseResult, TransferState};
 use walletd_core::log::codec::RecordReader;
 use walletd_core::model::event::{Decision, Event, Lsn, Reason, Transfer, TransferKey};
 use walletd_core::model::money::Currency;
@@ -77,6 +77,10 @@ pub struct LiveBooks {
     unfinished: BTreeMap<TransferKey, Transfer>,
     /// Credits this partition confirmed as a destination.
     confirmed: HashSet<TransferKey>,
+    /// Credits this partition tried as a destination and has not finished.
+    pending: BTreeMap<TransferKey, Transfer>,
+    /// Cross-partition transfers this partition is home of and committed.
+    committed: HashMap<TransferKey, Transfer>,
 }
 
 impl LiveBooks {
@@ -91,6 +95,14 @@ impl LiveBooks {
             .credits()
             .filter(|(_, credit)| credit.state == CreditState::Confirmed)
             .map(|(key, _)| key)
+            .collect();
+        ledger.for_each_pending_credit(&mut |t| {
+            books.pending.insert(t.key(), *t);
+        });
+        books.committed = ledger
+            .transfers()
+            .filter(|row| row.remote && row.state == TransferState::Committed)
+            .map(|row| (row.transfer.key(), row.transfer))
             .collect();
         books
     }
@@ -113,11 +125,23 @@ impl LiveBooks {
                     assert_ne!(partition_of(&transfer.to, ledger.partitions()), partition);
                     self.unfinished.insert(transfer.key(), transfer);
                 }
-                Event::DebitConfirmed { key } | Event::DebitCancelled { key } => {
+                Event::DebitConfirmed { key } => {
+                    if let Some(transfer) = self.unfinished.remove(&key) {
+                        self.committed.insert(key, transfer);
+                    }
+                }
+                Event::DebitCancelled { key } => {
                     self.unfinished.remove(&key);
                 }
+                Event::CreditTried { transfer } => {
+                    self.pending.insert(transfer.key(), transfer);
+                }
                 Event::CreditConfirmed { key } => {
+                    self.pending.remove(&key);
                     self.confirmed.insert(key);
+                }
+                Event::CreditCancelled { key } => {
+                    self.pending.remove(&key);
                 }
                 Event::TransferDecided {
                     key,
@@ -148,6 +172,14 @@ impl Money for LiveBooks {
 
     fn credit_confirmed(&self, key: &TransferKey) -> bool {
         self.confirmed.contains(key)
+    }
+
+    fn for_each_pending_credit(&self, each: &mut dyn FnMut(&Transfer)) {
+        self.pending.values().for_each(each);
+    }
+
+    fn debit_committed(&self, transfer: &Transfer) -> bool {
+        self.committed.get(&transfer.key()) == Some(transfer)
     }
 }
 

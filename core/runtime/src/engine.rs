@@ -50,7 +50,9 @@ pub fn command_account(command: &Command) -> &AccountId {
         | Command::Deposit { account, .. }
         | Command::Withdraw { account, .. } => account,
         Command::Transfer(transfer) | Command::Abandon(transfer) => &transfer.from,
-        Command::Decide { key, .. } | Command::FinishDebit { key } => &key.from,
+        Command::Decide { key, .. }
+        | Command::FinishDebit { key }
+        | Command::CommitDebit { key } => &key.from,
         Command::TryCredit(transfer)
         | Command::ConfirmCredit(transfer)
         | Command::CancelCredit(transfer)

@@ -285,6 +285,13 @@ pub enum Command {
     FinishDebit {
         key: TransferKey,
     },
+    /// From this partition's coordinator: the destination durably tried the credit, so with
+    /// the durable debit the transfer is committed, and the source's side is final at once
+    /// (one record, no decision record and no acknowledgement to wait for; see the commit
+    /// point in [`crate::protocol::coordinator`]).
+    CommitDebit {
+        key: TransferKey,
+    },
     /// From this partition's coordinator: a destination holds a pending credit for a transfer
     /// this partition has no row of (its debit was lost with unsynced writes before the Try
     /// it had already sent became durable here). Records the transfer refused for good, so
@@ -583,6 +590,7 @@ impl Ledger {
             Command::Transfer(transfer) => self.decide_transfer(transfer, events),
             Command::Decide { key, decision } => self.decide_decision(key, decision, events),
             Command::FinishDebit { key } => self.decide_finish(key, events),
+            Command::CommitDebit { key } => self.decide_commit_debit(key, events),
             Command::TryCredit(transfer) => self.decide_try_credit(transfer, events),
             Command::ConfirmCredit(transfer) => self.decide_confirm_credit(transfer, events),
             Command::CancelCredit(transfer) => self.decide_cancel_credit(transfer, events),
@@ -870,6 +878,30 @@ impl Ledger {
                     key,
                     from: format!("{state:?}"),
                     command: "finish",
+                })
+            }
+        }
+        Ok(Reply::Done)
+    }
+
+    fn decide_commit_debit(
+        &self,
+        key: TransferKey,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        match self.home_state(&key)? {
+            // `Confirming`: a row decided by an older build, which waited for an
+            // acknowledgement before it finished.
+            TransferState::Trying | TransferState::Confirming => {
+                events.push(Event::DebitConfirmed { key })
+            }
+            // Already committed: a retried commit is a no-op.
+            TransferState::Committed => {}
+            state => {
+                return Err(LedgerError::InvalidTransition {
+                    key,
+                    from: format!("{state:?}"),
+                    command: "commit",
                 })
             }
         }
@@ -1244,8 +1276,9 @@ impl Ledger {
         Ok(())
     }
 
-    /// The destination acknowledged the logged decision (`confirmed`: a Confirm): the hold is
-    /// gone for good, or back in the balance.
+    /// The destination acknowledged the logged decision (`confirmed`: a Confirm), or (a
+    /// confirm from `Trying`) durably tried the credit: the hold is gone for good, or back
+    /// in the balance.
     fn apply_debit_finished(
         &mut self,
         meta: RecordMeta,
@@ -1256,6 +1289,11 @@ impl Ledger {
         let mut phase = self.transfers.phase(at);
         phase.state = match (phase.state.unacknowledged(), confirmed) {
             (Some(Decision::Confirm), true) => TransferState::Committed,
+            // Committed at the commit point: decided and finished by this one record.
+            (None, true) if phase.state == TransferState::Trying => {
+                phase.decided_at = meta.timestamp;
+                TransferState::Committed
+            }
             (Some(Decision::Cancel(reason)), false) => TransferState::Cancelled(reason),
             _ => return Err(format!("finish of {key:?} in state {:?}", phase.state)),
         };

@@ -17,17 +17,29 @@
 //! flag). Either way the destination's first durable answer to the Try decides, and it
 //! answers every later Try or Abort the same way. So the coordinator never decides on its
 //! own: a Try that goes unanswered is followed by an Abort ("cancel unless you tried"),
-//! whose answer decides like a Try's. The decision record it then logs is history and a
-//! shortcut for recovery, not the commit point: a client is told `committed`
-//! ([`Output::Committed`]) as soon as the destination's Tried answer arrives and the home's
-//! debit is durable, one durable round after the transfer came in, because the Try leaves
-//! without waiting for the home's own sync.
+//! whose answer decides like a Try's. A client is told `committed` ([`Output::Committed`])
+//! as soon as the destination's Tried answer arrives and the home's debit is durable, one
+//! durable round after the transfer came in, because the Try leaves without waiting for the
+//! home's own sync.
+//!
+//! # A committed transfer ends at its commit point
+//! Nothing is left to decide once the destination has tried, so the home finishes its side
+//! with one record (`DebitConfirmed`, from [`Command::CommitDebit`]) and forgets the
+//! flight; the Confirm leaves once, when the debit is durable, and the destination does not
+//! answer it. A Confirm lost on the way (a link that broke, a destination that crashed
+//! before it logged it) is not resent by the home: the destination's credit stays pending,
+//! in no balance, until the destination asks the home about it
+//! ([`crate::protocol::credit_watch`]), and the home's committed row answers with the
+//! Confirm again. Nothing a client was told depends on the Confirm's arrival; only the
+//! moment the destination can spend the money does. A cancel, rare, still logs its
+//! decision (which carries the reason the client is told) and waits for the destination's
+//! acknowledgement before it finishes.
 
 use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap;
 
-use crate::ledger::{Command, PhaseResult, TransferRow, TransferState};
+use crate::ledger::{Command, PhaseResult, TransferRow, TransferState, TransferStatus};
 use crate::model::event::{Decision, Event, Lsn, Reason, Transfer, TransferKey};
 use crate::model::partition::{partition_of, PartitionId};
 #[cfg(any(test, madsim, feature = "testing"))]
@@ -114,8 +126,8 @@ pub enum Output {
     Execute(Command),
     /// The destination durably tried the credit: the transfer is committed once the home's
     /// debit (record `debit_lsn`) is durable, and from then on its clients may be told so
-    /// and its Confirm may leave (the caller sends it; the coordinator only resends it).
-    /// Comes before the `Decide` that logs the decision.
+    /// and its Confirm may leave (the caller sends it, once). Comes before the
+    /// `CommitDebit` that finishes the home's side.
     Committed { transfer: Transfer, debit_lsn: Lsn },
     /// A destination answered with the opposite of the logged decision. Never happens in a
     /// correct system; surfaced so tests and the simulator fail loudly.
@@ -134,6 +146,8 @@ enum Stage {
     Carrying(Decision),
     /// Acknowledged; a `FinishDebit` was emitted; waiting for the finishing event.
     Finishing,
+    /// Committed; a `CommitDebit` was emitted; waiting for its event.
+    Committing,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -180,7 +194,9 @@ impl Coordinator {
     }
 
     /// Rebuilds the coordinator after a restart from the home ledger's unfinished rows: every
-    /// Trying transfer resends its Try, every decided one resends its second phase.
+    /// Trying transfer resends its Try, every cancelled one its Cancel. A row decided
+    /// `Confirming` (by an older build, which logged the decision and waited for an
+    /// acknowledgement) sends its Confirm once and commits at once, as a new one would.
     pub fn rebuild(
         config: CoordinatorConfig,
         partitions: u32,
@@ -192,10 +208,12 @@ impl Coordinator {
             match row.state {
                 TransferState::Trying => coordinator.start_try(row.transfer, 0, now),
                 TransferState::Confirming => {
-                    coordinator.carry(row.transfer, 0, Decision::Confirm, true, now)
+                    let flight = coordinator.new_flight(row.transfer, 0, Stage::Committing);
+                    coordinator.send(flight, Phase::Confirm, now);
+                    coordinator.commit_debit(flight, now);
                 }
                 TransferState::Cancelling(reason) => {
-                    coordinator.carry(row.transfer, 0, Decision::Cancel(reason), true, now)
+                    coordinator.carry(row.transfer, 0, Decision::Cancel(reason), now)
                 }
                 _ => {}
             }
@@ -229,9 +247,7 @@ impl Coordinator {
             Event::DebitTried { transfer } => self.start_try(transfer, lsn, now),
             Event::TransferDecided { key, decision } => {
                 if let Some(flight) = self.flights.get(&key).copied() {
-                    // A Confirm after `Committed` has left already: only its resends are due.
-                    let sent = flight.stage == Stage::Deciding(Decision::Confirm);
-                    self.carry(flight.transfer, flight.debit_lsn, decision, !sent, now);
+                    self.carry(flight.transfer, flight.debit_lsn, decision, now);
                 }
             }
             Event::DebitConfirmed { key } | Event::DebitCancelled { key } => self.forget(&key),
@@ -242,6 +258,18 @@ impl Coordinator {
     /// Handles a destination's answer. Stale and duplicate answers are ignored.
     pub fn on_response(&mut self, response: &PhaseResponse, now: Micros) {
         let Some(flight) = self.flights.get(&response.key).copied() else {
+            // A destination answers a Confirm only when it does not carry it out, and the
+            // flight of a committed transfer is over by then: such an answer is a violation.
+            let contrary =
+                response.phase == Phase::Confirm && response.result != PhaseResult::Confirmed;
+            if contrary || response.result == PhaseResult::Refused {
+                let detail = format!(
+                    "the destination answered {:?} with {:?}, which it cannot do",
+                    response.phase, response.result
+                );
+                let key = response.key;
+                self.outputs.push_back(Output::Violation { key, detail });
+            }
             return;
         };
         let undecided = matches!(flight.stage, Stage::Trying { .. } | Stage::Aborting);
@@ -276,15 +304,14 @@ impl Coordinator {
             // The destination asks because it tried: as good as its Tried answer.
             Stage::Trying { .. } | Stage::Aborting => self.commit(flight, now),
             Stage::Carrying(decision) => self.send(flight, second_phase(decision), now),
-            Stage::Deciding(_) | Stage::Finishing => {}
+            Stage::Deciding(_) | Stage::Finishing | Stage::Committing => {}
         }
         true
     }
 
     fn on_second_phase_response(&mut self, flight: Flight, response: &PhaseResponse, now: Micros) {
         match (flight.stage, response.phase, response.result) {
-            (Stage::Carrying(Decision::Confirm), Phase::Confirm, PhaseResult::Confirmed)
-            | (Stage::Carrying(Decision::Cancel(_)), Phase::Cancel, PhaseResult::Cancelled) => {
+            (Stage::Carrying(Decision::Cancel(_)), Phase::Cancel, PhaseResult::Cancelled) => {
                 self.finish(flight, now)
             }
             (Stage::Carrying(decision), _, PhaseResult::Confirmed | PhaseResult::Cancelled)
@@ -336,6 +363,11 @@ impl Coordinator {
                         .push_back(Output::Execute(Command::FinishDebit { key }));
                     self.rearm(flight, now);
                 }
+                Stage::Committing => {
+                    self.outputs
+                        .push_back(Output::Execute(Command::CommitDebit { key }));
+                    self.rearm(flight, now);
+                }
             }
         }
     }
@@ -364,10 +396,16 @@ impl Coordinator {
 
     fn start_try(&mut self, transfer: Transfer, debit_lsn: Lsn, now: Micros) {
         let deadline = now + self.config.try_timeout_us;
+        let flight = self.new_flight(transfer, debit_lsn, Stage::Trying { deadline });
+        self.send(flight, Phase::Try, now);
+    }
+
+    /// A flight that starts at `stage`; the caller sends or emits what the stage waits on.
+    fn new_flight(&mut self, transfer: Transfer, debit_lsn: Lsn, stage: Stage) -> Flight {
         let flight = Flight {
             transfer,
             debit_lsn,
-            stage: Stage::Trying { deadline },
+            stage,
             due: 0,
             backoff_us: self.config.retry_initial_us,
             timer: None,
@@ -377,7 +415,7 @@ impl Coordinator {
             "a transfer starts once"
         );
         self.flights.insert(transfer.key(), flight);
-        self.send(flight, Phase::Try, now);
+        flight
     }
 
     /// The Try went unanswered until its deadline: ask the destination to cancel unless it
@@ -393,14 +431,24 @@ impl Coordinator {
     }
 
     /// The destination durably tried: tell the machine (which answers the clients and sends
-    /// the Confirm once the debit is durable), then log the decision.
+    /// the Confirm once the debit is durable), then finish the home's side.
     fn commit(&mut self, flight: Flight, now: Micros) {
         let (transfer, debit_lsn) = (flight.transfer, flight.debit_lsn);
         self.outputs.push_back(Output::Committed {
             transfer,
             debit_lsn,
         });
-        self.decide(flight, Decision::Confirm, now);
+        self.commit_debit(flight, now);
+    }
+
+    /// Finishes a committed transfer's home side; its event ends the flight.
+    fn commit_debit(&mut self, mut flight: Flight, now: Micros) {
+        flight.stage = Stage::Committing;
+        flight.backoff_us = self.config.retry_initial_us;
+        let key = flight.transfer.key();
+        self.outputs
+            .push_back(Output::Execute(Command::CommitDebit { key }));
+        self.rearm(flight, now);
     }
 
     fn decide(&mut self, mut flight: Flight, decision: Decision, now: Micros) {
@@ -412,16 +460,9 @@ impl Coordinator {
         self.rearm(flight, now);
     }
 
-    /// Carries a logged decision to the destination: sends its second phase (unless `send`
-    /// is false: it left already) and resends it until acknowledged.
-    fn carry(
-        &mut self,
-        transfer: Transfer,
-        debit_lsn: Lsn,
-        decision: Decision,
-        send: bool,
-        now: Micros,
-    ) {
+    /// Carries a logged decision to the destination: sends its second phase and resends it
+    /// until acknowledged.
+    fn carry(&mut self, transfer: Transfer, debit_lsn: Lsn, decision: Decision, now: Micros) {
         let timer = self.flights.get(&transfer.key()).and_then(|f| f.timer);
         let flight = Flight {
             transfer,
@@ -432,10 +473,7 @@ impl Coordinator {
             timer,
         };
         self.flights.insert(transfer.key(), flight);
-        match send {
-            true => self.send(flight, second_phase(decision), now),
-            false => self.rearm(flight, now),
-        }
+        self.send(flight, second_phase(decision), now);
     }
 
     fn finish(&mut self, mut flight: Flight, now: Micros) {
@@ -518,6 +556,33 @@ impl Coordinator {
         }
         self.flights.insert(key, flight);
         self.settle_top();
+    }
+}
+
+/// Whether a destination answers a phase request it handled with `result`: every one but a
+/// Confirm it carried out, since the home's side of a committed transfer ended at the
+/// commit point and nothing waits for that answer.
+pub fn destination_answers(phase: Phase, result: PhaseResult) -> bool {
+    !(phase == Phase::Confirm && result == PhaseResult::Confirmed)
+}
+
+/// What a home sends a destination that asks about the pending credit of `transfer`
+/// ([`crate::protocol::credit_watch`]) when no flight carries it: `status` is the home's
+/// answer to [`Command::Abandon`] for it (the row's state, or refused for good when there
+/// was no row), `row_body` the body of the home's row under its key. A committed transfer
+/// sends its Confirm again; a credit of another body is an orphan of a lost transfer, and
+/// every other outcome cancels. `None`: still pending, the flight will carry it.
+pub fn unresolved_answer(
+    status: TransferStatus,
+    row_body: Option<Transfer>,
+    transfer: &Transfer,
+) -> Option<Phase> {
+    match status {
+        TransferStatus::Pending => None,
+        TransferStatus::Committed if row_body.is_none_or(|body| body == *transfer) => {
+            Some(Phase::Confirm)
+        }
+        _ => Some(Phase::Cancel),
     }
 }
 

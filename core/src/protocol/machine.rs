@@ -47,7 +47,8 @@ use crate::log::snapshot::{ChunkPlan, SnapshotImage};
 use crate::model::event::{Event, Lsn, Timestamp, Transfer, TransferKey};
 use crate::model::partition::PartitionId;
 use crate::protocol::coordinator::{
-    Coordinator, CoordinatorConfig, Micros, Output, Phase, PhaseRequest, PhaseResponse,
+    destination_answers, unresolved_answer, Coordinator, CoordinatorConfig, Micros, Output, Phase,
+    PhaseRequest, PhaseResponse,
 };
 use crate::protocol::credit_watch::CreditWatch;
 use crate::protocol::message::{CommandGroup, CommandResult, PeerMessage, Query, QueryAnswer};
@@ -582,7 +583,9 @@ impl<K: ReplyTokens> PartitionMachine<K> {
     }
 
     /// A destination's part of a transfer. Its answer leaves with the batch that logs it;
-    /// every request is answered, a refusal included (the home reports it as a violation).
+    /// every request is answered, a refusal included (the home reports it as a violation),
+    /// except a Confirm carried out: the home's side ended at the commit point, and nobody
+    /// waits for it (see [`crate::protocol::coordinator`]).
     fn handle_phase_request(&mut self, request: PhaseRequest) {
         let result = match self.execute(&request.command()) {
             Ok(Reply::Phase(result)) => result,
@@ -593,6 +596,9 @@ impl<K: ReplyTokens> PartitionMachine<K> {
                 PhaseResult::Refused
             }
         };
+        if !destination_answers(request.phase, result) {
+            return;
+        }
         let response = PhaseResponse {
             phase: request.phase,
             key: request.transfer.key(),
@@ -612,19 +618,17 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             self.drain_coordinator();
             return;
         }
-        let (phase, transfer) = match self.execute(&Command::Abandon(transfer)) {
-            Ok(Reply::Transfer(TransferStatus::Committed)) => {
-                let row = self.ledger.transfer(&transfer.key());
-                match row {
-                    // The home's own transfer under this key committed; a credit of another
-                    // body is an orphan of a lost one.
-                    Some(row) if row.transfer != transfer => (Phase::Cancel, transfer),
-                    _ => (Phase::Confirm, transfer),
-                }
-            }
-            Ok(Reply::Transfer(TransferStatus::Pending)) => return,
-            Ok(_) => (Phase::Cancel, transfer),
+        let status = match self.execute(&Command::Abandon(transfer)) {
+            Ok(Reply::Transfer(status)) => status,
+            Ok(other) => unreachable!("an abandon replies with a transfer status, got {other:?}"),
             Err(error) => return self.report_refused_coordinator_command(error),
+        };
+        let row_body = self
+            .ledger
+            .transfer(&transfer.key())
+            .map(|row| row.transfer);
+        let Some(phase) = unresolved_answer(status, row_body, &transfer) else {
+            return;
         };
         let from = self.partition();
         let request = PhaseRequest { phase, transfer };

@@ -95,8 +95,10 @@ use crate::protocol::message::{
 
 /// The body version this build writes and the only one it reads. Version 3 carries phase
 /// messages in `Peers` messages (tag 10) and no longer knows `Peer` (tag 7); its peer
-/// messages know the Abort phase and the Unresolved question.
-pub const WIRE_VERSION: u8 = 3;
+/// messages know the Abort phase and the Unresolved question. Version 4: a destination
+/// answers a Confirm only to refuse it (a committed transfer ends at its commit point), and
+/// commands know `CommitDebit` (12).
+pub const WIRE_VERSION: u8 = 4;
 /// Bytes of the frame header: body length and checksum.
 pub const FRAME_HEADER_LEN: usize = 8;
 /// Bytes of the body before the messages: version, map version, count.
@@ -598,6 +600,10 @@ fn put_command(out: &mut Vec<u8>, command: &Command) {
         Command::CancelCredit(transfer) => put_tagged_transfer(out, 9, &transfer),
         Command::AbortCredit(transfer) => put_tagged_transfer(out, 10, &transfer),
         Command::Abandon(transfer) => put_tagged_transfer(out, 11, &transfer),
+        Command::CommitDebit { key } => {
+            out.push(12);
+            put_key(out, &key);
+        }
     }
 }
 
@@ -635,6 +641,7 @@ fn get_command(cursor: &mut Cursor<'_>) -> Result<Command, String> {
         9 => Command::CancelCredit(cursor.transfer()?),
         10 => Command::AbortCredit(cursor.transfer()?),
         11 => Command::Abandon(cursor.transfer()?),
+        12 => Command::CommitDebit { key: cursor.key()? },
         other => return Err(format!("unknown command {other}")),
     })
 }

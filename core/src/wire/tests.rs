@@ -682,7 +682,7 @@ fn bad_field_values_are_refused() {
     let mut bad_bool = body.clone();
     bad_bool[wait_at] = 2;
     let mut bad_command = body.clone();
-    bad_command[wait_at + 1] = 12;
+    bad_command[wait_at + 1] = 13;
     let mut bad_id = body.clone();
     bad_id[wait_at + 3] = b' ';
     let mut zero_amount = body.clone();

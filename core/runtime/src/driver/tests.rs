@@ -295,19 +295,16 @@ async fn a_restarted_home_partition_resumes_a_transfer_between_try_and_confirm()
 }
 
 #[tokio::test]
-async fn a_restarted_home_partition_carries_out_a_logged_confirm() {
+async fn a_confirm_lost_with_a_crash_is_asked_for_by_the_destination() {
     let (config, storages) = restart_setup();
     let disks = storages.clone();
     let (client, tasks) = start_filtered(storages, config, Some(Phase::Confirm)).await;
     let (a, b) = open_pair(&client, 1_000).await;
     let t = transfer(a, b, 250, "confirm-me");
-    // The decision is durable, so the client already hears "committed".
+    // Both sides are durable, so the client hears "committed", and the home's side is done.
     let first = client.execute(Command::Transfer(t), true).await.unwrap();
     assert_eq!(first, Ok(Reply::Transfer(TransferStatus::Committed)));
-    assert_eq!(
-        transfer_state(&client, t.key()).await,
-        TransferState::Confirming
-    );
+    wait_for_state(&client, t.key(), TransferState::Committed).await;
     assert_eq!(
         balance(&client, b).await,
         (1_000, 0),
@@ -315,8 +312,15 @@ async fn a_restarted_home_partition_carries_out_a_logged_confirm() {
     );
     stop(&client, tasks).await;
     crash(&disks);
+    // The destination asks about its pending credit (after `resolve_after_us`), and the
+    // home's committed row answers with the Confirm.
     let (client, tasks) = start_filtered(disks, config, None).await;
-    wait_for_state(&client, t.key(), TransferState::Committed).await;
+    for _ in 0..500 {
+        if balance(&client, b).await == (1_250, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(balance(&client, a).await, (750, 0));
     assert_eq!(balance(&client, b).await, (1_250, 0));
     stop(&client, tasks).await;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::ledger::{CreditState, Ledger};
+use crate::ledger::{CreditState, Ledger, TransferState};
 use crate::model::event::{Transfer, TransferKey};
 use crate::model::money::{Currency, BALANCE_MINOR_MAX};
 use crate::model::partition::partition_of;
@@ -22,6 +22,13 @@ pub trait Money {
     fn for_each_unfinished(&self, each: &mut dyn FnMut(&Transfer));
     /// Whether this partition, as a destination, has confirmed the credit of `key`.
     fn credit_confirmed(&self, key: &TransferKey) -> bool;
+    /// Calls `each` with every credit this partition, as a destination, has tried and not
+    /// finished (its amount is pending, in no balance).
+    fn for_each_pending_credit(&self, each: &mut dyn FnMut(&Transfer));
+    /// Whether this partition, as the home, committed `transfer` (this body) and finished
+    /// its side: the hold is gone, and the money is in the destination's pending credit
+    /// until the Confirm lands.
+    fn debit_committed(&self, transfer: &Transfer) -> bool;
 }
 
 impl<M: Money + ?Sized> Money for &M {
@@ -35,6 +42,14 @@ impl<M: Money + ?Sized> Money for &M {
 
     fn credit_confirmed(&self, key: &TransferKey) -> bool {
         (**self).credit_confirmed(key)
+    }
+
+    fn for_each_pending_credit(&self, each: &mut dyn FnMut(&Transfer)) {
+        (**self).for_each_pending_credit(each)
+    }
+
+    fn debit_committed(&self, transfer: &Transfer) -> bool {
+        (**self).debit_committed(transfer)
     }
 }
 
@@ -62,6 +77,19 @@ impl Money for Ledger {
         self.credit(key)
             .is_some_and(|credit| credit.state == CreditState::Confirmed)
     }
+
+    fn for_each_pending_credit(&self, each: &mut dyn FnMut(&Transfer)) {
+        for (_, credit) in self.credits() {
+            if let (CreditState::Tried, Some(transfer)) = (credit.state, credit.transfer) {
+                each(&transfer);
+            }
+        }
+    }
+
+    fn debit_committed(&self, transfer: &Transfer) -> bool {
+        self.transfer(&transfer.key())
+            .is_some_and(|row| row.transfer == *transfer && row.state == TransferState::Committed)
+    }
 }
 
 /// The money of one currency over a set of partitions, in minor units.
@@ -76,6 +104,9 @@ pub struct Totals {
     /// Holds whose destination has already confirmed the credit: that money is in the
     /// destination's balance too, and counts there.
     pub credited_holds: u128,
+    /// Pending credits whose home has committed and finished its side: the hold is gone,
+    /// and this is where the money is until the Confirm lands.
+    pub committed_credits: u128,
 }
 
 impl Totals {
@@ -84,9 +115,11 @@ impl Totals {
         self.holds.saturating_sub(self.credited_holds)
     }
 
-    /// The left side of the law: balances and holds in flight.
+    /// The left side of the law: balances, holds in flight and pending credits of
+    /// committed transfers.
     pub fn present(&self) -> i128 {
         self.balances as i128 + self.holds as i128 - self.credited_holds as i128
+            + self.committed_credits as i128
     }
 
     /// The right side of the law: what came in minus what went out.
@@ -107,6 +140,15 @@ pub fn money_totals<M: Money>(partitions: &[M]) -> BTreeMap<Currency, Totals> {
             if destination.credit_confirmed(&transfer.key()) {
                 totals.entry(transfer.currency).or_default().credited_holds +=
                     u128::from(transfer.amount.minor());
+            }
+        });
+        partition.for_each_pending_credit(&mut |transfer| {
+            let home = &partitions[partition_of(&transfer.from, count) as usize];
+            if home.debit_committed(transfer) {
+                totals
+                    .entry(transfer.currency)
+                    .or_default()
+                    .committed_credits += u128::from(transfer.amount.minor());
             }
         });
     }

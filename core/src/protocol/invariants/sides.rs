@@ -36,7 +36,9 @@ pub fn sides_agree(home: TransferState, credit: Option<CreditState>) -> bool {
         }
         // Confirm decided: the Try succeeded; the Confirm may not have landed yet.
         TransferState::Confirming => matches!(credit, Some(C::Tried | C::Confirmed)),
-        TransferState::Committed => credit == Some(C::Confirmed),
+        // Committed at the commit point: the credit is tried; the Confirm, which nobody
+        // acknowledges, may not have landed yet.
+        TransferState::Committed => matches!(credit, Some(C::Tried | C::Confirmed)),
         // Cancel decided: on a refused or aborted Try, whose flag is set. Never on a tried
         // credit: with the home's durable debit that is the commit point. (No row: logs
         // of the three-round protocol set the flag only with the Cancel.)

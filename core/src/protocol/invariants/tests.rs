@@ -99,7 +99,10 @@ fn the_scan_finds_duplicates_and_hanging_tries() {
 fn home_and_destination_states_that_may_coexist() {
     use CreditState as C;
     assert!(sides_agree(TransferState::Committed, Some(C::Confirmed)));
-    assert!(!sides_agree(TransferState::Committed, Some(C::Tried)));
+    // Committed at the commit point, the Confirm on its way; not yet at rest.
+    assert!(sides_agree(TransferState::Committed, Some(C::Tried)));
+    assert!(!sides_settled(TransferState::Committed, Some(C::Tried)));
+    assert!(!sides_agree(TransferState::Committed, Some(C::TryNotSeen)));
     assert!(sides_agree(TransferState::Confirming, Some(C::Tried)));
     assert!(!sides_settled(
         TransferState::Confirming,

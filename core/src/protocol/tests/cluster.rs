@@ -6,13 +6,15 @@
 //! holds trivially and every output of a coordinator is handled right after the input that
 //! caused it. Nothing happens unless the test asks for it.
 
-use crate::ledger::{Command, Ledger, LedgerError, RecordMeta, Reply};
-use crate::model::event::{Event, TransferKey};
+use crate::ledger::{Command, CreditState, Ledger, LedgerError, RecordMeta, Reply};
+use crate::model::event::{Event, Transfer, TransferKey};
 use crate::model::ids::AccountId;
 use crate::model::partition::{partition_of, PartitionId};
 use crate::protocol::coordinator::{
-    Coordinator, CoordinatorConfig, Micros, Output, Phase, PhaseRequest, PhaseResponse,
+    destination_answers, unresolved_answer, Coordinator, CoordinatorConfig, Micros, Output, Phase,
+    PhaseRequest, PhaseResponse,
 };
+use crate::protocol::credit_watch::CreditWatch;
 use crate::protocol::invariants;
 use crate::protocol::message::PeerMessage;
 
@@ -36,13 +38,20 @@ pub enum Message {
         home: PartitionId,
         response: PhaseResponse,
     },
+    /// A destination's question about a credit pending too long, to its `home`.
+    Unresolved {
+        home: PartitionId,
+        transfer: Transfer,
+    },
 }
 
 impl Message {
-    pub fn phase(&self) -> Phase {
+    /// The phase of a request or response (`None`: a question).
+    pub fn phase(&self) -> Option<Phase> {
         match self {
-            Message::Request { request, .. } => request.phase,
-            Message::Response { response, .. } => response.phase,
+            Message::Request { request, .. } => Some(request.phase),
+            Message::Response { response, .. } => Some(response.phase),
+            Message::Unresolved { .. } => None,
         }
     }
 
@@ -90,6 +99,8 @@ pub struct Cluster {
     pub refused: Vec<(PartitionId, Command, LedgerError)>,
     /// Transfers a coordinator reported committed (its clients are told so), in order.
     pub committed: Vec<TransferKey>,
+    /// Each partition's watch over its pending credits, as the partition machine keeps it.
+    pub watches: Vec<CreditWatch>,
 }
 
 impl Cluster {
@@ -111,6 +122,7 @@ impl Cluster {
             violations: Vec::new(),
             refused: Vec::new(),
             committed: Vec::new(),
+            watches: (0..partitions).map(|_| CreditWatch::new()).collect(),
         }
     }
 
@@ -209,19 +221,36 @@ impl Cluster {
         assert!(now >= self.now, "time does not go back");
         self.now = now;
         for partition in 0..self.partitions() {
-            self.coordinators[partition as usize].on_tick(now);
+            let p = partition as usize;
+            self.coordinators[p].on_tick(now);
             self.drain(partition);
+            let mut unresolved = Vec::new();
+            let after_us = self.config.resolve_after_us;
+            self.watches[p].due(&self.ledgers[p], now, after_us, &mut unresolved);
+            for transfer in unresolved {
+                let home = self.partition_of(&transfer.from);
+                self.network.push(Message::Unresolved { home, transfer });
+            }
         }
     }
 
-    /// The earliest time any coordinator has work to do.
+    /// The earliest time any coordinator or credit watch has work to do.
     pub fn next_due(&self) -> Option<Micros> {
-        self.coordinators.iter().filter_map(|c| c.next_due()).min()
+        let coordinators = self.coordinators.iter().filter_map(|c| c.next_due());
+        let watches = self.watches.iter().filter_map(|w| w.next_due());
+        coordinators.chain(watches).min()
     }
 
-    /// No message in flight and no coordinator driving a transfer.
+    /// No message in flight, no coordinator driving a transfer, no credit pending.
     pub fn is_idle(&self) -> bool {
-        self.network.is_empty() && self.coordinators.iter().all(|c| c.in_flight() == 0)
+        let pending = |ledger: &Ledger| {
+            ledger
+                .credits()
+                .any(|(_, credit)| credit.state == CreditState::Tried)
+        };
+        self.network.is_empty()
+            && self.coordinators.iter().all(|c| c.in_flight() == 0)
+            && !self.ledgers.iter().any(pending)
     }
 
     /// Heals the network: delivers every message in the order sent, without loss, and moves
@@ -262,6 +291,9 @@ impl Cluster {
             self.now,
         );
         self.ledgers[p] = ledger;
+        // Recovered pending credits are watched like new ones.
+        self.watches[p] = CreditWatch::new();
+        self.watches[p].mark(&self.ledgers[p], self.now, self.config.resolve_after_us);
         self.drain(partition);
     }
 
@@ -277,7 +309,9 @@ impl Cluster {
                             result,
                         };
                         self.answers.push(response);
-                        self.network.push(Message::Response { home, response });
+                        if destination_answers(request.phase, result) {
+                            self.network.push(Message::Response { home, response });
+                        }
                     }
                     Ok(other) => panic!("{command:?} answered {other:?}"),
                     Err(error) => self.refused.push((to, command, error)),
@@ -288,7 +322,33 @@ impl Cluster {
                 self.coordinators[home as usize].on_response(&response, self.now);
                 self.drain(home);
             }
+            Message::Unresolved { home, transfer } => self.unresolved(home, transfer),
         }
+    }
+
+    /// The home's answer to a destination's question, as the partition machine gives it.
+    fn unresolved(&mut self, home: PartitionId, transfer: Transfer) {
+        let p = home as usize;
+        if !self.coordinators[p].on_unresolved(&transfer, self.now) {
+            let status = match self.execute_one(home, &Command::Abandon(transfer)) {
+                Ok(Reply::Transfer(status)) => status,
+                other => panic!("an abandon answered {other:?}"),
+            };
+            let row_body = self.ledgers[p]
+                .transfer(&transfer.key())
+                .map(|r| r.transfer);
+            if let Some(phase) = unresolved_answer(status, row_body, &transfer) {
+                let request = PhaseRequest { phase, transfer };
+                self.sent.push(Sent {
+                    at: self.now,
+                    home,
+                    request,
+                });
+                let to = self.partition_of(&transfer.to);
+                self.network.push(Message::Request { home, to, request });
+            }
+        }
+        self.drain(home);
     }
 
     /// Decides and applies one command, and shows each applied event to the coordinator.
@@ -317,6 +377,8 @@ impl Cluster {
             });
             self.coordinators[p].on_event(&event, meta.lsn, self.now);
         }
+        let after_us = self.config.resolve_after_us;
+        self.watches[p].mark(&self.ledgers[p], self.now, after_us);
         Ok(reply)
     }
 

@@ -109,7 +109,7 @@ fn balance(cluster: &Cluster, account: &AccountId) -> u64 {
 // A lone coordinator.
 
 #[test]
-fn committed_on_the_destinations_tried_and_the_confirm_resent_until_acknowledged() {
+fn committed_on_the_destinations_tried_and_finished_at_once() {
     let t = lone_transfer();
     let key = t.key();
     let mut c = Coordinator::new(CONFIG, PARTITIONS);
@@ -123,39 +123,20 @@ fn committed_on_the_destinations_tried_and_the_confirm_resent_until_acknowledged
                 transfer: t,
                 debit_lsn: 1
             },
-            Output::Execute(Command::Decide {
-                key,
-                decision: Decision::Confirm
-            })
+            Output::Execute(Command::CommitDebit { key })
         ],
-        "committed on the destination's Tried (the caller sends the Confirm), then logged"
-    );
-    c.on_event(
-        &Event::TransferDecided {
-            key,
-            decision: Decision::Confirm,
-        },
-        1,
-        20,
-    );
-    assert_eq!(outputs(&mut c), [], "the Confirm left with `Committed`");
-    c.on_tick(20 + CONFIG.retry_initial_us);
-    assert_eq!(
-        outputs(&mut c),
-        [send(Phase::Confirm, t)],
-        "resent until acknowledged"
-    );
-    c.on_response(&response(Phase::Confirm, &t, PhaseResult::Confirmed), 30);
-    assert_eq!(
-        outputs(&mut c),
-        [Output::Execute(Command::FinishDebit { key })]
+        "committed on the destination's Tried (the caller sends the Confirm), then finished"
     );
     assert_eq!(c.in_flight(), 1);
-    c.on_event(&Event::DebitConfirmed { key }, 1, 40);
-    assert_eq!(c.in_flight(), 0);
+    c.on_event(&Event::DebitConfirmed { key }, 2, 20);
+    assert_eq!(c.in_flight(), 0, "the flight ends with the commit's record");
     assert_eq!(c.next_due(), None);
     c.on_tick(10_000_000);
-    assert_eq!(outputs(&mut c), []);
+    assert_eq!(
+        outputs(&mut c),
+        [],
+        "the Confirm is never resent by the home"
+    );
 }
 
 #[test]
@@ -173,30 +154,15 @@ fn stale_and_duplicate_responses_are_ignored() {
     assert_eq!(outputs(&mut c), []);
     // The first Try answer decides; a duplicate, or a contrary late one, does not.
     c.on_response(&response(Phase::Try, &t, PhaseResult::Tried), 2);
-    assert_eq!(
-        outputs(&mut c).len(),
-        2,
-        "committed, and the decision to log"
-    );
+    assert_eq!(outputs(&mut c).len(), 2, "committed, and the commit to log");
     c.on_response(&response(Phase::Try, &t, PhaseResult::Tried), 3);
     let failed = PhaseResult::TryFailed(Reason::DestinationNotFound);
     c.on_response(&response(Phase::Try, &t, failed), 3);
     assert_eq!(outputs(&mut c), []);
-    let decided = Event::TransferDecided {
-        key,
-        decision: Decision::Confirm,
-    };
-    c.on_event(&decided, 1, 4);
-    let _ = outputs(&mut c);
+    c.on_event(&Event::DebitConfirmed { key }, 2, 4);
+    // After the flight: a late Tried, or a Confirm answered as decided, changes nothing.
     c.on_response(&response(Phase::Try, &t, PhaseResult::Tried), 5);
-    assert_eq!(outputs(&mut c), []);
-    // The acknowledgement finishes once; its duplicate is ignored.
     c.on_response(&response(Phase::Confirm, &t, PhaseResult::Confirmed), 6);
-    assert_eq!(outputs(&mut c).len(), 1);
-    c.on_response(&response(Phase::Confirm, &t, PhaseResult::Confirmed), 7);
-    assert_eq!(outputs(&mut c), []);
-    c.on_event(&Event::DebitConfirmed { key }, 1, 8);
-    c.on_response(&response(Phase::Confirm, &t, PhaseResult::Confirmed), 9);
     assert_eq!(outputs(&mut c), []);
     assert_eq!(c.in_flight(), 0);
 }
@@ -324,17 +290,8 @@ fn happy_path_commits_on_both_sides() {
     let phases: Vec<Phase> = cluster.sent.iter().map(|s| s.request.phase).collect();
     assert_eq!(phases, [Phase::Try, Phase::Confirm]);
     let executed: Vec<Command> = cluster.executed.iter().map(|(_, c)| *c).collect();
-    assert_eq!(
-        executed,
-        [
-            Command::Decide {
-                key: t.key(),
-                decision: Decision::Confirm
-            },
-            Command::FinishDebit { key: t.key() },
-        ]
-    );
-    // Debit first, then the destination's Try, the durable decision, its Confirm, the end.
+    assert_eq!(executed, [Command::CommitDebit { key: t.key() }]);
+    // Debit first, then the destination's Try, the commit at home, then its Confirm.
     let order: Vec<&str> = cluster
         .history
         .iter()
@@ -352,9 +309,8 @@ fn happy_path_commits_on_both_sides() {
         [
             "debit tried",
             "credit tried",
-            "decided",
-            "credit confirmed",
-            "debit confirmed"
+            "debit confirmed",
+            "credit confirmed"
         ]
     );
     assert_eq!(home_state(&cluster, &t), TransferState::Committed);
@@ -442,7 +398,7 @@ fn a_try_overtaken_by_its_cancel_fails_at_the_barrier() {
     let t = transfer(w.src, w.dst, 2_500, USD, "t1");
     cluster.client(Command::Transfer(t)).unwrap();
     let late_try = cluster.drop_message(0);
-    assert_eq!(late_try.phase(), Phase::Try);
+    assert_eq!(late_try.phase(), Some(Phase::Try));
     cluster.lose_all_until(TICK_US, CONFIG.try_timeout_us, |cluster| {
         !sent_at(cluster, Phase::Abort).is_empty()
     });
@@ -468,28 +424,56 @@ fn a_try_overtaken_by_its_cancel_fails_at_the_barrier() {
 }
 
 #[test]
-fn confirm_is_resent_with_exponential_backoff_until_acknowledged() {
+fn a_lost_confirm_is_asked_for_by_the_destination_until_it_lands() {
     let (mut cluster, w) = cluster();
     let t = transfer(w.src, w.dst, 2_500, USD, "t1");
     cluster.client(Command::Transfer(t)).unwrap();
     assert!(cluster.deliver_first(Message::is_request));
     assert!(cluster.deliver_first(|m| !m.is_request()));
-    assert_eq!(home_state(&cluster, &t), TransferState::Confirming);
-    // The destination loses the first five Confirms.
-    let confirms_lost = 5;
-    cluster.lose_all_until(TICK_US, 10 * CONFIG.retry_max_us, |cluster| {
-        sent_at(cluster, Phase::Confirm).len() > confirms_lost
-    });
-    let times = sent_at(&cluster, Phase::Confirm);
-    let gaps: Vec<Micros> = times.windows(2).map(|w| w[1] - w[0]).collect();
-    assert_eq!(gaps, [100_000, 200_000, 400_000, 800_000, 800_000]);
-    assert_eq!(credit_state(&cluster, &t), Some(CreditState::Tried));
-    assert!(cluster.settle(SETTLE_STEPS_MAX));
     assert_eq!(home_state(&cluster, &t), TransferState::Committed);
-    // Acknowledged: nothing is sent any more, however long we wait.
+    assert_eq!(cluster.coordinators[0].in_flight(), 0);
+    // Every message is lost for three question intervals: the destination asks each time.
+    let started = cluster.now;
+    let questions = |cluster: &Cluster| {
+        cluster
+            .network
+            .iter()
+            .filter(|m| matches!(m, Message::Unresolved { .. }))
+            .count()
+    };
+    let mut asked_at = Vec::new();
+    while cluster.now < started + 3 * CONFIG.resolve_after_us {
+        if questions(&cluster) > 0 {
+            asked_at.push(cluster.now - started);
+        }
+        cluster.drop_all();
+        cluster.advance(TICK_US);
+    }
+    let after = CONFIG.resolve_after_us;
+    let first = asked_at.first().copied().expect("the destination asked");
+    assert!(
+        (after..after + 2 * TICK_US).contains(&first),
+        "{asked_at:?}"
+    );
+    assert_eq!(
+        asked_at.len(),
+        2,
+        "asked again at the interval: {asked_at:?}"
+    );
+    assert_eq!(credit_state(&cluster, &t), Some(CreditState::Tried));
+    assert_eq!(
+        balance(&cluster, &w.dst),
+        0,
+        "a pending credit is in no balance"
+    );
+    // Healed: the next question is answered with the Confirm, and nothing more is sent.
+    assert!(cluster.settle(SETTLE_STEPS_MAX));
+    assert_eq!(credit_state(&cluster, &t), Some(CreditState::Confirmed));
+    assert_eq!(balance(&cluster, &w.dst), 2_500);
     let sent = cluster.sent.len();
     cluster.advance(60_000_000);
     assert_eq!(cluster.sent.len(), sent);
+    assert!(cluster.network.is_empty());
     assert_eq!(check_quiescent(&cluster), Ok(()));
 }
 
@@ -501,7 +485,8 @@ fn a_restarted_home_partition_resumes_every_unfinished_state() {
         to_missing: bool,
         steps_before_crash: usize,
         before: TransferState,
-        resent: Phase,
+        /// The first request the rebuilt coordinator sends (`None`: nothing is unfinished).
+        resent: Option<Phase>,
         after: TransferState,
     }
     let cases = [
@@ -509,29 +494,22 @@ fn a_restarted_home_partition_resumes_every_unfinished_state() {
             to_missing: false,
             steps_before_crash: 0,
             before: TransferState::Trying,
-            resent: Phase::Try,
+            resent: Some(Phase::Try),
             after: TransferState::Committed,
         },
+        // Committed, its Confirm lost with the crash: the destination's question brings it.
         Case {
             to_missing: false,
             steps_before_crash: 2,
-            before: TransferState::Confirming,
-            resent: Phase::Confirm,
-            after: TransferState::Committed,
-        },
-        // The destination confirmed; only its acknowledgement was lost.
-        Case {
-            to_missing: false,
-            steps_before_crash: 3,
-            before: TransferState::Confirming,
-            resent: Phase::Confirm,
+            before: TransferState::Committed,
+            resent: None,
             after: TransferState::Committed,
         },
         Case {
             to_missing: true,
             steps_before_crash: 2,
             before: TransferState::Cancelling(Reason::DestinationNotFound),
-            resent: Phase::Cancel,
+            resent: Some(Phase::Cancel),
             after: TransferState::Cancelled(Reason::DestinationNotFound),
         },
     ];
@@ -547,11 +525,37 @@ fn a_restarted_home_partition_resumes_every_unfinished_state() {
         cluster.drop_all();
         let sent = cluster.sent.len();
         cluster.restart(0);
-        assert_eq!(cluster.sent[sent].request.phase, case.resent);
+        let resent = cluster.sent.get(sent).map(|s| s.request.phase);
+        assert_eq!(resent, case.resent);
         assert!(cluster.settle(SETTLE_STEPS_MAX));
         assert_eq!(home_state(&cluster, &t), case.after);
         assert_eq!(check_quiescent(&cluster), Ok(()));
     }
+}
+
+#[test]
+fn a_confirm_decision_logged_by_an_older_build_commits_after_a_restart() {
+    let (mut cluster, w) = cluster();
+    let t = transfer(w.src, w.dst, 2_500, USD, "t1");
+    cluster.client(Command::Transfer(t)).unwrap();
+    cluster.deliver(0);
+    // The Tried answer is lost, and the decision is logged as builds that waited for an
+    // acknowledgement logged it.
+    cluster.drop_all();
+    let decide = Command::Decide {
+        key: t.key(),
+        decision: Decision::Confirm,
+    };
+    cluster.execute(0, &decide).unwrap();
+    assert_eq!(home_state(&cluster, &t), TransferState::Confirming);
+    cluster.drop_all();
+    let sent = cluster.sent.len();
+    cluster.restart(0);
+    assert_eq!(cluster.sent[sent].request.phase, Phase::Confirm);
+    assert_eq!(home_state(&cluster, &t), TransferState::Committed);
+    assert!(cluster.settle(SETTLE_STEPS_MAX));
+    assert_eq!(credit_state(&cluster, &t), Some(CreditState::Confirmed));
+    assert_eq!(check_quiescent(&cluster), Ok(()));
 }
 
 #[test]
@@ -596,13 +600,13 @@ fn duplicated_messages_change_nothing() {
 #[test]
 fn the_cluster_records_a_contradicting_destination() {
     // A destination that answers a Confirm with "cancelled": the harness surfaces the
-    // coordinator's Violation output, and the transfer never finishes.
+    // coordinator's Violation output, and the committed transfer stays committed.
     let (mut cluster, w) = cluster();
     let t = transfer(w.src, w.dst, 2_500, USD, "t1");
     cluster.client(Command::Transfer(t)).unwrap();
     cluster.deliver(0);
     cluster.deliver(0);
-    assert_eq!(home_state(&cluster, &t), TransferState::Confirming);
+    assert_eq!(home_state(&cluster, &t), TransferState::Committed);
     cluster.drop_all();
     cluster.network.push(Message::Response {
         home: 0,
@@ -613,7 +617,7 @@ fn the_cluster_records_a_contradicting_destination() {
         cluster.violations.as_slice(),
         [Violation::Protocol { key: Some(key), .. }] if *key == t.key()
     ));
-    assert_eq!(home_state(&cluster, &t), TransferState::Confirming);
+    assert_eq!(home_state(&cluster, &t), TransferState::Committed);
 }
 
 #[test]
@@ -655,7 +659,7 @@ fn an_abort_that_lands_before_its_try_sets_the_flag_and_the_late_try_fails() {
         !sent_at(cluster, Phase::Abort).is_empty()
     });
     // The last Abort is on its way: it lands, then the first Try, long delayed.
-    assert!(cluster.deliver_first(|m| m.is_request() && m.phase() == Phase::Abort));
+    assert!(cluster.deliver_first(|m| m.is_request() && m.phase() == Some(Phase::Abort)));
     cluster.network.push(late_try);
     assert!(cluster.settle(SETTLE_STEPS_MAX));
     assert_eq!(credit_state(&cluster, &t), Some(CreditState::TryNotSeen));

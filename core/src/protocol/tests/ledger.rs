@@ -832,6 +832,43 @@ fn a_confirm_decision_then_finish_makes_the_debit_final() {
 }
 
 #[test]
+fn a_commit_makes_a_tried_debit_final_in_one_record() {
+    let w = world();
+    let t = transfer(w.a, w.c, 2_500, USD, "t1");
+    let commit = Command::CommitDebit { key: t.key() };
+    let then = given(0, &home_at(&w, t, None))
+        .when(commit)
+        .then_events(&[Event::DebitConfirmed { key: t.key() }])
+        .then_reply(Reply::Done);
+    assert_eq!(then.state(&t), TransferState::Committed);
+    assert_eq!(then.account(w.a), account(USD, FUNDS - 2_500, 0, 0));
+    assert_eq!(then.ledger.flows()[&USD].sent, 2_500);
+    assert!(then.ledger.unfinished_transfers().is_empty());
+    let row = then.ledger.transfer(&t.key()).unwrap();
+    assert_ne!(row.decided_at, 0, "one record decides and finishes");
+    assert_eq!(row.decided_at, row.finished_at);
+    then.when(commit)
+        .then_nothing_new()
+        .then_reply(Reply::Done)
+        .when(Command::Transfer(t))
+        .then_status(TransferStatus::Committed);
+    // A row an older build decided `Confirming` commits the same way.
+    given(0, &home_at(&w, t, Some(Decision::Confirm)))
+        .when(commit)
+        .then_events(&[Event::DebitConfirmed { key: t.key() }])
+        .then_reply(Reply::Done);
+    // A cancelled transfer never commits.
+    let cancel = Decision::Cancel(Reason::Timeout);
+    given(0, &home_at(&w, t, Some(cancel)))
+        .when(commit)
+        .then_error(LedgerError::InvalidTransition {
+            key: t.key(),
+            from: "Cancelling(Timeout)".to_string(),
+            command: "commit",
+        });
+}
+
+#[test]
 fn a_cancel_decision_then_finish_refunds_the_source() {
     let w = world();
     let t = transfer(w.a, w.c, 2_500, USD, "t1");
@@ -1275,8 +1312,9 @@ fn apply_refuses_source_phases_out_of_order() {
     let mut ledger = given(0, &home(&w)).ledger;
     assert_refused(&mut ledger, decided(Decision::Confirm));
     assert_refused(&mut ledger, Event::DebitConfirmed { key: t.key() });
+    // A tried debit may be confirmed at once (committed at the commit point), never
+    // cancelled without its decision, which carries the reason.
     let mut trying = given(0, &home_at(&w, t, None)).ledger;
-    assert_refused(&mut trying, Event::DebitConfirmed { key: t.key() });
     assert_refused(&mut trying, Event::DebitCancelled { key: t.key() });
     let mut confirming = given(0, &home_at(&w, t, Some(Decision::Confirm))).ledger;
     assert_refused(&mut confirming, decided(Decision::Confirm));
