@@ -40,10 +40,14 @@ pub enum Bug {
     /// The client of a cross-partition transfer is told `committed` once the home's debit is
     /// durable, before the destination has durably tried its credit.
     CommitOnHomeOnly = 512,
+    /// A committed transfer's Confirm is sent once and never again: asked about a pending
+    /// credit of a transfer it committed, the home answers nothing, so a Confirm lost on
+    /// the way leaves the destination's credit pending for good.
+    ConfirmSentOnce = 1024,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 10] = [
+    pub const ALL: [Bug; 11] = [
         Bug::SkipBarrier,
         Bug::ReplyBeforeSync,
         Bug::NoIdempotency,
@@ -54,6 +58,7 @@ impl Bug {
         Bug::RolloverWithoutDirSync,
         Bug::CancelAfterDurableCredit,
         Bug::CommitOnHomeOnly,
+        Bug::ConfirmSentOnce,
     ];
 
     /// The name used on the simulator's command line (`--bug skip-barrier`).
@@ -69,6 +74,7 @@ impl Bug {
             Bug::RolloverWithoutDirSync => "rollover-without-dir-sync",
             Bug::CancelAfterDurableCredit => "cancel-after-durable-credit",
             Bug::CommitOnHomeOnly => "commit-on-home-only",
+            Bug::ConfirmSentOnce => "confirm-sent-once",
         }
     }
 

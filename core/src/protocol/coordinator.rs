@@ -580,6 +580,10 @@ pub fn unresolved_answer(
     match status {
         TransferStatus::Pending => None,
         TransferStatus::Committed if row_body.is_none_or(|body| body == *transfer) => {
+            #[cfg(any(test, madsim, feature = "testing"))]
+            if crate::protocol::bugs::enabled(Bug::ConfirmSentOnce) {
+                return None;
+            }
             Some(Phase::Confirm)
         }
         _ => Some(Phase::Cancel),

@@ -396,6 +396,37 @@ fn answers_lost_past_the_deadline(bugs: &[Bug]) -> (Cluster, Transfer) {
     (cluster, t)
 }
 
+// ---------------------------------------------------------------------------------------------
+// ConfirmSentOnce: the home never sends a committed transfer's Confirm again.
+
+/// A committed transfer whose Confirm is lost, then a healed network until the cluster is
+/// idle (or `SETTLE_STEPS_MAX` steps). Returns whether it became idle.
+fn confirm_lost(bugs: &[Bug]) -> (Cluster, Transfer, bool) {
+    let _switched = switch_on(bugs);
+    let (mut cluster, w) = cluster();
+    let t = transfer(w.src, w.dst, 2_500, USD, "t1");
+    cluster.client(Command::Transfer(t)).unwrap();
+    assert!(cluster.deliver_first(|m| m.is_request()));
+    assert!(cluster.deliver_first(|m| !m.is_request()));
+    assert_eq!(cluster.drop_all(), 1, "the Confirm is lost");
+    let idle = cluster.settle(SETTLE_STEPS_MAX);
+    (cluster, t, idle)
+}
+
+#[test]
+fn confirm_sent_once_leaves_a_committed_credit_pending_for_good() {
+    let (cluster, t, idle) = confirm_lost(&[Bug::ConfirmSentOnce]);
+    assert!(!idle, "the destination asks forever");
+    let credit = cluster.ledger_of(&t.to).credit(&t.key()).map(|c| c.state);
+    assert_eq!(credit, Some(CreditState::Tried));
+    let violation = check_quiescent(&cluster).expect_err("the credit never lands");
+    assert_eq!(violation.invariant(), Invariant::Atomicity, "{violation:?}");
+    // Without the bug the question brings the Confirm.
+    let (cluster, _, idle) = confirm_lost(&[]);
+    assert!(idle);
+    assert_eq!(check_quiescent(&cluster), Ok(()));
+}
+
 #[test]
 fn cancel_after_durable_credit_is_a_cancel_decision_beside_a_tried_credit() {
     let (cluster, t) = answers_lost_past_the_deadline(&[Bug::CancelAfterDurableCredit]);
