@@ -67,6 +67,12 @@ impl<K: Hash + Eq + Clone, V: Clone> AppendTable<K, V> {
         Some(&self.rows.get(at).1)
     }
 
+    /// Brings the index slot `key` hashes to into cache, without waiting for it (see
+    /// [`crate::ledger::Ledger::prefetch`]).
+    pub fn prefetch(&self, key: &K) {
+        self.index.touch(key_hash(key));
+    }
+
     pub fn contains_key(&self, key: &K) -> bool {
         self.get(key).is_some()
     }

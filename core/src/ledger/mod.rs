@@ -545,11 +545,30 @@ impl Ledger {
     /// skipping it changes no outcome.
     pub fn prefetch<'a>(&self, commands: impl IntoIterator<Item = &'a Command>) {
         for command in commands {
-            if let Command::Transfer(transfer) = command {
+            self.prefetch_one(command);
+        }
+    }
+
+    /// [`Ledger::prefetch`] for one command: a client's transfer, a destination's phase, or
+    /// the coordinator's step on a home row.
+    pub fn prefetch_one(&self, command: &Command) {
+        match command {
+            Command::Transfer(transfer) => {
                 std::hint::black_box(self.accounts.get(&transfer.from));
                 std::hint::black_box(self.accounts.get(&transfer.to));
                 self.transfers.prefetch(&transfer.key());
             }
+            Command::TryCredit(transfer)
+            | Command::ConfirmCredit(transfer)
+            | Command::CancelCredit(transfer)
+            | Command::AbortCredit(transfer) => {
+                std::hint::black_box(self.accounts.get(&transfer.to));
+                self.credits.prefetch(&transfer.key());
+            }
+            Command::CommitDebit { key }
+            | Command::FinishDebit { key }
+            | Command::Decide { key, .. } => self.transfers.prefetch(key),
+            _ => {}
         }
     }
 

@@ -482,6 +482,34 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         }
     }
 
+    /// Phase messages from other partitions, in order (see [`PartitionMachine::handle_peer`]).
+    /// The rows they will touch are prefetched a chunk at a time first, as for a group of
+    /// commands.
+    pub fn handle_peers(&mut self, now: Now, messages: &[PeerMessage]) {
+        for chunk in messages.chunks(PREFETCH_COMMANDS_MAX) {
+            for message in chunk {
+                match message {
+                    PeerMessage::Request { request, .. } => {
+                        self.ledger.prefetch_one(&request.command())
+                    }
+                    PeerMessage::Response(response) => {
+                        let key = response.key;
+                        self.ledger.prefetch_one(&Command::CommitDebit { key })
+                    }
+                    PeerMessage::Unresolved { .. } => {}
+                }
+            }
+            for message in chunk {
+                self.handle_peer(now, *message);
+            }
+        }
+    }
+
+    /// Reads ahead the rows `command` will touch (see [`Ledger::prefetch`]); changes nothing.
+    pub fn prefetch(&self, command: &Command) {
+        self.ledger.prefetch_one(command);
+    }
+
     /// Time passed: resends, timeouts and questions about pending credits that are due join
     /// the open batch.
     pub fn handle_tick(&mut self, now: Now) {
