@@ -249,8 +249,7 @@ pub fn parameters(method: &str, path: &str) -> Option<Vec<Value>> {
                     one of the two; neither is the balance now.",
                 "schema": {
                     "type": "object",
-                    "maxProperties": 1,
-                    "additionalProperties": false,
+                    "not": {"required": ["as_of_lsn", "as_of"]},
                     "properties": {
                         "as_of_lsn": schema_ref("Lsn"),
                         "as_of": {

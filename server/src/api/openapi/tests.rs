@@ -82,10 +82,15 @@ impl Generator {
                     .as_array()
                     .map(|r| r.iter().filter_map(Value::as_str).collect())
                     .unwrap_or_default();
-                let max = schema["maxProperties"].as_u64().unwrap_or(u64::MAX) as usize;
+                // Fields the schema forbids together (`not: {required}`): never all of them.
+                let apart: Vec<&str> = schema["not"]["required"]
+                    .as_array()
+                    .map(|r| r.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
                 for (name, property) in schema["properties"].as_object().expect("properties") {
-                    let room = object.len() < max;
-                    if required.contains(&name.as_str()) || (room && self.below(2) == 0) {
+                    let last_apart = apart.contains(&name.as_str())
+                        && apart.iter().all(|n| *n == name || object.contains_key(*n));
+                    if required.contains(&name.as_str()) || (!last_apart && self.below(2) == 0) {
                         object.insert(name.clone(), self.valid(property));
                     }
                 }
@@ -146,6 +151,12 @@ fn conforms(doc: &Value, schema: &Value, value: &Value) -> bool {
             return false;
         }
     }
+    if schema
+        .get("not")
+        .is_some_and(|not| conforms(doc, not, value))
+    {
+        return false;
+    }
     match schema["type"].as_str() {
         Some("string") => value
             .as_str()
@@ -163,9 +174,6 @@ fn conforms(doc: &Value, schema: &Value, value: &Value) -> bool {
             required
                 .filter_map(Value::as_str)
                 .all(|r| object.contains_key(r))
-                && schema["maxProperties"]
-                    .as_u64()
-                    .is_none_or(|max| object.len() as u64 <= max)
                 && object.iter().all(|(name, v)| match properties.get(name) {
                     Some(property) => conforms(doc, property, v),
                     None => schema["additionalProperties"] != false,
@@ -178,6 +186,13 @@ fn conforms(doc: &Value, schema: &Value, value: &Value) -> bool {
                 && items
                     .iter()
                     .all(|item| conforms(doc, &schema["items"], item))
+        }),
+        // A schema of `required` alone (what `not` holds).
+        None => value.as_object().is_some_and(|object| {
+            let required = schema["required"].as_array().into_iter().flatten();
+            required
+                .filter_map(Value::as_str)
+                .all(|r| object.contains_key(r))
         }),
         other => panic!("no check for type {other:?}"),
     }
@@ -563,7 +578,7 @@ async fn check_invalid_fields(
         }
         // Both fields of an object parameter that allows one: a combination the document
         // forbids.
-        if schema["maxProperties"] == 1 {
+        if schema.get("not").is_some() {
             let mut case = valid.clone();
             for (field, field_schema) in schema["properties"].as_object().unwrap() {
                 case.query.retain(|(n, _)| n != field);
