@@ -6,7 +6,7 @@
 use walletd_core::model::event::Timestamp;
 
 /// Longest timestamp text accepted before any parsing work is done.
-const TEXT_LEN_MAX: usize = 40;
+pub const TEXT_LEN_MAX: usize = 40;
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
 fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
@@ -65,6 +65,28 @@ pub fn format_us(timestamp_us: Timestamp) -> String {
 /// Parses an RFC 3339 timestamp into microseconds since the epoch (fractions beyond
 /// microseconds are truncated). Refuses times before 1970.
 pub fn parse_us(text: &str) -> Result<Timestamp, String> {
+    let (seconds, micros) = parse_seconds(text)?;
+    if seconds < 0 {
+        return Err(format!("{text:?} is before 1970-01-01T00:00:00Z"));
+    }
+    Ok(seconds as u64 * 1_000_000 + micros)
+}
+
+/// Parses an RFC 3339 timestamp as [`parse_us`] does, but reads an instant before 1970 as
+/// the epoch itself: for "as of" questions, where before the first record nothing existed,
+/// and a valid timestamp is not a client's mistake.
+pub fn parse_us_from_epoch(text: &str) -> Result<Timestamp, String> {
+    let (seconds, micros) = parse_seconds(text)?;
+    Ok(if seconds < 0 {
+        0
+    } else {
+        seconds as u64 * 1_000_000 + micros
+    })
+}
+
+/// The whole seconds since the epoch (negative before it) and the microseconds of an RFC
+/// 3339 timestamp.
+fn parse_seconds(text: &str) -> Result<(i64, u64), String> {
     let bad = || format!("{text:?} is not an RFC 3339 timestamp such as 2024-05-01T12:00:00Z");
     if text.len() > TEXT_LEN_MAX || !text.is_ascii() || text.len() < 20 {
         return Err(bad());
@@ -80,7 +102,7 @@ pub fn parse_us(text: &str) -> Result<Timestamp, String> {
     };
     let separators_ok = bytes[4] == b'-'
         && bytes[7] == b'-'
-        && matches!(bytes[10], b'T' | b't' | b' ')
+        && matches!(bytes[10], b'T' | b't')
         && bytes[13] == b':'
         && bytes[16] == b':';
     if !separators_ok {
@@ -131,10 +153,7 @@ pub fn parse_us(text: &str) -> Result<Timestamp, String> {
     let seconds =
         days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second.min(59)
             - offset_seconds;
-    if seconds < 0 {
-        return Err(format!("{text:?} is before 1970-01-01T00:00:00Z"));
-    }
-    Ok(seconds as u64 * 1_000_000 + micros as u64)
+    Ok((seconds, micros as u64))
 }
 
 #[cfg(test)]
@@ -165,6 +184,14 @@ mod tests {
     }
 
     #[test]
+    fn as_of_questions_read_instants_before_1970_as_the_epoch() {
+        assert_eq!(parse_us_from_epoch("1969-12-31T23:59:59Z"), Ok(0));
+        assert_eq!(parse_us_from_epoch("0000-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(parse_us_from_epoch("1970-01-01T00:00:01Z"), Ok(1_000_000));
+        assert!(parse_us_from_epoch("yesterday").is_err());
+    }
+
+    #[test]
     fn round_trips_over_many_days() {
         for day in (0..40_000u64).step_by(37) {
             let ts = day * 86_400_000_000 + 12_345_678;
@@ -187,6 +214,7 @@ mod tests {
             "1969-12-31T23:59:59Z",
             "２０２４-05-01T12:00:00Z",
             "2024-05-01T12:00:00Zjunk",
+            "2024-05-01 12:00:00Z",
         ] {
             assert!(parse_us(bad).is_err(), "{bad:?}");
         }
