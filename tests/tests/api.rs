@@ -296,12 +296,16 @@ fn transfer_status_history_pages_and_past_balances() {
     assert_eq!(transfer(&s, a, c, "2.50", "x1").status, 200);
     assert_eq!(transfer(&s, a, c, "99.00", "x2").status, 422);
 
-    // The client hears "committed" once the decision is durable; the destination's
-    // acknowledgement, which finishes the phase row, follows a moment later.
-    let finished = wait_until(Duration::from_secs(10), || {
-        s.get(&format!("/v1/transfers/{a}/x1")).json()["phase"] == json!("committed")
+    // The client hears "committed" at the commit point, when the home's side is finished
+    // too; the destination logs the Confirm a moment later, and its history shows the
+    // credit once that record is durable.
+    let t = s.get(&format!("/v1/transfers/{a}/x1")).json();
+    assert_eq!(t["phase"], json!("committed"), "{t}");
+    let credited = wait_until(Duration::from_secs(10), || {
+        s.get(&format!("/v1/accounts/{c}/history")).json()["movements"][0]["kind"]
+            == json!("credit_in")
     });
-    assert!(finished, "the transfer's phase never reached committed");
+    assert!(credited, "the destination never showed the credit");
     let r = s.get(&format!("/v1/transfers/{a}/x1"));
     assert_eq!(r.status, 200, "{}", r.text());
     let t = r.json();
