@@ -9,7 +9,7 @@
 //! - [`engine`]: partitions of one process and the [`engine::Client`] that routes to them.
 //! - [`storage`]: the durable-storage trait; [`storage::file`] on real files with fsync.
 //! - [`transport`]: how partitions send phase messages to each other (best effort).
-//! - [`net`]: cluster nodes over TCP: forwarders to the owners of remote partitions, the
+//! - [`net`]: cluster nodes over TCP (or mutual TLS): forwarders to the owners of remote partitions, the
 //!   authenticated peer listener, and [`net::start_node_with`]. The simulator runs it too, over
 //!   madsim's simulated TCP.
 
