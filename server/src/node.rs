@@ -5,11 +5,11 @@
 //! the node's data directory `<data-dir>/node-<id>`, refusing one that holds other partitions
 //! than the map gives this node; bind the HTTP address; recover the node's partitions; link to
 //! every other node over the authenticated peer protocol ([`walletd_runtime::net`]), under
-//! mutual TLS with `[tls]`; serve the same HTTP API as `wallet serve`. Any node answers for any account: commands and queries for a
-//! partition of another node are forwarded to it, and answer 503 `partition_unavailable`
-//! while it is down (clients retry with the same transaction id). History and `as_of`
-//! balances are read from the logs, so they are answered for accounts whose partition lives
-//! here and are 503 `history_unavailable` elsewhere.
+//! mutual TLS with `[tls]`; serve the same HTTP API as `wallet serve`. Any node answers for
+//! any account: commands and queries for a partition of another node are forwarded to it, and
+//! answer 503 `partition_unavailable` while it is down (clients retry with the same
+//! transaction id). History and `as_of` balances are read from the logs, so they are answered
+//! for accounts whose partition lives here and are 503 `history_unavailable` elsewhere.
 //!
 //! Stop, on Ctrl-C or SIGTERM: as `serve` (drain, sync every local partition, exit 0); the
 //! links close last.
