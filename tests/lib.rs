@@ -124,7 +124,8 @@ impl Server {
         let sink = Arc::clone(&logs);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening on http://") {
+                // `http://`, or `https://` when serving TLS.
+                if line.contains("listening on http") {
                     if let Some(addr) = line.split("addr=").nth(1) {
                         let _ = addr_tx.send(addr.trim().to_string());
                     }
@@ -344,6 +345,18 @@ pub mod http {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> Result<Response, String> {
+        send_raw(addr, &request_bytes(addr, method, path, headers, body))
+    }
+
+    /// The bytes of one request to `addr`, with `Connection: close`: its response ends where
+    /// the server closes the connection.
+    pub fn request_bytes(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Vec<u8> {
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));
@@ -354,14 +367,19 @@ pub mod http {
         head.push_str("\r\n");
         let mut raw = head.into_bytes();
         raw.extend_from_slice(body.unwrap_or_default());
-        send_raw(addr, &raw)
+        raw
     }
 
     /// Sends raw bytes and parses the response.
     pub fn send_raw(addr: SocketAddr, raw: &[u8]) -> Result<Response, String> {
-        let mut stream = connect(addr)?;
+        exchange(&mut connect(addr)?, raw)
+    }
+
+    /// Sends raw bytes on any byte stream (a TLS session, say) and parses the response.
+    pub fn exchange<S: Read + Write>(stream: &mut S, raw: &[u8]) -> Result<Response, String> {
         stream.write_all(raw).map_err(|e| format!("write: {e}"))?;
-        read_response(&mut stream)
+        stream.flush().map_err(|e| format!("write: {e}"))?;
+        read_response(stream)
     }
 
     pub fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
@@ -377,7 +395,7 @@ pub mod http {
     }
 
     /// Reads a response until the server closes the connection.
-    pub fn read_response(stream: &mut TcpStream) -> Result<Response, String> {
+    pub fn read_response<S: Read>(stream: &mut S) -> Result<Response, String> {
         let mut raw = Vec::new();
         stream
             .read_to_end(&mut raw)

@@ -35,8 +35,9 @@ pub enum Command {
     /// Run the all-in-one node: every partition in this process, the HTTP API on --listen.
     ///
     /// Recovers each partition from <data-dir>/partition-<p> (replaying its log, dropping a
-    /// torn tail, resuming unfinished transfers), then serves. Ctrl-C or SIGTERM stops
-    /// accepting, drains requests in flight, syncs every partition and exits 0.
+    /// torn tail, resuming unfinished transfers), then serves: plain HTTP, or HTTPS only with
+    /// --tls-cert and --tls-key. Ctrl-C or SIGTERM stops accepting, drains requests in
+    /// flight, syncs every partition and exits 0.
     Serve(ServeArgs),
     /// Run one node of a multi-process cluster described by a cluster file.
     ///
@@ -44,7 +45,9 @@ pub enum Command {
     /// <data-dir>/node-<id>/partition-<p>, links to every other node over the authenticated
     /// peer protocol (commands and TC/C messages for their partitions are forwarded there),
     /// and serves the same HTTP API as `serve` on the node's http address: any node answers
-    /// for any account. Ctrl-C or SIGTERM drains, syncs and exits 0.
+    /// for any account. Peer links run under mutual TLS when the cluster file has a [tls]
+    /// section (see cluster.example.toml); the HTTP API is HTTPS with --tls-cert and
+    /// --tls-key. Ctrl-C or SIGTERM drains, syncs and exits 0.
     Node(NodeArgs),
     /// Print every account's balance (or one account's history) rebuilt from the logs.
     ///
@@ -119,6 +122,14 @@ pub struct ServiceArgs {
     /// Require `Authorization: Bearer <token>` on every /v1 route.
     #[arg(long, env = "WALLET_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// Serve the API over HTTPS only, presenting this certificate: a PEM file with the
+    /// server's certificate first, then any intermediates. Needs --tls-key. Without both, the
+    /// API is plain HTTP.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert: a PEM file (PKCS#8, PKCS#1 or SEC1). Needs --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// On Ctrl-C or SIGTERM, how long requests in flight may take to finish before their
     /// connections are closed and the partitions stop anyway.
     #[arg(long, default_value_t = 10_000)]
@@ -132,7 +143,8 @@ pub struct ServiceArgs {
 #[derive(Debug, Args)]
 pub struct NodeArgs {
     /// The cluster file (see cluster.example.toml): nodes, their addresses, partition owners,
-    /// map version and the cluster secret (or set WALLET_CLUSTER_SECRET).
+    /// map version, the cluster secret (or set WALLET_CLUSTER_SECRET), and optionally the
+    /// [tls] section: `ca`, `cert` and `key` PEM files for mutual TLS between nodes.
     #[arg(long)]
     pub config: PathBuf,
     /// Which node of the cluster file this process is.
@@ -258,5 +270,39 @@ mod tests {
         assert_eq!(args.service.transfer_wait_ms, 2000);
         assert_eq!(args.service.body_limit_bytes, 2 << 20);
         assert_eq!(args.service.max_in_flight, 4096);
+        assert_eq!(args.service.tls_cert, None);
+        assert_eq!(args.service.tls_key, None);
+    }
+
+    #[test]
+    fn tls_needs_both_a_certificate_and_a_key() {
+        for (given, missing) in [("--tls-cert", "--tls-key"), ("--tls-key", "--tls-cert")] {
+            for command in [
+                vec!["wallet", "serve", given, "x.pem"],
+                vec![
+                    "wallet", "node", "--config", "c.toml", "--id", "0", given, "x.pem",
+                ],
+            ] {
+                let error = Cli::try_parse_from(&command).unwrap_err();
+                assert_eq!(
+                    error.kind(),
+                    clap::error::ErrorKind::MissingRequiredArgument
+                );
+                assert!(error.to_string().contains(missing), "{error}");
+            }
+        }
+        let cli = Cli::parse_from([
+            "wallet",
+            "serve",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ]);
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(args.service.tls_cert, Some(PathBuf::from("c.pem")));
+        assert_eq!(args.service.tls_key, Some(PathBuf::from("k.pem")));
     }
 }

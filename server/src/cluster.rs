@@ -1,7 +1,8 @@
 //! The cluster file (`cluster.toml`): which node owns which partition, how nodes reach each
-//! other, and the secret they prove to each other. Every node of a cluster reads the same
-//! file; `wallet node --config cluster.toml --id N` runs node `N`. See `cluster.example.toml`
-//! at the repository root for a commented example.
+//! other, the secret they prove to each other, and optionally the certificates of mutual TLS
+//! between them. Every node of a cluster reads the same file; `wallet node --config
+//! cluster.toml --id N` runs node `N`. See `cluster.example.toml` at the repository root for a
+//! commented example.
 //!
 //! ```toml
 //! map_version = 1          # every peer frame carries it; nodes of other versions are refused
@@ -13,10 +14,16 @@
 //! id = 0
 //! http = "127.0.0.1:8080"  # the HTTP API
 //! peer = "127.0.0.1:9080"  # the node-to-node protocol
+//!
+//! [tls]                    # optional: peer links under mutual TLS (see `TlsPaths`)
+//! ca = "ca.pem"
+//! cert = "node-{id}.pem"   # `{id}` is the node's id, so one file serves every node
+//! key = "node-{id}.key"
 //! ```
 //!
-//! Parsing turns the file into a [`PartitionMap`] and the secret, and refuses anything a
-//! cluster could not run on with an error that names the field to fix.
+//! Parsing turns the file into a [`PartitionMap`], the secret and the TLS paths, and refuses
+//! anything a cluster could not run on with an error that names the field to fix. The PEM
+//! files themselves are read by [`crate::tls`].
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -46,6 +53,17 @@ struct ClusterFile {
     secret_file: Option<PathBuf>,
     #[serde(default)]
     nodes: Vec<NodeEntry>,
+    #[serde(default)]
+    tls: Option<TlsSection>,
+}
+
+/// The `[tls]` section as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsSection {
+    ca: String,
+    cert: String,
+    key: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,11 +74,49 @@ struct NodeEntry {
     peer: String,
 }
 
-/// A cluster ready to run: the partition map and the shared secret.
+/// A cluster ready to run: the partition map, the shared secret, and whether peer links run
+/// under mutual TLS.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
     pub map: PartitionMap,
     pub secret: Vec<u8>,
+    /// The `[tls]` section; without one, peer links are plain TCP.
+    pub tls: Option<TlsPaths>,
+}
+
+/// The PEM files of mutual TLS between nodes, from the `[tls]` section: the cluster's CA,
+/// and each node's certificate and key. Paths are relative to the cluster file's directory,
+/// and `{id}` in them stands for the node's id: nodes on one machine can share one file, and
+/// nodes on their own machines can use the same file with each its own `cert` and `key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    base: PathBuf,
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+/// The PEM files of one node's mutual TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The CA every node's certificate must be signed by.
+    pub ca: PathBuf,
+    /// The node's certificate (then any intermediates), for the host of its `peer` address.
+    pub cert: PathBuf,
+    /// The certificate's private key.
+    pub key: PathBuf,
+}
+
+impl TlsPaths {
+    /// The files of node `id`.
+    pub fn for_node(&self, id: NodeId) -> TlsFiles {
+        let path = |template: &str| self.base.join(template.replace("{id}", &id.to_string()));
+        TlsFiles {
+            ca: path(&self.ca),
+            cert: path(&self.cert),
+            key: path(&self.key),
+        }
+    }
 }
 
 impl std::fmt::Debug for ClusterConfig {
@@ -69,6 +125,7 @@ impl std::fmt::Debug for ClusterConfig {
         f.debug_struct("ClusterConfig")
             .field("map", &self.map)
             .field("secret", &"<redacted>")
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -141,7 +198,13 @@ impl ClusterConfig {
         })?;
         let map = partition_map(&file)?;
         let secret = secret(&file, base, env_secret)?;
-        Ok(ClusterConfig { map, secret })
+        let tls = file.tls.map(|TlsSection { ca, cert, key }| TlsPaths {
+            base: base.to_path_buf(),
+            ca,
+            cert,
+            key,
+        });
+        Ok(ClusterConfig { map, secret, tls })
     }
 
     /// The address entry of node `id`, or an error listing the nodes there are.
@@ -405,6 +468,25 @@ mod tests {
             missing,
             Err(ClusterConfigError::SecretFile { .. })
         ));
+    }
+
+    #[test]
+    fn tls_paths_are_relative_to_the_file_and_name_each_node() {
+        assert_eq!(parse(THREE_NODES).unwrap().tls, None);
+        let with_tls = format!(
+            "{THREE_NODES}\n[tls]\nca = \"pki/ca.pem\"\ncert = \"pki/node-{{id}}.pem\"\nkey = \"/keys/{{id}}.key\"\n"
+        );
+        let config = ClusterConfig::parse(&with_tls, "c", Path::new("/etc/walletd"), None).unwrap();
+        let files = config.tls.expect("a [tls] section").for_node(5);
+        assert_eq!(files.ca, Path::new("/etc/walletd/pki/ca.pem"));
+        assert_eq!(files.cert, Path::new("/etc/walletd/pki/node-5.pem"));
+        assert_eq!(files.key, Path::new("/keys/5.key"));
+        let incomplete = format!("{THREE_NODES}\n[tls]\nca = \"ca.pem\"\ncert = \"node.pem\"\n");
+        let error = parse(&incomplete).unwrap_err().to_string();
+        assert!(error.contains("missing field `key`"), "{error}");
+        let unknown = format!("{with_tls}certificate = \"x\"\n");
+        let error = parse(&unknown).unwrap_err().to_string();
+        assert!(error.contains("unknown field `certificate`"), "{error}");
     }
 
     #[test]

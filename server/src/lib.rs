@@ -8,7 +8,10 @@
 //! - [`serve`]: `wallet serve`, the all-in-one node: recovery, HTTP, graceful shutdown.
 //! - [`node`]: `wallet node`, one node of a cluster: the same API over partitions that run
 //!   here or on the nodes the peer protocol reaches.
-//! - [`cluster`]: the cluster file: nodes, addresses, partition owners, map version, secret.
+//! - [`cluster`]: the cluster file: nodes, addresses, partition owners, map version, secret,
+//!   the files of mutual TLS between nodes.
+//! - [`tls`]: certificates and keys from PEM files, for HTTPS and for the peer links.
+//! - [`https`]: serving the API over TLS (TLS handshake per connection, graceful shutdown).
 //! - [`api`]: the HTTP API. The router takes a `Client` and driver statistics, never an
 //!   `Engine`, so a cluster node can serve the same API. One file per group of routes:
 //!   [`api::accounts`], [`api::transfers`], [`api::batch`], [`api::queries`],
@@ -33,11 +36,13 @@ pub mod cluster;
 pub mod datadir;
 pub mod errors;
 pub mod history;
+pub mod https;
 pub mod node;
 pub mod process;
 pub mod replay_cmd;
 pub mod rfc3339;
 pub mod serve;
+pub mod tls;
 pub mod verify;
 
 /// Runs the `wallet` command line; what `main` of the binary calls.

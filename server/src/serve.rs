@@ -1,13 +1,13 @@
 //! `wallet serve`: the all-in-one node.
 //!
-//! Start: check the data directory's partition count, recover every partition (log replay,
-//! torn tail dropped, unfinished transfers resumed) and start its driver, then serve HTTP.
+//! Start: read the TLS files if any (`--tls-cert`, `--tls-key`), check the data directory's
+//! partition count, recover every partition (log replay, torn tail dropped, unfinished
+//! transfers resumed) and start its driver, then serve HTTP, or HTTPS only ([`crate::https`]).
 //! Stop, on Ctrl-C or SIGTERM: stop accepting, let requests in flight finish (axum's graceful
 //! shutdown), then ask every partition to finish its batch and sync (`Engine::shutdown`),
 //! and exit 0. A partition whose driver stopped (an fsync or write failed: the only safe
 //! reaction is to stop) makes the server shut down the same way and exit non-zero.
 
-use std::future::IntoFuture;
 use std::io;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use std::time::Duration;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use walletd_core::model::event::TransferKey;
 use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_core::model::partition::PartitionId;
@@ -27,6 +28,7 @@ use crate::api::{self, Api, ApiOptions};
 use crate::cli::{ServeArgs, ServiceArgs};
 use crate::datadir::{DataDir, DataDirError};
 use crate::history::LogReader;
+use crate::tls::TlsConfigError;
 
 /// How often the watchdog asks every partition whether its driver still runs.
 const WATCHDOG_INTERVAL_MS: u64 = 1000;
@@ -40,6 +42,10 @@ pub enum ServeError {
     Io { what: String, source: io::Error },
     #[error(transparent)]
     Driver(#[from] DriverError),
+    #[error(transparent)]
+    Tls(#[from] TlsConfigError),
+    #[error("--tls-cert and --tls-key go together: give both, or neither for plain HTTP")]
+    HalfTls,
     #[error("partition {0} stopped unexpectedly (see the errors above); the server shut down")]
     PartitionStopped(PartitionId),
 }
@@ -147,14 +153,15 @@ pub(crate) fn log_recovery(reports: &[RecoveryReport]) {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    let tls = api_tls(&args.service)?;
     let dir = DataDir::create_or_check(&args.data_dir, args.partitions)?;
     tracing::info!(data_dir = %dir.root().display(), partitions = dir.partitions(), "starting");
     let engine = start_engine(&args, &dir).await?;
     log_recovery(engine.recovery_reports());
     let api = build_api(&engine, dir, options(&args.service));
-    let listener = bind_http(&args.listen.to_string()).await?;
+    let listener = bind_http(&args.listen.to_string(), tls.is_some()).await?;
     let grace = Duration::from_millis(args.service.shutdown_grace_ms);
-    let (served, stop) = serve_http(listener, api, engine.local_partitions(), grace).await;
+    let (served, stop) = serve_http(listener, tls, api, engine.local_partitions(), grace).await;
     tracing::info!("syncing and stopping partitions");
     let stopped = engine.shutdown().await;
     served.map_err(|source| ServeError::Io {
@@ -168,8 +175,19 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     }
 }
 
-/// Binds the HTTP listener and logs where it listens.
-pub(crate) async fn bind_http(address: &str) -> Result<TcpListener, ServeError> {
+/// The TLS side of the API: `Some` with `--tls-cert` and `--tls-key`, whose files are read and
+/// checked here, before anything else starts.
+pub(crate) fn api_tls(args: &ServiceArgs) -> Result<Option<TlsAcceptor>, ServeError> {
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Ok(Some(crate::tls::https_acceptor(cert, key)?)),
+        (None, None) => Ok(None),
+        // The command line refuses this already; a caller that builds the arguments does not.
+        _ => Err(ServeError::HalfTls),
+    }
+}
+
+/// Binds the HTTP listener and logs where it listens (`https://` when `tls`).
+pub(crate) async fn bind_http(address: &str, tls: bool) -> Result<TcpListener, ServeError> {
     let listener = TcpListener::bind(address)
         .await
         .map_err(|source| ServeError::Io {
@@ -180,7 +198,8 @@ pub(crate) async fn bind_http(address: &str) -> Result<TcpListener, ServeError> 
         what: "cannot read the listening address".into(),
         source,
     })?;
-    tracing::info!(%addr, "listening on http://{addr}");
+    let scheme = if tls { "https" } else { "http" };
+    tracing::info!(%addr, "listening on {scheme}://{addr}");
     Ok(listener)
 }
 
@@ -208,11 +227,13 @@ pub(crate) fn build_api(engine: &Engine, dir: DataDir, options: ApiOptions) -> A
     Api::new(engine.client(), stats, Some(history), options)
 }
 
-/// Serves HTTP until a signal or until one of the `watched` partitions (those running in
-/// this process) stops, then drains requests in flight for at most `grace`. Returns how
-/// serving ended and why; the caller stops its partitions afterwards.
+/// Serves HTTP, or HTTPS only with `tls`, until a signal or until one of the `watched`
+/// partitions (those running in this process) stops, then drains requests in flight for at
+/// most `grace`. Returns how serving ended and why; the caller stops its partitions
+/// afterwards.
 pub(crate) async fn serve_http(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     api: Api,
     watched: &[PartitionId],
     grace: Duration,
@@ -220,17 +241,28 @@ pub(crate) async fn serve_http(
     let (stop_tx, mut stop_rx) = watch::channel(Stop::Running);
     let mut graceful = stop_tx.subscribe();
     tokio::spawn(watch_for_stop(api.clone(), watched.to_vec(), stop_tx));
-    // Answers go out at once: without TCP_NODELAY the tail of a multi-segment answer (a batch
-    // result) can wait on Nagle's algorithm for the client's delayed acknowledgement.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
-        }
-    });
-    let server = axum::serve(listener, api::router(api)).with_graceful_shutdown(async move {
+    let shutdown = async move {
         let _ = graceful.wait_for(|stop| *stop != Stop::Running).await;
         tracing::info!("shutting down: draining requests in flight");
-    });
+    };
+    let router = api::router(api);
+    let server = async move {
+        let Some(acceptor) = tls else {
+            // Answers go out at once: without TCP_NODELAY the tail of a multi-segment answer
+            // (a batch result) can wait on Nagle's algorithm for the client's delayed
+            // acknowledgement.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(error) = tcp.set_nodelay(true) {
+                    tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
+                }
+            });
+            return axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await;
+        };
+        crate::https::serve_https(listener, acceptor, router, shutdown).await;
+        Ok(())
+    };
     // Draining is bounded: a client that never finishes its request must not keep the
     // partitions from syncing and stopping.
     let drain_deadline = async {
@@ -238,7 +270,7 @@ pub(crate) async fn serve_http(
         tokio::time::sleep(grace).await;
     };
     let served = tokio::select! {
-        served = server.into_future() => served,
+        served = server => served,
         () = drain_deadline => {
             tracing::warn!(grace_ms = grace.as_millis() as u64, "requests still in flight after the grace period; closing them");
             Ok(())

@@ -397,8 +397,8 @@ impl PeerIo for NodeIo {
         self.wrap(stream, Side::Connector)
     }
 
-    fn accepted(&self, stream: TcpStream, peer: SocketAddr) -> io::Result<SimStream> {
-        let stream = Tcp.accepted(stream, peer)?;
+    async fn accepted(&self, stream: TcpStream, peer: SocketAddr) -> io::Result<SimStream> {
+        let stream = Tcp.accepted(stream, peer).await?;
         self.wrap(stream, Side::Acceptor)
     }
 
@@ -562,7 +562,7 @@ mod tests {
                 ready.send(()).unwrap();
                 let (stream, peer) = listener.accept().await.unwrap();
                 let io = NodeIo::new(Arc::clone(&accepting), 0);
-                server(accepting, io.accepted(stream, peer).unwrap()).await
+                server(accepting, io.accepted(stream, peer).await.unwrap()).await
             });
         let connecting = Arc::clone(&links);
         runtime

@@ -9,9 +9,9 @@
 //! - [`engine`]: partitions of one process and the [`engine::Client`] that routes to them.
 //! - [`storage`]: the durable-storage trait; [`storage::file`] on real files with fsync.
 //! - [`transport`]: how partitions send phase messages to each other (best effort).
-//! - [`net`]: cluster nodes over TCP: forwarders to the owners of remote partitions, the
-//!   authenticated peer listener, and [`net::start_node_with`]. The simulator runs it too, over
-//!   madsim's simulated TCP.
+//! - [`net`]: cluster nodes over TCP, or mutual TLS: forwarders to the owners of remote
+//!   partitions, the authenticated peer listener, and [`net::start_node_with`]. The simulator
+//!   runs it too, over madsim's simulated TCP (without TLS).
 
 /// Whether the known bug `$bug` ([`walletd_core::protocol::bugs::Bug`]) is switched on:
 /// only tests and the simulator have the switches; everywhere else this is `false`.

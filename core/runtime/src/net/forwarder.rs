@@ -54,12 +54,14 @@ impl<N: PeerIo> Forwarder<N> {
         let config = self.ctx.config;
         let mut backoff_ms = config.connect_backoff_initial_ms;
         let mut failures: u64 = 0;
+        let mut last_logged: Option<String> = None;
         loop {
             match self.connect().await {
                 Ok(stream) => {
                     tracing::info!(node = self.ctx.node, peer = self.remote, "peer link up");
                     backoff_ms = config.connect_backoff_initial_ms;
                     failures = 0;
+                    last_logged = None;
                     self.stats.connects.fetch_add(1, Ordering::Relaxed);
                     self.stats.connected.store(true, Ordering::Relaxed);
                     let end = self.serve(stream).await;
@@ -73,11 +75,16 @@ impl<N: PeerIo> Forwarder<N> {
                 }
                 Err(error) => {
                     failures += 1;
-                    // The first failure is news; repeats while a node is down are not.
+                    // The first failure is news, and so is one that differs from the last
+                    // logged (a node that was down is up, but its certificate is refused);
+                    // repeats while a node is down are not.
+                    let text = error.to_string();
                     if failures == 1
                         || matches!(error, NetError::Auth(_) | NetError::StaleMap { .. })
+                        || last_logged.as_deref() != Some(text.as_str())
                     {
                         tracing::warn!(node = self.ctx.node, peer = self.remote, address = self.address, %error, "cannot reach peer");
+                        last_logged = Some(text);
                     }
                 }
             }

@@ -92,7 +92,10 @@ pub(super) async fn accept_loop<N: PeerIo>(
 
 pub(super) fn log_inbound_end(ctx: &NodeContext, address: SocketAddr, error: &NetError) {
     match error {
-        NetError::Auth(_) | NetError::StaleMap { .. } | NetError::Protocol(_) => {
+        NetError::Accept(_)
+        | NetError::Auth(_)
+        | NetError::StaleMap { .. }
+        | NetError::Protocol(_) => {
             tracing::warn!(node = ctx.node, %address, %error, "peer connection refused")
         }
         _ => tracing::info!(node = ctx.node, %address, %error, "peer connection closed"),
@@ -106,14 +109,17 @@ pub(super) async fn serve_inbound<N: PeerIo>(
     client: Client,
     io: &N,
 ) -> Result<(), NetError> {
-    let mut stream = io.accepted(stream, address)?;
-    let peer = match timeout(
-        ms(ctx.config.handshake_timeout_ms),
-        handshake_acceptor(&mut stream, ctx),
-    )
-    .await
-    {
-        Ok(peer) => peer?,
+    // The stream's own handshake (TLS) and the peer handshake share one deadline.
+    let opening = async {
+        let mut stream = io
+            .accepted(stream, address)
+            .await
+            .map_err(NetError::Accept)?;
+        let peer = handshake_acceptor(&mut stream, ctx).await?;
+        Ok::<_, NetError>((stream, peer))
+    };
+    let (stream, peer) = match timeout(ms(ctx.config.handshake_timeout_ms), opening).await {
+        Ok(opened) => opened?,
         Err(_) => return Err(NetError::Timeout),
     };
     tracing::info!(node = ctx.node, peer, %address, "peer authenticated");

@@ -27,7 +27,8 @@
 //! - `framing`: whole frames on a byte stream;
 //! - `forwarder`: the outbound link to one remote node;
 //! - `listener`: [`PeerListener`], the inbound links;
-//! - `stream`: [`PeerIo`], the byte streams links run over ([`Tcp`] in production).
+//! - `stream`: [`PeerIo`], the byte streams links run over ([`Tcp`] in production);
+//! - `tls`: [`MutualTls`], the same sockets under mutual TLS (not built under `--cfg madsim`).
 //!
 //! # Failure
 //! When a link breaks, every request waiting on it is dropped and its client sees
@@ -52,8 +53,10 @@
 //!
 //! The nonces come from a keyed counter ([`NodeConfig::nonce_seed`]): `core` draws no random
 //! numbers of its own; the binary seeds it from the operating system (the simulator from the
-//! run's seed). After the handshake frames are checksummed but neither signed nor encrypted:
-//! the peer network must be private.
+//! run's seed). Over [`Tcp`], frames after the handshake are checksummed but neither signed nor
+//! encrypted: the peer network must be private. Over [`MutualTls`] the same handshake runs
+//! inside a TLS channel that both ends opened with a certificate of the cluster's CA, and
+//! the frames are encrypted and authenticated.
 //!
 //! # Byte streams, and the simulator
 //! Links run over any [`PeerIo`]: production uses [`Tcp`]. The module builds under
@@ -86,12 +89,16 @@ mod framing;
 mod handshake;
 mod listener;
 mod stream;
+#[cfg(not(madsim))]
+mod tls;
 
 use forwarder::*;
 use framing::*;
 use handshake::*;
 pub use listener::PeerListener;
 pub use stream::{PeerIo, Tcp};
+#[cfg(not(madsim))]
+pub use tls::{crypto_provider, MutualTls, PeerCertificates, PeerTlsError};
 
 /// Shortest cluster secret accepted, in bytes.
 pub const SECRET_LEN_MIN: usize = 16;
@@ -178,6 +185,10 @@ pub struct NodeConfig {
 pub enum NetError {
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
+    /// The accepted connection could not be set up, before the handshake: under mutual TLS,
+    /// a peer without a certificate the cluster's CA signed.
+    #[error("connection not accepted: {0}")]
+    Accept(io::Error),
     #[error("bad frame: {0}")]
     Wire(#[from] WireError),
     #[error("timed out")]
@@ -327,7 +338,8 @@ pub async fn bind_peer_address(map: &PartitionMap, node: NodeId) -> Result<TcpLi
 /// Starts node `node` of `map` on `listener` (from [`bind_peer_address`]; tests bind port 0
 /// first to learn the port): recovers its partitions from `storages` (exactly the partitions
 /// the map gives it), links to every other node and serves peers, over the byte streams of
-/// `io` (production passes [`Tcp`]; the simulator its wrapped sockets, see [`PeerIo`]).
+/// `io` (production passes [`Tcp`] or [`MutualTls`]; the simulator its wrapped sockets, see
+/// [`PeerIo`]).
 /// `secret` is the cluster secret every node shares.
 pub async fn start_node_with<S: Storage, N: PeerIo>(
     io: N,

@@ -2,9 +2,9 @@
 //!
 //! The peer protocol needs nothing but ordered, reliable byte streams between nodes: a way to
 //! open one to an address, to adopt one the listener accepted, and to split one into a read
-//! and a write half that two tasks own. [`PeerIo`] names exactly that, and [`Tcp`] is the
-//! only implementation production uses: plain sockets with `TCP_NODELAY`, split into owned
-//! halves without a lock.
+//! and a write half that two tasks own. [`PeerIo`] names exactly that. Production uses
+//! [`Tcp`], plain sockets with `TCP_NODELAY` split into owned halves without a lock, or, when
+//! the cluster file asks for it, [`super::MutualTls`]: the same sockets under mutual TLS.
 //!
 //! The trait exists for the simulator. It runs this module's links unchanged over madsim's
 //! simulated TCP (which is what `tokio::net` is under `--cfg madsim`), and wraps those sockets
@@ -31,8 +31,14 @@ pub trait PeerIo: Send + Sync + 'static {
     /// Opens a connection to a peer's listener at `address` (`host:port`).
     fn connect(&self, address: &str) -> impl Future<Output = io::Result<Self::Stream>> + Send;
 
-    /// Adopts a connection the peer listener accepted from `peer`.
-    fn accepted(&self, stream: TcpStream, peer: SocketAddr) -> io::Result<Self::Stream>;
+    /// Adopts a connection the peer listener accepted from `peer`. Asynchronous because a
+    /// stream may need a handshake of its own first (TLS); it runs within the link's
+    /// handshake timeout.
+    fn accepted(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> impl Future<Output = io::Result<Self::Stream>> + Send;
 
     /// Splits an authenticated connection between its reader and its writer.
     fn split(&self, stream: Self::Stream) -> (Self::ReadHalf, Self::WriteHalf);
@@ -76,7 +82,7 @@ impl PeerIo for Tcp {
         Ok(stream)
     }
 
-    fn accepted(&self, stream: TcpStream, _peer: SocketAddr) -> io::Result<TcpStream> {
+    async fn accepted(&self, stream: TcpStream, _peer: SocketAddr) -> io::Result<TcpStream> {
         stream.set_nodelay(true)?;
         Ok(stream)
     }
