@@ -1,8 +1,8 @@
 //! The API's own middleware, as plain tower services: no boxed futures and no per-request
 //! clones of the services underneath (axum's `from_fn` does both for every layer).
 //!
-//! - [`Track`] (around every route): counts the request by route and status and the
-//!   requests in flight, and turns a non-JSON error of any layer below it into the
+//! - [`Track`] (around every route): counts the request and its latency by route and status,
+//!   and the requests in flight, and turns a non-JSON error of any layer below it into the
 //!   documented `{code, message}` JSON.
 //! - [`LengthLimit`] (around every route): a body announced larger than the limit is refused.
 //! - [`Guard`] (around every `/v1` route): the bearer token, then the in-flight limit.
@@ -10,9 +10,9 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::{header, StatusCode};
@@ -72,15 +72,13 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         let route = request.extensions().get::<MatchedPath>().cloned();
-        self.api
-            .metrics()
-            .http_in_flight
-            .fetch_add(1, Ordering::Relaxed);
+        self.api.metrics().in_flight().inc();
         TrackFuture {
             inner: self.inner.call(request),
             in_flight: InFlight(self.api.clone()),
             route,
             log_failures: self.log_failures,
+            started: Instant::now(),
         }
     }
 }
@@ -90,10 +88,7 @@ struct InFlight(Api);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0
-            .metrics()
-            .http_in_flight
-            .fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics().in_flight().dec();
     }
 }
 
@@ -105,6 +100,8 @@ pin_project! {
         in_flight: InFlight,
         route: Option<MatchedPath>,
         log_failures: bool,
+        // For `walletd_http_request_duration_seconds`: until the response is ready.
+        started: Instant,
     }
 }
 
@@ -129,7 +126,11 @@ where
                 "response failed"
             );
         }
-        this.in_flight.0.metrics().request(route, status.as_u16());
+        let elapsed = this.started.elapsed();
+        this.in_flight
+            .0
+            .metrics()
+            .request(route, status.as_u16(), elapsed);
         Poll::Ready(Ok(response))
     }
 }

@@ -1,19 +1,38 @@
-//! `/metrics`: Prometheus text exposition (format 0.0.4), written by hand.
+//! `/metrics`: OpenMetrics text exposition 1.0.0 (which Prometheus scrapes natively), encoded
+//! by `prometheus-client` from a registry this server owns (no global state: two servers in
+//! one test process count apart).
 //!
-//! HTTP counters are kept here; partition counters come straight from each driver's
-//! [`walletd_runtime::driver::DriverStats`], read at scrape time.
+//! # Layout
+//! - [`http`]: what the HTTP layer records as requests go: requests and their latency by
+//!   route and status, requests in flight, transfers by outcome.
+//! - [`partitions`]: every partition driver's counters, gauges and histograms, read from its
+//!   [`walletd_runtime::driver::DriverStats`] at scrape time (the driver keeps them in atomics,
+//!   since its crate also runs under the simulator and carries no metrics library).
+//! - [`process`]: the process's resident memory and the limit it is held to, read at scrape
+//!   time.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+mod http;
+mod partitions;
+mod process;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use walletd_core::ledger::TransferStatus;
+use walletd_core::model::partition::PartitionId;
+use walletd_runtime::driver::DriverStats;
 
 use super::Api;
+
+/// The content type of OpenMetrics text, the only text format `prometheus-client` writes.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The outcome of a transfer request, as counted by `walletd_transfers_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,193 +78,67 @@ impl Outcome {
     }
 }
 
-/// Counters of the HTTP layer.
-#[derive(Debug, Default)]
+/// The metrics of one API: the HTTP layer's, recorded as requests go, and a registry that
+/// also reads the partitions and the process when scraped.
+#[derive(Debug)]
 pub struct Metrics {
-    /// Requests by route, then status. Routes are the router's patterns, so the key set is
-    /// bounded by the number of routes times the statuses the API uses.
-    requests: Mutex<BTreeMap<String, BTreeMap<u16, u64>>>,
-    transfers: [AtomicU64; 6],
-    pub(crate) http_in_flight: AtomicI64,
+    http: http::HttpMetrics,
+    registry: Registry,
 }
 
 impl Metrics {
-    pub fn transfer(&self, outcome: Outcome) {
-        let index = Outcome::ALL
-            .iter()
-            .position(|o| *o == outcome)
-            .expect("listed");
-        self.transfers[index].fetch_add(1, Ordering::Relaxed);
+    /// Metrics over the partitions that run in this process; `memory_limit_bytes` is
+    /// published as the limit when set.
+    pub fn new(
+        partitions: Vec<(PartitionId, Arc<DriverStats>)>,
+        memory_limit_bytes: Option<u64>,
+    ) -> Metrics {
+        let mut registry = Registry::default();
+        let http = http::HttpMetrics::register(&mut registry);
+        registry.register_collector(Box::new(partitions::Partitions::new(partitions)));
+        registry.register_collector(Box::new(process::Process { memory_limit_bytes }));
+        Metrics { http, registry }
     }
 
-    /// Counts a request (see [`super::layers::Track`]). Allocates only for a route's first
-    /// request.
-    pub(crate) fn request(&self, route: &str, status: u16) {
-        let mut requests = self.requests.lock().expect("metrics lock");
-        let statuses = match requests.get_mut(route) {
-            Some(statuses) => statuses,
-            None => requests.entry(route.to_string()).or_default(),
-        };
-        *statuses.entry(status).or_default() += 1;
+    pub fn transfer(&self, outcome: Outcome) {
+        self.http.transfer(outcome);
     }
+
+    /// Counts a finished request and its latency (see [`super::layers::Track`]).
+    pub(crate) fn request(&self, route: &str, status: u16, elapsed: Duration) {
+        self.http.request(route, status, elapsed);
+    }
+
+    /// `walletd_http_requests_in_flight`.
+    pub(crate) fn in_flight(&self) -> &Gauge {
+        &self.http.in_flight
+    }
+
+    /// The whole exposition, `# EOF` included.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing to a String fails only if a metric's encoder does: ours do not, but a
+        // scrape must not panic, so a failure is logged and the text so far served.
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(%error, "metrics could not be encoded in full");
+        }
+        out
+    }
+}
+
+/// Gauges are signed in the exposition; none here comes near `i64::MAX`, and one that did
+/// would show as that rather than fail the scrape.
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 /// `GET /metrics`.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text exposition format 0.0.4", body = String)))]
+    responses((status = 200, description = "OpenMetrics text exposition 1.0.0", body = String)))]
 pub async fn render(State(api): State<Api>) -> Response {
-    let mut out = String::with_capacity(4096);
-    write_http(&mut out, api.metrics());
-    write_partitions(&mut out, &api);
-    write_process(&mut out, &api);
-    let mut response = out.into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
+    let mut response = api.metrics().encode().into_response();
     response
-}
-
-fn write_http(out: &mut String, metrics: &Metrics) {
-    out.push_str("# HELP walletd_http_requests_total HTTP requests by route and status.\n");
-    out.push_str("# TYPE walletd_http_requests_total counter\n");
-    for (route, statuses) in metrics.requests.lock().expect("metrics lock").iter() {
-        let route = escape_label(route);
-        for (status, count) in statuses {
-            let _ = writeln!(
-                out,
-                "walletd_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
-            );
-        }
-    }
-    out.push_str("# HELP walletd_http_requests_in_flight HTTP requests being handled.\n");
-    out.push_str("# TYPE walletd_http_requests_in_flight gauge\n");
-    let _ = writeln!(
-        out,
-        "walletd_http_requests_in_flight {}",
-        metrics.http_in_flight.load(Ordering::Relaxed)
-    );
-    out.push_str(
-        "# HELP walletd_transfers_total Transfer requests (single and batch items) by outcome.\n",
-    );
-    out.push_str("# TYPE walletd_transfers_total counter\n");
-    for (outcome, count) in Outcome::ALL.iter().zip(&metrics.transfers) {
-        let _ = writeln!(
-            out,
-            "walletd_transfers_total{{outcome=\"{}\"}} {}",
-            outcome.label(),
-            count.load(Ordering::Relaxed)
-        );
-    }
-}
-
-fn write_partitions(out: &mut String, api: &Api) {
-    type Read = fn(&walletd_runtime::driver::DriverStats) -> u64;
-    let families: [(&str, &str, &str, Read); 10] = [
-        (
-            "walletd_partition_batches_total",
-            "counter",
-            "Group-commit batches.",
-            |s| s.batches.load(Ordering::Relaxed),
-        ),
-        (
-            "walletd_partition_inputs_total",
-            "counter",
-            "Inputs (commands, queries, peer messages) taken into batches.",
-            |s| s.inputs.load(Ordering::Relaxed),
-        ),
-        (
-            "walletd_partition_events_total",
-            "counter",
-            "Events appended to the log.",
-            |s| s.events.load(Ordering::Relaxed),
-        ),
-        (
-            "walletd_partition_syncs_total",
-            "counter",
-            "Log syncs (fdatasync), one per batch that wrote.",
-            |s| s.syncs.load(Ordering::Relaxed),
-        ),
-        (
-            "walletd_partition_transfers_in_flight",
-            "gauge",
-            "Cross-partition transfers (TC/C) the home partition is still driving.",
-            |s| s.in_flight.load(Ordering::Relaxed),
-        ),
-        (
-            "walletd_partition_last_lsn",
-            "gauge",
-            "Last durable log sequence number.",
-            |s| s.last_lsn.load(Ordering::Relaxed),
-        ),
-        (
-            "walletd_partition_protocol_violations_total",
-            "counter",
-            "TC/C protocol violations seen by the coordinator (always 0 in a correct system).",
-            |s| s.violations.load(Ordering::Relaxed),
-        ),
-        (
-            "walletd_partition_rows",
-            "gauge",
-            "Rows held in memory: accounts, and the transfer, credit and cash rows that are \
-             idempotency records, never pruned (memory grows with them).",
-            |s| s.rows.load(Ordering::Relaxed),
-        ),
-        (
-            "walletd_partition_snapshot_failures_total",
-            "counter",
-            "Snapshots that could not be written; the partition went on from its log.",
-            |s| s.snapshot_failures.load(Ordering::Relaxed),
-        ),
-        (
-            "walletd_partition_events_per_batch",
-            "gauge",
-            "Average events per batch since start.",
-            |s| s.events.load(Ordering::Relaxed) / s.batches.load(Ordering::Relaxed).max(1),
-        ),
-    ];
-    for (name, kind, help, read) in families {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (partition, stats) in api.driver_stats() {
-            let _ = writeln!(out, "{name}{{partition=\"{partition}\"}} {}", read(stats));
-        }
-    }
-    let name = "walletd_partition_fsync_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Log sync latency: _sum / _count is the mean fsync time.\n# TYPE {name} summary"
-    );
-    for (partition, stats) in api.driver_stats() {
-        let seconds = stats.sync_us_total.load(Ordering::Relaxed) as f64 / 1e6;
-        let syncs = stats.syncs.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_sum{{partition=\"{partition}\"}} {seconds:.6}");
-        let _ = writeln!(out, "{name}_count{{partition=\"{partition}\"}} {syncs}");
-    }
-}
-
-/// The process's resident memory, under the name Prometheus' own clients use (left out where
-/// `/proc` cannot tell: not Linux), and the limit it is held to.
-fn write_process(out: &mut String, api: &Api) {
-    if let Ok(bytes) = crate::process::resident_bytes() {
-        let name = "process_resident_memory_bytes";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Resident memory size in bytes.\n# TYPE {name} gauge\n{name} {bytes}"
-        );
-    }
-    if let Some(limit) = api.options().memory_limit_bytes {
-        let name = "walletd_memory_limit_bytes";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Resident memory above which new writes are refused (503 memory_limit).\n# TYPE {name} gauge\n{name} {limit}"
-        );
-    }
-}
-
-/// Escapes a label value per the exposition format (backslash, quote, newline).
-fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    response
 }
