@@ -110,6 +110,14 @@ impl ApiError {
         )
     }
 
+    pub fn body_too_large(limit_bytes: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than the limit of {limit_bytes} bytes"),
+        )
+    }
+
     pub fn batch_too_large(items: usize, items_max: usize) -> ApiError {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

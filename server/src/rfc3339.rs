@@ -1,7 +1,7 @@
 //! RFC 3339 timestamps to and from the log's microseconds since the Unix epoch.
 //!
 //! The calendar (days per month, leap years, offsets, the epoch) is `jiff`'s. What is ours is
-//! the grammar the API documents, `YYYY-MM-DD(T|t| )HH:MM:SS[.fraction](Z|z|±HH:MM)`: jiff's
+//! the grammar the API documents, `YYYY-MM-DD(T|t)HH:MM:SS[.fraction](Z|z|±HH:MM)`: jiff's
 //! parser takes more (ISO 8601's basic format, offsets without minutes, bracketed time
 //! zones), so a text is checked against that grammar before jiff reads it, and what the API
 //! accepted before it accepts now, no more, short of jiff's range: times after
@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use walletd_core::model::event::Timestamp as LogTimestamp;
 
 /// Longest timestamp text accepted before any parsing work is done.
-const TEXT_LEN_MAX: usize = 40;
+pub const TEXT_LEN_MAX: usize = 40;
 
 /// Shortest text of the grammar: `2024-05-01T12:00:00Z`.
 const TEXT_LEN_MIN: usize = 20;
@@ -39,6 +39,20 @@ pub fn format_us(timestamp_us: LogTimestamp) -> String {
 /// microseconds are truncated; a leap second, `:60`, is read as `:59`). Refuses times
 /// before 1970.
 pub fn parse_us(text: &str) -> Result<LogTimestamp, String> {
+    let micros = parse_micros(text)?;
+    u64::try_from(micros).map_err(|_| format!("{text:?} is before 1970-01-01T00:00:00Z"))
+}
+
+/// Parses an RFC 3339 timestamp as [`parse_us`] does, but reads an instant before 1970 as
+/// the epoch itself: for "as of" questions, where before the first record nothing existed,
+/// and a valid timestamp is not a client's mistake.
+pub fn parse_us_from_epoch(text: &str) -> Result<LogTimestamp, String> {
+    let micros = parse_micros(text)?;
+    Ok(u64::try_from(micros).unwrap_or(0))
+}
+
+/// Microseconds since the epoch (negative before it) of an RFC 3339 timestamp.
+fn parse_micros(text: &str) -> Result<i64, String> {
     let bad = || format!("{text:?} is not an RFC 3339 timestamp such as 2024-05-01T12:00:00Z");
     let fraction_digits = check_grammar(text).ok_or_else(bad)?;
     let instant: Timestamp = if fraction_digits > FRACTION_DIGITS_MAX {
@@ -49,8 +63,7 @@ pub fn parse_us(text: &str) -> Result<LogTimestamp, String> {
     } else {
         text.parse().map_err(|_| bad())?
     };
-    u64::try_from(instant.as_microsecond())
-        .map_err(|_| format!("{text:?} is before 1970-01-01T00:00:00Z"))
+    Ok(instant.as_microsecond())
 }
 
 /// Whether `text` has the documented shape (digits where digits go, the separators, a
@@ -68,7 +81,7 @@ fn check_grammar(text: &str) -> Option<usize> {
         && digits(5..7)
         && bytes[7] == b'-'
         && digits(8..10)
-        && matches!(bytes[10], b'T' | b't' | b' ')
+        && matches!(bytes[10], b'T' | b't')
         && digits(11..13)
         && bytes[13] == b':'
         && digits(14..16)
@@ -127,13 +140,12 @@ mod tests {
         assert_eq!(parse_us("2000-02-29T00:00:00Z"), Ok(951_782_400_000_000));
     }
 
-    /// The other spellings the grammar allows: a lowercase or space separator, a lowercase
-    /// `z`, a leap second, a fraction longer than nanoseconds.
+    /// The other spellings the grammar allows: a lowercase separator, a lowercase `z`, a
+    /// leap second, a fraction longer than nanoseconds.
     #[test]
     fn parses_every_spelling_the_grammar_allows() {
         let noon = 1_714_564_800_000_000;
         assert_eq!(parse_us("2024-05-01t12:00:00Z"), Ok(noon));
-        assert_eq!(parse_us("2024-05-01 12:00:00Z"), Ok(noon));
         assert_eq!(parse_us("2024-05-01T12:00:00z"), Ok(noon));
         assert_eq!(parse_us("2024-05-01T12:00:00+00:00"), Ok(noon));
         assert_eq!(parse_us("2024-05-01T12:00:00-00:00"), Ok(noon));
@@ -160,6 +172,15 @@ mod tests {
             parse_us("2024-05-01T12:00:00+23:59"),
             Ok(noon - 86_340_000_000)
         );
+    }
+
+    #[test]
+    fn as_of_questions_read_instants_before_1970_as_the_epoch() {
+        assert_eq!(parse_us_from_epoch("1969-12-31T23:59:59Z"), Ok(0));
+        assert_eq!(parse_us_from_epoch("0000-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(parse_us_from_epoch("1970-01-01T00:00:01Z"), Ok(1_000_000));
+        assert!(parse_us_from_epoch("yesterday").is_err());
+        assert!(parse_us_from_epoch("1969-02-30T00:00:00Z").is_err());
     }
 
     #[test]
@@ -204,6 +225,7 @@ mod tests {
             "２０２４-05-01T12:00:00Z",
             "2024-05-01T12:00:00Zjunk",
             "9999-12-31T00:00:00Z",
+            "2024-05-01 12:00:00Z",
         ] {
             assert!(parse_us(bad).is_err(), "{bad:?}");
         }

@@ -102,7 +102,7 @@ pub(crate) fn options(args: &ServiceArgs) -> ApiOptions {
     }
 }
 
-async fn start_engine(args: &ServeArgs, dir: &DataDir) -> Result<Engine, ServeError> {
+pub(crate) async fn start_engine(args: &ServeArgs, dir: &DataDir) -> Result<Engine, ServeError> {
     let mut storages = Vec::with_capacity(dir.partitions() as usize);
     for partition in 0..dir.partitions() {
         let path = dir.partition_dir(partition);

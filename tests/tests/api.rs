@@ -296,12 +296,16 @@ fn transfer_status_history_pages_and_past_balances() {
     assert_eq!(transfer(&s, a, c, "2.50", "x1").status, 200);
     assert_eq!(transfer(&s, a, c, "99.00", "x2").status, 422);
 
-    // The client hears "committed" once the decision is durable; the destination's
-    // acknowledgement, which finishes the phase row, follows a moment later.
-    let finished = wait_until(Duration::from_secs(10), || {
-        s.get(&format!("/v1/transfers/{a}/x1")).json()["phase"] == json!("committed")
+    // The client hears "committed" at the commit point, when the home's side is finished
+    // too; the destination logs the Confirm a moment later, and its history shows the
+    // credit once that record is durable.
+    let t = s.get(&format!("/v1/transfers/{a}/x1")).json();
+    assert_eq!(t["phase"], json!("committed"), "{t}");
+    let credited = wait_until(Duration::from_secs(10), || {
+        s.get(&format!("/v1/accounts/{c}/history")).json()["movements"][0]["kind"]
+            == json!("credit_in")
     });
-    assert!(finished, "the transfer's phase never reached committed");
+    assert!(credited, "the destination never showed the credit");
     let r = s.get(&format!("/v1/transfers/{a}/x1"));
     assert_eq!(r.status, 200, "{}", r.text());
     let t = r.json();
@@ -701,6 +705,79 @@ fn malformed_requests_get_json_errors_never_plain_text() {
     let r = http::send_raw(s.addr, raw.as_bytes()).expect("raw");
     assert_eq!((r.status, r.code()), (413, "body_too_large".into()));
     // The server is still fine.
+    assert_eq!(s.get("/healthz").status, 200);
+}
+
+/// Sends `head` and then `body` on one connection, all of it, before reading anything: what
+/// Python's `http.client` and most blocking clients do. The server must let the whole body in
+/// and answer, not reset the connection under the client's writes.
+fn write_everything_then_read(s: &Server, head: &str, body: &[u8]) -> http::Response {
+    let mut stream = http::connect(s.addr).expect("connect");
+    stream.write_all(head.as_bytes()).expect("write the head");
+    stream
+        .write_all(body)
+        .expect("the server reads the whole body of a request it refuses");
+    http::read_response(&mut stream).expect("a response, not a reset")
+}
+
+/// 8 MiB of JSON-looking filler: four times the default body limit of 2 MiB.
+fn oversized_body() -> Vec<u8> {
+    let mut body = b"{\"pad\":\"".to_vec();
+    body.resize((8 << 20) - 2, b'x');
+    body.extend_from_slice(b"\"}");
+    body
+}
+
+#[test]
+fn a_client_that_writes_a_whole_oversized_body_before_reading_reads_its_413() {
+    let (_tmp, s) = start(&["--batch-items-max", "10"]);
+    let body = oversized_body();
+    for path in ["/v1/accounts", "/v1/wallet/balance_transfers"] {
+        // Announced: refused before the body is read, which is then drained.
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let r = write_everything_then_read(&s, &head, &body);
+        assert_eq!(
+            (r.status, r.code()),
+            (413, "body_too_large".into()),
+            "{path}"
+        );
+
+        // Not announced (chunked): refused where the limit is passed, the rest drained.
+        let mut chunked = Vec::with_capacity(body.len() + 4096);
+        for chunk in body.chunks(64 << 10) {
+            chunked.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            chunked.extend_from_slice(chunk);
+            chunked.extend_from_slice(b"\r\n");
+        }
+        chunked.extend_from_slice(b"0\r\n\r\n");
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        let r = write_everything_then_read(&s, &head, &chunked);
+        assert_eq!(
+            (r.status, r.code()),
+            (413, "body_too_large".into()),
+            "{path}"
+        );
+    }
+
+    // A batch past --batch-items-max, within the body limit: the same, with its own code.
+    let items: Vec<Value> = (0..11)
+        .map(|i| json!({"from_account": "a", "to_account": "b", "amount": "1", "currency": "USD", "transaction_id": format!("z{i}")}))
+        .collect();
+    let batch = json!({ "transfers": items }).to_string();
+    let head = format!(
+        "POST /v1/wallet/balance_transfers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        batch.len()
+    );
+    let r = write_everything_then_read(&s, &head, batch.as_bytes());
+    assert_eq!((r.status, r.code()), (413, "batch_too_large".into()));
     assert_eq!(s.get("/healthz").status, 200);
 }
 

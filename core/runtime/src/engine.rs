@@ -316,9 +316,16 @@ impl Engine {
             stats: Vec::new(),
             reports: Vec::new(),
         };
-        for ((partition, mut storage), inbox) in local.into_iter().zip(receivers) {
+        // Every partition is recovered before any driver starts: a partition that refuses to
+        // start (damage recovery will not repair) then leaves no driver of its node running
+        // behind the error, holding its storage.
+        let mut recovered = Vec::with_capacity(local.len());
+        for (partition, mut storage) in local {
             let (ledger, report) = recover(&mut storage, partition, config.partitions).await?;
             on_recovered(&report);
+            recovered.push((ledger, report, storage));
+        }
+        for ((ledger, report, storage), inbox) in recovered.into_iter().zip(receivers) {
             let stats = Arc::new(DriverStats::default());
             let driver = PartitionDriver::new(
                 ledger,

@@ -33,7 +33,8 @@
 //! - **What rests only on durable records.** When the destination's Tried answer comes, the
 //!   transfer is committed as soon as the home's own debit is durable: from then on its
 //!   Confirm may leave and its waiting client be told `committed` (in that order), without
-//!   waiting for the decision record, which joins the open batch as history.
+//!   waiting for the record that finishes the home's side (`DebitConfirmed`), which joins
+//!   the open batch.
 //!
 //! A batch that holds only background work (decisions, second phases, acknowledgements) may
 //! wait up to [`MachineConfig::background_delay_us`] for a batch someone waits on, so that it
@@ -752,7 +753,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
 
     /// The destination durably tried `transfer`: once its debit (`debit_lsn`) is durable too,
     /// it is committed, so its Confirm may leave and its clients be told, without waiting
-    /// for the decision record. The Confirm goes first: a client told `committed` can count
+    /// for the record that finishes the home's side. The Confirm goes first: a client told `committed` can count
     /// on the credit being on its way (on one node, spendable by its next request).
     fn committed(&mut self, transfer: Transfer, debit_lsn: Lsn) {
         let from = self.partition();

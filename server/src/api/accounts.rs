@@ -9,7 +9,7 @@ use walletd_core::ledger::{CashKind, Command, Reply};
 use walletd_core::model::money::{format_minor, Amount};
 
 use super::{account_id, currency, transaction_id, Api, ApiJson, ApiPath};
-use crate::errors::{ApiError, ErrorBody};
+use crate::errors::ApiError;
 
 /// `POST /v1/accounts`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -62,8 +62,6 @@ pub struct BalanceResponse {
     responses(
         (status = 201, description = "Opened", body = AccountResponse),
         (status = 200, description = "Already open in this currency", body = AccountResponse),
-        (status = 400, description = "Malformed body, id or currency", body = ErrorBody),
-        (status = 409, description = "`account_exists`: open in another currency", body = ErrorBody),
     ))]
 pub async fn open_account(
     State(api): State<Api>,
@@ -106,10 +104,6 @@ pub async fn open_account(
     params(("id" = String, Path, description = "Account id")),
     responses(
         (status = 200, description = "Deposited (or the retry of a deposit)", body = BalanceResponse),
-        (status = 400, description = "Malformed body, amount or currency", body = ErrorBody),
-        (status = 404, description = "`account_not_found`", body = ErrorBody),
-        (status = 409, description = "`transaction_conflict`: the transaction id was used with another body", body = ErrorBody),
-        (status = 422, description = "`currency_mismatch`, `balance_limit`", body = ErrorBody),
     ))]
 pub async fn deposit(
     State(api): State<Api>,
@@ -127,10 +121,6 @@ pub async fn deposit(
     params(("id" = String, Path, description = "Account id")),
     responses(
         (status = 200, description = "Withdrawn (or the retry of a withdrawal)", body = BalanceResponse),
-        (status = 400, description = "Malformed body, amount or currency", body = ErrorBody),
-        (status = 404, description = "`account_not_found`", body = ErrorBody),
-        (status = 409, description = "`transaction_conflict`", body = ErrorBody),
-        (status = 422, description = "`insufficient_funds`, `currency_mismatch`", body = ErrorBody),
     ))]
 pub async fn withdraw(
     State(api): State<Api>,

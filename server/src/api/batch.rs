@@ -29,7 +29,7 @@ use walletd_runtime::engine::Unavailable;
 use super::metrics::Outcome;
 use super::transfers::{conclude, status_url, status_view, TransferRequest};
 use super::{Api, JsonBody};
-use crate::errors::{ApiError, ErrorBody};
+use crate::errors::ApiError;
 use items::read_batch;
 use results::{ItemResult, ResultsWriter};
 
@@ -72,9 +72,7 @@ pub struct BatchResponse {
 /// Execute up to 8000 transfers concurrently, one result per item.
 #[utoipa::path(post, path = "/v1/wallet/balance_transfers", tag = "transfers", request_body = BatchRequest,
     responses(
-        (status = 200, description = "One result per item, in order", body = BatchResponse),
-        (status = 400, description = "The body is not a batch", body = ErrorBody),
-        (status = 413, description = "`batch_too_large` or `body_too_large`", body = ErrorBody),
+        (status = 200, description = "One result per item, in order. The request as a whole was read; each item may still be an error (`status` `error`, `rejected` or `cancelled`), with the `http_status` and `code` it would have had alone.", body = BatchResponse),
     ))]
 pub async fn transfers(
     State(api): State<Api>,

@@ -4,7 +4,8 @@
 //! - [`Track`] (around every route): counts the request and its latency by route and status,
 //!   and the requests in flight, and turns a non-JSON error of any layer below it into the
 //!   documented `{code, message}` JSON.
-//! - [`LengthLimit`] (around every route): a body announced larger than the limit is refused.
+//! - [`LengthLimit`] (around every route): a body announced larger than the limit is refused,
+//!   and drained so that the client reads the refusal.
 //! - [`Guard`] (around every `/v1` route): the bearer token, then the in-flight limit.
 
 use std::convert::Infallible;
@@ -15,13 +16,13 @@ use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use pin_project_lite::pin_project;
 use tokio::sync::OwnedSemaphorePermit;
 use tower::{Layer, Service};
 
-use super::Api;
+use super::{body, Api};
 use crate::auth;
 use crate::errors::ApiError;
 
@@ -276,9 +277,10 @@ impl<S> Layer<S> for LengthLimitLayer {
 }
 
 /// Refuses a request whose announced `Content-Length` exceeds the body limit (413) before
-/// its body is read. A body without a length, or one longer than announced, is bounded
-/// where it is read: by the JSON extractor, under [`axum::extract::DefaultBodyLimit`]. This
-/// leaves the body as it came (no wrapper to box and poll through on every request).
+/// its body is read, and drains that body in the background ([`body::drain_refused`]). A
+/// body without a length, or one longer than announced, is bounded where it is read: by the
+/// JSON extractor ([`body::read_limited`]). This leaves the body as it came (no wrapper to
+/// box and poll through on every request).
 #[derive(Clone)]
 pub struct LengthLimit<S> {
     limit: usize,
@@ -303,8 +305,10 @@ where
             .get(header::CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
         if announced.is_some_and(|length| length > self.limit as u64) {
+            let (parts, body) = request.into_parts();
+            body::drain_refused(&parts.headers, body, self.limit);
             return GuardFuture::Refused {
-                response: Some(ApiError::for_status(StatusCode::PAYLOAD_TOO_LARGE).into_response()),
+                response: Some(ApiError::body_too_large(self.limit).into_response()),
             };
         }
         GuardFuture::Passed {

@@ -10,6 +10,7 @@
 
 pub mod accounts;
 pub mod batch;
+pub mod body;
 pub mod layers;
 pub mod metrics;
 pub mod openapi;
@@ -291,10 +292,10 @@ async fn not_found(request: Request) -> ApiError {
 /// transfer against a server on localhost.
 pub struct ApiJson<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned> FromRequest<Api> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(request: Request, state: &Api) -> Result<Self, ApiError> {
         let JsonBody(bytes) = JsonBody::from_request(request, state).await?;
         parse_json(&bytes).map(ApiJson)
     }
@@ -304,26 +305,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 /// that parse it into fields borrowed from it (no allocation per text field).
 pub struct JsonBody(pub Bytes);
 
-impl<S: Send + Sync> FromRequest<S> for JsonBody {
+impl FromRequest<Api> for JsonBody {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(request: Request, api: &Api) -> Result<Self, ApiError> {
         let content_type = request.headers().get(header::CONTENT_TYPE);
         if !content_type.is_some_and(is_json_content_type) {
             return Err(ApiError::malformed_json(
                 "the body must be JSON sent with `Content-Type: application/json`",
             ));
         }
-        Bytes::from_request(request, state)
+        let (parts, body) = request.into_parts();
+        body::read_limited(&parts.headers, body, api.options().body_limit_bytes)
             .await
             .map(JsonBody)
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::for_status(StatusCode::PAYLOAD_TOO_LARGE)
-                } else {
-                    ApiError::malformed_json(rejection.body_text())
-                }
-            })
     }
 }
 

@@ -1,10 +1,27 @@
-//! `GET /openapi.json`: the OpenAPI 3.1 document, generated from the handlers and types.
+//! `GET /openapi.json`: the OpenAPI 3.1 document of this server.
+//!
+//! The operations, their success responses and the response schemas come from the handlers
+//! and types (utoipa). What schema-driven tools rely on most is then written exactly, from
+//! the rules the server enforces, and for this server's options (its batch bound, whether it
+//! wants a token):
+//! - [`requests`]: every request field: type, pattern, length, values; path and query
+//!   parameters.
+//! - [`responses`]: every error status of every operation with the codes it carries.
+//!
+//! The contract test (`openapi/tests.rs`) sends requests generated from the document to a
+//! real router and holds the server to it.
 
+mod requests;
+mod responses;
+#[cfg(test)]
+mod tests;
+
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use serde_json::{json, Value};
+use utoipa::OpenApi;
 
-use super::{accounts, batch, metrics, queries, transfers};
+use super::{accounts, batch, metrics, queries, transfers, Api, ApiOptions};
 use crate::errors::ErrorBody;
 
 #[derive(OpenApi)]
@@ -31,49 +48,96 @@ use crate::errors::ErrorBody;
     ),
     components(schemas(
         ErrorBody,
-        accounts::OpenAccountRequest,
         accounts::AccountResponse,
-        accounts::CashRequest,
         accounts::BalanceResponse,
         queries::AccountBalance,
         queries::HistoryPage,
         queries::MovementView,
-        transfers::TransferRequest,
         transfers::TransferResponse,
         transfers::TransferStatusResponse,
-        batch::BatchRequest,
         batch::BatchItemResult,
         batch::BatchResponse,
     )),
-    modifiers(&BearerAuth),
     tags(
         (name = "accounts", description = "Accounts, deposits, withdrawals, balances, history"),
         (name = "transfers", description = "Transfers between accounts"),
         (name = "operations", description = "Health, metrics, this document"),
     )
 )]
-pub struct ApiDoc;
+struct ApiDoc;
 
-/// Declares the optional bearer token.
-struct BearerAuth;
+/// The route kept for the seed's clients, served by the transfer handler.
+const TRANSFER_ALIAS: &str = "/v1/wallet/balance_transper";
+const TRANSFER_PATH: &str = "/v1/wallet/balance_transfer";
 
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
+/// A JSON reference to a component schema.
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+/// The document of a server running with `options`.
+pub fn document_for(options: &ApiOptions) -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document is JSON");
+    let schemas = &mut doc["components"]["schemas"];
+    for (name, schema) in requests::schemas(options) {
+        schemas[name] = schema;
+    }
+    for (component, field, values) in responses::enumerations() {
+        let property = &mut schemas[component]["properties"][field];
+        assert!(property.is_object(), "{component}.{field} is documented");
+        property["enum"] = json!(values);
+    }
+    if options.api_token.is_some() {
+        doc["components"]["securitySchemes"] =
+            json!({"bearer": {"type": "http", "scheme": "bearer"}});
+    }
+    let paths = doc["paths"].as_object_mut().expect("paths");
+    for (path, item) in paths.iter_mut() {
+        let item = item.as_object_mut().expect("a path item");
+        for (method, operation) in item.iter_mut() {
+            describe_operation(method, path, operation, options);
+        }
+    }
+    let mut alias = doc["paths"][TRANSFER_PATH].clone();
+    alias["post"]["operationId"] = json!("transfer_alias");
+    alias["post"]["deprecated"] = json!(true);
+    alias["post"]["summary"] = json!(format!(
+        "The same as {TRANSFER_PATH}, under the seed's spelling"
+    ));
+    doc["paths"][TRANSFER_ALIAS] = alias;
+    doc
+}
+
+/// Writes the exact parameters, request body, error responses and security of one operation.
+fn describe_operation(method: &str, path: &str, operation: &mut Value, options: &ApiOptions) {
+    match requests::parameters(method, path) {
+        Some(parameters) => operation["parameters"] = json!(parameters),
+        None => {
+            if let Some(operation) = operation.as_object_mut() {
+                operation.remove("parameters");
+            }
+        }
+    }
+    if let Some(body) = operation.get_mut("requestBody") {
+        body["required"] = json!(true);
+    }
+    let responses = operation["responses"]
+        .as_object_mut()
+        .expect("every operation has responses");
+    responses.retain(|status, _| status.starts_with('2'));
+    for (status, response) in responses::error_responses(method, path, options) {
+        responses.insert(status.to_string(), response);
+    }
+    if path.starts_with("/v1/") && options.api_token.is_some() {
+        operation["security"] = json!([{ "bearer": [] }]);
     }
 }
 
 /// The OpenAPI document of this API.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
-pub async fn document() -> Response {
-    let json = ApiDoc::openapi()
-        .to_json()
-        .unwrap_or_else(|_| "{}".to_string());
+pub async fn document(State(api): State<Api>) -> Response {
+    let json = document_for(api.options()).to_string();
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         json,

@@ -15,7 +15,7 @@ use walletd_core::model::money::{format_minor, Currency};
 use walletd_runtime::driver::{Query, QueryAnswer};
 
 use super::{account_id, currency, Api, ApiPath, ApiQuery};
-use crate::errors::{ApiError, ErrorBody};
+use crate::errors::ApiError;
 use crate::history::{LogError, PartitionLog};
 use crate::rfc3339;
 
@@ -30,7 +30,8 @@ pub struct BalanceParams {
     pub currency: Option<String>,
     /// Balance after the partition's log record with this lsn.
     pub as_of_lsn: Option<Lsn>,
-    /// Balance at this RFC 3339 instant, e.g. `2024-05-01T12:00:00Z`.
+    /// Balance at this RFC 3339 instant, e.g. `2024-05-01T12:00:00Z` (before 1970, no
+    /// account existed).
     pub as_of: Option<String>,
 }
 
@@ -61,9 +62,6 @@ pub struct AccountBalance {
     params(("id" = String, Path, description = "Account id"), BalanceParams),
     responses(
         (status = 200, description = "The balance", body = AccountBalance),
-        (status = 400, description = "Malformed id, currency or as_of", body = ErrorBody),
-        (status = 404, description = "`account_not_found` (now, or at that point)", body = ErrorBody),
-        (status = 422, description = "`currency_mismatch`", body = ErrorBody),
     ))]
 pub async fn balance(
     State(api): State<Api>,
@@ -79,7 +77,9 @@ pub async fn balance(
             ))
         }
         (Some(lsn), None) => AsOf::Lsn(lsn),
-        (None, Some(text)) => AsOf::Time(rfc3339::parse_us(text).map_err(ApiError::invalid_query)?),
+        (None, Some(text)) => {
+            AsOf::Time(rfc3339::parse_us_from_epoch(text).map_err(ApiError::invalid_query)?)
+        }
         (None, None) => return balance_now(&api, account, wanted).await,
     };
     let partition = api.client().partition_of(&account);
@@ -250,9 +250,6 @@ pub fn format_signed(minor: i128, currency: Currency) -> String {
     params(("id" = String, Path, description = "Account id"), HistoryParams),
     responses(
         (status = 200, description = "A page of movements", body = HistoryPage),
-        (status = 400, description = "Malformed id, currency, limit or cursor", body = ErrorBody),
-        (status = 404, description = "`account_not_found`", body = ErrorBody),
-        (status = 422, description = "`currency_mismatch`", body = ErrorBody),
     ))]
 pub async fn history(
     State(api): State<Api>,

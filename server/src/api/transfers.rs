@@ -22,7 +22,7 @@ use walletd_runtime::engine::Unavailable;
 use super::accounts::unexpected;
 use super::metrics::Outcome;
 use super::{account_id, currency, parse_json, transaction_id, Api, ApiPath, JsonBody};
-use crate::errors::{reason_message, reason_status, ApiError, ErrorBody};
+use crate::errors::{reason_message, reason_status, ApiError};
 use crate::rfc3339;
 
 /// A transfer between two accounts of the same currency.
@@ -247,11 +247,6 @@ pub fn status_url(key: &TransferKey) -> String {
     responses(
         (status = 200, description = "Committed", body = TransferResponse),
         (status = 202, description = "Durably accepted, not final within the wait; poll `status_url` or retry", body = TransferResponse),
-        (status = 400, description = "Malformed body, id, amount or currency", body = ErrorBody),
-        (status = 404, description = "`account_not_found` (source, or destination: then status `cancelled`)", body = TransferResponse),
-        (status = 409, description = "`transaction_conflict`: the transaction id was used with another body", body = ErrorBody),
-        (status = 422, description = "`insufficient_funds` (rejected), `currency_mismatch`, `balance_limit`, `same_account`", body = TransferResponse),
-        (status = 503, description = "`partition_unavailable`; or `timeout` (cancelled: the destination did not answer)", body = ErrorBody),
     ))]
 pub async fn transfer(
     State(api): State<Api>,
@@ -340,8 +335,6 @@ fn status_response(row: &TransferRow) -> TransferStatusResponse {
     ),
     responses(
         (status = 200, description = "The transfer", body = TransferStatusResponse),
-        (status = 400, description = "Malformed id", body = ErrorBody),
-        (status = 404, description = "`transfer_not_found`", body = ErrorBody),
     ))]
 pub async fn status(
     State(api): State<Api>,

@@ -1008,6 +1008,38 @@ async fn a_command_group_answers_in_order_and_waits_for_cross_partition_outcomes
     engine.shutdown().await.unwrap();
 }
 
+#[tokio::test]
+async fn a_partition_that_refuses_to_start_leaves_no_driver_of_its_engine_running() {
+    let config = EngineConfig {
+        partitions: 2,
+        ..EngineConfig::default()
+    };
+    let storages: Vec<MemStorage> = (0..2).map(|_| MemStorage::default()).collect();
+    let engine = Engine::start(storages.clone(), config).await.unwrap();
+    let (a, b) = open_pair(&engine.client(), 1_000).await;
+    assert_ne!(
+        engine.client().partition_of(&a),
+        engine.client().partition_of(&b)
+    );
+    engine.shutdown().await.unwrap();
+    // Damage a record partition 1 synced: it must refuse to start.
+    {
+        let mut disk = storages[1].disk.lock().unwrap();
+        let (_, bytes) = disk.segments.last_mut().expect("a segment");
+        let middle = bytes.len() / 4;
+        bytes[middle] ^= 0x10;
+    }
+    let before = Arc::strong_count(&storages[0].disk);
+    let error = Engine::start(storages.clone(), config)
+        .await
+        .err()
+        .expect("partition 1 refuses to start");
+    assert!(matches!(error, DriverError::Corrupt { .. }), "{error}");
+    // Partition 0, recovered first, holds its storage only if its driver runs on.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(Arc::strong_count(&storages[0].disk), before);
+}
+
 /// The configuration of the one-partition engines below.
 fn single() -> EngineConfig {
     EngineConfig {

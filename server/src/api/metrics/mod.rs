@@ -134,7 +134,8 @@ fn saturating_i64(value: u64) -> i64 {
 
 /// `GET /metrics`.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "OpenMetrics text exposition 1.0.0", body = String)))]
+    responses((status = 200, description = "OpenMetrics text exposition 1.0.0", body = String,
+        content_type = "application/openmetrics-text")))]
 pub async fn render(State(api): State<Api>) -> Response {
     let mut response = api.metrics().encode().into_response();
     response

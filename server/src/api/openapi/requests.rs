@@ -1,0 +1,309 @@
+//! What the document says a request may hold: every field's type, pattern, length and
+//! values, derived from the rules the server enforces (`walletd_core::model::ids`, `money`,
+//! [`crate::rfc3339`], the history page bounds) so the two cannot be changed apart; the
+//! contract test in `tests.rs` sends what this describes and checks the server agrees.
+//!
+//! An amount's grammar depends on its currency (USD has two fraction digits, JPY none), so a
+//! body with an amount is a `oneOf`, one branch per number of fraction digits, each with the
+//! currencies that have it and the amount pattern they accept.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+use walletd_core::model::ids::ID_LEN_MAX;
+use walletd_core::model::money::{Currency, AMOUNT_MINOR_MAX, AMOUNT_TEXT_LEN_MAX};
+
+use super::schema_ref;
+use crate::api::queries::HISTORY_LIMIT_MAX;
+use crate::api::ApiOptions;
+
+/// The characters of account and transaction ids, as a regex class (`ids.rs`).
+const ID_CHARACTERS: &str = "A-Za-z0-9._:-";
+
+/// Longest `as_of` text the parser reads.
+const AS_OF_LEN_MAX: usize = crate::rfc3339::TEXT_LEN_MAX;
+
+/// The component schemas of request fields and bodies, by name.
+pub fn schemas(options: &ApiOptions) -> Vec<(String, Value)> {
+    let mut schemas = vec![
+        ("AccountId".to_string(), id_schema("An account id", "alice")),
+        (
+            "TransactionId".to_string(),
+            id_schema("A client-chosen idempotency key", "t-0001"),
+        ),
+        ("Currency".to_string(), currency_schema(Currency::ALL)),
+        ("Lsn".to_string(), lsn_schema()),
+    ];
+    for (digits, currencies) in currencies_by_digits() {
+        schemas.push((amount_name(digits), amount_schema(digits)));
+        schemas.push((currency_name(digits), currency_schema(&currencies)));
+    }
+    schemas.push(("OpenAccountRequest".into(), open_account_request()));
+    schemas.push(("CashRequest".into(), money_request(&["transaction_id"])));
+    schemas.push((
+        "TransferRequest".into(),
+        money_request(&["from_account", "to_account", "transaction_id"]),
+    ));
+    schemas.push((
+        "BatchRequest".into(),
+        batch_request(options.batch_items_max),
+    ));
+    schemas
+}
+
+/// The currencies the server accepts, grouped by their number of fraction digits.
+pub fn currencies_by_digits() -> BTreeMap<u32, Vec<Currency>> {
+    let mut groups: BTreeMap<u32, Vec<Currency>> = BTreeMap::new();
+    for &currency in Currency::ALL {
+        groups
+            .entry(currency.minor_units())
+            .or_default()
+            .push(currency);
+    }
+    groups
+}
+
+fn amount_name(digits: u32) -> String {
+    format!("AmountWith{digits}FractionDigits")
+}
+
+fn currency_name(digits: u32) -> String {
+    format!("CurrencyWith{digits}FractionDigits")
+}
+
+fn id_schema(what: &str, example: &str) -> Value {
+    json!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": ID_LEN_MAX,
+        "pattern": format!("^[{ID_CHARACTERS}]{{1,{ID_LEN_MAX}}}$"),
+        "description": format!("{what}: 1 to {ID_LEN_MAX} ASCII letters, digits and `.` `_` `:` `-`. \
+            In a path, `.` and `..` are resolved away by clients and reach another route."),
+        "examples": [example],
+    })
+}
+
+fn currency_schema(currencies: &[Currency]) -> Value {
+    let codes: Vec<&str> = currencies.iter().map(|c| c.code()).collect();
+    json!({
+        "type": "string",
+        "enum": codes,
+        "description": "An ISO 4217 code the server knows the minor units of (upper case).",
+    })
+}
+
+/// Log positions are `u64`.
+fn lsn_schema() -> Value {
+    json!({
+        "type": "integer",
+        "minimum": 0,
+        "maximum": u64::MAX,
+        "description": "A position in a partition's log.",
+    })
+}
+
+/// The exact grammar of `Amount::parse` for a currency with `digits` fraction digits: a
+/// plain decimal without sign, exponent, spaces or leading zero, at most `digits` fraction
+/// digits, above zero and at most `AMOUNT_MINOR_MAX` minor units.
+pub fn amount_pattern(digits: u32) -> String {
+    let max_exponent = AMOUNT_MINOR_MAX.ilog10();
+    assert_eq!(
+        10u64.pow(max_exponent),
+        AMOUNT_MINOR_MAX,
+        "the pattern spells the largest amount as a 1 and zeros"
+    );
+    assert!(digits <= max_exponent);
+    // Whole units below the largest amount, then the largest amount itself.
+    let whole_zeros = (max_exponent - digits) as usize;
+    let mut branches = vec![format!("[1-9][0-9]{{0,{}}}", whole_zeros - 1)];
+    let max_whole = format!("1{}", "0".repeat(whole_zeros));
+    if digits == 0 {
+        branches.push(max_whole);
+        return format!("^({})$", branches.join("|"));
+    }
+    branches[0].push_str(&format!("(\\.[0-9]{{1,{digits}}})?"));
+    branches.push(format!("{max_whole}(\\.0{{1,{digits}}})?"));
+    // Below one unit: a fraction that is not all zeros, by its count of leading zeros.
+    let fractions: Vec<String> = (0..digits)
+        .map(|zeros| {
+            let rest = digits - 1 - zeros;
+            let tail = if rest == 0 {
+                String::new()
+            } else {
+                format!("[0-9]{{0,{rest}}}")
+            };
+            format!("{}[1-9]{tail}", "0".repeat(zeros as usize))
+        })
+        .collect();
+    branches.push(format!("0\\.({})", fractions.join("|")));
+    format!("^({})$", branches.join("|"))
+}
+
+fn amount_schema(digits: u32) -> Value {
+    let whole_digits = (AMOUNT_MINOR_MAX.ilog10() - digits) as usize + 1;
+    let length_max = if digits == 0 {
+        whole_digits
+    } else {
+        whole_digits + 1 + digits as usize
+    };
+    debug_assert!(length_max <= AMOUNT_TEXT_LEN_MAX);
+    let example = if digits == 0 {
+        "500".to_string()
+    } else {
+        format!("12.{}", "3".repeat(digits as usize))
+    };
+    json!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": length_max,
+        "pattern": amount_pattern(digits),
+        "description": format!("A positive decimal string with at most {digits} fraction digits, \
+            no sign, exponent, spaces or leading zero, at most {AMOUNT_MINOR_MAX} minor units."),
+        "examples": [example],
+    })
+}
+
+fn open_account_request() -> Value {
+    json!({
+        "type": "object",
+        "required": ["account_id", "currency"],
+        "properties": {
+            "account_id": schema_ref("AccountId"),
+            "currency": schema_ref("Currency"),
+        },
+        "description": "Opens an account in one currency. Other fields are ignored.",
+    })
+}
+
+/// A body with an amount and a currency besides the `ids` fields (each an account id, or the
+/// transaction id): one branch per number of fraction digits.
+fn money_request(ids: &[&str]) -> Value {
+    let branches: Vec<Value> = currencies_by_digits()
+        .into_keys()
+        .map(|digits| {
+            let mut properties = serde_json::Map::new();
+            for &field in ids {
+                let id = if field == "transaction_id" {
+                    "TransactionId"
+                } else {
+                    "AccountId"
+                };
+                properties.insert(field.into(), schema_ref(id));
+            }
+            properties.insert("amount".into(), schema_ref(&amount_name(digits)));
+            properties.insert("currency".into(), schema_ref(&currency_name(digits)));
+            let mut required: Vec<&str> = ids.to_vec();
+            required.extend(["amount", "currency"]);
+            json!({
+                "type": "object",
+                "title": format!("in a currency with {digits} fraction digits"),
+                "required": required,
+                "properties": properties,
+            })
+        })
+        .collect();
+    json!({
+        "oneOf": branches,
+        "description": "The amount's grammar depends on the currency; other fields are ignored.",
+    })
+}
+
+fn batch_request(items_max: usize) -> Value {
+    json!({
+        "type": "object",
+        "required": ["transfers"],
+        "properties": {
+            "transfers": {
+                "type": "array",
+                "maxItems": items_max,
+                "items": schema_ref("TransferRequest"),
+                "description": format!("At most {items_max} transfers (`--batch-items-max`; \
+                    more is `413 batch_too_large`). An item that is not a valid transfer does \
+                    not fail the batch: its result is an error with the status it would have \
+                    had alone."),
+            }
+        },
+    })
+}
+
+/// The parameters of the operation `method path`, or `None` when it has none.
+pub fn parameters(method: &str, path: &str) -> Option<Vec<Value>> {
+    let account = |name: &str, description: &str| path_parameter(name, "AccountId", description);
+    Some(match (method, path) {
+        ("post", "/v1/accounts/{id}/deposit") | ("post", "/v1/accounts/{id}/withdraw") => {
+            vec![account("id", "The account")]
+        }
+        ("get", "/v1/accounts/{id}/balance") => vec![
+            account("id", "The account"),
+            currency_parameter(),
+            json!({
+                // An object spread into its fields (`style: form`, `explode`): the one way to
+                // say that `as_of_lsn` and `as_of` do not go together.
+                "name": "past",
+                "in": "query",
+                "required": false,
+                "style": "form",
+                "explode": true,
+                "description": "A past balance: after the partition's log record `as_of_lsn`, \
+                    or at the RFC 3339 instant `as_of` (before 1970 nothing existed). At most \
+                    one of the two; neither is the balance now.",
+                "schema": {
+                    "type": "object",
+                    "not": {"required": ["as_of_lsn", "as_of"]},
+                    "properties": {
+                        "as_of_lsn": schema_ref("Lsn"),
+                        "as_of": {
+                            "type": "string",
+                            "format": "date-time",
+                            "maxLength": AS_OF_LEN_MAX,
+                            "examples": ["2024-05-01T12:00:00Z"],
+                        },
+                    },
+                },
+            }),
+        ],
+        ("get", "/v1/accounts/{id}/history") => vec![
+            account("id", "The account"),
+            currency_parameter(),
+            json!({
+                "name": "limit",
+                "in": "query",
+                "required": false,
+                "description": "Movements per page.",
+                "schema": {"type": "integer", "minimum": 1, "maximum": HISTORY_LIMIT_MAX, "default": 50},
+            }),
+            json!({
+                "name": "before_lsn",
+                "in": "query",
+                "required": false,
+                "description": "Only movements with a smaller lsn: the previous page's `next_before_lsn`.",
+                "schema": schema_ref("Lsn"),
+            }),
+        ],
+        ("get", "/v1/transfers/{from_account}/{transaction_id}") => vec![
+            account("from_account", "The transfer's source account"),
+            path_parameter("transaction_id", "TransactionId", "The transfer's id"),
+        ],
+        _ => return None,
+    })
+}
+
+fn path_parameter(name: &str, schema: &str, description: &str) -> Value {
+    json!({
+        "name": name,
+        "in": "path",
+        "required": true,
+        "description": description,
+        "schema": schema_ref(schema),
+    })
+}
+
+fn currency_parameter() -> Value {
+    json!({
+        "name": "currency",
+        "in": "query",
+        "required": false,
+        "description": "The account's currency; another one is `422 currency_mismatch`.",
+        "schema": schema_ref("Currency"),
+    })
+}

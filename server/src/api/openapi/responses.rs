@@ -1,0 +1,273 @@
+//! What the document says each operation answers: every status it can return, and for an
+//! error the `code`s that status carries (the mapping itself is `crate::errors`).
+//!
+//! The errors of an operation are its own (a missing account, a conflict) plus those every
+//! `/v1` operation shares because a layer produces them: the bearer token (when the server
+//! has one), the in-flight limit, the request time limit, the memory limit and body limit of
+//! writes, and a JSON body that does not parse.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{json, Value};
+
+use super::schema_ref;
+use crate::api::ApiOptions;
+
+/// The errors an operation returns besides the shared ones: status and codes.
+fn own_errors(method: &str, path: &str) -> Vec<(u16, &'static [&'static str])> {
+    const ACCOUNT_PATH: (u16, &[&str]) = (400, &["invalid_field", "invalid_account_id"]);
+    // A path whose id is empty, `.` or `..` reaches no route (clients resolve dot segments).
+    const NO_ROUTE: &[&str] = &["not_found"];
+    const ENGINE: (u16, &[&str]) = (503, &["partition_unavailable", "wrong_partition"]);
+    const LOG: [(u16, &[&str]); 2] = [(500, &["log_unreadable"]), (503, &["history_unavailable"])];
+    match (method, path) {
+        ("post", "/v1/accounts") => vec![
+            (400, &["invalid_account_id", "invalid_currency"][..]),
+            (409, &["account_exists"]),
+            ENGINE,
+        ],
+        ("post", "/v1/accounts/{id}/deposit") => vec![
+            ACCOUNT_PATH,
+            (
+                400,
+                &[
+                    "invalid_currency",
+                    "invalid_amount",
+                    "invalid_transaction_id",
+                ],
+            ),
+            (404, &["account_not_found"]),
+            (404, NO_ROUTE),
+            (409, &["transaction_conflict"]),
+            (422, &["currency_mismatch", "balance_limit"]),
+            ENGINE,
+        ],
+        ("post", "/v1/accounts/{id}/withdraw") => vec![
+            ACCOUNT_PATH,
+            (
+                400,
+                &[
+                    "invalid_currency",
+                    "invalid_amount",
+                    "invalid_transaction_id",
+                ],
+            ),
+            (404, &["account_not_found"]),
+            (404, NO_ROUTE),
+            (409, &["transaction_conflict"]),
+            (422, &["insufficient_funds", "currency_mismatch"]),
+            ENGINE,
+        ],
+        ("get", "/v1/accounts/{id}/balance") | ("get", "/v1/accounts/{id}/history") => vec![
+            ACCOUNT_PATH,
+            (400, &["invalid_currency", "invalid_query"]),
+            (404, &["account_not_found"]),
+            (404, NO_ROUTE),
+            (422, &["currency_mismatch"]),
+            ENGINE,
+            LOG[0],
+            LOG[1],
+        ],
+        ("post", "/v1/wallet/balance_transfer") => vec![
+            (
+                400,
+                &[
+                    "invalid_account_id",
+                    "invalid_currency",
+                    "invalid_amount",
+                    "invalid_transaction_id",
+                ],
+            ),
+            (404, &["account_not_found"]),
+            (409, &["transaction_conflict"]),
+            (422, TRANSFER_REFUSALS),
+            (503, &["timeout"]),
+            ENGINE,
+        ],
+        ("post", "/v1/wallet/balance_transfers") => vec![(413, &["batch_too_large"])],
+        ("get", "/v1/transfers/{from_account}/{transaction_id}") => vec![
+            ACCOUNT_PATH,
+            (400, &["invalid_transaction_id"]),
+            (404, &["transfer_not_found"]),
+            (404, NO_ROUTE),
+            ENGINE,
+        ],
+        _ => Vec::new(),
+    }
+}
+
+/// Why a transfer can be refused with 422, as `Reason::code` spells it.
+const TRANSFER_REFUSALS: &[&str] = &[
+    "insufficient_funds",
+    "currency_mismatch",
+    "balance_limit",
+    "same_account",
+    "cancelled_before_try",
+];
+
+/// The errors every `/v1` operation shares, as the layers in front of the handlers produce them.
+fn shared_errors(method: &str, options: &ApiOptions) -> Vec<(u16, &'static [&'static str])> {
+    let mut errors = vec![
+        (429, &["overloaded"][..]),
+        (500, &["internal_error"]),
+        (503, &["request_timeout"]),
+    ];
+    if options.api_token.is_some() {
+        errors.push((401, &["unauthorized"]));
+    }
+    if method == "post" {
+        errors.extend([
+            (400, &["malformed_json", "invalid_field"][..]),
+            (413, &["body_too_large"]),
+            (503, &["memory_limit"]),
+        ]);
+    }
+    errors
+}
+
+/// Every error response of `method path`: status → codes.
+pub fn errors_of(
+    method: &str,
+    path: &str,
+    options: &ApiOptions,
+) -> BTreeMap<u16, BTreeSet<&'static str>> {
+    let mut by_status: BTreeMap<u16, BTreeSet<&'static str>> = BTreeMap::new();
+    let shared = if path.starts_with("/v1/") {
+        shared_errors(method, options)
+    } else {
+        Vec::new()
+    };
+    for (status, codes) in own_errors(method, path).into_iter().chain(shared) {
+        by_status.entry(status).or_default().extend(codes);
+    }
+    by_status
+}
+
+/// The error responses of `method path`, as OpenAPI response objects by status.
+pub fn error_responses(method: &str, path: &str, options: &ApiOptions) -> Vec<(u16, Value)> {
+    // A transfer refused by the ledger answers with the transfer's outcome (`rejected` or
+    // `cancelled` with its code), which is also what those statuses carry.
+    let outcome_statuses: &[u16] = if path == "/v1/wallet/balance_transfer" {
+        &[404, 422, 503]
+    } else {
+        &[]
+    };
+    errors_of(method, path, options)
+        .into_iter()
+        .map(|(status, codes)| {
+            let codes: Vec<&str> = codes.into_iter().collect();
+            let error = json!({
+                "allOf": [schema_ref("ErrorBody")],
+                "properties": {"code": {"type": "string", "enum": codes}},
+            });
+            let schema = if outcome_statuses.contains(&status) {
+                json!({"anyOf": [schema_ref("TransferResponse"), error]})
+            } else {
+                error
+            };
+            let list: Vec<String> = codes.iter().map(|c| format!("`{c}`")).collect();
+            let mut response = json!({
+                "description": list.join(", "),
+                "content": {"application/json": {"schema": schema}},
+            });
+            if let Some(headers) = error_headers(status, path) {
+                response["headers"] = headers;
+            }
+            (status, response)
+        })
+        .collect()
+}
+
+/// Headers an error status always (or, for a transfer's final `503 timeout`, sometimes) carries.
+fn error_headers(status: u16, path: &str) -> Option<Value> {
+    match status {
+        401 => Some(json!({"WWW-Authenticate": {
+            "required": true,
+            "description": "`Bearer`",
+            "schema": {"type": "string"},
+        }})),
+        503 => Some(json!({"Retry-After": {
+            // A transfer cancelled for `timeout` is final: no retry to wait for.
+            "required": path != "/v1/wallet/balance_transfer",
+            "description": "Seconds to wait before retrying.",
+            "schema": {"type": "string"},
+        }})),
+        _ => None,
+    }
+}
+
+/// The values of the enumerated fields of the response schemas.
+pub fn enumerations() -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
+    let outcomes = vec!["committed", "pending", "rejected", "cancelled"];
+    let mut item_outcomes = outcomes.clone();
+    item_outcomes.push("error");
+    vec![
+        ("TransferResponse", "status", outcomes.clone()),
+        ("TransferResponse", "code", TRANSFER_CODES.to_vec()),
+        ("TransferStatusResponse", "status", outcomes),
+        ("TransferStatusResponse", "code", TRANSFER_CODES.to_vec()),
+        (
+            "TransferStatusResponse",
+            "phase",
+            vec![
+                "trying",
+                "confirming",
+                "cancelling",
+                "committed",
+                "cancelled",
+                "rejected",
+            ],
+        ),
+        ("BatchItemResult", "status", item_outcomes),
+        (
+            "MovementView",
+            "kind",
+            vec![
+                "deposit",
+                "withdrawal",
+                "transfer_out",
+                "transfer_in",
+                "hold",
+                "hold_captured",
+                "hold_released",
+                "credit_in",
+            ],
+        ),
+    ]
+}
+
+/// Every `Reason::code`: why a transfer was rejected or cancelled.
+const TRANSFER_CODES: &[&str] = &[
+    "insufficient_funds",
+    "account_not_found",
+    "currency_mismatch",
+    "balance_limit",
+    "timeout",
+    "cancelled_before_try",
+    "same_account",
+];
+
+#[cfg(test)]
+mod tests {
+    use walletd_core::model::event::Reason;
+
+    use super::TRANSFER_CODES;
+
+    #[test]
+    fn every_reason_code_is_documented() {
+        let reasons = [
+            Reason::InsufficientFunds,
+            Reason::DestinationNotFound,
+            Reason::DestinationCurrencyMismatch,
+            Reason::DestinationBalanceLimit,
+            Reason::Timeout,
+            Reason::CancelledBeforeTry,
+            Reason::SourceNotFound,
+            Reason::SourceCurrencyMismatch,
+            Reason::SameAccount,
+        ];
+        for reason in reasons {
+            assert!(TRANSFER_CODES.contains(&reason.code()), "{reason:?}");
+        }
+    }
+}
