@@ -51,6 +51,10 @@ fuzz target *ARGS:
     if [ -d ../core/tests/regressions/{{target}} ]; then dirs+=(../core/tests/regressions/{{target}}); fi
     cargo +nightly fuzz run {{target}} "${dirs[@]}" -- -max_total_time=60 -rss_limit_mb=512 -malloc_limit_mb=256 {{ARGS}}
 
+# Check the Prometheus alert rules and run their unit tests (needs promtool: `apt-get install prometheus`).
+alerts:
+    bash ops/check.sh
+
 # Exactly what CI runs.
 ci:
     bash .ci/run

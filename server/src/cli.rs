@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 /// walletd: a sharded wallet ledger with exactly-once transfers.
@@ -23,11 +25,26 @@ use tracing_subscriber::EnvFilter;
         append-only, checksummed event log with group commit (one fsync per batch); transfers \
         across partitions run as Try-Confirm/Cancel driven by the source account's partition.\n\n\
         Start a server with `wallet serve`, inspect its data with `wallet replay`, and check it \
-        with `wallet verify`. Log verbosity follows WALLET_LOG (e.g. WALLET_LOG=debug)."
+        with `wallet verify`. Log verbosity follows WALLET_LOG (e.g. WALLET_LOG=debug); \
+        WALLET_LOG_FORMAT=json writes one JSON object per log line."
 )]
 pub struct Cli {
+    /// How logs are written to stderr: `text` for people, `json` (one object per line) for
+    /// log collectors.
+    #[arg(long, env = "WALLET_LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One line per event: time, level, target, message and fields (colored on a terminal).
+    Text,
+    /// One JSON object per event: `timestamp`, `level`, `target`, `fields` (the message and
+    /// the event's structured fields) and the spans it happened in.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -209,40 +226,59 @@ pub fn print_line(text: &str) {
     let _ = writeln!(out, "{text}");
 }
 
-/// Sets up logging to stderr; `WALLET_LOG` overrides `default` (an `EnvFilter` directive).
-fn init_tracing(default: &str) {
+/// Sets up logging to stderr in `format`; `WALLET_LOG` overrides `default` (an `EnvFilter`
+/// directive).
+fn init_tracing(format: LogFormat, default: &str) {
     let filter = EnvFilter::try_from_env("WALLET_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let ansi = std::io::stderr().is_terminal();
+    let _ = log_subscriber(format, filter, ansi, std::io::stderr).try_init();
+}
+
+/// The subscriber that writes logs in `format` to `writer` (ANSI colors only in text).
+fn log_subscriber<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    ansi: bool,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => Box::new(builder.with_ansi(ansi).finish()),
+        // The current span is already the last of `spans`.
+        LogFormat::Json => Box::new(builder.json().with_current_span(false).finish()),
+    }
 }
 
 /// Parses the command line and runs the chosen subcommand.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let format = cli.log_format;
     match cli.command {
         Command::Serve(args) => {
-            init_tracing("info,tower_http=warn");
+            init_tracing(format, "info,tower_http=warn");
             crate::serve::run(args)
         }
         Command::Node(args) => {
-            init_tracing("info,tower_http=warn");
+            init_tracing(format, "info,tower_http=warn");
             crate::node::run(args)
         }
         Command::Replay(args) => {
-            init_tracing("warn");
+            init_tracing(format, "warn");
             crate::replay_cmd::run(args)
         }
         Command::Verify(args) => {
-            init_tracing("warn");
+            init_tracing(format, "warn");
             crate::verify::run(args)
         }
         Command::Bench(args) => {
             // The in-process cluster's links go down as its nodes stop at the end of a run,
             // which is no news; a link that fails during a run shows in the table as errors.
-            init_tracing("warn,walletd_runtime::net=error");
+            init_tracing(format, "warn,walletd_runtime::net=error");
             crate::bench::main(args)
         }
     }
@@ -250,12 +286,93 @@ pub fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
     use clap::CommandFactory;
 
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// A buffer logs are written to.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> MakeWriter<'w> for Captured {
+        type Writer = Captured;
+
+        fn make_writer(&'w self) -> Captured {
+            self.clone()
+        }
+    }
+
+    /// Logs an event with a field inside a span with a field, and a debug event the filter
+    /// drops; what was written.
+    fn logged(format: LogFormat) -> String {
+        let captured = Captured::default();
+        let subscriber = log_subscriber(format, EnvFilter::new("info"), false, captured.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("recovery", partition = 3);
+            let _entered = span.enter();
+            tracing::info!(lsn = 42, "snapshot written");
+            tracing::debug!("not wanted");
+        });
+        let bytes = captured.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn json_logs_are_one_object_per_line_with_structured_fields() {
+        let text = logged(LogFormat::Json);
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+            .collect();
+        assert_eq!(events.len(), 1, "{text}");
+        let event = &events[0];
+        assert_eq!(event["level"], "INFO");
+        assert_eq!(event["target"], module_path!());
+        assert_eq!(event["fields"]["message"], "snapshot written");
+        assert_eq!(event["fields"]["lsn"], 42);
+        assert_eq!(event["spans"][0]["name"], "recovery");
+        assert_eq!(event["spans"][0]["partition"], 3);
+        assert!(event["timestamp"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')));
+    }
+
+    #[test]
+    fn text_logs_are_the_default() {
+        let cli = Cli::parse_from(["wallet", "serve"]);
+        assert_eq!(cli.log_format, LogFormat::Text);
+        let text = logged(LogFormat::Text);
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains(" INFO "), "{text}");
+        assert!(text.contains("recovery{partition=3}"), "{text}");
+        assert!(text.contains("snapshot written lsn=42"), "{text}");
+        assert!(serde_json::from_str::<serde_json::Value>(text.trim()).is_err());
+    }
+
+    #[test]
+    fn the_log_format_is_also_a_flag_and_refuses_unknown_formats() {
+        let cli = Cli::try_parse_from(["wallet", "serve", "--log-format", "json"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let cli = Cli::try_parse_from(["wallet", "--log-format", "json", "verify"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert!(Cli::try_parse_from(["wallet", "--log-format", "yaml", "serve"]).is_err());
     }
 
     #[test]

@@ -916,7 +916,7 @@ fn health_metrics_and_the_openapi_document() {
     assert!(r
         .header("content-type")
         .unwrap()
-        .starts_with("text/plain; version=0.0.4"));
+        .starts_with("application/openmetrics-text; version=1.0.0"));
     let text = r.text();
     for needle in [
         "walletd_http_requests_total{route=\"/v1/accounts\",status=\"201\"} 1",
@@ -927,7 +927,14 @@ fn health_metrics_and_the_openapi_document() {
         "walletd_partition_fsync_seconds_sum{partition=\"0\"}",
         "walletd_partition_fsync_seconds_count{partition=\"0\"}",
         "walletd_partition_transfers_in_flight{partition=\"0\"} 0",
-        "# TYPE walletd_partition_fsync_seconds summary",
+        "# TYPE walletd_partition_fsync_seconds histogram",
+        "walletd_partition_fsync_seconds_bucket{le=\"+Inf\",partition=\"0\"}",
+        "# TYPE walletd_http_request_duration_seconds histogram",
+        "walletd_http_request_duration_seconds_count{route=\"/v1/accounts\",status=\"201\"} 1",
+        "walletd_partition_transfer_try_to_decision_seconds_count{partition=",
+        "# TYPE walletd_partition_batch_records histogram",
+        "# TYPE walletd_partition_inbox_depth histogram",
+        "# TYPE walletd_partition_snapshot_duration_seconds histogram",
         "# TYPE walletd_partition_rows gauge",
         "walletd_partition_snapshot_failures_total{partition=\"0\"} 0",
         "# TYPE process_resident_memory_bytes gauge",

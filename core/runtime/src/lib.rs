@@ -6,6 +6,8 @@
 //!
 //! # Layout
 //! - [`driver`]: the async partition driver: inbox → ledger → group commit → replies.
+//! - [`histogram`]: histograms of fixed buckets in atomics, for the driver's durations and
+//!   sizes (exported by the server; no metrics library here, this crate runs simulated too).
 //! - [`engine`]: partitions of one process and the [`engine::Client`] that routes to them.
 //! - [`storage`]: the durable-storage trait; [`storage::file`] on real files with fsync.
 //! - [`transport`]: how partitions send phase messages to each other (best effort).
@@ -28,6 +30,7 @@ pub(crate) use known_bug;
 
 pub mod driver;
 pub mod engine;
+pub mod histogram;
 pub mod net;
 pub mod storage;
 pub mod transport;

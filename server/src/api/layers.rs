@@ -1,8 +1,8 @@
 //! The API's own middleware, as plain tower services: no boxed futures and no per-request
 //! clones of the services underneath (axum's `from_fn` does both for every layer).
 //!
-//! - [`Track`] (around every route): counts the request by route and status and the
-//!   requests in flight, and turns a non-JSON error of any layer below it into the
+//! - [`Track`] (around every route): counts the request and its latency by route and status,
+//!   and the requests in flight, and turns a non-JSON error of any layer below it into the
 //!   documented `{code, message}` JSON.
 //! - [`LengthLimit`] (around every route): a body announced larger than the limit is refused,
 //!   and drained so that the client reads the refusal.
@@ -11,9 +11,9 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::header;
@@ -73,15 +73,13 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         let route = request.extensions().get::<MatchedPath>().cloned();
-        self.api
-            .metrics()
-            .http_in_flight
-            .fetch_add(1, Ordering::Relaxed);
+        self.api.metrics().in_flight().inc();
         TrackFuture {
             inner: self.inner.call(request),
             in_flight: InFlight(self.api.clone()),
             route,
             log_failures: self.log_failures,
+            started: Instant::now(),
         }
     }
 }
@@ -91,10 +89,7 @@ struct InFlight(Api);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0
-            .metrics()
-            .http_in_flight
-            .fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics().in_flight().dec();
     }
 }
 
@@ -106,6 +101,8 @@ pin_project! {
         in_flight: InFlight,
         route: Option<MatchedPath>,
         log_failures: bool,
+        // For `walletd_http_request_duration_seconds`: until the response is ready.
+        started: Instant,
     }
 }
 
@@ -130,7 +127,11 @@ where
                 "response failed"
             );
         }
-        this.in_flight.0.metrics().request(route, status.as_u16());
+        let elapsed = this.started.elapsed();
+        this.in_flight
+            .0
+            .metrics()
+            .request(route, status.as_u16(), elapsed);
         Poll::Ready(Ok(response))
     }
 }

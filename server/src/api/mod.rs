@@ -159,11 +159,11 @@ impl Api {
             inner: Arc::new(ApiInner {
                 in_flight: Arc::new(Semaphore::new(options.in_flight_max)),
                 memory: MemoryWatch::new(options.memory_limit_bytes),
+                metrics: Metrics::new(stats.clone(), options.memory_limit_bytes),
                 client,
                 stats,
                 history,
                 options,
-                metrics: Metrics::default(),
                 unavailable: Notify::new(),
             }),
         }

@@ -68,10 +68,7 @@ pub fn account_ids(workload: &Workload) -> Arc<[AccountId]> {
 pub fn syncs(engine: &Engine) -> Syncs {
     let stats = engine.stats();
     let count = stats.iter().map(|s| s.syncs.load(Ordering::Relaxed)).sum();
-    let us: u64 = stats
-        .iter()
-        .map(|s| s.sync_us_total.load(Ordering::Relaxed))
-        .sum();
+    let us: u64 = stats.iter().map(|s| s.sync_us.snapshot().sum).sum();
     (count, us as f64 / 1e6)
 }
 

@@ -34,11 +34,13 @@ use walletd_core::model::event::{Lsn, Timestamp};
 use walletd_core::model::partition::PartitionId;
 use walletd_core::protocol::machine::{Now, PartitionMachine, Release, ReplyTokens};
 
+use crate::histogram::{Histogram, DURATION_US_BOUNDS, SIZE_BOUNDS};
 use crate::storage::{Storage, StoredSnapshot};
 use crate::transport::{PeerMessage, Transport};
 
 #[cfg(any(test, madsim))]
 pub mod observe;
+mod phase_times;
 
 pub use walletd_core::log::recovery::RecoveryReport;
 /// The driver's limits are its machine's.
@@ -89,14 +91,29 @@ pub enum Input {
     Shutdown(oneshot::Sender<()>),
 }
 
-/// Counters a driver publishes (for `/metrics` and benchmarks).
-#[derive(Debug, Default)]
+/// Counters and histograms a driver publishes (for `/metrics` and benchmarks).
+#[derive(Debug)]
 pub struct DriverStats {
     pub batches: AtomicU64,
     pub inputs: AtomicU64,
     pub events: AtomicU64,
     pub syncs: AtomicU64,
-    pub sync_us_total: AtomicU64,
+    /// Time to append and `fdatasync` a batch, in µs (its count is `syncs`).
+    pub sync_us: Histogram,
+    /// Records per batch that wrote (one group commit, one sync).
+    pub batch_records: Histogram,
+    /// Inputs waiting in the inbox when the driver takes a round of them, the one it woke
+    /// for included: sampled once per round, not per input.
+    pub inbox_depth: Histogram,
+    /// Time to encode, write and sync a snapshot, in µs (written ones only; failures are
+    /// `snapshot_failures`).
+    pub snapshot_us: Histogram,
+    /// Cross-partition transfers of which this partition is home: wall-clock µs from the
+    /// Try (the home's `accepted_at`) to the decision (`decided_at`, the commit point).
+    pub try_to_decision_us: Histogram,
+    /// The same transfers, from the decision to the end (`finished_at`): 0 for a transfer
+    /// that committed at its commit point, the Cancel's round trip for one cancelled.
+    pub decision_to_finish_us: Histogram,
     pub in_flight: AtomicU64,
     pub violations: AtomicU64,
     pub last_lsn: AtomicU64,
@@ -106,6 +123,28 @@ pub struct DriverStats {
     pub rows: AtomicU64,
     /// Snapshots that could not be written (the partition went on from its log).
     pub snapshot_failures: AtomicU64,
+}
+
+impl Default for DriverStats {
+    fn default() -> Self {
+        DriverStats {
+            batches: AtomicU64::new(0),
+            inputs: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            sync_us: Histogram::new(&DURATION_US_BOUNDS),
+            batch_records: Histogram::new(&SIZE_BOUNDS),
+            inbox_depth: Histogram::new(&SIZE_BOUNDS),
+            snapshot_us: Histogram::new(&DURATION_US_BOUNDS),
+            try_to_decision_us: Histogram::new(&DURATION_US_BOUNDS),
+            decision_to_finish_us: Histogram::new(&DURATION_US_BOUNDS),
+            in_flight: AtomicU64::new(0),
+            violations: AtomicU64::new(0),
+            last_lsn: AtomicU64::new(0),
+            rows: AtomicU64::new(0),
+            snapshot_failures: AtomicU64::new(0),
+        }
+    }
 }
 
 /// Why a partition cannot start or must stop.
@@ -276,6 +315,7 @@ struct SnapshotWrite {
     lsn: Lsn,
     /// Chunks whose files exist once the write is done.
     chunks_frozen: usize,
+    started: Instant,
 }
 
 /// The driver of one partition. Build with [`PartitionDriver::new`] after [`recover`], then
@@ -288,6 +328,9 @@ pub struct PartitionDriver<S: Storage> {
     inbox: mpsc::Receiver<Input>,
     /// Inputs taken from the inbox together (see [`PREFETCH_WINDOW`]); empty between rounds.
     window: Vec<Input>,
+    /// The phase timestamps of the transfers that phase responses are about, before they
+    /// are handled (for the transfer histograms of [`DriverStats`]).
+    phase_times: phase_times::PhaseTimes,
     stats: Arc<DriverStats>,
     clock_origin: Instant,
 }
@@ -318,6 +361,7 @@ impl<S: Storage> PartitionDriver<S> {
             transport,
             inbox,
             window: Vec::with_capacity(PREFETCH_WINDOW),
+            phase_times: phase_times::PhaseTimes::default(),
             stats,
             clock_origin,
         }
@@ -427,6 +471,9 @@ impl<S: Storage> PartitionDriver<S> {
     /// the shutdown request, if one came.
     fn handle_round(&mut self, first: Input) -> Option<Option<oneshot::Sender<()>>> {
         let now = self.now();
+        // The input just received waited in the inbox too.
+        let depth = self.inbox.len() as u64 + 1;
+        self.stats.inbox_depth.record(depth);
         let round_end = self.machine.batch_inputs() + DRAIN_INPUTS_MAX;
         let mut window = std::mem::take(&mut self.window);
         window.push(first);
@@ -443,6 +490,8 @@ impl<S: Storage> PartitionDriver<S> {
                     self.machine.prefetch(command);
                 }
             }
+            let taken = window.len() as u64;
+            self.stats.inputs.fetch_add(taken, Ordering::Relaxed);
             for input in window.drain(..) {
                 // Inputs after a shutdown are dropped unanswered, as the inbox's are when
                 // the driver stops.
@@ -481,7 +530,11 @@ impl<S: Storage> PartitionDriver<S> {
                 reply,
             } => self.machine.handle_commands(now, reply, &commands, wait),
             Input::Query { query, reply } => self.machine.handle_query(reply, query),
-            Input::Peers(messages) => self.machine.handle_peers(now, &messages),
+            Input::Peers(messages) => {
+                self.phase_times.before(self.machine.ledger(), &messages);
+                self.machine.handle_peers(now, &messages);
+                self.phase_times.after(self.machine.ledger(), &self.stats);
+            }
             Input::Shutdown(ack) => return Some(ack),
         }
         None
@@ -517,6 +570,8 @@ impl<S: Storage> PartitionDriver<S> {
         }
         let mut storage = self.storage.take().expect("one commit at a time");
         let (first_lsn, bytes, release) = (commit.first_lsn, commit.bytes, commit.release);
+        let records = commit.last_lsn + 1 - first_lsn;
+        self.stats.batch_records.record(records);
         let transport = Arc::clone(&self.transport);
         // Answers and peer messages leave from wherever the batch becomes durable (file
         // storage: its writing thread), not when this task next gets to run: on a busy
@@ -564,9 +619,7 @@ impl<S: Storage> PartitionDriver<S> {
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         let sync_us = done.started.elapsed().as_micros() as u64;
-        self.stats
-            .sync_us_total
-            .fetch_add(sync_us, Ordering::Relaxed);
+        self.stats.sync_us.record(sync_us);
         self.stats.last_lsn.store(done.last_lsn, Ordering::Relaxed);
         self.publish_stats();
         let image = done.snapshot?;
@@ -577,6 +630,7 @@ impl<S: Storage> PartitionDriver<S> {
             write: Box::pin(storage.write_snapshot(done.last_lsn, encode)),
             chunks_frozen,
             lsn: done.last_lsn,
+            started: Instant::now(),
         })
     }
 
@@ -589,6 +643,8 @@ impl<S: Storage> PartitionDriver<S> {
         let (lsn, chunks) = (done.lsn, done.chunks_frozen);
         match result {
             Ok(bytes) => {
+                let elapsed_us = done.started.elapsed().as_micros() as u64;
+                self.stats.snapshot_us.record(elapsed_us);
                 self.machine.handle_snapshot_written(Ok(chunks));
                 tracing::info!(partition, lsn, bytes, chunks, "snapshot written");
             }

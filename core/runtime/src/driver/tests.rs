@@ -1281,3 +1281,53 @@ async fn more_commands_than_one_group_holds_are_split_and_answered_in_order() {
     }
     engine.shutdown().await.unwrap();
 }
+
+/// What `/metrics` shows of a partition, counted where it happened: every sync in the fsync
+/// histogram, every batch that wrote in the batch sizes, every round of inputs in the inbox
+/// depths, each written snapshot, and each cross-partition transfer once from its Try to
+/// its decision and once from its decision to its end (committed at the commit point: 0).
+#[tokio::test]
+async fn the_driver_histograms_count_what_the_partition_did() {
+    let storages = (0..2).map(|_| MemStorage::default()).collect();
+    let engine = Engine::start(storages, snapshotting_every(8, 2))
+        .await
+        .unwrap();
+    let client = engine.client();
+    let (a, b) = open_pair(&client, 10_000).await;
+    let transfers = 5;
+    for i in 0..transfers {
+        let t = Command::Transfer(transfer(a, b, 100, &format!("t{i}")));
+        let result = client.execute(t, true).await.unwrap();
+        assert_eq!(result, Ok(Reply::Transfer(TransferStatus::Committed)));
+    }
+    let home = &engine.stats()[client.partition_of(&a) as usize];
+    let destination = &engine.stats()[client.partition_of(&b) as usize];
+    let try_to_decision = home.try_to_decision_us.snapshot();
+    let decision_to_finish = home.decision_to_finish_us.snapshot();
+    assert_eq!(try_to_decision.count(), transfers);
+    assert_eq!(decision_to_finish.count(), transfers);
+    assert_eq!(decision_to_finish.sum, 0);
+    assert_eq!(destination.try_to_decision_us.snapshot().count(), 0);
+    let all_stats = engine.stats().to_vec();
+    engine.shutdown().await.unwrap();
+    for stats in &all_stats {
+        let syncs = stats.syncs.load(Ordering::SeqCst);
+        let batches = stats.batch_records.snapshot();
+        assert!(syncs > 0);
+        assert_eq!(stats.sync_us.snapshot().count(), syncs);
+        // One batch per sync; every record of the log is in one of them.
+        assert_eq!(batches.count(), syncs);
+        assert_eq!(batches.sum, stats.last_lsn.load(Ordering::SeqCst));
+        let rounds = stats.inbox_depth.snapshot();
+        assert!(rounds.count() > 0);
+        assert!(stats.inputs.load(Ordering::SeqCst) >= rounds.count());
+    }
+    let snapshots: u64 = all_stats
+        .iter()
+        .map(|s| s.snapshot_us.snapshot().count())
+        .sum();
+    assert!(
+        snapshots > 0,
+        "events past the snapshot threshold wrote one"
+    );
+}
