@@ -232,6 +232,17 @@ pub struct MachineCounters {
     pub violations: u64,
 }
 
+/// How long one step of a cross-partition transfer took at its home, by the stamps of its
+/// records (wall-clock microseconds; a clock set back counts as 0). A transfer committed at
+/// its commit point decides and finishes with one record: its decision-to-finish span is 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhaseSpan {
+    /// From the home's acceptance (its `DebitTried`) to the decision.
+    TryToDecision(u64),
+    /// From the decision to the end of the home's side.
+    DecisionToFinish(u64),
+}
+
 /// One partition: its ledger, the coordinator of the transfers it is home of, the clients
 /// waiting for outcomes, the batch being filled, and the snapshot policy.
 pub struct PartitionMachine<K: ReplyTokens> {
@@ -262,6 +273,8 @@ pub struct PartitionMachine<K: ReplyTokens> {
     /// The time of the input being handled.
     now: Now,
     counters: MachineCounters,
+    /// See [`PartitionMachine::take_phase_spans`].
+    phase_spans: Vec<PhaseSpan>,
     events_since_snapshot: u64,
     /// A snapshot is taken and not yet written: no second one until it is.
     snapshot_pending: bool,
@@ -301,6 +314,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             next_group: 0,
             now,
             counters: MachineCounters::default(),
+            phase_spans: Vec::new(),
             events_since_snapshot: 0,
             snapshot_pending: false,
             chunks_written: 0,
@@ -340,6 +354,13 @@ impl<K: ReplyTokens> PartitionMachine<K> {
 
     pub fn counters(&self) -> MachineCounters {
         self.counters
+    }
+
+    /// Takes the spans of the transfer steps that ended since the last call (for the
+    /// runtime's histograms). Bounded: a caller that never takes them keeps the last
+    /// [`PHASE_SPANS_KEPT_MAX`].
+    pub fn take_phase_spans(&mut self, into: &mut Vec<PhaseSpan>) {
+        into.append(&mut self.phase_spans);
     }
 
     /// Transfers under way here: carried out by the coordinator as their home, or pending
@@ -809,12 +830,33 @@ impl<K: ReplyTokens> PartitionMachine<K> {
                 }
                 _ => {}
             }
-            if let Event::TransferDecided { key, .. } = event {
-                let row = self
-                    .ledger
-                    .transfer(key)
-                    .expect("a decided transfer has a row");
-                self.resolve_waiters(key, row.state.status(), None);
+            match event {
+                Event::TransferDecided { key, .. } => {
+                    let row = self
+                        .ledger
+                        .transfer(key)
+                        .expect("a decided transfer has a row");
+                    self.record_span(PhaseSpan::TryToDecision(
+                        row.decided_at.saturating_sub(row.accepted_at),
+                    ));
+                    self.resolve_waiters(key, row.state.status(), None);
+                }
+                Event::DebitConfirmed { key } | Event::DebitCancelled { key } => {
+                    let row = self
+                        .ledger
+                        .transfer(key)
+                        .expect("a finished transfer has a row");
+                    // Committed at the commit point: this record is the decision too.
+                    if matches!(command, Command::CommitDebit { .. })
+                        && row.decided_at == row.finished_at
+                    {
+                        let span = row.decided_at.saturating_sub(row.accepted_at);
+                        self.record_span(PhaseSpan::TryToDecision(span));
+                    }
+                    let span = row.finished_at.saturating_sub(row.decided_at);
+                    self.record_span(PhaseSpan::DecisionToFinish(span));
+                }
+                _ => {}
             }
         }
         debug_assert_eq!(
@@ -827,6 +869,12 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         self.events = events;
         self.drain_coordinator();
         result
+    }
+
+    fn record_span(&mut self, span: PhaseSpan) {
+        if self.phase_spans.len() < PHASE_SPANS_KEPT_MAX {
+            self.phase_spans.push(span);
+        }
     }
 
     /// Carries out everything the coordinator asked for. Local commands run at once (their
@@ -910,6 +958,10 @@ impl<K: ReplyTokens> PartitionMachine<K> {
 /// Commands of a group whose rows are fetched into cache ahead of executing them
 /// ([`Ledger::prefetch`]); their rows must fit in a core's L2 cache with room to spare.
 const PREFETCH_COMMANDS_MAX: usize = 256;
+
+/// Most transfer step spans kept for [`PartitionMachine::take_phase_spans`]; later ones are
+/// not kept until they are taken (a runtime takes them every round of inputs).
+pub const PHASE_SPANS_KEPT_MAX: usize = 65_536;
 
 #[cfg(test)]
 mod tests;

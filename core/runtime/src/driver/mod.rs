@@ -32,7 +32,7 @@ use walletd_core::log::recovery::{Recovery, RecoveryError};
 use walletd_core::log::snapshot::{snapshot_chunks, SnapshotImage, SnapshotOut};
 use walletd_core::model::event::{Lsn, Timestamp};
 use walletd_core::model::partition::PartitionId;
-use walletd_core::protocol::machine::{Now, PartitionMachine, Release, ReplyTokens};
+use walletd_core::protocol::machine::{Now, PartitionMachine, PhaseSpan, Release, ReplyTokens};
 
 use crate::histogram::{Histogram, DURATION_US_BOUNDS, SIZE_BOUNDS};
 use crate::storage::{Storage, StoredSnapshot};
@@ -40,7 +40,6 @@ use crate::transport::{PeerMessage, Transport};
 
 #[cfg(any(test, madsim))]
 pub mod observe;
-mod phase_times;
 
 pub use walletd_core::log::recovery::RecoveryReport;
 /// The driver's limits are its machine's.
@@ -330,7 +329,8 @@ pub struct PartitionDriver<S: Storage> {
     window: Vec<Input>,
     /// The phase timestamps of the transfers that phase responses are about, before they
     /// are handled (for the transfer histograms of [`DriverStats`]).
-    phase_times: phase_times::PhaseTimes,
+    /// The machine's transfer step spans, taken once a round (buffer kept for reuse).
+    phase_spans: Vec<PhaseSpan>,
     stats: Arc<DriverStats>,
     clock_origin: Instant,
 }
@@ -361,7 +361,7 @@ impl<S: Storage> PartitionDriver<S> {
             transport,
             inbox,
             window: Vec::with_capacity(PREFETCH_WINDOW),
-            phase_times: phase_times::PhaseTimes::default(),
+            phase_spans: Vec::new(),
             stats,
             clock_origin,
         }
@@ -444,6 +444,7 @@ impl<S: Storage> PartitionDriver<S> {
                 _ = sleep_until_due(deadline), if deadline.is_some() => {
                     let now = self.now();
                     self.machine.handle_tick(now);
+                    self.record_phase_spans();
                 }
             }
         }
@@ -513,6 +514,7 @@ impl<S: Storage> PartitionDriver<S> {
         debug_assert!(window.is_empty());
         self.window = window;
         self.machine.handle_tick(now);
+        self.record_phase_spans();
         shutdown.map(Some)
     }
 
@@ -530,11 +532,7 @@ impl<S: Storage> PartitionDriver<S> {
                 reply,
             } => self.machine.handle_commands(now, reply, &commands, wait),
             Input::Query { query, reply } => self.machine.handle_query(reply, query),
-            Input::Peers(messages) => {
-                self.phase_times.before(self.machine.ledger(), &messages);
-                self.machine.handle_peers(now, &messages);
-                self.phase_times.after(self.machine.ledger(), &self.stats);
-            }
+            Input::Peers(messages) => self.machine.handle_peers(now, &messages),
             Input::Shutdown(ack) => return Some(ack),
         }
         None
@@ -652,6 +650,17 @@ impl<S: Storage> PartitionDriver<S> {
                 self.machine.handle_snapshot_written(Err(()));
                 self.stats.snapshot_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(partition, lsn, %error, "snapshot not written; going on from the log, the next snapshot tries again");
+            }
+        }
+    }
+
+    /// Moves the spans of the transfer steps that ended into their histograms.
+    fn record_phase_spans(&mut self) {
+        self.machine.take_phase_spans(&mut self.phase_spans);
+        for span in self.phase_spans.drain(..) {
+            match span {
+                PhaseSpan::TryToDecision(us) => self.stats.try_to_decision_us.record(us),
+                PhaseSpan::DecisionToFinish(us) => self.stats.decision_to_finish_us.record(us),
             }
         }
     }
