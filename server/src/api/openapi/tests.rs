@@ -465,7 +465,7 @@ async fn start() -> (
         batch_items_max: 16,
         ..ApiOptions::default()
     };
-    let api = crate::serve::build_api(&engine, datadir, options);
+    let api = crate::serve::build_api(&engine, datadir, options, Vec::new());
     (dir, api, engine)
 }
 
