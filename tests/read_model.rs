@@ -48,7 +48,10 @@ impl ReadModel {
             format!("/v1/events?partition={partition}&after_lsn={after}&limit=7&wait_ms={wait_ms}");
         let response = http::request(addr, "GET", &path, &[], None).expect("GET /v1/events");
         assert_eq!(response.status, 200, "{path}: {}", response.text());
-        assert_eq!(response.header("content-type"), Some("application/x-ndjson"));
+        assert_eq!(
+            response.header("content-type"),
+            Some("application/x-ndjson")
+        );
         let text = response.text();
         let mut folded = 0;
         for line in text.lines() {
@@ -146,5 +149,7 @@ fn amount(event: &Value) -> u64 {
     let currency = Currency::from_code(event["currency"].as_str().expect("currency"))
         .expect("a known currency");
     let text = event["amount"].as_str().expect("amounts are strings");
-    Amount::parse(text, currency).expect("a valid amount").minor()
+    Amount::parse(text, currency)
+        .expect("a valid amount")
+        .minor()
 }

@@ -15,7 +15,12 @@ const WAIT_MAX_MS: &str = "3000";
 
 fn start(dir: &std::path::Path) -> Server {
     let partitions = PARTITIONS.to_string();
-    let args = ["--partitions", &partitions, "--feed-wait-max-ms", WAIT_MAX_MS];
+    let args = [
+        "--partitions",
+        &partitions,
+        "--feed-wait-max-ms",
+        WAIT_MAX_MS,
+    ];
     wallet!().serve(&dir.join("data"), &args)
 }
 
@@ -87,7 +92,10 @@ fn a_consumer_of_the_feed_folds_the_balances_that_replay_rebuilds() {
         if folded == 0 && model.settled() {
             break;
         }
-        assert!(Instant::now() < deadline, "the feeds never settled: {model:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the feeds never settled: {model:?}"
+        );
     }
     for kind in [
         "account_opened",
@@ -167,7 +175,11 @@ fn bad_feed_requests_get_clear_errors() {
         ("partition=1&limit=-5", 400, "invalid_query"),
         ("partition=1&limit=ten", 400, "invalid_query"),
         ("partition=1&limit=10001", 400, "invalid_query"),
-        ("partition=1&limit=99999999999999999999999", 400, "invalid_query"),
+        (
+            "partition=1&limit=99999999999999999999999",
+            400,
+            "invalid_query",
+        ),
         ("partition=1&wait_ms=3001", 400, "invalid_query"),
         ("partition=1&after_lsn=-1", 400, "invalid_query"),
         ("partition=1&after_lsn=2", 409, "lsn_out_of_range"),

@@ -92,7 +92,7 @@ async fn answer(api: &Api, params: EventsParams) -> Result<Response, Response> {
     let records = reader
         .scan(move |dir| records_after(dir, partition, after, durable, limit))
         .await
-        .map_err(|e| log_unreadable(partition, e.into()))?
+        .map_err(|e| log_unreadable(partition, e))?
         .map_err(|e| read_error(partition, e))?;
     let currencies = currencies_of(api, partition, &records).await?;
     let mut body = Vec::with_capacity(records.len() * 200);

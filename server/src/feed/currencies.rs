@@ -35,7 +35,11 @@ impl Currencies {
     }
 
     pub fn insert(&self, account: AccountId, currency: Currency) {
-        remember(&mut self.known.lock().expect("not poisoned"), account, currency);
+        remember(
+            &mut self.known.lock().expect("not poisoned"),
+            account,
+            currency,
+        );
     }
 
     /// The known currencies of `accounts`, and the accounts whose currency is not known.

@@ -18,7 +18,9 @@ use crate::history::{codec_offset, LogError};
 #[derive(Debug, thiserror::Error)]
 pub enum FeedReadError {
     /// The log no longer holds the record after `after`: it was removed behind a snapshot.
-    #[error("the records after lsn {after} are no longer in the log; it starts at lsn {first_lsn}")]
+    #[error(
+        "the records after lsn {after} are no longer in the log; it starts at lsn {first_lsn}"
+    )]
     Compacted { after: Lsn, first_lsn: Lsn },
     #[error(transparent)]
     Log(#[from] LogError),
@@ -42,7 +44,9 @@ pub fn records_after(
     let wanted = after + 1;
     // The segment that holds `wanted`: the newest one that starts at or before it.
     let Some(start) = segments.iter().rposition(|(first, _)| *first <= wanted) else {
-        let first_lsn = segments.first().map_or(durable_lsn + 1, |(first, _)| *first);
+        let first_lsn = segments
+            .first()
+            .map_or(durable_lsn + 1, |(first, _)| *first);
         return Err(FeedReadError::Compacted { after, first_lsn });
     };
     let mut records = Vec::with_capacity(limit.min(1024));

@@ -404,8 +404,8 @@ mod tests {
             }
             for (field, value) in object {
                 let common = ["v", "lsn", "timestamp", "type"].contains(&field.as_str());
-                let listed = row.fields.contains(&field.as_str())
-                    || row.optional.contains(&field.as_str());
+                let listed =
+                    row.fields.contains(&field.as_str()) || row.optional.contains(&field.as_str());
                 assert!(common || listed, "{name} has unlisted {field}: {line}");
                 if let Some(values) = field_values(field) {
                     assert!(values.contains(&value.as_str().unwrap()), "{line}");

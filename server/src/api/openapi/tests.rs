@@ -461,9 +461,15 @@ async fn start() -> (
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let cli = Cli::parse_from(
-        ["wallet", "serve", "--partitions", &PARTITIONS.to_string(), "--data-dir"]
-            .into_iter()
-            .chain([data.to_str().unwrap()]),
+        [
+            "wallet",
+            "serve",
+            "--partitions",
+            &PARTITIONS.to_string(),
+            "--data-dir",
+        ]
+        .into_iter()
+        .chain([data.to_str().unwrap()]),
     );
     let Command::Serve(args) = cli.command else {
         unreachable!("parsed as serve")
