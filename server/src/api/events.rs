@@ -25,7 +25,7 @@ use walletd_runtime::driver::{Query, QueryAnswer};
 use super::{Api, ApiQuery};
 use crate::errors::ApiError;
 use crate::feed::read::{records_after, FeedReadError};
-use crate::feed::schema::{currency_needed, line};
+use crate::feed::schema::{currency_needed, write_line};
 use crate::feed::wait::{durable_after, Durable};
 use crate::history::{LogError, LogReader};
 
@@ -97,12 +97,10 @@ async fn answer(api: &Api, params: EventsParams) -> Result<Response, Response> {
     let currencies = currencies_of(api, partition, &records).await?;
     let mut body = Vec::with_capacity(records.len() * 200);
     for record in &records {
-        let Some(line) = line(record, &currencies) else {
+        if write_line(record, &currencies, &mut body).is_none() {
             let error = ApiError::internal(format!("no currency for lsn {}", record.lsn));
             return Err(error.into_response());
-        };
-        serde_json::to_writer(&mut body, &line).expect("a JSON value writes");
-        body.push(b'\n');
+        }
     }
     Ok(ndjson(body, durable))
 }

@@ -163,6 +163,7 @@ pub fn currency_needed(event: &Event) -> Option<AccountId> {
 /// The line of `record`, or `None` when `currencies` lacks the account
 /// [`currency_needed`] names.
 pub fn line(record: &Record, currencies: &HashMap<AccountId, Currency>) -> Option<Value> {
+    let (name, fields) = type_and_fields(record, currencies)?;
     let mut object = Map::new();
     object.insert("v".into(), json!(SCHEMA_VERSION));
     object.insert("lsn".into(), json!(record.lsn));
@@ -170,6 +171,41 @@ pub fn line(record: &Record, currencies: &HashMap<AccountId, Currency>) -> Optio
         "timestamp".into(),
         json!(rfc3339::format_us(record.timestamp)),
     );
+    object.insert("type".into(), json!(name));
+    object.extend(fields);
+    Some(Value::Object(object))
+}
+
+/// Appends the line of `record` to `out`, newline included, with `v`, `lsn`, `timestamp`
+/// and `type` first (people read these lines too); `None` as for [`line`].
+pub fn write_line(
+    record: &Record,
+    currencies: &HashMap<AccountId, Currency>,
+    out: &mut Vec<u8>,
+) -> Option<()> {
+    let (name, fields) = type_and_fields(record, currencies)?;
+    // A JSON string's `Display` is its quoted, escaped text; a type name needs no escaping.
+    let timestamp = Value::from(rfc3339::format_us(record.timestamp));
+    let head = format!(
+        "{{\"v\":{SCHEMA_VERSION},\"lsn\":{},\"timestamp\":{timestamp},\"type\":\"{name}\"",
+        record.lsn
+    );
+    out.extend_from_slice(head.as_bytes());
+    for (field, value) in fields {
+        out.push(b',');
+        serde_json::to_writer(&mut *out, &field).expect("a string writes");
+        out.push(b':');
+        serde_json::to_writer(&mut *out, &value).expect("a JSON value writes");
+    }
+    out.extend_from_slice(b"}\n");
+    Some(())
+}
+
+/// The `type` of `record`'s line and its own fields.
+fn type_and_fields(
+    record: &Record,
+    currencies: &HashMap<AccountId, Currency>,
+) -> Option<(&'static str, Map<String, Value>)> {
     let currency_of = |account: &AccountId| currencies.get(account).copied();
     let (name, fields) = match &record.event {
         Event::AccountOpened { account, currency } => (
@@ -222,12 +258,10 @@ pub fn line(record: &Record, currencies: &HashMap<AccountId, Currency>) -> Optio
         Event::CreditCancelled { key } => ("credit_cancelled", key_fields(key)),
         Event::CreditTryNotSeen { key } => ("credit_try_not_seen", key_fields(key)),
     };
-    object.insert("type".into(), json!(name));
     let Value::Object(fields) = fields else {
         unreachable!("the fields are an object")
     };
-    object.extend(fields);
-    Some(Value::Object(object))
+    Some((name, fields))
 }
 
 fn money(amount: Amount, currency: Currency) -> Value {
@@ -416,6 +450,28 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), EVENT_TYPES.len(), "every type is written");
+    }
+
+    #[test]
+    fn a_written_line_is_the_line_with_its_head_first() {
+        let currencies = HashMap::from([(AccountId::new("alice").unwrap(), Currency::USD)]);
+        for (i, event) in one_of_each().into_iter().enumerate() {
+            let record = Record {
+                lsn: i as u64 + 1,
+                timestamp: 1_700_000_000_000_000,
+                event,
+            };
+            let mut out = Vec::new();
+            write_line(&record, &currencies, &mut out).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            assert!(
+                text.starts_with(&format!("{{\"v\":1,\"lsn\":{},", i + 1)),
+                "{text}"
+            );
+            assert_eq!(text.matches('\n').count(), 1);
+            let parsed: Value = serde_json::from_str(text.trim_end()).unwrap();
+            assert_eq!(parsed, line(&record, &currencies).unwrap());
+        }
     }
 
     #[test]
