@@ -37,11 +37,13 @@ stop() {
 }
 trap stop EXIT
 
+# A short --feed-wait-max-ms: generated long-polls of /v1/events wait at most that long.
 # Port 0: the server picks a free port and logs it. The token makes the document declare the
 # bearer scheme, so the auth checks (ignored_auth) run too.
 : >"$work/server.log"
 WALLET_LOG=info "$WALLET_BIN" serve --listen 127.0.0.1:0 --data-dir "$work/data" \
-  --partitions 4 --api-token "$TOKEN" --memory-limit-mb 0 2>"$work/server.log" &
+  --partitions 4 --api-token "$TOKEN" --memory-limit-mb 0 --feed-wait-max-ms 200 \
+  2>"$work/server.log" &
 server_pid=$!
 addr=
 for _ in $(seq 1 300); do

@@ -16,6 +16,9 @@
 //! - [`http`]: a small blocking HTTP/1.1 client (one request per connection), enough to send
 //!   the malformed and slow requests the tests need, without an HTTP client dependency.
 //! - [`accounts_in`]: account ids that land on chosen partitions.
+//! - [`read_model`]: an example consumer of the event feed, folding it into balances.
+
+pub mod read_model;
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};

@@ -7,12 +7,14 @@
 //!
 //! | status | codes |
 //! | --- | --- |
-//! | 400 | `malformed_json`, `invalid_field`, `invalid_amount`, `invalid_currency`, `invalid_account_id`, `invalid_transaction_id`, `invalid_query` |
+//! | 400 | `malformed_json`, `invalid_field`, `invalid_amount`, `invalid_currency`, `invalid_account_id`, `invalid_transaction_id`, `invalid_query`, `unknown_partition` |
 //! | 401 | `unauthorized` |
 //! | 404 | `not_found` (route), `account_not_found`, `transfer_not_found` |
 //! | 405 | `method_not_allowed` |
-//! | 409 | `account_exists`, `transaction_conflict` |
+//! | 409 | `account_exists`, `transaction_conflict`, `lsn_out_of_range` |
+//! | 410 | `feed_compacted` |
 //! | 413 | `body_too_large`, `batch_too_large` |
+//! | 421 | `partition_not_local` |
 //! | 422 | `insufficient_funds`, `currency_mismatch`, `balance_limit`, `same_account`, `cancelled_before_try` |
 //! | 429 | `overloaded` |
 //! | 500 | `internal_error`, `log_unreadable` (never for a client's mistake) |

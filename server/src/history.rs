@@ -172,7 +172,7 @@ fn read_segment(
     Ok(len)
 }
 
-fn codec_offset(error: &CodecError) -> u64 {
+pub(crate) fn codec_offset(error: &CodecError) -> u64 {
     match error {
         CodecError::Corrupt { offset, .. }
         | CodecError::UnsupportedVersion { offset, .. }
@@ -220,6 +220,9 @@ pub struct LogReader {
     dir: Arc<DataDir>,
     /// `durable[p]` publishes the last synced lsn of partition `p` when it runs here.
     durable: Arc<[Option<Arc<DriverStats>>]>,
+    /// For a partition whose log another node keeps: that node, named for people (empty
+    /// for the partitions kept here, or when nobody said).
+    homes: Arc<[String]>,
     scans: Arc<Semaphore>,
 }
 
@@ -232,8 +235,52 @@ impl LogReader {
         LogReader {
             dir: Arc::new(dir),
             durable: durable.into(),
+            homes: Arc::new([]),
             scans: Arc::new(Semaphore::new(Self::SCANS_MAX)),
         }
+    }
+
+    /// The same reader, told which node keeps each partition that is not here.
+    pub fn with_homes(mut self, homes: Vec<String>) -> LogReader {
+        assert!(homes.is_empty() || homes.len() == self.dir.partitions() as usize);
+        self.homes = homes.into();
+        self
+    }
+
+    /// How many partitions the data directory has.
+    pub fn partitions(&self) -> u32 {
+        self.dir.partitions()
+    }
+
+    /// The node that keeps `partition`'s log when it is not here, if known.
+    pub fn home_of(&self, partition: PartitionId) -> Option<&str> {
+        let home = self.homes.get(partition as usize)?;
+        (!home.is_empty()).then_some(home.as_str())
+    }
+
+    /// The statistics of `partition`'s driver, whose `last_lsn` is its durable lsn: only
+    /// for a partition running here.
+    pub fn durable_stats(&self, partition: PartitionId) -> Result<&Arc<DriverStats>, LogError> {
+        self.durable
+            .get(partition as usize)
+            .and_then(Option::as_ref)
+            .ok_or(LogError::NotLocal(partition))
+    }
+
+    /// Runs `scan` over the data directory on a blocking thread, once it is one of the
+    /// [`Self::SCANS_MAX`] scans allowed at once.
+    pub async fn scan<T: Send + 'static>(
+        &self,
+        scan: impl FnOnce(&DataDir) -> T + Send + 'static,
+    ) -> Result<T, LogError> {
+        let _permit = self.scans.acquire().await.expect("never closed");
+        let dir = Arc::clone(&self.dir);
+        tokio::task::spawn_blocking(move || scan(&dir))
+            .await
+            .map_err(|e| LogError::Io {
+                path: "a log scan".into(),
+                source: std::io::Error::other(e.to_string()),
+            })
     }
 
     /// The durable records of `partition` up to `as_of` that concern `account`, oldest

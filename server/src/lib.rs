@@ -15,11 +15,13 @@
 //! - [`api`]: the HTTP API. The router takes a `Client` and driver statistics, never an
 //!   `Engine`, so a cluster node can serve the same API. One file per group of routes:
 //!   [`api::accounts`], [`api::transfers`], [`api::batch`], [`api::queries`],
-//!   [`api::metrics`], [`api::openapi`].
+//!   [`api::events`], [`api::metrics`], [`api::openapi`].
 //! - [`errors`]: every error's HTTP status and stable `code`, in one place.
 //! - [`auth`]: the optional bearer token of the `/v1` routes.
 //! - [`datadir`]: the data directory layout and its recorded partition count.
 //! - [`history`]: reading partition logs from disk (live or at rest).
+//! - [`feed`]: the event feed of `GET /v1/events`: records after an lsn, the long-poll, the
+//!   versioned JSON line of each event.
 //! - [`replay_cmd`]: `wallet replay`, balances and history rebuilt from the logs.
 //! - [`verify`]: `wallet verify`, the invariants of DESIGN section 5 checked at rest.
 //! - [`rfc3339`]: timestamps in and out of the API.
@@ -35,6 +37,7 @@ pub mod cli;
 pub mod cluster;
 pub mod datadir;
 pub mod errors;
+pub mod feed;
 pub mod history;
 pub mod https;
 pub mod node;

@@ -17,7 +17,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use walletd_core::model::partition::PartitionId;
+use walletd_core::model::partition::{NodeId, PartitionId};
 use walletd_core::protocol::coordinator::CoordinatorConfig;
 use walletd_runtime::driver::DriverConfig;
 use walletd_runtime::engine::EngineConfig;
@@ -75,6 +75,21 @@ fn node_config(args: &NodeArgs) -> Result<NodeConfig, NodeRunError> {
     })
 }
 
+/// Where each partition's log is kept, for the event feed's answer about a partition of
+/// another node (empty for a partition of this one): its node and that node's HTTP address.
+fn partition_homes(cluster: &ClusterConfig, id: NodeId) -> Vec<String> {
+    (0..cluster.map.partitions())
+        .map(|partition| {
+            let owner = cluster.map.owner(partition);
+            match cluster.node(owner) {
+                Ok(_) if owner == id => String::new(),
+                Ok(address) => format!("node {owner} (HTTP {})", address.http),
+                Err(_) => format!("node {owner}"),
+            }
+        })
+        .collect()
+}
+
 fn open_storages(
     dir: &DataDir,
     partitions: &[PartitionId],
@@ -97,6 +112,7 @@ async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
     let cluster = ClusterConfig::load(&args.config)?;
     let address = cluster.node(args.id)?.clone();
     let http_tls = api_tls(&args.service)?;
+    let options = options(&args.service)?;
     let links_tls: Option<MutualTls> = match &cluster.tls {
         Some(paths) => Some(peer_tls(&paths.for_node(args.id))?),
         None => None,
@@ -126,7 +142,8 @@ async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
         None => start_node_with(Tcp, listener, map, id, secret, storages, config).await?,
     };
     log_recovery(node.engine().recovery_reports());
-    let api = build_api(node.engine(), dir, options(&args.service));
+    let homes = partition_homes(&cluster, args.id);
+    let api = build_api(node.engine(), dir, options, homes);
     let grace = Duration::from_millis(args.service.shutdown_grace_ms);
     let local = node.engine().local_partitions().to_vec();
     let (served, stop) = serve_http(http, http_tls, api, &local, grace).await;

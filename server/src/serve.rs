@@ -46,6 +46,8 @@ pub enum ServeError {
     Tls(#[from] TlsConfigError),
     #[error("--tls-cert and --tls-key go together: give both, or neither for plain HTTP")]
     HalfTls,
+    #[error("--feed-wait-max-ms {wait_ms} must be below --request-timeout-ms {timeout_ms}: a long-poll must end before the request's time limit")]
+    FeedWaitTooLong { wait_ms: u64, timeout_ms: u64 },
     #[error("partition {0} stopped unexpectedly (see the errors above); the server shut down")]
     PartitionStopped(PartitionId),
 }
@@ -92,8 +94,14 @@ pub(crate) fn run_to_exit_code<E: std::fmt::Display>(
     }
 }
 
-pub(crate) fn options(args: &ServiceArgs) -> ApiOptions {
-    ApiOptions {
+pub(crate) fn options(args: &ServiceArgs) -> Result<ApiOptions, ServeError> {
+    if args.feed_wait_max_ms >= args.request_timeout_ms {
+        return Err(ServeError::FeedWaitTooLong {
+            wait_ms: args.feed_wait_max_ms,
+            timeout_ms: args.request_timeout_ms,
+        });
+    }
+    Ok(ApiOptions {
         transfer_wait: Duration::from_millis(args.transfer_wait_ms),
         request_timeout: Duration::from_millis(args.request_timeout_ms),
         body_limit_bytes: args.body_limit_bytes,
@@ -105,7 +113,8 @@ pub(crate) fn options(args: &ServiceArgs) -> ApiOptions {
             Some(mb) => Some(mb.saturating_mul(1 << 20)),
             None => crate::process::default_memory_limit(),
         },
-    }
+        feed_wait_max: Duration::from_millis(args.feed_wait_max_ms),
+    })
 }
 
 pub(crate) async fn start_engine(args: &ServeArgs, dir: &DataDir) -> Result<Engine, ServeError> {
@@ -154,11 +163,12 @@ pub(crate) fn log_recovery(reports: &[RecoveryReport]) {
 
 async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let tls = api_tls(&args.service)?;
+    let options = options(&args.service)?;
     let dir = DataDir::create_or_check(&args.data_dir, args.partitions)?;
     tracing::info!(data_dir = %dir.root().display(), partitions = dir.partitions(), "starting");
     let engine = start_engine(&args, &dir).await?;
     log_recovery(engine.recovery_reports());
-    let api = build_api(&engine, dir, options(&args.service));
+    let api = build_api(&engine, dir, options, Vec::new());
     let listener = bind_http(&args.listen.to_string(), tls.is_some()).await?;
     let grace = Duration::from_millis(args.service.shutdown_grace_ms);
     let (served, stop) = serve_http(listener, tls, api, engine.local_partitions(), grace).await;
@@ -204,8 +214,14 @@ pub(crate) async fn bind_http(address: &str, tls: bool) -> Result<TcpListener, S
 }
 
 /// The API over every partition `engine`'s client reaches (on a cluster node, those of other
-/// nodes too), with the statistics and logs of the partitions running here.
-pub(crate) fn build_api(engine: &Engine, dir: DataDir, options: ApiOptions) -> Api {
+/// nodes too), with the statistics and logs of the partitions running here. `homes` names
+/// where the logs of other nodes' partitions are kept (by partition; empty on one node).
+pub(crate) fn build_api(
+    engine: &Engine,
+    dir: DataDir,
+    options: ApiOptions,
+    homes: Vec<String>,
+) -> Api {
     let stats: Vec<(PartitionId, Arc<DriverStats>)> = engine
         .local_partitions()
         .iter()
@@ -216,7 +232,7 @@ pub(crate) fn build_api(engine: &Engine, dir: DataDir, options: ApiOptions) -> A
     for (partition, stats) in &stats {
         durable[*partition as usize] = Some(Arc::clone(stats));
     }
-    let history = LogReader::new(dir, durable);
+    let history = LogReader::new(dir, durable).with_homes(homes);
     match options.memory_limit_bytes {
         Some(limit) => tracing::info!(
             memory_limit_mb = limit >> 20,

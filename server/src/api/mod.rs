@@ -11,6 +11,7 @@
 pub mod accounts;
 pub mod batch;
 pub mod body;
+pub mod events;
 pub mod layers;
 pub mod metrics;
 pub mod openapi;
@@ -42,6 +43,7 @@ use walletd_runtime::driver::DriverStats;
 use walletd_runtime::engine::{Client, Unavailable};
 
 use crate::errors::ApiError;
+use crate::feed::currencies::Currencies;
 use crate::history::LogReader;
 use metrics::Metrics;
 
@@ -67,6 +69,8 @@ pub struct ApiOptions {
     /// operation stay in memory, so without a bound the kernel would end the process, and
     /// recovery would rebuild the same memory and be ended again.
     pub memory_limit_bytes: Option<u64>,
+    /// Longest long-poll of `GET /v1/events` (`wait_ms`); kept below `request_timeout`.
+    pub feed_wait_max: Duration,
 }
 
 impl Default for ApiOptions {
@@ -79,6 +83,7 @@ impl Default for ApiOptions {
             batch_items_max: 8000,
             api_token: None,
             memory_limit_bytes: None,
+            feed_wait_max: Duration::from_millis(20_000),
         }
     }
 }
@@ -102,6 +107,8 @@ struct ApiInner {
     /// Woken when a partition answered `Unavailable`, so the server can notice a dead driver.
     unavailable: Notify,
     memory: MemoryWatch,
+    /// Account currencies learned by the event feed (its deposits do not carry them).
+    feed_currencies: Currencies,
 }
 
 /// The resident memory of the process against [`ApiOptions::memory_limit_bytes`], read from
@@ -165,6 +172,7 @@ impl Api {
                 history,
                 options,
                 unavailable: Notify::new(),
+                feed_currencies: Currencies::default(),
             }),
         }
     }
@@ -183,6 +191,10 @@ impl Api {
 
     pub fn history(&self) -> Option<&LogReader> {
         self.inner.history.as_ref()
+    }
+
+    pub fn feed_currencies(&self) -> &Currencies {
+        &self.inner.feed_currencies
     }
 
     pub fn driver_stats(&self) -> &[(PartitionId, Arc<DriverStats>)] {
@@ -215,6 +227,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/accounts/{id}/withdraw", post(accounts::withdraw))
         .route("/v1/accounts/{id}/balance", get(queries::balance))
         .route("/v1/accounts/{id}/history", get(queries::history))
+        .route("/v1/events", get(events::events))
         .route("/v1/wallet/balance_transfer", post(transfers::transfer))
         // The seed's spelling, kept as an alias for its clients.
         .route("/v1/wallet/balance_transper", post(transfers::transfer))

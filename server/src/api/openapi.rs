@@ -7,10 +7,12 @@
 //! - [`requests`]: every request field: type, pattern, length, values; path and query
 //!   parameters.
 //! - [`responses`]: every error status of every operation with the codes it carries.
+//! - [`events`]: the event feed's NDJSON answer and the schema of its lines.
 //!
 //! The contract test (`openapi/tests.rs`) sends requests generated from the document to a
 //! real router and holds the server to it.
 
+mod events;
 mod requests;
 mod responses;
 #[cfg(test)]
@@ -21,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use utoipa::OpenApi;
 
-use super::{accounts, batch, metrics, queries, transfers, Api, ApiOptions};
+use super::{accounts, batch, events as feed, metrics, queries, transfers, Api, ApiOptions};
 use crate::errors::ErrorBody;
 
 #[derive(OpenApi)]
@@ -39,6 +41,7 @@ use crate::errors::ErrorBody;
         accounts::withdraw,
         queries::balance,
         queries::history,
+        feed::events,
         transfers::transfer,
         batch::transfers,
         transfers::status,
@@ -61,6 +64,7 @@ use crate::errors::ErrorBody;
     tags(
         (name = "accounts", description = "Accounts, deposits, withdrawals, balances, history"),
         (name = "transfers", description = "Transfers between accounts"),
+        (name = "events", description = "The event feed: each partition's durable log records, oldest first"),
         (name = "operations", description = "Health, metrics, this document"),
     )
 )]
@@ -75,13 +79,15 @@ fn schema_ref(name: &str) -> Value {
     json!({ "$ref": format!("#/components/schemas/{name}") })
 }
 
-/// The document of a server running with `options`.
-pub fn document_for(options: &ApiOptions) -> Value {
+/// The document of a server running with `options` over `partitions` partitions.
+pub fn document_for(options: &ApiOptions, partitions: u32) -> Value {
+    assert!(partitions > 0);
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document is JSON");
     let schemas = &mut doc["components"]["schemas"];
     for (name, schema) in requests::schemas(options) {
         schemas[name] = schema;
     }
+    schemas[events::EVENT_SCHEMA] = events::event_schema();
     for (component, field, values) in responses::enumerations() {
         let property = &mut schemas[component]["properties"][field];
         assert!(property.is_object(), "{component}.{field} is documented");
@@ -95,9 +101,10 @@ pub fn document_for(options: &ApiOptions) -> Value {
     for (path, item) in paths.iter_mut() {
         let item = item.as_object_mut().expect("a path item");
         for (method, operation) in item.iter_mut() {
-            describe_operation(method, path, operation, options);
+            describe_operation(method, path, operation, options, partitions);
         }
     }
+    events::describe_answer(&mut doc["paths"][events::PATH]["get"]);
     let mut alias = doc["paths"][TRANSFER_PATH].clone();
     alias["post"]["operationId"] = json!("transfer_alias");
     alias["post"]["deprecated"] = json!(true);
@@ -109,8 +116,14 @@ pub fn document_for(options: &ApiOptions) -> Value {
 }
 
 /// Writes the exact parameters, request body, error responses and security of one operation.
-fn describe_operation(method: &str, path: &str, operation: &mut Value, options: &ApiOptions) {
-    match requests::parameters(method, path) {
+fn describe_operation(
+    method: &str,
+    path: &str,
+    operation: &mut Value,
+    options: &ApiOptions,
+    partitions: u32,
+) {
+    match requests::parameters(method, path, options, partitions) {
         Some(parameters) => operation["parameters"] = json!(parameters),
         None => {
             if let Some(operation) = operation.as_object_mut() {
@@ -137,7 +150,7 @@ fn describe_operation(method: &str, path: &str, operation: &mut Value, options: 
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
 pub async fn document(State(api): State<Api>) -> Response {
-    let json = document_for(api.options()).to_string();
+    let json = document_for(api.options(), api.client().partitions()).to_string();
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         json,

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use walletd_core::ledger::{ApplyError, Command, Ledger};
@@ -115,7 +115,12 @@ pub struct DriverStats {
     pub decision_to_finish_us: Histogram,
     pub in_flight: AtomicU64,
     pub violations: AtomicU64,
+    /// The last durable lsn: every record up to it is synced.
     pub last_lsn: AtomicU64,
+    /// Woken (every waiter) each time `last_lsn` advances, so a reader that waits for new
+    /// durable records (the HTTP event feed's long-poll) sleeps until there are some rather
+    /// than polling. Register with `notified()` and `enable()` before reading `last_lsn`.
+    pub durable: Notify,
     /// Rows of the partition's tables held in memory ([`Ledger::row_count`]). Transfer,
     /// credit and cash rows are idempotency records that are never pruned, so this grows
     /// with every operation, and memory with it.
@@ -140,6 +145,7 @@ impl Default for DriverStats {
             in_flight: AtomicU64::new(0),
             violations: AtomicU64::new(0),
             last_lsn: AtomicU64::new(0),
+            durable: Notify::new(),
             rows: AtomicU64::new(0),
             snapshot_failures: AtomicU64::new(0),
         }
@@ -619,6 +625,7 @@ impl<S: Storage> PartitionDriver<S> {
         let sync_us = done.started.elapsed().as_micros() as u64;
         self.stats.sync_us.record(sync_us);
         self.stats.last_lsn.store(done.last_lsn, Ordering::Relaxed);
+        self.stats.durable.notify_waiters();
         self.publish_stats();
         let image = done.snapshot?;
         let storage = self.storage.as_mut().expect("no commit in flight");

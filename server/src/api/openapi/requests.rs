@@ -14,6 +14,7 @@ use walletd_core::model::ids::ID_LEN_MAX;
 use walletd_core::model::money::{Currency, AMOUNT_MINOR_MAX, AMOUNT_TEXT_LEN_MAX};
 
 use super::schema_ref;
+use crate::api::events::{FEED_LIMIT_DEFAULT, FEED_LIMIT_MAX};
 use crate::api::queries::HISTORY_LIMIT_MAX;
 use crate::api::ApiOptions;
 
@@ -226,8 +227,14 @@ fn batch_request(items_max: usize) -> Value {
     })
 }
 
-/// The parameters of the operation `method path`, or `None` when it has none.
-pub fn parameters(method: &str, path: &str) -> Option<Vec<Value>> {
+/// The parameters of the operation `method path` on a server with `options` and
+/// `partitions`, or `None` when it has none.
+pub fn parameters(
+    method: &str,
+    path: &str,
+    options: &ApiOptions,
+    partitions: u32,
+) -> Option<Vec<Value>> {
     let account = |name: &str, description: &str| path_parameter(name, "AccountId", description);
     Some(match (method, path) {
         ("post", "/v1/accounts/{id}/deposit") | ("post", "/v1/accounts/{id}/withdraw") => {
@@ -280,12 +287,54 @@ pub fn parameters(method: &str, path: &str) -> Option<Vec<Value>> {
                 "schema": schema_ref("Lsn"),
             }),
         ],
+        ("get", "/v1/events") => feed_parameters(options, partitions),
         ("get", "/v1/transfers/{from_account}/{transaction_id}") => vec![
             account("from_account", "The transfer's source account"),
             path_parameter("transaction_id", "TransactionId", "The transfer's id"),
         ],
         _ => return None,
     })
+}
+
+/// The event feed's query: which partition, from where, how much, how long to wait.
+fn feed_parameters(options: &ApiOptions, partitions: u32) -> Vec<Value> {
+    let wait_ms_max = options.feed_wait_max.as_millis() as u64;
+    vec![
+        json!({
+            "name": "partition",
+            "in": "query",
+            "required": true,
+            "description": format!("The partition whose log to read: this server has {partitions} \
+                (another is `400 unknown_partition`)."),
+            "schema": {"type": "integer", "minimum": 0, "maximum": partitions - 1},
+        }),
+        json!({
+            "name": "after_lsn",
+            "in": "query",
+            "required": false,
+            "description": "Only records with a larger lsn: the lsn of the last line the \
+                consumer read (default 0: from the first record). Past the partition's last \
+                durable lsn is `409 lsn_out_of_range`; equal to it, the request waits for \
+                the next record.",
+            "schema": schema_ref("Lsn"),
+        }),
+        json!({
+            "name": "limit",
+            "in": "query",
+            "required": false,
+            "description": "Most records in the answer.",
+            "schema": {"type": "integer", "minimum": 1, "maximum": FEED_LIMIT_MAX, "default": FEED_LIMIT_DEFAULT},
+        }),
+        json!({
+            "name": "wait_ms",
+            "in": "query",
+            "required": false,
+            "description": format!("When no record follows `after_lsn` yet, how long to wait \
+                for one, in ms; the answer leaves as soon as one is durable, or empty at the \
+                end of the wait. At most {wait_ms_max} (`--feed-wait-max-ms`)."),
+            "schema": {"type": "integer", "minimum": 0, "maximum": wait_ms_max, "default": 0},
+        }),
+    ]
 }
 
 fn path_parameter(name: &str, schema: &str, description: &str) -> Value {

@@ -85,6 +85,15 @@ fn own_errors(method: &str, path: &str) -> Vec<(u16, &'static [&'static str])> {
             ENGINE,
         ],
         ("post", "/v1/wallet/balance_transfers") => vec![(413, &["batch_too_large"])],
+        ("get", "/v1/events") => vec![
+            (400, &["invalid_query", "unknown_partition"][..]),
+            (409, &["lsn_out_of_range"]),
+            (410, &["feed_compacted"]),
+            (421, &["partition_not_local"]),
+            (503, &["partition_unavailable"]),
+            LOG[0],
+            LOG[1],
+        ],
         ("get", "/v1/transfers/{from_account}/{transaction_id}") => vec![
             ACCOUNT_PATH,
             (400, &["invalid_transaction_id"]),
@@ -185,6 +194,11 @@ fn error_headers(status: u16, path: &str) -> Option<Value> {
             "required": true,
             "description": "`Bearer`",
             "schema": {"type": "string"},
+        }})),
+        410 => Some(json!({"First-Lsn": {
+            "required": true,
+            "description": "The first lsn the partition's log still holds.",
+            "schema": schema_ref("Lsn"),
         }})),
         503 => Some(json!({"Retry-After": {
             // A transfer cancelled for `timeout` is final: no retry to wait for.

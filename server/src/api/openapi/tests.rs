@@ -26,6 +26,13 @@ use crate::datadir::DataDir;
 /// Valid requests generated per operation.
 const VALID_CASES_PER_OPERATION: usize = 40;
 
+/// Partitions of the server under test.
+const PARTITIONS: u32 = 2;
+
+/// The longest long-poll of the feed the test allows (`--feed-wait-max-ms`): generated
+/// requests wait up to it, so it is short.
+const FEED_WAIT_MAX_MS: u64 = 50;
+
 /// Accounts the test opens, so that generated requests also reach the ledger's success paths.
 const KNOWN_ACCOUNTS: &[&str] = &["alice", "bob"];
 
@@ -364,7 +371,9 @@ impl Contract {
                     let fields = value.as_object().unwrap().clone();
                     case.query.extend(fields);
                 }
-                Some("query") if self.generator.below(2) == 0 => case.query.push((name, value)),
+                Some("query") if parameter["required"] == true || self.generator.below(2) == 0 => {
+                    case.query.push((name, value))
+                }
                 _ => {}
             }
         }
@@ -452,9 +461,15 @@ async fn start() -> (
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let cli = Cli::parse_from(
-        ["wallet", "serve", "--partitions", "2", "--data-dir"]
-            .into_iter()
-            .chain([data.to_str().unwrap()]),
+        [
+            "wallet",
+            "serve",
+            "--partitions",
+            &PARTITIONS.to_string(),
+            "--data-dir",
+        ]
+        .into_iter()
+        .chain([data.to_str().unwrap()]),
     );
     let Command::Serve(args) = cli.command else {
         unreachable!("parsed as serve")
@@ -463,16 +478,17 @@ async fn start() -> (
     let engine = crate::serve::start_engine(&args, &datadir).await.unwrap();
     let options = ApiOptions {
         batch_items_max: 16,
+        feed_wait_max: std::time::Duration::from_millis(FEED_WAIT_MAX_MS),
         ..ApiOptions::default()
     };
-    let api = crate::serve::build_api(&engine, datadir, options);
+    let api = crate::serve::build_api(&engine, datadir, options, Vec::new());
     (dir, api, engine)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_generated_from_the_document_get_the_answers_it_documents() {
     let (_dir, api, engine) = start().await;
-    let doc = document_for(api.options());
+    let doc = document_for(api.options(), PARTITIONS);
     let mut contract = Contract {
         generator: Generator {
             doc: doc.clone(),
@@ -658,7 +674,7 @@ fn property_schema(doc: &Value, schema: &Value, value: &Value, field: &str) -> V
 #[test]
 fn amount_patterns_accept_exactly_what_the_parser_accepts() {
     use walletd_core::model::money::{Amount, Currency};
-    let doc = document_for(&ApiOptions::default());
+    let doc = document_for(&ApiOptions::default(), PARTITIONS);
     let mut generator = Generator {
         doc: doc.clone(),
         runner: TestRunner::deterministic(),
@@ -714,22 +730,48 @@ fn amount_patterns_accept_exactly_what_the_parser_accepts() {
 
 #[test]
 fn the_document_describes_the_alias_and_this_server_s_options() {
-    let doc = document_for(&ApiOptions::default());
+    let doc = document_for(&ApiOptions::default(), PARTITIONS);
     let alias = &doc["paths"]["/v1/wallet/balance_transper"]["post"];
     assert_eq!(
         alias["requestBody"],
         doc["paths"]["/v1/wallet/balance_transfer"]["post"]["requestBody"]
     );
     assert!(doc["paths"]["/v1/accounts"]["post"]["responses"]["401"].is_null());
-    let guarded = document_for(&ApiOptions {
-        api_token: Some("t".into()),
-        batch_items_max: 7,
-        ..ApiOptions::default()
-    });
+    let guarded = document_for(
+        &ApiOptions {
+            api_token: Some("t".into()),
+            batch_items_max: 7,
+            ..ApiOptions::default()
+        },
+        PARTITIONS,
+    );
     let batch = &guarded["components"]["schemas"]["BatchRequest"]["properties"]["transfers"];
     assert_eq!(batch["maxItems"], 7);
     let open = &guarded["paths"]["/v1/accounts"]["post"];
     assert_eq!(open["security"], json!([{ "bearer": [] }]));
     assert!(open["responses"]["401"]["headers"]["WWW-Authenticate"].is_object());
     assert!(guarded["paths"]["/healthz"]["get"]["security"].is_null());
+    let feed = document_for(
+        &ApiOptions {
+            feed_wait_max: std::time::Duration::from_millis(1234),
+            ..ApiOptions::default()
+        },
+        5,
+    );
+    let parameters = feed["paths"]["/v1/events"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let bound = |name: &str| {
+        let parameter = parameters.iter().find(|p| p["name"] == name).unwrap();
+        parameter["schema"]["maximum"].clone()
+    };
+    assert_eq!(bound("partition"), 4);
+    assert_eq!(bound("wait_ms"), 1234);
+    assert_eq!(bound("limit"), crate::api::events::FEED_LIMIT_MAX);
+    let answer = &feed["paths"]["/v1/events"]["get"]["responses"]["200"];
+    assert!(answer["content"]["application/x-ndjson"].is_object());
+    let branches = feed["components"]["schemas"]["FeedEvent"]["oneOf"]
+        .as_array()
+        .unwrap();
+    assert_eq!(branches.len(), crate::feed::schema::EVENT_TYPES.len());
 }

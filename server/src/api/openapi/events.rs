@@ -1,0 +1,93 @@
+//! The event feed in the document: its `200` is NDJSON, one [`EVENT_SCHEMA`] per line, with
+//! the schema written from the same table as the lines ([`crate::feed::schema::EVENT_TYPES`]).
+
+use serde_json::{json, Map, Value};
+
+use super::schema_ref;
+use crate::feed::schema::{field_values, EVENT_TYPES, SCHEMA_VERSION};
+
+/// The path of the feed.
+pub const PATH: &str = "/v1/events";
+/// The component schema of one line.
+pub const EVENT_SCHEMA: &str = "FeedEvent";
+
+/// One line of the feed: a `oneOf`, one branch per event type.
+pub fn event_schema() -> Value {
+    let branches: Vec<Value> = EVENT_TYPES
+        .iter()
+        .map(|event| {
+            let mut properties = Map::new();
+            properties.insert("v".into(), json!({"const": SCHEMA_VERSION, "description": "The schema version."}));
+            properties.insert("lsn".into(), schema_ref("Lsn"));
+            properties.insert(
+                "timestamp".into(),
+                json!({"type": "string", "format": "date-time", "description": "When the record was written, RFC 3339."}),
+            );
+            properties.insert("type".into(), json!({"const": event.name}));
+            for field in event.fields.iter().chain(event.optional) {
+                properties.insert((*field).into(), field_schema(field));
+            }
+            let mut required = vec!["v", "lsn", "timestamp", "type"];
+            required.extend_from_slice(event.fields);
+            json!({
+                "type": "object",
+                "title": event.name,
+                "description": event.description,
+                "required": required,
+                "properties": properties,
+            })
+        })
+        .collect();
+    json!({
+        "oneOf": branches,
+        "description": format!("One record of a partition's log, schema version {SCHEMA_VERSION} \
+            (`v`). A new field, type or meaning comes with a new version; a consumer must stop \
+            at a version it does not know."),
+    })
+}
+
+fn field_schema(field: &str) -> Value {
+    if let Some(values) = field_values(field) {
+        return json!({"type": "string", "enum": values});
+    }
+    match field {
+        "account_id" | "from_account" | "to_account" => schema_ref("AccountId"),
+        "transaction_id" => schema_ref("TransactionId"),
+        "currency" => schema_ref("Currency"),
+        "amount" => json!({
+            "type": "string",
+            "pattern": "^[0-9]+(\\.[0-9]+)?$",
+            "description": "A decimal string in `currency`, e.g. `12.34`.",
+        }),
+        "amount_minor" => json!({
+            "type": "string",
+            "pattern": "^[0-9]+$",
+            "description": "An amount in minor units of a currency that was not recorded.",
+        }),
+        "reason" => json!({
+            "type": "string",
+            "description": "Why the transfer did not happen: the codes of `TransferResponse.code`.",
+        }),
+        other => panic!("the feed field {other} has no schema"),
+    }
+}
+
+/// Writes the feed's `200`: NDJSON lines and the `Durable-Lsn` header.
+pub fn describe_answer(operation: &mut Value) {
+    assert!(operation.is_object(), "{PATH} is documented");
+    operation["responses"]["200"] = json!({
+        "description": "The partition's durable records after `after_lsn`, oldest first, at \
+            most `limit`, one JSON object per line (each a `FeedEvent`, ending with a newline); an empty \
+            body when none came within `wait_ms`. Follow with the last line's `lsn` as the \
+            next `after_lsn`.",
+        "headers": {"Durable-Lsn": {
+            "required": true,
+            "description": "The partition's last durable lsn when the answer was read: a \
+                consumer whose last line has it has caught up.",
+            "schema": schema_ref("Lsn"),
+        }},
+        "content": {"application/x-ndjson": {
+            "schema": schema_ref(EVENT_SCHEMA),
+        }},
+    });
+}

@@ -1,0 +1,487 @@
+//! The feed's JSON line for each event: schema version 1.
+//!
+//! Every line is one object: `v` (the schema version), `lsn`, `timestamp` (RFC 3339, as
+//! everywhere in the API), `type` (the event, snake case) and the event's own fields. Amounts
+//! are decimal strings in their currency, ids are strings, reasons are the codes the rest of
+//! the API uses. [`EVENT_TYPES`] lists each type's fields; the OpenAPI document and
+//! `server/README.md` are written from the same list, and a test holds [`line`] to it.
+//!
+//! Versioning: within a version, a type keeps its fields and their meanings. A new field, a
+//! new type or a changed meaning is a new version, announced by `v`; a consumer that meets a
+//! `v` it does not know must stop rather than guess (a fold that skipped an event would
+//! silently disagree with the ledger).
+
+use std::collections::HashMap;
+
+use serde_json::{json, Map, Value};
+use walletd_core::log::codec::Record;
+use walletd_core::model::event::{
+    CashKind, CashRefusal, CashRefused, Decision, Event, Transfer, TransferKey,
+};
+use walletd_core::model::ids::AccountId;
+use walletd_core::model::money::{Amount, Currency};
+
+use crate::rfc3339;
+
+/// The schema version every line carries as `v`.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// One event type of the feed: its name and fields beyond `v`, `lsn`, `timestamp`, `type`.
+pub struct EventType {
+    pub name: &'static str,
+    /// Fields every line of this type has.
+    pub fields: &'static [&'static str],
+    /// Fields some lines of this type have (see `description`).
+    pub optional: &'static [&'static str],
+    pub description: &'static str,
+}
+
+const TRANSFER: &[&str] = &[
+    "transaction_id",
+    "from_account",
+    "to_account",
+    "amount",
+    "currency",
+];
+const KEY: &[&str] = &["transaction_id", "from_account"];
+
+/// Every event type, in the order of [`Event`]'s variants.
+pub const EVENT_TYPES: &[EventType] = &[
+    EventType {
+        name: "account_opened",
+        fields: &["account_id", "currency"],
+        optional: &[],
+        description: "An account was opened with a zero balance.",
+    },
+    EventType {
+        name: "deposited",
+        fields: &["account_id", "transaction_id", "amount", "currency"],
+        optional: &[],
+        description: "Money entered the account (and the system).",
+    },
+    EventType {
+        name: "withdrawn",
+        fields: &["account_id", "transaction_id", "amount", "currency"],
+        optional: &[],
+        description: "Money left the account (and the system).",
+    },
+    EventType {
+        name: "cash_refused",
+        fields: &["account_id", "transaction_id", "kind", "refusal"],
+        optional: &["amount", "currency", "amount_minor"],
+        description: "A deposit or withdrawal was refused; nothing moved. `amount` and \
+            `currency` are the request's, except when `refusal` is `account_not_found`: the \
+            request's currency was not recorded, so the amount is `amount_minor`, in minor units.",
+    },
+    EventType {
+        name: "transferred",
+        fields: TRANSFER,
+        optional: &[],
+        description: "A transfer within the partition: debit and credit at once.",
+    },
+    EventType {
+        name: "transfer_rejected",
+        fields: &[
+            "transaction_id",
+            "from_account",
+            "to_account",
+            "amount",
+            "currency",
+            "reason",
+        ],
+        optional: &[],
+        description: "A transfer refused at its home partition; nothing moved.",
+    },
+    EventType {
+        name: "debit_tried",
+        fields: TRANSFER,
+        optional: &[],
+        description: "Cross-partition transfer, at the source: the amount moved from the \
+            balance into a hold.",
+    },
+    EventType {
+        name: "transfer_decided",
+        fields: &["transaction_id", "from_account", "decision"],
+        optional: &["reason"],
+        description: "Cross-partition transfer, at the source: committed (`confirm`) or \
+            cancelled (`cancel`, with its `reason`). Moves nothing by itself.",
+    },
+    EventType {
+        name: "debit_confirmed",
+        fields: KEY,
+        optional: &[],
+        description: "At the source: the hold of the `debit_tried` with this key is gone for good.",
+    },
+    EventType {
+        name: "debit_cancelled",
+        fields: KEY,
+        optional: &[],
+        description: "At the source: the hold of the `debit_tried` with this key went back \
+            to the balance.",
+    },
+    EventType {
+        name: "credit_tried",
+        fields: TRANSFER,
+        optional: &[],
+        description: "At the destination: a pending credit (`incoming`); no balance changed.",
+    },
+    EventType {
+        name: "credit_confirmed",
+        fields: KEY,
+        optional: &[],
+        description: "At the destination: the pending credit of the `credit_tried` with this \
+            key became balance.",
+    },
+    EventType {
+        name: "credit_cancelled",
+        fields: KEY,
+        optional: &[],
+        description: "At the destination: the pending credit of the `credit_tried` with this \
+            key was dropped.",
+    },
+    EventType {
+        name: "credit_try_not_seen",
+        fields: KEY,
+        optional: &[],
+        description: "At the destination: a cancel came before any Try; a later Try fails. \
+            Moves nothing.",
+    },
+];
+
+/// The account whose currency the line of `event` needs and the event does not carry.
+pub fn currency_needed(event: &Event) -> Option<AccountId> {
+    match event {
+        Event::Deposited { account, .. } | Event::Withdrawn { account, .. } => Some(*account),
+        Event::CashRefused(refused) => match refused.refusal {
+            CashRefusal::InsufficientFunds | CashRefusal::BalanceLimit => Some(refused.account),
+            CashRefusal::AccountNotFound | CashRefusal::CurrencyMismatch(_) => None,
+        },
+        _ => None,
+    }
+}
+
+/// The line of `record`, or `None` when `currencies` lacks the account
+/// [`currency_needed`] names.
+pub fn line(record: &Record, currencies: &HashMap<AccountId, Currency>) -> Option<Value> {
+    let (name, fields) = type_and_fields(record, currencies)?;
+    let mut object = Map::new();
+    object.insert("v".into(), json!(SCHEMA_VERSION));
+    object.insert("lsn".into(), json!(record.lsn));
+    object.insert(
+        "timestamp".into(),
+        json!(rfc3339::format_us(record.timestamp)),
+    );
+    object.insert("type".into(), json!(name));
+    object.extend(fields);
+    Some(Value::Object(object))
+}
+
+/// Appends the line of `record` to `out`, newline included, with `v`, `lsn`, `timestamp`
+/// and `type` first (people read these lines too); `None` as for [`line`].
+pub fn write_line(
+    record: &Record,
+    currencies: &HashMap<AccountId, Currency>,
+    out: &mut Vec<u8>,
+) -> Option<()> {
+    let (name, fields) = type_and_fields(record, currencies)?;
+    // A JSON string's `Display` is its quoted, escaped text; a type name needs no escaping.
+    let timestamp = Value::from(rfc3339::format_us(record.timestamp));
+    let head = format!(
+        "{{\"v\":{SCHEMA_VERSION},\"lsn\":{},\"timestamp\":{timestamp},\"type\":\"{name}\"",
+        record.lsn
+    );
+    out.extend_from_slice(head.as_bytes());
+    for (field, value) in fields {
+        out.push(b',');
+        serde_json::to_writer(&mut *out, &field).expect("a string writes");
+        out.push(b':');
+        serde_json::to_writer(&mut *out, &value).expect("a JSON value writes");
+    }
+    out.extend_from_slice(b"}\n");
+    Some(())
+}
+
+/// The `type` of `record`'s line and its own fields.
+fn type_and_fields(
+    record: &Record,
+    currencies: &HashMap<AccountId, Currency>,
+) -> Option<(&'static str, Map<String, Value>)> {
+    let currency_of = |account: &AccountId| currencies.get(account).copied();
+    let (name, fields) = match &record.event {
+        Event::AccountOpened { account, currency } => (
+            "account_opened",
+            json!({"account_id": account.as_str(), "currency": currency.code()}),
+        ),
+        Event::Deposited {
+            account,
+            amount,
+            transaction_id,
+        }
+        | Event::Withdrawn {
+            account,
+            amount,
+            transaction_id,
+        } => {
+            let currency = currency_of(account)?;
+            let name = match record.event {
+                Event::Deposited { .. } => "deposited",
+                _ => "withdrawn",
+            };
+            let mut fields = money(*amount, currency);
+            fields["account_id"] = json!(account.as_str());
+            fields["transaction_id"] = json!(transaction_id.as_str());
+            (name, fields)
+        }
+        Event::CashRefused(refused) => ("cash_refused", cash_refused(refused, currency_of)?),
+        Event::Transferred { transfer } => ("transferred", transfer_fields(transfer)),
+        Event::TransferRejected { transfer, reason } => {
+            let mut fields = transfer_fields(transfer);
+            fields["reason"] = json!(reason.code());
+            ("transfer_rejected", fields)
+        }
+        Event::DebitTried { transfer } => ("debit_tried", transfer_fields(transfer)),
+        Event::TransferDecided { key, decision } => {
+            let mut fields = key_fields(key);
+            match decision {
+                Decision::Confirm => fields["decision"] = json!("confirm"),
+                Decision::Cancel(reason) => {
+                    fields["decision"] = json!("cancel");
+                    fields["reason"] = json!(reason.code());
+                }
+            }
+            ("transfer_decided", fields)
+        }
+        Event::DebitConfirmed { key } => ("debit_confirmed", key_fields(key)),
+        Event::DebitCancelled { key } => ("debit_cancelled", key_fields(key)),
+        Event::CreditTried { transfer } => ("credit_tried", transfer_fields(transfer)),
+        Event::CreditConfirmed { key } => ("credit_confirmed", key_fields(key)),
+        Event::CreditCancelled { key } => ("credit_cancelled", key_fields(key)),
+        Event::CreditTryNotSeen { key } => ("credit_try_not_seen", key_fields(key)),
+    };
+    let Value::Object(fields) = fields else {
+        unreachable!("the fields are an object")
+    };
+    Some((name, fields))
+}
+
+fn money(amount: Amount, currency: Currency) -> Value {
+    json!({"amount": amount.format(currency), "currency": currency.code()})
+}
+
+fn transfer_fields(transfer: &Transfer) -> Value {
+    let mut fields = money(transfer.amount, transfer.currency);
+    fields["transaction_id"] = json!(transfer.transaction_id.as_str());
+    fields["from_account"] = json!(transfer.from.as_str());
+    fields["to_account"] = json!(transfer.to.as_str());
+    fields
+}
+
+fn key_fields(key: &TransferKey) -> Value {
+    json!({
+        "transaction_id": key.transaction_id.as_str(),
+        "from_account": key.from.as_str(),
+    })
+}
+
+fn cash_refused(
+    refused: &CashRefused,
+    currency_of: impl Fn(&AccountId) -> Option<Currency>,
+) -> Option<Value> {
+    let (refusal, currency) = match refused.refusal {
+        CashRefusal::AccountNotFound => ("account_not_found", None),
+        CashRefusal::CurrencyMismatch(requested) => ("currency_mismatch", Some(requested)),
+        CashRefusal::InsufficientFunds => {
+            ("insufficient_funds", Some(currency_of(&refused.account)?))
+        }
+        CashRefusal::BalanceLimit => ("balance_limit", Some(currency_of(&refused.account)?)),
+    };
+    let mut fields = match currency {
+        Some(currency) => money(refused.amount, currency),
+        None => json!({"amount_minor": refused.amount.minor().to_string()}),
+    };
+    fields["account_id"] = json!(refused.account.as_str());
+    fields["transaction_id"] = json!(refused.transaction_id.as_str());
+    fields["kind"] = json!(match refused.kind {
+        CashKind::Deposit => "deposit",
+        CashKind::Withdrawal => "withdrawal",
+    });
+    fields["refusal"] = json!(refusal);
+    Some(fields)
+}
+
+/// The values of the enumerated fields of the lines.
+pub fn field_values(field: &str) -> Option<&'static [&'static str]> {
+    Some(match field {
+        "kind" => &["deposit", "withdrawal"],
+        "refusal" => &[
+            "account_not_found",
+            "currency_mismatch",
+            "insufficient_funds",
+            "balance_limit",
+        ],
+        "decision" => &["confirm", "cancel"],
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use walletd_core::model::event::Reason;
+    use walletd_core::model::ids::TransactionId;
+
+    fn one_of_each() -> Vec<Event> {
+        let a = AccountId::new("alice").unwrap();
+        let b = AccountId::new("bob").unwrap();
+        let t = TransactionId::new("t-1").unwrap();
+        let amount = Amount::parse("12.34", Currency::USD).unwrap();
+        let transfer = Transfer {
+            transaction_id: t,
+            from: a,
+            to: b,
+            amount,
+            currency: Currency::USD,
+        };
+        let key = transfer.key();
+        let refused = |refusal| {
+            Event::CashRefused(CashRefused {
+                account: a,
+                transaction_id: t,
+                kind: CashKind::Withdrawal,
+                amount,
+                refusal,
+            })
+        };
+        // A match on every variant, so that a new event does not compile here until it has
+        // a line and a row in the table.
+        let events = vec![
+            Event::AccountOpened {
+                account: a,
+                currency: Currency::USD,
+            },
+            Event::Deposited {
+                account: a,
+                amount,
+                transaction_id: t,
+            },
+            Event::Withdrawn {
+                account: a,
+                amount,
+                transaction_id: t,
+            },
+            refused(CashRefusal::AccountNotFound),
+            refused(CashRefusal::CurrencyMismatch(Currency::EUR)),
+            refused(CashRefusal::InsufficientFunds),
+            refused(CashRefusal::BalanceLimit),
+            Event::Transferred { transfer },
+            Event::TransferRejected {
+                transfer,
+                reason: Reason::InsufficientFunds,
+            },
+            Event::DebitTried { transfer },
+            Event::TransferDecided {
+                key,
+                decision: Decision::Confirm,
+            },
+            Event::TransferDecided {
+                key,
+                decision: Decision::Cancel(Reason::Timeout),
+            },
+            Event::DebitConfirmed { key },
+            Event::DebitCancelled { key },
+            Event::CreditTried { transfer },
+            Event::CreditConfirmed { key },
+            Event::CreditCancelled { key },
+            Event::CreditTryNotSeen { key },
+        ];
+        for event in &events {
+            match event {
+                Event::AccountOpened { .. }
+                | Event::Deposited { .. }
+                | Event::Withdrawn { .. }
+                | Event::CashRefused(_)
+                | Event::Transferred { .. }
+                | Event::TransferRejected { .. }
+                | Event::DebitTried { .. }
+                | Event::TransferDecided { .. }
+                | Event::DebitConfirmed { .. }
+                | Event::DebitCancelled { .. }
+                | Event::CreditTried { .. }
+                | Event::CreditConfirmed { .. }
+                | Event::CreditCancelled { .. }
+                | Event::CreditTryNotSeen { .. } => {}
+            }
+        }
+        events
+    }
+
+    #[test]
+    fn every_event_has_a_line_with_exactly_the_fields_of_its_type() {
+        let currencies = HashMap::from([(AccountId::new("alice").unwrap(), Currency::USD)]);
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, event) in one_of_each().into_iter().enumerate() {
+            let record = Record {
+                lsn: i as u64 + 1,
+                timestamp: 1_700_000_000_000_000,
+                event,
+            };
+            let line = line(&record, &currencies).expect("currencies known");
+            assert_eq!(line["v"], 1);
+            assert_eq!(line["lsn"], i as u64 + 1);
+            assert_eq!(line["timestamp"], "2023-11-14T22:13:20.000000Z");
+            let name = line["type"].as_str().unwrap();
+            let row = EVENT_TYPES.iter().find(|t| t.name == name).expect(name);
+            seen.insert(row.name);
+            let object = line.as_object().unwrap();
+            for field in row.fields {
+                assert!(object.contains_key(*field), "{name} lacks {field}: {line}");
+            }
+            for (field, value) in object {
+                let common = ["v", "lsn", "timestamp", "type"].contains(&field.as_str());
+                let listed =
+                    row.fields.contains(&field.as_str()) || row.optional.contains(&field.as_str());
+                assert!(common || listed, "{name} has unlisted {field}: {line}");
+                if let Some(values) = field_values(field) {
+                    assert!(values.contains(&value.as_str().unwrap()), "{line}");
+                }
+                if field == "amount" {
+                    assert_eq!(value, "12.34");
+                }
+            }
+        }
+        assert_eq!(seen.len(), EVENT_TYPES.len(), "every type is written");
+    }
+
+    #[test]
+    fn a_written_line_is_the_line_with_its_head_first() {
+        let currencies = HashMap::from([(AccountId::new("alice").unwrap(), Currency::USD)]);
+        for (i, event) in one_of_each().into_iter().enumerate() {
+            let record = Record {
+                lsn: i as u64 + 1,
+                timestamp: 1_700_000_000_000_000,
+                event,
+            };
+            let mut out = Vec::new();
+            write_line(&record, &currencies, &mut out).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            assert!(
+                text.starts_with(&format!("{{\"v\":1,\"lsn\":{},", i + 1)),
+                "{text}"
+            );
+            assert_eq!(text.matches('\n').count(), 1);
+            let parsed: Value = serde_json::from_str(text.trim_end()).unwrap();
+            assert_eq!(parsed, line(&record, &currencies).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_line_that_needs_an_unknown_currency_is_not_guessed() {
+        let record = Record {
+            lsn: 1,
+            timestamp: 0,
+            event: one_of_each()[1],
+        };
+        assert_eq!(currency_needed(&record.event).unwrap().as_str(), "alice");
+        assert!(line(&record, &HashMap::new()).is_none());
+    }
+}
