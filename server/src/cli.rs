@@ -124,9 +124,10 @@ pub struct ServiceArgs {
     pub request_timeout_ms: u64,
     /// Longest wait of a long-poll of GET /v1/events (`wait_ms`; more is 400 invalid_query).
     /// Must stay below --request-timeout-ms, so that a long-poll ends with its records (or
-    /// none) rather than with 503 request_timeout.
-    #[arg(long, default_value_t = 20_000)]
-    pub feed_wait_max_ms: u64,
+    /// none) rather than with 503 request_timeout. Default: 20000, or two thirds of
+    /// --request-timeout-ms when that is shorter.
+    #[arg(long)]
+    pub feed_wait_max_ms: Option<u64>,
     /// Largest request body accepted (413 body_too_large beyond).
     #[arg(long, default_value_t = 2 << 20)]
     pub body_limit_bytes: usize,

@@ -94,13 +94,22 @@ pub(crate) fn run_to_exit_code<E: std::fmt::Display>(
     }
 }
 
+/// The longest long-poll of the event feed when `--feed-wait-max-ms` is not given (and the
+/// request limit is long enough for it).
+const FEED_WAIT_MAX_MS_DEFAULT: u64 = 20_000;
+
 pub(crate) fn options(args: &ServiceArgs) -> Result<ApiOptions, ServeError> {
-    if args.feed_wait_max_ms >= args.request_timeout_ms {
-        return Err(ServeError::FeedWaitTooLong {
-            wait_ms: args.feed_wait_max_ms,
-            timeout_ms: args.request_timeout_ms,
-        });
-    }
+    // Given, it must fit the request limit; left out, it is made to.
+    let feed_wait_max_ms = match args.feed_wait_max_ms {
+        Some(wait_ms) if wait_ms >= args.request_timeout_ms => {
+            return Err(ServeError::FeedWaitTooLong {
+                wait_ms,
+                timeout_ms: args.request_timeout_ms,
+            })
+        }
+        Some(wait_ms) => wait_ms,
+        None => FEED_WAIT_MAX_MS_DEFAULT.min(args.request_timeout_ms * 2 / 3),
+    };
     Ok(ApiOptions {
         transfer_wait: Duration::from_millis(args.transfer_wait_ms),
         request_timeout: Duration::from_millis(args.request_timeout_ms),
@@ -113,7 +122,7 @@ pub(crate) fn options(args: &ServiceArgs) -> Result<ApiOptions, ServeError> {
             Some(mb) => Some(mb.saturating_mul(1 << 20)),
             None => crate::process::default_memory_limit(),
         },
-        feed_wait_max: Duration::from_millis(args.feed_wait_max_ms),
+        feed_wait_max: Duration::from_millis(feed_wait_max_ms),
     })
 }
 
@@ -362,5 +371,41 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Service {
+        #[command(flatten)]
+        args: ServiceArgs,
+    }
+
+    fn options_of(flags: &[&str]) -> Result<ApiOptions, ServeError> {
+        let parsed = Service::try_parse_from(std::iter::once("serve").chain(flags.iter().copied()))
+            .expect("flags parse");
+        options(&parsed.args)
+    }
+
+    #[test]
+    fn the_feeds_longest_wait_fits_the_request_limit_given_or_not() {
+        let wait = |flags: &[&str]| options_of(flags).map(|o| o.feed_wait_max.as_millis());
+        assert_eq!(wait(&[]).unwrap(), 20_000);
+        // A short request limit shortens the default instead of refusing to start.
+        assert_eq!(wait(&["--request-timeout-ms", "300"]).unwrap(), 200);
+        assert_eq!(
+            wait(&["--request-timeout-ms", "300", "--feed-wait-max-ms", "250"]).unwrap(),
+            250
+        );
+        // Given, a wait the request limit would cut is refused, naming both flags.
+        let error = wait(&["--request-timeout-ms", "300", "--feed-wait-max-ms", "300"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--feed-wait-max-ms 300"), "{error}");
+        assert!(error.contains("--request-timeout-ms 300"), "{error}");
     }
 }

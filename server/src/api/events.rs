@@ -89,11 +89,16 @@ async fn answer(api: &Api, params: EventsParams) -> Result<Response, Response> {
         return Ok(ndjson(Vec::new(), durable));
     }
     let (partition, after, limit) = (request.partition, request.after, request.limit);
-    let records = reader
-        .scan(move |dir| records_after(dir, partition, after, durable, limit))
+    let hint = api.feed_cursors().get(partition, after);
+    let page = reader
+        .scan(move |dir| records_after(dir, partition, after, durable, limit, hint))
         .await
         .map_err(|e| log_unreadable(partition, e))?
         .map_err(|e| read_error(partition, e))?;
+    if let (Some(last), Some(next)) = (page.records.last(), page.next) {
+        api.feed_cursors().put(partition, last.lsn, next);
+    }
+    let records = page.records;
     let currencies = currencies_of(api, partition, &records).await?;
     let mut body = Vec::with_capacity(records.len() * 200);
     for record in &records {

@@ -44,6 +44,7 @@ use walletd_runtime::engine::{Client, Unavailable};
 
 use crate::errors::ApiError;
 use crate::feed::currencies::Currencies;
+use crate::feed::cursors::Cursors;
 use crate::history::LogReader;
 use metrics::Metrics;
 
@@ -109,6 +110,8 @@ struct ApiInner {
     memory: MemoryWatch,
     /// Account currencies learned by the event feed (its deposits do not carry them).
     feed_currencies: Currencies,
+    /// Where the feed's recent pages ended in their segments.
+    feed_cursors: Cursors,
 }
 
 /// The resident memory of the process against [`ApiOptions::memory_limit_bytes`], read from
@@ -173,6 +176,7 @@ impl Api {
                 options,
                 unavailable: Notify::new(),
                 feed_currencies: Currencies::default(),
+                feed_cursors: Cursors::default(),
             }),
         }
     }
@@ -195,6 +199,10 @@ impl Api {
 
     pub fn feed_currencies(&self) -> &Currencies {
         &self.inner.feed_currencies
+    }
+
+    pub fn feed_cursors(&self) -> &Cursors {
+        &self.inner.feed_cursors
     }
 
     pub fn driver_stats(&self) -> &[(PartitionId, Arc<DriverStats>)] {

@@ -10,8 +10,11 @@
 //!   the table of its types and fields that the OpenAPI document and the README repeat.
 //! - [`currencies`]: the currency of each account, which amounts need to be written as
 //!   decimals but most events do not carry.
+//! - [`cursors`]: where recent pages ended in their segments, so that the next page decodes
+//!   only what follows.
 
 pub mod currencies;
+pub mod cursors;
 pub mod read;
 pub mod schema;
 pub mod wait;
