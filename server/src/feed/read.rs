@@ -49,29 +49,29 @@ pub fn records_after(
     limit: usize,
     hint: Option<Cursor>,
 ) -> Result<Page, FeedReadError> {
-    let page = read_page(dir, partition, after, durable_lsn, limit, hint);
+    assert!(after < durable_lsn && limit > 0);
+    let read = |hint| read_page(dir, partition, (after, durable_lsn), limit, hint);
     // Every durable record is in the log, so a whole page is full or ends at the durable
     // lsn; a page read from a hint that is neither was read from a file the cursor does not
     // fit (restored from a backup, say), and is read again.
     let whole = |page: &Page| {
         page.records.len() == limit || page.records.last().is_some_and(|r| r.lsn == durable_lsn)
     };
-    match page {
+    match read(hint) {
         Ok(page) if hint.is_none() || whole(&page) => Ok(page),
         Err(error) if hint.is_none() => Err(error),
-        _ => read_page(dir, partition, after, durable_lsn, limit, None),
+        _ => read(None),
     }
 }
 
+/// [`records_after`] for the lsns in `(after, durable_lsn]`, from `hint` if there is one.
 fn read_page(
     dir: &DataDir,
     partition: PartitionId,
-    after: Lsn,
-    durable_lsn: Lsn,
+    (after, durable_lsn): (Lsn, Lsn),
     limit: usize,
     hint: Option<Cursor>,
 ) -> Result<Page, FeedReadError> {
-    assert!(after < durable_lsn && limit > 0);
     let io = |path: String| move |source| LogError::Io { path, source };
     let partition_dir = dir.partition_dir(partition);
     let segments = dir
