@@ -144,10 +144,26 @@ enum Stage {
     Deciding(Decision),
     /// Decision logged; resending the second phase until it is acknowledged.
     Carrying(Decision),
-    /// Acknowledged; a `FinishDebit` was emitted; waiting for the finishing event.
-    Finishing,
-    /// Committed; a `CommitDebit` was emitted; waiting for its event.
-    Committing,
+    /// The command that ends the home's side was emitted; waiting for its event.
+    Finishing(Finish),
+}
+
+/// Why the home's side of a transfer ends, which says the command that ends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Finish {
+    /// The destination acknowledged the logged decision: `FinishDebit`.
+    Acknowledged,
+    /// The destination durably tried: committed at the commit point, `CommitDebit`.
+    Committed,
+}
+
+impl Finish {
+    fn command(self, key: TransferKey) -> Command {
+        match self {
+            Finish::Acknowledged => Command::FinishDebit { key },
+            Finish::Committed => Command::CommitDebit { key },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -208,9 +224,10 @@ impl Coordinator {
             match row.state {
                 TransferState::Trying => coordinator.start_try(row.transfer, 0, now),
                 TransferState::Confirming => {
-                    let flight = coordinator.new_flight(row.transfer, 0, Stage::Committing);
+                    let finishing = Stage::Finishing(Finish::Committed);
+                    let flight = coordinator.new_flight(row.transfer, 0, finishing);
                     coordinator.send(flight, Phase::Confirm, now);
-                    coordinator.commit_debit(flight, now);
+                    coordinator.finish(flight, Finish::Committed, now);
                 }
                 TransferState::Cancelling(reason) => {
                     coordinator.carry(row.transfer, 0, Decision::Cancel(reason), now)
@@ -304,7 +321,7 @@ impl Coordinator {
             // The destination asks because it tried: as good as its Tried answer.
             Stage::Trying { .. } | Stage::Aborting => self.commit(flight, now),
             Stage::Carrying(decision) => self.send(flight, second_phase(decision), now),
-            Stage::Deciding(_) | Stage::Finishing | Stage::Committing => {}
+            Stage::Deciding(_) | Stage::Finishing(_) => {}
         }
         true
     }
@@ -312,7 +329,7 @@ impl Coordinator {
     fn on_second_phase_response(&mut self, flight: Flight, response: &PhaseResponse, now: Micros) {
         match (flight.stage, response.phase, response.result) {
             (Stage::Carrying(Decision::Cancel(_)), Phase::Cancel, PhaseResult::Cancelled) => {
-                self.finish(flight, now)
+                self.finish(flight, Finish::Acknowledged, now)
             }
             (Stage::Carrying(decision), _, PhaseResult::Confirmed | PhaseResult::Cancelled)
                 if matches!(response.phase, Phase::Confirm | Phase::Cancel) =>
@@ -358,14 +375,8 @@ impl Coordinator {
                         .push_back(Output::Execute(Command::Decide { key, decision }));
                     self.rearm(flight, now);
                 }
-                Stage::Finishing => {
-                    self.outputs
-                        .push_back(Output::Execute(Command::FinishDebit { key }));
-                    self.rearm(flight, now);
-                }
-                Stage::Committing => {
-                    self.outputs
-                        .push_back(Output::Execute(Command::CommitDebit { key }));
+                Stage::Finishing(finish) => {
+                    self.outputs.push_back(Output::Execute(finish.command(key)));
                     self.rearm(flight, now);
                 }
             }
@@ -438,17 +449,7 @@ impl Coordinator {
             transfer,
             debit_lsn,
         });
-        self.commit_debit(flight, now);
-    }
-
-    /// Finishes a committed transfer's home side; its event ends the flight.
-    fn commit_debit(&mut self, mut flight: Flight, now: Micros) {
-        flight.stage = Stage::Committing;
-        flight.backoff_us = self.config.retry_initial_us;
-        let key = flight.transfer.key();
-        self.outputs
-            .push_back(Output::Execute(Command::CommitDebit { key }));
-        self.rearm(flight, now);
+        self.finish(flight, Finish::Committed, now);
     }
 
     fn decide(&mut self, mut flight: Flight, decision: Decision, now: Micros) {
@@ -476,13 +477,12 @@ impl Coordinator {
         self.send(flight, second_phase(decision), now);
     }
 
-    fn finish(&mut self, mut flight: Flight, now: Micros) {
-        flight.stage = Stage::Finishing;
+    /// Ends the home's side of the transfer; the command's event ends the flight.
+    fn finish(&mut self, mut flight: Flight, finish: Finish, now: Micros) {
+        flight.stage = Stage::Finishing(finish);
         flight.backoff_us = self.config.retry_initial_us;
-        self.outputs
-            .push_back(Output::Execute(Command::FinishDebit {
-                key: flight.transfer.key(),
-            }));
+        let key = flight.transfer.key();
+        self.outputs.push_back(Output::Execute(finish.command(key)));
         self.rearm(flight, now);
     }
 
