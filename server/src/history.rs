@@ -10,11 +10,13 @@
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
+
 use walletd_core::log::codec::{CodecError, Record, RecordReader};
 use walletd_core::log::replay::AsOf;
 use walletd_core::model::event::{Event, Lsn, TransferKey};
@@ -137,39 +139,58 @@ fn read_segment(
         source,
     })?;
     let len = bytes.len() as u64;
+    let mut reader = RecordReader::new(&bytes, first_lsn);
+    let flow = records_of_segment(path, &mut reader, newest, |record, _| {
+        if upto_lsn.is_some_and(|upto| record.lsn > upto) || !as_of.includes(&record) {
+            log.stopped = true;
+            return ControlFlow::Break(());
+        }
+        log.last_lsn = record.lsn;
+        log.last_timestamp = record.timestamp;
+        let last = upto_lsn == Some(record.lsn);
+        if keep(&record) {
+            log.records.push(record);
+        }
+        if last {
+            log.stopped = true;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    })?;
+    if flow.is_continue() && reader.torn_tail() {
+        log.torn_bytes = len - reader.valid_len() as u64;
+    }
+    Ok(len)
+}
+
+/// Hands each record `reader` decodes from the segment at `path` to `each`, with the byte
+/// offset just after it, until `each` breaks or the segment ends. The rules every reader of a live log follows: a record
+/// that does not decode is corruption, an error naming file and offset; a partial record at
+/// the end is the tail of an append and allowed only in the `newest` segment.
+pub(crate) fn records_of_segment(
+    path: &Path,
+    reader: &mut RecordReader<'_>,
+    newest: bool,
+    mut each: impl FnMut(Record, usize) -> ControlFlow<()>,
+) -> Result<ControlFlow<()>, LogError> {
     let corrupt = |offset: u64, detail: String| LogError::Corrupt {
         path: path.display().to_string(),
         offset,
         detail,
     };
-    let mut reader = RecordReader::new(&bytes, first_lsn);
     while let Some(record) = reader
         .next_record()
         .map_err(|e| corrupt(codec_offset(&e), e.to_string()))?
     {
-        if upto_lsn.is_some_and(|upto| record.lsn > upto) || !as_of.includes(&record) {
-            log.stopped = true;
-            return Ok(len);
-        }
-        log.last_lsn = record.lsn;
-        log.last_timestamp = record.timestamp;
-        if keep(&record) {
-            log.records.push(record);
-        }
-        if upto_lsn == Some(record.lsn) {
-            log.stopped = true;
-            return Ok(len);
+        if each(record, reader.valid_len()).is_break() {
+            return Ok(ControlFlow::Break(()));
         }
     }
-    if reader.torn_tail() {
-        let valid_len = reader.valid_len();
-        if !newest {
-            let detail = "a segment that is not the newest ends in a partial record";
-            return Err(corrupt(valid_len as u64, detail.into()));
-        }
-        log.torn_bytes = len - valid_len as u64;
+    if reader.torn_tail() && !newest {
+        let detail = "a segment that is not the newest ends in a partial record";
+        return Err(corrupt(reader.valid_len() as u64, detail.into()));
     }
-    Ok(len)
+    Ok(ControlFlow::Continue(()))
 }
 
 pub(crate) fn codec_offset(error: &CodecError) -> u64 {

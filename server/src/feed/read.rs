@@ -7,6 +7,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::ops::ControlFlow;
 use std::path::Path;
 
 use walletd_core::log::codec::{Record, RecordReader, SYNC_MARK_LEN};
@@ -15,7 +16,7 @@ use walletd_core::model::partition::PartitionId;
 
 use super::cursors::Cursor;
 use crate::datadir::DataDir;
-use crate::history::{codec_offset, LogError};
+use crate::history::{records_of_segment, LogError};
 
 /// Why the records after an lsn cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -116,36 +117,27 @@ fn read_page(
             0 => RecordReader::new(&bytes, *first_lsn),
             offset => RecordReader::resume(&bytes, offset, wanted),
         };
-        loop {
-            let next = reader.next_record().map_err(|e| LogError::Corrupt {
-                path: display.clone(),
-                offset: codec_offset(&e),
-                detail: e.to_string(),
-            })?;
-            let Some(record) = next else { break };
+        let newest = i + 1 == segments.len();
+        let flow = records_of_segment(path, &mut reader, newest, |record, end| {
             if record.lsn <= after {
-                continue;
+                return ControlFlow::Continue(());
             }
             if record.lsn > durable_lsn {
-                return Ok(page);
+                return ControlFlow::Break(());
             }
+            let last = record.lsn == durable_lsn;
             page.records.push(record);
             page.next = Some(Cursor {
                 segment_first: *first_lsn,
-                offset: reader.valid_len(),
+                offset: end,
             });
-            if page.records.len() == limit || record.lsn == durable_lsn {
-                return Ok(page);
+            if page.records.len() == limit || last {
+                return ControlFlow::Break(());
             }
-        }
-        let newest = i + 1 == segments.len();
-        if reader.torn_tail() && !newest {
-            return Err(LogError::Corrupt {
-                path: display,
-                offset: reader.valid_len() as u64,
-                detail: "a segment that is not the newest ends in a partial record".into(),
-            }
-            .into());
+            ControlFlow::Continue(())
+        })?;
+        if flow.is_break() {
+            return Ok(page);
         }
     }
     Ok(page)
