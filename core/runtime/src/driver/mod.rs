@@ -280,6 +280,14 @@ impl ReplyTokens for Channels {
     type Query = oneshot::Sender<QueryAnswer>;
 }
 
+/// The log is durable through `lsn`: readers of the log (history, the event feed) may read up
+/// to it, and long-polls waiting for it wake. Never moves back.
+fn publish_durable(stats: &DriverStats, lsn: Lsn) {
+    if stats.last_lsn.fetch_max(lsn, Ordering::Release) < lsn {
+        stats.durable.notify_waiters();
+    }
+}
+
 /// Sends what a durable batch releases: peer messages first (the machine's release rule),
 /// then the answers. A client that went away is no error. `batch` (the partition and the
 /// batch's last lsn) is for the observer of tests and the simulator ([`observe`]), which is
@@ -577,11 +585,16 @@ impl<S: Storage> PartitionDriver<S> {
         let records = commit.last_lsn + 1 - first_lsn;
         self.stats.batch_records.record(records);
         let transport = Arc::clone(&self.transport);
+        let stats = Arc::clone(&self.stats);
         // Answers and peer messages leave from wherever the batch becomes durable (file
         // storage: its writing thread), not when this task next gets to run: on a busy
         // machine that was most of a batch's wait. Should the write fail, they are dropped
-        // unsent, and the partition stops.
-        let on_durable = Box::new(move || send_release(batch, release, &*transport));
+        // unsent, and the partition stops. The durable lsn is published first, so that a
+        // client that has its answer finds the records in history and the event feed.
+        let on_durable = Box::new(move || {
+            publish_durable(&stats, batch.1);
+            send_release(batch, release, &*transport)
+        });
         let commit_future = Box::pin(async move {
             let (bytes, result) = storage.append_durably(first_lsn, bytes, on_durable).await;
             let result = result.map_err(|source| DriverError::Io { partition, source });
@@ -624,8 +637,7 @@ impl<S: Storage> PartitionDriver<S> {
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         let sync_us = done.started.elapsed().as_micros() as u64;
         self.stats.sync_us.record(sync_us);
-        self.stats.last_lsn.store(done.last_lsn, Ordering::Relaxed);
-        self.stats.durable.notify_waiters();
+        publish_durable(&self.stats, done.last_lsn);
         self.publish_stats();
         let image = done.snapshot?;
         let storage = self.storage.as_mut().expect("no commit in flight");

@@ -1331,3 +1331,33 @@ async fn the_driver_histograms_count_what_the_partition_did() {
         "events past the snapshot threshold wrote one"
     );
 }
+
+/// A client that has its answer finds its record below the published durable lsn, which
+/// history and the event feed read up to: the lsn is published before the answers leave
+/// (from the storage's writing thread), not later when the driver task runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_durable_lsn_is_published_before_a_batch_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(file_storages(dir.path(), 1), single())
+        .await
+        .unwrap();
+    let client = engine.client();
+    open_usd(&client, id("alice")).await;
+    let stats = Arc::clone(&engine.stats()[0]);
+    for i in 0..200u64 {
+        let deposit = Command::Deposit {
+            account: id("alice"),
+            amount: usd(1),
+            currency: Currency::USD,
+            transaction_id: TransactionId::new(&format!("d{i}")).unwrap(),
+        };
+        client.execute(deposit, false).await.unwrap().unwrap();
+        // The opening is lsn 1, deposit i is lsn i + 2.
+        let durable = stats.last_lsn.load(Ordering::Acquire);
+        assert!(
+            durable >= i + 2,
+            "deposit {i} answered with durable lsn {durable}"
+        );
+    }
+    engine.shutdown().await.unwrap();
+}
