@@ -167,6 +167,11 @@ pub enum ClusterConfigError {
         "the cluster secret is {len} bytes; use at least {SECRET_LEN_MIN} (a long random string)"
     )]
     WeakSecret { len: usize },
+    #[error(
+        "node {0} owns no partition: every node of a cluster file must own one \
+         (a node joins without partitions only through `wallet cluster add-node`)"
+    )]
+    IdleNode(NodeId),
     #[error("node {id} is not in the cluster file (it lists {known:?})")]
     UnknownNode { id: NodeId, known: Vec<NodeId> },
 }
@@ -267,6 +272,11 @@ fn partition_map(file: &ClusterFile) -> Result<PartitionMap, ClusterConfigError>
         nodes,
     };
     map.validate()?;
+    // A static map never changes while nodes run, so a node listed without partitions
+    // would only ever be a mistake in the file.
+    if let Some(idle) = map.nodes.keys().find(|id| map.partitions_of(**id).is_empty()) {
+        return Err(ClusterConfigError::IdleNode(*idle));
+    }
     Ok(map)
 }
 
@@ -369,7 +379,7 @@ mod tests {
         let text = THREE_NODES.replace("partitions = 7", "partitions = 3\nowners = [5, 5, 0]");
         let error = parse(&text).unwrap_err();
         assert!(
-            matches!(error, ClusterConfigError::Map(MapError::IdleNode(2))),
+            matches!(error, ClusterConfigError::IdleNode(2)),
             "{error}"
         );
         let text = THREE_NODES.replace("partitions = 7", "partitions = 3\nowners = [5, 2, 0]");
