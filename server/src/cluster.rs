@@ -212,6 +212,21 @@ impl ClusterConfig {
         Ok(ClusterConfig { map, secret, tls })
     }
 
+    /// The partition map of the cluster file at `path` alone (no secret, no TLS files
+    /// read): what `wallet cluster init` stores in etcd. True if the file has a `[tls]`
+    /// section, which a map in etcd does not carry.
+    pub fn load_map(path: &Path) -> Result<(PartitionMap, bool), ClusterConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ClusterConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let file: ClusterFile = toml::from_str(&text).map_err(|e| ClusterConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Ok((partition_map(&file)?, file.tls.is_some()))
+    }
+
     /// The address entry of node `id`, or an error listing the nodes there are.
     pub fn node(&self, id: NodeId) -> Result<&NodeAddress, ClusterConfigError> {
         self.map
@@ -289,13 +304,31 @@ fn even_spread(partitions: u32, ids: &[NodeId]) -> Vec<NodeId> {
 }
 
 /// `host:port` with a non-empty host and a port number (`[v6]:port` included).
-fn is_host_port(address: &str) -> bool {
+pub(crate) fn is_host_port(address: &str) -> bool {
     match address.rsplit_once(':') {
         Some((host, port)) => {
             !host.is_empty() && !host.contains(char::is_whitespace) && port.parse::<u16>().is_ok()
         }
         None => false,
     }
+}
+
+/// The cluster secret of a node without a cluster file (its map comes from etcd): a
+/// non-empty `env_secret` ([`SECRET_ENV`]), else the contents of `file`.
+pub fn secret_without_file(
+    env_secret: Option<String>,
+    file: Option<&Path>,
+) -> Result<Vec<u8>, ClusterConfigError> {
+    let nothing = ClusterFile {
+        map_version: 1,
+        partitions: 1,
+        owners: None,
+        secret: None,
+        secret_file: file.map(Path::to_path_buf),
+        nodes: Vec::new(),
+        tls: None,
+    };
+    secret(&nothing, Path::new("."), env_secret)
 }
 
 fn secret(

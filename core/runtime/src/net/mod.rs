@@ -481,6 +481,46 @@ impl ClusterNode {
         &self.links
     }
 
+    /// Stops accepting peers, lets every local partition finish its batch and stop, then
+    /// drops the links (requests still waiting on them see `Unavailable`).
+    pub async fn shutdown(self) -> Result<(), DriverError> {
+        drop(self.listener);
+        let result = self.engine.shutdown().await;
+        drop(self.forwarders);
+        result
+    }
+
+    /// The map the node runs on now.
+    pub fn map(&self) -> PartitionMap {
+        self.map_handle().map()
+    }
+
+    /// See [`MapHandle::update_map`].
+    pub fn update_map(&self, map: PartitionMap) -> Result<MapChange, MapUpdateError> {
+        self.map_handle().update_map(map)
+    }
+
+    /// See [`MapHandle::newer_map_seen`].
+    pub fn newer_map_seen(&self) -> watch::Receiver<u64> {
+        self.map_handle().newer_map_seen()
+    }
+
+    /// A handle on the node's map for whoever keeps it fresh (a task of its own).
+    pub fn map_handle(&self) -> MapHandle {
+        MapHandle {
+            ctx: Arc::clone(&self.ctx),
+        }
+    }
+}
+
+/// The map of a running node: read it, replace it, hear of newer ones. Cheap to clone; it
+/// keeps no link alive.
+#[derive(Clone)]
+pub struct MapHandle {
+    ctx: Arc<NodeContext>,
+}
+
+impl MapHandle {
     /// The map the node runs on now.
     pub fn map(&self) -> PartitionMap {
         self.ctx.map().map.clone()
@@ -492,7 +532,7 @@ impl ClusterNode {
     pub fn update_map(&self, map: PartitionMap) -> Result<MapChange, MapUpdateError> {
         let change = self.ctx.update_map(map)?;
         if let MapChange::Applied { from, to } = change {
-            tracing::info!(node = self.node, from, to, "partition map updated");
+            tracing::info!(node = self.ctx.node, from, to, "partition map updated");
         }
         Ok(change)
     }
@@ -501,15 +541,6 @@ impl ClusterNode {
     /// then): whoever keeps the map fresh should read it anew when this changes.
     pub fn newer_map_seen(&self) -> watch::Receiver<u64> {
         self.ctx.newer_map_seen.subscribe()
-    }
-
-    /// Stops accepting peers, lets every local partition finish its batch and stop, then
-    /// drops the links (requests still waiting on them see `Unavailable`).
-    pub async fn shutdown(self) -> Result<(), DriverError> {
-        drop(self.listener);
-        let result = self.engine.shutdown().await;
-        drop(self.forwarders);
-        result
     }
 }
 

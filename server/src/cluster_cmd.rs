@@ -1,0 +1,298 @@
+//! `wallet cluster`: the partition map in etcd, for operators and scripts.
+//!
+//! - `init --config cluster.toml`: stores the cluster file's map (nodes, owners, version;
+//!   never the secret or the TLS files) as the first map. Refused if a map is already there:
+//!   overwriting a running cluster's map by accident is the mistake to prevent. `--force`
+//!   replaces it, under a version above the stored one, so running nodes judge it as any
+//!   other change (and refuse it if it moves their partitions).
+//! - `status [--format json]`: the map, each node's liveness (its lease in etcd) and the map
+//!   version it runs, each partition's owner. The JSON holds the stored document verbatim
+//!   under `map`.
+//! - `add-node --id N --http ADDR --peer ADDR`: a compare-and-swap that adds a node owning no
+//!   partition and raises the map version.
+//!
+//! Exit status: 0 done, 1 refused or failed (the message says why).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+use walletd_core::model::partition::{NodeAddress, NodeId};
+
+use crate::cli::Format;
+use crate::cluster::{is_host_port, ClusterConfig};
+use crate::etcd::Etcd;
+use crate::map_store::{MapStore, StoreError, StoredMap, PREFIX_DEFAULT};
+
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    pub command: ClusterCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Store a cluster file's map in etcd as the cluster's first map.
+    ///
+    /// Takes the nodes, their addresses, the partition count, the owners and map_version of
+    /// the file (its secret and [tls] section stay with the nodes). Refused if etcd already
+    /// holds a map for this prefix, unless --force.
+    Init(InitArgs),
+    /// Print the map in etcd, each node's liveness and each partition's owner.
+    Status(StatusArgs),
+    /// Add a node to the map: it owns no partition until partitions can move to it.
+    ///
+    /// Start it with `wallet node --etcd URL --id N`; every running node learns of it from
+    /// etcd, without a restart.
+    AddNode(AddNodeArgs),
+}
+
+/// Where the map is.
+#[derive(Debug, Args)]
+pub struct EtcdArgs {
+    /// etcd's client URL(s), `http://host:port`, comma-separated for several.
+    #[arg(long, env = "WALLET_ETCD")]
+    pub etcd: String,
+    /// The key prefix of this cluster's keys in etcd.
+    #[arg(long, default_value = PREFIX_DEFAULT)]
+    pub etcd_prefix: String,
+    /// How long one call to etcd may take.
+    #[arg(long, default_value_t = 5000)]
+    pub etcd_timeout_ms: u64,
+}
+
+impl EtcdArgs {
+    fn store(&self) -> Result<MapStore, StoreError> {
+        let etcd = Etcd::new(&self.etcd, Duration::from_millis(self.etcd_timeout_ms))?;
+        Ok(MapStore::new(etcd, &self.etcd_prefix))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// The cluster file whose map to store (see cluster.example.toml).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Replace a map that is already there (its version is raised past the stored one).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// `text` for people, `json` for programs.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct AddNodeArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// The new node's id (not already in the map).
+    #[arg(long)]
+    pub id: NodeId,
+    /// Its HTTP API address, host:port.
+    #[arg(long)]
+    pub http: String,
+    /// Its peer-protocol address, host:port.
+    #[arg(long)]
+    pub peer: String,
+}
+
+/// Why a `wallet cluster` command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterCmdError {
+    #[error(transparent)]
+    Config(#[from] crate::cluster::ClusterConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub fn run(args: ClusterArgs) -> ExitCode {
+    crate::serve::run_to_exit_code("wallet cluster", async move {
+        match args.command {
+            ClusterCommand::Init(args) => init(args).await,
+            ClusterCommand::Status(args) => status(args).await,
+            ClusterCommand::AddNode(args) => add_node(args).await,
+        }
+    })
+}
+
+async fn init(args: InitArgs) -> Result<(), ClusterCmdError> {
+    let (map, has_tls) = ClusterConfig::load_map(&args.config)?;
+    if has_tls {
+        eprintln!(
+            "note: the [tls] section of {} is not stored in etcd; nodes started with --etcd \
+             link over plain TCP (authenticated by the cluster secret)",
+            args.config.display()
+        );
+    }
+    let store = args.etcd.store()?;
+    let version = store.init(map.clone(), args.force).await?;
+    println!(
+        "stored map version {version}: {} partitions on {} nodes at {} in etcd {}",
+        map.partitions(),
+        map.nodes.len(),
+        store.map_key(),
+        store.etcd().endpoints()
+    );
+    Ok(())
+}
+
+async fn add_node(args: AddNodeArgs) -> Result<(), ClusterCmdError> {
+    for (field, address) in [("--http", &args.http), ("--peer", &args.peer)] {
+        if !is_host_port(address) {
+            let message = format!("{field} {address:?} is not host:port");
+            return Err(StoreError::Refused(message).into());
+        }
+    }
+    let store = args.etcd.store()?;
+    let address = NodeAddress {
+        http: args.http.clone(),
+        peer: args.peer.clone(),
+    };
+    let written = store
+        .update(|map| {
+            if map.nodes.contains_key(&args.id) {
+                return Err(format!(
+                    "node {} is already in the map (map version {})",
+                    args.id, map.version
+                ));
+            }
+            let mut changed = map.clone();
+            changed.nodes.insert(args.id, address.clone());
+            changed.validate().map_err(|e| e.to_string())?;
+            Ok(changed)
+        })
+        .await?;
+    println!(
+        "added node {} (http {}, peer {}): map version {}, {} nodes",
+        args.id,
+        args.http,
+        args.peer,
+        written.version,
+        written.nodes.len()
+    );
+    Ok(())
+}
+
+async fn status(args: StatusArgs) -> Result<(), ClusterCmdError> {
+    let store = args.etcd.store()?;
+    let stored = store.read_existing().await?;
+    let live = store.live_nodes().await?;
+    let report = StatusReport { stored, live };
+    match args.format {
+        Format::Text => print!("{}", report.text()),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report.json()).expect("status encodes")
+        ),
+    }
+    Ok(())
+}
+
+/// What `status` prints, in either format.
+struct StatusReport {
+    stored: StoredMap,
+    live: std::collections::BTreeMap<NodeId, crate::map_store::Liveness>,
+}
+
+impl StatusReport {
+    fn json(&self) -> serde_json::Value {
+        let map = &self.stored.map;
+        let nodes: Vec<_> = map
+            .nodes
+            .iter()
+            .map(|(id, address)| {
+                let live = self.live.get(id);
+                json!({
+                    "id": id,
+                    "http": address.http,
+                    "peer": address.peer,
+                    "live": live.is_some(),
+                    "map_version": live.map(|l| l.map_version),
+                    "since": live.map(|l| l.since.clone()),
+                    "partitions": map.partitions_of(*id),
+                })
+            })
+            .collect();
+        let partitions: Vec<_> = (0..map.partitions())
+            .map(|p| {
+                let owner = map.owner(p);
+                json!({
+                    "partition": p,
+                    "owner": owner,
+                    "replicas": self.stored.document.partitions[p as usize].replicas,
+                    "owner_live": self.live.contains_key(&owner),
+                })
+            })
+            .collect();
+        let unknown_live: Vec<_> = self
+            .live
+            .keys()
+            .filter(|id| !map.nodes.contains_key(id))
+            .collect();
+        json!({
+            "map": self.stored.document,
+            "mod_revision": self.stored.mod_revision,
+            "nodes": nodes,
+            "partitions": partitions,
+            "live_not_in_map": unknown_live,
+        })
+    }
+
+    fn text(&self) -> String {
+        use std::fmt::Write as _;
+        let map = &self.stored.map;
+        let mut out = String::new();
+        let live_count = map.nodes.keys().filter(|id| self.live.contains_key(id)).count();
+        let _ = writeln!(
+            out,
+            "map version {} (etcd revision {}): {} partitions, {} nodes, {} live",
+            map.version,
+            self.stored.mod_revision,
+            map.partitions(),
+            map.nodes.len(),
+            live_count
+        );
+        let _ = writeln!(
+            out,
+            "\n{:>5}  {:<22} {:<22} {:<5} {:>11}  partitions",
+            "node", "http", "peer", "live", "map_version"
+        );
+        for (id, address) in &map.nodes {
+            let live = self.live.get(id);
+            let version = live.map_or("-".to_string(), |l| l.map_version.to_string());
+            let owned = map.partitions_of(*id);
+            let _ = writeln!(
+                out,
+                "{id:>5}  {:<22} {:<22} {:<5} {version:>11}  {}",
+                address.http,
+                address.peer,
+                if live.is_some() { "up" } else { "down" },
+                if owned.is_empty() { "none".to_string() } else { format!("{owned:?}") }
+            );
+        }
+        let _ = writeln!(out, "\n{:>9}  {:>5}  {:<5}", "partition", "owner", "live");
+        for p in 0..map.partitions() {
+            let owner = map.owner(p);
+            let live = if self.live.contains_key(&owner) { "up" } else { "down" };
+            let _ = writeln!(out, "{p:>9}  {owner:>5}  {live:<5}");
+        }
+        for (id, entry) in self.live.iter().filter(|(id, _)| !map.nodes.contains_key(id)) {
+            let _ = writeln!(
+                out,
+                "\nwarning: node {id} holds a lease but is not in the map (it runs map version {})",
+                entry.map_version
+            );
+        }
+        out
+    }
+}
