@@ -115,14 +115,32 @@ pub enum ClusterCmdError {
     Store(#[from] StoreError),
 }
 
+/// Runs the command; its result goes to stdout, a failure to stderr, once.
 pub fn run(args: ClusterArgs) -> ExitCode {
-    crate::serve::run_to_exit_code("wallet cluster", async move {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("wallet cluster: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let done = runtime.block_on(async move {
         match args.command {
             ClusterCommand::Init(args) => init(args).await,
             ClusterCommand::Status(args) => status(args).await,
             ClusterCommand::AddNode(args) => add_node(args).await,
         }
-    })
+    });
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("wallet cluster: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn init(args: InitArgs) -> Result<(), ClusterCmdError> {
@@ -190,10 +208,7 @@ async fn status(args: StatusArgs) -> Result<(), ClusterCmdError> {
     let report = StatusReport { stored, live };
     match args.format {
         Format::Text => print!("{}", report.text()),
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&report.json()).expect("status encodes")
-        ),
+        Format::Json => println!("{}", report.json()),
     }
     Ok(())
 }
@@ -205,7 +220,7 @@ struct StatusReport {
 }
 
 impl StatusReport {
-    fn json(&self) -> serde_json::Value {
+    fn json(&self) -> String {
         let map = &self.stored.map;
         let nodes: Vec<_> = map
             .nodes
@@ -234,18 +249,31 @@ impl StatusReport {
                 })
             })
             .collect();
-        let unknown_live: Vec<_> = self
+        let live_not_in_map: Vec<NodeId> = self
             .live
             .keys()
             .filter(|id| !map.nodes.contains_key(id))
+            .copied()
             .collect();
-        json!({
-            "map": self.stored.document,
-            "mod_revision": self.stored.mod_revision,
-            "nodes": nodes,
-            "partitions": partitions,
-            "live_not_in_map": unknown_live,
-        })
+        /// `map` first, and exactly as etcd holds it (fields, order and all).
+        #[derive(serde::Serialize)]
+        struct Report {
+            map: Box<serde_json::value::RawValue>,
+            mod_revision: i64,
+            nodes: Vec<serde_json::Value>,
+            partitions: Vec<serde_json::Value>,
+            live_not_in_map: Vec<NodeId>,
+        }
+        let stored = String::from_utf8_lossy(&self.stored.raw).trim().to_string();
+        let report = Report {
+            map: serde_json::value::RawValue::from_string(stored)
+                .expect("the stored map parsed as JSON when it was read"),
+            mod_revision: self.stored.mod_revision,
+            nodes,
+            partitions,
+            live_not_in_map,
+        };
+        serde_json::to_string_pretty(&report).expect("status encodes")
     }
 
     fn text(&self) -> String {
@@ -280,11 +308,11 @@ impl StatusReport {
                 if owned.is_empty() { "none".to_string() } else { format!("{owned:?}") }
             );
         }
-        let _ = writeln!(out, "\n{:>9}  {:>5}  {:<5}", "partition", "owner", "live");
+        let _ = writeln!(out, "\n{:>9}  {:>5}  owner live", "partition", "owner");
         for p in 0..map.partitions() {
             let owner = map.owner(p);
             let live = if self.live.contains_key(&owner) { "up" } else { "down" };
-            let _ = writeln!(out, "{p:>9}  {owner:>5}  {live:<5}");
+            let _ = writeln!(out, "{p:>9}  {owner:>5}  {live}");
         }
         for (id, entry) in self.live.iter().filter(|(id, _)| !map.nodes.contains_key(id)) {
             let _ = writeln!(

@@ -59,6 +59,8 @@ pub struct StoredMap {
     pub map: PartitionMap,
     /// The bytes as etcd holds them, parsed.
     pub document: MapDocument,
+    /// The bytes as etcd holds them.
+    pub raw: Vec<u8>,
     /// The revision of the map key's last change.
     pub mod_revision: i64,
     /// The store's revision when it was read: a watch from the next one misses nothing.
@@ -135,6 +137,7 @@ impl MapStore {
         Ok(StoredMap {
             map,
             document: parsed,
+            raw: kv.value,
             mod_revision: kv.mod_revision,
             revision,
         })
