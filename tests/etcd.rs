@@ -66,7 +66,10 @@ impl PrivateEtcd {
         let log = std::fs::File::create(self.dir.path().join("etcd.log")).expect("etcd log");
         let child = Command::new(&self.bin)
             .arg("--name=walletd-test")
-            .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
+            .arg(format!(
+                "--data-dir={}",
+                self.dir.path().join("data").display()
+            ))
             .arg(format!("--listen-client-urls={client_url}"))
             .arg(format!("--advertise-client-urls={client_url}"))
             .arg(format!("--listen-peer-urls={peer_url}"))
@@ -78,7 +81,9 @@ impl PrivateEtcd {
             .spawn()
             .expect("spawn etcd");
         self.child = Some(child);
-        let address = format!("127.0.0.1:{}", self.client_port).parse().expect("address");
+        let address = format!("127.0.0.1:{}", self.client_port)
+            .parse()
+            .expect("address");
         let ready = wait_until(READY_TIMEOUT, || {
             let answer = http::request(
                 address,

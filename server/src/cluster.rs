@@ -289,7 +289,11 @@ fn partition_map(file: &ClusterFile) -> Result<PartitionMap, ClusterConfigError>
     map.validate()?;
     // A static map never changes while nodes run, so a node listed without partitions
     // would only ever be a mistake in the file.
-    if let Some(idle) = map.nodes.keys().find(|id| map.partitions_of(**id).is_empty()) {
+    if let Some(idle) = map
+        .nodes
+        .keys()
+        .find(|id| map.partitions_of(**id).is_empty())
+    {
         return Err(ClusterConfigError::IdleNode(*idle));
     }
     Ok(map)
@@ -411,10 +415,7 @@ mod tests {
     fn explicit_owners_are_checked() {
         let text = THREE_NODES.replace("partitions = 7", "partitions = 3\nowners = [5, 5, 0]");
         let error = parse(&text).unwrap_err();
-        assert!(
-            matches!(error, ClusterConfigError::IdleNode(2)),
-            "{error}"
-        );
+        assert!(matches!(error, ClusterConfigError::IdleNode(2)), "{error}");
         let text = THREE_NODES.replace("partitions = 7", "partitions = 3\nowners = [5, 2, 0]");
         assert_eq!(parse(&text).unwrap().map.owners, vec![5, 2, 0]);
         let text = THREE_NODES.replace("partitions = 7", "partitions = 3\nowners = [5, 2]");

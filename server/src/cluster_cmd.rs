@@ -280,7 +280,11 @@ impl StatusReport {
         use std::fmt::Write as _;
         let map = &self.stored.map;
         let mut out = String::new();
-        let live_count = map.nodes.keys().filter(|id| self.live.contains_key(id)).count();
+        let live_count = map
+            .nodes
+            .keys()
+            .filter(|id| self.live.contains_key(id))
+            .count();
         let _ = writeln!(
             out,
             "map version {} (etcd revision {}): {} partitions, {} nodes, {} live",
@@ -305,16 +309,28 @@ impl StatusReport {
                 address.http,
                 address.peer,
                 if live.is_some() { "up" } else { "down" },
-                if owned.is_empty() { "none".to_string() } else { format!("{owned:?}") }
+                if owned.is_empty() {
+                    "none".to_string()
+                } else {
+                    format!("{owned:?}")
+                }
             );
         }
         let _ = writeln!(out, "\n{:>9}  {:>5}  owner live", "partition", "owner");
         for p in 0..map.partitions() {
             let owner = map.owner(p);
-            let live = if self.live.contains_key(&owner) { "up" } else { "down" };
+            let live = if self.live.contains_key(&owner) {
+                "up"
+            } else {
+                "down"
+            };
             let _ = writeln!(out, "{p:>9}  {owner:>5}  {live}");
         }
-        for (id, entry) in self.live.iter().filter(|(id, _)| !map.nodes.contains_key(id)) {
+        for (id, entry) in self
+            .live
+            .iter()
+            .filter(|(id, _)| !map.nodes.contains_key(id))
+        {
             let _ = writeln!(
                 out,
                 "\nwarning: node {id} holds a lease but is not in the map (it runs map version {})",

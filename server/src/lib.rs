@@ -10,6 +10,12 @@
 //!   here or on the nodes the peer protocol reaches.
 //! - [`cluster`]: the cluster file: nodes, addresses, partition owners, map version, secret,
 //!   the files of mutual TLS between nodes.
+//! - [`etcd`]: a small etcd v3 client over etcd's JSON gateway (no `protoc` at build time).
+//! - [`map_store`]: the partition map in etcd (its stored document, compare-and-swap
+//!   updates) and the liveness of nodes.
+//! - [`map_follower`]: how a node started with `--etcd` keeps its map fresh, and serves on
+//!   while etcd is down.
+//! - [`cluster_cmd`]: `wallet cluster init`, `status`, `add-node`.
 //! - [`tls`]: certificates and keys from PEM files, for HTTPS and for the peer links.
 //! - [`https`]: serving the API over TLS (TLS handshake per connection, graceful shutdown).
 //! - [`api`]: the HTTP API. The router takes a `Client` and driver statistics, never an

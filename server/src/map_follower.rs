@@ -139,7 +139,10 @@ impl Follower {
         }
     }
 
-    async fn follow(&self, state: &mut FollowState) -> Result<std::convert::Infallible, StoreError> {
+    async fn follow(
+        &self,
+        state: &mut FollowState,
+    ) -> Result<std::convert::Infallible, StoreError> {
         let etcd = self.store.etcd();
         let lease = etcd.grant_lease(self.lease_ttl_s as i64).await?;
         state.lease = Some(lease);
@@ -147,7 +150,13 @@ impl Follower {
         let revision = stored.revision;
         self.take(stored, state);
         self.register(lease).await?;
-        tracing::info!(node = self.node, lease, map_version = self.handle.map().version, etcd = etcd.endpoints(), "registered in etcd; watching the map");
+        tracing::info!(
+            node = self.node,
+            lease,
+            map_version = self.handle.map().version,
+            etcd = etcd.endpoints(),
+            "registered in etcd; watching the map"
+        );
         state.backoff = RECONNECT_BACKOFF_INITIAL;
         let mut watch = etcd.watch_key(&self.store.map_key(), revision + 1).await?;
         let mut hints = self.handle.newer_map_seen();

@@ -22,7 +22,7 @@ const PARTITIONS: u32 = 6;
 const NODES: usize = 3;
 const SECRET: &str = "the etcd e2e cluster's shared secret";
 /// Each account's first deposit, in cents.
-const OPENING_CENTS: u64 = 1_000_00;
+const OPENING_CENTS: u64 = 100_000;
 
 struct EtcdCluster {
     _tmp: tempfile::TempDir,
@@ -46,10 +46,10 @@ impl EtcdCluster {
 
     fn status(&self) -> Option<Value> {
         let output = self.cluster(&["status", "--format", "json"]);
-        let parsed = output.status.success().then(|| {
-            serde_json::from_slice(&output.stdout).expect("status --format json is JSON")
-        });
-        parsed
+        output
+            .status
+            .success()
+            .then(|| serde_json::from_slice(&output.stdout).expect("status --format json is JSON"))
     }
 
     fn start_node(&mut self, id: u32) {
@@ -94,7 +94,11 @@ impl EtcdCluster {
                     .iter()
                     .all(|n| n["live"] == true && n["map_version"] == json!(version))
         });
-        assert!(shown, "status never showed {count} live nodes on map version {version}: {last:#}\n{}", self.logs());
+        assert!(
+            shown,
+            "status never showed {count} live nodes on map version {version}: {last:#}\n{}",
+            self.logs()
+        );
         last
     }
 
@@ -182,12 +186,19 @@ fn a_cluster_on_etcd_takes_a_new_node_and_serves_through_an_etcd_outage() {
     // The first map, from the cluster file; a second init is refused.
     let config = config.display().to_string();
     let init = cluster.cluster(&["init", "--config", &config]);
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     assert!(String::from_utf8_lossy(&init.stdout).contains("stored map version 1"));
     let again = cluster.cluster(&["init", "--config", &config]);
     assert!(!again.status.success());
     let refusal = String::from_utf8_lossy(&again.stderr);
-    assert!(refusal.contains("already in etcd") && refusal.contains("--force"), "{refusal}");
+    assert!(
+        refusal.contains("already in etcd") && refusal.contains("--force"),
+        "{refusal}"
+    );
 
     for id in 0..NODES as u32 {
         cluster.start_node(id);
@@ -204,7 +215,11 @@ fn a_cluster_on_etcd_takes_a_new_node_and_serves_through_an_etcd_outage() {
         .collect();
     for (i, account) in accounts.iter().enumerate() {
         let via = cluster.http[i % NODES];
-        let opened = post(via, "/v1/accounts", &json!({"account_id": account, "currency": "USD"}));
+        let opened = post(
+            via,
+            "/v1/accounts",
+            &json!({"account_id": account, "currency": "USD"}),
+        );
         assert_eq!(opened.expect("open").status, 201);
         let deposit = json!({"amount": "1000.00", "currency": "USD", "transaction_id": "open"});
         let path = format!("/v1/accounts/{account}/deposit");
@@ -239,7 +254,11 @@ fn a_cluster_on_etcd_takes_a_new_node_and_serves_through_an_etcd_outage() {
         std::thread::sleep(Duration::from_millis(300));
         let (http3, peer3) = (cluster.http[NODES].to_string(), cluster.peer[NODES].clone());
         let added = cluster.cluster(&["add-node", "--id", "3", "--http", &http3, "--peer", &peer3]);
-        assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+        assert!(
+            added.status.success(),
+            "{}",
+            String::from_utf8_lossy(&added.stderr)
+        );
         assert!(String::from_utf8_lossy(&added.stdout).contains("map version 2"));
         cluster.start_node(NODES as u32);
         cluster.wait_status(NODES + 1, 2);
@@ -247,8 +266,16 @@ fn a_cluster_on_etcd_takes_a_new_node_and_serves_through_an_etcd_outage() {
         stop_load.store(true, Ordering::Relaxed);
     });
     let failures = failures.into_inner().unwrap();
-    assert!(committed.load(Ordering::Relaxed) > 0, "no transfer ran during the join");
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "transfers failed while the map changed: {failures:?}\n{}", cluster.logs());
+    assert!(
+        committed.load(Ordering::Relaxed) > 0,
+        "no transfer ran during the join"
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "transfers failed while the map changed: {failures:?}\n{}",
+        cluster.logs()
+    );
     let status = cluster.status().expect("status");
     assert_eq!(status["nodes"][3]["partitions"], json!([]), "{status:#}");
     cluster.wait_ready();
@@ -258,7 +285,10 @@ fn a_cluster_on_etcd_takes_a_new_node_and_serves_through_an_etcd_outage() {
     cluster.etcd.stop();
     transfers_commit(&cluster.running_http(), &accounts, "etcd-down", 5);
     let cut_off = wait_until(Duration::from_secs(10), || {
-        cluster.nodes.iter().all(|n| n.logs().contains("cut off from etcd"))
+        cluster
+            .nodes
+            .iter()
+            .all(|n| n.logs().contains("cut off from etcd"))
     });
     assert!(cut_off, "nodes did not log the outage:\n{}", cluster.logs());
     let unreachable = cluster.cluster(&["status"]);
@@ -281,8 +311,8 @@ fn a_cluster_on_etcd_takes_a_new_node_and_serves_through_an_etcd_outage() {
                 return false;
             };
             let body = r.json();
-            let [balance, held, incoming] = ["balance", "held", "incoming"]
-                .map(|f| cents(body[f].as_str().expect("amount")));
+            let [balance, held, incoming] =
+                ["balance", "held", "incoming"].map(|f| cents(body[f].as_str().expect("amount")));
             if held != 0 || incoming != 0 {
                 return false;
             }
@@ -297,7 +327,11 @@ fn a_cluster_on_etcd_takes_a_new_node_and_serves_through_an_etcd_outage() {
         .collect();
     for node in std::mem::take(&mut cluster.nodes) {
         let status = node.terminate();
-        assert!(status.success(), "a node exited with {status}:\n{}", node.logs());
+        assert!(
+            status.success(),
+            "a node exited with {status}:\n{}",
+            node.logs()
+        );
     }
     let mut args = vec!["verify".to_string()];
     for dir in &dirs {
@@ -306,6 +340,9 @@ fn a_cluster_on_etcd_takes_a_new_node_and_serves_through_an_etcd_outage() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let verified = cluster.wallet.run(&args);
     let report = String::from_utf8_lossy(&verified.stdout);
-    assert!(verified.status.success(), "verify of the whole cluster:\n{report}");
+    assert!(
+        verified.status.success(),
+        "verify of the whole cluster:\n{report}"
+    );
     assert!(report.contains(": conserved"), "{report}");
 }

@@ -227,7 +227,11 @@ mod tests {
         map.nodes.insert(7, addr(7));
         assert_eq!(map.validate(), Ok(()));
         map.nodes.insert(9, addr(9));
-        assert_eq!(map.validate(), Ok(()), "a node that owns nothing has just joined");
+        assert_eq!(
+            map.validate(),
+            Ok(()),
+            "a node that owns nothing has just joined"
+        );
         assert!(map.partitions_of(9).is_empty());
         assert_eq!(
             PartitionMap::single_node(0, addr(0)),

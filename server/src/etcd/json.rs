@@ -206,9 +206,11 @@ mod tests {
         assert_eq!(range.header.revision, 7);
         assert_eq!(range.kvs[0].key, b"/w/map");
         assert_eq!(range.kvs[0].value, b"hello");
-        assert_eq!((range.kvs[0].create_revision, range.kvs[0].mod_revision), (2, 3));
-        let empty: RangeResponse =
-            serde_json::from_str(r#"{"header":{"revision":"9"}}"#).unwrap();
+        assert_eq!(
+            (range.kvs[0].create_revision, range.kvs[0].mod_revision),
+            (2, 3)
+        );
+        let empty: RangeResponse = serde_json::from_str(r#"{"header":{"revision":"9"}}"#).unwrap();
         assert!(empty.kvs.is_empty(), "no kvs field: no keys");
         let expired: Streamed<LeaseKeepAliveResponse> =
             serde_json::from_str(r#"{"result":{"header":{"revision":"3"},"ID":"75"}}"#).unwrap();

@@ -63,7 +63,9 @@ pub enum EtcdError {
     LeaseGone(i64),
     #[error("the watch ended: {0}")]
     WatchEnded(String),
-    #[error("the watch's start revision {wanted} is compacted (oldest kept: {compacted}): read anew")]
+    #[error(
+        "the watch's start revision {wanted} is compacted (oldest kept: {compacted}): read anew"
+    )]
     Compacted { wanted: i64, compacted: i64 },
 }
 
@@ -103,7 +105,10 @@ impl Etcd {
         let mut endpoints = Vec::new();
         for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
             if url.starts_with("https://") {
-                return Err(bad(url, "https is not supported; reach etcd over a private network"));
+                return Err(bad(
+                    url,
+                    "https is not supported; reach etcd over a private network",
+                ));
             }
             let rest = url.strip_prefix("http://").unwrap_or(url);
             let authority = rest.trim_end_matches('/');
@@ -166,8 +171,16 @@ impl Etcd {
 
     /// Writes `key` only if its last change is still `mod_revision` (compare-and-swap);
     /// false if someone changed it since.
-    pub async fn swap(&self, key: &str, mod_revision: i64, value: &[u8]) -> Result<bool, EtcdError> {
-        assert!(mod_revision > 0, "a swap compares against a revision that was read");
+    pub async fn swap(
+        &self,
+        key: &str,
+        mod_revision: i64,
+        value: &[u8],
+    ) -> Result<bool, EtcdError> {
+        assert!(
+            mod_revision > 0,
+            "a swap compares against a revision that was read"
+        );
         let compare = Compare {
             key: encode(key.as_bytes()),
             target: "MOD",
@@ -249,9 +262,14 @@ impl Etcd {
     }
 
     /// Watches every key under `prefix` from `start_revision` on.
-    pub async fn watch_prefix(&self, prefix: &str, start_revision: i64) -> Result<Watch, EtcdError> {
+    pub async fn watch_prefix(
+        &self,
+        prefix: &str,
+        start_revision: i64,
+    ) -> Result<Watch, EtcdError> {
         let end = prefix_end(prefix.as_bytes());
-        self.watch(prefix.as_bytes(), Some(&end), start_revision).await
+        self.watch(prefix.as_bytes(), Some(&end), start_revision)
+            .await
     }
 
     async fn watch(
@@ -281,7 +299,9 @@ impl Etcd {
                     })
                 }
                 Ok((status, incoming)) => {
-                    return Err(refused(endpoint, "/v3/watch", status, incoming, self.timeout).await)
+                    return Err(
+                        refused(endpoint, "/v3/watch", status, incoming, self.timeout).await,
+                    )
                 }
                 Err(error) => last = Some(error),
             }
@@ -448,7 +468,14 @@ mod tests {
         let timeout = Duration::from_secs(1);
         let etcd = Etcd::new("http://127.0.0.1:2379, 10.0.0.2:2379/", timeout).unwrap();
         assert_eq!(etcd.endpoints(), "127.0.0.1:2379,10.0.0.2:2379");
-        for bad in ["", "http://", "127.0.0.1", "https://h:1", "h:port", "http://h:1/x/y:z"] {
+        for bad in [
+            "",
+            "http://",
+            "127.0.0.1",
+            "https://h:1",
+            "h:port",
+            "http://h:1/x/y:z",
+        ] {
             let error = Etcd::new(bad, timeout).unwrap_err().to_string();
             assert!(error.contains("bad etcd endpoint"), "{bad}: {error}");
         }

@@ -54,7 +54,9 @@ pub struct ReplicaGroup {
 pub enum DocumentError {
     #[error("the stored map is not valid JSON of the map document: {0}")]
     Json(String),
-    #[error("the stored map has format {0}; this version of walletd reads format {FORMAT} (upgrade it)")]
+    #[error(
+        "the stored map has format {0}; this version of walletd reads format {FORMAT} (upgrade it)"
+    )]
     Format(u32),
     #[error("partition_count must be between 1 and {PARTITIONS_MAX}, got {0}")]
     PartitionCount(u32),
@@ -68,14 +70,19 @@ pub enum DocumentError {
         field: &'static str,
         address: String,
     },
-    #[error("partitions must list partitions 0 to {last} in order; entry {index} is partition {found}")]
+    #[error(
+        "partitions must list partitions 0 to {last} in order; entry {index} is partition {found}"
+    )]
     PartitionOrder {
         last: u32,
         index: usize,
         found: PartitionId,
     },
     #[error("partition {partition} has {replicas} replicas; format {FORMAT} has exactly one")]
-    Replicas { partition: PartitionId, replicas: usize },
+    Replicas {
+        partition: PartitionId,
+        replicas: usize,
+    },
     #[error(transparent)]
     Map(#[from] MapError),
 }
@@ -88,10 +95,14 @@ impl MapDocument {
             http: address.http.clone(),
             peer: address.peer.clone(),
         });
-        let partitions = map.owners.iter().enumerate().map(|(p, owner)| ReplicaGroup {
-            partition: p as PartitionId,
-            replicas: vec![*owner],
-        });
+        let partitions = map
+            .owners
+            .iter()
+            .enumerate()
+            .map(|(p, owner)| ReplicaGroup {
+                partition: p as PartitionId,
+                replicas: vec![*owner],
+            });
         MapDocument {
             format: FORMAT,
             map_version: map.version,
@@ -224,21 +235,43 @@ mod tests {
         let good = MapDocument::from_map(&map());
         let newer = br#"{"format": 2, "replicas_per_partition": 3}"#;
         assert_eq!(MapDocument::parse(newer), Err(DocumentError::Format(2)));
-        assert!(matches!(MapDocument::parse(b"{}"), Err(DocumentError::Json(_))));
+        assert!(matches!(
+            MapDocument::parse(b"{}"),
+            Err(DocumentError::Json(_))
+        ));
         let mut text = String::from_utf8(good.to_bytes()).unwrap();
         text = text.replacen("\"format\": 1,", "\"format\": 1, \"colour\": 3,", 1);
         let error = MapDocument::parse(text.as_bytes()).unwrap_err().to_string();
         assert!(error.contains("unknown field `colour`"), "{error}");
-        let cases: Vec<(Box<dyn Fn(&mut MapDocument)>, &str)> = vec![
-            (Box::new(|d| d.partitions[1].replicas = vec![1, 2]), "exactly one"),
-            (Box::new(|d| d.partitions[1].replicas.clear()), "exactly one"),
+        type Change = Box<dyn Fn(&mut MapDocument)>;
+        let cases: Vec<(Change, &str)> = vec![
+            (
+                Box::new(|d| d.partitions[1].replicas = vec![1, 2]),
+                "exactly one",
+            ),
+            (
+                Box::new(|d| d.partitions[1].replicas.clear()),
+                "exactly one",
+            ),
             (Box::new(|d| d.partitions.swap(0, 1)), "in order"),
-            (Box::new(|d| d.partitions.pop().map(drop).unwrap_or(())), "in order"),
+            (
+                Box::new(|d| d.partitions.pop().map(drop).unwrap_or(())),
+                "in order",
+            ),
             (Box::new(|d| d.partition_count = 0), "partition_count"),
             (Box::new(|d| d.nodes[1].id = 0), "listed twice"),
-            (Box::new(|d| d.nodes[1].peer = "nowhere".into()), "not host:port"),
-            (Box::new(|d| d.partitions[0].replicas = vec![7]), "does not list"),
-            (Box::new(|d| d.nodes[2].http = d.nodes[0].peer.clone()), "share the address"),
+            (
+                Box::new(|d| d.nodes[1].peer = "nowhere".into()),
+                "not host:port",
+            ),
+            (
+                Box::new(|d| d.partitions[0].replicas = vec![7]),
+                "does not list",
+            ),
+            (
+                Box::new(|d| d.nodes[2].http = d.nodes[0].peer.clone()),
+                "share the address",
+            ),
         ];
         for (change, expected) in cases {
             let mut document = good.clone();

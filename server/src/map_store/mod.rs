@@ -170,7 +170,12 @@ impl MapStore {
         let (version, mod_revision) = existing;
         map.version = map.version.max(version + 1);
         let bytes = MapDocument::from_map(&map).to_bytes();
-        if mod_revision > 0 && self.etcd.swap(&self.map_key(), mod_revision, &bytes).await? {
+        if mod_revision > 0
+            && self
+                .etcd
+                .swap(&self.map_key(), mod_revision, &bytes)
+                .await?
+        {
             return Ok(map.version);
         }
         Err(StoreError::Contended)
@@ -201,7 +206,10 @@ impl MapStore {
             {
                 return Ok(changed);
             }
-            tracing::info!(key, "the map changed while this update was made; reading it again");
+            tracing::info!(
+                key,
+                "the map changed while this update was made; reading it again"
+            );
         }
         Err(StoreError::Contended)
     }
@@ -229,7 +237,9 @@ impl MapStore {
     /// Writes `entry` under the node's liveness key, bound to `lease`.
     pub async fn register(&self, entry: &Liveness, lease: i64) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(entry).expect("liveness encodes");
-        self.etcd.put(&self.live_key(entry.id), &bytes, lease).await?;
+        self.etcd
+            .put(&self.live_key(entry.id), &bytes, lease)
+            .await?;
         Ok(())
     }
 }

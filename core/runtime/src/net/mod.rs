@@ -610,10 +610,12 @@ pub async fn start_node_with<S: Storage, N: PeerIo>(
     .await?;
     // The engine's client now holds the only queue senders: the forwarders end with it.
     drop(queues);
-    let listener = PeerListener::start(listener, Arc::clone(&ctx), engine.client(), io)
-        .map_err(|source| NodeError::Bind {
-            address: map.nodes[&node].peer.clone(),
-            source,
+    let listener =
+        PeerListener::start(listener, Arc::clone(&ctx), engine.client(), io).map_err(|source| {
+            NodeError::Bind {
+                address: map.nodes[&node].peer.clone(),
+                source,
+            }
         })?;
     Ok(ClusterNode {
         node,

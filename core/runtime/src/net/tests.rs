@@ -1083,7 +1083,10 @@ async fn a_request_caught_between_two_maps_waits_for_both_and_is_answered() {
         .expect("node 1 hears of map version 2")
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!caught.is_finished(), "the request waits while the maps differ");
+    assert!(
+        !caught.is_finished(),
+        "the request waits while the maps differ"
+    );
     cluster.node(1).update_map(newer.clone()).unwrap();
     let answered = tokio::time::timeout(Duration::from_secs(5), caught)
         .await
@@ -1092,7 +1095,11 @@ async fn a_request_caught_between_two_maps_waits_for_both_and_is_answered() {
     assert_eq!(answered.unwrap(), Ok(Reply::Balance { balance: 5 }));
     cluster.wait_linked().await;
     let again = cluster.client(1).execute(deposit(b, 5, "d-1"), false).await;
-    assert_eq!(again.unwrap(), Ok(Reply::Balance { balance: 5 }), "applied once");
+    assert_eq!(
+        again.unwrap(),
+        Ok(Reply::Balance { balance: 5 }),
+        "applied once"
+    );
     assert_eq!(cluster.node(0).map(), newer);
 }
 
@@ -1123,9 +1130,15 @@ async fn a_map_that_moves_partitions_goes_back_or_moves_the_node_is_refused() {
     fewer.owners.pop();
     assert!(matches!(
         node.update_map(fewer),
-        Err(MapUpdateError::PartitionCount { current: 4, offered: 3 })
+        Err(MapUpdateError::PartitionCount {
+            current: 4,
+            offered: 3
+        })
     ));
-    assert_eq!(node.update_map(cluster.map.clone()), Ok(MapChange::Unchanged));
+    assert_eq!(
+        node.update_map(cluster.map.clone()),
+        Ok(MapChange::Unchanged)
+    );
     let same_version = with_new_node(&cluster.map, 1);
     assert_eq!(
         node.update_map(same_version),
@@ -1134,7 +1147,10 @@ async fn a_map_that_moves_partitions_goes_back_or_moves_the_node_is_refused() {
     node.update_map(with_new_node(&cluster.map, 3)).unwrap();
     assert_eq!(
         node.update_map(with_new_node(&cluster.map, 2)),
-        Err(MapUpdateError::Older { current: 3, offered: 2 })
+        Err(MapUpdateError::Older {
+            current: 3,
+            offered: 2
+        })
     );
     assert_eq!(node.map().version, 3, "refusals leave the map in force");
 }
