@@ -340,3 +340,151 @@ impl StatusReport {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use walletd_core::model::partition::PartitionMap;
+
+    use super::*;
+    use crate::map_store::{Liveness, MapDocument};
+
+    fn report() -> StatusReport {
+        let mut nodes = BTreeMap::new();
+        for id in [0, 1, 3] {
+            let address = NodeAddress {
+                http: format!("127.0.0.1:{}", 8080 + id),
+                peer: format!("127.0.0.1:{}", 9080 + id),
+            };
+            nodes.insert(id, address);
+        }
+        let map = PartitionMap {
+            version: 2,
+            owners: vec![0, 1, 0],
+            nodes,
+        };
+        let document = MapDocument::from_map(&map);
+        let live = |id: NodeId| Liveness {
+            id,
+            http: format!("127.0.0.1:{}", 8080 + id),
+            peer: format!("127.0.0.1:{}", 9080 + id),
+            map_version: 2,
+            since: "2026-12-05T12:00:00Z".into(),
+        };
+        let live = BTreeMap::from([(0, live(0)), (3, live(3)), (9, live(9))]);
+        StatusReport {
+            stored: StoredMap {
+                raw: document.to_bytes(),
+                map,
+                document,
+                mod_revision: 17,
+                revision: 20,
+            },
+            live,
+        }
+    }
+
+    #[test]
+    fn status_json_holds_the_stored_map_verbatim_and_each_nodes_liveness() {
+        let report = report();
+        let text = report.json();
+        let stored = String::from_utf8(report.stored.raw.clone()).unwrap();
+        assert!(
+            text.contains(&stored),
+            "the stored bytes, as they are:\n{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["map"]["map_version"], 2);
+        assert_eq!(json["mod_revision"], 17);
+        assert_eq!(json["nodes"][0]["live"], true);
+        assert_eq!(json["nodes"][1]["live"], false);
+        assert_eq!(json["nodes"][1]["map_version"], serde_json::Value::Null);
+        assert_eq!(json["nodes"][2]["partitions"], serde_json::json!([]));
+        assert_eq!(json["partitions"][1]["owner"], 1);
+        assert_eq!(json["partitions"][1]["owner_live"], false);
+        assert_eq!(json["live_not_in_map"], serde_json::json!([9]));
+    }
+
+    #[test]
+    fn status_text_says_who_is_up_and_who_owns_what() {
+        let text = report().text();
+        assert!(
+            text.starts_with("map version 2 (etcd revision 17): 3 partitions, 3 nodes, 2 live"),
+            "{text}"
+        );
+        let node_1 = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("1  127.0.0.1:8081"))
+            .unwrap();
+        assert!(
+            node_1.contains("down") && node_1.ends_with("[1]"),
+            "{node_1}"
+        );
+        let node_3 = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("3  127.0.0.1:8083"))
+            .unwrap();
+        assert!(
+            node_3.contains(" up ") && node_3.ends_with("none"),
+            "{node_3}"
+        );
+        assert!(
+            text.contains("node 9 holds a lease but is not in the map"),
+            "{text}"
+        );
+        assert!(
+            text.lines().all(|l| l == l.trim_end()),
+            "no trailing spaces"
+        );
+    }
+
+    #[test]
+    fn node_takes_a_cluster_file_or_etcd_but_not_both() {
+        use clap::Parser;
+        let parse = |args: &[&str]| crate::cli::Cli::try_parse_from(args);
+        assert!(
+            parse(&["wallet", "node", "--id", "0"]).is_err(),
+            "one map source is required"
+        );
+        assert!(parse(&[
+            "wallet",
+            "node",
+            "--config",
+            "c.toml",
+            "--etcd",
+            "http://e:1",
+            "--id",
+            "0"
+        ])
+        .is_err());
+        assert!(parse(&[
+            "wallet",
+            "node",
+            "--config",
+            "c.toml",
+            "--secret-file",
+            "s",
+            "--id",
+            "0"
+        ])
+        .is_err());
+        assert!(parse(&["wallet", "node", "--etcd", "http://e:1", "--id", "0"]).is_ok());
+        assert!(parse(&["wallet", "node", "--config", "c.toml", "--id", "0"]).is_ok());
+        assert!(
+            parse(&[
+                "wallet",
+                "cluster",
+                "add-node",
+                "--etcd",
+                "http://e:1",
+                "--id",
+                "3",
+                "--http",
+                "h:1"
+            ])
+            .is_err(),
+            "--peer is required"
+        );
+    }
+}

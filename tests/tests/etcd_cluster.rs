@@ -260,6 +260,17 @@ fn a_cluster_on_etcd_takes_a_new_node_and_serves_through_an_etcd_outage() {
             String::from_utf8_lossy(&added.stderr)
         );
         assert!(String::from_utf8_lossy(&added.stdout).contains("map version 2"));
+        let twice = cluster.cluster(&[
+            "add-node",
+            "--id",
+            "3",
+            "--http",
+            "127.0.0.1:1",
+            "--peer",
+            "127.0.0.1:2",
+        ]);
+        assert!(!twice.status.success());
+        assert!(String::from_utf8_lossy(&twice.stderr).contains("node 3 is already in the map"));
         cluster.start_node(NODES as u32);
         cluster.wait_status(NODES + 1, 2);
         std::thread::sleep(Duration::from_millis(300));
