@@ -183,7 +183,7 @@ pub struct NodeArgs {
     /// The cluster file (see cluster.example.toml): nodes, their addresses, partition owners,
     /// map version, the cluster secret (or set WALLET_CLUSTER_SECRET), and optionally the
     /// [tls] section: `ca`, `cert` and `key` PEM files for mutual TLS between nodes.
-    #[arg(long, conflicts_with_all = ["etcd", "etcd_prefix", "secret_file"])]
+    #[arg(long, conflicts_with_all = ["etcd", "etcd_prefix", "secret_file", "peer_tls_ca"])]
     pub config: Option<PathBuf>,
     /// Which node of the map this process is.
     #[arg(long)]
@@ -198,6 +198,17 @@ pub struct NodeArgs {
     /// With --etcd: a file holding the cluster secret (WALLET_CLUSTER_SECRET overrides it).
     #[arg(long)]
     pub secret_file: Option<PathBuf>,
+    /// With --etcd: peer links under mutual TLS, as a cluster file's [tls] section gives
+    /// them: the CA that signed every node's certificate (PEM).
+    #[arg(long, requires_all = ["peer_tls_cert", "peer_tls_key"])]
+    pub peer_tls_ca: Option<PathBuf>,
+    /// With --peer-tls-ca: this node's certificate, then any intermediates (PEM), naming the
+    /// host of its peer address.
+    #[arg(long, requires = "peer_tls_ca")]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// With --peer-tls-ca: the private key of --peer-tls-cert (PEM).
+    #[arg(long, requires = "peer_tls_ca")]
+    pub peer_tls_key: Option<PathBuf>,
     /// With --etcd: the lease of the node's liveness key, in seconds. A node that stops
     /// renewing it (stopped, frozen, cut off from etcd) shows as down this long after.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(2..=3600))]

@@ -147,8 +147,8 @@ async fn init(args: InitArgs) -> Result<(), ClusterCmdError> {
     let (map, has_tls) = ClusterConfig::load_map(&args.config)?;
     if has_tls {
         eprintln!(
-            "note: the [tls] section of {} is not stored in etcd; nodes started with --etcd \
-             link over plain TCP (authenticated by the cluster secret)",
+            "note: the [tls] section of {} is not stored in etcd; give nodes started with \
+             --etcd its files as --peer-tls-ca, --peer-tls-cert and --peer-tls-key",
             args.config.display()
         );
     }
@@ -470,6 +470,21 @@ mod tests {
         ])
         .is_err());
         assert!(parse(&["wallet", "node", "--etcd", "http://e:1", "--id", "0"]).is_ok());
+        let tls = [
+            "--peer-tls-ca",
+            "ca.pem",
+            "--peer-tls-cert",
+            "n.pem",
+            "--peer-tls-key",
+            "n.key",
+        ];
+        let mut on_etcd = vec!["wallet", "node", "--etcd", "http://e:1", "--id", "0"];
+        on_etcd.extend(tls);
+        assert!(parse(&on_etcd).is_ok());
+        assert!(
+            parse(&on_etcd[..on_etcd.len() - 2]).is_err(),
+            "the key is required too"
+        );
         assert!(parse(&["wallet", "node", "--config", "c.toml", "--id", "0"]).is_ok());
         assert!(
             parse(&[

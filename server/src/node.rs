@@ -32,7 +32,7 @@ use walletd_runtime::net::{
 use walletd_runtime::storage::file::{FileStorage, FileStorageConfig};
 
 use crate::cli::NodeArgs;
-use crate::cluster::{ClusterConfig, ClusterConfigError, SECRET_ENV};
+use crate::cluster::{ClusterConfig, ClusterConfigError, TlsFiles, SECRET_ENV};
 use crate::datadir::DataDir;
 use crate::etcd::{Etcd, EtcdError};
 use crate::map_follower::{initial_map, Follower, CACHE_FILE};
@@ -152,6 +152,14 @@ async fn start_from_etcd(args: &NodeArgs, urls: &str) -> Result<Start, NodeRunEr
         what: format!("cannot create {}", root.display()),
         source,
     })?;
+    let links_tls = match (&args.peer_tls_ca, &args.peer_tls_cert, &args.peer_tls_key) {
+        (Some(ca), Some(cert), Some(key)) => Some(peer_tls(&TlsFiles {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        })?),
+        _ => None,
+    };
     let map = initial_map(&store, &root.join(CACHE_FILE)).await?;
     if !map.nodes.contains_key(&args.id) {
         return Err(NodeRunError::NotInMap {
@@ -162,7 +170,7 @@ async fn start_from_etcd(args: &NodeArgs, urls: &str) -> Result<Start, NodeRunEr
     Ok(Start {
         map,
         secret,
-        links_tls: None,
+        links_tls,
         etcd: Some(store),
     })
 }
