@@ -66,6 +66,28 @@ pub(super) enum LinkEnd {
     Closed,
 }
 
+/// A time during which a forwarder and its peer refuse each other for holding different maps.
+#[derive(Default)]
+struct StaleEpisode {
+    /// When the first refusal came (`None` while the maps agree).
+    since: Option<Instant>,
+    /// Whether the wait ran out, and was logged.
+    given_up: bool,
+}
+
+impl StaleEpisode {
+    /// True while the forwarder should hold its queue for the two maps to agree.
+    fn still_waiting(&mut self, wait_max_ms: u64) -> bool {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        !self.given_up && since.elapsed() < ms(wait_max_ms)
+    }
+
+    /// Ends the wait; true the first time, so it is logged once.
+    fn give_up(&mut self) -> bool {
+        !std::mem::replace(&mut self.given_up, true)
+    }
+}
+
 /// Carries the inputs for every partition of one remote node to that node.
 pub(super) struct Forwarder<N: PeerIo> {
     pub(super) remote: NodeId,
@@ -84,9 +106,7 @@ impl<N: PeerIo> Forwarder<N> {
         let mut backoff_ms = config.connect_backoff_initial_ms;
         let mut failures: u64 = 0;
         let mut last_logged: Option<String> = None;
-        // Since when the peer and this node have refused each other for holding different
-        // maps (`None` while they agree).
-        let mut stale_since: Option<Instant> = None;
+        let mut stale = StaleEpisode::default();
         loop {
             let ended = match self.connect().await {
                 Ok(stream) => {
@@ -94,7 +114,7 @@ impl<N: PeerIo> Forwarder<N> {
                     backoff_ms = config.connect_backoff_initial_ms;
                     failures = 0;
                     last_logged = None;
-                    stale_since = None;
+                    stale = StaleEpisode::default();
                     self.stats.connects.fetch_add(1, Ordering::Relaxed);
                     self.stats.connected.store(true, Ordering::Relaxed);
                     let end = self.serve(stream).await;
@@ -111,19 +131,15 @@ impl<N: PeerIo> Forwarder<N> {
                         }
                     }
                 }
+                // Nodes that learn a new map a moment apart refuse each other until both
+                // have it: expected, and handled below, so not a warning.
+                Err(error @ NetError::StaleMap { .. }) => {
+                    tracing::info!(node = self.ctx.node, peer = self.remote, %error, "peer holds another map; holding its queue");
+                    error
+                }
                 Err(error) => {
                     failures += 1;
-                    // The first failure is news, and so is one that differs from the last
-                    // logged (a node that was down is up, but its certificate is refused);
-                    // repeats while a node is down are not.
-                    let text = error.to_string();
-                    if failures == 1
-                        || matches!(error, NetError::Auth(_) | NetError::StaleMap { .. })
-                        || last_logged.as_deref() != Some(text.as_str())
-                    {
-                        tracing::warn!(node = self.ctx.node, peer = self.remote, address = self.address(), %error, "cannot reach peer");
-                        last_logged = Some(text);
-                    }
+                    self.log_unreachable(&error, failures, &mut last_logged);
                     error
                 }
             };
@@ -131,23 +147,39 @@ impl<N: PeerIo> Forwarder<N> {
             backoff_ms = (backoff_ms * 2).min(config.connect_backoff_max_ms);
             if let NetError::StaleMap { got, .. } = ended {
                 self.ctx.saw_map_version(got);
-                let since = *stale_since.get_or_insert_with(Instant::now);
-                if since.elapsed() < ms(config.stale_map_wait_max_ms) {
+                if stale.still_waiting(config.stale_map_wait_max_ms) {
                     self.hold_until(retry_at).await;
                     continue;
                 }
-                tracing::warn!(
-                    node = self.ctx.node,
-                    peer = self.remote,
-                    waited_ms = config.stale_map_wait_max_ms,
-                    "the peer still holds another map; refusing its partitions' inputs until it links"
-                );
+                if stale.give_up() {
+                    tracing::warn!(
+                        node = self.ctx.node,
+                        peer = self.remote,
+                        %ended,
+                        waited_ms = config.stale_map_wait_max_ms,
+                        "the peer still holds another map; refusing its partitions' inputs until it links"
+                    );
+                }
             }
             // Whoever waited for an answer on a link that is down hears so now.
             self.resend.clear();
             if !self.refuse_until(retry_at).await {
                 return;
             }
+        }
+    }
+
+    /// Logs a failure to connect if it is news: the first, and one that differs from the
+    /// last logged (a node that was down is up, but its certificate is refused); repeats
+    /// while a node is down are not.
+    fn log_unreachable(&self, error: &NetError, failures: u64, last_logged: &mut Option<String>) {
+        let text = error.to_string();
+        if failures == 1
+            || matches!(error, NetError::Auth(_))
+            || last_logged.as_deref() != Some(text.as_str())
+        {
+            tracing::warn!(node = self.ctx.node, peer = self.remote, address = self.address(), %error, "cannot reach peer");
+            *last_logged = Some(text);
         }
     }
 
