@@ -18,7 +18,7 @@
 //! Stop, on Ctrl-C or SIGTERM: as `serve` (drain, sync every local partition, exit 0); the
 //! links close last; a node on etcd drops its liveness first.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -27,7 +27,8 @@ use walletd_core::protocol::coordinator::CoordinatorConfig;
 use walletd_runtime::driver::DriverConfig;
 use walletd_runtime::engine::EngineConfig;
 use walletd_runtime::net::{
-    bind_peer_address, start_node_with, MutualTls, NetConfig, NodeConfig, NodeError, Tcp,
+    bind_peer_address, start_node_with, ClusterNode, MutualTls, NetConfig, NodeConfig, NodeError,
+    Tcp,
 };
 use walletd_runtime::storage::file::{FileStorage, FileStorageConfig};
 
@@ -193,6 +194,35 @@ fn open_storages(
         .collect()
 }
 
+/// The task that keeps a node's map fresh from etcd ([`Follower`]).
+struct Following {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Following {
+    fn start(store: MapStore, node: &ClusterNode, args: &NodeArgs, root: &Path) -> Following {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let follower = Follower {
+            store,
+            handle: node.map_handle(),
+            node: args.id,
+            cache: root.join(CACHE_FILE),
+            lease_ttl_s: args.lease_ttl_s,
+            since: jiff::Timestamp::now().to_string(),
+        };
+        let task = tokio::spawn(follower.run(stopped));
+        Following { stop, task }
+    }
+
+    /// Stops following and drops the node's liveness, so peers and operators see it gone at
+    /// once rather than when its lease lapses.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
 async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
     let start = match (&args.config, &args.etcd) {
         (Some(path), _) => start_from_file(&args, path).await?,
@@ -233,30 +263,14 @@ async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
         None => start_node_with(Tcp, listener, &map, id, secret, storages, config).await?,
     };
     log_recovery(node.engine().recovery_reports());
-    let (stop_following, follower) = match etcd {
-        Some(store) => {
-            let (stop, stopped) = tokio::sync::watch::channel(false);
-            let follower = Follower {
-                store,
-                handle: node.map_handle(),
-                node: args.id,
-                cache: root.join(CACHE_FILE),
-                lease_ttl_s: args.lease_ttl_s,
-                since: jiff::Timestamp::now().to_string(),
-            };
-            (Some(stop), Some(tokio::spawn(follower.run(stopped))))
-        }
-        None => (None, None),
-    };
+    let following = etcd.map(|store| Following::start(store, &node, &args, &root));
     let homes = partition_homes(&map, args.id);
     let api = build_api(node.engine(), dir, options, homes);
     let grace = Duration::from_millis(args.service.shutdown_grace_ms);
     let local = node.engine().local_partitions().to_vec();
     let (served, stop) = serve_http(http, http_tls, api, &local, grace).await;
-    if let (Some(stop), Some(follower)) = (stop_following, follower) {
-        // Peers and operators see the node gone at once, not when its lease lapses.
-        let _ = stop.send(true);
-        let _ = follower.await;
+    if let Some(following) = following {
+        following.stop().await;
     }
     tracing::info!("syncing and stopping partitions");
     let node_stopped = node.shutdown().await;
