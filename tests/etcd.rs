@@ -5,6 +5,7 @@
 //! `.ci/install-etcd.sh` installs Debian's `etcd-server` (root and apt needed). Where that
 //! fails too, [`PrivateEtcd::start`] returns `None` after printing why, and the test skips.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -34,7 +35,10 @@ impl PrivateEtcd {
         let bin = match etcd_binary() {
             Ok(bin) => bin,
             Err(reason) => {
-                eprintln!(
+                // Straight to stderr: the test harness captures `eprintln!` of a passing
+                // test, and a skip must be seen.
+                let _ = writeln!(
+                    std::io::stderr(),
                     "\n!!!!!!!! SKIPPED: no etcd for this test: {reason}\n\
                      !!!!!!!! install Debian's etcd-server, or set WALLET_ETCD_BIN\n"
                 );
@@ -119,7 +123,11 @@ impl Drop for PrivateEtcd {
 
 fn etcd_binary() -> Result<PathBuf, String> {
     if let Some(bin) = std::env::var_os("WALLET_ETCD_BIN") {
-        return Ok(PathBuf::from(bin));
+        let bin = PathBuf::from(bin);
+        return match bin.is_file() {
+            true => Ok(bin),
+            false => Err(format!("WALLET_ETCD_BIN={} is not a file", bin.display())),
+        };
     }
     if let Some(found) = on_path("etcd") {
         return Ok(found);
