@@ -17,14 +17,14 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use walletd_core::model::partition::{NodeId, PartitionId};
+use walletd_core::model::partition::NodeId;
 use walletd_core::protocol::coordinator::CoordinatorConfig;
 use walletd_runtime::driver::DriverConfig;
 use walletd_runtime::engine::EngineConfig;
 use walletd_runtime::net::{
     bind_peer_address, start_node_with, MutualTls, NetConfig, NodeConfig, NodeError, Tcp,
 };
-use walletd_runtime::storage::file::{FileStorage, FileStorageConfig};
+use crate::storages::open_storages;
 
 use crate::cli::NodeArgs;
 use crate::cluster::{ClusterConfig, ClusterConfigError};
@@ -90,24 +90,6 @@ fn partition_homes(cluster: &ClusterConfig, id: NodeId) -> Vec<String> {
         .collect()
 }
 
-fn open_storages(
-    dir: &DataDir,
-    partitions: &[PartitionId],
-) -> Result<Vec<(PartitionId, FileStorage)>, ServeError> {
-    partitions
-        .iter()
-        .map(|&partition| {
-            let path = dir.partition_dir(partition);
-            FileStorage::open(&path, FileStorageConfig::default())
-                .map(|storage| (partition, storage))
-                .map_err(|source| ServeError::Io {
-                    what: format!("cannot open {}", path.display()),
-                    source,
-                })
-        })
-        .collect()
-}
-
 async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
     let cluster = ClusterConfig::load(&args.config)?;
     let address = cluster.node(args.id)?.clone();
@@ -133,7 +115,14 @@ async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
         "starting"
     );
     let config = node_config(&args)?;
-    let storages = open_storages(&dir, &owned)?;
+    let storages = open_storages(
+        dir.root(),
+        cluster.map.partitions(),
+        &owned,
+        |p| dir.partition_dir(p),
+        args.service.group_commit,
+    )
+    .map_err(ServeError::from)?;
     let http = bind_http(&address.http, http_tls.is_some()).await?;
     let listener = bind_peer_address(&cluster.map, args.id).await?;
     let (map, id, secret) = (&cluster.map, args.id, &cluster.secret);

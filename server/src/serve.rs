@@ -22,12 +22,12 @@ use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_core::model::partition::PartitionId;
 use walletd_runtime::driver::{DriverConfig, DriverError, DriverStats, Query, RecoveryReport};
 use walletd_runtime::engine::{Engine, EngineConfig};
-use walletd_runtime::storage::file::{FileStorage, FileStorageConfig};
 
 use crate::api::{self, Api, ApiOptions};
 use crate::cli::{ServeArgs, ServiceArgs};
 use crate::datadir::{DataDir, DataDirError};
 use crate::history::LogReader;
+use crate::storages::open_storages;
 use crate::tls::TlsConfigError;
 
 /// How often the watchdog asks every partition whether its driver still runs.
@@ -48,6 +48,8 @@ pub enum ServeError {
     HalfTls,
     #[error("--feed-wait-max-ms {wait_ms} must be below --request-timeout-ms {timeout_ms}: a long-poll must end before the request's time limit")]
     FeedWaitTooLong { wait_ms: u64, timeout_ms: u64 },
+    #[error(transparent)]
+    Storage(#[from] crate::storages::OpenError),
     #[error("partition {0} stopped unexpectedly (see the errors above); the server shut down")]
     PartitionStopped(PartitionId),
 }
@@ -127,17 +129,17 @@ pub(crate) fn options(args: &ServiceArgs) -> Result<ApiOptions, ServeError> {
 }
 
 pub(crate) async fn start_engine(args: &ServeArgs, dir: &DataDir) -> Result<Engine, ServeError> {
-    let mut storages = Vec::with_capacity(dir.partitions() as usize);
-    for partition in 0..dir.partitions() {
-        let path = dir.partition_dir(partition);
-        let storage = FileStorage::open(&path, FileStorageConfig::default()).map_err(|source| {
-            ServeError::Io {
-                what: format!("cannot open {}", path.display()),
-                source,
-            }
-        })?;
-        storages.push(storage);
-    }
+    let all: Vec<PartitionId> = (0..dir.partitions()).collect();
+    let storages = open_storages(
+        dir.root(),
+        dir.partitions(),
+        &all,
+        |p| dir.partition_dir(p),
+        args.service.group_commit,
+    )?
+    .into_iter()
+    .map(|(_, storage)| storage)
+    .collect();
     let config = EngineConfig {
         partitions: dir.partitions(),
         driver: DriverConfig {

@@ -23,7 +23,7 @@
 //!   segment to the next. A gap (a lost segment) is an error that names the missing lsn.
 
 use crate::ledger::{ApplyError, Ledger, RecordMeta};
-use crate::log::codec::{decode_log, CodecError};
+use crate::log::codec::{decode_log, CodecError, RecordReader};
 use crate::log::snapshot::decode_snapshot_with;
 use crate::model::event::Lsn;
 use crate::model::partition::PartitionId;
@@ -37,6 +37,8 @@ pub struct RecoveryReport {
     pub snapshot_chunks: usize,
     pub records_replayed: u64,
     pub torn_bytes_dropped: u64,
+    /// Records the partition's own log lacked and a node journal had (appended again).
+    pub records_redone: u64,
     pub last_lsn: Lsn,
     pub transfers_resumed: usize,
 }
@@ -179,6 +181,60 @@ impl Recovery {
             self.report.records_replayed += 1;
         }
         Ok(cut)
+    }
+
+    /// Replays a batch that a node journal made durable (records from `first_lsn`, as they
+    /// were appended), after the partition's own log: the records the log already holds are
+    /// skipped, the rest must follow it without a gap. Returns where the records the log
+    /// lacks begin, `(their first lsn, byte offset in bytes)`, for the caller to append them.
+    pub fn replay_journaled(
+        &mut self,
+        first_lsn: Lsn,
+        bytes: &[u8],
+    ) -> Result<Option<(Lsn, usize)>, RecoveryError> {
+        let name = "the node journal";
+        let corrupt = |error: CodecError| RecoveryError::Corrupt {
+            name: name.to_string(),
+            offset: codec_offset(&error),
+            detail: error.to_string(),
+        };
+        let mut reader = RecordReader::new(bytes, first_lsn);
+        let mut missing_from = None;
+        loop {
+            let at = reader.valid_len();
+            let Some(record) = reader.next_record().map_err(corrupt)? else {
+                break;
+            };
+            let expected = self.ledger.last_applied().lsn + 1;
+            if record.lsn < expected {
+                continue;
+            }
+            if record.lsn > expected {
+                return Err(RecoveryError::Gap {
+                    name: name.to_string(),
+                    expected,
+                    found: record.lsn,
+                });
+            }
+            missing_from.get_or_insert((record.lsn, at));
+            let meta = RecordMeta {
+                lsn: record.lsn,
+                timestamp: record.timestamp,
+            };
+            self.ledger.apply(meta, &record.event)?;
+            self.report.records_replayed += 1;
+            self.report.records_redone += 1;
+        }
+        if reader.valid_len() != bytes.len() {
+            // The journal checksums its rounds: a batch in one that is not whole records
+            // was handed in so, which no partition does.
+            return Err(RecoveryError::Corrupt {
+                name: name.to_string(),
+                offset: reader.valid_len() as u64,
+                detail: "a journaled batch that is not whole records".into(),
+            });
+        }
+        Ok(missing_from)
     }
 
     /// The recovered ledger and the report.

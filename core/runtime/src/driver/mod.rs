@@ -240,6 +240,15 @@ pub async fn recover<S: Storage>(
             storage.truncate_last(len).await.map_err(io_err)?;
         }
     }
+    // A node journal may hold acknowledged records the log lost with its unsynced tail.
+    for (first_lsn, bytes) in storage.take_journaled() {
+        let missing = recovery
+            .replay_journaled(first_lsn, &bytes)
+            .map_err(|error| DriverError::from_recovery(partition, error))?;
+        if let Some((lsn, offset)) = missing {
+            storage.append(lsn, &bytes[offset..]).await.map_err(io_err)?;
+        }
+    }
     // What was read back may still sit in the page cache only (a process crash keeps
     // unsynced writes; a power loss would not): it is made durable, with the newest
     // segment's directory entry, before anything that rests on it is answered or sent.
