@@ -17,6 +17,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::storages::open_storages;
 use walletd_core::model::partition::NodeId;
 use walletd_core::protocol::coordinator::CoordinatorConfig;
 use walletd_runtime::driver::DriverConfig;
@@ -24,7 +25,6 @@ use walletd_runtime::engine::EngineConfig;
 use walletd_runtime::net::{
     bind_peer_address, start_node_with, MutualTls, NetConfig, NodeConfig, NodeError, Tcp,
 };
-use crate::storages::open_storages;
 
 use crate::cli::NodeArgs;
 use crate::cluster::{ClusterConfig, ClusterConfigError};

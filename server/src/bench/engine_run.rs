@@ -30,14 +30,13 @@ pub async fn run(run: EngineRun<'_>, workload: &Workload) -> Result<ModeReport, 
         .prefix("walletd-bench-engine-")
         .tempdir()
         .map_err(|e| BenchError::io("create a temporary directory", e))?;
-    let engine =
-        engine_driver::start_engine(
-            dir.path(),
-            run.partitions,
-            run.snapshot_every_events,
-            run.group_commit,
-        )
-        .await?;
+    let engine = engine_driver::start_engine(
+        dir.path(),
+        run.partitions,
+        run.snapshot_every_events,
+        run.group_commit,
+    )
+    .await?;
     let client = engine.client();
     let accounts = engine_driver::account_ids(workload);
     let started = Instant::now();

@@ -246,7 +246,10 @@ pub async fn recover<S: Storage>(
             .replay_journaled(first_lsn, &bytes)
             .map_err(|error| DriverError::from_recovery(partition, error))?;
         if let Some((lsn, offset)) = missing {
-            storage.append(lsn, &bytes[offset..]).await.map_err(io_err)?;
+            storage
+                .append(lsn, &bytes[offset..])
+                .await
+                .map_err(io_err)?;
         }
     }
     // What was read back may still sit in the page cache only (a process crash keeps

@@ -224,8 +224,7 @@ impl NodeJournal {
                     return Err(JournalError::Corrupt {
                         path: path.display().to_string(),
                         offset: read.valid_len,
-                        detail: "a journal file that is not the newest ends in a torn round"
-                            .into(),
+                        detail: "a journal file that is not the newest ends in a torn round".into(),
                     });
                 }
                 tracing::warn!(
@@ -517,7 +516,8 @@ impl Writer {
                 .map(|p| (p.partition, p.first_lsn, &p.bytes[..])),
             &mut self.buffer,
         );
-        if self.file.len > 0 && self.file.len + self.buffer.len() as u64 > self.config.file_bytes_max
+        if self.file.len > 0
+            && self.file.len + self.buffer.len() as u64 > self.config.file_bytes_max
         {
             self.rotate()?;
         }
@@ -525,7 +525,8 @@ impl Writer {
         self.file.file.write_all_at(&self.buffer, self.file.len)?;
         if end > self.file.allocated {
             self.file.allocated = end;
-            self.file.extend_zeroed(end + self.config.preallocate_bytes)?;
+            self.file
+                .extend_zeroed(end + self.config.preallocate_bytes)?;
         }
         self.file.file.sync_data()?;
         self.file.len = end;
@@ -533,8 +534,12 @@ impl Writer {
         self.in_file.extend(batch.iter().map(|p| p.partition));
         let stats = &self.shared.stats;
         stats.rounds.fetch_add(1, Ordering::Relaxed);
-        stats.frames.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        stats.bytes.fetch_add(self.buffer.len() as u64, Ordering::Relaxed);
+        stats
+            .frames
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats
+            .bytes
+            .fetch_add(self.buffer.len() as u64, Ordering::Relaxed);
         Ok(self.file.seq)
     }
 

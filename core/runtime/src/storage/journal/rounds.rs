@@ -67,9 +67,15 @@ pub fn encode_round<'a>(
         out.extend_from_slice(bytes);
     }
     let payload_len = out.len() - start - ROUND_HEADER_LEN;
-    assert!(payload_len <= ROUND_PAYLOAD_MAX, "a round stays under its limit");
+    assert!(
+        payload_len <= ROUND_PAYLOAD_MAX,
+        "a round stays under its limit"
+    );
     out[start + 12..start + 16].copy_from_slice(&(payload_len as u32).to_le_bytes());
-    let crc = round_crc(&out[start + 4..start + 16], &out[start + ROUND_HEADER_LEN..]);
+    let crc = round_crc(
+        &out[start + 4..start + 16],
+        &out[start + ROUND_HEADER_LEN..],
+    );
     out[start + 16..start + 20].copy_from_slice(&crc.to_le_bytes());
     out.resize(out.len().next_multiple_of(ROUND_ALIGN), 0);
 }

@@ -2,7 +2,9 @@ use super::*;
 use crate::driver::recover;
 use crate::storage::file::{FileStorage, FileStorageConfig};
 use crate::storage::{read_whole_log, Storage};
-use walletd_core::log::codec::{decode_log, encode_record, encode_sync_mark, Record, SYNC_MARK_LEN};
+use walletd_core::log::codec::{
+    decode_log, encode_record, encode_sync_mark, Record, SYNC_MARK_LEN,
+};
 use walletd_core::model::event::Event;
 use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_core::model::money::{Amount, Currency};
@@ -88,9 +90,7 @@ async fn commit_batches(storages: &mut [(FileStorage, Lsn)], batches: u64) {
                 encode_record(&record(p as PartitionId, lsn), &mut bytes);
                 *last = lsn;
             }
-            let (_, result) = storage
-                .append_durably(first, bytes, Box::new(|| {}))
-                .await;
+            let (_, result) = storage.append_durably(first, bytes, Box::new(|| {})).await;
             result.unwrap();
         }
     }
@@ -151,9 +151,16 @@ fn acknowledged_batches_outlive_the_partition_logs_unsynced_tails() {
 
         let (journal, mut storages) = open_node(root.path(), JournalConfig::default()).await;
         for (p, (storage, last)) in storages.iter_mut().enumerate() {
-            assert_eq!(*last, committed[p], "partition {p} recovered every committed record");
+            assert_eq!(
+                *last, committed[p],
+                "partition {p} recovered every committed record"
+            );
             let lsns = logged_lsns(storage, p as PartitionId).await;
-            assert_eq!(lsns, (1..=committed[p]).collect::<Vec<_>>(), "partition {p}'s log is whole again");
+            assert_eq!(
+                lsns,
+                (1..=committed[p]).collect::<Vec<_>>(),
+                "partition {p}'s log is whole again"
+            );
         }
         // Each recovery synced its log: the files it redid from are gone, and only the file
         // this run writes to is left.
@@ -174,7 +181,14 @@ fn a_node_that_stops_again_before_recovering_keeps_its_journal() {
         drop(journal);
         lose_unsynced_log_tails(root.path());
         // Opened and closed with no partition recovered: nothing may be deleted.
-        drop(NodeJournal::open(root.path().join("journal"), PARTITIONS, JournalConfig::default()).unwrap());
+        drop(
+            NodeJournal::open(
+                root.path().join("journal"),
+                PARTITIONS,
+                JournalConfig::default(),
+            )
+            .unwrap(),
+        );
         let (_journal, storages) = open_node(root.path(), JournalConfig::default()).await;
         let recovered: Vec<Lsn> = storages.iter().map(|(_, last)| *last).collect();
         assert_eq!(recovered, committed);
@@ -193,7 +207,10 @@ fn closed_files_go_once_their_partitions_checkpoint() {
         let (journal, mut storages) = open_node(root.path(), config).await;
         commit_batches(&mut storages, 200).await;
         let deleted = journal.stats().files_deleted.load(Ordering::Relaxed);
-        assert!(deleted > 50, "closed files were deleted as partitions checkpointed: {deleted}");
+        assert!(
+            deleted > 50,
+            "closed files were deleted as partitions checkpointed: {deleted}"
+        );
         // At most one file per partition still waits for that partition's next commit, and
         // the open file.
         let files = journal_files(journal.dir()).unwrap();
@@ -204,7 +221,10 @@ fn closed_files_go_once_their_partitions_checkpoint() {
         lose_unsynced_log_tails(root.path());
         let (_journal, storages) = open_node(root.path(), config).await;
         let recovered: Vec<Lsn> = storages.iter().map(|(_, last)| *last).collect();
-        assert_eq!(recovered, committed, "what checkpoints let go was in the logs");
+        assert_eq!(
+            recovered, committed,
+            "what checkpoints let go was in the logs"
+        );
     });
 }
 
@@ -226,7 +246,11 @@ fn a_torn_round_is_cut_and_a_damaged_one_refuses_the_node() {
     file.write_all_at(&bytes[..30], end as u64).unwrap();
     drop(file);
     drop(NodeJournal::open(&journal_dir, PARTITIONS, JournalConfig::default()).unwrap());
-    assert_eq!(fs::metadata(&path).unwrap().len(), end as u64, "the torn round was cut");
+    assert_eq!(
+        fs::metadata(&path).unwrap().len(),
+        end as u64,
+        "the torn round was cut"
+    );
     // A flipped bit in the first round, with later rounds intact: synced bytes damaged.
     let mut damaged = fs::read(&path).unwrap();
     damaged[rounds::ROUND_HEADER_LEN + 3] ^= 1;
@@ -235,7 +259,10 @@ fn a_torn_round_is_cut_and_a_damaged_one_refuses_the_node() {
         .err()
         .expect("damage is refused");
     let message = error.to_string();
-    assert!(message.contains(&path.display().to_string()) && message.contains("byte offset 0"), "{message}");
+    assert!(
+        message.contains(&path.display().to_string()) && message.contains("byte offset 0"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -248,8 +275,13 @@ fn a_batch_of_a_partition_the_node_does_not_have_is_refused() {
         encode_record(&record(0, 1), &mut bytes);
         journal.commit(7, 1, bytes).await.1.unwrap();
     });
-    let error = NodeJournal::open(&dir, 4, JournalConfig::default()).err().unwrap();
-    assert!(matches!(error, JournalError::UnknownPartition { partition: 7, .. }), "{error}");
+    let error = NodeJournal::open(&dir, 4, JournalConfig::default())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(error, JournalError::UnknownPartition { partition: 7, .. }),
+        "{error}"
+    );
 }
 
 /// Commits per second of `tasks` tasks that each commit small batches one after another,
@@ -265,7 +297,8 @@ fn journal_throughput() {
         .unwrap();
     for tasks in [1u32, 8] {
         let dir = tempfile::tempdir().unwrap();
-        let journal = NodeJournal::open(dir.path().join("j"), tasks, JournalConfig::default()).unwrap();
+        let journal =
+            NodeJournal::open(dir.path().join("j"), tasks, JournalConfig::default()).unwrap();
         let seconds = 2.0;
         let commits = runtime.block_on(async {
             let mut handles = Vec::new();
@@ -334,4 +367,43 @@ fn journal_throughput() {
             seconds * 1e6 * f64::from(tasks) / own as f64
         );
     }
+}
+
+#[test]
+fn a_snapshot_is_never_ahead_of_its_partitions_log() {
+    let root = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let (journal, mut storages) = open_node(root.path(), JournalConfig::default()).await;
+        commit_batches(&mut storages, 12).await;
+        // Partition 0's state as of its last record, rebuilt from the records it was given.
+        let (storage, last) = &mut storages[0];
+        let mut bytes = Vec::new();
+        for lsn in 1..=*last {
+            encode_record(&record(0, lsn), &mut bytes);
+        }
+        let mut rebuilt = walletd_core::log::recovery::Recovery::new(0, PARTITIONS);
+        rebuilt.replay_journaled(1, &bytes).unwrap();
+        let (ledger, report) = rebuilt.finish();
+        assert_eq!(report.last_lsn, *last);
+        let image = walletd_core::log::snapshot::SnapshotImage::of(&ledger);
+        storage
+            .write_snapshot(*last, Box::new(move |out| image.write_to(out)))
+            .await
+            .unwrap();
+        commit_batches(&mut storages, 3).await;
+        let committed: Vec<Lsn> = storages.iter().map(|(_, last)| *last).collect();
+        drop(storages);
+        drop(journal);
+        lose_unsynced_log_tails(root.path());
+
+        let (_journal, mut storages) = open_node(root.path(), JournalConfig::default()).await;
+        let (storage, last) = &mut storages[0];
+        assert_eq!(*last, committed[0]);
+        let lsns = logged_lsns(storage, 0).await;
+        assert_eq!(
+            lsns,
+            (1..=committed[0]).collect::<Vec<_>>(),
+            "the log has no gap under the snapshot"
+        );
+    });
 }
