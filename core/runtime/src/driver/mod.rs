@@ -97,7 +97,8 @@ pub struct DriverStats {
     pub inputs: AtomicU64,
     pub events: AtomicU64,
     pub syncs: AtomicU64,
-    /// Time to append and `fdatasync` a batch, in µs (its count is `syncs`).
+    /// Time to make a batch durable, in µs (its count is `syncs`): append and `fdatasync` of
+    /// the log, or with a node journal the wait for the journal's round.
     pub sync_us: Histogram,
     /// Records per batch that wrote (one group commit, one sync).
     pub batch_records: Histogram,

@@ -244,7 +244,7 @@ mod tests {
         let mut out = Vec::new();
         for seq in seqs {
             let a = vec![seq as u8; 5 + seq as usize];
-            let b = vec![7u8; 3];
+            let b = [7u8; 3];
             encode_round(seq, [(1, seq * 10, &a[..]), (4, seq, &b[..])], &mut out);
         }
         out
