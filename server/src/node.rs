@@ -127,12 +127,16 @@ async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
     let listener = bind_peer_address(&cluster.map, args.id).await?;
     let (map, id, secret) = (&cluster.map, args.id, &cluster.secret);
     let node = match links_tls {
-        Some(tls) => start_node_with(tls, listener, map, id, secret, storages, config).await?,
-        None => start_node_with(Tcp, listener, map, id, secret, storages, config).await?,
+        Some(tls) => {
+            start_node_with(tls, listener, map, id, secret, storages.partitions, config).await?
+        }
+        None => {
+            start_node_with(Tcp, listener, map, id, secret, storages.partitions, config).await?
+        }
     };
     log_recovery(node.engine().recovery_reports());
     let homes = partition_homes(&cluster, args.id);
-    let api = build_api(node.engine(), dir, options, homes);
+    let api = build_api(node.engine(), dir, options, homes).with_journal(storages.journal);
     let grace = Duration::from_millis(args.service.shutdown_grace_ms);
     let local = node.engine().local_partitions().to_vec();
     let (served, stop) = serve_http(http, http_tls, api, &local, grace).await;

@@ -25,6 +25,13 @@ pub enum OpenError {
     Journal(#[from] JournalError),
 }
 
+/// A node's opened storages.
+pub struct NodeStorages {
+    pub partitions: Vec<(PartitionId, FileStorage)>,
+    /// The journal they commit through (`--group-commit node`), for its metrics.
+    pub journal: Option<Arc<NodeJournal>>,
+}
+
 /// Opens the storage of each of `local` (of `partitions` in all) at `partition_dir(p)`, under
 /// the node journal in `<root>/journal`, which is read first so that each partition's recovery
 /// can redo what its log lost. With [`GroupCommit::Node`] commits go through the journal;
@@ -36,12 +43,12 @@ pub fn open_storages(
     local: &[PartitionId],
     partition_dir: impl Fn(PartitionId) -> PathBuf,
     group_commit: GroupCommit,
-) -> Result<Vec<(PartitionId, FileStorage)>, OpenError> {
+) -> Result<NodeStorages, OpenError> {
     // Opened in either mode: what an earlier run committed through it must be redone
     // whatever this run does.
     let journal = NodeJournal::open(root.join(JOURNAL_DIR), partitions, JournalConfig::default())?;
     let commits = group_commit == GroupCommit::Node;
-    local
+    let partitions = local
         .iter()
         .map(|&partition| {
             let path = partition_dir(partition);
@@ -53,5 +60,9 @@ pub fn open_storages(
                     source,
                 })
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok(NodeStorages {
+        partitions,
+        journal: commits.then_some(journal),
+    })
 }

@@ -45,6 +45,7 @@ pub async fn start_engine(
         group_commit,
     )
     .map_err(|e| BenchError::Engine(e.to_string()))?
+    .partitions
     .into_iter()
     .map(|(_, storage)| storage)
     .collect();
