@@ -20,8 +20,10 @@ impl fmt::Debug for Journal {
     }
 }
 
-/// Name, help, and how to read each counter.
-const COUNTERS: [(&str, &str, fn(&JournalStats) -> u64); 4] = [
+/// A counter's name, help, and how to read it.
+type CounterSpec = (&'static str, &'static str, fn(&JournalStats) -> u64);
+
+const COUNTERS: [CounterSpec; 4] = [
     (
         "walletd_journal_rounds",
         "Rounds the node journal wrote and fdatasynced: the node's log syncs.",
