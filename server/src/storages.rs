@@ -25,6 +25,29 @@ pub enum OpenError {
     Journal(#[from] JournalError),
 }
 
+/// Refuses to read `partition`'s log in the stopped node's directory `root` while the node
+/// journal there holds records past `log_last`, the log's last lsn: they are acknowledged
+/// records the log lost with its unsynced tail, and only the node's recovery appends them
+/// again. Reading the log then would show a history without them.
+pub fn check_journal_redone(
+    root: &Path,
+    partition: PartitionId,
+    log_last: walletd_core::model::event::Lsn,
+) -> Result<(), String> {
+    let dir = root.join(JOURNAL_DIR);
+    let ends =
+        walletd_runtime::storage::journal::journaled_ends(&dir).map_err(|e| e.to_string())?;
+    match ends.get(&partition) {
+        Some(&end) if end > log_last => Err(format!(
+            "partition {partition}: the node journal in {} holds records up to lsn {end}, past \
+             the log's end at lsn {log_last} (a power loss took the log's unsynced tail); start \
+             the node once, so that its recovery appends them to the log, then read it",
+            dir.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A node's opened storages.
 pub struct NodeStorages {
     pub partitions: Vec<(PartitionId, FileStorage)>,
@@ -65,4 +88,78 @@ pub fn open_storages(
         partitions,
         journal: commits.then_some(journal),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datadir::DataDir;
+    use walletd_core::log::codec::encode_record;
+    use walletd_core::log::codec::Record;
+    use walletd_core::model::event::Event;
+    use walletd_core::model::ids::AccountId;
+    use walletd_core::model::money::Currency;
+    use walletd_runtime::engine::{Engine, EngineConfig};
+
+    /// A record the journal holds and the log does not (as after a power loss that took
+    /// the log's unsynced tail): verify refuses to judge the log until a recovery redid it,
+    /// and after one the log has it and verify passes.
+    #[test]
+    fn logs_behind_their_journal_are_not_read_until_recovery_redid_it() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = DataDir::create_or_check(root.path(), 1).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let journal =
+                NodeJournal::open(dir.root().join(JOURNAL_DIR), 1, JournalConfig::default())
+                    .unwrap();
+            let mut bytes = Vec::new();
+            let opened = Event::AccountOpened {
+                account: AccountId::new("alice").unwrap(),
+                currency: Currency::USD,
+            };
+            let record = Record {
+                lsn: 1,
+                timestamp: 1_700_000_000_000_000,
+                event: opened,
+            };
+            encode_record(&record, &mut bytes);
+            journal.commit(0, 1, bytes).await.1.unwrap();
+        });
+        let report = crate::verify::verify(&dir, false);
+        assert!(!report.is_clean());
+        assert!(
+            report.violations[0].contains("holds records up to lsn 1, past the log's end at lsn 0"),
+            "{:?}",
+            report.violations
+        );
+        runtime.block_on(async {
+            let opened = open_storages(
+                dir.root(),
+                1,
+                &[0],
+                |p| dir.partition_dir(p),
+                GroupCommit::Node,
+            )
+            .unwrap();
+            let storages = opened.partitions.into_iter().map(|(_, s)| s).collect();
+            let engine = Engine::start(
+                storages,
+                EngineConfig {
+                    partitions: 1,
+                    ..EngineConfig::default()
+                },
+            )
+            .await
+            .unwrap();
+            assert_eq!(engine.recovery_reports()[0].records_redone, 1);
+            engine.shutdown().await.unwrap();
+        });
+        let report = crate::verify::verify(&dir, false);
+        assert!(report.is_clean(), "{:?}", report.violations);
+    }
 }

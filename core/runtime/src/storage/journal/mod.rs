@@ -48,6 +48,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
+use walletd_core::log::codec::RecordReader;
 use walletd_core::model::event::Lsn;
 use walletd_core::model::partition::PartitionId;
 
@@ -137,6 +138,45 @@ fn journal_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// The last lsn the journal in `dir` holds for each partition, read without changing
+/// anything (a torn last round is left out, as opening would cut it): what tools that read a
+/// stopped node's logs compare the logs' ends with, since a partition's log may lack what
+/// its journal holds until the node's next recovery redoes it. No directory: no journal.
+pub fn journaled_ends(dir: &Path) -> Result<BTreeMap<PartitionId, Lsn>, JournalError> {
+    let mut ends = BTreeMap::new();
+    if !dir.exists() {
+        return Ok(ends);
+    }
+    let io_err = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| JournalError::Io { path, source }
+    };
+    for (_, path) in journal_files(dir).map_err(io_err(dir))? {
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        let corrupt = |offset, detail| JournalError::Corrupt {
+            path: path.display().to_string(),
+            offset,
+            detail,
+        };
+        let file = read_journal_file(&bytes).map_err(|d| corrupt(d.offset, d.detail))?;
+        for frame in file.rounds.into_iter().flat_map(|round| round.frames) {
+            let mut reader = RecordReader::new(&frame.bytes, frame.first_lsn);
+            let mut last = None;
+            while let Some(record) = reader
+                .next_record()
+                .map_err(|e| corrupt(0, format!("a journaled batch does not decode: {e}")))?
+            {
+                last = Some(record.lsn);
+            }
+            if let Some(last) = last {
+                let end = ends.entry(frame.partition).or_insert(last);
+                *end = (*end).max(last);
+            }
+        }
+    }
+    Ok(ends)
 }
 
 /// What a commit waits for: the buffer back, and the seq of the file its round went to (or
