@@ -175,6 +175,20 @@ pub struct ServiceArgs {
     /// recovery time; the log alone always suffices.
     #[arg(long, default_value_t = 1_000_000)]
     pub snapshot_every_events: u64,
+    /// How a batch is made durable before it is answered.
+    #[arg(long, value_enum, default_value_t = GroupCommit::Node)]
+    pub group_commit: GroupCommit,
+}
+
+/// How a node's partitions make their batches durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GroupCommit {
+    /// The batches of all partitions go to disk together through the node journal
+    /// (<data-dir>/journal): one fdatasync per round for the whole node. Each partition's own
+    /// log is synced at checkpoints, and recovery redoes from the journal what a log lost.
+    Node,
+    /// Each partition syncs its own log: one fdatasync per partition batch.
+    Partition,
 }
 
 #[derive(Debug, Args)]

@@ -55,6 +55,7 @@ pub mod process;
 pub mod replay_cmd;
 pub mod rfc3339;
 pub mod serve;
+pub mod storages;
 pub mod tls;
 pub mod verify;
 

@@ -22,7 +22,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use walletd_core::model::partition::{NodeAddress, NodeId, PartitionId, PartitionMap};
+use crate::storages::open_storages;
+use walletd_core::model::partition::{NodeAddress, NodeId, PartitionMap};
 use walletd_core::protocol::coordinator::CoordinatorConfig;
 use walletd_runtime::driver::DriverConfig;
 use walletd_runtime::engine::EngineConfig;
@@ -30,7 +31,6 @@ use walletd_runtime::net::{
     bind_peer_address, start_node_with, ClusterNode, MutualTls, NetConfig, NodeConfig, NodeError,
     Tcp,
 };
-use walletd_runtime::storage::file::{FileStorage, FileStorageConfig};
 
 use crate::cli::NodeArgs;
 use crate::cluster::{ClusterConfig, ClusterConfigError, TlsFiles, SECRET_ENV};
@@ -176,24 +176,6 @@ async fn start_from_etcd(args: &NodeArgs, urls: &str) -> Result<Start, NodeRunEr
     })
 }
 
-fn open_storages(
-    dir: &DataDir,
-    partitions: &[PartitionId],
-) -> Result<Vec<(PartitionId, FileStorage)>, ServeError> {
-    partitions
-        .iter()
-        .map(|&partition| {
-            let path = dir.partition_dir(partition);
-            FileStorage::open(&path, FileStorageConfig::default())
-                .map(|storage| (partition, storage))
-                .map_err(|source| ServeError::Io {
-                    what: format!("cannot open {}", path.display()),
-                    source,
-                })
-        })
-        .collect()
-}
-
 /// The task that keeps a node's map fresh from etcd ([`Follower`]).
 struct Following {
     stop: tokio::sync::watch::Sender<bool>,
@@ -254,18 +236,29 @@ async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
         "starting"
     );
     let config = node_config(&args)?;
-    let storages = open_storages(&dir, &owned)?;
+    let storages = open_storages(
+        dir.root(),
+        map.partitions(),
+        &owned,
+        |p| dir.partition_dir(p),
+        args.service.group_commit,
+    )
+    .map_err(ServeError::from)?;
     let http = bind_http(&address.http, http_tls.is_some()).await?;
     let listener = bind_peer_address(&map, args.id).await?;
     let (id, secret) = (args.id, &secret);
     let node = match links_tls {
-        Some(tls) => start_node_with(tls, listener, &map, id, secret, storages, config).await?,
-        None => start_node_with(Tcp, listener, &map, id, secret, storages, config).await?,
+        Some(tls) => {
+            start_node_with(tls, listener, &map, id, secret, storages.partitions, config).await?
+        }
+        None => {
+            start_node_with(Tcp, listener, &map, id, secret, storages.partitions, config).await?
+        }
     };
     log_recovery(node.engine().recovery_reports());
     let following = etcd.map(|store| Following::start(store, &node, &args, &root));
     let homes = partition_homes(&map, args.id);
-    let api = build_api(node.engine(), dir, options, homes);
+    let api = build_api(node.engine(), dir, options, homes).with_journal(storages.journal);
     let grace = Duration::from_millis(args.service.shutdown_grace_ms);
     let local = node.engine().local_partitions().to_vec();
     let (served, stop) = serve_http(http, http_tls, api, &local, grace).await;

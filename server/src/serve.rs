@@ -22,13 +22,14 @@ use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_core::model::partition::PartitionId;
 use walletd_runtime::driver::{DriverConfig, DriverError, DriverStats, Query, RecoveryReport};
 use walletd_runtime::engine::{Engine, EngineConfig};
-use walletd_runtime::storage::file::{FileStorage, FileStorageConfig};
 
 use crate::api::{self, Api, ApiOptions};
 use crate::cli::{ServeArgs, ServiceArgs};
 use crate::datadir::{DataDir, DataDirError};
 use crate::history::LogReader;
+use crate::storages::open_storages;
 use crate::tls::TlsConfigError;
+use walletd_runtime::storage::journal::NodeJournal;
 
 /// How often the watchdog asks every partition whether its driver still runs.
 const WATCHDOG_INTERVAL_MS: u64 = 1000;
@@ -48,6 +49,8 @@ pub enum ServeError {
     HalfTls,
     #[error("--feed-wait-max-ms {wait_ms} must be below --request-timeout-ms {timeout_ms}: a long-poll must end before the request's time limit")]
     FeedWaitTooLong { wait_ms: u64, timeout_ms: u64 },
+    #[error(transparent)]
+    Storage(#[from] crate::storages::OpenError),
     #[error("partition {0} stopped unexpectedly (see the errors above); the server shut down")]
     PartitionStopped(PartitionId),
 }
@@ -126,18 +129,25 @@ pub(crate) fn options(args: &ServiceArgs) -> Result<ApiOptions, ServeError> {
     })
 }
 
-pub(crate) async fn start_engine(args: &ServeArgs, dir: &DataDir) -> Result<Engine, ServeError> {
-    let mut storages = Vec::with_capacity(dir.partitions() as usize);
-    for partition in 0..dir.partitions() {
-        let path = dir.partition_dir(partition);
-        let storage = FileStorage::open(&path, FileStorageConfig::default()).map_err(|source| {
-            ServeError::Io {
-                what: format!("cannot open {}", path.display()),
-                source,
-            }
-        })?;
-        storages.push(storage);
-    }
+/// Recovers every partition and starts the engine; with the node journal the partitions
+/// commit through, if they do.
+pub(crate) async fn start_engine(
+    args: &ServeArgs,
+    dir: &DataDir,
+) -> Result<(Engine, Option<Arc<NodeJournal>>), ServeError> {
+    let all: Vec<PartitionId> = (0..dir.partitions()).collect();
+    let opened = open_storages(
+        dir.root(),
+        dir.partitions(),
+        &all,
+        |p| dir.partition_dir(p),
+        args.service.group_commit,
+    )?;
+    let storages = opened
+        .partitions
+        .into_iter()
+        .map(|(_, storage)| storage)
+        .collect();
     let config = EngineConfig {
         partitions: dir.partitions(),
         driver: DriverConfig {
@@ -146,7 +156,7 @@ pub(crate) async fn start_engine(args: &ServeArgs, dir: &DataDir) -> Result<Engi
         },
         ..EngineConfig::default()
     };
-    Ok(Engine::start(storages, config).await?)
+    Ok((Engine::start(storages, config).await?, opened.journal))
 }
 
 pub(crate) fn log_recovery(reports: &[RecoveryReport]) {
@@ -175,9 +185,9 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let options = options(&args.service)?;
     let dir = DataDir::create_or_check(&args.data_dir, args.partitions)?;
     tracing::info!(data_dir = %dir.root().display(), partitions = dir.partitions(), "starting");
-    let engine = start_engine(&args, &dir).await?;
+    let (engine, journal) = start_engine(&args, &dir).await?;
     log_recovery(engine.recovery_reports());
-    let api = build_api(&engine, dir, options, Vec::new());
+    let api = build_api(&engine, dir, options, Vec::new()).with_journal(journal);
     let listener = bind_http(&args.listen.to_string(), tls.is_some()).await?;
     let grace = Duration::from_millis(args.service.shutdown_grace_ms);
     let (served, stop) = serve_http(listener, tls, api, engine.local_partitions(), grace).await;

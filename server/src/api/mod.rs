@@ -181,6 +181,21 @@ impl Api {
         }
     }
 
+    /// Publishes the counters of the node journal the partitions commit through, if they
+    /// do, in `/metrics`. Only while the API is not yet shared (right after [`Api::new`]).
+    pub fn with_journal(
+        mut self,
+        journal: Option<Arc<walletd_runtime::storage::journal::NodeJournal>>,
+    ) -> Api {
+        if let Some(journal) = journal {
+            Arc::get_mut(&mut self.inner)
+                .expect("the journal is added before the API is shared")
+                .metrics
+                .add_journal(journal);
+        }
+        self
+    }
+
     pub fn client(&self) -> &Client {
         &self.inner.client
     }

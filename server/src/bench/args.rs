@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 use super::measure::Clock;
+pub use crate::cli::GroupCommit;
 
 /// What one run of the benchmark measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -70,6 +71,10 @@ pub struct BenchArgs {
     /// the spawned server; the default is the server's.
     #[arg(long, default_value_t = 1_000_000)]
     pub snapshot_every_events: u64,
+    /// How batches are made durable, in every in-process engine and the spawned server
+    /// (`wallet serve --group-commit`); the default is the server's.
+    #[arg(long, value_enum, default_value_t = GroupCommit::Node)]
+    pub group_commit: GroupCommit,
     /// Seed of the random choice of accounts and amounts.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,

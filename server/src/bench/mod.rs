@@ -196,6 +196,7 @@ async fn run_engine_mode(args: &BenchArgs, workload: &Workload) -> Result<ModeRe
         label: Mode::Engine.name(),
         partitions: args.partitions,
         snapshot_every_events: args.snapshot_every_events,
+        group_commit: args.group_commit,
         load: Load {
             clients: args.engine_clients,
             batch: args.engine_batch,

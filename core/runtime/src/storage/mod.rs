@@ -25,6 +25,8 @@ use walletd_core::model::event::Lsn;
 
 #[cfg(not(madsim))]
 pub mod file;
+#[cfg(not(madsim))]
+pub mod journal;
 pub mod segments;
 
 /// One log segment found at recovery, before its bytes are read.
@@ -142,6 +144,13 @@ pub trait Storage: Send + 'static {
 
     /// Chunk file `index` of the snapshots (see [`walletd_core::log::snapshot`]).
     fn read_chunk(&mut self, index: u64) -> impl Future<Output = io::Result<Vec<u8>>> + Send;
+
+    /// The batches a node journal made durable for this partition ([`journal`]), oldest
+    /// first, as `(first lsn, record bytes)`: recovery appends what its log lacks of them
+    /// and then syncs. Taken once; a storage that syncs its own log has none.
+    fn take_journaled(&mut self) -> Vec<(Lsn, Vec<u8>)> {
+        Vec::new()
+    }
 }
 
 /// Every segment [`Storage::list_log`] lists from `from_lsn`, with its bytes: the whole log
