@@ -9,7 +9,8 @@
 //! segment may end in a torn or stale range, which is left out as recovery would cut it.
 
 use std::collections::BTreeSet;
-use std::fs;
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use walletd_core::log::codec::{CodecError, Record, RecordReader};
+use walletd_core::log::codec::{CodecError, Record, RecordReader, SYNC_MARK_LEN};
 use walletd_core::log::replay::AsOf;
 use walletd_core::model::event::{Event, Lsn, TransferKey};
 use walletd_core::model::ids::AccountId;
@@ -25,6 +26,8 @@ use walletd_core::model::partition::PartitionId;
 use walletd_runtime::driver::DriverStats;
 
 use crate::datadir::DataDir;
+
+pub mod index;
 
 /// Why a log could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -191,6 +194,31 @@ pub(crate) fn records_of_segment(
         return Err(corrupt(reader.valid_len() as u64, detail.into()));
     }
     Ok(ControlFlow::Continue(()))
+}
+
+/// The bytes of the file at `path` with those before `offset` left unread: they are zero in
+/// the buffer, except the segment header at the start, which tells the reader which rules
+/// its frames follow. The zeroed prefix costs no reading and, taken from the allocator as
+/// zeroed pages, almost no memory; a reader resumed at `offset` never looks at it.
+pub(crate) fn read_from(path: &Path, offset: usize) -> io::Result<Vec<u8>> {
+    let mut file = File::open(path)?;
+    if offset == 0 {
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        return Ok(bytes);
+    }
+    let len = file.metadata()?.len() as usize;
+    if offset > len {
+        return Ok(Vec::new());
+    }
+    let mut bytes = vec![0; len];
+    // A segment header is a sync mark (see `walletd_core::log::codec`).
+    let header = SYNC_MARK_LEN.min(offset);
+    file.read_exact(&mut bytes[..header])?;
+    file.seek(SeekFrom::Start(offset as u64))?;
+    // The file may have grown since its length was read: what is past `len` is read next time.
+    file.read_exact(&mut bytes[offset..])?;
+    Ok(bytes)
 }
 
 pub(crate) fn codec_offset(error: &CodecError) -> u64 {
