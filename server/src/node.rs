@@ -8,8 +8,9 @@
 //! mutual TLS with `[tls]`; serve the same HTTP API as `wallet serve`. Any node answers for
 //! any account: commands and queries for a partition of another node are forwarded to it, and
 //! answer 503 `partition_unavailable` while it is down (clients retry with the same
-//! transaction id). History and `as_of` balances are read from the logs, so they are answered
-//! for accounts whose partition lives here and are 503 `history_unavailable` elsewhere.
+//! transaction id). History and `as_of` balances are read from the logs and their indexes, so a
+//! node answers them for its own partitions and forwards them to the node that runs the
+//! account's partition otherwise (503 `history_unavailable` while that node is down).
 //!
 //! Stop, on Ctrl-C or SIGTERM: as `serve` (drain, sync every local partition, exit 0); the
 //! links close last.
@@ -90,6 +91,23 @@ fn partition_homes(cluster: &ClusterConfig, id: NodeId) -> Vec<String> {
         .collect()
 }
 
+/// The HTTP address of the node that keeps each partition not kept here (`None` for those
+/// kept here), where history and `as_of` reads are forwarded. Forwarding speaks plain HTTP:
+/// with HTTPS on the API, nothing is forwarded and such reads answer 503.
+fn forward_addresses(cluster: &ClusterConfig, id: NodeId, https: bool) -> Vec<Option<String>> {
+    if https {
+        tracing::warn!("history of accounts on other nodes is not forwarded over HTTPS");
+        return Vec::new();
+    }
+    (0..cluster.map.partitions())
+        .map(|partition| {
+            let owner = cluster.map.owner(partition);
+            let address = cluster.node(owner).ok().filter(|_| owner != id)?;
+            Some(address.http.clone())
+        })
+        .collect()
+}
+
 fn open_storages(
     dir: &DataDir,
     partitions: &[PartitionId],
@@ -143,7 +161,8 @@ async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
     };
     log_recovery(node.engine().recovery_reports());
     let homes = partition_homes(&cluster, args.id);
-    let api = build_api(node.engine(), dir, options, homes);
+    let forward_to = forward_addresses(&cluster, args.id, http_tls.is_some());
+    let api = build_api(node.engine(), dir, options, homes, forward_to);
     let grace = Duration::from_millis(args.service.shutdown_grace_ms);
     let local = node.engine().local_partitions().to_vec();
     let (served, stop) = serve_http(http, http_tls, api, &local, grace).await;

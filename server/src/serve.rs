@@ -177,7 +177,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     tracing::info!(data_dir = %dir.root().display(), partitions = dir.partitions(), "starting");
     let engine = start_engine(&args, &dir).await?;
     log_recovery(engine.recovery_reports());
-    let api = build_api(&engine, dir, options, Vec::new());
+    let api = build_api(&engine, dir, options, Vec::new(), Vec::new());
     let listener = bind_http(&args.listen.to_string(), tls.is_some()).await?;
     let grace = Duration::from_millis(args.service.shutdown_grace_ms);
     let (served, stop) = serve_http(listener, tls, api, engine.local_partitions(), grace).await;
@@ -224,12 +224,14 @@ pub(crate) async fn bind_http(address: &str, tls: bool) -> Result<TcpListener, S
 
 /// The API over every partition `engine`'s client reaches (on a cluster node, those of other
 /// nodes too), with the statistics and logs of the partitions running here. `homes` names
-/// where the logs of other nodes' partitions are kept (by partition; empty on one node).
+/// where the logs of other nodes' partitions are kept (by partition; empty on one node), and
+/// `forward_to` the HTTP address history reads of each such partition are forwarded to.
 pub(crate) fn build_api(
     engine: &Engine,
     dir: DataDir,
     options: ApiOptions,
     homes: Vec<String>,
+    forward_to: Vec<Option<String>>,
 ) -> Api {
     let stats: Vec<(PartitionId, Arc<DriverStats>)> = engine
         .local_partitions()
@@ -241,7 +243,10 @@ pub(crate) fn build_api(
     for (partition, stats) in &stats {
         durable[*partition as usize] = Some(Arc::clone(stats));
     }
-    let history = LogReader::new(dir, durable).with_homes(homes);
+    let history = LogReader::new(dir, durable)
+        .with_homes(homes)
+        .with_forwarding(forward_to);
+    history.follow();
     match options.memory_limit_bytes {
         Some(limit) => tracing::info!(
             memory_limit_mb = limit >> 20,

@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod batch;
 pub mod body;
 pub mod events;
+pub mod forward;
 pub mod layers;
 pub mod metrics;
 pub mod openapi;

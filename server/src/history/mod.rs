@@ -14,7 +14,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
 
@@ -28,6 +28,8 @@ use walletd_runtime::driver::DriverStats;
 use crate::datadir::DataDir;
 
 pub mod index;
+
+use index::{IndexConfig, PartitionIndex};
 
 /// Why a log could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -263,30 +265,54 @@ pub fn account_filter(account: AccountId) -> impl FnMut(&Record) -> bool {
 }
 
 /// Reads partition logs for the API of a running node, off the async threads, bounded in
-/// how many scans run at once (each may read a whole log).
+/// how many reads run at once. History and `as_of` balances are answered from each local
+/// partition's [`index::PartitionIndex`], brought up to the durable lsn first (a client that
+/// has its answer finds its record); the event feed reads segments.
 #[derive(Clone)]
 pub struct LogReader {
     dir: Arc<DataDir>,
     /// `durable[p]` publishes the last synced lsn of partition `p` when it runs here.
     durable: Arc<[Option<Arc<DriverStats>>]>,
+    /// The history index of each partition that runs here: opened by the first read or by
+    /// [`LogReader::follow`], dropped after an error so the next read opens it afresh.
+    indexes: Arc<[Mutex<Option<PartitionIndex>>]>,
+    index_config: IndexConfig,
     /// For a partition whose log another node keeps: that node, named for people (empty
     /// for the partitions kept here, or when nobody said).
     homes: Arc<[String]>,
+    /// For a partition whose log another node keeps: that node's HTTP address, where
+    /// history and `as_of` reads are forwarded (none: they are refused).
+    forward_to: Arc<[Option<String>]>,
     scans: Arc<Semaphore>,
 }
 
 impl LogReader {
-    /// Most log scans that run at once; more wait their turn (under the request timeout).
-    pub const SCANS_MAX: usize = 2;
+    /// Most reads of the log or of an index that run at once, each on a blocking thread;
+    /// more wait their turn (under the request timeout).
+    pub const SCANS_MAX: usize = 4;
+
+    /// How long the follower of a partition's index lets records gather before indexing
+    /// them: a chunk is built in batches, not record by record.
+    pub const FOLLOW_PAUSE_MS: u64 = 50;
 
     pub fn new(dir: DataDir, durable: Vec<Option<Arc<DriverStats>>>) -> LogReader {
         assert_eq!(durable.len(), dir.partitions() as usize);
+        let indexes = (0..durable.len()).map(|_| Mutex::new(None)).collect();
         LogReader {
             dir: Arc::new(dir),
             durable: durable.into(),
+            indexes,
+            index_config: IndexConfig::default(),
             homes: Arc::new([]),
+            forward_to: Arc::new([]),
             scans: Arc::new(Semaphore::new(Self::SCANS_MAX)),
         }
+    }
+
+    /// The same reader, with other limits for its indexes (tests use small chunks).
+    pub fn with_index_config(mut self, config: IndexConfig) -> LogReader {
+        self.index_config = config;
+        self
     }
 
     /// The same reader, told which node keeps each partition that is not here.
@@ -294,6 +320,19 @@ impl LogReader {
         assert!(homes.is_empty() || homes.len() == self.dir.partitions() as usize);
         self.homes = homes.into();
         self
+    }
+
+    /// The same reader, told the HTTP address of the node that keeps each partition that is
+    /// not here (`None` for those that are), to forward reads to.
+    pub fn with_forwarding(mut self, forward_to: Vec<Option<String>>) -> LogReader {
+        assert!(forward_to.is_empty() || forward_to.len() == self.dir.partitions() as usize);
+        self.forward_to = forward_to.into();
+        self
+    }
+
+    /// Where reads of `partition`'s log are forwarded, if it is kept by another node.
+    pub fn forward_address(&self, partition: PartitionId) -> Option<&str> {
+        self.forward_to.get(partition as usize)?.as_deref()
     }
 
     /// How many partitions the data directory has.
@@ -332,31 +371,76 @@ impl LogReader {
             })
     }
 
-    /// The durable records of `partition` up to `as_of` that concern `account`, oldest
-    /// first, with the log position they describe.
-    pub async fn account_records(
+    /// Runs `read` on the index of `partition` (opened if it is not), brought up to the
+    /// durable lsn, on a blocking thread.
+    pub async fn with_index<T: Send + 'static>(
         &self,
         partition: PartitionId,
-        account: AccountId,
-        as_of: AsOf,
-    ) -> Result<PartitionLog, LogError> {
-        let stats = self
-            .durable
-            .get(partition as usize)
-            .and_then(Option::as_ref)
-            .ok_or(LogError::NotLocal(partition))?;
-        let upto = stats.last_lsn.load(Ordering::Acquire);
+        read: impl FnOnce(&PartitionIndex) -> Result<T, LogError> + Send + 'static,
+    ) -> Result<T, LogError> {
+        let durable = self.durable_stats(partition)?.last_lsn.load(Ordering::Acquire);
         let _permit = self.scans.acquire().await.expect("never closed");
-        let dir = Arc::clone(&self.dir);
-        tokio::task::spawn_blocking(move || {
-            let mut keep = account_filter(account);
-            read_partition_log(&dir, partition, Some(upto), as_of, &mut keep, &mut |_| {})
-        })
-        .await
-        .map_err(|e| LogError::Io {
-            path: format!("partition {partition}"),
-            source: std::io::Error::other(e.to_string()),
-        })?
+        let reader = self.clone();
+        tokio::task::spawn_blocking(move || reader.read_index(partition, durable, read))
+            .await
+            .map_err(|e| LogError::Io {
+                path: format!("partition {partition}'s history index"),
+                source: std::io::Error::other(e.to_string()),
+            })?
+    }
+
+    fn read_index<T>(
+        &self,
+        partition: PartitionId,
+        durable: Lsn,
+        read: impl FnOnce(&PartitionIndex) -> Result<T, LogError>,
+    ) -> Result<T, LogError> {
+        let mut slot = self.indexes[partition as usize]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let index = match slot.take() {
+            Some(index) => index,
+            None => PartitionIndex::open(Arc::clone(&self.dir), partition, self.index_config)?,
+        };
+        // Put back only once it is known good: after an error the next read reopens it,
+        // checking its chunks again and rebuilding from the log what fails.
+        let index = slot.insert(index);
+        let result = index.catch_up(durable).and_then(|()| read(index));
+        if let Err(error) = &result {
+            tracing::error!(partition, %error, "history index dropped; reopened on the next read");
+            *slot = None;
+        }
+        result
+    }
+
+    /// Keeps the index of every partition running here up to its durable lsn, in the
+    /// background, so that a read finds little to index first. Runs until the runtime
+    /// stops.
+    pub fn follow(&self) {
+        for (partition, stats) in self.durable.iter().enumerate() {
+            let Some(stats) = stats.clone() else {
+                continue;
+            };
+            let reader = self.clone();
+            tokio::spawn(async move {
+                let partition = partition as PartitionId;
+                let mut indexed = 0;
+                loop {
+                    let wait = std::time::Duration::from_secs(60);
+                    match crate::feed::wait::durable_after(&stats, indexed, wait).await {
+                        crate::feed::wait::Durable::UpTo(durable) if durable > indexed => {}
+                        _ => continue,
+                    }
+                    let pause = std::time::Duration::from_millis(Self::FOLLOW_PAUSE_MS);
+                    tokio::time::sleep(pause).await;
+                    match reader.with_index(partition, |index| Ok(index.indexed_lsn())).await {
+                        Ok(lsn) => indexed = lsn,
+                        // Logged where it happened; tried again on the next advance.
+                        Err(_) => tokio::time::sleep(pause * 20).await,
+                    }
+                }
+            });
+        }
     }
 }
 
