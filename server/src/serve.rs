@@ -27,6 +27,7 @@ use walletd_runtime::storage::file::{FileStorage, FileStorageConfig};
 use crate::api::{self, Api, ApiOptions};
 use crate::cli::{ServeArgs, ServiceArgs};
 use crate::datadir::{DataDir, DataDirError};
+use crate::history::index::IndexConfig;
 use crate::history::LogReader;
 use crate::tls::TlsConfigError;
 
@@ -123,6 +124,7 @@ pub(crate) fn options(args: &ServiceArgs) -> Result<ApiOptions, ServeError> {
             None => crate::process::default_memory_limit(),
         },
         feed_wait_max: Duration::from_millis(feed_wait_max_ms),
+        history_chunk_records: args.history_chunk_records,
     })
 }
 
@@ -243,7 +245,11 @@ pub(crate) fn build_api(
     for (partition, stats) in &stats {
         durable[*partition as usize] = Some(Arc::clone(stats));
     }
+    let index = IndexConfig {
+        chunk_records_max: options.history_chunk_records,
+    };
     let history = LogReader::new(dir, durable)
+        .with_index_config(index)
         .with_homes(homes)
         .with_forwarding(forward_to);
     history.follow();
