@@ -11,7 +11,9 @@
 //!          zero-padded), currency u16, figures before the chunk and after it (balance,
 //!          held, incoming: u64 each), the first lsn of the account's previous chunk u64
 //!          (0: none, the account opened here), its entries' first index u32 and count u32
-//! entries  per account, lsn order: lsn u64, origin lsn u64, kind u8, figures after u64 × 3
+//! entries  per account, lsn order: lsn u64, origin lsn u64, kind u8, figures after u64 × 3,
+//!          and what a page shows of a movement: timestamp u64, amount u64, transaction id
+//!          and counterparty (as ids above; length 0: none)
 //! in flight  the cross-partition transfers in flight after the last record: side u8,
 //!          key (from and transaction id, as ids above), account (as above), Try lsn u64,
 //!          amount u64
@@ -19,7 +21,9 @@
 //! ```
 //!
 //! Every section is an array of fixed-size items, so one item is one `pread` at an offset
-//! the header gives, and an account is found by binary search over the sorted directory.
+//! the header gives, and an account is found by binary search over the sorted directory. An
+//! account's entries are contiguous and hold everything a page of history shows, so a page
+//! is one read of consecutive bytes, not a read of the log per movement.
 //! The file is written whole, to a temporary name, synced, then renamed (see
 //! [`write_durably`]): a crash leaves either no chunk or a whole one. A chunk that fails
 //! its checks is never read; it is deleted and built again from the log.
@@ -42,7 +46,7 @@ const ID_LEN: usize = 1 + ID_LEN_MAX;
 const FIGURES_LEN: usize = 3 * 8;
 pub const SLOT_LEN: usize = 4 + 2 + 8 + 8;
 pub const ACCOUNT_LEN: usize = ID_LEN + 2 + 2 * FIGURES_LEN + 8 + 4 + 4;
-pub const ENTRY_LEN: usize = 8 + 8 + 1 + FIGURES_LEN;
+pub const ENTRY_LEN: usize = 8 + 8 + 1 + FIGURES_LEN + 8 + 8 + 2 * ID_LEN;
 const IN_FLIGHT_LEN: usize = 1 + 3 * ID_LEN + 8 + 8;
 const CRC_LEN: usize = 4;
 
@@ -74,6 +78,16 @@ pub struct Entry {
     pub origin_lsn: Lsn,
     pub kind: EntryKind,
     pub after: Figures,
+}
+
+/// What a page of history shows of a movement besides its figures: when, how much, which
+/// transaction, with whom. Empty for entries that are not movements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Detail {
+    pub timestamp: u64,
+    pub amount: u64,
+    pub transaction_id: Option<TransactionId>,
+    pub counterparty: Option<AccountId>,
 }
 
 /// An account's place in a chunk.
@@ -133,11 +147,12 @@ pub fn parse_chunk_name(name: &str) -> Option<(Lsn, Lsn)> {
     (0 < first && first <= last).then_some((first, last))
 }
 
-/// Encodes a chunk. `accounts` in account order, each with its entries in lsn order.
+/// Encodes a chunk. `accounts` in account order, each with its entries in lsn order and
+/// their details, one per entry.
 pub fn encode<'a>(
     header: Header,
     slots: &[Slot],
-    accounts: impl Iterator<Item = (AccountDir, &'a [Entry])>,
+    accounts: impl Iterator<Item = (AccountDir, &'a [Entry], &'a [Detail])>,
     in_flight: &[(Side, TransferKey, InFlight)],
 ) -> Vec<u8> {
     assert_eq!(slots.len(), header.records as usize);
@@ -167,9 +182,10 @@ pub fn encode<'a>(
         put_u64(&mut out, slot.timestamp);
         put_u64(&mut out, slot.ts_max);
     }
-    let mut entries: Vec<&[Entry]> = Vec::with_capacity(header.accounts as usize);
+    let mut entries: Vec<(&[Entry], &[Detail])> = Vec::with_capacity(header.accounts as usize);
     let mut previous: Option<AccountId> = None;
-    for (dir, account_entries) in accounts {
+    for (dir, account_entries, details) in accounts {
+        assert_eq!(account_entries.len(), details.len(), "a detail per entry");
         assert!(previous < Some(dir.account), "accounts in order, once each");
         previous = Some(dir.account);
         put_id(&mut out, dir.account.as_bytes());
@@ -179,14 +195,20 @@ pub fn encode<'a>(
         put_u64(&mut out, dir.prev_chunk);
         put_u32(&mut out, dir.entries_start);
         put_u32(&mut out, dir.entries_count);
-        entries.push(account_entries);
+        entries.push((account_entries, details));
     }
     assert_eq!(entries.len(), header.accounts as usize);
-    for entry in entries.into_iter().flatten() {
-        put_u64(&mut out, entry.lsn);
-        put_u64(&mut out, entry.origin_lsn);
-        out.push(entry.kind.tag());
-        put_figures(&mut out, entry.after);
+    for (account_entries, details) in entries {
+        for (entry, detail) in account_entries.iter().zip(details) {
+            put_u64(&mut out, entry.lsn);
+            put_u64(&mut out, entry.origin_lsn);
+            out.push(entry.kind.tag());
+            put_figures(&mut out, entry.after);
+            put_u64(&mut out, detail.timestamp);
+            put_u64(&mut out, detail.amount);
+            put_optional_id(&mut out, detail.transaction_id.as_ref().map(|id| id.as_bytes()));
+            put_optional_id(&mut out, detail.counterparty.as_ref().map(|id| id.as_bytes()));
+        }
     }
     assert_eq!(in_flight.len(), header.in_flight as usize);
     for (side, key, item) in in_flight {
@@ -368,8 +390,9 @@ impl ChunkFile<'_> {
             .collect()
     }
 
-    /// Entries `range` of the entries section (an account's are contiguous).
-    pub fn entries(&self, range: std::ops::Range<u32>) -> Result<Vec<Entry>, ChunkError> {
+    /// Entries `range` of the entries section (an account's are contiguous), with their
+    /// details.
+    pub fn entries(&self, range: std::ops::Range<u32>) -> Result<Vec<(Entry, Detail)>, ChunkError> {
         let header = &self.chunk.header;
         assert!(range.start <= range.end && range.end <= header.entries);
         let at = header.entries_at() + u64::from(range.start) * ENTRY_LEN as u64;
@@ -405,6 +428,13 @@ fn put_id(out: &mut Vec<u8>, id: &[u8]) {
     out.push(id.len() as u8);
     out.extend_from_slice(id);
     out.resize(out.len() + ID_LEN_MAX - id.len(), 0);
+}
+
+fn put_optional_id(out: &mut Vec<u8>, id: Option<&[u8]>) {
+    match id {
+        Some(id) => put_id(out, id),
+        None => out.resize(out.len() + ID_LEN, 0),
+    }
 }
 
 fn put_figures(out: &mut Vec<u8>, figures: Figures) {
@@ -475,13 +505,31 @@ fn decode_account(bytes: &[u8]) -> Option<AccountDir> {
     })
 }
 
-fn decode_entry(bytes: &[u8]) -> Option<Entry> {
-    Some(Entry {
+fn decode_entry(bytes: &[u8]) -> Option<(Entry, Detail)> {
+    let entry = Entry {
         lsn: u64_at(bytes, 0),
         origin_lsn: u64_at(bytes, 8),
         kind: EntryKind::from_tag(bytes[16])?,
         after: figures_at(bytes, 17),
-    })
+    };
+    let at = 17 + FIGURES_LEN;
+    let optional_id = |at: usize| match bytes[at] {
+        0 => Some(None),
+        _ => id_at(bytes, at).map(Some),
+    };
+    let detail = Detail {
+        timestamp: u64_at(bytes, at),
+        amount: u64_at(bytes, at + 8),
+        transaction_id: match optional_id(at + 16)? {
+            Some(id) => Some(TransactionId::new(id).ok()?),
+            None => None,
+        },
+        counterparty: match optional_id(at + 16 + ID_LEN)? {
+            Some(id) => Some(AccountId::new(id).ok()?),
+            None => None,
+        },
+    };
+    Some((entry, detail))
 }
 
 fn decode_in_flight(bytes: &[u8]) -> Option<(Side, TransferKey, InFlight)> {

@@ -56,13 +56,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use walletd_core::log::codec::{encode_record, Record, RecordReader};
-use walletd_core::log::replay::{AsOf, BalanceAt, Movement};
+use walletd_core::log::replay::{AsOf, BalanceAt, Movement, MovementKind};
 use walletd_core::model::event::{Event, Lsn};
 use walletd_core::model::ids::AccountId;
-use walletd_core::model::money::Currency;
+use walletd_core::model::money::{Amount, Currency};
 use walletd_core::model::partition::PartitionId;
 
-use self::chunk::{AccountDir, ChunkError, Entry, Header, SealedChunk, Slot};
+use self::chunk::{AccountDir, ChunkError, Detail, Entry, Header, SealedChunk, Slot};
 use self::fold::{EntryKind, Figures, Touch, Tracker};
 use super::{read_from, records_of_segment, LogError};
 use crate::datadir::DataDir;
@@ -480,11 +480,13 @@ impl PartitionIndex {
         let open = &self.open;
         assert!(!open.slots.is_empty(), "only a chunk with records is written");
         let in_flight = self.tracker.in_flight();
+        let details = self.details_of_open()?;
         let mut entries_start = 0u32;
-        let dirs: Vec<(AccountDir, &[Entry])> = open
+        let dirs: Vec<(AccountDir, &[Entry], &[Detail])> = open
             .accounts
             .iter()
-            .map(|(account, part)| {
+            .zip(&details)
+            .map(|((account, part), details)| {
                 let count = u32::try_from(part.entries.len()).expect("bounded by the chunk");
                 let dir = AccountDir {
                     account: *account,
@@ -496,7 +498,7 @@ impl PartitionIndex {
                     entries_count: count,
                 };
                 entries_start += count;
-                (dir, part.entries.as_slice())
+                (dir, part.entries.as_slice(), details.as_slice())
             })
             .collect();
         let header = Header {
@@ -511,7 +513,7 @@ impl PartitionIndex {
         };
         let carry = dirs
             .iter()
-            .map(|(d, _)| (d.account, (d.currency, d.after, header.first_lsn)))
+            .map(|(d, _, _)| (d.account, (d.currency, d.after, header.first_lsn)))
             .collect();
         let bytes = chunk::encode(header, &open.slots, dirs.into_iter(), &in_flight);
         let name = chunk::chunk_name(header.first_lsn, header.last_lsn);
@@ -625,7 +627,7 @@ impl PartitionIndex {
             let figures = match last {
                 Some(entry) => Some(entry.after),
                 None => {
-                    let first = file.entries(range.start..range.start + 1)?[0];
+                    let (first, _) = file.entries(range.start..range.start + 1)?[0];
                     (first.kind != EntryKind::Opened).then_some(dir.before)
                 }
             };
@@ -650,8 +652,9 @@ impl PartitionIndex {
                 None => return Ok(None),
             },
         };
-        // Newest first: (entry, segment of its chunk, timestamp), one more than the page.
-        let mut found: Vec<(Entry, Place)> = Vec::with_capacity(limit + 1);
+        // Newest first, one more than the page; with their details when a chunk file has
+        // them (the in-memory chunk's are read from the log).
+        let mut found: Vec<(Entry, Option<Detail>)> = Vec::with_capacity(limit + 1);
         while let Some(place) = next {
             if found.len() > limit {
                 break;
@@ -662,7 +665,7 @@ impl PartitionIndex {
                     let part = &self.open.accounts[account];
                     let newer = part.entries.iter().rev().filter(|e| e.lsn < before);
                     let movements = newer.filter(|e| e.kind.movement().is_some());
-                    found.extend(movements.take(wanted).map(|e| (*e, place)));
+                    found.extend(movements.take(wanted).map(|e| (*e, None)));
                     part.prev_chunk
                 }
                 Place::Sealed(i) => {
@@ -673,7 +676,8 @@ impl PartitionIndex {
                         detail: format!("{account} is missing from a chunk that points to it"),
                     })?;
                     let range = dir.entries_start..dir.entries_start + dir.entries_count;
-                    movements_before(&file, range, before, wanted, |e| found.push((e, place)))?;
+                    let mut take = |e, d| found.push((e, Some(d)));
+                    movements_before(&file, range, before, wanted, &mut take)?;
                     dir.prev_chunk
                 }
             };
@@ -685,8 +689,12 @@ impl PartitionIndex {
         let more = found.len() > limit;
         found.truncate(limit);
         let mut movements = Vec::with_capacity(found.len());
-        for (entry, _) in found {
-            movements.push(self.movement(entry)?);
+        for (entry, detail) in found {
+            let detail = match detail {
+                Some(detail) => detail,
+                None => self.detail_from_log(&entry)?,
+            };
+            movements.push(self.movement(&entry, &detail)?);
         }
         Ok(Some(MovementPage {
             currency,
@@ -721,12 +729,42 @@ impl PartitionIndex {
         }
     }
 
-    /// The movement an entry records: its figures from the entry, its amount, transaction
-    /// id and counterparty from its origin record, read from the log.
-    fn movement(&self, entry: Entry) -> Result<Movement, LogError> {
+    /// The movement an entry records, from its figures and its details.
+    fn movement(&self, entry: &Entry, detail: &Detail) -> Result<Movement, LogError> {
         let kind = entry.kind.movement().expect("pages hold movements only");
+        let damaged = || LogError::Corrupt {
+            path: self.index_dir.display().to_string(),
+            offset: 0,
+            detail: format!("the history index holds no details of record {}", entry.lsn),
+        };
+        Ok(Movement {
+            lsn: entry.lsn,
+            timestamp: detail.timestamp,
+            kind,
+            amount: Amount::from_minor(detail.amount).ok_or_else(damaged)?,
+            transaction_id: detail.transaction_id.ok_or_else(damaged)?,
+            counterparty: detail.counterparty,
+            balance_after: entry.after.balance,
+            held_after: entry.after.held,
+        })
+    }
+
+    /// The details of an entry of the in-memory chunk, from its records in the log (read
+    /// recently by the index, so usually from the page cache).
+    fn detail_from_log(&self, entry: &Entry) -> Result<Detail, LogError> {
         let (slot, _) = self.slot(entry.lsn)?.expect("an indexed record has a slot");
         let origin = self.record_at(entry.origin_lsn)?;
+        self.detail_of(entry, slot.timestamp, &origin)
+    }
+
+    /// The details of `entry` (stamped `timestamp`) given its origin record.
+    fn detail_of(&self, entry: &Entry, timestamp: u64, origin: &Record) -> Result<Detail, LogError> {
+        let Some(kind) = entry.kind.movement() else {
+            return Ok(Detail {
+                timestamp,
+                ..Detail::default()
+            });
+        };
         let (amount, transaction_id, counterparty) = match origin.event {
             Event::Deposited {
                 amount,
@@ -741,11 +779,7 @@ impl PartitionIndex {
             Event::Transferred { transfer }
             | Event::DebitTried { transfer }
             | Event::CreditTried { transfer } => {
-                let incoming = matches!(
-                    kind,
-                    walletd_core::log::replay::MovementKind::TransferIn
-                        | walletd_core::log::replay::MovementKind::CreditIn
-                );
+                let incoming = matches!(kind, MovementKind::TransferIn | MovementKind::CreditIn);
                 let other = if incoming { transfer.from } else { transfer.to };
                 (transfer.amount, transfer.transaction_id, Some(other))
             }
@@ -757,16 +791,57 @@ impl PartitionIndex {
                 })
             }
         };
-        Ok(Movement {
-            lsn: entry.lsn,
-            timestamp: slot.timestamp,
-            kind,
-            amount,
-            transaction_id,
+        Ok(Detail {
+            timestamp,
+            amount: amount.minor(),
+            transaction_id: Some(transaction_id),
             counterparty,
-            balance_after: entry.after.balance,
-            held_after: entry.after.held,
         })
+    }
+
+    /// The details of every entry of the in-memory chunk, account by account, for writing
+    /// it: the chunk's range of its segment is read once, and the origins in it decoded
+    /// from there (a Try in an earlier chunk is read on its own).
+    fn details_of_open(&self) -> Result<Vec<Vec<Detail>>, LogError> {
+        let open = &self.open;
+        let path = self.segment_path(open.segment_first);
+        let start = open.slots[0].offset as usize;
+        let bytes = read_from(&path, start).map_err(|source| LogError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut all = Vec::with_capacity(open.accounts.len());
+        for part in open.accounts.values() {
+            let mut details = Vec::with_capacity(part.entries.len());
+            for entry in &part.entries {
+                let timestamp = open.slots[(entry.lsn - open.first_lsn) as usize].timestamp;
+                if entry.kind.movement().is_none() {
+                    details.push(Detail {
+                        timestamp,
+                        ..Detail::default()
+                    });
+                    continue;
+                }
+                let origin = match entry.origin_lsn.checked_sub(open.first_lsn) {
+                    Some(k) => {
+                        let slot = open.slots[k as usize];
+                        let at = slot.offset as usize;
+                        let frame = bytes.get(at..at + usize::from(slot.len)).unwrap_or(&[]);
+                        decode_frame(&path, frame, entry.origin_lsn, u64::from(slot.offset))?
+                    }
+                    None => self.record_at(entry.origin_lsn)?,
+                };
+                details.push(self.detail_of(entry, timestamp, &origin)?);
+            }
+            all.push(details);
+        }
+        Ok(all)
+    }
+
+    fn segment_path(&self, segment_first: Lsn) -> PathBuf {
+        self.dir
+            .partition_dir(self.partition)
+            .join(format!("log-{segment_first:020}.seg"))
     }
 
     /// Record `lsn`, read from its segment at the offset its slot gives.
@@ -776,10 +851,7 @@ impl PartitionIndex {
             offset: 0,
             detail: format!("record {lsn} is not indexed"),
         })?;
-        let path = self
-            .dir
-            .partition_dir(self.partition)
-            .join(format!("log-{segment_first:020}.seg"));
+        let path = self.segment_path(segment_first);
         let io = |source| LogError::Io {
             path: path.display().to_string(),
             source,
@@ -788,18 +860,24 @@ impl PartitionIndex {
         let mut frame = vec![0; usize::from(slot.len)];
         std::os::unix::fs::FileExt::read_exact_at(&file, &mut frame, u64::from(slot.offset))
             .map_err(io)?;
-        let mut reader = RecordReader::new(&frame, lsn);
-        let mut found = None;
-        let _one = records_of_segment(&path, &mut reader, false, |record, _| {
-            found = Some(record);
-            ControlFlow::Break(())
-        })?;
-        found.filter(|r| r.lsn == lsn).ok_or_else(|| LogError::Corrupt {
-            path: path.display().to_string(),
-            offset: u64::from(slot.offset),
-            detail: format!("record {lsn} is not where the history index says"),
-        })
+        decode_frame(&path, &frame, lsn, u64::from(slot.offset))
     }
+}
+
+/// The record whose frame is `frame` (read at `offset` of the segment at `path`), which must
+/// be record `lsn`: decoded by the rules every reader of the log follows.
+fn decode_frame(path: &Path, frame: &[u8], lsn: Lsn, offset: u64) -> Result<Record, LogError> {
+    let mut reader = RecordReader::new(frame, lsn);
+    let mut found = None;
+    let _one = records_of_segment(path, &mut reader, false, |record, _| {
+        found = Some(record);
+        ControlFlow::Break(())
+    })?;
+    found.filter(|r| r.lsn == lsn).ok_or_else(|| LogError::Corrupt {
+        path: path.display().to_string(),
+        offset,
+        detail: format!("record {lsn} is not where the history index says"),
+    })
 }
 
 /// Why reading a segment for the index stopped.
@@ -833,7 +911,7 @@ fn last_at_or_before(
     let (mut low, mut high) = (range.start, range.end);
     while low < high {
         let middle = low + (high - low) / 2;
-        if file.entries(middle..middle + 1)?[0].lsn <= cut {
+        if file.entries(middle..middle + 1)?[0].0.lsn <= cut {
             low = middle + 1;
         } else {
             high = middle;
@@ -841,7 +919,7 @@ fn last_at_or_before(
     }
     Ok(match low {
         k if k == range.start => None,
-        k => Some(file.entries(k - 1..k)?[0]),
+        k => Some(file.entries(k - 1..k)?[0].0),
     })
 }
 
@@ -852,12 +930,12 @@ fn movements_before(
     range: std::ops::Range<u32>,
     before: Lsn,
     wanted: usize,
-    mut take: impl FnMut(Entry),
+    mut take: impl FnMut(Entry, Detail),
 ) -> Result<(), LogError> {
     let (mut low, mut high) = (range.start, range.end);
     while low < high {
         let middle = low + (high - low) / 2;
-        if file.entries(middle..middle + 1)?[0].lsn < before {
+        if file.entries(middle..middle + 1)?[0].0.lsn < before {
             low = middle + 1;
         } else {
             high = middle;
@@ -866,9 +944,9 @@ fn movements_before(
     let (mut end, mut taken) = (low, 0);
     while end > range.start && taken < wanted {
         let start = end.saturating_sub(ENTRIES_PER_READ).max(range.start);
-        for entry in file.entries(start..end)?.into_iter().rev() {
+        for (entry, detail) in file.entries(start..end)?.into_iter().rev() {
             if entry.kind.movement().is_some() && taken < wanted {
-                take(entry);
+                take(entry, detail);
                 taken += 1;
             }
         }
