@@ -41,6 +41,7 @@ const SCAN_READS: usize = 40;
 #[derive(Debug, Clone, Copy)]
 pub struct LogResult {
     pub events: u64,
+    pub p50_ms: f64,
     pub index_seconds: f64,
     pub page_p99_ms: f64,
     pub as_of_p99_ms: f64,
@@ -59,8 +60,8 @@ pub async fn run(args: &BenchArgs) -> Result<(), BenchError> {
         let dir = write_log(&root, events, args.history_accounts, args.seed).await?;
         let result = measure(&dir, events, args).await?;
         println!(
-            "history {name}: {events} events, index built in {:.2} s, page p99 {:.3} ms, as_of p99 {:.3} ms",
-            result.index_seconds, result.page_p99_ms, result.as_of_p99_ms
+            "history {name}: {events} events, index built in {:.2} s; p50 {:.3} ms, p99 {:.3} ms (pages {:.3}, as_of {:.3})",
+            result.index_seconds, result.p50_ms, result.p99_ms, result.page_p99_ms, result.as_of_p99_ms
         );
         if args.history_scan {
             let scan = measure_scan(&dir, events, args).await?;
@@ -246,6 +247,7 @@ async fn measure(dir: &DataDir, events: u64, args: &BenchArgs) -> Result<LogResu
             page_p99_ms: p99_ms(&pages),
             as_of_p99_ms: p99_ms(&as_of),
             p99_ms: p99_ms(&all),
+            p50_ms: all.value_at_quantile(0.5) as f64 / 1000.0,
         })
     })
     .await

@@ -645,13 +645,59 @@ impl PartitionIndex {
         limit: usize,
     ) -> Result<Option<MovementPage>, LogError> {
         assert!(limit > 0);
-        let (currency, mut next) = match self.open.accounts.get(account) {
-            Some(part) => (part.currency, Some(Place::Open)),
-            None => match self.newest_sealed_with(account)? {
-                Some((i, dir)) => (dir.currency, Some(Place::Sealed(i))),
-                None => return Ok(None),
-            },
+        // Start at the chunk of the newest record the page may hold, not at the newest chunk:
+        // a page deep in the history does not pass through the chunks after it.
+        let newest = before.saturating_sub(1).min(self.indexed_lsn());
+        let below = match self.place_of(newest) {
+            Some(Place::Open) => {
+                if let Some(part) = self.open.accounts.get(account) {
+                    let currency = part.currency;
+                    return self.page_from(account, currency, Place::Open, before, limit);
+                }
+                self.sealed.len()
+            }
+            Some(Place::Sealed(i)) => i + 1,
+            None => 0,
         };
+        if let Some((i, dir)) = self.newest_sealed_with(account, below)? {
+            return self.page_from(account, dir.currency, Place::Sealed(i), before, limit);
+        }
+        // Nothing of the account up to the cursor: it was opened after it (an empty page), or
+        // never.
+        let later = match self.open.accounts.get(account) {
+            Some(part) => Some(part.currency),
+            None => {
+                let newer = self.sealed.len().saturating_sub(below);
+                let found = self.sealed[below..].iter().take(newer).rev();
+                let mut currency = None;
+                for chunk in found {
+                    if let Some(dir) = chunk.file()?.account(account)? {
+                        currency = Some(dir.currency);
+                        break;
+                    }
+                }
+                currency
+            }
+        };
+        Ok(later.map(|currency| MovementPage {
+            currency,
+            movements: Vec::new(),
+            more: false,
+            lsn: self.indexed_lsn(),
+        }))
+    }
+
+    /// [`Self::page`] from the chunk at `place`, the newest at or before the cursor that
+    /// holds the account, then its previous chunks.
+    fn page_from(
+        &self,
+        account: &AccountId,
+        currency: Currency,
+        place: Place,
+        before: Lsn,
+        limit: usize,
+    ) -> Result<Option<MovementPage>, LogError> {
+        let mut next = Some(place);
         // Newest first, one more than the page; with their details when a chunk file has
         // them (the in-memory chunk's are read from the log).
         let mut found: Vec<(Entry, Option<Detail>)> = Vec::with_capacity(limit + 1);
@@ -689,10 +735,11 @@ impl PartitionIndex {
         let more = found.len() > limit;
         found.truncate(limit);
         let mut movements = Vec::with_capacity(found.len());
+        let mut files = SegmentFiles::default();
         for (entry, detail) in found {
             let detail = match detail {
                 Some(detail) => detail,
-                None => self.detail_from_log(&entry)?,
+                None => self.detail_from_log(&entry, &mut files)?,
             };
             movements.push(self.movement(&entry, &detail)?);
         }
@@ -704,12 +751,14 @@ impl PartitionIndex {
         }))
     }
 
-    /// The newest written chunk that changes `account`, and its directory entry there.
+    /// The newest of the first `below` written chunks that changes `account`, and its
+    /// directory entry there.
     fn newest_sealed_with(
         &self,
         account: &AccountId,
+        below: usize,
     ) -> Result<Option<(usize, AccountDir)>, LogError> {
-        for (i, chunk) in self.sealed.iter().enumerate().rev() {
+        for (i, chunk) in self.sealed[..below].iter().enumerate().rev() {
             if let Some(dir) = chunk.file()?.account(account)? {
                 return Ok(Some((i, dir)));
             }
@@ -751,9 +800,9 @@ impl PartitionIndex {
 
     /// The details of an entry of the in-memory chunk, from its records in the log (read
     /// recently by the index, so usually from the page cache).
-    fn detail_from_log(&self, entry: &Entry) -> Result<Detail, LogError> {
+    fn detail_from_log(&self, entry: &Entry, files: &mut SegmentFiles) -> Result<Detail, LogError> {
         let (slot, _) = self.slot(entry.lsn)?.expect("an indexed record has a slot");
-        let origin = self.record_at(entry.origin_lsn)?;
+        let origin = self.record_at(entry.origin_lsn, files)?;
         self.detail_of(entry, slot.timestamp, &origin)
     }
 
@@ -806,10 +855,13 @@ impl PartitionIndex {
         let open = &self.open;
         let path = self.segment_path(open.segment_first);
         let start = open.slots[0].offset as usize;
-        let bytes = read_from(&path, start).map_err(|source| LogError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let mut bytes = vec![0; open.offset - start];
+        fs::File::open(&path)
+            .and_then(|file| std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, start as u64))
+            .map_err(|source| LogError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
         let mut all = Vec::with_capacity(open.accounts.len());
         for part in open.accounts.values() {
             let mut details = Vec::with_capacity(part.entries.len());
@@ -825,11 +877,11 @@ impl PartitionIndex {
                 let origin = match entry.origin_lsn.checked_sub(open.first_lsn) {
                     Some(k) => {
                         let slot = open.slots[k as usize];
-                        let at = slot.offset as usize;
+                        let at = slot.offset as usize - start;
                         let frame = bytes.get(at..at + usize::from(slot.len)).unwrap_or(&[]);
                         decode_frame(&path, frame, entry.origin_lsn, u64::from(slot.offset))?
                     }
-                    None => self.record_at(entry.origin_lsn)?,
+                    None => self.record_at(entry.origin_lsn, &mut SegmentFiles::default())?,
                 };
                 details.push(self.detail_of(entry, timestamp, &origin)?);
             }
@@ -845,7 +897,7 @@ impl PartitionIndex {
     }
 
     /// Record `lsn`, read from its segment at the offset its slot gives.
-    fn record_at(&self, lsn: Lsn) -> Result<Record, LogError> {
+    fn record_at(&self, lsn: Lsn, files: &mut SegmentFiles) -> Result<Record, LogError> {
         let (slot, segment_first) = self.slot(lsn)?.ok_or_else(|| LogError::Corrupt {
             path: self.index_dir.display().to_string(),
             offset: 0,
@@ -856,9 +908,14 @@ impl PartitionIndex {
             path: path.display().to_string(),
             source,
         };
-        let file = fs::File::open(&path).map_err(io)?;
+        let file = match files.0.entry(segment_first) {
+            std::collections::btree_map::Entry::Occupied(open) => open.into_mut(),
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(fs::File::open(&path).map_err(io)?)
+            }
+        };
         let mut frame = vec![0; usize::from(slot.len)];
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut frame, u64::from(slot.offset))
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut frame, u64::from(slot.offset))
             .map_err(io)?;
         decode_frame(&path, &frame, lsn, u64::from(slot.offset))
     }
@@ -879,6 +936,11 @@ fn decode_frame(path: &Path, frame: &[u8], lsn: Lsn, offset: u64) -> Result<Reco
         detail: format!("record {lsn} is not where the history index says"),
     })
 }
+
+/// The segment files one read has opened, by first lsn: a page of the in-memory chunk reads
+/// many records of one segment.
+#[derive(Default)]
+struct SegmentFiles(BTreeMap<Lsn, fs::File>);
 
 /// Why reading a segment for the index stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

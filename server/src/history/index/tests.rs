@@ -216,6 +216,17 @@ fn check_against_replay(index: &PartitionIndex, records: &[Record], upto: Lsn) {
                 assert_eq!(read, expected, "{account} limit {limit}");
             }
         }
+        // A page from any cursor, before the account opened included (an empty page).
+        if accounts_of(&records).contains(account) {
+            for before in (0..=upto + 2).step_by(5) {
+                let page = index.page(account, before, 4).unwrap().expect("it exists");
+                let older: Vec<Movement> =
+                    expected.iter().filter(|m| m.lsn < before).copied().collect();
+                let shown = older.len().min(4);
+                assert_eq!(page.movements, older[..shown], "{account} before {before}");
+                assert_eq!(page.more, older.len() > 4, "{account} before {before}");
+            }
+        }
         for lsn in (0..=upto + 2).step_by(7).chain([upto]) {
             let got = index.balance(account, AsOf::Lsn(lsn)).unwrap();
             let want = balance_as_of(&records, account, AsOf::Lsn(lsn));
