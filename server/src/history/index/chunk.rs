@@ -3,8 +3,9 @@
 //! ```text
 //! chunk-<first lsn>-<last lsn>.hidx      all integers little-endian
 //! header   magic "WHIX", version u32, segment first lsn u64, first lsn u64, last lsn u64,
-//!          end offset u64 (in the segment, after the last record), and the counts of the
-//!          four sections below, u32 each
+//!          end offset u64 (in the segment, after the last record), the bytes of the details
+//!          section u64, and the counts of records, accounts, entries and transfers in
+//!          flight, u32 each
 //! records  one slot per record, lsn order: frame offset u32, frame length u16,
 //!          timestamp u64, the largest timestamp of the partition's log up to it u64
 //! accounts one per account the chunk changes, in account order: id (length u8 and 64 bytes,
@@ -12,8 +13,9 @@
 //!          held, incoming: u64 each), the first lsn of the account's previous chunk u64
 //!          (0: none, the account opened here), its entries' first index u32 and count u32
 //! entries  per account, lsn order: lsn u64, origin lsn u64, kind u8, figures after u64 × 3,
-//!          and what a page shows of a movement: timestamp u64, amount u64, transaction id
-//!          and counterparty (as ids above; length 0: none)
+//!          offset of its details u64
+//! details  per entry, in the same order, what a page shows of it: timestamp u64, amount
+//!          u64, transaction id and counterparty (length u8, then that many bytes; 0: none)
 //! in flight  the cross-partition transfers in flight after the last record: side u8,
 //!          key (from and transaction id, as ids above), account (as above), Try lsn u64,
 //!          amount u64
@@ -21,9 +23,11 @@
 //! ```
 //!
 //! Every section is an array of fixed-size items, so one item is one `pread` at an offset
-//! the header gives, and an account is found by binary search over the sorted directory. An
-//! account's entries are contiguous and hold everything a page of history shows, so a page
-//! is one read of consecutive bytes, not a read of the log per movement.
+//! the header gives, and an account is found by binary search over the sorted directory
+//! (details are the one variable-length section, reached through the entries). An
+//! account's entries are contiguous, and so are their details, which hold everything a
+//! page of history shows: a page is two reads of consecutive bytes, not a read of the log
+//! per movement.
 //! The file is written whole, to a temporary name, synced, then renamed (see
 //! [`write_durably`]): a crash leaves either no chunk or a whole one. A chunk that fails
 //! its checks is never read; it is deleted and built again from the log.
@@ -41,12 +45,14 @@ use super::fold::{EntryKind, Figures, InFlight, Side};
 
 const MAGIC: [u8; 4] = *b"WHIX";
 const VERSION: u32 = 1;
-const HEADER_LEN: usize = 4 + 4 + 8 * 4 + 4 * 4;
+const HEADER_LEN: usize = 4 + 4 + 8 * 5 + 4 * 4;
 const ID_LEN: usize = 1 + ID_LEN_MAX;
 const FIGURES_LEN: usize = 3 * 8;
 pub const SLOT_LEN: usize = 4 + 2 + 8 + 8;
 pub const ACCOUNT_LEN: usize = ID_LEN + 2 + 2 * FIGURES_LEN + 8 + 4 + 4;
-pub const ENTRY_LEN: usize = 8 + 8 + 1 + FIGURES_LEN + 8 + 8 + 2 * ID_LEN;
+pub const ENTRY_LEN: usize = 8 + 8 + 1 + FIGURES_LEN + 8;
+/// The longest details of one entry.
+const DETAIL_LEN_MAX: usize = 8 + 8 + 2 * ID_LEN;
 const IN_FLIGHT_LEN: usize = 1 + 3 * ID_LEN + 8 + 8;
 const CRC_LEN: usize = 4;
 
@@ -110,6 +116,7 @@ pub struct Header {
     pub first_lsn: Lsn,
     pub last_lsn: Lsn,
     pub end_offset: u64,
+    pub details_bytes: u64,
     pub records: u32,
     pub accounts: u32,
     pub entries: u32,
@@ -126,8 +133,11 @@ impl Header {
     fn entries_at(&self) -> u64 {
         self.accounts_at() + u64::from(self.accounts) * ACCOUNT_LEN as u64
     }
-    fn in_flight_at(&self) -> u64 {
+    fn details_at(&self) -> u64 {
         self.entries_at() + u64::from(self.entries) * ENTRY_LEN as u64
+    }
+    fn in_flight_at(&self) -> u64 {
+        self.details_at() + self.details_bytes
     }
     fn file_len(&self) -> u64 {
         self.in_flight_at() + u64::from(self.in_flight) * IN_FLIGHT_LEN as u64 + CRC_LEN as u64
@@ -165,6 +175,7 @@ pub fn encode<'a>(
         header.first_lsn,
         header.last_lsn,
         header.end_offset,
+        header.details_bytes,
     ] {
         put_u64(&mut out, value);
     }
@@ -198,18 +209,19 @@ pub fn encode<'a>(
         entries.push((account_entries, details));
     }
     assert_eq!(entries.len(), header.accounts as usize);
+    let mut details_out = Vec::new();
     for (account_entries, details) in entries {
         for (entry, detail) in account_entries.iter().zip(details) {
             put_u64(&mut out, entry.lsn);
             put_u64(&mut out, entry.origin_lsn);
             out.push(entry.kind.tag());
             put_figures(&mut out, entry.after);
-            put_u64(&mut out, detail.timestamp);
-            put_u64(&mut out, detail.amount);
-            put_optional_id(&mut out, detail.transaction_id.as_ref().map(|id| id.as_bytes()));
-            put_optional_id(&mut out, detail.counterparty.as_ref().map(|id| id.as_bytes()));
+            put_u64(&mut out, details_out.len() as u64);
+            put_detail(&mut details_out, detail);
         }
     }
+    assert_eq!(details_out.len() as u64, header.details_bytes, "details as counted");
+    out.extend_from_slice(&details_out);
     assert_eq!(in_flight.len(), header.in_flight as usize);
     for (side, key, item) in in_flight {
         out.push(match side {
@@ -390,9 +402,14 @@ impl ChunkFile<'_> {
             .collect()
     }
 
-    /// Entries `range` of the entries section (an account's are contiguous), with their
+    /// Entries `range` of the entries section (an account's are contiguous), without their
     /// details.
-    pub fn entries(&self, range: std::ops::Range<u32>) -> Result<Vec<(Entry, Detail)>, ChunkError> {
+    pub fn entries(&self, range: std::ops::Range<u32>) -> Result<Vec<Entry>, ChunkError> {
+        Ok(self.raw_entries(range)?.into_iter().map(|(entry, _)| entry).collect())
+    }
+
+    /// Entries `range`, each with the offset of its details.
+    fn raw_entries(&self, range: std::ops::Range<u32>) -> Result<Vec<(Entry, u64)>, ChunkError> {
         let header = &self.chunk.header;
         assert!(range.start <= range.end && range.end <= header.entries);
         let at = header.entries_at() + u64::from(range.start) * ENTRY_LEN as u64;
@@ -401,6 +418,38 @@ impl ChunkFile<'_> {
             .chunks_exact(ENTRY_LEN)
             .map(|item| decode_entry(item).ok_or_else(|| self.invalid("bad entry kind")))
             .collect()
+    }
+
+    /// Entries `range` with their details: the entries, then their details in one read.
+    pub fn entries_with_details(
+        &self,
+        range: std::ops::Range<u32>,
+    ) -> Result<Vec<(Entry, Detail)>, ChunkError> {
+        let header = &self.chunk.header;
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One entry more, if there is one, says where the last one's details end.
+        let more = (range.end < header.entries) as u32;
+        let mut entries = self.raw_entries(range.start..range.end + more)?;
+        let end = match more {
+            1 => entries.pop().expect("read one more").1,
+            _ => header.details_bytes,
+        };
+        let start = entries[0].1;
+        let len = end.checked_sub(start).filter(|len| *len <= header.details_bytes);
+        let len = len.ok_or_else(|| self.invalid("details out of order"))?;
+        let bytes = self.read(header.details_at() + start, len as usize)?;
+        let mut found = Vec::with_capacity(entries.len());
+        for (entry, offset) in entries {
+            let at = (offset - start) as usize;
+            let detail = bytes
+                .get(at..)
+                .and_then(decode_detail)
+                .ok_or_else(|| self.invalid("bad details"))?;
+            found.push((entry, detail));
+        }
+        Ok(found)
     }
 
     /// The transfers in flight after the chunk's last record.
@@ -430,10 +479,23 @@ fn put_id(out: &mut Vec<u8>, id: &[u8]) {
     out.resize(out.len() + ID_LEN_MAX - id.len(), 0);
 }
 
-fn put_optional_id(out: &mut Vec<u8>, id: Option<&[u8]>) {
-    match id {
-        Some(id) => put_id(out, id),
-        None => out.resize(out.len() + ID_LEN, 0),
+/// The bytes [`encode`] writes for `detail` (for counting them into the header first).
+pub fn detail_len(detail: &Detail) -> u64 {
+    let id_len = |id: Option<&[u8]>| 1 + id.map_or(0, <[u8]>::len) as u64;
+    16 + id_len(detail.transaction_id.as_ref().map(|id| id.as_bytes()))
+        + id_len(detail.counterparty.as_ref().map(|id| id.as_bytes()))
+}
+
+fn put_detail(out: &mut Vec<u8>, detail: &Detail) {
+    put_u64(out, detail.timestamp);
+    put_u64(out, detail.amount);
+    for id in [
+        detail.transaction_id.as_ref().map(|id| id.as_bytes()),
+        detail.counterparty.as_ref().map(|id| id.as_bytes()),
+    ] {
+        let id = id.unwrap_or(&[]);
+        out.push(id.len() as u8);
+        out.extend_from_slice(id);
     }
 }
 
@@ -473,10 +535,11 @@ fn decode_header(bytes: &[u8]) -> Option<Header> {
         first_lsn: u64_at(bytes, 16),
         last_lsn: u64_at(bytes, 24),
         end_offset: u64_at(bytes, 32),
-        records: u32_at(bytes, 40),
-        accounts: u32_at(bytes, 44),
-        entries: u32_at(bytes, 48),
-        in_flight: u32_at(bytes, 52),
+        details_bytes: u64_at(bytes, 40),
+        records: u32_at(bytes, 48),
+        accounts: u32_at(bytes, 52),
+        entries: u32_at(bytes, 56),
+        in_flight: u32_at(bytes, 60),
     })
 }
 
@@ -505,31 +568,45 @@ fn decode_account(bytes: &[u8]) -> Option<AccountDir> {
     })
 }
 
-fn decode_entry(bytes: &[u8]) -> Option<(Entry, Detail)> {
+fn decode_entry(bytes: &[u8]) -> Option<(Entry, u64)> {
     let entry = Entry {
         lsn: u64_at(bytes, 0),
         origin_lsn: u64_at(bytes, 8),
         kind: EntryKind::from_tag(bytes[16])?,
         after: figures_at(bytes, 17),
     };
-    let at = 17 + FIGURES_LEN;
-    let optional_id = |at: usize| match bytes[at] {
-        0 => Some(None),
-        _ => id_at(bytes, at).map(Some),
+    Some((entry, u64_at(bytes, 17 + FIGURES_LEN)))
+}
+
+/// The details at the start of `bytes` (which may run on past them); `None` if they do
+/// not decode.
+fn decode_detail(bytes: &[u8]) -> Option<Detail> {
+    let bytes = &bytes[..bytes.len().min(DETAIL_LEN_MAX)];
+    let fixed = bytes.get(..16)?;
+    let mut at = 16;
+    let mut text = || -> Option<Option<&str>> {
+        let len = usize::from(*bytes.get(at)?);
+        let id = bytes.get(at + 1..at + 1 + len)?;
+        at += 1 + len;
+        match len {
+            0 => Some(None),
+            _ => std::str::from_utf8(id).ok().map(Some),
+        }
     };
-    let detail = Detail {
-        timestamp: u64_at(bytes, at),
-        amount: u64_at(bytes, at + 8),
-        transaction_id: match optional_id(at + 16)? {
-            Some(id) => Some(TransactionId::new(id).ok()?),
-            None => None,
-        },
-        counterparty: match optional_id(at + 16 + ID_LEN)? {
-            Some(id) => Some(AccountId::new(id).ok()?),
-            None => None,
-        },
+    let transaction_id = match text()? {
+        Some(id) => Some(TransactionId::new(id).ok()?),
+        None => None,
     };
-    Some((entry, detail))
+    let counterparty = match text()? {
+        Some(id) => Some(AccountId::new(id).ok()?),
+        None => None,
+    };
+    Some(Detail {
+        timestamp: u64_at(fixed, 0),
+        amount: u64_at(fixed, 8),
+        transaction_id,
+        counterparty,
+    })
 }
 
 fn decode_in_flight(bytes: &[u8]) -> Option<(Side, TransferKey, InFlight)> {

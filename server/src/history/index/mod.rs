@@ -501,7 +501,9 @@ impl PartitionIndex {
                 (dir, part.entries.as_slice(), details.as_slice())
             })
             .collect();
+        let details_bytes = details.iter().flatten().map(chunk::detail_len).sum();
         let header = Header {
+            details_bytes,
             segment_first: open.segment_first,
             first_lsn: open.first_lsn,
             last_lsn: open.next_lsn - 1,
@@ -627,7 +629,7 @@ impl PartitionIndex {
             let figures = match last {
                 Some(entry) => Some(entry.after),
                 None => {
-                    let (first, _) = file.entries(range.start..range.start + 1)?[0];
+                    let first = file.entries(range.start..range.start + 1)?[0];
                     (first.kind != EntryKind::Opened).then_some(dir.before)
                 }
             };
@@ -973,7 +975,7 @@ fn last_at_or_before(
     let (mut low, mut high) = (range.start, range.end);
     while low < high {
         let middle = low + (high - low) / 2;
-        if file.entries(middle..middle + 1)?[0].0.lsn <= cut {
+        if file.entries(middle..middle + 1)?[0].lsn <= cut {
             low = middle + 1;
         } else {
             high = middle;
@@ -981,7 +983,7 @@ fn last_at_or_before(
     }
     Ok(match low {
         k if k == range.start => None,
-        k => Some(file.entries(k - 1..k)?[0].0),
+        k => Some(file.entries(k - 1..k)?[0]),
     })
 }
 
@@ -997,7 +999,7 @@ fn movements_before(
     let (mut low, mut high) = (range.start, range.end);
     while low < high {
         let middle = low + (high - low) / 2;
-        if file.entries(middle..middle + 1)?[0].0.lsn < before {
+        if file.entries(middle..middle + 1)?[0].lsn < before {
             low = middle + 1;
         } else {
             high = middle;
@@ -1006,7 +1008,7 @@ fn movements_before(
     let (mut end, mut taken) = (low, 0);
     while end > range.start && taken < wanted {
         let start = end.saturating_sub(ENTRIES_PER_READ).max(range.start);
-        for (entry, detail) in file.entries(start..end)?.into_iter().rev() {
+        for (entry, detail) in file.entries_with_details(start..end)?.into_iter().rev() {
             if entry.kind.movement().is_some() && taken < wanted {
                 take(entry, detail);
                 taken += 1;
