@@ -150,7 +150,7 @@ pub struct BenchArgs {
     pub memory_accounts: u64,
 
     /// Events of the small log of `history`.
-    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1_000..=10_000_000), help_heading = "History mode")]
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1_000..=10_000_000), help_heading = "History mode")]
     pub history_small_events: u64,
     /// How many times larger the large log of `history` is.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(2..=1_000), help_heading = "History mode")]
@@ -161,6 +161,11 @@ pub struct BenchArgs {
     /// Reads timed on each log: pages and `as_of` balances, alternating.
     #[arg(long, default_value_t = 4_000, value_parser = clap::value_parser!(u64).range(10..=1_000_000), help_heading = "History mode")]
     pub history_queries: u64,
+    /// Records per index chunk in `history` (the server's `--history-chunk-records`). Smaller
+    /// than the server's default, so that most of both logs is read from chunk files, as a
+    /// server's long history is, rather than from the in-memory chunk.
+    #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(16..=1 << 22), help_heading = "History mode")]
+    pub history_chunk_records: u32,
     /// Also time reads that fold the whole log, as they were answered before the index.
     #[arg(long, help_heading = "History mode")]
     pub history_scan: bool,

@@ -6,7 +6,8 @@
 //! marks, fsync per batch of records): accounts opened, then deposits, transfers within the
 //! partition and cross-partition holds that are confirmed or cancelled, among
 //! `--history-accounts` accounts, so every account's history grows with the log. The index
-//! is then built (timed), and `--history-queries` reads alternate between a page of 50
+//! is then built (timed; chunks of `--history-chunk-records`, smaller than a server's so
+//! that both logs are read mostly from chunk files), and `--history-queries` reads alternate between a page of 50
 //! movements (the newest page, or one at a random cursor) and a balance as of a random lsn or
 //! time, each of a random account, timed one by one. With `--history-scan` the same reads
 //! are also timed the way they were answered before the index: a fold of the partition's
@@ -216,10 +217,13 @@ fn reads(count: usize, events: u64, accounts: u64, seed: u64) -> Vec<Read> {
 async fn measure(dir: &DataDir, events: u64, args: &BenchArgs) -> Result<LogResult, BenchError> {
     let dir = std::sync::Arc::new(dir.clone());
     let reads = reads(args.history_queries as usize, events, args.history_accounts, args.seed);
+    let config = IndexConfig {
+        chunk_records_max: args.history_chunk_records,
+    };
     let engine = |e: crate::history::LogError| BenchError::Engine(e.to_string());
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();
-        let mut index = PartitionIndex::open(dir, 0, IndexConfig::default()).map_err(engine)?;
+        let mut index = PartitionIndex::open(dir, 0, config).map_err(engine)?;
         index.catch_up(events).map_err(engine)?;
         let index_seconds = started.elapsed().as_secs_f64();
         eprintln!(

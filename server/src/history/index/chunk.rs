@@ -28,9 +28,9 @@
 //! account's entries are contiguous, and so are their details, which hold everything a
 //! page of history shows: a page is two reads of consecutive bytes, not a read of the log
 //! per movement.
-//! The file is written whole, to a temporary name, synced, then renamed (see
-//! [`write_durably`]): a crash leaves either no chunk or a whole one. A chunk that fails
-//! its checks is never read; it is deleted and built again from the log.
+//! The file is written whole, to a temporary name, then renamed (see [`write_file`]): a
+//! crash leaves no chunk, a whole one, or (after a power cut) one that fails its checks. A
+//! chunk that fails its checks is never read; it is deleted and built again from the log.
 
 use std::fs::{self, File};
 use std::io::{self, Write as _};
@@ -240,18 +240,19 @@ pub fn encode<'a>(
     out
 }
 
-/// Writes `bytes` as `dir/name`: to a temporary file, synced, renamed, and the directory
-/// synced. A crash at any point leaves no file of that name or the whole of it; a
-/// temporary file left behind is deleted when the index is next opened.
-pub fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
+/// Writes `bytes` as `dir/name`: to a temporary file, then renamed. Nothing is synced: a
+/// chunk is derived data, and one that a power cut leaves empty, short or half-written
+/// fails its length or checksum check when the index is next opened and is built again
+/// from the log, as is a missing one (and every chunk after a gap). Syncing each chunk
+/// cost the indexer most of its time on a busy disk. A temporary file left behind is
+/// deleted when the index is next opened.
+pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
     let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
     let mut file = File::create(&tmp)?;
     file.write_all(bytes)?;
-    file.sync_all()?;
     drop(file);
     fs::rename(&tmp, &path)?;
-    File::open(dir)?.sync_all()?;
     Ok(path)
 }
 

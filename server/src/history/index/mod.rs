@@ -519,7 +519,7 @@ impl PartitionIndex {
             .collect();
         let bytes = chunk::encode(header, &open.slots, dirs.into_iter(), &in_flight);
         let name = chunk::chunk_name(header.first_lsn, header.last_lsn);
-        let path = chunk::write_durably(&self.index_dir, &name, &bytes).map_err(|source| {
+        let path = chunk::write_file(&self.index_dir, &name, &bytes).map_err(|source| {
             LogError::Io {
                 path: self.index_dir.join(&name).display().to_string(),
                 source,
@@ -725,6 +725,9 @@ impl PartitionIndex {
                     })?;
                     let range = dir.entries_start..dir.entries_start + dir.entries_count;
                     let mut take = |e, d| found.push((e, Some(d)));
+                    // Past the chunk of the cursor, every entry is before it: no search.
+                    let all_before = self.sealed[i].header.last_lsn < before;
+                    let before = if all_before { Lsn::MAX } else { before };
                     movements_before(&file, range, before, wanted, &mut take)?;
                     dir.prev_chunk
                 }
@@ -997,6 +1000,9 @@ fn movements_before(
     mut take: impl FnMut(Entry, Detail),
 ) -> Result<(), LogError> {
     let (mut low, mut high) = (range.start, range.end);
+    if before == Lsn::MAX {
+        low = high;
+    }
     while low < high {
         let middle = low + (high - low) / 2;
         if file.entries(middle..middle + 1)?[0].lsn < before {
