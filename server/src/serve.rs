@@ -247,6 +247,7 @@ pub(crate) fn build_api(
     }
     let index = IndexConfig {
         chunk_records_max: options.history_chunk_records,
+        ..IndexConfig::default()
     };
     let history = LogReader::new(dir, durable)
         .with_index_config(index)

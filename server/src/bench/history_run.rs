@@ -219,6 +219,7 @@ async fn measure(dir: &DataDir, events: u64, args: &BenchArgs) -> Result<LogResu
     let reads = reads(args.history_queries as usize, events, args.history_accounts, args.seed);
     let config = IndexConfig {
         chunk_records_max: args.history_chunk_records,
+        ..IndexConfig::default()
     };
     let engine = |e: crate::history::LogError| BenchError::Engine(e.to_string());
     tokio::task::spawn_blocking(move || {

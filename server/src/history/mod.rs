@@ -203,15 +203,27 @@ pub(crate) fn records_of_segment(
 /// its frames follow. The zeroed prefix costs no reading and, taken from the allocator as
 /// zeroed pages, almost no memory; a reader resumed at `offset` never looks at it.
 pub(crate) fn read_from(path: &Path, offset: usize) -> io::Result<Vec<u8>> {
+    read_window(path, offset, usize::MAX).map(|(bytes, _)| bytes)
+}
+
+/// [`read_from`], but at most `window` bytes from `offset`; with whether they reach the end
+/// of the file. A reader that follows a long segment a window at a time reads each byte
+/// once, instead of everything after its position each time.
+pub(crate) fn read_window(
+    path: &Path,
+    offset: usize,
+    window: usize,
+) -> io::Result<(Vec<u8>, bool)> {
     let mut file = File::open(path)?;
-    if offset == 0 {
+    let file_len = file.metadata()?.len() as usize;
+    let len = file_len.min(offset.saturating_add(window));
+    if offset == 0 && len == file_len {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
-        return Ok(bytes);
+        return Ok((bytes, true));
     }
-    let len = file.metadata()?.len() as usize;
     if offset > len {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), true));
     }
     let mut bytes = vec![0; len];
     // A segment header is a sync mark (see `walletd_core::log::codec`).
@@ -220,7 +232,7 @@ pub(crate) fn read_from(path: &Path, offset: usize) -> io::Result<Vec<u8>> {
     file.seek(SeekFrom::Start(offset as u64))?;
     // The file may have grown since its length was read: what is past `len` is read next time.
     file.read_exact(&mut bytes[offset..])?;
-    Ok(bytes)
+    Ok((bytes, len == file_len))
 }
 
 pub(crate) fn codec_offset(error: &CodecError) -> u64 {

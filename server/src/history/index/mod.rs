@@ -64,7 +64,7 @@ use walletd_core::model::partition::PartitionId;
 
 use self::chunk::{AccountDir, ChunkError, Detail, Entry, Header, SealedChunk, Slot};
 use self::fold::{EntryKind, Figures, Touch, Tracker};
-use super::{read_from, records_of_segment, LogError};
+use super::{read_window, records_of_segment, LogError};
 use crate::datadir::DataDir;
 
 /// Limits of the index.
@@ -73,12 +73,15 @@ pub struct IndexConfig {
     /// Records per chunk: the bound of the in-memory chunk (about 100 bytes per record), and
     /// how much of the log one file indexes.
     pub chunk_records_max: u32,
+    /// Most bytes of a segment read at once while indexing.
+    pub read_window_bytes: usize,
 }
 
 impl Default for IndexConfig {
     fn default() -> IndexConfig {
         IndexConfig {
             chunk_records_max: 1 << 17,
+            read_window_bytes: 4 << 20,
         }
     }
 }
@@ -192,7 +195,7 @@ impl PartitionIndex {
         partition: PartitionId,
         config: IndexConfig,
     ) -> Result<PartitionIndex, LogError> {
-        assert!(config.chunk_records_max > 0);
+        assert!(config.chunk_records_max > 0 && config.read_window_bytes > 0);
         let index_dir = dir.partition_dir(partition).join(INDEX_DIR);
         let io = |path: &Path| {
             let path = path.display().to_string();
@@ -319,6 +322,7 @@ impl PartitionIndex {
             let path = segments[i].1.clone();
             match self.read_segment(&path, newest, durable)? {
                 Stop::Full => self.seal()?,
+                Stop::Window => {}
                 Stop::Durable => break,
                 Stop::SegmentEnd => match segments.get(i + 1) {
                     Some((next, _)) if *next == self.open.next_lsn => {
@@ -353,12 +357,31 @@ impl PartitionIndex {
     /// Reads the open chunk's segment from where reading stopped, indexing each record up to
     /// `durable`, until the chunk is full, the durable lsn is reached or the segment ends.
     fn read_segment(&mut self, path: &Path, newest: bool, durable: Lsn) -> Result<Stop, LogError> {
+        let before = self.open.next_lsn;
+        match self.read_window(path, newest, durable, self.config.read_window_bytes)? {
+            // A window that held no whole record: the rest of the file decides what its
+            // bytes are (a frame longer than the window is damage, judged with all of them).
+            Stop::Window if self.open.next_lsn == before => {
+                self.read_window(path, newest, durable, usize::MAX)
+            }
+            stop => Ok(stop),
+        }
+    }
+
+    /// [`Self::read_segment`] over at most `window` bytes from where reading stopped.
+    fn read_window(
+        &mut self,
+        path: &Path,
+        newest: bool,
+        durable: Lsn,
+        window: usize,
+    ) -> Result<Stop, LogError> {
         let io = |source| LogError::Io {
             path: path.display().to_string(),
             source,
         };
         let offset = self.open.offset;
-        let bytes = read_from(path, offset).map_err(io)?;
+        let (bytes, to_end) = read_window(path, offset, window).map_err(io)?;
         if offset > bytes.len() {
             return Err(LogError::Corrupt {
                 path: path.display().to_string(),
@@ -370,10 +393,12 @@ impl PartitionIndex {
             0 => RecordReader::new(&bytes, self.open.segment_first),
             _ => RecordReader::resume(&bytes, offset, self.open.next_lsn),
         };
-        let mut stop = Stop::SegmentEnd;
+        // Before the end of the file, the window may end inside a frame, as the newest
+        // segment's end may: that frame is read with the next window.
+        let mut stop = if to_end { Stop::SegmentEnd } else { Stop::Window };
         let mut failed = None;
         let full = self.config.chunk_records_max as usize;
-        let _ended = records_of_segment(path, &mut reader, newest, |record, end| {
+        let _ended = records_of_segment(path, &mut reader, newest || !to_end, |record, end| {
             if record.lsn > durable {
                 stop = Stop::Durable;
                 return ControlFlow::Break(());
@@ -954,6 +979,8 @@ enum Stop {
     Full,
     /// The durable lsn is indexed (or the next record is past it).
     Durable,
+    /// The window read of the segment ended; more of it follows.
+    Window,
     /// No more records in this segment.
     SegmentEnd,
 }

@@ -247,9 +247,11 @@ fn check_against_replay(index: &PartitionIndex, records: &[Record], upto: Lsn) {
     }
 }
 
+/// Chunks of 37 records, segments read 700 bytes at a time (frames cut at window ends).
 fn small_chunks() -> IndexConfig {
     IndexConfig {
         chunk_records_max: 37,
+        read_window_bytes: 700,
     }
 }
 
