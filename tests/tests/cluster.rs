@@ -622,11 +622,17 @@ fn check_history_against_replay(cluster: &Cluster, accounts: &[String]) {
             let lsn = movement["lsn"].as_u64().unwrap();
             for at in [lsn, lsn - 1] {
                 let want = replay_account(cluster, account, &["--as-of-lsn", &at.to_string()]);
-                let r = get(via, &format!("/v1/accounts/{account}/balance?as_of_lsn={at}"));
+                let r = get(
+                    via,
+                    &format!("/v1/accounts/{account}/balance?as_of_lsn={at}"),
+                );
                 assert_eq!(r.status, 200, "{}", r.text());
                 let got = r.json();
                 for field in ["balance", "held", "incoming", "as_of_lsn"] {
-                    assert_eq!(got[field], want[field], "{account} {field} at lsn {at}: {got}");
+                    assert_eq!(
+                        got[field], want[field],
+                        "{account} {field} at lsn {at}: {got}"
+                    );
                 }
             }
             let time = movement["timestamp"].as_str().unwrap();
@@ -647,7 +653,11 @@ fn transfer_around(cluster: &Cluster, accounts: &[String], round: &str, count: u
         let via = cluster.http[i % NODES as usize];
         let cents_moved = 1 + draw.draw() % 500;
         let id = format!("{round}-{i}");
-        let r = post(via, "/v1/wallet/balance_transfer", &transfer_body(&from, &to, cents_moved, &id));
+        let r = post(
+            via,
+            "/v1/wallet/balance_transfer",
+            &transfer_body(&from, &to, cents_moved, &id),
+        );
         let r = r.expect("transfer");
         assert!([200, 202, 422].contains(&r.status), "{}", r.text());
     }
@@ -675,7 +685,11 @@ fn history_and_past_balances_from_any_node_equal_replay_before_and_after_restart
 
     // Node 1 restarts with its index as it was: reused. Node 2 restarts with one chunk file
     // damaged and another gone: they are rebuilt from the log.
-    let index_dir = |node: u32, p: u32| cluster.node_dir(node).join(format!("partition-{p}/history"));
+    let index_dir = |node: u32, p: u32| {
+        cluster
+            .node_dir(node)
+            .join(format!("partition-{p}/history"))
+    };
     let chunks_of = |dir: &PathBuf| {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .expect("an index directory per partition")

@@ -38,7 +38,11 @@ pub fn was_forwarded(headers: &HeaderMap) -> bool {
 
 /// Sends the read `uri` (path and query) to the node whose HTTP API is at `http` (host and
 /// port), with the client's `Authorization`, and returns its answer.
-pub async fn forward_read(http: &str, uri: &Uri, headers: &HeaderMap) -> Result<Response, ApiError> {
+pub async fn forward_read(
+    http: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let unavailable = |detail: String| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -91,6 +95,8 @@ pub async fn forward_read(http: &str, uri: &Uri, headers: &HeaderMap) -> Result<
     };
     match tokio::time::timeout(Duration::from_millis(FORWARD_TIMEOUT_MS), exchange).await {
         Ok(result) => result,
-        Err(_) => Err(unavailable(format!("no answer within {FORWARD_TIMEOUT_MS} ms"))),
+        Err(_) => Err(unavailable(format!(
+            "no answer within {FORWARD_TIMEOUT_MS} ms"
+        ))),
     }
 }

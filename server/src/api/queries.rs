@@ -191,7 +191,9 @@ async fn read_index<T: Send + 'static>(
         Ok(found) => Ok(Read::Here(found)),
         Err(error @ LogError::NotLocal(_)) => match history.forward_address(partition) {
             Some(http) if !forward::was_forwarded(headers) => {
-                forward::forward_read(http, uri, headers).await.map(Read::Forwarded)
+                forward::forward_read(http, uri, headers)
+                    .await
+                    .map(Read::Forwarded)
             }
             _ => Err(unavailable(error.to_string())),
         },

@@ -57,7 +57,10 @@ pub async fn run(args: &BenchArgs) -> Result<(), BenchError> {
     let mut results = Vec::new();
     for (name, events) in [("small", small), ("large", large)] {
         let root = tmp.path().join(name);
-        eprintln!("history: writing a {name} log of {events} events ({} accounts)", args.history_accounts);
+        eprintln!(
+            "history: writing a {name} log of {events} events ({} accounts)",
+            args.history_accounts
+        );
         let dir = write_log(&root, events, args.history_accounts, args.seed).await?;
         let result = measure(&dir, events, args).await?;
         println!(
@@ -66,7 +69,9 @@ pub async fn run(args: &BenchArgs) -> Result<(), BenchError> {
         );
         if args.history_scan {
             let scan = measure_scan(&dir, events, args).await?;
-            println!("history {name} (whole-log scan per read, as before the index): p99 {scan:.3} ms");
+            println!(
+                "history {name} (whole-log scan per read, as before the index): p99 {scan:.3} ms"
+            );
         }
         results.push(result);
         std::fs::remove_dir_all(&root).map_err(|e| BenchError::io("remove a log", e))?;
@@ -154,17 +159,27 @@ fn event(n: u64, accounts: u64, draw: &mut Draw, holds: &mut Vec<Transfer>) -> E
 }
 
 fn from_index(account: &AccountId) -> u64 {
-    account.as_str()["acct-".len()..].parse().expect("a bench account")
+    account.as_str()["acct-".len()..]
+        .parse()
+        .expect("a bench account")
 }
 
 /// Writes a log of `events` records into partition 0 of a new data directory at `root`.
-async fn write_log(root: &Path, events: u64, accounts: u64, seed: u64) -> Result<DataDir, BenchError> {
+async fn write_log(
+    root: &Path,
+    events: u64,
+    accounts: u64,
+    seed: u64,
+) -> Result<DataDir, BenchError> {
     assert!(accounts >= 2 && events > accounts);
     let dir = DataDir::create_or_check(root, 1)
         .map_err(|e| BenchError::Usage(format!("data directory: {e}")))?;
     let mut storage = FileStorage::open(dir.partition_dir(0), FileStorageConfig::default())
         .map_err(|e| BenchError::io("open the log", e))?;
-    storage.list_log(0).await.map_err(|e| BenchError::io("list the log", e))?;
+    storage
+        .list_log(0)
+        .await
+        .map_err(|e| BenchError::io("list the log", e))?;
     let (mut draw, mut holds) = (Draw(seed), Vec::new());
     let started = Instant::now();
     let mut bytes = Vec::new();
@@ -177,8 +192,14 @@ async fn write_log(root: &Path, events: u64, accounts: u64, seed: u64) -> Result
         };
         encode_record(&record, &mut bytes);
         if (n + 1) % WRITE_BATCH_RECORDS as u64 == 0 || n + 1 == events {
-            storage.append(first, &bytes).await.map_err(|e| BenchError::io("append", e))?;
-            storage.sync().await.map_err(|e| BenchError::io("sync", e))?;
+            storage
+                .append(first, &bytes)
+                .await
+                .map_err(|e| BenchError::io("append", e))?;
+            storage
+                .sync()
+                .await
+                .map_err(|e| BenchError::io("sync", e))?;
             bytes.clear();
             first = n + 2;
         }
@@ -186,7 +207,10 @@ async fn write_log(root: &Path, events: u64, accounts: u64, seed: u64) -> Result
             eprintln!("history:   {} events written", n + 1);
         }
     }
-    eprintln!("history:   written in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "history:   written in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     drop(storage);
     Ok(dir)
 }
@@ -218,7 +242,12 @@ fn reads(count: usize, events: u64, accounts: u64, seed: u64) -> Vec<Read> {
 /// Builds the index of the log in `dir`, then times the reads on it.
 async fn measure(dir: &DataDir, events: u64, args: &BenchArgs) -> Result<LogResult, BenchError> {
     let dir = std::sync::Arc::new(dir.clone());
-    let reads = reads(args.history_queries as usize, events, args.history_accounts, args.seed);
+    let reads = reads(
+        args.history_queries as usize,
+        events,
+        args.history_accounts,
+        args.seed,
+    );
     let config = IndexConfig {
         chunk_records_max: args.history_chunk_records,
         ..IndexConfig::default()
@@ -238,13 +267,22 @@ async fn measure(dir: &DataDir, events: u64, args: &BenchArgs) -> Result<LogResu
         for read in &reads {
             let started = Instant::now();
             let found = match *read {
-                Read::Page(who, before) => index.page(&who, before, PAGE_LIMIT).map(|p| p.is_some()),
+                Read::Page(who, before) => {
+                    index.page(&who, before, PAGE_LIMIT).map(|p| p.is_some())
+                }
                 Read::AsOf(who, point) => index.balance(&who, point).map(|b| b.is_some()),
             };
             let indexed = index.indexed_lsn();
-            assert!(found.map_err(engine)?, "{read:?} finds its account (indexed to {indexed})");
+            assert!(
+                found.map_err(engine)?,
+                "{read:?} finds its account (indexed to {indexed})"
+            );
             let us = started.elapsed().as_micros() as u64;
-            let kind = if matches!(read, Read::Page(..)) { &mut pages } else { &mut as_of };
+            let kind = if matches!(read, Read::Page(..)) {
+                &mut pages
+            } else {
+                &mut as_of
+            };
             record(kind, us);
             record(&mut all, us);
         }

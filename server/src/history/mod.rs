@@ -392,7 +392,10 @@ impl LogReader {
         partition: PartitionId,
         read: impl FnOnce(&PartitionIndex) -> Result<T, LogError> + Send + 'static,
     ) -> Result<T, LogError> {
-        let durable = self.durable_stats(partition)?.last_lsn.load(Ordering::Acquire);
+        let durable = self
+            .durable_stats(partition)?
+            .last_lsn
+            .load(Ordering::Acquire);
         let _permit = self.scans.acquire().await.expect("never closed");
         let reader = self.clone();
         tokio::task::spawn_blocking(move || reader.read_index(partition, durable, read))
@@ -447,7 +450,10 @@ impl LogReader {
                     }
                     let pause = std::time::Duration::from_millis(Self::FOLLOW_PAUSE_MS);
                     tokio::time::sleep(pause).await;
-                    match reader.with_index(partition, |index| Ok(index.indexed_lsn())).await {
+                    match reader
+                        .with_index(partition, |index| Ok(index.indexed_lsn()))
+                        .await
+                    {
                         Ok(lsn) => indexed = lsn,
                         // Logged where it happened; tried again on the next advance.
                         Err(_) => tokio::time::sleep(pause * 20).await,

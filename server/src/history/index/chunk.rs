@@ -166,7 +166,10 @@ pub fn encode<'a>(
     in_flight: &[(Side, TransferKey, InFlight)],
 ) -> Vec<u8> {
     assert_eq!(slots.len(), header.records as usize);
-    assert_eq!(header.last_lsn + 1 - header.first_lsn, u64::from(header.records));
+    assert_eq!(
+        header.last_lsn + 1 - header.first_lsn,
+        u64::from(header.records)
+    );
     let mut out = Vec::with_capacity(header.file_len() as usize);
     out.extend_from_slice(&MAGIC);
     put_u32(&mut out, VERSION);
@@ -220,7 +223,11 @@ pub fn encode<'a>(
             put_detail(&mut details_out, detail);
         }
     }
-    assert_eq!(details_out.len() as u64, header.details_bytes, "details as counted");
+    assert_eq!(
+        details_out.len() as u64,
+        header.details_bytes,
+        "details as counted"
+    );
     out.extend_from_slice(&details_out);
     assert_eq!(in_flight.len(), header.in_flight as usize);
     for (side, key, item) in in_flight {
@@ -236,7 +243,11 @@ pub fn encode<'a>(
     }
     let crc = crc32c::crc32c(&out);
     put_u32(&mut out, crc);
-    assert_eq!(out.len() as u64, header.file_len(), "sections as the header says");
+    assert_eq!(
+        out.len() as u64,
+        header.file_len(),
+        "sections as the header says"
+    );
     out
 }
 
@@ -393,10 +404,7 @@ impl ChunkFile<'_> {
     /// (read once when the index is opened; one chunk's worth).
     pub fn accounts(&self) -> Result<Vec<AccountDir>, ChunkError> {
         let header = &self.chunk.header;
-        let bytes = self.read(
-            header.accounts_at(),
-            header.accounts as usize * ACCOUNT_LEN,
-        )?;
+        let bytes = self.read(header.accounts_at(), header.accounts as usize * ACCOUNT_LEN)?;
         bytes
             .chunks_exact(ACCOUNT_LEN)
             .map(|item| decode_account(item).ok_or_else(|| self.invalid("bad account entry")))
@@ -406,7 +414,11 @@ impl ChunkFile<'_> {
     /// Entries `range` of the entries section (an account's are contiguous), without their
     /// details.
     pub fn entries(&self, range: std::ops::Range<u32>) -> Result<Vec<Entry>, ChunkError> {
-        Ok(self.raw_entries(range)?.into_iter().map(|(entry, _)| entry).collect())
+        Ok(self
+            .raw_entries(range)?
+            .into_iter()
+            .map(|(entry, _)| entry)
+            .collect())
     }
 
     /// Entries `range`, each with the offset of its details.
@@ -438,7 +450,9 @@ impl ChunkFile<'_> {
             _ => header.details_bytes,
         };
         let start = entries[0].1;
-        let len = end.checked_sub(start).filter(|len| *len <= header.details_bytes);
+        let len = end
+            .checked_sub(start)
+            .filter(|len| *len <= header.details_bytes);
         let len = len.ok_or_else(|| self.invalid("details out of order"))?;
         let bytes = self.read(header.details_at() + start, len as usize)?;
         let mut found = Vec::with_capacity(entries.len());

@@ -180,7 +180,7 @@ impl Tracker {
         let mut items: Vec<_> = (self.holds.iter().map(|(k, v)| (Side::Hold, *k, *v)))
             .chain(self.credits.iter().map(|(k, v)| (Side::Credit, *k, *v)))
             .collect();
-        items.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        items.sort_by_key(|a| (a.0, a.1));
         items
     }
 
@@ -216,14 +216,29 @@ impl Tracker {
             }),
             Event::Deposited {
                 account, amount, ..
-            } => touch(account, movement(MovementKind::Deposit), amount.minor(), lsn),
+            } => touch(
+                account,
+                movement(MovementKind::Deposit),
+                amount.minor(),
+                lsn,
+            ),
             Event::Withdrawn {
                 account, amount, ..
-            } => touch(account, movement(MovementKind::Withdrawal), amount.minor(), lsn),
+            } => touch(
+                account,
+                movement(MovementKind::Withdrawal),
+                amount.minor(),
+                lsn,
+            ),
             // A transfer to itself changes nothing (and is refused before it is logged).
             Event::Transferred { transfer } if transfer.from != transfer.to => {
                 let amount = transfer.amount.minor();
-                touch(transfer.from, movement(MovementKind::TransferOut), amount, lsn);
+                touch(
+                    transfer.from,
+                    movement(MovementKind::TransferOut),
+                    amount,
+                    lsn,
+                );
                 touch(transfer.to, movement(MovementKind::TransferIn), amount, lsn);
             }
             Event::DebitTried { transfer } => {
@@ -261,7 +276,12 @@ impl Tracker {
             }
             Event::CreditCancelled { key } => {
                 if let Some(item) = self.credits.remove(&key) {
-                    touch(item.account, EntryKind::CreditDropped, item.amount, item.try_lsn);
+                    touch(
+                        item.account,
+                        EntryKind::CreditDropped,
+                        item.amount,
+                        item.try_lsn,
+                    );
                 }
             }
             Event::Transferred { .. }
@@ -274,7 +294,10 @@ impl Tracker {
 
     fn insert(&mut self, side: Side, key: TransferKey, item: InFlight) {
         let table = self.table(side);
-        assert!(table.len() < Self::IN_FLIGHT_MAX, "transfers in flight bounded");
+        assert!(
+            table.len() < Self::IN_FLIGHT_MAX,
+            "transfers in flight bounded"
+        );
         table.insert(key, item);
     }
 }

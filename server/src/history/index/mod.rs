@@ -395,7 +395,11 @@ impl PartitionIndex {
         };
         // Before the end of the file, the window may end inside a frame, as the newest
         // segment's end may: that frame is read with the next window.
-        let mut stop = if to_end { Stop::SegmentEnd } else { Stop::Window };
+        let mut stop = if to_end {
+            Stop::SegmentEnd
+        } else {
+            Stop::Window
+        };
         let mut failed = None;
         let full = self.config.chunk_records_max as usize;
         let _ended = records_of_segment(path, &mut reader, newest || !to_end, |record, end| {
@@ -425,7 +429,10 @@ impl PartitionIndex {
 
     /// Indexes one record, whose frame ends at byte `end` of its segment.
     fn push(&mut self, record: &Record, end: usize, path: &Path) -> Result<(), LogError> {
-        assert_eq!(record.lsn, self.open.next_lsn, "the reader checks lsn order");
+        assert_eq!(
+            record.lsn, self.open.next_lsn,
+            "the reader checks lsn order"
+        );
         self.scratch.clear();
         encode_record(record, &mut self.scratch);
         let len = self.scratch.len();
@@ -461,11 +468,13 @@ impl PartitionIndex {
         if !self.open.accounts.contains_key(&touch.account) {
             let (currency, before, prev_chunk) = match touch.opened {
                 Some(currency) => (currency, Figures::default(), 0),
-                None => self.carry_of(&touch.account)?.ok_or_else(|| LogError::Corrupt {
-                    path: path.display().to_string(),
-                    offset: 0,
-                    detail: format!("record {lsn} changes {}, never opened", touch.account),
-                })?,
+                None => self
+                    .carry_of(&touch.account)?
+                    .ok_or_else(|| LogError::Corrupt {
+                        path: path.display().to_string(),
+                        offset: 0,
+                        detail: format!("record {lsn} changes {}, never opened", touch.account),
+                    })?,
             };
             let account = OpenAccount {
                 currency,
@@ -503,7 +512,10 @@ impl PartitionIndex {
     /// Writes the in-memory chunk as a file and starts the next one where it ended.
     fn seal(&mut self) -> Result<(), LogError> {
         let open = &self.open;
-        assert!(!open.slots.is_empty(), "only a chunk with records is written");
+        assert!(
+            !open.slots.is_empty(),
+            "only a chunk with records is written"
+        );
         let in_flight = self.tracker.in_flight();
         let details = self.details_of_open()?;
         let mut entries_start = 0u32;
@@ -544,14 +556,18 @@ impl PartitionIndex {
             .collect();
         let bytes = chunk::encode(header, &open.slots, dirs.into_iter(), &in_flight);
         let name = chunk::chunk_name(header.first_lsn, header.last_lsn);
-        let path = chunk::write_file(&self.index_dir, &name, &bytes).map_err(|source| {
-            LogError::Io {
+        let path =
+            chunk::write_file(&self.index_dir, &name, &bytes).map_err(|source| LogError::Io {
                 path: self.index_dir.join(&name).display().to_string(),
                 source,
-            }
-        })?;
-        tracing::debug!(partition = self.partition, first_lsn = header.first_lsn,
-            last_lsn = header.last_lsn, bytes = bytes.len(), "history index chunk written");
+            })?;
+        tracing::debug!(
+            partition = self.partition,
+            first_lsn = header.first_lsn,
+            last_lsn = header.last_lsn,
+            bytes = bytes.len(),
+            "history index chunk written"
+        );
         self.sealed.push(SealedChunk {
             path,
             header,
@@ -837,7 +853,12 @@ impl PartitionIndex {
     }
 
     /// The details of `entry` (stamped `timestamp`) given its origin record.
-    fn detail_of(&self, entry: &Entry, timestamp: u64, origin: &Record) -> Result<Detail, LogError> {
+    fn detail_of(
+        &self,
+        entry: &Entry,
+        timestamp: u64,
+        origin: &Record,
+    ) -> Result<Detail, LogError> {
         let Some(kind) = entry.kind.movement() else {
             return Ok(Detail {
                 timestamp,
@@ -887,7 +908,9 @@ impl PartitionIndex {
         let start = open.slots[0].offset as usize;
         let mut bytes = vec![0; open.offset - start];
         fs::File::open(&path)
-            .and_then(|file| std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, start as u64))
+            .and_then(|file| {
+                std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, start as u64)
+            })
             .map_err(|source| LogError::Io {
                 path: path.display().to_string(),
                 source,
@@ -960,11 +983,13 @@ fn decode_frame(path: &Path, frame: &[u8], lsn: Lsn, offset: u64) -> Result<Reco
         found = Some(record);
         ControlFlow::Break(())
     })?;
-    found.filter(|r| r.lsn == lsn).ok_or_else(|| LogError::Corrupt {
-        path: path.display().to_string(),
-        offset,
-        detail: format!("record {lsn} is not where the history index says"),
-    })
+    found
+        .filter(|r| r.lsn == lsn)
+        .ok_or_else(|| LogError::Corrupt {
+            path: path.display().to_string(),
+            offset,
+            detail: format!("record {lsn} is not where the history index says"),
+        })
 }
 
 /// The segment files one read has opened, by first lsn: a page of the in-memory chunk reads

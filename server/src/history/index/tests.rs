@@ -22,7 +22,9 @@ fn account(name: &str) -> AccountId {
 /// cancelled, pending credits confirmed and cancelled, refusals; timestamps that mostly
 /// grow and sometimes step back.
 fn generated_log(records_max: usize, seed: u64) -> Vec<Record> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut draw = move |n: u64| {
         state = state
             .wrapping_mul(6364136223846793005)
@@ -220,8 +222,11 @@ fn check_against_replay(index: &PartitionIndex, records: &[Record], upto: Lsn) {
         if accounts_of(&records).contains(account) {
             for before in (0..=upto + 2).step_by(5) {
                 let page = index.page(account, before, 4).unwrap().expect("it exists");
-                let older: Vec<Movement> =
-                    expected.iter().filter(|m| m.lsn < before).copied().collect();
+                let older: Vec<Movement> = expected
+                    .iter()
+                    .filter(|m| m.lsn < before)
+                    .copied()
+                    .collect();
                 let shown = older.len().min(4);
                 assert_eq!(page.movements, older[..shown], "{account} before {before}");
                 assert_eq!(page.more, older.len() > 4, "{account} before {before}");
