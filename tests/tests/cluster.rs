@@ -712,10 +712,18 @@ fn history_and_past_balances_from_any_node_equal_replay_before_and_after_restart
     std::fs::remove_file(&chunks[2]).unwrap();
     // While the node that keeps an account's log is down, its history is unavailable from
     // the others, and says so.
-    let on_node_1 = accounts.iter().find(|a| owns(1, a)).expect("an account of node 1");
+    let on_node_1 = accounts
+        .iter()
+        .find(|a| owns(1, a))
+        .expect("an account of node 1");
     for path in ["history", "balance?as_of_lsn=5"] {
         let r = get(cluster.http[0], &format!("/v1/accounts/{on_node_1}/{path}"));
-        assert_eq!((r.status, r.code()), (503, "history_unavailable".into()), "{}", r.text());
+        assert_eq!(
+            (r.status, r.code()),
+            (503, "history_unavailable".into()),
+            "{}",
+            r.text()
+        );
     }
     cluster.restart(1);
     cluster.restart(2);
