@@ -1,7 +1,7 @@
 //! Reading a partition's log from disk: the whole of it for `wallet replay` and `wallet
 //! verify`, and through the per-account [`index`] for the API's history pages and `as_of`
 //! balances ([`LogReader`]). The event feed (`crate::feed`) reads segments with the same
-//! [`records_of_segment`], the one place the rules of a live log's bytes are applied.
+//! `records_of_segment`, the one place the rules of a live log's bytes are applied.
 //!
 //! The log may be read while its partition driver appends to it. A live server passes the
 //! partition's durable lsn: the reader stops at that record and never looks at the bytes
