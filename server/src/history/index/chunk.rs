@@ -424,7 +424,11 @@ impl ChunkFile<'_> {
     /// Entries `range`, each with the offset of its details.
     fn raw_entries(&self, range: std::ops::Range<u32>) -> Result<Vec<(Entry, u64)>, ChunkError> {
         let header = &self.chunk.header;
-        assert!(range.start <= range.end && range.end <= header.entries);
+        // A directory entry pointing past the entries: only a file written wrong could
+        // say so, since its checksum held; it is an error, not a panic.
+        if range.start > range.end || range.end > header.entries {
+            return Err(self.invalid("an account's entries lie outside the entries"));
+        }
         let at = header.entries_at() + u64::from(range.start) * ENTRY_LEN as u64;
         let bytes = self.read(at, range.len() * ENTRY_LEN)?;
         bytes
