@@ -11,7 +11,9 @@ use walletd_core::model::event::{Transfer, TransferKey};
 use walletd_core::model::ids::TransactionId;
 use walletd_core::model::money::Amount;
 
+use super::fold::EntryKind;
 use super::*;
+use walletd_core::log::replay::AsOf;
 
 fn account(name: &str) -> AccountId {
     AccountId::new(name).unwrap()
