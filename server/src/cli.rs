@@ -175,6 +175,10 @@ pub struct ServiceArgs {
     /// recovery time; the log alone always suffices.
     #[arg(long, default_value_t = 1_000_000)]
     pub snapshot_every_events: u64,
+    /// Records per chunk of a partition's history index: each chunk is built in memory
+    /// (about 100 bytes per record) and then written as one file of `<partition>/history/`.
+    #[arg(long, default_value_t = 1 << 17, value_parser = clap::value_parser!(u32).range(16..=1 << 22))]
+    pub history_chunk_records: u32,
     /// How a batch is made durable before it is answered.
     #[arg(long, value_enum, default_value_t = GroupCommit::Node)]
     pub group_commit: GroupCommit,

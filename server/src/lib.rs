@@ -25,7 +25,9 @@
 //! - [`errors`]: every error's HTTP status and stable `code`, in one place.
 //! - [`auth`]: the optional bearer token of the `/v1` routes.
 //! - [`datadir`]: the data directory layout and its recorded partition count.
-//! - [`history`]: reading partition logs from disk (live or at rest).
+//! - [`history`]: reading partition logs from disk (live or at rest), and
+//!   [`history::index`], the per-account index that answers history pages and `as_of`
+//!   balances at a cost that does not grow with the log.
 //! - [`feed`]: the event feed of `GET /v1/events`: records after an lsn, the long-poll, the
 //!   versioned JSON line of each event.
 //! - [`replay_cmd`]: `wallet replay`, balances and history rebuilt from the logs.

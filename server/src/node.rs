@@ -8,8 +8,9 @@
 //! mutual TLS with `[tls]`; serve the same HTTP API as `wallet serve`. Any node answers for
 //! any account: commands and queries for a partition of another node are forwarded to it, and
 //! answer 503 `partition_unavailable` while it is down (clients retry with the same
-//! transaction id). History and `as_of` balances are read from the logs, so they are answered
-//! for accounts whose partition lives here and are 503 `history_unavailable` elsewhere.
+//! transaction id). History and `as_of` balances are read from the logs and their indexes, so a
+//! node answers them for its own partitions and forwards them to the node that runs the
+//! account's partition otherwise (503 `history_unavailable` while that node is down).
 //!
 //! The map comes from the cluster file (`--config`), fixed while the node runs, or from etcd
 //! (`--etcd`): then [`crate::map_follower`] registers the node's liveness, watches the map and
@@ -106,6 +107,23 @@ fn partition_homes(map: &PartitionMap, id: NodeId) -> Vec<String> {
                 Some(address) => format!("node {owner} (HTTP {})", address.http),
                 None => format!("node {owner}"),
             }
+        })
+        .collect()
+}
+
+/// The HTTP address of the node that keeps each partition not kept here (`None` for those
+/// kept here), where history and `as_of` reads are forwarded. Forwarding speaks plain HTTP:
+/// with HTTPS on the API, nothing is forwarded and such reads answer 503.
+fn forward_addresses(map: &PartitionMap, id: NodeId, https: bool) -> Vec<Option<String>> {
+    if https {
+        tracing::warn!("history of accounts on other nodes is not forwarded over HTTPS");
+        return Vec::new();
+    }
+    (0..map.partitions())
+        .map(|partition| {
+            let owner = map.owner(partition);
+            let address = map.nodes.get(&owner).filter(|_| owner != id)?;
+            Some(address.http.clone())
         })
         .collect()
 }
@@ -258,7 +276,9 @@ async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
     log_recovery(node.engine().recovery_reports());
     let following = etcd.map(|store| Following::start(store, &node, &args, &root));
     let homes = partition_homes(&map, args.id);
-    let api = build_api(node.engine(), dir, options, homes).with_journal(storages.journal);
+    let forward_to = forward_addresses(&map, args.id, http_tls.is_some());
+    let api =
+        build_api(node.engine(), dir, options, homes, forward_to).with_journal(storages.journal);
     let grace = Duration::from_millis(args.service.shutdown_grace_ms);
     let local = node.engine().local_partitions().to_vec();
     let (served, stop) = serve_http(http, http_tls, api, &local, grace).await;

@@ -26,6 +26,7 @@ use walletd_runtime::engine::{Engine, EngineConfig};
 use crate::api::{self, Api, ApiOptions};
 use crate::cli::{ServeArgs, ServiceArgs};
 use crate::datadir::{DataDir, DataDirError};
+use crate::history::index::IndexConfig;
 use crate::history::LogReader;
 use crate::storages::open_storages;
 use crate::tls::TlsConfigError;
@@ -126,6 +127,7 @@ pub(crate) fn options(args: &ServiceArgs) -> Result<ApiOptions, ServeError> {
             None => crate::process::default_memory_limit(),
         },
         feed_wait_max: Duration::from_millis(feed_wait_max_ms),
+        history_chunk_records: args.history_chunk_records,
     })
 }
 
@@ -187,7 +189,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     tracing::info!(data_dir = %dir.root().display(), partitions = dir.partitions(), "starting");
     let (engine, journal) = start_engine(&args, &dir).await?;
     log_recovery(engine.recovery_reports());
-    let api = build_api(&engine, dir, options, Vec::new()).with_journal(journal);
+    let api = build_api(&engine, dir, options, Vec::new(), Vec::new()).with_journal(journal);
     let listener = bind_http(&args.listen.to_string(), tls.is_some()).await?;
     let grace = Duration::from_millis(args.service.shutdown_grace_ms);
     let (served, stop) = serve_http(listener, tls, api, engine.local_partitions(), grace).await;
@@ -234,12 +236,14 @@ pub(crate) async fn bind_http(address: &str, tls: bool) -> Result<TcpListener, S
 
 /// The API over every partition `engine`'s client reaches (on a cluster node, those of other
 /// nodes too), with the statistics and logs of the partitions running here. `homes` names
-/// where the logs of other nodes' partitions are kept (by partition; empty on one node).
+/// where the logs of other nodes' partitions are kept (by partition; empty on one node), and
+/// `forward_to` the HTTP address history reads of each such partition are forwarded to.
 pub(crate) fn build_api(
     engine: &Engine,
     dir: DataDir,
     options: ApiOptions,
     homes: Vec<String>,
+    forward_to: Vec<Option<String>>,
 ) -> Api {
     let stats: Vec<(PartitionId, Arc<DriverStats>)> = engine
         .local_partitions()
@@ -251,7 +255,15 @@ pub(crate) fn build_api(
     for (partition, stats) in &stats {
         durable[*partition as usize] = Some(Arc::clone(stats));
     }
-    let history = LogReader::new(dir, durable).with_homes(homes);
+    let index = IndexConfig {
+        chunk_records_max: options.history_chunk_records,
+        ..IndexConfig::default()
+    };
+    let history = LogReader::new(dir, durable)
+        .with_index_config(index)
+        .with_homes(homes)
+        .with_forwarding(forward_to);
+    history.follow();
     match options.memory_limit_bytes {
         Some(limit) => tracing::info!(
             memory_limit_mb = limit >> 20,

@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod batch;
 pub mod body;
 pub mod events;
+pub mod forward;
 pub mod layers;
 pub mod metrics;
 pub mod openapi;
@@ -45,6 +46,7 @@ use walletd_runtime::engine::{Client, Unavailable};
 use crate::errors::ApiError;
 use crate::feed::currencies::Currencies;
 use crate::feed::cursors::Cursors;
+use crate::history::index::IndexConfig;
 use crate::history::LogReader;
 use metrics::Metrics;
 
@@ -72,6 +74,8 @@ pub struct ApiOptions {
     pub memory_limit_bytes: Option<u64>,
     /// Longest long-poll of `GET /v1/events` (`wait_ms`); kept below `request_timeout`.
     pub feed_wait_max: Duration,
+    /// Records per chunk of each partition's history index (its in-memory bound).
+    pub history_chunk_records: u32,
 }
 
 impl Default for ApiOptions {
@@ -85,6 +89,7 @@ impl Default for ApiOptions {
             api_token: None,
             memory_limit_bytes: None,
             feed_wait_max: Duration::from_millis(20_000),
+            history_chunk_records: IndexConfig::default().chunk_records_max,
         }
     }
 }

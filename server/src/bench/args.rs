@@ -28,6 +28,9 @@ pub enum Mode {
     Ledger,
     /// Resident memory per open account in an in-process engine (`--memory-accounts`).
     Memory,
+    /// History pages and `as_of` balances on a small log and on one
+    /// `--history-factor` times larger (one partition, no server).
+    History,
 }
 
 impl Mode {
@@ -41,6 +44,7 @@ impl Mode {
             Mode::Cluster => "cluster",
             Mode::Ledger => "ledger",
             Mode::Memory => "memory",
+            Mode::History => "history",
         }
     }
 }
@@ -149,6 +153,27 @@ pub struct BenchArgs {
     /// Accounts the `memory` mode opens.
     #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000), help_heading = "Memory mode")]
     pub memory_accounts: u64,
+
+    /// Events of the small log of `history`.
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1_000..=10_000_000), help_heading = "History mode")]
+    pub history_small_events: u64,
+    /// How many times larger the large log of `history` is.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(2..=1_000), help_heading = "History mode")]
+    pub history_factor: u64,
+    /// Accounts of the `history` logs (every record moves money of one or two of them).
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(2..=1_000_000), help_heading = "History mode")]
+    pub history_accounts: u64,
+    /// Reads timed on each log: pages and `as_of` balances, alternating.
+    #[arg(long, default_value_t = 4_000, value_parser = clap::value_parser!(u64).range(10..=1_000_000), help_heading = "History mode")]
+    pub history_queries: u64,
+    /// Records per index chunk in `history` (the server's `--history-chunk-records`). Smaller
+    /// than the server's default, so that most of both logs is read from chunk files, as a
+    /// server's long history is, rather than from the in-memory chunk.
+    #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(16..=1 << 22), help_heading = "History mode")]
+    pub history_chunk_records: u32,
+    /// Also time reads that fold the whole log, as they were answered before the index.
+    #[arg(long, help_heading = "History mode")]
+    pub history_scan: bool,
 
     /// Append each row of the table, tab-separated in the table's column order, to this file
     /// (`bench/peers.sh` merges them with its peers' rows into one table).

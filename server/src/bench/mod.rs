@@ -17,6 +17,8 @@
 //! - `cluster`: nodes in this process over loopback TCP, every transfer across nodes.
 //! - `ledger`: the ledger alone on one core, no disk: the ceiling.
 //! - `memory`: resident bytes per open account at `--memory-accounts`.
+//! - `history`: history pages and `as_of` balances on a small and a large log (see
+//!   [`history_run`]).
 //!
 //! Each kind of measurement ends the output with a machine-readable line of its own
 //! ([`BenchReport::summary_lines`]).
@@ -30,7 +32,8 @@
 //!   [`http_run`]: the runs of the HTTP modes.
 //! - [`engine_driver`]: the in-process engine on real files, its clients, and the memory
 //!   measurement; [`engine_run`]: one measured run of a fresh engine.
-//! - [`partition_sweep`], [`cluster_run`], [`ledger_run`]: the modes of those names.
+//! - [`partition_sweep`], [`cluster_run`], [`ledger_run`], [`history_run`]: the modes of
+//!   those names.
 //! - [`report`]: per-client tallies and histograms, the rows, the JSON and TSV output;
 //!   [`tables`]: the tables as printed, under their headings.
 
@@ -38,6 +41,7 @@ pub mod args;
 pub mod cluster_run;
 pub mod engine_driver;
 pub mod engine_run;
+pub mod history_run;
 pub mod http_driver;
 pub mod http_run;
 pub mod ledger_run;
@@ -186,7 +190,14 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
         .await?;
         report.memory = Some(memory);
     }
-    print_report(&args, &report)?;
+    let history_only = args.modes.iter().all(|m| *m == Mode::History);
+    if !history_only {
+        print_report(&args, &report)?;
+    }
+    // Last, so that its line ends the output.
+    if asked(Mode::History) {
+        history_run::run(&args).await?;
+    }
     Ok(report)
 }
 

@@ -481,7 +481,7 @@ async fn start() -> (
         feed_wait_max: std::time::Duration::from_millis(FEED_WAIT_MAX_MS),
         ..ApiOptions::default()
     };
-    let api = crate::serve::build_api(&engine, datadir, options, Vec::new());
+    let api = crate::serve::build_api(&engine, datadir, options, Vec::new(), Vec::new());
     (dir, api, engine)
 }
 
