@@ -128,6 +128,7 @@ pub(crate) fn options(args: &ServiceArgs) -> Result<ApiOptions, ServeError> {
         },
         feed_wait_max: Duration::from_millis(feed_wait_max_ms),
         history_chunk_records: args.history_chunk_records,
+        history_follow: args.history_follow,
     })
 }
 
@@ -263,7 +264,9 @@ pub(crate) fn build_api(
         .with_index_config(index)
         .with_homes(homes)
         .with_forwarding(forward_to);
-    history.follow();
+    if options.history_follow {
+        history.follow();
+    }
     match options.memory_limit_bytes {
         Some(limit) => tracing::info!(
             memory_limit_mb = limit >> 20,

@@ -76,6 +76,9 @@ pub struct ApiOptions {
     pub feed_wait_max: Duration,
     /// Records per chunk of each partition's history index (its in-memory bound).
     pub history_chunk_records: u32,
+    /// Whether each partition's history index follows its log in the background; if not,
+    /// a read brings it up to date first.
+    pub history_follow: bool,
 }
 
 impl Default for ApiOptions {
@@ -90,6 +93,7 @@ impl Default for ApiOptions {
             memory_limit_bytes: None,
             feed_wait_max: Duration::from_millis(20_000),
             history_chunk_records: IndexConfig::default().chunk_records_max,
+            history_follow: false,
         }
     }
 }
