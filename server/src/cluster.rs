@@ -254,19 +254,13 @@ fn partition_map(file: &ClusterFile) -> Result<PartitionMap, ClusterConfigError>
     }
     let mut nodes = BTreeMap::new();
     for entry in &file.nodes {
-        for (field, address) in [("http", &entry.http), ("peer", &entry.peer)] {
-            if !is_host_port(address) {
-                return Err(ClusterConfigError::BadAddress {
-                    node: entry.id,
-                    field,
-                    address: address.clone(),
-                });
+        let address = node_address(&entry.http, &entry.peer).map_err(|(field, address)| {
+            ClusterConfigError::BadAddress {
+                node: entry.id,
+                field,
+                address,
             }
-        }
-        let address = NodeAddress {
-            http: entry.http.clone(),
-            peer: entry.peer.clone(),
-        };
+        })?;
         if nodes.insert(entry.id, address).is_some() {
             return Err(ClusterConfigError::DuplicateNode(entry.id));
         }
@@ -308,6 +302,20 @@ fn even_spread(partitions: u32, ids: &[NodeId]) -> Vec<NodeId> {
 }
 
 /// `host:port` with a non-empty host and a port number (`[v6]:port` included).
+/// A node's addresses, each checked to be `host:port`; else the field (`http` or `peer`) and
+/// the address that is not.
+pub(crate) fn node_address(http: &str, peer: &str) -> Result<NodeAddress, (&'static str, String)> {
+    for (field, address) in [("http", http), ("peer", peer)] {
+        if !is_host_port(address) {
+            return Err((field, address.to_string()));
+        }
+    }
+    Ok(NodeAddress {
+        http: http.to_string(),
+        peer: peer.to_string(),
+    })
+}
+
 pub(crate) fn is_host_port(address: &str) -> bool {
     match address.rsplit_once(':') {
         Some((host, port)) => {

@@ -12,9 +12,7 @@
 //! refuses a document of a format it does not know rather than misread it.
 
 use serde::{Deserialize, Serialize};
-use walletd_core::model::partition::{
-    MapError, NodeAddress, NodeId, PartitionId, PartitionMap, PARTITIONS_MAX,
-};
+use walletd_core::model::partition::{MapError, NodeId, PartitionId, PartitionMap, PARTITIONS_MAX};
 
 use crate::cluster::NODES_MAX;
 
@@ -150,19 +148,13 @@ impl MapDocument {
             nodes: Default::default(),
         };
         for node in &self.nodes {
-            for (field, address) in [("http", &node.http), ("peer", &node.peer)] {
-                if !crate::cluster::is_host_port(address) {
-                    return Err(DocumentError::BadAddress {
-                        node: node.id,
-                        field,
-                        address: address.clone(),
-                    });
-                }
-            }
-            let address = NodeAddress {
-                http: node.http.clone(),
-                peer: node.peer.clone(),
-            };
+            let address = crate::cluster::node_address(&node.http, &node.peer).map_err(
+                |(field, address)| DocumentError::BadAddress {
+                    node: node.id,
+                    field,
+                    address,
+                },
+            )?;
             if map.nodes.insert(node.id, address).is_some() {
                 return Err(DocumentError::DuplicateNode(node.id));
             }
@@ -200,6 +192,7 @@ impl MapDocument {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use walletd_core::model::partition::NodeAddress;
 
     fn map() -> PartitionMap {
         let mut nodes = std::collections::BTreeMap::new();
