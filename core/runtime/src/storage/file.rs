@@ -190,6 +190,13 @@ struct Journaled {
     commits: bool,
 }
 
+impl Journaled {
+    /// The log was just synced: a checkpoint of every batch committed so far.
+    fn log_synced(&self) {
+        self.journal.checkpointed(self.partition, self.last_file);
+    }
+}
+
 /// The file in a storage's directory that an open storage holds locked.
 pub const LOCK_FILE: &str = "LOCK";
 
@@ -321,9 +328,7 @@ impl FileStorage {
             return Ok(());
         };
         self.log.as_mut().ok_or_else(log_lost)?.sync()?;
-        journaled
-            .journal
-            .checkpointed(journaled.partition, journaled.last_file);
+        journaled.log_synced();
         Ok(())
     }
 
@@ -501,9 +506,7 @@ impl Storage for FileStorage {
     async fn sync(&mut self) -> io::Result<()> {
         self.on_log(LogWriter::sync).await??;
         if let Some(journaled) = &self.journal {
-            journaled
-                .journal
-                .checkpointed(journaled.partition, journaled.last_file);
+            journaled.log_synced();
         }
         Ok(())
     }
