@@ -12,6 +12,8 @@
 //!   with its packed tables.
 //! - [`protocol`]: the TC/C coordinator of a home partition and the messages partitions
 //!   exchange.
+//! - [`replica`]: a partition replicated by Raft (raft-rs): the machine when it leads, a fold
+//!   of the committed log when it follows.
 //! - [`log`]: the record codec, snapshots, and replay (balances and movements as of any point).
 //! - [`wire`]: the node-to-node frame codec: batched, versioned, CRC32C-checked frames.
 
@@ -19,6 +21,7 @@ pub mod ledger;
 pub mod log;
 pub mod model;
 pub mod protocol;
+pub mod replica;
 pub mod wire;
 
 #[cfg(test)]

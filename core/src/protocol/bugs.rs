@@ -44,10 +44,16 @@ pub enum Bug {
     /// credit of a transfer it committed, the home answers nothing, so a Confirm lost on
     /// the way leaves the destination's credit pending for good.
     ConfirmSentOnce = 1024,
+    /// A replicated partition's leader answers a batch's clients as soon as it proposes the
+    /// batch, before a majority of its group has it durable.
+    AckBeforeQuorum = 2048,
+    /// A replica restarts without the vote it cast in its current term, so it may vote twice
+    /// in one term and two leaders may be elected in it.
+    ForgetVote = 4096,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 11] = [
+    pub const ALL: [Bug; 13] = [
         Bug::SkipBarrier,
         Bug::ReplyBeforeSync,
         Bug::NoIdempotency,
@@ -59,6 +65,8 @@ impl Bug {
         Bug::CancelAfterDurableCredit,
         Bug::CommitOnHomeOnly,
         Bug::ConfirmSentOnce,
+        Bug::AckBeforeQuorum,
+        Bug::ForgetVote,
     ];
 
     /// The name used on the simulator's command line (`--bug skip-barrier`).
@@ -75,6 +83,8 @@ impl Bug {
             Bug::CancelAfterDurableCredit => "cancel-after-durable-credit",
             Bug::CommitOnHomeOnly => "commit-on-home-only",
             Bug::ConfirmSentOnce => "confirm-sent-once",
+            Bug::AckBeforeQuorum => "ack-before-quorum",
+            Bug::ForgetVote => "forget-vote",
         }
     }
 

@@ -352,6 +352,18 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         &self.ledger
     }
 
+    /// Gives up the machine for its ledger: what a replica that stops leading keeps, when
+    /// every record the ledger holds is durable (see [`crate::replica`]).
+    pub fn into_ledger(self) -> Ledger {
+        self.ledger
+    }
+
+    /// Whether the ledger holds records that are not durable yet (applied, in the open
+    /// batch or in the commit in flight).
+    pub fn is_ahead_of_durable(&self) -> bool {
+        self.ledger.last_applied().lsn != self.durable_lsn
+    }
+
     pub fn counters(&self) -> MachineCounters {
         self.counters
     }
