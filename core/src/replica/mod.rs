@@ -367,6 +367,14 @@ impl<K: ReplyTokens> Replica<K> {
         }
     }
 
+    /// The machine, as [`Replica::machine`], to read.
+    pub fn machine_ref(&self) -> Option<&PartitionMachine<K>> {
+        match &self.role {
+            Role::Leading { machine, .. } => Some(machine),
+            _ => None,
+        }
+    }
+
     /// The state applied here: the committed state on a follower, and on a leader that plus
     /// what it proposed. `None` while reloading.
     pub fn ledger(&self) -> Option<&Ledger> {
