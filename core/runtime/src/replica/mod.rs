@@ -25,6 +25,7 @@
 //! client sees the partition unavailable, and retries, with the same transaction id, where
 //! [`ReplicaStatus::leader`] points).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -37,7 +38,7 @@ use tokio::time::Instant;
 
 use walletd_core::ledger::Ledger;
 use walletd_core::model::partition::PartitionId;
-use walletd_core::protocol::machine::Now;
+use walletd_core::protocol::machine::{Now, PartitionMachine};
 use walletd_core::replica::{
     Persist, RaftMessage, Replica, ReplicaConfig, ReplicaError, ReplicaId, ReplicaReady,
 };
@@ -50,11 +51,15 @@ use crate::transport::Transport;
 #[cfg(test)]
 mod tests;
 
-/// Carries Raft messages to the other replicas of a group. Best effort, like
-/// [`Transport`]: Raft resends what is lost.
-pub trait RaftTransport: Send + Sync + 'static {
+/// How a replica reaches the other replicas of its group. Best effort, like [`Transport`]:
+/// Raft resends what is lost, and a client whose forwarded command is lost retries.
+pub trait GroupLinks: Send + Sync + 'static {
     /// Sends each message to replica `message.to` of `partition`'s group.
     fn send_raft(&self, partition: PartitionId, messages: Vec<RaftMessage>);
+
+    /// Hands a client command, query or phase message to replica `to` (the leader), with
+    /// its reply channel. Gives it back if there is no way to `to` now.
+    fn forward(&self, to: ReplicaId, input: Input) -> Result<(), Input>;
 }
 
 /// What a replica publishes of its role, for routing and `GET /v1/cluster`.
@@ -78,18 +83,25 @@ impl ReplicaStatus {
     }
 }
 
-/// Timing of a replica driver.
+/// Timing and limits of a replica driver.
 #[derive(Debug, Clone, Copy)]
 pub struct ReplicaTiming {
     /// One Raft tick. Elections start after `election_ticks` to twice that without a
     /// leader ([`ReplicaConfig`]).
     pub tick: Duration,
+    /// How long a command or phase message waits for its group to have a leader (an
+    /// election) before it is dropped: its client then sees the partition unavailable.
+    pub leader_wait: Duration,
+    /// Most inputs waiting for a leader; beyond it new ones are dropped at once.
+    pub leader_wait_inputs_max: usize,
 }
 
 impl Default for ReplicaTiming {
     fn default() -> Self {
         ReplicaTiming {
             tick: Duration::from_millis(10),
+            leader_wait: Duration::from_secs(2),
+            leader_wait_inputs_max: 65_536,
         }
     }
 }
@@ -126,9 +138,11 @@ pub struct ReplicaDriver<S: Storage, R: RaftStore> {
     /// Persists waiting for the next store write, with the messages that vouch for them.
     queued: Vec<(Persist, Vec<RaftMessage>)>,
     peers: Arc<dyn Transport>,
-    raft: Arc<dyn RaftTransport>,
+    links: Arc<dyn GroupLinks>,
     inbox: mpsc::Receiver<Input>,
-    raft_inbox: mpsc::Receiver<RaftMessage>,
+    /// Client commands, queries and phase messages not yet handed on, oldest first, with
+    /// when they came (see `route_waiting`).
+    waiting: VecDeque<(Instant, Input)>,
     status: Arc<ReplicaStatus>,
     stats: Arc<DriverStats>,
     timing: ReplicaTiming,
@@ -139,9 +153,9 @@ pub struct ReplicaDriver<S: Storage, R: RaftStore> {
 /// The inputs and outputs of a replica driver, other than its storage.
 pub struct ReplicaWiring {
     pub peers: Arc<dyn Transport>,
-    pub raft: Arc<dyn RaftTransport>,
+    pub links: Arc<dyn GroupLinks>,
+    /// Client commands, queries, phase messages and the group's Raft messages.
     pub inbox: mpsc::Receiver<Input>,
-    pub raft_inbox: mpsc::Receiver<RaftMessage>,
     pub status: Arc<ReplicaStatus>,
     pub stats: Arc<DriverStats>,
 }
@@ -183,9 +197,9 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
             raft_store: Some(raft_store),
             queued: Vec::new(),
             peers: wiring.peers,
-            raft: wiring.raft,
+            links: wiring.links,
             inbox: wiring.inbox,
-            raft_inbox: wiring.raft_inbox,
+            waiting: VecDeque::new(),
             status: wiring.status,
             stats: wiring.stats,
             timing,
@@ -209,10 +223,13 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
         let mut ticks = tokio::time::interval(self.timing.tick);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.route_waiting();
             self.drive().await?;
             if writing.is_none() {
                 writing = self.start_write();
             }
+            // The inbox is always read: the group's Raft messages come through it, and what
+            // else cannot be taken yet waits in `waiting` (see `route_waiting`).
             let deadline = self.replica.machine_ref().and_then(|m| m.poll_timeout());
             let deadline = deadline.map(|due| self.clock_origin + Duration::from_micros(due));
             // `biased`, as in the partition driver: a seed decides every interleaving.
@@ -223,15 +240,7 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
                     result.map_err(|source| ReplicaDriverError::RaftStore { partition, source })?;
                     self.raft_store = Some(store);
                     self.replica.handle_persisted(written.last_number);
-                    self.raft.send_raft(partition, written.messages);
-                }
-                message = self.raft_inbox.recv() => {
-                    if let Some(message) = message {
-                        self.replica.handle_message(message);
-                        while let Ok(message) = self.raft_inbox.try_recv() {
-                            self.replica.handle_message(message);
-                        }
-                    }
+                    self.links.send_raft(partition, written.messages);
                 }
                 input = self.inbox.recv() => match input {
                     Some(Input::Shutdown(ack)) => {
@@ -239,13 +248,31 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
                         let _ = ack.send(());
                         return Ok((self.storage, self.raft_store.take().expect("stopped")));
                     }
-                    Some(input) => self.handle(input),
+                    Some(input) => {
+                        self.handle(input);
+                        // The rest of what is queued, up to a bound, before Raft is polled.
+                        for _ in 0..DRAIN_INPUTS_MAX {
+                            match self.inbox.try_recv() {
+                                Ok(Input::Shutdown(ack)) => {
+                                    self.stop(writing).await?;
+                                    let _ = ack.send(());
+                                    let store = self.raft_store.take().expect("stopped");
+                                    return Ok((self.storage, store));
+                                }
+                                Ok(input) => self.handle(input),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => {
                         self.stop(writing).await?;
                         return Ok((self.storage, self.raft_store.take().expect("stopped")));
                     }
                 },
-                _ = ticks.tick() => self.replica.tick(),
+                _ = ticks.tick() => {
+                    self.replica.tick();
+                    self.expire_waiting();
+                }
                 _ = sleep_until_due(deadline), if deadline.is_some() => {
                     let now = self.now();
                     if let Some(machine) = self.replica.machine() {
@@ -256,31 +283,69 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
         }
     }
 
-    /// A client command, query or phase message: to the machine while leading; dropped
-    /// otherwise (the client sees the partition unavailable, the sender of a phase message
-    /// resends).
+    /// One input: Raft messages to Raft at once; anything else joins the waiting queue,
+    /// which [`ReplicaDriver::route_waiting`] empties in order.
     fn handle(&mut self, input: Input) {
-        let now = self.now();
         self.stats.inputs.fetch_add(1, Ordering::Relaxed);
-        let Some(machine) = self.replica.machine() else {
+        if let Input::Raft {
+            partition,
+            messages,
+        } = input
+        {
+            debug_assert_eq!(partition, self.replica.partition());
+            for message in messages {
+                self.replica.handle_message(message);
+            }
             return;
-        };
-        match input {
-            Input::Command {
-                command,
-                wait,
-                reply,
-            } => machine.handle_command(now, reply, &command, wait),
-            Input::Commands {
-                commands,
-                wait,
-                reply,
-            } => machine.handle_commands(now, reply, &commands, wait),
-            Input::Query { query, reply } => machine.handle_query(reply, query),
-            Input::Peers(messages) => machine.handle_peers(now, &messages),
-            Input::Shutdown(_) => unreachable!("handled by run"),
         }
-        machine.handle_tick(now);
+        // Beyond the bound the input is dropped: its client sees the partition unavailable.
+        if self.waiting.len() < self.timing.leader_wait_inputs_max {
+            self.waiting.push_back((Instant::now(), input));
+        }
+        self.route_waiting();
+    }
+
+    /// Hands waiting client commands, queries and phase messages on, in order: to the
+    /// machine while this replica leads and its batch takes inputs, to the leader while
+    /// another replica leads. They keep waiting while the group has no leader, while this
+    /// replica leads but still applies earlier terms, and while its batch is full (the
+    /// group's Raft messages, which commit it, are read meanwhile).
+    fn route_waiting(&mut self) {
+        let now = self.now();
+        let own = self.replica.id();
+        let mut fed = false;
+        while !self.waiting.is_empty() {
+            if let Some(machine) = self.replica.machine() {
+                if !machine.wants_inputs() {
+                    break;
+                }
+                let (_, input) = self.waiting.pop_front().expect("not empty");
+                to_machine(machine, now, input);
+                fed = true;
+            } else if let Some(leader) = self.replica.leader().filter(|l| *l != own) {
+                let (_, input) = self.waiting.pop_front().expect("not empty");
+                // A link that is down drops it: the client sees the partition unavailable.
+                let _ = self.links.forward(leader, input);
+            } else {
+                break;
+            }
+        }
+        if fed {
+            if let Some(machine) = self.replica.machine() {
+                machine.handle_tick(now);
+            }
+        }
+    }
+
+    /// Drops the inputs that waited longer than [`ReplicaTiming::leader_wait`].
+    fn expire_waiting(&mut self) {
+        let wait = self.timing.leader_wait;
+        while let Some((since, _)) = self.waiting.front() {
+            if since.elapsed() < wait {
+                break;
+            }
+            self.waiting.pop_front();
+        }
     }
 
     /// Carries out everything the replica has to do until it has nothing more.
@@ -300,7 +365,7 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
         let partition = self.replica.partition();
         let io_err = |source| DriverError::Io { partition, source };
         if !ready.messages.is_empty() {
-            self.raft.send_raft(partition, ready.messages);
+            self.links.send_raft(partition, ready.messages);
         }
         if let Some(persist) = ready.persist {
             self.queued.push((persist, ready.messages_after_persist));
@@ -443,6 +508,28 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
 
     pub fn ledger(&self) -> Option<&Ledger> {
         self.replica.ledger()
+    }
+}
+
+/// Inputs taken from the inbox before Raft and the machine are polled again.
+const DRAIN_INPUTS_MAX: usize = 1024;
+
+/// Feeds a client command, query or phase message to the machine.
+fn to_machine(machine: &mut PartitionMachine<Channels>, now: Now, input: Input) {
+    match input {
+        Input::Command {
+            command,
+            wait,
+            reply,
+        } => machine.handle_command(now, reply, &command, wait),
+        Input::Commands {
+            commands,
+            wait,
+            reply,
+        } => machine.handle_commands(now, reply, &commands, wait),
+        Input::Query { query, reply } => machine.handle_query(reply, query),
+        Input::Peers(messages) => machine.handle_peers(now, &messages),
+        Input::Raft { .. } | Input::Shutdown(_) => unreachable!("handled by the driver"),
     }
 }
 

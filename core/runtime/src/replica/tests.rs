@@ -21,20 +21,35 @@ use walletd_core::replica::DurableRaft;
 
 const REPLICAS: usize = 3;
 
-/// Routes Raft messages by replica id into the raft inboxes (a replica that is down has no
-/// inbox: what is sent to it is lost).
+/// Routes Raft messages and forwarded inputs by replica id into the inboxes (a replica that
+/// is down has no inbox: what is sent to it is lost).
 #[derive(Default)]
 struct Wires {
-    raft_inboxes: Mutex<Vec<Option<mpsc::Sender<RaftMessage>>>>,
+    inboxes: Mutex<Vec<Option<mpsc::Sender<Input>>>>,
 }
 
-impl RaftTransport for Wires {
-    fn send_raft(&self, _partition: PartitionId, messages: Vec<RaftMessage>) {
-        let inboxes = self.raft_inboxes.lock().unwrap();
+impl GroupLinks for Wires {
+    fn send_raft(&self, partition: PartitionId, messages: Vec<RaftMessage>) {
+        let inboxes = self.inboxes.lock().unwrap();
         for message in messages {
             if let Some(Some(inbox)) = inboxes.get(message.to as usize - 1) {
-                let _ = inbox.try_send(message);
+                let input = Input::Raft {
+                    partition,
+                    messages: vec![message],
+                };
+                let _ = inbox.try_send(input);
             }
+        }
+    }
+
+    fn forward(&self, to: ReplicaId, input: Input) -> Result<(), Input> {
+        let inboxes = self.inboxes.lock().unwrap();
+        match inboxes.get(to as usize - 1) {
+            Some(Some(inbox)) => inbox.try_send(input).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(input)
+                | mpsc::error::TrySendError::Closed(input) => input,
+            }),
+            _ => Err(input),
         }
     }
 }
@@ -60,13 +75,15 @@ struct Node {
 struct Group {
     wires: Arc<Wires>,
     nodes: Vec<Node>,
+    /// Turns through the nodes that clients send to.
+    next_target: std::sync::atomic::AtomicUsize,
 }
 
 impl Group {
     fn new() -> Group {
         let voters: Vec<u64> = (1..=REPLICAS as u64).collect();
         let wires = Arc::new(Wires::default());
-        *wires.raft_inboxes.lock().unwrap() = vec![None; REPLICAS];
+        *wires.inboxes.lock().unwrap() = vec![None; REPLICAS];
         let nodes = (0..REPLICAS)
             .map(|_| Node {
                 storage: MemStorage::default(),
@@ -77,14 +94,17 @@ impl Group {
                 incarnation: 0,
             })
             .collect();
-        Group { wires, nodes }
+        Group {
+            wires,
+            nodes,
+            next_target: Default::default(),
+        }
     }
 
     async fn start(&mut self, index: usize) {
         let node = &mut self.nodes[index];
         node.incarnation += 1;
-        let (inbox_tx, inbox) = mpsc::channel(1024);
-        let (raft_tx, raft_inbox) = mpsc::channel(4096);
+        let (inbox_tx, inbox) = mpsc::channel(4096);
         node.status = Arc::new(ReplicaStatus::default());
         let config = ReplicaConfig {
             id: index as u64 + 1,
@@ -95,14 +115,14 @@ impl Group {
         };
         let wiring = ReplicaWiring {
             peers: Arc::new(NoPeers),
-            raft: self.wires.clone(),
+            links: self.wires.clone(),
             inbox,
-            raft_inbox,
             status: Arc::clone(&node.status),
             stats: Arc::new(DriverStats::default()),
         };
         let timing = ReplicaTiming {
             tick: Duration::from_millis(2),
+            ..ReplicaTiming::default()
         };
         let driver = ReplicaDriver::start(
             0,
@@ -116,14 +136,14 @@ impl Group {
         .await
         .expect("a replica starts from its disks");
         node.task = Some(tokio::spawn(driver.run()));
+        self.wires.inboxes.lock().unwrap()[index] = Some(inbox_tx.clone());
         node.inbox = Some(inbox_tx);
-        self.wires.raft_inboxes.lock().unwrap()[index] = Some(raft_tx);
     }
 
     /// Kills node `index`: its task stops wherever it is and its disks lose every write
     /// that was not synced.
     async fn kill(&mut self, index: usize) {
-        self.wires.raft_inboxes.lock().unwrap()[index] = None;
+        self.wires.inboxes.lock().unwrap()[index] = None;
         let node = &mut self.nodes[index];
         node.inbox = None;
         if let Some(task) = node.task.take() {
@@ -149,17 +169,23 @@ impl Group {
         panic!("no single leader within 10 s");
     }
 
-    /// Sends `command` to the leader until one answers it (a deposed leader drops it).
+    /// Sends `command` until it is answered, to each node that is up in turn: a follower
+    /// forwards it to the leader, or holds it while there is none; a deposed leader drops
+    /// it, and it is sent again.
     async fn execute(&self, command: Command) -> CommandResult {
         for _ in 0..200 {
-            let leader = self.leader().await;
+            let up: Vec<usize> = (0..REPLICAS)
+                .filter(|&i| self.nodes[i].inbox.is_some())
+                .collect();
+            let turn = self.next_target.fetch_add(1, Ordering::Relaxed);
+            let target = up[turn % up.len()];
             let (reply, answer) = oneshot::channel();
             let input = Input::Command {
                 command,
                 wait: true,
                 reply,
             };
-            let inbox = self.nodes[leader].inbox.as_ref().expect("up");
+            let inbox = self.nodes[target].inbox.as_ref().expect("up");
             if inbox.send(input).await.is_err() {
                 continue;
             }
