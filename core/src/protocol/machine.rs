@@ -62,6 +62,10 @@ pub struct MachineConfig {
     /// time caps a partition's rate while its disk is slow (a snapshot being written back,
     /// say): 65,536 over a 50 ms sync is still 1.3M inputs/s.
     pub batch_inputs_max: usize,
+    /// Most bytes of records in one batch before it takes no more inputs (the input that
+    /// crosses it still completes, so a batch may pass it by one input's records). A
+    /// replicated partition's batch is one Raft entry, which must fit a wire message.
+    pub batch_bytes_max: usize,
     /// Take a snapshot after this many events since the last one, and no sooner than the log
     /// since the last one holds as many events as the state has rows (0: never).
     pub snapshot_every_events: u64,
@@ -80,6 +84,7 @@ impl Default for MachineConfig {
     fn default() -> Self {
         MachineConfig {
             batch_inputs_max: 65_536,
+            batch_bytes_max: usize::MAX,
             snapshot_every_events: 1_000_000,
             waiters_max: 100_000,
             background_delay_us: 2_000,
@@ -389,6 +394,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
     /// Whether the open batch takes more inputs; once full it waits for the commit in flight.
     pub fn wants_inputs(&self) -> bool {
         self.batch.inputs < self.config.batch_inputs_max
+            && self.batch.bytes.len() < self.config.batch_bytes_max
     }
 
     /// Whether the open batch holds background work only and may wait a little longer for

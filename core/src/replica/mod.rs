@@ -70,6 +70,12 @@ use crate::protocol::machine::{MachineConfig, Now, PartitionMachine, Release, Re
 
 pub use raft::eraftpb::Message as RaftMessage;
 
+/// Most record bytes in one batch of a replicated partition: one batch is one Raft entry,
+/// and a Raft message of entries must fit a wire message
+/// ([`crate::wire::RAFT_ENCODED_LEN_MAX`], 8 MiB), with room for the last input's records
+/// past the bound and for the entries raft-rs packs beside it (up to 1 MiB).
+pub const BATCH_BYTES_MAX: usize = 1 << 20;
+
 /// A replica's id in its group. Raft reserves 0, so a node's replicas use its node id + 1.
 pub type ReplicaId = u64;
 
@@ -289,6 +295,8 @@ impl<K: ReplyTokens> Replica<K> {
         assert!(config.id != 0, "raft reserves replica id 0");
         assert!(config.heartbeat_ticks > 0 && config.heartbeat_ticks < config.election_ticks);
         let partition = ledger.partition();
+        let mut config = config;
+        config.machine.batch_bytes_max = config.machine.batch_bytes_max.min(BATCH_BYTES_MAX);
         let raft_config = raft::Config {
             id: config.id,
             election_tick: config.election_ticks,
