@@ -4,7 +4,8 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use raft::eraftpb::{Entry, EntryType, HardState};
 
-use super::records::{encode_raw, RECORD_HEADER_LEN};
+use super::codec::encode_persist;
+use super::records::{encode_raw, encode_record, Kind, RECORD_HEADER_LEN};
 use super::writer::numbered_files;
 use super::*;
 use crate::storage::raft_store::MemRaftStore;
@@ -302,6 +303,51 @@ fn a_record_of_an_unknown_version_is_an_error() {
         let message = error.to_string();
         assert!(message.contains(&format!("byte offset {len}")), "{message}");
         assert!(message.contains("layout version 2"), "{message}");
+    });
+}
+
+/// A base record is synced before its file is named, so a bad one is never a torn tail; a
+/// persist whose entries leave a gap was never written by a store.
+#[test]
+fn a_bad_base_or_a_gap_in_the_log_is_an_error() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), no_rotation()).unwrap();
+        let (path, len, _) = newest(&store);
+        drop(store);
+        let whole = fs::read(&path).unwrap();
+        let mut bytes = whole.clone();
+        bytes[RECORD_HEADER_LEN + 1] ^= 0x20;
+        fs::write(&path, &bytes).unwrap();
+        let message = open(dir.path(), no_rotation())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            message.contains("byte offset 0: no whole base record"),
+            "{message}"
+        );
+
+        let mut bytes = whole;
+        let gap = persist(3, 1, 1, true);
+        encode_record(
+            Kind::Persist,
+            2,
+            len,
+            |out| encode_persist(gap.hard_state.as_ref(), &gap.entries, out),
+            &mut bytes,
+        )
+        .unwrap();
+        fs::write(&path, &bytes).unwrap();
+        let message = open(dir.path(), no_rotation())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(message.contains(&format!("byte offset {len}")), "{message}");
+        assert!(
+            message.contains("entries from index 3, after a log that ends at 0"),
+            "{message}"
+        );
     });
 }
 
