@@ -11,12 +11,18 @@
 //!   Persists appended but not synced may or may not be in it, each whole or not at all, and
 //!   in order: never a later one without an earlier one.
 //! - An error from `sync` is fatal for the replica, as it is for a partition's log.
+//!
+//! Production uses [`file::FileRaftStore`] (real files, `fdatasync`); tests use
+//! [`MemRaftStore`].
 
 use std::future::Future;
 use std::io;
 use std::sync::{Arc, Mutex};
 
 use walletd_core::replica::{DurableRaft, Persist};
+
+#[cfg(not(madsim))]
+pub mod file;
 
 /// Durable Raft state of one replica.
 pub trait RaftStore: Send + 'static {
