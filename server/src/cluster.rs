@@ -451,7 +451,8 @@ mod tests {
     #[test]
     fn replicas_are_one_by_default_or_every_node() {
         assert_eq!(parse(THREE_NODES).unwrap().replicas, 1);
-        let with = |line: &str| THREE_NODES.replace("partitions = 7", &format!("partitions = 7\n{line}"));
+        let with =
+            |line: &str| THREE_NODES.replace("partitions = 7", &format!("partitions = 7\n{line}"));
         assert_eq!(parse(&with("replicas = 3")).unwrap().replicas, 3);
         assert_eq!(parse(&with("replicas = 1")).unwrap().replicas, 1);
         for refused in ["replicas = 2", "replicas = 0", "replicas = 5"] {

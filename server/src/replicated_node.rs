@@ -82,17 +82,17 @@ pub async fn run(
         Some(tls) => {
             start_replicated_node_with(tls, listener, &map, id, secret, storages, config).await?
         }
-        None => start_replicated_node_with(Tcp, listener, &map, id, secret, storages, config)
-            .await?,
+        None => {
+            start_replicated_node_with(Tcp, listener, &map, id, secret, storages, config).await?
+        }
     };
-    let stats: Vec<(PartitionId, Arc<DriverStats>)> =
-        (0..partitions).zip(node.stats()).collect();
+    let stats: Vec<(PartitionId, Arc<DriverStats>)> = (0..partitions).zip(node.stats()).collect();
     // Every partition's log is here: nothing is forwarded for history.
     let homes = vec![String::new(); partitions as usize];
     let forward_to = vec![None; partitions as usize];
     let view = ClusterView::replicated(&map, args.id, node.links(), node.statuses());
-    let api = build_api_for(node.client(), stats, dir, options, homes, forward_to)
-        .with_cluster(view);
+    let api =
+        build_api_for(node.client(), stats, dir, options, homes, forward_to).with_cluster(view);
     let grace = Duration::from_millis(args.service.shutdown_grace_ms);
     // No partition is watched for liveness through requests: a group without a leader
     // answers 503 for a while, which is an election, not a reason to stop this node.

@@ -86,9 +86,9 @@ impl Cluster {
                 partitions.iter().map(|p| p["leader"].as_u64()).collect()
             };
             let first = of(&views[0]);
-            let all_led = first.iter().all(|leader| {
-                leader.is_some_and(|l| self.nodes[l as usize].is_some())
-            });
+            let all_led = first
+                .iter()
+                .all(|leader| leader.is_some_and(|l| self.nodes[l as usize].is_some()));
             leaders = first.iter().map(|l| l.unwrap_or(0) as u32).collect();
             all_led && views.iter().all(|view| of(view) == first)
         });
@@ -126,7 +126,12 @@ fn post(addr: SocketAddr, path: &str, body: &Value) -> Result<http::Response, St
 /// Sends `body` to `path` through the nodes that are up, in turn from `first`, until a
 /// node gives a final answer (not 503, not a broken connection): what a client with
 /// retries does. Returns the answer and how many attempts failed.
-fn until_answered(cluster: &Cluster, first: usize, path: &str, body: &Value) -> (http::Response, u32) {
+fn until_answered(
+    cluster: &Cluster,
+    first: usize,
+    path: &str,
+    body: &Value,
+) -> (http::Response, u32) {
     let started = Instant::now();
     let mut failures = 0;
     let mut turn = first;
@@ -153,7 +158,14 @@ fn transfer_body(from: &str, to: &str, cents: u64, id: &str) -> Value {
 }
 
 fn balance(via: SocketAddr, account: &str) -> Option<(String, String, String)> {
-    let r = http::request(via, "GET", &format!("/v1/accounts/{account}/balance"), &[], None).ok()?;
+    let r = http::request(
+        via,
+        "GET",
+        &format!("/v1/accounts/{account}/balance"),
+        &[],
+        None,
+    )
+    .ok()?;
     if r.status != 200 {
         return None;
     }
@@ -174,7 +186,12 @@ fn transfers_survive_kill_9_of_every_node_in_turn_and_every_replica_agrees() {
         let (r, _) = until_answered(&cluster, i, "/v1/accounts", &open);
         assert!(matches!(r.status, 200 | 201), "{}", r.text());
         let deposit = json!({"amount": "100.00", "currency": "USD", "transaction_id": "fund"});
-        let (r, _) = until_answered(&cluster, i, &format!("/v1/accounts/{account}/deposit"), &deposit);
+        let (r, _) = until_answered(
+            &cluster,
+            i,
+            &format!("/v1/accounts/{account}/deposit"),
+            &deposit,
+        );
         assert_eq!(r.status, 200, "{}", r.text());
     }
     let mut committed: Vec<(String, String)> = Vec::new();
@@ -188,7 +205,8 @@ fn transfers_survive_kill_9_of_every_node_in_turn_and_every_replica_agrees() {
             let to = &accounts[(n as usize + 1) % accounts.len()];
             let id = format!("t{n}");
             let body = transfer_body(from, to, 100, &id);
-            let (r, failed) = until_answered(cluster, n as usize, "/v1/wallet/balance_transfer", &body);
+            let (r, failed) =
+                until_answered(cluster, n as usize, "/v1/wallet/balance_transfer", &body);
             failures += failed;
             assert_eq!(r.status, 200, "{id}: {}", r.text());
             assert_eq!(r.json()["status"], "committed", "{id}: {}", r.text());
@@ -227,7 +245,11 @@ fn transfers_survive_kill_9_of_every_node_in_turn_and_every_replica_agrees() {
     // balance ends where it started once nothing is held or incoming; every node agrees.
     let expected = ("100.00".to_string(), "0.00".to_string(), "0.00".to_string());
     let transfers = committed.len();
-    assert_eq!(transfers % accounts.len(), 0, "a whole number of rounds of the ring");
+    assert_eq!(
+        transfers % accounts.len(),
+        0,
+        "a whole number of rounds of the ring"
+    );
     for id in 0..NODES {
         let via = cluster.http[id as usize];
         for account in &accounts {
@@ -245,7 +267,11 @@ fn transfers_survive_kill_9_of_every_node_in_turn_and_every_replica_agrees() {
     for id in 0..NODES {
         let node = cluster.nodes[id as usize].take().expect("running");
         let status = node.terminate();
-        assert!(status.success(), "node {id} exited with {status}:\n{}", node.logs());
+        assert!(
+            status.success(),
+            "node {id} exited with {status}:\n{}",
+            node.logs()
+        );
     }
     // Each node's own copy of every partition replays, conserves money, and agrees with
     // the others' record for record.
@@ -258,7 +284,10 @@ fn transfers_survive_kill_9_of_every_node_in_turn_and_every_replica_agrees() {
             .wallet
             .run(&["replay", "--data-dir", &dir.display().to_string()]);
         assert!(output.status.success(), "replay {}", dir.display());
-        replays.push(String::from_utf8_lossy(&output.stdout).into_owned());
+        // The first line names the directory; the rest is the state.
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let state: Vec<&str> = text.lines().filter(|l| !l.starts_with("# /")).collect();
+        replays.push(state.join("\n"));
     }
     assert!(
         replays.windows(2).all(|pair| pair[0] == pair[1]),
