@@ -23,7 +23,6 @@ use walletd_runtime::net::LinkStats;
 use walletd_runtime::replica::ReplicaStatus;
 
 use super::Api;
-use crate::errors::ApiError;
 
 /// What a node knows of its cluster, from which each answer is read.
 pub struct ClusterView {
@@ -204,9 +203,6 @@ fn node_views(
 /// The cluster as this node sees it.
 #[utoipa::path(get, path = "/v1/cluster", tag = "operations",
     responses((status = 200, description = "The cluster's nodes and partitions", body = ClusterResponse)))]
-pub async fn cluster(State(api): State<Api>) -> Result<Json<ClusterResponse>, ApiError> {
-    match api.cluster_view() {
-        Some(view) => Ok(Json(view.answer())),
-        None => Err(ApiError::route_not_found("/v1/cluster")),
-    }
+pub async fn cluster(State(api): State<Api>) -> Json<ClusterResponse> {
+    Json(api.cluster_view().answer())
 }

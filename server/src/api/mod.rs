@@ -122,8 +122,9 @@ struct ApiInner {
     feed_currencies: Currencies,
     /// Where the feed's recent pages ended in their segments.
     feed_cursors: Cursors,
-    /// What `GET /v1/cluster` reads.
-    cluster: Option<cluster::ClusterView>,
+    /// What `GET /v1/cluster` reads: by default this process alone, holding every
+    /// partition it has stats of.
+    cluster: cluster::ClusterView,
 }
 
 /// The resident memory of the process against [`ApiOptions::memory_limit_bytes`], read from
@@ -183,13 +184,13 @@ impl Api {
                 memory: MemoryWatch::new(options.memory_limit_bytes),
                 metrics: Metrics::new(stats.clone(), options.memory_limit_bytes),
                 client,
-                stats,
                 history,
                 options,
                 unavailable: Notify::new(),
                 feed_currencies: Currencies::default(),
                 feed_cursors: Cursors::default(),
-                cluster: None,
+                cluster: cluster::ClusterView::single_node("", &stats),
+                stats,
             }),
         }
     }
@@ -198,12 +199,12 @@ impl Api {
     pub fn with_cluster(mut self, view: cluster::ClusterView) -> Api {
         Arc::get_mut(&mut self.inner)
             .expect("the cluster view is added before the API is shared")
-            .cluster = Some(view);
+            .cluster = view;
         self
     }
 
-    pub fn cluster_view(&self) -> Option<&cluster::ClusterView> {
-        self.inner.cluster.as_ref()
+    pub fn cluster_view(&self) -> &cluster::ClusterView {
+        &self.inner.cluster
     }
 
     /// Publishes the counters of the node journal the partitions commit through, if they
