@@ -48,6 +48,7 @@ pub mod ledger_run;
 pub mod measure;
 pub mod partition_sweep;
 pub mod placement;
+pub mod replicated_run;
 pub mod report;
 pub mod tables;
 pub mod workload;
