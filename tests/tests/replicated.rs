@@ -289,6 +289,23 @@ fn transfers_survive_kill_9_of_every_node_in_turn_and_every_replica_agrees() {
         let state: Vec<&str> = text.lines().filter(|l| !l.starts_with("# /")).collect();
         replays.push(state.join("\n"));
     }
+    // All three together: each partition's replicas agree, and the cluster conserves money.
+    let mut args = vec!["verify".to_string()];
+    for id in 0..NODES {
+        let dir = cluster.data.join(format!("node-{id}"));
+        args.extend(["--data-dir".to_string(), dir.display().to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = cluster.wallet.run(&args);
+    let report = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "verify of the three replicas:\n{report}"
+    );
+    for partition in 0..PARTITIONS {
+        let agree = format!("partition {partition}: {NODES} replicas agree");
+        assert!(report.contains(&agree), "{report}");
+    }
     assert!(
         replays.windows(2).all(|pair| pair[0] == pair[1]),
         "the replicas' logs replay to different states:\n{}",
