@@ -50,10 +50,14 @@ pub enum Bug {
     /// A replica restarts without the vote it cast in its current term, so it may vote twice
     /// in one term and two leaders may be elected in it.
     ForgetVote = 4096,
+    /// A replicated partition's leader answers a read from its own state at once, without
+    /// the group confirming that it still leads: a leader cut off from its group answers
+    /// from a past its successor has moved on from.
+    StaleRead = 8192,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 13] = [
+    pub const ALL: [Bug; 14] = [
         Bug::SkipBarrier,
         Bug::ReplyBeforeSync,
         Bug::NoIdempotency,
@@ -67,6 +71,7 @@ impl Bug {
         Bug::ConfirmSentOnce,
         Bug::AckBeforeQuorum,
         Bug::ForgetVote,
+        Bug::StaleRead,
     ];
 
     /// The name used on the simulator's command line (`--bug skip-barrier`).
@@ -85,6 +90,7 @@ impl Bug {
             Bug::ConfirmSentOnce => "confirm-sent-once",
             Bug::AckBeforeQuorum => "ack-before-quorum",
             Bug::ForgetVote => "forget-vote",
+            Bug::StaleRead => "stale-read",
         }
     }
 

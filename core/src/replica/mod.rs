@@ -31,6 +31,15 @@
 //! home that lost an unsynced debit, and the destination resolves its pending credit the same
 //! way (see [`crate::protocol::machine`]).
 //!
+//! # Reads
+//! A balance or transfer read is linearizable: Raft's ReadIndex. The leader collects the
+//! reads that arrive between two polls, asks its group once (`read_index`: a heartbeat
+//! round that a majority must answer in the leader's term), and hands them to its machine
+//! once it has applied up to the commit index the round confirmed. The machine answers from
+//! its state and releases the answer with the batch holding whatever the answer depends on,
+//! so it leaves once that is committed. A leader cut off from its group gets no quorum and
+//! answers nothing; its reads are dropped when it steps down.
+//!
 //! # Leadership
 //! - A replica that wins an election decides nothing until it has applied every entry of
 //!   earlier terms: only once an entry of its own term is committed (Raft's empty entry of a
@@ -54,7 +63,7 @@ mod raft_logger;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
@@ -67,6 +76,7 @@ use crate::log::snapshot::SnapshotImage;
 use crate::model::event::Lsn;
 use crate::model::partition::PartitionId;
 use crate::protocol::machine::{MachineConfig, Now, PartitionMachine, Release, ReplyTokens};
+use crate::protocol::message::Query;
 
 pub use raft::eraftpb::Message as RaftMessage;
 
@@ -243,6 +253,35 @@ impl<K: ReplyTokens> ReplicaReady<K> {
     }
 }
 
+/// Reads waiting for their leader to confirm it still leads (ReadIndex).
+struct Reads<K: ReplyTokens> {
+    /// Arrived since the last poll: asked about together.
+    open: Vec<(K::Query, Query)>,
+    next_id: u64,
+    /// Asked about, by request id.
+    asked: BTreeMap<u64, Vec<(K::Query, Query)>>,
+    /// Confirmed at a commit index, waiting for the replica to apply up to it.
+    confirmed: VecDeque<(u64, Vec<(K::Query, Query)>)>,
+}
+
+impl<K: ReplyTokens> Reads<K> {
+    fn new() -> Self {
+        Reads {
+            open: Vec::new(),
+            next_id: 0,
+            asked: BTreeMap::new(),
+            confirmed: VecDeque::new(),
+        }
+    }
+
+    /// Drops every read (their clients see the partition unavailable and retry).
+    fn clear(&mut self) {
+        self.open.clear();
+        self.asked.clear();
+        self.confirmed.clear();
+    }
+}
+
 /// A batch proposed by this replica's machine, waiting for its entry to commit.
 struct Proposal<K: ReplyTokens> {
     index: u64,
@@ -275,6 +314,7 @@ pub struct Replica<K: ReplyTokens> {
     role: Role<K>,
     /// This leader's proposals in index order (the machine has at most one commit out).
     proposals: VecDeque<Proposal<K>>,
+    reads: Reads<K>,
     /// Counts the machines built, so that a snapshot report reaches the one that asked.
     machine_epoch: u64,
     snapshot_epoch: Option<u64>,
@@ -338,6 +378,7 @@ impl<K: ReplyTokens> Replica<K> {
             raw,
             role: Role::Following(ledger),
             proposals: VecDeque::new(),
+            reads: Reads::new(),
             machine_epoch: 0,
             snapshot_epoch: None,
             election_rng: config.seed ^ 0x9e37_79b9_7f4a_7c15,
@@ -400,6 +441,23 @@ impl<K: ReplyTokens> Replica<K> {
 
     pub fn applied_index(&self) -> u64 {
         self.raw.raft.raft_log.applied
+    }
+
+    /// A read for this partition. Taken while this replica leads and has caught up, and
+    /// answered through the machine once the group confirmed the leadership (see Reads in
+    /// the module docs); given back otherwise, for the runtime to send to the leader.
+    pub fn handle_query(&mut self, token: K::Query, query: Query) -> Result<(), (K::Query, Query)> {
+        let Role::Leading { machine, .. } = &mut self.role else {
+            return Err((token, query));
+        };
+        #[cfg(any(test, madsim, feature = "testing"))]
+        if crate::protocol::bugs::enabled(crate::protocol::bugs::Bug::StaleRead) {
+            machine.handle_query(token, query);
+            return Ok(());
+        }
+        let _ = machine;
+        self.reads.open.push((token, query));
+        Ok(())
     }
 
     /// One Raft tick (the runtime's tick interval).
@@ -473,11 +531,19 @@ impl<K: ReplyTokens> Replica<K> {
         matches!(self.role, Role::Reloading)
     }
 
-    /// Hands the machine's ready releases out and its next commit to Raft.
+    /// Hands the machine's ready releases out and its next commit to Raft, and asks the
+    /// group to confirm the leadership for the reads that came.
     fn propose(&mut self, out: &mut ReplicaReady<K>) {
         let Role::Leading { machine, term } = &mut self.role else {
             return;
         };
+        if !self.reads.open.is_empty() {
+            let id = self.reads.next_id;
+            self.reads.next_id += 1;
+            let batch = std::mem::take(&mut self.reads.open);
+            self.reads.asked.insert(id, batch);
+            self.raw.read_index(id.to_le_bytes().to_vec());
+        }
         if let Some(release) = machine.poll_ready() {
             out.release.append(release);
         }
@@ -527,6 +593,16 @@ impl<K: ReplyTokens> Replica<K> {
     fn handle_ready(&mut self, out: &mut ReplicaReady<K>) -> Result<(), ReplicaError> {
         let mut ready = self.raw.ready();
         out.messages.extend(ready.take_messages());
+        for state in ready.take_read_states() {
+            let id = state
+                .request_ctx
+                .as_slice()
+                .try_into()
+                .map(u64::from_le_bytes);
+            if let Some(batch) = id.ok().and_then(|id| self.reads.asked.remove(&id)) {
+                self.reads.confirmed.push_back((state.index, batch));
+            }
+        }
         if !ready.snapshot().is_empty() {
             return Err(ReplicaError::SnapshotUnsupported {
                 partition: self.partition,
@@ -565,7 +641,27 @@ impl<K: ReplyTokens> Replica<K> {
             }
             self.raw.advance_apply_to(last_index);
         }
+        self.answer_confirmed_reads();
         Ok(())
+    }
+
+    /// Hands the machine the reads whose confirmed commit index is applied.
+    fn answer_confirmed_reads(&mut self) {
+        let applied = self.raw.raft.raft_log.applied;
+        let Role::Leading { machine, .. } = &mut self.role else {
+            return;
+        };
+        while self
+            .reads
+            .confirmed
+            .front()
+            .is_some_and(|(index, _)| *index <= applied)
+        {
+            let (_, batch) = self.reads.confirmed.pop_front().expect("checked");
+            for (token, query) in batch {
+                machine.handle_query(token, query);
+            }
+        }
     }
 
     /// Applies one committed entry: a leader's own batch is already applied and is released;
@@ -678,6 +774,7 @@ impl<K: ReplyTokens> Replica<K> {
         };
         let dropped = self.proposals.len();
         self.proposals.clear();
+        self.reads.clear();
         self.snapshot_epoch = None;
         let ahead = machine.is_ahead_of_durable();
         tracing::info!(

@@ -320,7 +320,14 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
                     break;
                 }
                 let (_, input) = self.waiting.pop_front().expect("not empty");
-                to_machine(machine, now, input);
+                match input {
+                    // Reads wait for the group to confirm the leadership (ReadIndex).
+                    Input::Query { query, reply } => {
+                        let taken = self.replica.handle_query(reply, query);
+                        debug_assert!(taken.is_ok(), "a leader takes reads");
+                    }
+                    input => to_machine(machine, now, input),
+                }
                 fed = true;
             } else if let Some(leader) = self.replica.leader().filter(|l| *l != own) {
                 let (_, input) = self.waiting.pop_front().expect("not empty");
@@ -514,7 +521,7 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
 /// Inputs taken from the inbox before Raft and the machine are polled again.
 const DRAIN_INPUTS_MAX: usize = 1024;
 
-/// Feeds a client command, query or phase message to the machine.
+/// Feeds a client command or phase message to the machine.
 fn to_machine(machine: &mut PartitionMachine<Channels>, now: Now, input: Input) {
     match input {
         Input::Command {
@@ -527,9 +534,10 @@ fn to_machine(machine: &mut PartitionMachine<Channels>, now: Now, input: Input) 
             wait,
             reply,
         } => machine.handle_commands(now, reply, &commands, wait),
-        Input::Query { query, reply } => machine.handle_query(reply, query),
         Input::Peers(messages) => machine.handle_peers(now, &messages),
-        Input::Raft { .. } | Input::Shutdown(_) => unreachable!("handled by the driver"),
+        Input::Query { .. } | Input::Raft { .. } | Input::Shutdown(_) => {
+            unreachable!("handled by the driver")
+        }
     }
 }
 

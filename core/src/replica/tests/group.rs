@@ -11,7 +11,7 @@ use crate::ledger::{Command, Ledger, Reply};
 use crate::log::recovery::apply_batch;
 use crate::model::money::Currency::USD;
 use crate::protocol::machine::{MachineConfig, Now, ReplyTokens};
-use crate::protocol::message::CommandResult;
+use crate::protocol::message::{CommandResult, Query, QueryAnswer};
 use crate::protocol::tests::support::{acct, deposit, open, transfer, Snapshot};
 use crate::replica::{
     CommittedBatch, DurableRaft, Persist, RaftMessage, Replica, ReplicaConfig, ReplicaId,
@@ -133,6 +133,8 @@ pub struct Group {
     tokens: BTreeMap<u64, (u64, (usize, u64))>,
     next_token: u64,
     leaders_by_term: BTreeMap<u64, ReplicaId>,
+    /// Answers to reads: token, the node that answered, the answer.
+    read_answers: Vec<(u64, usize, QueryAnswer)>,
     /// The committed log as the first replica to commit each index had it: every other
     /// replica must agree (log matching).
     committed: Vec<raft::eraftpb::Entry>,
@@ -168,6 +170,7 @@ impl Group {
             tokens: BTreeMap::new(),
             next_token: 0,
             leaders_by_term: BTreeMap::new(),
+            read_answers: Vec::new(),
             committed: Vec::new(),
             trace: Default::default(),
             stats: Stats::default(),
@@ -328,6 +331,9 @@ impl Group {
         }
         for (token, result) in ready.release.replies {
             self.answer(token, result);
+        }
+        for (token, answer) in ready.release.answers {
+            self.read_answers.push((token, index, answer));
         }
         assert!(ready.snapshot.is_none(), "snapshots are off");
         if ready.reload {
@@ -557,6 +563,85 @@ impl Group {
             durable >= MAJORITY,
             "an answer left with entry {committed} durable on {durable} disks"
         );
+    }
+
+    /// The stale-read scenario: a quiet group commits a deposit; its leader is cut off and
+    /// asked for the balance; the others elect a new leader, which commits a second deposit;
+    /// the group heals. Returns every answer the read got, with the balance the group had
+    /// committed by then: a linearizable read never answers the first balance once the
+    /// second deposit is acknowledged, and here its leader cannot even confirm it leads.
+    pub fn read_from_an_isolated_leader(&mut self) -> (Vec<QueryAnswer>, u64) {
+        let account = acct("a0");
+        self.run_until(|g| g.leader_index().is_some());
+        self.execute_now(open(account, USD));
+        self.execute_now(deposit(account, 100, USD, "first"));
+        let old = self.leader_index().expect("a leader");
+        self.isolated = Some(old);
+        let token = self.next_token;
+        self.next_token += 1;
+        let query = Query::Account(account);
+        let taken = self.replica(old).handle_query(token, query);
+        assert!(taken.is_ok(), "the old leader still believes it leads");
+        self.poll(old);
+        self.run_until(|g| g.leader_index().is_some_and(|l| l != old));
+        self.execute_now(deposit(account, 50, USD, "second"));
+        self.isolated = None;
+        for _ in 0..2_000 {
+            self.step_world(false);
+        }
+        let answers = (self.read_answers.iter())
+            .filter(|(t, _, _)| *t == token)
+            .map(|(_, _, answer)| *answer)
+            .collect();
+        (answers, 150)
+    }
+
+    /// The node whose replica leads and has caught up.
+    fn leader_index(&self) -> Option<usize> {
+        (0..REPLICAS).find(|&i| self.leads(i) && Some(i) != self.isolated)
+    }
+
+    fn run_until(&mut self, done: impl Fn(&Group) -> bool) {
+        for _ in 0..SETTLE_STEPS_MAX {
+            if done(self) {
+                return;
+            }
+            self.step_world(false);
+        }
+        panic!("the group did not get there");
+    }
+
+    /// Sends `command` to the leader until it is answered.
+    fn execute_now(&mut self, command: Command) {
+        let id = self.requests.len() as u64;
+        self.requests.insert(
+            id,
+            Request {
+                command,
+                answer: None,
+                outstanding: false,
+            },
+        );
+        for _ in 0..SETTLE_STEPS_MAX {
+            if self.requests[&id].answer.is_some() {
+                return;
+            }
+            if !self.requests[&id].outstanding {
+                if let Some(leader) = self.leader_index() {
+                    let token = self.next_token;
+                    self.next_token += 1;
+                    let epoch = self.replica(leader).machine_epoch;
+                    self.tokens.insert(token, (id, (leader, epoch)));
+                    self.requests.get_mut(&id).expect("made").outstanding = true;
+                    let now = self.now();
+                    let machine = self.replica(leader).machine().expect("leads");
+                    machine.handle_command(now, token, &command, false);
+                    self.poll(leader);
+                }
+            }
+            self.step_world(false);
+        }
+        panic!("{command:?} was not answered");
     }
 
     /// Heals the world, lets it settle, and checks the end state: all replicas hold the same

@@ -85,3 +85,41 @@ fn a_replica_that_forgets_its_vote_is_caught() {
     eprintln!("forget-vote: first failing seed {seed:?}");
     assert!(seed.is_some(), "no seed caught forget-vote");
 }
+
+/// The balance a read answered, if it was an account's.
+fn read_balance(answer: &crate::protocol::message::QueryAnswer) -> Option<u64> {
+    match answer {
+        crate::protocol::message::QueryAnswer::Account(Some(account)) => Some(account.balance),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_leader_cut_off_from_its_group_answers_no_read() {
+    let mut group = Group::new(3, GroupConfig::quiet());
+    let (answers, committed) = group.read_from_an_isolated_leader();
+    let stale: Vec<_> = (answers.iter().filter_map(read_balance))
+        .filter(|balance| *balance != committed)
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "a read answered {stale:?} after {committed} was committed"
+    );
+}
+
+#[test]
+fn a_read_from_a_deposed_leader_is_caught() {
+    use crate::protocol::bugs;
+    bugs::set(&[bugs::Bug::StaleRead]);
+    let mut group = Group::new(3, GroupConfig::quiet());
+    let (answers, committed) = group.read_from_an_isolated_leader();
+    bugs::set(&[]);
+    let stale = answers
+        .iter()
+        .filter_map(read_balance)
+        .any(|balance| balance != committed);
+    assert!(
+        stale,
+        "with stale-read the cut-off leader answers its old balance"
+    );
+}
