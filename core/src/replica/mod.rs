@@ -253,15 +253,18 @@ impl<K: ReplyTokens> ReplicaReady<K> {
     }
 }
 
+/// Reads asked about together, with their clients.
+type ReadBatch<K> = Vec<(<K as ReplyTokens>::Query, Query)>;
+
 /// Reads waiting for their leader to confirm it still leads (ReadIndex).
 struct Reads<K: ReplyTokens> {
     /// Arrived since the last poll: asked about together.
-    open: Vec<(K::Query, Query)>,
+    open: ReadBatch<K>,
     next_id: u64,
     /// Asked about, by request id.
-    asked: BTreeMap<u64, Vec<(K::Query, Query)>>,
+    asked: BTreeMap<u64, ReadBatch<K>>,
     /// Confirmed at a commit index, waiting for the replica to apply up to it.
-    confirmed: VecDeque<(u64, Vec<(K::Query, Query)>)>,
+    confirmed: VecDeque<(u64, ReadBatch<K>)>,
 }
 
 impl<K: ReplyTokens> Reads<K> {
