@@ -270,7 +270,9 @@ pub fn summary_lines(rows: &[ModeReport]) -> Vec<String> {
             "cluster nodes={nodes} replicas={nodes} tps={:.0} replicas1_tps={:.0} failover_ms={}",
             replicated.transfers_per_second,
             any.transfers_per_second,
-            replicated.failover_ms.unwrap_or(0)
+            replicated
+                .failover_ms
+                .map_or_else(|| "none".to_string(), |ms| ms.to_string())
         ));
     }
     lines
