@@ -41,10 +41,16 @@ pub enum Fault {
     /// flips, or an unreadable sector); its restart must refuse the partition, naming the
     /// file and offset. The file is then restored from a copy and the node restarted.
     Damage,
+    /// Replicated runs: kill the node that leads a partition (a process crash or a power
+    /// loss), as soon as it has a write in flight, and restart it later.
+    KillLeader,
+    /// Replicated runs: cut one server node (a leader, most of the time) off from every
+    /// other server node, while clients still reach it.
+    Isolate,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 12] = [
+    pub const ALL: [Fault; 14] = [
         Fault::Kill,
         Fault::Torn,
         Fault::Partition,
@@ -57,6 +63,8 @@ impl Fault {
         Fault::DiskError,
         Fault::ClockJump,
         Fault::Damage,
+        Fault::KillLeader,
+        Fault::Isolate,
     ];
 
     pub fn name(self) -> &'static str {
@@ -73,6 +81,19 @@ impl Fault {
             Fault::DiskError => "diskerror",
             Fault::ClockJump => "clockjump",
             Fault::Damage => "damage",
+            Fault::KillLeader => "killleader",
+            Fault::Isolate => "isolate",
+        }
+    }
+
+    /// Whether the nemesis injects this fault in a run with or without replication. Leaders
+    /// exist only with replication. Damage to synced data must be refused by the node that
+    /// finds it, which a replica cannot do yet without a way to rebuild from its peers.
+    pub fn applies(self, replicated: bool) -> bool {
+        match self {
+            Fault::KillLeader | Fault::Isolate => replicated,
+            Fault::Damage => !replicated,
+            _ => true,
         }
     }
 
@@ -160,6 +181,10 @@ pub struct SimConfig {
     /// Longest heal-and-quiesce period before the final checks.
     pub quiesce_max: Duration,
     pub faults: FaultSet,
+    /// Copies of each partition: 1 runs every partition on one node (`start_node_with`);
+    /// more runs every node as a replica of every partition (`start_replicated_node_with`),
+    /// so it must equal `nodes`.
+    pub replicas: u32,
     pub bug: Option<Bug>,
     pub verbose: bool,
     /// How long a client waits for one attempt before retrying with the same transaction id.
@@ -183,6 +208,7 @@ impl SimConfig {
             duration: Duration::from_secs(60),
             quiesce_max: Duration::from_secs(120),
             faults: FaultSet::all(),
+            replicas: 1,
             bug: None,
             verbose: false,
             client_timeout: Duration::from_secs(4),
@@ -215,10 +241,18 @@ impl SimConfig {
         if self.duration != standard.duration {
             out.push_str(&format!(" --duration-s {}", self.duration.as_secs()));
         }
+        if self.replicas != standard.replicas {
+            out.push_str(&format!(" --replicas {}", self.replicas));
+        }
         if self.faults != standard.faults {
             out.push_str(&format!(" --faults {}", self.faults));
         }
         out
+    }
+
+    /// Whether every partition is a Raft group with a replica on every node.
+    pub fn replicated(&self) -> bool {
+        self.replicas > 1
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -236,6 +270,18 @@ impl SimConfig {
         }
         if self.accounts < 4 {
             return Err("at least 4 accounts".into());
+        }
+        if self.replicas != 1 && self.replicas != self.nodes {
+            return Err(format!(
+                "--replicas is 1 or the number of nodes ({}): every node holds a replica of every partition",
+                self.nodes
+            ));
+        }
+        if self.replicated() && self.nodes < 3 {
+            return Err("a replicated run needs at least 3 nodes (a majority survives a kill)".into());
+        }
+        if self.replicated() && self.partitions < self.nodes {
+            return Err("a replicated run needs at least as many partitions as nodes".into());
         }
         if self.duration.is_zero() {
             return Err("the run must last at least 1 s".into());
