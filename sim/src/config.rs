@@ -47,10 +47,15 @@ pub enum Fault {
     /// Replicated runs: cut one server node (a leader, most of the time) off from every
     /// other server node, while clients still reach it.
     Isolate,
+    /// Replicated runs: isolate a leader, and crash the first replica that votes in the
+    /// election that follows right after its vote is durable (restarted at once), while the
+    /// candidate it voted for is cut off and the old leader comes back: the worst moment for
+    /// a replica that forgets its vote.
+    CrashVoter,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 14] = [
+    pub const ALL: [Fault; 15] = [
         Fault::Kill,
         Fault::Torn,
         Fault::Partition,
@@ -65,6 +70,7 @@ impl Fault {
         Fault::Damage,
         Fault::KillLeader,
         Fault::Isolate,
+        Fault::CrashVoter,
     ];
 
     pub fn name(self) -> &'static str {
@@ -83,6 +89,7 @@ impl Fault {
             Fault::Damage => "damage",
             Fault::KillLeader => "killleader",
             Fault::Isolate => "isolate",
+            Fault::CrashVoter => "crashvoter",
         }
     }
 
@@ -91,7 +98,7 @@ impl Fault {
     /// finds it, which a replica cannot do yet without a way to rebuild from its peers.
     pub fn applies(self, replicated: bool) -> bool {
         match self {
-            Fault::KillLeader | Fault::Isolate => replicated,
+            Fault::KillLeader | Fault::Isolate | Fault::CrashVoter => replicated,
             Fault::Damage => !replicated,
             _ => true,
         }

@@ -50,7 +50,7 @@ OPTIONS:
   --duration-s S         simulated seconds of load and faults before healing [60]
   --faults LIST          none, all, or a comma list of kill,torn,partition,clog,loss,dup,
                          reset,delay,slowdisk,diskerror,clockjump,damage; with --replicas
-                         also killleader,isolate, and never damage [all]
+                         also killleader,isolate,crashvoter, and never damage [all]
   --jobs N               runs at a time in a sweep [2]
   --fail-fast            stop a sweep at its first failing seed
   --check-determinism    run the seed twice in separate processes and compare the traces

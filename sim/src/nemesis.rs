@@ -195,6 +195,7 @@ impl Nemesis {
             Fault::Damage => self.damage(cluster),
             Fault::KillLeader => self.kill_leader(cluster).await,
             Fault::Isolate => self.isolate(cluster),
+            Fault::CrashVoter => self.crash_voter(cluster).await,
             Fault::ClockJump => {
                 let jump = ms(&mut self.rng, (200, 5_000));
                 self.note(format!("clock jumps forward {jump:?}"));
