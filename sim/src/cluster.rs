@@ -36,6 +36,8 @@ use crate::disk::{Crash, CrashReport, Disk, DiskSpeed};
 use crate::raft_disk::RaftDisk;
 use crate::replicas::{self, ReplicaDisks, ReplicaState};
 use crate::gateway;
+use crate::history::History;
+use crate::majority;
 use crate::links::{server_ip, Links, NodeIo, LATENCY_MAX, LATENCY_MIN, PEER_PORT};
 use crate::network::{HostId, LinkFaults, Network};
 use crate::rng::{Purpose, SharedRng};
@@ -165,6 +167,9 @@ pub struct Cluster {
     /// Hosts of the clients: `nodes..nodes + client_hosts`.
     pub client_hosts: Vec<(HostId, NodeHandle)>,
     pub torn: bool,
+    /// What the clients were told: after each crash of a replicated run, every answer must
+    /// rest on records durable on a majority (see [`crate::majority`]).
+    history: History,
 }
 
 /// The partition map of a run: partition `p` on node `p % nodes`; nodes that own nothing
@@ -280,7 +285,12 @@ impl Shared {
 
 impl Cluster {
     /// Creates the wire node, the server nodes (started) and the client hosts.
-    pub fn start(config: &SimConfig, trace: Trace, snapshot_every_events: u64) -> Cluster {
+    pub fn start(
+        config: &SimConfig,
+        trace: Trace,
+        history: History,
+        snapshot_every_events: u64,
+    ) -> Cluster {
         let handle = Handle::current();
         NetSim::current().update_config(|net| net.send_latency = LATENCY_MIN..LATENCY_MAX);
         let wire = handle.create_node().name("wire").build();
@@ -336,6 +346,7 @@ impl Cluster {
             nodes,
             client_hosts,
             torn: config.faults.contains(crate::config::Fault::Torn),
+            history,
         }
     }
 
@@ -399,6 +410,16 @@ impl Cluster {
                 lost_raft_persists: lost,
                 ..CrashReport::default()
             });
+        }
+        if self.shared.replicated() && state.replicas.answers_lost.is_empty() {
+            let rafts: Vec<&[RaftDisk]> = (self.shared.replicas.iter())
+                .map(|r| &r.rafts[..])
+                .collect();
+            let partitions = self.shared.map.partitions();
+            let at = madsim::time::TimeHandle::current().elapsed().as_secs_f64();
+            let what = format!("the {crash:?} crash of {} at {at:.3} s", node.name);
+            state.replicas.answers_lost =
+                majority::answers_on_majority(&self.history.lock(), &rafts, partitions, &what, 4);
         }
         reports
     }

@@ -22,6 +22,7 @@
 //! - [`raft_disk`]: `SimRaftStore`, a replica's Raft store on a disk that a power loss cuts
 //!   back to a prefix of what was appended.
 //! - [`replica_logs`]: what each replica would restart from, and whether the replicas agree.
+//! - [`majority`]: after every crash, each answer rests on records durable on a majority.
 //! - [`workload`]: clients: accounts, deposits, transfers, retries, invalid requests.
 //! - [`edges`]: edge episodes, in which a client takes an account through a decision boundary.
 //! - [`boundary`]: the boundaries, and how often a run or a sweep hit each.
@@ -47,6 +48,7 @@ pub mod gateway;
 pub mod history;
 pub mod links;
 pub mod live;
+pub mod majority;
 pub mod model;
 pub mod nemesis;
 pub mod network;

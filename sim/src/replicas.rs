@@ -86,6 +86,9 @@ pub struct ReplicaState {
     leaders: BTreeMap<(PartitionId, u64), HostId>,
     /// Two nodes seen leading one term of one partition (election safety broken).
     pub split_brains: Vec<String>,
+    /// Answers found, right after a crash, resting on records that fewer than a majority of
+    /// replicas held durably (checked until the first crash that finds some).
+    pub answers_lost: Vec<String>,
 }
 
 impl ReplicaState {

@@ -26,6 +26,7 @@ use crate::links::LinkCounters;
 use crate::live::{LiveChecks, Verdict};
 use crate::model::Model;
 use crate::nemesis::Nemesis;
+use walletd_core::protocol::invariants::Invariant;
 use crate::replica_logs::{self, replica_log};
 use crate::network::{HostId, Route};
 use crate::rng::{stream, Purpose};
@@ -228,7 +229,12 @@ async fn simulate(
 ) -> RunReport {
     let mut setup_rng = stream(config.seed, Purpose::Setup);
     let snapshot_every_events = setup_rng.gen_range(50..=500);
-    let mut cluster = Cluster::start(&config, trace.clone(), snapshot_every_events);
+    let mut cluster = Cluster::start(
+        &config,
+        trace.clone(),
+        history.clone(),
+        snapshot_every_events,
+    );
     // Before any node runs: the checks see every partition from its first start. (The
     // replica driver has no observer yet: a replicated run is checked at its end, and its
     // leaders while it goes, see `replicas`.)
@@ -263,10 +269,18 @@ async fn simulate(
         trace.record_bytes(&format!("log-{}", fin.partition), &fin.bytes);
     }
     let fatal = cluster.shared.lock().fatal.clone();
-    replication.extend(
-        (cluster.shared.lock().replicas.split_brains.iter())
-            .map(|what| Violation::new(checkers::ONE_LEADER_PER_TERM, what.clone())),
-    );
+    {
+        let state = cluster.shared.lock();
+        let replicas = &state.replicas;
+        replication.extend(
+            (replicas.split_brains.iter())
+                .map(|what| Violation::new(checkers::ONE_LEADER_PER_TERM, what.clone())),
+        );
+        replication.extend(
+            (replicas.answers_lost.iter())
+                .map(|what| Violation::new(Invariant::Durability.name(), what.clone())),
+        );
+    }
     let history_state = history.lock();
     let state = FinalState {
         partitions: config.partitions,
@@ -527,7 +541,7 @@ fn summary(
         let verdict = verdict.lock();
         (verdict.conservation_checks, verdict.releases)
     };
-    format!(
+    let summary = format!(
         "ops={} attempts={attempts} answered={answered} expected_answers={expected} reads={} client messages sent={} delivered={} dropped={} peer connections={} frames={} bytes={} resets={} broken_after_write={} disk crashes={crashes} torn={torn} syncs={syncs} failed_syncs={failed_syncs} failed_snapshots={failed_snapshots} recoveries={recoveries} from_snapshot={from_snapshot} torn_cut={torn_cut} faults={} quiesced={quiesced} live_conservation_checks={live_conservation} live_releases_checked={live_releases} simulated={:.1}s",
         history.ops.len(),
         history.reads.len(),
@@ -541,7 +555,27 @@ fn summary(
         links.broken_after_frame,
         nemesis.injected,
         madsim::time::TimeHandle::current().elapsed().as_secs_f64(),
-    )
+    );
+    if cluster.shared.replicated() {
+        return format!("{summary} {}", replication_summary(cluster));
+    }
+    summary
+}
+
+/// What the Raft groups of a replicated run did: terms in which a leader was seen, and their
+/// Raft stores' syncs, crashes and persists lost to power losses.
+fn replication_summary(cluster: &Cluster) -> String {
+    let (mut syncs, mut crashes, mut lost) = (0, 0, 0);
+    for replica in &cluster.shared.replicas {
+        for raft in &replica.rafts {
+            let state = raft.lock();
+            syncs += state.syncs;
+            crashes += state.crashes;
+            lost += state.lost_persists;
+        }
+    }
+    let terms_led = cluster.shared.lock().replicas.terms_led();
+    format!("terms_led={terms_led} raft_syncs={syncs} raft_crashes={crashes} raft_persists_lost={lost}")
 }
 
 fn failure_details(
