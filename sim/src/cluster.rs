@@ -33,13 +33,13 @@ use walletd_runtime::replica::ReplicaDriverError;
 
 use crate::config::SimConfig;
 use crate::disk::{Crash, CrashReport, Disk, DiskSpeed};
-use crate::raft_disk::RaftDisk;
-use crate::replicas::{self, ReplicaDisks, ReplicaState};
 use crate::gateway;
 use crate::history::History;
-use crate::majority;
 use crate::links::{server_ip, Links, NodeIo, LATENCY_MAX, LATENCY_MIN, PEER_PORT};
+use crate::majority;
 use crate::network::{HostId, LinkFaults, Network};
+use crate::raft_disk::RaftDisk;
+use crate::replicas::{self, ReplicaDisks, ReplicaState};
 use crate::rng::{Purpose, SharedRng};
 use crate::trace::Trace;
 
@@ -496,7 +496,8 @@ impl Cluster {
                 .map(|n| n.host)
                 .collect();
             let partitions = self.shared.map.partitions();
-            return up.len() == self.nodes.len() && self.shared.lock().replicas.idle(&up, partitions);
+            return up.len() == self.nodes.len()
+                && self.shared.lock().replicas.idle(&up, partitions);
         }
         let state = self.shared.lock();
         let all_running = state.stats.iter().all(|s| {
@@ -571,9 +572,7 @@ pub fn stop_of(shared: &Shared, host: HostId, error: NodeError) -> Stop {
             NodeError::Driver(DriverError::Io { .. })
             | NodeError::Replica(ReplicaDriverError::Partition(DriverError::Io { .. })),
             Some(disk),
-        ) if disk.lock().sync_failed => {
-            Stop::SyncFailed
-        }
+        ) if disk.lock().sync_failed => Stop::SyncFailed,
         _ => Stop::Fatal(format!("node-{host} failed to start: {error}")),
     }
 }

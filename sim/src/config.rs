@@ -285,7 +285,9 @@ impl SimConfig {
             ));
         }
         if self.replicated() && self.nodes < 3 {
-            return Err("a replicated run needs at least 3 nodes (a majority survives a kill)".into());
+            return Err(
+                "a replicated run needs at least 3 nodes (a majority survives a kill)".into(),
+            );
         }
         if self.replicated() && self.partitions < self.nodes {
             return Err("a replicated run needs at least as many partitions as nodes".into());

@@ -55,8 +55,10 @@ impl Subject {
         let rests = op.answers().any(|(_, result)| {
             matches!(
                 result,
-                Ok(Reply::Transfer(TransferStatus::Committed | TransferStatus::Cancelled(_))
-                    | Reply::Balance { .. })
+                Ok(
+                    Reply::Transfer(TransferStatus::Committed | TransferStatus::Cancelled(_))
+                        | Reply::Balance { .. }
+                )
             )
         });
         if !rests {
@@ -105,7 +107,12 @@ pub fn answers_on_majority(
 ) -> Vec<String> {
     let majority = rafts.len() / 2 + 1;
     let subjects: Vec<Vec<HashSet<Subject>>> = (0..partitions as usize)
-        .map(|p| rafts.iter().map(|node| durable_subjects(&node[p])).collect())
+        .map(|p| {
+            rafts
+                .iter()
+                .map(|node| durable_subjects(&node[p]))
+                .collect()
+        })
         .collect();
     let mut missing = Vec::new();
     for op in &history.ops {

@@ -349,7 +349,9 @@ impl Nemesis {
             let state = cluster.shared.lock();
             if cluster.shared.replicated() {
                 let host = cluster.nodes[n].host;
-                return state.replicas.recovered(host, cluster.shared.map.partitions());
+                return state
+                    .replicas
+                    .recovered(host, cluster.shared.map.partitions());
             }
             let partitions = &cluster.nodes[n].partitions;
             partitions

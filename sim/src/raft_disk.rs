@@ -132,7 +132,9 @@ impl SimRaftStore {
     fn live(&self) -> io::Result<MutexGuard<'_, RaftDiskState>> {
         let state = self.disk.lock();
         if state.epoch != self.epoch {
-            return Err(io::Error::other("raft store handle of a crashed incarnation"));
+            return Err(io::Error::other(
+                "raft store handle of a crashed incarnation",
+            ));
         }
         Ok(state)
     }

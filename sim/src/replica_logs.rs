@@ -172,6 +172,8 @@ pub fn agree(partition: PartitionId, logs: &[ReplicaLog], found: &mut Vec<Violat
 
 /// The ledger a partition's final records replay to, for `PartitionFinal::recovered` (the
 /// recovery of each replica's own disk is checked apart, by [`replica_log`]).
-pub fn replayed_copy(replayed: &Result<Ledger, walletd_core::ledger::ApplyError>) -> Result<Ledger, String> {
+pub fn replayed_copy(
+    replayed: &Result<Ledger, walletd_core::ledger::ApplyError>,
+) -> Result<Ledger, String> {
     replayed.clone().map_err(|e| e.to_string())
 }

@@ -26,13 +26,13 @@ use crate::links::LinkCounters;
 use crate::live::{LiveChecks, Verdict};
 use crate::model::Model;
 use crate::nemesis::Nemesis;
-use walletd_core::protocol::invariants::Invariant;
-use crate::replica_logs::{self, replica_log};
 use crate::network::{HostId, Route};
+use crate::replica_logs::{self, replica_log};
 use crate::rng::{stream, Purpose};
 use crate::storage_faults::StorageFaults;
 use crate::trace::Trace;
 use crate::workload::{accounts, setup, AccountSpec, Client, Requester};
+use walletd_core::protocol::invariants::Invariant;
 
 /// Stack of the thread a run executes on (deep async state machines in debug builds).
 const RUN_STACK_BYTES: usize = 64 << 20;
@@ -575,7 +575,9 @@ fn replication_summary(cluster: &Cluster) -> String {
         }
     }
     let terms_led = cluster.shared.lock().replicas.terms_led();
-    format!("terms_led={terms_led} raft_syncs={syncs} raft_crashes={crashes} raft_persists_lost={lost}")
+    format!(
+        "terms_led={terms_led} raft_syncs={syncs} raft_crashes={crashes} raft_persists_lost={lost}"
+    )
 }
 
 fn failure_details(

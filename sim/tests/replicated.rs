@@ -28,7 +28,11 @@ fn clean_replicated_seeds_pass() {
         assert!(report.faults > 0, "{}", report.summary);
         // Raft's messages crossed the production peer links, and groups elected leaders.
         assert!(report.peer.frames > 1_000, "{}", report.summary);
-        assert!(!report.summary.contains("terms_led=0 "), "{}", report.summary);
+        assert!(
+            !report.summary.contains("terms_led=0 "),
+            "{}",
+            report.summary
+        );
     }
 }
 

@@ -31,6 +31,13 @@
 //! home that lost an unsynced debit, and the destination resolves its pending credit the same
 //! way (see [`crate::protocol::machine`]).
 //!
+//! A commit without records (reads of committed state, answers to repeated requests,
+//! resends) has nothing to replicate, but its answers are not released at once: a leader
+//! that a new one has replaced while it was cut off still leads in its own eyes until its
+//! election timer runs out, and its committed state is no longer the newest. Its answers
+//! wait for Raft's ReadIndex (a heartbeat round a majority acknowledges) to confirm that it
+//! still led after they were computed; a replica that stops leading drops them.
+//!
 //! # Leadership
 //! - A replica that wins an election decides nothing until it has applied every entry of
 //!   earlier terms: only once an entry of its own term is committed (Raft's empty entry of a
@@ -243,6 +250,52 @@ impl<K: ReplyTokens> ReplicaReady<K> {
     }
 }
 
+/// Answers of a commit without records (reads of committed state, resends), waiting for
+/// Raft's ReadIndex to confirm that this replica still led after they were computed.
+struct PendingRead<K: ReplyTokens> {
+    /// The request's context, as Raft hands it back in its read state.
+    id: u64,
+    /// The commit index a majority confirmed, once it has: released when it is applied.
+    index: Option<u64>,
+    release: Release<K>,
+}
+
+/// A leader's reads waiting for Raft to confirm its leadership, in request order.
+struct Reads<K: ReplyTokens> {
+    pending: VecDeque<PendingRead<K>>,
+    /// Numbers the read requests of this replica (never reused, so that a read state of
+    /// an earlier leadership matches nothing).
+    seq: u64,
+    /// Ticks since the last request while the oldest read waits unconfirmed.
+    wait_ticks: usize,
+}
+
+impl<K: ReplyTokens> Default for Reads<K> {
+    fn default() -> Self {
+        Reads {
+            pending: VecDeque::new(),
+            seq: 0,
+            wait_ticks: 0,
+        }
+    }
+}
+
+impl<K: ReplyTokens> Reads<K> {
+    /// Asks Raft to confirm that `raw` leads before `release` leaves (ReadIndex: a
+    /// heartbeat round that a majority acknowledges).
+    fn request(&mut self, raw: &mut RawNode<MemStorage>, release: Release<K>) {
+        assert_eq!(raw.raft.state, StateRole::Leader, "only a leader reads");
+        self.seq += 1;
+        self.wait_ticks = 0;
+        raw.read_index(self.seq.to_le_bytes().to_vec());
+        self.pending.push_back(PendingRead {
+            id: self.seq,
+            index: None,
+            release,
+        });
+    }
+}
+
 /// A batch proposed by this replica's machine, waiting for its entry to commit.
 struct Proposal<K: ReplyTokens> {
     index: u64,
@@ -275,6 +328,8 @@ pub struct Replica<K: ReplyTokens> {
     role: Role<K>,
     /// This leader's proposals in index order (the machine has at most one commit out).
     proposals: VecDeque<Proposal<K>>,
+    /// This leader's reads waiting for Raft to confirm its leadership.
+    reads: Reads<K>,
     /// Counts the machines built, so that a snapshot report reaches the one that asked.
     machine_epoch: u64,
     snapshot_epoch: Option<u64>,
@@ -338,6 +393,7 @@ impl<K: ReplyTokens> Replica<K> {
             raw,
             role: Role::Following(ledger),
             proposals: VecDeque::new(),
+            reads: Reads::default(),
             machine_epoch: 0,
             snapshot_epoch: None,
             election_rng: config.seed ^ 0x9e37_79b9_7f4a_7c15,
@@ -405,6 +461,7 @@ impl<K: ReplyTokens> Replica<K> {
     /// One Raft tick (the runtime's tick interval).
     pub fn tick(&mut self) {
         self.raw.tick();
+        self.retry_reads();
         self.rearm_election_timeout();
     }
 
@@ -483,8 +540,13 @@ impl<K: ReplyTokens> Replica<K> {
         }
         while let Some(commit) = machine.poll_commit() {
             if commit.bytes.is_empty() {
-                // Answers from committed state only.
-                out.release.append(commit.release);
+                // Answers from committed state only; but a leader that another has deposed
+                // without its knowing (it is cut off) holds stale committed state, so they
+                // wait for a majority to confirm that this replica still leads (ReadIndex).
+                if !commit.release.is_empty() {
+                    let read = &mut self.reads;
+                    read.request(&mut self.raw, commit.release);
+                }
                 continue;
             }
             let data = payload::encode(commit.first_lsn, &commit.bytes);
@@ -533,6 +595,9 @@ impl<K: ReplyTokens> Replica<K> {
                 index: ready.snapshot().get_metadata().index,
             });
         }
+        for state in ready.take_read_states() {
+            self.confirm_read(&state.request_ctx, state.index);
+        }
         let committed = ready.take_committed_entries();
         let persist = Persist {
             number: ready.number(),
@@ -565,7 +630,55 @@ impl<K: ReplyTokens> Replica<K> {
             }
             self.raw.advance_apply_to(last_index);
         }
+        self.release_reads(out);
         Ok(())
+    }
+
+    /// A leader whose oldest read waits unconfirmed for a heartbeat interval asks again with
+    /// an empty read: Raft sends a heartbeat round only for a new request, and confirming a
+    /// request confirms every earlier one, so a round whose acknowledgements were lost does
+    /// not hold the reads up for good.
+    fn retry_reads(&mut self) {
+        let reads = &mut self.reads;
+        let waiting = reads
+            .pending
+            .front()
+            .is_some_and(|read| read.index.is_none());
+        let leads = self.raw.raft.state == StateRole::Leader;
+        if !waiting || !leads || !matches!(self.role, Role::Leading { .. }) {
+            reads.wait_ticks = 0;
+            return;
+        }
+        reads.wait_ticks += 1;
+        if reads.wait_ticks >= self.config.heartbeat_ticks {
+            reads.request(&mut self.raw, Release::default());
+        }
+    }
+
+    /// Raft confirmed, at commit index `index`, that this replica led when read `ctx` was
+    /// asked for.
+    fn confirm_read(&mut self, ctx: &[u8], index: u64) {
+        let id = ctx.try_into().ok().map(u64::from_le_bytes);
+        let read = (self.reads.pending.iter_mut()).find(|read| Some(read.id) == id);
+        match read {
+            Some(read) => read.index = Some(index),
+            // A read of an earlier leadership, whose answers were dropped with it.
+            None => tracing::debug!(partition = self.partition, "read state of no read"),
+        }
+    }
+
+    /// Releases, in order, the reads whose confirmed index is applied.
+    fn release_reads(&mut self, out: &mut ReplicaReady<K>) {
+        let applied = self.raw.raft.raft_log.applied;
+        while let Some(read) = self.reads.pending.front() {
+            match read.index {
+                Some(index) if index <= applied => {
+                    let read = self.reads.pending.pop_front().expect("not empty");
+                    out.release.append(read.release);
+                }
+                _ => break,
+            }
+        }
     }
 
     /// Applies one committed entry: a leader's own batch is already applied and is released;
@@ -676,8 +789,9 @@ impl<K: ReplyTokens> Replica<K> {
         else {
             return;
         };
-        let dropped = self.proposals.len();
+        let dropped = self.proposals.len() + self.reads.pending.len();
         self.proposals.clear();
+        self.reads.pending.clear();
         self.snapshot_epoch = None;
         let ahead = machine.is_ahead_of_durable();
         tracing::info!(
