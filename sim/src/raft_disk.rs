@@ -168,4 +168,12 @@ impl RaftStore for SimRaftStore {
         state.syncs += 1;
         Ok(())
     }
+
+    async fn reset(&mut self, durable: DurableRaft) -> io::Result<()> {
+        let mut state = self.live()?;
+        state.unsynced.clear();
+        state.durable = durable;
+        state.syncs += 1;
+        Ok(())
+    }
 }

@@ -55,6 +55,7 @@
 //! Elections are timed by a seeded generator given in [`ReplicaConfig::seed`], not by
 //! raft-rs's thread-local one, so a simulated run replays its elections from its seed.
 
+pub mod membership;
 pub mod payload;
 mod raft_logger;
 
@@ -64,7 +65,8 @@ mod tests;
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState};
 use raft::storage::MemStorage;
 use raft::{RawNode, StateRole};
 
@@ -84,7 +86,8 @@ pub use raft::eraftpb::Message as RaftMessage;
 /// past the bound and for the entries raft-rs packs beside it (up to 1 MiB).
 pub const BATCH_BYTES_MAX: usize = 1 << 20;
 
-/// A replica's id in its group. Raft reserves 0, so a node's replicas use its node id + 1.
+/// A replica's id in its group: a node and an incarnation of its copy
+/// ([`membership::replica_id`]). Raft reserves 0.
 pub type ReplicaId = u64;
 
 /// How a replica runs.
@@ -129,21 +132,50 @@ pub enum ReplicaError {
 }
 
 /// What a replica keeps durably of its Raft state, as the runtime restores it at start: its
-/// hard state (term, vote, commit), its voters, and its log entries from index 1.
+/// id, its hard state (term, vote, commit), its group's members as of an applied entry, and
+/// its log entries from index 1.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DurableRaft {
+    /// The replica these are the state of; 0 while it has not decided (a new store, see
+    /// [`membership`]), and in stores written before ids were kept (their node's first
+    /// incarnation).
+    pub id: ReplicaId,
     pub hard_state: HardState,
+    /// The members after the membership change at `conf_index` was applied (the group's
+    /// first members while `conf_index` is 0).
     pub conf_state: ConfState,
+    pub conf_index: u64,
     pub entries: Vec<Entry>,
 }
 
+/// Members of a group as a membership change at `index` left them: persisted so that a
+/// restart starts from them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppliedConf {
+    pub conf_state: ConfState,
+    pub index: u64,
+}
+
 impl DurableRaft {
-    /// The state of a new group whose voters are `voters`, before anything happened.
+    /// The state of a new store of a group whose first voters are `voters`: no id decided,
+    /// nothing happened.
     pub fn new(voters: &[ReplicaId]) -> DurableRaft {
         DurableRaft {
             conf_state: ConfState::from((voters.to_vec(), Vec::new())),
             ..DurableRaft::default()
         }
+    }
+
+    /// A store that has decided nothing and holds nothing: its replica must ask its group
+    /// how to start ([`membership`]).
+    pub fn is_undecided(&self) -> bool {
+        self.id == 0 && self.hard_state == HardState::default() && self.entries.is_empty()
+    }
+
+    /// A new store's state for replica `id`, with this one's first members.
+    pub fn decided(&self, id: ReplicaId) -> DurableRaft {
+        assert!(self.is_undecided(), "only a new store decides its id");
+        DurableRaft { id, ..self.clone() }
     }
 
     /// Carries out `persist` on this image: entries replace any at and after their first
@@ -164,6 +196,14 @@ impl DurableRaft {
         }
         if let Some(hard_state) = &persist.hard_state {
             self.hard_state = hard_state.clone();
+        }
+        if let Some(conf) = &persist.conf {
+            assert!(
+                conf.index > self.conf_index,
+                "membership changes apply in order"
+            );
+            self.conf_state = conf.conf_state.clone();
+            self.conf_index = conf.index;
         }
     }
 
@@ -192,6 +232,8 @@ pub struct Persist {
     /// Entries to write; they replace any the log has at and after the first one's index.
     pub entries: Vec<Entry>,
     pub hard_state: Option<HardState>,
+    /// Members changed by an applied entry.
+    pub conf: Option<AppliedConf>,
 }
 
 /// A committed batch to append to the partition's own log: records `first_lsn..=last_lsn`.
@@ -331,6 +373,8 @@ pub struct Replica<K: ReplyTokens> {
     proposals: VecDeque<Proposal<K>>,
     /// This leader's reads waiting for Raft to confirm its leadership.
     reads: Reads<K>,
+    /// The index of the last membership change applied (and persisted or to be).
+    conf_index: u64,
     /// Counts the machines built, so that a snapshot report reaches the one that asked.
     machine_epoch: u64,
     snapshot_epoch: Option<u64>,
@@ -349,6 +393,12 @@ impl<K: ReplyTokens> Replica<K> {
         now: Now,
     ) -> Result<Self, ReplicaError> {
         assert!(config.id != 0, "raft reserves replica id 0");
+        assert!(
+            durable.id == 0 || durable.id == config.id,
+            "a store of replica {} runs as replica {}",
+            durable.id,
+            config.id
+        );
         assert!(config.heartbeat_ticks > 0 && config.heartbeat_ticks < config.election_ticks);
         let partition = ledger.partition();
         let mut config = config;
@@ -395,6 +445,7 @@ impl<K: ReplyTokens> Replica<K> {
             role: Role::Following(ledger),
             proposals: VecDeque::new(),
             reads: Reads::default(),
+            conf_index: durable.conf_index,
             machine_epoch: 0,
             snapshot_epoch: None,
             election_rng: config.seed ^ 0x9e37_79b9_7f4a_7c15,
@@ -475,7 +526,45 @@ impl<K: ReplyTokens> Replica<K> {
     pub fn tick(&mut self) {
         self.raw.tick();
         self.retry_reads();
+        self.change_membership();
         self.rearm_election_timeout();
+    }
+
+    /// The members of the group as this replica last applied them.
+    pub fn conf_state(&self) -> ConfState {
+        self.raw.raft.prs().conf().to_conf_state()
+    }
+
+    /// Answers node `node`'s ask about how to start (see [`membership`]). A leader may
+    /// propose to take the node in as a learner.
+    pub fn handle_ask(&mut self, node: crate::model::partition::NodeId) -> membership::Answer {
+        let raft = &self.raw.raft;
+        let first = membership::incarnation_of(self.config.id) == 0;
+        if first && raft.term == 0 && raft.raft_log.last_index() == 0 {
+            return membership::Answer::Fresh;
+        }
+        membership::answer_ask(&mut self.raw, node)
+    }
+
+    /// A leader proposes the next membership change its group needs, one at a time.
+    fn change_membership(&mut self) {
+        let Some(change) = membership::next_change(&self.raw) else {
+            return;
+        };
+        let before = membership::describe(&self.conf_state());
+        match self.raw.propose_conf_change(Vec::new(), change.clone()) {
+            Ok(()) => tracing::info!(
+                partition = self.partition,
+                %before,
+                ?change,
+                "membership change proposed"
+            ),
+            Err(error) => tracing::warn!(
+                partition = self.partition,
+                %error,
+                "membership change not proposed"
+            ),
+        }
     }
 
     /// A Raft message from another replica of the group.
@@ -617,10 +706,11 @@ impl<K: ReplyTokens> Replica<K> {
             self.confirm_read(&state.request_ctx, state.index);
         }
         let committed = ready.take_committed_entries();
-        let persist = Persist {
+        let mut persist = Persist {
             number: ready.number(),
             entries: ready.take_entries(),
             hard_state: ready.hs().cloned(),
+            conf: None,
         };
         let store = self.raw.mut_store();
         if !persist.entries.is_empty() {
@@ -636,17 +726,19 @@ impl<K: ReplyTokens> Replica<K> {
         }
         let after_persist = ready.take_persisted_messages();
         self.raw.advance_append_async(ready);
-        if !persist.entries.is_empty() || persist.hard_state.is_some() || !after_persist.is_empty()
-        {
-            out.persist = Some(persist);
-            out.messages_after_persist = after_persist;
-        }
         if let Some(last) = committed.last() {
             let last_index = last.index;
             for entry in committed {
-                self.apply(entry, out)?;
+                if let Some(conf) = self.apply(entry, out)? {
+                    persist.conf = Some(conf);
+                }
             }
             self.raw.advance_apply_to(last_index);
+        }
+        let changed = persist.hard_state.is_some() || persist.conf.is_some();
+        if !persist.entries.is_empty() || changed || !after_persist.is_empty() {
+            out.persist = Some(persist);
+            out.messages_after_persist = after_persist;
         }
         self.release_reads(out);
         Ok(())
@@ -700,8 +792,13 @@ impl<K: ReplyTokens> Replica<K> {
     }
 
     /// Applies one committed entry: a leader's own batch is already applied and is released;
-    /// a follower folds the batch into its ledger.
-    fn apply(&mut self, entry: Entry, out: &mut ReplicaReady<K>) -> Result<(), ReplicaError> {
+    /// a follower folds the batch into its ledger; a membership change changes the members,
+    /// which are returned to be persisted.
+    fn apply(
+        &mut self,
+        entry: Entry,
+        out: &mut ReplicaReady<K>,
+    ) -> Result<Option<AppliedConf>, ReplicaError> {
         let partition = self.partition;
         let index = entry.index;
         let bad = |detail: String| ReplicaError::BadEntry {
@@ -709,15 +806,33 @@ impl<K: ReplyTokens> Replica<K> {
             index,
             detail,
         };
-        if entry.get_entry_type() != EntryType::EntryNormal {
-            // Nothing proposes a membership change yet: one in the log was not written by
-            // this build.
-            return Err(bad(
-                "a membership change, which this build does not make".into()
-            ));
+        let entry_type = entry.get_entry_type();
+        if entry_type != EntryType::EntryNormal {
+            // A restart starts from the members as of `conf_index`: the changes up to it
+            // are in them already.
+            if index <= self.conf_index {
+                return Ok(None);
+            }
+            let bad_change = |e: protobuf::ProtobufError| bad(format!("membership change: {e}"));
+            let applied = if entry_type == EntryType::EntryConfChange {
+                let change = ConfChange::parse_from_bytes(&entry.data).map_err(bad_change)?;
+                self.raw.apply_conf_change(&change)
+            } else {
+                let change = ConfChangeV2::parse_from_bytes(&entry.data).map_err(bad_change)?;
+                self.raw.apply_conf_change(&change)
+            };
+            let conf_state = applied.map_err(|source| ReplicaError::Raft { partition, source })?;
+            tracing::info!(
+                partition,
+                index,
+                members = %membership::describe(&conf_state),
+                "membership changed"
+            );
+            self.conf_index = index;
+            return Ok(Some(AppliedConf { conf_state, index }));
         }
         let Some(batch) = payload::decode(&entry.data).map_err(|e| bad(e.to_string()))? else {
-            return Ok(());
+            return Ok(None);
         };
         match &mut self.role {
             Role::Leading { machine, .. } => {
@@ -764,7 +879,7 @@ impl<K: ReplyTokens> Replica<K> {
             }
             Role::Reloading => unreachable!("poll never runs while reloading"),
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Builds the machine once this replica leads and has applied every earlier term; drops

@@ -1076,3 +1076,32 @@ fn a_bad_raft_message_is_an_error_not_a_panic() {
         );
     }
 }
+
+#[test]
+fn membership_messages_round_trip() {
+    use crate::replica::membership::{Answer, MembershipMessage};
+    let answers = [
+        Answer::Fresh,
+        Answer::Running { leader: None },
+        Answer::Running {
+            leader: Some((3 << 32) | 2),
+        },
+        Answer::Member { id: (1 << 32) | 1 },
+    ];
+    let mut messages = vec![Message::Membership {
+        partition: 4,
+        from: 2,
+        message: MembershipMessage::Ask {
+            node: 2,
+            nonce: u64::MAX,
+        },
+    }];
+    for answer in answers {
+        messages.push(Message::Membership {
+            partition: 0,
+            from: 7,
+            message: MembershipMessage::Answer { nonce: 5, answer },
+        });
+    }
+    round_trip(&messages);
+}

@@ -94,6 +94,13 @@ pub enum Input {
         partition: PartitionId,
         messages: Vec<RaftMessage>,
     },
+    /// A membership message of the partition's group, from node `from` (a replicated
+    /// partition only, see [`walletd_core::replica::membership`]).
+    Membership {
+        partition: PartitionId,
+        from: walletd_core::model::partition::NodeId,
+        message: walletd_core::replica::membership::MembershipMessage,
+    },
     /// Finish the current batch, stop, and acknowledge.
     Shutdown(oneshot::Sender<()>),
 }
@@ -580,6 +587,11 @@ impl<S: Storage> PartitionDriver<S> {
                 partition = self.machine.partition(),
                 count = messages.len(),
                 "raft messages for an unreplicated partition dropped"
+            ),
+            Input::Membership { from, .. } => tracing::debug!(
+                partition = self.machine.partition(),
+                from,
+                "membership message for an unreplicated partition dropped"
             ),
             Input::Shutdown(ack) => return Some(ack),
         }

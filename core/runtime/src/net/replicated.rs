@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use walletd_core::model::partition::{NodeId, PartitionId, PartitionMap};
+use walletd_core::replica::membership::{self, MembershipMessage};
 use walletd_core::replica::{RaftMessage, ReplicaConfig, ReplicaId};
 use walletd_core::wire::{raft_encoded_len, RAFT_ENCODED_LEN_MAX, RAFT_MESSAGES_MAX};
 
@@ -32,22 +33,21 @@ use crate::replica::{
 use crate::storage::raft_store::RaftStore;
 use crate::transport::{LocalTransport, Transport};
 
-/// A node's replica id in every group: Raft reserves 0.
+/// A node's first replica id in every group (the voters of a new group); later
+/// incarnations of its replicas have other ids ([`membership`]).
 pub fn replica_id(node: NodeId) -> ReplicaId {
-    u64::from(node) + 1
+    membership::initial_id(node)
 }
 
-/// The voters of every group of `map`: a replica on each of its nodes. A new replica's Raft
-/// store starts from `DurableRaft::new(&voters(map))`.
+/// The first voters of every group of `map`: a replica on each of its nodes. A new
+/// replica's Raft store starts from `DurableRaft::new(&voters(map))`.
 pub fn voters(map: &PartitionMap) -> Vec<ReplicaId> {
     map.nodes.keys().map(|node| replica_id(*node)).collect()
 }
 
-/// The node a replica id stands for.
+/// The node a replica id stands for, whatever its incarnation.
 pub fn replica_node(replica: ReplicaId) -> Option<NodeId> {
-    replica
-        .checked_sub(1)
-        .and_then(|n| NodeId::try_from(n).ok())
+    membership::node_of(replica)
 }
 
 /// What a replicated node needs besides its map, id, secret and storages.
@@ -108,6 +108,18 @@ impl GroupLinks for NodeLinks {
                 // A full queue drops them: Raft resends.
                 let _ = queue.try_send(input);
             }
+        }
+    }
+
+    fn send_membership(&self, node: NodeId, partition: PartitionId, message: MembershipMessage) {
+        if let Some(queue) = self.queues.get(&node) {
+            let input = Input::Membership {
+                partition,
+                from: self.node,
+                message,
+            };
+            // A full queue drops it: asks are repeated until answered.
+            let _ = queue.try_send(input);
         }
     }
 
@@ -285,6 +297,7 @@ pub async fn start_replicated_node_with<S: Storage, R: RaftStore, N: PeerIo>(
         let status = Arc::new(ReplicaStatus::default());
         let stats = Arc::new(DriverStats::default());
         let replica_config = ReplicaConfig {
+            // The driver takes the id from the Raft store (see `ReplicaDriver::start`).
             id: replica_id(node),
             election_ticks: config.election_ticks,
             heartbeat_ticks: config.heartbeat_ticks,
@@ -292,6 +305,8 @@ pub async fn start_replicated_node_with<S: Storage, R: RaftStore, N: PeerIo>(
             machine: config.node.engine.driver,
         };
         let wiring = ReplicaWiring {
+            node,
+            group: map.nodes.keys().copied().collect(),
             peers: Arc::clone(&peers),
             links: Arc::clone(&group_links),
             inbox: receiver,

@@ -24,6 +24,13 @@
 //! A client command that reaches a replica that does not lead is dropped unanswered (its
 //! client sees the partition unavailable, and retries, with the same transaction id, where
 //! [`ReplicaStatus::leader`] points).
+//!
+//! # Which replica it is
+//! The driver takes its replica id from the Raft store. A store that has decided nothing
+//! and holds nothing (a new group, or a lost disk) first asks the group how to start
+//! ([`walletd_core::replica::membership`]): as the node's first incarnation when the whole
+//! group is new, or as the learner the leader takes in. Meanwhile client requests go to the
+//! leader an answer named, or wait as during an election.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -37,10 +44,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use walletd_core::ledger::Ledger;
-use walletd_core::model::partition::PartitionId;
+use walletd_core::model::partition::{NodeId, PartitionId};
 use walletd_core::protocol::machine::{Now, PartitionMachine};
+use walletd_core::replica::membership::{initial_id, Answer, Decision, Joiner, MembershipMessage};
 use walletd_core::replica::{
-    Persist, RaftMessage, Replica, ReplicaConfig, ReplicaError, ReplicaId, ReplicaReady,
+    DurableRaft, Persist, RaftMessage, Replica, ReplicaConfig, ReplicaError, ReplicaId,
+    ReplicaReady,
 };
 
 use crate::driver::{recover, wall_clock_us, Channels, DriverError, DriverStats, Input};
@@ -60,6 +69,9 @@ pub trait GroupLinks: Send + Sync + 'static {
     /// Hands a client command, query or phase message to replica `to` (the leader), with
     /// its reply channel. Gives it back if there is no way to `to` now.
     fn forward(&self, to: ReplicaId, input: Input) -> Result<(), Input>;
+
+    /// Sends a membership message to the replica of `partition` on node `node`.
+    fn send_membership(&self, node: NodeId, partition: PartitionId, message: MembershipMessage);
 }
 
 /// What a replica publishes of its role, for routing and `GET /v1/cluster`.
@@ -131,6 +143,22 @@ struct Written {
 
 /// The driver of one replica. Build with [`ReplicaDriver::start`], then `run` it as a task.
 pub struct ReplicaDriver<S: Storage, R: RaftStore> {
+    partition: PartitionId,
+    partitions: u32,
+    storage: S,
+    raft_store: R,
+    durable: DurableRaft,
+    ledger: Ledger,
+    config: ReplicaConfig,
+    timing: ReplicaTiming,
+    wiring: ReplicaWiring,
+}
+
+/// How often a replica with nothing on disk asks its group again.
+const ASK_INTERVAL: Duration = Duration::from_millis(200);
+
+/// A running replica's driver loop.
+struct Running<S: Storage, R: RaftStore> {
     replica: Replica<Channels>,
     storage: S,
     /// `None` while a write owns it.
@@ -152,17 +180,22 @@ pub struct ReplicaDriver<S: Storage, R: RaftStore> {
 
 /// The inputs and outputs of a replica driver, other than its storage.
 pub struct ReplicaWiring {
+    /// The node this replica runs on, and every node of its group (this one among them).
+    pub node: NodeId,
+    pub group: Vec<NodeId>,
     pub peers: Arc<dyn Transport>,
     pub links: Arc<dyn GroupLinks>,
-    /// Client commands, queries, phase messages and the group's Raft messages.
+    /// Client commands, queries, phase messages and the group's Raft and membership
+    /// messages.
     pub inbox: mpsc::Receiver<Input>,
     pub status: Arc<ReplicaStatus>,
     pub stats: Arc<DriverStats>,
 }
 
 impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
-    /// Recovers the partition log (the committed state it holds) and the Raft store, and
-    /// builds the replica as a follower.
+    /// Recovers the partition log (the committed state it holds) and the Raft store. The
+    /// replica's id comes from the store, `config.id` is ignored: see "Which replica it is"
+    /// in the module docs.
     pub async fn start(
         partition: PartitionId,
         partitions: u32,
@@ -179,35 +212,153 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
             .map_err(|source| ReplicaDriverError::RaftStore { partition, source })?;
         tracing::info!(
             partition,
-            replica = config.id,
+            replica = durable.id,
             lsn = report.last_lsn,
             term = durable.hard_state.term,
             raft_entries = durable.entries.len(),
+            undecided = durable.is_undecided(),
             "replica recovered"
         );
-        let clock_origin = Instant::now();
+        Ok(ReplicaDriver {
+            partition,
+            partitions,
+            storage,
+            raft_store,
+            durable,
+            ledger,
+            config,
+            timing,
+            wiring,
+        })
+    }
+
+    /// Runs until a [`Input::Shutdown`] or until every sender of the inbox is gone (first
+    /// finding out which replica it is, if its store has not decided). A clean stop syncs
+    /// the partition log and returns the storages.
+    pub async fn run(mut self) -> Result<(S, R), ReplicaDriverError> {
+        let mut waiting = VecDeque::new();
+        let Some(id) = self.decide_id(&mut waiting).await? else {
+            return Ok((self.storage, self.raft_store));
+        };
+        let mut config = self.config;
+        config.id = id;
         let now = Now {
             micros: 0,
             wall_us: wall_clock_us(),
         };
-        let replica = Replica::new(config, &durable, ledger, now)?;
-        Ok(ReplicaDriver {
+        let replica = Replica::new(config, &self.durable, self.ledger, now)?;
+        let wiring = self.wiring;
+        let running = Running {
             replica,
-            storage,
-            raft_store: Some(raft_store),
+            storage: self.storage,
+            raft_store: Some(self.raft_store),
             queued: Vec::new(),
             peers: wiring.peers,
             links: wiring.links,
             inbox: wiring.inbox,
-            waiting: VecDeque::new(),
+            waiting,
             status: wiring.status,
             stats: wiring.stats,
-            timing,
-            partitions,
-            clock_origin,
-        })
+            timing: self.timing,
+            partitions: self.partitions,
+            clock_origin: Instant::now(),
+        };
+        let stopped = running.run().await;
+        if let Err(error) = &stopped {
+            tracing::error!(partition = self.partition, %error, "replica stopped");
+        }
+        stopped
     }
 
+    /// The replica's id: the store's, or for a store of a build before ids its node's
+    /// first incarnation, or for a new store what its group answers (written to the store
+    /// before it is used). `None` if asked to stop first; client inputs that came meanwhile
+    /// are left in `waiting`.
+    async fn decide_id(
+        &mut self,
+        waiting: &mut VecDeque<(Instant, Input)>,
+    ) -> Result<Option<ReplicaId>, ReplicaDriverError> {
+        let partition = self.partition;
+        let node = self.wiring.node;
+        if self.durable.id != 0 {
+            return Ok(Some(self.durable.id));
+        }
+        if !self.durable.is_undecided() {
+            return Ok(Some(initial_id(node)));
+        }
+        // Drawn anew by every start, so that an answer to an earlier start's ask is ignored.
+        let nonce = self.config.seed ^ 0x6a6f_696e_6e6f_6e63 ^ wall_clock_us();
+        let mut joiner = Joiner::new(node, &self.wiring.group, nonce);
+        tracing::info!(
+            partition,
+            node,
+            "the raft store is new: asking the group whether it runs"
+        );
+        let mut asks = tokio::time::interval(ASK_INTERVAL);
+        asks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let links = Arc::clone(&self.wiring.links);
+        let decision = loop {
+            tokio::select! {
+                biased;
+                input = self.wiring.inbox.recv() => match input {
+                    None => return Ok(None),
+                    Some(Input::Shutdown(ack)) => {
+                        let _ = ack.send(());
+                        return Ok(None);
+                    }
+                    Some(Input::Membership { from, message, .. }) => match message {
+                        MembershipMessage::Ask { node: asker, nonce } => {
+                            // Undecided, this replica has taken part in nothing.
+                            let answer = MembershipMessage::Answer { nonce, answer: Answer::Fresh };
+                            links.send_membership(asker, partition, answer);
+                        }
+                        answer => {
+                            if let Some(decision) = joiner.handle(from, answer) {
+                                break decision;
+                            }
+                        }
+                    },
+                    // No id yet: nothing addressed to a replica id is for this one.
+                    Some(Input::Raft { .. }) => {}
+                    Some(input) => {
+                        if waiting.len() < self.timing.leader_wait_inputs_max {
+                            waiting.push_back((Instant::now(), input));
+                        }
+                    }
+                },
+                _ = asks.tick() => {
+                    for peer in joiner.peers_to_ask() {
+                        links.send_membership(peer, partition, joiner.ask());
+                    }
+                    while waiting.front().is_some_and(|(since, _)| since.elapsed() >= self.timing.leader_wait) {
+                        waiting.pop_front();
+                    }
+                }
+            }
+            if let Some(leader) = joiner.leader() {
+                self.wiring.status.leader.store(leader, Ordering::Release);
+                while let Some((_, input)) = waiting.pop_front() {
+                    // A link that is down drops it: the client sees the partition unavailable.
+                    let _ = links.forward(leader, input);
+                }
+            }
+        };
+        let id = match decision {
+            Decision::Bootstrap => initial_id(node),
+            Decision::Join(id) => id,
+        };
+        tracing::info!(partition, node, id, ?decision, "replica id decided");
+        let durable = self.durable.decided(id);
+        self.raft_store
+            .reset(durable.clone())
+            .await
+            .map_err(|source| ReplicaDriverError::RaftStore { partition, source })?;
+        self.durable = durable;
+        Ok(Some(id))
+    }
+}
+
+impl<S: Storage, R: RaftStore> Running<S, R> {
     fn now(&self) -> Now {
         Now {
             micros: self.clock_origin.elapsed().as_micros() as u64,
@@ -215,9 +366,7 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
         }
     }
 
-    /// Runs until a [`Input::Shutdown`] or until every sender of the inbox is gone. A clean
-    /// stop syncs the partition log and returns the storages.
-    pub async fn run(mut self) -> Result<(S, R), ReplicaDriverError> {
+    async fn run(mut self) -> Result<(S, R), ReplicaDriverError> {
         let partition = self.replica.partition();
         let mut writing: Option<StoreWrite<R>> = None;
         let mut ticks = tokio::time::interval(self.timing.tick);
@@ -293,9 +442,26 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
         } = input
         {
             debug_assert_eq!(partition, self.replica.partition());
+            let own = self.replica.id();
             for message in messages {
-                self.replica.handle_message(message);
+                // Another incarnation's: an earlier copy of this node's replica, which its
+                // group may not have removed yet; this one must not answer for it.
+                if message.to == own {
+                    self.replica.handle_message(message);
+                }
             }
+            return;
+        }
+        if let Input::Membership {
+            partition, message, ..
+        } = input
+        {
+            if let MembershipMessage::Ask { node, nonce } = message {
+                let answer = self.replica.handle_ask(node);
+                let answer = MembershipMessage::Answer { nonce, answer };
+                self.links.send_membership(node, partition, answer);
+            }
+            // An answer reaches a replica that has decided already: an ask's late answer.
             return;
         }
         // Beyond the bound the input is dropped: its client sees the partition unavailable.
@@ -502,10 +668,6 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
             self.stats.in_flight.store(0, Ordering::Relaxed);
         }
     }
-
-    pub fn ledger(&self) -> Option<&Ledger> {
-        self.replica.ledger()
-    }
 }
 
 /// Inputs taken from the inbox before Raft and the machine are polled again.
@@ -525,7 +687,10 @@ fn to_machine(machine: &mut PartitionMachine<Channels>, now: Now, input: Input) 
             reply,
         } => machine.handle_commands(now, reply, &commands, wait),
         Input::Peers(messages) => machine.handle_peers(now, &messages),
-        Input::Query { .. } | Input::Raft { .. } | Input::Shutdown(_) => {
+        Input::Query { .. }
+        | Input::Raft { .. }
+        | Input::Membership { .. }
+        | Input::Shutdown(_) => {
             unreachable!("handled by the driver")
         }
     }

@@ -261,7 +261,7 @@ impl Writer {
             Kind::Persist,
             self.next_seq,
             self.synced_len,
-            |out| encode_persist(persist.hard_state.as_ref(), &persist.entries, out),
+            |out| encode_persist(persist, out),
             &mut self.buf,
         )
         .map_err(|too_large| self.too_large(too_large.payload_len))?;
@@ -274,6 +274,14 @@ impl Writer {
         self.next_seq += 1;
         self.state.persist(persist);
         Ok(())
+    }
+
+    /// Replaces the whole state by `state`, durably: a new file whose base it is.
+    pub(super) fn reset(&mut self, state: DurableRaft) -> Result<(), Error> {
+        self.check_running()?;
+        self.state = state;
+        let rotated = self.rotate();
+        self.stop_on_error(rotated)
     }
 
     /// Makes everything written durable (`fdatasync`).
@@ -381,7 +389,8 @@ fn replay(records: &[RawRecord], seq: u64, path: &Path) -> Result<DurableRaft, E
             ),
         ));
     }
-    let mut state = decode_base(base.payload).map_err(|detail| corrupt(path, 0, detail))?;
+    let mut state =
+        decode_base(base.version, base.payload).map_err(|detail| corrupt(path, 0, detail))?;
     for record in &records[1..] {
         let bad = |detail: String| corrupt(path, record.offset, detail);
         if record.kind != Kind::Persist {
@@ -390,7 +399,15 @@ fn replay(records: &[RawRecord], seq: u64, path: &Path) -> Result<DurableRaft, E
                 record.seq
             )));
         }
-        let body = decode_persist(record.payload).map_err(bad)?;
+        let body = decode_persist(record.version, record.payload).map_err(bad)?;
+        if let Some(conf) = &body.conf {
+            if conf.index <= state.conf_index {
+                return Err(bad(format!(
+                    "record {} holds members as of index {}, not after those of index {}",
+                    record.seq, conf.index, state.conf_index
+                )));
+            }
+        }
         if let Some(first) = body.entries.first() {
             if first.index > state.last_index() + 1 {
                 return Err(bad(format!(
@@ -405,6 +422,7 @@ fn replay(records: &[RawRecord], seq: u64, path: &Path) -> Result<DurableRaft, E
             number: record.seq,
             entries: body.entries,
             hard_state: body.hard_state,
+            conf: body.conf,
         });
     }
     Ok(state)
