@@ -10,6 +10,13 @@
 //! answer 503 `partition_unavailable` (clients retry with the same transaction id). History,
 //! `as_of` balances and the event feed read this node's own copy of every partition's log,
 //! which holds committed records only.
+//!
+//! A Raft store that is damaged before its tail (a record that a later one says was synced
+//! does not check out) is moved aside to `raft/partition-<p>.damaged-<unix seconds>/`, and
+//! the replica starts with a new, empty store: it rejoins its group under a new id and
+//! catches up from the others, as a replica whose disk was lost does
+//! ([`walletd_core::replica::membership`]). Its partition log, which holds committed records
+//! only, is kept.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,6 +39,33 @@ use crate::serve::{api_tls, bind_http, build_api_for, options, serve_http, Serve
 /// Where partition `partition`'s Raft store lives under a node's root.
 pub fn raft_dir(root: &Path, partition: PartitionId) -> PathBuf {
     root.join("raft").join(format!("partition-{partition}"))
+}
+
+/// Opens the Raft store in `dir`; a damaged one is moved aside and a new one started (see
+/// the module docs).
+fn open_raft_store(dir: &Path, voters: &[u64]) -> std::io::Result<FileRaftStore> {
+    let error = match FileRaftStore::open(dir, DurableRaft::new(voters)) {
+        Ok(store) => return Ok(store),
+        Err(error) if error.kind() == std::io::ErrorKind::InvalidData => error,
+        Err(error) => return Err(error),
+    };
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let aside = dir.with_file_name(format!("{name}.damaged-{}", since_epoch.as_secs()));
+    tracing::error!(
+        store = %dir.display(),
+        moved_to = %aside.display(),
+        %error,
+        "the Raft store is damaged; it is moved aside and the replica rejoins its group \
+         under a new id"
+    );
+    std::fs::rename(dir, &aside)?;
+    if let Some(parent) = dir.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    FileRaftStore::open(dir, DurableRaft::new(voters))
 }
 
 /// Runs node `args.id` of the replicated cluster of `map` until a signal.
@@ -71,7 +105,7 @@ pub async fn run(
         let storage = FileStorage::open(&path, FileStorageConfig::default())
             .map_err(io(format!("cannot open {}", path.display())))?;
         let raft = raft_dir(&root, partition);
-        let store = FileRaftStore::open(&raft, DurableRaft::new(&voters))
+        let store = open_raft_store(&raft, &voters)
             .map_err(io(format!("cannot open the Raft store {}", raft.display())))?;
         storages.push((storage, store));
     }

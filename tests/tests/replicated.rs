@@ -1,9 +1,13 @@
 //! A replicated cluster of three real `wallet node` processes (`replicas = 3`: every partition
 //! a Raft group with a replica on every node): clients send transfers through all three HTTP
 //! ports while each node in turn, the leader of the transfers' home partition first, is
-//! killed with `kill -9` and restarted. Afterwards every transfer a client was told committed
-//! is there exactly once, every node holds the same balances, and money is conserved; while
-//! a node was down, transfers kept succeeding.
+//! killed with `kill -9` and restarted, the second with a byte of its Raft store of
+//! partition 0 flipped (moved aside, it rejoins that group), the last one with its data
+//! directory wiped (a lost disk: it comes back under new replica ids and catches up from
+//! the others). Afterwards
+//! every transfer a client was told committed is there exactly once, every node holds the
+//! same balances and the same log, and money is conserved; while a node was down, transfers
+//! kept succeeding.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -99,6 +103,52 @@ impl Cluster {
     fn kill9(&mut self, id: u32) {
         let node = self.nodes[id as usize].take().expect("running");
         node.kill9();
+    }
+
+    /// Deletes node `id`'s data directory (the node is down): a lost disk.
+    fn wipe(&self, id: u32) {
+        assert!(self.nodes[id as usize].is_none(), "node {id} is down");
+        let dir = self.data.join(format!("node-{id}"));
+        std::fs::remove_dir_all(&dir).expect("wipe the node's data directory");
+    }
+
+    /// Flips a byte inside the first record of node `id`'s newest Raft store file of
+    /// `partition` (the node is down): damage before the store's tail.
+    fn damage_raft_store(&self, id: u32, partition: u32) {
+        assert!(self.nodes[id as usize].is_none(), "node {id} is down");
+        let dir = (self.data.join(format!("node-{id}")).join("raft"))
+            .join(format!("partition-{partition}"));
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .expect("the Raft store's directory")
+            .map(|entry| entry.expect("entry").path())
+            .filter(|path| path.extension().is_some_and(|e| e == "log"))
+            .collect();
+        files.sort();
+        let newest = files.pop().expect("a Raft store file");
+        let mut bytes = std::fs::read(&newest).expect("read");
+        bytes[40] ^= 0xff;
+        std::fs::write(&newest, bytes).expect("write");
+    }
+
+    /// Waits until every node's copy of every partition holds the same last committed
+    /// record (no transfer is running).
+    fn wait_for_copies_in_step(&self) {
+        let lsns = |view: &Value| -> Vec<Option<u64>> {
+            let partitions = view["partitions"].as_array().expect("partitions");
+            partitions
+                .iter()
+                .map(|p| p["commit_lsn"].as_u64())
+                .collect()
+        };
+        let mut seen = Vec::new();
+        let in_step = wait_until(Duration::from_secs(30), || {
+            seen = (0..NODES)
+                .filter_map(|id| self.view(id))
+                .map(|v| lsns(&v))
+                .collect();
+            seen.len() == NODES as usize && seen.windows(2).all(|pair| pair[0] == pair[1])
+        });
+        assert!(in_step, "copies not in step: {seen:?}\n{}", self.logs());
     }
 
     fn restart(&mut self, id: u32) {
@@ -230,11 +280,17 @@ fn transfers_survive_kill_9_of_every_node_in_turn_and_every_replica_agrees() {
     let leaders = cluster.wait_for_leaders();
     let mut victims = vec![leaders[0]];
     victims.extend((0..NODES).filter(|id| *id != leaders[0]));
+    let last = *victims.last().expect("three victims");
     for victim in victims {
         cluster.kill9(victim);
         // With one node down every group keeps a majority: transfers go on.
         let failures = send(&cluster, &mut committed, 15);
         eprintln!("node {victim} down: 15 transfers, {failures} failed attempts (retried)");
+        if victim == last {
+            cluster.wipe(victim);
+        } else if victim != leaders[0] {
+            cluster.damage_raft_store(victim, 0);
+        }
         cluster.restart(victim);
         cluster.wait_for_leaders();
         send(&cluster, &mut committed, 5);
@@ -275,6 +331,21 @@ fn transfers_survive_kill_9_of_every_node_in_turn_and_every_replica_agrees() {
             );
         }
     }
+    // The wiped node has every committed record again, from its peers.
+    cluster.wait_for_copies_in_step();
+    let logs = cluster.nodes[last as usize].as_ref().expect("up").logs();
+    assert!(
+        logs.contains("replica id decided") && logs.contains("Join("),
+        "the wiped node joined its groups under new ids:\n{logs}"
+    );
+    let damaged = (0..NODES)
+        .find(|id| *id != leaders[0] && *id != last)
+        .expect("three nodes");
+    let logs = cluster.nodes[damaged as usize].as_ref().expect("up").logs();
+    assert!(
+        logs.contains("the Raft store is damaged") && logs.contains("Join("),
+        "the node whose Raft store was damaged rejoined that group:\n{logs}"
+    );
     for id in 0..NODES {
         let node = cluster.nodes[id as usize].take().expect("running");
         let status = node.terminate();

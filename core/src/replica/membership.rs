@@ -28,6 +28,11 @@
 //! as above. It waits while some node does not answer: a new group starts once every
 //! node of it is up, and a lost disk comes back once its group is reachable.
 //!
+//! A replica whose Raft store is new but whose partition log holds records (its Raft store
+//! was lost or damaged alone) knows the group has run: it never starts a new group, and it
+//! answers others that it has run. So if every replica lost its Raft store, none starts a
+//! new group over logs that may differ: the group waits for an operator.
+//!
 //! Answers carry the asker's nonce, drawn anew by every start: an answer to an ask of an
 //! earlier start (which may name an id that has since voted) is ignored.
 
@@ -107,15 +112,16 @@ pub struct Joiner {
 }
 
 impl Joiner {
-    /// `group` lists the nodes that hold the group's replicas, `node` among them.
-    pub fn new(node: NodeId, group: &[NodeId], nonce: u64) -> Joiner {
+    /// `group` lists the nodes that hold the group's replicas, `node` among them;
+    /// `has_records` says whether this replica's partition log holds any.
+    pub fn new(node: NodeId, group: &[NodeId], nonce: u64, has_records: bool) -> Joiner {
         assert!(group.contains(&node), "a replica's node is in its group");
         Joiner {
             node,
             nonce,
             peers: group.iter().copied().filter(|n| *n != node).collect(),
             fresh: BTreeSet::new(),
-            ran: false,
+            ran: has_records,
             leader: None,
         }
     }
@@ -136,6 +142,15 @@ impl Joiner {
             .iter()
             .copied()
             .filter(|n| !self.fresh.contains(n))
+    }
+
+    /// What this replica answers an ask while it has not decided.
+    pub fn answer(&self) -> Answer {
+        match self.ran {
+            // Its own log says the group ran; it knows no leader to name.
+            true => Answer::Running { leader: None },
+            false => Answer::Fresh,
+        }
     }
 
     /// The leader some answer named: where client requests can go meanwhile.
@@ -281,4 +296,68 @@ pub fn describe(conf: &ConfState) -> String {
         out.push_str(&format!(", learners {:?}", conf.learners));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(nonce: u64, answer: Answer) -> MembershipMessage {
+        MembershipMessage::Answer { nonce, answer }
+    }
+
+    #[test]
+    fn ids_carry_their_node_and_incarnation() {
+        assert_eq!(initial_id(0), 1);
+        assert_eq!(replica_id(4, 0), initial_id(4));
+        let id = replica_id(4, 7);
+        assert_eq!((node_of(id), incarnation_of(id)), (Some(4), 7));
+        assert_eq!(node_of(0), None);
+        assert_eq!(
+            node_of(replica_id(u32::MAX - 1, u32::MAX)),
+            Some(u32::MAX - 1)
+        );
+    }
+
+    #[test]
+    fn a_new_group_starts_only_when_every_peer_answers_fresh() {
+        let mut joiner = Joiner::new(1, &[0, 1, 2], 9, false);
+        assert_eq!(joiner.peers_to_ask().collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(joiner.handle(0, answer(9, Answer::Fresh)), None);
+        // Another start's answer, and an answer from outside the group, count for nothing.
+        assert_eq!(joiner.handle(2, answer(8, Answer::Fresh)), None);
+        assert_eq!(joiner.handle(5, answer(9, Answer::Fresh)), None);
+        assert_eq!(joiner.peers_to_ask().collect::<Vec<_>>(), [2]);
+        assert_eq!(
+            joiner.handle(2, answer(9, Answer::Fresh)),
+            Some(Decision::Bootstrap)
+        );
+    }
+
+    #[test]
+    fn one_peer_that_ran_rules_out_a_new_group_for_good() {
+        let mut joiner = Joiner::new(1, &[0, 1, 2], 9, false);
+        let leader = Some(replica_id(2, 0));
+        assert_eq!(
+            joiner.handle(0, answer(9, Answer::Running { leader })),
+            None
+        );
+        assert_eq!(joiner.leader(), leader);
+        assert_eq!(joiner.handle(0, answer(9, Answer::Fresh)), None);
+        assert_eq!(joiner.handle(2, answer(9, Answer::Fresh)), None);
+        let id = replica_id(1, 3);
+        assert_eq!(
+            joiner.handle(2, answer(9, Answer::Member { id })),
+            Some(Decision::Join(id))
+        );
+    }
+
+    #[test]
+    fn a_replica_with_records_never_starts_a_new_group() {
+        let mut joiner = Joiner::new(0, &[0, 1, 2], 1, true);
+        assert_eq!(joiner.answer(), Answer::Running { leader: None });
+        assert_eq!(joiner.handle(1, answer(1, Answer::Fresh)), None);
+        assert_eq!(joiner.handle(2, answer(1, Answer::Fresh)), None);
+        assert_eq!(Joiner::new(0, &[0, 1, 2], 1, false).answer(), Answer::Fresh);
+    }
 }

@@ -46,7 +46,7 @@ use tokio::time::Instant;
 use walletd_core::ledger::Ledger;
 use walletd_core::model::partition::{NodeId, PartitionId};
 use walletd_core::protocol::machine::{Now, PartitionMachine};
-use walletd_core::replica::membership::{initial_id, Answer, Decision, Joiner, MembershipMessage};
+use walletd_core::replica::membership::{initial_id, Decision, Joiner, MembershipMessage};
 use walletd_core::replica::{
     DurableRaft, Persist, RaftMessage, Replica, ReplicaConfig, ReplicaError, ReplicaId,
     ReplicaReady,
@@ -288,7 +288,8 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
         }
         // Drawn anew by every start, so that an answer to an earlier start's ask is ignored.
         let nonce = self.config.seed ^ 0x6a6f_696e_6e6f_6e63 ^ wall_clock_us();
-        let mut joiner = Joiner::new(node, &self.wiring.group, nonce);
+        let has_records = self.ledger.last_applied().lsn > 0;
+        let mut joiner = Joiner::new(node, &self.wiring.group, nonce, has_records);
         tracing::info!(
             partition,
             node,
@@ -308,8 +309,10 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
                     }
                     Some(Input::Membership { from, message, .. }) => match message {
                         MembershipMessage::Ask { node: asker, nonce } => {
-                            // Undecided, this replica has taken part in nothing.
-                            let answer = MembershipMessage::Answer { nonce, answer: Answer::Fresh };
+                            let answer = MembershipMessage::Answer {
+                                nonce,
+                                answer: joiner.answer(),
+                            };
                             links.send_membership(asker, partition, answer);
                         }
                         answer => {
