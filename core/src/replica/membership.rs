@@ -167,6 +167,10 @@ impl Joiner {
         if nonce != self.nonce || !self.peers.contains(&from) {
             return None;
         }
+        #[cfg(any(test, madsim, feature = "testing"))]
+        if crate::protocol::bugs::enabled(crate::protocol::bugs::Bug::RejoinUnderOldId) {
+            return Some(Decision::Bootstrap);
+        }
         match answer {
             Answer::Fresh => {
                 self.fresh.insert(from);

@@ -13,6 +13,7 @@ use crate::model::money::Currency::USD;
 use crate::protocol::machine::{MachineConfig, Now, ReplyTokens};
 use crate::protocol::message::{CommandResult, Query, QueryAnswer};
 use crate::protocol::tests::support::{acct, deposit, open, transfer, Snapshot};
+use crate::replica::membership::{initial_id, node_of, Decision, Joiner, MembershipMessage};
 use crate::replica::{
     CommittedBatch, DurableRaft, Persist, RaftMessage, Replica, ReplicaConfig, ReplicaId,
     ReplicaReady,
@@ -51,6 +52,9 @@ pub struct GroupConfig {
     lose_log_tail: f64,
     /// Chance of a crash and an immediate restart right after a vote is durable.
     crash_after_vote: f64,
+    /// Chance per step that a node loses its disks (Raft store and partition log), when the
+    /// group has room for it: every node up and every replica a voter.
+    wipe: f64,
     request: f64,
 }
 
@@ -66,6 +70,7 @@ impl GroupConfig {
             heal: 1.0,
             lose_log_tail: 0.0,
             crash_after_vote: 0.0,
+            wipe: 0.0,
             request: 0.3,
         }
     }
@@ -81,7 +86,16 @@ impl GroupConfig {
             heal: 0.004,
             lose_log_tail: 0.5,
             crash_after_vote: 0.3,
+            wipe: 0.0,
             request: 0.3,
+        }
+    }
+
+    /// Hostile, and now and then a node loses its disks.
+    pub fn wiping() -> GroupConfig {
+        GroupConfig {
+            wipe: 0.0015,
+            ..GroupConfig::hostile()
         }
     }
 }
@@ -94,13 +108,22 @@ pub struct Stats {
     pub leaders: u64,
     pub reloads: u64,
     pub dropped_answers: u64,
+    pub wipes: u64,
+    /// Wiped replicas that came back under a new id.
+    pub rejoins: u64,
 }
 
 /// One node's replica and what survives it.
 struct Node {
     replica: Option<Replica<Numbers>>,
+    /// A node whose Raft store has decided nothing asks its group how to start.
+    joiner: Option<Joiner>,
     /// The Raft state its disk holds.
     disk: DurableRaft,
+    /// What its disk held when it was last wiped: entries it had acknowledged then still
+    /// count as durable for answers computed before the wipe (losing one disk is the fault
+    /// Raft tolerates).
+    before_wipe: Option<DurableRaft>,
     /// Persists handed out and not yet durable, with the messages that wait for them.
     writing: VecDeque<(Persist, Vec<RaftMessage>)>,
     /// The partition log: committed batches appended in order (unsynced in production, so a
@@ -125,6 +148,10 @@ pub struct Group {
     nodes: Vec<Node>,
     /// Messages in flight: (step due, message).
     network: Vec<(u64, RaftMessage)>,
+    /// Membership messages in flight: (step due, from node, to node, message).
+    membership: Vec<(u64, usize, usize, MembershipMessage)>,
+    /// The group's first voters, which a wiped disk starts from.
+    voters: Vec<ReplicaId>,
     isolated: Option<usize>,
     step: u64,
     requests: BTreeMap<u64, Request>,
@@ -158,12 +185,14 @@ fn replica_config(id: ReplicaId, seed: u64) -> ReplicaConfig {
 
 impl Group {
     pub fn new(seed: u64, config: GroupConfig) -> Group {
-        let voters: Vec<ReplicaId> = (1..=REPLICAS as u64).collect();
+        let voters: Vec<ReplicaId> = (0..REPLICAS as u32).map(initial_id).collect();
         let mut group = Group {
             config,
             rng: ChaCha8Rng::seed_from_u64(seed),
             nodes: Vec::new(),
             network: Vec::new(),
+            membership: Vec::new(),
+            voters: voters.clone(),
             isolated: None,
             step: 0,
             requests: BTreeMap::new(),
@@ -178,7 +207,10 @@ impl Group {
         for _ in 0..REPLICAS {
             group.nodes.push(Node {
                 replica: None,
-                disk: DurableRaft::new(&voters),
+                joiner: None,
+                before_wipe: None,
+                // Decided: the group starts as a new one (the runtime asks first).
+                disk: DurableRaft::new(&voters).decided(initial_id(group.nodes.len() as u32)),
                 writing: VecDeque::new(),
                 log: Vec::new(),
                 incarnation: 0,
@@ -198,13 +230,21 @@ impl Group {
         }
     }
 
-    /// Starts node `index` from its disk: the ledger its partition log replays to.
+    /// Starts node `index` from its disk: the ledger its partition log replays to. A disk
+    /// that has decided nothing asks the group first.
     fn start(&mut self, index: usize) {
         let node = &mut self.nodes[index];
         node.incarnation += 1;
         node.checked_through = 0;
+        if node.disk.is_undecided() {
+            let group: Vec<u32> = (0..REPLICAS as u32).collect();
+            let nonce = self.rng.gen::<u64>();
+            let has_records = !node.log.is_empty();
+            node.joiner = Some(Joiner::new(index as u32, &group, nonce, has_records));
+            return;
+        }
         let seed = (index as u64) << 32 | node.incarnation;
-        let config = replica_config(index as u64 + 1, self.rng.gen::<u64>() ^ seed);
+        let config = replica_config(node.disk.id, self.rng.gen::<u64>() ^ seed);
         let ledger = replay(&node.log);
         let now = Now {
             micros: self.step * 1_000,
@@ -219,6 +259,7 @@ impl Group {
         let lose_tail = self.rng.gen_bool(self.config.lose_log_tail);
         let node = &mut self.nodes[index];
         node.replica = None;
+        node.joiner = None;
         node.writing.clear();
         if lose_tail && !node.log.is_empty() {
             let keep = self.rng.gen_range(0..=node.log.len());
@@ -245,8 +286,10 @@ impl Group {
                 self.replica(index).tick();
                 self.poll(index);
             }
+            self.ask();
         }
         self.deliver();
+        self.deliver_membership();
         for index in self.up() {
             if !self.nodes[index].writing.is_empty() && self.rng.gen_bool(0.5) {
                 self.complete_write(index);
@@ -259,14 +302,49 @@ impl Group {
         self.check();
     }
 
+    /// Node `index` loses both its disks and comes back empty.
+    fn wipe(&mut self, index: usize) {
+        self.crash(index);
+        let node = &mut self.nodes[index];
+        let lost = std::mem::replace(&mut node.disk, DurableRaft::new(&self.voters));
+        node.before_wipe = Some(lost);
+        node.log.clear();
+        self.stats.wipes += 1;
+        self.start(index);
+    }
+
+    /// Whether losing one more disk keeps every acknowledged entry on a majority: every node
+    /// runs as a voter of a settled configuration (an earlier wipe has been replaced).
+    fn can_wipe(&self) -> bool {
+        let Some(leader) = (0..REPLICAS).find(|&i| self.leads(i)) else {
+            return false;
+        };
+        let conf = self.nodes[leader]
+            .replica
+            .as_ref()
+            .expect("up")
+            .conf_state();
+        let voters_here = (self.nodes.iter())
+            .filter(|node| (node.replica.as_ref()).is_some_and(|r| conf.voters.contains(&r.id())));
+        conf.voters_outgoing.is_empty()
+            && conf.learners.is_empty()
+            && voters_here.count() == REPLICAS
+    }
+
     fn maybe_fault(&mut self, config: GroupConfig) {
+        if config.wipe > 0.0 && self.rng.gen_bool(config.wipe) && self.can_wipe() {
+            let index = self.rng.gen_range(0..REPLICAS);
+            self.wipe(index);
+        }
         let up = self.up();
         if up.len() == REPLICAS && self.rng.gen_bool(config.crash) {
             let index = up[self.rng.gen_range(0..up.len())];
             self.crash(index);
         }
         for index in 0..REPLICAS {
-            if self.nodes[index].replica.is_none() && self.rng.gen_bool(config.restart) {
+            let node = &self.nodes[index];
+            let down = node.replica.is_none() && node.joiner.is_none();
+            if down && self.rng.gen_bool(config.restart) {
                 self.start(index);
             }
         }
@@ -401,6 +479,76 @@ impl Group {
         }
     }
 
+    /// Nodes that have not decided ask every peer that has not answered fresh.
+    fn ask(&mut self) {
+        for index in 0..REPLICAS {
+            let Some(joiner) = &self.nodes[index].joiner else {
+                continue;
+            };
+            let ask = joiner.ask();
+            let peers: Vec<usize> = joiner.peers_to_ask().map(|n| n as usize).collect();
+            for peer in peers {
+                self.send_membership(index, peer, ask);
+            }
+        }
+    }
+
+    fn send_membership(&mut self, from: usize, to: usize, message: MembershipMessage) {
+        if self.rng.gen_bool(self.config.drop) {
+            return;
+        }
+        let due = self.step + self.rng.gen_range(1..=self.config.delay_max);
+        self.membership.push((due, from, to, message));
+    }
+
+    fn deliver_membership(&mut self) {
+        let step = self.step;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.membership)
+            .into_iter()
+            .partition(|(at, ..)| *at <= step);
+        self.membership = later;
+        for (_, from, to, message) in due {
+            if self.isolated.is_some_and(|i| i == from || i == to) {
+                continue;
+            }
+            match message {
+                MembershipMessage::Ask { node, nonce } => {
+                    let target = &mut self.nodes[to];
+                    let answer = match (&target.joiner, &mut target.replica) {
+                        (Some(joiner), _) => joiner.answer(),
+                        (None, Some(replica)) => replica.handle_ask(node),
+                        (None, None) => continue,
+                    };
+                    if self.nodes[to].replica.is_some() {
+                        self.poll(to);
+                    }
+                    let answer = MembershipMessage::Answer { nonce, answer };
+                    self.send_membership(to, from, answer);
+                }
+                answer => {
+                    let node = &mut self.nodes[to];
+                    let decision = match &mut node.joiner {
+                        Some(joiner) => joiner.handle(from as u32, answer),
+                        None => None,
+                    };
+                    if let Some(decision) = decision {
+                        let id = match decision {
+                            Decision::Bootstrap => initial_id(to as u32),
+                            Decision::Join(id) => {
+                                self.stats.rejoins += 1;
+                                id
+                            }
+                        };
+                        node.joiner = None;
+                        node.disk = node.disk.decided(id);
+                        node.incarnation -= 1;
+                        self.start(to);
+                    }
+                }
+            }
+        }
+    }
+
     fn deliver(&mut self) {
         let step = self.step;
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.network)
@@ -408,10 +556,11 @@ impl Group {
             .partition(|(at, _)| *at <= step);
         self.network = later;
         for (_, message) in due {
-            let (from, to) = (message.from as usize - 1, message.to as usize - 1);
-            if self.isolated.is_some_and(|i| i == from || i == to)
-                || self.nodes[to].replica.is_none()
-            {
+            let node = |id| node_of(id).expect("a replica id names a node") as usize;
+            let (from, to) = (node(message.from), node(message.to));
+            // A message to another incarnation of the node's replica is not for this one.
+            let addressed = (self.nodes[to].replica.as_ref()).is_some_and(|r| r.id() == message.to);
+            if self.isolated.is_some_and(|i| i == from || i == to) || !addressed {
                 continue;
             }
             (message.from, message.to, message.get_msg_type() as i32).hash(&mut self.trace);
@@ -509,7 +658,7 @@ impl Group {
         for index in self.up() {
             let raft = &self.nodes[index].replica.as_ref().expect("up").raw.raft;
             if raft.state == raft::StateRole::Leader {
-                let id = index as u64 + 1;
+                let id = raft.id;
                 let known = *self.leaders_by_term.entry(raft.term).or_insert_with(|| {
                     self.stats.leaders += 1;
                     id
@@ -554,10 +703,11 @@ impl Group {
         let store = &replica.raw.raft.raft_log.store;
         let term =
             raft::Storage::term(store, committed).expect("the committed entry is in the log");
+        let holds = |disk: &DurableRaft| {
+            (disk.entries.get(committed as usize - 1)).is_some_and(|e| e.term == term)
+        };
         let durable = (self.nodes.iter())
-            .filter(|node| {
-                (node.disk.entries.get(committed as usize - 1)).is_some_and(|e| e.term == term)
-            })
+            .filter(|node| holds(&node.disk) || node.before_wipe.as_ref().is_some_and(holds))
             .count();
         assert!(
             durable >= MAJORITY,
@@ -652,7 +802,8 @@ impl Group {
         self.config.drop = 0.0;
         self.config.duplicate = 0.0;
         for index in 0..REPLICAS {
-            if self.nodes[index].replica.is_none() {
+            let node = &self.nodes[index];
+            if node.replica.is_none() && node.joiner.is_none() {
                 self.start(index);
             }
         }
@@ -713,7 +864,18 @@ impl Group {
             .raft
             .raft_log
             .last_index();
-        self.network.is_empty()
+        // Every wiped replica has replaced its old id as a voter.
+        let conf = self.nodes[leader]
+            .replica
+            .as_ref()
+            .expect("up")
+            .conf_state();
+        let members_settled = conf.learners.is_empty()
+            && conf.voters_outgoing.is_empty()
+            && (self.nodes.iter())
+                .all(|node| (node.replica.as_ref()).is_some_and(|r| conf.voters.contains(&r.id())));
+        members_settled
+            && self.network.is_empty()
             && self.nodes.iter().all(|node| {
                 node.writing.is_empty()
                     && node
