@@ -34,7 +34,7 @@ impl Cluster {
         let tmp = tempfile::tempdir().expect("tempdir");
         let ports = free_ports(2 * NODES as usize);
         let mut text =
-            format!("map_version = 1\npartitions = {PARTITIONS}\nsecret = \"{SECRET}\"\n");
+            format!("map_version = 1\npartitions = {PARTITIONS}\nreplicas = 1\nsecret = \"{SECRET}\"\n");
         let mut addresses = Vec::new();
         for id in 0..NODES as usize {
             let (http, peer) = (ports[id], ports[NODES as usize + id]);

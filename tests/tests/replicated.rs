@@ -23,6 +23,8 @@ const SECRET: &str = "the e2e cluster's shared secret";
 const RETRY_FOR: Duration = Duration::from_secs(20);
 
 struct Cluster {
+    /// Nodes in the map.
+    count: u32,
     _tmp: tempfile::TempDir,
     wallet: Wallet,
     config: PathBuf,
@@ -33,14 +35,21 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_with(NODES, Some(NODES))
+    }
+
+    /// `count` nodes keeping `replicas` copies of each partition (`None`: the default).
+    fn start_with(count: u32, replicas: Option<u32>) -> Cluster {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let ports = free_ports(2 * NODES as usize);
-        let mut text = format!(
-            "map_version = 1\npartitions = {PARTITIONS}\nreplicas = {NODES}\nsecret = \"{SECRET}\"\n"
-        );
+        let ports = free_ports(2 * count as usize);
+        let mut text =
+            format!("map_version = 1\npartitions = {PARTITIONS}\nsecret = \"{SECRET}\"\n");
+        if let Some(replicas) = replicas {
+            text.push_str(&format!("replicas = {replicas}\n"));
+        }
         let mut addresses = Vec::new();
-        for id in 0..NODES as usize {
-            let (http, peer) = (ports[id], ports[NODES as usize + id]);
+        for id in 0..count as usize {
+            let (http, peer) = (ports[id], ports[count as usize + id]);
             text.push_str(&format!(
                 "\n[[nodes]]\nid = {id}\nhttp = \"127.0.0.1:{http}\"\npeer = \"127.0.0.1:{peer}\"\n"
             ));
@@ -49,6 +58,7 @@ impl Cluster {
         let config = tmp.path().join("cluster.toml");
         std::fs::write(&config, text).expect("write the cluster file");
         let mut cluster = Cluster {
+            count,
             data: tmp.path().join("data"),
             _tmp: tmp,
             wallet: wallet!(),
@@ -56,7 +66,7 @@ impl Cluster {
             http: addresses,
             nodes: Vec::new(),
         };
-        for id in 0..NODES {
+        for id in 0..count {
             let node = cluster.wallet.node(&cluster.config, id, &cluster.data, &[]);
             cluster.nodes.push(Some(node));
         }
@@ -65,7 +75,7 @@ impl Cluster {
     }
 
     fn up(&self) -> Vec<u32> {
-        (0..NODES)
+        (0..self.count)
             .filter(|id| self.nodes[*id as usize].is_some())
             .collect()
     }
@@ -76,25 +86,33 @@ impl Cluster {
         (r.status == 200).then(|| r.json())
     }
 
-    /// Waits until every node that is up names the same leader, itself up, for every
-    /// partition; returns the leaders.
+    /// Waits until, for every partition, every node that is up and holds a replica of it
+    /// names the same leader, itself up; returns the leaders.
     fn wait_for_leaders(&self) -> Vec<u32> {
         let mut leaders = Vec::new();
         let agreed = wait_until(Duration::from_secs(30), || {
-            let views: Vec<Value> = self.up().iter().filter_map(|id| self.view(*id)).collect();
+            let views: Vec<(u32, Value)> = (self.up().into_iter())
+                .filter_map(|id| Some((id, self.view(id)?)))
+                .collect();
             if views.len() != self.up().len() {
                 return false;
             }
-            let of = |view: &Value| -> Vec<Option<u64>> {
-                let partitions = view["partitions"].as_array().expect("partitions");
-                partitions.iter().map(|p| p["leader"].as_u64()).collect()
-            };
-            let first = of(&views[0]);
-            let all_led = first
-                .iter()
-                .all(|leader| leader.is_some_and(|l| self.nodes[l as usize].is_some()));
-            leaders = first.iter().map(|l| l.unwrap_or(0) as u32).collect();
-            all_led && views.iter().all(|view| of(view) == first)
+            leaders.clear();
+            for partition in 0..PARTITIONS as usize {
+                let named: Vec<Option<u64>> = (views.iter())
+                    .filter(|(id, view)| holds(view, partition, *id))
+                    .map(|(_, view)| view["partitions"][partition]["leader"].as_u64())
+                    .collect();
+                let Some(Some(leader)) = named.first().copied() else {
+                    return false;
+                };
+                let agreed = named.iter().all(|l| *l == Some(leader));
+                if !agreed || self.nodes[leader as usize].is_none() {
+                    return false;
+                }
+                leaders.push(leader as u32);
+            }
+            true
         });
         assert!(agreed, "no agreed leaders:\n{}", self.logs());
         leaders
@@ -133,22 +151,45 @@ impl Cluster {
     /// Waits until every node's copy of every partition holds the same last committed
     /// record (no transfer is running).
     fn wait_for_copies_in_step(&self) {
-        let lsns = |view: &Value| -> Vec<Option<u64>> {
-            let partitions = view["partitions"].as_array().expect("partitions");
-            partitions
-                .iter()
-                .map(|p| p["commit_lsn"].as_u64())
-                .collect()
-        };
-        let mut seen = Vec::new();
+        let mut seen: Vec<Vec<u64>> = Vec::new();
         let in_step = wait_until(Duration::from_secs(30), || {
-            seen = (0..NODES)
-                .filter_map(|id| self.view(id))
-                .map(|v| lsns(&v))
+            let views: Vec<(u32, Value)> = (0..self.count)
+                .filter_map(|id| Some((id, self.view(id)?)))
                 .collect();
-            seen.len() == NODES as usize && seen.windows(2).all(|pair| pair[0] == pair[1])
+            if views.len() != self.count as usize {
+                return false;
+            }
+            seen = (0..PARTITIONS as usize)
+                .map(|partition| {
+                    (views.iter())
+                        .filter(|(id, view)| holds(view, partition, *id))
+                        .filter_map(|(_, view)| {
+                            view["partitions"][partition]["commit_lsn"].as_u64()
+                        })
+                        .collect()
+                })
+                .collect();
+            seen.iter()
+                .all(|lsns| lsns.windows(2).all(|pair| pair[0] == pair[1]))
         });
         assert!(in_step, "copies not in step: {seen:?}\n{}", self.logs());
+    }
+
+    /// Waits until no node that is up knows of a copy catching up or a change of voters
+    /// under way: every copy votes, so the group can lose any one node.
+    fn wait_for_voters(&self) {
+        let settled = wait_until(Duration::from_secs(30), || {
+            self.up().into_iter().all(|id| {
+                self.view(id).is_some_and(|view| {
+                    let partitions = view["partitions"].as_array().expect("partitions").clone();
+                    partitions.iter().all(|p| {
+                        p["learners"].as_array().is_some_and(|l| l.is_empty())
+                            && p["members_changing"] == false
+                    })
+                })
+            })
+        });
+        assert!(settled, "copies still catching up:\n{}", self.logs());
     }
 
     fn restart(&mut self, id: u32) {
@@ -165,6 +206,14 @@ impl Cluster {
         }
         all
     }
+}
+
+/// Whether node `id`, whose `GET /v1/cluster` is `view`, holds a replica of `partition`.
+fn holds(view: &Value, partition: usize, id: u32) -> bool {
+    let replicas = view["partitions"][partition]["replicas"]
+        .as_array()
+        .expect("replicas");
+    replicas.iter().any(|r| r.as_u64() == Some(u64::from(id)))
 }
 
 fn post(addr: SocketAddr, path: &str, body: &Value) -> Result<http::Response, String> {
@@ -293,6 +342,8 @@ fn transfers_survive_kill_9_of_every_node_in_turn_and_every_replica_agrees() {
         }
         cluster.restart(victim);
         cluster.wait_for_leaders();
+        // A copy that rejoined votes again before the next node goes down.
+        cluster.wait_for_voters();
         send(&cluster, &mut committed, 5);
     }
     // Every transfer a client saw committed is there, once: a retry answers the same.
@@ -393,4 +444,97 @@ fn transfers_survive_kill_9_of_every_node_in_turn_and_every_replica_agrees() {
         "the replicas' logs replay to different states:\n{}",
         replays.join("\n---\n")
     );
+}
+
+/// Four nodes, three copies of each partition (placement: its owner and the next two nodes
+/// in id order): every node serves every account, including those of partitions it holds
+/// no copy of; with one node down every transfer still commits; each data directory holds
+/// exactly its node's partitions, and each partition's three copies agree.
+#[test]
+fn four_nodes_keep_three_copies_of_each_partition_on_distinct_nodes() {
+    const FOUR: u32 = 4;
+    let mut cluster = Cluster::start_with(FOUR, Some(3));
+    let view = cluster.view(0).expect("cluster view");
+    let mut hosted: Vec<Vec<u32>> = vec![Vec::new(); FOUR as usize];
+    for partition in 0..PARTITIONS as usize {
+        let replicas: Vec<u32> = (view["partitions"][partition]["replicas"].as_array())
+            .expect("replicas")
+            .iter()
+            .map(|r| r.as_u64().expect("a node id") as u32)
+            .collect();
+        let distinct: std::collections::BTreeSet<_> = replicas.iter().collect();
+        assert_eq!(distinct.len(), 3, "partition {partition}: {replicas:?}");
+        for node in replicas {
+            hosted[node as usize].push(partition as u32);
+        }
+    }
+    assert!(
+        hosted.iter().all(|h| h.len() < PARTITIONS as usize),
+        "{hosted:?}"
+    );
+    let accounts: Vec<String> = (0..PARTITIONS)
+        .map(|p| accounts_in("four-", p, PARTITIONS, 1).remove(0))
+        .collect();
+    for (i, account) in accounts.iter().enumerate() {
+        let open = json!({"account_id": account, "currency": "USD"});
+        let (r, _) = until_answered(&cluster, i, "/v1/accounts", &open);
+        assert!(matches!(r.status, 200 | 201), "{}", r.text());
+        let deposit = json!({"amount": "100.00", "currency": "USD", "transaction_id": "fund"});
+        let path = format!("/v1/accounts/{account}/deposit");
+        let (r, _) = until_answered(&cluster, i, &path, &deposit);
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // Each node that is up sends a round of the ring: through nodes with and without a copy
+    // of the source's partition.
+    let mut n = 0usize;
+    let mut round = |cluster: &Cluster| {
+        for via in cluster.up() {
+            for _ in 0..accounts.len() {
+                let from = &accounts[n % accounts.len()];
+                let to = &accounts[(n + 1) % accounts.len()];
+                let body = transfer_body(from, to, 100, &format!("f{n}"));
+                n += 1;
+                let path = "/v1/wallet/balance_transfer";
+                let (r, _) = until_answered(cluster, via as usize, path, &body);
+                assert_eq!(r.json()["status"], "committed", "{}", r.text());
+            }
+        }
+    };
+    round(&cluster);
+    cluster.kill9(1);
+    round(&cluster);
+    cluster.restart(1);
+    cluster.wait_for_leaders();
+    round(&cluster);
+    cluster.wait_for_copies_in_step();
+    for id in 0..FOUR {
+        let node = cluster.nodes[id as usize].take().expect("running");
+        assert!(node.terminate().success(), "node {id}:\n{}", node.logs());
+        let dir = cluster.data.join(format!("node-{id}"));
+        let mut held: Vec<u32> = std::fs::read_dir(&dir)
+            .expect("data directory")
+            .filter_map(|e| {
+                let name = e.ok()?.file_name();
+                name.to_str()?.strip_prefix("partition-")?.parse().ok()
+            })
+            .collect();
+        held.sort_unstable();
+        assert_eq!(
+            held, hosted[id as usize],
+            "node {id} holds its partitions only"
+        );
+    }
+    let mut args = vec!["verify".to_string()];
+    for id in 0..FOUR {
+        let dir = cluster.data.join(format!("node-{id}"));
+        args.extend(["--data-dir".to_string(), dir.display().to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = cluster.wallet.run(&args);
+    let report = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "verify:\n{report}");
+    for partition in 0..PARTITIONS {
+        let agree = format!("partition {partition}: 3 replicas agree");
+        assert!(report.contains(&agree), "{report}");
+    }
 }

@@ -530,6 +530,12 @@ impl<K: ReplyTokens> Replica<K> {
         self.rearm_election_timeout();
     }
 
+    /// The index of the last membership change this replica applied (0: none since the
+    /// group's start).
+    pub fn conf_index(&self) -> u64 {
+        self.conf_index
+    }
+
     /// The members of the group as this replica last applied them.
     pub fn conf_state(&self) -> ConfState {
         self.raw.raft.prs().conf().to_conf_state()

@@ -46,7 +46,7 @@ use tokio::time::Instant;
 use walletd_core::ledger::Ledger;
 use walletd_core::model::partition::{NodeId, PartitionId};
 use walletd_core::protocol::machine::{Now, PartitionMachine};
-use walletd_core::replica::membership::{initial_id, Decision, Joiner, MembershipMessage};
+use walletd_core::replica::membership::{self, initial_id, Decision, Joiner, MembershipMessage};
 use walletd_core::replica::{
     DurableRaft, Persist, RaftMessage, Replica, ReplicaConfig, ReplicaError, ReplicaId,
     ReplicaReady,
@@ -84,6 +84,12 @@ pub struct ReplicaStatus {
     pub term: AtomicU64,
     pub commit_index: AtomicU64,
     pub applied_lsn: AtomicU64,
+    /// The nodes whose replicas are learners in the members this replica applied: copies
+    /// catching up (a replica that lost its disk) that do not vote yet.
+    pub learners: std::sync::Mutex<Vec<NodeId>>,
+    /// A change of voters is under way (joint consensus: decisions need a majority of the
+    /// old voters and of the new).
+    pub members_changing: AtomicBool,
 }
 
 impl ReplicaStatus {
@@ -176,6 +182,8 @@ struct Running<S: Storage, R: RaftStore> {
     timing: ReplicaTiming,
     partitions: u32,
     clock_origin: Instant,
+    /// The membership change whose learners `status` shows.
+    published_conf: Option<u64>,
 }
 
 /// The inputs and outputs of a replica driver, other than its storage.
@@ -262,6 +270,7 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
             timing: self.timing,
             partitions: self.partitions,
             clock_origin: Instant::now(),
+            published_conf: None,
         };
         let stopped = running.run().await;
         if let Err(error) = &stopped {
@@ -642,7 +651,17 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
         Ok(())
     }
 
-    fn publish_status(&self) {
+    fn publish_status(&mut self) {
+        if self.published_conf != Some(self.replica.conf_index()) {
+            self.published_conf = Some(self.replica.conf_index());
+            let conf = self.replica.conf_state();
+            let learners = (conf.learners.iter()).filter_map(|id| membership::node_of(*id));
+            *self.status.learners.lock().expect("not poisoned") = learners.collect();
+            let changing = !conf.voters_outgoing.is_empty();
+            self.status
+                .members_changing
+                .store(changing, Ordering::Release);
+        }
         let status = &self.status;
         let replica = &self.replica;
         status
