@@ -223,12 +223,9 @@ pub async fn run_node(shared: Arc<Shared>, host: HostId) {
         let mut state = shared.lock();
         state.starts.insert(host, StartOutcome::Running);
         let replicas = node.statuses().into_iter().zip(node.stats());
-        for (p, (status, stats)) in replicas.enumerate() {
+        for ((p, status), (_, stats)) in replicas {
             let running = Running { status, stats };
-            state
-                .replicas
-                .running
-                .insert((host, p as PartitionId), running);
+            state.replicas.running.insert((host, p), running);
         }
         shared.net.register(host, calls);
     }
