@@ -1105,3 +1105,26 @@ fn membership_messages_round_trip() {
     }
     round_trip(&messages);
 }
+
+#[test]
+fn catch_up_messages_round_trip() {
+    use crate::replica::CatchUpMessage;
+    let fetch = CatchUpMessage::Fetch {
+        after_lsn: 7,
+        through_lsn: u64::MAX,
+    };
+    let records = CatchUpMessage::Records {
+        first_lsn: 8,
+        records: bytes::Bytes::from(vec![3u8; 1 << 20]),
+    };
+    let messages: Vec<Message> = [fetch, records]
+        .into_iter()
+        .map(|message| Message::CatchUp {
+            partition: 2,
+            from: 1,
+            message,
+        })
+        .collect();
+    round_trip(&messages[..1]);
+    round_trip(&messages[1..]);
+}

@@ -101,6 +101,14 @@ pub enum Input {
         from: walletd_core::model::partition::NodeId,
         message: walletd_core::replica::membership::MembershipMessage,
     },
+    /// A catch-up message of the partition's group, from node `from`: a fetch of records
+    /// or the records (a replicated partition only, see
+    /// [`walletd_core::replica::CatchUpMessage`]).
+    CatchUp {
+        partition: PartitionId,
+        from: walletd_core::model::partition::NodeId,
+        message: walletd_core::replica::CatchUpMessage,
+    },
     /// Finish the current batch, stop, and acknowledge.
     Shutdown(oneshot::Sender<()>),
 }
@@ -588,10 +596,10 @@ impl<S: Storage> PartitionDriver<S> {
                 count = messages.len(),
                 "raft messages for an unreplicated partition dropped"
             ),
-            Input::Membership { from, .. } => tracing::debug!(
+            Input::Membership { from, .. } | Input::CatchUp { from, .. } => tracing::debug!(
                 partition = self.machine.partition(),
                 from,
-                "membership message for an unreplicated partition dropped"
+                "group message for an unreplicated partition dropped"
             ),
             Input::Shutdown(ack) => return Some(ack),
         }

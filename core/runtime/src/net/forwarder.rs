@@ -373,6 +373,17 @@ pub(super) async fn to_message(
                 message,
             }))
         }
+        Input::CatchUp {
+            partition,
+            from,
+            message,
+        } => {
+            return Some(Some(Message::CatchUp {
+                partition,
+                from,
+                message,
+            }))
+        }
         Input::Shutdown(ack) => {
             let _ = ack.send(());
             return Some(None);

@@ -212,6 +212,19 @@ pub(super) async fn route(
             deliver_to_replica(partition, input, ctx, client);
             return Ok(());
         }
+        Message::CatchUp {
+            partition,
+            from,
+            message,
+        } => {
+            let input = Input::CatchUp {
+                partition,
+                from,
+                message,
+            };
+            deliver_to_replica(partition, input, ctx, client);
+            return Ok(());
+        }
         Message::Request { id, wait, command } => {
             let (reply, answer) = oneshot::channel();
             let partition = partition_of(command_account(&command), ctx.partitions);

@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 
 use walletd_core::model::partition::{NodeId, PartitionId, PartitionMap};
 use walletd_core::replica::membership::{self, MembershipMessage};
-use walletd_core::replica::{RaftMessage, ReplicaConfig, ReplicaId};
+use walletd_core::replica::{CatchUpMessage, LogLimits, RaftMessage, ReplicaConfig, ReplicaId};
 use walletd_core::wire::{raft_encoded_len, RAFT_ENCODED_LEN_MAX, RAFT_MESSAGES_MAX};
 
 use super::*;
@@ -101,6 +101,8 @@ pub struct ReplicatedConfig {
     pub election_seed: u64,
     /// Copies of each partition; `None`: one on every node of the map.
     pub replicas: Option<u32>,
+    /// When replicas compact their Raft logs.
+    pub log: LogLimits,
 }
 
 impl ReplicatedConfig {
@@ -114,6 +116,7 @@ impl ReplicatedConfig {
             heartbeat_ticks: 5,
             election_seed,
             replicas: None,
+            log: LogLimits::default(),
         }
     }
 }
@@ -161,6 +164,18 @@ impl GroupLinks for NodeLinks {
                 message,
             };
             // A full queue drops it: asks are repeated until answered.
+            let _ = queue.try_send(input);
+        }
+    }
+
+    fn send_catch_up(&self, node: NodeId, partition: PartitionId, message: CatchUpMessage) {
+        if let Some(queue) = self.queues.get(&node) {
+            let input = Input::CatchUp {
+                partition,
+                from: self.node,
+                message,
+            };
+            // A full queue drops it: a fetch is asked again.
             let _ = queue.try_send(input);
         }
     }
@@ -368,6 +383,7 @@ pub async fn start_replicated_node_with<S: Storage, R: RaftStore, N: PeerIo>(
             heartbeat_ticks: config.heartbeat_ticks,
             seed: config.election_seed ^ (u64::from(partition) << 32),
             machine: config.node.engine.driver,
+            log: config.log,
         };
         let wiring = ReplicaWiring {
             node,

@@ -44,17 +44,19 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use walletd_core::ledger::Ledger;
+use walletd_core::log::codec::{encode_record, RecordReader};
+use walletd_core::model::event::Lsn;
 use walletd_core::model::partition::{NodeId, PartitionId};
 use walletd_core::protocol::machine::{Now, PartitionMachine};
 use walletd_core::replica::membership::{self, initial_id, Decision, Joiner, MembershipMessage};
 use walletd_core::replica::{
-    DurableRaft, Persist, RaftMessage, Replica, ReplicaConfig, ReplicaError, ReplicaId,
-    ReplicaReady,
+    CatchUpMessage, DurableRaft, Persist, RaftMessage, Replica, ReplicaConfig, ReplicaError,
+    ReplicaId, ReplicaReady, FETCH_BYTES_MAX,
 };
 
 use crate::driver::{recover, wall_clock_us, Channels, DriverError, DriverStats, Input};
 use crate::storage::raft_store::RaftStore;
-use crate::storage::Storage;
+use crate::storage::{SegmentRef, Storage};
 use crate::transport::Transport;
 
 #[cfg(test)]
@@ -72,6 +74,10 @@ pub trait GroupLinks: Send + Sync + 'static {
 
     /// Sends a membership message to the replica of `partition` on node `node`.
     fn send_membership(&self, node: NodeId, partition: PartitionId, message: MembershipMessage);
+
+    /// Sends a catch-up message (a fetch of records, or records) to the replica of
+    /// `partition` on node `node`.
+    fn send_catch_up(&self, node: NodeId, partition: PartitionId, message: CatchUpMessage);
 }
 
 /// What a replica publishes of its role, for routing and `GET /v1/cluster`.
@@ -184,7 +190,18 @@ struct Running<S: Storage, R: RaftStore> {
     clock_origin: Instant,
     /// The membership change whose learners `status` shows.
     published_conf: Option<u64>,
+    /// Committed batches appended to the partition log since it was last synced.
+    unsynced_batches: usize,
+    /// Fetches of records from other nodes' replicas, to serve: (node, after, through).
+    fetches: Vec<(NodeId, Lsn, Lsn)>,
+    /// The last closed segment read to serve a fetch (fetches go through it in order).
+    fetch_cache: Option<(SegmentRef, Vec<u8>)>,
 }
+
+/// Most committed batches appended to the partition log between syncs made so that the
+/// Raft log can be compacted ([`Replica::handle_log_durable`]); fewer when the replica
+/// compacts sooner.
+const LOG_SYNC_BATCHES: usize = 512;
 
 /// The inputs and outputs of a replica driver, other than its storage.
 pub struct ReplicaWiring {
@@ -271,6 +288,9 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
             partitions: self.partitions,
             clock_origin: Instant::now(),
             published_conf: None,
+            unsynced_batches: 0,
+            fetches: Vec::new(),
+            fetch_cache: None,
         };
         let stopped = running.run().await;
         if let Err(error) = &stopped {
@@ -386,6 +406,7 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
         loop {
             self.route_waiting();
             self.drive().await?;
+            self.serve_fetches().await?;
             if writing.is_none() {
                 writing = self.start_write();
             }
@@ -410,7 +431,7 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
                         return Ok((self.storage, self.raft_store.take().expect("stopped")));
                     }
                     Some(input) => {
-                        self.handle(input);
+                        self.handle(input)?;
                         // The rest of what is queued, up to a bound, before Raft is polled.
                         for _ in 0..DRAIN_INPUTS_MAX {
                             match self.inbox.try_recv() {
@@ -420,7 +441,7 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
                                     let store = self.raft_store.take().expect("stopped");
                                     return Ok((self.storage, store));
                                 }
-                                Ok(input) => self.handle(input),
+                                Ok(input) => self.handle(input)?,
                                 Err(_) => break,
                             }
                         }
@@ -446,7 +467,7 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
 
     /// One input: Raft messages to Raft at once; anything else joins the waiting queue,
     /// which [`ReplicaDriver::route_waiting`] empties in order.
-    fn handle(&mut self, input: Input) {
+    fn handle(&mut self, input: Input) -> Result<(), ReplicaDriverError> {
         self.stats.inputs.fetch_add(1, Ordering::Relaxed);
         if let Input::Raft {
             partition,
@@ -462,7 +483,19 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
                     self.replica.handle_message(message);
                 }
             }
-            return;
+            return Ok(());
+        }
+        if let Input::CatchUp { from, message, .. } = input {
+            match message {
+                CatchUpMessage::Fetch {
+                    after_lsn,
+                    through_lsn,
+                } => self.fetches.push((from, after_lsn, through_lsn)),
+                CatchUpMessage::Records { first_lsn, records } => {
+                    self.replica.handle_fetched(first_lsn, records)?;
+                }
+            }
+            return Ok(());
         }
         if let Input::Membership {
             partition, message, ..
@@ -474,13 +507,14 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
                 self.links.send_membership(node, partition, answer);
             }
             // An answer reaches a replica that has decided already: an ask's late answer.
-            return;
+            return Ok(());
         }
         // Beyond the bound the input is dropped: its client sees the partition unavailable.
         if self.waiting.len() < self.timing.leader_wait_inputs_max {
             self.waiting.push_back((Instant::now(), input));
         }
         self.route_waiting();
+        Ok(())
     }
 
     /// Hands waiting client commands, queries and phase messages on, in order: to the
@@ -555,6 +589,16 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
         if let Some(persist) = ready.persist {
             self.queued.push((persist, ready.messages_after_persist));
         }
+        if let Some(fetch) = ready.fetch {
+            if let Some(node) = membership::node_of(fetch.from) {
+                let message = CatchUpMessage::Fetch {
+                    after_lsn: fetch.after_lsn,
+                    through_lsn: fetch.through_lsn,
+                };
+                self.links.send_catch_up(node, partition, message);
+            }
+        }
+        self.unsynced_batches += ready.committed.len();
         for batch in &ready.committed {
             self.storage
                 .append(batch.first_lsn, &batch.records)
@@ -569,13 +613,17 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
                 .fetch_max(batch.last_lsn, Ordering::Release);
             self.stats.durable.notify_waiters();
         }
+        let compact_after = self.replica.log_limits().compact_after as usize;
+        if self.unsynced_batches >= (compact_after / 2).clamp(1, LOG_SYNC_BATCHES) {
+            self.sync_log().await?;
+        }
         // Peer messages first, then the answers (the machine's release rule).
         crate::driver::deliver(ready.release, &*self.peers);
         if let Some(image) = ready.snapshot {
             // No snapshot ahead of its log: the log is synced first. Written inline: a
             // replicated partition's snapshots are not yet taken off its task.
             let lsn = image.last_applied().lsn;
-            self.storage.sync().await.map_err(io_err)?;
+            self.sync_log().await?;
             let chunks = image.chunks().frozen;
             let encode = Box::new(
                 move |out: &mut dyn walletd_core::log::snapshot::SnapshotOut| image.write_to(out),
@@ -593,9 +641,55 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
         if ready.reload {
             // The log holds every committed batch appended so far; synced, recovery reads
             // all of it back (it would cut an unsynced tail).
-            self.storage.sync().await.map_err(io_err)?;
+            self.sync_log().await?;
             let (ledger, _) = recover(&mut self.storage, partition, self.partitions).await?;
             self.replica.handle_reloaded(ledger);
+        }
+        Ok(())
+    }
+
+    /// Syncs the partition log: what it holds is durable, so the Raft log may drop the
+    /// entries that carried it.
+    async fn sync_log(&mut self) -> Result<(), ReplicaDriverError> {
+        let partition = self.replica.partition();
+        (self.storage.sync().await).map_err(|source| DriverError::Io { partition, source })?;
+        self.unsynced_batches = 0;
+        let lsn = self.stats.last_lsn.load(Ordering::Acquire);
+        self.replica.handle_log_durable(lsn);
+        Ok(())
+    }
+
+    /// Answers the fetches of records other replicas asked for (see
+    /// [`walletd_core::replica::CatchUpMessage`]) from the partition log.
+    async fn serve_fetches(&mut self) -> Result<(), ReplicaDriverError> {
+        let partition = self.replica.partition();
+        for (node, after_lsn, through_lsn) in std::mem::take(&mut self.fetches) {
+            let read = read_records(
+                &mut self.storage,
+                &mut self.fetch_cache,
+                after_lsn,
+                through_lsn,
+            );
+            let (first_lsn, records) = match read.await {
+                Ok(read) => read,
+                Err(error) => {
+                    // The asker asks again; a log that cannot be read fails this replica
+                    // at its next sync or recovery.
+                    tracing::warn!(partition, node, after_lsn, %error, "records not read for a fetch");
+                    continue;
+                }
+            };
+            tracing::debug!(
+                partition,
+                node,
+                after_lsn,
+                first_lsn,
+                bytes = records.len(),
+                "records sent"
+            );
+            let records = bytes::Bytes::from(records);
+            let message = CatchUpMessage::Records { first_lsn, records };
+            self.links.send_catch_up(node, partition, message);
         }
         Ok(())
     }
@@ -692,6 +786,52 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
     }
 }
 
+/// The records after `after` up to `through` that the partition log holds, about
+/// [`FETCH_BYTES_MAX`] bytes of them at most, encoded as the log holds them, with the lsn
+/// of the first. The log is synced first: what is read is durable here. `cache` keeps the
+/// last closed segment read, which the next fetch of a replica catching up reads again.
+async fn read_records<S: Storage>(
+    storage: &mut S,
+    cache: &mut Option<(SegmentRef, Vec<u8>)>,
+    after: Lsn,
+    through: Lsn,
+) -> io::Result<(Lsn, Vec<u8>)> {
+    storage.sync().await?;
+    let segments = storage.list_log(after + 1).await?;
+    let start = (segments.iter())
+        .rposition(|segment| segment.first_lsn <= after + 1)
+        .unwrap_or(0);
+    let mut out = Vec::new();
+    let mut first = after + 1;
+    let newest = segments.len().saturating_sub(1);
+    for (at, segment) in segments.iter().enumerate().skip(start) {
+        let cached = cache.as_ref().is_some_and(|(s, _)| s == segment);
+        if !cached {
+            let bytes = storage.read_segment(segment).await?;
+            *cache = Some((segment.clone(), bytes));
+        }
+        let bytes = &cache.as_ref().expect("just read").1;
+        let mut reader = RecordReader::new(bytes, segment.first_lsn);
+        while let Some(record) = reader.next_record().map_err(io::Error::other)? {
+            if record.lsn <= after {
+                continue;
+            }
+            if record.lsn > through || out.len() >= FETCH_BYTES_MAX {
+                return Ok((first, out));
+            }
+            if out.is_empty() {
+                first = record.lsn;
+            }
+            encode_record(&record, &mut out);
+        }
+        if at == newest {
+            // The newest segment grows: it is read anew next time.
+            *cache = None;
+        }
+    }
+    Ok((first, out))
+}
+
 /// Inputs taken from the inbox before Raft and the machine are polled again.
 const DRAIN_INPUTS_MAX: usize = 1024;
 
@@ -712,6 +852,7 @@ fn to_machine(machine: &mut PartitionMachine<Channels>, now: Now, input: Input) 
         Input::Query { .. }
         | Input::Raft { .. }
         | Input::Membership { .. }
+        | Input::CatchUp { .. }
         | Input::Shutdown(_) => {
             unreachable!("handled by the driver")
         }

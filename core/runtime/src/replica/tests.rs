@@ -19,7 +19,7 @@ use walletd_core::model::money::{Amount, Currency};
 use walletd_core::protocol::machine::MachineConfig;
 use walletd_core::protocol::message::{CommandResult, PeerMessage};
 use walletd_core::replica::membership::{incarnation_of, node_of};
-use walletd_core::replica::DurableRaft;
+use walletd_core::replica::{CatchUpMessage, DurableRaft};
 
 const REPLICAS: usize = 3;
 
@@ -41,6 +41,18 @@ fn node_index(replica: ReplicaId) -> usize {
 }
 
 impl GroupLinks for NodeWires {
+    fn send_catch_up(&self, node: NodeId, partition: PartitionId, message: CatchUpMessage) {
+        let inboxes = self.wires.inboxes.lock().unwrap();
+        if let Some(Some(inbox)) = inboxes.get(node as usize) {
+            let input = Input::CatchUp {
+                partition,
+                from: self.node,
+                message,
+            };
+            let _ = inbox.try_send(input);
+        }
+    }
+
     fn send_membership(&self, node: NodeId, partition: PartitionId, message: MembershipMessage) {
         let inboxes = self.wires.inboxes.lock().unwrap();
         if let Some(Some(inbox)) = inboxes.get(node as usize) {
@@ -139,6 +151,12 @@ impl Group {
             heartbeat_ticks: 2,
             seed: (index as u64) << 8 | node.incarnation,
             machine: MachineConfig::default(),
+            // Small, so that the group compacts and a wiped replica catches up by fetching
+            // records.
+            log: walletd_core::replica::LogLimits {
+                compact_after: 8,
+                keep: 2,
+            },
         };
         let wiring = ReplicaWiring {
             node: index as NodeId,
@@ -384,11 +402,18 @@ async fn a_group_commits_through_a_leader_crash_and_a_restarted_replica_catches_
     let stores = group.stop_all().await;
     let expected_bob = 100 * committed.len() as u64;
     for (index, (mut storage, raft_store)) in stores.into_iter().enumerate() {
-        let id = raft_store.disk().lock().unwrap().durable.id;
+        let durable = raft_store.disk().lock().unwrap().durable.clone();
         assert_eq!(
-            node_of(id),
+            node_of(durable.id),
             Some(index as NodeId),
             "node {index} keeps its id"
+        );
+        // Every Raft log was compacted, so the wiped replica got the records before its
+        // leader's log start by fetching them (its partition log replays below).
+        assert!(
+            durable.log_start.index > 0,
+            "node {index}: {:?}",
+            durable.log_start
         );
         let (ledger, _) = recover(&mut storage, 0, 1).await.expect("recovers");
         ledger.check_conservation().expect("money is conserved");

@@ -15,9 +15,10 @@ use crate::protocol::message::{CommandResult, Query, QueryAnswer};
 use crate::protocol::tests::support::{acct, deposit, open, transfer, Snapshot};
 use crate::replica::membership::{initial_id, node_of, Decision, Joiner, MembershipMessage};
 use crate::replica::{
-    CommittedBatch, DurableRaft, Persist, RaftMessage, Replica, ReplicaConfig, ReplicaId,
-    ReplicaReady,
+    CommittedBatch, DurableRaft, FetchRequest, LogLimits, Persist, RaftMessage, Replica,
+    ReplicaConfig, ReplicaId, ReplicaReady, FETCH_BYTES_MAX,
 };
+use bytes::Bytes;
 
 const REPLICAS: usize = 3;
 const MAJORITY: usize = REPLICAS / 2 + 1;
@@ -111,6 +112,8 @@ pub struct Stats {
     pub wipes: u64,
     /// Wiped replicas that came back under a new id.
     pub rejoins: u64,
+    /// Fetches of records served (replicas behind a compacted log).
+    pub fetches: u64,
 }
 
 /// One node's replica and what survives it.
@@ -127,8 +130,10 @@ struct Node {
     /// Persists handed out and not yet durable, with the messages that wait for them.
     writing: VecDeque<(Persist, Vec<RaftMessage>)>,
     /// The partition log: committed batches appended in order (unsynced in production, so a
-    /// crash may lose its tail).
+    /// crash may lose its tail past `log_synced`).
     log: Vec<CommittedBatch>,
+    /// Batches of `log` made durable by a sync (a crash keeps them).
+    log_synced: usize,
     incarnation: u64,
     /// Committed entries of this incarnation already checked against the group's.
     checked_through: u64,
@@ -150,6 +155,8 @@ pub struct Group {
     network: Vec<(u64, RaftMessage)>,
     /// Membership messages in flight: (step due, from node, to node, message).
     membership: Vec<(u64, usize, usize, MembershipMessage)>,
+    /// Fetches in flight: (step due, asking node, request); served when due.
+    fetches: Vec<(u64, usize, FetchRequest)>,
     /// The group's first voters, which a wiped disk starts from.
     voters: Vec<ReplicaId>,
     isolated: Option<usize>,
@@ -180,6 +187,12 @@ fn replica_config(id: ReplicaId, seed: u64) -> ReplicaConfig {
             snapshot_every_events: 0,
             ..MachineConfig::default()
         },
+        // Small, so that runs compact often and replicas that were down or wiped catch up
+        // by fetching records.
+        log: LogLimits {
+            compact_after: 16,
+            keep: 4,
+        },
     }
 }
 
@@ -192,6 +205,7 @@ impl Group {
             nodes: Vec::new(),
             network: Vec::new(),
             membership: Vec::new(),
+            fetches: Vec::new(),
             voters: voters.clone(),
             isolated: None,
             step: 0,
@@ -213,6 +227,7 @@ impl Group {
                 disk: DurableRaft::new(&voters).decided(initial_id(group.nodes.len() as u32)),
                 writing: VecDeque::new(),
                 log: Vec::new(),
+                log_synced: 0,
                 incarnation: 0,
                 checked_through: 0,
             });
@@ -261,8 +276,8 @@ impl Group {
         node.replica = None;
         node.joiner = None;
         node.writing.clear();
-        if lose_tail && !node.log.is_empty() {
-            let keep = self.rng.gen_range(0..=node.log.len());
+        if lose_tail && node.log.len() > node.log_synced {
+            let keep = self.rng.gen_range(node.log_synced..=node.log.len());
             node.log.truncate(keep);
         }
         self.stats.crashes += 1;
@@ -294,7 +309,11 @@ impl Group {
             if !self.nodes[index].writing.is_empty() && self.rng.gen_bool(0.5) {
                 self.complete_write(index);
             }
+            if self.rng.gen_bool(0.02) {
+                self.sync_log(index);
+            }
         }
+        self.deliver_fetches();
         if faults && self.rng.gen_bool(config.request) {
             self.send_request();
         }
@@ -309,6 +328,7 @@ impl Group {
         let lost = std::mem::replace(&mut node.disk, DurableRaft::new(&self.voters));
         node.before_wipe = Some(lost);
         node.log.clear();
+        node.log_synced = 0;
         self.stats.wipes += 1;
         self.start(index);
     }
@@ -414,6 +434,12 @@ impl Group {
             self.read_answers.push((token, index, answer));
         }
         assert!(ready.snapshot.is_none(), "snapshots are off");
+        if let Some(request) = ready.fetch {
+            if !self.rng.gen_bool(self.config.drop) {
+                let due = self.step + self.rng.gen_range(1..=self.config.delay_max);
+                self.fetches.push((due, index, request));
+            }
+        }
         if ready.reload {
             self.stats.reloads += 1;
             let ledger = replay(&self.nodes[index].log);
@@ -569,6 +595,55 @@ impl Group {
         }
     }
 
+    /// Node `index`'s partition log is synced: its replica may compact what it holds.
+    fn sync_log(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
+        node.log_synced = node.log.len();
+        if let Some(last) = node.log.last() {
+            let lsn = last.last_lsn;
+            self.replica(index).handle_log_durable(lsn);
+            self.poll(index);
+        }
+    }
+
+    /// Fetches whose time has come are served from the asked node's partition log.
+    fn deliver_fetches(&mut self) {
+        let step = self.step;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.fetches)
+            .into_iter()
+            .partition(|(at, ..)| *at <= step);
+        self.fetches = later;
+        for (_, asker, request) in due {
+            let server = node_of(request.from).expect("a replica id names a node") as usize;
+            let cut_off = self.isolated.is_some_and(|i| i == server || i == asker);
+            if cut_off
+                || self.nodes[server].replica.is_none()
+                || self.nodes[asker].replica.is_none()
+            {
+                continue;
+            }
+            // Whole batches from the one holding the first record asked for.
+            let log = &self.nodes[server].log;
+            let from = log.iter().position(|b| b.last_lsn > request.after_lsn);
+            let (mut first_lsn, mut records) = (request.after_lsn + 1, Vec::new());
+            if let Some(from) = from {
+                first_lsn = log[from].first_lsn;
+                for batch in &log[from..] {
+                    if records.len() >= FETCH_BYTES_MAX || batch.first_lsn > request.through_lsn {
+                        break;
+                    }
+                    records.extend_from_slice(&batch.records);
+                }
+            }
+            self.stats.fetches += 1;
+            let fetched = self
+                .replica(asker)
+                .handle_fetched(first_lsn, Bytes::from(records));
+            fetched.expect("fetched records apply");
+            self.poll(asker);
+        }
+    }
+
     /// The oldest write of node `index` reaches its disk.
     fn complete_write(&mut self, index: usize) {
         let (persist, after) = self.nodes[index].writing.pop_front().expect("a write");
@@ -671,7 +746,8 @@ impl Group {
             let node = &mut self.nodes[index];
             let replica = node.replica.as_ref().expect("up");
             let store = &replica.raw.raft.raft_log.store;
-            for at in node.checked_through + 1..=replica.commit_index() {
+            let first = raft::Storage::first_index(store).expect("a first index");
+            for at in (node.checked_through + 1).max(first)..=replica.commit_index() {
                 let entry = raft::Storage::entries(
                     store,
                     at,
@@ -703,8 +779,12 @@ impl Group {
         let store = &replica.raw.raft.raft_log.store;
         let term =
             raft::Storage::term(store, committed).expect("the committed entry is in the log");
+        // Compacted entries' records are durable in the partition log.
         let holds = |disk: &DurableRaft| {
-            (disk.entries.get(committed as usize - 1)).is_some_and(|e| e.term == term)
+            let start = disk.log_start.index;
+            committed <= start
+                || (disk.entries.get((committed - start) as usize - 1))
+                    .is_some_and(|e| e.term == term)
         };
         let durable = (self.nodes.iter())
             .filter(|node| holds(&node.disk) || node.before_wipe.as_ref().is_some_and(holds))

@@ -4,9 +4,11 @@
 //!
 //! ```text
 //! version 2 (written):
-//! base       := id u64 | hard_state | conf_state | conf_index u64 | entries
-//! persist    := flags u8 (1: hard state, 2: members) | hard_state if 1
-//!               | conf_state conf_index u64 if 2 | entries
+//! base       := id u64 | hard_state | conf_state | conf_index u64 | log_start | entries
+//! persist    := flags u8 (1: hard state, 2: members, 4: snapshot, 8: compaction)
+//!               | hard_state if 1 | conf_state conf_index u64 if 2 | log_start if 4
+//!               | log_start if 8 | entries
+//! log_start  := index u64 | term u64 | lsn u64   (the entries before the log's first)
 //! conf_state := ids (voters) | ids (learners) | ids (outgoing voters) | ids (next learners)
 //!               | auto_leave u8
 //! version 1 (read; written before membership changes):
@@ -21,8 +23,8 @@
 //! ```
 //! All integers little-endian. The record header carries the version
 //! ([`super::records`]); a change of layout is a new version, and the old ones stay
-//! readable. A version 1 base has no id (0: its node's first incarnation) and its members
-//! as of index 0.
+//! readable. A version 1 base has no id (0: its node's first incarnation), its members
+//! as of index 0, and a log that starts at index 1.
 //!
 //! Decoding trusts nothing: a record's checksum says its bytes are the ones written, not
 //! that a writer of this layout wrote them, so every length is checked against what is left
@@ -31,7 +33,7 @@
 use bytes::Bytes;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
 
-use walletd_core::replica::{AppliedConf, DurableRaft, Persist};
+use walletd_core::replica::{AppliedConf, DurableRaft, LogStart, Persist};
 
 /// The payload layout this build writes and reads.
 pub const LAYOUT_VERSION: u8 = 2;
@@ -45,17 +47,36 @@ const ENTRY_LEN_MIN: usize = 8 + 8 + 1 + 4 + 4;
 pub struct PersistBody {
     pub hard_state: Option<HardState>,
     pub conf: Option<AppliedConf>,
+    pub snapshot: Option<LogStart>,
+    pub compact: Option<LogStart>,
     pub entries: Vec<Entry>,
 }
 
 const HAS_HARD_STATE: u8 = 1;
 const HAS_CONF: u8 = 2;
+const HAS_SNAPSHOT: u8 = 4;
+const HAS_COMPACT: u8 = 8;
+
+fn encode_log_start(start: &LogStart, out: &mut Vec<u8>) {
+    for field in [start.index, start.term, start.lsn] {
+        out.extend_from_slice(&field.to_le_bytes());
+    }
+}
+
+fn decode_log_start(reader: &mut Reader) -> Result<LogStart, String> {
+    Ok(LogStart {
+        index: reader.u64("the log start's index")?,
+        term: reader.u64("the log start's term")?,
+        lsn: reader.u64("the log start's lsn")?,
+    })
+}
 
 pub fn encode_base(state: &DurableRaft, out: &mut Vec<u8>) {
     out.extend_from_slice(&state.id.to_le_bytes());
     encode_hard_state(&state.hard_state, out);
     encode_conf_state(&state.conf_state, out);
     out.extend_from_slice(&state.conf_index.to_le_bytes());
+    encode_log_start(&state.log_start, out);
     encode_entries(&state.entries, out);
 }
 
@@ -67,6 +88,12 @@ pub fn encode_persist(persist: &Persist, out: &mut Vec<u8>) {
     if persist.conf.is_some() {
         flags |= HAS_CONF;
     }
+    if persist.snapshot.is_some() {
+        flags |= HAS_SNAPSHOT;
+    }
+    if persist.compact.is_some() {
+        flags |= HAS_COMPACT;
+    }
     out.push(flags);
     if let Some(hard_state) = &persist.hard_state {
         encode_hard_state(hard_state, out);
@@ -74,6 +101,9 @@ pub fn encode_persist(persist: &Persist, out: &mut Vec<u8>) {
     if let Some(conf) = &persist.conf {
         encode_conf_state(&conf.conf_state, out);
         out.extend_from_slice(&conf.index.to_le_bytes());
+    }
+    for start in [&persist.snapshot, &persist.compact].into_iter().flatten() {
+        encode_log_start(start, out);
     }
     encode_entries(&persist.entries, out);
 }
@@ -197,18 +227,19 @@ pub fn decode_base(version: u8, payload: &[u8]) -> Result<DurableRaft, String> {
     };
     let hard_state = decode_hard_state(&mut reader)?;
     let conf_state = decode_conf_state(version, &mut reader)?;
-    let conf_index = if version >= 2 {
-        reader.u64("the members' index")?
+    let (conf_index, log_start) = if version >= 2 {
+        let conf_index = reader.u64("the members' index")?;
+        (conf_index, decode_log_start(&mut reader)?)
     } else {
-        0
+        (0, LogStart::default())
     };
     let entries = decode_entries(&mut reader)?;
     reader.finish()?;
     if let Some(first) = entries.first() {
-        if first.index != 1 {
+        if first.index != log_start.index + 1 {
             return Err(format!(
-                "a base record's entries start at index {}, not 1",
-                first.index
+                "a base record's entries start at index {}, not after its log start {}",
+                first.index, log_start.index
             ));
         }
     }
@@ -217,6 +248,7 @@ pub fn decode_base(version: u8, payload: &[u8]) -> Result<DurableRaft, String> {
         hard_state,
         conf_state,
         conf_index,
+        log_start,
         entries,
     })
 }
@@ -228,7 +260,7 @@ pub fn decode_persist(version: u8, payload: &[u8]) -> Result<PersistBody, String
         at: 0,
     };
     let known = if version >= 2 {
-        HAS_HARD_STATE | HAS_CONF
+        HAS_HARD_STATE | HAS_CONF | HAS_SNAPSHOT | HAS_COMPACT
     } else {
         HAS_HARD_STATE
     };
@@ -249,11 +281,21 @@ pub fn decode_persist(version: u8, payload: &[u8]) -> Result<PersistBody, String
             index: reader.u64("the members' index")?,
         }),
     };
+    let snapshot = match flags & HAS_SNAPSHOT {
+        0 => None,
+        _ => Some(decode_log_start(&mut reader)?),
+    };
+    let compact = match flags & HAS_COMPACT {
+        0 => None,
+        _ => Some(decode_log_start(&mut reader)?),
+    };
     let entries = decode_entries(&mut reader)?;
     reader.finish()?;
     Ok(PersistBody {
         hard_state,
         conf,
+        snapshot,
+        compact,
         entries,
     })
 }
@@ -361,6 +403,8 @@ mod tests {
             entries: entries.to_vec(),
             hard_state,
             conf,
+            snapshot: None,
+            compact: None,
         }
     }
 
@@ -387,7 +431,12 @@ mod tests {
             },
             conf_state: joint(),
             conf_index: 2,
-            entries: vec![entry(1, 1, b""), entry(2, 7, b"batch")],
+            log_start: LogStart {
+                index: 4,
+                term: 1,
+                lsn: 40,
+            },
+            entries: vec![entry(5, 1, b""), entry(6, 7, b"batch")],
         };
         let mut out = Vec::new();
         encode_base(&state, &mut out);
@@ -413,6 +462,17 @@ mod tests {
             assert_eq!(body.conf, conf);
             assert_eq!(body.entries, state.entries[1..]);
         }
+        let mut both = persist(None, None, &[]);
+        both.snapshot = Some(state.log_start);
+        both.compact = Some(LogStart {
+            index: 9,
+            term: 2,
+            lsn: 77,
+        });
+        let mut out = Vec::new();
+        encode_persist(&both, &mut out);
+        let body = decode_persist(LAYOUT_VERSION, &out).unwrap();
+        assert_eq!((body.snapshot, body.compact), (both.snapshot, both.compact));
     }
 
     /// Stores written before replica ids and membership changes read as they were: no id

@@ -43,6 +43,8 @@ fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
 fn persist(first: u64, count: u64, term: u64, with_hard: bool) -> Persist {
     Persist {
         conf: None,
+        snapshot: None,
+        compact: None,
         number: 0,
         entries: (first..first + count)
             .map(|index| {
@@ -545,6 +547,8 @@ async fn check_against_memory(ops: Vec<Op>, file_bytes_max: u64) {
                 let first = (all.last_index() + 1).saturating_sub(back).max(1);
                 let persist = Persist {
                     conf: None,
+                    snapshot: None,
+                    compact: None,
                     number: 0,
                     entries: entries
                         .into_iter()

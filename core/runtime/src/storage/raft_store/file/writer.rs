@@ -243,11 +243,13 @@ impl Writer {
         if let Some(first) = persist.entries.first() {
             // The replica's own invariant; a gap here would be written and refused at the
             // next recovery, so it is caught where it happens.
+            let end = persist
+                .snapshot
+                .map_or(self.state.last_index(), |s| s.index);
             assert!(
-                first.index >= 1 && first.index <= self.state.last_index() + 1,
-                "entries are persisted without a gap: first {} after {}",
+                first.index >= 1 && first.index <= end + 1,
+                "entries are persisted without a gap: first {} after {end}",
                 first.index,
-                self.state.last_index()
             );
         }
         if self.wants_rotation() {
@@ -409,12 +411,11 @@ fn replay(records: &[RawRecord], seq: u64, path: &Path) -> Result<DurableRaft, E
             }
         }
         if let Some(first) = body.entries.first() {
-            if first.index > state.last_index() + 1 {
+            let end = body.snapshot.map_or(state.last_index(), |s| s.index);
+            if first.index > end + 1 {
                 return Err(bad(format!(
-                    "record {} has entries from index {}, after a log that ends at {}",
-                    record.seq,
-                    first.index,
-                    state.last_index()
+                    "record {} has entries from index {}, after a log that ends at {end}",
+                    record.seq, first.index,
                 )));
             }
         }
@@ -423,6 +424,8 @@ fn replay(records: &[RawRecord], seq: u64, path: &Path) -> Result<DurableRaft, E
             entries: body.entries,
             hard_state: body.hard_state,
             conf: body.conf,
+            snapshot: body.snapshot,
+            compact: body.compact,
         });
     }
     Ok(state)
