@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use walletd_core::model::partition::{NodeAddress, NodeId, PartitionId, PartitionMap};
-use walletd_core::replica::DurableRaft;
+use walletd_core::replica::{DurableRaft, LogLimits};
 use walletd_runtime::driver::DriverStats;
 use walletd_runtime::net::replicated::{
     hosted_partitions, replica_nodes, start_replicated_node_with, voters_of, ReplicatedConfig,
@@ -104,6 +104,10 @@ pub async fn run(
     getrandom::fill(&mut election_seed).map_err(|e| NodeRunError::Random(e.to_string()))?;
     let mut config = ReplicatedConfig::new(node_config(args)?, u64::from_le_bytes(election_seed));
     config.replicas = Some(replicas);
+    config.log = LogLimits {
+        compact_after: args.raft_compact_after,
+        keep: args.raft_compact_after / 4,
+    };
     let mut storages = Vec::with_capacity(hosted.len());
     for &partition in &hosted {
         let voters = voters_of(&map, partition, replicas);

@@ -19,6 +19,9 @@ use walletd_e2e::{accounts_in, free_ports, http, wait_until, wallet, Server, Wal
 const NODES: u32 = 3;
 const PARTITIONS: u32 = 4;
 const SECRET: &str = "the e2e cluster's shared secret";
+/// Raft logs compacted after a few entries: a replica that was down, or wiped, catches up by
+/// fetching records from another node's partition log.
+const COMPACT_OFTEN: &[&str] = &["--raft-compact-after", "8"];
 /// How long a client keeps retrying one transfer (same transaction id) before the test fails.
 const RETRY_FOR: Duration = Duration::from_secs(20);
 
@@ -67,7 +70,9 @@ impl Cluster {
             nodes: Vec::new(),
         };
         for id in 0..count {
-            let node = cluster.wallet.node(&cluster.config, id, &cluster.data, &[]);
+            let node = cluster
+                .wallet
+                .node(&cluster.config, id, &cluster.data, COMPACT_OFTEN);
             cluster.nodes.push(Some(node));
         }
         cluster.wait_for_leaders();
@@ -193,7 +198,9 @@ impl Cluster {
     }
 
     fn restart(&mut self, id: u32) {
-        let node = self.wallet.node(&self.config, id, &self.data, &[]);
+        let node = self
+            .wallet
+            .node(&self.config, id, &self.data, COMPACT_OFTEN);
         self.nodes[id as usize] = Some(node);
     }
 
@@ -388,6 +395,10 @@ fn transfers_survive_kill_9_of_every_node_in_turn_and_every_replica_agrees() {
     assert!(
         logs.contains("replica id decided") && logs.contains("Join("),
         "the wiped node joined its groups under new ids:\n{logs}"
+    );
+    assert!(
+        logs.contains("caught up by records"),
+        "the wiped node fetched the records before its leaders' compacted logs:\n{logs}"
     );
     let damaged = (0..NODES)
         .find(|id| *id != leaders[0] && *id != last)

@@ -797,7 +797,7 @@ async fn read_records<S: Storage>(
     through: Lsn,
 ) -> io::Result<(Lsn, Vec<u8>)> {
     storage.sync().await?;
-    let segments = storage.list_log(after + 1).await?;
+    let segments = storage.log_segments().await?;
     let start = (segments.iter())
         .rposition(|segment| segment.first_lsn <= after + 1)
         .unwrap_or(0);
