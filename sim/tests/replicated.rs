@@ -36,17 +36,20 @@ fn clean_replicated_seeds_pass() {
     }
 }
 
-/// The first failing quick replicated run with `bug` on, which must name `invariant`.
+/// Some quick replicated run with `bug` on fails naming `invariant` (a bug may break another
+/// invariant first in some seeds: `ack-before-quorum` sometimes shows as `exactly_once`).
 fn caught_as(bug: Bug, invariant: &str) {
+    let mut lines = Vec::new();
     let report = (0..SEEDS_TO_FIND_A_BUG)
         .map(|seed| sim::run(&replicated(seed, Some(bug))))
-        .find(|report| !report.ok())
-        .expect("the bug went unnoticed");
-    let line = report.result_line();
-    assert!(
-        line.ends_with(&format!("result=FAIL invariant={invariant}")),
-        "{line}"
-    );
+        .filter(|report| !report.ok())
+        .inspect(|report| lines.push(report.result_line()))
+        .find(|report| {
+            (report.result_line()).ends_with(&format!("result=FAIL invariant={invariant}"))
+        });
+    let Some(report) = report else {
+        panic!("the bug was never caught as {invariant}: {lines:#?}");
+    };
     assert!(
         report.details.contains("--replicas 3"),
         "the reproduce command names the mode: {}",
