@@ -209,3 +209,124 @@ pub fn check(state: &FinalState<'_>, found: &mut Vec<Violation>) {
         found.push(violation);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use walletd_core::ledger::{Account, Ledger};
+    use walletd_core::log::codec::Record;
+    use walletd_core::model::ids::TransactionId;
+    use walletd_core::model::money::{Amount, Currency};
+
+    use super::*;
+    use crate::checkers::{LiveState, PartitionFinal};
+    use crate::history::{Attempt, BalanceRead, Expect, HistoryState, Op};
+    use crate::model::Model;
+
+    fn id(text: &str) -> AccountId {
+        AccountId::new(text).expect("an id")
+    }
+
+    fn deposit(lsn: Lsn, at: Timestamp, minor: u64, txn: &str) -> Record {
+        let event = Event::Deposited {
+            account: id("a"),
+            amount: Amount::from_minor(minor).expect("an amount"),
+            transaction_id: TransactionId::new(txn).expect("an id"),
+        };
+        Record {
+            lsn,
+            timestamp: at,
+            event,
+        }
+    }
+
+    /// Account `a` opened at lsn 1 (time 10), 100 deposited at lsn 2 (time 20) and 50 more,
+    /// by `d2`, at lsn 3 (time 30); `d2` is acknowledged to its client at time 40.
+    fn violations(reads: &[(Timestamp, Timestamp, u64)]) -> Vec<Violation> {
+        let opened = Record {
+            lsn: 1,
+            timestamp: 10,
+            event: Event::AccountOpened {
+                account: id("a"),
+                currency: Currency::USD,
+            },
+        };
+        let records = vec![opened, deposit(2, 20, 100, "d1"), deposit(3, 30, 50, "d2")];
+        let fin = PartitionFinal {
+            partition: 0,
+            bytes: Vec::new(),
+            model: Model::fold(&records),
+            records,
+            decode_error: None,
+            replayed: Ok(Ledger::new(0, 1)),
+            recovered: Ok(Ledger::new(0, 1)),
+        };
+        let command = Command::Deposit {
+            account: id("a"),
+            amount: Amount::from_minor(50).expect("an amount"),
+            currency: Currency::USD,
+            transaction_id: TransactionId::new("d2").expect("an id"),
+        };
+        let mut history = HistoryState::default();
+        history.ops.push(Op {
+            client: 0,
+            command,
+            expect: Expect::Valid,
+            attempts: vec![Attempt {
+                sent_us: 25,
+                done_us: 40,
+                outcome: Outcome::Answer(Ok(Reply::Balance { balance: 150 })),
+            }],
+        });
+        for (sent_us, done_us, balance) in reads {
+            let account = Account {
+                currency: Currency::USD,
+                balance: *balance,
+                held: 0,
+                incoming: 0,
+            };
+            history.reads.push(BalanceRead {
+                client: 1,
+                account: id("a"),
+                sent_us: *sent_us,
+                done_us: *done_us,
+                answer: QueryAnswer::Account(Some(account)),
+            });
+        }
+        let live = LiveState::default();
+        let finals = [fin];
+        let state = FinalState {
+            partitions: 1,
+            finals: &finals,
+            live: &live,
+            history: &history,
+            quiesced: true,
+            protocol_violations: 0,
+            fatal: &[],
+            damage_not_refused: &[],
+            replication: &[],
+        };
+        let mut found = Vec::new();
+        check(&state, &mut found);
+        found
+    }
+
+    #[test]
+    fn a_read_sent_after_a_deposit_was_acknowledged_must_show_it() {
+        let found = violations(&[(50, 60, 100)]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].detail.contains("vouches for lsn 3"), "{found:?}");
+        assert!(violations(&[(50, 60, 150)]).is_empty());
+    }
+
+    #[test]
+    fn a_read_sent_before_the_acknowledgement_may_miss_it() {
+        assert!(violations(&[(35, 60, 100), (35, 60, 150), (21, 22, 100)]).is_empty());
+    }
+
+    #[test]
+    fn a_read_must_not_show_what_was_written_after_its_answer() {
+        assert_eq!(violations(&[(15, 25, 150)]).len(), 1);
+        assert_eq!(violations(&[(5, 15, 100)]).len(), 1);
+        assert!(violations(&[(5, 15, 0)]).is_empty());
+    }
+}
