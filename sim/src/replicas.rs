@@ -122,6 +122,12 @@ impl ReplicaState {
             .map(|((host, _), _)| *host)
     }
 
+    /// The commit index of `host`'s replica of `partition`, if it runs.
+    pub fn commit_index(&self, host: HostId, partition: PartitionId) -> Option<u64> {
+        let running = self.running.get(&(host, partition))?;
+        Some(running.status.commit_index.load(Ordering::Acquire))
+    }
+
     /// Whether the group of every partition is at rest on the nodes `up`: each has one
     /// leader that takes commands and has nothing in flight, and every replica has committed
     /// and applied what the leader has.
