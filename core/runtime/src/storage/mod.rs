@@ -227,7 +227,14 @@ pub struct MemDisk {
     /// Number of successful syncs (for tests of group commit).
     pub syncs: u64,
     /// Copies set aside ([`Storage::set_aside`]), each as it was.
-    pub set_aside: Vec<(Vec<(Lsn, Vec<u8>)>, Vec<(Lsn, Vec<u8>)>)>,
+    pub set_aside: Vec<SetAside>,
+}
+
+/// A copy of a [`MemDisk`] set aside: its segments and its snapshots.
+#[derive(Debug, Default, Clone)]
+pub struct SetAside {
+    pub segments: Vec<(Lsn, Vec<u8>)>,
+    pub snapshots: Vec<(Lsn, Vec<u8>)>,
 }
 
 impl MemDisk {
@@ -355,7 +362,10 @@ impl Storage for MemStorage {
         let segments = std::mem::take(&mut disk.segments);
         let snapshots = std::mem::take(&mut disk.snapshots);
         disk.chunks.clear();
-        disk.set_aside.push((segments, snapshots));
+        disk.set_aside.push(SetAside {
+            segments,
+            snapshots,
+        });
         (disk.synced_len, disk.synced_segments) = (0, 0);
         Ok(())
     }
