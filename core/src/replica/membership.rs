@@ -382,6 +382,19 @@ fn single(change_type: ConfChangeType, node_id: ReplicaId) -> ConfChangeSingle {
     }
 }
 
+/// Whether `id` is a member of `conf`: a voter or a learner, in either half of a joint
+/// configuration.
+pub fn is_member(conf: &ConfState, id: ReplicaId) -> bool {
+    [
+        &conf.voters,
+        &conf.voters_outgoing,
+        &conf.learners,
+        &conf.learners_next,
+    ]
+    .iter()
+    .any(|ids| ids.contains(&id))
+}
+
 /// The voters and learners of `conf`, for logs.
 pub fn describe(conf: &ConfState) -> String {
     let mut out = format!("voters {:?}", conf.voters);

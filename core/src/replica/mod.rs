@@ -644,16 +644,7 @@ impl<K: ReplyTokens> Replica<K> {
     /// Whether this replica is one of its group's members (a voter or a learner) as it last
     /// applied them: one that a move removed is not, and has nothing more to do.
     pub fn is_member(&self) -> bool {
-        let conf = self.conf_state();
-        let id = self.raw.raft.id;
-        [
-            &conf.voters,
-            &conf.voters_outgoing,
-            &conf.learners,
-            &conf.learners_next,
-        ]
-        .iter()
-        .any(|ids| ids.contains(&id))
+        membership::is_member(&self.conf_state(), self.raw.raft.id)
     }
 
     /// A leader takes the next step its group's members need, one at a time.

@@ -280,13 +280,5 @@ fn apply(raw: &mut RawNode<MemStorage>, entry: &Entry) -> bool {
         }
     };
     raw.mut_store().wl().set_conf_state(conf.clone());
-    let id = raw.raft.id;
-    [
-        &conf.voters,
-        &conf.voters_outgoing,
-        &conf.learners,
-        &conf.learners_next,
-    ]
-    .iter()
-    .any(|ids| ids.contains(&id))
+    is_member(&conf, raw.raft.id)
 }
