@@ -333,17 +333,30 @@ impl Group {
         self.start(index);
     }
 
-    /// Whether losing one more disk keeps every acknowledged entry on a majority: every node
-    /// runs as a voter of a settled configuration (an earlier wipe has been replaced).
+    /// Whether losing one more disk stays within the fault model (one disk at a time): every
+    /// node runs as a voter of a settled configuration that every replica has applied. An
+    /// earlier wipe is replaced only once the change is applied everywhere: until then a
+    /// replica still holds a joint configuration whose outgoing half counts the lost disk,
+    /// or does not yet know that it votes, and one more loss leaves no majority that can
+    /// elect.
     fn can_wipe(&self) -> bool {
         let Some(leader) = (0..REPLICAS).find(|&i| self.leads(i)) else {
             return false;
         };
-        let conf = self.nodes[leader]
-            .replica
-            .as_ref()
-            .expect("up")
-            .conf_state();
+        let replica = self.nodes[leader].replica.as_ref().expect("up");
+        let members = |conf: raft::eraftpb::ConfState| {
+            let mut ids = [conf.voters, conf.voters_outgoing, conf.learners];
+            ids.iter_mut().for_each(|ids| ids.sort_unstable());
+            ids
+        };
+        let leaders = members(replica.conf_state());
+        let applied_everywhere = (self.nodes.iter()).all(|node| {
+            (node.replica.as_ref()).is_some_and(|r| members(r.conf_state()) == leaders)
+        });
+        if replica.raw.raft.has_pending_conf() || !applied_everywhere {
+            return false;
+        }
+        let conf = replica.conf_state();
         let voters_here = (self.nodes.iter())
             .filter(|node| (node.replica.as_ref()).is_some_and(|r| conf.voters.contains(&r.id())));
         conf.voters_outgoing.is_empty()
