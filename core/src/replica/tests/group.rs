@@ -114,6 +114,8 @@ pub struct Stats {
     pub rejoins: u64,
     /// Fetches of records served (replicas behind a compacted log).
     pub fetches: u64,
+    /// Learners whose first state was a snapshot.
+    pub joined_by_snapshot: u64,
 }
 
 /// One node's replica and what survives it.
@@ -137,6 +139,10 @@ struct Node {
     incarnation: u64,
     /// Committed entries of this incarnation already checked against the group's.
     checked_through: u64,
+    /// Taken in as a learner, and nothing applied yet: its first state must come from a
+    /// snapshot, whose members it can trust, not from entries folded onto members it
+    /// guessed.
+    joining: bool,
 }
 
 /// A command a client sent, and the first answer it got.
@@ -230,6 +236,7 @@ impl Group {
                 log_synced: 0,
                 incarnation: 0,
                 checked_through: 0,
+                joining: false,
             });
         }
         for index in 0..REPLICAS {
@@ -575,6 +582,7 @@ impl Group {
                             Decision::Bootstrap => initial_id(to as u32),
                             Decision::Join(id) => {
                                 self.stats.rejoins += 1;
+                                node.joining = true;
                                 id
                             }
                         };
@@ -742,6 +750,19 @@ impl Group {
 
     /// Invariants after every step.
     fn check(&mut self) {
+        // A learner's first state is a snapshot.
+        for index in self.up() {
+            let node = &mut self.nodes[index];
+            let replica = node.replica.as_ref().expect("up");
+            if node.joining && replica.applied_index() > 0 {
+                node.joining = false;
+                self.stats.joined_by_snapshot += 1;
+                assert!(
+                    replica.raw.store().start().index > 0,
+                    "node {index}: a learner applied entries from its log's start"
+                );
+            }
+        }
         // At most one leader per term, ever.
         for index in self.up() {
             let raft = &self.nodes[index].replica.as_ref().expect("up").raw.raft;
