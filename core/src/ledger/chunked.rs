@@ -2,13 +2,17 @@
 //! one stays open for appends. Cloning it (what a snapshot image does) copies only the open
 //! chunk and shares the sealed ones; changing an item of a sealed chunk that a clone still
 //! shares copies that one chunk first (`Arc::make_mut`), so the clone keeps what it saw.
-//! The rows of the transfers table and of the credit and cash tables live in one.
+//! The rows of the transfers table and of the credit and cash tables live in one. The
+//! transfers table also drops its oldest chunks once they are on disk
+//! ([`ChunkedVec::drop_front`]): positions stay those of the whole vector.
 
 use std::sync::Arc;
 
 /// See the module documentation.
 #[derive(Debug, Clone)]
 pub(crate) struct ChunkedVec<T, const CHUNK: usize> {
+    /// Chunks dropped from the front: items `0..dropped * CHUNK` are gone.
+    dropped: usize,
     sealed: Vec<Arc<Vec<T>>>,
     open: Vec<T>,
 }
@@ -16,6 +20,7 @@ pub(crate) struct ChunkedVec<T, const CHUNK: usize> {
 impl<T, const CHUNK: usize> Default for ChunkedVec<T, CHUNK> {
     fn default() -> Self {
         ChunkedVec {
+            dropped: 0,
             sealed: Vec::new(),
             open: Vec::new(),
         }
@@ -24,13 +29,38 @@ impl<T, const CHUNK: usize> Default for ChunkedVec<T, CHUNK> {
 
 impl<T, const CHUNK: usize> ChunkedVec<T, CHUNK> {
     pub(crate) fn len(&self) -> usize {
-        self.sealed.len() * CHUNK + self.open.len()
+        (self.dropped + self.sealed.len()) * CHUNK + self.open.len()
+    }
+
+    /// Chunks dropped from the front.
+    pub(crate) fn dropped(&self) -> usize {
+        self.dropped
+    }
+
+    /// An empty vector whose first `chunks` chunks are already dropped: its first item will
+    /// be at `chunks * CHUNK`.
+    pub(crate) fn starting_after(chunks: usize) -> Self {
+        ChunkedVec {
+            dropped: chunks,
+            ..ChunkedVec::default()
+        }
+    }
+
+    /// Drops the oldest sealed chunks up to chunk `chunks` (exclusive).
+    pub(crate) fn drop_front(&mut self, chunks: usize) {
+        assert!(
+            chunks >= self.dropped && chunks - self.dropped <= self.sealed.len(),
+            "only sealed chunks are dropped"
+        );
+        self.sealed.drain(..chunks - self.dropped);
+        self.dropped = chunks;
     }
 
     #[inline]
     pub(crate) fn get(&self, at: usize) -> &T {
         let (chunk, i) = (at / CHUNK, at % CHUNK);
-        match self.sealed.get(chunk) {
+        debug_assert!(chunk >= self.dropped, "item {at} was dropped");
+        match self.sealed.get(chunk - self.dropped) {
             Some(sealed) => &sealed[i],
             None => &self.open[i],
         }
@@ -47,14 +77,14 @@ impl<T, const CHUNK: usize> ChunkedVec<T, CHUNK> {
         at
     }
 
-    /// The sealed chunks, oldest first.
+    /// The sealed chunks still held, oldest first: the first is chunk [`Self::dropped`].
     pub(crate) fn sealed(&self) -> &[Arc<Vec<T>>] {
         &self.sealed
     }
 
-    /// Items in the order they were appended.
+    /// Items still held, in the order they were appended.
     pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = &T> {
-        (0..self.len()).map(|at| self.get(at))
+        (self.dropped * CHUNK..self.len()).map(|at| self.get(at))
     }
 }
 
@@ -62,7 +92,8 @@ impl<T: Clone, const CHUNK: usize> ChunkedVec<T, CHUNK> {
     /// The item at `at`, mutably: a sealed chunk still shared with a clone is copied first.
     pub(crate) fn get_mut(&mut self, at: usize) -> &mut T {
         let (chunk, i) = (at / CHUNK, at % CHUNK);
-        match self.sealed.get_mut(chunk) {
+        assert!(chunk >= self.dropped, "item {at} was dropped");
+        match self.sealed.get_mut(chunk - self.dropped) {
             Some(sealed) => &mut Arc::make_mut(sealed)[i],
             None => &mut self.open[i],
         }
@@ -93,5 +124,25 @@ mod tests {
         );
         let now: Vec<u32> = items.iter().copied().collect();
         assert_eq!(now, [0, 100, 2, 3, 4, 5, 6, 7, 8, 900, 10]);
+    }
+
+    #[test]
+    fn dropped_chunks_keep_the_positions_of_the_rest() {
+        let mut items: ChunkedVec<u32, 4> = ChunkedVec::default();
+        for i in 0..10 {
+            items.push(i);
+        }
+        items.drop_front(2);
+        assert_eq!(
+            (items.len(), items.dropped(), items.sealed().len()),
+            (10, 2, 0)
+        );
+        assert_eq!((*items.get(8), *items.get(9)), (8, 9));
+        assert_eq!(items.iter().copied().collect::<Vec<_>>(), [8, 9]);
+        assert_eq!(items.push(10), 10);
+        *items.get_mut(8) = 80;
+        assert_eq!(*items.get(8), 80);
+        let mut later: ChunkedVec<u32, 4> = ChunkedVec::starting_after(3);
+        assert_eq!(later.push(7), 12);
     }
 }

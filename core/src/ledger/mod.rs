@@ -14,6 +14,7 @@
 
 pub(crate) mod append_table;
 pub(crate) mod chunked;
+pub mod cold;
 pub(crate) mod row_index;
 pub(crate) mod transfer_table;
 
@@ -26,7 +27,8 @@ use std::collections::BTreeMap;
 use rustc_hash::FxHashMap;
 
 use crate::ledger::append_table::AppendTable;
-use crate::ledger::transfer_table::{TransferTable, Vacancy};
+use crate::ledger::cold::{ChunkRead, ColdError};
+use crate::ledger::transfer_table::{Found, TransferTable, Vacancy};
 use crate::model::event::{Decision, Event, Lsn, Reason, Timestamp, Transfer, TransferKey};
 use crate::model::ids::{AccountId, TransactionId};
 use crate::model::money::{format_minor, Amount, Currency, BALANCE_MINOR_MAX};
@@ -384,6 +386,17 @@ pub enum LedgerError {
         from: String,
         command: &'static str,
     },
+    /// The partition could not read a transfer row it keeps on disk only (a chunk file
+    /// missing, unreadable or damaged): nothing was decided; the same command may be tried
+    /// again once the disk is repaired.
+    #[error("stored transfers cannot be read: {0}")]
+    Unreadable(String),
+}
+
+impl From<ColdError> for LedgerError {
+    fn from(error: ColdError) -> Self {
+        LedgerError::Unreadable(error.0)
+    }
 }
 
 /// An event that cannot be applied to the state: the log contradicts itself. Never produced by
@@ -466,13 +479,61 @@ impl Ledger {
         self.accounts.iter()
     }
 
-    pub fn transfer(&self, key: &TransferKey) -> Option<TransferRow> {
-        self.transfers.get(key)
+    /// The home row of `key`, in memory or read from its chunk file.
+    pub fn find_transfer(&self, key: &TransferKey) -> Result<Option<TransferRow>, LedgerError> {
+        Ok(self.transfers.get(key)?)
     }
 
-    /// Every home row, in the order the log recorded them.
+    /// [`Ledger::find_transfer`] for tools and checks, which cannot go on without the row.
+    ///
+    /// # Panics
+    /// If the row is on disk and its chunk file cannot be read.
+    pub fn transfer(&self, key: &TransferKey) -> Option<TransferRow> {
+        self.find_transfer(key)
+            .unwrap_or_else(|error| panic!("transfer {key:?}: {error}"))
+    }
+
+    /// Every home row, in the order the log recorded them; rows that left memory are read
+    /// from their chunk files.
+    ///
+    /// # Panics
+    /// If a chunk file of such rows cannot be read (tools and checks only).
     pub fn transfers(&self) -> impl Iterator<Item = TransferRow> + '_ {
         self.transfers.iter()
+    }
+
+    /// Home rows recorded, in memory or not.
+    pub fn transfer_count(&self) -> usize {
+        self.transfers.len()
+    }
+
+    /// Home rows in memory: those not yet in a durable chunk file (see
+    /// [`Ledger::drop_transfer_chunk`]).
+    pub fn transfer_rows_in_memory(&self) -> usize {
+        self.transfers.len() - self.transfers.hot_from()
+    }
+
+    /// Chunks of the transfers table whose rows are on disk only.
+    pub fn cold_transfer_chunks(&self) -> usize {
+        self.transfers.cold_chunks()
+    }
+
+    /// Bytes of memory the transfers table takes, roughly (rows, ids, index, cold filter).
+    pub fn transfer_table_bytes(&self) -> usize {
+        self.transfers.bytes()
+    }
+
+    /// Gives the ledger its partition's chunk files, where it finds the home rows it drops
+    /// from memory ([`Ledger::drop_transfer_chunk`]).
+    pub fn attach_chunk_reader(&mut self, reader: std::sync::Arc<dyn ChunkRead>) {
+        self.transfers.attach(self.partition, reader);
+    }
+
+    /// Drops the home rows of `chunk` from memory: its chunk file is durable (the snapshot
+    /// that wrote it is). Chunks leave in order; returns whether this one did (see
+    /// [`cold::ColdChunk`]).
+    pub fn drop_transfer_chunk(&mut self, chunk: cold::ColdChunk) -> bool {
+        self.transfers.drop_chunk(chunk)
     }
 
     pub fn credit(&self, key: &TransferKey) -> Option<CreditRow> {
@@ -771,21 +832,27 @@ impl Ledger {
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
         self.require_local(&transfer.from)?;
-        if let Some(at) = self.transfers.find(&transfer.key()) {
-            let state = self.transfers.phase(at).state;
-            #[cfg(any(test, madsim, feature = "testing"))]
-            if crate::protocol::bugs::enabled(Bug::NoIdempotency) && !state.is_unfinished() {
-                // Known bug: the key of a finished transfer is forgotten, so a retry is
-                // decided and applied again as if it were new.
-                return self.decide_new_transfer(transfer, events);
+        let at = match self.transfers.lookup(&transfer.key())? {
+            None => return self.decide_new_transfer(transfer, events),
+            // A row on disk is final: a retry gets its outcome, another body a conflict.
+            Some(Found::Cold(row)) if row.transfer == transfer => {
+                return Ok(Reply::Transfer(row.state.status()))
             }
-            return if self.transfers.records(at, &transfer) {
-                Ok(Reply::Transfer(state.status()))
-            } else {
-                Err(LedgerError::Conflict(transfer.transaction_id))
-            };
+            Some(Found::Cold(_)) => return Err(LedgerError::Conflict(transfer.transaction_id)),
+            Some(Found::Hot(at)) => at,
+        };
+        let state = self.transfers.phase(at).state;
+        #[cfg(any(test, madsim, feature = "testing"))]
+        if crate::protocol::bugs::enabled(Bug::NoIdempotency) && !state.is_unfinished() {
+            // Known bug: the key of a finished transfer is forgotten, so a retry is
+            // decided and applied again as if it were new.
+            return self.decide_new_transfer(transfer, events);
         }
-        self.decide_new_transfer(transfer, events)
+        if self.transfers.records(at, &transfer) {
+            Ok(Reply::Transfer(state.status()))
+        } else {
+            Err(LedgerError::Conflict(transfer.transaction_id))
+        }
     }
 
     /// A transfer whose key this partition has not seen. Every business refusal is recorded
@@ -849,9 +916,13 @@ impl Ledger {
             .ok_or(LedgerError::UnknownTransfer(*key))
     }
 
-    /// The phase of the home row under `key`.
+    /// The phase of the home row under `key`, in memory or on disk (where it is final).
     fn home_state(&self, key: &TransferKey) -> Result<TransferState, LedgerError> {
-        self.home_row(key).map(|at| self.transfers.phase(at).state)
+        match self.transfers.lookup(key)? {
+            Some(Found::Hot(at)) => Ok(self.transfers.phase(at).state),
+            Some(Found::Cold(row)) => Ok(row.state),
+            None => Err(LedgerError::UnknownTransfer(*key)),
+        }
     }
 
     fn decide_decision(
@@ -1081,7 +1152,7 @@ impl Ledger {
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
         self.require_local(&transfer.from)?;
-        if let Some(row) = self.transfers.get(&transfer.key()) {
+        if let Some(row) = self.transfers.get(&transfer.key())? {
             return Ok(Reply::Transfer(row.state.status()));
         }
         let reason = Reason::Timeout;
@@ -1257,13 +1328,14 @@ impl Ledger {
         transfer: &Transfer,
         reason: Reason,
     ) -> Result<(), String> {
-        let key = transfer.key();
-        if self.transfers.contains(&key) {
-            return Err(recorded_twice(&key));
-        }
-        let remote = !self.owns(&transfer.to);
-        let row = new_row(meta, *transfer, TransferState::Rejected(reason), remote);
-        self.transfers.insert(&row);
+        let slot = vacancy(&mut self.transfers, &transfer.key())?;
+        let remote = !partition_of(&transfer.to, self.partitions).eq(&self.partition);
+        slot.fill(&new_row(
+            meta,
+            *transfer,
+            TransferState::Rejected(reason),
+            remote,
+        ));
         Ok(())
     }
 
@@ -1596,7 +1668,10 @@ fn recorded_twice(key: &TransferKey) -> String {
 /// checks and, filled, inserts.
 #[inline]
 fn vacancy<'a>(transfers: &'a mut TransferTable, key: &TransferKey) -> Result<Vacancy<'a>, String> {
-    transfers.vacancy(key).ok_or_else(|| recorded_twice(key))
+    transfers
+        .vacancy(key)
+        .map_err(|error| error.to_string())?
+        .ok_or_else(|| recorded_twice(key))
 }
 
 /// Records the idempotency row of a deposit or withdrawal. A transaction id is spent once per

@@ -44,6 +44,9 @@ use rustc_hash::FxHashMap;
 
 use crate::ledger::{Command, Ledger, LedgerError, PhaseResult, Reply, TransferStatus};
 use crate::log::codec::{encode_record, Record};
+use std::collections::VecDeque;
+
+use crate::ledger::cold::{ColdChunk, WrittenChunks};
 use crate::log::snapshot::{ChunkPlan, SnapshotImage};
 use crate::model::event::{Event, Lsn, Timestamp, Transfer, TransferKey};
 use crate::model::partition::PartitionId;
@@ -65,6 +68,12 @@ pub struct MachineConfig {
     /// Take a snapshot after this many events since the last one, and no sooner than the log
     /// since the last one holds as many events as the state has rows (0: never).
     pub snapshot_every_events: u64,
+    /// The in-memory budget of the transfers table, in rows: once more rows than this are in
+    /// memory, a snapshot is taken as soon as a chunk of them is final, and once it is
+    /// durable the rows in its chunk files leave memory (they are read back from disk when
+    /// a retry asks for one; see [`crate::ledger::cold`]). Rows still in flight, and those
+    /// after them, stay. Applies while snapshots are on (`snapshot_every_events` > 0).
+    pub transfer_rows_in_memory_max: usize,
     /// Most clients waiting for the outcome of a pending transfer; beyond it they get `Pending`.
     pub waiters_max: usize,
     /// How long a batch that nobody waits on may stay open for more to join it: a batch of
@@ -81,12 +90,23 @@ impl Default for MachineConfig {
         MachineConfig {
             batch_inputs_max: 65_536,
             snapshot_every_events: 1_000_000,
+            transfer_rows_in_memory_max: TRANSFER_ROWS_IN_MEMORY_MAX_DEFAULT,
             waiters_max: 100_000,
             background_delay_us: 2_000,
             coordinator: CoordinatorConfig::default(),
         }
     }
 }
+
+/// The default of [`MachineConfig::transfer_rows_in_memory_max`]: 16 chunks of rows, about
+/// 100 MiB with their ids and index (4 chunks in tests and the simulator, so that their runs
+/// read rows back from disk).
+pub const TRANSFER_ROWS_IN_MEMORY_MAX_DEFAULT: usize =
+    if cfg!(any(test, madsim, feature = "testing")) {
+        4 * crate::ledger::CHUNK_ROWS
+    } else {
+        16 * crate::ledger::CHUNK_ROWS
+    };
 
 /// The time an input is handled at: a monotonic clock for the coordinator's timers, and the
 /// wall clock the log's records are stamped with (clamped so that stamps never go back).
@@ -281,6 +301,12 @@ pub struct PartitionMachine<K: ReplyTokens> {
     /// Chunks of the transfers table whose chunk files are written (see
     /// [`crate::log::snapshot`]).
     chunks_written: usize,
+    /// Where the snapshot being written leaves the chunk files it writes.
+    chunks_being_written: WrittenChunks,
+    /// Chunks whose files are durable and whose rows are still in memory: one leaves per
+    /// tick ([`PartitionMachine::handle_tick`]), so that the filter's inserts (a cache miss
+    /// per row) come in steps of one chunk, not of a whole snapshot's.
+    chunks_to_drop: VecDeque<ColdChunk>,
     /// Since when the open batch holds only background work (see
     /// [`MachineConfig::background_delay_us`]).
     background_since: Option<Micros>,
@@ -318,6 +344,8 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             events_since_snapshot: 0,
             snapshot_pending: false,
             chunks_written: 0,
+            chunks_being_written: WrittenChunks::default(),
+            chunks_to_drop: VecDeque::new(),
             background_since: None,
         };
         machine.pending_credits = (machine.ledger.credits())
@@ -484,7 +512,13 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         self.batch.client_inputs = true;
         let answer = match query {
             Query::Account(account) => QueryAnswer::Account(self.ledger.account(&account).copied()),
-            Query::Transfer(key) => QueryAnswer::Transfer(self.ledger.transfer(&key)),
+            Query::Transfer(key) => match self.ledger.find_transfer(&key) {
+                Ok(row) => QueryAnswer::Transfer(row),
+                Err(error) => {
+                    tracing::error!(partition = self.partition(), %error, "transfer row unreadable");
+                    QueryAnswer::Unreadable
+                }
+            },
         };
         self.batch.release.answers.push((token, answer));
     }
@@ -536,6 +570,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
     /// the open batch.
     pub fn handle_tick(&mut self, now: Now) {
         self.now = now;
+        self.drop_a_written_chunk();
         self.coordinator.on_tick(now.micros);
         self.drain_coordinator();
         let after_us = self.config.coordinator.resolve_after_us;
@@ -614,9 +649,26 @@ impl<K: ReplyTokens> PartitionMachine<K> {
     pub fn handle_snapshot_written(&mut self, written: Result<usize, ()>) {
         assert!(self.snapshot_pending, "a snapshot was being written");
         self.snapshot_pending = false;
+        let made = self.chunks_being_written.take();
         if let Ok(chunks_frozen) = written {
             assert!(chunks_frozen >= self.chunks_written);
             self.chunks_written = chunks_frozen;
+            // The chunk files are durable: their rows may leave memory.
+            self.chunks_to_drop.extend(made);
+        }
+    }
+
+    /// Drops the rows of the next chunk whose file is durable from memory, if one waits.
+    fn drop_a_written_chunk(&mut self) {
+        if let Some(chunk) = self.chunks_to_drop.pop_front() {
+            let number = chunk.chunk;
+            if !self.ledger.drop_transfer_chunk(chunk) {
+                tracing::debug!(
+                    partition = self.partition(),
+                    chunk = number,
+                    "chunk kept in memory"
+                );
+            }
         }
     }
 
@@ -673,9 +725,12 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             Ok(other) => unreachable!("an abandon replies with a transfer status, got {other:?}"),
             Err(error) => return self.report_refused_coordinator_command(error),
         };
+        // The row was just found or recorded by the abandon: in memory.
         let row_body = self
             .ledger
-            .transfer(&transfer.key())
+            .find_transfer(&transfer.key())
+            .ok()
+            .flatten()
             .map(|row| row.transfer);
         let Some(phase) = unresolved_answer(status, row_body, &transfer) else {
             return;
@@ -714,7 +769,8 @@ impl<K: ReplyTokens> PartitionMachine<K> {
                 // A waiter must be registered before the decision it waits for; should the
                 // decision already be applied, the client gets `Pending` and asks again.
                 let key = t.key();
-                let row = self.ledger.transfer(&key)?;
+                // Just decided, so in memory: a row on disk is final anyway.
+                let row = self.ledger.find_transfer(&key).ok().flatten()?;
                 (row.state.status() == TransferStatus::Pending).then_some(key)
             }
             _ => None,
@@ -932,13 +988,20 @@ impl<K: ReplyTokens> PartitionMachine<K> {
     /// event, however large the state becomes, and recovery replays at most about half a
     /// state's worth of records. Half, not all: most events add a row (every transfer does),
     /// so the log since the last snapshot would never catch up with a state growing with it.
+    /// Whether the transfers table holds more rows in memory than its budget and a chunk of
+    /// them could go to a chunk file now (see [`MachineConfig::transfer_rows_in_memory_max`]).
+    fn over_budget(&self) -> bool {
+        self.ledger.transfer_rows_in_memory() > self.config.transfer_rows_in_memory_max
+            && self.ledger.final_chunks_from(self.chunks_written) > 0
+    }
+
     fn take_snapshot_if_due(&mut self) -> Option<SnapshotImage> {
         let every = self.config.snapshot_every_events;
         let in_chunks = self.chunks_written * crate::ledger::CHUNK_ROWS;
         let half_the_rows = self.ledger.row_count().saturating_sub(in_chunks) as u64 / 2;
         let due = !self.snapshot_pending
             && every != 0
-            && self.events_since_snapshot >= every.max(half_the_rows);
+            && (self.events_since_snapshot >= every.max(half_the_rows) || self.over_budget());
         if !due {
             return None;
         }
@@ -948,10 +1011,9 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         // the transfers table that have become final since the last go to chunk files.
         let written = self.chunks_written;
         let frozen = written + self.ledger.final_chunks_from(written);
-        Some(SnapshotImage::with_chunks(
-            &self.ledger,
-            ChunkPlan { written, frozen },
-        ))
+        let image = SnapshotImage::with_chunks(&self.ledger, ChunkPlan { written, frozen });
+        self.chunks_being_written = image.written_chunks();
+        Some(image)
     }
 }
 

@@ -1,0 +1,409 @@
+//! Cold transfer rows: the home rows whose chunk is durable in a chunk file, dropped from
+//! memory and found again on disk.
+//!
+//! A transaction id is never forgotten (a retry a year later gets the first answer), but a
+//! partition cannot keep a row per transfer ever made in memory. Chunk files
+//! ([`crate::log::chunk_file`]) already hold every final row once; once one is durable, the
+//! transfers table drops the chunk's rows and keeps, per row, 4 bytes in a [`ColdKeys`]
+//! filter that also names the chunk, and per chunk its 1 KiB directory
+//! ([`crate::log::chunk_file::ChunkIndex`]). A lookup:
+//!
+//! - of a key never seen probes the filter and stops: no disk read, but for a false positive
+//!   (about 1 in 10,000 lookups at 50 million rows; see below);
+//! - of a cold key reads two small ranges of one chunk file: the key index bucket its hash
+//!   falls in (about 2 KiB), then the row.
+//!
+//! # Why this filter, and not `xorf`, `fastbloom`, `redb` or `fjall`
+//! The filter must say *which* chunk (a filter per chunk would be probed 763 times per new
+//! key at 50 million rows: 65,536 rows a chunk), and it must grow a chunk at a time without
+//! the keys, which are on disk only. Xor and binary fuse filters (`xorf`) are built once from
+//! every key and hold no value; a Bloom filter (`fastbloom`) cannot grow and holds no value
+//! either: both would need a per-chunk copy. An embedded store (`redb`, `fjall`) keeps its own
+//! write-ahead log and page cache: every transfer would be written a second time (against
+//! "a transfer row is written to disk once"), and neither runs on the simulator's disk.
+//!
+//! So the filter is a chain of open-addressed tables of 4-byte entries, a fingerprint of the
+//! key and the chunk number: one table fills to 3/4 and the next, twice its size, takes the
+//! new keys (an entry keeps too few of its key's bits to move to a bigger table). Numbers, at
+//! 50 million cold rows: tables of 2^20 .. 2^25 slots, 264 MiB, 5.3 bytes a row; a lookup of
+//! a new key probes six tables (their home slots are prefetched with the rest of a group,
+//! see [`crate::ledger::Ledger::prefetch`]); a fingerprint is 16 bits, so a probe of a table
+//! at 3/4 (about 8 slots) matches a stranger with odds 8/65,536, six tables 1/1,400, and the
+//! disk read that settles it is a page-cache hit for recent chunks. A `HashMap` of the 32-bit
+//! key hash and row position (the hot index's own layout) would take 10.7 to 21 bytes a row.
+//!
+//! # Reading in the ledger
+//! The ledger is sans-IO but for this: it reads chunk files through a [`ChunkRead`] it is
+//! given, synchronously, from `decide` and `apply`. Chunk files never change once durable,
+//! so a read has no ordering to respect and cannot see a half-written state; in production
+//! it is a `pread` (a page-cache hit for recent chunks, one disk read otherwise), in the
+//! simulator a read of the simulated disk. Making cold lookups asynchronous through the
+//! driver would add a round trip and a second decide to every retry of an old transaction,
+//! to save a read that only such retries and rare false positives make.
+
+use std::hash::Hasher;
+use std::io;
+use std::sync::Arc;
+
+use rustc_hash::FxHasher;
+
+use crate::ledger::transfer_table::CHUNK_ROWS;
+use crate::ledger::TransferRow;
+pub use crate::log::chunk_file::ChunkIndex;
+use crate::log::chunk_file::{self, DecodedChunk};
+use crate::model::event::TransferKey;
+use crate::model::partition::PartitionId;
+
+/// Reads chunk files of one partition: what the ledger is given to find its cold rows.
+/// Implementations only ever read files that are durable and never change.
+pub trait ChunkRead: Send + Sync {
+    /// Exactly `len` bytes of chunk file `chunk` from `offset`.
+    fn read_at(&self, chunk: u64, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// The length of chunk file `chunk`.
+    fn len(&self, chunk: u64) -> io::Result<u64>;
+}
+
+/// A chunk whose file is written: what the transfers table keeps of it once its rows leave
+/// memory. Made where the chunk file is encoded (the storage's thread), so that dropping the
+/// rows costs the partition's thread only the filter's inserts.
+pub struct ColdChunk {
+    /// The chunk's number: its rows are `chunk * CHUNK_ROWS..(chunk + 1) * CHUNK_ROWS`.
+    pub chunk: usize,
+    pub index: ChunkIndex,
+    /// [`filter_hash`] of each row's key, in row order.
+    pub filter_hashes: Vec<u64>,
+}
+
+/// The chunks a snapshot's encoding wrote ([`ColdChunk`]), handed from the thread that
+/// encodes it to the partition, which takes them once the snapshot is durable.
+#[derive(Clone, Default)]
+pub struct WrittenChunks(Arc<std::sync::Mutex<Vec<ColdChunk>>>);
+
+impl WrittenChunks {
+    pub(crate) fn push(&self, chunk: ColdChunk) {
+        self.0.lock().expect("written chunks").push(chunk);
+    }
+
+    /// The chunks written so far, in the order they were.
+    pub fn take(&self) -> Vec<ColdChunk> {
+        std::mem::take(&mut *self.0.lock().expect("written chunks"))
+    }
+}
+
+/// Why a cold row could not be read: the chunk file is missing, unreadable or damaged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("stored transfers unreadable: {0}")]
+pub struct ColdError(pub String);
+
+/// Bits of an entry that name the chunk: rows are numbered in 32 bits, so a chunk in
+/// `32 - log2(CHUNK_ROWS)` (16 in production, where a chunk is 65,536 rows).
+const CHUNK_BITS: u32 = 32 - CHUNK_ROWS.trailing_zeros();
+/// Bits of an entry that hold the key's fingerprint (16 in production; 6 in tests and the
+/// simulator, whose small chunks leave fewer, so that they take false positives often).
+const FINGERPRINT_BITS: u32 = 32 - CHUNK_BITS;
+/// Slots of the first table of the filter (4 MiB in production).
+const FIRST_TABLE_SLOTS: usize = if cfg!(any(test, madsim, feature = "testing")) {
+    1 << 6
+} else {
+    1 << 20
+};
+/// Most entries per slot of a table before the next takes new keys: 3/4, as the hot index.
+const FILL_NUMERATOR: usize = 3;
+const FILL_DENOMINATOR: usize = 4;
+
+/// The filter's hash of a key: 64 bits, the low ones choosing the slot, the high ones the
+/// fingerprint. Fx mixes into the high bits only, so a finaliser (murmur3's) spreads them.
+/// In memory only: never written, so it may change between builds.
+pub(crate) fn filter_hash(from: &[u8], transaction_id: &[u8]) -> u64 {
+    let mut hasher = FxHasher::default();
+    hasher.write(from);
+    hasher.write_u8(0);
+    hasher.write(transaction_id);
+    let mut h = hasher.finish();
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// One open-addressed table of the filter: 0 is an empty slot, anything else a fingerprint
+/// (never 0) above a chunk number.
+#[derive(Clone)]
+struct KeyTable {
+    slots: Box<[u32]>,
+    used: usize,
+}
+
+impl KeyTable {
+    fn with_len(len: usize) -> KeyTable {
+        debug_assert!(len.is_power_of_two());
+        KeyTable {
+            slots: vec![0; len].into_boxed_slice(),
+            used: 0,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        (self.used + 1) * FILL_DENOMINATOR > self.slots.len() * FILL_NUMERATOR
+    }
+
+    fn home(&self, hash: u64) -> usize {
+        hash as usize & (self.slots.len() - 1)
+    }
+}
+
+fn fingerprint(hash: u64) -> u32 {
+    ((hash >> (64 - FINGERPRINT_BITS)) as u32).max(1)
+}
+
+/// The filter of cold keys (see the module docs).
+#[derive(Clone, Default)]
+pub(crate) struct ColdKeys {
+    tables: Vec<KeyTable>,
+    len: usize,
+}
+
+impl ColdKeys {
+    /// Adds a key of `chunk`. A key is added once; the filter does not check.
+    pub(crate) fn insert(&mut self, hash: u64, chunk: usize) {
+        assert!(chunk < 1 << CHUNK_BITS, "a chunk number fits its entry");
+        if self.tables.last().is_none_or(KeyTable::is_full) {
+            let len = self
+                .tables
+                .last()
+                .map_or(FIRST_TABLE_SLOTS, |t| t.slots.len() * 2);
+            self.tables.push(KeyTable::with_len(len));
+        }
+        let table = self.tables.last_mut().expect("a table");
+        let entry = fingerprint(hash) << CHUNK_BITS | chunk as u32;
+        let mask = table.slots.len() - 1;
+        let mut at = table.home(hash);
+        // Bounded: a table keeps a quarter of its slots empty.
+        while table.slots[at] != 0 {
+            at = (at + 1) & mask;
+        }
+        table.slots[at] = entry;
+        table.used += 1;
+        self.len += 1;
+    }
+
+    /// Calls `confirm` with each chunk whose entry matches `hash`, newest table first, until
+    /// it finds the key there; `None` when no chunk holds it.
+    pub(crate) fn find<R>(
+        &self,
+        hash: u64,
+        mut confirm: impl FnMut(usize) -> Result<Option<R>, ColdError>,
+    ) -> Result<Option<R>, ColdError> {
+        let wanted = fingerprint(hash);
+        for table in self.tables.iter().rev() {
+            let mask = table.slots.len() - 1;
+            let mut at = table.home(hash);
+            loop {
+                let entry = table.slots[at];
+                if entry == 0 {
+                    break;
+                }
+                if entry >> CHUNK_BITS == wanted {
+                    let chunk = (entry & ((1 << CHUNK_BITS) - 1)) as usize;
+                    if let Some(found) = confirm(chunk)? {
+                        return Ok(Some(found));
+                    }
+                }
+                at = (at + 1) & mask;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Brings the home slot of `hash` in every table into cache (see
+    /// [`crate::ledger::Ledger::prefetch`]).
+    pub(crate) fn prefetch(&self, hash: u64) {
+        for table in &self.tables {
+            std::hint::black_box(table.slots[table.home(hash)]);
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Bytes the filter's tables take.
+    pub(crate) fn bytes(&self) -> usize {
+        self.tables.iter().map(|t| t.slots.len() * 4).sum()
+    }
+}
+
+/// The cold part of a transfers table: chunks `0..chunks.len()`, on disk only.
+#[derive(Clone)]
+pub(crate) struct ColdRows {
+    reader: Option<Arc<dyn ChunkRead>>,
+    partition: PartitionId,
+    keys: ColdKeys,
+    chunks: Vec<ChunkIndex>,
+}
+
+impl Default for ColdRows {
+    fn default() -> Self {
+        ColdRows {
+            reader: None,
+            partition: 0,
+            keys: ColdKeys::default(),
+            chunks: Vec::new(),
+        }
+    }
+}
+
+impl ColdRows {
+    /// Chunks on disk only: rows `0..chunks() * CHUNK_ROWS`.
+    pub(crate) fn chunks(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// Gives the table the chunk files of `partition` to read from.
+    pub(crate) fn attach(&mut self, partition: PartitionId, reader: Arc<dyn ChunkRead>) {
+        self.partition = partition;
+        self.reader = Some(reader);
+    }
+
+    pub(crate) fn has_reader(&self) -> bool {
+        self.reader.is_some()
+    }
+
+    /// Makes the next chunk cold: `index` is its file's key index, `hashes` the filter hashes
+    /// of its rows' keys.
+    ///
+    /// # Panics
+    /// Unless `hashes` are a chunk's worth.
+    pub(crate) fn push(&mut self, index: ChunkIndex, hashes: impl Iterator<Item = u64>) {
+        let chunk = self.chunks.len();
+        let before = self.keys.len();
+        for hash in hashes {
+            self.keys.insert(hash, chunk);
+        }
+        assert_eq!(
+            self.keys.len() - before,
+            CHUNK_ROWS,
+            "a chunk is CHUNK_ROWS rows"
+        );
+        self.chunks.push(index);
+    }
+
+    /// The cold row of `key` (whose filter hash is `hash`), read from its chunk file.
+    pub(crate) fn get(
+        &self,
+        key: &TransferKey,
+        hash: u64,
+    ) -> Result<Option<TransferRow>, ColdError> {
+        if self.chunks.is_empty() {
+            return Ok(None);
+        }
+        let reader = self.reader_or_error()?;
+        self.keys.find(hash, |chunk| {
+            let index = self.chunks.get(chunk).ok_or_else(|| {
+                ColdError(format!("the filter names chunk {chunk}, which is not cold"))
+            })?;
+            chunk_file::find_row(reader, chunk as u64, index, key).map_err(ColdError)
+        })
+    }
+
+    pub(crate) fn prefetch(&self, hash: u64) {
+        self.keys.prefetch(hash);
+    }
+
+    /// Every row of cold chunk `chunk`, read whole and checked.
+    pub(crate) fn rows_of(&self, chunk: usize) -> Result<Vec<TransferRow>, ColdError> {
+        assert!(chunk < self.chunks.len());
+        let reader = self.reader_or_error()?;
+        let DecodedChunk { rows, .. } =
+            chunk_file::read_chunk(reader, self.partition, chunk as u64).map_err(ColdError)?;
+        Ok(rows)
+    }
+
+    fn reader_or_error(&self) -> Result<&dyn ChunkRead, ColdError> {
+        self.reader
+            .as_deref()
+            .ok_or_else(|| ColdError("no chunk files to read cold rows from".to_string()))
+    }
+
+    /// Bytes the cold rows take in memory: the filter and the chunks' directories.
+    pub(crate) fn bytes(&self) -> usize {
+        let per_chunk = std::mem::size_of::<ChunkIndex>() + 257 * 4;
+        self.keys.bytes() + self.chunks.len() * per_chunk
+    }
+}
+
+/// Chunk files in memory, counting reads: what tests give a ledger.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct TestChunks {
+    pub(crate) files: std::sync::Mutex<std::collections::BTreeMap<u64, Vec<u8>>>,
+    pub(crate) reads: std::sync::atomic::AtomicUsize,
+}
+
+#[cfg(test)]
+impl ChunkRead for TestChunks {
+    fn read_at(&self, chunk: u64, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let files = self.files.lock().expect("files");
+        let file = files
+            .get(&chunk)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such chunk"))?;
+        let range = offset as usize..offset as usize + len;
+        file.get(range)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "past the end"))
+    }
+
+    fn len(&self, chunk: u64) -> io::Result<u64> {
+        let files = self.files.lock().expect("files");
+        let file = files
+            .get(&chunk)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such chunk"))?;
+        Ok(file.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_finds_every_key_in_its_chunk_and_grows_by_tables() {
+        let mut keys = ColdKeys::default();
+        let count = 20 * FIRST_TABLE_SLOTS;
+        let hash = |i: usize| filter_hash(format!("acct-{i}").as_bytes(), b"t");
+        for i in 0..count {
+            keys.insert(hash(i), i / 100);
+        }
+        assert_eq!(keys.len(), count);
+        assert!(keys.tables.len() >= 4, "{} tables", keys.tables.len());
+        for i in 0..count {
+            let found = keys.find(hash(i), |chunk| Ok((chunk == i / 100).then_some(chunk)));
+            assert_eq!(found, Ok(Some(i / 100)), "key {i}");
+        }
+        // Keys never added: most find no candidate at all. With the 6-bit fingerprints of
+        // test builds, a few find one, which the caller's check then refuses.
+        let mut candidates = 0;
+        for i in count..2 * count {
+            let found = keys.find(hash(i), |_| {
+                candidates += 1;
+                Ok(None::<usize>)
+            });
+            assert_eq!(found, Ok(None));
+        }
+        assert!(
+            candidates < count,
+            "{candidates} candidates for {count} strangers"
+        );
+    }
+
+    #[test]
+    fn a_failed_check_is_an_error_not_an_absence() {
+        let mut keys = ColdKeys::default();
+        keys.insert(7, 3);
+        let found = keys.find(7, |_| Err::<Option<()>, _>(ColdError("gone".to_string())));
+        assert_eq!(found, Err(ColdError("gone".to_string())));
+    }
+}
