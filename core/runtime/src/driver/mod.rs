@@ -179,16 +179,6 @@ pub enum DriverError {
     },
 }
 
-/// The first `count` chunk files of the snapshots, in order.
-async fn read_chunks<S: Storage>(storage: &mut S, count: u32) -> io::Result<Vec<Vec<u8>>> {
-    // Not `with_capacity(count)`: the count is only as good as the storage's bytes.
-    let mut chunks = Vec::new();
-    for index in 0..u64::from(count) {
-        chunks.push(storage.read_chunk(index).await?);
-    }
-    Ok(chunks)
-}
-
 /// Rebuilds a partition's ledger from its latest good snapshot and its log: the I/O half of
 /// [`Recovery`], which decides what to believe. A cut it asks for is made durably.
 pub async fn recover<S: Storage>(
@@ -198,6 +188,9 @@ pub async fn recover<S: Storage>(
 ) -> Result<(Ledger, RecoveryReport), DriverError> {
     let io_err = |source| DriverError::Io { partition, source };
     let mut recovery = Recovery::new(partition, partitions);
+    // Chunk files are read through the reader the ledger keeps: indexed ones stay on disk.
+    // The reads are synchronous, which recovery, before the partition serves, can afford.
+    let chunks = storage.chunk_reader();
     for listed in storage.list_snapshots().await.map_err(io_err)? {
         // One snapshot in memory at a time: a bad one is dropped before an older is read.
         let bytes = storage.read_snapshot(&listed).await.map_err(io_err)?;
@@ -206,21 +199,12 @@ pub async fn recover<S: Storage>(
             name: listed.name,
             bytes,
         };
-        let count = match snapshot_chunks(&snapshot.bytes) {
-            Ok(count) => count,
-            Err(error) => {
-                tracing::warn!(partition, name = snapshot.name, %error, "damaged snapshot ignored; falling back to an older one or the log");
-                continue;
-            }
-        };
-        let chunks = match read_chunks(storage, count).await {
-            Ok(chunks) => chunks,
-            Err(error) => {
-                tracing::warn!(partition, name = snapshot.name, %error, "snapshot without its chunk files ignored");
-                continue;
-            }
-        };
-        if recovery.offer_snapshot(&snapshot.name, &snapshot.bytes, &chunks) {
+        if let Err(error) = snapshot_chunks(&snapshot.bytes) {
+            tracing::warn!(partition, name = snapshot.name, %error, "damaged snapshot ignored; falling back to an older one or the log");
+            continue;
+        }
+        // A chunk file missing or damaged makes the snapshot bad: an older one is tried.
+        if recovery.offer_snapshot_cold(&snapshot.name, &snapshot.bytes, chunks.clone()) {
             break;
         }
     }
@@ -246,7 +230,9 @@ pub async fn recover<S: Storage>(
     if !crate::known_bug!(RecoveryTrustsUnsynced) {
         storage.sync().await.map_err(io_err)?;
     }
-    Ok(recovery.finish())
+    let (mut ledger, report) = recovery.finish();
+    ledger.attach_chunk_reader(chunks);
+    Ok((ledger, report))
 }
 
 impl DriverError {

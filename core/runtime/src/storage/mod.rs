@@ -18,8 +18,10 @@
 
 use std::future::Future;
 use std::io;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use walletd_core::ledger::cold::ChunkRead;
 use walletd_core::log::snapshot::{InMemory, SnapshotOut};
 use walletd_core::model::event::Lsn;
 
@@ -142,6 +144,11 @@ pub trait Storage: Send + 'static {
 
     /// Chunk file `index` of the snapshots (see [`walletd_core::log::snapshot`]).
     fn read_chunk(&mut self, index: u64) -> impl Future<Output = io::Result<Vec<u8>>> + Send;
+
+    /// A synchronous reader of the chunk files, which the partition's ledger keeps to find
+    /// the transfer rows it holds on disk only ([`walletd_core::ledger::cold`]). It reads only
+    /// files that are durable and never change.
+    fn chunk_reader(&self) -> Arc<dyn ChunkRead>;
 }
 
 /// Every segment [`Storage::list_log`] lists from `from_lsn`, with its bytes: the whole log
@@ -202,6 +209,48 @@ impl MemDisk {
             bytes.truncate(synced_len);
         }
     }
+}
+
+/// The chunk files of a [`MemDisk`].
+struct MemChunks(Arc<Mutex<MemDisk>>);
+
+impl ChunkRead for MemChunks {
+    fn read_at(&self, chunk: u64, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let disk = self.0.lock().expect("disk lock");
+        read_chunk_range(&disk.chunks, chunk, offset, len)
+    }
+
+    fn len(&self, chunk: u64) -> io::Result<u64> {
+        let disk = self.0.lock().expect("disk lock");
+        Ok(chunk_bytes(&disk.chunks, chunk)?.len() as u64)
+    }
+}
+
+fn chunk_bytes(chunks: &BTreeMap<u64, Vec<u8>>, chunk: u64) -> io::Result<&Vec<u8>> {
+    chunks
+        .get(&chunk)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no chunk file {chunk}")))
+}
+
+/// `len` bytes from `offset` of chunk file `chunk` of `chunks`: what an in-memory disk (this
+/// one's, the simulator's) reads for a [`ChunkRead`].
+pub fn read_chunk_range(
+    chunks: &BTreeMap<u64, Vec<u8>>,
+    chunk: u64,
+    offset: u64,
+    len: usize,
+) -> io::Result<Vec<u8>> {
+    let bytes = chunk_bytes(chunks, chunk)?;
+    usize::try_from(offset)
+        .ok()
+        .and_then(|start| bytes.get(start..start.checked_add(len)?))
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("chunk file {chunk} ends before byte {}", offset + len as u64),
+            )
+        })
 }
 
 /// In-memory [`Storage`] for tests. Clones share one disk.
@@ -284,6 +333,10 @@ impl Storage for MemStorage {
         disk.chunks.get(&index).cloned().ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, format!("no chunk file {index}"))
         })
+    }
+
+    fn chunk_reader(&self) -> Arc<dyn ChunkRead> {
+        Arc::new(MemChunks(Arc::clone(&self.disk)))
     }
 
     async fn list_snapshots(&mut self) -> io::Result<Vec<SnapshotRef>> {
