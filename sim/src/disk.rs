@@ -43,11 +43,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rand::Rng;
+use walletd_core::ledger::cold::ChunkRead;
 use walletd_core::log::codec::RecordReader;
 use walletd_core::log::snapshot::InMemory;
 use walletd_core::model::event::Lsn;
 use walletd_runtime::storage::segments::{segment_lsn, SegmentConfig, SegmentDir, SegmentWriter};
-use walletd_core::ledger::cold::ChunkRead;
 use walletd_runtime::storage::{
     read_chunk_range, EncodeSnapshot, SegmentRef, SnapshotRef, Storage,
 };

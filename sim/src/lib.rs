@@ -25,6 +25,7 @@
 //! - [`history`]: what the clients were told, and when.
 //! - [`model`]: the oracle, an independent sequential model of a partition log.
 //! - [`live`]: the invariants checked at every instant, while the run goes.
+//! - [`late`]: retries of a run's first transfers once it has quiesced: the cold path.
 //! - [`checkers`]: the named invariants, checked at the end of a run.
 //! - [`trace`]: the determinism trace hash.
 //! - [`sim`]: one run, end to end, and its report.
@@ -40,6 +41,7 @@ pub mod disk;
 pub mod edges;
 pub mod gateway;
 pub mod history;
+pub mod late;
 pub mod links;
 pub mod live;
 pub mod model;

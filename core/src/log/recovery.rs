@@ -22,9 +22,9 @@
 //! - Lsns are contiguous: from the snapshot to the first record replayed, and from each
 //!   segment to the next. A gap (a lost segment) is an error that names the missing lsn.
 
+use crate::ledger::cold::ChunkRead;
 use crate::ledger::{ApplyError, Ledger, RecordMeta};
 use crate::log::codec::{decode_log, CodecError};
-use crate::ledger::cold::ChunkRead;
 use crate::log::snapshot::{decode_snapshot_cold, decode_snapshot_with};
 use crate::model::event::Lsn;
 use crate::model::partition::PartitionId;

@@ -13,7 +13,9 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use utoipa::ToSchema;
-use walletd_core::ledger::{Command, LedgerError, Reply, TransferRow, TransferState, TransferStatus};
+use walletd_core::ledger::{
+    Command, LedgerError, Reply, TransferRow, TransferState, TransferStatus,
+};
 use walletd_core::model::event::{Reason, Transfer, TransferKey};
 use walletd_core::model::money::{format_minor, Amount};
 use walletd_runtime::driver::{CommandResult, Query, QueryAnswer};

@@ -901,7 +901,10 @@ async fn snapshots_keep_final_transfers_in_chunk_files_and_recover_from_them() {
             }
             let other_body = Command::Transfer(transfer(alice, dave, 2, "r0-g0-0"));
             let answer = client.execute(other_body, false).await.unwrap();
-            assert!(matches!(answer, Err(LedgerError::Conflict(_))), "{answer:?}");
+            assert!(
+                matches!(answer, Err(LedgerError::Conflict(_))),
+                "{answer:?}"
+            );
         }
         engine.shutdown().await.unwrap();
 

@@ -338,7 +338,10 @@ impl ChunkRead for FileChunks {
         if bytes.len() != len {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("chunk file {chunk} ends before byte {}", offset + len as u64),
+                format!(
+                    "chunk file {chunk} ends before byte {}",
+                    offset + len as u64
+                ),
             ));
         }
         Ok(bytes)

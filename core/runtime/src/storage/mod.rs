@@ -16,9 +16,9 @@
 //! [`Storage::read_segment`]), so its memory is bounded by the snapshot and one segment,
 //! however long the log.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use walletd_core::ledger::cold::ChunkRead;
@@ -248,7 +248,10 @@ pub fn read_chunk_range(
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("chunk file {chunk} ends before byte {}", offset + len as u64),
+                format!(
+                    "chunk file {chunk} ends before byte {}",
+                    offset + len as u64
+                ),
             )
         })
 }
