@@ -89,6 +89,43 @@ impl<T, const CHUNK: usize> ChunkedVec<T, CHUNK> {
 }
 
 impl<T: Clone, const CHUNK: usize> ChunkedVec<T, CHUNK> {
+    /// The items at two different positions, mutably (shared sealed chunks copied first).
+    pub(crate) fn get_pair_mut(&mut self, a: usize, b: usize) -> [&mut T; 2] {
+        assert_ne!(a, b, "two different items");
+        let (first, second) = (a.min(b), a.max(b));
+        let (chunk_of, i_of) = (|at: usize| at / CHUNK, |at: usize| at % CHUNK);
+        let [low, high] = if chunk_of(first) == chunk_of(second) {
+            let items = self.chunk_mut(chunk_of(first));
+            let (head, tail) = items.split_at_mut(i_of(second));
+            [&mut head[i_of(first)], &mut tail[0]]
+        } else {
+            let dropped = self.dropped;
+            assert!(chunk_of(first) >= dropped, "item {first} was dropped");
+            let (low_chunk, high_chunk) = (chunk_of(first) - dropped, chunk_of(second) - dropped);
+            let (head, tail) = self.sealed.split_at_mut(high_chunk);
+            let low = &mut Arc::make_mut(&mut head[low_chunk])[i_of(first)];
+            let high = match tail.first_mut() {
+                Some(sealed) => &mut Arc::make_mut(sealed)[i_of(second)],
+                None => &mut self.open[i_of(second)],
+            };
+            [low, high]
+        };
+        if a < b {
+            [low, high]
+        } else {
+            [high, low]
+        }
+    }
+
+    /// Chunk `chunk`'s items, mutably: a sealed chunk still shared is copied first.
+    fn chunk_mut(&mut self, chunk: usize) -> &mut [T] {
+        assert!(chunk >= self.dropped, "chunk {chunk} was dropped");
+        match self.sealed.get_mut(chunk - self.dropped) {
+            Some(sealed) => Arc::make_mut(sealed).as_mut_slice(),
+            None => self.open.as_mut_slice(),
+        }
+    }
+
     /// The item at `at`, mutably: a sealed chunk still shared with a clone is copied first.
     pub(crate) fn get_mut(&mut self, at: usize) -> &mut T {
         let (chunk, i) = (at / CHUNK, at % CHUNK);
@@ -144,5 +181,25 @@ mod tests {
         assert_eq!(*items.get(8), 80);
         let mut later: ChunkedVec<u32, 4> = ChunkedVec::starting_after(3);
         assert_eq!(later.push(7), 12);
+    }
+
+    #[test]
+    fn pairs_of_items_change_in_any_chunks_and_clones_keep_theirs() {
+        let mut items: ChunkedVec<u32, 4> = ChunkedVec::default();
+        for i in 0..10 {
+            items.push(i);
+        }
+        let frozen = items.clone();
+        // Same sealed chunk, two sealed chunks, sealed and open, either order.
+        for (a, b) in [(1, 2), (2, 1), (1, 6), (6, 1), (5, 9), (9, 5)] {
+            let [x, y] = items.get_pair_mut(a, b);
+            (*x, *y) = (*x + 100, *y + 1000);
+        }
+        let now: Vec<u32> = items.iter().copied().collect();
+        assert_eq!(now, [0, 2201, 1102, 3, 4, 1105, 1106, 7, 8, 1109]);
+        assert_eq!(
+            frozen.iter().copied().collect::<Vec<_>>(),
+            (0..10).collect::<Vec<_>>()
+        );
     }
 }

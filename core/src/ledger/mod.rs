@@ -21,10 +21,7 @@ pub(crate) mod transfer_table;
 pub use crate::model::event::{CashKind, CashRefusal, CashRefused};
 pub use transfer_table::CHUNK_ROWS;
 
-use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
-
-use rustc_hash::FxHashMap;
 
 use crate::ledger::append_table::AppendTable;
 use crate::ledger::cold::{ChunkRead, ColdError};
@@ -431,7 +428,9 @@ pub struct RecordMeta {
 pub struct Ledger {
     partition: PartitionId,
     partitions: u32,
-    pub(crate) accounts: FxHashMap<AccountId, Account>,
+    /// Shared copy-on-write with snapshot images, a chunk of rows at a time (see
+    /// [`AppendTable`]): taking an image copies no account.
+    pub(crate) accounts: AppendTable<AccountId, Account>,
     pub(crate) transfers: TransferTable,
     pub(crate) credits: AppendTable<TransferKey, StoredCredit>,
     pub(crate) cash: AppendTable<(AccountId, TransactionId), CashRow>,
@@ -449,7 +448,7 @@ impl Ledger {
         Ledger {
             partition,
             partitions,
-            accounts: FxHashMap::default(),
+            accounts: AppendTable::default(),
             transfers: TransferTable::default(),
             credits: AppendTable::default(),
             cash: AppendTable::default(),
@@ -752,7 +751,10 @@ impl Ledger {
             };
             return Err(self.cash_error(account, currency, refusal, &row));
         }
-        let found = self.accounts[&account];
+        let found = *self
+            .accounts
+            .get(&account)
+            .expect("a refusal checked it exists");
         let (event, balance) = match kind {
             CashKind::Deposit => (
                 Event::Deposited {
@@ -1234,18 +1236,17 @@ impl Ledger {
     }
 
     fn apply_opened(&mut self, account: &AccountId, currency: Currency) -> Result<(), String> {
+        let opened = Account {
+            currency,
+            balance: 0,
+            held: 0,
+            incoming: 0,
+        };
         // One lookup both checks and inserts.
-        match self.accounts.entry(*account) {
-            Entry::Occupied(_) => Err(format!("account {account} opened twice")),
-            Entry::Vacant(slot) => {
-                slot.insert(Account {
-                    currency,
-                    balance: 0,
-                    held: 0,
-                    incoming: 0,
-                });
-                Ok(())
-            }
+        if self.accounts.insert(*account, opened) {
+            Ok(())
+        } else {
+            Err(format!("account {account} opened twice"))
         }
     }
 
@@ -1307,7 +1308,7 @@ impl Ledger {
         }
         let slot = vacancy(&mut self.transfers, &transfer.key())?;
         let (from_id, to_id) = (&transfer.from, &transfer.to);
-        let [Some(from), Some(to)] = self.accounts.get_disjoint_mut([from_id, to_id]) else {
+        let [Some(from), Some(to)] = self.accounts.get_pair_mut(from_id, to_id) else {
             return Err(format!(
                 "transfer {:?} names an unknown account",
                 transfer.key()
@@ -1584,7 +1585,7 @@ fn is_to_itself(transfer: &Transfer) -> bool {
 /// The account `id` that an event names (as `role`, for the error), which must exist.
 #[inline]
 fn find_account<'a>(
-    accounts: &'a mut FxHashMap<AccountId, Account>,
+    accounts: &'a mut AppendTable<AccountId, Account>,
     id: &AccountId,
     role: &str,
 ) -> Result<&'a mut Account, String> {
