@@ -569,6 +569,11 @@ impl Ledger {
         self.accounts.len() + self.transfers.len() + self.credits.len() + self.cash.len()
     }
 
+    /// Rows in every table but the transfer rows on disk only: the rows memory holds.
+    pub fn rows_in_memory(&self) -> usize {
+        self.row_count() - self.transfers.hot_from()
+    }
+
     pub fn flows(&self) -> &BTreeMap<Currency, Flows> {
         &self.flows
     }

@@ -25,7 +25,8 @@ pub enum Mode {
     /// The ledger alone on one core: deciding, applying and encoding transfers, no disk, no
     /// channels; the ceiling above everything else.
     Ledger,
-    /// Resident memory per open account in an in-process engine (`--memory-accounts`).
+    /// Resident memory per open account in an in-process engine (`--memory-accounts`); with
+    /// `--transfers N`, per transfer ever made, and the latency of retries of old ones.
     Memory,
 }
 
@@ -144,6 +145,10 @@ pub struct BenchArgs {
     /// Accounts the `memory` mode opens.
     #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000), help_heading = "Memory mode")]
     pub memory_accounts: u64,
+    /// Measure memory per transfer instead: this many transfers among 100,000 accounts on
+    /// one partition (fsync on), then retries of early ones, whose rows are on disk by then.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1_000..=1_000_000_000), help_heading = "Memory mode")]
+    pub transfers: Option<u64>,
 
     /// Append each row of the table, tab-separated in the table's column order, to this file
     /// (`bench/peers.sh` merges them with its peers' rows into one table).

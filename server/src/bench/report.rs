@@ -342,6 +342,8 @@ pub struct BenchReport {
     pub ledger: Option<LedgerReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer_memory: Option<super::memory_run::TransferMemoryReport>,
 }
 
 impl BenchReport {
@@ -365,6 +367,7 @@ impl BenchReport {
         lines.extend(partition_sweep::summary_line(&self.partitions));
         lines.extend(cluster_run::summary_line(&self.cluster));
         lines.extend(self.ledger.as_ref().map(|ledger| ledger.lines().1));
+        lines.extend(self.transfer_memory.as_ref().map(|m| m.summary_line()));
         lines
     }
 

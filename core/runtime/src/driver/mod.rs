@@ -121,10 +121,15 @@ pub struct DriverStats {
     /// durable records (the HTTP event feed's long-poll) sleeps until there are some rather
     /// than polling. Register with `notified()` and `enable()` before reading `last_lsn`.
     pub durable: Notify,
-    /// Rows of the partition's tables held in memory ([`Ledger::row_count`]). Transfer,
-    /// credit and cash rows are idempotency records that are never pruned, so this grows
-    /// with every operation, and memory with it.
+    /// Rows of the partition's tables held in memory ([`Ledger::rows_in_memory`]). Credit and
+    /// cash rows are idempotency records that are never pruned, so this grows with them;
+    /// transfer rows leave memory once their chunk file is durable.
     pub rows: AtomicU64,
+    /// Transfer rows in memory: those not yet in a durable chunk file (bounded by
+    /// `MachineConfig::transfer_rows_in_memory_max` while chunks become final).
+    pub transfer_rows_in_memory: AtomicU64,
+    /// Chunks of transfer rows on disk only, read back by retries of old transfers.
+    pub cold_transfer_chunks: AtomicU64,
     /// Snapshots that could not be written (the partition went on from its log).
     pub snapshot_failures: AtomicU64,
 }
@@ -147,6 +152,8 @@ impl Default for DriverStats {
             last_lsn: AtomicU64::new(0),
             durable: Notify::new(),
             rows: AtomicU64::new(0),
+            transfer_rows_in_memory: AtomicU64::new(0),
+            cold_transfer_chunks: AtomicU64::new(0),
             snapshot_failures: AtomicU64::new(0),
         }
     }
@@ -679,9 +686,15 @@ impl<S: Storage> PartitionDriver<S> {
         stats
             .in_flight
             .store(self.machine.in_flight() as u64, Ordering::Relaxed);
-        stats
-            .rows
-            .store(self.machine.ledger().row_count() as u64, Ordering::Relaxed);
+        let ledger = self.machine.ledger();
+        let gauges = [
+            (&stats.rows, ledger.rows_in_memory()),
+            (&stats.transfer_rows_in_memory, ledger.transfer_rows_in_memory()),
+            (&stats.cold_transfer_chunks, ledger.cold_transfer_chunks()),
+        ];
+        for (gauge, value) in gauges {
+            gauge.store(value as u64, Ordering::Relaxed);
+        }
         stats.events.store(counters.events, Ordering::Relaxed);
         stats
             .violations
