@@ -41,6 +41,10 @@ bench-cluster *ARGS:
 bench-ledger *ARGS:
     cargo run --release -p walletd-server -- bench ledger {{ARGS}}
 
+# Resident memory per transfer ever made, and the p99 of retries of early transfers whose rows are on disk only (`wallet bench memory --transfers N`).
+bench-memory transfers="10000000" *ARGS:
+    cargo run --release -p walletd-server -- bench memory --transfers {{transfers}} {{ARGS}}
+
 # Fuzz one decoder on nightly for a minute (`just fuzz snapshot`, `just fuzz wire_frame -max_total_time=600`); targets and what each checks in fuzz/README.md.
 fuzz target *ARGS:
     #!/usr/bin/env bash

@@ -1002,6 +1002,43 @@ mod tests {
     }
 
     #[test]
+    fn restored_through_a_reader_indexed_chunks_stay_on_disk_and_older_ones_in_memory() {
+        use crate::ledger::cold::TestChunks;
+        let ledger = chunked_state();
+        let plan = ChunkPlan {
+            written: 0,
+            frozen: 5,
+        };
+        let (bytes, chunks) = SnapshotImage::with_chunks(&ledger, plan).encode();
+        let files = Arc::new(TestChunks::default());
+        files.files.lock().unwrap().extend(chunks);
+        let restored = decode_snapshot_cold(&bytes, files.clone()).unwrap();
+        assert_eq!(restored.cold_transfer_chunks(), 5);
+        assert_eq!(
+            restored.transfer_rows_in_memory(),
+            ledger.transfer_count() - 5 * CHUNK_ROWS
+        );
+        assert!(
+            same_state(&restored, &ledger),
+            "{:?}",
+            state_difference(&restored, &ledger)
+        );
+        for row in ledger.transfers() {
+            assert_eq!(restored.transfer(&row.transfer.key()), Some(row));
+        }
+        // A version 1 chunk file (no key index) and every chunk after it stay in memory.
+        let store = ledger.transfers.freeze();
+        let v1 = chunk_file::encode_chunk_v1(ledger.partition(), 2, &store);
+        files.files.lock().unwrap().insert(2, v1);
+        let restored = decode_snapshot_cold(&bytes, files.clone()).unwrap();
+        assert_eq!(restored.cold_transfer_chunks(), 2);
+        assert!(same_state(&restored, &ledger));
+        // A missing chunk file makes the snapshot bad, never a smaller state.
+        files.files.lock().unwrap().remove(&4);
+        assert!(decode_snapshot_cold(&bytes, files).is_err());
+    }
+
+    #[test]
     fn a_damaged_chunk_count_is_refused_before_it_is_believed() {
         let ledger = chunked_state();
         let plan = ChunkPlan {

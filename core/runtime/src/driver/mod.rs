@@ -689,7 +689,10 @@ impl<S: Storage> PartitionDriver<S> {
         let ledger = self.machine.ledger();
         let gauges = [
             (&stats.rows, ledger.rows_in_memory()),
-            (&stats.transfer_rows_in_memory, ledger.transfer_rows_in_memory()),
+            (
+                &stats.transfer_rows_in_memory,
+                ledger.transfer_rows_in_memory(),
+            ),
             (&stats.cold_transfer_chunks, ledger.cold_transfer_chunks()),
         ];
         for (gauge, value) in gauges {

@@ -883,6 +883,10 @@ async fn snapshots_keep_final_transfers_in_chunk_files_and_recover_from_them() {
                 );
             }
         }
+        let cold = engine.stats()[0]
+            .cold_transfer_chunks
+            .load(Ordering::Relaxed);
+        assert!(cold > 0, "rows left memory while the partition ran");
         if run == 1 {
             // The first run's first transfers are on disk only by now.
             let first = (0..50).map(|i| {
