@@ -40,13 +40,13 @@
 //! wait up to [`MachineConfig::background_delay_us`] for a batch someone waits on, so that it
 //! does not pay a sync of its own.
 
-use rustc_hash::FxHashMap;
-
-use crate::ledger::{Command, Ledger, LedgerError, PhaseResult, Reply, TransferStatus};
-use crate::log::codec::{encode_record, Record};
 use std::collections::VecDeque;
 
+use rustc_hash::FxHashMap;
+
 use crate::ledger::cold::{ColdChunk, WrittenChunks};
+use crate::ledger::{Command, Ledger, LedgerError, PhaseResult, Reply, TransferStatus};
+use crate::log::codec::{encode_record, Record};
 use crate::log::snapshot::{ChunkPlan, SnapshotImage};
 use crate::model::event::{Event, Lsn, Timestamp, Transfer, TransferKey};
 use crate::model::partition::PartitionId;
@@ -988,11 +988,16 @@ impl<K: ReplyTokens> PartitionMachine<K> {
     /// event, however large the state becomes, and recovery replays at most about half a
     /// state's worth of records. Half, not all: most events add a row (every transfer does),
     /// so the log since the last snapshot would never catch up with a state growing with it.
-    /// Whether the transfers table holds more rows in memory than its budget and a chunk of
-    /// them could go to a chunk file now (see [`MachineConfig::transfer_rows_in_memory_max`]).
+    /// Whether the transfers table holds more rows in memory than its budget and half the
+    /// budget's worth of them could go to chunk files now (see
+    /// [`MachineConfig::transfer_rows_in_memory_max`]). Half, not one chunk: rows pinned by a
+    /// transfer still in flight keep the table over budget, and a snapshot per chunk that
+    /// becomes final meanwhile would write the accounts each time.
     fn over_budget(&self) -> bool {
-        self.ledger.transfer_rows_in_memory() > self.config.transfer_rows_in_memory_max
-            && self.ledger.final_chunks_from(self.chunks_written) > 0
+        let budget = self.config.transfer_rows_in_memory_max;
+        let chunks_wanted = (budget / crate::ledger::CHUNK_ROWS / 2).max(1);
+        self.ledger.transfer_rows_in_memory() > budget
+            && self.ledger.final_chunks_from(self.chunks_written) >= chunks_wanted
     }
 
     fn take_snapshot_if_due(&mut self) -> Option<SnapshotImage> {
