@@ -235,23 +235,12 @@ impl ColdKeys {
 }
 
 /// The cold part of a transfers table: chunks `0..chunks.len()`, on disk only.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub(crate) struct ColdRows {
     reader: Option<Arc<dyn ChunkRead>>,
     partition: PartitionId,
     keys: ColdKeys,
     chunks: Vec<ChunkIndex>,
-}
-
-impl Default for ColdRows {
-    fn default() -> Self {
-        ColdRows {
-            reader: None,
-            partition: 0,
-            keys: ColdKeys::default(),
-            chunks: Vec::new(),
-        }
-    }
 }
 
 impl ColdRows {

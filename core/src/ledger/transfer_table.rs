@@ -300,7 +300,7 @@ impl TransferTable {
         }
         debug_assert_eq!(self.store.rows.dropped(), chunk);
         assert!(
-            self.store.rows.sealed().len() > 0,
+            !self.store.rows.sealed().is_empty(),
             "only sealed chunks leave memory"
         );
         debug_assert!(self
