@@ -243,7 +243,7 @@ async fn simulate(
     }
     let (nemesis, quiesced) = load_under_faults(&config, &mut cluster, &history, &specs).await;
     {
-        let requester = requester(&config, &cluster, setup_host.clone(), Route::Any);
+        let requester = requester(&config, &cluster, setup_host, Route::Any);
         let (history, seed) = (history.clone(), config.seed);
         let (client, attempts) = (config.clients, config.client_attempts_max);
         setup_node
