@@ -94,11 +94,12 @@ const ROW_LEN_MIN: usize = 6;
 
 /// The state of a ledger at one point, detached from it: what a snapshot is encoded from.
 ///
-/// Taking one copies the accounts, and shares the sealed chunks of rows of the transfers
-/// table ([`crate::ledger::transfer_table::RowStore`]) and of the credit and cash tables
-/// ([`crate::ledger::append_table::AppendTable`]), so a partition takes it in milliseconds and the
-/// encoding, which costs time in proportion to the accounts, the rows held inline and the new
-/// chunk files, runs on another thread while the partition goes on.
+/// Taking one copies only the open chunk of each table and shares the sealed ones: of the
+/// transfers table ([`crate::ledger::transfer_table::RowStore`]) and of the accounts, credit
+/// and cash tables ([`crate::ledger::append_table::AppendTable`]), so a partition takes it in
+/// microseconds, and a chunk a later write changes is copied then, one chunk at a time. The
+/// encoding, which costs time in proportion to the accounts, the rows held inline and the
+/// new chunk files, runs on another thread while the partition goes on.
 #[derive(Clone)]
 pub struct SnapshotImage {
     chunks: ChunkPlan,
