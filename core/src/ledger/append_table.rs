@@ -1,6 +1,6 @@
-//! A table whose rows are only ever added, never removed: the accounts, the cash table (the
-//! idempotency records of deposits and withdrawals) and the destination's credit table (the
-//! barrier row of every cross-partition transfer in).
+//! A table whose rows are only ever added, never removed: the cash table (the idempotency
+//! records of deposits and withdrawals) and the destination's credit table (the barrier row
+//! of every cross-partition transfer in).
 //!
 //! Rows live in chunks of [`CHUNK_ROWS`] ([`ChunkedVec`]); a full chunk is sealed behind an
 //! `Arc`, so a snapshot image ([`AppendTable::freeze`]) shares the sealed chunks and copies
@@ -58,10 +58,12 @@ impl<K: Hash + Eq + Clone, V: Clone> AppendTable<K, V> {
     }
 
     /// Where the row of `key` is, if it has one.
+    #[inline]
     fn position(&self, hash: u32, key: &K) -> Option<usize> {
         self.index.find(hash, |at| self.rows.get(at).0 == *key)
     }
 
+    #[inline]
     pub fn get(&self, key: &K) -> Option<&V> {
         let at = self.position(key_hash(key), key)?;
         Some(&self.rows.get(at).1)
@@ -82,21 +84,6 @@ impl<K: Hash + Eq + Clone, V: Clone> AppendTable<K, V> {
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         let at = self.position(key_hash(key), key)?;
         Some(&mut self.rows.get_mut(at).1)
-    }
-
-    /// The values under two different keys, to change in place; `None` for a key without a
-    /// row. The keys must differ.
-    pub fn get_pair_mut(&mut self, a: &K, b: &K) -> [Option<&mut V>; 2] {
-        let found = |key: &K| self.position(key_hash(key), key);
-        match (found(a), found(b)) {
-            (Some(at_a), Some(at_b)) => {
-                let [x, y] = self.rows.get_pair_mut(at_a, at_b);
-                [Some(&mut x.1), Some(&mut y.1)]
-            }
-            (Some(at_a), None) => [Some(&mut self.rows.get_mut(at_a).1), None],
-            (None, Some(at_b)) => [None, Some(&mut self.rows.get_mut(at_b).1)],
-            (None, None) => [None, None],
-        }
     }
 
     /// Known-bug mutations only: drops the row of `key`, the last row taking its place. Slow

@@ -12,6 +12,7 @@
 // an `Err`. Refusals are rare next to the work of deciding, so moving it costs nothing.
 #![allow(clippy::result_large_err)]
 
+pub(crate) mod account_table;
 pub(crate) mod append_table;
 pub(crate) mod chunked;
 pub mod cold;
@@ -23,6 +24,7 @@ pub use transfer_table::CHUNK_ROWS;
 
 use std::collections::BTreeMap;
 
+use crate::ledger::account_table::AccountTable;
 use crate::ledger::append_table::AppendTable;
 use crate::ledger::cold::{ChunkRead, ColdError};
 use crate::ledger::transfer_table::{Found, TransferTable, Vacancy};
@@ -429,8 +431,8 @@ pub struct Ledger {
     partition: PartitionId,
     partitions: u32,
     /// Shared copy-on-write with snapshot images, a chunk of rows at a time (see
-    /// [`AppendTable`]): taking an image copies no account.
-    pub(crate) accounts: AppendTable<AccountId, Account>,
+    /// [`AccountTable`]): taking an image copies no account.
+    pub(crate) accounts: AccountTable,
     pub(crate) transfers: TransferTable,
     pub(crate) credits: AppendTable<TransferKey, StoredCredit>,
     pub(crate) cash: AppendTable<(AccountId, TransactionId), CashRow>,
@@ -448,7 +450,7 @@ impl Ledger {
         Ledger {
             partition,
             partitions,
-            accounts: AppendTable::default(),
+            accounts: AccountTable::default(),
             transfers: TransferTable::default(),
             credits: AppendTable::default(),
             cash: AppendTable::default(),
@@ -1590,7 +1592,7 @@ fn is_to_itself(transfer: &Transfer) -> bool {
 /// The account `id` that an event names (as `role`, for the error), which must exist.
 #[inline]
 fn find_account<'a>(
-    accounts: &'a mut AppendTable<AccountId, Account>,
+    accounts: &'a mut AccountTable,
     id: &AccountId,
     role: &str,
 ) -> Result<&'a mut Account, String> {

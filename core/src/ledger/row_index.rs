@@ -91,6 +91,7 @@ impl Slots {
         self.slots.len() - 1
     }
 
+    #[inline]
     fn find(&self, hash: u32, mut is_row: impl FnMut(usize) -> bool) -> Option<usize> {
         if self.slots.is_empty() {
             return None;
