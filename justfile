@@ -45,6 +45,10 @@ bench-ledger *ARGS:
 bench-memory transfers="10000000" *ARGS:
     cargo run --release -p walletd-server -- bench memory --transfers {{transfers}} {{ARGS}}
 
+# History pages and as_of balances on a small and a 100 times larger log (`wallet bench history`; `--history-scan` adds the whole-log fold they replaced).
+bench-history *ARGS:
+    cargo run --release -p walletd-server -- bench history {{ARGS}}
+
 # Fuzz one decoder on nightly for a minute (`just fuzz snapshot`, `just fuzz wire_frame -max_total_time=600`); targets and what each checks in fuzz/README.md.
 fuzz target *ARGS:
     #!/usr/bin/env bash

@@ -17,7 +17,9 @@
 //!   the malformed and slow requests the tests need, without an HTTP client dependency.
 //! - [`accounts_in`]: account ids that land on chosen partitions.
 //! - [`read_model`]: an example consumer of the event feed, folding it into balances.
+//! - [`etcd`]: a private etcd on free loopback ports, for clusters whose map lives there.
 
+pub mod etcd;
 pub mod read_model;
 
 use std::ffi::OsString;
@@ -95,6 +97,16 @@ impl Wallet {
     /// arguments. The server's `data_dir` is the node's own, `<data_dir>/node-<id>`.
     pub fn node(&self, config: &Path, id: u32, data_dir: &Path, extra: &[&str]) -> Server {
         let mut args: Vec<OsString> = vec!["node".into(), "--config".into(), config.into()];
+        args.extend(["--id".into(), id.to_string().into()]);
+        args.extend(["--data-dir".into(), data_dir.into()]);
+        args.extend(extra.iter().map(OsString::from));
+        Server::start(self, args, &data_dir.join(format!("node-{id}")))
+    }
+
+    /// Starts `wallet node --etcd <etcd> --id <id> --data-dir <data_dir>` and extra arguments
+    /// (the cluster secret among them, e.g. `--secret-file`).
+    pub fn node_on_etcd(&self, etcd: &str, id: u32, data_dir: &Path, extra: &[&str]) -> Server {
+        let mut args: Vec<OsString> = vec!["node".into(), "--etcd".into(), etcd.into()];
         args.extend(["--id".into(), id.to_string().into()]);
         args.extend(["--data-dir".into(), data_dir.into()]);
         args.extend(extra.iter().map(OsString::from));

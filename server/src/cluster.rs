@@ -167,6 +167,11 @@ pub enum ClusterConfigError {
         "the cluster secret is {len} bytes; use at least {SECRET_LEN_MIN} (a long random string)"
     )]
     WeakSecret { len: usize },
+    #[error(
+        "node {0} owns no partition: every node of a cluster file must own one \
+         (a node joins without partitions only through `wallet cluster add-node`)"
+    )]
+    IdleNode(NodeId),
     #[error("node {id} is not in the cluster file (it lists {known:?})")]
     UnknownNode { id: NodeId, known: Vec<NodeId> },
 }
@@ -207,6 +212,21 @@ impl ClusterConfig {
         Ok(ClusterConfig { map, secret, tls })
     }
 
+    /// The partition map of the cluster file at `path` alone (no secret, no TLS files
+    /// read): what `wallet cluster init` stores in etcd. True if the file has a `[tls]`
+    /// section, which a map in etcd does not carry.
+    pub fn load_map(path: &Path) -> Result<(PartitionMap, bool), ClusterConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ClusterConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let file: ClusterFile = toml::from_str(&text).map_err(|e| ClusterConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Ok((partition_map(&file)?, file.tls.is_some()))
+    }
+
     /// The address entry of node `id`, or an error listing the nodes there are.
     pub fn node(&self, id: NodeId) -> Result<&NodeAddress, ClusterConfigError> {
         self.map
@@ -234,19 +254,13 @@ fn partition_map(file: &ClusterFile) -> Result<PartitionMap, ClusterConfigError>
     }
     let mut nodes = BTreeMap::new();
     for entry in &file.nodes {
-        for (field, address) in [("http", &entry.http), ("peer", &entry.peer)] {
-            if !is_host_port(address) {
-                return Err(ClusterConfigError::BadAddress {
-                    node: entry.id,
-                    field,
-                    address: address.clone(),
-                });
+        let address = node_address(&entry.http, &entry.peer).map_err(|(field, address)| {
+            ClusterConfigError::BadAddress {
+                node: entry.id,
+                field,
+                address,
             }
-        }
-        let address = NodeAddress {
-            http: entry.http.clone(),
-            peer: entry.peer.clone(),
-        };
+        })?;
         if nodes.insert(entry.id, address).is_some() {
             return Err(ClusterConfigError::DuplicateNode(entry.id));
         }
@@ -267,6 +281,15 @@ fn partition_map(file: &ClusterFile) -> Result<PartitionMap, ClusterConfigError>
         nodes,
     };
     map.validate()?;
+    // A static map never changes while nodes run, so a node listed without partitions
+    // would only ever be a mistake in the file.
+    if let Some(idle) = map
+        .nodes
+        .keys()
+        .find(|id| map.partitions_of(**id).is_empty())
+    {
+        return Err(ClusterConfigError::IdleNode(*idle));
+    }
     Ok(map)
 }
 
@@ -279,13 +302,45 @@ fn even_spread(partitions: u32, ids: &[NodeId]) -> Vec<NodeId> {
 }
 
 /// `host:port` with a non-empty host and a port number (`[v6]:port` included).
-fn is_host_port(address: &str) -> bool {
+/// A node's addresses, each checked to be `host:port`; else the field (`http` or `peer`) and
+/// the address that is not.
+pub(crate) fn node_address(http: &str, peer: &str) -> Result<NodeAddress, (&'static str, String)> {
+    for (field, address) in [("http", http), ("peer", peer)] {
+        if !is_host_port(address) {
+            return Err((field, address.to_string()));
+        }
+    }
+    Ok(NodeAddress {
+        http: http.to_string(),
+        peer: peer.to_string(),
+    })
+}
+
+pub(crate) fn is_host_port(address: &str) -> bool {
     match address.rsplit_once(':') {
         Some((host, port)) => {
             !host.is_empty() && !host.contains(char::is_whitespace) && port.parse::<u16>().is_ok()
         }
         None => false,
     }
+}
+
+/// The cluster secret of a node without a cluster file (its map comes from etcd): a
+/// non-empty `env_secret` ([`SECRET_ENV`]), else the contents of `file`.
+pub fn secret_without_file(
+    env_secret: Option<String>,
+    file: Option<&Path>,
+) -> Result<Vec<u8>, ClusterConfigError> {
+    let nothing = ClusterFile {
+        map_version: 1,
+        partitions: 1,
+        owners: None,
+        secret: None,
+        secret_file: file.map(Path::to_path_buf),
+        nodes: Vec::new(),
+        tls: None,
+    };
+    secret(&nothing, Path::new("."), env_secret)
 }
 
 fn secret(
@@ -368,10 +423,7 @@ mod tests {
     fn explicit_owners_are_checked() {
         let text = THREE_NODES.replace("partitions = 7", "partitions = 3\nowners = [5, 5, 0]");
         let error = parse(&text).unwrap_err();
-        assert!(
-            matches!(error, ClusterConfigError::Map(MapError::IdleNode(2))),
-            "{error}"
-        );
+        assert!(matches!(error, ClusterConfigError::IdleNode(2)), "{error}");
         let text = THREE_NODES.replace("partitions = 7", "partitions = 3\nowners = [5, 2, 0]");
         assert_eq!(parse(&text).unwrap().map.owners, vec![5, 2, 0]);
         let text = THREE_NODES.replace("partitions = 7", "partitions = 3\nowners = [5, 2]");

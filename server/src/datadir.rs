@@ -19,6 +19,7 @@
 //! <data-dir>/node-1/walletd-layout    as above, with the cluster's partition count
 //! <data-dir>/node-1/walletd-node      "node = 1" and "holds = 1,4,7"
 //! <data-dir>/node-1/partition-1/…
+//! <data-dir>/node-1/cluster-map.json  a node on etcd: the last map it ran (crate::map_follower)
 //! ```
 
 use std::fs;

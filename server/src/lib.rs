@@ -10,6 +10,12 @@
 //!   here or on the nodes the peer protocol reaches.
 //! - [`cluster`]: the cluster file: nodes, addresses, partition owners, map version, secret,
 //!   the files of mutual TLS between nodes.
+//! - [`etcd`]: a small etcd v3 client over etcd's JSON gateway (no `protoc` at build time).
+//! - [`map_store`]: the partition map in etcd (its stored document, compare-and-swap
+//!   updates) and the liveness of nodes.
+//! - [`map_follower`]: how a node started with `--etcd` keeps its map fresh, and serves on
+//!   while etcd is down.
+//! - [`cluster_cmd`]: `wallet cluster init`, `status`, `add-node`.
 //! - [`tls`]: certificates and keys from PEM files, for HTTPS and for the peer links.
 //! - [`https`]: serving the API over TLS (TLS handshake per connection, graceful shutdown).
 //! - [`api`]: the HTTP API. The router takes a `Client` and driver statistics, never an
@@ -19,7 +25,9 @@
 //! - [`errors`]: every error's HTTP status and stable `code`, in one place.
 //! - [`auth`]: the optional bearer token of the `/v1` routes.
 //! - [`datadir`]: the data directory layout and its recorded partition count.
-//! - [`history`]: reading partition logs from disk (live or at rest).
+//! - [`history`]: reading partition logs from disk (live or at rest), and
+//!   [`history::index`], the per-account index that answers history pages and `as_of`
+//!   balances at a cost that does not grow with the log.
 //! - [`feed`]: the event feed of `GET /v1/events`: records after an lsn, the long-poll, the
 //!   versioned JSON line of each event.
 //! - [`replay_cmd`]: `wallet replay`, balances and history rebuilt from the logs.
@@ -35,16 +43,21 @@ pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod cluster;
+pub mod cluster_cmd;
 pub mod datadir;
 pub mod errors;
+pub mod etcd;
 pub mod feed;
 pub mod history;
 pub mod https;
+pub mod map_follower;
+pub mod map_store;
 pub mod node;
 pub mod process;
 pub mod replay_cmd;
 pub mod rfc3339;
 pub mod serve;
+pub mod storages;
 pub mod tls;
 pub mod verify;
 

@@ -8,27 +8,37 @@
 //! mutual TLS with `[tls]`; serve the same HTTP API as `wallet serve`. Any node answers for
 //! any account: commands and queries for a partition of another node are forwarded to it, and
 //! answer 503 `partition_unavailable` while it is down (clients retry with the same
-//! transaction id). History and `as_of` balances are read from the logs, so they are answered
-//! for accounts whose partition lives here and are 503 `history_unavailable` elsewhere.
+//! transaction id). History and `as_of` balances are read from the logs and their indexes, so a
+//! node answers them for its own partitions and forwards them to the node that runs the
+//! account's partition otherwise (503 `history_unavailable` while that node is down).
+//!
+//! The map comes from the cluster file (`--config`), fixed while the node runs, or from etcd
+//! (`--etcd`): then [`crate::map_follower`] registers the node's liveness, watches the map and
+//! hands each new version to the running node.
 //!
 //! Stop, on Ctrl-C or SIGTERM: as `serve` (drain, sync every local partition, exit 0); the
-//! links close last.
+//! links close last; a node on etcd drops its liveness first.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use walletd_core::model::partition::{NodeId, PartitionId};
+use crate::storages::open_storages;
+use walletd_core::model::partition::{NodeAddress, NodeId, PartitionMap};
 use walletd_core::protocol::coordinator::CoordinatorConfig;
 use walletd_runtime::driver::DriverConfig;
 use walletd_runtime::engine::EngineConfig;
 use walletd_runtime::net::{
-    bind_peer_address, start_node_with, MutualTls, NetConfig, NodeConfig, NodeError, Tcp,
+    bind_peer_address, start_node_with, ClusterNode, MutualTls, NetConfig, NodeConfig, NodeError,
+    Tcp,
 };
-use walletd_runtime::storage::file::{FileStorage, FileStorageConfig};
 
 use crate::cli::NodeArgs;
-use crate::cluster::{ClusterConfig, ClusterConfigError};
+use crate::cluster::{ClusterConfig, ClusterConfigError, TlsFiles, SECRET_ENV};
 use crate::datadir::DataDir;
+use crate::etcd::{Etcd, EtcdError};
+use crate::map_follower::{initial_map, Follower, CACHE_FILE};
+use crate::map_store::{MapStore, StoreError};
 use crate::serve::{
     api_tls, bind_http, build_api, log_recovery, options, serve_http, ServeError, Stop,
 };
@@ -47,6 +57,17 @@ pub enum NodeRunError {
     PeerTls(#[from] TlsConfigError),
     #[error("cannot draw random bytes for the peer handshake: {0}")]
     Random(String),
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "node {id} is not in the map in etcd (it lists {known:?}); add it with \
+         `wallet cluster add-node --id {id} --http ADDR --peer ADDR`"
+    )]
+    NotInMap { id: NodeId, known: Vec<NodeId> },
+    #[error("no cluster secret: set {SECRET_ENV} or --secret-file")]
+    NoSecret,
 }
 
 /// Runs the node on a new multi-threaded runtime; the process exit code.
@@ -78,76 +99,193 @@ fn node_config(args: &NodeArgs) -> Result<NodeConfig, NodeRunError> {
 
 /// Where each partition's log is kept, for the event feed's answer about a partition of
 /// another node (empty for a partition of this one): its node and that node's HTTP address.
-fn partition_homes(cluster: &ClusterConfig, id: NodeId) -> Vec<String> {
-    (0..cluster.map.partitions())
+fn partition_homes(map: &PartitionMap, id: NodeId) -> Vec<String> {
+    (0..map.partitions())
         .map(|partition| {
-            let owner = cluster.map.owner(partition);
-            match cluster.node(owner) {
-                Ok(_) if owner == id => String::new(),
-                Ok(address) => format!("node {owner} (HTTP {})", address.http),
-                Err(_) => format!("node {owner}"),
+            let owner = map.owner(partition);
+            match map.nodes.get(&owner) {
+                Some(_) if owner == id => String::new(),
+                Some(address) => format!("node {owner} (HTTP {})", address.http),
+                None => format!("node {owner}"),
             }
         })
         .collect()
 }
 
-fn open_storages(
-    dir: &DataDir,
-    partitions: &[PartitionId],
-) -> Result<Vec<(PartitionId, FileStorage)>, ServeError> {
-    partitions
-        .iter()
-        .map(|&partition| {
-            let path = dir.partition_dir(partition);
-            FileStorage::open(&path, FileStorageConfig::default())
-                .map(|storage| (partition, storage))
-                .map_err(|source| ServeError::Io {
-                    what: format!("cannot open {}", path.display()),
-                    source,
-                })
+/// The HTTP address of the node that keeps each partition not kept here (`None` for those
+/// kept here), where history and `as_of` reads are forwarded. Forwarding speaks plain HTTP:
+/// with HTTPS on the API, nothing is forwarded and such reads answer 503.
+fn forward_addresses(map: &PartitionMap, id: NodeId, https: bool) -> Vec<Option<String>> {
+    if https {
+        tracing::warn!("history of accounts on other nodes is not forwarded over HTTPS");
+        return Vec::new();
+    }
+    (0..map.partitions())
+        .map(|partition| {
+            let owner = map.owner(partition);
+            let address = map.nodes.get(&owner).filter(|_| owner != id)?;
+            Some(address.http.clone())
         })
         .collect()
 }
 
-async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
-    let cluster = ClusterConfig::load(&args.config)?;
-    let address = cluster.node(args.id)?.clone();
-    let http_tls = api_tls(&args.service)?;
-    let options = options(&args.service)?;
+/// What a node starts with: its map, the cluster secret, the peer links' TLS, and, on etcd,
+/// the store that keeps the map fresh.
+struct Start {
+    map: PartitionMap,
+    secret: Vec<u8>,
+    links_tls: Option<MutualTls>,
+    etcd: Option<MapStore>,
+}
+
+/// The directory of node `id` under `data_dir`.
+fn node_root(args: &NodeArgs) -> PathBuf {
+    args.data_dir.join(format!("node-{}", args.id))
+}
+
+async fn start_from_file(args: &NodeArgs, path: &std::path::Path) -> Result<Start, NodeRunError> {
+    let cluster = ClusterConfig::load(path)?;
+    cluster.node(args.id)?;
     let links_tls: Option<MutualTls> = match &cluster.tls {
         Some(paths) => Some(peer_tls(&paths.for_node(args.id))?),
         None => None,
     };
-    let owned = cluster.map.partitions_of(args.id);
-    let root = args.data_dir.join(format!("node-{}", args.id));
-    let dir =
-        DataDir::create_or_check(&root, cluster.map.partitions()).map_err(ServeError::from)?;
+    Ok(Start {
+        map: cluster.map,
+        secret: cluster.secret,
+        links_tls,
+        etcd: None,
+    })
+}
+
+async fn start_from_etcd(args: &NodeArgs, urls: &str) -> Result<Start, NodeRunError> {
+    let env_secret = std::env::var(SECRET_ENV).ok();
+    let secret = crate::cluster::secret_without_file(env_secret, args.secret_file.as_deref())
+        .map_err(|error| match error {
+            ClusterConfigError::NoSecret => NodeRunError::NoSecret,
+            other => other.into(),
+        })?;
+    let etcd = Etcd::new(urls, Duration::from_secs(5))?;
+    let store = MapStore::new(etcd, &args.etcd_prefix);
+    let root = node_root(args);
+    std::fs::create_dir_all(&root).map_err(|source| ServeError::Io {
+        what: format!("cannot create {}", root.display()),
+        source,
+    })?;
+    let links_tls = match (&args.peer_tls_ca, &args.peer_tls_cert, &args.peer_tls_key) {
+        (Some(ca), Some(cert), Some(key)) => Some(peer_tls(&TlsFiles {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        })?),
+        _ => None,
+    };
+    let map = initial_map(&store, &root.join(CACHE_FILE)).await?;
+    if !map.nodes.contains_key(&args.id) {
+        return Err(NodeRunError::NotInMap {
+            id: args.id,
+            known: map.nodes.keys().copied().collect(),
+        });
+    }
+    Ok(Start {
+        map,
+        secret,
+        links_tls,
+        etcd: Some(store),
+    })
+}
+
+/// The task that keeps a node's map fresh from etcd ([`Follower`]).
+struct Following {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Following {
+    fn start(store: MapStore, node: &ClusterNode, args: &NodeArgs, root: &Path) -> Following {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let follower = Follower {
+            store,
+            handle: node.map_handle(),
+            node: args.id,
+            cache: root.join(CACHE_FILE),
+            lease_ttl_s: args.lease_ttl_s,
+            since: jiff::Timestamp::now().to_string(),
+        };
+        let task = tokio::spawn(follower.run(stopped));
+        Following { stop, task }
+    }
+
+    /// Stops following and drops the node's liveness, so peers and operators see it gone at
+    /// once rather than when its lease lapses.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
+    let start = match (&args.config, &args.etcd) {
+        (Some(path), _) => start_from_file(&args, path).await?,
+        (None, Some(urls)) => start_from_etcd(&args, urls).await?,
+        (None, None) => unreachable!("clap requires --config or --etcd"),
+    };
+    let Start {
+        map,
+        secret,
+        links_tls,
+        etcd,
+    } = start;
+    let address: NodeAddress = map.nodes[&args.id].clone();
+    let http_tls = api_tls(&args.service)?;
+    let options = options(&args.service)?;
+    let owned = map.partitions_of(args.id);
+    let root = node_root(&args);
+    let dir = DataDir::create_or_check(&root, map.partitions()).map_err(ServeError::from)?;
     dir.claim_for_node(args.id, &owned)
         .map_err(ServeError::from)?;
     tracing::info!(
         node = args.id,
         data_dir = %root.display(),
         partitions = ?owned,
-        map_version = cluster.map.version,
+        map_version = map.version,
         peer = address.peer,
         peer_tls = links_tls.is_some(),
+        etcd = etcd.as_ref().map(|store| store.etcd().endpoints()),
         "starting"
     );
     let config = node_config(&args)?;
-    let storages = open_storages(&dir, &owned)?;
+    let storages = open_storages(
+        dir.root(),
+        map.partitions(),
+        &owned,
+        |p| dir.partition_dir(p),
+        args.service.group_commit,
+    )
+    .map_err(ServeError::from)?;
     let http = bind_http(&address.http, http_tls.is_some()).await?;
-    let listener = bind_peer_address(&cluster.map, args.id).await?;
-    let (map, id, secret) = (&cluster.map, args.id, &cluster.secret);
+    let listener = bind_peer_address(&map, args.id).await?;
+    let (id, secret) = (args.id, &secret);
     let node = match links_tls {
-        Some(tls) => start_node_with(tls, listener, map, id, secret, storages, config).await?,
-        None => start_node_with(Tcp, listener, map, id, secret, storages, config).await?,
+        Some(tls) => {
+            start_node_with(tls, listener, &map, id, secret, storages.partitions, config).await?
+        }
+        None => {
+            start_node_with(Tcp, listener, &map, id, secret, storages.partitions, config).await?
+        }
     };
     log_recovery(node.engine().recovery_reports());
-    let homes = partition_homes(&cluster, args.id);
-    let api = build_api(node.engine(), dir, options, homes);
+    let following = etcd.map(|store| Following::start(store, &node, &args, &root));
+    let homes = partition_homes(&map, args.id);
+    let forward_to = forward_addresses(&map, args.id, http_tls.is_some());
+    let api =
+        build_api(node.engine(), dir, options, homes, forward_to).with_journal(storages.journal);
     let grace = Duration::from_millis(args.service.shutdown_grace_ms);
     let local = node.engine().local_partitions().to_vec();
     let (served, stop) = serve_http(http, http_tls, api, &local, grace).await;
+    if let Some(following) = following {
+        following.stop().await;
+    }
     tracing::info!("syncing and stopping partitions");
     let node_stopped = node.shutdown().await;
     served.map_err(|source| ServeError::Io {

@@ -106,7 +106,12 @@ fn read(
             eprintln!("{line}");
         }
     };
-    read_partition_log(dir, partition, None, as_of, keep, &mut progress).map_err(|e| e.to_string())
+    let log = read_partition_log(dir, partition, None, as_of, keep, &mut progress)
+        .map_err(|e| e.to_string())?;
+    if !log.stopped {
+        crate::storages::check_journal_redone(dir.root(), partition, log.last_lsn)?;
+    }
+    Ok(log)
 }
 
 fn all_balances(

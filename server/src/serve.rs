@@ -22,13 +22,15 @@ use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_core::model::partition::PartitionId;
 use walletd_runtime::driver::{DriverConfig, DriverError, DriverStats, Query, RecoveryReport};
 use walletd_runtime::engine::{Engine, EngineConfig};
-use walletd_runtime::storage::file::{FileStorage, FileStorageConfig};
 
 use crate::api::{self, Api, ApiOptions};
 use crate::cli::{ServeArgs, ServiceArgs};
 use crate::datadir::{DataDir, DataDirError};
+use crate::history::index::IndexConfig;
 use crate::history::LogReader;
+use crate::storages::open_storages;
 use crate::tls::TlsConfigError;
+use walletd_runtime::storage::journal::NodeJournal;
 
 /// How often the watchdog asks every partition whether its driver still runs.
 const WATCHDOG_INTERVAL_MS: u64 = 1000;
@@ -48,6 +50,8 @@ pub enum ServeError {
     HalfTls,
     #[error("--feed-wait-max-ms {wait_ms} must be below --request-timeout-ms {timeout_ms}: a long-poll must end before the request's time limit")]
     FeedWaitTooLong { wait_ms: u64, timeout_ms: u64 },
+    #[error(transparent)]
+    Storage(#[from] crate::storages::OpenError),
     #[error("partition {0} stopped unexpectedly (see the errors above); the server shut down")]
     PartitionStopped(PartitionId),
 }
@@ -123,21 +127,30 @@ pub(crate) fn options(args: &ServiceArgs) -> Result<ApiOptions, ServeError> {
             None => crate::process::default_memory_limit(),
         },
         feed_wait_max: Duration::from_millis(feed_wait_max_ms),
+        history_chunk_records: args.history_chunk_records,
+        history_follow: args.history_follow,
     })
 }
 
-pub(crate) async fn start_engine(args: &ServeArgs, dir: &DataDir) -> Result<Engine, ServeError> {
-    let mut storages = Vec::with_capacity(dir.partitions() as usize);
-    for partition in 0..dir.partitions() {
-        let path = dir.partition_dir(partition);
-        let storage = FileStorage::open(&path, FileStorageConfig::default()).map_err(|source| {
-            ServeError::Io {
-                what: format!("cannot open {}", path.display()),
-                source,
-            }
-        })?;
-        storages.push(storage);
-    }
+/// Recovers every partition and starts the engine; with the node journal the partitions
+/// commit through, if they do.
+pub(crate) async fn start_engine(
+    args: &ServeArgs,
+    dir: &DataDir,
+) -> Result<(Engine, Option<Arc<NodeJournal>>), ServeError> {
+    let all: Vec<PartitionId> = (0..dir.partitions()).collect();
+    let opened = open_storages(
+        dir.root(),
+        dir.partitions(),
+        &all,
+        |p| dir.partition_dir(p),
+        args.service.group_commit,
+    )?;
+    let storages = opened
+        .partitions
+        .into_iter()
+        .map(|(_, storage)| storage)
+        .collect();
     let config = EngineConfig {
         partitions: dir.partitions(),
         driver: DriverConfig {
@@ -147,7 +160,7 @@ pub(crate) async fn start_engine(args: &ServeArgs, dir: &DataDir) -> Result<Engi
         },
         ..EngineConfig::default()
     };
-    Ok(Engine::start(storages, config).await?)
+    Ok((Engine::start(storages, config).await?, opened.journal))
 }
 
 pub(crate) fn log_recovery(reports: &[RecoveryReport]) {
@@ -176,9 +189,9 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let options = options(&args.service)?;
     let dir = DataDir::create_or_check(&args.data_dir, args.partitions)?;
     tracing::info!(data_dir = %dir.root().display(), partitions = dir.partitions(), "starting");
-    let engine = start_engine(&args, &dir).await?;
+    let (engine, journal) = start_engine(&args, &dir).await?;
     log_recovery(engine.recovery_reports());
-    let api = build_api(&engine, dir, options, Vec::new());
+    let api = build_api(&engine, dir, options, Vec::new(), Vec::new()).with_journal(journal);
     let listener = bind_http(&args.listen.to_string(), tls.is_some()).await?;
     let grace = Duration::from_millis(args.service.shutdown_grace_ms);
     let (served, stop) = serve_http(listener, tls, api, engine.local_partitions(), grace).await;
@@ -225,12 +238,14 @@ pub(crate) async fn bind_http(address: &str, tls: bool) -> Result<TcpListener, S
 
 /// The API over every partition `engine`'s client reaches (on a cluster node, those of other
 /// nodes too), with the statistics and logs of the partitions running here. `homes` names
-/// where the logs of other nodes' partitions are kept (by partition; empty on one node).
+/// where the logs of other nodes' partitions are kept (by partition; empty on one node), and
+/// `forward_to` the HTTP address history reads of each such partition are forwarded to.
 pub(crate) fn build_api(
     engine: &Engine,
     dir: DataDir,
     options: ApiOptions,
     homes: Vec<String>,
+    forward_to: Vec<Option<String>>,
 ) -> Api {
     let stats: Vec<(PartitionId, Arc<DriverStats>)> = engine
         .local_partitions()
@@ -242,7 +257,17 @@ pub(crate) fn build_api(
     for (partition, stats) in &stats {
         durable[*partition as usize] = Some(Arc::clone(stats));
     }
-    let history = LogReader::new(dir, durable).with_homes(homes);
+    let index = IndexConfig {
+        chunk_records_max: options.history_chunk_records,
+        ..IndexConfig::default()
+    };
+    let history = LogReader::new(dir, durable)
+        .with_index_config(index)
+        .with_homes(homes)
+        .with_forwarding(forward_to);
+    if options.history_follow {
+        history.follow();
+    }
     match options.memory_limit_bytes {
         Some(limit) => tracing::info!(
             memory_limit_mb = limit >> 20,

@@ -213,6 +213,11 @@ fn verify_partition(dir: &DataDir, partition: PartitionId, report: &mut Report) 
             return None;
         }
     };
+    if let Err(behind) = crate::storages::check_journal_redone(dir.root(), partition, log.last_lsn)
+    {
+        report.violation(behind);
+        return None;
+    }
     if let Some(gap) = log
         .records
         .windows(2)

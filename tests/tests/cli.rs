@@ -57,6 +57,29 @@ fn help_explains_every_subcommand() {
         );
     }
     assert!(stdout(&w.run(&["verify", "--help"])).contains("conservation"));
+    let cluster = stdout(&w.run(&["cluster", "--help"]));
+    for command in ["init", "status", "add-node"] {
+        assert!(
+            cluster.contains(command),
+            "cluster --help lacks {command}:\n{cluster}"
+        );
+    }
+    let node = stdout(&w.run(&["node", "--help"]));
+    for flag in [
+        "--config",
+        "--etcd",
+        "WALLET_ETCD",
+        "--etcd-prefix",
+        "--secret-file",
+        "--lease-ttl-s",
+    ] {
+        assert!(node.contains(flag), "node --help lacks {flag}:\n{node}");
+    }
+    let add_node = stdout(&w.run(&["cluster", "add-node", "--help"]));
+    assert!(
+        add_node.contains("--peer") && add_node.contains("owns no partition"),
+        "{add_node}"
+    );
     assert!(!w.run(&["frobnicate"]).status.success());
 }
 

@@ -552,3 +552,187 @@ fn a_node_started_with_another_secret_is_refused() {
     assert_eq!((r.status, r.code()), (503, "partition_unavailable".into()));
     drop(impostor);
 }
+
+/// Every movement of `account` as `via` pages through them, `limit` at a time, oldest
+/// first; checks that each page says an lsn at or past its movements.
+fn history_via(via: SocketAddr, account: &str, limit: usize) -> Vec<Value> {
+    let (mut seen, mut cursor) = (Vec::new(), String::new());
+    loop {
+        let url = format!("/v1/accounts/{account}/history?limit={limit}{cursor}");
+        let r = get(via, &url);
+        assert_eq!(r.status, 200, "GET {url} via {via}: {}", r.text());
+        let page = r.json();
+        let movements = page["movements"].as_array().expect("movements").clone();
+        assert!(movements.len() <= limit, "{page}");
+        let lsn = page["lsn"].as_u64().expect("a page says its lsn");
+        assert!(movements.iter().all(|m| m["lsn"].as_u64().unwrap() <= lsn));
+        seen.extend(movements);
+        match page["next_before_lsn"].as_u64() {
+            Some(before) => cursor = format!("&before_lsn={before}"),
+            None => break,
+        }
+    }
+    seen.reverse();
+    seen
+}
+
+/// `wallet replay --account` on the data directory of the node that keeps `account`, as
+/// JSON, as of `as_of` (`--as-of-lsn N` or `--as-of TIME`), with null fields left out as the
+/// API leaves them out.
+fn replay_account(cluster: &Cluster, account: &str, as_of: &[&str]) -> Value {
+    let partition = (0..PARTITIONS)
+        .find(|p| owns(*p, account))
+        .expect("some partition holds every account");
+    let dir = cluster.node_dir(owner(partition)).display().to_string();
+    let mut args = vec!["replay", "--data-dir", &dir, "--account", account];
+    args.extend(["--format", "json"]);
+    args.extend_from_slice(as_of);
+    let output = cluster.wallet.run(&args);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "replay {args:?}: {stdout}");
+    let mut doc: Value = serde_json::from_str(&stdout).expect("replay prints JSON");
+    for movement in doc["movements"].as_array_mut().expect("movements") {
+        movement
+            .as_object_mut()
+            .unwrap()
+            .retain(|_, value| !value.is_null());
+    }
+    doc
+}
+
+/// Whether `account` lives on partition `p` (the accounts of this test are named for theirs).
+fn owns(p: u32, account: &str) -> bool {
+    account.starts_with(&format!("h{p}-"))
+}
+
+/// Every account's history and past balances (by lsn and by time), asked of every node,
+/// equal `wallet replay`'s on the data directory of the node that keeps the account.
+fn check_history_against_replay(cluster: &Cluster, accounts: &[String]) {
+    for account in accounts {
+        let replayed = replay_account(cluster, account, &[]);
+        let movements = replayed["movements"].as_array().unwrap().clone();
+        assert!(movements.len() > 2, "{account}: {replayed}");
+        for via in 0..NODES {
+            let seen = history_via(cluster.http[via as usize], account, 4);
+            assert_eq!(seen, movements, "{account}'s history via node {via}");
+        }
+        // As of a few movements, and just before them, by lsn and by time, via each node.
+        for (i, movement) in movements.iter().enumerate().step_by(3) {
+            let via = cluster.http[i % NODES as usize];
+            let lsn = movement["lsn"].as_u64().unwrap();
+            for at in [lsn, lsn - 1] {
+                let want = replay_account(cluster, account, &["--as-of-lsn", &at.to_string()]);
+                let r = get(
+                    via,
+                    &format!("/v1/accounts/{account}/balance?as_of_lsn={at}"),
+                );
+                assert_eq!(r.status, 200, "{}", r.text());
+                let got = r.json();
+                for field in ["balance", "held", "incoming", "as_of_lsn"] {
+                    assert_eq!(
+                        got[field], want[field],
+                        "{account} {field} at lsn {at}: {got}"
+                    );
+                }
+            }
+            let time = movement["timestamp"].as_str().unwrap();
+            let want = replay_account(cluster, account, &["--as-of", time]);
+            let r = get(via, &format!("/v1/accounts/{account}/balance?as_of={time}"));
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(r.json()["balance"], want["balance"], "{account} at {time}");
+        }
+    }
+}
+
+/// Transfers among `accounts` through every node, within and across partitions; returns once
+/// every account is settled.
+fn transfer_around(cluster: &Cluster, accounts: &[String], round: &str, count: usize) {
+    let mut draw = walletd_e2e::Lcg::new(count as u64 + round.len() as u64);
+    for i in 0..count {
+        let (from, to) = draw.pair(accounts);
+        let via = cluster.http[i % NODES as usize];
+        let cents_moved = 1 + draw.draw() % 500;
+        let id = format!("{round}-{i}");
+        let r = post(
+            via,
+            "/v1/wallet/balance_transfer",
+            &transfer_body(&from, &to, cents_moved, &id),
+        );
+        let r = r.expect("transfer");
+        assert!([200, 202, 422].contains(&r.status), "{}", r.text());
+    }
+    for account in accounts {
+        let (_, held, incoming) = settled_balance(cluster.http[0], account);
+        assert_eq!((held, incoming), (0, 0), "{account} did not settle");
+    }
+}
+
+#[test]
+fn history_and_past_balances_from_any_node_equal_replay_before_and_after_restarts() {
+    // Small index chunks, so that most of the history is in chunk files, not in memory.
+    let mut cluster = Cluster::start(&["--history-chunk-records", "16"]);
+    let accounts: Vec<String> = (0..PARTITIONS)
+        .flat_map(|p| accounts_in(&format!("h{p}-"), p, PARTITIONS, 2))
+        .collect();
+    for (i, account) in accounts.iter().enumerate() {
+        open(cluster.http[i % NODES as usize], account, "100.00");
+        let deposit = json!({"amount": "3.00", "currency": "USD", "transaction_id": "more"});
+        let url = format!("/v1/accounts/{account}/deposit");
+        assert_eq!(post(cluster.http[0], &url, &deposit).unwrap().status, 200);
+    }
+    transfer_around(&cluster, &accounts, "r1", 120);
+    check_history_against_replay(&cluster, &accounts);
+
+    // Node 1 restarts with its index as it was: reused. Node 2 restarts with one chunk file
+    // damaged and another gone: they are rebuilt from the log.
+    let index_dir = |node: u32, p: u32| {
+        cluster
+            .node_dir(node)
+            .join(format!("partition-{p}/history"))
+    };
+    let chunks_of = |dir: &PathBuf| {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .expect("an index directory per partition")
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+    };
+    let kept = index_dir(1, 1);
+    let damaged = index_dir(2, 2);
+    cluster.terminate(1);
+    cluster.terminate(2);
+    let before_restart = chunks_of(&kept);
+    let chunks = chunks_of(&damaged);
+    assert!(before_restart.len() >= 2 && chunks.len() >= 3, "{chunks:?}");
+    let mut bytes = std::fs::read(&chunks[1]).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5a;
+    std::fs::write(&chunks[1], bytes).unwrap();
+    std::fs::remove_file(&chunks[2]).unwrap();
+    // While the node that keeps an account's log is down, its history is unavailable from
+    // the others, and says so.
+    let on_node_1 = accounts
+        .iter()
+        .find(|a| owns(1, a))
+        .expect("an account of node 1");
+    for path in ["history", "balance?as_of_lsn=5"] {
+        let r = get(cluster.http[0], &format!("/v1/accounts/{on_node_1}/{path}"));
+        assert_eq!(
+            (r.status, r.code()),
+            (503, "history_unavailable".into()),
+            "{}",
+            r.text()
+        );
+    }
+    cluster.restart(1);
+    cluster.restart(2);
+    check_history_against_replay(&cluster, &accounts);
+    assert_eq!(chunks_of(&kept)[..before_restart.len()], before_restart[..]);
+    assert!(chunks_of(&damaged).len() >= chunks.len(), "rebuilt");
+
+    // The index goes on from where it was.
+    transfer_around(&cluster, &accounts, "r2", 60);
+    check_history_against_replay(&cluster, &accounts);
+    cluster.stop_and_verify();
+}

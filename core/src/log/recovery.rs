@@ -24,7 +24,7 @@
 
 use crate::ledger::cold::ChunkRead;
 use crate::ledger::{ApplyError, Ledger, RecordMeta};
-use crate::log::codec::{decode_log, CodecError};
+use crate::log::codec::{decode_log, CodecError, Record, RecordReader};
 use crate::log::snapshot::{decode_snapshot_cold, decode_snapshot_with};
 use crate::model::event::Lsn;
 use crate::model::partition::PartitionId;
@@ -41,6 +41,8 @@ pub struct RecoveryReport {
     pub snapshot_chunks: usize,
     pub records_replayed: u64,
     pub torn_bytes_dropped: u64,
+    /// Records the partition's own log lacked and a node journal had (appended again).
+    pub records_redone: u64,
     pub last_lsn: Lsn,
     pub transfers_resumed: usize,
 }
@@ -198,28 +200,74 @@ impl Recovery {
             }
         }
         for record in &decoded.records {
-            let expected = self.ledger.last_applied().lsn + 1;
-            if record.lsn < expected {
-                continue;
-            }
-            // Within a segment the codec checks that lsns go up by one; across segments, and
-            // from the snapshot to the log, it is checked here: `apply` alone would take a
-            // jump forward and silently lose what lay in between.
-            if record.lsn > expected {
-                return Err(RecoveryError::Gap {
-                    name: name.to_string(),
-                    expected,
-                    found: record.lsn,
-                });
-            }
-            let meta = RecordMeta {
-                lsn: record.lsn,
-                timestamp: record.timestamp,
-            };
-            self.ledger.apply(meta, &record.event)?;
-            self.report.records_replayed += 1;
+            self.apply_next(name, record)?;
         }
         Ok(cut)
+    }
+
+    /// Applies `record` if it is the next one; skips it if the state already has it (the
+    /// snapshot, or the log before a journal's batch). Returns whether it applied it.
+    fn apply_next(&mut self, name: &str, record: &Record) -> Result<bool, RecoveryError> {
+        let expected = self.ledger.last_applied().lsn + 1;
+        if record.lsn < expected {
+            return Ok(false);
+        }
+        // Within a segment the codec checks that lsns go up by one; across segments, from
+        // the snapshot to the log, and from the log to a journal's batch, it is checked here:
+        // `apply` alone would take a jump forward and silently lose what lay in between.
+        if record.lsn > expected {
+            return Err(RecoveryError::Gap {
+                name: name.to_string(),
+                expected,
+                found: record.lsn,
+            });
+        }
+        let meta = RecordMeta {
+            lsn: record.lsn,
+            timestamp: record.timestamp,
+        };
+        self.ledger.apply(meta, &record.event)?;
+        self.report.records_replayed += 1;
+        Ok(true)
+    }
+
+    /// Replays a batch that a node journal made durable (records from `first_lsn`, as they
+    /// were appended), after the partition's own log: the records the log already holds are
+    /// skipped, the rest must follow it without a gap. Returns where the records the log
+    /// lacks begin, `(their first lsn, byte offset in bytes)`, for the caller to append them.
+    pub fn replay_journaled(
+        &mut self,
+        first_lsn: Lsn,
+        bytes: &[u8],
+    ) -> Result<Option<(Lsn, usize)>, RecoveryError> {
+        let name = "the node journal";
+        let corrupt = |error: CodecError| RecoveryError::Corrupt {
+            name: name.to_string(),
+            offset: codec_offset(&error),
+            detail: error.to_string(),
+        };
+        let mut reader = RecordReader::new(bytes, first_lsn);
+        let mut missing_from = None;
+        loop {
+            let at = reader.valid_len();
+            let Some(record) = reader.next_record().map_err(corrupt)? else {
+                break;
+            };
+            if self.apply_next(name, &record)? {
+                missing_from.get_or_insert((record.lsn, at));
+                self.report.records_redone += 1;
+            }
+        }
+        if reader.valid_len() != bytes.len() {
+            // The journal checksums its rounds: a batch in one that is not whole records
+            // was handed in so, which no partition does.
+            return Err(RecoveryError::Corrupt {
+                name: name.to_string(),
+                offset: reader.valid_len() as u64,
+                detail: "a journaled batch that is not whole records".into(),
+            });
+        }
+        Ok(missing_from)
     }
 
     /// The recovered ledger and the report.
@@ -246,6 +294,47 @@ mod tests {
     /// A segment holding account-opening records `lsns` (each opens its own account).
     fn segment(lsns: std::ops::RangeInclusive<Lsn>) -> Vec<u8> {
         crate::log::codec::opening_records(lsns)
+    }
+
+    #[test]
+    fn a_journaled_batch_redoes_only_what_the_log_lacks_and_never_over_a_gap() {
+        let mut recovery = Recovery::new(0, 1);
+        recovery
+            .replay_segment("s1", 1, &segment(1..=5), true)
+            .unwrap();
+        // Records 4 and 5 are in the log already; 6 and 7 are missing from it.
+        let batch = segment(4..=7);
+        let (lsn, offset) = recovery.replay_journaled(4, &batch).unwrap().unwrap();
+        assert_eq!(lsn, 6);
+        assert_eq!(
+            &batch[offset..],
+            &segment(6..=7)[..],
+            "the records to append again"
+        );
+        // A batch wholly in the log redoes nothing.
+        assert_eq!(recovery.replay_journaled(2, &segment(2..=3)).unwrap(), None);
+        // One that skips lsn 8 is a gap, named.
+        let gap = recovery.replay_journaled(9, &segment(9..=9)).unwrap_err();
+        assert!(
+            matches!(
+                gap,
+                RecoveryError::Gap {
+                    expected: 8,
+                    found: 9,
+                    ..
+                }
+            ),
+            "{gap}"
+        );
+        // A batch that is not whole records was handed in damaged.
+        let mut cut = segment(8..=8);
+        cut.truncate(cut.len() - 1);
+        assert!(matches!(
+            recovery.replay_journaled(8, &cut),
+            Err(RecoveryError::Corrupt { .. })
+        ));
+        let (_, report) = recovery.finish();
+        assert_eq!((report.last_lsn, report.records_redone), (7, 2));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod batch;
 pub mod body;
 pub mod events;
+pub mod forward;
 pub mod layers;
 pub mod metrics;
 pub mod openapi;
@@ -45,6 +46,7 @@ use walletd_runtime::engine::{Client, Unavailable};
 use crate::errors::ApiError;
 use crate::feed::currencies::Currencies;
 use crate::feed::cursors::Cursors;
+use crate::history::index::IndexConfig;
 use crate::history::LogReader;
 use metrics::Metrics;
 
@@ -72,6 +74,11 @@ pub struct ApiOptions {
     pub memory_limit_bytes: Option<u64>,
     /// Longest long-poll of `GET /v1/events` (`wait_ms`); kept below `request_timeout`.
     pub feed_wait_max: Duration,
+    /// Records per chunk of each partition's history index (its in-memory bound).
+    pub history_chunk_records: u32,
+    /// Whether each partition's history index follows its log in the background; if not,
+    /// a read brings it up to date first.
+    pub history_follow: bool,
 }
 
 impl Default for ApiOptions {
@@ -85,6 +92,8 @@ impl Default for ApiOptions {
             api_token: None,
             memory_limit_bytes: None,
             feed_wait_max: Duration::from_millis(20_000),
+            history_chunk_records: IndexConfig::default().chunk_records_max,
+            history_follow: false,
         }
     }
 }
@@ -179,6 +188,21 @@ impl Api {
                 feed_cursors: Cursors::default(),
             }),
         }
+    }
+
+    /// Publishes the counters of the node journal the partitions commit through, if they
+    /// do, in `/metrics`. Only while the API is not yet shared (right after [`Api::new`]).
+    pub fn with_journal(
+        mut self,
+        journal: Option<Arc<walletd_runtime::storage::journal::NodeJournal>>,
+    ) -> Api {
+        if let Some(journal) = journal {
+            Arc::get_mut(&mut self.inner)
+                .expect("the journal is added before the API is shared")
+                .metrics
+                .add_journal(journal);
+        }
+        self
     }
 
     pub fn client(&self) -> &Client {

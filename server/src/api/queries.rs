@@ -1,22 +1,28 @@
 //! Reads: an account's balance (now, or as of a log position or time) and its history.
 //!
 //! "Now" asks the partition itself (answered once everything before it is durable). Past
-//! balances and history are folded from the partition's log on disk, read up to the last
-//! durable record.
+//! balances and history are read from the partition's history index
+//! ([`crate::history::index`]), brought up to the last durable record first; on a cluster
+//! node, for a partition another node runs, the request is forwarded to that node
+//! ([`super::forward`]).
 
 use axum::extract::State;
+use axum::http::{HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use walletd_core::ledger::LedgerError;
-use walletd_core::log::replay::{self, AsOf, MovementKind};
+use walletd_core::log::replay::{AsOf, MovementKind};
 use walletd_core::model::event::Lsn;
 use walletd_core::model::ids::AccountId;
 use walletd_core::model::money::{format_minor, Currency};
+use walletd_core::model::partition::PartitionId;
 use walletd_runtime::driver::{Query, QueryAnswer};
 
-use super::{account_id, currency, Api, ApiPath, ApiQuery};
+use super::{account_id, currency, forward, Api, ApiPath, ApiQuery};
 use crate::errors::ApiError;
-use crate::history::{LogError, PartitionLog};
+use crate::history::index::PartitionIndex;
+use crate::history::LogError;
 use crate::rfc3339;
 
 /// Default and largest page of `GET /v1/accounts/{id}/history`.
@@ -67,7 +73,9 @@ pub async fn balance(
     State(api): State<Api>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<BalanceParams>,
-) -> Result<axum::Json<AccountBalance>, ApiError> {
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let account = account_id("account id", &id)?;
     let wanted = params.currency.as_deref().map(currency).transpose()?;
     let as_of = match (params.as_of_lsn, params.as_of.as_deref()) {
@@ -80,14 +88,23 @@ pub async fn balance(
         (None, Some(text)) => {
             AsOf::Time(rfc3339::parse_us_from_epoch(text).map_err(ApiError::invalid_query)?)
         }
-        (None, None) => return balance_now(&api, account, wanted).await,
+        (None, None) => {
+            return balance_now(&api, account, wanted)
+                .await
+                .map(IntoResponse::into_response)
+        }
     };
     let partition = api.client().partition_of(&account);
-    let log = read_account_log(&api, account, as_of).await?;
-    let figures = replay::balance_as_of(&log.records, &account, AsOf::End)
-        .ok_or(LedgerError::AccountNotFound(account))?;
+    let read = read_index(&api, partition, &uri, &headers, move |index| {
+        index.balance(&account, as_of)
+    });
+    let point = match read.await? {
+        Read::Here(point) => point.ok_or(LedgerError::AccountNotFound(account))?,
+        Read::Forwarded(response) => return Ok(response),
+    };
+    let figures = point.balance;
     check_currency(account, figures.currency, wanted)?;
-    tracing::debug!(partition, lsn = log.last_lsn, "historical balance");
+    tracing::debug!(partition, lsn = figures.lsn, "historical balance");
     let c = figures.currency;
     Ok(axum::Json(AccountBalance {
         account_id: account.to_string(),
@@ -95,9 +112,10 @@ pub async fn balance(
         balance: format_minor(figures.balance, c),
         held: format_minor(figures.held, c),
         incoming: format_minor(figures.incoming, c),
-        as_of_lsn: Some(log.last_lsn),
-        as_of: (log.last_lsn > 0).then(|| rfc3339::format_us(log.last_timestamp)),
-    }))
+        as_of_lsn: Some(figures.lsn),
+        as_of: (figures.lsn > 0).then(|| rfc3339::format_us(point.timestamp)),
+    })
+    .into_response())
 }
 
 async fn balance_now(
@@ -146,37 +164,50 @@ fn check_currency(
     }
 }
 
-async fn read_account_log(
+/// An answer read from this node's index, or the answer of the node that keeps the log.
+enum Read<T> {
+    Here(T),
+    Forwarded(Response),
+}
+
+/// Runs `read` on the history index of `partition` if it runs here; otherwise forwards the
+/// request (`uri`, with the client's `headers`) to the node that keeps its log, once.
+async fn read_index<T: Send + 'static>(
     api: &Api,
-    account: AccountId,
-    as_of: AsOf,
-) -> Result<PartitionLog, ApiError> {
-    let partition = api.client().partition_of(&account);
-    let history = api.history().ok_or_else(|| {
+    partition: PartitionId,
+    uri: &Uri,
+    headers: &HeaderMap,
+    read: impl FnOnce(&PartitionIndex) -> Result<T, LogError> + Send + 'static,
+) -> Result<Read<T>, ApiError> {
+    let unavailable = |message: String| {
         ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             "history_unavailable",
-            "this node keeps no logs to answer history from",
+            message,
         )
-    })?;
-    history
-        .account_records(partition, account, as_of)
-        .await
-        .map_err(|error| match error {
-            LogError::NotLocal(_) => ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "history_unavailable",
-                error.to_string(),
-            ),
-            LogError::Io { .. } | LogError::Corrupt { .. } => {
-                tracing::error!(partition, %error, "log unreadable for a history query");
-                ApiError::new(
-                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                    "log_unreadable",
-                    error.to_string(),
-                )
+    };
+    let history = api
+        .history()
+        .ok_or_else(|| unavailable("this node keeps no logs to answer history from".into()))?;
+    match history.with_index(partition, read).await {
+        Ok(found) => Ok(Read::Here(found)),
+        Err(error @ LogError::NotLocal(_)) => match history.forward_address(partition) {
+            Some(http) if !forward::was_forwarded(headers) => {
+                forward::forward_read(http, uri, headers)
+                    .await
+                    .map(Read::Forwarded)
             }
-        })
+            _ => Err(unavailable(error.to_string())),
+        },
+        Err(error @ (LogError::Io { .. } | LogError::Corrupt { .. })) => {
+            tracing::error!(partition, %error, "log unreadable for a history query");
+            Err(ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "log_unreadable",
+                error.to_string(),
+            ))
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -221,6 +252,9 @@ pub struct HistoryPage {
     /// Pass as `before_lsn` for the next (older) page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_before_lsn: Option<Lsn>,
+    /// The last log record (of the account's partition) the page reflects: every movement
+    /// up to it is in this page or an older one.
+    pub lsn: Lsn,
 }
 
 /// The API name of a movement kind.
@@ -257,7 +291,9 @@ pub async fn history(
     State(api): State<Api>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<HistoryParams>,
-) -> Result<axum::Json<HistoryPage>, ApiError> {
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let account = account_id("account id", &id)?;
     let wanted = params.currency.as_deref().map(currency).transpose()?;
     let limit = params.limit.unwrap_or(HISTORY_LIMIT_DEFAULT);
@@ -266,21 +302,24 @@ pub async fn history(
             "limit must be between 1 and {HISTORY_LIMIT_MAX}"
         )));
     }
-    let log = read_account_log(&api, account, AsOf::End).await?;
-    let figures = replay::balance_as_of(&log.records, &account, AsOf::End)
-        .ok_or(LedgerError::AccountNotFound(account))?;
-    check_currency(account, figures.currency, wanted)?;
-    let c = figures.currency;
     let before = params.before_lsn.unwrap_or(Lsn::MAX);
-    let all = replay::movements(&log.records, &account);
-    let mut older = all.iter().rev().filter(|m| m.lsn < before);
-    let page: Vec<_> = older.by_ref().take(limit).collect();
-    let next_before_lsn = match (older.next(), page.last()) {
-        (Some(_), Some(last)) => Some(last.lsn),
+    let partition = api.client().partition_of(&account);
+    let read = read_index(&api, partition, &uri, &headers, move |index| {
+        index.page(&account, before, limit)
+    });
+    let page = match read.await? {
+        Read::Here(page) => page.ok_or(LedgerError::AccountNotFound(account))?,
+        Read::Forwarded(response) => return Ok(response),
+    };
+    check_currency(account, page.currency, wanted)?;
+    let c = page.currency;
+    let next_before_lsn = match (page.more, page.movements.last()) {
+        (true, Some(last)) => Some(last.lsn),
         _ => None,
     };
     let movements = page
-        .into_iter()
+        .movements
+        .iter()
         .map(|m| MovementView {
             lsn: m.lsn,
             timestamp: rfc3339::format_us(m.timestamp),
@@ -298,5 +337,7 @@ pub async fn history(
         currency: c.to_string(),
         movements,
         next_before_lsn,
-    }))
+        lsn: page.lsn,
+    })
+    .into_response())
 }

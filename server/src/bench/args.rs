@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 use super::measure::Clock;
+pub use crate::cli::GroupCommit;
 
 /// What one run of the benchmark measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -28,6 +29,9 @@ pub enum Mode {
     /// Resident memory per open account in an in-process engine (`--memory-accounts`); with
     /// `--transfers N`, per transfer ever made, and the latency of retries of old ones.
     Memory,
+    /// History pages and `as_of` balances on a small log and on one
+    /// `--history-factor` times larger (one partition, no server).
+    History,
 }
 
 impl Mode {
@@ -41,6 +45,7 @@ impl Mode {
             Mode::Cluster => "cluster",
             Mode::Ledger => "ledger",
             Mode::Memory => "memory",
+            Mode::History => "history",
         }
     }
 }
@@ -71,6 +76,10 @@ pub struct BenchArgs {
     /// the spawned server; the default is the server's.
     #[arg(long, default_value_t = 1_000_000)]
     pub snapshot_every_events: u64,
+    /// How batches are made durable, in every in-process engine and the spawned server
+    /// (`wallet serve --group-commit`); the default is the server's.
+    #[arg(long, value_enum, default_value_t = GroupCommit::Node)]
+    pub group_commit: GroupCommit,
     /// Seed of the random choice of accounts and amounts.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -149,6 +158,27 @@ pub struct BenchArgs {
     /// one partition (fsync on), then retries of early ones, whose rows are on disk by then.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1_000..=1_000_000_000), help_heading = "Memory mode")]
     pub transfers: Option<u64>,
+
+    /// Events of the small log of `history`.
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1_000..=10_000_000), help_heading = "History mode")]
+    pub history_small_events: u64,
+    /// How many times larger the large log of `history` is.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(2..=1_000), help_heading = "History mode")]
+    pub history_factor: u64,
+    /// Accounts of the `history` logs (every record moves money of one or two of them).
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(2..=1_000_000), help_heading = "History mode")]
+    pub history_accounts: u64,
+    /// Reads timed on each log: pages and `as_of` balances, alternating.
+    #[arg(long, default_value_t = 4_000, value_parser = clap::value_parser!(u64).range(10..=1_000_000), help_heading = "History mode")]
+    pub history_queries: u64,
+    /// Records per index chunk in `history` (the server's `--history-chunk-records`). Smaller
+    /// than the server's default, so that most of both logs is read from chunk files, as a
+    /// server's long history is, rather than from the in-memory chunk.
+    #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(16..=1 << 22), help_heading = "History mode")]
+    pub history_chunk_records: u32,
+    /// Also time reads that fold the whole log, as they were answered before the index.
+    #[arg(long, help_heading = "History mode")]
+    pub history_scan: bool,
 
     /// Append each row of the table, tab-separated in the table's column order, to this file
     /// (`bench/peers.sh` merges them with its peers' rows into one table).

@@ -16,7 +16,6 @@ use walletd_core::model::partition::{NodeAddress, NodeId, PartitionMap};
 
 use walletd_runtime::engine::{Client, EngineConfig};
 use walletd_runtime::net::{start_node_with, ClusterNode, NetConfig, NodeConfig, Tcp};
-use walletd_runtime::storage::file::{FileStorage, FileStorageConfig};
 
 use super::args::{BenchArgs, Mode};
 use super::engine_driver::{self, Entry, Load};
@@ -25,6 +24,8 @@ use super::placement::{Placed, Placement};
 use super::report::{Live, ModeReport, RunShape};
 use super::workload::Workload;
 use super::BenchError;
+use crate::cli::GroupCommit;
+use crate::storages::open_storages;
 
 /// The secret the in-process nodes authenticate each other with; nothing outside the
 /// process ever sees their listeners' traffic worth protecting.
@@ -153,7 +154,17 @@ async fn start(dir: &Path, args: &BenchArgs) -> Result<Cluster, BenchError> {
     };
     let mut nodes = Vec::new();
     for (node, listener) in (0..).zip(listeners) {
-        nodes.push(start_node(dir, &map, node, listener, args.snapshot_every_events).await?);
+        nodes.push(
+            start_node(
+                dir,
+                &map,
+                node,
+                listener,
+                args.snapshot_every_events,
+                args.group_commit,
+            )
+            .await?,
+        );
     }
     wait_for_links(&nodes).await?;
     Ok(Cluster { map, nodes })
@@ -166,14 +177,18 @@ async fn start_node(
     node: NodeId,
     listener: TcpListener,
     snapshot_every_events: u64,
+    group_commit: GroupCommit,
 ) -> Result<ClusterNode, BenchError> {
-    let mut storages = Vec::new();
-    for partition in map.partitions_of(node) {
-        let path = dir.join(format!("node-{node}/partition-{partition}"));
-        let storage = FileStorage::open(&path, FileStorageConfig::default())
-            .map_err(|e| BenchError::io(format!("open {}", path.display()), e))?;
-        storages.push((partition, storage));
-    }
+    let root = dir.join(format!("node-{node}"));
+    let storages = open_storages(
+        &root,
+        map.partitions(),
+        &map.partitions_of(node),
+        |p| root.join(format!("partition-{p}")),
+        group_commit,
+    )
+    .map_err(|e| BenchError::Engine(format!("node {node}: {e}")))?
+    .partitions;
     let mut engine = EngineConfig::default();
     engine.driver.snapshot_every_events = snapshot_every_events;
     let config = NodeConfig {

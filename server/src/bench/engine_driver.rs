@@ -12,16 +12,17 @@ use walletd_core::ledger::{Command, Reply, TransferStatus};
 use walletd_core::model::event::Reason;
 use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_core::model::money::Amount;
-use walletd_core::model::partition::NodeId;
+use walletd_core::model::partition::{NodeId, PartitionId};
 
 use walletd_runtime::driver::{CommandResult, DriverConfig, Query, QueryAnswer};
 use walletd_runtime::engine::{Client, Engine, EngineConfig, Unavailable};
-use walletd_runtime::storage::file::{FileStorage, FileStorageConfig};
 
 use super::measure::Syncs;
 use super::report::{Live, MemoryReport, Phase, SharedTallies, Tally};
 use super::workload::{account_name, Rng, Workload, CURRENCY, FUNDING_TRANSACTION_ID};
 use super::{BenchError, Totals};
+use crate::cli::GroupCommit;
+use crate::storages::open_storages;
 
 /// Commands handed to the engine at once while opening accounts.
 const SETUP_CHUNK: usize = 8192;
@@ -33,14 +34,21 @@ pub async fn start_engine(
     dir: &Path,
     partitions: u32,
     snapshot_every_events: u64,
+    group_commit: GroupCommit,
 ) -> Result<Engine, BenchError> {
-    let mut storages = Vec::with_capacity(partitions as usize);
-    for partition in 0..partitions {
-        let path = dir.join(format!("partition-{partition}"));
-        let storage = FileStorage::open(&path, FileStorageConfig::default())
-            .map_err(|e| BenchError::io(format!("open {}", path.display()), e))?;
-        storages.push(storage);
-    }
+    let all: Vec<PartitionId> = (0..partitions).collect();
+    let storages = open_storages(
+        dir,
+        partitions,
+        &all,
+        |p| dir.join(format!("partition-{p}")),
+        group_commit,
+    )
+    .map_err(|e| BenchError::Engine(e.to_string()))?
+    .partitions
+    .into_iter()
+    .map(|(_, storage)| storage)
+    .collect();
     let config = EngineConfig {
         partitions,
         driver: DriverConfig {
@@ -332,7 +340,13 @@ pub async fn measure_memory(
         .tempdir()
         .map_err(|e| BenchError::io("create a temporary directory", e))?;
     let rss_before_bytes = resident_bytes()?;
-    let engine = start_engine(dir.path(), partitions, snapshot_every_events).await?;
+    let engine = start_engine(
+        dir.path(),
+        partitions,
+        snapshot_every_events,
+        GroupCommit::Node,
+    )
+    .await?;
     let started = Instant::now();
     let progress = tokio::spawn({
         let stats = engine.stats().to_vec();

@@ -9,6 +9,7 @@ use super::measure::{self, Clock};
 use super::report::{Live, ModeReport, RunShape};
 use super::workload::Workload;
 use super::BenchError;
+use crate::cli::GroupCommit;
 
 /// What one engine run is.
 #[derive(Debug, Clone, Copy)]
@@ -17,6 +18,7 @@ pub struct EngineRun<'a> {
     pub label: &'a str,
     pub partitions: u32,
     pub snapshot_every_events: u64,
+    pub group_commit: GroupCommit,
     pub load: Load,
     pub clock: Clock,
 }
@@ -28,8 +30,13 @@ pub async fn run(run: EngineRun<'_>, workload: &Workload) -> Result<ModeReport, 
         .prefix("walletd-bench-engine-")
         .tempdir()
         .map_err(|e| BenchError::io("create a temporary directory", e))?;
-    let engine =
-        engine_driver::start_engine(dir.path(), run.partitions, run.snapshot_every_events).await?;
+    let engine = engine_driver::start_engine(
+        dir.path(),
+        run.partitions,
+        run.snapshot_every_events,
+        run.group_commit,
+    )
+    .await?;
     let client = engine.client();
     let accounts = engine_driver::account_ids(workload);
     let started = Instant::now();

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use clap::ValueEnum;
+
 use super::args::{BenchArgs, Mode};
 use super::http_driver::{self, Shape, SpawnedServer, Target};
 use super::measure;
@@ -33,6 +35,17 @@ pub async fn run(
     Ok(rows)
 }
 
+/// The arguments of a spawned server: the bench's `--group-commit`, then `--server-arg`s.
+fn server_args(args: &BenchArgs) -> Vec<String> {
+    let group_commit = args
+        .group_commit
+        .to_possible_value()
+        .expect("every mode has a name");
+    let mut server_args = vec![format!("--group-commit={}", group_commit.get_name())];
+    server_args.extend(args.server_args.iter().cloned());
+    server_args
+}
+
 /// The server to load: `--target`, or a `wallet serve` spawned for the run.
 async fn connect(args: &BenchArgs) -> Result<(Option<SpawnedServer>, Target), BenchError> {
     if let Some(url) = &args.target {
@@ -42,7 +55,7 @@ async fn connect(args: &BenchArgs) -> Result<(Option<SpawnedServer>, Target), Be
         args.server_bin.clone(),
         args.partitions,
         args.snapshot_every_events,
-        &args.server_args,
+        &server_args(args),
     )
     .await?;
     eprintln!(

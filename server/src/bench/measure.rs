@@ -84,8 +84,9 @@ where
 /// Log syncs so far and the seconds they took, summed over partitions: `(count, seconds)`.
 pub type Syncs = (u64, f64);
 
-/// Shows on stderr how often the partitions synced their logs during a run and how long a
-/// sync took on average: the floor under a single transfer's latency.
+/// Shows on stderr how many batches the partitions made durable during a run and how long
+/// that took on average (a sync of the partition's log, or the wait for the node journal's
+/// round): the floor under a single transfer's latency.
 pub fn report_syncs(mode: &str, before: Syncs, after: Syncs, window: Duration, transfers: u64) {
     let syncs = after.0.saturating_sub(before.0);
     let seconds = (after.1 - before.1).max(0.0);
@@ -93,7 +94,7 @@ pub fn report_syncs(mode: &str, before: Syncs, after: Syncs, window: Duration, t
         return;
     }
     eprintln!(
-        "  {mode}: {:.0} log syncs/s (all partitions), {:.2} ms per sync on average, {:.1} transfers per sync",
+        "  {mode}: {:.0} batch commits/s (all partitions), {:.2} ms to make a batch durable on average, {:.1} transfers per batch",
         syncs as f64 / window.as_secs_f64(),
         seconds * 1000.0 / syncs as f64,
         transfers as f64 / syncs as f64

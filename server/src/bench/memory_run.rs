@@ -30,6 +30,7 @@ use walletd_runtime::engine::Client;
 use super::engine_driver::{open_accounts, start_engine};
 use super::workload::{account_name, Rng, CURRENCY, FUNDING_MINOR, TRANSFER_MINOR_MAX};
 use super::BenchError;
+use crate::cli::GroupCommit;
 
 /// Accounts the transfers move money between.
 pub const ACCOUNTS: u64 = 100_000;
@@ -89,12 +90,16 @@ fn transfer(seed: u64, i: u64, ids: &[AccountId]) -> Transfer {
 }
 
 /// Runs the measurement: `transfers` transfers on a fresh one-partition engine.
-pub async fn run(transfers: u64, seed: u64) -> Result<TransferMemoryReport, BenchError> {
+pub async fn run(
+    transfers: u64,
+    seed: u64,
+    group_commit: GroupCommit,
+) -> Result<TransferMemoryReport, BenchError> {
     let dir = tempfile::Builder::new()
         .prefix("walletd-bench-memory-")
         .tempdir()
         .map_err(|e| BenchError::io("create a temporary directory", e))?;
-    let engine = start_engine(dir.path(), 1, 1_000_000).await?;
+    let engine = start_engine(dir.path(), 1, 1_000_000, group_commit).await?;
     let client = engine.client();
     let ids: Arc<[AccountId]> = (0..ACCOUNTS)
         .map(|i| AccountId::new(&account_name(i)).expect("valid id"))

@@ -18,6 +18,8 @@
 //! - `ledger`: the ledger alone on one core, no disk: the ceiling.
 //! - `memory`: resident bytes per open account at `--memory-accounts`; with `--transfers N`,
 //!   resident bytes per transfer ever made and the latency of retries of old transfers.
+//! - `history`: history pages and `as_of` balances on a small and a large log (see
+//!   [`history_run`]).
 //!
 //! Each kind of measurement ends the output with a machine-readable line of its own
 //! ([`BenchReport::summary_lines`]).
@@ -31,8 +33,8 @@
 //!   [`http_run`]: the runs of the HTTP modes.
 //! - [`engine_driver`]: the in-process engine on real files, its clients, and the memory
 //!   measurement; [`engine_run`]: one measured run of a fresh engine.
-//! - [`partition_sweep`], [`cluster_run`], [`ledger_run`]: the modes of those names;
-//!   [`memory_run`]: `memory --transfers`.
+//! - [`partition_sweep`], [`cluster_run`], [`ledger_run`], [`history_run`]: the modes of
+//!   those names; [`memory_run`]: `memory --transfers`.
 //! - [`report`]: per-client tallies and histograms, the rows, the JSON and TSV output;
 //!   [`tables`]: the tables as printed, under their headings.
 
@@ -40,6 +42,7 @@ pub mod args;
 pub mod cluster_run;
 pub mod engine_driver;
 pub mod engine_run;
+pub mod history_run;
 pub mod http_driver;
 pub mod http_run;
 pub mod ledger_run;
@@ -177,7 +180,8 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
         report.ledger = Some(ledger_run::run(&args, &run_tag)?);
     }
     if let (true, Some(transfers)) = (asked(Mode::Memory), args.transfers) {
-        report.transfer_memory = Some(memory_run::run(transfers, args.seed).await?);
+        report.transfer_memory =
+            Some(memory_run::run(transfers, args.seed, args.group_commit).await?);
     } else if asked(Mode::Memory) {
         eprintln!(
             "memory: opening {} accounts in an in-process engine ({} partitions)",
@@ -191,7 +195,14 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
         .await?;
         report.memory = Some(memory);
     }
-    print_report(&args, &report)?;
+    let history_only = args.modes.iter().all(|m| *m == Mode::History);
+    if !history_only {
+        print_report(&args, &report)?;
+    }
+    // Last, so that its line ends the output.
+    if asked(Mode::History) {
+        history_run::run(&args).await?;
+    }
     Ok(report)
 }
 
@@ -201,6 +212,7 @@ async fn run_engine_mode(args: &BenchArgs, workload: &Workload) -> Result<ModeRe
         label: Mode::Engine.name(),
         partitions: args.partitions,
         snapshot_every_events: args.snapshot_every_events,
+        group_commit: args.group_commit,
         load: Load {
             clients: args.engine_clients,
             batch: args.engine_batch,

@@ -38,6 +38,7 @@ pub async fn run(args: &BenchArgs, run_tag: &str) -> Result<Vec<ModeReport>, Ben
                 label,
                 partitions,
                 snapshot_every_events: args.snapshot_every_events,
+                group_commit: args.group_commit,
                 load: Load {
                     clients: args.partition_clients,
                     batch: args.partition_batch,

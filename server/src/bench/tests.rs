@@ -95,9 +95,10 @@ async fn engine_mode_moves_money_and_conserves_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_modes_run_against_a_target_server() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = engine_driver::start_engine(dir.path(), 2, 1_000_000)
-        .await
-        .unwrap();
+    let engine =
+        engine_driver::start_engine(dir.path(), 2, 1_000_000, crate::cli::GroupCommit::Node)
+            .await
+            .unwrap();
     let api = crate::api::Api::new(
         engine.client(),
         Vec::new(),

@@ -5,18 +5,15 @@
 //! that can hold the wanted records are opened: the one holding `after + 1` and the newer
 //! ones, until the page is full.
 
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::ControlFlow;
-use std::path::Path;
 
-use walletd_core::log::codec::{Record, RecordReader, SYNC_MARK_LEN};
+use walletd_core::log::codec::{Record, RecordReader};
 use walletd_core::model::event::Lsn;
 use walletd_core::model::partition::PartitionId;
 
 use super::cursors::Cursor;
 use crate::datadir::DataDir;
-use crate::history::{records_of_segment, LogError};
+use crate::history::{read_from, records_of_segment, LogError};
 
 /// Why the records after an lsn cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -143,35 +140,11 @@ fn read_page(
     Ok(page)
 }
 
-/// The bytes of the file at `path` with those before `offset` left unread: they are zero in
-/// the buffer, except the segment header at the start, which tells the reader which rules
-/// its frames follow. The zeroed prefix costs no reading and, taken from the allocator as
-/// zeroed pages, almost no memory; a reader resumed at `offset` never looks at it.
-fn read_from(path: &Path, offset: usize) -> io::Result<Vec<u8>> {
-    let mut file = File::open(path)?;
-    if offset == 0 {
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        return Ok(bytes);
-    }
-    let len = file.metadata()?.len() as usize;
-    if offset > len {
-        return Ok(Vec::new());
-    }
-    let mut bytes = vec![0; len];
-    // A segment header is a sync mark (see `walletd_core::log::codec`).
-    let header = SYNC_MARK_LEN.min(offset);
-    file.read_exact(&mut bytes[..header])?;
-    file.seek(SeekFrom::Start(offset as u64))?;
-    // The file may have grown since its length was read: what is past `len` is read next time.
-    file.read_exact(&mut bytes[offset..])?;
-    Ok(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::fs;
+    use std::path::Path;
     use walletd_core::log::codec::{decode_log, encode_record, encode_sync_mark};
 
     fn fixture_records() -> Vec<Record> {

@@ -97,7 +97,8 @@ pub struct DriverStats {
     pub inputs: AtomicU64,
     pub events: AtomicU64,
     pub syncs: AtomicU64,
-    /// Time to append and `fdatasync` a batch, in µs (its count is `syncs`).
+    /// Time to make a batch durable, in µs (its count is `syncs`): append and `fdatasync` of
+    /// the log, or with a node journal the wait for the journal's round.
     pub sync_us: Histogram,
     /// Records per batch that wrote (one group commit, one sync).
     pub batch_records: Histogram,
@@ -229,6 +230,18 @@ pub async fn recover<S: Storage>(
         if let Some(len) = cut {
             assert_eq!(i, newest, "only the newest segment is ever cut");
             storage.truncate_last(len).await.map_err(io_err)?;
+        }
+    }
+    // A node journal may hold acknowledged records the log lost with its unsynced tail.
+    for (first_lsn, bytes) in storage.take_journaled() {
+        let missing = recovery
+            .replay_journaled(first_lsn, &bytes)
+            .map_err(|error| DriverError::from_recovery(partition, error))?;
+        if let Some((lsn, offset)) = missing {
+            storage
+                .append(lsn, &bytes[offset..])
+                .await
+                .map_err(io_err)?;
         }
     }
     // What was read back may still sit in the page cache only (a process crash keeps

@@ -1,6 +1,7 @@
 //! The [`Forwarder`]: one per remote node; it carries the inputs for that node's partitions
 //! over one authenticated connection and resolves their answers by request id.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -10,7 +11,8 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout, Instant};
 
-use crate::driver::{CommandResult, Input, QueryAnswer};
+use crate::driver::{CommandResult, Input, Query, QueryAnswer};
+use walletd_core::ledger::Command;
 use walletd_core::model::partition::NodeId;
 use walletd_core::wire::{Frame, FrameWriter, Message, RequestId};
 
@@ -19,7 +21,32 @@ use super::*;
 /// A request sent and not yet answered. The permit bounds how many there are.
 pub(super) struct Waiting {
     reply: Waiter,
+    /// What was asked, kept to ask again on the next link if this one is refused for a
+    /// stale map (both are `Copy`: keeping them costs no allocation).
+    request: Request,
     _permit: OwnedSemaphorePermit,
+}
+
+/// The question of a [`Waiting`] request.
+#[derive(Clone, Copy)]
+pub(super) enum Request {
+    Command { command: Command, wait: bool },
+    Query(Query),
+}
+
+impl Waiting {
+    /// The input that asks the same question again, answered to the same client.
+    fn into_input(self) -> Input {
+        match (self.reply, self.request) {
+            (Waiter::Command(reply), Request::Command { command, wait }) => Input::Command {
+                command,
+                wait,
+                reply,
+            },
+            (Waiter::Query(reply), Request::Query(query)) => Input::Query { query, reply },
+            _ => unreachable!("a waiter is registered with a request of its own kind"),
+        }
+    }
 }
 
 pub(super) enum Waiter {
@@ -39,13 +66,37 @@ pub(super) enum LinkEnd {
     Closed,
 }
 
+/// A time during which a forwarder and its peer refuse each other for holding different maps.
+#[derive(Default)]
+struct StaleEpisode {
+    /// When the first refusal came (`None` while the maps agree).
+    since: Option<Instant>,
+    /// Whether the wait ran out, and was logged.
+    given_up: bool,
+}
+
+impl StaleEpisode {
+    /// True while the forwarder should hold its queue for the two maps to agree.
+    fn still_waiting(&mut self, wait_max_ms: u64) -> bool {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        !self.given_up && since.elapsed() < ms(wait_max_ms)
+    }
+
+    /// Ends the wait; true the first time, so it is logged once.
+    fn give_up(&mut self) -> bool {
+        !std::mem::replace(&mut self.given_up, true)
+    }
+}
+
 /// Carries the inputs for every partition of one remote node to that node.
 pub(super) struct Forwarder<N: PeerIo> {
     pub(super) remote: NodeId,
-    pub(super) address: String,
     pub(super) ctx: Arc<NodeContext>,
     pub(super) io: Arc<N>,
     pub(super) inputs: mpsc::Receiver<Input>,
+    /// Requests that were waiting on a link refused for a stale map: the next link sends
+    /// them first. Empty whenever the link is down for any other reason.
+    pub(super) resend: VecDeque<Input>,
     pub(super) stats: Arc<LinkStats>,
 }
 
@@ -55,49 +106,107 @@ impl<N: PeerIo> Forwarder<N> {
         let mut backoff_ms = config.connect_backoff_initial_ms;
         let mut failures: u64 = 0;
         let mut last_logged: Option<String> = None;
+        let mut stale = StaleEpisode::default();
         loop {
-            match self.connect().await {
+            let ended = match self.connect().await {
                 Ok(stream) => {
                     tracing::info!(node = self.ctx.node, peer = self.remote, "peer link up");
                     backoff_ms = config.connect_backoff_initial_ms;
                     failures = 0;
                     last_logged = None;
+                    stale = StaleEpisode::default();
                     self.stats.connects.fetch_add(1, Ordering::Relaxed);
                     self.stats.connected.store(true, Ordering::Relaxed);
                     let end = self.serve(stream).await;
                     self.stats.connected.store(false, Ordering::Relaxed);
                     match end {
                         LinkEnd::Closed => return,
+                        LinkEnd::Broken(error @ NetError::StaleMap { .. }) => {
+                            tracing::info!(node = self.ctx.node, peer = self.remote, %error, "peer link refused for a stale map; retrying");
+                            error
+                        }
                         LinkEnd::Broken(error) => {
-                            tracing::warn!(node = self.ctx.node, peer = self.remote, %error, "peer link down")
+                            tracing::warn!(node = self.ctx.node, peer = self.remote, %error, "peer link down");
+                            error
                         }
                     }
                 }
+                // Nodes that learn a new map a moment apart refuse each other until both
+                // have it: expected, and handled below, so not a warning.
+                Err(error @ NetError::StaleMap { .. }) => {
+                    tracing::info!(node = self.ctx.node, peer = self.remote, %error, "peer holds another map; holding its queue");
+                    error
+                }
                 Err(error) => {
                     failures += 1;
-                    // The first failure is news, and so is one that differs from the last
-                    // logged (a node that was down is up, but its certificate is refused);
-                    // repeats while a node is down are not.
-                    let text = error.to_string();
-                    if failures == 1
-                        || matches!(error, NetError::Auth(_) | NetError::StaleMap { .. })
-                        || last_logged.as_deref() != Some(text.as_str())
-                    {
-                        tracing::warn!(node = self.ctx.node, peer = self.remote, address = self.address, %error, "cannot reach peer");
-                        last_logged = Some(text);
-                    }
+                    self.log_unreachable(&error, failures, &mut last_logged);
+                    error
+                }
+            };
+            let retry_at = Instant::now() + ms(backoff_ms);
+            backoff_ms = (backoff_ms * 2).min(config.connect_backoff_max_ms);
+            if let NetError::StaleMap { got, .. } = ended {
+                self.ctx.saw_map_version(got);
+                if stale.still_waiting(config.stale_map_wait_max_ms) {
+                    self.hold_until(retry_at).await;
+                    continue;
+                }
+                if stale.give_up() {
+                    tracing::warn!(
+                        node = self.ctx.node,
+                        peer = self.remote,
+                        %ended,
+                        waited_ms = config.stale_map_wait_max_ms,
+                        "the peer still holds another map; refusing its partitions' inputs until it links"
+                    );
                 }
             }
-            if !self.refuse_until(Instant::now() + ms(backoff_ms)).await {
+            // Whoever waited for an answer on a link that is down hears so now.
+            self.resend.clear();
+            if !self.refuse_until(retry_at).await {
                 return;
             }
-            backoff_ms = (backoff_ms * 2).min(config.connect_backoff_max_ms);
+        }
+    }
+
+    /// Logs a failure to connect if it is news: the first, and one that differs from the
+    /// last logged (a node that was down is up, but its certificate is refused); repeats
+    /// while a node is down are not.
+    fn log_unreachable(&self, error: &NetError, failures: u64, last_logged: &mut Option<String>) {
+        let text = error.to_string();
+        if failures == 1
+            || matches!(error, NetError::Auth(_))
+            || last_logged.as_deref() != Some(text.as_str())
+        {
+            tracing::warn!(node = self.ctx.node, peer = self.remote, address = self.address(), %error, "cannot reach peer");
+            *last_logged = Some(text);
+        }
+    }
+
+    /// The remote node's peer address in the map in force.
+    fn address(&self) -> String {
+        let map = self.ctx.map();
+        map.map
+            .nodes
+            .get(&self.remote)
+            .map(|address| address.peer.clone())
+            // A node that owns partitions stays in every map the node accepts.
+            .expect("a forwarder's node is in the map")
+    }
+
+    /// While two nodes hold different maps: keep the queue (its clients wait rather than
+    /// fail) until `deadline`, or until this node's map changes, whichever comes first.
+    pub(super) async fn hold_until(&mut self, deadline: Instant) {
+        let mut map = self.ctx.map.subscribe();
+        tokio::select! {
+            _ = map.changed() => {}
+            _ = sleep_until(deadline) => {}
         }
     }
 
     pub(super) async fn connect(&self) -> Result<N::Stream, NetError> {
         let attempt = async {
-            let mut stream = self.io.connect(&self.address).await?;
+            let mut stream = self.io.connect(&self.address()).await?;
             handshake_connector(&mut stream, &self.ctx, self.remote).await?;
             Ok(stream)
         };
@@ -137,8 +246,17 @@ impl<N: PeerIo> Forwarder<N> {
             .write_loop(write, &pending, &permits, &mut reader)
             .await;
         reader.abort();
-        // Dropping the reply senders tells every waiting client the partition is unavailable.
-        pending.lock().expect("pending lock").clear();
+        let mut waiting: Vec<(RequestId, Waiting)> =
+            pending.lock().expect("pending lock").drain().collect();
+        if matches!(end, LinkEnd::Broken(NetError::StaleMap { .. })) {
+            // The peer applied nothing of a frame it refused, and requests it took are
+            // idempotent: ask every unanswered one again, in the order first asked.
+            waiting.sort_unstable_by_key(|(id, _)| *id);
+            let again = waiting.into_iter().map(|(_, waiting)| waiting.into_input());
+            self.resend.extend(again);
+        }
+        // Otherwise dropping the reply senders tells every waiting client the partition is
+        // unavailable.
         end
     }
 
@@ -161,6 +279,7 @@ impl<N: PeerIo> Forwarder<N> {
         loop {
             let first = match carried {
                 Some(_) => None,
+                None if !self.resend.is_empty() => self.resend.pop_front(),
                 None => tokio::select! {
                     biased;
                     ended = &mut *reader => return LinkEnd::Broken(reader_error(ended)),
@@ -205,12 +324,15 @@ impl<N: PeerIo> Forwarder<N> {
         }
     }
 
-    /// The next queued input, if `frame` may take more ([`NetConfig::frame_messages_max`]).
+    /// The next input to send (one to send again first), if `frame` may take more
+    /// ([`NetConfig::frame_messages_max`]).
     fn more_inputs(&mut self, frame: &FrameWriter<'_>) -> Option<Input> {
-        if frame.count() < self.ctx.config.frame_messages_max {
-            self.inputs.try_recv().ok()
-        } else {
+        if frame.count() >= self.ctx.config.frame_messages_max {
             None
+        } else if let Some(again) = self.resend.pop_front() {
+            Some(again)
+        } else {
+            self.inputs.try_recv().ok()
         }
     }
 }
@@ -227,7 +349,7 @@ pub(super) async fn to_message(
     pending: &Pending,
     permits: &Arc<Semaphore>,
 ) -> Option<Option<Message>> {
-    let (reply, message) = match input {
+    let (reply, request, message) = match input {
         // The transport grouped them for one partition, within a wire message's bound.
         Input::Peers(peers) => return Some(Some(Message::Peers(peers))),
         Input::Shutdown(ack) => {
@@ -252,6 +374,7 @@ pub(super) async fn to_message(
             reply,
         } => (
             Waiter::Command(reply),
+            Request::Command { command, wait },
             Message::Request {
                 id: *next_id,
                 wait,
@@ -260,6 +383,7 @@ pub(super) async fn to_message(
         ),
         Input::Query { query, reply } => (
             Waiter::Query(reply),
+            Request::Query(query),
             Message::QueryRequest {
                 id: *next_id,
                 query,
@@ -269,6 +393,7 @@ pub(super) async fn to_message(
     let permit = Arc::clone(permits).acquire_owned().await.ok()?;
     let waiting = Waiting {
         reply,
+        request,
         _permit: permit,
     };
     let previous = pending
@@ -334,6 +459,7 @@ pub(super) fn resolve(frame: Frame, pending: &Pending, ctx: &NodeContext) -> Res
             },
             // Dropping the waiter tells the client the partition is unavailable.
             Message::Refused { id } => drop(pending.remove(&id)),
+            // `expected` is the peer's version, `got` this node's when it wrote the frame.
             Message::StaleMap { expected, got } => {
                 return Err(NetError::StaleMap {
                     expected: got,

@@ -79,11 +79,12 @@ impl Transcript {
 /// Sends one handshake message in its own frame.
 pub(super) async fn send_one<S: AsyncWrite + Unpin>(
     stream: &mut S,
+    map_version: u64,
     ctx: &NodeContext,
     message: Message,
 ) -> Result<(), NetError> {
     let mut buf = Vec::new();
-    let mut frame = FrameWriter::new(&mut buf, ctx.map_version());
+    let mut frame = FrameWriter::new(&mut buf, map_version);
     frame.push(&message);
     frame.finish();
     write_frames(stream, &buf, ctx.config.write_timeout_ms).await
@@ -108,22 +109,25 @@ pub(super) async fn handshake_connector<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &NodeContext,
     remote: NodeId,
 ) -> Result<(), NetError> {
+    // One map for the whole handshake, though a new one may come in while it runs.
+    let current = ctx.map();
+    let (version, digest) = (current.map.version, current.digest);
     let connector_nonce = ctx.nonces.next();
     let hello = Message::Hello {
         node: ctx.node,
-        map_version: ctx.map_version(),
-        map_digest: ctx.map_digest,
+        map_version: version,
+        map_digest: digest,
         nonce: connector_nonce,
     };
-    send_one(stream, ctx, hello).await?;
+    send_one(stream, version, ctx, hello).await?;
     let acceptor_nonce = match receive_one(stream).await? {
         Message::Hello {
             node,
             map_version,
             map_digest,
             nonce,
-        } if node == remote && map_version == ctx.map_version() => {
-            check_same_map(ctx, map_digest)?;
+        } if node == remote && map_version == version => {
+            check_same_map(version, digest, map_digest)?;
             nonce
         }
         Message::Hello { node, .. } if node != remote => {
@@ -137,7 +141,7 @@ pub(super) async fn handshake_connector<S: AsyncRead + AsyncWrite + Unpin>(
             ..
         } => {
             return Err(NetError::StaleMap {
-                expected: ctx.map_version(),
+                expected: version,
                 got: map_version,
             })
         }
@@ -146,13 +150,13 @@ pub(super) async fn handshake_connector<S: AsyncRead + AsyncWrite + Unpin>(
     let transcript = Transcript {
         connector: ctx.node,
         acceptor: remote,
-        map_version: ctx.map_version(),
-        map_digest: ctx.map_digest,
+        map_version: version,
+        map_digest: digest,
         connector_nonce,
         acceptor_nonce,
     };
     let mac = transcript.mac(&ctx.secret, Role::Connector);
-    send_one(stream, ctx, Message::Auth { mac }).await?;
+    send_one(stream, version, ctx, Message::Auth { mac }).await?;
     match receive_one(stream).await {
         Ok(Message::Auth { mac }) if transcript.verify(&ctx.secret, Role::Acceptor, &mac) => Ok(()),
         Ok(Message::Auth { .. }) => Err(NetError::Auth(
@@ -171,15 +175,19 @@ pub(super) async fn handshake_acceptor<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     ctx: &NodeContext,
 ) -> Result<NodeId, NetError> {
+    // One map for the whole handshake, though a new one may come in while it runs.
+    let current = ctx.map();
+    let (version, digest) = (current.map.version, current.digest);
     let (peer, connector_nonce) = match receive_one(stream).await? {
-        Message::Hello { map_version, .. } if map_version != ctx.map_version() => {
+        Message::Hello { map_version, .. } if map_version != version => {
+            ctx.saw_map_version(map_version);
             let stale = Message::StaleMap {
-                expected: ctx.map_version(),
+                expected: version,
                 got: map_version,
             };
-            send_one(stream, ctx, stale).await?;
+            send_one(stream, version, ctx, stale).await?;
             return Err(NetError::StaleMap {
-                expected: ctx.map_version(),
+                expected: version,
                 got: map_version,
             });
         }
@@ -188,12 +196,13 @@ pub(super) async fn handshake_acceptor<S: AsyncRead + AsyncWrite + Unpin>(
             map_digest,
             nonce,
             ..
-        } if node != ctx.node && ctx.map.nodes.contains_key(&node) => {
-            if map_digest != ctx.map_digest {
+        } if node != ctx.node && current.map.nodes.contains_key(&node) => {
+            if map_digest != digest {
                 // The connector learns why from this end's Hello, and closes with the same
                 // error; nothing past the Hellos is exchanged.
-                send_one(stream, ctx, own_hello(ctx, ctx.nonces.next())).await?;
-                return Err(map_mismatch(ctx, map_digest));
+                let hello = own_hello(ctx, &current, ctx.nonces.next());
+                send_one(stream, version, ctx, hello).await?;
+                return Err(map_mismatch(version, digest, map_digest));
             }
             (node, nonce)
         }
@@ -205,12 +214,13 @@ pub(super) async fn handshake_acceptor<S: AsyncRead + AsyncWrite + Unpin>(
         other => return Err(NetError::Protocol(format!("expected Hello, got {other:?}"))),
     };
     let acceptor_nonce = ctx.nonces.next();
-    send_one(stream, ctx, own_hello(ctx, acceptor_nonce)).await?;
+    let hello = own_hello(ctx, &current, acceptor_nonce);
+    send_one(stream, version, ctx, hello).await?;
     let transcript = Transcript {
         connector: peer,
         acceptor: ctx.node,
-        map_version: ctx.map_version(),
-        map_digest: ctx.map_digest,
+        map_version: version,
+        map_digest: digest,
         connector_nonce,
         acceptor_nonce,
     };
@@ -224,33 +234,33 @@ pub(super) async fn handshake_acceptor<S: AsyncRead + AsyncWrite + Unpin>(
         other => return Err(NetError::Protocol(format!("expected Auth, got {other:?}"))),
     }
     let mac = transcript.mac(&ctx.secret, Role::Acceptor);
-    send_one(stream, ctx, Message::Auth { mac }).await?;
+    send_one(stream, version, ctx, Message::Auth { mac }).await?;
     Ok(peer)
 }
 
-/// This node's Hello, with challenge `nonce`.
-fn own_hello(ctx: &NodeContext, nonce: [u8; NONCE_LEN]) -> Message {
+/// This node's Hello under map `current`, with challenge `nonce`.
+fn own_hello(ctx: &NodeContext, current: &CurrentMap, nonce: [u8; NONCE_LEN]) -> Message {
     Message::Hello {
         node: ctx.node,
-        map_version: ctx.map_version(),
-        map_digest: ctx.map_digest,
+        map_version: current.map.version,
+        map_digest: current.digest,
         nonce,
     }
 }
 
 /// Refuses a peer that holds another map under this node's map version.
-fn check_same_map(ctx: &NodeContext, peer_digest: u64) -> Result<(), NetError> {
-    if peer_digest == ctx.map_digest {
+fn check_same_map(version: u64, ours: u64, theirs: u64) -> Result<(), NetError> {
+    if ours == theirs {
         Ok(())
     } else {
-        Err(map_mismatch(ctx, peer_digest))
+        Err(map_mismatch(version, ours, theirs))
     }
 }
 
-fn map_mismatch(ctx: &NodeContext, peer_digest: u64) -> NetError {
+fn map_mismatch(version: u64, ours: u64, theirs: u64) -> NetError {
     NetError::MapMismatch {
-        version: ctx.map_version(),
-        ours: ctx.map_digest,
-        theirs: peer_digest,
+        version,
+        ours,
+        theirs,
     }
 }

@@ -13,6 +13,7 @@ use tokio::time::timeout;
 use crate::driver::{CommandResult, Input, Query, QueryAnswer};
 use crate::engine::{command_account, Client};
 use crate::transport::{by_destination, PeerMessage};
+use walletd_core::model::partition::partition_of;
 use walletd_core::wire::{FrameWriter, Message};
 
 use super::*;
@@ -148,7 +149,8 @@ pub(super) async fn read_inbound<R: AsyncRead + Unpin>(
             Ok(frame) => frame?,
         };
         if frame.map_version != ctx.map_version() {
-            tracing::warn!(
+            ctx.saw_map_version(frame.map_version);
+            tracing::info!(
                 node = ctx.node,
                 expected = ctx.map_version(),
                 got = frame.map_version,
@@ -191,7 +193,7 @@ pub(super) async fn route(
         }
         Message::Request { id, wait, command } => {
             let (reply, answer) = oneshot::channel();
-            let partition = ctx.map.partition_of(command_account(&command));
+            let partition = partition_of(command_account(&command), ctx.partitions);
             let input = Input::Command {
                 command,
                 wait,
@@ -202,8 +204,8 @@ pub(super) async fn route(
         Message::QueryRequest { id, query } => {
             let (reply, answer) = oneshot::channel();
             let partition = match &query {
-                Query::Account(account) => ctx.map.partition_of(account),
-                Query::Transfer(key) => ctx.map.partition_of(&key.from),
+                Query::Account(account) => partition_of(account, ctx.partitions),
+                Query::Transfer(key) => partition_of(&key.from, ctx.partitions),
             };
             (
                 id,
@@ -255,7 +257,7 @@ pub(super) async fn route(
 /// cluster), as is one whose inbox is full: phase messages are best effort, and their
 /// coordinators resend.
 pub(super) fn deliver_peers(peers: Vec<PeerMessage>, ctx: &NodeContext, client: &Client) {
-    for (partition, group) in by_destination(peers, ctx.map.partitions()) {
+    for (partition, group) in by_destination(peers, ctx.partitions) {
         let count = group.len();
         if !ctx.owns(partition) {
             tracing::warn!(

@@ -30,6 +30,19 @@
 //! - `stream`: [`PeerIo`], the byte streams links run over ([`Tcp`] in production);
 //! - `tls`: [`MutualTls`], the same sockets under mutual TLS (not built under `--cfg madsim`).
 //!
+//! # A map that changes
+//! The map a node runs on can be replaced while it runs ([`ClusterNode::update_map`]): a
+//! newer version with new nodes or addresses, but the same owner for every partition (moving
+//! a partition needs replicated partitions, which do not exist yet, so such a map is
+//! refused). Frames carry the version of the map in force when they are written, so nodes
+//! that hold different versions for a moment refuse each other's frames with `StaleMap`.
+//! That refusal is not a failure: the end that learns of a newer version tells whoever keeps
+//! its map fresh ([`ClusterNode::newer_map_seen`]), and a forwarder refused for a stale map
+//! holds its queue instead of refusing it, reconnects as soon as its map changes (or after a
+//! short backoff), and sends again the requests that were waiting on the refused link, for up
+//! to [`NetConfig::stale_map_wait_max_ms`]. Sending a request again is safe because every
+//! command that crosses a link is idempotent by its ids (see Failure).
+//!
 //! # Failure
 //! When a link breaks, every request waiting on it is dropped and its client sees
 //! [`crate::engine::Unavailable`]; while a link is down, new inputs for it are refused at
@@ -75,7 +88,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::driver::{DriverError, Input, RecoveryReport};
@@ -133,6 +146,10 @@ pub struct NetConfig {
     pub peer_silent_max_ms: u64,
     /// Writing one frame must finish within this, or the link is dead.
     pub write_timeout_ms: u64,
+    /// How long a forwarder refused for a stale map holds its queue and retries before it
+    /// treats the link as down (and refuses inputs): long enough for every node to learn a
+    /// new map, short enough that a node cut off from its map source fails visibly.
+    pub stale_map_wait_max_ms: u64,
 }
 
 impl Default for NetConfig {
@@ -149,6 +166,7 @@ impl Default for NetConfig {
             heartbeat_ms: 500,
             peer_silent_max_ms: 3_000,
             write_timeout_ms: 3_000,
+            stale_map_wait_max_ms: 10_000,
         }
     }
 }
@@ -162,6 +180,7 @@ impl NetConfig {
         assert!(self.connect_backoff_initial_ms > 0);
         assert!(self.connect_backoff_initial_ms <= self.connect_backoff_max_ms);
         assert!(self.heartbeat_ms > 0 && self.heartbeat_ms < self.peer_silent_max_ms);
+        assert!(self.stale_map_wait_max_ms > 0);
     }
 }
 
@@ -245,24 +264,176 @@ pub struct LinkStats {
     pub refused_while_down: AtomicU64,
 }
 
+/// Why a new map was not taken: the node keeps running on the one it has.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MapUpdateError {
+    #[error("invalid partition map: {0}")]
+    Invalid(#[from] MapError),
+    #[error("map version {offered} is older than version {current}, which this node runs")]
+    Older { current: u64, offered: u64 },
+    #[error(
+        "map version {version} differs from the map of the same version this node runs: \
+         a changed map must get a new version"
+    )]
+    SameVersionDiffers { version: u64 },
+    #[error("the map has {offered} partitions, this node's cluster {current}: the partition count is fixed for a cluster's life")]
+    PartitionCount { current: u32, offered: u32 },
+    #[error(
+        "the map moves partitions {partitions:?} (map version {offered}); moving a partition \
+         needs replicated partitions, which this version does not have, so the node keeps \
+         map version {current}"
+    )]
+    OwnersChanged {
+        partitions: Vec<PartitionId>,
+        current: u64,
+        offered: u64,
+    },
+    #[error("node {0} is not in the map")]
+    NodeRemoved(NodeId),
+    #[error(
+        "the map gives this node the peer address {offered}, but it listens on {current}: \
+         restart the node to move it"
+    )]
+    OwnPeerAddress { current: String, offered: String },
+}
+
+/// What [`ClusterNode::update_map`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapChange {
+    /// The node already runs this map.
+    Unchanged,
+    /// The node runs version `to` from now on.
+    Applied { from: u64, to: u64 },
+}
+
+/// The map a node runs on, with its digest computed once per version.
+struct CurrentMap {
+    map: PartitionMap,
+    /// [`PartitionMap::digest`] of `map`.
+    digest: u64,
+}
+
+impl CurrentMap {
+    fn new(map: PartitionMap) -> Arc<CurrentMap> {
+        let digest = map.digest();
+        Arc::new(CurrentMap { map, digest })
+    }
+}
+
 /// What every link of a node shares.
 struct NodeContext {
     node: NodeId,
-    map: PartitionMap,
-    /// [`PartitionMap::digest`] of `map`, computed once.
-    map_digest: u64,
+    /// The partition count, fixed for the cluster's life (unlike the rest of the map).
+    partitions: u32,
+    /// The map in force. Replaced whole by [`ClusterNode::update_map`]; links read it for
+    /// every frame and handshake, so a new version takes effect with the next frame.
+    map: watch::Sender<Arc<CurrentMap>>,
+    /// The newest map version a peer claimed to hold, when newer than this node's: whoever
+    /// keeps the map fresh watches it to refresh at once rather than at its next poll.
+    newer_map_seen: watch::Sender<u64>,
     secret: Vec<u8>,
     nonces: NonceSource,
     config: NetConfig,
 }
 
 impl NodeContext {
+    fn new(
+        node: NodeId,
+        map: &PartitionMap,
+        secret: &[u8],
+        nonce_seed: [u8; 32],
+        config: NetConfig,
+    ) -> NodeContext {
+        NodeContext {
+            node,
+            partitions: map.partitions(),
+            map: watch::Sender::new(CurrentMap::new(map.clone())),
+            newer_map_seen: watch::Sender::new(0),
+            secret: secret.to_vec(),
+            nonces: NonceSource {
+                key: nonce_seed,
+                counter: AtomicU64::new(0),
+            },
+            config,
+        }
+    }
+
+    /// The map in force now; hold the `Arc` rather than asking twice where the two answers
+    /// must agree (a handshake's version and digest).
+    fn map(&self) -> Arc<CurrentMap> {
+        Arc::clone(&self.map.borrow())
+    }
+
     fn map_version(&self) -> u64 {
-        self.map.version
+        self.map.borrow().map.version
     }
 
     fn owns(&self, partition: PartitionId) -> bool {
-        self.map.owner(partition) == self.node
+        self.map.borrow().map.owner(partition) == self.node
+    }
+
+    /// A peer holds map `version`: if that is newer than this node's, say so to whoever
+    /// keeps the map fresh.
+    fn saw_map_version(&self, version: u64) {
+        if version > self.map_version() {
+            self.newer_map_seen.send_if_modified(|newest| {
+                let newer = version > *newest;
+                if newer {
+                    *newest = version;
+                }
+                newer
+            });
+        }
+    }
+
+    /// Replaces the map if `offered` is a newer map that keeps every partition where it is
+    /// and this node where it listens.
+    fn update_map(&self, offered: PartitionMap) -> Result<MapChange, MapUpdateError> {
+        offered.validate()?;
+        let current = self.map();
+        let from = current.map.version;
+        if offered.version < from {
+            return Err(MapUpdateError::Older {
+                current: from,
+                offered: offered.version,
+            });
+        }
+        if offered.version == from {
+            return match offered.digest() == current.digest {
+                true => Ok(MapChange::Unchanged),
+                false => Err(MapUpdateError::SameVersionDiffers { version: from }),
+            };
+        }
+        if offered.partitions() != self.partitions {
+            return Err(MapUpdateError::PartitionCount {
+                current: self.partitions,
+                offered: offered.partitions(),
+            });
+        }
+        let moved: Vec<PartitionId> = (0..self.partitions)
+            .filter(|p| offered.owner(*p) != current.map.owner(*p))
+            .collect();
+        if !moved.is_empty() {
+            return Err(MapUpdateError::OwnersChanged {
+                partitions: moved,
+                current: from,
+                offered: offered.version,
+            });
+        }
+        let Some(own) = offered.nodes.get(&self.node) else {
+            return Err(MapUpdateError::NodeRemoved(self.node));
+        };
+        let listening = &current.map.nodes[&self.node].peer;
+        if &own.peer != listening {
+            return Err(MapUpdateError::OwnPeerAddress {
+                current: listening.clone(),
+                offered: own.peer.clone(),
+            });
+        }
+        let to = offered.version;
+        self.map.send_replace(CurrentMap::new(offered));
+        assert_eq!(self.map_version(), to);
+        Ok(MapChange::Applied { from, to })
     }
 }
 
@@ -279,6 +450,7 @@ impl Drop for AbortOnDrop {
 /// peer listener.
 pub struct ClusterNode {
     node: NodeId,
+    ctx: Arc<NodeContext>,
     engine: Engine,
     listener: PeerListener,
     forwarders: Vec<AbortOnDrop>,
@@ -304,7 +476,7 @@ impl ClusterNode {
         self.listener.address()
     }
 
-    /// The link to each other node.
+    /// The link to each other node that owns partitions.
     pub fn links(&self) -> &BTreeMap<NodeId, Arc<LinkStats>> {
         &self.links
     }
@@ -316,6 +488,59 @@ impl ClusterNode {
         let result = self.engine.shutdown().await;
         drop(self.forwarders);
         result
+    }
+
+    /// The map the node runs on now.
+    pub fn map(&self) -> PartitionMap {
+        self.map_handle().map()
+    }
+
+    /// See [`MapHandle::update_map`].
+    pub fn update_map(&self, map: PartitionMap) -> Result<MapChange, MapUpdateError> {
+        self.map_handle().update_map(map)
+    }
+
+    /// See [`MapHandle::newer_map_seen`].
+    pub fn newer_map_seen(&self) -> watch::Receiver<u64> {
+        self.map_handle().newer_map_seen()
+    }
+
+    /// A handle on the node's map for whoever keeps it fresh (a task of its own).
+    pub fn map_handle(&self) -> MapHandle {
+        MapHandle {
+            ctx: Arc::clone(&self.ctx),
+        }
+    }
+}
+
+/// The map of a running node: read it, replace it, hear of newer ones. Cheap to clone; it
+/// keeps no link alive.
+#[derive(Clone)]
+pub struct MapHandle {
+    ctx: Arc<NodeContext>,
+}
+
+impl MapHandle {
+    /// The map the node runs on now.
+    pub fn map(&self) -> PartitionMap {
+        self.ctx.map().map.clone()
+    }
+
+    /// Runs on `map` from now on, if it is newer and moves nothing: new nodes, new addresses
+    /// of other nodes (a forwarder dials the new one when it next connects). A refused map
+    /// changes nothing; the error says why.
+    pub fn update_map(&self, map: PartitionMap) -> Result<MapChange, MapUpdateError> {
+        let change = self.ctx.update_map(map)?;
+        if let MapChange::Applied { from, to } = change {
+            tracing::info!(node = self.ctx.node, from, to, "partition map updated");
+        }
+        Ok(change)
+    }
+
+    /// The newest map version a peer claimed to hold, once newer than this node's (0 until
+    /// then): whoever keeps the map fresh should read it anew when this changes.
+    pub fn newer_map_seen(&self) -> watch::Receiver<u64> {
+        self.ctx.newer_map_seen.subscribe()
     }
 }
 
@@ -352,17 +577,13 @@ pub async fn start_node_with<S: Storage, N: PeerIo>(
 ) -> Result<ClusterNode, NodeError> {
     check_node(map, node, secret, &storages)?;
     config.net.check();
-    let ctx = Arc::new(NodeContext {
+    let ctx = Arc::new(NodeContext::new(
         node,
-        map: map.clone(),
-        map_digest: map.digest(),
-        secret: secret.to_vec(),
-        nonces: NonceSource {
-            key: config.nonce_seed,
-            counter: AtomicU64::new(0),
-        },
-        config: config.net,
-    });
+        map,
+        secret,
+        config.nonce_seed,
+        config.net,
+    ));
     let io = Arc::new(io);
     let Links {
         queues,
@@ -389,14 +610,16 @@ pub async fn start_node_with<S: Storage, N: PeerIo>(
     .await?;
     // The engine's client now holds the only queue senders: the forwarders end with it.
     drop(queues);
-    let listener = PeerListener::start(listener, ctx, engine.client(), io).map_err(|source| {
-        NodeError::Bind {
-            address: map.nodes[&node].peer.clone(),
-            source,
-        }
-    })?;
+    let listener =
+        PeerListener::start(listener, Arc::clone(&ctx), engine.client(), io).map_err(|source| {
+            NodeError::Bind {
+                address: map.nodes[&node].peer.clone(),
+                source,
+            }
+        })?;
     Ok(ClusterNode {
         node,
+        ctx,
         engine,
         listener,
         forwarders,
@@ -404,7 +627,8 @@ pub async fn start_node_with<S: Storage, N: PeerIo>(
     })
 }
 
-/// The links of a node to every other node of its map.
+/// The links of a node to every other node of its map that owns partitions (nothing is
+/// forwarded to a node that owns none).
 struct Links {
     /// The queue of each remote node's forwarder.
     queues: BTreeMap<NodeId, mpsc::Sender<Input>>,
@@ -412,22 +636,24 @@ struct Links {
     forwarders: Vec<AbortOnDrop>,
 }
 
-/// Starts a forwarder to every other node of the map of `ctx`.
+/// Starts a forwarder to every other node of the map of `ctx` that owns partitions.
 fn spawn_forwarders<N: PeerIo>(ctx: &Arc<NodeContext>, io: &Arc<N>) -> Links {
     let mut links = Links {
         queues: BTreeMap::new(),
         stats: BTreeMap::new(),
         forwarders: Vec::new(),
     };
-    for (&remote, address) in ctx.map.nodes.iter().filter(|(id, _)| **id != ctx.node) {
+    let map = ctx.map();
+    let owners: std::collections::BTreeSet<NodeId> = map.map.owners.iter().copied().collect();
+    for remote in owners.into_iter().filter(|id| *id != ctx.node) {
         let (queue, inputs) = mpsc::channel(ctx.config.forward_queue_max);
         let stats = Arc::new(LinkStats::default());
         let forwarder = Forwarder {
             remote,
-            address: address.peer.clone(),
             ctx: Arc::clone(ctx),
             io: Arc::clone(io),
             inputs,
+            resend: std::collections::VecDeque::new(),
             stats: Arc::clone(&stats),
         };
         links

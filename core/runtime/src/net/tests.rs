@@ -48,6 +48,7 @@ fn config(try_timeout_ms: u64) -> NodeConfig {
             connect_backoff_max_ms: 100,
             heartbeat_ms: 100,
             peer_silent_max_ms: 1_000,
+            stale_map_wait_max_ms: 2_000,
             ..NetConfig::default()
         },
         nonce_seed: [7; 32],
@@ -543,6 +544,11 @@ async fn transfer_on(cluster: &Cluster, n: u32, t: Transfer) -> crate::driver::C
 }
 
 fn context(node: NodeId, map_version: u64, secret: &[u8]) -> NodeContext {
+    context_in(&two_node_test_map(map_version), node, secret)
+}
+
+/// Two nodes, each owning one of two partitions.
+fn two_node_test_map(map_version: u64) -> PartitionMap {
     let mut map = PartitionMap {
         version: map_version,
         owners: vec![0, 1],
@@ -555,22 +561,12 @@ fn context(node: NodeId, map_version: u64, secret: &[u8]) -> NodeContext {
         };
         map.nodes.insert(n, address);
     }
-    context_in(&map, node, secret)
+    map
 }
 
 /// The handshake context of `node` holding `map`.
 fn context_in(map: &PartitionMap, node: NodeId, secret: &[u8]) -> NodeContext {
-    NodeContext {
-        node,
-        map_digest: map.digest(),
-        map: map.clone(),
-        secret: secret.to_vec(),
-        nonces: NonceSource {
-            key: [9; 32],
-            counter: AtomicU64::new(0),
-        },
-        config: config(1_000).net,
-    }
+    NodeContext::new(node, map, secret, [9; 32], config(1_000).net)
 }
 
 #[tokio::test]
@@ -679,7 +675,7 @@ async fn a_node_holding_another_map_under_the_same_version_never_links() {
 #[tokio::test]
 async fn bad_node_setups_are_refused_with_clear_errors() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let map = context(0, 1, SECRET).map;
+    let map = two_node_test_map(1);
     let none: Vec<(PartitionId, crate::storage::MemStorage)> = Vec::new();
     let weak = start_node_with(Tcp, listener, &map, 0, b"short", none, config(1_000)).await;
     assert!(matches!(weak, Err(NodeError::WeakSecret)));
@@ -1054,4 +1050,107 @@ async fn the_transfers_of_one_batch_cross_as_few_messages_and_all_commit() {
     );
     let b_now = account(&client, b).await;
     assert_eq!((b_now.balance, b_now.incoming), (count, 0));
+}
+
+/// The cluster's map at `version` with an idle node 2 added (it has just joined).
+fn with_new_node(map: &PartitionMap, version: u64) -> PartitionMap {
+    let mut changed = map.clone();
+    changed.version = version;
+    let address = NodeAddress {
+        http: "127.0.0.1:100".into(),
+        peer: "127.0.0.1:101".into(),
+    };
+    changed.nodes.insert(2, address);
+    changed
+}
+
+/// Nodes learn a new map one after the other. In between they refuse each other's frames
+/// as stale; a request caught there waits for the other node to catch up and is answered,
+/// and the node that is behind hears that a newer map exists.
+#[tokio::test]
+async fn a_request_caught_between_two_maps_waits_for_both_and_is_answered() {
+    let cluster = Cluster::start(2, 4, config(30_000)).await;
+    let b = cluster.account_on(1, "acct");
+    open(&cluster.client(0), b).await;
+    let newer = with_new_node(&cluster.map, 2);
+    let applied = cluster.node(0).update_map(newer.clone()).unwrap();
+    assert_eq!(applied, MapChange::Applied { from: 1, to: 2 });
+    let client = cluster.client(0);
+    let caught = tokio::spawn(async move { client.execute(deposit(b, 5, "d-1"), false).await });
+    let mut hint = cluster.node(1).newer_map_seen();
+    tokio::time::timeout(Duration::from_secs(5), hint.wait_for(|seen| *seen == 2))
+        .await
+        .expect("node 1 hears of map version 2")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !caught.is_finished(),
+        "the request waits while the maps differ"
+    );
+    cluster.node(1).update_map(newer.clone()).unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(5), caught)
+        .await
+        .expect("answered once both nodes run version 2")
+        .unwrap();
+    assert_eq!(answered.unwrap(), Ok(Reply::Balance { balance: 5 }));
+    cluster.wait_linked().await;
+    let again = cluster.client(1).execute(deposit(b, 5, "d-1"), false).await;
+    assert_eq!(
+        again.unwrap(),
+        Ok(Reply::Balance { balance: 5 }),
+        "applied once"
+    );
+    assert_eq!(cluster.node(0).map(), newer);
+}
+
+#[tokio::test]
+async fn a_map_that_moves_partitions_goes_back_or_moves_the_node_is_refused() {
+    let cluster = Cluster::start(2, 4, config(30_000)).await;
+    let node = cluster.node(0);
+    let mut moved = with_new_node(&cluster.map, 2);
+    moved.owners[1] = 0;
+    moved.owners[3] = 2;
+    let refused = node.update_map(moved).unwrap_err();
+    assert_eq!(
+        refused,
+        MapUpdateError::OwnersChanged {
+            partitions: vec![1, 3],
+            current: 1,
+            offered: 2
+        }
+    );
+    assert!(refused.to_string().contains("needs replicated partitions"));
+    let mut elsewhere = with_new_node(&cluster.map, 2);
+    elsewhere.nodes.get_mut(&0).unwrap().peer = "127.0.0.1:102".into();
+    assert!(matches!(
+        node.update_map(elsewhere),
+        Err(MapUpdateError::OwnPeerAddress { .. })
+    ));
+    let mut fewer = with_new_node(&cluster.map, 2);
+    fewer.owners.pop();
+    assert!(matches!(
+        node.update_map(fewer),
+        Err(MapUpdateError::PartitionCount {
+            current: 4,
+            offered: 3
+        })
+    ));
+    assert_eq!(
+        node.update_map(cluster.map.clone()),
+        Ok(MapChange::Unchanged)
+    );
+    let same_version = with_new_node(&cluster.map, 1);
+    assert_eq!(
+        node.update_map(same_version),
+        Err(MapUpdateError::SameVersionDiffers { version: 1 })
+    );
+    node.update_map(with_new_node(&cluster.map, 3)).unwrap();
+    assert_eq!(
+        node.update_map(with_new_node(&cluster.map, 2)),
+        Err(MapUpdateError::Older {
+            current: 3,
+            offered: 2
+        })
+    );
+    assert_eq!(node.map().version, 3, "refusals leave the map in force");
 }

@@ -28,11 +28,15 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
+use super::journal::NodeJournal;
 use super::segments::{read_segment, SegmentConfig, SegmentDir, SegmentWriter};
 use super::{EncodeSnapshot, OnDurable, SegmentRef, SnapshotRef, Storage};
 use walletd_core::ledger::cold::ChunkRead;
 use walletd_core::log::snapshot::SnapshotOut;
 use walletd_core::model::event::Lsn;
+use walletd_core::model::partition::PartitionId;
 
 /// Limits of file storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +174,28 @@ pub struct FileStorage {
     log: Option<LogWriter>,
     /// The directory's lock, held while the storage is open (see [`lock_dir`]).
     _lock: File,
+    /// With a node journal, commits are made durable by the journal's round, and the log
+    /// is synced only at checkpoints and by [`Storage::sync`].
+    journal: Option<Journaled>,
+}
+
+/// A storage's place in its node journal.
+struct Journaled {
+    journal: Arc<NodeJournal>,
+    partition: PartitionId,
+    /// The journal file of this partition's last commit (or the newest one recovery redid
+    /// from): a sync of the log covers every batch up to it.
+    last_file: u64,
+    /// Whether commits go through the journal; if not, it is there only for recovery to
+    /// redo what an earlier run committed through it.
+    commits: bool,
+}
+
+impl Journaled {
+    /// The log was just synced: a checkpoint of every batch committed so far.
+    fn log_synced(&self) {
+        self.journal.checkpointed(self.partition, self.last_file);
+    }
 }
 
 /// The file in a storage's directory that an open storage holds locked.
@@ -267,11 +293,44 @@ impl FileStorage {
             config,
             log: Some(log),
             _lock: lock,
+            journal: None,
         })
+    }
+
+    /// Opens the storage directory `dir` of `partition` on a node with a journal. With
+    /// `commits`, the journal makes its commits durable (one sync per node round instead of
+    /// one per partition batch; see [`super::journal`]); without, the partition syncs its
+    /// own log and the journal only gives its recovery what an earlier run committed
+    /// through it.
+    pub fn open_journaled(
+        dir: impl Into<PathBuf>,
+        config: FileStorageConfig,
+        journal: Arc<NodeJournal>,
+        partition: PartitionId,
+        commits: bool,
+    ) -> io::Result<FileStorage> {
+        let mut storage = FileStorage::open(dir, config)?;
+        storage.journal = Some(Journaled {
+            last_file: journal.recovered_through(),
+            journal,
+            partition,
+            commits,
+        });
+        Ok(storage)
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Syncs the log if commits go through a node journal (see `write_snapshot`).
+    fn checkpoint_before_snapshot(&mut self) -> io::Result<()> {
+        let Some(journaled) = &self.journal else {
+            return Ok(());
+        };
+        self.log.as_mut().ok_or_else(log_lost)?.sync()?;
+        journaled.log_synced();
+        Ok(())
     }
 
     /// Runs `work` with the log writer on a blocking thread, moving the writer there and back.
@@ -443,12 +502,40 @@ impl Storage for FileStorage {
     /// Writes and syncs on a blocking thread, closing a full segment and creating the next
     /// there too. Everything a record in the new segment depends on is durable before this
     /// resolves: the closed segment cut to its last record, the new file's directory entry.
+    ///
+    /// With a node journal: writes to the log on the caller's thread (the page cache only,
+    /// but a roll-over syncs the closed segment there too, once a segment), then waits for
+    /// the journal's round; after a rotation of the journal, syncs the log as well (a
+    /// checkpoint) before it resolves.
     async fn append_durably(
         &mut self,
         first_lsn: Lsn,
         bytes: Vec<u8>,
         on_durable: OnDurable,
     ) -> (Vec<u8>, io::Result<()>) {
+        if let Some(journaled) = self.journal.as_ref().filter(|j| j.commits) {
+            let (journal, partition) = (Arc::clone(&journaled.journal), journaled.partition);
+            let appended = match self.log.as_mut() {
+                Some(log) => log.append(first_lsn, &bytes),
+                None => Err(log_lost()),
+            };
+            if let Err(error) = appended {
+                return (bytes, Err(error));
+            }
+            let (bytes, committed) = journal.commit(partition, first_lsn, bytes).await;
+            let file = match committed {
+                Ok(file) => file,
+                Err(error) => return (bytes, Err(error)),
+            };
+            self.journal.as_mut().expect("journaled").last_file = file;
+            on_durable();
+            if journal.wants_checkpoint(partition) {
+                if let Err(error) = self.sync().await {
+                    return (bytes, Err(error));
+                }
+            }
+            return (bytes, Ok(()));
+        }
         let outcome = self
             .on_log(move |log| {
                 let result = log.append(first_lsn, &bytes).and_then(|()| log.sync());
@@ -462,8 +549,20 @@ impl Storage for FileStorage {
         outcome.unwrap_or_else(|error| (Vec::new(), Err(error)))
     }
 
+    /// Syncs the log; with a node journal, that is a checkpoint of every batch committed so
+    /// far.
     async fn sync(&mut self) -> io::Result<()> {
-        self.on_log(LogWriter::sync).await?
+        self.on_log(LogWriter::sync).await??;
+        if let Some(journaled) = &self.journal {
+            journaled.log_synced();
+        }
+        Ok(())
+    }
+
+    fn take_journaled(&mut self) -> Vec<(Lsn, Vec<u8>)> {
+        self.journal.as_ref().map_or_else(Vec::new, |journaled| {
+            journaled.journal.take_recovered(journaled.partition)
+        })
     }
 
     fn write_snapshot(
@@ -473,7 +572,14 @@ impl Storage for FileStorage {
     ) -> impl Future<Output = io::Result<usize>> + Send + 'static {
         let dir = self.dir.clone();
         let kept = self.config.snapshots_kept_max;
+        // With a node journal the log may hold the snapshot's records unsynced; a power loss
+        // would then leave a snapshot ahead of the log, and the records between the log's
+        // end and the snapshot would never be appended again (recovery redoes only what
+        // comes after the snapshot). So the log is synced first: a checkpoint, on the
+        // caller's thread, once a snapshot.
+        let checkpoint = self.checkpoint_before_snapshot();
         blocking(move || {
+            checkpoint?;
             let tmp = dir.join(format!("snapshot-{lsn:020}.tmp"));
             let len = removing_on_error(&tmp, || {
                 let mut out = SnapshotFiles {

@@ -27,6 +27,8 @@ use walletd_core::model::event::Lsn;
 
 #[cfg(not(madsim))]
 pub mod file;
+#[cfg(not(madsim))]
+pub mod journal;
 pub mod segments;
 
 /// One log segment found at recovery, before its bytes are read.
@@ -149,6 +151,13 @@ pub trait Storage: Send + 'static {
     /// the transfer rows it holds on disk only ([`walletd_core::ledger::cold`]). It reads only
     /// files that are durable and never change.
     fn chunk_reader(&self) -> Arc<dyn ChunkRead>;
+
+    /// The batches a node journal made durable for this partition ([`journal`]), oldest
+    /// first, as `(first lsn, record bytes)`: recovery appends what its log lacks of them
+    /// and then syncs. Taken once; a storage that syncs its own log has none.
+    fn take_journaled(&mut self) -> Vec<(Lsn, Vec<u8>)> {
+        Vec::new()
+    }
 }
 
 /// Every segment [`Storage::list_log`] lists from `from_lsn`, with its bytes: the whole log

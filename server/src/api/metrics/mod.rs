@@ -8,10 +8,12 @@
 //! - [`partitions`]: every partition driver's counters, gauges and histograms, read from its
 //!   [`walletd_runtime::driver::DriverStats`] at scrape time (the driver keeps them in atomics,
 //!   since its crate also runs under the simulator and carries no metrics library).
+//! - [`journal`]: the node journal's rounds and batches, when the node commits through one.
 //! - [`process`]: the process's resident memory and the limit it is held to, read at scrape
 //!   time.
 
 mod http;
+mod journal;
 mod partitions;
 mod process;
 #[cfg(test)]
@@ -98,6 +100,12 @@ impl Metrics {
         registry.register_collector(Box::new(partitions::Partitions::new(partitions)));
         registry.register_collector(Box::new(process::Process { memory_limit_bytes }));
         Metrics { http, registry }
+    }
+
+    /// Publishes the counters of the node journal the partitions commit through.
+    pub fn add_journal(&mut self, journal: Arc<walletd_runtime::storage::journal::NodeJournal>) {
+        self.registry
+            .register_collector(Box::new(journal::Journal(journal)));
     }
 
     pub fn transfer(&self, outcome: Outcome) {

@@ -103,7 +103,8 @@ const FAMILIES: [FamilySpec; 18] = [
     },
     FamilySpec {
         name: "walletd_partition_fsync_seconds",
-        help: "Time to append and fdatasync a batch.",
+        help: "Time to make a batch durable: append and fdatasync of the partition's log, \
+               or with --group-commit node the wait for its journal round.",
         read: Read::Histogram(|s| &s.sync_us, US_PER_SECOND),
     },
     FamilySpec {

@@ -440,3 +440,40 @@ fn the_checker_refuses_what_is_not_openmetrics() {
         assert!(check_exposition(bad).is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn the_node_journal_counts_its_rounds_and_the_batches_they_carried() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = walletd_runtime::storage::journal::NodeJournal::open(
+        dir.path(),
+        2,
+        walletd_runtime::storage::journal::JournalConfig::default(),
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        for (partition, lsn) in [(0, 1), (1, 1), (0, 2)] {
+            journal.commit(partition, lsn, vec![9; 40]).await.1.unwrap();
+        }
+    });
+    let mut metrics = metrics_with_recorded_stats();
+    metrics.add_journal(Arc::clone(&journal));
+    let text = metrics.encode();
+    let families = check_exposition(&text).unwrap_or_else(|why| panic!("{why}\n{text}"));
+    // One commit at a time: a round each.
+    let rounds = value(
+        &families,
+        "walletd_journal_rounds",
+        "walletd_journal_rounds_total",
+        &[],
+    );
+    let batches = value(
+        &families,
+        "walletd_journal_batches",
+        "walletd_journal_batches_total",
+        &[],
+    );
+    assert_eq!((rounds, batches), (3.0, 3.0), "{text}");
+}

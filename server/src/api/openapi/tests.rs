@@ -475,13 +475,13 @@ async fn start() -> (
         unreachable!("parsed as serve")
     };
     let datadir = DataDir::create_or_check(&args.data_dir, args.partitions).unwrap();
-    let engine = crate::serve::start_engine(&args, &datadir).await.unwrap();
+    let (engine, _journal) = crate::serve::start_engine(&args, &datadir).await.unwrap();
     let options = ApiOptions {
         batch_items_max: 16,
         feed_wait_max: std::time::Duration::from_millis(FEED_WAIT_MAX_MS),
         ..ApiOptions::default()
     };
-    let api = crate::serve::build_api(&engine, datadir, options, Vec::new());
+    let api = crate::serve::build_api(&engine, datadir, options, Vec::new(), Vec::new());
     (dir, api, engine)
 }
 

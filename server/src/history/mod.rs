@@ -1,5 +1,7 @@
-//! Reading a partition's log from disk, for historical balances, account history, `wallet
-//! replay` and `wallet verify`.
+//! Reading a partition's log from disk: the whole of it for `wallet replay` and `wallet
+//! verify`, and through the per-account [`index`] for the API's history pages and `as_of`
+//! balances ([`LogReader`]). The event feed (`crate::feed`) reads segments with the same
+//! `records_of_segment`, the one place the rules of a live log's bytes are applied.
 //!
 //! The log may be read while its partition driver appends to it. A live server passes the
 //! partition's durable lsn: the reader stops at that record and never looks at the bytes
@@ -9,15 +11,16 @@
 //! segment may end in a torn or stale range, which is left out as recovery would cut it.
 
 use std::collections::BTreeSet;
-use std::fs;
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
 
-use walletd_core::log::codec::{CodecError, Record, RecordReader};
+use walletd_core::log::codec::{CodecError, Record, RecordReader, SYNC_MARK_LEN};
 use walletd_core::log::replay::AsOf;
 use walletd_core::model::event::{Event, Lsn, TransferKey};
 use walletd_core::model::ids::AccountId;
@@ -25,6 +28,10 @@ use walletd_core::model::partition::PartitionId;
 use walletd_runtime::driver::DriverStats;
 
 use crate::datadir::DataDir;
+
+pub mod index;
+
+use index::{IndexConfig, PartitionIndex};
 
 /// Why a log could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +200,43 @@ pub(crate) fn records_of_segment(
     Ok(ControlFlow::Continue(()))
 }
 
+/// The bytes of the file at `path` with those before `offset` left unread: they are zero in
+/// the buffer, except the segment header at the start, which tells the reader which rules
+/// its frames follow. The zeroed prefix costs no reading and, taken from the allocator as
+/// zeroed pages, almost no memory; a reader resumed at `offset` never looks at it.
+pub(crate) fn read_from(path: &Path, offset: usize) -> io::Result<Vec<u8>> {
+    read_window(path, offset, usize::MAX).map(|(bytes, _)| bytes)
+}
+
+/// [`read_from`], but at most `window` bytes from `offset`; with whether they reach the end
+/// of the file. A reader that follows a long segment a window at a time reads each byte
+/// once, instead of everything after its position each time.
+pub(crate) fn read_window(
+    path: &Path,
+    offset: usize,
+    window: usize,
+) -> io::Result<(Vec<u8>, bool)> {
+    let mut file = File::open(path)?;
+    let file_len = file.metadata()?.len() as usize;
+    let len = file_len.min(offset.saturating_add(window));
+    if offset == 0 && len == file_len {
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        return Ok((bytes, true));
+    }
+    if offset > len {
+        return Ok((Vec::new(), true));
+    }
+    let mut bytes = vec![0; len];
+    // A segment header is a sync mark (see `walletd_core::log::codec`).
+    let header = SYNC_MARK_LEN.min(offset);
+    file.read_exact(&mut bytes[..header])?;
+    file.seek(SeekFrom::Start(offset as u64))?;
+    // The file may have grown since its length was read: what is past `len` is read next time.
+    file.read_exact(&mut bytes[offset..])?;
+    Ok((bytes, len == file_len))
+}
+
 pub(crate) fn codec_offset(error: &CodecError) -> u64 {
     match error {
         CodecError::Corrupt { offset, .. }
@@ -235,30 +279,54 @@ pub fn account_filter(account: AccountId) -> impl FnMut(&Record) -> bool {
 }
 
 /// Reads partition logs for the API of a running node, off the async threads, bounded in
-/// how many scans run at once (each may read a whole log).
+/// how many reads run at once. History and `as_of` balances are answered from each local
+/// partition's [`index::PartitionIndex`], brought up to the durable lsn first (a client that
+/// has its answer finds its record); the event feed reads segments.
 #[derive(Clone)]
 pub struct LogReader {
     dir: Arc<DataDir>,
     /// `durable[p]` publishes the last synced lsn of partition `p` when it runs here.
     durable: Arc<[Option<Arc<DriverStats>>]>,
+    /// The history index of each partition that runs here: opened by the first read or by
+    /// [`LogReader::follow`], dropped after an error so the next read opens it afresh.
+    indexes: Arc<[Mutex<Option<PartitionIndex>>]>,
+    index_config: IndexConfig,
     /// For a partition whose log another node keeps: that node, named for people (empty
     /// for the partitions kept here, or when nobody said).
     homes: Arc<[String]>,
+    /// For a partition whose log another node keeps: that node's HTTP address, where
+    /// history and `as_of` reads are forwarded (none: they are refused).
+    forward_to: Arc<[Option<String>]>,
     scans: Arc<Semaphore>,
 }
 
 impl LogReader {
-    /// Most log scans that run at once; more wait their turn (under the request timeout).
-    pub const SCANS_MAX: usize = 2;
+    /// Most reads of the log or of an index that run at once, each on a blocking thread;
+    /// more wait their turn (under the request timeout).
+    pub const SCANS_MAX: usize = 4;
+
+    /// How long the follower of a partition's index lets records gather before indexing
+    /// them: a chunk is built in batches, not record by record.
+    pub const FOLLOW_PAUSE_MS: u64 = 50;
 
     pub fn new(dir: DataDir, durable: Vec<Option<Arc<DriverStats>>>) -> LogReader {
         assert_eq!(durable.len(), dir.partitions() as usize);
+        let indexes = (0..durable.len()).map(|_| Mutex::new(None)).collect();
         LogReader {
             dir: Arc::new(dir),
             durable: durable.into(),
+            indexes,
+            index_config: IndexConfig::default(),
             homes: Arc::new([]),
+            forward_to: Arc::new([]),
             scans: Arc::new(Semaphore::new(Self::SCANS_MAX)),
         }
+    }
+
+    /// The same reader, with other limits for its indexes (tests use small chunks).
+    pub fn with_index_config(mut self, config: IndexConfig) -> LogReader {
+        self.index_config = config;
+        self
     }
 
     /// The same reader, told which node keeps each partition that is not here.
@@ -266,6 +334,19 @@ impl LogReader {
         assert!(homes.is_empty() || homes.len() == self.dir.partitions() as usize);
         self.homes = homes.into();
         self
+    }
+
+    /// The same reader, told the HTTP address of the node that keeps each partition that is
+    /// not here (`None` for those that are), to forward reads to.
+    pub fn with_forwarding(mut self, forward_to: Vec<Option<String>>) -> LogReader {
+        assert!(forward_to.is_empty() || forward_to.len() == self.dir.partitions() as usize);
+        self.forward_to = forward_to.into();
+        self
+    }
+
+    /// Where reads of `partition`'s log are forwarded, if it is kept by another node.
+    pub fn forward_address(&self, partition: PartitionId) -> Option<&str> {
+        self.forward_to.get(partition as usize)?.as_deref()
     }
 
     /// How many partitions the data directory has.
@@ -304,31 +385,82 @@ impl LogReader {
             })
     }
 
-    /// The durable records of `partition` up to `as_of` that concern `account`, oldest
-    /// first, with the log position they describe.
-    pub async fn account_records(
+    /// Runs `read` on the index of `partition` (opened if it is not), brought up to the
+    /// durable lsn, on a blocking thread.
+    pub async fn with_index<T: Send + 'static>(
         &self,
         partition: PartitionId,
-        account: AccountId,
-        as_of: AsOf,
-    ) -> Result<PartitionLog, LogError> {
-        let stats = self
-            .durable
-            .get(partition as usize)
-            .and_then(Option::as_ref)
-            .ok_or(LogError::NotLocal(partition))?;
-        let upto = stats.last_lsn.load(Ordering::Acquire);
+        read: impl FnOnce(&PartitionIndex) -> Result<T, LogError> + Send + 'static,
+    ) -> Result<T, LogError> {
+        let durable = self
+            .durable_stats(partition)?
+            .last_lsn
+            .load(Ordering::Acquire);
         let _permit = self.scans.acquire().await.expect("never closed");
-        let dir = Arc::clone(&self.dir);
-        tokio::task::spawn_blocking(move || {
-            let mut keep = account_filter(account);
-            read_partition_log(&dir, partition, Some(upto), as_of, &mut keep, &mut |_| {})
-        })
-        .await
-        .map_err(|e| LogError::Io {
-            path: format!("partition {partition}"),
-            source: std::io::Error::other(e.to_string()),
-        })?
+        let reader = self.clone();
+        tokio::task::spawn_blocking(move || reader.read_index(partition, durable, read))
+            .await
+            .map_err(|e| LogError::Io {
+                path: format!("partition {partition}'s history index"),
+                source: std::io::Error::other(e.to_string()),
+            })?
+    }
+
+    fn read_index<T>(
+        &self,
+        partition: PartitionId,
+        durable: Lsn,
+        read: impl FnOnce(&PartitionIndex) -> Result<T, LogError>,
+    ) -> Result<T, LogError> {
+        let mut slot = self.indexes[partition as usize]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let index = match slot.take() {
+            Some(index) => index,
+            None => PartitionIndex::open(Arc::clone(&self.dir), partition, self.index_config)?,
+        };
+        // Put back only once it is known good: after an error the next read reopens it,
+        // checking its chunks again and rebuilding from the log what fails.
+        let index = slot.insert(index);
+        let result = index.catch_up(durable).and_then(|()| read(index));
+        if let Err(error) = &result {
+            tracing::error!(partition, %error, "history index dropped; reopened on the next read");
+            *slot = None;
+        }
+        result
+    }
+
+    /// Keeps the index of every partition running here up to its durable lsn, in the
+    /// background, so that a read finds little to index first. Runs until the runtime
+    /// stops.
+    pub fn follow(&self) {
+        for (partition, stats) in self.durable.iter().enumerate() {
+            let Some(stats) = stats.clone() else {
+                continue;
+            };
+            let reader = self.clone();
+            tokio::spawn(async move {
+                let partition = partition as PartitionId;
+                let mut indexed = 0;
+                loop {
+                    let wait = std::time::Duration::from_secs(60);
+                    match crate::feed::wait::durable_after(&stats, indexed, wait).await {
+                        crate::feed::wait::Durable::UpTo(durable) if durable > indexed => {}
+                        _ => continue,
+                    }
+                    let pause = std::time::Duration::from_millis(Self::FOLLOW_PAUSE_MS);
+                    tokio::time::sleep(pause).await;
+                    match reader
+                        .with_index(partition, |index| Ok(index.indexed_lsn()))
+                        .await
+                    {
+                        Ok(lsn) => indexed = lsn,
+                        // Logged where it happened; tried again on the next advance.
+                        Err(_) => tokio::time::sleep(pause * 20).await,
+                    }
+                }
+            });
+        }
     }
 }
 

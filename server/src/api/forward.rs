@@ -1,0 +1,102 @@
+//! Reads from a log kept by another node: history and `as_of` balances of an account whose
+//! partition runs elsewhere are asked of the node that runs it, over its HTTP API, and its
+//! answer is passed back as it is (status, body).
+//!
+//! Why HTTP and not the peer protocol: the answer is read from the log and its index, which
+//! live in this server, not in the partition driver that the peer protocol talks to, and a
+//! page of up to 1000 movements is far larger than a peer frame's message. The request is
+//! the client's own (same path and query, same bearer token), so the owning node checks it
+//! exactly as it would a direct one, and marks it so that it is never sent on again (two
+//! nodes that disagree about a partition's owner answer 503 instead of passing a request
+//! back and forth).
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
+use axum::response::Response;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::errors::ApiError;
+
+/// The header a forwarded request carries; a node never forwards a request that has it.
+pub const FORWARDED_HEADER: &str = "x-walletd-forwarded";
+
+/// The longest a forwarded read may take, connection included.
+pub const FORWARD_TIMEOUT_MS: u64 = 10_000;
+
+/// The largest answer passed back: a page of the most movements is about 400 KiB.
+pub const FORWARD_BODY_BYTES_MAX: usize = 4 << 20;
+
+/// Whether `headers` are those of a request another node forwarded.
+pub fn was_forwarded(headers: &HeaderMap) -> bool {
+    headers.contains_key(FORWARDED_HEADER)
+}
+
+/// Sends the read `uri` (path and query) to the node whose HTTP API is at `http` (host and
+/// port), with the client's `Authorization`, and returns its answer.
+pub async fn forward_read(
+    http: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let unavailable = |detail: String| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "history_unavailable",
+            format!("the node that keeps this account's log ({http}) did not answer: {detail}"),
+        )
+    };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let exchange = async {
+        let stream = TcpStream::connect(http)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        tokio::spawn(async move {
+            // Ends with the exchange; its errors surface on the request.
+            let _ = connection.await;
+        });
+        let mut request = Request::builder()
+            .method("GET")
+            .uri(&path)
+            .header(HOST, http)
+            .header(FORWARDED_HEADER, HeaderValue::from_static("1"));
+        if let Some(token) = headers.get(AUTHORIZATION) {
+            request = request.header(AUTHORIZATION, token.clone());
+        }
+        let request = request
+            .body(Full::new(axum::body::Bytes::new()))
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let status = response.status();
+        let content_type = response.headers().get(CONTENT_TYPE).cloned();
+        let body = Limited::new(response.into_body(), FORWARD_BODY_BYTES_MAX)
+            .collect()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+            .to_bytes();
+        let mut answer = Response::builder().status(status);
+        if let Some(content_type) = content_type {
+            answer = answer.header(CONTENT_TYPE, content_type);
+        }
+        answer
+            .body(Body::from(body))
+            .map_err(|e| ApiError::internal(e.to_string()))
+    };
+    match tokio::time::timeout(Duration::from_millis(FORWARD_TIMEOUT_MS), exchange).await {
+        Ok(result) => result,
+        Err(_) => Err(unavailable(format!(
+            "no answer within {FORWARD_TIMEOUT_MS} ms"
+        ))),
+    }
+}

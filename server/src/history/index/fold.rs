@@ -1,0 +1,303 @@
+//! What each log record does to the accounts of its partition, one record at a time: the
+//! fold the history index is built by.
+//!
+//! It says the same as [`walletd_core::log::replay::movements`] and
+//! [`walletd_core::log::replay::balance_as_of`] (the tests hold the index to them), but for
+//! every account of the partition at once and without keeping any account's history: the
+//! only state is the cross-partition transfers in flight, because their second phases name
+//! a transfer key, not an amount or an account. That state is bounded by the transfers in
+//! flight, not by the log, and each index chunk stores it at its end so that indexing can go
+//! on from there after a restart.
+
+use rustc_hash::FxHashMap;
+
+use walletd_core::log::codec::Record;
+use walletd_core::log::replay::MovementKind;
+use walletd_core::model::event::{Event, Lsn, TransferKey};
+use walletd_core::model::ids::AccountId;
+use walletd_core::model::money::Currency;
+
+/// What an index entry records about its record, for one account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// The account was opened (its figures start at zero).
+    Opened,
+    /// A pending credit was recorded (a destination Try): only `incoming` grew. Not a
+    /// movement.
+    CreditPending,
+    /// A pending credit was dropped (a destination Cancel): only `incoming` shrank.
+    CreditDropped,
+    /// A movement of the account's history.
+    Movement(MovementKind),
+}
+
+const MOVEMENT_KINDS: [MovementKind; 8] = [
+    MovementKind::Deposit,
+    MovementKind::Withdrawal,
+    MovementKind::TransferOut,
+    MovementKind::TransferIn,
+    MovementKind::Hold,
+    MovementKind::HoldCaptured,
+    MovementKind::HoldReleased,
+    MovementKind::CreditIn,
+];
+
+impl EntryKind {
+    /// The byte an index file stores; part of its format, never renumbered.
+    pub fn tag(self) -> u8 {
+        match self {
+            EntryKind::Opened => 1,
+            EntryKind::CreditPending => 2,
+            EntryKind::CreditDropped => 3,
+            EntryKind::Movement(kind) => {
+                let index = MOVEMENT_KINDS
+                    .iter()
+                    .position(|k| *k == kind)
+                    .expect("every kind is listed");
+                16 + index as u8
+            }
+        }
+    }
+
+    pub fn from_tag(tag: u8) -> Option<EntryKind> {
+        match tag {
+            1 => Some(EntryKind::Opened),
+            2 => Some(EntryKind::CreditPending),
+            3 => Some(EntryKind::CreditDropped),
+            16..=23 => Some(EntryKind::Movement(MOVEMENT_KINDS[usize::from(tag - 16)])),
+            _ => None,
+        }
+    }
+
+    pub fn movement(self) -> Option<MovementKind> {
+        match self {
+            EntryKind::Movement(kind) => Some(kind),
+            EntryKind::Opened | EntryKind::CreditPending | EntryKind::CreditDropped => None,
+        }
+    }
+}
+
+/// An account's figures at a point of the log, in minor units of its currency.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Figures {
+    pub balance: u64,
+    pub held: u64,
+    pub incoming: u64,
+}
+
+impl Figures {
+    /// The figures after `touch`. Saturating, as replay's fold is: a log that contradicts
+    /// itself gives figures that mean nothing rather than a panic.
+    pub fn after(self, touch: &Touch) -> Figures {
+        let (balance, held, incoming) = touch.changes();
+        Figures {
+            balance: add_signed(self.balance, balance),
+            held: add_signed(self.held, held),
+            incoming: add_signed(self.incoming, incoming),
+        }
+    }
+}
+
+fn add_signed(value: u64, change: i128) -> u64 {
+    (i128::from(value) + change).clamp(0, i128::from(u64::MAX)) as u64
+}
+
+/// One account's part in one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Touch {
+    pub account: AccountId,
+    pub kind: EntryKind,
+    /// Minor units moved (0 for an opening).
+    pub amount: u64,
+    /// The currency of an opening (the account's currency for good).
+    pub opened: Option<Currency>,
+    /// The record that says what the movement was (amount, transaction id, counterparty):
+    /// the record itself, or the Try of a second phase, which names only a transfer key.
+    pub origin_lsn: Lsn,
+}
+
+impl Touch {
+    /// Signed changes of `(balance, held, incoming)`.
+    pub fn changes(&self) -> (i128, i128, i128) {
+        let amount = i128::from(self.amount);
+        match self.kind {
+            EntryKind::Opened => (0, 0, 0),
+            EntryKind::CreditPending => (0, 0, amount),
+            EntryKind::CreditDropped => (0, 0, -amount),
+            EntryKind::Movement(kind) => {
+                let (balance, held) = kind.changes(self.amount);
+                let incoming = if kind == MovementKind::CreditIn {
+                    -amount
+                } else {
+                    0
+                };
+                (balance, held, incoming)
+            }
+        }
+    }
+}
+
+/// A cross-partition transfer in flight here: the Try's record, its amount, and the
+/// account of this partition it concerns (the source of a hold, the destination of a
+/// pending credit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InFlight {
+    pub try_lsn: Lsn,
+    pub amount: u64,
+    pub account: AccountId,
+}
+
+/// Which side of a transfer an [`InFlight`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Side {
+    Hold,
+    Credit,
+}
+
+/// The fold's state: the cross-partition transfers in flight, by key.
+#[derive(Debug, Clone, Default)]
+pub struct Tracker {
+    holds: FxHashMap<TransferKey, InFlight>,
+    credits: FxHashMap<TransferKey, InFlight>,
+}
+
+impl Tracker {
+    /// Most transfers in flight a tracker holds. A partition has far fewer (each is a
+    /// transfer waiting for its other side); more means the log is not what it seems.
+    pub const IN_FLIGHT_MAX: usize = 1 << 24;
+
+    pub fn from_in_flight(items: impl IntoIterator<Item = (Side, TransferKey, InFlight)>) -> Self {
+        let mut tracker = Tracker::default();
+        for (side, key, item) in items {
+            tracker.table(side).insert(key, item);
+        }
+        tracker
+    }
+
+    /// Every transfer in flight, in key order (so a chunk file's bytes depend on the log
+    /// alone).
+    pub fn in_flight(&self) -> Vec<(Side, TransferKey, InFlight)> {
+        let mut items: Vec<_> = (self.holds.iter().map(|(k, v)| (Side::Hold, *k, *v)))
+            .chain(self.credits.iter().map(|(k, v)| (Side::Credit, *k, *v)))
+            .collect();
+        items.sort_by_key(|a| (a.0, a.1));
+        items
+    }
+
+    fn table(&mut self, side: Side) -> &mut FxHashMap<TransferKey, InFlight> {
+        match side {
+            Side::Hold => &mut self.holds,
+            Side::Credit => &mut self.credits,
+        }
+    }
+
+    /// The accounts of this partition that `record` changes, appended to `out` (at most
+    /// two). Events that change no figure (refusals, decisions, null compensations) touch
+    /// nothing.
+    pub fn fold(&mut self, record: &Record, out: &mut Vec<Touch>) {
+        let lsn = record.lsn;
+        let mut touch = |account, kind, amount, origin_lsn| {
+            out.push(Touch {
+                account,
+                kind,
+                amount,
+                opened: None,
+                origin_lsn,
+            })
+        };
+        let movement = EntryKind::Movement;
+        match record.event {
+            Event::AccountOpened { account, currency } => out.push(Touch {
+                account,
+                kind: EntryKind::Opened,
+                amount: 0,
+                opened: Some(currency),
+                origin_lsn: lsn,
+            }),
+            Event::Deposited {
+                account, amount, ..
+            } => touch(
+                account,
+                movement(MovementKind::Deposit),
+                amount.minor(),
+                lsn,
+            ),
+            Event::Withdrawn {
+                account, amount, ..
+            } => touch(
+                account,
+                movement(MovementKind::Withdrawal),
+                amount.minor(),
+                lsn,
+            ),
+            // A transfer to itself changes nothing (and is refused before it is logged).
+            Event::Transferred { transfer } if transfer.from != transfer.to => {
+                let amount = transfer.amount.minor();
+                touch(
+                    transfer.from,
+                    movement(MovementKind::TransferOut),
+                    amount,
+                    lsn,
+                );
+                touch(transfer.to, movement(MovementKind::TransferIn), amount, lsn);
+            }
+            Event::DebitTried { transfer } => {
+                let item = InFlight {
+                    try_lsn: lsn,
+                    amount: transfer.amount.minor(),
+                    account: transfer.from,
+                };
+                self.insert(Side::Hold, transfer.key(), item);
+                touch(item.account, movement(MovementKind::Hold), item.amount, lsn);
+            }
+            Event::DebitConfirmed { key } | Event::DebitCancelled { key } => {
+                if let Some(item) = self.holds.remove(&key) {
+                    let kind = match record.event {
+                        Event::DebitConfirmed { .. } => MovementKind::HoldCaptured,
+                        _ => MovementKind::HoldReleased,
+                    };
+                    touch(item.account, movement(kind), item.amount, item.try_lsn);
+                }
+            }
+            Event::CreditTried { transfer } => {
+                let item = InFlight {
+                    try_lsn: lsn,
+                    amount: transfer.amount.minor(),
+                    account: transfer.to,
+                };
+                self.insert(Side::Credit, transfer.key(), item);
+                touch(item.account, EntryKind::CreditPending, item.amount, lsn);
+            }
+            Event::CreditConfirmed { key } => {
+                if let Some(item) = self.credits.remove(&key) {
+                    let kind = movement(MovementKind::CreditIn);
+                    touch(item.account, kind, item.amount, item.try_lsn);
+                }
+            }
+            Event::CreditCancelled { key } => {
+                if let Some(item) = self.credits.remove(&key) {
+                    touch(
+                        item.account,
+                        EntryKind::CreditDropped,
+                        item.amount,
+                        item.try_lsn,
+                    );
+                }
+            }
+            Event::Transferred { .. }
+            | Event::CashRefused(_)
+            | Event::TransferRejected { .. }
+            | Event::TransferDecided { .. }
+            | Event::CreditTryNotSeen { .. } => {}
+        }
+    }
+
+    fn insert(&mut self, side: Side, key: TransferKey, item: InFlight) {
+        let table = self.table(side);
+        assert!(
+            table.len() < Self::IN_FLIGHT_MAX,
+            "transfers in flight bounded"
+        );
+        table.insert(key, item);
+    }
+}

@@ -1,0 +1,359 @@
+//! A cluster whose partition map lives in etcd, with real processes: a private etcd, the
+//! map written by `wallet cluster init`, three `wallet node --etcd` nodes serving transfers
+//! through every HTTP port, a fourth node added with `wallet cluster add-node` while
+//! transfers run (every node learns of it, without a restart and without a failed
+//! transfer), then etcd killed (transfers go on) and started again (every node registers
+//! again). Afterwards money is conserved and `wallet verify` passes over every node.
+//!
+//! Skips, saying so loudly, only where etcd can be neither found nor installed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use walletd_e2e::etcd::PrivateEtcd;
+use walletd_e2e::{accounts_in, free_ports, http, wait_until, wallet, Server, Wallet};
+
+const PARTITIONS: u32 = 6;
+/// Nodes in the cluster file; one more joins later.
+const NODES: usize = 3;
+const SECRET: &str = "the etcd e2e cluster's shared secret";
+/// Each account's first deposit, in cents.
+const OPENING_CENTS: u64 = 100_000;
+
+struct EtcdCluster {
+    _tmp: tempfile::TempDir,
+    wallet: Wallet,
+    etcd: PrivateEtcd,
+    data: PathBuf,
+    secret_file: PathBuf,
+    /// HTTP and peer addresses of every node, the one that joins later included.
+    http: Vec<SocketAddr>,
+    peer: Vec<String>,
+    nodes: Vec<Server>,
+}
+
+impl EtcdCluster {
+    fn cluster(&self, args: &[&str]) -> Output {
+        let url = self.etcd.url();
+        let mut all = vec!["cluster", args[0], "--etcd", &url];
+        all.extend(&args[1..]);
+        self.wallet.run(&all)
+    }
+
+    fn status(&self) -> Option<Value> {
+        let output = self.cluster(&["status", "--format", "json"]);
+        output
+            .status
+            .success()
+            .then(|| serde_json::from_slice(&output.stdout).expect("status --format json is JSON"))
+    }
+
+    fn start_node(&mut self, id: u32) {
+        let secret = self.secret_file.display().to_string();
+        let extra = ["--secret-file", &secret, "--lease-ttl-s", "3"];
+        let node = self
+            .wallet
+            .node_on_etcd(&self.etcd.url(), id, &self.data, &extra);
+        self.nodes.push(node);
+    }
+
+    /// Waits until every running node answers for every partition (404 for an account that
+    /// does not exist is an answer; 503 means a link is not up yet).
+    fn wait_ready(&self) {
+        let ready = wait_until(Duration::from_secs(30), || {
+            self.running_http().iter().all(|via| {
+                (0..PARTITIONS).all(|p| {
+                    let account = &accounts_in("probe-", p, PARTITIONS, 1)[0];
+                    let url = format!("/v1/accounts/{account}/balance");
+                    http::request(*via, "GET", &url, &[], None).is_ok_and(|r| r.status == 404)
+                })
+            })
+        });
+        assert!(ready, "the cluster did not link up:\n{}", self.logs());
+    }
+
+    fn running_http(&self) -> Vec<SocketAddr> {
+        self.http[..self.nodes.len()].to_vec()
+    }
+
+    /// Waits until `status` shows `count` nodes live, each running map version `version`.
+    fn wait_status(&self, count: usize, version: u64) -> Value {
+        let mut last = Value::Null;
+        let shown = wait_until(Duration::from_secs(30), || {
+            let Some(status) = self.status() else {
+                return false;
+            };
+            let nodes = status["nodes"].as_array().expect("nodes").clone();
+            last = status;
+            nodes.len() == count
+                && nodes
+                    .iter()
+                    .all(|n| n["live"] == true && n["map_version"] == json!(version))
+        });
+        assert!(
+            shown,
+            "status never showed {count} live nodes on map version {version}: {last:#}\n{}",
+            self.logs()
+        );
+        last
+    }
+
+    fn logs(&self) -> String {
+        let mut all = String::new();
+        for (id, node) in self.nodes.iter().enumerate() {
+            all.push_str(&format!("--- node {id}\n{}\n", node.logs()));
+        }
+        all
+    }
+}
+
+fn post(addr: SocketAddr, path: &str, body: &Value) -> Result<http::Response, String> {
+    let body = body.to_string();
+    let headers = [("Content-Type", "application/json")];
+    http::request(addr, "POST", path, &headers, Some(body.as_bytes()))
+}
+
+fn transfer(via: SocketAddr, from: &str, to: &str, id: &str) -> Result<http::Response, String> {
+    let body = json!({"from_account": from, "to_account": to, "amount": "1.00",
+                      "currency": "USD", "transaction_id": id});
+    post(via, "/v1/wallet/balance_transfer", &body)
+}
+
+/// `rounds` transfers through each of `vias`, each between accounts of different
+/// partitions; every one must commit.
+fn transfers_commit(vias: &[SocketAddr], accounts: &[String], tag: &str, rounds: usize) {
+    for round in 0..rounds {
+        for (i, via) in vias.iter().enumerate() {
+            let from = &accounts[(round + i) % accounts.len()];
+            let to = &accounts[(round + i + 1) % accounts.len()];
+            let id = format!("{tag}-{round}-{i}");
+            let answer = transfer(*via, from, to, &id).expect("transfer");
+            assert_eq!(answer.status, 200, "{id} via {via}: {}", answer.text());
+            assert_eq!(answer.json()["status"], "committed", "{id}");
+        }
+    }
+}
+
+fn cents(text: &str) -> u64 {
+    let (whole, fraction) = text.split_once('.').expect("two decimals");
+    whole.parse::<u64>().unwrap() * 100 + fraction.parse::<u64>().unwrap()
+}
+
+fn write_cluster_file(dir: &Path, http: &[SocketAddr], peer: &[String]) -> PathBuf {
+    let mut text = format!("map_version = 1\npartitions = {PARTITIONS}\n");
+    for id in 0..NODES {
+        text.push_str(&format!(
+            "\n[[nodes]]\nid = {id}\nhttp = \"{}\"\npeer = \"{}\"\n",
+            http[id], peer[id]
+        ));
+    }
+    let path = dir.join("cluster.toml");
+    std::fs::write(&path, text).expect("write the cluster file");
+    path
+}
+
+#[test]
+fn a_cluster_on_etcd_takes_a_new_node_and_serves_through_an_etcd_outage() {
+    let Some(etcd) = PrivateEtcd::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ports = free_ports(2 * (NODES + 1));
+    let http: Vec<SocketAddr> = (0..=NODES)
+        .map(|n| format!("127.0.0.1:{}", ports[n]).parse().expect("address"))
+        .collect();
+    let peer: Vec<String> = (0..=NODES)
+        .map(|n| format!("127.0.0.1:{}", ports[NODES + 1 + n]))
+        .collect();
+    let config = write_cluster_file(tmp.path(), &http, &peer);
+    let secret_file = tmp.path().join("secret");
+    std::fs::write(&secret_file, SECRET).expect("write the secret");
+    let mut cluster = EtcdCluster {
+        data: tmp.path().join("data"),
+        secret_file,
+        _tmp: tmp,
+        wallet: wallet!(),
+        etcd,
+        http,
+        peer,
+        nodes: Vec::new(),
+    };
+
+    // The first map, from the cluster file; a second init is refused.
+    let config = config.display().to_string();
+    let init = cluster.cluster(&["init", "--config", &config]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    assert!(String::from_utf8_lossy(&init.stdout).contains("stored map version 1"));
+    let again = cluster.cluster(&["init", "--config", &config]);
+    assert!(!again.status.success());
+    let refusal = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        refusal.contains("already in etcd") && refusal.contains("--force"),
+        "{refusal}"
+    );
+
+    for id in 0..NODES as u32 {
+        cluster.start_node(id);
+    }
+    cluster.wait_ready();
+    let status = cluster.wait_status(NODES, 1);
+    assert_eq!(status["map"]["partition_count"], PARTITIONS, "{status:#}");
+    assert_eq!(status["map"]["partitions"][4]["replicas"], json!([1]));
+    assert_eq!(status["partitions"][4]["owner"], 1);
+
+    // Two accounts on every partition, opened and funded through every node in turn.
+    let accounts: Vec<String> = (0..PARTITIONS)
+        .flat_map(|p| accounts_in("acct-", p, PARTITIONS, 2))
+        .collect();
+    for (i, account) in accounts.iter().enumerate() {
+        let via = cluster.http[i % NODES];
+        let opened = post(
+            via,
+            "/v1/accounts",
+            &json!({"account_id": account, "currency": "USD"}),
+        );
+        assert_eq!(opened.expect("open").status, 201);
+        let deposit = json!({"amount": "1000.00", "currency": "USD", "transaction_id": "open"});
+        let path = format!("/v1/accounts/{account}/deposit");
+        assert_eq!(post(via, &path, &deposit).expect("deposit").status, 200);
+    }
+    transfers_commit(&cluster.running_http(), &accounts, "before", 10);
+
+    // A fourth node joins while transfers run through the first three.
+    let stop_load = AtomicBool::new(false);
+    let (committed, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        let vias = cluster.running_http();
+        let (accounts, stop_load) = (&accounts, &stop_load);
+        let (committed, failed, failures) = (&committed, &failed, &failures);
+        scope.spawn(move || {
+            let mut n = 0;
+            while !stop_load.load(Ordering::Relaxed) {
+                let from = &accounts[n % accounts.len()];
+                let to = &accounts[(n + 5) % accounts.len()];
+                let id = format!("during-{n}");
+                match transfer(vias[n % vias.len()], from, to, &id) {
+                    Ok(r) if r.status == 200 => committed.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        failures.lock().unwrap().push(format!("{id}: {other:?}"));
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                n += 1;
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let (http3, peer3) = (cluster.http[NODES].to_string(), cluster.peer[NODES].clone());
+        let added = cluster.cluster(&["add-node", "--id", "3", "--http", &http3, "--peer", &peer3]);
+        assert!(
+            added.status.success(),
+            "{}",
+            String::from_utf8_lossy(&added.stderr)
+        );
+        assert!(String::from_utf8_lossy(&added.stdout).contains("map version 2"));
+        let twice = cluster.cluster(&[
+            "add-node",
+            "--id",
+            "3",
+            "--http",
+            "127.0.0.1:1",
+            "--peer",
+            "127.0.0.1:2",
+        ]);
+        assert!(!twice.status.success());
+        assert!(String::from_utf8_lossy(&twice.stderr).contains("node 3 is already in the map"));
+        cluster.start_node(NODES as u32);
+        cluster.wait_status(NODES + 1, 2);
+        std::thread::sleep(Duration::from_millis(300));
+        stop_load.store(true, Ordering::Relaxed);
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(
+        committed.load(Ordering::Relaxed) > 0,
+        "no transfer ran during the join"
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "transfers failed while the map changed: {failures:?}\n{}",
+        cluster.logs()
+    );
+    let status = cluster.status().expect("status");
+    assert_eq!(status["nodes"][3]["partitions"], json!([]), "{status:#}");
+    cluster.wait_ready();
+    transfers_commit(&cluster.running_http(), &accounts, "joined", 5);
+
+    // etcd down: every node keeps serving with the map it has.
+    cluster.etcd.stop();
+    transfers_commit(&cluster.running_http(), &accounts, "etcd-down", 5);
+    let cut_off = wait_until(Duration::from_secs(10), || {
+        cluster
+            .nodes
+            .iter()
+            .all(|n| n.logs().contains("cut off from etcd"))
+    });
+    assert!(cut_off, "nodes did not log the outage:\n{}", cluster.logs());
+    let unreachable = cluster.cluster(&["status"]);
+    assert!(!unreachable.status.success());
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot be reached"));
+
+    // etcd back: every node registers again, and the map is the one it was.
+    cluster.etcd.restart();
+    let status = cluster.wait_status(NODES + 1, 2);
+    assert_eq!(status["map"]["map_version"], 2);
+    transfers_commit(&cluster.running_http(), &accounts, "etcd-back", 5);
+
+    // Money is conserved once every transfer has settled.
+    let total = accounts.len() as u64 * OPENING_CENTS;
+    let settled = wait_until(Duration::from_secs(20), || {
+        let mut sum = 0;
+        for account in &accounts {
+            let url = format!("/v1/accounts/{account}/balance?currency=USD");
+            let Ok(r) = http::request(cluster.http[0], "GET", &url, &[], None) else {
+                return false;
+            };
+            let body = r.json();
+            let [balance, held, incoming] =
+                ["balance", "held", "incoming"].map(|f| cents(body[f].as_str().expect("amount")));
+            if held != 0 || incoming != 0 {
+                return false;
+            }
+            sum += balance;
+        }
+        sum == total
+    });
+    assert!(settled, "money not conserved or transfers not settled");
+
+    let dirs: Vec<PathBuf> = (0..NODES)
+        .map(|id| cluster.data.join(format!("node-{id}")))
+        .collect();
+    for node in std::mem::take(&mut cluster.nodes) {
+        let status = node.terminate();
+        assert!(
+            status.success(),
+            "a node exited with {status}:\n{}",
+            node.logs()
+        );
+    }
+    let mut args = vec!["verify".to_string()];
+    for dir in &dirs {
+        args.extend(["--data-dir".to_string(), dir.display().to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let verified = cluster.wallet.run(&args);
+    let report = String::from_utf8_lossy(&verified.stdout);
+    assert!(
+        verified.status.success(),
+        "verify of the whole cluster:\n{report}"
+    );
+    assert!(report.contains(": conserved"), "{report}");
+}
