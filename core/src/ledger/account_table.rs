@@ -1,35 +1,40 @@
 //! The accounts of a partition: rows in chunks shared copy-on-write with snapshot images
-//! ([`crate::ledger::chunked::ChunkedVec`]), found through a compact hash index of row positions.
+//! ([`crate::ledger::chunked::ChunkedVec`]), found through a compact index of row positions
+//! ([`AccountIndex`]).
 //!
 //! A snapshot image shares the sealed chunks instead of copying the table (700 ms on the
 //! partition's thread at 10 million accounts); the first write to a chunk an image still
 //! shares copies that chunk (4,096 accounts). Accounts are read twice per transfer, so the
-//! index is what a lookup pays for: a `hashbrown` table of 4-byte positions, whose control
-//! bytes (one per slot) stay in cache at any size the machine has room for, where the 8-byte
-//! slots of [`crate::ledger::row_index::RowIndex`] did not (with them the ledger took half as
-//! long again per transfer at 100,000 accounts: a second cache miss per lookup).
+//! way to a row is what a lookup pays for: one slot of the index, then the row, and the
+//! prefetch pass brings both in ([`AccountTable::prefetch`]).
 
 use std::hash::{Hash, Hasher};
 
-use hashbrown::HashTable;
 use rustc_hash::FxHasher;
 
+use crate::ledger::account_index::{prefetch_line, AccountIndex, IndexHash};
 use crate::ledger::append_table::Rows;
 use crate::ledger::Account;
 use crate::model::ids::AccountId;
 
-fn hash_of(id: &AccountId) -> u64 {
+/// The index's hash of an id. Fx leaves its low bits weak and the index takes its home from
+/// the high bits and its fingerprint from the ones below them, so one multiply-xorshift
+/// spreads the whole word first.
+#[inline]
+fn hash_of(id: &AccountId) -> IndexHash {
     let mut hasher = FxHasher::default();
     id.hash(&mut hasher);
-    hasher.finish()
+    let h = hasher.finish();
+    let h = (h ^ (h >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    ((h ^ (h >> 29)) >> 32) as IndexHash
 }
 
 /// See the module documentation.
 #[derive(Clone, Default)]
 pub(crate) struct AccountTable {
     rows: Rows<AccountId, Account>,
-    /// Positions in `rows`, hashed by their id.
-    index: HashTable<u32>,
+    /// Positions in `rows`, by their id's hash.
+    index: AccountIndex,
 }
 
 impl AccountTable {
@@ -40,9 +45,30 @@ impl AccountTable {
     #[inline]
     fn position(&self, id: &AccountId) -> Option<usize> {
         let rows = &self.rows;
-        self.index
-            .find(hash_of(id), |&at| rows.get(at as usize).0 == *id)
-            .map(|&at| at as usize)
+        self.index.find(hash_of(id), |at| rows.get(at).0 == *id)
+    }
+
+    /// Brings into cache the index slot of `id` ([`AccountTable::prefetch_row`] then finds
+    /// it there). Waits for nothing.
+    #[inline]
+    pub(crate) fn prefetch_slot(&self, id: &AccountId) {
+        self.index.prefetch(hash_of(id));
+    }
+
+    /// Brings into cache the row that `id`'s slot names, if any, without waiting for it: a
+    /// lookup a few hundred nanoseconds later finds both. Reads the slot (in cache after
+    /// [`AccountTable::prefetch_slot`]) but not the row, so a group's prefetch pass never
+    /// stalls on a row.
+    #[inline]
+    pub(crate) fn prefetch_row(&self, id: &AccountId) {
+        if let Some(at) = self.index.candidate(hash_of(id)) {
+            let row: *const (AccountId, Account) = self.rows.get(at);
+            // A row is about 100 bytes: it spans two or three cache lines.
+            let bytes = row.cast::<u8>();
+            prefetch_line(bytes);
+            prefetch_line(bytes.wrapping_add(64));
+            prefetch_line(bytes.wrapping_add(std::mem::size_of::<(AccountId, Account)>() - 1));
+        }
     }
 
     #[inline]
@@ -84,11 +110,10 @@ impl AccountTable {
         if self.position(&id).is_some() {
             return false;
         }
-        let at = u32::try_from(self.rows.len()).expect("fewer than 2^32 accounts");
-        self.rows.push((id, account));
+        let at = self.rows.push((id, account));
         let rows = &self.rows;
         self.index
-            .insert_unique(hash_of(&id), at, |&at| hash_of(&rows.get(at as usize).0));
+            .insert(hash_of(&id), at, |at| hash_of(&rows.get(at).0));
         true
     }
 

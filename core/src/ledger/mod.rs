@@ -12,6 +12,7 @@
 // an `Err`. Refusals are rare next to the work of deciding, so moving it costs nothing.
 #![allow(clippy::result_large_err)]
 
+pub(crate) mod account_index;
 pub(crate) mod account_table;
 pub(crate) mod append_table;
 pub(crate) mod chunked;
@@ -604,37 +605,63 @@ impl Ledger {
         }
     }
 
-    /// Reads, without deciding anything, the rows that `commands` will look up: the source
-    /// and destination accounts and the idempotency slot of each transfer. The lookups of
-    /// different commands do not depend on each other, so the processor overlaps their
-    /// cache misses; `decide` and `apply` then find the rows in cache. The same idea as a
-    /// prefetch phase before execution in TigerBeetle's state machine. Purely a speed-up:
-    /// skipping it changes no outcome.
-    pub fn prefetch<'a>(&self, commands: impl IntoIterator<Item = &'a Command>) {
-        for command in commands {
+    /// Brings into cache, without deciding anything, the rows that `commands` will look up:
+    /// the source and destination accounts and the idempotency slot of each transfer. The
+    /// same idea as a prefetch phase before execution in TigerBeetle's state machine, done
+    /// in two passes so that no lookup waits on another: the first asks for every index
+    /// slot ([`Ledger::prefetch_one`]), the second reads those slots, by then in cache, and
+    /// asks for the account rows they name ([`Ledger::prefetch_rows`]). `decide` and
+    /// `apply` then find everything in cache. Purely a speed-up: skipping it changes no
+    /// outcome.
+    pub fn prefetch<'a, I>(&self, commands: I)
+    where
+        I: IntoIterator<Item = &'a Command>,
+        I::IntoIter: Clone,
+    {
+        let commands = commands.into_iter();
+        for command in commands.clone() {
             self.prefetch_one(command);
+        }
+        for command in commands {
+            self.prefetch_rows(command);
         }
     }
 
-    /// [`Ledger::prefetch`] for one command: a client's transfer, a destination's phase, or
-    /// the coordinator's step on a home row.
+    /// The first pass of [`Ledger::prefetch`] for one command: asks for the index slots of
+    /// its accounts, of its transfer row and of the cold filter. Waits for nothing.
     pub fn prefetch_one(&self, command: &Command) {
         match command {
             Command::Transfer(transfer) => {
-                std::hint::black_box(self.accounts.get(&transfer.from));
-                std::hint::black_box(self.accounts.get(&transfer.to));
+                self.accounts.prefetch_slot(&transfer.from);
+                self.accounts.prefetch_slot(&transfer.to);
                 self.transfers.prefetch(&transfer.key());
             }
             Command::TryCredit(transfer)
             | Command::ConfirmCredit(transfer)
             | Command::CancelCredit(transfer)
             | Command::AbortCredit(transfer) => {
-                std::hint::black_box(self.accounts.get(&transfer.to));
+                self.accounts.prefetch_slot(&transfer.to);
                 self.credits.prefetch(&transfer.key());
             }
             Command::CommitDebit { key }
             | Command::FinishDebit { key }
             | Command::Decide { key, .. } => self.transfers.prefetch(key),
+            _ => {}
+        }
+    }
+
+    /// The second pass of [`Ledger::prefetch`] for one command: reads its accounts' index
+    /// slots, which the first pass brought in, and asks for the rows they name.
+    pub fn prefetch_rows(&self, command: &Command) {
+        match command {
+            Command::Transfer(transfer) => {
+                self.accounts.prefetch_row(&transfer.from);
+                self.accounts.prefetch_row(&transfer.to);
+            }
+            Command::TryCredit(transfer)
+            | Command::ConfirmCredit(transfer)
+            | Command::CancelCredit(transfer)
+            | Command::AbortCredit(transfer) => self.accounts.prefetch_row(&transfer.to),
             _ => {}
         }
     }

@@ -543,17 +543,12 @@ impl<K: ReplyTokens> PartitionMachine<K> {
     /// commands.
     pub fn handle_peers(&mut self, now: Now, messages: &[PeerMessage]) {
         for chunk in messages.chunks(PREFETCH_COMMANDS_MAX) {
-            for message in chunk {
-                match message {
-                    PeerMessage::Request { request, .. } => {
-                        self.ledger.prefetch_one(&request.command())
-                    }
-                    PeerMessage::Response(response) => {
-                        let key = response.key;
-                        self.ledger.prefetch_one(&Command::CommitDebit { key })
-                    }
-                    PeerMessage::Unresolved { .. } => {}
-                }
+            // The two passes of `Ledger::prefetch`, without collecting the commands.
+            for command in chunk.iter().filter_map(peer_command) {
+                self.ledger.prefetch_one(&command);
+            }
+            for command in chunk.iter().filter_map(peer_command) {
+                self.ledger.prefetch_rows(&command);
             }
             for message in chunk {
                 self.handle_peer(now, *message);
@@ -561,9 +556,16 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         }
     }
 
-    /// Reads ahead the rows `command` will touch (see [`Ledger::prefetch`]); changes nothing.
+    /// Asks for the index slots `command` will look up (the first pass of
+    /// [`Ledger::prefetch`]); changes nothing and waits for nothing.
     pub fn prefetch(&self, command: &Command) {
         self.ledger.prefetch_one(command);
+    }
+
+    /// Asks for the account rows `command` will touch (the second pass of
+    /// [`Ledger::prefetch`], after [`PartitionMachine::prefetch`] of the same inputs).
+    pub fn prefetch_rows(&self, command: &Command) {
+        self.ledger.prefetch_rows(command);
     }
 
     /// Time passed: resends, timeouts and questions about pending credits that are due join
@@ -1019,6 +1021,15 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         let image = SnapshotImage::with_chunks(&self.ledger, ChunkPlan { written, frozen });
         self.chunks_being_written = image.written_chunks();
         Some(image)
+    }
+}
+
+/// The command whose rows a phase message will touch, for [`Ledger::prefetch`].
+fn peer_command(message: &PeerMessage) -> Option<Command> {
+    match message {
+        PeerMessage::Request { request, .. } => Some(request.command()),
+        PeerMessage::Response(response) => Some(Command::CommitDebit { key: response.key }),
+        PeerMessage::Unresolved { .. } => None,
     }
 }
 

@@ -506,9 +506,16 @@ impl<S: Storage> PartitionDriver<S> {
                 };
                 window.push(input);
             }
+            // Two passes, as `Ledger::prefetch` makes over a group: every index slot is
+            // asked for before any is read to find the row it names.
             for input in &window {
                 if let Input::Command { command, .. } = input {
                     self.machine.prefetch(command);
+                }
+            }
+            for input in &window {
+                if let Input::Command { command, .. } = input {
+                    self.machine.prefetch_rows(command);
                 }
             }
             let taken = window.len() as u64;
