@@ -1216,7 +1216,7 @@ impl Ledger {
                 lsn: self.last.lsn + 1,
                 timestamp,
             };
-            self.apply(meta, event)
+            self.apply_from(meta, event, Source::Decide)
                 .expect("events from decide always apply");
         }
         result
@@ -1228,6 +1228,16 @@ impl Ledger {
     /// [`ApplyError`] rather than folded into a wrong state. Each `apply_*` checks everything
     /// before it changes anything, so a refused event leaves the state as it was.
     pub fn apply(&mut self, meta: RecordMeta, event: &Event) -> Result<(), ApplyError> {
+        self.apply_from(meta, event, Source::Log)
+    }
+
+    /// [`Ledger::apply`] of an event that came from `source`.
+    fn apply_from(
+        &mut self,
+        meta: RecordMeta,
+        event: &Event,
+        source: Source,
+    ) -> Result<(), ApplyError> {
         let refused = |what| ApplyError {
             lsn: meta.lsn,
             what,
@@ -1251,11 +1261,11 @@ impl Ledger {
                 transaction_id,
             } => self.apply_cash(CashKind::Withdrawal, account, *amount, transaction_id),
             Event::CashRefused(refused) => self.apply_cash_refused(refused),
-            Event::Transferred { transfer } => self.apply_transferred(meta, transfer),
+            Event::Transferred { transfer } => self.apply_transferred(meta, transfer, source),
             Event::TransferRejected { transfer, reason } => {
-                self.apply_rejected(meta, transfer, *reason)
+                self.apply_rejected(meta, transfer, *reason, source)
             }
-            Event::DebitTried { transfer } => self.apply_debit_tried(meta, transfer),
+            Event::DebitTried { transfer } => self.apply_debit_tried(meta, transfer, source),
             Event::TransferDecided { key, decision } => self.apply_decided(meta, key, *decision),
             Event::DebitConfirmed { key } => self.apply_debit_finished(meta, key, true),
             Event::DebitCancelled { key } => self.apply_debit_finished(meta, key, false),
@@ -1335,12 +1345,17 @@ impl Ledger {
 
     /// The ledger's hottest path: one lookup for the key, which also places the row, and one
     /// for both accounts.
-    fn apply_transferred(&mut self, meta: RecordMeta, transfer: &Transfer) -> Result<(), String> {
+    fn apply_transferred(
+        &mut self,
+        meta: RecordMeta,
+        transfer: &Transfer,
+        source: Source,
+    ) -> Result<(), String> {
         if is_to_itself(transfer) {
             // Besides breaking the rule, `get_disjoint_mut` would panic on it.
             return Err(format!("transfer {:?} to its own account", transfer.key()));
         }
-        let slot = vacancy(&mut self.transfers, &transfer.key())?;
+        let slot = vacancy(&mut self.transfers, &transfer.key(), source)?;
         let (from_id, to_id) = (&transfer.from, &transfer.to);
         let [Some(from), Some(to)] = self.accounts.get_pair_mut(from_id, to_id) else {
             return Err(format!(
@@ -1362,8 +1377,9 @@ impl Ledger {
         meta: RecordMeta,
         transfer: &Transfer,
         reason: Reason,
+        source: Source,
     ) -> Result<(), String> {
-        let slot = vacancy(&mut self.transfers, &transfer.key())?;
+        let slot = vacancy(&mut self.transfers, &transfer.key(), source)?;
         let remote = !partition_of(&transfer.to, self.partitions).eq(&self.partition);
         slot.fill(&new_row(
             meta,
@@ -1374,8 +1390,13 @@ impl Ledger {
         Ok(())
     }
 
-    fn apply_debit_tried(&mut self, meta: RecordMeta, transfer: &Transfer) -> Result<(), String> {
-        let slot = vacancy(&mut self.transfers, &transfer.key())?;
+    fn apply_debit_tried(
+        &mut self,
+        meta: RecordMeta,
+        transfer: &Transfer,
+        source: Source,
+    ) -> Result<(), String> {
+        let slot = vacancy(&mut self.transfers, &transfer.key(), source)?;
         let from = find_account(&mut self.accounts, &transfer.from, "debit from")?;
         let minor = transfer.amount.minor();
         check_move(&transfer.from, from, minor, transfer.currency, check_covers)?;
@@ -1699,12 +1720,29 @@ fn recorded_twice(key: &TransferKey) -> String {
     format!("transfer {key:?} recorded twice")
 }
 
+/// Where an event being applied comes from: what has been checked of it already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// `decide` made it a moment ago from this state: it looked its transfer key up, on disk
+    /// too, and found it new.
+    Decide,
+    /// A log or a peer's record: nothing about it is trusted.
+    Log,
+}
+
 /// The place for the row of `key`'s first record (see [`recorded_twice`]): one lookup both
-/// checks and, filled, inserts.
+/// checks and, filled, inserts. A key that `decide` found new is not looked for on disk
+/// again, which would be the cold filter's probes a second time for every new transfer
+/// (the simulator and tests still do, to catch a decide that forgot to).
 #[inline]
-fn vacancy<'a>(transfers: &'a mut TransferTable, key: &TransferKey) -> Result<Vacancy<'a>, String> {
+fn vacancy<'a>(
+    transfers: &'a mut TransferTable,
+    key: &TransferKey,
+    source: Source,
+) -> Result<Vacancy<'a>, String> {
+    let check_disk = source == Source::Log || cfg!(any(test, madsim, feature = "testing"));
     transfers
-        .vacancy(key)
+        .vacancy(key, check_disk)
         .map_err(|error| error.to_string())?
         .ok_or_else(|| recorded_twice(key))
 }

@@ -20,17 +20,16 @@
 //! narrower questions (`find`, `records`, `phase`) that touch just the packed row.
 //!
 //! Rows do not stay in memory forever: once a chunk of them is durable in a chunk file, the
-//! table drops it ([`TransferTable::evict_through`]) and finds its rows on disk
+//! table drops it ([`TransferTable::drop_chunk`]) and finds its rows on disk
 //! ([`crate::ledger::cold`]). Positions stay those of the whole table; the rows in memory
 //! (*hot*) are those from [`TransferTable::hot_from`] on, and the index forgets the others.
 
-use std::hash::Hasher;
 use std::sync::Arc;
 
-use rustc_hash::FxHasher;
-
 use crate::ledger::chunked::ChunkedVec;
-use crate::ledger::cold::{filter_hash, ChunkRead, ColdChunk, ColdError, ColdRows};
+use crate::ledger::cold::{
+    filter_hash, filter_hash_of, key_fx, ChunkRead, ColdChunk, ColdError, ColdRows,
+};
 use crate::ledger::row_index::{RowIndex, ROWS_MAX};
 use crate::ledger::{TransferRow, TransferState};
 use crate::model::event::{Timestamp, Transfer, TransferKey};
@@ -80,12 +79,14 @@ const _: () = assert!(std::mem::size_of::<PackedRow>() <= 48);
 /// `("ab", "c")` and `("a", "bc")` apart (not needed for correctness, which compares bytes,
 /// but it keeps such keys from colliding).
 fn key_hash(from: &[u8], transaction_id: &[u8]) -> u32 {
-    let mut hasher = FxHasher::default();
-    hasher.write(from);
-    hasher.write_u8(0);
-    hasher.write(transaction_id);
+    index_hash_of(key_fx(from, transaction_id))
+}
+
+/// [`key_hash`] of the key whose [`key_fx`] is `fx`.
+#[inline]
+fn index_hash_of(fx: u64) -> u32 {
     // Fx mixes into the high bits; they are the better half.
-    (hasher.finish() >> 32) as u32
+    (fx >> 32) as u32
 }
 
 /// Rows per sealed chunk of rows: 3 MiB of them (tests and the simulator use small chunks, so
@@ -309,7 +310,7 @@ impl TransferTable {
             .zip(&cold.filter_hashes)
             .all(|(row, &hash)| !row.state.is_unfinished()
                 && hash == filter_hash(row.from, row.transaction_id)));
-        self.cold.push(cold.index, cold.filter_hashes.into_iter());
+        self.cold.push(cold.index, &cold.filter_hashes);
         self.store.drop_front(chunk + 1);
         // One forgetting at a time; slots left behind by this one go with a later one, and
         // until then lookups refuse their positions (see `find_hot`).
@@ -339,29 +340,40 @@ impl TransferTable {
         find_hot(&self.index, &self.store, hash, from, transaction_id)
     }
 
-    /// The row recorded under `key`: in memory, or read from its chunk file.
+    /// The row recorded under `key`: in memory, or read from its chunk file. The cold
+    /// filter is asked only when the key is not in memory.
     pub(crate) fn lookup(&self, key: &TransferKey) -> Result<Option<Found>, ColdError> {
-        if let Some(at) = self.find(key) {
+        let (from, transaction_id) = (key.from.as_bytes(), key.transaction_id.as_bytes());
+        let fx = key_fx(from, transaction_id);
+        let hot = find_hot(
+            &self.index,
+            &self.store,
+            index_hash_of(fx),
+            from,
+            transaction_id,
+        );
+        if let Some(at) = hot {
             return Ok(Some(Found::Hot(at)));
         }
-        Ok(self.cold_row(key)?.map(Found::Cold))
+        Ok(self.cold_row(key, fx)?.map(Found::Cold))
     }
 
-    fn cold_row(&self, key: &TransferKey) -> Result<Option<TransferRow>, ColdError> {
+    /// The row of `key`, whose [`key_fx`] is `fx`, if it is on disk only.
+    fn cold_row(&self, key: &TransferKey, fx: u64) -> Result<Option<TransferRow>, ColdError> {
         if self.cold.chunks() == 0 {
             return Ok(None);
         }
-        let hash = filter_hash(key.from.as_bytes(), key.transaction_id.as_bytes());
-        self.cold.get(key, hash)
+        self.cold.get(key, filter_hash_of(fx))
     }
 
     /// Reads the index slot that a lookup of `key` starts from, and the cold filter's, so
     /// that the lookup finds them in cache (see `Ledger::prefetch`).
+    #[inline]
     pub(crate) fn prefetch(&self, key: &TransferKey) {
-        let (from, transaction_id) = (key.from.as_bytes(), key.transaction_id.as_bytes());
-        self.index.touch(key_hash(from, transaction_id));
+        let fx = key_fx(key.from.as_bytes(), key.transaction_id.as_bytes());
+        self.index.touch(index_hash_of(fx));
         if self.cold.chunks() > 0 {
-            self.cold.prefetch(filter_hash(from, transaction_id));
+            self.cold.prefetch(filter_hash_of(fx));
         }
     }
 
@@ -416,7 +428,7 @@ impl TransferTable {
     /// Records `row` under its transfer's key, or returns `false` and changes nothing if the
     /// key is already recorded.
     pub(crate) fn insert(&mut self, row: &TransferRow) -> Result<bool, ColdError> {
-        Ok(match self.vacancy(&row.transfer.key())? {
+        Ok(match self.vacancy(&row.transfer.key(), true)? {
             Some(vacancy) => {
                 vacancy.fill(row);
                 true
@@ -426,14 +438,20 @@ impl TransferTable {
     }
 
     /// The place for a row under `key`, if none is recorded yet: the key is hashed once for
-    /// both the check and, filled, the insert (the ledger's hottest path). A key on disk
-    /// only is recorded too: the cold filter is asked, and the disk read only if it names a
-    /// chunk.
-    pub(crate) fn vacancy(&mut self, key: &TransferKey) -> Result<Option<Vacancy<'_>>, ColdError> {
+    /// both the check and, filled, the insert (the ledger's hottest path). With
+    /// `check_disk`, a key on disk only is recorded too: the cold filter is asked, and the
+    /// disk read only if it names a chunk. Without, the caller has just looked the key up
+    /// ([`Self::lookup`]) and found it nowhere.
+    pub(crate) fn vacancy(
+        &mut self,
+        key: &TransferKey,
+        check_disk: bool,
+    ) -> Result<Option<Vacancy<'_>>, ColdError> {
         let (from, transaction_id) = (key.from.as_bytes(), key.transaction_id.as_bytes());
-        let hash = key_hash(from, transaction_id);
+        let fx = key_fx(from, transaction_id);
+        let hash = index_hash_of(fx);
         if find_hot(&self.index, &self.store, hash, from, transaction_id).is_some()
-            || self.cold_row(key)?.is_some()
+            || (check_disk && self.cold_row(key, fx)?.is_some())
         {
             return Ok(None);
         }
@@ -477,7 +495,7 @@ impl TransferTable {
             cold: self.cold.clone(),
         };
         for row in rows {
-            let vacancy = table.vacancy(&row.transfer.key());
+            let vacancy = table.vacancy(&row.transfer.key(), true);
             vacancy
                 .ok()
                 .flatten()

@@ -675,7 +675,7 @@ fn read_chunks(
                     }
                     hashes.push(hash);
                 }
-                cold.push(key_index, hashes.into_iter());
+                cold.push(key_index, &hashes);
             }
             _ => {
                 let table =
