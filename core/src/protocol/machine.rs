@@ -492,15 +492,27 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             token,
         };
         self.groups.insert(group, open);
-        for (first, chunk) in (0..)
-            .step_by(PREFETCH_COMMANDS_MAX)
-            .zip(commands.picks().chunks(PREFETCH_COMMANDS_MAX))
-        {
-            self.ledger
-                .prefetch(chunk.iter().map(|&pick| commands.get(pick)));
-            for (offset, &pick) in chunk.iter().enumerate() {
-                self.execute_in_group(group, first + offset, commands.get(pick), wait);
+        // The two passes of `Ledger::prefetch`, run ahead of execution at a fixed distance
+        // rather than a chunk at a time: a line asked for a whole chunk before it is used
+        // was often gone again (the cold filter's lines above all, several per transfer).
+        let picks = commands.picks();
+        let command_at = |at: usize| picks.get(at).map(|&pick| commands.get(pick));
+        for at in 0..PREFETCH_DISTANCE {
+            if let Some(command) = command_at(at) {
+                self.ledger.prefetch_one(command);
             }
+            if let Some(command) = command_at(at).filter(|_| at < PREFETCH_DISTANCE / 2) {
+                self.ledger.prefetch_rows(command);
+            }
+        }
+        for (at, &pick) in picks.iter().enumerate() {
+            if let Some(ahead) = command_at(at + PREFETCH_DISTANCE) {
+                self.ledger.prefetch_one(ahead);
+            }
+            if let Some(ahead) = command_at(at + PREFETCH_DISTANCE / 2) {
+                self.ledger.prefetch_rows(ahead);
+            }
+            self.execute_in_group(group, at, commands.get(pick), wait);
         }
         self.resolve_in_group(group, None);
     }
@@ -1036,6 +1048,10 @@ fn peer_command(message: &PeerMessage) -> Option<Command> {
 /// Commands of a group whose rows are fetched into cache ahead of executing them
 /// ([`Ledger::prefetch`]); their rows must fit in a core's L2 cache with room to spare.
 const PREFETCH_COMMANDS_MAX: usize = 256;
+/// How far ahead of the command being executed a group's index slots are asked for
+/// ([`Ledger::prefetch_one`]); the account rows those slots name are asked for half as far
+/// ahead ([`Ledger::prefetch_rows`]), when the slots have had time to arrive.
+const PREFETCH_DISTANCE: usize = 32;
 
 /// Most transfer step spans kept for [`PartitionMachine::take_phase_spans`]; later ones are
 /// not kept until they are taken (a runtime takes them every round of inputs).
