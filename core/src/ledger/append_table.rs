@@ -19,7 +19,7 @@ use crate::ledger::chunked::ChunkedVec;
 use crate::ledger::row_index::RowIndex;
 
 /// Rows per sealed chunk (small in tests and the simulator, so that they cross chunk edges).
-const CHUNK_ROWS: usize = if cfg!(any(test, madsim, feature = "testing")) {
+pub(crate) const CHUNK_ROWS: usize = if cfg!(any(test, madsim, feature = "testing")) {
     8
 } else {
     4096

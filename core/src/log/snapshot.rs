@@ -57,6 +57,7 @@ use std::sync::Arc;
 
 use crc32c::crc32c;
 
+use crate::ledger::account_table::AccountRows;
 use crate::ledger::append_table::Rows;
 use crate::ledger::cold::{ChunkRead, ColdChunk, ColdRows, WrittenChunks};
 use crate::ledger::transfer_table::{RowStore, RowView, TransferTable, CHUNK_ROWS};
@@ -110,7 +111,7 @@ pub struct SnapshotImage {
     /// [`crate::ledger::append_table::AppendTable`]): taking the image copies none of them,
     /// where a copy of them cost the partition 700 ms at 10 million accounts. In the order
     /// they were opened; sorted where the image is encoded.
-    accounts: Rows<AccountId, Account>,
+    accounts: AccountRows,
     transfers: RowStore,
     credits: Rows<TransferKey, StoredCredit>,
     cash: Rows<(AccountId, TransactionId), CashRow>,
@@ -313,8 +314,12 @@ fn encode_image(
     out.extend_from_slice(&ledger.last.timestamp.to_le_bytes());
     let chunks = u32::try_from(ledger.chunks.frozen).expect("fewer than 2^32 chunks");
     out.extend_from_slice(&chunks.to_le_bytes());
-    let mut accounts: Vec<&(AccountId, Account)> = ledger.accounts.iter().collect();
-    accounts.sort_unstable_by_key(|(id, _)| *id);
+    let mut accounts: Vec<(&AccountId, &Account)> = ledger
+        .accounts
+        .iter()
+        .map(|row| (&row.id, &row.account))
+        .collect();
+    accounts.sort_unstable_by_key(|(id, _)| **id);
     put_table(&mut sink, accounts.into_iter(), |out, (id, account)| {
         id.encode_into(out);
         put_currency(out, account.currency);
