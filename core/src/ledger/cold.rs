@@ -9,7 +9,7 @@
 //! ([`crate::log::chunk_file::ChunkIndex`]). A lookup:
 //!
 //! - of a key never seen probes the filter and stops: no disk read, but for a false positive
-//!   (about 1 in 1,400 lookups at 50 million rows; see below);
+//!   (about 1 in 840 lookups at 50 million rows; see below);
 //! - of a cold key reads two small ranges of one chunk file: the key index bucket its hash
 //!   falls in (about 2 KiB), then the row.
 //!
@@ -23,12 +23,13 @@
 //! "a transfer row is written to disk once"), and neither runs on the simulator's disk.
 //!
 //! So the filter is a chain of open-addressed tables of 4-byte entries, a fingerprint of the
-//! key and the chunk number: one table fills to 3/4 and the next, twice its size, takes the
+//! key and the chunk number: one table fills to 4/5 and the next, twice its size, takes the
 //! new keys (an entry keeps too few of its key's bits to move to a bigger table). Numbers, at
-//! 50 million cold rows: tables of 2^20 .. 2^25 slots, 264 MiB, 5.3 bytes a row; a lookup of
-//! a new key probes six tables (their home slots are prefetched with the rest of a group,
-//! see [`crate::ledger::Ledger::prefetch`]); a fingerprint is 16 bits, so a probe of a table
-//! at 3/4 (about 8 slots) matches a stranger with odds 8/65,536, six tables 1/1,400, and the
+//! 50 million cold rows: tables of 2^20 .. 2^25 slots, 264 MiB, 5.3 bytes a row (at 3/4 the
+//! six held 47 million keys, and a seventh of 256 MiB came before 50 million); a lookup of a
+//! new key probes six tables (their home slots are prefetched ahead of it, see
+//! [`crate::ledger::Ledger::prefetch`]); a fingerprint is 16 bits, so a probe of a table
+//! at 4/5 (about 13 slots) matches a stranger with odds 13/65,536, six tables 1/840, and the
 //! disk read that settles it is a page-cache hit for recent chunks. A `HashMap` of the 32-bit
 //! key hash and row position (the hot index's own layout) would take 10.7 to 21 bytes a row.
 //!
@@ -111,9 +112,12 @@ const FIRST_TABLE_SLOTS: usize = if cfg!(any(test, madsim, feature = "testing"))
 const SLOTS_PER_LINE: usize = 64 / std::mem::size_of::<u32>();
 /// Keys ahead of the one being inserted whose home slot [`ColdKeys::insert_all`] asks for.
 const INSERT_PREFETCH_AHEAD: usize = 16;
-/// Most entries per slot of a table before the next takes new keys: 3/4, as the hot index.
-const FILL_NUMERATOR: usize = 3;
-const FILL_DENOMINATOR: usize = 4;
+/// Most entries per slot of a table before the next takes new keys: 4/5. Fuller tables make
+/// longer probes for a new key (about 13 slots at 4/5, 8.5 at 3/4, one or two cache lines
+/// either way), but at 3/4 the tables up to 2^25 slots held 47 million keys and the next,
+/// 256 MiB, came before 50 million; at 4/5 they hold 50.4 million.
+const FILL_NUMERATOR: usize = 4;
+const FILL_DENOMINATOR: usize = 5;
 
 /// The filter's hash of a key: 64 bits, the low ones choosing the slot, the high ones the
 /// fingerprint. Fx mixes into the high bits only, so a finaliser (murmur3's) spreads them.
@@ -226,7 +230,7 @@ impl ColdKeys {
         let entry = fingerprint(hash) << CHUNK_BITS | chunk as u32;
         let mask = table.slots.len() - 1;
         let mut at = table.home(hash);
-        // Bounded: a table keeps a quarter of its slots empty.
+        // Bounded: a table keeps a fifth of its slots empty.
         while table.slots[at] != 0 {
             at = (at + 1) & mask;
         }
@@ -265,8 +269,8 @@ impl ColdKeys {
 
     /// Brings the home slot of `hash` in every table into cache (see
     /// [`crate::ledger::Ledger::prefetch`]), and the cache line after it when the home is in
-    /// the second half of its own: a table 3/4 full has a probe for a missing key look at
-    /// about 8 slots, which from there often run into the next line, and that miss, not
+    /// the second half of its own: a table 4/5 full has a probe for a missing key look at
+    /// about 13 slots, which from there often run into the next line, and that miss, not
     /// prefetched, was most of a new key's time in the filter.
     #[inline]
     pub(crate) fn prefetch(&self, hash: u64) {
