@@ -13,7 +13,7 @@
 //! time); here the slot is the only step before the row, so the prefetch pass can bring the
 //! row in without waiting for anything but the slot ([`AccountIndex::candidate`]).
 //!
-//! Fingerprints keep `32 - position_bits` bits (14 at 100,000 accounts, 7 at 30 million), so
+//! Fingerprints keep `32 - position_bits` bits (14 at 100,000 accounts, 6 at 30 million), so
 //! a lookup compares an id with a row that is not its own about once in 16,000 at 100,000
 //! accounts. The index doubles when it is 3/4 full; a doubling reads every row's id again
 //! (the slots keep too few bits of the hash to move alone), as a general table does.
