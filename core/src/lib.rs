@@ -12,6 +12,8 @@
 //!   with its packed tables; transfer rows on disk only are found through `ledger::cold`.
 //! - [`protocol`]: the TC/C coordinator of a home partition and the messages partitions
 //!   exchange.
+//! - [`replica`]: a partition replicated by Raft (raft-rs): the machine when it leads, a fold
+//!   of the committed log when it follows.
 //! - [`log`]: the record codec, snapshots and their chunk files, and replay (balances and
 //!   movements as of any point).
 //! - [`wire`]: the node-to-node frame codec: batched, versioned, CRC32C-checked frames.
@@ -20,6 +22,7 @@ pub mod ledger;
 pub mod log;
 pub mod model;
 pub mod protocol;
+pub mod replica;
 pub mod wire;
 
 #[cfg(test)]

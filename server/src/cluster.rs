@@ -9,6 +9,7 @@
 //! partitions = 12          # fixed for the cluster's life (accounts hash modulo this)
 //! secret_file = "secret"   # or `secret = "..."`; WALLET_CLUSTER_SECRET overrides both
 //! owners = [0, 1, 2, ...]  # optional: owners[p] owns partition p; default: an even spread
+//! replicas = 3             # optional: copies of each partition, 1 (default) or the node count
 //!
 //! [[nodes]]
 //! id = 0
@@ -48,6 +49,8 @@ struct ClusterFile {
     #[serde(default)]
     owners: Option<Vec<NodeId>>,
     #[serde(default)]
+    replicas: Option<u32>,
+    #[serde(default)]
     secret: Option<String>,
     #[serde(default)]
     secret_file: Option<PathBuf>,
@@ -79,6 +82,10 @@ struct NodeEntry {
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
     pub map: PartitionMap,
+    /// Copies of each partition: 1 (each partition on its owner alone), or the node count
+    /// (every partition a Raft group with a replica on every node, whose leader is
+    /// elected: `owners` is then unused).
+    pub replicas: u32,
     pub secret: Vec<u8>,
     /// The `[tls]` section; without one, peer links are plain TCP.
     pub tls: Option<TlsPaths>,
@@ -124,6 +131,7 @@ impl std::fmt::Debug for ClusterConfig {
         // Never print the secret, not even in a debug log.
         f.debug_struct("ClusterConfig")
             .field("map", &self.map)
+            .field("replicas", &self.replicas)
             .field("secret", &"<redacted>")
             .field("tls", &self.tls)
             .finish()
@@ -174,6 +182,10 @@ pub enum ClusterConfigError {
     IdleNode(NodeId),
     #[error("node {id} is not in the cluster file (it lists {known:?})")]
     UnknownNode { id: NodeId, known: Vec<NodeId> },
+    #[error(
+        "replicas = {given}: a cluster of {nodes} nodes keeps 1 copy of each partition or          {nodes} (one on every node); other counts are not supported yet"
+    )]
+    Replicas { given: u32, nodes: usize },
 }
 
 impl ClusterConfig {
@@ -202,6 +214,7 @@ impl ClusterConfig {
             message: e.to_string(),
         })?;
         let map = partition_map(&file)?;
+        let replicas = replicas(&file, &map)?;
         let secret = secret(&file, base, env_secret)?;
         let tls = file.tls.map(|TlsSection { ca, cert, key }| TlsPaths {
             base: base.to_path_buf(),
@@ -209,7 +222,12 @@ impl ClusterConfig {
             cert,
             key,
         });
-        Ok(ClusterConfig { map, secret, tls })
+        Ok(ClusterConfig {
+            map,
+            replicas,
+            secret,
+            tls,
+        })
     }
 
     /// The partition map of the cluster file at `path` alone (no secret, no TLS files
@@ -293,6 +311,16 @@ fn partition_map(file: &ClusterFile) -> Result<PartitionMap, ClusterConfigError>
     Ok(map)
 }
 
+/// The `replicas` of the file: 1 by default, or every node.
+fn replicas(file: &ClusterFile, map: &PartitionMap) -> Result<u32, ClusterConfigError> {
+    let nodes = map.nodes.len();
+    match file.replicas {
+        None | Some(1) => Ok(1),
+        Some(given) if given as usize == nodes => Ok(given),
+        Some(given) => Err(ClusterConfigError::Replicas { given, nodes }),
+    }
+}
+
 /// Partition `p` on the `(p mod n)`-th node in id order.
 fn even_spread(partitions: u32, ids: &[NodeId]) -> Vec<NodeId> {
     assert!(!ids.is_empty());
@@ -335,6 +363,7 @@ pub fn secret_without_file(
         map_version: 1,
         partitions: 1,
         owners: None,
+        replicas: None,
         secret: None,
         secret_file: file.map(Path::to_path_buf),
         nodes: Vec::new(),
@@ -417,6 +446,19 @@ mod tests {
         );
         let error = config.node(1).unwrap_err().to_string();
         assert!(error.contains("[0, 2, 5]"), "{error}");
+    }
+
+    #[test]
+    fn replicas_are_one_by_default_or_every_node() {
+        assert_eq!(parse(THREE_NODES).unwrap().replicas, 1);
+        let with =
+            |line: &str| THREE_NODES.replace("partitions = 7", &format!("partitions = 7\n{line}"));
+        assert_eq!(parse(&with("replicas = 3")).unwrap().replicas, 3);
+        assert_eq!(parse(&with("replicas = 1")).unwrap().replicas, 1);
+        for refused in ["replicas = 2", "replicas = 0", "replicas = 5"] {
+            let error = parse(&with(refused)).unwrap_err().to_string();
+            assert!(error.contains("3 nodes keeps 1 copy"), "{refused}: {error}");
+        }
     }
 
     #[test]

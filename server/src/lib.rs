@@ -55,6 +55,7 @@ pub mod map_store;
 pub mod node;
 pub mod process;
 pub mod replay_cmd;
+pub mod replicated_node;
 pub mod rfc3339;
 pub mod serve;
 pub mod storages;

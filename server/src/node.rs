@@ -33,6 +33,7 @@ use walletd_runtime::net::{
     Tcp,
 };
 
+use crate::api::cluster::ClusterView;
 use crate::cli::NodeArgs;
 use crate::cluster::{ClusterConfig, ClusterConfigError, TlsFiles, SECRET_ENV};
 use crate::datadir::DataDir;
@@ -75,7 +76,7 @@ pub fn run(args: NodeArgs) -> ExitCode {
     crate::serve::run_to_exit_code("wallet node", node(args))
 }
 
-fn node_config(args: &NodeArgs) -> Result<NodeConfig, NodeRunError> {
+pub(crate) fn node_config(args: &NodeArgs) -> Result<NodeConfig, NodeRunError> {
     // The handshake's challenges must be unpredictable to anyone without the secret.
     let mut nonce_seed = [0u8; 32];
     getrandom::fill(&mut nonce_seed).map_err(|e| NodeRunError::Random(e.to_string()))?;
@@ -133,6 +134,8 @@ fn forward_addresses(map: &PartitionMap, id: NodeId, https: bool) -> Vec<Option<
 /// the store that keeps the map fresh.
 struct Start {
     map: PartitionMap,
+    /// Copies of each partition (see [`ClusterConfig::replicas`]); 1 on etcd.
+    replicas: u32,
     secret: Vec<u8>,
     links_tls: Option<MutualTls>,
     etcd: Option<MapStore>,
@@ -152,6 +155,7 @@ async fn start_from_file(args: &NodeArgs, path: &std::path::Path) -> Result<Star
     };
     Ok(Start {
         map: cluster.map,
+        replicas: cluster.replicas,
         secret: cluster.secret,
         links_tls,
         etcd: None,
@@ -189,6 +193,7 @@ async fn start_from_etcd(args: &NodeArgs, urls: &str) -> Result<Start, NodeRunEr
     }
     Ok(Start {
         map,
+        replicas: 1,
         secret,
         links_tls,
         etcd: Some(store),
@@ -232,10 +237,15 @@ async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
     };
     let Start {
         map,
+        replicas,
         secret,
         links_tls,
         etcd,
     } = start;
+    if replicas > 1 {
+        let root = node_root(&args);
+        return crate::replicated_node::run(&args, map, secret, links_tls, root).await;
+    }
     let address: NodeAddress = map.nodes[&args.id].clone();
     let http_tls = api_tls(&args.service)?;
     let options = options(&args.service)?;
@@ -278,8 +288,13 @@ async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
     let following = etcd.map(|store| Following::start(store, &node, &args, &root));
     let homes = partition_homes(&map, args.id);
     let forward_to = forward_addresses(&map, args.id, http_tls.is_some());
-    let api =
-        build_api(node.engine(), dir, options, homes, forward_to).with_journal(storages.journal);
+    let stats: Vec<_> = (node.engine().local_partitions().iter().copied())
+        .zip(node.engine().stats().iter().cloned())
+        .collect();
+    let view = ClusterView::unreplicated(&map, args.id, node.links(), &stats);
+    let api = build_api(node.engine(), dir, options, homes, forward_to)
+        .with_journal(storages.journal)
+        .with_cluster(view);
     let grace = Duration::from_millis(args.service.shutdown_grace_ms);
     let local = node.engine().local_partitions().to_vec();
     let (served, stop) = serve_http(http, http_tls, api, &local, grace).await;

@@ -21,7 +21,7 @@ use walletd_core::model::event::TransferKey;
 use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_core::model::partition::PartitionId;
 use walletd_runtime::driver::{DriverConfig, DriverError, DriverStats, Query, RecoveryReport};
-use walletd_runtime::engine::{Engine, EngineConfig};
+use walletd_runtime::engine::{Client, Engine, EngineConfig};
 
 use crate::api::{self, Api, ApiOptions};
 use crate::cli::{ServeArgs, ServiceArgs};
@@ -191,7 +191,13 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     tracing::info!(data_dir = %dir.root().display(), partitions = dir.partitions(), "starting");
     let (engine, journal) = start_engine(&args, &dir).await?;
     log_recovery(engine.recovery_reports());
-    let api = build_api(&engine, dir, options, Vec::new(), Vec::new()).with_journal(journal);
+    let stats: Vec<_> = (engine.local_partitions().iter().copied())
+        .zip(engine.stats().iter().cloned())
+        .collect();
+    let view = crate::api::cluster::ClusterView::single_node(&args.listen.to_string(), &stats);
+    let api = build_api(&engine, dir, options, Vec::new(), Vec::new())
+        .with_journal(journal)
+        .with_cluster(view);
     let listener = bind_http(&args.listen.to_string(), tls.is_some()).await?;
     let grace = Duration::from_millis(args.service.shutdown_grace_ms);
     let (served, stop) = serve_http(listener, tls, api, engine.local_partitions(), grace).await;
@@ -253,6 +259,19 @@ pub(crate) fn build_api(
         .copied()
         .zip(engine.stats().iter().cloned())
         .collect();
+    build_api_for(engine.client(), stats, dir, options, homes, forward_to)
+}
+
+/// [`build_api`] for a client and the stats of the partitions whose logs are in `dir`
+/// (a replicated node's: every partition).
+pub(crate) fn build_api_for(
+    client: Client,
+    stats: Vec<(PartitionId, Arc<DriverStats>)>,
+    dir: DataDir,
+    options: ApiOptions,
+    homes: Vec<String>,
+    forward_to: Vec<Option<String>>,
+) -> Api {
     let mut durable = vec![None; dir.partitions() as usize];
     for (partition, stats) in &stats {
         durable[*partition as usize] = Some(Arc::clone(stats));
@@ -275,7 +294,7 @@ pub(crate) fn build_api(
         ),
         None => tracing::info!("no memory limit: writes are never refused for memory"),
     }
-    Api::new(engine.client(), stats, Some(history), options)
+    Api::new(client, stats, Some(history), options)
 }
 
 /// Serves HTTP, or HTTPS only with `tls`, until a signal or until one of the `watched`

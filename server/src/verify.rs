@@ -135,22 +135,22 @@ pub fn verify_all(dirs: &[DataDir], echo: bool) -> Report {
         report.violation("no data directory to check".into());
         return report;
     };
-    let mut homes: Vec<Option<&DataDir>> = vec![None; partitions as usize];
+    let mut copies: Vec<Vec<&DataDir>> = vec![Vec::new(); partitions as usize];
     for dir in dirs {
         report.line(format!(
             "wallet verify: {} ({} partitions)",
             dir.root().display(),
             dir.partitions()
         ));
-        if let Err(violation) = place_partitions(dir, &mut homes) {
+        if let Err(violation) = place_partitions(dir, &mut copies) {
             report.violation(violation);
             return report;
         }
     }
-    let complete = homes.iter().all(Option::is_some);
+    let complete = copies.iter().all(|held| !held.is_empty());
     if !complete {
         let held: Vec<PartitionId> = (0..partitions)
-            .filter(|p| homes[*p as usize].is_some())
+            .filter(|p| !copies[*p as usize].is_empty())
             .collect();
         report.line(format!(
             "partitions {held:?} are here; the others live on other cluster nodes, so \
@@ -160,8 +160,8 @@ pub fn verify_all(dirs: &[DataDir], echo: bool) -> Report {
     }
     let mut ledgers = Vec::with_capacity(partitions as usize);
     let mut replayed = true;
-    for (partition, home) in (0..partitions).zip(&homes) {
-        let ledger = home.map(|dir| verify_partition(dir, partition, &mut report));
+    for (partition, held) in (0..partitions).zip(&copies) {
+        let ledger = (!held.is_empty()).then(|| verify_copies(partition, held, &mut report));
         replayed &= ledger.as_ref().is_none_or(Option::is_some);
         ledgers.push(ledger.flatten());
     }
@@ -177,34 +177,78 @@ pub fn verify_all(dirs: &[DataDir], echo: bool) -> Report {
     report
 }
 
-/// Records in `homes[p]` that `dir` holds partition `p`; a partition in two directories, or
-/// directories of different partition counts, cannot be one cluster.
-fn place_partitions<'a>(dir: &'a DataDir, homes: &mut [Option<&'a DataDir>]) -> Result<(), String> {
-    if dir.partitions() as usize != homes.len() {
+/// Records in `copies[p]` that `dir` holds partition `p` (a replicated cluster's nodes each
+/// hold a copy of every partition); directories of different partition counts cannot be one
+/// cluster.
+fn place_partitions<'a>(dir: &'a DataDir, copies: &mut [Vec<&'a DataDir>]) -> Result<(), String> {
+    if dir.partitions() as usize != copies.len() {
         return Err(format!(
             "{} has {} partitions, not {} like the first directory: not one cluster",
             dir.root().display(),
             dir.partitions(),
-            homes.len()
+            copies.len()
         ));
     }
     let held = dir
         .held_partitions()
         .map_err(|error| format!("cannot tell which partitions live here: {error}"))?;
     for partition in held {
-        if let Some(other) = homes[partition as usize].replace(dir) {
-            return Err(format!(
-                "partition {partition} is in both {} and {}",
-                other.root().display(),
-                dir.root().display()
-            ));
-        }
+        copies[partition as usize].push(dir);
     }
     Ok(())
 }
 
-/// Checks one partition; its replayed ledger when the log replays.
-fn verify_partition(dir: &DataDir, partition: PartitionId, report: &mut Report) -> Option<Ledger> {
+/// Checks every copy of `partition` and, when there are several (replicas), that they agree
+/// record for record on the records they all have: a replica may lag, never differ. The
+/// ledger of the longest copy, when every copy replays.
+fn verify_copies(
+    partition: PartitionId,
+    copies: &[&DataDir],
+    report: &mut Report,
+) -> Option<Ledger> {
+    let mut longest: Option<(Ledger, Vec<Record>, &DataDir)> = None;
+    let mut all_replayed = true;
+    let mut agree = true;
+    for dir in copies {
+        let Some((ledger, records)) = verify_partition(dir, partition, report) else {
+            all_replayed = false;
+            continue;
+        };
+        if let Some((_, known, known_dir)) = &longest {
+            if let Some(at) = known.iter().zip(&records).position(|(a, b)| a != b) {
+                agree = false;
+                report.violation(format!(
+                    "partition {partition}: the replicas in {} and {} differ at lsn {}",
+                    known_dir.root().display(),
+                    dir.root().display(),
+                    known[at].lsn
+                ));
+            }
+        }
+        let longer = longest
+            .as_ref()
+            .is_none_or(|(_, known, _)| records.len() > known.len());
+        if longer {
+            longest = Some((ledger, records, dir));
+        }
+    }
+    if copies.len() > 1 && agree {
+        report.line(format!(
+            "partition {partition}: {} replicas agree on their common records",
+            copies.len()
+        ));
+    }
+    all_replayed
+        .then_some(longest.map(|(ledger, _, _)| ledger))
+        .flatten()
+}
+
+/// Checks one partition; its replayed ledger and its records when the log replays.
+fn verify_partition(
+    dir: &DataDir,
+    partition: PartitionId,
+    report: &mut Report,
+) -> Option<(Ledger, Vec<Record>)> {
     let log = match read_partition_log(dir, partition, None, AsOf::End, &mut |_| true, &mut |_| {})
     {
         Ok(log) => log,
@@ -265,7 +309,7 @@ fn verify_partition(dir: &DataDir, partition: PartitionId, report: &mut Report) 
     }
     line.push_str(&snapshots);
     report.line(line);
-    Some(ledger)
+    Some((ledger, log.records))
 }
 
 /// Replays, turning a panic (an assertion in `apply` on a damaged log) into an error.

@@ -32,5 +32,6 @@ pub mod driver;
 pub mod engine;
 pub mod histogram;
 pub mod net;
+pub mod replica;
 pub mod storage;
 pub mod transport;

@@ -205,30 +205,11 @@ impl Recovery {
         Ok(cut)
     }
 
-    /// Applies `record` if it is the next one; skips it if the state already has it (the
-    /// snapshot, or the log before a journal's batch). Returns whether it applied it.
+    /// Applies `record` if it is the next one (see [`apply_next`]), counting it.
     fn apply_next(&mut self, name: &str, record: &Record) -> Result<bool, RecoveryError> {
-        let expected = self.ledger.last_applied().lsn + 1;
-        if record.lsn < expected {
-            return Ok(false);
-        }
-        // Within a segment the codec checks that lsns go up by one; across segments, from
-        // the snapshot to the log, and from the log to a journal's batch, it is checked here:
-        // `apply` alone would take a jump forward and silently lose what lay in between.
-        if record.lsn > expected {
-            return Err(RecoveryError::Gap {
-                name: name.to_string(),
-                expected,
-                found: record.lsn,
-            });
-        }
-        let meta = RecordMeta {
-            lsn: record.lsn,
-            timestamp: record.timestamp,
-        };
-        self.ledger.apply(meta, &record.event)?;
-        self.report.records_replayed += 1;
-        Ok(true)
+        let applied = apply_next(&mut self.ledger, name, record)?;
+        self.report.records_replayed += u64::from(applied);
+        Ok(applied)
     }
 
     /// Replays a batch that a node journal made durable (records from `first_lsn`, as they
@@ -240,33 +221,11 @@ impl Recovery {
         first_lsn: Lsn,
         bytes: &[u8],
     ) -> Result<Option<(Lsn, usize)>, RecoveryError> {
-        let name = "the node journal";
-        let corrupt = |error: CodecError| RecoveryError::Corrupt {
-            name: name.to_string(),
-            offset: codec_offset(&error),
-            detail: error.to_string(),
-        };
-        let mut reader = RecordReader::new(bytes, first_lsn);
-        let mut missing_from = None;
-        loop {
-            let at = reader.valid_len();
-            let Some(record) = reader.next_record().map_err(corrupt)? else {
-                break;
-            };
-            if self.apply_next(name, &record)? {
-                missing_from.get_or_insert((record.lsn, at));
-                self.report.records_redone += 1;
-            }
-        }
-        if reader.valid_len() != bytes.len() {
-            // The journal checksums its rounds: a batch in one that is not whole records
-            // was handed in so, which no partition does.
-            return Err(RecoveryError::Corrupt {
-                name: name.to_string(),
-                offset: reader.valid_len() as u64,
-                detail: "a journaled batch that is not whole records".into(),
-            });
-        }
+        let before = self.ledger.last_applied().lsn;
+        let missing_from = apply_batch(&mut self.ledger, "the node journal", first_lsn, bytes)?;
+        let redone = self.ledger.last_applied().lsn - before;
+        self.report.records_replayed += redone;
+        self.report.records_redone += redone;
         Ok(missing_from)
     }
 
@@ -284,6 +243,70 @@ fn codec_offset(error: &CodecError) -> u64 {
         | CodecError::UnsupportedVersion { offset, .. }
         | CodecError::LsnGap { offset, .. } => *offset,
     }
+}
+
+/// Applies `record` to `ledger` if it is the next one; skips it if the ledger already has it
+/// (a snapshot, or the log before a journal's batch or a replicated entry). Returns whether
+/// it applied it. `name` says where the record came from, for the error.
+fn apply_next(ledger: &mut Ledger, name: &str, record: &Record) -> Result<bool, RecoveryError> {
+    let expected = ledger.last_applied().lsn + 1;
+    if record.lsn < expected {
+        return Ok(false);
+    }
+    // Within a segment the codec checks that lsns go up by one; across segments, from the
+    // snapshot to the log, and from the log to a journal's batch or a replicated entry, it
+    // is checked here: `apply` alone would take a jump forward and silently lose what lay in
+    // between.
+    if record.lsn > expected {
+        return Err(RecoveryError::Gap {
+            name: name.to_string(),
+            expected,
+            found: record.lsn,
+        });
+    }
+    let meta = RecordMeta {
+        lsn: record.lsn,
+        timestamp: record.timestamp,
+    };
+    ledger.apply(meta, &record.event)?;
+    Ok(true)
+}
+
+/// Applies a batch of whole records (lsns from `first_lsn`, as a partition appended them)
+/// after what `ledger` holds: the records it already has are skipped, the rest must follow
+/// without a gap. The batch comes from a checksummed container (a journal round, a Raft
+/// entry), so anything but whole records in it is corruption. Returns where the records
+/// the ledger lacked begin, `(their first lsn, byte offset in bytes)`.
+pub fn apply_batch(
+    ledger: &mut Ledger,
+    name: &str,
+    first_lsn: Lsn,
+    bytes: &[u8],
+) -> Result<Option<(Lsn, usize)>, RecoveryError> {
+    let corrupt = |error: CodecError| RecoveryError::Corrupt {
+        name: name.to_string(),
+        offset: codec_offset(&error),
+        detail: error.to_string(),
+    };
+    let mut reader = RecordReader::new(bytes, first_lsn);
+    let mut missing_from = None;
+    loop {
+        let at = reader.valid_len();
+        let Some(record) = reader.next_record().map_err(corrupt)? else {
+            break;
+        };
+        if apply_next(ledger, name, &record)? {
+            missing_from.get_or_insert((record.lsn, at));
+        }
+    }
+    if reader.valid_len() != bytes.len() {
+        return Err(RecoveryError::Corrupt {
+            name: name.to_string(),
+            offset: reader.valid_len() as u64,
+            detail: "a batch that is not whole records".into(),
+        });
+    }
+    Ok(missing_from)
 }
 
 #[cfg(test)]

@@ -169,6 +169,11 @@ impl SnapshotImage {
     }
 
     /// Chunks the snapshot refers to.
+    /// The last record the image reflects.
+    pub fn last_applied(&self) -> RecordMeta {
+        self.last
+    }
+
     pub fn chunks(&self) -> ChunkPlan {
         self.chunks
     }

@@ -44,10 +44,20 @@ pub enum Bug {
     /// credit of a transfer it committed, the home answers nothing, so a Confirm lost on
     /// the way leaves the destination's credit pending for good.
     ConfirmSentOnce = 1024,
+    /// A replicated partition's leader answers a batch's clients as soon as it proposes the
+    /// batch, before a majority of its group has it durable.
+    AckBeforeQuorum = 2048,
+    /// A replica restarts without the vote it cast in its current term, so it may vote twice
+    /// in one term and two leaders may be elected in it.
+    ForgetVote = 4096,
+    /// A replicated partition's leader answers a read from its own state at once, without
+    /// the group confirming that it still leads: a leader cut off from its group answers
+    /// from a past its successor has moved on from.
+    StaleRead = 8192,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 11] = [
+    pub const ALL: [Bug; 14] = [
         Bug::SkipBarrier,
         Bug::ReplyBeforeSync,
         Bug::NoIdempotency,
@@ -59,6 +69,9 @@ impl Bug {
         Bug::CancelAfterDurableCredit,
         Bug::CommitOnHomeOnly,
         Bug::ConfirmSentOnce,
+        Bug::AckBeforeQuorum,
+        Bug::ForgetVote,
+        Bug::StaleRead,
     ];
 
     /// The name used on the simulator's command line (`--bug skip-barrier`).
@@ -75,6 +88,9 @@ impl Bug {
             Bug::CancelAfterDurableCredit => "cancel-after-durable-credit",
             Bug::CommitOnHomeOnly => "commit-on-home-only",
             Bug::ConfirmSentOnce => "confirm-sent-once",
+            Bug::AckBeforeQuorum => "ack-before-quorum",
+            Bug::ForgetVote => "forget-vote",
+            Bug::StaleRead => "stale-read",
         }
     }
 

@@ -65,6 +65,10 @@ pub struct MachineConfig {
     /// time caps a partition's rate while its disk is slow (a snapshot being written back,
     /// say): 65,536 over a 50 ms sync is still 1.3M inputs/s.
     pub batch_inputs_max: usize,
+    /// Most bytes of records in one batch before it takes no more inputs (the input that
+    /// crosses it still completes, so a batch may pass it by one input's records). A
+    /// replicated partition's batch is one Raft entry, which must fit a wire message.
+    pub batch_bytes_max: usize,
     /// Take a snapshot after this many events since the last one, and no sooner than the log
     /// since the last one holds as many events as the state has rows (0: never).
     pub snapshot_every_events: u64,
@@ -89,6 +93,7 @@ impl Default for MachineConfig {
     fn default() -> Self {
         MachineConfig {
             batch_inputs_max: 65_536,
+            batch_bytes_max: usize::MAX,
             snapshot_every_events: 1_000_000,
             transfer_rows_in_memory_max: TRANSFER_ROWS_IN_MEMORY_MAX_DEFAULT,
             waiters_max: 100_000,
@@ -380,6 +385,18 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         &self.ledger
     }
 
+    /// Gives up the machine for its ledger: what a replica that stops leading keeps, when
+    /// every record the ledger holds is durable (see [`crate::replica`]).
+    pub fn into_ledger(self) -> Ledger {
+        self.ledger
+    }
+
+    /// Whether the ledger holds records that are not durable yet (applied, in the open
+    /// batch or in the commit in flight).
+    pub fn is_ahead_of_durable(&self) -> bool {
+        self.ledger.last_applied().lsn != self.durable_lsn
+    }
+
     pub fn counters(&self) -> MachineCounters {
         self.counters
     }
@@ -405,6 +422,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
     /// Whether the open batch takes more inputs; once full it waits for the commit in flight.
     pub fn wants_inputs(&self) -> bool {
         self.batch.inputs < self.config.batch_inputs_max
+            && self.batch.bytes.len() < self.config.batch_bytes_max
     }
 
     /// Whether the open batch holds background work only and may wait a little longer for

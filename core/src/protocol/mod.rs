@@ -22,4 +22,4 @@ pub mod message;
 mod timer_queue;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -14,7 +14,8 @@
 //! damaged length is caught by the checksum. `body_len` lies in
 //! `FRAME_BODY_LEN_MIN..=FRAME_BODY_LEN_MAX` and `count` is at most [`FRAME_MESSAGES_MAX`];
 //! both bounds hold by construction for every frame [`FrameWriter`] writes, and anything else
-//! is refused before a byte of it is buffered. Frames are batched: a sender puts everything it
+//! is refused before a byte of it is buffered. Only a `Raft` message (whole log entries)
+//! takes a frame past [`FRAME_BODY_LEN_PLAIN_MAX`]. Frames are batched: a sender puts everything it
 //! has queued into one frame, one write. A frame with no message is a heartbeat.
 //!
 //! The body bound is a full frame of the longest messages other than `Peers`; a `Peers`
@@ -40,6 +41,7 @@
 //! | 8 | `StaleMap` | expected `u64`, got `u64` | the receiving node |
 //! | 9 | `Refused` | id | the owning node: the request was not run |
 //! | 10 | `Peers` | count `u16` (1..=[`PEER_MESSAGES_PER_INPUT_MAX`]), peer message; count | the forwarding node: TC/C phase messages for one partition |
+//! | 11 | `Raft` | partition `u32`, count `u16` (1..=[`RAFT_MESSAGES_MAX`]), then per message its length `u32` and its protobuf encoding (raft-rs's `eraftpb.Message`) | a replica: its group's Raft messages for the receiver's replica |
 //!
 //! `Peers` carries the phase messages one partition's batch sends to one partition of the
 //! receiver, in their order; the receiver hands them to that partition as one input. (The
@@ -87,18 +89,20 @@ use crate::ledger::{
 use crate::log::codec::{put_currency, put_key, put_transfer, reason_tag, Cursor};
 use crate::model::event::Decision;
 use crate::model::ids::ID_LEN_MAX;
-use crate::model::partition::NodeId;
+use crate::model::partition::{NodeId, PartitionId};
 use crate::protocol::coordinator::{Phase, PhaseRequest, PhaseResponse};
 use crate::protocol::message::{
     CommandResult, PeerMessage, Query, QueryAnswer, PEER_MESSAGES_PER_INPUT_MAX,
 };
+use crate::replica::RaftMessage;
 
 /// The body version this build writes and the only one it reads. Version 3 carries phase
 /// messages in `Peers` messages (tag 10) and no longer knows `Peer` (tag 7); its peer
 /// messages know the Abort phase and the Unresolved question. Version 4: a destination
 /// answers a Confirm only to refuse it (a committed transfer ends at its commit point), and
-/// commands know `CommitDebit` (12).
-pub const WIRE_VERSION: u8 = 4;
+/// commands know `CommitDebit` (12). Version 5: `Raft` (tag 11) carries the messages of
+/// replicated partitions' Raft groups, and frames may be as long as one of them needs.
+pub const WIRE_VERSION: u8 = 5;
 /// Bytes of the frame header: body length and checksum.
 pub const FRAME_HEADER_LEN: usize = 8;
 /// Bytes of the body before the messages: version, map version, count.
@@ -114,9 +118,22 @@ pub const MESSAGE_ENCODED_LEN_MAX: usize = 256;
 /// message takes at least 10). Caps what a frame's message count can make the decoder
 /// preallocate.
 const MESSAGE_LEN_MIN: usize = 1 + 8;
-/// Largest body a frame may declare: a full frame of the longest messages other than `Peers`.
-pub const FRAME_BODY_LEN_MAX: usize =
+/// Most Raft messages one `Raft` message carries.
+pub const RAFT_MESSAGES_MAX: usize = 256;
+/// Most bytes one encoded `Raft` message takes. A Raft message carries whole log entries,
+/// each one group commit of a partition; a replicated partition bounds its batches so that
+/// a message of entries stays well within this (see `walletd_core::replica`).
+pub const RAFT_ENCODED_LEN_MAX: usize = 8 << 20;
+/// Bytes of a `Raft` message before its Raft messages: tag, partition, count.
+const RAFT_PREFIX_LEN: usize = 1 + 4 + 2;
+/// Largest body a frame fills with messages other than `Raft`: a full frame of the longest
+/// messages other than `Peers`. A writer adds such a message only while the body stays
+/// within it, so frames of client traffic and phase messages keep their size.
+pub const FRAME_BODY_LEN_PLAIN_MAX: usize =
     BODY_PREFIX_LEN + FRAME_MESSAGES_MAX * MESSAGE_ENCODED_LEN_MAX;
+/// Largest body a frame may declare: a `Raft` message may take a frame this far, so that
+/// one of the longest fits in an empty frame.
+pub const FRAME_BODY_LEN_MAX: usize = BODY_PREFIX_LEN + RAFT_ENCODED_LEN_MAX;
 /// Most bytes one encoded peer message takes (a phase request carrying a transfer whose ids
 /// are all at their length limit; see `peer_message_lengths_are_bounded`).
 pub const PEER_MESSAGE_ENCODED_LEN_MAX: usize = 1 + 4 + 1 + 3 * (1 + ID_LEN_MAX) + 8 + 2;
@@ -142,6 +159,8 @@ const _: () = assert!(PEER_MESSAGES_PER_INPUT_MAX <= u16::MAX as usize);
 // Any `Peers` message fits in an empty frame, and none is shorter than the frame's
 // preallocation bound assumes.
 const _: () = assert!(BODY_PREFIX_LEN + PEERS_ENCODED_LEN_MAX <= FRAME_BODY_LEN_MAX);
+const _: () =
+    assert!(BODY_PREFIX_LEN + FRAME_MESSAGES_MAX * MESSAGE_ENCODED_LEN_MAX <= FRAME_BODY_LEN_MAX);
 const _: () = assert!(PEERS_PREFIX_LEN + PEER_MESSAGE_LEN_MIN >= MESSAGE_LEN_MIN);
 const _: () = assert!(FRAME_BODY_LEN_MAX <= u32::MAX as usize);
 const _: () = assert!(ERROR_TEXT_LEN_MAX <= u8::MAX as usize && ID_LEN_MAX <= u8::MAX as usize);
@@ -158,6 +177,7 @@ mod tag {
     pub const STALE_MAP: u8 = 8;
     pub const REFUSED: u8 = 9;
     pub const PEERS: u8 = 10;
+    pub const RAFT: u8 = 11;
 }
 
 /// The commands an [`LedgerError::InvalidTransition`] can name, by their wire number (index + 1).
@@ -169,8 +189,8 @@ const TRANSITION_COMMAND_OTHER: &str = "command";
 /// Correlates a request with its answer on one connection.
 pub type RequestId = u64;
 
-/// One message between nodes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One message between nodes. Not `Eq`: raft-rs's messages are not.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Message {
     /// Opens the handshake: who I am, which map I hold, and a fresh challenge for the other end.
     Hello {
@@ -205,10 +225,16 @@ pub enum Message {
     StaleMap { expected: u64, got: u64 },
     /// Request `id` was not run (its partition is not here or is stopped); retry elsewhere or later.
     Refused { id: RequestId },
+    /// Messages of partition `partition`'s Raft group for the receiver's replica, in the
+    /// order sent (best effort, no answer): 1..=[`RAFT_MESSAGES_MAX`] of them.
+    Raft {
+        partition: PartitionId,
+        messages: Vec<RaftMessage>,
+    },
 }
 
 /// A decoded frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Frame {
     pub map_version: u64,
     pub messages: Vec<Message>,
@@ -273,8 +299,9 @@ impl<'a> FrameWriter<'a> {
     }
 
     /// Appends `message` if the frame has room for it: it is not full, and the body stays
-    /// within [`FRAME_BODY_LEN_MAX`]. Otherwise leaves the frame as it was and returns false;
-    /// the message then starts the next frame.
+    /// within [`FRAME_BODY_LEN_PLAIN_MAX`] ([`FRAME_BODY_LEN_MAX`] for a `Raft` message).
+    /// Otherwise leaves the frame as it was and returns false; the message then starts the
+    /// next frame.
     pub fn try_push(&mut self, message: &Message) -> bool {
         if self.is_full() {
             return false;
@@ -286,7 +313,11 @@ impl<'a> FrameWriter<'a> {
             len <= encoded_len_max(message),
             "message of {len} bytes exceeds its bound"
         );
-        if self.body_len() > FRAME_BODY_LEN_MAX {
+        let limit = match message {
+            Message::Raft { .. } => FRAME_BODY_LEN_MAX,
+            _ => FRAME_BODY_LEN_PLAIN_MAX,
+        };
+        if self.body_len() > limit {
             self.out.truncate(before);
             return false;
         }
@@ -452,6 +483,10 @@ fn encode_message(message: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&got.to_le_bytes());
         }
         Message::Refused { id } => put_tagged_id(out, tag::REFUSED, *id),
+        Message::Raft {
+            partition,
+            messages,
+        } => put_raft(out, *partition, messages),
     }
 }
 
@@ -489,6 +524,7 @@ fn decode_message(cursor: &mut Cursor<'_>) -> Result<Message, String> {
             got: cursor.u64()?,
         },
         tag::REFUSED => Message::Refused { id: cursor.u64()? },
+        tag::RAFT => get_raft(cursor)?,
         other => return Err(format!("unknown message tag {other}")),
     })
 }
@@ -497,6 +533,7 @@ fn decode_message(cursor: &mut Cursor<'_>) -> Result<Message, String> {
 fn encoded_len_max(message: &Message) -> usize {
     match message {
         Message::Peers(peers) => PEERS_PREFIX_LEN + peers.len() * PEER_MESSAGE_ENCODED_LEN_MAX,
+        Message::Raft { .. } => RAFT_ENCODED_LEN_MAX,
         _ => MESSAGE_ENCODED_LEN_MAX,
     }
 }
@@ -1045,6 +1082,66 @@ fn get_peer(cursor: &mut Cursor<'_>) -> Result<PeerMessage, String> {
             transfer: cursor.transfer()?,
         },
         other => return Err(format!("unknown peer message {other}")),
+    })
+}
+
+/// The encoded length of a `Raft` message of `messages`: what a sender checks against
+/// [`RAFT_ENCODED_LEN_MAX`] before it builds one.
+pub fn raft_encoded_len(messages: &[RaftMessage]) -> usize {
+    RAFT_PREFIX_LEN
+        + messages
+            .iter()
+            .map(|m| 4 + protobuf::Message::compute_size(m) as usize)
+            .sum::<usize>()
+}
+
+/// Partition, count, then each Raft message as a `u32` length and its protobuf encoding
+/// (raft-rs's own, checked here by the frame's CRC). An empty or oversized group is a bug of
+/// the sender.
+fn put_raft(out: &mut Vec<u8>, partition: PartitionId, messages: &[RaftMessage]) {
+    assert!(
+        (1..=RAFT_MESSAGES_MAX).contains(&messages.len()),
+        "a Raft message holds 1..={RAFT_MESSAGES_MAX} Raft messages, not {}",
+        messages.len()
+    );
+    let start = out.len();
+    out.push(tag::RAFT);
+    out.extend_from_slice(&partition.to_le_bytes());
+    let count = u16::try_from(messages.len()).expect("the count is bounded");
+    out.extend_from_slice(&count.to_le_bytes());
+    for message in messages {
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        protobuf::Message::write_to_vec(message, out).expect("a Raft message encodes");
+        let len = u32::try_from(out.len() - at - 4).expect("a Raft message is under 4 GiB");
+        out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    }
+    assert!(
+        out.len() - start <= RAFT_ENCODED_LEN_MAX,
+        "a Raft message of {} bytes exceeds {RAFT_ENCODED_LEN_MAX}",
+        out.len() - start
+    );
+}
+
+fn get_raft(cursor: &mut Cursor<'_>) -> Result<Message, String> {
+    let partition = get_u32(cursor)?;
+    let count = usize::from(cursor.u16()?);
+    if !(1..=RAFT_MESSAGES_MAX).contains(&count) {
+        return Err(format!(
+            "a Raft message holds 1..={RAFT_MESSAGES_MAX} Raft messages, not {count}"
+        ));
+    }
+    let mut messages = Vec::with_capacity(count.min(cursor.remaining() / 4));
+    for _ in 0..count {
+        let len = get_u32(cursor)? as usize;
+        let bytes = cursor.take(len)?;
+        let message: RaftMessage = protobuf::Message::parse_from_bytes(bytes)
+            .map_err(|error| format!("Raft message: {error}"))?;
+        messages.push(message);
+    }
+    Ok(Message::Raft {
+        partition,
+        messages,
     })
 }
 

@@ -494,7 +494,7 @@ fn a_frame_takes_messages_beside_a_peers_message_while_its_bytes_allow() {
         answers += 1;
     }
     assert!(!writer.is_full());
-    let room = FRAME_BODY_LEN_MAX - BODY_PREFIX_LEN - PEERS_ENCODED_LEN_MAX;
+    let room = FRAME_BODY_LEN_PLAIN_MAX - BODY_PREFIX_LEN - PEERS_ENCODED_LEN_MAX;
     assert_eq!(answers, room / encoded_len(&longest_answer));
     let len = writer.finish();
     let (frame, used) = decode_frame(&bytes).unwrap().unwrap();
@@ -1010,5 +1010,71 @@ proptest! {
         let damaged = crate::hostile::mutated(bytes, &mutations);
         let damaged = if reseal || forge { resealed(&damaged) } else { damaged };
         check_stream(&damaged)?;
+    }
+}
+
+/// A Raft append of `entries` entries of `entry_len` bytes each, from replica 1 to 2.
+fn raft_append(entries: usize, entry_len: usize) -> crate::replica::RaftMessage {
+    let mut message = crate::replica::RaftMessage::default();
+    message.set_msg_type(raft::eraftpb::MessageType::MsgAppend);
+    (message.from, message.to, message.term, message.index) = (1, 2, 3, 40);
+    message.commit = 39;
+    message.entries = (0..entries)
+        .map(|i| {
+            let mut entry = raft::eraftpb::Entry::default();
+            (entry.index, entry.term) = (41 + i as u64, 3);
+            entry.data = vec![i as u8; entry_len].into();
+            entry
+        })
+        .collect();
+    message
+}
+
+#[test]
+fn raft_messages_round_trip_and_their_length_is_known_before_encoding() {
+    let mut vote = crate::replica::RaftMessage::default();
+    vote.set_msg_type(raft::eraftpb::MessageType::MsgRequestVote);
+    (vote.from, vote.to, vote.term) = (3, 1, 9);
+    let messages = vec![raft_append(3, 100), vote];
+    let raft = Message::Raft {
+        partition: 5,
+        messages: messages.clone(),
+    };
+    round_trip(&[raft.clone(), Message::Refused { id: 1 }]);
+    assert_eq!(encoded_len(&raft), raft_encoded_len(&messages));
+}
+
+#[test]
+fn a_raft_message_of_megabytes_fits_an_empty_frame() {
+    // Entries are a partition's group commits: a frame must carry a message of several.
+    let big = Message::Raft {
+        partition: 0,
+        messages: vec![raft_append(4, 1 << 20)],
+    };
+    assert!(encoded_len(&big) <= RAFT_ENCODED_LEN_MAX);
+    round_trip(&[big]);
+}
+
+#[test]
+fn a_bad_raft_message_is_an_error_not_a_panic() {
+    let raft = Message::Raft {
+        partition: 1,
+        messages: vec![raft_append(1, 10)],
+    };
+    let mut bytes = Vec::new();
+    encode_frame(1, &[raft], &mut bytes);
+    // The body after the frame prefix: tag, partition, count, then the first length.
+    let count_at = FRAME_HEADER_LEN + 1 + 8 + 2 + 1 + 4;
+    for (at, value) in [(count_at, 0u8), (count_at + 2, 0xff)] {
+        let mut bad = bytes.clone();
+        bad[at] = value;
+        // Re-checksum, so that the message itself is what is refused.
+        let body = bad[FRAME_HEADER_LEN..].to_vec();
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&bad[..4]), &body);
+        bad[4..8].copy_from_slice(&crc.to_le_bytes());
+        assert!(
+            matches!(decode_frame(&bad), Err(WireError::Malformed { .. })),
+            "byte {at} = {value}"
+        );
     }
 }

@@ -11,6 +11,7 @@
 pub mod accounts;
 pub mod batch;
 pub mod body;
+pub mod cluster;
 pub mod events;
 pub mod forward;
 pub mod layers;
@@ -121,6 +122,9 @@ struct ApiInner {
     feed_currencies: Currencies,
     /// Where the feed's recent pages ended in their segments.
     feed_cursors: Cursors,
+    /// What `GET /v1/cluster` reads: by default this process alone, holding every
+    /// partition it has stats of.
+    cluster: cluster::ClusterView,
 }
 
 /// The resident memory of the process against [`ApiOptions::memory_limit_bytes`], read from
@@ -180,14 +184,27 @@ impl Api {
                 memory: MemoryWatch::new(options.memory_limit_bytes),
                 metrics: Metrics::new(stats.clone(), options.memory_limit_bytes),
                 client,
-                stats,
                 history,
                 options,
                 unavailable: Notify::new(),
                 feed_currencies: Currencies::default(),
                 feed_cursors: Cursors::default(),
+                cluster: cluster::ClusterView::single_node("", &stats),
+                stats,
             }),
         }
+    }
+
+    /// What `GET /v1/cluster` answers from. Only while the API is not yet shared.
+    pub fn with_cluster(mut self, view: cluster::ClusterView) -> Api {
+        Arc::get_mut(&mut self.inner)
+            .expect("the cluster view is added before the API is shared")
+            .cluster = view;
+        self
+    }
+
+    pub fn cluster_view(&self) -> &cluster::ClusterView {
+        &self.inner.cluster
     }
 
     /// Publishes the counters of the node journal the partitions commit through, if they
@@ -260,6 +277,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/accounts/{id}/balance", get(queries::balance))
         .route("/v1/accounts/{id}/history", get(queries::history))
         .route("/v1/events", get(events::events))
+        .route("/v1/cluster", get(cluster::cluster))
         .route("/v1/wallet/balance_transfer", post(transfers::transfer))
         // The seed's spelling, kept as an alias for its clients.
         .route("/v1/wallet/balance_transper", post(transfers::transfer))

@@ -23,7 +23,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use utoipa::OpenApi;
 
-use super::{accounts, batch, events as feed, metrics, queries, transfers, Api, ApiOptions};
+use super::{
+    accounts, batch, cluster, events as feed, metrics, queries, transfers, Api, ApiOptions,
+};
 use crate::errors::ErrorBody;
 
 #[derive(OpenApi)]
@@ -45,6 +47,7 @@ use crate::errors::ErrorBody;
         transfers::transfer,
         batch::transfers,
         transfers::status,
+        cluster::cluster,
         super::healthz,
         metrics::render,
         document,
@@ -60,6 +63,9 @@ use crate::errors::ErrorBody;
         transfers::TransferStatusResponse,
         batch::BatchItemResult,
         batch::BatchResponse,
+        cluster::ClusterResponse,
+        cluster::ClusterNode,
+        cluster::ClusterPartition,
     )),
     tags(
         (name = "accounts", description = "Accounts, deposits, withdrawals, balances, history"),

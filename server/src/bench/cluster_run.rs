@@ -88,11 +88,14 @@ pub async fn run(args: &BenchArgs, run_tag: &str) -> Result<Vec<ModeReport>, Ben
         rows.push(row);
     }
     report_links(&cluster.nodes);
+    let partitions = cluster.map.partitions();
     for node in cluster.nodes {
         node.shutdown()
             .await
             .map_err(|e| BenchError::Engine(e.to_string()))?;
     }
+    // The same accounts and clients with every partition replicated on every node.
+    rows.push(super::replicated_run::run(args, &workload, partitions).await?);
     Ok(rows)
 }
 
@@ -244,16 +247,33 @@ fn report_links(nodes: &[ClusterNode]) {
     }
 }
 
-/// The machine-readable line of the mode:
-/// `cluster home_tps=N any_tps=M nodes=N partitions=P fsync=on`.
-pub fn summary_line(rows: &[ModeReport]) -> Option<String> {
+/// The machine-readable lines of the mode:
+/// `cluster home_tps=N any_tps=M nodes=N partitions=P fsync=on`, and for the replicated run
+/// `cluster nodes=N replicas=N tps=T replicas1_tps=M failover_ms=F` (`replicas1_tps`: the
+/// same clients entering at any node of the unreplicated cluster, `any_tps`).
+pub fn summary_lines(rows: &[ModeReport]) -> Vec<String> {
     let rate = |mode: &str| rows.iter().find(|row| row.mode == mode);
-    let (home, any) = (rate("cluster_home")?, rate("cluster_any")?);
-    Some(format!(
+    let mut lines = Vec::new();
+    let (Some(home), Some(any)) = (rate("cluster_home"), rate("cluster_any")) else {
+        return lines;
+    };
+    lines.push(format!(
         "cluster home_tps={:.0} any_tps={:.0} nodes={} partitions={} fsync=on",
         home.transfers_per_second,
         any.transfers_per_second,
         home.nodes.unwrap_or(0),
         home.partitions
-    ))
+    ));
+    if let Some(replicated) = rate("cluster_replicated") {
+        let nodes = replicated.nodes.unwrap_or(0);
+        lines.push(format!(
+            "cluster nodes={nodes} replicas={nodes} tps={:.0} replicas1_tps={:.0} failover_ms={}",
+            replicated.transfers_per_second,
+            any.transfers_per_second,
+            replicated
+                .failover_ms
+                .map_or_else(|| "none".to_string(), |ms| ms.to_string())
+        ));
+    }
+    lines
 }

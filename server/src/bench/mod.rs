@@ -50,6 +50,7 @@ pub mod measure;
 pub mod memory_run;
 pub mod partition_sweep;
 pub mod placement;
+pub mod replicated_run;
 pub mod report;
 pub mod tables;
 pub mod workload;

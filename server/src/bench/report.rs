@@ -188,6 +188,9 @@ pub struct ModeReport {
     pub money_conserved: Option<bool>,
     /// What a reply promises about durability.
     pub durability: String,
+    /// The replicated cluster only: from stopping a leader to its successor's first commit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failover_ms: Option<u64>,
 }
 
 impl ModeReport {
@@ -216,6 +219,7 @@ impl ModeReport {
             errors: tally.errors,
             money_conserved: None,
             durability: DURABILITY.to_string(),
+            failover_ms: None,
         }
     }
 
@@ -365,7 +369,7 @@ impl BenchReport {
             lines.push(self.summary_line());
         }
         lines.extend(partition_sweep::summary_line(&self.partitions));
-        lines.extend(cluster_run::summary_line(&self.cluster));
+        lines.extend(cluster_run::summary_lines(&self.cluster));
         lines.extend(self.ledger.as_ref().map(|ledger| ledger.lines().1));
         lines.extend(self.transfer_memory.as_ref().map(|m| m.summary_line()));
         lines

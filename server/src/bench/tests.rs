@@ -198,7 +198,7 @@ async fn cluster_mode_crosses_nodes_and_conserves_money() {
     .await
     .expect("the cluster mode runs");
     let modes: Vec<&str> = report.cluster.iter().map(|m| m.mode.as_str()).collect();
-    assert_eq!(modes, ["cluster_home", "cluster_any"]);
+    assert_eq!(modes, ["cluster_home", "cluster_any", "cluster_replicated"]);
     for row in &report.cluster {
         assert!(row.transfers > 0, "{row:?}");
         assert_eq!(row.errors, 0, "{row:?}");
@@ -209,6 +209,12 @@ async fn cluster_mode_crosses_nodes_and_conserves_money() {
     assert!(lines[0].starts_with("cluster home_tps="), "{lines:?}");
     assert!(
         lines[0].ends_with(" nodes=2 partitions=2 fsync=on"),
+        "{lines:?}"
+    );
+    // Two nodes have no majority without the leader's: no failover is measured.
+    assert!(
+        lines[1].starts_with("cluster nodes=2 replicas=2 tps=")
+            && lines[1].ends_with(" failover_ms=none"),
         "{lines:?}"
     );
 }

@@ -33,6 +33,7 @@ use walletd_core::log::snapshot::{snapshot_chunks, SnapshotImage, SnapshotOut};
 use walletd_core::model::event::{Lsn, Timestamp};
 use walletd_core::model::partition::PartitionId;
 use walletd_core::protocol::machine::{Now, PartitionMachine, PhaseSpan, Release, ReplyTokens};
+use walletd_core::replica::RaftMessage;
 
 use crate::histogram::{Histogram, DURATION_US_BOUNDS, SIZE_BOUNDS};
 use crate::storage::{Storage, StoredSnapshot};
@@ -86,6 +87,13 @@ pub enum Input {
     /// What a batch sends to one partition travels as one input ([`Transport::send_all`]),
     /// and across a peer link as one wire message.
     Peers(Vec<PeerMessage>),
+    /// Messages of the partition's Raft group for its replica here (a replicated partition
+    /// only, see [`crate::replica`]); 1..=[`walletd_core::wire::RAFT_MESSAGES_MAX`] of them, and within a wire
+    /// message's bound, so that a link carries them as one.
+    Raft {
+        partition: PartitionId,
+        messages: Vec<RaftMessage>,
+    },
     /// Finish the current batch, stop, and acknowledge.
     Shutdown(oneshot::Sender<()>),
 }
@@ -560,6 +568,13 @@ impl<S: Storage> PartitionDriver<S> {
             } => self.machine.handle_commands(now, reply, &commands, wait),
             Input::Query { query, reply } => self.machine.handle_query(reply, query),
             Input::Peers(messages) => self.machine.handle_peers(now, &messages),
+            // A partition that is not replicated has no group: a peer with another view of
+            // the cluster sent these.
+            Input::Raft { messages, .. } => tracing::debug!(
+                partition = self.machine.partition(),
+                count = messages.len(),
+                "raft messages for an unreplicated partition dropped"
+            ),
             Input::Shutdown(ack) => return Some(ack),
         }
         None

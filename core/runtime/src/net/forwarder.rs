@@ -352,6 +352,16 @@ pub(super) async fn to_message(
     let (reply, request, message) = match input {
         // The transport grouped them for one partition, within a wire message's bound.
         Input::Peers(peers) => return Some(Some(Message::Peers(peers))),
+        // Grouped by the replica that sent them, within a wire message's bound.
+        Input::Raft {
+            partition,
+            messages,
+        } => {
+            return Some(Some(Message::Raft {
+                partition,
+                messages,
+            }))
+        }
         Input::Shutdown(ack) => {
             let _ = ack.send(());
             return Some(None);

@@ -14,6 +14,7 @@ use crate::driver::{CommandResult, Input, Query, QueryAnswer};
 use crate::engine::{command_account, Client};
 use crate::transport::{by_destination, PeerMessage};
 use walletd_core::model::partition::partition_of;
+use walletd_core::replica::RaftMessage;
 use walletd_core::wire::{FrameWriter, Message};
 
 use super::*;
@@ -191,6 +192,13 @@ pub(super) async fn route(
             deliver_peers(peers, ctx, client);
             return Ok(());
         }
+        Message::Raft {
+            partition,
+            messages,
+        } => {
+            deliver_raft(partition, messages, ctx, client);
+            return Ok(());
+        }
         Message::Request { id, wait, command } => {
             let (reply, answer) = oneshot::channel();
             let partition = partition_of(command_account(&command), ctx.partitions);
@@ -278,6 +286,35 @@ pub(super) fn deliver_peers(peers: Vec<PeerMessage>, ctx: &NodeContext, client: 
                 "phase messages dropped: inbox full"
             );
         }
+    }
+}
+
+/// Hands a group's Raft messages to the local replica of `partition`, if there is one, as
+/// one input; dropped when its inbox is full (Raft resends).
+pub(super) fn deliver_raft(
+    partition: PartitionId,
+    messages: Vec<RaftMessage>,
+    ctx: &NodeContext,
+    client: &Client,
+) {
+    if partition >= ctx.partitions || !ctx.owns(partition) {
+        tracing::warn!(
+            node = ctx.node,
+            partition,
+            "raft messages for a partition with no replica here dropped"
+        );
+        return;
+    }
+    let input = Input::Raft {
+        partition,
+        messages,
+    };
+    if client.inbox(partition).try_send(input).is_err() {
+        tracing::debug!(
+            node = ctx.node,
+            partition,
+            "raft messages dropped: inbox full"
+        );
     }
 }
 

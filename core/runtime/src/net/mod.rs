@@ -101,6 +101,7 @@ mod forwarder;
 mod framing;
 mod handshake;
 mod listener;
+pub mod replicated;
 mod stream;
 #[cfg(not(madsim))]
 mod tls;
@@ -250,6 +251,8 @@ pub enum NodeError {
     Bind { address: String, source: io::Error },
     #[error(transparent)]
     Driver(#[from] DriverError),
+    #[error(transparent)]
+    Replica(crate::replica::ReplicaDriverError),
 }
 
 /// Counters of the link to one remote node (for `/metrics` and tests).
@@ -334,6 +337,9 @@ struct NodeContext {
     secret: Vec<u8>,
     nonces: NonceSource,
     config: NetConfig,
+    /// A replicated node ([`replicated`]): a replica of every partition runs here, and
+    /// every node of the map is a peer.
+    hosts_every_partition: bool,
 }
 
 impl NodeContext {
@@ -355,6 +361,7 @@ impl NodeContext {
                 counter: AtomicU64::new(0),
             },
             config,
+            hosts_every_partition: false,
         }
     }
 
@@ -369,7 +376,7 @@ impl NodeContext {
     }
 
     fn owns(&self, partition: PartitionId) -> bool {
-        self.map.borrow().map.owner(partition) == self.node
+        self.hosts_every_partition || self.map.borrow().map.owner(partition) == self.node
     }
 
     /// A peer holds map `version`: if that is newer than this node's, say so to whoever
@@ -644,7 +651,10 @@ fn spawn_forwarders<N: PeerIo>(ctx: &Arc<NodeContext>, io: &Arc<N>) -> Links {
         forwarders: Vec::new(),
     };
     let map = ctx.map();
-    let owners: std::collections::BTreeSet<NodeId> = map.map.owners.iter().copied().collect();
+    let owners: std::collections::BTreeSet<NodeId> = match ctx.hosts_every_partition {
+        true => map.map.nodes.keys().copied().collect(),
+        false => map.map.owners.iter().copied().collect(),
+    };
     for remote in owners.into_iter().filter(|id| *id != ctx.node) {
         let (queue, inputs) = mpsc::channel(ctx.config.forward_queue_max);
         let stats = Arc::new(LinkStats::default());

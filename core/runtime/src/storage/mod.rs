@@ -29,6 +29,7 @@ use walletd_core::model::event::Lsn;
 pub mod file;
 #[cfg(not(madsim))]
 pub mod journal;
+pub mod raft_store;
 pub mod segments;
 
 /// One log segment found at recovery, before its bytes are read.

@@ -1,0 +1,558 @@
+//! The replica driver: the async loop that runs one [`Replica`] (a partition's member of its
+//! Raft group), as [`crate::driver`] runs a [`PartitionMachine`] alone.
+//!
+//! ```text
+//!   inbox (clients, phase messages) ──► machine (while leading) ─┐
+//!   raft inbox (group messages) ──────► Raft ◄───────────────────┤ poll
+//!   tick ──────────────────────────────► Raft, machine timers     │
+//!                                                                 ▼
+//!   send messages ─ raft store: append + sync (group commit) ─ send what vouches for it
+//!   append committed batches to the partition log ─ release answers ─ write snapshots
+//! ```
+//!
+//! What may leave when is the replica's rule (see [`walletd_core::replica`]): answers once
+//! committed, a follower's acknowledgements and votes once its Raft store is synced. The Raft
+//! store is written as a group commit: persists handed out while a sync runs are written and
+//! synced together by the next one.
+//!
+//! The partition's own log gets committed batches only, appended without a sync: the Raft
+//! store holds them durably (nothing is compacted out of it yet). It is synced before a
+//! snapshot is written (no snapshot is ever ahead of its log), before a reload (which reads
+//! it back), and at a clean stop. After a crash the log may have lost a tail; Raft hands out
+//! every committed entry again at start, and the replica appends what the log lacks.
+//!
+//! A client command that reaches a replica that does not lead is dropped unanswered (its
+//! client sees the partition unavailable, and retries, with the same transaction id, where
+//! [`ReplicaStatus::leader`] points).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use walletd_core::ledger::Ledger;
+use walletd_core::model::partition::PartitionId;
+use walletd_core::protocol::machine::{Now, PartitionMachine};
+use walletd_core::replica::{
+    Persist, RaftMessage, Replica, ReplicaConfig, ReplicaError, ReplicaId, ReplicaReady,
+};
+
+use crate::driver::{recover, wall_clock_us, Channels, DriverError, DriverStats, Input};
+use crate::storage::raft_store::RaftStore;
+use crate::storage::Storage;
+use crate::transport::Transport;
+
+#[cfg(test)]
+mod tests;
+
+/// How a replica reaches the other replicas of its group. Best effort, like [`Transport`]:
+/// Raft resends what is lost, and a client whose forwarded command is lost retries.
+pub trait GroupLinks: Send + Sync + 'static {
+    /// Sends each message to replica `message.to` of `partition`'s group.
+    fn send_raft(&self, partition: PartitionId, messages: Vec<RaftMessage>);
+
+    /// Hands a client command, query or phase message to replica `to` (the leader), with
+    /// its reply channel. Gives it back if there is no way to `to` now.
+    fn forward(&self, to: ReplicaId, input: Input) -> Result<(), Input>;
+}
+
+/// What a replica publishes of its role, for routing and `GET /v1/cluster`.
+#[derive(Debug, Default)]
+pub struct ReplicaStatus {
+    /// Leads and has caught up: takes client commands and phase messages.
+    pub leading: AtomicBool,
+    /// The leader it knows of (0: none).
+    pub leader: AtomicU64,
+    pub term: AtomicU64,
+    pub commit_index: AtomicU64,
+    pub applied_lsn: AtomicU64,
+}
+
+impl ReplicaStatus {
+    pub fn leader(&self) -> Option<ReplicaId> {
+        match self.leader.load(Ordering::Acquire) {
+            0 => None,
+            id => Some(id),
+        }
+    }
+}
+
+/// Timing and limits of a replica driver.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplicaTiming {
+    /// One Raft tick. Elections start after `election_ticks` to twice that without a
+    /// leader ([`ReplicaConfig`]).
+    pub tick: Duration,
+    /// How long a command or phase message waits for its group to have a leader (an
+    /// election) before it is dropped: its client then sees the partition unavailable.
+    pub leader_wait: Duration,
+    /// Most inputs waiting for a leader; beyond it new ones are dropped at once.
+    pub leader_wait_inputs_max: usize,
+}
+
+impl Default for ReplicaTiming {
+    fn default() -> Self {
+        ReplicaTiming {
+            tick: Duration::from_millis(10),
+            leader_wait: Duration::from_secs(2),
+            leader_wait_inputs_max: 65_536,
+        }
+    }
+}
+
+/// Why a replica stops.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaDriverError {
+    #[error(transparent)]
+    Partition(#[from] DriverError),
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+    #[error("partition {partition}: raft store: {source}")]
+    RaftStore {
+        partition: PartitionId,
+        source: io::Error,
+    },
+}
+
+/// What a Raft store write gives back: the store and the outcome, with what waited for it.
+type StoreWrite<R> = Pin<Box<dyn Future<Output = (R, io::Result<()>, Written)> + Send>>;
+
+/// Persists written by one store write, and the messages that wait for them.
+struct Written {
+    last_number: u64,
+    messages: Vec<RaftMessage>,
+}
+
+/// The driver of one replica. Build with [`ReplicaDriver::start`], then `run` it as a task.
+pub struct ReplicaDriver<S: Storage, R: RaftStore> {
+    replica: Replica<Channels>,
+    storage: S,
+    /// `None` while a write owns it.
+    raft_store: Option<R>,
+    /// Persists waiting for the next store write, with the messages that vouch for them.
+    queued: Vec<(Persist, Vec<RaftMessage>)>,
+    peers: Arc<dyn Transport>,
+    links: Arc<dyn GroupLinks>,
+    inbox: mpsc::Receiver<Input>,
+    /// Client commands, queries and phase messages not yet handed on, oldest first, with
+    /// when they came (see `route_waiting`).
+    waiting: VecDeque<(Instant, Input)>,
+    status: Arc<ReplicaStatus>,
+    stats: Arc<DriverStats>,
+    timing: ReplicaTiming,
+    partitions: u32,
+    clock_origin: Instant,
+}
+
+/// The inputs and outputs of a replica driver, other than its storage.
+pub struct ReplicaWiring {
+    pub peers: Arc<dyn Transport>,
+    pub links: Arc<dyn GroupLinks>,
+    /// Client commands, queries, phase messages and the group's Raft messages.
+    pub inbox: mpsc::Receiver<Input>,
+    pub status: Arc<ReplicaStatus>,
+    pub stats: Arc<DriverStats>,
+}
+
+impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
+    /// Recovers the partition log (the committed state it holds) and the Raft store, and
+    /// builds the replica as a follower.
+    pub async fn start(
+        partition: PartitionId,
+        partitions: u32,
+        mut storage: S,
+        mut raft_store: R,
+        config: ReplicaConfig,
+        timing: ReplicaTiming,
+        wiring: ReplicaWiring,
+    ) -> Result<Self, ReplicaDriverError> {
+        let (ledger, report) = recover(&mut storage, partition, partitions).await?;
+        let durable = raft_store
+            .recover()
+            .await
+            .map_err(|source| ReplicaDriverError::RaftStore { partition, source })?;
+        tracing::info!(
+            partition,
+            replica = config.id,
+            lsn = report.last_lsn,
+            term = durable.hard_state.term,
+            raft_entries = durable.entries.len(),
+            "replica recovered"
+        );
+        let clock_origin = Instant::now();
+        let now = Now {
+            micros: 0,
+            wall_us: wall_clock_us(),
+        };
+        let replica = Replica::new(config, &durable, ledger, now)?;
+        Ok(ReplicaDriver {
+            replica,
+            storage,
+            raft_store: Some(raft_store),
+            queued: Vec::new(),
+            peers: wiring.peers,
+            links: wiring.links,
+            inbox: wiring.inbox,
+            waiting: VecDeque::new(),
+            status: wiring.status,
+            stats: wiring.stats,
+            timing,
+            partitions,
+            clock_origin,
+        })
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            micros: self.clock_origin.elapsed().as_micros() as u64,
+            wall_us: wall_clock_us(),
+        }
+    }
+
+    /// Runs until a [`Input::Shutdown`] or until every sender of the inbox is gone. A clean
+    /// stop syncs the partition log and returns the storages.
+    pub async fn run(mut self) -> Result<(S, R), ReplicaDriverError> {
+        let partition = self.replica.partition();
+        let mut writing: Option<StoreWrite<R>> = None;
+        let mut ticks = tokio::time::interval(self.timing.tick);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.route_waiting();
+            self.drive().await?;
+            if writing.is_none() {
+                writing = self.start_write();
+            }
+            // The inbox is always read: the group's Raft messages come through it, and what
+            // else cannot be taken yet waits in `waiting` (see `route_waiting`).
+            let deadline = self.replica.machine_ref().and_then(|m| m.poll_timeout());
+            let deadline = deadline.map(|due| self.clock_origin + Duration::from_micros(due));
+            // `biased`, as in the partition driver: a seed decides every interleaving.
+            tokio::select! {
+                biased;
+                (store, result, written) = poll_write(&mut writing), if writing.is_some() => {
+                    writing = None;
+                    result.map_err(|source| ReplicaDriverError::RaftStore { partition, source })?;
+                    self.raft_store = Some(store);
+                    self.replica.handle_persisted(written.last_number);
+                    self.links.send_raft(partition, written.messages);
+                }
+                input = self.inbox.recv() => match input {
+                    Some(Input::Shutdown(ack)) => {
+                        self.stop(writing).await?;
+                        let _ = ack.send(());
+                        return Ok((self.storage, self.raft_store.take().expect("stopped")));
+                    }
+                    Some(input) => {
+                        self.handle(input);
+                        // The rest of what is queued, up to a bound, before Raft is polled.
+                        for _ in 0..DRAIN_INPUTS_MAX {
+                            match self.inbox.try_recv() {
+                                Ok(Input::Shutdown(ack)) => {
+                                    self.stop(writing).await?;
+                                    let _ = ack.send(());
+                                    let store = self.raft_store.take().expect("stopped");
+                                    return Ok((self.storage, store));
+                                }
+                                Ok(input) => self.handle(input),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => {
+                        self.stop(writing).await?;
+                        return Ok((self.storage, self.raft_store.take().expect("stopped")));
+                    }
+                },
+                _ = ticks.tick() => {
+                    self.replica.tick();
+                    self.expire_waiting();
+                }
+                _ = sleep_until_due(deadline), if deadline.is_some() => {
+                    let now = self.now();
+                    if let Some(machine) = self.replica.machine() {
+                        machine.handle_tick(now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One input: Raft messages to Raft at once; anything else joins the waiting queue,
+    /// which [`ReplicaDriver::route_waiting`] empties in order.
+    fn handle(&mut self, input: Input) {
+        self.stats.inputs.fetch_add(1, Ordering::Relaxed);
+        if let Input::Raft {
+            partition,
+            messages,
+        } = input
+        {
+            debug_assert_eq!(partition, self.replica.partition());
+            for message in messages {
+                self.replica.handle_message(message);
+            }
+            return;
+        }
+        // Beyond the bound the input is dropped: its client sees the partition unavailable.
+        if self.waiting.len() < self.timing.leader_wait_inputs_max {
+            self.waiting.push_back((Instant::now(), input));
+        }
+        self.route_waiting();
+    }
+
+    /// Hands waiting client commands, queries and phase messages on, in order: to the
+    /// machine while this replica leads and its batch takes inputs, to the leader while
+    /// another replica leads. They keep waiting while the group has no leader, while this
+    /// replica leads but still applies earlier terms, and while its batch is full (the
+    /// group's Raft messages, which commit it, are read meanwhile).
+    fn route_waiting(&mut self) {
+        let now = self.now();
+        let own = self.replica.id();
+        let mut fed = false;
+        while !self.waiting.is_empty() {
+            if let Some(machine) = self.replica.machine() {
+                if !machine.wants_inputs() {
+                    break;
+                }
+                let (_, input) = self.waiting.pop_front().expect("not empty");
+                match input {
+                    // Reads wait for the group to confirm the leadership (ReadIndex).
+                    Input::Query { query, reply } => {
+                        let taken = self.replica.handle_query(reply, query);
+                        debug_assert!(taken.is_ok(), "a leader takes reads");
+                    }
+                    input => to_machine(machine, now, input),
+                }
+                fed = true;
+            } else if let Some(leader) = self.replica.leader().filter(|l| *l != own) {
+                let (_, input) = self.waiting.pop_front().expect("not empty");
+                // A link that is down drops it: the client sees the partition unavailable.
+                let _ = self.links.forward(leader, input);
+            } else {
+                break;
+            }
+        }
+        if fed {
+            if let Some(machine) = self.replica.machine() {
+                machine.handle_tick(now);
+            }
+        }
+    }
+
+    /// Drops the inputs that waited longer than [`ReplicaTiming::leader_wait`].
+    fn expire_waiting(&mut self) {
+        let wait = self.timing.leader_wait;
+        while let Some((since, _)) = self.waiting.front() {
+            if since.elapsed() < wait {
+                break;
+            }
+            self.waiting.pop_front();
+        }
+    }
+
+    /// Carries out everything the replica has to do until it has nothing more.
+    async fn drive(&mut self) -> Result<(), ReplicaDriverError> {
+        loop {
+            let now = self.now();
+            let Some(ready) = self.replica.poll(now)? else {
+                break;
+            };
+            self.carry_out(ready).await?;
+        }
+        self.publish_status();
+        Ok(())
+    }
+
+    async fn carry_out(&mut self, ready: ReplicaReady<Channels>) -> Result<(), ReplicaDriverError> {
+        let partition = self.replica.partition();
+        let io_err = |source| DriverError::Io { partition, source };
+        if !ready.messages.is_empty() {
+            self.links.send_raft(partition, ready.messages);
+        }
+        if let Some(persist) = ready.persist {
+            self.queued.push((persist, ready.messages_after_persist));
+        }
+        for batch in &ready.committed {
+            self.storage
+                .append(batch.first_lsn, &batch.records)
+                .await
+                .map_err(io_err)?;
+            self.stats
+                .batch_records
+                .record(batch.last_lsn + 1 - batch.first_lsn);
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .last_lsn
+                .fetch_max(batch.last_lsn, Ordering::Release);
+            self.stats.durable.notify_waiters();
+        }
+        // Peer messages first, then the answers (the machine's release rule).
+        let release = ready.release;
+        self.peers.send_all(release.peer_messages);
+        for (reply, result) in release.replies {
+            let _ = reply.send(result);
+        }
+        for (reply, results) in release.groups {
+            let _ = reply.send(results);
+        }
+        for (reply, answer) in release.answers {
+            let _ = reply.send(answer);
+        }
+        if let Some(image) = ready.snapshot {
+            // No snapshot ahead of its log: the log is synced first. Written inline: a
+            // replicated partition's snapshots are not yet taken off its task.
+            let lsn = image.last_applied().lsn;
+            self.storage.sync().await.map_err(io_err)?;
+            let chunks = image.chunks().frozen;
+            let encode = Box::new(
+                move |out: &mut dyn walletd_core::log::snapshot::SnapshotOut| image.write_to(out),
+            );
+            let written = self.storage.write_snapshot(lsn, encode).await;
+            match written {
+                Ok(_) => self.replica.handle_snapshot_written(Ok(chunks)),
+                Err(error) => {
+                    tracing::error!(partition, lsn, %error, "snapshot not written; going on from the log");
+                    self.stats.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+                    self.replica.handle_snapshot_written(Err(()));
+                }
+            }
+        }
+        if ready.reload {
+            // The log holds every committed batch appended so far; synced, recovery reads
+            // all of it back (it would cut an unsynced tail).
+            self.storage.sync().await.map_err(io_err)?;
+            let (ledger, _) = recover(&mut self.storage, partition, self.partitions).await?;
+            self.replica.handle_reloaded(ledger);
+        }
+        Ok(())
+    }
+
+    /// Starts writing every queued persist, as one group commit, if the store is free.
+    fn start_write(&mut self) -> Option<StoreWrite<R>> {
+        if self.queued.is_empty() {
+            return None;
+        }
+        let mut store = self.raft_store.take()?;
+        let queued = std::mem::take(&mut self.queued);
+        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let stats = Arc::clone(&self.stats);
+        Some(Box::pin(async move {
+            let last_number = queued.last().expect("not empty").0.number;
+            let mut messages = Vec::new();
+            let mut result = Ok(());
+            for (persist, after) in queued {
+                if let Err(error) = store.append(&persist).await {
+                    result = Err(error);
+                    break;
+                }
+                messages.extend(after);
+            }
+            if result.is_ok() {
+                result = store.sync().await;
+            }
+            stats.sync_us.record(started.elapsed().as_micros() as u64);
+            (
+                store,
+                result,
+                Written {
+                    last_number,
+                    messages,
+                },
+            )
+        }))
+    }
+
+    /// A clean stop: the write in flight finishes, the partition log is synced.
+    async fn stop(&mut self, writing: Option<StoreWrite<R>>) -> Result<(), ReplicaDriverError> {
+        let partition = self.replica.partition();
+        if let Some(write) = writing {
+            let (store, result, _) = write.await;
+            result.map_err(|source| ReplicaDriverError::RaftStore { partition, source })?;
+            self.raft_store = Some(store);
+        }
+        self.storage
+            .sync()
+            .await
+            .map_err(|source| DriverError::Io { partition, source })?;
+        Ok(())
+    }
+
+    fn publish_status(&self) {
+        let status = &self.status;
+        let replica = &self.replica;
+        status
+            .leading
+            .store(replica.machine_ref().is_some(), Ordering::Release);
+        status
+            .leader
+            .store(replica.leader().unwrap_or(0), Ordering::Release);
+        status.term.store(replica.term(), Ordering::Relaxed);
+        status
+            .commit_index
+            .store(replica.commit_index(), Ordering::Relaxed);
+        if let Some(ledger) = replica.ledger() {
+            status
+                .applied_lsn
+                .store(ledger.last_applied().lsn, Ordering::Relaxed);
+            self.stats
+                .rows
+                .store(ledger.row_count() as u64, Ordering::Relaxed);
+        }
+        if let Some(machine) = replica.machine_ref() {
+            self.stats
+                .in_flight
+                .store(machine.in_flight() as u64, Ordering::Relaxed);
+        } else {
+            self.stats.in_flight.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub fn ledger(&self) -> Option<&Ledger> {
+        self.replica.ledger()
+    }
+}
+
+/// Inputs taken from the inbox before Raft and the machine are polled again.
+const DRAIN_INPUTS_MAX: usize = 1024;
+
+/// Feeds a client command or phase message to the machine.
+fn to_machine(machine: &mut PartitionMachine<Channels>, now: Now, input: Input) {
+    match input {
+        Input::Command {
+            command,
+            wait,
+            reply,
+        } => machine.handle_command(now, reply, &command, wait),
+        Input::Commands {
+            commands,
+            wait,
+            reply,
+        } => machine.handle_commands(now, reply, &commands, wait),
+        Input::Peers(messages) => machine.handle_peers(now, &messages),
+        Input::Query { .. } | Input::Raft { .. } | Input::Shutdown(_) => {
+            unreachable!("handled by the driver")
+        }
+    }
+}
+
+/// The outcome of the store write in flight (polled only when there is one).
+async fn poll_write<R>(writing: &mut Option<StoreWrite<R>>) -> (R, io::Result<()>, Written) {
+    match writing {
+        Some(write) => write.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `deadline` (polled only when there is one).
+async fn sleep_until_due(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,303 @@
+//! Three replica drivers of one partition on in-memory storage, wired by channels: a leader
+//! is elected, commits, is killed (losing every unsynced byte), a new one carries on, and
+//! the killed one comes back and catches up.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::*;
+use crate::storage::raft_store::MemRaftStore;
+use crate::storage::MemStorage;
+use walletd_core::ledger::{Command, Reply, TransferStatus};
+use walletd_core::model::event::Transfer;
+use walletd_core::model::ids::{AccountId, TransactionId};
+use walletd_core::model::money::{Amount, Currency};
+use walletd_core::protocol::machine::MachineConfig;
+use walletd_core::protocol::message::{CommandResult, PeerMessage};
+use walletd_core::replica::DurableRaft;
+
+const REPLICAS: usize = 3;
+
+/// Routes Raft messages and forwarded inputs by replica id into the inboxes (a replica that
+/// is down has no inbox: what is sent to it is lost).
+#[derive(Default)]
+struct Wires {
+    inboxes: Mutex<Vec<Option<mpsc::Sender<Input>>>>,
+}
+
+impl GroupLinks for Wires {
+    fn send_raft(&self, partition: PartitionId, messages: Vec<RaftMessage>) {
+        let inboxes = self.inboxes.lock().unwrap();
+        for message in messages {
+            if let Some(Some(inbox)) = inboxes.get(message.to as usize - 1) {
+                let input = Input::Raft {
+                    partition,
+                    messages: vec![message],
+                };
+                let _ = inbox.try_send(input);
+            }
+        }
+    }
+
+    fn forward(&self, to: ReplicaId, input: Input) -> Result<(), Input> {
+        let inboxes = self.inboxes.lock().unwrap();
+        match inboxes.get(to as usize - 1) {
+            Some(Some(inbox)) => inbox.try_send(input).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(input)
+                | mpsc::error::TrySendError::Closed(input) => input,
+            }),
+            _ => Err(input),
+        }
+    }
+}
+
+/// One partition: phase messages never leave it.
+struct NoPeers;
+
+impl Transport for NoPeers {
+    fn send_all(&self, messages: Vec<PeerMessage>) {
+        assert!(messages.is_empty(), "one partition sends no phase messages");
+    }
+}
+
+struct Node {
+    storage: MemStorage,
+    raft_store: MemRaftStore,
+    inbox: Option<mpsc::Sender<Input>>,
+    status: Arc<ReplicaStatus>,
+    task: Option<JoinHandle<Result<(MemStorage, MemRaftStore), ReplicaDriverError>>>,
+    incarnation: u64,
+}
+
+struct Group {
+    wires: Arc<Wires>,
+    nodes: Vec<Node>,
+    /// Turns through the nodes that clients send to.
+    next_target: std::sync::atomic::AtomicUsize,
+}
+
+impl Group {
+    fn new() -> Group {
+        let voters: Vec<u64> = (1..=REPLICAS as u64).collect();
+        let wires = Arc::new(Wires::default());
+        *wires.inboxes.lock().unwrap() = vec![None; REPLICAS];
+        let nodes = (0..REPLICAS)
+            .map(|_| Node {
+                storage: MemStorage::default(),
+                raft_store: MemRaftStore::new(DurableRaft::new(&voters)),
+                inbox: None,
+                status: Arc::new(ReplicaStatus::default()),
+                task: None,
+                incarnation: 0,
+            })
+            .collect();
+        Group {
+            wires,
+            nodes,
+            next_target: Default::default(),
+        }
+    }
+
+    async fn start(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
+        node.incarnation += 1;
+        let (inbox_tx, inbox) = mpsc::channel(4096);
+        node.status = Arc::new(ReplicaStatus::default());
+        let config = ReplicaConfig {
+            id: index as u64 + 1,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            seed: (index as u64) << 8 | node.incarnation,
+            machine: MachineConfig::default(),
+        };
+        let wiring = ReplicaWiring {
+            peers: Arc::new(NoPeers),
+            links: self.wires.clone(),
+            inbox,
+            status: Arc::clone(&node.status),
+            stats: Arc::new(DriverStats::default()),
+        };
+        let timing = ReplicaTiming {
+            tick: Duration::from_millis(2),
+            ..ReplicaTiming::default()
+        };
+        let driver = ReplicaDriver::start(
+            0,
+            1,
+            node.storage.clone(),
+            node.raft_store.clone(),
+            config,
+            timing,
+            wiring,
+        )
+        .await
+        .expect("a replica starts from its disks");
+        node.task = Some(tokio::spawn(driver.run()));
+        self.wires.inboxes.lock().unwrap()[index] = Some(inbox_tx.clone());
+        node.inbox = Some(inbox_tx);
+    }
+
+    /// Kills node `index`: its task stops wherever it is and its disks lose every write
+    /// that was not synced.
+    async fn kill(&mut self, index: usize) {
+        self.wires.inboxes.lock().unwrap()[index] = None;
+        let node = &mut self.nodes[index];
+        node.inbox = None;
+        if let Some(task) = node.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        node.storage.disk.lock().unwrap().crash();
+        node.raft_store.disk().lock().unwrap().crash();
+    }
+
+    /// The node that leads, once one does (and has caught up).
+    async fn leader(&self) -> usize {
+        for _ in 0..2_000 {
+            let leading: Vec<usize> = (0..REPLICAS)
+                .filter(|&i| self.nodes[i].task.is_some())
+                .filter(|&i| self.nodes[i].status.leading.load(Ordering::Acquire))
+                .collect();
+            if let [one] = leading[..] {
+                return one;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("no single leader within 10 s");
+    }
+
+    /// Sends `command` until it is answered, to each node that is up in turn: a follower
+    /// forwards it to the leader, or holds it while there is none; a deposed leader drops
+    /// it, and it is sent again.
+    async fn execute(&self, command: Command) -> CommandResult {
+        for _ in 0..200 {
+            let up: Vec<usize> = (0..REPLICAS)
+                .filter(|&i| self.nodes[i].inbox.is_some())
+                .collect();
+            let turn = self.next_target.fetch_add(1, Ordering::Relaxed);
+            let target = up[turn % up.len()];
+            let (reply, answer) = oneshot::channel();
+            let input = Input::Command {
+                command,
+                wait: true,
+                reply,
+            };
+            let inbox = self.nodes[target].inbox.as_ref().expect("up");
+            if inbox.send(input).await.is_err() {
+                continue;
+            }
+            match tokio::time::timeout(Duration::from_secs(2), answer).await {
+                Ok(Ok(result)) => return result,
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        panic!("{command:?} got no answer");
+    }
+
+    async fn stop_all(&mut self) -> Vec<(MemStorage, MemRaftStore)> {
+        let mut stores = Vec::new();
+        for node in &mut self.nodes {
+            let (ack, acked) = oneshot::channel();
+            let inbox = node.inbox.take().expect("up");
+            inbox.send(Input::Shutdown(ack)).await.expect("running");
+            acked.await.expect("acknowledged");
+            let task = node.task.take().expect("running");
+            stores.push(task.await.expect("joined").expect("a clean stop"));
+        }
+        stores
+    }
+}
+
+fn account(name: &str) -> AccountId {
+    AccountId::new(name).unwrap()
+}
+
+fn transfer(from: &str, to: &str, minor: u64, id: &str) -> Command {
+    Command::Transfer(Transfer {
+        transaction_id: TransactionId::new(id).unwrap(),
+        from: account(from),
+        to: account(to),
+        amount: Amount::from_minor(minor).unwrap(),
+        currency: Currency::USD,
+    })
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_group_commits_through_a_leader_crash_and_a_restarted_replica_catches_up() {
+    let mut group = Group::new();
+    for index in 0..REPLICAS {
+        group.start(index).await;
+    }
+    for name in ["alice", "bob"] {
+        let opened = group
+            .execute(Command::OpenAccount {
+                account: account(name),
+                currency: Currency::USD,
+            })
+            .await;
+        assert!(matches!(opened, Ok(Reply::Opened { .. })), "{opened:?}");
+    }
+    let deposit = Command::Deposit {
+        account: account("alice"),
+        amount: Amount::from_minor(1_000_000).unwrap(),
+        currency: Currency::USD,
+        transaction_id: TransactionId::new("d1").unwrap(),
+    };
+    assert!(group.execute(deposit).await.is_ok());
+    let mut committed = Vec::new();
+    for round in 0..3 {
+        for i in 0..20 {
+            let id = format!("t{round}-{i}");
+            let result = group.execute(transfer("alice", "bob", 100, &id)).await;
+            assert_eq!(result, Ok(Reply::Transfer(TransferStatus::Committed)));
+            committed.push(id);
+        }
+        // Kill the leader, let the others elect a new one, bring it back.
+        let leader = group.leader().await;
+        group.kill(leader).await;
+        let next = group.leader().await;
+        assert_ne!(next, leader, "a killed node does not lead");
+        group.start(leader).await;
+    }
+    // Every transfer acknowledged is there once: a retry gets the same answer and moves
+    // nothing again.
+    for id in &committed {
+        let retry = group.execute(transfer("alice", "bob", 100, id)).await;
+        assert_eq!(
+            retry,
+            Ok(Reply::Transfer(TransferStatus::Committed)),
+            "{id}"
+        );
+    }
+    // Let every replica catch up, then compare what their disks replay to.
+    let leader = group.leader().await;
+    let target = group.nodes[leader]
+        .status
+        .applied_lsn
+        .load(Ordering::Acquire);
+    for _ in 0..1_000 {
+        let caught_up =
+            (group.nodes.iter()).all(|n| n.status.applied_lsn.load(Ordering::Acquire) >= target);
+        if caught_up {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stores = group.stop_all().await;
+    let expected_bob = 100 * committed.len() as u64;
+    for (index, (mut storage, _)) in stores.into_iter().enumerate() {
+        let (ledger, _) = recover(&mut storage, 0, 1).await.expect("recovers");
+        ledger.check_conservation().expect("money is conserved");
+        let bob = ledger.account(&account("bob")).expect("bob exists").balance;
+        assert_eq!(bob, expected_bob, "node {index}: bob's balance");
+        let alice = ledger.account(&account("alice")).expect("alice").balance;
+        assert_eq!(
+            alice,
+            1_000_000 - expected_bob,
+            "node {index}: alice's balance"
+        );
+    }
+}

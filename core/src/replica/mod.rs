@@ -1,0 +1,817 @@
+//! A replicated partition: one partition's copy on one node, a member of the partition's Raft
+//! group. It leads with a [`PartitionMachine`] and follows by folding the committed log into
+//! a [`Ledger`]; like the machine it does no I/O (sans-IO), so the async runtime and the
+//! simulator drive the same code.
+//!
+//! Raft is raft-rs's [`RawNode`] (TiKV's implementation): its `Ready` loop hands out what to
+//! persist and what to send, and leaves the disk, the network and the clock to its caller,
+//! which is how the partition machine is built too.
+//!
+//! ```text
+//!   leader:   machine ── poll_commit ──► propose(batch) ──► Raft log ──► committed ──► release
+//!                 ▲                                                           │
+//!                 └────────────── handle_durable (committed = durable) ◄─────┘
+//!   follower: Raft log ──► committed entry ──► apply_batch(ledger) ──► partition log
+//! ```
+//!
+//! # One log
+//! A Raft entry carries one batch of the partition's log records ([`payload`]): the bytes the
+//! machine encoded for its group commit. A committed entry is appended, as it is, to the
+//! partition's own log on every replica, so snapshots, `wallet replay` and the fixtures read
+//! the records they always did. The partition log holds committed records only; the Raft log
+//! (persisted by the runtime, [`Persist`]) is the durable copy of what is not yet there.
+//!
+//! # When something may leave
+//! The machine's release rule holds with "durable" read as "committed": a commit's answers,
+//! phase messages and snapshot leave once its entry is committed, that is durable on a
+//! majority of the group ([`ReplicaReady::release`]). Raft counts a replica's own copy only
+//! once the runtime reports it persisted ([`Replica::handle_persisted`]), so the leader's disk
+//! counts like any other. A Try still leaves as soon as its debit is applied, as without
+//! replication: a leader that loses the debit (it steps down before the entry commits) is the
+//! home that lost an unsynced debit, and the destination resolves its pending credit the same
+//! way (see [`crate::protocol::machine`]).
+//!
+//! # Reads
+//! A balance or transfer read is linearizable: Raft's ReadIndex. The leader collects the
+//! reads that arrive between two polls, asks its group once (`read_index`: a heartbeat
+//! round that a majority must answer in the leader's term), and hands them to its machine
+//! once it has applied up to the commit index the round confirmed. The machine answers from
+//! its state and releases the answer with the batch holding whatever the answer depends on,
+//! so it leaves once that is committed. A leader cut off from its group gets no quorum and
+//! answers nothing; its reads are dropped when it steps down.
+//!
+//! # Leadership
+//! - A replica that wins an election decides nothing until it has applied every entry of
+//!   earlier terms: only once an entry of its own term is committed (Raft's empty entry of a
+//!   new leader) and applied does it build its machine, which rebuilds the coordinator from
+//!   the unfinished phase rows and resumes them, as after a restart.
+//! - A leader that stops leading drops its machine. If its ledger held nothing uncommitted,
+//!   the ledger is the committed state and it follows from there. Otherwise its ledger is
+//!   ahead of the log by records that may never commit: it asks the runtime to rebuild the
+//!   ledger from the partition log ([`ReplicaReady::reload`]), which holds committed records
+//!   only. The clients of its dropped commits see their reply tokens dropped: the outcome is
+//!   unknown to them, and a retry with the same transaction id gets the one outcome the new
+//!   leader's log has.
+//! - A proposal Raft refuses (no longer leader, too much uncommitted) is handled the same way.
+//!
+//! Elections are timed by a seeded generator given in [`ReplicaConfig::seed`], not by
+//! raft-rs's thread-local one, so a simulated run replays its elections from its seed.
+
+pub mod payload;
+mod raft_logger;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
+use raft::storage::MemStorage;
+use raft::{RawNode, StateRole};
+
+use crate::ledger::Ledger;
+use crate::log::recovery::{apply_batch, RecoveryError};
+use crate::log::snapshot::SnapshotImage;
+use crate::model::event::Lsn;
+use crate::model::partition::PartitionId;
+use crate::protocol::machine::{MachineConfig, Now, PartitionMachine, Release, ReplyTokens};
+use crate::protocol::message::Query;
+
+pub use raft::eraftpb::Message as RaftMessage;
+
+/// Most record bytes in one batch of a replicated partition: one batch is one Raft entry,
+/// and a Raft message of entries must fit a wire message
+/// ([`crate::wire::RAFT_ENCODED_LEN_MAX`], 8 MiB), with room for the last input's records
+/// past the bound and for the entries raft-rs packs beside it (up to 1 MiB).
+pub const BATCH_BYTES_MAX: usize = 1 << 20;
+
+/// A replica's id in its group. Raft reserves 0, so a node's replicas use its node id + 1.
+pub type ReplicaId = u64;
+
+/// How a replica runs.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplicaConfig {
+    pub id: ReplicaId,
+    /// Raft ticks a follower waits without hearing from a leader before it stands; each wait
+    /// is drawn anew from `election_ticks..2 * election_ticks`.
+    pub election_ticks: usize,
+    /// Raft ticks between a leader's heartbeats; less than `election_ticks`.
+    pub heartbeat_ticks: usize,
+    /// Seeds the draw of election timeouts.
+    pub seed: u64,
+    pub machine: MachineConfig,
+}
+
+/// A replica that cannot go on: its log does not replay, or Raft refused its state.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("partition {partition}: raft: {source}")]
+    Raft {
+        partition: PartitionId,
+        source: raft::Error,
+    },
+    #[error("partition {partition}: committed entry {index}: {detail}")]
+    BadEntry {
+        partition: PartitionId,
+        index: u64,
+        detail: String,
+    },
+    #[error("partition {partition}: committed entry {index} does not apply: {source}")]
+    Apply {
+        partition: PartitionId,
+        index: u64,
+        source: RecoveryError,
+    },
+    #[error(
+        "partition {partition}: a snapshot arrived at index {index}; this build catches \
+         replicas up by log only"
+    )]
+    SnapshotUnsupported { partition: PartitionId, index: u64 },
+}
+
+/// What a replica keeps durably of its Raft state, as the runtime restores it at start: its
+/// hard state (term, vote, commit), its voters, and its log entries from index 1.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DurableRaft {
+    pub hard_state: HardState,
+    pub conf_state: ConfState,
+    pub entries: Vec<Entry>,
+}
+
+impl DurableRaft {
+    /// The state of a new group whose voters are `voters`, before anything happened.
+    pub fn new(voters: &[ReplicaId]) -> DurableRaft {
+        DurableRaft {
+            conf_state: ConfState::from((voters.to_vec(), Vec::new())),
+            ..DurableRaft::default()
+        }
+    }
+
+    /// Carries out `persist` on this image: entries replace any at and after their first
+    /// index (a new leader's log wins over what this replica had past their common prefix),
+    /// and the hard state replaces the old one. What a runtime writes to disk must read back
+    /// as this.
+    pub fn persist(&mut self, persist: &Persist) {
+        if let Some(first) = persist.entries.first() {
+            let keep = (first.index - 1) as usize;
+            assert!(
+                keep <= self.entries.len(),
+                "entries are persisted without a gap: first {} after {} entries",
+                first.index,
+                self.entries.len()
+            );
+            self.entries.truncate(keep);
+            self.entries.extend_from_slice(&persist.entries);
+        }
+        if let Some(hard_state) = &persist.hard_state {
+            self.hard_state = hard_state.clone();
+        }
+    }
+
+    /// The index of the last entry.
+    pub fn last_index(&self) -> u64 {
+        self.entries.len() as u64
+    }
+
+    fn storage(&self) -> MemStorage {
+        let storage = MemStorage::new_with_conf_state(self.conf_state.clone());
+        {
+            let mut core = storage.wl();
+            core.append(&self.entries)
+                .expect("a durable log starts at index 1 and has no gap");
+            core.set_hardstate(self.hard_state.clone());
+        }
+        storage
+    }
+}
+
+/// What to make durable, in order after every earlier `Persist` of the replica; then report
+/// it with [`Replica::handle_persisted`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Persist {
+    pub number: u64,
+    /// Entries to write; they replace any the log has at and after the first one's index.
+    pub entries: Vec<Entry>,
+    pub hard_state: Option<HardState>,
+}
+
+/// A committed batch to append to the partition's own log: records `first_lsn..=last_lsn`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedBatch {
+    /// The Raft index of the entry that carried it.
+    pub index: u64,
+    pub first_lsn: Lsn,
+    pub last_lsn: Lsn,
+    pub records: Bytes,
+}
+
+/// What the runtime carries out after [`Replica::poll`], in this order: send `messages`;
+/// write `persist` (then report it); send `messages_after_persist` once it is durable;
+/// append `committed` to the partition log; send `release` (it may leave at once: its
+/// records are committed); write `snapshot`; and before the next poll, if `reload`, rebuild
+/// the ledger from the partition log and hand it back.
+pub struct ReplicaReady<K: ReplyTokens> {
+    /// Raft messages that may leave now (a leader replicates in parallel with its own write).
+    pub messages: Vec<RaftMessage>,
+    pub persist: Option<Persist>,
+    /// Raft messages that vouch for `persist` (votes, a follower's acknowledgements).
+    pub messages_after_persist: Vec<RaftMessage>,
+    pub committed: Vec<CommittedBatch>,
+    pub release: Release<K>,
+    /// A snapshot of the state after a committed batch; report its outcome with
+    /// [`Replica::handle_snapshot_written`].
+    pub snapshot: Option<SnapshotImage>,
+    /// The replica stopped leading with uncommitted records applied: call
+    /// [`Replica::handle_reloaded`] with the ledger the partition log replays to.
+    pub reload: bool,
+}
+
+impl<K: ReplyTokens> Default for ReplicaReady<K> {
+    fn default() -> Self {
+        ReplicaReady {
+            messages: Vec::new(),
+            persist: None,
+            messages_after_persist: Vec::new(),
+            committed: Vec::new(),
+            release: Release::default(),
+            snapshot: None,
+            reload: false,
+        }
+    }
+}
+
+impl<K: ReplyTokens> ReplicaReady<K> {
+    fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+            && self.persist.is_none()
+            && self.messages_after_persist.is_empty()
+            && self.committed.is_empty()
+            && self.release.is_empty()
+            && self.snapshot.is_none()
+            && !self.reload
+    }
+}
+
+/// Reads asked about together, with their clients.
+type ReadBatch<K> = Vec<(<K as ReplyTokens>::Query, Query)>;
+
+/// Reads waiting for their leader to confirm it still leads (ReadIndex).
+struct Reads<K: ReplyTokens> {
+    /// Arrived since the last poll: asked about together.
+    open: ReadBatch<K>,
+    next_id: u64,
+    /// Asked about, by request id.
+    asked: BTreeMap<u64, ReadBatch<K>>,
+    /// Confirmed at a commit index, waiting for the replica to apply up to it.
+    confirmed: VecDeque<(u64, ReadBatch<K>)>,
+}
+
+impl<K: ReplyTokens> Reads<K> {
+    fn new() -> Self {
+        Reads {
+            open: Vec::new(),
+            next_id: 0,
+            asked: BTreeMap::new(),
+            confirmed: VecDeque::new(),
+        }
+    }
+
+    /// Drops every read (their clients see the partition unavailable and retry).
+    fn clear(&mut self) {
+        self.open.clear();
+        self.asked.clear();
+        self.confirmed.clear();
+    }
+}
+
+/// A batch proposed by this replica's machine, waiting for its entry to commit.
+struct Proposal<K: ReplyTokens> {
+    index: u64,
+    term: u64,
+    last_lsn: Lsn,
+    release: Release<K>,
+    snapshot: Option<SnapshotImage>,
+    /// The commit's buffer, handed back to the machine for reuse.
+    buffer: Vec<u8>,
+}
+
+enum Role<K: ReplyTokens> {
+    /// Applies the committed log; decides nothing.
+    Following(Ledger),
+    /// Decides: its machine's ledger is the committed state plus what is proposed.
+    Leading {
+        machine: PartitionMachine<K>,
+        term: u64,
+    },
+    /// Stopped leading with uncommitted records applied; waits for
+    /// [`Replica::handle_reloaded`].
+    Reloading,
+}
+
+/// One partition's replica. See the module docs.
+pub struct Replica<K: ReplyTokens> {
+    partition: PartitionId,
+    config: ReplicaConfig,
+    raw: RawNode<MemStorage>,
+    role: Role<K>,
+    /// This leader's proposals in index order (the machine has at most one commit out).
+    proposals: VecDeque<Proposal<K>>,
+    reads: Reads<K>,
+    /// Counts the machines built, so that a snapshot report reaches the one that asked.
+    machine_epoch: u64,
+    snapshot_epoch: Option<u64>,
+    election_rng: u64,
+    now: Now,
+}
+
+impl<K: ReplyTokens> Replica<K> {
+    /// A replica restarting from `durable` (its Raft state) and `ledger` (what its partition
+    /// log replays to). It starts as a follower; committed entries the ledger already holds
+    /// are skipped by lsn as Raft hands them out again.
+    pub fn new(
+        config: ReplicaConfig,
+        durable: &DurableRaft,
+        ledger: Ledger,
+        now: Now,
+    ) -> Result<Self, ReplicaError> {
+        assert!(config.id != 0, "raft reserves replica id 0");
+        assert!(config.heartbeat_ticks > 0 && config.heartbeat_ticks < config.election_ticks);
+        let partition = ledger.partition();
+        let mut config = config;
+        config.machine.batch_bytes_max = config.machine.batch_bytes_max.min(BATCH_BYTES_MAX);
+        let raft_config = raft::Config {
+            id: config.id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            min_election_tick: config.election_ticks,
+            max_election_tick: 2 * config.election_ticks,
+            // A leader that hears from no majority for an election timeout steps down, and
+            // a replica that cannot win does not disrupt a working leader with a new term.
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            ..raft::Config::default()
+        };
+        #[cfg(any(test, madsim, feature = "testing"))]
+        let forgotten;
+        #[cfg(any(test, madsim, feature = "testing"))]
+        let durable = if crate::protocol::bugs::enabled(crate::protocol::bugs::Bug::ForgetVote) {
+            forgotten = DurableRaft {
+                hard_state: HardState {
+                    vote: 0,
+                    ..durable.hard_state.clone()
+                },
+                ..durable.clone()
+            };
+            &forgotten
+        } else {
+            durable
+        };
+        let raw = RawNode::new(
+            &raft_config,
+            durable.storage(),
+            &raft_logger::logger(partition),
+        )
+        .map_err(|source| ReplicaError::Raft { partition, source })?;
+        let mut replica = Replica {
+            partition,
+            config,
+            raw,
+            role: Role::Following(ledger),
+            proposals: VecDeque::new(),
+            reads: Reads::new(),
+            machine_epoch: 0,
+            snapshot_epoch: None,
+            election_rng: config.seed ^ 0x9e37_79b9_7f4a_7c15,
+            now,
+        };
+        replica.rearm_election_timeout();
+        Ok(replica)
+    }
+
+    pub fn partition(&self) -> PartitionId {
+        self.partition
+    }
+
+    pub fn id(&self) -> ReplicaId {
+        self.config.id
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// The leader this replica knows of, itself included.
+    pub fn leader(&self) -> Option<ReplicaId> {
+        let leader = self.raw.raft.leader_id;
+        (leader != raft::INVALID_ID).then_some(leader)
+    }
+
+    /// The machine, while this replica leads and has caught up: clients and peers are
+    /// served through it. `None` on a follower (send to [`Replica::leader`]) and on a leader
+    /// still applying earlier terms.
+    pub fn machine(&mut self) -> Option<&mut PartitionMachine<K>> {
+        match &mut self.role {
+            Role::Leading { machine, .. } => Some(machine),
+            _ => None,
+        }
+    }
+
+    /// The machine, as [`Replica::machine`], to read.
+    pub fn machine_ref(&self) -> Option<&PartitionMachine<K>> {
+        match &self.role {
+            Role::Leading { machine, .. } => Some(machine),
+            _ => None,
+        }
+    }
+
+    /// The state applied here: the committed state on a follower, and on a leader that plus
+    /// what it proposed. `None` while reloading.
+    pub fn ledger(&self) -> Option<&Ledger> {
+        match &self.role {
+            Role::Following(ledger) => Some(ledger),
+            Role::Leading { machine, .. } => Some(machine.ledger()),
+            Role::Reloading => None,
+        }
+    }
+
+    /// The index of the last entry known committed, and of the last applied.
+    pub fn commit_index(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.raw.raft.raft_log.applied
+    }
+
+    /// A read for this partition. Taken while this replica leads and has caught up, and
+    /// answered through the machine once the group confirmed the leadership (see Reads in
+    /// the module docs); given back otherwise, for the runtime to send to the leader.
+    pub fn handle_query(&mut self, token: K::Query, query: Query) -> Result<(), (K::Query, Query)> {
+        let Role::Leading { machine, .. } = &mut self.role else {
+            return Err((token, query));
+        };
+        #[cfg(any(test, madsim, feature = "testing"))]
+        if crate::protocol::bugs::enabled(crate::protocol::bugs::Bug::StaleRead) {
+            machine.handle_query(token, query);
+            return Ok(());
+        }
+        let _ = machine;
+        self.reads.open.push((token, query));
+        Ok(())
+    }
+
+    /// One Raft tick (the runtime's tick interval).
+    pub fn tick(&mut self) {
+        self.raw.tick();
+        self.rearm_election_timeout();
+    }
+
+    /// A Raft message from another replica of the group.
+    pub fn handle_message(&mut self, message: RaftMessage) {
+        let from = message.from;
+        if let Err(error) = self.raw.step(message) {
+            // A message from a replica not in the group, or one Raft itself does not step:
+            // neither changes anything here.
+            tracing::debug!(partition = self.partition, from, %error, "raft message ignored");
+        }
+        self.rearm_election_timeout();
+    }
+
+    /// Everything up to `number` is durable (persists complete in order).
+    pub fn handle_persisted(&mut self, number: u64) {
+        self.raw.on_persist_ready(number);
+    }
+
+    /// The ledger the partition log replays to, after a [`ReplicaReady::reload`].
+    pub fn handle_reloaded(&mut self, ledger: Ledger) {
+        assert!(
+            matches!(self.role, Role::Reloading),
+            "a reload was asked for"
+        );
+        assert_eq!(ledger.partition(), self.partition);
+        self.role = Role::Following(ledger);
+    }
+
+    /// The snapshot of the last [`ReplicaReady::snapshot`] is written or failed.
+    pub fn handle_snapshot_written(&mut self, written: Result<usize, ()>) {
+        let asked_by = self.snapshot_epoch.take();
+        if let (Role::Leading { machine, .. }, Some(epoch)) = (&mut self.role, asked_by) {
+            if epoch == self.machine_epoch {
+                machine.handle_snapshot_written(written);
+            }
+        }
+    }
+
+    /// Proposes what the machine has to commit, hands out Raft's work, applies committed
+    /// entries and changes role. Call until it returns `None` after every input.
+    pub fn poll(&mut self, now: Now) -> Result<Option<ReplicaReady<K>>, ReplicaError> {
+        assert!(
+            !matches!(self.role, Role::Reloading),
+            "partition {}: a reload is answered before the next poll",
+            self.partition
+        );
+        self.now = now;
+        let mut out = ReplicaReady::default();
+        // A leader that Raft deposed steps down before anything is applied, so that entries
+        // of another leader never reach its machine. Each step may end in a reload, after
+        // which nothing more is done until the runtime answers it.
+        self.update_role(&mut out);
+        self.propose(&mut out);
+        if !self.reloading() && self.raw.has_ready() {
+            self.handle_ready(&mut out)?;
+        }
+        if !self.reloading() {
+            self.update_role(&mut out);
+            self.propose(&mut out);
+        }
+        Ok((!out.is_empty()).then_some(out))
+    }
+
+    fn reloading(&self) -> bool {
+        matches!(self.role, Role::Reloading)
+    }
+
+    /// Hands the machine's ready releases out and its next commit to Raft, and asks the
+    /// group to confirm the leadership for the reads that came.
+    fn propose(&mut self, out: &mut ReplicaReady<K>) {
+        let Role::Leading { machine, term } = &mut self.role else {
+            return;
+        };
+        if !self.reads.open.is_empty() {
+            let id = self.reads.next_id;
+            self.reads.next_id += 1;
+            let batch = std::mem::take(&mut self.reads.open);
+            self.reads.asked.insert(id, batch);
+            self.raw.read_index(id.to_le_bytes().to_vec());
+        }
+        if let Some(release) = machine.poll_ready() {
+            out.release.append(release);
+        }
+        while let Some(commit) = machine.poll_commit() {
+            if commit.bytes.is_empty() {
+                // Answers from committed state only.
+                out.release.append(commit.release);
+                continue;
+            }
+            let data = payload::encode(commit.first_lsn, &commit.bytes);
+            if let Err(error) = self.raw.propose(Vec::new(), data) {
+                tracing::warn!(
+                    partition = self.partition,
+                    %error,
+                    "proposal refused; the state it applied is rebuilt from the log"
+                );
+                drop(commit);
+                self.step_down(out);
+                return;
+            }
+            let index = self.raw.raft.raft_log.last_index();
+            assert!(self.proposals.back().is_none_or(|p| p.index < index));
+            #[cfg(any(test, madsim, feature = "testing"))]
+            if crate::protocol::bugs::enabled(crate::protocol::bugs::Bug::AckBeforeQuorum) {
+                out.release.append(commit.release);
+                self.proposals.push_back(Proposal {
+                    index,
+                    term: *term,
+                    last_lsn: commit.last_lsn,
+                    release: Release::default(),
+                    snapshot: commit.snapshot,
+                    buffer: commit.bytes,
+                });
+                continue;
+            }
+            self.proposals.push_back(Proposal {
+                index,
+                term: *term,
+                last_lsn: commit.last_lsn,
+                release: commit.release,
+                snapshot: commit.snapshot,
+                buffer: commit.bytes,
+            });
+        }
+    }
+
+    fn handle_ready(&mut self, out: &mut ReplicaReady<K>) -> Result<(), ReplicaError> {
+        let mut ready = self.raw.ready();
+        out.messages.extend(ready.take_messages());
+        for state in ready.take_read_states() {
+            let id = state
+                .request_ctx
+                .as_slice()
+                .try_into()
+                .map(u64::from_le_bytes);
+            if let Some(batch) = id.ok().and_then(|id| self.reads.asked.remove(&id)) {
+                self.reads.confirmed.push_back((state.index, batch));
+            }
+        }
+        if !ready.snapshot().is_empty() {
+            return Err(ReplicaError::SnapshotUnsupported {
+                partition: self.partition,
+                index: ready.snapshot().get_metadata().index,
+            });
+        }
+        let committed = ready.take_committed_entries();
+        let persist = Persist {
+            number: ready.number(),
+            entries: ready.take_entries(),
+            hard_state: ready.hs().cloned(),
+        };
+        let store = self.raw.mut_store();
+        if !persist.entries.is_empty() {
+            // Raft reads its log from the store (to replicate it) before it is durable; what
+            // it may count as durable waits for `handle_persisted`.
+            store
+                .wl()
+                .append(&persist.entries)
+                .expect("raft hands out entries that follow its log");
+        }
+        if let Some(hard_state) = &persist.hard_state {
+            store.wl().set_hardstate(hard_state.clone());
+        }
+        let after_persist = ready.take_persisted_messages();
+        self.raw.advance_append_async(ready);
+        if !persist.entries.is_empty() || persist.hard_state.is_some() || !after_persist.is_empty()
+        {
+            out.persist = Some(persist);
+            out.messages_after_persist = after_persist;
+        }
+        if let Some(last) = committed.last() {
+            let last_index = last.index;
+            for entry in committed {
+                self.apply(entry, out)?;
+            }
+            self.raw.advance_apply_to(last_index);
+        }
+        self.answer_confirmed_reads();
+        Ok(())
+    }
+
+    /// Hands the machine the reads whose confirmed commit index is applied.
+    fn answer_confirmed_reads(&mut self) {
+        let applied = self.raw.raft.raft_log.applied;
+        let Role::Leading { machine, .. } = &mut self.role else {
+            return;
+        };
+        while self
+            .reads
+            .confirmed
+            .front()
+            .is_some_and(|(index, _)| *index <= applied)
+        {
+            let (_, batch) = self.reads.confirmed.pop_front().expect("checked");
+            for (token, query) in batch {
+                machine.handle_query(token, query);
+            }
+        }
+    }
+
+    /// Applies one committed entry: a leader's own batch is already applied and is released;
+    /// a follower folds the batch into its ledger.
+    fn apply(&mut self, entry: Entry, out: &mut ReplicaReady<K>) -> Result<(), ReplicaError> {
+        let partition = self.partition;
+        let index = entry.index;
+        let bad = |detail: String| ReplicaError::BadEntry {
+            partition,
+            index,
+            detail,
+        };
+        if entry.get_entry_type() != EntryType::EntryNormal {
+            // Nothing proposes a membership change yet: one in the log was not written by
+            // this build.
+            return Err(bad(
+                "a membership change, which this build does not make".into()
+            ));
+        }
+        let Some(batch) = payload::decode(&entry.data).map_err(|e| bad(e.to_string()))? else {
+            return Ok(());
+        };
+        match &mut self.role {
+            Role::Leading { machine, .. } => {
+                let proposal = self
+                    .proposals
+                    .pop_front()
+                    .ok_or_else(|| bad("a leader applies an entry it did not propose".into()))?;
+                if (proposal.index, proposal.term) != (index, entry.term) {
+                    return Err(bad(format!(
+                        "a leader expected its proposal {} of term {} and got term {}",
+                        proposal.index, proposal.term, entry.term
+                    )));
+                }
+                out.committed.push(CommittedBatch {
+                    index,
+                    first_lsn: batch.first_lsn,
+                    last_lsn: proposal.last_lsn,
+                    records: batch.records,
+                });
+                machine.handle_durable(proposal.last_lsn, proposal.buffer);
+                out.release.append(proposal.release);
+                if let Some(image) = proposal.snapshot {
+                    out.snapshot = Some(image);
+                    self.snapshot_epoch = Some(self.machine_epoch);
+                }
+            }
+            Role::Following(ledger) => {
+                let applied = apply_batch(ledger, "a raft entry", batch.first_lsn, &batch.records)
+                    .map_err(|source| ReplicaError::Apply {
+                        partition,
+                        index,
+                        source,
+                    })?;
+                // Only what the partition log lacks is appended: after a restart Raft hands
+                // out again entries whose records the log already holds.
+                if let Some((first_lsn, offset)) = applied {
+                    out.committed.push(CommittedBatch {
+                        index,
+                        first_lsn,
+                        last_lsn: ledger.last_applied().lsn,
+                        records: batch.records.slice(offset..),
+                    });
+                }
+            }
+            Role::Reloading => unreachable!("poll never runs while reloading"),
+        }
+        Ok(())
+    }
+
+    /// Builds the machine once this replica leads and has applied every earlier term; drops
+    /// it once it stops leading.
+    fn update_role(&mut self, out: &mut ReplicaReady<K>) {
+        let raft = &self.raw.raft;
+        let leads = raft.state == StateRole::Leader;
+        match &self.role {
+            Role::Leading { term, .. } if !leads || *term != raft.term => self.step_down(out),
+            Role::Following(_)
+                if leads
+                    && raft.commit_to_current_term()
+                    && raft.raft_log.applied >= raft.raft_log.committed =>
+            {
+                let term = raft.term;
+                let Role::Following(ledger) = std::mem::replace(&mut self.role, Role::Reloading)
+                else {
+                    unreachable!()
+                };
+                tracing::info!(
+                    partition = self.partition,
+                    term,
+                    lsn = ledger.last_applied().lsn,
+                    "leading"
+                );
+                self.machine_epoch += 1;
+                self.role = Role::Leading {
+                    machine: PartitionMachine::new(ledger, self.config.machine, self.now),
+                    term,
+                };
+            }
+            _ => {}
+        }
+    }
+
+    /// Stops leading: keeps the ledger if it holds only committed records, asks for a
+    /// reload otherwise. Proposals in flight are dropped with their answers.
+    fn step_down(&mut self, out: &mut ReplicaReady<K>) {
+        let Role::Leading { machine, term } = std::mem::replace(&mut self.role, Role::Reloading)
+        else {
+            return;
+        };
+        let dropped = self.proposals.len();
+        self.proposals.clear();
+        self.reads.clear();
+        self.snapshot_epoch = None;
+        let ahead = machine.is_ahead_of_durable();
+        tracing::info!(
+            partition = self.partition,
+            term,
+            dropped,
+            reload = ahead,
+            "no longer leading"
+        );
+        if ahead {
+            out.reload = true;
+        } else {
+            self.role = Role::Following(machine.into_ledger());
+        }
+    }
+
+    /// Draws the election timeout from the replica's own generator whenever Raft restarts
+    /// its election timer (raft-rs draws from a thread-local one).
+    fn rearm_election_timeout(&mut self) {
+        let raft = &mut self.raw.raft;
+        if raft.state == StateRole::Leader || raft.election_elapsed != 0 {
+            return;
+        }
+        let base = self.config.election_ticks;
+        let draw = splitmix64(&mut self.election_rng) % base as u64;
+        raft.set_randomized_election_timeout(base + draw as usize);
+    }
+}
+
+/// A small, seeded, portable generator (SplitMix64): enough to spread election timeouts.
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
