@@ -5,13 +5,14 @@
 //! partition cannot keep a row per transfer ever made in memory. Chunk files
 //! ([`crate::log::chunk_file`]) already hold every final row once; once one is durable, the
 //! transfers table drops the chunk's rows and keeps, per row, 4 bytes in a [`ColdKeys`]
-//! filter that also names the chunk, and per chunk its 1 KiB directory
-//! ([`crate::log::chunk_file::ChunkIndex`]). A lookup:
+//! filter that also names the chunk, 12 bits in a Bloom filter in front of it, and per chunk
+//! its 1 KiB directory ([`crate::log::chunk_file::ChunkIndex`]). A lookup:
 //!
-//! - of a key never seen probes the filter and stops: no disk read, but for a false positive
-//!   (about 1 in 840 lookups at 50 million rows; see below);
-//! - of a cold key reads two small ranges of one chunk file: the key index bucket its hash
-//!   falls in (about 2 KiB), then the row.
+//! - of a key never seen tests 8 bits of one cache line of the Bloom filter and stops, but
+//!   for about 1 in 200 (see "A Bloom filter in front"), which go on to the filter that
+//!   names the chunk and stop there: no disk read, but for 1 in 840 of those;
+//! - of a cold key passes the Bloom filter, then reads two small ranges of the chunk the
+//!   filter names: the key index bucket its hash falls in (about 2 KiB), then the row.
 //!
 //! # Why this filter, and not `xorf`, `fastbloom`, `redb` or `fjall`
 //! The filter must say *which* chunk (a filter per chunk would be probed 763 times per new
@@ -32,6 +33,30 @@
 //! at 4/5 (about 13 slots) matches a stranger with odds 13/65,536, six tables 1/840, and the
 //! disk read that settles it is a page-cache hit for recent chunks. A `HashMap` of the 32-bit
 //! key hash and row position (the hot index's own layout) would take 10.7 to 21 bytes a row.
+//!
+//! # A Bloom filter in front
+//! The filter that names the chunk grows a table at a time, and a new key (every transfer
+//! but a retry) must probe them all: four tables at 10 million cold rows, six at 50 million,
+//! a cache miss each, about a fifth of a partition's rate. So a blocked Bloom filter
+//! answers first: a key sets one bit in each 64-bit word of one 64-byte line (8 bits), 12
+//! bits a key at its capacity, so a new key costs one miss, prefetched with the account
+//! rows ahead of execution, and a stranger passes about 1 time in 200.
+//!
+//! A Bloom filter cannot grow in place, and the keys are on disk only. It holds the keys'
+//! on-disk hashes ([`crate::log::chunk_file::disk_key_hash`], 32 bits), which each chunk
+//! file's key index lists: once it holds its capacity, one of twice the size is filled from
+//! the key indexes of the chunks already cold, [`BLOOM_REBUILD_CHUNKS_PER_PUSH`] of them each
+//! time another chunk goes cold, while the old one answers; no pause, and at most 5/4 of
+//! the capacity in the old one (about 1 stranger in 70 passes at its fullest). 32 bits are
+//! enough: a stranger's hash is one of 50 million keys' 1 time in 86, which it then adds to
+//! the filter's own rate, and such a stranger still only probes the second filter. At 50
+//! million cold rows it is sized for 64 million keys: 96 MiB, 1.9 bytes a row.
+//!
+//! It is not stored: recovery reads every row of the chunks it keeps on disk to check them
+//! and builds both filters from them, sized at once for the chunks it found, so a file
+//! format with a Bloom section (and its version, checksum and tests of damage) would save
+//! no read. `fastbloom` is a blocked Bloom filter too, but hashes the keys itself and has no
+//! prefetch: this one is sixty lines.
 //!
 //! # Reading in the ledger
 //! The ledger is sans-IO but for this: it reads chunk files through a [`ChunkRead`] it is
@@ -73,6 +98,8 @@ pub struct ColdChunk {
     pub index: ChunkIndex,
     /// [`filter_hash`] of each row's key, in row order.
     pub filter_hashes: Vec<u64>,
+    /// The on-disk key hash of each row's key, in any order: the Bloom filter's.
+    pub key_hashes: Vec<u32>,
 }
 
 /// The chunks a snapshot's encoding wrote ([`ColdChunk`]), handed from the thread that
@@ -108,8 +135,6 @@ const FIRST_TABLE_SLOTS: usize = if cfg!(any(test, madsim, feature = "testing"))
 } else {
     1 << 20
 };
-/// Slots of a table in one 64-byte cache line.
-const SLOTS_PER_LINE: usize = 64 / std::mem::size_of::<u32>();
 /// Keys ahead of the one being inserted whose home slot [`ColdKeys::insert_all`] asks for.
 const INSERT_PREFETCH_AHEAD: usize = 16;
 /// Most entries per slot of a table before the next takes new keys: 4/5. Fuller tables make
@@ -267,23 +292,6 @@ impl ColdKeys {
         Ok(None)
     }
 
-    /// Brings the home slot of `hash` in every table into cache (see
-    /// [`crate::ledger::Ledger::prefetch`]), and the cache line after it when the home is in
-    /// the second half of its own: a table 4/5 full has a probe for a missing key look at
-    /// about 13 slots, which from there often run into the next line, and that miss, not
-    /// prefetched, was most of a new key's time in the filter.
-    #[inline]
-    pub(crate) fn prefetch(&self, hash: u64) {
-        for table in &self.tables {
-            let home = table.home(hash);
-            prefetch(&table.slots[home]);
-            if home % SLOTS_PER_LINE >= SLOTS_PER_LINE / 2 {
-                let next = (home | (SLOTS_PER_LINE - 1)) + 1;
-                prefetch(&table.slots[next & (table.slots.len() - 1)]);
-            }
-        }
-    }
-
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -294,11 +302,148 @@ impl ColdKeys {
     }
 }
 
+/// Bits of the Bloom filter per key it is sized for: 12, so that at its capacity a new key
+/// is a false positive about 1 time in 200 (8 bits in one 512-bit line: each 64-bit word
+/// of the line about half set, 0.5^8, and more for the lines that drew more keys).
+const BLOOM_BITS_PER_KEY: usize = 12;
+/// Keys the first Bloom filter is sized for (1.5 MiB in production; 2 chunks in tests and
+/// the simulator, so that they grow it often).
+const BLOOM_KEYS_FIRST: usize = if cfg!(any(test, madsim, feature = "testing")) {
+    2 * CHUNK_ROWS
+} else {
+    1 << 20
+};
+/// Chunks whose keys a growing Bloom filter reads back from their files each time a chunk
+/// goes cold: 4, so that a filter of twice the keys is whole by the time the one it
+/// replaces holds 5/4 of its capacity (about 1 false positive in 70 at its fullest).
+const BLOOM_REBUILD_CHUNKS_PER_PUSH: usize = 4;
+/// The salts that pick a key's bit in each word of its line (those of Parquet's split
+/// block Bloom filter, which multiplies a 32-bit hash by each and keeps the top bits).
+const BLOOM_SALTS: [u32; 8] = [
+    0x47b6_137b,
+    0x4497_4d91,
+    0x8824_ad5b,
+    0xa2b7_289d,
+    0x7054_95c7,
+    0x2df1_424b,
+    0x9efc_4947,
+    0x5c6b_fb31,
+];
+
+/// One cache line of the Bloom filter: a key sets one bit in each of its eight words.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct BloomLine([u64; 8]);
+
+/// A blocked Bloom filter of the cold keys' on-disk hashes ([`chunk_file::disk_key_hash`]):
+/// a key sets and tests 8 bits of one cache line, so a key it never saw costs one miss,
+/// however many chunks have gone cold (see the module docs).
+#[derive(Clone, Default)]
+struct Bloom {
+    lines: Box<[BloomLine]>,
+    /// Keys it is sized for: past them, false positives grow (see [`ColdRows::push`]).
+    capacity: usize,
+    len: usize,
+}
+
+impl Bloom {
+    fn with_capacity(capacity: usize) -> Bloom {
+        let lines = (capacity * BLOOM_BITS_PER_KEY).div_ceil(512).max(1);
+        Bloom {
+            lines: vec![BloomLine::default(); lines].into_boxed_slice(),
+            capacity,
+            len: 0,
+        }
+    }
+
+    /// The line of `hash` (the high half of a mix of it, reduced by a multiply) and the bit
+    /// of each word (from the low half).
+    #[inline]
+    fn place(&self, hash: u32) -> (usize, [u64; 8]) {
+        debug_assert!(!self.lines.is_empty());
+        let mixed = filter_hash_of(u64::from(hash));
+        let line = ((mixed >> 32) * self.lines.len() as u64) >> 32;
+        let low = mixed as u32;
+        let bits = BLOOM_SALTS.map(|salt| 1u64 << (low.wrapping_mul(salt) >> 26));
+        (line as usize, bits)
+    }
+
+    /// Adds `hashes`, asking for the line of the key [`INSERT_PREFETCH_AHEAD`] places on
+    /// before each insert, so that the misses of a chunk's inserts overlap.
+    fn insert_all(&mut self, hashes: &[u32]) {
+        for (i, &hash) in hashes.iter().enumerate() {
+            if let Some(&ahead) = hashes.get(i + INSERT_PREFETCH_AHEAD) {
+                self.prefetch(ahead);
+            }
+            self.insert(hash);
+        }
+    }
+
+    fn insert(&mut self, hash: u32) {
+        let (line, bits) = self.place(hash);
+        let words = &mut self.lines[line].0;
+        for (word, bit) in words.iter_mut().zip(bits) {
+            *word |= bit;
+        }
+        self.len += 1;
+    }
+
+    /// False only for a key never inserted.
+    #[inline]
+    fn may_contain(&self, hash: u32) -> bool {
+        let (line, bits) = self.place(hash);
+        let words = &self.lines[line].0;
+        words
+            .iter()
+            .zip(bits)
+            .fold(true, |all, (word, bit)| all & (word & bit != 0))
+    }
+
+    #[inline]
+    fn prefetch(&self, hash: u32) {
+        let line = ((filter_hash_of(u64::from(hash)) >> 32) * self.lines.len() as u64) >> 32;
+        prefetch_line(&self.lines[line as usize]);
+    }
+
+    fn bytes(&self) -> usize {
+        self.lines.len() * std::mem::size_of::<BloomLine>()
+    }
+}
+
+/// Asks the processor to bring `line` into cache without waiting for it.
+#[inline]
+fn prefetch_line(line: &BloomLine) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it reads nothing and cannot fault, whatever the address
+    // (here a valid reference). SSE, which provides it, is part of every x86_64 target.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>((line as *const BloomLine).cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    std::hint::black_box(line.0[0]);
+}
+
+/// A Bloom filter of twice the keys being filled while the one it replaces still answers:
+/// the chunks that went cold after it began are added as they come, the ones before read
+/// back from their files' key indexes a few per chunk that goes cold.
+#[derive(Clone)]
+struct GrowingBloom {
+    bloom: Bloom,
+    /// Chunks `0..rebuilt` of the ones before it began are in it.
+    rebuilt: usize,
+    /// The chunks that were cold when it began.
+    until: usize,
+}
+
 /// The cold part of a transfers table: chunks `0..chunks.len()`, on disk only.
 #[derive(Clone, Default)]
 pub(crate) struct ColdRows {
     reader: Option<Arc<dyn ChunkRead>>,
     partition: PartitionId,
+    /// In front of `keys`: a new key is answered here in one probe.
+    bloom: Bloom,
+    growing: Option<GrowingBloom>,
     keys: ColdKeys,
     chunks: Vec<ChunkIndex>,
 }
@@ -319,12 +464,21 @@ impl ColdRows {
         self.reader.is_some()
     }
 
+    /// Sizes the Bloom filter for `keys` cold keys, when none is cold yet: recovery knows
+    /// how many chunks stay on disk before it adds the first.
+    pub(crate) fn reserve(&mut self, keys: usize) {
+        if self.chunks.is_empty() {
+            self.bloom = Bloom::with_capacity(keys.next_power_of_two().max(BLOOM_KEYS_FIRST));
+        }
+    }
+
     /// Makes the next chunk cold: `index` is its file's key index, `hashes` the filter hashes
-    /// of its rows' keys.
+    /// of its rows' keys, `key_hashes` their on-disk hashes.
     ///
     /// # Panics
-    /// Unless `hashes` are a chunk's worth.
-    pub(crate) fn push(&mut self, index: ChunkIndex, hashes: &[u64]) {
+    /// Unless `hashes` and `key_hashes` are a chunk's worth.
+    pub(crate) fn push(&mut self, index: ChunkIndex, hashes: &[u64], key_hashes: &[u32]) {
+        assert_eq!(key_hashes.len(), CHUNK_ROWS, "a chunk is CHUNK_ROWS rows");
         let chunk = self.chunks.len();
         let before = self.keys.len();
         self.keys.insert_all(hashes, chunk);
@@ -333,7 +487,57 @@ impl ColdRows {
             CHUNK_ROWS,
             "a chunk is CHUNK_ROWS rows"
         );
+        if self.bloom.lines.is_empty() {
+            self.bloom = Bloom::with_capacity(BLOOM_KEYS_FIRST);
+        }
+        self.bloom.insert_all(key_hashes);
+        if let Some(growing) = &mut self.growing {
+            growing.bloom.insert_all(key_hashes);
+        }
         self.chunks.push(index);
+        self.grow_bloom();
+    }
+
+    /// Once the Bloom filter holds its capacity, fills one of twice the size, reading
+    /// [`BLOOM_REBUILD_CHUNKS_PER_PUSH`] older chunks' key indexes per call, and puts it in
+    /// place when whole. Spreading it so keeps the partition from stopping to read every
+    /// key index at once (about 400 MiB at 32 million cold rows). A chunk that cannot be
+    /// read is tried again at the next call: the filter in place stays correct, only fuller.
+    fn grow_bloom(&mut self) {
+        let Some(reader) = self.reader.as_deref() else {
+            return;
+        };
+        if self.growing.is_none() && self.bloom.len >= self.bloom.capacity {
+            self.growing = Some(GrowingBloom {
+                bloom: Bloom::with_capacity(self.bloom.capacity * 2),
+                rebuilt: 0,
+                until: self.chunks.len(),
+            });
+        }
+        let Some(growing) = &mut self.growing else {
+            return;
+        };
+        for _ in 0..BLOOM_REBUILD_CHUNKS_PER_PUSH {
+            if growing.rebuilt == growing.until {
+                break;
+            }
+            let chunk = growing.rebuilt;
+            match chunk_file::key_hashes(reader, chunk as u64, &self.chunks[chunk]) {
+                Ok(hashes) => {
+                    growing.bloom.insert_all(&hashes);
+                    growing.rebuilt += 1;
+                }
+                Err(error) => {
+                    tracing::warn!(chunk, %error, "cold filter: a chunk's keys unreadable, tried again later");
+                    return;
+                }
+            }
+        }
+        if growing.rebuilt == growing.until {
+            let growing = self.growing.take().expect("a growing filter");
+            debug_assert_eq!(growing.bloom.len, self.chunks.len() * CHUNK_ROWS);
+            self.bloom = growing.bloom;
+        }
     }
 
     /// The cold row of `key` (whose filter hash is `hash`), read from its chunk file.
@@ -342,7 +546,12 @@ impl ColdRows {
         key: &TransferKey,
         hash: u64,
     ) -> Result<Option<TransferRow>, ColdError> {
-        if self.chunks.is_empty() {
+        if self.chunks.is_empty()
+            || !self.bloom.may_contain(chunk_file::disk_key_hash(
+                key.from.as_bytes(),
+                key.transaction_id.as_bytes(),
+            ))
+        {
             return Ok(None);
         }
         let reader = self.reader_or_error()?;
@@ -354,8 +563,13 @@ impl ColdRows {
         })
     }
 
-    pub(crate) fn prefetch(&self, hash: u64) {
-        self.keys.prefetch(hash);
+    /// Brings in the Bloom filter's line for the key whose on-disk hash is `key_hash`: all a
+    /// new key reads of the cold rows (see [`crate::ledger::Ledger::prefetch`]).
+    #[inline]
+    pub(crate) fn prefetch(&self, key_hash: u32) {
+        if !self.bloom.lines.is_empty() {
+            self.bloom.prefetch(key_hash);
+        }
     }
 
     /// Every row of cold chunk `chunk`, read whole and checked.
@@ -373,10 +587,11 @@ impl ColdRows {
             .ok_or_else(|| ColdError("no chunk files to read cold rows from".to_string()))
     }
 
-    /// Bytes the cold rows take in memory: the filter and the chunks' directories.
+    /// Bytes the cold rows take in memory: the filters and the chunks' directories.
     pub(crate) fn bytes(&self) -> usize {
         let per_chunk = std::mem::size_of::<ChunkIndex>() + 257 * 4;
-        self.keys.bytes() + self.chunks.len() * per_chunk
+        let growing = self.growing.as_ref().map_or(0, |g| g.bloom.bytes());
+        self.keys.bytes() + self.bloom.bytes() + growing + self.chunks.len() * per_chunk
     }
 }
 
@@ -452,5 +667,42 @@ mod tests {
         keys.insert(7, 3);
         let found = keys.find(7, |_| Err::<Option<()>, _>(ColdError("gone".to_string())));
         assert_eq!(found, Err(ColdError("gone".to_string())));
+    }
+
+    proptest::proptest! {
+        /// A key added is never answered absent, whatever the hashes and however full.
+        #[test]
+        fn the_bloom_filter_never_forgets_a_key(
+            hashes in proptest::collection::vec(proptest::prelude::any::<u32>(), 1..2000),
+            capacity in 1usize..512,
+        ) {
+            let mut bloom = Bloom::with_capacity(capacity);
+            for &hash in &hashes {
+                bloom.insert(hash);
+            }
+            for &hash in &hashes {
+                proptest::prop_assert!(bloom.may_contain(hash));
+            }
+        }
+    }
+
+    #[test]
+    fn the_bloom_filter_at_its_capacity_answers_strangers_within_its_bound() {
+        let capacity = 1 << 18;
+        let mut bloom = Bloom::with_capacity(capacity);
+        let hash = |i: usize| chunk_file::disk_key_hash(format!("acct-{i}").as_bytes(), b"t");
+        for i in 0..capacity {
+            bloom.insert(hash(i));
+        }
+        let strangers = 1 << 18;
+        let positives = (capacity..capacity + strangers)
+            .filter(|&i| bloom.may_contain(hash(i)))
+            .count();
+        // Designed for about 1 in 200 at capacity; 1 in 100 is the bound.
+        assert!(
+            positives * 100 < strangers,
+            "{positives} false positives in {strangers}"
+        );
+        assert_eq!(bloom.bytes(), capacity * BLOOM_BITS_PER_KEY / 8);
     }
 }

@@ -628,7 +628,8 @@ impl Ledger {
     }
 
     /// The first pass of [`Ledger::prefetch`] for one command: asks for the index slots of
-    /// its accounts, of its transfer row and of the cold filter. Waits for nothing.
+    /// its accounts, of its transfer row and of the cold rows' Bloom filter. Waits for
+    /// nothing.
     pub fn prefetch_one(&self, command: &Command) {
         match command {
             Command::Transfer(transfer) => {

@@ -204,6 +204,7 @@ impl SnapshotImage {
                 chunk: index,
                 index: encoded.index,
                 filter_hashes: encoded.filter_hashes,
+                key_hashes: encoded.key_hashes,
             });
         }
         encode_image(&self, out, SNAPSHOT_VERSION)
@@ -664,6 +665,7 @@ fn read_chunks(
     let mut cold = ColdRows::default();
     if let Chunks::Reader(reader) = chunks {
         cold.attach(partition, Arc::clone(reader));
+        cold.reserve(count * CHUNK_ROWS);
     }
     let twice = || "a table holds a key twice".to_string();
     let mut hot: Option<TransferTable> = None;
@@ -676,6 +678,7 @@ fn read_chunks(
             (None, Some(key_index)) if matches!(chunks, Chunks::Reader(_)) => {
                 let mut seen = rustc_hash::FxHashSet::default();
                 let mut hashes = Vec::with_capacity(rows.len());
+                let mut key_hashes = Vec::with_capacity(rows.len());
                 for row in &rows {
                     let key = row.transfer.key();
                     let (from, id) = (key.from.as_bytes(), key.transaction_id.as_bytes());
@@ -684,8 +687,9 @@ fn read_chunks(
                         return Err(twice());
                     }
                     hashes.push(hash);
+                    key_hashes.push(crate::log::chunk_file::disk_key_hash(from, id));
                 }
-                cold.push(key_index, &hashes);
+                cold.push(key_index, &hashes, &key_hashes);
             }
             _ => {
                 let table =
