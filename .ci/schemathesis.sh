@@ -63,9 +63,12 @@ run() {
     --header "Authorization: Bearer $TOKEN" \
     --max-examples "$EXAMPLES" \
     --seed 1 \
-    --workers 2 \
+    --workers 1 \
     --no-color "$@" || status=$?
 }
+# One worker: with two, Python 3.11's ast.parse (which Hypothesis calls to describe its
+# filters) now and then fails with "AST constructor recursion depth mismatch" when two threads
+# parse at once, an error of the tool, not of the server.
 # Every operation but the batch, every check. One reasoned setting is in
 # .ci/schemathesis.toml: positive_data_acceptance also expects 422, a business refusal.
 run --exclude-path /v1/wallet/balance_transfers

@@ -17,6 +17,9 @@ cargo sim -- --regressions sim/regressions.txt
 echo "--> a sweep of 500 seeds, all faults on: every one must pass"
 cargo sim -- --seeds 0..500
 
+echo "--> a sweep of 200 replicated seeds (--replicas 3), all faults on: every one must pass"
+cargo sim -- --seeds 0..200 --replicas 3
+
 echo "--> every known bug must be found by a short sweep"
 # NAME:SEEDS. The disk bugs need a power loss at the right moment, which fewer seeds draw.
 for entry in skip-barrier:0..20 reply-before-sync:0..20 no-idempotency:0..20 \
@@ -28,6 +31,18 @@ for entry in skip-barrier:0..20 reply-before-sync:0..20 no-idempotency:0..20 \
   if out=$(cargo sim -- --seeds "$seeds" --bug "$bug" --fail-fast 2>&1); then
     printf '%s\n' "$out" | tail -5
     echo "the simulator did not find the known bug $bug in seeds $seeds" >&2
+    exit 1
+  fi
+  printf '%s: %s\n' "$bug" "$(printf '%s\n' "$out" | tail -1)"
+done
+
+echo "--> every known bug of replication must be found by a short replicated sweep"
+for entry in ack-before-quorum:0..20 forget-vote:0..20; do
+  bug=${entry%%:*}
+  seeds=${entry#*:}
+  if out=$(cargo sim -- --seeds "$seeds" --replicas 3 --bug "$bug" --fail-fast 2>&1); then
+    printf '%s\n' "$out" | tail -5
+    echo "the simulator did not find the known bug $bug in replicated seeds $seeds" >&2
     exit 1
   fi
   printf '%s: %s\n' "$bug" "$(printf '%s\n' "$out" | tail -1)"

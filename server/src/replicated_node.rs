@@ -91,8 +91,9 @@ pub async fn run(
     let homes = vec![String::new(); partitions as usize];
     let forward_to = vec![None; partitions as usize];
     let view = ClusterView::replicated(&map, args.id, node.links(), node.statuses());
-    let api =
-        build_api_for(node.client(), stats, dir, options, homes, forward_to).with_cluster(view);
+    let api = build_api_for(node.client(), stats, dir, options, homes, forward_to)
+        .with_cluster(view)
+        .with_replicas(node.statuses());
     let grace = Duration::from_millis(args.service.shutdown_grace_ms);
     // No partition is watched for liveness through requests: a group without a leader
     // answers 503 for a while, which is an election, not a reason to stop this node.

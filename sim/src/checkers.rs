@@ -26,7 +26,7 @@ use crate::model::Model;
 
 /// The invariants, in the order they are checked and reported: core's, with the oracle
 /// before the protocol, then what only a sweep or a crash shows.
-pub const INVARIANTS: [&str; 15] = [
+pub const INVARIANTS: [&str; 17] = [
     "no_hanging",
     "exactly_once",
     "no_negative",
@@ -38,11 +38,16 @@ pub const INVARIANTS: [&str; 15] = [
     "replay",
     "damage_refused",
     "commit_point",
+    "log_matching",
+    ONE_LEADER_PER_TERM,
     "oracle",
     "protocol",
     "determinism",
     "node_panic",
 ];
+
+/// Two replicas of one partition led the same term (replicated runs).
+pub const ONE_LEADER_PER_TERM: &str = "one_leader_per_term";
 
 /// The invariants one run checks: all but the last two (determinism needs two runs,
 /// node_panic is a crash).
@@ -125,6 +130,9 @@ pub struct FinalState<'a> {
     /// Restarts on damaged synced data that did not refuse it, naming it (see
     /// [`crate::storage_faults`]).
     pub damage_not_refused: &'a [String],
+    /// Replicated runs: replicas whose logs disagree, and terms with two leaders (see
+    /// [`crate::replica_logs`] and [`crate::replicas`]).
+    pub replication: &'a [Violation],
 }
 
 impl FinalState<'_> {
@@ -160,6 +168,7 @@ pub fn check(state: &FinalState<'_>) -> Vec<Violation> {
             .iter()
             .map(|what| Violation::new("damage_refused", what.clone())),
     );
+    found.extend(state.replication.iter().cloned());
     oracle(state, &mut found);
     if state.protocol_violations > 0 {
         found.push(Violation::new(

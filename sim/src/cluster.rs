@@ -29,30 +29,40 @@ use walletd_core::protocol::coordinator::CoordinatorConfig;
 use walletd_runtime::driver::{DriverConfig, DriverError, DriverStats, RecoveryReport};
 use walletd_runtime::engine::EngineConfig;
 use walletd_runtime::net::{start_node_with, ClusterNode, NetConfig, NodeConfig, NodeError};
+use walletd_runtime::replica::ReplicaDriverError;
 
 use crate::config::SimConfig;
 use crate::disk::{Crash, CrashReport, Disk, DiskSpeed};
 use crate::gateway;
+use crate::history::History;
 use crate::links::{server_ip, Links, NodeIo, LATENCY_MAX, LATENCY_MIN, PEER_PORT};
+use crate::majority;
 use crate::network::{HostId, LinkFaults, Network};
+use crate::raft_disk::RaftDisk;
+use crate::replicas::{self, ReplicaDisks, ReplicaState};
 use crate::rng::{Purpose, SharedRng};
 use crate::trace::Trace;
 
 /// The secret every server node of a run shares (the handshake proves it).
-const CLUSTER_SECRET: &[u8] = b"walletd simulated cluster secret";
+pub const CLUSTER_SECRET: &[u8] = b"walletd simulated cluster secret";
 
 /// What the nodes of a run share with the harness.
 pub struct Shared {
     pub net: Arc<Network>,
     pub links: Arc<Links>,
-    /// One disk per partition.
+    /// One disk per partition (unreplicated runs; empty in replicated ones).
     pub disks: Vec<Disk>,
+    /// Replicated runs: each node's disks, a log and a Raft store per partition (empty in
+    /// unreplicated runs).
+    pub replicas: Vec<ReplicaDisks>,
     pub engine: EngineConfig,
     /// The partition map every node starts with: the nodes that own partitions, at their
     /// simulated addresses.
     pub map: PartitionMap,
     /// Each incarnation's handshake nonce seed is drawn from here.
     nonces: SharedRng,
+    /// Replicated runs: each incarnation's election seed is drawn from here.
+    pub elections: SharedRng,
     state: Mutex<SharedState>,
 }
 
@@ -67,6 +77,8 @@ pub struct SharedState {
     pub fatal: Vec<String>,
     /// How each node's latest start ended, by host (for a harness waiting on a restart).
     pub starts: BTreeMap<HostId, StartOutcome>,
+    /// Replicated runs: the replicas of the running incarnations, and the leaders seen.
+    pub replicas: ReplicaState,
 }
 
 /// How a node's start ended.
@@ -81,7 +93,7 @@ pub enum StartOutcome {
 }
 
 /// Why a node did not start.
-enum Stop {
+pub enum Stop {
     /// A sync failed during recovery (a failing disk): the node waits for the disk's repair.
     SyncFailed,
     /// Recovery refused a partition whose medium is damaged: the node waits for the file to
@@ -99,13 +111,41 @@ impl Shared {
     /// Coordinator protocol violations of every incarnation so far.
     pub fn violations(&self) -> u64 {
         let state = self.lock();
+        let running = state.stats.iter().flatten().chain(state.replicas.stats());
         state.violations_dead
-            + state
-                .stats
-                .iter()
-                .flatten()
+            + running
                 .map(|s| s.violations.load(Ordering::Relaxed))
                 .sum::<u64>()
+    }
+
+    /// Whether every partition is a Raft group with a replica on every node.
+    pub fn replicated(&self) -> bool {
+        !self.replicas.is_empty()
+    }
+
+    /// The log disks of node `host`: one per partition it owns, or (replicated) one per
+    /// partition it holds a replica of.
+    pub fn node_disks(&self, host: HostId, partitions: &[PartitionId]) -> Vec<Disk> {
+        match self.replicas.get(host as usize) {
+            Some(replica) => replica.logs.clone(),
+            None => partitions
+                .iter()
+                .map(|p| self.disks[*p as usize].clone())
+                .collect(),
+        }
+    }
+
+    /// The Raft stores of node `host` (none in an unreplicated run).
+    pub fn raft_disks(&self, host: HostId) -> &[RaftDisk] {
+        self.replicas
+            .get(host as usize)
+            .map_or(&[], |replica| &replica.rafts[..])
+    }
+
+    /// Every log disk of the run.
+    pub fn all_disks(&self) -> Vec<Disk> {
+        let replicated = self.replicas.iter().flat_map(|r| r.logs.iter().cloned());
+        self.disks.iter().cloned().chain(replicated).collect()
     }
 }
 
@@ -127,6 +167,9 @@ pub struct Cluster {
     /// Hosts of the clients: `nodes..nodes + client_hosts`.
     pub client_hosts: Vec<(HostId, NodeHandle)>,
     pub torn: bool,
+    /// What the clients were told: after each crash of a replicated run, every answer must
+    /// rest on records durable on a majority (see [`crate::majority`]).
+    history: History,
 }
 
 /// The partition map of a run: partition `p` on node `p % nodes`; nodes that own nothing
@@ -186,21 +229,32 @@ impl Shared {
             trace,
         ));
         let disk_rng = SharedRng::new(config.seed, Purpose::Disk);
-        let disks = (0..config.partitions)
-            .map(|p| {
-                Disk::new(
-                    Arc::clone(&speeds[(p % config.nodes) as usize]),
-                    disk_rng.clone(),
-                )
-            })
-            .collect();
+        let (disks, replicas) = if config.replicated() {
+            let rng = SharedRng::new(config.seed, Purpose::Replicas);
+            let replicas = (0..config.nodes)
+                .map(|n| ReplicaDisks::new(&map, &speeds[n as usize], &disk_rng, &rng))
+                .collect();
+            (Vec::new(), replicas)
+        } else {
+            let disks = (0..config.partitions)
+                .map(|p| {
+                    Disk::new(
+                        Arc::clone(&speeds[(p % config.nodes) as usize]),
+                        disk_rng.clone(),
+                    )
+                })
+                .collect();
+            (disks, Vec::new())
+        };
         Shared {
             net,
             links,
             disks,
+            replicas,
             engine: engine_config(config, snapshot_every_events),
             map,
             nonces: SharedRng::new(config.seed, Purpose::Nonces),
+            elections: SharedRng::new(config.seed, Purpose::Replicas),
             state: Mutex::new(SharedState {
                 stats: vec![None; config.partitions as usize],
                 ..SharedState::default()
@@ -210,7 +264,7 @@ impl Shared {
 
     /// The node configuration of one incarnation: the simulation's engine, production's
     /// link timings, and a handshake nonce seed drawn from the run's seed.
-    fn node_config(&self) -> NodeConfig {
+    pub fn node_config(&self) -> NodeConfig {
         let mut nonce_seed = [0u8; 32];
         self.nonces.lock().fill_bytes(&mut nonce_seed);
         NodeConfig {
@@ -220,18 +274,23 @@ impl Shared {
         }
     }
 
-    fn fatal(&self, what: String) {
+    pub fn fatal(&self, what: String) {
         self.lock().fatal.push(what);
     }
 
-    fn started(&self, host: HostId, outcome: StartOutcome) {
+    pub fn started(&self, host: HostId, outcome: StartOutcome) {
         self.lock().starts.insert(host, outcome);
     }
 }
 
 impl Cluster {
     /// Creates the wire node, the server nodes (started) and the client hosts.
-    pub fn start(config: &SimConfig, trace: Trace, snapshot_every_events: u64) -> Cluster {
+    pub fn start(
+        config: &SimConfig,
+        trace: Trace,
+        history: History,
+        snapshot_every_events: u64,
+    ) -> Cluster {
         let handle = Handle::current();
         NetSim::current().update_config(|net| net.send_latency = LATENCY_MIN..LATENCY_MAX);
         let wire = handle.create_node().name("wire").build();
@@ -257,7 +316,11 @@ impl Cluster {
                     name,
                     id: node.id(),
                     host: n,
-                    partitions: shared.map.partitions_of(n),
+                    partitions: if shared.replicated() {
+                        (0..config.partitions).collect()
+                    } else {
+                        shared.map.partitions_of(n)
+                    },
                     up: true,
                     speed: Arc::clone(&speeds[n as usize]),
                 }
@@ -274,12 +337,16 @@ impl Cluster {
                 (host, node)
             })
             .collect();
+        if shared.replicated() {
+            replicas::watch_leaders(&shared);
+        }
         Cluster {
             handle,
             shared,
             nodes,
             client_hosts,
             torn: config.faults.contains(crate::config::Fault::Torn),
+            history,
         }
     }
 
@@ -332,7 +399,27 @@ impl Cluster {
             if let Some(stats) = state.stats[p as usize].take() {
                 state.violations_dead += stats.violations.load(Ordering::Relaxed);
             }
-            reports.push(self.shared.disks[p as usize].crash(crash, self.torn));
+        }
+        state.violations_dead += state.replicas.stopped(node.host);
+        for disk in self.shared.node_disks(node.host, &node.partitions) {
+            reports.push(disk.crash(crash, self.torn));
+        }
+        for raft in self.shared.raft_disks(node.host) {
+            let lost = raft.crash(crash, self.torn);
+            reports.push(CrashReport {
+                lost_raft_persists: lost,
+                ..CrashReport::default()
+            });
+        }
+        if self.shared.replicated() && state.replicas.answers_lost.is_empty() {
+            let rafts: Vec<&[RaftDisk]> = (self.shared.replicas.iter())
+                .map(|r| &r.rafts[..])
+                .collect();
+            let partitions = self.shared.map.partitions();
+            let at = madsim::time::TimeHandle::current().elapsed().as_secs_f64();
+            let what = format!("the {crash:?} crash of {} at {at:.3} s", node.name);
+            state.replicas.answers_lost =
+                majority::answers_on_majority(&self.history.lock(), &rafts, partitions, &what, 4);
         }
         reports
     }
@@ -364,16 +451,18 @@ impl Cluster {
 
     /// The disks of node `n` start failing (see [`Disk::fail`]).
     pub fn fail_disks(&self, n: usize, sync: bool) {
-        for &p in &self.nodes[n].partitions {
-            self.shared.disks[p as usize].fail(sync);
+        let node = &self.nodes[n];
+        for disk in self.shared.node_disks(node.host, &node.partitions) {
+            disk.fail(sync);
         }
     }
 
     /// Ends a disk fault on node `n`: whether a sync of one of its disks failed meanwhile.
     pub fn repair_disks(&self, n: usize) -> bool {
         let mut failed = false;
-        for &p in &self.nodes[n].partitions {
-            failed |= self.shared.disks[p as usize].repair();
+        let node = &self.nodes[n];
+        for disk in self.shared.node_disks(node.host, &node.partitions) {
+            failed |= disk.repair();
         }
         failed
     }
@@ -383,10 +472,10 @@ impl Cluster {
         (0..self.nodes.len())
             .filter(|n| self.nodes[*n].up)
             .filter(|n| {
-                self.nodes[*n]
-                    .partitions
-                    .iter()
-                    .any(|p| self.shared.disks[*p as usize].unsynced() > 0)
+                let node = &self.nodes[*n];
+                let disks = self.shared.node_disks(node.host, &node.partitions);
+                disks.iter().any(|disk| disk.unsynced() > 0)
+                    || (self.shared.raft_disks(node.host).iter()).any(|raft| raft.unsynced() > 0)
             })
             .collect()
     }
@@ -398,8 +487,18 @@ impl Cluster {
     }
 
     /// Whether every partition runs, no transfer is in flight anywhere and no byte is on a
-    /// peer link.
+    /// peer link. Replicated: every node is up, every group has one leader, with nothing in
+    /// flight, that every replica has caught up with (Raft's heartbeats never leave the
+    /// links empty).
     pub fn idle(&self) -> bool {
+        if self.shared.replicated() {
+            let up: Vec<HostId> = (self.nodes.iter().filter(|n| n.up))
+                .map(|n| n.host)
+                .collect();
+            let partitions = self.shared.map.partitions();
+            return up.len() == self.nodes.len()
+                && self.shared.lock().replicas.idle(&up, partitions);
+        }
         let state = self.shared.lock();
         let all_running = state.stats.iter().all(|s| {
             s.as_ref().is_some_and(|s| {
@@ -456,39 +555,49 @@ async fn start(
 }
 
 /// Why node `host` did not start, from the error its start returned.
-fn stop_of(shared: &Shared, host: HostId, error: NodeError) -> Stop {
-    let disk = failed_partition(&error).map(|p| &shared.disks[p as usize]);
+pub fn stop_of(shared: &Shared, host: HostId, error: NodeError) -> Stop {
+    let disk = failed_partition(&error).map(|p| match shared.replicas.get(host as usize) {
+        Some(replica) => &replica.logs[p as usize],
+        None => &shared.disks[p as usize],
+    });
     match (&error, disk) {
         // Recovery met damage to synced data: it must refuse (whether its error names the
         // damage is for the harness to judge).
-        (NodeError::Driver(_), Some(disk)) if disk.damage().is_some() => {
+        (NodeError::Driver(_) | NodeError::Replica(_), Some(disk)) if disk.damage().is_some() => {
             Stop::Refused(format!("node-{host} refused to start: {error}"))
         }
         // A sync failed during recovery (a failing disk): the node stops until the disk is
         // repaired (any other failure to recover is fatal).
-        (NodeError::Driver(DriverError::Io { .. }), Some(disk)) if disk.lock().sync_failed => {
-            Stop::SyncFailed
-        }
+        (
+            NodeError::Driver(DriverError::Io { .. })
+            | NodeError::Replica(ReplicaDriverError::Partition(DriverError::Io { .. })),
+            Some(disk),
+        ) if disk.lock().sync_failed => Stop::SyncFailed,
         _ => Stop::Fatal(format!("node-{host} failed to start: {error}")),
     }
 }
 
 /// The partition whose recovery failed, if that is why a node did not start.
 fn failed_partition(error: &NodeError) -> Option<PartitionId> {
-    match error {
-        NodeError::Driver(
-            DriverError::Io { partition, .. }
-            | DriverError::Corrupt { partition, .. }
-            | DriverError::Gap { partition, .. }
-            | DriverError::Replay { partition, .. },
-        ) => Some(*partition),
-        _ => None,
+    let driver = match error {
+        NodeError::Driver(error) => error,
+        NodeError::Replica(ReplicaDriverError::Partition(error)) => error,
+        _ => return None,
+    };
+    match driver {
+        DriverError::Io { partition, .. }
+        | DriverError::Corrupt { partition, .. }
+        | DriverError::Gap { partition, .. }
+        | DriverError::Replay { partition, .. } => Some(*partition),
     }
 }
 
 /// The life of one incarnation of server node `host`: start it, register its partitions and
 /// its gateway, then serve until killed.
 async fn run_node(shared: Arc<Shared>, host: HostId) {
+    if shared.replicated() {
+        return replicas::run_node(shared, host).await;
+    }
     let partitions = shared.map.partitions_of(host);
     if partitions.is_empty() {
         return; // Not in the map: an idle node runs nothing.
@@ -518,7 +627,7 @@ async fn run_node(shared: Arc<Shared>, host: HostId) {
 /// Node `host` did not start, for `stop`. A disk failing its sync during recovery stops the
 /// node, as it would stop a server, until the disk's repair restarts it; a refusal on damaged
 /// data stops it until the file is restored; anything else is fatal.
-async fn stopped(shared: &Shared, host: HostId, stop: Stop) {
+pub async fn stopped(shared: &Shared, host: HostId, stop: Stop) {
     match stop {
         Stop::SyncFailed => shared.started(host, StartOutcome::Stopped),
         Stop::Refused(error) => shared.started(host, StartOutcome::Refused(error)),

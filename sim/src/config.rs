@@ -41,10 +41,21 @@ pub enum Fault {
     /// flips, or an unreadable sector); its restart must refuse the partition, naming the
     /// file and offset. The file is then restored from a copy and the node restarted.
     Damage,
+    /// Replicated runs: kill the node that leads a partition (a process crash or a power
+    /// loss), as soon as it has a write in flight, and restart it later.
+    KillLeader,
+    /// Replicated runs: cut one server node (a leader, most of the time) off from every
+    /// other server node, while clients still reach it.
+    Isolate,
+    /// Replicated runs: isolate a leader, and crash the first replica that votes in the
+    /// election that follows right after its vote is durable (restarted at once), while the
+    /// candidate it voted for is cut off and the old leader comes back: the worst moment for
+    /// a replica that forgets its vote.
+    CrashVoter,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 12] = [
+    pub const ALL: [Fault; 15] = [
         Fault::Kill,
         Fault::Torn,
         Fault::Partition,
@@ -57,6 +68,9 @@ impl Fault {
         Fault::DiskError,
         Fault::ClockJump,
         Fault::Damage,
+        Fault::KillLeader,
+        Fault::Isolate,
+        Fault::CrashVoter,
     ];
 
     pub fn name(self) -> &'static str {
@@ -73,6 +87,20 @@ impl Fault {
             Fault::DiskError => "diskerror",
             Fault::ClockJump => "clockjump",
             Fault::Damage => "damage",
+            Fault::KillLeader => "killleader",
+            Fault::Isolate => "isolate",
+            Fault::CrashVoter => "crashvoter",
+        }
+    }
+
+    /// Whether the nemesis injects this fault in a run with or without replication. Leaders
+    /// exist only with replication. Damage to synced data must be refused by the node that
+    /// finds it, which a replica cannot do yet without a way to rebuild from its peers.
+    pub fn applies(self, replicated: bool) -> bool {
+        match self {
+            Fault::KillLeader | Fault::Isolate | Fault::CrashVoter => replicated,
+            Fault::Damage => !replicated,
+            _ => true,
         }
     }
 
@@ -160,6 +188,10 @@ pub struct SimConfig {
     /// Longest heal-and-quiesce period before the final checks.
     pub quiesce_max: Duration,
     pub faults: FaultSet,
+    /// Copies of each partition: 1 runs every partition on one node (`start_node_with`);
+    /// more runs every node as a replica of every partition (`start_replicated_node_with`),
+    /// so it must equal `nodes`.
+    pub replicas: u32,
     pub bug: Option<Bug>,
     pub verbose: bool,
     /// How long a client waits for one attempt before retrying with the same transaction id.
@@ -183,6 +215,7 @@ impl SimConfig {
             duration: Duration::from_secs(60),
             quiesce_max: Duration::from_secs(120),
             faults: FaultSet::all(),
+            replicas: 1,
             bug: None,
             verbose: false,
             client_timeout: Duration::from_secs(4),
@@ -215,10 +248,18 @@ impl SimConfig {
         if self.duration != standard.duration {
             out.push_str(&format!(" --duration-s {}", self.duration.as_secs()));
         }
+        if self.replicas != standard.replicas {
+            out.push_str(&format!(" --replicas {}", self.replicas));
+        }
         if self.faults != standard.faults {
             out.push_str(&format!(" --faults {}", self.faults));
         }
         out
+    }
+
+    /// Whether every partition is a Raft group with a replica on every node.
+    pub fn replicated(&self) -> bool {
+        self.replicas > 1
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -236,6 +277,20 @@ impl SimConfig {
         }
         if self.accounts < 4 {
             return Err("at least 4 accounts".into());
+        }
+        if self.replicas != 1 && self.replicas != self.nodes {
+            return Err(format!(
+                "--replicas is 1 or the number of nodes ({}): every node holds a replica of every partition",
+                self.nodes
+            ));
+        }
+        if self.replicated() && self.nodes < 3 {
+            return Err(
+                "a replicated run needs at least 3 nodes (a majority survives a kill)".into(),
+            );
+        }
+        if self.replicated() && self.partitions < self.nodes {
+            return Err("a replicated run needs at least as many partitions as nodes".into());
         }
         if self.duration.is_zero() {
             return Err("the run must last at least 1 s".into());

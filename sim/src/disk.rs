@@ -168,6 +168,8 @@ pub struct CrashReport {
     pub lost_bytes: usize,
     /// Unsynced bytes that did: a torn or stale range after a power loss.
     pub torn_bytes_kept: usize,
+    /// Persists a replica's Raft store appended and a power loss took (replicated runs).
+    pub lost_raft_persists: usize,
 }
 
 /// Slowness of the disks of one node, switched by the nemesis.
@@ -293,16 +295,21 @@ impl Disk {
     }
 
     fn sync_delay(&self) -> Duration {
-        let slow_us_max = self.speed.slow_us_max.load(Ordering::Relaxed);
-        let mut rng = self.rng.lock();
-        let us = rng.gen_range(SYNC_US_MIN..=SYNC_US_MAX)
-            + if slow_us_max > 0 {
-                rng.gen_range(0..=slow_us_max)
-            } else {
-                0
-            };
-        Duration::from_micros(us)
+        sync_delay(&self.speed, &self.rng)
     }
+}
+
+/// How long one sync on a disk of `speed` takes, drawn from `rng` (a Raft store's too).
+pub fn sync_delay(speed: &DiskSpeed, rng: &SharedRng) -> Duration {
+    let slow_us_max = speed.slow_us_max.load(Ordering::Relaxed);
+    let mut rng = rng.lock();
+    let us = rng.gen_range(SYNC_US_MIN..=SYNC_US_MAX)
+        + if slow_us_max > 0 {
+            rng.gen_range(0..=slow_us_max)
+        } else {
+            0
+        };
+    Duration::from_micros(us)
 }
 
 /// One incarnation's access to its disk: the directory the segment writer works on.

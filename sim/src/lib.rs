@@ -17,6 +17,12 @@
 //!   frames, count bytes in flight and break connections.
 //! - [`cluster`]: named nodes started by `net::start_node_with`, kill and restart, the
 //!   mapping of network faults onto TCP.
+//! - [`replicas`]: replicated runs: nodes started by `start_replicated_node_with`, each a
+//!   replica of every partition; the leaders they publish, watched.
+//! - [`raft_disk`]: `SimRaftStore`, a replica's Raft store on a disk that a power loss cuts
+//!   back to a prefix of what was appended.
+//! - [`replica_logs`]: what each replica would restart from, and whether the replicas agree.
+//! - [`majority`]: after every crash, each answer rests on records durable on a majority.
 //! - [`workload`]: clients: accounts, deposits, transfers, retries, invalid requests.
 //! - [`edges`]: edge episodes, in which a client takes an account through a decision boundary.
 //! - [`boundary`]: the boundaries, and how often a run or a sweep hit each.
@@ -44,10 +50,14 @@ pub mod history;
 pub mod late;
 pub mod links;
 pub mod live;
+pub mod majority;
 pub mod model;
 pub mod nemesis;
 pub mod network;
 pub mod panics;
+pub mod raft_disk;
+pub mod replica_logs;
+pub mod replicas;
 pub mod rng;
 pub mod shared;
 pub mod sim;

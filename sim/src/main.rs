@@ -41,12 +41,16 @@ OPTIONS:
   --bug NAME             switch a known bug on: skip-barrier, reply-before-sync,
                          no-idempotency, credit-before-debit, retry-failed-sync,
                          refusal-unrecorded, recovery-trusts-unsynced,
-                         rollover-without-dir-sync
+                         rollover-without-dir-sync; with --replicas:
+                         ack-before-quorum, forget-vote
   --nodes N              server nodes [3]
   --partitions N         partitions, spread over the nodes [6]
+  --replicas N           1, or the number of nodes: every node runs a replica of every
+                         partition (Raft groups) [1]
   --duration-s S         simulated seconds of load and faults before healing [60]
   --faults LIST          none, all, or a comma list of kill,torn,partition,clog,loss,dup,
-                         reset,delay,slowdisk,diskerror,clockjump,damage [all]
+                         reset,delay,slowdisk,diskerror,clockjump,damage; with --replicas
+                         also killleader,isolate,crashvoter, and never damage [all]
   --jobs N               runs at a time in a sweep [2]
   --fail-fast            stop a sweep at its first failing seed
   --check-determinism    run the seed twice in separate processes and compare the traces
@@ -128,6 +132,11 @@ The line before it counts the decision boundaries the clients hit
                     config.nodes = parse_number(&flag, value.clone())?;
                     pass(&value);
                 }
+                "--replicas" => {
+                    let value = args.next();
+                    config.replicas = parse_number(&flag, value.clone())?;
+                    pass(&value);
+                }
                 "--partitions" => {
                     let value = args.next();
                     config.partitions = parse_number(&flag, value.clone())?;
@@ -201,10 +210,11 @@ The line before it counts the decision boundaries the clients hit
     fn run_one(config: &SimConfig) -> i32 {
         let started = Instant::now();
         println!(
-            "seed={} nodes={} partitions={} clients={} duration={}s faults={} bug={}",
+            "seed={} nodes={} partitions={} replicas={} clients={} duration={}s faults={} bug={}",
             config.seed,
             config.nodes,
             config.partitions,
+            config.replicas,
             config.clients,
             config.duration.as_secs(),
             config.faults,

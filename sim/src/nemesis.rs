@@ -1,7 +1,8 @@
 //! The nemesis: injects the faults enabled for the run, at seeded times, and undoes each
 //! after a seeded while; `heal` ends them all for the quiesce period. Network faults are
 //! stated once, as [`LinkFaults`]; `Cluster::set_faults` applies them to the client network
-//! and, as far as they exist for TCP, to the peer links.
+//! and, as far as they exist for TCP, to the peer links. Faults aimed at the leaders of a
+//! replicated run are in [`leaders`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -19,6 +20,8 @@ use crate::config::{Fault, FaultSet};
 use crate::disk::{Crash, Damage};
 use crate::network::{HostId, LinkFaults};
 use crate::storage_faults::StorageFaults;
+
+mod leaders;
 
 /// Pause between two injections (uniform in this range, in ms).
 const GAP_MS: (u64, u64) = (200, 2_500);
@@ -74,6 +77,8 @@ enum Undo {
 pub struct Nemesis {
     rng: ChaCha8Rng,
     faults: FaultSet,
+    /// A replicated run: leaders to kill and isolate (see [`Fault::applies`]).
+    replicated: bool,
     /// Undo actions by due time (with a sequence number to keep equal times in order).
     pending: BTreeMap<(Instant, u64), Undo>,
     seq: u64,
@@ -94,10 +99,11 @@ fn ms(rng: &mut ChaCha8Rng, range: (u64, u64)) -> Duration {
 }
 
 impl Nemesis {
-    pub fn new(rng: ChaCha8Rng, faults: FaultSet, verbose: bool) -> Nemesis {
+    pub fn new(rng: ChaCha8Rng, faults: FaultSet, replicated: bool, verbose: bool) -> Nemesis {
         Nemesis {
             rng,
             faults,
+            replicated,
             pending: BTreeMap::new(),
             seq: 0,
             injected: 0,
@@ -126,7 +132,10 @@ impl Nemesis {
 
     /// Injects faults until `until`, undoing each when due.
     pub async fn run(&mut self, cluster: &mut Cluster, until: Instant) {
-        let kinds: Vec<Fault> = self.faults.iter().filter(|f| *f != Fault::Torn).collect();
+        let replicated = self.replicated;
+        let kinds: Vec<Fault> = (self.faults.iter())
+            .filter(|f| *f != Fault::Torn && f.applies(replicated))
+            .collect();
         self.until = until;
         let mut next_injection = Instant::now() + ms(&mut self.rng, GAP_MS);
         loop {
@@ -184,6 +193,9 @@ impl Nemesis {
             Fault::SlowDisk => self.slow_disk(cluster),
             Fault::DiskError => self.disk_error(cluster),
             Fault::Damage => self.damage(cluster),
+            Fault::KillLeader => self.kill_leader(cluster).await,
+            Fault::Isolate => self.isolate(cluster),
+            Fault::CrashVoter => self.crash_voter(cluster).await,
             Fault::ClockJump => {
                 let jump = ms(&mut self.rng, (200, 5_000));
                 self.note(format!("clock jumps forward {jump:?}"));
@@ -335,6 +347,12 @@ impl Nemesis {
     async fn power_loss_after_recovery(&mut self, cluster: &mut Cluster, n: usize) {
         let recovered = |cluster: &Cluster| {
             let state = cluster.shared.lock();
+            if cluster.shared.replicated() {
+                let host = cluster.nodes[n].host;
+                return state
+                    .replicas
+                    .recovered(host, cluster.shared.map.partitions());
+            }
             let partitions = &cluster.nodes[n].partitions;
             partitions
                 .iter()

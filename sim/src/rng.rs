@@ -18,6 +18,9 @@ pub enum Purpose {
     Nonces,
     /// Peer-link faults: where a connection is cut, which writes break it.
     Links,
+    /// Replicated runs: the replicas' election seeds and what power losses keep of their
+    /// Raft stores (a stream of its own, so that unreplicated runs draw exactly as before).
+    Replicas,
     /// One stream per client, `Client(i)`.
     Client(u32),
 }
@@ -31,6 +34,7 @@ impl Purpose {
             Purpose::Setup => 4,
             Purpose::Nonces => 5,
             Purpose::Links => 6,
+            Purpose::Replicas => 7,
             Purpose::Client(i) => 1_000 + u64::from(i),
         }
     }

@@ -28,10 +28,12 @@ use crate::live::{LiveChecks, Verdict};
 use crate::model::Model;
 use crate::nemesis::Nemesis;
 use crate::network::{HostId, Route};
+use crate::replica_logs::{self, replica_log};
 use crate::rng::{stream, Purpose};
 use crate::storage_faults::StorageFaults;
 use crate::trace::Trace;
 use crate::workload::{accounts, setup, AccountSpec, Client, Requester};
+use walletd_core::protocol::invariants::Invariant;
 
 /// Stack of the thread a run executes on (deep async state machines in debug builds).
 const RUN_STACK_BYTES: usize = 64 << 20;
@@ -228,9 +230,18 @@ async fn simulate(
 ) -> RunReport {
     let mut setup_rng = stream(config.seed, Purpose::Setup);
     let snapshot_every_events = setup_rng.gen_range(50..=500);
-    let mut cluster = Cluster::start(&config, trace.clone(), snapshot_every_events);
-    // Before any node runs: the checks see every partition from its first start.
-    LiveChecks::install(cluster.shared.disks.clone(), verdict.clone());
+    let mut cluster = Cluster::start(
+        &config,
+        trace.clone(),
+        history.clone(),
+        snapshot_every_events,
+    );
+    // Before any node runs: the checks see every partition from its first start. (The
+    // replica driver has no observer yet: a replicated run is checked at its end, and its
+    // leaders while it goes, see `replicas`.)
+    if !config.replicated() {
+        LiveChecks::install(cluster.shared.disks.clone(), verdict.clone());
+    }
     let specs: Arc<[AccountSpec]> = accounts(config.accounts).into();
     let (setup_host, setup_node) = cluster.client_hosts[0].clone();
     {
@@ -260,11 +271,28 @@ async fn simulate(
         requester(&config, &cluster, setup_host, Route::Owner),
     )
     .await;
-    let finals = collect_finals(&cluster, config.partitions).await;
+    let mut replication = Vec::new();
+    let finals = if config.replicated() {
+        collect_replica_finals(&cluster, config.partitions, &trace, &mut replication).await
+    } else {
+        collect_finals(&cluster, config.partitions).await
+    };
     for fin in &finals {
         trace.record_bytes(&format!("log-{}", fin.partition), &fin.bytes);
     }
     let fatal = cluster.shared.lock().fatal.clone();
+    {
+        let state = cluster.shared.lock();
+        let replicas = &state.replicas;
+        replication.extend(
+            (replicas.split_brains.iter())
+                .map(|what| Violation::new(checkers::ONE_LEADER_PER_TERM, what.clone())),
+        );
+        replication.extend(
+            (replicas.answers_lost.iter())
+                .map(|what| Violation::new(Invariant::Durability.name(), what.clone())),
+        );
+    }
     let history_state = history.lock();
     let state = FinalState {
         partitions: config.partitions,
@@ -275,6 +303,7 @@ async fn simulate(
         protocol_violations: cluster.shared.violations(),
         fatal: &fatal,
         damage_not_refused: &nemesis.storage.violations,
+        replication: &replication,
     };
     let violations = checkers::check(&state);
     let transfers = finals
@@ -334,7 +363,12 @@ async fn load_under_faults(
         })
         .collect();
     let nemesis_rng = stream(config.seed, Purpose::Nemesis);
-    let mut nemesis = Nemesis::new(nemesis_rng, config.faults, config.verbose);
+    let mut nemesis = Nemesis::new(
+        nemesis_rng,
+        config.faults,
+        config.replicated(),
+        config.verbose,
+    );
     nemesis.run(cluster, Instant::now() + config.duration).await;
     stop.store(true, Ordering::Relaxed);
     nemesis.heal(cluster);
@@ -402,6 +436,42 @@ async fn read_live(
     live
 }
 
+/// Each partition's final log in a replicated run: every replica's (its durable partition log
+/// and its committed Raft entries), checked for agreement into `found`; the longest is
+/// replayed and modelled.
+async fn collect_replica_finals(
+    cluster: &Cluster,
+    partitions: u32,
+    trace: &Trace,
+    found: &mut Vec<Violation>,
+) -> Vec<PartitionFinal> {
+    let mut finals = Vec::new();
+    for partition in 0..partitions {
+        let mut logs = Vec::new();
+        for (node, disks) in cluster.shared.replicas.iter().enumerate() {
+            let p = partition as usize;
+            let (disk, raft) = (&disks.logs[p], &disks.rafts[p]);
+            let node = node as u32;
+            let log = replica_log(node, partition, partitions, disk, raft, found).await;
+            trace.record_bytes(&format!("log-{partition}-node-{node}"), &log.log_bytes);
+            logs.push(log);
+        }
+        let longest = replica_logs::agree(partition, &logs, found);
+        let log = logs.swap_remove(longest);
+        let replayed = replay(partition, partitions, &log.records, AsOf::End);
+        finals.push(PartitionFinal {
+            partition,
+            bytes: log.log_bytes,
+            model: Model::fold(&log.records),
+            recovered: replica_logs::replayed_copy(&replayed),
+            replayed,
+            records: log.records,
+            decode_error: None,
+        });
+    }
+    finals
+}
+
 /// Each partition's durable log, decoded, replayed, recovered and modelled.
 async fn collect_finals(cluster: &Cluster, partitions: u32) -> Vec<PartitionFinal> {
     let mut finals = Vec::new();
@@ -449,7 +519,7 @@ fn summary(
     let links = cluster.links().counters();
     let (mut crashes, mut torn, mut syncs, mut failed_syncs, mut failed_snapshots) =
         (0, 0, 0, 0, 0);
-    for disk in &cluster.shared.disks {
+    for disk in &cluster.shared.all_disks() {
         let state = disk.lock();
         crashes += state.crashes;
         torn += state.torn_crashes;
@@ -485,7 +555,7 @@ fn summary(
         let verdict = verdict.lock();
         (verdict.conservation_checks, verdict.releases)
     };
-    format!(
+    let summary = format!(
         "ops={} attempts={attempts} answered={answered} expected_answers={expected} reads={} client messages sent={} delivered={} dropped={} peer connections={} frames={} bytes={} resets={} broken_after_write={} disk crashes={crashes} torn={torn} syncs={syncs} failed_syncs={failed_syncs} failed_snapshots={failed_snapshots} recoveries={recoveries} from_snapshot={from_snapshot} cold_chunks={cold_chunks} torn_cut={torn_cut} faults={} quiesced={quiesced} live_conservation_checks={live_conservation} live_releases_checked={live_releases} simulated={:.1}s",
         history.ops.len(),
         history.reads.len(),
@@ -499,6 +569,28 @@ fn summary(
         links.broken_after_frame,
         nemesis.injected,
         madsim::time::TimeHandle::current().elapsed().as_secs_f64(),
+    );
+    if cluster.shared.replicated() {
+        return format!("{summary} {}", replication_summary(cluster));
+    }
+    summary
+}
+
+/// What the Raft groups of a replicated run did: terms in which a leader was seen, and their
+/// Raft stores' syncs, crashes and persists lost to power losses.
+fn replication_summary(cluster: &Cluster) -> String {
+    let (mut syncs, mut crashes, mut lost) = (0, 0, 0);
+    for replica in &cluster.shared.replicas {
+        for raft in &replica.rafts {
+            let state = raft.lock();
+            syncs += state.syncs;
+            crashes += state.crashes;
+            lost += state.lost_persists;
+        }
+    }
+    let terms_led = cluster.shared.lock().replicas.terms_led();
+    format!(
+        "terms_led={terms_led} raft_syncs={syncs} raft_crashes={crashes} raft_persists_lost={lost}"
     )
 }
 

@@ -215,6 +215,17 @@ fn transfers_survive_kill_9_of_every_node_in_turn_and_every_replica_agrees() {
         failures
     };
     send(&cluster, &mut committed, 20);
+    // Each replica's role is in /metrics.
+    let metrics = http::request(cluster.http[0], "GET", "/metrics", &[], None).expect("metrics");
+    for name in [
+        "walletd_replica_leading{partition=\"0\"}",
+        "walletd_replica_term{partition=\"3\"}",
+    ] {
+        assert!(
+            metrics.text().contains(name),
+            "{name} missing from /metrics"
+        );
+    }
     // Each node in turn: the leader of partition 0 first, then the others.
     let leaders = cluster.wait_for_leaders();
     let mut victims = vec![leaders[0]];

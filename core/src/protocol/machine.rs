@@ -326,6 +326,11 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         let coordinator =
             Coordinator::rebuild(config.coordinator, ledger.partitions(), &rows, now.micros);
         let durable_lsn = ledger.last_applied().lsn;
+        // Chunks whose rows the ledger keeps on disk only are in durable chunk files (it read
+        // them there): a snapshot refers to them and never writes them again, which it could
+        // not (their rows are not in memory). A replica that leads again after following, or
+        // one built from a ledger recovered from a snapshot, starts from them.
+        let chunks_written = ledger.cold_transfer_chunks();
         let mut machine = PartitionMachine {
             ledger,
             coordinator,
@@ -348,7 +353,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             phase_spans: Vec::new(),
             events_since_snapshot: 0,
             snapshot_pending: false,
-            chunks_written: 0,
+            chunks_written,
             chunks_being_written: WrittenChunks::default(),
             chunks_to_drop: VecDeque::new(),
             background_since: None,
@@ -372,6 +377,10 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         assert!(
             self.ledger.final_chunks_from(0) >= chunks,
             "chunk files hold sealed chunks of final rows"
+        );
+        assert!(
+            chunks >= self.ledger.cold_transfer_chunks(),
+            "the chunks on disk only are written"
         );
         self.chunks_written = chunks;
         self

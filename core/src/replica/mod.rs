@@ -31,14 +31,12 @@
 //! home that lost an unsynced debit, and the destination resolves its pending credit the same
 //! way (see [`crate::protocol::machine`]).
 //!
-//! # Reads
-//! A balance or transfer read is linearizable: Raft's ReadIndex. The leader collects the
-//! reads that arrive between two polls, asks its group once (`read_index`: a heartbeat
-//! round that a majority must answer in the leader's term), and hands them to its machine
-//! once it has applied up to the commit index the round confirmed. The machine answers from
-//! its state and releases the answer with the batch holding whatever the answer depends on,
-//! so it leaves once that is committed. A leader cut off from its group gets no quorum and
-//! answers nothing; its reads are dropped when it steps down.
+//! A commit without records (reads of committed state, answers to repeated requests,
+//! resends) has nothing to replicate, but its answers are not released at once: a leader
+//! that a new one has replaced while it was cut off still leads in its own eyes until its
+//! election timer runs out, and its committed state is no longer the newest. Its answers
+//! wait for Raft's ReadIndex (a heartbeat round a majority acknowledges) to confirm that it
+//! still led after they were computed; a replica that stops leading drops them.
 //!
 //! # Leadership
 //! - A replica that wins an election decides nothing until it has applied every entry of
@@ -63,7 +61,7 @@ mod raft_logger;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use bytes::Bytes;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
@@ -253,35 +251,49 @@ impl<K: ReplyTokens> ReplicaReady<K> {
     }
 }
 
-/// Reads asked about together, with their clients.
-type ReadBatch<K> = Vec<(<K as ReplyTokens>::Query, Query)>;
+/// Answers of a commit without records (reads of committed state, resends), waiting for
+/// Raft's ReadIndex to confirm that this replica still led after they were computed.
+struct PendingRead<K: ReplyTokens> {
+    /// The request's context, as Raft hands it back in its read state.
+    id: u64,
+    /// The commit index a majority confirmed, once it has: released when it is applied.
+    index: Option<u64>,
+    release: Release<K>,
+}
 
-/// Reads waiting for their leader to confirm it still leads (ReadIndex).
+/// A leader's reads waiting for Raft to confirm its leadership, in request order.
 struct Reads<K: ReplyTokens> {
-    /// Arrived since the last poll: asked about together.
-    open: ReadBatch<K>,
-    next_id: u64,
-    /// Asked about, by request id.
-    asked: BTreeMap<u64, ReadBatch<K>>,
-    /// Confirmed at a commit index, waiting for the replica to apply up to it.
-    confirmed: VecDeque<(u64, ReadBatch<K>)>,
+    pending: VecDeque<PendingRead<K>>,
+    /// Numbers the read requests of this replica (never reused, so that a read state of
+    /// an earlier leadership matches nothing).
+    seq: u64,
+    /// Ticks since the last request while the oldest read waits unconfirmed.
+    wait_ticks: usize,
+}
+
+impl<K: ReplyTokens> Default for Reads<K> {
+    fn default() -> Self {
+        Reads {
+            pending: VecDeque::new(),
+            seq: 0,
+            wait_ticks: 0,
+        }
+    }
 }
 
 impl<K: ReplyTokens> Reads<K> {
-    fn new() -> Self {
-        Reads {
-            open: Vec::new(),
-            next_id: 0,
-            asked: BTreeMap::new(),
-            confirmed: VecDeque::new(),
-        }
-    }
-
-    /// Drops every read (their clients see the partition unavailable and retry).
-    fn clear(&mut self) {
-        self.open.clear();
-        self.asked.clear();
-        self.confirmed.clear();
+    /// Asks Raft to confirm that `raw` leads before `release` leaves (ReadIndex: a
+    /// heartbeat round that a majority acknowledges).
+    fn request(&mut self, raw: &mut RawNode<MemStorage>, release: Release<K>) {
+        assert_eq!(raw.raft.state, StateRole::Leader, "only a leader reads");
+        self.seq += 1;
+        self.wait_ticks = 0;
+        raw.read_index(self.seq.to_le_bytes().to_vec());
+        self.pending.push_back(PendingRead {
+            id: self.seq,
+            index: None,
+            release,
+        });
     }
 }
 
@@ -317,6 +329,7 @@ pub struct Replica<K: ReplyTokens> {
     role: Role<K>,
     /// This leader's proposals in index order (the machine has at most one commit out).
     proposals: VecDeque<Proposal<K>>,
+    /// This leader's reads waiting for Raft to confirm its leadership.
     reads: Reads<K>,
     /// Counts the machines built, so that a snapshot report reaches the one that asked.
     machine_epoch: u64,
@@ -381,7 +394,7 @@ impl<K: ReplyTokens> Replica<K> {
             raw,
             role: Role::Following(ledger),
             proposals: VecDeque::new(),
-            reads: Reads::new(),
+            reads: Reads::default(),
             machine_epoch: 0,
             snapshot_epoch: None,
             election_rng: config.seed ^ 0x9e37_79b9_7f4a_7c15,
@@ -446,26 +459,22 @@ impl<K: ReplyTokens> Replica<K> {
         self.raw.raft.raft_log.applied
     }
 
-    /// A read for this partition. Taken while this replica leads and has caught up, and
-    /// answered through the machine once the group confirmed the leadership (see Reads in
-    /// the module docs); given back otherwise, for the runtime to send to the leader.
+    /// A read for this partition. Taken while this replica leads and has caught up: the
+    /// machine answers it, and the answer leaves with its commit, after Raft's ReadIndex
+    /// when that commit has no records (see the module docs). Given back otherwise, for the
+    /// runtime to send to the leader.
     pub fn handle_query(&mut self, token: K::Query, query: Query) -> Result<(), (K::Query, Query)> {
         let Role::Leading { machine, .. } = &mut self.role else {
             return Err((token, query));
         };
-        #[cfg(any(test, madsim, feature = "testing"))]
-        if crate::protocol::bugs::enabled(crate::protocol::bugs::Bug::StaleRead) {
-            machine.handle_query(token, query);
-            return Ok(());
-        }
-        let _ = machine;
-        self.reads.open.push((token, query));
+        machine.handle_query(token, query);
         Ok(())
     }
 
     /// One Raft tick (the runtime's tick interval).
     pub fn tick(&mut self) {
         self.raw.tick();
+        self.retry_reads();
         self.rearm_election_timeout();
     }
 
@@ -534,26 +543,28 @@ impl<K: ReplyTokens> Replica<K> {
         matches!(self.role, Role::Reloading)
     }
 
-    /// Hands the machine's ready releases out and its next commit to Raft, and asks the
-    /// group to confirm the leadership for the reads that came.
+    /// Hands the machine's ready releases out and its next commit to Raft.
     fn propose(&mut self, out: &mut ReplicaReady<K>) {
         let Role::Leading { machine, term } = &mut self.role else {
             return;
         };
-        if !self.reads.open.is_empty() {
-            let id = self.reads.next_id;
-            self.reads.next_id += 1;
-            let batch = std::mem::take(&mut self.reads.open);
-            self.reads.asked.insert(id, batch);
-            self.raw.read_index(id.to_le_bytes().to_vec());
-        }
         if let Some(release) = machine.poll_ready() {
             out.release.append(release);
         }
         while let Some(commit) = machine.poll_commit() {
             if commit.bytes.is_empty() {
-                // Answers from committed state only.
-                out.release.append(commit.release);
+                // Answers from committed state only; but a leader that another has deposed
+                // without its knowing (it is cut off) holds stale committed state, so they
+                // wait for a majority to confirm that this replica still leads (ReadIndex).
+                if !commit.release.is_empty() {
+                    #[cfg(any(test, madsim, feature = "testing"))]
+                    if crate::protocol::bugs::enabled(crate::protocol::bugs::Bug::StaleRead) {
+                        out.release.append(commit.release);
+                        continue;
+                    }
+                    let read = &mut self.reads;
+                    read.request(&mut self.raw, commit.release);
+                }
                 continue;
             }
             let data = payload::encode(commit.first_lsn, &commit.bytes);
@@ -596,21 +607,14 @@ impl<K: ReplyTokens> Replica<K> {
     fn handle_ready(&mut self, out: &mut ReplicaReady<K>) -> Result<(), ReplicaError> {
         let mut ready = self.raw.ready();
         out.messages.extend(ready.take_messages());
-        for state in ready.take_read_states() {
-            let id = state
-                .request_ctx
-                .as_slice()
-                .try_into()
-                .map(u64::from_le_bytes);
-            if let Some(batch) = id.ok().and_then(|id| self.reads.asked.remove(&id)) {
-                self.reads.confirmed.push_back((state.index, batch));
-            }
-        }
         if !ready.snapshot().is_empty() {
             return Err(ReplicaError::SnapshotUnsupported {
                 partition: self.partition,
                 index: ready.snapshot().get_metadata().index,
             });
+        }
+        for state in ready.take_read_states() {
+            self.confirm_read(&state.request_ctx, state.index);
         }
         let committed = ready.take_committed_entries();
         let persist = Persist {
@@ -644,25 +648,53 @@ impl<K: ReplyTokens> Replica<K> {
             }
             self.raw.advance_apply_to(last_index);
         }
-        self.answer_confirmed_reads();
+        self.release_reads(out);
         Ok(())
     }
 
-    /// Hands the machine the reads whose confirmed commit index is applied.
-    fn answer_confirmed_reads(&mut self) {
-        let applied = self.raw.raft.raft_log.applied;
-        let Role::Leading { machine, .. } = &mut self.role else {
-            return;
-        };
-        while self
-            .reads
-            .confirmed
+    /// A leader whose oldest read waits unconfirmed for a heartbeat interval asks again with
+    /// an empty read: Raft sends a heartbeat round only for a new request, and confirming a
+    /// request confirms every earlier one, so a round whose acknowledgements were lost does
+    /// not hold the reads up for good.
+    fn retry_reads(&mut self) {
+        let reads = &mut self.reads;
+        let waiting = reads
+            .pending
             .front()
-            .is_some_and(|(index, _)| *index <= applied)
-        {
-            let (_, batch) = self.reads.confirmed.pop_front().expect("checked");
-            for (token, query) in batch {
-                machine.handle_query(token, query);
+            .is_some_and(|read| read.index.is_none());
+        let leads = self.raw.raft.state == StateRole::Leader;
+        if !waiting || !leads || !matches!(self.role, Role::Leading { .. }) {
+            reads.wait_ticks = 0;
+            return;
+        }
+        reads.wait_ticks += 1;
+        if reads.wait_ticks >= self.config.heartbeat_ticks {
+            reads.request(&mut self.raw, Release::default());
+        }
+    }
+
+    /// Raft confirmed, at commit index `index`, that this replica led when read `ctx` was
+    /// asked for.
+    fn confirm_read(&mut self, ctx: &[u8], index: u64) {
+        let id = ctx.try_into().ok().map(u64::from_le_bytes);
+        let read = (self.reads.pending.iter_mut()).find(|read| Some(read.id) == id);
+        match read {
+            Some(read) => read.index = Some(index),
+            // A read of an earlier leadership, whose answers were dropped with it.
+            None => tracing::debug!(partition = self.partition, "read state of no read"),
+        }
+    }
+
+    /// Releases, in order, the reads whose confirmed index is applied.
+    fn release_reads(&mut self, out: &mut ReplicaReady<K>) {
+        let applied = self.raw.raft.raft_log.applied;
+        while let Some(read) = self.reads.pending.front() {
+            match read.index {
+                Some(index) if index <= applied => {
+                    let read = self.reads.pending.pop_front().expect("not empty");
+                    out.release.append(read.release);
+                }
+                _ => break,
             }
         }
     }
@@ -775,9 +807,9 @@ impl<K: ReplyTokens> Replica<K> {
         else {
             return;
         };
-        let dropped = self.proposals.len();
+        let dropped = self.proposals.len() + self.reads.pending.len();
         self.proposals.clear();
-        self.reads.clear();
+        self.reads.pending.clear();
         self.snapshot_epoch = None;
         let ahead = machine.is_ahead_of_durable();
         tracing::info!(

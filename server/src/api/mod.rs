@@ -195,6 +195,19 @@ impl Api {
         }
     }
 
+    /// Publishes the replicas' roles in `/metrics` (a replicated node). Only while the API
+    /// is not yet shared.
+    pub fn with_replicas(
+        mut self,
+        statuses: Vec<Arc<walletd_runtime::replica::ReplicaStatus>>,
+    ) -> Api {
+        Arc::get_mut(&mut self.inner)
+            .expect("the replicas are added before the API is shared")
+            .metrics
+            .add_replicas(statuses);
+        self
+    }
+
     /// What `GET /v1/cluster` answers from. Only while the API is not yet shared.
     pub fn with_cluster(mut self, view: cluster::ClusterView) -> Api {
         Arc::get_mut(&mut self.inner)

@@ -134,20 +134,7 @@ async fn measured_run(
 /// Binds a loopback listener per node, starts every node on it with its partitions on real
 /// files under `dir`, and waits until every node is linked to every other.
 async fn start(dir: &Path, args: &BenchArgs) -> Result<Cluster, BenchError> {
-    let mut listeners = Vec::new();
-    let mut addresses = BTreeMap::new();
-    for node in 0..args.nodes {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| BenchError::io("bind a loopback port", e))?;
-        let peer = listener
-            .local_addr()
-            .map_err(|e| BenchError::io("read a listener's address", e))?
-            .to_string();
-        let http = format!("unused:{node}");
-        addresses.insert(node, NodeAddress { http, peer });
-        listeners.push(listener);
-    }
+    let (listeners, addresses) = bind_nodes(args.nodes).await?;
     let map = PartitionMap {
         version: 1,
         owners: (0..args.nodes * args.partitions_per_node)
@@ -171,6 +158,28 @@ async fn start(dir: &Path, args: &BenchArgs) -> Result<Cluster, BenchError> {
     }
     wait_for_links(&nodes).await?;
     Ok(Cluster { map, nodes })
+}
+
+/// A loopback listener for each of `count` nodes, and the addresses a map gives them (their
+/// HTTP addresses are never used: the nodes run in this process).
+pub(super) async fn bind_nodes(
+    count: u32,
+) -> Result<(Vec<TcpListener>, BTreeMap<NodeId, NodeAddress>), BenchError> {
+    let mut listeners = Vec::new();
+    let mut addresses = BTreeMap::new();
+    for node in 0..count {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| BenchError::io("bind a loopback port", e))?;
+        let peer = listener
+            .local_addr()
+            .map_err(|e| BenchError::io("read a listener's address", e))?
+            .to_string();
+        let http = format!("unused:{node}");
+        addresses.insert(node, NodeAddress { http, peer });
+        listeners.push(listener);
+    }
+    Ok((listeners, addresses))
 }
 
 /// Starts node `node` of `map` on `listener`.

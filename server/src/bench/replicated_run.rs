@@ -6,7 +6,6 @@
 //! commits through another node is measured (an election, then the new leader's first
 //! commit).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,7 +15,7 @@ use tokio::net::TcpListener;
 use walletd_core::ledger::Command;
 use walletd_core::model::ids::TransactionId;
 use walletd_core::model::money::{Amount, Currency};
-use walletd_core::model::partition::{NodeAddress, NodeId, PartitionMap};
+use walletd_core::model::partition::{NodeId, PartitionMap};
 use walletd_core::replica::DurableRaft;
 use walletd_runtime::engine::{Client, EngineConfig};
 use walletd_runtime::net::replicated::{
@@ -147,25 +146,7 @@ async fn start(
     args: &BenchArgs,
     partitions: u32,
 ) -> Result<(PartitionMap, Vec<ReplicatedNode>), BenchError> {
-    let mut listeners = Vec::new();
-    let mut addresses = BTreeMap::new();
-    for node in 0..args.nodes {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| BenchError::io("bind a loopback port", e))?;
-        let peer = listener
-            .local_addr()
-            .map_err(|e| BenchError::io("read a listener's address", e))?
-            .to_string();
-        addresses.insert(
-            node,
-            NodeAddress {
-                http: format!("unused:{node}"),
-                peer,
-            },
-        );
-        listeners.push(listener);
-    }
+    let (listeners, addresses) = super::cluster_run::bind_nodes(args.nodes).await?;
     let map = PartitionMap {
         version: 1,
         owners: (0..partitions).map(|p| p % args.nodes).collect(),

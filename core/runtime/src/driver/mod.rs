@@ -310,6 +310,12 @@ fn publish_durable(stats: &DriverStats, lsn: Lsn) {
 fn send_release(batch: (PartitionId, Lsn), release: Release<Channels>, transport: &dyn Transport) {
     #[cfg(any(test, madsim))]
     observe::releasing(batch.0, batch.1, &release);
+    deliver(release, transport);
+}
+
+/// Sends a release as it is: peer messages first, then the answers (a client that went away
+/// is no error). Shared with the replica driver.
+pub(crate) fn deliver(release: Release<Channels>, transport: &dyn Transport) {
     transport.send_all(release.peer_messages);
     for (reply, result) in release.replies {
         let _ = reply.send(result);

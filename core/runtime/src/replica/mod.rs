@@ -392,17 +392,7 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
             self.stats.durable.notify_waiters();
         }
         // Peer messages first, then the answers (the machine's release rule).
-        let release = ready.release;
-        self.peers.send_all(release.peer_messages);
-        for (reply, result) in release.replies {
-            let _ = reply.send(result);
-        }
-        for (reply, results) in release.groups {
-            let _ = reply.send(results);
-        }
-        for (reply, answer) in release.answers {
-            let _ = reply.send(answer);
-        }
+        crate::driver::deliver(ready.release, &*self.peers);
         if let Some(image) = ready.snapshot {
             // No snapshot ahead of its log: the log is synced first. Written inline: a
             // replicated partition's snapshots are not yet taken off its task.

@@ -5,6 +5,7 @@
 //! group is healed and every answer a client got must be what a retry gets.
 
 mod group;
+mod reads;
 
 use group::{Group, GroupConfig};
 

@@ -16,6 +16,7 @@ mod http;
 mod journal;
 mod partitions;
 mod process;
+mod replicas;
 #[cfg(test)]
 mod tests;
 
@@ -103,6 +104,12 @@ impl Metrics {
     }
 
     /// Publishes the counters of the node journal the partitions commit through.
+    /// Publishes the role of each replica of a replicated node, by partition.
+    pub fn add_replicas(&mut self, statuses: Vec<Arc<walletd_runtime::replica::ReplicaStatus>>) {
+        self.registry
+            .register_collector(Box::new(replicas::Replicas { statuses }));
+    }
+
     pub fn add_journal(&mut self, journal: Arc<walletd_runtime::storage::journal::NodeJournal>) {
         self.registry
             .register_collector(Box::new(journal::Journal(journal)));

@@ -1,0 +1,137 @@
+//! Replicated runs: every answer a client got rests on records durable on a majority of the
+//! partition's replicas, checked right after every crash (`durability`). An answer leaves a
+//! leader once its batch's Raft entry is committed, that is durable on a majority, so at any
+//! instant (a crash included) a majority of the Raft stores hold it durably; a leader that
+//! answered sooner is caught at the first crash that finds fewer, whether or not a later
+//! retry, a process crash that kept the page cache, or luck puts the record back.
+//!
+//! What is looked for, in the durable entries of each replica's Raft store: for a transfer
+//! answered committed or cancelled, a record of its key at its home; for a deposit or
+//! withdrawal answered with a balance, its movement. (The exact outcome is checked at the
+//! end of the run, against the final logs.)
+
+use std::collections::HashSet;
+
+use walletd_core::ledger::{Command, Reply, TransferStatus};
+use walletd_core::log::codec::RecordReader;
+use walletd_core::model::event::{Event, TransferKey};
+use walletd_core::model::ids::{AccountId, TransactionId};
+use walletd_core::model::partition::{partition_of, PartitionId};
+use walletd_core::replica::payload;
+
+use crate::history::{HistoryState, Op};
+use crate::raft_disk::RaftDisk;
+
+/// What a record is about, as far as an answer rests on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Subject {
+    Transfer(TransferKey),
+    Cash(AccountId, TransactionId),
+}
+
+impl Subject {
+    fn of_event(event: &Event) -> Option<Subject> {
+        match *event {
+            Event::Deposited {
+                account,
+                transaction_id,
+                ..
+            }
+            | Event::Withdrawn {
+                account,
+                transaction_id,
+                ..
+            } => Some(Subject::Cash(account, transaction_id)),
+            Event::Transferred { transfer }
+            | Event::TransferRejected { transfer, .. }
+            | Event::DebitTried { transfer } => Some(Subject::Transfer(transfer.key())),
+            Event::TransferDecided { key, .. } => Some(Subject::Transfer(key)),
+            _ => None,
+        }
+    }
+
+    /// What `op`'s answers rest on, and its partition, if an answer is one to check.
+    fn of_answered(op: &Op, partitions: u32) -> Option<(PartitionId, Subject)> {
+        let rests = op.answers().any(|(_, result)| {
+            matches!(
+                result,
+                Ok(
+                    Reply::Transfer(TransferStatus::Committed | TransferStatus::Cancelled(_))
+                        | Reply::Balance { .. }
+                )
+            )
+        });
+        if !rests {
+            return None;
+        }
+        match op.command {
+            Command::Transfer(t) => Some((
+                partition_of(&t.from, partitions),
+                Subject::Transfer(t.key()),
+            )),
+            _ => {
+                let (account, transaction_id) = op.cash_movement()?;
+                let partition = partition_of(&account, partitions);
+                Some((partition, Subject::Cash(account, transaction_id)))
+            }
+        }
+    }
+}
+
+/// The subjects of every record in `raft`'s durable entries.
+fn durable_subjects(raft: &RaftDisk) -> HashSet<Subject> {
+    let mut subjects = HashSet::new();
+    let state = raft.lock();
+    for entry in &state.durable.entries {
+        let Ok(Some(batch)) = payload::decode(&entry.data) else {
+            continue;
+        };
+        let mut reader = RecordReader::new(&batch.records, batch.first_lsn);
+        while let Ok(Some(record)) = reader.next_record() {
+            subjects.extend(Subject::of_event(&record.event));
+        }
+    }
+    subjects
+}
+
+/// Every answer of `history` checked against the Raft stores `rafts[node][partition]`
+/// right after `crash` (what crashed, for the report): what each rests on must be durable
+/// on a majority of its partition's replicas. Returns one line per answer that is not, at
+/// most `shown_max`.
+pub fn answers_on_majority(
+    history: &HistoryState,
+    rafts: &[&[RaftDisk]],
+    partitions: u32,
+    crash: &str,
+    shown_max: usize,
+) -> Vec<String> {
+    let majority = rafts.len() / 2 + 1;
+    let subjects: Vec<Vec<HashSet<Subject>>> = (0..partitions as usize)
+        .map(|p| {
+            rafts
+                .iter()
+                .map(|node| durable_subjects(&node[p]))
+                .collect()
+        })
+        .collect();
+    let mut missing = Vec::new();
+    for op in &history.ops {
+        let Some((partition, subject)) = Subject::of_answered(op, partitions) else {
+            continue;
+        };
+        let replicas = &subjects[partition as usize];
+        let holding = replicas.iter().filter(|s| s.contains(&subject)).count();
+        if holding < majority {
+            missing.push(format!(
+                "{:?} was answered, and after {crash} only {holding} of the {} replicas of \
+                 partition {partition} hold its record durably",
+                op.command,
+                replicas.len()
+            ));
+            if missing.len() >= shown_max {
+                break;
+            }
+        }
+    }
+    missing
+}

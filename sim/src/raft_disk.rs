@@ -1,0 +1,171 @@
+//! `SimRaftStore`: a replica's durable Raft state (hard state and log entries) on a simulated
+//! disk, as [`walletd_runtime::storage::raft_store::RaftStore`] asks of a store.
+//!
+//! The harness keeps every [`RaftDisk`] outside the nodes, beside the partition's log disk,
+//! so it survives `kill`, and crashes it the two ways [`Crash`] names:
+//! - a **process crash** keeps every persist that was appended (the page cache outlives the
+//!   process);
+//! - a **power loss** keeps what the last completed sync made durable and, with torn writes
+//!   on, a prefix of the persists appended since, drawn from the seed: a suffix is lost, in
+//!   order, never a later persist without an earlier one (the store's contract; a real store
+//!   gets that from one append-only file whose recovery cuts at the first torn record).
+//!
+//! A recovering store reads back what its page cache holds and makes it durable before it
+//! answers (as a real store syncs the file it recovered from): a replica never acts on state
+//! that a power loss right after its start would take back.
+//!
+//! A handle of a crashed incarnation is fenced off by an epoch, as [`crate::disk`] fences
+//! log handles: a sync in flight when its node died never completes.
+
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rand::Rng;
+use walletd_core::replica::{DurableRaft, Persist, ReplicaId};
+use walletd_runtime::storage::raft_store::RaftStore;
+
+use crate::disk::{sync_delay, Crash, DiskSpeed};
+use crate::rng::SharedRng;
+
+/// The bytes of one replica's Raft store.
+#[derive(Debug, Default)]
+pub struct RaftDiskState {
+    /// What the last completed sync (or recovery) made durable.
+    pub durable: DurableRaft,
+    /// Appended since the last sync, in order: in the page cache only.
+    pub unsynced: Vec<Persist>,
+    /// Bumped by every crash: handles of older incarnations are refused.
+    pub epoch: u64,
+    pub syncs: u64,
+    pub crashes: u64,
+    /// Persists a power loss took (appended, never synced).
+    pub lost_persists: u64,
+}
+
+impl RaftDiskState {
+    /// Makes every appended persist durable, in order.
+    fn sync(&mut self) {
+        for persist in std::mem::take(&mut self.unsynced) {
+            self.durable.persist(&persist);
+        }
+    }
+}
+
+/// One replica's Raft store, held by the harness. Clones share it.
+#[derive(Debug, Clone)]
+pub struct RaftDisk {
+    state: Arc<Mutex<RaftDiskState>>,
+    speed: Arc<DiskSpeed>,
+    rng: SharedRng,
+}
+
+impl RaftDisk {
+    /// The store of a new replica of a group whose voters are `voters`.
+    pub fn new(voters: &[ReplicaId], speed: Arc<DiskSpeed>, rng: SharedRng) -> RaftDisk {
+        let state = RaftDiskState {
+            durable: DurableRaft::new(voters),
+            ..RaftDiskState::default()
+        };
+        RaftDisk {
+            state: Arc::new(Mutex::new(state)),
+            speed,
+            rng,
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, RaftDiskState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The store handle of a new incarnation of the replica.
+    pub fn open(&self) -> SimRaftStore {
+        SimRaftStore {
+            disk: self.clone(),
+            epoch: self.lock().epoch,
+        }
+    }
+
+    /// The node went down as `crash` says. With a power loss, `torn` lets a prefix of the
+    /// unsynced persists survive (its length drawn from the seed); without it none does.
+    /// Returns how many persists were lost. Fences off every handle opened before.
+    pub fn crash(&self, crash: Crash, torn: bool) -> usize {
+        let mut rng = self.rng.lock();
+        let mut state = self.lock();
+        let mut lost = 0;
+        if crash == Crash::PowerLoss {
+            let appended = state.unsynced.len();
+            let kept = if torn && appended > 0 {
+                rng.gen_range(0..=appended)
+            } else {
+                0
+            };
+            state.unsynced.truncate(kept);
+            state.sync();
+            lost = appended - kept;
+            state.lost_persists += lost as u64;
+        }
+        assert!(crash == Crash::Process || state.unsynced.is_empty());
+        state.epoch += 1;
+        state.crashes += 1;
+        lost
+    }
+
+    /// Persists appended and not yet synced: what a power loss now could take.
+    pub fn unsynced(&self) -> usize {
+        self.lock().unsynced.len()
+    }
+
+    /// What a power loss now would leave at least: the durable state.
+    pub fn durable(&self) -> DurableRaft {
+        self.lock().durable.clone()
+    }
+}
+
+/// The [`RaftStore`] a replica driver gets: its incarnation's handle to a [`RaftDisk`].
+pub struct SimRaftStore {
+    disk: RaftDisk,
+    epoch: u64,
+}
+
+impl SimRaftStore {
+    /// Locks the disk, refusing a handle from an incarnation that has since crashed.
+    fn live(&self) -> io::Result<MutexGuard<'_, RaftDiskState>> {
+        let state = self.disk.lock();
+        if state.epoch != self.epoch {
+            return Err(io::Error::other(
+                "raft store handle of a crashed incarnation",
+            ));
+        }
+        Ok(state)
+    }
+}
+
+impl RaftStore for SimRaftStore {
+    async fn recover(&mut self) -> io::Result<DurableRaft> {
+        let mut state = self.live()?;
+        // What the page cache holds is read back and synced before the replica acts on it.
+        state.sync();
+        Ok(state.durable.clone())
+    }
+
+    async fn append(&mut self, persist: &Persist) -> io::Result<()> {
+        let mut state = self.live()?;
+        let last = state.unsynced.last().map(|p| p.number);
+        assert!(
+            last.is_none_or(|last| last < persist.number),
+            "persists are appended in the order the replica hands them out"
+        );
+        state.unsynced.push(persist.clone());
+        Ok(())
+    }
+
+    async fn sync(&mut self) -> io::Result<()> {
+        drop(self.live()?);
+        // The window in which a crash finds the persists written but not synced.
+        tokio::time::sleep(sync_delay(&self.disk.speed, &self.disk.rng)).await;
+        let mut state = self.live()?;
+        state.sync();
+        state.syncs += 1;
+        Ok(())
+    }
+}

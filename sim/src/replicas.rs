@@ -1,0 +1,239 @@
+//! Replicated runs (`--replicas N`, N = nodes): every node runs a replica of every partition
+//! with `net::replicated::start_replicated_node_with`, the code a replicated `wallet node`
+//! runs, on its own disks: a partition log ([`Disk`]) and a Raft store ([`RaftDisk`]) per
+//! partition, kept by the harness so that they outlive a kill.
+//!
+//! The harness watches every replica's published [`ReplicaStatus`]: where each group's
+//! leader is (for the nemesis, which kills and isolates leaders), whether the cluster is at
+//! rest (for the quiesce), and, every [`LEADER_WATCH`], whether two replicas of one group
+//! have led in the same term, which Raft's election safety forbids (`one_leader_per_term`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::RngCore;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use walletd_core::model::partition::{PartitionId, PartitionMap};
+use walletd_runtime::driver::DriverStats;
+use walletd_runtime::net::replicated::{
+    replica_id, start_replicated_node_with, voters, ReplicatedConfig,
+};
+use walletd_runtime::replica::ReplicaStatus;
+
+use crate::cluster::{stop_of, stopped, Shared, StartOutcome, Stop, CLUSTER_SECRET};
+use crate::disk::{Disk, DiskSpeed};
+use crate::gateway;
+use crate::links::{server_ip, NodeIo, PEER_PORT};
+use crate::network::HostId;
+use crate::raft_disk::RaftDisk;
+use crate::rng::SharedRng;
+
+/// How often the harness reads every replica's status for two leaders in one term. Far
+/// below an election timeout (300 ms at least): no leader's term passes unseen.
+pub const LEADER_WATCH: Duration = Duration::from_millis(2);
+
+/// One node's disks in a replicated run, by partition.
+#[derive(Debug)]
+pub struct ReplicaDisks {
+    pub logs: Vec<Disk>,
+    pub rafts: Vec<RaftDisk>,
+}
+
+impl ReplicaDisks {
+    /// The empty disks of a node of `map`, whose syncs take as long as `speed` says.
+    pub fn new(
+        map: &PartitionMap,
+        speed: &Arc<DiskSpeed>,
+        disk_rng: &SharedRng,
+        raft_rng: &SharedRng,
+    ) -> ReplicaDisks {
+        let voters = voters(map);
+        let partitions = map.partitions();
+        ReplicaDisks {
+            logs: (0..partitions)
+                .map(|_| Disk::new(Arc::clone(speed), disk_rng.clone()))
+                .collect(),
+            rafts: (0..partitions)
+                .map(|_| RaftDisk::new(&voters, Arc::clone(speed), raft_rng.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// What the harness sees of one running replica.
+struct Running {
+    status: Arc<ReplicaStatus>,
+    stats: Arc<DriverStats>,
+}
+
+impl Running {
+    /// Whether the replica on `host` is its group's leader, in Raft's view (it may still be
+    /// applying earlier terms before it takes commands).
+    fn leads(&self, host: HostId) -> bool {
+        self.status.leader.load(Ordering::Acquire) == replica_id(host)
+    }
+}
+
+/// The replicas of the running incarnations, and the leaders seen so far.
+#[derive(Default)]
+pub struct ReplicaState {
+    running: BTreeMap<(HostId, PartitionId), Running>,
+    /// The node seen leading each term of each partition.
+    leaders: BTreeMap<(PartitionId, u64), HostId>,
+    /// Two nodes seen leading one term of one partition (election safety broken).
+    pub split_brains: Vec<String>,
+    /// Answers found, right after a crash, resting on records that fewer than a majority of
+    /// replicas held durably (checked until the first crash that finds some).
+    pub answers_lost: Vec<String>,
+}
+
+impl ReplicaState {
+    /// Driver counters of every running replica.
+    pub fn stats(&self) -> impl Iterator<Item = &Arc<DriverStats>> {
+        self.running.values().map(|r| &r.stats)
+    }
+
+    /// Node `host` died: forgets its replicas; returns the protocol violations they counted.
+    pub fn stopped(&mut self, host: HostId) -> u64 {
+        let gone: Vec<_> = (self.running.keys())
+            .filter(|(h, _)| *h == host)
+            .copied()
+            .collect();
+        gone.into_iter()
+            .filter_map(|key| self.running.remove(&key))
+            .map(|r| r.stats.violations.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Whether every partition of node `host` has a running replica.
+    pub fn recovered(&self, host: HostId, partitions: u32) -> bool {
+        (0..partitions).all(|p| self.running.contains_key(&(host, p)))
+    }
+
+    /// The node whose replica leads `partition` now, if one does.
+    pub fn leader_of(&self, partition: PartitionId) -> Option<HostId> {
+        (self.running.iter())
+            .filter(|((host, p), r)| *p == partition && r.leads(*host))
+            .max_by_key(|(_, r)| r.status.term.load(Ordering::Acquire))
+            .map(|((host, _), _)| *host)
+    }
+
+    /// Whether the group of every partition is at rest on the nodes `up`: each has one
+    /// leader that takes commands and has nothing in flight, and every replica has committed
+    /// and applied what the leader has.
+    pub fn idle(&self, up: &[HostId], partitions: u32) -> bool {
+        (0..partitions).all(|p| {
+            let replicas: Vec<(HostId, &Running)> = (up.iter())
+                .filter_map(|h| Some((*h, self.running.get(&(*h, p))?)))
+                .collect();
+            let leaders: Vec<&Running> = (replicas.iter())
+                .filter(|(h, r)| r.leads(*h) && r.status.leading.load(Ordering::Acquire))
+                .map(|(_, r)| *r)
+                .collect();
+            let [leader] = leaders[..] else {
+                return false;
+            };
+            let commit = leader.status.commit_index.load(Ordering::Acquire);
+            let applied = leader.status.applied_lsn.load(Ordering::Acquire);
+            replicas.len() == up.len()
+                && leader.stats.in_flight.load(Ordering::Relaxed) == 0
+                && replicas.iter().all(|(_, r)| {
+                    r.status.commit_index.load(Ordering::Acquire) == commit
+                        && r.status.applied_lsn.load(Ordering::Acquire) == applied
+                })
+        })
+    }
+
+    /// Notes the leader of every group as each replica publishes it; a second node leading
+    /// a term already led by another is a split brain.
+    fn watch(&mut self) {
+        for ((host, partition), running) in &self.running {
+            if !running.leads(*host) {
+                continue;
+            }
+            let term = running.status.term.load(Ordering::Acquire);
+            let first = *self.leaders.entry((*partition, term)).or_insert(*host);
+            if first != *host {
+                let what = format!(
+                    "partition {partition}: node-{first} and node-{host} both led term {term}"
+                );
+                if !self.split_brains.contains(&what) {
+                    self.split_brains.push(what);
+                }
+            }
+        }
+    }
+
+    /// Terms in which some replica was seen leading (elections won).
+    pub fn terms_led(&self) -> usize {
+        self.leaders.len()
+    }
+}
+
+/// Reads every replica's status every [`LEADER_WATCH`] for the rest of the run (a task of
+/// the harness, which no fault kills).
+pub fn watch_leaders(shared: &Arc<Shared>) {
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(LEADER_WATCH).await;
+            shared.lock().replicas.watch();
+        }
+    });
+}
+
+/// The life of one incarnation of server node `host` of a replicated run: start its
+/// replicas from its disks, register them and its gateway, then serve until killed.
+pub async fn run_node(shared: Arc<Shared>, host: HostId) {
+    let disks = &shared.replicas[host as usize];
+    let storages = (disks.logs.iter().zip(&disks.rafts))
+        .map(|(log, raft)| (log.open(), raft.open()))
+        .collect();
+    let address = SocketAddr::new(server_ip(host), PEER_PORT);
+    let listener = match TcpListener::bind(address).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            let stop = Stop::Fatal(format!("node-{host} cannot listen: {error}"));
+            return stopped(&shared, host, stop).await;
+        }
+    };
+    let io = NodeIo::new(Arc::clone(&shared.links), host);
+    let election_seed = shared.elections.lock().next_u64();
+    let config = ReplicatedConfig::new(shared.node_config(), election_seed);
+    let started = start_replicated_node_with(
+        io,
+        listener,
+        &shared.map,
+        host,
+        CLUSTER_SECRET,
+        storages,
+        config,
+    )
+    .await;
+    let node = match started {
+        Ok(node) => node,
+        Err(error) => return stopped(&shared, host, stop_of(&shared, host, error)).await,
+    };
+    let (calls, gateway) = mpsc::channel(gateway::GATEWAY_CAPACITY);
+    {
+        let mut state = shared.lock();
+        state.starts.insert(host, StartOutcome::Running);
+        let replicas = node.statuses().into_iter().zip(node.stats());
+        for (p, (status, stats)) in replicas.enumerate() {
+            let running = Running { status, stats };
+            state
+                .replicas
+                .running
+                .insert((host, p as PartitionId), running);
+        }
+        shared.net.register(host, calls);
+    }
+    // The node (its replicas, links and listener) lives as long as this incarnation.
+    gateway::serve(node.client(), gateway).await;
+    std::future::pending::<()>().await;
+    drop(node);
+}
