@@ -25,11 +25,11 @@ run *ARGS:
 node id="0" *ARGS:
     cargo run --release -p walletd-server -- node --config cluster.example.toml --id {{id}} {{ARGS}}
 
-# One node of the same three-node cluster with every partition replicated on every node (Raft):
-# `just node-replicated 0`, then 1 and 2. Its data goes to ./data-replicated.
-node-replicated id="0" *ARGS:
-    sed 's/^# replicas = 3/replicas = 3/' cluster.example.toml > cluster.replicated.toml
-    cargo run --release -p walletd-server -- node --config cluster.replicated.toml --id {{id}} --data-dir ./data-replicated {{ARGS}}
+# One node of the same three-node cluster with one copy of each partition (no Raft):
+# `just node-unreplicated 0`, then 1 and 2. Its data goes to ./data-unreplicated.
+node-unreplicated id="0" *ARGS:
+    sed 's/^# replicas = 3/replicas = 1/' cluster.example.toml > cluster.unreplicated.toml
+    cargo run --release -p walletd-server -- node --config cluster.unreplicated.toml --id {{id}} --data-dir ./data-unreplicated {{ARGS}}
 
 # Run the deterministic simulator: `just sim --seed 7`, `just sim --seeds 0..200`, `just sim --seed 7 --bug skip-barrier`.
 sim *ARGS:

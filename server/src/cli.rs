@@ -253,6 +253,12 @@ pub struct NodeArgs {
     /// until that node answers.
     #[arg(long, default_value_t = 2000)]
     pub try_timeout_ms: u64,
+    /// A replicated partition compacts its Raft log once this many entries whose records
+    /// are durable in its partition log have gathered (keeping a quarter as many behind,
+    /// for followers a little behind). A replica behind the compacted log fetches the
+    /// records it lacks from another node's partition log.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(4..=1_000_000))]
+    pub raft_compact_after: u64,
     #[command(flatten)]
     pub service: ServiceArgs,
 }

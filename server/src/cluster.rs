@@ -9,7 +9,8 @@
 //! partitions = 12          # fixed for the cluster's life (accounts hash modulo this)
 //! secret_file = "secret"   # or `secret = "..."`; WALLET_CLUSTER_SECRET overrides both
 //! owners = [0, 1, 2, ...]  # optional: owners[p] owns partition p; default: an even spread
-//! replicas = 3             # optional: copies of each partition, 1 (default) or the node count
+//! replicas = 3             # optional: copies of each partition, 1 to the node count;
+//!                          # default 3 on 3 nodes or more, 1 below
 //!
 //! [[nodes]]
 //! id = 0
@@ -82,9 +83,9 @@ struct NodeEntry {
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
     pub map: PartitionMap,
-    /// Copies of each partition: 1 (each partition on its owner alone), or the node count
-    /// (every partition a Raft group with a replica on every node, whose leader is
-    /// elected: `owners` is then unused).
+    /// Copies of each partition: 1 (each partition on its owner alone), or more (every
+    /// partition a Raft group with replicas on its owner and the nodes after it in id
+    /// order, whose leader is elected).
     pub replicas: u32,
     pub secret: Vec<u8>,
     /// The `[tls]` section; without one, peer links are plain TCP.
@@ -183,7 +184,8 @@ pub enum ClusterConfigError {
     #[error("node {id} is not in the cluster file (it lists {known:?})")]
     UnknownNode { id: NodeId, known: Vec<NodeId> },
     #[error(
-        "replicas = {given}: a cluster of {nodes} nodes keeps 1 copy of each partition or          {nodes} (one on every node); other counts are not supported yet"
+        "replicas = {given}: a cluster of {nodes} nodes keeps 1 to {nodes} copies of each \
+         partition, each on a distinct node"
     )]
     Replicas { given: u32, nodes: usize },
 }
@@ -311,15 +313,20 @@ fn partition_map(file: &ClusterFile) -> Result<PartitionMap, ClusterConfigError>
     Ok(map)
 }
 
-/// The `replicas` of the file: 1 by default, or every node.
+/// The `replicas` of the file: 1 to the node count; by default 3 on three nodes or more
+/// (a majority survives a lost node), 1 below (two copies would stop at either's loss).
 fn replicas(file: &ClusterFile, map: &PartitionMap) -> Result<u32, ClusterConfigError> {
     let nodes = map.nodes.len();
     match file.replicas {
-        None | Some(1) => Ok(1),
-        Some(given) if given as usize == nodes => Ok(given),
+        None if nodes >= DEFAULT_REPLICAS as usize => Ok(DEFAULT_REPLICAS),
+        None => Ok(1),
+        Some(given) if (1..=nodes).contains(&(given as usize)) => Ok(given),
         Some(given) => Err(ClusterConfigError::Replicas { given, nodes }),
     }
 }
+
+/// Copies of each partition of a cluster of at least as many nodes, unless its file says.
+pub const DEFAULT_REPLICAS: u32 = 3;
 
 /// Partition `p` on the `(p mod n)`-th node in id order.
 fn even_spread(partitions: u32, ids: &[NodeId]) -> Vec<NodeId> {
@@ -449,16 +456,25 @@ mod tests {
     }
 
     #[test]
-    fn replicas_are_one_by_default_or_every_node() {
-        assert_eq!(parse(THREE_NODES).unwrap().replicas, 1);
+    fn replicas_are_three_by_default_on_three_nodes_and_at_most_the_node_count() {
+        assert_eq!(parse(THREE_NODES).unwrap().replicas, 3);
         let with =
             |line: &str| THREE_NODES.replace("partitions = 7", &format!("partitions = 7\n{line}"));
-        assert_eq!(parse(&with("replicas = 3")).unwrap().replicas, 3);
-        assert_eq!(parse(&with("replicas = 1")).unwrap().replicas, 1);
-        for refused in ["replicas = 2", "replicas = 0", "replicas = 5"] {
-            let error = parse(&with(refused)).unwrap_err().to_string();
-            assert!(error.contains("3 nodes keeps 1 copy"), "{refused}: {error}");
+        for given in 1..=3 {
+            let parsed = parse(&with(&format!("replicas = {given}"))).unwrap();
+            assert_eq!(parsed.replicas, given);
         }
+        for refused in ["replicas = 0", "replicas = 4"] {
+            let error = parse(&with(refused)).unwrap_err().to_string();
+            assert!(
+                error.contains("3 nodes keeps 1 to 3 copies"),
+                "{refused}: {error}"
+            );
+        }
+        let two_nodes = "map_version = 1\npartitions = 2\nsecret = \"sixteen bytes or more\"\n\
+                         [[nodes]]\nid = 0\nhttp = \"127.0.0.1:1\"\npeer = \"127.0.0.1:2\"\n\
+                         [[nodes]]\nid = 1\nhttp = \"127.0.0.1:3\"\npeer = \"127.0.0.1:4\"\n";
+        assert_eq!(parse(two_nodes).unwrap().replicas, 1);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::storages::open_storages;
-use walletd_core::model::partition::{NodeAddress, NodeId, PartitionMap};
+use walletd_core::model::partition::{NodeAddress, NodeId, PartitionId, PartitionMap};
 use walletd_core::protocol::coordinator::CoordinatorConfig;
 use walletd_runtime::driver::DriverConfig;
 use walletd_runtime::engine::EngineConfig;
@@ -99,13 +99,14 @@ pub(crate) fn node_config(args: &NodeArgs) -> Result<NodeConfig, NodeRunError> {
 }
 
 /// Where each partition's log is kept, for the event feed's answer about a partition of
-/// another node (empty for a partition of this one): its node and that node's HTTP address.
-fn partition_homes(map: &PartitionMap, id: NodeId) -> Vec<String> {
+/// another node (empty for a partition kept here, as `local` says): its owner and that
+/// node's HTTP address.
+pub fn partition_homes(map: &PartitionMap, local: impl Fn(PartitionId) -> bool) -> Vec<String> {
     (0..map.partitions())
         .map(|partition| {
             let owner = map.owner(partition);
             match map.nodes.get(&owner) {
-                Some(_) if owner == id => String::new(),
+                _ if local(partition) => String::new(),
                 Some(address) => format!("node {owner} (HTTP {})", address.http),
                 None => format!("node {owner}"),
             }
@@ -116,7 +117,11 @@ fn partition_homes(map: &PartitionMap, id: NodeId) -> Vec<String> {
 /// The HTTP address of the node that keeps each partition not kept here (`None` for those
 /// kept here), where history and `as_of` reads are forwarded. Forwarding speaks plain HTTP:
 /// with HTTPS on the API, nothing is forwarded and such reads answer 503.
-fn forward_addresses(map: &PartitionMap, id: NodeId, https: bool) -> Vec<Option<String>> {
+pub fn forward_addresses(
+    map: &PartitionMap,
+    local: impl Fn(PartitionId) -> bool,
+    https: bool,
+) -> Vec<Option<String>> {
     if https {
         tracing::warn!("history of accounts on other nodes is not forwarded over HTTPS");
         return Vec::new();
@@ -124,7 +129,7 @@ fn forward_addresses(map: &PartitionMap, id: NodeId, https: bool) -> Vec<Option<
     (0..map.partitions())
         .map(|partition| {
             let owner = map.owner(partition);
-            let address = map.nodes.get(&owner).filter(|_| owner != id)?;
+            let address = map.nodes.get(&owner).filter(|_| !local(partition))?;
             Some(address.http.clone())
         })
         .collect()
@@ -244,7 +249,7 @@ async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
     } = start;
     if replicas > 1 {
         let root = node_root(&args);
-        return crate::replicated_node::run(&args, map, secret, links_tls, root).await;
+        return crate::replicated_node::run(&args, map, replicas, secret, links_tls, root).await;
     }
     let address: NodeAddress = map.nodes[&args.id].clone();
     let http_tls = api_tls(&args.service)?;
@@ -286,8 +291,9 @@ async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
     };
     log_recovery(node.engine().recovery_reports());
     let following = etcd.map(|store| Following::start(store, &node, &args, &root));
-    let homes = partition_homes(&map, args.id);
-    let forward_to = forward_addresses(&map, args.id, http_tls.is_some());
+    let local = |partition| map.owner(partition) == args.id;
+    let homes = partition_homes(&map, local);
+    let forward_to = forward_addresses(&map, local, http_tls.is_some());
     let stats: Vec<_> = (node.engine().local_partitions().iter().copied())
         .zip(node.engine().stats().iter().cloned())
         .collect();

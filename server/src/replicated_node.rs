@@ -1,24 +1,35 @@
-//! `wallet node` of a replicated cluster (`replicas` in the cluster file equal to its node
-//! count): every partition is a Raft group with a replica on every node
-//! ([`walletd_runtime::net::replicated`]).
+//! `wallet node` of a replicated cluster (`replicas` in the cluster file above 1): every
+//! partition is a Raft group with replicas on `replicas` distinct nodes, its owner and the
+//! nodes after it in id order ([`walletd_runtime::net::replicated`]).
 //!
-//! The data directory holds every partition: `<data-dir>/node-<id>/partition-<p>/` its log
-//! and snapshots as on any node, and `<data-dir>/node-<id>/raft/partition-<p>/` its Raft
-//! store (hard state and log entries; [`FileRaftStore`]). A request for any account is
-//! served through this node's replica of the account's partition, which hands it to its
-//! group's leader; while a group elects one, requests wait up to two seconds and then
-//! answer 503 `partition_unavailable` (clients retry with the same transaction id). History,
-//! `as_of` balances and the event feed read this node's own copy of every partition's log,
-//! which holds committed records only.
+//! The data directory holds the partitions this node has a replica of:
+//! `<data-dir>/node-<id>/partition-<p>/` its log and snapshots as on any node, and
+//! `<data-dir>/node-<id>/raft/partition-<p>/` its Raft store (hard state and log entries;
+//! [`FileRaftStore`]). A request for any account is served through this node's replica of
+//! the account's partition, which hands it to its group's leader, or, for a partition with
+//! no replica here, sent to a node that has one; while a group elects a leader, requests
+//! wait up to two seconds and then answer 503 `partition_unavailable` (clients retry with
+//! the same transaction id). History, `as_of` balances and the event feed read this node's
+//! own copy of a partition's log, which holds committed records only, and are forwarded
+//! over HTTP to the partition's first replica node for the others.
+//!
+//! A Raft store that is damaged before its tail (a record that a later one says was synced
+//! does not check out) is moved aside to `raft/partition-<p>.damaged-<unix seconds>/`, and
+//! the replica starts with a new, empty store: it rejoins its group under a new id and
+//! catches up from the others, as a replica whose disk was lost does
+//! ([`walletd_core::replica::membership`]). Its partition log, which holds committed records
+//! only, is kept.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use walletd_core::model::partition::{NodeAddress, PartitionId, PartitionMap};
-use walletd_core::replica::DurableRaft;
+use walletd_core::model::partition::{NodeAddress, NodeId, PartitionId, PartitionMap};
+use walletd_core::replica::{DurableRaft, LogLimits};
 use walletd_runtime::driver::DriverStats;
-use walletd_runtime::net::replicated::{start_replicated_node_with, voters, ReplicatedConfig};
+use walletd_runtime::net::replicated::{
+    hosted_partitions, replica_nodes, start_replicated_node_with, voters_of, ReplicatedConfig,
+};
 use walletd_runtime::net::{bind_peer_address, MutualTls, Tcp};
 use walletd_runtime::storage::file::{FileStorage, FileStorageConfig};
 use walletd_runtime::storage::raft_store::file::FileRaftStore;
@@ -26,7 +37,7 @@ use walletd_runtime::storage::raft_store::file::FileRaftStore;
 use crate::api::cluster::ClusterView;
 use crate::cli::NodeArgs;
 use crate::datadir::DataDir;
-use crate::node::{node_config, NodeRunError};
+use crate::node::{forward_addresses, node_config, partition_homes, NodeRunError};
 use crate::serve::{api_tls, bind_http, build_api_for, options, serve_http, ServeError};
 
 /// Where partition `partition`'s Raft store lives under a node's root.
@@ -34,10 +45,38 @@ pub fn raft_dir(root: &Path, partition: PartitionId) -> PathBuf {
     root.join("raft").join(format!("partition-{partition}"))
 }
 
+/// Opens the Raft store in `dir`; a damaged one is moved aside and a new one started (see
+/// the module docs).
+fn open_raft_store(dir: &Path, voters: &[u64]) -> std::io::Result<FileRaftStore> {
+    let error = match FileRaftStore::open(dir, DurableRaft::new(voters)) {
+        Ok(store) => return Ok(store),
+        Err(error) if error.kind() == std::io::ErrorKind::InvalidData => error,
+        Err(error) => return Err(error),
+    };
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let aside = dir.with_file_name(format!("{name}.damaged-{}", since_epoch.as_secs()));
+    tracing::error!(
+        store = %dir.display(),
+        moved_to = %aside.display(),
+        %error,
+        "the Raft store is damaged; it is moved aside and the replica rejoins its group \
+         under a new id"
+    );
+    std::fs::rename(dir, &aside)?;
+    if let Some(parent) = dir.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    FileRaftStore::open(dir, DurableRaft::new(voters))
+}
+
 /// Runs node `args.id` of the replicated cluster of `map` until a signal.
 pub async fn run(
     args: &NodeArgs,
     map: PartitionMap,
+    replicas: u32,
     secret: Vec<u8>,
     links_tls: Option<MutualTls>,
     root: PathBuf,
@@ -46,15 +85,16 @@ pub async fn run(
     let http_tls = api_tls(&args.service)?;
     let options = options(&args.service)?;
     let partitions = map.partitions();
-    let every: Vec<PartitionId> = (0..partitions).collect();
+    let hosted = hosted_partitions(&map, args.id, replicas);
     let dir = DataDir::create_or_check(&root, partitions).map_err(ServeError::from)?;
-    dir.claim_for_node(args.id, &every)
+    dir.claim_for_node(args.id, &hosted)
         .map_err(ServeError::from)?;
     tracing::info!(
         node = args.id,
         data_dir = %root.display(),
         partitions,
-        replicas = map.nodes.len(),
+        hosted = ?hosted,
+        replicas,
         map_version = map.version,
         peer = address.peer,
         peer_tls = links_tls.is_some(),
@@ -62,16 +102,21 @@ pub async fn run(
     );
     let mut election_seed = [0u8; 8];
     getrandom::fill(&mut election_seed).map_err(|e| NodeRunError::Random(e.to_string()))?;
-    let config = ReplicatedConfig::new(node_config(args)?, u64::from_le_bytes(election_seed));
-    let voters = voters(&map);
-    let mut storages = Vec::with_capacity(partitions as usize);
-    for partition in every {
+    let mut config = ReplicatedConfig::new(node_config(args)?, u64::from_le_bytes(election_seed));
+    config.replicas = Some(replicas);
+    config.log = LogLimits {
+        compact_after: args.raft_compact_after,
+        keep: args.raft_compact_after / 4,
+    };
+    let mut storages = Vec::with_capacity(hosted.len());
+    for &partition in &hosted {
+        let voters = voters_of(&map, partition, replicas);
         let io = |what: String| move |source| ServeError::Io { what, source };
         let path = dir.partition_dir(partition);
         let storage = FileStorage::open(&path, FileStorageConfig::default())
             .map_err(io(format!("cannot open {}", path.display())))?;
         let raft = raft_dir(&root, partition);
-        let store = FileRaftStore::open(&raft, DurableRaft::new(&voters))
+        let store = open_raft_store(&raft, &voters)
             .map_err(io(format!("cannot open the Raft store {}", raft.display())))?;
         storages.push((storage, store));
     }
@@ -86,11 +131,15 @@ pub async fn run(
             start_replicated_node_with(Tcp, listener, &map, id, secret, storages, config).await?
         }
     };
-    let stats: Vec<(PartitionId, Arc<DriverStats>)> = (0..partitions).zip(node.stats()).collect();
-    // Every partition's log is here: nothing is forwarded for history.
-    let homes = vec![String::new(); partitions as usize];
-    let forward_to = vec![None; partitions as usize];
-    let view = ClusterView::replicated(&map, args.id, node.links(), node.statuses());
+    let stats: Vec<(PartitionId, Arc<DriverStats>)> = node.stats();
+    // History and the feed of a partition with no replica here are its owner's to answer.
+    let local = |partition| hosted.contains(&partition);
+    let homes = partition_homes(&map, local);
+    let forward_to = forward_addresses(&map, local, http_tls.is_some());
+    let groups: Vec<Vec<NodeId>> = (0..partitions)
+        .map(|partition| replica_nodes(&map, partition, replicas))
+        .collect();
+    let view = ClusterView::replicated(&map, args.id, node.links(), groups, node.statuses());
     let api = build_api_for(node.client(), stats, dir, options, homes, forward_to)
         .with_cluster(view)
         .with_replicas(node.statuses());

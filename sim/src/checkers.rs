@@ -26,7 +26,7 @@ use crate::model::Model;
 
 /// The invariants, in the order they are checked and reported: core's, with the oracle
 /// before the protocol, then what only a sweep or a crash shows.
-pub const INVARIANTS: [&str; 17] = [
+pub const INVARIANTS: [&str; 19] = [
     "no_hanging",
     "exactly_once",
     "no_negative",
@@ -40,6 +40,8 @@ pub const INVARIANTS: [&str; 17] = [
     "commit_point",
     "log_matching",
     ONE_LEADER_PER_TERM,
+    crate::nemesis::SLOW_FOLLOWER,
+    crate::reads::LINEARIZABLE_READS,
     "oracle",
     "protocol",
     "determinism",
@@ -169,6 +171,7 @@ pub fn check(state: &FinalState<'_>) -> Vec<Violation> {
             .map(|what| Violation::new("damage_refused", what.clone())),
     );
     found.extend(state.replication.iter().cloned());
+    crate::reads::check(state, &mut found);
     oracle(state, &mut found);
     if state.protocol_violations > 0 {
         found.push(Violation::new(

@@ -52,10 +52,14 @@ pub enum Fault {
     /// candidate it voted for is cut off and the old leader comes back: the worst moment for
     /// a replica that forgets its vote.
     CrashVoter,
+    /// Replicated runs: one follower of a partition's group gets a slow Raft store (each
+    /// sync of that group's store takes 50-500 ms) for a while, then recovers: the group
+    /// must keep committing on the others, and the slow one must catch up.
+    SlowFollower,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 15] = [
+    pub const ALL: [Fault; 16] = [
         Fault::Kill,
         Fault::Torn,
         Fault::Partition,
@@ -71,6 +75,7 @@ impl Fault {
         Fault::KillLeader,
         Fault::Isolate,
         Fault::CrashVoter,
+        Fault::SlowFollower,
     ];
 
     pub fn name(self) -> &'static str {
@@ -90,6 +95,7 @@ impl Fault {
             Fault::KillLeader => "killleader",
             Fault::Isolate => "isolate",
             Fault::CrashVoter => "crashvoter",
+            Fault::SlowFollower => "slowfollower",
         }
     }
 
@@ -98,7 +104,9 @@ impl Fault {
     /// finds it, which a replica cannot do yet without a way to rebuild from its peers.
     pub fn applies(self, replicated: bool) -> bool {
         match self {
-            Fault::KillLeader | Fault::Isolate | Fault::CrashVoter => replicated,
+            Fault::KillLeader | Fault::Isolate | Fault::CrashVoter | Fault::SlowFollower => {
+                replicated
+            }
             Fault::Damage => !replicated,
             _ => true,
         }
@@ -203,7 +211,8 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
-    /// The default run: 3 nodes, 6 partitions, 20 clients, 60 s of load, every fault on.
+    /// The default run: 3 nodes, each a replica of every one of 6 partitions, 20 clients,
+    /// 60 s of load, every fault on.
     pub fn standard(seed: u64) -> SimConfig {
         SimConfig {
             seed,
@@ -215,7 +224,7 @@ impl SimConfig {
             duration: Duration::from_secs(60),
             quiesce_max: Duration::from_secs(120),
             faults: FaultSet::all(),
-            replicas: 1,
+            replicas: SimConfig::default_replicas(3),
             bug: None,
             verbose: false,
             client_timeout: Duration::from_secs(4),
@@ -248,13 +257,22 @@ impl SimConfig {
         if self.duration != standard.duration {
             out.push_str(&format!(" --duration-s {}", self.duration.as_secs()));
         }
-        if self.replicas != standard.replicas {
-            out.push_str(&format!(" --replicas {}", self.replicas));
-        }
+        // Always: the default depends on the number of nodes, and may change.
+        out.push_str(&format!(" --replicas {}", self.replicas));
         if self.faults != standard.faults {
             out.push_str(&format!(" --faults {}", self.faults));
         }
         out
+    }
+
+    /// The copies of each partition when `--replicas` is not given: a replica on every node
+    /// of a cluster of 3 nodes or more (3 in the standard 3-node run), one copy below that.
+    pub fn default_replicas(nodes: u32) -> u32 {
+        if nodes >= 3 {
+            nodes
+        } else {
+            1
+        }
     }
 
     /// Whether every partition is a Raft group with a replica on every node.
@@ -290,7 +308,10 @@ impl SimConfig {
             );
         }
         if self.replicated() && self.partitions < self.nodes {
-            return Err("a replicated run needs at least as many partitions as nodes".into());
+            return Err(
+                "a replicated run needs at least as many partitions as nodes (--replicas 1 runs unreplicated)"
+                    .into(),
+            );
         }
         if self.duration.is_zero() {
             return Err("the run must last at least 1 s".into());

@@ -444,6 +444,13 @@ impl Storage for SimStorage {
             .collect())
     }
 
+    async fn log_segments(&mut self) -> io::Result<Vec<SegmentRef>> {
+        let segments = self.log.list_segments()?;
+        Ok((segments.into_iter())
+            .map(|(first_lsn, name)| SegmentRef { first_lsn, name })
+            .collect())
+    }
+
     async fn read_segment(&mut self, segment: &SegmentRef) -> io::Result<Vec<u8>> {
         self.log.read(&segment.name)
     }

@@ -154,6 +154,18 @@ pub struct HistoryState {
     pub violations: Vec<ClientViolation>,
     /// The decision boundaries the clients saw themselves reach.
     pub hits: Hits,
+    /// What the clients' probes of cut-off nodes did (see `Client::probe`).
+    pub probes: Probes,
+}
+
+/// Counts of the probes of a server node cut off from its peers: deposits sent through
+/// another node, those acknowledged, and the reads through the cut-off node that followed
+/// and were answered (each one a stale read unless that node still leads its group).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Probes {
+    pub deposits: u64,
+    pub acknowledged: u64,
+    pub answered: u64,
 }
 
 /// The shared history of a run.

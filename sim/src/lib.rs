@@ -30,6 +30,7 @@
 //! - [`storage_faults`]: damage to synced data, and what the restarts on it must do.
 //! - [`history`]: what the clients were told, and when.
 //! - [`model`]: the oracle, an independent sequential model of a partition log.
+//! - [`reads`]: linearizable balance reads, from the clients' times and the final logs.
 //! - [`live`]: the invariants checked at every instant, while the run goes.
 //! - [`late`]: retries of a run's first transfers once it has quiesced: the cold path.
 //! - [`checkers`]: the named invariants, checked at the end of a run.
@@ -56,6 +57,7 @@ pub mod nemesis;
 pub mod network;
 pub mod panics;
 pub mod raft_disk;
+pub mod reads;
 pub mod replica_logs;
 pub mod replicas;
 pub mod rng;

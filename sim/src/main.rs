@@ -41,16 +41,18 @@ OPTIONS:
   --bug NAME             switch a known bug on: skip-barrier, reply-before-sync,
                          no-idempotency, credit-before-debit, retry-failed-sync,
                          refusal-unrecorded, recovery-trusts-unsynced,
-                         rollover-without-dir-sync; with --replicas:
-                         ack-before-quorum, forget-vote
+                         rollover-without-dir-sync, cancel-after-durable-credit,
+                         commit-on-home-only, confirm-sent-once; replicated:
+                         ack-before-quorum, forget-vote, stale-read
   --nodes N              server nodes [3]
   --partitions N         partitions, spread over the nodes [6]
   --replicas N           1, or the number of nodes: every node runs a replica of every
-                         partition (Raft groups) [1]
+                         partition (Raft groups) [the number of nodes if 3 or more, else 1]
   --duration-s S         simulated seconds of load and faults before healing [60]
   --faults LIST          none, all, or a comma list of kill,torn,partition,clog,loss,dup,
-                         reset,delay,slowdisk,diskerror,clockjump,damage; with --replicas
-                         also killleader,isolate,crashvoter, and never damage [all]
+                         reset,delay,slowdisk,diskerror,clockjump,damage; replicated
+                         also killleader,isolate,crashvoter,slowfollower, and never
+                         damage [all]
   --jobs N               runs at a time in a sweep [2]
   --fail-fast            stop a sweep at its first failing seed
   --check-determinism    run the seed twice in separate processes and compare the traces
@@ -94,6 +96,7 @@ The line before it counts the decision boundaries the clients hit
         let mut check_determinism = false;
         let mut regressions = None;
         let mut passthrough = Vec::new();
+        let mut replicas = None;
         // `cargo sim -- ...` hands the program a literal `--` first: skip it.
         let mut args = raw.into_iter().filter(|a| a != "--");
         while let Some(flag) = args.next() {
@@ -134,7 +137,7 @@ The line before it counts the decision boundaries the clients hit
                 }
                 "--replicas" => {
                     let value = args.next();
-                    config.replicas = parse_number(&flag, value.clone())?;
+                    replicas = Some(parse_number(&flag, value.clone())?);
                     pass(&value);
                 }
                 "--partitions" => {
@@ -165,6 +168,7 @@ The line before it counts the decision boundaries the clients hit
                 other => return Err(format!("unknown argument {other:?} (see --help)")),
             }
         }
+        config.replicas = replicas.unwrap_or(SimConfig::default_replicas(config.nodes));
         match (seed, seeds) {
             _ if regressions.is_some() => {}
             (Some(_), Some(_)) => return Err("give either --seed or --seeds".into()),

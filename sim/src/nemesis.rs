@@ -23,6 +23,8 @@ use crate::storage_faults::StorageFaults;
 
 mod leaders;
 
+pub use leaders::{SlowEpisode, SlowFollowers, SLOW_FOLLOWER};
+
 /// Pause between two injections (uniform in this range, in ms).
 const GAP_MS: (u64, u64) = (200, 2_500);
 /// Share of kills that wait for a node with unsynced bytes.
@@ -65,6 +67,11 @@ enum Undo {
     DiskRepaired(usize),
     /// Cut the power of a node the moment it has recovered (scheduled with its restart).
     PowerLossAfterRecovery(usize),
+    /// The `slowfollower` fault ends: the Raft store of `node`'s replica of `partition` is
+    /// normal again. `episode` tells what the group was at the start.
+    FollowerNormal(SlowEpisode),
+    /// Some time after a slow follower recovered: has it caught up?
+    FollowerCaughtUp(SlowEpisode),
     /// Restart a node whose partition's disk holds damage to synced data: it must refuse.
     RestartDamaged {
         node: usize,
@@ -92,6 +99,11 @@ pub struct Nemesis {
     start: Instant,
     /// When injections end (a storage fault's restart must come before).
     until: Instant,
+    /// What the `slowfollower` episodes saw.
+    pub slow_followers: SlowFollowers,
+    /// Invariants the nemesis saw broken itself (a group that stopped committing while only
+    /// one follower was slow, or a follower that did not catch up).
+    pub violations: Vec<(&'static str, String)>,
 }
 
 fn ms(rng: &mut ChaCha8Rng, range: (u64, u64)) -> Duration {
@@ -113,6 +125,8 @@ impl Nemesis {
             verbose,
             start: Instant::now(),
             until: Instant::now(),
+            slow_followers: SlowFollowers::default(),
+            violations: Vec::new(),
         }
     }
 
@@ -171,7 +185,11 @@ impl Nemesis {
     /// Ends every fault: restarts dead nodes, heals the network and the disks.
     pub fn heal(&mut self, cluster: &mut Cluster) {
         for (_, undo) in std::mem::take(&mut self.pending) {
-            self.undo(cluster, undo);
+            match undo {
+                // Judged only while faults run: the heal makes every disk normal below.
+                Undo::FollowerNormal(_) | Undo::FollowerCaughtUp(_) => {}
+                undo => self.undo(cluster, undo),
+            }
         }
         cluster.set_faults(LinkFaults::default());
         for n in cluster.nodes_down() {
@@ -179,6 +197,11 @@ impl Nemesis {
         }
         for node in &cluster.nodes {
             node.speed.slow_us_max.store(0, Ordering::Relaxed);
+        }
+        for n in 0..cluster.nodes.len() as HostId {
+            for raft in cluster.shared.raft_disks(n) {
+                raft.lock().slow_sync_us = None;
+            }
         }
         self.note("heal: network healed, every node up, disks normal".into());
     }
@@ -196,6 +219,7 @@ impl Nemesis {
             Fault::KillLeader => self.kill_leader(cluster).await,
             Fault::Isolate => self.isolate(cluster),
             Fault::CrashVoter => self.crash_voter(cluster).await,
+            Fault::SlowFollower => self.slow_follower(cluster),
             Fault::ClockJump => {
                 let jump = ms(&mut self.rng, (200, 5_000));
                 self.note(format!("clock jumps forward {jump:?}"));
@@ -529,6 +553,10 @@ impl Nemesis {
                 for link in links {
                     faults.cut.remove(link);
                 }
+                let isolated = faults.isolated.as_ref().map(|isolated| isolated.node);
+                if isolated.is_some_and(|node| links.iter().any(|link| link.0 == node)) {
+                    faults.isolated = None;
+                }
                 self.note("partition healed".into());
             }
             Undo::Unclog(link) => {
@@ -538,6 +566,8 @@ impl Nemesis {
             Undo::LossOff => faults.loss_ppm = 0,
             Undo::DupOff => faults.dup_ppm = 0,
             Undo::JitterOff => faults.jitter_us_max = 0,
+            Undo::FollowerNormal(episode) => self.follower_normal(cluster, episode),
+            Undo::FollowerCaughtUp(episode) => self.follower_caught_up(cluster, episode),
             Undo::DiskNormal(n) => cluster.nodes[*n]
                 .speed
                 .slow_us_max

@@ -55,6 +55,21 @@ pub struct LinkFaults {
     pub dup_ppm: u32,
     /// Upper bound of the extra random delay (reordering), in microseconds.
     pub jitter_us_max: u64,
+    /// The server node the `isolate` fault cut off from the other server nodes, if it is
+    /// on: clients aim reads at it (see `Client::probe`).
+    pub isolated: Option<Isolated>,
+}
+
+/// A server node cut off from the other server nodes (clients still reach it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Isolated {
+    pub node: HostId,
+    /// The partitions it led when it was cut off.
+    pub led: Vec<PartitionId>,
+    /// Clients' requests that go to any node skip it, as a load balancer that drains a node
+    /// would: it then proposes nothing its clients sent, which it could not commit and
+    /// behind which its answers to reads would wait.
+    pub drained: bool,
 }
 
 /// What a client asks a gateway: what an HTTP handler of `wallet node` would run.
@@ -91,6 +106,8 @@ pub enum Route {
     /// The node that owns the partition: the harness's final reads, which test nothing of
     /// the links and need not pay for them.
     Owner,
+    /// This node (it may be down: the request is then dropped).
+    Node(HostId),
 }
 
 /// A gateway's answer; an unavailable partition answers nothing.
@@ -179,6 +196,11 @@ impl Network {
         self.lock().faults = faults;
     }
 
+    /// The server nodes that run a gateway.
+    pub fn gateways(&self) -> Vec<HostId> {
+        self.lock().gateways.clone()
+    }
+
     pub fn stats(&self) -> NetStats {
         self.lock().stats
     }
@@ -217,10 +239,17 @@ impl Network {
         let mut state = self.lock();
         let to = match route {
             Route::Any => {
-                let n = self.rng.lock().gen_range(0..state.gateways.len());
-                state.gateways[n]
+                let drained = (state.faults.isolated.as_ref())
+                    .filter(|isolated| isolated.drained && state.gateways.len() > 1)
+                    .map(|isolated| isolated.node);
+                let gateways = (state.gateways.iter())
+                    .filter(|g| Some(**g) != drained)
+                    .collect::<Vec<_>>();
+                let n = self.rng.lock().gen_range(0..gateways.len());
+                *gateways[n]
             }
             Route::Owner => state.owners[request.partition(state.owners.len() as u32) as usize],
+            Route::Node(node) => node,
         };
         state.stats.sent += 1;
         if self.lost(&state, from, to) {

@@ -19,6 +19,7 @@
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use rand::Rng;
 use walletd_core::replica::{DurableRaft, Persist, ReplicaId};
@@ -40,6 +41,9 @@ pub struct RaftDiskState {
     pub crashes: u64,
     /// Persists a power loss took (appended, never synced).
     pub lost_persists: u64,
+    /// While the `slowfollower` fault slows this store alone: each sync takes a time drawn
+    /// from this range, in microseconds, in place of the disk's usual time.
+    pub slow_sync_us: Option<(u64, u64)>,
 }
 
 impl RaftDiskState {
@@ -160,11 +164,23 @@ impl RaftStore for SimRaftStore {
     }
 
     async fn sync(&mut self) -> io::Result<()> {
-        drop(self.live()?);
+        let slow = self.live()?.slow_sync_us;
+        let delay = match slow {
+            Some((min, max)) => Duration::from_micros(self.disk.rng.lock().gen_range(min..=max)),
+            None => sync_delay(&self.disk.speed, &self.disk.rng),
+        };
         // The window in which a crash finds the persists written but not synced.
-        tokio::time::sleep(sync_delay(&self.disk.speed, &self.disk.rng)).await;
+        tokio::time::sleep(delay).await;
         let mut state = self.live()?;
         state.sync();
+        state.syncs += 1;
+        Ok(())
+    }
+
+    async fn reset(&mut self, durable: DurableRaft) -> io::Result<()> {
+        let mut state = self.live()?;
+        state.unsynced.clear();
+        state.durable = durable;
         state.syncs += 1;
         Ok(())
     }

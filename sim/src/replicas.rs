@@ -122,6 +122,12 @@ impl ReplicaState {
             .map(|((host, _), _)| *host)
     }
 
+    /// The commit index of `host`'s replica of `partition`, if it runs.
+    pub fn commit_index(&self, host: HostId, partition: PartitionId) -> Option<u64> {
+        let running = self.running.get(&(host, partition))?;
+        Some(running.status.commit_index.load(Ordering::Acquire))
+    }
+
     /// Whether the group of every partition is at rest on the nodes `up`: each has one
     /// leader that takes commands and has nothing in flight, and every replica has committed
     /// and applied what the leader has.
@@ -223,12 +229,9 @@ pub async fn run_node(shared: Arc<Shared>, host: HostId) {
         let mut state = shared.lock();
         state.starts.insert(host, StartOutcome::Running);
         let replicas = node.statuses().into_iter().zip(node.stats());
-        for (p, (status, stats)) in replicas.enumerate() {
+        for ((p, status), (_, stats)) in replicas {
             let running = Running { status, stats };
-            state
-                .replicas
-                .running
-                .insert((host, p as PartitionId), running);
+            state.replicas.running.insert((host, p), running);
         }
         shared.net.register(host, calls);
     }

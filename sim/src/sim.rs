@@ -293,6 +293,10 @@ async fn simulate(
                 .map(|what| Violation::new(Invariant::Durability.name(), what.clone())),
         );
     }
+    replication.extend(
+        (nemesis.violations.iter())
+            .map(|(invariant, what)| Violation::new(invariant, what.clone())),
+    );
     let history_state = history.lock();
     let state = FinalState {
         partitions: config.partitions,
@@ -325,6 +329,9 @@ async fn simulate(
         storage: nemesis.storage.clone(),
     }
 }
+
+/// Probers of a replicated run, besides its clients (see `Client::run_prober`).
+const PROBERS: u32 = 3;
 
 /// A client's connection: requests from `host` over the run's network.
 fn requester(config: &SimConfig, cluster: &Cluster, host: HostId, route: Route) -> Requester {
@@ -361,6 +368,23 @@ async fn load_under_faults(
             );
             node.spawn(client.run())
         })
+        .collect();
+    // Replicated runs: probers, which hunt for stale reads from cut-off leaders.
+    let probers = if config.replicated() { PROBERS } else { 0 };
+    let clients: Vec<_> = (clients.into_iter())
+        .chain((config.clients..config.clients + probers).map(|i| {
+            let (host, node) = &cluster.client_hosts[(i % config.client_hosts) as usize];
+            let prober = Client::new(
+                config,
+                i,
+                requester(config, cluster, *host, Route::Any),
+                history.clone(),
+                Arc::clone(specs),
+                stream(config.seed, Purpose::Client(i)),
+                Arc::clone(&stop),
+            );
+            node.spawn(prober.run_prober())
+        }))
         .collect();
     let nemesis_rng = stream(config.seed, Purpose::Nemesis);
     let mut nemesis = Nemesis::new(
@@ -556,9 +580,12 @@ fn summary(
         (verdict.conservation_checks, verdict.releases)
     };
     let summary = format!(
-        "ops={} attempts={attempts} answered={answered} expected_answers={expected} reads={} client messages sent={} delivered={} dropped={} peer connections={} frames={} bytes={} resets={} broken_after_write={} disk crashes={crashes} torn={torn} syncs={syncs} failed_syncs={failed_syncs} failed_snapshots={failed_snapshots} recoveries={recoveries} from_snapshot={from_snapshot} cold_chunks={cold_chunks} torn_cut={torn_cut} faults={} quiesced={quiesced} live_conservation_checks={live_conservation} live_releases_checked={live_releases} simulated={:.1}s",
+        "ops={} attempts={attempts} answered={answered} expected_answers={expected} reads={} probes={}/{}/{} client messages sent={} delivered={} dropped={} peer connections={} frames={} bytes={} resets={} broken_after_write={} disk crashes={crashes} torn={torn} syncs={syncs} failed_syncs={failed_syncs} failed_snapshots={failed_snapshots} recoveries={recoveries} from_snapshot={from_snapshot} cold_chunks={cold_chunks} torn_cut={torn_cut} faults={} quiesced={quiesced} live_conservation_checks={live_conservation} live_releases_checked={live_releases} simulated={:.1}s",
         history.ops.len(),
         history.reads.len(),
+        history.probes.deposits,
+        history.probes.acknowledged,
+        history.probes.answered,
         net.sent,
         net.delivered,
         net.dropped,
@@ -571,14 +598,14 @@ fn summary(
         madsim::time::TimeHandle::current().elapsed().as_secs_f64(),
     );
     if cluster.shared.replicated() {
-        return format!("{summary} {}", replication_summary(cluster));
+        return format!("{summary} {}", replication_summary(cluster, nemesis));
     }
     summary
 }
 
 /// What the Raft groups of a replicated run did: terms in which a leader was seen, and their
 /// Raft stores' syncs, crashes and persists lost to power losses.
-fn replication_summary(cluster: &Cluster) -> String {
+fn replication_summary(cluster: &Cluster, nemesis: &Nemesis) -> String {
     let (mut syncs, mut crashes, mut lost) = (0, 0, 0);
     for replica in &cluster.shared.replicas {
         for raft in &replica.rafts {
@@ -589,8 +616,10 @@ fn replication_summary(cluster: &Cluster) -> String {
         }
     }
     let terms_led = cluster.shared.lock().replicas.terms_led();
+    let slow = nemesis.slow_followers;
     format!(
-        "terms_led={terms_led} raft_syncs={syncs} raft_crashes={crashes} raft_persists_lost={lost}"
+        "terms_led={terms_led} raft_syncs={syncs} raft_crashes={crashes} raft_persists_lost={lost} slow_followers={} committed_while_slow={} judged={} caught_up={}",
+        slow.episodes, slow.committed, slow.alone, slow.caught_up
     )
 }
 

@@ -32,6 +32,21 @@ const TRANSFER_MINOR_MAX: u64 = 8_000;
 const SETUP_ATTEMPTS_MAX: u32 = 20;
 /// Ops a client remembers for idempotent repeats and conflicting reuses.
 const REMEMBERED_MAX: usize = 256;
+/// How often a prober looks for a server node cut off from its peers.
+const PROBER_POLL: Duration = Duration::from_millis(5);
+/// How long a probe waits for the cut-off node's answer to a read: a node that still takes
+/// itself for its group's leader answers at once or not at all (it cannot reach a majority
+/// to confirm that it leads, and its answers may wait behind a write it cannot commit).
+const PROBE_READ_TIMEOUT: Duration = Duration::from_millis(200);
+/// A probe's deposit is retried quickly, on short timeouts, so that it is acknowledged soon
+/// after the group's new leader is elected, while the cut-off node may still take itself for
+/// the leader: a forwarded request waits as long as the leader it was forwarded to is cut
+/// off, past any election.
+const PROBE_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(100);
+const PROBE_PAUSE: Duration = Duration::from_millis(10);
+/// Pause between two probes of one prober.
+const PROBE_GAP: Duration = Duration::from_millis(20);
+const PROBE_ATTEMPTS_MAX: u32 = 40;
 
 /// An account of the workload and its currency.
 #[derive(Debug, Clone, Copy)]
@@ -225,6 +240,20 @@ impl Client {
             let think = self.rng.gen_range(0..=self.think_max.as_micros() as u64);
             tokio::time::sleep(Duration::from_micros(think)).await;
             self.step().await;
+        }
+    }
+
+    /// A prober (replicated runs): sends nothing until a server node is cut off from the
+    /// other server nodes, then probes it (see [`Client::probe`]) until it is back.
+    pub async fn run_prober(mut self) {
+        while !self.stop.load(Ordering::Relaxed) {
+            match self.requester.net.faults().isolated {
+                Some(isolated) if !isolated.led.is_empty() => {
+                    self.probe(isolated.node, &isolated.led).await;
+                    tokio::time::sleep(PROBE_GAP).await;
+                }
+                _ => tokio::time::sleep(PROBER_POLL).await,
+            }
         }
     }
 
@@ -470,13 +499,89 @@ impl Client {
 
     async fn read_balance(&mut self) {
         let spec = self.pick();
-        let partition = partition_of(&spec.id, self.requester.partitions);
+        let requester = self.requester.clone();
+        let _ = self.read_through(&requester, spec).await;
+    }
+
+    /// Hunts for a stale read while server node `isolated` is cut off from the other server
+    /// nodes (clients still reach it): a deposit to an account of `partition` (the one it
+    /// led when it was cut off, if it led one) through another node, which the group's new
+    /// leader commits once one is elected, then, the moment the deposit is acknowledged, a
+    /// read of the account through the cut-off node. Until that node learns that it no
+    /// longer leads (an election timeout without a majority, at most), it takes itself for
+    /// the leader: it must not answer from its own state, which lacks the deposit.
+    async fn probe(&mut self, isolated: HostId, led: &[PartitionId]) {
+        let partitions = self.requester.partitions;
+        let on_led: Vec<AccountSpec> = (self.specs.iter())
+            .filter(|s| led.contains(&partition_of(&s.id, partitions)))
+            .copied()
+            .collect();
+        let Some(&spec) = on_led.choose(&mut self.rng) else {
+            return;
+        };
+        let others: Vec<HostId> = (self.requester.net.gateways().into_iter())
+            .filter(|n| *n != isolated)
+            .collect();
+        let Some(&other) = others.choose(&mut self.rng) else {
+            return;
+        };
+        let minor = match spec.currency {
+            Currency::JPY => self.rng.gen_range(1..=10),
+            _ => self.rng.gen_range(1..=100),
+        };
+        let deposit = Command::Deposit {
+            account: spec.id,
+            amount: amount(minor),
+            currency: spec.currency,
+            transaction_id: self.fresh_id(),
+        };
+        let op = self.history.start(self.index, deposit, Expect::Valid);
+        let through_other = Requester {
+            route: Route::Node(other),
+            timeout: PROBE_ATTEMPT_TIMEOUT,
+            ..self.requester.clone()
+        };
+        self.history.lock().probes.deposits += 1;
+        let mut acknowledged = false;
+        for _ in 0..PROBE_ATTEMPTS_MAX {
+            let still = self.requester.net.faults().isolated;
+            if still.is_none_or(|now| now.node != isolated) {
+                break;
+            }
+            let attempt = through_other.attempt(deposit, false).await;
+            let outcome = attempt.outcome.clone();
+            self.history.attempt(op, attempt);
+            match outcome {
+                Outcome::Answer(Ok(Reply::Balance { .. })) => {
+                    acknowledged = true;
+                    break;
+                }
+                Outcome::Answer(_) => break,
+                Outcome::Unavailable | Outcome::Timeout => {}
+            }
+            tokio::time::sleep(PROBE_PAUSE).await;
+        }
+        if !acknowledged {
+            return;
+        }
+        self.history.lock().probes.acknowledged += 1;
+        let through_isolated = Requester {
+            route: Route::Node(isolated),
+            timeout: PROBE_READ_TIMEOUT,
+            ..self.requester.clone()
+        };
+        let answered = self.read_through(&through_isolated, spec).await;
+        if answered {
+            self.history.lock().probes.answered += 1;
+        }
+    }
+
+    /// Reads `spec`'s balance through `requester`, and records the answer if one came;
+    /// whether one came.
+    async fn read_through(&mut self, requester: &Requester, spec: AccountSpec) -> bool {
+        let partition = partition_of(&spec.id, requester.partitions);
         let sent_us = wall_clock_us();
-        if let Some(answer) = self
-            .requester
-            .query(partition, Query::Account(spec.id))
-            .await
-        {
+        if let Some(answer) = requester.query(partition, Query::Account(spec.id)).await {
             self.history.read(BalanceRead {
                 client: self.index,
                 account: spec.id,
@@ -484,6 +589,8 @@ impl Client {
                 done_us: wall_clock_us(),
                 answer,
             });
+            return true;
         }
+        false
     }
 }

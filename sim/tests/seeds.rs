@@ -7,11 +7,19 @@ use walletd_sim::boundary::Boundary;
 use walletd_sim::config::SimConfig;
 use walletd_sim::sim;
 
+/// A quick unreplicated run (the live checks of the partition driver run only there).
+fn unreplicated(seed: u64) -> SimConfig {
+    SimConfig {
+        replicas: 1,
+        ..SimConfig::quick(seed)
+    }
+}
+
 /// Clean seeds pass, under faults, and their clients reach every decision boundary.
 #[test]
 fn clean_seeds_pass() {
     for seed in [1, 2] {
-        let report = sim::run(&SimConfig::quick(seed));
+        let report = sim::run(&unreplicated(seed));
         assert!(report.ok(), "{}{}", report.details, report.result_line());
         assert!(report.transfers > 100, "{}", report.summary);
         assert!(report.faults > 0, "{}", report.summary);
@@ -30,7 +38,7 @@ fn first_failure(bug: Bug, seeds: u64) -> Option<sim::RunReport> {
         .map(|seed| {
             sim::run(&SimConfig {
                 bug: Some(bug),
-                ..SimConfig::quick(seed)
+                ..unreplicated(seed)
             })
         })
         .find(|report| !report.ok())
@@ -77,7 +85,7 @@ fn skip_barrier_is_caught_as_a_hanging_try() {
 
 #[test]
 fn a_seed_replays_to_the_same_trace() {
-    let config = SimConfig::quick(3);
+    let config = unreplicated(3);
     let (first, second) = (sim::run(&config), sim::run(&config));
     assert_eq!(first.result_line(), second.result_line());
 }

@@ -33,8 +33,9 @@ impl Cluster {
     fn start(extra: &[&str]) -> Cluster {
         let tmp = tempfile::tempdir().expect("tempdir");
         let ports = free_ports(2 * NODES as usize);
-        let mut text =
-            format!("map_version = 1\npartitions = {PARTITIONS}\nsecret = \"{SECRET}\"\n");
+        let mut text = format!(
+            "map_version = 1\npartitions = {PARTITIONS}\nreplicas = 1\nsecret = \"{SECRET}\"\n"
+        );
         let mut addresses = Vec::new();
         for id in 0..NODES as usize {
             let (http, peer) = (ports[id], ports[NODES as usize + id]);

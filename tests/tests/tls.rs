@@ -183,8 +183,9 @@ impl TlsCluster {
             [addr(ports[0]), addr(ports[1])],
             [addr(ports[2]), addr(ports[3])],
         );
-        let mut text =
-            format!("map_version = 1\npartitions = {PARTITIONS}\nsecret = \"{SECRET}\"\n");
+        let mut text = format!(
+            "map_version = 1\npartitions = {PARTITIONS}\nreplicas = 1\nsecret = \"{SECRET}\"\n"
+        );
         for id in 0..2 {
             text.push_str(&format!(
                 "\n[[nodes]]\nid = {id}\nhttp = \"{}\"\npeer = \"{}\"\n",

@@ -54,10 +54,14 @@ pub enum Bug {
     /// the group confirming that it still leads: a leader cut off from its group answers
     /// from a past its successor has moved on from.
     StaleRead = 8192,
+    /// A replica whose disk was wiped starts again under its old id, as if its group were
+    /// new: it may vote twice in a term, and count in a majority without the entries it had
+    /// acknowledged.
+    RejoinUnderOldId = 16384,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 14] = [
+    pub const ALL: [Bug; 15] = [
         Bug::SkipBarrier,
         Bug::ReplyBeforeSync,
         Bug::NoIdempotency,
@@ -72,6 +76,7 @@ impl Bug {
         Bug::AckBeforeQuorum,
         Bug::ForgetVote,
         Bug::StaleRead,
+        Bug::RejoinUnderOldId,
     ];
 
     /// The name used on the simulator's command line (`--bug skip-barrier`).
@@ -91,6 +96,7 @@ impl Bug {
             Bug::AckBeforeQuorum => "ack-before-quorum",
             Bug::ForgetVote => "forget-vote",
             Bug::StaleRead => "stale-read",
+            Bug::RejoinUnderOldId => "rejoin-under-old-id",
         }
     }
 

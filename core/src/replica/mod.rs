@@ -55,8 +55,16 @@
 //! Elections are timed by a seeded generator given in [`ReplicaConfig::seed`], not by
 //! raft-rs's thread-local one, so a simulated run replays its elections from its seed.
 
+mod catch_up;
+mod durable;
+mod log_store;
+pub mod membership;
 pub mod payload;
 mod raft_logger;
+
+pub use catch_up::{CatchUpMessage, FetchRequest, FETCH_BYTES_MAX};
+pub use durable::{AppliedConf, DurableRaft, LogStart, Persist};
+pub use log_store::SnapshotPoint;
 
 #[cfg(test)]
 mod tests;
@@ -64,9 +72,12 @@ mod tests;
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
-use raft::storage::MemStorage;
-use raft::{RawNode, StateRole};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, MessageType};
+use raft::{ProgressState, RawNode, SnapshotStatus, StateRole};
+
+use catch_up::{CatchUp, FETCH_RETRY_TICKS};
+use log_store::{snapshot_lsn, LogStore};
 
 use crate::ledger::Ledger;
 use crate::log::recovery::{apply_batch, RecoveryError};
@@ -84,7 +95,8 @@ pub use raft::eraftpb::Message as RaftMessage;
 /// past the bound and for the entries raft-rs packs beside it (up to 1 MiB).
 pub const BATCH_BYTES_MAX: usize = 1 << 20;
 
-/// A replica's id in its group. Raft reserves 0, so a node's replicas use its node id + 1.
+/// A replica's id in its group: a node and an incarnation of its copy
+/// ([`membership::replica_id`]). Raft reserves 0.
 pub type ReplicaId = u64;
 
 /// How a replica runs.
@@ -99,6 +111,27 @@ pub struct ReplicaConfig {
     /// Seeds the draw of election timeouts.
     pub seed: u64,
     pub machine: MachineConfig,
+    pub log: LogLimits,
+}
+
+/// When a replica compacts its Raft log (see [`Replica::handle_log_durable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLimits {
+    /// Compact once this many entries whose records are durable in the partition log lie
+    /// past the log's start (and `keep` more behind them).
+    pub compact_after: u64,
+    /// Entries kept behind the newest durable one: a follower that far behind still
+    /// catches up by entries rather than by fetching records.
+    pub keep: u64,
+}
+
+impl Default for LogLimits {
+    fn default() -> Self {
+        LogLimits {
+            compact_after: 4096,
+            keep: 1024,
+        }
+    }
 }
 
 /// A replica that cannot go on: its log does not replay, or Raft refused its state.
@@ -121,77 +154,12 @@ pub enum ReplicaError {
         index: u64,
         source: RecoveryError,
     },
-    #[error(
-        "partition {partition}: a snapshot arrived at index {index}; this build catches \
-         replicas up by log only"
-    )]
-    SnapshotUnsupported { partition: PartitionId, index: u64 },
-}
-
-/// What a replica keeps durably of its Raft state, as the runtime restores it at start: its
-/// hard state (term, vote, commit), its voters, and its log entries from index 1.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct DurableRaft {
-    pub hard_state: HardState,
-    pub conf_state: ConfState,
-    pub entries: Vec<Entry>,
-}
-
-impl DurableRaft {
-    /// The state of a new group whose voters are `voters`, before anything happened.
-    pub fn new(voters: &[ReplicaId]) -> DurableRaft {
-        DurableRaft {
-            conf_state: ConfState::from((voters.to_vec(), Vec::new())),
-            ..DurableRaft::default()
-        }
-    }
-
-    /// Carries out `persist` on this image: entries replace any at and after their first
-    /// index (a new leader's log wins over what this replica had past their common prefix),
-    /// and the hard state replaces the old one. What a runtime writes to disk must read back
-    /// as this.
-    pub fn persist(&mut self, persist: &Persist) {
-        if let Some(first) = persist.entries.first() {
-            let keep = (first.index - 1) as usize;
-            assert!(
-                keep <= self.entries.len(),
-                "entries are persisted without a gap: first {} after {} entries",
-                first.index,
-                self.entries.len()
-            );
-            self.entries.truncate(keep);
-            self.entries.extend_from_slice(&persist.entries);
-        }
-        if let Some(hard_state) = &persist.hard_state {
-            self.hard_state = hard_state.clone();
-        }
-    }
-
-    /// The index of the last entry.
-    pub fn last_index(&self) -> u64 {
-        self.entries.len() as u64
-    }
-
-    fn storage(&self) -> MemStorage {
-        let storage = MemStorage::new_with_conf_state(self.conf_state.clone());
-        {
-            let mut core = storage.wl();
-            core.append(&self.entries)
-                .expect("a durable log starts at index 1 and has no gap");
-            core.set_hardstate(self.hard_state.clone());
-        }
-        storage
-    }
-}
-
-/// What to make durable, in order after every earlier `Persist` of the replica; then report
-/// it with [`Replica::handle_persisted`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct Persist {
-    pub number: u64,
-    /// Entries to write; they replace any the log has at and after the first one's index.
-    pub entries: Vec<Entry>,
-    pub hard_state: Option<HardState>,
+    #[error("partition {partition}: a snapshot at index {index}: {detail}")]
+    BadSnapshot {
+        partition: PartitionId,
+        index: u64,
+        detail: String,
+    },
 }
 
 /// A committed batch to append to the partition's own log: records `first_lsn..=last_lsn`.
@@ -223,6 +191,9 @@ pub struct ReplicaReady<K: ReplyTokens> {
     /// The replica stopped leading with uncommitted records applied: call
     /// [`Replica::handle_reloaded`] with the ledger the partition log replays to.
     pub reload: bool,
+    /// Records to fetch from another replica's node (see [`catch_up`]); hand what comes
+    /// back to [`Replica::handle_fetched`].
+    pub fetch: Option<FetchRequest>,
 }
 
 impl<K: ReplyTokens> Default for ReplicaReady<K> {
@@ -235,6 +206,7 @@ impl<K: ReplyTokens> Default for ReplicaReady<K> {
             release: Release::default(),
             snapshot: None,
             reload: false,
+            fetch: None,
         }
     }
 }
@@ -248,6 +220,7 @@ impl<K: ReplyTokens> ReplicaReady<K> {
             && self.release.is_empty()
             && self.snapshot.is_none()
             && !self.reload
+            && self.fetch.is_none()
     }
 }
 
@@ -284,7 +257,7 @@ impl<K: ReplyTokens> Default for Reads<K> {
 impl<K: ReplyTokens> Reads<K> {
     /// Asks Raft to confirm that `raw` leads before `release` leaves (ReadIndex: a
     /// heartbeat round that a majority acknowledges).
-    fn request(&mut self, raw: &mut RawNode<MemStorage>, release: Release<K>) {
+    fn request(&mut self, raw: &mut RawNode<LogStore>, release: Release<K>) {
         assert_eq!(raw.raft.state, StateRole::Leader, "only a leader reads");
         self.seq += 1;
         self.wait_ticks = 0;
@@ -325,12 +298,30 @@ enum Role<K: ReplyTokens> {
 pub struct Replica<K: ReplyTokens> {
     partition: PartitionId,
     config: ReplicaConfig,
-    raw: RawNode<MemStorage>,
+    raw: RawNode<LogStore>,
     role: Role<K>,
     /// This leader's proposals in index order (the machine has at most one commit out).
     proposals: VecDeque<Proposal<K>>,
     /// This leader's reads waiting for Raft to confirm its leadership.
     reads: Reads<K>,
+    /// The index of the last membership change applied (and persisted or to be).
+    conf_index: u64,
+    /// Every entry applied past the log's start: its index, term and the lsn of the last
+    /// record applied with it; what compaction picks its point from.
+    applied: VecDeque<LogStart>,
+    /// A compaction (or a snapshot's log start) to persist with the next write.
+    pending_start: Option<LogStart>,
+    /// A snapshot kept aside while its records are fetched.
+    catch_up: Option<CatchUp>,
+    /// The lsn of the last record of the entries applied so far (at least: a restarted
+    /// follower's ledger may hold more than the entries Raft hands out again).
+    applied_lsn: Lsn,
+    /// Fetched records applied, to append to the partition log.
+    fetched: Vec<CommittedBatch>,
+    /// A snapshot taken but not yet persisted: Raft counts it applied once it is.
+    snapshot_to_apply: Option<u64>,
+    /// A leader's followers waiting for a snapshot, with the ticks they have waited.
+    snapshot_waits: std::collections::BTreeMap<ReplicaId, usize>,
     /// Counts the machines built, so that a snapshot report reaches the one that asked.
     machine_epoch: u64,
     snapshot_epoch: Option<u64>,
@@ -349,6 +340,12 @@ impl<K: ReplyTokens> Replica<K> {
         now: Now,
     ) -> Result<Self, ReplicaError> {
         assert!(config.id != 0, "raft reserves replica id 0");
+        assert!(
+            durable.id == 0 || durable.id == config.id,
+            "a store of replica {} runs as replica {}",
+            durable.id,
+            config.id
+        );
         assert!(config.heartbeat_ticks > 0 && config.heartbeat_ticks < config.election_ticks);
         let partition = ledger.partition();
         let mut config = config;
@@ -372,7 +369,7 @@ impl<K: ReplyTokens> Replica<K> {
         #[cfg(any(test, madsim, feature = "testing"))]
         let durable = if crate::protocol::bugs::enabled(crate::protocol::bugs::Bug::ForgetVote) {
             forgotten = DurableRaft {
-                hard_state: HardState {
+                hard_state: raft::eraftpb::HardState {
                     vote: 0,
                     ..durable.hard_state.clone()
                 },
@@ -382,12 +379,15 @@ impl<K: ReplyTokens> Replica<K> {
         } else {
             durable
         };
-        let raw = RawNode::new(
-            &raft_config,
+        // No snapshot is offered until an entry is applied here (then the members as of
+        // the applied index are known).
+        let store = LogStore::new(
             durable.storage(),
-            &raft_logger::logger(partition),
-        )
-        .map_err(|source| ReplicaError::Raft { partition, source })?;
+            durable.log_start,
+            SnapshotPoint::default(),
+        );
+        let raw = RawNode::new(&raft_config, store, &raft_logger::logger(partition))
+            .map_err(|source| ReplicaError::Raft { partition, source })?;
         let mut replica = Replica {
             partition,
             config,
@@ -395,6 +395,14 @@ impl<K: ReplyTokens> Replica<K> {
             role: Role::Following(ledger),
             proposals: VecDeque::new(),
             reads: Reads::default(),
+            conf_index: durable.conf_index,
+            applied: VecDeque::new(),
+            pending_start: None,
+            catch_up: None,
+            applied_lsn: durable.log_start.lsn,
+            fetched: Vec::new(),
+            snapshot_to_apply: None,
+            snapshot_waits: Default::default(),
             machine_epoch: 0,
             snapshot_epoch: None,
             election_rng: config.seed ^ 0x9e37_79b9_7f4a_7c15,
@@ -475,11 +483,206 @@ impl<K: ReplyTokens> Replica<K> {
     pub fn tick(&mut self) {
         self.raw.tick();
         self.retry_reads();
+        self.change_membership();
+        self.retry_snapshots();
+        if let Some(CatchUp {
+            asked: Some(ticks), ..
+        }) = &mut self.catch_up
+        {
+            *ticks += 1;
+            if *ticks >= FETCH_RETRY_TICKS {
+                self.catch_up.as_mut().expect("some").asked = None;
+            }
+        }
         self.rearm_election_timeout();
     }
 
-    /// A Raft message from another replica of the group.
+    /// A leader whose follower has waited long for a snapshot (the message or its fetches
+    /// were lost) reports it failed, so that Raft sends another.
+    fn retry_snapshots(&mut self) {
+        if self.raw.raft.state != StateRole::Leader {
+            self.snapshot_waits.clear();
+            return;
+        }
+        let waiting: Vec<ReplicaId> = (self.raw.raft.prs().iter())
+            .filter(|(_, progress)| progress.state == ProgressState::Snapshot)
+            .map(|(id, _)| *id)
+            .collect();
+        self.snapshot_waits.retain(|id, _| waiting.contains(id));
+        let limit = 10 * self.config.election_ticks;
+        for id in waiting {
+            let ticks = self.snapshot_waits.entry(id).or_insert(0);
+            *ticks += 1;
+            if *ticks >= limit {
+                *ticks = 0;
+                tracing::info!(partition = self.partition, to = id, "snapshot sent again");
+                self.raw.report_snapshot(id, SnapshotStatus::Failure);
+            }
+        }
+    }
+
+    /// The partition log is durable through `lsn`: the Raft log may drop the entries whose
+    /// records it holds, keeping [`LogLimits::keep`] entries behind, once
+    /// [`LogLimits::compact_after`] of them have gathered. The store drops them with the
+    /// next write.
+    pub fn handle_log_durable(&mut self, lsn: Lsn) {
+        let limits = self.config.log;
+        let start = self.raw.store().start();
+        let Some(durable) = self.applied.iter().rev().find(|e| e.lsn <= lsn) else {
+            return;
+        };
+        let target = durable.index.saturating_sub(limits.keep);
+        if target < start.index + limits.compact_after.max(1) {
+            return;
+        }
+        let Some(point) = self.applied.iter().find(|e| e.index == target).copied() else {
+            return;
+        };
+        if let Err(error) = self.raw.mut_store().wl().compact(target + 1) {
+            tracing::warn!(partition = self.partition, %error, "raft log not compacted");
+            return;
+        }
+        self.raw.mut_store().set_start(point);
+        self.applied.retain(|e| e.index > target);
+        self.pending_start = Some(point);
+        tracing::debug!(
+            partition = self.partition,
+            index = target,
+            lsn = point.lsn,
+            "raft log compacted"
+        );
+    }
+
+    /// Records fetched for the snapshot kept aside (see [`catch_up`]): applied to the
+    /// ledger, and handed out to append to the partition log. Once the ledger holds every
+    /// record the snapshot names, Raft takes the snapshot.
+    pub fn handle_fetched(&mut self, first_lsn: Lsn, records: Bytes) -> Result<(), ReplicaError> {
+        let partition = self.partition;
+        let (Some(catch_up), Role::Following(ledger)) = (&mut self.catch_up, &mut self.role) else {
+            return Ok(());
+        };
+        let index = catch_up.snapshot.get_snapshot().get_metadata().index;
+        catch_up.asked = None;
+        if !records.is_empty() {
+            let applied =
+                apply_batch(ledger, "fetched records", first_lsn, &records).map_err(|source| {
+                    ReplicaError::Apply {
+                        partition,
+                        index,
+                        source,
+                    }
+                })?;
+            if let Some((first_lsn, offset)) = applied {
+                self.fetched.push(CommittedBatch {
+                    index,
+                    first_lsn,
+                    last_lsn: ledger.last_applied().lsn,
+                    records: records.slice(offset..),
+                });
+            }
+        }
+        if ledger.last_applied().lsn >= catch_up.through {
+            let catch_up = self.catch_up.take().expect("some");
+            tracing::info!(
+                partition,
+                index,
+                lsn = catch_up.through,
+                "caught up by records; taking the snapshot"
+            );
+            self.step(catch_up.snapshot);
+        }
+        Ok(())
+    }
+
+    /// When this replica compacts its log.
+    pub fn log_limits(&self) -> LogLimits {
+        self.config.log
+    }
+
+    /// The index of the last membership change this replica applied (0: none since the
+    /// group's start).
+    pub fn conf_index(&self) -> u64 {
+        self.conf_index
+    }
+
+    /// The members of the group as this replica last applied them.
+    pub fn conf_state(&self) -> ConfState {
+        self.raw.raft.prs().conf().to_conf_state()
+    }
+
+    /// Answers node `node`'s ask about how to start (see [`membership`]). A leader may
+    /// propose to take the node in as a learner.
+    pub fn handle_ask(&mut self, node: crate::model::partition::NodeId) -> membership::Answer {
+        let raft = &self.raw.raft;
+        let first = membership::incarnation_of(self.config.id) == 0;
+        if first && raft.term == 0 && raft.raft_log.last_index() == 0 {
+            return membership::Answer::Fresh;
+        }
+        membership::answer_ask(&mut self.raw, node)
+    }
+
+    /// A leader proposes the next membership change its group needs, one at a time.
+    fn change_membership(&mut self) {
+        let Some(change) = membership::next_change(&self.raw) else {
+            return;
+        };
+        let before = membership::describe(&self.conf_state());
+        match self.raw.propose_conf_change(Vec::new(), change.clone()) {
+            Ok(()) => tracing::info!(
+                partition = self.partition,
+                %before,
+                ?change,
+                "membership change proposed"
+            ),
+            Err(error) => tracing::warn!(
+                partition = self.partition,
+                %error,
+                "membership change not proposed"
+            ),
+        }
+    }
+
+    /// A Raft message from another replica of the group. A snapshot whose records this
+    /// replica lacks is kept aside while they are fetched (see [`catch_up`]).
     pub fn handle_message(&mut self, message: RaftMessage) {
+        if message.get_msg_type() == MessageType::MsgSnapshot {
+            let Some(through) = snapshot_lsn(message.get_snapshot()) else {
+                tracing::warn!(
+                    partition = self.partition,
+                    from = message.from,
+                    "snapshot of unknown data ignored"
+                );
+                return;
+            };
+            let have = match &self.role {
+                Role::Following(ledger) => Some(ledger.last_applied().lsn),
+                _ => None,
+            };
+            match have {
+                Some(have) if have >= through => {}
+                Some(_) => {
+                    tracing::info!(
+                        partition = self.partition,
+                        from = message.from,
+                        through,
+                        "snapshot: fetching its records"
+                    );
+                    self.catch_up = Some(CatchUp {
+                        snapshot: message,
+                        through,
+                        asked: None,
+                    });
+                    return;
+                }
+                // A replica that leads or reloads takes no snapshot; the leader sends
+                // another once this one follows.
+                None => return,
+            }
+        }
+        self.step(message);
+    }
+
+    fn step(&mut self, message: RaftMessage) {
         let from = message.from;
         if let Err(error) = self.raw.step(message) {
             // A message from a replica not in the group, or one Raft itself does not step:
@@ -492,6 +695,12 @@ impl<K: ReplyTokens> Replica<K> {
     /// Everything up to `number` is durable (persists complete in order).
     pub fn handle_persisted(&mut self, number: u64) {
         self.raw.on_persist_ready(number);
+        if let Some(index) = self.snapshot_to_apply {
+            if self.raw.raft.raft_log.persisted >= index {
+                self.snapshot_to_apply = None;
+                self.raw.advance_apply_to(index);
+            }
+        }
     }
 
     /// The ledger the partition log replays to, after a [`ReplicaReady::reload`].
@@ -524,6 +733,17 @@ impl<K: ReplyTokens> Replica<K> {
         );
         self.now = now;
         let mut out = ReplicaReady::default();
+        out.committed.append(&mut self.fetched);
+        if let (Some(catch_up), Role::Following(ledger)) = (&mut self.catch_up, &self.role) {
+            if catch_up.asked.is_none() {
+                catch_up.asked = Some(0);
+                out.fetch = Some(FetchRequest {
+                    from: catch_up.snapshot.from,
+                    after_lsn: ledger.last_applied().lsn,
+                    through_lsn: catch_up.through,
+                });
+            }
+        }
         // A leader that Raft deposed steps down before anything is applied, so that entries
         // of another leader never reach its machine. Each step may end in a reload, after
         // which nothing more is done until the runtime answers it.
@@ -607,21 +827,23 @@ impl<K: ReplyTokens> Replica<K> {
     fn handle_ready(&mut self, out: &mut ReplicaReady<K>) -> Result<(), ReplicaError> {
         let mut ready = self.raw.ready();
         out.messages.extend(ready.take_messages());
-        if !ready.snapshot().is_empty() {
-            return Err(ReplicaError::SnapshotUnsupported {
-                partition: self.partition,
-                index: ready.snapshot().get_metadata().index,
-            });
-        }
         for state in ready.take_read_states() {
             self.confirm_read(&state.request_ctx, state.index);
         }
         let committed = ready.take_committed_entries();
-        let persist = Persist {
+        let mut persist = Persist {
             number: ready.number(),
             entries: ready.take_entries(),
             hard_state: ready.hs().cloned(),
+            conf: None,
+            snapshot: None,
+            compact: self.pending_start.take(),
         };
+        let snapshot = ready.snapshot().clone();
+        let snapshot_index = snapshot.get_metadata().index;
+        if snapshot_index > 0 {
+            self.take_snapshot(snapshot, &mut persist)?;
+        }
         let store = self.raw.mut_store();
         if !persist.entries.is_empty() {
             // Raft reads its log from the store (to replicate it) before it is durable; what
@@ -636,20 +858,102 @@ impl<K: ReplyTokens> Replica<K> {
         }
         let after_persist = ready.take_persisted_messages();
         self.raw.advance_append_async(ready);
-        if !persist.entries.is_empty() || persist.hard_state.is_some() || !after_persist.is_empty()
-        {
-            out.persist = Some(persist);
-            out.messages_after_persist = after_persist;
+        if snapshot_index > 0 {
+            // Raft counts it applied once it is persisted (`handle_persisted`).
+            self.snapshot_to_apply = Some(snapshot_index);
         }
         if let Some(last) = committed.last() {
             let last_index = last.index;
             for entry in committed {
-                self.apply(entry, out)?;
+                let (index, term) = (entry.index, entry.term);
+                if let Some(conf) = self.apply(entry, out)? {
+                    persist.conf = Some(conf);
+                }
+                let lsn = self.applied_lsn;
+                self.note_applied(LogStart { index, term, lsn });
             }
             self.raw.advance_apply_to(last_index);
         }
+        let changed = persist.hard_state.is_some()
+            || persist.conf.is_some()
+            || persist.snapshot.is_some()
+            || persist.compact.is_some();
+        if !persist.entries.is_empty() || changed || !after_persist.is_empty() {
+            out.persist = Some(persist);
+            out.messages_after_persist = after_persist;
+        }
         self.release_reads(out);
         Ok(())
+    }
+
+    /// Raft took a snapshot (a follower that was behind the leader's compacted log, whose
+    /// records it fetched first: see [`catch_up`]): the log starts after it, and the
+    /// members are the snapshot's.
+    fn take_snapshot(
+        &mut self,
+        snapshot: raft::eraftpb::Snapshot,
+        persist: &mut Persist,
+    ) -> Result<(), ReplicaError> {
+        let partition = self.partition;
+        let meta = snapshot.get_metadata().clone();
+        let bad = |detail: String| ReplicaError::BadSnapshot {
+            partition,
+            index: meta.index,
+            detail,
+        };
+        let lsn = snapshot_lsn(&snapshot).ok_or_else(|| bad("data of no known version".into()))?;
+        let Role::Following(ledger) = &self.role else {
+            return Err(bad("taken by a replica that does not follow".into()));
+        };
+        if ledger.last_applied().lsn < lsn {
+            return Err(bad(format!(
+                "it names lsn {lsn}, and the ledger holds only {}",
+                ledger.last_applied().lsn
+            )));
+        }
+        let start = LogStart {
+            index: meta.index,
+            term: meta.term,
+            lsn,
+        };
+        (self.raw.mut_store().wl().apply_snapshot(snapshot))
+            .map_err(|e| bad(format!("the log does not take it: {e}")))?;
+        self.raw.mut_store().set_start(start);
+        self.applied.clear();
+        self.applied.push_back(start);
+        persist.snapshot = Some(start);
+        // A pending compaction is within the log the snapshot replaces.
+        persist.compact = None;
+        if meta.index > self.conf_index {
+            self.conf_index = meta.index;
+            persist.conf = Some(AppliedConf {
+                conf_state: meta.get_conf_state().clone(),
+                index: meta.index,
+            });
+        }
+        self.publish_point(start);
+        tracing::info!(partition, index = meta.index, lsn, "snapshot taken");
+        Ok(())
+    }
+
+    /// Entry `applied` is applied: compaction may pick it, and a snapshot sent now names it
+    /// once the members as of it are known (applied at or past the last membership change
+    /// this replica restored).
+    fn note_applied(&mut self, applied: LogStart) {
+        self.applied.push_back(applied);
+        self.publish_point(applied);
+    }
+
+    fn publish_point(&mut self, at: LogStart) {
+        if at.index >= self.conf_index {
+            let conf_state = self.raw.raft.prs().conf().to_conf_state();
+            self.raw.mut_store().set_point(SnapshotPoint {
+                index: at.index,
+                term: at.term,
+                lsn: at.lsn,
+                conf_state,
+            });
+        }
     }
 
     /// A leader whose oldest read waits unconfirmed for a heartbeat interval asks again with
@@ -700,8 +1004,13 @@ impl<K: ReplyTokens> Replica<K> {
     }
 
     /// Applies one committed entry: a leader's own batch is already applied and is released;
-    /// a follower folds the batch into its ledger.
-    fn apply(&mut self, entry: Entry, out: &mut ReplicaReady<K>) -> Result<(), ReplicaError> {
+    /// a follower folds the batch into its ledger; a membership change changes the members,
+    /// which are returned to be persisted.
+    fn apply(
+        &mut self,
+        entry: Entry,
+        out: &mut ReplicaReady<K>,
+    ) -> Result<Option<AppliedConf>, ReplicaError> {
         let partition = self.partition;
         let index = entry.index;
         let bad = |detail: String| ReplicaError::BadEntry {
@@ -709,15 +1018,33 @@ impl<K: ReplyTokens> Replica<K> {
             index,
             detail,
         };
-        if entry.get_entry_type() != EntryType::EntryNormal {
-            // Nothing proposes a membership change yet: one in the log was not written by
-            // this build.
-            return Err(bad(
-                "a membership change, which this build does not make".into()
-            ));
+        let entry_type = entry.get_entry_type();
+        if entry_type != EntryType::EntryNormal {
+            // A restart starts from the members as of `conf_index`: the changes up to it
+            // are in them already.
+            if index <= self.conf_index {
+                return Ok(None);
+            }
+            let bad_change = |e: protobuf::ProtobufError| bad(format!("membership change: {e}"));
+            let applied = if entry_type == EntryType::EntryConfChange {
+                let change = ConfChange::parse_from_bytes(&entry.data).map_err(bad_change)?;
+                self.raw.apply_conf_change(&change)
+            } else {
+                let change = ConfChangeV2::parse_from_bytes(&entry.data).map_err(bad_change)?;
+                self.raw.apply_conf_change(&change)
+            };
+            let conf_state = applied.map_err(|source| ReplicaError::Raft { partition, source })?;
+            tracing::info!(
+                partition,
+                index,
+                members = %membership::describe(&conf_state),
+                "membership changed"
+            );
+            self.conf_index = index;
+            return Ok(Some(AppliedConf { conf_state, index }));
         }
         let Some(batch) = payload::decode(&entry.data).map_err(|e| bad(e.to_string()))? else {
-            return Ok(());
+            return Ok(None);
         };
         match &mut self.role {
             Role::Leading { machine, .. } => {
@@ -737,6 +1064,7 @@ impl<K: ReplyTokens> Replica<K> {
                     last_lsn: proposal.last_lsn,
                     records: batch.records,
                 });
+                self.applied_lsn = proposal.last_lsn;
                 machine.handle_durable(proposal.last_lsn, proposal.buffer);
                 out.release.append(proposal.release);
                 if let Some(image) = proposal.snapshot {
@@ -761,10 +1089,11 @@ impl<K: ReplyTokens> Replica<K> {
                         records: batch.records.slice(offset..),
                     });
                 }
+                self.applied_lsn = ledger.last_applied().lsn;
             }
             Role::Reloading => unreachable!("poll never runs while reloading"),
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Builds the machine once this replica leads and has applied every earlier term; drops

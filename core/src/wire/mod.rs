@@ -42,6 +42,8 @@
 //! | 9 | `Refused` | id | the owning node: the request was not run |
 //! | 10 | `Peers` | count `u16` (1..=[`PEER_MESSAGES_PER_INPUT_MAX`]), peer message; count | the forwarding node: TC/C phase messages for one partition |
 //! | 11 | `Raft` | partition `u32`, count `u16` (1..=[`RAFT_MESSAGES_MAX`]), then per message its length `u32` and its protobuf encoding (raft-rs's `eraftpb.Message`) | a replica: its group's Raft messages for the receiver's replica |
+//! | 13 | `CatchUp` | partition `u32`, sender node `u32`, then 1 fetch (after lsn `u64`, through lsn `u64`) or 2 records (first lsn `u64`, length `u32`, the records as the partition log holds them) | a replica behind a compacted log fetching the records a snapshot names ([`crate::replica::CatchUpMessage`]) |
+//! | 12 | `Membership` | partition `u32`, sender node `u32`, then 1 ask (node `u32`, nonce `u64`) or 2 answer (nonce `u64`, then 1 fresh, 2 running (leader `u64`, 0: none) or 3 member (replica id `u64`)) | a replica with nothing on disk asking its group how to start, and the answers ([`crate::replica::membership`]) |
 //!
 //! `Peers` carries the phase messages one partition's batch sends to one partition of the
 //! receiver, in their order; the receiver hands them to that partition as one input. (The
@@ -94,6 +96,8 @@ use crate::protocol::coordinator::{Phase, PhaseRequest, PhaseResponse};
 use crate::protocol::message::{
     CommandResult, PeerMessage, Query, QueryAnswer, PEER_MESSAGES_PER_INPUT_MAX,
 };
+use crate::replica::membership::{Answer as MemberAnswer, MembershipMessage};
+use crate::replica::CatchUpMessage;
 use crate::replica::RaftMessage;
 
 /// The body version this build writes and the only one it reads. Version 3 carries phase
@@ -102,7 +106,9 @@ use crate::replica::RaftMessage;
 /// answers a Confirm only to refuse it (a committed transfer ends at its commit point), and
 /// commands know `CommitDebit` (12). Version 5: `Raft` (tag 11) carries the messages of
 /// replicated partitions' Raft groups, and frames may be as long as one of them needs.
-pub const WIRE_VERSION: u8 = 5;
+/// Version 6: `Membership` (tag 12) and `CatchUp` (tag 13), and replica ids carry an
+/// incarnation.
+pub const WIRE_VERSION: u8 = 6;
 /// Bytes of the frame header: body length and checksum.
 pub const FRAME_HEADER_LEN: usize = 8;
 /// Bytes of the body before the messages: version, map version, count.
@@ -178,6 +184,8 @@ mod tag {
     pub const REFUSED: u8 = 9;
     pub const PEERS: u8 = 10;
     pub const RAFT: u8 = 11;
+    pub const MEMBERSHIP: u8 = 12;
+    pub const CATCH_UP: u8 = 13;
 }
 
 /// The commands an [`LedgerError::InvalidTransition`] can name, by their wire number (index + 1).
@@ -230,6 +238,19 @@ pub enum Message {
     Raft {
         partition: PartitionId,
         messages: Vec<RaftMessage>,
+    },
+    /// A membership message of partition `partition`'s group, from node `from`'s replica
+    /// (best effort, no answer of its own).
+    Membership {
+        partition: PartitionId,
+        from: NodeId,
+        message: MembershipMessage,
+    },
+    /// A catch-up message of partition `partition`'s group, from node `from`'s replica.
+    CatchUp {
+        partition: PartitionId,
+        from: NodeId,
+        message: CatchUpMessage,
     },
 }
 
@@ -314,7 +335,7 @@ impl<'a> FrameWriter<'a> {
             "message of {len} bytes exceeds its bound"
         );
         let limit = match message {
-            Message::Raft { .. } => FRAME_BODY_LEN_MAX,
+            Message::Raft { .. } | Message::CatchUp { .. } => FRAME_BODY_LEN_MAX,
             _ => FRAME_BODY_LEN_PLAIN_MAX,
         };
         if self.body_len() > limit {
@@ -487,6 +508,16 @@ fn encode_message(message: &Message, out: &mut Vec<u8>) {
             partition,
             messages,
         } => put_raft(out, *partition, messages),
+        Message::Membership {
+            partition,
+            from,
+            message,
+        } => put_membership(out, *partition, *from, message),
+        Message::CatchUp {
+            partition,
+            from,
+            message,
+        } => put_catch_up(out, *partition, *from, message),
     }
 }
 
@@ -525,6 +556,8 @@ fn decode_message(cursor: &mut Cursor<'_>) -> Result<Message, String> {
         },
         tag::REFUSED => Message::Refused { id: cursor.u64()? },
         tag::RAFT => get_raft(cursor)?,
+        tag::MEMBERSHIP => get_membership(cursor)?,
+        tag::CATCH_UP => get_catch_up(cursor)?,
         other => return Err(format!("unknown message tag {other}")),
     })
 }
@@ -533,7 +566,7 @@ fn decode_message(cursor: &mut Cursor<'_>) -> Result<Message, String> {
 fn encoded_len_max(message: &Message) -> usize {
     match message {
         Message::Peers(peers) => PEERS_PREFIX_LEN + peers.len() * PEER_MESSAGE_ENCODED_LEN_MAX,
-        Message::Raft { .. } => RAFT_ENCODED_LEN_MAX,
+        Message::Raft { .. } | Message::CatchUp { .. } => RAFT_ENCODED_LEN_MAX,
         _ => MESSAGE_ENCODED_LEN_MAX,
     }
 }
@@ -1142,6 +1175,120 @@ fn get_raft(cursor: &mut Cursor<'_>) -> Result<Message, String> {
     Ok(Message::Raft {
         partition,
         messages,
+    })
+}
+
+fn put_membership(
+    out: &mut Vec<u8>,
+    partition: PartitionId,
+    from: NodeId,
+    message: &MembershipMessage,
+) {
+    out.push(tag::MEMBERSHIP);
+    out.extend_from_slice(&partition.to_le_bytes());
+    out.extend_from_slice(&from.to_le_bytes());
+    match message {
+        MembershipMessage::Ask { node, nonce } => {
+            out.push(1);
+            out.extend_from_slice(&node.to_le_bytes());
+            out.extend_from_slice(&nonce.to_le_bytes());
+        }
+        MembershipMessage::Answer { nonce, answer } => {
+            out.push(2);
+            out.extend_from_slice(&nonce.to_le_bytes());
+            match answer {
+                MemberAnswer::Fresh => out.push(1),
+                MemberAnswer::Running { leader } => {
+                    out.push(2);
+                    out.extend_from_slice(&leader.unwrap_or(0).to_le_bytes());
+                }
+                MemberAnswer::Member { id } => {
+                    out.push(3);
+                    out.extend_from_slice(&id.to_le_bytes());
+                }
+            }
+        }
+    }
+}
+
+fn put_catch_up(out: &mut Vec<u8>, partition: PartitionId, from: NodeId, message: &CatchUpMessage) {
+    out.push(tag::CATCH_UP);
+    out.extend_from_slice(&partition.to_le_bytes());
+    out.extend_from_slice(&from.to_le_bytes());
+    match message {
+        CatchUpMessage::Fetch {
+            after_lsn,
+            through_lsn,
+        } => {
+            out.push(1);
+            out.extend_from_slice(&after_lsn.to_le_bytes());
+            out.extend_from_slice(&through_lsn.to_le_bytes());
+        }
+        CatchUpMessage::Records { first_lsn, records } => {
+            assert!(
+                records.len() + 64 <= RAFT_ENCODED_LEN_MAX,
+                "fetched records fit a wire message"
+            );
+            out.push(2);
+            out.extend_from_slice(&first_lsn.to_le_bytes());
+            out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+            out.extend_from_slice(records);
+        }
+    }
+}
+
+fn get_catch_up(cursor: &mut Cursor<'_>) -> Result<Message, String> {
+    let partition = get_u32(cursor)?;
+    let from = get_u32(cursor)?;
+    let message = match cursor.u8()? {
+        1 => CatchUpMessage::Fetch {
+            after_lsn: cursor.u64()?,
+            through_lsn: cursor.u64()?,
+        },
+        2 => {
+            let first_lsn = cursor.u64()?;
+            let len = get_u32(cursor)? as usize;
+            let records = bytes::Bytes::copy_from_slice(cursor.take(len)?);
+            CatchUpMessage::Records { first_lsn, records }
+        }
+        other => return Err(format!("unknown catch-up message {other}")),
+    };
+    Ok(Message::CatchUp {
+        partition,
+        from,
+        message,
+    })
+}
+
+fn get_membership(cursor: &mut Cursor<'_>) -> Result<Message, String> {
+    let partition = get_u32(cursor)?;
+    let from = get_u32(cursor)?;
+    let message = match cursor.u8()? {
+        1 => MembershipMessage::Ask {
+            node: get_u32(cursor)?,
+            nonce: cursor.u64()?,
+        },
+        2 => {
+            let nonce = cursor.u64()?;
+            let answer = match cursor.u8()? {
+                1 => MemberAnswer::Fresh,
+                2 => MemberAnswer::Running {
+                    leader: Some(cursor.u64()?).filter(|id| *id != 0),
+                },
+                3 => match cursor.u64()? {
+                    0 => return Err("a membership answer names replica 0".into()),
+                    id => MemberAnswer::Member { id },
+                },
+                other => return Err(format!("unknown membership answer {other}")),
+            };
+            MembershipMessage::Answer { nonce, answer }
+        }
+        other => return Err(format!("unknown membership message {other}")),
+    };
+    Ok(Message::Membership {
+        partition,
+        from,
+        message,
     })
 }
 

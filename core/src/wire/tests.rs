@@ -1078,3 +1078,55 @@ fn a_bad_raft_message_is_an_error_not_a_panic() {
         );
     }
 }
+
+#[test]
+fn membership_messages_round_trip() {
+    use crate::replica::membership::{Answer, MembershipMessage};
+    let answers = [
+        Answer::Fresh,
+        Answer::Running { leader: None },
+        Answer::Running {
+            leader: Some((3 << 32) | 2),
+        },
+        Answer::Member { id: (1 << 32) | 1 },
+    ];
+    let mut messages = vec![Message::Membership {
+        partition: 4,
+        from: 2,
+        message: MembershipMessage::Ask {
+            node: 2,
+            nonce: u64::MAX,
+        },
+    }];
+    for answer in answers {
+        messages.push(Message::Membership {
+            partition: 0,
+            from: 7,
+            message: MembershipMessage::Answer { nonce: 5, answer },
+        });
+    }
+    round_trip(&messages);
+}
+
+#[test]
+fn catch_up_messages_round_trip() {
+    use crate::replica::CatchUpMessage;
+    let fetch = CatchUpMessage::Fetch {
+        after_lsn: 7,
+        through_lsn: u64::MAX,
+    };
+    let records = CatchUpMessage::Records {
+        first_lsn: 8,
+        records: bytes::Bytes::from(vec![3u8; 1 << 20]),
+    };
+    let messages: Vec<Message> = [fetch, records]
+        .into_iter()
+        .map(|message| Message::CatchUp {
+            partition: 2,
+            from: 1,
+            message,
+        })
+        .collect();
+    round_trip(&messages[..1]);
+    round_trip(&messages[1..]);
+}

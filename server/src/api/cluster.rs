@@ -45,10 +45,11 @@ pub enum PartitionSource {
         owner: NodeId,
         stats: Option<Arc<DriverStats>>,
     },
-    /// A Raft group with a replica on each of `replicas`; `status` is this node's.
+    /// A Raft group with a replica on each of `replicas`; `status` is this node's, if it
+    /// has one.
     Replicated {
         replicas: Vec<NodeId>,
-        status: Arc<ReplicaStatus>,
+        status: Option<Arc<ReplicaStatus>>,
     },
 }
 
@@ -83,6 +84,11 @@ pub struct ClusterPartition {
     /// The last log record of the partition this node has and knows committed (`null`
     /// when its only copy is on another node).
     pub commit_lsn: Option<u64>,
+    /// Nodes whose copy is catching up and does not vote yet (a replica that lost its disk
+    /// and rejoined), as this node's replica knows the members.
+    pub learners: Vec<NodeId>,
+    /// A change of voters is under way (a rejoined copy replacing its old self).
+    pub members_changing: bool,
 }
 
 impl ClusterView {
@@ -126,22 +132,24 @@ impl ClusterView {
         }
     }
 
-    /// Node `node` of a replicated cluster on `map` (a replica of every partition on every
-    /// node): its replicas' statuses, by partition.
+    /// Node `node` of a replicated cluster on `map`: each partition's replica nodes
+    /// (`groups`, by partition), and the statuses of the replicas this node runs.
     pub fn replicated(
         map: &PartitionMap,
         node: NodeId,
         links: &BTreeMap<NodeId, Arc<LinkStats>>,
-        statuses: Vec<Arc<ReplicaStatus>>,
+        groups: Vec<Vec<NodeId>>,
+        statuses: Vec<(PartitionId, Arc<ReplicaStatus>)>,
     ) -> ClusterView {
-        let replicas: Vec<NodeId> = map.nodes.keys().copied().collect();
+        let mut statuses: BTreeMap<PartitionId, Arc<ReplicaStatus>> =
+            statuses.into_iter().collect();
         ClusterView {
             map_version: map.version,
             nodes: node_views(map, node, links),
-            partitions: (statuses.into_iter())
-                .map(|status| PartitionSource::Replicated {
-                    replicas: replicas.clone(),
-                    status,
+            partitions: (groups.into_iter().enumerate())
+                .map(|(partition, replicas)| PartitionSource::Replicated {
+                    replicas,
+                    status: statuses.remove(&(partition as PartitionId)),
                 })
                 .collect(),
         }
@@ -166,13 +174,27 @@ impl ClusterView {
                         term: 0,
                         commit_lsn: (stats.as_ref())
                             .map(|stats| stats.last_lsn.load(Ordering::Acquire)),
+                        learners: Vec::new(),
+                        members_changing: false,
                     },
+                    // Of a group with no replica here, this node knows the members only.
                     PartitionSource::Replicated { replicas, status } => ClusterPartition {
                         partition,
                         replicas: replicas.clone(),
-                        leader: status.leader().and_then(replica_node),
-                        term: status.term.load(Ordering::Relaxed),
-                        commit_lsn: Some(status.applied_lsn.load(Ordering::Acquire)),
+                        leader: status
+                            .as_ref()
+                            .and_then(|s| s.leader())
+                            .and_then(replica_node),
+                        term: status
+                            .as_ref()
+                            .map_or(0, |s| s.term.load(Ordering::Relaxed)),
+                        commit_lsn: (status.as_ref())
+                            .map(|s| s.applied_lsn.load(Ordering::Acquire)),
+                        learners: (status.as_ref())
+                            .map(|s| s.learners.lock().expect("not poisoned").clone())
+                            .unwrap_or_default(),
+                        members_changing: (status.as_ref())
+                            .is_some_and(|s| s.members_changing.load(Ordering::Acquire)),
                     },
                 }
             })

@@ -199,7 +199,10 @@ impl Api {
     /// is not yet shared.
     pub fn with_replicas(
         mut self,
-        statuses: Vec<Arc<walletd_runtime::replica::ReplicaStatus>>,
+        statuses: Vec<(
+            walletd_core::model::partition::PartitionId,
+            Arc<walletd_runtime::replica::ReplicaStatus>,
+        )>,
     ) -> Api {
         Arc::get_mut(&mut self.inner)
             .expect("the replicas are added before the API is shared")

@@ -104,6 +104,7 @@ async fn failover(
     accounts: &[walletd_core::model::ids::AccountId],
 ) -> Result<u64, BenchError> {
     let leader = nodes[0].statuses()[0]
+        .1
         .leader()
         .and_then(replica_node)
         .ok_or_else(|| BenchError::Engine("partition 0 has no leader".into()))?;
@@ -200,7 +201,7 @@ async fn wait_for_leaders(nodes: &[ReplicatedNode], partitions: u32) -> Result<(
         let led = (0..partitions as usize).all(|p| {
             nodes
                 .iter()
-                .any(|node| node.statuses()[p].leading.load(Ordering::Acquire))
+                .any(|node| node.statuses()[p].1.leading.load(Ordering::Acquire))
         });
         if led {
             return Ok(());
@@ -217,7 +218,10 @@ async fn wait_for_leaders(nodes: &[ReplicatedNode], partitions: u32) -> Result<(
 /// Raft store syncs of every replica so far, and their time.
 fn syncs(nodes: &[ReplicatedNode]) -> Syncs {
     let stats: Vec<_> = nodes.iter().flat_map(ReplicatedNode::stats).collect();
-    let count = stats.iter().map(|s| s.syncs.load(Ordering::Relaxed)).sum();
-    let us: u64 = stats.iter().map(|s| s.sync_us.snapshot().sum).sum();
+    let count = stats
+        .iter()
+        .map(|(_, s)| s.syncs.load(Ordering::Relaxed))
+        .sum();
+    let us: u64 = stats.iter().map(|(_, s)| s.sync_us.snapshot().sum).sum();
     (count, us as f64 / 1e6)
 }

@@ -8,9 +8,13 @@
 use walletd_runtime::net::replicated::{replica_id, replica_node};
 
 use super::*;
+use crate::network::Isolated;
 
 /// Share of isolations aimed at a leader (the others cut off any server node).
 const ISOLATE_LEADER_P: f64 = 0.8;
+/// Share of isolations during which clients' requests to any node skip the isolated one
+/// (see [`Isolated::drained`]).
+const ISOLATE_DRAINED_P: f64 = 0.5;
 /// Longest wait, in 1 ms polls, for a replica to vote in the election that an isolated
 /// leader causes (elections start 300 to 600 ms after the last heartbeat).
 const VOTE_WAIT_POLLS_MAX: u32 = 2_000;
@@ -63,12 +67,29 @@ impl Nemesis {
         };
         let n = leader.unwrap_or_else(|| self.rng.gen_range(0..servers));
         let links = cut_off(cluster, n);
+        let drained = self.rng.gen_bool(ISOLATE_DRAINED_P);
+        let led = {
+            let state = cluster.shared.lock();
+            (0..cluster.shared.map.partitions())
+                .filter(|p| state.replicas.leader_of(*p) == Some(n))
+                .collect()
+        };
+        let mut faults = cluster.net().faults();
+        faults.isolated = Some(Isolated {
+            node: n,
+            led,
+            drained,
+        });
+        cluster.set_faults(faults);
         let lasts = ms(&mut self.rng, FAULT_MS);
         let name = &cluster.nodes[n as usize].name;
-        let what = match leader {
+        let mut what = match leader {
             Some(_) => format!(" (leader of partition {partition})"),
             None => String::new(),
         };
+        if drained {
+            what.push_str(", clients drained from it,");
+        }
         self.note(format!(
             "isolate {name}{what} from the other server nodes for {lasts:?}"
         ));
@@ -158,3 +179,159 @@ fn raft_state(cluster: &Cluster, n: HostId, partition: PartitionId) -> (u64, u64
     let state = raft.lock();
     (state.durable.hard_state.term, state.durable.hard_state.vote)
 }
+
+/// Each sync of a slow follower's Raft store takes this long, in microseconds.
+const SLOW_FOLLOWER_SYNC_US: (u64, u64) = (50_000, 500_000);
+/// How long after a slow follower recovers it must have caught up with what its group had
+/// committed when it recovered (it has a 500 ms sync at most to finish, then normal syncs).
+const CATCH_UP_WITHIN: Duration = Duration::from_secs(3);
+
+/// One `slowfollower` episode: the group of `partition`, led by `leader`, with `follower`'s
+/// Raft store slow.
+#[derive(Debug, Clone)]
+pub struct SlowEpisode {
+    partition: PartitionId,
+    leader: HostId,
+    follower: HostId,
+    /// The leader's commit index when the follower became slow (or recovered, for the
+    /// catch-up check).
+    commit: u64,
+    /// Faults injected so far when the episode began, this one included: an episode is
+    /// judged only when no other fault was on or came meanwhile (another fault may stop the
+    /// group, rightly).
+    injected: u32,
+    alone: bool,
+}
+
+/// What the `slowfollower` episodes of a run saw.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SlowFollowers {
+    pub episodes: u32,
+    /// Episodes in which the group committed while its follower was slow.
+    pub committed: u32,
+    /// Episodes with no other fault on, which are judged.
+    pub alone: u32,
+    /// Followers seen caught up the catch-up delay after they recovered.
+    pub caught_up: u32,
+}
+
+impl Nemesis {
+    /// Makes the Raft store of one follower of a partition's group slow for a while.
+    pub(super) fn slow_follower(&mut self, cluster: &Cluster) -> bool {
+        let slow =
+            |undo: &Undo| matches!(undo, Undo::FollowerNormal(_) | Undo::FollowerCaughtUp(_));
+        if self.pending.values().any(slow) {
+            // One episode at a time, its catch-up included: two slow followers in one group
+            // stop it, rightly.
+            return false;
+        }
+        let partition = self.rng.gen_range(0..cluster.shared.map.partitions());
+        let (leader, commit) = {
+            let state = cluster.shared.lock();
+            let Some(leader) = state.replicas.leader_of(partition) else {
+                return false; // An election is under way.
+            };
+            (leader, state.replicas.commit_index(leader, partition))
+        };
+        let followers: Vec<HostId> = (0..cluster.nodes.len() as HostId)
+            .filter(|n| *n != leader && cluster.nodes[*n as usize].up)
+            .collect();
+        let Some(&follower) = followers.choose(&mut self.rng) else {
+            return false;
+        };
+        let raft = &cluster.shared.raft_disks(follower)[partition as usize];
+        raft.lock().slow_sync_us = Some(SLOW_FOLLOWER_SYNC_US);
+        let lasts = ms(&mut self.rng, FAULT_MS);
+        let name = &cluster.nodes[follower as usize].name;
+        self.note(format!(
+            "slow follower: {name}'s Raft store of partition {partition} (led by node-{leader}) syncs in 50-500 ms for {lasts:?}"
+        ));
+        let episode = SlowEpisode {
+            partition,
+            leader,
+            follower,
+            commit: commit.unwrap_or(0),
+            injected: self.injected + 1,
+            alone: self.pending.is_empty(),
+        };
+        self.schedule(lasts, Undo::FollowerNormal(episode));
+        true
+    }
+
+    /// Whether nothing but `episode` was injected since it began.
+    fn alone(&self, episode: &SlowEpisode) -> bool {
+        episode.alone && self.injected == episode.injected
+    }
+
+    /// A slow follower recovers: did its group commit meanwhile? Then checks, a while later,
+    /// that the follower caught up.
+    pub(super) fn follower_normal(&mut self, cluster: &Cluster, episode: &SlowEpisode) {
+        let (partition, follower) = (episode.partition, episode.follower);
+        let raft = &cluster.shared.raft_disks(follower)[partition as usize];
+        raft.lock().slow_sync_us = None;
+        let (leader, commit) = {
+            let state = cluster.shared.lock();
+            let leader = state.replicas.leader_of(partition);
+            let commit = leader.and_then(|l| state.replicas.commit_index(l, partition));
+            (leader, commit.unwrap_or(0))
+        };
+        let leader = leader.map_or("none".to_string(), |l| format!("node-{l}"));
+        let alone = self.alone(episode);
+        self.slow_followers.episodes += 1;
+        let committed = commit.saturating_sub(episode.commit);
+        if committed > 0 {
+            self.slow_followers.committed += 1;
+        }
+        self.note(format!(
+            "slow follower node-{follower} of partition {partition} normal again: the group committed {committed} entries meanwhile{}",
+            if alone { "" } else { " (other faults on)" }
+        ));
+        if !alone {
+            return;
+        }
+        self.slow_followers.alone += 1;
+        if committed == 0 {
+            self.violations.push((
+                SLOW_FOLLOWER,
+                format!(
+                    "partition {partition}: with only node-{follower}'s Raft store slow, the group (led by node-{}) committed {committed} entries (now led by {leader})",
+                    episode.leader
+                ),
+            ));
+        }
+        let check = SlowEpisode {
+            commit,
+            ..episode.clone()
+        };
+        self.schedule(CATCH_UP_WITHIN, Undo::FollowerCaughtUp(check));
+    }
+
+    /// The follower of `episode` must have reached the commit index its group had when it
+    /// recovered, unless another fault came meanwhile.
+    pub(super) fn follower_caught_up(&mut self, cluster: &Cluster, episode: &SlowEpisode) {
+        if !self.alone(episode) {
+            return;
+        }
+        let (partition, follower) = (episode.partition, episode.follower);
+        let reached = cluster
+            .shared
+            .lock()
+            .replicas
+            .commit_index(follower, partition)
+            .unwrap_or(0);
+        if reached >= episode.commit {
+            self.slow_followers.caught_up += 1;
+            return;
+        }
+        self.violations.push((
+            SLOW_FOLLOWER,
+            format!(
+                "partition {partition}: node-{follower}, slow until {CATCH_UP_WITHIN:?} ago, is at commit index {reached}, its group was at {} when it recovered",
+                episode.commit
+            ),
+        ));
+    }
+}
+
+/// The invariant of the `slowfollower` fault.
+pub const SLOW_FOLLOWER: &str = "slow_follower";

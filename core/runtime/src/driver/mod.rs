@@ -94,6 +94,21 @@ pub enum Input {
         partition: PartitionId,
         messages: Vec<RaftMessage>,
     },
+    /// A membership message of the partition's group, from node `from` (a replicated
+    /// partition only, see [`walletd_core::replica::membership`]).
+    Membership {
+        partition: PartitionId,
+        from: walletd_core::model::partition::NodeId,
+        message: walletd_core::replica::membership::MembershipMessage,
+    },
+    /// A catch-up message of the partition's group, from node `from`: a fetch of records
+    /// or the records (a replicated partition only, see
+    /// [`walletd_core::replica::CatchUpMessage`]).
+    CatchUp {
+        partition: PartitionId,
+        from: walletd_core::model::partition::NodeId,
+        message: walletd_core::replica::CatchUpMessage,
+    },
     /// Finish the current batch, stop, and acknowledge.
     Shutdown(oneshot::Sender<()>),
 }
@@ -580,6 +595,11 @@ impl<S: Storage> PartitionDriver<S> {
                 partition = self.machine.partition(),
                 count = messages.len(),
                 "raft messages for an unreplicated partition dropped"
+            ),
+            Input::Membership { from, .. } | Input::CatchUp { from, .. } => tracing::debug!(
+                partition = self.machine.partition(),
+                from,
+                "group message for an unreplicated partition dropped"
             ),
             Input::Shutdown(ack) => return Some(ack),
         }

@@ -438,6 +438,9 @@ impl Storage for SlowSync {
     async fn list_log(&mut self, from_lsn: Lsn) -> io::Result<Vec<SegmentRef>> {
         self.inner.list_log(from_lsn).await
     }
+    async fn log_segments(&mut self) -> io::Result<Vec<SegmentRef>> {
+        self.inner.log_segments().await
+    }
     async fn read_segment(&mut self, segment: &SegmentRef) -> io::Result<Vec<u8>> {
         self.inner.read_segment(segment).await
     }

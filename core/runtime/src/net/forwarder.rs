@@ -362,6 +362,28 @@ pub(super) async fn to_message(
                 messages,
             }))
         }
+        Input::Membership {
+            partition,
+            from,
+            message,
+        } => {
+            return Some(Some(Message::Membership {
+                partition,
+                from,
+                message,
+            }))
+        }
+        Input::CatchUp {
+            partition,
+            from,
+            message,
+        } => {
+            return Some(Some(Message::CatchUp {
+                partition,
+                from,
+                message,
+            }))
+        }
         Input::Shutdown(ack) => {
             let _ = ack.send(());
             return Some(None);

@@ -199,6 +199,32 @@ pub(super) async fn route(
             deliver_raft(partition, messages, ctx, client);
             return Ok(());
         }
+        Message::Membership {
+            partition,
+            from,
+            message,
+        } => {
+            let input = Input::Membership {
+                partition,
+                from,
+                message,
+            };
+            deliver_to_replica(partition, input, ctx, client);
+            return Ok(());
+        }
+        Message::CatchUp {
+            partition,
+            from,
+            message,
+        } => {
+            let input = Input::CatchUp {
+                partition,
+                from,
+                message,
+            };
+            deliver_to_replica(partition, input, ctx, client);
+            return Ok(());
+        }
         Message::Request { id, wait, command } => {
             let (reply, answer) = oneshot::channel();
             let partition = partition_of(command_account(&command), ctx.partitions);
@@ -297,23 +323,29 @@ pub(super) fn deliver_raft(
     ctx: &NodeContext,
     client: &Client,
 ) {
-    if partition >= ctx.partitions || !ctx.owns(partition) {
-        tracing::warn!(
-            node = ctx.node,
-            partition,
-            "raft messages for a partition with no replica here dropped"
-        );
-        return;
-    }
     let input = Input::Raft {
         partition,
         messages,
     };
+    deliver_to_replica(partition, input, ctx, client);
+}
+
+/// Hands a group message to the local replica of `partition`, if there is one; dropped
+/// when its inbox is full (the sender resends).
+fn deliver_to_replica(partition: PartitionId, input: Input, ctx: &NodeContext, client: &Client) {
+    if partition >= ctx.partitions || !ctx.owns(partition) {
+        tracing::warn!(
+            node = ctx.node,
+            partition,
+            "group message for a partition with no replica here dropped"
+        );
+        return;
+    }
     if client.inbox(partition).try_send(input).is_err() {
         tracing::debug!(
             node = ctx.node,
             partition,
-            "raft messages dropped: inbox full"
+            "group message dropped: inbox full"
         );
     }
 }

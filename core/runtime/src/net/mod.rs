@@ -245,6 +245,8 @@ pub enum NodeError {
         owned: Vec<PartitionId>,
         given: Vec<PartitionId>,
     },
+    #[error("{replicas} copies of each partition on {nodes} nodes: 1 to {nodes}")]
+    Replicas { replicas: u32, nodes: usize },
     #[error("the cluster secret must be at least {SECRET_LEN_MIN} bytes")]
     WeakSecret,
     #[error("cannot listen for peers on {address}: {source}")]
@@ -337,9 +339,9 @@ struct NodeContext {
     secret: Vec<u8>,
     nonces: NonceSource,
     config: NetConfig,
-    /// A replicated node ([`replicated`]): a replica of every partition runs here, and
-    /// every node of the map is a peer.
-    hosts_every_partition: bool,
+    /// A replicated node ([`replicated`]): whether a replica of each partition runs here
+    /// (by partition); every node of the map is a peer.
+    hosted: Option<Vec<bool>>,
 }
 
 impl NodeContext {
@@ -361,7 +363,7 @@ impl NodeContext {
                 counter: AtomicU64::new(0),
             },
             config,
-            hosts_every_partition: false,
+            hosted: None,
         }
     }
 
@@ -376,7 +378,10 @@ impl NodeContext {
     }
 
     fn owns(&self, partition: PartitionId) -> bool {
-        self.hosts_every_partition || self.map.borrow().map.owner(partition) == self.node
+        match &self.hosted {
+            Some(hosted) => hosted.get(partition as usize).copied().unwrap_or(false),
+            None => self.map.borrow().map.owner(partition) == self.node,
+        }
     }
 
     /// A peer holds map `version`: if that is newer than this node's, say so to whoever
@@ -651,9 +656,9 @@ fn spawn_forwarders<N: PeerIo>(ctx: &Arc<NodeContext>, io: &Arc<N>) -> Links {
         forwarders: Vec::new(),
     };
     let map = ctx.map();
-    let owners: std::collections::BTreeSet<NodeId> = match ctx.hosts_every_partition {
-        true => map.map.nodes.keys().copied().collect(),
-        false => map.map.owners.iter().copied().collect(),
+    let owners: std::collections::BTreeSet<NodeId> = match ctx.hosted {
+        Some(_) => map.map.nodes.keys().copied().collect(),
+        None => map.map.owners.iter().copied().collect(),
     };
     for remote in owners.into_iter().filter(|id| *id != ctx.node) {
         let (queue, inputs) = mpsc::channel(ctx.config.forward_queue_max);

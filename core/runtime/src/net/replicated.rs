@@ -1,17 +1,23 @@
-//! A node of a replicated cluster: every partition is a Raft group with a replica on every
-//! node of the map, and this node runs its replica of each ([`ReplicaDriver`]).
+//! A node of a replicated cluster: every partition is a Raft group with replicas on
+//! `replicas` nodes of the map, and this node runs its replica of each partition it hosts
+//! ([`ReplicaDriver`]).
 //!
 //! ```text
 //!   Client ─► inbox[p] ─► replica p ── leads? ──► machine
-//!                            │ └──── another leads ──► queue of its node ─► Forwarder ══► its replica p
-//!                            └─ Raft messages ──────► queue of their node ═════════════► its replica p
+//!                │           │ └──── another leads ──► queue of its node ─► Forwarder ══► its replica p
+//!                │           └─ Raft messages ──────► queue of their node ═════════════► its replica p
+//!                └─ (no replica here) relay ─► queue of a node with one ═══════════════► its replica p
 //! ```
 //!
-//! Placement is the simplest there is: every node holds every partition, so a group has as
-//! many replicas as the map has nodes, and any node routes any request through its own
-//! replica, which hands it to the leader ([`GroupLinks::forward`]). The peer links are the
-//! unreplicated cluster's ([`super::forwarder`], [`PeerListener`]); Raft messages travel in
-//! them as `Raft` wire messages, into the replica's inbox like everything else.
+//! **Placement** ([`replica_nodes`]): partition `p`'s replicas are on its owner in the map
+//! and the nodes after it in id order, wrapping around, as many as `replicas`; with
+//! `replicas` equal to the node count every node holds every partition. Copies of one
+//! partition are always on distinct nodes. A request for a partition this node hosts goes
+//! through its own replica, which hands it to the leader ([`GroupLinks::forward`]); one
+//! for a partition it does not host goes to a node that does, the same one while its link
+//! is up. The peer links are the unreplicated cluster's ([`super::forwarder`],
+//! [`PeerListener`]); Raft and membership messages travel in them, into the replica's
+//! inbox like everything else.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,7 +27,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use walletd_core::model::partition::{NodeId, PartitionId, PartitionMap};
-use walletd_core::replica::{RaftMessage, ReplicaConfig, ReplicaId};
+use walletd_core::replica::membership::{self, MembershipMessage};
+use walletd_core::replica::{CatchUpMessage, LogLimits, RaftMessage, ReplicaConfig, ReplicaId};
 use walletd_core::wire::{raft_encoded_len, RAFT_ENCODED_LEN_MAX, RAFT_MESSAGES_MAX};
 
 use super::*;
@@ -32,22 +39,54 @@ use crate::replica::{
 use crate::storage::raft_store::RaftStore;
 use crate::transport::{LocalTransport, Transport};
 
-/// A node's replica id in every group: Raft reserves 0.
+/// A node's first replica id in every group (the voters of a new group); later
+/// incarnations of its replicas have other ids ([`membership`]).
 pub fn replica_id(node: NodeId) -> ReplicaId {
-    u64::from(node) + 1
+    membership::initial_id(node)
 }
 
-/// The voters of every group of `map`: a replica on each of its nodes. A new replica's Raft
-/// store starts from `DurableRaft::new(&voters(map))`.
+/// The first voters of every group of `map`: a replica on each of its nodes. A new
+/// replica's Raft store starts from `DurableRaft::new(&voters(map))`.
 pub fn voters(map: &PartitionMap) -> Vec<ReplicaId> {
     map.nodes.keys().map(|node| replica_id(*node)).collect()
 }
 
-/// The node a replica id stands for.
+/// The nodes holding partition `partition`'s replicas when each partition has `replicas`
+/// copies: its owner in `map` and the nodes after it in id order, wrapping around.
+pub fn replica_nodes(map: &PartitionMap, partition: PartitionId, replicas: u32) -> Vec<NodeId> {
+    let nodes: Vec<NodeId> = map.nodes.keys().copied().collect();
+    assert!(
+        (1..=nodes.len() as u32).contains(&replicas),
+        "1 to {} replicas, not {replicas}",
+        nodes.len()
+    );
+    let owner = map.owner(partition);
+    let first = nodes
+        .iter()
+        .position(|n| *n == owner)
+        .expect("owners are nodes");
+    (0..replicas as usize)
+        .map(|i| nodes[(first + i) % nodes.len()])
+        .collect()
+}
+
+/// The partitions whose replicas include one on `node`, ascending.
+pub fn hosted_partitions(map: &PartitionMap, node: NodeId, replicas: u32) -> Vec<PartitionId> {
+    (0..map.partitions())
+        .filter(|p| replica_nodes(map, *p, replicas).contains(&node))
+        .collect()
+}
+
+/// The first voters of partition `partition`'s group: its replica nodes' first ids.
+pub fn voters_of(map: &PartitionMap, partition: PartitionId, replicas: u32) -> Vec<ReplicaId> {
+    (replica_nodes(map, partition, replicas).into_iter())
+        .map(replica_id)
+        .collect()
+}
+
+/// The node a replica id stands for, whatever its incarnation.
 pub fn replica_node(replica: ReplicaId) -> Option<NodeId> {
-    replica
-        .checked_sub(1)
-        .and_then(|n| NodeId::try_from(n).ok())
+    membership::node_of(replica)
 }
 
 /// What a replicated node needs besides its map, id, secret and storages.
@@ -60,6 +99,10 @@ pub struct ReplicatedConfig {
     pub heartbeat_ticks: usize,
     /// Seeds the election timeouts of this node's replicas (each partition its own).
     pub election_seed: u64,
+    /// Copies of each partition; `None`: one on every node of the map.
+    pub replicas: Option<u32>,
+    /// When replicas compact their Raft logs.
+    pub log: LogLimits,
 }
 
 impl ReplicatedConfig {
@@ -72,6 +115,8 @@ impl ReplicatedConfig {
             election_ticks: 30,
             heartbeat_ticks: 5,
             election_seed,
+            replicas: None,
+            log: LogLimits::default(),
         }
     }
 }
@@ -108,6 +153,30 @@ impl GroupLinks for NodeLinks {
                 // A full queue drops them: Raft resends.
                 let _ = queue.try_send(input);
             }
+        }
+    }
+
+    fn send_membership(&self, node: NodeId, partition: PartitionId, message: MembershipMessage) {
+        if let Some(queue) = self.queues.get(&node) {
+            let input = Input::Membership {
+                partition,
+                from: self.node,
+                message,
+            };
+            // A full queue drops it: asks are repeated until answered.
+            let _ = queue.try_send(input);
+        }
+    }
+
+    fn send_catch_up(&self, node: NodeId, partition: PartitionId, message: CatchUpMessage) {
+        if let Some(queue) = self.queues.get(&node) {
+            let input = Input::CatchUp {
+                partition,
+                from: self.node,
+                message,
+            };
+            // A full queue drops it: a fetch is asked again.
+            let _ = queue.try_send(input);
         }
     }
 
@@ -151,6 +220,7 @@ fn wire_groups(messages: Vec<RaftMessage>) -> Vec<Vec<RaftMessage>> {
 
 /// One replica running on the node.
 struct RunningReplica {
+    partition: PartitionId,
     inbox: mpsc::Sender<Input>,
     status: Arc<ReplicaStatus>,
     stats: Arc<DriverStats>,
@@ -164,6 +234,8 @@ pub struct ReplicatedNode {
     replicas: Vec<RunningReplica>,
     listener: PeerListener,
     forwarders: Vec<AbortOnDrop>,
+    /// One per partition not hosted here.
+    relays: Vec<AbortOnDrop>,
     links: BTreeMap<NodeId, Arc<LinkStats>>,
 }
 
@@ -172,7 +244,8 @@ impl ReplicatedNode {
         self.node
     }
 
-    /// Routes to every partition through this node's replicas.
+    /// Routes to every partition: through this node's replica where it has one, to a node
+    /// that has one otherwise.
     pub fn client(&self) -> Client {
         self.client.clone()
     }
@@ -181,16 +254,18 @@ impl ReplicatedNode {
         self.listener.address()
     }
 
-    /// The role of this node's replica of each partition.
-    pub fn statuses(&self) -> Vec<Arc<ReplicaStatus>> {
-        self.replicas
-            .iter()
-            .map(|r| Arc::clone(&r.status))
+    /// The role of this node's replica of each partition it hosts.
+    pub fn statuses(&self) -> Vec<(PartitionId, Arc<ReplicaStatus>)> {
+        (self.replicas.iter())
+            .map(|r| (r.partition, Arc::clone(&r.status)))
             .collect()
     }
 
-    pub fn stats(&self) -> Vec<Arc<DriverStats>> {
-        self.replicas.iter().map(|r| Arc::clone(&r.stats)).collect()
+    /// The counters of this node's replica of each partition it hosts.
+    pub fn stats(&self) -> Vec<(PartitionId, Arc<DriverStats>)> {
+        (self.replicas.iter())
+            .map(|r| (r.partition, Arc::clone(&r.stats)))
+            .collect()
     }
 
     pub fn links(&self) -> &BTreeMap<NodeId, Arc<LinkStats>> {
@@ -218,6 +293,7 @@ impl ReplicatedNode {
                 Err(join) => tracing::error!(%join, "replica task failed"),
             }
         }
+        drop(self.relays);
         drop(self.forwarders);
         result
     }
@@ -231,8 +307,9 @@ impl ReplicatedNode {
 }
 
 /// Starts node `node` of `map` as a replicated node on `listener`: a replica of every
-/// partition from `storages[p]` (its partition log and its Raft store), links to every other
-/// node, and the peer listener.
+/// partition it hosts ([`hosted_partitions`]) from `storages` (its partition log and its
+/// Raft store, one per hosted partition in ascending order), links to every other node, a
+/// relay for each partition it does not host, and the peer listener.
 pub async fn start_replicated_node_with<S: Storage, R: RaftStore, N: PeerIo>(
     io: N,
     listener: TcpListener,
@@ -250,16 +327,24 @@ pub async fn start_replicated_node_with<S: Storage, R: RaftStore, N: PeerIo>(
         return Err(NodeError::WeakSecret);
     }
     let partitions = map.partitions();
-    if storages.len() != partitions as usize {
+    let replicas = config.replicas.unwrap_or(map.nodes.len() as u32);
+    if !(1..=map.nodes.len() as u32).contains(&replicas) {
+        return Err(NodeError::Replicas {
+            replicas,
+            nodes: map.nodes.len(),
+        });
+    }
+    let hosted = hosted_partitions(map, node, replicas);
+    if storages.len() != hosted.len() {
         return Err(NodeError::Storages {
             node,
-            owned: (0..partitions).collect(),
+            owned: hosted,
             given: (0..storages.len() as PartitionId).collect(),
         });
     }
     config.node.net.check();
     let mut ctx = NodeContext::new(node, map, secret, config.node.nonce_seed, config.node.net);
-    ctx.hosts_every_partition = true;
+    ctx.hosted = Some((0..partitions).map(|p| hosted.contains(&p)).collect());
     let ctx = Arc::new(ctx);
     let io = Arc::new(io);
     let Links {
@@ -271,27 +356,38 @@ pub async fn start_replicated_node_with<S: Storage, R: RaftStore, N: PeerIo>(
         node,
         queues: queues.clone(),
     });
-    drop(queues);
     let capacity = config.node.engine.inbox_capacity;
-    let channels: Vec<_> = (0..partitions).map(|_| mpsc::channel(capacity)).collect();
+    let mut channels: Vec<_> = (0..partitions).map(|_| mpsc::channel(capacity)).collect();
     let inboxes: Arc<[mpsc::Sender<Input>]> =
         channels.iter().map(|(sender, _)| sender.clone()).collect();
     let peers: Arc<dyn Transport> = Arc::new(LocalTransport::new(Arc::clone(&inboxes)));
-    let mut replicas = Vec::with_capacity(partitions as usize);
-    for (partition, ((storage, raft_store), (inbox, receiver))) in
-        storages.into_iter().zip(channels).enumerate()
-    {
-        let partition = partition as PartitionId;
+    let mut relays = Vec::new();
+    for partition in (0..partitions).filter(|p| !hosted.contains(p)) {
+        let targets = (replica_nodes(map, partition, replicas).into_iter())
+            .filter_map(|n| Some((queues.get(&n)?.clone(), Arc::clone(links.get(&n)?))))
+            .collect();
+        let (_, inputs) = std::mem::replace(&mut channels[partition as usize], mpsc::channel(1));
+        relays.push(AbortOnDrop(tokio::spawn(relay(inputs, targets))));
+    }
+    drop(queues);
+    let mut running = Vec::with_capacity(hosted.len());
+    for (&partition, (storage, raft_store)) in hosted.iter().zip(storages) {
+        let (inbox, receiver) =
+            std::mem::replace(&mut channels[partition as usize], mpsc::channel(1));
         let status = Arc::new(ReplicaStatus::default());
         let stats = Arc::new(DriverStats::default());
         let replica_config = ReplicaConfig {
+            // The driver takes the id from the Raft store (see `ReplicaDriver::start`).
             id: replica_id(node),
             election_ticks: config.election_ticks,
             heartbeat_ticks: config.heartbeat_ticks,
             seed: config.election_seed ^ (u64::from(partition) << 32),
             machine: config.node.engine.driver,
+            log: config.log,
         };
         let wiring = ReplicaWiring {
+            node,
+            group: replica_nodes(map, partition, replicas),
             peers: Arc::clone(&peers),
             links: Arc::clone(&group_links),
             inbox: receiver,
@@ -310,7 +406,8 @@ pub async fn start_replicated_node_with<S: Storage, R: RaftStore, N: PeerIo>(
         .await
         .map_err(NodeError::Replica)?;
         let task = tokio::spawn(async move { driver.run().await.map(drop) });
-        replicas.push(RunningReplica {
+        running.push(RunningReplica {
+            partition,
             inbox,
             status,
             stats,
@@ -328,11 +425,42 @@ pub async fn start_replicated_node_with<S: Storage, R: RaftStore, N: PeerIo>(
     Ok(ReplicatedNode {
         node,
         client,
-        replicas,
+        replicas: running,
         listener,
         forwarders,
+        relays,
         links,
     })
+}
+
+/// Carries the inputs of a partition with no replica on this node to a node with one
+/// (`targets`: the forwarder queue and link of each): the same node while its link is up,
+/// the next one whose link is up otherwise. Its replica hands them to the leader. An input
+/// that finds no way is dropped: its client sees the partition unavailable and retries.
+async fn relay(
+    mut inputs: mpsc::Receiver<Input>,
+    targets: Vec<(mpsc::Sender<Input>, Arc<LinkStats>)>,
+) {
+    let mut current = 0;
+    while let Some(input) = inputs.recv().await {
+        if targets.is_empty() {
+            continue;
+        }
+        let up = |i: usize| {
+            targets[i]
+                .1
+                .connected
+                .load(std::sync::atomic::Ordering::Acquire)
+        };
+        if !up(current) {
+            let count = targets.len();
+            current = (1..count)
+                .map(|step| (current + step) % count)
+                .find(|i| up(*i))
+                .unwrap_or((current + 1) % count);
+        }
+        let _ = targets[current].0.try_send(input);
+    }
 }
 
 #[cfg(test)]

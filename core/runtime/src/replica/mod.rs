@@ -24,6 +24,13 @@
 //! A client command that reaches a replica that does not lead is dropped unanswered (its
 //! client sees the partition unavailable, and retries, with the same transaction id, where
 //! [`ReplicaStatus::leader`] points).
+//!
+//! # Which replica it is
+//! The driver takes its replica id from the Raft store. A store that has decided nothing
+//! and holds nothing (a new group, or a lost disk) first asks the group how to start
+//! ([`walletd_core::replica::membership`]): as the node's first incarnation when the whole
+//! group is new, or as the learner the leader takes in. Meanwhile client requests go to the
+//! leader an answer named, or wait as during an election.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -37,15 +44,19 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use walletd_core::ledger::Ledger;
-use walletd_core::model::partition::PartitionId;
+use walletd_core::log::codec::{encode_record, RecordReader};
+use walletd_core::model::event::Lsn;
+use walletd_core::model::partition::{NodeId, PartitionId};
 use walletd_core::protocol::machine::{Now, PartitionMachine};
+use walletd_core::replica::membership::{self, initial_id, Decision, Joiner, MembershipMessage};
 use walletd_core::replica::{
-    Persist, RaftMessage, Replica, ReplicaConfig, ReplicaError, ReplicaId, ReplicaReady,
+    CatchUpMessage, DurableRaft, Persist, RaftMessage, Replica, ReplicaConfig, ReplicaError,
+    ReplicaId, ReplicaReady, FETCH_BYTES_MAX,
 };
 
 use crate::driver::{recover, wall_clock_us, Channels, DriverError, DriverStats, Input};
 use crate::storage::raft_store::RaftStore;
-use crate::storage::Storage;
+use crate::storage::{SegmentRef, Storage};
 use crate::transport::Transport;
 
 #[cfg(test)]
@@ -60,6 +71,13 @@ pub trait GroupLinks: Send + Sync + 'static {
     /// Hands a client command, query or phase message to replica `to` (the leader), with
     /// its reply channel. Gives it back if there is no way to `to` now.
     fn forward(&self, to: ReplicaId, input: Input) -> Result<(), Input>;
+
+    /// Sends a membership message to the replica of `partition` on node `node`.
+    fn send_membership(&self, node: NodeId, partition: PartitionId, message: MembershipMessage);
+
+    /// Sends a catch-up message (a fetch of records, or records) to the replica of
+    /// `partition` on node `node`.
+    fn send_catch_up(&self, node: NodeId, partition: PartitionId, message: CatchUpMessage);
 }
 
 /// What a replica publishes of its role, for routing and `GET /v1/cluster`.
@@ -72,6 +90,12 @@ pub struct ReplicaStatus {
     pub term: AtomicU64,
     pub commit_index: AtomicU64,
     pub applied_lsn: AtomicU64,
+    /// The nodes whose replicas are learners in the members this replica applied: copies
+    /// catching up (a replica that lost its disk) that do not vote yet.
+    pub learners: std::sync::Mutex<Vec<NodeId>>,
+    /// A change of voters is under way (joint consensus: decisions need a majority of the
+    /// old voters and of the new).
+    pub members_changing: AtomicBool,
 }
 
 impl ReplicaStatus {
@@ -131,6 +155,22 @@ struct Written {
 
 /// The driver of one replica. Build with [`ReplicaDriver::start`], then `run` it as a task.
 pub struct ReplicaDriver<S: Storage, R: RaftStore> {
+    partition: PartitionId,
+    partitions: u32,
+    storage: S,
+    raft_store: R,
+    durable: DurableRaft,
+    ledger: Ledger,
+    config: ReplicaConfig,
+    timing: ReplicaTiming,
+    wiring: ReplicaWiring,
+}
+
+/// How often a replica with nothing on disk asks its group again.
+const ASK_INTERVAL: Duration = Duration::from_millis(200);
+
+/// A running replica's driver loop.
+struct Running<S: Storage, R: RaftStore> {
     replica: Replica<Channels>,
     storage: S,
     /// `None` while a write owns it.
@@ -148,21 +188,39 @@ pub struct ReplicaDriver<S: Storage, R: RaftStore> {
     timing: ReplicaTiming,
     partitions: u32,
     clock_origin: Instant,
+    /// The membership change whose learners `status` shows.
+    published_conf: Option<u64>,
+    /// Committed batches appended to the partition log since it was last synced.
+    unsynced_batches: usize,
+    /// Fetches of records from other nodes' replicas, to serve: (node, after, through).
+    fetches: Vec<(NodeId, Lsn, Lsn)>,
+    /// The last closed segment read to serve a fetch (fetches go through it in order).
+    fetch_cache: Option<(SegmentRef, Vec<u8>)>,
 }
+
+/// Most committed batches appended to the partition log between syncs made so that the
+/// Raft log can be compacted ([`Replica::handle_log_durable`]); fewer when the replica
+/// compacts sooner.
+const LOG_SYNC_BATCHES: usize = 512;
 
 /// The inputs and outputs of a replica driver, other than its storage.
 pub struct ReplicaWiring {
+    /// The node this replica runs on, and every node of its group (this one among them).
+    pub node: NodeId,
+    pub group: Vec<NodeId>,
     pub peers: Arc<dyn Transport>,
     pub links: Arc<dyn GroupLinks>,
-    /// Client commands, queries, phase messages and the group's Raft messages.
+    /// Client commands, queries, phase messages and the group's Raft and membership
+    /// messages.
     pub inbox: mpsc::Receiver<Input>,
     pub status: Arc<ReplicaStatus>,
     pub stats: Arc<DriverStats>,
 }
 
 impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
-    /// Recovers the partition log (the committed state it holds) and the Raft store, and
-    /// builds the replica as a follower.
+    /// Recovers the partition log (the committed state it holds) and the Raft store. The
+    /// replica's id comes from the store, `config.id` is ignored: see "Which replica it is"
+    /// in the module docs.
     pub async fn start(
         partition: PartitionId,
         partitions: u32,
@@ -179,35 +237,160 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
             .map_err(|source| ReplicaDriverError::RaftStore { partition, source })?;
         tracing::info!(
             partition,
-            replica = config.id,
+            replica = durable.id,
             lsn = report.last_lsn,
             term = durable.hard_state.term,
             raft_entries = durable.entries.len(),
+            undecided = durable.is_undecided(),
             "replica recovered"
         );
-        let clock_origin = Instant::now();
+        Ok(ReplicaDriver {
+            partition,
+            partitions,
+            storage,
+            raft_store,
+            durable,
+            ledger,
+            config,
+            timing,
+            wiring,
+        })
+    }
+
+    /// Runs until a [`Input::Shutdown`] or until every sender of the inbox is gone (first
+    /// finding out which replica it is, if its store has not decided). A clean stop syncs
+    /// the partition log and returns the storages.
+    pub async fn run(mut self) -> Result<(S, R), ReplicaDriverError> {
+        let mut waiting = VecDeque::new();
+        let Some(id) = self.decide_id(&mut waiting).await? else {
+            return Ok((self.storage, self.raft_store));
+        };
+        let mut config = self.config;
+        config.id = id;
         let now = Now {
             micros: 0,
             wall_us: wall_clock_us(),
         };
-        let replica = Replica::new(config, &durable, ledger, now)?;
-        Ok(ReplicaDriver {
+        let replica = Replica::new(config, &self.durable, self.ledger, now)?;
+        let wiring = self.wiring;
+        let running = Running {
             replica,
-            storage,
-            raft_store: Some(raft_store),
+            storage: self.storage,
+            raft_store: Some(self.raft_store),
             queued: Vec::new(),
             peers: wiring.peers,
             links: wiring.links,
             inbox: wiring.inbox,
-            waiting: VecDeque::new(),
+            waiting,
             status: wiring.status,
             stats: wiring.stats,
-            timing,
-            partitions,
-            clock_origin,
-        })
+            timing: self.timing,
+            partitions: self.partitions,
+            clock_origin: Instant::now(),
+            published_conf: None,
+            unsynced_batches: 0,
+            fetches: Vec::new(),
+            fetch_cache: None,
+        };
+        let stopped = running.run().await;
+        if let Err(error) = &stopped {
+            tracing::error!(partition = self.partition, %error, "replica stopped");
+        }
+        stopped
     }
 
+    /// The replica's id: the store's, or for a store of a build before ids its node's
+    /// first incarnation, or for a new store what its group answers (written to the store
+    /// before it is used). `None` if asked to stop first; client inputs that came meanwhile
+    /// are left in `waiting`.
+    async fn decide_id(
+        &mut self,
+        waiting: &mut VecDeque<(Instant, Input)>,
+    ) -> Result<Option<ReplicaId>, ReplicaDriverError> {
+        let partition = self.partition;
+        let node = self.wiring.node;
+        if self.durable.id != 0 {
+            return Ok(Some(self.durable.id));
+        }
+        if !self.durable.is_undecided() {
+            return Ok(Some(initial_id(node)));
+        }
+        // Drawn anew by every start, so that an answer to an earlier start's ask is ignored.
+        let nonce = self.config.seed ^ 0x6a6f_696e_6e6f_6e63 ^ wall_clock_us();
+        let has_records = self.ledger.last_applied().lsn > 0;
+        let mut joiner = Joiner::new(node, &self.wiring.group, nonce, has_records);
+        tracing::info!(
+            partition,
+            node,
+            "the raft store is new: asking the group whether it runs"
+        );
+        let mut asks = tokio::time::interval(ASK_INTERVAL);
+        asks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let links = Arc::clone(&self.wiring.links);
+        let decision = loop {
+            tokio::select! {
+                biased;
+                input = self.wiring.inbox.recv() => match input {
+                    None => return Ok(None),
+                    Some(Input::Shutdown(ack)) => {
+                        let _ = ack.send(());
+                        return Ok(None);
+                    }
+                    Some(Input::Membership { from, message, .. }) => match message {
+                        MembershipMessage::Ask { node: asker, nonce } => {
+                            let answer = MembershipMessage::Answer {
+                                nonce,
+                                answer: joiner.answer(),
+                            };
+                            links.send_membership(asker, partition, answer);
+                        }
+                        answer => {
+                            if let Some(decision) = joiner.handle(from, answer) {
+                                break decision;
+                            }
+                        }
+                    },
+                    // No id yet: nothing addressed to a replica id is for this one.
+                    Some(Input::Raft { .. }) => {}
+                    Some(input) => {
+                        if waiting.len() < self.timing.leader_wait_inputs_max {
+                            waiting.push_back((Instant::now(), input));
+                        }
+                    }
+                },
+                _ = asks.tick() => {
+                    for peer in joiner.peers_to_ask() {
+                        links.send_membership(peer, partition, joiner.ask());
+                    }
+                    while waiting.front().is_some_and(|(since, _)| since.elapsed() >= self.timing.leader_wait) {
+                        waiting.pop_front();
+                    }
+                }
+            }
+            if let Some(leader) = joiner.leader() {
+                self.wiring.status.leader.store(leader, Ordering::Release);
+                while let Some((_, input)) = waiting.pop_front() {
+                    // A link that is down drops it: the client sees the partition unavailable.
+                    let _ = links.forward(leader, input);
+                }
+            }
+        };
+        let id = match decision {
+            Decision::Bootstrap => initial_id(node),
+            Decision::Join(id) => id,
+        };
+        tracing::info!(partition, node, id, ?decision, "replica id decided");
+        let durable = self.durable.decided(id);
+        self.raft_store
+            .reset(durable.clone())
+            .await
+            .map_err(|source| ReplicaDriverError::RaftStore { partition, source })?;
+        self.durable = durable;
+        Ok(Some(id))
+    }
+}
+
+impl<S: Storage, R: RaftStore> Running<S, R> {
     fn now(&self) -> Now {
         Now {
             micros: self.clock_origin.elapsed().as_micros() as u64,
@@ -215,9 +398,7 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
         }
     }
 
-    /// Runs until a [`Input::Shutdown`] or until every sender of the inbox is gone. A clean
-    /// stop syncs the partition log and returns the storages.
-    pub async fn run(mut self) -> Result<(S, R), ReplicaDriverError> {
+    async fn run(mut self) -> Result<(S, R), ReplicaDriverError> {
         let partition = self.replica.partition();
         let mut writing: Option<StoreWrite<R>> = None;
         let mut ticks = tokio::time::interval(self.timing.tick);
@@ -225,6 +406,7 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
         loop {
             self.route_waiting();
             self.drive().await?;
+            self.serve_fetches().await?;
             if writing.is_none() {
                 writing = self.start_write();
             }
@@ -249,7 +431,7 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
                         return Ok((self.storage, self.raft_store.take().expect("stopped")));
                     }
                     Some(input) => {
-                        self.handle(input);
+                        self.handle(input)?;
                         // The rest of what is queued, up to a bound, before Raft is polled.
                         for _ in 0..DRAIN_INPUTS_MAX {
                             match self.inbox.try_recv() {
@@ -259,7 +441,7 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
                                     let store = self.raft_store.take().expect("stopped");
                                     return Ok((self.storage, store));
                                 }
-                                Ok(input) => self.handle(input),
+                                Ok(input) => self.handle(input)?,
                                 Err(_) => break,
                             }
                         }
@@ -285,7 +467,7 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
 
     /// One input: Raft messages to Raft at once; anything else joins the waiting queue,
     /// which [`ReplicaDriver::route_waiting`] empties in order.
-    fn handle(&mut self, input: Input) {
+    fn handle(&mut self, input: Input) -> Result<(), ReplicaDriverError> {
         self.stats.inputs.fetch_add(1, Ordering::Relaxed);
         if let Input::Raft {
             partition,
@@ -293,16 +475,46 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
         } = input
         {
             debug_assert_eq!(partition, self.replica.partition());
+            let own = self.replica.id();
             for message in messages {
-                self.replica.handle_message(message);
+                // Another incarnation's: an earlier copy of this node's replica, which its
+                // group may not have removed yet; this one must not answer for it.
+                if message.to == own {
+                    self.replica.handle_message(message);
+                }
             }
-            return;
+            return Ok(());
+        }
+        if let Input::CatchUp { from, message, .. } = input {
+            match message {
+                CatchUpMessage::Fetch {
+                    after_lsn,
+                    through_lsn,
+                } => self.fetches.push((from, after_lsn, through_lsn)),
+                CatchUpMessage::Records { first_lsn, records } => {
+                    self.replica.handle_fetched(first_lsn, records)?;
+                }
+            }
+            return Ok(());
+        }
+        if let Input::Membership {
+            partition, message, ..
+        } = input
+        {
+            if let MembershipMessage::Ask { node, nonce } = message {
+                let answer = self.replica.handle_ask(node);
+                let answer = MembershipMessage::Answer { nonce, answer };
+                self.links.send_membership(node, partition, answer);
+            }
+            // An answer reaches a replica that has decided already: an ask's late answer.
+            return Ok(());
         }
         // Beyond the bound the input is dropped: its client sees the partition unavailable.
         if self.waiting.len() < self.timing.leader_wait_inputs_max {
             self.waiting.push_back((Instant::now(), input));
         }
         self.route_waiting();
+        Ok(())
     }
 
     /// Hands waiting client commands, queries and phase messages on, in order: to the
@@ -377,6 +589,16 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
         if let Some(persist) = ready.persist {
             self.queued.push((persist, ready.messages_after_persist));
         }
+        if let Some(fetch) = ready.fetch {
+            if let Some(node) = membership::node_of(fetch.from) {
+                let message = CatchUpMessage::Fetch {
+                    after_lsn: fetch.after_lsn,
+                    through_lsn: fetch.through_lsn,
+                };
+                self.links.send_catch_up(node, partition, message);
+            }
+        }
+        self.unsynced_batches += ready.committed.len();
         for batch in &ready.committed {
             self.storage
                 .append(batch.first_lsn, &batch.records)
@@ -391,13 +613,17 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
                 .fetch_max(batch.last_lsn, Ordering::Release);
             self.stats.durable.notify_waiters();
         }
+        let compact_after = self.replica.log_limits().compact_after as usize;
+        if self.unsynced_batches >= (compact_after / 2).clamp(1, LOG_SYNC_BATCHES) {
+            self.sync_log().await?;
+        }
         // Peer messages first, then the answers (the machine's release rule).
         crate::driver::deliver(ready.release, &*self.peers);
         if let Some(image) = ready.snapshot {
             // No snapshot ahead of its log: the log is synced first. Written inline: a
             // replicated partition's snapshots are not yet taken off its task.
             let lsn = image.last_applied().lsn;
-            self.storage.sync().await.map_err(io_err)?;
+            self.sync_log().await?;
             let chunks = image.chunks().frozen;
             let encode = Box::new(
                 move |out: &mut dyn walletd_core::log::snapshot::SnapshotOut| image.write_to(out),
@@ -415,9 +641,55 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
         if ready.reload {
             // The log holds every committed batch appended so far; synced, recovery reads
             // all of it back (it would cut an unsynced tail).
-            self.storage.sync().await.map_err(io_err)?;
+            self.sync_log().await?;
             let (ledger, _) = recover(&mut self.storage, partition, self.partitions).await?;
             self.replica.handle_reloaded(ledger);
+        }
+        Ok(())
+    }
+
+    /// Syncs the partition log: what it holds is durable, so the Raft log may drop the
+    /// entries that carried it.
+    async fn sync_log(&mut self) -> Result<(), ReplicaDriverError> {
+        let partition = self.replica.partition();
+        (self.storage.sync().await).map_err(|source| DriverError::Io { partition, source })?;
+        self.unsynced_batches = 0;
+        let lsn = self.stats.last_lsn.load(Ordering::Acquire);
+        self.replica.handle_log_durable(lsn);
+        Ok(())
+    }
+
+    /// Answers the fetches of records other replicas asked for (see
+    /// [`walletd_core::replica::CatchUpMessage`]) from the partition log.
+    async fn serve_fetches(&mut self) -> Result<(), ReplicaDriverError> {
+        let partition = self.replica.partition();
+        for (node, after_lsn, through_lsn) in std::mem::take(&mut self.fetches) {
+            let read = read_records(
+                &mut self.storage,
+                &mut self.fetch_cache,
+                after_lsn,
+                through_lsn,
+            );
+            let (first_lsn, records) = match read.await {
+                Ok(read) => read,
+                Err(error) => {
+                    // The asker asks again; a log that cannot be read fails this replica
+                    // at its next sync or recovery.
+                    tracing::warn!(partition, node, after_lsn, %error, "records not read for a fetch");
+                    continue;
+                }
+            };
+            tracing::debug!(
+                partition,
+                node,
+                after_lsn,
+                first_lsn,
+                bytes = records.len(),
+                "records sent"
+            );
+            let records = bytes::Bytes::from(records);
+            let message = CatchUpMessage::Records { first_lsn, records };
+            self.links.send_catch_up(node, partition, message);
         }
         Ok(())
     }
@@ -473,7 +745,17 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
         Ok(())
     }
 
-    fn publish_status(&self) {
+    fn publish_status(&mut self) {
+        if self.published_conf != Some(self.replica.conf_index()) {
+            self.published_conf = Some(self.replica.conf_index());
+            let conf = self.replica.conf_state();
+            let learners = (conf.learners.iter()).filter_map(|id| membership::node_of(*id));
+            *self.status.learners.lock().expect("not poisoned") = learners.collect();
+            let changing = !conf.voters_outgoing.is_empty();
+            self.status
+                .members_changing
+                .store(changing, Ordering::Release);
+        }
         let status = &self.status;
         let replica = &self.replica;
         status
@@ -502,10 +784,52 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
             self.stats.in_flight.store(0, Ordering::Relaxed);
         }
     }
+}
 
-    pub fn ledger(&self) -> Option<&Ledger> {
-        self.replica.ledger()
+/// The records after `after` up to `through` that the partition log holds, about
+/// [`FETCH_BYTES_MAX`] bytes of them at most, encoded as the log holds them, with the lsn
+/// of the first. The log is synced first: what is read is durable here. `cache` keeps the
+/// last closed segment read, which the next fetch of a replica catching up reads again.
+async fn read_records<S: Storage>(
+    storage: &mut S,
+    cache: &mut Option<(SegmentRef, Vec<u8>)>,
+    after: Lsn,
+    through: Lsn,
+) -> io::Result<(Lsn, Vec<u8>)> {
+    storage.sync().await?;
+    let segments = storage.log_segments().await?;
+    let start = (segments.iter())
+        .rposition(|segment| segment.first_lsn <= after + 1)
+        .unwrap_or(0);
+    let mut out = Vec::new();
+    let mut first = after + 1;
+    let newest = segments.len().saturating_sub(1);
+    for (at, segment) in segments.iter().enumerate().skip(start) {
+        let cached = cache.as_ref().is_some_and(|(s, _)| s == segment);
+        if !cached {
+            let bytes = storage.read_segment(segment).await?;
+            *cache = Some((segment.clone(), bytes));
+        }
+        let bytes = &cache.as_ref().expect("just read").1;
+        let mut reader = RecordReader::new(bytes, segment.first_lsn);
+        while let Some(record) = reader.next_record().map_err(io::Error::other)? {
+            if record.lsn <= after {
+                continue;
+            }
+            if record.lsn > through || out.len() >= FETCH_BYTES_MAX {
+                return Ok((first, out));
+            }
+            if out.is_empty() {
+                first = record.lsn;
+            }
+            encode_record(&record, &mut out);
+        }
+        if at == newest {
+            // The newest segment grows: it is read anew next time.
+            *cache = None;
+        }
     }
+    Ok((first, out))
 }
 
 /// Inputs taken from the inbox before Raft and the machine are polled again.
@@ -525,7 +849,11 @@ fn to_machine(machine: &mut PartitionMachine<Channels>, now: Now, input: Input) 
             reply,
         } => machine.handle_commands(now, reply, &commands, wait),
         Input::Peers(messages) => machine.handle_peers(now, &messages),
-        Input::Query { .. } | Input::Raft { .. } | Input::Shutdown(_) => {
+        Input::Query { .. }
+        | Input::Raft { .. }
+        | Input::Membership { .. }
+        | Input::CatchUp { .. }
+        | Input::Shutdown(_) => {
             unreachable!("handled by the driver")
         }
     }

@@ -1,6 +1,7 @@
 //! Three replica drivers of one partition on in-memory storage, wired by channels: a leader
 //! is elected, commits, is killed (losing every unsynced byte), a new one carries on, and
-//! the killed one comes back and catches up.
+//! the killed one comes back and catches up; a replica whose disks are wiped comes back
+//! under a new id and replaces its old one.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,22 +18,57 @@ use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_core::model::money::{Amount, Currency};
 use walletd_core::protocol::machine::MachineConfig;
 use walletd_core::protocol::message::{CommandResult, PeerMessage};
-use walletd_core::replica::DurableRaft;
+use walletd_core::replica::membership::{incarnation_of, node_of};
+use walletd_core::replica::{CatchUpMessage, DurableRaft};
 
 const REPLICAS: usize = 3;
 
-/// Routes Raft messages and forwarded inputs by replica id into the inboxes (a replica that
-/// is down has no inbox: what is sent to it is lost).
+/// Routes Raft messages and forwarded inputs by the node of their replica id into the
+/// inboxes (a replica that is down has no inbox: what is sent to it is lost).
 #[derive(Default)]
 struct Wires {
     inboxes: Mutex<Vec<Option<mpsc::Sender<Input>>>>,
 }
 
-impl GroupLinks for Wires {
+/// Node `node`'s end of the wires.
+struct NodeWires {
+    node: NodeId,
+    wires: Arc<Wires>,
+}
+
+fn node_index(replica: ReplicaId) -> usize {
+    node_of(replica).expect("a replica id names a node") as usize
+}
+
+impl GroupLinks for NodeWires {
+    fn send_catch_up(&self, node: NodeId, partition: PartitionId, message: CatchUpMessage) {
+        let inboxes = self.wires.inboxes.lock().unwrap();
+        if let Some(Some(inbox)) = inboxes.get(node as usize) {
+            let input = Input::CatchUp {
+                partition,
+                from: self.node,
+                message,
+            };
+            let _ = inbox.try_send(input);
+        }
+    }
+
+    fn send_membership(&self, node: NodeId, partition: PartitionId, message: MembershipMessage) {
+        let inboxes = self.wires.inboxes.lock().unwrap();
+        if let Some(Some(inbox)) = inboxes.get(node as usize) {
+            let input = Input::Membership {
+                partition,
+                from: self.node,
+                message,
+            };
+            let _ = inbox.try_send(input);
+        }
+    }
+
     fn send_raft(&self, partition: PartitionId, messages: Vec<RaftMessage>) {
-        let inboxes = self.inboxes.lock().unwrap();
+        let inboxes = self.wires.inboxes.lock().unwrap();
         for message in messages {
-            if let Some(Some(inbox)) = inboxes.get(message.to as usize - 1) {
+            if let Some(Some(inbox)) = inboxes.get(node_index(message.to)) {
                 let input = Input::Raft {
                     partition,
                     messages: vec![message],
@@ -43,8 +79,8 @@ impl GroupLinks for Wires {
     }
 
     fn forward(&self, to: ReplicaId, input: Input) -> Result<(), Input> {
-        let inboxes = self.inboxes.lock().unwrap();
-        match inboxes.get(to as usize - 1) {
+        let inboxes = self.wires.inboxes.lock().unwrap();
+        match inboxes.get(node_index(to)) {
             Some(Some(inbox)) => inbox.try_send(input).map_err(|e| match e {
                 mpsc::error::TrySendError::Full(input)
                 | mpsc::error::TrySendError::Closed(input) => input,
@@ -66,6 +102,8 @@ impl Transport for NoPeers {
 struct Node {
     storage: MemStorage,
     raft_store: MemRaftStore,
+    /// The group's first voters, which a wiped disk starts from again.
+    voters: Vec<u64>,
     inbox: Option<mpsc::Sender<Input>>,
     status: Arc<ReplicaStatus>,
     task: Option<JoinHandle<Result<(MemStorage, MemRaftStore), ReplicaDriverError>>>,
@@ -88,6 +126,7 @@ impl Group {
             .map(|_| Node {
                 storage: MemStorage::default(),
                 raft_store: MemRaftStore::new(DurableRaft::new(&voters)),
+                voters: voters.clone(),
                 inbox: None,
                 status: Arc::new(ReplicaStatus::default()),
                 task: None,
@@ -112,10 +151,21 @@ impl Group {
             heartbeat_ticks: 2,
             seed: (index as u64) << 8 | node.incarnation,
             machine: MachineConfig::default(),
+            // Small, so that the group compacts and a wiped replica catches up by fetching
+            // records.
+            log: walletd_core::replica::LogLimits {
+                compact_after: 8,
+                keep: 2,
+            },
         };
         let wiring = ReplicaWiring {
+            node: index as NodeId,
+            group: (0..REPLICAS as NodeId).collect(),
             peers: Arc::new(NoPeers),
-            links: self.wires.clone(),
+            links: Arc::new(NodeWires {
+                node: index as NodeId,
+                wires: Arc::clone(&self.wires),
+            }),
             inbox,
             status: Arc::clone(&node.status),
             stats: Arc::new(DriverStats::default()),
@@ -154,6 +204,52 @@ impl Group {
         node.raft_store.disk().lock().unwrap().crash();
     }
 
+    /// Kills node `index` and gives it new, empty disks: a lost disk.
+    async fn kill_and_wipe(&mut self, index: usize) {
+        self.kill(index).await;
+        let node = &mut self.nodes[index];
+        node.storage = MemStorage::default();
+        node.raft_store = MemRaftStore::new(DurableRaft::new(&node.voters));
+    }
+
+    /// Waits until node `index`'s replica is a voter under its next incarnation, in place of
+    /// its old id, in the members the leader's disk holds.
+    async fn wait_for_new_voter(&self, index: usize) {
+        let mut voters = Vec::new();
+        for _ in 0..2_000 {
+            let leader = self.leader().await;
+            let disk = self.nodes[leader].raft_store.disk();
+            let conf = disk.lock().unwrap().durable.conf_state.clone();
+            voters = conf.voters.clone();
+            voters.sort_unstable();
+            let renewed = voters
+                .iter()
+                .any(|id| node_of(*id) == Some(index as NodeId) && incarnation_of(*id) == 1);
+            if renewed && conf.voters_outgoing.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let nodes: std::collections::BTreeSet<_> = voters.iter().map(|id| node_of(*id)).collect();
+        assert_eq!(nodes.len(), REPLICAS, "one voter per node: {voters:?}");
+        let renewed = voters.iter().filter(|id| incarnation_of(**id) == 1).count();
+        assert_eq!(
+            renewed, 1,
+            "the wiped replica votes under a new id: {voters:?}"
+        );
+        let id = self.nodes[index]
+            .raft_store
+            .disk()
+            .lock()
+            .unwrap()
+            .durable
+            .id;
+        assert!(
+            voters.contains(&id),
+            "its store holds its id {id}: {voters:?}"
+        );
+    }
+
     /// The node that leads, once one does (and has caught up).
     async fn leader(&self) -> usize {
         for _ in 0..2_000 {
@@ -166,7 +262,15 @@ impl Group {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        panic!("no single leader within 10 s");
+        let states: Vec<_> = (self.nodes.iter())
+            .map(|n| {
+                let finished = n.task.as_ref().map(|t| t.is_finished());
+                let leader = n.status.leader.load(Ordering::Acquire);
+                let term = n.status.term.load(Ordering::Acquire);
+                (finished, leader, term)
+            })
+            .collect();
+        panic!("no single leader within 10 s: {states:?}");
     }
 
     /// Sends `command` until it is answered, to each node that is up in turn: a follower
@@ -255,12 +359,21 @@ async fn a_group_commits_through_a_leader_crash_and_a_restarted_replica_catches_
             assert_eq!(result, Ok(Reply::Transfer(TransferStatus::Committed)));
             committed.push(id);
         }
-        // Kill the leader, let the others elect a new one, bring it back.
+        // Kill the leader, let the others elect a new one, bring it back; in the second
+        // round with its disks wiped.
         let leader = group.leader().await;
-        group.kill(leader).await;
+        if round == 1 {
+            group.kill_and_wipe(leader).await;
+        } else {
+            group.kill(leader).await;
+        }
         let next = group.leader().await;
         assert_ne!(next, leader, "a killed node does not lead");
         group.start(leader).await;
+        if round == 1 {
+            // Until the wiped replica votes again, the group has no vote to spare.
+            group.wait_for_new_voter(leader).await;
+        }
     }
     // Every transfer acknowledged is there once: a retry gets the same answer and moves
     // nothing again.
@@ -288,7 +401,20 @@ async fn a_group_commits_through_a_leader_crash_and_a_restarted_replica_catches_
     }
     let stores = group.stop_all().await;
     let expected_bob = 100 * committed.len() as u64;
-    for (index, (mut storage, _)) in stores.into_iter().enumerate() {
+    for (index, (mut storage, raft_store)) in stores.into_iter().enumerate() {
+        let durable = raft_store.disk().lock().unwrap().durable.clone();
+        assert_eq!(
+            node_of(durable.id),
+            Some(index as NodeId),
+            "node {index} keeps its id"
+        );
+        // Every Raft log was compacted, so the wiped replica got the records before its
+        // leader's log start by fetching them (its partition log replays below).
+        assert!(
+            durable.log_start.index > 0,
+            "node {index}: {:?}",
+            durable.log_start
+        );
         let (ledger, _) = recover(&mut storage, 0, 1).await.expect("recovers");
         ledger.check_conservation().expect("money is conserved");
         let bob = ledger.account(&account("bob")).expect("bob exists").balance;

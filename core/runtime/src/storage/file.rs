@@ -475,6 +475,17 @@ impl Storage for FileStorage {
             .collect())
     }
 
+    async fn log_segments(&mut self) -> io::Result<Vec<SegmentRef>> {
+        let dir = self.dir.clone();
+        let segments = self.on_log(move |log| log.list_segments()).await??;
+        Ok((segments.into_iter())
+            .map(|(first_lsn, name)| SegmentRef {
+                first_lsn,
+                name: dir.join(name).display().to_string(),
+            })
+            .collect())
+    }
+
     /// Read in steps, so that an unreadable sector is an error naming the file and where
     /// ([`read_segment`]).
     async fn read_segment(&mut self, segment: &SegmentRef) -> io::Result<Vec<u8>> {

@@ -72,7 +72,13 @@ pub trait Storage: Send + 'static {
         from_lsn: Lsn,
     ) -> impl Future<Output = io::Result<Vec<SegmentRef>>> + Send;
 
-    /// The bytes of one segment that [`Storage::list_log`] listed.
+    /// Every log segment, oldest first, while the log runs: unlike [`Storage::list_log`]
+    /// it leaves appending as it is (serving another replica's fetch of records reads the
+    /// log this way).
+    fn log_segments(&mut self) -> impl Future<Output = io::Result<Vec<SegmentRef>>> + Send;
+
+    /// The bytes of one segment that [`Storage::list_log`] or [`Storage::log_segments`]
+    /// listed.
     fn read_segment(
         &mut self,
         segment: &SegmentRef,
@@ -283,6 +289,10 @@ impl Storage for MemStorage {
                 name: format!("mem-{first_lsn}"),
             })
             .collect())
+    }
+
+    async fn log_segments(&mut self) -> io::Result<Vec<SegmentRef>> {
+        self.list_log(0).await
     }
 
     async fn read_segment(&mut self, segment: &SegmentRef) -> io::Result<Vec<u8>> {

@@ -217,6 +217,12 @@ impl<D: SegmentDir> SegmentWriter<D> {
         Ok(needed)
     }
 
+    /// Every segment, oldest first, with no effect on appending: for reading the log while
+    /// it is written.
+    pub fn list_segments(&mut self) -> io::Result<Vec<(Lsn, String)>> {
+        self.dir.list()
+    }
+
     /// The bytes of segment `name` (see [`read_segment`]).
     pub fn read(&mut self, name: &str) -> io::Result<Vec<u8>> {
         let (file, _) = self.dir.open(name)?;

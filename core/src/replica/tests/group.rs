@@ -13,10 +13,12 @@ use crate::model::money::Currency::USD;
 use crate::protocol::machine::{MachineConfig, Now, ReplyTokens};
 use crate::protocol::message::{CommandResult, Query, QueryAnswer};
 use crate::protocol::tests::support::{acct, deposit, open, transfer, Snapshot};
+use crate::replica::membership::{initial_id, node_of, Decision, Joiner, MembershipMessage};
 use crate::replica::{
-    CommittedBatch, DurableRaft, Persist, RaftMessage, Replica, ReplicaConfig, ReplicaId,
-    ReplicaReady,
+    CommittedBatch, DurableRaft, FetchRequest, LogLimits, Persist, RaftMessage, Replica,
+    ReplicaConfig, ReplicaId, ReplicaReady, FETCH_BYTES_MAX,
 };
+use bytes::Bytes;
 
 const REPLICAS: usize = 3;
 const MAJORITY: usize = REPLICAS / 2 + 1;
@@ -51,6 +53,9 @@ pub struct GroupConfig {
     lose_log_tail: f64,
     /// Chance of a crash and an immediate restart right after a vote is durable.
     crash_after_vote: f64,
+    /// Chance per step that a node loses its disks (Raft store and partition log), when the
+    /// group has room for it: every node up and every replica a voter.
+    wipe: f64,
     request: f64,
 }
 
@@ -66,6 +71,7 @@ impl GroupConfig {
             heal: 1.0,
             lose_log_tail: 0.0,
             crash_after_vote: 0.0,
+            wipe: 0.0,
             request: 0.3,
         }
     }
@@ -81,7 +87,16 @@ impl GroupConfig {
             heal: 0.004,
             lose_log_tail: 0.5,
             crash_after_vote: 0.3,
+            wipe: 0.0,
             request: 0.3,
+        }
+    }
+
+    /// Hostile, and now and then a node loses its disks.
+    pub fn wiping() -> GroupConfig {
+        GroupConfig {
+            wipe: 0.0015,
+            ..GroupConfig::hostile()
         }
     }
 }
@@ -94,18 +109,31 @@ pub struct Stats {
     pub leaders: u64,
     pub reloads: u64,
     pub dropped_answers: u64,
+    pub wipes: u64,
+    /// Wiped replicas that came back under a new id.
+    pub rejoins: u64,
+    /// Fetches of records served (replicas behind a compacted log).
+    pub fetches: u64,
 }
 
 /// One node's replica and what survives it.
 struct Node {
     replica: Option<Replica<Numbers>>,
+    /// A node whose Raft store has decided nothing asks its group how to start.
+    joiner: Option<Joiner>,
     /// The Raft state its disk holds.
     disk: DurableRaft,
+    /// What its disk held when it was last wiped: entries it had acknowledged then still
+    /// count as durable for answers computed before the wipe (losing one disk is the fault
+    /// Raft tolerates).
+    before_wipe: Option<DurableRaft>,
     /// Persists handed out and not yet durable, with the messages that wait for them.
     writing: VecDeque<(Persist, Vec<RaftMessage>)>,
     /// The partition log: committed batches appended in order (unsynced in production, so a
-    /// crash may lose its tail).
+    /// crash may lose its tail past `log_synced`).
     log: Vec<CommittedBatch>,
+    /// Batches of `log` made durable by a sync (a crash keeps them).
+    log_synced: usize,
     incarnation: u64,
     /// Committed entries of this incarnation already checked against the group's.
     checked_through: u64,
@@ -125,6 +153,12 @@ pub struct Group {
     nodes: Vec<Node>,
     /// Messages in flight: (step due, message).
     network: Vec<(u64, RaftMessage)>,
+    /// Membership messages in flight: (step due, from node, to node, message).
+    membership: Vec<(u64, usize, usize, MembershipMessage)>,
+    /// Fetches in flight: (step due, asking node, request); served when due.
+    fetches: Vec<(u64, usize, FetchRequest)>,
+    /// The group's first voters, which a wiped disk starts from.
+    voters: Vec<ReplicaId>,
     isolated: Option<usize>,
     step: u64,
     requests: BTreeMap<u64, Request>,
@@ -153,17 +187,26 @@ fn replica_config(id: ReplicaId, seed: u64) -> ReplicaConfig {
             snapshot_every_events: 0,
             ..MachineConfig::default()
         },
+        // Small, so that runs compact often and replicas that were down or wiped catch up
+        // by fetching records.
+        log: LogLimits {
+            compact_after: 16,
+            keep: 4,
+        },
     }
 }
 
 impl Group {
     pub fn new(seed: u64, config: GroupConfig) -> Group {
-        let voters: Vec<ReplicaId> = (1..=REPLICAS as u64).collect();
+        let voters: Vec<ReplicaId> = (0..REPLICAS as u32).map(initial_id).collect();
         let mut group = Group {
             config,
             rng: ChaCha8Rng::seed_from_u64(seed),
             nodes: Vec::new(),
             network: Vec::new(),
+            membership: Vec::new(),
+            fetches: Vec::new(),
+            voters: voters.clone(),
             isolated: None,
             step: 0,
             requests: BTreeMap::new(),
@@ -178,9 +221,13 @@ impl Group {
         for _ in 0..REPLICAS {
             group.nodes.push(Node {
                 replica: None,
-                disk: DurableRaft::new(&voters),
+                joiner: None,
+                before_wipe: None,
+                // Decided: the group starts as a new one (the runtime asks first).
+                disk: DurableRaft::new(&voters).decided(initial_id(group.nodes.len() as u32)),
                 writing: VecDeque::new(),
                 log: Vec::new(),
+                log_synced: 0,
                 incarnation: 0,
                 checked_through: 0,
             });
@@ -198,13 +245,21 @@ impl Group {
         }
     }
 
-    /// Starts node `index` from its disk: the ledger its partition log replays to.
+    /// Starts node `index` from its disk: the ledger its partition log replays to. A disk
+    /// that has decided nothing asks the group first.
     fn start(&mut self, index: usize) {
         let node = &mut self.nodes[index];
         node.incarnation += 1;
         node.checked_through = 0;
+        if node.disk.is_undecided() {
+            let group: Vec<u32> = (0..REPLICAS as u32).collect();
+            let nonce = self.rng.gen::<u64>();
+            let has_records = !node.log.is_empty();
+            node.joiner = Some(Joiner::new(index as u32, &group, nonce, has_records));
+            return;
+        }
         let seed = (index as u64) << 32 | node.incarnation;
-        let config = replica_config(index as u64 + 1, self.rng.gen::<u64>() ^ seed);
+        let config = replica_config(node.disk.id, self.rng.gen::<u64>() ^ seed);
         let ledger = replay(&node.log);
         let now = Now {
             micros: self.step * 1_000,
@@ -219,9 +274,10 @@ impl Group {
         let lose_tail = self.rng.gen_bool(self.config.lose_log_tail);
         let node = &mut self.nodes[index];
         node.replica = None;
+        node.joiner = None;
         node.writing.clear();
-        if lose_tail && !node.log.is_empty() {
-            let keep = self.rng.gen_range(0..=node.log.len());
+        if lose_tail && node.log.len() > node.log_synced {
+            let keep = self.rng.gen_range(node.log_synced..=node.log.len());
             node.log.truncate(keep);
         }
         self.stats.crashes += 1;
@@ -245,13 +301,19 @@ impl Group {
                 self.replica(index).tick();
                 self.poll(index);
             }
+            self.ask();
         }
         self.deliver();
+        self.deliver_membership();
         for index in self.up() {
             if !self.nodes[index].writing.is_empty() && self.rng.gen_bool(0.5) {
                 self.complete_write(index);
             }
+            if self.rng.gen_bool(0.02) {
+                self.sync_log(index);
+            }
         }
+        self.deliver_fetches();
         if faults && self.rng.gen_bool(config.request) {
             self.send_request();
         }
@@ -259,14 +321,50 @@ impl Group {
         self.check();
     }
 
+    /// Node `index` loses both its disks and comes back empty.
+    fn wipe(&mut self, index: usize) {
+        self.crash(index);
+        let node = &mut self.nodes[index];
+        let lost = std::mem::replace(&mut node.disk, DurableRaft::new(&self.voters));
+        node.before_wipe = Some(lost);
+        node.log.clear();
+        node.log_synced = 0;
+        self.stats.wipes += 1;
+        self.start(index);
+    }
+
+    /// Whether losing one more disk keeps every acknowledged entry on a majority: every node
+    /// runs as a voter of a settled configuration (an earlier wipe has been replaced).
+    fn can_wipe(&self) -> bool {
+        let Some(leader) = (0..REPLICAS).find(|&i| self.leads(i)) else {
+            return false;
+        };
+        let conf = self.nodes[leader]
+            .replica
+            .as_ref()
+            .expect("up")
+            .conf_state();
+        let voters_here = (self.nodes.iter())
+            .filter(|node| (node.replica.as_ref()).is_some_and(|r| conf.voters.contains(&r.id())));
+        conf.voters_outgoing.is_empty()
+            && conf.learners.is_empty()
+            && voters_here.count() == REPLICAS
+    }
+
     fn maybe_fault(&mut self, config: GroupConfig) {
+        if config.wipe > 0.0 && self.rng.gen_bool(config.wipe) && self.can_wipe() {
+            let index = self.rng.gen_range(0..REPLICAS);
+            self.wipe(index);
+        }
         let up = self.up();
         if up.len() == REPLICAS && self.rng.gen_bool(config.crash) {
             let index = up[self.rng.gen_range(0..up.len())];
             self.crash(index);
         }
         for index in 0..REPLICAS {
-            if self.nodes[index].replica.is_none() && self.rng.gen_bool(config.restart) {
+            let node = &self.nodes[index];
+            let down = node.replica.is_none() && node.joiner.is_none();
+            if down && self.rng.gen_bool(config.restart) {
                 self.start(index);
             }
         }
@@ -336,6 +434,12 @@ impl Group {
             self.read_answers.push((token, index, answer));
         }
         assert!(ready.snapshot.is_none(), "snapshots are off");
+        if let Some(request) = ready.fetch {
+            if !self.rng.gen_bool(self.config.drop) {
+                let due = self.step + self.rng.gen_range(1..=self.config.delay_max);
+                self.fetches.push((due, index, request));
+            }
+        }
         if ready.reload {
             self.stats.reloads += 1;
             let ledger = replay(&self.nodes[index].log);
@@ -401,6 +505,76 @@ impl Group {
         }
     }
 
+    /// Nodes that have not decided ask every peer that has not answered fresh.
+    fn ask(&mut self) {
+        for index in 0..REPLICAS {
+            let Some(joiner) = &self.nodes[index].joiner else {
+                continue;
+            };
+            let ask = joiner.ask();
+            let peers: Vec<usize> = joiner.peers_to_ask().map(|n| n as usize).collect();
+            for peer in peers {
+                self.send_membership(index, peer, ask);
+            }
+        }
+    }
+
+    fn send_membership(&mut self, from: usize, to: usize, message: MembershipMessage) {
+        if self.rng.gen_bool(self.config.drop) {
+            return;
+        }
+        let due = self.step + self.rng.gen_range(1..=self.config.delay_max);
+        self.membership.push((due, from, to, message));
+    }
+
+    fn deliver_membership(&mut self) {
+        let step = self.step;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.membership)
+            .into_iter()
+            .partition(|(at, ..)| *at <= step);
+        self.membership = later;
+        for (_, from, to, message) in due {
+            if self.isolated.is_some_and(|i| i == from || i == to) {
+                continue;
+            }
+            match message {
+                MembershipMessage::Ask { node, nonce } => {
+                    let target = &mut self.nodes[to];
+                    let answer = match (&target.joiner, &mut target.replica) {
+                        (Some(joiner), _) => joiner.answer(),
+                        (None, Some(replica)) => replica.handle_ask(node),
+                        (None, None) => continue,
+                    };
+                    if self.nodes[to].replica.is_some() {
+                        self.poll(to);
+                    }
+                    let answer = MembershipMessage::Answer { nonce, answer };
+                    self.send_membership(to, from, answer);
+                }
+                answer => {
+                    let node = &mut self.nodes[to];
+                    let decision = match &mut node.joiner {
+                        Some(joiner) => joiner.handle(from as u32, answer),
+                        None => None,
+                    };
+                    if let Some(decision) = decision {
+                        let id = match decision {
+                            Decision::Bootstrap => initial_id(to as u32),
+                            Decision::Join(id) => {
+                                self.stats.rejoins += 1;
+                                id
+                            }
+                        };
+                        node.joiner = None;
+                        node.disk = node.disk.decided(id);
+                        node.incarnation -= 1;
+                        self.start(to);
+                    }
+                }
+            }
+        }
+    }
+
     fn deliver(&mut self) {
         let step = self.step;
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.network)
@@ -408,15 +582,65 @@ impl Group {
             .partition(|(at, _)| *at <= step);
         self.network = later;
         for (_, message) in due {
-            let (from, to) = (message.from as usize - 1, message.to as usize - 1);
-            if self.isolated.is_some_and(|i| i == from || i == to)
-                || self.nodes[to].replica.is_none()
-            {
+            let node = |id| node_of(id).expect("a replica id names a node") as usize;
+            let (from, to) = (node(message.from), node(message.to));
+            // A message to another incarnation of the node's replica is not for this one.
+            let addressed = (self.nodes[to].replica.as_ref()).is_some_and(|r| r.id() == message.to);
+            if self.isolated.is_some_and(|i| i == from || i == to) || !addressed {
                 continue;
             }
             (message.from, message.to, message.get_msg_type() as i32).hash(&mut self.trace);
             self.replica(to).handle_message(message);
             self.poll(to);
+        }
+    }
+
+    /// Node `index`'s partition log is synced: its replica may compact what it holds.
+    fn sync_log(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
+        node.log_synced = node.log.len();
+        if let Some(last) = node.log.last() {
+            let lsn = last.last_lsn;
+            self.replica(index).handle_log_durable(lsn);
+            self.poll(index);
+        }
+    }
+
+    /// Fetches whose time has come are served from the asked node's partition log.
+    fn deliver_fetches(&mut self) {
+        let step = self.step;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.fetches)
+            .into_iter()
+            .partition(|(at, ..)| *at <= step);
+        self.fetches = later;
+        for (_, asker, request) in due {
+            let server = node_of(request.from).expect("a replica id names a node") as usize;
+            let cut_off = self.isolated.is_some_and(|i| i == server || i == asker);
+            if cut_off
+                || self.nodes[server].replica.is_none()
+                || self.nodes[asker].replica.is_none()
+            {
+                continue;
+            }
+            // Whole batches from the one holding the first record asked for.
+            let log = &self.nodes[server].log;
+            let from = log.iter().position(|b| b.last_lsn > request.after_lsn);
+            let (mut first_lsn, mut records) = (request.after_lsn + 1, Vec::new());
+            if let Some(from) = from {
+                first_lsn = log[from].first_lsn;
+                for batch in &log[from..] {
+                    if records.len() >= FETCH_BYTES_MAX || batch.first_lsn > request.through_lsn {
+                        break;
+                    }
+                    records.extend_from_slice(&batch.records);
+                }
+            }
+            self.stats.fetches += 1;
+            let fetched = self
+                .replica(asker)
+                .handle_fetched(first_lsn, Bytes::from(records));
+            fetched.expect("fetched records apply");
+            self.poll(asker);
         }
     }
 
@@ -509,7 +733,7 @@ impl Group {
         for index in self.up() {
             let raft = &self.nodes[index].replica.as_ref().expect("up").raw.raft;
             if raft.state == raft::StateRole::Leader {
-                let id = index as u64 + 1;
+                let id = raft.id;
                 let known = *self.leaders_by_term.entry(raft.term).or_insert_with(|| {
                     self.stats.leaders += 1;
                     id
@@ -522,7 +746,8 @@ impl Group {
             let node = &mut self.nodes[index];
             let replica = node.replica.as_ref().expect("up");
             let store = &replica.raw.raft.raft_log.store;
-            for at in node.checked_through + 1..=replica.commit_index() {
+            let first = raft::Storage::first_index(store).expect("a first index");
+            for at in (node.checked_through + 1).max(first)..=replica.commit_index() {
                 let entry = raft::Storage::entries(
                     store,
                     at,
@@ -554,10 +779,15 @@ impl Group {
         let store = &replica.raw.raft.raft_log.store;
         let term =
             raft::Storage::term(store, committed).expect("the committed entry is in the log");
+        // Compacted entries' records are durable in the partition log.
+        let holds = |disk: &DurableRaft| {
+            let start = disk.log_start.index;
+            committed <= start
+                || (disk.entries.get((committed - start) as usize - 1))
+                    .is_some_and(|e| e.term == term)
+        };
         let durable = (self.nodes.iter())
-            .filter(|node| {
-                (node.disk.entries.get(committed as usize - 1)).is_some_and(|e| e.term == term)
-            })
+            .filter(|node| holds(&node.disk) || node.before_wipe.as_ref().is_some_and(holds))
             .count();
         assert!(
             durable >= MAJORITY,
@@ -652,7 +882,8 @@ impl Group {
         self.config.drop = 0.0;
         self.config.duplicate = 0.0;
         for index in 0..REPLICAS {
-            if self.nodes[index].replica.is_none() {
+            let node = &self.nodes[index];
+            if node.replica.is_none() && node.joiner.is_none() {
                 self.start(index);
             }
         }
@@ -713,7 +944,18 @@ impl Group {
             .raft
             .raft_log
             .last_index();
-        self.network.is_empty()
+        // Every wiped replica has replaced its old id as a voter.
+        let conf = self.nodes[leader]
+            .replica
+            .as_ref()
+            .expect("up")
+            .conf_state();
+        let members_settled = conf.learners.is_empty()
+            && conf.voters_outgoing.is_empty()
+            && (self.nodes.iter())
+                .all(|node| (node.replica.as_ref()).is_some_and(|r| conf.voters.contains(&r.id())));
+        members_settled
+            && self.network.is_empty()
             && self.nodes.iter().all(|node| {
                 node.writing.is_empty()
                     && node

@@ -47,6 +47,38 @@ fn a_deposed_leader_with_applied_records_reloads_from_its_log() {
 }
 
 #[test]
+fn replicas_that_lose_their_disks_rejoin_under_new_ids() {
+    let (mut wipes, mut rejoins, mut fetches) = (0, 0, 0);
+    for seed in 200..212 {
+        let mut group = Group::new(seed, GroupConfig::wiping());
+        group.run(12_000);
+        group.settle_and_check();
+        wipes += group.stats.wipes;
+        rejoins += group.stats.rejoins;
+        fetches += group.stats.fetches;
+        assert!(group.stats.answers > 20, "seed {seed}: {:?}", group.stats);
+    }
+    eprintln!("{wipes} wipes, {rejoins} rejoins, {fetches} fetches");
+    assert!(
+        wipes >= 6 && rejoins >= 6,
+        "{wipes} wipes, {rejoins} rejoins"
+    );
+    // Logs are compacted, so a wiped replica catches up by fetching records.
+    assert!(
+        fetches >= rejoins,
+        "{fetches} fetches for {rejoins} rejoins"
+    );
+}
+
+#[test]
+fn a_wiped_replica_that_rejoins_under_its_old_id_is_caught() {
+    let bug = crate::protocol::bugs::Bug::RejoinUnderOldId;
+    let seed = first_failing_seed_of(bug, GroupConfig::wiping(), 0..40);
+    eprintln!("rejoin-under-old-id: first failing seed {seed:?}");
+    assert!(seed.is_some(), "no seed caught rejoin-under-old-id");
+}
+
+#[test]
 fn the_same_seed_replays_the_same_run() {
     let run = |seed| {
         let mut group = Group::new(seed, GroupConfig::hostile());
@@ -59,11 +91,20 @@ fn the_same_seed_replays_the_same_run() {
 
 /// The first seed in `seeds` whose hostile run fails with `bug` switched on.
 fn first_failing_seed(bug: crate::protocol::bugs::Bug, seeds: std::ops::Range<u64>) -> Option<u64> {
+    first_failing_seed_of(bug, GroupConfig::hostile(), seeds)
+}
+
+/// The first seed in `seeds` whose run in `config`'s world fails with `bug` switched on.
+fn first_failing_seed_of(
+    bug: crate::protocol::bugs::Bug,
+    config: GroupConfig,
+    seeds: std::ops::Range<u64>,
+) -> Option<u64> {
     use crate::protocol::bugs;
     seeds.into_iter().find(|&seed| {
         bugs::set(&[bug]);
         let failed = std::panic::catch_unwind(|| {
-            let mut group = Group::new(seed, GroupConfig::hostile());
+            let mut group = Group::new(seed, config);
             group.run(6_000);
             group.settle_and_check();
         })

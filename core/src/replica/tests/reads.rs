@@ -53,6 +53,7 @@ impl World {
                         snapshot_every_events: 0,
                         ..MachineConfig::default()
                     },
+                    log: crate::replica::LogLimits::default(),
                 };
                 Replica::new(config, &disks[i], Ledger::new(0, 1), now()).expect("a new group")
             })

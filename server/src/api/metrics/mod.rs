@@ -105,7 +105,13 @@ impl Metrics {
 
     /// Publishes the counters of the node journal the partitions commit through.
     /// Publishes the role of each replica of a replicated node, by partition.
-    pub fn add_replicas(&mut self, statuses: Vec<Arc<walletd_runtime::replica::ReplicaStatus>>) {
+    pub fn add_replicas(
+        &mut self,
+        statuses: Vec<(
+            walletd_core::model::partition::PartitionId,
+            Arc<walletd_runtime::replica::ReplicaStatus>,
+        )>,
+    ) {
         self.registry
             .register_collector(Box::new(replicas::Replicas { statuses }));
     }

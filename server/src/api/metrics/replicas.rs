@@ -11,6 +11,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
+use walletd_core::model::partition::PartitionId;
 use walletd_runtime::net::replicated::replica_node;
 use walletd_runtime::replica::ReplicaStatus;
 
@@ -46,14 +47,15 @@ const GAUGES: [GaugeSpec; 4] = [
 
 #[derive(Debug)]
 pub(super) struct Replicas {
-    pub(super) statuses: Vec<Arc<ReplicaStatus>>,
+    /// The replicas this node runs, by partition.
+    pub(super) statuses: Vec<(PartitionId, Arc<ReplicaStatus>)>,
 }
 
 impl Collector for Replicas {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         for (name, help, read) in GAUGES {
             let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for (partition, status) in self.statuses.iter().enumerate() {
+            for (partition, status) in &self.statuses {
                 let labels = [("partition", partition.to_string())];
                 ConstGauge::new(read(status)).encode(metric.encode_family(&labels)?)?;
             }

@@ -184,7 +184,7 @@ impl Cluster {
             let leaders: Vec<Vec<NodeId>> = (0..PARTITIONS as usize)
                 .map(|p| {
                     (self.nodes.iter().flatten())
-                        .filter(|n| n.statuses()[p].leading.load(Ordering::Acquire))
+                        .filter(|n| n.statuses()[p].1.leading.load(Ordering::Acquire))
                         .map(|n| n.node())
                         .collect()
                 })
@@ -288,7 +288,7 @@ async fn cross_partition_transfers_go_on_through_a_node_kill_and_the_node_catche
         let applied: Vec<Vec<u64>> = (cluster.nodes.iter().flatten())
             .map(|n| {
                 (n.statuses().iter())
-                    .map(|s| s.applied_lsn.load(Ordering::Acquire))
+                    .map(|(_, s)| s.applied_lsn.load(Ordering::Acquire))
                     .collect()
             })
             .collect();

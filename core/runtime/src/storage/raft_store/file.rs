@@ -206,4 +206,8 @@ impl RaftStore for FileRaftStore {
     async fn sync(&mut self) -> io::Result<()> {
         self.on_writer(Writer::sync).await
     }
+
+    async fn reset(&mut self, state: DurableRaft) -> io::Result<()> {
+        self.on_writer(move |writer| writer.reset(state)).await
+    }
 }

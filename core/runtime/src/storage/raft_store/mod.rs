@@ -10,6 +10,7 @@
 //!   [`DurableRaft::persist`]'s rules (entries replace any at and after their first index).
 //!   Persists appended but not synced may or may not be in it, each whole or not at all, and
 //!   in order: never a later one without an earlier one.
+//! - [`RaftStore::reset`] replaces everything by a new state, durable when it returns.
 //! - An error from `sync` is fatal for the replica, as it is for a partition's log.
 //!
 //! Production uses [`file::FileRaftStore`] (real files, `fdatasync`); tests use
@@ -35,6 +36,10 @@ pub trait RaftStore: Send + 'static {
 
     /// Makes everything appended durable.
     fn sync(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Replaces everything by `state`, durably when it returns: how a replica with nothing
+    /// on disk records the id it decided to start as.
+    fn reset(&mut self, state: DurableRaft) -> impl Future<Output = io::Result<()>> + Send;
 }
 
 /// The bytes of an in-memory Raft store: what is durable and what is only written.
@@ -99,6 +104,12 @@ impl RaftStore for MemRaftStore {
         for persist in &unsynced {
             disk.durable.persist(persist);
         }
+        Ok(())
+    }
+    async fn reset(&mut self, state: DurableRaft) -> io::Result<()> {
+        let mut disk = self.disk.lock().expect("not poisoned");
+        disk.unsynced.clear();
+        disk.durable = state;
         Ok(())
     }
 }

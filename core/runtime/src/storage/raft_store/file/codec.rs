@@ -3,17 +3,28 @@
 //! protobuf definitions.
 //!
 //! ```text
-//! base       := hard_state | conf_state | entries
+//! version 2 (written):
+//! base       := id u64 | hard_state | conf_state | conf_index u64 | log_start | entries
+//! persist    := flags u8 (1: hard state, 2: members, 4: snapshot, 8: compaction)
+//!               | hard_state if 1 | conf_state conf_index u64 if 2 | log_start if 4
+//!               | log_start if 8 | entries
+//! log_start  := index u64 | term u64 | lsn u64   (the entries before the log's first)
+//! conf_state := ids (voters) | ids (learners) | ids (outgoing voters) | ids (next learners)
+//!               | auto_leave u8
+//! version 1 (read; written before membership changes):
+//! base       := hard_state | ids (voters) | ids (learners) | entries
 //! persist    := has_hard_state u8 (0 or 1) | hard_state if 1 | entries
+//! both:
 //! hard_state := term u64 | vote u64 | commit u64
-//! conf_state := voters_len u32 | voter u64 * voters_len | learners_len u32 | learner u64 * ..
+//! ids        := len u32 | id u64 * len
 //! entries    := entries_len u64 | entry * entries_len        (consecutive indexes)
 //! entry      := index u64 | term u64 | entry_type u8 | data_len u32 | data
 //!               | context_len u32 | context
 //! ```
-//! All integers little-endian. This is layout version [`LAYOUT_VERSION`], which the record
-//! header carries ([`super::records`]); a change of layout is a new version, and the old one
-//! stays readable.
+//! All integers little-endian. The record header carries the version
+//! ([`super::records`]); a change of layout is a new version, and the old ones stay
+//! readable. A version 1 base has no id (0: its node's first incarnation), its members
+//! as of index 0, and a log that starts at index 1.
 //!
 //! Decoding trusts nothing: a record's checksum says its bytes are the ones written, not
 //! that a writer of this layout wrote them, so every length is checked against what is left
@@ -22,10 +33,10 @@
 use bytes::Bytes;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
 
-use walletd_core::replica::DurableRaft;
+use walletd_core::replica::{AppliedConf, DurableRaft, LogStart, Persist};
 
 /// The payload layout this build writes and reads.
-pub const LAYOUT_VERSION: u8 = 1;
+pub const LAYOUT_VERSION: u8 = 2;
 
 /// Bytes of an entry with empty data and context: a claimed entry count larger than what is
 /// left divided by this is refused before anything is allocated.
@@ -35,24 +46,66 @@ const ENTRY_LEN_MIN: usize = 8 + 8 + 1 + 4 + 4;
 #[derive(Debug, Clone, PartialEq)]
 pub struct PersistBody {
     pub hard_state: Option<HardState>,
+    pub conf: Option<AppliedConf>,
+    pub snapshot: Option<LogStart>,
+    pub compact: Option<LogStart>,
     pub entries: Vec<Entry>,
 }
 
+const HAS_HARD_STATE: u8 = 1;
+const HAS_CONF: u8 = 2;
+const HAS_SNAPSHOT: u8 = 4;
+const HAS_COMPACT: u8 = 8;
+
+fn encode_log_start(start: &LogStart, out: &mut Vec<u8>) {
+    for field in [start.index, start.term, start.lsn] {
+        out.extend_from_slice(&field.to_le_bytes());
+    }
+}
+
+fn decode_log_start(reader: &mut Reader) -> Result<LogStart, String> {
+    Ok(LogStart {
+        index: reader.u64("the log start's index")?,
+        term: reader.u64("the log start's term")?,
+        lsn: reader.u64("the log start's lsn")?,
+    })
+}
+
 pub fn encode_base(state: &DurableRaft, out: &mut Vec<u8>) {
+    out.extend_from_slice(&state.id.to_le_bytes());
     encode_hard_state(&state.hard_state, out);
     encode_conf_state(&state.conf_state, out);
+    out.extend_from_slice(&state.conf_index.to_le_bytes());
+    encode_log_start(&state.log_start, out);
     encode_entries(&state.entries, out);
 }
 
-pub fn encode_persist(hard_state: Option<&HardState>, entries: &[Entry], out: &mut Vec<u8>) {
-    match hard_state {
-        Some(hard_state) => {
-            out.push(1);
-            encode_hard_state(hard_state, out);
-        }
-        None => out.push(0),
+pub fn encode_persist(persist: &Persist, out: &mut Vec<u8>) {
+    let mut flags = 0;
+    if persist.hard_state.is_some() {
+        flags |= HAS_HARD_STATE;
     }
-    encode_entries(entries, out);
+    if persist.conf.is_some() {
+        flags |= HAS_CONF;
+    }
+    if persist.snapshot.is_some() {
+        flags |= HAS_SNAPSHOT;
+    }
+    if persist.compact.is_some() {
+        flags |= HAS_COMPACT;
+    }
+    out.push(flags);
+    if let Some(hard_state) = &persist.hard_state {
+        encode_hard_state(hard_state, out);
+    }
+    if let Some(conf) = &persist.conf {
+        encode_conf_state(&conf.conf_state, out);
+        out.extend_from_slice(&conf.index.to_le_bytes());
+    }
+    for start in [&persist.snapshot, &persist.compact].into_iter().flatten() {
+        encode_log_start(start, out);
+    }
+    encode_entries(&persist.entries, out);
 }
 
 fn encode_hard_state(hard_state: &HardState, out: &mut Vec<u8>) {
@@ -62,22 +115,20 @@ fn encode_hard_state(hard_state: &HardState, out: &mut Vec<u8>) {
 }
 
 fn encode_conf_state(conf_state: &ConfState, out: &mut Vec<u8>) {
-    // Joint consensus would need the outgoing voters too; replicas never change membership
-    // yet, so these are always empty, and a layout that drops them must not be written
-    // once they are not.
-    assert!(
-        conf_state.voters_outgoing.is_empty()
-            && conf_state.learners_next.is_empty()
-            && !conf_state.auto_leave,
-        "layout {LAYOUT_VERSION} holds no joint configuration"
-    );
-    for ids in [&conf_state.voters, &conf_state.learners] {
+    let lists = [
+        &conf_state.voters,
+        &conf_state.learners,
+        &conf_state.voters_outgoing,
+        &conf_state.learners_next,
+    ];
+    for ids in lists {
         let len = u32::try_from(ids.len()).expect("a group has far fewer than 2^32 members");
         out.extend_from_slice(&len.to_le_bytes());
         for id in ids {
             out.extend_from_slice(&id.to_le_bytes());
         }
     }
+    out.push(u8::from(conf_state.auto_leave));
 }
 
 fn encode_entries(entries: &[Entry], out: &mut Vec<u8>) {
@@ -163,44 +214,88 @@ impl<'a> Reader<'a> {
     }
 }
 
-pub fn decode_base(payload: &[u8]) -> Result<DurableRaft, String> {
+/// A base record's payload of layout `version`.
+pub fn decode_base(version: u8, payload: &[u8]) -> Result<DurableRaft, String> {
     let mut reader = Reader {
         bytes: payload,
         at: 0,
     };
+    let id = if version >= 2 {
+        reader.u64("the replica id")?
+    } else {
+        0
+    };
     let hard_state = decode_hard_state(&mut reader)?;
-    let conf_state = decode_conf_state(&mut reader)?;
+    let conf_state = decode_conf_state(version, &mut reader)?;
+    let (conf_index, log_start) = if version >= 2 {
+        let conf_index = reader.u64("the members' index")?;
+        (conf_index, decode_log_start(&mut reader)?)
+    } else {
+        (0, LogStart::default())
+    };
     let entries = decode_entries(&mut reader)?;
     reader.finish()?;
     if let Some(first) = entries.first() {
-        if first.index != 1 {
+        if first.index != log_start.index + 1 {
             return Err(format!(
-                "a base record's entries start at index {}, not 1",
-                first.index
+                "a base record's entries start at index {}, not after its log start {}",
+                first.index, log_start.index
             ));
         }
     }
     Ok(DurableRaft {
+        id,
         hard_state,
         conf_state,
+        conf_index,
+        log_start,
         entries,
     })
 }
 
-pub fn decode_persist(payload: &[u8]) -> Result<PersistBody, String> {
+/// A persist record's payload of layout `version`.
+pub fn decode_persist(version: u8, payload: &[u8]) -> Result<PersistBody, String> {
     let mut reader = Reader {
         bytes: payload,
         at: 0,
     };
-    let hard_state = match reader.u8("the hard state flag")? {
+    let known = if version >= 2 {
+        HAS_HARD_STATE | HAS_CONF | HAS_SNAPSHOT | HAS_COMPACT
+    } else {
+        HAS_HARD_STATE
+    };
+    let flags = reader.u8("the persist's flags")?;
+    if flags & !known != 0 {
+        return Err(format!(
+            "persist flags {flags:#x}; layout {version} knows {known:#x}"
+        ));
+    }
+    let hard_state = match flags & HAS_HARD_STATE {
         0 => None,
-        1 => Some(decode_hard_state(&mut reader)?),
-        flag => return Err(format!("hard state flag {flag}, not 0 or 1")),
+        _ => Some(decode_hard_state(&mut reader)?),
+    };
+    let conf = match flags & HAS_CONF {
+        0 => None,
+        _ => Some(AppliedConf {
+            conf_state: decode_conf_state(version, &mut reader)?,
+            index: reader.u64("the members' index")?,
+        }),
+    };
+    let snapshot = match flags & HAS_SNAPSHOT {
+        0 => None,
+        _ => Some(decode_log_start(&mut reader)?),
+    };
+    let compact = match flags & HAS_COMPACT {
+        0 => None,
+        _ => Some(decode_log_start(&mut reader)?),
     };
     let entries = decode_entries(&mut reader)?;
     reader.finish()?;
     Ok(PersistBody {
         hard_state,
+        conf,
+        snapshot,
+        compact,
         entries,
     })
 }
@@ -214,9 +309,14 @@ fn decode_hard_state(reader: &mut Reader) -> Result<HardState, String> {
     })
 }
 
-fn decode_conf_state(reader: &mut Reader) -> Result<ConfState, String> {
-    let mut lists = [Vec::new(), Vec::new()];
-    for (list, what) in lists.iter_mut().zip(["voters", "learners"]) {
+fn decode_conf_state(version: u8, reader: &mut Reader) -> Result<ConfState, String> {
+    let names: &[&str] = if version >= 2 {
+        &["voters", "learners", "outgoing voters", "next learners"]
+    } else {
+        &["voters", "learners"]
+    };
+    let mut lists = vec![Vec::new(); names.len()];
+    for (list, what) in lists.iter_mut().zip(names) {
         let len = reader.u32(what)? as usize;
         if len > reader.left() / 8 {
             return Err(format!("{len} {what} claimed, more than the payload holds"));
@@ -225,8 +325,20 @@ fn decode_conf_state(reader: &mut Reader) -> Result<ConfState, String> {
             list.push(reader.u64(what)?);
         }
     }
-    let [voters, learners] = lists;
-    Ok(ConfState::from((voters, learners)))
+    let mut conf_state = ConfState::default();
+    let mut lists = lists.into_iter();
+    conf_state.voters = lists.next().expect("voters");
+    conf_state.learners = lists.next().expect("learners");
+    if version >= 2 {
+        conf_state.voters_outgoing = lists.next().expect("outgoing voters");
+        conf_state.learners_next = lists.next().expect("next learners");
+        conf_state.auto_leave = match reader.u8("the auto-leave flag")? {
+            0 => false,
+            1 => true,
+            flag => return Err(format!("auto-leave flag {flag}, not 0 or 1")),
+        };
+    }
+    Ok(conf_state)
 }
 
 fn decode_entries(reader: &mut Reader) -> Result<Vec<Entry>, String> {
@@ -281,34 +393,127 @@ mod tests {
         }
     }
 
+    fn persist(
+        hard_state: Option<HardState>,
+        conf: Option<AppliedConf>,
+        entries: &[Entry],
+    ) -> Persist {
+        Persist {
+            number: 1,
+            entries: entries.to_vec(),
+            hard_state,
+            conf,
+            snapshot: None,
+            compact: None,
+        }
+    }
+
+    fn joint() -> ConfState {
+        ConfState {
+            voters: vec![1, 2, (1 << 32) | 3],
+            learners: vec![(2 << 32) | 1],
+            voters_outgoing: vec![1, 2, 3],
+            learners_next: vec![7],
+            auto_leave: true,
+            ..ConfState::default()
+        }
+    }
+
     #[test]
     fn base_and_persist_payloads_read_back_as_written() {
         let state = DurableRaft {
+            id: (1 << 32) | 3,
             hard_state: HardState {
                 term: 7,
                 vote: 3,
                 commit: 2,
                 ..HardState::default()
             },
-            conf_state: ConfState::from((vec![1, 2, 3], vec![4])),
-            entries: vec![entry(1, 1, b""), entry(2, 7, b"batch")],
+            conf_state: joint(),
+            conf_index: 2,
+            log_start: LogStart {
+                index: 4,
+                term: 1,
+                lsn: 40,
+            },
+            entries: vec![entry(5, 1, b""), entry(6, 7, b"batch")],
         };
         let mut out = Vec::new();
         encode_base(&state, &mut out);
-        assert_eq!(decode_base(&out).unwrap(), state);
+        assert_eq!(decode_base(LAYOUT_VERSION, &out).unwrap(), state);
 
+        let conf = AppliedConf {
+            conf_state: joint(),
+            index: 9,
+        };
+        for (hard_state, conf) in [
+            (Some(state.hard_state.clone()), Some(conf.clone())),
+            (None, Some(conf)),
+            (Some(state.hard_state.clone()), None),
+            (None, None),
+        ] {
+            let mut out = Vec::new();
+            encode_persist(
+                &persist(hard_state.clone(), conf.clone(), &state.entries[1..]),
+                &mut out,
+            );
+            let body = decode_persist(LAYOUT_VERSION, &out).unwrap();
+            assert_eq!(body.hard_state, hard_state);
+            assert_eq!(body.conf, conf);
+            assert_eq!(body.entries, state.entries[1..]);
+        }
+        let mut both = persist(None, None, &[]);
+        both.snapshot = Some(state.log_start);
+        both.compact = Some(LogStart {
+            index: 9,
+            term: 2,
+            lsn: 77,
+        });
         let mut out = Vec::new();
-        encode_persist(Some(&state.hard_state), &state.entries[1..], &mut out);
-        let body = decode_persist(&out).unwrap();
-        assert_eq!(body.hard_state.as_ref(), Some(&state.hard_state));
-        assert_eq!(body.entries, state.entries[1..]);
+        encode_persist(&both, &mut out);
+        let body = decode_persist(LAYOUT_VERSION, &out).unwrap();
+        assert_eq!((body.snapshot, body.compact), (both.snapshot, both.compact));
     }
 
-    /// The layout is pinned: these bytes are what version 1 means on disk.
+    /// Stores written before replica ids and membership changes read as they were: no id
+    /// (the node's first incarnation), members as of index 0.
+    #[test]
+    fn version_1_payloads_still_read() {
+        let mut base = Vec::new();
+        for field in [7u64, 3, 2] {
+            base.extend_from_slice(&field.to_le_bytes());
+        }
+        base.extend_from_slice(&3u32.to_le_bytes());
+        for voter in [1u64, 2, 3] {
+            base.extend_from_slice(&voter.to_le_bytes());
+        }
+        base.extend_from_slice(&0u32.to_le_bytes());
+        base.extend_from_slice(&0u64.to_le_bytes());
+        let state = decode_base(1, &base).unwrap();
+        assert_eq!((state.id, state.conf_index), (0, 0));
+        assert_eq!(state.conf_state, ConfState::from((vec![1, 2, 3], vec![])));
+        assert_eq!(state.hard_state.term, 7);
+        // A version 2 reader of these bytes finds them short: the version decides.
+        assert!(decode_base(2, &base).is_err());
+
+        let mut persist = vec![1];
+        for field in [8u64, 0, 5] {
+            persist.extend_from_slice(&field.to_le_bytes());
+        }
+        persist.extend_from_slice(&0u64.to_le_bytes());
+        let body = decode_persist(1, &persist).unwrap();
+        assert_eq!(body.hard_state.map(|h| h.term), Some(8));
+        assert_eq!(body.conf, None);
+        let mut members = persist.clone();
+        members[0] = HAS_CONF;
+        assert!(decode_persist(1, &members).unwrap_err().contains("flags"));
+    }
+
+    /// The layout is pinned: these bytes are what version 2 means on disk.
     #[test]
     fn a_persist_has_the_documented_layout() {
         let mut out = Vec::new();
-        encode_persist(None, &[entry(9, 4, b"ab")], &mut out);
+        encode_persist(&persist(None, None, &[entry(9, 4, b"ab")]), &mut out);
         let mut expected = vec![0];
         expected.extend_from_slice(&1u64.to_le_bytes());
         expected.extend_from_slice(&9u64.to_le_bytes());
@@ -324,21 +529,26 @@ mod tests {
     #[test]
     fn payloads_that_claim_more_than_they_hold_or_skip_an_index_are_refused() {
         let mut out = Vec::new();
-        encode_persist(None, &[entry(9, 4, b"ab"), entry(10, 4, b"")], &mut out);
-        assert!(decode_persist(&out[..out.len() - 1])
+        encode_persist(
+            &persist(None, None, &[entry(9, 4, b"ab"), entry(10, 4, b"")]),
+            &mut out,
+        );
+        assert!(decode_persist(2, &out[..out.len() - 1])
             .unwrap_err()
             .contains("ends inside"));
         let mut huge = out.clone();
         huge[1..9].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(decode_persist(&huge).unwrap_err().contains("claimed"));
+        assert!(decode_persist(2, &huge).unwrap_err().contains("claimed"));
         let mut skipped = out.clone();
         let second = 1 + 8 + (8 + 8 + 1 + 4 + 2 + 4 + 3);
         skipped[second..second + 8].copy_from_slice(&11u64.to_le_bytes());
-        assert!(decode_persist(&skipped)
+        assert!(decode_persist(2, &skipped)
             .unwrap_err()
             .contains("consecutive"));
         let mut typed = out;
         typed[1 + 8 + 16] = 9;
-        assert!(decode_persist(&typed).unwrap_err().contains("unknown type"));
+        assert!(decode_persist(2, &typed)
+            .unwrap_err()
+            .contains("unknown type"));
     }
 }

@@ -128,6 +128,8 @@ fn record_crc(header: &[u8], payload: &[u8]) -> u32 {
 pub struct RawRecord<'a> {
     /// Where it starts in its file.
     pub offset: u64,
+    /// The layout of its payload ([`super::codec`]).
+    pub version: u8,
     pub kind: Kind,
     pub seq: u64,
     pub synced_len: u64,
@@ -254,9 +256,9 @@ fn accept<'a>(
     last: Option<&RawRecord>,
 ) -> Result<RawRecord<'a>, Damage> {
     let damage = |detail: String| Err(Damage { offset, detail });
-    if checked.version != LAYOUT_VERSION {
+    if !(1..=LAYOUT_VERSION).contains(&checked.version) {
         return damage(format!(
-            "record {} has layout version {}; this build reads version {LAYOUT_VERSION}",
+            "record {} has layout version {}; this build reads versions 1 to {LAYOUT_VERSION}",
             checked.seq, checked.version
         ));
     }
@@ -282,6 +284,7 @@ fn accept<'a>(
     }
     Ok(RawRecord {
         offset,
+        version: checked.version,
         kind,
         seq: checked.seq,
         synced_len: checked.synced_len,
@@ -409,7 +412,7 @@ mod tests {
         let damage = read_raft_file(&bytes).unwrap_err();
         assert_eq!(damage.offset, at);
         assert!(
-            damage.detail.contains("layout version 2"),
+            damage.detail.contains("layout version 3"),
             "{}",
             damage.detail
         );

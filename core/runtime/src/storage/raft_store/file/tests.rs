@@ -42,6 +42,9 @@ fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
 /// Entries `first..first + count` of `term`, with a hard state of that term if `with_hard`.
 fn persist(first: u64, count: u64, term: u64, with_hard: bool) -> Persist {
     Persist {
+        conf: None,
+        snapshot: None,
+        compact: None,
         number: 0,
         entries: (first..first + count)
             .map(|index| {
@@ -295,14 +298,14 @@ fn a_record_of_an_unknown_version_is_an_error() {
         drop(store);
 
         let mut record = Vec::new();
-        encode_raw(2, 2, next_seq, len, |out| out.push(0), &mut record).unwrap();
+        encode_raw(3, 2, next_seq, len, |out| out.push(0), &mut record).unwrap();
         let mut bytes = fs::read(&path).unwrap();
         bytes.extend(record);
         fs::write(&path, &bytes).unwrap();
         let error = open(dir.path(), no_rotation()).err().expect("refused");
         let message = error.to_string();
         assert!(message.contains(&format!("byte offset {len}")), "{message}");
-        assert!(message.contains("layout version 2"), "{message}");
+        assert!(message.contains("layout version 3"), "{message}");
     });
 }
 
@@ -334,7 +337,7 @@ fn a_bad_base_or_a_gap_in_the_log_is_an_error() {
             Kind::Persist,
             2,
             len,
-            |out| encode_persist(gap.hard_state.as_ref(), &gap.entries, out),
+            |out| encode_persist(&gap, out),
             &mut bytes,
         )
         .unwrap();
@@ -543,6 +546,9 @@ async fn check_against_memory(ops: Vec<Op>, file_bytes_max: u64) {
             } => {
                 let first = (all.last_index() + 1).saturating_sub(back).max(1);
                 let persist = Persist {
+                    conf: None,
+                    snapshot: None,
+                    compact: None,
                     number: 0,
                     entries: entries
                         .into_iter()

@@ -243,11 +243,13 @@ impl Writer {
         if let Some(first) = persist.entries.first() {
             // The replica's own invariant; a gap here would be written and refused at the
             // next recovery, so it is caught where it happens.
+            let end = persist
+                .snapshot
+                .map_or(self.state.last_index(), |s| s.index);
             assert!(
-                first.index >= 1 && first.index <= self.state.last_index() + 1,
-                "entries are persisted without a gap: first {} after {}",
+                first.index >= 1 && first.index <= end + 1,
+                "entries are persisted without a gap: first {} after {end}",
                 first.index,
-                self.state.last_index()
             );
         }
         if self.wants_rotation() {
@@ -261,7 +263,7 @@ impl Writer {
             Kind::Persist,
             self.next_seq,
             self.synced_len,
-            |out| encode_persist(persist.hard_state.as_ref(), &persist.entries, out),
+            |out| encode_persist(persist, out),
             &mut self.buf,
         )
         .map_err(|too_large| self.too_large(too_large.payload_len))?;
@@ -274,6 +276,14 @@ impl Writer {
         self.next_seq += 1;
         self.state.persist(persist);
         Ok(())
+    }
+
+    /// Replaces the whole state by `state`, durably: a new file whose base it is.
+    pub(super) fn reset(&mut self, state: DurableRaft) -> Result<(), Error> {
+        self.check_running()?;
+        self.state = state;
+        let rotated = self.rotate();
+        self.stop_on_error(rotated)
     }
 
     /// Makes everything written durable (`fdatasync`).
@@ -381,7 +391,8 @@ fn replay(records: &[RawRecord], seq: u64, path: &Path) -> Result<DurableRaft, E
             ),
         ));
     }
-    let mut state = decode_base(base.payload).map_err(|detail| corrupt(path, 0, detail))?;
+    let mut state =
+        decode_base(base.version, base.payload).map_err(|detail| corrupt(path, 0, detail))?;
     for record in &records[1..] {
         let bad = |detail: String| corrupt(path, record.offset, detail);
         if record.kind != Kind::Persist {
@@ -390,14 +401,21 @@ fn replay(records: &[RawRecord], seq: u64, path: &Path) -> Result<DurableRaft, E
                 record.seq
             )));
         }
-        let body = decode_persist(record.payload).map_err(bad)?;
-        if let Some(first) = body.entries.first() {
-            if first.index > state.last_index() + 1 {
+        let body = decode_persist(record.version, record.payload).map_err(bad)?;
+        if let Some(conf) = &body.conf {
+            if conf.index <= state.conf_index {
                 return Err(bad(format!(
-                    "record {} has entries from index {}, after a log that ends at {}",
-                    record.seq,
-                    first.index,
-                    state.last_index()
+                    "record {} holds members as of index {}, not after those of index {}",
+                    record.seq, conf.index, state.conf_index
+                )));
+            }
+        }
+        if let Some(first) = body.entries.first() {
+            let end = body.snapshot.map_or(state.last_index(), |s| s.index);
+            if first.index > end + 1 {
+                return Err(bad(format!(
+                    "record {} has entries from index {}, after a log that ends at {end}",
+                    record.seq, first.index,
                 )));
             }
         }
@@ -405,6 +423,9 @@ fn replay(records: &[RawRecord], seq: u64, path: &Path) -> Result<DurableRaft, E
             number: record.seq,
             entries: body.entries,
             hard_state: body.hard_state,
+            conf: body.conf,
+            snapshot: body.snapshot,
+            compact: body.compact,
         });
     }
     Ok(state)

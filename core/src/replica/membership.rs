@@ -1,0 +1,367 @@
+//! Who is in a partition's group, and how a replica that lost its disk comes back.
+//!
+//! # Replica ids
+//! A replica id names one *incarnation* of a node's copy of a partition: the low 32 bits
+//! are the node id + 1 (Raft reserves 0), the high 32 bits count the incarnations. A new
+//! group's voters are the first incarnations ([`initial_id`]), which is also every id a
+//! replica had before incarnations existed, so their stores read as they always did.
+//!
+//! # Why a lost disk comes back under a new id
+//! Raft's safety rests on what a voter keeps on disk: its vote, and every entry it
+//! acknowledged. A replica that restarts with an empty disk under its old id could vote a
+//! second time in a term it already voted in (two leaders of one term), or be counted,
+//! with its now empty log, in the majority that elects a leader lacking an acknowledged
+//! entry (an acknowledged transfer lost). So a replica with nothing on disk never votes
+//! under an id that may have voted: it asks its group to take it in again
+//! ([`MembershipMessage::Ask`]), the leader adds it as a *learner* under the node's next
+//! incarnation (a learner neither votes nor counts toward a commit), catches it up by log,
+//! and once its log holds everything committed, replaces the node's old voter with it in
+//! one joint-consensus change (`AddNode(new)`, `RemoveNode(old)`, left automatically). A
+//! learner's id may be handed out again to the same node: nothing a learner did can count.
+//!
+//! # A new group or a lost disk?
+//! The two look the same from inside: an empty store. A replica that has never decided
+//! ([`crate::replica::DurableRaft::id`] is 0 and nothing is written) asks every other node
+//! of the group. If each of them answers that it, too, has never taken part in the group
+//! ([`Answer::Fresh`]), no vote was ever cast and no entry acknowledged, and the replica
+//! starts as its node's first incarnation. If any answers that the group has run, it joins
+//! as above. It waits while some node does not answer: a new group starts once every
+//! node of it is up, and a lost disk comes back once its group is reachable.
+//!
+//! A replica whose Raft store is new but whose partition log holds records (its Raft store
+//! was lost or damaged alone) knows the group has run: it never starts a new group, and it
+//! answers others that it has run. So if every replica lost its Raft store, none starts a
+//! new group over logs that may differ: the group waits for an operator.
+//!
+//! Answers carry the asker's nonce, drawn anew by every start: an answer to an ask of an
+//! earlier start (which may name an id that has since voted) is ignored.
+
+use std::collections::BTreeSet;
+
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState};
+use raft::{RawNode, StateRole};
+
+use crate::model::partition::NodeId;
+
+use super::ReplicaId;
+
+/// The first incarnation of `node`'s replica: the voters of a new group.
+pub fn initial_id(node: NodeId) -> ReplicaId {
+    u64::from(node) + 1
+}
+
+/// Incarnation `incarnation` of `node`'s replica.
+pub fn replica_id(node: NodeId, incarnation: u32) -> ReplicaId {
+    (u64::from(incarnation) << 32) | initial_id(node)
+}
+
+/// The node a replica id belongs to.
+pub fn node_of(replica: ReplicaId) -> Option<NodeId> {
+    let low = replica & u64::from(u32::MAX);
+    low.checked_sub(1).map(|node| node as NodeId)
+}
+
+/// Which incarnation of its node's replica an id is.
+pub fn incarnation_of(replica: ReplicaId) -> u32 {
+    (replica >> 32) as u32
+}
+
+/// What a replica answers an [`MembershipMessage::Ask`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// This replica has never taken part in the group: no term, no vote, no entry.
+    Fresh,
+    /// The group has run. `leader` is the leader this replica knows of (to forward to);
+    /// ask again: the leader answers with the asker's id once it has added it.
+    Running { leader: Option<ReplicaId> },
+    /// The leader has taken the asker in as replica `id` (a learner until it catches up).
+    Member { id: ReplicaId },
+}
+
+/// Messages of the membership exchange, between nodes of a partition's group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MembershipMessage {
+    /// Node `node`'s replica has nothing on disk and asks how to start.
+    Ask { node: NodeId, nonce: u64 },
+    /// The answer to the ask with `nonce`.
+    Answer { nonce: u64, answer: Answer },
+}
+
+/// How a replica with nothing on disk starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The whole group is new: start as the node's first incarnation, a voter.
+    Bootstrap,
+    /// The group has run: start as learner `id`, with an empty log.
+    Join(ReplicaId),
+}
+
+/// A replica with nothing on disk finding out how to start (see the module docs).
+#[derive(Debug)]
+pub struct Joiner {
+    node: NodeId,
+    nonce: u64,
+    /// Every other node of the group.
+    peers: BTreeSet<NodeId>,
+    /// The peers that answered [`Answer::Fresh`].
+    fresh: BTreeSet<NodeId>,
+    /// Some peer answered that the group has run: never a new group, then.
+    ran: bool,
+    /// The leader some answer named.
+    leader: Option<ReplicaId>,
+}
+
+impl Joiner {
+    /// `group` lists the nodes that hold the group's replicas, `node` among them;
+    /// `has_records` says whether this replica's partition log holds any.
+    pub fn new(node: NodeId, group: &[NodeId], nonce: u64, has_records: bool) -> Joiner {
+        assert!(group.contains(&node), "a replica's node is in its group");
+        Joiner {
+            node,
+            nonce,
+            peers: group.iter().copied().filter(|n| *n != node).collect(),
+            fresh: BTreeSet::new(),
+            ran: has_records,
+            leader: None,
+        }
+    }
+
+    /// The ask to send to every node of [`Joiner::peers_to_ask`] (again, until decided:
+    /// messages are lost).
+    pub fn ask(&self) -> MembershipMessage {
+        MembershipMessage::Ask {
+            node: self.node,
+            nonce: self.nonce,
+        }
+    }
+
+    /// The peers that have not yet answered fresh (asking the others again changes nothing
+    /// until one of them answers otherwise, which the leader's answers cover).
+    pub fn peers_to_ask(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.peers
+            .iter()
+            .copied()
+            .filter(|n| !self.fresh.contains(n))
+    }
+
+    /// What this replica answers an ask while it has not decided.
+    pub fn answer(&self) -> Answer {
+        match self.ran {
+            // Its own log says the group ran; it knows no leader to name.
+            true => Answer::Running { leader: None },
+            false => Answer::Fresh,
+        }
+    }
+
+    /// The leader some answer named: where client requests can go meanwhile.
+    pub fn leader(&self) -> Option<ReplicaId> {
+        self.leader
+    }
+
+    /// An answer from `from`. Decides once every peer answered fresh, or the leader named
+    /// this replica's id.
+    pub fn handle(&mut self, from: NodeId, message: MembershipMessage) -> Option<Decision> {
+        let MembershipMessage::Answer { nonce, answer } = message else {
+            return None;
+        };
+        if nonce != self.nonce || !self.peers.contains(&from) {
+            return None;
+        }
+        #[cfg(any(test, madsim, feature = "testing"))]
+        if crate::protocol::bugs::enabled(crate::protocol::bugs::Bug::RejoinUnderOldId) {
+            return Some(Decision::Bootstrap);
+        }
+        match answer {
+            Answer::Fresh => {
+                self.fresh.insert(from);
+                let all = self.fresh.len() == self.peers.len();
+                (all && !self.ran).then_some(Decision::Bootstrap)
+            }
+            Answer::Running { leader } => {
+                // One node that has run rules out a new group for good.
+                self.ran = true;
+                self.leader = leader.or(self.leader);
+                None
+            }
+            Answer::Member { id } => {
+                assert_eq!(node_of(id), Some(self.node), "an id of this node");
+                assert!(
+                    incarnation_of(id) > 0,
+                    "a joiner never gets a first incarnation"
+                );
+                Some(Decision::Join(id))
+            }
+        }
+    }
+}
+
+/// What the leader `raw` answers node `node`'s ask; it may propose to add the node's next
+/// incarnation as a learner, and answers with that id once the change is applied (the
+/// asker asks again until then).
+pub(super) fn answer_ask<S: raft::Storage>(raw: &mut RawNode<S>, node: NodeId) -> Answer {
+    let own = raw.raft.id;
+    let leader = (raw.raft.leader_id != raft::INVALID_ID).then_some(raw.raft.leader_id);
+    if raw.raft.state != StateRole::Leader {
+        return Answer::Running { leader };
+    }
+    let conf = raw.raft.prs().conf().to_conf_state();
+    let of_node = |ids: &[ReplicaId]| -> Vec<ReplicaId> {
+        ids.iter()
+            .copied()
+            .filter(|id| node_of(*id) == Some(node))
+            .collect()
+    };
+    if let Some(learner) = of_node(&conf.learners).first() {
+        return Answer::Member { id: *learner };
+    }
+    if raw.raft.has_pending_conf() {
+        return Answer::Running { leader: Some(own) };
+    }
+    let known = [
+        &conf.voters,
+        &conf.voters_outgoing,
+        &conf.learners,
+        &conf.learners_next,
+    ];
+    let newest = known
+        .iter()
+        .flat_map(|ids| of_node(ids))
+        .map(incarnation_of)
+        .max();
+    let Some(next) = newest.map_or(Some(1), |newest| newest.checked_add(1)) else {
+        tracing::error!(node, "no incarnation left for the node's replica");
+        return Answer::Running { leader: Some(own) };
+    };
+    let learner = replica_id(node, next);
+    let change = ConfChangeV2 {
+        changes: vec![single(ConfChangeType::AddLearnerNode, learner)].into(),
+        ..ConfChangeV2::default()
+    };
+    match raw.propose_conf_change(Vec::new(), change) {
+        Ok(()) => tracing::info!(
+            node,
+            learner,
+            "adding a learner for a replica with an empty disk"
+        ),
+        Err(error) => tracing::warn!(node, learner, %error, "learner not proposed"),
+    }
+    Answer::Running { leader: Some(own) }
+}
+
+/// The membership change the leader `raw` should propose next, if any: leave a joint
+/// configuration it inherited (raft-rs leaves on its own only where it entered one), or
+/// replace a node's voter by that node's learner once the learner's log holds everything
+/// committed.
+pub(super) fn next_change<S: raft::Storage>(raw: &RawNode<S>) -> Option<ConfChangeV2> {
+    let raft = &raw.raft;
+    if raft.state != StateRole::Leader || raft.has_pending_conf() {
+        return None;
+    }
+    let conf = raft.prs().conf().to_conf_state();
+    if !conf.voters_outgoing.is_empty() {
+        return conf.auto_leave.then(ConfChangeV2::default);
+    }
+    let mut learners = conf.learners.clone();
+    learners.sort_unstable();
+    learners.into_iter().find_map(|learner| {
+        let node = node_of(learner);
+        let old = conf
+            .voters
+            .iter()
+            .copied()
+            .find(|voter| *voter != learner && node_of(*voter) == node)?;
+        let matched = raft.prs().get(learner)?.matched;
+        (matched >= raft.raft_log.committed).then(|| ConfChangeV2 {
+            changes: vec![
+                single(ConfChangeType::AddNode, learner),
+                single(ConfChangeType::RemoveNode, old),
+            ]
+            .into(),
+            ..ConfChangeV2::default()
+        })
+    })
+}
+
+fn single(change_type: ConfChangeType, node_id: ReplicaId) -> ConfChangeSingle {
+    ConfChangeSingle {
+        change_type,
+        node_id,
+        ..ConfChangeSingle::default()
+    }
+}
+
+/// The voters and learners of `conf`, for logs.
+pub fn describe(conf: &ConfState) -> String {
+    let mut out = format!("voters {:?}", conf.voters);
+    if !conf.voters_outgoing.is_empty() {
+        out.push_str(&format!(" & {:?}", conf.voters_outgoing));
+    }
+    if !conf.learners.is_empty() {
+        out.push_str(&format!(", learners {:?}", conf.learners));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(nonce: u64, answer: Answer) -> MembershipMessage {
+        MembershipMessage::Answer { nonce, answer }
+    }
+
+    #[test]
+    fn ids_carry_their_node_and_incarnation() {
+        assert_eq!(initial_id(0), 1);
+        assert_eq!(replica_id(4, 0), initial_id(4));
+        let id = replica_id(4, 7);
+        assert_eq!((node_of(id), incarnation_of(id)), (Some(4), 7));
+        assert_eq!(node_of(0), None);
+        assert_eq!(
+            node_of(replica_id(u32::MAX - 1, u32::MAX)),
+            Some(u32::MAX - 1)
+        );
+    }
+
+    #[test]
+    fn a_new_group_starts_only_when_every_peer_answers_fresh() {
+        let mut joiner = Joiner::new(1, &[0, 1, 2], 9, false);
+        assert_eq!(joiner.peers_to_ask().collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(joiner.handle(0, answer(9, Answer::Fresh)), None);
+        // Another start's answer, and an answer from outside the group, count for nothing.
+        assert_eq!(joiner.handle(2, answer(8, Answer::Fresh)), None);
+        assert_eq!(joiner.handle(5, answer(9, Answer::Fresh)), None);
+        assert_eq!(joiner.peers_to_ask().collect::<Vec<_>>(), [2]);
+        assert_eq!(
+            joiner.handle(2, answer(9, Answer::Fresh)),
+            Some(Decision::Bootstrap)
+        );
+    }
+
+    #[test]
+    fn one_peer_that_ran_rules_out_a_new_group_for_good() {
+        let mut joiner = Joiner::new(1, &[0, 1, 2], 9, false);
+        let leader = Some(replica_id(2, 0));
+        assert_eq!(
+            joiner.handle(0, answer(9, Answer::Running { leader })),
+            None
+        );
+        assert_eq!(joiner.leader(), leader);
+        assert_eq!(joiner.handle(0, answer(9, Answer::Fresh)), None);
+        assert_eq!(joiner.handle(2, answer(9, Answer::Fresh)), None);
+        let id = replica_id(1, 3);
+        assert_eq!(
+            joiner.handle(2, answer(9, Answer::Member { id })),
+            Some(Decision::Join(id))
+        );
+    }
+
+    #[test]
+    fn a_replica_with_records_never_starts_a_new_group() {
+        let mut joiner = Joiner::new(0, &[0, 1, 2], 1, true);
+        assert_eq!(joiner.answer(), Answer::Running { leader: None });
+        assert_eq!(joiner.handle(1, answer(1, Answer::Fresh)), None);
+        assert_eq!(joiner.handle(2, answer(1, Answer::Fresh)), None);
+        assert_eq!(Joiner::new(0, &[0, 1, 2], 1, false).answer(), Answer::Fresh);
+    }
+}
