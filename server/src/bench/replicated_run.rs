@@ -23,7 +23,8 @@ use walletd_runtime::net::replicated::{
 };
 use walletd_runtime::net::{NetConfig, NodeConfig, Tcp};
 use walletd_runtime::storage::file::{FileStorage, FileStorageConfig};
-use walletd_runtime::storage::raft_store::file::FileRaftStore;
+use walletd_runtime::storage::journal::{JournalConfig, NodeJournal};
+use walletd_runtime::storage::raft_store::file::{FileRaftStore, FileRaftStoreConfig};
 
 use super::args::{BenchArgs, Mode};
 use super::engine_driver::{self, Entry, Load};
@@ -170,6 +171,10 @@ async fn start_node(
     let root = dir.join(format!("node-{node}"));
     let voters = voters(map);
     let fail = |e: std::io::Error| BenchError::io("open a replica's files", e);
+    // As `wallet node` does: one journal syncs every Raft store of the node.
+    let journal_dir = crate::replicated_node::raft_journal_dir(&root);
+    let journal = NodeJournal::open(&journal_dir, map.partitions(), JournalConfig::default())
+        .map_err(|e| BenchError::io("open the Raft stores' journal", std::io::Error::other(e)))?;
     let mut storages = Vec::new();
     for partition in 0..map.partitions() {
         let log = FileStorage::open(
@@ -177,8 +182,11 @@ async fn start_node(
             FileStorageConfig::default(),
         )
         .map_err(fail)?;
-        let raft = root.join("raft").join(format!("partition-{partition}"));
-        let store = FileRaftStore::open(&raft, DurableRaft::new(&voters)).map_err(fail)?;
+        let raft = crate::replicated_node::raft_dir(&root, partition);
+        let (initial, config) = (DurableRaft::new(&voters), FileRaftStoreConfig::default());
+        let journal = Arc::clone(&journal);
+        let store = FileRaftStore::open_journaled(&raft, initial, config, journal, partition)
+            .map_err(fail)?;
         storages.push((log, store));
     }
     let mut engine = EngineConfig::default();

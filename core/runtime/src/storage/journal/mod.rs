@@ -34,6 +34,10 @@
 //!   `fdatasync` the kernel may have dropped the pages it could not write, so every later
 //!   commit fails too, and the partitions stop.
 //!
+//! The journal does not read the batches it carries: a node of a replicated cluster opens a
+//! second one for its Raft stores ([`super::raft_store::file`]), whose batches are Raft
+//! store records numbered by their seq where a partition's are numbered by lsn.
+//!
 //! The journal runs on real files only (`cfg(not(madsim))`); the simulator's disk syncs each
 //! partition's log itself.
 

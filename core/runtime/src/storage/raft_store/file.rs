@@ -50,6 +50,24 @@
 //!   leaves its writes in the page cache, where this reads them, and the replica will act
 //!   on them as durable. Only then are older files (a rotation that did not finish) deleted.
 //!
+//! # The node journal
+//! A node hosts many groups, and a sync of each group's file per write would cost the disk
+//! one `fdatasync` per group where one per node will do. Opened with
+//! [`FileRaftStore::open_journaled`], a store writes its persists to its file (the page
+//! cache only) and, at [`RaftStore::sync`], hands the records written since the last sync
+//! to a [`NodeJournal`] shared by every Raft store of the node (a journal of its own, apart
+//! from the partition logs'); the sync resolves when the journal's round holding them is
+//! synced, with those of every other group that synced meanwhile. The journal's rules are
+//! the partition logs' ([`crate::storage::journal`]), with records numbered by their `seq`
+//! where a partition's are by lsn:
+//! - its own file is synced only at a checkpoint, when the journal asks (after it rotated),
+//!   and whenever the store writes a base record (a rotation or a reset, durable at once);
+//! - at open, after the file's own recovery, every journaled record after the file's last is
+//!   appended to it (redone), and the file synced;
+//! - a store that `open` creates (a new or wiped directory) takes the journal's records for
+//!   its partition and drops them: they belong to a store that no longer exists, and would
+//!   otherwise be redone on top of a new one.
+//!
 //! The store runs on real files only (`cfg(not(madsim))`); the simulator keeps Raft state in
 //! its own disk model. Blocking file work runs on tokio's blocking threads, one call at a
 //! time, as [`crate::storage::file::FileStorage`]'s log does: a call moves the writer there
@@ -69,11 +87,14 @@ mod tests;
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use walletd_core::model::partition::PartitionId;
 use walletd_core::replica::{DurableRaft, Persist};
 
 use super::RaftStore;
-use writer::Writer;
+use crate::storage::journal::NodeJournal;
+use writer::{Unjournaled, Writer};
 
 /// Limits of a file Raft store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +159,15 @@ pub struct FileRaftStore {
     /// `None` only while a call has it on a blocking thread, or after such a call panicked
     /// or was dropped: the store then refuses further calls rather than guess at the files.
     writer: Option<Writer>,
+    /// With a node journal, syncs are its rounds (see "The node journal" in the module docs).
+    journal: Option<Journaled>,
+}
+
+/// A store's place in the node journal of the Raft stores.
+struct Journaled {
+    journal: Arc<NodeJournal>,
+    /// Its stream in the journal: the partition of its group.
+    partition: PartitionId,
 }
 
 impl FileRaftStore {
@@ -159,11 +189,87 @@ impl FileRaftStore {
         Ok(FileRaftStore {
             dir: dir.to_path_buf(),
             writer: Some(writer),
+            journal: None,
+        })
+    }
+
+    /// [`FileRaftStore::open_with`], the store of `partition`'s group on a node whose Raft
+    /// stores sync through `journal`: redoes what the journal holds for it (see "The node
+    /// journal" in the module docs) before it returns.
+    pub fn open_journaled(
+        dir: &Path,
+        initial: DurableRaft,
+        config: FileRaftStoreConfig,
+        journal: Arc<NodeJournal>,
+        partition: PartitionId,
+    ) -> io::Result<FileRaftStore> {
+        assert!(config.file_bytes_max > 0, "a file holds at least a record");
+        let mut writer = Writer::open(dir, config, initial)?;
+        let batches = journal.take_recovered(partition);
+        if writer.created && !batches.is_empty() {
+            tracing::warn!(
+                store = %dir.display(),
+                batches = batches.len(),
+                "the node journal holds records of a Raft store that is no longer there; \
+                 they are dropped"
+            );
+        } else {
+            let mut redone = 0;
+            for (first_seq, bytes) in &batches {
+                redone += writer.redo(*first_seq, bytes)?;
+            }
+            if redone > 0 {
+                tracing::info!(store = %dir.display(), redone, "raft store redone from the node journal");
+            }
+        }
+        writer.sync()?;
+        journal.checkpointed(partition, journal.recovered_through());
+        writer.unjournaled = Some(Unjournaled::default());
+        Ok(FileRaftStore {
+            dir: dir.to_path_buf(),
+            writer: Some(writer),
+            journal: Some(Journaled { journal, partition }),
         })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The writer, for work done on the caller's thread.
+    fn writer_here(&mut self) -> Result<&mut Writer, FileRaftStoreError> {
+        let dir = &self.dir;
+        self.writer
+            .as_mut()
+            .ok_or_else(|| FileRaftStoreError::Stopped {
+                dir: dir.display().to_string(),
+                reason: "a call was dropped or panicked before it completed".into(),
+            })
+    }
+
+    /// A sync through the node journal: hands it the records written since the last one
+    /// and waits for its round; syncs the file itself too if the journal asks for a
+    /// checkpoint.
+    async fn sync_journaled(&mut self) -> io::Result<()> {
+        let Some((first_seq, bytes)) = self.writer_here()?.take_unjournaled()? else {
+            return Ok(());
+        };
+        let Journaled { journal, partition } = self.journal.as_ref().expect("journaled");
+        let (journal, partition) = (Arc::clone(journal), *partition);
+        let (_, committed) = journal.commit(partition, first_seq, bytes).await;
+        let file = match committed {
+            Ok(file) => file,
+            Err(error) => {
+                // Those records are in no round: nothing may be acknowledged after them.
+                self.writer_here()?.failed = Some(error.to_string());
+                return Err(error);
+            }
+        };
+        if journal.wants_checkpoint(partition) {
+            self.on_writer(Writer::sync).await?;
+            journal.checkpointed(partition, file);
+        }
+        Ok(())
     }
 
     /// Runs `work` with the writer on a blocking thread, moving the writer there and back.
@@ -198,12 +304,20 @@ impl RaftStore for FileRaftStore {
     }
 
     /// Entries are `Bytes`: the copy that moves to the blocking thread shares their data.
+    /// With a node journal the write goes to the page cache on the caller's thread (a
+    /// rotation, every `file_bytes_max` bytes, syncs there too), as a partition's log does.
     async fn append(&mut self, persist: &Persist) -> io::Result<()> {
+        if self.journal.is_some() {
+            return Ok(self.writer_here()?.append(persist)?);
+        }
         let persist = persist.clone();
         self.on_writer(move |writer| writer.append(&persist)).await
     }
 
     async fn sync(&mut self) -> io::Result<()> {
+        if self.journal.is_some() {
+            return self.sync_journaled().await;
+        }
         self.on_writer(Writer::sync).await
     }
 

@@ -227,7 +227,7 @@ pub fn read_raft_file(bytes: &[u8]) -> Result<RaftFile<'_>, Damage> {
         match record_at(bytes, at) {
             At::Record(checked) => {
                 let len = checked.len;
-                let record = accept(checked, at as u64, file.records.last())?;
+                let record = accept(checked, at as u64, file.records.last(), true)?;
                 file.records.push(record);
                 at += len;
             }
@@ -248,12 +248,48 @@ pub fn read_raft_file(bytes: &[u8]) -> Result<RaftFile<'_>, Damage> {
     }
 }
 
+/// The records of a batch the node journal held (see the parent module's "The node
+/// journal"): whole records, back to back from offset 0, nothing else. The journal's round
+/// checksum already vouches for the bytes, so anything that does not read as records is
+/// damage. Their `synced_len`s speak of the file they were written to, not of the batch,
+/// and are not checked here.
+pub fn read_journaled(bytes: &[u8]) -> Result<Vec<RawRecord<'_>>, Damage> {
+    let mut records: Vec<RawRecord<'_>> = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        match record_at(bytes, at) {
+            At::Record(checked) => {
+                let len = checked.len;
+                records.push(accept(checked, at as u64, records.last(), false)?);
+                at += len;
+            }
+            At::End => break,
+            At::Bad(why) => {
+                return Err(Damage {
+                    offset: at as u64,
+                    detail: format!("a journaled batch of records does not read back: {why}"),
+                })
+            }
+        }
+    }
+    if !bytes[at..].iter().all(|&b| b == 0) {
+        return Err(Damage {
+            offset: at as u64,
+            detail: "a journaled batch of records has bytes after its end".into(),
+        });
+    }
+    Ok(records)
+}
+
 /// A record that checks out at `offset`, after `last`: refused if this build does not know
 /// its version or kind, or if it does not follow `last` as a writer would have written it.
+/// `in_file`: `offset` is where it lies in the file it was written to, and its
+/// `synced_len` cannot claim more bytes than precede it.
 fn accept<'a>(
     checked: Checked<'a>,
     offset: u64,
     last: Option<&RawRecord>,
+    in_file: bool,
 ) -> Result<RawRecord<'a>, Damage> {
     let damage = |detail: String| Err(Damage { offset, detail });
     if !(1..=LAYOUT_VERSION).contains(&checked.version) {
@@ -276,7 +312,7 @@ fn accept<'a>(
             ));
         }
     }
-    if checked.synced_len > offset {
+    if in_file && checked.synced_len > offset {
         return damage(format!(
             "record {} says {} bytes were synced, but only {offset} precede it",
             checked.seq, checked.synced_len

@@ -9,7 +9,8 @@ use walletd_core::replica::{DurableRaft, Persist};
 
 use super::codec::{decode_base, decode_persist, encode_base, encode_persist};
 use super::records::{
-    encode_record, read_raft_file, Kind, RawRecord, RECORD_ALIGN, RECORD_PAYLOAD_MAX,
+    encode_record, read_journaled, read_raft_file, Kind, RawRecord, RECORD_ALIGN,
+    RECORD_PAYLOAD_MAX,
 };
 use super::{FileRaftStoreConfig, FileRaftStoreError as Error};
 
@@ -86,6 +87,19 @@ pub(super) struct Writer {
     pub(super) failed: Option<String>,
     /// The record being written, kept to reuse its allocation.
     buf: Vec<u8>,
+    /// With a node journal: the records written since the last batch handed to it, which
+    /// the next sync hands in (see "The node journal" in the parent module's docs).
+    pub(super) unjournaled: Option<Unjournaled>,
+    /// Whether `open` found no store and created this one.
+    pub(super) created: bool,
+}
+
+/// Records written to the file and not yet handed to the node journal.
+#[derive(Debug, Default)]
+pub(super) struct Unjournaled {
+    /// The seq of the first of them.
+    pub(super) first_seq: u64,
+    pub(super) bytes: Vec<u8>,
 }
 
 impl Writer {
@@ -106,7 +120,11 @@ impl Writer {
             fs::remove_file(&tmp).map_err(io_error(&tmp))?;
         }
         let mut writer = match numbered_files(dir, ".log")?.pop() {
-            None => Writer::create(dir, config, initial, 1)?,
+            None => {
+                let mut writer = Writer::create(dir, config, initial, 1)?;
+                writer.created = true;
+                writer
+            }
             Some((seq, path)) => Writer::recover(dir, config, seq, path)?,
         };
         writer.remove_older()?;
@@ -135,6 +153,8 @@ impl Writer {
             state,
             failed: None,
             buf,
+            unjournaled: None,
+            created: false,
         })
     }
 
@@ -193,6 +213,8 @@ impl Writer {
             state,
             failed: None,
             buf: Vec::new(),
+            unjournaled: None,
+            created: false,
         })
     }
 
@@ -272,6 +294,12 @@ impl Writer {
             .write_all_at(&self.buf, self.len)
             .map_err(io_error(&self.path));
         self.stop_on_error(written)?;
+        if let Some(unjournaled) = &mut self.unjournaled {
+            if unjournaled.bytes.is_empty() {
+                unjournaled.first_seq = self.next_seq;
+            }
+            unjournaled.bytes.extend_from_slice(&self.buf);
+        }
         self.len += self.buf.len() as u64;
         self.next_seq += 1;
         self.state.persist(persist);
@@ -298,6 +326,55 @@ impl Writer {
         Ok(())
     }
 
+    /// Hands out the records written since the last call, for the node journal: `(seq of
+    /// the first, their bytes)`, or `None` if there are none.
+    pub(super) fn take_unjournaled(&mut self) -> Result<Option<(u64, Vec<u8>)>, Error> {
+        self.check_running()?;
+        let unjournaled = self.unjournaled.as_mut().expect("journaled");
+        if unjournaled.bytes.is_empty() {
+            return Ok(None);
+        }
+        let bytes = std::mem::take(&mut unjournaled.bytes);
+        Ok(Some((unjournaled.first_seq, bytes)))
+    }
+
+    /// Redoes a batch of records the node journal held (`bytes`, from seq `first_seq`):
+    /// those the file already holds are skipped, the rest appended as persists (not synced;
+    /// the caller syncs after the last batch). Returns how many were appended.
+    pub(super) fn redo(&mut self, first_seq: u64, bytes: &[u8]) -> Result<usize, Error> {
+        let path = self.path.clone();
+        let journaled = |detail: String| Error::Corrupt {
+            path: format!("{} (a batch in the node journal)", path.display()),
+            offset: 0,
+            detail,
+        };
+        let records = read_journaled(bytes).map_err(|damage| journaled(damage.detail))?;
+        if records.first().is_some_and(|r| r.seq != first_seq) {
+            return Err(journaled(format!(
+                "the batch says it starts at record {first_seq}, its first record is {}",
+                records[0].seq
+            )));
+        }
+        let mut redone = 0;
+        for record in records {
+            if record.seq < self.next_seq {
+                continue;
+            }
+            if record.seq > self.next_seq || record.kind != Kind::Persist {
+                return Err(journaled(format!(
+                    "{:?} record {} cannot follow the file's last record {}",
+                    record.kind,
+                    record.seq,
+                    self.next_seq - 1
+                )));
+            }
+            let persist = persist_of(&record, &self.state).map_err(journaled)?;
+            self.append(&persist)?;
+            redone += 1;
+        }
+        Ok(redone)
+    }
+
     /// Whether the next append starts a new file (see "Rotation" in the parent's docs).
     fn wants_rotation(&self) -> bool {
         self.len >= self.config.file_bytes_max && self.len - self.base_len >= self.base_len
@@ -316,6 +393,10 @@ impl Writer {
         self.next_seq = seq + 1;
         self.len = len;
         self.synced_len = len;
+        // The base holds them, durably.
+        if let Some(unjournaled) = &mut self.unjournaled {
+            unjournaled.bytes.clear();
+        }
         self.remove_older()
     }
 
@@ -401,32 +482,39 @@ fn replay(records: &[RawRecord], seq: u64, path: &Path) -> Result<DurableRaft, E
                 record.seq
             )));
         }
-        let body = decode_persist(record.version, record.payload).map_err(bad)?;
-        if let Some(conf) = &body.conf {
-            if conf.index <= state.conf_index {
-                return Err(bad(format!(
-                    "record {} holds members as of index {}, not after those of index {}",
-                    record.seq, conf.index, state.conf_index
-                )));
-            }
-        }
-        if let Some(first) = body.entries.first() {
-            let end = body.snapshot.map_or(state.last_index(), |s| s.index);
-            if first.index > end + 1 {
-                return Err(bad(format!(
-                    "record {} has entries from index {}, after a log that ends at {end}",
-                    record.seq, first.index,
-                )));
-            }
-        }
-        state.persist(&Persist {
-            number: record.seq,
-            entries: body.entries,
-            hard_state: body.hard_state,
-            conf: body.conf,
-            snapshot: body.snapshot,
-            compact: body.compact,
-        });
+        let persist = persist_of(record, &state).map_err(bad)?;
+        state.persist(&persist);
     }
     Ok(state)
+}
+
+/// The persist `record` holds, if it can follow `state`: its members newer, its entries
+/// with no gap after the log.
+fn persist_of(record: &RawRecord, state: &DurableRaft) -> Result<Persist, String> {
+    let body = decode_persist(record.version, record.payload)?;
+    if let Some(conf) = &body.conf {
+        if conf.index <= state.conf_index {
+            return Err(format!(
+                "record {} holds members as of index {}, not after those of index {}",
+                record.seq, conf.index, state.conf_index
+            ));
+        }
+    }
+    if let Some(first) = body.entries.first() {
+        let end = body.snapshot.map_or(state.last_index(), |s| s.index);
+        if first.index > end + 1 {
+            return Err(format!(
+                "record {} has entries from index {}, after a log that ends at {end}",
+                record.seq, first.index,
+            ));
+        }
+    }
+    Ok(Persist {
+        number: record.seq,
+        entries: body.entries,
+        hard_state: body.hard_state,
+        conf: body.conf,
+        snapshot: body.snapshot,
+        compact: body.compact,
+    })
 }
