@@ -66,19 +66,22 @@ impl AccountTable {
     }
 
     /// Brings into cache the index slot of `id` ([`AccountTable::prefetch_row`] then finds
-    /// it there). Waits for nothing.
+    /// it there). Waits for nothing. Returns the id's hash, which the row's prefetch takes
+    /// so that the id is hashed once for both.
     #[inline]
-    pub(crate) fn prefetch_slot(&self, id: &AccountId) {
-        self.index.prefetch(hash_of(id));
+    pub(crate) fn prefetch_slot(&self, id: &AccountId) -> IndexHash {
+        let hash = hash_of(id);
+        self.index.prefetch(hash);
+        hash
     }
 
-    /// Brings into cache the row that `id`'s slot names, if any, without waiting for it: a
-    /// lookup a few hundred nanoseconds later finds both. Reads the slot (in cache after
-    /// [`AccountTable::prefetch_slot`]) but not the row, so a group's prefetch pass never
-    /// stalls on a row.
+    /// Brings into cache the row that the slot of the id hashed to `hash` names, if any,
+    /// without waiting for it: a lookup a few hundred nanoseconds later finds both. Reads the
+    /// slot (in cache after [`AccountTable::prefetch_slot`]) but not the row, so a prefetch
+    /// pass never stalls on a row.
     #[inline]
-    pub(crate) fn prefetch_row(&self, id: &AccountId) {
-        if let Some(at) = self.index.candidate(hash_of(id)) {
+    pub(crate) fn prefetch_row(&self, hash: IndexHash) {
+        if let Some(at) = self.index.candidate(hash) {
             let row: *const AccountRow = self.rows.get(at);
             // A row is two whole cache lines (see `AccountRow`).
             let bytes = row.cast::<u8>();

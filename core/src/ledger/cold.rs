@@ -313,10 +313,15 @@ const BLOOM_KEYS_FIRST: usize = if cfg!(any(test, madsim, feature = "testing")) 
 } else {
     1 << 20
 };
-/// Chunks whose keys a growing Bloom filter reads back from their files each time a chunk
-/// goes cold: 4, so that a filter of twice the keys is whole by the time the one it
-/// replaces holds 5/4 of its capacity (about 1 false positive in 70 at its fullest).
-const BLOOM_REBUILD_CHUNKS_PER_PUSH: usize = 4;
+/// When a Bloom filter starts growing: once it holds 7/8 of its capacity. One of twice the
+/// capacity is then built from the chunk files' key indexes off the partition's thread, with
+/// the next snapshot ([`BloomBuild`]), and swapped in when that snapshot is written; the
+/// eighth left covers the keys that go cold meanwhile (a snapshot comes every million events
+/// at most), and the filter in place stays correct if more do, only fuller. Not sooner: the
+/// filter of twice the capacity is allocated when it starts (at 50 million cold rows, 7/8
+/// of 2^26 is 58 million, so the bar's run never allocates the next, of 192 MiB).
+const BLOOM_GROW_AT_NUMERATOR: usize = 7;
+const BLOOM_GROW_AT_DENOMINATOR: usize = 8;
 /// The salts that pick a key's bit in each word of its line (those of Parquet's split
 /// block Bloom filter, which multiplies a 32-bit hash by each and keeps the top bits).
 const BLOOM_SALTS: [u32; 8] = [
@@ -424,16 +429,57 @@ fn prefetch_line(line: &BloomLine) {
     std::hint::black_box(line.0[0]);
 }
 
-/// A Bloom filter of twice the keys being filled while the one it replaces still answers:
-/// the chunks that went cold after it began are added as they come, the ones before read
-/// back from their files' key indexes a few per chunk that goes cold.
+/// A Bloom filter of twice the capacity, being built while the one it replaces still answers
+/// (see [`BLOOM_GROW_AT_NUMERATOR`]): the chunks cold when it began are read back from their
+/// files' key indexes by a [`BloomBuild`], off the partition's thread; the keys of the chunks
+/// that go cold meanwhile wait here and are added when the build is swapped in.
 #[derive(Clone)]
 struct GrowingBloom {
-    bloom: Bloom,
-    /// Chunks `0..rebuilt` of the ones before it began are in it.
-    rebuilt: usize,
-    /// The chunks that were cold when it began.
+    capacity: usize,
+    /// The chunks that were cold when it began: the build reads `0..until`.
     until: usize,
+    /// The on-disk hashes of the keys of chunks `until..`, in the order they went cold.
+    later: Vec<u32>,
+    /// Where the build handed out leaves its filter, while it is out.
+    out: Option<BuiltBloom>,
+}
+
+/// Where a [`BloomBuild`] leaves the filter it built, or why it could not.
+#[derive(Clone, Default)]
+struct BuiltBloom(Arc<std::sync::Mutex<Option<Result<Bloom, ColdError>>>>);
+
+/// The work of a growing Bloom filter handed off the partition's thread: fill a filter of
+/// `capacity` keys from the key indexes of chunk files `0..chunks.len()` (about 256 KiB
+/// each, read from disk: they left the page cache when written). A snapshot's encoding runs
+/// it ([`crate::log::snapshot::SnapshotImage`]); the partition swaps the filter in when that
+/// snapshot is written ([`crate::ledger::Ledger::take_bloom_build`]).
+#[derive(Clone)]
+pub struct BloomBuild {
+    reader: Arc<dyn ChunkRead>,
+    /// The key index of each chunk to read.
+    chunks: Vec<ChunkIndex>,
+    capacity: usize,
+    out: BuiltBloom,
+}
+
+impl BloomBuild {
+    /// Reads the chunks' key indexes and fills the filter. Reads only durable chunk files,
+    /// which never change, so it may run on any thread at any time.
+    pub fn run(self) {
+        let mut bloom = Bloom::with_capacity(self.capacity);
+        let mut result = Ok(());
+        for (chunk, index) in self.chunks.iter().enumerate() {
+            match chunk_file::key_hashes(&*self.reader, chunk as u64, index) {
+                Ok(hashes) => bloom.insert_all(&hashes),
+                Err(error) => {
+                    result = Err(ColdError(error));
+                    break;
+                }
+            }
+        }
+        debug_assert!(result.is_err() || bloom.len == self.chunks.len() * CHUNK_ROWS);
+        *self.out.0.lock().expect("built bloom") = Some(result.map(|()| bloom));
+    }
 }
 
 /// The cold part of a transfers table: chunks `0..chunks.len()`, on disk only.
@@ -492,68 +538,88 @@ impl ColdRows {
         }
         self.bloom.insert_all(key_hashes);
         if let Some(growing) = &mut self.growing {
-            growing.bloom.insert_all(key_hashes);
+            growing.later.extend_from_slice(key_hashes);
         }
         self.chunks.push(index);
-        self.grow_bloom();
-    }
-
-    /// Once the Bloom filter holds its capacity, fills one of twice the size, reading
-    /// [`BLOOM_REBUILD_CHUNKS_PER_PUSH`] older chunks' key indexes per call, and puts it in
-    /// place when whole. Spreading it so keeps the partition from stopping to read every
-    /// key index at once (about 400 MiB at 32 million cold rows). A chunk that cannot be
-    /// read is tried again at the next call: the filter in place stays correct, only fuller.
-    fn grow_bloom(&mut self) {
-        let Some(reader) = self.reader.as_deref() else {
-            return;
-        };
-        if self.growing.is_none() && self.bloom.len >= self.bloom.capacity {
+        self.take_bloom_build(false);
+        let due = self.bloom.len * BLOOM_GROW_AT_DENOMINATOR
+            >= self.bloom.capacity * BLOOM_GROW_AT_NUMERATOR;
+        if self.growing.is_none() && self.reader.is_some() && due {
             self.growing = Some(GrowingBloom {
-                bloom: Bloom::with_capacity(self.bloom.capacity * 2),
-                rebuilt: 0,
+                capacity: self.bloom.capacity * 2,
                 until: self.chunks.len(),
+                later: Vec::new(),
+                out: None,
             });
         }
+    }
+
+    /// The build a growing Bloom filter waits for, if it is not out already: run it off the
+    /// partition's thread, then [`ColdRows::take_bloom_build`].
+    pub(crate) fn bloom_build(&mut self) -> Option<BloomBuild> {
+        let reader = self.reader.clone()?;
+        let growing = self.growing.as_mut().filter(|g| g.out.is_none())?;
+        let out = BuiltBloom::default();
+        growing.out = Some(out.clone());
+        Some(BloomBuild {
+            reader,
+            chunks: self.chunks[..growing.until].to_vec(),
+            capacity: growing.capacity,
+            out,
+        })
+    }
+
+    /// Swaps in the filter a [`BloomBuild`] made, once it has run, with the keys that went
+    /// cold since it began. With `ended` (the build was run, or will never be), a build that
+    /// left nothing or failed is handed out again later; the filter in place stays correct
+    /// meanwhile, only fuller.
+    pub(crate) fn take_bloom_build(&mut self, ended: bool) {
         let Some(growing) = &mut self.growing else {
             return;
         };
-        for _ in 0..BLOOM_REBUILD_CHUNKS_PER_PUSH {
-            if growing.rebuilt == growing.until {
-                break;
+        let Some(out) = &growing.out else {
+            return;
+        };
+        let built = out.0.lock().expect("built bloom").take();
+        let mut bloom = match built {
+            Some(Ok(bloom)) => bloom,
+            Some(Err(error)) => {
+                tracing::warn!(%error, "cold filter: chunks' keys unreadable, built again later");
+                growing.out = None;
+                return;
             }
-            let chunk = growing.rebuilt;
-            match chunk_file::key_hashes(reader, chunk as u64, &self.chunks[chunk]) {
-                Ok(hashes) => {
-                    growing.bloom.insert_all(&hashes);
-                    growing.rebuilt += 1;
+            None => {
+                if ended {
+                    growing.out = None;
                 }
-                Err(error) => {
-                    tracing::warn!(chunk, %error, "cold filter: a chunk's keys unreadable, tried again later");
-                    return;
-                }
+                return;
             }
-        }
-        if growing.rebuilt == growing.until {
-            let growing = self.growing.take().expect("a growing filter");
-            debug_assert_eq!(growing.bloom.len, self.chunks.len() * CHUNK_ROWS);
-            self.bloom = growing.bloom;
-        }
+        };
+        let growing = self.growing.take().expect("a growing filter");
+        bloom.insert_all(&growing.later);
+        // Every cold key is in it: those of the chunks it read and those that came since.
+        assert_eq!(bloom.len, self.chunks.len() * CHUNK_ROWS);
+        assert_eq!(bloom.len, self.bloom.len, "the new filter holds every key");
+        self.bloom = bloom;
     }
 
-    /// The cold row of `key` (whose filter hash is `hash`), read from its chunk file.
+    /// The cold row of `key` (whose on-disk hash is `disk`), read from its chunk file. The
+    /// filter that names the chunk takes a hash of its own, independent of `disk` (a
+    /// stranger whose on-disk hash is a cold key's passes the Bloom filter), computed only
+    /// for the keys the Bloom filter lets through.
     pub(crate) fn get(
         &self,
         key: &TransferKey,
-        hash: u64,
+        disk: u32,
     ) -> Result<Option<TransferRow>, ColdError> {
-        if self.chunks.is_empty()
-            || !self.bloom.may_contain(chunk_file::disk_key_hash(
-                key.from.as_bytes(),
-                key.transaction_id.as_bytes(),
-            ))
-        {
+        debug_assert_eq!(
+            disk,
+            chunk_file::disk_key_hash(key.from.as_bytes(), key.transaction_id.as_bytes())
+        );
+        if self.chunks.is_empty() || !self.bloom_may_contain(disk) {
             return Ok(None);
         }
+        let hash = filter_hash(key.from.as_bytes(), key.transaction_id.as_bytes());
         let reader = self.reader_or_error()?;
         self.keys.find(hash, |chunk| {
             let index = self.chunks.get(chunk).ok_or_else(|| {
@@ -565,6 +631,12 @@ impl ColdRows {
 
     /// Brings in the Bloom filter's line for the key whose on-disk hash is `key_hash`: all a
     /// new key reads of the cold rows (see [`crate::ledger::Ledger::prefetch`]).
+    /// Whether the Bloom filter may hold the key whose on-disk hash is `disk`.
+    #[inline]
+    fn bloom_may_contain(&self, disk: u32) -> bool {
+        self.bloom.may_contain(disk)
+    }
+
     #[inline]
     pub(crate) fn prefetch(&self, key_hash: u32) {
         if !self.bloom.lines.is_empty() {
@@ -587,10 +659,18 @@ impl ColdRows {
             .ok_or_else(|| ColdError("no chunk files to read cold rows from".to_string()))
     }
 
+    /// Keys the Bloom filter in place is sized for.
+    #[cfg(test)]
+    pub(crate) fn bloom_capacity(&self) -> usize {
+        self.bloom.capacity
+    }
+
     /// Bytes the cold rows take in memory: the filters and the chunks' directories.
     pub(crate) fn bytes(&self) -> usize {
         let per_chunk = std::mem::size_of::<ChunkIndex>() + 257 * 4;
-        let growing = self.growing.as_ref().map_or(0, |g| g.bloom.bytes());
+        let growing = self.growing.as_ref().map_or(0, |g| {
+            (g.capacity * BLOOM_BITS_PER_KEY).div_ceil(8) + g.later.len() * 4
+        });
         self.keys.bytes() + self.bloom.bytes() + growing + self.chunks.len() * per_chunk
     }
 }

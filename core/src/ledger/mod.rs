@@ -538,6 +538,19 @@ impl Ledger {
         self.transfers.drop_chunk(chunk)
     }
 
+    /// The work the cold rows' Bloom filter needs done off the partition's thread, if it is
+    /// growing and its build is not out already ([`cold::BloomBuild`]): hand it to the next
+    /// snapshot, then call [`Ledger::take_bloom_build`] when that snapshot is written.
+    pub fn bloom_build(&mut self) -> Option<cold::BloomBuild> {
+        self.transfers.bloom_build()
+    }
+
+    /// Swaps in the Bloom filter the build handed out made, now that it has run (or never
+    /// will); a build that did not run or failed is handed out again.
+    pub fn take_bloom_build(&mut self) {
+        self.transfers.take_bloom_build(true);
+    }
+
     pub fn credit(&self, key: &TransferKey) -> Option<CreditRow> {
         self.credits.get(key).map(|stored| stored.row(key))
     }
@@ -608,62 +621,65 @@ impl Ledger {
     /// Brings into cache, without deciding anything, the rows that `commands` will look up:
     /// the source and destination accounts and the idempotency slot of each transfer. The
     /// same idea as a prefetch phase before execution in TigerBeetle's state machine, done
-    /// in two passes so that no lookup waits on another: the first asks for every index
-    /// slot ([`Ledger::prefetch_one`]), the second reads those slots, by then in cache, and
-    /// asks for the account rows they name ([`Ledger::prefetch_rows`]). `decide` and
-    /// `apply` then find everything in cache. Purely a speed-up: skipping it changes no
-    /// outcome.
-    pub fn prefetch<'a, I>(&self, commands: I)
-    where
-        I: IntoIterator<Item = &'a Command>,
-        I::IntoIter: Clone,
-    {
-        let commands = commands.into_iter();
-        for command in commands.clone() {
-            self.prefetch_one(command);
-        }
+    /// in two steps so that no lookup waits on another: the first asks for every index slot
+    /// ([`Ledger::prefetch_one`]), the second, a few commands later, reads those slots, by
+    /// then in cache, and asks for the account rows they name ([`Ledger::prefetch_rows`]),
+    /// with the hashes the first computed. `decide` and `apply` then find everything in
+    /// cache. Purely a speed-up: skipping it changes no outcome.
+    pub fn prefetch<C: std::borrow::Borrow<Command>>(&self, commands: impl IntoIterator<Item = C>) {
+        let mut behind = [Prefetched::default(); PREFETCH_ROWS_LAG];
+        let mut count = 0;
         for command in commands {
-            self.prefetch_rows(command);
+            let slot = &mut behind[count % PREFETCH_ROWS_LAG];
+            self.prefetch_rows(*slot);
+            *slot = self.prefetch_one(command.borrow());
+            count += 1;
+        }
+        for prefetched in behind {
+            self.prefetch_rows(prefetched);
         }
     }
 
-    /// The first pass of [`Ledger::prefetch`] for one command: asks for the index slots of
+    /// The first step of [`Ledger::prefetch`] for one command: asks for the index slots of
     /// its accounts, of its transfer row and of the cold rows' Bloom filter. Waits for
-    /// nothing.
-    pub fn prefetch_one(&self, command: &Command) {
+    /// nothing. Returns what the second step ([`Ledger::prefetch_rows`]) needs.
+    #[inline]
+    pub fn prefetch_one(&self, command: &Command) -> Prefetched {
         match command {
             Command::Transfer(transfer) => {
-                self.accounts.prefetch_slot(&transfer.from);
-                self.accounts.prefetch_slot(&transfer.to);
+                let from = self.accounts.prefetch_slot(&transfer.from);
+                let to = self.accounts.prefetch_slot(&transfer.to);
                 self.transfers.prefetch(&transfer.key());
+                Prefetched {
+                    accounts: [Some(from), Some(to)],
+                }
             }
             Command::TryCredit(transfer)
             | Command::ConfirmCredit(transfer)
             | Command::CancelCredit(transfer)
             | Command::AbortCredit(transfer) => {
-                self.accounts.prefetch_slot(&transfer.to);
+                let to = self.accounts.prefetch_slot(&transfer.to);
                 self.credits.prefetch(&transfer.key());
+                Prefetched {
+                    accounts: [Some(to), None],
+                }
             }
             Command::CommitDebit { key }
             | Command::FinishDebit { key }
-            | Command::Decide { key, .. } => self.transfers.prefetch(key),
-            _ => {}
+            | Command::Decide { key, .. } => {
+                self.transfers.prefetch(key);
+                Prefetched::default()
+            }
+            _ => Prefetched::default(),
         }
     }
 
-    /// The second pass of [`Ledger::prefetch`] for one command: reads its accounts' index
-    /// slots, which the first pass brought in, and asks for the rows they name.
-    pub fn prefetch_rows(&self, command: &Command) {
-        match command {
-            Command::Transfer(transfer) => {
-                self.accounts.prefetch_row(&transfer.from);
-                self.accounts.prefetch_row(&transfer.to);
-            }
-            Command::TryCredit(transfer)
-            | Command::ConfirmCredit(transfer)
-            | Command::CancelCredit(transfer)
-            | Command::AbortCredit(transfer) => self.accounts.prefetch_row(&transfer.to),
-            _ => {}
+    /// The second step of [`Ledger::prefetch`] for one command: reads its accounts' index
+    /// slots, which the first step brought in, and asks for the rows they name.
+    #[inline]
+    pub fn prefetch_rows(&self, prefetched: Prefetched) {
+        for hash in prefetched.accounts.into_iter().flatten() {
+            self.accounts.prefetch_row(hash);
         }
     }
 
@@ -1719,6 +1735,18 @@ fn check_move(
 #[cold]
 fn recorded_twice(key: &TransferKey) -> String {
     format!("transfer {key:?} recorded twice")
+}
+
+/// Commands between the two steps of [`Ledger::prefetch`]: the account rows of a command
+/// are asked for this many commands after its index slots, by when the slots have arrived.
+pub const PREFETCH_ROWS_LAG: usize = 8;
+
+/// What the first step of a prefetch ([`Ledger::prefetch_one`]) hands to the second
+/// ([`Ledger::prefetch_rows`]): the hashes of the command's accounts, so that an id is
+/// hashed once for both steps.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prefetched {
+    accounts: [Option<account_index::IndexHash>; 2],
 }
 
 /// Where an event being applied comes from: what has been checked of it already.

@@ -28,10 +28,11 @@ use std::sync::Arc;
 
 use crate::ledger::chunked::ChunkedVec;
 use crate::ledger::cold::{
-    filter_hash, filter_hash_of, key_fx, ChunkRead, ColdChunk, ColdError, ColdRows,
+    filter_hash, ChunkRead, ColdChunk, ColdError, ColdRows,
 };
 use crate::ledger::row_index::{RowIndex, ROWS_MAX};
 use crate::ledger::{TransferRow, TransferState};
+use crate::log::chunk_file::disk_key_hash;
 use crate::model::event::{Timestamp, Transfer, TransferKey};
 use crate::model::ids::{AccountId, TransactionId, ID_LEN_MAX};
 use crate::model::money::{Amount, Currency};
@@ -75,18 +76,26 @@ struct PackedRow {
 // size, so a field that grows the row fails the build.
 const _: () = assert!(std::mem::size_of::<PackedRow>() <= 48);
 
-/// The 32-bit hash a key is indexed by. Ids never contain a zero byte, so the separator keeps
-/// `("ab", "c")` and `("a", "bc")` apart (not needed for correctness, which compares bytes,
-/// but it keeps such keys from colliding).
+/// The 32-bit hash a key is indexed by in memory: its on-disk hash
+/// ([`crate::log::chunk_file::disk_key_hash`], which the cold rows' Bloom filter tests),
+/// spread. A lookup hashes the key's bytes once for the index and the Bloom filter both.
+#[inline]
 fn key_hash(from: &[u8], transaction_id: &[u8]) -> u32 {
-    index_hash_of(key_fx(from, transaction_id))
+    index_hash_of(disk_key_hash(from, transaction_id))
 }
 
-/// [`key_hash`] of the key whose [`key_fx`] is `fx`.
+/// [`key_hash`] of the key whose on-disk hash is `disk`. The index takes a key's home slot
+/// from the low bits, which CRC32C leaves linear in the key's bits; two multiply-xorshift
+/// rounds (Wellons' `lowbias32`) spread every bit over them. A bijection, so keys with
+/// different on-disk hashes keep different index hashes.
 #[inline]
-fn index_hash_of(fx: u64) -> u32 {
-    // Fx mixes into the high bits; they are the better half.
-    (fx >> 32) as u32
+fn index_hash_of(disk: u32) -> u32 {
+    let mut h = disk;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x7feb_352d);
+    h ^= h >> 15;
+    h = h.wrapping_mul(0x846c_a68b);
+    h ^ (h >> 16)
 }
 
 /// Rows per sealed chunk of rows: 3 MiB of them (tests and the simulator use small chunks, so
@@ -322,6 +331,16 @@ impl TransferTable {
         true
     }
 
+    /// See [`ColdRows::bloom_build`].
+    pub(crate) fn bloom_build(&mut self) -> Option<crate::ledger::cold::BloomBuild> {
+        self.cold.bloom_build()
+    }
+
+    /// See [`ColdRows::take_bloom_build`].
+    pub(crate) fn take_bloom_build(&mut self, ended: bool) {
+        self.cold.take_bloom_build(ended);
+    }
+
     /// See [`RowStore::final_chunks_from`].
     pub(crate) fn final_chunks_from(&self, first: usize) -> usize {
         self.store.final_chunks_from(first)
@@ -345,39 +364,36 @@ impl TransferTable {
     /// filter is asked only when the key is not in memory.
     pub(crate) fn lookup(&self, key: &TransferKey) -> Result<Option<Found>, ColdError> {
         let (from, transaction_id) = (key.from.as_bytes(), key.transaction_id.as_bytes());
-        let fx = key_fx(from, transaction_id);
+        let disk = disk_key_hash(from, transaction_id);
         let hot = find_hot(
             &self.index,
             &self.store,
-            index_hash_of(fx),
+            index_hash_of(disk),
             from,
             transaction_id,
         );
         if let Some(at) = hot {
             return Ok(Some(Found::Hot(at)));
         }
-        Ok(self.cold_row(key, fx)?.map(Found::Cold))
+        Ok(self.cold_row(key, disk)?.map(Found::Cold))
     }
 
-    /// The row of `key`, whose [`key_fx`] is `fx`, if it is on disk only.
-    fn cold_row(&self, key: &TransferKey, fx: u64) -> Result<Option<TransferRow>, ColdError> {
+    /// The row of `key`, whose on-disk hash is `disk`, if it is on disk only.
+    fn cold_row(&self, key: &TransferKey, disk: u32) -> Result<Option<TransferRow>, ColdError> {
         if self.cold.chunks() == 0 {
             return Ok(None);
         }
-        self.cold.get(key, filter_hash_of(fx))
+        self.cold.get(key, disk)
     }
 
     /// Reads the index slot that a lookup of `key` starts from, and the cold rows' Bloom
     /// filter line, so that the lookup finds them in cache (see `Ledger::prefetch`).
     #[inline]
     pub(crate) fn prefetch(&self, key: &TransferKey) {
-        let fx = key_fx(key.from.as_bytes(), key.transaction_id.as_bytes());
-        self.index.touch(index_hash_of(fx));
+        let disk = disk_key_hash(key.from.as_bytes(), key.transaction_id.as_bytes());
+        self.index.touch(index_hash_of(disk));
         if self.cold.chunks() > 0 {
-            self.cold.prefetch(crate::log::chunk_file::disk_key_hash(
-                key.from.as_bytes(),
-                key.transaction_id.as_bytes(),
-            ));
+            self.cold.prefetch(disk);
         }
     }
 
@@ -452,10 +468,10 @@ impl TransferTable {
         check_disk: bool,
     ) -> Result<Option<Vacancy<'_>>, ColdError> {
         let (from, transaction_id) = (key.from.as_bytes(), key.transaction_id.as_bytes());
-        let fx = key_fx(from, transaction_id);
-        let hash = index_hash_of(fx);
+        let disk = disk_key_hash(from, transaction_id);
+        let hash = index_hash_of(disk);
         if find_hot(&self.index, &self.store, hash, from, transaction_id).is_some()
-            || (check_disk && self.cold_row(key, fx)?.is_some())
+            || (check_disk && self.cold_row(key, disk)?.is_some())
         {
             return Ok(None);
         }
@@ -836,6 +852,49 @@ mod tests {
         (table, rows, files, cold)
     }
 
+    /// Drops `chunk` as a partition does, then runs the Bloom filter's build it asks for
+    /// as the next snapshot would, and swaps it in.
+    fn drop_and_grow(table: &mut TransferTable, chunk: ColdChunk) -> bool {
+        let dropped = table.drop_chunk(chunk);
+        if let Some(build) = table.bloom_build() {
+            build.run();
+            table.take_bloom_build(true);
+        }
+        dropped
+    }
+
+    #[test]
+    fn no_cold_key_is_missed_while_the_bloom_filter_grows_and_is_swapped() {
+        let chunks = 24;
+        let (mut table, rows, _files, cold) = table_with_chunk_files(chunks);
+        let all_found = |table: &TransferTable, cold_chunks: usize| {
+            rows[..cold_chunks * CHUNK_ROWS].iter().all(|row| {
+                table.lookup(&row.transfer.key()) == Ok(Some(Found::Cold(*row)))
+            })
+        };
+        let mut out = None;
+        let mut swaps = 0;
+        for (at, chunk) in cold.into_iter().enumerate() {
+            let before = table.cold.bloom_capacity();
+            assert!(table.drop_chunk(chunk));
+            assert!(all_found(&table, at + 1), "after dropping chunk {at}");
+            // A build is handed out, runs while more chunks go cold, and is swapped in
+            // later; one handed out whose run never came is handed out again.
+            match at % 3 {
+                0 => out = table.bloom_build().or(out),
+                1 => {
+                    if let Some(build) = out.take() {
+                        build.run();
+                    }
+                }
+                _ => table.take_bloom_build(true),
+            }
+            swaps += usize::from(before > 0 && table.cold.bloom_capacity() > before);
+            assert!(all_found(&table, at + 1), "after the build's step at chunk {at}");
+        }
+        assert!(swaps >= 2, "{swaps} swaps");
+    }
+
     #[test]
     fn dropped_rows_are_found_on_disk_and_their_keys_stay_recorded() {
         let (mut table, rows, files, cold) = table_with_chunk_files(8);
@@ -844,12 +903,12 @@ mod tests {
         // Out of turn, a chunk stays.
         let first = cold.next().unwrap();
         let second = cold.next().unwrap();
-        assert!(!table.drop_chunk(second));
-        assert!(table.drop_chunk(first));
+        assert!(!drop_and_grow(&mut table, second));
+        assert!(drop_and_grow(&mut table, first));
         let second = table_with_chunk_files(8).3.into_iter().nth(1).unwrap();
-        assert!(table.drop_chunk(second));
+        assert!(drop_and_grow(&mut table, second));
         for chunk in cold.take(4) {
-            assert!(table.drop_chunk(chunk));
+            assert!(drop_and_grow(&mut table, chunk));
         }
         assert_eq!((table.cold_chunks(), table.hot_from()), (6, 6 * CHUNK_ROWS));
         assert!(table.bytes() < bytes_before);
@@ -891,7 +950,7 @@ mod tests {
     fn a_damaged_chunk_file_is_an_error_never_a_wrong_answer() {
         let (mut table, rows, files, cold) = table_with_chunk_files(4);
         for chunk in cold {
-            assert!(table.drop_chunk(chunk));
+            assert!(drop_and_grow(&mut table, chunk));
         }
         let key_of = |at: usize| rows[at].transfer.key();
         let len = files.files.lock().unwrap()[&1].len();

@@ -95,20 +95,32 @@ fn disk_key_hash_sse42(from: &[u8], transaction_id: &[u8]) -> u32 {
     !(crc32c_sse42(state, transaction_id) as u32)
 }
 
-/// The CRC32C register `state` after `bytes`, 8 bytes an instruction.
+/// The CRC32C register `state` after `bytes`, 8 bytes an instruction, and the last up to 7
+/// in at most three (4, 2, then 1 byte): the instructions of every width compute the same
+/// CRC of little-endian bytes, and a key's tail was up to 14 dependent one-byte steps.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse4.2")]
 #[inline]
 fn crc32c_sse42(mut state: u64, bytes: &[u8]) -> u64 {
-    use std::arch::x86_64::{_mm_crc32_u64, _mm_crc32_u8};
+    use std::arch::x86_64::{_mm_crc32_u16, _mm_crc32_u32, _mm_crc32_u64, _mm_crc32_u8};
     let mut words = bytes.chunks_exact(8);
     for word in &mut words {
         state = _mm_crc32_u64(state, u64::from_le_bytes(word.try_into().expect("8 bytes")));
     }
-    for &byte in words.remainder() {
-        state = u64::from(_mm_crc32_u8(state as u32, byte));
+    let mut rest = words.remainder();
+    let mut crc = state as u32;
+    if let Some((four, after)) = rest.split_first_chunk::<4>() {
+        crc = _mm_crc32_u32(crc, u32::from_le_bytes(*four));
+        rest = after;
     }
-    state
+    if let Some((two, after)) = rest.split_first_chunk::<2>() {
+        crc = _mm_crc32_u16(crc, u16::from_le_bytes(*two));
+        rest = after;
+    }
+    if let Some(&byte) = rest.first() {
+        crc = _mm_crc32_u8(crc, byte);
+    }
+    u64::from(crc)
 }
 
 fn bucket_of(hash: u32) -> usize {

@@ -59,7 +59,7 @@ use crc32c::crc32c;
 
 use crate::ledger::account_table::AccountRows;
 use crate::ledger::append_table::Rows;
-use crate::ledger::cold::{ChunkRead, ColdChunk, ColdRows, WrittenChunks};
+use crate::ledger::cold::{BloomBuild, ChunkRead, ColdChunk, ColdRows, WrittenChunks};
 use crate::ledger::transfer_table::{RowStore, RowView, TransferTable, CHUNK_ROWS};
 use crate::ledger::{
     Account, CashRow, CreditRow, CreditState, Flows, Ledger, RecordMeta, StoredCredit, TransferRow,
@@ -119,6 +119,9 @@ pub struct SnapshotImage {
     /// The chunk files this image's encoding writes, for the partition to drop their rows
     /// once the snapshot is durable ([`SnapshotImage::written_chunks`]).
     written: WrittenChunks,
+    /// The cold rows' Bloom filter's growth, run where the image is encoded, off the
+    /// partition's thread ([`SnapshotImage::with_bloom_build`]).
+    bloom_build: Option<BloomBuild>,
 }
 
 /// Which chunks of the transfers table a snapshot keeps in chunk files (see the module docs).
@@ -165,7 +168,15 @@ impl SnapshotImage {
             cash: ledger.cash.freeze(),
             flows: ledger.flows.clone(),
             written: WrittenChunks::default(),
+            bloom_build: None,
         }
+    }
+
+    /// Has the encoding run `build` too ([`Ledger::bloom_build`]): reading older chunk files'
+    /// key indexes is work for the thread that writes the snapshot, not the partition's.
+    pub fn with_bloom_build(mut self, build: Option<BloomBuild>) -> SnapshotImage {
+        self.bloom_build = build;
+        self
     }
 
     /// Chunks the snapshot refers to.
@@ -196,7 +207,11 @@ impl SnapshotImage {
     /// Writes the new chunk files, then the snapshot's bytes a piece at a time, so a snapshot
     /// of any size takes [`SINK_CHUNK_BYTES`] of memory, not its own size in fresh pages;
     /// returns the snapshot's length.
-    pub fn write_to(self, out: &mut dyn SnapshotOut) -> io::Result<usize> {
+    pub fn write_to(mut self, out: &mut dyn SnapshotOut) -> io::Result<usize> {
+        // First: it only reads, so a write that fails does not keep the filter from growing.
+        if let Some(build) = self.bloom_build.take() {
+            build.run();
+        }
         for index in self.chunks.written..self.chunks.frozen {
             let encoded = encode_chunk(self.partition, index, &self.transfers);
             out.write_chunk(index as u64, &encoded.bytes)?;
@@ -682,12 +697,12 @@ fn read_chunks(
                 for row in &rows {
                     let key = row.transfer.key();
                     let (from, id) = (key.from.as_bytes(), key.transaction_id.as_bytes());
-                    let hash = crate::ledger::cold::filter_hash(from, id);
-                    if !seen.insert(key) || cold.get(&key, hash).map_err(|e| e.0)?.is_some() {
+                    let disk = crate::log::chunk_file::disk_key_hash(from, id);
+                    if !seen.insert(key) || cold.get(&key, disk).map_err(|e| e.0)?.is_some() {
                         return Err(twice());
                     }
-                    hashes.push(hash);
-                    key_hashes.push(crate::log::chunk_file::disk_key_hash(from, id));
+                    hashes.push(crate::ledger::cold::filter_hash(from, id));
+                    key_hashes.push(disk);
                 }
                 cold.push(key_index, &hashes, &key_hashes);
             }

@@ -45,7 +45,9 @@ use std::collections::VecDeque;
 use rustc_hash::FxHashMap;
 
 use crate::ledger::cold::{ColdChunk, WrittenChunks};
-use crate::ledger::{Command, Ledger, LedgerError, PhaseResult, Reply, TransferStatus};
+use crate::ledger::{
+    Command, Ledger, LedgerError, PhaseResult, Prefetched, Reply, TransferStatus,
+};
 use crate::log::codec::{encode_record, Record};
 use crate::log::snapshot::{ChunkPlan, SnapshotImage};
 use crate::model::event::{Event, Lsn, Timestamp, Transfer, TransferKey};
@@ -519,25 +521,28 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             token,
         };
         self.groups.insert(group, open);
-        // The two passes of `Ledger::prefetch`, run ahead of execution at a fixed distance
+        // The two steps of `Ledger::prefetch`, run ahead of execution at a fixed distance
         // rather than a chunk at a time: a line asked for a whole chunk before it is used
-        // was often gone again (the cold filter's lines above all, several per transfer).
+        // was often gone again. A command's slots are asked for `PREFETCH_DISTANCE` commands
+        // ahead, its rows half as far ahead, with the hashes kept in a ring from the first
+        // step (written at `at`, read at `at + PREFETCH_DISTANCE / 2`, overwritten at
+        // `at + PREFETCH_DISTANCE`).
         let picks = commands.picks();
         let command_at = |at: usize| picks.get(at).map(|&pick| commands.get(pick));
+        let mut ahead = [Prefetched::default(); PREFETCH_DISTANCE];
         for at in 0..PREFETCH_DISTANCE {
             if let Some(command) = command_at(at) {
-                self.ledger.prefetch_one(command);
+                ahead[at] = self.ledger.prefetch_one(command);
             }
-            if let Some(command) = command_at(at).filter(|_| at < PREFETCH_DISTANCE / 2) {
-                self.ledger.prefetch_rows(command);
+            if at < PREFETCH_DISTANCE / 2 {
+                self.ledger.prefetch_rows(ahead[at]);
             }
         }
         for (at, &pick) in picks.iter().enumerate() {
-            if let Some(ahead) = command_at(at + PREFETCH_DISTANCE) {
-                self.ledger.prefetch_one(ahead);
-            }
-            if let Some(ahead) = command_at(at + PREFETCH_DISTANCE / 2) {
-                self.ledger.prefetch_rows(ahead);
+            let rows_at = (at + PREFETCH_DISTANCE / 2) % PREFETCH_DISTANCE;
+            self.ledger.prefetch_rows(std::mem::take(&mut ahead[rows_at]));
+            if let Some(command) = command_at(at + PREFETCH_DISTANCE) {
+                ahead[at % PREFETCH_DISTANCE] = self.ledger.prefetch_one(command);
             }
             self.execute_in_group(group, at, commands.get(pick), wait);
         }
@@ -582,29 +587,24 @@ impl<K: ReplyTokens> PartitionMachine<K> {
     /// commands.
     pub fn handle_peers(&mut self, now: Now, messages: &[PeerMessage]) {
         for chunk in messages.chunks(PREFETCH_COMMANDS_MAX) {
-            // The two passes of `Ledger::prefetch`, without collecting the commands.
-            for command in chunk.iter().filter_map(peer_command) {
-                self.ledger.prefetch_one(&command);
-            }
-            for command in chunk.iter().filter_map(peer_command) {
-                self.ledger.prefetch_rows(&command);
-            }
+            self.ledger.prefetch(chunk.iter().filter_map(peer_command));
             for message in chunk {
                 self.handle_peer(now, *message);
             }
         }
     }
 
-    /// Asks for the index slots `command` will look up (the first pass of
-    /// [`Ledger::prefetch`]); changes nothing and waits for nothing.
-    pub fn prefetch(&self, command: &Command) {
-        self.ledger.prefetch_one(command);
+    /// Asks for the index slots `command` will look up (the first step of
+    /// [`Ledger::prefetch`]); changes nothing and waits for nothing. Hand what it returns to
+    /// [`PartitionMachine::prefetch_rows`] a few inputs later.
+    pub fn prefetch(&self, command: &Command) -> Prefetched {
+        self.ledger.prefetch_one(command)
     }
 
-    /// Asks for the account rows `command` will touch (the second pass of
-    /// [`Ledger::prefetch`], after [`PartitionMachine::prefetch`] of the same inputs).
-    pub fn prefetch_rows(&self, command: &Command) {
-        self.ledger.prefetch_rows(command);
+    /// Asks for the account rows whose slots [`PartitionMachine::prefetch`] asked for (the
+    /// second step of [`Ledger::prefetch`]).
+    pub fn prefetch_rows(&self, prefetched: Prefetched) {
+        self.ledger.prefetch_rows(prefetched);
     }
 
     /// Time passed: resends, timeouts and questions about pending credits that are due join
@@ -691,6 +691,9 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         assert!(self.snapshot_pending, "a snapshot was being written");
         self.snapshot_pending = false;
         let made = self.chunks_being_written.take();
+        // The encoding ran the Bloom filter's build it carried, if any, whatever became of
+        // the snapshot.
+        self.ledger.take_bloom_build();
         if let Ok(chunks_frozen) = written {
             assert!(chunks_frozen >= self.chunks_written);
             self.chunks_written = chunks_frozen;
@@ -1057,7 +1060,9 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         // the transfers table that have become final since the last go to chunk files.
         let written = self.chunks_written;
         let frozen = written + self.ledger.final_chunks_from(written);
-        let image = SnapshotImage::with_chunks(&self.ledger, ChunkPlan { written, frozen });
+        let bloom_build = self.ledger.bloom_build();
+        let image = SnapshotImage::with_chunks(&self.ledger, ChunkPlan { written, frozen })
+            .with_bloom_build(bloom_build);
         self.chunks_being_written = image.written_chunks();
         Some(image)
     }

@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
-use walletd_core::ledger::{ApplyError, Command, Ledger};
+use walletd_core::ledger::{ApplyError, Command, Ledger, Prefetched, PREFETCH_ROWS_LAG};
 use walletd_core::log::recovery::{Recovery, RecoveryError};
 use walletd_core::log::snapshot::{snapshot_chunks, SnapshotImage, SnapshotOut};
 use walletd_core::model::event::{Lsn, Timestamp};
@@ -535,17 +535,19 @@ impl<S: Storage> PartitionDriver<S> {
                 };
                 window.push(input);
             }
-            // Two passes, as `Ledger::prefetch` makes over a group: every index slot is
-            // asked for before any is read to find the row it names.
-            for input in &window {
+            // One pass, in the two steps of `Ledger::prefetch`: the index slots of an input
+            // are asked for, and the rows they name `PREFETCH_ROWS_LAG` inputs later, with
+            // the hashes the first step computed.
+            let mut behind = [Prefetched::default(); PREFETCH_ROWS_LAG];
+            for (at, input) in window.iter().enumerate() {
+                let slot = &mut behind[at % PREFETCH_ROWS_LAG];
+                self.machine.prefetch_rows(std::mem::take(slot));
                 if let Input::Command { command, .. } = input {
-                    self.machine.prefetch(command);
+                    *slot = self.machine.prefetch(command);
                 }
             }
-            for input in &window {
-                if let Input::Command { command, .. } = input {
-                    self.machine.prefetch_rows(command);
-                }
+            for prefetched in behind {
+                self.machine.prefetch_rows(prefetched);
             }
             let taken = window.len() as u64;
             self.stats.inputs.fetch_add(taken, Ordering::Relaxed);
