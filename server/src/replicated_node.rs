@@ -131,7 +131,10 @@ pub async fn run(
     let journal_dir = raft_journal_dir(&root);
     let raft_journal = NodeJournal::open(&journal_dir, partitions, JournalConfig::default())
         .map_err(|error| ServeError::Io {
-            what: format!("cannot open the Raft stores' journal {}", journal_dir.display()),
+            what: format!(
+                "cannot open the Raft stores' journal {}",
+                journal_dir.display()
+            ),
             source: std::io::Error::other(error.to_string()),
         })?;
     let mut storages = Vec::with_capacity(hosted.len());
@@ -149,7 +152,10 @@ pub async fn run(
     // A partition this node no longer hosts has nothing to redo: its batches, if any, go.
     for partition in (0..partitions).filter(|p| !hosted.contains(p)) {
         if !raft_journal.take_recovered(partition).is_empty() {
-            tracing::warn!(partition, "dropped the journaled Raft records of a partition not hosted here");
+            tracing::warn!(
+                partition,
+                "dropped the journaled Raft records of a partition not hosted here"
+            );
         }
         raft_journal.checkpointed(partition, raft_journal.recovered_through());
     }

@@ -628,12 +628,10 @@ impl Ledger {
     /// cache. Purely a speed-up: skipping it changes no outcome.
     pub fn prefetch<C: std::borrow::Borrow<Command>>(&self, commands: impl IntoIterator<Item = C>) {
         let mut behind = [Prefetched::default(); PREFETCH_ROWS_LAG];
-        let mut count = 0;
-        for command in commands {
+        for (count, command) in commands.into_iter().enumerate() {
             let slot = &mut behind[count % PREFETCH_ROWS_LAG];
             self.prefetch_rows(*slot);
             *slot = self.prefetch_one(command.borrow());
-            count += 1;
         }
         for prefetched in behind {
             self.prefetch_rows(prefetched);

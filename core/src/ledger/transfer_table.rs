@@ -27,9 +27,7 @@
 use std::sync::Arc;
 
 use crate::ledger::chunked::ChunkedVec;
-use crate::ledger::cold::{
-    filter_hash, ChunkRead, ColdChunk, ColdError, ColdRows,
-};
+use crate::ledger::cold::{filter_hash, ChunkRead, ColdChunk, ColdError, ColdRows};
 use crate::ledger::row_index::{RowIndex, ROWS_MAX};
 use crate::ledger::{TransferRow, TransferState};
 use crate::log::chunk_file::disk_key_hash;
@@ -868,9 +866,9 @@ mod tests {
         let chunks = 24;
         let (mut table, rows, _files, cold) = table_with_chunk_files(chunks);
         let all_found = |table: &TransferTable, cold_chunks: usize| {
-            rows[..cold_chunks * CHUNK_ROWS].iter().all(|row| {
-                table.lookup(&row.transfer.key()) == Ok(Some(Found::Cold(*row)))
-            })
+            rows[..cold_chunks * CHUNK_ROWS]
+                .iter()
+                .all(|row| table.lookup(&row.transfer.key()) == Ok(Some(Found::Cold(*row))))
         };
         let mut out = None;
         let mut swaps = 0;
@@ -890,7 +888,10 @@ mod tests {
                 _ => table.take_bloom_build(true),
             }
             swaps += usize::from(before > 0 && table.cold.bloom_capacity() > before);
-            assert!(all_found(&table, at + 1), "after the build's step at chunk {at}");
+            assert!(
+                all_found(&table, at + 1),
+                "after the build's step at chunk {at}"
+            );
         }
         assert!(swaps >= 2, "{swaps} swaps");
     }

@@ -45,9 +45,7 @@ use std::collections::VecDeque;
 use rustc_hash::FxHashMap;
 
 use crate::ledger::cold::{ColdChunk, WrittenChunks};
-use crate::ledger::{
-    Command, Ledger, LedgerError, PhaseResult, Prefetched, Reply, TransferStatus,
-};
+use crate::ledger::{Command, Ledger, LedgerError, PhaseResult, Prefetched, Reply, TransferStatus};
 use crate::log::codec::{encode_record, Record};
 use crate::log::snapshot::{ChunkPlan, SnapshotImage};
 use crate::model::event::{Event, Lsn, Timestamp, Transfer, TransferKey};
@@ -308,6 +306,10 @@ pub struct PartitionMachine<K: ReplyTokens> {
     /// Chunks of the transfers table whose chunk files are written (see
     /// [`crate::log::snapshot`]).
     chunks_written: usize,
+    /// Chunks `0..` this many that the over-budget check found sealed and final: final rows
+    /// never change, so it scans each chunk once, not every chunk since the last snapshot
+    /// at every commit (eight chunks are half a million rows).
+    chunks_found_final: usize,
     /// Where the snapshot being written leaves the chunk files it writes.
     chunks_being_written: WrittenChunks,
     /// Chunks whose files are durable and whose rows are still in memory: one leaves per
@@ -356,6 +358,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             events_since_snapshot: 0,
             snapshot_pending: false,
             chunks_written,
+            chunks_found_final: chunks_written,
             chunks_being_written: WrittenChunks::default(),
             chunks_to_drop: VecDeque::new(),
             background_since: None,
@@ -530,17 +533,18 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         let picks = commands.picks();
         let command_at = |at: usize| picks.get(at).map(|&pick| commands.get(pick));
         let mut ahead = [Prefetched::default(); PREFETCH_DISTANCE];
-        for at in 0..PREFETCH_DISTANCE {
+        for (at, prefetched) in ahead.iter_mut().enumerate() {
             if let Some(command) = command_at(at) {
-                ahead[at] = self.ledger.prefetch_one(command);
+                *prefetched = self.ledger.prefetch_one(command);
             }
             if at < PREFETCH_DISTANCE / 2 {
-                self.ledger.prefetch_rows(ahead[at]);
+                self.ledger.prefetch_rows(*prefetched);
             }
         }
         for (at, &pick) in picks.iter().enumerate() {
             let rows_at = (at + PREFETCH_DISTANCE / 2) % PREFETCH_DISTANCE;
-            self.ledger.prefetch_rows(std::mem::take(&mut ahead[rows_at]));
+            self.ledger
+                .prefetch_rows(std::mem::take(&mut ahead[rows_at]));
             if let Some(command) = command_at(at + PREFETCH_DISTANCE) {
                 ahead[at % PREFETCH_DISTANCE] = self.ledger.prefetch_one(command);
             }
@@ -1037,11 +1041,17 @@ impl<K: ReplyTokens> PartitionMachine<K> {
     /// [`MachineConfig::transfer_rows_in_memory_max`]). Half, not one chunk: rows pinned by a
     /// transfer still in flight keep the table over budget, and a snapshot per chunk that
     /// becomes final meanwhile would write the accounts each time.
-    fn over_budget(&self) -> bool {
+    fn over_budget(&mut self) -> bool {
         let budget = self.config.transfer_rows_in_memory_max;
         let chunks_wanted = (budget / crate::ledger::CHUNK_ROWS / 2).max(1);
-        self.ledger.transfer_rows_in_memory() > budget
-            && self.ledger.final_chunks_from(self.chunks_written) >= chunks_wanted
+        if self.ledger.transfer_rows_in_memory() <= budget {
+            return false;
+        }
+        // Only decides when; the snapshot's plan scans its chunks again (see
+        // `take_snapshot_if_due`).
+        let known = self.chunks_found_final.max(self.chunks_written);
+        self.chunks_found_final = known + self.ledger.final_chunks_from(known);
+        self.chunks_found_final - self.chunks_written >= chunks_wanted
     }
 
     fn take_snapshot_if_due(&mut self) -> Option<SnapshotImage> {

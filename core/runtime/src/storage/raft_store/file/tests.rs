@@ -675,8 +675,16 @@ fn a_journaled_store_syncs_in_the_journal_and_redoes_what_its_file_lost() {
         // A power loss takes everything the file did not sync.
         lose_power(&path, len, synced_len, 0, false);
         let mut store = open(small_journal(&journal_dir));
-        assert_eq!(store.recover().await.unwrap(), model, "redone from the journal");
-        assert_eq!(newest(&store), (path.clone(), len, len), "and synced in the file");
+        assert_eq!(
+            store.recover().await.unwrap(),
+            model,
+            "redone from the journal"
+        );
+        assert_eq!(
+            newest(&store),
+            (path.clone(), len, len),
+            "and synced in the file"
+        );
         // It goes on, and a restart reads both.
         append_all(&mut store, &mut model, &[persist(6, 1, 2, true)], true).await;
         drop(store);
