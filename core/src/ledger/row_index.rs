@@ -256,6 +256,12 @@ impl RowIndex {
         (self.current.slots.len() + old) * std::mem::size_of::<Slot>()
     }
 
+    /// Slots in use in the current index: every row indexed, forgotten or not, when no
+    /// slots are moving.
+    pub(crate) fn slots_used(&self) -> usize {
+        self.current.used
+    }
+
     /// Rows indexed.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

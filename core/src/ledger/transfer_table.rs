@@ -320,10 +320,13 @@ impl TransferTable {
         self.cold
             .push(cold.index, &cold.filter_hashes, &cold.key_hashes);
         self.store.drop_front(chunk + 1);
-        // One forgetting at a time; slots left behind by this one go with a later one, and
-        // until then lookups refuse their positions (see `find_hot`).
-        if !self.index.is_moving() {
-            let kept = self.len() - self.hot_from();
+        // One forgetting at a time, and only once the dropped rows' slots are at least as
+        // many as the kept rows' (the index then shrinks by half or more): while one lasts,
+        // every new key misses in two indexes and every insert moves old slots, so one per
+        // chunk dropped kept the index moving much of the time. Slots left behind go with
+        // a later one, and until then lookups refuse their positions (see `find_hot`).
+        let kept = self.len() - self.hot_from();
+        if !self.index.is_moving() && self.index.slots_used() >= 2 * kept {
             self.index.forget_below(self.hot_from(), kept);
         }
         true
