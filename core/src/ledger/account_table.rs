@@ -6,7 +6,8 @@
 //! partition's thread at 10 million accounts); the first write to a chunk an image still
 //! shares copies that chunk (4,096 accounts). Accounts are read twice per transfer, so the
 //! way to a row is what a lookup pays for: one slot of the index, then the row, and the
-//! prefetch pass brings both in ([`AccountTable::prefetch`]).
+//! prefetch brings both in ([`AccountTable::prefetch_slot`], then
+//! [`AccountTable::prefetch_row`] with the hash the first computed).
 
 use std::hash::{Hash, Hasher};
 

@@ -44,13 +44,17 @@
 //!
 //! A Bloom filter cannot grow in place, and the keys are on disk only. It holds the keys'
 //! on-disk hashes ([`crate::log::chunk_file::disk_key_hash`], 32 bits), which each chunk
-//! file's key index lists: once it holds its capacity, one of twice the size is filled from
-//! the key indexes of the chunks already cold, [`BLOOM_REBUILD_CHUNKS_PER_PUSH`] of them each
-//! time another chunk goes cold, while the old one answers; no pause, and at most 5/4 of
-//! the capacity in the old one (about 1 stranger in 70 passes at its fullest). 32 bits are
-//! enough: a stranger's hash is one of 50 million keys' 1 time in 86, which it then adds to
-//! the filter's own rate, and such a stranger still only probes the second filter. At 50
-//! million cold rows it is sized for 64 million keys: 96 MiB, 1.9 bytes a row.
+//! file's key index lists, and which a lookup computes once for the hot index too (see
+//! `transfer_table::key_hash`). Once it holds 7/8 of its capacity, one of twice the size is
+//! built from the key indexes of the chunks already cold by a [`BloomBuild`] that the next
+//! snapshot's encoding runs, off the partition's thread (reading them there cost the
+//! partition 4 to 20 ms at a time: the files left the page cache when written); the keys of
+//! the chunks that go cold meanwhile wait beside it, and it is swapped in, with them, when
+//! that snapshot is written. The old filter answers until then, so no key is ever missing.
+//! 32 bits are enough: a stranger's hash is one of 50 million keys' 1 time in 86, which it
+//! then adds to the filter's own rate, and such a stranger still only probes the second
+//! filter (whose hash is independent of this one). At 50 million cold rows it is sized for
+//! 64 million keys: 96 MiB, 1.9 bytes a row.
 //!
 //! It is not stored: recovery reads every row of the chunks it keeps on disk to check them
 //! and builds both filters from them, sized at once for the chunks it found, so a file
