@@ -1,8 +1,10 @@
 //! A replicated cluster of three real `wallet node` processes (`replicas = 3`: every partition
 //! a Raft group with a replica on every node): clients send transfers through all three HTTP
 //! ports while each node in turn, the leader of the transfers' home partition first, is
-//! killed with `kill -9` and restarted, the second with a byte of its Raft store of
-//! partition 0 flipped (moved aside, it rejoins that group), the last one with its data
+//! killed with `kill -9` and restarted, the first with a byte in the middle of its partition
+//! log of partition 1 flipped (its copy is set aside and rebuilt from the group), the second
+//! with a byte of its Raft store of partition 0 flipped (moved aside, it rejoins that
+//! group), the last one with its data
 //! directory wiped (a lost disk: it comes back under new replica ids and catches up from
 //! the others). Afterwards
 //! every transfer a client was told committed is there exactly once, every node holds the
@@ -151,6 +153,28 @@ impl Cluster {
         let mut bytes = std::fs::read(&newest).expect("read");
         bytes[40] ^= 0xff;
         std::fs::write(&newest, bytes).expect("write");
+    }
+
+    /// Flips a byte halfway through the records of node `id`'s first log segment of
+    /// `partition` (the node is down): damage that later syncs vouch for.
+    fn damage_partition_log(&self, id: u32, partition: u32) {
+        assert!(self.nodes[id as usize].is_none(), "node {id} is down");
+        let dir = self
+            .data
+            .join(format!("node-{id}"))
+            .join(format!("partition-{partition}"));
+        let mut segments: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .expect("the partition's directory")
+            .map(|entry| entry.expect("entry").path())
+            .filter(|path| path.extension().is_some_and(|e| e == "seg"))
+            .collect();
+        segments.sort();
+        let first = segments.first().expect("a log segment");
+        let mut bytes = std::fs::read(first).expect("read");
+        // Segments are extended with zeros ahead of their records.
+        let written = bytes.iter().rposition(|b| *b != 0).expect("records");
+        bytes[written / 2] ^= 0xff;
+        std::fs::write(first, bytes).expect("write");
     }
 
     /// Waits until every node's copy of every partition holds the same last committed
@@ -344,7 +368,9 @@ fn transfers_survive_kill_9_of_every_node_in_turn_and_every_replica_agrees() {
         eprintln!("node {victim} down: 15 transfers, {failures} failed attempts (retried)");
         if victim == last {
             cluster.wipe(victim);
-        } else if victim != leaders[0] {
+        } else if victim == leaders[0] {
+            cluster.damage_partition_log(victim, 1);
+        } else {
             cluster.damage_raft_store(victim, 0);
         }
         cluster.restart(victim);
@@ -407,6 +433,14 @@ fn transfers_survive_kill_9_of_every_node_in_turn_and_every_replica_agrees() {
     assert!(
         logs.contains("the Raft store is damaged") && logs.contains("Join("),
         "the node whose Raft store was damaged rejoined that group:\n{logs}"
+    );
+    let logs = cluster.nodes[leaders[0] as usize]
+        .as_ref()
+        .expect("up")
+        .logs();
+    assert!(
+        logs.contains("copy of the partition is damaged") && logs.contains("Join("),
+        "the node whose partition log was damaged rebuilt its copy from its group:\n{logs}"
     );
     for id in 0..NODES {
         let node = cluster.nodes[id as usize].take().expect("running");

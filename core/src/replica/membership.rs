@@ -35,6 +35,23 @@
 //!
 //! Answers carry the asker's nonce, drawn anew by every start: an answer to an ask of an
 //! earlier start (which may name an id that has since voted) is ignored.
+//!
+//! # Moving a replica
+//! The partition map names the nodes that hold a partition's replicas; the runtime hands
+//! them to the leader as its *target* ([`super::Replica::set_target`]), and the leader
+//! converges its group to it, one change at a time ([`next_change`]):
+//! - a node of the target with no replica asks as a lost disk does, and is taken in as a
+//!   learner (a node outside the target is not);
+//! - once a learner's log holds everything committed, it replaces, in one joint change, a
+//!   voter of its own node (a lost disk) or else a voter of a node the target no longer
+//!   names (a move), or is promoted alone if the group has fewer voters than the target;
+//! - a learner of a node outside the target is removed, and so is a voter of one once the
+//!   group has more voters than the target;
+//! - a leader never removes itself: it first hands leadership to a caught-up voter of the
+//!   target, which carries on.
+//!
+//! So the group never has fewer voters than the target while it changes, and every change
+//! is one Raft membership change with its own safety (joint consensus for a swap).
 
 use std::collections::BTreeSet;
 
@@ -198,11 +215,19 @@ impl Joiner {
 /// What the leader `raw` answers node `node`'s ask; it may propose to add the node's next
 /// incarnation as a learner, and answers with that id once the change is applied (the
 /// asker asks again until then).
-pub(super) fn answer_ask<S: raft::Storage>(raw: &mut RawNode<S>, node: NodeId) -> Answer {
+/// A node outside `target` (the map's nodes, when the runtime gave them) is not taken in.
+pub(super) fn answer_ask<S: raft::Storage>(
+    raw: &mut RawNode<S>,
+    node: NodeId,
+    target: Option<&[NodeId]>,
+) -> Answer {
     let own = raw.raft.id;
     let leader = (raw.raft.leader_id != raft::INVALID_ID).then_some(raw.raft.leader_id);
     if raw.raft.state != StateRole::Leader {
         return Answer::Running { leader };
+    }
+    if !wanted(target, Some(node)) {
+        return Answer::Running { leader: Some(own) };
     }
     let conf = raw.raft.prs().conf().to_conf_state();
     let of_node = |ids: &[ReplicaId]| -> Vec<ReplicaId> {
@@ -248,38 +273,105 @@ pub(super) fn answer_ask<S: raft::Storage>(raw: &mut RawNode<S>, node: NodeId) -
     Answer::Running { leader: Some(own) }
 }
 
-/// The membership change the leader `raw` should propose next, if any: leave a joint
-/// configuration it inherited (raft-rs leaves on its own only where it entered one), or
-/// replace a node's voter by that node's learner once the learner's log holds everything
-/// committed.
-pub(super) fn next_change<S: raft::Storage>(raw: &RawNode<S>) -> Option<ConfChangeV2> {
+/// What a leader does next to its group's members.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Propose this membership change.
+    Propose(ConfChangeV2),
+    /// Hand leadership to this voter first: the change the group needs next removes the
+    /// leader.
+    TransferLeader(ReplicaId),
+}
+
+/// Whether `node` belongs in the group: in the target, or any node without one.
+fn wanted(target: Option<&[NodeId]>, node: Option<NodeId>) -> bool {
+    match (target, node) {
+        (None, _) => true,
+        (Some(target), Some(node)) => target.contains(&node),
+        (Some(_), None) => false,
+    }
+}
+
+/// The next step the leader `raw` should take towards `target` (the nodes the map names;
+/// `None`: keep the nodes it has), if any: leave a joint configuration it inherited
+/// (raft-rs leaves on its own only where it entered one), or one of the changes in "Moving a
+/// replica" in the module docs.
+pub(super) fn next_change<S: raft::Storage>(
+    raw: &RawNode<S>,
+    target: Option<&[NodeId]>,
+) -> Option<Change> {
     let raft = &raw.raft;
     if raft.state != StateRole::Leader || raft.has_pending_conf() {
         return None;
     }
     let conf = raft.prs().conf().to_conf_state();
     if !conf.voters_outgoing.is_empty() {
-        return conf.auto_leave.then(ConfChangeV2::default);
+        return conf
+            .auto_leave
+            .then(|| Change::Propose(ConfChangeV2::default()));
     }
+    let propose = |changes: Vec<ConfChangeSingle>| {
+        Some(Change::Propose(ConfChangeV2 {
+            changes: changes.into(),
+            ..ConfChangeV2::default()
+        }))
+    };
     let mut learners = conf.learners.clone();
     learners.sort_unstable();
-    learners.into_iter().find_map(|learner| {
+    let mut voters = conf.voters.clone();
+    voters.sort_unstable();
+    if let Some(&stray) = learners.iter().find(|l| !wanted(target, node_of(**l))) {
+        return propose(vec![single(ConfChangeType::RemoveNode, stray)]);
+    }
+    let caught_up = |id: ReplicaId| {
+        raft.prs()
+            .get(id)
+            .is_some_and(|p| p.matched >= raft.raft_log.committed)
+    };
+    // The voter that must go to make room, if the group needs the room: a voter of the
+    // learner's own node first, then one of a node the target no longer names.
+    let leaving = |learner: ReplicaId| {
         let node = node_of(learner);
-        let old = conf
-            .voters
+        let same_node = voters.iter().copied().find(|v| node_of(*v) == node);
+        same_node.or_else(|| {
+            voters
+                .iter()
+                .copied()
+                .find(|v| !wanted(target, node_of(*v)))
+        })
+    };
+    // Before the leader removes itself, a caught-up voter that stays leads instead.
+    let successor = || {
+        voters
             .iter()
             .copied()
-            .find(|voter| *voter != learner && node_of(*voter) == node)?;
-        let matched = raft.prs().get(learner)?.matched;
-        (matched >= raft.raft_log.committed).then(|| ConfChangeV2 {
-            changes: vec![
-                single(ConfChangeType::AddNode, learner),
-                single(ConfChangeType::RemoveNode, old),
-            ]
-            .into(),
-            ..ConfChangeV2::default()
-        })
-    })
+            .find(|v| *v != raft.id && wanted(target, node_of(*v)) && caught_up(*v))
+    };
+    for &learner in learners.iter().filter(|l| caught_up(**l)) {
+        match leaving(learner) {
+            Some(old) if old == raft.id => return successor().map(Change::TransferLeader),
+            Some(old) => {
+                return propose(vec![
+                    single(ConfChangeType::AddNode, learner),
+                    single(ConfChangeType::RemoveNode, old),
+                ])
+            }
+            None if target.is_some_and(|t| voters.len() < t.len()) => {
+                return propose(vec![single(ConfChangeType::AddNode, learner)])
+            }
+            None => {}
+        }
+    }
+    let target_len = target.map_or(voters.len(), <[NodeId]>::len);
+    if voters.len() > target_len {
+        if let Some(&old) = voters.iter().find(|v| !wanted(target, node_of(**v))) {
+            if old == raft.id {
+                return successor().map(Change::TransferLeader);
+            }
+            return propose(vec![single(ConfChangeType::RemoveNode, old)]);
+        }
+    }
+    None
 }
 
 fn single(change_type: ConfChangeType, node_id: ReplicaId) -> ConfChangeSingle {
@@ -288,6 +380,19 @@ fn single(change_type: ConfChangeType, node_id: ReplicaId) -> ConfChangeSingle {
         node_id,
         ..ConfChangeSingle::default()
     }
+}
+
+/// Whether `id` is a member of `conf`: a voter or a learner, in either half of a joint
+/// configuration.
+pub fn is_member(conf: &ConfState, id: ReplicaId) -> bool {
+    [
+        &conf.voters,
+        &conf.voters_outgoing,
+        &conf.learners,
+        &conf.learners_next,
+    ]
+    .iter()
+    .any(|ids| ids.contains(&id))
 }
 
 /// The voters and learners of `conf`, for logs.
@@ -301,6 +406,9 @@ pub fn describe(conf: &ConfState) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod moves;
 
 #[cfg(test)]
 mod tests {

@@ -326,6 +326,9 @@ pub struct Replica<K: ReplyTokens> {
     machine_epoch: u64,
     snapshot_epoch: Option<u64>,
     election_rng: u64,
+    /// The nodes the partition map names for this group, if the runtime gave them: what a
+    /// leader converges the group's members to (see [`membership`]).
+    target: Option<Vec<crate::model::partition::NodeId>>,
     now: Now,
 }
 
@@ -406,6 +409,7 @@ impl<K: ReplyTokens> Replica<K> {
             machine_epoch: 0,
             snapshot_epoch: None,
             election_rng: config.seed ^ 0x9e37_79b9_7f4a_7c15,
+            target: None,
             now,
         };
         replica.rearm_election_timeout();
@@ -618,13 +622,47 @@ impl<K: ReplyTokens> Replica<K> {
         if first && raft.term == 0 && raft.raft_log.last_index() == 0 {
             return membership::Answer::Fresh;
         }
-        membership::answer_ask(&mut self.raw, node)
+        membership::answer_ask(&mut self.raw, node, self.target.as_deref())
     }
 
-    /// A leader proposes the next membership change its group needs, one at a time.
+    /// The nodes the partition map names for this group (distinct, at least one): a leader
+    /// converges the group's members to them (see "Moving a replica" in [`membership`]).
+    pub fn set_target(&mut self, mut nodes: Vec<crate::model::partition::NodeId>) {
+        nodes.sort_unstable();
+        nodes.dedup();
+        assert!(!nodes.is_empty(), "a group keeps at least one replica");
+        if self.target.as_ref() != Some(&nodes) {
+            tracing::info!(
+                partition = self.partition,
+                ?nodes,
+                "the group's target nodes"
+            );
+            self.target = Some(nodes);
+        }
+    }
+
+    /// Whether this replica is one of its group's members (a voter or a learner) as it last
+    /// applied them: one that a move removed is not, and has nothing more to do.
+    pub fn is_member(&self) -> bool {
+        membership::is_member(&self.conf_state(), self.raw.raft.id)
+    }
+
+    /// A leader takes the next step its group's members need, one at a time.
     fn change_membership(&mut self) {
-        let Some(change) = membership::next_change(&self.raw) else {
-            return;
+        let change = match membership::next_change(&self.raw, self.target.as_deref()) {
+            None => return,
+            Some(membership::Change::TransferLeader(to)) => {
+                if self.raw.raft.lead_transferee != Some(to) {
+                    tracing::info!(
+                        partition = self.partition,
+                        to,
+                        "handing leadership over before this replica leaves the group"
+                    );
+                    self.raw.transfer_leader(to);
+                }
+                return;
+            }
+            Some(membership::Change::Propose(change)) => change,
         };
         let before = membership::describe(&self.conf_state());
         match self.raw.propose_conf_change(Vec::new(), change.clone()) {

@@ -48,7 +48,7 @@ pub async fn run(
         .prefix("walletd-bench-replicated-")
         .tempdir()
         .map_err(|e| BenchError::io("create a temporary directory", e))?;
-    let (map, mut nodes) = start(dir.path(), args, partitions).await?;
+    let (map, mut nodes, journals) = start(dir.path(), args, partitions).await?;
     wait_for_leaders(&nodes, partitions).await?;
     let accounts = engine_driver::account_ids(workload);
     let client = nodes[0].client();
@@ -69,10 +69,19 @@ pub async fn run(
     };
     let running = engine_driver::run_transfers(&Entry::Any(clients), &workload, &live, load);
     let before = syncs(&nodes);
+    let rounds_before = journal_rounds(&journals);
     let window = measure::drive_clock(label, &live, args.clock(Mode::Cluster)).await;
     let after = syncs(&nodes);
+    let rounds = journal_rounds(&journals) - rounds_before;
     let tally = running.finish().await?;
     measure::report_syncs(label, before, after, window, tally.transfers);
+    let seconds = window.as_secs_f64().max(1e-9);
+    eprintln!(
+        "  {label}: {:.0} Raft store writes/s made durable by {:.0} fdatasyncs/s of the nodes' journals ({:.1} writes per fdatasync)",
+        (after.0 - before.0) as f64 / seconds,
+        rounds as f64 / seconds,
+        (after.0 - before.0) as f64 / rounds.max(1) as f64,
+    );
     measure::report_errors(label, &tally);
     let shape = RunShape {
         clients: load.clients,
@@ -147,18 +156,20 @@ async fn start(
     dir: &Path,
     args: &BenchArgs,
     partitions: u32,
-) -> Result<(PartitionMap, Vec<ReplicatedNode>), BenchError> {
+) -> Result<(PartitionMap, Vec<ReplicatedNode>, Vec<Arc<NodeJournal>>), BenchError> {
     let (listeners, addresses) = super::cluster_run::bind_nodes(args.nodes).await?;
     let map = PartitionMap {
         version: 1,
         owners: (0..partitions).map(|p| p % args.nodes).collect(),
         nodes: addresses,
     };
-    let mut nodes = Vec::new();
+    let (mut nodes, mut journals) = (Vec::new(), Vec::new());
     for (node, listener) in (0..).zip(listeners) {
-        nodes.push(start_node(dir, &map, node, listener, args).await?);
+        let (started, journal) = start_node(dir, &map, node, listener, args).await?;
+        nodes.push(started);
+        journals.push(journal);
     }
-    Ok((map, nodes))
+    Ok((map, nodes, journals))
 }
 
 async fn start_node(
@@ -167,7 +178,7 @@ async fn start_node(
     node: NodeId,
     listener: TcpListener,
     args: &BenchArgs,
-) -> Result<ReplicatedNode, BenchError> {
+) -> Result<(ReplicatedNode, Arc<NodeJournal>), BenchError> {
     let root = dir.join(format!("node-{node}"));
     let voters = voters(map);
     let fail = |e: std::io::Error| BenchError::io("open a replica's files", e);
@@ -184,9 +195,9 @@ async fn start_node(
         .map_err(fail)?;
         let raft = crate::replicated_node::raft_dir(&root, partition);
         let (initial, config) = (DurableRaft::new(&voters), FileRaftStoreConfig::default());
-        let journal = Arc::clone(&journal);
-        let store = FileRaftStore::open_journaled(&raft, initial, config, journal, partition)
-            .map_err(fail)?;
+        let store =
+            FileRaftStore::open_journaled(&raft, initial, config, journal.clone(), partition)
+                .map_err(fail)?;
         storages.push((log, store));
     }
     let mut engine = EngineConfig::default();
@@ -197,9 +208,17 @@ async fn start_node(
         nonce_seed: [node as u8; 32],
     };
     let config = ReplicatedConfig::new(node_config, u64::from(node) + 1);
-    start_replicated_node_with(Tcp, listener, map, node, SECRET, storages, config)
+    let started = start_replicated_node_with(Tcp, listener, map, node, SECRET, storages, config)
         .await
-        .map_err(|e| BenchError::Engine(format!("node {node}: {e}")))
+        .map_err(|e| BenchError::Engine(format!("node {node}: {e}")))?;
+    Ok((started, journal))
+}
+
+/// Rounds (fdatasyncs) of the nodes' Raft journals so far.
+fn journal_rounds(journals: &[Arc<NodeJournal>]) -> u64 {
+    (journals.iter())
+        .map(|journal| journal.stats().rounds.load(Ordering::Relaxed))
+        .sum()
 }
 
 /// Waits until every partition has a leader that has caught up.

@@ -31,6 +31,16 @@
 //! ([`walletd_core::replica::membership`]): as the node's first incarnation when the whole
 //! group is new, or as the learner the leader takes in. Meanwhile client requests go to the
 //! leader an answer named, or wait as during an election.
+//!
+//! # A damaged copy
+//! A partition log that does not recover (damage that a later sync vouched for, a gap,
+//! records that do not replay) is this replica's copy only: its group holds the same
+//! records. So instead of refusing to start, the driver sets the copy aside
+//! ([`Storage::set_aside`]), empties its Raft store (its entries and applied index speak of
+//! the copy it gave up) and starts as a replica with a lost disk does: it rejoins under a
+//! new id and catches up. A storage that holds a copy set aside says so
+//! ([`Storage::holds_set_aside`]), and the replica then never starts a new group over it,
+//! as one whose log holds records never does.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -230,7 +240,29 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
         timing: ReplicaTiming,
         wiring: ReplicaWiring,
     ) -> Result<Self, ReplicaDriverError> {
-        let (ledger, report) = recover(&mut storage, partition, partitions).await?;
+        let (ledger, report) = match recover(&mut storage, partition, partitions).await {
+            Err(
+                damage @ (DriverError::Corrupt { .. }
+                | DriverError::Gap { .. }
+                | DriverError::Replay { .. }),
+            ) => {
+                tracing::error!(
+                    partition,
+                    %damage,
+                    "this replica's copy of the partition is damaged: it is set aside, and \
+                     the replica rejoins its group under a new id and catches up"
+                );
+                let io = |source| DriverError::Io { partition, source };
+                storage.set_aside().await.map_err(io)?;
+                let voters: Vec<u64> = wiring.group.iter().copied().map(initial_id).collect();
+                raft_store
+                    .reset(DurableRaft::new(&voters))
+                    .await
+                    .map_err(|source| ReplicaDriverError::RaftStore { partition, source })?;
+                recover(&mut storage, partition, partitions).await?
+            }
+            recovered => recovered?,
+        };
         let durable = raft_store
             .recover()
             .await
@@ -317,7 +349,9 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
         }
         // Drawn anew by every start, so that an answer to an earlier start's ask is ignored.
         let nonce = self.config.seed ^ 0x6a6f_696e_6e6f_6e63 ^ wall_clock_us();
-        let has_records = self.ledger.last_applied().lsn > 0;
+        let set_aside = (self.storage.holds_set_aside().await)
+            .map_err(|source| DriverError::Io { partition, source })?;
+        let has_records = self.ledger.last_applied().lsn > 0 || set_aside;
         let mut joiner = Joiner::new(node, &self.wiring.group, nonce, has_records);
         tracing::info!(
             partition,

@@ -212,9 +212,19 @@ impl Group {
         node.raft_store = MemRaftStore::new(DurableRaft::new(&node.voters));
     }
 
-    /// Waits until node `index`'s replica is a voter under its next incarnation, in place of
-    /// its old id, in the members the leader's disk holds.
-    async fn wait_for_new_voter(&self, index: usize) {
+    /// Kills node `index` and damages its partition log in the middle (a byte of its first
+    /// record, which later syncs vouch for).
+    async fn kill_and_damage_log(&mut self, index: usize) {
+        self.kill(index).await;
+        let mut disk = self.nodes[index].storage.disk.lock().unwrap();
+        let (_, first) = disk.segments.first_mut().expect("a log");
+        let at = first.len() / 8;
+        first[at] ^= 0x5a;
+    }
+
+    /// Waits until node `index`'s replica is a voter under incarnation `incarnation`, in
+    /// place of its old id, in the members the leader's disk holds.
+    async fn wait_for_new_voter(&self, index: usize, incarnation: u32) {
         let mut voters = Vec::new();
         for _ in 0..2_000 {
             let leader = self.leader().await;
@@ -222,9 +232,9 @@ impl Group {
             let conf = disk.lock().unwrap().durable.conf_state.clone();
             voters = conf.voters.clone();
             voters.sort_unstable();
-            let renewed = voters
-                .iter()
-                .any(|id| node_of(*id) == Some(index as NodeId) && incarnation_of(*id) == 1);
+            let renewed = voters.iter().any(|id| {
+                node_of(*id) == Some(index as NodeId) && incarnation_of(*id) == incarnation
+            });
             if renewed && conf.voters_outgoing.is_empty() {
                 break;
             }
@@ -232,10 +242,12 @@ impl Group {
         }
         let nodes: std::collections::BTreeSet<_> = voters.iter().map(|id| node_of(*id)).collect();
         assert_eq!(nodes.len(), REPLICAS, "one voter per node: {voters:?}");
-        let renewed = voters.iter().filter(|id| incarnation_of(**id) == 1).count();
-        assert_eq!(
-            renewed, 1,
-            "the wiped replica votes under a new id: {voters:?}"
+        let renewed = voters
+            .iter()
+            .any(|id| node_of(*id) == Some(index as NodeId) && incarnation_of(*id) == incarnation);
+        assert!(
+            renewed,
+            "node {index} votes under incarnation {incarnation}: {voters:?}"
         );
         let id = self.nodes[index]
             .raft_store
@@ -352,7 +364,7 @@ async fn a_group_commits_through_a_leader_crash_and_a_restarted_replica_catches_
     };
     assert!(group.execute(deposit).await.is_ok());
     let mut committed = Vec::new();
-    for round in 0..3 {
+    for round in 0..4 {
         for i in 0..20 {
             let id = format!("t{round}-{i}");
             let result = group.execute(transfer("alice", "bob", 100, &id)).await;
@@ -360,19 +372,32 @@ async fn a_group_commits_through_a_leader_crash_and_a_restarted_replica_catches_
             committed.push(id);
         }
         // Kill the leader, let the others elect a new one, bring it back; in the second
-        // round with its disks wiped.
+        // round with its disks wiped, in the third with its partition log damaged.
         let leader = group.leader().await;
-        if round == 1 {
-            group.kill_and_wipe(leader).await;
-        } else {
-            group.kill(leader).await;
+        let incarnation = incarnation_of(
+            group.nodes[leader]
+                .raft_store
+                .disk()
+                .lock()
+                .unwrap()
+                .durable
+                .id,
+        );
+        match round {
+            1 => group.kill_and_wipe(leader).await,
+            2 => group.kill_and_damage_log(leader).await,
+            _ => group.kill(leader).await,
         }
         let next = group.leader().await;
         assert_ne!(next, leader, "a killed node does not lead");
         group.start(leader).await;
-        if round == 1 {
-            // Until the wiped replica votes again, the group has no vote to spare.
-            group.wait_for_new_voter(leader).await;
+        if round == 1 || round == 2 {
+            // Until the rebuilt replica votes again, the group has no vote to spare.
+            group.wait_for_new_voter(leader, incarnation + 1).await;
+        }
+        if round == 2 {
+            let disk = group.nodes[leader].storage.disk.lock().unwrap();
+            assert_eq!(disk.set_aside.len(), 1, "the damaged copy is kept aside");
         }
     }
     // Every transfer acknowledged is there once: a retry gets the same answer and moves

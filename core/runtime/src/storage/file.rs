@@ -270,6 +270,52 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// A writer for the log in `dir`, which it reads only when first asked to.
+fn log_writer(dir: &Path, config: &FileStorageConfig) -> LogWriter {
+    let segments = SegmentConfig {
+        segment_bytes_max: config.segment_bytes_max,
+        preallocate_bytes: PREALLOCATE_BYTES,
+        preallocate_write_bytes_max: PREALLOCATE_BATCH_BYTES_MAX,
+    };
+    SegmentWriter::new(
+        RealDir {
+            dir: dir.to_path_buf(),
+        },
+        segments,
+    )
+}
+
+/// Where [`Storage::set_aside`] moves a storage's files: `<dir>/damaged-<unix seconds>[-n]/`.
+const SET_ASIDE_PREFIX: &str = "damaged-";
+
+/// Moves every file of `dir` but its lock into a new `damaged-*` directory inside it.
+fn move_files_aside(dir: &Path) -> io::Result<PathBuf> {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let mut aside = dir.join(format!("{SET_ASIDE_PREFIX}{since_epoch}"));
+    for n in 1.. {
+        match fs::create_dir(&aside) {
+            Ok(()) => break,
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                aside = dir.join(format!("{SET_ASIDE_PREFIX}{since_epoch}-{n}"));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name() == LOCK_FILE || entry.file_type()?.is_dir() {
+            continue;
+        }
+        fs::rename(entry.path(), aside.join(entry.file_name()))?;
+    }
+    sync_dir(&aside)?;
+    sync_dir(dir)?;
+    Ok(aside)
+}
+
 impl FileStorage {
     /// Opens (creating if needed) the storage directory `dir`.
     pub fn open(dir: impl Into<PathBuf>, config: FileStorageConfig) -> io::Result<FileStorage> {
@@ -282,12 +328,7 @@ impl FileStorage {
             }
         }
         let lock = lock_dir(&dir)?;
-        let segments = SegmentConfig {
-            segment_bytes_max: config.segment_bytes_max,
-            preallocate_bytes: PREALLOCATE_BYTES,
-            preallocate_write_bytes_max: PREALLOCATE_BATCH_BYTES_MAX,
-        };
-        let log = SegmentWriter::new(RealDir { dir: dir.clone() }, segments);
+        let log = log_writer(&dir, &config);
         Ok(FileStorage {
             dir,
             config,
@@ -642,6 +683,39 @@ impl Storage for FileStorage {
         let path = PathBuf::from(&snapshot.name);
         blocking(move || fs::read(path)).await
     }
+
+    /// Moves the segments, snapshots and chunk files into `<dir>/damaged-<seconds>/`
+    /// (the lock stays), and starts a new, empty log. Refused on a node journal, which
+    /// would redo its batches into the new log.
+    async fn set_aside(&mut self) -> io::Result<()> {
+        if self.journal.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a partition on a node journal cannot set its log aside",
+            ));
+        }
+        // The writer may hold the newest segment open; it is not used again.
+        self.log.take().ok_or_else(log_lost)?;
+        let dir = self.dir.clone();
+        let aside = blocking(move || move_files_aside(&dir)).await?;
+        tracing::warn!(dir = %self.dir.display(), aside = %aside.display(), "partition files set aside");
+        self.log = Some(log_writer(&self.dir, &self.config));
+        Ok(())
+    }
+
+    async fn holds_set_aside(&mut self) -> io::Result<bool> {
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let aside = name
+                .to_str()
+                .is_some_and(|n| n.starts_with(SET_ASIDE_PREFIX));
+            if aside && entry.file_type()?.is_dir() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
 }
 
 #[cfg(test)]
@@ -750,6 +824,42 @@ mod tests {
             records.extend(decoded.records);
         }
         (storage, records)
+    }
+
+    #[tokio::test]
+    async fn a_copy_set_aside_leaves_an_empty_log_and_is_kept_where_nothing_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = FileStorage::open(dir.path(), config()).unwrap();
+        let (mut next_lsn, mut written) = (1, Vec::new());
+        append_batches(&mut storage, 20, &mut next_lsn, &mut written).await;
+        assert!(!storage.holds_set_aside().await.unwrap());
+        let before = segment_files(dir.path());
+        assert!(!before.is_empty());
+
+        storage.set_aside().await.unwrap();
+        assert!(storage.holds_set_aside().await.unwrap());
+        assert!(
+            storage.list_log(0).await.unwrap().is_empty(),
+            "an empty log"
+        );
+        let aside: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_dir())
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert_eq!(segment_files(&aside[0]), before, "kept as they were");
+        // A new log from lsn 1, read back alone, the lock still held.
+        let (mut next_lsn, mut rewritten) = (1, Vec::new());
+        append_batches(&mut storage, 3, &mut next_lsn, &mut rewritten).await;
+        assert!(
+            FileStorage::open(dir.path(), config()).is_err(),
+            "still locked"
+        );
+        drop(storage);
+        let (mut storage, records) = read_back(dir.path()).await;
+        assert_eq!(records, rewritten);
+        assert!(storage.holds_set_aside().await.unwrap(), "remembered");
     }
 
     #[test]

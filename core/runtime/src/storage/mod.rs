@@ -165,6 +165,25 @@ pub trait Storage: Send + 'static {
     fn take_journaled(&mut self) -> Vec<(Lsn, Vec<u8>)> {
         Vec::new()
     }
+
+    /// Moves the whole log, every snapshot and chunk file aside, where nothing reads them,
+    /// and leaves the storage empty: how a replicated partition's damaged copy is given up
+    /// for one rebuilt from its group (`crate::replica`). Kept for an operator to look at,
+    /// never read again. A storage that cannot refuses.
+    fn set_aside(&mut self) -> impl Future<Output = io::Result<()>> + Send {
+        async {
+            Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this storage cannot set its copy aside",
+            ))
+        }
+    }
+
+    /// Whether a copy was ever set aside here ([`Storage::set_aside`]): the partition's
+    /// group has run, however empty the log is now.
+    fn holds_set_aside(&mut self) -> impl Future<Output = io::Result<bool>> + Send {
+        async { Ok(false) }
+    }
 }
 
 /// Every segment [`Storage::list_log`] lists from `from_lsn`, with its bytes: the whole log
@@ -214,6 +233,15 @@ pub struct MemDisk {
     pub chunks: std::collections::BTreeMap<u64, Vec<u8>>,
     /// Number of successful syncs (for tests of group commit).
     pub syncs: u64,
+    /// Copies set aside ([`Storage::set_aside`]), each as it was.
+    pub set_aside: Vec<SetAside>,
+}
+
+/// A copy of a [`MemDisk`] set aside: its segments and its snapshots.
+#[derive(Debug, Default, Clone)]
+pub struct SetAside {
+    pub segments: Vec<(Lsn, Vec<u8>)>,
+    pub snapshots: Vec<(Lsn, Vec<u8>)>,
 }
 
 impl MemDisk {
@@ -383,5 +411,22 @@ impl Storage for MemStorage {
             .find(|(lsn, _)| *lsn == snapshot.lsn)
             .map(|(_, bytes)| bytes.clone())
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, snapshot.name.clone()))
+    }
+
+    async fn set_aside(&mut self) -> io::Result<()> {
+        let mut disk = self.disk.lock().expect("disk lock");
+        let segments = std::mem::take(&mut disk.segments);
+        let snapshots = std::mem::take(&mut disk.snapshots);
+        disk.chunks.clear();
+        disk.set_aside.push(SetAside {
+            segments,
+            snapshots,
+        });
+        (disk.synced_len, disk.synced_segments) = (0, 0);
+        Ok(())
+    }
+
+    async fn holds_set_aside(&mut self) -> io::Result<bool> {
+        Ok(!self.disk.lock().expect("disk lock").set_aside.is_empty())
     }
 }
