@@ -47,6 +47,10 @@ bench-cluster *ARGS:
 bench-ledger *ARGS:
     cargo run --release -p walletd-server -- bench ledger {{ARGS}}
 
+# Resident memory per transfer ever made, and the p99 of retries of early transfers whose rows are on disk only (`wallet bench memory --transfers N`).
+bench-memory transfers="10000000" *ARGS:
+    cargo run --release -p walletd-server -- bench memory --transfers {{transfers}} {{ARGS}}
+
 # History pages and as_of balances on a small and a 100 times larger log (`wallet bench history`; `--history-scan` adds the whole-log fold they replaced).
 bench-history *ARGS:
     cargo run --release -p walletd-server -- bench history {{ARGS}}

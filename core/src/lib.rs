@@ -9,12 +9,13 @@
 //! # Layout
 //! - [`model`]: money, ids, the partition hash and map, the events a log records.
 //! - [`ledger`]: one partition's state, `decide` (all business rules) and `apply` (a fold),
-//!   with its packed tables.
+//!   with its packed tables; transfer rows on disk only are found through `ledger::cold`.
 //! - [`protocol`]: the TC/C coordinator of a home partition and the messages partitions
 //!   exchange.
 //! - [`replica`]: a partition replicated by Raft (raft-rs): the machine when it leads, a fold
 //!   of the committed log when it follows.
-//! - [`log`]: the record codec, snapshots, and replay (balances and movements as of any point).
+//! - [`log`]: the record codec, snapshots and their chunk files, and replay (balances and
+//!   movements as of any point).
 //! - [`wire`]: the node-to-node frame codec: batched, versioned, CRC32C-checked frames.
 
 pub mod ledger;

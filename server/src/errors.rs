@@ -17,7 +17,7 @@
 //! | 421 | `partition_not_local` |
 //! | 422 | `insufficient_funds`, `currency_mismatch`, `balance_limit`, `same_account`, `cancelled_before_try` |
 //! | 429 | `overloaded` |
-//! | 500 | `internal_error`, `log_unreadable` (never for a client's mistake) |
+//! | 500 | `internal_error`, `log_unreadable`, `transfers_unreadable` (never for a client's mistake) |
 //! | 503 | `partition_unavailable`, `wrong_partition`, `timeout`, `request_timeout`, `history_unavailable`, `memory_limit` |
 
 use axum::http::{header, HeaderValue, StatusCode};
@@ -237,6 +237,8 @@ pub fn ledger_status(error: &LedgerError) -> (StatusCode, &'static str) {
         LedgerError::InvalidTransition { .. } => {
             (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
         }
+        // A chunk file of transfer rows is missing or damaged: an operator's matter.
+        LedgerError::Unreadable(_) => (StatusCode::INTERNAL_SERVER_ERROR, "transfers_unreadable"),
     }
 }
 

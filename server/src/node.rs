@@ -84,6 +84,7 @@ pub(crate) fn node_config(args: &NodeArgs) -> Result<NodeConfig, NodeRunError> {
         engine: EngineConfig {
             driver: DriverConfig {
                 snapshot_every_events: args.service.snapshot_every_events,
+                transfer_rows_in_memory_max: args.service.transfer_rows_in_memory_max as usize,
                 coordinator: CoordinatorConfig {
                     try_timeout_us: args.try_timeout_ms.saturating_mul(1000),
                     ..CoordinatorConfig::default()

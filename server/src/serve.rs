@@ -155,6 +155,7 @@ pub(crate) async fn start_engine(
         partitions: dir.partitions(),
         driver: DriverConfig {
             snapshot_every_events: args.service.snapshot_every_events,
+            transfer_rows_in_memory_max: args.service.transfer_rows_in_memory_max as usize,
             ..DriverConfig::default()
         },
         ..EngineConfig::default()

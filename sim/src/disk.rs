@@ -43,11 +43,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rand::Rng;
+use walletd_core::ledger::cold::ChunkRead;
 use walletd_core::log::codec::RecordReader;
 use walletd_core::log::snapshot::InMemory;
 use walletd_core::model::event::Lsn;
 use walletd_runtime::storage::segments::{segment_lsn, SegmentConfig, SegmentDir, SegmentWriter};
-use walletd_runtime::storage::{EncodeSnapshot, SegmentRef, SnapshotRef, Storage};
+use walletd_runtime::storage::{
+    read_chunk_range, EncodeSnapshot, SegmentRef, SnapshotRef, Storage,
+};
 
 pub use damage::{Damage, DamageKind};
 pub use files::{SimDir, SimFile, SECTOR_BYTES};
@@ -338,6 +341,22 @@ impl Handle {
     }
 }
 
+/// Chunk files are read at once, with no simulated latency: they are durable and never change,
+/// so a read has nothing to race with. A crashed incarnation's reads fail, as its writes do.
+impl ChunkRead for Handle {
+    fn read_at(&self, chunk: u64, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        read_chunk_range(&self.live()?.chunks, chunk, offset, len)
+    }
+
+    fn len(&self, chunk: u64) -> io::Result<u64> {
+        let state = self.live()?;
+        let bytes = state.chunks.get(&chunk).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("no chunk file {chunk}"))
+        })?;
+        Ok(bytes.len() as u64)
+    }
+}
+
 impl SegmentDir for Handle {
     /// Files are named; the name is the handle.
     type File = String;
@@ -495,6 +514,10 @@ impl Storage for SimStorage {
         state.chunks.get(&index).cloned().ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, format!("no chunk file {index}"))
         })
+    }
+
+    fn chunk_reader(&self) -> Arc<dyn ChunkRead> {
+        Arc::new(self.handle.clone())
     }
 
     async fn list_snapshots(&mut self) -> io::Result<Vec<SnapshotRef>> {

@@ -232,6 +232,7 @@ pub fn error_kind(error: &LedgerError) -> &'static str {
         LedgerError::WrongPartition { .. } => "WrongPartition",
         LedgerError::UnknownTransfer(_) => "UnknownTransfer",
         LedgerError::InvalidTransition { .. } => "InvalidTransition",
+        LedgerError::Unreadable(_) => "Unreadable",
     }
 }
 

@@ -32,6 +32,7 @@
 //! - [`model`]: the oracle, an independent sequential model of a partition log.
 //! - [`reads`]: linearizable balance reads, from the clients' times and the final logs.
 //! - [`live`]: the invariants checked at every instant, while the run goes.
+//! - [`late`]: retries of a run's first transfers once it has quiesced: the cold path.
 //! - [`checkers`]: the named invariants, checked at the end of a run.
 //! - [`trace`]: the determinism trace hash.
 //! - [`sim`]: one run, end to end, and its report.
@@ -47,6 +48,7 @@ pub mod disk;
 pub mod edges;
 pub mod gateway;
 pub mod history;
+pub mod late;
 pub mod links;
 pub mod live;
 pub mod majority;

@@ -22,6 +22,7 @@ use crate::checkers::{self, FinalState, LiveState, PartitionFinal, Violation};
 use crate::cluster::Cluster;
 use crate::config::SimConfig;
 use crate::history::History;
+use crate::late;
 use crate::links::LinkCounters;
 use crate::live::{LiveChecks, Verdict};
 use crate::model::Model;
@@ -252,6 +253,17 @@ async fn simulate(
             .expect("setup task");
     }
     let (nemesis, quiesced) = load_under_faults(&config, &mut cluster, &history, &specs).await;
+    {
+        let requester = requester(&config, &cluster, setup_host, Route::Any);
+        let (history, seed) = (history.clone(), config.seed);
+        let (client, attempts) = (config.clients, config.client_attempts_max);
+        setup_node
+            .spawn(async move {
+                late::retry_first_transfers(&history, &requester, seed, client, attempts).await
+            })
+            .await
+            .expect("late retries task");
+    }
     let live = read_live(
         &cluster,
         &history,
@@ -301,7 +313,7 @@ async fn simulate(
     let transfers = finals
         .iter()
         .filter_map(|f| f.replayed.as_ref().ok())
-        .map(|l| l.transfers().count() as u64)
+        .map(|l| l.transfer_count() as u64)
         .sum();
     RunReport {
         seed: config.seed,
@@ -552,13 +564,15 @@ fn summary(
         .filter(|op| op.expect != crate::history::Expect::Valid)
         .map(|op| op.answers().count())
         .sum::<usize>();
-    let (recoveries, from_snapshot, torn_cut) = {
+    let (recoveries, from_snapshot, torn_cut, cold_chunks) = {
         let state = cluster.shared.lock();
         let reports = &state.recoveries;
         (
             reports.len(),
             reports.iter().filter(|r| r.snapshot_lsn.is_some()).count(),
             reports.iter().filter(|r| r.torn_bytes_dropped > 0).count(),
+            // Chunks of transfer rows a restart kept on disk only (the most of any restart).
+            reports.iter().map(|r| r.snapshot_chunks).max().unwrap_or(0),
         )
     };
     let (live_conservation, live_releases) = {
@@ -566,7 +580,7 @@ fn summary(
         (verdict.conservation_checks, verdict.releases)
     };
     let summary = format!(
-        "ops={} attempts={attempts} answered={answered} expected_answers={expected} reads={} probes={}/{}/{} client messages sent={} delivered={} dropped={} peer connections={} frames={} bytes={} resets={} broken_after_write={} disk crashes={crashes} torn={torn} syncs={syncs} failed_syncs={failed_syncs} failed_snapshots={failed_snapshots} recoveries={recoveries} from_snapshot={from_snapshot} torn_cut={torn_cut} faults={} quiesced={quiesced} live_conservation_checks={live_conservation} live_releases_checked={live_releases} simulated={:.1}s",
+        "ops={} attempts={attempts} answered={answered} expected_answers={expected} reads={} probes={}/{}/{} client messages sent={} delivered={} dropped={} peer connections={} frames={} bytes={} resets={} broken_after_write={} disk crashes={crashes} torn={torn} syncs={syncs} failed_syncs={failed_syncs} failed_snapshots={failed_snapshots} recoveries={recoveries} from_snapshot={from_snapshot} cold_chunks={cold_chunks} torn_cut={torn_cut} faults={} quiesced={quiesced} live_conservation_checks={live_conservation} live_releases_checked={live_releases} simulated={:.1}s",
         history.ops.len(),
         history.reads.len(),
         history.probes.deposits,

@@ -19,7 +19,7 @@ use crate::ledger::chunked::ChunkedVec;
 use crate::ledger::row_index::RowIndex;
 
 /// Rows per sealed chunk (small in tests and the simulator, so that they cross chunk edges).
-const CHUNK_ROWS: usize = if cfg!(any(test, madsim, feature = "testing")) {
+pub(crate) const CHUNK_ROWS: usize = if cfg!(any(test, madsim, feature = "testing")) {
     8
 } else {
     4096
@@ -58,10 +58,12 @@ impl<K: Hash + Eq + Clone, V: Clone> AppendTable<K, V> {
     }
 
     /// Where the row of `key` is, if it has one.
+    #[inline]
     fn position(&self, hash: u32, key: &K) -> Option<usize> {
         self.index.find(hash, |at| self.rows.get(at).0 == *key)
     }
 
+    #[inline]
     pub fn get(&self, key: &K) -> Option<&V> {
         let at = self.position(key_hash(key), key)?;
         Some(&self.rows.get(at).1)

@@ -12,21 +12,23 @@
 // an `Err`. Refusals are rare next to the work of deciding, so moving it costs nothing.
 #![allow(clippy::result_large_err)]
 
+pub(crate) mod account_index;
+pub(crate) mod account_table;
 pub(crate) mod append_table;
 pub(crate) mod chunked;
+pub mod cold;
 pub(crate) mod row_index;
 pub(crate) mod transfer_table;
 
 pub use crate::model::event::{CashKind, CashRefusal, CashRefused};
 pub use transfer_table::CHUNK_ROWS;
 
-use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
 
-use rustc_hash::FxHashMap;
-
+use crate::ledger::account_table::AccountTable;
 use crate::ledger::append_table::AppendTable;
-use crate::ledger::transfer_table::{TransferTable, Vacancy};
+use crate::ledger::cold::{ChunkRead, ColdError};
+use crate::ledger::transfer_table::{Found, TransferTable, Vacancy};
 use crate::model::event::{Decision, Event, Lsn, Reason, Timestamp, Transfer, TransferKey};
 use crate::model::ids::{AccountId, TransactionId};
 use crate::model::money::{format_minor, Amount, Currency, BALANCE_MINOR_MAX};
@@ -384,6 +386,17 @@ pub enum LedgerError {
         from: String,
         command: &'static str,
     },
+    /// The partition could not read a transfer row it keeps on disk only (a chunk file
+    /// missing, unreadable or damaged): nothing was decided; the same command may be tried
+    /// again once the disk is repaired.
+    #[error("stored transfers cannot be read: {0}")]
+    Unreadable(String),
+}
+
+impl From<ColdError> for LedgerError {
+    fn from(error: ColdError) -> Self {
+        LedgerError::Unreadable(error.0)
+    }
 }
 
 /// An event that cannot be applied to the state: the log contradicts itself. Never produced by
@@ -418,7 +431,9 @@ pub struct RecordMeta {
 pub struct Ledger {
     partition: PartitionId,
     partitions: u32,
-    pub(crate) accounts: FxHashMap<AccountId, Account>,
+    /// Shared copy-on-write with snapshot images, a chunk of rows at a time (see
+    /// [`AccountTable`]): taking an image copies no account.
+    pub(crate) accounts: AccountTable,
     pub(crate) transfers: TransferTable,
     pub(crate) credits: AppendTable<TransferKey, StoredCredit>,
     pub(crate) cash: AppendTable<(AccountId, TransactionId), CashRow>,
@@ -436,7 +451,7 @@ impl Ledger {
         Ledger {
             partition,
             partitions,
-            accounts: FxHashMap::default(),
+            accounts: AccountTable::default(),
             transfers: TransferTable::default(),
             credits: AppendTable::default(),
             cash: AppendTable::default(),
@@ -466,13 +481,74 @@ impl Ledger {
         self.accounts.iter()
     }
 
-    pub fn transfer(&self, key: &TransferKey) -> Option<TransferRow> {
-        self.transfers.get(key)
+    /// The home row of `key`, in memory or read from its chunk file.
+    pub fn find_transfer(&self, key: &TransferKey) -> Result<Option<TransferRow>, LedgerError> {
+        Ok(self.transfers.get(key)?)
     }
 
-    /// Every home row, in the order the log recorded them.
+    /// [`Ledger::find_transfer`] for tools and checks, which cannot go on without the row.
+    ///
+    /// # Panics
+    /// If the row is on disk and its chunk file cannot be read.
+    pub fn transfer(&self, key: &TransferKey) -> Option<TransferRow> {
+        self.find_transfer(key)
+            .unwrap_or_else(|error| panic!("transfer {key:?}: {error}"))
+    }
+
+    /// Every home row, in the order the log recorded them; rows that left memory are read
+    /// from their chunk files.
+    ///
+    /// # Panics
+    /// If a chunk file of such rows cannot be read (tools and checks only).
     pub fn transfers(&self) -> impl Iterator<Item = TransferRow> + '_ {
         self.transfers.iter()
+    }
+
+    /// Home rows recorded, in memory or not.
+    pub fn transfer_count(&self) -> usize {
+        self.transfers.len()
+    }
+
+    /// Home rows in memory: those not yet in a durable chunk file (see
+    /// [`Ledger::drop_transfer_chunk`]).
+    pub fn transfer_rows_in_memory(&self) -> usize {
+        self.transfers.len() - self.transfers.hot_from()
+    }
+
+    /// Chunks of the transfers table whose rows are on disk only.
+    pub fn cold_transfer_chunks(&self) -> usize {
+        self.transfers.cold_chunks()
+    }
+
+    /// Bytes of memory the transfers table takes, roughly (rows, ids, index, cold filter).
+    pub fn transfer_table_bytes(&self) -> usize {
+        self.transfers.bytes()
+    }
+
+    /// Gives the ledger its partition's chunk files, where it finds the home rows it drops
+    /// from memory ([`Ledger::drop_transfer_chunk`]).
+    pub fn attach_chunk_reader(&mut self, reader: std::sync::Arc<dyn ChunkRead>) {
+        self.transfers.attach(self.partition, reader);
+    }
+
+    /// Drops the home rows of `chunk` from memory: its chunk file is durable (the snapshot
+    /// that wrote it is). Chunks leave in order; returns whether this one did (see
+    /// [`cold::ColdChunk`]).
+    pub fn drop_transfer_chunk(&mut self, chunk: cold::ColdChunk) -> bool {
+        self.transfers.drop_chunk(chunk)
+    }
+
+    /// The work the cold rows' Bloom filter needs done off the partition's thread, if it is
+    /// growing and its build is not out already ([`cold::BloomBuild`]): hand it to the next
+    /// snapshot, then call [`Ledger::take_bloom_build`] when that snapshot is written.
+    pub fn bloom_build(&mut self) -> Option<cold::BloomBuild> {
+        self.transfers.bloom_build()
+    }
+
+    /// Swaps in the Bloom filter the build handed out made, now that it has run (or never
+    /// will); a build that did not run or failed is handed out again.
+    pub fn take_bloom_build(&mut self) {
+        self.transfers.take_bloom_build(true);
     }
 
     pub fn credit(&self, key: &TransferKey) -> Option<CreditRow> {
@@ -509,6 +585,11 @@ impl Ledger {
         self.accounts.len() + self.transfers.len() + self.credits.len() + self.cash.len()
     }
 
+    /// Rows in every table but the transfer rows on disk only: the rows memory holds.
+    pub fn rows_in_memory(&self) -> usize {
+        self.row_count() - self.transfers.hot_from()
+    }
+
     pub fn flows(&self) -> &BTreeMap<Currency, Flows> {
         &self.flows
     }
@@ -537,38 +618,66 @@ impl Ledger {
         }
     }
 
-    /// Reads, without deciding anything, the rows that `commands` will look up: the source
-    /// and destination accounts and the idempotency slot of each transfer. The lookups of
-    /// different commands do not depend on each other, so the processor overlaps their
-    /// cache misses; `decide` and `apply` then find the rows in cache. The same idea as a
-    /// prefetch phase before execution in TigerBeetle's state machine. Purely a speed-up:
-    /// skipping it changes no outcome.
-    pub fn prefetch<'a>(&self, commands: impl IntoIterator<Item = &'a Command>) {
-        for command in commands {
-            self.prefetch_one(command);
+    /// Brings into cache, without deciding anything, the rows that `commands` will look up:
+    /// the source and destination accounts and the idempotency slot of each transfer. The
+    /// same idea as a prefetch phase before execution in TigerBeetle's state machine, done
+    /// in two steps so that no lookup waits on another: the first asks for every index slot
+    /// ([`Ledger::prefetch_one`]), the second, a few commands later, reads those slots, by
+    /// then in cache, and asks for the account rows they name ([`Ledger::prefetch_rows`]),
+    /// with the hashes the first computed. `decide` and `apply` then find everything in
+    /// cache. Purely a speed-up: skipping it changes no outcome.
+    pub fn prefetch<C: std::borrow::Borrow<Command>>(&self, commands: impl IntoIterator<Item = C>) {
+        let mut behind = [Prefetched::default(); PREFETCH_ROWS_LAG];
+        for (count, command) in commands.into_iter().enumerate() {
+            let slot = &mut behind[count % PREFETCH_ROWS_LAG];
+            self.prefetch_rows(*slot);
+            *slot = self.prefetch_one(command.borrow());
+        }
+        for prefetched in behind {
+            self.prefetch_rows(prefetched);
         }
     }
 
-    /// [`Ledger::prefetch`] for one command: a client's transfer, a destination's phase, or
-    /// the coordinator's step on a home row.
-    pub fn prefetch_one(&self, command: &Command) {
+    /// The first step of [`Ledger::prefetch`] for one command: asks for the index slots of
+    /// its accounts, of its transfer row and of the cold rows' Bloom filter. Waits for
+    /// nothing. Returns what the second step ([`Ledger::prefetch_rows`]) needs.
+    #[inline]
+    pub fn prefetch_one(&self, command: &Command) -> Prefetched {
         match command {
             Command::Transfer(transfer) => {
-                std::hint::black_box(self.accounts.get(&transfer.from));
-                std::hint::black_box(self.accounts.get(&transfer.to));
+                let from = self.accounts.prefetch_slot(&transfer.from);
+                let to = self.accounts.prefetch_slot(&transfer.to);
                 self.transfers.prefetch(&transfer.key());
+                Prefetched {
+                    accounts: [Some(from), Some(to)],
+                }
             }
             Command::TryCredit(transfer)
             | Command::ConfirmCredit(transfer)
             | Command::CancelCredit(transfer)
             | Command::AbortCredit(transfer) => {
-                std::hint::black_box(self.accounts.get(&transfer.to));
+                let to = self.accounts.prefetch_slot(&transfer.to);
                 self.credits.prefetch(&transfer.key());
+                Prefetched {
+                    accounts: [Some(to), None],
+                }
             }
             Command::CommitDebit { key }
             | Command::FinishDebit { key }
-            | Command::Decide { key, .. } => self.transfers.prefetch(key),
-            _ => {}
+            | Command::Decide { key, .. } => {
+                self.transfers.prefetch(key);
+                Prefetched::default()
+            }
+            _ => Prefetched::default(),
+        }
+    }
+
+    /// The second step of [`Ledger::prefetch`] for one command: reads its accounts' index
+    /// slots, which the first step brought in, and asks for the rows they name.
+    #[inline]
+    pub fn prefetch_rows(&self, prefetched: Prefetched) {
+        for hash in prefetched.accounts.into_iter().flatten() {
+            self.accounts.prefetch_row(hash);
         }
     }
 
@@ -691,7 +800,10 @@ impl Ledger {
             };
             return Err(self.cash_error(account, currency, refusal, &row));
         }
-        let found = self.accounts[&account];
+        let found = *self
+            .accounts
+            .get(&account)
+            .expect("a refusal checked it exists");
         let (event, balance) = match kind {
             CashKind::Deposit => (
                 Event::Deposited {
@@ -771,21 +883,27 @@ impl Ledger {
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
         self.require_local(&transfer.from)?;
-        if let Some(at) = self.transfers.find(&transfer.key()) {
-            let state = self.transfers.phase(at).state;
-            #[cfg(any(test, madsim, feature = "testing"))]
-            if crate::protocol::bugs::enabled(Bug::NoIdempotency) && !state.is_unfinished() {
-                // Known bug: the key of a finished transfer is forgotten, so a retry is
-                // decided and applied again as if it were new.
-                return self.decide_new_transfer(transfer, events);
+        let at = match self.transfers.lookup(&transfer.key())? {
+            None => return self.decide_new_transfer(transfer, events),
+            // A row on disk is final: a retry gets its outcome, another body a conflict.
+            Some(Found::Cold(row)) if row.transfer == transfer => {
+                return Ok(Reply::Transfer(row.state.status()))
             }
-            return if self.transfers.records(at, &transfer) {
-                Ok(Reply::Transfer(state.status()))
-            } else {
-                Err(LedgerError::Conflict(transfer.transaction_id))
-            };
+            Some(Found::Cold(_)) => return Err(LedgerError::Conflict(transfer.transaction_id)),
+            Some(Found::Hot(at)) => at,
+        };
+        let state = self.transfers.phase(at).state;
+        #[cfg(any(test, madsim, feature = "testing"))]
+        if crate::protocol::bugs::enabled(Bug::NoIdempotency) && !state.is_unfinished() {
+            // Known bug: the key of a finished transfer is forgotten, so a retry is
+            // decided and applied again as if it were new.
+            return self.decide_new_transfer(transfer, events);
         }
-        self.decide_new_transfer(transfer, events)
+        if self.transfers.records(at, &transfer) {
+            Ok(Reply::Transfer(state.status()))
+        } else {
+            Err(LedgerError::Conflict(transfer.transaction_id))
+        }
     }
 
     /// A transfer whose key this partition has not seen. Every business refusal is recorded
@@ -849,9 +967,13 @@ impl Ledger {
             .ok_or(LedgerError::UnknownTransfer(*key))
     }
 
-    /// The phase of the home row under `key`.
+    /// The phase of the home row under `key`, in memory or on disk (where it is final).
     fn home_state(&self, key: &TransferKey) -> Result<TransferState, LedgerError> {
-        self.home_row(key).map(|at| self.transfers.phase(at).state)
+        match self.transfers.lookup(key)? {
+            Some(Found::Hot(at)) => Ok(self.transfers.phase(at).state),
+            Some(Found::Cold(row)) => Ok(row.state),
+            None => Err(LedgerError::UnknownTransfer(*key)),
+        }
     }
 
     fn decide_decision(
@@ -1081,7 +1203,7 @@ impl Ledger {
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
         self.require_local(&transfer.from)?;
-        if let Some(row) = self.transfers.get(&transfer.key()) {
+        if let Some(row) = self.transfers.get(&transfer.key())? {
             return Ok(Reply::Transfer(row.state.status()));
         }
         let reason = Reason::Timeout;
@@ -1109,7 +1231,7 @@ impl Ledger {
                 lsn: self.last.lsn + 1,
                 timestamp,
             };
-            self.apply(meta, event)
+            self.apply_from(meta, event, Source::Decide)
                 .expect("events from decide always apply");
         }
         result
@@ -1121,6 +1243,16 @@ impl Ledger {
     /// [`ApplyError`] rather than folded into a wrong state. Each `apply_*` checks everything
     /// before it changes anything, so a refused event leaves the state as it was.
     pub fn apply(&mut self, meta: RecordMeta, event: &Event) -> Result<(), ApplyError> {
+        self.apply_from(meta, event, Source::Log)
+    }
+
+    /// [`Ledger::apply`] of an event that came from `source`.
+    fn apply_from(
+        &mut self,
+        meta: RecordMeta,
+        event: &Event,
+        source: Source,
+    ) -> Result<(), ApplyError> {
         let refused = |what| ApplyError {
             lsn: meta.lsn,
             what,
@@ -1144,11 +1276,11 @@ impl Ledger {
                 transaction_id,
             } => self.apply_cash(CashKind::Withdrawal, account, *amount, transaction_id),
             Event::CashRefused(refused) => self.apply_cash_refused(refused),
-            Event::Transferred { transfer } => self.apply_transferred(meta, transfer),
+            Event::Transferred { transfer } => self.apply_transferred(meta, transfer, source),
             Event::TransferRejected { transfer, reason } => {
-                self.apply_rejected(meta, transfer, *reason)
+                self.apply_rejected(meta, transfer, *reason, source)
             }
-            Event::DebitTried { transfer } => self.apply_debit_tried(meta, transfer),
+            Event::DebitTried { transfer } => self.apply_debit_tried(meta, transfer, source),
             Event::TransferDecided { key, decision } => self.apply_decided(meta, key, *decision),
             Event::DebitConfirmed { key } => self.apply_debit_finished(meta, key, true),
             Event::DebitCancelled { key } => self.apply_debit_finished(meta, key, false),
@@ -1163,18 +1295,17 @@ impl Ledger {
     }
 
     fn apply_opened(&mut self, account: &AccountId, currency: Currency) -> Result<(), String> {
+        let opened = Account {
+            currency,
+            balance: 0,
+            held: 0,
+            incoming: 0,
+        };
         // One lookup both checks and inserts.
-        match self.accounts.entry(*account) {
-            Entry::Occupied(_) => Err(format!("account {account} opened twice")),
-            Entry::Vacant(slot) => {
-                slot.insert(Account {
-                    currency,
-                    balance: 0,
-                    held: 0,
-                    incoming: 0,
-                });
-                Ok(())
-            }
+        if self.accounts.insert(*account, opened) {
+            Ok(())
+        } else {
+            Err(format!("account {account} opened twice"))
         }
     }
 
@@ -1229,14 +1360,19 @@ impl Ledger {
 
     /// The ledger's hottest path: one lookup for the key, which also places the row, and one
     /// for both accounts.
-    fn apply_transferred(&mut self, meta: RecordMeta, transfer: &Transfer) -> Result<(), String> {
+    fn apply_transferred(
+        &mut self,
+        meta: RecordMeta,
+        transfer: &Transfer,
+        source: Source,
+    ) -> Result<(), String> {
         if is_to_itself(transfer) {
             // Besides breaking the rule, `get_disjoint_mut` would panic on it.
             return Err(format!("transfer {:?} to its own account", transfer.key()));
         }
-        let slot = vacancy(&mut self.transfers, &transfer.key())?;
+        let slot = vacancy(&mut self.transfers, &transfer.key(), source)?;
         let (from_id, to_id) = (&transfer.from, &transfer.to);
-        let [Some(from), Some(to)] = self.accounts.get_disjoint_mut([from_id, to_id]) else {
+        let [Some(from), Some(to)] = self.accounts.get_pair_mut(from_id, to_id) else {
             return Err(format!(
                 "transfer {:?} names an unknown account",
                 transfer.key()
@@ -1256,19 +1392,26 @@ impl Ledger {
         meta: RecordMeta,
         transfer: &Transfer,
         reason: Reason,
+        source: Source,
     ) -> Result<(), String> {
-        let key = transfer.key();
-        if self.transfers.contains(&key) {
-            return Err(recorded_twice(&key));
-        }
-        let remote = !self.owns(&transfer.to);
-        let row = new_row(meta, *transfer, TransferState::Rejected(reason), remote);
-        self.transfers.insert(&row);
+        let slot = vacancy(&mut self.transfers, &transfer.key(), source)?;
+        let remote = !partition_of(&transfer.to, self.partitions).eq(&self.partition);
+        slot.fill(&new_row(
+            meta,
+            *transfer,
+            TransferState::Rejected(reason),
+            remote,
+        ));
         Ok(())
     }
 
-    fn apply_debit_tried(&mut self, meta: RecordMeta, transfer: &Transfer) -> Result<(), String> {
-        let slot = vacancy(&mut self.transfers, &transfer.key())?;
+    fn apply_debit_tried(
+        &mut self,
+        meta: RecordMeta,
+        transfer: &Transfer,
+        source: Source,
+    ) -> Result<(), String> {
+        let slot = vacancy(&mut self.transfers, &transfer.key(), source)?;
         let from = find_account(&mut self.accounts, &transfer.from, "debit from")?;
         let minor = transfer.amount.minor();
         check_move(&transfer.from, from, minor, transfer.currency, check_covers)?;
@@ -1512,7 +1655,7 @@ fn is_to_itself(transfer: &Transfer) -> bool {
 /// The account `id` that an event names (as `role`, for the error), which must exist.
 #[inline]
 fn find_account<'a>(
-    accounts: &'a mut FxHashMap<AccountId, Account>,
+    accounts: &'a mut AccountTable,
     id: &AccountId,
     role: &str,
 ) -> Result<&'a mut Account, String> {
@@ -1592,11 +1735,43 @@ fn recorded_twice(key: &TransferKey) -> String {
     format!("transfer {key:?} recorded twice")
 }
 
+/// Commands between the two steps of [`Ledger::prefetch`]: the account rows of a command
+/// are asked for this many commands after its index slots, by when the slots have arrived.
+pub const PREFETCH_ROWS_LAG: usize = 8;
+
+/// What the first step of a prefetch ([`Ledger::prefetch_one`]) hands to the second
+/// ([`Ledger::prefetch_rows`]): the hashes of the command's accounts, so that an id is
+/// hashed once for both steps.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prefetched {
+    accounts: [Option<account_index::IndexHash>; 2],
+}
+
+/// Where an event being applied comes from: what has been checked of it already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// `decide` made it a moment ago from this state: it looked its transfer key up, on disk
+    /// too, and found it new.
+    Decide,
+    /// A log or a peer's record: nothing about it is trusted.
+    Log,
+}
+
 /// The place for the row of `key`'s first record (see [`recorded_twice`]): one lookup both
-/// checks and, filled, inserts.
+/// checks and, filled, inserts. A key that `decide` found new is not looked for on disk
+/// again, which would be the cold filter's probes a second time for every new transfer
+/// (the simulator and tests still do, to catch a decide that forgot to).
 #[inline]
-fn vacancy<'a>(transfers: &'a mut TransferTable, key: &TransferKey) -> Result<Vacancy<'a>, String> {
-    transfers.vacancy(key).ok_or_else(|| recorded_twice(key))
+fn vacancy<'a>(
+    transfers: &'a mut TransferTable,
+    key: &TransferKey,
+    source: Source,
+) -> Result<Vacancy<'a>, String> {
+    let check_disk = source == Source::Log || cfg!(any(test, madsim, feature = "testing"));
+    transfers
+        .vacancy(key, check_disk)
+        .map_err(|error| error.to_string())?
+        .ok_or_else(|| recorded_twice(key))
 }
 
 /// Records the idempotency row of a deposit or withdrawal. A transaction id is spent once per

@@ -11,6 +11,12 @@
 //! ([`SLOTS_MOVED_PER_INSERT`] old slots move with each), and the old slots move in position
 //! order, so their writes land in two runs through the new index, which the cache follows.
 //! Lookups during a growth look in the new index, then in the old one.
+//!
+//! Rows below a position can also be forgotten ([`RowIndex::forget_below`]: the transfers
+//! table drops rows that went to disk). That is a growth into an index sized for the rows
+//! left, whose moves skip the forgotten rows' slots: spread over inserts the same way. Until
+//! it ends, a lookup may still meet a forgotten row's slot in the old index, so callers
+//! refuse positions they no longer hold.
 
 /// Most slots in use per slot of the index before it doubles: 3/4. Linear probing looks at
 /// about 8 slots (one or two cache lines) for a missing key at that fill, 2.5 at half of it.
@@ -85,6 +91,7 @@ impl Slots {
         self.slots.len() - 1
     }
 
+    #[inline]
     fn find(&self, hash: u32, mut is_row: impl FnMut(usize) -> bool) -> Option<usize> {
         if self.slots.is_empty() {
             return None;
@@ -140,6 +147,8 @@ impl Slots {
 struct Growth {
     old: Slots,
     moved: usize,
+    /// Slots of rows below this position are not moved: those rows are forgotten.
+    keep_from: usize,
 }
 
 /// See the module documentation.
@@ -180,7 +189,11 @@ impl RowIndex {
             let len = (2 * self.current.slots.len()).max(SLOTS_MIN);
             let old = std::mem::replace(&mut self.current, Slots::with_len(len));
             if old.used > 0 {
-                self.growth = Some(Growth { old, moved: 0 });
+                self.growth = Some(Growth {
+                    old,
+                    moved: 0,
+                    keep_from: 0,
+                });
             }
         }
         self.current.put(slot(hash, row));
@@ -200,7 +213,7 @@ impl RowIndex {
             .min(growth.moved.saturating_add(count));
         for at in growth.moved..end {
             let slot = growth.old.slots[at];
-            if slot != 0 {
+            if slot != 0 && slot_row(slot) >= growth.keep_from {
                 self.current.put(slot);
             }
         }
@@ -208,6 +221,45 @@ impl RowIndex {
         if end == growth.old.slots.len() {
             self.growth = None;
         }
+    }
+
+    /// Forgets the rows below position `row_min`, of which `rows_kept` remain: moves every
+    /// other slot into an index sized for those, over the inserts that follow. A growth
+    /// or an earlier forgetting under way is finished first (its old index is at most the
+    /// size of the current one).
+    pub(crate) fn forget_below(&mut self, row_min: usize, rows_kept: usize) {
+        self.move_slots(usize::MAX);
+        // Room for the kept rows and for the inserts made while the old slots move, so the
+        // new index does not fill before the old one is empty.
+        let inserts_while_moving = self.current.slots.len() / SLOTS_MOVED_PER_INSERT + 1;
+        let len = ((rows_kept + inserts_while_moving) * FILL_DENOMINATOR / FILL_NUMERATOR + 1)
+            .next_power_of_two()
+            .max(SLOTS_MIN);
+        let old = std::mem::replace(&mut self.current, Slots::with_len(len));
+        if old.used > 0 {
+            self.growth = Some(Growth {
+                old,
+                moved: 0,
+                keep_from: row_min,
+            });
+        }
+    }
+
+    /// Whether slots are still moving from an old index (a growth or a forgetting).
+    pub(crate) fn is_moving(&self) -> bool {
+        self.growth.is_some()
+    }
+
+    /// Bytes the slots take.
+    pub(crate) fn bytes(&self) -> usize {
+        let old = self.growth.as_ref().map_or(0, |g| g.old.slots.len());
+        (self.current.slots.len() + old) * std::mem::size_of::<Slot>()
+    }
+
+    /// Slots in use in the current index: every row indexed, forgotten or not, when no
+    /// slots are moving.
+    pub(crate) fn slots_used(&self) -> usize {
+        self.current.used
     }
 
     /// Rows indexed.
@@ -256,6 +308,27 @@ mod tests {
             assert_eq!(index.find(crowded_hash(key), |r| keys[r] == key), Some(row));
         }
         assert_eq!(index.find(crowded_hash(1), |r| keys[r] == 1), None);
+    }
+
+    #[test]
+    fn forgotten_rows_leave_the_index_over_the_inserts_that_follow() {
+        let mut index = RowIndex::default();
+        let hash = |row: usize| (row as u32).wrapping_mul(0x9E37_79B9);
+        for row in 0..50_000 {
+            index.insert(hash(row), row);
+        }
+        index.forget_below(40_000, 10_000);
+        let kept = |row: usize| row >= 40_000;
+        for row in 50_000..60_000 {
+            index.insert(hash(row), row);
+            for probe in [row / 2, row - 1, 40_000 + row % 10_000] {
+                let found = index.find(hash(probe), |r| kept(r) && r == probe);
+                assert_eq!(found.is_some(), kept(probe), "row {probe}");
+            }
+        }
+        assert!(index.growth.is_none(), "the old index is gone");
+        assert_eq!(index.len(), 20_000);
+        assert!(index.bytes() <= 65_536 * 8, "{} bytes", index.bytes());
     }
 
     #[test]

@@ -18,18 +18,23 @@
 //!
 //! Callers see only whole [`TransferRow`]s, rebuilt on read; the ledger's hot paths ask the
 //! narrower questions (`find`, `records`, `phase`) that touch just the packed row.
+//!
+//! Rows do not stay in memory forever: once a chunk of them is durable in a chunk file, the
+//! table drops it ([`TransferTable::drop_chunk`]) and finds its rows on disk
+//! ([`crate::ledger::cold`]). Positions stay those of the whole table; the rows in memory
+//! (*hot*) are those from [`TransferTable::hot_from`] on, and the index forgets the others.
 
-use std::hash::Hasher;
 use std::sync::Arc;
 
-use rustc_hash::FxHasher;
-
 use crate::ledger::chunked::ChunkedVec;
+use crate::ledger::cold::{filter_hash, ChunkRead, ColdChunk, ColdError, ColdRows};
 use crate::ledger::row_index::{RowIndex, ROWS_MAX};
 use crate::ledger::{TransferRow, TransferState};
+use crate::log::chunk_file::disk_key_hash;
 use crate::model::event::{Timestamp, Transfer, TransferKey};
 use crate::model::ids::{AccountId, TransactionId, ID_LEN_MAX};
 use crate::model::money::{Amount, Currency};
+use crate::model::partition::PartitionId;
 
 /// Most rows one table holds (positions in the index are 32 bits). At a million transfers a
 /// second this is more than an hour of one partition's traffic without pruning; a partition
@@ -69,16 +74,26 @@ struct PackedRow {
 // size, so a field that grows the row fails the build.
 const _: () = assert!(std::mem::size_of::<PackedRow>() <= 48);
 
-/// The 32-bit hash a key is indexed by. Ids never contain a zero byte, so the separator keeps
-/// `("ab", "c")` and `("a", "bc")` apart (not needed for correctness, which compares bytes,
-/// but it keeps such keys from colliding).
+/// The 32-bit hash a key is indexed by in memory: its on-disk hash
+/// ([`crate::log::chunk_file::disk_key_hash`], which the cold rows' Bloom filter tests),
+/// spread. A lookup hashes the key's bytes once for the index and the Bloom filter both.
+#[inline]
 fn key_hash(from: &[u8], transaction_id: &[u8]) -> u32 {
-    let mut hasher = FxHasher::default();
-    hasher.write(from);
-    hasher.write_u8(0);
-    hasher.write(transaction_id);
-    // Fx mixes into the high bits; they are the better half.
-    (hasher.finish() >> 32) as u32
+    index_hash_of(disk_key_hash(from, transaction_id))
+}
+
+/// [`key_hash`] of the key whose on-disk hash is `disk`. The index takes a key's home slot
+/// from the low bits, which CRC32C leaves linear in the key's bits; two multiply-xorshift
+/// rounds (Wellons' `lowbias32`) spread every bit over them. A bijection, so keys with
+/// different on-disk hashes keep different index hashes.
+#[inline]
+fn index_hash_of(disk: u32) -> u32 {
+    let mut h = disk;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x7feb_352d);
+    h ^= h >> 15;
+    h = h.wrapping_mul(0x846c_a68b);
+    h ^ (h >> 16)
 }
 
 /// Rows per sealed chunk of rows: 3 MiB of them (tests and the simulator use small chunks, so
@@ -104,11 +119,41 @@ const ARENA_CHUNK_BYTES: usize = if cfg!(any(test, madsim, feature = "testing"))
 #[derive(Clone, Default)]
 pub(crate) struct RowStore {
     rows: ChunkedVec<PackedRow, CHUNK_ROWS>,
+    /// Arena chunks dropped from the front with the rows that used them; a row's `ids_at`
+    /// counts them.
+    ids_dropped: usize,
     sealed_ids: Vec<Arc<Vec<u8>>>,
     tail_ids: Vec<u8>,
 }
 
 impl RowStore {
+    /// An empty store whose first row will be at `chunks * CHUNK_ROWS`.
+    fn starting_after(chunks: usize) -> RowStore {
+        RowStore {
+            rows: ChunkedVec::starting_after(chunks),
+            ..RowStore::default()
+        }
+    }
+
+    /// The first position still held.
+    fn first(&self) -> usize {
+        self.rows.dropped() * CHUNK_ROWS
+    }
+
+    /// Drops rows `..chunks * CHUNK_ROWS` (sealed chunks) and the arena chunks only they used.
+    fn drop_front(&mut self, chunks: usize) {
+        self.rows.drop_front(chunks);
+        // Rows take their ids from the arena in order: what the first row left uses, and
+        // what follows it, stays.
+        let first_used = if self.first() < self.len() {
+            (self.row(self.first()).ids_at >> 32) as usize
+        } else {
+            self.ids_dropped + self.sealed_ids.len()
+        };
+        self.sealed_ids.drain(..first_used - self.ids_dropped);
+        self.ids_dropped = first_used;
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.rows.len()
     }
@@ -129,7 +174,8 @@ impl RowStore {
         let len = usize::from(row.from_len)
             + usize::from(row.transaction_id_len)
             + usize::from(row.to_len);
-        let bytes = match self.sealed_ids.get(chunk) {
+        debug_assert!(chunk >= self.ids_dropped, "the ids of a dropped row");
+        let bytes = match self.sealed_ids.get(chunk - self.ids_dropped) {
             Some(sealed) => sealed.as_slice(),
             None => self.tail_ids.as_slice(),
         };
@@ -153,7 +199,8 @@ impl RowStore {
         if self.tail_ids.capacity() == 0 {
             self.tail_ids.reserve_exact(ARENA_CHUNK_BYTES);
         }
-        row.ids_at = (self.sealed_ids.len() as u64) << 32 | self.tail_ids.len() as u64;
+        let chunk = self.ids_dropped + self.sealed_ids.len();
+        row.ids_at = (chunk as u64) << 32 | self.tail_ids.len() as u64;
         transfer.from.append_bytes_to(&mut self.tail_ids);
         transfer.transaction_id.append_bytes_to(&mut self.tail_ids);
         transfer.to.append_bytes_to(&mut self.tail_ids);
@@ -165,20 +212,23 @@ impl RowStore {
         &self,
         range: std::ops::Range<usize>,
     ) -> impl ExactSizeIterator<Item = RowView<'_>> + '_ {
-        assert!(range.end <= self.len());
+        assert!(self.first() <= range.start && range.end <= self.len());
         range.map(|at| self.view(at))
     }
 
     /// Sealed chunks, counted from chunk `first`, whose rows are all final: rows that can
     /// never change again, which a snapshot may store once and refer to ever after. Stops at
-    /// the first chunk with a row still in flight.
+    /// the first chunk with a row still in flight. Dropped chunks were final.
     pub(crate) fn final_chunks_from(&self, first: usize) -> usize {
-        self.rows
+        let dropped = self.rows.dropped();
+        let held = self
+            .rows
             .sealed()
             .iter()
-            .skip(first)
+            .skip(first.saturating_sub(dropped))
             .take_while(|chunk| chunk.iter().all(|row| !row.state.is_unfinished()))
-            .count()
+            .count();
+        dropped.saturating_sub(first) + held
     }
 
     /// The row at `at` as borrowed fields.
@@ -202,16 +252,94 @@ impl RowStore {
     }
 }
 
+/// A row found by its key: in memory at a position, or read back from disk whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Found {
+    Hot(usize),
+    /// A row on disk only; always final.
+    Cold(TransferRow),
+}
+
 /// See the module documentation.
 #[derive(Clone, Default)]
 pub(crate) struct TransferTable {
+    /// The hot rows' keys (slots of dropped rows leave it over the inserts after a drop).
     index: RowIndex,
     store: RowStore,
+    cold: ColdRows,
 }
 
 impl TransferTable {
+    /// Rows ever recorded, in memory or not.
     pub(crate) fn len(&self) -> usize {
         self.store.len()
+    }
+
+    /// The first position in memory: rows before it are on disk only.
+    pub(crate) fn hot_from(&self) -> usize {
+        self.store.first()
+    }
+
+    /// Chunks on disk only.
+    pub(crate) fn cold_chunks(&self) -> usize {
+        self.cold.chunks()
+    }
+
+    /// Gives the table the chunk files of `partition`, where it finds the rows it drops.
+    pub(crate) fn attach(&mut self, partition: PartitionId, reader: Arc<dyn ChunkRead>) {
+        self.cold.attach(partition, reader);
+    }
+
+    /// Bytes of memory the table's structures take, roughly: rows, id arena, index, filter.
+    pub(crate) fn bytes(&self) -> usize {
+        let rows = (self.len() - self.hot_from()) * std::mem::size_of::<PackedRow>();
+        let ids = (self.store.sealed_ids.len() + 1) * ARENA_CHUNK_BYTES;
+        rows + ids + self.index.bytes() + self.cold.bytes()
+    }
+
+    /// Drops the rows of `cold`'s chunk from memory: its chunk file is durable. Chunks leave
+    /// in order; a table given no chunk files, or given a chunk out of turn (a partition
+    /// restored with an old unindexed chunk file before it), keeps the rows, which is correct,
+    /// only larger. Returns whether the rows left.
+    pub(crate) fn drop_chunk(&mut self, cold: ColdChunk) -> bool {
+        let chunk = cold.chunk;
+        if !self.cold.has_reader() || chunk != self.cold.chunks() {
+            return false;
+        }
+        debug_assert_eq!(self.store.rows.dropped(), chunk);
+        assert!(
+            !self.store.rows.sealed().is_empty(),
+            "only sealed chunks leave memory"
+        );
+        debug_assert!(self
+            .store
+            .views_of(chunk * CHUNK_ROWS..(chunk + 1) * CHUNK_ROWS)
+            .zip(&cold.filter_hashes)
+            .all(|(row, &hash)| !row.state.is_unfinished()
+                && hash == filter_hash(row.from, row.transaction_id)));
+        self.cold
+            .push(cold.index, &cold.filter_hashes, &cold.key_hashes);
+        self.store.drop_front(chunk + 1);
+        // One forgetting at a time, and only once the dropped rows' slots are at least as
+        // many as the kept rows' (the index then shrinks by half or more): while one lasts,
+        // every new key misses in two indexes and every insert moves old slots, so one per
+        // chunk dropped kept the index moving much of the time. Slots left behind go with
+        // a later one, and until then lookups refuse their positions (see `find_hot`).
+        let kept = self.len() - self.hot_from();
+        if !self.index.is_moving() && self.index.slots_used() >= 2 * kept {
+            self.index.forget_below(self.hot_from(), kept);
+        }
+        true
+    }
+
+    /// See [`ColdRows::bloom_build`].
+    pub(crate) fn bloom_build(&mut self) -> Option<crate::ledger::cold::BloomBuild> {
+        self.cold.bloom_build()
+    }
+
+    /// See [`ColdRows::take_bloom_build`].
+    pub(crate) fn take_bloom_build(&mut self, ended: bool) {
+        self.cold.take_bloom_build(ended);
     }
 
     /// See [`RowStore::final_chunks_from`].
@@ -225,29 +353,58 @@ impl TransferTable {
         self.store.clone()
     }
 
-    /// The position of the row recorded under `key`.
+    /// The position of the row recorded under `key`, if it is in memory.
     #[inline]
     pub(crate) fn find(&self, key: &TransferKey) -> Option<usize> {
         let (from, transaction_id) = (key.from.as_bytes(), key.transaction_id.as_bytes());
         let hash = key_hash(from, transaction_id);
-        self.index
-            .find(hash, |at| is_key(&self.store, at, from, transaction_id))
+        find_hot(&self.index, &self.store, hash, from, transaction_id)
     }
 
-    /// Reads the index slot that a lookup of `key` starts from, so that the lookup finds it
-    /// in cache (see `Ledger::prefetch`).
+    /// The row recorded under `key`: in memory, or read from its chunk file. The cold
+    /// filter is asked only when the key is not in memory.
+    pub(crate) fn lookup(&self, key: &TransferKey) -> Result<Option<Found>, ColdError> {
+        let (from, transaction_id) = (key.from.as_bytes(), key.transaction_id.as_bytes());
+        let disk = disk_key_hash(from, transaction_id);
+        let hot = find_hot(
+            &self.index,
+            &self.store,
+            index_hash_of(disk),
+            from,
+            transaction_id,
+        );
+        if let Some(at) = hot {
+            return Ok(Some(Found::Hot(at)));
+        }
+        Ok(self.cold_row(key, disk)?.map(Found::Cold))
+    }
+
+    /// The row of `key`, whose on-disk hash is `disk`, if it is on disk only.
+    fn cold_row(&self, key: &TransferKey, disk: u32) -> Result<Option<TransferRow>, ColdError> {
+        if self.cold.chunks() == 0 {
+            return Ok(None);
+        }
+        self.cold.get(key, disk)
+    }
+
+    /// Reads the index slot that a lookup of `key` starts from, and the cold rows' Bloom
+    /// filter line, so that the lookup finds them in cache (see `Ledger::prefetch`).
+    #[inline]
     pub(crate) fn prefetch(&self, key: &TransferKey) {
-        let hash = key_hash(key.from.as_bytes(), key.transaction_id.as_bytes());
-        self.index.touch(hash);
-    }
-
-    pub(crate) fn contains(&self, key: &TransferKey) -> bool {
-        self.find(key).is_some()
+        let disk = disk_key_hash(key.from.as_bytes(), key.transaction_id.as_bytes());
+        self.index.touch(index_hash_of(disk));
+        if self.cold.chunks() > 0 {
+            self.cold.prefetch(disk);
+        }
     }
 
     /// The row recorded under `key`, whole.
-    pub(crate) fn get(&self, key: &TransferKey) -> Option<TransferRow> {
-        self.find(key).map(|at| self.row(at))
+    pub(crate) fn get(&self, key: &TransferKey) -> Result<Option<TransferRow>, ColdError> {
+        Ok(match self.lookup(key)? {
+            Some(Found::Hot(at)) => Some(self.row(at)),
+            Some(Found::Cold(row)) => Some(row),
+            None => None,
+        })
     }
 
     /// The row at position `at` (positions are log order), whole.
@@ -291,54 +448,110 @@ impl TransferTable {
 
     /// Records `row` under its transfer's key, or returns `false` and changes nothing if the
     /// key is already recorded.
-    pub(crate) fn insert(&mut self, row: &TransferRow) -> bool {
-        match self.vacancy(&row.transfer.key()) {
+    pub(crate) fn insert(&mut self, row: &TransferRow) -> Result<bool, ColdError> {
+        Ok(match self.vacancy(&row.transfer.key(), true)? {
             Some(vacancy) => {
                 vacancy.fill(row);
                 true
             }
             None => false,
-        }
+        })
     }
 
     /// The place for a row under `key`, if none is recorded yet: the key is hashed once for
-    /// both the check and, filled, the insert (the ledger's hottest path).
-    pub(crate) fn vacancy(&mut self, key: &TransferKey) -> Option<Vacancy<'_>> {
+    /// both the check and, filled, the insert (the ledger's hottest path). With
+    /// `check_disk`, a key on disk only is recorded too: the cold filter is asked, and the
+    /// disk read only if it names a chunk. Without, the caller has just looked the key up
+    /// ([`Self::lookup`]) and found it nowhere.
+    pub(crate) fn vacancy(
+        &mut self,
+        key: &TransferKey,
+        check_disk: bool,
+    ) -> Result<Option<Vacancy<'_>>, ColdError> {
         let (from, transaction_id) = (key.from.as_bytes(), key.transaction_id.as_bytes());
-        let hash = key_hash(from, transaction_id);
-        if self
-            .index
-            .find(hash, |at| is_key(&self.store, at, from, transaction_id))
-            .is_some()
+        let disk = disk_key_hash(from, transaction_id);
+        let hash = index_hash_of(disk);
+        if find_hot(&self.index, &self.store, hash, from, transaction_id).is_some()
+            || (check_disk && self.cold_row(key, disk)?.is_some())
         {
-            return None;
+            return Ok(None);
         }
-        Some(Vacancy { table: self, hash })
+        Ok(Some(Vacancy { table: self, hash }))
     }
 
-    /// Every row, whole, in log order.
-    pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = TransferRow> + '_ {
-        (0..self.len()).map(|at| self.row(at))
+    /// Every row, whole, in log order: those on disk read from their chunk files.
+    ///
+    /// # Panics
+    /// If a chunk file of cold rows cannot be read: this is for tools and checks, which
+    /// cannot go on without every row (the partition's own paths use [`Self::lookup`]).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = TransferRow> + '_ {
+        let cold = (0..self.cold.chunks()).flat_map(move |chunk| {
+            self.cold
+                .rows_of(chunk)
+                .unwrap_or_else(|error| panic!("cold chunk {chunk} unreadable: {error}"))
+        });
+        cold.chain((self.hot_from()..self.len()).map(|at| self.row(at)))
     }
 
     /// Rows still driven by the coordinator, whole, in log order. Reads only the packed rows
-    /// of the others.
+    /// of the others (and never the cold ones, which are final).
     pub(crate) fn unfinished(&self) -> impl Iterator<Item = TransferRow> + '_ {
-        (0..self.len())
+        (self.hot_from()..self.len())
             .filter(|&at| self.store.row(at).state.is_unfinished())
             .map(|at| self.row(at))
     }
 
-    /// Forgets the row under `key`; the last row takes its position (the id bytes stay in
-    /// the arena) and the index is rebuilt. Only the known bug that forgets finished
-    /// transfers removes rows, in tests and the simulator.
+    /// Forgets the row under `key`, if it is in memory; the last row takes its position (the
+    /// id bytes stay in the arena) and the rows in memory are indexed again. Only the known
+    /// bug that forgets finished transfers removes rows, in tests and the simulator.
     #[cfg(any(test, madsim, feature = "testing"))]
     pub(crate) fn remove(&mut self, key: &TransferKey) {
         let Some(at) = self.find(key) else { return };
-        let mut rows: Vec<TransferRow> = self.iter().collect();
-        rows.swap_remove(at);
-        *self = rows.into_iter().collect();
+        let first = self.hot_from();
+        let mut rows: Vec<TransferRow> = (first..self.len()).map(|at| self.row(at)).collect();
+        rows.swap_remove(at - first);
+        let mut table = TransferTable {
+            index: RowIndex::default(),
+            store: RowStore::starting_after(self.cold.chunks()),
+            cold: self.cold.clone(),
+        };
+        for row in rows {
+            let vacancy = table.vacancy(&row.transfer.key(), true);
+            vacancy
+                .ok()
+                .flatten()
+                .expect("a kept row's key is free")
+                .fill(&row);
+        }
+        *self = table;
     }
+
+    /// A table that starts with `cold` chunks on disk only, its rows to come from position
+    /// `cold.chunks() * CHUNK_ROWS` (what a snapshot with indexed chunk files restores).
+    pub(crate) fn with_cold(cold: ColdRows) -> TransferTable {
+        TransferTable {
+            index: RowIndex::default(),
+            store: RowStore::starting_after(cold.chunks()),
+            cold,
+        }
+    }
+}
+
+/// The hot row of the key of `from` and `transaction_id`, whose index hash is `hash`. Slots
+/// of dropped rows may linger in the index: positions before the first row held are not
+/// rows.
+#[inline]
+fn find_hot(
+    index: &RowIndex,
+    store: &RowStore,
+    hash: u32,
+    from: &[u8],
+    transaction_id: &[u8],
+) -> Option<usize> {
+    let first = store.first();
+    index.find(hash, |at| {
+        at >= first && is_key(store, at, from, transaction_id)
+    })
 }
 
 /// Whether the row at `at` is recorded under the key of `from` and `transaction_id`.
@@ -398,7 +611,7 @@ pub(crate) struct Vacancy<'a> {
 impl Vacancy<'_> {
     /// Appends `row`, whose key must be the one this place was found for.
     pub(crate) fn fill(self, row: &TransferRow) {
-        let TransferTable { index, store } = self.table;
+        let TransferTable { index, store, .. } = self.table;
         assert!(
             store.len() < TRANSFER_ROWS_MAX,
             "a partition records fewer than 2^32 - 1 transfers"
@@ -448,7 +661,8 @@ impl FromIterator<TransferRow> for TransferTable {
     fn from_iter<I: IntoIterator<Item = TransferRow>>(rows: I) -> Self {
         let mut table = TransferTable::default();
         for row in rows {
-            assert!(table.insert(&row), "a transfer key is recorded once");
+            let inserted = table.insert(&row);
+            assert_eq!(inserted, Ok(true), "a transfer key is recorded once");
         }
         table
     }
@@ -457,6 +671,7 @@ impl FromIterator<TransferRow> for TransferTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::cold::TestChunks;
     use crate::model::money::Currency;
 
     fn row(from: &str, id: &str, to: &str, minor: u64) -> TransferRow {
@@ -491,7 +706,7 @@ mod tests {
         assert!(table.iter().eq(rows.iter().copied()));
         for (at, expected) in rows.iter().enumerate() {
             assert_eq!(table.find(&expected.transfer.key()), Some(at));
-            assert_eq!(table.get(&expected.transfer.key()), Some(*expected));
+            assert_eq!(table.get(&expected.transfer.key()), Ok(Some(*expected)));
             assert!(table.records(at, &expected.transfer));
         }
         let unknown = row("alice", "t-2", "bob", 5).transfer.key();
@@ -502,9 +717,9 @@ mod tests {
     fn a_recorded_key_is_not_recorded_again_and_other_bodies_are_told_apart() {
         let first = row("alice", "t-1", "bob", 5);
         let mut table: TransferTable = [first].into_iter().collect();
-        assert!(!table.insert(&row("alice", "t-1", "carol", 6)));
+        assert_eq!(table.insert(&row("alice", "t-1", "carol", 6)), Ok(false));
         assert_eq!(table.len(), 1);
-        assert_eq!(table.get(&first.transfer.key()), Some(first));
+        assert_eq!(table.get(&first.transfer.key()), Ok(Some(first)));
         for other in [
             row("alice", "t-1", "carol", 5),
             row("alice", "t-1", "bo", 5),
@@ -521,12 +736,12 @@ mod tests {
         for i in 0..count {
             let mut r = row(&format!("acct-{i}"), &format!("t-{i}"), "dst", i + 1);
             r.state = TransferState::Trying;
-            assert!(table.insert(&r));
+            assert_eq!(table.insert(&r), Ok(true));
             // Rows indexed long ago (their slots may be in a growing index's old half) are
             // still found, and their keys still refused.
             let earlier = row(&format!("acct-{}", i / 3), &format!("t-{}", i / 3), "x", 1);
             assert_eq!(table.find(&earlier.transfer.key()), Some(i as usize / 3));
-            assert!(!table.insert(&earlier));
+            assert_eq!(table.insert(&earlier), Ok(false));
         }
         let key = row("acct-17", "t-17", "dst", 18).transfer.key();
         let at = table.find(&key).unwrap();
@@ -538,7 +753,7 @@ mod tests {
         table.set_phase(at, phase);
         assert_eq!(table.phase(at), phase);
         assert_eq!(table.phase(at).state, TransferState::Confirming);
-        assert_eq!(table.get(&key).unwrap().decided_at, 99);
+        assert_eq!(table.get(&key).unwrap().unwrap().decided_at, 99);
         assert_eq!(table.unfinished().count(), count as usize);
         for i in 0..count {
             let key = row(&format!("acct-{i}"), &format!("t-{i}"), "dst", 1)
@@ -559,7 +774,7 @@ mod tests {
         // Several sealed chunks of rows and of ids, and an open tail of each.
         let count = 10 * CHUNK_ROWS + 5;
         for i in 0..count {
-            assert!(table.insert(&trying(i)));
+            assert_eq!(table.insert(&trying(i)), Ok(true));
         }
         assert!(table.store.rows.sealed().len() >= 10 && table.store.sealed_ids.len() > 1);
         // Arena chunks are sealed before an append could make them reallocate.
@@ -577,7 +792,7 @@ mod tests {
             table.set_phase(at, done);
         }
         for i in count..count + CHUNK_ROWS {
-            assert!(table.insert(&trying(i)));
+            assert_eq!(table.insert(&trying(i)), Ok(true));
         }
         assert_eq!(frozen.len(), count);
         for (view, row) in frozen.views_of(0..count).zip(&before) {
@@ -591,8 +806,174 @@ mod tests {
         assert_eq!(table.phase(CHUNK_ROWS + 2).state, TransferState::Trying);
         assert_eq!(
             table.get(&trying(count + 3).transfer.key()),
-            Some(trying(count + 3))
+            Ok(Some(trying(count + 3)))
         );
+    }
+
+    /// A table of `chunks` chunks of final rows and a few more, those chunks written to
+    /// chunk files that `files` holds; and what the table keeps of each once it drops it.
+    #[allow(clippy::type_complexity)]
+    fn table_with_chunk_files(
+        chunks: usize,
+    ) -> (
+        TransferTable,
+        Vec<TransferRow>,
+        Arc<TestChunks>,
+        Vec<ColdChunk>,
+    ) {
+        let rows: Vec<TransferRow> = (0..chunks * CHUNK_ROWS + 7)
+            .map(|i| {
+                row(
+                    &format!("acct-{}", i % 37),
+                    &format!("t-{i}"),
+                    "dst",
+                    i as u64 + 1,
+                )
+            })
+            .collect();
+        let mut table: TransferTable = rows.iter().copied().collect();
+        let files = Arc::new(TestChunks::default());
+        let store = table.freeze();
+        let mut cold = Vec::new();
+        for chunk in 0..chunks {
+            let encoded = crate::log::chunk_file::encode_chunk(3, chunk, &store);
+            files
+                .files
+                .lock()
+                .unwrap()
+                .insert(chunk as u64, encoded.bytes);
+            cold.push(ColdChunk {
+                chunk,
+                index: encoded.index,
+                filter_hashes: encoded.filter_hashes,
+                key_hashes: encoded.key_hashes,
+            });
+        }
+        table.attach(3, files.clone());
+        (table, rows, files, cold)
+    }
+
+    /// Drops `chunk` as a partition does, then runs the Bloom filter's build it asks for
+    /// as the next snapshot would, and swaps it in.
+    fn drop_and_grow(table: &mut TransferTable, chunk: ColdChunk) -> bool {
+        let dropped = table.drop_chunk(chunk);
+        if let Some(build) = table.bloom_build() {
+            build.run();
+            table.take_bloom_build(true);
+        }
+        dropped
+    }
+
+    #[test]
+    fn no_cold_key_is_missed_while_the_bloom_filter_grows_and_is_swapped() {
+        let chunks = 24;
+        let (mut table, rows, _files, cold) = table_with_chunk_files(chunks);
+        let all_found = |table: &TransferTable, cold_chunks: usize| {
+            rows[..cold_chunks * CHUNK_ROWS]
+                .iter()
+                .all(|row| table.lookup(&row.transfer.key()) == Ok(Some(Found::Cold(*row))))
+        };
+        let mut out = None;
+        let mut swaps = 0;
+        for (at, chunk) in cold.into_iter().enumerate() {
+            let before = table.cold.bloom_capacity();
+            assert!(table.drop_chunk(chunk));
+            assert!(all_found(&table, at + 1), "after dropping chunk {at}");
+            // A build is handed out, runs while more chunks go cold, and is swapped in
+            // later; one handed out whose run never came is handed out again.
+            match at % 3 {
+                0 => out = table.bloom_build().or(out),
+                1 => {
+                    if let Some(build) = out.take() {
+                        build.run();
+                    }
+                }
+                _ => table.take_bloom_build(true),
+            }
+            swaps += usize::from(before > 0 && table.cold.bloom_capacity() > before);
+            assert!(
+                all_found(&table, at + 1),
+                "after the build's step at chunk {at}"
+            );
+        }
+        assert!(swaps >= 2, "{swaps} swaps");
+    }
+
+    #[test]
+    fn dropped_rows_are_found_on_disk_and_their_keys_stay_recorded() {
+        let (mut table, rows, files, cold) = table_with_chunk_files(8);
+        let bytes_before = table.bytes();
+        let mut cold = cold.into_iter();
+        // Out of turn, a chunk stays.
+        let first = cold.next().unwrap();
+        let second = cold.next().unwrap();
+        assert!(!drop_and_grow(&mut table, second));
+        assert!(drop_and_grow(&mut table, first));
+        let second = table_with_chunk_files(8).3.into_iter().nth(1).unwrap();
+        assert!(drop_and_grow(&mut table, second));
+        for chunk in cold.take(4) {
+            assert!(drop_and_grow(&mut table, chunk));
+        }
+        assert_eq!((table.cold_chunks(), table.hot_from()), (6, 6 * CHUNK_ROWS));
+        assert!(table.bytes() < bytes_before);
+        for (at, expected) in rows.iter().enumerate() {
+            let key = expected.transfer.key();
+            let found = table.lookup(&key).unwrap();
+            if at < 6 * CHUNK_ROWS {
+                assert_eq!(found, Some(Found::Cold(*expected)), "row {at}");
+                assert_eq!(table.find(&key), None);
+            } else {
+                assert_eq!(found, Some(Found::Hot(at)), "row {at}");
+            }
+            assert_eq!(table.insert(expected), Ok(false), "row {at} recorded once");
+        }
+        // Keys never seen: no row, and mostly no read (the Bloom filter in front of the
+        // filter lets about 1 in 200 through, which then reads a bucket).
+        let reads = files.reads.load(std::sync::atomic::Ordering::Relaxed);
+        let strangers = 1000;
+        for i in 0..strangers {
+            let key = row("acct-1", &format!("new-{i}"), "dst", 1).transfer.key();
+            assert_eq!(table.lookup(&key), Ok(None));
+        }
+        let read = files.reads.load(std::sync::atomic::Ordering::Relaxed) - reads;
+        assert!(
+            read < strangers / 20,
+            "{read} reads for {strangers} new keys"
+        );
+        // Every row still comes back in log order, and new rows take the next positions.
+        assert!(table.iter().eq(rows.iter().copied()));
+        let new = row("acct-1", "new", "dst", 1);
+        assert_eq!(table.insert(&new), Ok(true));
+        assert_eq!(table.find(&new.transfer.key()), Some(rows.len()));
+        assert_eq!(table.unfinished().count(), 0);
+        assert_eq!(table.final_chunks_from(0), 8);
+        assert_eq!(table.final_chunks_from(7), 1);
+    }
+
+    #[test]
+    fn a_damaged_chunk_file_is_an_error_never_a_wrong_answer() {
+        let (mut table, rows, files, cold) = table_with_chunk_files(4);
+        for chunk in cold {
+            assert!(drop_and_grow(&mut table, chunk));
+        }
+        let key_of = |at: usize| rows[at].transfer.key();
+        let len = files.files.lock().unwrap()[&1].len();
+        // Every byte of chunk 1, flipped in turn: each lookup of a row of chunk 1 is its row
+        // or an error, never absent and never another row.
+        for at in (0..len).step_by(7) {
+            files.files.lock().unwrap().get_mut(&1).unwrap()[at] ^= 0x10;
+            for row_at in [CHUNK_ROWS, CHUNK_ROWS + 17, 2 * CHUNK_ROWS - 1] {
+                match table.lookup(&key_of(row_at)) {
+                    Ok(found) => assert_eq!(found, Some(Found::Cold(rows[row_at])), "byte {at}"),
+                    Err(error) => assert!(error.0.contains("chunk file 1"), "{error}"),
+                }
+            }
+            files.files.lock().unwrap().get_mut(&1).unwrap()[at] ^= 0x10;
+        }
+        // A missing file is an error too; other chunks still answer.
+        files.files.lock().unwrap().remove(&2);
+        assert!(table.lookup(&key_of(2 * CHUNK_ROWS + 5)).is_err());
+        assert_eq!(table.lookup(&key_of(5)), Ok(Some(Found::Cold(rows[5]))));
     }
 
     #[test]
@@ -608,7 +989,7 @@ mod tests {
         assert_eq!(table.find(&rows[0].transfer.key()), None);
         assert_eq!(table.find(&rows[2].transfer.key()), Some(0));
         assert_eq!(table.find(&rows[1].transfer.key()), Some(1));
-        assert!(table.insert(&rows[0]));
+        assert_eq!(table.insert(&rows[0]), Ok(true));
         assert_eq!(table.find(&rows[0].transfer.key()), Some(2));
     }
 }

@@ -22,9 +22,10 @@
 //! - Lsns are contiguous: from the snapshot to the first record replayed, and from each
 //!   segment to the next. A gap (a lost segment) is an error that names the missing lsn.
 
+use crate::ledger::cold::ChunkRead;
 use crate::ledger::{ApplyError, Ledger, RecordMeta};
 use crate::log::codec::{decode_log, CodecError, Record, RecordReader};
-use crate::log::snapshot::decode_snapshot_with;
+use crate::log::snapshot::{decode_snapshot_cold, decode_snapshot_with};
 use crate::model::event::Lsn;
 use crate::model::partition::PartitionId;
 
@@ -33,7 +34,10 @@ use crate::model::partition::PartitionId;
 pub struct RecoveryReport {
     pub partition: PartitionId,
     pub snapshot_lsn: Option<Lsn>,
-    /// Chunk files the snapshot recovered from refers to (all read and found intact).
+    /// Chunk files the snapshot recovered from refers to (all read and found intact) that
+    /// its snapshots may refer to again. Offered with a reader, only the leading indexed
+    /// ones (version 2), whose rows stay on disk: the next snapshot writes the rest again,
+    /// indexed.
     pub snapshot_chunks: usize,
     pub records_replayed: u64,
     pub torn_bytes_dropped: u64,
@@ -97,6 +101,43 @@ impl Recovery {
             {
                 self.report.snapshot_lsn = Some(state.last_applied().lsn);
                 self.report.snapshot_chunks = chunks.len();
+                self.ledger = state;
+                self.snapshot_taken = true;
+                true
+            }
+            Ok(_) => {
+                tracing::warn!(
+                    partition,
+                    name,
+                    "snapshot of another partition layout ignored"
+                );
+                false
+            }
+            Err(error) => {
+                tracing::warn!(partition, name, %error, "bad snapshot ignored");
+                false
+            }
+        }
+    }
+
+    /// Offers the snapshot `name`, whose chunk files `reader` reads, one at a time: their
+    /// rows stay on disk where they can (see [`decode_snapshot_cold`]). Returns whether it was
+    /// taken (then offer no other). Offer the newest first.
+    pub fn offer_snapshot_cold(
+        &mut self,
+        name: &str,
+        bytes: &[u8],
+        reader: std::sync::Arc<dyn ChunkRead>,
+    ) -> bool {
+        assert!(!self.snapshot_taken, "one snapshot at most");
+        let partition = self.report.partition;
+        match decode_snapshot_cold(bytes, reader) {
+            Ok(state)
+                if state.partition() == partition
+                    && state.partitions() == self.ledger.partitions() =>
+            {
+                self.report.snapshot_lsn = Some(state.last_applied().lsn);
+                self.report.snapshot_chunks = state.cold_transfer_chunks();
                 self.ledger = state;
                 self.snapshot_taken = true;
                 true

@@ -13,7 +13,7 @@ use std::fmt::Debug;
 use rustc_hash::FxHashMap;
 
 use crate::ledger::append_table::AppendTable;
-use crate::ledger::{ApplyError, Ledger, RecordMeta, TransferRow};
+use crate::ledger::{Account, ApplyError, Ledger, RecordMeta, TransferRow};
 use crate::log::codec::Record;
 use crate::model::event::{Event, Lsn, Timestamp, Transfer, TransferKey};
 use crate::model::ids::{AccountId, TransactionId};
@@ -143,6 +143,12 @@ impl<K: Ord, V, S> Table<K, V> for std::collections::HashMap<K, V, S> {
 
 impl<K: Ord + std::hash::Hash + Clone, V: Clone> Table<K, V> for AppendTable<K, V> {
     fn sorted(&self) -> BTreeMap<&K, &V> {
+        self.iter().collect()
+    }
+}
+
+impl Table<AccountId, Account> for crate::ledger::account_table::AccountTable {
+    fn sorted(&self) -> BTreeMap<&AccountId, &Account> {
         self.iter().collect()
     }
 }

@@ -44,27 +44,28 @@
 //! ([`crate::ledger::transfer_table::CHUNK_ROWS`] rows each, every row final) in chunk files of their
 //! own, written once by the first snapshot that found the chunk final and read by every later
 //! one, and holds only the rows after them. A snapshot so costs the accounts and the rows
-//! still recent, not every transfer ever made. A chunk file:
-//!
-//! ```text
-//! magic "WCHK" | version u8 | partition u32 | chunk index u64 | count u32 | rows as above
-//! crc32c u32 over every byte before it
-//! ```
+//! still recent, not every transfer ever made. Chunk files and their format are
+//! [`crate::log::chunk_file`]'s; once one is durable, the partition drops its rows from memory
+//! and reads them back from it ([`crate::ledger::cold`]).
 //!
 //! A chunk's bytes are a function of the log too, so rewriting one (a partition restarted
 //! from an older snapshot freezes its chunks again) writes the same bytes.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
+use std::sync::Arc;
 
 use crc32c::crc32c;
 
+use crate::ledger::account_table::AccountRows;
 use crate::ledger::append_table::Rows;
-use crate::ledger::transfer_table::{RowStore, RowView, CHUNK_ROWS};
+use crate::ledger::cold::{BloomBuild, ChunkRead, ColdChunk, ColdRows, WrittenChunks};
+use crate::ledger::transfer_table::{RowStore, RowView, TransferTable, CHUNK_ROWS};
 use crate::ledger::{
     Account, CashRow, CreditRow, CreditState, Flows, Ledger, RecordMeta, StoredCredit, TransferRow,
     TransferState,
 };
+use crate::log::chunk_file::{self, encode_chunk, DecodedChunk};
 use crate::log::codec::{
     cash_kind_tag, put_cash_refusal, put_currency, put_key, put_transfer, reason_tag, CodecError,
     Cursor,
@@ -82,9 +83,7 @@ pub const SNAPSHOT_VERSION: u8 = 4;
 const SNAPSHOT_VERSION_UNREFUSED: u8 = 3;
 /// The version before chunk files: the header has no chunk count.
 const SNAPSHOT_VERSION_UNCHUNKED: u8 = 2;
-/// The first bytes of every chunk file.
-pub const CHUNK_MAGIC: [u8; 4] = *b"WCHK";
-const CHUNK_VERSION: u8 = 1;
+pub use crate::log::chunk_file::CHUNK_MAGIC;
 /// The oldest version this build reads: version 1, whose row tables are sorted by key.
 const SNAPSHOT_VERSION_SORTED: u8 = 1;
 /// Bytes before the first table: magic, version, partition, partitions, last record.
@@ -96,24 +95,33 @@ const ROW_LEN_MIN: usize = 6;
 
 /// The state of a ledger at one point, detached from it: what a snapshot is encoded from.
 ///
-/// Taking one copies the accounts, and shares the sealed chunks of rows of the transfers
-/// table ([`crate::ledger::transfer_table::RowStore`]) and of the credit and cash tables
-/// ([`crate::ledger::append_table::AppendTable`]), so a partition takes it in milliseconds and the
-/// encoding, which costs time in proportion to the accounts, the rows held inline and the new
-/// chunk files, runs on another thread while the partition goes on.
+/// Taking one copies only the open chunk of each table and shares the sealed ones: of the
+/// transfers table ([`crate::ledger::transfer_table::RowStore`]) and of the accounts, credit
+/// and cash tables ([`crate::ledger::append_table::AppendTable`]), so a partition takes it in
+/// microseconds, and a chunk a later write changes is copied then, one chunk at a time. The
+/// encoding, which costs time in proportion to the accounts, the rows held inline and the
+/// new chunk files, runs on another thread while the partition goes on.
 #[derive(Clone)]
 pub struct SnapshotImage {
     chunks: ChunkPlan,
     partition: PartitionId,
     partitions: u32,
     last: RecordMeta,
-    /// Unsorted here; sorted where the image is encoded. A vector rather than a copy of the
-    /// hash map: without the map's empty buckets it takes about 40% less memory.
-    accounts: Vec<(AccountId, Account)>,
+    /// The accounts table's rows, shared with the ledger copy-on-write (see
+    /// [`crate::ledger::append_table::AppendTable`]): taking the image copies none of them,
+    /// where a copy of them cost the partition 700 ms at 10 million accounts. In the order
+    /// they were opened; sorted where the image is encoded.
+    accounts: AccountRows,
     transfers: RowStore,
     credits: Rows<TransferKey, StoredCredit>,
     cash: Rows<(AccountId, TransactionId), CashRow>,
     flows: BTreeMap<Currency, Flows>,
+    /// The chunk files this image's encoding writes, for the partition to drop their rows
+    /// once the snapshot is durable ([`SnapshotImage::written_chunks`]).
+    written: WrittenChunks,
+    /// The cold rows' Bloom filter's growth, run where the image is encoded, off the
+    /// partition's thread ([`SnapshotImage::with_bloom_build`]).
+    bloom_build: Option<BloomBuild>,
 }
 
 /// Which chunks of the transfers table a snapshot keeps in chunk files (see the module docs).
@@ -154,12 +162,21 @@ impl SnapshotImage {
             partition: ledger.partition(),
             partitions: ledger.partitions(),
             last: ledger.last,
-            accounts: ledger.accounts.iter().map(|(id, a)| (*id, *a)).collect(),
+            accounts: ledger.accounts.freeze(),
             transfers: ledger.transfers.freeze(),
             credits: ledger.credits.freeze(),
             cash: ledger.cash.freeze(),
             flows: ledger.flows.clone(),
+            written: WrittenChunks::default(),
+            bloom_build: None,
         }
+    }
+
+    /// Has the encoding run `build` too ([`Ledger::bloom_build`]): reading older chunk files'
+    /// key indexes is work for the thread that writes the snapshot, not the partition's.
+    pub fn with_bloom_build(mut self, build: Option<BloomBuild>) -> SnapshotImage {
+        self.bloom_build = build;
+        self
     }
 
     /// Chunks the snapshot refers to.
@@ -170,6 +187,13 @@ impl SnapshotImage {
 
     pub fn chunks(&self) -> ChunkPlan {
         self.chunks
+    }
+
+    /// Where the encoding leaves the chunks it writes (`written..frozen` of
+    /// [`SnapshotImage::chunks`]), as the transfers table keeps them once their rows leave
+    /// memory ([`Ledger::drop_transfer_chunk`]). Take them once the snapshot is durable.
+    pub fn written_chunks(&self) -> WrittenChunks {
+        self.written.clone()
     }
 
     /// The snapshot's bytes (see [`encode_snapshot`]) and the chunk files it writes.
@@ -184,20 +208,28 @@ impl SnapshotImage {
     /// of any size takes [`SINK_CHUNK_BYTES`] of memory, not its own size in fresh pages;
     /// returns the snapshot's length.
     pub fn write_to(mut self, out: &mut dyn SnapshotOut) -> io::Result<usize> {
-        for index in self.chunks.written..self.chunks.frozen {
-            let bytes = encode_chunk(self.partition, index, &self.transfers);
-            out.write_chunk(index as u64, &bytes)?;
+        // First: it only reads, so a write that fails does not keep the filter from growing.
+        if let Some(build) = self.bloom_build.take() {
+            build.run();
         }
-        self.accounts.sort_unstable_by_key(|(id, _)| *id);
+        for index in self.chunks.written..self.chunks.frozen {
+            let encoded = encode_chunk(self.partition, index, &self.transfers);
+            out.write_chunk(index as u64, &encoded.bytes)?;
+            self.written.push(ColdChunk {
+                chunk: index,
+                index: encoded.index,
+                filter_hashes: encoded.filter_hashes,
+                key_hashes: encoded.key_hashes,
+            });
+        }
         encode_image(&self, out, SNAPSHOT_VERSION)
     }
 
     /// The snapshot in the layout of an older `version` (3 at the oldest, and only for a
     /// state without refused cash rows): what tests of reading old snapshots start from.
     #[cfg(test)]
-    fn encode_as(mut self, version: u8) -> Vec<u8> {
+    fn encode_as(self, version: u8) -> Vec<u8> {
         assert!(self.chunks.frozen == 0 && version >= SNAPSHOT_VERSION_UNREFUSED);
-        self.accounts.sort_unstable_by_key(|(id, _)| *id);
         let mut out = InMemory::default();
         encode_image(&self, &mut out, version).expect("writing into memory does not fail");
         out.bytes
@@ -233,74 +265,6 @@ impl SnapshotOut for InMemory {
         self.chunks.push((index, bytes.to_vec()));
         Ok(())
     }
-}
-
-/// Chunk file `index` of `rows` (see the module docs).
-fn encode_chunk(partition: PartitionId, index: usize, rows: &RowStore) -> Vec<u8> {
-    let range = index * CHUNK_ROWS..(index + 1) * CHUNK_ROWS;
-    let mut out = Vec::with_capacity(CHUNK_ROWS * 96);
-    out.extend_from_slice(&CHUNK_MAGIC);
-    out.push(CHUNK_VERSION);
-    out.extend_from_slice(&partition.to_le_bytes());
-    out.extend_from_slice(&(index as u64).to_le_bytes());
-    out.extend_from_slice(&(CHUNK_ROWS as u32).to_le_bytes());
-    for row in rows.views_of(range) {
-        debug_assert!(!row.state.is_unfinished(), "chunk rows are final");
-        put_transfer_row(&mut out, row);
-    }
-    let crc = crc32c(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
-}
-
-/// The rows of chunk file `index` of `partition`; any damage or a mismatch is an error.
-fn decode_chunk(
-    bytes: &[u8],
-    partition: PartitionId,
-    index: u64,
-) -> Result<Vec<TransferRow>, String> {
-    const CHUNK_HEADER_LEN: usize = 4 + 1 + 4 + 8 + 4;
-    if bytes.len() < CHUNK_HEADER_LEN + CRC_LEN || bytes[..4] != CHUNK_MAGIC {
-        return Err(format!("chunk file {index} is not a walletd chunk"));
-    }
-    let (content, trailer) = bytes.split_at(bytes.len() - CRC_LEN);
-    if crc32c(content).to_le_bytes() != trailer {
-        return Err(format!("chunk file {index}: checksum mismatch"));
-    }
-    if content[4] != CHUNK_VERSION {
-        return Err(format!(
-            "chunk file {index}: unknown version {}",
-            content[4]
-        ));
-    }
-    let mut cursor = Cursor::new(&content[5..]);
-    let (found_partition, found_index) = (cursor.u32()?, cursor.u64()?);
-    if (found_partition, found_index) != (partition, index) {
-        return Err(format!(
-            "chunk file {index} holds chunk {found_index} of partition {found_partition}"
-        ));
-    }
-    // A chunk is exactly CHUNK_ROWS rows: the snapshot's inline rows start at
-    // `chunks * CHUNK_ROWS`. A shorter one used to be read as it was, moving every later row
-    // across the chunk edges: the restored partition then stopped on an assertion (a row in
-    // flight now in a chunk counted final) or, at its next snapshot, left out a row that it
-    // took its chunk files to hold.
-    let count = cursor.u32()? as usize;
-    if count != CHUNK_ROWS {
-        return Err(format!(
-            "chunk file {index} holds {count} rows, not {CHUNK_ROWS}"
-        ));
-    }
-    let mut rows = Vec::with_capacity(count.min(cursor.remaining() / ROW_LEN_MIN));
-    for _ in 0..count {
-        let row = read_transfer_row(&mut cursor)?;
-        if row.state.is_unfinished() {
-            return Err(format!("chunk file {index} holds a row still in flight"));
-        }
-        rows.push(row);
-    }
-    cursor.finish()?;
-    Ok(rows)
 }
 
 /// The whole state of `ledger`, in the canonical form described in the module docs, with
@@ -371,8 +335,13 @@ fn encode_image(
     out.extend_from_slice(&ledger.last.timestamp.to_le_bytes());
     let chunks = u32::try_from(ledger.chunks.frozen).expect("fewer than 2^32 chunks");
     out.extend_from_slice(&chunks.to_le_bytes());
-    debug_assert!(ledger.accounts.is_sorted_by(|a, b| a.0 < b.0));
-    put_table(&mut sink, ledger.accounts.iter(), |out, (id, account)| {
+    let mut accounts: Vec<(&AccountId, &Account)> = ledger
+        .accounts
+        .iter()
+        .map(|row| (&row.id, &row.account))
+        .collect();
+    accounts.sort_unstable_by_key(|(id, _)| **id);
+    put_table(&mut sink, accounts.into_iter(), |out, (id, account)| {
         id.encode_into(out);
         put_currency(out, account.currency);
         for value in [account.balance, account.held, account.incoming] {
@@ -434,7 +403,7 @@ fn put_table<R>(
 
 /// A transfer row as [`put_transfer`] and the row's phase fields would write it, from the
 /// packed table's borrowed ids.
-fn put_transfer_row(out: &mut Vec<u8>, row: RowView<'_>) {
+pub(crate) fn put_transfer_row(out: &mut Vec<u8>, row: RowView<'_>) {
     for id in [row.transaction_id, row.from, row.to] {
         out.push(id.len() as u8);
         out.extend_from_slice(id);
@@ -526,6 +495,44 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Ledger, CodecError> {
 /// that the restored ledger grows by the rows actually read, in the tables' fixed steps
 /// (the transfers table takes a 4 MiB id arena with its first row).
 pub fn decode_snapshot_with(bytes: &[u8], chunks: &[Vec<u8>]) -> Result<Ledger, CodecError> {
+    decode_from(bytes, Chunks::Given(chunks))
+}
+
+/// Restores a ledger from a snapshot's bytes, reading its chunk files through `reader` one
+/// at a time, each checked whole as [`decode_snapshot_with`] checks them. The rows of indexed
+/// chunk files (version 2) stay on disk, found through the filter built here
+/// ([`crate::ledger::cold`]); those of older ones, and of any after one, are restored into
+/// memory. The ledger keeps `reader` to find its cold rows, and later to drop more.
+pub fn decode_snapshot_cold(
+    bytes: &[u8],
+    reader: Arc<dyn ChunkRead>,
+) -> Result<Ledger, CodecError> {
+    let mut ledger = decode_from(bytes, Chunks::Reader(&reader))?;
+    ledger.attach_chunk_reader(reader);
+    Ok(ledger)
+}
+
+/// Where a snapshot's chunk files come from.
+#[derive(Clone, Copy)]
+enum Chunks<'a> {
+    /// Their bytes, all in memory: every row is restored into memory.
+    Given(&'a [Vec<u8>]),
+    /// A reader of the partition's chunk files: indexed chunks stay on disk.
+    Reader(&'a Arc<dyn ChunkRead>),
+}
+
+impl Chunks<'_> {
+    fn read(&self, partition: PartitionId, index: usize) -> Result<DecodedChunk, String> {
+        match self {
+            Chunks::Given(chunks) => {
+                chunk_file::decode_chunk(&chunks[index], partition, index as u64)
+            }
+            Chunks::Reader(reader) => chunk_file::read_chunk(&***reader, partition, index as u64),
+        }
+    }
+}
+
+fn decode_from(bytes: &[u8], chunks: Chunks<'_>) -> Result<Ledger, CodecError> {
     let content = verified_content(bytes)?;
     let version = bytes[4];
     let mut cursor = Cursor::new(&content[5..]);
@@ -539,9 +546,10 @@ pub fn decode_snapshot_with(bytes: &[u8], chunks: &[Vec<u8>]) -> Result<Ledger, 
     }
     debug_assert!(
         version != SNAPSHOT_VERSION || {
+            let count = snapshot_chunks(bytes).expect("read once") as usize;
             let plan = ChunkPlan {
-                written: chunks.len(),
-                frozen: chunks.len(),
+                written: count,
+                frozen: count,
             };
             SnapshotImage::with_chunks(&ledger, plan).encode().0 == bytes
         },
@@ -553,7 +561,7 @@ pub fn decode_snapshot_with(bytes: &[u8], chunks: &[Vec<u8>]) -> Result<Ledger, 
 /// Reads everything after the version byte, up to the checksum, taking the first rows of the
 /// transfers table from `chunks`. Version 1's row tables must be in key order; in later ones
 /// only their keys must be unique.
-fn read_ledger(cursor: &mut Cursor<'_>, version: u8, chunks: &[Vec<u8>]) -> Result<Ledger, String> {
+fn read_ledger(cursor: &mut Cursor<'_>, version: u8, chunks: Chunks<'_>) -> Result<Ledger, String> {
     let rows_sorted = version == SNAPSHOT_VERSION_SORTED;
     let order = if rows_sorted {
         Order::Sorted
@@ -577,11 +585,13 @@ fn read_ledger(cursor: &mut Cursor<'_>, version: u8, chunks: &[Vec<u8>]) -> Resu
     } else {
         0
     };
-    if chunk_count != chunks.len() {
-        return Err(format!(
-            "the snapshot refers to {chunk_count} chunk files, {} given",
-            chunks.len()
-        ));
+    if let Chunks::Given(given) = chunks {
+        if chunk_count != given.len() {
+            return Err(format!(
+                "the snapshot refers to {chunk_count} chunk files, {} given",
+                given.len()
+            ));
+        }
     }
     ledger.accounts = read_table(cursor, Order::Sorted, |cursor| {
         let id = cursor.account()?;
@@ -596,13 +606,7 @@ fn read_ledger(cursor: &mut Cursor<'_>, version: u8, chunks: &[Vec<u8>]) -> Resu
         };
         Ok((id, account))
     })?;
-    for (index, bytes) in chunks.iter().enumerate() {
-        for row in decode_chunk(bytes, partition, index as u64)? {
-            if !ledger.transfers.insert(&row) {
-                return Err("a table holds a key twice".to_string());
-            }
-        }
-    }
+    ledger.transfers = read_chunks(chunks, partition, chunk_count)?;
     let inline = read_rows(cursor, order, |cursor| {
         let row = read_transfer_row(cursor)?;
         Ok((row.transfer.key(), row))
@@ -616,7 +620,7 @@ fn read_ledger(cursor: &mut Cursor<'_>, version: u8, chunks: &[Vec<u8>]) -> Resu
         ));
     }
     for (_, row) in inline {
-        if !ledger.transfers.insert(&row) {
+        if !ledger.transfers.insert(&row).map_err(|e| e.to_string())? {
             return Err("a table holds a key twice".to_string());
         }
     }
@@ -665,6 +669,57 @@ fn read_ledger(cursor: &mut Cursor<'_>, version: u8, chunks: &[Vec<u8>]) -> Resu
     Ok(ledger)
 }
 
+/// The transfers table of the first `count` chunks: the leading indexed chunk files stay on
+/// disk when `chunks` is a reader; the rest are restored into memory, one file at a time.
+/// A key twice, within a chunk or across chunks, is damage.
+fn read_chunks(
+    chunks: Chunks<'_>,
+    partition: PartitionId,
+    count: usize,
+) -> Result<TransferTable, String> {
+    let mut cold = ColdRows::default();
+    if let Chunks::Reader(reader) = chunks {
+        cold.attach(partition, Arc::clone(reader));
+        cold.reserve(count * CHUNK_ROWS);
+    }
+    let twice = || "a table holds a key twice".to_string();
+    let mut hot: Option<TransferTable> = None;
+    for index in 0..count {
+        let DecodedChunk {
+            rows,
+            index: key_index,
+        } = chunks.read(partition, index)?;
+        match (&mut hot, key_index) {
+            (None, Some(key_index)) if matches!(chunks, Chunks::Reader(_)) => {
+                let mut seen = rustc_hash::FxHashSet::default();
+                let mut hashes = Vec::with_capacity(rows.len());
+                let mut key_hashes = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let key = row.transfer.key();
+                    let (from, id) = (key.from.as_bytes(), key.transaction_id.as_bytes());
+                    let disk = crate::log::chunk_file::disk_key_hash(from, id);
+                    if !seen.insert(key) || cold.get(&key, disk).map_err(|e| e.0)?.is_some() {
+                        return Err(twice());
+                    }
+                    hashes.push(crate::ledger::cold::filter_hash(from, id));
+                    key_hashes.push(disk);
+                }
+                cold.push(key_index, &hashes, &key_hashes);
+            }
+            _ => {
+                let table =
+                    hot.get_or_insert_with(|| TransferTable::with_cold(std::mem::take(&mut cold)));
+                for row in rows {
+                    if !table.insert(&row).map_err(|e| e.0)? {
+                        return Err(twice());
+                    }
+                }
+            }
+        }
+    }
+    Ok(hot.unwrap_or_else(|| TransferTable::with_cold(cold)))
+}
+
 /// What a table's keys must satisfy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Order {
@@ -708,7 +763,7 @@ fn read_table<K: Ord + std::hash::Hash, V, T: FromIterator<(K, V)>>(
     Ok(read_rows(cursor, order, read_row)?.into_iter().collect())
 }
 
-fn read_transfer_row(cursor: &mut Cursor<'_>) -> Result<TransferRow, String> {
+pub(crate) fn read_transfer_row(cursor: &mut Cursor<'_>) -> Result<TransferRow, String> {
     let transfer = cursor.transfer()?;
     let state = cursor.transfer_state()?;
     let remote = match cursor.u8()? {
@@ -977,6 +1032,43 @@ mod tests {
     }
 
     #[test]
+    fn restored_through_a_reader_indexed_chunks_stay_on_disk_and_older_ones_in_memory() {
+        use crate::ledger::cold::TestChunks;
+        let ledger = chunked_state();
+        let plan = ChunkPlan {
+            written: 0,
+            frozen: 5,
+        };
+        let (bytes, chunks) = SnapshotImage::with_chunks(&ledger, plan).encode();
+        let files = Arc::new(TestChunks::default());
+        files.files.lock().unwrap().extend(chunks);
+        let restored = decode_snapshot_cold(&bytes, files.clone()).unwrap();
+        assert_eq!(restored.cold_transfer_chunks(), 5);
+        assert_eq!(
+            restored.transfer_rows_in_memory(),
+            ledger.transfer_count() - 5 * CHUNK_ROWS
+        );
+        assert!(
+            same_state(&restored, &ledger),
+            "{:?}",
+            state_difference(&restored, &ledger)
+        );
+        for row in ledger.transfers() {
+            assert_eq!(restored.transfer(&row.transfer.key()), Some(row));
+        }
+        // A version 1 chunk file (no key index) and every chunk after it stay in memory.
+        let store = ledger.transfers.freeze();
+        let v1 = chunk_file::encode_chunk_v1(ledger.partition(), 2, &store);
+        files.files.lock().unwrap().insert(2, v1);
+        let restored = decode_snapshot_cold(&bytes, files.clone()).unwrap();
+        assert_eq!(restored.cold_transfer_chunks(), 2);
+        assert!(same_state(&restored, &ledger));
+        // A missing chunk file makes the snapshot bad, never a smaller state.
+        files.files.lock().unwrap().remove(&4);
+        assert!(decode_snapshot_cold(&bytes, files).is_err());
+    }
+
+    #[test]
     fn a_damaged_chunk_count_is_refused_before_it_is_believed() {
         let ledger = chunked_state();
         let plan = ChunkPlan {
@@ -1063,11 +1155,11 @@ mod tests {
         );
     }
 
-    /// Chunk file `index` of `ledger` as [`encode_chunk`] writes it, but holding `rows` rows.
+    /// Chunk file `index` of `ledger` as version 1 wrote it, but holding `rows` rows.
     fn chunk_with_rows(ledger: &Ledger, index: usize, rows: usize) -> Vec<u8> {
         let store = ledger.transfers.freeze();
         let mut out = CHUNK_MAGIC.to_vec();
-        out.push(CHUNK_VERSION);
+        out.push(chunk_file::CHUNK_VERSION_UNINDEXED);
         out.extend_from_slice(&ledger.partition().to_le_bytes());
         out.extend_from_slice(&(index as u64).to_le_bytes());
         out.extend_from_slice(&(rows as u32).to_le_bytes());
@@ -1088,7 +1180,13 @@ mod tests {
         };
         let (bytes, chunks) = SnapshotImage::with_chunks(&ledger, plan).encode();
         let mut files: Vec<Vec<u8>> = chunks.into_iter().map(|(_, b)| b).collect();
-        assert_eq!(chunk_with_rows(&ledger, 4, CHUNK_ROWS), files[4]);
+        let store = ledger.transfers.freeze();
+        let v1 = chunk_file::encode_chunk_v1(ledger.partition(), 4, &store);
+        assert_eq!(chunk_with_rows(&ledger, 4, CHUNK_ROWS), v1);
+        // Version 1 files, without a key index, are still read.
+        files[4] = v1;
+        let restored = decode_snapshot_with(&bytes, &files).unwrap();
+        assert!(same_state(&restored, &ledger));
         files[4] = chunk_with_rows(&ledger, 4, CHUNK_ROWS - 1);
         let result = decode_snapshot_with(&bytes, &files);
         assert!(

@@ -40,9 +40,12 @@
 //! wait up to [`MachineConfig::background_delay_us`] for a batch someone waits on, so that it
 //! does not pay a sync of its own.
 
+use std::collections::VecDeque;
+
 use rustc_hash::FxHashMap;
 
-use crate::ledger::{Command, Ledger, LedgerError, PhaseResult, Reply, TransferStatus};
+use crate::ledger::cold::{ColdChunk, WrittenChunks};
+use crate::ledger::{Command, Ledger, LedgerError, PhaseResult, Prefetched, Reply, TransferStatus};
 use crate::log::codec::{encode_record, Record};
 use crate::log::snapshot::{ChunkPlan, SnapshotImage};
 use crate::model::event::{Event, Lsn, Timestamp, Transfer, TransferKey};
@@ -69,6 +72,12 @@ pub struct MachineConfig {
     /// Take a snapshot after this many events since the last one, and no sooner than the log
     /// since the last one holds as many events as the state has rows (0: never).
     pub snapshot_every_events: u64,
+    /// The in-memory budget of the transfers table, in rows: once more rows than this are in
+    /// memory, a snapshot is taken as soon as a chunk of them is final, and once it is
+    /// durable the rows in its chunk files leave memory (they are read back from disk when
+    /// a retry asks for one; see [`crate::ledger::cold`]). Rows still in flight, and those
+    /// after them, stay. Applies while snapshots are on (`snapshot_every_events` > 0).
+    pub transfer_rows_in_memory_max: usize,
     /// Most clients waiting for the outcome of a pending transfer; beyond it they get `Pending`.
     pub waiters_max: usize,
     /// How long a batch that nobody waits on may stay open for more to join it: a batch of
@@ -86,12 +95,23 @@ impl Default for MachineConfig {
             batch_inputs_max: 65_536,
             batch_bytes_max: usize::MAX,
             snapshot_every_events: 1_000_000,
+            transfer_rows_in_memory_max: TRANSFER_ROWS_IN_MEMORY_MAX_DEFAULT,
             waiters_max: 100_000,
             background_delay_us: 2_000,
             coordinator: CoordinatorConfig::default(),
         }
     }
 }
+
+/// The default of [`MachineConfig::transfer_rows_in_memory_max`]: 16 chunks of rows, about
+/// 100 MiB with their ids and index (4 chunks in tests and the simulator, so that their runs
+/// read rows back from disk).
+pub const TRANSFER_ROWS_IN_MEMORY_MAX_DEFAULT: usize =
+    if cfg!(any(test, madsim, feature = "testing")) {
+        4 * crate::ledger::CHUNK_ROWS
+    } else {
+        16 * crate::ledger::CHUNK_ROWS
+    };
 
 /// The time an input is handled at: a monotonic clock for the coordinator's timers, and the
 /// wall clock the log's records are stamped with (clamped so that stamps never go back).
@@ -286,6 +306,16 @@ pub struct PartitionMachine<K: ReplyTokens> {
     /// Chunks of the transfers table whose chunk files are written (see
     /// [`crate::log::snapshot`]).
     chunks_written: usize,
+    /// Chunks `0..` this many that the over-budget check found sealed and final: final rows
+    /// never change, so it scans each chunk once, not every chunk since the last snapshot
+    /// at every commit (eight chunks are half a million rows).
+    chunks_found_final: usize,
+    /// Where the snapshot being written leaves the chunk files it writes.
+    chunks_being_written: WrittenChunks,
+    /// Chunks whose files are durable and whose rows are still in memory: one leaves per
+    /// tick ([`PartitionMachine::handle_tick`]), so that the filter's inserts (a cache miss
+    /// per row) come in steps of one chunk, not of a whole snapshot's.
+    chunks_to_drop: VecDeque<ColdChunk>,
     /// Since when the open batch holds only background work (see
     /// [`MachineConfig::background_delay_us`]).
     background_since: Option<Micros>,
@@ -300,6 +330,11 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         let coordinator =
             Coordinator::rebuild(config.coordinator, ledger.partitions(), &rows, now.micros);
         let durable_lsn = ledger.last_applied().lsn;
+        // Chunks whose rows the ledger keeps on disk only are in durable chunk files (it read
+        // them there): a snapshot refers to them and never writes them again, which it could
+        // not (their rows are not in memory). A replica that leads again after following, or
+        // one built from a ledger recovered from a snapshot, starts from them.
+        let chunks_written = ledger.cold_transfer_chunks();
         let mut machine = PartitionMachine {
             ledger,
             coordinator,
@@ -322,7 +357,10 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             phase_spans: Vec::new(),
             events_since_snapshot: 0,
             snapshot_pending: false,
-            chunks_written: 0,
+            chunks_written,
+            chunks_found_final: chunks_written,
+            chunks_being_written: WrittenChunks::default(),
+            chunks_to_drop: VecDeque::new(),
             background_since: None,
         };
         machine.pending_credits = (machine.ledger.credits())
@@ -344,6 +382,10 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         assert!(
             self.ledger.final_chunks_from(0) >= chunks,
             "chunk files hold sealed chunks of final rows"
+        );
+        assert!(
+            chunks >= self.ledger.cold_transfer_chunks(),
+            "the chunks on disk only are written"
         );
         self.chunks_written = chunks;
         self
@@ -482,15 +524,31 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             token,
         };
         self.groups.insert(group, open);
-        for (first, chunk) in (0..)
-            .step_by(PREFETCH_COMMANDS_MAX)
-            .zip(commands.picks().chunks(PREFETCH_COMMANDS_MAX))
-        {
-            self.ledger
-                .prefetch(chunk.iter().map(|&pick| commands.get(pick)));
-            for (offset, &pick) in chunk.iter().enumerate() {
-                self.execute_in_group(group, first + offset, commands.get(pick), wait);
+        // The two steps of `Ledger::prefetch`, run ahead of execution at a fixed distance
+        // rather than a chunk at a time: a line asked for a whole chunk before it is used
+        // was often gone again. A command's slots are asked for `PREFETCH_DISTANCE` commands
+        // ahead, its rows half as far ahead, with the hashes kept in a ring from the first
+        // step (written at `at`, read at `at + PREFETCH_DISTANCE / 2`, overwritten at
+        // `at + PREFETCH_DISTANCE`).
+        let picks = commands.picks();
+        let command_at = |at: usize| picks.get(at).map(|&pick| commands.get(pick));
+        let mut ahead = [Prefetched::default(); PREFETCH_DISTANCE];
+        for (at, prefetched) in ahead.iter_mut().enumerate() {
+            if let Some(command) = command_at(at) {
+                *prefetched = self.ledger.prefetch_one(command);
             }
+            if at < PREFETCH_DISTANCE / 2 {
+                self.ledger.prefetch_rows(*prefetched);
+            }
+        }
+        for (at, &pick) in picks.iter().enumerate() {
+            let rows_at = (at + PREFETCH_DISTANCE / 2) % PREFETCH_DISTANCE;
+            self.ledger
+                .prefetch_rows(std::mem::take(&mut ahead[rows_at]));
+            if let Some(command) = command_at(at + PREFETCH_DISTANCE) {
+                ahead[at % PREFETCH_DISTANCE] = self.ledger.prefetch_one(command);
+            }
+            self.execute_in_group(group, at, commands.get(pick), wait);
         }
         self.resolve_in_group(group, None);
     }
@@ -502,7 +560,13 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         self.batch.client_inputs = true;
         let answer = match query {
             Query::Account(account) => QueryAnswer::Account(self.ledger.account(&account).copied()),
-            Query::Transfer(key) => QueryAnswer::Transfer(self.ledger.transfer(&key)),
+            Query::Transfer(key) => match self.ledger.find_transfer(&key) {
+                Ok(row) => QueryAnswer::Transfer(row),
+                Err(error) => {
+                    tracing::error!(partition = self.partition(), %error, "transfer row unreadable");
+                    QueryAnswer::Unreadable
+                }
+            },
         };
         self.batch.release.answers.push((token, answer));
     }
@@ -527,33 +591,31 @@ impl<K: ReplyTokens> PartitionMachine<K> {
     /// commands.
     pub fn handle_peers(&mut self, now: Now, messages: &[PeerMessage]) {
         for chunk in messages.chunks(PREFETCH_COMMANDS_MAX) {
-            for message in chunk {
-                match message {
-                    PeerMessage::Request { request, .. } => {
-                        self.ledger.prefetch_one(&request.command())
-                    }
-                    PeerMessage::Response(response) => {
-                        let key = response.key;
-                        self.ledger.prefetch_one(&Command::CommitDebit { key })
-                    }
-                    PeerMessage::Unresolved { .. } => {}
-                }
-            }
+            self.ledger.prefetch(chunk.iter().filter_map(peer_command));
             for message in chunk {
                 self.handle_peer(now, *message);
             }
         }
     }
 
-    /// Reads ahead the rows `command` will touch (see [`Ledger::prefetch`]); changes nothing.
-    pub fn prefetch(&self, command: &Command) {
-        self.ledger.prefetch_one(command);
+    /// Asks for the index slots `command` will look up (the first step of
+    /// [`Ledger::prefetch`]); changes nothing and waits for nothing. Hand what it returns to
+    /// [`PartitionMachine::prefetch_rows`] a few inputs later.
+    pub fn prefetch(&self, command: &Command) -> Prefetched {
+        self.ledger.prefetch_one(command)
+    }
+
+    /// Asks for the account rows whose slots [`PartitionMachine::prefetch`] asked for (the
+    /// second step of [`Ledger::prefetch`]).
+    pub fn prefetch_rows(&self, prefetched: Prefetched) {
+        self.ledger.prefetch_rows(prefetched);
     }
 
     /// Time passed: resends, timeouts and questions about pending credits that are due join
     /// the open batch.
     pub fn handle_tick(&mut self, now: Now) {
         self.now = now;
+        self.drop_a_written_chunk();
         self.coordinator.on_tick(now.micros);
         self.drain_coordinator();
         let after_us = self.config.coordinator.resolve_after_us;
@@ -632,9 +694,29 @@ impl<K: ReplyTokens> PartitionMachine<K> {
     pub fn handle_snapshot_written(&mut self, written: Result<usize, ()>) {
         assert!(self.snapshot_pending, "a snapshot was being written");
         self.snapshot_pending = false;
+        let made = self.chunks_being_written.take();
+        // The encoding ran the Bloom filter's build it carried, if any, whatever became of
+        // the snapshot.
+        self.ledger.take_bloom_build();
         if let Ok(chunks_frozen) = written {
             assert!(chunks_frozen >= self.chunks_written);
             self.chunks_written = chunks_frozen;
+            // The chunk files are durable: their rows may leave memory.
+            self.chunks_to_drop.extend(made);
+        }
+    }
+
+    /// Drops the rows of the next chunk whose file is durable from memory, if one waits.
+    fn drop_a_written_chunk(&mut self) {
+        if let Some(chunk) = self.chunks_to_drop.pop_front() {
+            let number = chunk.chunk;
+            if !self.ledger.drop_transfer_chunk(chunk) {
+                tracing::debug!(
+                    partition = self.partition(),
+                    chunk = number,
+                    "chunk kept in memory"
+                );
+            }
         }
     }
 
@@ -691,9 +773,12 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             Ok(other) => unreachable!("an abandon replies with a transfer status, got {other:?}"),
             Err(error) => return self.report_refused_coordinator_command(error),
         };
+        // The row was just found or recorded by the abandon: in memory.
         let row_body = self
             .ledger
-            .transfer(&transfer.key())
+            .find_transfer(&transfer.key())
+            .ok()
+            .flatten()
             .map(|row| row.transfer);
         let Some(phase) = unresolved_answer(status, row_body, &transfer) else {
             return;
@@ -732,7 +817,8 @@ impl<K: ReplyTokens> PartitionMachine<K> {
                 // A waiter must be registered before the decision it waits for; should the
                 // decision already be applied, the client gets `Pending` and asks again.
                 let key = t.key();
-                let row = self.ledger.transfer(&key)?;
+                // Just decided, so in memory: a row on disk is final anyway.
+                let row = self.ledger.find_transfer(&key).ok().flatten()?;
                 (row.state.status() == TransferStatus::Pending).then_some(key)
             }
             _ => None,
@@ -950,13 +1036,31 @@ impl<K: ReplyTokens> PartitionMachine<K> {
     /// event, however large the state becomes, and recovery replays at most about half a
     /// state's worth of records. Half, not all: most events add a row (every transfer does),
     /// so the log since the last snapshot would never catch up with a state growing with it.
+    /// Whether the transfers table holds more rows in memory than its budget and half the
+    /// budget's worth of them could go to chunk files now (see
+    /// [`MachineConfig::transfer_rows_in_memory_max`]). Half, not one chunk: rows pinned by a
+    /// transfer still in flight keep the table over budget, and a snapshot per chunk that
+    /// becomes final meanwhile would write the accounts each time.
+    fn over_budget(&mut self) -> bool {
+        let budget = self.config.transfer_rows_in_memory_max;
+        let chunks_wanted = (budget / crate::ledger::CHUNK_ROWS / 2).max(1);
+        if self.ledger.transfer_rows_in_memory() <= budget {
+            return false;
+        }
+        // Only decides when; the snapshot's plan scans its chunks again (see
+        // `take_snapshot_if_due`).
+        let known = self.chunks_found_final.max(self.chunks_written);
+        self.chunks_found_final = known + self.ledger.final_chunks_from(known);
+        self.chunks_found_final - self.chunks_written >= chunks_wanted
+    }
+
     fn take_snapshot_if_due(&mut self) -> Option<SnapshotImage> {
         let every = self.config.snapshot_every_events;
         let in_chunks = self.chunks_written * crate::ledger::CHUNK_ROWS;
         let half_the_rows = self.ledger.row_count().saturating_sub(in_chunks) as u64 / 2;
         let due = !self.snapshot_pending
             && every != 0
-            && self.events_since_snapshot >= every.max(half_the_rows);
+            && (self.events_since_snapshot >= every.max(half_the_rows) || self.over_budget());
         if !due {
             return None;
         }
@@ -966,16 +1070,30 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         // the transfers table that have become final since the last go to chunk files.
         let written = self.chunks_written;
         let frozen = written + self.ledger.final_chunks_from(written);
-        Some(SnapshotImage::with_chunks(
-            &self.ledger,
-            ChunkPlan { written, frozen },
-        ))
+        let bloom_build = self.ledger.bloom_build();
+        let image = SnapshotImage::with_chunks(&self.ledger, ChunkPlan { written, frozen })
+            .with_bloom_build(bloom_build);
+        self.chunks_being_written = image.written_chunks();
+        Some(image)
+    }
+}
+
+/// The command whose rows a phase message will touch, for [`Ledger::prefetch`].
+fn peer_command(message: &PeerMessage) -> Option<Command> {
+    match message {
+        PeerMessage::Request { request, .. } => Some(request.command()),
+        PeerMessage::Response(response) => Some(Command::CommitDebit { key: response.key }),
+        PeerMessage::Unresolved { .. } => None,
     }
 }
 
 /// Commands of a group whose rows are fetched into cache ahead of executing them
 /// ([`Ledger::prefetch`]); their rows must fit in a core's L2 cache with room to spare.
 const PREFETCH_COMMANDS_MAX: usize = 256;
+/// How far ahead of the command being executed a group's index slots are asked for
+/// ([`Ledger::prefetch_one`]); the account rows those slots name are asked for half as far
+/// ahead ([`Ledger::prefetch_rows`]), when the slots have had time to arrive.
+const PREFETCH_DISTANCE: usize = 32;
 
 /// Most transfer step spans kept for [`PartitionMachine::take_phase_spans`]; later ones are
 /// not kept until they are taken (a runtime takes them every round of inputs).

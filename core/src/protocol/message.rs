@@ -24,6 +24,9 @@ pub enum Query {
 pub enum QueryAnswer {
     Account(Option<Account>),
     Transfer(Option<TransferRow>),
+    /// The partition keeps the row asked for on disk only and could not read it (it logged
+    /// why): the question may be asked again once the disk is repaired.
+    Unreadable,
 }
 
 /// The result of a command as seen by its client.

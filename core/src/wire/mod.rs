@@ -884,6 +884,10 @@ fn put_ledger_error(out: &mut Vec<u8>, error: &LedgerError) {
             out.push(9);
             put_key(out, key);
         }
+        LedgerError::Unreadable(what) => {
+            out.push(11);
+            put_text(out, what);
+        }
         LedgerError::InvalidTransition { key, from, command } => {
             out.push(10);
             put_key(out, key);
@@ -932,6 +936,7 @@ fn get_ledger_error(cursor: &mut Cursor<'_>) -> Result<LedgerError, String> {
                     .ok_or_else(|| format!("unknown transition command {n}"))?,
             },
         },
+        11 => LedgerError::Unreadable(get_text(cursor)?),
         other => return Err(format!("unknown ledger error {other}")),
     })
 }
@@ -958,6 +963,10 @@ fn put_answer(out: &mut Vec<u8>, answer: &QueryAnswer) {
                 }
             }
         }
+        QueryAnswer::Unreadable => {
+            out.push(3);
+            out.push(0);
+        }
     }
 }
 
@@ -967,6 +976,7 @@ fn get_answer(cursor: &mut Cursor<'_>) -> Result<QueryAnswer, String> {
     Ok(match kind {
         1 => QueryAnswer::Account(present.then(|| get_account(cursor)).transpose()?),
         2 => QueryAnswer::Transfer(present.then(|| get_row(cursor)).transpose()?),
+        3 if !present => QueryAnswer::Unreadable,
         other => return Err(format!("unknown answer {other}")),
     })
 }

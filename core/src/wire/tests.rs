@@ -125,6 +125,7 @@ fn every_ledger_error(t: Transfer) -> Vec<LedgerError> {
             from: "Committed".into(),
             command: "finish",
         },
+        LedgerError::Unreadable("chunk file 3: checksum mismatch".into()),
     ]
 }
 
@@ -184,6 +185,7 @@ fn every_answer(t: Transfer) -> Vec<QueryAnswer> {
             incoming: 0,
         })),
         QueryAnswer::Transfer(None),
+        QueryAnswer::Unreadable,
     ];
     for state in every_state() {
         answers.push(QueryAnswer::Transfer(Some(row(t, state))));

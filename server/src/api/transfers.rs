@@ -13,7 +13,9 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use utoipa::ToSchema;
-use walletd_core::ledger::{Command, Reply, TransferRow, TransferState, TransferStatus};
+use walletd_core::ledger::{
+    Command, LedgerError, Reply, TransferRow, TransferState, TransferStatus,
+};
 use walletd_core::model::event::{Reason, Transfer, TransferKey};
 use walletd_core::model::money::{format_minor, Amount};
 use walletd_runtime::driver::{CommandResult, Query, QueryAnswer};
@@ -156,6 +158,7 @@ async fn durably_accepted(api: &Api, key: TransferKey) -> Result<bool, ApiError>
     let partition = client.partition_of(&key.from);
     match client.query(partition, Query::Transfer(key)).await {
         Ok(QueryAnswer::Transfer(row)) => Ok(row.is_some()),
+        Ok(QueryAnswer::Unreadable) => Err(unreadable()),
         Ok(QueryAnswer::Account(_)) => Err(ApiError::internal("unexpected query answer")),
         Err(unavailable) => Err(api.unavailable(unavailable)),
     }
@@ -353,6 +356,12 @@ pub async fn status(
     match answer {
         QueryAnswer::Transfer(Some(row)) => Ok(axum::Json(status_response(&row))),
         QueryAnswer::Transfer(None) => Err(ApiError::transfer_not_found(&from, &id)),
+        QueryAnswer::Unreadable => Err(unreadable()),
         QueryAnswer::Account(_) => Err(ApiError::internal("unexpected query answer")),
     }
+}
+
+/// The answer when the home partition could not read a transfer row it keeps on disk.
+fn unreadable() -> ApiError {
+    LedgerError::Unreadable("the partition logged which chunk file".to_string()).into()
 }

@@ -26,7 +26,8 @@ pub enum Mode {
     /// The ledger alone on one core: deciding, applying and encoding transfers, no disk, no
     /// channels; the ceiling above everything else.
     Ledger,
-    /// Resident memory per open account in an in-process engine (`--memory-accounts`).
+    /// Resident memory per open account in an in-process engine (`--memory-accounts`); with
+    /// `--transfers N`, per transfer ever made, and the latency of retries of old ones.
     Memory,
     /// History pages and `as_of` balances on a small log and on one
     /// `--history-factor` times larger (one partition, no server).
@@ -153,6 +154,10 @@ pub struct BenchArgs {
     /// Accounts the `memory` mode opens.
     #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000), help_heading = "Memory mode")]
     pub memory_accounts: u64,
+    /// Measure memory per transfer instead: this many transfers among 100,000 accounts on
+    /// one partition (fsync on), then retries of early ones, whose rows are on disk by then.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1_000..=1_000_000_000), help_heading = "Memory mode")]
+    pub transfers: Option<u64>,
 
     /// Events of the small log of `history`.
     #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1_000..=10_000_000), help_heading = "History mode")]

@@ -16,7 +16,8 @@
 //!   transfers across partitions.
 //! - `cluster`: nodes in this process over loopback TCP, every transfer across nodes.
 //! - `ledger`: the ledger alone on one core, no disk: the ceiling.
-//! - `memory`: resident bytes per open account at `--memory-accounts`.
+//! - `memory`: resident bytes per open account at `--memory-accounts`; with `--transfers N`,
+//!   resident bytes per transfer ever made and the latency of retries of old transfers.
 //! - `history`: history pages and `as_of` balances on a small and a large log (see
 //!   [`history_run`]).
 //!
@@ -33,7 +34,7 @@
 //! - [`engine_driver`]: the in-process engine on real files, its clients, and the memory
 //!   measurement; [`engine_run`]: one measured run of a fresh engine.
 //! - [`partition_sweep`], [`cluster_run`], [`ledger_run`], [`history_run`]: the modes of
-//!   those names.
+//!   those names; [`memory_run`]: `memory --transfers`.
 //! - [`report`]: per-client tallies and histograms, the rows, the JSON and TSV output;
 //!   [`tables`]: the tables as printed, under their headings.
 
@@ -46,6 +47,7 @@ pub mod http_driver;
 pub mod http_run;
 pub mod ledger_run;
 pub mod measure;
+pub mod memory_run;
 pub mod partition_sweep;
 pub mod placement;
 pub mod replicated_run;
@@ -178,7 +180,10 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
         // Nothing else runs meanwhile, so the ledger may hold this thread for its seconds.
         report.ledger = Some(ledger_run::run(&args, &run_tag)?);
     }
-    if asked(Mode::Memory) {
+    if let (true, Some(transfers)) = (asked(Mode::Memory), args.transfers) {
+        report.transfer_memory =
+            Some(memory_run::run(transfers, args.seed, args.group_commit).await?);
+    } else if asked(Mode::Memory) {
         eprintln!(
             "memory: opening {} accounts in an in-process engine ({} partitions)",
             args.memory_accounts, args.partitions

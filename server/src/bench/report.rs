@@ -346,6 +346,8 @@ pub struct BenchReport {
     pub ledger: Option<LedgerReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer_memory: Option<super::memory_run::TransferMemoryReport>,
 }
 
 impl BenchReport {
@@ -369,6 +371,7 @@ impl BenchReport {
         lines.extend(partition_sweep::summary_line(&self.partitions));
         lines.extend(cluster_run::summary_lines(&self.cluster));
         lines.extend(self.ledger.as_ref().map(|ledger| ledger.lines().1));
+        lines.extend(self.transfer_memory.as_ref().map(|m| m.summary_line()));
         lines
     }
 

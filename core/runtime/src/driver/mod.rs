@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
-use walletd_core::ledger::{ApplyError, Command, Ledger};
+use walletd_core::ledger::{ApplyError, Command, Ledger, Prefetched, PREFETCH_ROWS_LAG};
 use walletd_core::log::recovery::{Recovery, RecoveryError};
 use walletd_core::log::snapshot::{snapshot_chunks, SnapshotImage, SnapshotOut};
 use walletd_core::model::event::{Lsn, Timestamp};
@@ -145,10 +145,15 @@ pub struct DriverStats {
     /// durable records (the HTTP event feed's long-poll) sleeps until there are some rather
     /// than polling. Register with `notified()` and `enable()` before reading `last_lsn`.
     pub durable: Notify,
-    /// Rows of the partition's tables held in memory ([`Ledger::row_count`]). Transfer,
-    /// credit and cash rows are idempotency records that are never pruned, so this grows
-    /// with every operation, and memory with it.
+    /// Rows of the partition's tables held in memory ([`Ledger::rows_in_memory`]). Credit and
+    /// cash rows are idempotency records that are never pruned, so this grows with them;
+    /// transfer rows leave memory once their chunk file is durable.
     pub rows: AtomicU64,
+    /// Transfer rows in memory: those not yet in a durable chunk file (bounded by
+    /// `MachineConfig::transfer_rows_in_memory_max` while chunks become final).
+    pub transfer_rows_in_memory: AtomicU64,
+    /// Chunks of transfer rows on disk only, read back by retries of old transfers.
+    pub cold_transfer_chunks: AtomicU64,
     /// Snapshots that could not be written (the partition went on from its log).
     pub snapshot_failures: AtomicU64,
 }
@@ -171,6 +176,8 @@ impl Default for DriverStats {
             last_lsn: AtomicU64::new(0),
             durable: Notify::new(),
             rows: AtomicU64::new(0),
+            transfer_rows_in_memory: AtomicU64::new(0),
+            cold_transfer_chunks: AtomicU64::new(0),
             snapshot_failures: AtomicU64::new(0),
         }
     }
@@ -203,16 +210,6 @@ pub enum DriverError {
     },
 }
 
-/// The first `count` chunk files of the snapshots, in order.
-async fn read_chunks<S: Storage>(storage: &mut S, count: u32) -> io::Result<Vec<Vec<u8>>> {
-    // Not `with_capacity(count)`: the count is only as good as the storage's bytes.
-    let mut chunks = Vec::new();
-    for index in 0..u64::from(count) {
-        chunks.push(storage.read_chunk(index).await?);
-    }
-    Ok(chunks)
-}
-
 /// Rebuilds a partition's ledger from its latest good snapshot and its log: the I/O half of
 /// [`Recovery`], which decides what to believe. A cut it asks for is made durably.
 pub async fn recover<S: Storage>(
@@ -222,6 +219,9 @@ pub async fn recover<S: Storage>(
 ) -> Result<(Ledger, RecoveryReport), DriverError> {
     let io_err = |source| DriverError::Io { partition, source };
     let mut recovery = Recovery::new(partition, partitions);
+    // Chunk files are read through the reader the ledger keeps: indexed ones stay on disk.
+    // The reads are synchronous, which recovery, before the partition serves, can afford.
+    let chunks = storage.chunk_reader();
     for listed in storage.list_snapshots().await.map_err(io_err)? {
         // One snapshot in memory at a time: a bad one is dropped before an older is read.
         let bytes = storage.read_snapshot(&listed).await.map_err(io_err)?;
@@ -230,21 +230,12 @@ pub async fn recover<S: Storage>(
             name: listed.name,
             bytes,
         };
-        let count = match snapshot_chunks(&snapshot.bytes) {
-            Ok(count) => count,
-            Err(error) => {
-                tracing::warn!(partition, name = snapshot.name, %error, "damaged snapshot ignored; falling back to an older one or the log");
-                continue;
-            }
-        };
-        let chunks = match read_chunks(storage, count).await {
-            Ok(chunks) => chunks,
-            Err(error) => {
-                tracing::warn!(partition, name = snapshot.name, %error, "snapshot without its chunk files ignored");
-                continue;
-            }
-        };
-        if recovery.offer_snapshot(&snapshot.name, &snapshot.bytes, &chunks) {
+        if let Err(error) = snapshot_chunks(&snapshot.bytes) {
+            tracing::warn!(partition, name = snapshot.name, %error, "damaged snapshot ignored; falling back to an older one or the log");
+            continue;
+        }
+        // A chunk file missing or damaged makes the snapshot bad: an older one is tried.
+        if recovery.offer_snapshot_cold(&snapshot.name, &snapshot.bytes, chunks.clone()) {
             break;
         }
     }
@@ -282,7 +273,9 @@ pub async fn recover<S: Storage>(
     if !crate::known_bug!(RecoveryTrustsUnsynced) {
         storage.sync().await.map_err(io_err)?;
     }
-    Ok(recovery.finish())
+    let (mut ledger, report) = recovery.finish();
+    ledger.attach_chunk_reader(chunks);
+    Ok((ledger, report))
 }
 
 impl DriverError {
@@ -542,10 +535,19 @@ impl<S: Storage> PartitionDriver<S> {
                 };
                 window.push(input);
             }
-            for input in &window {
+            // One pass, in the two steps of `Ledger::prefetch`: the index slots of an input
+            // are asked for, and the rows they name `PREFETCH_ROWS_LAG` inputs later, with
+            // the hashes the first step computed.
+            let mut behind = [Prefetched::default(); PREFETCH_ROWS_LAG];
+            for (at, input) in window.iter().enumerate() {
+                let slot = &mut behind[at % PREFETCH_ROWS_LAG];
+                self.machine.prefetch_rows(std::mem::take(slot));
                 if let Input::Command { command, .. } = input {
-                    self.machine.prefetch(command);
+                    *slot = self.machine.prefetch(command);
                 }
+            }
+            for prefetched in behind {
+                self.machine.prefetch_rows(prefetched);
             }
             let taken = window.len() as u64;
             self.stats.inputs.fetch_add(taken, Ordering::Relaxed);
@@ -747,9 +749,18 @@ impl<S: Storage> PartitionDriver<S> {
         stats
             .in_flight
             .store(self.machine.in_flight() as u64, Ordering::Relaxed);
-        stats
-            .rows
-            .store(self.machine.ledger().row_count() as u64, Ordering::Relaxed);
+        let ledger = self.machine.ledger();
+        let gauges = [
+            (&stats.rows, ledger.rows_in_memory()),
+            (
+                &stats.transfer_rows_in_memory,
+                ledger.transfer_rows_in_memory(),
+            ),
+            (&stats.cold_transfer_chunks, ledger.cold_transfer_chunks()),
+        ];
+        for (gauge, value) in gauges {
+            gauge.store(value as u64, Ordering::Relaxed);
+        }
         stats.events.store(counters.events, Ordering::Relaxed);
         stats
             .violations

@@ -490,6 +490,10 @@ impl Storage for SlowSync {
     async fn read_chunk(&mut self, index: u64) -> io::Result<Vec<u8>> {
         self.inner.read_chunk(index).await
     }
+
+    fn chunk_reader(&self) -> std::sync::Arc<dyn walletd_core::ledger::cold::ChunkRead> {
+        self.inner.chunk_reader()
+    }
 }
 
 /// Sends deposits and checks, at the moment each reply arrives, that the disk already holds
@@ -834,7 +838,8 @@ async fn snapshots_keep_coming_while_every_event_adds_a_row() {
 
 /// Transfers fill chunks of final rows: snapshots keep them in chunk files, written once,
 /// and recovery from such a snapshot equals replay from zero, before and after a restart
-/// (whose first snapshot writes the chunk files again).
+/// (whose first snapshot writes the chunk files again). The rows of those chunks leave
+/// memory; retries of the first transfers, after the restart, still get their first answer.
 #[tokio::test]
 async fn snapshots_keep_final_transfers_in_chunk_files_and_recover_from_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -882,6 +887,33 @@ async fn snapshots_keep_final_transfers_in_chunk_files_and_recover_from_them() {
                 );
             }
         }
+        let cold = engine.stats()[0]
+            .cold_transfer_chunks
+            .load(Ordering::Relaxed);
+        assert!(cold > 0, "rows left memory while the partition ran");
+        if run == 1 {
+            // The first run's first transfers are on disk only by now.
+            let first = (0..50).map(|i| {
+                let (from, to) = if i % 2 == 0 {
+                    (alice, dave)
+                } else {
+                    (dave, alice)
+                };
+                Command::Transfer(transfer(from, to, 1, &format!("r0-g0-{i}")))
+            });
+            for answer in client.execute_many(first, true).await {
+                assert_eq!(
+                    answer.unwrap(),
+                    Ok(Reply::Transfer(TransferStatus::Committed))
+                );
+            }
+            let other_body = Command::Transfer(transfer(alice, dave, 2, "r0-g0-0"));
+            let answer = client.execute(other_body, false).await.unwrap();
+            assert!(
+                matches!(answer, Err(LedgerError::Conflict(_))),
+                "{answer:?}"
+            );
+        }
         engine.shutdown().await.unwrap();
 
         let mut storage = file_storages(dir.path(), 1).pop().unwrap();
@@ -892,6 +924,13 @@ async fn snapshots_keep_final_transfers_in_chunk_files_and_recover_from_them() {
         );
         let (from_snapshot, report) = recover(&mut storage, 0, 1).await.unwrap();
         assert_eq!(report.snapshot_lsn, Some(newest.lsn));
+        assert!(from_snapshot.cold_transfer_chunks() >= 10);
+        assert!(
+            from_snapshot.transfer_rows_in_memory() * 2 < from_snapshot.transfer_count(),
+            "{} of {} rows in memory",
+            from_snapshot.transfer_rows_in_memory(),
+            from_snapshot.transfer_count()
+        );
         let mut records = Vec::new();
         for (segment, bytes) in read_whole_log(&mut storage, 0).await.unwrap() {
             records.extend(decode_log(&bytes, segment.first_lsn).unwrap().records);

@@ -33,6 +33,7 @@ use std::sync::Arc;
 use super::journal::NodeJournal;
 use super::segments::{read_segment, SegmentConfig, SegmentDir, SegmentWriter};
 use super::{EncodeSnapshot, OnDurable, SegmentRef, SnapshotRef, Storage};
+use walletd_core::ledger::cold::ChunkRead;
 use walletd_core::log::snapshot::SnapshotOut;
 use walletd_core::model::event::Lsn;
 use walletd_core::model::partition::PartitionId;
@@ -404,6 +405,53 @@ pub fn chunk_name(index: u64) -> String {
     format!("chunk-{index:010}.rows")
 }
 
+/// Most chunk files a [`FileChunks`] keeps open: the newest are read the most (retries come
+/// soon after their transfer, if at all); an older one is opened for its read.
+const CHUNK_FILES_OPEN_MAX: usize = 64;
+
+/// Reads a partition's chunk files with `pread`, for the rows its ledger keeps on disk only
+/// ([`ChunkRead`]): synchronous, on the partition's thread, a page-cache hit or one disk read.
+/// Chunk files never change once written, so an open file stays valid.
+pub struct FileChunks {
+    dir: PathBuf,
+    open: std::sync::Mutex<std::collections::BTreeMap<u64, std::sync::Arc<File>>>,
+}
+
+impl FileChunks {
+    fn file(&self, chunk: u64) -> io::Result<std::sync::Arc<File>> {
+        let mut open = self.open.lock().expect("chunk files");
+        if let Some(file) = open.get(&chunk) {
+            return Ok(file.clone());
+        }
+        let file = std::sync::Arc::new(File::open(self.dir.join(chunk_name(chunk)))?);
+        if open.len() >= CHUNK_FILES_OPEN_MAX {
+            open.pop_first();
+        }
+        open.insert(chunk, file.clone());
+        Ok(file)
+    }
+}
+
+impl ChunkRead for FileChunks {
+    fn read_at(&self, chunk: u64, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let bytes = read_at(&*self.file(chunk)?, offset, len)?;
+        if bytes.len() != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "chunk file {chunk} ends before byte {}",
+                    offset + len as u64
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    fn len(&self, chunk: u64) -> io::Result<u64> {
+        Ok(self.file(chunk)?.metadata()?.len())
+    }
+}
+
 /// A snapshot being written: its temporary file, and the directory its chunk files go to.
 struct SnapshotFiles {
     file: File,
@@ -610,6 +658,13 @@ impl Storage for FileStorage {
     async fn read_chunk(&mut self, index: u64) -> io::Result<Vec<u8>> {
         let path = self.dir.join(chunk_name(index));
         blocking(move || fs::read(path)).await
+    }
+
+    fn chunk_reader(&self) -> std::sync::Arc<dyn ChunkRead> {
+        std::sync::Arc::new(FileChunks {
+            dir: self.dir.clone(),
+            open: Default::default(),
+        })
     }
 
     async fn list_snapshots(&mut self) -> io::Result<Vec<SnapshotRef>> {

@@ -16,10 +16,12 @@
 //! [`Storage::read_segment`]), so its memory is bounded by the snapshot and one segment,
 //! however long the log.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::sync::{Arc, Mutex};
 
+use walletd_core::ledger::cold::ChunkRead;
 use walletd_core::log::snapshot::{InMemory, SnapshotOut};
 use walletd_core::model::event::Lsn;
 
@@ -152,6 +154,11 @@ pub trait Storage: Send + 'static {
     /// Chunk file `index` of the snapshots (see [`walletd_core::log::snapshot`]).
     fn read_chunk(&mut self, index: u64) -> impl Future<Output = io::Result<Vec<u8>>> + Send;
 
+    /// A synchronous reader of the chunk files, which the partition's ledger keeps to find
+    /// the transfer rows it holds on disk only ([`walletd_core::ledger::cold`]). It reads only
+    /// files that are durable and never change.
+    fn chunk_reader(&self) -> Arc<dyn ChunkRead>;
+
     /// The batches a node journal made durable for this partition ([`journal`]), oldest
     /// first, as `(first lsn, record bytes)`: recovery appends what its log lacks of them
     /// and then syncs. Taken once; a storage that syncs its own log has none.
@@ -248,6 +255,51 @@ impl MemDisk {
     }
 }
 
+/// The chunk files of a [`MemDisk`].
+struct MemChunks(Arc<Mutex<MemDisk>>);
+
+impl ChunkRead for MemChunks {
+    fn read_at(&self, chunk: u64, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let disk = self.0.lock().expect("disk lock");
+        read_chunk_range(&disk.chunks, chunk, offset, len)
+    }
+
+    fn len(&self, chunk: u64) -> io::Result<u64> {
+        let disk = self.0.lock().expect("disk lock");
+        Ok(chunk_bytes(&disk.chunks, chunk)?.len() as u64)
+    }
+}
+
+fn chunk_bytes(chunks: &BTreeMap<u64, Vec<u8>>, chunk: u64) -> io::Result<&Vec<u8>> {
+    chunks
+        .get(&chunk)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no chunk file {chunk}")))
+}
+
+/// `len` bytes from `offset` of chunk file `chunk` of `chunks`: what an in-memory disk (this
+/// one's, the simulator's) reads for a [`ChunkRead`].
+pub fn read_chunk_range(
+    chunks: &BTreeMap<u64, Vec<u8>>,
+    chunk: u64,
+    offset: u64,
+    len: usize,
+) -> io::Result<Vec<u8>> {
+    let bytes = chunk_bytes(chunks, chunk)?;
+    usize::try_from(offset)
+        .ok()
+        .and_then(|start| bytes.get(start..start.checked_add(len)?))
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "chunk file {chunk} ends before byte {}",
+                    offset + len as u64
+                ),
+            )
+        })
+}
+
 /// In-memory [`Storage`] for tests. Clones share one disk.
 #[derive(Debug, Clone, Default)]
 pub struct MemStorage {
@@ -332,6 +384,10 @@ impl Storage for MemStorage {
         disk.chunks.get(&index).cloned().ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, format!("no chunk file {index}"))
         })
+    }
+
+    fn chunk_reader(&self) -> Arc<dyn ChunkRead> {
+        Arc::new(MemChunks(Arc::clone(&self.disk)))
     }
 
     async fn list_snapshots(&mut self) -> io::Result<Vec<SnapshotRef>> {

@@ -150,7 +150,7 @@ impl World {
     fn balance(&self, token: u64) -> Option<u64> {
         match self.answer(token)? {
             QueryAnswer::Account(account) => Some(account.expect("opened").balance),
-            QueryAnswer::Transfer(_) => None,
+            QueryAnswer::Transfer(_) | QueryAnswer::Unreadable => None,
         }
     }
 }

@@ -35,7 +35,7 @@ struct FamilySpec {
     read: Read,
 }
 
-const FAMILIES: [FamilySpec; 16] = [
+const FAMILIES: [FamilySpec; 18] = [
     FamilySpec {
         name: "walletd_partition_batches",
         help: "Group-commit batches.",
@@ -73,9 +73,20 @@ const FAMILIES: [FamilySpec; 16] = [
     },
     FamilySpec {
         name: "walletd_partition_rows",
-        help: "Rows held in memory: accounts, and the transfer, credit and cash rows that are \
-               idempotency records, never pruned (memory grows with them).",
+        help: "Rows held in memory: accounts, the credit and cash rows (idempotency records, \
+               never pruned), and the transfer rows not yet in a durable chunk file.",
         read: Read::Gauge(|s| s.rows.load(Ordering::Relaxed)),
+    },
+    FamilySpec {
+        name: "walletd_partition_transfer_rows_in_memory",
+        help: "Transfer rows in memory; the rest are on disk only, in chunk files \
+               (bounded by --transfer-rows-in-memory-max while chunks become final).",
+        read: Read::Gauge(|s| s.transfer_rows_in_memory.load(Ordering::Relaxed)),
+    },
+    FamilySpec {
+        name: "walletd_partition_cold_transfer_chunks",
+        help: "Chunks of transfer rows on disk only, which retries of old transfers read.",
+        read: Read::Gauge(|s| s.cold_transfer_chunks.load(Ordering::Relaxed)),
     },
     FamilySpec {
         name: "walletd_partition_snapshot_failures",

@@ -20,6 +20,8 @@ fn own_errors(method: &str, path: &str) -> Vec<(u16, &'static [&'static str])> {
     const NO_ROUTE: &[&str] = &["not_found"];
     const ENGINE: (u16, &[&str]) = (503, &["partition_unavailable", "wrong_partition"]);
     const LOG: [(u16, &[&str]); 2] = [(500, &["log_unreadable"]), (503, &["history_unavailable"])];
+    // A transfer row the partition keeps on disk only, which it could not read back.
+    const STORED: (u16, &[&str]) = (500, &["transfers_unreadable"]);
     match (method, path) {
         ("post", "/v1/accounts") => vec![
             (400, &["invalid_account_id", "invalid_currency"][..]),
@@ -83,6 +85,7 @@ fn own_errors(method: &str, path: &str) -> Vec<(u16, &'static [&'static str])> {
             (422, TRANSFER_REFUSALS),
             (503, &["timeout"]),
             ENGINE,
+            STORED,
         ],
         ("post", "/v1/wallet/balance_transfers") => vec![(413, &["batch_too_large"])],
         ("get", "/v1/events") => vec![
@@ -100,6 +103,7 @@ fn own_errors(method: &str, path: &str) -> Vec<(u16, &'static [&'static str])> {
             (404, &["transfer_not_found"]),
             (404, NO_ROUTE),
             ENGINE,
+            STORED,
         ],
         _ => Vec::new(),
     }
