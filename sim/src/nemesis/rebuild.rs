@@ -222,13 +222,30 @@ impl Nemesis {
         }
         for r in std::mem::take(&mut self.rebuilds.pending) {
             let id = store_id(&cluster.shared, r.node, r.partition);
+            let members = members(&cluster.shared, r.partition);
             self.violations.push((
                 REJOIN,
                 format!(
-                    "node-{}'s replica of partition {}, {} at {:.3} s as replica {:#x}, is not a voter of a settled group {wait_max:?} after the heal (its store's id: {id:#x})",
+                    "node-{}'s replica of partition {}, {} at {:.3} s as replica {:#x}, is not a voter of a settled group {wait_max:?} after the heal (its store's id: {id:#x}; the members each store applied: {members})",
                     r.node, r.partition, r.what, r.at, r.old_id
                 ),
             ));
         }
     }
+}
+
+/// The members each replica of `partition` applied, as its durable Raft store shows them.
+fn members(shared: &Shared, partition: PartitionId) -> String {
+    let nodes = shared.replicas.len() as HostId;
+    let stores: Vec<String> = (0..nodes)
+        .map(|host| {
+            let raft = shared.raft_disks(host)[partition as usize].lock();
+            let (id, conf) = (raft.durable.id, &raft.durable.conf_state);
+            format!(
+                "node-{host} {id:#x} at {}: voters {:x?} outgoing {:x?} learners {:x?}",
+                raft.durable.conf_index, conf.voters, conf.voters_outgoing, conf.learners
+            )
+        })
+        .collect();
+    stores.join("; ")
 }
