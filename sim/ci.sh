@@ -37,7 +37,8 @@ for entry in skip-barrier:0..20 reply-before-sync:0..20 no-idempotency:0..20 \
 done
 
 echo "--> every known bug of replication must be found by a short replicated sweep"
-for entry in ack-before-quorum:0..20 forget-vote:0..20 stale-read:0..20; do
+for entry in ack-before-quorum:0..20 forget-vote:0..20 stale-read:0..20 \
+  rejoin-under-old-id:0..20; do
   bug=${entry%%:*}
   seeds=${entry#*:}
   if out=$(cargo sim -- --seeds "$seeds" --replicas 3 --bug "$bug" --fail-fast 2>&1); then

@@ -56,10 +56,19 @@ pub enum Fault {
     /// sync of that group's store takes 50-500 ms) for a while, then recovers: the group
     /// must keep committing on the others, and the slow one must catch up.
     SlowFollower,
+    /// Replicated runs: a node loses the disk of one of its replicas (the partition log, its
+    /// snapshots and the Raft store) or, some of the time, of all of them: it is crashed and
+    /// restarted empty, and each wiped replica must rejoin its group under a new id and
+    /// catch up. Never on a group that has not settled from an earlier loss.
+    Wipe,
+    /// Replicated runs: a node is crashed and a record in the middle of one of its replicas'
+    /// Raft store is damaged: the restart finds the store damaged, sets it aside for a new,
+    /// empty one, and the replica rejoins as a wiped one does.
+    Corrupt,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 16] = [
+    pub const ALL: [Fault; 18] = [
         Fault::Kill,
         Fault::Torn,
         Fault::Partition,
@@ -76,6 +85,8 @@ impl Fault {
         Fault::Isolate,
         Fault::CrashVoter,
         Fault::SlowFollower,
+        Fault::Wipe,
+        Fault::Corrupt,
     ];
 
     pub fn name(self) -> &'static str {
@@ -96,30 +107,36 @@ impl Fault {
             Fault::Isolate => "isolate",
             Fault::CrashVoter => "crashvoter",
             Fault::SlowFollower => "slowfollower",
+            Fault::Wipe => "wipe",
+            Fault::Corrupt => "corrupt",
         }
     }
 
     /// Whether the nemesis injects this fault in a run with or without replication. Leaders
-    /// exist only with replication. Damage to synced data must be refused by the node that
-    /// finds it, which a replica cannot do yet without a way to rebuild from its peers.
+    /// exist only with replication, and only a replica can rebuild from its peers what it
+    /// lost. Damage to a partition log must be refused by the node that finds it, which a
+    /// replica does not do yet in place of rebuilding (only its Raft store is rebuilt).
     pub fn applies(self, replicated: bool) -> bool {
         match self {
-            Fault::KillLeader | Fault::Isolate | Fault::CrashVoter | Fault::SlowFollower => {
-                replicated
-            }
+            Fault::KillLeader
+            | Fault::Isolate
+            | Fault::CrashVoter
+            | Fault::SlowFollower
+            | Fault::Wipe
+            | Fault::Corrupt => replicated,
             Fault::Damage => !replicated,
             _ => true,
         }
     }
 
-    fn bit(self) -> u16 {
-        1 << (self as u16)
+    fn bit(self) -> u32 {
+        1 << (self as u32)
     }
 }
 
 /// A set of enabled faults.
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
-pub struct FaultSet(u16);
+pub struct FaultSet(u32);
 
 impl FaultSet {
     pub fn all() -> FaultSet {

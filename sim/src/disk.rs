@@ -234,6 +234,23 @@ impl Disk {
         report
     }
 
+    /// The disk is lost (its node is down): no segment, no snapshot, no fault, as a new
+    /// disk. Fences off every handle opened before.
+    pub fn wipe(&self) {
+        let mut state = self.lock();
+        let wiped = DiskState {
+            epoch: state.epoch + 1,
+            syncs: state.syncs,
+            crashes: state.crashes,
+            power_losses: state.power_losses,
+            torn_crashes: state.torn_crashes,
+            failed_snapshots: state.failed_snapshots,
+            failed_syncs: state.failed_syncs,
+            ..DiskState::default()
+        };
+        *state = wiped;
+    }
+
     /// Bytes of a batch being written whose sync has not completed: what a power loss now
     /// would lose (or tear).
     pub fn unsynced(&self) -> usize {

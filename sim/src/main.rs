@@ -43,7 +43,8 @@ OPTIONS:
                          refusal-unrecorded, recovery-trusts-unsynced,
                          rollover-without-dir-sync, cancel-after-durable-credit,
                          commit-on-home-only, confirm-sent-once; replicated:
-                         ack-before-quorum, forget-vote, stale-read
+                         ack-before-quorum, forget-vote, stale-read,
+                         rejoin-under-old-id
   --nodes N              server nodes [3]
   --partitions N         partitions, spread over the nodes [6]
   --replicas N           1, or the number of nodes: every node runs a replica of every
@@ -51,8 +52,8 @@ OPTIONS:
   --duration-s S         simulated seconds of load and faults before healing [60]
   --faults LIST          none, all, or a comma list of kill,torn,partition,clog,loss,dup,
                          reset,delay,slowdisk,diskerror,clockjump,damage; replicated
-                         also killleader,isolate,crashvoter,slowfollower, and never
-                         damage [all]
+                         also killleader,isolate,crashvoter,slowfollower,wipe,corrupt,
+                         and never damage [all]
   --jobs N               runs at a time in a sweep [2]
   --fail-fast            stop a sweep at its first failing seed
   --check-determinism    run the seed twice in separate processes and compare the traces

@@ -8,10 +8,14 @@
 //! What is looked for, in the durable entries of each replica's Raft store: for a transfer
 //! answered committed or cancelled, a record of its key at its home; for a deposit or
 //! withdrawal answered with a balance, its movement. (The exact outcome is checked at the
-//! end of the run, against the final logs.)
+//! end of the run, against the final logs.) A store that lost its content (a wipe, or a
+//! damaged store set aside) still counts what it held then: losing one disk is the fault,
+//! and the answers given before rested on it (the nemesis never takes a second disk of a
+//! group before the first has rejoined).
 
 use std::collections::HashSet;
 
+use raft::eraftpb::EntryType;
 use walletd_core::ledger::{Command, Reply, TransferStatus};
 use walletd_core::log::codec::RecordReader;
 use walletd_core::model::event::{Event, TransferKey};
@@ -78,11 +82,14 @@ impl Subject {
     }
 }
 
-/// The subjects of every record in `raft`'s durable entries.
+/// The subjects of every record in `raft`'s durable entries, and in those it held before it
+/// was last wiped or set aside.
 fn durable_subjects(raft: &RaftDisk) -> HashSet<Subject> {
     let mut subjects = HashSet::new();
     let state = raft.lock();
-    for entry in &state.durable.entries {
+    let lost = state.lost.iter().flat_map(|lost| &lost.entries);
+    let entries = state.durable.entries.iter().chain(lost);
+    for entry in entries.filter(|e| e.get_entry_type() == EntryType::EntryNormal) {
         let Ok(Some(batch)) = payload::decode(&entry.data) else {
             continue;
         };

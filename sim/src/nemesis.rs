@@ -2,7 +2,7 @@
 //! after a seeded while; `heal` ends them all for the quiesce period. Network faults are
 //! stated once, as [`LinkFaults`]; `Cluster::set_faults` applies them to the client network
 //! and, as far as they exist for TCP, to the peer links. Faults aimed at the leaders of a
-//! replicated run are in [`leaders`].
+//! replicated run are in [`leaders`], those that take a replica's data in [`rebuild`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -22,8 +22,10 @@ use crate::network::{HostId, LinkFaults};
 use crate::storage_faults::StorageFaults;
 
 mod leaders;
+mod rebuild;
 
 pub use leaders::{SlowEpisode, SlowFollowers, SLOW_FOLLOWER};
+pub use rebuild::{Rebuilds, REJOIN};
 
 /// Pause between two injections (uniform in this range, in ms).
 const GAP_MS: (u64, u64) = (200, 2_500);
@@ -101,8 +103,11 @@ pub struct Nemesis {
     until: Instant,
     /// What the `slowfollower` episodes saw.
     pub slow_followers: SlowFollowers,
+    /// Replicas that lost their data (`wipe`, `corrupt`), followed until they rejoin.
+    pub rebuilds: Rebuilds,
     /// Invariants the nemesis saw broken itself (a group that stopped committing while only
-    /// one follower was slow, or a follower that did not catch up).
+    /// one follower was slow, a follower that did not catch up, a replica that did not
+    /// rejoin under a new id).
     pub violations: Vec<(&'static str, String)>,
 }
 
@@ -126,6 +131,7 @@ impl Nemesis {
             start: Instant::now(),
             until: Instant::now(),
             slow_followers: SlowFollowers::default(),
+            rebuilds: Rebuilds::default(),
             violations: Vec::new(),
         }
     }
@@ -207,6 +213,9 @@ impl Nemesis {
     }
 
     async fn inject(&mut self, cluster: &mut Cluster, kind: Fault) {
+        if self.replicated {
+            self.follow_rebuilds(cluster);
+        }
         let injected = match kind {
             Fault::Kill => self.kill(cluster).await,
             Fault::Partition => self.partition(cluster),
@@ -220,6 +229,8 @@ impl Nemesis {
             Fault::Isolate => self.isolate(cluster),
             Fault::CrashVoter => self.crash_voter(cluster).await,
             Fault::SlowFollower => self.slow_follower(cluster),
+            Fault::Wipe => self.wipe(cluster),
+            Fault::Corrupt => self.corrupt(cluster),
             Fault::ClockJump => {
                 let jump = ms(&mut self.rng, (200, 5_000));
                 self.note(format!("clock jumps forward {jump:?}"));

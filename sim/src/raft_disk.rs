@@ -16,12 +16,21 @@
 //!
 //! A handle of a crashed incarnation is fenced off by an epoch, as [`crate::disk`] fences
 //! log handles: a sync in flight when its node died never completes.
+//!
+//! Two faults take a store's content (`src/nemesis/rebuild.rs`): a *wipe* (the disk is
+//! lost: the store is new again) and *damage* to a synced entry before the store's tail,
+//! which its open finds ([`RaftDisk::open_or_rebuild`]): as `wallet node` does
+//! (`server/src/replicated_node.rs`), the damaged store is set aside and a new, empty one
+//! started. Either way the replica rejoins its group under a new id. What the store held
+//! before is kept apart ([`RaftDiskState::lost`]): entries acknowledged then still count as
+//! durable for answers given before (losing one disk is the fault).
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 use walletd_core::replica::{DurableRaft, Persist, ReplicaId};
 use walletd_runtime::storage::raft_store::RaftStore;
 
@@ -44,9 +53,39 @@ pub struct RaftDiskState {
     /// While the `slowfollower` fault slows this store alone: each sync takes a time drawn
     /// from this range, in microseconds, in place of the disk's usual time.
     pub slow_sync_us: Option<(u64, u64)>,
+    /// The index of a durable entry whose record is damaged (the `corrupt` fault): the
+    /// store's open fails with `InvalidData` until it is set aside.
+    pub damaged: Option<u64>,
+    /// What the store held when it was last wiped or set aside.
+    pub lost: Option<DurableRaft>,
+    pub wipes: u64,
+    /// Damaged stores set aside for a new one by a start.
+    pub rebuilt: u64,
 }
 
 impl RaftDiskState {
+    /// What an open finds: `InvalidData` for a store with a damaged record before its tail.
+    fn check(&self) -> io::Result<()> {
+        match self.damaged {
+            Some(index) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("raft store: the record of entry {index} does not check out, and a later one was synced"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The store's content is gone (kept apart as `lost`): a new store of a group whose
+    /// first voters are `voters`.
+    fn set_aside(&mut self, voters: &[ReplicaId]) {
+        let mut lost = std::mem::replace(&mut self.durable, DurableRaft::new(voters));
+        for persist in std::mem::take(&mut self.unsynced) {
+            lost.persist(&persist);
+        }
+        self.lost = Some(lost);
+        self.damaged = None;
+    }
+
     /// Makes every appended persist durable, in order.
     fn sync(&mut self) {
         for persist in std::mem::take(&mut self.unsynced) {
@@ -59,6 +98,8 @@ impl RaftDiskState {
 #[derive(Debug, Clone)]
 pub struct RaftDisk {
     state: Arc<Mutex<RaftDiskState>>,
+    /// The group's first voters: what a new store starts from.
+    voters: Arc<[ReplicaId]>,
     speed: Arc<DiskSpeed>,
     rng: SharedRng,
 }
@@ -72,6 +113,7 @@ impl RaftDisk {
         };
         RaftDisk {
             state: Arc::new(Mutex::new(state)),
+            voters: voters.into(),
             speed,
             rng,
         }
@@ -114,6 +156,45 @@ impl RaftDisk {
         lost
     }
 
+    /// The disk is lost (its node is down): the store is new, as before the group's first
+    /// start. Fences off every handle opened before.
+    pub fn wipe(&self) {
+        let mut state = self.lock();
+        state.set_aside(&self.voters);
+        state.wipes += 1;
+        state.epoch += 1;
+    }
+
+    /// Damages the record of a durable entry before the last one (its node is down), drawn
+    /// with `rng`: returns its index, or `None` if the store holds fewer than two entries.
+    pub fn damage(&self, rng: &mut ChaCha8Rng) -> Option<u64> {
+        let mut state = self.lock();
+        let entries = state.durable.entries.len();
+        if entries < 2 {
+            return None;
+        }
+        let index = state.durable.entries[rng.gen_range(0..entries - 1)].index;
+        state.damaged = Some(index);
+        Some(index)
+    }
+
+    /// The store handle of a new incarnation, opened as `wallet node` opens a Raft store: a
+    /// store whose open finds a damaged record is set aside and a new, empty one started.
+    /// Returns the open's error in that case.
+    pub fn open_or_rebuild(&self) -> (SimRaftStore, Option<io::Error>) {
+        let error = {
+            let mut state = self.lock();
+            let error = state.check().err();
+            if let Some(error) = &error {
+                assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+                state.set_aside(&self.voters);
+                state.rebuilt += 1;
+            }
+            error
+        };
+        (self.open(), error)
+    }
+
     /// Persists appended and not yet synced: what a power loss now could take.
     pub fn unsynced(&self) -> usize {
         self.lock().unsynced.len()
@@ -147,6 +228,7 @@ impl SimRaftStore {
 impl RaftStore for SimRaftStore {
     async fn recover(&mut self) -> io::Result<DurableRaft> {
         let mut state = self.live()?;
+        state.check()?;
         // What the page cache holds is read back and synced before the replica acts on it.
         state.sync();
         Ok(state.durable.clone())

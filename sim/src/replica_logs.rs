@@ -14,6 +14,7 @@
 //! end-of-run check; each replica's own log must still replay, and equal what core's
 //! recovery (latest snapshot plus log) rebuilds from its disk.
 
+use raft::eraftpb::EntryType;
 use walletd_core::ledger::Ledger;
 use walletd_core::log::codec::{decode_log, Record, RecordReader};
 use walletd_core::log::replay::{replay, AsOf};
@@ -64,7 +65,9 @@ pub async fn replica_log(
     recovers_alike(&at, partition, partitions, disk, &records, found).await;
     let durable = raft.durable();
     let commit = durable.hard_state.commit;
-    for entry in durable.entries.iter().take_while(|e| e.index <= commit) {
+    let committed = durable.entries.iter().take_while(|e| e.index <= commit);
+    // Membership changes (a replica that lost its data rejoining) carry no records.
+    for entry in committed.filter(|e| e.get_entry_type() == EntryType::EntryNormal) {
         let batch = match payload::decode(&entry.data) {
             Ok(Some(batch)) => batch,
             Ok(None) => continue,

@@ -8,7 +8,7 @@
 //! rest (for the quiesce), and, every [`LEADER_WATCH`], whether two replicas of one group
 //! have led in the same term, which Raft's election safety forbids (`one_leader_per_term`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,10 +18,9 @@ use rand::RngCore;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use walletd_core::model::partition::{PartitionId, PartitionMap};
+use walletd_core::replica::ReplicaId;
 use walletd_runtime::driver::DriverStats;
-use walletd_runtime::net::replicated::{
-    replica_id, start_replicated_node_with, voters, ReplicatedConfig,
-};
+use walletd_runtime::net::replicated::{start_replicated_node_with, voters, ReplicatedConfig};
 use walletd_runtime::replica::ReplicaStatus;
 
 use crate::cluster::{stop_of, stopped, Shared, StartOutcome, Stop, CLUSTER_SECRET};
@@ -68,13 +67,17 @@ impl ReplicaDisks {
 struct Running {
     status: Arc<ReplicaStatus>,
     stats: Arc<DriverStats>,
+    /// Its Raft store, which holds its id once decided (a replica that rejoined after a
+    /// lost disk has another id than its node's first).
+    raft: RaftDisk,
 }
 
 impl Running {
-    /// Whether the replica on `host` is its group's leader, in Raft's view (it may still be
-    /// applying earlier terms before it takes commands).
-    fn leads(&self, host: HostId) -> bool {
-        self.status.leader.load(Ordering::Acquire) == replica_id(host)
+    /// Whether the replica is its group's leader, in Raft's view (it may still be applying
+    /// earlier terms before it takes commands).
+    fn leads(&self) -> bool {
+        let leader = self.status.leader.load(Ordering::Acquire);
+        leader != 0 && leader == self.raft.lock().durable.id
     }
 }
 
@@ -117,7 +120,7 @@ impl ReplicaState {
     /// The node whose replica leads `partition` now, if one does.
     pub fn leader_of(&self, partition: PartitionId) -> Option<HostId> {
         (self.running.iter())
-            .filter(|((host, p), r)| *p == partition && r.leads(*host))
+            .filter(|((_, p), r)| *p == partition && r.leads())
             .max_by_key(|(_, r)| r.status.term.load(Ordering::Acquire))
             .map(|((host, _), _)| *host)
     }
@@ -137,7 +140,7 @@ impl ReplicaState {
                 .filter_map(|h| Some((*h, self.running.get(&(*h, p))?)))
                 .collect();
             let leaders: Vec<&Running> = (replicas.iter())
-                .filter(|(h, r)| r.leads(*h) && r.status.leading.load(Ordering::Acquire))
+                .filter(|(_, r)| r.leads() && r.status.leading.load(Ordering::Acquire))
                 .map(|(_, r)| *r)
                 .collect();
             let [leader] = leaders[..] else {
@@ -158,7 +161,7 @@ impl ReplicaState {
     /// a term already led by another is a split brain.
     fn watch(&mut self) {
         for ((host, partition), running) in &self.running {
-            if !running.leads(*host) {
+            if !running.leads() {
                 continue;
             }
             let term = running.status.term.load(Ordering::Acquire);
@@ -180,6 +183,35 @@ impl ReplicaState {
     }
 }
 
+/// The id node `host`'s replica of `partition` has decided (0: not yet, a new store).
+pub fn store_id(shared: &Shared, host: HostId, partition: PartitionId) -> ReplicaId {
+    shared.raft_disks(host)[partition as usize]
+        .lock()
+        .durable
+        .id
+}
+
+/// Whether the group of `partition` has settled, as every replica's durable Raft store
+/// shows it: each has decided its id, and each has applied the same members, the replicas'
+/// ids as voters, no learner and no change under way. Then every node holds a voter with
+/// the group's data, and one of them may lose its disk.
+pub fn members_settled(shared: &Shared, partition: PartitionId) -> bool {
+    let nodes = shared.replicas.len() as HostId;
+    let ids: BTreeSet<ReplicaId> = (0..nodes)
+        .map(|host| store_id(shared, host, partition))
+        .collect();
+    if ids.contains(&0) || ids.len() != nodes as usize {
+        return false;
+    }
+    (0..nodes).all(|host| {
+        let raft = shared.raft_disks(host)[partition as usize].lock();
+        let conf = &raft.durable.conf_state;
+        conf.learners.is_empty()
+            && conf.voters_outgoing.is_empty()
+            && conf.voters.iter().copied().collect::<BTreeSet<_>>() == ids
+    })
+}
+
 /// Reads every replica's status every [`LEADER_WATCH`] for the rest of the run (a task of
 /// the harness, which no fault kills).
 pub fn watch_leaders(shared: &Arc<Shared>) {
@@ -196,8 +228,10 @@ pub fn watch_leaders(shared: &Arc<Shared>) {
 /// replicas from its disks, register them and its gateway, then serve until killed.
 pub async fn run_node(shared: Arc<Shared>, host: HostId) {
     let disks = &shared.replicas[host as usize];
+    // A damaged Raft store is set aside for a new one, as `wallet node` does: its replica
+    // rejoins under a new id (the damage's count is the store's).
     let storages = (disks.logs.iter().zip(&disks.rafts))
-        .map(|(log, raft)| (log.open(), raft.open()))
+        .map(|(log, raft)| (log.open(), raft.open_or_rebuild().0))
         .collect();
     let address = SocketAddr::new(server_ip(host), PEER_PORT);
     let listener = match TcpListener::bind(address).await {
@@ -230,7 +264,12 @@ pub async fn run_node(shared: Arc<Shared>, host: HostId) {
         state.starts.insert(host, StartOutcome::Running);
         let replicas = node.statuses().into_iter().zip(node.stats());
         for ((p, status), (_, stats)) in replicas {
-            let running = Running { status, stats };
+            let raft = disks.rafts[p as usize].clone();
+            let running = Running {
+                status,
+                stats,
+                raft,
+            };
             state.replicas.running.insert((host, p), running);
         }
         shared.net.register(host, calls);

@@ -330,6 +330,11 @@ async fn simulate(
     }
 }
 
+/// How long after the heal (and the clients' last requests) every replica that lost its
+/// data must be a voter again (`rejoin`): a restart, an ask, a catch-up, two membership
+/// changes.
+const REJOIN_WITHIN: Duration = Duration::from_secs(30);
+
 /// Probers of a replicated run, besides its clients (see `Client::run_prober`).
 const PROBERS: u32 = 3;
 
@@ -400,6 +405,12 @@ async fn load_under_faults(
     for client in clients {
         let left = heal_deadline.saturating_duration_since(Instant::now());
         let _ = tokio::time::timeout(left, client).await;
+    }
+    if config.replicated() {
+        let left = heal_deadline.saturating_duration_since(Instant::now());
+        nemesis
+            .wait_rejoined(cluster, REJOIN_WITHIN.min(left))
+            .await;
     }
     let left = heal_deadline.saturating_duration_since(Instant::now());
     let quiesced = cluster.quiesce(left).await;
@@ -603,23 +614,26 @@ fn summary(
     summary
 }
 
-/// What the Raft groups of a replicated run did: terms in which a leader was seen, and their
-/// Raft stores' syncs, crashes and persists lost to power losses.
+/// What the Raft groups of a replicated run did: terms in which a leader was seen, their
+/// Raft stores' syncs, crashes and persists lost to power losses, and the replicas that
+/// lost their data and rejoined.
 fn replication_summary(cluster: &Cluster, nemesis: &Nemesis) -> String {
-    let (mut syncs, mut crashes, mut lost) = (0, 0, 0);
+    let (mut syncs, mut crashes, mut lost, mut rebuilt) = (0, 0, 0, 0);
     for replica in &cluster.shared.replicas {
         for raft in &replica.rafts {
             let state = raft.lock();
             syncs += state.syncs;
             crashes += state.crashes;
             lost += state.lost_persists;
+            rebuilt += state.rebuilt;
         }
     }
     let terms_led = cluster.shared.lock().replicas.terms_led();
     let slow = nemesis.slow_followers;
+    let lost_data = &nemesis.rebuilds;
     format!(
-        "terms_led={terms_led} raft_syncs={syncs} raft_crashes={crashes} raft_persists_lost={lost} slow_followers={} committed_while_slow={} judged={} caught_up={}",
-        slow.episodes, slow.committed, slow.alone, slow.caught_up
+        "terms_led={terms_led} raft_syncs={syncs} raft_crashes={crashes} raft_persists_lost={lost} slow_followers={} committed_while_slow={} judged={} caught_up={} wiped={} corrupted={} raft_stores_rebuilt={rebuilt} rejoined={}",
+        slow.episodes, slow.committed, slow.alone, slow.caught_up, lost_data.wiped, lost_data.corrupted, lost_data.rejoined
     )
 }
 

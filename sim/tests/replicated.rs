@@ -1,6 +1,7 @@
 //! The simulator checks its replicated runs (`--replicas 3`): clean seeds pass through leader
-//! kills and isolations, the three planted Raft bugs are caught by the invariant each breaks,
-//! a group commits past a slow follower, and a seed replays to the same trace. Runs with `cargo simtest`.
+//! kills and isolations, the planted Raft bugs are caught by the invariant each breaks,
+//! a group commits past a slow follower, replicas that lost their data rejoin, and a seed
+//! replays to the same trace. Runs with `cargo simtest`.
 #![cfg(madsim)]
 
 use walletd_core::protocol::bugs::Bug;
@@ -92,15 +93,7 @@ fn a_group_commits_past_a_slow_follower_which_catches_up() {
     };
     let report = sim::run(&config);
     assert!(report.ok(), "{}{}", report.details, report.result_line());
-    let judged = |name: &str| {
-        let field = format!(" {name}=");
-        let start = report.summary.find(&field).expect("a count") + field.len();
-        let digits: String = report.summary[start..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse::<u32>().expect("a number")
-    };
+    let judged = |name: &str| count(&report.summary, name);
     assert!(judged("judged") > 0, "{}", report.summary);
     assert_eq!(
         judged("judged"),
@@ -109,6 +102,63 @@ fn a_group_commits_past_a_slow_follower_which_catches_up() {
         report.summary
     );
     assert!(judged("caught_up") > 0, "{}", report.summary);
+}
+
+/// The count `name=N` of a run's summary line.
+fn count(summary: &str, name: &str) -> u32 {
+    let field = format!(" {name}=");
+    let start = summary.find(&field).expect("a count") + field.len();
+    let digits: String = summary[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse::<u32>().expect("a number")
+}
+
+/// Replicas lose their disk or have their Raft store damaged in a short sweep of seeds, and
+/// each comes back as a voter under a new id (a run in which one does not fails `rejoin`).
+#[test]
+fn wiped_and_damaged_replicas_rejoin_under_new_ids() {
+    let (mut wiped, mut corrupted, mut rebuilt, mut rejoined) = (0, 0, 0, 0);
+    for seed in 0..4 {
+        let report = sim::run(&replicated(seed, None));
+        assert!(report.ok(), "{}{}", report.details, report.result_line());
+        wiped += count(&report.summary, "wiped");
+        corrupted += count(&report.summary, "corrupted");
+        rebuilt += count(&report.summary, "raft_stores_rebuilt");
+        rejoined += count(&report.summary, "rejoined");
+    }
+    assert!(
+        wiped > 0 && corrupted > 0,
+        "{wiped} wiped, {corrupted} corrupted"
+    );
+    assert_eq!(
+        rebuilt, corrupted,
+        "every damaged store is set aside by its restart"
+    );
+    assert_eq!(
+        rejoined,
+        wiped + corrupted,
+        "every replica that lost its data rejoined"
+    );
+}
+
+/// A replica that lost its disk and starts again under its node's first id (voting, with an
+/// empty log, under an id that may have voted) is caught: it breaks `rejoin` when it decides
+/// that id, often a safety invariant before, and raft-rs itself panics (`node_panic`) when a
+/// leader tells a voter that lost its log to commit past its end.
+#[test]
+fn a_replica_that_rejoins_under_its_old_id_is_caught() {
+    caught_as_one_of(
+        Bug::RejoinUnderOldId,
+        &[
+            "durability",
+            "log_matching",
+            "one_leader_per_term",
+            "rejoin",
+            "node_panic",
+        ],
+    );
 }
 
 #[test]

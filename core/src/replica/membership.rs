@@ -217,18 +217,21 @@ impl Joiner {
 /// incarnation as a learner, and answers with that id once the change is applied (the
 /// asker asks again until then).
 /// A node outside `target` (the map's nodes, when the runtime gave them) is not taken in.
+/// With `propose` false it never proposes (the ask was served already). Returns the answer
+/// and whether a learner was proposed.
 pub(super) fn answer_ask<S: raft::Storage>(
     raw: &mut RawNode<S>,
     node: NodeId,
     target: Option<&[NodeId]>,
-) -> Answer {
+    propose: bool,
+) -> (Answer, bool) {
     let own = raw.raft.id;
     let leader = (raw.raft.leader_id != raft::INVALID_ID).then_some(raw.raft.leader_id);
     if raw.raft.state != StateRole::Leader {
-        return Answer::Running { leader };
+        return (Answer::Running { leader }, false);
     }
     if !wanted(target, Some(node)) {
-        return Answer::Running { leader: Some(own) };
+        return (Answer::Running { leader: Some(own) }, false);
     }
     let conf = raw.raft.prs().conf().to_conf_state();
     let of_node = |ids: &[ReplicaId]| -> Vec<ReplicaId> {
@@ -238,10 +241,10 @@ pub(super) fn answer_ask<S: raft::Storage>(
             .collect()
     };
     if let Some(learner) = of_node(&conf.learners).first() {
-        return Answer::Member { id: *learner };
+        return (Answer::Member { id: *learner }, false);
     }
-    if raw.raft.has_pending_conf() {
-        return Answer::Running { leader: Some(own) };
+    if raw.raft.has_pending_conf() || !propose {
+        return (Answer::Running { leader: Some(own) }, false);
     }
     let known = [
         &conf.voters,
@@ -256,22 +259,28 @@ pub(super) fn answer_ask<S: raft::Storage>(
         .max();
     let Some(next) = newest.map_or(Some(1), |newest| newest.checked_add(1)) else {
         tracing::error!(node, "no incarnation left for the node's replica");
-        return Answer::Running { leader: Some(own) };
+        return (Answer::Running { leader: Some(own) }, false);
     };
     let learner = replica_id(node, next);
     let change = ConfChangeV2 {
         changes: vec![single(ConfChangeType::AddLearnerNode, learner)].into(),
         ..ConfChangeV2::default()
     };
-    match raw.propose_conf_change(Vec::new(), change) {
-        Ok(()) => tracing::info!(
-            node,
-            learner,
-            "adding a learner for a replica with an empty disk"
-        ),
-        Err(error) => tracing::warn!(node, learner, %error, "learner not proposed"),
-    }
-    Answer::Running { leader: Some(own) }
+    let proposed = match raw.propose_conf_change(Vec::new(), change) {
+        Ok(()) => {
+            tracing::info!(
+                node,
+                learner,
+                "adding a learner for a replica with an empty disk"
+            );
+            true
+        }
+        Err(error) => {
+            tracing::warn!(node, learner, %error, "learner not proposed");
+            false
+        }
+    };
+    (Answer::Running { leader: Some(own) }, proposed)
 }
 
 /// What a leader does next to its group's members.

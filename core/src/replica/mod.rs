@@ -322,6 +322,10 @@ pub struct Replica<K: ReplyTokens> {
     snapshot_to_apply: Option<u64>,
     /// A leader's followers waiting for a snapshot, with the ticks they have waited.
     snapshot_waits: std::collections::BTreeMap<ReplicaId, usize>,
+    /// The nonce of the last ask from each node for which this replica, leading, proposed
+    /// a learner: a late copy of that ask must not add another (see [`Replica::handle_ask`]).
+    /// One entry per node of the group at most.
+    asks_served: std::collections::BTreeMap<crate::model::partition::NodeId, u64>,
     /// Counts the machines built, so that a snapshot report reaches the one that asked.
     machine_epoch: u64,
     snapshot_epoch: Option<u64>,
@@ -406,6 +410,7 @@ impl<K: ReplyTokens> Replica<K> {
             fetched: Vec::new(),
             snapshot_to_apply: None,
             snapshot_waits: Default::default(),
+            asks_served: Default::default(),
             machine_epoch: 0,
             snapshot_epoch: None,
             election_rng: config.seed ^ 0x9e37_79b9_7f4a_7c15,
@@ -616,13 +621,28 @@ impl<K: ReplyTokens> Replica<K> {
 
     /// Answers node `node`'s ask about how to start (see [`membership`]). A leader may
     /// propose to take the node in as a learner.
-    pub fn handle_ask(&mut self, node: crate::model::partition::NodeId) -> membership::Answer {
+    ///
+    /// A joiner asks every peer again and again until it decides, so copies of an ask can
+    /// arrive late, after the learner added for it has become a voter: a copy of an ask this
+    /// replica already added a learner for (same node, same nonce) never adds another, which
+    /// no replica would ever claim.
+    pub fn handle_ask(
+        &mut self,
+        node: crate::model::partition::NodeId,
+        nonce: u64,
+    ) -> membership::Answer {
         let raft = &self.raw.raft;
         let first = membership::incarnation_of(self.config.id) == 0;
         if first && raft.term == 0 && raft.raft_log.last_index() == 0 {
             return membership::Answer::Fresh;
         }
-        membership::answer_ask(&mut self.raw, node, self.target.as_deref())
+        let served = self.asks_served.get(&node) == Some(&nonce);
+        let target = self.target.as_deref();
+        let (answer, proposed) = membership::answer_ask(&mut self.raw, node, target, !served);
+        if proposed {
+            self.asks_served.insert(node, nonce);
+        }
+        answer
     }
 
     /// The nodes the partition map names for this group (distinct, at least one): a leader

@@ -5,7 +5,7 @@
 //! can commit without a majority), and a voter crashed the moment its vote is durable
 //! (election safety rests on that vote surviving the restart).
 
-use walletd_runtime::net::replicated::{replica_id, replica_node};
+use walletd_runtime::net::replicated::replica_node;
 
 use super::*;
 use crate::network::Isolated;
@@ -122,7 +122,7 @@ impl Nemesis {
                 .find_map(|v| {
                     let (voted_term, vote) = raft_state(cluster, v, partition);
                     let candidate = replica_node(vote)?;
-                    let other = vote != replica_id(v) && candidate != leader;
+                    let other = candidate != v && candidate != leader;
                     let up = cluster.nodes.get(candidate as usize).is_some_and(|c| c.up);
                     (voted_term > term && other && up).then_some((v, candidate, voted_term))
                 });
@@ -252,7 +252,9 @@ impl Nemesis {
             follower,
             commit: commit.unwrap_or(0),
             injected: self.injected + 1,
-            alone: self.pending.is_empty(),
+            // Nor a replica of some group rejoining after it lost its data: its group has
+            // one voter down, and a slow one more stops it, rightly.
+            alone: self.pending.is_empty() && !self.rebuilds.any_pending(),
         };
         self.schedule(lasts, Undo::FollowerNormal(episode));
         true

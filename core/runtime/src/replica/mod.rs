@@ -536,7 +536,7 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
         } = input
         {
             if let MembershipMessage::Ask { node, nonce } = message {
-                let answer = self.replica.handle_ask(node);
+                let answer = self.replica.handle_ask(node, nonce);
                 let answer = MembershipMessage::Answer { nonce, answer };
                 self.links.send_membership(node, partition, answer);
             }

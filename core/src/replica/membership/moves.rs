@@ -137,7 +137,7 @@ impl Net {
             }
             let target = self.target.clone();
             let raw = self.replicas.get_mut(&leader).expect("running");
-            if let Answer::Member { id } = answer_ask(raw, node, Some(&target)) {
+            if let (Answer::Member { id }, _) = answer_ask(raw, node, Some(&target), true) {
                 self.replicas.insert(id, replica(id));
             }
         }
@@ -256,10 +256,13 @@ fn a_node_outside_the_target_is_not_taken_in() {
     let target = net.target.clone();
     let raw = net.replicas.get_mut(&leader).expect("running");
     assert_eq!(
-        answer_ask(raw, 7, Some(&target)),
-        Answer::Running {
-            leader: Some(leader)
-        }
+        answer_ask(raw, 7, Some(&target), true),
+        (
+            Answer::Running {
+                leader: Some(leader)
+            },
+            false
+        )
     );
     net.settle(20);
     assert!(net.conf().learners.is_empty());

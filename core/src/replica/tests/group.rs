@@ -562,7 +562,7 @@ impl Group {
                     let target = &mut self.nodes[to];
                     let answer = match (&target.joiner, &mut target.replica) {
                         (Some(joiner), _) => joiner.answer(),
-                        (None, Some(replica)) => replica.handle_ask(node),
+                        (None, Some(replica)) => replica.handle_ask(node, nonce),
                         (None, None) => continue,
                     };
                     if self.nodes[to].replica.is_some() {
