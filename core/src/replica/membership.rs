@@ -14,8 +14,7 @@
 //! entry (an acknowledged transfer lost). So a replica with nothing on disk never votes
 //! under an id that may have voted: it asks its group to take it in again
 //! ([`MembershipMessage::Ask`]), the leader adds it as a *learner* under the node's next
-//! incarnation (a learner neither votes nor counts toward a commit), catches it up (from a
-//! snapshot first, whose members it can trust: see `Replica::snapshot_new_learners`),
+//! incarnation (a learner neither votes nor counts toward a commit), catches it up by log,
 //! and once its log holds everything committed, replaces the node's old voter with it in
 //! one joint-consensus change (`AddNode(new)`, `RemoveNode(old)`, left automatically). A
 //! learner's id may be handed out again to the same node: nothing a learner did can count.

@@ -667,37 +667,8 @@ impl<K: ReplyTokens> Replica<K> {
         membership::is_member(&self.conf_state(), self.raw.raft.id)
     }
 
-    /// A leader's learners that have nothing yet start from a snapshot, never from entry 1:
-    /// a replica taken in on a node that was not among the group's first voters does not
-    /// know them, and the members it would fold those entries onto are a guess. The
-    /// snapshot carries the members as of the point it names (see [`log_store`]), and its
-    /// records are fetched ([`catch_up`]).
-    fn snapshot_new_learners(&mut self) {
-        if self.raw.raft.state != StateRole::Leader {
-            return;
-        }
-        let conf = self.conf_state();
-        let committed = self.raw.raft.raft_log.committed;
-        for learner in conf.learners.iter().chain(&conf.learners_next) {
-            let Some(progress) = self.raw.raft.mut_prs().get_mut(*learner) else {
-                continue;
-            };
-            if progress.matched > 0 {
-                // It has a log now. raft-rs clears a request only when told how a snapshot
-                // went, and would send snapshots in place of entries until then.
-                progress.pending_request_snapshot = 0;
-                continue;
-            }
-            let waiting = progress.state == ProgressState::Snapshot;
-            if !waiting && progress.pending_request_snapshot == 0 {
-                progress.pending_request_snapshot = committed.max(1);
-            }
-        }
-    }
-
     /// A leader takes the next step its group's members need, one at a time.
     fn change_membership(&mut self) {
-        self.snapshot_new_learners();
         let change = match membership::next_change(&self.raw, self.target.as_deref()) {
             None => return,
             Some(membership::Change::TransferLeader(to)) => {

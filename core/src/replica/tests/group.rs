@@ -114,8 +114,6 @@ pub struct Stats {
     pub rejoins: u64,
     /// Fetches of records served (replicas behind a compacted log).
     pub fetches: u64,
-    /// Learners whose first state was a snapshot.
-    pub joined_by_snapshot: u64,
 }
 
 /// One node's replica and what survives it.
@@ -139,10 +137,6 @@ struct Node {
     incarnation: u64,
     /// Committed entries of this incarnation already checked against the group's.
     checked_through: u64,
-    /// Taken in as a learner, and nothing applied yet: its first state must come from a
-    /// snapshot, whose members it can trust, not from entries folded onto members it
-    /// guessed.
-    joining: bool,
 }
 
 /// A command a client sent, and the first answer it got.
@@ -236,7 +230,6 @@ impl Group {
                 log_synced: 0,
                 incarnation: 0,
                 checked_through: 0,
-                joining: false,
             });
         }
         for index in 0..REPLICAS {
@@ -340,30 +333,17 @@ impl Group {
         self.start(index);
     }
 
-    /// Whether losing one more disk stays within the fault model (one disk at a time): every
-    /// node runs as a voter of a settled configuration that every replica has applied. An
-    /// earlier wipe is replaced only once the change is applied everywhere: until then a
-    /// replica still holds a joint configuration whose outgoing half counts the lost disk,
-    /// or does not yet know that it votes, and one more loss leaves no majority that can
-    /// elect.
+    /// Whether losing one more disk keeps every acknowledged entry on a majority: every node
+    /// runs as a voter of a settled configuration (an earlier wipe has been replaced).
     fn can_wipe(&self) -> bool {
         let Some(leader) = (0..REPLICAS).find(|&i| self.leads(i)) else {
             return false;
         };
-        let replica = self.nodes[leader].replica.as_ref().expect("up");
-        let members = |conf: raft::eraftpb::ConfState| {
-            let mut ids = [conf.voters, conf.voters_outgoing, conf.learners];
-            ids.iter_mut().for_each(|ids| ids.sort_unstable());
-            ids
-        };
-        let leaders = members(replica.conf_state());
-        let applied_everywhere = (self.nodes.iter()).all(|node| {
-            (node.replica.as_ref()).is_some_and(|r| members(r.conf_state()) == leaders)
-        });
-        if replica.raw.raft.has_pending_conf() || !applied_everywhere {
-            return false;
-        }
-        let conf = replica.conf_state();
+        let conf = self.nodes[leader]
+            .replica
+            .as_ref()
+            .expect("up")
+            .conf_state();
         let voters_here = (self.nodes.iter())
             .filter(|node| (node.replica.as_ref()).is_some_and(|r| conf.voters.contains(&r.id())));
         conf.voters_outgoing.is_empty()
@@ -582,7 +562,6 @@ impl Group {
                             Decision::Bootstrap => initial_id(to as u32),
                             Decision::Join(id) => {
                                 self.stats.rejoins += 1;
-                                node.joining = true;
                                 id
                             }
                         };
@@ -750,19 +729,6 @@ impl Group {
 
     /// Invariants after every step.
     fn check(&mut self) {
-        // A learner's first state is a snapshot.
-        for index in self.up() {
-            let node = &mut self.nodes[index];
-            let replica = node.replica.as_ref().expect("up");
-            if node.joining && replica.applied_index() > 0 {
-                node.joining = false;
-                self.stats.joined_by_snapshot += 1;
-                assert!(
-                    replica.raw.store().start().index > 0,
-                    "node {index}: a learner applied entries from its log's start"
-                );
-            }
-        }
         // At most one leader per term, ever.
         for index in self.up() {
             let raft = &self.nodes[index].replica.as_ref().expect("up").raw.raft;
