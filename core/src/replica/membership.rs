@@ -242,6 +242,12 @@ pub(super) fn answer_ask<S: raft::Storage>(
     if let Some(learner) = of_node(&conf.learners).first() {
         return (Answer::Member { id: *learner }, false);
     }
+    // A replica that lost its disk runs under no id until it is taken in, so its node's
+    // old voter falls silent. A voter of the node still heard from means the ask is a late
+    // copy from an earlier start, which has been taken in since: no learner for it.
+    if heard_from_voter(raw, node) {
+        return (Answer::Running { leader: Some(own) }, false);
+    }
     if raw.raft.has_pending_conf() || !propose {
         return (Answer::Running { leader: Some(own) }, false);
     }
@@ -280,6 +286,20 @@ pub(super) fn answer_ask<S: raft::Storage>(
         }
     };
     (Answer::Running { leader: Some(own) }, proposed)
+}
+
+/// Whether the leader `raw` has a voter of `node` that it hears from (since its last
+/// check of the quorum) and that holds everything committed: that node's live replica.
+fn heard_from_voter<S: raft::Storage>(raw: &RawNode<S>, node: NodeId) -> bool {
+    let raft = &raw.raft;
+    let conf = raft.prs().conf().to_conf_state();
+    conf.voters
+        .iter()
+        .filter(|voter| node_of(**voter) == Some(node))
+        .any(|voter| {
+            (raft.prs().get(*voter))
+                .is_some_and(|p| p.recent_active && p.matched >= raft.raft_log.committed)
+        })
 }
 
 /// What a leader does next to its group's members.
@@ -330,6 +350,18 @@ pub(super) fn next_change<S: raft::Storage>(
     let mut voters = conf.voters.clone();
     voters.sort_unstable();
     if let Some(&stray) = learners.iter().find(|l| !wanted(target, node_of(**l))) {
+        return propose(vec![single(ConfChangeType::RemoveNode, stray)]);
+    }
+    // A learner that has nothing, of a node whose voter is heard from: a node runs one
+    // replica of a partition, so nobody runs this one. It was added for a late copy of an
+    // ask by a leader that did not hear from the voter yet (a new leader hears from nobody
+    // at first); a learner added for a real loss is never removed here, since it is added
+    // only while its node's voter is silent, and that voter's disk is gone.
+    let unclaimed = learners.iter().find(|l| {
+        let empty = raft.prs().get(**l).is_some_and(|p| p.matched == 0);
+        empty && node_of(**l).is_some_and(|node| heard_from_voter(raw, node))
+    });
+    if let Some(&stray) = unclaimed {
         return propose(vec![single(ConfChangeType::RemoveNode, stray)]);
     }
     let caught_up = |id: ReplicaId| {

@@ -620,6 +620,11 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
         if !ready.messages.is_empty() {
             self.links.send_raft(partition, ready.messages);
         }
+        // A Raft snapshot taken here names records its log start leaves to the partition
+        // log (fetched, appended below): they are synced before the persist that holds the
+        // snapshot is written, or a crash could leave a Raft log that starts after a
+        // partition log that lost them.
+        let snapshot_taken = (ready.persist.as_ref()).is_some_and(|p| p.snapshot.is_some());
         if let Some(persist) = ready.persist {
             self.queued.push((persist, ready.messages_after_persist));
         }
@@ -648,7 +653,8 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
             self.stats.durable.notify_waiters();
         }
         let compact_after = self.replica.log_limits().compact_after as usize;
-        if self.unsynced_batches >= (compact_after / 2).clamp(1, LOG_SYNC_BATCHES) {
+        if snapshot_taken || self.unsynced_batches >= (compact_after / 2).clamp(1, LOG_SYNC_BATCHES)
+        {
             self.sync_log().await?;
         }
         // Peer messages first, then the answers (the machine's release rule).

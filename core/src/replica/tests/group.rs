@@ -406,6 +406,7 @@ impl Group {
         for message in ready.messages {
             self.send(message);
         }
+        let snapshot_taken = ready.persist.as_ref().is_some_and(|p| p.snapshot.is_some());
         if let Some(persist) = ready.persist {
             self.nodes[index]
                 .writing
@@ -423,6 +424,11 @@ impl Group {
                 );
             }
             node.log.push(batch);
+        }
+        if snapshot_taken {
+            // As the runtime does: the records a snapshot names are durable in the
+            // partition log before the snapshot is in the Raft store.
+            node.log_synced = node.log.len();
         }
         if !ready.release.replies.is_empty() {
             self.check_answers_on_majority(index);
