@@ -143,13 +143,7 @@ impl Cluster {
         assert!(self.nodes[id as usize].is_none(), "node {id} is down");
         let dir = (self.data.join(format!("node-{id}")).join("raft"))
             .join(format!("partition-{partition}"));
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .expect("the Raft store's directory")
-            .map(|entry| entry.expect("entry").path())
-            .filter(|path| path.extension().is_some_and(|e| e == "log"))
-            .collect();
-        files.sort();
-        let newest = files.pop().expect("a Raft store file");
+        let newest = files_named(&dir, "log").pop().expect("a Raft store file");
         let mut bytes = std::fs::read(&newest).expect("read");
         bytes[40] ^= 0xff;
         std::fs::write(&newest, bytes).expect("write");
@@ -163,12 +157,7 @@ impl Cluster {
             .data
             .join(format!("node-{id}"))
             .join(format!("partition-{partition}"));
-        let mut segments: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .expect("the partition's directory")
-            .map(|entry| entry.expect("entry").path())
-            .filter(|path| path.extension().is_some_and(|e| e == "seg"))
-            .collect();
-        segments.sort();
+        let segments = files_named(&dir, "seg");
         let first = segments.first().expect("a log segment");
         let mut bytes = std::fs::read(first).expect("read");
         // Segments are extended with zeros ahead of their records.
@@ -582,4 +571,15 @@ fn four_nodes_keep_three_copies_of_each_partition_on_distinct_nodes() {
         let agree = format!("partition {partition}: 3 replicas agree");
         assert!(report.contains(&agree), "{report}");
     }
+}
+
+/// The files of `dir` with extension `extension`, sorted by name (the number in it).
+fn files_named(dir: &std::path::Path, extension: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == extension))
+        .collect();
+    files.sort();
+    files
 }
