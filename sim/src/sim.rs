@@ -359,7 +359,10 @@ async fn load_under_faults(
     specs: &Arc<[AccountSpec]>,
 ) -> (Nemesis, bool) {
     let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..config.clients)
+    // Replicated runs add probers, which hunt for stale reads from cut-off leaders: client
+    // numbers after the others', each with its own stream.
+    let probers = if config.replicated() { PROBERS } else { 0 };
+    let clients: Vec<_> = (0..config.clients + probers)
         .map(|i| {
             let (host, node) = &cluster.client_hosts[(i % config.client_hosts) as usize];
             let client = Client::new(
@@ -371,25 +374,12 @@ async fn load_under_faults(
                 stream(config.seed, Purpose::Client(i)),
                 Arc::clone(&stop),
             );
-            node.spawn(client.run())
+            if i < config.clients {
+                node.spawn(client.run())
+            } else {
+                node.spawn(client.run_prober())
+            }
         })
-        .collect();
-    // Replicated runs: probers, which hunt for stale reads from cut-off leaders.
-    let probers = if config.replicated() { PROBERS } else { 0 };
-    let clients: Vec<_> = (clients.into_iter())
-        .chain((config.clients..config.clients + probers).map(|i| {
-            let (host, node) = &cluster.client_hosts[(i % config.client_hosts) as usize];
-            let prober = Client::new(
-                config,
-                i,
-                requester(config, cluster, *host, Route::Any),
-                history.clone(),
-                Arc::clone(specs),
-                stream(config.seed, Purpose::Client(i)),
-                Arc::clone(&stop),
-            );
-            node.spawn(prober.run_prober())
-        }))
         .collect();
     let nemesis_rng = stream(config.seed, Purpose::Nemesis);
     let mut nemesis = Nemesis::new(
