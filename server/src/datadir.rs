@@ -57,13 +57,20 @@ pub enum DataDirError {
     Io { path: String, source: io::Error },
     #[error(
         "{root} holds partitions {recorded:?} of node {node}, but the cluster map gives it \
-         {mapped:?}; moving partitions between nodes is not supported: restore the old map"
+         {mapped:?}; a cluster file's map cannot move partitions: restore the old map (on \
+         etcd, copies move with `wallet cluster move`)"
     )]
     NodePartitions {
         root: String,
         node: u32,
         recorded: Vec<PartitionId>,
         mapped: Vec<PartitionId>,
+    },
+    #[error("{root} is node {recorded}'s directory, not node {node}'s")]
+    OtherNode {
+        root: String,
+        node: u32,
+        recorded: u32,
     },
 }
 
@@ -315,6 +322,23 @@ impl DataDir {
     }
 }
 
+impl DataDir {
+    /// Records that this directory is node `node`'s, whose copies move with its map in
+    /// etcd: the partitions it holds are the replica directories it has, so only the node
+    /// is checked. Refused if the directory is another node's.
+    pub fn claim_for_moving_node(&self, node: u32) -> Result<(), DataDirError> {
+        match read_node_file(&self.root)? {
+            Some((recorded, _)) if recorded == node => Ok(()),
+            Some((recorded, _)) => Err(DataDirError::OtherNode {
+                root: self.root.display().to_string(),
+                node,
+                recorded,
+            }),
+            None => write_node_file(&self.root, node, &[]),
+        }
+    }
+}
+
 /// The node file's `(node, partitions held)`, if there is one.
 fn read_node_file(root: &Path) -> Result<Option<(u32, Vec<PartitionId>)>, DataDirError> {
     let path = root.join(NODE_FILE);
@@ -328,8 +352,10 @@ fn read_node_file(root: &Path) -> Result<Option<(u32, Vec<PartitionId>)>, DataDi
         match key.trim() {
             "node" => node = Some(value.trim().parse().map_err(|_| bad("node is a number"))?),
             "holds" => {
-                let parsed: Result<Vec<PartitionId>, _> =
-                    value.split(',').map(|p| p.trim().parse()).collect();
+                let parsed: Result<Vec<PartitionId>, _> = (value.split(','))
+                    .filter(|p| !p.trim().is_empty())
+                    .map(|p| p.trim().parse())
+                    .collect();
                 holds = Some(parsed.map_err(|_| bad("holds is a list of partition numbers"))?);
             }
             _ => {}
@@ -416,7 +442,16 @@ mod tests {
             matches!(error, DataDirError::NodePartitions { .. }),
             "{error}"
         );
-        assert!(error.to_string().contains("not supported"), "{error}");
+        assert!(
+            error.to_string().contains("cannot move partitions"),
+            "{error}"
+        );
+        reopened.claim_for_moving_node(0).unwrap();
+        let other = reopened.claim_for_moving_node(5).unwrap_err();
+        assert!(
+            matches!(other, DataDirError::OtherNode { recorded: 0, .. }),
+            "{other}"
+        );
         fs::write(root.join(NODE_FILE), "node = 1\nholds = 1,x\n").unwrap();
         assert!(matches!(
             reopened.held_partitions(),

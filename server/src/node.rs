@@ -25,12 +25,12 @@ use std::time::Duration;
 
 use crate::storages::open_storages;
 use walletd_core::model::partition::{NodeAddress, NodeId, PartitionId, PartitionMap};
+use walletd_core::model::placement::Placement;
 use walletd_core::protocol::coordinator::CoordinatorConfig;
 use walletd_runtime::driver::DriverConfig;
 use walletd_runtime::engine::EngineConfig;
 use walletd_runtime::net::{
-    bind_peer_address, start_node_with, ClusterNode, MutualTls, NetConfig, NodeConfig, NodeError,
-    Tcp,
+    bind_peer_address, start_node_with, MapHandle, MutualTls, NetConfig, NodeConfig, NodeError, Tcp,
 };
 
 use crate::api::cluster::ClusterView;
@@ -206,17 +206,22 @@ async fn start_from_etcd(args: &NodeArgs, urls: &str) -> Result<Start, NodeRunEr
 }
 
 /// The task that keeps a node's map fresh from etcd ([`Follower`]).
-struct Following {
+pub(crate) struct Following {
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Following {
-    fn start(store: MapStore, node: &ClusterNode, args: &NodeArgs, root: &Path) -> Following {
+    pub(crate) fn start(
+        store: MapStore,
+        handle: MapHandle,
+        args: &NodeArgs,
+        root: &Path,
+    ) -> Following {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let follower = Follower {
             store,
-            handle: node.map_handle(),
+            handle,
             node: args.id,
             cache: root.join(CACHE_FILE),
             lease_ttl_s: args.lease_ttl_s,
@@ -228,7 +233,7 @@ impl Following {
 
     /// Stops following and drops the node's liveness, so peers and operators see it gone at
     /// once rather than when its lease lapses.
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
     }
@@ -249,7 +254,10 @@ async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
     } = start;
     if replicas > 1 {
         let root = node_root(&args);
-        return crate::replicated_node::run(&args, map, replicas, secret, links_tls, root).await;
+        let placement = Placement::derived(&map, replicas);
+        let source = crate::replicated_node::MapSource::File;
+        return crate::replicated_node::run(&args, map, placement, secret, links_tls, root, source)
+            .await;
     }
     let address: NodeAddress = map.nodes[&args.id].clone();
     let http_tls = api_tls(&args.service)?;
@@ -290,7 +298,7 @@ async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
         }
     };
     log_recovery(node.engine().recovery_reports());
-    let following = etcd.map(|store| Following::start(store, &node, &args, &root));
+    let following = etcd.map(|store| Following::start(store, node.map_handle(), &args, &root));
     let local = |partition| map.owner(partition) == args.id;
     let homes = partition_homes(&map, local);
     let forward_to = forward_addresses(&map, local, http_tls.is_some());

@@ -29,12 +29,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use walletd_core::model::partition::{NodeAddress, NodeId, PartitionId, PartitionMap};
+use walletd_core::model::placement::Placement;
 use walletd_core::replica::{DurableRaft, LogLimits};
 use walletd_runtime::driver::DriverStats;
 use walletd_runtime::net::replicated::{
-    hosted_partitions, replica_nodes, start_replicated_node_with, voters_of, ReplicatedConfig,
+    replica_id, start_replicated_node, ReplicaStores, ReplicatedConfig,
 };
-use walletd_runtime::net::{bind_peer_address, MutualTls, Tcp};
+use walletd_runtime::net::{bind_peer_address, MapHandle, MutualTls, Tcp};
 use walletd_runtime::storage::file::{FileStorage, FileStorageConfig};
 use walletd_runtime::storage::journal::{JournalConfig, NodeJournal};
 use walletd_runtime::storage::raft_store::file::{FileRaftStore, FileRaftStoreConfig};
@@ -92,38 +93,102 @@ fn open_raft_store(
     open()
 }
 
-/// Runs node `args.id` of the replicated cluster of `map` until a signal.
-pub async fn run(
+/// A node's copies on its disk: `partition-<p>/` (the partition log) and
+/// `raft/partition-<p>/` (the Raft store) under its root, every Raft store synced through
+/// the node's journal.
+struct FileStores {
+    dir: DataDir,
+    root: PathBuf,
+    journal: Arc<NodeJournal>,
+}
+
+impl ReplicaStores for FileStores {
+    type Log = FileStorage;
+    type Raft = FileRaftStore;
+
+    fn held(&self) -> Vec<PartitionId> {
+        (0..self.dir.partitions())
+            .filter(|p| raft_dir(&self.root, *p).exists() || self.dir.partition_dir(*p).exists())
+            .collect()
+    }
+
+    async fn open(
+        &self,
+        partition: PartitionId,
+        founders: &[NodeId],
+    ) -> std::io::Result<(FileStorage, FileRaftStore)> {
+        let path = self.dir.partition_dir(partition);
+        let with_path = |path: &Path| {
+            let path = path.display().to_string();
+            move |error: std::io::Error| {
+                std::io::Error::new(error.kind(), format!("{path}: {error}"))
+            }
+        };
+        let storage =
+            FileStorage::open(&path, FileStorageConfig::default()).map_err(with_path(&path))?;
+        let raft = raft_dir(&self.root, partition);
+        let voters: Vec<u64> = founders.iter().copied().map(replica_id).collect();
+        let store =
+            open_raft_store(&raft, &voters, &self.journal, partition).map_err(with_path(&raft))?;
+        Ok((storage, store))
+    }
+
+    async fn remove(
+        &self,
+        partition: PartitionId,
+        log: FileStorage,
+        raft: FileRaftStore,
+    ) -> std::io::Result<()> {
+        drop((log, raft));
+        for dir in [
+            self.dir.partition_dir(partition),
+            raft_dir(&self.root, partition),
+        ] {
+            match std::fs::remove_dir_all(&dir) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+                _ => {}
+            }
+            if let Some(parent) = dir.parent() {
+                std::fs::File::open(parent)?.sync_all()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a replicated node learns of its map: from its cluster file, fixed (its data
+/// directory then holds exactly the partitions the file gives it), or from etcd, where
+/// copies move (see [`crate::map_follower`]).
+pub(crate) enum MapSource {
+    File,
+    Etcd(Box<dyn FnOnce(MapHandle) -> crate::node::Following + Send>),
+}
+
+/// Runs node `args.id` of the replicated cluster of `map` until a signal, with each
+/// partition's copies where `placement` puts them.
+pub(crate) async fn run(
     args: &NodeArgs,
     map: PartitionMap,
-    replicas: u32,
+    placement: Placement,
     secret: Vec<u8>,
     links_tls: Option<MutualTls>,
     root: PathBuf,
+    source: MapSource,
 ) -> Result<(), NodeRunError> {
     let address: NodeAddress = map.nodes[&args.id].clone();
     let http_tls = api_tls(&args.service)?;
     let options = options(&args.service)?;
     let partitions = map.partitions();
-    let hosted = hosted_partitions(&map, args.id, replicas);
+    let named = placement.hosted(args.id);
     let dir = DataDir::create_or_check(&root, partitions).map_err(ServeError::from)?;
-    dir.claim_for_node(args.id, &hosted)
-        .map_err(ServeError::from)?;
-    tracing::info!(
-        node = args.id,
-        data_dir = %root.display(),
-        partitions,
-        hosted = ?hosted,
-        replicas,
-        map_version = map.version,
-        peer = address.peer,
-        peer_tls = links_tls.is_some(),
-        "starting a replicated node"
-    );
+    match source {
+        MapSource::File => dir.claim_for_node(args.id, &named),
+        MapSource::Etcd(_) => dir.claim_for_moving_node(args.id),
+    }
+    .map_err(ServeError::from)?;
     let mut election_seed = [0u8; 8];
     getrandom::fill(&mut election_seed).map_err(|e| NodeRunError::Random(e.to_string()))?;
     let mut config = ReplicatedConfig::new(node_config(args)?, u64::from_le_bytes(election_seed));
-    config.replicas = Some(replicas);
     config.log = LogLimits {
         compact_after: args.raft_compact_after,
         keep: args.raft_compact_after / 4,
@@ -137,19 +202,26 @@ pub async fn run(
             ),
             source: std::io::Error::other(error.to_string()),
         })?;
-    let mut storages = Vec::with_capacity(hosted.len());
-    for &partition in &hosted {
-        let voters = voters_of(&map, partition, replicas);
-        let io = |what: String| move |source| ServeError::Io { what, source };
-        let path = dir.partition_dir(partition);
-        let storage = FileStorage::open(&path, FileStorageConfig::default())
-            .map_err(io(format!("cannot open {}", path.display())))?;
-        let raft = raft_dir(&root, partition);
-        let store = open_raft_store(&raft, &voters, &raft_journal, partition)
-            .map_err(io(format!("cannot open the Raft store {}", raft.display())))?;
-        storages.push((storage, store));
-    }
-    // A partition this node no longer hosts has nothing to redo: its batches, if any, go.
+    let stores = FileStores {
+        dir: dir.clone(),
+        root: root.clone(),
+        journal: Arc::clone(&raft_journal),
+    };
+    let mut hosted = stores.held();
+    hosted.extend(named.iter().copied());
+    hosted.sort_unstable();
+    hosted.dedup();
+    tracing::info!(
+        node = args.id,
+        data_dir = %root.display(),
+        partitions,
+        hosted = ?hosted,
+        map_version = map.version,
+        peer = address.peer,
+        peer_tls = links_tls.is_some(),
+        "starting a replicated node"
+    );
+    // A partition this node does not host has nothing to redo: its batches, if any, go.
     for partition in (0..partitions).filter(|p| !hosted.contains(p)) {
         if !raft_journal.take_recovered(partition).is_empty() {
             tracing::warn!(
@@ -164,21 +236,26 @@ pub async fn run(
     let (id, secret) = (args.id, &secret);
     let node = match links_tls {
         Some(tls) => {
-            start_replicated_node_with(tls, listener, &map, id, secret, storages, config).await?
+            let placement = placement.clone();
+            start_replicated_node(tls, listener, &map, placement, id, secret, stores, config)
+                .await?
         }
         None => {
-            start_replicated_node_with(Tcp, listener, &map, id, secret, storages, config).await?
+            let placement = placement.clone();
+            start_replicated_node(Tcp, listener, &map, placement, id, secret, stores, config)
+                .await?
         }
+    };
+    let following = match source {
+        MapSource::File => None,
+        MapSource::Etcd(follow) => Some(follow(node.map_handle())),
     };
     let stats: Vec<(PartitionId, Arc<DriverStats>)> = node.stats();
     // History and the feed of a partition with no replica here are its owner's to answer.
     let local = |partition| hosted.contains(&partition);
     let homes = partition_homes(&map, local);
     let forward_to = forward_addresses(&map, local, http_tls.is_some());
-    let groups: Vec<Vec<NodeId>> = (0..partitions)
-        .map(|partition| replica_nodes(&map, partition, replicas))
-        .collect();
-    let view = ClusterView::replicated(&map, args.id, node.links(), groups, node.statuses());
+    let view = ClusterView::replicated(node.view());
     let api = build_api_for(node.client(), stats, dir, options, homes, forward_to)
         .with_cluster(view)
         .with_replicas(node.statuses());
@@ -186,6 +263,9 @@ pub async fn run(
     // No partition is watched for liveness through requests: a group without a leader
     // answers 503 for a while, which is an election, not a reason to stop this node.
     let (served, _stop) = serve_http(http, http_tls, api, &[], grace).await;
+    if let Some(following) = following {
+        following.stop().await;
+    }
     tracing::info!("syncing and stopping replicas");
     let stopped = node.shutdown().await;
     served.map_err(|source| ServeError::Io {

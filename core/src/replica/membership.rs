@@ -52,6 +52,17 @@
 //!
 //! So the group never has fewer voters than the target while it changes, and every change
 //! is one Raft membership change with its own safety (joint consensus for a swap).
+//!
+//! # Leaving the group
+//! A replica the group removed may never hear of it: once the leader has applied a change
+//! it no longer sends to the replicas the change left out. So a replica on a node the map no
+//! longer names for the group asks the members it knows, now and then, whether they still
+//! count it ([`MembershipMessage::Check`]). A member whose applied members leave it out,
+//! at a later membership change than the one the asker applied last, answers
+//! [`MembershipMessage::Removed`]: the change that removed it is committed, so the asker
+//! stops, and its node deletes its copy ([`is_removal`]). A replica whose node the map
+//! still names never takes such an answer: it is a copy that is joining, or one that the
+//! leader will take in again.
 
 use std::collections::BTreeSet;
 
@@ -102,6 +113,36 @@ pub enum MembershipMessage {
     Ask { node: NodeId, nonce: u64 },
     /// The answer to the ask with `nonce`.
     Answer { nonce: u64, answer: Answer },
+    /// Replica `id`, on a node the map no longer names for the group, asks whether the
+    /// group still counts it (see "Leaving the group" in the module docs).
+    Check { id: ReplicaId },
+    /// The answer to a [`MembershipMessage::Check`] from a member whose applied members,
+    /// changed last at index `conf_index`, do not include replica `id`.
+    Removed { id: ReplicaId, conf_index: u64 },
+}
+
+/// What a member answers replica `id`'s [`MembershipMessage::Check`]: `Removed` if its
+/// applied members `conf` (changed last at `conf_index`) leave `id` out while they hold
+/// `own` (a replica outside its own members knows nothing of them).
+pub fn answer_check(
+    conf: &ConfState,
+    conf_index: u64,
+    own: ReplicaId,
+    id: ReplicaId,
+) -> Option<MembershipMessage> {
+    (is_member(conf, own) && !is_member(conf, id))
+        .then_some(MembershipMessage::Removed { id, conf_index })
+}
+
+/// Whether replica `own`, whose applied members changed last at `own_conf_index`, may take
+/// `Removed { id, conf_index }` as the end of its part in the group. The sender applied a
+/// later membership than this replica did, and it leaves `own` out: membership changes
+/// are committed in order, so a later one that leaves a replica out removed it, and voter
+/// ids are not handed out again. The caller also checks that the map no longer names the
+/// replica's node for the group.
+pub fn is_removal(own: ReplicaId, own_conf_index: u64, message: &MembershipMessage) -> bool {
+    matches!(message, MembershipMessage::Removed { id, conf_index }
+        if *id == own && *conf_index > own_conf_index)
 }
 
 /// How a replica with nothing on disk starts.
@@ -503,6 +544,32 @@ mod tests {
             joiner.handle(2, answer(9, Answer::Member { id })),
             Some(Decision::Join(id))
         );
+    }
+
+    #[test]
+    fn a_replica_leaves_only_on_a_later_membership_that_leaves_it_out() {
+        let conf = ConfState {
+            voters: vec![1, 2, 4],
+            learners: vec![5],
+            ..ConfState::default()
+        };
+        let removed = MembershipMessage::Removed {
+            id: 3,
+            conf_index: 9,
+        };
+        assert_eq!(answer_check(&conf, 9, 1, 3), Some(removed));
+        assert_eq!(answer_check(&conf, 9, 1, 2), None, "a voter stays");
+        assert_eq!(answer_check(&conf, 9, 4, 5), None, "a learner stays");
+        assert_eq!(
+            answer_check(&conf, 9, 3, 6),
+            None,
+            "an outsider knows nothing"
+        );
+        assert!(is_removal(3, 5, &removed));
+        assert!(!is_removal(3, 9, &removed), "not a later membership");
+        assert!(!is_removal(3, 12, &removed), "an older membership");
+        assert!(!is_removal(4, 5, &removed), "another replica's");
+        assert!(!is_removal(3, 5, &MembershipMessage::Check { id: 3 }));
     }
 
     #[test]

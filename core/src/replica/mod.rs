@@ -661,6 +661,12 @@ impl<K: ReplyTokens> Replica<K> {
         }
     }
 
+    /// What this replica answers replica `id`'s check of its membership (see "Leaving the
+    /// group" in [`membership`]): `Removed` if its applied members leave `id` out.
+    pub fn handle_check(&self, id: ReplicaId) -> Option<membership::MembershipMessage> {
+        membership::answer_check(&self.conf_state(), self.conf_index, self.raw.raft.id, id)
+    }
+
     /// Whether this replica is one of its group's members (a voter or a learner) as it last
     /// applied them: one that a move removed is not, and has nothing more to do.
     pub fn is_member(&self) -> bool {

@@ -107,8 +107,9 @@ use crate::replica::RaftMessage;
 /// commands know `CommitDebit` (12). Version 5: `Raft` (tag 11) carries the messages of
 /// replicated partitions' Raft groups, and frames may be as long as one of them needs.
 /// Version 6: `Membership` (tag 12) and `CatchUp` (tag 13), and replica ids carry an
-/// incarnation.
-pub const WIRE_VERSION: u8 = 6;
+/// incarnation. Version 7: `Membership` knows `Check` and `Removed` (a replica leaving its
+/// group).
+pub const WIRE_VERSION: u8 = 7;
 /// Bytes of the frame header: body length and checksum.
 pub const FRAME_HEADER_LEN: usize = 8;
 /// Bytes of the body before the messages: version, map version, count.
@@ -1208,6 +1209,15 @@ fn put_membership(
                 }
             }
         }
+        MembershipMessage::Check { id } => {
+            out.push(3);
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+        MembershipMessage::Removed { id, conf_index } => {
+            out.push(4);
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&conf_index.to_le_bytes());
+        }
     }
 }
 
@@ -1260,6 +1270,13 @@ fn get_catch_up(cursor: &mut Cursor<'_>) -> Result<Message, String> {
     })
 }
 
+fn get_replica_id(cursor: &mut Cursor<'_>) -> Result<u64, String> {
+    match cursor.u64()? {
+        0 => Err("a membership message names replica 0".into()),
+        id => Ok(id),
+    }
+}
+
 fn get_membership(cursor: &mut Cursor<'_>) -> Result<Message, String> {
     let partition = get_u32(cursor)?;
     let from = get_u32(cursor)?;
@@ -1283,6 +1300,13 @@ fn get_membership(cursor: &mut Cursor<'_>) -> Result<Message, String> {
             };
             MembershipMessage::Answer { nonce, answer }
         }
+        3 => MembershipMessage::Check {
+            id: get_replica_id(cursor)?,
+        },
+        4 => MembershipMessage::Removed {
+            id: get_replica_id(cursor)?,
+            conf_index: cursor.u64()?,
+        },
         other => return Err(format!("unknown membership message {other}")),
     };
     Ok(Message::Membership {

@@ -1105,6 +1105,20 @@ fn membership_messages_round_trip() {
             message: MembershipMessage::Answer { nonce: 5, answer },
         });
     }
+    let leaving = [
+        MembershipMessage::Check { id: (2 << 32) | 4 },
+        MembershipMessage::Removed {
+            id: 1,
+            conf_index: u64::MAX,
+        },
+    ];
+    for message in leaving {
+        messages.push(Message::Membership {
+            partition: 3,
+            from: 1,
+            message,
+        });
+    }
     round_trip(&messages);
 }
 

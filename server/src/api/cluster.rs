@@ -18,7 +18,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use walletd_core::model::partition::{NodeId, PartitionId, PartitionMap};
 use walletd_runtime::driver::DriverStats;
-use walletd_runtime::net::replicated::replica_node;
+use walletd_runtime::net::replicated::{replica_node, ReplicatedView};
 use walletd_runtime::net::LinkStats;
 use walletd_runtime::replica::ReplicaStatus;
 
@@ -30,6 +30,9 @@ pub struct ClusterView {
     pub nodes: Vec<NodeView>,
     /// By partition.
     pub partitions: Vec<PartitionSource>,
+    /// A replicated node, whose map, placement and replicas change while it runs: read
+    /// anew at every answer (the fields above are then unused).
+    pub live: Option<ReplicatedView>,
 }
 
 pub struct NodeView {
@@ -51,6 +54,24 @@ pub enum PartitionSource {
         replicas: Vec<NodeId>,
         status: Option<Arc<ReplicaStatus>>,
     },
+}
+
+impl ClusterView {
+    /// The view of a replicated node now.
+    fn of_replicated(view: &ReplicatedView) -> ClusterView {
+        let (map, placement) = view.map();
+        ClusterView {
+            map_version: map.version,
+            nodes: node_views(&map, view.node(), &view.links()),
+            partitions: (0..map.partitions())
+                .map(|p| PartitionSource::Replicated {
+                    replicas: placement.group(p).to_vec(),
+                    status: view.status(p),
+                })
+                .collect(),
+            live: None,
+        }
+    }
 }
 
 /// The cluster: nodes and partitions.
@@ -85,8 +106,13 @@ pub struct ClusterPartition {
     /// when its only copy is on another node).
     pub commit_lsn: Option<u64>,
     /// Nodes whose copy is catching up and does not vote yet (a replica that lost its disk
-    /// and rejoined), as this node's replica knows the members.
+    /// and rejoined, or a copy the placement moves here), as this node's replica knows the
+    /// members.
     pub learners: Vec<NodeId>,
+    /// Nodes whose copies vote, as this node's replica applied the members (the incoming
+    /// voters during a change; empty where this node has no replica). A move is done when
+    /// the leader's voters are the placement's group.
+    pub voters: Vec<NodeId>,
     /// A change of voters is under way (a rejoined copy replacing its old self).
     pub members_changing: bool,
 }
@@ -107,6 +133,7 @@ impl ClusterView {
                     stats: Some(Arc::clone(stats)),
                 })
                 .collect(),
+            live: None,
         }
     }
 
@@ -129,33 +156,24 @@ impl ClusterView {
                     stats: local.get(&p).map(|s| Arc::clone(s)),
                 })
                 .collect(),
+            live: None,
         }
     }
 
-    /// Node `node` of a replicated cluster on `map`: each partition's replica nodes
-    /// (`groups`, by partition), and the statuses of the replicas this node runs.
-    pub fn replicated(
-        map: &PartitionMap,
-        node: NodeId,
-        links: &BTreeMap<NodeId, Arc<LinkStats>>,
-        groups: Vec<Vec<NodeId>>,
-        statuses: Vec<(PartitionId, Arc<ReplicaStatus>)>,
-    ) -> ClusterView {
-        let mut statuses: BTreeMap<PartitionId, Arc<ReplicaStatus>> =
-            statuses.into_iter().collect();
+    /// A node of a replicated cluster, as it runs at each answer.
+    pub fn replicated(view: ReplicatedView) -> ClusterView {
         ClusterView {
-            map_version: map.version,
-            nodes: node_views(map, node, links),
-            partitions: (groups.into_iter().enumerate())
-                .map(|(partition, replicas)| PartitionSource::Replicated {
-                    replicas,
-                    status: statuses.remove(&(partition as PartitionId)),
-                })
-                .collect(),
+            map_version: 0,
+            nodes: Vec::new(),
+            partitions: Vec::new(),
+            live: Some(view),
         }
     }
 
     fn answer(&self) -> ClusterResponse {
+        if let Some(live) = &self.live {
+            return ClusterView::of_replicated(live).answer();
+        }
         let nodes = (self.nodes.iter())
             .map(|node| ClusterNode {
                 id: node.id,
@@ -175,6 +193,7 @@ impl ClusterView {
                         commit_lsn: (stats.as_ref())
                             .map(|stats| stats.last_lsn.load(Ordering::Acquire)),
                         learners: Vec::new(),
+                        voters: vec![*owner],
                         members_changing: false,
                     },
                     // Of a group with no replica here, this node knows the members only.
@@ -192,6 +211,9 @@ impl ClusterView {
                             .map(|s| s.applied_lsn.load(Ordering::Acquire)),
                         learners: (status.as_ref())
                             .map(|s| s.learners.lock().expect("not poisoned").clone())
+                            .unwrap_or_default(),
+                        voters: (status.as_ref())
+                            .map(|s| s.voters.lock().expect("not poisoned").clone())
                             .unwrap_or_default(),
                         members_changing: (status.as_ref())
                             .is_some_and(|s| s.members_changing.load(Ordering::Acquire)),

@@ -83,7 +83,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,6 +95,7 @@ use crate::driver::{DriverError, Input, RecoveryReport};
 use crate::engine::{Client, Engine, EngineConfig};
 use crate::storage::Storage;
 use walletd_core::model::partition::{MapError, NodeId, PartitionId, PartitionMap};
+use walletd_core::model::placement::{Placement, PlacementError};
 use walletd_core::wire::{WireError, FRAME_MESSAGES_MAX};
 
 mod forwarder;
@@ -247,6 +248,8 @@ pub enum NodeError {
     },
     #[error("{replicas} copies of each partition on {nodes} nodes: 1 to {nodes}")]
     Replicas { replicas: u32, nodes: usize },
+    #[error("invalid placement of the partitions' copies: {0}")]
+    Placement(String),
     #[error("the cluster secret must be at least {SECRET_LEN_MIN} bytes")]
     WeakSecret,
     #[error("cannot listen for peers on {address}: {source}")]
@@ -295,6 +298,12 @@ pub enum MapUpdateError {
     },
     #[error("node {0} is not in the map")]
     NodeRemoved(NodeId),
+    #[error("invalid placement of the partitions' copies: {0}")]
+    Placement(#[from] PlacementError),
+    #[error("a replicated node takes a map with the placement of its partitions' copies")]
+    PlacementMissing,
+    #[error("this node is not replicated: a placement of copies means nothing to it")]
+    NotReplicated,
     #[error(
         "the map gives this node the peer address {offered}, but it listens on {current}: \
          restart the node to move it"
@@ -340,8 +349,15 @@ struct NodeContext {
     nonces: NonceSource,
     config: NetConfig,
     /// A replicated node ([`replicated`]): whether a replica of each partition runs here
-    /// (by partition); every node of the map is a peer.
-    hosted: Option<Vec<bool>>,
+    /// (by partition; changed as copies move), and where every partition's copies are;
+    /// every node of the map is a peer.
+    replicated: Option<Replicated>,
+}
+
+/// What a node of a replicated cluster adds to its context.
+struct Replicated {
+    hosted: Vec<AtomicBool>,
+    placement: watch::Sender<Arc<Placement>>,
 }
 
 impl NodeContext {
@@ -363,7 +379,7 @@ impl NodeContext {
                 counter: AtomicU64::new(0),
             },
             config,
-            hosted: None,
+            replicated: None,
         }
     }
 
@@ -378,8 +394,9 @@ impl NodeContext {
     }
 
     fn owns(&self, partition: PartitionId) -> bool {
-        match &self.hosted {
-            Some(hosted) => hosted.get(partition as usize).copied().unwrap_or(false),
+        match &self.replicated {
+            Some(replicated) => (replicated.hosted.get(partition as usize))
+                .is_some_and(|hosted| hosted.load(Ordering::Acquire)),
             None => self.map.borrow().map.owner(partition) == self.node,
         }
     }
@@ -399,9 +416,20 @@ impl NodeContext {
     }
 
     /// Replaces the map if `offered` is a newer map that keeps every partition where it is
-    /// and this node where it listens.
-    fn update_map(&self, offered: PartitionMap) -> Result<MapChange, MapUpdateError> {
+    /// (unless `placement` comes with it, on a replicated node: copies move by it) and this
+    /// node where it listens.
+    fn update_map(
+        &self,
+        offered: PartitionMap,
+        placement: Option<Placement>,
+    ) -> Result<MapChange, MapUpdateError> {
         offered.validate()?;
+        match (&self.replicated, &placement) {
+            (Some(_), None) => return Err(MapUpdateError::PlacementMissing),
+            (None, Some(_)) => return Err(MapUpdateError::NotReplicated),
+            (Some(_), Some(placement)) => placement.check(&offered)?,
+            (None, None) => {}
+        }
         let current = self.map();
         let from = current.map.version;
         if offered.version < from {
@@ -411,7 +439,13 @@ impl NodeContext {
             });
         }
         if offered.version == from {
-            return match offered.digest() == current.digest {
+            let same_placement = match (&self.replicated, &placement) {
+                (Some(replicated), Some(placement)) => {
+                    **replicated.placement.borrow() == *placement
+                }
+                _ => true,
+            };
+            return match offered.digest() == current.digest && same_placement {
                 true => Ok(MapChange::Unchanged),
                 false => Err(MapUpdateError::SameVersionDiffers { version: from }),
             };
@@ -425,7 +459,7 @@ impl NodeContext {
         let moved: Vec<PartitionId> = (0..self.partitions)
             .filter(|p| offered.owner(*p) != current.map.owner(*p))
             .collect();
-        if !moved.is_empty() {
+        if !moved.is_empty() && self.replicated.is_none() {
             return Err(MapUpdateError::OwnersChanged {
                 partitions: moved,
                 current: from,
@@ -445,6 +479,9 @@ impl NodeContext {
         let to = offered.version;
         self.map.send_replace(CurrentMap::new(offered));
         assert_eq!(self.map_version(), to);
+        if let (Some(replicated), Some(placement)) = (&self.replicated, placement) {
+            replicated.placement.send_replace(Arc::new(placement));
+        }
         Ok(MapChange::Applied { from, to })
     }
 }
@@ -540,9 +577,34 @@ impl MapHandle {
 
     /// Runs on `map` from now on, if it is newer and moves nothing: new nodes, new addresses
     /// of other nodes (a forwarder dials the new one when it next connects). A refused map
-    /// changes nothing; the error says why.
+    /// changes nothing; the error says why. A replicated node takes [`MapHandle::update_placed`]
+    /// instead.
     pub fn update_map(&self, map: PartitionMap) -> Result<MapChange, MapUpdateError> {
-        let change = self.ctx.update_map(map)?;
+        self.update(map, None)
+    }
+
+    /// A replicated node runs on `map` and `placement` from now on, if they are newer: its
+    /// replicas take their groups as their targets, and the node starts the replicas the
+    /// placement gives it ([`replicated`]).
+    pub fn update_placed(
+        &self,
+        map: PartitionMap,
+        placement: Placement,
+    ) -> Result<MapChange, MapUpdateError> {
+        self.update(map, Some(placement))
+    }
+
+    /// The placement of a replicated node's partitions now (`None` on another node).
+    pub fn placement(&self) -> Option<Placement> {
+        (self.ctx.replicated.as_ref()).map(|r| Placement::clone(&r.placement.borrow()))
+    }
+
+    fn update(
+        &self,
+        map: PartitionMap,
+        placement: Option<Placement>,
+    ) -> Result<MapChange, MapUpdateError> {
+        let change = self.ctx.update_map(map, placement)?;
         if let MapChange::Applied { from, to } = change {
             tracing::info!(node = self.ctx.node, from, to, "partition map updated");
         }
@@ -648,7 +710,8 @@ struct Links {
     forwarders: Vec<AbortOnDrop>,
 }
 
-/// Starts a forwarder to every other node of the map of `ctx` that owns partitions.
+/// Starts a forwarder to every other node of the map of `ctx` that owns partitions (every
+/// other node, on a replicated node).
 fn spawn_forwarders<N: PeerIo>(ctx: &Arc<NodeContext>, io: &Arc<N>) -> Links {
     let mut links = Links {
         queues: BTreeMap::new(),
@@ -656,28 +719,37 @@ fn spawn_forwarders<N: PeerIo>(ctx: &Arc<NodeContext>, io: &Arc<N>) -> Links {
         forwarders: Vec::new(),
     };
     let map = ctx.map();
-    let owners: std::collections::BTreeSet<NodeId> = match ctx.hosted {
+    let owners: std::collections::BTreeSet<NodeId> = match ctx.replicated {
         Some(_) => map.map.nodes.keys().copied().collect(),
         None => map.map.owners.iter().copied().collect(),
     };
     for remote in owners.into_iter().filter(|id| *id != ctx.node) {
-        let (queue, inputs) = mpsc::channel(ctx.config.forward_queue_max);
-        let stats = Arc::new(LinkStats::default());
-        let forwarder = Forwarder {
-            remote,
-            ctx: Arc::clone(ctx),
-            io: Arc::clone(io),
-            inputs,
-            resend: std::collections::VecDeque::new(),
-            stats: Arc::clone(&stats),
-        };
-        links
-            .forwarders
-            .push(AbortOnDrop(tokio::spawn(forwarder.run())));
+        let (queue, stats, forwarder) = spawn_forwarder(ctx, io, remote);
+        links.forwarders.push(forwarder);
         links.queues.insert(remote, queue);
         links.stats.insert(remote, stats);
     }
     links
+}
+
+/// Starts the forwarder to node `remote`: its queue, its counters and its task.
+fn spawn_forwarder<N: PeerIo>(
+    ctx: &Arc<NodeContext>,
+    io: &Arc<N>,
+    remote: NodeId,
+) -> (mpsc::Sender<Input>, Arc<LinkStats>, AbortOnDrop) {
+    let (queue, inputs) = mpsc::channel(ctx.config.forward_queue_max);
+    let stats = Arc::new(LinkStats::default());
+    let forwarder = Forwarder {
+        remote,
+        ctx: Arc::clone(ctx),
+        io: Arc::clone(io),
+        inputs,
+        resend: std::collections::VecDeque::new(),
+        stats: Arc::clone(&stats),
+    };
+    let task = AbortOnDrop(tokio::spawn(forwarder.run()));
+    (queue, stats, task)
 }
 
 fn check_node<S>(

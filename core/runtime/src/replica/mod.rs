@@ -41,6 +41,17 @@
 //! new id and catches up. A storage that holds a copy set aside says so
 //! ([`Storage::holds_set_aside`]), and the replica then never starts a new group over it,
 //! as one whose log holds records never does.
+//!
+//! # A moved replica
+//! The placement ([`Placement`]) names the nodes that hold the partition's replicas, and
+//! may change while the replica runs: the driver hands each new group to its replica as
+//! the target its leader converges the members to ([`Replica::set_target`]). A replica on a
+//! node the placement no longer names goes on as a member until the group has removed it,
+//! asking now and then whether it has ([`MembershipMessage::Check`]); once a member answers
+//! that a later membership leaves it out, the driver stops and gives its storages and its
+//! inbox back ([`Stopped::Removed`]) for its node to delete the copy. A replica still
+//! deciding its id when its node leaves the group stops the same way: it has nothing that
+//! counts.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -50,13 +61,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use walletd_core::ledger::Ledger;
 use walletd_core::log::codec::{encode_record, RecordReader};
 use walletd_core::model::event::Lsn;
 use walletd_core::model::partition::{NodeId, PartitionId};
+use walletd_core::model::placement::Placement;
 use walletd_core::protocol::machine::{Now, PartitionMachine};
 use walletd_core::replica::membership::{self, initial_id, Decision, Joiner, MembershipMessage};
 use walletd_core::replica::{
@@ -103,6 +115,9 @@ pub struct ReplicaStatus {
     /// The nodes whose replicas are learners in the members this replica applied: copies
     /// catching up (a replica that lost its disk) that do not vote yet.
     pub learners: std::sync::Mutex<Vec<NodeId>>,
+    /// The nodes whose replicas are voters in the members this replica applied (the
+    /// incoming ones, during a change).
+    pub voters: std::sync::Mutex<Vec<NodeId>>,
     /// A change of voters is under way (joint consensus: decisions need a majority of the
     /// old voters and of the new).
     pub members_changing: AtomicBool,
@@ -179,6 +194,42 @@ pub struct ReplicaDriver<S: Storage, R: RaftStore> {
 /// How often a replica with nothing on disk asks its group again.
 const ASK_INTERVAL: Duration = Duration::from_millis(200);
 
+/// How often a replica on a node the placement no longer names asks whether its group
+/// has removed it.
+const CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How a replica driver ended.
+pub enum Stopped<S, R> {
+    /// Asked to stop ([`Input::Shutdown`]) or every sender of its inbox gone: the partition
+    /// log is synced.
+    Shutdown { storage: S, raft_store: R },
+    /// Its group removed it, after the placement moved it off its node (see "A moved
+    /// replica" in the module docs): its copy is no longer needed. The inbox comes back
+    /// with whatever came meanwhile.
+    Removed {
+        storage: S,
+        raft_store: R,
+        inbox: mpsc::Receiver<Input>,
+    },
+}
+
+impl<S, R> Stopped<S, R> {
+    /// The storages, however it ended.
+    pub fn into_storages(self) -> (S, R) {
+        match self {
+            Stopped::Shutdown {
+                storage,
+                raft_store,
+            }
+            | Stopped::Removed {
+                storage,
+                raft_store,
+                ..
+            } => (storage, raft_store),
+        }
+    }
+}
+
 /// A running replica's driver loop.
 struct Running<S: Storage, R: RaftStore> {
     replica: Replica<Channels>,
@@ -204,6 +255,11 @@ struct Running<S: Storage, R: RaftStore> {
     unsynced_batches: usize,
     /// Fetches of records from other nodes' replicas, to serve: (node, after, through).
     fetches: Vec<(NodeId, Lsn, Lsn)>,
+    /// The node this replica runs on, and where the partition's copies are.
+    node: NodeId,
+    placement: watch::Receiver<Arc<Placement>>,
+    /// A member answered that the group removed this replica.
+    removed: bool,
     /// The last closed segment read to serve a fetch (fetches go through it in order).
     fetch_cache: Option<(SegmentRef, Vec<u8>)>,
 }
@@ -215,9 +271,10 @@ const LOG_SYNC_BATCHES: usize = 512;
 
 /// The inputs and outputs of a replica driver, other than its storage.
 pub struct ReplicaWiring {
-    /// The node this replica runs on, and every node of its group (this one among them).
+    /// The node this replica runs on, and where every partition's copies are: the group of
+    /// this one names this node when the replica starts.
     pub node: NodeId,
-    pub group: Vec<NodeId>,
+    pub placement: watch::Receiver<Arc<Placement>>,
     pub peers: Arc<dyn Transport>,
     pub links: Arc<dyn GroupLinks>,
     /// Client commands, queries, phase messages and the group's Raft and membership
@@ -254,7 +311,8 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
                 );
                 let io = |source| DriverError::Io { partition, source };
                 storage.set_aside().await.map_err(io)?;
-                let voters: Vec<u64> = wiring.group.iter().copied().map(initial_id).collect();
+                let founders = wiring.placement.borrow().founders(partition).to_vec();
+                let voters: Vec<u64> = founders.into_iter().map(initial_id).collect();
                 raft_store
                     .reset(DurableRaft::new(&voters))
                     .await
@@ -289,13 +347,26 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
         })
     }
 
-    /// Runs until a [`Input::Shutdown`] or until every sender of the inbox is gone (first
-    /// finding out which replica it is, if its store has not decided). A clean stop syncs
-    /// the partition log and returns the storages.
-    pub async fn run(mut self) -> Result<(S, R), ReplicaDriverError> {
+    /// Runs until a [`Input::Shutdown`], until every sender of the inbox is gone, or until
+    /// its group removes it (first finding out which replica it is, if its store has not
+    /// decided). A clean stop syncs the partition log and returns the storages.
+    pub async fn run(mut self) -> Result<Stopped<S, R>, ReplicaDriverError> {
         let mut waiting = VecDeque::new();
-        let Some(id) = self.decide_id(&mut waiting).await? else {
-            return Ok((self.storage, self.raft_store));
+        let id = match self.decide_id(&mut waiting).await? {
+            Decided::Id(id) => id,
+            Decided::Stop => {
+                return Ok(Stopped::Shutdown {
+                    storage: self.storage,
+                    raft_store: self.raft_store,
+                })
+            }
+            Decided::Moved => {
+                return Ok(Stopped::Removed {
+                    storage: self.storage,
+                    raft_store: self.raft_store,
+                    inbox: self.wiring.inbox,
+                })
+            }
         };
         let mut config = self.config;
         config.id = id;
@@ -303,8 +374,15 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
             micros: 0,
             wall_us: wall_clock_us(),
         };
-        let replica = Replica::new(config, &self.durable, self.ledger, now)?;
-        let wiring = self.wiring;
+        let mut replica = Replica::new(config, &self.durable, self.ledger, now)?;
+        let mut wiring = self.wiring;
+        replica.set_target(
+            wiring
+                .placement
+                .borrow_and_update()
+                .group(self.partition)
+                .to_vec(),
+        );
         let running = Running {
             replica,
             storage: self.storage,
@@ -323,6 +401,9 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
             unsynced_batches: 0,
             fetches: Vec::new(),
             fetch_cache: None,
+            node: wiring.node,
+            placement: wiring.placement,
+            removed: false,
         };
         let stopped = running.run().await;
         if let Err(error) = &stopped {
@@ -338,21 +419,30 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
     async fn decide_id(
         &mut self,
         waiting: &mut VecDeque<(Instant, Input)>,
-    ) -> Result<Option<ReplicaId>, ReplicaDriverError> {
+    ) -> Result<Decided, ReplicaDriverError> {
         let partition = self.partition;
         let node = self.wiring.node;
         if self.durable.id != 0 {
-            return Ok(Some(self.durable.id));
+            return Ok(Decided::Id(self.durable.id));
         }
         if !self.durable.is_undecided() {
-            return Ok(Some(initial_id(node)));
+            return Ok(Decided::Id(initial_id(node)));
         }
         // Drawn anew by every start, so that an answer to an earlier start's ask is ignored.
         let nonce = self.config.seed ^ 0x6a6f_696e_6e6f_6e63 ^ wall_clock_us();
         let set_aside = (self.storage.holds_set_aside().await)
             .map_err(|source| DriverError::Io { partition, source })?;
         let has_records = self.ledger.last_applied().lsn > 0 || set_aside;
-        let mut joiner = Joiner::new(node, &self.wiring.group, nonce, has_records);
+        let (group, may_bootstrap) = {
+            let placement = self.wiring.placement.borrow_and_update();
+            let group = placement.group(partition).to_vec();
+            (group, placement.may_bootstrap(partition))
+        };
+        if !group.contains(&node) {
+            return Ok(Decided::Moved);
+        }
+        // A group that has moved has copies that ran it: it is never started anew.
+        let mut joiner = Joiner::new(node, &group, nonce, has_records || !may_bootstrap);
         tracing::info!(
             partition,
             node,
@@ -361,14 +451,16 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
         let mut asks = tokio::time::interval(ASK_INTERVAL);
         asks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let links = Arc::clone(&self.wiring.links);
+        // The placement's sender goes with the node: no more changes then.
+        let mut placement_open = true;
         let decision = loop {
             tokio::select! {
                 biased;
                 input = self.wiring.inbox.recv() => match input {
-                    None => return Ok(None),
+                    None => return Ok(Decided::Stop),
                     Some(Input::Shutdown(ack)) => {
                         let _ = ack.send(());
-                        return Ok(None);
+                        return Ok(Decided::Stop);
                     }
                     Some(Input::Membership { from, message, .. }) => match message {
                         MembershipMessage::Ask { node: asker, nonce } => {
@@ -384,7 +476,7 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
                             }
                         }
                     },
-                    // No id yet: nothing addressed to a replica id is for this one.
+                    // Still deciding: not a member of anything, nothing to answer.
                     Some(Input::Raft { .. }) => {}
                     Some(input) => {
                         if waiting.len() < self.timing.leader_wait_inputs_max {
@@ -392,6 +484,15 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
                         }
                     }
                 },
+                changed = self.wiring.placement.changed(), if placement_open => {
+                    placement_open = changed.is_ok();
+                    let gone = placement_open
+                        && !self.wiring.placement.borrow_and_update().group(partition).contains(&node);
+                    if gone {
+                        tracing::info!(partition, node, "the placement no longer names this node: the joining replica stops");
+                        return Ok(Decided::Moved);
+                    }
+                }
                 _ = asks.tick() => {
                     for peer in joiner.peers_to_ask() {
                         links.send_membership(peer, partition, joiner.ask());
@@ -420,8 +521,17 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
             .await
             .map_err(|source| ReplicaDriverError::RaftStore { partition, source })?;
         self.durable = durable;
-        Ok(Some(id))
+        Ok(Decided::Id(id))
     }
+}
+
+/// How finding out a replica's id ended.
+enum Decided {
+    Id(ReplicaId),
+    /// Asked to stop first.
+    Stop,
+    /// The placement moved the replica off its node first.
+    Moved,
 }
 
 impl<S: Storage, R: RaftStore> Running<S, R> {
@@ -432,12 +542,21 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
         }
     }
 
-    async fn run(mut self) -> Result<(S, R), ReplicaDriverError> {
+    async fn run(mut self) -> Result<Stopped<S, R>, ReplicaDriverError> {
         let partition = self.replica.partition();
         let mut writing: Option<StoreWrite<R>> = None;
         let mut ticks = tokio::time::interval(self.timing.tick);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut checks = tokio::time::interval(CHECK_INTERVAL);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The placement's sender goes with the node: no more changes then.
+        let mut placement_open = true;
         loop {
+            if self.removed {
+                self.stop(writing).await?;
+                tracing::info!(partition, "removed from the group: this copy stops");
+                return Ok(self.into_stopped());
+            }
             self.route_waiting();
             self.drive().await?;
             self.serve_fetches().await?;
@@ -462,7 +581,7 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
                     Some(Input::Shutdown(ack)) => {
                         self.stop(writing).await?;
                         let _ = ack.send(());
-                        return Ok((self.storage, self.raft_store.take().expect("stopped")));
+                        return Ok(self.into_stopped());
                     }
                     Some(input) => {
                         self.handle(input)?;
@@ -472,8 +591,7 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
                                 Ok(Input::Shutdown(ack)) => {
                                     self.stop(writing).await?;
                                     let _ = ack.send(());
-                                    let store = self.raft_store.take().expect("stopped");
-                                    return Ok((self.storage, store));
+                                    return Ok(self.into_stopped());
                                 }
                                 Ok(input) => self.handle(input)?,
                                 Err(_) => break,
@@ -482,9 +600,17 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
                     }
                     None => {
                         self.stop(writing).await?;
-                        return Ok((self.storage, self.raft_store.take().expect("stopped")));
+                        return Ok(self.into_stopped());
                     }
                 },
+                changed = self.placement.changed(), if placement_open => {
+                    placement_open = changed.is_ok();
+                    if placement_open {
+                        let group = self.placement.borrow_and_update().group(partition).to_vec();
+                        self.replica.set_target(group);
+                    }
+                }
+                _ = checks.tick() => self.check_membership(),
                 _ = ticks.tick() => {
                     self.replica.tick();
                     self.expire_waiting();
@@ -532,15 +658,36 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
             return Ok(());
         }
         if let Input::Membership {
-            partition, message, ..
+            partition,
+            from,
+            message,
         } = input
         {
-            if let MembershipMessage::Ask { node, nonce } = message {
-                let answer = self.replica.handle_ask(node, nonce);
-                let answer = MembershipMessage::Answer { nonce, answer };
-                self.links.send_membership(node, partition, answer);
+            match message {
+                MembershipMessage::Ask { node, nonce } => {
+                    let answer = self.replica.handle_ask(node, nonce);
+                    let answer = MembershipMessage::Answer { nonce, answer };
+                    self.links.send_membership(node, partition, answer);
+                }
+                MembershipMessage::Check { id } => {
+                    if let Some(removed) = self.replica.handle_check(id) {
+                        self.links.send_membership(from, partition, removed);
+                    }
+                }
+                MembershipMessage::Removed { .. } => {
+                    let own = self.replica.id();
+                    let named = self
+                        .placement
+                        .borrow()
+                        .group(partition)
+                        .contains(&self.node);
+                    if !named && membership::is_removal(own, self.replica.conf_index(), &message) {
+                        self.removed = true;
+                    }
+                }
+                // An answer reaches a replica that has decided already: an ask's late answer.
+                MembershipMessage::Answer { .. } => {}
             }
-            // An answer reaches a replica that has decided already: an ask's late answer.
             return Ok(());
         }
         // Beyond the bound the input is dropped: its client sees the partition unavailable.
@@ -587,6 +734,51 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
             if let Some(machine) = self.replica.machine() {
                 machine.handle_tick(now);
             }
+        }
+    }
+
+    /// On a node the placement no longer names for the group, asks the other members
+    /// whether the group still counts this replica (see "A moved replica").
+    fn check_membership(&self) {
+        let partition = self.replica.partition();
+        if self
+            .placement
+            .borrow()
+            .group(partition)
+            .contains(&self.node)
+        {
+            return;
+        }
+        let conf = self.replica.conf_state();
+        let members = [&conf.voters, &conf.voters_outgoing, &conf.learners];
+        let mut nodes: Vec<NodeId> = (members.iter().flat_map(|ids| ids.iter()))
+            .filter_map(|id| membership::node_of(*id))
+            .filter(|node| *node != self.node)
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let check = MembershipMessage::Check {
+            id: self.replica.id(),
+        };
+        for node in nodes {
+            self.links.send_membership(node, partition, check);
+        }
+    }
+
+    /// What a replica that stopped ([`Running::stop`] first) gives back: its storages,
+    /// and its inbox if its group removed it.
+    fn into_stopped(mut self) -> Stopped<S, R> {
+        let raft_store = self.raft_store.take().expect("stopped");
+        match self.removed {
+            false => Stopped::Shutdown {
+                storage: self.storage,
+                raft_store,
+            },
+            true => Stopped::Removed {
+                storage: self.storage,
+                raft_store,
+                inbox: self.inbox,
+            },
         }
     }
 
@@ -791,6 +983,8 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
             let conf = self.replica.conf_state();
             let learners = (conf.learners.iter()).filter_map(|id| membership::node_of(*id));
             *self.status.learners.lock().expect("not poisoned") = learners.collect();
+            let voters = (conf.voters.iter()).filter_map(|id| membership::node_of(*id));
+            *self.status.voters.lock().expect("not poisoned") = voters.collect();
             let changing = !conf.voters_outgoing.is_empty();
             self.status
                 .members_changing

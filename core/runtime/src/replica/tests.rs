@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use walletd_core::model::placement::Placement;
 
 use super::*;
 use crate::storage::raft_store::MemRaftStore;
@@ -160,7 +161,11 @@ impl Group {
         };
         let wiring = ReplicaWiring {
             node: index as NodeId,
-            group: (0..REPLICAS as NodeId).collect(),
+            placement: tokio::sync::watch::channel(Arc::new(Placement {
+                groups: vec![(0..REPLICAS as NodeId).collect()],
+                founders: vec![(0..REPLICAS as NodeId).collect()],
+            }))
+            .1,
             peers: Arc::new(NoPeers),
             links: Arc::new(NodeWires {
                 node: index as NodeId,
@@ -185,7 +190,12 @@ impl Group {
         )
         .await
         .expect("a replica starts from its disks");
-        node.task = Some(tokio::spawn(driver.run()));
+        node.task = Some(tokio::spawn(async move {
+            driver
+                .run()
+                .await
+                .map(crate::replica::Stopped::into_storages)
+        }));
         self.wires.inboxes.lock().unwrap()[index] = Some(inbox_tx.clone());
         node.inbox = Some(inbox_tx);
     }
