@@ -60,9 +60,9 @@
 //! count it ([`MembershipMessage::Check`]). A member whose applied members leave it out,
 //! at a later membership change than the one the asker applied last, answers
 //! [`MembershipMessage::Removed`]: the change that removed it is committed, so the asker
-//! stops, and its node deletes its copy ([`is_removal`]). A replica whose node the map
-//! still names never takes such an answer: it is a copy that is joining, or one that the
-//! leader will take in again.
+//! stops, and its node deletes its copy ([`is_removal`]); so does one that applied such a
+//! change itself. A replica whose node the map still names never takes such an answer: it
+//! is a copy that is joining, or one that the leader will take in again.
 
 use std::collections::BTreeSet;
 

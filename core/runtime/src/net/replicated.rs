@@ -955,3 +955,6 @@ impl Relay {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod move_tests;

@@ -739,7 +739,7 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
 
     /// On a node the placement no longer names for the group, asks the other members
     /// whether the group still counts this replica (see "A moved replica").
-    fn check_membership(&self) {
+    fn check_membership(&mut self) {
         let partition = self.replica.partition();
         if self
             .placement
@@ -747,6 +747,12 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
             .group(partition)
             .contains(&self.node)
         {
+            return;
+        }
+        // Members it applied itself that leave it out: committed, so it was removed (or,
+        // a copy still joining, never counted).
+        if !self.replica.is_member() {
+            self.removed = true;
             return;
         }
         let conf = self.replica.conf_state();
