@@ -35,7 +35,7 @@ use walletd_runtime::driver::DriverStats;
 use walletd_runtime::net::replicated::{
     replica_id, start_replicated_node, ReplicaStores, ReplicatedConfig,
 };
-use walletd_runtime::net::{bind_peer_address, MapHandle, MutualTls, Tcp};
+use walletd_runtime::net::{bind_peer_address, MutualTls, Tcp};
 use walletd_runtime::storage::file::{FileStorage, FileStorageConfig};
 use walletd_runtime::storage::journal::{JournalConfig, NodeJournal};
 use walletd_runtime::storage::raft_store::file::{FileRaftStore, FileRaftStoreConfig};
@@ -157,11 +157,10 @@ impl ReplicaStores for FileStores {
 }
 
 /// How a replicated node learns of its map: from its cluster file, fixed (its data
-/// directory then holds exactly the partitions the file gives it), or from etcd, where
-/// copies move (see [`crate::map_follower`]).
+/// directory then holds exactly the partitions the file gives it). Copies that move with a
+/// map in etcd are the next source.
 pub(crate) enum MapSource {
     File,
-    Etcd(Box<dyn FnOnce(MapHandle) -> crate::node::Following + Send>),
 }
 
 /// Runs node `args.id` of the replicated cluster of `map` until a signal, with each
@@ -183,7 +182,6 @@ pub(crate) async fn run(
     let dir = DataDir::create_or_check(&root, partitions).map_err(ServeError::from)?;
     match source {
         MapSource::File => dir.claim_for_node(args.id, &named),
-        MapSource::Etcd(_) => dir.claim_for_moving_node(args.id),
     }
     .map_err(ServeError::from)?;
     let mut election_seed = [0u8; 8];
@@ -246,9 +244,8 @@ pub(crate) async fn run(
                 .await?
         }
     };
-    let following = match source {
+    let following: Option<crate::node::Following> = match source {
         MapSource::File => None,
-        MapSource::Etcd(follow) => Some(follow(node.map_handle())),
     };
     let stats: Vec<(PartitionId, Arc<DriverStats>)> = node.stats();
     // History and the feed of a partition with no replica here are its owner's to answer.
