@@ -9,10 +9,11 @@
 //!                └─ (no replica here) relay ─► queue of a node with one ═══════════════► its replica p
 //! ```
 //!
-//! **Placement** ([`replica_nodes`]): partition `p`'s replicas are on its owner in the map
-//! and the nodes after it in id order, wrapping around, as many as `replicas`; with
-//! `replicas` equal to the node count every node holds every partition. Copies of one
-//! partition are always on distinct nodes. A request for a partition this node hosts goes
+//! **Placement** ([`Placement`]): by default ([`Placement::derived`]) partition `p`'s
+//! replicas are on its owner in the map and the nodes after it in id order, wrapping
+//! around, as many as `replicas`; with `replicas` equal to the node count every node holds
+//! every partition. Copies of one partition are always on distinct nodes, and they move
+//! as the placement changes (see [`start_replicated_node`]). A request for a partition this node hosts goes
 //! through its own replica, which hands it to the leader ([`GroupLinks::forward`]); one
 //! for a partition it does not host goes to a node that does, the same one while its link
 //! is up. The peer links are the unreplicated cluster's ([`super::forwarder`],
@@ -53,39 +54,6 @@ pub fn replica_id(node: NodeId) -> ReplicaId {
 /// replica's Raft store starts from `DurableRaft::new(&voters(map))`.
 pub fn voters(map: &PartitionMap) -> Vec<ReplicaId> {
     map.nodes.keys().map(|node| replica_id(*node)).collect()
-}
-
-/// The nodes holding partition `partition`'s replicas when each partition has `replicas`
-/// copies: its owner in `map` and the nodes after it in id order, wrapping around.
-pub fn replica_nodes(map: &PartitionMap, partition: PartitionId, replicas: u32) -> Vec<NodeId> {
-    let nodes: Vec<NodeId> = map.nodes.keys().copied().collect();
-    assert!(
-        (1..=nodes.len() as u32).contains(&replicas),
-        "1 to {} replicas, not {replicas}",
-        nodes.len()
-    );
-    let owner = map.owner(partition);
-    let first = nodes
-        .iter()
-        .position(|n| *n == owner)
-        .expect("owners are nodes");
-    (0..replicas as usize)
-        .map(|i| nodes[(first + i) % nodes.len()])
-        .collect()
-}
-
-/// The partitions whose replicas include one on `node`, ascending.
-pub fn hosted_partitions(map: &PartitionMap, node: NodeId, replicas: u32) -> Vec<PartitionId> {
-    (0..map.partitions())
-        .filter(|p| replica_nodes(map, *p, replicas).contains(&node))
-        .collect()
-}
-
-/// The first voters of partition `partition`'s group: its replica nodes' first ids.
-pub fn voters_of(map: &PartitionMap, partition: PartitionId, replicas: u32) -> Vec<ReplicaId> {
-    (replica_nodes(map, partition, replicas).into_iter())
-        .map(replica_id)
-        .collect()
 }
 
 /// The node a replica id stands for, whatever its incarnation.
