@@ -446,10 +446,10 @@ mod tests {
             error.to_string().contains("cannot move partitions"),
             "{error}"
         );
-        reopened.claim_for_moving_node(0).unwrap();
+        reopened.claim_for_moving_node(1).unwrap();
         let other = reopened.claim_for_moving_node(5).unwrap_err();
         assert!(
-            matches!(other, DataDirError::OtherNode { recorded: 0, .. }),
+            matches!(other, DataDirError::OtherNode { recorded: 1, .. }),
             "{other}"
         );
         fs::write(root.join(NODE_FILE), "node = 1\nholds = 1,x\n").unwrap();
