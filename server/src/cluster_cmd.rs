@@ -308,8 +308,6 @@ async fn remove_node(args: RemoveNodeArgs) -> Result<(), ClusterCmdError> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn node_takes_a_cluster_file_or_etcd_but_not_both() {
         use clap::Parser;

@@ -331,7 +331,13 @@ async fn wait_groups(
         });
         let Some(pending) = pending else {
             if said.is_some() {
-                eprintln!("applied after {:.1}s", started.elapsed().as_secs_f64());
+                let elapsed = started.elapsed().as_secs_f64();
+                match groups {
+                    [(partition, target)] => {
+                        eprintln!("partition {partition}: {target:?} applied after {elapsed:.1}s")
+                    }
+                    _ => eprintln!("every group applied after {elapsed:.1}s"),
+                }
             }
             return Ok(());
         };
