@@ -85,8 +85,9 @@ pub enum ClusterCommand {
     /// is neither voter nor learner. Each step is a compare-and-swap on the map key's
     /// revision raising map_version by one; a write that loses to another writer reads the
     /// map again and decides again. Waiting polls GET /v1/cluster on the group's nodes
-    /// (plain HTTP; nodes serving HTTPS cannot be polled: use --no-wait and watch
-    /// `wallet cluster status`) every 200 ms, printing what it waits for to stderr.
+    /// every 200 ms, printing what it waits for to stderr. The nodes are asked over plain
+    /// HTTP only: nodes serving their API over HTTPS cannot be polled, and a move among
+    /// them waits until its timeout.
     ///
     /// Resumable: the command reads the map and does only what is left, so after a timeout
     /// or an interruption run the same command again; `--from M --to N` rolls the move
@@ -160,6 +161,7 @@ pub struct AddNodeArgs {
     pub peer: String,
 }
 
+/// The arguments of `wallet cluster remove-node`.
 #[derive(Debug, Args)]
 pub struct RemoveNodeArgs {
     #[command(flatten)]

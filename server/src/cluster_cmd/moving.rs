@@ -22,6 +22,7 @@ const PROGRESS_EVERY_MS: u64 = 5_000;
 /// Rounds of one move: its three steps, and the compare-and-swap races it may lose.
 const MOVE_ROUNDS_MAX: u32 = SWAP_ATTEMPTS_MAX + 3;
 
+/// The arguments of `wallet cluster move`.
 #[derive(Debug, Args)]
 pub struct MoveArgs {
     #[command(flatten)]
@@ -39,6 +40,7 @@ pub struct MoveArgs {
     pub wait: WaitArgs,
 }
 
+/// The arguments of `wallet cluster drain`.
 #[derive(Debug, Args)]
 pub struct DrainArgs {
     #[command(flatten)]
@@ -116,6 +118,7 @@ pub enum MoveOutcome {
     },
 }
 
+/// `wallet cluster move`: runs the move and prints how it ended.
 pub async fn run_move_command(args: MoveArgs) -> Result<(), super::ClusterCmdError> {
     let store = args.etcd.store()?;
     let mv = Move {
@@ -148,6 +151,8 @@ pub async fn run_move_command(args: MoveArgs) -> Result<(), super::ClusterCmdErr
     Ok(())
 }
 
+/// `wallet cluster drain`: moves the node's copies one partition at a time, then waits until
+/// every group has applied the map (moves of an earlier run included).
 pub async fn run_drain_command(args: DrainArgs) -> Result<(), super::ClusterCmdError> {
     let store = args.etcd.store()?;
     let node = args.node;

@@ -15,6 +15,7 @@ use super::EtcdArgs;
 use crate::cli::Format;
 use crate::map_store::{Liveness, StoredMap};
 
+/// The arguments of `wallet cluster status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     #[command(flatten)]
@@ -28,6 +29,7 @@ pub struct StatusArgs {
     pub node_timeout_ms: u64,
 }
 
+/// `wallet cluster status`: reads the map and liveness, asks every node, prints.
 pub async fn run(args: StatusArgs) -> Result<(), super::ClusterCmdError> {
     let store = args.etcd.store()?;
     let stored = store.read_existing().await?;
