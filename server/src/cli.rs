@@ -101,12 +101,16 @@ pub enum Command {
     /// times the ledger alone on one core (no disk); `memory` measures resident bytes per
     /// open account.
     Bench(crate::bench::BenchArgs),
-    /// The partition map in etcd: write the first one, show it, add a node.
+    /// The partition map in etcd: write the first one, show it, add, drain and remove nodes,
+    /// move a partition's copy.
     ///
-    /// `init` stores a cluster file's map in etcd, `status` prints the map with each node's
-    /// liveness and each partition's owner, `add-node` adds a node (which owns no partitions
-    /// until moves exist). Every change is a compare-and-swap on the map's revision and
-    /// raises its map_version; nodes started with --etcd take it without a restart.
+    /// `init` stores a cluster file's map in etcd (each partition's group of copies with
+    /// it), `status` prints the map with each node's liveness and each partition's group,
+    /// leader and lag, `add-node` adds a node holding no copy, `move` moves one copy of a
+    /// partition from one node to another, `drain` moves every copy off a node,
+    /// `remove-node` removes a node holding none. Every change is a compare-and-swap on the
+    /// map's revision and raises its map_version; nodes started with --etcd take it without
+    /// a restart. `move` and `drain` are resumed by running them again.
     Cluster(crate::cluster_cmd::ClusterArgs),
 }
 

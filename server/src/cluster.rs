@@ -232,10 +232,9 @@ impl ClusterConfig {
         })
     }
 
-    /// The partition map of the cluster file at `path` alone (no secret, no TLS files
-    /// read): what `wallet cluster init` stores in etcd. True if the file has a `[tls]`
-    /// section, which a map in etcd does not carry.
-    pub fn load_map(path: &Path) -> Result<(PartitionMap, bool), ClusterConfigError> {
+    /// The partition map and replica count of the cluster file at `path` alone (no secret,
+    /// no TLS files read): what `wallet cluster init` stores in etcd.
+    pub fn load_map(path: &Path) -> Result<MapFile, ClusterConfigError> {
         let text = fs::read_to_string(path).map_err(|source| ClusterConfigError::Read {
             path: path.display().to_string(),
             source,
@@ -244,7 +243,12 @@ impl ClusterConfig {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        Ok((partition_map(&file)?, file.tls.is_some()))
+        let map = partition_map(&file)?;
+        Ok(MapFile {
+            replicas: replicas(&file, &map)?,
+            map,
+            has_tls: file.tls.is_some(),
+        })
     }
 
     /// The address entry of node `id`, or an error listing the nodes there are.
@@ -311,6 +315,16 @@ fn partition_map(file: &ClusterFile) -> Result<PartitionMap, ClusterConfigError>
         return Err(ClusterConfigError::IdleNode(*idle));
     }
     Ok(map)
+}
+
+/// What [`ClusterConfig::load_map`] reads of a cluster file.
+#[derive(Debug, Clone)]
+pub struct MapFile {
+    pub map: PartitionMap,
+    /// Copies of each partition (the file's `replicas`, or its default).
+    pub replicas: u32,
+    /// The file has a `[tls]` section, which a map in etcd does not carry.
+    pub has_tls: bool,
 }
 
 /// The `replicas` of the file: 1 to the node count; by default 3 on three nodes or more

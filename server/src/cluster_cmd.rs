@@ -1,30 +1,51 @@
 //! `wallet cluster`: the partition map in etcd, for operators and scripts.
 //!
-//! - `init --config cluster.toml`: stores the cluster file's map (nodes, owners, version;
-//!   never the secret or the TLS files) as the first map. Refused if a map is already there:
+//! - `init --config cluster.toml`: stores the cluster file's map (nodes, version, and each
+//!   partition's group of `replicas` copies on its owner and the nodes after it; never the
+//!   secret or the TLS files) as the first map. Refused if a map is already there:
 //!   overwriting a running cluster's map by accident is the mistake to prevent. `--force`
 //!   replaces it, under a version above the stored one, so running nodes judge it as any
-//!   other change (and refuse it if it moves their partitions).
-//! - `status [--format json]`: the map, each node's liveness (its lease in etcd) and the map
-//!   version it runs, each partition's owner. The JSON holds the stored document verbatim
-//!   under `map`.
-//! - `add-node --id N --http ADDR --peer ADDR`: a compare-and-swap that adds a node owning no
-//!   partition and raises the map version.
+//!   other change.
+//! - `status [--format json]`: the map (each partition's group and founders), each node's
+//!   liveness (its lease in etcd) and the map version it runs, and what the nodes say of
+//!   their partitions: the leader, each copy's lag. The JSON holds the stored document
+//!   verbatim under `map`.
+//! - `add-node --id N --http ADDR --peer ADDR`: adds a node holding no copy.
+//! - `move --partition P --from N --to M`: moves P's copy from node N to node M, growing
+//!   the group and then shrinking it, waiting for the group to apply each step; resumed by
+//!   running it again, rolled back by its reverse.
+//! - `drain --node N`: moves every copy off node N, one partition at a time.
+//! - `remove-node --id N`: removes a node that holds no copy.
 //!
-//! Exit status: 0 done, 1 refused or failed (the message says why).
+//! Every change is a compare-and-swap on the map key's revision that raises `map_version`
+//! by one. Exit status: 0 done, 1 refused or failed (the message says why), 2 bad arguments.
+//!
+//! # Layout
+//! - this file: the subcommands, `init`, `add-node`, `remove-node`;
+//! - `status`: `status` and its report;
+//! - `moving`: the drivers of `move` and `drain` (read, write, wait, again);
+//! - `plan`: what a move or a drain does next, from the stored placement alone;
+//! - `probe`: what the nodes say (`GET /v1/cluster`) and whether a group applied a step.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use serde_json::json;
 use walletd_core::model::partition::{NodeAddress, NodeId};
+use walletd_core::model::placement::Placement;
 
-use crate::cli::Format;
-use crate::cluster::{is_host_port, ClusterConfig};
+use crate::cluster::{is_host_port, ClusterConfig, MapFile};
 use crate::etcd::Etcd;
-use crate::map_store::{MapStore, StoreError, StoredMap, PREFIX_DEFAULT};
+use crate::map_store::{MapStore, StoreError, PREFIX_DEFAULT};
+
+mod moving;
+mod plan;
+mod probe;
+mod status;
+
+pub use moving::{DrainArgs, MoveArgs, MoveError, WaitArgs};
+pub use status::StatusArgs;
 
 #[derive(Debug, Args)]
 pub struct ClusterArgs {
@@ -37,16 +58,59 @@ pub enum ClusterCommand {
     /// Store a cluster file's map in etcd as the cluster's first map.
     ///
     /// Takes the nodes, their addresses, the partition count, the owners and map_version of
-    /// the file (its secret and [tls] section stay with the nodes). Refused if etcd already
-    /// holds a map for this prefix, unless --force.
+    /// the file (its secret and [tls] section stay with the nodes), and gives each partition
+    /// a group of `replicas` copies (the file's, 3 by default on three nodes or more): its
+    /// owner and the nodes after it in id order; each group is its own founders. Refused if
+    /// etcd already holds a map for this prefix, unless --force. Exit 0 stored, 1 refused
+    /// or failed.
     Init(InitArgs),
-    /// Print the map in etcd, each node's liveness and each partition's owner.
+    /// Print the map in etcd: each partition's group and founders, each node's liveness,
+    /// and (best effort) each partition's leader and each copy's lag behind it.
+    ///
+    /// The leader and the lags come from every node's GET /v1/cluster over plain HTTP,
+    /// each bounded by --node-timeout-ms; a node that does not answer shows as unknown
+    /// ("-"), never as a failure. --format json keeps the stored document verbatim under
+    /// `map`. Exit 0 printed, 1 no map or etcd unreachable.
     Status(StatusArgs),
-    /// Add a node to the map: it owns no partition until partitions can move to it.
+    /// Add a node to the map: it owns no partition and holds no copy until one moves to it.
     ///
     /// Start it with `wallet node --etcd URL --id N`; every running node learns of it from
-    /// etcd, without a restart.
+    /// etcd, without a restart. One compare-and-swap. Exit 0 added, 1 refused or failed.
     AddNode(AddNodeArgs),
+    /// Move partition P's copy from node N to node M, in two compare-and-swap steps.
+    ///
+    /// Step 1 (grow) writes P's group with M appended and waits until P's leader has
+    /// applied it: M caught up (a learner first) and voting. Step 2 (shrink) writes the
+    /// group without N (if N was first, M takes its place at the front) and waits until N
+    /// is neither voter nor learner. Each step is a compare-and-swap on the map key's
+    /// revision raising map_version by one; a write that loses to another writer reads the
+    /// map again and decides again. Waiting polls GET /v1/cluster on the group's nodes
+    /// every 200 ms, printing what it waits for to stderr. The nodes are asked over plain
+    /// HTTP only: nodes serving their API over HTTPS cannot be polled, and a move among
+    /// them waits until its timeout.
+    ///
+    /// Resumable: the command reads the map and does only what is left, so after a timeout
+    /// or an interruption run the same command again; `--from M --to N` rolls the move
+    /// back. M already in the group and N out: nothing to write ("already moved").
+    ///
+    /// Exit 0 moved (or the step written, with --no-wait), 1 refused, failed or timed out
+    /// (the move is left in place), 2 bad arguments.
+    Move(MoveArgs),
+    /// Move every copy off node N, one partition at a time, in partition order.
+    ///
+    /// For each partition whose group holds N, the node of the map outside the group that
+    /// holds the fewest copies (ties: the lowest id) takes N's copy, by the steps of
+    /// `wallet cluster move`. Refused before anything is written if some partition has no
+    /// node to go to. Resumable: run the same command again; a move it left half done
+    /// (a group grown past its founders' count) is finished first. Ends with
+    /// `drained node=N partitions=K`. Exit 0 drained, 1 refused, failed or timed out,
+    /// 2 bad arguments.
+    Drain(DrainArgs),
+    /// Remove a node from the map; refused while any partition's group holds it.
+    ///
+    /// Drain it first (`wallet cluster drain --node N`). One compare-and-swap. Exit 0
+    /// removed, 1 refused or failed.
+    RemoveNode(RemoveNodeArgs),
 }
 
 /// Where the map is.
@@ -83,15 +147,6 @@ pub struct InitArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct StatusArgs {
-    #[command(flatten)]
-    pub etcd: EtcdArgs,
-    /// `text` for people, `json` for programs.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
-}
-
-#[derive(Debug, Args)]
 pub struct AddNodeArgs {
     #[command(flatten)]
     pub etcd: EtcdArgs,
@@ -106,6 +161,16 @@ pub struct AddNodeArgs {
     pub peer: String,
 }
 
+/// The arguments of `wallet cluster remove-node`.
+#[derive(Debug, Args)]
+pub struct RemoveNodeArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// The node to remove (holding no copy of any partition).
+    #[arg(long)]
+    pub id: NodeId,
+}
+
 /// Why a `wallet cluster` command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterCmdError {
@@ -113,6 +178,8 @@ pub enum ClusterCmdError {
     Config(#[from] crate::cluster::ClusterConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Move(#[from] MoveError),
 }
 
 /// Runs the command; its result goes to stdout, a failure to stderr, once.
@@ -130,8 +197,11 @@ pub fn run(args: ClusterArgs) -> ExitCode {
     let done = runtime.block_on(async move {
         match args.command {
             ClusterCommand::Init(args) => init(args).await,
-            ClusterCommand::Status(args) => status(args).await,
+            ClusterCommand::Status(args) => status::run(args).await,
             ClusterCommand::AddNode(args) => add_node(args).await,
+            ClusterCommand::Move(args) => moving::run_move_command(args).await,
+            ClusterCommand::Drain(args) => moving::run_drain_command(args).await,
+            ClusterCommand::RemoveNode(args) => remove_node(args).await,
         }
     });
     match done {
@@ -144,7 +214,11 @@ pub fn run(args: ClusterArgs) -> ExitCode {
 }
 
 async fn init(args: InitArgs) -> Result<(), ClusterCmdError> {
-    let (map, has_tls) = ClusterConfig::load_map(&args.config)?;
+    let MapFile {
+        map,
+        replicas,
+        has_tls,
+    } = ClusterConfig::load_map(&args.config)?;
     if has_tls {
         eprintln!(
             "note: the [tls] section of {} is not stored in etcd; give nodes started with \
@@ -152,10 +226,12 @@ async fn init(args: InitArgs) -> Result<(), ClusterCmdError> {
             args.config.display()
         );
     }
+    let placement = Placement::derived(&map, replicas);
     let store = args.etcd.store()?;
-    let version = store.init(map.clone(), args.force).await?;
+    let version = store.init(map.clone(), &placement, args.force).await?;
     println!(
-        "stored map version {version}: {} partitions on {} nodes at {} in etcd {}",
+        "stored map version {version}: {} partitions on {} nodes, {replicas} copies each, at \
+         {} in etcd {}",
         map.partitions(),
         map.nodes.len(),
         store.map_key(),
@@ -177,7 +253,7 @@ async fn add_node(args: AddNodeArgs) -> Result<(), ClusterCmdError> {
         peer: args.peer.clone(),
     };
     let written = store
-        .update(|map| {
+        .update(|map, _| {
             if map.nodes.contains_key(&args.id) {
                 return Err(format!(
                     "node {} is already in the map (map version {})",
@@ -201,244 +277,39 @@ async fn add_node(args: AddNodeArgs) -> Result<(), ClusterCmdError> {
     Ok(())
 }
 
-async fn status(args: StatusArgs) -> Result<(), ClusterCmdError> {
+async fn remove_node(args: RemoveNodeArgs) -> Result<(), ClusterCmdError> {
     let store = args.etcd.store()?;
-    let stored = store.read_existing().await?;
-    let live = store.live_nodes().await?;
-    let report = StatusReport { stored, live };
-    match args.format {
-        Format::Text => print!("{}", report.text()),
-        Format::Json => println!("{}", report.json()),
-    }
+    let id = args.id;
+    let written = store
+        .update(|map, placement| {
+            if !map.nodes.contains_key(&id) {
+                let nodes: Vec<NodeId> = map.nodes.keys().copied().collect();
+                return Err(format!(
+                    "node {id} is not in the map (its nodes: {nodes:?})"
+                ));
+            }
+            let held = placement.hosted(id);
+            if !held.is_empty() {
+                return Err(format!(
+                    "node {id} still holds copies of partitions {held:?}; move them first \
+                     with `wallet cluster drain --node {id}`"
+                ));
+            }
+            let mut changed = map.clone();
+            changed.nodes.remove(&id);
+            Ok(changed)
+        })
+        .await?;
+    println!(
+        "removed node {id}: map version {}, {} nodes",
+        written.version,
+        written.nodes.len()
+    );
     Ok(())
-}
-
-/// What `status` prints, in either format.
-struct StatusReport {
-    stored: StoredMap,
-    live: std::collections::BTreeMap<NodeId, crate::map_store::Liveness>,
-}
-
-impl StatusReport {
-    fn json(&self) -> String {
-        let map = &self.stored.map;
-        let nodes: Vec<_> = map
-            .nodes
-            .iter()
-            .map(|(id, address)| {
-                let live = self.live.get(id);
-                json!({
-                    "id": id,
-                    "http": address.http,
-                    "peer": address.peer,
-                    "live": live.is_some(),
-                    "map_version": live.map(|l| l.map_version),
-                    "since": live.map(|l| l.since.clone()),
-                    "partitions": map.partitions_of(*id),
-                })
-            })
-            .collect();
-        let partitions: Vec<_> = (0..map.partitions())
-            .map(|p| {
-                let owner = map.owner(p);
-                json!({
-                    "partition": p,
-                    "owner": owner,
-                    "replicas": self.stored.document.partitions[p as usize].replicas,
-                    "owner_live": self.live.contains_key(&owner),
-                })
-            })
-            .collect();
-        let live_not_in_map: Vec<NodeId> = self
-            .live
-            .keys()
-            .filter(|id| !map.nodes.contains_key(id))
-            .copied()
-            .collect();
-        /// `map` first, and exactly as etcd holds it (fields, order and all).
-        #[derive(serde::Serialize)]
-        struct Report {
-            map: Box<serde_json::value::RawValue>,
-            mod_revision: i64,
-            nodes: Vec<serde_json::Value>,
-            partitions: Vec<serde_json::Value>,
-            live_not_in_map: Vec<NodeId>,
-        }
-        let stored = String::from_utf8_lossy(&self.stored.raw).trim().to_string();
-        let report = Report {
-            map: serde_json::value::RawValue::from_string(stored)
-                .expect("the stored map parsed as JSON when it was read"),
-            mod_revision: self.stored.mod_revision,
-            nodes,
-            partitions,
-            live_not_in_map,
-        };
-        serde_json::to_string_pretty(&report).expect("status encodes")
-    }
-
-    fn text(&self) -> String {
-        use std::fmt::Write as _;
-        let map = &self.stored.map;
-        let mut out = String::new();
-        let live_count = map
-            .nodes
-            .keys()
-            .filter(|id| self.live.contains_key(id))
-            .count();
-        let _ = writeln!(
-            out,
-            "map version {} (etcd revision {}): {} partitions, {} nodes, {} live",
-            map.version,
-            self.stored.mod_revision,
-            map.partitions(),
-            map.nodes.len(),
-            live_count
-        );
-        let _ = writeln!(
-            out,
-            "\n{:>5}  {:<22} {:<22} {:<5} {:>11}  partitions",
-            "node", "http", "peer", "live", "map_version"
-        );
-        for (id, address) in &map.nodes {
-            let live = self.live.get(id);
-            let version = live.map_or("-".to_string(), |l| l.map_version.to_string());
-            let owned = map.partitions_of(*id);
-            let _ = writeln!(
-                out,
-                "{id:>5}  {:<22} {:<22} {:<5} {version:>11}  {}",
-                address.http,
-                address.peer,
-                if live.is_some() { "up" } else { "down" },
-                if owned.is_empty() {
-                    "none".to_string()
-                } else {
-                    format!("{owned:?}")
-                }
-            );
-        }
-        let _ = writeln!(out, "\n{:>9}  {:>5}  owner live", "partition", "owner");
-        for p in 0..map.partitions() {
-            let owner = map.owner(p);
-            let live = if self.live.contains_key(&owner) {
-                "up"
-            } else {
-                "down"
-            };
-            let _ = writeln!(out, "{p:>9}  {owner:>5}  {live}");
-        }
-        for (id, entry) in self
-            .live
-            .iter()
-            .filter(|(id, _)| !map.nodes.contains_key(id))
-        {
-            let _ = writeln!(
-                out,
-                "\nwarning: node {id} holds a lease but is not in the map (it runs map version {})",
-                entry.map_version
-            );
-        }
-        out
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use walletd_core::model::partition::PartitionMap;
-
-    use super::*;
-    use crate::map_store::{Liveness, MapDocument};
-
-    fn report() -> StatusReport {
-        let mut nodes = BTreeMap::new();
-        for id in [0, 1, 3] {
-            let address = NodeAddress {
-                http: format!("127.0.0.1:{}", 8080 + id),
-                peer: format!("127.0.0.1:{}", 9080 + id),
-            };
-            nodes.insert(id, address);
-        }
-        let map = PartitionMap {
-            version: 2,
-            owners: vec![0, 1, 0],
-            nodes,
-        };
-        let document = MapDocument::from_map(&map);
-        let live = |id: NodeId| Liveness {
-            id,
-            http: format!("127.0.0.1:{}", 8080 + id),
-            peer: format!("127.0.0.1:{}", 9080 + id),
-            map_version: 2,
-            since: "2026-12-05T12:00:00Z".into(),
-        };
-        let live = BTreeMap::from([(0, live(0)), (3, live(3)), (9, live(9))]);
-        StatusReport {
-            stored: StoredMap {
-                raw: document.to_bytes(),
-                map,
-                document,
-                mod_revision: 17,
-                revision: 20,
-            },
-            live,
-        }
-    }
-
-    #[test]
-    fn status_json_holds_the_stored_map_verbatim_and_each_nodes_liveness() {
-        let report = report();
-        let text = report.json();
-        let stored = String::from_utf8(report.stored.raw.clone()).unwrap();
-        assert!(
-            text.contains(&stored),
-            "the stored bytes, as they are:\n{text}"
-        );
-        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(json["map"]["map_version"], 2);
-        assert_eq!(json["mod_revision"], 17);
-        assert_eq!(json["nodes"][0]["live"], true);
-        assert_eq!(json["nodes"][1]["live"], false);
-        assert_eq!(json["nodes"][1]["map_version"], serde_json::Value::Null);
-        assert_eq!(json["nodes"][2]["partitions"], serde_json::json!([]));
-        assert_eq!(json["partitions"][1]["owner"], 1);
-        assert_eq!(json["partitions"][1]["owner_live"], false);
-        assert_eq!(json["live_not_in_map"], serde_json::json!([9]));
-    }
-
-    #[test]
-    fn status_text_says_who_is_up_and_who_owns_what() {
-        let text = report().text();
-        assert!(
-            text.starts_with("map version 2 (etcd revision 17): 3 partitions, 3 nodes, 2 live"),
-            "{text}"
-        );
-        let node_1 = text
-            .lines()
-            .find(|l| l.trim_start().starts_with("1  127.0.0.1:8081"))
-            .unwrap();
-        assert!(
-            node_1.contains("down") && node_1.ends_with("[1]"),
-            "{node_1}"
-        );
-        let node_3 = text
-            .lines()
-            .find(|l| l.trim_start().starts_with("3  127.0.0.1:8083"))
-            .unwrap();
-        assert!(
-            node_3.contains(" up ") && node_3.ends_with("none"),
-            "{node_3}"
-        );
-        assert!(
-            text.contains("node 9 holds a lease but is not in the map"),
-            "{text}"
-        );
-        assert!(
-            text.lines().all(|l| l == l.trim_end()),
-            "no trailing spaces"
-        );
-    }
-
     #[test]
     fn node_takes_a_cluster_file_or_etcd_but_not_both() {
         use clap::Parser;

@@ -15,7 +15,8 @@
 //!   updates) and the liveness of nodes.
 //! - [`map_follower`]: how a node started with `--etcd` keeps its map fresh, and serves on
 //!   while etcd is down.
-//! - [`cluster_cmd`]: `wallet cluster init`, `status`, `add-node`.
+//! - [`cluster_cmd`]: `wallet cluster init`, `status`, `add-node`, `move`, `drain`,
+//!   `remove-node`.
 //! - [`tls`]: certificates and keys from PEM files, for HTTPS and for the peer links.
 //! - [`https`]: serving the API over TLS (TLS handshake per connection, graceful shutdown).
 //! - [`api`]: the HTTP API. The router takes a `Client` and driver statistics, never an

@@ -58,7 +58,7 @@ fn help_explains_every_subcommand() {
     }
     assert!(stdout(&w.run(&["verify", "--help"])).contains("conservation"));
     let cluster = stdout(&w.run(&["cluster", "--help"]));
-    for command in ["init", "status", "add-node"] {
+    for command in ["init", "status", "add-node", "move", "drain", "remove-node"] {
         assert!(
             cluster.contains(command),
             "cluster --help lacks {command}:\n{cluster}"
@@ -81,6 +81,96 @@ fn help_explains_every_subcommand() {
         "{add_node}"
     );
     assert!(!w.run(&["frobnicate"]).status.success());
+}
+
+#[test]
+fn cluster_moves_explain_their_steps_and_refuse_bad_arguments() {
+    let w = wallet!();
+    let moving = stdout(&w.run(&["cluster", "move", "--help"]));
+    for word in [
+        "--partition",
+        "--from",
+        "--to",
+        "--no-wait",
+        "--timeout-s",
+        "[default: 600]",
+        "compare-and-swap",
+        "Resumable",
+        "rolls the move back",
+        "plain HTTP",
+        "Exit 0",
+    ] {
+        assert!(moving.contains(word), "move --help lacks {word}:\n{moving}");
+    }
+    let drain = stdout(&w.run(&["cluster", "drain", "--help"]));
+    for word in [
+        "--node",
+        "fewest copies",
+        "drained node=N partitions=K",
+        "Resumable",
+    ] {
+        assert!(drain.contains(word), "drain --help lacks {word}:\n{drain}");
+    }
+    let remove = stdout(&w.run(&["cluster", "remove-node", "--help"]));
+    assert!(
+        remove.contains("refused while any partition's group holds it"),
+        "{remove}"
+    );
+
+    let etcd = ["--etcd", "http://127.0.0.1:1"];
+    let bad: [&[&str]; 5] = [
+        &["cluster", "move", "--partition", "0", "--from", "1"],
+        &[
+            "cluster",
+            "move",
+            "--partition",
+            "p",
+            "--from",
+            "1",
+            "--to",
+            "2",
+        ],
+        &[
+            "cluster",
+            "move",
+            "--partition",
+            "0",
+            "--from",
+            "1",
+            "--to",
+            "2",
+            "--timeout-s",
+            "-1",
+        ],
+        &["cluster", "drain"],
+        &["cluster", "remove-node"],
+    ];
+    for args in bad {
+        let mut args = args.to_vec();
+        args.extend(etcd);
+        let out = w.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("--"), "{args:?}: {}", stderr(&out));
+    }
+    // Good arguments, no etcd there: one clear line, exit 1.
+    let out = w.run(&[
+        "cluster",
+        "move",
+        "--etcd",
+        "http://127.0.0.1:1",
+        "--partition",
+        "0",
+        "--from",
+        "1",
+        "--to",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot be reached"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// Runs a small day of business on a fresh server and stops it with SIGTERM.

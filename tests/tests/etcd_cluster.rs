@@ -206,7 +206,8 @@ fn a_cluster_on_etcd_takes_a_new_node_and_serves_through_an_etcd_outage() {
     cluster.wait_ready();
     let status = cluster.wait_status(NODES, 1);
     assert_eq!(status["map"]["partition_count"], PARTITIONS, "{status:#}");
-    assert_eq!(status["map"]["partitions"][4]["replicas"], json!([1]));
+    assert_eq!(status["map"]["partitions"][4]["replicas"], json!([1, 2, 0]));
+    assert_eq!(status["map"]["partitions"][4]["founders"], json!([1, 2, 0]));
     assert_eq!(status["partitions"][4]["owner"], 1);
 
     // Two accounts on every partition, opened and funded through every node in turn.

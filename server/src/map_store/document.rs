@@ -1,23 +1,30 @@
 //! The partition map as etcd keeps it: one JSON document under `<prefix>/map`.
 //!
 //! ```json
-//! {"format": 1, "map_version": 4, "partition_count": 3,
+//! {"format": 2, "map_version": 4, "partition_count": 3,
 //!  "nodes": [{"id": 0, "http": "127.0.0.1:8080", "peer": "127.0.0.1:9080"}, ...],
-//!  "partitions": [{"partition": 0, "replicas": [0]}, {"partition": 1, "replicas": [1]}, ...]}
+//!  "partitions": [{"partition": 0, "replicas": [0, 1, 2], "founders": [0, 1, 2]},
+//!                 {"partition": 1, "replicas": [1, 2, 3], "founders": [1, 2, 0]}, ...]}
 //! ```
 //!
-//! Each partition names its replica group, the nodes that hold a copy of it. Format 1 has
-//! one copy per partition, so a group is exactly its owner. Replicated partitions will list
-//! more nodes in the same field (and raise `format`), so the shape does not break; a node
-//! refuses a document of a format it does not know rather than misread it.
+//! Each partition names its replica group (`replicas`: the nodes that hold a copy now, the
+//! first preferred to lead and counted as the partition's owner) and its founders (the nodes
+//! whose copies started the group, fixed for its life): together a
+//! [`Placement`]. Format 1, written before partitions were replicated, has exactly one node
+//! per group and no founders; it is still read (its founders are its groups), and every write
+//! is format 2. A document of a format this version does not know is refused rather than
+//! misread.
 
 use serde::{Deserialize, Serialize};
 use walletd_core::model::partition::{MapError, NodeId, PartitionId, PartitionMap, PARTITIONS_MAX};
+use walletd_core::model::placement::{Placement, PlacementError};
 
 use crate::cluster::NODES_MAX;
 
-/// The format this version writes and reads.
-pub const FORMAT: u32 = 1;
+/// The format this version writes.
+pub const FORMAT: u32 = 2;
+/// The format of one copy per partition, still read.
+pub const FORMAT_SINGLE: u32 = 1;
 
 /// The stored document; see the module docs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,12 +46,17 @@ pub struct NodeEntry {
     pub peer: String,
 }
 
-/// The nodes that hold a partition. Format 1: exactly one, its owner.
+/// The nodes that hold a partition, and those that started its group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicaGroup {
     pub partition: PartitionId,
+    /// The group now, the first node preferred to lead. Format 1: exactly one, its owner.
     pub replicas: Vec<NodeId>,
+    /// The group's first members. Required in format 2; absent in format 1, where a group
+    /// never changed and so is its own founders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub founders: Option<Vec<NodeId>>,
 }
 
 /// Why a stored document is not a map this node can run on.
@@ -53,7 +65,8 @@ pub enum DocumentError {
     #[error("the stored map is not valid JSON of the map document: {0}")]
     Json(String),
     #[error(
-        "the stored map has format {0}; this version of walletd reads format {FORMAT} (upgrade it)"
+        "the stored map has format {0}; this version of walletd reads formats \
+         {FORMAT_SINGLE} and {FORMAT} (upgrade it)"
     )]
     Format(u32),
     #[error("partition_count must be between 1 and {PARTITIONS_MAX}, got {0}")]
@@ -76,30 +89,55 @@ pub enum DocumentError {
         index: usize,
         found: PartitionId,
     },
-    #[error("partition {partition} has {replicas} replicas; format {FORMAT} has exactly one")]
+    #[error(
+        "partition {partition} has {replicas} replicas; format {FORMAT_SINGLE} has exactly one"
+    )]
     Replicas {
         partition: PartitionId,
         replicas: usize,
     },
+    #[error("partition {partition}: format {format} {requirement} `founders`")]
+    Founders {
+        partition: PartitionId,
+        format: u32,
+        requirement: &'static str,
+    },
+    #[error("partition {partition}: an empty replica group (a partition needs one copy at least)")]
+    EmptyGroup { partition: PartitionId },
     #[error(transparent)]
     Map(#[from] MapError),
+    #[error(transparent)]
+    Placement(#[from] PlacementError),
 }
 
 impl MapDocument {
-    /// The document of `map`.
+    /// The document of `map` with one copy per partition, on its owner (the groups of an
+    /// unreplicated cluster).
     pub fn from_map(map: &PartitionMap) -> MapDocument {
+        let single = map.owners.iter().map(|owner| vec![*owner]).collect();
+        MapDocument::from_placed(
+            map,
+            &Placement {
+                founders: map.owners.iter().map(|owner| vec![*owner]).collect(),
+                groups: single,
+            },
+        )
+    }
+
+    /// The document of `map` with its partitions' groups and founders from `placement`.
+    /// The owners of `map` are not written: a partition's owner is the first of its group.
+    pub fn from_placed(map: &PartitionMap, placement: &Placement) -> MapDocument {
         let nodes = map.nodes.iter().map(|(id, address)| NodeEntry {
             id: *id,
             http: address.http.clone(),
             peer: address.peer.clone(),
         });
-        let partitions = map
-            .owners
-            .iter()
+        let partitions = (placement.groups.iter().zip(&placement.founders))
             .enumerate()
-            .map(|(p, owner)| ReplicaGroup {
+            .map(|(p, (group, founders))| ReplicaGroup {
                 partition: p as PartitionId,
-                replicas: vec![*owner],
+                replicas: group.clone(),
+                founders: Some(founders.clone()),
             });
         MapDocument {
             format: FORMAT,
@@ -119,7 +157,7 @@ impl MapDocument {
         }
         let format: FormatOnly =
             serde_json::from_slice(bytes).map_err(|e| DocumentError::Json(e.to_string()))?;
-        if format.format != FORMAT {
+        if format.format != FORMAT && format.format != FORMAT_SINGLE {
             return Err(DocumentError::Format(format.format));
         }
         serde_json::from_slice(bytes).map_err(|e| DocumentError::Json(e.to_string()))
@@ -130,9 +168,16 @@ impl MapDocument {
         serde_json::to_vec_pretty(self).expect("a map document encodes")
     }
 
-    /// The map this document describes, checked as every node will check it.
+    /// The map this document describes (each partition's owner: the first of its group),
+    /// checked as every node will check it.
     pub fn to_map(&self) -> Result<PartitionMap, DocumentError> {
-        if self.format != FORMAT {
+        self.to_placed().map(|(map, _)| map)
+    }
+
+    /// The map and the placement this document describes, both checked as every node will
+    /// check them.
+    pub fn to_placed(&self) -> Result<(PartitionMap, Placement), DocumentError> {
+        if self.format != FORMAT && self.format != FORMAT_SINGLE {
             return Err(DocumentError::Format(self.format));
         }
         let count = self.partition_count;
@@ -159,33 +204,68 @@ impl MapDocument {
                 return Err(DocumentError::DuplicateNode(node.id));
             }
         }
+        let placement = self.placement()?;
+        map.owners = placement.groups.iter().map(|group| group[0]).collect();
+        map.validate()?;
+        placement.check(&map)?;
+        Ok((map, placement))
+    }
+
+    /// The groups and founders as listed, in partition order, each group non-empty; what
+    /// the format requires of each entry checked (not yet against the nodes).
+    fn placement(&self) -> Result<Placement, DocumentError> {
+        let count = self.partition_count;
+        let mut placement = Placement {
+            groups: Vec::with_capacity(count as usize),
+            founders: Vec::with_capacity(count as usize),
+        };
         for (index, group) in self.partitions.iter().enumerate() {
-            if group.partition as usize != index || index >= count as usize {
+            let partition = group.partition;
+            if partition as usize != index || index >= count as usize {
                 return Err(DocumentError::PartitionOrder {
                     last: count - 1,
                     index,
-                    found: group.partition,
+                    found: partition,
                 });
             }
-            match group.replicas.as_slice() {
-                [owner] => map.owners.push(*owner),
-                other => {
+            let founders = match (self.format, &group.founders) {
+                (FORMAT_SINGLE, None) if group.replicas.len() == 1 => group.replicas.clone(),
+                (FORMAT_SINGLE, None) => {
                     return Err(DocumentError::Replicas {
-                        partition: group.partition,
-                        replicas: other.len(),
+                        partition,
+                        replicas: group.replicas.len(),
                     })
                 }
+                (FORMAT_SINGLE, Some(_)) => {
+                    return Err(DocumentError::Founders {
+                        partition,
+                        format: FORMAT_SINGLE,
+                        requirement: "has no",
+                    })
+                }
+                (_, None) => {
+                    return Err(DocumentError::Founders {
+                        partition,
+                        format: self.format,
+                        requirement: "requires",
+                    })
+                }
+                (_, Some(founders)) => founders.clone(),
+            };
+            if group.replicas.is_empty() {
+                return Err(DocumentError::EmptyGroup { partition });
             }
+            placement.groups.push(group.replicas.clone());
+            placement.founders.push(founders);
         }
-        if map.owners.len() != count as usize {
+        if placement.groups.len() != count as usize {
             return Err(DocumentError::PartitionOrder {
                 last: count - 1,
-                index: map.owners.len(),
+                index: placement.groups.len(),
                 found: count,
             });
         }
-        map.validate()?;
-        Ok(map)
+        Ok(placement)
     }
 }
 
@@ -193,58 +273,138 @@ impl MapDocument {
 mod tests {
     use super::*;
     use walletd_core::model::partition::NodeAddress;
+    use walletd_core::model::placement::REPLICAS_MAX;
 
-    fn map() -> PartitionMap {
-        let mut nodes = std::collections::BTreeMap::new();
-        for id in [0, 1, 2] {
+    fn map(nodes: u32) -> PartitionMap {
+        let mut addresses = std::collections::BTreeMap::new();
+        for id in 0..nodes {
             let address = NodeAddress {
                 http: format!("127.0.0.1:{}", 8080 + id),
                 peer: format!("127.0.0.1:{}", 9080 + id),
             };
-            nodes.insert(id, address);
+            addresses.insert(id, address);
         }
         PartitionMap {
             version: 4,
             owners: vec![0, 1, 0],
-            nodes,
+            nodes: addresses,
         }
     }
 
+    /// Partition 1's group has moved off its founders (node 2 replaced by node 3).
+    fn placed() -> (PartitionMap, Placement) {
+        let map = map(4);
+        let mut placement = Placement::derived(&map, 3);
+        placement.groups[1] = vec![1, 3, 0];
+        (map, placement)
+    }
+
     #[test]
-    fn a_map_round_trips_through_its_stored_bytes() {
-        let document = MapDocument::from_map(&map());
+    fn a_placed_map_round_trips_through_its_stored_bytes() {
+        let (map, placement) = placed();
+        let document = MapDocument::from_placed(&map, &placement);
         let parsed = MapDocument::parse(&document.to_bytes()).unwrap();
         assert_eq!(parsed, document);
-        let back = parsed.to_map().unwrap();
-        assert_eq!(back, map());
-        assert!(back.partitions_of(2).is_empty(), "a node may own nothing");
+        let (back, placed_back) = parsed.to_placed().unwrap();
+        assert_eq!(back, map);
+        assert_eq!(placed_back, placement);
+        assert_eq!(parsed.to_map().unwrap(), map);
         let json: serde_json::Value = serde_json::from_slice(&document.to_bytes()).unwrap();
-        assert_eq!(json["partitions"][1]["replicas"], serde_json::json!([1]));
-        assert_eq!(json["format"], 1);
+        assert_eq!(json["format"], 2);
+        assert_eq!(
+            json["partitions"][1]["replicas"],
+            serde_json::json!([1, 3, 0])
+        );
+        assert_eq!(
+            json["partitions"][1]["founders"],
+            serde_json::json!([1, 2, 3])
+        );
+    }
+
+    #[test]
+    fn a_partitions_owner_is_the_first_of_its_group() {
+        let (mut map, mut placement) = placed();
+        placement.groups[2] = vec![3, 1, 2];
+        map.owners[2] = 3;
+        let (back, _) = MapDocument::from_placed(&map, &placement)
+            .to_placed()
+            .unwrap();
+        assert_eq!(back.owners, vec![0, 1, 3]);
+    }
+
+    #[test]
+    fn a_map_of_one_copy_each_is_written_as_format_2() {
+        let document = MapDocument::from_map(&map(3));
+        assert_eq!(document.format, FORMAT);
+        let (back, placement) = document.to_placed().unwrap();
+        assert_eq!(back, map(3));
+        assert!(back.partitions_of(2).is_empty(), "a node may own nothing");
+        assert_eq!(placement.groups, vec![vec![0], vec![1], vec![0]]);
+        assert_eq!(placement.founders, placement.groups);
+    }
+
+    #[test]
+    fn a_format_1_document_is_read_with_its_groups_as_founders() {
+        let text = br#"{"format": 1, "map_version": 4, "partition_count": 3,
+            "nodes": [{"id": 0, "http": "127.0.0.1:8080", "peer": "127.0.0.1:9080"},
+                      {"id": 1, "http": "127.0.0.1:8081", "peer": "127.0.0.1:9081"},
+                      {"id": 2, "http": "127.0.0.1:8082", "peer": "127.0.0.1:9082"}],
+            "partitions": [{"partition": 0, "replicas": [0]}, {"partition": 1, "replicas": [1]},
+                           {"partition": 2, "replicas": [0]}]}"#;
+        let document = MapDocument::parse(text).unwrap();
+        let (back, placement) = document.to_placed().unwrap();
+        assert_eq!(back, map(3));
+        assert_eq!(placement.groups, vec![vec![0], vec![1], vec![0]]);
+        assert_eq!(placement.founders, placement.groups);
+        let rewritten = MapDocument::from_placed(&back, &placement);
+        assert_eq!(rewritten.format, 2, "every write is format 2");
+        assert_eq!(rewritten.partitions[1].founders, Some(vec![1]));
     }
 
     #[test]
     fn documents_that_no_node_could_run_are_refused_with_the_reason() {
-        let good = MapDocument::from_map(&map());
-        let newer = br#"{"format": 2, "replicas_per_partition": 3}"#;
-        assert_eq!(MapDocument::parse(newer), Err(DocumentError::Format(2)));
+        let (map, placement) = placed();
+        let good = MapDocument::from_placed(&map, &placement);
+        let newer = br#"{"format": 3, "replicas_per_partition": 3}"#;
+        assert_eq!(MapDocument::parse(newer), Err(DocumentError::Format(3)));
         assert!(matches!(
             MapDocument::parse(b"{}"),
             Err(DocumentError::Json(_))
         ));
         let mut text = String::from_utf8(good.to_bytes()).unwrap();
-        text = text.replacen("\"format\": 1,", "\"format\": 1, \"colour\": 3,", 1);
+        text = text.replacen("\"format\": 2,", "\"format\": 2, \"colour\": 3,", 1);
         let error = MapDocument::parse(text.as_bytes()).unwrap_err().to_string();
         assert!(error.contains("unknown field `colour`"), "{error}");
         type Change = Box<dyn Fn(&mut MapDocument)>;
+        let too_many: Vec<NodeId> = (0..=REPLICAS_MAX as NodeId).collect();
         let cases: Vec<(Change, &str)> = vec![
             (
-                Box::new(|d| d.partitions[1].replicas = vec![1, 2]),
-                "exactly one",
+                Box::new(|d| d.partitions[1].replicas = vec![1, 2, 1]),
+                "distinct nodes, got [1, 2, 1]",
+            ),
+            (
+                Box::new(|d| d.partitions[1].founders = Some(vec![0, 0])),
+                "distinct nodes, got [0, 0]",
             ),
             (
                 Box::new(|d| d.partitions[1].replicas.clear()),
-                "exactly one",
+                "partition 1: an empty replica group",
+            ),
+            (
+                Box::new(|d| d.partitions[0].founders = None),
+                "partition 0: format 2 requires `founders`",
+            ),
+            (
+                Box::new(|d| d.partitions[2].replicas = vec![2, 7]),
+                "partition 2: node 7 is not in the map",
+            ),
+            (
+                Box::new(|d| d.partitions[0].replicas = vec![7, 1]),
+                "node 7, which the map does not list",
+            ),
+            (
+                Box::new(move |d| d.partitions[0].replicas = too_many.clone()),
+                "a group of 1 to 7 distinct nodes",
             ),
             (Box::new(|d| d.partitions.swap(0, 1)), "in order"),
             (
@@ -258,12 +418,26 @@ mod tests {
                 "not host:port",
             ),
             (
-                Box::new(|d| d.partitions[0].replicas = vec![7]),
-                "does not list",
-            ),
-            (
                 Box::new(|d| d.nodes[2].http = d.nodes[0].peer.clone()),
                 "share the address",
+            ),
+            (
+                Box::new(|d| {
+                    d.format = 1;
+                    for group in &mut d.partitions {
+                        group.founders = None;
+                    }
+                }),
+                "partition 0 has 3 replicas; format 1 has exactly one",
+            ),
+            (
+                Box::new(|d| {
+                    d.format = 1;
+                    for group in &mut d.partitions {
+                        group.replicas.truncate(1);
+                    }
+                }),
+                "format 1 has no `founders`",
             ),
         ];
         for (change, expected) in cases {

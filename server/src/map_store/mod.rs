@@ -1,4 +1,5 @@
-//! The partition map in etcd, and which nodes are alive.
+//! The partition map in etcd (each partition's replica group with it), and which nodes are
+//! alive.
 //!
 //! Keys, under a prefix (`--etcd-prefix`, default `/walletd`, so one etcd can hold several
 //! clusters):
@@ -15,12 +16,14 @@
 //! # Layout
 //! - this file: [`MapStore`], the keys, reads, the first write, compare-and-swap updates,
 //!   liveness;
-//! - `document`: the stored format of the map and its checks.
+//! - `document`: the stored format of the map (nodes, each partition's group and founders)
+//!   and its checks.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use walletd_core::model::partition::{NodeId, PartitionMap};
+use walletd_core::model::placement::Placement;
 
 use crate::etcd::{Etcd, EtcdError, KeyValue};
 
@@ -31,7 +34,7 @@ pub use document::{DocumentError, MapDocument};
 /// The default key prefix.
 pub const PREFIX_DEFAULT: &str = "/walletd";
 /// How many times an update reads again after losing a compare-and-swap race.
-const SWAP_ATTEMPTS_MAX: u32 = 16;
+pub const SWAP_ATTEMPTS_MAX: u32 = 16;
 
 /// Why the stored map could not be read or changed.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +59,10 @@ pub enum StoreError {
 /// The map as stored, with the revision a compare-and-swap compares against.
 #[derive(Debug, Clone)]
 pub struct StoredMap {
+    /// Each partition's owner is the first node of its group.
     pub map: PartitionMap,
+    /// Each partition's group and founders.
+    pub placement: Placement,
     /// The bytes as etcd holds them, parsed.
     pub document: MapDocument,
     /// The bytes as etcd holds them.
@@ -133,9 +139,10 @@ impl MapStore {
             source,
         };
         let parsed = MapDocument::parse(&kv.value).map_err(document)?;
-        let map = parsed.to_map().map_err(document)?;
+        let (map, placement) = parsed.to_placed().map_err(document)?;
         Ok(StoredMap {
             map,
+            placement,
             document: parsed,
             raw: kv.value,
             mod_revision: kv.mod_revision,
@@ -145,9 +152,20 @@ impl MapStore {
 
     /// Writes the first map. If one exists: refused, or with `force` replaced by `map` under
     /// a version above the stored one (so running nodes see a newer map and judge it as any
-    /// other change). The version written.
-    pub async fn init(&self, mut map: PartitionMap, force: bool) -> Result<u64, StoreError> {
-        let bytes = MapDocument::from_map(&map).to_bytes();
+    /// other change). `placement` gives each partition's group and founders. The version
+    /// written.
+    pub async fn init(
+        &self,
+        mut map: PartitionMap,
+        placement: &Placement,
+        force: bool,
+    ) -> Result<u64, StoreError> {
+        let checked = MapDocument::from_placed(&map, placement);
+        checked.to_placed().map_err(|source| StoreError::Document {
+            key: self.map_key(),
+            source,
+        })?;
+        let bytes = checked.to_bytes();
         if self.etcd.create(&self.map_key(), &bytes).await? {
             return Ok(map.version);
         }
@@ -169,7 +187,7 @@ impl MapStore {
         };
         let (version, mod_revision) = existing;
         map.version = map.version.max(version + 1);
-        let bytes = MapDocument::from_map(&map).to_bytes();
+        let bytes = MapDocument::from_placed(&map, placement).to_bytes();
         if mod_revision > 0
             && self
                 .etcd
@@ -181,37 +199,61 @@ impl MapStore {
         Err(StoreError::Contended)
     }
 
-    /// Reads the map, applies `change` (which returns the new map, or refuses with a
-    /// message), raises the version by one and writes it if nobody wrote in between; reads
-    /// again when somebody did. The map as written.
+    /// Reads the map, applies `change` (which is given the map and its placement, and
+    /// returns the new map, or refuses with a message), raises the version by one and
+    /// writes it if nobody wrote in between; reads again when somebody did. The placement
+    /// is kept as stored, so `change` changes nodes, never groups (see
+    /// [`MapStore::swap_placed`] for changes that do). The map as written.
     pub async fn update(
         &self,
-        change: impl Fn(&PartitionMap) -> Result<PartitionMap, String>,
+        change: impl Fn(&PartitionMap, &Placement) -> Result<PartitionMap, String>,
     ) -> Result<PartitionMap, StoreError> {
         for _ in 0..SWAP_ATTEMPTS_MAX {
             let stored = self.read_existing().await?;
-            let mut changed = change(&stored.map).map_err(StoreError::Refused)?;
-            changed.version = stored.map.version + 1;
-            let document = MapDocument::from_map(&changed);
-            // What nodes will check, checked before anything is written.
-            document.to_map().map_err(|source| StoreError::Document {
-                key: self.map_key(),
-                source,
-            })?;
-            let key = self.map_key();
-            if self
-                .etcd
-                .swap(&key, stored.mod_revision, &document.to_bytes())
+            let changed = change(&stored.map, &stored.placement).map_err(StoreError::Refused)?;
+            if let Some(written) = self
+                .swap_placed(&stored, changed, stored.placement.clone())
                 .await?
             {
-                return Ok(changed);
+                return Ok(written);
             }
             tracing::info!(
-                key,
+                key = self.map_key(),
                 "the map changed while this update was made; reading it again"
             );
         }
         Err(StoreError::Contended)
+    }
+
+    /// Writes `map` with `placement` (each partition's owner set to the first of its group)
+    /// under the version after `stored`'s, if the map key is still at `stored`'s revision.
+    /// The map as written, or `None` if somebody wrote in between (read again and decide
+    /// anew). Refused, before anything is written, if nodes would refuse the result.
+    pub async fn swap_placed(
+        &self,
+        stored: &StoredMap,
+        mut map: PartitionMap,
+        placement: Placement,
+    ) -> Result<Option<PartitionMap>, StoreError> {
+        map.version = stored.map.version + 1;
+        map.owners = placement
+            .groups
+            .iter()
+            .map(|group| group.first().copied().unwrap_or(NodeId::MAX))
+            .collect();
+        let document = MapDocument::from_placed(&map, &placement);
+        // What nodes will check, checked before anything is written.
+        let (written, _) = document
+            .to_placed()
+            .map_err(|source| StoreError::Document {
+                key: self.map_key(),
+                source,
+            })?;
+        let swapped = self
+            .etcd
+            .swap(&self.map_key(), stored.mod_revision, &document.to_bytes())
+            .await?;
+        Ok(swapped.then_some(written))
     }
 
     /// Every node that holds a lease now, by id. Entries that cannot be read are skipped
