@@ -1,6 +1,8 @@
 //! How a node started with `--etcd` keeps its map: it reads the map at start, registers its
 //! liveness under a lease, watches the map and hands every new version to the running node
-//! ([`MapHandle::update_map`], which takes new nodes and addresses and refuses moves).
+//! ([`MapHandle::update_map`], which takes new nodes and addresses and refuses moves, or on
+//! a replicated node [`MapHandle::update_placed`], which moves copies as the placement
+//! says).
 //!
 //! etcd is needed to change the map, never to serve: while it is down the node serves with
 //! the map it has, logs that it is cut off, and reconnects with backoff (a new lease, the
@@ -17,6 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use walletd_core::model::partition::{NodeId, PartitionMap};
+use walletd_core::model::placement::Placement;
 use walletd_runtime::net::{MapChange, MapHandle};
 
 use crate::etcd::EtcdError;
@@ -30,20 +33,24 @@ const REVOKE_WAIT: Duration = Duration::from_secs(2);
 /// The file under the node's directory that keeps the last map it ran.
 pub const CACHE_FILE: &str = "cluster-map.json";
 
-/// The map a node starts on: etcd's, or, while etcd cannot be reached, the last one the
-/// node ran (from its cache). Without either it waits for etcd, retrying with backoff.
-pub async fn initial_map(store: &MapStore, cache: &Path) -> Result<PartitionMap, StoreError> {
+/// The map a node starts on, with the placement of its partitions' copies: etcd's, or,
+/// while etcd cannot be reached, the last one the node ran (from its cache). Without either
+/// it waits for etcd, retrying with backoff.
+pub async fn initial_map(
+    store: &MapStore,
+    cache: &Path,
+) -> Result<(PartitionMap, Placement), StoreError> {
     let mut backoff = RECONNECT_BACKOFF_INITIAL;
     loop {
         match store.read_existing().await {
             Ok(stored) => {
-                write_cache(cache, &stored.map);
-                return Ok(stored.map);
+                write_cache(cache, &stored.map, &stored.placement);
+                return Ok((stored.map, stored.placement));
             }
             Err(StoreError::Etcd(error)) => match read_cache(cache) {
-                Some(map) => {
+                Some((map, placement)) => {
                     tracing::warn!(%error, map_version = map.version, cache = %cache.display(), "etcd unreachable: starting on the last map this node ran");
-                    return Ok(map);
+                    return Ok((map, placement));
                 }
                 None => {
                     tracing::warn!(%error, retry_ms = backoff.as_millis() as u64, "etcd unreachable and no map cached here: waiting for etcd");
@@ -56,10 +63,10 @@ pub async fn initial_map(store: &MapStore, cache: &Path) -> Result<PartitionMap,
     }
 }
 
-fn read_cache(cache: &Path) -> Option<PartitionMap> {
+fn read_cache(cache: &Path) -> Option<(PartitionMap, Placement)> {
     let bytes = fs::read(cache).ok()?;
-    match MapDocument::parse(&bytes).and_then(|document| document.to_map()) {
-        Ok(map) => Some(map),
+    match MapDocument::parse(&bytes).and_then(|document| document.to_placed()) {
+        Ok(placed) => Some(placed),
         Err(error) => {
             tracing::warn!(%error, cache = %cache.display(), "cached map unreadable; ignored");
             None
@@ -68,9 +75,9 @@ fn read_cache(cache: &Path) -> Option<PartitionMap> {
 }
 
 /// Writes the map a node runs to its cache, whole or not at all (a temporary file renamed).
-fn write_cache(cache: &Path, map: &PartitionMap) {
+fn write_cache(cache: &Path, map: &PartitionMap, placement: &Placement) {
     let temporary = cache.with_extension("json.tmp");
-    let bytes = MapDocument::from_map(map).to_bytes();
+    let bytes = MapDocument::from_placed(map, placement).to_bytes();
     let written = fs::write(&temporary, bytes).and_then(|()| fs::rename(&temporary, cache));
     if let Err(error) = written {
         tracing::warn!(%error, cache = %cache.display(), "cannot keep the map in the node's directory");
@@ -200,12 +207,17 @@ impl Follower {
         }
     }
 
-    /// Hands `stored` to the node; true if the node runs it from now on.
+    /// Hands `stored` to the node (with the placement of its copies, to a replicated
+    /// node); true if the node runs it from now on.
     fn take(&self, stored: StoredMap, state: &mut FollowState) -> bool {
         let version = stored.map.version;
-        match self.handle.update_map(stored.map.clone()) {
+        let taken = match self.handle.placement() {
+            Some(_) => (self.handle).update_placed(stored.map.clone(), stored.placement.clone()),
+            None => self.handle.update_map(stored.map.clone()),
+        };
+        match taken {
             Ok(MapChange::Applied { .. }) => {
-                write_cache(&self.cache, &stored.map);
+                write_cache(&self.cache, &stored.map, &stored.placement);
                 true
             }
             Ok(MapChange::Unchanged) => false,

@@ -26,6 +26,8 @@ use std::time::Duration;
 use crate::storages::open_storages;
 use walletd_core::model::partition::{NodeAddress, NodeId, PartitionId, PartitionMap};
 use walletd_core::model::placement::Placement;
+
+use crate::replicated_node::MapSource;
 use walletd_core::protocol::coordinator::CoordinatorConfig;
 use walletd_runtime::driver::DriverConfig;
 use walletd_runtime::engine::EngineConfig;
@@ -139,8 +141,9 @@ pub fn forward_addresses(
 /// the store that keeps the map fresh.
 struct Start {
     map: PartitionMap,
-    /// Copies of each partition (see [`ClusterConfig::replicas`]); 1 on etcd.
-    replicas: u32,
+    /// Where each partition's copies are: a Raft group each (a replicated node) when some
+    /// group was founded on more than one node, one copy each on its owner otherwise.
+    placement: Placement,
     secret: Vec<u8>,
     links_tls: Option<MutualTls>,
     etcd: Option<MapStore>,
@@ -159,8 +162,8 @@ async fn start_from_file(args: &NodeArgs, path: &std::path::Path) -> Result<Star
         None => None,
     };
     Ok(Start {
+        placement: Placement::derived(&cluster.map, cluster.replicas),
         map: cluster.map,
-        replicas: cluster.replicas,
         secret: cluster.secret,
         links_tls,
         etcd: None,
@@ -189,7 +192,7 @@ async fn start_from_etcd(args: &NodeArgs, urls: &str) -> Result<Start, NodeRunEr
         })?),
         _ => None,
     };
-    let map = initial_map(&store, &root.join(CACHE_FILE)).await?;
+    let (map, placement) = initial_map(&store, &root.join(CACHE_FILE)).await?;
     if !map.nodes.contains_key(&args.id) {
         return Err(NodeRunError::NotInMap {
             id: args.id,
@@ -198,7 +201,7 @@ async fn start_from_etcd(args: &NodeArgs, urls: &str) -> Result<Start, NodeRunEr
     }
     Ok(Start {
         map,
-        replicas: 1,
+        placement,
         secret,
         links_tls,
         etcd: Some(store),
@@ -247,15 +250,17 @@ async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
     };
     let Start {
         map,
-        replicas,
+        placement,
         secret,
         links_tls,
         etcd,
     } = start;
-    if replicas > 1 {
+    if placement.founders.iter().any(|founders| founders.len() > 1) {
         let root = node_root(&args);
-        let placement = Placement::derived(&map, replicas);
-        let source = crate::replicated_node::MapSource::File;
+        let source = match etcd {
+            None => MapSource::File,
+            Some(store) => MapSource::Etcd(store),
+        };
         return crate::replicated_node::run(&args, map, placement, secret, links_tls, root, source)
             .await;
     }

@@ -43,7 +43,8 @@ use walletd_runtime::storage::raft_store::file::{FileRaftStore, FileRaftStoreCon
 use crate::api::cluster::ClusterView;
 use crate::cli::NodeArgs;
 use crate::datadir::DataDir;
-use crate::node::{forward_addresses, node_config, partition_homes, NodeRunError};
+use crate::map_store::MapStore;
+use crate::node::{forward_addresses, node_config, partition_homes, Following, NodeRunError};
 use crate::serve::{api_tls, bind_http, build_api_for, options, serve_http, ServeError};
 
 /// Where partition `partition`'s Raft store lives under a node's root.
@@ -157,10 +158,11 @@ impl ReplicaStores for FileStores {
 }
 
 /// How a replicated node learns of its map: from its cluster file, fixed (its data
-/// directory then holds exactly the partitions the file gives it). Copies that move with a
-/// map in etcd are the next source.
+/// directory then holds exactly the partitions the file gives it), or from etcd, where its
+/// copies move ([`crate::map_follower`]).
 pub(crate) enum MapSource {
     File,
+    Etcd(MapStore),
 }
 
 /// Runs node `args.id` of the replicated cluster of `map` until a signal, with each
@@ -182,6 +184,7 @@ pub(crate) async fn run(
     let dir = DataDir::create_or_check(&root, partitions).map_err(ServeError::from)?;
     match source {
         MapSource::File => dir.claim_for_node(args.id, &named),
+        MapSource::Etcd(_) => dir.claim_for_moving_node(args.id),
     }
     .map_err(ServeError::from)?;
     let mut election_seed = [0u8; 8];
@@ -244,8 +247,9 @@ pub(crate) async fn run(
                 .await?
         }
     };
-    let following: Option<crate::node::Following> = match source {
+    let following = match source {
         MapSource::File => None,
+        MapSource::Etcd(store) => Some(Following::start(store, node.map_handle(), args, &root)),
     };
     let stats: Vec<(PartitionId, Arc<DriverStats>)> = node.stats();
     // History and the feed of a partition with no replica here are its owner's to answer.

@@ -39,6 +39,12 @@ pub enum MoveStep {
 /// Why a move is refused before anything is written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MoveRefusal {
+    #[error(
+        "the cluster keeps one copy of each partition (no group was founded on more than one \
+         node), and such a copy does not move: copies move between the replicas of a \
+         replicated cluster (`replicas` of 2 or more in the cluster file given to `init`)"
+    )]
+    NotReplicated,
     #[error("--from and --to are both node {0}: nothing to move")]
     SameNode(NodeId),
     #[error("partition {partition} does not exist: the map has partitions 0 to {last}")]
@@ -68,6 +74,8 @@ pub enum MoveRefusal {
 /// Why a drain is refused before anything is written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DrainRefusal {
+    #[error(transparent)]
+    NotReplicated(#[from] MoveRefusal),
     #[error("node {node} is not in the map (its nodes: {nodes:?})")]
     UnknownNode { node: NodeId, nodes: Vec<NodeId> },
     #[error("partition {partition}'s group {group:?} already holds every node of the map: no node can take node {node}'s copy (add a node first)")]
@@ -79,6 +87,13 @@ pub enum DrainRefusal {
 }
 
 /// The next step of `mv` on the stored `map` and `placement`; see the module docs.
+/// Whether the cluster's partitions are Raft groups: some group was founded on more than
+/// one node (a node runs such a cluster replicated; one whose every group was founded on
+/// one node keeps one copy of each partition, which does not move).
+pub fn is_replicated(placement: &Placement) -> bool {
+    placement.founders.iter().any(|founders| founders.len() > 1)
+}
+
 pub fn next_move_step(
     map: &PartitionMap,
     placement: &Placement,
@@ -89,6 +104,9 @@ pub fn next_move_step(
         from,
         to,
     } = mv;
+    if !is_replicated(placement) {
+        return Err(MoveRefusal::NotReplicated);
+    }
     if from == to {
         return Err(MoveRefusal::SameNode(from));
     }
@@ -148,6 +166,9 @@ pub fn drain_partitions(
     placement: &Placement,
     node: NodeId,
 ) -> Result<Vec<PartitionId>, DrainRefusal> {
+    if !is_replicated(placement) {
+        return Err(MoveRefusal::NotReplicated.into());
+    }
     if !map.nodes.contains_key(&node) {
         return Err(DrainRefusal::UnknownNode {
             node,
@@ -350,6 +371,18 @@ mod tests {
         assert!(refusal(0, 3, 3).contains("both node 3"));
         let mut small = Placement::derived(&map, 1);
         small.groups[0] = vec![0];
+        let single = next_move_step(
+            &map,
+            &small,
+            Move {
+                partition: 0,
+                from: 0,
+                to: 3,
+            },
+        );
+        assert_eq!(single, Err(MoveRefusal::NotReplicated));
+        // Partition 1's group was founded on two nodes: the cluster is replicated.
+        small.founders[1] = vec![1, 2];
         let err = next_move_step(
             &map,
             &small,
@@ -453,7 +486,12 @@ mod tests {
             drain_partitions(&map, &placement, 9),
             Err(DrainRefusal::UnknownNode { node: 9, .. })
         ));
-        let spread = Placement::derived(&map, 1);
+        let mut spread = Placement::derived(&map, 1);
+        assert_eq!(
+            drain_partitions(&map, &spread, 1),
+            Err(DrainRefusal::NotReplicated(MoveRefusal::NotReplicated))
+        );
+        spread.founders[0] = vec![0, 2];
         assert_eq!(drain_partitions(&map, &spread, 1), Ok(vec![1]));
     }
 }
