@@ -291,10 +291,14 @@ fn count_partition_dirs(root: &Path) -> Result<Option<u32>, DataDirError> {
 
 impl DataDir {
     /// The partitions whose logs live in this directory: all of them for an all-in-one node,
-    /// those its node file lists for a cluster node's directory.
+    /// those its node file lists for a cluster node's directory, and for a node whose copies
+    /// move (its node file lists none) those it has a directory of.
     pub fn held_partitions(&self) -> Result<Vec<PartitionId>, DataDirError> {
         match read_node_file(&self.root)? {
-            Some((_, holds)) => Ok(holds),
+            Some((_, holds)) if !holds.is_empty() => Ok(holds),
+            Some(_) => Ok((0..self.partitions)
+                .filter(|p| self.partition_dir(*p).is_dir())
+                .collect()),
             None => Ok((0..self.partitions).collect()),
         }
     }
@@ -447,6 +451,11 @@ mod tests {
             "{error}"
         );
         reopened.claim_for_moving_node(1).unwrap();
+        let moving = DataDir::create_or_check(&tmp.path().join("node-5"), 6).unwrap();
+        moving.claim_for_moving_node(5).unwrap();
+        assert_eq!(moving.held_partitions().unwrap(), Vec::<PartitionId>::new());
+        fs::create_dir_all(moving.partition_dir(4)).unwrap();
+        assert_eq!(moving.held_partitions().unwrap(), vec![4]);
         let other = reopened.claim_for_moving_node(5).unwrap_err();
         assert!(
             matches!(other, DataDirError::OtherNode { recorded: 1, .. }),
