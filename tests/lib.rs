@@ -18,7 +18,9 @@
 //! - [`accounts_in`]: account ids that land on chosen partitions.
 //! - [`read_model`]: an example consumer of the event feed, folding it into balances.
 //! - [`etcd`]: a private etcd on free loopback ports, for clusters whose map lives there.
+//! - [`cluster_on_etcd`]: a cluster of `wallet node --etcd` processes on such an etcd.
 
+pub mod cluster_on_etcd;
 pub mod etcd;
 pub mod read_model;
 

@@ -8,14 +8,16 @@
 //! Skips, saying so loudly, only where etcd can be neither found nor installed.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
+use walletd_e2e::cluster_on_etcd::{
+    cents, post, transfer, transfers_commit, write_cluster_file, EtcdCluster,
+};
 use walletd_e2e::etcd::PrivateEtcd;
-use walletd_e2e::{accounts_in, free_ports, http, wait_until, wallet, Server, Wallet};
+use walletd_e2e::{accounts_in, free_ports, http, wait_until, wallet};
 
 const PARTITIONS: u32 = 6;
 /// Nodes in the cluster file; one more joins later.
@@ -23,138 +25,6 @@ const NODES: usize = 3;
 const SECRET: &str = "the etcd e2e cluster's shared secret";
 /// Each account's first deposit, in cents.
 const OPENING_CENTS: u64 = 100_000;
-
-struct EtcdCluster {
-    _tmp: tempfile::TempDir,
-    wallet: Wallet,
-    etcd: PrivateEtcd,
-    data: PathBuf,
-    secret_file: PathBuf,
-    /// HTTP and peer addresses of every node, the one that joins later included.
-    http: Vec<SocketAddr>,
-    peer: Vec<String>,
-    nodes: Vec<Server>,
-}
-
-impl EtcdCluster {
-    fn cluster(&self, args: &[&str]) -> Output {
-        let url = self.etcd.url();
-        let mut all = vec!["cluster", args[0], "--etcd", &url];
-        all.extend(&args[1..]);
-        self.wallet.run(&all)
-    }
-
-    fn status(&self) -> Option<Value> {
-        let output = self.cluster(&["status", "--format", "json"]);
-        output
-            .status
-            .success()
-            .then(|| serde_json::from_slice(&output.stdout).expect("status --format json is JSON"))
-    }
-
-    fn start_node(&mut self, id: u32) {
-        let secret = self.secret_file.display().to_string();
-        let extra = ["--secret-file", &secret, "--lease-ttl-s", "3"];
-        let node = self
-            .wallet
-            .node_on_etcd(&self.etcd.url(), id, &self.data, &extra);
-        self.nodes.push(node);
-    }
-
-    /// Waits until every running node answers for every partition (404 for an account that
-    /// does not exist is an answer; 503 means a link is not up yet).
-    fn wait_ready(&self) {
-        let ready = wait_until(Duration::from_secs(30), || {
-            self.running_http().iter().all(|via| {
-                (0..PARTITIONS).all(|p| {
-                    let account = &accounts_in("probe-", p, PARTITIONS, 1)[0];
-                    let url = format!("/v1/accounts/{account}/balance");
-                    http::request(*via, "GET", &url, &[], None).is_ok_and(|r| r.status == 404)
-                })
-            })
-        });
-        assert!(ready, "the cluster did not link up:\n{}", self.logs());
-    }
-
-    fn running_http(&self) -> Vec<SocketAddr> {
-        self.http[..self.nodes.len()].to_vec()
-    }
-
-    /// Waits until `status` shows `count` nodes live, each running map version `version`.
-    fn wait_status(&self, count: usize, version: u64) -> Value {
-        let mut last = Value::Null;
-        let shown = wait_until(Duration::from_secs(30), || {
-            let Some(status) = self.status() else {
-                return false;
-            };
-            let nodes = status["nodes"].as_array().expect("nodes").clone();
-            last = status;
-            nodes.len() == count
-                && nodes
-                    .iter()
-                    .all(|n| n["live"] == true && n["map_version"] == json!(version))
-        });
-        assert!(
-            shown,
-            "status never showed {count} live nodes on map version {version}: {last:#}\n{}",
-            self.logs()
-        );
-        last
-    }
-
-    fn logs(&self) -> String {
-        let mut all = String::new();
-        for (id, node) in self.nodes.iter().enumerate() {
-            all.push_str(&format!("--- node {id}\n{}\n", node.logs()));
-        }
-        all
-    }
-}
-
-fn post(addr: SocketAddr, path: &str, body: &Value) -> Result<http::Response, String> {
-    let body = body.to_string();
-    let headers = [("Content-Type", "application/json")];
-    http::request(addr, "POST", path, &headers, Some(body.as_bytes()))
-}
-
-fn transfer(via: SocketAddr, from: &str, to: &str, id: &str) -> Result<http::Response, String> {
-    let body = json!({"from_account": from, "to_account": to, "amount": "1.00",
-                      "currency": "USD", "transaction_id": id});
-    post(via, "/v1/wallet/balance_transfer", &body)
-}
-
-/// `rounds` transfers through each of `vias`, each between accounts of different
-/// partitions; every one must commit.
-fn transfers_commit(vias: &[SocketAddr], accounts: &[String], tag: &str, rounds: usize) {
-    for round in 0..rounds {
-        for (i, via) in vias.iter().enumerate() {
-            let from = &accounts[(round + i) % accounts.len()];
-            let to = &accounts[(round + i + 1) % accounts.len()];
-            let id = format!("{tag}-{round}-{i}");
-            let answer = transfer(*via, from, to, &id).expect("transfer");
-            assert_eq!(answer.status, 200, "{id} via {via}: {}", answer.text());
-            assert_eq!(answer.json()["status"], "committed", "{id}");
-        }
-    }
-}
-
-fn cents(text: &str) -> u64 {
-    let (whole, fraction) = text.split_once('.').expect("two decimals");
-    whole.parse::<u64>().unwrap() * 100 + fraction.parse::<u64>().unwrap()
-}
-
-fn write_cluster_file(dir: &Path, http: &[SocketAddr], peer: &[String]) -> PathBuf {
-    let mut text = format!("map_version = 1\npartitions = {PARTITIONS}\n");
-    for id in 0..NODES {
-        text.push_str(&format!(
-            "\n[[nodes]]\nid = {id}\nhttp = \"{}\"\npeer = \"{}\"\n",
-            http[id], peer[id]
-        ));
-    }
-    let path = dir.join("cluster.toml");
-    std::fs::write(&path, text).expect("write the cluster file");
-    path
-}
 
 #[test]
 fn a_cluster_on_etcd_takes_a_new_node_and_serves_through_an_etcd_outage() {
@@ -169,10 +39,11 @@ fn a_cluster_on_etcd_takes_a_new_node_and_serves_through_an_etcd_outage() {
     let peer: Vec<String> = (0..=NODES)
         .map(|n| format!("127.0.0.1:{}", ports[NODES + 1 + n]))
         .collect();
-    let config = write_cluster_file(tmp.path(), &http, &peer);
+    let config = write_cluster_file(tmp.path(), PARTITIONS, NODES, &http, &peer);
     let secret_file = tmp.path().join("secret");
     std::fs::write(&secret_file, SECRET).expect("write the secret");
     let mut cluster = EtcdCluster {
+        partitions: PARTITIONS,
         data: tmp.path().join("data"),
         secret_file,
         _tmp: tmp,

@@ -1,0 +1,153 @@
+//! A cluster whose map lives in a private etcd, of real `wallet node --etcd` processes, for
+//! the end-to-end tests of such clusters: the etcd, the nodes' addresses and data, the
+//! `wallet cluster` commands, and transfers through the nodes' HTTP ports.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::etcd::PrivateEtcd;
+use crate::{accounts_in, http, wait_until, Server, Wallet};
+
+pub struct EtcdCluster {
+    /// Partitions of the cluster.
+    pub partitions: u32,
+    pub _tmp: tempfile::TempDir,
+    pub wallet: Wallet,
+    pub etcd: PrivateEtcd,
+    pub data: PathBuf,
+    pub secret_file: PathBuf,
+    /// HTTP and peer addresses of every node, the one that joins later included.
+    pub http: Vec<SocketAddr>,
+    pub peer: Vec<String>,
+    pub nodes: Vec<Server>,
+}
+
+impl EtcdCluster {
+    pub fn cluster(&self, args: &[&str]) -> Output {
+        let url = self.etcd.url();
+        let mut all = vec!["cluster", args[0], "--etcd", &url];
+        all.extend(&args[1..]);
+        self.wallet.run(&all)
+    }
+
+    pub fn status(&self) -> Option<Value> {
+        let output = self.cluster(&["status", "--format", "json"]);
+        output
+            .status
+            .success()
+            .then(|| serde_json::from_slice(&output.stdout).expect("status --format json is JSON"))
+    }
+
+    pub fn start_node(&mut self, id: u32) {
+        let secret = self.secret_file.display().to_string();
+        let extra = ["--secret-file", &secret, "--lease-ttl-s", "3"];
+        let node = self
+            .wallet
+            .node_on_etcd(&self.etcd.url(), id, &self.data, &extra);
+        self.nodes.push(node);
+    }
+
+    /// Waits until every running node answers for every partition (404 for an account that
+    /// does not exist is an answer; 503 means a link is not up yet).
+    pub fn wait_ready(&self) {
+        let ready = wait_until(Duration::from_secs(30), || {
+            self.running_http().iter().all(|via| {
+                (0..self.partitions).all(|p| {
+                    let account = &accounts_in("probe-", p, self.partitions, 1)[0];
+                    let url = format!("/v1/accounts/{account}/balance");
+                    http::request(*via, "GET", &url, &[], None).is_ok_and(|r| r.status == 404)
+                })
+            })
+        });
+        assert!(ready, "the cluster did not link up:\n{}", self.logs());
+    }
+
+    pub fn running_http(&self) -> Vec<SocketAddr> {
+        self.http[..self.nodes.len()].to_vec()
+    }
+
+    /// Waits until `status` shows `count` nodes live, each running map version `version`.
+    pub fn wait_status(&self, count: usize, version: u64) -> Value {
+        let mut last = Value::Null;
+        let shown = wait_until(Duration::from_secs(30), || {
+            let Some(status) = self.status() else {
+                return false;
+            };
+            let nodes = status["nodes"].as_array().expect("nodes").clone();
+            last = status;
+            nodes.len() == count
+                && nodes
+                    .iter()
+                    .all(|n| n["live"] == true && n["map_version"] == json!(version))
+        });
+        assert!(
+            shown,
+            "status never showed {count} live nodes on map version {version}: {last:#}\n{}",
+            self.logs()
+        );
+        last
+    }
+
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for (id, node) in self.nodes.iter().enumerate() {
+            all.push_str(&format!("--- node {id}\n{}\n", node.logs()));
+        }
+        all
+    }
+}
+
+pub fn post(addr: SocketAddr, path: &str, body: &Value) -> Result<http::Response, String> {
+    let body = body.to_string();
+    let headers = [("Content-Type", "application/json")];
+    http::request(addr, "POST", path, &headers, Some(body.as_bytes()))
+}
+
+pub fn transfer(via: SocketAddr, from: &str, to: &str, id: &str) -> Result<http::Response, String> {
+    let body = json!({"from_account": from, "to_account": to, "amount": "1.00",
+                      "currency": "USD", "transaction_id": id});
+    post(via, "/v1/wallet/balance_transfer", &body)
+}
+
+/// `rounds` transfers through each of `vias`, each between accounts of different
+/// partitions; every one must commit.
+pub fn transfers_commit(vias: &[SocketAddr], accounts: &[String], tag: &str, rounds: usize) {
+    for round in 0..rounds {
+        for (i, via) in vias.iter().enumerate() {
+            let from = &accounts[(round + i) % accounts.len()];
+            let to = &accounts[(round + i + 1) % accounts.len()];
+            let id = format!("{tag}-{round}-{i}");
+            let answer = transfer(*via, from, to, &id).expect("transfer");
+            assert_eq!(answer.status, 200, "{id} via {via}: {}", answer.text());
+            assert_eq!(answer.json()["status"], "committed", "{id}");
+        }
+    }
+}
+
+pub fn cents(text: &str) -> u64 {
+    let (whole, fraction) = text.split_once('.').expect("two decimals");
+    whole.parse::<u64>().unwrap() * 100 + fraction.parse::<u64>().unwrap()
+}
+
+pub fn write_cluster_file(
+    dir: &Path,
+    partitions: u32,
+    nodes: usize,
+    http: &[SocketAddr],
+    peer: &[String],
+) -> PathBuf {
+    let mut text = format!("map_version = 1\npartitions = {partitions}\n");
+    for id in 0..nodes {
+        text.push_str(&format!(
+            "\n[[nodes]]\nid = {id}\nhttp = \"{}\"\npeer = \"{}\"\n",
+            http[id], peer[id]
+        ));
+    }
+    let path = dir.join("cluster.toml");
+    std::fs::write(&path, text).expect("write the cluster file");
+    path
+}
