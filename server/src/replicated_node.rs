@@ -33,7 +33,7 @@ use walletd_core::model::placement::Placement;
 use walletd_core::replica::{DurableRaft, LogLimits};
 use walletd_runtime::driver::DriverStats;
 use walletd_runtime::net::replicated::{
-    replica_id, start_replicated_node, ReplicaStores, ReplicatedConfig,
+    replica_id, start_replicated_node, ReplicaStores, ReplicatedConfig, ReplicatedView,
 };
 use walletd_runtime::net::{bind_peer_address, MutualTls, Tcp};
 use walletd_runtime::storage::file::{FileStorage, FileStorageConfig};
@@ -45,7 +45,8 @@ use crate::cli::NodeArgs;
 use crate::datadir::DataDir;
 use crate::map_store::MapStore;
 use crate::node::{forward_addresses, node_config, partition_homes, Following, NodeRunError};
-use crate::serve::{api_tls, bind_http, build_api_for, options, serve_http, ServeError};
+use crate::history::Residence;
+use crate::serve::{api_tls, bind_http, build_api_for, options, serve_http, LogHomes, ServeError};
 
 /// Where partition `partition`'s Raft store lives under a node's root.
 pub fn raft_dir(root: &Path, partition: PartitionId) -> PathBuf {
@@ -165,6 +166,30 @@ pub(crate) enum MapSource {
     Etcd(MapStore),
 }
 
+/// Where a moving node's partition logs are now: here while a replica runs here, on
+/// another node of the partition's group otherwise (history reads are forwarded there over
+/// plain HTTP, so not at all with HTTPS on the API).
+struct CopiesNow {
+    view: ReplicatedView,
+    forward: bool,
+}
+
+impl Residence for CopiesNow {
+    fn local(&self, partition: PartitionId) -> Option<Arc<DriverStats>> {
+        self.view.stats(partition)
+    }
+
+    fn elsewhere(&self, partition: PartitionId) -> Option<(String, String)> {
+        if !self.forward || self.view.status(partition).is_some() {
+            return None;
+        }
+        let (map, placement) = self.view.map();
+        let node = placement.group(partition).iter().find(|n| **n != self.view.node())?;
+        let address = map.nodes.get(node)?;
+        Some((format!("node {node} ({})", address.http), address.http.clone()))
+    }
+}
+
 /// Runs node `args.id` of the replicated cluster of `map` until a signal, with each
 /// partition's copies where `placement` puts them.
 pub(crate) async fn run(
@@ -252,12 +277,22 @@ pub(crate) async fn run(
         MapSource::Etcd(store) => Some(Following::start(store, node.map_handle(), args, &root)),
     };
     let stats: Vec<(PartitionId, Arc<DriverStats>)> = node.stats();
-    // History and the feed of a partition with no replica here are its owner's to answer.
-    let local = |partition| hosted.contains(&partition);
-    let homes = partition_homes(&map, local);
-    let forward_to = forward_addresses(&map, local, http_tls.is_some());
+    // History and the feed of a partition with no replica here are another copy's to
+    // answer: the map's owner's, or, where copies move, a node of its group now.
+    let logs = match &following {
+        None => {
+            let local = |partition| hosted.contains(&partition);
+            let homes = partition_homes(&map, local);
+            let forward_to = forward_addresses(&map, local, http_tls.is_some());
+            LogHomes::Fixed { homes, forward_to }
+        }
+        Some(_) => LogHomes::Moving(Arc::new(CopiesNow {
+            view: node.view(),
+            forward: http_tls.is_none(),
+        })),
+    };
     let view = ClusterView::replicated(node.view());
-    let api = build_api_for(node.client(), stats, dir, options, homes, forward_to)
+    let api = build_api_for(node.client(), stats, dir, options, logs)
         .with_cluster(view)
         .with_replicas(node.statuses());
     let grace = Duration::from_millis(args.service.shutdown_grace_ms);

@@ -259,7 +259,20 @@ pub(crate) fn build_api(
         .copied()
         .zip(engine.stats().iter().cloned())
         .collect();
-    build_api_for(engine.client(), stats, dir, options, homes, forward_to)
+    let logs = LogHomes::Fixed { homes, forward_to };
+    build_api_for(engine.client(), stats, dir, options, logs)
+}
+
+/// Where the logs of partitions not kept here are, for history reads.
+pub(crate) enum LogHomes {
+    /// Fixed while the node runs: `homes` names the node that keeps each partition not
+    /// kept here (for people), `forward_to` its HTTP address (see [`LogReader`]).
+    Fixed {
+        homes: Vec<String>,
+        forward_to: Vec<Option<String>>,
+    },
+    /// Asked at every read: copies move while the node runs.
+    Moving(Arc<dyn crate::history::Residence>),
 }
 
 /// [`build_api`] for a client and the stats of the partitions whose logs are in `dir`
@@ -269,8 +282,7 @@ pub(crate) fn build_api_for(
     stats: Vec<(PartitionId, Arc<DriverStats>)>,
     dir: DataDir,
     options: ApiOptions,
-    homes: Vec<String>,
-    forward_to: Vec<Option<String>>,
+    logs: LogHomes,
 ) -> Api {
     let mut durable = vec![None; dir.partitions() as usize];
     for (partition, stats) in &stats {
@@ -280,10 +292,13 @@ pub(crate) fn build_api_for(
         chunk_records_max: options.history_chunk_records,
         ..IndexConfig::default()
     };
-    let history = LogReader::new(dir, durable)
-        .with_index_config(index)
-        .with_homes(homes)
-        .with_forwarding(forward_to);
+    let history = LogReader::new(dir, durable).with_index_config(index);
+    let history = match logs {
+        LogHomes::Fixed { homes, forward_to } => {
+            history.with_homes(homes).with_forwarding(forward_to)
+        }
+        LogHomes::Moving(residence) => history.with_residence(residence),
+    };
     if options.history_follow {
         history.follow();
     }

@@ -314,6 +314,15 @@ fn copies_move_and_a_node_drains_under_load_and_through_an_etcd_outage() {
         "balances are not what the committed transfers say: {last:?}"
     );
 
+    // History through node 0, which holds no copy now, is read where the copies are.
+    for account in accounts.iter().step_by(3) {
+        let url = format!("/v1/accounts/{account}/history?currency=USD&limit=5");
+        let page = http::request(cluster.http[0], "GET", &url, &[], None).expect("history");
+        assert_eq!(page.status, 200, "{account}: {}", page.text());
+        let movements = page.json()["movements"].as_array().expect("movements").len();
+        assert!(movements > 0, "{account}: {}", page.text());
+    }
+
     // Node 0 holds no copy any more; every node's directory verifies, together.
     let node0 = cluster.data.join("node-0");
     let held = wait_until(Duration::from_secs(10), || {

@@ -79,7 +79,7 @@ async fn answer(api: &Api, params: EventsParams) -> Result<Response, Response> {
     let stats = reader
         .durable_stats(request.partition)
         .map_err(|_| not_local(reader, request.partition).into_response())?;
-    let durable = match durable_after(stats, request.after, request.wait).await {
+    let durable = match durable_after(&stats, request.after, request.wait).await {
         Durable::Behind(durable) => {
             return Err(lsn_out_of_range(request.after, durable).into_response())
         }

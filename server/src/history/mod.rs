@@ -282,6 +282,16 @@ pub fn account_filter(account: AccountId) -> impl FnMut(&Record) -> bool {
 /// how many reads run at once. History and `as_of` balances are answered from each local
 /// partition's [`index::PartitionIndex`], brought up to the durable lsn first (a client that
 /// has its answer finds its record); the event feed reads segments.
+/// Where partitions' logs are on a node whose copies move while it runs (a replicated
+/// node on etcd): asked at every read, in place of what the reader was told at start.
+pub trait Residence: Send + Sync + 'static {
+    /// The counters of `partition`'s replica, whose `last_lsn` is its durable lsn, when one
+    /// runs here now.
+    fn local(&self, partition: PartitionId) -> Option<Arc<DriverStats>>;
+    /// Another node that keeps `partition`: its name for people and its HTTP address.
+    fn elsewhere(&self, partition: PartitionId) -> Option<(String, String)>;
+}
+
 #[derive(Clone)]
 pub struct LogReader {
     dir: Arc<DataDir>,
@@ -297,6 +307,9 @@ pub struct LogReader {
     /// For a partition whose log another node keeps: that node's HTTP address, where
     /// history and `as_of` reads are forwarded (none: they are refused).
     forward_to: Arc<[Option<String>]>,
+    /// Where the logs are now, on a node whose copies move (then `durable`, `homes` and
+    /// `forward_to` are unused).
+    residence: Option<Arc<dyn Residence>>,
     scans: Arc<Semaphore>,
 }
 
@@ -319,6 +332,7 @@ impl LogReader {
             index_config: IndexConfig::default(),
             homes: Arc::new([]),
             forward_to: Arc::new([]),
+            residence: None,
             scans: Arc::new(Semaphore::new(Self::SCANS_MAX)),
         }
     }
@@ -344,9 +358,18 @@ impl LogReader {
         self
     }
 
+    /// The same reader, asking `residence` where each partition's log is at every read.
+    pub fn with_residence(mut self, residence: Arc<dyn Residence>) -> LogReader {
+        self.residence = Some(residence);
+        self
+    }
+
     /// Where reads of `partition`'s log are forwarded, if it is kept by another node.
-    pub fn forward_address(&self, partition: PartitionId) -> Option<&str> {
-        self.forward_to.get(partition as usize)?.as_deref()
+    pub fn forward_address(&self, partition: PartitionId) -> Option<String> {
+        if let Some(residence) = &self.residence {
+            return residence.elsewhere(partition).map(|(_, http)| http);
+        }
+        self.forward_to.get(partition as usize)?.clone()
     }
 
     /// How many partitions the data directory has.
@@ -355,18 +378,22 @@ impl LogReader {
     }
 
     /// The node that keeps `partition`'s log when it is not here, if known.
-    pub fn home_of(&self, partition: PartitionId) -> Option<&str> {
+    pub fn home_of(&self, partition: PartitionId) -> Option<String> {
+        if let Some(residence) = &self.residence {
+            return residence.elsewhere(partition).map(|(home, _)| home);
+        }
         let home = self.homes.get(partition as usize)?;
-        (!home.is_empty()).then_some(home.as_str())
+        (!home.is_empty()).then(|| home.clone())
     }
 
     /// The statistics of `partition`'s driver, whose `last_lsn` is its durable lsn: only
     /// for a partition running here.
-    pub fn durable_stats(&self, partition: PartitionId) -> Result<&Arc<DriverStats>, LogError> {
-        self.durable
-            .get(partition as usize)
-            .and_then(Option::as_ref)
-            .ok_or(LogError::NotLocal(partition))
+    pub fn durable_stats(&self, partition: PartitionId) -> Result<Arc<DriverStats>, LogError> {
+        let local = match &self.residence {
+            Some(residence) => residence.local(partition),
+            None => self.durable.get(partition as usize).cloned().flatten(),
+        };
+        local.ok_or(LogError::NotLocal(partition))
     }
 
     /// Runs `scan` over the data directory on a blocking thread, once it is one of the

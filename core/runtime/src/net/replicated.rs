@@ -337,6 +337,7 @@ impl ReplicatedNode {
             ctx: Arc::clone(&self.ctx),
             peers: Arc::clone(&self.peers),
             statuses: Arc::clone(&self.statuses),
+            stats: Arc::clone(&self.stats),
         }
     }
 
@@ -374,6 +375,7 @@ pub struct ReplicatedView {
     ctx: Arc<NodeContext>,
     peers: Peers,
     statuses: Arc<[Arc<ReplicaStatus>]>,
+    stats: Arc<[Arc<DriverStats>]>,
 }
 
 impl ReplicatedView {
@@ -393,6 +395,11 @@ impl ReplicatedView {
     /// This node's replica of `partition`, if one runs here now.
     pub fn status(&self, partition: PartitionId) -> Option<Arc<ReplicaStatus>> {
         (self.ctx.owns(partition)).then(|| Arc::clone(&self.statuses[partition as usize]))
+    }
+
+    /// The counters of this node's replica of `partition`, if one runs here now.
+    pub fn stats(&self, partition: PartitionId) -> Option<Arc<DriverStats>> {
+        (self.ctx.owns(partition)).then(|| Arc::clone(&self.stats[partition as usize]))
     }
 
     /// The link to every other node of the map.
