@@ -43,12 +43,21 @@ impl EtcdCluster {
     }
 
     pub fn start_node(&mut self, id: u32) {
+        let node = self.spawn_node(id);
+        self.nodes.push(node);
+    }
+
+    /// Kills node `id` (SIGKILL, as a crash) and starts it again on its data.
+    pub fn crash_and_restart(&mut self, id: u32) {
+        self.nodes[id as usize].kill9();
+        self.nodes[id as usize] = self.spawn_node(id);
+    }
+
+    fn spawn_node(&self, id: u32) -> Server {
         let secret = self.secret_file.display().to_string();
         let extra = ["--secret-file", &secret, "--lease-ttl-s", "3"];
-        let node = self
-            .wallet
-            .node_on_etcd(&self.etcd.url(), id, &self.data, &extra);
-        self.nodes.push(node);
+        self.wallet
+            .node_on_etcd(&self.etcd.url(), id, &self.data, &extra)
     }
 
     /// Waits until every running node answers for every partition (404 for an account that

@@ -43,9 +43,9 @@ use walletd_runtime::storage::raft_store::file::{FileRaftStore, FileRaftStoreCon
 use crate::api::cluster::ClusterView;
 use crate::cli::NodeArgs;
 use crate::datadir::DataDir;
+use crate::history::Residence;
 use crate::map_store::MapStore;
 use crate::node::{forward_addresses, node_config, partition_homes, Following, NodeRunError};
-use crate::history::Residence;
 use crate::serve::{api_tls, bind_http, build_api_for, options, serve_http, LogHomes, ServeError};
 
 /// Where partition `partition`'s Raft store lives under a node's root.
@@ -184,9 +184,15 @@ impl Residence for CopiesNow {
             return None;
         }
         let (map, placement) = self.view.map();
-        let node = placement.group(partition).iter().find(|n| **n != self.view.node())?;
+        let node = placement
+            .group(partition)
+            .iter()
+            .find(|n| **n != self.view.node())?;
         let address = map.nodes.get(node)?;
-        Some((format!("node {node} ({})", address.http), address.http.clone()))
+        Some((
+            format!("node {node} ({})", address.http),
+            address.http.clone(),
+        ))
     }
 }
 

@@ -1,7 +1,8 @@
 //! Copies of partitions moving between real processes while transfers run: a private etcd,
 //! three `wallet node --etcd` nodes keeping three copies of every partition, a fourth node
 //! added, a quarter of the partitions moved to it with `wallet cluster move`, node 0
-//! drained with `wallet cluster drain`, then etcd killed for a few seconds and started
+//! drained with `wallet cluster drain`, a move interrupted by a crash of the node taking
+//! the copy (resumed, then rolled back), then etcd killed for a few seconds and started
 //! again. Transfers run through every node all along; a request that fails is retried with
 //! the same transaction id, as a client does. Afterwards every account holds exactly what
 //! the committed transfers say (nothing lost, nothing doubled), money is conserved, node 0
@@ -253,6 +254,27 @@ fn copies_move_and_a_node_drains_under_load_and_through_an_etcd_outage() {
         "{status:#}"
     );
 
+    // A move interrupted: its first step written, the node taking the copy crashes while
+    // it catches up and comes back; the same command then finishes the move, and the
+    // reverse command rolls it back.
+    let ((), interrupted) = under_load(&vias, &accounts, "interrupted", &ledger, || {
+        let status = cluster.status().expect("status");
+        let from = groups(&status)[2][0].to_string();
+        let args = ["move", "--partition", "2", "--from", &from, "--to", "0"];
+        let mut written = args.to_vec();
+        written.push("--no-wait");
+        let out = run_ok(&cluster, &written);
+        assert!(out.contains("wrote the grow"), "{out}");
+        cluster.crash_and_restart(0);
+        let out = run_ok(&cluster, &args);
+        assert!(out.contains("moved partition 2"), "{out}");
+        let back = ["move", "--partition", "2", "--from", "0", "--to", &from];
+        let out = run_ok(&cluster, &back);
+        assert!(out.contains("moved partition 2"), "{out}");
+    });
+    let status = cluster.status().expect("status");
+    assert!(!groups(&status)[2].contains(&0), "{status:#}");
+
     // etcd down for a few seconds: the nodes serve on; then back.
     let all = cluster.running_http();
     let ((), outage) = under_load(&all, &accounts, "etcd-down", &ledger, || {
@@ -263,7 +285,7 @@ fn copies_move_and_a_node_drains_under_load_and_through_an_etcd_outage() {
     cluster.wait_status(NODES + 1, status["map"]["map_version"].as_u64().unwrap());
     println!(
         "etcd moves: before={before:.0}/s during_moves={during:.0}/s ({moving_s:.1} s for {} \
-         moves and a drain) etcd_outage={outage:.0}/s",
+         moves and a drain) interrupted_move={interrupted:.0}/s etcd_outage={outage:.0}/s",
         moved.len()
     );
 
@@ -319,7 +341,10 @@ fn copies_move_and_a_node_drains_under_load_and_through_an_etcd_outage() {
         let url = format!("/v1/accounts/{account}/history?currency=USD&limit=5");
         let page = http::request(cluster.http[0], "GET", &url, &[], None).expect("history");
         assert_eq!(page.status, 200, "{account}: {}", page.text());
-        let movements = page.json()["movements"].as_array().expect("movements").len();
+        let movements = page.json()["movements"]
+            .as_array()
+            .expect("movements")
+            .len();
         assert!(movements > 0, "{account}: {}", page.text());
     }
 

@@ -258,8 +258,11 @@ struct Running<S: Storage, R: RaftStore> {
     /// The node this replica runs on, and where the partition's copies are.
     node: NodeId,
     placement: watch::Receiver<Arc<Placement>>,
-    /// A member answered that the group removed this replica.
+    /// A member answered that the group removed this replica, or it applied members that
+    /// leave it out after it had been one.
     removed: bool,
+    /// It has been one of the members it applied, since it started.
+    was_member: bool,
     /// The last closed segment read to serve a fetch (fetches go through it in order).
     fetch_cache: Option<(SegmentRef, Vec<u8>)>,
 }
@@ -404,6 +407,7 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
             node: wiring.node,
             placement: wiring.placement,
             removed: false,
+            was_member: false,
         };
         let stopped = running.run().await;
         if let Err(error) = &stopped {
@@ -737,10 +741,17 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
         }
     }
 
-    /// On a node the placement no longer names for the group, asks the other members
-    /// whether the group still counts this replica (see "A moved replica").
+    /// Stops a replica that applied members leaving it out after it had been one (its
+    /// group removed it, whatever the placement says now: the node starts a new copy if
+    /// the placement names it); on a node the placement no longer names for the group, asks
+    /// the other members whether the group still counts this replica (see "A moved
+    /// replica").
     fn check_membership(&mut self) {
         let partition = self.replica.partition();
+        if self.was_member && !self.replica.is_member() {
+            self.removed = true;
+            return;
+        }
         if self
             .placement
             .borrow()
@@ -992,6 +1003,7 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
             let voters = (conf.voters.iter()).filter_map(|id| membership::node_of(*id));
             *self.status.voters.lock().expect("not poisoned") = voters.collect();
             let changing = !conf.voters_outgoing.is_empty();
+            self.was_member |= self.replica.is_member();
             self.status
                 .members_changing
                 .store(changing, Ordering::Release);

@@ -1,7 +1,8 @@
 //! A partition's copy moves between nodes while transfers go on: a fourth node joins the
 //! map, the placement grows partition 0's group to it and then drops node 0 from it; the
 //! new copy catches up and votes, node 0's copy is removed by the group and deleted, and
-//! every transfer is there once on every copy.
+//! every transfer is there once on every copy. Then partition 1 moves off node 0 and
+//! straight back: the removed copy stops, and a new one joins.
 
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
@@ -268,6 +269,37 @@ async fn a_copy_moves_to_a_node_that_joined_while_transfers_go_on() {
     assert_eq!(*stores[0].removed.lock().unwrap(), vec![0]);
     assert!(nodes[0].hosts(1), "node 0 keeps its copy of partition 1");
     transfers(&nodes, 10).await;
+    // Partition 1 moves off node 0 and straight back, before node 0's removed copy has
+    // stopped: that copy stops all the same, and a new one joins in its place.
+    let mut grown = moved.clone();
+    grown.groups[1] = vec![1, 2, 0, 3];
+    map.version = 5;
+    publish(&nodes, &map, &grown);
+    wait_for("node 3 votes in partition 1", &nodes, |nodes| {
+        leader_voters(nodes, 1) == Some(vec![0, 1, 2, 3])
+    })
+    .await;
+    let mut away = grown.clone();
+    away.groups[1] = vec![1, 2, 3];
+    map.version = 6;
+    publish(&nodes, &map, &away);
+    wait_for("node 0 out of partition 1", &nodes, |nodes| {
+        leader_voters(nodes, 1) == Some(vec![1, 2, 3])
+    })
+    .await;
+    let mut back = away.clone();
+    back.groups[1] = vec![1, 2, 3, 0];
+    map.version = 7;
+    publish(&nodes, &map, &back);
+    transfers(&nodes, 10).await;
+    wait_for(
+        "node 0 back in partition 1 with a new copy",
+        &nodes,
+        |nodes| leader_voters(nodes, 1) == Some(vec![0, 1, 2, 3]) && nodes[0].hosts(1),
+    )
+    .await;
+    assert_eq!(*stores[0].removed.lock().unwrap(), vec![0, 1]);
+    transfers(&nodes, 10).await;
     // Every transfer once: a retry through node 0 (now relaying partition 0) answers the same.
     for id in &committed {
         let retry = execute(&nodes, 0, transfer(alice, bob, id)).await;
@@ -283,7 +315,7 @@ async fn a_copy_moves_to_a_node_that_joined_while_transfers_go_on() {
             .collect()
     };
     assert_eq!(copies(0), vec![1, 2, 3]);
-    assert_eq!(copies(1), vec![0, 1, 2]);
+    assert_eq!(copies(1), vec![0, 1, 2, 3]);
     wait_for("every copy applied the same", &nodes, |nodes| {
         let applied = |n: usize, p: PartitionId| {
             nodes[n]
