@@ -300,7 +300,7 @@ pub(crate) async fn run(
     let view = ClusterView::replicated(node.view());
     let api = build_api_for(node.client(), stats, dir, options, logs)
         .with_cluster(view)
-        .with_replicas(node.statuses());
+        .with_replicas(node.view());
     let grace = Duration::from_millis(args.service.shutdown_grace_ms);
     // No partition is watched for liveness through requests: a group without a leader
     // answers 503 for a while, which is an election, not a reason to stop this node.

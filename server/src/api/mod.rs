@@ -195,19 +195,13 @@ impl Api {
         }
     }
 
-    /// Publishes the replicas' roles in `/metrics` (a replicated node). Only while the API
-    /// is not yet shared.
-    pub fn with_replicas(
-        mut self,
-        statuses: Vec<(
-            walletd_core::model::partition::PartitionId,
-            Arc<walletd_runtime::replica::ReplicaStatus>,
-        )>,
-    ) -> Api {
+    /// Publishes the replicas' roles in `/metrics` (a replicated node): the replicas it
+    /// runs at each scrape. Only while the API is not yet shared.
+    pub fn with_replicas(mut self, view: walletd_runtime::net::replicated::ReplicatedView) -> Api {
         Arc::get_mut(&mut self.inner)
             .expect("the replicas are added before the API is shared")
             .metrics
-            .add_replicas(statuses);
+            .add_replicas(view);
         self
     }
 

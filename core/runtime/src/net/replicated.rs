@@ -305,10 +305,7 @@ impl ReplicatedNode {
 
     /// The role of this node's replica of each partition it hosts now.
     pub fn statuses(&self) -> Vec<(PartitionId, Arc<ReplicaStatus>)> {
-        (0..self.ctx.partitions)
-            .filter(|p| self.hosts(*p))
-            .map(|p| (p, Arc::clone(&self.statuses[p as usize])))
-            .collect()
+        self.view().statuses()
     }
 
     /// The role of this node's replica of every partition, by partition: meaningful where
@@ -395,6 +392,13 @@ impl ReplicatedView {
     /// This node's replica of `partition`, if one runs here now.
     pub fn status(&self, partition: PartitionId) -> Option<Arc<ReplicaStatus>> {
         (self.ctx.owns(partition)).then(|| Arc::clone(&self.statuses[partition as usize]))
+    }
+
+    /// The role of this node's replica of each partition it hosts now.
+    pub fn statuses(&self) -> Vec<(PartitionId, Arc<ReplicaStatus>)> {
+        (0..self.ctx.partitions)
+            .filter_map(|p| Some((p, self.status(p)?)))
+            .collect()
     }
 
     /// The counters of this node's replica of `partition`, if one runs here now.

@@ -105,15 +105,9 @@ impl Metrics {
 
     /// Publishes the counters of the node journal the partitions commit through.
     /// Publishes the role of each replica of a replicated node, by partition.
-    pub fn add_replicas(
-        &mut self,
-        statuses: Vec<(
-            walletd_core::model::partition::PartitionId,
-            Arc<walletd_runtime::replica::ReplicaStatus>,
-        )>,
-    ) {
+    pub fn add_replicas(&mut self, view: walletd_runtime::net::replicated::ReplicatedView) {
         self.registry
-            .register_collector(Box::new(replicas::Replicas { statuses }));
+            .register_collector(Box::new(replicas::Replicas { view }));
     }
 
     pub fn add_journal(&mut self, journal: Arc<walletd_runtime::storage::journal::NodeJournal>) {

@@ -5,14 +5,12 @@
 
 use std::fmt;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
-use walletd_core::model::partition::PartitionId;
-use walletd_runtime::net::replicated::replica_node;
+use walletd_runtime::net::replicated::{replica_node, ReplicatedView};
 use walletd_runtime::replica::ReplicaStatus;
 
 /// A gauge's name, help, and how to read it.
@@ -45,17 +43,23 @@ const GAUGES: [GaugeSpec; 4] = [
     ),
 ];
 
-#[derive(Debug)]
 pub(super) struct Replicas {
-    /// The replicas this node runs, by partition.
-    pub(super) statuses: Vec<(PartitionId, Arc<ReplicaStatus>)>,
+    /// The replicas this node runs, read at each scrape (copies move).
+    pub(super) view: ReplicatedView,
+}
+
+impl fmt::Debug for Replicas {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replicas").field("node", &self.view.node()).finish()
+    }
 }
 
 impl Collector for Replicas {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let statuses = self.view.statuses();
         for (name, help, read) in GAUGES {
             let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for (partition, status) in &self.statuses {
+            for (partition, status) in &statuses {
                 let labels = [("partition", partition.to_string())];
                 ConstGauge::new(read(status)).encode(metric.encode_family(&labels)?)?;
             }
