@@ -235,6 +235,7 @@ impl Nemesis {
         };
         let followers: Vec<HostId> = (0..cluster.nodes.len() as HostId)
             .filter(|n| *n != leader && cluster.nodes[*n as usize].up)
+            .filter(|n| cluster.shared.replicas[*n as usize].holds(partition))
             .collect();
         let Some(&follower) = followers.choose(&mut self.rng) else {
             return false;
