@@ -73,6 +73,9 @@ pub struct ReplicaDisks {
     pub created: AtomicU32,
     pub deleted: AtomicU32,
     learned: Mutex<Versioned>,
+    /// When the node learned it (its links to nodes on another map fail their handshake
+    /// until then, and back off).
+    learned_at: Mutex<tokio::time::Instant>,
 }
 
 impl ReplicaDisks {
@@ -105,6 +108,7 @@ impl ReplicaDisks {
             created: AtomicU32::new(0),
             deleted: AtomicU32::new(0),
             learned: Mutex::new(first.clone()),
+            learned_at: Mutex::new(tokio::time::Instant::now()),
         }
     }
 
@@ -121,6 +125,16 @@ impl ReplicaDisks {
     /// The newest map and placement the node learned.
     pub fn learned(&self) -> MutexGuard<'_, Versioned> {
         self.learned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// When the node learned the newest map it did.
+    pub fn learned_at(&self) -> tokio::time::Instant {
+        *self.learned_at.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn learn(&self, newest: Versioned) {
+        *self.learned() = newest;
+        *self.learned_at.lock().unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
     }
 }
 
@@ -576,7 +590,7 @@ async fn follow_coordinator(
             continue;
         }
         match handle.update_placed(newest.map.clone(), newest.placement.clone()) {
-            Ok(_) => *disks.learned() = newest,
+            Ok(_) => disks.learn(newest),
             Err(error) => {
                 let what = format!("node-{host} refused map {}: {error}", newest.revision());
                 shared.fatal(what);
