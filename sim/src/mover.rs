@@ -158,7 +158,12 @@ impl Mover {
             if Instant::now() >= until {
                 return;
             }
-            let held = self.coordinator.peek().placement.group(partition).contains(&node);
+            let held = self
+                .coordinator
+                .peek()
+                .placement
+                .group(partition)
+                .contains(&node);
             if !held {
                 continue;
             }

@@ -208,7 +208,10 @@ impl ReplicaStores for SimStores {
         drop((log, raft));
         let disks = self.disks();
         let p = partition as usize;
-        assert!(disks.holds(partition), "only a copy the node holds is removed");
+        assert!(
+            disks.holds(partition),
+            "only a copy the node holds is removed"
+        );
         if let Some(what) = removed_early(&self.shared, self.host, partition) {
             self.shared.lock().replicas.removed_early.push(what);
         }
@@ -244,14 +247,15 @@ fn removed_early(shared: &Shared, host: HostId, partition: PartitionId) -> Optio
         // removed it, or it was a learner never counted).
         return None;
     }
-    let others: Vec<(HostId, ReplicaId, u64, raft::eraftpb::ConfState)> = holders(shared, partition)
-        .into_iter()
-        .filter(|h| *h != host)
-        .map(|h| {
-            let (own, index, conf) = applied_members(&shared.raft_disks(h)[partition as usize]);
-            (h, own, index, conf)
-        })
-        .collect();
+    let others: Vec<(HostId, ReplicaId, u64, raft::eraftpb::ConfState)> =
+        holders(shared, partition)
+            .into_iter()
+            .filter(|h| *h != host)
+            .map(|h| {
+                let (own, index, conf) = applied_members(&shared.raft_disks(h)[partition as usize]);
+                (h, own, index, conf)
+            })
+            .collect();
     let removed = others
         .iter()
         .any(|(_, own, _, conf)| is_member(conf, *own) && !is_member(conf, id));
@@ -261,7 +265,10 @@ fn removed_early(shared: &Shared, host: HostId, partition: PartitionId) -> Optio
     let seen: Vec<String> = others
         .iter()
         .map(|(h, own, index, conf)| {
-            format!("node-{h} {own:#x} at {index}: voters {:x?} outgoing {:x?} learners {:x?}", conf.voters, conf.voters_outgoing, conf.learners)
+            format!(
+                "node-{h} {own:#x} at {index}: voters {:x?} outgoing {:x?} learners {:x?}",
+                conf.voters, conf.voters_outgoing, conf.learners
+            )
         })
         .collect();
     Some(format!(
@@ -406,7 +413,8 @@ impl ReplicaState {
                 let key = (*host, p as PartitionId);
                 let hosted = node.hosts(p as PartitionId);
                 if hosted && !self.running.contains_key(&key) {
-                    let Some((_, stats)) = (node.stats().into_iter()).find(|(q, _)| *q as usize == p)
+                    let Some((_, stats)) =
+                        (node.stats().into_iter()).find(|(q, _)| *q as usize == p)
                     else {
                         continue;
                     };
@@ -552,7 +560,12 @@ pub async fn run_node(shared: Arc<Shared>, host: HostId) {
         shared.net.register(host, calls);
     }
     if let Some(coordinator) = &shared.coordinator {
-        let watch = follow_coordinator(Arc::clone(&shared), Arc::clone(coordinator), host, node.map_handle());
+        let watch = follow_coordinator(
+            Arc::clone(&shared),
+            Arc::clone(coordinator),
+            host,
+            node.map_handle(),
+        );
         tokio::spawn(watch);
     }
     // The node (its replicas, links and listener) lives as long as this incarnation.

@@ -356,11 +356,18 @@ fn start_mover(
     let coordinator = Arc::clone(cluster.shared.coordinator.as_ref()?);
     if config.faults.contains(Fault::Coordinator) {
         let rng = stream(config.seed, Purpose::CoordinatorFaults);
-        let faults = mover::coordinator_faults(coordinator, rng, config.nodes, until, report.clone());
+        let faults =
+            mover::coordinator_faults(coordinator, rng, config.nodes, until, report.clone());
         tokio::spawn(faults);
     }
     let rng = stream(config.seed, Purpose::Moves);
-    let mover = Mover::new(Arc::clone(&cluster.shared), rng, config.nodes, config.verbose, report.clone());
+    let mover = Mover::new(
+        Arc::clone(&cluster.shared),
+        rng,
+        config.nodes,
+        config.verbose,
+        report.clone(),
+    );
     Some(tokio::spawn(mover.run(until)))
 }
 
@@ -438,7 +445,9 @@ async fn load_under_faults(
         let moves = moves.lock().clone();
         nemesis.log.extend(moves.log.iter().cloned());
         // By time (each line starts with it), in the order each wrote them.
-        nemesis.log.sort_by(|a, b| a[..9.min(a.len())].cmp(&b[..9.min(b.len())]));
+        nemesis
+            .log
+            .sort_by(|a, b| a[..9.min(a.len())].cmp(&b[..9.min(b.len())]));
         nemesis.moves = Some(moves);
     }
     if config.replicated() {
@@ -678,8 +687,14 @@ fn replication_summary(cluster: &Cluster, nemesis: &Nemesis) -> String {
     };
     let (swaps, outages, slow_watches) = coordinator.counts();
     let replicas = &cluster.shared.replicas;
-    let created: u32 = replicas.iter().map(|r| r.created.load(Ordering::Relaxed)).sum();
-    let deleted: u32 = replicas.iter().map(|r| r.deleted.load(Ordering::Relaxed)).sum();
+    let created: u32 = replicas
+        .iter()
+        .map(|r| r.created.load(Ordering::Relaxed))
+        .sum();
+    let deleted: u32 = replicas
+        .iter()
+        .map(|r| r.deleted.load(Ordering::Relaxed))
+        .sum();
     format!(
         "{summary} moves={} completed={} rolled_back={} drains={} swaps={swaps} coordinator_outages={outages} slow_watches={slow_watches} copies_created={created} copies_deleted={deleted}",
         moves.started, moves.completed, moves.rolled_back, moves.drains

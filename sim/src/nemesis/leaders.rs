@@ -223,7 +223,12 @@ fn settled_revision(cluster: &Cluster) -> Option<u64> {
     let settled = |disks: &crate::replicas::ReplicaDisks| {
         disks.learned().revision() == newest && disks.learned_at() + MAP_SETTLED <= Instant::now()
     };
-    cluster.shared.replicas.iter().all(settled).then_some(newest)
+    cluster
+        .shared
+        .replicas
+        .iter()
+        .all(settled)
+        .then_some(newest)
 }
 
 /// What the `slowfollower` episodes of a run saw.

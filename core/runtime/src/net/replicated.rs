@@ -25,13 +25,13 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
+#[cfg(madsim)]
+use sim_join_set::JoinSet;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 #[cfg(not(madsim))]
 use tokio::task::JoinSet;
-#[cfg(madsim)]
-use sim_join_set::JoinSet;
 
 use walletd_core::model::partition::{NodeId, PartitionId, PartitionMap};
 use walletd_core::model::placement::Placement;
