@@ -26,7 +26,7 @@ use crate::model::Model;
 
 /// The invariants, in the order they are checked and reported: core's, with the oracle
 /// before the protocol, then what only a sweep or a crash shows.
-pub const INVARIANTS: [&str; 20] = [
+pub const INVARIANTS: [&str; 22] = [
     "no_hanging",
     "exactly_once",
     "no_negative",
@@ -41,6 +41,8 @@ pub const INVARIANTS: [&str; 20] = [
     "log_matching",
     ONE_LEADER_PER_TERM,
     crate::nemesis::REJOIN,
+    crate::mover::MOVES,
+    crate::replicas::REMOVED_COPY,
     crate::nemesis::SLOW_FOLLOWER,
     crate::reads::LINEARIZABLE_READS,
     "oracle",

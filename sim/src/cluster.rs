@@ -32,6 +32,7 @@ use walletd_runtime::net::{start_node_with, ClusterNode, NetConfig, NodeConfig, 
 use walletd_runtime::replica::ReplicaDriverError;
 
 use crate::config::SimConfig;
+use crate::coordinator::Coordinator;
 use crate::disk::{Crash, CrashReport, Disk, DiskSpeed};
 use crate::gateway;
 use crate::history::History;
@@ -63,6 +64,10 @@ pub struct Shared {
     nonces: SharedRng,
     /// Replicated runs: each incarnation's election seed is drawn from here.
     pub elections: SharedRng,
+    /// Replicated runs with moves: the coordination service that holds the map and
+    /// placement, which the nodes watch and the mover changes (`None` otherwise: the map
+    /// never changes).
+    pub coordinator: Option<Arc<Coordinator>>,
     state: Mutex<SharedState>,
 }
 
@@ -113,6 +118,7 @@ impl Shared {
         let state = self.lock();
         let running = state.stats.iter().flatten().chain(state.replicas.stats());
         state.violations_dead
+            + state.replicas.violations_removed
             + running
                 .map(|s| s.violations.load(Ordering::Relaxed))
                 .sum::<u64>()
@@ -229,10 +235,11 @@ impl Shared {
             trace,
         ));
         let disk_rng = SharedRng::new(config.seed, Purpose::Disk);
+        let first = replicas::first_map(&map, config.replicas);
         let (disks, replicas) = if config.replicated() {
             let rng = SharedRng::new(config.seed, Purpose::Replicas);
             let replicas = (0..config.nodes)
-                .map(|n| ReplicaDisks::new(&map, &speeds[n as usize], &disk_rng, &rng))
+                .map(|n| ReplicaDisks::new(n, &first, &speeds[n as usize], &disk_rng, &rng))
                 .collect();
             (Vec::new(), replicas)
         } else {
@@ -255,6 +262,10 @@ impl Shared {
             map,
             nonces: SharedRng::new(config.seed, Purpose::Nonces),
             elections: SharedRng::new(config.seed, Purpose::Replicas),
+            coordinator: config.moves().then(|| {
+                let rng = SharedRng::new(config.seed, Purpose::Coordinator);
+                Arc::new(Coordinator::new(first, rng))
+            }),
             state: Mutex::new(SharedState {
                 stats: vec![None; config.partitions as usize],
                 ..SharedState::default()
@@ -412,14 +423,10 @@ impl Cluster {
             });
         }
         if self.shared.replicated() && state.replicas.answers_lost.is_empty() {
-            let rafts: Vec<&[RaftDisk]> = (self.shared.replicas.iter())
-                .map(|r| &r.rafts[..])
-                .collect();
-            let partitions = self.shared.map.partitions();
             let at = madsim::time::TimeHandle::current().elapsed().as_secs_f64();
             let what = format!("the {crash:?} crash of {} at {at:.3} s", node.name);
             state.replicas.answers_lost =
-                majority::answers_on_majority(&self.history.lock(), &rafts, partitions, &what, 4);
+                majority::answers_on_majority(&self.history.lock(), &self.shared, &what, 4);
         }
         reports
     }
@@ -492,12 +499,12 @@ impl Cluster {
     /// links empty).
     pub fn idle(&self) -> bool {
         if self.shared.replicated() {
-            let up: Vec<HostId> = (self.nodes.iter().filter(|n| n.up))
-                .map(|n| n.host)
-                .collect();
+            let all_up = self.nodes.iter().all(|n| n.up);
             let partitions = self.shared.map.partitions();
-            return up.len() == self.nodes.len()
-                && self.shared.lock().replicas.idle(&up, partitions);
+            let hosts: Vec<Vec<HostId>> = (0..partitions)
+                .map(|p| replicas::holders(&self.shared, p))
+                .collect();
+            return all_up && self.shared.lock().replicas.idle(&hosts);
         }
         let state = self.shared.lock();
         let all_running = state.stats.iter().all(|s| {

@@ -65,10 +65,18 @@ pub enum Fault {
     /// Raft store is damaged: the restart finds the store damaged, sets it aside for a new,
     /// empty one, and the replica rejoins as a wiped one does.
     Corrupt,
+    /// Replicated runs with more nodes than copies: an operator moves copies between nodes
+    /// through the coordination service (grow the group to the new node, wait until it
+    /// votes, shrink it off the old one), and now and then drains a node. Run by the
+    /// mover (`src/mover.rs`), not drawn by the nemesis.
+    Move,
+    /// With `move`: the coordination service goes down for a while (no change is made; the
+    /// nodes serve on the map they have), and a node's watch of it is slow.
+    Coordinator,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 18] = [
+    pub const ALL: [Fault; 20] = [
         Fault::Kill,
         Fault::Torn,
         Fault::Partition,
@@ -87,6 +95,8 @@ impl Fault {
         Fault::SlowFollower,
         Fault::Wipe,
         Fault::Corrupt,
+        Fault::Move,
+        Fault::Coordinator,
     ];
 
     pub fn name(self) -> &'static str {
@@ -109,6 +119,8 @@ impl Fault {
             Fault::SlowFollower => "slowfollower",
             Fault::Wipe => "wipe",
             Fault::Corrupt => "corrupt",
+            Fault::Move => "move",
+            Fault::Coordinator => "coordinator",
         }
     }
 
@@ -116,8 +128,11 @@ impl Fault {
     /// exist only with replication, and only a replica can rebuild from its peers what it
     /// lost. Damage to a partition log must be refused by the node that finds it, which a
     /// replica does not do yet in place of rebuilding (only its Raft store is rebuilt).
+    /// Moves and the coordinator's faults are never drawn by the nemesis: the mover runs
+    /// them beside it ([`SimConfig::moves`]).
     pub fn applies(self, replicated: bool) -> bool {
         match self {
+            Fault::Move | Fault::Coordinator => false,
             Fault::KillLeader
             | Fault::Isolate
             | Fault::CrashVoter
@@ -214,8 +229,8 @@ pub struct SimConfig {
     pub quiesce_max: Duration,
     pub faults: FaultSet,
     /// Copies of each partition: 1 runs every partition on one node (`start_node_with`);
-    /// more runs every node as a replica of every partition (`start_replicated_node_with`),
-    /// so it must equal `nodes`.
+    /// more (3 to `nodes`) runs each partition as a Raft group of that many replicas on
+    /// distinct nodes (`start_replicated_node`), placed as `Placement::derived` places them.
     pub replicas: u32,
     pub bug: Option<Bug>,
     pub verbose: bool,
@@ -292,9 +307,15 @@ impl SimConfig {
         }
     }
 
-    /// Whether every partition is a Raft group with a replica on every node.
+    /// Whether every partition is a Raft group.
     pub fn replicated(&self) -> bool {
         self.replicas > 1
+    }
+
+    /// Whether copies move during the run: a replicated run with a node to move a copy to,
+    /// and `move` among its faults.
+    pub fn moves(&self) -> bool {
+        self.replicated() && self.nodes > self.replicas && self.faults.contains(Fault::Move)
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -313,9 +334,9 @@ impl SimConfig {
         if self.accounts < 4 {
             return Err("at least 4 accounts".into());
         }
-        if self.replicas != 1 && self.replicas != self.nodes {
+        if self.replicas != 1 && !(3..=self.nodes).contains(&self.replicas) {
             return Err(format!(
-                "--replicas is 1 or the number of nodes ({}): every node holds a replica of every partition",
+                "--replicas is 1 (unreplicated) or 3 to the number of nodes ({})",
                 self.nodes
             ));
         }

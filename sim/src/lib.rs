@@ -17,8 +17,12 @@
 //!   frames, count bytes in flight and break connections.
 //! - [`cluster`]: named nodes started by `net::start_node_with`, kill and restart, the
 //!   mapping of network faults onto TCP.
-//! - [`replicas`]: replicated runs: nodes started by `start_replicated_node_with`, each a
-//!   replica of every partition; the leaders they publish, watched.
+//! - [`replicas`]: replicated runs: nodes started by `start_replicated_node` on their
+//!   disks (copies created and deleted as they move), following the coordination service;
+//!   the leaders they publish, watched.
+//! - [`coordinator`]: the coordination service (etcd's place): the map and placement under
+//!   a revision, compare-and-swap, watches, outages.
+//! - [`mover`]: the operator who moves copies and drains nodes through it.
 //! - [`raft_disk`]: `SimRaftStore`, a replica's Raft store on a disk that a power loss cuts
 //!   back to a prefix of what was appended.
 //! - [`replica_logs`]: what each replica would restart from, and whether the replicas agree.
@@ -44,6 +48,7 @@ pub mod boundary;
 pub mod checkers;
 pub mod cluster;
 pub mod config;
+pub mod coordinator;
 pub mod disk;
 pub mod edges;
 pub mod gateway;
@@ -53,6 +58,7 @@ pub mod links;
 pub mod live;
 pub mod majority;
 pub mod model;
+pub mod mover;
 pub mod nemesis;
 pub mod network;
 pub mod panics;

@@ -23,8 +23,11 @@ use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_core::model::partition::{partition_of, PartitionId};
 use walletd_core::replica::payload;
 
+use crate::cluster::Shared;
 use crate::history::{HistoryState, Op};
+use crate::network::HostId;
 use crate::raft_disk::RaftDisk;
+use crate::replicas::holders;
 
 /// What a record is about, as far as an answer rests on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -101,23 +104,46 @@ fn durable_subjects(raft: &RaftDisk) -> HashSet<Subject> {
     subjects
 }
 
-/// Every answer of `history` checked against the Raft stores `rafts[node][partition]`
-/// right after `crash` (what crashed, for the report): what each rests on must be durable
-/// on a majority of its partition's replicas. Returns one line per answer that is not, at
-/// most `shown_max`.
+/// A majority of the voters of `partition`'s group: of its incoming voters and, in a
+/// joint configuration, of its outgoing ones, whichever is more, as the copy that applied
+/// the latest membership change shows them (a copy that moves in is a learner, which does
+/// not count, until it catches up).
+fn majority(shared: &Shared, copies: &[HostId], partition: PartitionId) -> usize {
+    let latest = (copies.iter())
+        .map(|host| {
+            let raft = shared.raft_disks(*host)[partition as usize].lock();
+            (raft.durable.conf_index, raft.durable.conf_state.clone())
+        })
+        .max_by_key(|(index, _)| *index);
+    let Some((_, conf)) = latest else {
+        return 1;
+    };
+    let half = |voters: &[u64]| match voters.len() {
+        0 => 0,
+        n => n / 2 + 1,
+    };
+    half(&conf.voters).max(half(&conf.voters_outgoing))
+}
+
+/// Every answer of `history` checked against the Raft stores of the copies of each
+/// partition right after `crash` (what crashed, for the report): what each rests on must
+/// be durable on a majority of its partition's voters. Returns one line per answer that is
+/// not, at most `shown_max`.
 pub fn answers_on_majority(
     history: &HistoryState,
-    rafts: &[&[RaftDisk]],
-    partitions: u32,
+    shared: &Shared,
     crash: &str,
     shown_max: usize,
 ) -> Vec<String> {
-    let majority = rafts.len() / 2 + 1;
-    let subjects: Vec<Vec<HashSet<Subject>>> = (0..partitions as usize)
+    let partitions = shared.map.partitions();
+    let copies: Vec<Vec<HostId>> = (0..partitions).map(|p| holders(shared, p)).collect();
+    let majorities: Vec<usize> = (0..partitions)
+        .map(|p| majority(shared, &copies[p as usize], p))
+        .collect();
+    let subjects: Vec<Vec<HashSet<Subject>>> = (0..partitions)
         .map(|p| {
-            rafts
-                .iter()
-                .map(|node| durable_subjects(&node[p]))
+            (copies[p as usize].iter())
+                .map(|host| durable_subjects(&shared.raft_disks(*host)[p as usize]))
                 .collect()
         })
         .collect();
@@ -128,7 +154,7 @@ pub fn answers_on_majority(
         };
         let replicas = &subjects[partition as usize];
         let holding = replicas.iter().filter(|s| s.contains(&subject)).count();
-        if holding < majority {
+        if holding < majorities[partition as usize] {
             missing.push(format!(
                 "{:?} was answered, and after {crash} only {holding} of the {} replicas of \
                  partition {partition} hold its record durably",

@@ -105,6 +105,8 @@ pub struct Nemesis {
     pub slow_followers: SlowFollowers,
     /// Replicas that lost their data (`wipe`, `corrupt`), followed until they rejoin.
     pub rebuilds: Rebuilds,
+    /// What the operator who moves copies did (moves on).
+    pub moves: Option<crate::mover::MoveReport>,
     /// Invariants the nemesis saw broken itself (a group that stopped committing while only
     /// one follower was slow, a follower that did not catch up, a replica that did not
     /// rejoin under a new id).
@@ -132,6 +134,7 @@ impl Nemesis {
             until: Instant::now(),
             slow_followers: SlowFollowers::default(),
             rebuilds: Rebuilds::default(),
+            moves: None,
             violations: Vec::new(),
         }
     }
@@ -238,6 +241,7 @@ impl Nemesis {
                 true
             }
             Fault::Torn => unreachable!("torn tails are a property of kills"),
+            Fault::Move | Fault::Coordinator => unreachable!("the mover runs these"),
         };
         if injected {
             self.injected += 1;
@@ -384,9 +388,7 @@ impl Nemesis {
             let state = cluster.shared.lock();
             if cluster.shared.replicated() {
                 let host = cluster.nodes[n].host;
-                return state
-                    .replicas
-                    .recovered(host, cluster.shared.map.partitions());
+                return state.replicas.recovered(&cluster.shared, host);
             }
             let partitions = &cluster.nodes[n].partitions;
             partitions

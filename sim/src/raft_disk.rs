@@ -165,6 +165,24 @@ impl RaftDisk {
         state.epoch += 1;
     }
 
+    /// The store is deleted (its group removed the copy) or made for a new copy: a new,
+    /// empty store of the group, and what it held no longer counts for anything. Fences off
+    /// every handle opened before.
+    pub fn renew(&self) {
+        let mut state = self.lock();
+        state.durable = DurableRaft::new(&self.voters);
+        state.unsynced.clear();
+        state.lost = None;
+        state.damaged = None;
+        state.slow_sync_us = None;
+        state.epoch += 1;
+    }
+
+    /// The group's first voters, which a new store starts from.
+    pub fn voters(&self) -> &[ReplicaId] {
+        &self.voters
+    }
+
     /// Damages the record of a durable entry before the last one (its node is down), drawn
     /// with `rng`: returns its index, or `None` if the store holds fewer than two entries.
     pub fn damage(&self, rng: &mut ChaCha8Rng) -> Option<u64> {

@@ -21,6 +21,13 @@ pub enum Purpose {
     /// Replicated runs: the replicas' election seeds and what power losses keep of their
     /// Raft stores (a stream of its own, so that unreplicated runs draw exactly as before).
     Replicas,
+    /// The operator that moves copies (which partition, from and to which node, when), and
+    /// the coordination service's outages and slow watches.
+    Moves,
+    /// The coordination service: how long each node takes to learn a new version.
+    Coordinator,
+    /// The coordination service's faults: outages and slow watches.
+    CoordinatorFaults,
     /// One stream per client, `Client(i)`.
     Client(u32),
 }
@@ -35,6 +42,9 @@ impl Purpose {
             Purpose::Nonces => 5,
             Purpose::Links => 6,
             Purpose::Replicas => 7,
+            Purpose::Moves => 8,
+            Purpose::Coordinator => 9,
+            Purpose::CoordinatorFaults => 10,
             Purpose::Client(i) => 1_000 + u64::from(i),
         }
     }

@@ -20,12 +20,13 @@ use walletd_runtime::driver::{recover, Query};
 use crate::boundary::Hits;
 use crate::checkers::{self, FinalState, LiveState, PartitionFinal, Violation};
 use crate::cluster::Cluster;
-use crate::config::SimConfig;
+use crate::config::{Fault, SimConfig};
 use crate::history::History;
 use crate::late;
 use crate::links::LinkCounters;
 use crate::live::{LiveChecks, Verdict};
 use crate::model::Model;
+use crate::mover::{self, MoveReport, Mover};
 use crate::nemesis::Nemesis;
 use crate::network::{HostId, Route};
 use crate::replica_logs::{self, replica_log};
@@ -292,6 +293,10 @@ async fn simulate(
             (replicas.answers_lost.iter())
                 .map(|what| Violation::new(Invariant::Durability.name(), what.clone())),
         );
+        replication.extend(
+            (replicas.removed_early.iter())
+                .map(|what| Violation::new(crate::replicas::REMOVED_COPY, what.clone())),
+        );
     }
     replication.extend(
         (nemesis.violations.iter())
@@ -334,6 +339,37 @@ async fn simulate(
 /// data must be a voter again (`rejoin`): a restart, an ask, a catch-up, two membership
 /// changes.
 const REJOIN_WITHIN: Duration = Duration::from_secs(30);
+
+/// How long after the heal (and the clients' last requests) the move under way must have
+/// completed or been rolled back, and every copy a group no longer names be gone
+/// (`moves`): a wait for the new copy to vote, a shrink, its removal.
+const MOVES_WITHIN: Duration = Duration::from_secs(60);
+
+/// With moves on, starts the operator who moves copies and the faults of the coordination
+/// service, until `until` (the operator then carries the move under way to its end).
+fn start_mover(
+    config: &SimConfig,
+    cluster: &Cluster,
+    until: Instant,
+    report: &crate::shared::Shared<MoveReport>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let coordinator = Arc::clone(cluster.shared.coordinator.as_ref()?);
+    if config.faults.contains(Fault::Coordinator) {
+        let rng = stream(config.seed, Purpose::CoordinatorFaults);
+        let faults =
+            mover::coordinator_faults(coordinator, rng, config.nodes, until, report.clone());
+        tokio::spawn(faults);
+    }
+    let rng = stream(config.seed, Purpose::Moves);
+    let mover = Mover::new(
+        Arc::clone(&cluster.shared),
+        rng,
+        config.nodes,
+        config.verbose,
+        report.clone(),
+    );
+    Some(tokio::spawn(mover.run(until)))
+}
 
 /// Probers of a replicated run, besides its clients (see `Client::run_prober`).
 const PROBERS: u32 = 3;
@@ -388,13 +424,31 @@ async fn load_under_faults(
         config.replicated(),
         config.verbose,
     );
-    nemesis.run(cluster, Instant::now() + config.duration).await;
+    let until = Instant::now() + config.duration;
+    let moves = crate::shared::Shared::<MoveReport>::default();
+    let mover = start_mover(config, cluster, until, &moves);
+    nemesis.run(cluster, until).await;
     stop.store(true, Ordering::Relaxed);
     nemesis.heal(cluster);
+    if let Some(coordinator) = &cluster.shared.coordinator {
+        coordinator.heal();
+    }
     let heal_deadline = Instant::now() + config.quiesce_max;
     for client in clients {
         let left = heal_deadline.saturating_duration_since(Instant::now());
         let _ = tokio::time::timeout(left, client).await;
+    }
+    if let Some(mover) = mover {
+        if let Some(what) = mover::settle(&cluster.shared, mover, MOVES_WITHIN).await {
+            nemesis.violations.push((mover::MOVES, what));
+        }
+        let moves = moves.lock().clone();
+        nemesis.log.extend(moves.log.iter().cloned());
+        // By time (each line starts with it), in the order each wrote them.
+        nemesis
+            .log
+            .sort_by(|a, b| a[..9.min(a.len())].cmp(&b[..9.min(b.len())]));
+        nemesis.moves = Some(moves);
     }
     if config.replicated() {
         let left = heal_deadline.saturating_duration_since(Instant::now());
@@ -474,6 +528,9 @@ async fn collect_replica_finals(
     for partition in 0..partitions {
         let mut logs = Vec::new();
         for (node, disks) in cluster.shared.replicas.iter().enumerate() {
+            if !disks.holds(partition) {
+                continue; // No copy there (never, or deleted after a move).
+            }
             let p = partition as usize;
             let (disk, raft) = (&disks.logs[p], &disks.rafts[p]);
             let node = node as u32;
@@ -621,9 +678,26 @@ fn replication_summary(cluster: &Cluster, nemesis: &Nemesis) -> String {
     let terms_led = cluster.shared.lock().replicas.terms_led();
     let slow = nemesis.slow_followers;
     let lost_data = &nemesis.rebuilds;
-    format!(
+    let summary = format!(
         "terms_led={terms_led} raft_syncs={syncs} raft_crashes={crashes} raft_persists_lost={lost} slow_followers={} committed_while_slow={} judged={} caught_up={} wiped={} corrupted={} raft_stores_rebuilt={rebuilt} rejoined={}",
         slow.episodes, slow.committed, slow.alone, slow.caught_up, lost_data.wiped, lost_data.corrupted, lost_data.rejoined
+    );
+    let (Some(coordinator), Some(moves)) = (&cluster.shared.coordinator, &nemesis.moves) else {
+        return summary;
+    };
+    let (swaps, outages, slow_watches) = coordinator.counts();
+    let replicas = &cluster.shared.replicas;
+    let created: u32 = replicas
+        .iter()
+        .map(|r| r.created.load(Ordering::Relaxed))
+        .sum();
+    let deleted: u32 = replicas
+        .iter()
+        .map(|r| r.deleted.load(Ordering::Relaxed))
+        .sum();
+    format!(
+        "{summary} moves={} completed={} rolled_back={} drains={} swaps={swaps} coordinator_outages={outages} slow_watches={slow_watches} copies_created={created} copies_deleted={deleted}",
+        moves.started, moves.completed, moves.rolled_back, moves.drains
     )
 }
 

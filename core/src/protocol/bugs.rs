@@ -58,10 +58,14 @@ pub enum Bug {
     /// new: it may vote twice in a term, and count in a majority without the entries it had
     /// acknowledged.
     RejoinUnderOldId = 16384,
+    /// A replica whose node the placement no longer names stops at once, and its node
+    /// deletes its copy, without waiting for its group to remove it: a voter's data is gone
+    /// while its group still counts it in every majority.
+    LeaveBeforeRemoved = 32768,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 15] = [
+    pub const ALL: [Bug; 16] = [
         Bug::SkipBarrier,
         Bug::ReplyBeforeSync,
         Bug::NoIdempotency,
@@ -77,6 +81,7 @@ impl Bug {
         Bug::ForgetVote,
         Bug::StaleRead,
         Bug::RejoinUnderOldId,
+        Bug::LeaveBeforeRemoved,
     ];
 
     /// The name used on the simulator's command line (`--bug skip-barrier`).
@@ -97,6 +102,7 @@ impl Bug {
             Bug::ForgetVote => "forget-vote",
             Bug::StaleRead => "stale-read",
             Bug::RejoinUnderOldId => "rejoin-under-old-id",
+            Bug::LeaveBeforeRemoved => "leave-before-removed",
         }
     }
 

@@ -201,6 +201,34 @@ pub struct SlowEpisode {
     /// group, rightly).
     injected: u32,
     alone: bool,
+    /// With moves on: the map's revision, which every node had learned, when the episode
+    /// began. A map that changes meanwhile (a node that learned it relinks only once
+    /// another has too; a copy joins or leaves) is a fault of its own.
+    revision: Option<u64>,
+}
+
+/// How long after every node learned a map a slow follower's episode may be judged: the
+/// links that failed their handshake meanwhile (two nodes on different maps) reconnect
+/// with a backoff of up to 1 s.
+const MAP_SETTLED: Duration = Duration::from_secs(2);
+
+/// With moves on, the map's revision if every node has learned it at least
+/// [`MAP_SETTLED`] ago (`None` otherwise); `Some(0)` without moves, whose map never
+/// changes.
+fn settled_revision(cluster: &Cluster) -> Option<u64> {
+    let Some(coordinator) = &cluster.shared.coordinator else {
+        return Some(0);
+    };
+    let newest = coordinator.peek().revision();
+    let settled = |disks: &crate::replicas::ReplicaDisks| {
+        disks.learned().revision() == newest && disks.learned_at() + MAP_SETTLED <= Instant::now()
+    };
+    cluster
+        .shared
+        .replicas
+        .iter()
+        .all(settled)
+        .then_some(newest)
 }
 
 /// What the `slowfollower` episodes of a run saw.
@@ -235,6 +263,7 @@ impl Nemesis {
         };
         let followers: Vec<HostId> = (0..cluster.nodes.len() as HostId)
             .filter(|n| *n != leader && cluster.nodes[*n as usize].up)
+            .filter(|n| cluster.shared.replicas[*n as usize].holds(partition))
             .collect();
         let Some(&follower) = followers.choose(&mut self.rng) else {
             return false;
@@ -255,14 +284,18 @@ impl Nemesis {
             // Nor a replica of some group rejoining after it lost its data: its group has
             // one voter down, and a slow one more stops it, rightly.
             alone: self.pending.is_empty() && !self.rebuilds.any_pending(),
+            revision: settled_revision(cluster),
         };
         self.schedule(lasts, Undo::FollowerNormal(episode));
         true
     }
 
     /// Whether nothing but `episode` was injected since it began.
-    fn alone(&self, episode: &SlowEpisode) -> bool {
-        episode.alone && self.injected == episode.injected
+    fn alone(&self, cluster: &Cluster, episode: &SlowEpisode) -> bool {
+        episode.alone
+            && self.injected == episode.injected
+            && episode.revision.is_some()
+            && settled_revision(cluster) == episode.revision
     }
 
     /// A slow follower recovers: did its group commit meanwhile? Then checks, a while later,
@@ -278,7 +311,7 @@ impl Nemesis {
             (leader, commit.unwrap_or(0))
         };
         let leader = leader.map_or("none".to_string(), |l| format!("node-{l}"));
-        let alone = self.alone(episode);
+        let alone = self.alone(cluster, episode);
         self.slow_followers.episodes += 1;
         let committed = commit.saturating_sub(episode.commit);
         if committed > 0 {
@@ -311,7 +344,7 @@ impl Nemesis {
     /// The follower of `episode` must have reached the commit index its group had when it
     /// recovered, unless another fault came meanwhile.
     pub(super) fn follower_caught_up(&mut self, cluster: &Cluster, episode: &SlowEpisode) {
-        if !self.alone(episode) {
+        if !self.alone(cluster, episode) {
             return;
         }
         let (partition, follower) = (episode.partition, episode.follower);

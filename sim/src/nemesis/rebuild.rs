@@ -20,7 +20,7 @@ use walletd_core::replica::ReplicaId;
 
 use super::*;
 use crate::cluster::Shared;
-use crate::replicas::{members_settled, store_id};
+use crate::replicas::{holders, members_settled, store_id};
 
 /// Share of wipes that take every replica of the node (its whole data directory), when
 /// every group may lose one; the others take one replica.
@@ -39,6 +39,9 @@ struct Rebuild {
     what: &'static str,
     /// Simulated seconds since the nemesis started, when the data was lost.
     at: f64,
+    /// The node's copy of the partition then ([`crate::replicas::ReplicaDisks::copy`]): a
+    /// move that deleted it ends the rebuild (the group no longer names the node).
+    copy: u32,
 }
 
 /// The replicas that lost their data, and the counts of the run's summary.
@@ -74,18 +77,21 @@ impl Nemesis {
         let Some(&n) = up.choose(&mut self.rng) else {
             return false;
         };
-        let partitions = cluster.shared.map.partitions();
-        let mut eligible: Vec<PartitionId> = (0..partitions)
+        let host = cluster.nodes[n].host;
+        let disks = &cluster.shared.replicas[host as usize];
+        let held: Vec<PartitionId> = (0..cluster.shared.map.partitions())
+            .filter(|p| disks.holds(*p))
+            .collect();
+        let mut eligible: Vec<PartitionId> = (held.iter().copied())
             .filter(|p| self.rebuilds.may_lose(&cluster.shared, *p))
             .collect();
         if eligible.is_empty() {
             return false;
         }
-        if eligible.len() < partitions as usize || !self.rng.gen_bool(WIPE_NODE_P) {
+        if eligible.len() < held.len() || !self.rng.gen_bool(WIPE_NODE_P) {
             eligible = vec![*eligible.choose(&mut self.rng).expect("not empty")];
         }
         let down = ms(&mut self.rng, DOWN_MS);
-        let host = cluster.nodes[n].host;
         let old_ids: Vec<ReplicaId> = (eligible.iter())
             .map(|p| store_id(&cluster.shared, host, *p))
             .collect();
@@ -95,7 +101,8 @@ impl Nemesis {
             replicas.logs[partition as usize].wipe();
             replicas.rafts[partition as usize].wipe();
             self.rebuilds.wiped += 1;
-            self.lost(partition, host, old_id, "wiped");
+            let copy = replicas.copy(partition);
+            self.lost(partition, host, old_id, copy, "wiped");
         }
         let name = &cluster.nodes[n].name;
         self.note(format!(
@@ -115,6 +122,7 @@ impl Nemesis {
         };
         let host = cluster.nodes[n].host;
         let eligible: Vec<PartitionId> = (0..cluster.shared.map.partitions())
+            .filter(|p| cluster.shared.replicas[host as usize].holds(*p))
             .filter(|p| self.rebuilds.may_lose(&cluster.shared, *p))
             .filter(|p| {
                 cluster.shared.raft_disks(host)[*p as usize]
@@ -142,7 +150,8 @@ impl Nemesis {
             return true;
         };
         self.rebuilds.corrupted += 1;
-        self.lost(partition, host, old_id, "corrupted");
+        let copy = cluster.shared.replicas[host as usize].copy(partition);
+        self.lost(partition, host, old_id, copy, "corrupted");
         let name = &cluster.nodes[n].name;
         self.note(format!(
             "corrupt entry {index} of {name}'s Raft store of partition {partition}: its restart sets the store aside"
@@ -157,6 +166,7 @@ impl Nemesis {
         partition: PartitionId,
         node: HostId,
         old_id: ReplicaId,
+        copy: u32,
         what: &'static str,
     ) {
         self.rebuilds.pending.push(Rebuild {
@@ -165,6 +175,7 @@ impl Nemesis {
             old_id,
             what,
             at: self.start.elapsed().as_secs_f64(),
+            copy,
         });
     }
 
@@ -173,8 +184,16 @@ impl Nemesis {
     pub(super) fn follow_rebuilds(&mut self, cluster: &Cluster) {
         let shared = &cluster.shared;
         let mut notes = Vec::new();
+        let mut moved = Vec::new();
         let violations = &mut self.violations;
         self.rebuilds.pending.retain(|r| {
+            if shared.replicas[r.node as usize].copy(r.partition) != r.copy {
+                moved.push(format!(
+                    "node-{}'s copy of partition {} ({} at {:.3} s) was moved away before it rejoined",
+                    r.node, r.partition, r.what, r.at
+                ));
+                return false;
+            }
             let raft = &shared.raft_disks(r.node)[r.partition as usize];
             if raft.lock().damaged.is_some() {
                 return true; // Not restarted yet.
@@ -203,7 +222,7 @@ impl Nemesis {
             false
         });
         self.rebuilds.rejoined += notes.len() as u32;
-        for note in notes {
+        for note in notes.into_iter().chain(moved) {
             self.note(note);
         }
     }
@@ -236,8 +255,7 @@ impl Nemesis {
 
 /// The members each replica of `partition` applied, as its durable Raft store shows them.
 fn members(shared: &Shared, partition: PartitionId) -> String {
-    let nodes = shared.replicas.len() as HostId;
-    let stores: Vec<String> = (0..nodes)
+    let stores: Vec<String> = (holders(shared, partition).into_iter())
         .map(|host| {
             let raft = shared.raft_disks(host)[partition as usize].lock();
             let (id, conf) = (raft.durable.id, &raft.durable.conf_state);

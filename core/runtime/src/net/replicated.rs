@@ -25,9 +25,13 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
+#[cfg(madsim)]
+use sim_join_set::JoinSet;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
+#[cfg(not(madsim))]
+use tokio::task::JoinSet;
 
 use walletd_core::model::partition::{NodeId, PartitionId, PartitionMap};
 use walletd_core::model::placement::Placement;
@@ -928,6 +932,62 @@ impl Relay {
         self.current = Some(to);
         if let Some((queue, _)) = peers.get(&to) {
             let _ = queue.try_send(input);
+        }
+    }
+}
+
+/// madsim's tokio has no `JoinSet`: the few calls [`Hosting`] makes of one, over join
+/// handles, for the simulation build only (production uses tokio's).
+#[cfg(madsim)]
+mod sim_join_set {
+    use std::future::{poll_fn, Future};
+    use std::pin::Pin;
+    use std::task::Poll;
+
+    use tokio::task::{JoinError, JoinHandle};
+
+    pub struct JoinSet<T> {
+        handles: Vec<JoinHandle<T>>,
+    }
+
+    impl<T: Send + 'static> JoinSet<T> {
+        pub fn new() -> JoinSet<T> {
+            JoinSet {
+                handles: Vec::new(),
+            }
+        }
+
+        pub fn spawn(&mut self, task: impl Future<Output = T> + Send + 'static) {
+            self.handles.push(tokio::spawn(task));
+        }
+
+        pub fn is_empty(&self) -> bool {
+            self.handles.is_empty()
+        }
+
+        /// The first task found finished, in spawn order (`None` if there is none left).
+        pub async fn join_next(&mut self) -> Option<Result<T, JoinError>> {
+            if self.handles.is_empty() {
+                return None;
+            }
+            poll_fn(|cx| {
+                for i in 0..self.handles.len() {
+                    if let Poll::Ready(ended) = Pin::new(&mut self.handles[i]).poll(cx) {
+                        self.handles.remove(i);
+                        return Poll::Ready(Some(ended));
+                    }
+                }
+                Poll::Pending
+            })
+            .await
+        }
+    }
+
+    impl<T> Drop for JoinSet<T> {
+        fn drop(&mut self) {
+            for handle in &self.handles {
+                handle.abort();
+            }
         }
     }
 }

@@ -762,7 +762,7 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
         }
         // Members it applied itself that leave it out: committed, so it was removed (or,
         // a copy still joining, never counted).
-        if !self.replica.is_member() {
+        if !self.replica.is_member() || crate::known_bug!(LeaveBeforeRemoved) {
             self.removed = true;
             return;
         }

@@ -1,0 +1,63 @@
+//! Copies move during replicated runs with more nodes than copies (`--nodes 4 --replicas
+//! 3`, `move` and `coordinator` among the faults): moves complete or roll back under the
+//! other faults, every copy a group no longer names is deleted, the checks over every copy
+//! pass, and a replica that leaves its group before the group removed it is caught. Runs
+//! with `cargo simtest`.
+#![cfg(madsim)]
+
+use walletd_core::protocol::bugs::Bug;
+use walletd_sim::config::SimConfig;
+use walletd_sim::sim;
+
+/// A quick run of seed `seed` with 4 nodes, 3 copies of each partition, and moves.
+fn moving(seed: u64, bug: Option<Bug>) -> SimConfig {
+    SimConfig {
+        nodes: 4,
+        replicas: 3,
+        bug,
+        ..SimConfig::quick(seed)
+    }
+}
+
+/// The count `name=N` of a run's summary.
+fn count(summary: &str, name: &str) -> u32 {
+    let field = summary
+        .split(' ')
+        .find_map(|field| field.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} in {summary}"));
+    field.parse().expect("a count")
+}
+
+#[test]
+fn copies_move_under_faults_and_every_check_passes() {
+    let report = sim::run(&moving(1, None));
+    assert!(report.ok(), "{}{}", report.details, report.result_line());
+    let summary = &report.summary;
+    let moves = count(summary, "moves");
+    assert!(moves > 0, "{summary}");
+    assert_eq!(
+        moves,
+        count(summary, "completed") + count(summary, "rolled_back"),
+        "every move ended: {summary}"
+    );
+    assert!(count(summary, "copies_created") > 0, "{summary}");
+    assert!(count(summary, "copies_deleted") > 0, "{summary}");
+}
+
+/// A copy deleted while its group still counts it: `removed_copy` at the deletion (or
+/// `durability`, when a crash then finds an answer held by too few copies).
+#[test]
+fn a_copy_that_leaves_before_its_group_removed_it_is_caught() {
+    let report = (0..5)
+        .map(|seed| sim::run(&moving(seed, Some(Bug::LeaveBeforeRemoved))))
+        .find(|report| !report.ok());
+    let Some(report) = report else {
+        panic!("leave-before-removed was never caught");
+    };
+    let line = report.result_line();
+    assert!(
+        line.ends_with("invariant=removed_copy") || line.ends_with("invariant=durability"),
+        "{line}"
+    );
+    assert!(report.details.contains("--nodes 4"), "{}", report.details);
+}
