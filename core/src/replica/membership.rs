@@ -13,11 +13,11 @@
 //! with its now empty log, in the majority that elects a leader lacking an acknowledged
 //! entry (an acknowledged transfer lost). So a replica with nothing on disk never votes
 //! under an id that may have voted: it asks its group to take it in again
-//! ([`MembershipMessage::Ask`]), the leader adds it as a *learner* under the node's next
-//! incarnation (a learner neither votes nor counts toward a commit), catches it up by log,
-//! and once its log holds everything committed, replaces the node's old voter with it in
-//! one joint-consensus change (`AddNode(new)`, `RemoveNode(old)`, left automatically). A
-//! learner's id may be handed out again to the same node: nothing a learner did can count.
+//! ([`MembershipMessage::Ask`]), the leader adds it as a *learner* under a new incarnation of
+//! its node, above every one it had (a learner neither votes nor counts toward a commit;
+//! see [`next_incarnation`]), catches it up by log, and once its log holds everything
+//! committed, replaces the node's old voter with it in one joint-consensus change
+//! (`AddNode(new)`, `RemoveNode(old)`, left automatically).
 //!
 //! # A new group or a lost disk?
 //! The two look the same from inside: an empty store. A replica that has never decided
@@ -303,7 +303,7 @@ pub(super) fn answer_ask<S: raft::Storage>(
         .flat_map(|ids| of_node(ids))
         .map(incarnation_of)
         .max();
-    let Some(next) = newest.map_or(Some(1), |newest| newest.checked_add(1)) else {
+    let Some(next) = next_incarnation(newest, raw.raft.raft_log.last_index() + 1) else {
         tracing::error!(node, "no incarnation left for the node's replica");
         return (Answer::Running { leader: Some(own) }, false);
     };
@@ -327,6 +327,21 @@ pub(super) fn answer_ask<S: raft::Storage>(
         }
     };
     (Answer::Running { leader: Some(own) }, proposed)
+}
+
+/// The incarnation of a new learner of a node whose newest incarnation in the members is
+/// `newest`, added by the log entry at index `at`. Never one the node had before, even one
+/// that left the members since (a copy moved away and back): a late message of an earlier
+/// copy must not count for the new one. The members forget a removed id, but the log index
+/// only grows, so the entry's index (its low 32 bits, 0 skipped) is past the index of every
+/// earlier learner's entry; it wraps after 2^32 entries, long after any message of a copy
+/// that old. `None` when no incarnation is left above `newest`.
+fn next_incarnation(newest: Option<u32>, at: u64) -> Option<u32> {
+    let from_index = (at as u32).max(1);
+    match newest {
+        None => Some(from_index),
+        Some(newest) => Some(newest.checked_add(1)?.max(from_index)),
+    }
 }
 
 /// Whether the leader `raw` has a voter of `node` that it hears from (since its last
@@ -544,6 +559,27 @@ mod tests {
             joiner.handle(2, answer(9, Answer::Member { id })),
             Some(Decision::Join(id))
         );
+    }
+
+    #[test]
+    fn a_new_learner_never_gets_an_incarnation_its_node_had() {
+        assert_eq!(next_incarnation(None, 1), Some(1));
+        assert_eq!(next_incarnation(None, 57), Some(57));
+        assert_eq!(next_incarnation(Some(3), 57), Some(57));
+        assert_eq!(
+            next_incarnation(Some(80), 57),
+            Some(81),
+            "above the members' newest"
+        );
+        // A copy moved away (its id forgotten by the members) and back: a later entry.
+        let first = next_incarnation(None, 57).unwrap();
+        assert!(next_incarnation(None, 913).unwrap() > first);
+        assert_eq!(
+            next_incarnation(None, 1 << 32),
+            Some(1),
+            "0 is the founders'"
+        );
+        assert_eq!(next_incarnation(Some(u32::MAX), 9), None);
     }
 
     #[test]

@@ -232,8 +232,8 @@ impl Group {
         first[at] ^= 0x5a;
     }
 
-    /// Waits until node `index`'s replica is a voter under incarnation `incarnation`, in
-    /// place of its old id, in the members the leader's disk holds.
+    /// Waits until node `index`'s replica is a voter under an incarnation past `incarnation`
+    /// (its old id's), in place of its old id, in the members the leader's disk holds.
     async fn wait_for_new_voter(&self, index: usize, incarnation: u32) {
         let mut voters = Vec::new();
         for _ in 0..2_000 {
@@ -243,7 +243,7 @@ impl Group {
             voters = conf.voters.clone();
             voters.sort_unstable();
             let renewed = voters.iter().any(|id| {
-                node_of(*id) == Some(index as NodeId) && incarnation_of(*id) == incarnation
+                node_of(*id) == Some(index as NodeId) && incarnation_of(*id) > incarnation
             });
             if renewed && conf.voters_outgoing.is_empty() {
                 break;
@@ -254,10 +254,10 @@ impl Group {
         assert_eq!(nodes.len(), REPLICAS, "one voter per node: {voters:?}");
         let renewed = voters
             .iter()
-            .any(|id| node_of(*id) == Some(index as NodeId) && incarnation_of(*id) == incarnation);
+            .any(|id| node_of(*id) == Some(index as NodeId) && incarnation_of(*id) > incarnation);
         assert!(
             renewed,
-            "node {index} votes under incarnation {incarnation}: {voters:?}"
+            "node {index} votes under an incarnation past {incarnation}: {voters:?}"
         );
         let id = self.nodes[index]
             .raft_store
@@ -403,7 +403,7 @@ async fn a_group_commits_through_a_leader_crash_and_a_restarted_replica_catches_
         group.start(leader).await;
         if round == 1 || round == 2 {
             // Until the rebuilt replica votes again, the group has no vote to spare.
-            group.wait_for_new_voter(leader, incarnation + 1).await;
+            group.wait_for_new_voter(leader, incarnation).await;
         }
         if round == 2 {
             let disk = group.nodes[leader].storage.disk.lock().unwrap();

@@ -50,7 +50,9 @@ pub(super) struct Replicas {
 
 impl fmt::Debug for Replicas {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Replicas").field("node", &self.view.node()).finish()
+        f.debug_struct("Replicas")
+            .field("node", &self.view.node())
+            .finish()
     }
 }
 
