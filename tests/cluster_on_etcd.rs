@@ -27,6 +27,41 @@ pub struct EtcdCluster {
 }
 
 impl EtcdCluster {
+    /// A cluster of `nodes` nodes (none started) and `partitions` partitions on `etcd`, in a
+    /// temporary directory, with addresses for one more node to join later; and its cluster
+    /// file, for `wallet cluster init`.
+    pub fn new(
+        etcd: PrivateEtcd,
+        wallet: Wallet,
+        partitions: u32,
+        nodes: usize,
+        secret: &str,
+    ) -> (EtcdCluster, String) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ports = crate::free_ports(2 * (nodes + 1));
+        let http: Vec<SocketAddr> = (0..=nodes)
+            .map(|n| format!("127.0.0.1:{}", ports[n]).parse().expect("address"))
+            .collect();
+        let peer: Vec<String> = (0..=nodes)
+            .map(|n| format!("127.0.0.1:{}", ports[nodes + 1 + n]))
+            .collect();
+        let config = write_cluster_file(tmp.path(), partitions, nodes, &http, &peer);
+        let secret_file = tmp.path().join("secret");
+        std::fs::write(&secret_file, secret).expect("write the secret");
+        let cluster = EtcdCluster {
+            partitions,
+            data: tmp.path().join("data"),
+            secret_file,
+            _tmp: tmp,
+            wallet,
+            etcd,
+            http,
+            peer,
+            nodes: Vec::new(),
+        };
+        (cluster, config.display().to_string())
+    }
+
     pub fn cluster(&self, args: &[&str]) -> Output {
         let url = self.etcd.url();
         let mut all = vec!["cluster", args[0], "--etcd", &url];

@@ -7,17 +7,14 @@
 //!
 //! Skips, saying so loudly, only where etcd can be neither found nor installed.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
-use walletd_e2e::cluster_on_etcd::{
-    cents, post, transfer, transfers_commit, write_cluster_file, EtcdCluster,
-};
+use walletd_e2e::cluster_on_etcd::{cents, post, transfer, transfers_commit, EtcdCluster};
 use walletd_e2e::etcd::PrivateEtcd;
-use walletd_e2e::{accounts_in, free_ports, http, wait_until, wallet};
+use walletd_e2e::{accounts_in, http, wait_until, wallet};
 
 const PARTITIONS: u32 = 6;
 /// Nodes in the cluster file; one more joins later.
@@ -31,31 +28,9 @@ fn a_cluster_on_etcd_takes_a_new_node_and_serves_through_an_etcd_outage() {
     let Some(etcd) = PrivateEtcd::start() else {
         return;
     };
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let ports = free_ports(2 * (NODES + 1));
-    let http: Vec<SocketAddr> = (0..=NODES)
-        .map(|n| format!("127.0.0.1:{}", ports[n]).parse().expect("address"))
-        .collect();
-    let peer: Vec<String> = (0..=NODES)
-        .map(|n| format!("127.0.0.1:{}", ports[NODES + 1 + n]))
-        .collect();
-    let config = write_cluster_file(tmp.path(), PARTITIONS, NODES, &http, &peer);
-    let secret_file = tmp.path().join("secret");
-    std::fs::write(&secret_file, SECRET).expect("write the secret");
-    let mut cluster = EtcdCluster {
-        partitions: PARTITIONS,
-        data: tmp.path().join("data"),
-        secret_file,
-        _tmp: tmp,
-        wallet: wallet!(),
-        etcd,
-        http,
-        peer,
-        nodes: Vec::new(),
-    };
+    let (mut cluster, config) = EtcdCluster::new(etcd, wallet!(), PARTITIONS, NODES, SECRET);
 
     // The first map, from the cluster file; a second init is refused.
-    let config = config.display().to_string();
     let init = cluster.cluster(&["init", "--config", &config]);
     assert!(
         init.status.success(),

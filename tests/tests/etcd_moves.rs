@@ -19,9 +19,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use walletd_e2e::cluster_on_etcd::{cents, post, transfer, write_cluster_file, EtcdCluster};
+use walletd_e2e::cluster_on_etcd::{cents, post, transfer, EtcdCluster};
 use walletd_e2e::etcd::PrivateEtcd;
-use walletd_e2e::{accounts_in, free_ports, http, wait_until, wallet};
+use walletd_e2e::{accounts_in, http, wait_until, wallet};
 
 const PARTITIONS: u32 = 8;
 /// Nodes in the cluster file; one more joins later.
@@ -160,29 +160,7 @@ fn copies_move_and_a_node_drains_under_load_and_through_an_etcd_outage() {
     let Some(etcd) = PrivateEtcd::start() else {
         return;
     };
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let ports = free_ports(2 * (NODES + 1));
-    let http: Vec<SocketAddr> = (0..=NODES)
-        .map(|n| format!("127.0.0.1:{}", ports[n]).parse().expect("address"))
-        .collect();
-    let peer: Vec<String> = (0..=NODES)
-        .map(|n| format!("127.0.0.1:{}", ports[NODES + 1 + n]))
-        .collect();
-    let config = write_cluster_file(tmp.path(), PARTITIONS, NODES, &http, &peer);
-    let secret_file = tmp.path().join("secret");
-    std::fs::write(&secret_file, SECRET).expect("write the secret");
-    let mut cluster = EtcdCluster {
-        partitions: PARTITIONS,
-        data: tmp.path().join("data"),
-        secret_file,
-        _tmp: tmp,
-        wallet: wallet!(),
-        etcd,
-        http,
-        peer,
-        nodes: Vec::new(),
-    };
-    let config = config.display().to_string();
+    let (mut cluster, config) = EtcdCluster::new(etcd, wallet!(), PARTITIONS, NODES, SECRET);
     run_ok(&cluster, &["init", "--config", &config]);
     for id in 0..NODES as u32 {
         cluster.start_node(id);
