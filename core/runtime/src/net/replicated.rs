@@ -25,13 +25,9 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
-#[cfg(madsim)]
-use sim_join_set::JoinSet;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-#[cfg(not(madsim))]
-use tokio::task::JoinSet;
 
 use walletd_core::model::partition::{NodeId, PartitionId, PartitionMap};
 use walletd_core::model::placement::Placement;
@@ -47,6 +43,7 @@ use crate::replica::{
 };
 use crate::storage::raft_store::RaftStore;
 use crate::transport::{LocalTransport, Transport};
+use tasks::Tasks;
 
 /// A node's first replica id in every group (the voters of a new group); later
 /// incarnations of its replicas have other ids ([`membership`]).
@@ -527,7 +524,7 @@ pub async fn start_replicated_node<T: ReplicaStores, N: PeerIo>(
         stats: Arc::clone(&stats),
         config,
         slots: (0..partitions).map(|_| Slot::Failed).collect(),
-        tasks: JoinSet::new(),
+        tasks: Tasks::new(),
         placement: ctx_replicated.placement.subscribe(),
         map: ctx.map.subscribe(),
         failure: None,
@@ -638,7 +635,7 @@ struct Hosting<T: ReplicaStores, N: PeerIo> {
     stats: Arc<[Arc<DriverStats>]>,
     config: ReplicatedConfig,
     slots: Vec<Slot>,
-    tasks: JoinSet<Ended<T>>,
+    tasks: Tasks<Ended<T>>,
     placement: watch::Receiver<Arc<Placement>>,
     map: watch::Receiver<Arc<CurrentMap>>,
     /// The first replica that failed, reported at shutdown.
@@ -936,23 +933,23 @@ impl Relay {
     }
 }
 
-/// madsim's tokio has no `JoinSet`: the few calls [`Hosting`] makes of one, over join
-/// handles, for the simulation build only (production uses tokio's).
-#[cfg(madsim)]
-mod sim_join_set {
+/// Tasks whose ends are awaited in any order, aborted when dropped: the few calls
+/// [`Hosting`] needs of tokio's `JoinSet`, which madsim's tokio does not have, over join
+/// handles, so that production and the simulator run the same code.
+mod tasks {
     use std::future::{poll_fn, Future};
     use std::pin::Pin;
     use std::task::Poll;
 
     use tokio::task::{JoinError, JoinHandle};
 
-    pub struct JoinSet<T> {
+    pub struct Tasks<T> {
         handles: Vec<JoinHandle<T>>,
     }
 
-    impl<T: Send + 'static> JoinSet<T> {
-        pub fn new() -> JoinSet<T> {
-            JoinSet {
+    impl<T: Send + 'static> Tasks<T> {
+        pub fn new() -> Tasks<T> {
+            Tasks {
                 handles: Vec::new(),
             }
         }
@@ -983,7 +980,7 @@ mod sim_join_set {
         }
     }
 
-    impl<T> Drop for JoinSet<T> {
+    impl<T> Drop for Tasks<T> {
         fn drop(&mut self) {
             for handle in &self.handles {
                 handle.abort();
