@@ -51,7 +51,11 @@
 //! that a later membership leaves it out, the driver stops and gives its storages and its
 //! inbox back ([`Stopped::Removed`]) for its node to delete the copy. A replica still
 //! deciding its id when its node leaves the group stops the same way: it has nothing that
-//! counts.
+//! counts. A replica that applies members leaving it out after it had been one stops
+//! whatever the placement says (a copy moved away and straight back is a new copy). And a
+//! replica that hears from no leader for two seconds asks too, named or not: one that its
+//! group removed while its node was down, and that the placement names again by the time it
+//! restarts, would otherwise wait for a leader forever.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -198,6 +202,11 @@ const ASK_INTERVAL: Duration = Duration::from_millis(200);
 /// has removed it.
 const CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How long a replica on a node the placement names goes without a leader before it, too,
+/// asks whether its group still counts it: one removed while its node was down never hears
+/// from a leader again.
+const LEADERLESS_CHECK_AFTER: Duration = Duration::from_secs(2);
+
 /// How a replica driver ended.
 pub enum Stopped<S, R> {
     /// Asked to stop ([`Input::Shutdown`]) or every sender of its inbox gone: the partition
@@ -263,6 +272,8 @@ struct Running<S: Storage, R: RaftStore> {
     removed: bool,
     /// It has been one of the members it applied, since it started.
     was_member: bool,
+    /// Since when it knows no leader (checked every [`CHECK_INTERVAL`]).
+    leaderless_since: Option<Instant>,
     /// The last closed segment read to serve a fetch (fetches go through it in order).
     fetch_cache: Option<(SegmentRef, Vec<u8>)>,
 }
@@ -408,6 +419,7 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
             placement: wiring.placement,
             removed: false,
             was_member: false,
+            leaderless_since: None,
         };
         let stopped = running.run().await;
         if let Err(error) = &stopped {
@@ -680,12 +692,13 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
                 }
                 MembershipMessage::Removed { .. } => {
                     let own = self.replica.id();
-                    let named = self
-                        .placement
-                        .borrow()
-                        .group(partition)
-                        .contains(&self.node);
-                    if !named && membership::is_removal(own, self.replica.conf_index(), &message) {
+                    let conf_index = self.replica.conf_index();
+                    // A later membership than its own that leaves it out removed it; so does
+                    // the one it applied itself, if that leaves it out too (it crashed
+                    // before it could stop: see "A moved replica").
+                    let outside = !self.replica.is_member();
+                    let at = conf_index.saturating_sub(u64::from(outside));
+                    if membership::is_removal(own, at, &message) {
                         self.removed = true;
                     }
                 }
@@ -752,12 +765,16 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
             self.removed = true;
             return;
         }
-        if self
-            .placement
-            .borrow()
-            .group(partition)
-            .contains(&self.node)
-        {
+        let leaderless = match self.replica.leader() {
+            Some(_) => None,
+            None => Some(*self.leaderless_since.get_or_insert_with(Instant::now)),
+        };
+        self.leaderless_since = leaderless;
+        let named = (self.placement.borrow().group(partition)).contains(&self.node);
+        if named {
+            if leaderless.is_some_and(|since| since.elapsed() >= LEADERLESS_CHECK_AFTER) {
+                self.send_checks();
+            }
             return;
         }
         // Members it applied itself that leave it out: committed, so it was removed (or,
@@ -766,6 +783,12 @@ impl<S: Storage, R: RaftStore> Running<S, R> {
             self.removed = true;
             return;
         }
+        self.send_checks();
+    }
+
+    /// Asks the other members this replica knows whether the group still counts it.
+    fn send_checks(&self) {
+        let partition = self.replica.partition();
         let conf = self.replica.conf_state();
         let members = [&conf.voters, &conf.voters_outgoing, &conf.learners];
         let mut nodes: Vec<NodeId> = (members.iter().flat_map(|ids| ids.iter()))

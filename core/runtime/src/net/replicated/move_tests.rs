@@ -2,7 +2,8 @@
 //! map, the placement grows partition 0's group to it and then drops node 0 from it; the
 //! new copy catches up and votes, node 0's copy is removed by the group and deleted, and
 //! every transfer is there once on every copy. Then partition 1 moves off node 0 and
-//! straight back: the removed copy stops, and a new one joins.
+//! straight back: the removed copy stops, and a new one joins; and again while node 0 is
+//! down: its old copy finds out at restart.
 
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
@@ -299,6 +300,56 @@ async fn a_copy_moves_to_a_node_that_joined_while_transfers_go_on() {
     )
     .await;
     assert_eq!(*stores[0].removed.lock().unwrap(), vec![0, 1]);
+    transfers(&nodes, 10).await;
+    // Node 0 crashes; meanwhile partition 1 moves off it and back. It restarts on the
+    // newest map with its old copy, which the group removed while it was down and which
+    // hears from no leader: it asks, learns it was removed, and a new copy takes its place.
+    let crashed = nodes.remove(0);
+    crashed.abort();
+    let mut off = back.clone();
+    off.groups[1] = vec![1, 2, 3];
+    map.version = 8;
+    publish(&nodes, &map, &off);
+    wait_for("node 0 out of partition 1 while down", &nodes, |nodes| {
+        leader_voters(nodes, 1) == Some(vec![1, 2, 3])
+    })
+    .await;
+    map.version = 9;
+    publish(&nodes, &map, &back);
+    let address = &map.nodes[&0].peer;
+    let mut listener = None;
+    for _ in 0..100 {
+        match TcpListener::bind(address).await {
+            Ok(bound) => {
+                listener = Some(bound);
+                break;
+            }
+            // The crashed node's listener may take a moment to release its port.
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let listener = listener.expect("node 0's port is free again");
+    let stores0 = stores[0].clone();
+    let restarted = start_replicated_node(
+        Tcp,
+        listener,
+        &map,
+        back.clone(),
+        0,
+        SECRET,
+        stores0,
+        config(0),
+    )
+    .await
+    .expect("node 0 restarts");
+    nodes.insert(0, restarted);
+    wait_for(
+        "node 0's removed copy replaced by a new one",
+        &nodes,
+        |nodes| leader_voters(nodes, 1) == Some(vec![0, 1, 2, 3]) && nodes[0].hosts(1),
+    )
+    .await;
+    assert_eq!(*stores[0].removed.lock().unwrap(), vec![0, 1, 1]);
     transfers(&nodes, 10).await;
     // Every transfer once: a retry through node 0 (now relaying partition 0) answers the same.
     for id in &committed {
