@@ -178,19 +178,23 @@ pub struct Cluster {
     history: History,
 }
 
-/// The partition map of a run: partition `p` on node `p % nodes`; nodes that own nothing
-/// are left out (a map with an idle node is refused).
+/// The addresses of server node `host` (its peer listener on [`PEER_PORT`]).
+pub fn node_address(host: HostId) -> NodeAddress {
+    let ip = server_ip(host);
+    NodeAddress {
+        http: format!("{ip}:8080"),
+        peer: SocketAddr::new(ip, PEER_PORT).to_string(),
+    }
+}
+
+/// The partition map a run starts with: partition `p` on node `p % members`, where the
+/// members are the nodes that do not join later ([`SimConfig::joining`]); nodes that own
+/// nothing are left out (a map with an idle node is refused).
 fn partition_map(config: &SimConfig) -> PartitionMap {
-    let owners: Vec<u32> = (0..config.partitions).map(|p| p % config.nodes).collect();
-    let nodes = (0..config.nodes.min(config.partitions))
-        .map(|n| {
-            let ip = server_ip(n);
-            let address = NodeAddress {
-                http: format!("{ip}:8080"),
-                peer: SocketAddr::new(ip, PEER_PORT).to_string(),
-            };
-            (n, address)
-        })
+    let members = config.nodes - config.joining();
+    let owners: Vec<u32> = (0..config.partitions).map(|p| p % members).collect();
+    let nodes = (0..members.min(config.partitions))
+        .map(|n| (n, node_address(n)))
         .collect::<BTreeMap<_, _>>();
     PartitionMap {
         version: 1,

@@ -73,10 +73,15 @@ pub enum Fault {
     /// With `move`: the coordination service goes down for a while (no change is made; the
     /// nodes serve on the map they have), and a node's watch of it is slow.
     Coordinator,
+    /// With `move`: the last 1 to `nodes - replicas` nodes (drawn from the seed) start
+    /// outside the map, their processes waiting until it lists them; the operator adds each
+    /// at a seeded time (a compare-and-swap, as `wallet cluster add-node` makes it), and
+    /// only then may moves target it. Run by the mover, not drawn by the nemesis.
+    Join,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 20] = [
+    pub const ALL: [Fault; 21] = [
         Fault::Kill,
         Fault::Torn,
         Fault::Partition,
@@ -97,6 +102,7 @@ impl Fault {
         Fault::Corrupt,
         Fault::Move,
         Fault::Coordinator,
+        Fault::Join,
     ];
 
     pub fn name(self) -> &'static str {
@@ -121,6 +127,7 @@ impl Fault {
             Fault::Corrupt => "corrupt",
             Fault::Move => "move",
             Fault::Coordinator => "coordinator",
+            Fault::Join => "join",
         }
     }
 
@@ -128,11 +135,11 @@ impl Fault {
     /// exist only with replication, and only a replica can rebuild from its peers what it
     /// lost. Damage to a partition log must be refused by the node that finds it, which a
     /// replica does not do yet in place of rebuilding (only its Raft store is rebuilt).
-    /// Moves and the coordinator's faults are never drawn by the nemesis: the mover runs
+    /// Moves, joins and the coordinator's faults are never drawn by the nemesis: the mover runs
     /// them beside it ([`SimConfig::moves`]).
     pub fn applies(self, replicated: bool) -> bool {
         match self {
-            Fault::Move | Fault::Coordinator => false,
+            Fault::Move | Fault::Coordinator | Fault::Join => false,
             Fault::KillLeader
             | Fault::Isolate
             | Fault::CrashVoter
@@ -316,6 +323,17 @@ impl SimConfig {
     /// and `move` among its faults.
     pub fn moves(&self) -> bool {
         self.replicated() && self.nodes > self.replicas && self.faults.contains(Fault::Move)
+    }
+
+    /// How many nodes start outside the map and join it during the run (the last ones): 1
+    /// to `nodes - replicas`, drawn from the seed, with `join` among the faults of a run
+    /// with moves; 0 otherwise.
+    pub fn joining(&self) -> u32 {
+        if !self.moves() || !self.faults.contains(Fault::Join) {
+            return 0;
+        }
+        let mut rng = crate::rng::stream(self.seed, crate::rng::Purpose::Joins);
+        rand::Rng::gen_range(&mut rng, 1..=self.nodes - self.replicas)
     }
 
     pub fn validate(&self) -> Result<(), String> {

@@ -25,7 +25,7 @@ use rand_chacha::ChaCha8Rng;
 use tokio::time::Instant;
 use walletd_core::model::partition::{NodeId, PartitionId};
 
-use crate::cluster::Shared;
+use crate::cluster::{node_address, Shared};
 use crate::coordinator::{Coordinator, CoordinatorError};
 use crate::network::HostId;
 use crate::shared::Shared as Locked;
@@ -49,6 +49,9 @@ const RETRY_DOWN: Duration = Duration::from_millis(200);
 const COORDINATOR_GAP_MS: (u64, u64) = (2_000, 10_000);
 /// How long an outage or a slow watch lasts, in ms.
 const COORDINATOR_FAULT_MS: (u64, u64) = (500, 5_000);
+/// Pause before the operator adds each node that joins the map (the first counted from
+/// the start of the load), in ms: early enough that copies move to it under the faults.
+const JOIN_GAP_MS: (u64, u64) = (1_000, 12_000);
 /// Share of the coordination service's faults that are outages (the others slow a
 /// node's watch).
 const OUTAGE_P: f64 = 0.5;
@@ -60,6 +63,11 @@ pub struct MoveReport {
     pub completed: u32,
     pub rolled_back: u32,
     pub drains: u32,
+    /// Nodes added to the map.
+    pub joined: u32,
+    /// Links, connected after the heal, that a node made to a node the map added after it
+    /// started (from the watch, without a restart).
+    pub linked_live: u32,
     /// Lines for the fault log (time, what).
     pub log: Vec<String>,
 }
@@ -142,7 +150,11 @@ impl Mover {
             Some(from) => from,
             None => *group.choose(&mut self.rng)?,
         };
-        let outside: Vec<NodeId> = (0..self.nodes).filter(|n| !group.contains(n)).collect();
+        // Only a node of the map may be named (one that has not joined yet is not).
+        let listed = self.coordinator.peek().map.nodes;
+        let outside: Vec<NodeId> = (listed.keys().copied())
+            .filter(|n| !group.contains(n))
+            .collect();
         let to = *outside.choose(&mut self.rng)?;
         Some((partition, from, to))
     }
@@ -243,6 +255,48 @@ impl Mover {
     }
 }
 
+/// Adds the nodes `joining` to the map, each at a seeded time ([`JOIN_GAP_MS`] after the
+/// last), as `wallet cluster add-node` adds one: a compare-and-swap that lists it at its
+/// addresses and raises the map's version, retried while the service is down or someone
+/// else changed the map. Its process, waiting until the map lists it, then starts; the
+/// other nodes learn it from their watch and link to it; moves may then name it.
+pub async fn join_nodes(
+    coordinator: Arc<Coordinator>,
+    mut rng: ChaCha8Rng,
+    joining: Vec<NodeId>,
+    report: Locked<MoveReport>,
+) {
+    let start = Instant::now();
+    for node in joining {
+        let gap = rng.gen_range(JOIN_GAP_MS.0..=JOIN_GAP_MS.1);
+        tokio::time::sleep(Duration::from_millis(gap)).await;
+        let revision = loop {
+            let current = match coordinator.read() {
+                Ok(current) => current,
+                Err(_) => {
+                    tokio::time::sleep(RETRY_DOWN).await;
+                    continue;
+                }
+            };
+            assert!(!current.map.nodes.contains_key(&node), "added once");
+            let mut map = current.map.clone();
+            map.nodes.insert(node, node_address(node));
+            map.validate().expect("a node's addresses are its own");
+            match coordinator.swap(current.revision(), map, current.placement) {
+                Ok(revision) => break revision,
+                Err(CoordinatorError::Down) => tokio::time::sleep(RETRY_DOWN).await,
+                Err(CoordinatorError::Stale { .. }) => tokio::time::sleep(POLL).await,
+            }
+        };
+        let at = start.elapsed().as_secs_f64();
+        let mut report = report.lock();
+        report.joined += 1;
+        (report.log).push(format!(
+            "{at:>8.3}s coordinator: revision {revision}: node-{node} added to the map"
+        ));
+    }
+}
+
 /// Injects the coordination service's faults until `until`: outages (no read or swap
 /// succeeds; the nodes serve on the map they have) and slow watches (a node learns new
 /// revisions seconds late). Lines for the fault log go to `report`.
@@ -282,30 +336,47 @@ pub async fn coordinator_faults(
     }
 }
 
-/// After the heal: waits for the operator to end the move under way, then until every node
-/// has learned the newest map and every group's copies are exactly the nodes it names, all
-/// within `within`. Returns what is not so by then ([`MOVES`]).
+/// Every node of the map is linked from every other node of it, within a bound after
+/// the heal: a node added during the run too, from nodes that learned it from their watch.
+pub const LINKED: &str = "linked";
+
+/// After the heal: waits for the operator to end the move under way (and add the nodes
+/// still to join), then until every node has learned the newest map, every group's copies
+/// are exactly the nodes it names ([`MOVES`]) and every node of the map is linked from
+/// every other ([`LINKED`]), all within `within`. Returns what is not so by then, by
+/// invariant, and the links made live ([`MoveReport::linked_live`]).
 pub async fn settle(
     shared: &Arc<Shared>,
     mover: tokio::task::JoinHandle<()>,
     within: Duration,
-) -> Option<String> {
+) -> (Vec<(&'static str, String)>, u32) {
     let deadline = Instant::now() + within;
     if tokio::time::timeout(within, mover).await.is_err() {
-        return Some(format!(
+        let what = format!(
             "the move under way neither completed nor was rolled back within {within:?} of the heal"
-        ));
+        );
+        return (vec![(MOVES, what)], 0);
     }
+    let coordinator = shared.coordinator.as_ref().expect("moves on");
     loop {
         let unsettled = unsettled_copies(shared);
-        if unsettled.is_empty() {
-            return None;
+        let map = coordinator.peek().map;
+        let (unlinked, linked_live) = shared.lock().replicas.unlinked(&map);
+        if unsettled.is_empty() && unlinked.is_empty() {
+            return (Vec::new(), linked_live);
         }
         if Instant::now() >= deadline {
-            return Some(format!(
-                "{within:?} after the heal: {}",
-                unsettled.join("; ")
-            ));
+            let found = [(MOVES, unsettled), (LINKED, unlinked)]
+                .into_iter()
+                .filter(|(_, found)| !found.is_empty())
+                .map(|(name, found)| {
+                    (
+                        name,
+                        format!("{within:?} after the heal: {}", found.join("; ")),
+                    )
+                })
+                .collect();
+            return (found, linked_live);
         }
         tokio::time::sleep(POLL).await;
     }

@@ -241,7 +241,7 @@ impl Nemesis {
                 true
             }
             Fault::Torn => unreachable!("torn tails are a property of kills"),
-            Fault::Move | Fault::Coordinator => unreachable!("the mover runs these"),
+            Fault::Move | Fault::Coordinator | Fault::Join => unreachable!("the mover runs these"),
         };
         if injected {
             self.injected += 1;

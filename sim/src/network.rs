@@ -183,6 +183,15 @@ impl Network {
         self.lock().inbox[host as usize] = Some(gateway);
     }
 
+    /// Server node `host`, which joined the map during the run, serves clients from now on
+    /// (a load balancer given a new backend); nothing if it does already.
+    pub fn add_gateway(&self, host: HostId) {
+        let mut state = self.lock();
+        if !state.gateways.contains(&host) {
+            state.gateways.push(host);
+        }
+    }
+
     /// Server node `host` died: requests sent to it are dropped until it registers again.
     pub fn unregister(&self, host: HostId) {
         self.lock().inbox[host as usize] = None;

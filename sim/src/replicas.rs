@@ -53,6 +53,11 @@ pub const LEADER_WATCH: Duration = Duration::from_millis(2);
 /// it reads again.
 const WATCH_RETRY: Duration = Duration::from_millis(100);
 
+/// How long a node the map does not list yet waits before it reads the map again: the
+/// first wait, doubled after each read that does not list it, up to the last.
+const JOIN_POLL_FIRST: Duration = Duration::from_millis(100);
+const JOIN_POLL_MAX: Duration = Duration::from_secs(2);
+
 /// The invariant that a copy's disks are deleted only once its group has removed it.
 pub const REMOVED_COPY: &str = "removed_copy";
 
@@ -302,6 +307,9 @@ pub struct ReplicaState {
     /// The running incarnation of each node whose replicas may change while it runs (moves
     /// on): the leader watch follows the replicas it starts and removes.
     nodes: BTreeMap<HostId, Arc<ReplicatedNode>>,
+    /// The nodes of the map each running incarnation started on (moves on): a link to a
+    /// node outside it was made live, when the node learned the map that added it.
+    started_with: BTreeMap<HostId, BTreeSet<NodeId>>,
     /// Protocol violations counted by replicas whose copy was removed from their node.
     pub violations_removed: u64,
     /// The node seen leading each term of each partition.
@@ -324,6 +332,7 @@ impl ReplicaState {
     /// Node `host` died: forgets its replicas; returns the protocol violations they counted.
     pub fn stopped(&mut self, host: HostId) -> u64 {
         self.nodes.remove(&host);
+        self.started_with.remove(&host);
         let gone: Vec<_> = (self.running.keys())
             .filter(|(h, _)| *h == host)
             .copied()
@@ -453,6 +462,31 @@ impl ReplicaState {
         }
     }
 
+    /// What is not linked among the nodes of `map`: for each running node, each other node
+    /// of the map whose link from it is not connected (its handshake done, on the same
+    /// map); and the number of connected links a node made to a node the map added after
+    /// it started (`Hosting::link_new_nodes`).
+    pub fn unlinked(&self, map: &PartitionMap) -> (Vec<String>, u32) {
+        let mut found = Vec::new();
+        let mut made_live = 0;
+        for (host, node) in &self.nodes {
+            let links = node.links();
+            for remote in map.nodes.keys().filter(|n| *n != host) {
+                let connected =
+                    (links.get(remote)).is_some_and(|link| link.connected.load(Ordering::Acquire));
+                if !connected {
+                    found.push(format!(
+                        "node-{host} has no connected link to node-{remote}"
+                    ));
+                    continue;
+                }
+                let joined = (self.started_with.get(host)).is_some_and(|s| !s.contains(remote));
+                made_live += u32::from(joined);
+            }
+        }
+        (found, made_live)
+    }
+
     /// Terms in which some replica was seen leading (elections won).
     pub fn terms_led(&self) -> usize {
         self.leaders.len()
@@ -517,6 +551,9 @@ pub async fn run_node(shared: Arc<Shared>, host: HostId) {
             return stopped(&shared, host, stop).await;
         }
     };
+    if let Some(coordinator) = &shared.coordinator {
+        wait_until_listed(disks, coordinator, host).await;
+    }
     let io = NodeIo::new(Arc::clone(&shared.links), host);
     let election_seed = shared.elections.lock().next_u64();
     let config = ReplicatedConfig::new(shared.node_config(), election_seed);
@@ -556,6 +593,11 @@ pub async fn run_node(shared: Arc<Shared>, host: HostId) {
         }
         if shared.coordinator.is_some() {
             state.replicas.nodes.insert(host, Arc::clone(&node));
+            let members = learned.map.nodes.keys().copied().collect();
+            state.replicas.started_with.insert(host, members);
+        }
+        if !shared.map.nodes.contains_key(&host) {
+            shared.net.add_gateway(host); // It joined the map during the run.
         }
         shared.net.register(host, calls);
     }
@@ -572,6 +614,23 @@ pub async fn run_node(shared: Arc<Shared>, host: HostId) {
     gateway::serve(node.client(), gateway).await;
     std::future::pending::<()>().await;
     drop(node);
+}
+
+/// Returns once the map lists node `host`, which it then has learned: at once for a node
+/// of the first map. A node that joins the map during the run waits for the operator to
+/// add it, reading the map with backoff (through outages) where `wallet node` refuses to
+/// start (`NotInMap`) and is started again by its supervisor.
+async fn wait_until_listed(disks: &ReplicaDisks, coordinator: &Coordinator, host: HostId) {
+    let mut wait = JOIN_POLL_FIRST;
+    while !disks.learned().map.nodes.contains_key(&host) {
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(JOIN_POLL_MAX);
+        if let Ok(newest) = coordinator.read() {
+            if newest.map.nodes.contains_key(&host) {
+                disks.learn(newest);
+            }
+        }
+    }
 }
 
 /// Node `host`'s watch of the coordination service: each new revision, learned after the

@@ -28,6 +28,8 @@ pub enum Purpose {
     Coordinator,
     /// The coordination service's faults: outages and slow watches.
     CoordinatorFaults,
+    /// Node additions: how many nodes join the map, and when the operator adds each.
+    Joins,
     /// One stream per client, `Client(i)`.
     Client(u32),
 }
@@ -45,6 +47,7 @@ impl Purpose {
             Purpose::Moves => 8,
             Purpose::Coordinator => 9,
             Purpose::CoordinatorFaults => 10,
+            Purpose::Joins => 11,
             Purpose::Client(i) => 1_000 + u64::from(i),
         }
     }

@@ -356,8 +356,13 @@ fn start_mover(
     let coordinator = Arc::clone(cluster.shared.coordinator.as_ref()?);
     if config.faults.contains(Fault::Coordinator) {
         let rng = stream(config.seed, Purpose::CoordinatorFaults);
-        let faults =
-            mover::coordinator_faults(coordinator, rng, config.nodes, until, report.clone());
+        let faults = mover::coordinator_faults(
+            Arc::clone(&coordinator),
+            rng,
+            config.nodes,
+            until,
+            report.clone(),
+        );
         tokio::spawn(faults);
     }
     let rng = stream(config.seed, Purpose::Moves);
@@ -368,7 +373,15 @@ fn start_mover(
         config.verbose,
         report.clone(),
     );
-    Some(tokio::spawn(mover.run(until)))
+    let joining: Vec<HostId> = (config.nodes - config.joining()..config.nodes).collect();
+    if joining.is_empty() {
+        return Some(tokio::spawn(mover.run(until)));
+    }
+    let rng = stream(config.seed, Purpose::Joins);
+    let joins = mover::join_nodes(coordinator, rng, joining, report.clone());
+    Some(tokio::spawn(async move {
+        tokio::join!(joins, mover.run(until));
+    }))
 }
 
 /// Probers of a replicated run, besides its clients (see `Client::run_prober`).
@@ -439,9 +452,9 @@ async fn load_under_faults(
         let _ = tokio::time::timeout(left, client).await;
     }
     if let Some(mover) = mover {
-        if let Some(what) = mover::settle(&cluster.shared, mover, MOVES_WITHIN).await {
-            nemesis.violations.push((mover::MOVES, what));
-        }
+        let (found, linked_live) = mover::settle(&cluster.shared, mover, MOVES_WITHIN).await;
+        nemesis.violations.extend(found);
+        moves.lock().linked_live = linked_live;
         let moves = moves.lock().clone();
         nemesis.log.extend(moves.log.iter().cloned());
         // By time (each line starts with it), in the order each wrote them.
@@ -696,8 +709,8 @@ fn replication_summary(cluster: &Cluster, nemesis: &Nemesis) -> String {
         .map(|r| r.deleted.load(Ordering::Relaxed))
         .sum();
     format!(
-        "{summary} moves={} completed={} rolled_back={} drains={} swaps={swaps} coordinator_outages={outages} slow_watches={slow_watches} copies_created={created} copies_deleted={deleted}",
-        moves.started, moves.completed, moves.rolled_back, moves.drains
+        "{summary} moves={} completed={} rolled_back={} drains={} swaps={swaps} coordinator_outages={outages} slow_watches={slow_watches} copies_created={created} copies_deleted={deleted} nodes_added={} linked_live={}",
+        moves.started, moves.completed, moves.rolled_back, moves.drains, moves.joined, moves.linked_live
     )
 }
 

@@ -1,7 +1,8 @@
 //! Copies move during replicated runs with more nodes than copies (`--nodes 4 --replicas
 //! 3`, `move` and `coordinator` among the faults): moves complete or roll back under the
 //! other faults, every copy a group no longer names is deleted, the checks over every copy
-//! pass, and a replica that leaves its group before the group removed it is caught. Runs
+//! pass, a node added to the map takes copies and is linked from the others, and a replica
+//! that leaves its group before the group removed it is caught. Runs
 //! with `cargo simtest`.
 #![cfg(madsim)]
 
@@ -42,7 +43,23 @@ fn copies_move_under_faults_and_every_check_passes() {
     );
     assert!(count(summary, "copies_created") > 0, "{summary}");
     assert!(count(summary, "copies_deleted") > 0, "{summary}");
+    assert_eq!(count(summary, "nodes_added"), 1, "node-3 joins: {summary}");
 }
+
+/// Node-3 starts outside the map, is added during the faults, takes copies, and the nodes
+/// that were running when it was added link to it from their watch (`linked`).
+#[test]
+fn an_added_node_takes_copies_and_running_nodes_link_to_it() {
+    let report = sim::run(&moving(JOIN_SEED, None));
+    assert!(report.ok(), "{}{}", report.details, report.result_line());
+    let summary = &report.summary;
+    assert_eq!(count(summary, "nodes_added"), 1, "{summary}");
+    assert!(count(summary, "linked_live") > 0, "{summary}");
+    assert!(count(summary, "copies_created") > 0, "{summary}");
+}
+
+/// A quick run whose running nodes link to node-3 without a restart.
+const JOIN_SEED: u64 = 0;
 
 /// A copy deleted while its group still counts it: `removed_copy` at the deletion (or
 /// `durability`, when a crash then finds an answer held by too few copies).

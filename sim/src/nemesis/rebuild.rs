@@ -61,9 +61,21 @@ impl Rebuilds {
         !self.pending.is_empty()
     }
 
-    /// Whether `partition`'s group may lose one replica's data now.
+    /// Whether `partition`'s group may lose one replica's data now: settled, no loss
+    /// pending, and (moves on) no move under way: the nodes that hold copies are exactly
+    /// those the newest placement names. A copy lost while its group shrinks off it would be
+    /// deleted before it rejoined, and stop counting for the records it held while the
+    /// group's voters still count its id.
     fn may_lose(&self, shared: &Shared, partition: PartitionId) -> bool {
-        !self.pending.iter().any(|r| r.partition == partition) && members_settled(shared, partition)
+        let moving = shared.coordinator.as_ref().is_some_and(|coordinator| {
+            let placement = coordinator.peek().placement;
+            let mut named = placement.group(partition).to_vec();
+            named.sort_unstable();
+            named != holders(shared, partition)
+        });
+        !moving
+            && !self.pending.iter().any(|r| r.partition == partition)
+            && members_settled(shared, partition)
     }
 }
 
