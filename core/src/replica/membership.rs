@@ -184,6 +184,20 @@ impl Joiner {
         }
     }
 
+    /// The group changed while this replica decides (the placement moved another copy):
+    /// `group`, `node` still among them, is whom it asks from now on. A node that left the
+    /// group may have deleted its copy and answers nothing, and the leader may be a node
+    /// that joined it.
+    pub fn regroup(&mut self, group: &[NodeId]) {
+        assert!(
+            group.contains(&self.node),
+            "a replica's node is in its group"
+        );
+        self.peers = group.iter().copied().filter(|n| *n != self.node).collect();
+        let peers = &self.peers;
+        self.fresh.retain(|n| peers.contains(n));
+    }
+
     /// The ask to send to every node of [`Joiner::peers_to_ask`] (again, until decided:
     /// messages are lost).
     pub fn ask(&self) -> MembershipMessage {
@@ -606,6 +620,33 @@ mod tests {
         assert!(!is_removal(3, 12, &removed), "an older membership");
         assert!(!is_removal(4, 5, &removed), "another replica's");
         assert!(!is_removal(3, 5, &MembershipMessage::Check { id: 3 }));
+    }
+
+    #[test]
+    fn a_joiner_asks_the_group_the_placement_names_now() {
+        let mut joiner = Joiner::new(3, &[1, 2, 3], 9, true);
+        assert_eq!(joiner.peers_to_ask().collect::<Vec<_>>(), [1, 2]);
+        // Node 1's copy moved to node 0, which leads now: asked, and heard.
+        joiner.regroup(&[0, 2, 3]);
+        assert_eq!(joiner.peers_to_ask().collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(
+            joiner.handle(1, answer(9, Answer::Running { leader: None })),
+            None
+        );
+        let id = replica_id(3, 812);
+        assert_eq!(
+            joiner.handle(0, answer(9, Answer::Member { id })),
+            Some(Decision::Join(id))
+        );
+        // A fresh answer from a node that left the group counts for nothing.
+        let mut new_group = Joiner::new(2, &[1, 2], 4, false);
+        assert_eq!(
+            new_group.handle(1, answer(4, Answer::Fresh)),
+            Some(Decision::Bootstrap)
+        );
+        let mut moved = Joiner::new(2, &[1, 2], 4, false);
+        moved.regroup(&[0, 2]);
+        assert_eq!(moved.handle(1, answer(4, Answer::Fresh)), None);
     }
 
     #[test]

@@ -502,8 +502,12 @@ impl<S: Storage, R: RaftStore> ReplicaDriver<S, R> {
                 },
                 changed = self.wiring.placement.changed(), if placement_open => {
                     placement_open = changed.is_ok();
-                    let gone = placement_open
-                        && !self.wiring.placement.borrow_and_update().group(partition).contains(&node);
+                    let group = placement_open
+                        .then(|| self.wiring.placement.borrow_and_update().group(partition).to_vec());
+                    let gone = group.as_ref().is_some_and(|group| !group.contains(&node));
+                    if let Some(group) = group.filter(|_| !gone) {
+                        joiner.regroup(&group);
+                    }
                     if gone {
                         tracing::info!(partition, node, "the placement no longer names this node: the joining replica stops");
                         return Ok(Decided::Moved);
