@@ -82,6 +82,32 @@ impl EtcdCluster {
         self.nodes.push(node);
     }
 
+    /// Stops every node (each must exit cleanly), then checks the directories of nodes 0 to
+    /// `nodes - 1` together with `wallet verify`: it must pass, money conserved.
+    pub fn stop_and_verify(&mut self, nodes: usize) {
+        for node in std::mem::take(&mut self.nodes) {
+            let status = node.terminate();
+            assert!(
+                status.success(),
+                "a node exited with {status}:\n{}",
+                node.logs()
+            );
+        }
+        let mut args = vec!["verify".to_string()];
+        for id in 0..nodes {
+            let dir = self.data.join(format!("node-{id}"));
+            args.extend(["--data-dir".to_string(), dir.display().to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let verified = self.wallet.run(&args);
+        let report = String::from_utf8_lossy(&verified.stdout);
+        assert!(
+            verified.status.success(),
+            "verify of the whole cluster:\n{report}"
+        );
+        assert!(report.contains(": conserved"), "{report}");
+    }
+
     /// Kills node `id` (SIGKILL, as a crash) and starts it again on its data.
     pub fn crash_and_restart(&mut self, id: u32) {
         self.nodes[id as usize].kill9();

@@ -7,7 +7,6 @@
 //!
 //! Skips, saying so loudly, only where etcd can be neither found nor installed.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -180,27 +179,5 @@ fn a_cluster_on_etcd_takes_a_new_node_and_serves_through_an_etcd_outage() {
     });
     assert!(settled, "money not conserved or transfers not settled");
 
-    let dirs: Vec<PathBuf> = (0..NODES)
-        .map(|id| cluster.data.join(format!("node-{id}")))
-        .collect();
-    for node in std::mem::take(&mut cluster.nodes) {
-        let status = node.terminate();
-        assert!(
-            status.success(),
-            "a node exited with {status}:\n{}",
-            node.logs()
-        );
-    }
-    let mut args = vec!["verify".to_string()];
-    for dir in &dirs {
-        args.extend(["--data-dir".to_string(), dir.display().to_string()]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let verified = cluster.wallet.run(&args);
-    let report = String::from_utf8_lossy(&verified.stdout);
-    assert!(
-        verified.status.success(),
-        "verify of the whole cluster:\n{report}"
-    );
-    assert!(report.contains(": conserved"), "{report}");
+    cluster.stop_and_verify(NODES);
 }

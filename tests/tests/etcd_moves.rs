@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -332,27 +331,5 @@ fn copies_move_and_a_node_drains_under_load_and_through_an_etcd_outage() {
         (0..PARTITIONS).all(|p| !node0.join(format!("partition-{p}")).exists())
     });
     assert!(held, "node 0 still holds copies:\n{}", cluster.logs());
-    let dirs: Vec<PathBuf> = (0..=NODES)
-        .map(|id| cluster.data.join(format!("node-{id}")))
-        .collect();
-    for node in std::mem::take(&mut cluster.nodes) {
-        let status = node.terminate();
-        assert!(
-            status.success(),
-            "a node exited with {status}:\n{}",
-            node.logs()
-        );
-    }
-    let mut args = vec!["verify".to_string()];
-    for dir in &dirs {
-        args.extend(["--data-dir".to_string(), dir.display().to_string()]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let verified = cluster.wallet.run(&args);
-    let report = String::from_utf8_lossy(&verified.stdout);
-    assert!(
-        verified.status.success(),
-        "verify of the whole cluster:\n{report}"
-    );
-    assert!(report.contains(": conserved"), "{report}");
+    cluster.stop_and_verify(NODES + 1);
 }
