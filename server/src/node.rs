@@ -255,7 +255,7 @@ async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
         links_tls,
         etcd,
     } = start;
-    if placement.founders.iter().any(|founders| founders.len() > 1) {
+    if placement.is_replicated() {
         let root = node_root(&args);
         let source = match etcd {
             None => MapSource::File,

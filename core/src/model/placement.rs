@@ -129,6 +129,13 @@ impl Placement {
             .collect()
     }
 
+    /// Whether the partitions are Raft groups: some group was founded on more than one node.
+    /// A cluster whose every group was founded on one node keeps one copy of each
+    /// partition, unreplicated, and its copies do not move.
+    pub fn is_replicated(&self) -> bool {
+        self.founders.iter().any(|founders| founders.len() > 1)
+    }
+
     /// Whether partition `partition`'s group may be started anew by replicas that all have
     /// nothing on disk: only while it is on its founders (see the module docs).
     pub fn may_bootstrap(&self, partition: PartitionId) -> bool {

@@ -87,13 +87,6 @@ pub enum DrainRefusal {
 }
 
 /// The next step of `mv` on the stored `map` and `placement`; see the module docs.
-/// Whether the cluster's partitions are Raft groups: some group was founded on more than
-/// one node (a node runs such a cluster replicated; one whose every group was founded on
-/// one node keeps one copy of each partition, which does not move).
-pub fn is_replicated(placement: &Placement) -> bool {
-    placement.founders.iter().any(|founders| founders.len() > 1)
-}
-
 pub fn next_move_step(
     map: &PartitionMap,
     placement: &Placement,
@@ -104,7 +97,7 @@ pub fn next_move_step(
         from,
         to,
     } = mv;
-    if !is_replicated(placement) {
+    if !placement.is_replicated() {
         return Err(MoveRefusal::NotReplicated);
     }
     if from == to {
@@ -166,7 +159,7 @@ pub fn drain_partitions(
     placement: &Placement,
     node: NodeId,
 ) -> Result<Vec<PartitionId>, DrainRefusal> {
-    if !is_replicated(placement) {
+    if !placement.is_replicated() {
         return Err(MoveRefusal::NotReplicated.into());
     }
     if !map.nodes.contains_key(&node) {
