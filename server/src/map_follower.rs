@@ -1,35 +1,26 @@
-//! How a node started with `--etcd` keeps its map: it reads the map at start, registers its
-//! liveness under a lease, watches the map and hands every new version to the running node
-//! ([`MapHandle::update_map`], which takes new nodes and addresses and refuses moves, or on
-//! a replicated node [`MapHandle::update_placed`], which moves copies as the placement
-//! says).
+//! How a node started with `--etcd` keeps its map: the runtime's [`Follower`] (sessions,
+//! lease, watch, and what a node does when etcd is down or its lease is lost; the simulator
+//! runs the same one) over etcd ([`EtcdMapService`]), and the map the node starts on
+//! ([`initial_map`]).
 //!
-//! etcd is needed to change the map, never to serve: while it is down the node serves with
-//! the map it has, logs that it is cut off, and reconnects with backoff (a new lease, the
-//! map read anew, then the watch again from the revision of that read, so no change is
-//! missed). Each map taken is also written to `<node dir>/cluster-map.json`, so a node
-//! restarted while etcd is down starts on the last map it ran.
+//! Each map taken is also written to `<node dir>/cluster-map.json`, so a node restarted while
+//! etcd is down starts on the last map it ran.
 //!
-//! A peer that claims a newer map than this node's (the peer protocol's `StaleMap`) makes
-//! the node read the map at once rather than wait for its watch.
+//! [`Follower`]: walletd_runtime::net::map_follower::Follower
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::sync::watch;
 use walletd_core::model::partition::{NodeId, PartitionMap};
 use walletd_core::model::placement::Placement;
-use walletd_runtime::net::{MapChange, MapHandle};
+use walletd_runtime::net::map_follower::{
+    MapEvent, MapService, MapWatch, PlacedMap, ServiceError, RECONNECT_BACKOFF_INITIAL,
+    RECONNECT_BACKOFF_MAX,
+};
 
 use crate::etcd::EtcdError;
 use crate::map_store::{Liveness, MapDocument, MapStore, StoreError, StoredMap};
-
-/// First wait before reconnecting to etcd; doubles up to [`RECONNECT_BACKOFF_MAX`].
-const RECONNECT_BACKOFF_INITIAL: Duration = Duration::from_millis(250);
-const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// How long a stopping node waits for etcd to drop its liveness at once.
-const REVOKE_WAIT: Duration = Duration::from_secs(2);
 /// The file under the node's directory that keeps the last map it ran.
 pub const CACHE_FILE: &str = "cluster-map.json";
 
@@ -84,164 +75,127 @@ fn write_cache(cache: &Path, map: &PartitionMap, placement: &Placement) {
     }
 }
 
-/// Keeps a running node's map fresh from etcd; see the module docs.
-pub struct Follower {
+/// etcd as the map service of a node's [`Follower`]: the map key of `store`, the node's
+/// liveness key, and its cache file.
+pub struct EtcdMapService {
     pub store: MapStore,
-    pub handle: MapHandle,
-    pub node: NodeId,
     pub cache: PathBuf,
-    pub lease_ttl_s: u64,
     /// When the node started (RFC 3339), for its liveness entry.
     pub since: String,
 }
 
-/// What a follower keeps across its sessions with etcd.
-struct FollowState {
-    lease: Option<i64>,
-    /// The last map version refused, so a refusal is logged once, not at every read.
-    refused_version: u64,
-    backoff: Duration,
+/// What etcd's errors mean to a follower: a lease gone ends the session as such; every
+/// other failure as the service unavailable, with its reason.
+fn service_error(error: StoreError) -> ServiceError {
+    match error {
+        StoreError::Etcd(EtcdError::LeaseGone(_)) => ServiceError::LeaseGone,
+        other => ServiceError::Unavailable(other.to_string()),
+    }
 }
 
-impl Follower {
-    /// Follows until `stop` changes, then drops the node's liveness (revokes its lease).
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut state = FollowState {
-            lease: None,
-            refused_version: 0,
-            backoff: RECONNECT_BACKOFF_INITIAL,
-        };
-        loop {
-            tokio::select! {
-                ended = self.session(&mut state) => {
-                    tracing::warn!(
-                        error = %ended,
-                        map_version = self.handle.map().version,
-                        retry_ms = state.backoff.as_millis() as u64,
-                        "cut off from etcd: serving with the map this node has; map changes wait"
-                    );
-                }
-                _ = stop.changed() => break,
+fn placed(stored: StoredMap) -> PlacedMap {
+    PlacedMap {
+        revision: stored.revision.max(0) as u64,
+        map: stored.map,
+        placement: stored.placement,
+    }
+}
+
+/// The watch of the map key, with the store that parses what it sees.
+pub struct EtcdMapWatch {
+    store: MapStore,
+    watch: crate::etcd::Watch,
+}
+
+impl MapWatch for EtcdMapWatch {
+    async fn next(&mut self) -> Result<Vec<MapEvent>, ServiceError> {
+        let changes = self.watch.next().await.map_err(StoreError::Etcd);
+        let events = changes.map_err(service_error)?.into_iter().map(|change| {
+            let Some(value) = change.value else {
+                return MapEvent::Deleted;
+            };
+            let kv = crate::etcd::KeyValue {
+                key: change.key,
+                value,
+                mod_revision: change.mod_revision,
+                ..Default::default()
+            };
+            match self.store.stored(kv, change.mod_revision) {
+                Ok(stored) => MapEvent::Changed(placed(stored)),
+                Err(error) => MapEvent::Unreadable(error.to_string()),
             }
-            tokio::select! {
-                _ = tokio::time::sleep(state.backoff) => {}
-                _ = stop.changed() => break,
-            }
-            state.backoff = (state.backoff * 2).min(RECONNECT_BACKOFF_MAX);
-        }
-        if let Some(lease) = state.lease {
-            let revoked = tokio::time::timeout(REVOKE_WAIT, self.store.etcd().revoke(lease)).await;
-            if !matches!(revoked, Ok(Ok(()))) {
-                tracing::info!(lease, "liveness not revoked; it lapses with its lease");
-            }
-        }
+        });
+        Ok(events.collect())
+    }
+}
+
+impl MapService for EtcdMapService {
+    type Watch = EtcdMapWatch;
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<i64, ServiceError> {
+        let granted = self.store.etcd().grant_lease(ttl.as_secs() as i64).await;
+        granted.map_err(|error| service_error(error.into()))
     }
 
-    /// One session with etcd: a lease, the map read and taken, then the watch and the lease's
-    /// renewals until something fails (the error says what).
-    async fn session(&self, state: &mut FollowState) -> StoreError {
-        match self.follow(state).await {
-            Ok(never) => match never {},
-            Err(error) => error,
-        }
+    async fn keep_alive(&self, lease: i64) -> Result<(), ServiceError> {
+        let renewed = self.store.etcd().keep_alive(lease).await;
+        renewed
+            .map(|_| ())
+            .map_err(|error| service_error(error.into()))
     }
 
-    async fn follow(
+    async fn revoke(&self, lease: i64) -> Result<(), ServiceError> {
+        let revoked = self.store.etcd().revoke(lease).await;
+        revoked.map_err(|error| service_error(error.into()))
+    }
+
+    async fn read(&self) -> Result<PlacedMap, ServiceError> {
+        self.store
+            .read_existing()
+            .await
+            .map(placed)
+            .map_err(service_error)
+    }
+
+    async fn watch(&self, revision: u64) -> Result<EtcdMapWatch, ServiceError> {
+        let key = self.store.map_key();
+        let watch = self.store.etcd().watch_key(&key, revision as i64 + 1).await;
+        Ok(EtcdMapWatch {
+            store: self.store.clone(),
+            watch: watch.map_err(|error| service_error(error.into()))?,
+        })
+    }
+
+    async fn register(
         &self,
-        state: &mut FollowState,
-    ) -> Result<std::convert::Infallible, StoreError> {
-        let etcd = self.store.etcd();
-        let lease = etcd.grant_lease(self.lease_ttl_s as i64).await?;
-        state.lease = Some(lease);
-        let stored = self.store.read_existing().await?;
-        let revision = stored.revision;
-        self.take(stored, state);
-        self.register(lease).await?;
-        tracing::info!(
-            node = self.node,
-            lease,
-            map_version = self.handle.map().version,
-            etcd = etcd.endpoints(),
-            "registered in etcd; watching the map"
-        );
-        state.backoff = RECONNECT_BACKOFF_INITIAL;
-        let mut watch = etcd.watch_key(&self.store.map_key(), revision + 1).await?;
-        let mut hints = self.handle.newer_map_seen();
-        let mut renew = tokio::time::interval(Duration::from_secs(self.lease_ttl_s) / 3);
-        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                changes = watch.next() => {
-                    for change in changes? {
-                        let Some(value) = change.value else {
-                            tracing::error!(key = self.store.map_key(), map_version = self.handle.map().version, "the map was deleted from etcd; serving with the map this node has");
-                            continue;
-                        };
-                        let kv = crate::etcd::KeyValue { key: change.key, value, mod_revision: change.mod_revision, ..Default::default() };
-                        match self.store.stored(kv, change.mod_revision) {
-                            Ok(stored) => {
-                                if self.take(stored, state) {
-                                    self.register(lease).await?;
-                                }
-                            }
-                            Err(error) => tracing::error!(%error, "a map in etcd no node can run; ignored"),
-                        }
-                    }
-                }
-                _ = renew.tick() => {
-                    etcd.keep_alive(lease).await.map_err(|error| match error {
-                        EtcdError::LeaseGone(_) => { state.lease = None; StoreError::Etcd(error) }
-                        other => StoreError::Etcd(other),
-                    })?;
-                }
-                seen = hints.changed() => {
-                    if seen.is_err() { continue; }
-                    let newer = *hints.borrow_and_update();
-                    tracing::info!(node = self.node, peer_map_version = newer, "a peer runs a newer map; reading it now");
-                    let stored = self.store.read_existing().await?;
-                    if self.take(stored, state) {
-                        self.register(lease).await?;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Hands `stored` to the node (with the placement of its copies, to a replicated
-    /// node); true if the node runs it from now on.
-    fn take(&self, stored: StoredMap, state: &mut FollowState) -> bool {
-        let version = stored.map.version;
-        let taken = match self.handle.placement() {
-            Some(_) => (self.handle).update_placed(stored.map.clone(), stored.placement.clone()),
-            None => self.handle.update_map(stored.map.clone()),
+        lease: i64,
+        node: NodeId,
+        map: &PartitionMap,
+    ) -> Result<(), ServiceError> {
+        let Some(address) = map.nodes.get(&node) else {
+            return Err(ServiceError::Unavailable(format!(
+                "node {node} is not in map version {}",
+                map.version
+            )));
         };
-        match taken {
-            Ok(MapChange::Applied { .. }) => {
-                write_cache(&self.cache, &stored.map, &stored.placement);
-                true
-            }
-            Ok(MapChange::Unchanged) => false,
-            Err(error) => {
-                if version != state.refused_version {
-                    state.refused_version = version;
-                    tracing::error!(node = self.node, offered = version, map_version = self.handle.map().version, %error, "map from etcd refused");
-                }
-                false
-            }
-        }
-    }
-
-    /// Writes (or rewrites) the node's liveness entry under `lease`.
-    async fn register(&self, lease: i64) -> Result<(), StoreError> {
-        let map = self.handle.map();
-        let address = &map.nodes[&self.node];
         let entry = Liveness {
-            id: self.node,
+            id: node,
             http: address.http.clone(),
             peer: address.peer.clone(),
             map_version: map.version,
             since: self.since.clone(),
         };
-        self.store.register(&entry, lease).await
+        self.store
+            .register(&entry, lease)
+            .await
+            .map_err(service_error)
+    }
+
+    fn taken(&self, map: &PartitionMap, placement: &Placement) {
+        write_cache(&self.cache, map, placement);
+    }
+
+    fn describe(&self) -> String {
+        self.store.etcd().endpoints()
     }
 }

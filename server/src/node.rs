@@ -31,6 +31,7 @@ use crate::replicated_node::MapSource;
 use walletd_core::protocol::coordinator::CoordinatorConfig;
 use walletd_runtime::driver::DriverConfig;
 use walletd_runtime::engine::EngineConfig;
+use walletd_runtime::net::map_follower::Follower;
 use walletd_runtime::net::{
     bind_peer_address, start_node_with, MapHandle, MutualTls, NetConfig, NodeConfig, NodeError, Tcp,
 };
@@ -40,7 +41,7 @@ use crate::cli::NodeArgs;
 use crate::cluster::{ClusterConfig, ClusterConfigError, TlsFiles, SECRET_ENV};
 use crate::datadir::DataDir;
 use crate::etcd::{Etcd, EtcdError};
-use crate::map_follower::{initial_map, Follower, CACHE_FILE};
+use crate::map_follower::{initial_map, EtcdMapService, CACHE_FILE};
 use crate::map_store::{MapStore, StoreError};
 use crate::serve::{
     api_tls, bind_http, build_api, log_recovery, options, serve_http, ServeError, Stop,
@@ -222,13 +223,16 @@ impl Following {
         root: &Path,
     ) -> Following {
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let follower = Follower {
+        let service = EtcdMapService {
             store,
+            cache: root.join(CACHE_FILE),
+            since: jiff::Timestamp::now().to_string(),
+        };
+        let follower = Follower {
+            service,
             handle,
             node: args.id,
-            cache: root.join(CACHE_FILE),
-            lease_ttl_s: args.lease_ttl_s,
-            since: jiff::Timestamp::now().to_string(),
+            lease_ttl: Duration::from_secs(args.lease_ttl_s),
         };
         let task = tokio::spawn(follower.run(stopped));
         Following { stop, task }

@@ -26,7 +26,7 @@ use crate::model::Model;
 
 /// The invariants, in the order they are checked and reported: core's, with the oracle
 /// before the protocol, then what only a sweep or a crash shows.
-pub const INVARIANTS: [&str; 23] = [
+pub const INVARIANTS: [&str; 24] = [
     "no_hanging",
     "exactly_once",
     "no_negative",
@@ -43,6 +43,7 @@ pub const INVARIANTS: [&str; 23] = [
     crate::nemesis::REJOIN,
     crate::mover::MOVES,
     crate::mover::LINKED,
+    crate::liveness::LIVENESS,
     crate::replicas::REMOVED_COPY,
     crate::nemesis::SLOW_FOLLOWER,
     crate::reads::LINEARIZABLE_READS,

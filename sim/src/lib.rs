@@ -56,6 +56,7 @@ pub mod history;
 pub mod late;
 pub mod links;
 pub mod live;
+pub mod liveness;
 pub mod majority;
 pub mod model;
 pub mod mover;

@@ -27,6 +27,7 @@ use walletd_core::model::partition::{NodeId, PartitionId};
 
 use crate::cluster::{node_address, Shared};
 use crate::coordinator::{Coordinator, CoordinatorError};
+use crate::liveness::{self, LIVENESS};
 use crate::network::HostId;
 use crate::shared::Shared as Locked;
 
@@ -342,8 +343,9 @@ pub const LINKED: &str = "linked";
 
 /// After the heal: waits for the operator to end the move under way (and add the nodes
 /// still to join), then until every node has learned the newest map, every group's copies
-/// are exactly the nodes it names ([`MOVES`]) and every node of the map is linked from
-/// every other ([`LINKED`]), all within `within`. Returns what is not so by then, by
+/// are exactly the nodes it names ([`MOVES`]), every node of the map is linked from every
+/// other ([`LINKED`]) and holds a liveness entry naming the newest map ([`LIVENESS`]), all
+/// within `within`. Returns what is not so by then, by
 /// invariant, and the links made live ([`MoveReport::linked_live`]).
 pub async fn settle(
     shared: &Arc<Shared>,
@@ -362,11 +364,12 @@ pub async fn settle(
         let unsettled = unsettled_copies(shared);
         let map = coordinator.peek().map;
         let (unlinked, linked_live) = shared.lock().replicas.unlinked(&map);
-        if unsettled.is_empty() && unlinked.is_empty() {
+        let unseen = liveness::unsettled_liveness(coordinator, map.nodes.keys().copied());
+        if unsettled.is_empty() && unlinked.is_empty() && unseen.is_empty() {
             return (Vec::new(), linked_live);
         }
         if Instant::now() >= deadline {
-            let found = [(MOVES, unsettled), (LINKED, unlinked)]
+            let found = [(MOVES, unsettled), (LINKED, unlinked), (LIVENESS, unseen)]
                 .into_iter()
                 .filter(|(_, found)| !found.is_empty())
                 .map(|(name, found)| {

@@ -6,9 +6,10 @@
 //! partition, kept by the harness so that they outlive a kill. A copy that moves to a node
 //! gets new, empty disks there; a copy its group removed has its disks deleted.
 //!
-//! With moves on, each node also follows the coordination service ([`Coordinator`]): it
-//! takes every new map and placement it learns (`MapHandle::update_placed`), and a restart
-//! starts on the newest it had learned.
+//! With moves on, each node also follows the coordination service ([`Coordinator`]) with
+//! the runtime's `Follower`, as `wallet node --etcd` does ([`crate::liveness`]): it takes
+//! every new map and placement it learns (`MapHandle::update_placed`), keeps its liveness
+//! under a lease, and a restart starts on the newest map it had learned.
 //!
 //! The harness watches every replica's published [`ReplicaStatus`]: where each group's
 //! leader is (for the nemesis, which kills and isolates leaders), whether the cluster is at
@@ -33,7 +34,6 @@ use walletd_runtime::driver::DriverStats;
 use walletd_runtime::net::replicated::{
     replica_id, start_replicated_node, ReplicaStores, ReplicatedConfig, ReplicatedNode,
 };
-use walletd_runtime::net::MapHandle;
 use walletd_runtime::replica::ReplicaStatus;
 
 use crate::cluster::{stop_of, stopped, Shared, StartOutcome, Stop, CLUSTER_SECRET};
@@ -41,6 +41,7 @@ use crate::coordinator::{Coordinator, Versioned};
 use crate::disk::{Disk, DiskSpeed, SimStorage};
 use crate::gateway;
 use crate::links::{server_ip, NodeIo, PEER_PORT};
+use crate::liveness::{LivenessWatch, NodeMapService};
 use crate::network::HostId;
 use crate::raft_disk::{RaftDisk, SimRaftStore};
 use crate::rng::SharedRng;
@@ -49,14 +50,14 @@ use crate::rng::SharedRng;
 /// below an election timeout (300 ms at least): no leader's term passes unseen.
 pub const LEADER_WATCH: Duration = Duration::from_millis(2);
 
-/// How long a node whose read of the coordination service failed (an outage) waits before
-/// it reads again.
-const WATCH_RETRY: Duration = Duration::from_millis(100);
-
 /// How long a node the map does not list yet waits before it reads the map again: the
 /// first wait, doubled after each read that does not list it, up to the last.
 const JOIN_POLL_FIRST: Duration = Duration::from_millis(100);
 const JOIN_POLL_MAX: Duration = Duration::from_secs(2);
+
+/// How many leader watches go by between two reads of the service's liveness (100 ms):
+/// liveness is judged in seconds.
+const LIVENESS_EVERY: u64 = 50;
 
 /// The invariant that a copy's disks are deleted only once its group has removed it.
 pub const REMOVED_COPY: &str = "removed_copy";
@@ -137,7 +138,7 @@ impl ReplicaDisks {
         *self.learned_at.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn learn(&self, newest: Versioned) {
+    pub(crate) fn learn(&self, newest: Versioned) {
         *self.learned() = newest;
         *self.learned_at.lock().unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
     }
@@ -321,6 +322,10 @@ pub struct ReplicaState {
     pub answers_lost: Vec<String>,
     /// Copies deleted before their group had removed them ([`REMOVED_COPY`]).
     pub removed_early: Vec<String>,
+    /// Running nodes the coordination service did not see alive (moves on).
+    pub liveness: LivenessWatch,
+    /// Reads of the service's liveness so far (moves on): one in [`LIVENESS_EVERY`].
+    liveness_ticks: u64,
 }
 
 impl ReplicaState {
@@ -442,6 +447,15 @@ impl ReplicaState {
         }
     }
 
+    /// Checks, every [`LIVENESS_EVERY`] watch, that the coordination service sees every
+    /// running node alive ([`LivenessWatch`]).
+    fn watch_liveness(&mut self, coordinator: &Coordinator) {
+        self.liveness_ticks += 1;
+        if self.liveness_ticks % LIVENESS_EVERY == 0 {
+            (self.liveness).check(coordinator, self.nodes.keys().copied());
+        }
+    }
+
     /// Notes the leader of every group as each replica publishes it; a second node leading
     /// a term already led by another is a split brain.
     fn watch(&mut self) {
@@ -530,8 +544,9 @@ pub fn watch_leaders(shared: &Arc<Shared>) {
         loop {
             tokio::time::sleep(LEADER_WATCH).await;
             let mut state = shared.lock();
-            if shared.coordinator.is_some() {
+            if let Some(coordinator) = &shared.coordinator {
                 state.replicas.follow_moves(&shared);
+                state.replicas.watch_liveness(coordinator);
             }
             state.replicas.watch();
         }
@@ -601,14 +616,8 @@ pub async fn run_node(shared: Arc<Shared>, host: HostId) {
         }
         shared.net.register(host, calls);
     }
-    if let Some(coordinator) = &shared.coordinator {
-        let watch = follow_coordinator(
-            Arc::clone(&shared),
-            Arc::clone(coordinator),
-            host,
-            node.map_handle(),
-        );
-        tokio::spawn(watch);
+    if shared.coordinator.is_some() {
+        NodeMapService::follow(Arc::clone(&shared), host, node.map_handle());
     }
     // The node (its replicas, links and listener) lives as long as this incarnation.
     gateway::serve(node.client(), gateway).await;
@@ -628,45 +637,6 @@ async fn wait_until_listed(disks: &ReplicaDisks, coordinator: &Coordinator, host
         if let Ok(newest) = coordinator.read() {
             if newest.map.nodes.contains_key(&host) {
                 disks.learn(newest);
-            }
-        }
-    }
-}
-
-/// Node `host`'s watch of the coordination service: each new revision, learned after the
-/// watch's delay, is read and handed to the node (`MapHandle::update_placed`), and kept as
-/// the newest it learned. A read that fails (an outage) is tried again; meanwhile the node
-/// serves on the map it has. A task of the node: it dies with it.
-async fn follow_coordinator(
-    shared: Arc<Shared>,
-    coordinator: Arc<Coordinator>,
-    host: HostId,
-    handle: MapHandle,
-) {
-    let disks = &shared.replicas[host as usize];
-    let mut revisions = coordinator.subscribe();
-    loop {
-        let learned = disks.learned().revision();
-        if *revisions.borrow_and_update() <= learned {
-            if revisions.changed().await.is_err() {
-                return;
-            }
-            continue;
-        }
-        tokio::time::sleep(coordinator.watch_delay(host)).await;
-        let Ok(newest) = coordinator.read() else {
-            tokio::time::sleep(WATCH_RETRY).await;
-            continue;
-        };
-        if newest.revision() <= disks.learned().revision() {
-            continue;
-        }
-        match handle.update_placed(newest.map.clone(), newest.placement.clone()) {
-            Ok(_) => disks.learn(newest),
-            Err(error) => {
-                let what = format!("node-{host} refused map {}: {error}", newest.revision());
-                shared.fatal(what);
-                return;
             }
         }
     }

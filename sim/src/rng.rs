@@ -30,6 +30,8 @@ pub enum Purpose {
     CoordinatorFaults,
     /// Node additions: how many nodes join the map, and when the operator adds each.
     Joins,
+    /// Lost leases: when the coordination service expires a node's lease, and whose.
+    Leases,
     /// One stream per client, `Client(i)`.
     Client(u32),
 }
@@ -48,6 +50,7 @@ impl Purpose {
             Purpose::Coordinator => 9,
             Purpose::CoordinatorFaults => 10,
             Purpose::Joins => 11,
+            Purpose::Leases => 12,
             Purpose::Client(i) => 1_000 + u64::from(i),
         }
     }

@@ -25,6 +25,7 @@ use crate::history::History;
 use crate::late;
 use crate::links::LinkCounters;
 use crate::live::{LiveChecks, Verdict};
+use crate::liveness;
 use crate::model::Model;
 use crate::mover::{self, MoveReport, Mover};
 use crate::nemesis::Nemesis;
@@ -297,6 +298,10 @@ async fn simulate(
             (replicas.removed_early.iter())
                 .map(|what| Violation::new(crate::replicas::REMOVED_COPY, what.clone())),
         );
+        replication.extend(
+            (replicas.liveness.violations.iter())
+                .map(|what| Violation::new(liveness::LIVENESS, what.clone())),
+        );
     }
     replication.extend(
         (nemesis.violations.iter())
@@ -364,6 +369,9 @@ fn start_mover(
             report.clone(),
         );
         tokio::spawn(faults);
+        let rng = stream(config.seed, Purpose::Leases);
+        let lost = liveness::lease_faults(Arc::clone(&coordinator), rng, until, report.clone());
+        tokio::spawn(lost);
     }
     let rng = stream(config.seed, Purpose::Moves);
     let mover = Mover::new(
@@ -698,7 +706,7 @@ fn replication_summary(cluster: &Cluster, nemesis: &Nemesis) -> String {
     let (Some(coordinator), Some(moves)) = (&cluster.shared.coordinator, &nemesis.moves) else {
         return summary;
     };
-    let (swaps, outages, slow_watches) = coordinator.counts();
+    let (swaps, outages, slow_watches, leases_lost) = coordinator.counts();
     let replicas = &cluster.shared.replicas;
     let created: u32 = replicas
         .iter()
@@ -709,7 +717,7 @@ fn replication_summary(cluster: &Cluster, nemesis: &Nemesis) -> String {
         .map(|r| r.deleted.load(Ordering::Relaxed))
         .sum();
     format!(
-        "{summary} moves={} completed={} rolled_back={} drains={} swaps={swaps} coordinator_outages={outages} slow_watches={slow_watches} copies_created={created} copies_deleted={deleted} nodes_added={} linked_live={}",
+        "{summary} moves={} completed={} rolled_back={} drains={} swaps={swaps} coordinator_outages={outages} slow_watches={slow_watches} leases_lost={leases_lost} copies_created={created} copies_deleted={deleted} nodes_added={} linked_live={}",
         moves.started, moves.completed, moves.rolled_back, moves.drains, moves.joined, moves.linked_live
     )
 }

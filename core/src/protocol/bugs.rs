@@ -8,7 +8,7 @@ use std::cell::Cell;
 
 /// A protection that can be switched off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u16)]
+#[repr(u32)]
 pub enum Bug {
     /// The destination applies a Try that arrives after its Cancel (no barrier).
     SkipBarrier = 1,
@@ -62,10 +62,14 @@ pub enum Bug {
     /// deletes its copy, without waiting for its group to remove it: a voter's data is gone
     /// while its group still counts it in every majority.
     LeaveBeforeRemoved = 32768,
+    /// A node whose lease the coordination service dropped keeps its session with the
+    /// service, renewing a lease that is gone: its liveness stays missing while it serves,
+    /// and an operator reading the cluster's status takes it for down.
+    LostLeaseIgnored = 65536,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 16] = [
+    pub const ALL: [Bug; 17] = [
         Bug::SkipBarrier,
         Bug::ReplyBeforeSync,
         Bug::NoIdempotency,
@@ -82,6 +86,7 @@ impl Bug {
         Bug::StaleRead,
         Bug::RejoinUnderOldId,
         Bug::LeaveBeforeRemoved,
+        Bug::LostLeaseIgnored,
     ];
 
     /// The name used on the simulator's command line (`--bug skip-barrier`).
@@ -103,6 +108,7 @@ impl Bug {
             Bug::StaleRead => "stale-read",
             Bug::RejoinUnderOldId => "rejoin-under-old-id",
             Bug::LeaveBeforeRemoved => "leave-before-removed",
+            Bug::LostLeaseIgnored => "lost-lease-ignored",
         }
     }
 
@@ -112,15 +118,15 @@ impl Bug {
 }
 
 thread_local! {
-    static ENABLED: Cell<u16> = const { Cell::new(0) };
+    static ENABLED: Cell<u32> = const { Cell::new(0) };
 }
 
 /// Whether `bug` is switched on for this thread.
 pub fn enabled(bug: Bug) -> bool {
-    ENABLED.with(|bits| bits.get() & bug as u16 != 0)
+    ENABLED.with(|bits| bits.get() & bug as u32 != 0)
 }
 
 /// Switches exactly the given bugs on for this thread (an empty slice switches all off).
 pub fn set(bugs: &[Bug]) {
-    ENABLED.with(|bits| bits.set(bugs.iter().fold(0, |acc, bug| acc | *bug as u16)));
+    ENABLED.with(|bits| bits.set(bugs.iter().fold(0, |acc, bug| acc | *bug as u32)));
 }

@@ -27,6 +27,8 @@
 //! - `framing`: whole frames on a byte stream;
 //! - `forwarder`: the outbound link to one remote node;
 //! - `listener`: [`PeerListener`], the inbound links;
+//! - `map_follower`: [`map_follower::Follower`], which keeps a node's map fresh from the
+//!   coordination service (etcd, or the simulator's model of it);
 //! - `stream`: [`PeerIo`], the byte streams links run over ([`Tcp`] in production);
 //! - `tls`: [`MutualTls`], the same sockets under mutual TLS (not built under `--cfg madsim`).
 //!
@@ -102,6 +104,7 @@ mod forwarder;
 mod framing;
 mod handshake;
 mod listener;
+pub mod map_follower;
 pub mod replicated;
 mod stream;
 #[cfg(not(madsim))]
