@@ -17,7 +17,7 @@ cargo sim -- --regressions sim/regressions.txt
 echo "--> a sweep of 500 seeds (replicated: --replicas 3, the default of 3 nodes), all faults on: every one must pass"
 cargo sim -- --seeds 0..500
 
-echo "--> a sweep of 100 replicated seeds with copies moving (4 nodes, 3 copies: moves, drains, coordinator outages and slow watches, with every other fault): every one must pass"
+echo "--> a sweep of 100 replicated seeds with copies moving (4 nodes, 3 copies: moves, drains, coordinator outages, slow watches and lost leases, with every other fault): every one must pass"
 cargo sim -- --seeds 0..100 --nodes 4 --replicas 3
 
 echo "--> a sweep of 200 unreplicated seeds (--replicas 1), all faults on: every one must pass"
@@ -53,7 +53,7 @@ for entry in ack-before-quorum:0..20 forget-vote:0..20 stale-read:0..20 \
 done
 
 echo "--> every known bug of moving copies must be found by a short sweep with moves"
-for entry in leave-before-removed:0..20; do
+for entry in leave-before-removed:0..20 lost-lease-ignored:0..20; do
   bug=${entry%%:*}
   seeds=${entry#*:}
   if out=$(cargo sim -- --seeds "$seeds" --nodes 4 --replicas 3 --bug "$bug" --fail-fast 2>&1); then

@@ -196,6 +196,6 @@ impl MapService for EtcdMapService {
     }
 
     fn describe(&self) -> String {
-        self.store.etcd().endpoints()
+        format!("etcd at {}", self.store.etcd().endpoints())
     }
 }

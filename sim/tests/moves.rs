@@ -2,7 +2,8 @@
 //! 3`, `move` and `coordinator` among the faults): moves complete or roll back under the
 //! other faults, every copy a group no longer names is deleted, the checks over every copy
 //! pass, a node added to the map takes copies and is linked from the others, and a replica
-//! that leaves its group before the group removed it is caught. Runs
+//! that leaves its group before the group removed it, or a node that goes on without the
+//! lease the service dropped, is caught. Runs
 //! with `cargo simtest`.
 #![cfg(madsim)]
 
@@ -44,6 +45,7 @@ fn copies_move_under_faults_and_every_check_passes() {
     assert!(count(summary, "copies_created") > 0, "{summary}");
     assert!(count(summary, "copies_deleted") > 0, "{summary}");
     assert_eq!(count(summary, "nodes_added"), 1, "node-3 joins: {summary}");
+    assert!(count(summary, "leases_lost") > 0, "{summary}");
 }
 
 /// Node-3 starts outside the map, is added during the faults, takes copies, and the nodes
@@ -77,4 +79,18 @@ fn a_copy_that_leaves_before_its_group_removed_it_is_caught() {
         "{line}"
     );
     assert!(report.details.contains("--nodes 4"), "{}", report.details);
+}
+
+/// A node that keeps renewing a lease the service dropped is never seen alive again until
+/// something else ends its session: `liveness`.
+#[test]
+fn a_node_that_ignores_its_lost_lease_is_caught() {
+    let report = (0..10)
+        .map(|seed| sim::run(&moving(seed, Some(Bug::LostLeaseIgnored))))
+        .find(|report| !report.ok());
+    let Some(report) = report else {
+        panic!("lost-lease-ignored was never caught");
+    };
+    let line = report.result_line();
+    assert!(line.ends_with("invariant=liveness"), "{line}");
 }

@@ -92,7 +92,7 @@ pub trait MapService: Send + Sync + 'static {
     fn taken(&self, map: &PartitionMap, placement: &Placement);
     /// The node refused `version` (logged by the follower already, once per version).
     fn refused(&self, _version: u64, _error: &MapUpdateError) {}
-    /// Where the service is, for log lines.
+    /// What and where the service is, for log lines ("etcd at http://...").
     fn describe(&self) -> String;
 }
 
@@ -139,7 +139,8 @@ impl<S: MapService> Follower<S> {
                         error = %ended,
                         map_version = self.handle.map().version,
                         retry_ms = state.backoff.as_millis() as u64,
-                        "cut off from the map service: serving with the map this node has; map changes wait"
+                        "cut off from {}: serving with the map this node has; map changes wait",
+                        self.service.describe()
                     );
                 }
                 _ = stop.changed() => break,
@@ -183,8 +184,8 @@ impl<S: MapService> Follower<S> {
             node = self.node,
             lease,
             map_version = self.handle.map().version,
-            service = service.describe(),
-            "registered; watching the map"
+            "registered in {}; watching the map",
+            service.describe()
         );
         state.backoff = RECONNECT_BACKOFF_INITIAL;
         let mut watch = service.watch(revision).await?;

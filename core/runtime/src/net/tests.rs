@@ -26,6 +26,8 @@ use walletd_core::protocol::coordinator::{CoordinatorConfig, Phase, PhaseRequest
 use walletd_core::protocol::message::{PeerMessage, PEER_MESSAGES_PER_INPUT_MAX};
 use walletd_core::wire::{Frame, FrameWriter, Message, NONCE_LEN};
 
+mod follower;
+
 const SECRET: &[u8] = b"a cluster secret for the tests";
 
 fn config(try_timeout_ms: u64) -> NodeConfig {
