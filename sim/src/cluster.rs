@@ -162,6 +162,8 @@ pub struct ServerNode {
     pub host: HostId,
     pub partitions: Vec<PartitionId>,
     pub up: bool,
+    /// When it was last restarted (never: `None`).
+    pub restarted_at: Option<tokio::time::Instant>,
     pub speed: Arc<DiskSpeed>,
 }
 
@@ -337,6 +339,7 @@ impl Cluster {
                         shared.map.partitions_of(n)
                     },
                     up: true,
+                    restarted_at: None,
                     speed: Arc::clone(&speeds[n as usize]),
                 }
             })
@@ -441,6 +444,7 @@ impl Cluster {
         assert!(!node.up, "{} is already up", node.name);
         self.handle.restart(node.id);
         node.up = true;
+        node.restarted_at = Some(tokio::time::Instant::now());
     }
 
     /// Restarts node `n` and waits, at most `wait_max`, until its start has ended: how it

@@ -214,8 +214,17 @@ const MAP_SETTLED: Duration = Duration::from_secs(2);
 
 /// With moves on, the map's revision if every node has learned it at least
 /// [`MAP_SETTLED`] ago (`None` otherwise); `Some(0)` without moves, whose map never
-/// changes.
+/// changes. `None` too while a node is down or restarted less than [`MAP_SETTLED`] ago: a
+/// node still recovering, or its replicas catching up, counts for nothing in its groups'
+/// majorities, as a node down does.
 fn settled_revision(cluster: &Cluster) -> Option<u64> {
+    let now = Instant::now();
+    let running = |node: &crate::cluster::ServerNode| {
+        node.up && node.restarted_at.is_none_or(|at| at + MAP_SETTLED <= now)
+    };
+    if !cluster.nodes.iter().all(running) {
+        return None;
+    }
     let Some(coordinator) = &cluster.shared.coordinator else {
         return Some(0);
     };
