@@ -1,7 +1,8 @@
 //! Replicated runs: every answer a client got rests on records durable on a majority of the
 //! partition's replicas, checked right after every crash (`durability`). An answer leaves a
-//! leader once its batch's Raft entry is committed, that is durable on a majority, so at any
-//! instant (a crash included) a majority of the Raft stores hold it durably; a leader that
+//! leader once its batch's Raft entry is committed, that is durable on a majority of the
+//! voters it was committed under, so at any instant (a crash included) that many Raft stores
+//! hold it durably (fewer only as Raft allows since: see [`majority`]); a leader that
 //! answered sooner is caught at the first crash that finds fewer, whether or not a later
 //! retry, a process crash that kept the page cache, or luck puts the record back.
 //!
@@ -13,9 +14,9 @@
 //! and the answers given before rested on it (the nemesis never takes a second disk of a
 //! group before the first has rejoined).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap};
 
-use raft::eraftpb::EntryType;
+use raft::eraftpb::{ConfState, EntryType};
 use walletd_core::ledger::{Command, Reply, TransferStatus};
 use walletd_core::log::codec::RecordReader;
 use walletd_core::model::event::{Event, TransferKey};
@@ -86,9 +87,9 @@ impl Subject {
 }
 
 /// The subjects of every record in `raft`'s durable entries, and in those it held before it
-/// was last wiped or set aside.
-fn durable_subjects(raft: &RaftDisk) -> HashSet<Subject> {
-    let mut subjects = HashSet::new();
+/// was last wiped or set aside, each with the index of the first entry that holds one.
+fn durable_subjects(raft: &RaftDisk) -> HashMap<Subject, u64> {
+    let mut subjects = HashMap::new();
     let state = raft.lock();
     let lost = state.lost.iter().flat_map(|lost| &lost.entries);
     let entries = state.durable.entries.iter().chain(lost);
@@ -98,31 +99,73 @@ fn durable_subjects(raft: &RaftDisk) -> HashSet<Subject> {
         };
         let mut reader = RecordReader::new(&batch.records, batch.first_lsn);
         while let Ok(Some(record)) = reader.next_record() {
-            subjects.extend(Subject::of_event(&record.event));
+            if let Some(subject) = Subject::of_event(&record.event) {
+                let index = subjects.entry(subject).or_insert(entry.index);
+                *index = (*index).min(entry.index);
+            }
         }
     }
     subjects
 }
 
-/// A majority of the voters of `partition`'s group: of its incoming voters and, in a
-/// joint configuration, of its outgoing ones, whichever is more, as the copy that applied
-/// the latest membership change shows them (a copy that moves in is a learner, which does
-/// not count, until it catches up).
-fn majority(shared: &Shared, copies: &[HostId], partition: PartitionId) -> usize {
-    let latest = (copies.iter())
-        .map(|host| {
-            let raft = shared.raft_disks(*host)[partition as usize].lock();
-            (raft.durable.conf_index, raft.durable.conf_state.clone())
-        })
-        .max_by_key(|(index, _)| *index);
-    let Some((_, conf)) = latest else {
-        return 1;
+/// The voters of `partition`'s group from each change of them on, by the index of the entry
+/// that made it, as the Raft stores of all nodes recorded the memberships they applied (a
+/// copy since deleted included; a snapshot's members recorded again at its index, or a
+/// change of learners alone, change no voters).
+fn memberships(shared: &Shared, partition: PartitionId) -> BTreeMap<u64, ConfState> {
+    let mut confs = BTreeMap::new();
+    for disks in &shared.replicas {
+        let raft = disks.rafts[partition as usize].lock();
+        confs.extend(
+            raft.confs
+                .iter()
+                .map(|(index, conf)| (*index, conf.clone())),
+        );
+    }
+    let sorted = |voters: &[u64]| {
+        let mut voters = voters.to_vec();
+        voters.sort_unstable();
+        voters
     };
+    let mut previous = None;
+    confs.retain(|_, conf| {
+        let voters = Some((sorted(&conf.voters), sorted(&conf.voters_outgoing)));
+        let changed = voters != previous;
+        previous = voters;
+        changed
+    });
+    confs
+}
+
+/// How many copies must hold a record whose first entry is at `index`: a majority of the
+/// voters of a membership it may have been committed under, or of any since, whichever is
+/// fewest. In a joint membership, a majority of its incoming voters and of its outgoing
+/// ones, whichever is more.
+///
+/// An entry is committed under the voters its leader applied: those of the last change
+/// before it, or of the one before that, when the change was committed along with the
+/// entry and not applied yet. A majority of those hold it from then on; a later change
+/// does not put it on a majority of the new members. A voter added since is promoted once
+/// it matched the commit index, and the entries committed before the promotion applies
+/// need not reach it (with four voters, two hold them); a removed voter's copy is deleted.
+/// What Raft keeps is that no majority of the new members lacks them all.
+fn majority(confs: &BTreeMap<u64, ConfState>, index: Option<u64>) -> usize {
     let half = |voters: &[u64]| match voters.len() {
         0 => 0,
         n => n / 2 + 1,
     };
-    half(&conf.voters).max(half(&conf.voters_outgoing))
+    let of = |conf: &ConfState| half(&conf.voters).max(half(&conf.voters_outgoing));
+    let Some(index) = index else {
+        // No copy holds it: the latest members.
+        return confs.values().next_back().map_or(1, of);
+    };
+    let last = confs.range(..index).next_back().map_or(0, |(i, _)| *i);
+    let from = confs.range(..last).next_back().map_or(last, |(i, _)| *i);
+    confs
+        .range(from..)
+        .map(|(_, conf)| of(conf))
+        .min()
+        .unwrap_or(1)
 }
 
 /// Every answer of `history` checked against the Raft stores of the copies of each
@@ -137,10 +180,9 @@ pub fn answers_on_majority(
 ) -> Vec<String> {
     let partitions = shared.map.partitions();
     let copies: Vec<Vec<HostId>> = (0..partitions).map(|p| holders(shared, p)).collect();
-    let majorities: Vec<usize> = (0..partitions)
-        .map(|p| majority(shared, &copies[p as usize], p))
-        .collect();
-    let subjects: Vec<Vec<HashSet<Subject>>> = (0..partitions)
+    let memberships: Vec<BTreeMap<u64, ConfState>> =
+        (0..partitions).map(|p| memberships(shared, p)).collect();
+    let subjects: Vec<Vec<HashMap<Subject, u64>>> = (0..partitions)
         .map(|p| {
             (copies[p as usize].iter())
                 .map(|host| durable_subjects(&shared.raft_disks(*host)[p as usize]))
@@ -153,8 +195,10 @@ pub fn answers_on_majority(
             continue;
         };
         let replicas = &subjects[partition as usize];
-        let holding = replicas.iter().filter(|s| s.contains(&subject)).count();
-        if holding < majorities[partition as usize] {
+        let indexes = replicas.iter().filter_map(|s| s.get(&subject));
+        let holding = indexes.clone().count();
+        let majority = majority(&memberships[partition as usize], indexes.min().copied());
+        if holding < majority {
             missing.push(format!(
                 "{:?} was answered, and after {crash} only {holding} of the {} replicas of \
                  partition {partition} hold its record durably",

@@ -25,10 +25,12 @@
 //! before is kept apart ([`RaftDiskState::lost`]): entries acknowledged then still count as
 //! durable for answers given before (losing one disk is the fault).
 
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use raft::eraftpb::ConfState;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use walletd_core::replica::{DurableRaft, Persist, ReplicaId};
@@ -58,6 +60,11 @@ pub struct RaftDiskState {
     pub damaged: Option<u64>,
     /// What the store held when it was last wiped or set aside.
     pub lost: Option<DurableRaft>,
+    /// Every membership this store made durable, by the index of the entry that made it
+    /// (0: the group's first members), kept through wipes and renewals: what the group's
+    /// members were from each index on, which the `durability` check needs (an entry is
+    /// committed under the members its leader had applied then, not under later ones).
+    pub confs: BTreeMap<u64, ConfState>,
     pub wipes: u64,
     /// Damaged stores set aside for a new one by a start.
     pub rebuilt: u64,
@@ -90,6 +97,9 @@ impl RaftDiskState {
     fn sync(&mut self) {
         for persist in std::mem::take(&mut self.unsynced) {
             self.durable.persist(&persist);
+            if let Some(conf) = &persist.conf {
+                self.confs.insert(conf.index, conf.conf_state.clone());
+            }
         }
     }
 }
@@ -107,8 +117,10 @@ pub struct RaftDisk {
 impl RaftDisk {
     /// The store of a new replica of a group whose voters are `voters`.
     pub fn new(voters: &[ReplicaId], speed: Arc<DiskSpeed>, rng: SharedRng) -> RaftDisk {
+        let durable = DurableRaft::new(voters);
         let state = RaftDiskState {
-            durable: DurableRaft::new(voters),
+            confs: BTreeMap::from([(0, durable.conf_state.clone())]),
+            durable,
             ..RaftDiskState::default()
         };
         RaftDisk {
@@ -280,6 +292,7 @@ impl RaftStore for SimRaftStore {
     async fn reset(&mut self, durable: DurableRaft) -> io::Result<()> {
         let mut state = self.live()?;
         state.unsynced.clear();
+        (state.confs).insert(durable.conf_index, durable.conf_state.clone());
         state.durable = durable;
         state.syncs += 1;
         Ok(())
