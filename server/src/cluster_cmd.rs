@@ -67,8 +67,8 @@ pub enum ClusterCommand {
     /// Print the map in etcd: each partition's group and founders, each node's liveness,
     /// and (best effort) each partition's leader and each copy's lag behind it.
     ///
-    /// The leader and the lags come from every node's GET /v1/cluster over plain HTTP,
-    /// each bounded by --node-timeout-ms; a node that does not answer shows as unknown
+    /// The leader and the lags come from every node's GET /v1/cluster (over HTTPS with
+    /// --cacert, plain HTTP without), each bounded by --node-timeout-ms; a node that does not answer shows as unknown
     /// ("-"), never as a failure. --format json keeps the stored document verbatim under
     /// `map`. Exit 0 printed, 1 no map or etcd unreachable.
     Status(StatusArgs),
@@ -85,9 +85,8 @@ pub enum ClusterCommand {
     /// is neither voter nor learner. Each step is a compare-and-swap on the map key's
     /// revision raising map_version by one; a write that loses to another writer reads the
     /// map again and decides again. Waiting polls GET /v1/cluster on the group's nodes
-    /// every 200 ms, printing what it waits for to stderr. The nodes are asked over plain
-    /// HTTP only: nodes serving their API over HTTPS cannot be polled, and a move among
-    /// them waits until its timeout.
+    /// every 200 ms, printing what it waits for to stderr: over plain HTTP, or over HTTPS
+    /// with --cacert (the CA of the nodes' API certificates).
     ///
     /// Resumable: the command reads the map and does only what is left, so after a timeout
     /// or an interruption run the same command again; `--from M --to N` rolls the move
@@ -111,6 +110,29 @@ pub enum ClusterCommand {
     /// Drain it first (`wallet cluster drain --node N`). One compare-and-swap. Exit 0
     /// removed, 1 refused or failed.
     RemoveNode(RemoveNodeArgs),
+}
+
+/// How the commands that ask the nodes (`status`, `move`, `drain`) reach their HTTP API.
+#[derive(Debug, Clone, Args)]
+pub struct NodeApiArgs {
+    /// The CA (PEM) that signed the nodes' API certificates (their `--tls-cert`): with it,
+    /// the nodes are asked over HTTPS, each certificate checked against it and against the
+    /// host of the node's address in the map; without it, over plain HTTP.
+    #[arg(long, value_name = "PATH")]
+    pub cacert: Option<std::path::PathBuf>,
+}
+
+impl NodeApiArgs {
+    /// The client the nodes are asked with; a CA file that cannot be used is an error
+    /// that names it.
+    pub fn http(&self) -> Result<crate::node_http::NodeHttp, crate::tls::TlsConfigError> {
+        crate::node_http::NodeHttp::with_ca(self.cacert.as_deref())
+    }
+
+    /// Checks the CA file before anything is written.
+    pub fn check(&self) -> Result<(), crate::tls::TlsConfigError> {
+        self.http().map(drop)
+    }
 }
 
 /// Where the map is.
@@ -176,6 +198,8 @@ pub struct RemoveNodeArgs {
 pub enum ClusterCmdError {
     #[error(transparent)]
     Config(#[from] crate::cluster::ClusterConfigError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]

@@ -54,6 +54,7 @@ pub mod https;
 pub mod map_follower;
 pub mod map_store;
 pub mod node;
+pub mod node_http;
 pub mod process;
 pub mod replay_cmd;
 pub mod replicated_node;

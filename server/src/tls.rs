@@ -92,7 +92,7 @@ pub fn peer_tls(files: &TlsFiles) -> Result<MutualTls, TlsConfigError> {
 }
 
 /// Every certificate in the PEM file at `path`, in order; at least one.
-fn read_certificates(
+pub(crate) fn read_certificates(
     path: &Path,
     what: &'static str,
 ) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {

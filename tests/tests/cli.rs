@@ -97,7 +97,7 @@ fn cluster_moves_explain_their_steps_and_refuse_bad_arguments() {
         "compare-and-swap",
         "Resumable",
         "rolls the move back",
-        "plain HTTP",
+        "--cacert",
         "Exit 0",
     ] {
         assert!(moving.contains(word), "move --help lacks {word}:\n{moving}");
@@ -682,4 +682,38 @@ fn a_missing_segment_in_the_middle_stops_the_partition_and_names_the_gap() {
     let (code, report) = w.verify(&data);
     assert_eq!(code, 1, "{report}");
     assert!(report.contains("lsn 4 is missing"), "{report}");
+}
+
+/// A CA file for the nodes' HTTPS API that cannot be read stops the cluster commands that
+/// ask the nodes before they reach etcd or write anything, naming the file.
+#[test]
+fn cluster_commands_refuse_a_ca_file_they_cannot_read() {
+    let w = wallet!();
+    let etcd = "http://127.0.0.1:1";
+    for args in [
+        vec!["cluster", "status", "--etcd", etcd],
+        vec!["cluster", "drain", "--etcd", etcd, "--node", "1"],
+        vec![
+            "cluster",
+            "move",
+            "--etcd",
+            etcd,
+            "--partition",
+            "0",
+            "--from",
+            "0",
+            "--to",
+            "1",
+        ],
+    ] {
+        let mut args = args.clone();
+        args.extend(["--cacert", "/nonexistent/ca.pem"]);
+        let output = w.run(&args);
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        let said = stderr(&output);
+        assert!(
+            said.contains("cannot read the CA file /nonexistent/ca.pem"),
+            "{args:?}: {said}"
+        );
+    }
 }

@@ -13,14 +13,12 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
-use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
-use http_body_util::{BodyExt as _, Full, Limited};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use crate::errors::ApiError;
+use crate::node_http::NodeHttp;
 
 /// The header a forwarded request carries; a node never forwards a request that has it.
 pub const FORWARDED_HEADER: &str = "x-walletd-forwarded";
@@ -50,53 +48,30 @@ pub async fn forward_read(
             format!("the node that keeps this account's log ({http}) did not answer: {detail}"),
         )
     };
-    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    let exchange = async {
-        let stream = TcpStream::connect(http)
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        tokio::spawn(async move {
-            // Ends with the exchange; its errors surface on the request.
-            let _ = connection.await;
-        });
-        let mut request = Request::builder()
-            .method("GET")
-            .uri(&path)
-            .header(HOST, http)
-            .header(FORWARDED_HEADER, HeaderValue::from_static("1"));
-        if let Some(token) = headers.get(AUTHORIZATION) {
-            request = request.header(AUTHORIZATION, token.clone());
-        }
-        let request = request
-            .body(Full::new(axum::body::Bytes::new()))
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        let status = response.status();
-        let content_type = response.headers().get(CONTENT_TYPE).cloned();
-        let body = Limited::new(response.into_body(), FORWARD_BODY_BYTES_MAX)
-            .collect()
-            .await
-            .map_err(|e| unavailable(e.to_string()))?
-            .to_bytes();
-        let mut answer = Response::builder().status(status);
-        if let Some(content_type) = content_type {
-            answer = answer.header(CONTENT_TYPE, content_type);
-        }
-        answer
-            .body(Body::from(body))
-            .map_err(|e| ApiError::internal(e.to_string()))
-    };
-    match tokio::time::timeout(Duration::from_millis(FORWARD_TIMEOUT_MS), exchange).await {
-        Ok(result) => result,
-        Err(_) => Err(unavailable(format!(
-            "no answer within {FORWARD_TIMEOUT_MS} ms"
-        ))),
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut sent = vec![(
+        HeaderName::from_static(FORWARDED_HEADER),
+        HeaderValue::from_static("1"),
+    )];
+    if let Some(token) = headers.get(AUTHORIZATION) {
+        sent.push((AUTHORIZATION, token.clone()));
     }
+    let client = NodeHttp::plain();
+    let exchange = client.get(http, path, &sent, FORWARD_BODY_BYTES_MAX);
+    let answer =
+        match tokio::time::timeout(Duration::from_millis(FORWARD_TIMEOUT_MS), exchange).await {
+            Ok(answer) => answer.map_err(unavailable)?,
+            Err(_) => {
+                return Err(unavailable(format!(
+                    "no answer within {FORWARD_TIMEOUT_MS} ms"
+                )))
+            }
+        };
+    let mut response = Response::builder().status(answer.status);
+    if let Some(content_type) = answer.content_type {
+        response = response.header(CONTENT_TYPE, content_type);
+    }
+    response
+        .body(Body::from(answer.body))
+        .map_err(|e| ApiError::internal(e.to_string()))
 }

@@ -12,7 +12,7 @@ use walletd_core::model::partition::{NodeId, PartitionId, PartitionMap};
 
 use super::plan::{self, DrainRefusal, Move, MoveRefusal, MoveStep};
 use super::probe::{self, Progress};
-use super::EtcdArgs;
+use super::{EtcdArgs, NodeApiArgs};
 use crate::map_store::{MapStore, StoreError, StoredMap, SWAP_ATTEMPTS_MAX};
 
 /// How often the nodes are asked while a group applies a step.
@@ -63,10 +63,12 @@ pub struct WaitArgs {
     /// is still written only once the grown group has applied the grow.
     #[arg(long)]
     pub no_wait: bool,
-    /// How long one node may take to answer GET /v1/cluster (plain HTTP) before it counts
-    /// as silent for that round.
+    /// How long one node may take to answer GET /v1/cluster before it counts as silent
+    /// for that round.
     #[arg(long, default_value_t = 1000)]
     pub node_timeout_ms: u64,
+    #[command(flatten)]
+    pub nodes: NodeApiArgs,
 }
 
 /// Why a move or a drain stopped.
@@ -121,6 +123,7 @@ pub enum MoveOutcome {
 /// `wallet cluster move`: runs the move and prints how it ended.
 pub async fn run_move_command(args: MoveArgs) -> Result<(), super::ClusterCmdError> {
     let store = args.etcd.store()?;
+    args.wait.nodes.check()?;
     let mv = Move {
         partition: args.partition,
         from: args.from,
@@ -155,6 +158,7 @@ pub async fn run_move_command(args: MoveArgs) -> Result<(), super::ClusterCmdErr
 /// every group has applied the map (moves of an earlier run included).
 pub async fn run_drain_command(args: DrainArgs) -> Result<(), super::ClusterCmdError> {
     let store = args.etcd.store()?;
+    args.wait.nodes.check()?;
     let node = args.node;
     let stored = store.read_existing().await?;
     let partitions =
@@ -325,9 +329,13 @@ async fn wait_groups(
     let started = Instant::now();
     let timeout = Duration::from_secs(wait.timeout_s);
     let node_timeout = Duration::from_millis(wait.node_timeout_ms);
+    let http = match wait.nodes.http() {
+        Ok(http) => http,
+        Err(error) => return Err((groups.first().map_or(0, |g| g.0), error.to_string())),
+    };
     let mut said: Option<(String, Instant)> = None;
     loop {
-        let answers = probe::ask_nodes(map, nodes, node_timeout).await;
+        let answers = probe::ask_nodes(map, nodes, &http, node_timeout).await;
         let pending = groups.iter().find_map(|(partition, target)| {
             match probe::group_progress(&answers, *partition, target) {
                 Progress::Applied { .. } => None,

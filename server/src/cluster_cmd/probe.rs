@@ -1,5 +1,5 @@
 //! What the nodes say of their partitions: `GET /v1/cluster` on each node, over plain
-//! HTTP/1.1 (a node serving HTTPS is not reached), with a bound on each node so a dead
+//! HTTP/1.1 or, given `--cacert`, HTTPS ([`NodeHttp`]), with a bound on each node so a dead
 //! node costs one timeout, never a stall. And the judgments read from the answers, pure:
 //! whether a group has applied a stored group ([`group_progress`]), and each replica's lag
 //! behind its leader ([`partition_health`]).
@@ -7,14 +7,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper::header::HOST;
-use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use tokio::net::TcpStream;
 use walletd_core::model::partition::{NodeId, PartitionId, PartitionMap};
+
+use crate::node_http::NodeHttp;
 
 /// Largest `/v1/cluster` answer read: far above 4,096 partitions' entries.
 const ANSWER_BYTES_MAX: usize = 8 << 20;
@@ -48,16 +44,21 @@ struct ClusterAnswer {
 /// What each node asked said: its partitions by id, or why it said nothing.
 pub type Answers = BTreeMap<NodeId, Result<BTreeMap<PartitionId, PartitionView>, String>>;
 
-/// Asks every node of `nodes` (those of `map`; others are skipped) at once, each bounded by
-/// `timeout`.
-pub async fn ask_nodes(map: &PartitionMap, nodes: &[NodeId], timeout: Duration) -> Answers {
+/// Asks every node of `nodes` (those of `map`; others are skipped) at once, over `http`,
+/// each bounded by `timeout`.
+pub async fn ask_nodes(
+    map: &PartitionMap,
+    nodes: &[NodeId],
+    http: &NodeHttp,
+    timeout: Duration,
+) -> Answers {
     let mut asked = Vec::new();
     for node in nodes {
         let Some(address) = map.nodes.get(node) else {
             continue;
         };
-        let http = address.http.clone();
-        asked.push((*node, tokio::spawn(ask_node(http, timeout))));
+        let (address, http) = (address.http.clone(), http.clone());
+        asked.push((*node, tokio::spawn(ask_node(http, address, timeout))));
     }
     let mut answers = Answers::new();
     for (node, handle) in asked {
@@ -69,51 +70,32 @@ pub async fn ask_nodes(map: &PartitionMap, nodes: &[NodeId], timeout: Duration) 
     answers
 }
 
-/// `GET /v1/cluster` on the node at `http` (`host:port`).
+/// `GET /v1/cluster` on the node at `address` (`host:port`).
 async fn ask_node(
-    http: String,
+    http: NodeHttp,
+    address: String,
     timeout: Duration,
 ) -> Result<BTreeMap<PartitionId, PartitionView>, String> {
     let exchange = async {
-        let stream = TcpStream::connect(&http).await.map_err(|e| e.to_string())?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        // Ends when the answer is read or dropped.
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let request = Request::builder()
-            .method(Method::GET)
-            .uri("/v1/cluster")
-            .header(HOST, &http)
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status();
-        let body = http_body_util::Limited::new(response.into_body(), ANSWER_BYTES_MAX)
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(format!("answered {status}"));
+        let answer = http
+            .get(&address, "/v1/cluster", &[], ANSWER_BYTES_MAX)
+            .await?;
+        if !answer.status.is_success() {
+            return Err(format!("answered {}", answer.status));
         }
-        let answer: ClusterAnswer = serde_json::from_slice(&body)
+        let parsed: ClusterAnswer = serde_json::from_slice(&answer.body)
             .map_err(|e| format!("an answer that is not /v1/cluster's: {e}"))?;
-        Ok(answer
+        Ok(parsed
             .partitions
             .into_iter()
             .map(|view| (view.partition, view))
             .collect())
     };
+    let url = format!("{}://{address}", http.scheme());
     match tokio::time::timeout(timeout, exchange).await {
-        Ok(answer) => answer.map_err(|reason| format!("{http}: {reason}")),
+        Ok(answer) => answer.map_err(|reason| format!("{url}: {reason}")),
         Err(_) => Err(format!(
-            "{http}: no answer within {} ms",
+            "{url}: no answer within {} ms",
             timeout.as_millis()
         )),
     }

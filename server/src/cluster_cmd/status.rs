@@ -23,20 +23,23 @@ pub struct StatusArgs {
     /// `text` for people, `json` for programs.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-    /// How long one node may take to answer GET /v1/cluster (plain HTTP); a node that does
-    /// not answer in time shows its leader and lag as unknown.
+    /// How long one node may take to answer GET /v1/cluster; a node that does not answer
+    /// in time shows its leader and lag as unknown.
     #[arg(long, default_value_t = 1000)]
     pub node_timeout_ms: u64,
+    #[command(flatten)]
+    pub nodes: super::NodeApiArgs,
 }
 
 /// `wallet cluster status`: reads the map and liveness, asks every node, prints.
 pub async fn run(args: StatusArgs) -> Result<(), super::ClusterCmdError> {
     let store = args.etcd.store()?;
+    let http = args.nodes.http()?;
     let stored = store.read_existing().await?;
     let live = store.live_nodes().await?;
     let nodes: Vec<NodeId> = stored.map.nodes.keys().copied().collect();
     let timeout = Duration::from_millis(args.node_timeout_ms);
-    let answers = probe::ask_nodes(&stored.map, &nodes, timeout).await;
+    let answers = probe::ask_nodes(&stored.map, &nodes, &http, timeout).await;
     let report = StatusReport {
         stored,
         live,
