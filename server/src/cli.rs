@@ -171,6 +171,12 @@ pub struct ServiceArgs {
     /// The private key of --tls-cert: a PEM file (PKCS#8, PKCS#1 or SEC1). Needs --tls-cert.
     #[arg(long, value_name = "PATH", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// With --tls-cert on a cluster node: the CA (PEM) that signed the other nodes' API
+    /// certificates. History and `as_of` reads of accounts another node keeps are then
+    /// forwarded to it over HTTPS, its certificate checked against this CA and its address;
+    /// without it, a node serving HTTPS answers them 503.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
     /// On Ctrl-C or SIGTERM, how long requests in flight may take to finish before their
     /// connections are closed and the partitions stop anyway.
     #[arg(long, default_value_t = 10_000)]

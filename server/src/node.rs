@@ -118,15 +118,19 @@ pub fn partition_homes(map: &PartitionMap, local: impl Fn(PartitionId) -> bool) 
 }
 
 /// The HTTP address of the node that keeps each partition not kept here (`None` for those
-/// kept here), where history and `as_of` reads are forwarded. Forwarding speaks plain HTTP:
-/// with HTTPS on the API, nothing is forwarded and such reads answer 503.
+/// kept here), where history and `as_of` reads are forwarded. With HTTPS on the API,
+/// forwarding needs the CA of the other nodes' certificates (`--tls-ca`): without it
+/// (`forward` false), nothing is forwarded and such reads answer 503.
 pub fn forward_addresses(
     map: &PartitionMap,
     local: impl Fn(PartitionId) -> bool,
-    https: bool,
+    forward: bool,
 ) -> Vec<Option<String>> {
-    if https {
-        tracing::warn!("history of accounts on other nodes is not forwarded over HTTPS");
+    if !forward {
+        tracing::warn!(
+            "history of accounts on other nodes is not forwarded: the API serves HTTPS and \
+             --tls-ca names no CA for the other nodes' certificates"
+        );
         return Vec::new();
     }
     (0..map.partitions())
@@ -136,6 +140,12 @@ pub fn forward_addresses(
             Some(address.http.clone())
         })
         .collect()
+}
+
+/// Whether history reads are forwarded to other nodes: over plain HTTP, or over HTTPS
+/// given the CA of the other nodes' API certificates.
+pub(crate) fn forwards<T>(args: &NodeArgs, http_tls: &Option<T>) -> bool {
+    http_tls.is_none() || args.service.tls_ca.is_some()
 }
 
 /// What a node starts with: its map, the cluster secret, the peer links' TLS, and, on etcd,
@@ -310,7 +320,7 @@ async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
     let following = etcd.map(|store| Following::start(store, node.map_handle(), &args, &root));
     let local = |partition| map.owner(partition) == args.id;
     let homes = partition_homes(&map, local);
-    let forward_to = forward_addresses(&map, local, http_tls.is_some());
+    let forward_to = forward_addresses(&map, local, forwards(&args, &http_tls));
     let stats: Vec<_> = (node.engine().local_partitions().iter().copied())
         .zip(node.engine().stats().iter().cloned())
         .collect();

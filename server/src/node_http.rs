@@ -30,6 +30,12 @@ pub struct NodeHttp {
     tls: Option<TlsConnector>,
 }
 
+impl std::fmt::Debug for NodeHttp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeHttp({})", self.scheme())
+    }
+}
+
 /// A node's answer.
 #[derive(Debug)]
 pub struct NodeAnswer {

@@ -45,7 +45,9 @@ use crate::cli::NodeArgs;
 use crate::datadir::DataDir;
 use crate::history::Residence;
 use crate::map_store::MapStore;
-use crate::node::{forward_addresses, node_config, partition_homes, Following, NodeRunError};
+use crate::node::{
+    forward_addresses, forwards, node_config, partition_homes, Following, NodeRunError,
+};
 use crate::serve::{api_tls, bind_http, build_api_for, options, serve_http, LogHomes, ServeError};
 
 /// Where partition `partition`'s Raft store lives under a node's root.
@@ -167,8 +169,8 @@ pub(crate) enum MapSource {
 }
 
 /// Where a moving node's partition logs are now: here while a replica runs here, on
-/// another node of the partition's group otherwise (history reads are forwarded there over
-/// plain HTTP, so not at all with HTTPS on the API).
+/// another node of the partition's group otherwise (history reads are forwarded there, over
+/// HTTPS only given `--tls-ca`).
 struct CopiesNow {
     view: ReplicatedView,
     forward: bool,
@@ -289,12 +291,12 @@ pub(crate) async fn run(
         None => {
             let local = |partition| hosted.contains(&partition);
             let homes = partition_homes(&map, local);
-            let forward_to = forward_addresses(&map, local, http_tls.is_some());
+            let forward_to = forward_addresses(&map, local, forwards(args, &http_tls));
             LogHomes::Fixed { homes, forward_to }
         }
         Some(_) => LogHomes::Moving(Arc::new(CopiesNow {
             view: node.view(),
-            forward: http_tls.is_none(),
+            forward: forwards(args, &http_tls),
         })),
     };
     let view = ClusterView::replicated(node.view());

@@ -129,6 +129,7 @@ pub(crate) fn options(args: &ServiceArgs) -> Result<ApiOptions, ServeError> {
         feed_wait_max: Duration::from_millis(feed_wait_max_ms),
         history_chunk_records: args.history_chunk_records,
         history_follow: args.history_follow,
+        forward_http: crate::node_http::NodeHttp::with_ca(args.tls_ca.as_deref())?,
     })
 }
 

@@ -172,6 +172,11 @@ struct TlsCluster {
 
 impl TlsCluster {
     fn start(ca: &Ca, node1_ca: &Ca, node1_extra: &[&str]) -> TlsCluster {
+        TlsCluster::start_with(ca, node1_ca, [&[], node1_extra])
+    }
+
+    /// The same, each node started with its own extra arguments.
+    fn start_with(ca: &Ca, node1_ca: &Ca, extra: [&[&str]; 2]) -> TlsCluster {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path();
         ca.write(dir, "ca.pem");
@@ -200,8 +205,8 @@ impl TlsCluster {
         let wallet = wallet!();
         let data = dir.join("data");
         let nodes = [
-            wallet.node(&config, 0, &data, &[]),
-            wallet.node(&config, 1, &data, node1_extra),
+            wallet.node(&config, 0, &data, extra[0]),
+            wallet.node(&config, 1, &data, extra[1]),
         ];
         TlsCluster {
             _tmp: tmp,
@@ -316,6 +321,63 @@ fn nodes_under_mutual_tls_move_money_across_nodes() {
         );
         assert!(node.logs().contains("peer_tls=true"), "{}", cluster.logs());
     }
+}
+
+/// Both nodes serve their API over HTTPS and know the CA of each other's certificates
+/// (`--tls-ca`): a history read through the node that does not keep the account is
+/// forwarded to the one that does, over HTTPS.
+#[test]
+fn nodes_serving_https_forward_history_reads_over_https() {
+    let ca = Ca::new("walletd cluster CA");
+    let certs = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = ca.issue(certs.path(), "api");
+    let ca_file = ca.write(certs.path(), "api-ca.pem");
+    let [cert, key, ca_file] = [cert, key, ca_file].map(|p| p.display().to_string());
+    let extra = [
+        "--tls-cert",
+        cert.as_str(),
+        "--tls-key",
+        key.as_str(),
+        "--tls-ca",
+        ca_file.as_str(),
+    ];
+    let cluster = TlsCluster::start_with(&ca, &ca, [&extra, &extra]);
+    let client = ca.client();
+    let via0 = cluster.http[0];
+    let bob = account_on(1);
+
+    // Opened and funded through node 0; node 1 keeps the account.
+    let open = json!({"account_id": bob, "currency": "USD"});
+    let opened = wait_until(Duration::from_secs(20), || {
+        https(via0, &client, "POST", "/v1/accounts", Some(&open))
+            .is_ok_and(|r| r.status == 201 || r.status == 409)
+    });
+    assert!(opened, "bob was not opened:\n{}", cluster.logs());
+    let deposit = json!({"amount": "5.00", "currency": "USD", "transaction_id": "dep-https"});
+    let path = format!("/v1/accounts/{bob}/deposit");
+    let r = https(via0, &client, "POST", &path, Some(&deposit)).expect("HTTPS");
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Its history, read through node 0: forwarded to node 1 over HTTPS.
+    let path = format!("/v1/accounts/{bob}/history");
+    let mut last = String::new();
+    let forwarded = wait_until(Duration::from_secs(20), || {
+        match https(via0, &client, "GET", &path, None) {
+            Ok(r) => {
+                last = format!("{} {}", r.status, r.text());
+                r.status == 200 && last.contains("dep-https")
+            }
+            Err(error) => {
+                last = error;
+                false
+            }
+        }
+    });
+    assert!(
+        forwarded,
+        "history not forwarded over HTTPS: {last}\n{}",
+        cluster.logs()
+    );
 }
 
 #[test]

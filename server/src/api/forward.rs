@@ -35,8 +35,10 @@ pub fn was_forwarded(headers: &HeaderMap) -> bool {
 }
 
 /// Sends the read `uri` (path and query) to the node whose HTTP API is at `http` (host and
-/// port), with the client's `Authorization`, and returns its answer.
+/// port), over `client` (plain HTTP, or HTTPS against the nodes' CA), with the client's
+/// `Authorization`, and returns its answer.
 pub async fn forward_read(
+    client: &NodeHttp,
     http: &str,
     uri: &Uri,
     headers: &HeaderMap,
@@ -56,7 +58,6 @@ pub async fn forward_read(
     if let Some(token) = headers.get(AUTHORIZATION) {
         sent.push((AUTHORIZATION, token.clone()));
     }
-    let client = NodeHttp::plain();
     let exchange = client.get(http, path, &sent, FORWARD_BODY_BYTES_MAX);
     let answer =
         match tokio::time::timeout(Duration::from_millis(FORWARD_TIMEOUT_MS), exchange).await {

@@ -80,6 +80,9 @@ pub struct ApiOptions {
     /// Whether each partition's history index follows its log in the background; if not,
     /// a read brings it up to date first.
     pub history_follow: bool,
+    /// How history reads of accounts kept by another node are forwarded to it: plain
+    /// HTTP, or HTTPS against `--tls-ca`.
+    pub forward_http: crate::node_http::NodeHttp,
 }
 
 impl Default for ApiOptions {
@@ -95,6 +98,7 @@ impl Default for ApiOptions {
             feed_wait_max: Duration::from_millis(20_000),
             history_chunk_records: IndexConfig::default().chunk_records_max,
             history_follow: false,
+            forward_http: crate::node_http::NodeHttp::plain(),
         }
     }
 }

@@ -193,7 +193,7 @@ async fn read_index<T: Send + 'static>(
         Ok(found) => Ok(Read::Here(found)),
         Err(error @ LogError::NotLocal(_)) => match history.forward_address(partition) {
             Some(http) if !forward::was_forwarded(headers) => {
-                forward::forward_read(&http, uri, headers)
+                forward::forward_read(&api.options().forward_http, &http, uri, headers)
                     .await
                     .map(Read::Forwarded)
             }
