@@ -82,6 +82,8 @@ pub struct EtcdMapService {
     pub cache: PathBuf,
     /// When the node started (RFC 3339), for its liveness entry.
     pub since: String,
+    /// Told the map version that left the node out, if one does (the node then stops).
+    pub removed: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<u64>>>,
 }
 
 /// What etcd's errors mean to a follower: a lease gone ends the session as such; every
@@ -193,6 +195,17 @@ impl MapService for EtcdMapService {
 
     fn taken(&self, map: &PartitionMap, placement: &Placement) {
         write_cache(&self.cache, map, placement);
+    }
+
+    fn removed(&self, version: u64) {
+        let sender = self
+            .removed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(sender) = sender {
+            let _ = sender.send(version);
+        }
     }
 
     fn describe(&self) -> String {

@@ -223,6 +223,8 @@ async fn start_from_etcd(args: &NodeArgs, urls: &str) -> Result<Start, NodeRunEr
 pub(crate) struct Following {
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    /// Resolves with the map version that left this node out, if one does.
+    removed: Option<tokio::sync::oneshot::Receiver<u64>>,
 }
 
 impl Following {
@@ -233,10 +235,12 @@ impl Following {
         root: &Path,
     ) -> Following {
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (removed_tx, removed) = tokio::sync::oneshot::channel();
         let service = EtcdMapService {
             store,
             cache: root.join(CACHE_FILE),
             since: jiff::Timestamp::now().to_string(),
+            removed: std::sync::Mutex::new(Some(removed_tx)),
         };
         let follower = Follower {
             service,
@@ -245,7 +249,16 @@ impl Following {
             lease_ttl: Duration::from_secs(args.lease_ttl_s),
         };
         let task = tokio::spawn(follower.run(stopped));
-        Following { stop, task }
+        Following {
+            stop,
+            task,
+            removed: Some(removed),
+        }
+    }
+
+    /// What resolves once the map leaves this node out (once: later calls get `None`).
+    pub(crate) fn take_removed(&mut self) -> Option<tokio::sync::oneshot::Receiver<u64>> {
+        self.removed.take()
     }
 
     /// Stops following and drops the node's liveness, so peers and operators see it gone at
@@ -317,7 +330,7 @@ async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
         }
     };
     log_recovery(node.engine().recovery_reports());
-    let following = etcd.map(|store| Following::start(store, node.map_handle(), &args, &root));
+    let mut following = etcd.map(|store| Following::start(store, node.map_handle(), &args, &root));
     let local = |partition| map.owner(partition) == args.id;
     let homes = partition_homes(&map, local);
     let forward_to = forward_addresses(&map, local, forwards(&args, &http_tls));
@@ -330,7 +343,8 @@ async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
         .with_cluster(view);
     let grace = Duration::from_millis(args.service.shutdown_grace_ms);
     let local = node.engine().local_partitions().to_vec();
-    let (served, stop) = serve_http(http, http_tls, api, &local, grace).await;
+    let removed = following.as_mut().and_then(Following::take_removed);
+    let (served, stop) = serve_http(http, http_tls, api, &local, grace, removed).await;
     if let Some(following) = following {
         following.stop().await;
     }
@@ -343,6 +357,6 @@ async fn node(args: NodeArgs) -> Result<(), NodeRunError> {
     node_stopped.map_err(ServeError::from)?;
     match stop {
         Stop::PartitionStopped(partition) => Err(ServeError::PartitionStopped(partition).into()),
-        Stop::Running | Stop::Signal => Ok(()),
+        Stop::Running | Stop::Signal | Stop::Removed(_) => Ok(()),
     }
 }

@@ -280,7 +280,7 @@ pub(crate) async fn run(
                 .await?
         }
     };
-    let following = match source {
+    let mut following = match source {
         MapSource::File => None,
         MapSource::Etcd(store) => Some(Following::start(store, node.map_handle(), args, &root)),
     };
@@ -306,7 +306,8 @@ pub(crate) async fn run(
     let grace = Duration::from_millis(args.service.shutdown_grace_ms);
     // No partition is watched for liveness through requests: a group without a leader
     // answers 503 for a while, which is an election, not a reason to stop this node.
-    let (served, _stop) = serve_http(http, http_tls, api, &[], grace).await;
+    let removed = following.as_mut().and_then(Following::take_removed);
+    let (served, _stop) = serve_http(http, http_tls, api, &[], grace, removed).await;
     if let Some(following) = following {
         following.stop().await;
     }

@@ -62,6 +62,8 @@ pub(crate) enum Stop {
     Running,
     Signal,
     PartitionStopped(PartitionId),
+    /// The cluster's map left this node out from this version on (`cluster remove-node`).
+    Removed(u64),
 }
 
 /// Runs the server on a new multi-threaded runtime; the process exit code.
@@ -201,7 +203,8 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         .with_cluster(view);
     let listener = bind_http(&args.listen.to_string(), tls.is_some()).await?;
     let grace = Duration::from_millis(args.service.shutdown_grace_ms);
-    let (served, stop) = serve_http(listener, tls, api, engine.local_partitions(), grace).await;
+    let local = engine.local_partitions();
+    let (served, stop) = serve_http(listener, tls, api, local, grace, None).await;
     tracing::info!("syncing and stopping partitions");
     let stopped = engine.shutdown().await;
     served.map_err(|source| ServeError::Io {
@@ -211,7 +214,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     stopped?;
     match stop {
         Stop::PartitionStopped(partition) => Err(ServeError::PartitionStopped(partition)),
-        Stop::Running | Stop::Signal => Ok(()),
+        Stop::Running | Stop::Signal | Stop::Removed(_) => Ok(()),
     }
 }
 
@@ -323,10 +326,16 @@ pub(crate) async fn serve_http(
     api: Api,
     watched: &[PartitionId],
     grace: Duration,
+    removed: Option<tokio::sync::oneshot::Receiver<u64>>,
 ) -> (io::Result<()>, Stop) {
     let (stop_tx, mut stop_rx) = watch::channel(Stop::Running);
     let mut graceful = stop_tx.subscribe();
-    tokio::spawn(watch_for_stop(api.clone(), watched.to_vec(), stop_tx));
+    tokio::spawn(watch_for_stop(
+        api.clone(),
+        watched.to_vec(),
+        removed,
+        stop_tx,
+    ));
     let shutdown = async move {
         let _ = graceful.wait_for(|stop| *stop != Stop::Running).await;
         tracing::info!("shutting down: draining requests in flight");
@@ -367,15 +376,36 @@ pub(crate) async fn serve_http(
 }
 
 /// Waits for a signal or for a partition to stop, and publishes why serving must end.
-async fn watch_for_stop(api: Api, watched: Vec<PartitionId>, stop: watch::Sender<Stop>) {
+async fn watch_for_stop(
+    api: Api,
+    watched: Vec<PartitionId>,
+    removed: Option<tokio::sync::oneshot::Receiver<u64>>,
+    stop: watch::Sender<Stop>,
+) {
+    let removed = async {
+        match removed {
+            Some(removed) => match removed.await {
+                Ok(version) => version,
+                // The follower ended without saying so: nothing to stop for.
+                Err(_) => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    };
     let reason = tokio::select! {
         () = shutdown_signal() => Stop::Signal,
         partition = dead_partition(&api, &watched) => Stop::PartitionStopped(partition),
+        version = removed => Stop::Removed(version),
     };
-    if let Stop::PartitionStopped(partition) = reason {
-        tracing::error!(partition, "partition driver stopped; shutting down");
-    } else {
-        tracing::info!("signal received");
+    match reason {
+        Stop::PartitionStopped(partition) => {
+            tracing::error!(partition, "partition driver stopped; shutting down")
+        }
+        Stop::Removed(version) => tracing::warn!(
+            map_version = version,
+            "this node was removed from the cluster's map; shutting down"
+        ),
+        _ => tracing::info!("signal received"),
     }
     let _ = stop.send(reason);
 }

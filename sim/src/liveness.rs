@@ -173,6 +173,15 @@ impl MapService for NodeMapService {
         self.shared.fatal(what);
     }
 
+    fn removed(&self, version: u64) {
+        // The operator of the simulation adds nodes and moves copies; it removes none.
+        let what = format!(
+            "node-{} is not in map {version}, which no node leaves",
+            self.host
+        );
+        self.shared.fatal(what);
+    }
+
     fn describe(&self) -> String {
         "the simulated coordination service".into()
     }

@@ -6,7 +6,9 @@
 //! again. Transfers run through every node all along; a request that fails is retried with
 //! the same transaction id, as a client does. Afterwards every account holds exactly what
 //! the committed transfers say (nothing lost, nothing doubled), money is conserved, node 0
-//! holds no copy, and `wallet verify` passes over every node's directory. The transfers'
+//! holds no copy; removed from the map with `wallet cluster remove-node`, node 0 stops on
+//! its own (exit 0) while the others serve on; and `wallet verify` passes over every node's
+//! directory. The transfers'
 //! throughput during the moves is printed beside the throughput before them.
 //!
 //! Skips, saying so loudly, only where etcd can be neither found nor installed.
@@ -18,7 +20,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use walletd_e2e::cluster_on_etcd::{cents, post, transfer, EtcdCluster};
+use walletd_e2e::cluster_on_etcd::{cents, post, transfer, transfers_commit, EtcdCluster};
 use walletd_e2e::etcd::PrivateEtcd;
 use walletd_e2e::{accounts_in, http, wait_until, wallet};
 
@@ -331,5 +333,31 @@ fn copies_move_and_a_node_drains_under_load_and_through_an_etcd_outage() {
         (0..PARTITIONS).all(|p| !node0.join(format!("partition-{p}")).exists())
     });
     assert!(held, "node 0 still holds copies:\n{}", cluster.logs());
+
+    // Node 0 leaves the map: it stops on its own, cleanly, and drops its liveness; the
+    // others serve on.
+    let out = run_ok(&cluster, &["remove-node", "--id", "0"]);
+    assert!(out.contains("removed node 0"), "{out}");
+    let status = cluster.nodes[0].wait_exit();
+    assert!(
+        status.success(),
+        "node 0 exited with {status}:\n{}",
+        cluster.nodes[0].logs()
+    );
+    assert!(
+        cluster.nodes[0]
+            .logs()
+            .contains("removed from the cluster's map; shutting down"),
+        "{}",
+        cluster.nodes[0].logs()
+    );
+    let version: u64 = (out.split("map version ").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no map version in {out}"));
+    let status = cluster.wait_status(NODES, version);
+    let listed = status["nodes"].as_array().expect("nodes");
+    assert!(listed.iter().all(|n| n["id"] != 0), "{status:#}");
+    transfers_commit(&cluster.http[1..], &accounts, "after-removal", 5);
     cluster.stop_and_verify(NODES + 1);
 }

@@ -17,6 +17,12 @@
 //!
 //! A peer that claims a newer map than this node's (the peer protocol's `StaleMap`) makes
 //! the follower read the map at once rather than wait for its watch.
+//!
+//! A map that no longer lists the node (`wallet cluster remove-node`) ends the following for
+//! good: the follower drops the node's liveness and tells the service's owner
+//! ([`MapService::removed`]), which stops the node. Nothing a removed node could do would
+//! help the cluster: its peers refuse its frames, and it would read the map again at every
+//! refusal.
 
 use std::future::Future;
 use std::time::Duration;
@@ -92,6 +98,9 @@ pub trait MapService: Send + Sync + 'static {
     fn taken(&self, map: &PartitionMap, placement: &Placement);
     /// The node refused `version` (logged by the follower already, once per version).
     fn refused(&self, _version: u64, _error: &MapUpdateError) {}
+    /// Map `version` no longer lists the node: the follower has ended and dropped the
+    /// node's liveness (see the module docs); the node should stop.
+    fn removed(&self, version: u64);
     /// What and where the service is, for log lines ("etcd at http://...").
     fn describe(&self) -> String;
 }
@@ -111,6 +120,30 @@ pub struct Follower<S: MapService> {
     pub lease_ttl: Duration,
 }
 
+/// Why a session ended.
+enum Ended {
+    Service(ServiceError),
+    /// The map no longer lists the node, from this version on.
+    Removed(u64),
+}
+
+impl From<ServiceError> for Ended {
+    fn from(error: ServiceError) -> Ended {
+        Ended::Service(error)
+    }
+}
+
+/// What [`Follower::take`] did with a map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Taken {
+    /// The node runs it from now on.
+    Yes,
+    /// Not newer, or refused (and logged).
+    No,
+    /// It no longer lists the node.
+    Removed(u64),
+}
+
 /// What a follower keeps across its sessions.
 struct FollowState {
     lease: Option<i64>,
@@ -120,7 +153,8 @@ struct FollowState {
 }
 
 impl<S: MapService> Follower<S> {
-    /// Follows until `stop` changes, then drops the node's liveness (revokes its lease).
+    /// Follows until `stop` changes (or the map no longer lists the node), then drops the
+    /// node's liveness (revokes its lease).
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         assert!(
             self.lease_ttl >= Duration::from_secs(1),
@@ -133,16 +167,26 @@ impl<S: MapService> Follower<S> {
         };
         loop {
             tokio::select! {
-                ended = self.session(&mut state) => {
-                    tracing::warn!(
+                ended = self.session(&mut state) => match ended {
+                    Ended::Removed(version) => {
+                        tracing::warn!(
+                            node = self.node,
+                            map_version = version,
+                            "this node is no longer in the map: it stops following it"
+                        );
+                        self.revoke(&mut state).await;
+                        self.service.removed(version);
+                        return;
+                    }
+                    Ended::Service(error) => tracing::warn!(
                         node = self.node,
-                        error = %ended,
+                        %error,
                         map_version = self.handle.map().version,
                         retry_ms = state.backoff.as_millis() as u64,
                         "cut off from {}: serving with the map this node has; map changes wait",
                         self.service.describe()
-                    );
-                }
+                    ),
+                },
                 _ = stop.changed() => break,
             }
             tokio::select! {
@@ -151,7 +195,13 @@ impl<S: MapService> Follower<S> {
             }
             state.backoff = (state.backoff * 2).min(RECONNECT_BACKOFF_MAX);
         }
-        if let Some(lease) = state.lease {
+        self.revoke(&mut state).await;
+    }
+
+    /// Drops the node's liveness at once, if it holds a lease, rather than when the lease
+    /// lapses.
+    async fn revoke(&self, state: &mut FollowState) {
+        if let Some(lease) = state.lease.take() {
             let revoked = tokio::time::timeout(REVOKE_WAIT, self.service.revoke(lease)).await;
             if !matches!(revoked, Ok(Ok(()))) {
                 tracing::info!(lease, "liveness not revoked; it lapses with its lease");
@@ -160,23 +210,22 @@ impl<S: MapService> Follower<S> {
     }
 
     /// One session: see the module docs. Returns why it ended.
-    async fn session(&self, state: &mut FollowState) -> ServiceError {
+    async fn session(&self, state: &mut FollowState) -> Ended {
         match self.follow(state).await {
             Ok(never) => match never {},
-            Err(error) => error,
+            Err(ended) => ended,
         }
     }
 
-    async fn follow(
-        &self,
-        state: &mut FollowState,
-    ) -> Result<std::convert::Infallible, ServiceError> {
+    async fn follow(&self, state: &mut FollowState) -> Result<std::convert::Infallible, Ended> {
         let service = &self.service;
         let lease = service.grant_lease(self.lease_ttl).await?;
         state.lease = Some(lease);
         let read = service.read().await?;
         let revision = read.revision;
-        self.take(read, state);
+        if let Taken::Removed(version) = self.take(read, state) {
+            return Err(Ended::Removed(version));
+        }
         service
             .register(lease, self.node, &self.handle.map())
             .await?;
@@ -190,15 +239,20 @@ impl<S: MapService> Follower<S> {
         state.backoff = RECONNECT_BACKOFF_INITIAL;
         let mut watch = service.watch(revision).await?;
         let mut hints = self.handle.newer_map_seen();
+        // Closed once the node is gone; its hints are not waited for after that.
+        let mut hinting = true;
         let mut renew = tokio::time::interval(self.lease_ttl / 3);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let taken = tokio::select! {
                 changes = watch.next() => {
-                    let mut taken = false;
+                    let mut taken = Taken::No;
                     for change in changes? {
                         match change {
-                            MapEvent::Changed(placed) => taken |= self.take(placed, state),
+                            MapEvent::Changed(placed) => match self.take(placed, state) {
+                                Taken::No => {}
+                                other => taken = other,
+                            },
                             MapEvent::Deleted => tracing::error!(node = self.node, map_version = self.handle.map().version, "the map was deleted from the service; serving with the map this node has"),
                             MapEvent::Unreadable(error) => tracing::error!(node = self.node, %error, "a map in the service no node can run; ignored"),
                         }
@@ -210,32 +264,38 @@ impl<S: MapService> Follower<S> {
                         Err(ServiceError::LeaseGone) if crate::known_bug!(LostLeaseIgnored) => {}
                         Err(ServiceError::LeaseGone) => {
                             state.lease = None;
-                            return Err(ServiceError::LeaseGone);
+                            return Err(ServiceError::LeaseGone.into());
                         }
                         other => other?,
                     }
-                    false
+                    Taken::No
                 }
-                seen = hints.changed() => {
-                    if seen.is_err() {
-                        continue;
+                seen = hints.changed(), if hinting => match seen {
+                    Err(_) => {
+                        hinting = false;
+                        Taken::No
                     }
-                    let newer = *hints.borrow_and_update();
-                    tracing::info!(node = self.node, peer_map_version = newer, "a peer runs a newer map; reading it now");
-                    self.take(service.read().await?, state)
-                }
+                    Ok(()) => {
+                        let newer = *hints.borrow_and_update();
+                        tracing::info!(node = self.node, peer_map_version = newer, "a peer runs a newer map; reading it now");
+                        self.take(service.read().await?, state)
+                    }
+                },
             };
-            if taken {
-                service
-                    .register(lease, self.node, &self.handle.map())
-                    .await?;
+            match taken {
+                Taken::Yes => {
+                    service
+                        .register(lease, self.node, &self.handle.map())
+                        .await?
+                }
+                Taken::Removed(version) => return Err(Ended::Removed(version)),
+                Taken::No => {}
             }
         }
     }
 
-    /// Hands `placed` to the node (with the placement of its copies, to a replicated node);
-    /// true if the node runs it from now on.
-    fn take(&self, placed: PlacedMap, state: &mut FollowState) -> bool {
+    /// Hands `placed` to the node (with the placement of its copies, to a replicated node).
+    fn take(&self, placed: PlacedMap, state: &mut FollowState) -> Taken {
         let version = placed.map.version;
         let taken = match self.handle.placement() {
             Some(_) => (self.handle).update_placed(placed.map.clone(), placed.placement.clone()),
@@ -244,16 +304,17 @@ impl<S: MapService> Follower<S> {
         match taken {
             Ok(MapChange::Applied { .. }) => {
                 self.service.taken(&placed.map, &placed.placement);
-                true
+                Taken::Yes
             }
-            Ok(MapChange::Unchanged) => false,
+            Ok(MapChange::Unchanged) => Taken::No,
+            Err(MapUpdateError::NodeRemoved(_)) => Taken::Removed(version),
             Err(error) => {
                 if version != state.refused_version {
                     state.refused_version = version;
                     tracing::error!(node = self.node, offered = version, map_version = self.handle.map().version, %error, "map from the service refused");
                     self.service.refused(version, &error);
                 }
-                false
+                Taken::No
             }
         }
     }

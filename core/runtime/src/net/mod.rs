@@ -459,6 +459,11 @@ impl NodeContext {
                 offered: offered.partitions(),
             });
         }
+        // Before anything else about a newer map: a node it leaves out has been removed,
+        // whatever else the map says.
+        let Some(own) = offered.nodes.get(&self.node) else {
+            return Err(MapUpdateError::NodeRemoved(self.node));
+        };
         let moved: Vec<PartitionId> = (0..self.partitions)
             .filter(|p| offered.owner(*p) != current.map.owner(*p))
             .collect();
@@ -469,9 +474,6 @@ impl NodeContext {
                 offered: offered.version,
             });
         }
-        let Some(own) = offered.nodes.get(&self.node) else {
-            return Err(MapUpdateError::NodeRemoved(self.node));
-        };
         let listening = &current.map.nodes[&self.node].peer;
         if &own.peer != listening {
             return Err(MapUpdateError::OwnPeerAddress {

@@ -17,6 +17,8 @@ struct Held {
     leases: Vec<i64>,
     granted: i64,
     live: BTreeMap<NodeId, (i64, u64)>,
+    /// The map version the follower said no longer lists its node.
+    removed: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -157,6 +159,10 @@ impl MapService for FakeService {
 
     fn taken(&self, _map: &PartitionMap, _placement: &Placement) {}
 
+    fn removed(&self, version: u64) {
+        self.held().removed = Some(version);
+    }
+
     fn describe(&self) -> String {
         "the fake map service".into()
     }
@@ -217,4 +223,39 @@ async fn the_follower_keeps_the_node_live_and_on_the_newest_map() {
     stop.send_replace(true);
     following.await.unwrap();
     assert_eq!(service.live(0), None);
+    assert_eq!(service.held().removed, None);
+}
+
+/// A map without the node ends the follower for good: its liveness is dropped, and the
+/// service is told from which version, while nothing was asked to stop it.
+#[tokio::test]
+async fn a_map_without_the_node_ends_the_following() {
+    let cluster = Cluster::start(2, 2, config(30_000)).await;
+    let service = FakeService::new(cluster.map.clone());
+    let follower = Follower {
+        service: service.clone(),
+        handle: cluster.node(1).map_handle(),
+        node: 1,
+        lease_ttl: Duration::from_secs(1),
+    };
+    let (_stop, stopped) = watch::channel(false);
+    let following = tokio::spawn(follower.run(stopped));
+    within("node 1 registered", || service.live(1).is_some()).await;
+
+    let mut without = cluster.map.clone();
+    without.version = 2;
+    without.nodes.remove(&1);
+    without.owners = vec![0, 0];
+    service.change(without);
+    tokio::time::timeout(Duration::from_secs(10), following)
+        .await
+        .expect("the follower ends")
+        .unwrap();
+    assert_eq!(service.held().removed, Some(2));
+    assert_eq!(service.live(1), None, "its liveness is dropped");
+    assert_eq!(
+        cluster.node(1).map_handle().map().version,
+        1,
+        "the map it ran is kept"
+    );
 }
