@@ -77,6 +77,8 @@ pub struct SharedState {
     pub stats: Vec<Option<Arc<DriverStats>>>,
     /// Coordinator protocol violations counted by incarnations that have since died.
     pub violations_dead: u64,
+    /// Nodes that stopped because a map left them out, with that map's version (moves on).
+    pub left: Vec<(HostId, u64)>,
     pub recoveries: Vec<RecoveryReport>,
     /// Recoveries that failed (corrupt log, log that does not replay): never expected.
     pub fatal: Vec<String>,

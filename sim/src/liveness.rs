@@ -5,13 +5,13 @@
 //! checked by [`LivenessWatch`] as the run goes and at its end).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use walletd_core::model::partition::{NodeId, PartitionMap};
 use walletd_core::model::placement::Placement;
@@ -62,16 +62,21 @@ pub struct NodeMapService {
     pub shared: Arc<Shared>,
     pub coordinator: Arc<Coordinator>,
     pub host: HostId,
+    /// Told the map version that left the node out (the node then stops).
+    removed: Mutex<Option<oneshot::Sender<u64>>>,
 }
 
 impl NodeMapService {
     /// Starts node `host`'s follower over the service, a task of the node (it dies with it).
-    pub fn follow(shared: Arc<Shared>, host: HostId, handle: MapHandle) {
+    /// Resolves with the map version that leaves the node out, if one does.
+    pub fn follow(shared: Arc<Shared>, host: HostId, handle: MapHandle) -> oneshot::Receiver<u64> {
         let coordinator = Arc::clone(shared.coordinator.as_ref().expect("moves on"));
+        let (removed, removal) = oneshot::channel();
         let service = NodeMapService {
             shared,
             coordinator,
             host,
+            removed: Mutex::new(Some(removed)),
         };
         let follower = Follower {
             service,
@@ -85,6 +90,7 @@ impl NodeMapService {
             let _never_stopped = stop;
             follower.run(stopped).await;
         });
+        removal
     }
 }
 
@@ -174,12 +180,14 @@ impl MapService for NodeMapService {
     }
 
     fn removed(&self, version: u64) {
-        // The operator of the simulation adds nodes and moves copies; it removes none.
-        let what = format!(
-            "node-{} is not in map {version}, which no node leaves",
-            self.host
-        );
-        self.shared.fatal(what);
+        let sender = self
+            .removed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(sender) = sender {
+            let _ = sender.send(version);
+        }
     }
 
     fn describe(&self) -> String {

@@ -23,7 +23,8 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use tokio::time::Instant;
-use walletd_core::model::partition::{NodeId, PartitionId};
+use walletd_core::model::partition::{NodeId, PartitionId, PartitionMap};
+use walletd_core::model::placement::Placement;
 
 use crate::cluster::{node_address, Shared};
 use crate::coordinator::{Coordinator, CoordinatorError};
@@ -56,6 +57,11 @@ const JOIN_GAP_MS: (u64, u64) = (1_000, 12_000);
 /// Share of the coordination service's faults that are outages (the others slow a
 /// node's watch).
 const OUTAGE_P: f64 = 0.5;
+/// Share of completed drains after which the operator removes the drained node from the
+/// map (`wallet cluster remove-node`).
+const REMOVE_P: f64 = 0.5;
+/// How long a removed node stays out of the map before the operator adds it back, in ms.
+const ADD_BACK_MS: (u64, u64) = (1_000, 6_000);
 
 /// What the operator did, for the run's summary and its report.
 #[derive(Debug, Clone, Default)]
@@ -66,6 +72,8 @@ pub struct MoveReport {
     pub drains: u32,
     /// Nodes added to the map.
     pub joined: u32,
+    /// Drained nodes removed from the map (each added back a while later).
+    pub removed: u32,
     /// Links, connected after the heal, that a node made to a node the map added after it
     /// started (from the watch, without a restart).
     pub linked_live: u32,
@@ -78,6 +86,8 @@ pub struct Mover {
     shared: Arc<Shared>,
     coordinator: Arc<Coordinator>,
     rng: ChaCha8Rng,
+    /// Draws of removals (a stream of its own, so that runs without them draw as before).
+    removals: ChaCha8Rng,
     nodes: u32,
     start: Instant,
     verbose: bool,
@@ -95,6 +105,7 @@ impl Mover {
     pub fn new(
         shared: Arc<Shared>,
         rng: ChaCha8Rng,
+        removals: ChaCha8Rng,
         nodes: u32,
         verbose: bool,
         report: Locked<MoveReport>,
@@ -104,6 +115,7 @@ impl Mover {
             shared,
             coordinator,
             rng,
+            removals,
             nodes,
             start: Instant::now(),
             verbose,
@@ -184,6 +196,80 @@ impl Mover {
                 self.carry_out(partition, from, to).await;
             }
         }
+        self.remove_and_add_back(node).await;
+    }
+
+    /// Sometimes (see [`REMOVE_P`]), once node `node` holds no copy: waits until every
+    /// group's leader has applied members without it (as `wallet cluster drain` waits before
+    /// it reports the node drained), removes it from the map as `wallet cluster remove-node`
+    /// does, and adds it back a while later, so that it starts again on its disks. The node
+    /// stops when it learns it was removed.
+    async fn remove_and_add_back(&mut self, node: NodeId) {
+        if !self.removals.gen_bool(REMOVE_P) {
+            return;
+        }
+        let now = self.coordinator.peek();
+        if !now.map.nodes.contains_key(&node) || !now.placement.hosted(node).is_empty() {
+            return; // Not in the map yet, or a move off it was rolled back.
+        }
+        if !self.out_of_every_group(node).await {
+            self.note(format!(
+                "node-{node} is still counted by a group: not removed"
+            ));
+            return;
+        }
+        let removed = change_map(&self.coordinator, |map, placement| {
+            if !map.nodes.contains_key(&node) || !placement.hosted(node).is_empty() {
+                return None;
+            }
+            let mut map = map.clone();
+            map.nodes.remove(&node);
+            // Each partition's owner is the first node of its group, as the stored map
+            // keeps it.
+            map.owners = (0..map.partitions())
+                .map(|p| placement.group(p)[0])
+                .collect();
+            Some(map)
+        })
+        .await;
+        let Some(revision) = removed else {
+            return;
+        };
+        self.report.lock().removed += 1;
+        self.note(format!(
+            "coordinator: revision {revision}: node-{node} removed from the map"
+        ));
+        let gap = self.removals.gen_range(ADD_BACK_MS.0..=ADD_BACK_MS.1);
+        tokio::time::sleep(Duration::from_millis(gap)).await;
+        let added = change_map(&self.coordinator, |map, _| {
+            let mut map = map.clone();
+            map.nodes.insert(node, node_address(node));
+            Some(map)
+        })
+        .await;
+        if let Some(revision) = added {
+            self.note(format!(
+                "coordinator: revision {revision}: node-{node} added back to the map"
+            ));
+        }
+    }
+
+    /// Waits, at most [`VOTER_WAIT`], until the leader of every group reports settled
+    /// voters without `node`.
+    async fn out_of_every_group(&self, node: NodeId) -> bool {
+        let partitions = self.coordinator.peek().placement.groups.len() as PartitionId;
+        let deadline = Instant::now() + VOTER_WAIT;
+        while Instant::now() < deadline {
+            let out = (0..partitions).all(|p| {
+                let voters = self.shared.lock().replicas.settled_voters(p);
+                voters.is_some_and(|voters| !voters.contains(&node))
+            });
+            if out {
+                return true;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        false
     }
 
     /// Moves `partition`'s copy from `from` to `to`, or rolls the move back.
@@ -271,30 +357,45 @@ pub async fn join_nodes(
     for node in joining {
         let gap = rng.gen_range(JOIN_GAP_MS.0..=JOIN_GAP_MS.1);
         tokio::time::sleep(Duration::from_millis(gap)).await;
-        let revision = loop {
-            let current = match coordinator.read() {
-                Ok(current) => current,
-                Err(_) => {
-                    tokio::time::sleep(RETRY_DOWN).await;
-                    continue;
-                }
-            };
-            assert!(!current.map.nodes.contains_key(&node), "added once");
-            let mut map = current.map.clone();
+        let added = change_map(&coordinator, |map, _| {
+            assert!(!map.nodes.contains_key(&node), "added once");
+            let mut map = map.clone();
             map.nodes.insert(node, node_address(node));
-            map.validate().expect("a node's addresses are its own");
-            match coordinator.swap(current.revision(), map, current.placement) {
-                Ok(revision) => break revision,
-                Err(CoordinatorError::Down) => tokio::time::sleep(RETRY_DOWN).await,
-                Err(CoordinatorError::Stale { .. }) => tokio::time::sleep(POLL).await,
-            }
-        };
+            Some(map)
+        })
+        .await;
+        let revision = added.expect("a node not in the map is added");
         let at = start.elapsed().as_secs_f64();
         let mut report = report.lock();
         report.joined += 1;
         (report.log).push(format!(
             "{at:>8.3}s coordinator: revision {revision}: node-{node} added to the map"
         ));
+    }
+}
+
+/// Changes the map by compare-and-swap, as the cluster commands do: `change` says what the
+/// current map (with its placement) becomes, or `None` for nothing to change; retried
+/// through outages and lost races. Returns the revision written, if one was.
+async fn change_map(
+    coordinator: &Coordinator,
+    mut change: impl FnMut(&PartitionMap, &Placement) -> Option<PartitionMap>,
+) -> Option<u64> {
+    loop {
+        let current = match coordinator.read() {
+            Ok(current) => current,
+            Err(_) => {
+                tokio::time::sleep(RETRY_DOWN).await;
+                continue;
+            }
+        };
+        let map = change(&current.map, &current.placement)?;
+        map.validate().expect("the operator writes only valid maps");
+        match coordinator.swap(current.revision(), map, current.placement) {
+            Ok(revision) => return Some(revision),
+            Err(CoordinatorError::Down) => tokio::time::sleep(RETRY_DOWN).await,
+            Err(CoordinatorError::Stale { .. }) => tokio::time::sleep(POLL).await,
+        }
     }
 }
 

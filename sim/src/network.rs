@@ -192,6 +192,12 @@ impl Network {
         }
     }
 
+    /// Server node `host` left the map: clients no longer send to it (a load balancer that
+    /// dropped a backend).
+    pub fn remove_gateway(&self, host: HostId) {
+        self.lock().gateways.retain(|g| *g != host);
+    }
+
     /// Server node `host` died: requests sent to it are dropped until it registers again.
     pub fn unregister(&self, host: HostId) {
         self.lock().inbox[host as usize] = None;

@@ -555,15 +555,30 @@ pub fn watch_leaders(shared: &Arc<Shared>) {
 
 /// The life of one incarnation of server node `host` of a replicated run: start its
 /// replicas from its disks, on the newest map it learned, register them and its gateway,
-/// follow the coordination service (moves on), then serve until killed.
+/// follow the coordination service (moves on), then serve until killed. A node the map
+/// leaves out (moves on: the operator removed it) stops, as `wallet node` does, and its
+/// process then waits, as one not yet added does, for a map that lists it again, and
+/// starts again on its disks.
 pub async fn run_node(shared: Arc<Shared>, host: HostId) {
+    loop {
+        let Some((node, version)) = serve_node(&shared, host).await else {
+            return;
+        };
+        leave(&shared, host, node, version).await;
+    }
+}
+
+/// One start of node `host` in its incarnation (see [`run_node`]): returns the node and the
+/// version of the map that left it out, if one does; otherwise serves until killed.
+async fn serve_node(shared: &Arc<Shared>, host: HostId) -> Option<(Arc<ReplicatedNode>, u64)> {
     let disks = &shared.replicas[host as usize];
     let address = SocketAddr::new(server_ip(host), PEER_PORT);
     let listener = match TcpListener::bind(address).await {
         Ok(listener) => listener,
         Err(error) => {
             let stop = Stop::Fatal(format!("node-{host} cannot listen: {error}"));
-            return stopped(&shared, host, stop).await;
+            stopped(shared, host, stop).await;
+            return None;
         }
     };
     if let Some(coordinator) = &shared.coordinator {
@@ -574,7 +589,7 @@ pub async fn run_node(shared: Arc<Shared>, host: HostId) {
     let config = ReplicatedConfig::new(shared.node_config(), election_seed);
     let learned = disks.learned().clone();
     let stores = SimStores {
-        shared: Arc::clone(&shared),
+        shared: Arc::clone(shared),
         host,
     };
     let started = start_replicated_node(
@@ -590,7 +605,10 @@ pub async fn run_node(shared: Arc<Shared>, host: HostId) {
     .await;
     let node = match started {
         Ok(node) => Arc::new(node),
-        Err(error) => return stopped(&shared, host, stop_of(&shared, host, error)).await,
+        Err(error) => {
+            stopped(shared, host, stop_of(shared, host, error)).await;
+            return None;
+        }
     };
     let (calls, gateway) = mpsc::channel(gateway::GATEWAY_CAPACITY);
     {
@@ -610,19 +628,62 @@ pub async fn run_node(shared: Arc<Shared>, host: HostId) {
             state.replicas.nodes.insert(host, Arc::clone(&node));
             let members = learned.map.nodes.keys().copied().collect();
             state.replicas.started_with.insert(host, members);
-        }
-        if !shared.map.nodes.contains_key(&host) {
-            shared.net.add_gateway(host); // It joined the map during the run.
+            // Joined the map during the run, or listed again after it left: a load
+            // balancer given a backend (nothing if it has it already).
+            shared.net.add_gateway(host);
         }
         shared.net.register(host, calls);
     }
-    if shared.coordinator.is_some() {
-        NodeMapService::follow(Arc::clone(&shared), host, node.map_handle());
+    if shared.coordinator.is_none() {
+        // The node (its replicas, links and listener) lives as long as this incarnation.
+        gateway::serve(node.client(), gateway).await;
+        std::future::pending::<()>().await;
+        drop(node);
+        return None;
     }
-    // The node (its replicas, links and listener) lives as long as this incarnation.
-    gateway::serve(node.client(), gateway).await;
-    std::future::pending::<()>().await;
-    drop(node);
+    let removal = NodeMapService::follow(Arc::clone(shared), host, node.map_handle());
+    tokio::select! {
+        () = gateway::serve(node.client(), gateway) => std::future::pending().await,
+        removed = removal => match removed {
+            Ok(version) => Some((node, version)),
+            Err(_) => std::future::pending().await,
+        },
+    }
+}
+
+/// How long a node that left the map may take to stop.
+const LEAVE_WITHIN: Duration = Duration::from_secs(10);
+
+/// Node `host` learned that map `version` leaves it out (the operator removed it, once it
+/// held no copy): as `wallet node` does, it stops cleanly, and clients stop sending to it.
+/// The newest map is what it learned last, so that it waits for one that lists it again.
+async fn leave(shared: &Shared, host: HostId, node: Arc<ReplicatedNode>, version: u64) {
+    {
+        let mut state = shared.lock();
+        state.violations_dead += state.replicas.stopped(host);
+        state.left.push((host, version));
+        shared.net.unregister(host);
+        shared.net.remove_gateway(host);
+    }
+    let Ok(node) = Arc::try_unwrap(node) else {
+        return shared.fatal(format!(
+            "node-{host} is still referenced after it left the map"
+        ));
+    };
+    if tokio::time::timeout(LEAVE_WITHIN, node.shutdown())
+        .await
+        .is_err()
+    {
+        shared.fatal(format!(
+            "node-{host} did not stop within {LEAVE_WITHIN:?} of leaving the map"
+        ));
+    }
+    let coordinator = shared.coordinator.as_ref().expect("moves on");
+    let newest = coordinator.peek();
+    let disks = &shared.replicas[host as usize];
+    if !newest.map.nodes.contains_key(&host) && newest.revision() > disks.learned().revision() {
+        disks.learn(newest);
+    }
 }
 
 /// Returns once the map lists node `host`, which it then has learned: at once for a node

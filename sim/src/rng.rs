@@ -32,6 +32,8 @@ pub enum Purpose {
     Joins,
     /// Lost leases: when the coordination service expires a node's lease, and whose.
     Leases,
+    /// Which drained nodes the operator removes from the map, and when it adds them back.
+    Removals,
     /// One stream per client, `Client(i)`.
     Client(u32),
 }
@@ -51,6 +53,7 @@ impl Purpose {
             Purpose::CoordinatorFaults => 10,
             Purpose::Joins => 11,
             Purpose::Leases => 12,
+            Purpose::Removals => 13,
             Purpose::Client(i) => 1_000 + u64::from(i),
         }
     }

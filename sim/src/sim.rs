@@ -377,6 +377,7 @@ fn start_mover(
     let mover = Mover::new(
         Arc::clone(&cluster.shared),
         rng,
+        stream(config.seed, Purpose::Removals),
         config.nodes,
         config.verbose,
         report.clone(),
@@ -717,8 +718,8 @@ fn replication_summary(cluster: &Cluster, nemesis: &Nemesis) -> String {
         .map(|r| r.deleted.load(Ordering::Relaxed))
         .sum();
     format!(
-        "{summary} moves={} completed={} rolled_back={} drains={} swaps={swaps} coordinator_outages={outages} slow_watches={slow_watches} leases_lost={leases_lost} copies_created={created} copies_deleted={deleted} nodes_added={} linked_live={}",
-        moves.started, moves.completed, moves.rolled_back, moves.drains, moves.joined, moves.linked_live
+        "{summary} moves={} completed={} rolled_back={} drains={} swaps={swaps} coordinator_outages={outages} slow_watches={slow_watches} leases_lost={leases_lost} copies_created={created} copies_deleted={deleted} nodes_added={} nodes_removed={} linked_live={}",
+        moves.started, moves.completed, moves.rolled_back, moves.drains, moves.joined, moves.removed, moves.linked_live
     )
 }
 

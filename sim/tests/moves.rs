@@ -1,9 +1,10 @@
 //! Copies move during replicated runs with more nodes than copies (`--nodes 4 --replicas
 //! 3`, `move` and `coordinator` among the faults): moves complete or roll back under the
 //! other faults, every copy a group no longer names is deleted, the checks over every copy
-//! pass, a node added to the map takes copies and is linked from the others, and a replica
-//! that leaves its group before the group removed it, or a node that goes on without the
-//! lease the service dropped, is caught. Runs
+//! pass, a node added to the map takes copies and is linked from the others, a drained node
+//! removed from the map stops and comes back, and a replica that leaves its group before
+//! the group removed it, or a node that goes on without the lease the service dropped, is
+//! caught. Runs
 //! with `cargo simtest`.
 #![cfg(madsim)]
 
@@ -94,3 +95,21 @@ fn a_node_that_ignores_its_lost_lease_is_caught() {
     let line = report.result_line();
     assert!(line.ends_with("invariant=liveness"), "{line}");
 }
+
+/// A drained node removed from the map stops (its follower sees a map without it), the
+/// other nodes stop dialling it, and, added back, it starts again on its disks and settles
+/// with the rest: every check passes.
+#[test]
+fn a_drained_node_removed_from_the_map_stops_and_comes_back() {
+    let report = sim::run(&moving(REMOVAL_SEED, None));
+    assert!(report.ok(), "{}{}", report.details, report.result_line());
+    assert_eq!(
+        count(&report.summary, "nodes_removed"),
+        1,
+        "{}",
+        report.summary
+    );
+}
+
+/// A quick run in which the operator removes a drained node and adds it back.
+const REMOVAL_SEED: u64 = 5;

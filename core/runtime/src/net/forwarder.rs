@@ -178,20 +178,19 @@ impl<N: PeerIo> Forwarder<N> {
             || matches!(error, NetError::Auth(_))
             || last_logged.as_deref() != Some(text.as_str())
         {
-            tracing::warn!(node = self.ctx.node, peer = self.remote, address = self.address(), %error, "cannot reach peer");
+            let address = self.address().unwrap_or_default();
+            tracing::warn!(node = self.ctx.node, peer = self.remote, address, %error, "cannot reach peer");
             *last_logged = Some(text);
         }
     }
 
-    /// The remote node's peer address in the map in force.
-    fn address(&self) -> String {
+    /// The remote node's peer address in the map in force; none once the map no longer
+    /// lists it (`cluster remove-node`). Its forwarder then dials nothing, backing off as
+    /// from a node that is down, and links again if the node is added back.
+    fn address(&self) -> Option<String> {
         let map = self.ctx.map();
-        map.map
-            .nodes
-            .get(&self.remote)
-            .map(|address| address.peer.clone())
-            // A node that owns partitions stays in every map the node accepts.
-            .expect("a forwarder's node is in the map")
+        let address = map.map.nodes.get(&self.remote)?;
+        Some(address.peer.clone())
     }
 
     /// While two nodes hold different maps: keep the queue (its clients wait rather than
@@ -206,7 +205,8 @@ impl<N: PeerIo> Forwarder<N> {
 
     pub(super) async fn connect(&self) -> Result<N::Stream, NetError> {
         let attempt = async {
-            let mut stream = self.io.connect(&self.address()).await?;
+            let address = self.address().ok_or(NetError::NotInMap(self.remote))?;
+            let mut stream = self.io.connect(&address).await?;
             handshake_connector(&mut stream, &self.ctx, self.remote).await?;
             Ok(stream)
         };

@@ -234,6 +234,9 @@ pub enum NetError {
     },
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// The peer is not in the map in force (removed from the cluster): nothing to dial.
+    #[error("node {0} is not in the map")]
+    NotInMap(NodeId),
 }
 
 /// Why a node could not start.
