@@ -15,8 +15,8 @@ use std::time::Duration;
 use walletd_core::model::partition::{NodeId, PartitionMap};
 use walletd_core::model::placement::Placement;
 use walletd_runtime::net::map_follower::{
-    MapEvent, MapService, MapWatch, PlacedMap, ServiceError, RECONNECT_BACKOFF_INITIAL,
-    RECONNECT_BACKOFF_MAX,
+    MapEvent, MapService, MapWatch, PlacedMap, RemovalNotice, ServiceError,
+    RECONNECT_BACKOFF_INITIAL, RECONNECT_BACKOFF_MAX,
 };
 
 use crate::etcd::EtcdError;
@@ -83,7 +83,7 @@ pub struct EtcdMapService {
     /// When the node started (RFC 3339), for its liveness entry.
     pub since: String,
     /// Told the map version that left the node out, if one does (the node then stops).
-    pub removed: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<u64>>>,
+    pub removed: RemovalNotice,
 }
 
 /// What etcd's errors mean to a follower: a lease gone ends the session as such; every
@@ -198,14 +198,7 @@ impl MapService for EtcdMapService {
     }
 
     fn removed(&self, version: u64) {
-        let sender = self
-            .removed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(sender) = sender {
-            let _ = sender.send(version);
-        }
+        self.removed.give(version);
     }
 
     fn describe(&self) -> String {

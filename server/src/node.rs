@@ -31,7 +31,7 @@ use crate::replicated_node::MapSource;
 use walletd_core::protocol::coordinator::CoordinatorConfig;
 use walletd_runtime::driver::DriverConfig;
 use walletd_runtime::engine::EngineConfig;
-use walletd_runtime::net::map_follower::Follower;
+use walletd_runtime::net::map_follower::{Follower, RemovalNotice};
 use walletd_runtime::net::{
     bind_peer_address, start_node_with, MapHandle, MutualTls, NetConfig, NodeConfig, NodeError, Tcp,
 };
@@ -235,12 +235,12 @@ impl Following {
         root: &Path,
     ) -> Following {
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let (removed_tx, removed) = tokio::sync::oneshot::channel();
+        let (notice, removed) = RemovalNotice::new();
         let service = EtcdMapService {
             store,
             cache: root.join(CACHE_FILE),
             since: jiff::Timestamp::now().to_string(),
-            removed: std::sync::Mutex::new(Some(removed_tx)),
+            removed: notice,
         };
         let follower = Follower {
             service,

@@ -5,7 +5,7 @@
 //! checked by [`LivenessWatch`] as the run goes and at its end).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::seq::SliceRandom;
@@ -16,7 +16,8 @@ use tokio::time::Instant;
 use walletd_core::model::partition::{NodeId, PartitionMap};
 use walletd_core::model::placement::Placement;
 use walletd_runtime::net::map_follower::{
-    Follower, MapEvent, MapService, MapWatch, PlacedMap, ServiceError, RECONNECT_BACKOFF_MAX,
+    Follower, MapEvent, MapService, MapWatch, PlacedMap, RemovalNotice, ServiceError,
+    RECONNECT_BACKOFF_MAX,
 };
 use walletd_runtime::net::{MapHandle, MapUpdateError};
 
@@ -63,7 +64,7 @@ pub struct NodeMapService {
     pub coordinator: Arc<Coordinator>,
     pub host: HostId,
     /// Told the map version that left the node out (the node then stops).
-    removed: Mutex<Option<oneshot::Sender<u64>>>,
+    removed: RemovalNotice,
 }
 
 impl NodeMapService {
@@ -71,12 +72,12 @@ impl NodeMapService {
     /// Resolves with the map version that leaves the node out, if one does.
     pub fn follow(shared: Arc<Shared>, host: HostId, handle: MapHandle) -> oneshot::Receiver<u64> {
         let coordinator = Arc::clone(shared.coordinator.as_ref().expect("moves on"));
-        let (removed, removal) = oneshot::channel();
+        let (removed, removal) = RemovalNotice::new();
         let service = NodeMapService {
             shared,
             coordinator,
             host,
-            removed: Mutex::new(Some(removed)),
+            removed,
         };
         let follower = Follower {
             service,
@@ -180,14 +181,7 @@ impl MapService for NodeMapService {
     }
 
     fn removed(&self, version: u64) {
-        let sender = self
-            .removed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(sender) = sender {
-            let _ = sender.send(version);
-        }
+        self.removed.give(version);
     }
 
     fn describe(&self) -> String {

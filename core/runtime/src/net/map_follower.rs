@@ -105,6 +105,27 @@ pub trait MapService: Send + Sync + 'static {
     fn describe(&self) -> String;
 }
 
+/// Where a [`MapService`] sends the version of the map that left its node out, once: the
+/// other end resolves then, and the node's owner stops it.
+#[derive(Debug)]
+pub struct RemovalNotice(std::sync::Mutex<Option<tokio::sync::oneshot::Sender<u64>>>);
+
+impl RemovalNotice {
+    /// A notice and what resolves when it is given.
+    pub fn new() -> (RemovalNotice, tokio::sync::oneshot::Receiver<u64>) {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        (RemovalNotice(std::sync::Mutex::new(Some(sender))), receiver)
+    }
+
+    /// Gives the notice (the first time; later ones, and one nobody waits for, do nothing).
+    pub fn give(&self, version: u64) {
+        let sender = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(sender) = sender {
+            let _ = sender.send(version);
+        }
+    }
+}
+
 /// A watch of the map.
 pub trait MapWatch: Send {
     /// The next changes, waiting for some.
