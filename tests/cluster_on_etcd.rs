@@ -166,6 +166,20 @@ impl EtcdCluster {
         last
     }
 
+    /// Opens each of `accounts` in USD and deposits 1000.00 into it, through the first
+    /// `nodes` nodes in turn.
+    pub fn open_and_fund(&self, accounts: &[String], nodes: usize) {
+        for (i, account) in accounts.iter().enumerate() {
+            let via = self.http[i % nodes];
+            let open = json!({"account_id": account, "currency": "USD"});
+            let opened = post(via, "/v1/accounts", &open);
+            assert_eq!(opened.expect("open").status, 201);
+            let deposit = json!({"amount": "1000.00", "currency": "USD", "transaction_id": "open"});
+            let path = format!("/v1/accounts/{account}/deposit");
+            assert_eq!(post(via, &path, &deposit).expect("deposit").status, 200);
+        }
+    }
+
     pub fn logs(&self) -> String {
         let mut all = String::new();
         for (id, node) in self.nodes.iter().enumerate() {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
-use walletd_e2e::cluster_on_etcd::{cents, post, transfer, transfers_commit, EtcdCluster};
+use walletd_e2e::cluster_on_etcd::{cents, transfer, transfers_commit, EtcdCluster};
 use walletd_e2e::etcd::PrivateEtcd;
 use walletd_e2e::{accounts_in, http, wait_until, wallet};
 
@@ -59,18 +59,7 @@ fn a_cluster_on_etcd_takes_a_new_node_and_serves_through_an_etcd_outage() {
     let accounts: Vec<String> = (0..PARTITIONS)
         .flat_map(|p| accounts_in("acct-", p, PARTITIONS, 2))
         .collect();
-    for (i, account) in accounts.iter().enumerate() {
-        let via = cluster.http[i % NODES];
-        let opened = post(
-            via,
-            "/v1/accounts",
-            &json!({"account_id": account, "currency": "USD"}),
-        );
-        assert_eq!(opened.expect("open").status, 201);
-        let deposit = json!({"amount": "1000.00", "currency": "USD", "transaction_id": "open"});
-        let path = format!("/v1/accounts/{account}/deposit");
-        assert_eq!(post(via, &path, &deposit).expect("deposit").status, 200);
-    }
+    cluster.open_and_fund(&accounts, NODES);
     transfers_commit(&cluster.running_http(), &accounts, "before", 10);
 
     // A fourth node joins while transfers run through the first three.

@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use walletd_e2e::cluster_on_etcd::{cents, post, transfer, transfers_commit, EtcdCluster};
+use serde_json::Value;
+use walletd_e2e::cluster_on_etcd::{cents, transfer, transfers_commit, EtcdCluster};
 use walletd_e2e::etcd::PrivateEtcd;
 use walletd_e2e::{accounts_in, http, wait_until, wallet};
 
@@ -173,18 +173,7 @@ fn copies_move_and_a_node_drains_under_load_and_through_an_etcd_outage() {
     let accounts: Vec<String> = (0..PARTITIONS)
         .flat_map(|p| accounts_in("acct-", p, PARTITIONS, 2))
         .collect();
-    for (i, account) in accounts.iter().enumerate() {
-        let via = cluster.http[i % NODES];
-        let opened = post(
-            via,
-            "/v1/accounts",
-            &json!({"account_id": account, "currency": "USD"}),
-        );
-        assert_eq!(opened.expect("open").status, 201);
-        let deposit = json!({"amount": "1000.00", "currency": "USD", "transaction_id": "open"});
-        let path = format!("/v1/accounts/{account}/deposit");
-        assert_eq!(post(via, &path, &deposit).expect("deposit").status, 200);
-    }
+    cluster.open_and_fund(&accounts, NODES);
     let ledger = Mutex::new(Ledger::default());
     let vias = cluster.running_http();
     let ((), before) = under_load(&vias, &accounts, "before", &ledger, || {

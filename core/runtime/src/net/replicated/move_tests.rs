@@ -316,19 +316,7 @@ async fn a_copy_moves_to_a_node_that_joined_while_transfers_go_on() {
     .await;
     map.version = 9;
     publish(&nodes, &map, &back);
-    let address = &map.nodes[&0].peer;
-    let mut listener = None;
-    for _ in 0..100 {
-        match TcpListener::bind(address).await {
-            Ok(bound) => {
-                listener = Some(bound);
-                break;
-            }
-            // The crashed node's listener may take a moment to release its port.
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-    let listener = listener.expect("node 0's port is free again");
+    let listener = super::tests::bind_again(&map.nodes[&0].peer).await;
     let stores0 = stores[0].clone();
     let restarted = start_replicated_node(
         Tcp,

@@ -143,18 +143,7 @@ impl Cluster {
 
     async fn restart(&mut self, node: usize) {
         let address = &self.map.nodes[&(node as NodeId)].peer;
-        // The killed node's listener may take a moment to release its port.
-        let mut listener = None;
-        for _ in 0..100 {
-            match TcpListener::bind(address).await {
-                Ok(bound) => {
-                    listener = Some(bound);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
-        let listener = listener.expect("the port is free again");
+        let listener = bind_again(address).await;
         let started = self.start_node(node as NodeId, listener).await;
         self.nodes[node] = Some(started);
     }
@@ -318,4 +307,16 @@ async fn cross_partition_transfers_go_on_through_a_node_kill_and_the_node_catche
         }
         assert_eq!(balances, vec![1_000_000 - moved, moved], "node {n}");
     }
+}
+
+/// Binds `address` again for a node restarted on it: the killed node's listener may take a
+/// moment to release its port (up to 2 s).
+pub(super) async fn bind_again(address: &str) -> TcpListener {
+    for _ in 0..100 {
+        match TcpListener::bind(address).await {
+            Ok(bound) => return bound,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    panic!("{address} is not free again after 2 s");
 }
