@@ -46,7 +46,7 @@ use rustc_hash::FxHashMap;
 
 use crate::ledger::cold::{ColdChunk, WrittenChunks};
 use crate::ledger::{Command, Ledger, LedgerError, PhaseResult, Prefetched, Reply, TransferStatus};
-use crate::log::codec::{encode_record, Record};
+use crate::log::codec::encode_event_record;
 use crate::log::snapshot::{ChunkPlan, SnapshotImage};
 use crate::model::event::{Event, Lsn, Timestamp, Transfer, TransferKey};
 use crate::model::partition::PartitionId;
@@ -920,12 +920,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         let timestamp = self.ledger.last_applied().timestamp;
         let mut events = std::mem::take(&mut self.events);
         for (lsn, event) in (first_lsn..).zip(events.iter()) {
-            let record = Record {
-                lsn,
-                timestamp,
-                event: *event,
-            };
-            encode_record(&record, &mut self.batch.bytes);
+            encode_event_record(lsn, timestamp, event, &mut self.batch.bytes);
             self.coordinator.on_event(event, lsn, self.now.micros);
             match event {
                 Event::CreditTried { .. } => self.pending_credits += 1,
