@@ -223,6 +223,134 @@ fn transfers_commit_reject_cancel_and_answer_retries_alike() {
     assert!(settled, "{}", balance(&s, a));
 }
 
+/// `?dry_run=true` on every write endpoint: the answer the real request would get, decided
+/// by the same code, and nothing recorded: no money moves and no id is used up.
+#[test]
+fn dry_runs_answer_as_the_real_request_would_and_record_nothing() {
+    let (_tmp, s) = start(&[]);
+    let same = accounts_in("s", 0, PARTITIONS, 2);
+    let (a, b) = (&same[0], &same[1]);
+    let c = &accounts_in("o", 1, PARTITIONS, 1)[0];
+    let missing = &accounts_in("m", 2, PARTITIONS, 1)[0];
+    let euro = &accounts_in("e", 3, PARTITIONS, 1)[0];
+    for account in [a, b, c] {
+        open(&s, account, "USD");
+    }
+    open(&s, euro, "EUR");
+    deposit(&s, a, "100.00", "d1");
+    let dry = |body: Value| s.post("/v1/wallet/balance_transfer?dry_run=true", &body);
+    let body = |to: &str, amount: &str, id: &str| json!({"from_account": a, "to_account": to, "amount": amount, "currency": "USD", "transaction_id": id});
+    let balances = || [a, b, c].map(|x| balance(&s, x)["balance"].as_str().unwrap().to_string());
+    let before = balances();
+
+    // Within a partition and across partitions: committed, with nothing moved.
+    let r = dry(body(b, "10.00", "t1"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"transaction_id": "t1", "status": "committed", "dry_run": true})
+    );
+    let r = dry(body(c, "20.00", "t2"));
+    assert_eq!(
+        (r.status, r.json()["status"].clone()),
+        (200, json!("committed"))
+    );
+    // The refusals of the home and of the destination, with the real request's codes.
+    let r = dry(body(c, "100.01", "t3"));
+    assert_eq!(
+        (r.status, r.json()["status"].clone(), r.code()),
+        (422, json!("rejected"), "insufficient_funds".into())
+    );
+    let r = dry(body(missing, "1.00", "t4"));
+    assert_eq!(
+        (r.status, r.json()["status"].clone(), r.code()),
+        (404, json!("cancelled"), "account_not_found".into())
+    );
+    let r = dry(body(euro, "1.00", "t5"));
+    assert_eq!(
+        (r.status, r.json()["status"].clone(), r.code()),
+        (422, json!("cancelled"), "currency_mismatch".into())
+    );
+    assert_eq!(balances(), before, "a dry run moves no money");
+    for id in ["t1", "t2", "t3", "t4", "t5"] {
+        let r = s.get(&format!("/v1/transfers/{a}/{id}"));
+        assert_eq!(r.status, 404, "a dry run records no transfer: {}", r.text());
+    }
+    // No id was used up: the refused dry run's id commits for real with another amount.
+    let r = transfer(&s, a, c, "30.00", "t3");
+    assert_eq!(
+        (r.status, r.json()["status"].clone()),
+        (200, json!("committed"))
+    );
+    // Once used, a dry run of the id answers as a retry would: its first outcome, or a
+    // conflict for another body.
+    let r = dry(body(c, "30.00", "t3"));
+    assert_eq!(
+        r.json(),
+        json!({"transaction_id": "t3", "status": "committed", "dry_run": true})
+    );
+    let r = dry(body(c, "30.01", "t3"));
+    assert_eq!((r.status, r.code()), (409, "transaction_conflict".into()));
+
+    // Deposits and withdrawals: the balance the request would leave.
+    let r = s.post(
+        &format!("/v1/accounts/{a}/deposit?dry_run=true"),
+        &json!({"amount": "5.00", "currency": "USD", "transaction_id": "d2"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        (r.json()["balance"].clone(), r.json()["dry_run"].clone()),
+        (json!("75.00"), json!(true))
+    );
+    let r = s.post(
+        &format!("/v1/accounts/{a}/withdraw?dry_run=true"),
+        &json!({"amount": "70.01", "currency": "USD", "transaction_id": "w1"}),
+    );
+    assert_eq!((r.status, r.code()), (422, "insufficient_funds".into()));
+    assert_eq!(balance(&s, a)["balance"], "70.00");
+    let r = s.post(
+        &format!("/v1/accounts/{a}/withdraw"),
+        &json!({"amount": "1.00", "currency": "USD", "transaction_id": "w1"}),
+    );
+    assert_eq!(
+        (r.status, r.json()["balance"].clone()),
+        (200, json!("69.00"))
+    );
+
+    // A batch: each item as it would be answered, nothing recorded.
+    let items = json!({"transfers": [body(b, "1.00", "b1"), body(c, "1000.00", "b2"), body(missing, "1.00", "b3"), {"from_account": a}]});
+    let r = s.post("/v1/wallet/balance_transfers?dry_run=true", &items);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let answer = r.json();
+    assert_eq!(answer["dry_run"], json!(true));
+    let statuses: Vec<(Value, Value)> = (answer["results"].as_array().unwrap().iter())
+        .map(|item| (item["status"].clone(), item["http_status"].clone()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            (json!("committed"), json!(200)),
+            (json!("rejected"), json!(422)),
+            (json!("cancelled"), json!(404)),
+            (json!("error"), json!(400)),
+        ]
+    );
+    assert_eq!(
+        balance(&s, a)["balance"],
+        "69.00",
+        "a dry batch moves no money"
+    );
+    assert_eq!(s.get(&format!("/v1/transfers/{a}/b1")).status, 404);
+
+    // A dry_run that is not a boolean is a client error, and nothing runs.
+    let r = s.post(
+        "/v1/wallet/balance_transfer?dry_run=maybe",
+        &body(b, "1.00", "t9"),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(s.get(&format!("/v1/transfers/{a}/t9")).status, 404);
+}
+
 /// On one node, money a client was told is committed can be spent at once: the Confirm that
 /// credits the destination is queued there before the client is answered, so the next
 /// transfer out of the destination finds it. Each hop here moves money the account did not
@@ -973,6 +1101,19 @@ fn health_metrics_and_the_openapi_document() {
         );
     }
     assert!(doc["components"]["schemas"]["TransferRequest"].is_object());
+    // Every write endpoint documents its dry run.
+    for path in [
+        "/v1/accounts/{id}/deposit",
+        "/v1/accounts/{id}/withdraw",
+        "/v1/wallet/balance_transfer",
+        "/v1/wallet/balance_transfers",
+    ] {
+        let params = doc["paths"][path]["post"]["parameters"].as_array();
+        let names: Vec<&str> = (params.into_iter().flatten())
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        assert!(names.contains(&"dry_run"), "{path}: {names:?}");
+    }
 }
 
 /// One idempotency rule for refusals, on every path: a business refusal is recorded, so the

@@ -271,6 +271,7 @@ fn transfers_cross_nodes_through_any_node_and_wait_for_a_node_that_is_down() {
         assert_eq!(final_status(via(id), &a, "t1"), "committed");
     }
     // Errors cross the wire intact: the same status and code as from the owning node.
+    let missing = accounts_in("nobody-", 2, PARTITIONS, 1).remove(0);
     for id in 0..NODES {
         let unknown = post(
             via(id),
@@ -298,7 +299,33 @@ fn transfers_cross_nodes_through_any_node_and_wait_for_a_node_that_is_down() {
             &transfer_body(&a, &b, 999, "t1"),
         );
         assert_eq!(conflict.unwrap().status, 409);
+        // Dry runs cross the wire too: the home's question and the destination's.
+        let dry = |cents: u64, to: &str| {
+            let path = "/v1/wallet/balance_transfer?dry_run=true";
+            post(via(id), path, &transfer_body(&b, to, cents, "dry")).unwrap()
+        };
+        let r = dry(1_000, &c);
+        assert_eq!(
+            (
+                r.status,
+                r.json()["status"].as_str(),
+                r.json()["dry_run"].as_bool()
+            ),
+            (200, Some("committed"), Some(true)),
+            "{}",
+            r.text()
+        );
+        assert_eq!(
+            (dry(1_000_000, &c).status, dry(1_000_000, &c).code()),
+            (422, "insufficient_funds".into())
+        );
+        let r = dry(1_000, &missing);
+        assert_eq!(
+            (r.status, r.json()["status"].as_str(), r.code()),
+            (404, Some("cancelled"), "account_not_found".into())
+        );
     }
+    assert_eq!(get(via(0), &format!("/v1/transfers/{b}/dry")).status, 404);
     // Node 1 (owner of b) stops: its accounts are unavailable, transfers to them wait.
     cluster.terminate(1);
     let r = post(

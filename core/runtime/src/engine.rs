@@ -45,19 +45,7 @@ pub struct Unavailable(pub PartitionId);
 
 /// The account whose partition executes `command`.
 pub fn command_account(command: &Command) -> &AccountId {
-    match command {
-        Command::OpenAccount { account, .. }
-        | Command::Deposit { account, .. }
-        | Command::Withdraw { account, .. } => account,
-        Command::Transfer(transfer) | Command::Abandon(transfer) => &transfer.from,
-        Command::Decide { key, .. }
-        | Command::FinishDebit { key }
-        | Command::CommitDebit { key } => &key.from,
-        Command::TryCredit(transfer)
-        | Command::ConfirmCredit(transfer)
-        | Command::CancelCredit(transfer)
-        | Command::AbortCredit(transfer) => &transfer.to,
-    }
+    command.account()
 }
 
 /// Routes commands and queries to partition inboxes. Cheap to clone.

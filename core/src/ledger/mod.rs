@@ -17,10 +17,12 @@ pub(crate) mod account_table;
 pub(crate) mod append_table;
 pub(crate) mod chunked;
 pub mod cold;
+mod dry_run;
 pub(crate) mod row_index;
 pub(crate) mod transfer_table;
 
 pub use crate::model::event::{CashKind, CashRefusal, CashRefused};
+pub use dry_run::DryRun;
 pub use transfer_table::CHUNK_ROWS;
 
 use std::collections::BTreeMap;
@@ -308,6 +310,25 @@ pub enum Command {
     /// credit that is tried commits the transfer (with the home's durable debit), so it
     /// stays, and the answer says so.
     AbortCredit(Transfer),
+}
+
+impl Command {
+    /// The account whose partition executes this command.
+    pub fn account(&self) -> &AccountId {
+        match self {
+            Command::OpenAccount { account, .. }
+            | Command::Deposit { account, .. }
+            | Command::Withdraw { account, .. } => account,
+            Command::Transfer(transfer) | Command::Abandon(transfer) => &transfer.from,
+            Command::Decide { key, .. }
+            | Command::FinishDebit { key }
+            | Command::CommitDebit { key } => &key.from,
+            Command::TryCredit(transfer)
+            | Command::ConfirmCredit(transfer)
+            | Command::CancelCredit(transfer)
+            | Command::AbortCredit(transfer) => &transfer.to,
+        }
+    }
 }
 
 /// The answer to an accepted command.

@@ -567,6 +567,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
                     QueryAnswer::Unreadable
                 }
             },
+            Query::DryRun(command) => QueryAnswer::DryRun(self.ledger.dry_run(&command)),
         };
         self.batch.release.answers.push((token, answer));
     }

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::ledger::{Account, Command, LedgerError, Reply, TransferRow};
+use crate::ledger::{Account, Command, DryRun, LedgerError, Reply, TransferRow};
 use crate::model::event::{Transfer, TransferKey};
 use crate::model::ids::AccountId;
 use crate::model::partition::{partition_of, PartitionId};
@@ -17,16 +17,33 @@ use crate::protocol::coordinator::{PhaseRequest, PhaseResponse};
 pub enum Query {
     Account(AccountId),
     Transfer(TransferKey),
+    /// What a client command would get if it came now, decided by the same code and with
+    /// nothing recorded (see [`crate::ledger::Ledger::dry_run`]). Only the commands a client
+    /// sends, and a destination's Try (the second step of a cross-partition transfer's dry
+    /// run), are asked this way.
+    DryRun(Command),
+}
+
+impl Query {
+    /// The account whose partition answers this query.
+    pub fn account(&self) -> &AccountId {
+        match self {
+            Query::Account(account) => account,
+            Query::Transfer(key) => &key.from,
+            Query::DryRun(command) => command.account(),
+        }
+    }
 }
 
 /// The answer to a [`Query`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueryAnswer {
     Account(Option<Account>),
     Transfer(Option<TransferRow>),
     /// The partition keeps the row asked for on disk only and could not read it (it logged
     /// why): the question may be asked again once the disk is repaired.
     Unreadable,
+    DryRun(DryRun),
 }
 
 /// The result of a command as seen by its client.

@@ -73,9 +73,10 @@
 //!   partition (account, owner `u32`, here `u32`), 9 unknown transfer (key), 10 invalid
 //!   transition (key, from text, command: 1 decide, 2 finish, 0 another). Every variant crosses
 //!   the wire, so the node that serves the client maps it to the same HTTP status.
-//! - query: 1 account (account), 2 transfer (key). Answer: 1 account (option of currency,
-//!   balance, held, incoming as `u64`), 2 transfer (option of transfer, state, remote bool,
-//!   accepted, decided and finished timestamps as `u64`). State: 1 trying, 2 confirming,
+//! - query: 1 account (account), 2 transfer (key), 3 dry run (command). Answer: 1 account
+//!   (option of currency, balance, held, incoming as `u64`), 2 transfer (option of transfer,
+//!   state, remote bool, accepted, decided and finished timestamps as `u64`), 3 unreadable
+//!   (a 0 byte), 4 dry run (rests-on-credit bool, command result). State: 1 trying, 2 confirming,
 //!   3 cancelling (reason), 4 committed, 5 cancelled (reason), 6 rejected (reason).
 //! - peer message: 1 request (from partition `u32`, phase, transfer), 2 response (phase, key,
 //!   phase result), 3 unresolved (transfer: a destination asks its home about a pending
@@ -86,7 +87,8 @@
 use crc32c::{crc32c, crc32c_append};
 
 use crate::ledger::{
-    Account, Command, LedgerError, PhaseResult, Reply, TransferRow, TransferState, TransferStatus,
+    Account, Command, DryRun, LedgerError, PhaseResult, Reply, TransferRow, TransferState,
+    TransferStatus,
 };
 use crate::log::codec::{put_currency, put_key, put_transfer, reason_tag, Cursor};
 use crate::model::event::Decision;
@@ -727,6 +729,10 @@ fn put_query(out: &mut Vec<u8>, query: &Query) {
             out.push(2);
             put_key(out, key);
         }
+        Query::DryRun(command) => {
+            out.push(3);
+            put_command(out, command);
+        }
     }
 }
 
@@ -734,6 +740,7 @@ fn get_query(cursor: &mut Cursor<'_>) -> Result<Query, String> {
     match cursor.u8()? {
         1 => Ok(Query::Account(cursor.account()?)),
         2 => Ok(Query::Transfer(cursor.key()?)),
+        3 => Ok(Query::DryRun(get_command(cursor)?)),
         other => Err(format!("unknown query {other}")),
     }
 }
@@ -968,6 +975,11 @@ fn put_answer(out: &mut Vec<u8>, answer: &QueryAnswer) {
             out.push(3);
             out.push(0);
         }
+        QueryAnswer::DryRun(dry) => {
+            out.push(4);
+            out.push(u8::from(dry.rests_on_credit));
+            put_result(out, &dry.result);
+        }
     }
 }
 
@@ -978,6 +990,11 @@ fn get_answer(cursor: &mut Cursor<'_>) -> Result<QueryAnswer, String> {
         1 => QueryAnswer::Account(present.then(|| get_account(cursor)).transpose()?),
         2 => QueryAnswer::Transfer(present.then(|| get_row(cursor)).transpose()?),
         3 if !present => QueryAnswer::Unreadable,
+        // For a dry run, the flag byte is `rests_on_credit`.
+        4 => QueryAnswer::DryRun(DryRun {
+            rests_on_credit: present,
+            result: get_result(cursor)?,
+        }),
         other => return Err(format!("unknown answer {other}")),
     })
 }

@@ -190,6 +190,14 @@ fn every_answer(t: Transfer) -> Vec<QueryAnswer> {
     for state in every_state() {
         answers.push(QueryAnswer::Transfer(Some(row(t, state))));
     }
+    let results =
+        (every_reply().into_iter().map(Ok)).chain(every_ledger_error(t).into_iter().map(Err));
+    for (i, result) in results.enumerate() {
+        answers.push(QueryAnswer::DryRun(DryRun {
+            result,
+            rests_on_credit: i % 2 == 0,
+        }));
+    }
     answers
 }
 
@@ -243,6 +251,12 @@ fn every_message(t: Transfer) -> Vec<Message> {
             query: Query::Transfer(t.key()),
         },
     ];
+    for command in every_command(t) {
+        messages.push(Message::QueryRequest {
+            id: u64::MAX,
+            query: Query::DryRun(command),
+        });
+    }
     for (i, command) in every_command(t).into_iter().enumerate() {
         messages.push(Message::Request {
             id: i as u64,
@@ -306,6 +320,12 @@ fn queries_and_every_answer_round_trip() {
         id: 1,
         query: Query::Transfer(t.key()),
     }]);
+    for command in every_command(t) {
+        round_trip(&[Message::QueryRequest {
+            id: 2,
+            query: Query::DryRun(command),
+        }]);
+    }
     for answer in every_answer(t) {
         round_trip(&[Message::Answer { id: 5, answer }]);
     }
@@ -821,6 +841,10 @@ fn arb_message() -> impl Strategy<Value = Message> {
             };
             Message::QueryRequest { id, query }
         }),
+        (any::<u64>(), arb_command()).prop_map(|(id, command)| Message::QueryRequest {
+            id,
+            query: Query::DryRun(command)
+        }),
         (any::<u64>(), prop::sample::select(every_reply())).prop_map(|(id, reply)| {
             Message::Reply {
                 id,
@@ -831,7 +855,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
             .prop_map(|(id, e)| Message::Reply { id, result: Err(e) }),
         (any::<u64>(), arb_transfer(), 0..15usize).prop_map(|(id, t, pick)| Message::Answer {
             id,
-            answer: every_answer(t)[pick % every_answer(t).len()],
+            answer: every_answer(t).swap_remove(pick % every_answer(t).len()),
         }),
         prop::collection::vec(arb_peer_message(), 1..8).prop_map(Message::Peers),
         (any::<u64>(), any::<u64>())

@@ -8,7 +8,8 @@ use utoipa::ToSchema;
 use walletd_core::ledger::{CashKind, Command, Reply};
 use walletd_core::model::money::{format_minor, Amount};
 
-use super::{account_id, currency, transaction_id, Api, ApiJson, ApiPath};
+use super::dry_run::{self, WriteParams};
+use super::{account_id, currency, transaction_id, Api, ApiJson, ApiPath, ApiQuery};
 use crate::errors::ApiError;
 
 /// `POST /v1/accounts`.
@@ -55,6 +56,10 @@ pub struct BalanceResponse {
     pub currency: String,
     #[schema(example = "100.00")]
     pub balance: String,
+    /// Present, and `true`, on the answer to a dry run (`?dry_run=true`): the balance the
+    /// request would leave; nothing was recorded.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 /// Open an account in one currency.
@@ -108,9 +113,10 @@ pub async fn open_account(
 pub async fn deposit(
     State(api): State<Api>,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<WriteParams>,
     ApiJson(body): ApiJson<CashRequest>,
 ) -> Result<axum::Json<BalanceResponse>, ApiError> {
-    cash(api, CashKind::Deposit, id, body).await
+    cash(api, CashKind::Deposit, id, body, params.dry_run).await
 }
 
 /// Withdraw money from an account (money leaves the system).
@@ -125,9 +131,10 @@ pub async fn deposit(
 pub async fn withdraw(
     State(api): State<Api>,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<WriteParams>,
     ApiJson(body): ApiJson<CashRequest>,
 ) -> Result<axum::Json<BalanceResponse>, ApiError> {
-    cash(api, CashKind::Withdrawal, id, body).await
+    cash(api, CashKind::Withdrawal, id, body, params.dry_run).await
 }
 
 async fn cash(
@@ -135,6 +142,7 @@ async fn cash(
     kind: CashKind,
     id: String,
     body: CashRequest,
+    dry_run: bool,
 ) -> Result<axum::Json<BalanceResponse>, ApiError> {
     let account = account_id("account id", &id)?;
     let currency = currency(&body.currency)?;
@@ -154,16 +162,17 @@ async fn cash(
             transaction_id,
         },
     };
-    let result = api
-        .client()
-        .execute(command, false)
-        .await
-        .map_err(|e| api.unavailable(e))?;
+    let result = if dry_run {
+        dry_run::command(&api, command).await?
+    } else {
+        (api.client().execute(command, false).await).map_err(|e| api.unavailable(e))?
+    };
     match result? {
         Reply::Balance { balance } => Ok(axum::Json(BalanceResponse {
             account_id: account.to_string(),
             currency: currency.to_string(),
             balance: format_minor(balance, currency),
+            dry_run,
         })),
         other => Err(unexpected(other)),
     }

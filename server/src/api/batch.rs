@@ -18,17 +18,20 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 use utoipa::ToSchema;
 use walletd_core::ledger::{Command, TransferStatus};
+use walletd_core::model::event::Transfer;
 use walletd_runtime::driver::CommandResult;
 use walletd_runtime::engine::Unavailable;
 
+use super::dry_run::{self, WriteParams};
 use super::metrics::Outcome;
 use super::transfers::{conclude, status_url, status_view, TransferRequest};
-use super::{Api, JsonBody};
+use super::{Api, ApiQuery, JsonBody};
 use crate::errors::ApiError;
 use items::read_batch;
 use results::{ItemResult, ResultsWriter};
@@ -67,6 +70,10 @@ pub struct BatchItemResult {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BatchResponse {
     pub results: Vec<BatchItemResult>,
+    /// Present, and `true`, on the answer to a dry run (`?dry_run=true`): nothing was
+    /// recorded.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 /// Execute up to 8000 transfers concurrently, one result per item.
@@ -76,16 +83,27 @@ pub struct BatchResponse {
     ))]
 pub async fn transfers(
     State(api): State<Api>,
+    ApiQuery(params): ApiQuery<WriteParams>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let batch = read_batch(&body, api.options().batch_items_max)?;
     drop(body);
-    for _ in &batch.failed {
-        api.metrics().transfer(Outcome::Failed);
+    if !params.dry_run {
+        for _ in &batch.failed {
+            api.metrics().transfer(Outcome::Failed);
+        }
     }
-    let deadline = Instant::now() + api.options().transfer_wait;
     let commands = Arc::new(batch.commands);
-    let answers = execute_all(&api, &commands, deadline).await;
+    let answers = if params.dry_run {
+        dry_run_all(&api, &commands).await
+    } else {
+        let deadline = Instant::now() + api.options().transfer_wait;
+        let answers = execute_all(&api, &commands, deadline).await;
+        answers
+            .into_iter()
+            .map(|answer| conclude(&api, answer))
+            .collect()
+    };
     assert_eq!(answers.len(), commands.len(), "one answer per command");
     let mut decided = batch.positions.iter().zip(commands.iter().zip(answers));
     let mut failed = batch.failed.into_iter();
@@ -103,7 +121,7 @@ pub async fn transfers(
         let Command::Transfer(transfer) = command else {
             unreachable!("a batch holds transfers only")
         };
-        match conclude(&api, answer) {
+        match answer {
             Ok(status) => {
                 let view = status_view(status);
                 let status_url =
@@ -131,8 +149,33 @@ pub async fn transfers(
         "every item is answered once"
     );
     let headers = [(header::CONTENT_TYPE, "application/json")];
-    Ok((headers, writer.finish()).into_response())
+    Ok((headers, writer.finish(params.dry_run)).into_response())
 }
+
+/// The dry run of every transfer ([`dry_run::transfer`]), at most
+/// [`DRY_RUNS_IN_FLIGHT_MAX`] at a time. Each is answered against the state its partitions
+/// hold when its question arrives, not after the items before it: a dry run records
+/// nothing, so two items that together overdraw an account both answer as they would alone.
+async fn dry_run_all(api: &Api, commands: &[Command]) -> Vec<Result<TransferStatus, ApiError>> {
+    let transfers: Vec<Transfer> = (commands.iter())
+        .map(|command| match command {
+            Command::Transfer(transfer) => *transfer,
+            _ => unreachable!("a batch holds transfers only"),
+        })
+        .collect();
+    let each = transfers.into_iter().map(|transfer| {
+        let api = api.clone();
+        async move { dry_run::transfer(&api, transfer).await }
+    });
+    futures_util::stream::iter(each)
+        .buffered(DRY_RUNS_IN_FLIGHT_MAX)
+        .collect()
+        .await
+}
+
+/// Dry runs of one batch asked at once: enough to fill the partitions' rounds, few enough
+/// that one batch does not crowd out other clients' requests.
+const DRY_RUNS_IN_FLIGHT_MAX: usize = 256;
 
 /// Hands every transfer to its partition at once (`Client::execute_shared`: they share
 /// group commits, and awaiting the answers in order costs nothing because a batch's answers

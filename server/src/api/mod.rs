@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod batch;
 pub mod body;
 pub mod cluster;
+pub mod dry_run;
 pub mod events;
 pub mod forward;
 pub mod layers;

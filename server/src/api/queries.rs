@@ -131,7 +131,7 @@ async fn balance_now(
         .map_err(|e| api.unavailable(e))?;
     let found = match answer {
         QueryAnswer::Account(found) => found.ok_or(LedgerError::AccountNotFound(account))?,
-        QueryAnswer::Transfer(_) | QueryAnswer::Unreadable => {
+        QueryAnswer::Transfer(_) | QueryAnswer::Unreadable | QueryAnswer::DryRun(_) => {
             return Err(ApiError::internal("unexpected query answer"))
         }
     };

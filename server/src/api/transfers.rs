@@ -22,8 +22,9 @@ use walletd_runtime::driver::{CommandResult, Query, QueryAnswer};
 use walletd_runtime::engine::Unavailable;
 
 use super::accounts::unexpected;
+use super::dry_run::{self, WriteParams};
 use super::metrics::Outcome;
-use super::{account_id, currency, parse_json, transaction_id, Api, ApiPath, JsonBody};
+use super::{account_id, currency, parse_json, transaction_id, Api, ApiPath, ApiQuery, JsonBody};
 use crate::errors::{reason_message, reason_status, ApiError};
 use crate::rfc3339;
 
@@ -60,6 +61,10 @@ pub struct TransferResponse {
     /// Where to poll a pending transfer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status_url: Option<String>,
+    /// Present, and `true`, on the answer to a dry run (`?dry_run=true`): nothing was
+    /// recorded.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 /// The fields of a transfer request as sent, borrowed from the body where they hold no JSON
@@ -159,7 +164,7 @@ async fn durably_accepted(api: &Api, key: TransferKey) -> Result<bool, ApiError>
     match client.query(partition, Query::Transfer(key)).await {
         Ok(QueryAnswer::Transfer(row)) => Ok(row.is_some()),
         Ok(QueryAnswer::Unreadable) => Err(unreadable()),
-        Ok(QueryAnswer::Account(_)) => Err(ApiError::internal("unexpected query answer")),
+        Ok(_) => Err(ApiError::internal("unexpected query answer")),
         Err(unavailable) => Err(api.unavailable(unavailable)),
     }
 }
@@ -182,6 +187,11 @@ pub fn conclude(
         _ => Outcome::Failed,
     };
     api.metrics().transfer(outcome);
+    interpret(result)
+}
+
+/// The status a transfer command's result tells its client, or the refusal.
+pub fn interpret(result: CommandResult) -> Result<TransferStatus, ApiError> {
     match result? {
         Reply::Transfer(status) => Ok(status),
         other => Err(unexpected(other)),
@@ -232,6 +242,7 @@ pub fn render(transfer: &Transfer, status: TransferStatus) -> (StatusCode, Trans
         code: view.reason.map(|(code, _)| code),
         message: view.reason.map(|(_, message)| message),
         status_url: (status == TransferStatus::Pending).then(|| status_url(&transfer.key())),
+        dry_run: false,
     };
     (view.http, body)
 }
@@ -253,10 +264,18 @@ pub fn status_url(key: &TransferKey) -> String {
     ))]
 pub async fn transfer(
     State(api): State<Api>,
+    ApiQuery(params): ApiQuery<WriteParams>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     // A body that is not a transfer request is refused before it counts as a transfer.
     let request: TransferBody = parse_json(&body)?;
+    if params.dry_run {
+        let transfer = parse_transfer_fields(request.fields())?;
+        let decided = dry_run::transfer(&api, transfer).await?;
+        let (status, mut body) = render(&transfer, decided);
+        body.dry_run = true;
+        return Ok((status, axum::Json(body)).into_response());
+    }
     let transfer = parse_transfer_fields(request.fields()).inspect_err(|_| {
         api.metrics().transfer(Outcome::Failed);
     })?;
@@ -357,7 +376,9 @@ pub async fn status(
         QueryAnswer::Transfer(Some(row)) => Ok(axum::Json(status_response(&row))),
         QueryAnswer::Transfer(None) => Err(ApiError::transfer_not_found(&from, &id)),
         QueryAnswer::Unreadable => Err(unreadable()),
-        QueryAnswer::Account(_) => Err(ApiError::internal("unexpected query answer")),
+        QueryAnswer::Account(_) | QueryAnswer::DryRun(_) => {
+            Err(ApiError::internal("unexpected query answer"))
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::timeout;
 
-use crate::driver::{CommandResult, Input, Query, QueryAnswer};
+use crate::driver::{CommandResult, Input, QueryAnswer};
 use crate::engine::{command_account, Client};
 use crate::transport::{by_destination, PeerMessage};
 use walletd_core::model::partition::partition_of;
@@ -237,10 +237,7 @@ pub(super) async fn route(
         }
         Message::QueryRequest { id, query } => {
             let (reply, answer) = oneshot::channel();
-            let partition = match &query {
-                Query::Account(account) => partition_of(account, ctx.partitions),
-                Query::Transfer(key) => partition_of(&key.from, ctx.partitions),
-            };
+            let partition = partition_of(query.account(), ctx.partitions);
             (
                 id,
                 partition,

@@ -827,7 +827,7 @@ impl Group {
         }
         let answers = (self.read_answers.iter())
             .filter(|(t, _, _)| *t == token)
-            .map(|(_, _, answer)| *answer)
+            .map(|(_, _, answer)| answer.clone())
             .collect();
         (answers, 150)
     }

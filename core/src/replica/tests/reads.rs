@@ -144,13 +144,13 @@ impl World {
         self.answers
             .iter()
             .find(|(t, _)| *t == token)
-            .map(|(_, a)| *a)
+            .map(|(_, a)| a.clone())
     }
 
     fn balance(&self, token: u64) -> Option<u64> {
         match self.answer(token)? {
             QueryAnswer::Account(account) => Some(account.expect("opened").balance),
-            QueryAnswer::Transfer(_) | QueryAnswer::Unreadable => None,
+            _ => None,
         }
     }
 }

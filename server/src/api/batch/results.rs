@@ -66,8 +66,13 @@ impl ResultsWriter {
         out.push(b'}');
     }
 
-    pub fn finish(mut self) -> Vec<u8> {
-        self.out.extend_from_slice(b"]}");
+    /// Closes the list; the answer to a dry run says so (`"dry_run":true`).
+    pub fn finish(mut self, dry_run: bool) -> Vec<u8> {
+        self.out.push(b']');
+        if dry_run {
+            self.out.extend_from_slice(b",\"dry_run\":true");
+        }
+        self.out.push(b'}');
         self.out
     }
 }
@@ -159,12 +164,12 @@ mod tests {
         for item in &items {
             writer.push(*item);
         }
-        let body: Value = serde_json::from_slice(&writer.finish()).expect("valid JSON");
+        let body: Value = serde_json::from_slice(&writer.finish(false)).expect("valid JSON");
         let expected: Vec<Value> = items.iter().map(documented).collect();
         assert_eq!(body, serde_json::json!({ "results": expected }));
 
         let empty: Value =
-            serde_json::from_slice(&ResultsWriter::with_capacity(0).finish()).expect("valid");
+            serde_json::from_slice(&ResultsWriter::with_capacity(0).finish(false)).expect("valid");
         assert_eq!(empty, serde_json::json!({ "results": [] }));
     }
 }

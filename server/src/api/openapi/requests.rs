@@ -238,7 +238,10 @@ pub fn parameters(
     let account = |name: &str, description: &str| path_parameter(name, "AccountId", description);
     Some(match (method, path) {
         ("post", "/v1/accounts/{id}/deposit") | ("post", "/v1/accounts/{id}/withdraw") => {
-            vec![account("id", "The account")]
+            vec![account("id", "The account"), dry_run_parameter()]
+        }
+        ("post", "/v1/wallet/balance_transfer") | ("post", "/v1/wallet/balance_transfers") => {
+            vec![dry_run_parameter()]
         }
         ("get", "/v1/accounts/{id}/balance") => vec![
             account("id", "The account"),
@@ -293,6 +296,19 @@ pub fn parameters(
             path_parameter("transaction_id", "TransactionId", "The transfer's id"),
         ],
         _ => return None,
+    })
+}
+
+/// `dry_run` of a write endpoint (see `api::dry_run`).
+pub fn dry_run_parameter() -> Value {
+    json!({
+        "name": "dry_run",
+        "in": "query",
+        "required": false,
+        "description": "`true`: answer what the request would get now (the same status, body \
+            and `code`, with `\"dry_run\": true` in a success's body) and record nothing: no \
+            money moves and the `transaction_id` stays free.",
+        "schema": {"type": "boolean", "default": false},
     })
 }
 

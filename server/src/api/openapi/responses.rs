@@ -36,6 +36,7 @@ fn own_errors(method: &str, path: &str) -> Vec<(u16, &'static [&'static str])> {
                     "invalid_currency",
                     "invalid_amount",
                     "invalid_transaction_id",
+                    "invalid_query",
                 ],
             ),
             (404, &["account_not_found"]),
@@ -52,6 +53,7 @@ fn own_errors(method: &str, path: &str) -> Vec<(u16, &'static [&'static str])> {
                     "invalid_currency",
                     "invalid_amount",
                     "invalid_transaction_id",
+                    "invalid_query",
                 ],
             ),
             (404, &["account_not_found"]),
@@ -78,6 +80,7 @@ fn own_errors(method: &str, path: &str) -> Vec<(u16, &'static [&'static str])> {
                     "invalid_currency",
                     "invalid_amount",
                     "invalid_transaction_id",
+                    "invalid_query",
                 ],
             ),
             (404, &["account_not_found"]),
@@ -87,7 +90,9 @@ fn own_errors(method: &str, path: &str) -> Vec<(u16, &'static [&'static str])> {
             ENGINE,
             STORED,
         ],
-        ("post", "/v1/wallet/balance_transfers") => vec![(413, &["batch_too_large"])],
+        ("post", "/v1/wallet/balance_transfers") => {
+            vec![(400, &["invalid_query"]), (413, &["batch_too_large"])]
+        }
         ("get", "/v1/events") => vec![
             (400, &["invalid_query", "unknown_partition"][..]),
             (409, &["lsn_out_of_range"]),

@@ -103,6 +103,7 @@ impl Generator {
                 }
                 Value::Object(object)
             }
+            Some("boolean") => json!(self.below(2) == 0),
             Some("array") => {
                 let items = self.below(4);
                 (0..items).map(|_| self.valid(&schema["items"])).collect()
@@ -186,6 +187,7 @@ fn conforms(doc: &Value, schema: &Value, value: &Value) -> bool {
                     None => schema["additionalProperties"] != false,
                 })
         }
+        Some("boolean") => value.is_boolean(),
         Some("array") => value.as_array().is_some_and(|items| {
             schema["maxItems"]
                 .as_u64()
