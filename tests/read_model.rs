@@ -15,7 +15,7 @@ use walletd_core::model::money::{Amount, Currency};
 use crate::http;
 
 /// The schema version this consumer understands.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// One account of the read model, in minor units of its currency.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,18 +93,17 @@ impl ReadModel {
             }
             "deposited" => self.account(&text("account_id")).balance += amount(event),
             "withdrawn" => self.account(&text("account_id")).balance -= amount(event),
-            "transferred" => {
+            // A refund accepted moves money as a transfer within the partition does, or is
+            // the debit's Try of one across partitions.
+            "refund_accepted" if event["remote"] == Value::Bool(true) => {
+                self.fold_debit_tried(key, event)
+            }
+            "transferred" | "refund_accepted" => {
                 let minor = amount(event);
                 self.account(&text("from_account")).balance -= minor;
                 self.account(&text("to_account")).balance += minor;
             }
-            "debit_tried" => {
-                let minor = amount(event);
-                let from = self.account(&text("from_account"));
-                from.balance -= minor;
-                from.held += minor;
-                self.tries.insert(key, (text("from_account"), minor));
-            }
+            "debit_tried" => self.fold_debit_tried(key, event),
             "debit_confirmed" | "debit_cancelled" => {
                 let (account, minor) = self.tries.remove(&key).expect("a debit_tried first");
                 let from = self.account(&account);
@@ -127,9 +126,20 @@ impl ReadModel {
                 }
             }
             // Refusals and decisions move no money.
-            "cash_refused" | "transfer_rejected" | "transfer_decided" | "credit_try_not_seen" => {}
-            other => panic!("unknown event type {other} in schema v1: {event}"),
+            "cash_refused" | "transfer_rejected" | "transfer_decided" | "credit_try_not_seen"
+            | "refund_rejected" => {}
+            other => panic!("unknown event type {other} in schema v{SCHEMA_VERSION}: {event}"),
         }
+    }
+
+    /// The source's Try of a transfer (or refund) across partitions: money into a hold.
+    fn fold_debit_tried(&mut self, key: (u32, String, String), event: &Value) {
+        let minor = amount(event);
+        let source = event["from_account"].as_str().expect("from_account").to_string();
+        let from = self.account(&source);
+        from.balance -= minor;
+        from.held += minor;
+        self.tries.insert(key, (source, minor));
     }
 
     /// Whether every Try folded has had its end (no money on its way anywhere).

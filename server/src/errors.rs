@@ -239,6 +239,7 @@ pub fn ledger_status(error: &LedgerError) -> (StatusCode, &'static str) {
         }
         // A chunk file of transfer rows is missing or damaged: an operator's matter.
         LedgerError::Unreadable(_) => (StatusCode::INTERNAL_SERVER_ERROR, "transfers_unreadable"),
+        LedgerError::NotRefundable(_) => (StatusCode::CONFLICT, "transfer_not_refundable"),
     }
 }
 
@@ -257,6 +258,7 @@ pub fn reason_status(reason: Reason) -> StatusCode {
         Reason::SourceNotFound => StatusCode::NOT_FOUND,
         Reason::SourceCurrencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
         Reason::SameAccount => StatusCode::UNPROCESSABLE_ENTITY,
+        Reason::RefundExceedsOriginal => StatusCode::UNPROCESSABLE_ENTITY,
     }
 }
 
@@ -279,6 +281,9 @@ pub fn reason_message(reason: Reason) -> &'static str {
         Reason::SourceNotFound => "the source account does not exist",
         Reason::SourceCurrencyMismatch => "the source account holds another currency",
         Reason::SameAccount => "from_account and to_account are the same account",
+        Reason::RefundExceedsOriginal => {
+            "the refund is larger than what is left to refund of the original transfer"
+        }
     }
 }
 

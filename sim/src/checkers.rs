@@ -562,12 +562,14 @@ pub fn event_name(event: &Event) -> &'static str {
         Event::CreditCancelled { .. } => "CreditCancelled",
         Event::CreditTryNotSeen { .. } => "CreditTryNotSeen",
         Event::CashRefused(_) => "CashRefused",
+        Event::RefundAccepted { .. } => "RefundAccepted",
+        Event::RefundRejected { .. } => "RefundRejected",
     }
 }
 
 /// Whether `event` concerns transfer `key`.
 pub fn event_mentions(event: &Event, key: &TransferKey) -> bool {
-    match *event {
+    match event.effect() {
         Event::Transferred { transfer }
         | Event::TransferRejected { transfer, .. }
         | Event::DebitTried { transfer }

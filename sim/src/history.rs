@@ -233,6 +233,7 @@ pub fn error_kind(error: &LedgerError) -> &'static str {
         LedgerError::UnknownTransfer(_) => "UnknownTransfer",
         LedgerError::InvalidTransition { .. } => "InvalidTransition",
         LedgerError::Unreadable(_) => "Unreadable",
+        LedgerError::NotRefundable(_) => "NotRefundable",
     }
 }
 
@@ -257,6 +258,7 @@ fn refusal_kind(reason: Reason) -> &'static str {
         Reason::InsufficientFunds => "InsufficientFunds",
         Reason::SameAccount => "SameAccount",
         Reason::Timeout | Reason::CancelledBeforeTry => "Cancelled",
+        Reason::RefundExceedsOriginal => "RefundExceedsOriginal",
     }
 }
 

@@ -171,7 +171,7 @@ impl Model {
     }
 
     fn apply(&mut self, record: &Record) {
-        match record.event {
+        match record.event.effect() {
             Event::CashRefused(refused) => self.refused_cash(record, &refused),
             Event::AccountOpened { account, currency } => {
                 if self.accounts.contains_key(&account) {
@@ -296,6 +296,9 @@ impl Model {
                 }
             }
             Event::TransferDecided { .. } | Event::CreditTryNotSeen { .. } => {}
+            Event::RefundAccepted { .. } | Event::RefundRejected { .. } => {
+                unreachable!("a refund's effect is a transfer event")
+            }
             Event::DebitConfirmed { key } | Event::DebitCancelled { key } => {
                 let cancelled = matches!(record.event, Event::DebitCancelled { .. });
                 let Some(amount) = self.home.get(&key).map(|t| t.amount.minor()) else {

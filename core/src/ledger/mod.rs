@@ -18,11 +18,14 @@ pub(crate) mod append_table;
 pub(crate) mod chunked;
 pub mod cold;
 mod dry_run;
+pub(crate) mod refunds;
 pub(crate) mod row_index;
 pub(crate) mod transfer_table;
 
 pub use crate::model::event::{CashKind, CashRefusal, CashRefused};
 pub use dry_run::DryRun;
+pub use refunds::Refund;
+use refunds::RefundTable;
 pub use transfer_table::CHUNK_ROWS;
 
 use std::collections::BTreeMap;
@@ -280,6 +283,9 @@ pub enum Command {
     },
     /// A client transfer; this partition must own `from` (it is the home partition).
     Transfer(Transfer),
+    /// A client refund of a committed transfer; this partition must own the original's
+    /// destination, the refund's source (see [`refunds`]).
+    Refund(Refund),
     /// From this partition's coordinator: log the second-phase decision.
     Decide {
         key: TransferKey,
@@ -313,6 +319,15 @@ pub enum Command {
 }
 
 impl Command {
+    /// The key of the transfer a client's transfer or refund starts.
+    pub fn client_key(&self) -> Option<TransferKey> {
+        match self {
+            Command::Transfer(transfer) => Some(transfer.key()),
+            Command::Refund(refund) => Some(refund.key()),
+            _ => None,
+        }
+    }
+
     /// The account whose partition executes this command.
     pub fn account(&self) -> &AccountId {
         match self {
@@ -320,6 +335,7 @@ impl Command {
             | Command::Deposit { account, .. }
             | Command::Withdraw { account, .. } => account,
             Command::Transfer(transfer) | Command::Abandon(transfer) => &transfer.from,
+            Command::Refund(refund) => &refund.from,
             Command::Decide { key, .. }
             | Command::FinishDebit { key }
             | Command::CommitDebit { key } => &key.from,
@@ -412,6 +428,11 @@ pub enum LedgerError {
     /// again once the disk is repaired.
     #[error("stored transfers cannot be read: {0}")]
     Unreadable(String),
+    /// A refund named a transfer that is not a committed transfer into the refund's source,
+    /// or whose credit has not reached that account yet (a transfer across partitions is
+    /// refundable once its destination applied its Confirm).
+    #[error("transfer {0:?} is not a committed transfer whose money reached its destination")]
+    NotRefundable(TransferKey),
 }
 
 impl From<ColdError> for LedgerError {
@@ -459,6 +480,8 @@ pub struct Ledger {
     pub(crate) credits: AppendTable<TransferKey, StoredCredit>,
     pub(crate) cash: AppendTable<(AccountId, TransactionId), CashRow>,
     pub(crate) flows: BTreeMap<Currency, Flows>,
+    /// The refunds this partition is home of, and what they refunded (see [`refunds`]).
+    pub(crate) refunds: RefundTable,
     pub(crate) last: RecordMeta,
 }
 
@@ -477,6 +500,7 @@ impl Ledger {
             credits: AppendTable::default(),
             cash: AppendTable::default(),
             flows: BTreeMap::new(),
+            refunds: RefundTable::default(),
             last: RecordMeta::default(),
         }
     }
@@ -737,6 +761,7 @@ impl Ledger {
                 events,
             ),
             Command::Transfer(transfer) => self.decide_transfer(transfer, events),
+            Command::Refund(refund) => self.decide_refund(refund, events),
             Command::Decide { key, decision } => self.decide_decision(key, decision, events),
             Command::FinishDebit { key } => self.decide_finish(key, events),
             Command::CommitDebit { key } => self.decide_commit_debit(key, events),
@@ -1309,6 +1334,23 @@ impl Ledger {
             Event::CreditConfirmed { key } => self.apply_credit_finished(key, true),
             Event::CreditCancelled { key } => self.apply_credit_finished(key, false),
             Event::CreditTryNotSeen { key } => self.apply_try_not_seen(key),
+            Event::RefundAccepted {
+                refund,
+                original,
+                remote,
+            } if *remote == self.owns(&refund.to) => Err(format!(
+                "refund {:?} says its destination is {}",
+                refund.key(),
+                if *remote { "remote" } else { "local" }
+            )),
+            Event::RefundAccepted {
+                refund, original, ..
+            } => self.apply_refund(meta, refund, *original, None, source),
+            Event::RefundRejected {
+                refund,
+                original,
+                reason,
+            } => self.apply_refund(meta, refund, *original, Some(*reason), source),
         }
         .map_err(refused)?;
         self.last = meta;
@@ -1442,6 +1484,26 @@ impl Ledger {
         Ok(())
     }
 
+    /// A refund accepted (`refused` `None`: applied as the transfer it is) or refused
+    /// (recorded as a rejected transfer), and counted against its original either way.
+    fn apply_refund(
+        &mut self,
+        meta: RecordMeta,
+        refund: &Transfer,
+        original: TransactionId,
+        refused: Option<Reason>,
+        source: Source,
+    ) -> Result<(), String> {
+        let original = self.check_refund(refund, original, refused.is_none())?;
+        match refused {
+            Some(reason) => self.apply_rejected(meta, refund, reason, source)?,
+            None if self.owns(&refund.to) => self.apply_transferred(meta, refund, source)?,
+            None => self.apply_debit_tried(meta, refund, source)?,
+        }
+        self.count_refund(refund, original, refused.is_none());
+        Ok(())
+    }
+
     fn apply_decided(
         &mut self,
         meta: RecordMeta,
@@ -1493,6 +1555,10 @@ impl Ledger {
         }
         phase.finished_at = meta.timestamp;
         self.transfers.set_phase(at, phase);
+        if !confirmed {
+            let row = self.transfers.row(at);
+            self.uncount_if_refund(&row.transfer);
+        }
         Ok(())
     }
 

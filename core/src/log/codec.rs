@@ -36,6 +36,8 @@
 //! | 12 | `CreditCancelled` | key |
 //! | 13 | `CreditTryNotSeen` | key |
 //! | 14 | `CashRefused` | kind, account, amount, transaction id, refusal |
+//! | 15 | `RefundAccepted` | refund (a transfer), original's transaction id, remote (a byte, 0 or 1) |
+//! | 16 | `RefundRejected` | refund (a transfer), original's transaction id, reason |
 //!
 //! Fields: an id is a `u8` length and that many ASCII bytes (validated by [`AccountId::new`] or
 //! [`TransactionId::new`] on decode); an amount is a `u64` of minor units (validated by
@@ -43,7 +45,7 @@
 //! transaction id, from, to, amount, currency; a key is from, transaction id. A reason is one
 //! byte: 1 insufficient funds, 2 destination not found, 3 destination currency mismatch,
 //! 4 destination balance limit, 5 timeout, 6 cancelled before try, 7 source not found,
-//! 8 source currency mismatch, 9 same account. A cash kind is one byte, 1 deposit or
+//! 8 source currency mismatch, 9 same account, 10 refund exceeds original. A cash kind is one byte, 1 deposit or
 //! 2 withdrawal; a cash refusal is one byte, 1 account not found, 2 currency mismatch
 //! (followed by the request's currency), 3 insufficient funds, 4 balance limit. A decision is one byte,
 //! 1 confirm or 2 cancel, and a cancel is followed by its reason. The body must end exactly
@@ -132,8 +134,8 @@ const FRAME_BODY_LEN_MIN: usize = SYNC_MARK_BODY_LEN;
 const _: () = assert!(FRAME_BODY_LEN_MIN <= RECORD_BODY_LEN_MIN);
 const ID_FIELD_LEN_MAX: usize = 1 + ID_LEN_MAX;
 const TRANSFER_FIELD_LEN_MAX: usize = 3 * ID_FIELD_LEN_MAX + 8 + 2;
-/// The longest event: `TransferRejected` (tag, transfer, reason).
-const EVENT_LEN_MAX: usize = 1 + TRANSFER_FIELD_LEN_MAX + 1;
+/// The longest event: `RefundRejected` (tag, transfer, transaction id, reason).
+const EVENT_LEN_MAX: usize = 1 + TRANSFER_FIELD_LEN_MAX + ID_FIELD_LEN_MAX + 1;
 /// Most bytes [`encode_record`] appends for one record.
 pub const RECORD_ENCODED_LEN_MAX: usize = RECORD_HEADER_LEN + BODY_PREFIX_LEN + EVENT_LEN_MAX;
 const _: () = assert!(BODY_PREFIX_LEN + EVENT_LEN_MAX <= RECORD_BODY_LEN_MAX);
@@ -154,6 +156,8 @@ mod tag {
     pub const CREDIT_CANCELLED: u8 = 12;
     pub const CREDIT_TRY_NOT_SEEN: u8 = 13;
     pub const CASH_REFUSED: u8 = 14;
+    pub const REFUND_ACCEPTED: u8 = 15;
+    pub const REFUND_REJECTED: u8 = 16;
 }
 
 /// One record of a partition log.
@@ -318,6 +322,24 @@ fn encode_event(event: &Event, out: &mut Vec<u8>) {
             refused.transaction_id.encode_into(out);
             put_cash_refusal(out, refused.refusal);
         }
+        Event::RefundAccepted {
+            refund,
+            original,
+            remote,
+        } => {
+            put_transfer_event(out, tag::REFUND_ACCEPTED, &refund);
+            original.encode_into(out);
+            out.push(u8::from(remote));
+        }
+        Event::RefundRejected {
+            refund,
+            original,
+            reason,
+        } => {
+            put_transfer_event(out, tag::REFUND_REJECTED, &refund);
+            original.encode_into(out);
+            out.push(reason_tag(reason));
+        }
     }
 }
 
@@ -435,6 +457,7 @@ pub(crate) fn reason_tag(reason: Reason) -> u8 {
         Reason::SourceNotFound => 7,
         Reason::SourceCurrencyMismatch => 8,
         Reason::SameAccount => 9,
+        Reason::RefundExceedsOriginal => 10,
     }
 }
 
@@ -483,6 +506,15 @@ impl<'a> Cursor<'a> {
 
     pub(crate) fn u8(&mut self) -> Result<u8, String> {
         Ok(self.array::<1>()?[0])
+    }
+
+    /// A byte that must be 0 (false) or 1 (true).
+    pub(crate) fn bool(&mut self) -> Result<bool, String> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(format!("bool byte {other}")),
+        }
     }
 
     pub(crate) fn u16(&mut self) -> Result<u16, String> {
@@ -648,6 +680,16 @@ fn decode_event(cursor: &mut Cursor<'_>) -> Result<Event, String> {
             transaction_id: cursor.transaction_id()?,
             refusal: cursor.cash_refusal()?,
         }),
+        tag::REFUND_ACCEPTED => Event::RefundAccepted {
+            refund: cursor.transfer()?,
+            original: cursor.transaction_id()?,
+            remote: cursor.bool()?,
+        },
+        tag::REFUND_REJECTED => Event::RefundRejected {
+            refund: cursor.transfer()?,
+            original: cursor.transaction_id()?,
+            reason: cursor.reason()?,
+        },
         other => return Err(format!("unknown event tag {other}")),
     };
     cursor.finish()?;
@@ -1021,7 +1063,7 @@ mod tests {
         events
     }
 
-    const ALL_REASONS: [Reason; 9] = Reason::ALL;
+    const ALL_REASONS: [Reason; 10] = Reason::ALL;
 
     fn records_of(events: &[Event], first_lsn: Lsn) -> Vec<Record> {
         events

@@ -94,6 +94,7 @@ pub fn same_state(a: &Ledger, b: &Ledger) -> bool {
         && a.credits == b.credits
         && a.cash == b.cash
         && a.flows == b.flows
+        && a.refunds == b.refunds
 }
 
 /// The first difference between two ledgers, in words, or `None` when [`same_state`].
@@ -116,7 +117,12 @@ pub fn state_difference(a: &Ledger, b: &Ledger) -> Option<String> {
         .or_else(|| table_difference("transfers", &home_rows(a), &home_rows(b)))
         .or_else(|| table_difference("credits", &a.credits, &b.credits))
         .or_else(|| table_difference("cash", &a.cash, &b.cash))
-        .or_else(|| table_difference("flows", &a.flows, &b.flows));
+        .or_else(|| table_difference("flows", &a.flows, &b.flows))
+        .or_else(|| {
+            let (a, b) = (&a.refunds, &b.refunds);
+            table_difference("refunds", &a.originals, &b.originals)
+                .or_else(|| table_difference("refunded", &a.refunded, &b.refunded))
+        });
     assert!(found.is_some(), "ledgers differ somewhere");
     found
 }
@@ -335,7 +341,7 @@ impl AccountHistory {
             return None;
         }
         self.figures?;
-        let change = self.change_of(&record.event)?;
+        let change = self.change_of(&record.event.effect())?;
         let figures = self.figures.as_mut().expect("checked above");
         let (balance, held) = change.kind.changes(change.amount.minor());
         figures.balance = add_signed(figures.balance, balance);

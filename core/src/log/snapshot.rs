@@ -23,6 +23,8 @@
 //!            | refusal (version 4: 0 for none, else as in the log codec)
 //! flows:     count u32, rows sorted by ISO numeric code:
 //!            currency | deposited u128 | withdrawn u128 | sent u128 | received u128
+//! refunds:   (version 5) count u32, rows sorted by key: refund key | original's transaction id
+//! refunded:  (version 5) count u32, rows sorted by key: original key | minor units refunded u64
 //! crc32c u32 over every byte before it
 //! ```
 //!
@@ -60,6 +62,7 @@ use crc32c::crc32c;
 use crate::ledger::account_table::AccountRows;
 use crate::ledger::append_table::Rows;
 use crate::ledger::cold::{BloomBuild, ChunkRead, ColdChunk, ColdRows, WrittenChunks};
+use crate::ledger::refunds::RefundTable;
 use crate::ledger::transfer_table::{RowStore, RowView, TransferTable, CHUNK_ROWS};
 use crate::ledger::{
     Account, CashRow, CreditRow, CreditState, Flows, Ledger, RecordMeta, StoredCredit, TransferRow,
@@ -78,7 +81,9 @@ use crate::model::partition::{partition_of, PartitionId, PARTITIONS_MAX};
 /// The first bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"WSNP";
 /// The snapshot version this build writes.
-pub const SNAPSHOT_VERSION: u8 = 4;
+pub const SNAPSHOT_VERSION: u8 = 5;
+/// The last version without the refund tables.
+const SNAPSHOT_VERSION_UNREFUNDED: u8 = 4;
 /// The last version whose cash rows have no refusal byte.
 const SNAPSHOT_VERSION_UNREFUSED: u8 = 3;
 /// The version before chunk files: the header has no chunk count.
@@ -116,6 +121,7 @@ pub struct SnapshotImage {
     credits: Rows<TransferKey, StoredCredit>,
     cash: Rows<(AccountId, TransactionId), CashRow>,
     flows: BTreeMap<Currency, Flows>,
+    refunds: RefundTable,
     /// The chunk files this image's encoding writes, for the partition to drop their rows
     /// once the snapshot is durable ([`SnapshotImage::written_chunks`]).
     written: WrittenChunks,
@@ -167,6 +173,7 @@ impl SnapshotImage {
             credits: ledger.credits.freeze(),
             cash: ledger.cash.freeze(),
             flows: ledger.flows.clone(),
+            refunds: ledger.refunds.clone(),
             written: WrittenChunks::default(),
             bloom_build: None,
         }
@@ -384,6 +391,26 @@ fn encode_image(
             out.extend_from_slice(&value.to_le_bytes());
         }
     })?;
+    if version > SNAPSHOT_VERSION_UNREFUNDED {
+        let refunds = &ledger.refunds;
+        put_table(
+            &mut sink,
+            refunds.originals.iter(),
+            |out, (key, original)| {
+                put_key(out, key);
+                original.encode_into(out);
+            },
+        )?;
+        put_table(&mut sink, refunds.refunded.iter(), |out, (key, minor)| {
+            put_key(out, key);
+            out.extend_from_slice(&minor.to_le_bytes());
+        })?;
+    } else {
+        assert!(
+            ledger.refunds == RefundTable::default(),
+            "no refunds before version 5"
+        );
+    }
     sink.finish()
 }
 
@@ -665,6 +692,14 @@ fn read_ledger(cursor: &mut Cursor<'_>, version: u8, chunks: Chunks<'_>) -> Resu
         ))
     })?;
     ledger.flows = flows.into_iter().map(|(_, row)| row).collect();
+    if version > SNAPSHOT_VERSION_UNREFUNDED {
+        ledger.refunds.originals = read_table(cursor, Order::Sorted, |cursor| {
+            Ok((cursor.key()?, cursor.transaction_id()?))
+        })?;
+        ledger.refunds.refunded = read_table(cursor, Order::Sorted, |cursor| {
+            Ok((cursor.key()?, cursor.u64()?))
+        })?;
+    }
     cursor.finish()?;
     Ok(ledger)
 }

@@ -61,11 +61,14 @@ pub enum Reason {
     SourceCurrencyMismatch,
     /// `from` and `to` are the same account.
     SameAccount,
+    /// A refund asked for more than what is left to refund of its original transfer (its
+    /// amount less the refunds before it), or for what was left when nothing was.
+    RefundExceedsOriginal,
 }
 
 impl Reason {
     /// Every reason, in the order of their log tags.
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::InsufficientFunds,
         Reason::DestinationNotFound,
         Reason::DestinationCurrencyMismatch,
@@ -75,6 +78,7 @@ impl Reason {
         Reason::SourceNotFound,
         Reason::SourceCurrencyMismatch,
         Reason::SameAccount,
+        Reason::RefundExceedsOriginal,
     ];
 
     /// The stable machine-readable code for APIs and logs.
@@ -89,6 +93,7 @@ impl Reason {
             Reason::SourceNotFound => "account_not_found",
             Reason::SourceCurrencyMismatch => "currency_mismatch",
             Reason::SameAccount => "same_account",
+            Reason::RefundExceedsOriginal => "refund_exceeds_original",
         }
     }
 }
@@ -175,4 +180,61 @@ pub enum Event {
     CreditCancelled { key: TransferKey },
     /// Destination Cancel with no prior Try (null compensation): a later Try must fail.
     CreditTryNotSeen { key: TransferKey },
+    /// A refund was accepted at its home, the partition of the original transfer's
+    /// destination: `refund` moves money back from that destination (`refund.from`) to the
+    /// original's source (`refund.to`); the original is the transfer `original` from
+    /// `refund.to`. It applies to `refund` as [`Event::Transferred`] does within a partition
+    /// and [`Event::DebitTried`] across partitions, and counts its amount against what is
+    /// left to refund of the original (one event, so that the two never part).
+    RefundAccepted {
+        refund: Transfer,
+        original: TransactionId,
+        /// Whether `refund.to` lives on another partition (then the refund is a TC/C
+        /// transfer, and this is its debit's Try).
+        remote: bool,
+    },
+    /// A refund was refused at its home (a business refusal, recorded so that a retry of its
+    /// id gets the same answer forever): as [`Event::TransferRejected`], with the original it
+    /// named.
+    RefundRejected {
+        refund: Transfer,
+        original: TransactionId,
+        reason: Reason,
+    },
+}
+
+impl Event {
+    /// What this event does to balances and rows, as the event that does the same for a
+    /// plain transfer: a refund accepted is a [`Event::Transferred`] when its two accounts
+    /// share a partition and a [`Event::DebitTried`] when they do not, a refund refused is a
+    /// [`Event::TransferRejected`]; every other event is itself. Readers that follow money
+    /// or phases (replay, the coordinator, history) match on this.
+    pub fn effect(&self) -> Event {
+        match *self {
+            Event::RefundAccepted {
+                refund,
+                remote: false,
+                ..
+            } => Event::Transferred { transfer: refund },
+            Event::RefundAccepted {
+                refund,
+                remote: true,
+                ..
+            } => Event::DebitTried { transfer: refund },
+            Event::RefundRejected { refund, reason, .. } => Event::TransferRejected {
+                transfer: refund,
+                reason,
+            },
+            event => event,
+        }
+    }
+
+    /// The key of the original transfer a refund event names: from the original's source
+    /// (the refund's destination), under the original's id.
+    pub fn refund_original(refund: &Transfer, original: TransactionId) -> TransferKey {
+        TransferKey {
+            from: refund.to,
+            transaction_id: original,
+        }
+    }
 }

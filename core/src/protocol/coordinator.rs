@@ -260,7 +260,7 @@ impl Coordinator {
         if crate::protocol::bugs::enabled(Bug::CreditBeforeDebit) {
             self.credit_before_debit(event);
         }
-        match *event {
+        match event.effect() {
             Event::DebitTried { transfer } => self.start_try(transfer, lsn, now),
             Event::TransferDecided { key, decision } => {
                 if let Some(flight) = self.flights.get(&key).copied() {
@@ -389,7 +389,8 @@ impl Coordinator {
     /// (insufficient funds) the destination is credited with money that never left the source.
     #[cfg(any(test, madsim, feature = "testing"))]
     fn credit_before_debit(&mut self, event: &Event) {
-        let (Event::DebitTried { transfer } | Event::TransferRejected { transfer, .. }) = *event
+        let (Event::DebitTried { transfer } | Event::TransferRejected { transfer, .. }) =
+            event.effect()
         else {
             return;
         };

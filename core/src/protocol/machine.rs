@@ -568,6 +568,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
                 }
             },
             Query::DryRun(command) => QueryAnswer::DryRun(self.ledger.dry_run(&command)),
+            Query::RefundOf(key) => QueryAnswer::RefundOf(self.ledger.refund_of(&key)),
         };
         self.batch.release.answers.push((token, answer));
     }
@@ -812,12 +813,13 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         wait: bool,
     ) -> Option<TransferKey> {
         match (command, result) {
-            (Command::Transfer(t), Ok(Reply::Transfer(TransferStatus::Pending)))
-                if wait && self.waiter_count < self.config.waiters_max =>
-            {
+            (
+                Command::Transfer(_) | Command::Refund(_),
+                Ok(Reply::Transfer(TransferStatus::Pending)),
+            ) if wait && self.waiter_count < self.config.waiters_max => {
                 // A waiter must be registered before the decision it waits for; should the
                 // decision already be applied, the client gets `Pending` and asks again.
-                let key = t.key();
+                let key = command.client_key()?;
                 // Just decided, so in memory: a row on disk is final anyway.
                 let row = self.ledger.find_transfer(&key).ok().flatten()?;
                 (row.state.status() == TransferStatus::Pending).then_some(key)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::ledger::{Account, Command, DryRun, LedgerError, Reply, TransferRow};
 use crate::model::event::{Transfer, TransferKey};
-use crate::model::ids::AccountId;
+use crate::model::ids::{AccountId, TransactionId};
 use crate::model::partition::{partition_of, PartitionId};
 use crate::protocol::coordinator::{PhaseRequest, PhaseResponse};
 
@@ -22,6 +22,8 @@ pub enum Query {
     /// sends, and a destination's Try (the second step of a cross-partition transfer's dry
     /// run), are asked this way.
     DryRun(Command),
+    /// Which transfer the transfer `key` refunds, if it is a refund.
+    RefundOf(TransferKey),
 }
 
 impl Query {
@@ -29,7 +31,7 @@ impl Query {
     pub fn account(&self) -> &AccountId {
         match self {
             Query::Account(account) => account,
-            Query::Transfer(key) => &key.from,
+            Query::Transfer(key) | Query::RefundOf(key) => &key.from,
             Query::DryRun(command) => command.account(),
         }
     }
@@ -44,6 +46,9 @@ pub enum QueryAnswer {
     /// why): the question may be asked again once the disk is repaired.
     Unreadable,
     DryRun(DryRun),
+    /// The transaction id of the transfer a refund refunds (from the refund's destination),
+    /// `None` if the transfer asked about is not a refund.
+    RefundOf(Option<TransactionId>),
 }
 
 /// The result of a command as seen by its client.

@@ -60,7 +60,8 @@
 //!
 //! - command: 1 open (account, currency), 2 deposit and 3 withdraw (account, amount, currency,
 //!   transaction id), 4 transfer (transfer), 5 decide (key, decision), 6 finish debit (key),
-//!   7 try, 8 confirm, 9 cancel, 10 abort credit (transfer), 11 abandon (transfer). A decision is 1 confirm or 2 cancel and a
+//!   7 try, 8 confirm, 9 cancel, 10 abort credit (transfer), 11 abandon (transfer), 12 commit
+//!   debit (key), 13 refund (refund id, original key, from, option of amount). A decision is 1 confirm or 2 cancel and a
 //!   reason, as in the log.
 //! - command result: 0 ok and a reply, or 1 error and a ledger error.
 //! - reply: 1 opened (created bool), 2 balance (`u64`), 3 transfer (status), 4 phase (phase
@@ -71,12 +72,14 @@
 //!   3 currency mismatch (account, expected, got), 4 insufficient funds (available text,
 //!   currency), 5 balance limit (account), 6 same account, 7 conflict (transaction id), 8 wrong
 //!   partition (account, owner `u32`, here `u32`), 9 unknown transfer (key), 10 invalid
-//!   transition (key, from text, command: 1 decide, 2 finish, 0 another). Every variant crosses
+//!   transition (key, from text, command: 1 decide, 2 finish, 0 another), 11 unreadable
+//!   (text), 12 not refundable (key). Every variant crosses
 //!   the wire, so the node that serves the client maps it to the same HTTP status.
-//! - query: 1 account (account), 2 transfer (key), 3 dry run (command). Answer: 1 account
-//!   (option of currency, balance, held, incoming as `u64`), 2 transfer (option of transfer,
-//!   state, remote bool, accepted, decided and finished timestamps as `u64`), 3 unreadable
-//!   (a 0 byte), 4 dry run (rests-on-credit bool, command result). State: 1 trying, 2 confirming,
+//! - query: 1 account (account), 2 transfer (key), 3 dry run (command), 4 refund of (key).
+//!   Answer: 1 account (option of currency, balance, held, incoming as `u64`), 2 transfer
+//!   (option of transfer, state, remote bool, accepted, decided and finished timestamps as
+//!   `u64`), 3 unreadable (a 0 byte), 4 dry run (rests-on-credit bool, command result),
+//!   5 refund of (option of the original's transaction id). State: 1 trying, 2 confirming,
 //!   3 cancelling (reason), 4 committed, 5 cancelled (reason), 6 rejected (reason).
 //! - peer message: 1 request (from partition `u32`, phase, transfer), 2 response (phase, key,
 //!   phase result), 3 unresolved (transfer: a destination asks its home about a pending
@@ -87,7 +90,7 @@
 use crc32c::{crc32c, crc32c_append};
 
 use crate::ledger::{
-    Account, Command, DryRun, LedgerError, PhaseResult, Reply, TransferRow, TransferState,
+    Account, Command, DryRun, LedgerError, PhaseResult, Refund, Reply, TransferRow, TransferState,
     TransferStatus,
 };
 use crate::log::codec::{put_currency, put_key, put_transfer, reason_tag, Cursor};
@@ -110,8 +113,9 @@ use crate::replica::RaftMessage;
 /// replicated partitions' Raft groups, and frames may be as long as one of them needs.
 /// Version 6: `Membership` (tag 12) and `CatchUp` (tag 13), and replica ids carry an
 /// incarnation. Version 7: `Membership` knows `Check` and `Removed` (a replica leaving its
-/// group).
-pub const WIRE_VERSION: u8 = 7;
+/// group). Version 8: commands know `Refund` (13), ledger errors `NotRefundable` (12),
+/// queries `DryRun` (3) and `RefundOf` (4), answers `DryRun` (4) and `RefundOf` (5).
+pub const WIRE_VERSION: u8 = 8;
 /// Bytes of the frame header: body length and checksum.
 pub const FRAME_HEADER_LEN: usize = 8;
 /// Bytes of the body before the messages: version, map version, count.
@@ -120,9 +124,9 @@ const BODY_PREFIX_LEN: usize = 1 + 8 + 2;
 pub const FRAME_BODY_LEN_MIN: usize = BODY_PREFIX_LEN;
 /// Most messages in one frame. Bounds the work one frame asks of a receiver.
 pub const FRAME_MESSAGES_MAX: usize = 1024;
-/// Most bytes one encoded message other than `Peers` takes (the longest, an answer carrying a
-/// transfer row, takes 243; see `message_lengths_are_bounded`).
-pub const MESSAGE_ENCODED_LEN_MAX: usize = 256;
+/// Most bytes one encoded message other than `Peers` takes (the longest, a request carrying a
+/// refund, which names four ids, takes 280; see `message_lengths_are_bounded`).
+pub const MESSAGE_ENCODED_LEN_MAX: usize = 288;
 /// Fewest bytes one encoded message takes (`Refused`: a tag and a request id; a `Peers`
 /// message takes at least 10). Caps what a frame's message count can make the decoder
 /// preallocate.
@@ -586,11 +590,7 @@ fn get_u32(cursor: &mut Cursor<'_>) -> Result<u32, String> {
 }
 
 fn get_bool(cursor: &mut Cursor<'_>) -> Result<bool, String> {
-    match cursor.u8()? {
-        0 => Ok(false),
-        1 => Ok(true),
-        other => Err(format!("bool byte {other}")),
-    }
+    cursor.bool()
 }
 
 /// Text of at most [`ERROR_TEXT_LEN_MAX`] bytes, cut at a character boundary if longer.
@@ -677,6 +677,19 @@ fn put_command(out: &mut Vec<u8>, command: &Command) {
             out.push(12);
             put_key(out, &key);
         }
+        Command::Refund(refund) => {
+            out.push(13);
+            refund.refund_id.encode_into(out);
+            put_key(out, &refund.original);
+            refund.from.encode_into(out);
+            match refund.amount {
+                None => out.push(0),
+                Some(amount) => {
+                    out.push(1);
+                    out.extend_from_slice(&amount.minor().to_le_bytes());
+                }
+            }
+        }
     }
 }
 
@@ -715,6 +728,15 @@ fn get_command(cursor: &mut Cursor<'_>) -> Result<Command, String> {
         10 => Command::AbortCredit(cursor.transfer()?),
         11 => Command::Abandon(cursor.transfer()?),
         12 => Command::CommitDebit { key: cursor.key()? },
+        13 => Command::Refund(Refund {
+            refund_id: cursor.transaction_id()?,
+            original: cursor.key()?,
+            from: cursor.account()?,
+            amount: match get_bool(cursor)? {
+                false => None,
+                true => Some(cursor.amount()?),
+            },
+        }),
         other => return Err(format!("unknown command {other}")),
     })
 }
@@ -733,6 +755,10 @@ fn put_query(out: &mut Vec<u8>, query: &Query) {
             out.push(3);
             put_command(out, command);
         }
+        Query::RefundOf(key) => {
+            out.push(4);
+            put_key(out, key);
+        }
     }
 }
 
@@ -741,6 +767,7 @@ fn get_query(cursor: &mut Cursor<'_>) -> Result<Query, String> {
         1 => Ok(Query::Account(cursor.account()?)),
         2 => Ok(Query::Transfer(cursor.key()?)),
         3 => Ok(Query::DryRun(get_command(cursor)?)),
+        4 => Ok(Query::RefundOf(cursor.key()?)),
         other => Err(format!("unknown query {other}")),
     }
 }
@@ -896,6 +923,10 @@ fn put_ledger_error(out: &mut Vec<u8>, error: &LedgerError) {
             out.push(11);
             put_text(out, what);
         }
+        LedgerError::NotRefundable(key) => {
+            out.push(12);
+            put_key(out, key);
+        }
         LedgerError::InvalidTransition { key, from, command } => {
             out.push(10);
             put_key(out, key);
@@ -945,6 +976,7 @@ fn get_ledger_error(cursor: &mut Cursor<'_>) -> Result<LedgerError, String> {
             },
         },
         11 => LedgerError::Unreadable(get_text(cursor)?),
+        12 => LedgerError::NotRefundable(cursor.key()?),
         other => return Err(format!("unknown ledger error {other}")),
     })
 }
@@ -980,6 +1012,13 @@ fn put_answer(out: &mut Vec<u8>, answer: &QueryAnswer) {
             out.push(u8::from(dry.rests_on_credit));
             put_result(out, &dry.result);
         }
+        QueryAnswer::RefundOf(original) => {
+            out.push(5);
+            out.push(u8::from(original.is_some()));
+            if let Some(original) = original {
+                original.encode_into(out);
+            }
+        }
     }
 }
 
@@ -995,6 +1034,7 @@ fn get_answer(cursor: &mut Cursor<'_>) -> Result<QueryAnswer, String> {
             rests_on_credit: present,
             result: get_result(cursor)?,
         }),
+        5 => QueryAnswer::RefundOf(present.then(|| cursor.transaction_id()).transpose()?),
         other => return Err(format!("unknown answer {other}")),
     })
 }

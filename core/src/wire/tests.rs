@@ -5,7 +5,7 @@ use crate::model::event::{Reason, Transfer, TransferKey};
 use crate::model::ids::{AccountId, TransactionId};
 use crate::model::money::{Amount, Currency, AMOUNT_MINOR_MAX};
 
-const ALL_REASONS: [Reason; 9] = Reason::ALL;
+const ALL_REASONS: [Reason; 10] = Reason::ALL;
 
 fn account(text: &str) -> AccountId {
     AccountId::new(text).unwrap()
@@ -77,6 +77,21 @@ fn every_command(t: Transfer) -> Vec<Command> {
         Command::CancelCredit(t),
         Command::AbortCredit(t),
         Command::Abandon(t),
+        Command::Refund(Refund {
+            refund_id: t.transaction_id,
+            original: TransferKey {
+                from: t.to,
+                transaction_id: t.transaction_id,
+            },
+            from: t.from,
+            amount: Some(t.amount),
+        }),
+        Command::Refund(Refund {
+            refund_id: t.transaction_id,
+            original: key,
+            from: t.to,
+            amount: None,
+        }),
     ];
     for reason in ALL_REASONS {
         commands.push(Command::Decide {
@@ -126,6 +141,7 @@ fn every_ledger_error(t: Transfer) -> Vec<LedgerError> {
             command: "finish",
         },
         LedgerError::Unreadable("chunk file 3: checksum mismatch".into()),
+        LedgerError::NotRefundable(t.key()),
     ]
 }
 
@@ -190,6 +206,8 @@ fn every_answer(t: Transfer) -> Vec<QueryAnswer> {
     for state in every_state() {
         answers.push(QueryAnswer::Transfer(Some(row(t, state))));
     }
+    answers.push(QueryAnswer::RefundOf(None));
+    answers.push(QueryAnswer::RefundOf(Some(t.transaction_id)));
     let results =
         (every_reply().into_iter().map(Ok)).chain(every_ledger_error(t).into_iter().map(Err));
     for (i, result) in results.enumerate() {
@@ -257,6 +275,10 @@ fn every_message(t: Transfer) -> Vec<Message> {
             query: Query::DryRun(command),
         });
     }
+    messages.push(Message::QueryRequest {
+        id: 3,
+        query: Query::RefundOf(t.key()),
+    });
     for (i, command) in every_command(t).into_iter().enumerate() {
         messages.push(Message::Request {
             id: i as u64,
@@ -428,7 +450,7 @@ fn message_lengths_are_bounded() {
             longest = longest.max(len);
         }
     }
-    assert_eq!(longest, 243, "update MESSAGE_ENCODED_LEN_MAX's docs");
+    assert_eq!(longest, 280, "update MESSAGE_ENCODED_LEN_MAX's docs");
     assert!(longest <= MESSAGE_ENCODED_LEN_MAX);
 }
 
@@ -765,7 +787,7 @@ fn arb_key() -> impl Strategy<Value = TransferKey> {
 }
 
 fn arb_command() -> impl Strategy<Value = Command> {
-    (arb_transfer(), 0..11usize, any::<bool>(), arb_reason()).prop_map(
+    (arb_transfer(), 0..13usize, any::<bool>(), arb_reason()).prop_map(
         |(t, pick, confirm, reason)| {
             let decision = if confirm {
                 Decision::Confirm

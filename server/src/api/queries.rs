@@ -131,9 +131,10 @@ async fn balance_now(
         .map_err(|e| api.unavailable(e))?;
     let found = match answer {
         QueryAnswer::Account(found) => found.ok_or(LedgerError::AccountNotFound(account))?,
-        QueryAnswer::Transfer(_) | QueryAnswer::Unreadable | QueryAnswer::DryRun(_) => {
-            return Err(ApiError::internal("unexpected query answer"))
-        }
+        QueryAnswer::Transfer(_)
+        | QueryAnswer::Unreadable
+        | QueryAnswer::DryRun(_)
+        | QueryAnswer::RefundOf(_) => return Err(ApiError::internal("unexpected query answer")),
     };
     check_currency(account, found.currency, wanted)?;
     let c = found.currency;

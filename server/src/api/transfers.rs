@@ -376,7 +376,7 @@ pub async fn status(
         QueryAnswer::Transfer(Some(row)) => Ok(axum::Json(status_response(&row))),
         QueryAnswer::Transfer(None) => Err(ApiError::transfer_not_found(&from, &id)),
         QueryAnswer::Unreadable => Err(unreadable()),
-        QueryAnswer::Account(_) | QueryAnswer::DryRun(_) => {
+        QueryAnswer::Account(_) | QueryAnswer::DryRun(_) | QueryAnswer::RefundOf(_) => {
             Err(ApiError::internal("unexpected query answer"))
         }
     }

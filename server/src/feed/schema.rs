@@ -1,4 +1,5 @@
-//! The feed's JSON line for each event: schema version 1.
+//! The feed's JSON line for each event: schema version 2 (version 1 without the refund
+//! types).
 //!
 //! Every line is one object: `v` (the schema version), `lsn`, `timestamp` (RFC 3339, as
 //! everywhere in the API), `type` (the event, snake case) and the event's own fields. Amounts
@@ -24,7 +25,7 @@ use walletd_core::model::money::{Amount, Currency};
 use crate::rfc3339;
 
 /// The schema version every line carries as `v`.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// One event type of the feed: its name and fields beyond `v`, `lsn`, `timestamp`, `type`.
 pub struct EventType {
@@ -146,6 +147,38 @@ pub const EVENT_TYPES: &[EventType] = &[
         description: "At the destination: a cancel came before any Try; a later Try fails. \
             Moves nothing.",
     },
+    EventType {
+        name: "refund_accepted",
+        fields: &[
+            "transaction_id",
+            "from_account",
+            "to_account",
+            "amount",
+            "currency",
+            "refund_of",
+            "remote",
+        ],
+        optional: &[],
+        description: "A refund, at its home (the partition of the refunded transfer's \
+            destination): `from_account` pays `amount` back to `to_account`, the source of the \
+            transfer `refund_of` (its `transaction_id`, from `to_account`). With `remote` false \
+            the money moved at once, as in `transferred`; with `remote` true this is the \
+            refund's `debit_tried`, and its phases follow under its own key.",
+    },
+    EventType {
+        name: "refund_rejected",
+        fields: &[
+            "transaction_id",
+            "from_account",
+            "to_account",
+            "amount",
+            "currency",
+            "refund_of",
+            "reason",
+        ],
+        optional: &[],
+        description: "A refund refused at its home partition; nothing moved.",
+    },
 ];
 
 /// The account whose currency the line of `event` needs and the event does not carry.
@@ -257,6 +290,26 @@ fn type_and_fields(
         Event::CreditConfirmed { key } => ("credit_confirmed", key_fields(key)),
         Event::CreditCancelled { key } => ("credit_cancelled", key_fields(key)),
         Event::CreditTryNotSeen { key } => ("credit_try_not_seen", key_fields(key)),
+        Event::RefundAccepted {
+            refund,
+            original,
+            remote,
+        } => {
+            let mut fields = transfer_fields(refund);
+            fields["refund_of"] = json!(original.as_str());
+            fields["remote"] = json!(remote);
+            ("refund_accepted", fields)
+        }
+        Event::RefundRejected {
+            refund,
+            original,
+            reason,
+        } => {
+            let mut fields = transfer_fields(refund);
+            fields["refund_of"] = json!(original.as_str());
+            fields["reason"] = json!(reason.code());
+            ("refund_rejected", fields)
+        }
     };
     let Value::Object(fields) = fields else {
         unreachable!("the fields are an object")
@@ -393,6 +446,16 @@ mod tests {
             Event::CreditConfirmed { key },
             Event::CreditCancelled { key },
             Event::CreditTryNotSeen { key },
+            Event::RefundAccepted {
+                refund: transfer,
+                original: t,
+                remote: true,
+            },
+            Event::RefundRejected {
+                refund: transfer,
+                original: t,
+                reason: Reason::RefundExceedsOriginal,
+            },
         ];
         for event in &events {
             match event {
@@ -409,7 +472,9 @@ mod tests {
                 | Event::CreditTried { .. }
                 | Event::CreditConfirmed { .. }
                 | Event::CreditCancelled { .. }
-                | Event::CreditTryNotSeen { .. } => {}
+                | Event::CreditTryNotSeen { .. }
+                | Event::RefundAccepted { .. }
+                | Event::RefundRejected { .. } => {}
             }
         }
         events
@@ -426,7 +491,7 @@ mod tests {
                 event,
             };
             let line = line(&record, &currencies).expect("currencies known");
-            assert_eq!(line["v"], 1);
+            assert_eq!(line["v"], SCHEMA_VERSION);
             assert_eq!(line["lsn"], i as u64 + 1);
             assert_eq!(line["timestamp"], "2023-11-14T22:13:20.000000Z");
             let name = line["type"].as_str().unwrap();
@@ -465,7 +530,7 @@ mod tests {
             write_line(&record, &currencies, &mut out).unwrap();
             let text = String::from_utf8(out).unwrap();
             assert!(
-                text.starts_with(&format!("{{\"v\":1,\"lsn\":{},", i + 1)),
+                text.starts_with(&format!("{{\"v\":{SCHEMA_VERSION},\"lsn\":{},", i + 1)),
                 "{text}"
             );
             assert_eq!(text.matches('\n').count(), 1);

@@ -253,7 +253,7 @@ pub(crate) fn codec_offset(error: &CodecError) -> u64 {
 /// one account the same way).
 pub fn account_filter(account: AccountId) -> impl FnMut(&Record) -> bool {
     let mut credited: BTreeSet<TransferKey> = BTreeSet::new();
-    move |record| match &record.event {
+    move |record| match &record.event.effect() {
         Event::AccountOpened { account: a, .. }
         | Event::Deposited { account: a, .. }
         | Event::Withdrawn { account: a, .. } => *a == account,
@@ -275,6 +275,9 @@ pub fn account_filter(account: AccountId) -> impl FnMut(&Record) -> bool {
         | Event::CreditTryNotSeen { key } => credited.contains(key),
         // A refusal moved no money: it is no movement of the account's.
         Event::CashRefused(_) => false,
+        Event::RefundAccepted { .. } | Event::RefundRejected { .. } => {
+            unreachable!("a refund's effect is a transfer event")
+        }
     }
 }
 

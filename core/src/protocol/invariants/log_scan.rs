@@ -95,7 +95,13 @@ impl LogScan {
             }),
             Event::Transferred { transfer }
             | Event::TransferRejected { transfer, .. }
-            | Event::DebitTried { transfer } => self.home_recorded(lsn, &transfer),
+            | Event::DebitTried { transfer }
+            | Event::RefundAccepted {
+                refund: transfer, ..
+            }
+            | Event::RefundRejected {
+                refund: transfer, ..
+            } => self.home_recorded(lsn, &transfer),
             Event::DebitConfirmed { key } | Event::DebitCancelled { key } => {
                 once(&mut self.finished, key, || {
                     twice(partition, lsn, "hold finished", key)

@@ -19,29 +19,29 @@ use super::support::{
     account_on, amt, deposit, deposited, key, open, opened, transfer, txn, withdraw, Snapshot,
 };
 
-const PARTITIONS: u32 = 2;
+pub(super) const PARTITIONS: u32 = 2;
 /// What `home()` deposits into `a`: 100.00 USD.
-const FUNDS: u64 = 10_000;
+pub(super) const FUNDS: u64 = 10_000;
 
 /// Accounts of the two-partition world these tests live in.
-struct World {
+pub(super) struct World {
     /// USD on partition 0, funded by [`home`].
-    a: AccountId,
+    pub(super) a: AccountId,
     /// USD on partition 0, empty.
-    b: AccountId,
+    pub(super) b: AccountId,
     /// EUR on partition 0.
-    e: AccountId,
+    pub(super) e: AccountId,
     /// On partition 0, never opened.
-    n: AccountId,
+    pub(super) n: AccountId,
     /// USD on partition 1.
-    c: AccountId,
+    pub(super) c: AccountId,
     /// EUR on partition 1.
-    x: AccountId,
+    pub(super) x: AccountId,
     /// On partition 1, never opened.
-    m: AccountId,
+    pub(super) m: AccountId,
 }
 
-fn world() -> World {
+pub(super) fn world() -> World {
     World {
         a: account_on("a", 0, PARTITIONS, 0),
         b: account_on("b", 0, PARTITIONS, 0),
@@ -61,7 +61,7 @@ fn meta(lsn: u64) -> RecordMeta {
 }
 
 /// The home partition (0) with `a` funded, `b` empty and `e` in EUR.
-fn home(w: &World) -> Vec<Event> {
+pub(super) fn home(w: &World) -> Vec<Event> {
     vec![
         opened(w.a, USD),
         deposited(w.a, FUNDS, "d0"),
@@ -71,7 +71,7 @@ fn home(w: &World) -> Vec<Event> {
 }
 
 /// The destination partition (1) with `c` in USD and `x` in EUR.
-fn destination(w: &World) -> Vec<Event> {
+pub(super) fn destination(w: &World) -> Vec<Event> {
     vec![opened(w.c, USD), opened(w.x, EUR)]
 }
 
@@ -88,11 +88,11 @@ fn fill_to_the_limit(account: AccountId) -> Vec<Event> {
         .collect()
 }
 
-struct Given {
+pub(super) struct Given {
     ledger: Ledger,
 }
 
-fn given(partition: PartitionId, events: &[Event]) -> Given {
+pub(super) fn given(partition: PartitionId, events: &[Event]) -> Given {
     let mut ledger = Ledger::new(partition, PARTITIONS);
     for (i, event) in events.iter().enumerate() {
         ledger
@@ -106,15 +106,15 @@ fn given(partition: PartitionId, events: &[Event]) -> Given {
 }
 
 impl Given {
-    fn when(self, command: Command) -> Then {
+    pub(super) fn when(self, command: Command) -> Then {
         Then::run(self.ledger, command)
     }
 }
 
-struct Then {
+pub(super) struct Then {
     command: Command,
     before: Snapshot,
-    ledger: Ledger,
+    pub(super) ledger: Ledger,
     events: Vec<Event>,
     result: Result<Reply, LedgerError>,
 }
@@ -164,17 +164,17 @@ impl Then {
     }
 
     /// Continues from the state this step left.
-    fn when(self, command: Command) -> Then {
+    pub(super) fn when(self, command: Command) -> Then {
         Then::run(self.ledger, command)
     }
 
-    fn then_events(self, expected: &[Event]) -> Then {
+    pub(super) fn then_events(self, expected: &[Event]) -> Then {
         assert_eq!(self.events, expected, "events of {:?}", self.command);
         self
     }
 
     /// Accepted with no events: a retry or a no-op, and the state is untouched.
-    fn then_nothing_new(self) -> Then {
+    pub(super) fn then_nothing_new(self) -> Then {
         assert!(self.result.is_ok(), "{:?}: {:?}", self.command, self.result);
         assert_eq!(self.events, [], "events of {:?}", self.command);
         assert_eq!(Snapshot::of(&self.ledger), self.before);
@@ -195,12 +195,12 @@ impl Then {
         self
     }
 
-    fn then_reply(self, expected: Reply) -> Then {
+    pub(super) fn then_reply(self, expected: Reply) -> Then {
         assert_eq!(self.result, Ok(expected), "reply to {:?}", self.command);
         self
     }
 
-    fn then_status(self, expected: TransferStatus) -> Then {
+    pub(super) fn then_status(self, expected: TransferStatus) -> Then {
         self.then_reply(Reply::Transfer(expected))
     }
 
@@ -208,7 +208,7 @@ impl Then {
         self.then_reply(Reply::Phase(expected))
     }
 
-    fn then_error(self, expected: LedgerError) -> Then {
+    pub(super) fn then_error(self, expected: LedgerError) -> Then {
         assert_eq!(self.result, Err(expected), "error of {:?}", self.command);
         self
     }

@@ -9,6 +9,7 @@
 //! - `ledger`: every rule of `Ledger::decide` and `Ledger::apply`, given/when/then.
 //! - `coordinator`: the TC/C coordinator alone and inside a cluster.
 //! - `properties`: random schedules of clients, network faults, crashes and time.
+//! - `refunds`: refunds within a partition and across partitions, given/when/then.
 //! - `mutations`: each known bug switched on is caught by the checker of its invariant.
 
 // Violations carry transfer keys and commands, whose ids are stored inline: large `Err`s,
@@ -21,4 +22,5 @@ mod coordinator;
 mod ledger;
 mod mutations;
 mod properties;
+mod refunds;
 pub(crate) mod support;

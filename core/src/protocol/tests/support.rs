@@ -110,6 +110,7 @@ pub struct Snapshot {
     pub credits: BTreeMap<TransferKey, CreditRow>,
     pub cash: BTreeMap<(AccountId, TransactionId), CashRow>,
     pub flows: BTreeMap<Currency, Flows>,
+    pub refunds: crate::ledger::refunds::RefundTable,
     pub last: RecordMeta,
 }
 
@@ -124,6 +125,7 @@ impl Snapshot {
             credits: ledger.credits().collect(),
             cash: ledger.cash.iter().map(|(k, row)| (*k, *row)).collect(),
             flows: ledger.flows().clone(),
+            refunds: ledger.refunds.clone(),
             last: ledger.last_applied(),
         }
     }

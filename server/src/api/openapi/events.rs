@@ -53,6 +53,14 @@ fn field_schema(field: &str) -> Value {
     match field {
         "account_id" | "from_account" | "to_account" => schema_ref("AccountId"),
         "transaction_id" => schema_ref("TransactionId"),
+        "refund_of" => json!({
+            "$ref": "#/components/schemas/TransactionId",
+            "description": "The transaction id of the transfer refunded (from `to_account`).",
+        }),
+        "remote" => json!({
+            "type": "boolean",
+            "description": "Whether `to_account` lives on another partition.",
+        }),
         "currency" => schema_ref("Currency"),
         "amount" => json!({
             "type": "string",

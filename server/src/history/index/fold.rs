@@ -206,7 +206,7 @@ impl Tracker {
             })
         };
         let movement = EntryKind::Movement;
-        match record.event {
+        match record.event.effect() {
             Event::AccountOpened { account, currency } => out.push(Touch {
                 account,
                 kind: EntryKind::Opened,
@@ -289,6 +289,9 @@ impl Tracker {
             | Event::TransferRejected { .. }
             | Event::TransferDecided { .. }
             | Event::CreditTryNotSeen { .. } => {}
+            Event::RefundAccepted { .. } | Event::RefundRejected { .. } => {
+                unreachable!("a refund's effect is a transfer event")
+            }
         }
     }
 

@@ -1,0 +1,219 @@
+//! Refunds: money moved back along a committed transfer, never more than it moved.
+//!
+//! A refund is a transfer of its own, from the original's destination back to the original's
+//! source, under its own id (`refund_id`, the idempotency key from the original's
+//! destination). Its home is the original's destination partition: the partition that debits
+//! it, and that holds the proof the original reached that account: the original's home row
+//! when the original stayed within one partition, its confirmed barrier row when it crossed
+//! partitions. So every refund of one transfer is decided in one place, one after another,
+//! and [`RefundTable`] there keeps how much of the original is refunded: however refunds
+//! race, their sum never passes the original's amount.
+//!
+//! A refund's own row is an ordinary transfer row, driven by the same TC/C protocol when the
+//! original's source lives elsewhere. A refund cancelled there (the source's account could not
+//! take the money back) counts no more against its original once its cancel is final.
+
+use std::collections::BTreeMap;
+
+use crate::ledger::{CreditState, Ledger, LedgerError, Reply, TransferState, TransferStatus};
+use crate::model::event::{Event, Reason, Transfer, TransferKey};
+use crate::model::ids::{AccountId, TransactionId};
+use crate::model::money::Amount;
+
+/// A client's request to refund a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refund {
+    /// The refund's own id, unique among the transfers from `from`.
+    pub refund_id: TransactionId,
+    /// The transfer being refunded.
+    pub original: TransferKey,
+    /// The original's destination: where the refund takes the money from.
+    pub from: AccountId,
+    /// How much to refund; `None`: all that is left to refund.
+    pub amount: Option<Amount>,
+}
+
+impl Refund {
+    /// The refund's idempotency key.
+    pub fn key(&self) -> TransferKey {
+        TransferKey {
+            from: self.from,
+            transaction_id: self.refund_id,
+        }
+    }
+}
+
+/// The refunds a partition is home of: which original each refund refunds, and how much of
+/// each original is refunded (by refunds not cancelled). Both only grow with refunds, which
+/// are few next to transfers; both are in snapshots.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RefundTable {
+    /// Refund key → the original's id (the original's source is the refund's destination).
+    pub(crate) originals: BTreeMap<TransferKey, TransactionId>,
+    /// Original key → minor units refunded so far.
+    pub(crate) refunded: BTreeMap<TransferKey, u64>,
+}
+
+impl RefundTable {
+    /// The original transfer that the transfer `key` refunds, if it is a refund.
+    pub(crate) fn original_of(&self, key: &TransferKey) -> Option<TransactionId> {
+        self.originals.get(key).copied()
+    }
+
+    /// Minor units of the transfer `original` refunded so far.
+    pub(crate) fn refunded(&self, original: &TransferKey) -> u64 {
+        self.refunded.get(original).copied().unwrap_or(0)
+    }
+}
+
+impl Ledger {
+    /// The id of the transfer that the transfer `key` refunds, if it is a refund made here.
+    pub fn refund_of(&self, key: &TransferKey) -> Option<TransactionId> {
+        self.refunds.original_of(key)
+    }
+
+    /// Minor units of the transfer `original` refunded by refunds made here.
+    pub fn refunded(&self, original: &TransferKey) -> u64 {
+        self.refunds.refunded(original)
+    }
+
+    /// A refund: its first answer if its id is used (or a conflict), else refused (recorded)
+    /// or accepted against what is left to refund of the original.
+    pub(crate) fn decide_refund(
+        &self,
+        request: Refund,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        self.require_local(&request.from)?;
+        let key = request.key();
+        if let Some(row) = self.find_transfer(&key)? {
+            let same = self.refunds.original_of(&key) == Some(request.original.transaction_id)
+                && row.transfer.to == request.original.from
+                && request.amount.is_none_or(|a| a == row.transfer.amount);
+            return if same {
+                Ok(Reply::Transfer(row.state.status()))
+            } else {
+                Err(LedgerError::Conflict(request.refund_id))
+            };
+        }
+        let original = self.refundable(&request.original, &request.from)?;
+        let left = original.amount.minor() - self.refunds.refunded(&request.original);
+        let asked = request.amount.or_else(|| Amount::from_minor(left));
+        let refund = Transfer {
+            transaction_id: request.refund_id,
+            from: request.from,
+            to: request.original.from,
+            // Nothing left and no amount asked: the refusal records the original's amount.
+            amount: asked.unwrap_or(original.amount),
+            currency: original.currency,
+        };
+        let over = asked.is_none_or(|a| a.minor() > left);
+        let refusal = (over.then_some(Reason::RefundExceedsOriginal))
+            .or_else(|| self.transfer_refusal(&refund));
+        let original = request.original.transaction_id;
+        if let Some(reason) = refusal {
+            events.push(Event::RefundRejected {
+                refund,
+                original,
+                reason,
+            });
+            return Ok(Reply::Transfer(TransferStatus::Rejected(reason)));
+        }
+        let remote = !self.owns(&refund.to);
+        events.push(Event::RefundAccepted {
+            refund,
+            original,
+            remote,
+        });
+        Ok(Reply::Transfer(if remote {
+            TransferStatus::Pending
+        } else {
+            TransferStatus::Committed
+        }))
+    }
+
+    /// The transfer `original`, if it is committed and its money reached `into`, an account
+    /// of this partition: its home row here when it stayed within this partition, else its
+    /// barrier row here, confirmed (a credit only tried may still be cancelled, if its home
+    /// lost the debit).
+    fn refundable(
+        &self,
+        original: &TransferKey,
+        into: &AccountId,
+    ) -> Result<Transfer, LedgerError> {
+        let not_refundable = || LedgerError::NotRefundable(*original);
+        let transfer = if self.owns(&original.from) {
+            match self.find_transfer(original)? {
+                Some(row) if row.state == TransferState::Committed => row.transfer,
+                _ => return Err(not_refundable()),
+            }
+        } else {
+            match self.credit(original) {
+                Some(row) if row.state == CreditState::Confirmed => {
+                    row.transfer.ok_or_else(not_refundable)?
+                }
+                _ => return Err(not_refundable()),
+            }
+        };
+        if transfer.to != *into {
+            return Err(not_refundable());
+        }
+        Ok(transfer)
+    }
+
+    /// Checks a refund event against the state (its original is refundable into the refund's
+    /// source, and the refund fits what is left of it), before anything changes.
+    pub(crate) fn check_refund(
+        &self,
+        refund: &Transfer,
+        original: TransactionId,
+        accepted: bool,
+    ) -> Result<TransferKey, String> {
+        let original_key = Event::refund_original(refund, original);
+        if self.refunds.originals.contains_key(&refund.key()) {
+            return Err(format!("refund {:?} recorded twice", refund.key()));
+        }
+        let found = (self.refundable(&original_key, &refund.from))
+            .map_err(|e| format!("refund {:?}: {e}", refund.key()))?;
+        let left = found.amount.minor() - self.refunds.refunded(&original_key);
+        if accepted && refund.amount.minor() > left {
+            return Err(format!(
+                "refund {:?} of {} exceeds the {left} left of {original_key:?}",
+                refund.key(),
+                refund.amount.minor()
+            ));
+        }
+        if refund.currency != found.currency {
+            return Err(format!("refund {:?} in another currency", refund.key()));
+        }
+        Ok(original_key)
+    }
+
+    /// Counts a refund applied from an event that [`Ledger::check_refund`] passed.
+    pub(crate) fn count_refund(
+        &mut self,
+        refund: &Transfer,
+        original_key: TransferKey,
+        accepted: bool,
+    ) {
+        self.refunds
+            .originals
+            .insert(refund.key(), original_key.transaction_id);
+        if accepted {
+            *self.refunds.refunded.entry(original_key).or_default() += refund.amount.minor();
+        }
+    }
+
+    /// A transfer made here was cancelled for good: if it was a refund, its amount no
+    /// longer counts against its original.
+    pub(crate) fn uncount_if_refund(&mut self, transfer: &Transfer) {
+        let Some(original) = self.refunds.original_of(&transfer.key()) else {
+            return;
+        };
+        let original = Event::refund_original(transfer, original);
+        let refunded = (self.refunds.refunded.get_mut(&original))
+            .expect("an accepted refund is counted against its original");
+        *refunded =
+            (refunded.checked_sub(transfer.amount.minor())).expect("a refund counted its amount");
+    }
+}
