@@ -126,7 +126,10 @@ impl ReadModel {
                 }
             }
             // Refusals and decisions move no money.
-            "cash_refused" | "transfer_rejected" | "transfer_decided" | "credit_try_not_seen"
+            "cash_refused"
+            | "transfer_rejected"
+            | "transfer_decided"
+            | "credit_try_not_seen"
             | "refund_rejected" => {}
             other => panic!("unknown event type {other} in schema v{SCHEMA_VERSION}: {event}"),
         }
@@ -135,7 +138,10 @@ impl ReadModel {
     /// The source's Try of a transfer (or refund) across partitions: money into a hold.
     fn fold_debit_tried(&mut self, key: (u32, String, String), event: &Value) {
         let minor = amount(event);
-        let source = event["from_account"].as_str().expect("from_account").to_string();
+        let source = event["from_account"]
+            .as_str()
+            .expect("from_account")
+            .to_string();
         let from = self.account(&source);
         from.balance -= minor;
         from.held += minor;

@@ -351,6 +351,136 @@ fn dry_runs_answer_as_the_real_request_would_and_record_nothing() {
     assert_eq!(s.get(&format!("/v1/transfers/{a}/t9")).status, 404);
 }
 
+/// Refunds: money back along a committed transfer, as a transfer of its own, never more
+/// than the transfer moved; within a partition and across partitions.
+#[test]
+fn refunds_move_money_back_never_more_than_the_original() {
+    let (_tmp, s) = start(&[]);
+    let same = accounts_in("s", 0, PARTITIONS, 2);
+    let (a, b) = (&same[0], &same[1]);
+    let c = &accounts_in("o", 1, PARTITIONS, 1)[0];
+    for account in [a, b, c] {
+        open(&s, account, "USD");
+    }
+    deposit(&s, a, "100.00", "d1");
+    assert_eq!(transfer(&s, a, b, "30.00", "t1").status, 200);
+    let refund = |original: &str, body: Value| {
+        s.post(&format!("/v1/transfers/{a}/{original}/refund"), &body)
+    };
+
+    let r = refund("t1", json!({"refund_id": "r1", "amount": "10.00"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"transaction_id": "r1", "refund_of": "t1", "from_account": b, "to_account": a,
+               "status": "committed", "status_url": format!("/v1/transfers/{b}/r1")})
+    );
+    let status = s.get(&format!("/v1/transfers/{b}/r1")).json();
+    assert_eq!(
+        (
+            status["refund_of"].clone(),
+            status["amount"].clone(),
+            status["to_account"].clone()
+        ),
+        (json!("t1"), json!("10.00"), json!(a))
+    );
+    assert!(s
+        .get(&format!("/v1/transfers/{a}/t1"))
+        .json()
+        .get("refund_of")
+        .is_none());
+    // A retry answers the same; the same id with another amount is a conflict.
+    let r = refund("t1", json!({"refund_id": "r1", "amount": "10.00"}));
+    assert_eq!(
+        (r.status, r.json()["status"].clone()),
+        (200, json!("committed"))
+    );
+    let r = refund("t1", json!({"refund_id": "r1", "amount": "9.00"}));
+    assert_eq!((r.status, r.code()), (409, "transaction_conflict".into()));
+    // More than is left: refused, recorded.
+    for _ in 0..2 {
+        let r = refund("t1", json!({"refund_id": "r2", "amount": "20.01"}));
+        assert_eq!(
+            (r.status, r.json()["status"].clone(), r.code()),
+            (422, json!("rejected"), "refund_exceeds_original".into())
+        );
+    }
+    // A dry run of what is left says committed and records nothing.
+    let r = s.post(
+        &format!("/v1/transfers/{a}/t1/refund?dry_run=true"),
+        &json!({"refund_id": "r3"}),
+    );
+    assert_eq!(
+        (
+            r.status,
+            r.json()["status"].clone(),
+            r.json()["dry_run"].clone()
+        ),
+        (200, json!("committed"), json!(true))
+    );
+    assert_eq!(s.get(&format!("/v1/transfers/{b}/r3")).status, 404);
+    // No amount: all that is left; then nothing is.
+    let r = refund("t1", json!({"refund_id": "r3"}));
+    assert_eq!(
+        (r.status, r.json()["status"].clone()),
+        (200, json!("committed"))
+    );
+    assert_eq!(
+        s.get(&format!("/v1/transfers/{b}/r3")).json()["amount"],
+        "20.00"
+    );
+    let r = refund("t1", json!({"refund_id": "r4"}));
+    assert_eq!(
+        (r.status, r.code()),
+        (422, "refund_exceeds_original".into())
+    );
+    assert_eq!(balance(&s, a)["balance"], "100.00");
+    assert_eq!(balance(&s, b)["balance"], "0.00");
+
+    // Across partitions: decided where the credit landed, paid back through TC/C.
+    assert_eq!(transfer(&s, a, c, "40.00", "t2").status, 200);
+    let refund_t2 = || refund("t2", json!({"refund_id": "r5", "amount": "15.00"}));
+    let mut r = refund_t2();
+    // Refundable once the destination applied the Confirm: on one node, before the answer.
+    let settled = wait_until(Duration::from_secs(10), || {
+        r = refund_t2();
+        r.status != 409
+    });
+    assert!(settled, "{}", r.text());
+    assert_eq!(
+        (r.status, r.json()["status"].clone()),
+        (200, json!("committed")),
+        "{}",
+        r.text()
+    );
+    let settled = wait_until(Duration::from_secs(10), || {
+        balance(&s, a)["balance"] == "75.00" && balance(&s, c)["held"] == "0.00"
+    });
+    assert!(settled, "{} {}", balance(&s, a), balance(&s, c));
+    assert_eq!(balance(&s, c)["balance"], "25.00");
+
+    // What cannot be refunded, and bad input: clear errors, nothing recorded.
+    let r = transfer(&s, b, a, "1.00", "poor");
+    assert_eq!(r.status, 422);
+    let r = s.post(
+        &format!("/v1/transfers/{b}/poor/refund"),
+        &json!({"refund_id": "r6"}),
+    );
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "transfer_not_refundable".into())
+    );
+    let r = refund("nothing", json!({"refund_id": "r6"}));
+    assert_eq!((r.status, r.code()), (404, "transfer_not_found".into()));
+    let r = refund("t2", json!({"refund_id": "r6", "amount": "1.001"}));
+    assert_eq!((r.status, r.code()), (400, "invalid_amount".into()));
+    let r = refund("t2", json!({"refund_id": "r6", "amount": "0"}));
+    assert_eq!((r.status, r.code()), (400, "invalid_amount".into()));
+    let r = refund("t2", json!({"amount": "1.00"}));
+    assert_eq!((r.status, r.code()), (400, "invalid_field".into()));
+    assert_eq!(s.get(&format!("/v1/transfers/{c}/r6")).status, 404);
+}
+
 /// On one node, money a client was told is committed can be spent at once: the Confirm that
 /// credits the destination is queued there before the client is answered, so the next
 /// transfer out of the destination finds it. Each hop here moves money the account did not

@@ -8,22 +8,23 @@
 //!
 //! A transfer across partitions is decided in two places: its home would debit the source
 //! into a hold, and its destination's Try would accept or refuse the credit. Its dry run
-//! here says so ([`DryRun::rests_on_credit`]); the caller then asks the destination's
-//! partition for a dry run of [`Command::TryCredit`], whose answer is the outcome the
-//! client would be told.
+//! here says so, naming the transfer the destination would be asked to credit
+//! ([`DryRun::credit`]: for a refund, whose amount may be decided here, the amount decided);
+//! the caller then asks the destination's partition for a dry run of
+//! [`Command::TryCredit`] of it, whose answer is the outcome the client would be told.
 
 use crate::ledger::{Command, Ledger, LedgerError, Reply};
-use crate::model::event::Event;
+use crate::model::event::{Event, Transfer};
 
 /// What a command would get from this partition now (see [`Ledger::dry_run`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DryRun {
     /// The answer the command would get here.
     pub result: Result<Reply, LedgerError>,
-    /// The command is a new transfer whose destination is another partition's: the source
-    /// would be debited into a hold here, and the transfer's outcome is what that
-    /// destination's Try would answer.
-    pub rests_on_credit: bool,
+    /// The command is a new transfer (or refund) whose destination is another partition's:
+    /// the source would be debited into a hold here for this transfer, and its outcome is
+    /// what that destination's Try of it would answer.
+    pub credit: Option<Transfer>,
 }
 
 impl Ledger {
@@ -32,13 +33,11 @@ impl Ledger {
     pub fn dry_run(&self, command: &Command) -> DryRun {
         let mut events = Vec::new();
         let result = self.decide(command, &mut events);
-        let rests_on_credit = events
-            .iter()
-            .any(|event| matches!(event, Event::DebitTried { .. }));
-        DryRun {
-            result,
-            rests_on_credit,
-        }
+        let credit = events.iter().find_map(|event| match event.effect() {
+            Event::DebitTried { transfer } => Some(transfer),
+            _ => None,
+        });
+        DryRun { result, credit }
     }
 }
 
@@ -117,9 +116,13 @@ mod tests {
             dry[0].result,
             Ok(Reply::Transfer(TransferStatus::Committed))
         );
-        assert!(!dry[0].rests_on_credit);
+        assert_eq!(dry[0].credit, None);
         assert_eq!(dry[1].result, Ok(Reply::Transfer(TransferStatus::Pending)));
-        assert!(dry[1].rests_on_credit, "the destination decides the rest");
+        assert_eq!(
+            dry[1].credit,
+            Some(transfer("t2", a, far, 2_500)),
+            "the destination decides the rest"
+        );
         assert_eq!(
             dry[2].result,
             Ok(Reply::Transfer(TransferStatus::Rejected(
@@ -137,7 +140,7 @@ mod tests {
             ledger.dry_run(&within),
             DryRun {
                 result: Ok(Reply::Transfer(TransferStatus::Committed)),
-                rests_on_credit: false,
+                credit: None,
             }
         );
         let other_body = Command::Transfer(transfer("t1", a, b, 1));
@@ -213,10 +216,11 @@ mod tests {
                 events.clear();
                 let real = ledger.execute(&command, i as u64 + 2, &mut events);
                 prop_assert_eq!(&real, &dry.result);
-                prop_assert_eq!(
-                    dry.rests_on_credit,
-                    events.iter().any(|e| matches!(e, Event::DebitTried { .. }))
-                );
+                let tried = events.iter().find_map(|e| match e {
+                    Event::DebitTried { transfer } => Some(*transfer),
+                    _ => None,
+                });
+                prop_assert_eq!(dry.credit, tried);
             }
         }
     }

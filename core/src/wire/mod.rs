@@ -78,7 +78,8 @@
 //! - query: 1 account (account), 2 transfer (key), 3 dry run (command), 4 refund of (key).
 //!   Answer: 1 account (option of currency, balance, held, incoming as `u64`), 2 transfer
 //!   (option of transfer, state, remote bool, accepted, decided and finished timestamps as
-//!   `u64`), 3 unreadable (a 0 byte), 4 dry run (rests-on-credit bool, command result),
+//!   `u64`), 3 unreadable (a 0 byte), 4 dry run (option of the
+//!   transfer whose credit it rests on, command result),
 //!   5 refund of (option of the original's transaction id). State: 1 trying, 2 confirming,
 //!   3 cancelling (reason), 4 committed, 5 cancelled (reason), 6 rejected (reason).
 //! - peer message: 1 request (from partition `u32`, phase, transfer), 2 response (phase, key,
@@ -1009,7 +1010,10 @@ fn put_answer(out: &mut Vec<u8>, answer: &QueryAnswer) {
         }
         QueryAnswer::DryRun(dry) => {
             out.push(4);
-            out.push(u8::from(dry.rests_on_credit));
+            out.push(u8::from(dry.credit.is_some()));
+            if let Some(credit) = &dry.credit {
+                put_transfer(out, credit);
+            }
             put_result(out, &dry.result);
         }
         QueryAnswer::RefundOf(original) => {
@@ -1029,9 +1033,9 @@ fn get_answer(cursor: &mut Cursor<'_>) -> Result<QueryAnswer, String> {
         1 => QueryAnswer::Account(present.then(|| get_account(cursor)).transpose()?),
         2 => QueryAnswer::Transfer(present.then(|| get_row(cursor)).transpose()?),
         3 if !present => QueryAnswer::Unreadable,
-        // For a dry run, the flag byte is `rests_on_credit`.
+        // For a dry run, the flag byte says whether the credit's transfer follows.
         4 => QueryAnswer::DryRun(DryRun {
-            rests_on_credit: present,
+            credit: present.then(|| cursor.transfer()).transpose()?,
             result: get_result(cursor)?,
         }),
         5 => QueryAnswer::RefundOf(present.then(|| cursor.transaction_id()).transpose()?),

@@ -210,12 +210,16 @@ fn every_answer(t: Transfer) -> Vec<QueryAnswer> {
     answers.push(QueryAnswer::RefundOf(Some(t.transaction_id)));
     let results =
         (every_reply().into_iter().map(Ok)).chain(every_ledger_error(t).into_iter().map(Err));
-    for (i, result) in results.enumerate() {
+    for result in results {
         answers.push(QueryAnswer::DryRun(DryRun {
             result,
-            rests_on_credit: i % 2 == 0,
+            credit: None,
         }));
     }
+    answers.push(QueryAnswer::DryRun(DryRun {
+        result: Ok(Reply::Transfer(TransferStatus::Pending)),
+        credit: Some(t),
+    }));
     answers
 }
 

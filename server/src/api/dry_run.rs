@@ -59,12 +59,18 @@ pub async fn command(api: &Api, command: Command) -> Result<CommandResult, ApiEr
 /// What `transfer` would get: the status the client of a real transfer that ran to its end
 /// would be told, or the refusal.
 pub async fn transfer(api: &Api, transfer: Transfer) -> Result<TransferStatus, ApiError> {
-    let home = ask(api, Command::Transfer(transfer)).await?;
+    started(api, Command::Transfer(transfer)).await
+}
+
+/// What a command that starts a transfer (a transfer, a refund) would get: its home's
+/// answer, and for one across partitions its destination's.
+pub async fn started(api: &Api, command: Command) -> Result<TransferStatus, ApiError> {
+    let home = ask(api, command).await?;
     let status = interpret(home.result)?;
-    if !home.rests_on_credit {
+    let Some(credit) = home.credit else {
         return Ok(status);
-    }
-    match ask(api, Command::TryCredit(transfer)).await?.result? {
+    };
+    match ask(api, Command::TryCredit(credit)).await?.result? {
         Reply::Phase(PhaseResult::Tried) => Ok(TransferStatus::Committed),
         // The home cancels a transfer whose Try the destination refused, with its reason.
         Reply::Phase(PhaseResult::TryFailed(reason)) => Ok(TransferStatus::Cancelled(reason)),

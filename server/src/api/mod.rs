@@ -19,6 +19,7 @@ pub mod layers;
 pub mod metrics;
 pub mod openapi;
 pub mod queries;
+pub mod refunds;
 pub mod transfers;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -300,6 +301,10 @@ pub fn router(api: Api) -> Router {
         .route(
             "/v1/transfers/{from_account}/{transaction_id}",
             get(transfers::status),
+        )
+        .route(
+            "/v1/transfers/{from_account}/{transaction_id}/refund",
+            post(refunds::refund),
         )
         .route_layer(layers::GuardLayer { api: api.clone() });
     // tower-http's request and response logs are at debug level: when nobody reads them,

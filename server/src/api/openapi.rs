@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use utoipa::OpenApi;
 
 use super::{
-    accounts, batch, cluster, events as feed, metrics, queries, transfers, Api, ApiOptions,
+    accounts, batch, cluster, events as feed, metrics, queries, refunds, transfers, Api, ApiOptions,
 };
 use crate::errors::ErrorBody;
 
@@ -47,6 +47,7 @@ use crate::errors::ErrorBody;
         transfers::transfer,
         batch::transfers,
         transfers::status,
+        refunds::refund,
         cluster::cluster,
         super::healthz,
         metrics::render,
@@ -61,6 +62,7 @@ use crate::errors::ErrorBody;
         queries::MovementView,
         transfers::TransferResponse,
         transfers::TransferStatusResponse,
+        refunds::RefundResponse,
         batch::BatchItemResult,
         batch::BatchResponse,
         cluster::ClusterResponse,

@@ -17,6 +17,7 @@ use walletd_core::ledger::{
     Command, LedgerError, Reply, TransferRow, TransferState, TransferStatus,
 };
 use walletd_core::model::event::{Reason, Transfer, TransferKey};
+use walletd_core::model::ids::TransactionId;
 use walletd_core::model::money::{format_minor, Amount};
 use walletd_runtime::driver::{CommandResult, Query, QueryAnswer};
 use walletd_runtime::engine::Unavailable;
@@ -133,17 +134,28 @@ pub async fn execute(
     transfer: Transfer,
     deadline: Instant,
 ) -> Result<TransferStatus, ApiError> {
+    execute_started(api, Command::Transfer(transfer), transfer.key(), deadline).await
+}
+
+/// [`execute`] of a command that starts the transfer `key`: a transfer, or a refund.
+pub async fn execute_started(
+    api: &Api,
+    command: Command,
+    key: TransferKey,
+    deadline: Instant,
+) -> Result<TransferStatus, ApiError> {
+    debug_assert_eq!(command.client_key(), Some(key));
     // With no time to wait at all, a transfer is answered once accepted (durably), so a
     // cross-partition one is reliably `pending` rather than whatever a race makes of it.
     let wait = !api.options().transfer_wait.is_zero();
-    let run = api.client().execute(Command::Transfer(transfer), wait);
+    let run = api.client().execute(command, wait);
     tokio::pin!(run);
     if let Ok(answer) = tokio::time::timeout_at(deadline, &mut run).await {
         return conclude(api, answer);
     }
     tokio::select! {
         answer = &mut run => conclude(api, answer),
-        accepted = durably_accepted(api, transfer.key()) => {
+        accepted = durably_accepted(api, key) => {
             if accepted? {
                 api.metrics().transfer(Outcome::of_status(TransferStatus::Pending));
                 return Ok(TransferStatus::Pending);
@@ -313,6 +325,9 @@ pub struct TransferStatusResponse {
     /// When the transfer became final (absent until then).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
+    /// For a refund: the transaction id of the transfer it refunds (from `to_account`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refund_of: Option<String>,
 }
 
 fn status_response(row: &TransferRow) -> TransferStatusResponse {
@@ -346,6 +361,7 @@ fn status_response(row: &TransferRow) -> TransferStatusResponse {
         accepted_at: rfc3339::format_us(row.accepted_at),
         decided_at: time(row.decided_at),
         finished_at: time(row.finished_at),
+        refund_of: None,
     }
 }
 
@@ -373,12 +389,27 @@ pub async fn status(
         .await
         .map_err(|e| api.unavailable(e))?;
     match answer {
-        QueryAnswer::Transfer(Some(row)) => Ok(axum::Json(status_response(&row))),
+        QueryAnswer::Transfer(Some(row)) => {
+            let mut response = status_response(&row);
+            response.refund_of = refund_of(&api, key).await?.map(|id| id.to_string());
+            Ok(axum::Json(response))
+        }
         QueryAnswer::Transfer(None) => Err(ApiError::transfer_not_found(&from, &id)),
         QueryAnswer::Unreadable => Err(unreadable()),
         QueryAnswer::Account(_) | QueryAnswer::DryRun(_) | QueryAnswer::RefundOf(_) => {
             Err(ApiError::internal("unexpected query answer"))
         }
+    }
+}
+
+/// The transfer that the transfer `key` refunds, if it is a refund (asked of its home).
+async fn refund_of(api: &Api, key: TransferKey) -> Result<Option<TransactionId>, ApiError> {
+    let partition = api.client().partition_of(&key.from);
+    let answer = (api.client().query(partition, Query::RefundOf(key)).await)
+        .map_err(|e| api.unavailable(e))?;
+    match answer {
+        QueryAnswer::RefundOf(original) => Ok(original),
+        _ => Err(ApiError::internal("unexpected query answer")),
     }
 }
 

@@ -45,6 +45,7 @@ pub fn schemas(options: &ApiOptions) -> Vec<(String, Value)> {
         "TransferRequest".into(),
         money_request(&["from_account", "to_account", "transaction_id"]),
     ));
+    schemas.push(("RefundRequest".into(), refund_request()));
     schemas.push((
         "BatchRequest".into(),
         batch_request(options.batch_items_max),
@@ -176,6 +177,26 @@ fn open_account_request() -> Value {
     })
 }
 
+/// A refund: its id and, optionally, an amount in the original's currency, whose grammar
+/// the body cannot know: any amount of the most fraction digits a currency has, which the
+/// original's currency then checks (`400 invalid_amount` past its digits).
+fn refund_request() -> Value {
+    let most = *currencies_by_digits().keys().last().expect("currencies");
+    json!({
+        "type": "object",
+        "required": ["refund_id"],
+        "properties": {
+            "refund_id": schema_ref("TransactionId"),
+            "amount": {
+                "$ref": format!("#/components/schemas/{}", amount_name(most)),
+                "description": "In the refunded transfer's currency, with at most its fraction \
+                    digits; absent: all that is left to refund.",
+            },
+        },
+        "description": "Refunds a committed transfer. Other fields are ignored.",
+    })
+}
+
 /// A body with an amount and a currency besides the `ids` fields (each an account id, or the
 /// transaction id): one branch per number of fraction digits.
 fn money_request(ids: &[&str]) -> Value {
@@ -294,6 +315,18 @@ pub fn parameters(
         ("get", "/v1/transfers/{from_account}/{transaction_id}") => vec![
             account("from_account", "The transfer's source account"),
             path_parameter("transaction_id", "TransactionId", "The transfer's id"),
+        ],
+        ("post", "/v1/transfers/{from_account}/{transaction_id}/refund") => vec![
+            account(
+                "from_account",
+                "The source account of the transfer to refund",
+            ),
+            path_parameter(
+                "transaction_id",
+                "TransactionId",
+                "The id of the transfer to refund",
+            ),
+            dry_run_parameter(),
         ],
         _ => return None,
     })

@@ -102,6 +102,27 @@ fn own_errors(method: &str, path: &str) -> Vec<(u16, &'static [&'static str])> {
             LOG[0],
             LOG[1],
         ],
+        ("post", "/v1/transfers/{from_account}/{transaction_id}/refund") => vec![
+            ACCOUNT_PATH,
+            (
+                400,
+                &["invalid_transaction_id", "invalid_amount", "invalid_query"],
+            ),
+            (404, &["transfer_not_found"]),
+            (404, NO_ROUTE),
+            (409, &["transaction_conflict", "transfer_not_refundable"]),
+            (
+                422,
+                &[
+                    "refund_exceeds_original",
+                    "insufficient_funds",
+                    "balance_limit",
+                ],
+            ),
+            (503, &["timeout"]),
+            ENGINE,
+            STORED,
+        ],
         ("get", "/v1/transfers/{from_account}/{transaction_id}") => vec![
             ACCOUNT_PATH,
             (400, &["invalid_transaction_id"]),
