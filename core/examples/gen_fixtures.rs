@@ -13,7 +13,7 @@
 use std::path::Path;
 
 use walletd_core::ledger::{
-    Command, Ledger, LedgerError, PhaseResult, RecordMeta, Reply, TransferStatus,
+    Command, Ledger, LedgerError, PhaseResult, RecordMeta, Refund, Reply, TransferStatus,
 };
 use walletd_core::log::codec::{encode_record, Record};
 use walletd_core::model::event::{Decision, Reason, Timestamp, Transfer};
@@ -37,7 +37,7 @@ pub struct Fixture {
 
 /// Every fixture, in a fixed order.
 pub fn fixtures() -> Vec<Fixture> {
-    vec![plain_day(), tcc_cancels(), torn_tail()]
+    vec![plain_day(), tcc_cancels(), torn_tail(), refunds()]
 }
 
 fn main() {
@@ -161,6 +161,31 @@ impl Log {
         match self.run(command) {
             Ok(Reply::Phase(result)) => result,
             other => panic!("{command:?} gave {other:?}"),
+        }
+    }
+
+    /// A client refund of the transfer `original` from `source`, taken from `from` (the
+    /// original's destination, local); returns what the client is told.
+    fn refund(
+        &mut self,
+        refund_id: &str,
+        (source, original): (&str, &str),
+        from: &str,
+        amount: Option<&str>,
+    ) -> TransferStatus {
+        let currency = self.currency_of(from);
+        let refund = Refund {
+            refund_id: txn(refund_id),
+            original: walletd_core::model::event::TransferKey {
+                from: id(source),
+                transaction_id: txn(original),
+            },
+            from: self.local(from),
+            amount: amount.map(|a| Amount::parse(a, currency).unwrap()),
+        };
+        match self.run(Command::Refund(refund)) {
+            Ok(Reply::Transfer(status)) => status,
+            other => panic!("refund {refund_id} gave {other:?}"),
         }
     }
 
@@ -442,3 +467,44 @@ fn torn_tail() -> Fixture {
 /// Bytes of the record cut short at the end of `torn_tail.log`: the 8-byte header and the
 /// first 5 bytes of the body.
 pub const TORN_TAIL_PARTIAL_LEN: usize = 13;
+
+/// Partition 7 of 8 (alice, dave, judy): refunds. A transfer within the partition refunded in
+/// part, then refused for asking more than is left, then refunded of all that is left, and a
+/// refund when nothing is; a retried refund logs nothing. A credit from carol (partition 2)
+/// refunded back across partitions: one refund cancelled by its destination (and so no longer
+/// counted), then all of it refunded and committed, and one refund left in flight.
+fn refunds() -> Fixture {
+    let mut log = Log::new(7, 8);
+    log.open("alice", Currency::USD);
+    log.open("dave", Currency::USD);
+    log.open("judy", Currency::USD);
+    log.deposit("alice", "500.00", "dep-1");
+    let committed = TransferStatus::Committed;
+    let exceeds = TransferStatus::Rejected(Reason::RefundExceedsOriginal);
+    assert_eq!(log.transfer("t-1", "alice", "dave", "100.00"), committed);
+    let t1 = ("alice", "t-1");
+    assert_eq!(log.refund("r-1", t1, "dave", Some("30.00")), committed);
+    assert_eq!(log.refund("r-1", t1, "dave", Some("30.00")), committed);
+    assert_eq!(log.refund("r-2", t1, "dave", Some("80.00")), exceeds);
+    assert_eq!(log.refund("r-3", t1, "dave", None), committed);
+    assert_eq!(log.refund("r-4", t1, "dave", None), exceeds);
+    // carol pays judy from partition 2; judy refunds across partitions.
+    let from_carol = transfer("in-1", "carol", "judy", "60.00", Currency::USD);
+    assert_eq!(
+        log.phase(Command::TryCredit(from_carol)),
+        PhaseResult::Tried
+    );
+    let confirmed = log.phase(Command::ConfirmCredit(from_carol));
+    assert_eq!(confirmed, PhaseResult::Confirmed);
+    let in1 = ("carol", "in-1");
+    let pending = TransferStatus::Pending;
+    assert_eq!(log.refund("r-5", in1, "judy", Some("25.00")), pending);
+    let r5 = transfer("r-5", "judy", "carol", "25.00", Currency::USD);
+    log.decide(&r5, Decision::Cancel(Reason::DestinationBalanceLimit));
+    log.finish(&r5);
+    assert_eq!(log.refund("r-6", in1, "judy", Some("50.00")), pending);
+    let key = transfer("r-6", "judy", "carol", "50.00", Currency::USD).key();
+    assert_eq!(log.run(Command::CommitDebit { key }), Ok(Reply::Done));
+    assert_eq!(log.refund("r-7", in1, "judy", None), pending);
+    log.into_fixture("refunds.log")
+}
