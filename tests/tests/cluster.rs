@@ -326,6 +326,32 @@ fn transfers_cross_nodes_through_any_node_and_wait_for_a_node_that_is_down() {
         );
     }
     assert_eq!(get(via(0), &format!("/v1/transfers/{b}/dry")).status, 404);
+    // A refund across nodes, asked of a node that owns neither account: the original is read
+    // at its home (node 0, a's), the refund decided at b's node (1) and paid back to a.
+    let refund = |cents: u64, id: &str| {
+        let body =
+            json!({"refund_id": id, "amount": format!("{}.{:02}", cents / 100, cents % 100)});
+        post(via(2), &format!("/v1/transfers/{a}/t1/refund"), &body).unwrap()
+    };
+    let r = refund(400, "r1");
+    let status = match (r.status, r.json()["status"].as_str()) {
+        (200, Some(status)) => status.to_string(),
+        (202, Some("pending")) => final_status(via(2), &b, "r1"),
+        other => panic!("unexpected answer {other:?}: {}", r.text()),
+    };
+    assert_eq!(status, "committed");
+    let r = refund(601, "r2");
+    assert_eq!(
+        (r.status, r.code()),
+        (422, "refund_exceeds_original".into()),
+        "{}",
+        r.text()
+    );
+    let r = get(via(0), &format!("/v1/transfers/{b}/r1"));
+    assert_eq!(r.json()["refund_of"], "t1", "{}", r.text());
+    for id in 0..NODES {
+        assert_eq!(settled_balance(via(id), &a), (9_500, 0, 0), "via node {id}");
+    }
     // Node 1 (owner of b) stops: its accounts are unavailable, transfers to them wait.
     cluster.terminate(1);
     let r = post(
@@ -347,14 +373,14 @@ fn transfers_cross_nodes_through_any_node_and_wait_for_a_node_that_is_down() {
         "{}",
         r.text()
     );
-    assert_eq!(balance(via(0), &a), (8_400, 700, 0));
+    assert_eq!(balance(via(0), &a), (8_800, 700, 0));
     cluster.restart(1);
     assert_eq!(final_status(via(1), &a, "t4"), "committed");
     let settled = wait_until(Duration::from_secs(10), || {
-        balance(via(0), &a) == (8_400, 0, 0)
+        balance(via(0), &a) == (8_800, 0, 0)
     });
     assert!(settled, "the hold of t4 was not released");
-    assert_eq!(balance(via(2), &b), (11_200, 0, 0));
+    assert_eq!(balance(via(2), &b), (10_800, 0, 0));
     cluster.stop_and_verify();
 }
 
