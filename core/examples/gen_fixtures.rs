@@ -180,7 +180,7 @@ impl Log {
                 from: id(source),
                 transaction_id: txn(original),
             },
-            from: self.local(from),
+            partition: partition_of(&self.local(from), self.ledger.partitions()),
             amount: amount.map(|a| Amount::parse(a, currency).unwrap()),
         };
         match self.run(Command::Refund(refund)) {

@@ -24,9 +24,8 @@ use madsim::runtime::NodeHandle;
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 use walletd_core::ledger::Command;
-use walletd_core::model::partition::{partition_of, PartitionId};
+use walletd_core::model::partition::PartitionId;
 use walletd_runtime::driver::{CommandResult, Query, QueryAnswer};
-use walletd_runtime::engine::command_account;
 
 use crate::rng::SharedRng;
 use crate::trace::Trace;
@@ -92,7 +91,7 @@ impl Request {
     /// The partition that executes or answers the request.
     pub fn partition(&self, partitions: u32) -> PartitionId {
         match self {
-            Request::Command { command, .. } => partition_of(command_account(command), partitions),
+            Request::Command { command, .. } => command.partition(partitions),
             Request::Query { partition, .. } => *partition,
         }
     }

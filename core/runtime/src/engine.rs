@@ -43,11 +43,6 @@ impl Default for EngineConfig {
 #[error("partition {0} is unavailable")]
 pub struct Unavailable(pub PartitionId);
 
-/// The account whose partition executes `command`.
-pub fn command_account(command: &Command) -> &AccountId {
-    command.account()
-}
-
 /// Routes commands and queries to partition inboxes. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -99,7 +94,7 @@ impl Client {
         command: Command,
         wait: bool,
     ) -> Result<CommandResult, Unavailable> {
-        let partition = self.partition_of(command_account(&command));
+        let partition = command.partition(self.partitions);
         let (reply, answer) = oneshot::channel();
         self.send(
             partition,
@@ -147,7 +142,7 @@ impl Client {
         // Commands for other nodes go one by one.
         let mut singles = Vec::new();
         for (position, command) in commands.iter().enumerate() {
-            let partition = self.partition_of(command_account(command));
+            let partition = command.partition(self.partitions);
             if self.local[partition as usize] {
                 picks.entry(partition).or_default().push(position as u32);
             } else {

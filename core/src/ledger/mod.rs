@@ -319,23 +319,32 @@ pub enum Command {
 }
 
 impl Command {
-    /// The key of the transfer a client's transfer or refund starts.
-    pub fn client_key(&self) -> Option<TransferKey> {
+    /// The key of the transfer a client's transfer starts (a refund's is found by the
+    /// partition that decides it: [`Ledger::refund_key`]).
+    pub fn transfer_key(&self) -> Option<TransferKey> {
         match self {
             Command::Transfer(transfer) => Some(transfer.key()),
-            Command::Refund(refund) => Some(refund.key()),
             _ => None,
         }
     }
 
-    /// The account whose partition executes this command.
-    pub fn account(&self) -> &AccountId {
+    /// The partition (of `partitions`) that executes this command.
+    pub fn partition(&self, partitions: u32) -> PartitionId {
+        match self {
+            Command::Refund(refund) => refund.partition,
+            command => partition_of(command.account(), partitions),
+        }
+    }
+
+    /// The account whose partition executes this command; for a refund, which names its
+    /// partition instead ([`Refund`]), the refunded transfer's source.
+    fn account(&self) -> &AccountId {
         match self {
             Command::OpenAccount { account, .. }
             | Command::Deposit { account, .. }
             | Command::Withdraw { account, .. } => account,
             Command::Transfer(transfer) | Command::Abandon(transfer) => &transfer.from,
-            Command::Refund(refund) => &refund.from,
+            Command::Refund(refund) => &refund.original.from,
             Command::Decide { key, .. }
             | Command::FinishDebit { key }
             | Command::CommitDebit { key } => &key.from,

@@ -253,11 +253,12 @@ impl RowStore {
 }
 
 /// A row found by its key: in memory at a position, or read back from disk whole.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Found {
     Hot(usize),
-    /// A row on disk only; always final.
-    Cold(TransferRow),
+    /// A row on disk only; always final. Boxed: a whole row is 240 bytes, and every lookup
+    /// returns a `Found` by value, a retry of an old transfer being the rare case.
+    Cold(Box<TransferRow>),
 }
 
 /// See the module documentation.
@@ -376,7 +377,9 @@ impl TransferTable {
         if let Some(at) = hot {
             return Ok(Some(Found::Hot(at)));
         }
-        Ok(self.cold_row(key, disk)?.map(Found::Cold))
+        Ok(self
+            .cold_row(key, disk)?
+            .map(|row| Found::Cold(Box::new(row))))
     }
 
     /// The row of `key`, whose on-disk hash is `disk`, if it is on disk only.
@@ -402,7 +405,7 @@ impl TransferTable {
     pub(crate) fn get(&self, key: &TransferKey) -> Result<Option<TransferRow>, ColdError> {
         Ok(match self.lookup(key)? {
             Some(Found::Hot(at)) => Some(self.row(at)),
-            Some(Found::Cold(row)) => Some(row),
+            Some(Found::Cold(row)) => Some(*row),
             None => None,
         })
     }
@@ -869,9 +872,9 @@ mod tests {
         let chunks = 24;
         let (mut table, rows, _files, cold) = table_with_chunk_files(chunks);
         let all_found = |table: &TransferTable, cold_chunks: usize| {
-            rows[..cold_chunks * CHUNK_ROWS]
-                .iter()
-                .all(|row| table.lookup(&row.transfer.key()) == Ok(Some(Found::Cold(*row))))
+            rows[..cold_chunks * CHUNK_ROWS].iter().all(|row| {
+                table.lookup(&row.transfer.key()) == Ok(Some(Found::Cold(Box::new(*row))))
+            })
         };
         let mut out = None;
         let mut swaps = 0;
@@ -920,7 +923,7 @@ mod tests {
             let key = expected.transfer.key();
             let found = table.lookup(&key).unwrap();
             if at < 6 * CHUNK_ROWS {
-                assert_eq!(found, Some(Found::Cold(*expected)), "row {at}");
+                assert_eq!(found, Some(Found::Cold(Box::new(*expected))), "row {at}");
                 assert_eq!(table.find(&key), None);
             } else {
                 assert_eq!(found, Some(Found::Hot(at)), "row {at}");
@@ -964,7 +967,11 @@ mod tests {
             files.files.lock().unwrap().get_mut(&1).unwrap()[at] ^= 0x10;
             for row_at in [CHUNK_ROWS, CHUNK_ROWS + 17, 2 * CHUNK_ROWS - 1] {
                 match table.lookup(&key_of(row_at)) {
-                    Ok(found) => assert_eq!(found, Some(Found::Cold(rows[row_at])), "byte {at}"),
+                    Ok(found) => assert_eq!(
+                        found,
+                        Some(Found::Cold(Box::new(rows[row_at]))),
+                        "byte {at}"
+                    ),
                     Err(error) => assert!(error.0.contains("chunk file 1"), "{error}"),
                 }
             }
@@ -973,7 +980,10 @@ mod tests {
         // A missing file is an error too; other chunks still answer.
         files.files.lock().unwrap().remove(&2);
         assert!(table.lookup(&key_of(2 * CHUNK_ROWS + 5)).is_err());
-        assert_eq!(table.lookup(&key_of(5)), Ok(Some(Found::Cold(rows[5]))));
+        assert_eq!(
+            table.lookup(&key_of(5)),
+            Ok(Some(Found::Cold(Box::new(rows[5]))))
+        );
     }
 
     #[test]

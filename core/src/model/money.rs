@@ -6,6 +6,7 @@
 //! dot. Inside, an amount is a `u64` count of minor units, never a float.
 
 use std::fmt;
+use std::num::NonZeroU64;
 
 /// Largest amount a single operation may move, in minor units (10^15: ten trillion dollars in
 /// cents). Bounding single amounts keeps every sum of a bounded number of them far from `u64`
@@ -107,18 +108,21 @@ pub enum MoneyError {
 }
 
 /// A positive amount of money in minor units of some currency (the currency travels beside it).
+/// Never zero, which lets an `Option<Amount>` take no more room than an amount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Amount(u64);
+pub struct Amount(NonZeroU64);
 
 impl Amount {
     /// Wraps a count of minor units; `None` for zero or above [`AMOUNT_MINOR_MAX`].
     pub fn from_minor(minor: u64) -> Option<Amount> {
-        (minor > 0 && minor <= AMOUNT_MINOR_MAX).then_some(Amount(minor))
+        NonZeroU64::new(minor)
+            .filter(|_| minor <= AMOUNT_MINOR_MAX)
+            .map(Amount)
     }
 
     /// The count of minor units (always `1..=AMOUNT_MINOR_MAX`).
     pub fn minor(self) -> u64 {
-        self.0
+        self.0.get()
     }
 
     /// Parses a decimal string strictly for `currency`; see the module docs for the grammar.
@@ -174,12 +178,12 @@ impl Amount {
         if minor > AMOUNT_MINOR_MAX {
             return Err(too_large());
         }
-        Ok(Amount(minor))
+        Ok(Amount::from_minor(minor).expect("checked above"))
     }
 
     /// Formats with exactly the currency's number of fraction digits (`"12.30"`, `"500"`).
     pub fn format(self, currency: Currency) -> String {
-        format_minor(self.0, currency)
+        format_minor(self.minor(), currency)
     }
 }
 

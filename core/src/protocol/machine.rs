@@ -819,7 +819,10 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             ) if wait && self.waiter_count < self.config.waiters_max => {
                 // A waiter must be registered before the decision it waits for; should the
                 // decision already be applied, the client gets `Pending` and asks again.
-                let key = command.client_key()?;
+                let key = match command {
+                    Command::Refund(refund) => self.ledger.refund_key(refund)?,
+                    command => command.transfer_key()?,
+                };
                 // Just decided, so in memory: a row on disk is final anyway.
                 let row = self.ledger.find_transfer(&key).ok().flatten()?;
                 (row.state.status() == TransferStatus::Pending).then_some(key)

@@ -27,12 +27,12 @@ pub enum Query {
 }
 
 impl Query {
-    /// The account whose partition answers this query.
-    pub fn account(&self) -> &AccountId {
+    /// The partition (of `partitions`) that answers this query.
+    pub fn partition(&self, partitions: u32) -> PartitionId {
         match self {
-            Query::Account(account) => account,
-            Query::Transfer(key) | Query::RefundOf(key) => &key.from,
-            Query::DryRun(command) => command.account(),
+            Query::Account(account) => partition_of(account, partitions),
+            Query::Transfer(key) | Query::RefundOf(key) => partition_of(&key.from, partitions),
+            Query::DryRun(command) => command.partition(partitions),
         }
     }
 }

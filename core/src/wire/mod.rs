@@ -61,7 +61,7 @@
 //! - command: 1 open (account, currency), 2 deposit and 3 withdraw (account, amount, currency,
 //!   transaction id), 4 transfer (transfer), 5 decide (key, decision), 6 finish debit (key),
 //!   7 try, 8 confirm, 9 cancel, 10 abort credit (transfer), 11 abandon (transfer), 12 commit
-//!   debit (key), 13 refund (refund id, original key, from, option of amount). A decision is 1 confirm or 2 cancel and a
+//!   debit (key), 13 refund (refund id, original key, partition `u32`, option of amount). A decision is 1 confirm or 2 cancel and a
 //!   reason, as in the log.
 //! - command result: 0 ok and a reply, or 1 error and a ledger error.
 //! - reply: 1 opened (created bool), 2 balance (`u64`), 3 transfer (status), 4 phase (phase
@@ -125,9 +125,9 @@ const BODY_PREFIX_LEN: usize = 1 + 8 + 2;
 pub const FRAME_BODY_LEN_MIN: usize = BODY_PREFIX_LEN;
 /// Most messages in one frame. Bounds the work one frame asks of a receiver.
 pub const FRAME_MESSAGES_MAX: usize = 1024;
-/// Most bytes one encoded message other than `Peers` takes (the longest, a request carrying a
-/// refund, which names four ids, takes 280; see `message_lengths_are_bounded`).
-pub const MESSAGE_ENCODED_LEN_MAX: usize = 288;
+/// Most bytes one encoded message other than `Peers` takes (the longest, an answer carrying a
+/// transfer row, takes 243; see `message_lengths_are_bounded`).
+pub const MESSAGE_ENCODED_LEN_MAX: usize = 256;
 /// Fewest bytes one encoded message takes (`Refused`: a tag and a request id; a `Peers`
 /// message takes at least 10). Caps what a frame's message count can make the decoder
 /// preallocate.
@@ -682,7 +682,7 @@ fn put_command(out: &mut Vec<u8>, command: &Command) {
             out.push(13);
             refund.refund_id.encode_into(out);
             put_key(out, &refund.original);
-            refund.from.encode_into(out);
+            out.extend_from_slice(&refund.partition.to_le_bytes());
             match refund.amount {
                 None => out.push(0),
                 Some(amount) => {
@@ -732,7 +732,7 @@ fn get_command(cursor: &mut Cursor<'_>) -> Result<Command, String> {
         13 => Command::Refund(Refund {
             refund_id: cursor.transaction_id()?,
             original: cursor.key()?,
-            from: cursor.account()?,
+            partition: get_u32(cursor)?,
             amount: match get_bool(cursor)? {
                 false => None,
                 true => Some(cursor.amount()?),

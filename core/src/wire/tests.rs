@@ -83,13 +83,13 @@ fn every_command(t: Transfer) -> Vec<Command> {
                 from: t.to,
                 transaction_id: t.transaction_id,
             },
-            from: t.from,
+            partition: 4095,
             amount: Some(t.amount),
         }),
         Command::Refund(Refund {
             refund_id: t.transaction_id,
             original: key,
-            from: t.to,
+            partition: 0,
             amount: None,
         }),
     ];
@@ -454,7 +454,7 @@ fn message_lengths_are_bounded() {
             longest = longest.max(len);
         }
     }
-    assert_eq!(longest, 280, "update MESSAGE_ENCODED_LEN_MAX's docs");
+    assert_eq!(longest, 243, "update MESSAGE_ENCODED_LEN_MAX's docs");
     assert!(longest <= MESSAGE_ENCODED_LEN_MAX);
 }
 
@@ -730,7 +730,7 @@ fn bad_field_values_are_refused() {
     let mut bad_bool = body.clone();
     bad_bool[wait_at] = 2;
     let mut bad_command = body.clone();
-    bad_command[wait_at + 1] = 13;
+    bad_command[wait_at + 1] = 14;
     let mut bad_id = body.clone();
     bad_id[wait_at + 3] = b' ';
     let mut zero_amount = body.clone();

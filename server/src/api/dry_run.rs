@@ -38,7 +38,7 @@ pub struct WriteParams {
 /// The dry run of `command` at the partition that would execute it.
 async fn ask(api: &Api, command: Command) -> Result<DryRun, ApiError> {
     let client = api.client();
-    let partition = client.partition_of(command.account());
+    let partition = command.partition(client.partitions());
     let answer = (client.query(partition, Query::DryRun(command)).await)
         .map_err(|unavailable| api.unavailable(unavailable))?;
     match answer {

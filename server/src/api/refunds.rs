@@ -102,29 +102,34 @@ pub async fn refund(
     let amount = (body.amount.as_deref())
         .map(|text| Amount::parse(text, row.transfer.currency))
         .transpose()?;
+    let from = row.transfer.to;
     let refund = Refund {
         refund_id,
         original,
-        from: row.transfer.to,
+        partition: api.client().partition_of(&from),
         amount,
+    };
+    let key = TransferKey {
+        from,
+        transaction_id: refund_id,
     };
     let command = Command::Refund(refund);
     let status = if params.dry_run {
         dry_run::started(&api, command).await?
     } else {
         let deadline = Instant::now() + api.options().transfer_wait;
-        execute_started(&api, command, refund.key(), deadline).await?
+        execute_started(&api, command, key, deadline).await?
     };
     let view = status_view(status);
     let body = RefundResponse {
         transaction_id: refund_id.to_string(),
         refund_of: original.transaction_id.to_string(),
-        from_account: refund.from.to_string(),
+        from_account: from.to_string(),
         to_account: original.from.to_string(),
         status: view.status,
         code: view.reason.map(|(code, _)| code),
         message: view.reason.map(|(_, message)| message),
-        status_url: status_url(&refund.key()),
+        status_url: status_url(&key),
         dry_run: params.dry_run,
     };
     Ok((view.http, axum::Json(body)).into_response())

@@ -144,7 +144,6 @@ pub async fn execute_started(
     key: TransferKey,
     deadline: Instant,
 ) -> Result<TransferStatus, ApiError> {
-    debug_assert_eq!(command.client_key(), Some(key));
     // With no time to wait at all, a transfer is answered once accepted (durably), so a
     // cross-partition one is reliably `pending` rather than whatever a race makes of it.
     let wait = !api.options().transfer_wait.is_zero();

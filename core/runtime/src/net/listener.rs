@@ -11,9 +11,8 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::timeout;
 
 use crate::driver::{CommandResult, Input, QueryAnswer};
-use crate::engine::{command_account, Client};
+use crate::engine::Client;
 use crate::transport::{by_destination, PeerMessage};
-use walletd_core::model::partition::partition_of;
 use walletd_core::replica::RaftMessage;
 use walletd_core::wire::{FrameWriter, Message};
 
@@ -227,7 +226,7 @@ pub(super) async fn route(
         }
         Message::Request { id, wait, command } => {
             let (reply, answer) = oneshot::channel();
-            let partition = partition_of(command_account(&command), ctx.partitions);
+            let partition = command.partition(ctx.partitions);
             let input = Input::Command {
                 command,
                 wait,
@@ -237,7 +236,7 @@ pub(super) async fn route(
         }
         Message::QueryRequest { id, query } => {
             let (reply, answer) = oneshot::channel();
-            let partition = partition_of(query.account(), ctx.partitions);
+            let partition = query.partition(ctx.partitions);
             (
                 id,
                 partition,

@@ -5,15 +5,18 @@ use crate::ledger::{Command, CreditState, LedgerError, Refund, TransferState, Tr
 use crate::model::event::{Event, Reason, TransferKey};
 use crate::model::ids::AccountId;
 use crate::model::money::Currency::USD;
+use crate::model::partition::partition_of;
 
-use super::ledger::{destination, given, home, world};
+use super::ledger::{destination, given, home, world, PARTITIONS};
 use super::support::{amt, key, transfer, txn};
 
+/// A refund taken from `from` (the original's destination), which the command names by its
+/// partition.
 fn refund(from: AccountId, original: TransferKey, id: &str, minor: Option<u64>) -> Command {
     Command::Refund(Refund {
         refund_id: txn(id),
         original,
-        from,
+        partition: partition_of(&from, PARTITIONS),
         amount: minor.map(amt),
     })
 }
@@ -108,17 +111,17 @@ fn only_a_committed_transfer_into_the_refunds_source_can_be_refunded() {
     });
     let not_refundable = |k: TransferKey| LedgerError::NotRefundable(k);
     given(0, &events)
-        // Never made, refused, still in flight, or not into the refund's source.
+        // Never made, refused, or still in flight.
         .when(refund(w.b, key(w.a, "nothing"), "r1", None))
         .then_error(not_refundable(key(w.a, "nothing")))
         .when(refund(w.a, key(w.b, "poor"), "r2", None))
         .then_error(not_refundable(key(w.b, "poor")))
-        .when(refund(w.a, key(w.a, "t1"), "r3", None))
-        .then_error(not_refundable(key(w.a, "t1")))
-        // The refund's source must be on this partition; the original's own row is here.
+        // Its money went to another partition: the refund is decided there, not here.
+        .when(refund(w.a, key(w.a, "away"), "r4", None))
+        .then_error(not_refundable(key(w.a, "away")))
         .when(refund(w.c, key(w.a, "away"), "r4", None))
         .then_error(LedgerError::WrongPartition {
-            account: w.c,
+            account: w.a,
             owner: 1,
             here: 0,
         })
