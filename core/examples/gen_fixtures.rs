@@ -158,7 +158,7 @@ impl Log {
 
     /// A phase message from another partition, answered by this one.
     fn phase(&mut self, command: Command) -> PhaseResult {
-        match self.run(command) {
+        match self.run(command.clone()) {
             Ok(Reply::Phase(result)) => result,
             other => panic!("{command:?} gave {other:?}"),
         }

@@ -157,7 +157,7 @@ impl<'a> Episode<'a> {
 
     /// Runs `command` as a new op until it is settled; its settled reply, if any.
     async fn settle(&mut self, command: Command, expect: Expect) -> (usize, Option<Reply>) {
-        let op = self.history.start(self.client, command, expect);
+        let op = self.history.start(self.client, &command, expect);
         let reply = self.finish(op, command).await;
         (op, reply)
     }
@@ -167,7 +167,7 @@ impl<'a> Episode<'a> {
     async fn finish(&mut self, op: usize, command: Command) -> Option<Reply> {
         let (requester, history) = (self.requester, self.history);
         requester
-            .execute(history, op, command, self.attempts_max, self.rng)
+            .execute(history, op, &command, self.attempts_max, self.rng)
             .await
             .and_then(Result::ok)
     }
@@ -186,14 +186,14 @@ impl<'a> Episode<'a> {
             account: self.account,
             currency: CURRENCY,
         };
-        let open_op = self.history.start(self.client, open, Expect::Valid);
+        let open_op = self.history.start(self.client, &open, Expect::Valid);
         let funds = self.rng.gen_range(2..=FUND_MINOR_MAX);
         let first = self.deposit(funds);
-        let raced_op = self.history.start(self.client, first, Expect::Valid);
+        let raced_op = self.history.start(self.client, &first, Expect::Valid);
         let (requester, history, attempts) = (self.requester, self.history, self.attempts_max);
         let (opened, raced) = tokio::join!(
-            requester.execute(history, open_op, open, attempts, self.rng),
-            requester.attempt(first, false),
+            requester.execute(history, open_op, &open, attempts, self.rng),
+            requester.attempt(&first, false),
         );
         let raced_answer = answer(&raced);
         self.history.attempt(raced_op, raced);
@@ -255,13 +255,13 @@ impl<'a> Episode<'a> {
         let to = self.destination();
         let amount = self.rng.gen_range(1..=balance);
         let command = self.transfer(to, amount);
-        let op = self.history.start(self.client, command, Expect::Accepted);
+        let op = self.history.start(self.client, &command, Expect::Accepted);
         let delay = Duration::from_micros(self.rng.gen_range(0..=RACE_US_MAX));
         let as_group = self.rng.gen_bool(0.5);
         let requester = self.requester;
-        let (first, second) = tokio::join!(requester.attempt(command, as_group), async {
+        let (first, second) = tokio::join!(requester.attempt(&command, as_group), async {
             tokio::time::sleep(delay).await;
-            requester.attempt(command, !as_group).await
+            requester.attempt(&command, !as_group).await
         });
         let in_flight = second.sent_us < first.done_us;
         let answers = [answer(&first), answer(&second)];
@@ -292,15 +292,15 @@ impl<'a> Episode<'a> {
         let deposit = self.deposit(minor);
         let op = self
             .history
-            .start(self.client, deposit, Expect::Exactly(after));
+            .start(self.client, &deposit, Expect::Exactly(after));
         let delay = Duration::from_micros(self.rng.gen_range(0..=RACE_US_MAX / 2));
         let (requester, account) = (self.requester, self.account);
         let partition = partition_of(&account, requester.partitions);
         let (written, (sent_us, read, done_us)) =
-            tokio::join!(requester.attempt(deposit, false), async {
+            tokio::join!(requester.attempt(&deposit, false), async {
                 tokio::time::sleep(delay).await;
                 let sent_us = wall_clock_us();
-                let read = requester.query(partition, Query::Account(account)).await;
+                let read = requester.query(partition, &Query::Account(account)).await;
                 (sent_us, read, wall_clock_us())
             });
         let wrote = answer(&written) == Some(Ok(after));
@@ -344,20 +344,20 @@ impl<'a> Episode<'a> {
             .collect();
         let ops: Vec<usize> = commands
             .iter()
-            .map(|c| self.history.start(self.client, *c, Expect::Valid))
+            .map(|c| self.history.start(self.client, c, Expect::Valid))
             .collect();
         let requester = self.requester;
         let (a, b, c) = tokio::join!(
-            requester.attempt(commands[0], false),
-            requester.attempt(commands[1], true),
-            requester.attempt(commands[2], false),
+            requester.attempt(&commands[0], false),
+            requester.attempt(&commands[1], true),
+            requester.attempt(&commands[2], false),
         );
         for (op, attempt) in ops.iter().zip([a, b, c]) {
             self.history.attempt(*op, attempt);
         }
         for (op, command) in ops.iter().zip(&commands) {
             if !self.saw(*op, |r| *r != Ok(Reply::Transfer(TransferStatus::Pending))) {
-                self.finish(*op, *command).await;
+                self.finish(*op, command.clone()).await;
             }
         }
         self.judge_drain(&ops, amount, balance);

@@ -173,11 +173,11 @@ pub type History = Shared<HistoryState>;
 
 impl History {
     /// Records a new op; returns its index.
-    pub fn start(&self, client: u32, command: Command, expect: Expect) -> usize {
+    pub fn start(&self, client: u32, command: &Command, expect: Expect) -> usize {
         let mut state = self.lock();
         state.ops.push(Op {
             client,
-            command,
+            command: command.clone(),
             expect,
             attempts: Vec::new(),
         });

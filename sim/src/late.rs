@@ -31,15 +31,15 @@ pub async fn retry_first_transfers(
         .ops
         .iter()
         .filter(|op| matches!(op.command, Command::Transfer(_)) && op.expect == Expect::Valid)
-        .filter_map(|op| Some((op.command, op.settled()?.clone())))
+        .filter_map(|op| Some((op.command.clone(), op.settled()?.clone())))
         .filter(|(_, answer)| answer.as_ref().err().is_none_or(settles))
         .take(LATE_RETRIES_MAX)
         .collect();
     let mut rng = stream(seed, Purpose::Client(client));
     for (command, answer) in first {
-        let op = history.start(client, command, Expect::Same(answer));
+        let op = history.start(client, &command, Expect::Same(answer));
         requester
-            .execute(history, op, command, attempts_max, &mut rng)
+            .execute(history, op, &command, attempts_max, &mut rng)
             .await;
     }
 }

@@ -72,7 +72,7 @@ pub struct Isolated {
 }
 
 /// What a client asks a gateway: what an HTTP handler of `wallet node` would run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Request {
     /// One command; with `group`, as a batch of one (`Client::execute_many`, the path of
     /// the batch endpoint).

@@ -103,14 +103,14 @@ fn vouched(state: &FinalState<'_>) -> BTreeMap<AccountId, Vec<Vouched>> {
                 by_account.entry(account).or_default().push(entry);
             }
         };
-        match (op.command, result) {
+        match (&op.command, result) {
             (Command::OpenAccount { account, .. }, Ok(_)) => {
-                let model = &state.finals[partition(&account)].model;
+                let model = &state.finals[partition(account)].model;
                 let opened = model
                     .accounts
-                    .get(&account)
+                    .get(account)
                     .and_then(|a| a.versions.first());
-                vouch(account, opened.map(|v| v.lsn));
+                vouch(*account, opened.map(|v| v.lsn));
             }
             (Command::Deposit { .. } | Command::Withdraw { .. }, _) => {
                 let Some(key) = op.cash_movement() else {

@@ -502,7 +502,7 @@ async fn read_live(
         let requester = requester.clone();
         node.spawn(async move {
             for _ in 0..LIVE_READ_ATTEMPTS {
-                if let Some(answer) = requester.query(partition, query).await {
+                if let Some(answer) = requester.query(partition, &query).await {
                     return Some(answer);
                 }
             }

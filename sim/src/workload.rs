@@ -86,11 +86,11 @@ pub struct Requester {
 impl Requester {
     /// One attempt of `command` (transfers wait for their outcome), sent as a single command
     /// or, with `as_group`, as a batch of one (the path of the batch endpoint).
-    pub async fn attempt(&self, command: Command, as_group: bool) -> Attempt {
+    pub async fn attempt(&self, command: &Command, as_group: bool) -> Attempt {
         let sent_us = wall_clock_us();
         let (reply, answer) = oneshot::channel();
         let request = Request::Command {
-            command,
+            command: command.clone(),
             wait: true,
             group: as_group,
         };
@@ -109,9 +109,12 @@ impl Requester {
     }
 
     /// One attempt of a query; `None` if it got no answer.
-    pub async fn query(&self, partition: PartitionId, query: Query) -> Option<QueryAnswer> {
+    pub async fn query(&self, partition: PartitionId, query: &Query) -> Option<QueryAnswer> {
         let (reply, answer) = oneshot::channel();
-        let request = Request::Query { partition, query };
+        let request = Request::Query {
+            partition,
+            query: query.clone(),
+        };
         self.net.request(self.host, self.route, request, reply);
         match tokio::time::timeout(self.timeout, answer).await {
             Ok(Ok(Answer::Query(answer))) => Some(answer),
@@ -125,7 +128,7 @@ impl Requester {
         &self,
         history: &History,
         op: usize,
-        command: Command,
+        command: &Command,
         attempts_max: u32,
         rng: &mut ChaCha8Rng,
     ) -> Option<CommandResult> {
@@ -159,9 +162,9 @@ pub async fn setup(
             account: spec.id,
             currency: spec.currency,
         };
-        let op = history.start(u32::MAX, open, Expect::Valid);
+        let op = history.start(u32::MAX, &open, Expect::Valid);
         let opened = requester
-            .execute(history, op, open, SETUP_ATTEMPTS_MAX, rng)
+            .execute(history, op, &open, SETUP_ATTEMPTS_MAX, rng)
             .await;
         assert!(
             opened.is_some_and(|result| result.is_ok()),
@@ -178,9 +181,9 @@ pub async fn setup(
             currency: spec.currency,
             transaction_id: TransactionId::new("setup").expect("valid id"),
         };
-        let op = history.start(u32::MAX, deposit, Expect::Valid);
+        let op = history.start(u32::MAX, &deposit, Expect::Valid);
         let funded = requester
-            .execute(history, op, deposit, SETUP_ATTEMPTS_MAX, rng)
+            .execute(history, op, &deposit, SETUP_ATTEMPTS_MAX, rng)
             .await;
         assert!(
             funded.is_some_and(|result| result.is_ok()),
@@ -357,10 +360,16 @@ impl Client {
             _ => self.invalid(),
         };
         let valid = expect == Expect::Valid;
-        let op = self.history.start(self.index, command, expect);
+        let op = self.history.start(self.index, &command, expect);
         let reply = self
             .requester
-            .execute(&self.history, op, command, self.attempts_max, &mut self.rng)
+            .execute(
+                &self.history,
+                op,
+                &command,
+                self.attempts_max,
+                &mut self.rng,
+            )
             .await;
         let settled = reply.filter(|result| match result {
             Ok(_) => true,
@@ -535,7 +544,7 @@ impl Client {
             currency: spec.currency,
             transaction_id: self.fresh_id(),
         };
-        let op = self.history.start(self.index, deposit, Expect::Valid);
+        let op = self.history.start(self.index, &deposit, Expect::Valid);
         let through_other = Requester {
             route: Route::Node(other),
             timeout: PROBE_ATTEMPT_TIMEOUT,
@@ -548,7 +557,7 @@ impl Client {
             if still.is_none_or(|now| now.node != isolated) {
                 break;
             }
-            let attempt = through_other.attempt(deposit, false).await;
+            let attempt = through_other.attempt(&deposit, false).await;
             let outcome = attempt.outcome.clone();
             self.history.attempt(op, attempt);
             match outcome {
@@ -581,7 +590,7 @@ impl Client {
     async fn read_through(&mut self, requester: &Requester, spec: AccountSpec) -> bool {
         let partition = partition_of(&spec.id, requester.partitions);
         let sent_us = wall_clock_us();
-        if let Some(answer) = requester.query(partition, Query::Account(spec.id)).await {
+        if let Some(answer) = requester.query(partition, &Query::Account(spec.id)).await {
             self.history.read(BalanceRead {
                 client: self.index,
                 account: spec.id,

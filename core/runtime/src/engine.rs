@@ -153,7 +153,7 @@ impl Client {
         for (position, partition) in singles {
             let (reply, answer) = oneshot::channel();
             let input = Input::Command {
-                command: commands[position],
+                command: commands[position].clone(),
                 wait,
                 reply,
             };

@@ -111,7 +111,7 @@ mod tests {
         let within = Command::Transfer(transfer("t1", a, b, 2_500));
         let across = Command::Transfer(transfer("t2", a, far, 2_500));
         let too_much = Command::Transfer(transfer("t3", a, b, 10_001));
-        let dry = [within, across, too_much].map(|c| ledger.dry_run(&c));
+        let dry = [&within, &across, &too_much].map(|c| ledger.dry_run(c));
         assert_eq!(
             dry[0].result,
             Ok(Reply::Transfer(TransferStatus::Committed))
@@ -132,7 +132,7 @@ mod tests {
         // Nothing changed: not a byte of the state, and every id is still free.
         assert_eq!(crate::log::snapshot::encode_snapshot(&ledger), before);
         let mut events = Vec::new();
-        for (command, dry) in [within, across, too_much].iter().zip(&dry) {
+        for (command, dry) in [&within, &across, &too_much].into_iter().zip(&dry) {
             assert_eq!(ledger.execute(command, 2, &mut events), dry.result);
         }
         // Once recorded, a dry run of the same id answers as a retry would.

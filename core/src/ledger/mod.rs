@@ -263,7 +263,10 @@ pub struct Flows {
 }
 
 /// Something a partition is asked to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Not `Copy`: commands move by value through inboxes and links, and a rare command whose
+/// body would make every command larger (a transfer's is 208 bytes) keeps it boxed.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     OpenAccount {
         account: AccountId,

@@ -547,7 +547,7 @@ pub(crate) mod tests {
         }
 
         pub(crate) fn phase(&mut self, command: Command) -> PhaseResult {
-            match self.run(command) {
+            match self.run(command.clone()) {
                 Ok(Reply::Phase(result)) => result,
                 other => panic!("{command:?} gave {other:?}"),
             }

@@ -13,7 +13,7 @@ use crate::model::partition::{partition_of, PartitionId};
 use crate::protocol::coordinator::{PhaseRequest, PhaseResponse};
 
 /// A read-only question to a partition, answered after everything before it is durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Query {
     Account(AccountId),
     Transfer(TransferKey),

@@ -329,7 +329,7 @@ fn every_command_round_trips_in_a_request() {
             round_trip(&[Message::Request {
                 id: 42,
                 wait,
-                command,
+                command: command.clone(),
             }]);
         }
     }
@@ -798,7 +798,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
             } else {
                 Decision::Cancel(reason)
             };
-            match every_command(t)[pick] {
+            match every_command(t).swap_remove(pick) {
                 Command::Decide { key, .. } => Command::Decide { key, decision },
                 other => other,
             }

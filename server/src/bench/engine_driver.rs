@@ -100,7 +100,7 @@ async fn execute_all(
                     chunk.extend(commands(index));
                     index += SETUP_TASKS;
                 }
-                for answer in client.execute_many(chunk.iter().copied(), false).await {
+                for answer in client.execute_many(chunk.iter().cloned(), false).await {
                     match answer {
                         Ok(Ok(_)) => {}
                         Ok(Err(refused)) => return Err(BenchError::Engine(refused.to_string())),
@@ -273,9 +273,9 @@ pub fn run_transfers(
 async fn hand_over(client: &Client, commands: &[Command]) -> Counted {
     let mut counted = Counted::default();
     if let [command] = commands {
-        counted.add(client.execute(*command, true).await);
+        counted.add(client.execute(command.clone(), true).await);
     } else {
-        for answer in client.execute_many(commands.iter().copied(), true).await {
+        for answer in client.execute_many(commands.iter().cloned(), true).await {
             counted.add(answer);
         }
     }

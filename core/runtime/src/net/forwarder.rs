@@ -28,7 +28,7 @@ pub(super) struct Waiting {
 }
 
 /// The question of a [`Waiting`] request.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(super) enum Request {
     Command { command: Command, wait: bool },
     Query(Query),
@@ -406,7 +406,10 @@ pub(super) async fn to_message(
             reply,
         } => (
             Waiter::Command(reply),
-            Request::Command { command, wait },
+            Request::Command {
+                command: command.clone(),
+                wait,
+            },
             Message::Request {
                 id: *next_id,
                 wait,
@@ -415,7 +418,7 @@ pub(super) async fn to_message(
         ),
         Input::Query { query, reply } => (
             Waiter::Query(reply),
-            Request::Query(query),
+            Request::Query(query.clone()),
             Message::QueryRequest {
                 id: *next_id,
                 query,

@@ -307,7 +307,7 @@ impl Group {
             let target = up[turn % up.len()];
             let (reply, answer) = oneshot::channel();
             let input = Input::Command {
-                command,
+                command: command.clone(),
                 wait: true,
                 reply,
             };

@@ -417,7 +417,7 @@ impl Cluster {
                     });
                 }
                 Output::Execute(command) => {
-                    self.executed.push((self.now, command));
+                    self.executed.push((self.now, command.clone()));
                     if let Err(error) = self.execute_one(partition, &command) {
                         self.violations.push(Violation::Protocol {
                             key: None,

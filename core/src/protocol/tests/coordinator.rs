@@ -289,7 +289,7 @@ fn happy_path_commits_on_both_sides() {
     assert!(cluster.settle(SETTLE_STEPS_MAX));
     let phases: Vec<Phase> = cluster.sent.iter().map(|s| s.request.phase).collect();
     assert_eq!(phases, [Phase::Try, Phase::Confirm]);
-    let executed: Vec<Command> = cluster.executed.iter().map(|(_, c)| *c).collect();
+    let executed: Vec<Command> = cluster.executed.iter().map(|(_, c)| c.clone()).collect();
     assert_eq!(executed, [Command::CommitDebit { key: t.key() }]);
     // Debit first, then the destination's Try, the commit at home, then its Confirm.
     let order: Vec<&str> = cluster

@@ -672,18 +672,18 @@ fn decisions_and_finishes_out_of_order_are_invalid_transitions() {
     };
     let finish = Command::FinishDebit { key: t.key() };
     given(0, &home_at(&w, t, None))
-        .when(finish)
+        .when(finish.clone())
         .then_error(invalid("Trying", "finish"));
     given(0, &home_at(&w, t, Some(Decision::Confirm)))
         .when(decide(cancel))
         .then_error(invalid("Confirming", "decide"))
-        .when(finish)
+        .when(finish.clone())
         .when(decide(cancel))
         .then_error(invalid("Committed", "decide"));
     given(0, &home_at(&w, t, Some(cancel)))
         .when(decide(Decision::Confirm))
         .then_error(invalid("Cancelling(Timeout)", "decide"))
-        .when(finish)
+        .when(finish.clone())
         .when(decide(Decision::Confirm))
         .then_error(invalid("Cancelled(Timeout)", "decide"));
     let r = transfer(w.a, w.c, FUNDS + 1, USD, "t1");
@@ -695,7 +695,7 @@ fn decisions_and_finishes_out_of_order_are_invalid_transitions() {
     given(0, &events)
         .when(decide(Decision::Confirm))
         .then_error(invalid("Rejected(InsufficientFunds)", "decide"))
-        .when(finish)
+        .when(finish.clone())
         .then_error(invalid("Rejected(InsufficientFunds)", "finish"));
 }
 
@@ -802,7 +802,7 @@ fn a_confirm_decision_then_finish_makes_the_debit_final() {
     };
     let finish = Command::FinishDebit { key: t.key() };
     let then = given(0, &home_at(&w, t, None))
-        .when(decide)
+        .when(decide.clone())
         .then_events(&[Event::TransferDecided {
             key: t.key(),
             decision: Decision::Confirm,
@@ -813,20 +813,20 @@ fn a_confirm_decision_then_finish_makes_the_debit_final() {
     let then = then
         .when(Command::Transfer(t))
         .then_status(TransferStatus::Committed)
-        .when(decide)
+        .when(decide.clone())
         .then_nothing_new()
         .then_reply(Reply::Done)
-        .when(finish)
+        .when(finish.clone())
         .then_events(&[Event::DebitConfirmed { key: t.key() }])
         .then_reply(Reply::Done);
     assert_eq!(then.state(&t), TransferState::Committed);
     assert_eq!(then.account(w.a), account(USD, FUNDS - 2_500, 0, 0));
     assert_eq!(then.ledger.flows()[&USD].sent, 2_500);
     assert!(then.ledger.unfinished_transfers().is_empty());
-    then.when(finish)
+    then.when(finish.clone())
         .then_nothing_new()
         .then_reply(Reply::Done)
-        .when(decide)
+        .when(decide.clone())
         .then_nothing_new()
         .then_reply(Reply::Done);
 }
@@ -837,7 +837,7 @@ fn a_commit_makes_a_tried_debit_final_in_one_record() {
     let t = transfer(w.a, w.c, 2_500, USD, "t1");
     let commit = Command::CommitDebit { key: t.key() };
     let then = given(0, &home_at(&w, t, None))
-        .when(commit)
+        .when(commit.clone())
         .then_events(&[Event::DebitConfirmed { key: t.key() }])
         .then_reply(Reply::Done);
     assert_eq!(then.state(&t), TransferState::Committed);
@@ -847,20 +847,20 @@ fn a_commit_makes_a_tried_debit_final_in_one_record() {
     let row = then.ledger.transfer(&t.key()).unwrap();
     assert_ne!(row.decided_at, 0, "one record decides and finishes");
     assert_eq!(row.decided_at, row.finished_at);
-    then.when(commit)
+    then.when(commit.clone())
         .then_nothing_new()
         .then_reply(Reply::Done)
         .when(Command::Transfer(t))
         .then_status(TransferStatus::Committed);
     // A row an older build decided `Confirming` commits the same way.
     given(0, &home_at(&w, t, Some(Decision::Confirm)))
-        .when(commit)
+        .when(commit.clone())
         .then_events(&[Event::DebitConfirmed { key: t.key() }])
         .then_reply(Reply::Done);
     // A cancelled transfer never commits.
     let cancel = Decision::Cancel(Reason::Timeout);
     given(0, &home_at(&w, t, Some(cancel)))
-        .when(commit)
+        .when(commit.clone())
         .then_error(LedgerError::InvalidTransition {
             key: t.key(),
             from: "Cancelling(Timeout)".to_string(),
@@ -879,7 +879,7 @@ fn a_cancel_decision_then_finish_refunds_the_source() {
     };
     let finish = Command::FinishDebit { key: t.key() };
     let then = given(0, &home_at(&w, t, None))
-        .when(decide)
+        .when(decide.clone())
         .then_events(&[Event::TransferDecided {
             key: t.key(),
             decision: cancel,
@@ -892,7 +892,7 @@ fn a_cancel_decision_then_finish_refunds_the_source() {
             decision: Decision::Cancel(Reason::Timeout),
         })
         .then_nothing_new()
-        .when(finish)
+        .when(finish.clone())
         .then_events(&[Event::DebitCancelled { key: t.key() }])
         .then_reply(Reply::Done);
     assert_eq!(
@@ -900,9 +900,9 @@ fn a_cancel_decision_then_finish_refunds_the_source() {
         TransferState::Cancelled(Reason::DestinationNotFound)
     );
     assert_eq!(then.account(w.a), account(USD, FUNDS, 0, 0));
-    then.when(finish)
+    then.when(finish.clone())
         .then_nothing_new()
-        .when(decide)
+        .when(decide.clone())
         .then_nothing_new()
         .when(Command::Transfer(t))
         .then_status(TransferStatus::Cancelled(Reason::DestinationNotFound));

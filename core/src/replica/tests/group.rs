@@ -701,7 +701,7 @@ impl Group {
         self.tokens.insert(token, (request_id, (leader, epoch)));
         let request = self.requests.get_mut(&request_id).expect("just made");
         request.outstanding = true;
-        let command = request.command;
+        let command = request.command.clone();
         let now = self.now();
         let machine = self
             .replica(leader)
@@ -853,7 +853,7 @@ impl Group {
         self.requests.insert(
             id,
             Request {
-                command,
+                command: command.clone(),
                 answer: None,
                 outstanding: false,
             },
@@ -903,7 +903,7 @@ impl Group {
         // Every request a client got an answer to: a retry gets the same answer.
         let answered: Vec<(u64, Command)> = (self.requests.iter())
             .filter(|(_, r)| r.answer.is_some())
-            .map(|(id, r)| (*id, r.command))
+            .map(|(id, r)| (*id, r.command.clone()))
             .collect();
         for (request_id, command) in answered {
             let token = self.next_token;

@@ -111,7 +111,7 @@ fn transfer(from: AccountId, to: AccountId, id: &str) -> Command {
 async fn execute(nodes: &[ReplicatedNode], via: usize, command: Command) -> CommandResult {
     for attempt in 0..400 {
         let client = nodes[(via + attempt) % nodes.len()].client();
-        let sent = client.execute(command, true);
+        let sent = client.execute(command.clone(), true);
         match tokio::time::timeout(Duration::from_secs(3), sent).await {
             Ok(Ok(result)) => return result,
             _ => tokio::time::sleep(Duration::from_millis(20)).await,

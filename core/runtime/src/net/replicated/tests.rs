@@ -156,7 +156,7 @@ impl Cluster {
             let up: Vec<&ReplicatedNode> = self.nodes.iter().flatten().collect();
             let node = up[(via + attempt) % up.len()];
             let client = node.client();
-            let sent = client.execute(command, true);
+            let sent = client.execute(command.clone(), true);
             match tokio::time::timeout(Duration::from_secs(3), sent).await {
                 Ok(Ok(result)) => return result,
                 Ok(Err(Unavailable(_))) | Err(_) => {
