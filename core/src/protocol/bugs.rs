@@ -66,10 +66,14 @@ pub enum Bug {
     /// service, renewing a lease that is gone: its liveness stays missing while it serves,
     /// and an operator reading the cluster's status takes it for down.
     LostLeaseIgnored = 65536,
+    /// A refund is held against the whole amount of its original transfer, as if nothing of
+    /// it were refunded yet: refunds of one transfer, each within its amount, sum to more
+    /// than it moved.
+    RefundBeyondOriginal = 131072,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 17] = [
+    pub const ALL: [Bug; 18] = [
         Bug::SkipBarrier,
         Bug::ReplyBeforeSync,
         Bug::NoIdempotency,
@@ -87,6 +91,7 @@ impl Bug {
         Bug::RejoinUnderOldId,
         Bug::LeaveBeforeRemoved,
         Bug::LostLeaseIgnored,
+        Bug::RefundBeyondOriginal,
     ];
 
     /// The name used on the simulator's command line (`--bug skip-barrier`).
@@ -109,6 +114,7 @@ impl Bug {
             Bug::RejoinUnderOldId => "rejoin-under-old-id",
             Bug::LeaveBeforeRemoved => "leave-before-removed",
             Bug::LostLeaseIgnored => "lost-lease-ignored",
+            Bug::RefundBeyondOriginal => "refund-beyond-original",
         }
     }
 

@@ -12,6 +12,7 @@
 //! | 1 conservation | `conservation` | [`conservation`], [`money_totals`], [`books`], [`holds`] |
 //! | 2 no negative balance | `no_negative` | [`balances_in_range`], [`apply_failed`] |
 //! | 3 exactly once | `exactly_once` | [`LogScan`], [`scan_log`] |
+//! | (refunds) the refund cap | `refund_cap` | [`RefundScan`], [`scan_refunds`] |
 //! | 4 atomicity at rest | `atomicity` | [`transfers_agree`], [`sides_agree`], [`sides_settled`] |
 //! | 5 no hanging | `no_hanging` | [`LogScan`], [`scan_log`] |
 //! | 6 durability | `durability`, `durable_decision`, `durable_release` | [`acknowledged`], [`decisions_logged`], [`released_durably`] |
@@ -62,6 +63,7 @@
 mod durable;
 mod log_scan;
 mod money;
+mod refunds;
 mod sides;
 #[cfg(test)]
 mod tests;
@@ -72,5 +74,6 @@ pub use log_scan::{scan_log, LogScan};
 pub use money::{
     balances_in_range, books, conservation, conservation_of, holds, money_totals, Money, Totals,
 };
+pub use refunds::{scan_refunds, RefundScan};
 pub use sides::{sides_agree, sides_settled, transfers_agree, Agreement, Moment};
 pub use violation::{apply_failed, replay_matches, Invariant, Violation};

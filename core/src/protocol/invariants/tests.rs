@@ -241,6 +241,65 @@ fn a_second_phase_message_needs_a_durable_decision() {
     assert_eq!(released_durably(0, 4, 3, &[], 0), Ok(()));
 }
 
+/// Refund `id` from `t`'s destination back to its source, of `minor`.
+fn refund_of(t: &Transfer, minor: u64, id: &str, accepted: bool) -> Event {
+    let refund = transfer(t.to, t.from, minor, USD, id);
+    let original = t.transaction_id;
+    if accepted {
+        Event::RefundAccepted {
+            refund,
+            original,
+            remote: true,
+        }
+    } else {
+        Event::RefundRejected {
+            refund,
+            original,
+            reason: Reason::RefundExceedsOriginal,
+        }
+    }
+}
+
+#[test]
+fn the_refund_scan_holds_refunds_to_their_confirmed_original() {
+    let t = remote("t1");
+    let refund_cap = |records: &[Record]| -> Vec<String> {
+        let found = scan_refunds(1, records);
+        assert!(found.iter().all(|v| v.invariant() == Invariant::RefundCap));
+        found.iter().map(|v| v.to_string()).collect()
+    };
+    let tried = record(1, Event::CreditTried { transfer: t });
+    let confirmed = record(2, Event::CreditConfirmed { key: t.key() });
+    // A credit only tried is not refundable.
+    let early = [tried, record(2, refund_of(&t, 10, "r1", true))];
+    assert!(refund_cap(&early)[0].contains("not a transfer committed"));
+    // Refunds within the amount, a refusal, and a cancelled refund that no longer counts.
+    let r1 = transfer(t.to, t.from, 60, USD, "r1").key();
+    let fine = [
+        tried,
+        confirmed,
+        record(3, refund_of(&t, 60, "r1", true)),
+        record(4, refund_of(&t, 50, "r2", false)),
+        record(5, Event::DebitCancelled { key: r1 }),
+        record(6, refund_of(&t, 100, "r3", true)),
+    ];
+    assert_eq!(refund_cap(&fine), Vec::<String>::new());
+    // Two refunds beyond the amount (a refused one does not count).
+    let beyond = [
+        tried,
+        confirmed,
+        record(3, refund_of(&t, 60, "r1", true)),
+        record(4, refund_of(&t, 60, "r2", false)),
+        record(5, refund_of(&t, 41, "r3", true)),
+    ];
+    let found = refund_cap(&beyond);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("lsn 5") && found[0].contains("101"),
+        "{found:?}"
+    );
+}
+
 #[test]
 fn every_invariant_has_a_distinct_name() {
     let names: std::collections::BTreeSet<&str> = Invariant::ALL.iter().map(|i| i.name()).collect();

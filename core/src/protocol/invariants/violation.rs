@@ -16,6 +16,9 @@ pub enum Invariant {
     NoHanging,
     /// 3: nothing applied twice, however often a client retries.
     ExactlyOnce,
+    /// Refunds: only a committed transfer is refunded, into its source, and its refunds
+    /// accepted and not finally cancelled never sum to more than it moved.
+    RefundCap,
     /// 2: no available balance below zero (or above the largest one).
     NoNegative,
     /// 1: money is neither created nor destroyed.
@@ -36,9 +39,10 @@ pub enum Invariant {
 }
 
 impl Invariant {
-    pub const ALL: [Invariant; 10] = [
+    pub const ALL: [Invariant; 11] = [
         Invariant::NoHanging,
         Invariant::ExactlyOnce,
+        Invariant::RefundCap,
         Invariant::NoNegative,
         Invariant::Conservation,
         Invariant::Atomicity,
@@ -53,6 +57,7 @@ impl Invariant {
         match self {
             Invariant::NoHanging => "no_hanging",
             Invariant::ExactlyOnce => "exactly_once",
+            Invariant::RefundCap => "refund_cap",
             Invariant::NoNegative => "no_negative",
             Invariant::Conservation => "conservation",
             Invariant::Atomicity => "atomicity",
@@ -111,6 +116,16 @@ pub enum Violation {
         what: &'static str,
         key: Option<TransferKey>,
         account: Option<AccountId>,
+    },
+    /// A refund recorded against a transfer that is not committed into its source, or
+    /// accepted beyond what is left of it.
+    #[error("partition {partition} lsn {lsn}: refund {refund:?} of {original:?}: {detail}")]
+    RefundCap {
+        partition: PartitionId,
+        lsn: Lsn,
+        refund: TransferKey,
+        original: TransferKey,
+        detail: String,
     },
     #[error("partition {partition} lsn {lsn}: Try of {key:?} applied after its Cancel (a hanging reservation)")]
     Hanging {
@@ -225,6 +240,7 @@ impl Violation {
                 Invariant::Replay
             }
             Violation::ExactlyOnce { .. } => Invariant::ExactlyOnce,
+            Violation::RefundCap { .. } => Invariant::RefundCap,
             Violation::Hanging { .. } => Invariant::NoHanging,
             Violation::Sides { .. }
             | Violation::BodyDiffers { .. }
@@ -246,6 +262,7 @@ impl Violation {
         match self {
             Violation::ExactlyOnce { key, .. } | Violation::Protocol { key, .. } => *key,
             Violation::Hanging { key, .. }
+            | Violation::RefundCap { refund: key, .. }
             | Violation::Sides { key, .. }
             | Violation::BodyDiffers { key }
             | Violation::Acknowledged { key, .. }

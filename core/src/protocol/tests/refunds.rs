@@ -253,3 +253,51 @@ fn refunds_survive_a_snapshot_and_a_replay_of_their_log() {
     assert_eq!(restored.refunded(&key(w.a, "t1")), 1_000);
     assert_eq!(restored.refund_of(&key(w.b, "r2")), Some(txn("t1")));
 }
+
+#[test]
+fn refund_beyond_original_accepts_refunds_past_the_original_and_the_scan_names_them() {
+    struct Off;
+    impl Drop for Off {
+        fn drop(&mut self) {
+            crate::protocol::bugs::set(&[]);
+        }
+    }
+    crate::protocol::bugs::set(&[crate::protocol::bugs::Bug::RefundBeyondOriginal]);
+    let _off = Off;
+    let w = world();
+    let mut events = home(&w);
+    events.push(Event::Deposited {
+        account: w.b,
+        amount: amt(5_000),
+        transaction_id: txn("d1"),
+    });
+    events.push(Event::Transferred {
+        transfer: transfer(w.a, w.b, 3_000, USD, "t1"),
+    });
+    let t1 = key(w.a, "t1");
+    let refunds = [
+        accepted(w.b, w.a, 3_000, "r1", "t1", false),
+        accepted(w.b, w.a, 3_000, "r2", "t1", false),
+    ];
+    // Each refund is held against the whole original, and the log replays as it ran.
+    given(0, &events)
+        .when(refund(w.b, t1, "r1", None))
+        .then_events(&refunds[..1])
+        .when(refund(w.b, t1, "r2", None))
+        .then_events(&refunds[1..]);
+    events.extend(refunds);
+    let records: Vec<crate::log::codec::Record> = (1..)
+        .zip(events)
+        .map(|(lsn, event)| crate::log::codec::Record {
+            lsn,
+            timestamp: lsn,
+            event,
+        })
+        .collect();
+    let found = crate::protocol::invariants::scan_refunds(0, &records);
+    assert!(
+        matches!(found.as_slice(), [v] if v.invariant().name() == "refund_cap"
+            && v.to_string().contains("6000")),
+        "{found:?}"
+    );
+}
