@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use walletd_core::ledger::{
-    ApplyError, Command, CreditState, Ledger, Reply, TransferRow, TransferState,
+    ApplyError, Command, CreditState, Ledger, Refund, Reply, TransferRow, TransferState,
+    TransferStatus,
 };
 use walletd_core::log::codec::Record;
 use walletd_core::model::event::{Event, Reason, TransferKey};
@@ -26,9 +27,10 @@ use crate::model::Model;
 
 /// The invariants, in the order they are checked and reported: core's, with the oracle
 /// before the protocol, then what only a sweep or a crash shows.
-pub const INVARIANTS: [&str; 24] = [
+pub const INVARIANTS: [&str; 25] = [
     "no_hanging",
     "exactly_once",
+    "refund_cap",
     "no_negative",
     "conservation",
     "atomicity",
@@ -97,6 +99,10 @@ impl From<invariants::Violation> for Violation {
     fn from(violation: invariants::Violation) -> Violation {
         let mut v = Violation::new(violation.invariant().name(), violation.to_string());
         v.keys.extend(violation.key());
+        // A refund's history, then its original's.
+        if let invariants::Violation::RefundCap { original, .. } = violation {
+            v.keys.push(original);
+        }
         v.accounts.extend(violation.account());
         v
     }
@@ -191,12 +197,14 @@ pub fn check(state: &FinalState<'_>) -> Vec<Violation> {
     found
 }
 
-/// Exactly once, no hanging, every record on its partition: a scan of every durable log; and
-/// each log replays (no overdraft), as the independent model agrees.
+/// Exactly once, no hanging, every record on its partition, the refund cap: a scan of every
+/// durable log; and each log replays (no overdraft), as the independent model agrees.
 fn logs(state: &FinalState<'_>, found: &mut Vec<Violation>) {
     for fin in state.finals {
         let scanned = invariants::scan_log(fin.partition, state.partitions, &fin.records);
         found.extend(scanned.into_iter().map(Violation::from));
+        let refunds = invariants::scan_refunds(fin.partition, &fin.records);
+        found.extend(refunds.into_iter().map(Violation::from));
         if let Err(error) = &fin.replayed {
             found.push(invariants::apply_failed(fin.partition, error.clone()).into());
         }
@@ -309,6 +317,10 @@ fn not_kept(answer: Answer<'_>) -> Option<String> {
                 .err()
                 .map(|v| format!("{v} (acknowledged at {} us)", attempt.done_us))
         }
+        (Command::Refund(r), Ok(Reply::Transfer(status))) => {
+            refund_kept(state, r, op.transfer_key()?, *status)
+                .map(|why| format!("{why} (acknowledged at {} us)", attempt.done_us))
+        }
         (Command::Deposit { .. } | Command::Withdraw { .. }, Ok(Reply::Balance { balance })) => {
             let (account, transaction_id) = op.cash_movement()?;
             let model = &state.finals[partition_of(&account, state.partitions) as usize].model;
@@ -325,6 +337,38 @@ fn not_kept(answer: Answer<'_>) -> Option<String> {
                 .then(|| "acknowledged as opened, missing from the final log".into())
         }
         _ => None,
+    }
+}
+
+/// How the final log of its home breaks what refund `r`, recorded under `key`, was answered
+/// (`told`), if it does: its row must be a refund of the same original, to its source, of the
+/// amount asked (if one was), in the state the client was told.
+fn refund_kept(
+    state: &FinalState<'_>,
+    r: &Refund,
+    key: TransferKey,
+    told: TransferStatus,
+) -> Option<String> {
+    let ledger = state.ledger(r.partition)?;
+    let row = ledger.transfer(&key);
+    let of = ledger.refund_of(&key);
+    match row {
+        Some(row)
+            if of == Some(r.original.transaction_id)
+                && row.transfer.to == r.original.from
+                && r.amount.is_none_or(|a| a == row.transfer.amount) =>
+        {
+            invariants::acknowledged(&row.transfer, told, Some(row))
+                .err()
+                .map(|v| v.to_string())
+        }
+        Some(row) => Some(format!(
+            "refund {key:?} acknowledged {told:?}, its home holds {:?} ({:?}), a refund of {of:?}",
+            row.transfer, row.state
+        )),
+        None => Some(format!(
+            "refund {key:?} acknowledged {told:?}, its home holds no row"
+        )),
     }
 }
 
@@ -567,8 +611,19 @@ pub fn event_name(event: &Event) -> &'static str {
     }
 }
 
-/// Whether `event` concerns transfer `key`.
+/// Whether `event` concerns transfer `key` (a refund of it included).
 pub fn event_mentions(event: &Event, key: &TransferKey) -> bool {
+    if let Event::RefundAccepted {
+        refund, original, ..
+    }
+    | Event::RefundRejected {
+        refund, original, ..
+    } = *event
+    {
+        if Event::refund_original(&refund, original) == *key {
+            return true;
+        }
+    }
     match event.effect() {
         Event::Transferred { transfer }
         | Event::TransferRejected { transfer, .. }
@@ -619,7 +674,8 @@ fn transfer_history(
         .ops
         .iter()
         .filter(|op| {
-            op.mentions(None, Some(&key.transaction_id)) && op.mentions(Some(&key.from), None)
+            (op.mentions(None, Some(&key.transaction_id)) && op.mentions(Some(&key.from), None))
+                || matches!(&op.command, Command::Refund(r) if r.original == *key)
         })
         .take(OPS_MAX)
     {

@@ -1,6 +1,7 @@
 //! What the clients saw: every request, every attempt and its answer, with the (simulated)
 //! wall-clock times it was sent and answered. The checkers hold the final logs against it.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use walletd_core::ledger::{Command, LedgerError, Reply, TransferStatus};
@@ -28,6 +29,15 @@ pub enum Expect {
     /// A transfer whose source the client knows covers it: anything but a rejection for
     /// insufficient funds.
     Accepted,
+    /// A refund of `original`, a transfer the client saw committed: a transfer status (any
+    /// refusal a refund of a committed transfer can get), or `NotRefundable` while the credit
+    /// of an original across partitions (`local` false) is not confirmed yet. `beyond`: it
+    /// asks for more than the original moved, which only `RefundExceedsOriginal` answers.
+    Refund {
+        original: TransferKey,
+        local: bool,
+        beyond: bool,
+    },
 }
 
 /// How one attempt ended.
@@ -53,6 +63,9 @@ pub struct Attempt {
 pub struct Op {
     pub client: u32,
     pub command: Command,
+    /// A refund's source, the account its original reached (the command names only its
+    /// partition).
+    pub refund_from: Option<AccountId>,
     pub expect: Expect,
     pub attempts: Vec<Attempt>,
 }
@@ -73,9 +86,14 @@ impl Op {
             .find(|r| !matches!(r, Ok(Reply::Transfer(TransferStatus::Pending))))
     }
 
+    /// The key of the transfer the op starts: a transfer's, or a refund's own.
     pub fn transfer_key(&self) -> Option<TransferKey> {
         match self.command {
             Command::Transfer(t) => Some(t.key()),
+            Command::Refund(r) => Some(TransferKey {
+                from: self.refund_from?,
+                transaction_id: r.refund_id,
+            }),
             _ => None,
         }
     }
@@ -102,6 +120,10 @@ impl Op {
         let (accounts, id): (Vec<AccountId>, Option<TransactionId>) = match self.command {
             Command::OpenAccount { account, .. } => (vec![account], None),
             Command::Transfer(t) => (vec![t.from, t.to], Some(t.transaction_id)),
+            Command::Refund(r) => {
+                let accounts = self.refund_from.into_iter().chain([r.original.from]);
+                (accounts.collect(), Some(r.refund_id))
+            }
             _ => match self.cash_movement() {
                 Some((account, id)) => (vec![account], Some(id)),
                 None => (vec![], None),
@@ -156,6 +178,12 @@ pub struct HistoryState {
     pub hits: Hits,
     /// What the clients' probes of cut-off nodes did (see `Client::probe`).
     pub probes: Probes,
+    /// The account each refund takes its money from, by refund id (unique in a run): the
+    /// destination of the transfer it refunds, which the client that sends it knows.
+    pub refund_sources: BTreeMap<TransactionId, AccountId>,
+    /// Refunds that joined a race: sent for a transfer another client was refunding (see
+    /// [`crate::refunds`]).
+    pub refunds_raced: u64,
 }
 
 /// Counts of the probes of a server node cut off from its peers: deposits sent through
@@ -175,9 +203,14 @@ impl History {
     /// Records a new op; returns its index.
     pub fn start(&self, client: u32, command: &Command, expect: Expect) -> usize {
         let mut state = self.lock();
+        let refund_from = match command {
+            Command::Refund(r) => state.refund_sources.get(&r.refund_id).copied(),
+            _ => None,
+        };
         state.ops.push(Op {
             client,
             command: command.clone(),
+            refund_from,
             expect,
             attempts: Vec::new(),
         });
@@ -198,6 +231,11 @@ impl History {
             }
         }
         state.ops[op].attempts.push(attempt);
+    }
+
+    /// The refund `refund_id` takes its money from `from` (its original's destination).
+    pub fn refund_source(&self, refund_id: TransactionId, from: AccountId) {
+        self.lock().refund_sources.insert(refund_id, from);
     }
 
     pub fn read(&self, read: BalanceRead) {
@@ -292,11 +330,48 @@ fn contradiction(expect: Expect, result: &CommandResult) -> Option<(&'static str
             "exactly_once",
             format!("a repeat of a request answered {first:?} was answered {result:?}"),
         )),
+        Expect::Refund {
+            original,
+            local,
+            beyond,
+        } => refund_contradiction(original, local, beyond, result)
+            .map(|why| ("oracle", format!("{why}: {result:?}"))),
         Expect::Exactly(want) if *result == Ok(want) => None,
         Expect::Exactly(want) => Some((
             "oracle",
             format!("the client knew the balance: expected {want:?}, got {result:?}"),
         )),
+    }
+}
+
+/// What is wrong with `result` as the answer to a refund of `original` (see
+/// [`Expect::Refund`]), if anything.
+fn refund_contradiction(
+    original: TransferKey,
+    local: bool,
+    beyond: bool,
+    result: &CommandResult,
+) -> Option<&'static str> {
+    match result {
+        Ok(Reply::Transfer(TransferStatus::Rejected(Reason::RefundExceedsOriginal))) => None,
+        Ok(Reply::Transfer(_)) if beyond => {
+            Some("a refund of more than its original moved was not refused for it")
+        }
+        // A refusal of a transfer from the refund's source (which holds the original's
+        // currency), or a refund whose record a crash took while its Try was out, abandoned
+        // by its home when its destination asked.
+        Ok(Reply::Transfer(TransferStatus::Rejected(
+            Reason::InsufficientFunds | Reason::DestinationBalanceLimit | Reason::Timeout,
+        ))) => None,
+        Ok(Reply::Transfer(TransferStatus::Rejected(_))) => {
+            Some("a refund of a committed transfer refused for a reason no such refund has")
+        }
+        Ok(Reply::Transfer(_)) => None,
+        Err(LedgerError::NotRefundable(key)) if *key == original && !local => None,
+        Err(LedgerError::NotRefundable(key)) if *key == original => {
+            Some("a transfer within one partition, answered committed, was not refundable")
+        }
+        _ => Some("expected a refund's answer"),
     }
 }
 

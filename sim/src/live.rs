@@ -24,7 +24,11 @@
 //!   home's durable debit, that credit committed it. Durably tried means a Tried answer for
 //!   it left the destination (which it does only once the credit is durable). The cut is
 //!   consistent up to Tries, which leave before their debit is cut: a Try's pending credit
-//!   is in no balance, so conservation does not see it.
+//!   is in no balance, so conservation does not see it;
+//! - **the refund cap**: as each batch is cut, its refunds are of transfers committed into
+//!   their source, and the refunds of a transfer accepted and not finally cancelled stay
+//!   within its amount (`refund_cap`, core's [`invariants::RefundScan`] over the partition's
+//!   records, from its first start; a restart takes it back to the records it recovered).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -33,12 +37,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use walletd_core::ledger::{CreditState, Ledger, PhaseResult, TransferState};
-use walletd_core::log::codec::RecordReader;
+use walletd_core::log::codec::{Record, RecordReader};
 use walletd_core::model::event::{Decision, Event, Lsn, Reason, Transfer, TransferKey};
 use walletd_core::model::money::Currency;
 use walletd_core::model::partition::{partition_of, PartitionId};
 use walletd_core::protocol::coordinator::Phase;
-use walletd_core::protocol::invariants::{self, Money, Totals};
+use walletd_core::protocol::invariants::{self, Money, RefundScan, Totals};
 use walletd_core::protocol::machine::{Commit, Release};
 use walletd_core::protocol::message::PeerMessage;
 use walletd_runtime::driver::observe::{self, Observer};
@@ -107,20 +111,20 @@ impl LiveBooks {
         books
     }
 
-    /// The batch `commit` of partition `partition` is cut, leaving `ledger`. Returns the
-    /// Cancel decisions the batch logs, for the commit point (one decoding serves both).
+    /// A batch of partition `partition` holding `records` is cut, leaving `ledger`. Returns
+    /// the Cancel decisions the batch logs, for the commit point.
     fn cut(
         &mut self,
         partition: PartitionId,
         ledger: &Ledger,
-        commit: &Commit<Channels>,
+        records: &[Record],
     ) -> Vec<(TransferKey, Reason)> {
         let mut cancels = Vec::new();
         self.totals.clear();
         ledger.add_totals(&mut self.totals);
-        let mut reader = RecordReader::new(&commit.bytes, commit.first_lsn);
-        while let Some(record) = reader.next_record().expect("a batch's records decode") {
-            match record.event {
+        for record in records {
+            // A refund moves money as the transfer it is.
+            match record.event.effect() {
                 Event::DebitTried { transfer } => {
                     assert_ne!(partition_of(&transfer.to, ledger.partitions()), partition);
                     self.unfinished.insert(transfer.key(), transfer);
@@ -150,9 +154,70 @@ impl LiveBooks {
                 _ => {}
             }
         }
-        debug_assert_eq!(reader.valid_len(), commit.bytes.len());
         cancels
     }
+}
+
+/// One partition's refunds, for the refund cap: the records that matter to it, cut since
+/// the partition first started, and the scan over them.
+#[derive(Debug)]
+struct LiveRefunds {
+    records: Vec<(Lsn, Event)>,
+    scan: RefundScan,
+}
+
+impl LiveRefunds {
+    fn new(partition: PartitionId) -> LiveRefunds {
+        LiveRefunds {
+            records: Vec::new(),
+            scan: RefundScan::new(partition),
+        }
+    }
+
+    /// The partition starts again from the records through `lsn` (what it recovered): the
+    /// scan is folded anew over them.
+    fn recovered(&mut self, partition: PartitionId, lsn: Lsn) {
+        self.records.retain(|(at, _)| *at <= lsn);
+        self.scan = RefundScan::new(partition);
+        for (at, event) in &self.records {
+            // A violation among them stopped the run when it was cut.
+            let _ = self.scan.record(*at, event);
+        }
+    }
+
+    /// A batch's records are cut: the first violation of the refund cap among them.
+    fn cut(&mut self, records: &[Record]) -> Result<(), invariants::Violation> {
+        for record in records {
+            // The events the scan looks at: transfers committed here, refunds and cancels.
+            let matters = !matches!(
+                record.event,
+                Event::AccountOpened { .. }
+                    | Event::Deposited { .. }
+                    | Event::Withdrawn { .. }
+                    | Event::CashRefused(_)
+                    | Event::TransferRejected { .. }
+                    | Event::DebitTried { .. }
+                    | Event::TransferDecided { .. }
+                    | Event::DebitConfirmed { .. }
+            );
+            if matters {
+                self.records.push((record.lsn, record.event));
+                self.scan.record(record.lsn, &record.event)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The records of the batch `commit`.
+fn records_of(commit: &Commit<Channels>) -> Vec<Record> {
+    let mut records = Vec::new();
+    let mut reader = RecordReader::new(&commit.bytes, commit.first_lsn);
+    while let Some(record) = reader.next_record().expect("a batch's records decode") {
+        records.push(record);
+    }
+    debug_assert_eq!(reader.valid_len(), commit.bytes.len());
+    records
 }
 
 impl Money for LiveBooks {
@@ -188,6 +253,7 @@ pub struct LiveChecks {
     /// One disk per partition: what each has synced, at the instant a release leaves.
     disks: Vec<Disk>,
     books: RefCell<Vec<LiveBooks>>,
+    refunds: RefCell<Vec<LiveRefunds>>,
     last_conservation: RefCell<Option<Instant>>,
     /// Per partition: credits answered Tried by a batch that is cut and not yet released,
     /// by the batch's last lsn.
@@ -201,10 +267,14 @@ impl LiveChecks {
     /// Installs the live checks of a run over `disks` (one per partition) on this thread.
     pub fn install(disks: Vec<Disk>, verdict: Verdict) {
         let books = disks.iter().map(|_| LiveBooks::default()).collect();
+        let refunds = (0..disks.len() as PartitionId)
+            .map(LiveRefunds::new)
+            .collect();
         let tried = disks.iter().map(|_| BTreeMap::new()).collect();
         let checks = LiveChecks {
             disks,
             books: RefCell::new(books),
+            refunds: RefCell::new(refunds),
             last_conservation: RefCell::new(None),
             tried_unreleased: RefCell::new(tried),
             durably_tried: RefCell::new(HashMap::new()),
@@ -303,6 +373,8 @@ impl Observer for LiveChecks {
             ));
         }
         self.books.borrow_mut()[partition as usize] = LiveBooks::recovered(ledger);
+        let lsn = ledger.last_applied().lsn;
+        self.refunds.borrow_mut()[partition as usize].recovered(partition, lsn);
         // Answers of batches that never became durable never left.
         self.tried_unreleased.borrow_mut()[partition as usize].clear();
     }
@@ -312,8 +384,13 @@ impl Observer for LiveChecks {
         {
             self.stop(violation);
         }
-        let cancels = self.books.borrow_mut()[partition as usize].cut(partition, ledger, commit);
+        let records = records_of(commit);
+        let cancels = self.books.borrow_mut()[partition as usize].cut(partition, ledger, &records);
         self.commit_point(partition, ledger, commit, &cancels);
+        let capped = self.refunds.borrow_mut()[partition as usize].cut(&records);
+        if let Err(violation) = capped {
+            self.stop(violation);
+        }
         self.conservation_if_due();
     }
 

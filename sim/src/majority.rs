@@ -39,7 +39,8 @@ enum Subject {
 
 impl Subject {
     fn of_event(event: &Event) -> Option<Subject> {
-        match *event {
+        // A refund's record is its transfer's.
+        match event.effect() {
             Event::Deposited {
                 account,
                 transaction_id,
@@ -77,6 +78,7 @@ impl Subject {
                 partition_of(&t.from, partitions),
                 Subject::Transfer(t.key()),
             )),
+            Command::Refund(r) => Some((r.partition, Subject::Transfer(op.transfer_key()?))),
             _ => {
                 let (account, transaction_id) = op.cash_movement()?;
                 let partition = partition_of(&account, partitions);

@@ -60,6 +60,13 @@ pub struct Model {
     pub cash: BTreeMap<(AccountId, TransactionId), CashFact>,
     /// Home-side transfers by key: body and the events seen for it.
     pub home: BTreeMap<TransferKey, Transfer>,
+    /// Transfers committed into an account of this partition (what may be refunded here):
+    /// their amount.
+    committed_in: BTreeMap<TransferKey, u64>,
+    /// Refunds accepted here and not cancelled for good: their original and amount.
+    refunds: BTreeMap<TransferKey, (TransferKey, u64)>,
+    /// Per original, what its refunds in `refunds` add up to.
+    refunded: BTreeMap<TransferKey, u64>,
     pub problems: Vec<ModelProblem>,
 }
 
@@ -170,7 +177,42 @@ impl Model {
         }
     }
 
+    /// A refund's record: counted against its original if accepted; if refused for exceeding
+    /// its original, the refusal must have been right (it asked for more than was left).
+    fn refund(&mut self, record: &Record) {
+        match record.event {
+            Event::RefundAccepted {
+                refund, original, ..
+            } => {
+                let original = Event::refund_original(&refund, original);
+                let amount = refund.amount.minor();
+                self.refunds.insert(refund.key(), (original, amount));
+                *self.refunded.entry(original).or_default() += amount;
+            }
+            Event::RefundRejected {
+                refund,
+                original,
+                reason: Reason::RefundExceedsOriginal,
+            } => {
+                let original = Event::refund_original(&refund, original);
+                let refunded = self.refunded.get(&original).copied().unwrap_or(0);
+                let left = (self.committed_in.get(&original)).map(|a| a.saturating_sub(refunded));
+                if let Some(left) = left.filter(|left| refund.amount.minor() <= *left) {
+                    let detail = format!(
+                        "refund {:?} of {} refused for exceeding {original:?}, of which {left} was left",
+                        refund.key(),
+                        refund.amount.minor()
+                    );
+                    let key = Some(refund.key());
+                    self.problem("oracle", record, detail, key, Some(refund.from));
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn apply(&mut self, record: &Record) {
+        self.refund(record);
         match record.event.effect() {
             Event::CashRefused(refused) => self.refused_cash(record, &refused),
             Event::AccountOpened { account, currency } => {
@@ -259,6 +301,7 @@ impl Model {
                     .expect("checked")
                     .balance += transfer.amount.minor();
                 self.home.insert(transfer.key(), transfer);
+                (self.committed_in).insert(transfer.key(), transfer.amount.minor());
                 self.snapshot(&transfer.from, record);
                 self.snapshot(&transfer.to, record);
             }
@@ -326,6 +369,10 @@ impl Model {
                 a.held -= amount;
                 if cancelled {
                     a.balance += amount;
+                    if let Some((original, amount)) = self.refunds.remove(&key) {
+                        let refunded = self.refunded.entry(original).or_default();
+                        *refunded = refunded.saturating_sub(amount);
+                    }
                 }
                 self.snapshot(&key.from, record);
             }
@@ -371,6 +418,7 @@ impl Model {
                 a.incoming -= amount;
                 if confirmed {
                     a.balance += amount;
+                    self.committed_in.insert(key, amount);
                 }
                 self.snapshot(&transfer.to, record);
             }

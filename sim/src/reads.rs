@@ -48,7 +48,8 @@ struct Vouched {
 
 /// The transfer an event belongs to, if any.
 fn event_key(event: &Event) -> Option<TransferKey> {
-    match *event {
+    // A refund's record is its transfer's.
+    match event.effect() {
         Event::Transferred { transfer }
         | Event::TransferRejected { transfer, .. }
         | Event::DebitTried { transfer }
@@ -106,10 +107,7 @@ fn vouched(state: &FinalState<'_>) -> BTreeMap<AccountId, Vec<Vouched>> {
         match (&op.command, result) {
             (Command::OpenAccount { account, .. }, Ok(_)) => {
                 let model = &state.finals[partition(account)].model;
-                let opened = model
-                    .accounts
-                    .get(account)
-                    .and_then(|a| a.versions.first());
+                let opened = model.accounts.get(account).and_then(|a| a.versions.first());
                 vouch(*account, opened.map(|v| v.lsn));
             }
             (Command::Deposit { .. } | Command::Withdraw { .. }, _) => {
@@ -124,6 +122,20 @@ fn vouched(state: &FinalState<'_>) -> BTreeMap<AccountId, Vec<Vouched>> {
                 vouch(t.from, first_of_key[partition(&t.from)].get(&key).copied());
                 if *status == TransferStatus::Committed {
                     vouch(t.to, first_of_key[partition(&t.to)].get(&key).copied());
+                }
+            }
+            // A refund is a transfer back to its original's source.
+            (Command::Refund(r), Ok(Reply::Transfer(status))) => {
+                let Some(key) = op.transfer_key() else {
+                    continue;
+                };
+                let to = r.original.from;
+                vouch(
+                    key.from,
+                    first_of_key[partition(&key.from)].get(&key).copied(),
+                );
+                if *status == TransferStatus::Committed {
+                    vouch(to, first_of_key[partition(&to)].get(&key).copied());
                 }
             }
             _ => {}
@@ -270,6 +282,7 @@ mod tests {
         history.ops.push(Op {
             client: 0,
             command,
+            refund_from: None,
             expect: Expect::Valid,
             attempts: vec![Attempt {
                 sent_us: 25,
