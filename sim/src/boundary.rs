@@ -29,10 +29,16 @@ pub enum Boundary {
     /// Concurrent transfers out of one account to destinations on several partitions, more
     /// than its balance: some accepted, some rejected for funds.
     ConcurrentDrain,
+    /// Two concurrent refunds of one committed transfer, each of more than half of it: one
+    /// committed, the other refused for exceeding what was left.
+    RefundRace,
+    /// Then a refund of one more than what is left, refused for exceeding it, and a refund of
+    /// all that is left (no amount), accepted.
+    RefundRest,
 }
 
 impl Boundary {
-    pub const ALL: [Boundary; 8] = [
+    pub const ALL: [Boundary; 10] = [
         Boundary::TransferExact,
         Boundary::TransferOver,
         Boundary::WithdrawExact,
@@ -41,6 +47,8 @@ impl Boundary {
         Boundary::ReadDuringSync,
         Boundary::OpenRace,
         Boundary::ConcurrentDrain,
+        Boundary::RefundRace,
+        Boundary::RefundRest,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +61,8 @@ impl Boundary {
             Boundary::ReadDuringSync => "read_during_sync",
             Boundary::OpenRace => "open_race",
             Boundary::ConcurrentDrain => "concurrent_drain",
+            Boundary::RefundRace => "refund_race",
+            Boundary::RefundRest => "refund_rest",
         }
     }
 }

@@ -15,7 +15,12 @@
 //!   (`retry_in_flight`);
 //! - a deposit and a balance read sent while it is unanswered (`read_during_sync`);
 //! - three concurrent transfers to three partitions, any two of them more than the balance
-//!   (`concurrent_drain`).
+//!   (`concurrent_drain`);
+//! - a transfer to a second account of the episode's own (on the same partition or another),
+//!   funded so that it can pay back twice as much; two concurrent refunds of it, each of more
+//!   than half (`refund_race`: one committed, the other refused for exceeding what was left;
+//!   never both committed); then a refund of one more than what is left, refused, and one of
+//!   all that is left, accepted (`refund_rest`).
 //!
 //! The client knows these answers in advance and holds them against what it is told (an
 //! [`Expect`], or a check across answers); the invariants hold them against the logs. A request
@@ -35,6 +40,7 @@ use walletd_runtime::driver::{wall_clock_us, CommandResult, Query, QueryAnswer};
 
 use crate::boundary::Boundary;
 use crate::history::{Attempt, BalanceRead, Expect, History, Outcome};
+use crate::refunds;
 use crate::workload::{AccountSpec, Requester};
 
 /// Largest funding of an episode's account, in minor units (at least 2, so that a drain can
@@ -44,12 +50,26 @@ const FUND_MINOR_MAX: u64 = 5_000;
 const RACE_US_MAX: u64 = 2_000;
 /// Transfers racing to drain one account.
 const DRAINERS: usize = 3;
+/// Times a refund answered `NotRefundable` (its original's credit not yet confirmed) is sent
+/// again, and the pause before each.
+const NOT_REFUNDABLE_TRIES: u32 = 8;
+const NOT_REFUNDABLE_PAUSE: Duration = Duration::from_millis(50);
+/// Candidate names of an episode's second account (one on each partition, at least).
+const SECOND_ACCOUNT_CANDIDATES: u32 = 1_000;
 
 /// The currency of the episodes' accounts (most of the shared accounts hold it too).
 const CURRENCY: Currency = Currency::USD;
 
 fn rejected_for_funds() -> Reply {
     Reply::Transfer(TransferStatus::Rejected(Reason::InsufficientFunds))
+}
+
+fn refused_as_exceeding() -> Reply {
+    Reply::Transfer(TransferStatus::Rejected(Reason::RefundExceedsOriginal))
+}
+
+fn committed() -> Reply {
+    Reply::Transfer(TransferStatus::Committed)
 }
 
 /// Whether `result` shows a transfer whose debit the home accepted.
@@ -105,12 +125,13 @@ impl<'a> Episode<'a> {
         let Some(balance) = self.open_and_fund().await else {
             return;
         };
-        match self.rng.gen_range(0..5) {
+        match self.rng.gen_range(0..6) {
             0 => self.transfer_over_then_exact(balance).await,
             1 => self.withdraw_over_then_exact(balance).await,
             2 => self.retry_in_flight(balance).await,
             3 => self.read_during_sync(balance).await,
-            _ => self.drain(balance).await,
+            4 => self.drain(balance).await,
+            _ => self.refund_race(balance).await,
         }
     }
 
@@ -378,6 +399,213 @@ impl<'a> Episode<'a> {
             let detail =
                 format!("transfers of {left} in all committed out of an account holding {balance}");
             self.history.violation(ops[0], "oracle", detail);
+        }
+    }
+}
+
+impl Episode<'_> {
+    /// Opens a second account of the episode's own, on the episode account's partition if
+    /// `same_partition` (or if there is one partition), else on another, and funds it with
+    /// `minor` or more: the account, once its balance is known.
+    async fn second_account(&mut self, same_partition: bool, minor: u64) -> Option<AccountId> {
+        let partitions = self.requester.partitions;
+        let home = partition_of(&self.account, partitions);
+        let account = (0..SECOND_ACCOUNT_CANDIDATES)
+            .map(|i| AccountId::new(&format!("{}-r{i}", self.account)).expect("valid id"))
+            .find(|id| {
+                partitions == 1 || (partition_of(id, partitions) == home) == same_partition
+            })?;
+        let open = Command::OpenAccount {
+            account,
+            currency: CURRENCY,
+        };
+        if !matches!(
+            self.settle(open, Expect::Valid).await.1,
+            Some(Reply::Opened { .. })
+        ) {
+            return None;
+        }
+        let funds = self.rng.gen_range(minor..=minor + FUND_MINOR_MAX);
+        let deposit = Command::Deposit {
+            account,
+            amount: Self::amount(funds),
+            currency: CURRENCY,
+            transaction_id: self.fresh_id(),
+        };
+        let funded = Reply::Balance { balance: funds };
+        let reply = self.settle(deposit, Expect::Exactly(funded)).await.1;
+        (reply == Some(funded)).then_some(account)
+    }
+
+    /// Goes on with refund op `op` until it is settled, sending it again while it is not
+    /// refundable yet (its original's credit not confirmed: nothing was recorded); its
+    /// final answer, if one came.
+    async fn settle_refund(&mut self, op: usize, command: &Command) -> Option<CommandResult> {
+        let pending = Ok(Reply::Transfer(TransferStatus::Pending));
+        let mut last = self.history.lock().ops[op]
+            .answers()
+            .last()
+            .map(|(_, result)| result.clone());
+        for _ in 0..NOT_REFUNDABLE_TRIES {
+            match &last {
+                Some(Err(LedgerError::NotRefundable(_))) => {
+                    tokio::time::sleep(NOT_REFUNDABLE_PAUSE).await;
+                }
+                Some(result) if *result == pending => {}
+                None => {}
+                Some(_) => return last,
+            }
+            let (requester, history) = (self.requester, self.history);
+            last = requester
+                .execute(history, op, command, self.attempts_max, self.rng)
+                .await;
+            last.as_ref()?;
+        }
+        None
+    }
+
+    /// Two final answers of op `op` (its retry in flight) must agree: a refund is decided
+    /// once. Answers that it is pending or not refundable yet are not final.
+    fn answers_agree(&self, op: usize) {
+        let history = self.history.lock();
+        let finals: Vec<&CommandResult> = (history.ops[op].answers())
+            .map(|(_, result)| result)
+            .filter(|r| {
+                **r != Ok(Reply::Transfer(TransferStatus::Pending))
+                    && !matches!(r, Err(LedgerError::NotRefundable(_)))
+            })
+            .collect();
+        if let Some(other) = finals.iter().find(|r| **r != finals[0]) {
+            let detail = format!(
+                "two attempts of one refund answered {:?} and {other:?}",
+                finals[0]
+            );
+            drop(history);
+            self.history.violation(op, "exactly_once", detail);
+        }
+    }
+
+    /// A transfer to a second account of the episode's, then two refunds of it racing (the
+    /// first sent twice at once, now and then), then a refund of one more than what they
+    /// left and one of all that they left.
+    async fn refund_race(&mut self, balance: u64) {
+        let minor = self.rng.gen_range(1..=balance);
+        let same_partition = self.rng.gen_bool(0.4);
+        // Funded with the transfer's amount or more: it can pay both refunds back.
+        let Some(to) = self.second_account(same_partition, minor).await else {
+            return;
+        };
+        let command = self.transfer(to, minor);
+        let Command::Transfer(original) = command else {
+            unreachable!("a transfer");
+        };
+        if self.settle(command, Expect::Accepted).await.1 != Some(committed()) {
+            return;
+        }
+        let partitions = self.requester.partitions;
+        let asked = [(); 2].map(|_| self.rng.gen_range(minor / 2 + 1..=minor));
+        let racers = asked.map(|a| {
+            let id = self.fresh_id();
+            refunds::refund(
+                self.history,
+                id,
+                &original,
+                Some(Self::amount(a)),
+                partitions,
+            )
+        });
+        let ops = racers
+            .clone()
+            .map(|(command, expect)| self.history.start(self.client, &command, expect));
+        let (requester, twice) = (self.requester, self.rng.gen_bool(0.3));
+        let (a, b, again) = tokio::join!(
+            requester.attempt(&racers[0].0, false),
+            requester.attempt(&racers[1].0, true),
+            async {
+                match twice {
+                    true => Some(requester.attempt(&racers[0].0, true).await),
+                    false => None,
+                }
+            },
+        );
+        self.history.attempt(ops[0], a);
+        self.history.attempt(ops[1], b);
+        if let Some(again) = again {
+            self.history.attempt(ops[0], again);
+        }
+        let mut outcomes = Vec::new();
+        for (op, (command, _)) in ops.iter().zip(&racers) {
+            outcomes.push(self.settle_refund(*op, command).await);
+        }
+        self.answers_agree(ops[0]);
+        let [Some(first), Some(second)] = [&outcomes[0], &outcomes[1]] else {
+            return;
+        };
+        let is = |r: &CommandResult, reply: Reply| *r == Ok(reply);
+        let refunded: u64 = (asked.iter().zip([first, second]))
+            .filter(|(_, r)| is(r, committed()))
+            .map(|(a, _)| a)
+            .sum();
+        if refunded > minor {
+            let detail = format!(
+                "refunds of {} and {} of a transfer of {minor} were both committed",
+                asked[0], asked[1]
+            );
+            self.history.violation(ops[1], "refund_cap", detail);
+            return;
+        }
+        let exceeding = |r: &CommandResult| is(r, refused_as_exceeding());
+        if (is(first, committed()) && exceeding(second))
+            || (is(second, committed()) && exceeding(first))
+        {
+            self.history.hit(Boundary::RefundRace);
+        }
+        // What is left is known once both racers were decided as refunds and neither may
+        // still count (a cancelled refund counts until its cancel is final).
+        let known = |r: &CommandResult| is(r, committed()) || exceeding(r);
+        if !(known(first) && known(second)) {
+            return;
+        }
+        self.refund_rest(&original, minor - refunded).await;
+    }
+
+    /// After refunds that left `left` of `original`: a refund of one more, refused, then one
+    /// of all that is left, accepted (refused, when nothing is).
+    async fn refund_rest(&mut self, original: &Transfer, left: u64) {
+        let partitions = self.requester.partitions;
+        let id = self.fresh_id();
+        let over = Some(Self::amount(left + 1));
+        let (over, _) = refunds::refund(self.history, id, original, over, partitions);
+        let refused = refused_as_exceeding();
+        if self.settle(over, Expect::Exactly(refused)).await.1 != Some(refused) {
+            return;
+        }
+        let id = self.fresh_id();
+        let (rest, expect) = refunds::refund(self.history, id, original, None, partitions);
+        let op = self.history.start(self.client, &rest, expect);
+        let Some(result) = self.settle_refund(op, &rest).await else {
+            return;
+        };
+        let accepted = matches!(
+            result,
+            Ok(Reply::Transfer(
+                TransferStatus::Committed | TransferStatus::Cancelled(_)
+            ))
+        );
+        let refused = result == Ok(refused);
+        match left {
+            0 if refused => {}
+            0 => self.history.violation(
+                op,
+                "oracle",
+                format!("a refund of all that is left of a transfer refunded in full answered {result:?}"),
+            ),
+            _ if accepted => self.history.hit(Boundary::RefundRest),
+            _ => self.history.violation(
+                op,
+                "oracle",
+                format!("a refund of all that is left ({left}) answered {result:?}"),
+            ),
         }
     }
 }

@@ -181,9 +181,9 @@ pub struct HistoryState {
     /// The account each refund takes its money from, by refund id (unique in a run): the
     /// destination of the transfer it refunds, which the client that sends it knows.
     pub refund_sources: BTreeMap<TransactionId, AccountId>,
-    /// Refunds that joined a race: sent for a transfer another client was refunding (see
-    /// [`crate::refunds`]).
-    pub refunds_raced: u64,
+    /// The transfers between shared accounts the clients saw committed, which they may
+    /// refund (see [`crate::refunds`]).
+    pub board: crate::refunds::Board,
 }
 
 /// Counts of the probes of a server node cut off from its peers: deposits sent through

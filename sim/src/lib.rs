@@ -28,6 +28,7 @@
 //! - [`replica_logs`]: what each replica would restart from, and whether the replicas agree.
 //! - [`majority`]: after every crash, each answer rests on records durable on a majority.
 //! - [`workload`]: clients: accounts, deposits, transfers, retries, invalid requests.
+//! - [`refunds`]: the committed transfers clients refund, and races of refunds.
 //! - [`edges`]: edge episodes, in which a client takes an account through a decision boundary.
 //! - [`boundary`]: the boundaries, and how often a run or a sweep hit each.
 //! - [`nemesis`]: injects and heals faults.
@@ -65,6 +66,7 @@ pub mod network;
 pub mod panics;
 pub mod raft_disk;
 pub mod reads;
+pub mod refunds;
 pub mod replica_logs;
 pub mod replicas;
 pub mod rng;

@@ -11,9 +11,10 @@ use std::time::Duration;
 use madsim::runtime::Runtime;
 use rand::Rng;
 use tokio::time::Instant;
+use walletd_core::ledger::{Command, LedgerError, Reply, TransferStatus};
 use walletd_core::log::codec::decode_log;
 use walletd_core::log::replay::{replay, AsOf};
-use walletd_core::model::event::TransferKey;
+use walletd_core::model::event::{Reason, TransferKey};
 use walletd_core::model::partition::partition_of;
 use walletd_runtime::driver::{recover, Query};
 
@@ -659,8 +660,9 @@ fn summary(
         let verdict = verdict.lock();
         (verdict.conservation_checks, verdict.releases)
     };
+    let refunds = RefundCounts::of(history);
     let summary = format!(
-        "ops={} attempts={attempts} answered={answered} expected_answers={expected} reads={} probes={}/{}/{} client messages sent={} delivered={} dropped={} peer connections={} frames={} bytes={} resets={} broken_after_write={} disk crashes={crashes} torn={torn} syncs={syncs} failed_syncs={failed_syncs} failed_snapshots={failed_snapshots} recoveries={recoveries} from_snapshot={from_snapshot} cold_chunks={cold_chunks} torn_cut={torn_cut} faults={} quiesced={quiesced} live_conservation_checks={live_conservation} live_releases_checked={live_releases} simulated={:.1}s",
+        "ops={} attempts={attempts} answered={answered} expected_answers={expected} reads={} probes={}/{}/{} {refunds} client messages sent={} delivered={} dropped={} peer connections={} frames={} bytes={} resets={} broken_after_write={} disk crashes={crashes} torn={torn} syncs={syncs} failed_syncs={failed_syncs} failed_snapshots={failed_snapshots} recoveries={recoveries} from_snapshot={from_snapshot} cold_chunks={cold_chunks} torn_cut={torn_cut} faults={} quiesced={quiesced} live_conservation_checks={live_conservation} live_releases_checked={live_releases} simulated={:.1}s",
         history.ops.len(),
         history.reads.len(),
         history.probes.deposits,
@@ -681,6 +683,52 @@ fn summary(
         return format!("{summary} {}", replication_summary(cluster, nemesis));
     }
     summary
+}
+
+/// What the clients' refunds got: requests, those committed, refused for exceeding what was
+/// left of their original, answered not refundable (a credit not yet confirmed) at least
+/// once, and those that joined another client's race.
+struct RefundCounts {
+    asked: usize,
+    committed: usize,
+    exceeding: usize,
+    not_refundable: usize,
+    raced: u64,
+}
+
+impl RefundCounts {
+    fn of(history: &crate::history::HistoryState) -> RefundCounts {
+        let refunds: Vec<&crate::history::Op> = (history.ops.iter())
+            .filter(|op| matches!(op.command, Command::Refund(_)))
+            .collect();
+        let settled = |status: TransferStatus| {
+            (refunds.iter())
+                .filter(|op| op.settled() == Some(&Ok(Reply::Transfer(status))))
+                .count()
+        };
+        RefundCounts {
+            asked: refunds.len(),
+            committed: settled(TransferStatus::Committed),
+            exceeding: settled(TransferStatus::Rejected(Reason::RefundExceedsOriginal)),
+            not_refundable: (refunds.iter())
+                .filter(|op| {
+                    op.answers()
+                        .any(|(_, r)| matches!(r, Err(LedgerError::NotRefundable(_))))
+                })
+                .count(),
+            raced: history.board.raced,
+        }
+    }
+}
+
+impl std::fmt::Display for RefundCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "refunds={} refunds_committed={} refunds_exceeding={} refunds_not_refundable={} refunds_raced={}",
+            self.asked, self.committed, self.exceeding, self.not_refundable, self.raced
+        )
+    }
 }
 
 /// What the Raft groups of a replicated run did: terms in which a leader was seen, their

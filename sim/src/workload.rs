@@ -1,7 +1,9 @@
 //! Simulated clients: open accounts, deposit, and run random same- and cross-partition
 //! transfers, retrying with the same transaction id after a timeout or an unavailable
-//! partition, sending some invalid requests whose error they know in advance, and now and
-//! then taking an account of their own through a decision boundary ([`crate::edges`]).
+//! partition, refunding transfers they saw committed (racing each other at times, see
+//! [`crate::refunds`]), sending some invalid requests whose error they know in advance, and
+//! now and then taking an account of their own through a decision boundary
+//! ([`crate::edges`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use tokio::sync::oneshot;
 use walletd_core::ledger::{Command, Reply, TransferStatus};
 use walletd_core::model::event::Transfer;
 use walletd_core::model::ids::{AccountId, TransactionId};
-use walletd_core::model::money::{Amount, Currency};
+use walletd_core::model::money::{Amount, Currency, AMOUNT_MINOR_MAX};
 use walletd_core::model::partition::{partition_of, PartitionId};
 use walletd_runtime::driver::{wall_clock_us, CommandResult, Query, QueryAnswer};
 
@@ -313,8 +315,10 @@ impl Client {
 
     async fn step(&mut self) {
         let roll = self.rng.gen_range(0..100);
+        // The transfer a refund refunds.
+        let mut refunding = None;
         let (command, expect) = match roll {
-            0..=55 => {
+            0..=52 => {
                 let from = self.pick();
                 let same = self.rng.gen_bool(0.25);
                 let Some(to) = self
@@ -325,8 +329,19 @@ impl Client {
                 };
                 (self.transfer(from.id, to.id, from.currency), Expect::Valid)
             }
-            56..=59 => return self.edge_episode().await,
-            60..=66 => {
+            53..=58 => {
+                let picked = self.history.lock().board.pick(&mut self.rng);
+                let Some(original) = picked else {
+                    return;
+                };
+                refunding = Some(original);
+                let asked = crate::refunds::asked(&mut self.rng, original.amount.minor());
+                let id = self.fresh_id();
+                let partitions = self.requester.partitions;
+                crate::refunds::refund(&self.history, id, &original, asked, partitions)
+            }
+            59..=62 => return self.edge_episode().await,
+            63..=69 => {
                 let spec = self.pick();
                 let minor = self.rng.gen_range(1..=5_000);
                 let command = Command::Deposit {
@@ -337,7 +352,7 @@ impl Client {
                 };
                 (command, Expect::Valid)
             }
-            67..=71 => {
+            70..=74 => {
                 let spec = self.pick();
                 let minor = self.rng.gen_range(1..=6_000);
                 let command = Command::Withdraw {
@@ -348,19 +363,20 @@ impl Client {
                 };
                 (command, Expect::Valid)
             }
-            72..=76 => return self.read_balance().await,
-            77..=83 => match self.answered.choose(&mut self.rng).cloned() {
+            75..=79 => return self.read_balance().await,
+            80..=86 => match self.answered.choose(&mut self.rng).cloned() {
                 Some((command, reply)) => (command, Expect::Same(reply)),
                 None => return,
             },
-            84..=87 => match self.conflicting() {
+            87..=90 => match self.conflicting() {
                 Some(command) => (command, Expect::Error("Conflict")),
                 None => return,
             },
             _ => self.invalid(),
         };
-        let valid = expect == Expect::Valid;
-        let op = self.history.start(self.index, &command, expect);
+        // Requests whose answers may be repeated (or their ids reused): new ones.
+        let valid = matches!(expect, Expect::Valid | Expect::Refund { .. });
+        let op = self.history.start(self.index, &command, expect.clone());
         let reply = self
             .requester
             .execute(
@@ -371,6 +387,19 @@ impl Client {
                 &mut self.rng,
             )
             .await;
+        if reply == Some(Ok(Reply::Transfer(TransferStatus::Committed))) {
+            // A transfer between shared accounts, or a refund of one, that others may refund.
+            let committed = match (&command, refunding) {
+                (Command::Transfer(t), _) if expect == Expect::Valid => Some(*t),
+                (Command::Refund(r), Some(original)) => r
+                    .amount
+                    .map(|a| crate::refunds::refund_body(r, &original, a)),
+                _ => None,
+            };
+            if let Some(transfer) = committed {
+                self.history.lock().board.publish(transfer);
+            }
+        }
         let settled = reply.filter(|result| match result {
             Ok(_) => true,
             Err(error) => is_business_refusal(error),
@@ -431,6 +460,16 @@ impl Client {
                 currency,
                 transaction_id,
             },
+            // Another amount: with none asked (all that was left), the largest there is,
+            // which no refund here was recorded with. (Another original would not do: the
+            // refund's key is found from its original.)
+            Command::Refund(mut r) => {
+                r.amount = Some(match r.amount {
+                    Some(a) => bump(a),
+                    None => amount(AMOUNT_MINOR_MAX),
+                });
+                Command::Refund(r)
+            }
             _ => return None,
         })
     }
