@@ -1,5 +1,6 @@
-//! Late retries: once the run has quiesced, the first transfers the clients settled are sent
-//! again, each with the answer it first got as the expectation ([`Expect::Same`]).
+//! Late retries: once the run has quiesced, the first transfers and refunds the clients
+//! settled are sent again, each with the answer it first got as the expectation
+//! ([`Expect::Same`]).
 //!
 //! By then a partition has taken many snapshots and most nodes have crashed and restarted,
 //! so the home rows of the first transfers are on disk only (chunk files, see
@@ -16,9 +17,13 @@ use crate::workload::Requester;
 
 /// Transfers retried at the end of a run: the first this many that settled.
 pub const LATE_RETRIES_MAX: usize = 64;
+/// Refunds retried after them: the first this many that settled (a refund's retry finds its
+/// row, then what the partition's refund table says it refunds).
+pub const LATE_REFUNDS_MAX: usize = 16;
 
-/// The first transfers of `history` that settled, with their first answer; retried by the
-/// client numbered `client` (one past the workload's), each up to `attempts_max` times.
+/// The first transfers of `history` that settled, then its first refunds that settled, with
+/// their first answer; retried by the client numbered `client` (one past the workload's),
+/// each up to `attempts_max` times.
 pub async fn retry_first_transfers(
     history: &History,
     requester: &Requester,
@@ -26,15 +31,20 @@ pub async fn retry_first_transfers(
     client: u32,
     attempts_max: u32,
 ) {
-    let first: Vec<_> = history
-        .lock()
-        .ops
-        .iter()
-        .filter(|op| matches!(op.command, Command::Transfer(_)) && op.expect == Expect::Valid)
-        .filter_map(|op| Some((op.command.clone(), op.settled()?.clone())))
-        .filter(|(_, answer)| answer.as_ref().err().is_none_or(settles))
-        .take(LATE_RETRIES_MAX)
-        .collect();
+    let first_of = |refunds: bool, most: usize| -> Vec<_> {
+        (history.lock().ops.iter())
+            .filter(|op| match op.command {
+                Command::Transfer(_) => !refunds && op.expect == Expect::Valid,
+                Command::Refund(_) => refunds && matches!(op.expect, Expect::Refund { .. }),
+                _ => false,
+            })
+            .filter_map(|op| Some((op.command.clone(), op.settled()?.clone())))
+            .filter(|(_, answer)| answer.as_ref().err().is_none_or(settles))
+            .take(most)
+            .collect()
+    };
+    let mut first = first_of(false, LATE_RETRIES_MAX);
+    first.extend(first_of(true, LATE_REFUNDS_MAX));
     let mut rng = stream(seed, Purpose::Client(client));
     for (command, answer) in first {
         let op = history.start(client, &command, Expect::Same(answer));

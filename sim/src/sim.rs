@@ -22,7 +22,7 @@ use crate::boundary::Hits;
 use crate::checkers::{self, FinalState, LiveState, PartitionFinal, Violation};
 use crate::cluster::Cluster;
 use crate::config::{Fault, SimConfig};
-use crate::history::History;
+use crate::history::{Expect, History};
 use crate::late;
 use crate::links::LinkCounters;
 use crate::live::{LiveChecks, Verdict};
@@ -685,12 +685,14 @@ fn summary(
     summary
 }
 
-/// What the clients' refunds got: requests, those committed, refused for exceeding what was
-/// left of their original, answered not refundable (a credit not yet confirmed) at least
+/// What the clients' refunds got: requests, those committed, cancelled (a refund across
+/// partitions whose destination did not take it), refused for exceeding what was left of
+/// their original, answered not refundable (a credit not yet confirmed) at least
 /// once, and those that joined another client's race.
 struct RefundCounts {
     asked: usize,
     committed: usize,
+    cancelled: usize,
     exceeding: usize,
     not_refundable: usize,
     raced: u64,
@@ -698,8 +700,10 @@ struct RefundCounts {
 
 impl RefundCounts {
     fn of(history: &crate::history::HistoryState) -> RefundCounts {
+        // New refunds, not repeats of answered ones nor reuses of their ids.
         let refunds: Vec<&crate::history::Op> = (history.ops.iter())
             .filter(|op| matches!(op.command, Command::Refund(_)))
+            .filter(|op| !matches!(op.expect, Expect::Same(_) | Expect::Error(_)))
             .collect();
         let settled = |status: TransferStatus| {
             (refunds.iter())
@@ -709,6 +713,14 @@ impl RefundCounts {
         RefundCounts {
             asked: refunds.len(),
             committed: settled(TransferStatus::Committed),
+            cancelled: (refunds.iter())
+                .filter(|op| {
+                    matches!(
+                        op.settled(),
+                        Some(Ok(Reply::Transfer(TransferStatus::Cancelled(_))))
+                    )
+                })
+                .count(),
             exceeding: settled(TransferStatus::Rejected(Reason::RefundExceedsOriginal)),
             not_refundable: (refunds.iter())
                 .filter(|op| {
@@ -725,8 +737,8 @@ impl std::fmt::Display for RefundCounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "refunds={} refunds_committed={} refunds_exceeding={} refunds_not_refundable={} refunds_raced={}",
-            self.asked, self.committed, self.exceeding, self.not_refundable, self.raced
+            "refunds={} refunds_committed={} refunds_cancelled={} refunds_exceeding={} refunds_not_refundable={} refunds_raced={}",
+            self.asked, self.committed, self.cancelled, self.exceeding, self.not_refundable, self.raced
         )
     }
 }
