@@ -42,7 +42,8 @@ OPTIONS:
                          no-idempotency, credit-before-debit, retry-failed-sync,
                          refusal-unrecorded, recovery-trusts-unsynced,
                          rollover-without-dir-sync, cancel-after-durable-credit,
-                         commit-on-home-only, confirm-sent-once; replicated:
+                         commit-on-home-only, confirm-sent-once,
+                         refund-beyond-original; replicated:
                          ack-before-quorum, forget-vote, stale-read,
                          rejoin-under-old-id
   --nodes N              server nodes [3]

@@ -69,6 +69,13 @@ fn answering_before_a_quorum_is_caught_as_lost_durability() {
     caught_as(Bug::AckBeforeQuorum, "durability");
 }
 
+/// A ledger bug, caught in replicated runs (no live check) by the refund cap over the final
+/// logs.
+#[test]
+fn refund_beyond_original_is_caught_by_the_refund_cap_at_the_end() {
+    caught_as(Bug::RefundBeyondOriginal, "refund_cap");
+}
+
 #[test]
 fn a_replica_that_forgets_its_vote_is_caught_as_two_leaders_in_a_term() {
     caught_as(Bug::ForgetVote, "one_leader_per_term");

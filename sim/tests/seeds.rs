@@ -83,6 +83,36 @@ fn skip_barrier_is_caught_as_a_hanging_try() {
     caught_as(Bug::SkipBarrier, SEEDS_TO_FIND_A_LATE_TRY, "no_hanging");
 }
 
+/// Refunds held against the whole original are caught by the refund cap the moment the
+/// batch that accepts one too many is cut.
+#[test]
+fn refund_beyond_original_is_caught_by_the_refund_cap_while_the_run_goes() {
+    let report = caught_as(Bug::RefundBeyondOriginal, SEEDS_TO_FIND_A_BUG, "refund_cap");
+    assert!(
+        report.details.contains("violated while the run went"),
+        "{}",
+        report.details
+    );
+}
+
+/// Clean quick runs refund: within and across partitions, racing, some refused for
+/// exceeding what was left of their original.
+#[test]
+fn clean_seeds_refund_and_race_refunds() {
+    let report = sim::run(&unreplicated(1));
+    assert!(report.ok(), "{}{}", report.details, report.result_line());
+    let count = |name: &str| -> u64 {
+        let field = format!(" {name}=");
+        let at = report.summary.find(&field).expect(name) + field.len();
+        let digits = report.summary[at..].split(' ').next().unwrap_or("");
+        digits.parse().expect("a count")
+    };
+    assert!(count("refunds") > 50, "{}", report.summary);
+    assert!(count("refunds_committed") > 20, "{}", report.summary);
+    assert!(count("refunds_exceeding") > 10, "{}", report.summary);
+    assert!(count("refunds_raced") > 5, "{}", report.summary);
+}
+
 #[test]
 fn a_seed_replays_to_the_same_trace() {
     let config = unreplicated(3);
