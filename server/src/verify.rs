@@ -278,6 +278,7 @@ fn verify_partition(
         dir.partitions(),
         &log.records,
     ));
+    report.violations_of(invariants::scan_refunds(partition, &log.records));
     let ledger = match safe_replay(partition, dir.partitions(), &log.records, AsOf::End) {
         Ok(ledger) => ledger,
         Err(error) => {

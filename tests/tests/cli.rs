@@ -571,6 +571,46 @@ fn verify_reports_each_violation_in_damaged_logs() {
     assert!(report.contains("applied twice"), "{report}");
     assert!(report.contains("after its Cancel"), "{report}");
 
+    // Refunds of one transfer that sum to more than it moved: the refund cap.
+    let data = tmp.path().join("refunds");
+    let to_bob = Transfer {
+        transaction_id: t1,
+        from: id("alice"),
+        to: id("bob"),
+        amount,
+        currency: usd,
+    };
+    let refund = |id_text: &str| Event::RefundAccepted {
+        refund: Transfer {
+            transaction_id: TransactionId::new(id_text).unwrap(),
+            from: id("bob"),
+            to: id("alice"),
+            amount: Amount::from_minor(300).unwrap(),
+            currency: usd,
+        },
+        original: t1,
+        remote: false,
+    };
+    write_log(
+        &data,
+        &[
+            &funded[..],
+            &[
+                Event::AccountOpened {
+                    account: id("bob"),
+                    currency: usd,
+                },
+                Event::Transferred { transfer: to_bob },
+                refund("r1"),
+                refund("r2"),
+            ],
+        ]
+        .concat(),
+    );
+    let (code, report) = w.verify(&data);
+    assert_eq!(code, 1, "{report}");
+    assert!(report.contains("refund_cap"), "{report}");
+
     // A withdrawal that overdraws: the log does not replay.
     let data = tmp.path().join("overdraw");
     write_log(

@@ -107,7 +107,13 @@ impl Ledger {
             transaction_id: request.refund_id,
         };
         if let Some(row) = self.find_transfer(&key)? {
-            let same = self.refunds.original_of(&key) == Some(request.original.transaction_id)
+            // A refund whose record a crash took after its Try left is abandoned when its
+            // destination asks about the credit (see `Command::Abandon`): recorded as a plain
+            // transfer refused for good, which its retry is answered with, as a transfer's is.
+            let abandoned = self.refunds.original_of(&key).is_none()
+                && row.state == TransferState::Rejected(Reason::Timeout);
+            let same = (abandoned
+                || self.refunds.original_of(&key) == Some(request.original.transaction_id))
                 && row.transfer.to == request.original.from
                 && request.amount.is_none_or(|a| a == row.transfer.amount);
             return if same {

@@ -301,3 +301,25 @@ fn refund_beyond_original_accepts_refunds_past_the_original_and_the_scan_names_t
         "{found:?}"
     );
 }
+
+#[test]
+fn a_refund_abandoned_after_a_crash_answers_its_retry_as_an_abandoned_transfer() {
+    let w = world();
+    let original = transfer(w.a, w.c, 4_000, USD, "t1");
+    let mut events = destination(&w);
+    events.push(Event::CreditTried { transfer: original });
+    events.push(Event::CreditConfirmed {
+        key: original.key(),
+    });
+    // The refund's record was lost with unsynced writes after its Try left; a's partition
+    // asked about the credit, and this home, with no row, recorded it refused for good.
+    let lost = transfer(w.c, w.a, 1_000, USD, "r1");
+    given(1, &events)
+        .when(Command::Abandon(lost))
+        .then_status(TransferStatus::Rejected(Reason::Timeout))
+        .when(refund(w.c, key(w.a, "t1"), "r1", Some(1_000)))
+        .then_nothing_new()
+        .then_status(TransferStatus::Rejected(Reason::Timeout))
+        .when(refund(w.c, key(w.a, "t1"), "r1", Some(999)))
+        .then_error(LedgerError::Conflict(txn("r1")));
+}
