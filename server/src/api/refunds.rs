@@ -17,10 +17,9 @@ use utoipa::ToSchema;
 use walletd_core::ledger::{Command, LedgerError, Refund, TransferRow, TransferStatus};
 use walletd_core::model::event::TransferKey;
 use walletd_core::model::money::{Amount, Currency};
-use walletd_runtime::driver::{Query, QueryAnswer};
 
 use super::dry_run::{self, WriteParams};
-use super::transfers::{execute_started, status_url, status_view};
+use super::transfers::{execute_started, status_url, status_view, transfer_row};
 use super::{account_id, transaction_id, Api, ApiJson, ApiPath, ApiQuery};
 use crate::errors::ApiError;
 
@@ -137,28 +136,7 @@ pub async fn refund(
 
 /// The row of the transfer to refund, read at its home: it must exist and be committed.
 async fn committed_original(api: &Api, original: TransferKey) -> Result<TransferRow, ApiError> {
-    let client = api.client();
-    let answer = (client.query(
-        client.partition_of(&original.from),
-        Query::Transfer(original),
-    ))
-    .await
-    .map_err(|unavailable| api.unavailable(unavailable))?;
-    let row = match answer {
-        QueryAnswer::Transfer(Some(row)) => row,
-        QueryAnswer::Transfer(None) => {
-            return Err(ApiError::transfer_not_found(
-                original.from.as_str(),
-                original.transaction_id.as_str(),
-            ))
-        }
-        QueryAnswer::Unreadable => {
-            return Err(
-                LedgerError::Unreadable("the partition logged which chunk file".into()).into(),
-            )
-        }
-        other => return Err(ApiError::internal(format!("unexpected answer {other:?}"))),
-    };
+    let row = transfer_row(api, original).await?;
     if row.state.status() != TransferStatus::Committed {
         return Err(LedgerError::NotRefundable(original).into());
     }

@@ -381,19 +381,23 @@ pub async fn status(
         from: account_id("from_account", &from)?,
         transaction_id: transaction_id("transaction_id", &id)?,
     };
+    let row = transfer_row(&api, key).await?;
+    let mut response = status_response(&row);
+    response.refund_of = refund_of(&api, key).await?.map(|id| id.to_string());
+    Ok(axum::Json(response))
+}
+
+/// The row of the transfer `key`, read at its home: `404 transfer_not_found` if it has none.
+pub(super) async fn transfer_row(api: &Api, key: TransferKey) -> Result<TransferRow, ApiError> {
     let partition = api.client().partition_of(&key.from);
-    let answer = api
-        .client()
-        .query(partition, Query::Transfer(key))
-        .await
+    let answer = (api.client().query(partition, Query::Transfer(key)).await)
         .map_err(|e| api.unavailable(e))?;
     match answer {
-        QueryAnswer::Transfer(Some(row)) => {
-            let mut response = status_response(&row);
-            response.refund_of = refund_of(&api, key).await?.map(|id| id.to_string());
-            Ok(axum::Json(response))
-        }
-        QueryAnswer::Transfer(None) => Err(ApiError::transfer_not_found(&from, &id)),
+        QueryAnswer::Transfer(Some(row)) => Ok(row),
+        QueryAnswer::Transfer(None) => Err(ApiError::transfer_not_found(
+            key.from.as_str(),
+            key.transaction_id.as_str(),
+        )),
         QueryAnswer::Unreadable => Err(unreadable()),
         QueryAnswer::Account(_) | QueryAnswer::DryRun(_) | QueryAnswer::RefundOf(_) => {
             Err(ApiError::internal("unexpected query answer"))
