@@ -18,12 +18,15 @@ pub(crate) mod append_table;
 pub(crate) mod chunked;
 pub mod cold;
 mod dry_run;
+pub(crate) mod holds;
 pub(crate) mod refunds;
 pub(crate) mod row_index;
 pub(crate) mod transfer_table;
 
 pub use crate::model::event::{CashKind, CashRefusal, CashRefused};
 pub use dry_run::DryRun;
+use holds::HoldTable;
+pub use holds::{Hold, HoldTerms, HOLD_EXPIRES_IN_MS_MAX, OPEN_HOLDS_MAX};
 pub use refunds::Refund;
 use refunds::RefundTable;
 pub use transfer_table::CHUNK_ROWS;
@@ -95,6 +98,11 @@ pub enum TransferState {
     Cancelled(Reason),
     /// Final: refused at the home partition; nothing moved.
     Rejected(Reason),
+    /// A hold, held: its amount is out of the source's balance and counted as incoming at
+    /// its destination, until a capture, a void or its expiry ends it (see [`holds`]).
+    Held,
+    /// Final: a hold captured (what of it is in the partition's hold terms).
+    Captured,
 }
 
 impl TransferState {
@@ -109,14 +117,20 @@ impl TransferState {
                 TransferStatus::Cancelled(r)
             }
             TransferState::Rejected(r) => TransferStatus::Rejected(r),
+            TransferState::Held => TransferStatus::Held,
+            TransferState::Captured => TransferStatus::Captured,
         }
     }
 
-    /// Whether the coordinator still has work to do for this row.
+    /// Whether this row may still change: the coordinator has work to do for it, or it is
+    /// a hold waiting for its end.
     pub fn is_unfinished(self) -> bool {
         matches!(
             self,
-            TransferState::Trying | TransferState::Confirming | TransferState::Cancelling(_)
+            TransferState::Trying
+                | TransferState::Confirming
+                | TransferState::Cancelling(_)
+                | TransferState::Held
         )
     }
 
@@ -153,6 +167,10 @@ pub enum TransferStatus {
     Committed,
     Rejected(Reason),
     Cancelled(Reason),
+    /// A hold, held: a capture, a void or its expiry ends it.
+    Held,
+    /// A hold captured.
+    Captured,
 }
 
 /// The home-side row of a transfer: idempotency record and phase status in one.
@@ -235,6 +253,15 @@ impl StoredCredit {
             (CreditState::Tried, Some((to, amount, currency))) => Some((to, *amount, *currency)),
             _ => None,
         }
+    }
+
+    /// Confirms the pending credit for `amount` of it (a hold captured in part): the row
+    /// keeps the amount that arrived.
+    fn capture(&mut self, amount: Amount) {
+        let tried = self.tried.as_mut().expect("a pending credit was tried");
+        debug_assert!(amount <= tried.1);
+        tried.1 = amount;
+        self.state = CreditState::Confirmed;
     }
 }
 
@@ -319,6 +346,22 @@ pub enum Command {
     /// credit that is tried commits the transfer (with the home's durable debit), so it
     /// stays, and the answer says so.
     AbortCredit(Transfer),
+    /// A client hold (see [`holds`]); this partition must own its `from`. Boxed: it is
+    /// longer than a transfer, and every command pays for the longest.
+    Hold(Box<Hold>),
+    /// A client capture of the hold `key`: `amount` of it, or all of it for `None`.
+    Capture {
+        key: TransferKey,
+        amount: Option<Amount>,
+    },
+    /// A client void of the hold `key`.
+    Void {
+        key: TransferKey,
+    },
+    /// From this partition's expiry scan: expire the hold `key` if its time has come.
+    ExpireHold {
+        key: TransferKey,
+    },
 }
 
 impl Command {
@@ -327,6 +370,7 @@ impl Command {
     pub fn transfer_key(&self) -> Option<TransferKey> {
         match self {
             Command::Transfer(transfer) => Some(transfer.key()),
+            Command::Hold(hold) => Some(hold.transfer.key()),
             _ => None,
         }
     }
@@ -350,7 +394,11 @@ impl Command {
             Command::Refund(refund) => &refund.original.from,
             Command::Decide { key, .. }
             | Command::FinishDebit { key }
-            | Command::CommitDebit { key } => &key.from,
+            | Command::CommitDebit { key }
+            | Command::Capture { key, .. }
+            | Command::Void { key }
+            | Command::ExpireHold { key } => &key.from,
+            Command::Hold(hold) => &hold.transfer.from,
             Command::TryCredit(transfer)
             | Command::ConfirmCredit(transfer)
             | Command::CancelCredit(transfer)
@@ -445,6 +493,22 @@ pub enum LedgerError {
     /// refundable once its destination applied its Confirm).
     #[error("transfer {0:?} is not a committed transfer whose money reached its destination")]
     NotRefundable(TransferKey),
+    /// A capture or void named a transfer that is not a hold.
+    #[error("transfer {0:?} is not a hold")]
+    NotAHold(TransferKey),
+    /// A capture or void of a hold that is not held: still pending (its destination has not
+    /// answered yet), or refused or cancelled before it was held.
+    #[error("hold {0:?} is not held")]
+    HoldNotHeld(TransferKey),
+    /// A capture asked for more than the hold holds.
+    #[error("the capture asks for more than the {held} hold {key:?} holds")]
+    CaptureExceedsHold { key: TransferKey, held: String },
+    /// A capture of a hold already captured for another amount.
+    #[error("hold {key:?} was already captured for {captured}")]
+    HoldAlreadyCaptured { key: TransferKey, captured: String },
+    /// The partition holds as many open holds as it may ([`OPEN_HOLDS_MAX`]).
+    #[error("the partition holds {0} open holds, as many as it may; capture or void some first")]
+    HoldLimit(usize),
 }
 
 impl From<ColdError> for LedgerError {
@@ -494,6 +558,8 @@ pub struct Ledger {
     pub(crate) flows: BTreeMap<Currency, Flows>,
     /// The refunds this partition is home of, and what they refunded (see [`refunds`]).
     pub(crate) refunds: RefundTable,
+    /// The holds this partition is home of (see [`holds`]).
+    pub(crate) holds: HoldTable,
     pub(crate) last: RecordMeta,
 }
 
@@ -513,6 +579,7 @@ impl Ledger {
             cash: AppendTable::default(),
             flows: BTreeMap::new(),
             refunds: RefundTable::default(),
+            holds: HoldTable::default(),
             last: RecordMeta::default(),
         }
     }
@@ -741,6 +808,17 @@ impl Ledger {
     /// Decides `command` against the current state: pushes the events to append onto
     /// `events` and returns the reply, or refuses with an error and pushes nothing.
     pub fn decide(&self, command: &Command, events: &mut Vec<Event>) -> Result<Reply, LedgerError> {
+        self.decide_at(command, self.last.timestamp, events)
+    }
+
+    /// [`Ledger::decide`] at the home's wall-clock time `now`, which holds' expiries are
+    /// measured against (the stamp the records it decides will carry).
+    pub fn decide_at(
+        &self,
+        command: &Command,
+        now: Timestamp,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
         let events_before = events.len();
         let result = match *command {
             Command::OpenAccount { account, currency } => {
@@ -782,6 +860,10 @@ impl Ledger {
             Command::CancelCredit(transfer) => self.decide_cancel_credit(transfer, events),
             Command::AbortCredit(transfer) => self.decide_abort_credit(transfer, events),
             Command::Abandon(transfer) => self.decide_abandon(transfer, events),
+            Command::Hold(ref hold) => self.decide_hold(hold, now, events),
+            Command::Capture { ref key, amount } => self.decide_capture(key, amount, now, events),
+            Command::Void { ref key } => self.decide_void(key, now, events),
+            Command::ExpireHold { ref key } => self.decide_expire(key, now, events),
         };
         debug_assert!(
             result.is_ok()
@@ -1088,14 +1170,20 @@ impl Ledger {
         key: TransferKey,
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
+        let hold = self.holds.terms.contains_key(&key);
         match self.home_state(&key)? {
+            // A hold is held at the commit point of its Try; a capture, a void or its expiry
+            // ends it later (see `holds`).
+            TransferState::Trying if hold => events.push(Event::HoldEstablished { key }),
             // `Confirming`: a row decided by an older build, which waited for an
             // acknowledgement before it finished.
             TransferState::Trying | TransferState::Confirming => {
                 events.push(Event::DebitConfirmed { key })
             }
-            // Already committed: a retried commit is a no-op.
+            // Already committed, or held: a retried commit is a no-op.
             TransferState::Committed => {}
+            TransferState::Held | TransferState::Captured if hold => {}
+            TransferState::Cancelling(_) | TransferState::Cancelled(_) if hold => {}
             state => {
                 return Err(LedgerError::InvalidTransition {
                     key,
@@ -1193,7 +1281,17 @@ impl Ledger {
             .credits
             .get(&key)
             .ok_or(LedgerError::UnknownTransfer(key))?;
+        let tried = row.pending().map(|(_, amount, _)| amount);
         let result = match row.state {
+            // The Confirm of a hold captured in part carries the part.
+            CreditState::Tried if tried.is_some_and(|tried| transfer.amount < tried) => {
+                let amount = transfer.amount;
+                events.push(Event::CreditCaptured { key, amount });
+                PhaseResult::Confirmed
+            }
+            CreditState::Tried if tried.is_some_and(|tried| transfer.amount > tried) => {
+                PhaseResult::Refused
+            }
             CreditState::Tried => {
                 events.push(Event::CreditConfirmed { key });
                 PhaseResult::Confirmed
@@ -1281,9 +1379,9 @@ impl Ledger {
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
         let first = events.len();
-        // A refusal may come with its own record (see `decide_cash`): applied all the same.
-        let result = self.decide(command, events);
         let timestamp = timestamp.max(self.last.timestamp);
+        // A refusal may come with its own record (see `decide_cash`): applied all the same.
+        let result = self.decide_at(command, timestamp, events);
         for event in &events[first..] {
             let meta = RecordMeta {
                 lsn: self.last.lsn + 1,
@@ -1363,6 +1461,23 @@ impl Ledger {
                 original,
                 reason,
             } => self.apply_refund(meta, refund, *original, Some(*reason), source),
+            Event::HoldPlaced {
+                hold,
+                expires_at,
+                remote,
+            } => self.apply_hold_placed(meta, hold, *expires_at, *remote, source),
+            Event::HoldEstablished { key } => self.apply_hold_established(key),
+            Event::HoldCaptured {
+                hold,
+                amount,
+                remote,
+            } => self.apply_hold_captured(meta, hold, *amount, *remote),
+            Event::HoldReleased {
+                hold,
+                reason,
+                remote,
+            } => self.apply_hold_released(meta, hold, *reason, *remote),
+            Event::CreditCaptured { key, amount } => self.apply_credit_captured(key, *amount),
         }
         .map_err(refused)?;
         self.last = meta;
@@ -1486,13 +1601,26 @@ impl Ledger {
         transfer: &Transfer,
         source: Source,
     ) -> Result<(), String> {
+        self.debit_into_hold(meta, transfer, source, TransferState::Trying, true)
+    }
+
+    /// Moves `transfer`'s amount from its source's balance into `held` and places its row in
+    /// `state`: a debit's Try, or a hold. Changes nothing when it refuses.
+    fn debit_into_hold(
+        &mut self,
+        meta: RecordMeta,
+        transfer: &Transfer,
+        source: Source,
+        state: TransferState,
+        remote: bool,
+    ) -> Result<(), String> {
         let slot = vacancy(&mut self.transfers, &transfer.key(), source)?;
         let from = find_account(&mut self.accounts, &transfer.from, "debit from")?;
         let minor = transfer.amount.minor();
         check_move(&transfer.from, from, minor, transfer.currency, check_covers)?;
         from.balance -= minor;
         from.held += minor;
-        slot.fill(&new_row(meta, *transfer, TransferState::Trying, true));
+        slot.fill(&new_row(meta, *transfer, state, remote));
         Ok(())
     }
 
@@ -1685,6 +1813,9 @@ impl Ledger {
         for (_, amount, currency) in self.credits.values().filter_map(StoredCredit::pending) {
             *incoming_by_rows.entry(currency).or_default() += u128::from(amount.minor());
         }
+        for (currency, minor) in self.local_holds_incoming() {
+            *incoming_by_rows.entry(currency).or_default() += u128::from(minor);
+        }
         for currency in sums.keys().chain(self.flows.keys()) {
             let (held_and_balance, incoming) = sums.get(currency).copied().unwrap_or_default();
             let flows = self.flows.get(currency).copied().unwrap_or_default();
@@ -1848,7 +1979,7 @@ pub struct Prefetched {
 
 /// Where an event being applied comes from: what has been checked of it already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
+pub(crate) enum Source {
     /// `decide` made it a moment ago from this state: it looked its transfer key up, on disk
     /// too, and found it new.
     Decide,

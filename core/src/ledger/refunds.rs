@@ -177,6 +177,14 @@ impl Ledger {
         let transfer = if self.owns(&original.from) {
             match self.find_transfer(original)? {
                 Some(row) if row.state == TransferState::Committed => row.transfer,
+                // A hold captured within the partition: what was captured arrived.
+                Some(row) if row.state == TransferState::Captured => {
+                    let captured = self.hold_terms(original).and_then(|terms| terms.captured);
+                    Transfer {
+                        amount: captured.ok_or_else(not_refundable)?,
+                        ..row.transfer
+                    }
+                }
                 _ => return Err(not_refundable()),
             }
         } else {

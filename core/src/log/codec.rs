@@ -38,6 +38,11 @@
 //! | 14 | `CashRefused` | kind, account, amount, transaction id, refusal |
 //! | 15 | `RefundAccepted` | refund (a transfer), original's transaction id, remote (a byte, 0 or 1) |
 //! | 16 | `RefundRejected` | refund (a transfer), original's transaction id, reason |
+//! | 17 | `HoldPlaced` | hold (a transfer), expires_at u64, remote |
+//! | 18 | `HoldEstablished` | key |
+//! | 19 | `HoldCaptured` | hold (a transfer), amount captured, remote |
+//! | 20 | `HoldReleased` | hold (a transfer), reason, remote |
+//! | 21 | `CreditCaptured` | key, amount |
 //!
 //! Fields: an id is a `u8` length and that many ASCII bytes (validated by [`AccountId::new`] or
 //! [`TransactionId::new`] on decode); an amount is a `u64` of minor units (validated by
@@ -158,6 +163,11 @@ mod tag {
     pub const CASH_REFUSED: u8 = 14;
     pub const REFUND_ACCEPTED: u8 = 15;
     pub const REFUND_REJECTED: u8 = 16;
+    pub const HOLD_PLACED: u8 = 17;
+    pub const HOLD_ESTABLISHED: u8 = 18;
+    pub const HOLD_CAPTURED: u8 = 19;
+    pub const HOLD_RELEASED: u8 = 20;
+    pub const CREDIT_CAPTURED: u8 = 21;
 }
 
 /// One record of a partition log.
@@ -340,6 +350,37 @@ fn encode_event(event: &Event, out: &mut Vec<u8>) {
             original.encode_into(out);
             out.push(reason_tag(reason));
         }
+        Event::HoldPlaced {
+            hold,
+            expires_at,
+            remote,
+        } => {
+            put_transfer_event(out, tag::HOLD_PLACED, &hold);
+            out.extend_from_slice(&expires_at.to_le_bytes());
+            out.push(u8::from(remote));
+        }
+        Event::HoldEstablished { key } => put_key_event(out, tag::HOLD_ESTABLISHED, &key),
+        Event::HoldCaptured {
+            hold,
+            amount,
+            remote,
+        } => {
+            put_transfer_event(out, tag::HOLD_CAPTURED, &hold);
+            out.extend_from_slice(&amount.minor().to_le_bytes());
+            out.push(u8::from(remote));
+        }
+        Event::HoldReleased {
+            hold,
+            reason,
+            remote,
+        } => {
+            put_transfer_event(out, tag::HOLD_RELEASED, &hold);
+            out.extend_from_slice(&[reason_tag(reason), u8::from(remote)]);
+        }
+        Event::CreditCaptured { key, amount } => {
+            put_key_event(out, tag::CREDIT_CAPTURED, &key);
+            out.extend_from_slice(&amount.minor().to_le_bytes());
+        }
     }
 }
 
@@ -458,6 +499,8 @@ pub(crate) fn reason_tag(reason: Reason) -> u8 {
         Reason::SourceCurrencyMismatch => 8,
         Reason::SameAccount => 9,
         Reason::RefundExceedsOriginal => 10,
+        Reason::HoldVoided => 11,
+        Reason::HoldExpired => 12,
     }
 }
 
@@ -572,6 +615,8 @@ impl<'a> Cursor<'a> {
             4 => TransferState::Committed,
             5 => TransferState::Cancelled(self.reason()?),
             6 => TransferState::Rejected(self.reason()?),
+            7 => TransferState::Held,
+            8 => TransferState::Captured,
             other => return Err(format!("unknown transfer state {other}")),
         })
     }
@@ -689,6 +734,26 @@ fn decode_event(cursor: &mut Cursor<'_>) -> Result<Event, String> {
             refund: cursor.transfer()?,
             original: cursor.transaction_id()?,
             reason: cursor.reason()?,
+        },
+        tag::HOLD_PLACED => Event::HoldPlaced {
+            hold: cursor.transfer()?,
+            expires_at: cursor.u64()?,
+            remote: cursor.bool()?,
+        },
+        tag::HOLD_ESTABLISHED => Event::HoldEstablished { key: cursor.key()? },
+        tag::HOLD_CAPTURED => Event::HoldCaptured {
+            hold: cursor.transfer()?,
+            amount: cursor.amount()?,
+            remote: cursor.bool()?,
+        },
+        tag::HOLD_RELEASED => Event::HoldReleased {
+            hold: cursor.transfer()?,
+            reason: cursor.reason()?,
+            remote: cursor.bool()?,
+        },
+        tag::CREDIT_CAPTURED => Event::CreditCaptured {
+            key: cursor.key()?,
+            amount: cursor.amount()?,
         },
         other => return Err(format!("unknown event tag {other}")),
     };
@@ -1063,7 +1128,7 @@ mod tests {
         events
     }
 
-    const ALL_REASONS: [Reason; 10] = Reason::ALL;
+    const ALL_REASONS: [Reason; 12] = Reason::ALL;
 
     fn records_of(events: &[Event], first_lsn: Lsn) -> Vec<Record> {
         events

@@ -25,11 +25,13 @@
 //!            currency | deposited u128 | withdrawn u128 | sent u128 | received u128
 //! refunds:   (version 5) count u32, rows sorted by key: refund key | original's transaction id
 //! refunded:  (version 5) count u32, rows sorted by key: original key | minor units refunded u64
+//! holds:     (version 6) count u32, rows sorted by key: hold key | expires_at u64
+//!            | minor units captured u64 (0: not captured)
 //! crc32c u32 over every byte before it
 //! ```
 //!
 //! A transfer state is a byte (1 trying, 2 confirming, 3 cancelling, 4 committed,
-//! 5 cancelled, 6 rejected) followed by its reason for 3, 5 and 6. A credit state is 1 tried,
+//! 5 cancelled, 6 rejected, 7 held, 8 captured) followed by its reason for 3, 5 and 6. A credit state is 1 tried,
 //! 2 confirmed, 3 cancelled, 4 try-not-seen. A cash kind is 1 deposit, 2 withdrawal. Ids sort
 //! by their ASCII bytes. Keys are unique within a table.
 //!
@@ -65,8 +67,8 @@ use crate::ledger::cold::{BloomBuild, ChunkRead, ColdChunk, ColdRows, WrittenChu
 use crate::ledger::refunds::RefundTable;
 use crate::ledger::transfer_table::{RowStore, RowView, TransferTable, CHUNK_ROWS};
 use crate::ledger::{
-    Account, CashRow, CreditRow, CreditState, Flows, Ledger, RecordMeta, StoredCredit, TransferRow,
-    TransferState,
+    Account, CashRow, CreditRow, CreditState, Flows, HoldTerms, Ledger, RecordMeta, StoredCredit,
+    TransferRow, TransferState,
 };
 use crate::log::chunk_file::{self, encode_chunk, DecodedChunk};
 use crate::log::codec::{
@@ -75,13 +77,15 @@ use crate::log::codec::{
 };
 use crate::model::event::TransferKey;
 use crate::model::ids::{AccountId, TransactionId};
-use crate::model::money::Currency;
+use crate::model::money::{Amount, Currency};
 use crate::model::partition::{partition_of, PartitionId, PARTITIONS_MAX};
 
 /// The first bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"WSNP";
 /// The snapshot version this build writes.
-pub const SNAPSHOT_VERSION: u8 = 5;
+pub const SNAPSHOT_VERSION: u8 = 6;
+/// The last version without the hold table.
+const SNAPSHOT_VERSION_UNHELD: u8 = 5;
 /// The last version without the refund tables.
 const SNAPSHOT_VERSION_UNREFUNDED: u8 = 4;
 /// The last version whose cash rows have no refusal byte.
@@ -122,6 +126,7 @@ pub struct SnapshotImage {
     cash: Rows<(AccountId, TransactionId), CashRow>,
     flows: BTreeMap<Currency, Flows>,
     refunds: RefundTable,
+    holds: BTreeMap<TransferKey, HoldTerms>,
     /// The chunk files this image's encoding writes, for the partition to drop their rows
     /// once the snapshot is durable ([`SnapshotImage::written_chunks`]).
     written: WrittenChunks,
@@ -174,6 +179,7 @@ impl SnapshotImage {
             cash: ledger.cash.freeze(),
             flows: ledger.flows.clone(),
             refunds: ledger.refunds.clone(),
+            holds: ledger.holds.terms.clone(),
             written: WrittenChunks::default(),
             bloom_build: None,
         }
@@ -411,6 +417,16 @@ fn encode_image(
             "no refunds before version 5"
         );
     }
+    if version > SNAPSHOT_VERSION_UNHELD {
+        put_table(&mut sink, ledger.holds.iter(), |out, (key, terms)| {
+            put_key(out, key);
+            out.extend_from_slice(&terms.expires_at.to_le_bytes());
+            let captured = terms.captured.map_or(0, |amount| amount.minor());
+            out.extend_from_slice(&captured.to_le_bytes());
+        })?;
+    } else {
+        assert!(ledger.holds.is_empty(), "no holds before version 6");
+    }
     sink.finish()
 }
 
@@ -444,6 +460,8 @@ pub(crate) fn put_transfer_row(out: &mut Vec<u8>, row: RowView<'_>) {
         TransferState::Committed => (4, None),
         TransferState::Cancelled(reason) => (5, Some(reason)),
         TransferState::Rejected(reason) => (6, Some(reason)),
+        TransferState::Held => (7, None),
+        TransferState::Captured => (8, None),
     };
     out.push(tag);
     if let Some(reason) = reason {
@@ -699,6 +717,27 @@ fn read_ledger(cursor: &mut Cursor<'_>, version: u8, chunks: Chunks<'_>) -> Resu
         ledger.refunds.refunded = read_table(cursor, Order::Sorted, |cursor| {
             Ok((cursor.key()?, cursor.u64()?))
         })?;
+    }
+    if version > SNAPSHOT_VERSION_UNHELD {
+        let terms = read_table(cursor, Order::Sorted, |cursor| {
+            let key = cursor.key()?;
+            let expires_at = cursor.u64()?;
+            let captured = match cursor.u64()? {
+                0 => None,
+                minor => Some(
+                    Amount::from_minor(minor)
+                        .ok_or_else(|| "captured amount out of range".to_string())?,
+                ),
+            };
+            Ok((
+                key,
+                HoldTerms {
+                    expires_at,
+                    captured,
+                },
+            ))
+        })?;
+        ledger.restore_holds(terms)?;
     }
     cursor.finish()?;
     Ok(ledger)

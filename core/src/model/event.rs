@@ -64,11 +64,16 @@ pub enum Reason {
     /// A refund asked for more than what is left to refund of its original transfer (its
     /// amount less the refunds before it), or for what was left when nothing was.
     RefundExceedsOriginal,
+    /// A hold was voided by its client: everything went back to the source.
+    HoldVoided,
+    /// A hold reached its expiry before it was captured or voided: everything went back to
+    /// the source.
+    HoldExpired,
 }
 
 impl Reason {
     /// Every reason, in the order of their log tags.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 12] = [
         Reason::InsufficientFunds,
         Reason::DestinationNotFound,
         Reason::DestinationCurrencyMismatch,
@@ -79,6 +84,8 @@ impl Reason {
         Reason::SourceCurrencyMismatch,
         Reason::SameAccount,
         Reason::RefundExceedsOriginal,
+        Reason::HoldVoided,
+        Reason::HoldExpired,
     ];
 
     /// The stable machine-readable code for APIs and logs.
@@ -94,6 +101,8 @@ impl Reason {
             Reason::SourceCurrencyMismatch => "currency_mismatch",
             Reason::SameAccount => "same_account",
             Reason::RefundExceedsOriginal => "refund_exceeds_original",
+            Reason::HoldVoided => "hold_voided",
+            Reason::HoldExpired => "hold_expired",
         }
     }
 }
@@ -201,13 +210,49 @@ pub enum Event {
         original: TransactionId,
         reason: Reason,
     },
+    /// A hold was placed at its home: `hold.amount` left the source's balance into `held`,
+    /// to reach `hold.to` only if captured. Within one partition the destination counts it
+    /// as `incoming` at once, so a capture can never pass its balance limit, and the hold is
+    /// held; across partitions this is the hold's debit Try (as [`Event::DebitTried`]), and
+    /// the hold is held once the destination durably tried its credit
+    /// ([`Event::HoldEstablished`]). It expires at `expires_at` (the home's wall clock).
+    HoldPlaced {
+        hold: Transfer,
+        expires_at: Timestamp,
+        /// Whether `hold.to` lives on another partition.
+        remote: bool,
+    },
+    /// The destination of a hold across partitions durably tried its credit: the hold is
+    /// held (the commit point of its Try, as for a transfer).
+    HoldEstablished { key: TransferKey },
+    /// A held hold was captured, final at once: `amount` (at most the hold's) reaches the
+    /// destination, the rest goes back to the source. Across partitions the Confirm that
+    /// follows carries `amount` to the destination.
+    HoldCaptured {
+        hold: Transfer,
+        amount: Amount,
+        remote: bool,
+    },
+    /// A held hold was voided or expired (`reason`): everything goes back to the source.
+    /// Within one partition this is final; across partitions it is the decision to cancel
+    /// (as [`Event::TransferDecided`]), carried to the destination as a transfer's cancel is.
+    HoldReleased {
+        hold: Transfer,
+        reason: Reason,
+        remote: bool,
+    },
+    /// Destination Confirm of a hold captured in part: the pending credit (the hold's whole
+    /// amount) is dropped and `amount` of it became balance.
+    CreditCaptured { key: TransferKey, amount: Amount },
 }
 
 impl Event {
     /// What this event does to balances and rows, as the event that does the same for a
     /// plain transfer: a refund accepted is a [`Event::Transferred`] when its two accounts
     /// share a partition and a [`Event::DebitTried`] when they do not, a refund refused is a
-    /// [`Event::TransferRejected`]; every other event is itself. Readers that follow money
+    /// [`Event::TransferRejected`], a hold across partitions placed is a
+    /// [`Event::DebitTried`] and released a [`Event::TransferDecided`] to cancel; every other
+    /// event is itself (the other hold events have no transfer equivalent). Readers that follow money
     /// or phases (replay, the coordinator, history) match on this.
     pub fn effect(&self) -> Event {
         match *self {
@@ -224,6 +269,17 @@ impl Event {
             Event::RefundRejected { refund, reason, .. } => Event::TransferRejected {
                 transfer: refund,
                 reason,
+            },
+            Event::HoldPlaced {
+                hold, remote: true, ..
+            } => Event::DebitTried { transfer: hold },
+            Event::HoldReleased {
+                hold,
+                reason,
+                remote: true,
+            } => Event::TransferDecided {
+                key: hold.key(),
+                decision: Decision::Cancel(reason),
             },
             event => event,
         }

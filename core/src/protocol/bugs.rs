@@ -70,10 +70,13 @@ pub enum Bug {
     /// it were refunded yet: refunds of one transfer, each within its amount, sum to more
     /// than it moved.
     RefundBeyondOriginal = 131072,
+    /// A hold's capture or void is decided without asking the clock: a hold past its
+    /// expiry, not yet expired by the expiry scan, is captured (or voided) as if it were not.
+    CaptureAfterExpiry = 262144,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 18] = [
+    pub const ALL: [Bug; 19] = [
         Bug::SkipBarrier,
         Bug::ReplyBeforeSync,
         Bug::NoIdempotency,
@@ -92,6 +95,7 @@ impl Bug {
         Bug::LeaveBeforeRemoved,
         Bug::LostLeaseIgnored,
         Bug::RefundBeyondOriginal,
+        Bug::CaptureAfterExpiry,
     ];
 
     /// The name used on the simulator's command line (`--bug skip-barrier`).
@@ -115,6 +119,7 @@ impl Bug {
             Bug::LeaveBeforeRemoved => "leave-before-removed",
             Bug::LostLeaseIgnored => "lost-lease-ignored",
             Bug::RefundBeyondOriginal => "refund-beyond-original",
+            Bug::CaptureAfterExpiry => "capture-after-expiry",
         }
     }
 

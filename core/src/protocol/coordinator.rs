@@ -260,6 +260,33 @@ impl Coordinator {
         if crate::protocol::bugs::enabled(Bug::CreditBeforeDebit) {
             self.credit_before_debit(event);
         }
+        match *event {
+            // A hold is held at its commit point, and nothing is left to carry until it ends.
+            Event::HoldEstablished { key } => return self.forget(&key),
+            // Voided or expired once held: the decision to cancel, carried as a transfer's.
+            Event::HoldReleased {
+                hold,
+                reason,
+                remote: true,
+            } => return self.carry(hold, lsn, Decision::Cancel(reason), now),
+            // Captured, final at home at once: the Confirm carries what was captured, and
+            // leaves once, as a committed transfer's does (a lost one is asked for again by
+            // the destination).
+            Event::HoldCaptured {
+                hold,
+                amount,
+                remote: true,
+            } => {
+                let partition = partition_of(&hold.to, self.partitions);
+                let transfer = Transfer { amount, ..hold };
+                let request = PhaseRequest {
+                    phase: Phase::Confirm,
+                    transfer,
+                };
+                return self.outputs.push_back(Output::Send { partition, request });
+            }
+            _ => {}
+        }
         match event.effect() {
             Event::DebitTried { transfer } => self.start_try(transfer, lsn, now),
             Event::TransferDecided { key, decision } => {
@@ -579,7 +606,10 @@ pub fn unresolved_answer(
     transfer: &Transfer,
 ) -> Option<Phase> {
     match status {
-        TransferStatus::Pending => None,
+        // A hold held ends by its home's capture, void or expiry, which its home carries.
+        TransferStatus::Pending | TransferStatus::Held => None,
+        // A hold captured: the caller sends the captured amount.
+        TransferStatus::Captured => Some(Phase::Confirm),
         TransferStatus::Committed if row_body.is_none_or(|body| body == *transfer) => {
             #[cfg(any(test, madsim, feature = "testing"))]
             if crate::protocol::bugs::enabled(Bug::ConfirmSentOnce) {

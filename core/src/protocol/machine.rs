@@ -113,6 +113,9 @@ pub const TRANSFER_ROWS_IN_MEMORY_MAX_DEFAULT: usize =
         16 * crate::ledger::CHUNK_ROWS
     };
 
+/// Most holds one tick expires; the rest are due at the next.
+const HOLDS_EXPIRED_PER_TICK_MAX: usize = 4096;
+
 /// The time an input is handled at: a monotonic clock for the coordinator's timers, and the
 /// wall clock the log's records are stamped with (clamped so that stamps never go back).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -474,9 +477,13 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             .then_some(self.background_since)
             .flatten()
             .map(|since| since + self.config.background_delay_us);
+        // A hold's expiry is on the wall clock: as far ahead on the monotonic one.
+        let expiry = (self.ledger.next_hold_expiry())
+            .map(|at| self.now.micros + at.saturating_sub(self.now.wall_us));
         (self.coordinator.next_due().into_iter())
             .chain(watch)
             .chain(background)
+            .chain(expiry)
             .min()
     }
 
@@ -569,6 +576,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             },
             Query::DryRun(command) => QueryAnswer::DryRun(self.ledger.dry_run(&command)),
             Query::RefundOf(key) => QueryAnswer::RefundOf(self.ledger.refund_of(&key)),
+            Query::HoldTerms(key) => QueryAnswer::HoldTerms(self.ledger.hold_terms(&key)),
         };
         self.batch.release.answers.push((token, answer));
     }
@@ -627,6 +635,19 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         for transfer in unresolved {
             let message = PeerMessage::Unresolved { transfer };
             self.batch.release.peer_messages.push(message);
+        }
+        self.expire_due_holds();
+    }
+
+    /// Expires the holds whose expiry has come by the wall clock, a round at a time.
+    fn expire_due_holds(&mut self) {
+        for key in self
+            .ledger
+            .holds_due(self.now.wall_us, HOLDS_EXPIRED_PER_TICK_MAX)
+        {
+            if let Err(error) = self.execute(&Command::ExpireHold { key }) {
+                self.report_refused_coordinator_command(error);
+            }
         }
     }
 
@@ -786,6 +807,15 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             return;
         };
         let from = self.partition();
+        // A hold's Confirm carries what was captured.
+        let captured = (status == TransferStatus::Captured)
+            .then(|| self.ledger.hold_terms(&transfer.key()))
+            .flatten()
+            .and_then(|terms| terms.captured);
+        let transfer = Transfer {
+            amount: captured.unwrap_or(transfer.amount),
+            ..transfer
+        };
         let request = PhaseRequest { phase, transfer };
         let message = PeerMessage::Request { from, request };
         self.batch.release.peer_messages.push(message);
@@ -814,7 +844,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
     ) -> Option<TransferKey> {
         match (command, result) {
             (
-                Command::Transfer(_) | Command::Refund(_),
+                Command::Transfer(_) | Command::Refund(_) | Command::Hold(_),
                 Ok(Reply::Transfer(TransferStatus::Pending)),
             ) if wait && self.waiter_count < self.config.waiters_max => {
                 // A waiter must be registered before the decision it waits for; should the
@@ -887,6 +917,11 @@ impl<K: ReplyTokens> PartitionMachine<K> {
     /// for the record that finishes the home's side. The Confirm goes first: a client told `committed` can count
     /// on the credit being on its way (on one node, spendable by its next request).
     fn committed(&mut self, transfer: Transfer, debit_lsn: Lsn) {
+        if self.ledger.hold_terms(&transfer.key()).is_some() {
+            // A hold is held at this point; nothing goes to the destination until it ends.
+            let key = transfer.key();
+            return self.resolve_waiters(&key, TransferStatus::Held, Some(debit_lsn));
+        }
         let from = self.partition();
         let request = PhaseRequest {
             phase: Phase::Confirm,

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::ledger::{Account, Command, DryRun, LedgerError, Reply, TransferRow};
+use crate::ledger::{Account, Command, DryRun, HoldTerms, LedgerError, Reply, TransferRow};
 use crate::model::event::{Transfer, TransferKey};
 use crate::model::ids::{AccountId, TransactionId};
 use crate::model::partition::{partition_of, PartitionId};
@@ -24,6 +24,8 @@ pub enum Query {
     DryRun(Command),
     /// Which transfer the transfer `key` refunds, if it is a refund.
     RefundOf(TransferKey),
+    /// The terms of the hold `key` (its expiry, what was captured), if it is a hold.
+    HoldTerms(TransferKey),
 }
 
 impl Query {
@@ -31,7 +33,9 @@ impl Query {
     pub fn partition(&self, partitions: u32) -> PartitionId {
         match self {
             Query::Account(account) => partition_of(account, partitions),
-            Query::Transfer(key) | Query::RefundOf(key) => partition_of(&key.from, partitions),
+            Query::Transfer(key) | Query::RefundOf(key) | Query::HoldTerms(key) => {
+                partition_of(&key.from, partitions)
+            }
             Query::DryRun(command) => command.partition(partitions),
         }
     }
@@ -49,6 +53,7 @@ pub enum QueryAnswer {
     /// The transaction id of the transfer a refund refunds (from the refund's destination),
     /// `None` if the transfer asked about is not a refund.
     RefundOf(Option<TransactionId>),
+    HoldTerms(Option<HoldTerms>),
 }
 
 /// The result of a command as seen by its client.

@@ -91,12 +91,13 @@
 use crc32c::{crc32c, crc32c_append};
 
 use crate::ledger::{
-    Account, Command, DryRun, LedgerError, PhaseResult, Refund, Reply, TransferRow, TransferState,
-    TransferStatus,
+    Account, Command, DryRun, Hold, HoldTerms, LedgerError, PhaseResult, Refund, Reply,
+    TransferRow, TransferState, TransferStatus,
 };
 use crate::log::codec::{put_currency, put_key, put_transfer, reason_tag, Cursor};
 use crate::model::event::Decision;
 use crate::model::ids::ID_LEN_MAX;
+use crate::model::money::Amount;
 use crate::model::partition::{NodeId, PartitionId};
 use crate::protocol::coordinator::{Phase, PhaseRequest, PhaseResponse};
 use crate::protocol::message::{
@@ -116,7 +117,10 @@ use crate::replica::RaftMessage;
 /// incarnation. Version 7: `Membership` knows `Check` and `Removed` (a replica leaving its
 /// group). Version 8: commands know `Refund` (13), ledger errors `NotRefundable` (12),
 /// queries `DryRun` (3) and `RefundOf` (4), answers `DryRun` (4) and `RefundOf` (5).
-pub const WIRE_VERSION: u8 = 8;
+/// Version 9: holds: commands `Hold` (14), `Capture` (15), `Void` (16), `ExpireHold` (17),
+/// statuses `Held` (5) and `Captured` (6), transfer states held (7) and captured (8), ledger
+/// errors 13 to 17, query `HoldTerms` (5) and its answer (6).
+pub const WIRE_VERSION: u8 = 9;
 /// Bytes of the frame header: body length and checksum.
 pub const FRAME_HEADER_LEN: usize = 8;
 /// Bytes of the body before the messages: version, map version, count.
@@ -683,15 +687,43 @@ fn put_command(out: &mut Vec<u8>, command: &Command) {
             refund.refund_id.encode_into(out);
             put_key(out, &refund.original);
             out.extend_from_slice(&refund.partition.to_le_bytes());
-            match refund.amount {
-                None => out.push(0),
-                Some(amount) => {
-                    out.push(1);
-                    out.extend_from_slice(&amount.minor().to_le_bytes());
-                }
-            }
+            put_optional_amount(out, refund.amount);
+        }
+        Command::Hold(ref hold) => {
+            put_tagged_transfer(out, 14, &hold.transfer);
+            out.extend_from_slice(&hold.expires_in_us.to_le_bytes());
+        }
+        Command::Capture { key, amount } => {
+            out.push(15);
+            put_key(out, &key);
+            put_optional_amount(out, amount);
+        }
+        Command::Void { key } => {
+            out.push(16);
+            put_key(out, &key);
+        }
+        Command::ExpireHold { key } => {
+            out.push(17);
+            put_key(out, &key);
         }
     }
+}
+
+fn put_optional_amount(out: &mut Vec<u8>, amount: Option<Amount>) {
+    match amount {
+        None => out.push(0),
+        Some(amount) => {
+            out.push(1);
+            out.extend_from_slice(&amount.minor().to_le_bytes());
+        }
+    }
+}
+
+fn get_optional_amount(cursor: &mut Cursor<'_>) -> Result<Option<Amount>, String> {
+    Ok(match get_bool(cursor)? {
+        false => None,
+        true => Some(cursor.amount()?),
+    })
 }
 
 fn put_tagged_transfer(out: &mut Vec<u8>, tag: u8, transfer: &crate::model::event::Transfer) {
@@ -733,11 +765,18 @@ fn get_command(cursor: &mut Cursor<'_>) -> Result<Command, String> {
             refund_id: cursor.transaction_id()?,
             original: cursor.key()?,
             partition: get_u32(cursor)?,
-            amount: match get_bool(cursor)? {
-                false => None,
-                true => Some(cursor.amount()?),
-            },
+            amount: get_optional_amount(cursor)?,
         }),
+        14 => Command::Hold(Box::new(Hold {
+            transfer: cursor.transfer()?,
+            expires_in_us: cursor.u64()?,
+        })),
+        15 => Command::Capture {
+            key: cursor.key()?,
+            amount: get_optional_amount(cursor)?,
+        },
+        16 => Command::Void { key: cursor.key()? },
+        17 => Command::ExpireHold { key: cursor.key()? },
         other => return Err(format!("unknown command {other}")),
     })
 }
@@ -760,6 +799,10 @@ fn put_query(out: &mut Vec<u8>, query: &Query) {
             out.push(4);
             put_key(out, key);
         }
+        Query::HoldTerms(key) => {
+            out.push(5);
+            put_key(out, key);
+        }
     }
 }
 
@@ -769,6 +812,7 @@ fn get_query(cursor: &mut Cursor<'_>) -> Result<Query, String> {
         2 => Ok(Query::Transfer(cursor.key()?)),
         3 => Ok(Query::DryRun(get_command(cursor)?)),
         4 => Ok(Query::RefundOf(cursor.key()?)),
+        5 => Ok(Query::HoldTerms(cursor.key()?)),
         other => Err(format!("unknown query {other}")),
     }
 }
@@ -834,6 +878,8 @@ fn put_status(out: &mut Vec<u8>, status: TransferStatus) {
         TransferStatus::Committed => out.push(2),
         TransferStatus::Rejected(reason) => out.extend_from_slice(&[3, reason_tag(reason)]),
         TransferStatus::Cancelled(reason) => out.extend_from_slice(&[4, reason_tag(reason)]),
+        TransferStatus::Held => out.push(5),
+        TransferStatus::Captured => out.push(6),
     }
 }
 
@@ -843,6 +889,8 @@ fn get_status(cursor: &mut Cursor<'_>) -> Result<TransferStatus, String> {
         2 => TransferStatus::Committed,
         3 => TransferStatus::Rejected(cursor.reason()?),
         4 => TransferStatus::Cancelled(cursor.reason()?),
+        5 => TransferStatus::Held,
+        6 => TransferStatus::Captured,
         other => return Err(format!("unknown transfer status {other}")),
     })
 }
@@ -928,6 +976,28 @@ fn put_ledger_error(out: &mut Vec<u8>, error: &LedgerError) {
             out.push(12);
             put_key(out, key);
         }
+        LedgerError::NotAHold(key) => {
+            out.push(13);
+            put_key(out, key);
+        }
+        LedgerError::HoldNotHeld(key) => {
+            out.push(14);
+            put_key(out, key);
+        }
+        LedgerError::CaptureExceedsHold { key, held } => {
+            out.push(15);
+            put_key(out, key);
+            put_text(out, held);
+        }
+        LedgerError::HoldAlreadyCaptured { key, captured } => {
+            out.push(16);
+            put_key(out, key);
+            put_text(out, captured);
+        }
+        LedgerError::HoldLimit(limit) => {
+            out.push(17);
+            out.extend_from_slice(&(*limit as u64).to_le_bytes());
+        }
         LedgerError::InvalidTransition { key, from, command } => {
             out.push(10);
             put_key(out, key);
@@ -978,6 +1048,19 @@ fn get_ledger_error(cursor: &mut Cursor<'_>) -> Result<LedgerError, String> {
         },
         11 => LedgerError::Unreadable(get_text(cursor)?),
         12 => LedgerError::NotRefundable(cursor.key()?),
+        13 => LedgerError::NotAHold(cursor.key()?),
+        14 => LedgerError::HoldNotHeld(cursor.key()?),
+        15 => LedgerError::CaptureExceedsHold {
+            key: cursor.key()?,
+            held: get_text(cursor)?,
+        },
+        16 => LedgerError::HoldAlreadyCaptured {
+            key: cursor.key()?,
+            captured: get_text(cursor)?,
+        },
+        17 => LedgerError::HoldLimit(
+            usize::try_from(cursor.u64()?).map_err(|_| "hold limit beyond usize".to_string())?,
+        ),
         other => return Err(format!("unknown ledger error {other}")),
     })
 }
@@ -1023,6 +1106,14 @@ fn put_answer(out: &mut Vec<u8>, answer: &QueryAnswer) {
                 original.encode_into(out);
             }
         }
+        QueryAnswer::HoldTerms(terms) => {
+            out.push(6);
+            out.push(u8::from(terms.is_some()));
+            if let Some(terms) = terms {
+                out.extend_from_slice(&terms.expires_at.to_le_bytes());
+                put_optional_amount(out, terms.captured);
+            }
+        }
     }
 }
 
@@ -1039,6 +1130,16 @@ fn get_answer(cursor: &mut Cursor<'_>) -> Result<QueryAnswer, String> {
             result: get_result(cursor)?,
         }),
         5 => QueryAnswer::RefundOf(present.then(|| cursor.transaction_id()).transpose()?),
+        6 => QueryAnswer::HoldTerms(
+            present
+                .then(|| {
+                    Ok::<_, String>(HoldTerms {
+                        expires_at: cursor.u64()?,
+                        captured: get_optional_amount(cursor)?,
+                    })
+                })
+                .transpose()?,
+        ),
         other => return Err(format!("unknown answer {other}")),
     })
 }
@@ -1068,6 +1169,8 @@ fn put_row(out: &mut Vec<u8>, row: &TransferRow) {
         TransferState::Committed => out.push(4),
         TransferState::Cancelled(reason) => out.extend_from_slice(&[5, reason_tag(reason)]),
         TransferState::Rejected(reason) => out.extend_from_slice(&[6, reason_tag(reason)]),
+        TransferState::Held => out.push(7),
+        TransferState::Captured => out.push(8),
     }
     out.push(u8::from(row.remote));
     for at in [row.accepted_at, row.decided_at, row.finished_at] {

@@ -5,7 +5,7 @@ use crate::model::event::{Reason, Transfer, TransferKey};
 use crate::model::ids::{AccountId, TransactionId};
 use crate::model::money::{Amount, Currency, AMOUNT_MINOR_MAX};
 
-const ALL_REASONS: [Reason; 10] = Reason::ALL;
+const ALL_REASONS: [Reason; 12] = Reason::ALL;
 
 fn account(text: &str) -> AccountId {
     AccountId::new(text).unwrap()
@@ -208,6 +208,11 @@ fn every_answer(t: Transfer) -> Vec<QueryAnswer> {
     }
     answers.push(QueryAnswer::RefundOf(None));
     answers.push(QueryAnswer::RefundOf(Some(t.transaction_id)));
+    answers.push(QueryAnswer::HoldTerms(None));
+    answers.push(QueryAnswer::HoldTerms(Some(crate::ledger::HoldTerms {
+        expires_at: 1_234_567,
+        captured: Some(t.amount),
+    })));
     let results =
         (every_reply().into_iter().map(Ok)).chain(every_ledger_error(t).into_iter().map(Err));
     for result in results {

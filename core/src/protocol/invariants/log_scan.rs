@@ -30,6 +30,8 @@ pub struct LogScan {
     credited: BTreeSet<TransferKey>,
     /// Destination branches cancelled, with or without a Try before.
     closed: BTreeSet<TransferKey>,
+    /// Holds ended at their home: captured, voided or expired.
+    holds_ended: BTreeSet<TransferKey>,
 }
 
 impl LogScan {
@@ -48,6 +50,7 @@ impl LogScan {
             tried: BTreeSet::new(),
             credited: BTreeSet::new(),
             closed: BTreeSet::new(),
+            holds_ended: BTreeSet::new(),
         }
     }
 
@@ -69,7 +72,9 @@ impl LogScan {
             Event::AccountOpened { account, .. } if !self.here(&account) => misplaced(format!(
                 "account {account} opened on a partition that does not own it"
             )),
-            Event::AccountOpened { .. } | Event::TransferDecided { .. } => Ok(()),
+            Event::AccountOpened { .. }
+            | Event::TransferDecided { .. }
+            | Event::HoldEstablished { .. } => Ok(()),
             Event::Deposited {
                 account,
                 transaction_id,
@@ -101,16 +106,25 @@ impl LogScan {
             }
             | Event::RefundRejected {
                 refund: transfer, ..
-            } => self.home_recorded(lsn, &transfer),
+            }
+            | Event::HoldPlaced { hold: transfer, .. } => self.home_recorded(lsn, &transfer),
+            Event::HoldCaptured { hold, .. } | Event::HoldReleased { hold, .. } => {
+                let key = hold.key();
+                once(&mut self.holds_ended, key, || {
+                    twice(partition, lsn, "hold ended", key)
+                })
+            }
             Event::DebitConfirmed { key } | Event::DebitCancelled { key } => {
                 once(&mut self.finished, key, || {
                     twice(partition, lsn, "hold finished", key)
                 })
             }
             Event::CreditTried { transfer } => self.credit_tried(lsn, &transfer),
-            Event::CreditConfirmed { key } => once(&mut self.credited, key, || {
-                twice(partition, lsn, "credit confirmed", key)
-            }),
+            Event::CreditConfirmed { key } | Event::CreditCaptured { key, .. } => {
+                once(&mut self.credited, key, || {
+                    twice(partition, lsn, "credit confirmed", key)
+                })
+            }
             Event::CreditCancelled { key } | Event::CreditTryNotSeen { key } => {
                 self.closed.insert(key);
                 Ok(())

@@ -4,6 +4,7 @@
 //! or pending.
 
 use crate::ledger::{CreditState, Ledger, TransferState};
+use crate::model::event::Reason;
 use crate::model::partition::partition_of;
 
 use super::Violation;
@@ -42,7 +43,16 @@ pub fn sides_agree(home: TransferState, credit: Option<CreditState>) -> bool {
         // Cancel decided: on a refused or aborted Try, whose flag is set. Never on a tried
         // credit: with the home's durable debit that is the commit point. (No row: logs
         // of the three-round protocol set the flag only with the Cancel.)
+        // A hold voided or expired once held: its credit was tried, and the Cancel may not
+        // have landed yet.
+        TransferState::Cancelling(Reason::HoldVoided | Reason::HoldExpired) => {
+            matches!(credit, Some(C::Tried | C::Cancelled))
+        }
         TransferState::Cancelling(_) => matches!(credit, None | Some(C::TryNotSeen)),
+        // A hold held: its destination tried the credit.
+        TransferState::Held => credit == Some(C::Tried),
+        // A hold captured, final at home at once: the Confirm may not have landed yet.
+        TransferState::Captured => matches!(credit, Some(C::Tried | C::Confirmed)),
         // The destination acknowledged the Cancel, so it recorded it.
         TransferState::Cancelled(_) => matches!(credit, Some(C::Cancelled | C::TryNotSeen)),
     }
@@ -54,8 +64,10 @@ pub fn sides_agree(home: TransferState, credit: Option<CreditState>) -> bool {
 /// id again for another transfer: the first Try's credit is cancelled, and the new
 /// transfer's Try fails.
 pub fn bodies_apart_agree(home: TransferState, credit: CreditState) -> bool {
-    !matches!(home, TransferState::Confirming | TransferState::Committed)
-        && credit != CreditState::Confirmed
+    !matches!(
+        home,
+        TransferState::Confirming | TransferState::Committed | TransferState::Captured
+    ) && credit != CreditState::Confirmed
 }
 
 /// Whether the two sides agree at rest: both final, and agreeing.
