@@ -95,6 +95,7 @@ pub fn same_state(a: &Ledger, b: &Ledger) -> bool {
         && a.cash == b.cash
         && a.flows == b.flows
         && a.refunds == b.refunds
+        && a.holds == b.holds
 }
 
 /// The first difference between two ledgers, in words, or `None` when [`same_state`].
@@ -122,7 +123,9 @@ pub fn state_difference(a: &Ledger, b: &Ledger) -> Option<String> {
             let (a, b) = (&a.refunds, &b.refunds);
             table_difference("refunds", &a.originals, &b.originals)
                 .or_else(|| table_difference("refunded", &a.refunded, &b.refunded))
-        });
+        })
+        .or_else(|| table_difference("holds", &a.holds.terms, &b.holds.terms))
+        .or_else(|| (a.holds.open != b.holds.open).then(|| "open holds differ".to_string()));
     assert!(found.is_some(), "ledgers differ somewhere");
     found
 }
@@ -407,6 +410,54 @@ impl AccountHistory {
                 self.add_incoming(transfer.amount.minor(), -1);
                 matches!(event, Event::CreditConfirmed { .. })
                     .then(|| incoming(MovementKind::CreditIn, &transfer))
+            }
+            Event::CreditCaptured { key, amount } => {
+                let transfer = self.pending.remove(&key)?;
+                self.add_incoming(transfer.amount.minor(), -1);
+                Some(incoming(
+                    MovementKind::CreditIn,
+                    &Transfer { amount, ..transfer },
+                ))
+            }
+            // A hold within one partition (across partitions its placing and releasing are
+            // a debit's Try and cancel, above).
+            Event::HoldPlaced { hold, .. } if hold.from == me => {
+                Some(outgoing(MovementKind::Hold, &hold))
+            }
+            Event::HoldPlaced { hold, .. } if hold.to == me => {
+                self.add_incoming(hold.amount.minor(), 1);
+                None
+            }
+            Event::HoldReleased { hold, .. } if hold.from == me => {
+                Some(outgoing(MovementKind::HoldReleased, &hold))
+            }
+            Event::HoldReleased { hold, .. } if hold.to == me => {
+                self.add_incoming(hold.amount.minor(), -1);
+                None
+            }
+            // A capture: the source's movement is the part captured; the rest of the hold
+            // goes back to its balance with it, folded into the same record.
+            Event::HoldCaptured { hold, amount, .. } if hold.from == me => {
+                self.holds.remove(&hold.key());
+                let rest = hold.amount.minor() - amount.minor().min(hold.amount.minor());
+                let figures = self.figures.as_mut().expect("only called once opened");
+                figures.balance = add_signed(figures.balance, i128::from(rest));
+                figures.held = add_signed(figures.held, -i128::from(rest));
+                Some(outgoing(
+                    MovementKind::HoldCaptured,
+                    &Transfer { amount, ..hold },
+                ))
+            }
+            Event::HoldCaptured {
+                hold,
+                amount,
+                remote: false,
+            } if hold.to == me => {
+                self.add_incoming(hold.amount.minor(), -1);
+                Some(incoming(
+                    MovementKind::TransferIn,
+                    &Transfer { amount, ..hold },
+                ))
             }
             _ => None,
         }

@@ -106,6 +106,11 @@ pub(super) fn given(partition: PartitionId, events: &[Event]) -> Given {
 }
 
 impl Given {
+    /// The ledger the given events made.
+    pub(super) fn ledger(self) -> Ledger {
+        self.ledger
+    }
+
     pub(super) fn when(self, command: Command) -> Then {
         Then::run(self.ledger, command)
     }

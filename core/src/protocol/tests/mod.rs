@@ -9,6 +9,7 @@
 //! - `ledger`: every rule of `Ledger::decide` and `Ledger::apply`, given/when/then.
 //! - `coordinator`: the TC/C coordinator alone and inside a cluster.
 //! - `properties`: random schedules of clients, network faults, crashes and time.
+//! - `holds`: holds within a partition and across partitions, at chosen times.
 //! - `refunds`: refunds within a partition and across partitions, given/when/then.
 //! - `mutations`: each known bug switched on is caught by the checker of its invariant.
 
@@ -19,6 +20,7 @@
 mod checks;
 mod cluster;
 mod coordinator;
+mod holds;
 mod ledger;
 mod mutations;
 mod properties;
