@@ -92,6 +92,17 @@ fn every_command(t: Transfer) -> Vec<Command> {
             partition: 0,
             amount: None,
         }),
+        Command::Hold(Box::new(crate::ledger::Hold {
+            transfer: t,
+            expires_in_us: u64::MAX,
+        })),
+        Command::Capture {
+            key,
+            amount: Some(t.amount),
+        },
+        Command::Capture { key, amount: None },
+        Command::Void { key },
+        Command::ExpireHold { key },
     ];
     for reason in ALL_REASONS {
         commands.push(Command::Decide {
@@ -142,6 +153,17 @@ fn every_ledger_error(t: Transfer) -> Vec<LedgerError> {
         },
         LedgerError::Unreadable("chunk file 3: checksum mismatch".into()),
         LedgerError::NotRefundable(t.key()),
+        LedgerError::NotAHold(t.key()),
+        LedgerError::HoldNotHeld(t.key()),
+        LedgerError::CaptureExceedsHold {
+            key: t.key(),
+            held: "12.34".into(),
+        },
+        LedgerError::HoldAlreadyCaptured {
+            key: t.key(),
+            captured: "0.01".into(),
+        },
+        LedgerError::HoldLimit(100_000),
     ]
 }
 
@@ -152,6 +174,8 @@ fn every_reply() -> Vec<Reply> {
         Reply::Balance { balance: u64::MAX },
         Reply::Transfer(TransferStatus::Pending),
         Reply::Transfer(TransferStatus::Committed),
+        Reply::Transfer(TransferStatus::Held),
+        Reply::Transfer(TransferStatus::Captured),
         Reply::Phase(PhaseResult::Tried),
         Reply::Phase(PhaseResult::Confirmed),
         Reply::Phase(PhaseResult::Cancelled),
@@ -171,6 +195,8 @@ fn every_state() -> Vec<TransferState> {
         TransferState::Trying,
         TransferState::Confirming,
         TransferState::Committed,
+        TransferState::Held,
+        TransferState::Captured,
     ];
     for reason in ALL_REASONS {
         states.push(TransferState::Cancelling(reason));
