@@ -13,7 +13,7 @@
 use std::path::Path;
 
 use walletd_core::ledger::{
-    Command, Ledger, LedgerError, PhaseResult, RecordMeta, Refund, Reply, TransferStatus,
+    Command, Hold, Ledger, LedgerError, PhaseResult, RecordMeta, Refund, Reply, TransferStatus,
 };
 use walletd_core::log::codec::{encode_record, Record};
 use walletd_core::model::event::{Decision, Reason, Timestamp, Transfer};
@@ -37,7 +37,7 @@ pub struct Fixture {
 
 /// Every fixture, in a fixed order.
 pub fn fixtures() -> Vec<Fixture> {
-    vec![plain_day(), tcc_cancels(), torn_tail(), refunds()]
+    vec![plain_day(), tcc_cancels(), torn_tail(), refunds(), holds()]
 }
 
 fn main() {
@@ -73,7 +73,8 @@ impl Log {
     fn run(&mut self, command: Command) -> Result<Reply, LedgerError> {
         self.now += FIXTURE_STEP_US;
         let mut events = Vec::new();
-        let reply = self.ledger.decide(&command, &mut events);
+        // Decided at the fixture's clock, which holds' expiries are measured against.
+        let reply = self.ledger.decide_at(&command, self.now, &mut events);
         for event in events {
             self.records += 1;
             let meta = RecordMeta {
@@ -186,6 +187,53 @@ impl Log {
         match self.run(Command::Refund(refund)) {
             Ok(Reply::Transfer(status)) => status,
             other => panic!("refund {refund_id} gave {other:?}"),
+        }
+    }
+
+    /// A client hold from a local account, held for `expires_in_us`; returns what the
+    /// client is told.
+    fn hold(
+        &mut self,
+        t: &str,
+        from: &str,
+        to: &str,
+        amount: &str,
+        expires_in_us: u64,
+    ) -> TransferStatus {
+        let transfer = transfer(t, from, to, amount, self.currency_of(from));
+        let hold = Hold {
+            transfer,
+            expires_in_us,
+        };
+        match self.run(Command::Hold(Box::new(hold))) {
+            Ok(Reply::Transfer(status)) => status,
+            other => panic!("hold {t} gave {other:?}"),
+        }
+    }
+
+    /// A client capture (`amount` `Some`, or all of it for `None`) or, with `void`, a void
+    /// of the local hold `t` from `from`; returns what the client is told.
+    fn end_hold(
+        &mut self,
+        t: &str,
+        from: &str,
+        amount: Option<&str>,
+        void: bool,
+    ) -> TransferStatus {
+        let key = walletd_core::model::event::TransferKey {
+            from: self.local(from),
+            transaction_id: txn(t),
+        };
+        let currency = self.currency_of(from);
+        let command = if void {
+            Command::Void { key }
+        } else {
+            let amount = amount.map(|a| Amount::parse(a, currency).unwrap());
+            Command::Capture { key, amount }
+        };
+        match self.run(command) {
+            Ok(Reply::Transfer(status)) => status,
+            other => panic!("end of hold {t} gave {other:?}"),
         }
     }
 
@@ -507,4 +555,69 @@ fn refunds() -> Fixture {
     assert_eq!(log.run(Command::CommitDebit { key }), Ok(Reply::Done));
     assert_eq!(log.refund("r-7", in1, "judy", None), pending);
     log.into_fixture("refunds.log")
+}
+
+/// Partition 7 of 8 (alice, dave, judy): holds. Within the partition: a hold captured in part
+/// (a retried capture logs nothing) and then refunded; a hold voided (a capture after it is
+/// answered with the void); a hold whose capture comes after its expiry, which records the
+/// expiry; a hold left held at the end. Across partitions (carol lives on partition 2): a
+/// hold held at its commit point and captured whole, one voided (its cancel acknowledged),
+/// and a hold from carol to judy captured in part at this end (`CreditCaptured`).
+fn holds() -> Fixture {
+    const TEN_MINUTES: u64 = 600_000_000;
+    let mut log = Log::new(7, 8);
+    log.open("alice", Currency::USD);
+    log.open("dave", Currency::USD);
+    log.open("judy", Currency::USD);
+    log.deposit("alice", "500.00", "dep-1");
+    let (held, captured) = (TransferStatus::Held, TransferStatus::Captured);
+    let voided = TransferStatus::Cancelled(Reason::HoldVoided);
+    let expired = TransferStatus::Cancelled(Reason::HoldExpired);
+    assert_eq!(
+        log.hold("h-1", "alice", "dave", "100.00", TEN_MINUTES),
+        held
+    );
+    assert_eq!(log.end_hold("h-1", "alice", Some("40.00"), false), captured);
+    assert_eq!(log.end_hold("h-1", "alice", Some("40.00"), false), captured);
+    assert_eq!(
+        log.refund("r-1", ("alice", "h-1"), "dave", Some("15.00")),
+        TransferStatus::Committed
+    );
+    assert_eq!(log.hold("h-2", "alice", "dave", "50.00", TEN_MINUTES), held);
+    assert_eq!(log.end_hold("h-2", "alice", None, true), voided);
+    assert_eq!(log.end_hold("h-2", "alice", None, false), voided);
+    // Expires within a step of the fixture's clock: the capture that follows comes late.
+    assert_eq!(log.hold("h-3", "alice", "dave", "30.00", 60_000_000), held);
+    assert_eq!(log.end_hold("h-3", "alice", Some("30.00"), false), expired);
+    // Across partitions: pending until the destination tried, then held.
+    let pending = TransferStatus::Pending;
+    assert_eq!(
+        log.hold("h-4", "alice", "carol", "70.00", TEN_MINUTES),
+        pending
+    );
+    let key = transfer("h-4", "alice", "carol", "70.00", Currency::USD).key();
+    assert_eq!(log.run(Command::CommitDebit { key }), Ok(Reply::Done));
+    assert_eq!(log.end_hold("h-4", "alice", None, false), captured);
+    assert_eq!(
+        log.hold("h-5", "alice", "carol", "20.00", TEN_MINUTES),
+        pending
+    );
+    let h5 = transfer("h-5", "alice", "carol", "20.00", Currency::USD);
+    let key = h5.key();
+    assert_eq!(log.run(Command::CommitDebit { key }), Ok(Reply::Done));
+    assert_eq!(log.end_hold("h-5", "alice", None, true), voided);
+    log.finish(&h5);
+    // carol's hold to judy, from partition 2: tried here, then captured in part.
+    let from_carol = transfer("in-1", "carol", "judy", "60.00", Currency::USD);
+    assert_eq!(
+        log.phase(Command::TryCredit(from_carol)),
+        PhaseResult::Tried
+    );
+    let part = transfer("in-1", "carol", "judy", "25.00", Currency::USD);
+    assert_eq!(
+        log.phase(Command::ConfirmCredit(part)),
+        PhaseResult::Confirmed
+    );
+    assert_eq!(log.hold("h-6", "alice", "judy", "10.00", TEN_MINUTES), held);
+    log.into_fixture("holds.log")
 }
