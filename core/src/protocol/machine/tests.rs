@@ -595,3 +595,110 @@ fn background_batches_wait_for_company_up_to_their_delay() {
     assert_eq!(world.machine(0).in_flight(), 0, "the transfer finished");
     assert_eq!(world.machine(1).in_flight(), 0);
 }
+
+fn hold_of(from: AccountId, to: AccountId, minor: u64, id: &str, expires_in_us: u64) -> Command {
+    Command::Hold(Box::new(crate::ledger::Hold {
+        transfer: transfer(from, to, minor, USD, id),
+        expires_in_us,
+    }))
+}
+
+#[test]
+fn a_hold_across_partitions_is_answered_held_at_its_commit_point_and_its_capture_confirms_the_part()
+{
+    let (mut world, alice, bob) = alice_and_bob();
+    world.command(0, 10, hold_of(alice, bob, 30, "h-1", 60_000_000), true);
+    world.settle();
+    assert_eq!(
+        world.replies[&10],
+        Ok(Reply::Transfer(TransferStatus::Held)),
+        "held once both sides are durable"
+    );
+    let bob_row = |world: &World| world.partitions[1].machine.ledger().account(&bob).copied();
+    assert_eq!(
+        bob_row(&world).map(|a| (a.balance, a.incoming)),
+        Some((0, 30))
+    );
+    assert!(
+        !world
+            .durable_events(1)
+            .iter()
+            .any(|e| matches!(e, Event::CreditConfirmed { .. })),
+        "no Confirm while the hold is held"
+    );
+    let h1 = key(alice, "h-1");
+    world.command(
+        0,
+        11,
+        Command::Capture {
+            key: h1,
+            amount: Some(crate::protocol::tests::support::amt(12)),
+        },
+        false,
+    );
+    world.settle();
+    assert_eq!(
+        world.replies[&11],
+        Ok(Reply::Transfer(TransferStatus::Captured))
+    );
+    assert_eq!(world.balance(0, &alice), 88, "the rest came back at once");
+    assert_eq!(
+        bob_row(&world).map(|a| (a.balance, a.incoming)),
+        Some((12, 0))
+    );
+    assert!(world.durable_events(1).contains(&Event::CreditCaptured {
+        key: h1,
+        amount: crate::protocol::tests::support::amt(12)
+    }));
+}
+
+#[test]
+fn a_hold_expires_by_the_homes_clock_across_a_power_loss() {
+    let (mut world, alice, bob) = alice_and_bob();
+    world.command(0, 10, hold_of(alice, bob, 30, "h-1", 5_000_000), true);
+    world.settle();
+    assert_eq!(
+        world.replies[&10],
+        Ok(Reply::Transfer(TransferStatus::Held))
+    );
+    // The home restarts from its durable log: the hold's expiry is found again.
+    world.power_loss(0);
+    world.advance(4_000_000);
+    assert_eq!(world.balance(0, &alice), 70, "not before its expiry");
+    world.advance(1_000_000);
+    assert_eq!(
+        world.balance(0, &alice),
+        100,
+        "expired, and the cancel acknowledged"
+    );
+    let bob_row = world.partitions[1]
+        .machine
+        .ledger()
+        .account(&bob)
+        .copied()
+        .unwrap();
+    assert_eq!((bob_row.balance, bob_row.incoming), (0, 0));
+    let h1 = key(alice, "h-1");
+    world.command(
+        0,
+        11,
+        Command::Capture {
+            key: h1,
+            amount: None,
+        },
+        false,
+    );
+    world.settle();
+    assert_eq!(
+        world.replies[&11],
+        Ok(Reply::Transfer(TransferStatus::Cancelled(
+            Reason::HoldExpired
+        )))
+    );
+    let ended = world
+        .durable_events(0)
+        .into_iter()
+        .filter(|e| matches!(e, Event::HoldReleased { .. } | Event::HoldCaptured { .. }))
+        .count();
+    assert_eq!(ended, 1, "one outcome, recorded once");
+}
