@@ -14,7 +14,7 @@
 //! [`Command::TryCredit`] of it, whose answer is the outcome the client would be told.
 
 use crate::ledger::{Command, Ledger, LedgerError, Reply};
-use crate::model::event::{Event, Transfer};
+use crate::model::event::{Event, Timestamp, Transfer};
 
 /// What a command would get from this partition now (see [`Ledger::dry_run`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +31,14 @@ impl Ledger {
     /// What `command` would get if it came now: decided as [`Ledger::execute`] would
     /// decide it, against the state as it is, with nothing applied.
     pub fn dry_run(&self, command: &Command) -> DryRun {
+        self.dry_run_at(command, self.last.timestamp)
+    }
+
+    /// [`Ledger::dry_run`] at the wall-clock time `now`, as [`Ledger::execute`] at `now`
+    /// would decide it (a hold's capture or void after its expiry answers the expiry).
+    pub fn dry_run_at(&self, command: &Command, now: Timestamp) -> DryRun {
         let mut events = Vec::new();
-        let result = self.decide(command, &mut events);
+        let result = self.decide_at(command, now.max(self.last.timestamp), &mut events);
         let credit = events.iter().find_map(|event| match event.effect() {
             Event::DebitTried { transfer } => Some(transfer),
             _ => None,

@@ -574,7 +574,9 @@ impl<K: ReplyTokens> PartitionMachine<K> {
                     QueryAnswer::Unreadable
                 }
             },
-            Query::DryRun(command) => QueryAnswer::DryRun(self.ledger.dry_run(&command)),
+            Query::DryRun(command) => {
+                QueryAnswer::DryRun(self.ledger.dry_run_at(&command, self.now.wall_us))
+            }
             Query::RefundOf(key) => QueryAnswer::RefundOf(self.ledger.refund_of(&key)),
             Query::HoldTerms(key) => QueryAnswer::HoldTerms(self.ledger.hold_terms(&key)),
         };
