@@ -12,12 +12,25 @@
 //! credit, only marks ("rows below this position are due at that time", one per tick that
 //! added rows) and a cursor. Every row is looked at once, when its mark is due; the few
 //! still pending are kept by position and looked at again.
+//!
+//! A hold's credit stays pending as long as the hold is held, which may be days. Asked about
+//! one, its home answers that it is held and until when
+//! ([`crate::protocol::message::PeerMessage::StillHeld`]); the watch then leaves it alone
+//! until then ([`CreditWatch::defer`]).
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+use rustc_hash::FxHashMap;
 
 use crate::ledger::{CreditState, Ledger};
-use crate::model::event::Transfer;
+use crate::model::event::{Transfer, TransferKey};
 use crate::protocol::coordinator::Micros;
+
+/// Most deferred credits the watch keeps; past it, the credits of more held holds are asked
+/// about at the usual interval (a destination takes credits from every home, each of which
+/// holds at most [`crate::ledger::OPEN_HOLDS_MAX`] open holds).
+const DEFERRED_MAX: usize = 1 << 20;
 
 /// Most credits asked about in one call of [`CreditWatch::due`]: a destination that holds
 /// many pending credits (its home down for long) asks in rounds, not in one burst as large
@@ -35,6 +48,10 @@ pub struct CreditWatch {
     looked_at: usize,
     /// `(due, position)` of rows found still pending, to look at again.
     again: VecDeque<(Micros, usize)>,
+    /// Credits of held holds, by key: not asked about before the time given.
+    deferred: FxHashMap<TransferKey, Micros>,
+    /// `(due, position)` of deferred rows whose `again` entry came up before their time.
+    later: BinaryHeap<Reverse<(Micros, usize)>>,
 }
 
 impl CreditWatch {
@@ -56,7 +73,16 @@ impl CreditWatch {
     pub fn next_due(&self) -> Option<Micros> {
         let mark = self.marks.front().map(|(due, _)| *due);
         let again = self.again.front().map(|(due, _)| *due);
-        mark.into_iter().chain(again).min()
+        let later = self.later.peek().map(|Reverse((due, _))| *due);
+        mark.into_iter().chain(again).chain(later).min()
+    }
+
+    /// Leaves the credit of `key` alone until `until`: its home said the hold is held until
+    /// about then. The deferral ends with the credit, or when it is next asked about.
+    pub fn defer(&mut self, key: TransferKey, until: Micros) {
+        if self.deferred.len() < DEFERRED_MAX {
+            self.deferred.insert(key, until);
+        }
     }
 
     /// The transfers whose credits are due and still pending at `now`, at most
@@ -65,6 +91,17 @@ impl CreditWatch {
         let mut pending = Vec::new();
         let first = out.len();
         let full = |out: &Vec<Transfer>| out.len() - first >= UNRESOLVED_PER_ROUND_MAX;
+        while let Some(&Reverse((due, position))) = self.later.peek() {
+            if due > now || full(out) {
+                break;
+            }
+            self.later.pop();
+            self.undefer(ledger, position);
+            if let Some(transfer) = pending_transfer(ledger, position) {
+                out.push(transfer);
+                pending.push(position);
+            }
+        }
         'marks: while let Some(&(due, end)) = self.marks.front() {
             if due > now {
                 break;
@@ -86,9 +123,17 @@ impl CreditWatch {
                 break;
             }
             self.again.pop_front();
-            if let Some(transfer) = pending_transfer(ledger, position) {
-                out.push(transfer);
-                pending.push(position);
+            let Some(transfer) = pending_transfer(ledger, position) else {
+                self.undefer(ledger, position);
+                continue;
+            };
+            match self.deferred.get(&transfer.key()) {
+                Some(&until) if until > now => self.later.push(Reverse((until, position))),
+                _ => {
+                    self.undefer(ledger, position);
+                    out.push(transfer);
+                    pending.push(position);
+                }
             }
         }
         self.again.extend(
@@ -96,6 +141,16 @@ impl CreditWatch {
                 .into_iter()
                 .map(|position| (now + after_us, position)),
         );
+    }
+
+    /// Ends the deferral of the credit row at `position`, if it has one.
+    fn undefer(&mut self, ledger: &Ledger, position: usize) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        if let Some((key, _)) = ledger.credit_at(position) {
+            self.deferred.remove(&key);
+        }
     }
 
     /// Credits still pending that the watch will look at again.

@@ -245,7 +245,7 @@ impl<K: ReplyTokens> OpenBatch<K> {
                 PeerMessage::Request { request, .. } => {
                     matches!(request.phase, Phase::Try | Phase::Abort)
                 }
-                PeerMessage::Unresolved { .. } => false,
+                PeerMessage::Unresolved { .. } | PeerMessage::StillHeld { .. } => false,
             })
     }
 }
@@ -595,6 +595,11 @@ impl<K: ReplyTokens> PartitionMachine<K> {
                 self.drain_coordinator();
             }
             PeerMessage::Unresolved { transfer } => self.handle_unresolved(transfer),
+            PeerMessage::StillHeld { key, for_us, .. } => {
+                let after_us = self.config.coordinator.resolve_after_us;
+                let until = now.micros.saturating_add(for_us).saturating_add(after_us);
+                self.credit_watch.defer(key, until);
+            }
         }
     }
 
@@ -639,6 +644,24 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             self.batch.release.peer_messages.push(message);
         }
         self.expire_due_holds();
+    }
+
+    /// Tells the destination of the held hold `transfer`, which asked about its credit, to
+    /// ask again once the hold expires.
+    fn answer_still_held(&mut self, transfer: &Transfer) {
+        let key = transfer.key();
+        let Some(terms) = self.ledger.hold_terms(&key) else {
+            return;
+        };
+        let message = PeerMessage::StillHeld {
+            key,
+            partition: crate::model::partition::partition_of(
+                &transfer.to,
+                self.ledger.partitions(),
+            ),
+            for_us: terms.expires_at.saturating_sub(self.now.wall_us),
+        };
+        self.batch.release.peer_messages.push(message);
     }
 
     /// Expires the holds whose expiry has come by the wall clock, a round at a time.
@@ -805,6 +828,9 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             .ok()
             .flatten()
             .map(|row| row.transfer);
+        if status == TransferStatus::Held {
+            return self.answer_still_held(&transfer);
+        }
         let Some(phase) = unresolved_answer(status, row_body, &transfer) else {
             return;
         };
@@ -1121,7 +1147,7 @@ fn peer_command(message: &PeerMessage) -> Option<Command> {
     match message {
         PeerMessage::Request { request, .. } => Some(request.command()),
         PeerMessage::Response(response) => Some(Command::CommitDebit { key: response.key }),
-        PeerMessage::Unresolved { .. } => None,
+        PeerMessage::Unresolved { .. } | PeerMessage::StillHeld { .. } => None,
     }
 }
 

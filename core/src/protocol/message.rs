@@ -139,6 +139,16 @@ pub enum PeerMessage {
     /// transfer (its Try leaves before its debit is durable), and then only this question
     /// gets the credit cancelled.
     Unresolved { transfer: Transfer },
+    /// From a home back to the destination (`partition`) that asked about the credit of the
+    /// hold `key` ([`PeerMessage::Unresolved`]): the hold is held, and its home ends it
+    /// (capture, void or expiry) and carries the end; ask again no sooner than `for_us`
+    /// from now, when it expires. A hold may be held for days: without this its destination
+    /// would ask every few seconds all that time.
+    StillHeld {
+        key: TransferKey,
+        partition: PartitionId,
+        for_us: u64,
+    },
 }
 
 impl PeerMessage {
@@ -148,6 +158,7 @@ impl PeerMessage {
             PeerMessage::Request { request, .. } => partition_of(&request.transfer.to, partitions),
             PeerMessage::Response(response) => partition_of(&response.key.from, partitions),
             PeerMessage::Unresolved { transfer } => partition_of(&transfer.from, partitions),
+            PeerMessage::StillHeld { partition, .. } => *partition,
         }
     }
 }

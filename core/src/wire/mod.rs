@@ -119,7 +119,7 @@ use crate::replica::RaftMessage;
 /// queries `DryRun` (3) and `RefundOf` (4), answers `DryRun` (4) and `RefundOf` (5).
 /// Version 9: holds: commands `Hold` (14), `Capture` (15), `Void` (16), `ExpireHold` (17),
 /// statuses `Held` (5) and `Captured` (6), transfer states held (7) and captured (8), ledger
-/// errors 13 to 17, query `HoldTerms` (5) and its answer (6).
+/// errors 13 to 17, query `HoldTerms` (5) and its answer (6), peer message `StillHeld` (4).
 pub const WIRE_VERSION: u8 = 9;
 /// Bytes of the frame header: body length and checksum.
 pub const FRAME_HEADER_LEN: usize = 8;
@@ -1228,6 +1228,16 @@ fn put_peer(out: &mut Vec<u8>, peer: &PeerMessage) {
             out.push(3);
             put_transfer(out, transfer);
         }
+        PeerMessage::StillHeld {
+            key,
+            partition,
+            for_us,
+        } => {
+            out.push(4);
+            put_key(out, key);
+            out.extend_from_slice(&partition.to_le_bytes());
+            out.extend_from_slice(&for_us.to_le_bytes());
+        }
     }
 }
 
@@ -1278,6 +1288,11 @@ fn get_peer(cursor: &mut Cursor<'_>) -> Result<PeerMessage, String> {
         }),
         3 => PeerMessage::Unresolved {
             transfer: cursor.transfer()?,
+        },
+        4 => PeerMessage::StillHeld {
+            key: cursor.key()?,
+            partition: get_u32(cursor)?,
+            for_us: cursor.u64()?,
         },
         other => return Err(format!("unknown peer message {other}")),
     })

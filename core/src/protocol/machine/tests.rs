@@ -53,6 +53,8 @@ struct World {
     drop_requests: bool,
     /// Phase responses are dropped instead of delivered (the way back cut off).
     drop_responses: bool,
+    /// Questions about pending credits delivered so far.
+    unresolved_delivered: usize,
 }
 
 impl World {
@@ -77,6 +79,7 @@ impl World {
             answers: BTreeMap::new(),
             drop_requests: false,
             drop_responses: false,
+            unresolved_delivered: 0,
         }
     }
 
@@ -191,6 +194,9 @@ impl World {
             }
             if self.drop_responses && matches!(message, PeerMessage::Response(_)) {
                 continue;
+            }
+            if matches!(message, PeerMessage::Unresolved { .. }) {
+                self.unresolved_delivered += 1;
             }
             let now = self.now;
             let p = message.destination(count);
@@ -701,4 +707,33 @@ fn a_hold_expires_by_the_homes_clock_across_a_power_loss() {
         .filter(|e| matches!(e, Event::HoldReleased { .. } | Event::HoldCaptured { .. }))
         .count();
     assert_eq!(ended, 1, "one outcome, recorded once");
+}
+
+#[test]
+fn the_destination_of_a_held_hold_asks_about_it_once_and_again_when_it_expires() {
+    let (mut world, alice, bob) = alice_and_bob();
+    world.command(0, 10, hold_of(alice, bob, 30, "h-1", 60_000_000), true);
+    world.settle();
+    // Its credit stays pending: the destination asks once, is told the hold is held, and
+    // leaves it alone until the expiry.
+    for _ in 0..50 {
+        world.advance(1_000_000);
+    }
+    assert_eq!(
+        world.unresolved_delivered, 1,
+        "asked once in 50 s, not every 5 s"
+    );
+    for _ in 0..20 {
+        world.advance(1_000_000);
+    }
+    // Expired at 60 s by its home, the cancel carried: nothing is pending any more.
+    let bob_row = world.partitions[1]
+        .machine
+        .ledger()
+        .account(&bob)
+        .copied()
+        .unwrap();
+    assert_eq!((bob_row.balance, bob_row.incoming), (0, 0));
+    assert_eq!(world.balance(0, &alice), 100);
+    assert_eq!(world.unresolved_delivered, 1);
 }
