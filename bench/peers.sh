@@ -16,9 +16,10 @@
 # skips the reference rows), WALLET_BENCH_ARGS (extra arguments for `wallet bench`).
 #
 # Prints one table and ends with exactly one line:
-#   peers http_tps=A http_batch_tps=B engine_tps=C pg_sync_tps=D redis_always_tps=E redis_always_pipelined_tps=F redis_everysec_tps=G http8_tps=H http8_batch_tps=I http8_p50_ms=J http1_p50_ms=K
+#   peers http_tps=A http_batch_tps=B engine_tps=C pg_sync_tps=D redis_always_tps=E redis_always_pipelined_tps=F redis_everysec_tps=G http8_tps=H http8_batch_tps=I http8_p50_ms=J http1_p50_ms=K http8_hold_capture_tps=L
 # where the http8 figures are the server's default partition count (the reference rows; "-"
-# when they are skipped) and http1_p50_ms is the single-transfer row of WALLETD_PARTITIONS.
+# when they are skipped), http1_p50_ms is the single-transfer row of WALLETD_PARTITIONS, and
+# http8_hold_capture_tps counts pairs of a hold and its capture (each pair moves money once).
 set -euo pipefail
 
 BENCH_SECONDS=${BENCH_SECONDS:-10}
@@ -125,7 +126,7 @@ run_walletd() {
   if [[ -n "$WALLETD_REFERENCE_PARTITIONS" ]]; then
     log "== walletd with $WALLETD_REFERENCE_PARTITIONS partitions, for reference (most transfers cross partitions)"
     # shellcheck disable=SC2086
-    "$wallet" bench http batch --partitions "$WALLETD_REFERENCE_PARTITIONS" "${common[@]}" $WALLET_BENCH_ARGS >&2
+    "$wallet" bench http batch hold-capture --partitions "$WALLETD_REFERENCE_PARTITIONS" "${common[@]}" $WALLET_BENCH_ARGS >&2
   fi
 }
 
@@ -340,12 +341,13 @@ main() {
   print_table
   echo
   local ref="$WALLETD_REFERENCE_PARTITIONS" one="$WALLETD_PARTITIONS"
-  local http8_tps http8_batch_tps http8_p50 http1_p50
+  local http8_tps http8_batch_tps http8_p50 http1_p50 http8_hold_capture_tps
   http8_tps=$(row_field "walletd http ($ref partitions)" 4)
+  http8_hold_capture_tps=$(row_field "walletd http_hold_capture ($ref partitions)" 4)
   http8_batch_tps=$(row_field "walletd http_batch ($ref partitions)" 4)
   http8_p50=$(row_field "walletd http ($ref partitions)" 5)
   http1_p50=$(row_field "walletd http ($one partition$([[ $one == 1 ]] || echo s))" 5)
-  echo "peers http_tps=$(walletd_tps http_tps) http_batch_tps=$(walletd_tps http_batch_tps) engine_tps=$(walletd_tps engine_tps) pg_sync_tps=$PG_TPS redis_always_tps=$REDIS_ALWAYS redis_always_pipelined_tps=$REDIS_ALWAYS_PIPELINED redis_everysec_tps=$REDIS_EVERYSEC http8_tps=$http8_tps http8_batch_tps=$http8_batch_tps http8_p50_ms=$http8_p50 http1_p50_ms=$http1_p50"
+  echo "peers http_tps=$(walletd_tps http_tps) http_batch_tps=$(walletd_tps http_batch_tps) engine_tps=$(walletd_tps engine_tps) pg_sync_tps=$PG_TPS redis_always_tps=$REDIS_ALWAYS redis_always_pipelined_tps=$REDIS_ALWAYS_PIPELINED redis_everysec_tps=$REDIS_EVERYSEC http8_tps=$http8_tps http8_batch_tps=$http8_batch_tps http8_p50_ms=$http8_p50 http1_p50_ms=$http1_p50 http8_hold_capture_tps=$http8_hold_capture_tps"
 }
 
 main "$@"

@@ -14,6 +14,9 @@ pub enum Mode {
     Http,
     /// Transfers over the HTTP batch endpoint, `--batch-size` per request.
     Batch,
+    /// Holds then captures over the HTTP API: each client places a hold between two random
+    /// accounts and captures all of it once held; a pair counts as one transfer.
+    HoldCapture,
     /// The engine in-process (no HTTP): partitions on real files, fsync on, transfers
     /// between random accounts.
     Engine,
@@ -40,6 +43,7 @@ impl Mode {
         match self {
             Mode::Http => "http",
             Mode::Batch => "http_batch",
+            Mode::HoldCapture => "http_hold_capture",
             Mode::Engine => "engine",
             Mode::Partitions => "partitions",
             Mode::Cluster => "cluster",

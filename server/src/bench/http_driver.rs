@@ -412,7 +412,14 @@ pub enum Shape {
     Single,
     /// `POST /v1/wallet/balance_transfers` with this many transfers per request.
     Batch(u64),
+    /// `POST /v1/wallet/holds`, then, once held, `POST /v1/transfers/{from}/{id}/capture`
+    /// of all of it: one transfer per pair.
+    HoldCapture,
 }
+
+/// The expiry of the holds of the `http_hold_capture` mode: far beyond a run, so that none
+/// expires before its capture.
+const BENCH_HOLD_EXPIRES_IN_MS: u64 = 3_600_000;
 
 /// Runs `clients` clients sending transfers until the phase is `Stopped`; their tallies.
 pub async fn run_transfers(
@@ -460,6 +467,8 @@ struct HttpClient {
 /// What one request achieved.
 #[derive(Debug, Default, Clone)]
 struct Answered {
+    /// A hold was answered `held` (its capture comes next).
+    held: bool,
     transfers: u64,
     rejected: u64,
     errors: u64,
@@ -482,6 +491,7 @@ impl HttpClient {
         let (path, per_request) = match shape {
             Shape::Single => ("/v1/wallet/balance_transfer", 1),
             Shape::Batch(size) => ("/v1/wallet/balance_transfers", size),
+            Shape::HoldCapture => ("/v1/wallet/holds", 1),
         };
         let body_bytes = TRANSFER_JSON_BYTES_RESERVED * per_request as usize;
         while self.live.phase() != Phase::Stopped {
@@ -489,8 +499,10 @@ impl HttpClient {
             // buffer meant copying every body (about 150 kB for 1000 transfers) into a new
             // allocation anyway.
             let mut body = String::with_capacity(body_bytes);
+            let mut capture_path = None;
             match shape {
                 Shape::Single => self.write_transfer(&mut body),
+                Shape::HoldCapture => capture_path = Some(self.write_hold(&mut body)),
                 Shape::Batch(size) => {
                     body.push_str(r#"{"transfers":["#);
                     for i in 0..size {
@@ -503,7 +515,10 @@ impl HttpClient {
                 }
             }
             let started = Instant::now();
-            let answered = self.send(path, Bytes::from(body), shape).await;
+            let mut answered = self.send(path, Bytes::from(body), shape).await;
+            if let Some(capture) = capture_path.filter(|_| answered.held) {
+                answered = self.send(&capture, Bytes::from_static(b"{}"), shape).await;
+            }
             let latency = started.elapsed();
             self.live
                 .transfers
@@ -523,6 +538,25 @@ impl HttpClient {
         }
     }
 
+    /// Appends the next transfer as a hold's JSON object; returns the path of its capture.
+    fn write_hold(&mut self, out: &mut String) -> String {
+        let draw = self
+            .workload
+            .draw(&mut self.rng, self.client, self.sequence);
+        self.sequence += 1;
+        write_transfer_json(&self.workload, &draw, out);
+        out.pop();
+        out.push_str(r#","expires_in_ms":"#);
+        out.push_str(&BENCH_HOLD_EXPIRES_IN_MS.to_string());
+        out.push('}');
+        let mut path = String::from("/v1/transfers/");
+        write_account_name(draw.from, &mut path);
+        path.push('/');
+        self.workload.write_transaction_id(&draw, &mut path);
+        path.push_str("/capture");
+        path
+    }
+
     /// Appends the next transfer as the API's JSON object.
     fn write_transfer(&mut self, out: &mut String) {
         let draw = self
@@ -534,7 +568,7 @@ impl HttpClient {
 
     async fn send(&mut self, path: &str, body: Bytes, shape: Shape) -> Answered {
         let per_request = match shape {
-            Shape::Single => 1,
+            Shape::Single | Shape::HoldCapture => 1,
             Shape::Batch(size) => size,
         };
         if self.connection.is_none() {
@@ -549,7 +583,9 @@ impl HttpClient {
         let connection = self.connection.as_mut().expect("connected above");
         let answer = connection.request(Method::POST, path, Some(body)).await;
         match (answer, shape) {
-            (Ok((status, answer)), Shape::Single) => single_outcome(status, &answer),
+            (Ok((status, answer)), Shape::Single | Shape::HoldCapture) => {
+                single_outcome(status, &answer)
+            }
             (Ok((StatusCode::OK, answer)), Shape::Batch(size)) => batch_outcome(&answer, size),
             (Ok((status, answer)), Shape::Batch(size)) => {
                 Answered::failed(size, describe(status, &answer))
@@ -588,6 +624,10 @@ fn describe(status: StatusCode, body: &[u8]) -> String {
 
 fn single_outcome(status: StatusCode, body: &[u8]) -> Answered {
     match status {
+        StatusCode::OK if contains(body, b"\"status\":\"held\"") => Answered {
+            held: true,
+            ..Answered::default()
+        },
         StatusCode::OK => Answered {
             transfers: 1,
             ..Answered::default()

@@ -111,6 +111,7 @@ async fn measured_run(
             Shape::Batch(args.batch_size),
             args.batch_size,
         ),
+        Mode::HoldCapture => (args.clients, Shape::HoldCapture, 1),
         _ => (args.clients, Shape::Single, 1),
     };
     let live = Arc::new(Live::default());

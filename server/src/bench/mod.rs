@@ -158,7 +158,7 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
         ..BenchReport::default()
     };
     let asked = |mode: Mode| args.modes.contains(&mode);
-    let http_modes: Vec<Mode> = [Mode::Http, Mode::Batch]
+    let http_modes: Vec<Mode> = [Mode::Http, Mode::Batch, Mode::HoldCapture]
         .into_iter()
         .filter(|m| asked(*m))
         .collect();
