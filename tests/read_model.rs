@@ -15,7 +15,7 @@ use walletd_core::model::money::{Amount, Currency};
 use crate::http;
 
 /// The schema version this consumer understands.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// One account of the read model, in minor units of its currency.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,12 +125,55 @@ impl ReadModel {
                     to.balance += minor;
                 }
             }
+            // A hold across partitions is a transfer's Try at its home; within one, the
+            // destination counts it as incoming at once.
+            "hold_placed" if event["remote"] == Value::Bool(true) => {
+                self.fold_debit_tried(key, event)
+            }
+            "hold_placed" => {
+                let minor = amount(event);
+                let from = self.account(&text("from_account"));
+                from.balance -= minor;
+                from.held += minor;
+                self.account(&text("to_account")).incoming += minor;
+            }
+            "hold_captured" => {
+                let (full, captured) = (amount(event), amount_of(event, "captured_amount"));
+                let from = self.account(&text("from_account"));
+                from.held -= full;
+                from.balance += full - captured;
+                if event["remote"] == Value::Bool(true) {
+                    // The hold's Try ends here; the destination hears of it on its own.
+                    self.tries.remove(&key).expect("a hold_placed first");
+                } else {
+                    let to = self.account(&text("to_account"));
+                    to.incoming -= full;
+                    to.balance += captured;
+                }
+            }
+            // Across partitions, the decision to cancel: `debit_cancelled` follows.
+            "hold_released" if event["remote"] == Value::Bool(true) => {}
+            "hold_released" => {
+                let full = amount(event);
+                let from = self.account(&text("from_account"));
+                from.held -= full;
+                from.balance += full;
+                self.account(&text("to_account")).incoming -= full;
+            }
+            "credit_captured" => {
+                let (account, tried) = self.tries.remove(&key).expect("a credit_tried first");
+                let captured: u64 = text("amount_minor").parse().expect("minor units");
+                let to = self.account(&account);
+                to.incoming -= tried;
+                to.balance += captured;
+            }
             // Refusals and decisions move no money.
             "cash_refused"
             | "transfer_rejected"
             | "transfer_decided"
             | "credit_try_not_seen"
-            | "refund_rejected" => {}
+            | "refund_rejected"
+            | "hold_established" => {}
             other => panic!("unknown event type {other} in schema v{SCHEMA_VERSION}: {event}"),
         }
     }
@@ -162,9 +205,14 @@ impl ReadModel {
 
 /// The amount of a line in minor units, parsed by the API's own strict parser.
 fn amount(event: &Value) -> u64 {
+    amount_of(event, "amount")
+}
+
+/// The amount in `field` of a line, in minor units of its `currency`.
+fn amount_of(event: &Value, field: &str) -> u64 {
     let currency = Currency::from_code(event["currency"].as_str().expect("currency"))
         .expect("a known currency");
-    let text = event["amount"].as_str().expect("amounts are strings");
+    let text = event[field].as_str().expect("amounts are strings");
     Amount::parse(text, currency)
         .expect("a valid amount")
         .minor()

@@ -7,16 +7,16 @@
 //!
 //! | status | codes |
 //! | --- | --- |
-//! | 400 | `malformed_json`, `invalid_field`, `invalid_amount`, `invalid_currency`, `invalid_account_id`, `invalid_transaction_id`, `invalid_query`, `unknown_partition` |
+//! | 400 | `malformed_json`, `invalid_field`, `invalid_amount`, `invalid_currency`, `invalid_account_id`, `invalid_transaction_id`, `invalid_expires_in_ms`, `invalid_query`, `unknown_partition` |
 //! | 401 | `unauthorized` |
 //! | 404 | `not_found` (route), `account_not_found`, `transfer_not_found` |
 //! | 405 | `method_not_allowed` |
-//! | 409 | `account_exists`, `transaction_conflict`, `lsn_out_of_range` |
+//! | 409 | `account_exists`, `transaction_conflict`, `lsn_out_of_range`, `transfer_not_refundable`, `not_a_hold`, `hold_not_held`, `hold_already_captured`, `hold_captured`, `hold_voided`, `hold_expired` |
 //! | 410 | `feed_compacted` |
 //! | 413 | `body_too_large`, `batch_too_large` |
 //! | 421 | `partition_not_local` |
-//! | 422 | `insufficient_funds`, `currency_mismatch`, `balance_limit`, `same_account`, `cancelled_before_try` |
-//! | 429 | `overloaded` |
+//! | 422 | `insufficient_funds`, `currency_mismatch`, `balance_limit`, `same_account`, `cancelled_before_try`, `refund_exceeds_original`, `capture_exceeds_hold` |
+//! | 429 | `overloaded`, `too_many_holds` |
 //! | 500 | `internal_error`, `log_unreadable`, `transfers_unreadable` (never for a client's mistake) |
 //! | 503 | `partition_unavailable`, `wrong_partition`, `timeout`, `request_timeout`, `history_unavailable`, `memory_limit` |
 
@@ -240,6 +240,16 @@ pub fn ledger_status(error: &LedgerError) -> (StatusCode, &'static str) {
         // A chunk file of transfer rows is missing or damaged: an operator's matter.
         LedgerError::Unreadable(_) => (StatusCode::INTERNAL_SERVER_ERROR, "transfers_unreadable"),
         LedgerError::NotRefundable(_) => (StatusCode::CONFLICT, "transfer_not_refundable"),
+        LedgerError::NotAHold(_) => (StatusCode::CONFLICT, "not_a_hold"),
+        LedgerError::HoldNotHeld(_) => (StatusCode::CONFLICT, "hold_not_held"),
+        LedgerError::CaptureExceedsHold { .. } => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "capture_exceeds_hold")
+        }
+        LedgerError::HoldAlreadyCaptured { .. } => (StatusCode::CONFLICT, "hold_already_captured"),
+        // A quota of the partition, not its health: waiting helps only once holds end, so
+        // it is a 429 like `overloaded` and not a 503, whose `Retry-After: 1` would promise
+        // more than it keeps.
+        LedgerError::HoldLimit(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_holds"),
     }
 }
 
@@ -259,6 +269,8 @@ pub fn reason_status(reason: Reason) -> StatusCode {
         Reason::SourceCurrencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
         Reason::SameAccount => StatusCode::UNPROCESSABLE_ENTITY,
         Reason::RefundExceedsOriginal => StatusCode::UNPROCESSABLE_ENTITY,
+        // A capture or void of a hold that had already ended otherwise.
+        Reason::HoldVoided | Reason::HoldExpired => StatusCode::CONFLICT,
     }
 }
 
@@ -283,6 +295,10 @@ pub fn reason_message(reason: Reason) -> &'static str {
         Reason::SameAccount => "from_account and to_account are the same account",
         Reason::RefundExceedsOriginal => {
             "the refund is larger than what is left to refund of the original transfer"
+        }
+        Reason::HoldVoided => "the hold was voided: its amount went back to the source",
+        Reason::HoldExpired => {
+            "the hold expired before it was captured: its amount went back to the source"
         }
     }
 }
@@ -323,6 +339,10 @@ mod tests {
     #[test]
     fn every_ledger_error_has_one_status_and_a_snake_case_code() {
         let account = AccountId::new("a").unwrap();
+        let key = walletd_core::model::event::TransferKey {
+            from: account,
+            transaction_id: TransactionId::new("t").unwrap(),
+        };
         let errors = [
             LedgerError::AccountNotFound(account),
             LedgerError::AccountExists {
@@ -341,6 +361,17 @@ mod tests {
             LedgerError::BalanceLimit(account),
             LedgerError::SameAccount,
             LedgerError::Conflict(TransactionId::new("t").unwrap()),
+            LedgerError::NotAHold(key),
+            LedgerError::HoldNotHeld(key),
+            LedgerError::CaptureExceedsHold {
+                key,
+                held: "1.00".into(),
+            },
+            LedgerError::HoldAlreadyCaptured {
+                key,
+                captured: "1.00".into(),
+            },
+            LedgerError::HoldLimit(1),
         ];
         for error in errors {
             let (status, code) = ledger_status(&error);

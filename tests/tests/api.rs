@@ -1301,3 +1301,327 @@ fn a_refused_request_answers_the_same_after_the_state_that_refused_it_changed() 
     assert_eq!(transfer(&s, &home, &far, "1.00", "t-far-2").status, 200);
     assert_eq!(balance(&s, &home)["balance"], "4.00");
 }
+
+fn hold(
+    s: &Server,
+    from: &str,
+    to: &str,
+    amount: &str,
+    id: &str,
+    expires: Value,
+) -> http::Response {
+    s.post(
+        "/v1/wallet/holds",
+        &json!({"transaction_id": id, "from_account": from, "to_account": to, "amount": amount,
+                "currency": "USD", "expires_in_ms": expires}),
+    )
+}
+
+/// `(balance, held, incoming)` of `account`.
+fn figures(s: &Server, account: &str) -> (Value, Value, Value) {
+    let b = balance(s, account);
+    (
+        b["balance"].clone(),
+        b["held"].clone(),
+        b["incoming"].clone(),
+    )
+}
+
+fn usd(balance: &str, held: &str, incoming: &str) -> (Value, Value, Value) {
+    (json!(balance), json!(held), json!(incoming))
+}
+
+#[test]
+fn holds_are_captured_in_part_voided_or_expired_once() {
+    let (_tmp, s) = start(&[]);
+    let same = accounts_in("h", 0, PARTITIONS, 2);
+    let (a, b) = (&same[0], &same[1]);
+    let c = &accounts_in("o", 3, PARTITIONS, 1)[0];
+    for account in [a, b, c] {
+        open(&s, account, "USD");
+    }
+    deposit(&s, a, "100.00", "d1");
+    let end = |id: &str, what: &str, body: Value| {
+        s.post(&format!("/v1/transfers/{a}/{id}/{what}"), &body)
+    };
+
+    // Held: out of the source's balance, counted as incoming at the destination.
+    let r = hold(&s, a, b, "40.00", "h1", json!(600_000));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"], json!("held"));
+    assert_eq!(
+        r.json()["status_url"],
+        json!(format!("/v1/transfers/{a}/h1"))
+    );
+    assert_eq!(figures(&s, a), usd("60.00", "40.00", "0.00"));
+    assert_eq!(figures(&s, b), usd("0.00", "0.00", "40.00"));
+    let t = s.get(&format!("/v1/transfers/{a}/h1")).json();
+    assert_eq!(
+        (t["status"].clone(), t["phase"].clone()),
+        (json!("held"), json!("held"))
+    );
+    assert!(
+        t["expires_at"].as_str().is_some_and(|at| at.ends_with('Z')),
+        "{t}"
+    );
+    assert!(
+        t.get("refund_of").is_none() && t.get("captured_amount").is_none(),
+        "{t}"
+    );
+
+    // Captured in part: the part reaches the destination, the rest goes back.
+    let r = end("h1", "capture", json!({"amount": "30.00"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let captured = json!({"transaction_id": "h1", "from_account": a, "to_account": b,
+        "amount": "40.00", "currency": "USD", "status": "captured", "captured_amount": "30.00",
+        "released_amount": "10.00", "status_url": format!("/v1/transfers/{a}/h1")});
+    assert_eq!(r.json(), captured);
+    assert_eq!(figures(&s, a), usd("70.00", "0.00", "0.00"));
+    assert_eq!(figures(&s, b), usd("30.00", "0.00", "0.00"));
+    // The same capture again answers the same; another amount, or a void, cannot.
+    let r = end("h1", "capture", json!({"amount": "30.00"}));
+    assert_eq!((r.status, r.json()), (200, captured));
+    let r = end("h1", "capture", json!({"amount": "20.00"}));
+    assert_eq!((r.status, r.code()), (409, "hold_already_captured".into()));
+    let r = end("h1", "void", json!({}));
+    assert_eq!(
+        (
+            r.status,
+            r.json()["status"].clone(),
+            r.code(),
+            r.json()["captured_amount"].clone()
+        ),
+        (
+            409,
+            json!("captured"),
+            "hold_captured".into(),
+            json!("30.00")
+        )
+    );
+    let t = s.get(&format!("/v1/transfers/{a}/h1")).json();
+    assert_eq!(
+        (
+            t["status"].clone(),
+            t["captured_amount"].clone(),
+            t["released_amount"].clone()
+        ),
+        (json!("captured"), json!("30.00"), json!("10.00"))
+    );
+    // The history shows both halves of the capture, and a page of one never splits them.
+    let kinds = |limit: usize| {
+        let (mut kinds, mut cursor) = (Vec::new(), String::new());
+        loop {
+            let page = s
+                .get(&format!("/v1/accounts/{a}/history?limit={limit}{cursor}"))
+                .json();
+            for m in page["movements"].as_array().unwrap() {
+                kinds.push((
+                    m["kind"].clone(),
+                    m["amount"].clone(),
+                    m["balance_after"].clone(),
+                ));
+            }
+            match page["next_before_lsn"].as_u64() {
+                Some(lsn) => cursor = format!("&before_lsn={lsn}"),
+                None => return kinds,
+            }
+        }
+    };
+    let all = kinds(100);
+    assert_eq!(
+        all[..3],
+        [
+            (json!("hold_released"), json!("10.00"), json!("70.00")),
+            (json!("hold_captured"), json!("30.00"), json!("60.00")),
+            (json!("hold"), json!("40.00"), json!("60.00")),
+        ],
+        "{all:?}"
+    );
+    assert_eq!(kinds(1), all);
+    assert_eq!(kinds(2), all);
+
+    // Voided: everything back; a capture then answers how it ended.
+    assert_eq!(hold(&s, a, b, "10.00", "h2", json!(600_000)).status, 200);
+    for _ in 0..2 {
+        let r = end("h2", "void", json!({}));
+        assert_eq!(
+            (r.status, r.json()["status"].clone()),
+            (200, json!("voided")),
+            "{}",
+            r.text()
+        );
+    }
+    let r = end("h2", "capture", json!({}));
+    assert_eq!(
+        (r.status, r.json()["status"].clone(), r.code()),
+        (409, json!("voided"), "hold_voided".into())
+    );
+    assert_eq!(figures(&s, a), usd("70.00", "0.00", "0.00"));
+    assert_eq!(figures(&s, b), usd("30.00", "0.00", "0.00"));
+
+    // Expired by the home's clock: everything back, and every end after it says so.
+    assert_eq!(hold(&s, a, b, "5.00", "h3", json!(300)).status, 200);
+    let expired = wait_until(Duration::from_secs(10), || {
+        s.get(&format!("/v1/transfers/{a}/h3")).json()["status"] == json!("expired")
+    });
+    assert!(
+        expired,
+        "{}",
+        s.get(&format!("/v1/transfers/{a}/h3")).text()
+    );
+    assert_eq!(figures(&s, a), usd("70.00", "0.00", "0.00"));
+    assert_eq!(figures(&s, b), usd("30.00", "0.00", "0.00"));
+    for what in ["capture", "void"] {
+        let r = end("h3", what, json!({}));
+        assert_eq!((r.status, r.code()), (409, "hold_expired".into()), "{what}");
+    }
+
+    // Across partitions on one node: held once the destination tried the credit.
+    let r = hold(&s, a, c, "20.00", "h4", json!(600_000));
+    assert_eq!(
+        (r.status, r.json()["status"].clone()),
+        (200, json!("held")),
+        "{}",
+        r.text()
+    );
+    assert_eq!(figures(&s, c), usd("0.00", "0.00", "20.00"));
+    let r = end("h4", "capture", json!({"amount": "5.00"}));
+    assert_eq!(
+        (r.status, r.json()["released_amount"].clone()),
+        (200, json!("15.00"))
+    );
+    assert!(wait_until(Duration::from_secs(10), || figures(&s, c)
+        == usd("5.00", "0.00", "0.00")));
+    assert_eq!(figures(&s, a), usd("65.00", "0.00", "0.00"));
+}
+
+#[test]
+fn hold_requests_that_cannot_be_are_refused_and_dry_runs_record_nothing() {
+    let (_tmp, s) = start(&[]);
+    let same = accounts_in("h", 1, PARTITIONS, 2);
+    let (a, b) = (&same[0], &same[1]);
+    let c = &accounts_in("o", 2, PARTITIONS, 1)[0];
+    for account in [a, b, c] {
+        open(&s, account, "USD");
+    }
+    deposit(&s, a, "100.00", "d1");
+    let end = |id: &str, what: &str, body: Value| {
+        s.post(&format!("/v1/transfers/{a}/{id}/{what}"), &body)
+    };
+
+    // A bad expiry is refused before anything is recorded.
+    let too_long = json!(2_592_000_001u64);
+    for expires in [
+        json!(0),
+        json!(-1),
+        json!(1.5),
+        json!("300"),
+        json!(null),
+        too_long,
+    ] {
+        let r = hold(&s, a, b, "1.00", "bad", expires.clone());
+        assert_eq!(
+            (r.status, r.code()),
+            (400, "invalid_expires_in_ms".into()),
+            "{expires}"
+        );
+    }
+    let r = s.post(
+        "/v1/wallet/holds",
+        &json!({"transaction_id": "bad", "from_account": a, "to_account": b, "amount": "1.00",
+                "currency": "USD"}),
+    );
+    assert_eq!((r.status, r.code()), (400, "invalid_expires_in_ms".into()));
+    assert_eq!(s.get(&format!("/v1/transfers/{a}/bad")).status, 404);
+    assert_eq!(
+        hold(&s, a, b, "1.00", "bad", json!(2_592_000_000u64)).status,
+        200
+    );
+
+    // A business refusal is recorded and answered again; another body is a conflict.
+    for _ in 0..2 {
+        let r = hold(&s, a, b, "1000.00", "poor", json!(60_000));
+        assert_eq!(
+            (r.status, r.json()["status"].clone(), r.code()),
+            (422, json!("rejected"), "insufficient_funds".into())
+        );
+    }
+    let r = hold(&s, a, b, "2.00", "bad", json!(2_592_000_000u64));
+    assert_eq!((r.status, r.code()), (409, "transaction_conflict".into()));
+
+    // Captures and voids of what is not a held hold.
+    assert_eq!(transfer(&s, a, b, "1.00", "t1").status, 200);
+    for what in ["capture", "void"] {
+        let r = end("t1", what, json!({}));
+        assert_eq!((r.status, r.code()), (409, "not_a_hold".into()), "{what}");
+        let r = end("nope", what, json!({}));
+        assert_eq!(
+            (r.status, r.code()),
+            (404, "transfer_not_found".into()),
+            "{what}"
+        );
+    }
+    assert_eq!(hold(&s, a, b, "10.00", "h1", json!(600_000)).status, 200);
+    let r = end("h1", "capture", json!({"amount": "10.01"}));
+    assert_eq!((r.status, r.code()), (422, "capture_exceeds_hold".into()));
+    let r = end("h1", "capture", json!({"amount": "1.001"}));
+    assert_eq!((r.status, r.code()), (400, "invalid_amount".into()));
+
+    // Dry runs answer as the real request would, and record nothing.
+    let before = (figures(&s, a), figures(&s, b), figures(&s, c));
+    let r = s.post(
+        "/v1/wallet/holds?dry_run=true",
+        &json!({"transaction_id": "dry", "from_account": a, "to_account": c, "amount": "3.00",
+                "currency": "USD", "expires_in_ms": 60_000}),
+    );
+    assert_eq!(
+        (
+            r.status,
+            r.json()["status"].clone(),
+            r.json()["dry_run"].clone()
+        ),
+        (200, json!("held"), json!(true)),
+        "{}",
+        r.text()
+    );
+    assert_eq!(s.get(&format!("/v1/transfers/{a}/dry")).status, 404);
+    let r = end("h1", "capture?dry_run=true", json!({"amount": "4.00"}));
+    assert_eq!(
+        (
+            r.status,
+            r.json()["status"].clone(),
+            r.json()["captured_amount"].clone()
+        ),
+        (200, json!("captured"), json!("4.00"))
+    );
+    let r = end("h1", "void?dry_run=true", json!({}));
+    assert_eq!(
+        (r.status, r.json()["status"].clone()),
+        (200, json!("voided"))
+    );
+    assert_eq!(
+        s.get(&format!("/v1/transfers/{a}/h1")).json()["status"],
+        json!("held")
+    );
+    assert_eq!((figures(&s, a), figures(&s, b), figures(&s, c)), before);
+
+    // A capture with no body at all takes all of it.
+    let r = http::request(
+        s.addr,
+        "POST",
+        &format!("/v1/transfers/{a}/h1/capture"),
+        &[],
+        None,
+    )
+    .expect("POST");
+    assert_eq!(
+        (
+            r.status,
+            r.json()["captured_amount"].clone(),
+            r.json()["released_amount"].clone()
+        ),
+        (200, json!("10.00"), json!("0.00")),
+        "{}",
+        r.text()
+    );
+}

@@ -790,3 +790,64 @@ fn history_and_past_balances_from_any_node_equal_replay_before_and_after_restart
     check_history_against_replay(&cluster, &accounts);
     cluster.stop_and_verify();
 }
+
+#[test]
+fn a_hold_across_nodes_is_placed_and_captured_in_part_through_a_node_owning_neither_side() {
+    let cluster = Cluster::start(&[]);
+    // Partition 0 is node 0's, partition 1 node 1's; node 2 owns neither.
+    let [a, b] = [0, 1].map(|p| accounts_in("hold-", p, PARTITIONS, 1).remove(0));
+    let via = cluster.http[2];
+    assert!(owner(0) != 2 && owner(1) != 2 && owner(0) != owner(1));
+    open(cluster.http[0], &a, "100.00");
+    open(cluster.http[1], &b, "0.01");
+    let mut body = transfer_body(&a, &b, 4_000, "h1");
+    body["expires_in_ms"] = json!(600_000);
+    let r = post(via, "/v1/wallet/holds", &body).expect("hold");
+    let status = match (r.status, r.json()["status"].as_str()) {
+        (200, Some(status)) => status.to_string(),
+        (202, Some("pending")) => final_status(via, &a, "h1"),
+        other => panic!("unexpected answer {other:?}: {}", r.text()),
+    };
+    assert_eq!(status, "held");
+    assert_eq!(balance(via, &a), (6_000, 4_000, 0));
+    assert_eq!(balance(via, &b), (1, 0, 4_000));
+
+    let capture = format!("/v1/transfers/{a}/h1/capture");
+    let r = post(via, &capture, &json!({"amount": "25.00"})).expect("capture");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        (
+            r.json()["captured_amount"].clone(),
+            r.json()["released_amount"].clone()
+        ),
+        (json!("25.00"), json!("15.00"))
+    );
+    // Final at the home at once; the destination applies the part when the Confirm lands.
+    assert_eq!(balance(via, &a), (7_500, 0, 0));
+    assert_eq!(settled_balance(via, &b), (2_501, 0, 0));
+    for id in 0..NODES {
+        let t = get(cluster.http[id as usize], &format!("/v1/transfers/{a}/h1")).json();
+        assert_eq!(
+            (
+                t["status"].clone(),
+                t["captured_amount"].clone(),
+                t["cross_partition"].clone()
+            ),
+            (json!("captured"), json!("25.00"), json!(true)),
+            "via node {id}"
+        );
+        let r = post(
+            cluster.http[id as usize],
+            &capture,
+            &json!({"amount": "25.00"}),
+        )
+        .unwrap();
+        assert_eq!(
+            (r.status, r.json()["status"].clone()),
+            (200, json!("captured"))
+        );
+        let void = format!("/v1/transfers/{a}/h1/void");
+        let r = post(cluster.http[id as usize], &void, &json!({})).unwrap();
+        assert_eq!((r.status, r.code()), (409, "hold_captured".into()));
+    }
+}

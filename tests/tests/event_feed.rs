@@ -80,6 +80,29 @@ fn a_consumer_of_the_feed_folds_the_balances_that_replay_rebuilds() {
     let nobody = accounts_in("nobody-", 1, PARTITIONS, 1);
     let answer = transfer(&server, &p2[0], &nobody[0], "1.00", "t-8");
     assert_eq!(answer["status"], "cancelled", "{answer}");
+    // Holds within a partition and across: captured in part and in whole, voided, and one
+    // left held (within its partition, so that every Try still has its end).
+    let holds = [
+        (&p0[1], "5.00", "hl-1", Some("2.00")),
+        (&p0[1], "1.00", "hl-2", None),
+        (&p0[1], "1.50", "hl-3", Some("open")),
+        (&p1[0], "4.00", "hx-1", Some("1.00")),
+        (&p2[0], "2.00", "hx-2", Some("2.00")),
+        (&p1[0], "3.00", "hx-3", None),
+    ];
+    for (to, amount, id, end) in holds {
+        let body = json!({"from_account": &p0[0], "to_account": to, "amount": amount,
+            "currency": "USD", "transaction_id": id, "expires_in_ms": 600_000});
+        let answer = server.post("/v1/wallet/holds", &body).json();
+        assert_eq!(answer["status"], "held", "{id}: {answer}");
+        let path = |what: &str| format!("/v1/transfers/{}/{id}/{what}", p0[0]);
+        let answer = match end {
+            Some("open") => continue,
+            Some(part) => server.post(&path("capture"), &json!({"amount": part})),
+            None => server.post(&path("void"), &json!({})),
+        };
+        assert_eq!(answer.status, 200, "{id}: {}", answer.text());
+    }
 
     // Follow every partition with long-polls until nothing more comes and every Try has
     // its end (a cross-partition confirm may land just after its client's answer).
@@ -110,6 +133,12 @@ fn a_consumer_of_the_feed_folds_the_balances_that_replay_rebuilds() {
         "debit_cancelled",
         "credit_tried",
         "credit_confirmed",
+        "credit_cancelled",
+        "hold_placed",
+        "hold_established",
+        "hold_captured",
+        "hold_released",
+        "credit_captured",
     ] {
         assert!(model.types_seen.contains_key(kind), "no {kind}: {model:?}");
     }

@@ -8,10 +8,10 @@
 //! same codes, the first outcome of a transaction id already used, `409` for one used with
 //! another body. It moves no money, writes no record and leaves the id free.
 //!
-//! A transfer across partitions takes two questions, as the real one takes two partitions:
+//! A transfer (or a hold) across partitions takes two questions, as the real one takes two partitions:
 //! its home's (would it debit the source?) and then its destination's (would its Try take
 //! the credit?). The answer is the status the client of the real transfer would be told:
-//! `committed`, or `cancelled` with the destination's reason. Each question sees its
+//! `committed` (a hold: `held`), or `cancelled` with the destination's reason. Each question sees its
 //! partition's state when it arrives; between the two, or between the dry run and a real
 //! request, other transfers may change it.
 
@@ -62,16 +62,21 @@ pub async fn transfer(api: &Api, transfer: Transfer) -> Result<TransferStatus, A
     started(api, Command::Transfer(transfer)).await
 }
 
-/// What a command that starts a transfer (a transfer, a refund) would get: its home's
-/// answer, and for one across partitions its destination's.
+/// What a command that starts a transfer (a transfer, a refund, a hold) would get: its
+/// home's answer, and for one across partitions its destination's.
 pub async fn started(api: &Api, command: Command) -> Result<TransferStatus, ApiError> {
+    // The destination's Try taken is a transfer committed, and a hold held.
+    let tried = match command {
+        Command::Hold(_) => TransferStatus::Held,
+        _ => TransferStatus::Committed,
+    };
     let home = ask(api, command).await?;
     let status = interpret(home.result)?;
     let Some(credit) = home.credit else {
         return Ok(status);
     };
     match ask(api, Command::TryCredit(credit)).await?.result? {
-        Reply::Phase(PhaseResult::Tried) => Ok(TransferStatus::Committed),
+        Reply::Phase(PhaseResult::Tried) => Ok(tried),
         // The home cancels a transfer whose Try the destination refused, with its reason.
         Reply::Phase(PhaseResult::TryFailed(reason)) => Ok(TransferStatus::Cancelled(reason)),
         other => Err(unexpected(other)),

@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod dry_run;
 pub mod events;
 pub mod forward;
+pub mod holds;
 pub mod layers;
 pub mod metrics;
 pub mod openapi;
@@ -306,6 +307,15 @@ pub fn router(api: Api) -> Router {
             "/v1/transfers/{from_account}/{transaction_id}/refund",
             post(refunds::refund),
         )
+        .route("/v1/wallet/holds", post(holds::place))
+        .route(
+            "/v1/transfers/{from_account}/{transaction_id}/capture",
+            post(holds::capture),
+        )
+        .route(
+            "/v1/transfers/{from_account}/{transaction_id}/void",
+            post(holds::void),
+        )
         .route_layer(layers::GuardLayer { api: api.clone() });
     // tower-http's request and response logs are at debug level: when nobody reads them,
     // the layer is left out altogether (its span, clock reads and body wrapper cost CPU on
@@ -423,7 +433,7 @@ pub fn json_error(error: serde_json::Error) -> ApiError {
     }
 }
 
-fn is_json_content_type(value: &HeaderValue) -> bool {
+pub(crate) fn is_json_content_type(value: &HeaderValue) -> bool {
     let Ok(value) = value.to_str() else {
         return false;
     };

@@ -24,7 +24,8 @@ use serde_json::{json, Value};
 use utoipa::OpenApi;
 
 use super::{
-    accounts, batch, cluster, events as feed, metrics, queries, refunds, transfers, Api, ApiOptions,
+    accounts, batch, cluster, events as feed, holds, metrics, queries, refunds, transfers, Api,
+    ApiOptions,
 };
 use crate::errors::ErrorBody;
 
@@ -48,6 +49,9 @@ use crate::errors::ErrorBody;
         batch::transfers,
         transfers::status,
         refunds::refund,
+        holds::place,
+        holds::capture,
+        holds::void,
         cluster::cluster,
         super::healthz,
         metrics::render,
@@ -63,6 +67,7 @@ use crate::errors::ErrorBody;
         transfers::TransferResponse,
         transfers::TransferStatusResponse,
         refunds::RefundResponse,
+        holds::HoldResponse,
         batch::BatchItemResult,
         batch::BatchResponse,
         cluster::ClusterResponse,
@@ -140,7 +145,8 @@ fn describe_operation(
         }
     }
     if let Some(body) = operation.get_mut("requestBody") {
-        body["required"] = json!(true);
+        // A capture's body may be left out altogether (all of the hold).
+        body["required"] = json!(!path.ends_with("/capture"));
     }
     let responses = operation["responses"]
         .as_object_mut()

@@ -134,7 +134,8 @@ async fn balance_now(
         QueryAnswer::Transfer(_)
         | QueryAnswer::Unreadable
         | QueryAnswer::DryRun(_)
-        | QueryAnswer::RefundOf(_) => return Err(ApiError::internal("unexpected query answer")),
+        | QueryAnswer::RefundOf(_)
+        | QueryAnswer::HoldTerms(_) => return Err(ApiError::internal("unexpected query answer")),
     };
     check_currency(account, found.currency, wanted)?;
     let c = found.currency;

@@ -24,6 +24,7 @@ use walletd_runtime::engine::Unavailable;
 
 use super::accounts::unexpected;
 use super::dry_run::{self, WriteParams};
+use super::holds;
 use super::metrics::Outcome;
 use super::{account_id, currency, parse_json, transaction_id, Api, ApiPath, ApiQuery, JsonBody};
 use crate::errors::{reason_message, reason_status, ApiError};
@@ -212,7 +213,8 @@ pub fn interpret(result: CommandResult) -> Result<TransferStatus, ApiError> {
 /// How a transfer's status reads in an answer.
 pub struct StatusView {
     pub http: StatusCode,
-    /// `committed`, `pending`, `rejected` or `cancelled`.
+    /// `committed`, `pending`, `rejected` or `cancelled`; for a hold `held`, `captured`,
+    /// `voided` or `expired`.
     pub status: &'static str,
     /// Why a transfer was rejected or cancelled: the error code and message.
     pub reason: Option<(&'static str, &'static str)>,
@@ -220,27 +222,27 @@ pub struct StatusView {
 
 pub fn status_view(status: TransferStatus) -> StatusView {
     let reason = |reason: Reason| Some((reason.code(), reason_message(reason)));
-    match status {
-        TransferStatus::Committed => StatusView {
-            http: StatusCode::OK,
-            status: "committed",
-            reason: None,
-        },
-        TransferStatus::Pending => StatusView {
-            http: StatusCode::ACCEPTED,
-            status: "pending",
-            reason: None,
-        },
-        TransferStatus::Rejected(r) => StatusView {
-            http: reason_status(r),
-            status: "rejected",
-            reason: reason(r),
-        },
-        TransferStatus::Cancelled(r) => StatusView {
-            http: reason_status(r),
-            status: "cancelled",
-            reason: reason(r),
-        },
+    let (http, status, reason) = match status {
+        TransferStatus::Committed => (StatusCode::OK, "committed", None),
+        TransferStatus::Pending => (StatusCode::ACCEPTED, "pending", None),
+        TransferStatus::Held => (StatusCode::OK, "held", None),
+        TransferStatus::Captured => (StatusCode::OK, "captured", None),
+        TransferStatus::Rejected(r) => (reason_status(r), "rejected", reason(r)),
+        TransferStatus::Cancelled(r) => (reason_status(r), cancelled_name(r), reason(r)),
+    };
+    StatusView {
+        http,
+        status,
+        reason,
+    }
+}
+
+/// The status name of a transfer cancelled for `reason`: a hold's own end has its own.
+fn cancelled_name(reason: Reason) -> &'static str {
+    match reason {
+        Reason::HoldVoided => "voided",
+        Reason::HoldExpired => "expired",
+        _ => "cancelled",
     }
 }
 
@@ -305,14 +307,17 @@ pub struct TransferStatusResponse {
     #[schema(example = "12.34")]
     pub amount: String,
     pub currency: String,
-    /// `committed`, `pending`, `rejected` or `cancelled`.
+    /// `committed`, `pending`, `rejected` or `cancelled`; for a hold `held`, `captured`,
+    /// `voided` or `expired` (a hold is `pending` until its destination has tried its credit).
     pub status: &'static str,
-    /// Why it was rejected or cancelled.
+    /// Why it was rejected or cancelled (a voided or expired hold: `hold_voided`,
+    /// `hold_expired`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<&'static str>,
-    /// The protocol phase: `trying`, `confirming`, `cancelling`, `committed`, `cancelled`, `rejected`.
+    /// The protocol phase: `trying`, `confirming`, `cancelling`, `committed`, `cancelled`,
+    /// `rejected`, and for a hold `held` and `captured`.
     pub phase: &'static str,
     /// Whether the accounts live on different partitions (two-phase transfer).
     pub cross_partition: bool,
@@ -327,16 +332,22 @@ pub struct TransferStatusResponse {
     /// For a refund: the transaction id of the transfer it refunds (from `to_account`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refund_of: Option<String>,
+    /// For a hold: RFC 3339, when it expires (or expired) by its home's clock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// For a captured hold: what reached `to_account`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "10.00")]
+    pub captured_amount: Option<String>,
+    /// For a captured hold: what went back to `from_account` (`amount` less the capture).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "2.34")]
+    pub released_amount: Option<String>,
 }
 
 fn status_response(row: &TransferRow) -> TransferStatusResponse {
     let transfer = &row.transfer;
-    let (status, reason) = match row.state.status() {
-        TransferStatus::Committed => ("committed", None),
-        TransferStatus::Pending => ("pending", None),
-        TransferStatus::Rejected(r) => ("rejected", Some(r)),
-        TransferStatus::Cancelled(r) => ("cancelled", Some(r)),
-    };
+    let view = status_view(row.state.status());
     let phase = match row.state {
         TransferState::Trying => "trying",
         TransferState::Confirming => "confirming",
@@ -344,6 +355,8 @@ fn status_response(row: &TransferRow) -> TransferStatusResponse {
         TransferState::Committed => "committed",
         TransferState::Cancelled(_) => "cancelled",
         TransferState::Rejected(_) => "rejected",
+        TransferState::Held => "held",
+        TransferState::Captured => "captured",
     };
     let time = |ts: u64| (ts != 0).then(|| rfc3339::format_us(ts));
     TransferStatusResponse {
@@ -352,15 +365,18 @@ fn status_response(row: &TransferRow) -> TransferStatusResponse {
         to_account: transfer.to.to_string(),
         amount: format_minor(transfer.amount.minor(), transfer.currency),
         currency: transfer.currency.to_string(),
-        status,
-        code: reason.map(|r| r.code()),
-        message: reason.map(reason_message),
+        status: view.status,
+        code: view.reason.map(|(code, _)| code),
+        message: view.reason.map(|(_, message)| message),
         phase,
         cross_partition: row.remote,
         accepted_at: rfc3339::format_us(row.accepted_at),
         decided_at: time(row.decided_at),
         finished_at: time(row.finished_at),
         refund_of: None,
+        expires_at: None,
+        captured_amount: None,
+        released_amount: None,
     }
 }
 
@@ -383,8 +399,34 @@ pub async fn status(
     };
     let row = transfer_row(&api, key).await?;
     let mut response = status_response(&row);
-    response.refund_of = refund_of(&api, key).await?.map(|id| id.to_string());
+    // One more read at the home, of what only some rows have: a row in a hold's own state
+    // is no refund, a row in a transfer's final state no hold, and a row still trying may
+    // be either.
+    if may_be_hold(row.state) {
+        if let Some(terms) = holds::terms(&api, key).await? {
+            holds::describe(&row, &terms, &mut response);
+        }
+    }
+    if !is_hold_state(row.state) {
+        response.refund_of = refund_of(&api, key).await?.map(|id| id.to_string());
+    }
     Ok(axum::Json(response))
+}
+
+/// Whether only a hold is ever in `state`.
+fn is_hold_state(state: TransferState) -> bool {
+    matches!(
+        state,
+        TransferState::Held
+            | TransferState::Captured
+            | TransferState::Cancelling(Reason::HoldVoided | Reason::HoldExpired)
+            | TransferState::Cancelled(Reason::HoldVoided | Reason::HoldExpired)
+    )
+}
+
+/// Whether a row in `state` may be a hold's: its own states, or still being placed.
+fn may_be_hold(state: TransferState) -> bool {
+    is_hold_state(state) || state == TransferState::Trying
 }
 
 /// The row of the transfer `key`, read at its home: `404 transfer_not_found` if it has none.
@@ -399,9 +441,10 @@ pub(super) async fn transfer_row(api: &Api, key: TransferKey) -> Result<Transfer
             key.transaction_id.as_str(),
         )),
         QueryAnswer::Unreadable => Err(unreadable()),
-        QueryAnswer::Account(_) | QueryAnswer::DryRun(_) | QueryAnswer::RefundOf(_) => {
-            Err(ApiError::internal("unexpected query answer"))
-        }
+        QueryAnswer::Account(_)
+        | QueryAnswer::DryRun(_)
+        | QueryAnswer::RefundOf(_)
+        | QueryAnswer::HoldTerms(_) => Err(ApiError::internal("unexpected query answer")),
     }
 }
 

@@ -1,5 +1,5 @@
-//! The feed's JSON line for each event: schema version 2 (version 1 without the refund
-//! types).
+//! The feed's JSON line for each event: schema version 3 (version 2 without the hold types,
+//! version 1 without the refund types).
 //!
 //! Every line is one object: `v` (the schema version), `lsn`, `timestamp` (RFC 3339, as
 //! everywhere in the API), `type` (the event, snake case) and the event's own fields. Amounts
@@ -25,7 +25,7 @@ use walletd_core::model::money::{Amount, Currency};
 use crate::rfc3339;
 
 /// The schema version every line carries as `v`.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// One event type of the feed: its name and fields beyond `v`, `lsn`, `timestamp`, `type`.
 pub struct EventType {
@@ -179,6 +179,60 @@ pub const EVENT_TYPES: &[EventType] = &[
         optional: &[],
         description: "A refund refused at its home partition; nothing moved.",
     },
+    EventType {
+        name: "hold_placed",
+        fields: &[
+            "transaction_id",
+            "from_account",
+            "to_account",
+            "amount",
+            "currency",
+            "expires_at",
+            "remote",
+        ],
+        optional: &[],
+        description: "A hold, at its home (the source's partition): `amount` moved from             `from_account`'s balance into `held`, until a capture, a void or its expiry             (`expires_at`). With `remote` false the destination counts it as `incoming` at             once; with `remote` true this is the hold's `debit_tried`, and the destination's             `credit_tried` follows under the same key.",
+    },
+    EventType {
+        name: "hold_established",
+        fields: KEY,
+        optional: &[],
+        description: "A hold across partitions, at its home: the destination tried its credit,             the hold is held. Moves nothing.",
+    },
+    EventType {
+        name: "hold_captured",
+        fields: &[
+            "transaction_id",
+            "from_account",
+            "to_account",
+            "amount",
+            "currency",
+            "captured_amount",
+            "remote",
+        ],
+        optional: &[],
+        description: "A hold captured, at its home: `held` of `from_account` drops by `amount`             (the hold's), of which `amount` less `captured_amount` goes back to its balance.             With `remote` false `to_account`'s `incoming` drops by `amount` and its balance             grows by `captured_amount`; with `remote` true the destination records             `credit_confirmed` (all captured) or `credit_captured` (a part).",
+    },
+    EventType {
+        name: "hold_released",
+        fields: &[
+            "transaction_id",
+            "from_account",
+            "to_account",
+            "amount",
+            "currency",
+            "reason",
+            "remote",
+        ],
+        optional: &[],
+        description: "A hold voided (`reason` `hold_voided`) or expired (`hold_expired`), at its             home. With `remote` false everything went back at once: `from_account`'s `held`             to its balance, `to_account`'s `incoming` down by `amount`. With `remote` true this             is the decision to cancel (as `transfer_decided`); `debit_cancelled` and the             destination's `credit_cancelled` follow under the same key.",
+    },
+    EventType {
+        name: "credit_captured",
+        fields: &["transaction_id", "from_account", "amount_minor"],
+        optional: &[],
+        description: "At the destination of a hold captured in part: the pending credit of the             `credit_tried` with this key was dropped, and `amount_minor` of it (in minor units             of that line's currency) became balance.",
+    },
 ];
 
 /// The account whose currency the line of `event` needs and the event does not carry.
@@ -309,6 +363,44 @@ fn type_and_fields(
             fields["refund_of"] = json!(original.as_str());
             fields["reason"] = json!(reason.code());
             ("refund_rejected", fields)
+        }
+        Event::HoldPlaced {
+            hold,
+            expires_at,
+            remote,
+        } => {
+            let mut fields = transfer_fields(hold);
+            fields["expires_at"] = json!(rfc3339::format_us(*expires_at));
+            fields["remote"] = json!(remote);
+            ("hold_placed", fields)
+        }
+        Event::HoldEstablished { key } => ("hold_established", key_fields(key)),
+        Event::HoldCaptured {
+            hold,
+            amount,
+            remote,
+        } => {
+            let mut fields = transfer_fields(hold);
+            fields["captured_amount"] = json!(amount.format(hold.currency));
+            fields["remote"] = json!(remote);
+            ("hold_captured", fields)
+        }
+        Event::HoldReleased {
+            hold,
+            reason,
+            remote,
+        } => {
+            let mut fields = transfer_fields(hold);
+            fields["reason"] = json!(reason.code());
+            fields["remote"] = json!(remote);
+            ("hold_released", fields)
+        }
+        // The event names no account of this partition, so no currency: the amount is
+        // given in minor units, as `cash_refused` gives one whose currency is unknown.
+        Event::CreditCaptured { key, amount } => {
+            let mut fields = key_fields(key);
+            fields["amount_minor"] = json!(amount.minor().to_string());
+            ("credit_captured", fields)
         }
     };
     let Value::Object(fields) = fields else {
@@ -456,6 +548,26 @@ mod tests {
                 original: t,
                 reason: Reason::RefundExceedsOriginal,
             },
+            Event::HoldPlaced {
+                hold: transfer,
+                expires_at: 1_700_000_000_000_000,
+                remote: false,
+            },
+            Event::HoldEstablished { key },
+            Event::HoldCaptured {
+                hold: transfer,
+                amount: Amount::parse("10.00", Currency::USD).unwrap(),
+                remote: true,
+            },
+            Event::HoldReleased {
+                hold: transfer,
+                reason: Reason::HoldExpired,
+                remote: false,
+            },
+            Event::CreditCaptured {
+                key,
+                amount: Amount::parse("10.00", Currency::USD).unwrap(),
+            },
         ];
         for event in &events {
             match event {
@@ -474,7 +586,12 @@ mod tests {
                 | Event::CreditCancelled { .. }
                 | Event::CreditTryNotSeen { .. }
                 | Event::RefundAccepted { .. }
-                | Event::RefundRejected { .. } => {}
+                | Event::RefundRejected { .. }
+                | Event::HoldPlaced { .. }
+                | Event::HoldEstablished { .. }
+                | Event::HoldCaptured { .. }
+                | Event::HoldReleased { .. }
+                | Event::CreditCaptured { .. } => {}
             }
         }
         events

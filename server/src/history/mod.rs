@@ -259,10 +259,16 @@ pub fn account_filter(account: AccountId) -> impl FnMut(&Record) -> bool {
         | Event::Withdrawn { account: a, .. } => *a == account,
         Event::Transferred { transfer }
         | Event::TransferRejected { transfer, .. }
-        | Event::DebitTried { transfer } => transfer.from == account || transfer.to == account,
+        | Event::DebitTried { transfer }
+        | Event::HoldPlaced { hold: transfer, .. }
+        | Event::HoldCaptured { hold: transfer, .. }
+        | Event::HoldReleased { hold: transfer, .. } => {
+            transfer.from == account || transfer.to == account
+        }
         Event::TransferDecided { key, .. }
         | Event::DebitConfirmed { key }
-        | Event::DebitCancelled { key } => key.from == account,
+        | Event::DebitCancelled { key }
+        | Event::HoldEstablished { key } => key.from == account,
         Event::CreditTried { transfer } => {
             let mine = transfer.to == account;
             if mine {
@@ -272,7 +278,8 @@ pub fn account_filter(account: AccountId) -> impl FnMut(&Record) -> bool {
         }
         Event::CreditConfirmed { key }
         | Event::CreditCancelled { key }
-        | Event::CreditTryNotSeen { key } => credited.contains(key),
+        | Event::CreditTryNotSeen { key }
+        | Event::CreditCaptured { key, .. } => credited.contains(key),
         // A refusal moved no money: it is no movement of the account's.
         Event::CashRefused(_) => false,
         Event::RefundAccepted { .. } | Event::RefundRejected { .. } => {

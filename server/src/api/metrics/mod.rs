@@ -44,6 +44,10 @@ pub enum Outcome {
     Rejected,
     Cancelled,
     Pending,
+    /// A hold placed and held (`POST /v1/wallet/holds`).
+    Held,
+    /// A hold captured (its capture, or a void that found it captured).
+    Captured,
     /// Same transaction id, different body.
     Conflict,
     /// Refused before reaching a ledger decision (validation, unknown account, unavailable).
@@ -51,11 +55,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    const ALL: [Outcome; 6] = [
+    const ALL: [Outcome; 8] = [
         Outcome::Committed,
         Outcome::Rejected,
         Outcome::Cancelled,
         Outcome::Pending,
+        Outcome::Held,
+        Outcome::Captured,
         Outcome::Conflict,
         Outcome::Failed,
     ];
@@ -66,6 +72,8 @@ impl Outcome {
             Outcome::Rejected => "rejected",
             Outcome::Cancelled => "cancelled",
             Outcome::Pending => "pending",
+            Outcome::Held => "held",
+            Outcome::Captured => "captured",
             Outcome::Conflict => "conflict",
             Outcome::Failed => "failed",
         }
@@ -77,6 +85,8 @@ impl Outcome {
             TransferStatus::Rejected(_) => Outcome::Rejected,
             TransferStatus::Cancelled(_) => Outcome::Cancelled,
             TransferStatus::Pending => Outcome::Pending,
+            TransferStatus::Held => Outcome::Held,
+            TransferStatus::Captured => Outcome::Captured,
         }
     }
 }

@@ -70,11 +70,22 @@ fn field_schema(field: &str) -> Value {
         "amount_minor" => json!({
             "type": "string",
             "pattern": "^[0-9]+$",
-            "description": "An amount in minor units of a currency that was not recorded.",
+            "description": "An amount in minor units of a currency the line does not name.",
+        }),
+        "captured_amount" => json!({
+            "type": "string",
+            "pattern": "^[0-9]+(\\.[0-9]+)?$",
+            "description": "What of the hold's `amount` was captured, in `currency`.",
+        }),
+        "expires_at" => json!({
+            "type": "string",
+            "format": "date-time",
+            "description": "RFC 3339: when the hold expires, by its home's clock.",
         }),
         "reason" => json!({
             "type": "string",
-            "description": "Why the transfer did not happen: the codes of `TransferResponse.code`.",
+            "description": "Why the transfer did not happen, or how a hold ended: the codes of \
+                `TransferResponse.code`.",
         }),
         other => panic!("the feed field {other} has no schema"),
     }

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
+use walletd_core::ledger::HOLD_EXPIRES_IN_MS_MAX;
 use walletd_core::model::ids::ID_LEN_MAX;
 use walletd_core::model::money::{Currency, AMOUNT_MINOR_MAX, AMOUNT_TEXT_LEN_MAX};
 
@@ -46,6 +47,8 @@ pub fn schemas(options: &ApiOptions) -> Vec<(String, Value)> {
         money_request(&["from_account", "to_account", "transaction_id"]),
     ));
     schemas.push(("RefundRequest".into(), refund_request()));
+    schemas.push(("HoldRequest".into(), hold_request()));
+    schemas.push(("CaptureRequest".into(), capture_request()));
     schemas.push((
         "BatchRequest".into(),
         batch_request(options.batch_items_max),
@@ -197,6 +200,49 @@ fn refund_request() -> Value {
     })
 }
 
+/// A hold: a transfer's fields and how long it stays held.
+fn hold_request() -> Value {
+    let mut schema = money_request(&["from_account", "to_account", "transaction_id"]);
+    for branch in schema["oneOf"].as_array_mut().expect("branches") {
+        branch["properties"]["expires_in_ms"] = json!({
+            "type": "integer",
+            "minimum": 1,
+            "maximum": HOLD_EXPIRES_IN_MS_MAX,
+            "description": format!("How long the hold stays held, in milliseconds from when \
+                its home records it: 1 to {HOLD_EXPIRES_IN_MS_MAX} (30 days); another value, \
+                or none, is `400 invalid_expires_in_ms`."),
+            "examples": [600000],
+        });
+        branch["required"]
+            .as_array_mut()
+            .expect("required")
+            .push(json!("expires_in_ms"));
+    }
+    schema["description"] = json!(
+        "Places a hold. The amount's grammar depends on the \
+        currency; other fields are ignored."
+    );
+    schema
+}
+
+/// A capture: optionally an amount in the hold's currency, whose grammar the body cannot
+/// know (as for a refund).
+fn capture_request() -> Value {
+    let most = *currencies_by_digits().keys().last().expect("currencies");
+    json!({
+        "type": "object",
+        "properties": {
+            "amount": {
+                "$ref": format!("#/components/schemas/{}", amount_name(most)),
+                "description": "In the hold's currency, with at most its fraction digits; \
+                    absent: all of the hold.",
+            },
+        },
+        "description": "Captures a hold, all of it or `amount` of it. The body may be left \
+            out (all of it). Other fields are ignored.",
+    })
+}
+
 /// A body with an amount and a currency besides the `ids` fields (each an account id, or the
 /// transaction id): one branch per number of fraction digits.
 fn money_request(ids: &[&str]) -> Value {
@@ -315,6 +361,13 @@ pub fn parameters(
         ("get", "/v1/transfers/{from_account}/{transaction_id}") => vec![
             account("from_account", "The transfer's source account"),
             path_parameter("transaction_id", "TransactionId", "The transfer's id"),
+        ],
+        ("post", "/v1/wallet/holds") => vec![dry_run_parameter()],
+        ("post", "/v1/transfers/{from_account}/{transaction_id}/capture")
+        | ("post", "/v1/transfers/{from_account}/{transaction_id}/void") => vec![
+            account("from_account", "The hold's source account"),
+            path_parameter("transaction_id", "TransactionId", "The hold's id"),
+            dry_run_parameter(),
         ],
         ("post", "/v1/transfers/{from_account}/{transaction_id}/refund") => vec![
             account(

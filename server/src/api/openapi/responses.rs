@@ -123,6 +123,48 @@ fn own_errors(method: &str, path: &str) -> Vec<(u16, &'static [&'static str])> {
             ENGINE,
             STORED,
         ],
+        ("post", "/v1/wallet/holds") => vec![
+            (
+                400,
+                &[
+                    "invalid_account_id",
+                    "invalid_currency",
+                    "invalid_amount",
+                    "invalid_transaction_id",
+                    "invalid_expires_in_ms",
+                    "invalid_query",
+                ],
+            ),
+            (404, &["account_not_found"]),
+            (409, &["transaction_conflict"]),
+            (422, TRANSFER_REFUSALS),
+            (429, &["too_many_holds"]),
+            (503, &["timeout"]),
+            ENGINE,
+            STORED,
+        ],
+        ("post", "/v1/transfers/{from_account}/{transaction_id}/capture") => vec![
+            ACCOUNT_PATH,
+            (
+                400,
+                &["invalid_transaction_id", "invalid_amount", "invalid_query"],
+            ),
+            (404, &["transfer_not_found"]),
+            (404, NO_ROUTE),
+            (409, HOLD_NOT_CAPTURABLE),
+            (422, &["capture_exceeds_hold"]),
+            ENGINE,
+            STORED,
+        ],
+        ("post", "/v1/transfers/{from_account}/{transaction_id}/void") => vec![
+            ACCOUNT_PATH,
+            (400, &["invalid_transaction_id", "invalid_query"]),
+            (404, &["transfer_not_found"]),
+            (404, NO_ROUTE),
+            (409, HOLD_NOT_VOIDABLE),
+            ENGINE,
+            STORED,
+        ],
         ("get", "/v1/transfers/{from_account}/{transaction_id}") => vec![
             ACCOUNT_PATH,
             (400, &["invalid_transaction_id"]),
@@ -134,6 +176,23 @@ fn own_errors(method: &str, path: &str) -> Vec<(u16, &'static [&'static str])> {
         _ => Vec::new(),
     }
 }
+
+/// Why a capture is refused with 409: no hold, not held yet, or already ended otherwise.
+const HOLD_NOT_CAPTURABLE: &[&str] = &[
+    "not_a_hold",
+    "hold_not_held",
+    "hold_already_captured",
+    "hold_voided",
+    "hold_expired",
+];
+
+/// Why a void is refused with 409.
+const HOLD_NOT_VOIDABLE: &[&str] = &[
+    "not_a_hold",
+    "hold_not_held",
+    "hold_captured",
+    "hold_expired",
+];
 
 /// Why a transfer can be refused with 422, as `Reason::code` spells it.
 const TRANSFER_REFUSALS: &[&str] = &[
@@ -185,11 +244,13 @@ pub fn errors_of(
 /// The error responses of `method path`, as OpenAPI response objects by status.
 pub fn error_responses(method: &str, path: &str, options: &ApiOptions) -> Vec<(u16, Value)> {
     // A transfer refused by the ledger answers with the transfer's outcome (`rejected` or
-    // `cancelled` with its code), which is also what those statuses carry.
-    let outcome_statuses: &[u16] = if path == "/v1/wallet/balance_transfer" {
-        &[404, 422, 503]
-    } else {
-        &[]
+    // `cancelled` with its code), which is also what those statuses carry; so does a hold,
+    // and a capture or void that found the hold ended otherwise.
+    let (outcome, outcome_statuses): (&str, &[u16]) = match path {
+        "/v1/wallet/balance_transfer" => ("TransferResponse", &[404, 422, 503]),
+        "/v1/wallet/holds" => ("HoldResponse", &[404, 422, 503]),
+        p if p.ends_with("/capture") || p.ends_with("/void") => ("HoldResponse", &[409]),
+        _ => ("", &[]),
     };
     errors_of(method, path, options)
         .into_iter()
@@ -200,7 +261,7 @@ pub fn error_responses(method: &str, path: &str, options: &ApiOptions) -> Vec<(u
                 "properties": {"code": {"type": "string", "enum": codes}},
             });
             let schema = if outcome_statuses.contains(&status) {
-                json!({"anyOf": [schema_ref("TransferResponse"), error]})
+                json!({"anyOf": [schema_ref(outcome), error]})
             } else {
                 error
             };
@@ -231,8 +292,8 @@ fn error_headers(status: u16, path: &str) -> Option<Value> {
             "schema": schema_ref("Lsn"),
         }})),
         503 => Some(json!({"Retry-After": {
-            // A transfer cancelled for `timeout` is final: no retry to wait for.
-            "required": path != "/v1/wallet/balance_transfer",
+            // A transfer (or hold) cancelled for `timeout` is final: no retry to wait for.
+            "required": path != "/v1/wallet/balance_transfer" && path != "/v1/wallet/holds",
             "description": "Seconds to wait before retrying.",
             "schema": {"type": "string"},
         }})),
@@ -245,10 +306,22 @@ pub fn enumerations() -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
     let outcomes = vec!["committed", "pending", "rejected", "cancelled"];
     let mut item_outcomes = outcomes.clone();
     item_outcomes.push("error");
+    let hold_ends = ["held", "captured", "voided", "expired"];
+    let hold_outcomes = ["pending", "rejected", "cancelled"]
+        .iter()
+        .chain(&hold_ends);
+    let mut hold_codes = TRANSFER_CODES.to_vec();
+    hold_codes.push("hold_captured");
     vec![
         ("TransferResponse", "status", outcomes.clone()),
         ("TransferResponse", "code", TRANSFER_CODES.to_vec()),
-        ("TransferStatusResponse", "status", outcomes),
+        ("HoldResponse", "status", hold_outcomes.copied().collect()),
+        ("HoldResponse", "code", hold_codes),
+        (
+            "TransferStatusResponse",
+            "status",
+            outcomes.iter().chain(&hold_ends).copied().collect(),
+        ),
         ("TransferStatusResponse", "code", TRANSFER_CODES.to_vec()),
         (
             "TransferStatusResponse",
@@ -260,6 +333,8 @@ pub fn enumerations() -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
                 "committed",
                 "cancelled",
                 "rejected",
+                "held",
+                "captured",
             ],
         ),
         ("BatchItemResult", "status", item_outcomes),
@@ -289,6 +364,9 @@ const TRANSFER_CODES: &[&str] = &[
     "timeout",
     "cancelled_before_try",
     "same_account",
+    "refund_exceeds_original",
+    "hold_voided",
+    "hold_expired",
 ];
 
 #[cfg(test)]
@@ -299,18 +377,7 @@ mod tests {
 
     #[test]
     fn every_reason_code_is_documented() {
-        let reasons = [
-            Reason::InsufficientFunds,
-            Reason::DestinationNotFound,
-            Reason::DestinationCurrencyMismatch,
-            Reason::DestinationBalanceLimit,
-            Reason::Timeout,
-            Reason::CancelledBeforeTry,
-            Reason::SourceNotFound,
-            Reason::SourceCurrencyMismatch,
-            Reason::SameAccount,
-        ];
-        for reason in reasons {
+        for reason in Reason::ALL {
             assert!(TRANSFER_CODES.contains(&reason.code()), "{reason:?}");
         }
     }

@@ -192,8 +192,10 @@ impl Tracker {
     }
 
     /// The accounts of this partition that `record` changes, appended to `out` (at most
-    /// two). Events that change no figure (refusals, decisions, null compensations) touch
-    /// nothing.
+    /// four: a hold captured in part within the partition is a capture and a release at its
+    /// source, and a credit and a dropped remainder at its destination; one account is
+    /// touched at most twice by a record). Events that change no figure (refusals,
+    /// decisions, null compensations) touch nothing.
     pub fn fold(&mut self, record: &Record, out: &mut Vec<Touch>) {
         let lsn = record.lsn;
         let mut touch = |account, kind, amount, origin_lsn| {
@@ -284,11 +286,70 @@ impl Tracker {
                     );
                 }
             }
+            // Within the partition (across partitions its effect is a `DebitTried`): the
+            // source's money into `held`, the destination's `incoming` up.
+            Event::HoldPlaced { hold, .. } => {
+                let amount = hold.amount.minor();
+                touch(hold.from, movement(MovementKind::Hold), amount, lsn);
+                touch(hold.to, EntryKind::CreditPending, amount, lsn);
+            }
+            Event::HoldCaptured {
+                hold,
+                amount,
+                remote,
+            } => {
+                let (full, captured) = (hold.amount.minor(), amount.minor());
+                let rest = full.saturating_sub(captured);
+                if remote {
+                    // The hold's Try is done with: nothing of it follows at this side.
+                    self.holds.remove(&hold.key());
+                }
+                touch(
+                    hold.from,
+                    movement(MovementKind::HoldCaptured),
+                    captured,
+                    lsn,
+                );
+                if rest > 0 {
+                    touch(hold.from, movement(MovementKind::HoldReleased), rest, lsn);
+                }
+                if !remote {
+                    touch(hold.to, movement(MovementKind::CreditIn), captured, lsn);
+                    if rest > 0 {
+                        touch(hold.to, EntryKind::CreditDropped, rest, lsn);
+                    }
+                }
+            }
+            // Within the partition (across partitions its effect is a cancel decision, and
+            // a `DebitCancelled` follows): everything back to the source.
+            Event::HoldReleased { hold, .. } => {
+                let amount = hold.amount.minor();
+                touch(hold.from, movement(MovementKind::HoldReleased), amount, lsn);
+                touch(hold.to, EntryKind::CreditDropped, amount, lsn);
+            }
+            // The destination's Confirm of a hold captured in part: the part became balance,
+            // the rest of the pending credit was dropped. The record itself names the part.
+            Event::CreditCaptured { key, amount } => {
+                if let Some(item) = self.credits.remove(&key) {
+                    let captured = amount.minor();
+                    let rest = item.amount.saturating_sub(captured);
+                    touch(
+                        item.account,
+                        movement(MovementKind::CreditIn),
+                        captured,
+                        lsn,
+                    );
+                    if rest > 0 {
+                        touch(item.account, EntryKind::CreditDropped, rest, item.try_lsn);
+                    }
+                }
+            }
             Event::Transferred { .. }
             | Event::CashRefused(_)
             | Event::TransferRejected { .. }
             | Event::TransferDecided { .. }
-            | Event::CreditTryNotSeen { .. } => {}
+            | Event::CreditTryNotSeen { .. }
+            | Event::HoldEstablished { .. } => {}
             Event::RefundAccepted { .. } | Event::RefundRejected { .. } => {
                 unreachable!("a refund's effect is a transfer event")
             }

@@ -327,6 +327,7 @@ impl PartitionIndex {
                 ..Detail::default()
             });
         };
+        let incoming = matches!(kind, MovementKind::TransferIn | MovementKind::CreditIn);
         let (amount, transaction_id, counterparty) = match origin.event {
             Event::Deposited {
                 amount,
@@ -337,13 +338,29 @@ impl PartitionIndex {
                 amount,
                 transaction_id,
                 ..
-            } => (amount, transaction_id, None),
-            Event::Transferred { transfer }
-            | Event::DebitTried { transfer }
-            | Event::CreditTried { transfer } => {
-                let incoming = matches!(kind, MovementKind::TransferIn | MovementKind::CreditIn);
-                let other = if incoming { transfer.from } else { transfer.to };
-                (transfer.amount, transfer.transaction_id, Some(other))
+            } => (amount.minor(), transaction_id, None),
+            Event::Transferred { transfer: t }
+            | Event::DebitTried { transfer: t }
+            | Event::CreditTried { transfer: t }
+            | Event::HoldPlaced { hold: t, .. }
+            | Event::HoldReleased { hold: t, .. } => {
+                let other = if incoming { t.from } else { t.to };
+                (t.amount.minor(), t.transaction_id, Some(other))
+            }
+            // A capture is two movements at its source: the part captured, and the rest
+            // released back to the balance.
+            Event::HoldCaptured { hold, amount, .. } => {
+                let part = match kind {
+                    MovementKind::HoldReleased => {
+                        hold.amount.minor().saturating_sub(amount.minor())
+                    }
+                    _ => amount.minor(),
+                };
+                let other = if incoming { hold.from } else { hold.to };
+                (part, hold.transaction_id, Some(other))
+            }
+            Event::CreditCaptured { key, amount } => {
+                (amount.minor(), key.transaction_id, Some(key.from))
             }
             _ => {
                 return Err(LogError::Corrupt {
@@ -355,7 +372,7 @@ impl PartitionIndex {
         };
         Ok(Detail {
             timestamp,
-            amount: amount.minor(),
+            amount,
             transaction_id: Some(transaction_id),
             counterparty,
         })
