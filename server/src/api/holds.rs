@@ -159,11 +159,22 @@ pub async fn place(
     Ok(respond(Asked::Place, &row, status, None, params.dry_run))
 }
 
-/// `expires_in_ms` checked: an integer from 1 to [`HOLD_EXPIRES_IN_MS_MAX`].
+/// `expires_in_ms` checked: an integer from 1 to [`HOLD_EXPIRES_IN_MS_MAX`]. A number
+/// written with a zero fraction (`300.0`) is an integer, as JSON Schema counts them.
 fn expires_in_ms(value: Option<&Value>) -> Result<u64, ApiError> {
-    value
-        .and_then(Value::as_u64)
-        .filter(|ms| (1..=HOLD_EXPIRES_IN_MS_MAX).contains(ms))
+    let whole = |number: &serde_json::Number| {
+        number.as_u64().or_else(|| {
+            let float = number.as_f64()?;
+            // Exact: every integer up to the bound is a float with no rounding.
+            (float.fract() == 0.0 && float >= 1.0 && float <= HOLD_EXPIRES_IN_MS_MAX as f64)
+                .then_some(float as u64)
+        })
+    };
+    let ms = match value {
+        Some(Value::Number(number)) => whole(number),
+        _ => None,
+    };
+    ms.filter(|ms| (1..=HOLD_EXPIRES_IN_MS_MAX).contains(ms))
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
