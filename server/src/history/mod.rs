@@ -536,7 +536,12 @@ mod tests {
     /// recorded fixtures, folding the kept records gives what folding them all gives.
     #[test]
     fn the_account_filter_keeps_what_history_needs() {
-        for name in ["plain_day.log", "tcc_cancels.log"] {
+        for name in [
+            "plain_day.log",
+            "tcc_cancels.log",
+            "refunds.log",
+            "holds.log",
+        ] {
             let all = decode_log(&fixture(name), 1)
                 .expect("fixture decodes")
                 .records;

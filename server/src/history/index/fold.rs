@@ -27,6 +27,9 @@ pub enum EntryKind {
     CreditPending,
     /// A pending credit was dropped (a destination Cancel): only `incoming` shrank.
     CreditDropped,
+    /// What a capture left of a hold went back to the balance (`held` shrank, `balance`
+    /// grew). Not a movement: the capture's movement, at the same record, carries it.
+    HoldRest,
     /// A movement of the account's history.
     Movement(MovementKind),
 }
@@ -49,6 +52,7 @@ impl EntryKind {
             EntryKind::Opened => 1,
             EntryKind::CreditPending => 2,
             EntryKind::CreditDropped => 3,
+            EntryKind::HoldRest => 4,
             EntryKind::Movement(kind) => {
                 let index = MOVEMENT_KINDS
                     .iter()
@@ -64,6 +68,7 @@ impl EntryKind {
             1 => Some(EntryKind::Opened),
             2 => Some(EntryKind::CreditPending),
             3 => Some(EntryKind::CreditDropped),
+            4 => Some(EntryKind::HoldRest),
             16..=23 => Some(EntryKind::Movement(MOVEMENT_KINDS[usize::from(tag - 16)])),
             _ => None,
         }
@@ -72,7 +77,10 @@ impl EntryKind {
     pub fn movement(self) -> Option<MovementKind> {
         match self {
             EntryKind::Movement(kind) => Some(kind),
-            EntryKind::Opened | EntryKind::CreditPending | EntryKind::CreditDropped => None,
+            EntryKind::Opened
+            | EntryKind::CreditPending
+            | EntryKind::CreditDropped
+            | EntryKind::HoldRest => None,
         }
     }
 }
@@ -124,6 +132,7 @@ impl Touch {
             EntryKind::Opened => (0, 0, 0),
             EntryKind::CreditPending => (0, 0, amount),
             EntryKind::CreditDropped => (0, 0, -amount),
+            EntryKind::HoldRest => (amount, -amount, 0),
             EntryKind::Movement(kind) => {
                 let (balance, held) = kind.changes(self.amount);
                 let incoming = if kind == MovementKind::CreditIn {
@@ -192,9 +201,9 @@ impl Tracker {
     }
 
     /// The accounts of this partition that `record` changes, appended to `out` (at most
-    /// four: a hold captured in part within the partition is a capture and a release at its
-    /// source, and a credit and a dropped remainder at its destination; one account is
-    /// touched at most twice by a record). Events that change no figure (refusals,
+    /// four: a hold captured within the partition touches each of its accounts twice, a
+    /// movement and the figures that go with it; one movement per account and record).
+    /// Events that change no figure (refusals,
     /// decisions, null compensations) touch nothing.
     pub fn fold(&mut self, record: &Record, out: &mut Vec<Touch>) {
         let lsn = record.lsn;
@@ -293,6 +302,11 @@ impl Tracker {
                 touch(hold.from, movement(MovementKind::Hold), amount, lsn);
                 touch(hold.to, EntryKind::CreditPending, amount, lsn);
             }
+            // One movement per account, as replay folds it: the source's is the part captured,
+            // the rest of the hold going back with it; the destination's (within the
+            // partition) is the part arriving, its whole pending credit dropped with it. The
+            // figures that go with a movement are entered first, so that its figures after
+            // are the record's.
             Event::HoldCaptured {
                 hold,
                 amount,
@@ -304,20 +318,18 @@ impl Tracker {
                     // The hold's Try is done with: nothing of it follows at this side.
                     self.holds.remove(&hold.key());
                 }
+                if rest > 0 {
+                    touch(hold.from, EntryKind::HoldRest, rest, lsn);
+                }
                 touch(
                     hold.from,
                     movement(MovementKind::HoldCaptured),
                     captured,
                     lsn,
                 );
-                if rest > 0 {
-                    touch(hold.from, movement(MovementKind::HoldReleased), rest, lsn);
-                }
                 if !remote {
-                    touch(hold.to, movement(MovementKind::CreditIn), captured, lsn);
-                    if rest > 0 {
-                        touch(hold.to, EntryKind::CreditDropped, rest, lsn);
-                    }
+                    touch(hold.to, EntryKind::CreditDropped, full, lsn);
+                    touch(hold.to, movement(MovementKind::TransferIn), captured, lsn);
                 }
             }
             // Within the partition (across partitions its effect is a cancel decision, and
@@ -327,21 +339,21 @@ impl Tracker {
                 touch(hold.from, movement(MovementKind::HoldReleased), amount, lsn);
                 touch(hold.to, EntryKind::CreditDropped, amount, lsn);
             }
-            // The destination's Confirm of a hold captured in part: the part became balance,
-            // the rest of the pending credit was dropped. The record itself names the part.
+            // The destination's Confirm of a hold captured in part: the pending credit was
+            // dropped and the part became balance. The record itself names the part.
             Event::CreditCaptured { key, amount } => {
                 if let Some(item) = self.credits.remove(&key) {
                     let captured = amount.minor();
                     let rest = item.amount.saturating_sub(captured);
+                    if rest > 0 {
+                        touch(item.account, EntryKind::CreditDropped, rest, item.try_lsn);
+                    }
                     touch(
                         item.account,
                         movement(MovementKind::CreditIn),
                         captured,
                         lsn,
                     );
-                    if rest > 0 {
-                        touch(item.account, EntryKind::CreditDropped, rest, item.try_lsn);
-                    }
                 }
             }
             Event::Transferred { .. }

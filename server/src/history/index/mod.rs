@@ -328,7 +328,8 @@ impl PartitionIndex {
             });
         };
         let incoming = matches!(kind, MovementKind::TransferIn | MovementKind::CreditIn);
-        let (amount, transaction_id, counterparty) = match origin.event {
+        // A refund's record is a transfer's (its effect); a hold's names its own amounts.
+        let (amount, transaction_id, counterparty) = match origin.event.effect() {
             Event::Deposited {
                 amount,
                 transaction_id,
@@ -347,17 +348,11 @@ impl PartitionIndex {
                 let other = if incoming { t.from } else { t.to };
                 (t.amount.minor(), t.transaction_id, Some(other))
             }
-            // A capture is two movements at its source: the part captured, and the rest
-            // released back to the balance.
+            // A capture's movements are the part captured, leaving its source or reaching
+            // its destination.
             Event::HoldCaptured { hold, amount, .. } => {
-                let part = match kind {
-                    MovementKind::HoldReleased => {
-                        hold.amount.minor().saturating_sub(amount.minor())
-                    }
-                    _ => amount.minor(),
-                };
                 let other = if incoming { hold.from } else { hold.to };
-                (part, hold.transaction_id, Some(other))
+                (amount.minor(), hold.transaction_id, Some(other))
             }
             Event::CreditCaptured { key, amount } => {
                 (amount.minor(), key.transaction_id, Some(key.from))

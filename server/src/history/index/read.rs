@@ -178,15 +178,14 @@ impl PartitionIndex {
         limit: usize,
     ) -> Result<Option<MovementPage>, LogError> {
         let mut next = Some(place);
-        // Newest first, two more than the page (see `page_len`); with their details when a
-        // chunk file has them (the in-memory chunk's are read from the log).
-        let fetch = limit + 2;
-        let mut found: Vec<(Entry, Option<Detail>)> = Vec::with_capacity(fetch);
+        // Newest first, one more than the page; with their details when a chunk file has
+        // them (the in-memory chunk's are read from the log).
+        let mut found: Vec<(Entry, Option<Detail>)> = Vec::with_capacity(limit + 1);
         while let Some(place) = next {
-            if found.len() >= fetch {
+            if found.len() > limit {
                 break;
             }
-            let wanted = fetch - found.len();
+            let wanted = limit + 1 - found.len();
             let prev = match place {
                 Place::Open => {
                     let part = &self.open.accounts[account];
@@ -216,10 +215,8 @@ impl PartitionIndex {
                 first => Some(self.sealed_starting_at(first)?),
             };
         }
-        let lsns: Vec<Lsn> = found.iter().map(|(entry, _)| entry.lsn).collect();
-        let len = page_len(&lsns, limit);
-        let more = found.len() > len;
-        found.truncate(len);
+        let more = found.len() > limit;
+        found.truncate(limit);
         let mut movements = Vec::with_capacity(found.len());
         let mut files = SegmentFiles::default();
         for (entry, detail) in found {
@@ -290,28 +287,6 @@ impl PartitionIndex {
         let (slot, _) = self.slot(entry.lsn)?.expect("an indexed record has a slot");
         let origin = self.record_at(entry.origin_lsn, files)?;
         self.detail_of(entry, slot.timestamp, &origin)
-    }
-}
-
-/// How many of the movements `lsns` (newest first, up to two more than `limit`) make the
-/// page: `limit`, unless that would split the movements of one record, which the cursor
-/// (an lsn) could not resume between. A hold captured in part is two movements of its
-/// source at one lsn: the page then ends before them, or, if they would be all of it,
-/// holds both (one more than `limit`). No record makes more than two movements of one
-/// account.
-fn page_len(lsns: &[Lsn], limit: usize) -> usize {
-    if lsns.len() <= limit || lsns[limit - 1] != lsns[limit] {
-        return lsns.len().min(limit);
-    }
-    let split = lsns[limit];
-    let before_split = lsns[..limit]
-        .iter()
-        .take_while(|lsn| **lsn != split)
-        .count();
-    if before_split > 0 {
-        before_split
-    } else {
-        lsns.iter().take_while(|lsn| **lsn == split).count()
     }
 }
 

@@ -277,7 +277,12 @@ fn chunk_files(dir: &DataDir) -> Vec<PathBuf> {
 
 #[test]
 fn answers_what_the_fold_of_the_whole_log_answers_on_the_fixtures() {
-    for name in ["plain_day.log", "tcc_cancels.log"] {
+    for name in [
+        "plain_day.log",
+        "tcc_cancels.log",
+        "refunds.log",
+        "holds.log",
+    ] {
         let records = fixture(name);
         for config in [IndexConfig::default(), small_chunks()] {
             let tmp = tempfile::tempdir().unwrap();
@@ -386,11 +391,12 @@ fn entry_kinds_keep_their_tags() {
         EntryKind::Opened,
         EntryKind::CreditPending,
         EntryKind::CreditDropped,
+        EntryKind::HoldRest,
         EntryKind::Movement(MovementKind::Deposit),
         EntryKind::Movement(MovementKind::CreditIn),
     ];
     let tags: Vec<u8> = kinds.iter().map(|k| k.tag()).collect();
-    assert_eq!(tags, vec![1, 2, 3, 16, 23]);
+    assert_eq!(tags, vec![1, 2, 3, 4, 16, 23]);
     for kind in kinds {
         assert_eq!(EntryKind::from_tag(kind.tag()), Some(kind));
     }
