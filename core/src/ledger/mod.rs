@@ -1658,6 +1658,11 @@ impl Ledger {
         phase.state = next;
         phase.decided_at = meta.timestamp;
         self.transfers.set_phase(at, phase);
+        if matches!(decision, Decision::Cancel(_)) {
+            // A hold whose placing is cancelled (its destination refused it, or never
+            // answered) ends here: it is open no more, as a restart would rebuild it.
+            self.holds.close(key);
+        }
         Ok(())
     }
 

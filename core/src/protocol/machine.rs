@@ -946,9 +946,11 @@ impl<K: ReplyTokens> PartitionMachine<K> {
     /// on the credit being on its way (on one node, spendable by its next request).
     fn committed(&mut self, transfer: Transfer, debit_lsn: Lsn) {
         if self.ledger.hold_terms(&transfer.key()).is_some() {
-            // A hold is held at this point; nothing goes to the destination until it ends.
-            let key = transfer.key();
-            return self.resolve_waiters(&key, TransferStatus::Held, Some(debit_lsn));
+            // A hold is held at this point, and nothing goes to the destination until it
+            // ends. Its clients are told once the record of it (`HoldEstablished`) is
+            // durable: until then the row is still being placed, and a capture or a void
+            // would find a hold not held (see `execute`).
+            return;
         }
         let from = self.partition();
         let request = PhaseRequest {
@@ -993,7 +995,9 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             self.coordinator.on_event(event, lsn, self.now.micros);
             match event {
                 Event::CreditTried { .. } => self.pending_credits += 1,
-                Event::CreditConfirmed { .. } | Event::CreditCancelled { .. } => {
+                Event::CreditConfirmed { .. }
+                | Event::CreditCaptured { .. }
+                | Event::CreditCancelled { .. } => {
                     self.pending_credits = self.pending_credits.saturating_sub(1)
                 }
                 _ => {}
@@ -1008,6 +1012,9 @@ impl<K: ReplyTokens> PartitionMachine<K> {
                         row.decided_at.saturating_sub(row.accepted_at),
                     ));
                     self.resolve_waiters(key, row.state.status(), None);
+                }
+                Event::HoldEstablished { key } => {
+                    self.resolve_waiters(key, TransferStatus::Held, None);
                 }
                 Event::DebitConfirmed { key } | Event::DebitCancelled { key } => {
                     let row = self

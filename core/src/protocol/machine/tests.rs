@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use super::*;
-use crate::ledger::{Command, CreditState, PhaseResult, Reply, TransferStatus};
+use crate::ledger::{Command, CreditState, LedgerError, PhaseResult, Reply, TransferStatus};
 use crate::log::codec::decode_log;
 use crate::model::event::Reason;
 use crate::model::ids::AccountId;
@@ -610,8 +610,7 @@ fn hold_of(from: AccountId, to: AccountId, minor: u64, id: &str, expires_in_us: 
 }
 
 #[test]
-fn a_hold_across_partitions_is_answered_held_at_its_commit_point_and_its_capture_confirms_the_part()
-{
+fn a_hold_across_partitions_is_answered_held_and_its_capture_confirms_the_part() {
     let (mut world, alice, bob) = alice_and_bob();
     world.command(0, 10, hold_of(alice, bob, 30, "h-1", 60_000_000), true);
     world.settle();
@@ -736,4 +735,95 @@ fn the_destination_of_a_held_hold_asks_about_it_once_and_again_when_it_expires()
     assert_eq!((bob_row.balance, bob_row.incoming), (0, 0));
     assert_eq!(world.balance(0, &alice), 100);
     assert_eq!(world.unresolved_delivered, 1);
+}
+
+#[test]
+fn a_hold_across_partitions_captured_in_part_leaves_no_credit_pending() {
+    let (mut world, alice, bob) = alice_and_bob();
+    world.command(0, 10, hold_of(alice, bob, 30, "h-1", 1_000_000), true);
+    world.settle();
+    assert_eq!(
+        world.replies[&10],
+        Ok(Reply::Transfer(TransferStatus::Held))
+    );
+    assert_eq!(
+        world.machine(1).in_flight(),
+        1,
+        "bob's credit waits for the hold's end"
+    );
+    let key = key(alice, "h-1");
+    let amount = Some(crate::model::money::Amount::from_minor(12).expect("in range"));
+    world.command(0, 11, Command::Capture { key, amount }, false);
+    world.settle();
+    assert_eq!(
+        world.replies[&11],
+        Ok(Reply::Transfer(TransferStatus::Captured))
+    );
+    assert_eq!((world.balance(0, &alice), world.balance(1, &bob)), (88, 12));
+    // The Confirm of a part is a credit confirmed: nothing is pending any more, so the
+    // destination is idle (what a quiesce or a drain waits for).
+    assert_eq!(world.machine(1).in_flight(), 0);
+    assert_eq!(world.machine(0).in_flight(), 0);
+}
+
+#[test]
+fn a_hold_across_partitions_refused_by_its_destination_is_no_longer_open() {
+    let (mut world, alice, _) = alice_and_bob();
+    let ghost = account_on("ghost", 1, 2, 0);
+    world.command(0, 10, hold_of(alice, ghost, 30, "h-1", 1_000_000), true);
+    world.settle();
+    assert_eq!(
+        world.replies[&10],
+        Ok(Reply::Transfer(TransferStatus::Cancelled(
+            Reason::DestinationNotFound
+        )))
+    );
+    assert_eq!(world.balance(0, &alice), 100);
+    // Cancelled before it was held: it counts no more against the partition's limit of
+    // open holds, as after a restart (which rebuilds the open holds from the rows).
+    assert_eq!(world.machine(0).ledger().open_holds(), 0);
+    world.power_loss(0);
+    assert_eq!(world.machine(0).ledger().open_holds(), 0);
+}
+
+#[test]
+fn a_hold_across_partitions_is_answered_held_only_once_its_home_holds_it_durably() {
+    let (mut world, alice, bob) = alice_and_bob();
+    world.command(0, 10, hold_of(alice, bob, 30, "h-1", 1_000_000), true);
+    let key = key(alice, "h-1");
+    // The debit's batch, the Try beside it, the destination's durable credit, the debit
+    // durable: the commit point. The record that the hold is held is not durable yet.
+    assert!(world.commit(0) && world.ready(0));
+    world.deliver();
+    assert!(world.commit(1) && world.sync(1));
+    world.deliver();
+    assert!(world.sync(0));
+    world.ready(0);
+    assert!(
+        !world.replies.contains_key(&10),
+        "told held before its home durably holds it: {:?}",
+        world.replies
+    );
+    // A crash now takes that record: the recovered home has the hold still being placed,
+    // and refuses its capture as a hold not held (which a client told `held` must never
+    // hear).
+    world.power_loss(0);
+    let capture = Command::Capture { key, amount: None };
+    world.command(0, 11, capture.clone(), false);
+    world.settle();
+    assert_eq!(world.replies[&11], Err(LedgerError::HoldNotHeld(key)));
+    // The home resumes the placement and holds it; then it is told, and captured.
+    world.advance(1_000);
+    world.command(0, 12, hold_of(alice, bob, 30, "h-1", 1_000_000), true);
+    world.settle();
+    assert_eq!(
+        world.replies[&12],
+        Ok(Reply::Transfer(TransferStatus::Held))
+    );
+    world.command(0, 13, capture, false);
+    world.settle();
+    assert_eq!(
+        world.replies[&13],
+        Ok(Reply::Transfer(TransferStatus::Captured))
+    );
 }
