@@ -49,6 +49,12 @@ pub fn decisions_logged(home: &Ledger, messages: &[PeerMessage]) -> Result<(), V
         let state = row.map(|row| row.state);
         let orphan = row.is_some_and(|row| row.transfer != *transfer);
         let decided = match phase {
+            // A hold captured: its Confirm carries the hold's body with what was captured.
+            Phase::Confirm if state == Some(TransferState::Captured) => {
+                let captured = home.hold_terms(&key).and_then(|terms| terms.captured);
+                row.is_some_and(|row| row.transfer.to == transfer.to)
+                    && captured == Some(transfer.amount)
+            }
             Phase::Confirm => {
                 !orphan
                     && matches!(

@@ -13,6 +13,7 @@
 //! | 2 no negative balance | `no_negative` | [`balances_in_range`], [`apply_failed`] |
 //! | 3 exactly once | `exactly_once` | [`LogScan`], [`scan_log`] |
 //! | (refunds) the refund cap | `refund_cap` | [`RefundScan`], [`scan_refunds`] |
+//! | (holds) one end, in time, within the hold | `hold_once`, `hold_expiry`, `hold_capture` | [`HoldScan`], [`scan_holds`] |
 //! | 4 atomicity at rest | `atomicity` | [`transfers_agree`], [`sides_agree`], [`sides_settled`] |
 //! | 5 no hanging | `no_hanging` | [`LogScan`], [`scan_log`] |
 //! | 6 durability | `durability`, `durable_decision`, `durable_release` | [`acknowledged`], [`decisions_logged`], [`released_durably`] |
@@ -61,6 +62,7 @@
 #![allow(clippy::result_large_err)]
 
 mod durable;
+mod holds;
 mod log_scan;
 mod money;
 mod refunds;
@@ -70,6 +72,7 @@ mod tests;
 mod violation;
 
 pub use durable::{acknowledged, decisions_logged, released_durably};
+pub use holds::{scan_holds, HoldScan, HoldSeen};
 pub use log_scan::{scan_log, LogScan};
 pub use money::{
     balances_in_range, books, conservation, conservation_of, holds, money_totals, Money, Totals,

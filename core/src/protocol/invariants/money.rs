@@ -25,10 +25,12 @@ pub trait Money {
     /// Calls `each` with every credit this partition, as a destination, has tried and not
     /// finished (its amount is pending, in no balance).
     fn for_each_pending_credit(&self, each: &mut dyn FnMut(&Transfer));
-    /// Whether this partition, as the home, committed `transfer` (this body) and finished
-    /// its side: the hold is gone, and the money is in the destination's pending credit
-    /// until the Confirm lands.
-    fn debit_committed(&self, transfer: &Transfer) -> bool;
+    /// Minor units of the pending credit `transfer` (this body) that this partition, as the
+    /// home, committed and finished its side of: the hold is gone, and that money is in the
+    /// destination's pending credit until the Confirm lands. All of it for a transfer
+    /// committed, what was captured of a hold captured (the rest went back to the source);
+    /// `None` while the home has not finished.
+    fn debit_committed(&self, transfer: &Transfer) -> Option<u64>;
 }
 
 impl<M: Money + ?Sized> Money for &M {
@@ -48,7 +50,7 @@ impl<M: Money + ?Sized> Money for &M {
         (**self).for_each_pending_credit(each)
     }
 
-    fn debit_committed(&self, transfer: &Transfer) -> bool {
+    fn debit_committed(&self, transfer: &Transfer) -> Option<u64> {
         (**self).debit_committed(transfer)
     }
 }
@@ -86,9 +88,18 @@ impl Money for Ledger {
         }
     }
 
-    fn debit_committed(&self, transfer: &Transfer) -> bool {
-        self.transfer(&transfer.key())
-            .is_some_and(|row| row.transfer == *transfer && row.state == TransferState::Committed)
+    fn debit_committed(&self, transfer: &Transfer) -> Option<u64> {
+        let row = self
+            .transfer(&transfer.key())
+            .filter(|row| row.transfer == *transfer)?;
+        match row.state {
+            TransferState::Committed => Some(transfer.amount.minor()),
+            TransferState::Captured => {
+                let terms = self.hold_terms(&transfer.key())?;
+                terms.captured.map(|captured| captured.minor())
+            }
+            _ => None,
+        }
     }
 }
 
@@ -144,11 +155,11 @@ pub fn money_totals<M: Money>(partitions: &[M]) -> BTreeMap<Currency, Totals> {
         });
         partition.for_each_pending_credit(&mut |transfer| {
             let home = &partitions[partition_of(&transfer.from, count) as usize];
-            if home.debit_committed(transfer) {
+            if let Some(minor) = home.debit_committed(transfer) {
                 totals
                     .entry(transfer.currency)
                     .or_default()
-                    .committed_credits += u128::from(transfer.amount.minor());
+                    .committed_credits += u128::from(minor);
             }
         });
     }

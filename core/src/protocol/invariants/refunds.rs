@@ -23,7 +23,8 @@ use super::Violation;
 pub struct RefundScan {
     partition: PartitionId,
     /// Transfers committed into an account of this partition: within it (`Transferred`,
-    /// refunds included), or from another partition with their credit confirmed here.
+    /// refunds included), or from another partition with their credit confirmed here; and
+    /// holds captured into one, for what was captured.
     committed: BTreeMap<TransferKey, Transfer>,
     /// Credits tried here and not yet confirmed or cancelled.
     tried: BTreeMap<TransferKey, Transfer>,
@@ -87,6 +88,20 @@ impl RefundScan {
             Event::CreditConfirmed { key } => {
                 if let Some(transfer) = self.tried.remove(&key) {
                     self.committed.insert(key, transfer);
+                }
+            }
+            // A hold captured: what was captured arrived, and may be refunded.
+            Event::HoldCaptured {
+                hold,
+                amount,
+                remote: false,
+            } => {
+                self.committed
+                    .insert(hold.key(), Transfer { amount, ..hold });
+            }
+            Event::CreditCaptured { key, amount } => {
+                if let Some(transfer) = self.tried.remove(&key) {
+                    self.committed.insert(key, Transfer { amount, ..transfer });
                 }
             }
             Event::CreditCancelled { key } | Event::CreditTryNotSeen { key } => {

@@ -4,7 +4,7 @@
 //! or pending.
 
 use crate::ledger::{CreditState, Ledger, TransferState};
-use crate::model::event::Reason;
+use crate::model::event::{Reason, Transfer};
 use crate::model::partition::partition_of;
 
 use super::Violation;
@@ -153,7 +153,17 @@ fn judge_home_rows(
         agreement.checked += 1;
         let credit = destination.and_then(|d| d.credit(&key));
         let state = credit.map(|c| c.state);
-        if let Some(credit) = credit.filter(|c| c.transfer.is_some_and(|t| t != row.transfer)) {
+        // A hold captured in part: once its Confirm landed, the destination's row keeps
+        // what arrived, the home's the whole hold.
+        let captured = (row.state == TransferState::Captured)
+            .then(|| ledger.hold_terms(&key)?.captured)
+            .flatten()
+            .map(|amount| Transfer {
+                amount,
+                ..row.transfer
+            });
+        let apart = |t: Transfer| t != row.transfer && Some(t) != captured;
+        if let Some(credit) = credit.filter(|c| c.transfer.is_some_and(apart)) {
             let settled =
                 !at_rest || (!row.state.is_unfinished() && credit.state != CreditState::Tried);
             if !bodies_apart_agree(row.state, credit.state) || !settled {

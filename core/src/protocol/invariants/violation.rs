@@ -19,6 +19,13 @@ pub enum Invariant {
     /// Refunds: only a committed transfer is refunded, into its source, and its refunds
     /// accepted and not finally cancelled never sum to more than it moved.
     RefundCap,
+    /// Holds: a hold ends at most once, by one capture, void or expiry at its home.
+    HoldOnce,
+    /// Holds: a hold expires no sooner than its `expires_at`, and is captured or voided
+    /// only before it.
+    HoldExpiry,
+    /// Holds: a capture takes at most the hold's amount.
+    HoldCapture,
     /// 2: no available balance below zero (or above the largest one).
     NoNegative,
     /// 1: money is neither created nor destroyed.
@@ -39,10 +46,13 @@ pub enum Invariant {
 }
 
 impl Invariant {
-    pub const ALL: [Invariant; 11] = [
+    pub const ALL: [Invariant; 14] = [
         Invariant::NoHanging,
         Invariant::ExactlyOnce,
         Invariant::RefundCap,
+        Invariant::HoldOnce,
+        Invariant::HoldExpiry,
+        Invariant::HoldCapture,
         Invariant::NoNegative,
         Invariant::Conservation,
         Invariant::Atomicity,
@@ -58,6 +68,9 @@ impl Invariant {
             Invariant::NoHanging => "no_hanging",
             Invariant::ExactlyOnce => "exactly_once",
             Invariant::RefundCap => "refund_cap",
+            Invariant::HoldOnce => "hold_once",
+            Invariant::HoldExpiry => "hold_expiry",
+            Invariant::HoldCapture => "hold_capture",
             Invariant::NoNegative => "no_negative",
             Invariant::Conservation => "conservation",
             Invariant::Atomicity => "atomicity",
@@ -125,6 +138,30 @@ pub enum Violation {
         lsn: Lsn,
         refund: TransferKey,
         original: TransferKey,
+        detail: String,
+    },
+    /// A hold ended twice, or without being placed.
+    #[error("partition {partition} lsn {lsn}: hold {key:?} {detail}")]
+    HoldOnce {
+        partition: PartitionId,
+        lsn: Lsn,
+        key: TransferKey,
+        detail: String,
+    },
+    /// A hold expired before its time, or was captured or voided at or after it.
+    #[error("partition {partition} lsn {lsn}: hold {key:?} {detail}")]
+    HoldExpiry {
+        partition: PartitionId,
+        lsn: Lsn,
+        key: TransferKey,
+        detail: String,
+    },
+    /// A hold captured for more than it holds.
+    #[error("partition {partition} lsn {lsn}: hold {key:?} {detail}")]
+    HoldCapture {
+        partition: PartitionId,
+        lsn: Lsn,
+        key: TransferKey,
         detail: String,
     },
     #[error("partition {partition} lsn {lsn}: Try of {key:?} applied after its Cancel (a hanging reservation)")]
@@ -241,6 +278,9 @@ impl Violation {
             }
             Violation::ExactlyOnce { .. } => Invariant::ExactlyOnce,
             Violation::RefundCap { .. } => Invariant::RefundCap,
+            Violation::HoldOnce { .. } => Invariant::HoldOnce,
+            Violation::HoldExpiry { .. } => Invariant::HoldExpiry,
+            Violation::HoldCapture { .. } => Invariant::HoldCapture,
             Violation::Hanging { .. } => Invariant::NoHanging,
             Violation::Sides { .. }
             | Violation::BodyDiffers { .. }
@@ -263,6 +303,9 @@ impl Violation {
             Violation::ExactlyOnce { key, .. } | Violation::Protocol { key, .. } => *key,
             Violation::Hanging { key, .. }
             | Violation::RefundCap { refund: key, .. }
+            | Violation::HoldOnce { key, .. }
+            | Violation::HoldExpiry { key, .. }
+            | Violation::HoldCapture { key, .. }
             | Violation::Sides { key, .. }
             | Violation::BodyDiffers { key }
             | Violation::Acknowledged { key, .. }
