@@ -27,10 +27,13 @@ use crate::model::Model;
 
 /// The invariants, in the order they are checked and reported: core's, with the oracle
 /// before the protocol, then what only a sweep or a crash shows.
-pub const INVARIANTS: [&str; 25] = [
+pub const INVARIANTS: [&str; 28] = [
     "no_hanging",
     "exactly_once",
     "refund_cap",
+    "hold_once",
+    "hold_expiry",
+    "hold_capture",
     "no_negative",
     "conservation",
     "atomicity",
@@ -84,7 +87,7 @@ impl Violation {
         }
     }
 
-    fn key(mut self, key: TransferKey) -> Violation {
+    pub(crate) fn key(mut self, key: TransferKey) -> Violation {
         self.keys.push(key);
         self
     }
@@ -149,11 +152,11 @@ pub struct FinalState<'a> {
 }
 
 impl FinalState<'_> {
-    fn ledger(&self, partition: PartitionId) -> Option<&Ledger> {
+    pub(crate) fn ledger(&self, partition: PartitionId) -> Option<&Ledger> {
         self.finals[partition as usize].replayed.as_ref().ok()
     }
 
-    fn home_row(&self, key: &TransferKey) -> Option<TransferRow> {
+    pub(crate) fn home_row(&self, key: &TransferKey) -> Option<TransferRow> {
         self.ledger(partition_of(&key.from, self.partitions))?
             .transfer(key)
     }
@@ -205,6 +208,8 @@ fn logs(state: &FinalState<'_>, found: &mut Vec<Violation>) {
         found.extend(scanned.into_iter().map(Violation::from));
         let refunds = invariants::scan_refunds(fin.partition, &fin.records);
         found.extend(refunds.into_iter().map(Violation::from));
+        let holds = invariants::scan_holds(fin.partition, &fin.records);
+        found.extend(holds.into_iter().map(Violation::from));
         if let Err(error) = &fin.replayed {
             found.push(invariants::apply_failed(fin.partition, error.clone()).into());
         }
@@ -250,6 +255,7 @@ fn atomicity(state: &FinalState<'_>, found: &mut Vec<Violation>) {
     }
     let agreement = invariants::transfers_agree(&state.cut(), Moment::AtRest);
     found.extend(agreement.violations.into_iter().map(Violation::from));
+    crate::hold_checks::at_rest(state, found);
 }
 
 fn sorted_rows(ledger: &Ledger) -> Vec<TransferRow> {
@@ -316,6 +322,10 @@ fn not_kept(answer: Answer<'_>) -> Option<String> {
             invariants::acknowledged(t, *status, state.home_row(&t.key()))
                 .err()
                 .map(|v| format!("{v} (acknowledged at {} us)", attempt.done_us))
+        }
+        (Command::Hold(_) | Command::Capture { .. } | Command::Void { .. }, _) => {
+            crate::hold_checks::kept(state, op, result)
+                .map(|why| format!("{why} (acknowledged at {} us)", attempt.done_us))
         }
         (Command::Refund(r), Ok(Reply::Transfer(status))) => {
             refund_kept(state, r, op.transfer_key()?, *status)
@@ -459,6 +469,7 @@ fn oracle<'a>(state: &'a FinalState<'a>, found: &mut Vec<Violation>) {
         found.push(v);
     }
     each_answer(state, "oracle", not_modelled, found);
+    crate::hold_checks::told_once(state, found);
     cancel_reasons(state, found);
     balance_reads(state, found);
 }
@@ -608,6 +619,11 @@ pub fn event_name(event: &Event) -> &'static str {
         Event::CashRefused(_) => "CashRefused",
         Event::RefundAccepted { .. } => "RefundAccepted",
         Event::RefundRejected { .. } => "RefundRejected",
+        Event::HoldPlaced { .. } => "HoldPlaced",
+        Event::HoldEstablished { .. } => "HoldEstablished",
+        Event::HoldCaptured { .. } => "HoldCaptured",
+        Event::HoldReleased { .. } => "HoldReleased",
+        Event::CreditCaptured { .. } => "CreditCaptured",
     }
 }
 
@@ -628,8 +644,13 @@ pub fn event_mentions(event: &Event, key: &TransferKey) -> bool {
         Event::Transferred { transfer }
         | Event::TransferRejected { transfer, .. }
         | Event::DebitTried { transfer }
-        | Event::CreditTried { transfer } => transfer.key() == *key,
+        | Event::CreditTried { transfer }
+        | Event::HoldPlaced { hold: transfer, .. }
+        | Event::HoldCaptured { hold: transfer, .. }
+        | Event::HoldReleased { hold: transfer, .. } => transfer.key() == *key,
         Event::TransferDecided { key: k, .. }
+        | Event::HoldEstablished { key: k }
+        | Event::CreditCaptured { key: k, .. }
         | Event::DebitConfirmed { key: k }
         | Event::DebitCancelled { key: k }
         | Event::CreditConfirmed { key: k }

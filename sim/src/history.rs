@@ -38,6 +38,8 @@ pub enum Expect {
         local: bool,
         beyond: bool,
     },
+    /// A hold request: placing, capturing or voiding one (see [`crate::holds`]).
+    Hold(crate::holds::HoldExpect),
 }
 
 /// How one attempt ended.
@@ -86,10 +88,14 @@ impl Op {
             .find(|r| !matches!(r, Ok(Reply::Transfer(TransferStatus::Pending))))
     }
 
-    /// The key of the transfer the op starts: a transfer's, or a refund's own.
+    /// The key of the transfer the op starts: a transfer's, a refund's own, or the hold's
+    /// it places, captures or voids.
     pub fn transfer_key(&self) -> Option<TransferKey> {
         match self.command {
             Command::Transfer(t) => Some(t.key()),
+            Command::Hold(_) | Command::Capture { .. } | Command::Void { .. } => {
+                crate::holds::hold_key(&self.command)
+            }
             Command::Refund(r) => Some(TransferKey {
                 from: self.refund_from?,
                 transaction_id: r.refund_id,
@@ -120,6 +126,13 @@ impl Op {
         let (accounts, id): (Vec<AccountId>, Option<TransactionId>) = match self.command {
             Command::OpenAccount { account, .. } => (vec![account], None),
             Command::Transfer(t) => (vec![t.from, t.to], Some(t.transaction_id)),
+            Command::Hold(ref h) => (
+                vec![h.transfer.from, h.transfer.to],
+                Some(h.transfer.transaction_id),
+            ),
+            Command::Capture { key, .. } | Command::Void { key } => {
+                (vec![key.from], Some(key.transaction_id))
+            }
             Command::Refund(r) => {
                 let accounts = self.refund_from.into_iter().chain([r.original.from]);
                 (accounts.collect(), Some(r.refund_id))
@@ -184,6 +197,8 @@ pub struct HistoryState {
     /// The transfers between shared accounts the clients saw committed, which they may
     /// refund (see [`crate::refunds`]).
     pub board: crate::refunds::Board,
+    /// How the clients' captures and voids raced their holds' expiry.
+    pub hold_counts: crate::holds::HoldCounts,
 }
 
 /// Counts of the probes of a server node cut off from its peers: deposits sent through
@@ -272,6 +287,11 @@ pub fn error_kind(error: &LedgerError) -> &'static str {
         LedgerError::InvalidTransition { .. } => "InvalidTransition",
         LedgerError::Unreadable(_) => "Unreadable",
         LedgerError::NotRefundable(_) => "NotRefundable",
+        LedgerError::NotAHold(_) => "NotAHold",
+        LedgerError::HoldNotHeld(_) => "HoldNotHeld",
+        LedgerError::CaptureExceedsHold { .. } => "CaptureExceedsHold",
+        LedgerError::HoldAlreadyCaptured { .. } => "HoldAlreadyCaptured",
+        LedgerError::HoldLimit(_) => "HoldLimit",
     }
 }
 
@@ -295,7 +315,9 @@ fn refusal_kind(reason: Reason) -> &'static str {
         Reason::DestinationBalanceLimit => "BalanceLimit",
         Reason::InsufficientFunds => "InsufficientFunds",
         Reason::SameAccount => "SameAccount",
-        Reason::Timeout | Reason::CancelledBeforeTry => "Cancelled",
+        Reason::Timeout | Reason::CancelledBeforeTry | Reason::HoldVoided | Reason::HoldExpired => {
+            "Cancelled"
+        }
         Reason::RefundExceedsOriginal => "RefundExceedsOriginal",
     }
 }
@@ -335,6 +357,8 @@ fn contradiction(expect: Expect, result: &CommandResult) -> Option<(&'static str
             local,
             beyond,
         } => refund_contradiction(original, local, beyond, result)
+            .map(|why| ("oracle", format!("{why}: {result:?}"))),
+        Expect::Hold(expect) => crate::holds::contradiction(expect, result)
             .map(|why| ("oracle", format!("{why}: {result:?}"))),
         Expect::Exactly(want) if *result == Ok(want) => None,
         Expect::Exactly(want) => Some((

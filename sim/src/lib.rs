@@ -29,6 +29,8 @@
 //! - [`majority`]: after every crash, each answer rests on records durable on a majority.
 //! - [`workload`]: clients: accounts, deposits, transfers, retries, invalid requests.
 //! - [`refunds`]: the committed transfers clients refund, and races of refunds.
+//! - [`holds`]: the holds clients place, and how and when they end them (races with the
+//!   expiry included); what the answers may be.
 //! - [`edges`]: edge episodes, in which a client takes an account through a decision boundary.
 //! - [`boundary`]: the boundaries, and how often a run or a sweep hit each.
 //! - [`nemesis`]: injects and heals faults.
@@ -39,6 +41,7 @@
 //! - [`live`]: the invariants checked at every instant, while the run goes.
 //! - [`late`]: retries of a run's first transfers once it has quiesced: the cold path.
 //! - [`checkers`]: the named invariants, checked at the end of a run.
+//! - [`hold_checks`]: what clients were told about holds, against each other and the logs.
 //! - [`trace`]: the determinism trace hash.
 //! - [`sim`]: one run, end to end, and its report.
 //! - [`panics`]: panics inside the simulation become reports.
@@ -54,6 +57,8 @@ pub mod disk;
 pub mod edges;
 pub mod gateway;
 pub mod history;
+pub mod hold_checks;
+pub mod holds;
 pub mod late;
 pub mod links;
 pub mod live;

@@ -28,7 +28,13 @@
 //! - **the refund cap**: as each batch is cut, its refunds are of transfers committed into
 //!   their source, and the refunds of a transfer accepted and not finally cancelled stay
 //!   within its amount (`refund_cap`, core's [`invariants::RefundScan`] over the partition's
-//!   records, from its first start; a restart takes it back to the records it recovered).
+//!   records, from its first start; a restart takes it back to the records it recovered);
+//! - **holds**: as each batch is cut, no hold ends twice (`hold_once`), none expires before
+//!   its `expires_at` nor is captured or voided at or after it, by the stamp of the record
+//!   that ends it (`hold_expiry`), and no capture takes more than its hold (`hold_capture`):
+//!   core's [`invariants::HoldScan`], kept as the refund scan is. Conservation counts holds:
+//!   held on their source, and a hold captured across partitions as committed for what was
+//!   captured until its Confirm lands.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -36,13 +42,13 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use walletd_core::ledger::{CreditState, Ledger, PhaseResult, TransferState};
+use walletd_core::ledger::{CreditState, Ledger, PhaseResult};
 use walletd_core::log::codec::{Record, RecordReader};
 use walletd_core::model::event::{Decision, Event, Lsn, Reason, Transfer, TransferKey};
 use walletd_core::model::money::Currency;
 use walletd_core::model::partition::{partition_of, PartitionId};
 use walletd_core::protocol::coordinator::Phase;
-use walletd_core::protocol::invariants::{self, Money, RefundScan, Totals};
+use walletd_core::protocol::invariants::{self, HoldScan, Money, RefundScan, Totals};
 use walletd_core::protocol::machine::{Commit, Release};
 use walletd_core::protocol::message::PeerMessage;
 use walletd_runtime::driver::observe::{self, Observer};
@@ -83,8 +89,9 @@ pub struct LiveBooks {
     confirmed: HashSet<TransferKey>,
     /// Credits this partition tried as a destination and has not finished.
     pending: BTreeMap<TransferKey, Transfer>,
-    /// Cross-partition transfers this partition is home of and committed.
-    committed: HashMap<TransferKey, Transfer>,
+    /// Cross-partition transfers this partition is home of and committed, with the minor
+    /// units that reach their destination (what was captured, for a hold).
+    committed: HashMap<TransferKey, (Transfer, u64)>,
 }
 
 impl LiveBooks {
@@ -105,8 +112,11 @@ impl LiveBooks {
         });
         books.committed = ledger
             .transfers()
-            .filter(|row| row.remote && row.state == TransferState::Committed)
-            .map(|row| (row.transfer.key(), row.transfer))
+            .filter(|row| row.remote)
+            .filter_map(|row| {
+                let committed = ledger.debit_committed(&row.transfer)?;
+                Some((row.transfer.key(), (row.transfer, committed)))
+            })
             .collect();
         books
     }
@@ -123,7 +133,28 @@ impl LiveBooks {
         self.totals.clear();
         ledger.add_totals(&mut self.totals);
         for record in records {
-            // A refund moves money as the transfer it is.
+            match record.event {
+                // A hold captured across partitions is final at its home at once: what was
+                // captured is on its way to the destination's pending credit.
+                Event::HoldCaptured {
+                    hold,
+                    amount,
+                    remote: true,
+                } => {
+                    self.unfinished.remove(&hold.key());
+                    self.committed.insert(hold.key(), (hold, amount.minor()));
+                }
+                Event::CreditCaptured { key, .. } => {
+                    self.pending.remove(&key);
+                    self.confirmed.insert(key);
+                }
+                // A hold voided or expired once held: its credit was tried, by design; the
+                // commit point is about transfers' Tries, not holds' ends.
+                Event::HoldReleased { remote: true, .. } => continue,
+                _ => {}
+            }
+            // A refund moves money as the transfer it is, a hold across partitions placed
+            // as a debit's Try.
             match record.event.effect() {
                 Event::DebitTried { transfer } => {
                     assert_ne!(partition_of(&transfer.to, ledger.partitions()), partition);
@@ -131,7 +162,8 @@ impl LiveBooks {
                 }
                 Event::DebitConfirmed { key } => {
                     if let Some(transfer) = self.unfinished.remove(&key) {
-                        self.committed.insert(key, transfer);
+                        self.committed
+                            .insert(key, (transfer, transfer.amount.minor()));
                     }
                 }
                 Event::DebitCancelled { key } => {
@@ -158,51 +190,60 @@ impl LiveBooks {
     }
 }
 
-/// One partition's refunds, for the refund cap: the records that matter to it, cut since
-/// the partition first started, and the scan over them.
+/// One partition's scans of its own records, for the refund cap and the holds: the records
+/// that matter to them, cut since the partition first started, and the scans over them.
 #[derive(Debug)]
-struct LiveRefunds {
-    records: Vec<(Lsn, Event)>,
-    scan: RefundScan,
+struct LiveScans {
+    records: Vec<Record>,
+    refunds: RefundScan,
+    holds: HoldScan,
 }
 
-impl LiveRefunds {
-    fn new(partition: PartitionId) -> LiveRefunds {
-        LiveRefunds {
+impl LiveScans {
+    fn new(partition: PartitionId) -> LiveScans {
+        LiveScans {
             records: Vec::new(),
-            scan: RefundScan::new(partition),
+            refunds: RefundScan::new(partition),
+            holds: HoldScan::new(partition),
         }
     }
 
     /// The partition starts again from the records through `lsn` (what it recovered): the
-    /// scan is folded anew over them.
+    /// scans are folded anew over them.
     fn recovered(&mut self, partition: PartitionId, lsn: Lsn) {
-        self.records.retain(|(at, _)| *at <= lsn);
-        self.scan = RefundScan::new(partition);
-        for (at, event) in &self.records {
+        self.records.retain(|record| record.lsn <= lsn);
+        self.refunds = RefundScan::new(partition);
+        self.holds = HoldScan::new(partition);
+        for record in &self.records {
             // A violation among them stopped the run when it was cut.
-            let _ = self.scan.record(*at, event);
+            let _ = self.refunds.record(record.lsn, &record.event);
+            let _ = self.holds.record(record);
         }
     }
 
-    /// A batch's records are cut: the first violation of the refund cap among them.
+    /// A batch's records are cut: the first violation of the refund cap or of the holds'
+    /// invariants among them.
     fn cut(&mut self, records: &[Record]) -> Result<(), invariants::Violation> {
         for record in records {
-            // The events the scan looks at: transfers committed here, refunds and cancels.
-            let matters = !matches!(
-                record.event,
-                Event::AccountOpened { .. }
-                    | Event::Deposited { .. }
-                    | Event::Withdrawn { .. }
-                    | Event::CashRefused(_)
-                    | Event::TransferRejected { .. }
-                    | Event::DebitTried { .. }
-                    | Event::TransferDecided { .. }
-                    | Event::DebitConfirmed { .. }
-            );
+            // The events the refund scan looks at: transfers committed here, refunds and
+            // cancels; and the holds' placing and ends.
+            let matters = HoldScan::looks_at(&record.event)
+                || !matches!(
+                    record.event,
+                    Event::AccountOpened { .. }
+                        | Event::Deposited { .. }
+                        | Event::Withdrawn { .. }
+                        | Event::CashRefused(_)
+                        | Event::TransferRejected { .. }
+                        | Event::DebitTried { .. }
+                        | Event::TransferDecided { .. }
+                        | Event::DebitConfirmed { .. }
+                        | Event::HoldEstablished { .. }
+                );
             if matters {
-                self.records.push((record.lsn, record.event));
-                self.scan.record(record.lsn, &record.event)?;
+                self.records.push(*record);
+                self.refunds.record(record.lsn, &record.event)?;
+                self.holds.record(record)?;
             }
         }
         Ok(())
@@ -243,8 +284,9 @@ impl Money for LiveBooks {
         self.pending.values().for_each(each);
     }
 
-    fn debit_committed(&self, transfer: &Transfer) -> bool {
-        self.committed.get(&transfer.key()) == Some(transfer)
+    fn debit_committed(&self, transfer: &Transfer) -> Option<u64> {
+        let (committed, minor) = self.committed.get(&transfer.key())?;
+        (committed == transfer).then_some(*minor)
     }
 }
 
@@ -253,7 +295,7 @@ pub struct LiveChecks {
     /// One disk per partition: what each has synced, at the instant a release leaves.
     disks: Vec<Disk>,
     books: RefCell<Vec<LiveBooks>>,
-    refunds: RefCell<Vec<LiveRefunds>>,
+    scans: RefCell<Vec<LiveScans>>,
     last_conservation: RefCell<Option<Instant>>,
     /// Per partition: credits answered Tried by a batch that is cut and not yet released,
     /// by the batch's last lsn.
@@ -267,14 +309,14 @@ impl LiveChecks {
     /// Installs the live checks of a run over `disks` (one per partition) on this thread.
     pub fn install(disks: Vec<Disk>, verdict: Verdict) {
         let books = disks.iter().map(|_| LiveBooks::default()).collect();
-        let refunds = (0..disks.len() as PartitionId)
-            .map(LiveRefunds::new)
+        let scans = (0..disks.len() as PartitionId)
+            .map(LiveScans::new)
             .collect();
         let tried = disks.iter().map(|_| BTreeMap::new()).collect();
         let checks = LiveChecks {
             disks,
             books: RefCell::new(books),
-            refunds: RefCell::new(refunds),
+            scans: RefCell::new(scans),
             last_conservation: RefCell::new(None),
             tried_unreleased: RefCell::new(tried),
             durably_tried: RefCell::new(HashMap::new()),
@@ -374,7 +416,7 @@ impl Observer for LiveChecks {
         }
         self.books.borrow_mut()[partition as usize] = LiveBooks::recovered(ledger);
         let lsn = ledger.last_applied().lsn;
-        self.refunds.borrow_mut()[partition as usize].recovered(partition, lsn);
+        self.scans.borrow_mut()[partition as usize].recovered(partition, lsn);
         // Answers of batches that never became durable never left.
         self.tried_unreleased.borrow_mut()[partition as usize].clear();
     }
@@ -387,8 +429,8 @@ impl Observer for LiveChecks {
         let records = records_of(commit);
         let cancels = self.books.borrow_mut()[partition as usize].cut(partition, ledger, &records);
         self.commit_point(partition, ledger, commit, &cancels);
-        let capped = self.refunds.borrow_mut()[partition as usize].cut(&records);
-        if let Err(violation) = capped {
+        let scanned = self.scans.borrow_mut()[partition as usize].cut(&records);
+        if let Err(violation) = scanned {
             self.stop(violation);
         }
         self.conservation_if_due();

@@ -43,8 +43,8 @@ OPTIONS:
                          refusal-unrecorded, recovery-trusts-unsynced,
                          rollover-without-dir-sync, cancel-after-durable-credit,
                          commit-on-home-only, confirm-sent-once,
-                         refund-beyond-original; replicated:
-                         ack-before-quorum, forget-vote, stale-read,
+                         refund-beyond-original, capture-after-expiry;
+                         replicated: ack-before-quorum, forget-vote, stale-read,
                          rejoin-under-old-id
   --nodes N              server nodes [3]
   --partitions N         partitions, spread over the nodes [6]

@@ -53,7 +53,8 @@ impl Subject {
             } => Some(Subject::Cash(account, transaction_id)),
             Event::Transferred { transfer }
             | Event::TransferRejected { transfer, .. }
-            | Event::DebitTried { transfer } => Some(Subject::Transfer(transfer.key())),
+            | Event::DebitTried { transfer }
+            | Event::HoldPlaced { hold: transfer, .. } => Some(Subject::Transfer(transfer.key())),
             Event::TransferDecided { key, .. } => Some(Subject::Transfer(key)),
             _ => None,
         }
@@ -64,10 +65,12 @@ impl Subject {
         let rests = op.answers().any(|(_, result)| {
             matches!(
                 result,
-                Ok(
-                    Reply::Transfer(TransferStatus::Committed | TransferStatus::Cancelled(_))
-                        | Reply::Balance { .. }
-                )
+                Ok(Reply::Transfer(
+                    TransferStatus::Committed
+                        | TransferStatus::Cancelled(_)
+                        | TransferStatus::Held
+                        | TransferStatus::Captured
+                ) | Reply::Balance { .. })
             )
         });
         if !rests {
@@ -79,6 +82,11 @@ impl Subject {
                 Subject::Transfer(t.key()),
             )),
             Command::Refund(r) => Some((r.partition, Subject::Transfer(op.transfer_key()?))),
+            // A hold's answer rests on its placing at least (its end is checked at the end).
+            Command::Hold(_) | Command::Capture { .. } | Command::Void { .. } => {
+                let key = op.transfer_key()?;
+                Some((partition_of(&key.from, partitions), Subject::Transfer(key)))
+            }
             _ => {
                 let (account, transaction_id) = op.cash_movement()?;
                 let partition = partition_of(&account, partitions);

@@ -338,9 +338,21 @@ impl Model {
                     self.snapshot(&transfer.from, record);
                 }
             }
-            Event::TransferDecided { .. } | Event::CreditTryNotSeen { .. } => {}
+            Event::TransferDecided { .. }
+            | Event::CreditTryNotSeen { .. }
+            | Event::HoldEstablished { .. } => {}
             Event::RefundAccepted { .. } | Event::RefundRejected { .. } => {
                 unreachable!("a refund's effect is a transfer event")
+            }
+            Event::HoldPlaced { hold, .. } => self.hold_placed(record, &hold),
+            Event::HoldCaptured {
+                hold,
+                amount,
+                remote,
+            } => self.hold_ended(record, &hold, Some(amount.minor()), remote),
+            Event::HoldReleased { hold, .. } => self.hold_ended(record, &hold, None, false),
+            Event::CreditCaptured { key, amount } => {
+                self.credit_captured(record, key, amount.minor())
             }
             Event::DebitConfirmed { key } | Event::DebitCancelled { key } => {
                 let cancelled = matches!(record.event, Event::DebitCancelled { .. });
@@ -423,6 +435,84 @@ impl Model {
                 self.snapshot(&transfer.to, record);
             }
         }
+    }
+
+    /// A hold placed within the partition (across partitions it is a debit's Try): the
+    /// amount leaves the source's balance into `held`, and the destination expects it.
+    fn hold_placed(&mut self, record: &Record, hold: &Transfer) {
+        let key = Some(hold.key());
+        if !self.accounts.contains_key(&hold.to) {
+            let detail = format!("hold to unknown {}", hold.to);
+            return self.problem("oracle", record, detail, key, Some(hold.to));
+        }
+        if !self.debit(record, &hold.from, hold.amount.minor(), true, key) {
+            return;
+        }
+        self.accounts.get_mut(&hold.to).expect("checked").incoming += hold.amount.minor();
+        self.home.insert(hold.key(), *hold);
+        self.snapshot(&hold.from, record);
+        self.snapshot(&hold.to, record);
+    }
+
+    /// A hold ended at its home: `captured` of it (`None`: released) reaches the destination
+    /// (within the partition at once; across partitions by the Confirm that follows), the
+    /// rest goes back to the source. A release across partitions is a decision to cancel,
+    /// which its `DebitCancelled` carries out (`remote` releases never come here).
+    fn hold_ended(
+        &mut self,
+        record: &Record,
+        hold: &Transfer,
+        captured: Option<u64>,
+        remote: bool,
+    ) {
+        let key = hold.key();
+        let full = hold.amount.minor();
+        let local = !remote;
+        let missing = |m: &Model| {
+            let from = m.accounts.get(&hold.from).is_some_and(|a| a.held >= full);
+            let to = remote || m.accounts.get(&hold.to).is_some_and(|a| a.incoming >= full);
+            !(from && to)
+        };
+        if missing(self) {
+            let detail = format!("the money of hold {key:?} is missing");
+            return self.problem("conservation", record, detail, Some(key), Some(hold.from));
+        }
+        let arrived = captured.unwrap_or(0);
+        let from = self.accounts.get_mut(&hold.from).expect("checked");
+        from.held -= full;
+        from.balance += full - arrived.min(full);
+        if local {
+            let to = self.accounts.get_mut(&hold.to).expect("checked");
+            to.incoming -= full;
+            to.balance += arrived.min(full);
+            if captured.is_some() {
+                self.committed_in.insert(key, arrived);
+            }
+            self.snapshot(&hold.to, record);
+        }
+        self.snapshot(&hold.from, record);
+    }
+
+    /// The Confirm of a hold captured in part, at its destination: the pending credit of the
+    /// whole hold is dropped, and `amount` of it becomes balance.
+    fn credit_captured(&mut self, record: &Record, key: TransferKey, amount: u64) {
+        let Some(transfer) = self.home.get(&key).copied() else {
+            let detail = format!("capture of {key:?} without a Try");
+            return self.problem("oracle", record, detail, Some(key), None);
+        };
+        let full = transfer.amount.minor();
+        let Some(a) = (self.accounts.get_mut(&transfer.to)).filter(|a| a.incoming >= full) else {
+            let detail = format!("pending credit of {key:?} missing");
+            return self.problem("conservation", record, detail, Some(key), Some(transfer.to));
+        };
+        if amount > full {
+            let detail = format!("{key:?} captured {amount} of a credit of {full}");
+            return self.problem("hold_capture", record, detail, Some(key), Some(transfer.to));
+        }
+        a.incoming -= full;
+        a.balance += amount;
+        self.committed_in.insert(key, amount);
+        self.snapshot(&transfer.to, record);
     }
 
     /// Whether `account` was ever `answer` (or absent, for `None`) between `from_us` and

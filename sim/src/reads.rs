@@ -53,13 +53,26 @@ fn event_key(event: &Event) -> Option<TransferKey> {
         Event::Transferred { transfer }
         | Event::TransferRejected { transfer, .. }
         | Event::DebitTried { transfer }
-        | Event::CreditTried { transfer } => Some(transfer.key()),
+        | Event::CreditTried { transfer }
+        | Event::HoldPlaced { hold: transfer, .. }
+        | Event::HoldCaptured { hold: transfer, .. }
+        | Event::HoldReleased { hold: transfer, .. } => Some(transfer.key()),
         Event::TransferDecided { key, .. }
         | Event::DebitConfirmed { key }
         | Event::DebitCancelled { key }
         | Event::CreditConfirmed { key }
         | Event::CreditCancelled { key }
-        | Event::CreditTryNotSeen { key } => Some(key),
+        | Event::CreditTryNotSeen { key }
+        | Event::HoldEstablished { key }
+        | Event::CreditCaptured { key, .. } => Some(key),
+        _ => None,
+    }
+}
+
+/// The hold an event ends at its home, if it ends one.
+fn hold_ended(event: &Event) -> Option<TransferKey> {
+    match event {
+        Event::HoldCaptured { hold, .. } | Event::HoldReleased { hold, .. } => Some(hold.key()),
         _ => None,
     }
 }
@@ -86,6 +99,13 @@ fn vouched(state: &FinalState<'_>) -> BTreeMap<AccountId, Vec<Vouched>> {
                 }
             }
             first
+        })
+        .collect();
+    let ends: Vec<BTreeMap<TransferKey, Lsn>> = (state.finals.iter())
+        .map(|fin| {
+            (fin.records.iter())
+                .filter_map(|record| Some((hold_ended(&record.event)?, record.lsn)))
+                .collect()
         })
         .collect();
     let partition = |account: &AccountId| partition_of(account, state.partitions) as usize;
@@ -122,6 +142,26 @@ fn vouched(state: &FinalState<'_>) -> BTreeMap<AccountId, Vec<Vouched>> {
                 vouch(t.from, first_of_key[partition(&t.from)].get(&key).copied());
                 if *status == TransferStatus::Committed {
                     vouch(t.to, first_of_key[partition(&t.to)].get(&key).copied());
+                }
+            }
+            // A hold's placing vouches for its record at home; an end answered, for the
+            // record that ends it, which moves money on its source (and on its destination,
+            // within the partition).
+            (Command::Hold(hold), Ok(Reply::Transfer(_))) => {
+                let key = hold.transfer.key();
+                let home = partition(&hold.transfer.from);
+                vouch(key.from, first_of_key[home].get(&key).copied());
+            }
+            (
+                Command::Capture { key, .. } | Command::Void { key },
+                Ok(Reply::Transfer(TransferStatus::Captured | TransferStatus::Cancelled(_))),
+            ) => {
+                let home = partition(&key.from);
+                let ended = ends[home].get(key).copied();
+                vouch(key.from, ended);
+                let body = state.finals[home].model.home.get(key);
+                if let Some(to) = body.map(|t| t.to).filter(|to| partition(to) == home) {
+                    vouch(to, ended);
                 }
             }
             // A refund is a transfer back to its original's source.

@@ -479,6 +479,10 @@ async fn load_under_faults(
             .wait_rejoined(cluster, REJOIN_WITHIN.min(left))
             .await;
     }
+    // Every hold placed so far expires by then, if nothing ended it before: at rest none is
+    // left held.
+    let left = heal_deadline.saturating_duration_since(Instant::now());
+    tokio::time::sleep(crate::holds::ALL_EXPIRED_AFTER.min(left)).await;
     let left = heal_deadline.saturating_duration_since(Instant::now());
     let quiesced = cluster.quiesce(left).await;
     (nemesis, quiesced)
@@ -661,8 +665,9 @@ fn summary(
         (verdict.conservation_checks, verdict.releases)
     };
     let refunds = RefundCounts::of(history);
+    let holds = crate::holds::summary(history);
     let summary = format!(
-        "ops={} attempts={attempts} answered={answered} expected_answers={expected} reads={} probes={}/{}/{} {refunds} client messages sent={} delivered={} dropped={} peer connections={} frames={} bytes={} resets={} broken_after_write={} disk crashes={crashes} torn={torn} syncs={syncs} failed_syncs={failed_syncs} failed_snapshots={failed_snapshots} recoveries={recoveries} from_snapshot={from_snapshot} cold_chunks={cold_chunks} torn_cut={torn_cut} faults={} quiesced={quiesced} live_conservation_checks={live_conservation} live_releases_checked={live_releases} simulated={:.1}s",
+        "ops={} attempts={attempts} answered={answered} expected_answers={expected} reads={} probes={}/{}/{} {refunds} {holds} client messages sent={} delivered={} dropped={} peer connections={} frames={} bytes={} resets={} broken_after_write={} disk crashes={crashes} torn={torn} syncs={syncs} failed_syncs={failed_syncs} failed_snapshots={failed_snapshots} recoveries={recoveries} from_snapshot={from_snapshot} cold_chunks={cold_chunks} torn_cut={torn_cut} faults={} quiesced={quiesced} live_conservation_checks={live_conservation} live_releases_checked={live_releases} simulated={:.1}s",
         history.ops.len(),
         history.reads.len(),
         history.probes.deposits,

@@ -1,7 +1,8 @@
 //! Simulated clients: open accounts, deposit, and run random same- and cross-partition
 //! transfers, retrying with the same transaction id after a timeout or an unavailable
 //! partition, refunding transfers they saw committed (racing each other at times, see
-//! [`crate::refunds`]), sending some invalid requests whose error they know in advance, and
+//! [`crate::refunds`]), placing holds and capturing, voiding or leaving them to expire (see
+//! [`crate::holds`]), sending some invalid requests whose error they know in advance, and
 //! now and then taking an account of their own through a decision boundary
 //! ([`crate::edges`]).
 
@@ -23,6 +24,7 @@ use walletd_runtime::driver::{wall_clock_us, CommandResult, Query, QueryAnswer};
 use crate::config::SimConfig;
 use crate::edges::Episode;
 use crate::history::{is_business_refusal, Attempt, BalanceRead, Expect, History, Outcome};
+use crate::holds::{HoldExpect, Plan};
 use crate::network::{Answer, HostId, Network, Request, Route};
 
 /// First backoff after a failed attempt; doubles up to `BACKOFF_MAX`.
@@ -212,6 +214,11 @@ pub struct Client {
     /// repeats (which must get the same answer, however the accounts changed since) and
     /// reuses of their ids with another body.
     answered: Vec<(Command, CommandResult)>,
+    /// Holds this client was told are held, and how and when it will end each.
+    plans: Vec<Plan>,
+    /// Holds this client placed and was answered: candidates for repeats, which must get a
+    /// hold's status, and for reuses of their ids with another body.
+    placed: Vec<Command>,
 }
 
 impl Client {
@@ -236,13 +243,29 @@ impl Client {
             next_id: 0,
             episodes: 0,
             answered: Vec::new(),
+            plans: Vec::new(),
+            placed: Vec::new(),
         }
     }
 
-    /// Runs requests until told to stop.
+    /// Runs requests until told to stop. A planned end of a hold that falls due before the
+    /// next request goes first, sent at its time (a race with an expiry is a matter of
+    /// milliseconds).
     pub async fn run(mut self) {
         while !self.stop.load(Ordering::Relaxed) {
             let think = self.rng.gen_range(0..=self.think_max.as_micros() as u64);
+            let now_us = wall_clock_us();
+            let due = (self.plans.iter().enumerate())
+                .filter(|(_, plan)| plan.due_us <= now_us + think)
+                .min_by_key(|(_, plan)| plan.due_us)
+                .map(|(i, plan)| (i, plan.due_us));
+            if let Some((i, due_us)) = due {
+                let wait = due_us.saturating_sub(now_us);
+                tokio::time::sleep(Duration::from_micros(wait)).await;
+                let plan = self.plans.swap_remove(i);
+                self.end_hold(plan).await;
+                continue;
+            }
             tokio::time::sleep(Duration::from_micros(think)).await;
             self.step().await;
         }
@@ -318,7 +341,8 @@ impl Client {
         // The transfer a refund refunds.
         let mut refunding = None;
         let (command, expect) = match roll {
-            0..=52 => {
+            0..=4 => return self.hold_step().await,
+            5..=52 => {
                 let from = self.pick();
                 let same = self.rng.gen_bool(0.25);
                 let Some(to) = self
@@ -410,6 +434,132 @@ impl Client {
                 drop(self.answered.swap_remove(i));
             }
             self.answered.push((command, reply));
+        }
+    }
+
+    /// A hold request: mostly a new hold, else a repeat of one placed before, a reuse of
+    /// its id with another body, or a capture of what is no hold.
+    async fn hold_step(&mut self) {
+        let (command, expect) = match self.rng.gen_range(0..20) {
+            0..=15 => return self.place_hold().await,
+            16 => match self.placed.choose(&mut self.rng) {
+                Some(command) => (command.clone(), Expect::Hold(HoldExpect::Place)),
+                None => return,
+            },
+            17 => match self.placed.choose(&mut self.rng).cloned() {
+                Some(Command::Hold(mut hold)) => {
+                    let minor = hold.transfer.amount.minor();
+                    hold.transfer.amount = amount(if minor > 1 { minor - 1 } else { 2 });
+                    (Command::Hold(hold), Expect::Error("Conflict"))
+                }
+                _ => return,
+            },
+            // A capture of an id never used, and a void of a transfer (no hold).
+            18 => {
+                let key = walletd_core::model::event::TransferKey {
+                    from: self.pick().id,
+                    transaction_id: self.fresh_id(),
+                };
+                let command = Command::Capture { key, amount: None };
+                (command, Expect::Error("UnknownTransfer"))
+            }
+            _ => match self.answered.iter().find_map(|(c, r)| match (c, r) {
+                (Command::Transfer(t), Ok(Reply::Transfer(TransferStatus::Committed))) => {
+                    Some(t.key())
+                }
+                _ => None,
+            }) {
+                Some(key) => (Command::Void { key }, Expect::Error("NotAHold")),
+                None => return,
+            },
+        };
+        let op = self.history.start(self.index, &command, expect);
+        let attempts = self.attempts_max;
+        (self.requester)
+            .execute(&self.history, op, &command, attempts, &mut self.rng)
+            .await;
+    }
+
+    /// Places a new hold, within or across partitions (now and then to an account that does
+    /// not exist, on another partition: its placement is cancelled), and plans its end if
+    /// it is held.
+    async fn place_hold(&mut self) {
+        let from = self.pick();
+        let same = self.rng.gen_bool(0.4);
+        let to = if self.rng.gen_ratio(1, 20) {
+            let home = partition_of(&from.id, self.requester.partitions);
+            let other = (0..self.requester.partitions).find(|p| *p != home);
+            self.ghost(other)
+        } else {
+            match self
+                .pick_other(from, same)
+                .or_else(|| self.pick_other(from, false))
+            {
+                Some(to) => to.id,
+                None => return,
+            }
+        };
+        let Command::Transfer(hold) = self.transfer(from.id, to, from.currency) else {
+            unreachable!("a transfer command");
+        };
+        let expires_in_us = crate::holds::expires_in_us(&mut self.rng);
+        let command = crate::holds::place(hold, expires_in_us);
+        let op = (self.history).start(self.index, &command, Expect::Hold(HoldExpect::Place));
+        let attempts = self.attempts_max;
+        let reply = (self.requester)
+            .execute(&self.history, op, &command, attempts, &mut self.rng)
+            .await;
+        // Only a hold its home answered is surely recorded there (or refused for good):
+        // a reuse of the id of one that never arrived would be a new hold, no conflict.
+        if matches!(reply, Some(Ok(Reply::Transfer(_)))) {
+            if self.placed.len() == REMEMBERED_MAX {
+                let i = self.rng.gen_range(0..REMEMBERED_MAX);
+                drop(self.placed.swap_remove(i));
+            }
+            self.placed.push(command.clone());
+        }
+        if reply != Some(Ok(Reply::Transfer(TransferStatus::Held))) {
+            return;
+        }
+        // The home's expiry, to aim at; else the latest it can be.
+        let partition = partition_of(&hold.from, self.requester.partitions);
+        let query = Query::HoldTerms(hold.key());
+        let expires_at = match self.requester.query(partition, &query).await {
+            Some(QueryAnswer::HoldTerms(Some(terms))) => terms.expires_at,
+            _ => wall_clock_us() + expires_in_us,
+        };
+        if self.plans.len() < crate::holds::PLANS_MAX {
+            let plan = crate::holds::plan(&mut self.rng, hold, expires_at, wall_clock_us());
+            self.plans.push(plan);
+        }
+    }
+
+    /// Carries out `plan`: ends its hold, and plans a second end if it asks for one.
+    async fn end_hold(&mut self, plan: Plan) {
+        let (command, expect) = plan.command(wall_clock_us(), &mut self.rng);
+        let op = (self.history).start(self.index, &command, Expect::Hold(expect));
+        let attempts = self.attempts_max;
+        let reply = (self.requester)
+            .execute(&self.history, op, &command, attempts, &mut self.rng)
+            .await;
+        if plan.racing {
+            self.history.lock().hold_counts.race(reply.as_ref());
+        }
+        let next = match plan.end {
+            // Refused: the hold is still to end.
+            crate::holds::End::Beyond => Some(crate::holds::plan(
+                &mut self.rng,
+                plan.hold,
+                plan.expires_at,
+                wall_clock_us(),
+            )),
+            _ if plan.again && reply.is_some() => {
+                Some(crate::holds::again(&plan, &mut self.rng, wall_clock_us()))
+            }
+            _ => None,
+        };
+        if let Some(next) = next.filter(|_| self.plans.len() < crate::holds::PLANS_MAX) {
+            self.plans.push(next);
         }
     }
 
