@@ -372,6 +372,17 @@ fn refund_kept(
                 .err()
                 .map(|v| v.to_string())
         }
+        // A refund whose record a crash took while its Try was out, abandoned when its
+        // destination asked: its home recorded the abandoned transfer alone, no refund.
+        Some(row)
+            if of.is_none()
+                && told == TransferStatus::Rejected(Reason::Timeout)
+                && row.state == TransferState::Rejected(Reason::Timeout)
+                && row.transfer.to == r.original.from
+                && r.amount.is_none_or(|a| a == row.transfer.amount) =>
+        {
+            None
+        }
         Some(row) => Some(format!(
             "refund {key:?} acknowledged {told:?}, its home holds {:?} ({:?}), a refund of {of:?}",
             row.transfer, row.state
