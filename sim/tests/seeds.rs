@@ -18,7 +18,9 @@ fn unreplicated(seed: u64) -> SimConfig {
 /// Clean seeds pass, under faults, and their clients reach every decision boundary.
 #[test]
 fn clean_seeds_pass() {
-    for seed in [1, 2] {
+    // Seeds whose quick runs reach every boundary (seed 2 no longer reads during a sync
+    // since holds joined the workload).
+    for seed in [1, 3] {
         let report = sim::run(&unreplicated(seed));
         assert!(report.ok(), "{}{}", report.details, report.result_line());
         assert!(report.transfers > 100, "{}", report.summary);
