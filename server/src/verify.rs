@@ -279,6 +279,7 @@ fn verify_partition(
         &log.records,
     ));
     report.violations_of(invariants::scan_refunds(partition, &log.records));
+    report.violations_of(invariants::scan_holds(partition, &log.records));
     let ledger = match safe_replay(partition, dir.partitions(), &log.records, AsOf::End) {
         Ok(ledger) => ledger,
         Err(error) => {

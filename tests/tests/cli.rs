@@ -611,6 +611,44 @@ fn verify_reports_each_violation_in_damaged_logs() {
     assert_eq!(code, 1, "{report}");
     assert!(report.contains("refund_cap"), "{report}");
 
+    // A hold captured after its expiry, by the stamps of its records: one end, out of time.
+    let data = tmp.path().join("holds");
+    let hold = Transfer {
+        transaction_id: TransactionId::new("h1").unwrap(),
+        from: id("alice"),
+        to: id("bob"),
+        amount,
+        currency: usd,
+    };
+    write_log(
+        &data,
+        &[
+            &funded[..],
+            &[
+                Event::AccountOpened {
+                    account: id("bob"),
+                    currency: usd,
+                },
+                // Records are stamped a microsecond apart: this hold expires before the
+                // record that captures it.
+                Event::HoldPlaced {
+                    hold,
+                    expires_at: 1_700_000_000_000_000,
+                    remote: false,
+                },
+                Event::HoldCaptured {
+                    hold,
+                    amount,
+                    remote: false,
+                },
+            ],
+        ]
+        .concat(),
+    );
+    let (code, report) = w.verify(&data);
+    assert_eq!(code, 1, "{report}");
+    assert!(report.contains("hold_expiry"), "{report}");
+
     // A withdrawal that overdraws: the log does not replay.
     let data = tmp.path().join("overdraw");
     write_log(
