@@ -18,7 +18,7 @@
 //! | 422 | `insufficient_funds`, `currency_mismatch`, `balance_limit`, `same_account`, `cancelled_before_try`, `refund_exceeds_original`, `capture_exceeds_hold` |
 //! | 429 | `overloaded`, `too_many_holds` |
 //! | 500 | `internal_error`, `log_unreadable`, `transfers_unreadable` (never for a client's mistake) |
-//! | 503 | `partition_unavailable`, `wrong_partition`, `timeout`, `request_timeout`, `history_unavailable`, `memory_limit` |
+//! | 503 | `partition_unavailable`, `wrong_partition`, `timeout`, `hold_being_placed`, `request_timeout`, `history_unavailable`, `memory_limit` |
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -242,6 +242,9 @@ pub fn ledger_status(error: &LedgerError) -> (StatusCode, &'static str) {
         LedgerError::NotRefundable(_) => (StatusCode::CONFLICT, "transfer_not_refundable"),
         LedgerError::NotAHold(_) => (StatusCode::CONFLICT, "not_a_hold"),
         LedgerError::HoldNotHeld(_) => (StatusCode::CONFLICT, "hold_not_held"),
+        // The hold may yet be held: its home is asking its destination (after a restart, for
+        // about a round trip). Nothing was decided, and the same request will be answered.
+        LedgerError::HoldBeingPlaced(_) => (StatusCode::SERVICE_UNAVAILABLE, "hold_being_placed"),
         LedgerError::CaptureExceedsHold { .. } => {
             (StatusCode::UNPROCESSABLE_ENTITY, "capture_exceeds_hold")
         }
@@ -378,6 +381,10 @@ mod tests {
             assert!(status.is_client_error(), "{error:?} → {status}");
             assert!(code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
         }
+        // Nothing decided, and the same request will be answered: a retry, with its time.
+        let response = ApiError::from(LedgerError::HoldBeingPlaced(key)).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key(header::RETRY_AFTER));
     }
 
     #[test]

@@ -81,11 +81,9 @@ impl Op {
         })
     }
 
-    /// The first definitive answer: anything but a pending transfer.
+    /// The first definitive answer: anything but an unsettled one ([`unsettled`]).
     pub fn settled(&self) -> Option<&CommandResult> {
-        self.answers()
-            .map(|(_, r)| r)
-            .find(|r| !matches!(r, Ok(Reply::Transfer(TransferStatus::Pending))))
+        self.answers().map(|(_, r)| r).find(|r| !unsettled(r))
     }
 
     /// The key of the transfer the op starts: a transfer's, a refund's own, or the hold's
@@ -272,6 +270,15 @@ impl History {
     }
 }
 
+/// Whether `result` says "not decided yet, ask again": a transfer still pending, or a
+/// capture or void of a hold still being placed.
+pub fn unsettled(result: &CommandResult) -> bool {
+    matches!(
+        result,
+        Ok(Reply::Transfer(TransferStatus::Pending)) | Err(LedgerError::HoldBeingPlaced(_))
+    )
+}
+
 /// The variant name of a ledger error, for comparing expected and actual errors.
 pub fn error_kind(error: &LedgerError) -> &'static str {
     match error {
@@ -289,6 +296,7 @@ pub fn error_kind(error: &LedgerError) -> &'static str {
         LedgerError::NotRefundable(_) => "NotRefundable",
         LedgerError::NotAHold(_) => "NotAHold",
         LedgerError::HoldNotHeld(_) => "HoldNotHeld",
+        LedgerError::HoldBeingPlaced(_) => "HoldBeingPlaced",
         LedgerError::CaptureExceedsHold { .. } => "CaptureExceedsHold",
         LedgerError::HoldAlreadyCaptured { .. } => "HoldAlreadyCaptured",
         LedgerError::HoldLimit(_) => "HoldLimit",
@@ -325,6 +333,12 @@ fn refusal_kind(reason: Reason) -> &'static str {
 /// Whether `result` contradicts `expect`: the invariant it breaks and why.
 fn contradiction(expect: Expect, result: &CommandResult) -> Option<(&'static str, String)> {
     let pending = Ok(Reply::Transfer(TransferStatus::Pending));
+    // A capture or void (or its repeat) of a hold still being placed decided nothing: the
+    // client asks again, and the answer it then gets is checked.
+    let being_placed = matches!(result, Err(LedgerError::HoldBeingPlaced(_)));
+    if being_placed && matches!(expect, Expect::Hold(_) | Expect::Same(_)) {
+        return None;
+    }
     match expect {
         Expect::Valid => None,
         Expect::Error(kind) => match result {

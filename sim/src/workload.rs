@@ -142,7 +142,7 @@ impl Requester {
             let outcome = attempt.outcome.clone();
             history.attempt(op, attempt);
             match outcome {
-                Outcome::Answer(Ok(Reply::Transfer(TransferStatus::Pending))) => {}
+                Outcome::Answer(result) if crate::history::unsettled(&result) => {}
                 Outcome::Answer(result) => return Some(result),
                 Outcome::Unavailable | Outcome::Timeout => {}
             }

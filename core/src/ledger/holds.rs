@@ -284,7 +284,8 @@ impl Ledger {
     }
 
     /// The answer to a capture or void of a hold that is not held: how it ended if it was
-    /// voided or expired, refused if it never was held (pending, or refused at its start).
+    /// voided or expired, to ask again if it is still being placed, refused if it never was
+    /// held (refused or cancelled at its start).
     fn ended_or_not_held(
         &self,
         key: &TransferKey,
@@ -296,6 +297,7 @@ impl Ledger {
             {
                 Ok(Reply::Transfer(TransferStatus::Cancelled(reason)))
             }
+            TransferState::Trying => Err(LedgerError::HoldBeingPlaced(*key)),
             _ => Err(LedgerError::HoldNotHeld(*key)),
         }
     }

@@ -496,10 +496,15 @@ pub enum LedgerError {
     /// A capture or void named a transfer that is not a hold.
     #[error("transfer {0:?} is not a hold")]
     NotAHold(TransferKey),
-    /// A capture or void of a hold that is not held: still pending (its destination has not
-    /// answered yet), or refused or cancelled before it was held.
+    /// A capture or void of a hold that is not held: refused or cancelled before it was held.
     #[error("hold {0:?} is not held")]
     HoldNotHeld(TransferKey),
+    /// A capture or void of a hold still being placed: its destination's answer to the Try
+    /// is not in (or a restart took the home's record of it, and the home is asking again).
+    /// Nothing was decided; the same request gets the hold's end once it is held (a client
+    /// told `held` may meet this only after its home restarted, for about a round trip).
+    #[error("hold {0:?} is still being placed; ask again")]
+    HoldBeingPlaced(TransferKey),
     /// A capture asked for more than the hold holds.
     #[error("the capture asks for more than the {held} hold {key:?} holds")]
     CaptureExceedsHold { key: TransferKey, held: String },

@@ -947,9 +947,13 @@ impl<K: ReplyTokens> PartitionMachine<K> {
     fn committed(&mut self, transfer: Transfer, debit_lsn: Lsn) {
         if self.ledger.hold_terms(&transfer.key()).is_some() {
             // A hold is held at this point, and nothing goes to the destination until it
-            // ends. Its clients are told once the record of it (`HoldEstablished`) is
-            // durable: until then the row is still being placed, and a capture or a void
-            // would find a hold not held (see `execute`).
+            // ends. Its clients are told as a transfer's are, once the debit is durable,
+            // without waiting for the record that it is held (`HoldEstablished`, which the
+            // coordinator's next command writes): a crash that takes that record leaves the
+            // hold being placed until the home asks its destination again, and a capture
+            // or void meanwhile is answered `HoldBeingPlaced`, to be asked again, never
+            // refused.
+            self.resolve_waiters(&transfer.key(), TransferStatus::Held, Some(debit_lsn));
             return;
         }
         let from = self.partition();

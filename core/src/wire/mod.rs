@@ -120,7 +120,8 @@ use crate::replica::RaftMessage;
 /// Version 9: holds: commands `Hold` (14), `Capture` (15), `Void` (16), `ExpireHold` (17),
 /// statuses `Held` (5) and `Captured` (6), transfer states held (7) and captured (8), ledger
 /// errors 13 to 17, query `HoldTerms` (5) and its answer (6), peer message `StillHeld` (4).
-pub const WIRE_VERSION: u8 = 9;
+/// Version 10: ledger error `HoldBeingPlaced` (18).
+pub const WIRE_VERSION: u8 = 10;
 /// Bytes of the frame header: body length and checksum.
 pub const FRAME_HEADER_LEN: usize = 8;
 /// Bytes of the body before the messages: version, map version, count.
@@ -994,6 +995,10 @@ fn put_ledger_error(out: &mut Vec<u8>, error: &LedgerError) {
             put_key(out, key);
             put_text(out, captured);
         }
+        LedgerError::HoldBeingPlaced(key) => {
+            out.push(18);
+            put_key(out, key);
+        }
         LedgerError::HoldLimit(limit) => {
             out.push(17);
             out.extend_from_slice(&(*limit as u64).to_le_bytes());
@@ -1061,6 +1066,7 @@ fn get_ledger_error(cursor: &mut Cursor<'_>) -> Result<LedgerError, String> {
         17 => LedgerError::HoldLimit(
             usize::try_from(cursor.u64()?).map_err(|_| "hold limit beyond usize".to_string())?,
         ),
+        18 => LedgerError::HoldBeingPlaced(cursor.key()?),
         other => return Err(format!("unknown ledger error {other}")),
     })
 }

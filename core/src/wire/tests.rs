@@ -155,6 +155,7 @@ fn every_ledger_error(t: Transfer) -> Vec<LedgerError> {
         LedgerError::NotRefundable(t.key()),
         LedgerError::NotAHold(t.key()),
         LedgerError::HoldNotHeld(t.key()),
+        LedgerError::HoldBeingPlaced(t.key()),
         LedgerError::CaptureExceedsHold {
             key: t.key(),
             held: "12.34".into(),

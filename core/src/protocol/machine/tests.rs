@@ -787,40 +787,41 @@ fn a_hold_across_partitions_refused_by_its_destination_is_no_longer_open() {
 }
 
 #[test]
-fn a_hold_across_partitions_is_answered_held_only_once_its_home_holds_it_durably() {
+fn a_hold_across_partitions_is_answered_held_at_its_commit_point() {
     let (mut world, alice, bob) = alice_and_bob();
     world.command(0, 10, hold_of(alice, bob, 30, "h-1", 1_000_000), true);
     let key = key(alice, "h-1");
     // The debit's batch, the Try beside it, the destination's durable credit, the debit
-    // durable: the commit point. The record that the hold is held is not durable yet.
+    // durable: the commit point, one durable round after the hold came in.
     assert!(world.commit(0) && world.ready(0));
     world.deliver();
     assert!(world.commit(1) && world.sync(1));
     world.deliver();
     assert!(world.sync(0));
     world.ready(0);
-    assert!(
-        !world.replies.contains_key(&10),
-        "told held before its home durably holds it: {:?}",
-        world.replies
+    assert_eq!(
+        world.replies[&10],
+        Ok(Reply::Transfer(TransferStatus::Held)),
+        "a hold is told held at its commit point, as a transfer is told committed"
     );
-    // A crash now takes that record: the recovered home has the hold still being placed,
-    // and refuses its capture as a hold not held (which a client told `held` must never
-    // hear).
+    // The record that it is held is not durable yet. A crash now takes it: the recovered
+    // home has the hold still being placed, and answers its capture "ask again", never
+    // "not held" (which a client told `held` must never hear).
     world.power_loss(0);
     let capture = Command::Capture { key, amount: None };
     world.command(0, 11, capture.clone(), false);
     world.settle();
-    assert_eq!(world.replies[&11], Err(LedgerError::HoldNotHeld(key)));
-    // The home resumes the placement and holds it; then it is told, and captured.
+    assert_eq!(world.replies[&11], Err(LedgerError::HoldBeingPlaced(key)));
+    // The home resumes the placement, its destination answers as it did, and the same
+    // capture is now captured.
     world.advance(1_000);
-    world.command(0, 12, hold_of(alice, bob, 30, "h-1", 1_000_000), true);
+    world.command(0, 12, capture, false);
     world.settle();
     assert_eq!(
         world.replies[&12],
-        Ok(Reply::Transfer(TransferStatus::Held))
+        Ok(Reply::Transfer(TransferStatus::Captured))
     );
-    world.command(0, 13, capture, false);
+    world.command(0, 13, hold_of(alice, bob, 30, "h-1", 1_000_000), true);
     world.settle();
     assert_eq!(
         world.replies[&13],

@@ -326,9 +326,10 @@ fn a_hold_across_partitions_is_held_at_its_commit_point_and_captured_in_part_at_
             transfer: transfer(w.a, w.c, 3_000, USD, "h1")
         }
     );
-    // A capture before the destination tried is refused: the hold is not held yet.
-    let (result, _) = at(&mut home_side, START + 1, capture(h1, None));
-    assert_eq!(result, Err(LedgerError::HoldNotHeld(h1)));
+    // A capture before the destination tried decides nothing: the hold is being placed.
+    let (result, events) = at(&mut home_side, START + 1, capture(h1, None));
+    assert_eq!(result, Err(LedgerError::HoldBeingPlaced(h1)));
+    assert!(events.is_empty());
 
     let tried = transfer(w.a, w.c, 3_000, USD, "h1");
     ok(&mut destination_side, START + 1, Command::TryCredit(tried));

@@ -153,6 +153,7 @@ fn own_errors(method: &str, path: &str) -> Vec<(u16, &'static [&'static str])> {
             (404, NO_ROUTE),
             (409, HOLD_NOT_CAPTURABLE),
             (422, &["capture_exceeds_hold"]),
+            (503, &["hold_being_placed"]),
             ENGINE,
             STORED,
         ],
@@ -162,6 +163,7 @@ fn own_errors(method: &str, path: &str) -> Vec<(u16, &'static [&'static str])> {
             (404, &["transfer_not_found"]),
             (404, NO_ROUTE),
             (409, HOLD_NOT_VOIDABLE),
+            (503, &["hold_being_placed"]),
             ENGINE,
             STORED,
         ],
@@ -177,7 +179,7 @@ fn own_errors(method: &str, path: &str) -> Vec<(u16, &'static [&'static str])> {
     }
 }
 
-/// Why a capture is refused with 409: no hold, not held yet, or already ended otherwise.
+/// Why a capture is refused with 409: no hold, never held, or already ended otherwise.
 const HOLD_NOT_CAPTURABLE: &[&str] = &[
     "not_a_hold",
     "hold_not_held",
