@@ -21,6 +21,7 @@ mod dry_run;
 pub(crate) mod holds;
 pub(crate) mod refunds;
 pub(crate) mod row_index;
+pub(crate) mod transactions;
 pub(crate) mod transfer_table;
 
 pub use crate::model::event::{CashKind, CashRefusal, CashRefused};
@@ -29,9 +30,12 @@ use holds::HoldTable;
 pub use holds::{Hold, HoldTerms, HOLD_EXPIRES_IN_MS_MAX, OPEN_HOLDS_MAX};
 pub use refunds::Refund;
 use refunds::RefundTable;
+use transactions::TransactionTable;
+pub use transactions::{PartRow, PartState, TransactionTerms};
 pub use transfer_table::CHUNK_ROWS;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::ledger::account_table::AccountTable;
 use crate::ledger::append_table::AppendTable;
@@ -41,6 +45,7 @@ use crate::model::event::{Decision, Event, Lsn, Reason, Timestamp, Transfer, Tra
 use crate::model::ids::{AccountId, TransactionId};
 use crate::model::money::{format_minor, Amount, Currency, BALANCE_MINOR_MAX};
 use crate::model::partition::{partition_of, PartitionId};
+use crate::model::transaction::Transaction;
 #[cfg(any(test, madsim, feature = "testing"))]
 use crate::protocol::bugs::Bug;
 
@@ -362,6 +367,39 @@ pub enum Command {
     ExpireHold {
         key: TransferKey,
     },
+    /// A client's multi-leg transaction (see [`transactions`]); this partition must own its
+    /// first leg's source (it is the transaction's home).
+    Transact(Arc<Transaction>),
+    /// A participant's Try, sent by the transaction's home to participant `partition`.
+    TryTransaction {
+        tx: Arc<Transaction>,
+        partition: PartitionId,
+    },
+    /// At the home (`partition` is the home's; from its coordinator): every participant
+    /// tried, so commit. At a participant: the Confirm.
+    ConfirmTransaction {
+        key: TransferKey,
+        partition: PartitionId,
+    },
+    /// At the home: the cancel every participant acknowledged ends. At a participant: undo
+    /// the Try, or record that none came (a later Try fails).
+    CancelTransaction {
+        key: TransferKey,
+        partition: PartitionId,
+    },
+    /// At a participant: cancel only if no Try came (the home's Try went unanswered); a
+    /// participant that tried says so, and the transaction may still commit.
+    AbortTransaction {
+        key: TransferKey,
+        partition: PartitionId,
+    },
+    /// From the home's coordinator: decide to cancel the transaction `key` (leg
+    /// `failed_leg` was refused for `reason`, or a participant never answered).
+    DecideTransactionCancel {
+        key: TransferKey,
+        failed_leg: Option<u8>,
+        reason: Reason,
+    },
 }
 
 impl Command {
@@ -371,6 +409,7 @@ impl Command {
         match self {
             Command::Transfer(transfer) => Some(transfer.key()),
             Command::Hold(hold) => Some(hold.transfer.key()),
+            Command::Transact(tx) => Some(tx.key()),
             _ => None,
         }
     }
@@ -379,6 +418,10 @@ impl Command {
     pub fn partition(&self, partitions: u32) -> PartitionId {
         match self {
             Command::Refund(refund) => refund.partition,
+            Command::TryTransaction { partition, .. }
+            | Command::ConfirmTransaction { partition, .. }
+            | Command::CancelTransaction { partition, .. }
+            | Command::AbortTransaction { partition, .. } => *partition,
             command => partition_of(command.account(), partitions),
         }
     }
@@ -399,6 +442,12 @@ impl Command {
             | Command::Void { key }
             | Command::ExpireHold { key } => &key.from,
             Command::Hold(hold) => &hold.transfer.from,
+            Command::Transact(tx) => &tx.legs()[0].from,
+            Command::TryTransaction { tx, .. } => &tx.legs()[0].from,
+            Command::ConfirmTransaction { key, .. }
+            | Command::CancelTransaction { key, .. }
+            | Command::AbortTransaction { key, .. }
+            | Command::DecideTransactionCancel { key, .. } => &key.from,
             Command::TryCredit(transfer)
             | Command::ConfirmCredit(transfer)
             | Command::CancelCredit(transfer)
@@ -435,6 +484,9 @@ pub enum PhaseResult {
     Confirmed,
     /// The branch is cancelled (the answer to Cancel, and to a Confirm that came too late).
     Cancelled,
+    /// A participant of a multi-leg transaction refused its Try: leg `leg` failed for
+    /// `reason`; the home must cancel.
+    LegFailed { leg: u8, reason: Reason },
     /// The destination refused the phase request outright (it names a transfer the
     /// destination cannot take part in: another partition's account, a Try whose key came
     /// with another transfer, a Confirm for a Try it never recorded). Never happens in a
@@ -565,6 +617,9 @@ pub struct Ledger {
     pub(crate) refunds: RefundTable,
     /// The holds this partition is home of (see [`holds`]).
     pub(crate) holds: HoldTable,
+    /// The multi-leg transactions this partition is home of or takes part in (see
+    /// [`transactions`]).
+    pub(crate) transactions: TransactionTable,
     pub(crate) last: RecordMeta,
 }
 
@@ -585,6 +640,7 @@ impl Ledger {
             flows: BTreeMap::new(),
             refunds: RefundTable::default(),
             holds: HoldTable::default(),
+            transactions: TransactionTable::default(),
             last: RecordMeta::default(),
         }
     }
@@ -724,9 +780,12 @@ impl Ledger {
     }
 
     /// Home rows the coordinator must still drive, sorted by key so that rebuilding after a
-    /// restart is deterministic whatever the hash-table order.
+    /// restart is deterministic whatever the hash-table order. Multi-leg transactions are
+    /// not among them: their rows are driven by their own rules ([`transactions`]).
     pub fn unfinished_transfers(&self) -> Vec<TransferRow> {
-        let mut rows: Vec<TransferRow> = self.transfers.unfinished().collect();
+        let mut rows: Vec<TransferRow> = (self.transfers.unfinished())
+            .filter(|row| !self.transactions.home.contains_key(&row.transfer.key()))
+            .collect();
         rows.sort_by_key(|row| row.transfer.key());
         rows
     }
@@ -869,6 +928,22 @@ impl Ledger {
             Command::Capture { ref key, amount } => self.decide_capture(key, amount, now, events),
             Command::Void { ref key } => self.decide_void(key, now, events),
             Command::ExpireHold { ref key } => self.decide_expire(key, now, events),
+            Command::Transact(ref tx) => self.decide_transact(tx, events),
+            Command::TryTransaction { ref tx, .. } => self.decide_try_transaction(tx, events),
+            Command::ConfirmTransaction { ref key, .. } => {
+                self.decide_confirm_transaction(key, events)
+            }
+            Command::CancelTransaction { ref key, .. } => {
+                self.decide_cancel_transaction(key, false, events)
+            }
+            Command::AbortTransaction { ref key, .. } => {
+                self.decide_cancel_transaction(key, true, events)
+            }
+            Command::DecideTransactionCancel {
+                ref key,
+                failed_leg,
+                reason,
+            } => self.decide_cancel_decision(key, failed_leg, reason, events),
         };
         debug_assert!(
             result.is_ok()
@@ -1483,6 +1558,15 @@ impl Ledger {
                 remote,
             } => self.apply_hold_released(meta, hold, *reason, *remote),
             Event::CreditCaptured { key, amount } => self.apply_credit_captured(key, *amount),
+            Event::TransactionApplied { .. }
+            | Event::TransactionRejected { .. }
+            | Event::TransactionTried { .. }
+            | Event::TransactionRefused { .. }
+            | Event::TransactionCancelling { .. }
+            | Event::TransactionConfirmed { .. }
+            | Event::TransactionCancelled { .. } => {
+                self.apply_transaction_event(meta, event, source)
+            }
         }
         .map_err(refused)?;
         self.last = meta;
@@ -1824,6 +1908,9 @@ impl Ledger {
             *incoming_by_rows.entry(currency).or_default() += u128::from(amount.minor());
         }
         for (currency, minor) in self.local_holds_incoming() {
+            *incoming_by_rows.entry(currency).or_default() += u128::from(minor);
+        }
+        for (currency, minor) in self.transactions_incoming() {
             *incoming_by_rows.entry(currency).or_default() += u128::from(minor);
         }
         for currency in sums.keys().chain(self.flows.keys()) {

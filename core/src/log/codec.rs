@@ -43,11 +43,20 @@
 //! | 19 | `HoldCaptured` | hold (a transfer), amount captured, remote |
 //! | 20 | `HoldReleased` | hold (a transfer), reason, remote |
 //! | 21 | `CreditCaptured` | key, amount |
+//! | 22 | `TransactionApplied` | transaction |
+//! | 23 | `TransactionRejected` | transaction, failed leg u8, reason |
+//! | 24 | `TransactionTried` | transaction |
+//! | 25 | `TransactionRefused` | key, failed leg (optional), reason |
+//! | 26 | `TransactionCancelling` | key, failed leg (optional), reason |
+//! | 27 | `TransactionConfirmed` | key |
+//! | 28 | `TransactionCancelled` | key |
 //!
 //! Fields: an id is a `u8` length and that many ASCII bytes (validated by [`AccountId::new`] or
 //! [`TransactionId::new`] on decode); an amount is a `u64` of minor units (validated by
 //! [`Amount::from_minor`]); a currency is its ISO 4217 numeric code as a `u16`; a transfer is
-//! transaction id, from, to, amount, currency; a key is from, transaction id. A reason is one
+//! transaction id, from, to, amount, currency; a key is from, transaction id; a transaction is
+//! its transaction id, a `u8` count of legs (1 to 64) and each leg (from, to, amount,
+//! currency); an optional failed leg is a byte 0 (none) or 1 followed by the leg's index. A reason is one
 //! byte: 1 insufficient funds, 2 destination not found, 3 destination currency mismatch,
 //! 4 destination balance limit, 5 timeout, 6 cancelled before try, 7 source not found,
 //! 8 source currency mismatch, 9 same account, 10 refund exceeds original. A cash kind is one byte, 1 deposit or
@@ -106,6 +115,8 @@
 //! be used (an unknown version, an undecodable event, an lsn out of sequence) is always an
 //! error, wherever it is.
 
+use std::sync::Arc;
+
 use crc32c::{crc32c, crc32c_append};
 
 use crate::ledger::TransferState;
@@ -115,12 +126,13 @@ use crate::model::event::{
 };
 use crate::model::ids::{AccountId, TransactionId, ID_LEN_MAX};
 use crate::model::money::{Amount, Currency};
+use crate::model::transaction::{Leg, Transaction, LEGS_MAX};
 
 /// The body version this build writes and the only one it reads.
 pub const RECORD_VERSION: u8 = 1;
 /// Largest body a frame may declare. Bounds the damage a corrupt length can claim and the
 /// memory a reader needs per record; real bodies are far smaller ([`RECORD_ENCODED_LEN_MAX`]).
-pub const RECORD_BODY_LEN_MAX: usize = 4096;
+pub const RECORD_BODY_LEN_MAX: usize = 16384;
 /// Bytes of the frame header: body length and checksum.
 pub const RECORD_HEADER_LEN: usize = 8;
 
@@ -139,10 +151,19 @@ const FRAME_BODY_LEN_MIN: usize = SYNC_MARK_BODY_LEN;
 const _: () = assert!(FRAME_BODY_LEN_MIN <= RECORD_BODY_LEN_MIN);
 const ID_FIELD_LEN_MAX: usize = 1 + ID_LEN_MAX;
 const TRANSFER_FIELD_LEN_MAX: usize = 3 * ID_FIELD_LEN_MAX + 8 + 2;
-/// The longest event: `RefundRejected` (tag, transfer, transaction id, reason).
-const EVENT_LEN_MAX: usize = 1 + TRANSFER_FIELD_LEN_MAX + ID_FIELD_LEN_MAX + 1;
+/// The longest event of one transfer: `RefundRejected` (tag, transfer, transaction id,
+/// reason).
+const TRANSFER_EVENT_LEN_MAX: usize = 1 + TRANSFER_FIELD_LEN_MAX + ID_FIELD_LEN_MAX + 1;
+/// One leg of a transaction: from, to, amount, currency.
+const LEG_FIELD_LEN_MAX: usize = 2 * ID_FIELD_LEN_MAX + 8 + 2;
+/// The longest event: `TransactionRejected` of [`LEGS_MAX`] legs (tag, transaction id, leg
+/// count, legs, failed leg, reason): about 9 KiB.
+const EVENT_LEN_MAX: usize = 1 + ID_FIELD_LEN_MAX + 1 + LEGS_MAX * LEG_FIELD_LEN_MAX + 2;
 /// Most bytes [`encode_record`] appends for one record.
 pub const RECORD_ENCODED_LEN_MAX: usize = RECORD_HEADER_LEN + BODY_PREFIX_LEN + EVENT_LEN_MAX;
+/// What [`encode_record`] reserves ahead of a record: room for any event of one transfer,
+/// the events nearly every record holds (a transaction's grows the buffer as it goes).
+const RECORD_RESERVE_LEN: usize = RECORD_HEADER_LEN + BODY_PREFIX_LEN + TRANSFER_EVENT_LEN_MAX;
 const _: () = assert!(BODY_PREFIX_LEN + EVENT_LEN_MAX <= RECORD_BODY_LEN_MAX);
 
 /// Event tags; see the module docs. Never reuse or renumber one.
@@ -168,10 +189,17 @@ mod tag {
     pub const HOLD_CAPTURED: u8 = 19;
     pub const HOLD_RELEASED: u8 = 20;
     pub const CREDIT_CAPTURED: u8 = 21;
+    pub const TRANSACTION_APPLIED: u8 = 22;
+    pub const TRANSACTION_REJECTED: u8 = 23;
+    pub const TRANSACTION_TRIED: u8 = 24;
+    pub const TRANSACTION_REFUSED: u8 = 25;
+    pub const TRANSACTION_CANCELLING: u8 = 26;
+    pub const TRANSACTION_CONFIRMED: u8 = 27;
+    pub const TRANSACTION_CANCELLED: u8 = 28;
 }
 
 /// One record of a partition log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub lsn: Lsn,
     pub timestamp: Timestamp,
@@ -218,7 +246,7 @@ pub fn encode_record(record: &Record, out: &mut Vec<u8>) {
 /// partition encodes every event it logs this way, and an event is a few hundred bytes
 /// (three inline ids), which building a [`Record`] would copy once more per event.
 pub fn encode_event_record(lsn: Lsn, timestamp: Timestamp, event: &Event, out: &mut Vec<u8>) {
-    out.reserve(RECORD_ENCODED_LEN_MAX);
+    out.reserve(RECORD_RESERVE_LEN);
     let start = out.len();
     out.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
     out.push(RECORD_VERSION);
@@ -381,7 +409,66 @@ fn encode_event(event: &Event, out: &mut Vec<u8>) {
             put_key_event(out, tag::CREDIT_CAPTURED, &key);
             out.extend_from_slice(&amount.minor().to_le_bytes());
         }
+        Event::TransactionApplied { ref tx } => {
+            out.push(tag::TRANSACTION_APPLIED);
+            put_transaction(out, tx);
+        }
+        Event::TransactionRejected {
+            ref tx,
+            failed_leg,
+            reason,
+        } => {
+            out.push(tag::TRANSACTION_REJECTED);
+            put_transaction(out, tx);
+            out.extend_from_slice(&[failed_leg, reason_tag(reason)]);
+        }
+        Event::TransactionTried { ref tx } => {
+            out.push(tag::TRANSACTION_TRIED);
+            put_transaction(out, tx);
+        }
+        Event::TransactionRefused {
+            key,
+            failed_leg,
+            reason,
+        } => {
+            put_key_event(out, tag::TRANSACTION_REFUSED, &key);
+            put_failed_leg(out, failed_leg, reason);
+        }
+        Event::TransactionCancelling {
+            key,
+            failed_leg,
+            reason,
+        } => {
+            put_key_event(out, tag::TRANSACTION_CANCELLING, &key);
+            put_failed_leg(out, failed_leg, reason);
+        }
+        Event::TransactionConfirmed { key } => put_key_event(out, tag::TRANSACTION_CONFIRMED, &key),
+        Event::TransactionCancelled { key } => put_key_event(out, tag::TRANSACTION_CANCELLED, &key),
     }
+}
+
+/// A transaction: its id, the count of its legs (a byte), then each leg: from, to, amount,
+/// currency.
+pub(crate) fn put_transaction(out: &mut Vec<u8>, tx: &Transaction) {
+    tx.transaction_id().encode_into(out);
+    let count = u8::try_from(tx.legs().len()).expect("at most LEGS_MAX legs");
+    out.push(count);
+    for leg in tx.legs() {
+        leg.from.encode_into(out);
+        leg.to.encode_into(out);
+        out.extend_from_slice(&leg.amount.minor().to_le_bytes());
+        put_currency(out, leg.currency);
+    }
+}
+
+/// A failed leg and its reason: a presence byte (0 none, 1 a leg), the leg's index if
+/// present, and the reason.
+fn put_failed_leg(out: &mut Vec<u8>, failed_leg: Option<u8>, reason: Reason) {
+    match failed_leg {
+        Some(leg) => out.extend_from_slice(&[1, leg]),
+        None => out.push(0),
+    }
+    out.push(reason_tag(reason));
 }
 
 /// `bytes` with the checksum of every `[len u32][crc u32][body]` frame recomputed, frame
@@ -671,6 +758,33 @@ impl<'a> Cursor<'a> {
         })
     }
 
+    /// A transaction as [`put_transaction`] wrote it, held to what [`Transaction::new`]
+    /// accepts (1 to [`LEGS_MAX`] legs, none from an account to itself).
+    pub(crate) fn transaction(&mut self) -> Result<Arc<Transaction>, String> {
+        let transaction_id = self.transaction_id()?;
+        let count = usize::from(self.u8()?);
+        let mut legs = Vec::with_capacity(count.min(LEGS_MAX));
+        for _ in 0..count {
+            legs.push(Leg {
+                from: self.account()?,
+                to: self.account()?,
+                amount: self.amount()?,
+                currency: self.currency()?,
+            });
+        }
+        Transaction::new(transaction_id, legs).map_err(|e| e.to_string())
+    }
+
+    /// A failed leg and its reason, as `put_failed_leg` wrote them.
+    fn failed_leg(&mut self) -> Result<(Option<u8>, Reason), String> {
+        let leg = match self.u8()? {
+            0 => None,
+            1 => Some(self.u8()?),
+            other => return Err(format!("unknown failed-leg presence {other}")),
+        };
+        Ok((leg, self.reason()?))
+    }
+
     /// Succeeds only if every byte was read: trailing bytes mean a different layout.
     pub(crate) fn finish(&self) -> Result<(), String> {
         match self.remaining() {
@@ -755,6 +869,47 @@ fn decode_event(cursor: &mut Cursor<'_>) -> Result<Event, String> {
             key: cursor.key()?,
             amount: cursor.amount()?,
         },
+        tag::TRANSACTION_APPLIED => Event::TransactionApplied {
+            tx: cursor.transaction()?,
+        },
+        tag::TRANSACTION_REJECTED => {
+            let tx = cursor.transaction()?;
+            let failed_leg = cursor.u8()?;
+            if usize::from(failed_leg) >= tx.legs().len() {
+                return Err(format!(
+                    "failed leg {failed_leg} of a transaction of {} legs",
+                    tx.legs().len()
+                ));
+            }
+            Event::TransactionRejected {
+                tx,
+                failed_leg,
+                reason: cursor.reason()?,
+            }
+        }
+        tag::TRANSACTION_TRIED => Event::TransactionTried {
+            tx: cursor.transaction()?,
+        },
+        tag::TRANSACTION_REFUSED => {
+            let key = cursor.key()?;
+            let (failed_leg, reason) = cursor.failed_leg()?;
+            Event::TransactionRefused {
+                key,
+                failed_leg,
+                reason,
+            }
+        }
+        tag::TRANSACTION_CANCELLING => {
+            let key = cursor.key()?;
+            let (failed_leg, reason) = cursor.failed_leg()?;
+            Event::TransactionCancelling {
+                key,
+                failed_leg,
+                reason,
+            }
+        }
+        tag::TRANSACTION_CONFIRMED => Event::TransactionConfirmed { key: cursor.key()? },
+        tag::TRANSACTION_CANCELLED => Event::TransactionCancelled { key: cursor.key()? },
         other => return Err(format!("unknown event tag {other}")),
     };
     cursor.finish()?;
@@ -1137,7 +1292,7 @@ mod tests {
             .map(|(event, lsn)| Record {
                 lsn,
                 timestamp: 1_700_000_000_000_000 + lsn * 1_000,
-                event: *event,
+                event: event.clone(),
             })
             .collect()
     }
@@ -1157,7 +1312,7 @@ mod tests {
         let all = every_event();
         let picked: Vec<Event> = [0, 1, 2, 3, 4, 5, 6, 8, 12, 13]
             .iter()
-            .map(|&i| all[i])
+            .map(|&i| all[i].clone())
             .collect();
         let records = records_of(&picked, 41);
         let (bytes, boundaries) = encode_all(&records);
@@ -1172,7 +1327,7 @@ mod tests {
             encode_record(record, &mut bytes);
             assert!(bytes.len() <= RECORD_ENCODED_LEN_MAX);
             let decoded = decode_log(&bytes, record.lsn).unwrap();
-            assert_eq!(decoded.records, vec![*record]);
+            assert_eq!(decoded.records, vec![record.clone()]);
             assert_eq!(decoded.valid_len, bytes.len());
             assert!(!decoded.torn_tail);
         }
@@ -1274,7 +1429,7 @@ mod tests {
         let (records, mut bytes, boundaries) = small_log();
         let mut body = body_of(&Record {
             lsn: 51,
-            ..records[0]
+            ..records[0].clone()
         });
         body[0] = RECORD_VERSION + 1;
         bytes.extend_from_slice(&framed(&body));
@@ -1292,7 +1447,7 @@ mod tests {
         let record = Record {
             lsn: 1,
             timestamp: 7,
-            event: every_event()[0],
+            event: every_event()[0].clone(),
         };
         let body = body_of(&record);
         let mut unknown_tag = body.clone();
@@ -1370,7 +1525,7 @@ mod tests {
         encode_record(
             &Record {
                 lsn: 51,
-                ..records[0]
+                ..records[0].clone()
             },
             &mut tail,
         );
@@ -1386,7 +1541,7 @@ mod tests {
         // Once decoded as two records in sequence: the reader expected `lsn + 1` saturated.
         let record = Record {
             lsn: Lsn::MAX,
-            ..records_of(&every_event(), 1)[0]
+            ..records_of(&every_event(), 1)[0].clone()
         };
         let mut bytes = Vec::new();
         encode_record(&record, &mut bytes);

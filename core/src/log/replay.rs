@@ -19,6 +19,7 @@ use crate::model::event::{Event, Lsn, Timestamp, Transfer, TransferKey};
 use crate::model::ids::{AccountId, TransactionId};
 use crate::model::money::{Amount, Currency};
 use crate::model::partition::PartitionId;
+use crate::model::transaction::{Leg, Transaction};
 
 /// How far into a log to look. Inclusive: `Lsn(n)` covers records with `lsn <= n` and
 /// `Time(t)` covers records with `timestamp <= t`.
@@ -317,6 +318,9 @@ struct AccountHistory {
     holds: FxHashMap<TransferKey, Transfer>,
     /// Destination side: pending credits to this account by transfer.
     pending: FxHashMap<TransferKey, Transfer>,
+    /// Multi-leg transactions tried and not yet confirmed or cancelled: this account's net
+    /// debit and net credit in each.
+    transactions: FxHashMap<TransferKey, (u64, u64)>,
 }
 
 impl AccountHistory {
@@ -326,6 +330,7 @@ impl AccountHistory {
             figures: None,
             holds: FxHashMap::default(),
             pending: FxHashMap::default(),
+            transactions: FxHashMap::default(),
         }
     }
 
@@ -459,6 +464,39 @@ impl AccountHistory {
                     &Transfer { amount, ..hold },
                 ))
             }
+            // A multi-leg transaction moves each account's net, with no one counterparty.
+            Event::TransactionApplied { ref tx } => {
+                let (debit, credit) = net_of(tx, &me)?;
+                let (kind, net) = if debit > 0 {
+                    (MovementKind::TransferOut, debit)
+                } else {
+                    (MovementKind::TransferIn, credit)
+                };
+                net_change(kind, net, tx)
+            }
+            Event::TransactionTried { ref tx } => {
+                let (debit, credit) = net_of(tx, &me)?;
+                self.transactions.insert(tx.key(), (debit, credit));
+                self.add_incoming(credit, 1);
+                net_change(MovementKind::Hold, debit, tx)
+            }
+            Event::TransactionConfirmed { key } | Event::TransactionCancelled { key } => {
+                let (debit, credit) = self.transactions.remove(&key)?;
+                self.add_incoming(credit, -1);
+                let confirmed = matches!(event, Event::TransactionConfirmed { .. });
+                let change = |kind, net| Change {
+                    kind,
+                    amount: Amount::from_minor(net).expect("an account's total is an amount"),
+                    transaction_id: key.transaction_id,
+                    counterparty: None,
+                };
+                match (confirmed, debit, credit) {
+                    (true, 0, 0) | (false, 0, _) => None,
+                    (true, 0, credit) => Some(change(MovementKind::CreditIn, credit)),
+                    (true, debit, _) => Some(change(MovementKind::HoldCaptured, debit)),
+                    (false, debit, _) => Some(change(MovementKind::HoldReleased, debit)),
+                }
+            }
             _ => None,
         }
     }
@@ -467,6 +505,38 @@ impl AccountHistory {
         let figures = self.figures.as_mut().expect("only called once opened");
         figures.incoming = add_signed(figures.incoming, sign * i128::from(amount));
     }
+}
+
+/// `account`'s net debit and net credit in `tx`, if `tx` names it.
+fn net_of(tx: &Transaction, account: &AccountId) -> Option<(u64, u64)> {
+    let legs = tx.legs();
+    if !legs
+        .iter()
+        .any(|leg| leg.from == *account || leg.to == *account)
+    {
+        return None;
+    }
+    let sum = |side: fn(&Leg) -> AccountId| -> u64 {
+        (legs.iter())
+            .filter(|leg| side(leg) == *account)
+            .map(|leg| leg.amount.minor())
+            .sum()
+    };
+    let (debits, credits) = (sum(|leg| leg.from), sum(|leg| leg.to));
+    Some((
+        debits.saturating_sub(credits),
+        credits.saturating_sub(debits),
+    ))
+}
+
+/// The movement of `net` minor units of `kind` that `tx` makes, none for nothing.
+fn net_change(kind: MovementKind, net: u64, tx: &Transaction) -> Option<Change> {
+    (net > 0).then(|| Change {
+        kind,
+        amount: Amount::from_minor(net).expect("an account's total is an amount"),
+        transaction_id: tx.transaction_id(),
+        counterparty: None,
+    })
 }
 
 fn outgoing(kind: MovementKind, transfer: &Transfer) -> Change {
@@ -808,7 +878,7 @@ pub(crate) mod tests {
         let mut reopened = s.records[..2].to_vec();
         reopened.push(Record {
             lsn: 3,
-            ..s.records[0]
+            ..s.records[0].clone()
         });
         assert_eq!(replay(3, 4, &reopened, AsOf::End).unwrap_err().lsn, 3);
     }

@@ -27,12 +27,17 @@
 //! refunded:  (version 5) count u32, rows sorted by key: original key | minor units refunded u64
 //! holds:     (version 6) count u32, rows sorted by key: hold key | expires_at u64
 //!            | minor units captured u64 (0: not captured)
+//! transactions: (version 7) count u32, rows sorted by key: transaction | failed leg
+//! parts:     (version 7) count u32, rows sorted by key: key | part state | has transaction u8
+//!            | [transaction]
 //! crc32c u32 over every byte before it
 //! ```
 //!
 //! A transfer state is a byte (1 trying, 2 confirming, 3 cancelling, 4 committed,
 //! 5 cancelled, 6 rejected, 7 held, 8 captured) followed by its reason for 3, 5 and 6. A credit state is 1 tried,
-//! 2 confirmed, 3 cancelled, 4 try-not-seen. A cash kind is 1 deposit, 2 withdrawal. Ids sort
+//! 2 confirmed, 3 cancelled, 4 try-not-seen. A part state is 1 tried, 2 confirmed, 3 cancelled,
+//! 4 refused followed by its failed leg and reason; a failed leg is a byte 0 (none) or 1
+//! followed by the leg's index. A cash kind is 1 deposit, 2 withdrawal. Ids sort
 //! by their ASCII bytes. Keys are unique within a table.
 //!
 //! The bytes are a function of the log: the row tables keep the order in which the log
@@ -65,6 +70,7 @@ use crate::ledger::account_table::AccountRows;
 use crate::ledger::append_table::Rows;
 use crate::ledger::cold::{BloomBuild, ChunkRead, ColdChunk, ColdRows, WrittenChunks};
 use crate::ledger::refunds::RefundTable;
+use crate::ledger::transactions::{PartRow, PartState, TransactionTable, TransactionTerms};
 use crate::ledger::transfer_table::{RowStore, RowView, TransferTable, CHUNK_ROWS};
 use crate::ledger::{
     Account, CashRow, CreditRow, CreditState, Flows, HoldTerms, Ledger, RecordMeta, StoredCredit,
@@ -72,8 +78,8 @@ use crate::ledger::{
 };
 use crate::log::chunk_file::{self, encode_chunk, DecodedChunk};
 use crate::log::codec::{
-    cash_kind_tag, put_cash_refusal, put_currency, put_key, put_transfer, reason_tag, CodecError,
-    Cursor,
+    cash_kind_tag, put_cash_refusal, put_currency, put_key, put_transaction, put_transfer,
+    reason_tag, CodecError, Cursor,
 };
 use crate::model::event::TransferKey;
 use crate::model::ids::{AccountId, TransactionId};
@@ -83,7 +89,9 @@ use crate::model::partition::{partition_of, PartitionId, PARTITIONS_MAX};
 /// The first bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"WSNP";
 /// The snapshot version this build writes.
-pub const SNAPSHOT_VERSION: u8 = 6;
+pub const SNAPSHOT_VERSION: u8 = 7;
+/// The last version without the transaction tables.
+const SNAPSHOT_VERSION_UNTRANSACTED: u8 = 6;
 /// The last version without the hold table.
 const SNAPSHOT_VERSION_UNHELD: u8 = 5;
 /// The last version without the refund tables.
@@ -127,6 +135,8 @@ pub struct SnapshotImage {
     flows: BTreeMap<Currency, Flows>,
     refunds: RefundTable,
     holds: BTreeMap<TransferKey, HoldTerms>,
+    /// Multi-leg transactions: shared, not copied, legs and all.
+    transactions: TransactionTable,
     /// The chunk files this image's encoding writes, for the partition to drop their rows
     /// once the snapshot is durable ([`SnapshotImage::written_chunks`]).
     written: WrittenChunks,
@@ -180,6 +190,7 @@ impl SnapshotImage {
             flows: ledger.flows.clone(),
             refunds: ledger.refunds.clone(),
             holds: ledger.holds.terms.clone(),
+            transactions: ledger.transactions.clone(),
             written: WrittenChunks::default(),
             bloom_build: None,
         }
@@ -427,6 +438,38 @@ fn encode_image(
     } else {
         assert!(ledger.holds.is_empty(), "no holds before version 6");
     }
+    if version > SNAPSHOT_VERSION_UNTRANSACTED {
+        let transactions = &ledger.transactions;
+        put_table(&mut sink, transactions.home.values(), |out, terms| {
+            put_transaction(out, &terms.tx);
+            put_optional_leg(out, terms.failed_leg);
+        })?;
+        put_table(&mut sink, transactions.parts.iter(), |out, (key, row)| {
+            put_key(out, key);
+            match row.state {
+                PartState::Tried => out.push(1),
+                PartState::Confirmed => out.push(2),
+                PartState::Cancelled => out.push(3),
+                PartState::Refused { failed_leg, reason } => {
+                    out.push(4);
+                    put_optional_leg(out, failed_leg);
+                    out.push(reason_tag(reason));
+                }
+            }
+            match &row.tx {
+                Some(tx) => {
+                    out.push(1);
+                    put_transaction(out, tx);
+                }
+                None => out.push(0),
+            }
+        })?;
+    } else {
+        assert!(
+            ledger.transactions == TransactionTable::default(),
+            "no transactions before version 7"
+        );
+    }
     sink.finish()
 }
 
@@ -555,6 +598,21 @@ pub fn decode_snapshot_cold(
     let mut ledger = decode_from(bytes, Chunks::Reader(&reader))?;
     ledger.attach_chunk_reader(reader);
     Ok(ledger)
+}
+
+/// An optional failed leg: a byte 0 (none), or 1 and the leg's index.
+fn put_optional_leg(out: &mut Vec<u8>, leg: Option<u8>) {
+    match leg {
+        Some(leg) => out.extend_from_slice(&[1, leg]),
+        None => out.push(0),
+    }
+}
+
+fn get_optional_leg(cursor: &mut Cursor<'_>) -> Result<Option<u8>, String> {
+    Ok(match cursor.bool()? {
+        true => Some(cursor.u8()?),
+        false => None,
+    })
 }
 
 /// Where a snapshot's chunk files come from.
@@ -738,6 +796,32 @@ fn read_ledger(cursor: &mut Cursor<'_>, version: u8, chunks: Chunks<'_>) -> Resu
             ))
         })?;
         ledger.restore_holds(terms)?;
+    }
+    if version > SNAPSHOT_VERSION_UNTRANSACTED {
+        let home = read_table(cursor, Order::Sorted, |cursor| {
+            let tx = cursor.transaction()?;
+            let failed_leg = get_optional_leg(cursor)?;
+            Ok((tx.key(), TransactionTerms { tx, failed_leg }))
+        })?;
+        let parts = read_table(cursor, Order::Sorted, |cursor| {
+            let key = cursor.key()?;
+            let state = match cursor.u8()? {
+                1 => PartState::Tried,
+                2 => PartState::Confirmed,
+                3 => PartState::Cancelled,
+                4 => PartState::Refused {
+                    failed_leg: get_optional_leg(cursor)?,
+                    reason: cursor.reason()?,
+                },
+                other => return Err(format!("unknown part state {other}")),
+            };
+            let tx = match cursor.bool()? {
+                true => Some(cursor.transaction()?),
+                false => None,
+            };
+            Ok((key, PartRow { state, tx }))
+        })?;
+        ledger.restore_transactions(TransactionTable { home, parts })?;
     }
     cursor.finish()?;
     Ok(ledger)

@@ -4,8 +4,11 @@
 //! anything (see [`crate::ledger`] for where decisions are made). Every variant is part of the
 //! on-disk format: never change the meaning of an existing one, add new variants instead.
 
+use std::sync::Arc;
+
 use crate::model::ids::{AccountId, TransactionId};
 use crate::model::money::{Amount, Currency};
+use crate::model::transaction::Transaction;
 
 /// Microseconds since the Unix epoch, as read by the driver (wall clock) and stamped on records.
 pub type Timestamp = u64;
@@ -143,8 +146,9 @@ pub enum Decision {
     Cancel(Reason),
 }
 
-/// One fact in a partition's log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One fact in a partition's log. Not `Copy`: a multi-leg transaction's events share its
+/// legs ([`Arc`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// An account was opened with a zero balance in one currency.
     AccountOpened {
@@ -244,6 +248,44 @@ pub enum Event {
     /// Destination Confirm of a hold captured in part: the pending credit (the hold's whole
     /// amount) is dropped and `amount` of it became balance.
     CreditCaptured { key: TransferKey, amount: Amount },
+    /// A multi-leg transaction whose accounts all live on this partition, applied at once:
+    /// the net of its legs on each account (see [`crate::model::transaction`]).
+    TransactionApplied { tx: Arc<Transaction> },
+    /// A multi-leg transaction refused at its home: nothing moved. Its leg `failed_leg` (an
+    /// index into its legs) failed for `reason`; a retry of its id gets this answer.
+    TransactionRejected {
+        tx: Arc<Transaction>,
+        failed_leg: u8,
+        reason: Reason,
+    },
+    /// A participant's Try of a multi-leg transaction across partitions, its home's record
+    /// of it included: the net debits of this partition's accounts moved from their balance
+    /// into `held`, their net credits counted as `incoming`.
+    TransactionTried { tx: Arc<Transaction> },
+    /// A participant other than the home refused the Try: leg `failed_leg` failed for
+    /// `reason`; or (no leg, [`Reason::CancelledBeforeTry`]) a cancel came before any Try,
+    /// the null compensation. Nothing moved, and every later Try gets this answer.
+    TransactionRefused {
+        key: TransferKey,
+        failed_leg: Option<u8>,
+        reason: Reason,
+    },
+    /// The home decided to cancel a transaction it tried: a participant refused (leg
+    /// `failed_leg`, `reason`) or did not answer in time. The cancel is carried to every
+    /// participant.
+    TransactionCancelling {
+        key: TransferKey,
+        failed_leg: Option<u8>,
+        reason: Reason,
+    },
+    /// A participant's effects became final: its net debits left for good, its net credits
+    /// became balance. At the home it is the record of the commit point (every participant
+    /// durably tried).
+    TransactionConfirmed { key: TransferKey },
+    /// A participant's effects were undone: its net debits back in the balance, its net
+    /// credits dropped. At the home it ends the cancel, once every participant acknowledged
+    /// it.
+    TransactionCancelled { key: TransferKey },
 }
 
 impl Event {
@@ -281,7 +323,7 @@ impl Event {
                 key: hold.key(),
                 decision: Decision::Cancel(reason),
             },
-            event => event,
+            ref event => event.clone(),
         }
     }
 

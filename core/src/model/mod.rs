@@ -5,9 +5,11 @@
 //! - [`partition`]: the stable account → partition hash and the versioned partition map.
 //! - [`placement`]: which nodes hold each replicated partition's copies, and which founded it.
 //! - [`event`]: the facts a partition log records.
+//! - [`transaction`]: multi-leg transactions and the net of their legs on each account.
 
 pub mod event;
 pub mod ids;
 pub mod money;
 pub mod partition;
 pub mod placement;
+pub mod transaction;

@@ -94,7 +94,7 @@ use crate::ledger::{
     Account, Command, DryRun, Hold, HoldTerms, LedgerError, PhaseResult, Refund, Reply,
     TransferRow, TransferState, TransferStatus,
 };
-use crate::log::codec::{put_currency, put_key, put_transfer, reason_tag, Cursor};
+use crate::log::codec::{put_currency, put_key, put_transaction, put_transfer, reason_tag, Cursor};
 use crate::model::event::Decision;
 use crate::model::ids::ID_LEN_MAX;
 use crate::model::money::Amount;
@@ -120,7 +120,8 @@ use crate::replica::RaftMessage;
 /// Version 9: holds: commands `Hold` (14), `Capture` (15), `Void` (16), `ExpireHold` (17),
 /// statuses `Held` (5) and `Captured` (6), transfer states held (7) and captured (8), ledger
 /// errors 13 to 17, query `HoldTerms` (5) and its answer (6), peer message `StillHeld` (4).
-/// Version 10: ledger error `HoldBeingPlaced` (18).
+/// Version 10: ledger error `HoldBeingPlaced` (18); commands of multi-leg transactions
+/// (`Transact` 18 to `DecideTransactionCancel` 23) and phase result `LegFailed` (6).
 pub const WIRE_VERSION: u8 = 10;
 /// Bytes of the frame header: body length and checksum.
 pub const FRAME_HEADER_LEN: usize = 8;
@@ -707,7 +708,47 @@ fn put_command(out: &mut Vec<u8>, command: &Command) {
             out.push(17);
             put_key(out, &key);
         }
+        Command::Transact(ref tx) => {
+            out.push(18);
+            put_transaction(out, tx);
+        }
+        Command::TryTransaction { ref tx, partition } => {
+            out.push(19);
+            put_transaction(out, tx);
+            out.extend_from_slice(&partition.to_le_bytes());
+        }
+        Command::ConfirmTransaction { key, partition } => {
+            put_key_partition(out, 20, &key, partition)
+        }
+        Command::CancelTransaction { key, partition } => {
+            put_key_partition(out, 21, &key, partition)
+        }
+        Command::AbortTransaction { key, partition } => put_key_partition(out, 22, &key, partition),
+        Command::DecideTransactionCancel {
+            key,
+            failed_leg,
+            reason,
+        } => {
+            out.push(23);
+            put_key(out, &key);
+            match failed_leg {
+                Some(leg) => out.extend_from_slice(&[1, leg]),
+                None => out.push(0),
+            }
+            out.push(reason_tag(reason));
+        }
     }
+}
+
+fn put_key_partition(
+    out: &mut Vec<u8>,
+    tag: u8,
+    key: &crate::model::event::TransferKey,
+    partition: PartitionId,
+) {
+    out.push(tag);
+    put_key(out, key);
+    out.extend_from_slice(&partition.to_le_bytes());
 }
 
 fn put_optional_amount(out: &mut Vec<u8>, amount: Option<Amount>) {
@@ -778,6 +819,32 @@ fn get_command(cursor: &mut Cursor<'_>) -> Result<Command, String> {
         },
         16 => Command::Void { key: cursor.key()? },
         17 => Command::ExpireHold { key: cursor.key()? },
+        18 => Command::Transact(cursor.transaction()?),
+        19 => Command::TryTransaction {
+            tx: cursor.transaction()?,
+            partition: get_u32(cursor)?,
+        },
+        20 => Command::ConfirmTransaction {
+            key: cursor.key()?,
+            partition: get_u32(cursor)?,
+        },
+        21 => Command::CancelTransaction {
+            key: cursor.key()?,
+            partition: get_u32(cursor)?,
+        },
+        22 => Command::AbortTransaction {
+            key: cursor.key()?,
+            partition: get_u32(cursor)?,
+        },
+        23 => Command::DecideTransactionCancel {
+            key: cursor.key()?,
+            failed_leg: match cursor.u8()? {
+                0 => None,
+                1 => Some(cursor.u8()?),
+                other => return Err(format!("unknown failed-leg presence {other}")),
+            },
+            reason: cursor.reason()?,
+        },
         other => return Err(format!("unknown command {other}")),
     })
 }
@@ -903,6 +970,9 @@ fn put_phase_result(out: &mut Vec<u8>, result: PhaseResult) {
         PhaseResult::Confirmed => out.push(3),
         PhaseResult::Cancelled => out.push(4),
         PhaseResult::Refused => out.push(5),
+        PhaseResult::LegFailed { leg, reason } => {
+            out.extend_from_slice(&[6, leg, reason_tag(reason)])
+        }
     }
 }
 
@@ -913,6 +983,10 @@ fn get_phase_result(cursor: &mut Cursor<'_>) -> Result<PhaseResult, String> {
         3 => PhaseResult::Confirmed,
         4 => PhaseResult::Cancelled,
         5 => PhaseResult::Refused,
+        6 => PhaseResult::LegFailed {
+            leg: cursor.u8()?,
+            reason: cursor.reason()?,
+        },
         other => return Err(format!("unknown phase result {other}")),
     })
 }

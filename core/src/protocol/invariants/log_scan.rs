@@ -129,6 +129,19 @@ impl LogScan {
                 self.closed.insert(key);
                 Ok(())
             }
+            // A transaction is recorded at its home once, as a transfer is; its participants'
+            // rows and phases are checked by the ledger as it applies them.
+            Event::TransactionApplied { ref tx } | Event::TransactionRejected { ref tx, .. } => {
+                self.home_recorded(lsn, &tx.first_leg())
+            }
+            Event::TransactionTried { ref tx } if self.here(&tx.legs()[0].from) => {
+                self.home_recorded(lsn, &tx.first_leg())
+            }
+            Event::TransactionTried { .. }
+            | Event::TransactionRefused { .. }
+            | Event::TransactionCancelling { .. }
+            | Event::TransactionConfirmed { .. }
+            | Event::TransactionCancelled { .. } => Ok(()),
         }
     }
 }

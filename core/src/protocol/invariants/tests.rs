@@ -271,13 +271,13 @@ fn the_refund_scan_holds_refunds_to_their_confirmed_original() {
     let tried = record(1, Event::CreditTried { transfer: t });
     let confirmed = record(2, Event::CreditConfirmed { key: t.key() });
     // A credit only tried is not refundable.
-    let early = [tried, record(2, refund_of(&t, 10, "r1", true))];
+    let early = [tried.clone(), record(2, refund_of(&t, 10, "r1", true))];
     assert!(refund_cap(&early)[0].contains("not a transfer committed"));
     // Refunds within the amount, a refusal, and a cancelled refund that no longer counts.
     let r1 = transfer(t.to, t.from, 60, USD, "r1").key();
     let fine = [
-        tried,
-        confirmed,
+        tried.clone(),
+        confirmed.clone(),
         record(3, refund_of(&t, 60, "r1", true)),
         record(4, refund_of(&t, 50, "r2", false)),
         record(5, Event::DebitCancelled { key: r1 }),

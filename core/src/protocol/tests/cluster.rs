@@ -61,7 +61,7 @@ impl Message {
 }
 
 /// One event as a partition applied it, in the order the whole cluster applied them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
     pub partition: PartitionId,
     pub meta: RecordMeta,
@@ -370,12 +370,12 @@ impl Cluster {
                     .push(invariants::apply_failed(partition, error));
                 break;
             }
+            self.coordinators[p].on_event(&event, meta.lsn, self.now);
             self.history.push(Applied {
                 partition,
                 meta,
                 event,
             });
-            self.coordinators[p].on_event(&event, meta.lsn, self.now);
         }
         let after_us = self.config.resolve_after_us;
         self.watches[p].mark(&self.ledgers[p], self.now, after_us);

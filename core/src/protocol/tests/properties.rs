@@ -307,7 +307,7 @@ proptest! {
             prop_assert!(!refused || only_its_record, "{:?} logged {:?}", command, events);
             for event in &events {
                 prop_assert_eq!(ledger.apply(meta, event), Ok(()), "{:?}", command);
-                log.push((meta, *event));
+                log.push((meta, event.clone()));
             }
             if refused && events.is_empty() {
                 prop_assert_eq!(&Snapshot::of(&ledger), &before);

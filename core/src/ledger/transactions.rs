@@ -1,0 +1,644 @@
+//! Multi-leg transactions in the ledger: all legs commit or none does.
+//!
+//! A transaction ([`crate::model::transaction`]) is decided at its *home* (its first leg's
+//! source's partition) and carried out by every *participant* (each partition holding one
+//! of its accounts; the home is one). What it does to a participant is the net of its legs
+//! on each of that partition's accounts ([`Effects`]), checked and moved together:
+//!
+//! - **Within one partition** (every account there): one record, [`Event::TransactionApplied`],
+//!   moves every net at once, or [`Event::TransactionRejected`] names the first leg that
+//!   fails and moves nothing.
+//! - **Across partitions**, TC/C with many participants. Each participant's Try
+//!   ([`Event::TransactionTried`]; at the home, the record that accepts the transaction)
+//!   moves its accounts' net debits from the balance into `held` and counts their net
+//!   credits as `incoming`, or (elsewhere than the home) refuses with its first failing leg
+//!   ([`Event::TransactionRefused`]), durably, so every later Try gets the same answer. The
+//!   transaction is committed once every participant's Try is durable: no participant can
+//!   then refuse, and the home records the commit ([`Event::TransactionConfirmed`], which
+//!   also finishes its own side) before any Confirm leaves. A participant's Confirm makes
+//!   its nets final: the debits leave for good, the credits become balance. So no credit of
+//!   the transaction is spendable before every leg is decided to commit.
+//! - A refusal or a Try that goes unanswered makes the home decide to cancel
+//!   ([`Event::TransactionCancelling`], with the failed leg if one failed); each participant
+//!   undoes its Try ([`Event::TransactionCancelled`]), or, if the cancel comes first,
+//!   records that it never tried (a refusal for [`Reason::CancelledBeforeTry`]: the barrier
+//!   that fails a late Try). The home finishes the cancel once every participant
+//!   acknowledged it.
+//!
+//! The home's row is an ordinary transfer row under the transaction's key (its first leg,
+//! for the idempotency table and the status read); the legs and the failed leg are in the
+//! partition's [`TransactionTable`], as are the participants' rows.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::{
+    check, check_covers, check_currency, check_room, new_row, vacancy, Account, Ledger,
+    LedgerError, PhaseResult, RecordMeta, Reply, Source, TransferState, TransferStatus,
+};
+use crate::model::event::{Event, Reason, TransferKey};
+use crate::model::partition::partition_of;
+use crate::model::transaction::{AccountEffect, Effects, Transaction};
+
+/// What a partition keeps of the transactions it is home of or takes part in. Both maps
+/// only grow with transactions; both are in snapshots.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct TransactionTable {
+    /// The transactions this partition is home of (their rows are transfer rows).
+    pub(crate) home: BTreeMap<TransferKey, TransactionTerms>,
+    /// The rows of transactions another partition is home of, which this one takes part in.
+    pub(crate) parts: BTreeMap<TransferKey, PartRow>,
+}
+
+/// A transaction as its home keeps it beside its row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionTerms {
+    pub tx: Arc<Transaction>,
+    /// The leg whose refusal rejected or cancelled it, if one did (a cancel for a Try that
+    /// went unanswered names none).
+    pub failed_leg: Option<u8>,
+}
+
+/// A participant's row of a transaction another partition is home of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartRow {
+    pub state: PartState,
+    /// The transaction as its Try described it (`None` if refused before any Try).
+    pub tx: Option<Arc<Transaction>>,
+}
+
+/// Where a participant's side of a transaction stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PartState {
+    /// Tried: its nets are in `held` and `incoming`.
+    Tried,
+    /// Final: its nets moved.
+    Confirmed,
+    /// Final: its Try was undone.
+    Cancelled,
+    /// Final: refused at its Try (`failed_leg`), or cancelled before any Try.
+    Refused {
+        failed_leg: Option<u8>,
+        reason: Reason,
+    },
+}
+
+/// That `effect`'s net debit fits `account`'s available balance and its net credit fits
+/// below the balance limit: the rules a Try or a local transaction was decided by.
+fn check_fits(effect: &AccountEffect, account: &Account) -> Result<(), String> {
+    check_covers(&effect.account, account, effect.net_debit())?;
+    check_room(&effect.account, account, effect.net_credit())
+}
+
+/// The leg index as the log keeps it (a transaction has at most 64 legs).
+fn leg_index(leg: usize) -> u8 {
+    u8::try_from(leg).expect("at most LEGS_MAX legs")
+}
+
+impl Ledger {
+    /// The legs of the transaction `key` this partition is home of, and the leg that failed.
+    pub fn transaction(&self, key: &TransferKey) -> Option<&TransactionTerms> {
+        self.transactions.home.get(key)
+    }
+
+    /// This partition's row of the transaction `key` another partition is home of.
+    pub fn transaction_part(&self, key: &TransferKey) -> Option<&PartRow> {
+        self.transactions.parts.get(key)
+    }
+
+    /// Whether this partition is the home of transactions under `key`.
+    fn is_home_of(&self, key: &TransferKey) -> bool {
+        partition_of(&key.from, self.partitions) == self.partition
+    }
+
+    /// Why the transaction cannot be carried out on this partition's accounts: its first
+    /// failing leg and the reason, or `None` if every net fits. An account's checks, in
+    /// order: it exists (else its first leg fails), each of its legs is in its currency (else
+    /// the first that is not), its net debit fits its available balance (else its first
+    /// debiting leg), its net credit fits below the balance limit (else its first crediting
+    /// leg). Of all failures, the one of the lowest leg.
+    pub(crate) fn transaction_refusal(&self, tx: &Transaction) -> Option<(u8, Reason)> {
+        let effects = tx.effects_on(self.partition, self.partitions);
+        let mut first: Option<(usize, Reason)> = None;
+        let mut fail = |leg: usize, reason: Reason| {
+            if first.is_none_or(|(at, _)| leg < at) {
+                first = Some((leg, reason));
+            }
+        };
+        for effect in &effects.accounts {
+            let debited_first = effect.first_debit == Some(effect.first_leg);
+            let Some(account) = self.accounts.get(&effect.account) else {
+                let reason = if debited_first {
+                    Reason::SourceNotFound
+                } else {
+                    Reason::DestinationNotFound
+                };
+                fail(effect.first_leg, reason);
+                continue;
+            };
+            let mismatch = tx.legs().iter().enumerate().find_map(|(index, leg)| {
+                let names = leg.from == effect.account || leg.to == effect.account;
+                (names && leg.currency != account.currency).then_some((index, leg))
+            });
+            if let Some((index, leg)) = mismatch {
+                let reason = if leg.from == effect.account {
+                    Reason::SourceCurrencyMismatch
+                } else {
+                    Reason::DestinationCurrencyMismatch
+                };
+                fail(index, reason);
+                continue;
+            }
+            if let Some(leg) = effect
+                .first_debit
+                .filter(|_| !account.covers(effect.net_debit()))
+            {
+                fail(leg, Reason::InsufficientFunds);
+            }
+            if let Some(leg) = effect
+                .first_credit
+                .filter(|_| !account.has_room_for(effect.net_credit()))
+            {
+                fail(leg, Reason::DestinationBalanceLimit);
+            }
+        }
+        first.map(|(leg, reason)| (leg_index(leg), reason))
+    }
+
+    /// A client's transaction, or the retry of one, at its home: the first answer for the
+    /// same legs, a conflict for other legs or for a transfer under the key.
+    pub(crate) fn decide_transact(
+        &self,
+        tx: &Arc<Transaction>,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        let key = tx.key();
+        self.require_local(&key.from)?;
+        if let Some(row) = self.find_transfer(&key)? {
+            return match self.transactions.home.get(&key) {
+                Some(terms) if terms.tx == *tx => Ok(Reply::Transfer(row.state.status())),
+                _ => Err(LedgerError::Conflict(key.transaction_id)),
+            };
+        }
+        if let Some((failed_leg, reason)) = self.transaction_refusal(tx) {
+            events.push(Event::TransactionRejected {
+                tx: tx.clone(),
+                failed_leg,
+                reason,
+            });
+            return Ok(Reply::Transfer(TransferStatus::Rejected(reason)));
+        }
+        if tx.is_local(self.partitions) {
+            events.push(Event::TransactionApplied { tx: tx.clone() });
+            return Ok(Reply::Transfer(TransferStatus::Committed));
+        }
+        events.push(Event::TransactionTried { tx: tx.clone() });
+        Ok(Reply::Transfer(TransferStatus::Pending))
+    }
+
+    /// A participant's Try (never the home's: its Try is the client's transaction): tried,
+    /// or refused with its first failing leg; a repeat answers as the first.
+    pub(crate) fn decide_try_transaction(
+        &self,
+        tx: &Arc<Transaction>,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        let key = tx.key();
+        if self.is_home_of(&key) {
+            return Err(LedgerError::InvalidTransition {
+                key,
+                from: "home".to_string(),
+                command: "TryTransaction",
+            });
+        }
+        if let Some(row) = self.transactions.parts.get(&key) {
+            return Ok(Reply::Phase(part_answer(row.state)));
+        }
+        let (event, answer) = match self.transaction_refusal(tx) {
+            Some((leg, reason)) => (
+                Event::TransactionRefused {
+                    key,
+                    failed_leg: Some(leg),
+                    reason,
+                },
+                PhaseResult::LegFailed { leg, reason },
+            ),
+            None => (
+                Event::TransactionTried { tx: tx.clone() },
+                PhaseResult::Tried,
+            ),
+        };
+        events.push(event);
+        Ok(Reply::Phase(answer))
+    }
+
+    /// The commit at the home (every participant tried: its own side is final at once), or
+    /// a participant's Confirm. A repeat does nothing.
+    pub(crate) fn decide_confirm_transaction(
+        &self,
+        key: &TransferKey,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        let invalid = |from: String| LedgerError::InvalidTransition {
+            key: *key,
+            from,
+            command: "ConfirmTransaction",
+        };
+        if self.is_home_of(key) {
+            return match self.home_state(key)? {
+                TransferState::Trying => {
+                    events.push(Event::TransactionConfirmed { key: *key });
+                    Ok(Reply::Done)
+                }
+                TransferState::Committed => Ok(Reply::Done),
+                state => Err(invalid(format!("{state:?}"))),
+            };
+        }
+        match self.transactions.parts.get(key).map(|row| row.state) {
+            Some(PartState::Tried) => {
+                events.push(Event::TransactionConfirmed { key: *key });
+                Ok(Reply::Phase(PhaseResult::Confirmed))
+            }
+            Some(PartState::Confirmed) => Ok(Reply::Phase(PhaseResult::Confirmed)),
+            other => Err(invalid(format!("{other:?}"))),
+        }
+    }
+
+    /// The home's decision to cancel a transaction it tried: a participant refused (leg
+    /// `failed_leg`, `reason`) or never answered ([`Reason::Timeout`]). A repeat does nothing.
+    pub(crate) fn decide_cancel_decision(
+        &self,
+        key: &TransferKey,
+        failed_leg: Option<u8>,
+        reason: Reason,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        match self.home_state(key)? {
+            TransferState::Trying => {
+                events.push(Event::TransactionCancelling {
+                    key: *key,
+                    failed_leg,
+                    reason,
+                });
+                Ok(Reply::Done)
+            }
+            TransferState::Cancelling(_) | TransferState::Cancelled(_) => Ok(Reply::Done),
+            state => Err(LedgerError::InvalidTransition {
+                key: *key,
+                from: format!("{state:?}"),
+                command: "CancelTransaction",
+            }),
+        }
+    }
+
+    /// A participant's Cancel (`unless_tried`: an Abort, which cancels only what never
+    /// tried), or, at the home, the end of a cancel every participant acknowledged.
+    pub(crate) fn decide_cancel_transaction(
+        &self,
+        key: &TransferKey,
+        unless_tried: bool,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        if self.is_home_of(key) {
+            return match self.home_state(key)? {
+                TransferState::Cancelling(_) => {
+                    events.push(Event::TransactionCancelled { key: *key });
+                    Ok(Reply::Done)
+                }
+                TransferState::Cancelled(_) => Ok(Reply::Done),
+                state => Err(LedgerError::InvalidTransition {
+                    key: *key,
+                    from: format!("{state:?}"),
+                    command: "CancelTransaction",
+                }),
+            };
+        }
+        let answer = match self.transactions.parts.get(key).map(|row| row.state) {
+            None => {
+                events.push(Event::TransactionRefused {
+                    key: *key,
+                    failed_leg: None,
+                    reason: Reason::CancelledBeforeTry,
+                });
+                PhaseResult::TryFailed(Reason::CancelledBeforeTry)
+            }
+            Some(PartState::Tried) if unless_tried => PhaseResult::Tried,
+            Some(PartState::Tried) => {
+                events.push(Event::TransactionCancelled { key: *key });
+                PhaseResult::Cancelled
+            }
+            Some(state) => part_answer(state),
+        };
+        Ok(Reply::Phase(answer))
+    }
+
+    /// Applies what [`Ledger::decide_transact`] and the participants' commands decided (or a
+    /// log says): see the module docs. Checks everything before it changes anything.
+    pub(crate) fn apply_transaction_event(
+        &mut self,
+        meta: RecordMeta,
+        event: &Event,
+        source: Source,
+    ) -> Result<(), String> {
+        match event {
+            Event::TransactionApplied { tx } => self.apply_transaction_applied(meta, tx, source),
+            Event::TransactionRejected {
+                tx,
+                failed_leg,
+                reason,
+            } => {
+                let slot = vacancy(&mut self.transfers, &tx.key(), source)?;
+                let state = TransferState::Rejected(*reason);
+                let remote = !tx.is_local(self.partitions);
+                slot.fill(&new_row(meta, tx.first_leg(), state, remote));
+                self.record_terms(tx, Some(*failed_leg));
+                Ok(())
+            }
+            Event::TransactionTried { tx } => self.apply_transaction_tried(meta, tx, source),
+            Event::TransactionRefused {
+                key,
+                failed_leg,
+                reason,
+            } => {
+                if self.is_home_of(key) || self.transactions.parts.contains_key(key) {
+                    return Err(format!("refusal of transaction {key:?} out of turn"));
+                }
+                let state = PartState::Refused {
+                    failed_leg: *failed_leg,
+                    reason: *reason,
+                };
+                self.transactions
+                    .parts
+                    .insert(*key, PartRow { state, tx: None });
+                Ok(())
+            }
+            Event::TransactionCancelling {
+                key,
+                failed_leg,
+                reason,
+            } => {
+                let at = self.home_row(key).map_err(|e| format!("cancel: {e}"))?;
+                let mut phase = self.transfers.phase(at);
+                let terms = self.transactions.home.get_mut(key);
+                let (TransferState::Trying, Some(terms)) = (phase.state, terms) else {
+                    return Err(format!("cancel of transaction {key:?} out of turn"));
+                };
+                terms.failed_leg = *failed_leg;
+                phase.state = TransferState::Cancelling(*reason);
+                phase.decided_at = meta.timestamp;
+                self.transfers.set_phase(at, phase);
+                Ok(())
+            }
+            Event::TransactionConfirmed { key } => self.finish_transaction(meta, key, true),
+            Event::TransactionCancelled { key } => self.finish_transaction(meta, key, false),
+            other => unreachable!("not a transaction's event: {other:?}"),
+        }
+    }
+
+    fn record_terms(&mut self, tx: &Arc<Transaction>, failed_leg: Option<u8>) {
+        let terms = TransactionTerms {
+            tx: tx.clone(),
+            failed_leg,
+        };
+        self.transactions.home.insert(tx.key(), terms);
+    }
+
+    /// That every account of `effects` exists, holds the currency of each of its legs, and
+    /// passes `check`: what must hold before any account changes (a refused event changes
+    /// nothing).
+    fn check_nets(
+        &self,
+        effects: &Effects,
+        tx: &Transaction,
+        check: impl Fn(&AccountEffect, &Account) -> Result<(), String>,
+    ) -> Result<(), String> {
+        for effect in &effects.accounts {
+            let account = self.accounts.get(&effect.account).ok_or_else(|| {
+                let key = tx.key();
+                format!(
+                    "transaction {key:?} names unknown account {}",
+                    effect.account
+                )
+            })?;
+            for leg in tx.legs() {
+                if leg.from == effect.account || leg.to == effect.account {
+                    check_currency(&effect.account, account, leg.currency)?;
+                }
+            }
+            check(effect, account)?;
+        }
+        Ok(())
+    }
+
+    /// Changes every account of `effects` by `change`; [`Ledger::check_nets`] passed.
+    fn change_nets(&mut self, effects: &Effects, change: impl Fn(&AccountEffect, &mut Account)) {
+        for effect in &effects.accounts {
+            let account = self.accounts.get_mut(&effect.account).expect("checked");
+            change(effect, account);
+        }
+    }
+
+    fn apply_transaction_applied(
+        &mut self,
+        meta: RecordMeta,
+        tx: &Arc<Transaction>,
+        source: Source,
+    ) -> Result<(), String> {
+        if !tx.is_local(self.partitions) {
+            return Err(format!(
+                "transaction {:?} applied at once across partitions",
+                tx.key()
+            ));
+        }
+        let effects = tx.effects_on(self.partition, self.partitions);
+        self.check_nets(&effects, tx, check_fits)?;
+        let row = new_row(meta, tx.first_leg(), TransferState::Committed, false);
+        vacancy(&mut self.transfers, &tx.key(), source)?.fill(&row);
+        self.change_nets(&effects, |e, a| {
+            a.balance -= e.net_debit();
+            a.balance += e.net_credit();
+        });
+        self.record_terms(tx, None);
+        Ok(())
+    }
+
+    fn apply_transaction_tried(
+        &mut self,
+        meta: RecordMeta,
+        tx: &Arc<Transaction>,
+        source: Source,
+    ) -> Result<(), String> {
+        let key = tx.key();
+        let home = self.is_home_of(&key);
+        if tx.is_local(self.partitions) {
+            return Err(format!("transaction {key:?} tried within one partition"));
+        }
+        if !home && self.transactions.parts.contains_key(&key) {
+            return Err(format!("transaction {key:?} tried twice"));
+        }
+        let effects = tx.effects_on(self.partition, self.partitions);
+        if effects.accounts.is_empty() {
+            return Err(format!("transaction {key:?} tried where it has no account"));
+        }
+        self.check_nets(&effects, tx, check_fits)?;
+        if home {
+            let row = new_row(meta, tx.first_leg(), TransferState::Trying, true);
+            vacancy(&mut self.transfers, &key, source)?.fill(&row);
+            self.record_terms(tx, None);
+        } else {
+            let row = PartRow {
+                state: PartState::Tried,
+                tx: Some(tx.clone()),
+            };
+            self.transactions.parts.insert(key, row);
+        }
+        self.change_nets(&effects, |e, a| {
+            a.balance -= e.net_debit();
+            a.held += e.net_debit();
+            a.incoming += e.net_credit();
+        });
+        Ok(())
+    }
+
+    /// A participant's side of `key` made final (`confirmed`) or undone; at the home, the
+    /// commit or the end of the cancel.
+    fn finish_transaction(
+        &mut self,
+        meta: RecordMeta,
+        key: &TransferKey,
+        confirmed: bool,
+    ) -> Result<(), String> {
+        let out_of_turn = || {
+            let what = if confirmed { "confirm" } else { "cancel" };
+            format!("{what} of transaction {key:?} out of turn")
+        };
+        let tx = if self.is_home_of(key) {
+            let at = self.home_row(key).map_err(|e| format!("finish: {e}"))?;
+            let phase = self.transfers.phase(at);
+            let fits = match phase.state {
+                TransferState::Trying => confirmed,
+                TransferState::Cancelling(_) => !confirmed,
+                _ => false,
+            };
+            let terms = self.transactions.home.get(key).filter(|_| fits);
+            terms.ok_or_else(out_of_turn)?.tx.clone()
+        } else {
+            let row = self.transactions.parts.get(key);
+            let row = row.filter(|row| row.state == PartState::Tried);
+            row.and_then(|row| row.tx.clone()).ok_or_else(out_of_turn)?
+        };
+        let effects = tx.effects_on(self.partition, self.partitions);
+        self.check_nets(&effects, &tx, |e, a| {
+            let present = a.held >= e.net_debit() && a.incoming >= e.net_credit();
+            check(present, || {
+                format!("the Try of transaction {key:?} is missing at {}", e.account)
+            })
+        })?;
+        self.change_nets(&effects, |e, a| {
+            a.held -= e.net_debit();
+            a.incoming -= e.net_credit();
+            if confirmed {
+                a.balance += e.net_credit();
+            } else {
+                a.balance += e.net_debit();
+            }
+        });
+        if confirmed {
+            for effect in &effects.accounts {
+                let currency = self.accounts.get(&effect.account).expect("moved").currency;
+                let flows = self.flows.entry(currency).or_default();
+                flows.sent += u128::from(effect.net_debit());
+                flows.received += u128::from(effect.net_credit());
+            }
+        }
+        if self.is_home_of(key) {
+            let at = self.home_row(key).expect("found above");
+            let mut phase = self.transfers.phase(at);
+            phase.state = match phase.state {
+                TransferState::Cancelling(reason) => TransferState::Cancelled(reason),
+                _ => {
+                    phase.decided_at = meta.timestamp;
+                    TransferState::Committed
+                }
+            };
+            phase.finished_at = meta.timestamp;
+            self.transfers.set_phase(at, phase);
+        } else {
+            let row = self.transactions.parts.get_mut(key).expect("found above");
+            row.state = if confirmed {
+                PartState::Confirmed
+            } else {
+                PartState::Cancelled
+            };
+        }
+        Ok(())
+    }
+
+    /// Takes a snapshot's transaction tables, refusing rows that cannot be: a home row of a
+    /// transaction another partition is home of, a participant's row here of a transaction
+    /// this partition is home of, a Try's row without its transaction or under another key.
+    pub(crate) fn restore_transactions(&mut self, table: TransactionTable) -> Result<(), String> {
+        for key in table.home.keys() {
+            if !self.is_home_of(key) {
+                return Err(format!("transaction {key:?} kept where it is not at home"));
+            }
+        }
+        for (key, row) in &table.parts {
+            let tried = !matches!(row.state, PartState::Refused { .. });
+            let fits = match &row.tx {
+                Some(tx) => tried && tx.key() == *key,
+                None => !tried,
+            };
+            if self.is_home_of(key) || !fits {
+                return Err(format!("participant row of transaction {key:?} cannot be"));
+            }
+        }
+        self.transactions = table;
+        Ok(())
+    }
+
+    /// Minor units per currency that the transactions' Tries count as `incoming` here: the
+    /// net credits of every Try not yet confirmed or undone (the conservation check's).
+    pub(crate) fn transactions_incoming(&self) -> BTreeMap<crate::model::money::Currency, u64> {
+        let mut incoming = BTreeMap::new();
+        let home_open = self.transactions.home.iter().filter_map(|(key, terms)| {
+            let state = self
+                .transfers
+                .find(key)
+                .map(|at| self.transfers.phase(at).state);
+            matches!(
+                state,
+                Some(TransferState::Trying | TransferState::Cancelling(_))
+            )
+            .then_some(&terms.tx)
+        });
+        let parts_open = (self.transactions.parts.values())
+            .filter(|row| row.state == PartState::Tried)
+            .filter_map(|row| row.tx.as_ref());
+        for tx in home_open.chain(parts_open) {
+            for effect in tx.effects_on(self.partition, self.partitions).accounts {
+                if let Some(account) = self.accounts.get(&effect.account) {
+                    *incoming.entry(account.currency).or_default() += effect.net_credit();
+                }
+            }
+        }
+        incoming
+    }
+}
+
+/// A participant's answer to a Try, Cancel or Abort of a transaction whose row is `state`.
+fn part_answer(state: PartState) -> PhaseResult {
+    match state {
+        PartState::Tried => PhaseResult::Tried,
+        PartState::Confirmed => PhaseResult::Confirmed,
+        PartState::Cancelled => PhaseResult::Cancelled,
+        PartState::Refused {
+            failed_leg: Some(leg),
+            reason,
+        } => PhaseResult::LegFailed { leg, reason },
+        PartState::Refused {
+            failed_leg: None,
+            reason,
+        } => PhaseResult::TryFailed(reason),
+    }
+}
