@@ -635,6 +635,13 @@ pub fn event_name(event: &Event) -> &'static str {
         Event::HoldCaptured { .. } => "HoldCaptured",
         Event::HoldReleased { .. } => "HoldReleased",
         Event::CreditCaptured { .. } => "CreditCaptured",
+        Event::TransactionApplied { .. } => "TransactionApplied",
+        Event::TransactionRejected { .. } => "TransactionRejected",
+        Event::TransactionTried { .. } => "TransactionTried",
+        Event::TransactionRefused { .. } => "TransactionRefused",
+        Event::TransactionCancelling { .. } => "TransactionCancelling",
+        Event::TransactionConfirmed { .. } => "TransactionConfirmed",
+        Event::TransactionCancelled { .. } => "TransactionCancelled",
     }
 }
 

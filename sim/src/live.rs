@@ -241,7 +241,7 @@ impl LiveScans {
                         | Event::HoldEstablished { .. }
                 );
             if matters {
-                self.records.push(*record);
+                self.records.push(record.clone());
                 self.refunds.record(record.lsn, &record.event)?;
                 self.holds.record(record)?;
             }

@@ -104,16 +104,10 @@ pub(crate) fn by_destination(
         .collect()
 }
 
-/// `group` in pieces of at most [`PEER_MESSAGES_PER_INPUT_MAX`], in order.
+/// `group` in pieces of at most [`PEER_MESSAGES_PER_INPUT_MAX`], in order, each of which
+/// crosses a peer link as one `Peers` message (see [`walletd_core::wire::peer_groups`]).
 fn split_per_input(group: Vec<PeerMessage>) -> Vec<Vec<PeerMessage>> {
-    assert!(!group.is_empty(), "a group holds at least one message");
-    if group.len() <= PEER_MESSAGES_PER_INPUT_MAX {
-        return vec![group];
-    }
-    group
-        .chunks(PEER_MESSAGES_PER_INPUT_MAX)
-        .map(<[PeerMessage]>::to_vec)
-        .collect()
+    walletd_core::wire::peer_groups(group)
 }
 
 #[cfg(test)]
@@ -169,7 +163,8 @@ mod tests {
         let for_2: Vec<PeerMessage> = (0..3).map(|n| response(2, n)).collect();
         // Interleaved, as a batch's release holds them.
         let mut messages = for_1.clone();
-        for (at, message) in [(10, for_2[0]), (500, for_2[1]), (1002, for_2[2])] {
+        let picks = [(10, &for_2[0]), (500, &for_2[1]), (1002, &for_2[2])];
+        for (at, message) in picks.map(|(at, m)| (at, m.clone())) {
             messages.insert(at, message);
         }
         transport.send_all(messages);

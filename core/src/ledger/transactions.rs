@@ -106,6 +106,29 @@ impl Ledger {
         self.transactions.parts.get(key)
     }
 
+    /// The transactions this partition is home of that are not over (trying or
+    /// cancelling), with their states, sorted by key so that a rebuild is deterministic.
+    pub fn unfinished_transactions(&self) -> Vec<(TransferState, Arc<Transaction>)> {
+        (self.transactions.home.iter())
+            .filter_map(|(key, terms)| {
+                let state = self
+                    .transfers
+                    .find(key)
+                    .map(|at| self.transfers.phase(at).state)?;
+                state.is_unfinished().then(|| (state, terms.tx.clone()))
+            })
+            .collect()
+    }
+
+    /// The transactions another partition is home of whose Try this partition holds,
+    /// neither confirmed nor cancelled yet, sorted by key.
+    pub fn tried_transaction_parts(&self) -> Vec<TransferKey> {
+        (self.transactions.parts.iter())
+            .filter(|(_, row)| row.state == PartState::Tried)
+            .map(|(key, _)| *key)
+            .collect()
+    }
+
     /// Whether this partition is the home of transactions under `key`.
     fn is_home_of(&self, key: &TransferKey) -> bool {
         partition_of(&key.from, self.partitions) == self.partition

@@ -156,9 +156,11 @@ const TRANSFER_FIELD_LEN_MAX: usize = 3 * ID_FIELD_LEN_MAX + 8 + 2;
 const TRANSFER_EVENT_LEN_MAX: usize = 1 + TRANSFER_FIELD_LEN_MAX + ID_FIELD_LEN_MAX + 1;
 /// One leg of a transaction: from, to, amount, currency.
 const LEG_FIELD_LEN_MAX: usize = 2 * ID_FIELD_LEN_MAX + 8 + 2;
-/// The longest event: `TransactionRejected` of [`LEGS_MAX`] legs (tag, transaction id, leg
-/// count, legs, failed leg, reason): about 9 KiB.
-const EVENT_LEN_MAX: usize = 1 + ID_FIELD_LEN_MAX + 1 + LEGS_MAX * LEG_FIELD_LEN_MAX + 2;
+/// Most bytes a transaction takes as [`put_transaction`] writes it (id, leg count, legs):
+/// about 9 KiB at [`LEGS_MAX`] legs of the longest ids.
+pub const TRANSACTION_ENCODED_LEN_MAX: usize = ID_FIELD_LEN_MAX + 1 + LEGS_MAX * LEG_FIELD_LEN_MAX;
+/// The longest event: `TransactionRejected` (tag, transaction, failed leg, reason).
+const EVENT_LEN_MAX: usize = 1 + TRANSACTION_ENCODED_LEN_MAX + 2;
 /// Most bytes [`encode_record`] appends for one record.
 pub const RECORD_ENCODED_LEN_MAX: usize = RECORD_HEADER_LEN + BODY_PREFIX_LEN + EVENT_LEN_MAX;
 /// What [`encode_record`] reserves ahead of a record: room for any event of one transfer,

@@ -56,6 +56,7 @@ use crate::protocol::coordinator::{
 };
 use crate::protocol::credit_watch::CreditWatch;
 use crate::protocol::message::{CommandGroup, CommandResult, PeerMessage, Query, QueryAnswer};
+use crate::protocol::tx_coordinator::{TxCoordinator, TxOutput, TxRequest, TxResponse};
 
 /// Limits and timings of a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,7 +246,15 @@ impl<K: ReplyTokens> OpenBatch<K> {
                 PeerMessage::Request { request, .. } => {
                     matches!(request.phase, Phase::Try | Phase::Abort)
                 }
-                PeerMessage::Unresolved { .. } | PeerMessage::StillHeld { .. } => false,
+                PeerMessage::TxResponse(response) => {
+                    matches!(response.phase, Phase::Try | Phase::Abort)
+                }
+                PeerMessage::TxRequest(request) => {
+                    matches!(request.phase, Phase::Try | Phase::Abort)
+                }
+                PeerMessage::Unresolved { .. }
+                | PeerMessage::StillHeld { .. }
+                | PeerMessage::TxUnresolved { .. } => false,
             })
     }
 }
@@ -288,6 +297,8 @@ pub struct PartitionMachine<K: ReplyTokens> {
     after_commit: Release<K>,
     /// The destination's pending credits, asked about once they stay pending too long.
     credit_watch: CreditWatch,
+    /// Multi-leg transactions this partition is home of or takes part in.
+    tx_coordinator: TxCoordinator,
     /// Credits tried here and not yet confirmed or cancelled.
     pending_credits: usize,
     /// The buffer of the last durable commit, reused by the next batch.
@@ -338,9 +349,11 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         // not (their rows are not in memory). A replica that leads again after following, or
         // one built from a ledger recovered from a snapshot, starts from them.
         let chunks_written = ledger.cold_transfer_chunks();
+        let tx_coordinator = TxCoordinator::rebuild(config.coordinator, &ledger, now.micros);
         let mut machine = PartitionMachine {
             ledger,
             coordinator,
+            tx_coordinator,
             config,
             batch: OpenBatch::new(Vec::with_capacity(1 << 20)),
             committing: None,
@@ -481,6 +494,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         let expiry = (self.ledger.next_hold_expiry())
             .map(|at| self.now.micros + at.saturating_sub(self.now.wall_us));
         (self.coordinator.next_due().into_iter())
+            .chain(self.tx_coordinator.next_due())
             .chain(watch)
             .chain(background)
             .chain(expiry)
@@ -600,6 +614,62 @@ impl<K: ReplyTokens> PartitionMachine<K> {
                 let until = now.micros.saturating_add(for_us).saturating_add(after_us);
                 self.credit_watch.defer(key, until);
             }
+            PeerMessage::TxRequest(request) => self.handle_tx_request(request),
+            PeerMessage::TxResponse(response) => {
+                self.tx_coordinator.on_response(&response, now.micros);
+                self.drain_tx_coordinator();
+            }
+            PeerMessage::TxUnresolved { key, partition } => {
+                let micros = now.micros;
+                self.tx_coordinator
+                    .on_unresolved(key, partition, &self.ledger, micros);
+                self.drain_tx_coordinator();
+            }
+        }
+    }
+
+    /// A participant's part of a transaction: its answer leaves with the batch that logs
+    /// it; a Confirm carried out is not answered (the home's side ended at the commit).
+    fn handle_tx_request(&mut self, request: TxRequest) {
+        let result = match self.execute(&request.command()) {
+            Ok(Reply::Phase(result)) => result,
+            Ok(other) => unreachable!("phase commands reply with a phase result, got {other:?}"),
+            Err(error) => {
+                let (partition, key) = (self.partition(), request.key);
+                tracing::error!(partition, ?key, %error, "transaction request refused");
+                PhaseResult::Refused
+            }
+        };
+        if request.phase == Phase::Confirm && result == PhaseResult::Confirmed {
+            return;
+        }
+        let response = TxResponse {
+            phase: request.phase,
+            key: request.key,
+            partition: self.partition(),
+            result,
+        };
+        let message = PeerMessage::TxResponse(response);
+        self.batch.release.peer_messages.push(message);
+    }
+
+    /// Carries out what the transaction coordinator asked for: its commands run at once,
+    /// its messages leave with the open batch (after the records that caused them).
+    fn drain_tx_coordinator(&mut self) {
+        while let Some(output) = self.tx_coordinator.poll_output() {
+            match output {
+                TxOutput::Send(message) => self.batch.release.peer_messages.push(message),
+                TxOutput::Execute(command) => {
+                    if let Err(error) = self.execute(&command) {
+                        self.report_refused_coordinator_command(error);
+                    }
+                }
+                // The home's Try was durable before any Try left: its clients may hear now.
+                TxOutput::Committed { key } => {
+                    self.resolve_waiters(&key, TransferStatus::Committed, Some(0))
+                }
+                TxOutput::Violation { key, detail } => self.report_violation(key, detail),
+            }
         }
     }
 
@@ -610,7 +680,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         for chunk in messages.chunks(PREFETCH_COMMANDS_MAX) {
             self.ledger.prefetch(chunk.iter().filter_map(peer_command));
             for message in chunk {
-                self.handle_peer(now, *message);
+                self.handle_peer(now, message.clone());
             }
         }
     }
@@ -635,6 +705,8 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         self.drop_a_written_chunk();
         self.coordinator.on_tick(now.micros);
         self.drain_coordinator();
+        self.tx_coordinator.on_tick(now.micros);
+        self.drain_tx_coordinator();
         let after_us = self.config.coordinator.resolve_after_us;
         let mut unresolved = Vec::new();
         self.credit_watch
@@ -872,7 +944,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
     ) -> Option<TransferKey> {
         match (command, result) {
             (
-                Command::Transfer(_) | Command::Refund(_) | Command::Hold(_),
+                Command::Transfer(_) | Command::Refund(_) | Command::Hold(_) | Command::Transact(_),
                 Ok(Reply::Transfer(TransferStatus::Pending)),
             ) if wait && self.waiter_count < self.config.waiters_max => {
                 // A waiter must be registered before the decision it waits for; should the
@@ -997,6 +1069,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         for (lsn, event) in (first_lsn..).zip(events.iter()) {
             encode_event_record(lsn, timestamp, event, &mut self.batch.bytes);
             self.coordinator.on_event(event, lsn, self.now.micros);
+            self.tx_coordinator.on_event(event, self.now.micros);
             match event {
                 Event::CreditTried { .. } => self.pending_credits += 1,
                 Event::CreditConfirmed { .. }
@@ -1019,6 +1092,10 @@ impl<K: ReplyTokens> PartitionMachine<K> {
                 }
                 Event::HoldEstablished { key } => {
                     self.resolve_waiters(key, TransferStatus::Held, None);
+                }
+                // A transaction's clients hear its cancel with the batch that decides it.
+                Event::TransactionCancelling { key, reason, .. } => {
+                    self.resolve_waiters(key, TransferStatus::Cancelled(*reason), None);
                 }
                 Event::DebitConfirmed { key } | Event::DebitCancelled { key } => {
                     let row = self
@@ -1047,6 +1124,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         events.clear();
         self.events = events;
         self.drain_coordinator();
+        self.drain_tx_coordinator();
         result
     }
 
@@ -1158,7 +1236,11 @@ fn peer_command(message: &PeerMessage) -> Option<Command> {
     match message {
         PeerMessage::Request { request, .. } => Some(request.command()),
         PeerMessage::Response(response) => Some(Command::CommitDebit { key: response.key }),
-        PeerMessage::Unresolved { .. } | PeerMessage::StillHeld { .. } => None,
+        PeerMessage::TxRequest(request) => Some(request.command()),
+        PeerMessage::Unresolved { .. }
+        | PeerMessage::StillHeld { .. }
+        | PeerMessage::TxResponse(_)
+        | PeerMessage::TxUnresolved { .. } => None,
     }
 }
 

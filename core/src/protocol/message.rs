@@ -11,6 +11,7 @@ use crate::model::event::{Transfer, TransferKey};
 use crate::model::ids::{AccountId, TransactionId};
 use crate::model::partition::{partition_of, PartitionId};
 use crate::protocol::coordinator::{PhaseRequest, PhaseResponse};
+use crate::protocol::tx_coordinator::{TxRequest, TxResponse};
 
 /// A read-only question to a partition, answered after everything before it is durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,8 +125,8 @@ impl std::fmt::Debug for CommandGroup {
     }
 }
 
-/// A message between partitions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A message between partitions. Not `Copy`: a transaction's Try shares its legs.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerMessage {
     /// From the home partition `from` to the partition of `request.transfer.to`.
     Request {
@@ -149,6 +150,16 @@ pub enum PeerMessage {
         partition: PartitionId,
         for_us: u64,
     },
+    /// From a transaction's home to one of its participants (`request.partition`).
+    TxRequest(TxRequest),
+    /// From a participant back to the home of `response.key`.
+    TxResponse(TxResponse),
+    /// From participant `partition` to the home of `key`: "I still hold my Try of this
+    /// transaction; what became of it?" (a Confirm is not acknowledged, and may be lost).
+    TxUnresolved {
+        key: TransferKey,
+        partition: PartitionId,
+    },
 }
 
 impl PeerMessage {
@@ -159,6 +170,9 @@ impl PeerMessage {
             PeerMessage::Response(response) => partition_of(&response.key.from, partitions),
             PeerMessage::Unresolved { transfer } => partition_of(&transfer.from, partitions),
             PeerMessage::StillHeld { partition, .. } => *partition,
+            PeerMessage::TxRequest(request) => request.partition,
+            PeerMessage::TxResponse(TxResponse { key, .. })
+            | PeerMessage::TxUnresolved { key, .. } => partition_of(&key.from, partitions),
         }
     }
 }

@@ -9,6 +9,8 @@
 //! - [`machine`]: the partition machine: everything a partition decides, sans-IO.
 //! - [`message`]: what crosses a partition's boundary: client commands and queries, their
 //!   answers, and the phase messages between partitions.
+//! - [`tx_coordinator`]: drives multi-leg transactions from their home, and asks about
+//!   them from their participants (sans-IO).
 //! - `bugs` (tests and simulation only): switchable known-bug mutations.
 //! - `tests` (tests only): ledger, coordinator, property and mutation tests.
 
@@ -20,6 +22,7 @@ pub mod invariants;
 pub mod machine;
 pub mod message;
 mod timer_queue;
+pub mod tx_coordinator;
 
 #[cfg(test)]
 pub(crate) mod tests;

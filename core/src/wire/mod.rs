@@ -94,7 +94,10 @@ use crate::ledger::{
     Account, Command, DryRun, Hold, HoldTerms, LedgerError, PhaseResult, Refund, Reply,
     TransferRow, TransferState, TransferStatus,
 };
-use crate::log::codec::{put_currency, put_key, put_transaction, put_transfer, reason_tag, Cursor};
+use crate::log::codec::{
+    put_currency, put_key, put_transaction, put_transfer, reason_tag, Cursor,
+    TRANSACTION_ENCODED_LEN_MAX,
+};
 use crate::model::event::Decision;
 use crate::model::ids::ID_LEN_MAX;
 use crate::model::money::Amount;
@@ -103,6 +106,7 @@ use crate::protocol::coordinator::{Phase, PhaseRequest, PhaseResponse};
 use crate::protocol::message::{
     CommandResult, PeerMessage, Query, QueryAnswer, PEER_MESSAGES_PER_INPUT_MAX,
 };
+use crate::protocol::tx_coordinator::{TxRequest, TxResponse};
 use crate::replica::membership::{Answer as MemberAnswer, MembershipMessage};
 use crate::replica::CatchUpMessage;
 use crate::replica::RaftMessage;
@@ -157,6 +161,13 @@ pub const FRAME_BODY_LEN_MAX: usize = BODY_PREFIX_LEN + RAFT_ENCODED_LEN_MAX;
 /// Most bytes one encoded peer message takes (a phase request carrying a transfer whose ids
 /// are all at their length limit; see `peer_message_lengths_are_bounded`).
 pub const PEER_MESSAGE_ENCODED_LEN_MAX: usize = 1 + 4 + 1 + 3 * (1 + ID_LEN_MAX) + 8 + 2;
+/// Most bytes a transaction's Try takes as a peer message: tag, phase, key, partition, a
+/// presence byte and the transaction (as the log codec writes it, up to 64 legs).
+pub const TX_REQUEST_ENCODED_LEN_MAX: usize =
+    1 + 1 + 2 * (1 + ID_LEN_MAX) + 4 + 1 + TRANSACTION_ENCODED_LEN_MAX;
+/// Most bytes a `Request` message carrying a transaction takes: tag, request id, wait, the
+/// command's tag, the transaction and a participant.
+pub const TX_MESSAGE_ENCODED_LEN_MAX: usize = 1 + 8 + 1 + 1 + TRANSACTION_ENCODED_LEN_MAX + 4;
 /// Fewest bytes one encoded peer message takes (a response: tag, phase, a key of two one-byte
 /// ids, result). Caps what a `Peers` count can make the decoder preallocate.
 const PEER_MESSAGE_LEN_MIN: usize = 1 + 1 + 2 * (1 + 1) + 1;
@@ -183,6 +194,9 @@ const _: () =
     assert!(BODY_PREFIX_LEN + FRAME_MESSAGES_MAX * MESSAGE_ENCODED_LEN_MAX <= FRAME_BODY_LEN_MAX);
 const _: () = assert!(PEERS_PREFIX_LEN + PEER_MESSAGE_LEN_MIN >= MESSAGE_LEN_MIN);
 const _: () = assert!(FRAME_BODY_LEN_MAX <= u32::MAX as usize);
+// A transaction's Try fits in a `Peers` message, and a request carrying one in a frame.
+const _: () = assert!(TX_REQUEST_ENCODED_LEN_MAX <= PEERS_ENCODED_LEN_MAX - PEERS_PREFIX_LEN);
+const _: () = assert!(BODY_PREFIX_LEN + TX_MESSAGE_ENCODED_LEN_MAX <= FRAME_BODY_LEN_PLAIN_MAX);
 const _: () = assert!(ERROR_TEXT_LEN_MAX <= u8::MAX as usize && ID_LEN_MAX <= u8::MAX as usize);
 
 /// Message tags; see the module docs. Never reuse or renumber one.
@@ -579,7 +593,13 @@ fn decode_message(cursor: &mut Cursor<'_>) -> Result<Message, String> {
 /// The most bytes `message` can encode to: what a frame must have room for.
 fn encoded_len_max(message: &Message) -> usize {
     match message {
-        Message::Peers(peers) => PEERS_PREFIX_LEN + peers.len() * PEER_MESSAGE_ENCODED_LEN_MAX,
+        Message::Peers(peers) => {
+            PEERS_PREFIX_LEN + peers.iter().map(peer_encoded_len_max).sum::<usize>()
+        }
+        Message::Request {
+            command: Command::Transact(_) | Command::TryTransaction { .. },
+            ..
+        } => TX_MESSAGE_ENCODED_LEN_MAX,
         Message::Raft { .. } | Message::CatchUp { .. } => RAFT_ENCODED_LEN_MAX,
         _ => MESSAGE_ENCODED_LEN_MAX,
     }
@@ -1318,7 +1338,64 @@ fn put_peer(out: &mut Vec<u8>, peer: &PeerMessage) {
             out.extend_from_slice(&partition.to_le_bytes());
             out.extend_from_slice(&for_us.to_le_bytes());
         }
+        PeerMessage::TxRequest(request) => {
+            out.push(5);
+            out.push(phase_tag(request.phase));
+            put_key(out, &request.key);
+            out.extend_from_slice(&request.partition.to_le_bytes());
+            match &request.tx {
+                Some(tx) => {
+                    out.push(1);
+                    put_transaction(out, tx);
+                }
+                None => out.push(0),
+            }
+        }
+        PeerMessage::TxResponse(response) => {
+            out.push(6);
+            out.push(phase_tag(response.phase));
+            put_key(out, &response.key);
+            out.extend_from_slice(&response.partition.to_le_bytes());
+            put_phase_result(out, response.result);
+        }
+        PeerMessage::TxUnresolved { key, partition } => {
+            out.push(7);
+            put_key(out, key);
+            out.extend_from_slice(&partition.to_le_bytes());
+        }
     }
+}
+
+/// The most bytes `peer` can encode to: [`PEER_MESSAGE_ENCODED_LEN_MAX`], or for a
+/// transaction's Try, which carries its legs, [`TX_REQUEST_ENCODED_LEN_MAX`].
+pub fn peer_encoded_len_max(peer: &PeerMessage) -> usize {
+    match peer {
+        PeerMessage::TxRequest(TxRequest { tx: Some(_), .. }) => TX_REQUEST_ENCODED_LEN_MAX,
+        _ => PEER_MESSAGE_ENCODED_LEN_MAX,
+    }
+}
+
+/// `group` (peer messages to one partition, in order) in pieces that each travel as one
+/// `Peers` message: at most [`PEER_MESSAGES_PER_INPUT_MAX`] messages, and at most
+/// [`PEERS_ENCODED_LEN_MAX`] bytes however long each is (a transaction's Try carries up to
+/// 64 legs, forty times a transfer's message).
+pub fn peer_groups(group: Vec<PeerMessage>) -> Vec<Vec<PeerMessage>> {
+    assert!(!group.is_empty(), "a group holds at least one message");
+    let budget = PEERS_ENCODED_LEN_MAX - PEERS_PREFIX_LEN;
+    let mut pieces = Vec::new();
+    let mut piece = Vec::new();
+    let mut weight = 0;
+    for peer in group {
+        let len = peer_encoded_len_max(&peer);
+        if piece.len() == PEER_MESSAGES_PER_INPUT_MAX || weight + len > budget {
+            pieces.push(std::mem::take(&mut piece));
+            weight = 0;
+        }
+        weight += len;
+        piece.push(peer);
+    }
+    pieces.push(piece);
+    pieces
 }
 
 /// A count, then the peer messages. An empty or oversized group is a bug of the sender.
@@ -1373,6 +1450,38 @@ fn get_peer(cursor: &mut Cursor<'_>) -> Result<PeerMessage, String> {
             key: cursor.key()?,
             partition: get_u32(cursor)?,
             for_us: cursor.u64()?,
+        },
+        5 => {
+            let phase = get_phase(cursor)?;
+            let key = cursor.key()?;
+            let partition = get_u32(cursor)?;
+            let tx = match get_bool(cursor)? {
+                true => Some(cursor.transaction()?),
+                false => None,
+            };
+            if (phase == Phase::Try) != tx.is_some()
+                || tx.as_ref().is_some_and(|tx| tx.key() != key)
+            {
+                return Err(
+                    "a transaction's request carries its transaction with its Try only".to_string(),
+                );
+            }
+            PeerMessage::TxRequest(TxRequest {
+                phase,
+                key,
+                partition,
+                tx,
+            })
+        }
+        6 => PeerMessage::TxResponse(TxResponse {
+            phase: get_phase(cursor)?,
+            key: cursor.key()?,
+            partition: get_u32(cursor)?,
+            result: get_phase_result(cursor)?,
+        }),
+        7 => PeerMessage::TxUnresolved {
+            key: cursor.key()?,
+            partition: get_u32(cursor)?,
         },
         other => return Err(format!("unknown peer message {other}")),
     })

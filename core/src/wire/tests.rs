@@ -4,6 +4,9 @@ use super::*;
 use crate::model::event::{Reason, Transfer, TransferKey};
 use crate::model::ids::{AccountId, TransactionId};
 use crate::model::money::{Amount, Currency, AMOUNT_MINOR_MAX};
+use crate::model::transaction::LEGS_MAX;
+use crate::model::transaction::{Leg, Transaction};
+use crate::protocol::tx_coordinator::{TxRequest, TxResponse};
 
 const ALL_REASONS: [Reason; 12] = Reason::ALL;
 
@@ -278,6 +281,42 @@ fn every_peer_message(t: Transfer) -> Vec<PeerMessage> {
         }
     }
     messages.push(PeerMessage::Unresolved { transfer: t });
+    // A transaction's phases, its Try carrying its legs.
+    // Two legs through the transfer's accounts and a third: from and to may be one account.
+    let third = AccountId::new("third-account").expect("a valid id");
+    let leg = |from, to| Leg {
+        from,
+        to,
+        amount: t.amount,
+        currency: t.currency,
+    };
+    let legs = vec![leg(t.from, third), leg(third, t.to)];
+    let tx = Transaction::new(t.transaction_id, legs).expect("valid legs");
+    for phase in [Phase::Try, Phase::Confirm, Phase::Cancel, Phase::Abort] {
+        let tx = (phase == Phase::Try).then(|| tx.clone());
+        let request = TxRequest {
+            phase,
+            key: t.key(),
+            partition: 5,
+            tx,
+        };
+        messages.push(PeerMessage::TxRequest(request));
+        let result = PhaseResult::LegFailed {
+            leg: 2,
+            reason: Reason::InsufficientFunds,
+        };
+        let response = TxResponse {
+            phase,
+            key: t.key(),
+            partition: 4,
+            result,
+        };
+        messages.push(PeerMessage::TxResponse(response));
+    }
+    messages.push(PeerMessage::TxUnresolved {
+        key: t.key(),
+        partition: 3,
+    });
     messages
 }
 
@@ -505,11 +544,45 @@ fn shortest_peer_message() -> PeerMessage {
 #[test]
 fn peer_message_lengths_are_bounded() {
     let peer_len = |peer: PeerMessage| encoded_len(&Message::Peers(vec![peer])) - PEERS_PREFIX_LEN;
+    // Every message within its own bound; the longest of a transfer's at the common bound.
+    for peer in every_peer_message(longest_transfer()) {
+        assert!(
+            peer_len(peer.clone()) <= peer_encoded_len_max(&peer),
+            "{peer:?}"
+        );
+    }
     let longest = every_peer_message(longest_transfer())
         .into_iter()
+        .filter(|peer| !matches!(peer, PeerMessage::TxRequest(TxRequest { tx: Some(_), .. })))
         .map(peer_len)
         .max();
     assert_eq!(longest, Some(PEER_MESSAGE_ENCODED_LEN_MAX));
+    // A transaction's Try of 64 legs of the longest ids is at its bound.
+    let id = |c: char| AccountId::new(&c.to_string().repeat(ID_LEN_MAX)).unwrap();
+    let leg = |from, to| Leg {
+        from,
+        to,
+        amount: Amount::from_minor(1).unwrap(),
+        currency: Currency::USD,
+    };
+    let legs = (0..LEGS_MAX)
+        .map(|n| {
+            if n % 2 == 0 {
+                leg(id('a'), id('b'))
+            } else {
+                leg(id('b'), id('a'))
+            }
+        })
+        .collect();
+    let transaction_id = TransactionId::new(&"t".repeat(ID_LEN_MAX)).unwrap();
+    let tx = Transaction::new(transaction_id, legs).unwrap();
+    let longest_try = PeerMessage::TxRequest(TxRequest {
+        phase: Phase::Try,
+        key: tx.key(),
+        partition: 1,
+        tx: Some(tx),
+    });
+    assert_eq!(peer_len(longest_try), TX_REQUEST_ENCODED_LEN_MAX);
     assert_eq!(peer_len(shortest_peer_message()), PEER_MESSAGE_LEN_MIN);
     let shortest = every_peer_message(transfer())
         .into_iter()
@@ -523,7 +596,7 @@ fn peer_message_lengths_are_bounded() {
 
 /// `PEER_MESSAGES_PER_INPUT_MAX` phase requests carrying the longest transfer.
 fn longest_peers_message() -> Message {
-    let request = every_peer_message(longest_transfer())[0];
+    let request = every_peer_message(longest_transfer())[0].clone();
     assert!(matches!(request, PeerMessage::Request { .. }));
     Message::Peers(vec![request; PEER_MESSAGES_PER_INPUT_MAX])
 }
@@ -532,7 +605,7 @@ fn longest_peers_message() -> Message {
 fn peers_messages_of_every_size_round_trip() {
     let peers = every_peer_message(transfer());
     round_trip(&[Message::Peers(peers.clone())]);
-    let many: Vec<PeerMessage> = peers.iter().copied().cycle().take(1000).collect();
+    let many: Vec<PeerMessage> = peers.iter().cloned().cycle().take(1000).collect();
     let frame = round_trip(&[
         Message::Refused { id: 1 },
         Message::Peers(many.clone()),
@@ -879,6 +952,7 @@ fn arb_peer_message() -> impl Strategy<Value = PeerMessage> {
     (arb_transfer(), 0..25usize, any::<u32>()).prop_map(|(t, pick, from)| match every_peer_message(
         t,
     )[pick]
+        .clone()
     {
         PeerMessage::Request { request, .. } => PeerMessage::Request { from, request },
         response => response,
@@ -1225,4 +1299,41 @@ fn catch_up_messages_round_trip() {
         .collect();
     round_trip(&messages[..1]);
     round_trip(&messages[1..]);
+}
+
+#[test]
+fn peer_groups_keep_order_and_fit_each_group_in_one_peers_message() {
+    let longest = every_peer_message(longest_transfer());
+    let try_of_legs = |n: usize| {
+        let legs = (0..n)
+            .map(|i| Leg {
+                from: account(&format!("{i:0>64}")),
+                to: account(&"z".repeat(ID_LEN_MAX)),
+                amount: Amount::from_minor(1).unwrap(),
+                currency: Currency::USD,
+            })
+            .collect();
+        let tx = Transaction::new(txn(&"t".repeat(ID_LEN_MAX)), legs).unwrap();
+        PeerMessage::TxRequest(TxRequest {
+            phase: Phase::Try,
+            key: tx.key(),
+            partition: 2,
+            tx: Some(tx),
+        })
+    };
+    // Transfers' messages and transactions' Tries of 64 legs, interleaved.
+    let group: Vec<PeerMessage> = (0..3000)
+        .map(|n| match n % 50 {
+            0 => try_of_legs(LEGS_MAX),
+            _ => longest[n % longest.len()].clone(),
+        })
+        .collect();
+    let pieces = peer_groups(group.clone());
+    assert!(pieces.len() > group.len().div_ceil(PEER_MESSAGES_PER_INPUT_MAX));
+    for piece in &pieces {
+        assert!((1..=PEER_MESSAGES_PER_INPUT_MAX).contains(&piece.len()));
+        assert!(encoded_len(&Message::Peers(piece.clone())) <= PEERS_ENCODED_LEN_MAX);
+    }
+    assert_eq!(pieces.concat(), group);
+    round_trip(&[Message::Peers(pieces[0].clone())]);
 }

@@ -723,7 +723,7 @@ fn a_batch_sends_its_peer_messages_before_its_answers() {
             transfer: transfer(id("alice"), id("bob"), 5, "t-1"),
         },
     };
-    release.peer_messages.extend([confirm; 2]);
+    release.peer_messages.extend([confirm.clone(), confirm]);
     send_release((0, 0), release, &*probe);
     assert_eq!(probe.sent_before_the_answer.load(Ordering::Relaxed), 2);
     let answered = probe.answer.lock().unwrap().try_recv();

@@ -6,10 +6,14 @@ use std::collections::{BTreeMap, VecDeque};
 
 use super::*;
 use crate::ledger::{Command, CreditState, LedgerError, PhaseResult, Reply, TransferStatus};
+use crate::ledger::{PartState, TransferState};
 use crate::log::codec::decode_log;
 use crate::model::event::Reason;
+use crate::model::event::TransferKey;
 use crate::model::ids::AccountId;
+use crate::model::ids::TransactionId;
 use crate::model::money::Currency::USD;
+use crate::model::transaction::{Leg, Transaction};
 use crate::protocol::coordinator::{Phase, PhaseRequest};
 use crate::protocol::tests::support::{account_on, deposit, key, open, transfer};
 
@@ -826,5 +830,251 @@ fn a_hold_across_partitions_is_answered_held_at_its_commit_point() {
     assert_eq!(
         world.replies[&13],
         Ok(Reply::Transfer(TransferStatus::Captured))
+    );
+}
+
+/// Three partitions; `a` on 0 holds 100 USD, `b` on 1 and `c` on 2 hold nothing.
+fn three_participants() -> (World, [AccountId; 3]) {
+    let mut world = World::new(3);
+    let accounts = [0, 1, 2].map(|p| account_on("acct", p, 3, 0));
+    for (p, account) in accounts.iter().enumerate() {
+        world.command(p as PartitionId, 1 + p as u32, open(*account, USD), false);
+    }
+    world.command(0, 9, deposit(accounts[0], 100, USD, "d-1"), false);
+    world.settle();
+    world.replies.clear();
+    (world, accounts)
+}
+
+fn leg(from: AccountId, to: AccountId, minor: u64) -> Leg {
+    Leg {
+        from,
+        to,
+        amount: crate::model::money::Amount::from_minor(minor).expect("in range"),
+        currency: USD,
+    }
+}
+
+fn transact(id: &str, legs: Vec<Leg>) -> (Command, TransferKey) {
+    let tx = Transaction::new(TransactionId::new(id).unwrap(), legs).expect("valid legs");
+    let key = tx.key();
+    (Command::Transact(tx), key)
+}
+
+/// Every account's figures, and each ledger's conservation.
+fn figures_of(world: &mut World, accounts: &[AccountId]) -> Vec<(u64, u64, u64)> {
+    let count = world.partitions.len() as u32;
+    for p in 0..count {
+        world
+            .machine(p)
+            .ledger()
+            .check_conservation()
+            .expect("money is conserved");
+    }
+    accounts
+        .iter()
+        .map(|account| {
+            let p = crate::model::partition::partition_of(account, count);
+            let a = *world.machine(p).ledger().account(account).expect("open");
+            (a.balance, a.held, a.incoming)
+        })
+        .collect()
+}
+
+#[test]
+fn a_transaction_across_three_partitions_commits_once_every_participant_tried() {
+    let (mut world, [a, b, c]) = three_participants();
+    // b starts empty: the money passes through it.
+    let (command, key) = transact("x-1", vec![leg(a, b, 30), leg(b, c, 30), leg(a, c, 10)]);
+    world.command(0, 10, command.clone(), true);
+    // The home's Try first, durable before any Try leaves.
+    assert!(world.commit(0));
+    assert!(
+        !world.ready(0) && world.wire.is_empty(),
+        "no Try before the home's is durable"
+    );
+    assert_eq!(figures_of(&mut world, &[a])[0], (60, 40, 0));
+    assert!(world.sync(0));
+    assert_eq!(world.wire.len(), 2, "a Try to each other participant");
+    world.deliver();
+    // Each participant tries durably; b's net is nothing, c's is counted as incoming.
+    assert!(world.commit(1) && world.commit(2));
+    assert_eq!(figures_of(&mut world, &[b, c]), vec![(0, 0, 0), (0, 0, 40)]);
+    assert!(world.sync(1) && world.sync(2));
+    world.deliver();
+    assert!(world.ready(0));
+    assert_eq!(
+        world.replies[&10],
+        Ok(Reply::Transfer(TransferStatus::Committed)),
+        "committed once every participant's Try is durable"
+    );
+    assert_eq!(
+        figures_of(&mut world, &[c])[0],
+        (0, 0, 40),
+        "no credit before the Confirm"
+    );
+    world.settle();
+    assert_eq!(
+        figures_of(&mut world, &[a, b, c]),
+        vec![(60, 0, 0), (0, 0, 0), (40, 0, 0)]
+    );
+    // The same request answers the same; other legs under the id are a conflict.
+    world.command(0, 11, command, false);
+    let (other, _) = transact("x-1", vec![leg(a, b, 31)]);
+    world.command(0, 12, other, false);
+    world.settle();
+    assert_eq!(world.replies[&11], world.replies[&10]);
+    assert_eq!(
+        world.replies[&12],
+        Err(LedgerError::Conflict(key.transaction_id))
+    );
+}
+
+#[test]
+fn a_refused_leg_cancels_the_transaction_everywhere_and_names_the_lowest_failing_leg() {
+    let (mut world, [a, b, c]) = three_participants();
+    // b cannot pay out 50 of the 30 it receives: its first debiting leg (1) fails.
+    let (command, key) = transact("x-2", vec![leg(a, b, 30), leg(b, c, 50)]);
+    world.command(0, 10, command, true);
+    world.settle();
+    assert_eq!(
+        world.replies[&10],
+        Ok(Reply::Transfer(TransferStatus::Cancelled(
+            Reason::InsufficientFunds
+        )))
+    );
+    let terms = world
+        .machine(0)
+        .ledger()
+        .transaction(&key)
+        .cloned()
+        .unwrap();
+    assert_eq!(terms.failed_leg, Some(1));
+    assert_eq!(
+        figures_of(&mut world, &[a, b, c]),
+        vec![(100, 0, 0), (0, 0, 0), (0, 0, 0)],
+        "nothing moved, nothing is left held or incoming"
+    );
+    let row = world.machine(0).ledger().transfer(&key).unwrap();
+    assert_eq!(
+        row.state,
+        TransferState::Cancelled(Reason::InsufficientFunds)
+    );
+}
+
+#[test]
+fn a_participant_that_never_answers_is_aborted_and_its_late_try_fails() {
+    let (mut world, [a, b, c]) = three_participants();
+    let (command, key) = transact("x-3", vec![leg(a, b, 30), leg(a, c, 5)]);
+    world.command(0, 10, command, true);
+    world.commit(0);
+    world.sync(0);
+    // The Try to c is lost on the way.
+    let lost: Vec<PeerMessage> = world
+        .wire
+        .iter()
+        .filter(|m| m.destination(3) == 2)
+        .cloned()
+        .collect();
+    world.wire.retain(|m| m.destination(3) != 2);
+    assert_eq!(lost.len(), 1);
+    world.settle();
+    assert!(!world.replies.contains_key(&10), "still waiting for c");
+    // Past the deadline the home asks c to cancel unless it tried: it never did.
+    world.advance(config().coordinator.try_timeout_us + 1);
+    world.advance(config().coordinator.retry_max_us);
+    assert_eq!(
+        world.replies[&10],
+        Ok(Reply::Transfer(TransferStatus::Cancelled(Reason::Timeout)))
+    );
+    assert_eq!(
+        world
+            .machine(0)
+            .ledger()
+            .transaction(&key)
+            .unwrap()
+            .failed_leg,
+        None
+    );
+    // The lost Try arrives at last, and fails on the barrier the abort left.
+    world.wire.extend(lost);
+    world.settle();
+    assert_eq!(
+        figures_of(&mut world, &[a, b, c]),
+        vec![(100, 0, 0), (0, 0, 0), (0, 0, 0)]
+    );
+    let part = world
+        .machine(2)
+        .ledger()
+        .transaction_part(&key)
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        part.state,
+        PartState::Refused {
+            failed_leg: None,
+            reason: Reason::CancelledBeforeTry
+        }
+    );
+}
+
+#[test]
+fn a_home_that_loses_power_after_the_commit_point_commits_on_restart() {
+    let (mut world, [a, b, c]) = three_participants();
+    let (command, key) = transact("x-4", vec![leg(a, b, 30), leg(a, c, 20)]);
+    world.command(0, 10, command.clone(), true);
+    world.commit(0);
+    world.sync(0);
+    world.deliver();
+    assert!(world.commit(1) && world.commit(2) && world.sync(1) && world.sync(2));
+    world.deliver();
+    world.ready(0);
+    assert_eq!(
+        world.replies[&10],
+        Ok(Reply::Transfer(TransferStatus::Committed))
+    );
+    // The record of the commit is not durable, nor did any Confirm leave: a power loss.
+    world.wire.clear();
+    world.power_loss(0);
+    assert_eq!(
+        world.machine(0).ledger().transfer(&key).unwrap().state,
+        TransferState::Trying
+    );
+    // The home asks again; the participants answer as they did; it commits.
+    world.advance(1_000);
+    world.advance(config().coordinator.retry_max_us);
+    assert_eq!(
+        figures_of(&mut world, &[a, b, c]),
+        vec![(50, 0, 0), (30, 0, 0), (20, 0, 0)]
+    );
+    world.command(0, 11, command, false);
+    world.settle();
+    assert_eq!(world.replies[&11], world.replies[&10]);
+}
+
+#[test]
+fn a_participant_whose_confirm_is_lost_asks_its_home() {
+    let (mut world, [a, b, c]) = three_participants();
+    let (command, _) = transact("x-5", vec![leg(a, b, 30), leg(a, c, 20)]);
+    world.command(0, 10, command, true);
+    world.commit(0);
+    world.sync(0);
+    world.deliver();
+    assert!(world.commit(1) && world.commit(2) && world.sync(1) && world.sync(2));
+    world.deliver();
+    // The home commits; its Confirms are lost.
+    assert!(world.commit(0) && world.sync(0));
+    assert!(!world.wire.is_empty());
+    world.wire.clear();
+    world.settle();
+    assert_eq!(
+        figures_of(&mut world, &[b, c]),
+        vec![(0, 0, 30), (0, 0, 20)],
+        "the credits wait, in no balance"
+    );
+    world.advance(config().coordinator.resolve_after_us + 1);
+    assert_eq!(
+        figures_of(&mut world, &[a, b, c]),
+        vec![(50, 0, 0), (30, 0, 0), (20, 0, 0)]
     );
 }

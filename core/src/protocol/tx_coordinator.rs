@@ -1,0 +1,472 @@
+//! The transaction coordinator: drives multi-leg transactions across partitions, from their
+//! home, and asks about them from their participants.
+//!
+//! Sans-IO like [`crate::protocol::coordinator`]: inputs through [`TxCoordinator::on_event`]
+//! (events this partition's ledger applied), [`TxCoordinator::on_response`] (a
+//! participant's answer), [`TxCoordinator::on_unresolved`] (a participant's question) and
+//! [`TxCoordinator::on_tick`]; outputs through [`TxCoordinator::poll_output`]. Its state is
+//! derivable from the ledger ([`TxCoordinator::rebuild`]).
+//!
+//! # The protocol (the ledger's rules are in [`crate::ledger`]'s `transactions` module)
+//! 1. The home's Try (`TransactionTried`) is made durable first; only then does the Try go
+//!    to every other participant (the driver releases [`TxOutput::Send`] with the batch
+//!    after the one that logged what caused it). So a participant never holds a Try its home
+//!    does not know, and nothing needs abandoning after a home's crash.
+//! 2. Each participant answers the Try durably: tried, or refused with its first failing
+//!    leg. The home waits for every answer. A Try unanswered by its deadline is followed by
+//!    an Abort ("cancel unless you tried"), whose answer decides like the Try's.
+//! 3. **Commit point**: every participant's Try is durable (the home's was first). The home
+//!    tells its clients `committed` at once ([`TxOutput::Committed`]), logs the commit
+//!    (`ConfirmTransaction` at the home), and sends each participant its Confirm with the
+//!    batch of that record. A Confirm is not acknowledged: a participant that still holds
+//!    its Try after [`CoordinatorConfig::resolve_after_us`] asks the home
+//!    ([`TxOutput::Send`] of [`PeerMessage::TxUnresolved`]), and the home answers from its
+//!    row.
+//! 4. Otherwise the home decides to cancel (`DecideTransactionCancel`, naming the lowest
+//!    failed leg of all answers, or none for a timeout), carries the Cancel to every
+//!    participant until each acknowledges, then ends its own side (`CancelTransaction`).
+//!
+//! A home restarted finds its rows: a transaction still trying sends its Tries again (a
+//! participant that tried answers tried again: Tries are idempotent), one cancelling its
+//! Cancels.
+
+use std::collections::BTreeMap;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::ledger::{Command, Ledger, PhaseResult, TransferState, TransferStatus};
+use crate::model::event::{Event, Reason, TransferKey};
+use crate::model::partition::{partition_of, PartitionId};
+use crate::model::transaction::Transaction;
+use crate::protocol::coordinator::{CoordinatorConfig, Micros, Phase};
+use crate::protocol::message::PeerMessage;
+
+/// A phase message of a transaction from its home to participant `partition`. Only a Try
+/// carries the transaction; the other phases name it by its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxRequest {
+    pub phase: Phase,
+    pub key: TransferKey,
+    /// The participant the request is for.
+    pub partition: PartitionId,
+    /// The transaction, with a Try (and only with one).
+    pub tx: Option<Arc<Transaction>>,
+}
+
+impl TxRequest {
+    /// The command the participant executes for this message.
+    pub fn command(&self) -> Command {
+        let (key, partition) = (self.key, self.partition);
+        match (self.phase, &self.tx) {
+            (Phase::Try, Some(tx)) => Command::TryTransaction {
+                tx: tx.clone(),
+                partition,
+            },
+            (Phase::Try, None) => unreachable!("a Try carries its transaction"),
+            (Phase::Confirm, _) => Command::ConfirmTransaction { key, partition },
+            (Phase::Cancel, _) => Command::CancelTransaction { key, partition },
+            (Phase::Abort, _) => Command::AbortTransaction { key, partition },
+        }
+    }
+}
+
+/// A participant's answer to a [`TxRequest`], routed to the home of `key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxResponse {
+    pub phase: Phase,
+    pub key: TransferKey,
+    /// The participant that answers.
+    pub partition: PartitionId,
+    pub result: PhaseResult,
+}
+
+/// What the coordinator asks its driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxOutput {
+    /// Send this message, with the batch after the records that caused it.
+    Send(PeerMessage),
+    /// Execute a command on this partition's ledger.
+    Execute(Command),
+    /// Every participant durably tried the transaction `key`: its clients may be told
+    /// `committed` now (the home's own Try was durable before any Try left).
+    Committed { key: TransferKey },
+    /// A participant answered what it cannot; surfaced so tests and the simulator fail.
+    Violation { key: TransferKey, detail: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Tries out; answers being gathered until `deadline`.
+    Trying { deadline: Micros },
+    /// The deadline passed: Aborts to those that did not answer.
+    Aborting,
+    /// The decision to cancel was emitted; waiting for its record.
+    Deciding,
+    /// The cancel is decided: Cancels until every participant acknowledged.
+    Cancelling,
+    /// The command that ends the home's side was emitted; waiting for its record.
+    Finishing,
+}
+
+#[derive(Debug, Clone)]
+struct Flight {
+    tx: Arc<Transaction>,
+    stage: Stage,
+    /// Every participant but the home, with its answer so far (to the Try or the Abort
+    /// while trying, to the Cancel while cancelling).
+    answers: BTreeMap<PartitionId, Option<PhaseResult>>,
+    due: Micros,
+    backoff_us: u64,
+    /// Every participant tried: the flight ends with the commit's record.
+    committed: bool,
+}
+
+/// The transaction coordinator of one partition.
+#[derive(Debug)]
+pub struct TxCoordinator {
+    config: CoordinatorConfig,
+    partition: PartitionId,
+    partitions: u32,
+    /// Transactions this partition is home of, being decided or cancelled.
+    flights: BTreeMap<TransferKey, Flight>,
+    /// Transactions this partition tried for another home, not yet confirmed or cancelled:
+    /// when to ask their home about them next.
+    watched: BTreeMap<TransferKey, Micros>,
+    outputs: VecDeque<TxOutput>,
+}
+
+impl TxCoordinator {
+    pub fn new(config: CoordinatorConfig, partition: PartitionId, partitions: u32) -> Self {
+        TxCoordinator {
+            config,
+            partition,
+            partitions,
+            flights: BTreeMap::new(),
+            watched: BTreeMap::new(),
+            outputs: VecDeque::new(),
+        }
+    }
+
+    /// The coordinator of `ledger`'s partition after a restart: its own unfinished
+    /// transactions resume, its participants' Tries are watched again.
+    pub fn rebuild(config: CoordinatorConfig, ledger: &Ledger, now: Micros) -> Self {
+        let mut coordinator = TxCoordinator::new(config, ledger.partition(), ledger.partitions());
+        for (state, tx) in ledger.unfinished_transactions() {
+            match state {
+                TransferState::Trying => coordinator.start(tx, now),
+                TransferState::Cancelling(_) => {
+                    let mut flight = coordinator.flight(tx, Stage::Cancelling);
+                    coordinator.send_unanswered(&mut flight, Phase::Cancel, now);
+                    coordinator.flights.insert(flight.tx.key(), flight);
+                }
+                _ => {}
+            }
+        }
+        for key in ledger.tried_transaction_parts() {
+            coordinator.watch(key, now);
+        }
+        coordinator
+    }
+
+    /// Transactions this partition is home of, in flight.
+    pub fn in_flight(&self) -> usize {
+        self.flights.len()
+    }
+
+    /// The earliest time [`TxCoordinator::on_tick`] has work to do.
+    pub fn next_due(&self) -> Option<Micros> {
+        let flights = self.flights.values().map(|f| f.due);
+        flights.chain(self.watched.values().copied()).min()
+    }
+
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<TxOutput> {
+        self.outputs.pop_front()
+    }
+
+    fn is_home_of(&self, key: &TransferKey) -> bool {
+        partition_of(&key.from, self.partitions) == self.partition
+    }
+
+    /// Observes an event this partition's ledger applied.
+    pub fn on_event(&mut self, event: &Event, now: Micros) {
+        match event {
+            Event::TransactionTried { tx } if self.is_home_of(&tx.key()) => {
+                self.start(tx.clone(), now)
+            }
+            Event::TransactionTried { tx } => self.watch(tx.key(), now),
+            Event::TransactionCancelling { key, .. } => {
+                if let Some(mut flight) = self.flights.remove(key) {
+                    flight.stage = Stage::Cancelling;
+                    for answer in flight.answers.values_mut() {
+                        *answer = None;
+                    }
+                    flight.backoff_us = self.config.retry_initial_us;
+                    self.send_unanswered(&mut flight, Phase::Cancel, now);
+                    self.flights.insert(*key, flight);
+                }
+            }
+            Event::TransactionConfirmed { key } | Event::TransactionCancelled { key } => {
+                if self.is_home_of(key) {
+                    self.flights.remove(key);
+                } else {
+                    self.watched.remove(key);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A participant's answer. Stale and duplicate answers are ignored.
+    pub fn on_response(&mut self, response: &TxResponse, now: Micros) {
+        let key = response.key;
+        if response.result == PhaseResult::Refused {
+            let detail = format!(
+                "participant {} refused {:?}",
+                response.partition, response.phase
+            );
+            return self.outputs.push_back(TxOutput::Violation { key, detail });
+        }
+        let Some(mut flight) = self.flights.remove(&key) else {
+            return;
+        };
+        let Some(slot) = flight.answers.get_mut(&response.partition) else {
+            let detail = format!("partition {} is no participant", response.partition);
+            self.outputs.push_back(TxOutput::Violation { key, detail });
+            self.flights.insert(key, flight);
+            return;
+        };
+        match (flight.stage, response.phase, response.result) {
+            (Stage::Trying { .. } | Stage::Aborting, Phase::Try | Phase::Abort, result) => {
+                if slot.is_none() {
+                    *slot = Some(result);
+                }
+                self.decide_if_answered(&mut flight, now);
+            }
+            (Stage::Cancelling, Phase::Cancel, PhaseResult::Confirmed) => {
+                let detail = "decided to cancel, but a participant confirmed".to_string();
+                self.outputs.push_back(TxOutput::Violation { key, detail });
+            }
+            (Stage::Cancelling, Phase::Cancel, _) => {
+                *slot = Some(response.result);
+                if flight.answers.values().all(Option::is_some) {
+                    flight.stage = Stage::Finishing;
+                    self.emit_finish(&mut flight, now);
+                }
+            }
+            _ => {}
+        }
+        self.flights.insert(key, flight);
+    }
+
+    /// Participant `partition` still holds its Try of `key` and asks what became of it.
+    /// Answered from the flight if the home is deciding it, else from the row.
+    pub fn on_unresolved(
+        &mut self,
+        key: TransferKey,
+        partition: PartitionId,
+        ledger: &Ledger,
+        now: Micros,
+    ) {
+        if self.flights.contains_key(&key) {
+            // It asks because it tried: as good as its answer to the Try.
+            let response = TxResponse {
+                phase: Phase::Try,
+                key,
+                partition,
+                result: PhaseResult::Tried,
+            };
+            let cancelling = self.flights[&key].stage == Stage::Cancelling;
+            if cancelling {
+                self.request(key, partition, Phase::Cancel, None);
+            } else {
+                self.on_response(&response, now);
+            }
+            return;
+        }
+        let state = ledger
+            .find_transfer(&key)
+            .ok()
+            .flatten()
+            .map(|row| row.state);
+        match state.map(|state| state.status()) {
+            Some(TransferStatus::Committed) => self.request(key, partition, Phase::Confirm, None),
+            Some(TransferStatus::Cancelled(_)) => self.request(key, partition, Phase::Cancel, None),
+            other => {
+                let detail = format!("participant {partition} holds a Try of a transaction whose home row is {other:?}");
+                self.outputs.push_back(TxOutput::Violation { key, detail });
+            }
+        }
+    }
+
+    /// Does what is due at `now`: resends, deadlines, questions to homes.
+    pub fn on_tick(&mut self, now: Micros) {
+        let due: Vec<TransferKey> = (self.flights.iter())
+            .filter(|(_, f)| f.due <= now)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in due {
+            let mut flight = self.flights.remove(&key).expect("listed above");
+            flight.backoff_us = (flight.backoff_us * 2).min(self.config.retry_max_us);
+            match flight.stage {
+                Stage::Trying { deadline } if now >= deadline => {
+                    flight.stage = Stage::Aborting;
+                    flight.backoff_us = self.config.retry_initial_us;
+                    self.send_unanswered(&mut flight, Phase::Abort, now);
+                }
+                Stage::Trying { .. } => self.send_unanswered(&mut flight, Phase::Try, now),
+                Stage::Aborting => self.send_unanswered(&mut flight, Phase::Abort, now),
+                Stage::Cancelling => self.send_unanswered(&mut flight, Phase::Cancel, now),
+                // The driver executes what it is given; re-emitting covers a command lost
+                // with a failed batch and is harmless, the commands being idempotent.
+                Stage::Deciding => self.emit_decision(&mut flight, now),
+                Stage::Finishing => self.emit_finish(&mut flight, now),
+            }
+            self.flights.insert(key, flight);
+        }
+        let asked: Vec<TransferKey> = (self.watched.iter())
+            .filter(|(_, due)| **due <= now)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in asked {
+            let message = PeerMessage::TxUnresolved {
+                key,
+                partition: self.partition,
+            };
+            self.outputs.push_back(TxOutput::Send(message));
+            self.watched.insert(key, now + self.config.resolve_after_us);
+        }
+    }
+
+    fn watch(&mut self, key: TransferKey, now: Micros) {
+        self.watched.insert(key, now + self.config.resolve_after_us);
+    }
+
+    fn flight(&self, tx: Arc<Transaction>, stage: Stage) -> Flight {
+        let answers = (tx.participants(self.partitions).into_iter())
+            .filter(|p| *p != self.partition)
+            .map(|p| (p, None))
+            .collect();
+        Flight {
+            tx,
+            stage,
+            answers,
+            due: 0,
+            backoff_us: self.config.retry_initial_us,
+            committed: false,
+        }
+    }
+
+    fn start(&mut self, tx: Arc<Transaction>, now: Micros) {
+        let deadline = now + self.config.try_timeout_us;
+        let mut flight = self.flight(tx, Stage::Trying { deadline });
+        assert!(
+            !flight.answers.is_empty(),
+            "a transaction across partitions"
+        );
+        self.send_unanswered(&mut flight, Phase::Try, now);
+        let key = flight.tx.key();
+        assert!(
+            self.flights.insert(key, flight).is_none(),
+            "a transaction starts once"
+        );
+    }
+
+    /// Sends `phase` to every participant that has not answered, and arms the resend.
+    fn send_unanswered(&mut self, flight: &mut Flight, phase: Phase, now: Micros) {
+        let key = flight.tx.key();
+        let tx = (phase == Phase::Try).then(|| flight.tx.clone());
+        let unanswered: Vec<PartitionId> = (flight.answers.iter())
+            .filter(|(_, answer)| answer.is_none())
+            .map(|(p, _)| *p)
+            .collect();
+        for partition in unanswered {
+            self.request(key, partition, phase, tx.clone());
+        }
+        flight.due = now + flight.backoff_us;
+    }
+
+    fn request(
+        &mut self,
+        key: TransferKey,
+        partition: PartitionId,
+        phase: Phase,
+        tx: Option<Arc<Transaction>>,
+    ) {
+        let request = TxRequest {
+            phase,
+            key,
+            partition,
+            tx,
+        };
+        self.outputs
+            .push_back(TxOutput::Send(PeerMessage::TxRequest(request)));
+    }
+
+    /// Once every participant answered the Try (or the Abort): commit if all tried, else
+    /// decide to cancel.
+    fn decide_if_answered(&mut self, flight: &mut Flight, now: Micros) {
+        if flight.answers.values().any(Option::is_none) {
+            return;
+        }
+        let key = flight.tx.key();
+        if flight
+            .answers
+            .values()
+            .all(|a| *a == Some(PhaseResult::Tried))
+        {
+            self.outputs.push_back(TxOutput::Committed { key });
+            let partition = self.partition;
+            self.outputs
+                .push_back(TxOutput::Execute(Command::ConfirmTransaction {
+                    key,
+                    partition,
+                }));
+            let participants: Vec<PartitionId> = flight.answers.keys().copied().collect();
+            for participant in participants {
+                self.request(key, participant, Phase::Confirm, None);
+            }
+            flight.stage = Stage::Finishing;
+            flight.committed = true;
+            flight.due = now + self.config.retry_initial_us;
+            return;
+        }
+        flight.stage = Stage::Deciding;
+        self.emit_decision(flight, now);
+    }
+
+    /// The decision to cancel, naming the lowest leg any participant refused (none if all
+    /// that refused only never tried: the Try timed out).
+    fn emit_decision(&mut self, flight: &mut Flight, now: Micros) {
+        let key = flight.tx.key();
+        let failed = (flight.answers.values().flatten())
+            .filter_map(|answer| match *answer {
+                PhaseResult::LegFailed { leg, reason } => Some((leg, reason)),
+                _ => None,
+            })
+            .min_by_key(|(leg, _)| *leg);
+        let (failed_leg, reason) = match failed {
+            Some((leg, reason)) => (Some(leg), reason),
+            None => (None, Reason::Timeout),
+        };
+        let command = Command::DecideTransactionCancel {
+            key,
+            failed_leg,
+            reason,
+        };
+        self.outputs.push_back(TxOutput::Execute(command));
+        flight.due = now + flight.backoff_us;
+    }
+
+    /// The command that ends the home's side: the commit, or the end of the cancel.
+    fn emit_finish(&mut self, flight: &mut Flight, now: Micros) {
+        let (key, partition) = (flight.tx.key(), self.partition);
+        let command = if flight.committed {
+            Command::ConfirmTransaction { key, partition }
+        } else {
+            Command::CancelTransaction { key, partition }
+        };
+        self.outputs.push_back(TxOutput::Execute(command));
+        flight.due = now + flight.backoff_us;
+    }
+}
