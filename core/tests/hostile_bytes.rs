@@ -232,7 +232,14 @@ fn sample_frames() -> Vec<u8> {
             got: 1,
         },
         Message::Auth { mac: [7; 32] },
-        Message::Peers(sample_peer_messages(3).repeat(3)),
+        Message::Peers(
+            [
+                sample_peer_messages(3).to_vec(),
+                sample_peer_messages(3).to_vec(),
+                sample_peer_messages(3).to_vec(),
+            ]
+            .concat(),
+        ),
     ];
     encode_frame(1, &messages, &mut bytes);
     encode_frame(1, &[], &mut bytes);
@@ -308,7 +315,7 @@ fn a_peers_message_declaring_every_peer_message_allocates_for_what_it_holds() {
     let mut one = Vec::new();
     encode_frame(
         1,
-        &[Message::Peers(vec![sample_peer_messages(0)[1]])],
+        &[Message::Peers(vec![sample_peer_messages(0)[1].clone()])],
         &mut one,
     );
     // Past the frame header (8), the body's prefix (11), and the Peers tag and count (3).
@@ -394,7 +401,7 @@ proptest! {
         peers in 1..200usize,
         damage in damage(),
     ) {
-        let group: Vec<PeerMessage> = sample_peer_messages(1).iter().copied().cycle().take(peers).collect();
+        let group: Vec<PeerMessage> = sample_peer_messages(1).iter().cloned().cycle().take(peers).collect();
         let mut bytes = Vec::new();
         encode_frame(1, &[Message::Peers(group)], &mut bytes);
         check_frames(&reseal_frames(&damaged(bytes, damage), usize::MAX));

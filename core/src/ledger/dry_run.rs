@@ -25,6 +25,10 @@ pub struct DryRun {
     /// the source would be debited into a hold here for this transfer, and its outcome is
     /// what that destination's Try of it would answer.
     pub credit: Option<Transfer>,
+    /// The command is a multi-leg transaction this partition would refuse: the leg that
+    /// fails. (One it would try across partitions answers `Pending`: its outcome is what
+    /// every other participant's Try of it would answer.)
+    pub failed_leg: Option<u8>,
 }
 
 impl Ledger {
@@ -43,7 +47,15 @@ impl Ledger {
             Event::DebitTried { transfer } => Some(transfer),
             _ => None,
         });
-        DryRun { result, credit }
+        let failed_leg = events.iter().find_map(|event| match event {
+            Event::TransactionRejected { failed_leg, .. } => Some(*failed_leg),
+            _ => None,
+        });
+        DryRun {
+            result,
+            credit,
+            failed_leg,
+        }
     }
 }
 
@@ -147,6 +159,7 @@ mod tests {
             DryRun {
                 result: Ok(Reply::Transfer(TransferStatus::Committed)),
                 credit: None,
+                failed_leg: None,
             }
         );
         let other_body = Command::Transfer(transfer("t1", a, b, 1));

@@ -593,6 +593,9 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             }
             Query::RefundOf(key) => QueryAnswer::RefundOf(self.ledger.refund_of(&key)),
             Query::HoldTerms(key) => QueryAnswer::HoldTerms(self.ledger.hold_terms(&key)),
+            Query::Transaction(key) => {
+                QueryAnswer::Transaction(self.ledger.transaction(&key).cloned())
+            }
         };
         self.batch.release.answers.push((token, answer));
     }

@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use crate::ledger::{Account, Command, DryRun, HoldTerms, LedgerError, Reply, TransferRow};
+use crate::ledger::{
+    Account, Command, DryRun, HoldTerms, LedgerError, Reply, TransactionTerms, TransferRow,
+};
 use crate::model::event::{Transfer, TransferKey};
 use crate::model::ids::{AccountId, TransactionId};
 use crate::model::partition::{partition_of, PartitionId};
@@ -27,6 +29,9 @@ pub enum Query {
     RefundOf(TransferKey),
     /// The terms of the hold `key` (its expiry, what was captured), if it is a hold.
     HoldTerms(TransferKey),
+    /// The legs of the multi-leg transaction `key` and the leg that failed, if it is one
+    /// (asked of its home).
+    Transaction(TransferKey),
 }
 
 impl Query {
@@ -34,9 +39,10 @@ impl Query {
     pub fn partition(&self, partitions: u32) -> PartitionId {
         match self {
             Query::Account(account) => partition_of(account, partitions),
-            Query::Transfer(key) | Query::RefundOf(key) | Query::HoldTerms(key) => {
-                partition_of(&key.from, partitions)
-            }
+            Query::Transfer(key)
+            | Query::RefundOf(key)
+            | Query::HoldTerms(key)
+            | Query::Transaction(key) => partition_of(&key.from, partitions),
             Query::DryRun(command) => command.partition(partitions),
         }
     }
@@ -55,6 +61,7 @@ pub enum QueryAnswer {
     /// `None` if the transfer asked about is not a refund.
     RefundOf(Option<TransactionId>),
     HoldTerms(Option<HoldTerms>),
+    Transaction(Option<TransactionTerms>),
 }
 
 /// The result of a command as seen by its client.

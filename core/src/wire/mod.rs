@@ -92,7 +92,7 @@ use crc32c::{crc32c, crc32c_append};
 
 use crate::ledger::{
     Account, Command, DryRun, Hold, HoldTerms, LedgerError, PhaseResult, Refund, Reply,
-    TransferRow, TransferState, TransferStatus,
+    TransactionTerms, TransferRow, TransferState, TransferStatus,
 };
 use crate::log::codec::{
     put_currency, put_key, put_transaction, put_transfer, reason_tag, Cursor,
@@ -125,7 +125,9 @@ use crate::replica::RaftMessage;
 /// statuses `Held` (5) and `Captured` (6), transfer states held (7) and captured (8), ledger
 /// errors 13 to 17, query `HoldTerms` (5) and its answer (6), peer message `StillHeld` (4).
 /// Version 10: ledger error `HoldBeingPlaced` (18); commands of multi-leg transactions
-/// (`Transact` 18 to `DecideTransactionCancel` 23) and phase result `LegFailed` (6).
+/// (`Transact` 18 to `DecideTransactionCancel` 23), phase result `LegFailed` (6), peer
+/// messages `TxRequest` (5), `TxResponse` (6) and `TxUnresolved` (7), query `Transaction`
+/// (6) and its answer (7), and a dry run's failed leg.
 pub const WIRE_VERSION: u8 = 10;
 /// Bytes of the frame header: body length and checksum.
 pub const FRAME_HEADER_LEN: usize = 8;
@@ -599,6 +601,14 @@ fn encoded_len_max(message: &Message) -> usize {
         Message::Request {
             command: Command::Transact(_) | Command::TryTransaction { .. },
             ..
+        }
+        | Message::QueryRequest {
+            query: Query::DryRun(Command::Transact(_) | Command::TryTransaction { .. }),
+            ..
+        }
+        | Message::Answer {
+            answer: QueryAnswer::Transaction(Some(_)),
+            ..
         } => TX_MESSAGE_ENCODED_LEN_MAX,
         Message::Raft { .. } | Message::CatchUp { .. } => RAFT_ENCODED_LEN_MAX,
         _ => MESSAGE_ENCODED_LEN_MAX,
@@ -891,6 +901,10 @@ fn put_query(out: &mut Vec<u8>, query: &Query) {
             out.push(5);
             put_key(out, key);
         }
+        Query::Transaction(key) => {
+            out.push(6);
+            put_key(out, key);
+        }
     }
 }
 
@@ -901,6 +915,7 @@ fn get_query(cursor: &mut Cursor<'_>) -> Result<Query, String> {
         3 => Ok(Query::DryRun(get_command(cursor)?)),
         4 => Ok(Query::RefundOf(cursor.key()?)),
         5 => Ok(Query::HoldTerms(cursor.key()?)),
+        6 => Ok(Query::Transaction(cursor.key()?)),
         other => Err(format!("unknown query {other}")),
     }
 }
@@ -1198,6 +1213,10 @@ fn put_answer(out: &mut Vec<u8>, answer: &QueryAnswer) {
                 put_transfer(out, credit);
             }
             put_result(out, &dry.result);
+            match dry.failed_leg {
+                Some(leg) => out.extend_from_slice(&[1, leg]),
+                None => out.push(0),
+            }
         }
         QueryAnswer::RefundOf(original) => {
             out.push(5);
@@ -1214,7 +1233,26 @@ fn put_answer(out: &mut Vec<u8>, answer: &QueryAnswer) {
                 put_optional_amount(out, terms.captured);
             }
         }
+        QueryAnswer::Transaction(terms) => {
+            out.push(7);
+            out.push(u8::from(terms.is_some()));
+            if let Some(terms) = terms {
+                put_transaction(out, &terms.tx);
+                match terms.failed_leg {
+                    Some(leg) => out.extend_from_slice(&[1, leg]),
+                    None => out.push(0),
+                }
+            }
+        }
     }
+}
+
+/// An optional leg index as the answers write it: 0, or 1 and the index.
+fn get_optional_leg(cursor: &mut Cursor<'_>) -> Result<Option<u8>, String> {
+    Ok(match get_bool(cursor)? {
+        true => Some(cursor.u8()?),
+        false => None,
+    })
 }
 
 fn get_answer(cursor: &mut Cursor<'_>) -> Result<QueryAnswer, String> {
@@ -1228,6 +1266,7 @@ fn get_answer(cursor: &mut Cursor<'_>) -> Result<QueryAnswer, String> {
         4 => QueryAnswer::DryRun(DryRun {
             credit: present.then(|| cursor.transfer()).transpose()?,
             result: get_result(cursor)?,
+            failed_leg: get_optional_leg(cursor)?,
         }),
         5 => QueryAnswer::RefundOf(present.then(|| cursor.transaction_id()).transpose()?),
         6 => QueryAnswer::HoldTerms(
@@ -1236,6 +1275,16 @@ fn get_answer(cursor: &mut Cursor<'_>) -> Result<QueryAnswer, String> {
                     Ok::<_, String>(HoldTerms {
                         expires_at: cursor.u64()?,
                         captured: get_optional_amount(cursor)?,
+                    })
+                })
+                .transpose()?,
+        ),
+        7 => QueryAnswer::Transaction(
+            present
+                .then(|| {
+                    Ok::<_, String>(TransactionTerms {
+                        tx: cursor.transaction()?,
+                        failed_leg: get_optional_leg(cursor)?,
                     })
                 })
                 .transpose()?,

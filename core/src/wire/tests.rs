@@ -1,6 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::ledger::TransactionTerms;
 use crate::model::event::{Reason, Transfer, TransferKey};
 use crate::model::ids::{AccountId, TransactionId};
 use crate::model::money::{Amount, Currency, AMOUNT_MINOR_MAX};
@@ -249,12 +250,38 @@ fn every_answer(t: Transfer) -> Vec<QueryAnswer> {
         answers.push(QueryAnswer::DryRun(DryRun {
             result,
             credit: None,
+            failed_leg: None,
         }));
     }
     answers.push(QueryAnswer::DryRun(DryRun {
         result: Ok(Reply::Transfer(TransferStatus::Pending)),
         credit: Some(t),
+        failed_leg: None,
     }));
+    answers.push(QueryAnswer::DryRun(DryRun {
+        result: Ok(Reply::Transfer(TransferStatus::Rejected(
+            Reason::InsufficientFunds,
+        ))),
+        credit: None,
+        failed_leg: Some(63),
+    }));
+    answers.push(QueryAnswer::Transaction(None));
+    let third = AccountId::new("third-account").expect("a valid id");
+    let leg = |from, to| Leg {
+        from,
+        to,
+        amount: t.amount,
+        currency: t.currency,
+    };
+    let tx = Transaction::new(t.transaction_id, vec![leg(t.from, third), leg(third, t.to)])
+        .expect("valid legs");
+    for failed_leg in [None, Some(1)] {
+        let terms = TransactionTerms {
+            tx: tx.clone(),
+            failed_leg,
+        };
+        answers.push(QueryAnswer::Transaction(Some(terms)));
+    }
     answers
 }
 
@@ -521,7 +548,15 @@ fn message_lengths_are_bounded() {
     for message in every_message(longest_transfer()) {
         let len = encoded_len(&message);
         assert!(len <= encoded_len_max(&message), "{message:?}");
-        if !matches!(message, Message::Peers(_)) {
+        // A transaction's answer carries its legs, under a bound of its own.
+        let carries_legs = matches!(
+            message,
+            Message::Answer {
+                answer: QueryAnswer::Transaction(Some(_)),
+                ..
+            }
+        );
+        if !matches!(message, Message::Peers(_)) && !carries_legs {
             longest = longest.max(len);
         }
     }
