@@ -7,7 +7,7 @@
 //!
 //! | status | codes |
 //! | --- | --- |
-//! | 400 | `malformed_json`, `invalid_field`, `invalid_amount`, `invalid_currency`, `invalid_account_id`, `invalid_transaction_id`, `invalid_expires_in_ms`, `invalid_query`, `unknown_partition` |
+//! | 400 | `malformed_json`, `invalid_field`, `invalid_amount`, `invalid_currency`, `invalid_account_id`, `invalid_transaction_id`, `invalid_expires_in_ms`, `invalid_query`, `unknown_partition`, `no_legs`, `too_many_legs`, `leg_to_itself`, `leg_total_too_large` |
 //! | 401 | `unauthorized` |
 //! | 404 | `not_found` (route), `account_not_found`, `transfer_not_found` |
 //! | 405 | `method_not_allowed` |
@@ -53,6 +53,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+        }
+    }
+
+    /// This error, said of leg `index` of a transaction (its message names the leg).
+    pub fn in_leg(self, index: usize) -> ApiError {
+        ApiError {
+            message: format!("leg {index}: {}", self.message),
+            ..self
         }
     }
 

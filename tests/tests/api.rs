@@ -1624,3 +1624,188 @@ fn hold_requests_that_cannot_be_are_refused_and_dry_runs_record_nothing() {
         r.text()
     );
 }
+
+fn transact(s: &Server, id: &str, legs: &[(&str, &str, &str)]) -> http::Response {
+    transact_at(s, "/v1/wallet/transactions", id, legs)
+}
+
+fn transact_at(s: &Server, path: &str, id: &str, legs: &[(&str, &str, &str)]) -> http::Response {
+    let legs: Vec<Value> = legs
+        .iter()
+        .map(|(from, to, amount)| {
+            json!({"from_account": from, "to_account": to, "amount": amount, "currency": "USD"})
+        })
+        .collect();
+    s.post(path, &json!({"transaction_id": id, "legs": legs}))
+}
+
+#[test]
+fn transactions_commit_every_leg_or_none_across_partitions() {
+    let (_tmp, s) = start(&[]);
+    let home = accounts_in("x", 0, PARTITIONS, 2);
+    let (a, d) = (&home[0], &home[1]);
+    let b = &accounts_in("y", 1, PARTITIONS, 1)[0];
+    let c = &accounts_in("z", 2, PARTITIONS, 1)[0];
+    for account in [a, b, c, d] {
+        open(&s, account, "USD");
+    }
+    deposit(&s, a, "100.00", "d1");
+    let balances = || [a, b, c, d].map(|account| balance(&s, account)["balance"].clone());
+    let usd4 = |w: &str, x: &str, y: &str, z: &str| [w, x, y, z].map(|v| json!(v));
+
+    // Across three partitions, through b, which starts empty.
+    let legs = [
+        (a.as_str(), b.as_str(), "30.00"),
+        (b, c, "30.00"),
+        (a, d, "10.00"),
+    ];
+    let r = transact(&s, "x1", &legs);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let committed = json!({"transaction_id": "x1", "from_account": a, "status": "committed",
+        "status_url": format!("/v1/transfers/{a}/x1")});
+    assert_eq!(r.json(), committed);
+    assert_eq!(balances(), usd4("60.00", "0.00", "30.00", "10.00"));
+    for account in [a, b, c, d] {
+        let f = figures(&s, account);
+        assert_eq!((f.1, f.2), (json!("0.00"), json!("0.00")), "{account}");
+    }
+    let t = s.get(&format!("/v1/transfers/{a}/x1")).json();
+    assert_eq!(t["status"], json!("committed"), "{t}");
+    assert_eq!(t["legs"].as_array().map(Vec::len), Some(3), "{t}");
+    assert_eq!(
+        t["legs"][1],
+        json!({"from_account": b, "to_account": c, "amount": "30.00", "currency": "USD"})
+    );
+    // A retry answers the same; other legs under the id are a conflict.
+    assert_eq!(transact(&s, "x1", &legs).json(), committed);
+    let r = transact(&s, "x1", &legs[..2]);
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (409, json!("transaction_conflict"))
+    );
+
+    // Refused by another partition: b cannot pay 50 out of the 10 it receives.
+    let r = transact(&s, "x2", &[(a, b, "10.00"), (b, c, "50.00")]);
+    assert_eq!(r.status, 422, "{}", r.text());
+    let body = r.json();
+    assert_eq!(
+        (
+            body["status"].clone(),
+            body["code"].clone(),
+            body["failed_leg"].clone()
+        ),
+        (json!("cancelled"), json!("insufficient_funds"), json!(1))
+    );
+    assert_eq!(
+        balances(),
+        usd4("60.00", "0.00", "30.00", "10.00"),
+        "nothing moved"
+    );
+    let t = s.get(&format!("/v1/transfers/{a}/x2")).json();
+    assert_eq!(
+        (t["status"].clone(), t["failed_leg"].clone()),
+        (json!("cancelled"), json!(1))
+    );
+    assert_eq!(
+        transact(&s, "x2", &[(a, b, "10.00"), (b, c, "50.00")]).json(),
+        body
+    );
+
+    // Refused at its home, and an unknown account.
+    let r = transact(&s, "x3", &[(a, b, "1.00"), (a, c, "100.00")]);
+    assert_eq!(
+        (
+            r.status,
+            r.json()["status"].clone(),
+            r.json()["failed_leg"].clone()
+        ),
+        (422, json!("rejected"), json!(1))
+    );
+    let r = transact(&s, "x4", &[(a, b, "1.00"), (c, "nobody", "1.00")]);
+    assert_eq!(
+        (
+            r.status,
+            r.json()["code"].clone(),
+            r.json()["failed_leg"].clone()
+        ),
+        (404, json!("account_not_found"), json!(1))
+    );
+
+    // Within one partition: one record.
+    let r = transact(&s, "x5", &[(a, d, "5.00"), (d, a, "2.00")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(balances(), usd4("57.00", "0.00", "30.00", "13.00"));
+
+    // A dry run answers as the real one would, and records nothing.
+    let dry = "/v1/wallet/transactions?dry_run=true";
+    let r = transact_at(&s, dry, "x6", &[(a, c, "7.00")]);
+    assert_eq!(
+        (
+            r.status,
+            r.json()["status"].clone(),
+            r.json()["dry_run"].clone()
+        ),
+        (200, json!("committed"), json!(true))
+    );
+    let r = transact_at(&s, dry, "x6", &[(a, b, "1.00"), (b, c, "9.00")]);
+    assert_eq!((r.status, r.json()["failed_leg"].clone()), (422, json!(1)));
+    assert_eq!(balances(), usd4("57.00", "0.00", "30.00", "13.00"));
+    assert_eq!(
+        s.get(&format!("/v1/transfers/{a}/x6")).status,
+        404,
+        "the id is still free"
+    );
+    assert_eq!(transact(&s, "x6", &[(a, c, "7.00")]).status, 200);
+    assert_eq!(balances(), usd4("50.00", "0.00", "37.00", "13.00"));
+}
+
+#[test]
+fn transactions_that_cannot_be_are_refused_with_a_code_and_record_nothing() {
+    let (_tmp, s) = start(&[]);
+    let (a, b) = ("alice", "bob");
+    for account in [a, b] {
+        open(&s, account, "USD");
+    }
+    deposit(&s, a, "10.00", "d1");
+    let code = |r: http::Response| (r.status, r.json()["code"].clone());
+    assert_eq!(code(transact(&s, "e1", &[])), (400, json!("no_legs")));
+    let many: Vec<(&str, &str, &str)> = vec![(a, b, "0.01"); 65];
+    assert_eq!(
+        code(transact(&s, "e2", &many)),
+        (400, json!("too_many_legs"))
+    );
+    assert_eq!(
+        transact(&s, "e2", &many[..64]).status,
+        200,
+        "64 legs are fine"
+    );
+    assert_eq!(
+        code(transact(&s, "e3", &[(a, b, "1.00"), (b, b, "1.00")])),
+        (400, json!("leg_to_itself"))
+    );
+    let r = transact(&s, "e4", &[(a, b, "1.00"), (a, b, "1.001")]);
+    assert_eq!(r.status, 400);
+    let body = r.json();
+    assert_eq!(body["code"], json!("invalid_amount"));
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("leg 1:")),
+        "{body}"
+    );
+    assert_eq!(
+        code(transact(&s, "e5", &[(a, b, "0.00")])),
+        (400, json!("invalid_amount"))
+    );
+    let r = s.post("/v1/wallet/transactions", &json!({"transaction_id": "e6"}));
+    assert_eq!(r.status, 400, "{}", r.text());
+    // Nothing was recorded under the refused ids.
+    for id in ["e1", "e3", "e4", "e5", "e6"] {
+        assert_eq!(
+            s.get(&format!("/v1/transfers/{a}/{id}")).status,
+            404,
+            "{id}"
+        );
+    }
+    assert_eq!(balance(&s, a)["balance"], json!("9.36"));
+}

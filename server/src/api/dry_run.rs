@@ -36,7 +36,7 @@ pub struct WriteParams {
 }
 
 /// The dry run of `command` at the partition that would execute it.
-async fn ask(api: &Api, command: Command) -> Result<DryRun, ApiError> {
+pub(super) async fn ask(api: &Api, command: Command) -> Result<DryRun, ApiError> {
     let client = api.client();
     let partition = command.partition(client.partitions());
     let answer = (client.query(partition, Query::DryRun(command)).await)

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod queries;
 pub mod refunds;
+pub mod transactions;
 pub mod transfers;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -308,6 +309,7 @@ pub fn router(api: Api) -> Router {
             post(refunds::refund),
         )
         .route("/v1/wallet/holds", post(holds::place))
+        .route("/v1/wallet/transactions", post(transactions::transact))
         .route(
             "/v1/transfers/{from_account}/{transaction_id}/capture",
             post(holds::capture),

@@ -24,8 +24,8 @@ use serde_json::{json, Value};
 use utoipa::OpenApi;
 
 use super::{
-    accounts, batch, cluster, events as feed, holds, metrics, queries, refunds, transfers, Api,
-    ApiOptions,
+    accounts, batch, cluster, events as feed, holds, metrics, queries, refunds, transactions,
+    transfers, Api, ApiOptions,
 };
 use crate::errors::ErrorBody;
 
@@ -52,6 +52,7 @@ use crate::errors::ErrorBody;
         holds::place,
         holds::capture,
         holds::void,
+        transactions::transact,
         cluster::cluster,
         super::healthz,
         metrics::render,
@@ -68,6 +69,8 @@ use crate::errors::ErrorBody;
         transfers::TransferStatusResponse,
         refunds::RefundResponse,
         holds::HoldResponse,
+        transactions::TransactionResponse,
+        transactions::LegRequest,
         batch::BatchItemResult,
         batch::BatchResponse,
         cluster::ClusterResponse,

@@ -135,7 +135,8 @@ async fn balance_now(
         | QueryAnswer::Unreadable
         | QueryAnswer::DryRun(_)
         | QueryAnswer::RefundOf(_)
-        | QueryAnswer::HoldTerms(_) => return Err(ApiError::internal("unexpected query answer")),
+        | QueryAnswer::HoldTerms(_)
+        | QueryAnswer::Transaction(_) => return Err(ApiError::internal("unexpected query answer")),
     };
     check_currency(account, found.currency, wanted)?;
     let c = found.currency;

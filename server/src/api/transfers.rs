@@ -343,6 +343,13 @@ pub struct TransferStatusResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(example = "2.34")]
     pub released_amount: Option<String>,
+    /// For a multi-leg transaction: its legs, in order (`to_account`, `amount` and
+    /// `currency` above are its first leg's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub legs: Option<Vec<super::transactions::LegRequest>>,
+    /// For a multi-leg transaction rejected or cancelled for a leg: that leg's index.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_leg: Option<u8>,
 }
 
 fn status_response(row: &TransferRow) -> TransferStatusResponse {
@@ -377,6 +384,8 @@ fn status_response(row: &TransferRow) -> TransferStatusResponse {
         expires_at: None,
         captured_amount: None,
         released_amount: None,
+        legs: None,
+        failed_leg: None,
     }
 }
 
@@ -409,6 +418,11 @@ pub async fn status(
     }
     if !is_hold_state(row.state) {
         response.refund_of = refund_of(&api, key).await?.map(|id| id.to_string());
+        if let Some(terms) = super::transactions::terms(&api, key).await? {
+            let legs = terms.tx.legs().iter().map(super::transactions::leg_view);
+            response.legs = Some(legs.collect());
+            response.failed_leg = terms.failed_leg;
+        }
     }
     Ok(axum::Json(response))
 }
@@ -444,7 +458,8 @@ pub(super) async fn transfer_row(api: &Api, key: TransferKey) -> Result<Transfer
         QueryAnswer::Account(_)
         | QueryAnswer::DryRun(_)
         | QueryAnswer::RefundOf(_)
-        | QueryAnswer::HoldTerms(_) => Err(ApiError::internal("unexpected query answer")),
+        | QueryAnswer::HoldTerms(_)
+        | QueryAnswer::Transaction(_) => Err(ApiError::internal("unexpected query answer")),
     }
 }
 

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use walletd_core::ledger::HOLD_EXPIRES_IN_MS_MAX;
 use walletd_core::model::ids::ID_LEN_MAX;
 use walletd_core::model::money::{Currency, AMOUNT_MINOR_MAX, AMOUNT_TEXT_LEN_MAX};
+use walletd_core::model::transaction::LEGS_MAX;
 
 use super::schema_ref;
 use crate::api::events::{FEED_LIMIT_DEFAULT, FEED_LIMIT_MAX};
@@ -49,6 +50,8 @@ pub fn schemas(options: &ApiOptions) -> Vec<(String, Value)> {
     schemas.push(("RefundRequest".into(), refund_request()));
     schemas.push(("HoldRequest".into(), hold_request()));
     schemas.push(("CaptureRequest".into(), capture_request()));
+    schemas.push(("LegRequest".into(), leg_request()));
+    schemas.push(("TransactionRequest".into(), transaction_request()));
     schemas.push((
         "BatchRequest".into(),
         batch_request(options.batch_items_max),
@@ -276,6 +279,40 @@ fn money_request(ids: &[&str]) -> Value {
     })
 }
 
+/// One leg of a transaction: a transfer's fields but its id.
+fn leg_request() -> Value {
+    let mut schema = money_request(&["from_account", "to_account"]);
+    schema["description"] = json!(
+        "One leg: `amount` of `currency` from `from_account` to `to_account` (not the same \
+        account). The amount's grammar depends on the currency; other fields are ignored."
+    );
+    schema
+}
+
+fn transaction_request() -> Value {
+    json!({
+        "type": "object",
+        "required": ["transaction_id", "legs"],
+        "properties": {
+            "transaction_id": schema_ref("TransactionId"),
+            "legs": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": LEGS_MAX,
+                "items": schema_ref("LegRequest"),
+                "description": format!("1 to {LEGS_MAX} legs (none: `400 no_legs`; more: \
+                    `400 too_many_legs`), none from an account to itself (`400 \
+                    leg_to_itself`). All commit or none does; an account's legs are checked \
+                    together (its net debit must fit its available balance), and one \
+                    account's legs out, or in, sum to at most the largest amount (`400 \
+                    leg_total_too_large`)."),
+            },
+        },
+        "description": "A multi-leg transaction, identified by its first leg's `from_account` \
+            and `transaction_id`. Other fields are ignored.",
+    })
+}
+
 fn batch_request(items_max: usize) -> Value {
     json!({
         "type": "object",
@@ -362,7 +399,9 @@ pub fn parameters(
             account("from_account", "The transfer's source account"),
             path_parameter("transaction_id", "TransactionId", "The transfer's id"),
         ],
-        ("post", "/v1/wallet/holds") => vec![dry_run_parameter()],
+        ("post", "/v1/wallet/holds") | ("post", "/v1/wallet/transactions") => {
+            vec![dry_run_parameter()]
+        }
         ("post", "/v1/transfers/{from_account}/{transaction_id}/capture")
         | ("post", "/v1/transfers/{from_account}/{transaction_id}/void") => vec![
             account("from_account", "The hold's source account"),

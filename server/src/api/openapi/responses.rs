@@ -143,6 +143,28 @@ fn own_errors(method: &str, path: &str) -> Vec<(u16, &'static [&'static str])> {
             ENGINE,
             STORED,
         ],
+        ("post", "/v1/wallet/transactions") => vec![
+            (
+                400,
+                &[
+                    "invalid_account_id",
+                    "invalid_currency",
+                    "invalid_amount",
+                    "invalid_transaction_id",
+                    "no_legs",
+                    "too_many_legs",
+                    "leg_to_itself",
+                    "leg_total_too_large",
+                    "invalid_query",
+                ],
+            ),
+            (404, &["account_not_found"]),
+            (409, &["transaction_conflict"]),
+            (422, TRANSFER_REFUSALS),
+            (503, &["timeout"]),
+            ENGINE,
+            STORED,
+        ],
         ("post", "/v1/transfers/{from_account}/{transaction_id}/capture") => vec![
             ACCOUNT_PATH,
             (
@@ -251,6 +273,7 @@ pub fn error_responses(method: &str, path: &str, options: &ApiOptions) -> Vec<(u
     let (outcome, outcome_statuses): (&str, &[u16]) = match path {
         "/v1/wallet/balance_transfer" => ("TransferResponse", &[404, 422, 503]),
         "/v1/wallet/holds" => ("HoldResponse", &[404, 422, 503]),
+        "/v1/wallet/transactions" => ("TransactionResponse", &[404, 422, 503]),
         p if p.ends_with("/capture") || p.ends_with("/void") => ("HoldResponse", &[409]),
         _ => ("", &[]),
     };
@@ -295,7 +318,10 @@ fn error_headers(status: u16, path: &str) -> Option<Value> {
         }})),
         503 => Some(json!({"Retry-After": {
             // A transfer (or hold) cancelled for `timeout` is final: no retry to wait for.
-            "required": path != "/v1/wallet/balance_transfer" && path != "/v1/wallet/holds",
+            "required": !matches!(
+                path,
+                "/v1/wallet/balance_transfer" | "/v1/wallet/holds" | "/v1/wallet/transactions"
+            ),
             "description": "Seconds to wait before retrying.",
             "schema": {"type": "string"},
         }})),
