@@ -30,8 +30,8 @@
 #   peers http_tps=A http_batch_tps=B engine_tps=C pg_sync_tps=D redis_always_tps=E redis_always_pipelined_tps=F redis_everysec_tps=G http8_tps=H http8_batch_tps=I http8_p50_ms=J http1_p50_ms=K http8_multileg4_tps=M pg_multileg4_tps=P redis_always_multileg4_tps=R http8_hold_capture_tps=L
 # where the http8 figures are the server's default partition count (the reference rows; "-"
 # when they are skipped), http1_p50_ms is the single-transfer row of WALLETD_PARTITIONS, the
-# multileg4 figures are 4-leg transactions/s (http8_multileg4_tps is "-" until walletd has a
-# multi-leg endpoint), and http8_hold_capture_tps counts pairs of a hold and its capture (each
+# multileg4 figures are 4-leg transactions/s (walletd's over POST /v1/wallet/transactions on
+# the reference partitions), and http8_hold_capture_tps counts pairs of a hold and its capture (each
 # pair moves money once).
 set -euo pipefail
 
@@ -142,7 +142,7 @@ run_walletd() {
   if [[ -n "$WALLETD_REFERENCE_PARTITIONS" ]]; then
     log "== walletd with $WALLETD_REFERENCE_PARTITIONS partitions, for reference (most transfers cross partitions)"
     # shellcheck disable=SC2086
-    "$wallet" bench http batch hold-capture --partitions "$WALLETD_REFERENCE_PARTITIONS" "${common[@]}" $WALLET_BENCH_ARGS >&2
+    "$wallet" bench http batch multileg4 hold-capture --partitions "$WALLETD_REFERENCE_PARTITIONS" "${common[@]}" $WALLET_BENCH_ARGS >&2
   fi
 }
 
@@ -476,8 +476,7 @@ main() {
   http8_batch_tps=$(row_field "walletd http_batch ($ref partitions)" 4)
   http8_p50=$(row_field "walletd http ($ref partitions)" 5)
   http1_p50=$(row_field "walletd http ($one partition$([[ $one == 1 ]] || echo s))" 5)
-  # walletd's 4-leg row comes with POST /v1/wallet/transactions; until then its figure is "-".
-  http8_multileg4_tps=-
+  http8_multileg4_tps=$(row_field "walletd http_multileg4 ($ref partitions)" 4)
   echo "peers http_tps=$(walletd_tps http_tps) http_batch_tps=$(walletd_tps http_batch_tps) engine_tps=$(walletd_tps engine_tps) pg_sync_tps=$PG_TPS redis_always_tps=$REDIS_ALWAYS redis_always_pipelined_tps=$REDIS_ALWAYS_PIPELINED redis_everysec_tps=$REDIS_EVERYSEC http8_tps=$http8_tps http8_batch_tps=$http8_batch_tps http8_p50_ms=$http8_p50 http1_p50_ms=$http1_p50 http8_multileg4_tps=$http8_multileg4_tps pg_multileg4_tps=$PG_MULTILEG4_TPS redis_always_multileg4_tps=$REDIS_ALWAYS_MULTILEG4 http8_hold_capture_tps=$http8_hold_capture_tps"
 }
 

@@ -17,6 +17,9 @@ pub enum Mode {
     /// Holds then captures over the HTTP API: each client places a hold between two random
     /// accounts and captures all of it once held; a pair counts as one transfer.
     HoldCapture,
+    /// Multi-leg transactions over the HTTP API: each request a transaction of four legs
+    /// between random accounts; a transaction counts as one.
+    Multileg4,
     /// The engine in-process (no HTTP): partitions on real files, fsync on, transfers
     /// between random accounts.
     Engine,
@@ -44,6 +47,7 @@ impl Mode {
             Mode::Http => "http",
             Mode::Batch => "http_batch",
             Mode::HoldCapture => "http_hold_capture",
+            Mode::Multileg4 => "http_multileg4",
             Mode::Engine => "engine",
             Mode::Partitions => "partitions",
             Mode::Cluster => "cluster",

@@ -415,6 +415,9 @@ pub enum Shape {
     /// `POST /v1/wallet/holds`, then, once held, `POST /v1/transfers/{from}/{id}/capture`
     /// of all of it: one transfer per pair.
     HoldCapture,
+    /// `POST /v1/wallet/transactions` of this many legs, each a random transfer: one per
+    /// transaction.
+    Transaction(u64),
 }
 
 /// The expiry of the holds of the `http_hold_capture` mode: far beyond a run, so that none
@@ -492,6 +495,7 @@ impl HttpClient {
             Shape::Single => ("/v1/wallet/balance_transfer", 1),
             Shape::Batch(size) => ("/v1/wallet/balance_transfers", size),
             Shape::HoldCapture => ("/v1/wallet/holds", 1),
+            Shape::Transaction(legs) => ("/v1/wallet/transactions", legs),
         };
         let body_bytes = TRANSFER_JSON_BYTES_RESERVED * per_request as usize;
         while self.live.phase() != Phase::Stopped {
@@ -503,6 +507,7 @@ impl HttpClient {
             match shape {
                 Shape::Single => self.write_transfer(&mut body),
                 Shape::HoldCapture => capture_path = Some(self.write_hold(&mut body)),
+                Shape::Transaction(legs) => self.write_transaction(legs, &mut body),
                 Shape::Batch(size) => {
                     body.push_str(r#"{"transfers":["#);
                     for i in 0..size {
@@ -557,6 +562,36 @@ impl HttpClient {
         path
     }
 
+    /// Appends a transaction of `legs` legs, each the next transfer drawn, under the first
+    /// one's transaction id.
+    fn write_transaction(&mut self, legs: u64, out: &mut String) {
+        out.push_str(r#"{"legs":["#);
+        let mut first = None;
+        for leg in 0..legs {
+            let draw = self
+                .workload
+                .draw(&mut self.rng, self.client, self.sequence);
+            self.sequence += 1;
+            if leg > 0 {
+                out.push(',');
+            }
+            out.push_str(r#"{"from_account":""#);
+            write_account_name(draw.from, out);
+            out.push_str(r#"","to_account":""#);
+            write_account_name(draw.to, out);
+            out.push_str(r#"","amount":""#);
+            format_amount(draw.amount_minor, out);
+            out.push_str(r#"","currency":""#);
+            out.push_str(CURRENCY.code());
+            out.push_str("\"}");
+            first.get_or_insert(draw);
+        }
+        out.push_str(r#"],"transaction_id":""#);
+        let first = first.expect("at least one leg");
+        self.workload.write_transaction_id(&first, out);
+        out.push_str("\"}");
+    }
+
     /// Appends the next transfer as the API's JSON object.
     fn write_transfer(&mut self, out: &mut String) {
         let draw = self
@@ -568,7 +603,7 @@ impl HttpClient {
 
     async fn send(&mut self, path: &str, body: Bytes, shape: Shape) -> Answered {
         let per_request = match shape {
-            Shape::Single | Shape::HoldCapture => 1,
+            Shape::Single | Shape::HoldCapture | Shape::Transaction(_) => 1,
             Shape::Batch(size) => size,
         };
         if self.connection.is_none() {
@@ -583,7 +618,7 @@ impl HttpClient {
         let connection = self.connection.as_mut().expect("connected above");
         let answer = connection.request(Method::POST, path, Some(body)).await;
         match (answer, shape) {
-            (Ok((status, answer)), Shape::Single | Shape::HoldCapture) => {
+            (Ok((status, answer)), Shape::Single | Shape::HoldCapture | Shape::Transaction(_)) => {
                 single_outcome(status, &answer)
             }
             (Ok((StatusCode::OK, answer)), Shape::Batch(size)) => batch_outcome(&answer, size),

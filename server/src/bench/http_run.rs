@@ -112,6 +112,7 @@ async fn measured_run(
             args.batch_size,
         ),
         Mode::HoldCapture => (args.clients, Shape::HoldCapture, 1),
+        Mode::Multileg4 => (args.clients, Shape::Transaction(4), 1),
         _ => (args.clients, Shape::Single, 1),
     };
     let live = Arc::new(Live::default());

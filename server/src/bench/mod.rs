@@ -158,7 +158,7 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
         ..BenchReport::default()
     };
     let asked = |mode: Mode| args.modes.contains(&mode);
-    let http_modes: Vec<Mode> = [Mode::Http, Mode::Batch, Mode::HoldCapture]
+    let http_modes: Vec<Mode> = [Mode::Http, Mode::Batch, Mode::HoldCapture, Mode::Multileg4]
         .into_iter()
         .filter(|m| asked(*m))
         .collect();
