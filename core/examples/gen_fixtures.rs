@@ -11,6 +11,7 @@
 //! true description of them.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use walletd_core::ledger::{
     Command, Hold, Ledger, LedgerError, PhaseResult, RecordMeta, Refund, Reply, TransferStatus,
@@ -20,6 +21,7 @@ use walletd_core::model::event::{Decision, Reason, Timestamp, Transfer};
 use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_core::model::money::{Amount, Currency};
 use walletd_core::model::partition::{partition_of, PartitionId};
+use walletd_core::model::transaction::{Leg, Transaction};
 
 /// 2024-03-01T09:00:00Z in microseconds: the first record of every fixture is stamped one
 /// step after it.
@@ -37,7 +39,14 @@ pub struct Fixture {
 
 /// Every fixture, in a fixed order.
 pub fn fixtures() -> Vec<Fixture> {
-    vec![plain_day(), tcc_cancels(), torn_tail(), refunds(), holds()]
+    vec![
+        plain_day(),
+        tcc_cancels(),
+        torn_tail(),
+        refunds(),
+        holds(),
+        transactions(),
+    ]
 }
 
 fn main() {
@@ -620,4 +629,159 @@ fn holds() -> Fixture {
     );
     assert_eq!(log.hold("h-6", "alice", "judy", "10.00", TEN_MINUTES), held);
     log.into_fixture("holds.log")
+}
+
+/// A transaction of `legs` (from, to, amount) under `id`; each leg in its source's currency.
+fn tx(log: &Log, id: &str, legs: &[(&str, &str, &str)]) -> Arc<Transaction> {
+    let legs = legs
+        .iter()
+        .map(|(from, to, amount)| {
+            // A source on another partition: USD, as every remote account of the fixtures.
+            let currency = log
+                .ledger
+                .account(&self::id(from))
+                .map_or(Currency::USD, |a| a.currency);
+            Leg {
+                from: self::id(from),
+                to: self::id(to),
+                amount: Amount::parse(amount, currency).unwrap(),
+                currency,
+            }
+        })
+        .collect();
+    Transaction::new(txn(id), legs).expect("valid legs")
+}
+
+/// Partition 7 of 8 (alice, dave, judy, oscar in USD; peggy, mike in EUR): multi-leg
+/// transactions. Within the partition: three legs passing money through dave, who starts
+/// empty (a retry logs nothing); an exchange through two liquidity accounts (alice's USD to
+/// oscar, mike's EUR to peggy); a net debit that does not fit and a leg in another currency,
+/// each refused naming its leg. Across partitions (carol lives on partition 2), as the home:
+/// one committed once its participants tried, one cancelled for a participant's refusal of
+/// its leg 1. As a participant of carol's: one tried and confirmed, one tried and cancelled,
+/// one refused (judy's net debit does not fit), and a cancel that came before any Try.
+fn transactions() -> Fixture {
+    let mut log = Log::new(7, 8);
+    for (account, currency) in [
+        ("alice", Currency::USD),
+        ("dave", Currency::USD),
+        ("judy", Currency::USD),
+        ("oscar", Currency::USD),
+        ("peggy", Currency::EUR),
+        ("mike", Currency::EUR),
+    ] {
+        log.open(account, currency);
+    }
+    log.deposit("alice", "500.00", "dep-1");
+    log.deposit("mike", "1000.00", "dep-2");
+    let committed = Ok(Reply::Transfer(TransferStatus::Committed));
+    let x1 = tx(
+        &log,
+        "x-1",
+        &[
+            ("alice", "dave", "100.00"),
+            ("dave", "judy", "100.00"),
+            ("alice", "judy", "5.00"),
+        ],
+    );
+    assert_eq!(log.run(Command::Transact(x1.clone())), committed);
+    assert_eq!(log.run(Command::Transact(x1)), committed);
+    let x2 = tx(
+        &log,
+        "x-2",
+        &[("alice", "oscar", "50.00"), ("mike", "peggy", "45.00")],
+    );
+    assert_eq!(log.run(Command::Transact(x2)), committed);
+    let x3 = tx(
+        &log,
+        "x-3",
+        &[("judy", "alice", "1.00"), ("dave", "judy", "10.00")],
+    );
+    let refused = |reason| Ok(Reply::Transfer(TransferStatus::Rejected(reason)));
+    assert_eq!(
+        log.run(Command::Transact(x3)),
+        refused(Reason::InsufficientFunds)
+    );
+    let x4 = tx(
+        &log,
+        "x-4",
+        &[("alice", "dave", "1.00"), ("alice", "peggy", "1.00")],
+    );
+    assert_eq!(
+        log.run(Command::Transact(x4)),
+        refused(Reason::DestinationCurrencyMismatch)
+    );
+    // As the home of transactions across partitions.
+    let pending = Ok(Reply::Transfer(TransferStatus::Pending));
+    let x5 = tx(
+        &log,
+        "x-5",
+        &[("alice", "carol", "30.00"), ("alice", "dave", "20.00")],
+    );
+    let (key, partition) = (x5.key(), 7);
+    assert_eq!(log.run(Command::Transact(x5)), pending);
+    let confirm = Command::ConfirmTransaction { key, partition };
+    assert_eq!(log.run(confirm), Ok(Reply::Done));
+    let x6 = tx(
+        &log,
+        "x-6",
+        &[("alice", "judy", "40.00"), ("judy", "carol", "5.00")],
+    );
+    let key = x6.key();
+    assert_eq!(log.run(Command::Transact(x6)), pending);
+    let decide = Command::DecideTransactionCancel {
+        key,
+        failed_leg: Some(1),
+        reason: Reason::DestinationNotFound,
+    };
+    assert_eq!(log.run(decide), Ok(Reply::Done));
+    assert_eq!(
+        log.run(Command::CancelTransaction { key, partition }),
+        Ok(Reply::Done)
+    );
+    // As a participant of carol's transactions.
+    let y1 = tx(
+        &log,
+        "y-1",
+        &[("carol", "judy", "60.00"), ("carol", "alice", "10.00")],
+    );
+    let key = y1.key();
+    let try_y1 = Command::TryTransaction { tx: y1, partition };
+    assert_eq!(log.phase(try_y1), PhaseResult::Tried);
+    let confirm = Command::ConfirmTransaction { key, partition };
+    assert_eq!(log.phase(confirm), PhaseResult::Confirmed);
+    let y2 = tx(
+        &log,
+        "y-2",
+        &[("carol", "dave", "5.00"), ("dave", "carol", "2.00")],
+    );
+    let key = y2.key();
+    assert_eq!(
+        log.phase(Command::TryTransaction { tx: y2, partition }),
+        PhaseResult::Tried
+    );
+    let cancel = Command::CancelTransaction { key, partition };
+    assert_eq!(log.phase(cancel), PhaseResult::Cancelled);
+    let y3 = tx(
+        &log,
+        "y-3",
+        &[("carol", "judy", "1.00"), ("judy", "carol", "9000.00")],
+    );
+    assert_eq!(
+        log.phase(Command::TryTransaction { tx: y3, partition }),
+        PhaseResult::LegFailed {
+            leg: 1,
+            reason: Reason::InsufficientFunds
+        }
+    );
+    let y4 = tx(&log, "y-4", &[("carol", "judy", "3.00")]);
+    let abort = Command::AbortTransaction {
+        key: y4.key(),
+        partition,
+    };
+    assert_eq!(
+        log.phase(abort),
+        PhaseResult::TryFailed(Reason::CancelledBeforeTry)
+    );
+    log.into_fixture("transactions.log")
 }

@@ -225,6 +225,18 @@ fn holds_replays_to_the_recorded_history() {
 }
 
 #[test]
+fn transactions_replays_to_the_recorded_history() {
+    let case = Case {
+        name: "transactions.log",
+        partition: 7,
+        partitions: 8,
+        time: at_minutes(15),
+        account: "judy",
+    };
+    insta::assert_snapshot!("transactions", history(&case));
+}
+
+#[test]
 fn torn_tail_keeps_the_whole_records_and_reports_the_tear() {
     let bytes = read_fixture("torn_tail.log");
     let log: DecodedLog = decode_log(&bytes, 1).unwrap();
