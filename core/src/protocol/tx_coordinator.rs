@@ -238,6 +238,12 @@ impl TxCoordinator {
         };
         match (flight.stage, response.phase, response.result) {
             (Stage::Trying { .. } | Stage::Aborting, Phase::Try | Phase::Abort, result) => {
+                // A participant that confirmed had tried (a home that lost its record of the
+                // commit asks again): it counts as tried, never as a refusal.
+                let result = match result {
+                    PhaseResult::Confirmed => PhaseResult::Tried,
+                    result => result,
+                };
                 if slot.is_none() {
                     *slot = Some(result);
                 }
