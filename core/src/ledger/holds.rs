@@ -164,8 +164,10 @@ impl Ledger {
         self.require_local(&transfer.from)?;
         if let Some(row) = self.find_transfer(&transfer.key())? {
             // A hold refused at once has no terms: its row is the answer, as a transfer's.
+            // A multi-leg transaction's row holds its first leg: no hold is its retry.
             let hold_or_refused = self.holds.terms.contains_key(&transfer.key())
-                || matches!(row.state, TransferState::Rejected(_));
+                || (matches!(row.state, TransferState::Rejected(_))
+                    && !self.transactions.home.contains_key(&transfer.key()));
             return if row.transfer == transfer && hold_or_refused {
                 Ok(Reply::Transfer(row.state.status()))
             } else {

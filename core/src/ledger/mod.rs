@@ -1105,6 +1105,10 @@ impl Ledger {
         self.require_local(&transfer.from)?;
         let at = match self.transfers.lookup(&transfer.key())? {
             None => return self.decide_new_transfer(transfer, events),
+            // A multi-leg transaction's row holds its first leg: no transfer is its retry.
+            Some(_) if self.transactions.home.contains_key(&transfer.key()) => {
+                return Err(LedgerError::Conflict(transfer.transaction_id))
+            }
             // A row on disk is final: a retry gets its outcome, another body a conflict.
             Some(Found::Cold(row)) if row.transfer == transfer => {
                 return Ok(Reply::Transfer(row.state.status()))
@@ -1196,13 +1200,31 @@ impl Ledger {
         }
     }
 
+    /// The phase of the home row of the transfer (or hold) `key`, refused for `command` if
+    /// the row is a multi-leg transaction's: its phases are its own ([`transactions`]).
+    fn transfer_state(
+        &self,
+        key: &TransferKey,
+        command: &'static str,
+    ) -> Result<TransferState, LedgerError> {
+        let state = self.home_state(key)?;
+        if self.transactions.home.contains_key(key) {
+            return Err(LedgerError::InvalidTransition {
+                key: *key,
+                from: format!("{state:?} transaction"),
+                command,
+            });
+        }
+        Ok(state)
+    }
+
     fn decide_decision(
         &self,
         key: TransferKey,
         decision: Decision,
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
-        let state = self.home_state(&key)?;
+        let state = self.transfer_state(&key, "decide")?;
         if state.after_decision(decision).is_some() {
             events.push(Event::TransferDecided { key, decision });
             return Ok(Reply::Done);
@@ -1228,7 +1250,7 @@ impl Ledger {
         key: TransferKey,
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
-        let state = self.home_state(&key)?;
+        let state = self.transfer_state(&key, "finish")?;
         match (state.unacknowledged(), state) {
             (Some(Decision::Confirm), _) => events.push(Event::DebitConfirmed { key }),
             (Some(Decision::Cancel(_)), _) => events.push(Event::DebitCancelled { key }),
@@ -1251,7 +1273,7 @@ impl Ledger {
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
         let hold = self.holds.terms.contains_key(&key);
-        match self.home_state(&key)? {
+        match self.transfer_state(&key, "commit")? {
             // A hold is held at the commit point of its Try; a capture, a void or its expiry
             // ends it later (see `holds`).
             TransferState::Trying if hold => events.push(Event::HoldEstablished { key }),

@@ -174,6 +174,11 @@ impl Ledger {
     /// debit).
     fn refundable(&self, original: &TransferKey) -> Result<Transfer, LedgerError> {
         let not_refundable = || LedgerError::NotRefundable(*original);
+        // A multi-leg transaction is not a transfer: its row holds its first leg, whose
+        // money need not have stayed where that leg took it.
+        if self.transactions.home.contains_key(original) {
+            return Err(not_refundable());
+        }
         let transfer = if self.owns(&original.from) {
             match self.find_transfer(original)? {
                 Some(row) if row.state == TransferState::Committed => row.transfer,

@@ -38,7 +38,7 @@ use super::{
 };
 use crate::model::event::{Event, Reason, TransferKey};
 use crate::model::partition::partition_of;
-use crate::model::transaction::{AccountEffect, Effects, Transaction};
+use crate::model::transaction::{AccountEffect, Effects, Leg, Transaction};
 
 /// What a partition keeps of the transactions it is home of or takes part in. Both maps
 /// only grow with transactions; both are in snapshots.
@@ -132,6 +132,24 @@ impl Ledger {
     /// Whether this partition is the home of transactions under `key`.
     fn is_home_of(&self, key: &TransferKey) -> bool {
         partition_of(&key.from, self.partitions) == self.partition
+    }
+
+    /// The phase of the home row of the transaction `key`, refused for `command` if the
+    /// row under the key is a transfer's (or a hold's): its phases are not a transaction's.
+    fn home_transaction_state(
+        &self,
+        key: &TransferKey,
+        command: &'static str,
+    ) -> Result<TransferState, LedgerError> {
+        let state = self.home_state(key)?;
+        if !self.transactions.home.contains_key(key) {
+            return Err(LedgerError::InvalidTransition {
+                key: *key,
+                from: format!("{state:?}, not a transaction"),
+                command,
+            });
+        }
+        Ok(state)
     }
 
     /// Why the transaction cannot be carried out on this partition's accounts: its first
@@ -234,7 +252,21 @@ impl Ledger {
                 command: "TryTransaction",
             });
         }
+        let names_one_here = |leg: &Leg| self.owns(&leg.from) || self.owns(&leg.to);
+        if !tx.legs().iter().any(names_one_here) {
+            return Err(LedgerError::InvalidTransition {
+                key,
+                from: "no account of it here".to_string(),
+                command: "TryTransaction",
+            });
+        }
         if let Some(row) = self.transactions.parts.get(&key) {
+            if row.tx.as_ref().is_some_and(|tried| tried != tx) {
+                // Other legs under a key tried here: never in a correct cluster (a home's
+                // Try is durable before any other leaves). Answering with the row would
+                // commit these legs with the other legs' nets held here.
+                return Ok(Reply::Phase(PhaseResult::Refused));
+            }
             return Ok(Reply::Phase(part_answer(row.state)));
         }
         let (event, answer) = match self.transaction_refusal(tx) {
@@ -268,7 +300,7 @@ impl Ledger {
             command: "ConfirmTransaction",
         };
         if self.is_home_of(key) {
-            return match self.home_state(key)? {
+            return match self.home_transaction_state(key, "ConfirmTransaction")? {
                 TransferState::Trying => {
                     events.push(Event::TransactionConfirmed { key: *key });
                     Ok(Reply::Done)
@@ -296,7 +328,7 @@ impl Ledger {
         reason: Reason,
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
-        match self.home_state(key)? {
+        match self.home_transaction_state(key, "DecideTransactionCancel")? {
             TransferState::Trying => {
                 events.push(Event::TransactionCancelling {
                     key: *key,
@@ -309,21 +341,29 @@ impl Ledger {
             state => Err(LedgerError::InvalidTransition {
                 key: *key,
                 from: format!("{state:?}"),
-                command: "CancelTransaction",
+                command: "DecideTransactionCancel",
             }),
         }
     }
 
     /// A participant's Cancel (`unless_tried`: an Abort, which cancels only what never
-    /// tried), or, at the home, the end of a cancel every participant acknowledged.
+    /// tried), or, at the home, the end of a cancel every participant acknowledged (never
+    /// an Abort: the home's Try is the transaction itself).
     pub(crate) fn decide_cancel_transaction(
         &self,
         key: &TransferKey,
         unless_tried: bool,
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
+        if self.is_home_of(key) && unless_tried {
+            return Err(LedgerError::InvalidTransition {
+                key: *key,
+                from: "home".to_string(),
+                command: "AbortTransaction",
+            });
+        }
         if self.is_home_of(key) {
-            return match self.home_state(key)? {
+            return match self.home_transaction_state(key, "CancelTransaction")? {
                 TransferState::Cancelling(_) => {
                     events.push(Event::TransactionCancelled { key: *key });
                     Ok(Reply::Done)

@@ -97,6 +97,7 @@ pub fn same_state(a: &Ledger, b: &Ledger) -> bool {
         && a.flows == b.flows
         && a.refunds == b.refunds
         && a.holds == b.holds
+        && a.transactions == b.transactions
 }
 
 /// The first difference between two ledgers, in words, or `None` when [`same_state`].
@@ -126,7 +127,12 @@ pub fn state_difference(a: &Ledger, b: &Ledger) -> Option<String> {
                 .or_else(|| table_difference("refunded", &a.refunded, &b.refunded))
         })
         .or_else(|| table_difference("holds", &a.holds.terms, &b.holds.terms))
-        .or_else(|| (a.holds.open != b.holds.open).then(|| "open holds differ".to_string()));
+        .or_else(|| (a.holds.open != b.holds.open).then(|| "open holds differ".to_string()))
+        .or_else(|| {
+            let (a, b) = (&a.transactions, &b.transactions);
+            table_difference("transactions", &a.home, &b.home)
+                .or_else(|| table_difference("transaction parts", &a.parts, &b.parts))
+        });
     assert!(found.is_some(), "ledgers differ somewhere");
     found
 }
