@@ -1282,6 +1282,91 @@ mod tests {
                 decision: Decision::Cancel(reason),
             });
         }
+        events.extend(transaction_events());
+        events
+    }
+
+    /// One leg of `minor` USD.
+    fn leg(from: &str, to: &str, minor: u64, currency: Currency) -> Leg {
+        Leg {
+            from: account(from),
+            to: account(to),
+            amount: Amount::from_minor(minor).unwrap(),
+            currency,
+        }
+    }
+
+    /// An id of the longest length allowed, told apart by `head`.
+    fn longest_id(head: &str) -> String {
+        format!("{head}{}", "-".repeat(ID_LEN_MAX - head.len()))
+    }
+
+    /// The longest transaction there is: [`LEGS_MAX`] legs of the largest amount, every id
+    /// at its length limit (each account in one leg, so that no account's total passes the
+    /// largest amount).
+    fn longest_transaction() -> Arc<Transaction> {
+        let legs = (0..LEGS_MAX)
+            .map(|i| Leg {
+                from: account(&longest_id(&format!("from-{i}"))),
+                to: account(&longest_id(&format!("to-{i}"))),
+                amount: Amount::from_minor(crate::model::money::AMOUNT_MINOR_MAX).unwrap(),
+                currency: Currency::USD,
+            })
+            .collect();
+        Transaction::new(txn(&longest_id("tx")), legs).unwrap()
+    }
+
+    /// Every transaction event: each with every reason and with and without a failed leg,
+    /// and the longest record of all, a refusal of the longest transaction.
+    fn transaction_events() -> Vec<Event> {
+        let short = Transaction::new(
+            txn("x-1"),
+            vec![
+                leg("alice", "bob", 5, Currency::USD),
+                leg("bob", "carol", 3, Currency::EUR),
+            ],
+        )
+        .unwrap();
+        let key = short.key();
+        let mut events = vec![
+            Event::TransactionApplied { tx: short.clone() },
+            Event::TransactionTried { tx: short.clone() },
+            Event::TransactionConfirmed { key },
+            Event::TransactionCancelled { key },
+        ];
+        for reason in ALL_REASONS {
+            events.push(Event::TransactionRejected {
+                tx: short.clone(),
+                failed_leg: 1,
+                reason,
+            });
+            for failed_leg in [None, Some(0), Some(u8::MAX)] {
+                events.push(Event::TransactionRefused {
+                    key,
+                    failed_leg,
+                    reason,
+                });
+                events.push(Event::TransactionCancelling {
+                    key,
+                    failed_leg,
+                    reason,
+                });
+            }
+        }
+        let longest = longest_transaction();
+        events.extend([
+            Event::TransactionApplied {
+                tx: longest.clone(),
+            },
+            Event::TransactionTried {
+                tx: longest.clone(),
+            },
+            Event::TransactionRejected {
+                tx: longest,
+                failed_leg: (LEGS_MAX - 1) as u8,
+                reason: Reason::InsufficientFunds,
+            },
+        ]);
         events
     }
 
@@ -1338,6 +1423,144 @@ mod tests {
         assert_eq!(decoded.records, records);
         let streamed: Result<Vec<Record>, CodecError> = RecordReader::new(&bytes, 1).collect();
         assert_eq!(streamed.unwrap(), records);
+    }
+
+    #[test]
+    fn the_longest_record_is_the_refusal_of_a_transaction_of_sixty_four_legs() {
+        let mut longest = 0;
+        for record in records_of(&every_event(), 1) {
+            let mut bytes = Vec::new();
+            encode_record(&record, &mut bytes);
+            longest = longest.max(bytes.len());
+            if let Event::TransactionRejected { ref tx, .. } = record.event {
+                if tx.legs().len() == LEGS_MAX {
+                    assert_eq!(bytes.len(), RECORD_ENCODED_LEN_MAX);
+                }
+            }
+        }
+        assert_eq!(longest, RECORD_ENCODED_LEN_MAX);
+        // It is written and read in a log like any other, between shorter ones.
+        let mut events = every_event()[..3].to_vec();
+        events.extend(transaction_events());
+        events.extend(every_event()[3..6].iter().cloned());
+        let records = records_of(&events, 7);
+        let (bytes, boundaries) = encode_all(&records);
+        assert_eq!(decode_log(&bytes, 7).unwrap().records, records);
+        let cut = boundaries[boundaries.len() - 5] + RECORD_ENCODED_LEN_MAX / 2;
+        let decoded = decode_log(&bytes[..cut], 7).unwrap();
+        assert!(decoded.torn_tail);
+        assert_eq!(decoded.records, records[..decoded.records.len()]);
+    }
+
+    /// The framed body of a record of `tag` whose transaction is `legs` (as written, not
+    /// checked), followed by `tail`.
+    fn raw_transaction_record(tag: u8, legs: &[Leg], tail: &[u8]) -> Vec<u8> {
+        let mut body = vec![RECORD_VERSION];
+        body.extend_from_slice(&1u64.to_le_bytes());
+        body.extend_from_slice(&7u64.to_le_bytes());
+        body.push(tag);
+        txn("x-1").encode_into(&mut body);
+        body.push(legs.len() as u8);
+        for leg in legs {
+            leg.from.encode_into(&mut body);
+            leg.to.encode_into(&mut body);
+            body.extend_from_slice(&leg.amount.minor().to_le_bytes());
+            put_currency(&mut body, leg.currency);
+        }
+        body.extend_from_slice(tail);
+        framed(&body)
+    }
+
+    #[test]
+    fn a_record_of_a_transaction_that_cannot_be_is_corrupt() {
+        let ab = leg("alice", "bob", 5, Currency::USD);
+        let most = crate::model::money::AMOUNT_MINOR_MAX;
+        let rejected = |failed_leg: u8| [failed_leg, reason_tag(Reason::InsufficientFunds)];
+        // What is written right reads back.
+        for (tag, tail) in [
+            (tag::TRANSACTION_APPLIED, &[][..]),
+            (tag::TRANSACTION_TRIED, &[][..]),
+            (tag::TRANSACTION_REJECTED, &rejected(1)[..]),
+        ] {
+            let bytes = raw_transaction_record(tag, &[ab, ab], tail);
+            let decoded = decode_log(&bytes, 1).unwrap();
+            assert_eq!(decoded.records.len(), 1);
+        }
+        let cases: Vec<(&str, u8, Vec<Leg>, Vec<u8>)> = vec![
+            ("no leg", tag::TRANSACTION_APPLIED, vec![], vec![]),
+            (
+                "65 legs",
+                tag::TRANSACTION_TRIED,
+                vec![ab; LEGS_MAX + 1],
+                vec![],
+            ),
+            (
+                "a leg to itself",
+                tag::TRANSACTION_APPLIED,
+                vec![ab, leg("carol", "carol", 1, Currency::USD)],
+                vec![],
+            ),
+            (
+                "an account's total past the largest amount",
+                tag::TRANSACTION_TRIED,
+                vec![
+                    leg("alice", "bob", most, Currency::USD),
+                    leg("alice", "carol", 1, Currency::USD),
+                ],
+                vec![],
+            ),
+            (
+                "a failed leg beyond the legs",
+                tag::TRANSACTION_REJECTED,
+                vec![ab, ab],
+                rejected(2).to_vec(),
+            ),
+            (
+                "a failed leg far beyond the legs",
+                tag::TRANSACTION_REJECTED,
+                vec![ab],
+                rejected(u8::MAX).to_vec(),
+            ),
+            (
+                "fewer legs than counted",
+                tag::TRANSACTION_APPLIED,
+                vec![ab],
+                vec![],
+            ),
+        ];
+        for (what, tag, legs, tail) in cases {
+            let mut bytes = raw_transaction_record(tag, &legs, &tail);
+            if what == "fewer legs than counted" {
+                // Claim two legs where one is written.
+                let mut body = bytes.split_off(RECORD_HEADER_LEN);
+                body[BODY_PREFIX_LEN + 1 + 1 + 3] = 2;
+                bytes = framed(&body);
+            }
+            let result = decode_log(&bytes, 1);
+            assert!(
+                matches!(result, Err(CodecError::Corrupt { offset: 0, .. })),
+                "{what}: {result:?}"
+            );
+        }
+        // A failed leg's presence is a byte 0 or 1.
+        let refused = Record {
+            lsn: 1,
+            timestamp: 7,
+            event: Event::TransactionRefused {
+                key: transfer("x-1", 1).key(),
+                failed_leg: Some(3),
+                reason: Reason::InsufficientFunds,
+            },
+        };
+        let mut body = body_of(&refused);
+        let at = body.len() - 3;
+        assert_eq!(body[at], 1);
+        body[at] = 2;
+        let result = decode_log(&framed(&body), 1);
+        assert!(
+            matches!(result, Err(CodecError::Corrupt { .. })),
+            "{result:?}"
+        );
     }
 
     #[test]

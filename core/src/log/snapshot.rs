@@ -1297,6 +1297,172 @@ mod tests {
         );
     }
 
+    /// Partition 3 of 4 (see [`every_state`]) with a multi-leg transaction in every state:
+    /// home rows applied, rejected, trying, cancelling, committed and cancelled, and
+    /// participant rows of transactions homed on bob's partition (0) tried, confirmed,
+    /// cancelled, refused at a leg and refused before any Try.
+    fn with_transactions() -> crate::log::replay::tests::Script {
+        use crate::ledger::{Command, PhaseResult, Reply, TransferStatus};
+        use crate::log::replay::tests::{id, txn, Script};
+        use crate::model::event::Reason;
+        use crate::model::transaction::{Leg, Transaction};
+        let mut s = Script::new(3, 4);
+        for name in ["alice", "dave", "frank", "grace"] {
+            s.open(name, Currency::USD);
+        }
+        s.deposit("alice", 10_000, Currency::USD, "d-1");
+        let usd = |from: &str, to: &str, minor: u64| Leg {
+            from: id(from),
+            to: id(to),
+            amount: Amount::from_minor(minor).unwrap(),
+            currency: Currency::USD,
+        };
+        let tx = |t: &str, legs: Vec<Leg>| Transaction::new(txn(t), legs).unwrap();
+        let local = tx(
+            "x-1",
+            vec![usd("alice", "dave", 100), usd("dave", "frank", 50)],
+        );
+        let committed = Ok(Reply::Transfer(TransferStatus::Committed));
+        assert_eq!(s.run(Command::Transact(local)), committed);
+        let short = tx("x-2", vec![usd("alice", "dave", 100_000)]);
+        let rejected = Reply::Transfer(TransferStatus::Rejected(Reason::InsufficientFunds));
+        assert_eq!(s.run(Command::Transact(short)), Ok(rejected));
+        let mut keys = Vec::new();
+        for t in ["x-3", "x-4", "x-5", "x-6"] {
+            let remote = tx(t, vec![usd("alice", "bob", 10), usd("erin", "dave", 5)]);
+            keys.push(remote.key());
+            let pending = Ok(Reply::Transfer(TransferStatus::Pending));
+            assert_eq!(s.run(Command::Transact(remote)), pending);
+        }
+        let done = Ok(Reply::Done);
+        let decide = |key, failed_leg, reason| Command::DecideTransactionCancel {
+            key,
+            failed_leg,
+            reason,
+        };
+        let leg_failed = (Some(1), Reason::DestinationNotFound);
+        assert_eq!(s.run(decide(keys[1], leg_failed.0, leg_failed.1)), done);
+        let (key, partition) = (keys[2], 3);
+        assert_eq!(s.run(Command::ConfirmTransaction { key, partition }), done);
+        assert_eq!(s.run(decide(keys[3], None, Reason::Timeout)), done);
+        let key = keys[3];
+        assert_eq!(s.run(Command::CancelTransaction { key, partition }), done);
+
+        let remote = |t: &str| tx(t, vec![usd("bob", "frank", 20), usd("erin", "grace", 30)]);
+        for t in ["p-1", "p-2", "p-3"] {
+            let tried = s.phase(Command::TryTransaction {
+                tx: remote(t),
+                partition,
+            });
+            assert_eq!(tried, PhaseResult::Tried);
+        }
+        let key = remote("p-2").key();
+        s.phase(Command::ConfirmTransaction { key, partition });
+        let key = remote("p-3").key();
+        s.phase(Command::CancelTransaction { key, partition });
+        let refused = tx(
+            "p-4",
+            vec![usd("bob", "frank", 1), usd("grace", "bob", 999)],
+        );
+        let failed = s.phase(Command::TryTransaction {
+            tx: refused,
+            partition,
+        });
+        assert!(matches!(failed, PhaseResult::LegFailed { leg: 1, .. }));
+        let key = remote("p-5").key();
+        let barrier = s.phase(Command::CancelTransaction { key, partition });
+        assert_eq!(barrier, PhaseResult::TryFailed(Reason::CancelledBeforeTry));
+        s
+    }
+
+    #[test]
+    fn transactions_in_every_state_round_trip_at_every_record() {
+        use crate::ledger::PartState;
+        let s = with_transactions();
+        let ledger = &s.ledger;
+        let states: std::collections::HashSet<_> = ledger
+            .transfers()
+            .map(|row| std::mem::discriminant(&row.state))
+            .collect();
+        assert_eq!(states.len(), 5, "every state of a transaction's home row");
+        let parts: std::collections::HashSet<_> = (ledger.transactions.parts.values())
+            .map(|row| (std::mem::discriminant(&row.state), row.tx.is_some()))
+            .collect();
+        assert_eq!(parts.len(), 4, "every state of a participant's row");
+        assert!(ledger.transactions.parts.values().any(|row| matches!(
+            row.state,
+            PartState::Refused {
+                failed_leg: None,
+                ..
+            }
+        )));
+        let bytes = encode_snapshot(ledger);
+        let restored = decode_snapshot(&bytes).unwrap();
+        assert_eq!(state_difference(&restored, ledger), None);
+        assert_eq!(restored.transactions, ledger.transactions);
+        assert_eq!(encode_snapshot(&restored), bytes);
+        for live in &s.after {
+            let restored = decode_snapshot(&encode_snapshot(live)).unwrap();
+            assert_eq!(state_difference(&restored, live), None);
+        }
+        for at in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x01;
+            assert!(decode_snapshot(&damaged).is_err(), "byte {at}");
+        }
+    }
+
+    #[test]
+    fn transaction_rows_that_cannot_be_where_they_are_are_refused() {
+        let s = with_transactions();
+        let (home, parts) = (&s.ledger.transactions.home, &s.ledger.transactions.parts);
+        let (here_key, here) = home.iter().next().map(|(k, v)| (*k, v.clone())).unwrap();
+        let (elsewhere_key, elsewhere) = parts
+            .iter()
+            .find(|(_, row)| row.tx.is_some())
+            .map(|(k, v)| (*k, v.clone()))
+            .unwrap();
+        let mut bad = Vec::new();
+        // Terms of a transaction homed on another partition.
+        let mut ledger = s.ledger.clone();
+        let terms = TransactionTerms {
+            tx: elsewhere.tx.clone().unwrap(),
+            failed_leg: None,
+        };
+        ledger.transactions.home.insert(elsewhere_key, terms);
+        bad.push(ledger);
+        // A participant's row of a transaction homed here.
+        let mut ledger = s.ledger.clone();
+        let row = PartRow {
+            state: PartState::Tried,
+            tx: Some(here.tx.clone()),
+        };
+        ledger.transactions.parts.insert(here_key, row);
+        bad.push(ledger);
+        // A Try's row without its transaction, a refusal's with one.
+        let mut ledger = s.ledger.clone();
+        ledger
+            .transactions
+            .parts
+            .get_mut(&elsewhere_key)
+            .unwrap()
+            .tx = None;
+        bad.push(ledger);
+        let mut ledger = s.ledger.clone();
+        let refused = (ledger.transactions.parts.values_mut())
+            .find(|row| row.tx.is_none())
+            .unwrap();
+        refused.tx = Some(elsewhere.tx.clone().unwrap());
+        bad.push(ledger);
+        for ledger in bad {
+            let result = decode_snapshot(&encode_snapshot(&ledger));
+            assert!(
+                matches!(result, Err(CodecError::Corrupt { .. })),
+                "{result:?}"
+            );
+        }
+    }
+
     #[test]
     fn flow_totals_that_overflow_are_refused() {
         // Found by the `snapshot` fuzz target: the conservation check added the flows read

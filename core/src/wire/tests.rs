@@ -5,9 +5,9 @@ use crate::ledger::TransactionTerms;
 use crate::model::event::{Reason, Transfer, TransferKey};
 use crate::model::ids::{AccountId, TransactionId};
 use crate::model::money::{Amount, Currency, AMOUNT_MINOR_MAX};
-use crate::model::transaction::LEGS_MAX;
-use crate::model::transaction::{Leg, Transaction};
+use crate::model::transaction::{Leg, Transaction, LEGS_MAX};
 use crate::protocol::tx_coordinator::{TxRequest, TxResponse};
+use std::sync::Arc;
 
 const ALL_REASONS: [Reason; 12] = Reason::ALL;
 
@@ -114,6 +114,61 @@ fn every_command(t: Transfer) -> Vec<Command> {
             decision: Decision::Cancel(reason),
         });
     }
+    commands.extend(transaction_commands(&one_leg(t)));
+    commands
+}
+
+/// `t` as a transaction of one leg.
+fn one_leg(t: Transfer) -> Arc<Transaction> {
+    let leg = Leg {
+        from: t.from,
+        to: t.to,
+        amount: t.amount,
+        currency: t.currency,
+    };
+    Transaction::new(t.transaction_id, vec![leg]).unwrap()
+}
+
+/// The longest transaction there is: [`LEGS_MAX`] legs of the largest amount, every id at
+/// its length limit.
+fn longest_transaction() -> Arc<Transaction> {
+    let id = |head: String| format!("{head}{}", "-".repeat(ID_LEN_MAX - head.len()));
+    let legs = (0..LEGS_MAX)
+        .map(|i| Leg {
+            from: account(&id(format!("from-{i}"))),
+            to: account(&id(format!("to-{i}"))),
+            amount: Amount::from_minor(AMOUNT_MINOR_MAX).unwrap(),
+            currency: Currency::EUR,
+        })
+        .collect();
+    Transaction::new(txn(&id("tx".to_string())), legs).unwrap()
+}
+
+/// Every command of a multi-leg transaction, on `tx`.
+fn transaction_commands(tx: &Arc<Transaction>) -> Vec<Command> {
+    let key = tx.key();
+    let mut commands = vec![
+        Command::Transact(tx.clone()),
+        Command::TryTransaction {
+            tx: tx.clone(),
+            partition: 4095,
+        },
+        Command::ConfirmTransaction { key, partition: 0 },
+        Command::CancelTransaction { key, partition: 1 },
+        Command::AbortTransaction {
+            key,
+            partition: u32::MAX,
+        },
+    ];
+    for reason in ALL_REASONS {
+        for failed_leg in [None, Some(0), Some(63), Some(u8::MAX)] {
+            commands.push(Command::DecideTransactionCancel {
+                key,
+                failed_leg,
+                reason,
+            });
+        }
+    }
     commands
 }
 
@@ -191,6 +246,9 @@ fn every_reply() -> Vec<Reply> {
         replies.push(Reply::Transfer(TransferStatus::Rejected(reason)));
         replies.push(Reply::Transfer(TransferStatus::Cancelled(reason)));
         replies.push(Reply::Phase(PhaseResult::TryFailed(reason)));
+        for leg in [0, 63, u8::MAX] {
+            replies.push(Reply::Phase(PhaseResult::LegFailed { leg, reason }));
+        }
     }
     replies
 }
@@ -430,6 +488,97 @@ fn every_command_round_trips_in_a_request() {
                 command: command.clone(),
             }]);
         }
+    }
+}
+
+#[test]
+fn the_commands_of_the_longest_transaction_round_trip() {
+    let tx = longest_transaction();
+    for command in transaction_commands(&tx) {
+        let request = Message::Request {
+            id: 42,
+            wait: true,
+            command: command.clone(),
+        };
+        let dry_run = Message::QueryRequest {
+            id: 43,
+            query: Query::DryRun(command),
+        };
+        round_trip(&[request.clone(), dry_run.clone()]);
+        for message in [request, dry_run] {
+            assert!(encoded_len(&message) <= encoded_len_max(&message));
+        }
+    }
+    // A full frame of them: the writer starts another frame where this one is full.
+    let request = Message::Request {
+        id: 1,
+        wait: false,
+        command: Command::Transact(tx),
+    };
+    let mut bytes = Vec::new();
+    let mut writer = FrameWriter::new(&mut bytes, 1);
+    while writer.try_push(&request) {}
+    let pushed = writer.count();
+    assert!(pushed > 1 && pushed < FRAME_MESSAGES_MAX);
+    let len = writer.finish();
+    let (frame, used) = decode_frame(&bytes).unwrap().unwrap();
+    assert_eq!((frame.messages.len(), used), (pushed, len));
+    assert!(frame.messages.iter().all(|m| *m == request));
+}
+
+/// A frame of messages encoded by hand.
+fn framed_messages(messages: &[Vec<u8>]) -> Vec<u8> {
+    let mut body = vec![WIRE_VERSION];
+    body.extend_from_slice(&1u64.to_le_bytes());
+    body.extend_from_slice(&(messages.len() as u16).to_le_bytes());
+    for message in messages {
+        body.extend_from_slice(message);
+    }
+    framed(&body)
+}
+
+#[test]
+fn transaction_commands_that_cannot_be_are_refused() {
+    // alice pays "alicf": one byte from paying herself.
+    let t = Transfer {
+        to: account("alicf"),
+        ..transfer()
+    };
+    let mut body = Vec::new();
+    let request = Message::Request {
+        id: 1,
+        wait: false,
+        command: Command::Transact(one_leg(t)),
+    };
+    encode_message(&request, &mut body);
+    assert_eq!(
+        decode_frame(&framed_messages(&[body.clone()]))
+            .unwrap()
+            .unwrap()
+            .0
+            .messages,
+        [request]
+    );
+    // Tag, id, wait, the command's tag, the transaction id ("t-1"), then the count of legs.
+    let count_at = 1 + 8 + 1 + 1 + 1 + 3;
+    assert_eq!(body[count_at], 1);
+    let mut bad = Vec::new();
+    for count in [0, 2, (LEGS_MAX + 1) as u8] {
+        let mut wrong_count = body.clone();
+        wrong_count[count_at] = count;
+        bad.push(wrong_count);
+    }
+    let mut to_itself = body.clone();
+    let last_of_to = count_at + 1 + (1 + 5) + (1 + 4);
+    assert_eq!(to_itself[last_of_to], b'f');
+    to_itself[last_of_to] = b'e';
+    bad.push(to_itself);
+    for bad in bad {
+        let result = decode_frame(&framed_messages(&[bad]));
+        assert!(
+            matches!(result, Err(WireError::Malformed { .. })),
+            "{result:?}"
+        );
     }
 }
 

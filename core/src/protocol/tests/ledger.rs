@@ -76,7 +76,7 @@ pub(super) fn destination(w: &World) -> Vec<Event> {
 }
 
 /// Events that bring `account` to exactly [`BALANCE_MINOR_MAX`].
-fn fill_to_the_limit(account: AccountId) -> Vec<Event> {
+pub(super) fn fill_to_the_limit(account: AccountId) -> Vec<Event> {
     let deposits = BALANCE_MINOR_MAX / AMOUNT_MINOR_MAX;
     assert_eq!(deposits * AMOUNT_MINOR_MAX, BALANCE_MINOR_MAX);
     (0..deposits)
@@ -209,7 +209,7 @@ impl Then {
         self.then_reply(Reply::Transfer(expected))
     }
 
-    fn then_phase(self, expected: PhaseResult) -> Then {
+    pub(super) fn then_phase(self, expected: PhaseResult) -> Then {
         self.then_reply(Reply::Phase(expected))
     }
 

@@ -11,6 +11,8 @@
 //! - `properties`: random schedules of clients, network faults, crashes and time.
 //! - `holds`: holds within a partition and across partitions, at chosen times.
 //! - `refunds`: refunds within a partition and across partitions, given/when/then.
+//! - `transactions`: multi-leg transactions within a partition and across partitions by
+//!   hand, and what their state survives.
 //! - `mutations`: each known bug switched on is caught by the checker of its invariant.
 
 // Violations carry transfer keys and commands, whose ids are stored inline: large `Err`s,
@@ -26,3 +28,4 @@ mod mutations;
 mod properties;
 mod refunds;
 pub(crate) mod support;
+mod transactions;

@@ -111,6 +111,7 @@ pub struct Snapshot {
     pub cash: BTreeMap<(AccountId, TransactionId), CashRow>,
     pub flows: BTreeMap<Currency, Flows>,
     pub refunds: crate::ledger::refunds::RefundTable,
+    pub transactions: crate::ledger::transactions::TransactionTable,
     pub last: RecordMeta,
 }
 
@@ -126,6 +127,7 @@ impl Snapshot {
             cash: ledger.cash.iter().map(|(k, row)| (*k, *row)).collect(),
             flows: ledger.flows().clone(),
             refunds: ledger.refunds.clone(),
+            transactions: ledger.transactions.clone(),
             last: ledger.last_applied(),
         }
     }
