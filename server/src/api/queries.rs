@@ -233,13 +233,18 @@ pub struct MovementView {
     pub timestamp: String,
     /// `deposit`, `withdrawal`, `transfer_out`, `transfer_in`, `hold` (cross-partition
     /// transfer out started), `hold_captured` (it committed), `hold_released` (it was
-    /// cancelled: money back), `credit_in` (cross-partition transfer in committed).
+    /// cancelled: money back), `credit_in` (cross-partition transfer in committed). A
+    /// multi-leg transaction moves the account's net over its legs with the same kinds:
+    /// `transfer_out` or `transfer_in` within one partition; across partitions `hold`, then
+    /// `hold_captured` or `hold_released`, for a net debit, and `credit_in` for a net credit
+    /// once committed.
     pub kind: &'static str,
     pub amount: String,
     /// Signed change of the available balance, e.g. `-12.34`.
     pub balance_change: String,
     pub transaction_id: String,
-    /// The other account of a transfer.
+    /// The other account of a transfer; absent for deposits, withdrawals and multi-leg
+    /// transactions (which have no one other account).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub counterparty: Option<String>,
     pub balance_after: String,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use walletd_core::ledger::{Command, Ledger};
-use walletd_core::log::codec::{encode_record, Record};
+use walletd_core::log::codec::encode_event_record;
 use walletd_core::model::event::Event;
 use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_core::model::money::Amount;
@@ -75,13 +75,9 @@ impl Bench {
         self.ledger
             .execute(command, TIMESTAMP, &mut self.events)
             .map_err(|e| BenchError::Engine(format!("the ledger refused {command:?}: {e}")))?;
-        for (lsn, &event) in (first_lsn..).zip(&self.events) {
-            let record = Record {
-                lsn,
-                timestamp: TIMESTAMP,
-                event,
-            };
-            encode_record(&record, &mut self.encoded);
+        // Encoded from the borrowed event, as a partition encodes what it logs.
+        for (lsn, event) in (first_lsn..).zip(&self.events) {
+            encode_event_record(lsn, TIMESTAMP, event, &mut self.encoded);
         }
         if self.encoded.len() > ENCODED_BYTES_MAX {
             self.encoded.clear();

@@ -25,11 +25,14 @@ use walletd_core::log::replay::AsOf;
 use walletd_core::model::event::{Event, Lsn, TransferKey};
 use walletd_core::model::ids::AccountId;
 use walletd_core::model::partition::PartitionId;
+use walletd_core::model::transaction::Transaction;
 use walletd_runtime::driver::DriverStats;
 
 use crate::datadir::DataDir;
 
 pub mod index;
+#[cfg(test)]
+pub(crate) mod test_logs;
 
 use index::{IndexConfig, PartitionIndex};
 
@@ -246,13 +249,19 @@ pub(crate) fn codec_offset(error: &CodecError) -> u64 {
 }
 
 /// A filter that keeps exactly the records that change or describe `account`: its opening,
-/// its deposits and withdrawals, transfers from or to it, and the phases of both sides of
-/// its cross-partition transfers. Destination phases name only the transfer key, so the
-/// filter remembers the keys of the Tries that credit `account`. Folding the kept records
-/// gives the same figures as folding them all ([`walletd_core::log::replay::balance_as_of`] tracks
-/// one account the same way).
+/// its deposits and withdrawals, transfers from or to it, the phases of both sides of its
+/// cross-partition transfers, and the multi-leg transactions whose legs name it with their
+/// phases. Destination phases name only the transfer key, so the filter remembers the keys
+/// of the Tries that credit `account`; a transaction's later phases name only its key too,
+/// so it remembers the transactions `account` tried until they are confirmed or cancelled.
+/// Folding the kept records gives the same figures as folding them all
+/// ([`walletd_core::log::replay::balance_as_of`] tracks one account the same way).
 pub fn account_filter(account: AccountId) -> impl FnMut(&Record) -> bool {
     let mut credited: BTreeSet<TransferKey> = BTreeSet::new();
+    let mut tried: BTreeSet<TransferKey> = BTreeSet::new();
+    let names = move |tx: &Transaction| {
+        (tx.legs().iter()).any(|leg| leg.from == account || leg.to == account)
+    };
     move |record| match &record.event.effect() {
         Event::AccountOpened { account: a, .. }
         | Event::Deposited { account: a, .. }
@@ -282,6 +291,24 @@ pub fn account_filter(account: AccountId) -> impl FnMut(&Record) -> bool {
         | Event::CreditCaptured { key, .. } => credited.contains(key),
         // A refusal moved no money: it is no movement of the account's.
         Event::CashRefused(_) => false,
+        // Within one partition (nothing follows it), or refused at its home.
+        Event::TransactionApplied { tx } | Event::TransactionRejected { tx, .. } => names(tx),
+        Event::TransactionTried { tx } => {
+            let mine = names(tx);
+            if mine {
+                tried.insert(tx.key());
+            }
+            mine
+        }
+        // The home's decision to cancel comes between the Try and its end. A participant's
+        // refusal comes instead of a Try, so no account of its partition tried it.
+        Event::TransactionCancelling { key, .. } | Event::TransactionRefused { key, .. } => {
+            tried.contains(key)
+        }
+        // Nothing of the transaction follows its end on this partition.
+        Event::TransactionConfirmed { key } | Event::TransactionCancelled { key } => {
+            tried.remove(key)
+        }
         Event::RefundAccepted { .. } | Event::RefundRejected { .. } => {
             unreachable!("a refund's effect is a transfer event")
         }
@@ -533,30 +560,38 @@ mod tests {
     }
 
     /// The account filter keeps everything `balance_as_of` and `movements` need: on the
-    /// recorded fixtures, folding the kept records gives what folding them all gives.
+    /// recorded fixtures and on two partitions' logs with multi-leg transactions, folding the
+    /// kept records gives what folding them all gives.
     #[test]
     fn the_account_filter_keeps_what_history_needs() {
-        for name in [
+        let mut logs: Vec<(String, Vec<Record>)> = [
             "plain_day.log",
             "tcc_cancels.log",
             "refunds.log",
             "holds.log",
-        ] {
-            let all = decode_log(&fixture(name), 1)
-                .expect("fixture decodes")
-                .records;
+        ]
+        .into_iter()
+        .map(|name| {
+            let records = decode_log(&fixture(name), 1).expect("fixture decodes");
+            (name.to_string(), records.records)
+        })
+        .collect();
+        for (partition, records) in test_logs::transaction_logs().into_iter().enumerate() {
+            logs.push((format!("transactions, partition {partition}"), records));
+        }
+        for (name, all) in logs {
             let accounts = accounts_of(&all);
             assert!(accounts.len() > 3, "{name}");
             for account in accounts {
                 let mut keep = account_filter(account);
-                let kept: Vec<Record> = all.iter().filter(|r| keep(r)).copied().collect();
+                let kept: Vec<Record> = all.iter().filter(|r| keep(r)).cloned().collect();
                 assert_eq!(
                     movements(&kept, &account),
                     movements(&all, &account),
                     "{name} {account}"
                 );
                 for lsn in (0..=all.len() as u64).step_by(3) {
-                    let cut: Vec<Record> = kept.iter().filter(|r| r.lsn <= lsn).copied().collect();
+                    let cut: Vec<Record> = kept.iter().filter(|r| r.lsn <= lsn).cloned().collect();
                     let figures = |records: &[Record]| {
                         balance_as_of(records, &account, AsOf::Lsn(lsn))
                             .map(|b| (b.currency, b.balance, b.held, b.incoming))

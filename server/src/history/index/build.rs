@@ -12,7 +12,7 @@ use walletd_core::model::ids::AccountId;
 use walletd_core::model::money::Currency;
 
 use super::chunk::{self, AccountDir, Detail, Entry, Header, SealedChunk, Slot};
-use super::fold::{Figures, Touch};
+use super::fold::{Figures, Touch, TOUCHES_MAX};
 use super::{decode_frame, OpenAccount, OpenChunk, PartitionIndex, SegmentFiles};
 use crate::history::{read_window, records_of_segment, LogError};
 
@@ -125,6 +125,7 @@ impl PartitionIndex {
         };
         let mut failed = None;
         let full = self.config.chunk_records_max as usize;
+        let entries_full = self.config.chunk_entries_max as usize;
         let _ended = records_of_segment(path, &mut reader, newest || !to_end, |record, end| {
             if record.lsn > durable {
                 stop = Stop::Durable;
@@ -138,7 +139,7 @@ impl PartitionIndex {
                 stop = Stop::Durable;
                 return ControlFlow::Break(());
             }
-            if self.open.slots.len() >= full {
+            if self.open.slots.len() >= full || self.open.entries >= entries_full {
                 stop = Stop::Full;
                 return ControlFlow::Break(());
             }
@@ -174,6 +175,7 @@ impl PartitionIndex {
         let mut touches = std::mem::take(&mut self.touches);
         touches.clear();
         self.tracker.fold(record, &mut touches);
+        debug_assert!(touches.len() <= TOUCHES_MAX, "{} touches", touches.len());
         for touch in &touches {
             self.apply(record.lsn, touch, path)?;
         }
@@ -215,6 +217,7 @@ impl PartitionIndex {
             kind: touch.kind,
             after: prior.after(touch),
         });
+        self.open.entries += 1;
         Ok(())
     }
 
@@ -302,8 +305,10 @@ impl PartitionIndex {
     }
 
     /// The details of every entry of the in-memory chunk, account by account, for writing
-    /// it: the chunk's range of its segment is read once, and the origins in it decoded
-    /// from there (a Try in an earlier chunk is read on its own).
+    /// it: the chunk's range of its segment is read once, and each origin in it decoded once
+    /// from there, however many entries it describes (a multi-leg transaction's Try is the
+    /// origin of an entry per account it moves); a Try in an earlier chunk is read on its
+    /// own.
     fn details_of_open(&self) -> Result<Vec<Vec<Detail>>, LogError> {
         let open = &self.open;
         let path = self.segment_path(open.segment_first);
@@ -317,30 +322,43 @@ impl PartitionIndex {
                 path: path.display().to_string(),
                 source,
             })?;
-        let mut all = Vec::with_capacity(open.accounts.len());
-        for part in open.accounts.values() {
+        let accounts: Vec<(&AccountId, &OpenAccount)> = open.accounts.iter().collect();
+        // Every entry's details hold its record's time; a movement's the rest, from its
+        // origin. The movements are visited by origin, each origin decoded once.
+        let mut all: Vec<Vec<Detail>> = Vec::with_capacity(accounts.len());
+        let mut movements: Vec<(Lsn, usize, usize)> = Vec::new();
+        for (a, (_, part)) in accounts.iter().enumerate() {
             let mut details = Vec::with_capacity(part.entries.len());
-            for entry in &part.entries {
+            for (e, entry) in part.entries.iter().enumerate() {
                 let timestamp = open.slots[(entry.lsn - open.first_lsn) as usize].timestamp;
-                if entry.kind.movement().is_none() {
-                    details.push(Detail {
-                        timestamp,
-                        ..Detail::default()
-                    });
-                    continue;
+                details.push(Detail {
+                    timestamp,
+                    ..Detail::default()
+                });
+                if entry.kind.movement().is_some() {
+                    movements.push((entry.origin_lsn, a, e));
                 }
-                let origin = match entry.origin_lsn.checked_sub(open.first_lsn) {
-                    Some(k) => {
-                        let slot = open.slots[k as usize];
-                        let at = slot.offset as usize - start;
-                        let frame = bytes.get(at..at + usize::from(slot.len)).unwrap_or(&[]);
-                        decode_frame(&path, frame, entry.origin_lsn, u64::from(slot.offset))?
-                    }
-                    None => self.record_at(entry.origin_lsn, &mut SegmentFiles::default())?,
-                };
-                details.push(self.detail_of(entry, timestamp, &origin)?);
             }
             all.push(details);
+        }
+        movements.sort_unstable();
+        let mut files = SegmentFiles::default();
+        for group in movements.chunk_by(|x, y| x.0 == y.0) {
+            let origin_lsn = group[0].0;
+            let origin = match origin_lsn.checked_sub(open.first_lsn) {
+                Some(k) => {
+                    let slot = open.slots[k as usize];
+                    let at = slot.offset as usize - start;
+                    let frame = bytes.get(at..at + usize::from(slot.len)).unwrap_or(&[]);
+                    decode_frame(&path, frame, origin_lsn, u64::from(slot.offset))?
+                }
+                None => self.record_at(origin_lsn, &mut files)?,
+            };
+            for &(_, a, e) in group {
+                let (account, part) = accounts[a];
+                let timestamp = all[a][e].timestamp;
+                all[a][e] = self.detail_of(account, &part.entries[e], timestamp, &origin)?;
+            }
         }
         Ok(all)
     }

@@ -16,7 +16,9 @@
 //!          offset of its details u64
 //! details  per entry, in the same order, what a page shows of it: timestamp u64, amount
 //!          u64, transaction id and counterparty (length u8, then that many bytes; 0: none)
-//! in flight  the cross-partition transfers in flight after the last record: side u8,
+//! in flight  the Tries in flight after the last record, in side, key and account order:
+//!          side u8 (1 a transfer's hold, 2 its pending credit; 3 and 4 a multi-leg
+//!          transaction's net debit and net credit of one account, an item per account),
 //!          key (from and transaction id, as ids above), account (as above), Try lsn u64,
 //!          amount u64
 //! crc      CRC32C of everything before it, u32
@@ -234,6 +236,8 @@ pub fn encode<'a>(
         out.push(match side {
             Side::Hold => 1,
             Side::Credit => 2,
+            Side::TransactionDebit => 3,
+            Side::TransactionCredit => 4,
         });
         put_id(&mut out, key.from.as_bytes());
         put_id(&mut out, key.transaction_id.as_bytes());
@@ -632,6 +636,8 @@ fn decode_in_flight(bytes: &[u8]) -> Option<(Side, TransferKey, InFlight)> {
     let side = match bytes[0] {
         1 => Side::Hold,
         2 => Side::Credit,
+        3 => Side::TransactionDebit,
+        4 => Side::TransactionCredit,
         _ => return None,
     };
     let key = TransferKey {

@@ -4,10 +4,14 @@
 //! It says the same as [`walletd_core::log::replay::movements`] and
 //! [`walletd_core::log::replay::balance_as_of`] (the tests hold the index to them), but for
 //! every account of the partition at once and without keeping any account's history: the
-//! only state is the cross-partition transfers in flight, because their second phases name
-//! a transfer key, not an amount or an account. That state is bounded by the transfers in
-//! flight, not by the log, and each index chunk stores it at its end so that indexing can go
-//! on from there after a restart.
+//! only state is the cross-partition transfers and multi-leg transactions in flight, because
+//! their second phases name a transfer key, not an amount or an account. That state is
+//! bounded by what is in flight, not by the log, and each index chunk stores it at its end so
+//! that indexing can go on from there after a restart.
+//!
+//! A multi-leg transaction has no one counterparty: it touches each account of this
+//! partition that its legs name with the account's net (its debits less its credits, or the
+//! reverse), as replay folds it; an account whose legs cancel out is not touched.
 
 use rustc_hash::FxHashMap;
 
@@ -16,6 +20,8 @@ use walletd_core::log::replay::MovementKind;
 use walletd_core::model::event::{Event, Lsn, TransferKey};
 use walletd_core::model::ids::AccountId;
 use walletd_core::model::money::Currency;
+use walletd_core::model::partition::PartitionId;
+use walletd_core::model::transaction::{Transaction, LEGS_MAX};
 
 /// What an index entry records about its record, for one account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,9 +152,9 @@ impl Touch {
     }
 }
 
-/// A cross-partition transfer in flight here: the Try's record, its amount, and the
-/// account of this partition it concerns (the source of a hold, the destination of a
-/// pending credit).
+/// A Try in flight here: the Try's record, its amount, and the account of this partition it
+/// concerns (the source of a hold, the destination of a pending credit; for a multi-leg
+/// transaction, one account's net debit or net credit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InFlight {
     pub try_lsn: Lsn,
@@ -156,55 +162,112 @@ pub struct InFlight {
     pub account: AccountId,
 }
 
-/// Which side of a transfer an [`InFlight`] is.
+/// Which side of a Try an [`InFlight`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Side {
+    /// A transfer's hold at its source.
     Hold,
+    /// A transfer's pending credit at its destination.
     Credit,
+    /// A multi-leg transaction's net debit of one account, moved into `held`.
+    TransactionDebit,
+    /// A multi-leg transaction's net credit of one account, counted as `incoming`.
+    TransactionCredit,
 }
 
-/// The fold's state: the cross-partition transfers in flight, by key.
-#[derive(Debug, Clone, Default)]
+/// The fold's state: the cross-partition transfers and multi-leg transactions in flight, by
+/// key.
+#[derive(Debug, Clone)]
 pub struct Tracker {
+    /// This partition, and how many there are: which accounts of a transaction are here.
+    partition: PartitionId,
+    partitions: u32,
     holds: FxHashMap<TransferKey, InFlight>,
     credits: FxHashMap<TransferKey, InFlight>,
+    /// Each transaction tried here and not yet confirmed or cancelled: the nets of the
+    /// accounts of this partition that its Try moved, by side and account.
+    transactions: FxHashMap<TransferKey, Vec<(Side, InFlight)>>,
+    /// How many nets `transactions` holds in all.
+    transaction_nets: usize,
 }
 
+/// Most accounts one record touches: a multi-leg transaction touches each account of the
+/// partition that its legs name, once (every other record touches at most four).
+pub const TOUCHES_MAX: usize = 2 * LEGS_MAX;
+
 impl Tracker {
-    /// Most transfers in flight a tracker holds. A partition has far fewer (each is a
-    /// transfer waiting for its other side); more means the log is not what it seems.
+    /// Most Tries in flight a tracker holds (a transaction's counting one per account it
+    /// moved). A partition has far fewer (each is a transfer or a transaction waiting for
+    /// its other side); more means the log is not what it seems.
     pub const IN_FLIGHT_MAX: usize = 1 << 24;
 
-    pub fn from_in_flight(items: impl IntoIterator<Item = (Side, TransferKey, InFlight)>) -> Self {
-        let mut tracker = Tracker::default();
+    /// A tracker of partition `partition` of `partitions` with nothing in flight.
+    pub fn new(partition: PartitionId, partitions: u32) -> Tracker {
+        Tracker {
+            partition,
+            partitions,
+            holds: FxHashMap::default(),
+            credits: FxHashMap::default(),
+            transactions: FxHashMap::default(),
+            transaction_nets: 0,
+        }
+    }
+
+    /// A tracker of partition `partition` of `partitions` with `items` in flight (as
+    /// [`Tracker::in_flight`] gave them).
+    pub fn from_in_flight(
+        partition: PartitionId,
+        partitions: u32,
+        items: impl IntoIterator<Item = (Side, TransferKey, InFlight)>,
+    ) -> Self {
+        let mut tracker = Tracker::new(partition, partitions);
         for (side, key, item) in items {
-            tracker.table(side).insert(key, item);
+            match side {
+                Side::Hold => {
+                    tracker.holds.insert(key, item);
+                }
+                Side::Credit => {
+                    tracker.credits.insert(key, item);
+                }
+                Side::TransactionDebit | Side::TransactionCredit => {
+                    tracker
+                        .transactions
+                        .entry(key)
+                        .or_default()
+                        .push((side, item));
+                    tracker.transaction_nets += 1;
+                }
+            }
         }
         tracker
     }
 
-    /// Every transfer in flight, in key order (so a chunk file's bytes depend on the log
-    /// alone).
+    /// Everything in flight, in side, key and account order (so a chunk file's bytes
+    /// depend on the log alone).
     pub fn in_flight(&self) -> Vec<(Side, TransferKey, InFlight)> {
+        let nets = self
+            .transactions
+            .iter()
+            .flat_map(|(key, nets)| nets.iter().map(|(side, item)| (*side, *key, *item)));
         let mut items: Vec<_> = (self.holds.iter().map(|(k, v)| (Side::Hold, *k, *v)))
             .chain(self.credits.iter().map(|(k, v)| (Side::Credit, *k, *v)))
+            .chain(nets)
             .collect();
-        items.sort_by_key(|a| (a.0, a.1));
+        items.sort_by_key(|a| (a.0, a.1, a.2.account));
         items
     }
 
-    fn table(&mut self, side: Side) -> &mut FxHashMap<TransferKey, InFlight> {
-        match side {
-            Side::Hold => &mut self.holds,
-            Side::Credit => &mut self.credits,
-        }
+    /// How many Tries are in flight, a transaction's counting once per account it moved.
+    fn in_flight_count(&self) -> usize {
+        self.holds.len() + self.credits.len() + self.transaction_nets
     }
 
-    /// The accounts of this partition that `record` changes, appended to `out` (at most
-    /// four: a hold captured within the partition touches each of its accounts twice, a
-    /// movement and the figures that go with it; one movement per account and record).
-    /// Events that change no figure (refusals,
-    /// decisions, null compensations) touch nothing.
+    /// The accounts of this partition that `record` changes, appended to `out`: at most
+    /// [`TOUCHES_MAX`], one per account the legs of a multi-leg transaction name; any other
+    /// record touches at most four (a hold captured within the partition touches each of
+    /// its accounts twice, a movement and the figures that go with it). One movement per
+    /// account and record. Events that change no figure (refusals, decisions, null
+    /// compensations) touch nothing.
     pub fn fold(&mut self, record: &Record, out: &mut Vec<Touch>) {
         let lsn = record.lsn;
         let mut touch = |account, kind, amount, origin_lsn| {
@@ -356,12 +419,60 @@ impl Tracker {
                     );
                 }
             }
+            // Within the partition: each account's net, out of its balance or into it.
+            Event::TransactionApplied { tx } => {
+                for (account, debit, credit) in self.nets(&tx) {
+                    if debit > 0 {
+                        touch(account, movement(MovementKind::TransferOut), debit, lsn);
+                    } else {
+                        touch(account, movement(MovementKind::TransferIn), credit, lsn);
+                    }
+                }
+            }
+            // A participant's Try (the home's included): each net debit into `held`, each net
+            // credit counted as `incoming`, remembered until the Confirm or Cancel.
+            Event::TransactionTried { tx } => {
+                let mut nets = Vec::new();
+                for (account, debit, credit) in self.nets(&tx) {
+                    let (side, kind, amount) = if debit > 0 {
+                        (Side::TransactionDebit, movement(MovementKind::Hold), debit)
+                    } else {
+                        (Side::TransactionCredit, EntryKind::CreditPending, credit)
+                    };
+                    touch(account, kind, amount, lsn);
+                    let item = InFlight {
+                        try_lsn: lsn,
+                        amount,
+                        account,
+                    };
+                    nets.push((side, item));
+                }
+                self.insert_transaction(tx.key(), nets);
+            }
+            // This partition's side made final or undone; each entry's origin is the Try.
+            Event::TransactionConfirmed { key } | Event::TransactionCancelled { key } => {
+                let confirmed = matches!(record.event, Event::TransactionConfirmed { .. });
+                let nets = self.transactions.remove(&key).unwrap_or_default();
+                self.transaction_nets -= nets.len();
+                for (side, item) in nets {
+                    let kind = match (side, confirmed) {
+                        (Side::TransactionDebit, true) => movement(MovementKind::HoldCaptured),
+                        (Side::TransactionDebit, false) => movement(MovementKind::HoldReleased),
+                        (_, true) => movement(MovementKind::CreditIn),
+                        (_, false) => EntryKind::CreditDropped,
+                    };
+                    touch(item.account, kind, item.amount, item.try_lsn);
+                }
+            }
             Event::Transferred { .. }
             | Event::CashRefused(_)
             | Event::TransferRejected { .. }
             | Event::TransferDecided { .. }
             | Event::CreditTryNotSeen { .. }
-            | Event::HoldEstablished { .. } => {}
+            | Event::HoldEstablished { .. }
+            | Event::TransactionRejected { .. }
+            | Event::TransactionRefused { .. }
+            | Event::TransactionCancelling { .. } => {}
             Event::RefundAccepted { .. } | Event::RefundRejected { .. } => {
                 unreachable!("a refund's effect is a transfer event")
             }
@@ -369,11 +480,67 @@ impl Tracker {
     }
 
     fn insert(&mut self, side: Side, key: TransferKey, item: InFlight) {
-        let table = self.table(side);
         assert!(
-            table.len() < Self::IN_FLIGHT_MAX,
+            self.in_flight_count() < Self::IN_FLIGHT_MAX,
             "transfers in flight bounded"
         );
+        let table = match side {
+            Side::Hold => &mut self.holds,
+            Side::Credit => &mut self.credits,
+            Side::TransactionDebit | Side::TransactionCredit => {
+                unreachable!("a transaction's nets are kept by key")
+            }
+        };
         table.insert(key, item);
+    }
+
+    /// Remembers the nets a transaction's Try moved here (none: nothing to remember), in
+    /// side and account order, as a chunk file gives them back.
+    fn insert_transaction(&mut self, key: TransferKey, mut nets: Vec<(Side, InFlight)>) {
+        if nets.is_empty() {
+            return;
+        }
+        assert!(
+            self.in_flight_count() + nets.len() <= Self::IN_FLIGHT_MAX,
+            "transfers in flight bounded"
+        );
+        nets.sort_by_key(|(side, item)| (*side, item.account));
+        self.transaction_nets += nets.len();
+        if let Some(old) = self.transactions.insert(key, nets) {
+            // A log that tries one key twice replays to an error; the index follows the
+            // newer Try.
+            self.transaction_nets -= old.len();
+        }
+    }
+
+    /// The net debit and net credit of each account of this partition that `tx` moves
+    /// (accounts whose legs cancel out are left out), in the order of their first legs.
+    fn nets(&self, tx: &Transaction) -> Vec<(AccountId, u64, u64)> {
+        let effects = tx.effects_on(self.partition, self.partitions);
+        effects
+            .accounts
+            .iter()
+            .map(|e| (e.account, e.net_debit(), e.net_credit()))
+            .filter(|(_, debit, credit)| *debit > 0 || *credit > 0)
+            .collect()
+    }
+}
+
+/// The net `tx` moves of `account` on the side that `incoming` names: its credits less its
+/// debits if `incoming`, else the reverse (0 if that side does not move).
+pub fn net_of(tx: &Transaction, account: &AccountId, incoming: bool) -> u64 {
+    let (mut debits, mut credits) = (0u64, 0u64);
+    for leg in tx.legs() {
+        if leg.from == *account {
+            debits += leg.amount.minor();
+        }
+        if leg.to == *account {
+            credits += leg.amount.minor();
+        }
+    }
+    if incoming {
+        credits.saturating_sub(debits)
+    } else {
+        debits.saturating_sub(credits)
     }
 }

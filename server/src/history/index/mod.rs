@@ -5,13 +5,15 @@
 //! The log stays the only truth; the index is derived from it and can always be rebuilt.
 //! It is a sequence of **chunks**, each a contiguous range of at most
 //! [`IndexConfig::chunk_records_max`] records of one segment. The newest chunk is built in
-//! memory as records become durable; once full, or once its segment is sealed, it is
+//! memory as records become durable; once full (of records, or of entries: see
+//! [`IndexConfig::chunk_entries_max`]), or once its segment is sealed, it is
 //! written as one file ([`chunk`]) in a directory of its own, `partition-<p>/history/`,
 //! apart from the storage's files. A chunk holds, for every account it changes, that account's
 //! entries (lsn, the record that describes the movement, and the account's balance, held
 //! and incoming amounts *after* the record), the figures before and after the chunk, and a
 //! pointer to the account's previous chunk. It also holds a slot per record (where its
-//! frame is in the segment, its timestamp) and the transfers in flight at its end.
+//! frame is in the segment, its timestamp) and the Tries in flight at its end (of
+//! cross-partition transfers, and the nets of multi-leg transactions).
 //!
 //! - **A page of history** is found from the account's newest chunk (the in-memory one, or
 //!   the newest file that has it) and the previous-chunk pointers: binary searches and reads
@@ -24,7 +26,8 @@
 //! - **Figures carry over between chunks**: the first entry of an account in a chunk starts
 //!   from its figures after its previous chunk, which the last written chunk's directory
 //!   gives from memory (one chunk's accounts, loaded once) and older chunks by binary
-//!   search. The only state of the fold is the cross-partition transfers in flight.
+//!   search. The only state of the fold is the Tries in flight: cross-partition transfers,
+//!   and multi-leg transactions with the nets they moved here.
 //!
 //! Why not a store such as `redb` or `fjall`: every index entry is appended once and never
 //! changed, in lsn order, and the only lookups are "this account's entries before an lsn";
@@ -51,8 +54,10 @@
 //! - Memory: the in-memory chunk only: per record a 24-byte slot and about 1.3 entries of 48
 //!   bytes, so about 13 MiB per partition at the default 131,072 records; plus the account
 //!   directory of the newest written chunk (the carry: at most one entry per account that
-//!   chunk changed) and the transfers in flight. It does not grow with the log, except for
-//!   one header (about 100 bytes) per chunk written.
+//!   chunk changed) and the Tries in flight. A multi-leg transaction's record has an entry
+//!   per account it moves (up to 128), so a chunk is also written once it holds 524,288
+//!   entries: at most 3 MiB of slots and 24 MiB of entries, whatever the records. It does
+//!   not grow with the log, except for one header (about 100 bytes) per chunk written.
 //! - Disk: per record a 22-byte slot, and per entry 49 bytes plus its details (16 bytes and
 //!   the transaction and counterparty ids), and 131 bytes per account per chunk that changes
 //!   it: about one and a half times the log for transfers.
@@ -96,6 +101,12 @@ pub struct IndexConfig {
     /// Records per chunk: the bound of the in-memory chunk (about 100 bytes per record), and
     /// how much of the log one file indexes.
     pub chunk_records_max: u32,
+    /// Entries per chunk (48 bytes each in memory): a chunk is written once it holds this
+    /// many, even short of its records, so that records touching many accounts (a
+    /// multi-leg transaction touches up to [`fold::TOUCHES_MAX`]) keep the in-memory chunk
+    /// bounded. Transfers touch one or two accounts a record, and reach the record bound
+    /// first.
+    pub chunk_entries_max: u32,
     /// Most bytes of a segment read at once while indexing.
     pub read_window_bytes: usize,
 }
@@ -104,6 +115,7 @@ impl Default for IndexConfig {
     fn default() -> IndexConfig {
         IndexConfig {
             chunk_records_max: 1 << 17,
+            chunk_entries_max: 1 << 19,
             read_window_bytes: 4 << 20,
         }
     }
@@ -134,6 +146,8 @@ struct OpenChunk {
     ts_max: u64,
     slots: Vec<Slot>,
     accounts: BTreeMap<AccountId, OpenAccount>,
+    /// The entries of all its accounts.
+    entries: usize,
 }
 
 impl OpenChunk {
@@ -146,6 +160,7 @@ impl OpenChunk {
             ts_max,
             slots: Vec::new(),
             accounts: BTreeMap::new(),
+            entries: 0,
         }
     }
 }
@@ -282,10 +297,12 @@ impl PartitionIndex {
                     header.last_lsn + 1,
                     last.ts_max_end,
                 );
-                (Tracker::from_in_flight(file.in_flight()?), carry, open)
+                let in_flight = file.in_flight()?;
+                let tracker = Tracker::from_in_flight(partition, dir.partitions(), in_flight);
+                (tracker, carry, open)
             }
             None => (
-                Tracker::default(),
+                Tracker::new(partition, dir.partitions()),
                 BTreeMap::new(),
                 OpenChunk::empty(log_first, 0, log_first, 0),
             ),
@@ -314,9 +331,10 @@ impl PartitionIndex {
         self.sealed.len()
     }
 
-    /// The details of `entry` (stamped `timestamp`) given its origin record.
+    /// The details of `account`'s `entry` (stamped `timestamp`) given its origin record.
     fn detail_of(
         &self,
+        account: &AccountId,
         entry: &Entry,
         timestamp: u64,
         origin: &Record,
@@ -328,6 +346,11 @@ impl PartitionIndex {
             });
         };
         let incoming = matches!(kind, MovementKind::TransferIn | MovementKind::CreditIn);
+        let no_origin = || LogError::Corrupt {
+            path: self.index_dir.display().to_string(),
+            offset: 0,
+            detail: format!("record {} is no movement's origin", entry.origin_lsn),
+        };
         // A refund's record is a transfer's (its effect); a hold's names its own amounts.
         let (amount, transaction_id, counterparty) = match origin.event.effect() {
             Event::Deposited {
@@ -357,13 +380,16 @@ impl PartitionIndex {
             Event::CreditCaptured { key, amount } => {
                 (amount.minor(), key.transaction_id, Some(key.from))
             }
-            _ => {
-                return Err(LogError::Corrupt {
-                    path: self.index_dir.display().to_string(),
-                    offset: 0,
-                    detail: format!("record {} is no movement's origin", entry.origin_lsn),
-                })
+            // A multi-leg transaction moves the account's net, with no one counterparty: its
+            // net debit for a movement out (or into `held`), its net credit for one in.
+            Event::TransactionApplied { tx } | Event::TransactionTried { tx } => {
+                let net = fold::net_of(&tx, account, incoming);
+                if net == 0 {
+                    return Err(no_origin());
+                }
+                (net, tx.transaction_id(), None)
             }
+            _ => return Err(no_origin()),
         };
         Ok(Detail {
             timestamp,

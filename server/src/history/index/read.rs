@@ -222,7 +222,7 @@ impl PartitionIndex {
         for (entry, detail) in found {
             let detail = match detail {
                 Some(detail) => detail,
-                None => self.detail_from_log(&entry, &mut files)?,
+                None => self.detail_from_log(account, &entry, &mut files)?,
             };
             movements.push(self.movement(&entry, &detail)?);
         }
@@ -281,12 +281,17 @@ impl PartitionIndex {
         })
     }
 
-    /// The details of an entry of the in-memory chunk, from its records in the log (read
-    /// recently by the index, so usually from the page cache).
-    fn detail_from_log(&self, entry: &Entry, files: &mut SegmentFiles) -> Result<Detail, LogError> {
+    /// The details of an entry of `account` in the in-memory chunk, from its records in the
+    /// log (read recently by the index, so usually from the page cache).
+    fn detail_from_log(
+        &self,
+        account: &AccountId,
+        entry: &Entry,
+        files: &mut SegmentFiles,
+    ) -> Result<Detail, LogError> {
         let (slot, _) = self.slot(entry.lsn)?.expect("an indexed record has a slot");
         let origin = self.record_at(entry.origin_lsn, files)?;
-        self.detail_of(entry, slot.timestamp, &origin)
+        self.detail_of(account, entry, slot.timestamp, &origin)
     }
 }
 

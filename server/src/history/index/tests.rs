@@ -194,7 +194,7 @@ fn accounts_of(records: &[Record]) -> BTreeSet<AccountId> {
 /// Every page of every account, and its balance at every lsn and at some times, as the
 /// index answers them, equal to what the fold of `records` up to `upto` answers.
 fn check_against_replay(index: &PartitionIndex, records: &[Record], upto: Lsn) {
-    let records: Vec<Record> = records.iter().filter(|r| r.lsn <= upto).copied().collect();
+    let records: Vec<Record> = records.iter().filter(|r| r.lsn <= upto).cloned().collect();
     assert_eq!(index.indexed_lsn(), upto);
     let mut accounts = accounts_of(&records);
     accounts.insert(account("nobody"));
@@ -258,6 +258,7 @@ fn check_against_replay(index: &PartitionIndex, records: &[Record], upto: Lsn) {
 fn small_chunks() -> IndexConfig {
     IndexConfig {
         chunk_records_max: 37,
+        chunk_entries_max: 1 << 19,
         read_window_bytes: 700,
     }
 }
@@ -371,6 +372,94 @@ fn a_reopened_index_reuses_its_chunks_and_rebuilds_damaged_or_missing_ones() {
     index.catch_up(500).unwrap();
     check_against_replay(&index, &records, 500);
     assert_eq!(chunk_files(&dir), files);
+}
+
+/// Each partition's index of logs with multi-leg transactions (local, rejected, tried and
+/// confirmed or cancelled across partitions, with accounts whose legs cancel out) answers
+/// what replay's fold answers, with chunks cut by records or by entries while transactions
+/// are in flight, and reopened from its chunk files at each point.
+#[test]
+fn answers_what_the_fold_answers_on_logs_with_transactions() {
+    use crate::history::test_logs::{transaction_logs, PARTITIONS};
+    use walletd_core::log::replay::MovementKind;
+    let logs = transaction_logs();
+    let mut types = BTreeSet::new();
+    let mut kinds = BTreeSet::new();
+    for records in &logs {
+        for record in records {
+            let name = format!("{:?}", record.event);
+            types.insert(name.split([' ', '(']).next().unwrap().to_string());
+        }
+        for account in accounts_of(records) {
+            for movement in movements(records, &account) {
+                if movement.transaction_id.as_str().starts_with("tx-") {
+                    assert_eq!(movement.counterparty, None);
+                    kinds.insert(format!("{:?}", movement.kind));
+                }
+            }
+        }
+    }
+    for name in [
+        "TransactionApplied",
+        "TransactionRejected",
+        "TransactionTried",
+        "TransactionRefused",
+        "TransactionCancelling",
+        "TransactionConfirmed",
+        "TransactionCancelled",
+    ] {
+        assert!(types.contains(name), "the logs lack {name}");
+    }
+    for kind in [
+        MovementKind::TransferOut,
+        MovementKind::TransferIn,
+        MovementKind::Hold,
+        MovementKind::HoldCaptured,
+        MovementKind::HoldReleased,
+        MovementKind::CreditIn,
+    ] {
+        assert!(
+            kinds.contains(&format!("{kind:?}")),
+            "no transaction's {kind:?}"
+        );
+    }
+    // Chunks of 6 records or 4 entries: a transaction's record may hold more than that.
+    let tiny = IndexConfig {
+        chunk_records_max: 6,
+        chunk_entries_max: 4,
+        read_window_bytes: 300,
+    };
+    for (partition, records) in logs.iter().enumerate() {
+        let partition = partition as PartitionId;
+        let last = records.last().unwrap().lsn;
+        for config in [IndexConfig::default(), small_chunks(), tiny] {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = Arc::new(DataDir::create_or_check(tmp.path(), PARTITIONS).unwrap());
+            write_log(&dir, partition, records, 10);
+            for upto in (1..last).step_by(4).chain([last]) {
+                let mut index = PartitionIndex::open(Arc::clone(&dir), partition, config).unwrap();
+                index.catch_up(upto).unwrap();
+                check_against_replay(&index, records, upto);
+                let entries_max = config.chunk_entries_max as usize + fold::TOUCHES_MAX;
+                assert!(index.open.entries <= entries_max);
+            }
+            // Each chunk ends at its records, at its segment's end (every 10 records) or at
+            // its entries; the last is why some chunks of `tiny` are short.
+            let index = PartitionIndex::open(Arc::clone(&dir), partition, config).unwrap();
+            let mut cut_by_entries = 0;
+            for chunk in &index.sealed {
+                let header = &chunk.header;
+                let full = header.records == config.chunk_records_max;
+                let segment_end = header.last_lsn % 10 == 0;
+                let entries_full = header.entries >= config.chunk_entries_max;
+                assert!(full || segment_end || entries_full, "{header:?}");
+                if !full && !segment_end {
+                    cut_by_entries += 1;
+                }
+            }
+            assert_eq!(cut_by_entries > 0, config == tiny, "{config:?}");
+        }
+    }
 }
 
 #[test]
