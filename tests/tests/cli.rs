@@ -511,7 +511,7 @@ fn write_log(data: &Path, events: &[Event]) {
             &Record {
                 lsn,
                 timestamp: 1_700_000_000_000_000 + lsn,
-                event: *event,
+                event: event.clone(),
             },
             &mut bytes,
         );

@@ -1,10 +1,13 @@
-//! The feed's JSON line for each event: schema version 3 (version 2 without the hold types,
-//! version 1 without the refund types).
+//! The feed's JSON line for each event: schema version 4 (version 3 without the multi-leg
+//! transaction types, version 2 without the hold types either, version 1 without the refund
+//! types either).
 //!
 //! Every line is one object: `v` (the schema version), `lsn`, `timestamp` (RFC 3339, as
 //! everywhere in the API), `type` (the event, snake case) and the event's own fields. Amounts
 //! are decimal strings in their currency, ids are strings, reasons are the codes the rest of
-//! the API uses. [`EVENT_TYPES`] lists each type's fields; the OpenAPI document and
+//! the API uses. A multi-leg transaction's lines carry its `legs` (each `from_account`,
+//! `to_account`, `amount`, `currency`) or, after its Try, only its key (`transaction_id` and
+//! the first leg's `from_account`). [`EVENT_TYPES`] lists each type's fields; the OpenAPI document and
 //! `server/README.md` are written from the same list, and a test holds [`line`] to it.
 //!
 //! Versioning: within a version, a type keeps its fields and their meanings. A new field, a
@@ -17,15 +20,16 @@ use std::collections::HashMap;
 use serde_json::{json, Map, Value};
 use walletd_core::log::codec::Record;
 use walletd_core::model::event::{
-    CashKind, CashRefusal, CashRefused, Decision, Event, Transfer, TransferKey,
+    CashKind, CashRefusal, CashRefused, Decision, Event, Reason, Transfer, TransferKey,
 };
 use walletd_core::model::ids::AccountId;
 use walletd_core::model::money::{Amount, Currency};
+use walletd_core::model::transaction::Transaction;
 
 use crate::rfc3339;
 
 /// The schema version every line carries as `v`.
-pub const SCHEMA_VERSION: u64 = 3;
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// One event type of the feed: its name and fields beyond `v`, `lsn`, `timestamp`, `type`.
 pub struct EventType {
@@ -45,6 +49,7 @@ const TRANSFER: &[&str] = &[
     "currency",
 ];
 const KEY: &[&str] = &["transaction_id", "from_account"];
+const TRANSACTION: &[&str] = &["transaction_id", "legs"];
 
 /// Every event type, in the order of [`Event`]'s variants.
 pub const EVENT_TYPES: &[EventType] = &[
@@ -191,13 +196,18 @@ pub const EVENT_TYPES: &[EventType] = &[
             "remote",
         ],
         optional: &[],
-        description: "A hold, at its home (the source's partition): `amount` moved from             `from_account`'s balance into `held`, until a capture, a void or its expiry             (`expires_at`). With `remote` false the destination counts it as `incoming` at             once; with `remote` true this is the hold's `debit_tried`, and the destination's             `credit_tried` follows under the same key.",
+        description: "A hold, at its home (the source's partition): `amount` moved from \
+            `from_account`'s balance into `held`, until a capture, a void or its expiry \
+            (`expires_at`). With `remote` false the destination counts it as `incoming` at \
+            once; with `remote` true this is the hold's `debit_tried`, and the destination's \
+            `credit_tried` follows under the same key.",
     },
     EventType {
         name: "hold_established",
         fields: KEY,
         optional: &[],
-        description: "A hold across partitions, at its home: the destination tried its credit,             the hold is held. Moves nothing.",
+        description: "A hold across partitions, at its home: the destination tried its credit, \
+            the hold is held. Moves nothing.",
     },
     EventType {
         name: "hold_captured",
@@ -211,7 +221,11 @@ pub const EVENT_TYPES: &[EventType] = &[
             "remote",
         ],
         optional: &[],
-        description: "A hold captured, at its home: `held` of `from_account` drops by `amount`             (the hold's), of which `amount` less `captured_amount` goes back to its balance.             With `remote` false `to_account`'s `incoming` drops by `amount` and its balance             grows by `captured_amount`; with `remote` true the destination records             `credit_confirmed` (all captured) or `credit_captured` (a part).",
+        description: "A hold captured, at its home: `held` of `from_account` drops by `amount` \
+            (the hold's), of which `amount` less `captured_amount` goes back to its balance. \
+            With `remote` false `to_account`'s `incoming` drops by `amount` and its balance \
+            grows by `captured_amount`; with `remote` true the destination records \
+            `credit_confirmed` (all captured) or `credit_captured` (a part).",
     },
     EventType {
         name: "hold_released",
@@ -225,13 +239,81 @@ pub const EVENT_TYPES: &[EventType] = &[
             "remote",
         ],
         optional: &[],
-        description: "A hold voided (`reason` `hold_voided`) or expired (`hold_expired`), at its             home. With `remote` false everything went back at once: `from_account`'s `held`             to its balance, `to_account`'s `incoming` down by `amount`. With `remote` true this             is the decision to cancel (as `transfer_decided`); `debit_cancelled` and the             destination's `credit_cancelled` follow under the same key.",
+        description: "A hold voided (`reason` `hold_voided`) or expired (`hold_expired`), at its \
+            home. With `remote` false everything went back at once: `from_account`'s `held` \
+            to its balance, `to_account`'s `incoming` down by `amount`. With `remote` true this \
+            is the decision to cancel (as `transfer_decided`); `debit_cancelled` and the \
+            destination's `credit_cancelled` follow under the same key.",
     },
     EventType {
         name: "credit_captured",
         fields: &["transaction_id", "from_account", "amount_minor"],
         optional: &[],
-        description: "At the destination of a hold captured in part: the pending credit of the             `credit_tried` with this key was dropped, and `amount_minor` of it (in minor units             of that line's currency) became balance.",
+        description: "At the destination of a hold captured in part: the pending credit of the \
+            `credit_tried` with this key was dropped, and `amount_minor` of it (in minor units \
+            of that line's currency) became balance.",
+    },
+    EventType {
+        name: "transaction_applied",
+        fields: TRANSACTION,
+        optional: &[],
+        description: "A multi-leg transaction whose accounts all live on this partition, \
+            applied at once. Each account's net over the `legs` naming it (what they take from \
+            it less what they bring it) moved: a net debit left its balance, a net credit \
+            entered it; an account whose legs cancel out did not change.",
+    },
+    EventType {
+        name: "transaction_rejected",
+        fields: &["transaction_id", "legs", "failed_leg", "reason"],
+        optional: &[],
+        description: "A multi-leg transaction refused at its home (the partition of its first \
+            leg's `from_account`): leg `failed_leg` (an index into `legs`, from 0) failed for \
+            `reason`. Nothing moved.",
+    },
+    EventType {
+        name: "transaction_tried",
+        fields: TRANSACTION,
+        optional: &[],
+        description: "A multi-leg transaction across partitions, tried at this partition (its \
+            home's record of it included). Only the accounts of this partition change, each by \
+            its net over the `legs` naming it: a net debit moved from the balance into `held`, \
+            a net credit was counted as `incoming`. `transaction_confirmed` or \
+            `transaction_cancelled` follows under its key (`transaction_id` and the first \
+            leg's `from_account`).",
+    },
+    EventType {
+        name: "transaction_refused",
+        fields: &["transaction_id", "from_account", "reason"],
+        optional: &["failed_leg"],
+        description: "A participant other than the home refused a multi-leg transaction's Try: \
+            leg `failed_leg` failed for `reason`; or, with no `failed_leg` and `reason` \
+            `cancelled_before_try`, a cancel came before any Try (a later Try fails). Nothing \
+            moved. `from_account` is the first leg's.",
+    },
+    EventType {
+        name: "transaction_cancelling",
+        fields: &["transaction_id", "from_account", "reason"],
+        optional: &["failed_leg"],
+        description: "At a multi-leg transaction's home: the decision to cancel it, because leg \
+            `failed_leg` was refused for `reason`, or (no `failed_leg`) a participant did not \
+            answer in time. Moves nothing by itself; `transaction_cancelled` follows at every \
+            partition that tried it.",
+    },
+    EventType {
+        name: "transaction_confirmed",
+        fields: KEY,
+        optional: &[],
+        description: "The nets of the `transaction_tried` with this key became final at this \
+            partition: each net debit left `held` for good, each net credit moved from \
+            `incoming` to the balance. At the home, the commit of the whole transaction.",
+    },
+    EventType {
+        name: "transaction_cancelled",
+        fields: KEY,
+        optional: &[],
+        description: "The `transaction_tried` with this key was undone at this partition: each \
+            net debit went back from `held` to the balance, each net credit was dropped from \
+            `incoming`.",
     },
 ];
 
@@ -402,6 +484,36 @@ fn type_and_fields(
             fields["amount_minor"] = json!(amount.minor().to_string());
             ("credit_captured", fields)
         }
+        Event::TransactionApplied { tx } => ("transaction_applied", transaction_fields(tx)),
+        Event::TransactionRejected {
+            tx,
+            failed_leg,
+            reason,
+        } => {
+            let mut fields = transaction_fields(tx);
+            fields["failed_leg"] = json!(failed_leg);
+            fields["reason"] = json!(reason.code());
+            ("transaction_rejected", fields)
+        }
+        Event::TransactionTried { tx } => ("transaction_tried", transaction_fields(tx)),
+        Event::TransactionRefused {
+            key,
+            failed_leg,
+            reason,
+        } => (
+            "transaction_refused",
+            refusal_fields(key, *failed_leg, *reason),
+        ),
+        Event::TransactionCancelling {
+            key,
+            failed_leg,
+            reason,
+        } => (
+            "transaction_cancelling",
+            refusal_fields(key, *failed_leg, *reason),
+        ),
+        Event::TransactionConfirmed { key } => ("transaction_confirmed", key_fields(key)),
+        Event::TransactionCancelled { key } => ("transaction_cancelled", key_fields(key)),
     };
     let Value::Object(fields) = fields else {
         unreachable!("the fields are an object")
@@ -426,6 +538,29 @@ fn key_fields(key: &TransferKey) -> Value {
         "transaction_id": key.transaction_id.as_str(),
         "from_account": key.from.as_str(),
     })
+}
+
+/// A multi-leg transaction's id and its legs, in its order (a `failed_leg` indexes them).
+fn transaction_fields(tx: &Transaction) -> Value {
+    let legs: Vec<Value> = (tx.legs().iter())
+        .map(|leg| {
+            let mut fields = money(leg.amount, leg.currency);
+            fields["from_account"] = json!(leg.from.as_str());
+            fields["to_account"] = json!(leg.to.as_str());
+            fields
+        })
+        .collect();
+    json!({"transaction_id": tx.transaction_id().as_str(), "legs": legs})
+}
+
+/// A multi-leg transaction's key, why it failed and, when one did, the leg that failed.
+fn refusal_fields(key: &TransferKey, failed_leg: Option<u8>, reason: Reason) -> Value {
+    let mut fields = key_fields(key);
+    fields["reason"] = json!(reason.code());
+    if let Some(leg) = failed_leg {
+        fields["failed_leg"] = json!(leg);
+    }
+    fields
 }
 
 fn cash_refused(
@@ -472,8 +607,8 @@ pub fn field_values(field: &str) -> Option<&'static [&'static str]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use walletd_core::model::event::Reason;
     use walletd_core::model::ids::TransactionId;
+    use walletd_core::model::transaction::Leg;
 
     fn one_of_each() -> Vec<Event> {
         let a = AccountId::new("alice").unwrap();
@@ -488,6 +623,24 @@ mod tests {
             currency: Currency::USD,
         };
         let key = transfer.key();
+        // Three legs: the first is the transfer's (so the transaction's key is its key), the
+        // last in another currency.
+        let carol = AccountId::new("carol").unwrap();
+        let leg = |from, to, amount: &str, currency| Leg {
+            from,
+            to,
+            amount: Amount::parse(amount, currency).unwrap(),
+            currency,
+        };
+        let tx = Transaction::new(
+            t,
+            vec![
+                leg(a, b, "12.34", Currency::USD),
+                leg(b, carol, "2.00", Currency::USD),
+                leg(carol, a, "7", Currency::JPY),
+            ],
+        )
+        .unwrap();
         let refused = |refusal| {
             Event::CashRefused(CashRefused {
                 account: a,
@@ -568,6 +721,35 @@ mod tests {
                 key,
                 amount: Amount::parse("10.00", Currency::USD).unwrap(),
             },
+            Event::TransactionApplied { tx: tx.clone() },
+            Event::TransactionRejected {
+                tx: tx.clone(),
+                failed_leg: 2,
+                reason: Reason::SourceCurrencyMismatch,
+            },
+            Event::TransactionTried { tx },
+            Event::TransactionRefused {
+                key,
+                failed_leg: Some(1),
+                reason: Reason::InsufficientFunds,
+            },
+            Event::TransactionRefused {
+                key,
+                failed_leg: None,
+                reason: Reason::CancelledBeforeTry,
+            },
+            Event::TransactionCancelling {
+                key,
+                failed_leg: Some(1),
+                reason: Reason::DestinationNotFound,
+            },
+            Event::TransactionCancelling {
+                key,
+                failed_leg: None,
+                reason: Reason::Timeout,
+            },
+            Event::TransactionConfirmed { key },
+            Event::TransactionCancelled { key },
         ];
         for event in &events {
             match event {
@@ -591,10 +773,26 @@ mod tests {
                 | Event::HoldEstablished { .. }
                 | Event::HoldCaptured { .. }
                 | Event::HoldReleased { .. }
-                | Event::CreditCaptured { .. } => {}
+                | Event::CreditCaptured { .. }
+                | Event::TransactionApplied { .. }
+                | Event::TransactionRejected { .. }
+                | Event::TransactionTried { .. }
+                | Event::TransactionRefused { .. }
+                | Event::TransactionCancelling { .. }
+                | Event::TransactionConfirmed { .. }
+                | Event::TransactionCancelled { .. } => {}
             }
         }
         events
+    }
+
+    /// The `legs` of the transaction of [`one_of_each`]: amounts in each leg's currency.
+    fn legs_of_one_of_each() -> Value {
+        json!([
+            {"from_account": "alice", "to_account": "bob", "amount": "12.34", "currency": "USD"},
+            {"from_account": "bob", "to_account": "carol", "amount": "2.00", "currency": "USD"},
+            {"from_account": "carol", "to_account": "alice", "amount": "7", "currency": "JPY"},
+        ])
     }
 
     #[test]
@@ -602,6 +800,12 @@ mod tests {
         let currencies = HashMap::from([(AccountId::new("alice").unwrap(), Currency::USD)]);
         let mut seen = std::collections::BTreeSet::new();
         for (i, event) in one_of_each().into_iter().enumerate() {
+            let names_a_leg = match &event {
+                Event::TransactionRejected { .. } => true,
+                Event::TransactionRefused { failed_leg, .. }
+                | Event::TransactionCancelling { failed_leg, .. } => failed_leg.is_some(),
+                _ => false,
+            };
             let record = Record {
                 lsn: i as u64 + 1,
                 timestamp: 1_700_000_000_000_000,
@@ -629,7 +833,16 @@ mod tests {
                 if field == "amount" {
                     assert_eq!(value, "12.34");
                 }
+                if field == "legs" {
+                    assert_eq!(value, &legs_of_one_of_each(), "{line}");
+                }
+                if field == "failed_leg" {
+                    let leg = value.as_u64().expect("an index");
+                    assert!(leg < 3, "{line}");
+                }
             }
+            // A failed leg is on a line exactly when its event names one.
+            assert_eq!(object.contains_key("failed_leg"), names_a_leg, "{line}");
         }
         assert_eq!(seen.len(), EVENT_TYPES.len(), "every type is written");
     }
@@ -661,7 +874,7 @@ mod tests {
         let record = Record {
             lsn: 1,
             timestamp: 0,
-            event: one_of_each()[1],
+            event: one_of_each().swap_remove(1),
         };
         assert_eq!(currency_needed(&record.event).unwrap().as_str(), "alice");
         assert!(line(&record, &HashMap::new()).is_none());

@@ -3,6 +3,8 @@
 
 use serde_json::{json, Map, Value};
 
+use walletd_core::model::transaction::LEGS_MAX;
+
 use super::schema_ref;
 use crate::feed::schema::{field_values, EVENT_TYPES, SCHEMA_VERSION};
 
@@ -84,8 +86,32 @@ fn field_schema(field: &str) -> Value {
         }),
         "reason" => json!({
             "type": "string",
-            "description": "Why the transfer did not happen, or how a hold ended: the codes of \
-                `TransferResponse.code`.",
+            "description": "Why the transfer or transaction did not happen, or how a hold ended: \
+                the codes of `TransferResponse.code`.",
+        }),
+        "legs" => json!({
+            "type": "array",
+            "minItems": 1,
+            "maxItems": LEGS_MAX,
+            "description": "A multi-leg transaction's legs, in its order: each moves `amount` \
+                of `currency` from `from_account` to `to_account`. What it does to an account \
+                is the net of the legs naming it.",
+            "items": {
+                "type": "object",
+                "required": ["from_account", "to_account", "amount", "currency"],
+                "properties": {
+                    "from_account": schema_ref("AccountId"),
+                    "to_account": schema_ref("AccountId"),
+                    "amount": field_schema("amount"),
+                    "currency": schema_ref("Currency"),
+                },
+            },
+        }),
+        "failed_leg" => json!({
+            "type": "integer",
+            "minimum": 0,
+            "maximum": LEGS_MAX - 1,
+            "description": "The index in the transaction's `legs` (from 0) of the leg that failed.",
         }),
         other => panic!("the feed field {other} has no schema"),
     }
