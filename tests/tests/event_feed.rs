@@ -104,6 +104,48 @@ fn a_consumer_of_the_feed_folds_the_balances_that_replay_rebuilds() {
         assert_eq!(answer.status, 200, "{id}: {}", answer.text());
     }
 
+    // Multi-leg transactions: within one partition (p0[1] pays back part of what it gets),
+    // across three partitions (p1[0] passes money on), refused by a participant (cancelled
+    // after p1's Try) and refused at their home.
+    let transactions = [
+        (
+            "tx-1",
+            vec![(&p0[0], &p0[1], "3.00"), (&p0[1], &p0[0], "1.00")],
+            "committed",
+        ),
+        (
+            "tx-2",
+            vec![
+                (&p0[0], &p1[0], "4.00"),
+                (&p1[0], &p2[0], "6.00"),
+                (&p2[0], &p0[1], "0.50"),
+            ],
+            "committed",
+        ),
+        (
+            "tx-3",
+            vec![(&p0[0], &p1[0], "1.00"), (&p2[0], &p0[1], "500.00")],
+            "cancelled",
+        ),
+        (
+            "tx-4",
+            vec![(&p0[0], &p1[0], "1.00"), (&p0[1], &p2[0], "900.00")],
+            "rejected",
+        ),
+    ];
+    for (id, legs, status) in transactions {
+        let legs: Vec<Value> = legs
+            .into_iter()
+            .map(|(from, to, amount)| {
+                json!({"from_account": from, "to_account": to, "amount": amount,
+                    "currency": "USD"})
+            })
+            .collect();
+        let body = json!({"transaction_id": id, "legs": legs});
+        let answer = server.post("/v1/wallet/transactions", &body).json();
+        assert_eq!(answer["status"], status, "{id}: {answer}");
+    }
+
     // Follow every partition with long-polls until nothing more comes and every Try has
     // its end (a cross-partition confirm may land just after its client's answer).
     let mut model = ReadModel::default();
@@ -139,6 +181,13 @@ fn a_consumer_of_the_feed_folds_the_balances_that_replay_rebuilds() {
         "hold_captured",
         "hold_released",
         "credit_captured",
+        "transaction_applied",
+        "transaction_rejected",
+        "transaction_tried",
+        "transaction_refused",
+        "transaction_cancelling",
+        "transaction_confirmed",
+        "transaction_cancelled",
     ] {
         assert!(model.types_seen.contains_key(kind), "no {kind}: {model:?}");
     }
