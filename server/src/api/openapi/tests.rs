@@ -105,7 +105,9 @@ impl Generator {
             }
             Some("boolean") => json!(self.below(2) == 0),
             Some("array") => {
-                let items = self.below(4);
+                // 0 to 3 items, but never fewer than the schema's least (a transaction's legs).
+                let least = schema["minItems"].as_u64().unwrap_or(0);
+                let items = self.below(4).max(least);
                 (0..items).map(|_| self.valid(&schema["items"])).collect()
             }
             other => panic!("no generator for type {other:?} in {schema}"),
