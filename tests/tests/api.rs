@@ -1696,11 +1696,23 @@ fn transactions_commit_every_leg_or_none_across_partitions() {
         ),
         (json!("cancelled"), json!("insufficient_funds"), json!(1))
     );
-    assert_eq!(
-        balances(),
-        usd4("60.00", "0.00", "30.00", "10.00"),
-        "nothing moved"
-    );
+    // Nothing moved: the Tries are undone as the cancel reaches each partition, a moment
+    // after the client hears of it (until then the money is held, never spent).
+    let settled_at = |want: [Value; 4]| {
+        let settled = || {
+            balances() == want
+                && [a, b, c, d].iter().all(|account| {
+                    let f = figures(&s, account);
+                    (f.1, f.2) == (json!("0.00"), json!("0.00"))
+                })
+        };
+        assert!(
+            wait_until(Duration::from_secs(5), settled),
+            "{:?}",
+            balances()
+        );
+    };
+    settled_at(usd4("60.00", "0.00", "30.00", "10.00"));
     let t = s.get(&format!("/v1/transfers/{a}/x2")).json();
     assert_eq!(
         (t["status"].clone(), t["failed_leg"].clone()),
@@ -1719,7 +1731,8 @@ fn transactions_commit_every_leg_or_none_across_partitions() {
             r.json()["status"].clone(),
             r.json()["failed_leg"].clone()
         ),
-        (422, json!("rejected"), json!(1))
+        (422, json!("rejected"), json!(0)),
+        "a's net debit does not fit: its first debiting leg"
     );
     let r = transact(&s, "x4", &[(a, b, "1.00"), (c, "nobody", "1.00")]);
     assert_eq!(
@@ -1730,6 +1743,8 @@ fn transactions_commit_every_leg_or_none_across_partitions() {
         ),
         (404, json!("account_not_found"), json!(1))
     );
+
+    settled_at(usd4("60.00", "0.00", "30.00", "10.00"));
 
     // Within one partition: one record.
     let r = transact(&s, "x5", &[(a, d, "5.00"), (d, a, "2.00")]);
@@ -1749,14 +1764,15 @@ fn transactions_commit_every_leg_or_none_across_partitions() {
     );
     let r = transact_at(&s, dry, "x6", &[(a, b, "1.00"), (b, c, "9.00")]);
     assert_eq!((r.status, r.json()["failed_leg"].clone()), (422, json!(1)));
-    assert_eq!(balances(), usd4("57.00", "0.00", "30.00", "13.00"));
+    settled_at(usd4("57.00", "0.00", "30.00", "13.00"));
     assert_eq!(
         s.get(&format!("/v1/transfers/{a}/x6")).status,
         404,
         "the id is still free"
     );
     assert_eq!(transact(&s, "x6", &[(a, c, "7.00")]).status, 200);
-    assert_eq!(balances(), usd4("50.00", "0.00", "37.00", "13.00"));
+    // Committed: c's credit is spendable once its Confirm lands, a moment after.
+    settled_at(usd4("50.00", "0.00", "37.00", "13.00"));
 }
 
 #[test]

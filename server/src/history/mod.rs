@@ -569,6 +569,7 @@ mod tests {
             "tcc_cancels.log",
             "refunds.log",
             "holds.log",
+            "transactions.log",
         ]
         .into_iter()
         .map(|name| {
