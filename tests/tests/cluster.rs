@@ -851,3 +851,45 @@ fn a_hold_across_nodes_is_placed_and_captured_in_part_through_a_node_owning_neit
         assert_eq!((r.status, r.code()), (409, "hold_captured".into()));
     }
 }
+
+#[test]
+fn a_transaction_across_three_nodes_commits_every_leg_or_none() {
+    let cluster = Cluster::start(&[]);
+    // Partitions 0, 1 and 2 live on nodes 0, 1 and 2: every leg crosses nodes.
+    let [a, b, c] = [0, 1, 2].map(|p| accounts_in("tx-", p, PARTITIONS, 1).remove(0));
+    assert!(owner(0) != owner(1) && owner(1) != owner(2) && owner(0) != owner(2));
+    open(cluster.http[0], &a, "100.00");
+    open(cluster.http[1], &b, "0.01");
+    open(cluster.http[2], &c, "0.01");
+    let leg = |from: &str, to: &str, amount: &str| json!({"from_account": from, "to_account": to, "amount": amount, "currency": "USD"});
+    // Through b, from a node that is neither the home nor b's.
+    let body = json!({"transaction_id": "x1", "legs": [
+        leg(&a, &b, "30.00"), leg(&b, &c, "30.00"), leg(&a, &c, "5.00")]});
+    let via = cluster.http[2];
+    let r = post(via, "/v1/wallet/transactions", &body).expect("transaction");
+    let status = match (r.status, r.json()["status"].as_str()) {
+        (200, Some(status)) => status.to_string(),
+        (202, Some("pending")) => final_status(via, &a, "x1"),
+        other => panic!("unexpected answer {other:?}: {}", r.text()),
+    };
+    assert_eq!(status, "committed");
+    assert_eq!(settled_balance(via, &a), (6_500, 0, 0));
+    assert_eq!(settled_balance(via, &b), (1, 0, 0));
+    assert_eq!(settled_balance(via, &c), (3_501, 0, 0));
+    // Refused on c's node (c cannot pay 100.00): cancelled everywhere, nothing moved.
+    let body = json!({"transaction_id": "x2", "legs": [
+        leg(&a, &b, "1.00"), leg(&c, &b, "100.00")]});
+    let r = post(cluster.http[1], "/v1/wallet/transactions", &body).expect("transaction");
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(
+        (r.json()["status"].clone(), r.json()["failed_leg"].clone()),
+        (json!("cancelled"), json!(1))
+    );
+    assert_eq!(settled_balance(via, &a), (6_500, 0, 0));
+    assert_eq!(settled_balance(via, &b), (1, 0, 0));
+    for id in 0..NODES {
+        let t = get(cluster.http[id as usize], &format!("/v1/transfers/{a}/x1")).json();
+        assert_eq!(t["status"], json!("committed"), "via node {id}");
+        assert_eq!(t["legs"].as_array().map(Vec::len), Some(3), "via node {id}");
+    }
+}
