@@ -575,15 +575,8 @@ impl HttpClient {
             if leg > 0 {
                 out.push(',');
             }
-            out.push_str(r#"{"from_account":""#);
-            write_account_name(draw.from, out);
-            out.push_str(r#"","to_account":""#);
-            write_account_name(draw.to, out);
-            out.push_str(r#"","amount":""#);
-            format_amount(draw.amount_minor, out);
-            out.push_str(r#"","currency":""#);
-            out.push_str(CURRENCY.code());
-            out.push_str("\"}");
+            write_leg_json(&draw, out);
+            out.push('}');
             first.get_or_insert(draw);
         }
         out.push_str(r#"],"transaction_id":""#);
@@ -637,6 +630,15 @@ impl HttpClient {
 /// Appends the API's JSON object for `draw`. Every field is written piece by piece (no
 /// `format!`): this runs for every transfer the benchmark sends.
 fn write_transfer_json(workload: &Workload, draw: &Draw, out: &mut String) {
+    write_leg_json(draw, out);
+    out.push_str(r#","transaction_id":""#);
+    workload.write_transaction_id(draw, out);
+    out.push_str("\"}");
+}
+
+/// Appends `draw`'s accounts, amount and currency as an unclosed JSON object: a leg of a
+/// transaction once closed, a transfer once its id follows.
+fn write_leg_json(draw: &Draw, out: &mut String) {
     out.push_str(r#"{"from_account":""#);
     write_account_name(draw.from, out);
     out.push_str(r#"","to_account":""#);
@@ -645,9 +647,7 @@ fn write_transfer_json(workload: &Workload, draw: &Draw, out: &mut String) {
     format_amount(draw.amount_minor, out);
     out.push_str(r#"","currency":""#);
     out.push_str(CURRENCY.code());
-    out.push_str(r#"","transaction_id":""#);
-    workload.write_transaction_id(draw, out);
-    out.push_str("\"}");
+    out.push('"');
 }
 
 /// A short description of an unexpected answer.
