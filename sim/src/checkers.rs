@@ -27,13 +27,15 @@ use crate::model::Model;
 
 /// The invariants, in the order they are checked and reported: core's, with the oracle
 /// before the protocol, then what only a sweep or a crash shows.
-pub const INVARIANTS: [&str; 28] = [
+pub const INVARIANTS: [&str; 30] = [
     "no_hanging",
     "exactly_once",
     "refund_cap",
     "hold_once",
     "hold_expiry",
     "hold_capture",
+    "tx_once",
+    "tx_atomicity",
     "no_negative",
     "conservation",
     "atomicity",
@@ -174,6 +176,7 @@ impl FinalState<'_> {
 pub fn check(state: &FinalState<'_>) -> Vec<Violation> {
     let mut found = Vec::new();
     logs(state, &mut found);
+    transactions(state, &mut found);
     ledgers(state, &mut found);
     atomicity(state, &mut found);
     durability(state, &mut found);
@@ -210,6 +213,9 @@ fn logs(state: &FinalState<'_>, found: &mut Vec<Violation>) {
         found.extend(refunds.into_iter().map(Violation::from));
         let holds = invariants::scan_holds(fin.partition, &fin.records);
         found.extend(holds.into_iter().map(Violation::from));
+        let transactions =
+            invariants::scan_transactions(fin.partition, state.partitions, &fin.records);
+        found.extend(transactions.into_iter().map(Violation::from));
         if let Err(error) = &fin.replayed {
             found.push(invariants::apply_failed(fin.partition, error.clone()).into());
         }
@@ -223,6 +229,25 @@ fn logs(state: &FinalState<'_>, found: &mut Vec<Violation>) {
             found.push(v);
         }
     }
+}
+
+/// All or nothing for every multi-leg transaction, over the final logs of every partition
+/// (at rest, when the cluster quiesced: every side final, every participant of a committed
+/// transaction confirmed).
+fn transactions(state: &FinalState<'_>, found: &mut Vec<Violation>) {
+    let scans: Vec<invariants::TransactionScan> = (state.finals.iter())
+        .map(|fin| {
+            let mut scan = invariants::TransactionScan::new(fin.partition, state.partitions);
+            for record in &fin.records {
+                // Each log's own order is `tx_once`, reported by `logs`.
+                let _ = scan.record(record);
+            }
+            scan
+        })
+        .collect();
+    let scans: Vec<&invariants::TransactionScan> = scans.iter().collect();
+    let agree = invariants::transactions_agree(&scans, state.quiesced);
+    found.extend(agree.into_iter().map(Violation::from));
 }
 
 /// Each replayed ledger's own books, holds and balances; and conservation across all of
@@ -320,6 +345,11 @@ fn not_kept(answer: Answer<'_>) -> Option<String> {
     match (&op.command, result) {
         (Command::Transfer(t), Ok(Reply::Transfer(status))) => {
             invariants::acknowledged(t, *status, state.home_row(&t.key()))
+                .err()
+                .map(|v| format!("{v} (acknowledged at {} us)", attempt.done_us))
+        }
+        (Command::Transact(tx), Ok(Reply::Transfer(status))) => {
+            invariants::acknowledged(&tx.first_leg(), *status, state.home_row(&tx.key()))
                 .err()
                 .map(|v| format!("{v} (acknowledged at {} us)", attempt.done_us))
         }
@@ -578,7 +608,31 @@ fn cancel_reasons(state: &FinalState<'_>, found: &mut Vec<Violation>) {
             else {
                 continue;
             };
-            let t = row.transfer;
+            let mut t = row.transfer;
+            // A multi-leg transaction: the reason is its failed leg's, at that leg's
+            // account (of its destination, or of its source for the source's reasons).
+            if let Some(terms) = ledger.transaction(&t.key()) {
+                let Some(leg) = (terms.failed_leg)
+                    .and_then(|leg| terms.tx.legs().get(usize::from(leg)).copied())
+                else {
+                    continue;
+                };
+                let source = matches!(
+                    reason,
+                    Reason::SourceNotFound | Reason::SourceCurrencyMismatch
+                );
+                t.to = if source { leg.from } else { leg.to };
+                t.currency = leg.currency;
+            }
+            let reason = match reason {
+                Reason::SourceNotFound if ledger.transaction(&t.key()).is_some() => {
+                    Reason::DestinationNotFound
+                }
+                Reason::SourceCurrencyMismatch if ledger.transaction(&t.key()).is_some() => {
+                    Reason::DestinationCurrencyMismatch
+                }
+                other => other,
+            };
             let to = partition_of(&t.to, state.partitions);
             let model = &state.finals[to as usize].model;
             let account = model.accounts.get(&t.to);
@@ -589,6 +643,7 @@ fn cancel_reasons(state: &FinalState<'_>, found: &mut Vec<Violation>) {
                 Reason::DestinationCurrencyMismatch => {
                     account.is_some_and(|a| a.currency != t.currency)
                 }
+                Reason::CancelledBeforeTry if ledger.transaction(&t.key()).is_some() => true,
                 Reason::CancelledBeforeTry => matches!(
                     state
                         .ledger(to)
@@ -674,6 +729,13 @@ pub fn event_mentions(event: &Event, key: &TransferKey) -> bool {
         | Event::CreditConfirmed { key: k }
         | Event::CreditCancelled { key: k }
         | Event::CreditTryNotSeen { key: k } => k == *key,
+        Event::TransactionApplied { tx }
+        | Event::TransactionRejected { tx, .. }
+        | Event::TransactionTried { tx } => tx.key() == *key,
+        Event::TransactionRefused { key: k, .. }
+        | Event::TransactionCancelling { key: k, .. }
+        | Event::TransactionConfirmed { key: k }
+        | Event::TransactionCancelled { key: k } => k == *key,
         _ => false,
     }
 }

@@ -40,6 +40,8 @@ pub enum Expect {
     },
     /// A hold request: placing, capturing or voiding one (see [`crate::holds`]).
     Hold(crate::holds::HoldExpect),
+    /// A multi-leg transaction (see [`crate::transactions`]).
+    Transaction(crate::transactions::TxExpect),
 }
 
 /// How one attempt ended.
@@ -91,6 +93,7 @@ impl Op {
     pub fn transfer_key(&self) -> Option<TransferKey> {
         match self.command {
             Command::Transfer(t) => Some(t.key()),
+            Command::Transact(ref tx) => Some(tx.key()),
             Command::Hold(_) | Command::Capture { .. } | Command::Void { .. } => {
                 crate::holds::hold_key(&self.command)
             }
@@ -124,6 +127,10 @@ impl Op {
         let (accounts, id): (Vec<AccountId>, Option<TransactionId>) = match self.command {
             Command::OpenAccount { account, .. } => (vec![account], None),
             Command::Transfer(t) => (vec![t.from, t.to], Some(t.transaction_id)),
+            Command::Transact(ref tx) => (
+                (tx.legs().iter()).flat_map(|l| [l.from, l.to]).collect(),
+                Some(tx.transaction_id()),
+            ),
             Command::Hold(ref h) => (
                 vec![h.transfer.from, h.transfer.to],
                 Some(h.transfer.transaction_id),
@@ -374,6 +381,9 @@ fn contradiction(expect: Expect, result: &CommandResult) -> Option<(&'static str
             .map(|why| ("oracle", format!("{why}: {result:?}"))),
         Expect::Hold(expect) => crate::holds::contradiction(expect, result)
             .map(|why| ("oracle", format!("{why}: {result:?}"))),
+        Expect::Transaction(expect) => {
+            crate::transactions::contradiction(expect, result).map(|why| ("oracle", why))
+        }
         Expect::Exactly(want) if *result == Ok(want) => None,
         Expect::Exactly(want) => Some((
             "oracle",

@@ -79,4 +79,5 @@ pub mod shared;
 pub mod sim;
 pub mod storage_faults;
 pub mod trace;
+pub mod transactions;
 pub mod workload;

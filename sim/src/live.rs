@@ -39,16 +39,20 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use walletd_core::ledger::{CreditState, Ledger, PhaseResult};
+use walletd_core::ledger::{CreditState, Ledger, PhaseResult, TransferState};
 use walletd_core::log::codec::{Record, RecordReader};
 use walletd_core::model::event::{Decision, Event, Lsn, Reason, Transfer, TransferKey};
 use walletd_core::model::money::Currency;
 use walletd_core::model::partition::{partition_of, PartitionId};
+use walletd_core::model::transaction::Transaction;
 use walletd_core::protocol::coordinator::Phase;
-use walletd_core::protocol::invariants::{self, HoldScan, Money, RefundScan, Totals};
+use walletd_core::protocol::invariants::{
+    self, HoldScan, Money, RefundScan, Totals, TransactionScan, TxSide,
+};
 use walletd_core::protocol::machine::{Commit, Release};
 use walletd_core::protocol::message::PeerMessage;
 use walletd_runtime::driver::observe::{self, Observer};
@@ -92,6 +96,10 @@ pub struct LiveBooks {
     /// Cross-partition transfers this partition is home of and committed, with the minor
     /// units that reach their destination (what was captured, for a hold).
     committed: HashMap<TransferKey, (Transfer, u64)>,
+    /// Multi-leg transactions another partition is home of, tried here and not finished.
+    tx_tried: BTreeMap<TransferKey, Arc<Transaction>>,
+    /// Multi-leg transactions this partition is home of and committed.
+    tx_committed: HashSet<TransferKey>,
 }
 
 impl LiveBooks {
@@ -117,6 +125,17 @@ impl LiveBooks {
                 let committed = ledger.debit_committed(&row.transfer)?;
                 Some((row.transfer.key(), (row.transfer, committed)))
             })
+            .collect();
+        for key in ledger.tried_transaction_parts() {
+            if let Some(tx) = ledger.transaction_part(&key).and_then(|row| row.tx.clone()) {
+                books.tx_tried.insert(key, tx);
+            }
+        }
+        books.tx_committed = ledger
+            .transfers()
+            .filter(|row| row.state == TransferState::Committed)
+            .map(|row| row.transfer.key())
+            .filter(|key| ledger.transaction(key).is_some())
             .collect();
         books
     }
@@ -151,6 +170,22 @@ impl LiveBooks {
                 // A hold voided or expired once held: its credit was tried, by design; the
                 // commit point is about transfers' Tries, not holds' ends.
                 Event::HoldReleased { remote: true, .. } => continue,
+                _ => {}
+            }
+            match &record.event {
+                Event::TransactionTried { tx } if tx.home(ledger.partitions()) != partition => {
+                    self.tx_tried.insert(tx.key(), tx.clone());
+                }
+                Event::TransactionConfirmed { key } | Event::TransactionCancelled { key } => {
+                    let confirmed = matches!(record.event, Event::TransactionConfirmed { .. });
+                    if partition_of(&key.from, ledger.partitions()) == partition {
+                        if confirmed {
+                            self.tx_committed.insert(*key);
+                        }
+                    } else {
+                        self.tx_tried.remove(key);
+                    }
+                }
                 _ => {}
             }
             // A refund moves money as the transfer it is, a hold across partitions placed
@@ -197,27 +232,31 @@ struct LiveScans {
     records: Vec<Record>,
     refunds: RefundScan,
     holds: HoldScan,
+    transactions: TransactionScan,
 }
 
 impl LiveScans {
-    fn new(partition: PartitionId) -> LiveScans {
+    fn new(partition: PartitionId, partitions: u32) -> LiveScans {
         LiveScans {
             records: Vec::new(),
             refunds: RefundScan::new(partition),
             holds: HoldScan::new(partition),
+            transactions: TransactionScan::new(partition, partitions),
         }
     }
 
     /// The partition starts again from the records through `lsn` (what it recovered): the
     /// scans are folded anew over them.
-    fn recovered(&mut self, partition: PartitionId, lsn: Lsn) {
+    fn recovered(&mut self, partition: PartitionId, partitions: u32, lsn: Lsn) {
         self.records.retain(|record| record.lsn <= lsn);
         self.refunds = RefundScan::new(partition);
         self.holds = HoldScan::new(partition);
+        self.transactions = TransactionScan::new(partition, partitions);
         for record in &self.records {
             // A violation among them stopped the run when it was cut.
             let _ = self.refunds.record(record.lsn, &record.event);
             let _ = self.holds.record(record);
+            let _ = self.transactions.record(record);
         }
     }
 
@@ -240,7 +279,10 @@ impl LiveScans {
                         | Event::DebitConfirmed { .. }
                         | Event::HoldEstablished { .. }
                 );
-            if matters {
+            if TransactionScan::looks_at(&record.event) {
+                self.records.push(record.clone());
+                self.transactions.record(record)?;
+            } else if matters {
                 self.records.push(record.clone());
                 self.refunds.record(record.lsn, &record.event)?;
                 self.holds.record(record)?;
@@ -288,6 +330,14 @@ impl Money for LiveBooks {
         let (committed, minor) = self.committed.get(&transfer.key())?;
         (committed == transfer).then_some(*minor)
     }
+
+    fn for_each_tried_transaction(&self, each: &mut dyn FnMut(&Arc<Transaction>)) {
+        self.tx_tried.values().for_each(each);
+    }
+
+    fn transaction_committed(&self, key: &TransferKey) -> bool {
+        self.tx_committed.contains(key)
+    }
 }
 
 /// The live checks of one run: the observer of every driver of the simulation thread.
@@ -309,8 +359,9 @@ impl LiveChecks {
     /// Installs the live checks of a run over `disks` (one per partition) on this thread.
     pub fn install(disks: Vec<Disk>, verdict: Verdict) {
         let books = disks.iter().map(|_| LiveBooks::default()).collect();
-        let scans = (0..disks.len() as PartitionId)
-            .map(LiveScans::new)
+        let partitions = disks.len() as u32;
+        let scans = (0..partitions)
+            .map(|partition| LiveScans::new(partition, partitions))
             .collect();
         let tried = disks.iter().map(|_| BTreeMap::new()).collect();
         let checks = LiveChecks {
@@ -385,6 +436,52 @@ impl LiveChecks {
         }
     }
 
+    /// All or nothing, as a batch of `partition` holding `records` is cut: a home commits
+    /// only what every other participant has tried (its Tried answer left once durable, so
+    /// its cut records hold the Try), and a participant confirms only what its home
+    /// committed (the Confirm left once the home's commit was cut).
+    fn all_or_nothing(&self, partition: PartitionId, records: &[Record]) {
+        let partitions = self.disks.len() as u32;
+        let scans = self.scans.borrow();
+        for record in records {
+            let Event::TransactionConfirmed { key } = record.event else {
+                continue;
+            };
+            let home = partition_of(&key.from, partitions);
+            let problem = if home == partition {
+                let Some(tx) = (scans[partition as usize].transactions.seen())
+                    .get(&key)
+                    .and_then(|seen| seen.tx.clone())
+                else {
+                    continue;
+                };
+                (tx.participants(partitions).into_iter())
+                    .filter(|p| *p != home)
+                    .find_map(|p| {
+                        let side = scans[p as usize].transactions.side(&key);
+                        (!matches!(side, Some(TxSide::Tried | TxSide::Confirmed))).then(|| {
+                            format!(
+                                "home {home} committed it (lsn {}), participant {p} {side:?}",
+                                record.lsn
+                            )
+                        })
+                    })
+            } else {
+                let side = scans[home as usize].transactions.side(&key);
+                (side != Some(TxSide::Confirmed)).then(|| {
+                    format!(
+                        "participant {partition} confirmed it (lsn {}), home {home} {side:?}",
+                        record.lsn
+                    )
+                })
+            };
+            if let Some(detail) = problem {
+                drop(scans);
+                self.stop(invariants::Violation::TxAtomicity { key, detail });
+            }
+        }
+    }
+
     /// Conservation across the partitions, if it is due.
     fn conservation_if_due(&self) {
         let now = Instant::now();
@@ -416,7 +513,8 @@ impl Observer for LiveChecks {
         }
         self.books.borrow_mut()[partition as usize] = LiveBooks::recovered(ledger);
         let lsn = ledger.last_applied().lsn;
-        self.scans.borrow_mut()[partition as usize].recovered(partition, lsn);
+        let partitions = self.disks.len() as u32;
+        self.scans.borrow_mut()[partition as usize].recovered(partition, partitions, lsn);
         // Answers of batches that never became durable never left.
         self.tried_unreleased.borrow_mut()[partition as usize].clear();
     }
@@ -433,6 +531,7 @@ impl Observer for LiveChecks {
         if let Err(violation) = scanned {
             self.stop(violation);
         }
+        self.all_or_nothing(partition, &records);
         self.conservation_if_due();
     }
 

@@ -6,12 +6,15 @@
 //! acknowledged balances and balance reads can be checked as of the time they were given.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use walletd_core::ledger::{Account, CashKind, CashRefusal, CashRefused};
 use walletd_core::log::codec::Record;
 use walletd_core::model::event::{Event, Lsn, Reason, Timestamp, Transfer, TransferKey};
 use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_core::model::money::Currency;
+use walletd_core::model::partition::{partition_of, PartitionId};
+use walletd_core::model::transaction::Transaction;
 
 /// An account's figures after one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,12 +71,35 @@ pub struct Model {
     /// Per original, what its refunds in `refunds` add up to.
     refunded: BTreeMap<TransferKey, u64>,
     pub problems: Vec<ModelProblem>,
+    /// This partition, and how many there are (a transaction's nets here are those of its
+    /// accounts here).
+    partition: PartitionId,
+    partitions: u32,
+    /// Multi-leg transactions by key, as this partition's side of each stands.
+    transactions: BTreeMap<TransferKey, ModelTx>,
+}
+
+/// This partition's side of a multi-leg transaction, as the model follows it.
+#[derive(Debug, Clone)]
+enum ModelTx {
+    /// Tried here: its nets are held and incoming.
+    Tried(Arc<Transaction>),
+    /// Its nets moved.
+    Committed,
+    /// Its Try was undone.
+    Cancelled,
+    /// Refused or rejected: nothing moved.
+    Refused,
 }
 
 impl Model {
-    /// Folds `records` (one partition's log, in order) into a fresh model.
-    pub fn fold(records: &[Record]) -> Model {
-        let mut model = Model::default();
+    /// Folds `records` (the log of `partition` of `partitions`, in order) into a fresh model.
+    pub fn fold(records: &[Record], partition: PartitionId, partitions: u32) -> Model {
+        let mut model = Model {
+            partition,
+            partitions,
+            ..Model::default()
+        };
         for record in records {
             model.apply(record);
         }
@@ -434,25 +460,215 @@ impl Model {
                 }
                 self.snapshot(&transfer.to, record);
             }
-            // The workload issues no multi-leg transactions yet, and the model does not
-            // follow their money: one in a log is reported rather than folded wrongly.
-            Event::TransactionApplied { .. }
-            | Event::TransactionRejected { .. }
-            | Event::TransactionTried { .. }
-            | Event::TransactionRefused { .. }
-            | Event::TransactionCancelling { .. }
-            | Event::TransactionConfirmed { .. }
-            | Event::TransactionCancelled { .. } => {
-                let what = crate::checkers::event_name(&record.event);
-                self.problem(
-                    "oracle",
-                    record,
-                    format!("{what}: the model follows no transactions"),
-                    None,
-                    None,
-                )
+            Event::TransactionApplied { tx } => self.transaction_applied(record, &tx),
+            Event::TransactionRejected {
+                tx,
+                failed_leg,
+                reason,
+            } => self.transaction_rejected(record, &tx, failed_leg, reason),
+            Event::TransactionTried { tx } => self.transaction_tried(record, &tx),
+            Event::TransactionRefused { key, .. } => {
+                self.transactions.insert(key, ModelTx::Refused);
+            }
+            Event::TransactionCancelling { key, .. } => {
+                if !matches!(self.transactions.get(&key), Some(ModelTx::Tried(_))) {
+                    let detail = format!("decision to cancel {key:?}, not tried here");
+                    self.problem("oracle", record, detail, Some(key), None);
+                }
+            }
+            Event::TransactionConfirmed { key } => self.transaction_finished(record, key, true),
+            Event::TransactionCancelled { key } => self.transaction_finished(record, key, false),
+        }
+    }
+
+    /// The nets of `tx` on each account of this partition, in the order their first legs
+    /// come: (account, debits, credits, the currencies of its legs).
+    fn nets(&self, tx: &Transaction) -> Vec<(AccountId, u64, u64, Vec<Currency>)> {
+        let mut nets: Vec<(AccountId, u64, u64, Vec<Currency>)> = Vec::new();
+        for leg in tx.legs() {
+            for (account, debit) in [(leg.from, true), (leg.to, false)] {
+                if partition_of(&account, self.partitions) != self.partition {
+                    continue;
+                }
+                let at = match nets.iter().position(|n| n.0 == account) {
+                    Some(at) => at,
+                    None => {
+                        nets.push((account, 0, 0, Vec::new()));
+                        nets.len() - 1
+                    }
+                };
+                let net = &mut nets[at];
+                if debit {
+                    net.1 += leg.amount.minor();
+                } else {
+                    net.2 += leg.amount.minor();
+                }
+                net.3.push(leg.currency);
             }
         }
+        nets
+    }
+
+    /// That every account `tx` names here exists in the currency of each of its legs.
+    fn transaction_accounts(&mut self, record: &Record, tx: &Transaction) -> bool {
+        for (account, _, _, currencies) in self.nets(tx) {
+            let fits = (self.accounts.get(&account))
+                .is_some_and(|a| currencies.iter().all(|c| *c == a.currency));
+            if !fits {
+                let detail = format!(
+                    "transaction {:?} moved {account}, unknown or in another currency",
+                    tx.key()
+                );
+                self.problem("oracle", record, detail, Some(tx.key()), Some(account));
+                return false;
+            }
+        }
+        true
+    }
+
+    /// A transaction within this partition: every account's net at once.
+    fn transaction_applied(&mut self, record: &Record, tx: &Arc<Transaction>) {
+        let key = tx.key();
+        if !self.transaction_accounts(record, tx) {
+            return;
+        }
+        let nets = self.nets(tx);
+        for &(account, debits, credits, _) in &nets {
+            let a = &self.accounts[&account];
+            if a.balance + credits < debits {
+                let detail = format!(
+                    "transaction {key:?} takes {} net from {account} with only {} available",
+                    debits - credits,
+                    a.balance
+                );
+                return self.problem("no_negative", record, detail, Some(key), Some(account));
+            }
+        }
+        for (account, debits, credits, _) in nets {
+            let a = self.accounts.get_mut(&account).expect("checked");
+            a.balance = a.balance + credits - debits;
+            self.snapshot(&account, record);
+        }
+        self.transactions.insert(key, ModelTx::Committed);
+    }
+
+    /// A rejection at the home must be right: the leg it names fails here, for the reason it
+    /// gives (the ledger names the lowest failing leg; the model checks the one named).
+    fn transaction_rejected(
+        &mut self,
+        record: &Record,
+        tx: &Arc<Transaction>,
+        failed_leg: u8,
+        reason: Reason,
+    ) {
+        let key = tx.key();
+        self.transactions.insert(key, ModelTx::Refused);
+        let Some(leg) = tx.legs().get(usize::from(failed_leg)).copied() else {
+            let detail = format!("transaction {key:?} rejected at leg {failed_leg}, past its legs");
+            return self.problem("oracle", record, detail, Some(key), None);
+        };
+        let nets = self.nets(tx);
+        let net = |account: AccountId| nets.iter().find(|n| n.0 == account).cloned();
+        let here = |account: &AccountId| partition_of(account, self.partitions) == self.partition;
+        let justified = match reason {
+            Reason::SourceNotFound => here(&leg.from) && !self.accounts.contains_key(&leg.from),
+            Reason::DestinationNotFound => here(&leg.to) && !self.accounts.contains_key(&leg.to),
+            Reason::SourceCurrencyMismatch => {
+                (self.accounts.get(&leg.from)).is_some_and(|a| a.currency != leg.currency)
+            }
+            Reason::DestinationCurrencyMismatch => {
+                (self.accounts.get(&leg.to)).is_some_and(|a| a.currency != leg.currency)
+            }
+            Reason::InsufficientFunds => match (self.accounts.get(&leg.from), net(leg.from)) {
+                (Some(a), Some((_, debits, credits, _))) => a.balance + credits < debits,
+                _ => false,
+            },
+            // The balance limit is the ledger's own rule; the model takes it as given.
+            Reason::DestinationBalanceLimit => true,
+            _ => false,
+        };
+        if !justified {
+            let detail = format!("transaction {key:?} rejected at leg {failed_leg} for {reason:?}, which the accounts do not show");
+            self.problem("oracle", record, detail, Some(key), Some(leg.from));
+        }
+    }
+
+    /// A Try (at the home, the transaction accepted): each account's net debit leaves its
+    /// balance into `held`, its net credit is expected (`incoming`).
+    fn transaction_tried(&mut self, record: &Record, tx: &Arc<Transaction>) {
+        let key = tx.key();
+        if self.transactions.contains_key(&key) {
+            let detail = format!("transaction {key:?} tried twice");
+            return self.problem("oracle", record, detail, Some(key), None);
+        }
+        if !self.transaction_accounts(record, tx) {
+            return;
+        }
+        let nets = self.nets(tx);
+        for &(account, debits, credits, _) in &nets {
+            let available = self.accounts[&account].balance;
+            if debits > credits && available < debits - credits {
+                let detail = format!(
+                    "transaction {key:?} holds {} net of {account} with only {available} available",
+                    debits - credits
+                );
+                return self.problem("no_negative", record, detail, Some(key), Some(account));
+            }
+        }
+        for (account, debits, credits, _) in nets {
+            let a = self.accounts.get_mut(&account).expect("checked");
+            let (debit, credit) = (
+                debits.saturating_sub(credits),
+                credits.saturating_sub(debits),
+            );
+            a.balance -= debit;
+            a.held += debit;
+            a.incoming += credit;
+            self.snapshot(&account, record);
+        }
+        self.transactions.insert(key, ModelTx::Tried(tx.clone()));
+    }
+
+    /// A Try made final (`confirmed`: the nets move) or undone.
+    fn transaction_finished(&mut self, record: &Record, key: TransferKey, confirmed: bool) {
+        let Some(ModelTx::Tried(tx)) = self.transactions.get(&key).cloned() else {
+            let what = if confirmed { "confirm" } else { "cancel" };
+            let detail = format!("{what} of transaction {key:?}, not tried here");
+            return self.problem("oracle", record, detail, Some(key), None);
+        };
+        let nets = self.nets(&tx);
+        for &(account, debits, credits, _) in &nets {
+            let a = &self.accounts[&account];
+            let (debit, credit) = (
+                debits.saturating_sub(credits),
+                credits.saturating_sub(debits),
+            );
+            if a.held < debit || a.incoming < credit {
+                let detail = format!("the Try of transaction {key:?} is missing at {account}");
+                return self.problem("conservation", record, detail, Some(key), Some(account));
+            }
+        }
+        for (account, debits, credits, _) in nets {
+            let a = self.accounts.get_mut(&account).expect("checked");
+            let (debit, credit) = (
+                debits.saturating_sub(credits),
+                credits.saturating_sub(debits),
+            );
+            a.held -= debit;
+            a.incoming -= credit;
+            if confirmed {
+                a.balance += credit;
+            } else {
+                a.balance += debit;
+            }
+            self.snapshot(&account, record);
+        }
+        let outcome = if confirmed {
+            ModelTx::Committed
+        } else {
+            ModelTx::Cancelled
+        };
+        self.transactions.insert(key, outcome);
     }
 
     /// A hold placed within the partition (across partitions it is a debit's Try): the

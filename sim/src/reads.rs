@@ -65,6 +65,13 @@ fn event_key(event: &Event) -> Option<TransferKey> {
         | Event::CreditTryNotSeen { key }
         | Event::HoldEstablished { key }
         | Event::CreditCaptured { key, .. } => Some(key),
+        Event::TransactionApplied { tx }
+        | Event::TransactionRejected { tx, .. }
+        | Event::TransactionTried { tx } => Some(tx.key()),
+        Event::TransactionRefused { key, .. }
+        | Event::TransactionCancelling { key, .. }
+        | Event::TransactionConfirmed { key }
+        | Event::TransactionCancelled { key } => Some(key),
         _ => None,
     }
 }
@@ -306,7 +313,7 @@ mod tests {
         let fin = PartitionFinal {
             partition: 0,
             bytes: Vec::new(),
-            model: Model::fold(&records),
+            model: Model::fold(&records, 0, 1),
             records,
             decode_error: None,
             replayed: Ok(Ledger::new(0, 1)),

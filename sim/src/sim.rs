@@ -571,7 +571,7 @@ async fn collect_replica_finals(
         finals.push(PartitionFinal {
             partition,
             bytes: log.log_bytes,
-            model: Model::fold(&log.records),
+            model: Model::fold(&log.records, partition, partitions),
             recovered: replica_logs::replayed_copy(&replayed),
             replayed,
             records: log.records,
@@ -603,7 +603,7 @@ async fn collect_finals(cluster: &Cluster, partitions: u32) -> Vec<PartitionFina
             .await
             .map(|(ledger, _)| ledger)
             .map_err(|e| e.to_string());
-        let model = Model::fold(&records);
+        let model = Model::fold(&records, partition, partitions);
         finals.push(PartitionFinal {
             partition,
             bytes,

@@ -342,7 +342,16 @@ impl Client {
         let mut refunding = None;
         let (command, expect) = match roll {
             0..=4 => return self.hold_step().await,
-            5..=52 => {
+            5..=8 => {
+                let id = self.fresh_id();
+                let ghost = self.ghost(None);
+                let built = crate::transactions::build(&mut self.rng, &self.specs, id, ghost);
+                let Some((command, expect)) = built else {
+                    return;
+                };
+                (command, Expect::Transaction(expect))
+            }
+            9..=52 => {
                 let from = self.pick();
                 let same = self.rng.gen_bool(0.25);
                 let Some(to) = self
@@ -399,7 +408,10 @@ impl Client {
             _ => self.invalid(),
         };
         // Requests whose answers may be repeated (or their ids reused): new ones.
-        let valid = matches!(expect, Expect::Valid | Expect::Refund { .. });
+        let valid = matches!(
+            expect,
+            Expect::Valid | Expect::Refund { .. } | Expect::Transaction(_)
+        );
         let op = self.history.start(self.index, &command, expect.clone());
         let reply = self
             .requester
@@ -620,6 +632,7 @@ impl Client {
                 });
                 Command::Refund(r)
             }
+            Command::Transact(tx) => crate::transactions::other_legs(&tx)?,
             _ => return None,
         })
     }

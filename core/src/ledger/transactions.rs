@@ -660,6 +660,37 @@ impl Ledger {
         Ok(())
     }
 
+    /// Minor units per account that the transactions' Tries hold here: the net debits of
+    /// every Try not yet confirmed or undone (the home's while it tries or cancels).
+    pub(crate) fn transactions_held(&self) -> BTreeMap<crate::model::ids::AccountId, u64> {
+        let mut held = BTreeMap::new();
+        for tx in self.open_transactions() {
+            for effect in tx.effects_on(self.partition, self.partitions).accounts {
+                *held.entry(effect.account).or_default() += effect.net_debit();
+            }
+        }
+        held
+    }
+
+    /// The transactions whose Try here is neither confirmed nor undone.
+    fn open_transactions(&self) -> impl Iterator<Item = &Arc<Transaction>> + '_ {
+        let home_open = self.transactions.home.iter().filter_map(|(key, terms)| {
+            let state = self
+                .transfers
+                .find(key)
+                .map(|at| self.transfers.phase(at).state);
+            matches!(
+                state,
+                Some(TransferState::Trying | TransferState::Cancelling(_))
+            )
+            .then_some(&terms.tx)
+        });
+        let parts_open = (self.transactions.parts.values())
+            .filter(|row| row.state == PartState::Tried)
+            .filter_map(|row| row.tx.as_ref());
+        home_open.chain(parts_open)
+    }
+
     /// Minor units per currency that the transactions' Tries count as `incoming` here: the
     /// net credits of every Try not yet confirmed or undone (the conservation check's).
     pub(crate) fn transactions_incoming(&self) -> BTreeMap<crate::model::money::Currency, u64> {

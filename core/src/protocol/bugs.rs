@@ -73,10 +73,14 @@ pub enum Bug {
     /// A hold's capture or void is decided without asking the clock: a hold past its
     /// expiry, not yet expired by the expiry scan, is captured (or voided) as if it were not.
     CaptureAfterExpiry = 262144,
+    /// The home of a multi-leg transaction takes a participant's refusal of its Try (a leg
+    /// that fails there) for a Try: the transaction commits, the other participants confirm
+    /// their legs, and the refused leg never moves.
+    MultiLegPartial = 524288,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 19] = [
+    pub const ALL: [Bug; 20] = [
         Bug::SkipBarrier,
         Bug::ReplyBeforeSync,
         Bug::NoIdempotency,
@@ -96,6 +100,7 @@ impl Bug {
         Bug::LostLeaseIgnored,
         Bug::RefundBeyondOriginal,
         Bug::CaptureAfterExpiry,
+        Bug::MultiLegPartial,
     ];
 
     /// The name used on the simulator's command line (`--bug skip-barrier`).
@@ -120,6 +125,7 @@ impl Bug {
             Bug::LostLeaseIgnored => "lost-lease-ignored",
             Bug::RefundBeyondOriginal => "refund-beyond-original",
             Bug::CaptureAfterExpiry => "capture-after-expiry",
+            Bug::MultiLegPartial => "multi-leg-partial",
         }
     }
 

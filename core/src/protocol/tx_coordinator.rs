@@ -244,6 +244,17 @@ impl TxCoordinator {
                     PhaseResult::Confirmed => PhaseResult::Tried,
                     result => result,
                 };
+                #[cfg(any(test, madsim, feature = "testing"))]
+                let result = match result {
+                    PhaseResult::LegFailed { .. }
+                        if crate::protocol::bugs::enabled(
+                            crate::protocol::bugs::Bug::MultiLegPartial,
+                        ) =>
+                    {
+                        PhaseResult::Tried
+                    }
+                    result => result,
+                };
                 if slot.is_none() {
                     *slot = Some(result);
                 }

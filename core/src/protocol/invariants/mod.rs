@@ -14,6 +14,7 @@
 //! | 3 exactly once | `exactly_once` | [`LogScan`], [`scan_log`] |
 //! | (refunds) the refund cap | `refund_cap` | [`RefundScan`], [`scan_refunds`] |
 //! | (holds) one end, in time, within the hold | `hold_once`, `hold_expiry`, `hold_capture` | [`HoldScan`], [`scan_holds`] |
+//! | (transactions) one outcome per side, all or nothing | `tx_once`, `tx_atomicity` | [`TransactionScan`], [`scan_transactions`], [`transactions_agree`] |
 //! | 4 atomicity at rest | `atomicity` | [`transfers_agree`], [`sides_agree`], [`sides_settled`] |
 //! | 5 no hanging | `no_hanging` | [`LogScan`], [`scan_log`] |
 //! | 6 durability | `durability`, `durable_decision`, `durable_release` | [`acknowledged`], [`decisions_logged`], [`released_durably`] |
@@ -69,6 +70,7 @@ mod refunds;
 mod sides;
 #[cfg(test)]
 mod tests;
+mod transactions;
 mod violation;
 
 pub use durable::{acknowledged, decisions_logged, released_durably};
@@ -79,4 +81,5 @@ pub use money::{
 };
 pub use refunds::{scan_refunds, RefundScan};
 pub use sides::{sides_agree, sides_settled, transfers_agree, Agreement, Moment};
+pub use transactions::{scan_transactions, transactions_agree, TransactionScan, TxSeen, TxSide};
 pub use violation::{apply_failed, replay_matches, Invariant, Violation};

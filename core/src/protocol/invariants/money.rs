@@ -3,11 +3,13 @@
 //! cross-partition formula is exact at every instant.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::ledger::{CreditState, Ledger, TransferState};
 use crate::model::event::{Transfer, TransferKey};
 use crate::model::money::{Currency, BALANCE_MINOR_MAX};
-use crate::model::partition::partition_of;
+use crate::model::partition::{partition_of, PartitionId};
+use crate::model::transaction::Transaction;
 
 use super::Violation;
 
@@ -31,6 +33,12 @@ pub trait Money {
     /// committed, what was captured of a hold captured (the rest went back to the source);
     /// `None` while the home has not finished.
     fn debit_committed(&self, transfer: &Transfer) -> Option<u64>;
+    /// Calls `each` with every multi-leg transaction another partition is home of whose Try
+    /// this partition holds, neither confirmed nor cancelled (its nets are held and
+    /// incoming here).
+    fn for_each_tried_transaction(&self, each: &mut dyn FnMut(&Arc<Transaction>));
+    /// Whether this partition, as the home of the multi-leg transaction `key`, committed it.
+    fn transaction_committed(&self, key: &TransferKey) -> bool;
 }
 
 impl<M: Money + ?Sized> Money for &M {
@@ -53,6 +61,14 @@ impl<M: Money + ?Sized> Money for &M {
     fn debit_committed(&self, transfer: &Transfer) -> Option<u64> {
         (**self).debit_committed(transfer)
     }
+
+    fn for_each_tried_transaction(&self, each: &mut dyn FnMut(&Arc<Transaction>)) {
+        (**self).for_each_tried_transaction(each)
+    }
+
+    fn transaction_committed(&self, key: &TransferKey) -> bool {
+        (**self).transaction_committed(key)
+    }
 }
 
 impl Money for Ledger {
@@ -70,7 +86,8 @@ impl Money for Ledger {
     }
 
     fn for_each_unfinished(&self, each: &mut dyn FnMut(&Transfer)) {
-        for row in self.transfers.unfinished().filter(|row| row.remote) {
+        let transfers = self.transfers.unfinished().filter(|row| row.remote);
+        for row in transfers.filter(|row| self.transaction(&row.transfer.key()).is_none()) {
             each(&row.transfer);
         }
     }
@@ -101,6 +118,21 @@ impl Money for Ledger {
             _ => None,
         }
     }
+
+    fn for_each_tried_transaction(&self, each: &mut dyn FnMut(&Arc<Transaction>)) {
+        for key in self.tried_transaction_parts() {
+            if let Some(tx) = self.transaction_part(&key).and_then(|row| row.tx.as_ref()) {
+                each(tx);
+            }
+        }
+    }
+
+    fn transaction_committed(&self, key: &TransferKey) -> bool {
+        self.transaction(key).is_some()
+            && self
+                .transfer(key)
+                .is_some_and(|row| row.state == TransferState::Committed)
+    }
 }
 
 /// The money of one currency over a set of partitions, in minor units.
@@ -118,6 +150,12 @@ pub struct Totals {
     /// Pending credits whose home has committed and finished its side: the hold is gone,
     /// and this is where the money is until the Confirm lands.
     pub committed_credits: u128,
+    /// The nets (credits less debits) of the Tries of multi-leg transactions whose home has
+    /// committed, at participants that have not confirmed yet: what confirming them will
+    /// add to balances and holds. Over every side of a transaction the nets sum to zero, so
+    /// once a home commits, the sides confirmed and those still to confirm make up the
+    /// whole; a side missing (refused, cancelled) shows as money created or destroyed.
+    pub committed_tx_nets: i128,
 }
 
 impl Totals {
@@ -131,6 +169,7 @@ impl Totals {
     pub fn present(&self) -> i128 {
         self.balances as i128 + self.holds as i128 - self.credited_holds as i128
             + self.committed_credits as i128
+            + self.committed_tx_nets
     }
 
     /// The right side of the law: what came in minus what went out.
@@ -144,13 +183,25 @@ impl Totals {
 pub fn money_totals<M: Money>(partitions: &[M]) -> BTreeMap<Currency, Totals> {
     let count = partitions.len() as u32;
     let mut totals: BTreeMap<Currency, Totals> = BTreeMap::new();
-    for partition in partitions {
+    for (index, partition) in partitions.iter().enumerate() {
         partition.add_totals(&mut totals);
         partition.for_each_unfinished(&mut |transfer| {
             let destination = &partitions[partition_of(&transfer.to, count) as usize];
             if destination.credit_confirmed(&transfer.key()) {
                 totals.entry(transfer.currency).or_default().credited_holds +=
                     u128::from(transfer.amount.minor());
+            }
+        });
+        let here = index as PartitionId;
+        partition.for_each_tried_transaction(&mut |tx| {
+            let home = &partitions[tx.home(count) as usize];
+            if !home.transaction_committed(&tx.key()) {
+                return;
+            }
+            for effect in tx.effects_on(here, count).accounts {
+                let currency = tx.legs()[effect.first_leg].currency;
+                let nets = &mut totals.entry(currency).or_default().committed_tx_nets;
+                *nets += i128::from(effect.credits) - i128::from(effect.debits);
             }
         });
         partition.for_each_pending_credit(&mut |transfer| {
@@ -203,7 +254,12 @@ pub fn books(ledger: &Ledger) -> Result<(), Violation> {
 pub fn holds(ledger: &Ledger) -> Vec<Violation> {
     let mut by_rows: BTreeMap<_, u64> = BTreeMap::new();
     for row in ledger.transfers.unfinished() {
-        *by_rows.entry(row.transfer.from).or_default() += row.transfer.amount.minor();
+        if ledger.transaction(&row.transfer.key()).is_none() {
+            *by_rows.entry(row.transfer.from).or_default() += row.transfer.amount.minor();
+        }
+    }
+    for (account, minor) in ledger.transactions_held() {
+        *by_rows.entry(account).or_default() += minor;
     }
     let mut accounts: Vec<_> = ledger.accounts().collect();
     accounts.sort_by_key(|(id, _)| **id);

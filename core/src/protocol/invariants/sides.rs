@@ -137,8 +137,11 @@ fn judge_home_rows(
     for row in ledger.transfers() {
         let key = row.transfer.key();
         let destination = cut[partition_of(&row.transfer.to, partitions) as usize];
-        if !row.remote || destination.is_none() {
-            agreement.elsewhere += usize::from(row.remote);
+        // A multi-leg transaction's home row is its first leg's only by name: its sides are
+        // judged over the logs (`transactions_agree`), and at rest it must be final.
+        let transaction = ledger.transaction(&key).is_some();
+        if !row.remote || destination.is_none() || transaction {
+            agreement.elsewhere += usize::from(row.remote && !transaction);
             if at_rest && row.state.is_unfinished() {
                 // Unfinished at rest, whatever the destination holds.
                 agreement.violations.push(Violation::Sides {

@@ -26,6 +26,12 @@ pub enum Invariant {
     HoldExpiry,
     /// Holds: a capture takes at most the hold's amount.
     HoldCapture,
+    /// Transactions: one outcome per transaction on each partition, in the protocol's order
+    /// (a side confirmed or cancelled only once tried, never both).
+    TxOnce,
+    /// Transactions: all or nothing across partitions (no participant refuses or cancels
+    /// what its home committed, none confirms what its home did not).
+    TxAtomicity,
     /// 2: no available balance below zero (or above the largest one).
     NoNegative,
     /// 1: money is neither created nor destroyed.
@@ -46,13 +52,15 @@ pub enum Invariant {
 }
 
 impl Invariant {
-    pub const ALL: [Invariant; 14] = [
+    pub const ALL: [Invariant; 16] = [
         Invariant::NoHanging,
         Invariant::ExactlyOnce,
         Invariant::RefundCap,
         Invariant::HoldOnce,
         Invariant::HoldExpiry,
         Invariant::HoldCapture,
+        Invariant::TxOnce,
+        Invariant::TxAtomicity,
         Invariant::NoNegative,
         Invariant::Conservation,
         Invariant::Atomicity,
@@ -71,6 +79,8 @@ impl Invariant {
             Invariant::HoldOnce => "hold_once",
             Invariant::HoldExpiry => "hold_expiry",
             Invariant::HoldCapture => "hold_capture",
+            Invariant::TxOnce => "tx_once",
+            Invariant::TxAtomicity => "tx_atomicity",
             Invariant::NoNegative => "no_negative",
             Invariant::Conservation => "conservation",
             Invariant::Atomicity => "atomicity",
@@ -164,6 +174,17 @@ pub enum Violation {
         key: TransferKey,
         detail: String,
     },
+    /// A transaction's side out of the protocol's order on one partition.
+    #[error("partition {partition} lsn {lsn}: transaction {key:?} {detail}")]
+    TxOnce {
+        partition: PartitionId,
+        lsn: Lsn,
+        key: TransferKey,
+        detail: String,
+    },
+    /// A transaction committed in part.
+    #[error("transaction {key:?} not all or nothing: {detail}")]
+    TxAtomicity { key: TransferKey, detail: String },
     #[error("partition {partition} lsn {lsn}: Try of {key:?} applied after its Cancel (a hanging reservation)")]
     Hanging {
         partition: PartitionId,
@@ -281,6 +302,8 @@ impl Violation {
             Violation::HoldOnce { .. } => Invariant::HoldOnce,
             Violation::HoldExpiry { .. } => Invariant::HoldExpiry,
             Violation::HoldCapture { .. } => Invariant::HoldCapture,
+            Violation::TxOnce { .. } => Invariant::TxOnce,
+            Violation::TxAtomicity { .. } => Invariant::TxAtomicity,
             Violation::Hanging { .. } => Invariant::NoHanging,
             Violation::Sides { .. }
             | Violation::BodyDiffers { .. }
@@ -306,6 +329,8 @@ impl Violation {
             | Violation::HoldOnce { key, .. }
             | Violation::HoldExpiry { key, .. }
             | Violation::HoldCapture { key, .. }
+            | Violation::TxOnce { key, .. }
+            | Violation::TxAtomicity { key, .. }
             | Violation::Sides { key, .. }
             | Violation::BodyDiffers { key }
             | Violation::Acknowledged { key, .. }

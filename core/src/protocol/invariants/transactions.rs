@@ -1,0 +1,283 @@
+//! Multi-leg transactions, over the logs: one outcome per transaction on each partition, in
+//! the protocol's order (`tx_once`), and all or nothing across partitions (`tx_atomicity`).
+//!
+//! [`TransactionScan`] reads one partition's log alone, record by record, and keeps, per
+//! transaction, where this partition's side stands: a Try is the first record of a side
+//! (the client's transaction at the home, a participant's Try elsewhere), or a refusal
+//! (a participant refused its Try, or was cancelled before any Try); a side is confirmed
+//! only once tried and never after it is cancelled, and cancelled (at the home, after the
+//! decision to cancel) only once tried. [`transactions_agree`] holds the scans of every
+//! partition together: once the home committed (`TransactionConfirmed` at the home), no
+//! participant refused or cancelled, and at rest every participant confirmed; a
+//! participant confirms only a transaction its home committed, and never one its home
+//! rejected or cancelled.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::log::codec::Record;
+use crate::model::event::{Event, Lsn, TransferKey};
+use crate::model::partition::{partition_of, PartitionId};
+use crate::model::transaction::Transaction;
+
+use super::Violation;
+
+/// Where one partition's side of a transaction stands, as its log says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxSide {
+    /// Applied at once within one partition (at its home).
+    Applied,
+    /// Rejected at its home: nothing moved anywhere.
+    Rejected,
+    /// Tried: its nets are held and incoming.
+    Tried,
+    /// Refused by a participant (or cancelled there before any Try): nothing moved here.
+    Refused,
+    /// The home decided to cancel; its own side is still tried.
+    Cancelling,
+    /// Final: its nets moved (at the home: the commit).
+    Confirmed,
+    /// Final: its Try was undone.
+    Cancelled,
+}
+
+/// A transaction as one partition's log shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxSeen {
+    pub side: TxSide,
+    /// The transaction, when a record here carried it (a Try, an application, a rejection).
+    pub tx: Option<Arc<Transaction>>,
+    /// The lsn of the record that put the side where it stands.
+    pub lsn: Lsn,
+}
+
+/// What a scan of one partition's log remembers of its transactions. Feed it every record
+/// in log order ([`TransactionScan::record`]).
+#[derive(Debug, Clone)]
+pub struct TransactionScan {
+    partition: PartitionId,
+    partitions: u32,
+    seen: BTreeMap<TransferKey, TxSeen>,
+}
+
+impl TransactionScan {
+    /// A scan of the log of `partition`, of a cluster of `partitions`.
+    pub fn new(partition: PartitionId, partitions: u32) -> TransactionScan {
+        TransactionScan {
+            partition,
+            partitions,
+            seen: BTreeMap::new(),
+        }
+    }
+
+    /// The transactions seen here, by key.
+    pub fn seen(&self) -> &BTreeMap<TransferKey, TxSeen> {
+        &self.seen
+    }
+
+    /// This partition's side of `key`, if its log has one.
+    pub fn side(&self, key: &TransferKey) -> Option<TxSide> {
+        self.seen.get(key).map(|seen| seen.side)
+    }
+
+    /// Whether `event` is one this scan looks at: a transaction's.
+    pub fn looks_at(event: &Event) -> bool {
+        matches!(
+            event,
+            Event::TransactionApplied { .. }
+                | Event::TransactionRejected { .. }
+                | Event::TransactionTried { .. }
+                | Event::TransactionRefused { .. }
+                | Event::TransactionCancelling { .. }
+                | Event::TransactionConfirmed { .. }
+                | Event::TransactionCancelled { .. }
+        )
+    }
+
+    fn is_home_of(&self, key: &TransferKey) -> bool {
+        partition_of(&key.from, self.partitions) == self.partition
+    }
+
+    fn once(&self, lsn: Lsn, key: TransferKey, detail: String) -> Violation {
+        Violation::TxOnce {
+            partition: self.partition,
+            lsn,
+            key,
+            detail,
+        }
+    }
+
+    /// The record `record`, after every record before it.
+    pub fn record(&mut self, record: &Record) -> Result<(), Violation> {
+        let lsn = record.lsn;
+        match &record.event {
+            Event::TransactionApplied { tx } => self.first(lsn, tx.key(), TxSide::Applied, tx),
+            Event::TransactionRejected { tx, .. } => {
+                self.first(lsn, tx.key(), TxSide::Rejected, tx)
+            }
+            Event::TransactionTried { tx } => self.first(lsn, tx.key(), TxSide::Tried, tx),
+            Event::TransactionRefused { key, .. } => {
+                if self.is_home_of(key) {
+                    return Err(self.once(lsn, *key, "refused at its home".to_string()));
+                }
+                if let Some(before) = self.seen.get(key) {
+                    let detail = format!("refused, {:?} at lsn {}", before.side, before.lsn);
+                    return Err(self.once(lsn, *key, detail));
+                }
+                let seen = TxSeen {
+                    side: TxSide::Refused,
+                    tx: None,
+                    lsn,
+                };
+                self.seen.insert(*key, seen);
+                Ok(())
+            }
+            Event::TransactionCancelling { key, .. } => {
+                let home = self.is_home_of(key);
+                self.step(lsn, *key, "decided to cancel", TxSide::Cancelling, |side| {
+                    home && side == TxSide::Tried
+                })
+            }
+            Event::TransactionConfirmed { key } => {
+                self.step(lsn, *key, "confirmed", TxSide::Confirmed, |side| {
+                    side == TxSide::Tried
+                })
+            }
+            Event::TransactionCancelled { key } => {
+                let home = self.is_home_of(key);
+                self.step(lsn, *key, "cancelled", TxSide::Cancelled, |side| {
+                    side == if home {
+                        TxSide::Cancelling
+                    } else {
+                        TxSide::Tried
+                    }
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The first record of a side, carrying its transaction.
+    fn first(
+        &mut self,
+        lsn: Lsn,
+        key: TransferKey,
+        side: TxSide,
+        tx: &Arc<Transaction>,
+    ) -> Result<(), Violation> {
+        if let Some(before) = self.seen.get(&key) {
+            let detail = format!("{side:?}, {:?} already at lsn {}", before.side, before.lsn);
+            return Err(self.once(lsn, key, detail));
+        }
+        let home = self.is_home_of(&key);
+        let at_home_only = matches!(side, TxSide::Applied | TxSide::Rejected);
+        if at_home_only && !home {
+            return Err(self.once(lsn, key, format!("{side:?} away from its home")));
+        }
+        let seen = TxSeen {
+            side,
+            tx: Some(tx.clone()),
+            lsn,
+        };
+        self.seen.insert(key, seen);
+        Ok(())
+    }
+
+    /// A side moves on to `to` (`how`), which only a side where `from` holds may.
+    fn step(
+        &mut self,
+        lsn: Lsn,
+        key: TransferKey,
+        how: &str,
+        to: TxSide,
+        from: impl Fn(TxSide) -> bool,
+    ) -> Result<(), Violation> {
+        let Some(seen) = self.seen.get(&key) else {
+            return Err(self.once(lsn, key, format!("{how}, never tried here")));
+        };
+        if !from(seen.side) {
+            let detail = format!("{how}, {:?} at lsn {}", seen.side, seen.lsn);
+            return Err(self.once(lsn, key, detail));
+        }
+        let seen = self.seen.get_mut(&key).expect("found above");
+        seen.side = to;
+        seen.lsn = lsn;
+        Ok(())
+    }
+}
+
+/// Every violation of `tx_once` in the log of `partition` (of a cluster of `partitions`),
+/// in log order.
+pub fn scan_transactions<'a>(
+    partition: PartitionId,
+    partitions: u32,
+    records: impl IntoIterator<Item = &'a Record>,
+) -> Vec<Violation> {
+    let mut scan = TransactionScan::new(partition, partitions);
+    records
+        .into_iter()
+        .filter_map(|record| scan.record(record).err())
+        .collect()
+}
+
+/// All or nothing, over the scans of every partition of a cluster (`scans[p]` is partition
+/// `p`'s): a transaction its home committed was refused or cancelled by no participant (and
+/// at rest, `at_rest`, confirmed by every one); one its home did not commit was confirmed
+/// by none. A home's own side is judged by its own scan ([`TransactionScan::record`]).
+pub fn transactions_agree(scans: &[&TransactionScan], at_rest: bool) -> Vec<Violation> {
+    let partitions = scans.len() as u32;
+    let mut violations = Vec::new();
+    let mut broken = |key: TransferKey, detail: String| {
+        violations.push(Violation::TxAtomicity { key, detail });
+    };
+    for scan in scans {
+        for (key, seen) in &scan.seen {
+            let home_partition = partition_of(&key.from, partitions);
+            if home_partition == scan.partition {
+                let Some(tx) = &seen.tx else { continue };
+                let committed = matches!(seen.side, TxSide::Confirmed | TxSide::Applied);
+                for participant in tx.participants(partitions) {
+                    if participant == home_partition {
+                        continue;
+                    }
+                    let side = scans[participant as usize].side(key);
+                    let wrong = if committed {
+                        match side {
+                            Some(TxSide::Refused | TxSide::Cancelled) => true,
+                            Some(TxSide::Tried) | None => at_rest,
+                            _ => false,
+                        }
+                    } else {
+                        side == Some(TxSide::Confirmed)
+                    };
+                    if wrong {
+                        broken(
+                            *key,
+                            format!(
+                                "home {home_partition} {:?} (lsn {}), participant {participant} {side:?}",
+                                seen.side, seen.lsn
+                            ),
+                        );
+                    }
+                }
+            } else {
+                let home = scans[home_partition as usize].side(key);
+                let wrong = match seen.side {
+                    TxSide::Confirmed => home != Some(TxSide::Confirmed),
+                    TxSide::Tried => at_rest,
+                    _ => false,
+                };
+                if wrong {
+                    broken(
+                        *key,
+                        format!(
+                            "participant {} {:?} (lsn {}), home {home_partition} {home:?}",
+                            scan.partition, seen.side, seen.lsn
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    violations
+}
