@@ -6,7 +6,9 @@
 //! snapshots, and then:
 //! - the log itself: each record belongs to this partition, no deposit, withdrawal or transfer
 //!   is recorded twice (exactly once), no destination Try follows its Cancel (no hanging), and
-//!   it replays without an apply error (no negative balance, no phase out of order);
+//!   it replays without an apply error (no negative balance, no phase out of order); each
+//!   multi-leg transaction's side is in the protocol's order (`tx_once`: tried before it is
+//!   confirmed or cancelled, one outcome);
 //! - each partition's conservation law, and its holds against its unfinished transfers;
 //! - each snapshot equals the replay of the log up to the snapshot's lsn;
 //! - across partitions: per currency, balances + holds in flight = deposits − withdrawals
@@ -280,6 +282,11 @@ fn verify_partition(
     ));
     report.violations_of(invariants::scan_refunds(partition, &log.records));
     report.violations_of(invariants::scan_holds(partition, &log.records));
+    report.violations_of(invariants::scan_transactions(
+        partition,
+        dir.partitions(),
+        &log.records,
+    ));
     let ledger = match safe_replay(partition, dir.partitions(), &log.records, AsOf::End) {
         Ok(ledger) => ledger,
         Err(error) => {

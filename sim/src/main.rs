@@ -43,7 +43,8 @@ OPTIONS:
                          refusal-unrecorded, recovery-trusts-unsynced,
                          rollover-without-dir-sync, cancel-after-durable-credit,
                          commit-on-home-only, confirm-sent-once,
-                         refund-beyond-original, capture-after-expiry;
+                         refund-beyond-original, capture-after-expiry,
+                         multi-leg-partial;
                          replicated: ack-before-quorum, forget-vote, stale-read,
                          rejoin-under-old-id
   --nodes N              server nodes [3]

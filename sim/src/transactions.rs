@@ -187,3 +187,31 @@ pub fn other_legs(tx: &Arc<Transaction>) -> Option<Command> {
     let tx = Transaction::new(tx.transaction_id(), legs).ok()?;
     Some(Command::Transact(tx))
 }
+
+/// The run's transactions, for its summary: those sent (new ones, not repeats or reuses),
+/// those across partitions, and how they settled: committed, rejected at their home,
+/// cancelled (a participant refused, or never answered), and those bound to fail.
+pub fn summary(history: &crate::history::HistoryState) -> String {
+    use crate::history::Expect;
+    let sent: Vec<&crate::history::Op> = (history.ops.iter())
+        .filter(|op| matches!(op.expect, Expect::Transaction(_)))
+        .collect();
+    let settled = |matches: fn(&TransferStatus) -> bool| {
+        (sent.iter())
+            .filter(|op| matches!(op.settled(), Some(Ok(Reply::Transfer(s))) if matches(s)))
+            .count()
+    };
+    let failing = (sent.iter())
+        .filter(|op| matches!(op.expect, Expect::Transaction(TxExpect::MustFail(_))))
+        .count();
+    let multi = (sent.iter())
+        .filter(|op| matches!(&op.command, Command::Transact(tx) if tx.legs().len() > 6))
+        .count();
+    format!(
+        "transactions={} transactions_committed={} transactions_rejected={} transactions_cancelled={} transactions_failing={failing} transactions_over_6_legs={multi}",
+        sent.len(),
+        settled(|s| *s == TransferStatus::Committed),
+        settled(|s| matches!(s, TransferStatus::Rejected(_))),
+        settled(|s| matches!(s, TransferStatus::Cancelled(_))),
+    )
+}

@@ -91,6 +91,14 @@ fn capture_after_expiry_is_caught_by_hold_expiry_at_the_end() {
     caught_as(Bug::CaptureAfterExpiry, "hold_expiry");
 }
 
+/// A transaction committed in part, in replicated runs (no live check): the participant
+/// that refused its leg is sent a Confirm it cannot carry out, and the home's coordinator
+/// stops at the answer (`node_panic`), or the final logs show it (`tx_atomicity`).
+#[test]
+fn a_transaction_committed_in_part_is_caught_replicated() {
+    caught_as_one_of(Bug::MultiLegPartial, &["tx_atomicity", "node_panic"]);
+}
+
 #[test]
 fn a_replica_that_forgets_its_vote_is_caught_as_two_leaders_in_a_term() {
     caught_as(Bug::ForgetVote, "one_leader_per_term");

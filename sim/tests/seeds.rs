@@ -134,6 +134,37 @@ fn capture_after_expiry_is_caught_by_hold_expiry_while_the_run_goes() {
     );
 }
 
+/// A transaction whose refused leg the home takes for tried commits in part: caught by
+/// tx_atomicity the moment the home's commit is cut, before any Confirm leaves.
+#[test]
+fn multi_leg_partial_is_caught_by_tx_atomicity_while_the_run_goes() {
+    let report = caught_as(Bug::MultiLegPartial, SEEDS_TO_FIND_A_BUG, "tx_atomicity");
+    assert!(
+        report.details.contains("violated while the run went"),
+        "{}",
+        report.details
+    );
+}
+
+/// Clean quick runs send multi-leg transactions, across partitions and within one: most
+/// commit, some are rejected at their home, some cancelled by a participant's refusal.
+#[test]
+fn clean_seeds_commit_reject_and_cancel_transactions() {
+    let report = sim::run(&unreplicated(3));
+    assert!(report.ok(), "{}{}", report.details, report.result_line());
+    let count = |name: &str| -> u64 {
+        let field = format!(" {name}=");
+        let at = report.summary.find(&field).expect(name) + field.len();
+        let digits = report.summary[at..].split(' ').next().unwrap_or("");
+        digits.parse().expect("a count")
+    };
+    assert!(count("transactions") > 50, "{}", report.summary);
+    assert!(count("transactions_committed") > 20, "{}", report.summary);
+    assert!(count("transactions_rejected") > 5, "{}", report.summary);
+    assert!(count("transactions_cancelled") > 5, "{}", report.summary);
+    assert!(count("transactions_over_6_legs") > 0, "{}", report.summary);
+}
+
 /// Clean quick runs place holds, within and across partitions, and end them every way:
 /// captured, voided, expired, and raced against their expiry.
 #[test]

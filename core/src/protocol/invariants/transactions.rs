@@ -281,3 +281,126 @@ pub fn transactions_agree(scans: &[&TransactionScan], at_rest: bool) -> Vec<Viol
     }
     violations
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::event::Reason;
+    use crate::model::ids::{AccountId, TransactionId};
+    use crate::model::money::{Amount, Currency};
+    use crate::model::transaction::Leg;
+    use crate::protocol::invariants::Invariant;
+
+    const PARTITIONS: u32 = 8;
+
+    fn record(lsn: Lsn, event: Event) -> Record {
+        Record {
+            lsn,
+            timestamp: lsn * 10,
+            event,
+        }
+    }
+
+    /// Two accounts on two different partitions, and a transaction between them.
+    fn across() -> (Arc<Transaction>, PartitionId, PartitionId) {
+        let id = |n: u32| AccountId::new(&format!("a{n}")).unwrap();
+        let from = id(0);
+        let to = (1..)
+            .map(id)
+            .find(|a| partition_of(a, PARTITIONS) != partition_of(&from, PARTITIONS));
+        let to = to.unwrap();
+        let leg = Leg {
+            from,
+            to,
+            amount: Amount::from_minor(5).unwrap(),
+            currency: Currency::USD,
+        };
+        let tx = Transaction::new(TransactionId::new("t").unwrap(), vec![leg]).unwrap();
+        let home = partition_of(&from, PARTITIONS);
+        let other = partition_of(&to, PARTITIONS);
+        (tx, home, other)
+    }
+
+    fn scan(partition: PartitionId, events: Vec<Event>) -> (TransactionScan, Vec<Violation>) {
+        let mut scan = TransactionScan::new(partition, PARTITIONS);
+        let violations = (events.into_iter().enumerate())
+            .filter_map(|(i, event)| scan.record(&record(i as Lsn + 1, event)).err())
+            .collect();
+        (scan, violations)
+    }
+
+    #[test]
+    fn a_side_is_confirmed_only_once_tried_and_never_after_a_cancel() {
+        let (tx, home, other) = across();
+        let key = tx.key();
+        let (_, ok) = scan(
+            other,
+            vec![
+                Event::TransactionTried { tx: tx.clone() },
+                Event::TransactionConfirmed { key },
+            ],
+        );
+        assert!(ok.is_empty(), "{ok:?}");
+        let (_, untried) = scan(other, vec![Event::TransactionConfirmed { key }]);
+        assert_eq!(untried.len(), 1);
+        assert_eq!(untried[0].invariant(), Invariant::TxOnce);
+        let (_, both) = scan(
+            home,
+            vec![
+                Event::TransactionTried { tx },
+                Event::TransactionCancelling {
+                    key,
+                    failed_leg: Some(0),
+                    reason: Reason::DestinationNotFound,
+                },
+                Event::TransactionConfirmed { key },
+            ],
+        );
+        assert_eq!(both.len(), 1, "{both:?}");
+    }
+
+    #[test]
+    fn a_home_that_commits_what_a_participant_refused_is_not_all_or_nothing() {
+        let (tx, home, other) = across();
+        let key = tx.key();
+        let (home_scan, _) = scan(
+            home,
+            vec![
+                Event::TransactionTried { tx: tx.clone() },
+                Event::TransactionConfirmed { key },
+            ],
+        );
+        let (refused, _) = scan(
+            other,
+            vec![Event::TransactionRefused {
+                key,
+                failed_leg: Some(0),
+                reason: Reason::DestinationNotFound,
+            }],
+        );
+        let (confirmed, _) = scan(
+            other,
+            vec![
+                Event::TransactionTried { tx },
+                Event::TransactionConfirmed { key },
+            ],
+        );
+        let empty: Vec<TransactionScan> = (0..PARTITIONS)
+            .map(|p| TransactionScan::new(p, PARTITIONS))
+            .collect();
+        let cut = |at_other: &TransactionScan| -> Vec<TransactionScan> {
+            let mut scans = empty.clone();
+            scans[home as usize] = home_scan.clone();
+            scans[other as usize] = at_other.clone();
+            scans
+        };
+        let broken = cut(&refused);
+        let broken: Vec<&TransactionScan> = broken.iter().collect();
+        let found = transactions_agree(&broken, false);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].invariant(), Invariant::TxAtomicity);
+        let whole = cut(&confirmed);
+        let whole: Vec<&TransactionScan> = whole.iter().collect();
+        assert!(transactions_agree(&whole, true).is_empty());
+    }
+}
