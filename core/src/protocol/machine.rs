@@ -438,10 +438,11 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         into.append(&mut self.phase_spans);
     }
 
-    /// Transfers under way here: carried out by the coordinator as their home, or pending
-    /// here as their destination (a quiet cluster has none).
+    /// Transfers and multi-leg transactions under way here: carried out by a coordinator
+    /// as their home, or pending here as their destination or participant (a quiet cluster
+    /// has none).
     pub fn in_flight(&self) -> usize {
-        self.coordinator.in_flight() + self.pending_credits
+        self.coordinator.in_flight() + self.pending_credits + self.tx_coordinator.in_flight()
     }
 
     /// Inputs taken into the open batch (each command of a group counts).

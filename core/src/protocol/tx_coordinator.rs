@@ -168,9 +168,11 @@ impl TxCoordinator {
         coordinator
     }
 
-    /// Transactions this partition is home of, in flight.
+    /// Transactions under way here: this partition is home of them and deciding or
+    /// cancelling them, or holds their Try for another home, neither confirmed nor cancelled
+    /// (a quiet cluster has none).
     pub fn in_flight(&self) -> usize {
-        self.flights.len()
+        self.flights.len() + self.watched.len()
     }
 
     /// The earliest time [`TxCoordinator::on_tick`] has work to do.
