@@ -154,9 +154,7 @@ pub fn build(
                 "from an account never opened",
             ),
             _ => {
-                let Some(foreign) = currencies.iter().find(|c| **c != spec.currency) else {
-                    return None;
-                };
+                let foreign = currencies.iter().find(|c| **c != spec.currency)?;
                 (
                     Leg {
                         from: spec.id,
