@@ -7,7 +7,7 @@
 //!
 //! | status | codes |
 //! | --- | --- |
-//! | 400 | `malformed_json`, `invalid_field`, `invalid_amount`, `invalid_currency`, `invalid_account_id`, `invalid_transaction_id`, `invalid_expires_in_ms`, `invalid_query`, `unknown_partition`, `no_legs`, `too_many_legs`, `leg_to_itself`, `leg_total_too_large` |
+//! | 400 | `malformed_json`, `invalid_field`, `invalid_amount`, `invalid_currency`, `invalid_account_id`, `invalid_transaction_id`, `invalid_expires_in_ms`, `invalid_query`, `unknown_partition`, `no_legs`, `too_many_legs` |
 //! | 401 | `unauthorized` |
 //! | 404 | `not_found` (route), `account_not_found`, `transfer_not_found` |
 //! | 405 | `method_not_allowed` |
@@ -15,7 +15,7 @@
 //! | 410 | `feed_compacted` |
 //! | 413 | `body_too_large`, `batch_too_large` |
 //! | 421 | `partition_not_local` |
-//! | 422 | `insufficient_funds`, `currency_mismatch`, `balance_limit`, `same_account`, `cancelled_before_try`, `refund_exceeds_original`, `capture_exceeds_hold` |
+//! | 422 | `insufficient_funds`, `currency_mismatch`, `balance_limit`, `same_account`, `cancelled_before_try`, `refund_exceeds_original`, `capture_exceeds_hold`, `leg_to_itself`, `leg_total_too_large` |
 //! | 429 | `overloaded`, `too_many_holds` |
 //! | 500 | `internal_error`, `log_unreadable`, `transfers_unreadable` (never for a client's mistake) |
 //! | 503 | `partition_unavailable`, `wrong_partition`, `timeout`, `hold_being_placed`, `request_timeout`, `history_unavailable`, `memory_limit` |

@@ -1797,7 +1797,7 @@ fn transactions_that_cannot_be_are_refused_with_a_code_and_record_nothing() {
     );
     assert_eq!(
         code(transact(&s, "e3", &[(a, b, "1.00"), (b, b, "1.00")])),
-        (400, json!("leg_to_itself"))
+        (422, json!("leg_to_itself"))
     );
     let r = transact(&s, "e4", &[(a, b, "1.00"), (a, b, "1.001")]);
     assert_eq!(r.status, 400);

@@ -160,15 +160,19 @@ fn parse_transaction(request: &TransactionRequest) -> Result<Arc<Transaction>, A
     Transaction::new(transaction_id, legs).map_err(legs_error)
 }
 
-/// A list of legs that is no transaction: `400` with a code per rule.
+/// A list of legs that is no transaction, with a code per rule: `400` for a count of legs
+/// the document's schema refuses too, `422` for legs each well formed that cannot go
+/// together (as a transfer to its own account is `422 same_account`). Nothing is recorded.
 fn legs_error(error: LegsError) -> ApiError {
-    let code = match error {
-        LegsError::NoLegs => "no_legs",
-        LegsError::TooManyLegs(_) => "too_many_legs",
-        LegsError::LegToItself(_) => "leg_to_itself",
-        LegsError::AccountTotalTooLarge(_) => "leg_total_too_large",
+    let (status, code) = match error {
+        LegsError::NoLegs => (StatusCode::BAD_REQUEST, "no_legs"),
+        LegsError::TooManyLegs(_) => (StatusCode::BAD_REQUEST, "too_many_legs"),
+        LegsError::LegToItself(_) => (StatusCode::UNPROCESSABLE_ENTITY, "leg_to_itself"),
+        LegsError::AccountTotalTooLarge(_) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "leg_total_too_large")
+        }
     };
-    ApiError::new(StatusCode::BAD_REQUEST, code, error.to_string())
+    ApiError::new(status, code, error.to_string())
 }
 
 /// The legs of the transaction `key` and the leg that failed, asked of its home (`None`:

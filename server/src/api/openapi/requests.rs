@@ -301,10 +301,10 @@ fn transaction_request() -> Value {
                 "maxItems": LEGS_MAX,
                 "items": schema_ref("LegRequest"),
                 "description": format!("1 to {LEGS_MAX} legs (none: `400 no_legs`; more: \
-                    `400 too_many_legs`), none from an account to itself (`400 \
+                    `400 too_many_legs`), none from an account to itself (`422 \
                     leg_to_itself`). All commit or none does; an account's legs are checked \
                     together (its net debit must fit its available balance), and one \
-                    account's legs out, or in, sum to at most the largest amount (`400 \
+                    account's legs out, or in, sum to at most the largest amount (`422 \
                     leg_total_too_large`)."),
             },
         },
