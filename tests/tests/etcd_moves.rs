@@ -68,7 +68,13 @@ fn send(vias: &[SocketAddr], n: usize, from: &str, to: &str, id: &str, ledger: &
                     .insert(id.to_string(), pair);
                 return;
             }
-            Ok(r) if r.status == 200 && r.json()["code"] == "timeout" => {
+            // Final, and answered 503 (the transfer's reason is the service's): a retry of
+            // the same id gets it again, so it is counted here, not retried.
+            Ok(r)
+                if r.status == 503
+                    && r.json()["code"] == "timeout"
+                    && matches!(r.json()["status"].as_str(), Some("cancelled" | "rejected")) =>
+            {
                 let text = r.text();
                 ledger
                     .lock()
