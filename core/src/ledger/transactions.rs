@@ -695,21 +695,7 @@ impl Ledger {
     /// net credits of every Try not yet confirmed or undone (the conservation check's).
     pub(crate) fn transactions_incoming(&self) -> BTreeMap<crate::model::money::Currency, u64> {
         let mut incoming = BTreeMap::new();
-        let home_open = self.transactions.home.iter().filter_map(|(key, terms)| {
-            let state = self
-                .transfers
-                .find(key)
-                .map(|at| self.transfers.phase(at).state);
-            matches!(
-                state,
-                Some(TransferState::Trying | TransferState::Cancelling(_))
-            )
-            .then_some(&terms.tx)
-        });
-        let parts_open = (self.transactions.parts.values())
-            .filter(|row| row.state == PartState::Tried)
-            .filter_map(|row| row.tx.as_ref());
-        for tx in home_open.chain(parts_open) {
+        for tx in self.open_transactions() {
             for effect in tx.effects_on(self.partition, self.partitions).accounts {
                 if let Some(account) = self.accounts.get(&effect.account) {
                     *incoming.entry(account.currency).or_default() += effect.net_credit();
