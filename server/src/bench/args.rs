@@ -166,6 +166,12 @@ pub struct BenchArgs {
     /// one partition (fsync on), then retries of early ones, whose rows are on disk by then.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1_000..=1_000_000_000), help_heading = "Memory mode")]
     pub transfers: Option<u64>,
+    /// Partitions of the engine of `memory --transfers` (1: every transfer stays on its
+    /// partition). With more, most transfers cross partitions and each also leaves its
+    /// destination's credit row, which does not go to disk (see the README's "Exactly-once
+    /// forever, in bounded memory").
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64), help_heading = "Memory mode")]
+    pub memory_partitions: u32,
 
     /// Events of the small log of `history`.
     #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1_000..=10_000_000), help_heading = "History mode")]

@@ -181,8 +181,15 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
         report.ledger = Some(ledger_run::run(&args, &run_tag)?);
     }
     if let (true, Some(transfers)) = (asked(Mode::Memory), args.transfers) {
-        report.transfer_memory =
-            Some(memory_run::run(transfers, args.seed, args.group_commit).await?);
+        report.transfer_memory = Some(
+            memory_run::run(
+                transfers,
+                args.memory_partitions,
+                args.seed,
+                args.group_commit,
+            )
+            .await?,
+        );
     } else if asked(Mode::Memory) {
         eprintln!(
             "memory: opening {} accounts in an in-process engine ({} partitions)",
