@@ -40,6 +40,9 @@ use crate::ledger::cold::{filter_hash, ChunkRead};
 use crate::ledger::transfer_table::{RowStore, CHUNK_ROWS};
 use crate::ledger::TransferRow;
 use crate::log::codec::Cursor;
+use crate::log::crc::crc32c_of;
+#[cfg(target_arch = "x86_64")]
+use crate::log::crc::register_after;
 use crate::log::snapshot::{put_transfer_row, read_transfer_row};
 use crate::model::event::TransferKey;
 use crate::model::partition::PartitionId;
@@ -90,37 +93,9 @@ fn disk_key_hash_portable(from: &[u8], transaction_id: &[u8]) -> u32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse4.2")]
 fn disk_key_hash_sse42(from: &[u8], transaction_id: &[u8]) -> u32 {
-    let state = crc32c_sse42(u64::from(u32::MAX), from);
+    let state = register_after(u64::from(u32::MAX), from);
     let state = u64::from(std::arch::x86_64::_mm_crc32_u8(state as u32, 0));
-    !(crc32c_sse42(state, transaction_id) as u32)
-}
-
-/// The CRC32C register `state` after `bytes`, 8 bytes an instruction, and the last up to 7
-/// in at most three (4, 2, then 1 byte): the instructions of every width compute the same
-/// CRC of little-endian bytes, and a key's tail was up to 14 dependent one-byte steps.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "sse4.2")]
-#[inline]
-fn crc32c_sse42(mut state: u64, bytes: &[u8]) -> u64 {
-    use std::arch::x86_64::{_mm_crc32_u16, _mm_crc32_u32, _mm_crc32_u64, _mm_crc32_u8};
-    let mut words = bytes.chunks_exact(8);
-    for word in &mut words {
-        state = _mm_crc32_u64(state, u64::from_le_bytes(word.try_into().expect("8 bytes")));
-    }
-    let mut rest = words.remainder();
-    let mut crc = state as u32;
-    if let Some((four, after)) = rest.split_first_chunk::<4>() {
-        crc = _mm_crc32_u32(crc, u32::from_le_bytes(*four));
-        rest = after;
-    }
-    if let Some((two, after)) = rest.split_first_chunk::<2>() {
-        crc = _mm_crc32_u16(crc, u16::from_le_bytes(*two));
-        rest = after;
-    }
-    if let Some(&byte) = rest.first() {
-        crc = _mm_crc32_u8(crc, byte);
-    }
-    u64::from(crc)
+    !(register_after(state, transaction_id) as u32)
 }
 
 fn bucket_of(hash: u32) -> usize {
@@ -234,7 +209,7 @@ pub(crate) fn encode_chunk(partition: PartitionId, index: usize, rows: &RowStore
         let offset = u32::try_from(start).expect("a chunk file is under 4 GiB");
         put_transfer_row(&mut out, row);
         let hash = disk_key_hash(row.from, row.transaction_id);
-        entries.push((hash, offset, crc32c(&out[start..])));
+        entries.push((hash, offset, crc32c_of(&[&out[start..]])));
         filter_hashes.push(filter_hash(row.from, row.transaction_id));
     }
     entries.sort_unstable();
@@ -340,7 +315,7 @@ pub(crate) fn decode_chunk(
         if row.state.is_unfinished() {
             return Err(format!("chunk file {index} holds a row still in flight"));
         }
-        let crc = crc32c(&content[start..5 + cursor.position()]);
+        let crc = crc32c_of(&[&content[start..5 + cursor.position()]]);
         entries.push((key_hash_of(&row.transfer.key()), start as u32, crc));
         rows.push(row);
     }
@@ -409,7 +384,7 @@ pub(crate) fn find_row(
         let mut cursor = Cursor::new(&bytes);
         let row = read_transfer_row(&mut cursor)
             .map_err(|e| format!("chunk file {chunk}: row at {offset}: {e}"))?;
-        if crc32c(&bytes[..cursor.position()]) != crc {
+        if crc32c_of(&[&bytes[..cursor.position()]]) != crc {
             return Err(format!(
                 "chunk file {chunk}: the row at {offset} is damaged"
             ));

@@ -117,9 +117,11 @@
 
 use std::sync::Arc;
 
+#[cfg(any(test, feature = "testing"))]
 use crc32c::{crc32c, crc32c_append};
 
 use crate::ledger::TransferState;
+use crate::log::crc::crc32c_of;
 use crate::model::event::{
     CashKind, CashRefusal, CashRefused, Decision, Event, Lsn, Reason, Timestamp, Transfer,
     TransferKey,
@@ -314,7 +316,7 @@ fn seal_frame(out: &mut [u8], start: usize) {
     let len_bytes = u32::try_from(body_len)
         .expect("bodies are bounded")
         .to_le_bytes();
-    let crc = crc32c_append(crc32c(&len_bytes), &out[start + RECORD_HEADER_LEN..]);
+    let crc = crc32c_of(&[&len_bytes, &out[start + RECORD_HEADER_LEN..]]);
     out[start..start + 4].copy_from_slice(&len_bytes);
     out[start + 4..start + RECORD_HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
 }
@@ -933,7 +935,7 @@ fn frame_at(bytes: &[u8], offset: usize) -> Result<&[u8], &'static str> {
         return Err("record runs past the end of the data");
     };
     let stored = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
-    if crc32c_append(crc32c(&len_bytes), body) != stored {
+    if crc32c_of(&[&len_bytes, body]) != stored {
         return Err("checksum mismatch");
     }
     Ok(body)

@@ -88,7 +88,7 @@
 //!
 //! A message ends where its fields end; the frame ends exactly after its `count`-th message.
 
-use crc32c::{crc32c, crc32c_append};
+use crate::log::crc::crc32c_of;
 
 use crate::ledger::{
     Account, Command, DryRun, Hold, HoldTerms, LedgerError, PhaseResult, Refund, Reply,
@@ -400,7 +400,7 @@ impl<'a> FrameWriter<'a> {
             .expect("bodies are bounded")
             .to_le_bytes();
         let body = &self.out[self.start + FRAME_HEADER_LEN..];
-        let crc = crc32c_append(crc32c(&len_bytes), body);
+        let crc = crc32c_of(&[&len_bytes, body]);
         self.out[self.start..self.start + 4].copy_from_slice(&len_bytes);
         self.out[self.start + 4..self.start + FRAME_HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
         self.out.len() - self.start
@@ -442,7 +442,7 @@ pub fn decode_frame_body(header: &[u8; FRAME_HEADER_LEN], body: &[u8]) -> Result
         return Err(WireError::Length { len: body.len() });
     }
     let stored = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-    if crc32c_append(crc32c(&header[..4]), body) != stored {
+    if crc32c_of(&[&header[..4], body]) != stored {
         return Err(WireError::Checksum);
     }
     let mut cursor = Cursor::new(body);

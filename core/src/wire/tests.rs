@@ -952,7 +952,7 @@ fn every_flipped_bit_is_refused() {
 /// Frames `body` with a valid header, to test what the checksum alone does not catch.
 fn framed(body: &[u8]) -> Vec<u8> {
     let len = (body.len() as u32).to_le_bytes();
-    let crc = crc32c_append(crc32c(&len), body);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&len), body);
     let mut out = len.to_vec();
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(body);
