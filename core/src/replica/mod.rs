@@ -328,6 +328,11 @@ pub struct Replica<K: ReplyTokens> {
     asks_served: std::collections::BTreeMap<crate::model::partition::NodeId, u64>,
     /// Counts the machines built, so that a snapshot report reaches the one that asked.
     machine_epoch: u64,
+    /// The term in which Raft refused a proposal of this replica's machine: it builds no
+    /// machine again in that term. Raft still counted it leader, so without this it built
+    /// one at once, which proposed again and was refused again, a reload each time, and the
+    /// runtime's loop never got back to ticking Raft, which alone could end the term.
+    refused_in_term: Option<u64>,
     snapshot_epoch: Option<u64>,
     election_rng: u64,
     /// The nodes the partition map names for this group, if the runtime gave them: what a
@@ -401,6 +406,7 @@ impl<K: ReplyTokens> Replica<K> {
             raw,
             role: Role::Following(ledger),
             proposals: VecDeque::new(),
+            refused_in_term: None,
             reads: Reads::default(),
             conf_index: durable.conf_index,
             applied: VecDeque::new(),
@@ -835,6 +841,13 @@ impl<K: ReplyTokens> Replica<K> {
         if let Some(release) = machine.poll_ready() {
             out.release.append(release);
         }
+        // While this leader hands leadership over (a move takes its node out of the group),
+        // Raft drops every proposal. The machine keeps its batch meanwhile, as it would for
+        // a slow disk: the handover ends within an election timeout, this replica then
+        // leads on and proposes it, or steps down and the batch goes with the machine.
+        if self.raw.raft.lead_transferee.is_some() {
+            return;
+        }
         while let Some(commit) = machine.poll_commit() {
             if commit.bytes.is_empty() {
                 // Answers from committed state only; but a leader that another has deposed
@@ -859,6 +872,7 @@ impl<K: ReplyTokens> Replica<K> {
                     "proposal refused; the state it applied is rebuilt from the log"
                 );
                 drop(commit);
+                self.refused_in_term = Some(*term);
                 self.step_down(out);
                 return;
             }
@@ -1169,6 +1183,8 @@ impl<K: ReplyTokens> Replica<K> {
             Role::Leading { term, .. } if !leads || *term != raft.term => self.step_down(out),
             Role::Following(_)
                 if leads
+                    && raft.lead_transferee.is_none()
+                    && self.refused_in_term != Some(raft.term)
                     && raft.commit_to_current_term()
                     && raft.raft_log.applied >= raft.raft_log.committed =>
             {

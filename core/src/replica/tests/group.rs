@@ -832,6 +832,58 @@ impl Group {
         (answers, 150)
     }
 
+    /// A leader hands leadership to a follower that is cut off (so the handover cannot
+    /// finish), and is then given a deposit. Raft drops every proposal while a handover is
+    /// under way. Returns how many polls of the leader meanwhile asked for a reload, and
+    /// whether the deposit was answered once the handover gave up.
+    pub fn deposit_during_a_stuck_handover(&mut self) -> (usize, bool) {
+        let account = acct("a0");
+        self.run_until(|g| g.leader_index().is_some());
+        self.execute_now(open(account, USD));
+        let leader = self.leader_index().expect("a leader");
+        let target = (leader + 1) % REPLICAS;
+        let target_id = self.replica(target).id();
+        self.isolated = Some(target);
+        self.replica(leader).raw.transfer_leader(target_id);
+        assert!(self.replica(leader).raw.raft.lead_transferee.is_some());
+        let token = self.next_token;
+        self.next_token += 1;
+        let command = deposit(account, 100, USD, "during-handover");
+        let now = self.now();
+        let machine = self.replica(leader).machine().expect("still leads");
+        machine.handle_command(now, token, &command, false);
+        let mut reloads = 0;
+        for _ in 0..20 {
+            let now = self.now();
+            if let Some(ready) = self.replica(leader).poll(now).expect("polls") {
+                if ready.reload {
+                    reloads += 1;
+                    let ledger = replay(&self.nodes[leader].log);
+                    self.replica(leader).handle_reloaded(ledger);
+                }
+            }
+        }
+        self.isolated = None;
+        // The handover gives up after an election timeout; the deposit is then proposed.
+        self.run_until(|g| g.leader_index().is_some());
+        let leader = self.leader_index().expect("a leader");
+        let account_balance = |g: &mut Group| {
+            g.replica(leader)
+                .ledger()
+                .and_then(|l| l.account(&account))
+                .map(|a| a.balance)
+        };
+        let mut deposited = false;
+        for _ in 0..2_000 {
+            self.step_world(false);
+            if account_balance(self) == Some(100) {
+                deposited = true;
+                break;
+            }
+        }
+        (reloads, deposited)
+    }
+
     /// The node whose replica leads and has caught up.
     fn leader_index(&self) -> Option<usize> {
         (0..REPLICAS).find(|&i| self.leads(i) && Some(i) != self.isolated)

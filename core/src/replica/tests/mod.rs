@@ -165,3 +165,24 @@ fn a_read_from_a_deposed_leader_is_caught() {
         "with stale-read the cut-off leader answers its old balance"
     );
 }
+
+/// Seed 10 of the simulator's 4-node moves (with multi-leg transactions on) found a leader
+/// handing leadership over (its node moved out of the group) whose new batch Raft dropped:
+/// it stepped down, rebuilt its state from its log, led again at once (Raft still counted
+/// it leader), proposed again and was dropped again, forever, and never got back to
+/// ticking Raft, which alone ends a handover. Its node's own partitions sent their phase
+/// messages to it, and they were never answered.
+#[test]
+fn a_leader_handing_over_keeps_its_batch_and_proposes_it_after() {
+    let mut group = Group::new(7, GroupConfig::quiet());
+    let (reloads, deposited) = group.deposit_during_a_stuck_handover();
+    assert_eq!(
+        reloads, 0,
+        "a dropped proposal is not a reason to rebuild the state"
+    );
+    assert!(
+        deposited,
+        "the batch held during the handover is proposed after it"
+    );
+    group.settle_and_check();
+}
