@@ -219,11 +219,6 @@ pub struct Client {
     /// Holds this client placed and was answered: candidates for repeats, which must get a
     /// hold's status, and for reuses of their ids with another body.
     placed: Vec<Command>,
-    /// Whether the workload issues multi-leg transactions: not yet in runs whose copies
-    /// move, where seeds 10 and 177 of the 4-node sweep failed with them on (phase messages
-    /// to a node that had left a group went unanswered, a transfer's Cancel among them; the
-    /// cluster did not come to rest), a failure not yet understood.
-    transactions: bool,
 }
 
 impl Client {
@@ -250,7 +245,6 @@ impl Client {
             answered: Vec::new(),
             plans: Vec::new(),
             placed: Vec::new(),
-            transactions: !config.moves(),
         }
     }
 
@@ -343,11 +337,7 @@ impl Client {
     }
 
     async fn step(&mut self) {
-        let mut roll = self.rng.gen_range(0..100);
-        if !self.transactions && (5..=8).contains(&roll) {
-            // A transfer in place of the transaction.
-            roll += 4;
-        }
+        let roll = self.rng.gen_range(0..100);
         // The transfer a refund refunds.
         let mut refunding = None;
         let (command, expect) = match roll {
