@@ -1,15 +1,13 @@
-//! A table whose rows are only ever added, never removed: the cash table (the idempotency
-//! records of deposits and withdrawals) and the destination's credit table (the barrier row
-//! of every cross-partition transfer in).
+//! A table whose rows are only ever added, never removed or changed: the cash table (the
+//! idempotency records of deposits and withdrawals). The destination's credit table, whose
+//! rows change and are most of a partition's rows, packs them instead
+//! ([`crate::ledger::credit_table`]).
 //!
 //! Rows live in chunks of [`CHUNK_ROWS`] ([`ChunkedVec`]); a full chunk is sealed behind an
 //! `Arc`, so a snapshot image ([`AppendTable::freeze`]) shares the sealed chunks and copies
 //! only the open one. Before, the image cloned the whole table on the partition thread: 10 ms
-//! for 100,000 rows, at every snapshot, while nothing else ran. A row's value may still change
-//! ([`AppendTable::get_mut`]: a credit's state moves on when its Confirm or Cancel comes);
-//! when a snapshot still shares that row's chunk, the chunk is copied first, one chunk and not
-//! the table, and almost always a recent one. Keys are found through a [`RowIndex`] of their
-//! hashes, so no key is stored twice.
+//! for 100,000 rows, at every snapshot, while nothing else ran. Keys are found through a
+//! [`RowIndex`] of their hashes, so no key is stored twice.
 
 use std::hash::{Hash, Hasher};
 
@@ -69,34 +67,6 @@ impl<K: Hash + Eq + Clone, V: Clone> AppendTable<K, V> {
         Some(&self.rows.get(at).1)
     }
 
-    /// Brings the index slot `key` hashes to into cache, without waiting for it (see
-    /// [`crate::ledger::Ledger::prefetch`]).
-    pub fn prefetch(&self, key: &K) {
-        self.index.touch(key_hash(key));
-    }
-
-    pub fn contains_key(&self, key: &K) -> bool {
-        self.get(key).is_some()
-    }
-
-    /// The value under `key`, to change in place (its chunk is copied first if a frozen image
-    /// still shares it).
-    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        let at = self.position(key_hash(key), key)?;
-        Some(&mut self.rows.get_mut(at).1)
-    }
-
-    /// Known-bug mutations only: drops the row of `key`, the last row taking its place. Slow
-    /// (the table is rebuilt), as nothing but a deliberately broken ledger removes a row.
-    #[cfg(any(test, madsim, feature = "testing"))]
-    pub fn swap_remove(&mut self, key: &K) {
-        let mut rows: Vec<(K, V)> = self.rows.iter().cloned().collect();
-        if let Some(at) = rows.iter().position(|(k, _)| k == key) {
-            rows.swap_remove(at);
-            *self = rows.into_iter().collect();
-        }
-    }
-
     /// Adds `value` under `key`; false, adding nothing, when `key` already has a row.
     pub fn insert(&mut self, key: K, value: V) -> bool {
         let hash = key_hash(&key);
@@ -108,21 +78,9 @@ impl<K: Hash + Eq + Clone, V: Clone> AppendTable<K, V> {
         true
     }
 
-    /// The row at `position` in the order rows were added, if there is one.
-    pub fn at(&self, position: usize) -> Option<(&K, &V)> {
-        (position < self.rows.len()).then(|| {
-            let (key, value) = self.rows.get(position);
-            (key, value)
-        })
-    }
-
     /// Rows in the order they were added.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&K, &V)> {
         self.rows.iter().map(|(key, value)| (key, value))
-    }
-
-    pub fn values(&self) -> impl ExactSizeIterator<Item = &V> {
-        self.rows.iter().map(|(_, value)| value)
     }
 
     /// The rows as they are now, for a snapshot image: sealed chunks are shared, only the
@@ -155,8 +113,6 @@ impl<K: Hash + Eq + Clone, V: Clone> FromIterator<(K, V)> for AppendTable<K, V> 
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     #[test]
@@ -172,7 +128,6 @@ mod tests {
         assert_eq!(table.len(), 100);
         let keys: Vec<u32> = table.iter().map(|(k, _)| *k).collect();
         assert_eq!(keys, (0..100).collect::<Vec<_>>());
-        assert_eq!(table.values().sum::<u32>(), 49_500);
     }
 
     #[test]
@@ -189,27 +144,6 @@ mod tests {
         assert_eq!(frozen.len(), 20);
         let rows: Vec<(u32, u32)> = frozen.iter().copied().collect();
         assert_eq!(rows, (0..20).map(|i| (i, i)).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn a_change_copies_only_the_shared_chunk_it_falls_in() {
-        let mut table: AppendTable<u32, u32> = (0..20).map(|i| (i, i)).collect();
-        let frozen = table.freeze();
-        *table.get_mut(&3).unwrap() = 300;
-        *table.get_mut(&18).unwrap() = 1800;
-        assert_eq!(table.get_mut(&99), None);
-        assert_eq!((table.get(&3), table.get(&18)), (Some(&300), Some(&1800)));
-        assert_eq!(frozen.get(3), &(3, 3), "the image keeps what it saw");
-        assert_eq!(frozen.get(18), &(18, 18));
-        let shared =
-            |chunk: usize| Arc::ptr_eq(&frozen.sealed()[chunk], &table.rows.sealed()[chunk]);
-        assert!(!shared(0), "the changed chunk was copied");
-        assert!(shared(1), "the untouched chunk is still shared");
-        table.swap_remove(&5);
-        assert_eq!(
-            (table.len(), table.get(&5), table.get(&19)),
-            (19, None, Some(&19))
-        );
     }
 
     #[test]

@@ -512,9 +512,9 @@ impl Ledger {
         amount: Amount,
     ) -> Result<(), String> {
         let no_try = || format!("capture of {key:?} without a pending Try");
-        let row = self.credits.get_mut(key).ok_or_else(no_try)?;
-        let (to_id, tried, currency) = row.pending().ok_or_else(no_try)?;
-        let (to_id, full) = (*to_id, tried.minor());
+        let at = self.credits.find(key).ok_or_else(no_try)?;
+        let (to_id, tried, currency) = self.credits.pending(at).ok_or_else(no_try)?;
+        let full = tried.minor();
         if amount.minor() > full {
             return Err(format!("capture of {key:?} beyond its pending credit"));
         }
@@ -524,7 +524,7 @@ impl Ledger {
         to.incoming -= full;
         to.balance += amount.minor();
         self.flows.entry(currency).or_default().received += u128::from(amount.minor());
-        row.capture(amount);
+        self.credits.capture(at, amount);
         Ok(())
     }
 

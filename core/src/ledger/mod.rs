@@ -17,8 +17,10 @@ pub(crate) mod account_table;
 pub(crate) mod append_table;
 pub(crate) mod chunked;
 pub mod cold;
+pub(crate) mod credit_table;
 mod dry_run;
 pub(crate) mod holds;
+pub(crate) mod id_arena;
 pub(crate) mod refunds;
 pub(crate) mod row_index;
 pub(crate) mod transactions;
@@ -40,6 +42,7 @@ use std::sync::Arc;
 use crate::ledger::account_table::AccountTable;
 use crate::ledger::append_table::AppendTable;
 use crate::ledger::cold::{ChunkRead, ColdError};
+use crate::ledger::credit_table::CreditTable;
 use crate::ledger::transfer_table::{Found, TransferTable, Vacancy};
 use crate::model::event::{Decision, Event, Lsn, Reason, Timestamp, Transfer, TransferKey};
 use crate::model::ids::{AccountId, TransactionId};
@@ -210,64 +213,6 @@ pub struct CreditRow {
     pub state: CreditState,
     /// The transfer as the Try described it (`None` for [`CreditState::TryNotSeen`]).
     pub transfer: Option<Transfer>,
-}
-
-/// A barrier row as the credit table keeps it. Its key holds the transfer's `from` and
-/// `transaction_id` already, so the row keeps only the rest of the Try's transfer: ids are
-/// 65 bytes each, inline, and a whole [`CreditRow`] beside its key held each of those twice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct StoredCredit {
-    pub(crate) state: CreditState,
-    /// `to`, amount and currency of the Try (`None` for [`CreditState::TryNotSeen`]).
-    tried: Option<(AccountId, Amount, Currency)>,
-}
-
-// With its key, a stored row takes 224 bytes, against 352 with a whole `CreditRow`; the bound
-// fails the build should a field grow it.
-const _: () = assert!(std::mem::size_of::<(TransferKey, StoredCredit)>() <= 224);
-
-impl StoredCredit {
-    /// What the table keeps of `row`, the row of `key`.
-    pub(crate) fn new(key: &TransferKey, row: CreditRow) -> StoredCredit {
-        debug_assert!(row.transfer.is_none_or(|t| t.key() == *key));
-        StoredCredit {
-            state: row.state,
-            tried: row.transfer.map(|t| (t.to, t.amount, t.currency)),
-        }
-    }
-
-    /// The whole row again.
-    pub(crate) fn row(&self, key: &TransferKey) -> CreditRow {
-        CreditRow {
-            state: self.state,
-            transfer: self.tried.map(|(to, amount, currency)| Transfer {
-                transaction_id: key.transaction_id,
-                from: key.from,
-                to,
-                amount,
-                currency,
-            }),
-        }
-    }
-
-    /// Destination, amount and currency of a pending credit: what its Confirm or Cancel
-    /// moves. `None` unless the row holds a Try that is neither confirmed nor cancelled.
-    #[inline]
-    fn pending(&self) -> Option<(&AccountId, Amount, Currency)> {
-        match (self.state, &self.tried) {
-            (CreditState::Tried, Some((to, amount, currency))) => Some((to, *amount, *currency)),
-            _ => None,
-        }
-    }
-
-    /// Confirms the pending credit for `amount` of it (a hold captured in part): the row
-    /// keeps the amount that arrived.
-    fn capture(&mut self, amount: Amount) {
-        let tried = self.tried.as_mut().expect("a pending credit was tried");
-        debug_assert!(amount <= tried.1);
-        tried.1 = amount;
-        self.state = CreditState::Confirmed;
-    }
 }
 
 /// The idempotency record of a deposit or withdrawal.
@@ -610,7 +555,7 @@ pub struct Ledger {
     /// [`AccountTable`]): taking an image copies no account.
     pub(crate) accounts: AccountTable,
     pub(crate) transfers: TransferTable,
-    pub(crate) credits: AppendTable<TransferKey, StoredCredit>,
+    pub(crate) credits: CreditTable,
     pub(crate) cash: AppendTable<(AccountId, TransactionId), CashRow>,
     pub(crate) flows: BTreeMap<Currency, Flows>,
     /// The refunds this partition is home of, and what they refunded (see [`refunds`]).
@@ -635,7 +580,7 @@ impl Ledger {
             partitions,
             accounts: AccountTable::default(),
             transfers: TransferTable::default(),
-            credits: AppendTable::default(),
+            credits: CreditTable::default(),
             cash: AppendTable::default(),
             flows: BTreeMap::new(),
             refunds: RefundTable::default(),
@@ -737,7 +682,7 @@ impl Ledger {
     }
 
     pub fn credit(&self, key: &TransferKey) -> Option<CreditRow> {
-        self.credits.get(key).map(|stored| stored.row(key))
+        self.credits.get(key)
     }
 
     /// Barrier rows recorded so far; rows are never removed, so positions below this stay.
@@ -747,16 +692,12 @@ impl Ledger {
 
     /// The barrier row at `position` in the order the log recorded them.
     pub fn credit_at(&self, position: usize) -> Option<(TransferKey, CreditRow)> {
-        self.credits
-            .at(position)
-            .map(|(key, stored)| (*key, stored.row(key)))
+        self.credits.at(position)
     }
 
     /// Every barrier row, in the order the log recorded them.
     pub fn credits(&self) -> impl Iterator<Item = (TransferKey, CreditRow)> + '_ {
-        self.credits
-            .iter()
-            .map(|(key, stored)| (*key, stored.row(key)))
+        self.credits.iter()
     }
 
     /// Sealed chunks of the transfers table, counted from chunk `first`, whose rows are all
@@ -1379,12 +1320,11 @@ impl Ledger {
     ) -> Result<Reply, LedgerError> {
         self.require_local(&transfer.to)?;
         let key = transfer.key();
-        let row = self
-            .credits
-            .get(&key)
+        let at = (self.credits)
+            .find(&key)
             .ok_or(LedgerError::UnknownTransfer(key))?;
-        let tried = row.pending().map(|(_, amount, _)| amount);
-        let result = match row.state {
+        let tried = self.credits.pending(at).map(|(_, amount, _)| amount);
+        let result = match self.credits.state(at) {
             // The Confirm of a hold captured in part carries the part.
             CreditState::Tried if tried.is_some_and(|tried| transfer.amount < tried) => {
                 let amount = transfer.amount;
@@ -1412,7 +1352,8 @@ impl Ledger {
     ) -> Result<Reply, LedgerError> {
         self.require_local(&transfer.to)?;
         let key = transfer.key();
-        let result = match self.credits.get(&key).map(|row| row.state) {
+        let found = self.credits.find(&key);
+        let result = match found.map(|at| self.credits.state(at)) {
             None => {
                 events.push(Event::CreditTryNotSeen { key });
                 PhaseResult::Cancelled
@@ -1828,7 +1769,7 @@ impl Ledger {
             transfer: Some(*transfer),
         };
         // One lookup both checks and inserts.
-        if !self.credits.insert(key, StoredCredit::new(&key, row)) {
+        if !self.credits.insert(&key, &row) {
             return Err(barrier_twice(&key));
         }
         to.incoming += minor;
@@ -1840,10 +1781,14 @@ impl Ledger {
     fn apply_credit_finished(&mut self, key: &TransferKey, confirmed: bool) -> Result<(), String> {
         let no_try = || format!("second phase of {key:?} without a pending Try");
         // One lookup of the row both checks it and, once everything fits, moves it on.
-        let row = self.credits.get_mut(key).ok_or_else(no_try)?;
-        let (to_id, amount, currency) = row.pending().ok_or_else(no_try)?;
+        let at = self.credits.find(key).ok_or_else(no_try)?;
+        let (to_id, amount, currency) = self.credits.pending(at).ok_or_else(no_try)?;
         let minor = amount.minor();
-        let Some(to) = self.accounts.get_mut(to_id).filter(|a| a.incoming >= minor) else {
+        let Some(to) = self
+            .accounts
+            .get_mut(&to_id)
+            .filter(|a| a.incoming >= minor)
+        else {
             return Err(format!("pending credit of {key:?} is missing"));
         };
         to.incoming -= minor;
@@ -1851,23 +1796,23 @@ impl Ledger {
             to.balance += minor;
             self.flows.entry(currency).or_default().received += u128::from(minor);
         }
-        row.state = if confirmed {
+        let state = if confirmed {
             CreditState::Confirmed
         } else {
             CreditState::Cancelled
         };
+        self.credits.finish(at, state);
         Ok(())
     }
 
     fn apply_try_not_seen(&mut self, key: &TransferKey) -> Result<(), String> {
-        if self.credits.contains_key(key) {
-            return Err(barrier_twice(key));
-        }
         let row = CreditRow {
             state: CreditState::TryNotSeen,
             transfer: None,
         };
-        self.credits.insert(*key, StoredCredit::new(key, row));
+        if !self.credits.insert(key, &row) {
+            return Err(barrier_twice(key));
+        }
         Ok(())
     }
 
@@ -1906,11 +1851,11 @@ impl Ledger {
         if let Event::CreditTried { transfer } = *event {
             let key = transfer.key();
             let cancelled = matches!(
-                self.credits.get(&key).map(|row| row.state),
+                self.credits.find(&key).map(|at| self.credits.state(at)),
                 Some(CreditState::Cancelled | CreditState::TryNotSeen)
             );
             if cancelled && self.accounts.contains_key(&transfer.to) {
-                self.credits.swap_remove(&key);
+                self.credits.remove(&key);
             }
         }
     }
@@ -1926,7 +1871,7 @@ impl Ledger {
             entry.1 += u128::from(account.incoming);
         }
         let mut incoming_by_rows: BTreeMap<Currency, u128> = BTreeMap::new();
-        for (_, amount, currency) in self.credits.values().filter_map(StoredCredit::pending) {
+        for (amount, currency) in self.credits.pending_amounts() {
             *incoming_by_rows.entry(currency).or_default() += u128::from(amount.minor());
         }
         for (currency, minor) in self.local_holds_incoming() {

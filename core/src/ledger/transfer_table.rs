@@ -28,11 +28,12 @@ use std::sync::Arc;
 
 use crate::ledger::chunked::ChunkedVec;
 use crate::ledger::cold::{filter_hash, ChunkRead, ColdChunk, ColdError, ColdRows};
+use crate::ledger::id_arena::{IdArena, IdsAt};
 use crate::ledger::row_index::{RowIndex, ROWS_MAX};
 use crate::ledger::{TransferRow, TransferState};
 use crate::log::chunk_file::disk_key_hash;
 use crate::model::event::{Timestamp, Transfer, TransferKey};
-use crate::model::ids::{AccountId, TransactionId, ID_LEN_MAX};
+use crate::model::ids::{AccountId, TransactionId};
 use crate::model::money::{Amount, Currency};
 use crate::model::partition::PartitionId;
 
@@ -55,7 +56,7 @@ pub(crate) struct Phase {
 #[derive(Debug, Clone, Copy)]
 struct PackedRow {
     /// Offset of the row's id bytes in the arena: `from`, then `transaction_id`, then `to`.
-    ids_at: u64,
+    ids_at: IdsAt,
     amount: Amount,
     accepted_at: Timestamp,
     // A `Phase`, flat: as a struct its padding would make the row 64 bytes.
@@ -78,7 +79,7 @@ const _: () = assert!(std::mem::size_of::<PackedRow>() <= 48);
 /// ([`crate::log::chunk_file::disk_key_hash`], which the cold rows' Bloom filter tests),
 /// spread. A lookup hashes the key's bytes once for the index and the Bloom filter both.
 #[inline]
-fn key_hash(from: &[u8], transaction_id: &[u8]) -> u32 {
+pub(crate) fn key_hash(from: &[u8], transaction_id: &[u8]) -> u32 {
     index_hash_of(disk_key_hash(from, transaction_id))
 }
 
@@ -103,13 +104,6 @@ pub const CHUNK_ROWS: usize = if cfg!(any(test, madsim, feature = "testing")) {
 } else {
     1 << 16
 };
-/// Bytes per sealed chunk of the id arena. A row's ids (at most 192 bytes) never span two.
-const ARENA_CHUNK_BYTES: usize = if cfg!(any(test, madsim, feature = "testing")) {
-    1024
-} else {
-    1 << 22
-};
-
 /// The rows ([`ChunkedVec`]) and their id bytes, in chunks: sealed ones shared (`Arc`), and
 /// an open tail that takes the appends. Cloning it, which is what a snapshot does, copies
 /// only the two tails and shares every sealed chunk, so the partition hands a snapshot of
@@ -119,11 +113,7 @@ const ARENA_CHUNK_BYTES: usize = if cfg!(any(test, madsim, feature = "testing"))
 #[derive(Clone, Default)]
 pub(crate) struct RowStore {
     rows: ChunkedVec<PackedRow, CHUNK_ROWS>,
-    /// Arena chunks dropped from the front with the rows that used them; a row's `ids_at`
-    /// counts them.
-    ids_dropped: usize,
-    sealed_ids: Vec<Arc<Vec<u8>>>,
-    tail_ids: Vec<u8>,
+    ids: IdArena,
 }
 
 impl RowStore {
@@ -145,13 +135,11 @@ impl RowStore {
         self.rows.drop_front(chunks);
         // Rows take their ids from the arena in order: what the first row left uses, and
         // what follows it, stays.
-        let first_used = if self.first() < self.len() {
-            (self.row(self.first()).ids_at >> 32) as usize
+        if self.first() < self.len() {
+            self.ids.drop_before(self.row(self.first()).ids_at);
         } else {
-            self.ids_dropped + self.sealed_ids.len()
-        };
-        self.sealed_ids.drain(..first_used - self.ids_dropped);
-        self.ids_dropped = first_used;
+            self.ids.drop_sealed();
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -170,40 +158,19 @@ impl RowStore {
     /// The `from`, `transaction_id` and `to` bytes of `row`, back to back.
     #[inline]
     fn ids_of(&self, row: &PackedRow) -> &[u8] {
-        let (chunk, start) = ((row.ids_at >> 32) as usize, row.ids_at as u32 as usize);
         let len = usize::from(row.from_len)
             + usize::from(row.transaction_id_len)
             + usize::from(row.to_len);
-        debug_assert!(chunk >= self.ids_dropped, "the ids of a dropped row");
-        let bytes = match self.sealed_ids.get(chunk - self.ids_dropped) {
-            Some(sealed) => sealed.as_slice(),
-            None => self.tail_ids.as_slice(),
-        };
-        &bytes[start..start + len]
+        self.ids.bytes(row.ids_at, len)
     }
 
     /// Appends `row` with the ids of `transfer`; returns its position.
     fn push(&mut self, mut row: PackedRow, transfer: &Transfer) -> usize {
-        let ids_len = usize::from(row.from_len)
-            + usize::from(row.transaction_id_len)
-            + usize::from(row.to_len);
-        // Each id is appended as its whole 64-byte padded array and then cut (see
-        // `append_bytes_to`), so the chunk needs room for that much, or it would reallocate
-        // to twice its size just before being sealed.
-        debug_assert!(ids_len <= 3 * ID_LEN_MAX);
-        if self.tail_ids.len() + 3 * ID_LEN_MAX > ARENA_CHUNK_BYTES {
-            let sealed =
-                std::mem::replace(&mut self.tail_ids, Vec::with_capacity(ARENA_CHUNK_BYTES));
-            self.sealed_ids.push(Arc::new(sealed));
-        }
-        if self.tail_ids.capacity() == 0 {
-            self.tail_ids.reserve_exact(ARENA_CHUNK_BYTES);
-        }
-        let chunk = self.ids_dropped + self.sealed_ids.len();
-        row.ids_at = (chunk as u64) << 32 | self.tail_ids.len() as u64;
-        transfer.from.append_bytes_to(&mut self.tail_ids);
-        transfer.transaction_id.append_bytes_to(&mut self.tail_ids);
-        transfer.to.append_bytes_to(&mut self.tail_ids);
+        row.ids_at = self.ids.push(3, |out| {
+            transfer.from.append_bytes_to(out);
+            transfer.transaction_id.append_bytes_to(out);
+            transfer.to.append_bytes_to(out);
+        });
         self.rows.push(row)
     }
 
@@ -294,8 +261,7 @@ impl TransferTable {
     /// Bytes of memory the table's structures take, roughly: rows, id arena, index, filter.
     pub(crate) fn bytes(&self) -> usize {
         let rows = (self.len() - self.hot_from()) * std::mem::size_of::<PackedRow>();
-        let ids = (self.store.sealed_ids.len() + 1) * ARENA_CHUNK_BYTES;
-        rows + ids + self.index.bytes() + self.cold.bytes()
+        rows + self.store.ids.bytes_held() + self.index.bytes() + self.cold.bytes()
     }
 
     /// Drops the rows of `cold`'s chunk from memory: its chunk file is durable. Chunks leave
@@ -779,10 +745,10 @@ mod tests {
         for i in 0..count {
             assert_eq!(table.insert(&trying(i)), Ok(true));
         }
-        assert!(table.store.rows.sealed().len() >= 10 && table.store.sealed_ids.len() > 1);
+        assert!(table.store.rows.sealed().len() >= 10 && table.store.ids.sealed_chunks() > 1);
         // Arena chunks are sealed before an append could make them reallocate.
-        let capacities = table.store.sealed_ids.iter().map(|c| c.capacity());
-        assert!(capacities.max() == Some(ARENA_CHUNK_BYTES));
+        let capacities = table.store.ids.sealed_capacities();
+        assert!(capacities.max() == Some(crate::ledger::id_arena::ARENA_CHUNK_BYTES));
         let frozen = table.freeze();
         let before: Vec<_> = table.iter().collect();
         // Change rows in a sealed chunk and in the tail, and append more.

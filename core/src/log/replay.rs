@@ -13,7 +13,7 @@ use std::fmt::Debug;
 use rustc_hash::FxHashMap;
 
 use crate::ledger::append_table::AppendTable;
-use crate::ledger::{Account, ApplyError, Ledger, RecordMeta, TransferRow};
+use crate::ledger::{Account, ApplyError, CreditRow, Ledger, RecordMeta, TransferRow};
 use crate::log::codec::Record;
 use crate::model::event::{Event, Lsn, Timestamp, Transfer, TransferKey};
 use crate::model::ids::{AccountId, TransactionId};
@@ -118,7 +118,7 @@ pub fn state_difference(a: &Ledger, b: &Ledger) -> Option<String> {
     }
     let found = table_difference("accounts", &a.accounts, &b.accounts)
         .or_else(|| table_difference("transfers", &home_rows(a), &home_rows(b)))
-        .or_else(|| table_difference("credits", &a.credits, &b.credits))
+        .or_else(|| table_difference("credits", &credit_rows(a), &credit_rows(b)))
         .or_else(|| table_difference("cash", &a.cash, &b.cash))
         .or_else(|| table_difference("flows", &a.flows, &b.flows))
         .or_else(|| {
@@ -144,6 +144,11 @@ fn home_rows(ledger: &Ledger) -> BTreeMap<TransferKey, TransferRow> {
         .transfers()
         .map(|row| (row.transfer.key(), row))
         .collect()
+}
+
+/// The barrier rows of `ledger` by key (the table packs them).
+fn credit_rows(ledger: &Ledger) -> BTreeMap<TransferKey, CreditRow> {
+    ledger.credits().collect()
 }
 
 /// A table as a sorted map, whatever its storage, so differences are found in key order.

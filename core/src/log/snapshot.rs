@@ -69,12 +69,13 @@ use crc32c::crc32c;
 use crate::ledger::account_table::AccountRows;
 use crate::ledger::append_table::Rows;
 use crate::ledger::cold::{BloomBuild, ChunkRead, ColdChunk, ColdRows, WrittenChunks};
+use crate::ledger::credit_table::CreditRows;
 use crate::ledger::refunds::RefundTable;
 use crate::ledger::transactions::{PartRow, PartState, TransactionTable, TransactionTerms};
 use crate::ledger::transfer_table::{RowStore, RowView, TransferTable, CHUNK_ROWS};
 use crate::ledger::{
-    Account, CashRow, CreditRow, CreditState, Flows, HoldTerms, Ledger, RecordMeta, StoredCredit,
-    TransferRow, TransferState,
+    Account, CashRow, CreditRow, CreditState, Flows, HoldTerms, Ledger, RecordMeta, TransferRow,
+    TransferState,
 };
 use crate::log::chunk_file::{self, encode_chunk, DecodedChunk};
 use crate::log::codec::{
@@ -113,8 +114,9 @@ const ROW_LEN_MIN: usize = 6;
 /// The state of a ledger at one point, detached from it: what a snapshot is encoded from.
 ///
 /// Taking one copies only the open chunk of each table and shares the sealed ones: of the
-/// transfers table ([`crate::ledger::transfer_table::RowStore`]) and of the accounts, credit
-/// and cash tables ([`crate::ledger::append_table::AppendTable`]), so a partition takes it in
+/// transfers table ([`crate::ledger::transfer_table::RowStore`]), of the credit table
+/// ([`crate::ledger::credit_table`]) and of the accounts and cash tables
+/// ([`crate::ledger::append_table::AppendTable`]), so a partition takes it in
 /// microseconds, and a chunk a later write changes is copied then, one chunk at a time. The
 /// encoding, which costs time in proportion to the accounts, the rows held inline and the
 /// new chunk files, runs on another thread while the partition goes on.
@@ -130,7 +132,7 @@ pub struct SnapshotImage {
     /// they were opened; sorted where the image is encoded.
     accounts: AccountRows,
     transfers: RowStore,
-    credits: Rows<TransferKey, StoredCredit>,
+    credits: CreditRows,
     cash: Rows<(AccountId, TransactionId), CashRow>,
     flows: BTreeMap<Currency, Flows>,
     refunds: RefundTable,
@@ -379,9 +381,8 @@ fn encode_image(
         ledger.transfers.views_of(inline),
         put_transfer_row,
     )?;
-    put_table(&mut sink, ledger.credits.iter(), |out, (key, stored)| {
-        let row = stored.row(key);
-        put_key(out, key);
+    put_table(&mut sink, ledger.credits.iter(), |out, (key, row)| {
+        put_key(out, &key);
         out.push(credit_state_tag(row.state));
         out.push(u8::from(row.transfer.is_some()));
         if let Some(transfer) = &row.transfer {
@@ -729,7 +730,6 @@ fn read_ledger(cursor: &mut Cursor<'_>, version: u8, chunks: Chunks<'_>) -> Resu
     }
     ledger.credits = read_rows(cursor, order, read_credit_row)?
         .into_iter()
-        .map(|(key, row)| (key, StoredCredit::new(&key, row)))
         .collect();
     ledger.cash = read_table(cursor, order, |cursor| {
         let key = (cursor.account()?, cursor.transaction_id()?);
@@ -1002,8 +1002,8 @@ mod tests {
         assert!(ledger.transfers().any(|row| !row.remote));
         assert!(ledger
             .cash
-            .values()
-            .any(|row| row.kind == CashKind::Withdrawal));
+            .iter()
+            .any(|(_, row)| row.kind == CashKind::Withdrawal));
         assert_eq!(ledger.flows.len(), 2);
 
         let bytes = encode_snapshot(ledger);
@@ -1266,7 +1266,9 @@ mod tests {
         let mut rows: Vec<_> = ledger.transfers().collect();
         rows.sort_by_key(|row| row.transfer.key());
         ledger.transfers = rows.iter().copied().collect();
-        ledger.credits = sorted_by_key(&ledger.credits);
+        let mut credits: Vec<_> = ledger.credits().collect();
+        credits.sort_by_key(|(key, _)| *key);
+        ledger.credits = credits.into_iter().collect();
         ledger.cash = sorted_by_key(&ledger.cash);
         let v3 = |ledger: &Ledger| SnapshotImage::of(ledger).encode_as(SNAPSHOT_VERSION_UNREFUSED);
         let restored = decode_snapshot(&as_version_1(&v3(&ledger))).unwrap();
