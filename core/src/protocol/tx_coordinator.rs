@@ -40,6 +40,7 @@ use crate::model::partition::{partition_of, PartitionId};
 use crate::model::transaction::Transaction;
 use crate::protocol::coordinator::{CoordinatorConfig, Micros, Phase};
 use crate::protocol::message::PeerMessage;
+use crate::protocol::timer_queue::TimerQueue;
 
 /// A phase message of a transaction from its home to participant `partition`. Only a Try
 /// carries the transaction; the other phases name it by its key.
@@ -116,6 +117,9 @@ struct Flight {
     /// while trying, to the Cancel while cancelling).
     answers: BTreeMap<PartitionId, Option<PhaseResult>>,
     due: Micros,
+    /// The due time of the flight's live entry in `TxCoordinator::timers`, if it has one:
+    /// at or before `due` (see `TxCoordinator::put`).
+    timer: Option<Micros>,
     backoff_us: u64,
     /// Every participant tried: the flight ends with the commit's record.
     committed: bool,
@@ -132,6 +136,13 @@ pub struct TxCoordinator {
     /// Transactions this partition tried for another home, not yet confirmed or cancelled:
     /// when to ask their home about them next.
     watched: BTreeMap<TransferKey, Micros>,
+    /// Due times of `flights` and of `watched`, earliest first, so that finding the next
+    /// due time and what is due costs the entries that come up, not a scan of every
+    /// transaction under way (thousands, while a participant is down, at every poll of the
+    /// partition). Entries whose flight or watch has moved on or ended are stale and
+    /// dropped when they come up, as in [`crate::protocol::coordinator`].
+    timers: TimerQueue,
+    watch_timers: TimerQueue,
     outputs: VecDeque<TxOutput>,
 }
 
@@ -143,6 +154,8 @@ impl TxCoordinator {
             partitions,
             flights: BTreeMap::new(),
             watched: BTreeMap::new(),
+            timers: TimerQueue::default(),
+            watch_timers: TimerQueue::default(),
             outputs: VecDeque::new(),
         }
     }
@@ -157,7 +170,7 @@ impl TxCoordinator {
                 TransferState::Cancelling(_) => {
                     let mut flight = coordinator.flight(tx, Stage::Cancelling);
                     coordinator.send_unanswered(&mut flight, Phase::Cancel, now);
-                    coordinator.flights.insert(flight.tx.key(), flight);
+                    coordinator.put(flight.tx.key(), flight);
                 }
                 _ => {}
             }
@@ -165,6 +178,7 @@ impl TxCoordinator {
         for key in ledger.tried_transaction_parts() {
             coordinator.watch(key, now);
         }
+        coordinator.settle();
         coordinator
     }
 
@@ -177,8 +191,9 @@ impl TxCoordinator {
 
     /// The earliest time [`TxCoordinator::on_tick`] has work to do.
     pub fn next_due(&self) -> Option<Micros> {
-        let flights = self.flights.values().map(|f| f.due);
-        flights.chain(self.watched.values().copied()).min()
+        let flight = self.timers.peek().map(|(due, _)| *due);
+        let watch = self.watch_timers.peek().map(|(due, _)| *due);
+        flight.into_iter().chain(watch).min()
     }
 
     #[must_use]
@@ -192,6 +207,11 @@ impl TxCoordinator {
 
     /// Observes an event this partition's ledger applied.
     pub fn on_event(&mut self, event: &Event, now: Micros) {
+        self.observe(event, now);
+        self.settle();
+    }
+
+    fn observe(&mut self, event: &Event, now: Micros) {
         match event {
             Event::TransactionTried { tx } if self.is_home_of(&tx.key()) => {
                 self.start(tx.clone(), now)
@@ -205,7 +225,7 @@ impl TxCoordinator {
                     }
                     flight.backoff_us = self.config.retry_initial_us;
                     self.send_unanswered(&mut flight, Phase::Cancel, now);
-                    self.flights.insert(*key, flight);
+                    self.put(*key, flight);
                 }
             }
             Event::TransactionConfirmed { key } | Event::TransactionCancelled { key } => {
@@ -221,6 +241,11 @@ impl TxCoordinator {
 
     /// A participant's answer. Stale and duplicate answers are ignored.
     pub fn on_response(&mut self, response: &TxResponse, now: Micros) {
+        self.take_response(response, now);
+        self.settle();
+    }
+
+    fn take_response(&mut self, response: &TxResponse, now: Micros) {
         let key = response.key;
         if response.result == PhaseResult::Refused {
             let detail = format!(
@@ -235,7 +260,7 @@ impl TxCoordinator {
         let Some(slot) = flight.answers.get_mut(&response.partition) else {
             let detail = format!("partition {} is no participant", response.partition);
             self.outputs.push_back(TxOutput::Violation { key, detail });
-            self.flights.insert(key, flight);
+            self.put(key, flight);
             return;
         };
         match (flight.stage, response.phase, response.result) {
@@ -275,7 +300,7 @@ impl TxCoordinator {
             }
             _ => {}
         }
-        self.flights.insert(key, flight);
+        self.put(key, flight);
     }
 
     /// Participant `partition` still holds its Try of `key` and asks what became of it.
@@ -320,12 +345,18 @@ impl TxCoordinator {
 
     /// Does what is due at `now`: resends, deadlines, questions to homes.
     pub fn on_tick(&mut self, now: Micros) {
-        let due: Vec<TransferKey> = (self.flights.iter())
-            .filter(|(_, f)| f.due <= now)
-            .map(|(key, _)| *key)
-            .collect();
-        for key in due {
-            let mut flight = self.flights.remove(&key).expect("listed above");
+        loop {
+            self.settle();
+            let Some((due, key)) = self.timers.peek().copied() else {
+                break;
+            };
+            if due > now {
+                break;
+            }
+            self.timers.pop();
+            let mut flight = self.flights.remove(&key).expect("a settled entry is live");
+            // Its entry is gone: whatever it does next arms a new one.
+            flight.timer = None;
             flight.backoff_us = (flight.backoff_us * 2).min(self.config.retry_max_us);
             match flight.stage {
                 Stage::Trying { deadline } if now >= deadline => {
@@ -341,24 +372,70 @@ impl TxCoordinator {
                 Stage::Deciding => self.emit_decision(&mut flight, now),
                 Stage::Finishing => self.emit_finish(&mut flight, now),
             }
-            self.flights.insert(key, flight);
+            debug_assert!(flight.due > now, "a flight is next due after now");
+            self.put(key, flight);
         }
-        let asked: Vec<TransferKey> = (self.watched.iter())
-            .filter(|(_, due)| **due <= now)
-            .map(|(key, _)| *key)
-            .collect();
-        for key in asked {
+        while let Some((due, key)) = self.watch_timers.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.watch_timers.pop();
+            if self.watched.get(&key) != Some(&due) {
+                continue;
+            }
             let message = PeerMessage::TxUnresolved {
                 key,
                 partition: self.partition,
             };
             self.outputs.push_back(TxOutput::Send(message));
-            self.watched.insert(key, now + self.config.resolve_after_us);
+            self.watch(key, now);
+        }
+        self.settle();
+    }
+
+    /// Stores `flight` under `key` and arms its timer: an entry is pushed only if the flight
+    /// has none at or before its due time (an early one is queued again when it comes up).
+    fn put(&mut self, key: TransferKey, mut flight: Flight) {
+        if flight.timer.is_none_or(|queued| flight.due < queued) {
+            self.timers.push(flight.due, key);
+            flight.timer = Some(flight.due);
+        }
+        self.flights.insert(key, flight);
+    }
+
+    /// Makes the top entries of both queues live and exact, so that
+    /// [`TxCoordinator::next_due`] is: stale entries are dropped, a flight's early entry is
+    /// queued again for its due time.
+    fn settle(&mut self) {
+        while let Some((due, key)) = self.timers.peek().copied() {
+            let Some(flight) = self.flights.get_mut(&key) else {
+                self.timers.pop();
+                continue;
+            };
+            if flight.timer != Some(due) {
+                self.timers.pop();
+                continue;
+            }
+            debug_assert!(flight.due >= due, "an entry is never late for its flight");
+            if flight.due == due {
+                break;
+            }
+            self.timers.pop();
+            flight.timer = Some(flight.due);
+            self.timers.push(flight.due, key);
+        }
+        while let Some((due, key)) = self.watch_timers.peek().copied() {
+            if self.watched.get(&key) == Some(&due) {
+                break;
+            }
+            self.watch_timers.pop();
         }
     }
 
     fn watch(&mut self, key: TransferKey, now: Micros) {
-        self.watched.insert(key, now + self.config.resolve_after_us);
+        let due = now + self.config.resolve_after_us;
+        self.watched.insert(key, due);
+        self.watch_timers.push(due, key);
     }
 
     fn flight(&self, tx: Arc<Transaction>, stage: Stage) -> Flight {
@@ -371,6 +448,7 @@ impl TxCoordinator {
             stage,
             answers,
             due: 0,
+            timer: None,
             backoff_us: self.config.retry_initial_us,
             committed: false,
         }
@@ -386,9 +464,10 @@ impl TxCoordinator {
         self.send_unanswered(&mut flight, Phase::Try, now);
         let key = flight.tx.key();
         assert!(
-            self.flights.insert(key, flight).is_none(),
+            !self.flights.contains_key(&key),
             "a transaction starts once"
         );
+        self.put(key, flight);
     }
 
     /// Sends `phase` to every participant that has not answered, and arms the resend.
@@ -487,5 +566,100 @@ impl TxCoordinator {
         };
         self.outputs.push_back(TxOutput::Execute(command));
         flight.due = now + flight.backoff_us;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::transaction::Leg;
+    use crate::protocol::tests::support::{account_on, amt, txn};
+
+    const PARTITIONS: u32 = 4;
+    const CONFIG: CoordinatorConfig = CoordinatorConfig {
+        try_timeout_us: 1_000_000,
+        retry_initial_us: 100_000,
+        retry_max_us: 800_000,
+        resolve_after_us: 4_000_000,
+    };
+
+    /// Transaction `id` of one leg from partition `home` to partition `to`.
+    fn one_leg(id: &str, home: PartitionId, to: PartitionId) -> Arc<Transaction> {
+        let leg = Leg {
+            from: account_on("src", home, PARTITIONS, 0),
+            to: account_on("dst", to, PARTITIONS, 0),
+            amount: amt(5),
+            currency: crate::model::money::Currency::USD,
+        };
+        Transaction::new(txn(id), vec![leg]).unwrap()
+    }
+
+    fn sent(c: &mut TxCoordinator) -> Vec<(Phase, TransferKey)> {
+        std::iter::from_fn(|| c.poll_output())
+            .filter_map(|output| match output {
+                TxOutput::Send(PeerMessage::TxRequest(r)) => Some((r.phase, r.key)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_next_due_time_follows_the_flights_and_watches_as_they_move_on_and_end() {
+        let mut c = TxCoordinator::new(CONFIG, 0, PARTITIONS);
+        assert_eq!(c.next_due(), None);
+        // A thousand transactions started a millisecond apart: each resends at its own time.
+        let txs: Vec<_> = (0..1000u64)
+            .map(|i| one_leg(&format!("t{i}"), 0, 1))
+            .collect();
+        for (i, tx) in txs.iter().enumerate() {
+            c.on_event(
+                &Event::TransactionTried { tx: tx.clone() },
+                1_000 * i as u64,
+            );
+        }
+        assert_eq!(sent(&mut c).len(), 1000, "one Try each");
+        assert_eq!(c.next_due(), Some(CONFIG.retry_initial_us));
+        // Nothing is due before the first resend.
+        c.on_tick(CONFIG.retry_initial_us - 1);
+        assert!(sent(&mut c).is_empty());
+        // The first ten are answered: they commit and end with their records.
+        for tx in &txs[..10] {
+            let response = TxResponse {
+                phase: Phase::Try,
+                key: tx.key(),
+                partition: 1,
+                result: PhaseResult::Tried,
+            };
+            c.on_response(&response, 5_000);
+            c.on_event(&Event::TransactionConfirmed { key: tx.key() }, 5_000);
+        }
+        std::iter::from_fn(|| c.poll_output()).for_each(drop);
+        assert_eq!(c.in_flight(), 990);
+        assert_eq!(c.next_due(), Some(10_000 + CONFIG.retry_initial_us));
+        // At 120 ms the next eleven resend their Try (started at 10..=20 ms), and only they.
+        c.on_tick(120_000);
+        let resent = sent(&mut c);
+        let expected: Vec<_> = txs[10..=20]
+            .iter()
+            .map(|tx| (Phase::Try, tx.key()))
+            .collect();
+        assert_eq!(resent, expected);
+        // Their backoff doubled: the next due is the 22nd's first resend.
+        assert_eq!(c.next_due(), Some(21_000 + CONFIG.retry_initial_us));
+        // A participant's Try of another home's transaction is asked about once it waits.
+        let theirs = one_leg("theirs", 2, 0);
+        let mut p = TxCoordinator::new(CONFIG, 0, PARTITIONS);
+        p.on_event(&Event::TransactionTried { tx: theirs.clone() }, 7);
+        assert_eq!(p.next_due(), Some(7 + CONFIG.resolve_after_us));
+        p.on_tick(7 + CONFIG.resolve_after_us);
+        let asked: Vec<_> = std::iter::from_fn(|| p.poll_output()).collect();
+        let question = PeerMessage::TxUnresolved {
+            key: theirs.key(),
+            partition: 0,
+        };
+        assert_eq!(asked, vec![TxOutput::Send(question)]);
+        assert_eq!(p.next_due(), Some(7 + 2 * CONFIG.resolve_after_us));
+        p.on_event(&Event::TransactionConfirmed { key: theirs.key() }, 9);
+        assert_eq!(p.next_due(), None, "a confirmed Try is no longer watched");
     }
 }
