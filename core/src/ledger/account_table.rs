@@ -14,8 +14,8 @@ use std::hash::{Hash, Hasher};
 use rustc_hash::FxHasher;
 
 use crate::ledger::account_index::{prefetch_line, AccountIndex, IndexHash};
-use crate::ledger::append_table::CHUNK_ROWS;
 use crate::ledger::chunked::ChunkedVec;
+use crate::ledger::keyed_table::CHUNK_ROWS;
 use crate::ledger::Account;
 use crate::model::ids::AccountId;
 

@@ -5,10 +5,10 @@
 //! the server's default of 8 partitions, seven transfers in eight. Kept as a hash-indexed
 //! `(TransferKey, row)` pair, as the first version did, a row took 224 bytes, three quarters
 //! of it the padding of its three 65-byte inline ids, and it was most of what the default
-//! server's memory grew by per transfer (255 bytes). Here a row is packed as the transfers
-//! table packs its rows ([`crate::ledger::transfer_table`]): a fixed 24-byte [`PackedCredit`]
-//! with the ids' actual bytes in an [`IdArena`] (about 30 bytes for typical ids), found
-//! through a [`RowIndex`] of 8-byte slots by the same key hash as the transfers table.
+//! server's memory grew by per transfer (255 bytes). Here a row is packed
+//! ([`crate::ledger::keyed_table`]): 24 bytes with the ids' actual bytes in an arena (about 30
+//! bytes for typical ids) and an 8-byte index slot, found by the same key hash as the
+//! transfers table's.
 //!
 //! Rows are only ever added, and a row's state moves on (a Try confirmed, cancelled, or
 //! captured in part); positions are stable, which [`crate::protocol::credit_watch`] relies
@@ -16,244 +16,171 @@
 //! ([`CreditTable::freeze`]); a state change in a chunk an image still reads copies that
 //! chunk first.
 
-use crate::ledger::chunked::ChunkedVec;
-use crate::ledger::id_arena::{IdArena, IdsAt};
-use crate::ledger::row_index::RowIndex;
-use crate::ledger::transfer_table::key_hash;
+use crate::ledger::keyed_table::{KeyedRows, KeyedTable, RowIds};
 use crate::ledger::{CreditRow, CreditState};
 use crate::model::event::{Transfer, TransferKey};
-use crate::model::ids::{AccountId, TransactionId};
+use crate::model::ids::AccountId;
 use crate::model::money::{Amount, Currency};
 
-/// Rows per sealed chunk (small in tests and the simulator, so that they cross chunk edges).
-const CHUNK_ROWS: usize = if cfg!(any(test, madsim, feature = "testing")) {
-    8
-} else {
-    4096
-};
-
-/// One row without its ids, which live in the arena at `ids_at`: `from`, `transaction_id`,
-/// then `to` (none for [`CreditState::TryNotSeen`], which had no Try).
-#[derive(Debug, Clone, Copy)]
-struct PackedCredit {
-    ids_at: IdsAt,
+/// What a row holds beside its ids: the key's, then the Try's `to` (none for
+/// [`CreditState::TryNotSeen`], which had no Try).
+///
+/// Packed to 4-byte alignment: at 8 its padding would make a row 32 bytes, not 24.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C, packed(4))]
+pub(crate) struct CreditPayload {
     /// The Try's amount; for a hold captured in part, what arrived. `None` without a Try.
     amount: Option<Amount>,
     /// The Try's currency (any, without a Try).
     currency: Currency,
     state: CreditState,
-    from_len: u8,
-    transaction_id_len: u8,
-    to_len: u8,
 }
 
-// Offset and amount take 16 bytes; the currency, the state and three lengths 5 more: 21,
-// padded to 24. The bound fails the build should a field grow the row.
-const _: () = assert!(std::mem::size_of::<PackedCredit>() <= 24);
+// The amount takes 8 bytes, the currency and the state 3 more; with the ids' place and
+// lengths a row is 24 bytes. The bounds fail the build should a field grow it.
+const _: () = assert!(std::mem::size_of::<CreditPayload>() <= 12);
+const _: () = assert!(crate::ledger::keyed_table::row_size::<CreditPayload>() <= 24);
+
+/// The key and the whole row of `ids` and `payload`.
+fn credit_row(ids: RowIds<'_>, payload: CreditPayload) -> (TransferKey, CreditRow) {
+    let key = TransferKey {
+        from: ids.account(),
+        transaction_id: ids.transaction_id(),
+    };
+    let transfer = (payload.state != CreditState::TryNotSeen).then(|| Transfer {
+        transaction_id: key.transaction_id,
+        from: key.from,
+        to: ids.extra().expect("a row with a Try has its destination"),
+        amount: payload.amount.expect("a row with a Try has its amount"),
+        currency: payload.currency,
+    });
+    let credit = CreditRow {
+        state: payload.state,
+        transfer,
+    };
+    (key, credit)
+}
 
 /// The rows and their ids, without the index: what a snapshot image keeps.
 #[derive(Clone, Default)]
-pub(crate) struct CreditRows {
-    rows: ChunkedVec<PackedCredit, CHUNK_ROWS>,
-    ids: IdArena,
-}
+pub(crate) struct CreditRows(KeyedRows<CreditPayload>);
 
 impl CreditRows {
-    pub(crate) fn len(&self) -> usize {
-        self.rows.len()
-    }
-
-    fn ids_of(&self, row: &PackedCredit) -> &[u8] {
-        let len = usize::from(row.from_len)
-            + usize::from(row.transaction_id_len)
-            + usize::from(row.to_len);
-        self.ids.bytes(row.ids_at, len)
-    }
-
-    fn is_key(&self, at: usize, from: &[u8], transaction_id: &[u8]) -> bool {
-        let row = self.rows.get(at);
-        if usize::from(row.from_len) != from.len()
-            || usize::from(row.transaction_id_len) != transaction_id.len()
-        {
-            return false;
-        }
-        let (stored_from, rest) = self.ids_of(row).split_at(from.len());
-        stored_from == from && &rest[..transaction_id.len()] == transaction_id
-    }
-
-    /// The key and the whole row at `at`.
-    pub(crate) fn at(&self, at: usize) -> (TransferKey, CreditRow) {
-        let row = self.rows.get(at);
-        let ids = self.ids_of(row);
-        let (from, rest) = ids.split_at(usize::from(row.from_len));
-        let (transaction_id, to) = rest.split_at(usize::from(row.transaction_id_len));
-        let key = TransferKey {
-            from: AccountId::from_stored(from),
-            transaction_id: TransactionId::from_stored(transaction_id),
-        };
-        let transfer = (row.state != CreditState::TryNotSeen).then(|| Transfer {
-            transaction_id: key.transaction_id,
-            from: key.from,
-            to: AccountId::from_stored(to),
-            amount: row.amount.expect("a row with a Try has its amount"),
-            currency: row.currency,
-        });
-        let credit = CreditRow {
-            state: row.state,
-            transfer,
-        };
-        (key, credit)
-    }
-
     /// Every row with its key, in the order they were added.
     pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = (TransferKey, CreditRow)> + '_ {
-        (0..self.len()).map(|at| self.at(at))
-    }
-
-    fn push(&mut self, key: &TransferKey, row: &CreditRow) -> usize {
-        debug_assert_eq!(row.transfer.is_none(), row.state == CreditState::TryNotSeen);
-        debug_assert!(row.transfer.is_none_or(|t| t.key() == *key));
-        let to = row.transfer.map(|t| t.to);
-        let ids_at = self.ids.push(3, |out| {
-            key.from.append_bytes_to(out);
-            key.transaction_id.append_bytes_to(out);
-            if let Some(to) = &to {
-                to.append_bytes_to(out);
-            }
-        });
-        let packed = PackedCredit {
-            ids_at,
-            amount: row.transfer.map(|t| t.amount),
-            currency: row.transfer.map_or(Currency::ALL[0], |t| t.currency),
-            state: row.state,
-            from_len: key.from.as_bytes().len() as u8,
-            transaction_id_len: key.transaction_id.as_bytes().len() as u8,
-            to_len: to.map_or(0, |to| to.as_bytes().len() as u8),
-        };
-        self.rows.push(packed)
+        self.0.iter().map(|(ids, payload)| credit_row(ids, payload))
     }
 }
 
 /// See the module documentation.
 #[derive(Clone, Default)]
-pub(crate) struct CreditTable {
-    rows: CreditRows,
-    index: RowIndex,
-}
+pub(crate) struct CreditTable(KeyedTable<CreditPayload>);
 
 impl CreditTable {
     pub(crate) fn len(&self) -> usize {
-        self.rows.len()
+        self.0.len()
     }
 
     /// Where the row of `key` is, if it has one.
     #[inline]
     pub(crate) fn find(&self, key: &TransferKey) -> Option<usize> {
-        let (from, transaction_id) = (key.from.as_bytes(), key.transaction_id.as_bytes());
-        self.find_hashed(key_hash(from, transaction_id), from, transaction_id)
-    }
-
-    #[inline]
-    fn find_hashed(&self, hash: u32, from: &[u8], transaction_id: &[u8]) -> Option<usize> {
-        (self.index).find(hash, |at| self.rows.is_key(at, from, transaction_id))
+        self.0.find(&key.from, &key.transaction_id)
     }
 
     /// The row of `key`, whole.
     pub(crate) fn get(&self, key: &TransferKey) -> Option<CreditRow> {
-        self.find(key).map(|at| self.rows.at(at).1)
+        self.find(key).map(|at| credit_row_at(&self.0, at).1)
     }
 
     /// The state of the row at `at`.
     pub(crate) fn state(&self, at: usize) -> CreditState {
-        self.rows.rows.get(at).state
+        self.0.payload(at).state
     }
 
     /// Destination, amount and currency of the pending credit at `at`: what its Confirm or
     /// Cancel moves. `None` unless the row holds a Try neither confirmed nor cancelled.
     pub(crate) fn pending(&self, at: usize) -> Option<(AccountId, Amount, Currency)> {
-        let row = self.rows.rows.get(at);
-        if row.state != CreditState::Tried {
+        let payload = self.0.payload(at);
+        if payload.state != CreditState::Tried {
             return None;
         }
-        let ids = self.rows.ids_of(row);
-        let to = &ids[usize::from(row.from_len) + usize::from(row.transaction_id_len)..];
-        let amount = row.amount.expect("a pending credit has its amount");
-        Some((AccountId::from_stored(to), amount, row.currency))
+        let (ids, _) = self.0.at(at);
+        let to = ids.extra().expect("a pending credit has its destination");
+        let amount = payload.amount.expect("a pending credit has its amount");
+        Some((to, amount, payload.currency))
     }
 
     /// Amount and currency of every pending credit (see [`CreditTable::pending`]).
     pub(crate) fn pending_amounts(&self) -> impl Iterator<Item = (Amount, Currency)> + '_ {
-        let rows = &self.rows.rows;
-        (0..rows.len())
-            .map(|at| rows.get(at))
-            .filter(|row| row.state == CreditState::Tried)
-            .filter_map(|row| Some((row.amount?, row.currency)))
+        (0..self.len())
+            .map(|at| self.0.payload(at))
+            .filter(|payload| payload.state == CreditState::Tried)
+            .filter_map(|payload| Some((payload.amount?, payload.currency)))
     }
 
     /// Moves the pending credit at `at` on to `state` (confirmed or cancelled).
     pub(crate) fn finish(&mut self, at: usize, state: CreditState) {
-        let row = self.rows.rows.get_mut(at);
-        debug_assert_eq!(
-            row.state,
-            CreditState::Tried,
-            "only a pending credit moves on"
-        );
-        row.state = state;
+        let payload = self.0.payload_mut(at);
+        let was = payload.state;
+        debug_assert_eq!(was, CreditState::Tried, "only a pending credit moves on");
+        payload.state = state;
     }
 
     /// Confirms the pending credit at `at` for `amount` of it (a hold captured in part): the
     /// row keeps the amount that arrived, what a refund of it may give back.
     pub(crate) fn capture(&mut self, at: usize, amount: Amount) {
-        let row = self.rows.rows.get_mut(at);
-        debug_assert!(row.state == CreditState::Tried && Some(amount) <= row.amount);
-        row.amount = Some(amount);
-        row.state = CreditState::Confirmed;
+        let payload = self.0.payload_mut(at);
+        let (state, tried) = (payload.state, payload.amount);
+        debug_assert!(state == CreditState::Tried && Some(amount) <= tried);
+        payload.amount = Some(amount);
+        payload.state = CreditState::Confirmed;
     }
 
     /// Adds `row` under `key`; false, adding nothing, when `key` already has a row.
     pub(crate) fn insert(&mut self, key: &TransferKey, row: &CreditRow) -> bool {
-        let (from, transaction_id) = (key.from.as_bytes(), key.transaction_id.as_bytes());
-        let hash = key_hash(from, transaction_id);
-        if self.find_hashed(hash, from, transaction_id).is_some() {
-            return false;
-        }
-        let at = self.rows.push(key, row);
-        self.index.insert(hash, at);
-        true
+        debug_assert_eq!(row.transfer.is_none(), row.state == CreditState::TryNotSeen);
+        debug_assert!(row.transfer.is_none_or(|t| t.key() == *key));
+        let payload = CreditPayload {
+            amount: row.transfer.map(|t| t.amount),
+            currency: row.transfer.map_or(Currency::ALL[0], |t| t.currency),
+            state: row.state,
+        };
+        let to = row.transfer.map(|t| t.to);
+        self.0
+            .insert(&key.from, &key.transaction_id, to.as_ref(), payload)
     }
 
     /// The key and row at `position`, in the order rows were added, if there is one.
     pub(crate) fn at(&self, position: usize) -> Option<(TransferKey, CreditRow)> {
-        (position < self.len()).then(|| self.rows.at(position))
+        (position < self.len()).then(|| credit_row_at(&self.0, position))
     }
 
     /// Every row with its key, in the order they were added.
     pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = (TransferKey, CreditRow)> + '_ {
-        self.rows.iter()
+        self.0.iter().map(|(ids, payload)| credit_row(ids, payload))
     }
 
     /// Brings the index slot `key` hashes to into cache, without waiting for it (see
     /// [`crate::ledger::Ledger::prefetch`]).
     pub(crate) fn prefetch(&self, key: &TransferKey) {
-        self.index
-            .touch(key_hash(key.from.as_bytes(), key.transaction_id.as_bytes()));
+        self.0.prefetch(&key.from, &key.transaction_id);
     }
 
-    /// The rows as they are now, for a snapshot image: sealed chunks are shared, only the
-    /// open ones (fewer than a chunk of rows and of ids) are copied. The index is not.
+    /// The rows as they are now, for a snapshot image (see [`KeyedTable::freeze`]).
     pub(crate) fn freeze(&self) -> CreditRows {
-        self.rows.clone()
+        CreditRows(self.0.freeze())
     }
 
-    /// Known-bug mutations only: drops the row of `key`. Slow (the table is rebuilt), as
-    /// nothing but a deliberately broken ledger removes a row.
+    /// Known-bug mutations only: drops the row of `key`.
     #[cfg(any(test, madsim, feature = "testing"))]
     pub(crate) fn remove(&mut self, key: &TransferKey) {
-        if self.find(key).is_some() {
-            let kept: Vec<_> = self.iter().filter(|(k, _)| k != key).collect();
-            *self = kept.into_iter().collect();
-        }
+        self.0.remove(&key.from, &key.transaction_id);
     }
+}
+
+fn credit_row_at(table: &KeyedTable<CreditPayload>, at: usize) -> (TransferKey, CreditRow) {
+    let (ids, payload) = table.at(at);
+    credit_row(ids, payload)
 }
 
 /// Equal when they hold the same rows, in whatever order they were added.
@@ -283,6 +210,7 @@ impl FromIterator<(TransferKey, CreditRow)> for CreditTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ids::TransactionId;
 
     fn key(from: &str, id: &str) -> TransferKey {
         TransferKey {
@@ -369,7 +297,7 @@ mod tests {
     #[test]
     fn a_frozen_copy_keeps_the_rows_as_they_were() {
         let mut table = CreditTable::default();
-        let keys: Vec<_> = (0..10 * CHUNK_ROWS + 3)
+        let keys: Vec<_> = (0..83)
             .map(|i| key(&format!("src-{i:0>40}"), &format!("t-{i}")))
             .collect();
         for k in &keys {

@@ -14,13 +14,14 @@
 
 pub(crate) mod account_index;
 pub(crate) mod account_table;
-pub(crate) mod append_table;
+pub(crate) mod cash_table;
 pub(crate) mod chunked;
 pub mod cold;
 pub(crate) mod credit_table;
 mod dry_run;
 pub(crate) mod holds;
 pub(crate) mod id_arena;
+pub(crate) mod keyed_table;
 pub(crate) mod refunds;
 pub(crate) mod row_index;
 pub(crate) mod transactions;
@@ -40,7 +41,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::ledger::account_table::AccountTable;
-use crate::ledger::append_table::AppendTable;
+use crate::ledger::cash_table::CashTable;
 use crate::ledger::cold::{ChunkRead, ColdError};
 use crate::ledger::credit_table::CreditTable;
 use crate::ledger::transfer_table::{Found, TransferTable, Vacancy};
@@ -556,7 +557,7 @@ pub struct Ledger {
     pub(crate) accounts: AccountTable,
     pub(crate) transfers: TransferTable,
     pub(crate) credits: CreditTable,
-    pub(crate) cash: AppendTable<(AccountId, TransactionId), CashRow>,
+    pub(crate) cash: CashTable,
     pub(crate) flows: BTreeMap<Currency, Flows>,
     /// The refunds this partition is home of, and what they refunded (see [`refunds`]).
     pub(crate) refunds: RefundTable,
@@ -581,7 +582,7 @@ impl Ledger {
             accounts: AccountTable::default(),
             transfers: TransferTable::default(),
             credits: CreditTable::default(),
-            cash: AppendTable::default(),
+            cash: CashTable::default(),
             flows: BTreeMap::new(),
             refunds: RefundTable::default(),
             holds: HoldTable::default(),
@@ -929,7 +930,7 @@ impl Ledger {
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
         self.require_local(&account)?;
-        if let Some(row) = self.cash.get(&(account, transaction_id)) {
+        if let Some(row) = self.cash.get(&account, &transaction_id) {
             if row.kind != kind || row.amount != amount {
                 return Err(LedgerError::Conflict(transaction_id));
             }
@@ -937,7 +938,7 @@ impl Ledger {
                 None => Ok(Reply::Balance {
                     balance: row.balance_after,
                 }),
-                Some(refusal) => Err(self.cash_error(account, currency, refusal, row)),
+                Some(refusal) => Err(self.cash_error(account, currency, refusal, &row)),
             };
         }
         let refusal = self.cash_refusal(kind, &account, amount, currency);
@@ -2072,12 +2073,12 @@ fn vacancy<'a>(
 /// account, by deposits and withdrawals alike: a second record of one contradicts the log.
 #[inline]
 fn record_cash(
-    cash: &mut AppendTable<(AccountId, TransactionId), CashRow>,
+    cash: &mut CashTable,
     account: &AccountId,
     transaction_id: &TransactionId,
     row: CashRow,
 ) -> Result<(), String> {
-    if cash.insert((*account, *transaction_id), row) {
+    if cash.insert(account, transaction_id, row) {
         Ok(())
     } else {
         Err(format!("{account} used {transaction_id:?} twice"))

@@ -12,7 +12,6 @@ use std::fmt::Debug;
 
 use rustc_hash::FxHashMap;
 
-use crate::ledger::append_table::AppendTable;
 use crate::ledger::{Account, ApplyError, CreditRow, Ledger, RecordMeta, TransferRow};
 use crate::log::codec::Record;
 use crate::model::event::{Event, Lsn, Timestamp, Transfer, TransferKey};
@@ -119,7 +118,10 @@ pub fn state_difference(a: &Ledger, b: &Ledger) -> Option<String> {
     let found = table_difference("accounts", &a.accounts, &b.accounts)
         .or_else(|| table_difference("transfers", &home_rows(a), &home_rows(b)))
         .or_else(|| table_difference("credits", &credit_rows(a), &credit_rows(b)))
-        .or_else(|| table_difference("cash", &a.cash, &b.cash))
+        .or_else(|| {
+            let cash = |l: &Ledger| l.cash.iter().collect::<BTreeMap<_, _>>();
+            table_difference("cash", &cash(a), &cash(b))
+        })
         .or_else(|| table_difference("flows", &a.flows, &b.flows))
         .or_else(|| {
             let (a, b) = (&a.refunds, &b.refunds);
@@ -157,12 +159,6 @@ trait Table<K, V> {
 }
 
 impl<K: Ord, V, S> Table<K, V> for std::collections::HashMap<K, V, S> {
-    fn sorted(&self) -> BTreeMap<&K, &V> {
-        self.iter().collect()
-    }
-}
-
-impl<K: Ord + std::hash::Hash + Clone, V: Clone> Table<K, V> for AppendTable<K, V> {
     fn sorted(&self) -> BTreeMap<&K, &V> {
         self.iter().collect()
     }

@@ -67,7 +67,7 @@ use std::sync::Arc;
 use crc32c::crc32c;
 
 use crate::ledger::account_table::AccountRows;
-use crate::ledger::append_table::Rows;
+use crate::ledger::cash_table::CashRows;
 use crate::ledger::cold::{BloomBuild, ChunkRead, ColdChunk, ColdRows, WrittenChunks};
 use crate::ledger::credit_table::CreditRows;
 use crate::ledger::refunds::RefundTable;
@@ -83,7 +83,7 @@ use crate::log::codec::{
     reason_tag, CodecError, Cursor,
 };
 use crate::model::event::TransferKey;
-use crate::model::ids::{AccountId, TransactionId};
+use crate::model::ids::AccountId;
 use crate::model::money::{Amount, Currency};
 use crate::model::partition::{partition_of, PartitionId, PARTITIONS_MAX};
 
@@ -114,9 +114,9 @@ const ROW_LEN_MIN: usize = 6;
 /// The state of a ledger at one point, detached from it: what a snapshot is encoded from.
 ///
 /// Taking one copies only the open chunk of each table and shares the sealed ones: of the
-/// transfers table ([`crate::ledger::transfer_table::RowStore`]), of the credit table
-/// ([`crate::ledger::credit_table`]) and of the accounts and cash tables
-/// ([`crate::ledger::append_table::AppendTable`]), so a partition takes it in
+/// transfers table ([`crate::ledger::transfer_table::RowStore`]), of the credit and cash
+/// tables ([`crate::ledger::keyed_table`]) and of the accounts
+/// ([`crate::ledger::account_table`]), so a partition takes it in
 /// microseconds, and a chunk a later write changes is copied then, one chunk at a time. The
 /// encoding, which costs time in proportion to the accounts, the rows held inline and the
 /// new chunk files, runs on another thread while the partition goes on.
@@ -127,13 +127,13 @@ pub struct SnapshotImage {
     partitions: u32,
     last: RecordMeta,
     /// The accounts table's rows, shared with the ledger copy-on-write (see
-    /// [`crate::ledger::append_table::AppendTable`]): taking the image copies none of them,
+    /// [`crate::ledger::account_table::AccountTable`]): taking the image copies none of them,
     /// where a copy of them cost the partition 700 ms at 10 million accounts. In the order
     /// they were opened; sorted where the image is encoded.
     accounts: AccountRows,
     transfers: RowStore,
     credits: CreditRows,
-    cash: Rows<(AccountId, TransactionId), CashRow>,
+    cash: CashRows,
     flows: BTreeMap<Currency, Flows>,
     refunds: RefundTable,
     holds: BTreeMap<TransferKey, HoldTerms>,
@@ -970,19 +970,7 @@ fn read_credit_row(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::append_table::AppendTable;
     use crate::ledger::CashKind;
-
-    /// The same rows, added in the order of their keys (as version 1 stored them).
-    fn sorted_by_key<K, V>(table: &AppendTable<K, V>) -> AppendTable<K, V>
-    where
-        K: Ord + Copy + std::hash::Hash,
-        V: Copy,
-    {
-        let mut rows: Vec<(K, V)> = table.iter().map(|(k, v)| (*k, *v)).collect();
-        rows.sort_by_key(|(key, _)| *key);
-        rows.into_iter().collect()
-    }
     use crate::log::replay::tests::every_state;
     use crate::log::replay::{same_state, state_difference};
 
@@ -1269,7 +1257,9 @@ mod tests {
         let mut credits: Vec<_> = ledger.credits().collect();
         credits.sort_by_key(|(key, _)| *key);
         ledger.credits = credits.into_iter().collect();
-        ledger.cash = sorted_by_key(&ledger.cash);
+        let mut cash: Vec<_> = ledger.cash.iter().collect();
+        cash.sort_by_key(|(key, _)| *key);
+        ledger.cash = cash.into_iter().collect();
         let v3 = |ledger: &Ledger| SnapshotImage::of(ledger).encode_as(SNAPSHOT_VERSION_UNREFUSED);
         let restored = decode_snapshot(&as_version_1(&v3(&ledger))).unwrap();
         assert!(

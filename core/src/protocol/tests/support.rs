@@ -124,7 +124,7 @@ impl Snapshot {
                 .map(|row| (row.transfer.key(), row))
                 .collect(),
             credits: ledger.credits().collect(),
-            cash: ledger.cash.iter().map(|(k, row)| (*k, *row)).collect(),
+            cash: ledger.cash.iter().collect(),
             flows: ledger.flows().clone(),
             refunds: ledger.refunds.clone(),
             transactions: ledger.transactions.clone(),
