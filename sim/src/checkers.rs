@@ -27,7 +27,7 @@ use crate::model::Model;
 
 /// The invariants, in the order they are checked and reported: core's, with the oracle
 /// before the protocol, then what only a sweep or a crash shows.
-pub const INVARIANTS: [&str; 30] = [
+pub const INVARIANTS: [&str; 31] = [
     "no_hanging",
     "exactly_once",
     "refund_cap",
@@ -54,6 +54,7 @@ pub const INVARIANTS: [&str; 30] = [
     crate::replicas::REMOVED_COPY,
     crate::nemesis::SLOW_FOLLOWER,
     crate::reads::LINEARIZABLE_READS,
+    crate::reads::BODY_READS,
     "oracle",
     "protocol",
     "determinism",
@@ -189,6 +190,7 @@ pub fn check(state: &FinalState<'_>) -> Vec<Violation> {
     );
     found.extend(state.replication.iter().cloned());
     crate::reads::check(state, &mut found);
+    crate::reads::check_bodies(state, &mut found);
     oracle(state, &mut found);
     if state.protocol_violations > 0 {
         found.push(Violation::new(

@@ -169,7 +169,8 @@ impl fmt::Display for Op {
     }
 }
 
-/// A balance question and its answer.
+/// A read and its answer: an account's balance, or a transfer's body (`account` is then
+/// the transfer's source).
 #[derive(Debug, Clone)]
 pub struct BalanceRead {
     pub client: u32,

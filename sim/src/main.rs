@@ -44,7 +44,7 @@ OPTIONS:
                          rollover-without-dir-sync, cancel-after-durable-credit,
                          commit-on-home-only, confirm-sent-once,
                          refund-beyond-original, capture-after-expiry,
-                         multi-leg-partial;
+                         multi-leg-partial, body-before-durable;
                          replicated: ack-before-quorum, forget-vote, stale-read,
                          rejoin-under-old-id
   --nodes N              server nodes [3]

@@ -23,16 +23,16 @@
 //! timestamps) is kept beside this one: it rests on the leaders' clocks, this one on the
 //! order of the log and the clients' clocks only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use walletd_core::ledger::{Command, Reply, TransferStatus};
-use walletd_core::model::event::{Event, Lsn, Timestamp, TransferKey};
+use walletd_core::model::event::{Event, Lsn, Timestamp, Transfer, TransferKey};
 use walletd_core::model::ids::AccountId;
 use walletd_core::model::partition::partition_of;
 use walletd_runtime::driver::{CommandResult, QueryAnswer};
 
 use crate::checkers::{FinalState, Violation};
-use crate::history::{Op, Outcome};
+use crate::history::{BalanceRead, Op, Outcome};
 
 /// The invariant's name.
 pub const LINEARIZABLE_READS: &str = "linearizable_reads";
@@ -265,6 +265,64 @@ pub fn check(state: &FinalState<'_>, found: &mut Vec<Violation>) {
         );
         violation.accounts.push(read.account);
         violation.op = bound.map(|v| v.op);
+        found.push(violation);
+    }
+}
+
+/// The invariant of transfer bodies read (`Query::TransferBody`).
+pub const BODY_READS: &str = "body_reads";
+
+/// Holds every transfer body read to what its home's final log kept: a body answered is the
+/// body of the transfer's first record there, and that record was written before the
+/// answer. A home that answers from a record a crash then takes fails it: the key has no
+/// record, or one a retry wrote after the answer, or one of another body.
+pub fn check_bodies(state: &FinalState<'_>, found: &mut Vec<Violation>) {
+    let read: Vec<(&BalanceRead, Transfer)> = (state.history.reads.iter())
+        .filter_map(|read| match read.answer {
+            QueryAnswer::TransferBody(Some(body)) => Some((read, body)),
+            _ => None,
+        })
+        .collect();
+    let asked: BTreeSet<TransferKey> = read.iter().map(|(_, body)| body.key()).collect();
+    // The stamp of each asked key's first record, per partition.
+    let first_stamps: Vec<BTreeMap<TransferKey, Timestamp>> = (state.finals.iter())
+        .map(|fin| {
+            let mut first = BTreeMap::new();
+            for record in &fin.records {
+                if let Some(key) = event_key(&record.event).filter(|key| asked.contains(key)) {
+                    first.entry(key).or_insert(record.timestamp);
+                }
+            }
+            first
+        })
+        .collect();
+    for (read, body) in read {
+        let key = body.key();
+        let home = partition_of(&key.from, state.partitions) as usize;
+        let fin = &state.finals[home];
+        if fin.decode_error.is_some() {
+            continue; // `replay` reports it.
+        }
+        let stamp = first_stamps[home].get(&key).copied();
+        let kept = fin.model.home.get(&key);
+        let problem = match (stamp, kept) {
+            (Some(stamp), Some(kept)) if *kept == body && stamp <= read.done_us => continue,
+            (Some(_), Some(kept)) if *kept != body => {
+                format!("the log kept another body, {kept:?}")
+            }
+            (Some(stamp), Some(_)) => {
+                format!("the log's first record of it was written at {stamp} us, after the answer")
+            }
+            _ => "the log has no record of it".to_string(),
+        };
+        let mut violation = Violation::new(
+            BODY_READS,
+            format!(
+                "client {} read the body of {key:?} as {body:?} (sent {} us, answered {} us): {problem}",
+                read.client, read.sent_us, read.done_us,
+            ),
+        );
+        violation.keys.push(key);
         found.push(violation);
     }
 }

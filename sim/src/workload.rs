@@ -15,7 +15,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::oneshot;
 use walletd_core::ledger::{Command, Reply, TransferStatus};
-use walletd_core::model::event::Transfer;
+use walletd_core::model::event::{Transfer, TransferKey};
 use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_core::model::money::{Amount, Currency, AMOUNT_MINOR_MAX};
 use walletd_core::model::partition::{partition_of, PartitionId};
@@ -413,16 +413,23 @@ impl Client {
             Expect::Valid | Expect::Refund { .. } | Expect::Transaction(_)
         );
         let op = self.history.start(self.index, &command, expect.clone());
-        let reply = self
-            .requester
-            .execute(
-                &self.history,
-                op,
-                &command,
-                self.attempts_max,
-                &mut self.rng,
-            )
-            .await;
+        // One transfer in four has its body read beside it, as a capture reads its hold's
+        // (`Query::TransferBody`): the read often reaches the home while the transfer's
+        // record is not yet durable, and must then wait for it. Chosen by the id, not the
+        // random stream.
+        let body_read = match &command {
+            Command::Transfer(t) if self.next_id % 4 == 0 => Some(t.key()),
+            _ => None,
+        };
+        let execute = (self.requester).execute(
+            &self.history,
+            op,
+            &command,
+            self.attempts_max,
+            &mut self.rng,
+        );
+        let read = read_body(&self.requester, &self.history, self.index, body_read);
+        let (reply, ()) = tokio::join!(execute, read);
         if reply == Some(Ok(Reply::Transfer(TransferStatus::Committed))) {
             // A transfer between shared accounts, or a refund of one, that others may refund.
             let committed = match (&command, refunding) {
@@ -803,5 +810,29 @@ impl Client {
             return true;
         }
         false
+    }
+}
+
+/// Reads the body of transfer `key` at its home, if there is one to read, and records the
+/// answer if one came (checked by `reads::check_bodies`).
+async fn read_body(
+    requester: &Requester,
+    history: &History,
+    client: u32,
+    key: Option<TransferKey>,
+) {
+    let Some(key) = key else {
+        return;
+    };
+    let partition = partition_of(&key.from, requester.partitions);
+    let sent_us = wall_clock_us();
+    if let Some(answer) = requester.query(partition, &Query::TransferBody(key)).await {
+        history.read(BalanceRead {
+            client,
+            account: key.from,
+            sent_us,
+            done_us: wall_clock_us(),
+            answer,
+        });
     }
 }

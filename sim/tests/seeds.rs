@@ -146,6 +146,27 @@ fn multi_leg_partial_is_caught_by_tx_atomicity_while_the_run_goes() {
     );
 }
 
+/// A transfer's body answered before its record is durable: caught by body_reads over the
+/// final logs once a crash takes that record (kills and a slow disk, which keeps records
+/// undurable longer, make that common: about one full run in two; with every fault, one in
+/// twenty).
+#[test]
+fn body_before_durable_is_caught_by_body_reads() {
+    let faults = walletd_sim::config::FaultSet::parse("kill,slowdisk").expect("faults");
+    let report = (0..SEEDS_TO_FIND_A_BUG)
+        .map(|seed| {
+            sim::run(&SimConfig {
+                bug: Some(Bug::BodyBeforeDurable),
+                faults,
+                ..unreplicated(seed)
+            })
+        })
+        .find(|report| !report.ok())
+        .expect("the bug went unnoticed");
+    let line = report.result_line();
+    assert!(line.ends_with("result=FAIL invariant=body_reads"), "{line}");
+}
+
 /// Clean quick runs send multi-leg transactions, across partitions and within one: most
 /// commit, some are rejected at their home, some cancelled by a participant's refusal.
 #[test]

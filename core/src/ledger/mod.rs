@@ -617,6 +617,21 @@ impl Ledger {
         Ok(self.transfers.get(key)?)
     }
 
+    /// The body of the home row of `key` and the count of home rows recorded by the time it
+    /// was: a reader that knows how many rows are durable knows whether this one is. A row
+    /// on disk only is in a durable chunk file, recorded before every row in memory.
+    pub fn find_transfer_body(
+        &self,
+        key: &TransferKey,
+    ) -> Result<Option<(Transfer, usize)>, LedgerError> {
+        use crate::ledger::transfer_table::Found;
+        Ok(match self.transfers.lookup(key)? {
+            Some(Found::Hot(at)) => Some((self.transfers.row(at).transfer, at + 1)),
+            Some(Found::Cold(row)) => Some((row.transfer, self.transfers.hot_from())),
+            None => None,
+        })
+    }
+
     /// [`Ledger::find_transfer`] for tools and checks, which cannot go on without the row.
     ///
     /// # Panics

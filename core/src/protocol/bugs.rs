@@ -77,10 +77,14 @@ pub enum Bug {
     /// that fails there) for a Try: the transaction commits, the other participants confirm
     /// their legs, and the refused leg never moves.
     MultiLegPartial = 524288,
+    /// The home answers a read of a transfer's body at once, whether or not the record that
+    /// holds it is durable: a crash that takes the record leaves a client holding a body
+    /// the log never kept (or kept only later, under a retry).
+    BodyBeforeDurable = 1048576,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 20] = [
+    pub const ALL: [Bug; 21] = [
         Bug::SkipBarrier,
         Bug::ReplyBeforeSync,
         Bug::NoIdempotency,
@@ -101,6 +105,7 @@ impl Bug {
         Bug::RefundBeyondOriginal,
         Bug::CaptureAfterExpiry,
         Bug::MultiLegPartial,
+        Bug::BodyBeforeDurable,
     ];
 
     /// The name used on the simulator's command line (`--bug skip-barrier`).
@@ -126,6 +131,7 @@ impl Bug {
             Bug::RefundBeyondOriginal => "refund-beyond-original",
             Bug::CaptureAfterExpiry => "capture-after-expiry",
             Bug::MultiLegPartial => "multi-leg-partial",
+            Bug::BodyBeforeDurable => "body-before-durable",
         }
     }
 

@@ -291,6 +291,11 @@ pub struct PartitionMachine<K: ReplyTokens> {
     committing: Option<Lsn>,
     /// The log is durable through this lsn.
     durable_lsn: Lsn,
+    /// Home rows recorded by the records through `durable_lsn`, and by those of the commit
+    /// in flight: the rows whose bodies may be read before the open batch is durable (see
+    /// [`Query::TransferBody`]).
+    durable_transfer_rows: usize,
+    committing_transfer_rows: usize,
     /// What may leave now ([`PartitionMachine::poll_ready`]).
     ready: Release<K>,
     /// What may leave once the commit in flight is durable.
@@ -344,6 +349,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         let coordinator =
             Coordinator::rebuild(config.coordinator, ledger.partitions(), &rows, now.micros);
         let durable_lsn = ledger.last_applied().lsn;
+        let durable_transfer_rows = ledger.transfer_count();
         // Chunks whose rows the ledger keeps on disk only are in durable chunk files (it read
         // them there): a snapshot refers to them and never writes them again, which it could
         // not (their rows are not in memory). A replica that leads again after following, or
@@ -358,6 +364,8 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             batch: OpenBatch::new(Vec::with_capacity(1 << 20)),
             committing: None,
             durable_lsn,
+            durable_transfer_rows,
+            committing_transfer_rows: durable_transfer_rows,
             ready: Release::default(),
             after_commit: Release::default(),
             credit_watch: CreditWatch::new(),
@@ -576,8 +584,24 @@ impl<K: ReplyTokens> PartitionMachine<K> {
     }
 
     /// A read-only question, answered from the state the open batch leaves (so the answer
-    /// leaves with that batch).
+    /// leaves with that batch), but for a body whose record is durable, answered at once.
     pub fn handle_query(&mut self, token: K::Query, query: Query) {
+        if let Query::TransferBody(key) = query {
+            if let Ok(Some((body, recorded_by))) = self.ledger.find_transfer_body(&key) {
+                #[cfg(any(test, madsim, feature = "testing"))]
+                let recorded_by = match crate::protocol::bugs::enabled(
+                    crate::protocol::bugs::Bug::BodyBeforeDurable,
+                ) {
+                    true => 0,
+                    false => recorded_by,
+                };
+                if recorded_by <= self.durable_transfer_rows {
+                    let answer = QueryAnswer::TransferBody(Some(body));
+                    self.ready.answers.push((token, answer));
+                    return;
+                }
+            }
+        }
         self.batch.inputs += 1;
         self.batch.client_inputs = true;
         let answer = match query {
@@ -597,6 +621,13 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             Query::Transaction(key) => {
                 QueryAnswer::Transaction(self.ledger.transaction(&key).cloned())
             }
+            Query::TransferBody(key) => match self.ledger.find_transfer_body(&key) {
+                Ok(found) => QueryAnswer::TransferBody(found.map(|(body, _)| body)),
+                Err(error) => {
+                    tracing::error!(partition = self.partition(), %error, "transfer row unreadable");
+                    QueryAnswer::Unreadable
+                }
+            },
         };
         self.batch.release.answers.push((token, answer));
     }
@@ -786,6 +817,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         }
         assert!(batch.first_lsn > 0 && batch.first_lsn <= last_lsn);
         self.committing = Some(last_lsn);
+        self.committing_transfer_rows = self.ledger.transfer_count();
         Some(Commit {
             bytes: batch.bytes,
             first_lsn: batch.first_lsn,
@@ -804,6 +836,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             "durable reports come one per commit, in order"
         );
         self.durable_lsn = last_lsn;
+        self.durable_transfer_rows = self.committing_transfer_rows;
         let waited = std::mem::take(&mut self.after_commit);
         self.ready.append(waited);
         buffer.clear();

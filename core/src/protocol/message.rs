@@ -32,6 +32,12 @@ pub enum Query {
     /// The legs of the multi-leg transaction `key` and the leg that failed, if it is one
     /// (asked of its home).
     Transaction(TransferKey),
+    /// The body of the transfer `key` (its accounts, amount and currency), if it has a row.
+    /// A body never changes once recorded, so its answer leaves as soon as the record is
+    /// durable, without waiting for the open batch as every other answer does: a capture
+    /// or void reads the hold's body first, and would otherwise pay a sync for it before
+    /// its own.
+    TransferBody(TransferKey),
 }
 
 impl Query {
@@ -42,7 +48,8 @@ impl Query {
             Query::Transfer(key)
             | Query::RefundOf(key)
             | Query::HoldTerms(key)
-            | Query::Transaction(key) => partition_of(&key.from, partitions),
+            | Query::Transaction(key)
+            | Query::TransferBody(key) => partition_of(&key.from, partitions),
             Query::DryRun(command) => command.partition(partitions),
         }
     }
@@ -62,6 +69,7 @@ pub enum QueryAnswer {
     RefundOf(Option<TransactionId>),
     HoldTerms(Option<HoldTerms>),
     Transaction(Option<TransactionTerms>),
+    TransferBody(Option<Transfer>),
 }
 
 /// The result of a command as seen by its client.

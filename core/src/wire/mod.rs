@@ -127,8 +127,9 @@ use crate::replica::RaftMessage;
 /// Version 10: ledger error `HoldBeingPlaced` (18); commands of multi-leg transactions
 /// (`Transact` 18 to `DecideTransactionCancel` 23), phase result `LegFailed` (6), peer
 /// messages `TxRequest` (5), `TxResponse` (6) and `TxUnresolved` (7), query `Transaction`
-/// (6) and its answer (7), and a dry run's failed leg.
-pub const WIRE_VERSION: u8 = 10;
+/// (6) and its answer (7), and a dry run's failed leg. Version 11: query `TransferBody` (7)
+/// and its answer (8).
+pub const WIRE_VERSION: u8 = 11;
 /// Bytes of the frame header: body length and checksum.
 pub const FRAME_HEADER_LEN: usize = 8;
 /// Bytes of the body before the messages: version, map version, count.
@@ -905,6 +906,10 @@ fn put_query(out: &mut Vec<u8>, query: &Query) {
             out.push(6);
             put_key(out, key);
         }
+        Query::TransferBody(key) => {
+            out.push(7);
+            put_key(out, key);
+        }
     }
 }
 
@@ -916,6 +921,7 @@ fn get_query(cursor: &mut Cursor<'_>) -> Result<Query, String> {
         4 => Ok(Query::RefundOf(cursor.key()?)),
         5 => Ok(Query::HoldTerms(cursor.key()?)),
         6 => Ok(Query::Transaction(cursor.key()?)),
+        7 => Ok(Query::TransferBody(cursor.key()?)),
         other => Err(format!("unknown query {other}")),
     }
 }
@@ -1244,6 +1250,13 @@ fn put_answer(out: &mut Vec<u8>, answer: &QueryAnswer) {
                 }
             }
         }
+        QueryAnswer::TransferBody(body) => {
+            out.push(8);
+            out.push(u8::from(body.is_some()));
+            if let Some(body) = body {
+                put_transfer(out, body);
+            }
+        }
     }
 }
 
@@ -1289,6 +1302,7 @@ fn get_answer(cursor: &mut Cursor<'_>) -> Result<QueryAnswer, String> {
                 })
                 .transpose()?,
         ),
+        8 => QueryAnswer::TransferBody(present.then(|| cursor.transfer()).transpose()?),
         other => return Err(format!("unknown answer {other}")),
     })
 }

@@ -309,6 +309,8 @@ fn every_answer(t: Transfer) -> Vec<QueryAnswer> {
     answers.push(QueryAnswer::RefundOf(None));
     answers.push(QueryAnswer::RefundOf(Some(t.transaction_id)));
     answers.push(QueryAnswer::HoldTerms(None));
+    answers.push(QueryAnswer::TransferBody(None));
+    answers.push(QueryAnswer::TransferBody(Some(t)));
     answers.push(QueryAnswer::HoldTerms(Some(crate::ledger::HoldTerms {
         expires_at: 1_234_567,
         captured: Some(t.amount),
@@ -608,10 +610,19 @@ fn queries_and_every_answer_round_trip() {
         id: 0,
         query: Query::Account(t.to),
     }]);
-    round_trip(&[Message::QueryRequest {
-        id: 1,
-        query: Query::Transfer(t.key()),
-    }]);
+    let keyed = [
+        Query::Transfer,
+        Query::RefundOf,
+        Query::HoldTerms,
+        Query::Transaction,
+        Query::TransferBody,
+    ];
+    for query in keyed {
+        round_trip(&[Message::QueryRequest {
+            id: 1,
+            query: query(t.key()),
+        }]);
+    }
     for command in every_command(t) {
         round_trip(&[Message::QueryRequest {
             id: 2,

@@ -34,7 +34,7 @@ use walletd_runtime::driver::{Query, QueryAnswer};
 use super::dry_run::{self, WriteParams};
 use super::transfers::{
     conclude, execute_started, interpret, parse_transfer_fields, status_url, status_view,
-    transfer_row, TransferFields, TransferStatusResponse,
+    transfer_body, TransferFields, TransferStatusResponse,
 };
 use super::{account_id, is_json_content_type, parse_json, transaction_id, Api, ApiJson};
 use super::{ApiPath, ApiQuery};
@@ -304,12 +304,12 @@ struct HeldRow {
 impl HeldRow {
     /// The hold `key`, read at its home: `404 transfer_not_found` if nothing has that key.
     async fn read(api: &Api, key: TransferKey) -> Result<HeldRow, ApiError> {
-        let row: TransferRow = transfer_row(api, key).await?;
+        let body = transfer_body(api, key).await?;
         Ok(HeldRow {
             key,
-            to: row.transfer.to.to_string(),
-            amount: row.transfer.amount,
-            currency: row.transfer.currency,
+            to: body.to.to_string(),
+            amount: body.amount,
+            currency: body.currency,
         })
     }
 }

@@ -136,7 +136,10 @@ async fn balance_now(
         | QueryAnswer::DryRun(_)
         | QueryAnswer::RefundOf(_)
         | QueryAnswer::HoldTerms(_)
-        | QueryAnswer::Transaction(_) => return Err(ApiError::internal("unexpected query answer")),
+        | QueryAnswer::Transaction(_)
+        | QueryAnswer::TransferBody(_) => {
+            return Err(ApiError::internal("unexpected query answer"))
+        }
     };
     check_currency(account, found.currency, wanted)?;
     let c = found.currency;

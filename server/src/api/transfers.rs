@@ -459,7 +459,30 @@ pub(super) async fn transfer_row(api: &Api, key: TransferKey) -> Result<Transfer
         | QueryAnswer::DryRun(_)
         | QueryAnswer::RefundOf(_)
         | QueryAnswer::HoldTerms(_)
-        | QueryAnswer::Transaction(_) => Err(ApiError::internal("unexpected query answer")),
+        | QueryAnswer::Transaction(_)
+        | QueryAnswer::TransferBody(_) => Err(ApiError::internal("unexpected query answer")),
+    }
+}
+
+/// The body of the transfer `key` (accounts, amount, currency), read at its home:
+/// `404 transfer_not_found` if it has no row. Answered as soon as the row's record is
+/// durable, not with the home's open batch (see [`Query::TransferBody`]): for what a
+/// command's answer shows beside its own durable outcome.
+pub(super) async fn transfer_body(api: &Api, key: TransferKey) -> Result<Transfer, ApiError> {
+    let partition = api.client().partition_of(&key.from);
+    let answer = (api
+        .client()
+        .query(partition, Query::TransferBody(key))
+        .await)
+        .map_err(|e| api.unavailable(e))?;
+    match answer {
+        QueryAnswer::TransferBody(Some(body)) => Ok(body),
+        QueryAnswer::TransferBody(None) => Err(ApiError::transfer_not_found(
+            key.from.as_str(),
+            key.transaction_id.as_str(),
+        )),
+        QueryAnswer::Unreadable => Err(unreadable()),
+        _ => Err(ApiError::internal("unexpected query answer")),
     }
 }
 

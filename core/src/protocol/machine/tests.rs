@@ -307,6 +307,60 @@ fn a_query_answers_from_the_state_its_batch_leaves_and_leaves_with_it() {
 }
 
 #[test]
+fn a_transfer_body_is_answered_at_once_only_once_its_record_is_durable() {
+    let mut world = World::new(1);
+    let alice = account_on("alice", 0, 1, 0);
+    let bob = account_on("bob", 0, 1, 1);
+    world.command(0, 1, open(alice, USD), false);
+    world.command(0, 2, open(bob, USD), false);
+    world.command(0, 3, deposit(alice, 50, USD, "d-1"), false);
+    let first = transfer(alice, bob, 5, USD, "t-1");
+    world.command(0, 4, Command::Transfer(first), false);
+    // In the open batch: the body waits for it, as every answer does.
+    world
+        .machine(0)
+        .handle_query(10, Query::TransferBody(first.key()));
+    assert!(!world.ready(0) && world.answers.is_empty());
+    assert!(world.commit(0));
+    // In the commit in flight: still not durable.
+    world
+        .machine(0)
+        .handle_query(11, Query::TransferBody(first.key()));
+    assert!(!world.ready(0) && world.answers.is_empty());
+    assert!(world.sync(0));
+    assert!(matches!(world.answers[&10], QueryAnswer::TransferBody(Some(body)) if body == first));
+    // Durable now: answered at once, beside a batch that holds a later transfer.
+    let second = transfer(alice, bob, 7, USD, "t-2");
+    world.command(0, 5, Command::Transfer(second), false);
+    world
+        .machine(0)
+        .handle_query(12, Query::TransferBody(first.key()));
+    assert!(world.ready(0), "the durable body leaves at once");
+    assert!(matches!(world.answers[&12], QueryAnswer::TransferBody(Some(body)) if body == first));
+    assert!(
+        !world.answers.contains_key(&11),
+        "the in-flight read waits for its batch"
+    );
+    world
+        .machine(0)
+        .handle_query(13, Query::TransferBody(second.key()));
+    world
+        .machine(0)
+        .handle_query(14, Query::TransferBody(key(bob, "t-9")));
+    assert!(
+        !world.ready(0),
+        "a body not durable, or none, waits for the open batch"
+    );
+    world.settle();
+    assert!(matches!(world.answers[&11], QueryAnswer::TransferBody(Some(body)) if body == first));
+    assert!(matches!(world.answers[&13], QueryAnswer::TransferBody(Some(body)) if body == second));
+    assert!(matches!(
+        world.answers[&14],
+        QueryAnswer::TransferBody(None)
+    ));
+}
+
+#[test]
 fn a_cross_partition_transfer_commits_in_one_durable_round() {
     let (mut world, alice, bob) = alice_and_bob();
     world.command(
