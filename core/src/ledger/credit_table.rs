@@ -110,6 +110,15 @@ impl CreditTable {
         Some((to, amount, payload.currency))
     }
 
+    /// The amount of the pending credit at `at` (see [`CreditTable::pending`]), without
+    /// rebuilding its destination's id: what a Confirm is checked against.
+    pub(crate) fn pending_amount(&self, at: usize) -> Option<Amount> {
+        let payload = self.0.payload(at);
+        (payload.state == CreditState::Tried)
+            .then_some(payload.amount)
+            .flatten()
+    }
+
     /// Amount and currency of every pending credit (see [`CreditTable::pending`]).
     pub(crate) fn pending_amounts(&self) -> impl Iterator<Item = (Amount, Currency)> + '_ {
         (0..self.len())

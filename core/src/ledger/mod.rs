@@ -1339,7 +1339,7 @@ impl Ledger {
         let at = (self.credits)
             .find(&key)
             .ok_or(LedgerError::UnknownTransfer(key))?;
-        let tried = self.credits.pending(at).map(|(_, amount, _)| amount);
+        let tried = self.credits.pending_amount(at);
         let result = match self.credits.state(at) {
             // The Confirm of a hold captured in part carries the part.
             CreditState::Tried if tried.is_some_and(|tried| transfer.amount < tried) => {

@@ -44,13 +44,13 @@ use crate::model::event::{Decision, Event, Lsn, Reason, Transfer, TransferKey};
 use crate::model::partition::{partition_of, PartitionId};
 #[cfg(any(test, madsim, feature = "testing"))]
 use crate::protocol::bugs::Bug;
-use crate::protocol::timer_queue::TimerQueue;
+use crate::protocol::timer_queue::{Timed, TimerQueue, NEVER};
 
 /// Monotonic microseconds, as given by the driver. Only differences matter.
 pub type Micros = u64;
 
 /// The due time of a parked flight (see `Coordinator::violated`): no timer entry matches it.
-const PARKED: Micros = Micros::MAX;
+const PARKED: Micros = NEVER;
 
 /// Timing of the coordinator. All durations in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +178,16 @@ struct Flight {
     /// The due time of the flight's live entry in `Coordinator::timers`, if it has one: at
     /// or before `due`.
     timer: Option<Micros>,
+}
+
+impl Timed for Flight {
+    fn due(&self) -> Micros {
+        self.due
+    }
+
+    fn entry(&mut self) -> &mut Option<Micros> {
+        &mut self.timer
+    }
 }
 
 /// The coordinator of one home partition.
@@ -530,31 +540,10 @@ impl Coordinator {
         self.settle_top();
     }
 
-    /// Makes the top entry of `timers`, if any, the exact due time of a live flight: stale
-    /// entries are dropped, an early one is pushed again for its flight's due time, a
-    /// parked flight's is dropped. [`Coordinator::next_due`] is then exact.
+    /// Makes the top entry of `timers` exact (a parked flight's is dropped), so that
+    /// [`Coordinator::next_due`] is.
     fn settle_top(&mut self) {
-        while let Some((due, key)) = self.timers.peek().copied() {
-            let Some(flight) = self.flights.get_mut(&key) else {
-                self.timers.pop();
-                continue;
-            };
-            if flight.timer != Some(due) {
-                self.timers.pop();
-                continue;
-            }
-            debug_assert!(flight.due >= due, "an entry is never late for its flight");
-            if flight.due == due {
-                return;
-            }
-            self.timers.pop();
-            if flight.due == PARKED {
-                flight.timer = None;
-            } else {
-                flight.timer = Some(flight.due);
-                self.timers.push(flight.due, key);
-            }
-        }
+        self.timers.settle(&mut self.flights);
     }
 
     fn send(&mut self, flight: Flight, phase: Phase, now: Micros) {
@@ -578,10 +567,7 @@ impl Coordinator {
             _ => now + flight.backoff_us,
         };
         flight.backoff_us = (flight.backoff_us * 2).min(self.config.retry_max_us);
-        if flight.timer.is_none_or(|queued| flight.due < queued) {
-            self.timers.push(flight.due, key);
-            flight.timer = Some(flight.due);
-        }
+        self.timers.arm(key, &mut flight);
         self.flights.insert(key, flight);
         self.settle_top();
     }

@@ -1,4 +1,5 @@
-//! The coordinator's due times, earliest first: a queue that costs O(1) for the common case.
+//! The coordinators' due times, earliest first: a queue that costs O(1) for the common case,
+//! and the rule by which a coordinator's flights keep one live entry each in it.
 //!
 //! Nearly every due time the coordinator sets is "now plus a constant" with a clock that only
 //! goes forward, so it is no earlier than the last one set: such entries are appended to a
@@ -7,7 +8,8 @@
 //! through `log n` levels of 138-byte moves, a few percent of a cross-partition transfer.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::hash::BuildHasher;
 
 use crate::model::event::TransferKey;
 use crate::protocol::coordinator::Micros;
@@ -53,9 +55,72 @@ impl TimerQueue {
         }
     }
 
+    /// Queues an entry for `flight`, under `key`, unless it has one at or before its due time
+    /// (an early entry is queued again for that time when it comes up, see
+    /// [`TimerQueue::settle`]) or is never due.
+    pub(crate) fn arm(&mut self, key: TransferKey, flight: &mut impl Timed) {
+        let due = flight.due();
+        if due != NEVER && flight.entry().is_none_or(|queued| due < queued) {
+            self.push(due, key);
+            *flight.entry() = Some(due);
+        }
+    }
+
+    /// Makes the earliest entry, if any, the exact due time of a flight of `flights`, so that
+    /// [`TimerQueue::peek`] tells when the next one is due. Entries are not removed when their
+    /// flight moves on or ends (that would cost a search); here an entry whose flight is gone
+    /// or has another live entry is dropped, and a flight's early entry is queued again for
+    /// its due time (or dropped, if it is never due).
+    pub(crate) fn settle<F: Timed>(&mut self, flights: &mut impl FlightsByKey<F>) {
+        while let Some((due, key)) = self.peek().copied() {
+            let Some(flight) = flights.flight_mut(&key) else {
+                self.pop();
+                continue;
+            };
+            if *flight.entry() != Some(due) {
+                self.pop();
+                continue;
+            }
+            debug_assert!(flight.due() >= due, "an entry is never late for its flight");
+            if flight.due() == due {
+                return;
+            }
+            self.pop();
+            *flight.entry() = None;
+            self.arm(key, flight);
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.in_order.len() + self.out_of_order.len()
+    }
+}
+
+/// The due time of a flight that is never due: no entry is queued for it.
+pub(crate) const NEVER: Micros = Micros::MAX;
+
+/// A flight the queue wakes: when it is next due, and the due time of its live entry in the
+/// queue, if it has one (at or before the due time).
+pub(crate) trait Timed {
+    fn due(&self) -> Micros;
+    fn entry(&mut self) -> &mut Option<Micros>;
+}
+
+/// A coordinator's flights by key, as [`TimerQueue::settle`] looks them up.
+pub(crate) trait FlightsByKey<F> {
+    fn flight_mut(&mut self, key: &TransferKey) -> Option<&mut F>;
+}
+
+impl<F, S: BuildHasher> FlightsByKey<F> for HashMap<TransferKey, F, S> {
+    fn flight_mut(&mut self, key: &TransferKey) -> Option<&mut F> {
+        self.get_mut(key)
+    }
+}
+
+impl<F> FlightsByKey<F> for BTreeMap<TransferKey, F> {
+    fn flight_mut(&mut self, key: &TransferKey) -> Option<&mut F> {
+        self.get_mut(key)
     }
 }
 

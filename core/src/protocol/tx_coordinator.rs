@@ -40,7 +40,7 @@ use crate::model::partition::{partition_of, PartitionId};
 use crate::model::transaction::Transaction;
 use crate::protocol::coordinator::{CoordinatorConfig, Micros, Phase};
 use crate::protocol::message::PeerMessage;
-use crate::protocol::timer_queue::TimerQueue;
+use crate::protocol::timer_queue::{Timed, TimerQueue};
 
 /// A phase message of a transaction from its home to participant `partition`. Only a Try
 /// carries the transaction; the other phases name it by its key.
@@ -123,6 +123,16 @@ struct Flight {
     backoff_us: u64,
     /// Every participant tried: the flight ends with the commit's record.
     committed: bool,
+}
+
+impl Timed for Flight {
+    fn due(&self) -> Micros {
+        self.due
+    }
+
+    fn entry(&mut self) -> &mut Option<Micros> {
+        &mut self.timer
+    }
 }
 
 /// The transaction coordinator of one partition.
@@ -396,10 +406,7 @@ impl TxCoordinator {
     /// Stores `flight` under `key` and arms its timer: an entry is pushed only if the flight
     /// has none at or before its due time (an early one is queued again when it comes up).
     fn put(&mut self, key: TransferKey, mut flight: Flight) {
-        if flight.timer.is_none_or(|queued| flight.due < queued) {
-            self.timers.push(flight.due, key);
-            flight.timer = Some(flight.due);
-        }
+        self.timers.arm(key, &mut flight);
         self.flights.insert(key, flight);
     }
 
@@ -407,23 +414,7 @@ impl TxCoordinator {
     /// [`TxCoordinator::next_due`] is: stale entries are dropped, a flight's early entry is
     /// queued again for its due time.
     fn settle(&mut self) {
-        while let Some((due, key)) = self.timers.peek().copied() {
-            let Some(flight) = self.flights.get_mut(&key) else {
-                self.timers.pop();
-                continue;
-            };
-            if flight.timer != Some(due) {
-                self.timers.pop();
-                continue;
-            }
-            debug_assert!(flight.due >= due, "an entry is never late for its flight");
-            if flight.due == due {
-                break;
-            }
-            self.timers.pop();
-            flight.timer = Some(flight.due);
-            self.timers.push(flight.due, key);
-        }
+        self.timers.settle(&mut self.flights);
         while let Some((due, key)) = self.watch_timers.peek().copied() {
             if self.watched.get(&key) == Some(&due) {
                 break;
@@ -573,15 +564,9 @@ impl TxCoordinator {
 mod tests {
     use super::*;
     use crate::model::transaction::Leg;
-    use crate::protocol::tests::support::{account_on, amt, txn};
+    use crate::protocol::tests::support::{account_on, amt, txn, CONFIG};
 
     const PARTITIONS: u32 = 4;
-    const CONFIG: CoordinatorConfig = CoordinatorConfig {
-        try_timeout_us: 1_000_000,
-        retry_initial_us: 100_000,
-        retry_max_us: 800_000,
-        resolve_after_us: 4_000_000,
-    };
 
     /// Transaction `id` of one leg from partition `home` to partition `to`.
     fn one_leg(id: &str, home: PartitionId, to: PartitionId) -> Arc<Transaction> {

@@ -6,20 +6,14 @@ use crate::model::event::{Decision, Event, Reason, Transfer};
 use crate::model::ids::AccountId;
 use crate::model::money::Currency::{EUR, USD};
 use crate::protocol::coordinator::{
-    Coordinator, CoordinatorConfig, Micros, Output, Phase, PhaseRequest, PhaseResponse,
+    Coordinator, Micros, Output, Phase, PhaseRequest, PhaseResponse,
 };
 
 use super::checks::{check_quiescent, Violation};
 use super::cluster::{Cluster, Message};
-use super::support::{account_on, deposit, open, transfer};
+use super::support::{account_on, deposit, open, transfer, CONFIG};
 
 const PARTITIONS: u32 = 4;
-const CONFIG: CoordinatorConfig = CoordinatorConfig {
-    try_timeout_us: 1_000_000,
-    retry_initial_us: 100_000,
-    retry_max_us: 800_000,
-    resolve_after_us: 4_000_000,
-};
 /// What the fixture deposits into `src`.
 const FUNDS: u64 = 10_000;
 /// Bound on the steps a healed cluster needs to go idle in these tests.

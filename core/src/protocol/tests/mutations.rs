@@ -12,7 +12,7 @@ use crate::model::ids::AccountId;
 use crate::model::money::Currency::USD;
 use crate::model::money::BALANCE_MINOR_MAX;
 use crate::protocol::bugs::{self, Bug};
-use crate::protocol::coordinator::{CoordinatorConfig, Phase};
+use crate::protocol::coordinator::Phase;
 
 use crate::protocol::invariants::{self, Invariant};
 
@@ -22,15 +22,9 @@ use super::checks::{
 };
 use super::cluster::Cluster;
 use super::properties::{ops, simulate};
-use super::support::{account_on, deposit, open, transfer};
+use super::support::{account_on, deposit, open, transfer, CONFIG};
 
 const PARTITIONS: u32 = 4;
-const CONFIG: CoordinatorConfig = CoordinatorConfig {
-    try_timeout_us: 1_000_000,
-    retry_initial_us: 100_000,
-    retry_max_us: 800_000,
-    resolve_after_us: 4_000_000,
-};
 const FUNDS: u64 = 10_000;
 const SETTLE_STEPS_MAX: usize = 1_000;
 const TICK_US: u64 = 10_000;

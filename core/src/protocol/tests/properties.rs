@@ -14,12 +14,12 @@ use crate::model::event::{Event, Transfer, TransferKey};
 use crate::model::ids::AccountId;
 use crate::model::money::Currency::{self, EUR, USD};
 use crate::model::partition::PartitionId;
-use crate::protocol::coordinator::{CoordinatorConfig, Micros};
+use crate::protocol::coordinator::Micros;
 use crate::protocol::invariants;
 
 use super::checks::{check_always, check_quiescent, Violation};
 use super::cluster::Cluster;
-use super::support::{account_on, amt, deposit, open, transfer, txn, withdraw, Snapshot};
+use super::support::{account_on, amt, deposit, open, transfer, txn, withdraw, Snapshot, CONFIG};
 
 const PARTITIONS: u32 = 4;
 const CURRENCIES: [Currency; 2] = [USD, EUR];
@@ -30,12 +30,6 @@ const OPENED_PER_CURRENCY: usize = ACCOUNTS_PER_CURRENCY - 1;
 const FUNDS: u64 = 500;
 /// Transaction ids are drawn from a small set so that keys are reused often.
 const IDS: u8 = 4;
-const CONFIG: CoordinatorConfig = CoordinatorConfig {
-    try_timeout_us: 1_000_000,
-    retry_initial_us: 100_000,
-    retry_max_us: 800_000,
-    resolve_after_us: 4_000_000,
-};
 /// Longest random schedule.
 pub const OPS_MAX: usize = 200;
 /// Bound on the steps healing may take before the cluster counts as stuck.

@@ -9,6 +9,16 @@ use crate::model::ids::{AccountId, TransactionId};
 use crate::model::money::{Amount, Currency};
 use crate::model::partition::{partition_of, PartitionId};
 
+/// The coordinators' timing in the protocol's unit tests: a second to try, resends from
+/// 100 ms doubling to 800 ms, a pending credit asked about after 4 s.
+pub const CONFIG: crate::protocol::coordinator::CoordinatorConfig =
+    crate::protocol::coordinator::CoordinatorConfig {
+        try_timeout_us: 1_000_000,
+        retry_initial_us: 100_000,
+        retry_max_us: 800_000,
+        resolve_after_us: 4_000_000,
+    };
+
 /// How many candidate names [`account_on`] tries before giving up. FNV-1a spreads
 /// `prefix-i` names evenly, so a few dozen always suffice for a handful of partitions.
 const ACCOUNT_CANDIDATES_MAX: usize = 10_000;
