@@ -439,7 +439,11 @@ pub fn sample_messages() -> Vec<Message> {
             command,
         });
     }
-    for query in [Query::Account(a), Query::Transfer(key)] {
+    for query in [
+        Query::Account(a),
+        Query::Transfer(key),
+        Query::TransferBody(key),
+    ] {
         messages.push(Message::QueryRequest { id: 9, query });
     }
     let row = walletd_core::ledger::TransferRow {
@@ -460,6 +464,7 @@ pub fn sample_messages() -> Vec<Message> {
         QueryAnswer::Account(None),
         QueryAnswer::Account(Some(account)),
         QueryAnswer::Transfer(Some(row)),
+        QueryAnswer::TransferBody(Some(t)),
     ] {
         messages.push(Message::Answer { id: 10, answer });
     }
@@ -508,9 +513,9 @@ pub fn sample_messages() -> Vec<Message> {
         result: PhaseResult::Cancelled,
     });
     // Alone, and a group of several: the fuzzer starts from a count and a loop it can damage.
-    messages.push(Message::Peers(vec![request]));
-    messages.push(Message::Peers(vec![response]));
-    messages.push(Message::Peers(vec![request, response, request]));
+    messages.push(Message::Peers(vec![request.clone()]));
+    messages.push(Message::Peers(vec![response.clone()]));
+    messages.push(Message::Peers(vec![request.clone(), response, request]));
     messages
 }
 
