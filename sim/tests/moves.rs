@@ -68,7 +68,7 @@ const JOIN_SEED: u64 = 0;
 /// `durability`, when a crash then finds an answer held by too few copies).
 #[test]
 fn a_copy_that_leaves_before_its_group_removed_it_is_caught() {
-    let report = (0..5)
+    let report = (0..20)
         .map(|seed| sim::run(&moving(seed, Some(Bug::LeaveBeforeRemoved))))
         .find(|report| !report.ok());
     let Some(report) = report else {
