@@ -797,19 +797,8 @@ impl Client {
     /// Reads `spec`'s balance through `requester`, and records the answer if one came;
     /// whether one came.
     async fn read_through(&mut self, requester: &Requester, spec: AccountSpec) -> bool {
-        let partition = partition_of(&spec.id, requester.partitions);
-        let sent_us = wall_clock_us();
-        if let Some(answer) = requester.query(partition, &Query::Account(spec.id)).await {
-            self.history.read(BalanceRead {
-                client: self.index,
-                account: spec.id,
-                sent_us,
-                done_us: wall_clock_us(),
-                answer,
-            });
-            return true;
-        }
-        false
+        let query = Query::Account(spec.id);
+        read_and_record(requester, &self.history, self.index, spec.id, query).await
     }
 }
 
@@ -821,18 +810,32 @@ async fn read_body(
     client: u32,
     key: Option<TransferKey>,
 ) {
-    let Some(key) = key else {
-        return;
-    };
-    let partition = partition_of(&key.from, requester.partitions);
-    let sent_us = wall_clock_us();
-    if let Some(answer) = requester.query(partition, &Query::TransferBody(key)).await {
-        history.read(BalanceRead {
-            client,
-            account: key.from,
-            sent_us,
-            done_us: wall_clock_us(),
-            answer,
-        });
+    if let Some(key) = key {
+        let query = Query::TransferBody(key);
+        read_and_record(requester, history, client, key.from, query).await;
     }
+}
+
+/// Sends `query` (about `account`, or a transfer from it) to the partition of `account`, and
+/// records the answer if one came; whether one came.
+async fn read_and_record(
+    requester: &Requester,
+    history: &History,
+    client: u32,
+    account: AccountId,
+    query: Query,
+) -> bool {
+    let partition = partition_of(&account, requester.partitions);
+    let sent_us = wall_clock_us();
+    let Some(answer) = requester.query(partition, &query).await else {
+        return false;
+    };
+    history.read(BalanceRead {
+        client,
+        account,
+        sent_us,
+        done_us: wall_clock_us(),
+        answer,
+    });
+    true
 }

@@ -586,25 +586,19 @@ impl<K: ReplyTokens> PartitionMachine<K> {
     /// A read-only question, answered from the state the open batch leaves (so the answer
     /// leaves with that batch), but for a body whose record is durable, answered at once.
     pub fn handle_query(&mut self, token: K::Query, query: Query) {
-        if let Query::TransferBody(key) = query {
-            if let Ok(Some((body, recorded_by))) = self.ledger.find_transfer_body(&key) {
-                #[cfg(any(test, madsim, feature = "testing"))]
-                let recorded_by = match crate::protocol::bugs::enabled(
-                    crate::protocol::bugs::Bug::BodyBeforeDurable,
-                ) {
-                    true => 0,
-                    false => recorded_by,
-                };
-                if recorded_by <= self.durable_transfer_rows {
+        let answer = match query {
+            Query::TransferBody(key) => match self.ledger.find_transfer_body(&key) {
+                Ok(Some((body, recorded_by))) if self.is_durable_row(recorded_by) => {
                     let answer = QueryAnswer::TransferBody(Some(body));
                     self.ready.answers.push((token, answer));
                     return;
                 }
-            }
-        }
-        self.batch.inputs += 1;
-        self.batch.client_inputs = true;
-        let answer = match query {
+                Ok(found) => QueryAnswer::TransferBody(found.map(|(body, _)| body)),
+                Err(error) => {
+                    tracing::error!(partition = self.partition(), %error, "transfer row unreadable");
+                    QueryAnswer::Unreadable
+                }
+            },
             Query::Account(account) => QueryAnswer::Account(self.ledger.account(&account).copied()),
             Query::Transfer(key) => match self.ledger.find_transfer(&key) {
                 Ok(row) => QueryAnswer::Transfer(row),
@@ -621,15 +615,19 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             Query::Transaction(key) => {
                 QueryAnswer::Transaction(self.ledger.transaction(&key).cloned())
             }
-            Query::TransferBody(key) => match self.ledger.find_transfer_body(&key) {
-                Ok(found) => QueryAnswer::TransferBody(found.map(|(body, _)| body)),
-                Err(error) => {
-                    tracing::error!(partition = self.partition(), %error, "transfer row unreadable");
-                    QueryAnswer::Unreadable
-                }
-            },
         };
+        self.batch.inputs += 1;
+        self.batch.client_inputs = true;
         self.batch.release.answers.push((token, answer));
+    }
+
+    /// Whether the home rows recorded through the `recorded_by`-th are all durable.
+    fn is_durable_row(&self, recorded_by: usize) -> bool {
+        #[cfg(any(test, madsim, feature = "testing"))]
+        if crate::protocol::bugs::enabled(crate::protocol::bugs::Bug::BodyBeforeDurable) {
+            return true;
+        }
+        recorded_by <= self.durable_transfer_rows
     }
 
     /// A phase message from another partition: a request this partition takes part in as a
