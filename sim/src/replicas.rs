@@ -643,11 +643,12 @@ async fn serve_node(shared: &Arc<Shared>, host: HostId) -> Option<(Arc<Replicate
     }
     let removal = NodeMapService::follow(Arc::clone(shared), host, node.map_handle());
     tokio::select! {
-        () = gateway::serve(node.client(), gateway) => std::future::pending().await,
+        biased;
         removed = removal => match removed {
             Ok(version) => Some((node, version)),
             Err(_) => std::future::pending().await,
         },
+        () = gateway::serve(node.client(), gateway) => std::future::pending().await,
     }
 }
 

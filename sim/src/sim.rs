@@ -99,6 +99,17 @@ pub fn run(config: &SimConfig) -> RunReport {
         .expect("the simulation thread catches its panics")
 }
 
+/// Runs `config` twice at the same time, each on a thread of its own, for the tests of
+/// determinism: a seed replays only if nothing process-wide (a counter, the order threads
+/// start in) reaches the run.
+pub fn run_side_by_side(config: &SimConfig) -> [RunReport; 2] {
+    std::thread::scope(|scope| {
+        let first = scope.spawn(|| run(config));
+        let second = run(config);
+        [first.join().expect("a run catches its panics"), second]
+    })
+}
+
 fn run_on_this_thread(config: &SimConfig) -> RunReport {
     walletd_core::protocol::bugs::set(config.bug.as_slice());
     let history = History::default();

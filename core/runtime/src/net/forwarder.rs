@@ -198,6 +198,7 @@ impl<N: PeerIo> Forwarder<N> {
     pub(super) async fn hold_until(&mut self, deadline: Instant) {
         let mut map = self.ctx.map.subscribe();
         tokio::select! {
+            biased;
             _ = map.changed() => {}
             _ = sleep_until(deadline) => {}
         }
@@ -221,12 +222,14 @@ impl<N: PeerIo> Forwarder<N> {
     pub(super) async fn refuse_until(&mut self, deadline: Instant) -> bool {
         loop {
             tokio::select! {
+                // The deadline first: a flood of inputs cannot keep the link from retrying.
+                biased;
+                _ = sleep_until(deadline) => return true,
                 input = self.inputs.recv() => match input {
                     Some(Input::Shutdown(ack)) => { let _ = ack.send(()); }
                     Some(_) => { self.stats.refused_while_down.fetch_add(1, Ordering::Relaxed); }
                     None => return false,
                 },
-                _ = sleep_until(deadline) => return true,
             }
         }
     }

@@ -188,6 +188,8 @@ impl<S: MapService> Follower<S> {
         };
         loop {
             tokio::select! {
+                biased;
+                _ = stop.changed() => break,
                 ended = self.session(&mut state) => match ended {
                     Ended::Removed(version) => {
                         tracing::warn!(
@@ -208,11 +210,11 @@ impl<S: MapService> Follower<S> {
                         self.service.describe()
                     ),
                 },
-                _ = stop.changed() => break,
             }
             tokio::select! {
-                _ = tokio::time::sleep(state.backoff) => {}
+                biased;
                 _ = stop.changed() => break,
+                _ = tokio::time::sleep(state.backoff) => {}
             }
             state.backoff = (state.backoff * 2).min(RECONNECT_BACKOFF_MAX);
         }
@@ -266,6 +268,19 @@ impl<S: MapService> Follower<S> {
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let taken = tokio::select! {
+                // The lease's renewal first: a stream of map changes cannot starve it.
+                biased;
+                _ = renew.tick() => {
+                    match service.keep_alive(lease).await {
+                        Err(ServiceError::LeaseGone) if crate::known_bug!(LostLeaseIgnored) => {}
+                        Err(ServiceError::LeaseGone) => {
+                            state.lease = None;
+                            return Err(ServiceError::LeaseGone.into());
+                        }
+                        other => other?,
+                    }
+                    Taken::No
+                }
                 changes = watch.next() => {
                     let mut taken = Taken::No;
                     for change in changes? {
@@ -279,17 +294,6 @@ impl<S: MapService> Follower<S> {
                         }
                     }
                     taken
-                }
-                _ = renew.tick() => {
-                    match service.keep_alive(lease).await {
-                        Err(ServiceError::LeaseGone) if crate::known_bug!(LostLeaseIgnored) => {}
-                        Err(ServiceError::LeaseGone) => {
-                            state.lease = None;
-                            return Err(ServiceError::LeaseGone.into());
-                        }
-                        other => other?,
-                    }
-                    Taken::No
                 }
                 seen = hints.changed(), if hinting => match seen {
                     Err(_) => {
