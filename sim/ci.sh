@@ -3,29 +3,31 @@
 # Each step is also a command a developer can run by hand; see sim/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Each step says when it starts (seconds into this script), so a slow one shows in the log.
+step() { printf -- '--> %s (at %ss)\n' "$*" "$SECONDS"; }
 sim_build=(--config "build.rustflags=['--cfg','madsim']" --config "build.target-dir='target/sim'")
 
-echo "--> clippy on the simulation build (warnings are errors)"
+step "clippy on the simulation build (warnings are errors)"
 cargo clippy -p walletd-sim --all-targets "${sim_build[@]}" -- -D warnings
 
-echo "--> the simulator's own tests (release: the build the sweeps below use, built once)"
+step "the simulator's own tests (release: the build the sweeps below use, built once)"
 # A seed draws the same run in either build (sim/README.md), and the release tests take a
 # sixth of the debug ones' time.
 cargo simtest --release
 
-echo "--> every seed of the regression list"
+step "every seed of the regression list"
 cargo sim -- --regressions sim/regressions.txt
 
-echo "--> a sweep of 500 seeds (replicated: --replicas 3, the default of 3 nodes), all faults on: every one must pass"
+step "a sweep of 500 seeds (replicated: --replicas 3, the default of 3 nodes), all faults on: every one must pass"
 cargo sim -- --seeds 0..500
 
-echo "--> a sweep of 100 replicated seeds with copies moving (4 nodes, 3 copies: moves, drains, coordinator outages, slow watches and lost leases, with every other fault): every one must pass"
+step "a sweep of 100 replicated seeds with copies moving (4 nodes, 3 copies: moves, drains, coordinator outages, slow watches and lost leases, with every other fault): every one must pass"
 cargo sim -- --seeds 0..100 --nodes 4 --replicas 3
 
-echo "--> a sweep of 200 unreplicated seeds (--replicas 1), all faults on: every one must pass"
+step "a sweep of 200 unreplicated seeds (--replicas 1), all faults on: every one must pass"
 cargo sim -- --seeds 0..200 --replicas 1
 
-echo "--> every known bug must be found by a short unreplicated sweep"
+step "every known bug must be found by a short unreplicated sweep"
 # NAME:SEEDS. The disk bugs need a power loss at the right moment, which fewer seeds draw;
 # so does an early body read (a crash must take the record it was answered from).
 for entry in skip-barrier:0..20 reply-before-sync:0..20 no-idempotency:0..20 \
@@ -44,7 +46,7 @@ for entry in skip-barrier:0..20 reply-before-sync:0..20 no-idempotency:0..20 \
   printf '%s: %s\n' "$bug" "$(printf '%s\n' "$out" | tail -1)"
 done
 
-echo "--> every known bug of replication must be found by a short replicated sweep"
+step "every known bug of replication must be found by a short replicated sweep"
 # A stale read needs a leader cut off and drained while a deposit lands elsewhere: rarer.
 for entry in ack-before-quorum:0..20 forget-vote:0..20 stale-read:0..30 \
   rejoin-under-old-id:0..20; do
@@ -58,7 +60,7 @@ for entry in ack-before-quorum:0..20 forget-vote:0..20 stale-read:0..30 \
   printf '%s: %s\n' "$bug" "$(printf '%s\n' "$out" | tail -1)"
 done
 
-echo "--> every known bug of moving copies must be found by a short sweep with moves"
+step "every known bug of moving copies must be found by a short sweep with moves"
 for entry in leave-before-removed:0..20 lost-lease-ignored:0..40; do
   bug=${entry%%:*}
   seeds=${entry#*:}
