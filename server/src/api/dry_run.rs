@@ -22,6 +22,7 @@ use walletd_runtime::driver::{CommandResult, Query, QueryAnswer};
 
 use super::accounts::unexpected;
 use super::transfers::interpret;
+use super::unexpected_answer;
 use super::Api;
 use crate::errors::ApiError;
 
@@ -37,15 +38,9 @@ pub struct WriteParams {
 
 /// The dry run of `command` at the partition that would execute it.
 pub(super) async fn ask(api: &Api, command: Command) -> Result<DryRun, ApiError> {
-    let client = api.client();
-    let partition = command.partition(client.partitions());
-    let answer = (client.query(partition, Query::DryRun(command)).await)
-        .map_err(|unavailable| api.unavailable(unavailable))?;
-    match answer {
+    match api.ask(Query::DryRun(command)).await? {
         QueryAnswer::DryRun(dry) => Ok(dry),
-        other => Err(ApiError::internal(format!(
-            "a dry run was answered with {other:?}"
-        ))),
+        other => Err(unexpected_answer(&other)),
     }
 }
 

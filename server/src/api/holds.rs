@@ -36,6 +36,7 @@ use super::transfers::{
     conclude, execute_started, interpret, parse_transfer_fields, status_url, status_view,
     transfer_body, TransferFields, TransferStatusResponse,
 };
+use super::unexpected_answer;
 use super::{account_id, is_json_content_type, parse_json, transaction_id, Api, ApiJson};
 use super::{ApiPath, ApiQuery};
 use crate::errors::ApiError;
@@ -369,12 +370,9 @@ fn respond(
 
 /// The terms of the hold `key` (asked of its home), `None` if it is no hold.
 pub(super) async fn terms(api: &Api, key: TransferKey) -> Result<Option<HoldTerms>, ApiError> {
-    let partition = api.client().partition_of(&key.from);
-    let answer = (api.client().query(partition, Query::HoldTerms(key)).await)
-        .map_err(|e| api.unavailable(e))?;
-    match answer {
+    match api.ask(Query::HoldTerms(key)).await? {
         QueryAnswer::HoldTerms(terms) => Ok(terms),
-        _ => Err(ApiError::internal("unexpected query answer")),
+        other => Err(unexpected_answer(&other)),
     }
 }
 

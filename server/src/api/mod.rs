@@ -42,9 +42,11 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use walletd_core::ledger::LedgerError;
 use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_core::model::money::Currency;
 use walletd_core::model::partition::PartitionId;
+use walletd_core::protocol::message::{Query, QueryAnswer};
 use walletd_runtime::driver::DriverStats;
 use walletd_runtime::engine::{Client, Unavailable};
 
@@ -283,6 +285,29 @@ impl Api {
         self.inner.unavailable.notify_waiters();
         error.into()
     }
+
+    /// Asks `query` of the partition that answers it. A partition out of reach, and a row
+    /// the partition keeps on disk only and could not read, are errors here, whatever was
+    /// asked; the caller matches the answer its query gets.
+    pub async fn ask(&self, query: Query) -> Result<QueryAnswer, ApiError> {
+        let client = self.client();
+        let partition = query.partition(client.partitions());
+        match client.query(partition, query).await {
+            Ok(QueryAnswer::Unreadable) => Err(LedgerError::Unreadable(
+                "the partition logged which chunk file".to_string(),
+            )
+            .into()),
+            Ok(answer) => Ok(answer),
+            Err(unavailable) => Err(self.unavailable(unavailable)),
+        }
+    }
+}
+
+/// A query answered with the answer to another kind: a bug in the engine, never a client's
+/// doing.
+pub fn unexpected_answer(answer: &QueryAnswer) -> ApiError {
+    tracing::error!(?answer, "unexpected query answer");
+    ApiError::internal("unexpected query answer")
 }
 
 /// The complete router of the API.

@@ -19,6 +19,7 @@ use walletd_core::model::money::{format_minor, Currency};
 use walletd_core::model::partition::PartitionId;
 use walletd_runtime::driver::{Query, QueryAnswer};
 
+use super::unexpected_answer;
 use super::{account_id, currency, forward, Api, ApiPath, ApiQuery};
 use crate::errors::ApiError;
 use crate::history::index::PartitionIndex;
@@ -123,23 +124,9 @@ async fn balance_now(
     account: AccountId,
     wanted: Option<Currency>,
 ) -> Result<axum::Json<AccountBalance>, ApiError> {
-    let partition = api.client().partition_of(&account);
-    let answer = api
-        .client()
-        .query(partition, Query::Account(account))
-        .await
-        .map_err(|e| api.unavailable(e))?;
-    let found = match answer {
+    let found = match api.ask(Query::Account(account)).await? {
         QueryAnswer::Account(found) => found.ok_or(LedgerError::AccountNotFound(account))?,
-        QueryAnswer::Transfer(_)
-        | QueryAnswer::Unreadable
-        | QueryAnswer::DryRun(_)
-        | QueryAnswer::RefundOf(_)
-        | QueryAnswer::HoldTerms(_)
-        | QueryAnswer::Transaction(_)
-        | QueryAnswer::TransferBody(_) => {
-            return Err(ApiError::internal("unexpected query answer"))
-        }
+        other => return Err(unexpected_answer(&other)),
     };
     check_currency(account, found.currency, wanted)?;
     let c = found.currency;

@@ -28,6 +28,7 @@ use walletd_runtime::driver::{Query, QueryAnswer};
 use super::accounts::unexpected;
 use super::dry_run::{self, WriteParams};
 use super::transfers::{execute_started, interpret, status_url, status_view};
+use super::unexpected_answer;
 use super::{account_id, currency, parse_json, transaction_id, Api, ApiQuery, JsonBody};
 use crate::errors::ApiError;
 
@@ -181,12 +182,9 @@ pub(super) async fn terms(
     api: &Api,
     key: TransferKey,
 ) -> Result<Option<TransactionTerms>, ApiError> {
-    let partition = api.client().partition_of(&key.from);
-    let answer = (api.client().query(partition, Query::Transaction(key)).await)
-        .map_err(|e| api.unavailable(e))?;
-    match answer {
+    match api.ask(Query::Transaction(key)).await? {
         QueryAnswer::Transaction(terms) => Ok(terms),
-        _ => Err(ApiError::internal("unexpected query answer")),
+        other => Err(unexpected_answer(&other)),
     }
 }
 

@@ -13,9 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use utoipa::ToSchema;
-use walletd_core::ledger::{
-    Command, LedgerError, Reply, TransferRow, TransferState, TransferStatus,
-};
+use walletd_core::ledger::{Command, Reply, TransferRow, TransferState, TransferStatus};
 use walletd_core::model::event::{Reason, Transfer, TransferKey};
 use walletd_core::model::ids::TransactionId;
 use walletd_core::model::money::{format_minor, Amount};
@@ -26,6 +24,7 @@ use super::accounts::unexpected;
 use super::dry_run::{self, WriteParams};
 use super::holds;
 use super::metrics::Outcome;
+use super::unexpected_answer;
 use super::{account_id, currency, parse_json, transaction_id, Api, ApiPath, ApiQuery, JsonBody};
 use crate::errors::{reason_message, reason_status, ApiError};
 use crate::rfc3339;
@@ -171,13 +170,9 @@ pub async fn execute_started(
 /// transfer on the same way in (one inbox, or one peer link), so a row it finds is a row a
 /// crash keeps.
 async fn durably_accepted(api: &Api, key: TransferKey) -> Result<bool, ApiError> {
-    let client = api.client();
-    let partition = client.partition_of(&key.from);
-    match client.query(partition, Query::Transfer(key)).await {
-        Ok(QueryAnswer::Transfer(row)) => Ok(row.is_some()),
-        Ok(QueryAnswer::Unreadable) => Err(unreadable()),
-        Ok(_) => Err(ApiError::internal("unexpected query answer")),
-        Err(unavailable) => Err(api.unavailable(unavailable)),
+    match api.ask(Query::Transfer(key)).await? {
+        QueryAnswer::Transfer(row) => Ok(row.is_some()),
+        other => Err(unexpected_answer(&other)),
     }
 }
 
@@ -445,22 +440,10 @@ fn may_be_hold(state: TransferState) -> bool {
 
 /// The row of the transfer `key`, read at its home: `404 transfer_not_found` if it has none.
 pub(super) async fn transfer_row(api: &Api, key: TransferKey) -> Result<TransferRow, ApiError> {
-    let partition = api.client().partition_of(&key.from);
-    let answer = (api.client().query(partition, Query::Transfer(key)).await)
-        .map_err(|e| api.unavailable(e))?;
-    match answer {
+    match api.ask(Query::Transfer(key)).await? {
         QueryAnswer::Transfer(Some(row)) => Ok(row),
-        QueryAnswer::Transfer(None) => Err(ApiError::transfer_not_found(
-            key.from.as_str(),
-            key.transaction_id.as_str(),
-        )),
-        QueryAnswer::Unreadable => Err(unreadable()),
-        QueryAnswer::Account(_)
-        | QueryAnswer::DryRun(_)
-        | QueryAnswer::RefundOf(_)
-        | QueryAnswer::HoldTerms(_)
-        | QueryAnswer::Transaction(_)
-        | QueryAnswer::TransferBody(_) => Err(ApiError::internal("unexpected query answer")),
+        QueryAnswer::Transfer(None) => Err(not_found(key)),
+        other => Err(unexpected_answer(&other)),
     }
 }
 
@@ -469,35 +452,21 @@ pub(super) async fn transfer_row(api: &Api, key: TransferKey) -> Result<Transfer
 /// durable, not with the home's open batch (see [`Query::TransferBody`]): for what a
 /// command's answer shows beside its own durable outcome.
 pub(super) async fn transfer_body(api: &Api, key: TransferKey) -> Result<Transfer, ApiError> {
-    let partition = api.client().partition_of(&key.from);
-    let answer = (api
-        .client()
-        .query(partition, Query::TransferBody(key))
-        .await)
-        .map_err(|e| api.unavailable(e))?;
-    match answer {
+    match api.ask(Query::TransferBody(key)).await? {
         QueryAnswer::TransferBody(Some(body)) => Ok(body),
-        QueryAnswer::TransferBody(None) => Err(ApiError::transfer_not_found(
-            key.from.as_str(),
-            key.transaction_id.as_str(),
-        )),
-        QueryAnswer::Unreadable => Err(unreadable()),
-        _ => Err(ApiError::internal("unexpected query answer")),
+        QueryAnswer::TransferBody(None) => Err(not_found(key)),
+        other => Err(unexpected_answer(&other)),
     }
+}
+
+fn not_found(key: TransferKey) -> ApiError {
+    ApiError::transfer_not_found(key.from.as_str(), key.transaction_id.as_str())
 }
 
 /// The transfer that the transfer `key` refunds, if it is a refund (asked of its home).
 async fn refund_of(api: &Api, key: TransferKey) -> Result<Option<TransactionId>, ApiError> {
-    let partition = api.client().partition_of(&key.from);
-    let answer = (api.client().query(partition, Query::RefundOf(key)).await)
-        .map_err(|e| api.unavailable(e))?;
-    match answer {
+    match api.ask(Query::RefundOf(key)).await? {
         QueryAnswer::RefundOf(original) => Ok(original),
-        _ => Err(ApiError::internal("unexpected query answer")),
+        other => Err(unexpected_answer(&other)),
     }
-}
-
-/// The answer when the home partition could not read a transfer row it keeps on disk.
-fn unreadable() -> ApiError {
-    LedgerError::Unreadable("the partition logged which chunk file".to_string()).into()
 }
