@@ -221,7 +221,7 @@ async fn start_from_etcd(args: &NodeArgs, urls: &str) -> Result<Start, NodeRunEr
 
 /// The task that keeps a node's map fresh from etcd ([`Follower`]).
 pub(crate) struct Following {
-    stop: tokio::sync::watch::Sender<bool>,
+    stop: walletd_runtime::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     /// Resolves with the map version that left this node out, if one does.
     removed: Option<tokio::sync::oneshot::Receiver<u64>>,
@@ -234,7 +234,7 @@ impl Following {
         args: &NodeArgs,
         root: &Path,
     ) -> Following {
-        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (stop, stopped) = walletd_runtime::watch::channel(false);
         let (notice, removed) = RemovalNotice::new();
         let service = EtcdMapService {
             store,
@@ -264,7 +264,7 @@ impl Following {
     /// Stops following and drops the node's liveness, so peers and operators see it gone at
     /// once rather than when its lease lapses.
     pub(crate) async fn stop(self) {
-        let _ = self.stop.send(true);
+        self.stop.send_replace(true);
         let _ = self.task.await;
     }
 }

@@ -21,10 +21,10 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use walletd_core::model::partition::PartitionMap;
 use walletd_core::model::placement::Placement;
+use walletd_runtime::watch;
 
 use crate::network::HostId;
 use crate::rng::SharedRng;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use walletd_core::model::partition::{NodeId, PartitionMap};
 use walletd_core::model::placement::Placement;
@@ -20,6 +20,7 @@ use walletd_runtime::net::map_follower::{
     RECONNECT_BACKOFF_MAX,
 };
 use walletd_runtime::net::{MapHandle, MapUpdateError};
+use walletd_runtime::watch;
 
 use crate::cluster::Shared;
 use crate::coordinator::{Coordinator, CoordinatorError, LeaseError, Versioned};

@@ -35,3 +35,4 @@ pub mod net;
 pub mod replica;
 pub mod storage;
 pub mod transport;
+pub mod watch;

@@ -27,7 +27,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use crate::watch;
 use walletd_core::model::partition::{NodeId, PartitionMap};
 use walletd_core::model::placement::Placement;
 

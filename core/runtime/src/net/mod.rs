@@ -90,7 +90,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+
+use crate::watch;
 use tokio::task::JoinHandle;
 
 use crate::driver::{DriverError, Input, RecoveryReport};

@@ -26,7 +26,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::watch;
 use tokio::task::JoinHandle;
 
 use walletd_core::model::partition::{NodeId, PartitionId, PartitionMap};

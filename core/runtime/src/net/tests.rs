@@ -1080,10 +1080,14 @@ async fn a_request_caught_between_two_maps_waits_for_both_and_is_answered() {
     let client = cluster.client(0);
     let caught = tokio::spawn(async move { client.execute(deposit(b, 5, "d-1"), false).await });
     let mut hint = cluster.node(1).newer_map_seen();
-    tokio::time::timeout(Duration::from_secs(5), hint.wait_for(|seen| *seen == 2))
+    let heard = async {
+        while *hint.borrow_and_update() != 2 {
+            hint.changed().await.expect("the node runs");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), heard)
         .await
-        .expect("node 1 hears of map version 2")
-        .unwrap();
+        .expect("node 1 hears of map version 2");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         !caught.is_finished(),

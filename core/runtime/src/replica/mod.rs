@@ -65,7 +65,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+
+use crate::watch;
 use tokio::time::Instant;
 
 use walletd_core::ledger::Ledger;

@@ -161,7 +161,7 @@ impl Group {
         };
         let wiring = ReplicaWiring {
             node: index as NodeId,
-            placement: tokio::sync::watch::channel(Arc::new(Placement {
+            placement: crate::watch::channel(Arc::new(Placement {
                 groups: vec![(0..REPLICAS as NodeId).collect()],
                 founders: vec![(0..REPLICAS as NodeId).collect()],
             }))

@@ -76,7 +76,7 @@ impl FakeService {
     fn set_down(&self, down: bool) {
         self.held().down = down;
         // Wakes the watches, which then find the service down (a broken stream).
-        self.revision.send_modify(|_| {});
+        self.revision.send_if_modified(|_| true);
     }
 
     /// The lease and map version node `node` is live with.
