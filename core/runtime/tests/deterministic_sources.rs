@@ -99,32 +99,31 @@ fn the_rule_sees_a_tokio_watch() {
     );
 }
 
-#[test]
-fn the_simulated_code_uses_no_tokio_watch() {
-    let mut offenders = Vec::new();
+/// `file:line` of every line of the simulated code that `rule` finds.
+fn offenders(rule: fn(&str) -> Vec<usize>) -> String {
+    let mut found = Vec::new();
     for (file, source) in simulated_sources() {
-        for line in tokio_watches(&source) {
-            offenders.push(format!("{}:{line}", file.display()));
+        for line in rule(&source) {
+            found.push(format!("{}:{line}", file.display()));
         }
     }
+    found.join("\n")
+}
+
+#[test]
+fn the_simulated_code_uses_no_tokio_watch() {
+    let found = offenders(tokio_watches);
     assert!(
-        offenders.is_empty(),
-        "tokio::sync::watch in simulated code (use walletd_runtime::watch):\n{}",
-        offenders.join("\n")
+        found.is_empty(),
+        "tokio::sync::watch in simulated code (use walletd_runtime::watch):\n{found}"
     );
 }
 
 #[test]
 fn every_select_the_simulator_runs_is_biased() {
-    let mut offenders = Vec::new();
-    for (file, source) in simulated_sources() {
-        for line in unbiased_selects(&source) {
-            offenders.push(format!("{}:{line}", file.display()));
-        }
-    }
+    let found = offenders(unbiased_selects);
     assert!(
-        offenders.is_empty(),
-        "select! without `biased;` (the simulator could not replay a seed):\n{}",
-        offenders.join("\n")
+        found.is_empty(),
+        "select! without `biased;` (the simulator could not replay a seed):\n{found}"
     );
 }
