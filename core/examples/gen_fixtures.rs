@@ -19,7 +19,7 @@ use walletd_core::ledger::{
 use walletd_core::log::codec::{encode_record, Record};
 use walletd_core::model::event::{Decision, Reason, Timestamp, Transfer};
 use walletd_core::model::ids::{AccountId, TransactionId};
-use walletd_core::model::money::{Amount, Currency};
+use walletd_core::model::money::{Amount, Currency, WrittenAmount};
 use walletd_core::model::partition::{partition_of, PartitionId};
 use walletd_core::model::transaction::{Leg, Transaction};
 
@@ -233,15 +233,14 @@ impl Log {
             from: self.local(from),
             transaction_id: txn(t),
         };
-        let currency = self.currency_of(from);
         let command = if void {
             Command::Void { key }
         } else {
-            let amount = amount.map(|a| Amount::parse(a, currency).unwrap());
+            let amount = amount.map(|a| WrittenAmount::parse(a).unwrap());
             Command::Capture { key, amount }
         };
         match self.run(command) {
-            Ok(Reply::Transfer(status)) => status,
+            Ok(Reply::HoldEnd(end)) => end.status,
             other => panic!("end of hold {t} gave {other:?}"),
         }
     }

@@ -431,6 +431,11 @@ pub fn sample_messages() -> Vec<Message> {
         Command::TryCredit(t),
         Command::ConfirmCredit(t),
         Command::CancelCredit(t),
+        Command::Capture {
+            key,
+            amount: Some(walletd_core::model::money::WrittenAmount::from_parts(1230, 2)),
+        },
+        Command::Void { key },
     ];
     for (i, command) in commands.into_iter().enumerate() {
         messages.push(Message::Request {
@@ -478,6 +483,14 @@ pub fn sample_messages() -> Vec<Message> {
             Reason::DestinationBalanceLimit,
         ))),
         Ok(Reply::Done),
+        Ok(Reply::HoldEnd(walletd_core::ledger::HoldEnd {
+            status: TransferStatus::Captured,
+            to: t.to,
+            amount: amount(30),
+            currency: Currency::USD,
+            captured: Some(amount(12)),
+        })),
+        Err(LedgerError::InvalidAmount("amount must be greater than zero".to_string())),
         Err(LedgerError::InsufficientFunds {
             available: "12.34".to_string(),
             currency: Currency::EUR,

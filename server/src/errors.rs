@@ -261,6 +261,9 @@ pub fn ledger_status(error: &LedgerError) -> (StatusCode, &'static str) {
         // it is a 429 like `overloaded` and not a 503, whose `Retry-After: 1` would promise
         // more than it keeps.
         LedgerError::HoldLimit(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_holds"),
+        // A capture's amount, finished at its hold's partition: the client's mistake, as an
+        // amount refused by the API itself is.
+        LedgerError::InvalidAmount(_) => (StatusCode::BAD_REQUEST, "invalid_amount"),
     }
 }
 
@@ -383,6 +386,7 @@ mod tests {
                 captured: "1.00".into(),
             },
             LedgerError::HoldLimit(1),
+            LedgerError::InvalidAmount("amount must be greater than zero".into()),
         ];
         for error in errors {
             let (status, code) = ledger_status(&error);

@@ -308,6 +308,7 @@ pub fn error_kind(error: &LedgerError) -> &'static str {
         LedgerError::CaptureExceedsHold { .. } => "CaptureExceedsHold",
         LedgerError::HoldAlreadyCaptured { .. } => "HoldAlreadyCaptured",
         LedgerError::HoldLimit(_) => "HoldLimit",
+        LedgerError::InvalidAmount(_) => "InvalidAmount",
     }
 }
 

@@ -26,9 +26,8 @@ pub fn told_once(state: &FinalState<'_>, found: &mut Vec<Violation>) {
         let Some(key) = hold_key(&op.command) else {
             continue;
         };
-        let hold_minor = state.home_row(&key).map(|row| row.transfer.amount.minor());
         for (attempt, result) in op.answers() {
-            let Some(end) = told(&op.command, hold_minor, result) else {
+            let Some(end) = told(result) else {
                 continue;
             };
             let (first_op, first) = *ends.entry(key).or_insert((index, end));
@@ -52,9 +51,7 @@ pub fn told_once(state: &FinalState<'_>, found: &mut Vec<Violation>) {
 /// How the final log of its home breaks what a hold request was answered, if it does.
 pub fn kept(state: &FinalState<'_>, op: &Op, result: &CommandResult) -> Option<String> {
     let key = hold_key(&op.command)?;
-    let Ok(Reply::Transfer(told_status)) = result else {
-        return None;
-    };
+    let told_status = result.as_ref().ok()?.transfer_status()?;
     let ledger = state.ledger(partition_of(&key.from, state.partitions))?;
     let Some(row) = ledger.transfer(&key) else {
         return Some(format!(
@@ -62,11 +59,28 @@ pub fn kept(state: &FinalState<'_>, op: &Op, result: &CommandResult) -> Option<S
         ));
     };
     let terms = ledger.hold_terms(&key);
+    // A capture's or void's answer shows the hold itself: it must be the hold recorded.
+    if let Ok(Reply::HoldEnd(end)) = result {
+        let shown = (end.to, end.amount, end.currency);
+        let recorded = (row.transfer.to, row.transfer.amount, row.transfer.currency);
+        let captured = terms.and_then(|t| t.captured);
+        if shown != recorded
+            || (told_status == TransferStatus::Captured && end.captured != captured)
+        {
+            return Some(format!(
+                "hold {key:?} answered {end:?}, its home recorded {row:?} with {terms:?}"
+            ));
+        }
+    }
     let final_state = row.state;
     let kept = match told_status {
         TransferStatus::Captured => {
             let asked = match op.command {
-                Command::Capture { amount, .. } => amount.or(Some(row.transfer.amount)),
+                Command::Capture { amount: None, .. } => Some(row.transfer.amount),
+                Command::Capture {
+                    amount: Some(written),
+                    ..
+                } => written.in_currency(row.transfer.currency).ok(),
                 _ => None,
             };
             let captured = terms.and_then(|t| t.captured);
@@ -74,7 +88,7 @@ pub fn kept(state: &FinalState<'_>, op: &Op, result: &CommandResult) -> Option<S
                 && asked.is_none_or(|asked| captured == Some(asked))
         }
         TransferStatus::Cancelled(reason @ (Reason::HoldVoided | Reason::HoldExpired)) => {
-            matches!(final_state, TransferState::Cancelled(r) | TransferState::Cancelling(r) if r == *reason)
+            matches!(final_state, TransferState::Cancelled(r) | TransferState::Cancelling(r) if r == reason)
         }
         // Held once: it ended since, or is held still (which at rest `at_rest` reports).
         TransferStatus::Held => {
@@ -87,9 +101,9 @@ pub fn kept(state: &FinalState<'_>, op: &Op, result: &CommandResult) -> Option<S
                         | TransferState::Cancelled(Reason::HoldVoided | Reason::HoldExpired)
                 )
         }
-        TransferStatus::Rejected(reason) => final_state == TransferState::Rejected(*reason),
+        TransferStatus::Rejected(reason) => final_state == TransferState::Rejected(reason),
         TransferStatus::Cancelled(reason) => {
-            matches!(final_state, TransferState::Cancelled(r) | TransferState::Cancelling(r) if r == *reason)
+            matches!(final_state, TransferState::Cancelled(r) | TransferState::Cancelling(r) if r == reason)
         }
         TransferStatus::Pending | TransferStatus::Committed => true,
     };

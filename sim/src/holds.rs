@@ -15,7 +15,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use walletd_core::ledger::{Command, Hold, LedgerError, Reply, TransferStatus};
 use walletd_core::model::event::{Reason, Timestamp, Transfer, TransferKey};
-use walletd_core::model::money::Amount;
+use walletd_core::model::money::{Amount, WrittenAmount};
 use walletd_runtime::driver::CommandResult;
 
 /// The shortest and longest expiry of a hold the clients place, in milliseconds.
@@ -84,12 +84,16 @@ impl Plan {
         let late = now_us >= self.expires_at + LATE_MARGIN_US;
         let (command, expect) = match self.end {
             End::Capture(amount) => (
-                Command::Capture { key, amount },
+                Command::Capture {
+                    key,
+                    amount: amount.map(|amount| WrittenAmount::of(amount, self.hold.currency)),
+                },
                 HoldExpect::Capture { beyond: false },
             ),
             End::Beyond => {
                 let more = self.hold.amount.minor() + rng.gen_range(1..=100);
-                let amount = Some(Amount::from_minor(more).expect("in range"));
+                let amount = Amount::from_minor(more).expect("in range");
+                let amount = Some(WrittenAmount::of(amount, self.hold.currency));
                 let beyond = HoldExpect::Capture { beyond: true };
                 return (Command::Capture { key, amount }, beyond);
             }
@@ -212,25 +216,34 @@ pub fn contradiction(expect: HoldExpect, result: &CommandResult) -> Option<&'sta
             S::Captured | S::Cancelled(Reason::HoldVoided | Reason::HoldExpired)
         )
     };
-    match (expect, result) {
-        (HoldExpect::Place, Ok(Reply::Transfer(_))) => None,
-        (HoldExpect::Place, Err(error)) if placement_refusal(error) => None,
-        (HoldExpect::Place, _) => Some("expected a hold's status"),
-        (HoldExpect::Capture { beyond: true }, Err(LedgerError::CaptureExceedsHold { .. })) => None,
-        (HoldExpect::Capture { beyond: true }, _) => {
+    // A capture or void is answered with the hold's end (and what it shows of the hold).
+    let told = match result {
+        Ok(Reply::HoldEnd(end)) => Some(end.status),
+        _ => None,
+    };
+    match (expect, result, told) {
+        (HoldExpect::Place, Ok(Reply::Transfer(_)), _) => None,
+        (HoldExpect::Place, Err(error), _) if placement_refusal(error) => None,
+        (HoldExpect::Place, _, _) => Some("expected a hold's status"),
+        (HoldExpect::Capture { beyond: true }, Err(LedgerError::CaptureExceedsHold { .. }), _) => {
+            None
+        }
+        (HoldExpect::Capture { beyond: true }, _, _) => {
             Some("a capture of more than the hold was not refused for it")
         }
-        (_, Err(LedgerError::CaptureExceedsHold { .. })) => {
+        (_, Err(LedgerError::CaptureExceedsHold { .. }), _) => {
             Some("a capture within the hold was refused as exceeding it")
         }
-        (HoldExpect::Capture { .. }, Err(LedgerError::HoldAlreadyCaptured { .. })) => None,
-        (HoldExpect::Late { .. }, Ok(Reply::Transfer(S::Cancelled(Reason::HoldExpired)))) => None,
-        (HoldExpect::Late { first: false }, Err(LedgerError::HoldAlreadyCaptured { .. })) => None,
-        (HoldExpect::Late { first: false }, Ok(Reply::Transfer(status))) if ended(status) => None,
-        (HoldExpect::Late { .. }, _) => {
+        (HoldExpect::Capture { .. }, Err(LedgerError::HoldAlreadyCaptured { .. }), _) => None,
+        (HoldExpect::Late { .. }, _, Some(S::Cancelled(Reason::HoldExpired))) => None,
+        (HoldExpect::Late { first: false }, Err(LedgerError::HoldAlreadyCaptured { .. }), _) => {
+            None
+        }
+        (HoldExpect::Late { first: false }, _, Some(status)) if ended(&status) => None,
+        (HoldExpect::Late { .. }, _, _) => {
             Some("a capture or void after the expiry, not answered expired")
         }
-        (_, Ok(Reply::Transfer(status))) if ended(status) => None,
+        (_, _, Some(status)) if ended(&status) => None,
         _ => Some("a capture or void of a held hold answered with no end of it"),
     }
 }
@@ -266,17 +279,22 @@ pub fn hold_key(command: &Command) -> Option<TransferKey> {
     }
 }
 
-/// What `result`, the answer to `command` on the hold `hold` (its amount), tells of how the
-/// hold ended, if anything.
-pub fn told(command: &Command, hold_minor: Option<u64>, result: &CommandResult) -> Option<Told> {
-    match result {
-        Ok(Reply::Transfer(TransferStatus::Captured)) => Some(Told::Captured(match command {
-            Command::Capture { amount, .. } => amount.map(Amount::minor).or(hold_minor),
-            _ => None,
-        })),
-        Ok(Reply::Transfer(TransferStatus::Cancelled(
-            reason @ (Reason::HoldVoided | Reason::HoldExpired),
-        ))) => Some(Told::Released(*reason)),
+/// What `result`, the answer to a request about a hold, tells of how the hold ended, if
+/// anything: a capture's or void's answer says what was captured, a hold's retry answered
+/// `captured` does not.
+pub fn told(result: &CommandResult) -> Option<Told> {
+    let Ok(reply) = result else {
+        return None;
+    };
+    let captured = match reply {
+        Reply::HoldEnd(end) => end.captured.map(Amount::minor),
+        _ => None,
+    };
+    match reply.transfer_status()? {
+        TransferStatus::Captured => Some(Told::Captured(captured)),
+        TransferStatus::Cancelled(reason @ (Reason::HoldVoided | Reason::HoldExpired)) => {
+            Some(Told::Released(reason))
+        }
         _ => None,
     }
 }
@@ -302,13 +320,16 @@ impl HoldCounts {
     /// A racing capture or void was answered `reply` (`None`: never settled).
     pub fn race(&mut self, reply: Option<&CommandResult>) {
         self.raced += 1;
-        let expired = Ok(Reply::Transfer(TransferStatus::Cancelled(
-            Reason::HoldExpired,
-        )));
-        if reply == Some(&expired) {
+        let expired = TransferStatus::Cancelled(Reason::HoldExpired);
+        if status_of(reply) == Some(expired) {
             self.raced_expired += 1;
         }
     }
+}
+
+/// The transfer status an answer told, if it told one.
+fn status_of(reply: Option<&CommandResult>) -> Option<TransferStatus> {
+    reply?.as_ref().ok()?.transfer_status()
 }
 
 /// The run's holds, for its summary: new holds placed, those answered held, captures and
@@ -320,7 +341,7 @@ pub fn summary(history: &crate::history::HistoryState) -> String {
     let settled = |command: fn(&Command) -> bool, status: TransferStatus| {
         ops()
             .filter(|op| command(&op.command) && !matches!(op.expect, Expect::Error(_)))
-            .filter(|op| op.settled() == Some(&Ok(Reply::Transfer(status))))
+            .filter(|op| status_of(op.settled()) == Some(status))
             .count()
     };
     let is_hold = |c: &Command| matches!(c, Command::Hold(_));

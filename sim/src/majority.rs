@@ -70,7 +70,8 @@ impl Subject {
                         | TransferStatus::Cancelled(_)
                         | TransferStatus::Held
                         | TransferStatus::Captured
-                ) | Reply::Balance { .. })
+                ) | Reply::HoldEnd(_)
+                    | Reply::Balance { .. })
             )
         });
         if !rests {

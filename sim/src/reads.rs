@@ -159,10 +159,12 @@ fn vouched(state: &FinalState<'_>) -> BTreeMap<AccountId, Vec<Vouched>> {
                 let home = partition(&hold.transfer.from);
                 vouch(key.from, first_of_key[home].get(&key).copied());
             }
-            (
-                Command::Capture { key, .. } | Command::Void { key },
-                Ok(Reply::Transfer(TransferStatus::Captured | TransferStatus::Cancelled(_))),
-            ) => {
+            (Command::Capture { key, .. } | Command::Void { key }, Ok(Reply::HoldEnd(end)))
+                if matches!(
+                    end.status,
+                    TransferStatus::Captured | TransferStatus::Cancelled(_)
+                ) =>
+            {
                 let home = partition(&key.from);
                 let ended = ends[home].get(key).copied();
                 vouch(key.from, ended);

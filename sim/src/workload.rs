@@ -413,8 +413,8 @@ impl Client {
             Expect::Valid | Expect::Refund { .. } | Expect::Transaction(_)
         );
         let op = self.history.start(self.index, &command, expect.clone());
-        // One transfer in four has its body read beside it, as a capture reads its hold's
-        // (`Query::TransferBody`): the read often reaches the home while the transfer's
+        // One transfer in four has its body read beside it (`Query::TransferBody`): the
+        // read often reaches the home while the transfer's
         // record is not yet durable, and must then wait for it. Chosen by the id, not the
         // random stream.
         let body_read = match &command {

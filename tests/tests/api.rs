@@ -1563,8 +1563,16 @@ fn hold_requests_that_cannot_be_are_refused_and_dry_runs_record_nothing() {
     assert_eq!(hold(&s, a, b, "10.00", "h1", json!(600_000)).status, 200);
     let r = end("h1", "capture", json!({"amount": "10.01"}));
     assert_eq!((r.status, r.code()), (422, "capture_exceeds_hold".into()));
-    let r = end("h1", "capture", json!({"amount": "1.001"}));
-    assert_eq!((r.status, r.code()), (400, "invalid_amount".into()));
+    // An amount is checked against the hold's currency where the hold is (its digits, zero,
+    // the largest amount), and its grammar before anything is asked: refused alike.
+    for bad in ["1.001", "0", "0.00", "99999999999999999", "abc", "1.", "-1"] {
+        let r = end("h1", "capture", json!({ "amount": bad }));
+        assert_eq!(
+            (r.status, r.code()),
+            (400, "invalid_amount".into()),
+            "{bad}"
+        );
+    }
 
     // Dry runs answer as the real request would, and record nothing.
     let before = (figures(&s, a), figures(&s, b), figures(&s, c));

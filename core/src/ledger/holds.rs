@@ -37,7 +37,8 @@ use super::{
     TransferRow, TransferState, TransferStatus,
 };
 use crate::model::event::{Event, Reason, Timestamp, Transfer, TransferKey};
-use crate::model::money::{format_minor, Amount, Currency};
+use crate::model::ids::AccountId;
+use crate::model::money::{format_minor, Amount, Currency, WrittenAmount};
 
 /// The longest a hold may stay held: 30 days, in milliseconds. A hold that long already
 /// outlives any card authorization; a longer one is a reservation better made as a transfer.
@@ -68,6 +69,19 @@ pub struct HoldTerms {
     /// When the hold expires, by the home's clock (wall-clock microseconds).
     pub expires_at: Timestamp,
     /// What was captured, once it was.
+    pub captured: Option<Amount>,
+}
+
+/// What the client of a capture or void is shown of its hold, besides its key: where it goes,
+/// what it holds, and what was captured of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldEnd {
+    /// The hold's status after the command.
+    pub status: TransferStatus,
+    pub to: AccountId,
+    pub amount: Amount,
+    pub currency: Currency,
+    /// What was captured, once the hold is captured.
     pub captured: Option<Amount>,
 }
 
@@ -210,22 +224,27 @@ impl Ledger {
     pub(crate) fn decide_capture(
         &self,
         key: &TransferKey,
-        amount: Option<Amount>,
+        amount: Option<WrittenAmount>,
         now: Timestamp,
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
         let (row, terms) = self.hold_row(key)?;
         let held = row.transfer.amount;
-        let asked = amount.unwrap_or(held);
+        let asked = match amount {
+            None => held,
+            Some(written) => written
+                .in_currency(row.transfer.currency)
+                .map_err(|error| LedgerError::InvalidAmount(error.to_string()))?,
+        };
         if asked > held {
             return Err(LedgerError::CaptureExceedsHold {
                 key: *key,
                 held: format_minor(held.minor(), row.transfer.currency),
             });
         }
-        match row.state {
+        let status = match row.state {
             TransferState::Held if self.expired(&terms, now) => {
-                Ok(self.release(&row, Reason::HoldExpired, events))
+                self.release(&row, Reason::HoldExpired, events)
             }
             TransferState::Held => {
                 events.push(Event::HoldCaptured {
@@ -233,20 +252,21 @@ impl Ledger {
                     amount: asked,
                     remote: row.remote,
                 });
-                Ok(Reply::Transfer(TransferStatus::Captured))
+                TransferStatus::Captured
             }
-            TransferState::Captured if terms.captured == Some(asked) => {
-                Ok(Reply::Transfer(TransferStatus::Captured))
+            TransferState::Captured if terms.captured == Some(asked) => TransferStatus::Captured,
+            TransferState::Captured => {
+                return Err(LedgerError::HoldAlreadyCaptured {
+                    key: *key,
+                    captured: format_minor(
+                        terms.captured.map_or(0, Amount::minor),
+                        row.transfer.currency,
+                    ),
+                })
             }
-            TransferState::Captured => Err(LedgerError::HoldAlreadyCaptured {
-                key: *key,
-                captured: format_minor(
-                    terms.captured.map_or(0, Amount::minor),
-                    row.transfer.currency,
-                ),
-            }),
-            state => self.ended_or_not_held(key, state),
-        }
+            state => self.ended_or_not_held(key, state)?,
+        };
+        Ok(hold_end(&row, status, Some(asked)))
     }
 
     /// Voids the hold `key`. Answers with the hold's status after it: voided, or how it
@@ -258,14 +278,15 @@ impl Ledger {
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
         let (row, terms) = self.hold_row(key)?;
-        match row.state {
+        let status = match row.state {
             TransferState::Held if self.expired(&terms, now) => {
-                Ok(self.release(&row, Reason::HoldExpired, events))
+                self.release(&row, Reason::HoldExpired, events)
             }
-            TransferState::Held => Ok(self.release(&row, Reason::HoldVoided, events)),
-            TransferState::Captured => Ok(Reply::Transfer(TransferStatus::Captured)),
-            state => self.ended_or_not_held(key, state),
-        }
+            TransferState::Held => self.release(&row, Reason::HoldVoided, events),
+            TransferState::Captured => TransferStatus::Captured,
+            state => self.ended_or_not_held(key, state)?,
+        };
+        Ok(hold_end(&row, status, terms.captured))
     }
 
     /// Expires the hold `key` if it is held and its expiry has come; else does nothing.
@@ -292,12 +313,12 @@ impl Ledger {
         &self,
         key: &TransferKey,
         state: TransferState,
-    ) -> Result<Reply, LedgerError> {
+    ) -> Result<TransferStatus, LedgerError> {
         match state {
             TransferState::Cancelling(reason) | TransferState::Cancelled(reason)
                 if matches!(reason, Reason::HoldVoided | Reason::HoldExpired) =>
             {
-                Ok(Reply::Transfer(TransferStatus::Cancelled(reason)))
+                Ok(TransferStatus::Cancelled(reason))
             }
             TransferState::Trying => Err(LedgerError::HoldBeingPlaced(*key)),
             _ => Err(LedgerError::HoldNotHeld(*key)),
@@ -314,13 +335,18 @@ impl Ledger {
         now >= terms.expires_at
     }
 
-    fn release(&self, row: &TransferRow, reason: Reason, events: &mut Vec<Event>) -> Reply {
+    fn release(
+        &self,
+        row: &TransferRow,
+        reason: Reason,
+        events: &mut Vec<Event>,
+    ) -> TransferStatus {
         events.push(Event::HoldReleased {
             hold: row.transfer,
             reason,
             remote: row.remote,
         });
-        Reply::Transfer(TransferStatus::Cancelled(reason))
+        TransferStatus::Cancelled(reason)
     }
 
     /// A hold placed: the amount leaves the source's balance into `held`; within one
@@ -537,4 +563,16 @@ impl Ledger {
                 .then_some((row.transfer.currency, row.transfer.amount.minor()))
         })
     }
+}
+
+/// The answer to a capture or void of the hold `row`, now `status`; `captured` counts only
+/// if the hold is captured.
+fn hold_end(row: &TransferRow, status: TransferStatus, captured: Option<Amount>) -> Reply {
+    Reply::HoldEnd(HoldEnd {
+        status,
+        to: row.transfer.to,
+        amount: row.transfer.amount,
+        currency: row.transfer.currency,
+        captured: captured.filter(|_| status == TransferStatus::Captured),
+    })
 }

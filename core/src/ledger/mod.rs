@@ -30,7 +30,7 @@ pub(crate) mod transfer_table;
 pub use crate::model::event::{CashKind, CashRefusal, CashRefused};
 pub use dry_run::DryRun;
 use holds::HoldTable;
-pub use holds::{Hold, HoldTerms, HOLD_EXPIRES_IN_MS_MAX, OPEN_HOLDS_MAX};
+pub use holds::{Hold, HoldEnd, HoldTerms, HOLD_EXPIRES_IN_MS_MAX, OPEN_HOLDS_MAX};
 pub use refunds::Refund;
 use refunds::RefundTable;
 use transactions::TransactionTable;
@@ -47,7 +47,7 @@ use crate::ledger::credit_table::CreditTable;
 use crate::ledger::transfer_table::{Found, TransferTable, Vacancy};
 use crate::model::event::{Decision, Event, Lsn, Reason, Timestamp, Transfer, TransferKey};
 use crate::model::ids::{AccountId, TransactionId};
-use crate::model::money::{format_minor, Amount, Currency, BALANCE_MINOR_MAX};
+use crate::model::money::{format_minor, Amount, Currency, WrittenAmount, BALANCE_MINOR_MAX};
 use crate::model::partition::{partition_of, PartitionId};
 use crate::model::transaction::Transaction;
 #[cfg(any(test, madsim, feature = "testing"))]
@@ -300,10 +300,11 @@ pub enum Command {
     /// A client hold (see [`holds`]); this partition must own its `from`. Boxed: it is
     /// longer than a transfer, and every command pays for the longest.
     Hold(Box<Hold>),
-    /// A client capture of the hold `key`: `amount` of it, or all of it for `None`.
+    /// A client capture of the hold `key`: `amount` of it, or all of it for `None`. The
+    /// amount is as the client wrote it: the hold's currency, known here, finishes its parse.
     Capture {
         key: TransferKey,
-        amount: Option<Amount>,
+        amount: Option<WrittenAmount>,
     },
     /// A client void of the hold `key`.
     Void {
@@ -414,9 +415,24 @@ pub enum Reply {
         balance: u64,
     },
     Transfer(TransferStatus),
+    /// A capture's or void's answer: the hold's status after it, with what its client is
+    /// shown of the hold, so that it needs no read of its own.
+    HoldEnd(HoldEnd),
     Phase(PhaseResult),
     /// A coordinator command applied (or was already applied).
     Done,
+}
+
+impl Reply {
+    /// The transfer status this reply carries, if it answers a transfer, hold or
+    /// transaction command.
+    pub fn transfer_status(&self) -> Option<TransferStatus> {
+        match self {
+            Reply::Transfer(status) => Some(*status),
+            Reply::HoldEnd(end) => Some(end.status),
+            _ => None,
+        }
+    }
 }
 
 /// A destination's answer to a phase message.
@@ -509,6 +525,10 @@ pub enum LedgerError {
     /// A capture of a hold already captured for another amount.
     #[error("hold {key:?} was already captured for {captured}")]
     HoldAlreadyCaptured { key: TransferKey, captured: String },
+    /// A capture's amount does not fit its hold's currency (too many fraction digits, zero,
+    /// or beyond the largest amount); the message says which.
+    #[error("{0}")]
+    InvalidAmount(String),
     /// The partition holds as many open holds as it may ([`OPEN_HOLDS_MAX`]).
     #[error("the partition holds {0} open holds, as many as it may; capture or void some first")]
     HoldLimit(usize),

@@ -126,7 +126,37 @@ impl Amount {
     }
 
     /// Parses a decimal string strictly for `currency`; see the module docs for the grammar.
+    /// The same as [`WrittenAmount::parse`] then [`WrittenAmount::in_currency`].
     pub fn parse(text: &str, currency: Currency) -> Result<Amount, MoneyError> {
+        WrittenAmount::parse(text)?.in_currency(currency)
+    }
+
+    /// Formats with exactly the currency's number of fraction digits (`"12.30"`, `"500"`).
+    pub fn format(self, currency: Currency) -> String {
+        format_minor(self.minor(), currency)
+    }
+}
+
+/// An amount as a client wrote it, before the currency that says how many fraction digits it
+/// may have is known: its digits, and how many of them follow the point.
+///
+/// A capture names its hold, not its currency, so the API can check only the grammar of its
+/// amount; the hold's partition finishes the parse ([`WrittenAmount::in_currency`]) in the
+/// same step that decides the capture, rather than the API asking the hold's currency
+/// first, a round trip more. [`Amount::parse`] is `parse` then `in_currency`, so an amount
+/// is refused alike, with the same error, on either path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WrittenAmount {
+    /// The digits without the point (at most [`AMOUNT_TEXT_LEN_MAX`] of them: they fit).
+    digits: u128,
+    /// How many of the digits are fraction digits.
+    scale: u8,
+}
+
+impl WrittenAmount {
+    /// Checks the grammar of the module docs (everything but the currency's fraction digits
+    /// and the bounds, which [`WrittenAmount::in_currency`] checks).
+    pub fn parse(text: &str) -> Result<WrittenAmount, MoneyError> {
         if text.is_empty() {
             return Err(MoneyError::Empty);
         }
@@ -144,11 +174,47 @@ impl Amount {
         if whole.len() > 1 && whole.starts_with('0') {
             return Err(MoneyError::LeadingZero(text.to_string()));
         }
-        let allowed = currency.minor_units();
         let fraction = fraction.unwrap_or("");
-        if fraction.len() > allowed as usize {
+        // At most 32 digits in all, and 10^32 < 2^128: no overflow.
+        let digits = (whole.bytes().chain(fraction.bytes()))
+            .fold(0u128, |digits, b| digits * 10 + u128::from(b - b'0'));
+        Ok(WrittenAmount {
+            digits,
+            scale: fraction.len() as u8,
+        })
+    }
+
+    /// `amount` of `currency`, written with all its fraction digits.
+    pub fn of(amount: Amount, currency: Currency) -> WrittenAmount {
+        WrittenAmount {
+            digits: u128::from(amount.minor()),
+            scale: currency.minor_units() as u8,
+        }
+    }
+
+    /// A written amount from its parts, as a peer sent them: any values, which
+    /// [`WrittenAmount::in_currency`] refuses unless they make an amount.
+    pub fn from_parts(digits: u128, scale: u8) -> WrittenAmount {
+        WrittenAmount { digits, scale }
+    }
+
+    /// The digits without the point.
+    pub fn digits(self) -> u128 {
+        self.digits
+    }
+
+    /// How many of the digits are fraction digits.
+    pub fn scale(self) -> u8 {
+        self.scale
+    }
+
+    /// The amount in `currency`: refused if it has more fraction digits than the currency
+    /// allows, is zero, or passes [`AMOUNT_MINOR_MAX`].
+    pub fn in_currency(self, currency: Currency) -> Result<Amount, MoneyError> {
+        let allowed = currency.minor_units();
+        if u32::from(self.scale) > allowed {
             return Err(MoneyError::TooManyFractionDigits {
-                amount: text.to_string(),
+                amount: self.to_string(),
                 currency,
                 allowed,
             });
@@ -157,33 +223,35 @@ impl Amount {
             currency,
             max: format_minor(AMOUNT_MINOR_MAX, currency),
         };
-        // Both parts are at most 32 ASCII digits; accumulate with checked arithmetic.
-        let mut minor: u64 = 0;
-        for b in whole.bytes() {
-            minor = minor
-                .checked_mul(10)
-                .and_then(|m| m.checked_add(u64::from(b - b'0')))
-                .ok_or_else(too_large)?;
-        }
-        let pad = allowed as usize - fraction.len();
-        for b in fraction.bytes().chain(std::iter::repeat_n(b'0', pad)) {
-            minor = minor
-                .checked_mul(10)
-                .and_then(|m| m.checked_add(u64::from(b - b'0')))
-                .ok_or_else(too_large)?;
-        }
+        let minor = 10u128
+            .checked_pow(allowed - u32::from(self.scale))
+            .and_then(|pad| self.digits.checked_mul(pad))
+            .ok_or_else(too_large)?;
         if minor == 0 {
             return Err(MoneyError::Zero);
         }
-        if minor > AMOUNT_MINOR_MAX {
-            return Err(too_large());
-        }
-        Ok(Amount::from_minor(minor).expect("checked above"))
+        let minor = u64::try_from(minor).map_err(|_| too_large())?;
+        Amount::from_minor(minor).ok_or_else(too_large)
     }
+}
 
-    /// Formats with exactly the currency's number of fraction digits (`"12.30"`, `"500"`).
-    pub fn format(self, currency: Currency) -> String {
-        format_minor(self.minor(), currency)
+/// As written: `"12.30"` stays `"12.30"`.
+impl fmt::Display for WrittenAmount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.scale == 0 {
+            return write!(f, "{}", self.digits);
+        }
+        match 10u128.checked_pow(u32::from(self.scale)) {
+            Some(unit) => write!(
+                f,
+                "{}.{:0width$}",
+                self.digits / unit,
+                self.digits % unit,
+                width = usize::from(self.scale)
+            ),
+            // Only a peer's nonsense has a scale this long; say what it sent.
+            None => write!(f, "{}e-{}", self.digits, self.scale),
+        }
     }
 }
 
@@ -269,6 +337,55 @@ mod tests {
             usd(&"9".repeat(32)),
             Err(MoneyError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn a_written_amount_keeps_what_the_client_wrote() {
+        for text in [
+            "12.30",
+            "0.05",
+            "7",
+            "100.1",
+            "0",
+            "0.000",
+            "99999999999999999999",
+        ] {
+            assert_eq!(WrittenAmount::parse(text).unwrap().to_string(), text);
+        }
+        // The refusal quotes the amount as written, trailing zeros and all.
+        assert_eq!(
+            Amount::parse("1.230", Currency::USD),
+            Err(MoneyError::TooManyFractionDigits {
+                amount: "1.230".into(),
+                currency: Currency::USD,
+                allowed: 2
+            })
+        );
+        // One currency's amount read in another is refused or scaled, never wrapped.
+        let amount = Amount::from_minor(1234).unwrap();
+        let kwd = WrittenAmount::of(amount, Currency::KWD);
+        assert!(kwd.in_currency(Currency::USD).is_err());
+        assert_eq!(kwd.in_currency(Currency::BHD), Ok(amount));
+        // What a hostile peer could send: refused, never a panic or a wrapped number.
+        for (digits, scale) in [(u128::MAX, 0), (u128::MAX, 255), (1, 200), (0, 0)] {
+            let written = WrittenAmount::from_parts(digits, scale);
+            assert!(written.in_currency(Currency::KWD).is_err(), "{written}");
+        }
+    }
+
+    proptest::proptest! {
+        /// An amount written with all its currency's digits reads back as itself, and
+        /// reads as its formatted text does.
+        #[test]
+        fn every_amount_written_in_its_currency_reads_back(
+            minor in 1..=AMOUNT_MINOR_MAX,
+            currency in proptest::sample::select(Currency::ALL),
+        ) {
+            let amount = Amount::from_minor(minor).unwrap();
+            let written = WrittenAmount::of(amount, currency);
+            proptest::prop_assert_eq!(written.in_currency(currency), Ok(amount));
+            proptest::prop_assert_eq!(written.to_string(), amount.format(currency));
+        }
     }
 
     #[test]

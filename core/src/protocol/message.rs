@@ -34,9 +34,9 @@ pub enum Query {
     Transaction(TransferKey),
     /// The body of the transfer `key` (its accounts, amount and currency), if it has a row.
     /// A body never changes once recorded, so its answer leaves as soon as the record is
-    /// durable, without waiting for the open batch as every other answer does: a capture
-    /// or void reads the hold's body first, and would otherwise pay a sync for it before
-    /// its own.
+    /// durable, without waiting for the open batch as every other answer does. (A capture
+    /// or void no longer reads its hold's body: its answer carries it, see
+    /// [`crate::ledger::HoldEnd`].)
     TransferBody(TransferKey),
 }
 

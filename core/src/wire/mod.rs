@@ -91,7 +91,7 @@
 use crate::log::crc::crc32c_of;
 
 use crate::ledger::{
-    Account, Command, DryRun, Hold, HoldTerms, LedgerError, PhaseResult, Refund, Reply,
+    Account, Command, DryRun, Hold, HoldEnd, HoldTerms, LedgerError, PhaseResult, Refund, Reply,
     TransactionTerms, TransferRow, TransferState, TransferStatus,
 };
 use crate::log::codec::{
@@ -100,7 +100,7 @@ use crate::log::codec::{
 };
 use crate::model::event::Decision;
 use crate::model::ids::ID_LEN_MAX;
-use crate::model::money::Amount;
+use crate::model::money::{Amount, WrittenAmount};
 use crate::model::partition::{NodeId, PartitionId};
 use crate::protocol::coordinator::{Phase, PhaseRequest, PhaseResponse};
 use crate::protocol::message::{
@@ -128,8 +128,10 @@ use crate::replica::RaftMessage;
 /// (`Transact` 18 to `DecideTransactionCancel` 23), phase result `LegFailed` (6), peer
 /// messages `TxRequest` (5), `TxResponse` (6) and `TxUnresolved` (7), query `Transaction`
 /// (6) and its answer (7), and a dry run's failed leg. Version 11: query `TransferBody` (7)
-/// and its answer (8).
-pub const WIRE_VERSION: u8 = 11;
+/// and its answer (8). Version 12: a `Capture` (15) carries its amount as the client wrote it
+/// (digits and scale, finished at the hold's partition), reply `HoldEnd` (6) answers a
+/// capture or void with the hold's terms, ledger error `InvalidAmount` (19).
+pub const WIRE_VERSION: u8 = 12;
 /// Bytes of the frame header: body length and checksum.
 pub const FRAME_HEADER_LEN: usize = 8;
 /// Bytes of the body before the messages: version, map version, count.
@@ -729,7 +731,14 @@ fn put_command(out: &mut Vec<u8>, command: &Command) {
         Command::Capture { key, amount } => {
             out.push(15);
             put_key(out, &key);
-            put_optional_amount(out, amount);
+            match amount {
+                None => out.push(0),
+                Some(written) => {
+                    out.push(1);
+                    out.extend_from_slice(&written.digits().to_le_bytes());
+                    out.push(written.scale());
+                }
+            }
         }
         Command::Void { key } => {
             out.push(16);
@@ -846,7 +855,10 @@ fn get_command(cursor: &mut Cursor<'_>) -> Result<Command, String> {
         })),
         15 => Command::Capture {
             key: cursor.key()?,
-            amount: get_optional_amount(cursor)?,
+            amount: match get_bool(cursor)? {
+                false => None,
+                true => Some(WrittenAmount::from_parts(cursor.u128()?, cursor.u8()?)),
+            },
         },
         16 => Command::Void { key: cursor.key()? },
         17 => Command::ExpireHold { key: cursor.key()? },
@@ -963,6 +975,14 @@ fn put_reply(out: &mut Vec<u8>, reply: &Reply) {
             put_phase_result(out, result);
         }
         Reply::Done => out.push(5),
+        Reply::HoldEnd(end) => {
+            out.push(6);
+            put_status(out, end.status);
+            end.to.encode_into(out);
+            out.extend_from_slice(&end.amount.minor().to_le_bytes());
+            put_currency(out, end.currency);
+            put_optional_amount(out, end.captured);
+        }
     }
 }
 
@@ -977,6 +997,13 @@ fn get_reply(cursor: &mut Cursor<'_>) -> Result<Reply, String> {
         3 => Reply::Transfer(get_status(cursor)?),
         4 => Reply::Phase(get_phase_result(cursor)?),
         5 => Reply::Done,
+        6 => Reply::HoldEnd(HoldEnd {
+            status: get_status(cursor)?,
+            to: cursor.account()?,
+            amount: cursor.amount()?,
+            currency: cursor.currency()?,
+            captured: get_optional_amount(cursor)?,
+        }),
         other => return Err(format!("unknown reply {other}")),
     })
 }
@@ -1114,6 +1141,10 @@ fn put_ledger_error(out: &mut Vec<u8>, error: &LedgerError) {
             out.push(18);
             put_key(out, key);
         }
+        LedgerError::InvalidAmount(message) => {
+            out.push(19);
+            put_text(out, message);
+        }
         LedgerError::HoldLimit(limit) => {
             out.push(17);
             out.extend_from_slice(&(*limit as u64).to_le_bytes());
@@ -1182,6 +1213,7 @@ fn get_ledger_error(cursor: &mut Cursor<'_>) -> Result<LedgerError, String> {
             usize::try_from(cursor.u64()?).map_err(|_| "hold limit beyond usize".to_string())?,
         ),
         18 => LedgerError::HoldBeingPlaced(cursor.key()?),
+        19 => LedgerError::InvalidAmount(get_text(cursor)?),
         other => return Err(format!("unknown ledger error {other}")),
     })
 }

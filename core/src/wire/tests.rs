@@ -4,7 +4,7 @@ use super::*;
 use crate::ledger::TransactionTerms;
 use crate::model::event::{Reason, Transfer, TransferKey};
 use crate::model::ids::{AccountId, TransactionId};
-use crate::model::money::{Amount, Currency, AMOUNT_MINOR_MAX};
+use crate::model::money::{Amount, Currency, WrittenAmount, AMOUNT_MINOR_MAX};
 use crate::model::transaction::{Leg, Transaction, LEGS_MAX};
 use crate::protocol::tx_coordinator::{TxRequest, TxResponse};
 use std::sync::Arc;
@@ -102,7 +102,7 @@ fn every_command(t: Transfer) -> Vec<Command> {
         })),
         Command::Capture {
             key,
-            amount: Some(t.amount),
+            amount: Some(WrittenAmount::of(t.amount, t.currency)),
         },
         Command::Capture { key, amount: None },
         Command::Void { key },
@@ -235,6 +235,7 @@ fn every_ledger_error(t: Transfer) -> Vec<LedgerError> {
             captured: "0.01".into(),
         },
         LedgerError::HoldLimit(100_000),
+        LedgerError::InvalidAmount("amount \"1.234\" has more than 2 fraction digits".into()),
     ]
 }
 
@@ -252,11 +253,25 @@ fn every_reply() -> Vec<Reply> {
         Reply::Phase(PhaseResult::Cancelled),
         Reply::Phase(PhaseResult::Refused),
         Reply::Done,
+        Reply::HoldEnd(HoldEnd {
+            status: TransferStatus::Captured,
+            to: AccountId::new("b").unwrap(),
+            amount: Amount::from_minor(30).unwrap(),
+            currency: Currency::USD,
+            captured: Some(Amount::from_minor(12).unwrap()),
+        }),
     ];
     for reason in ALL_REASONS {
         replies.push(Reply::Transfer(TransferStatus::Rejected(reason)));
         replies.push(Reply::Transfer(TransferStatus::Cancelled(reason)));
         replies.push(Reply::Phase(PhaseResult::TryFailed(reason)));
+        replies.push(Reply::HoldEnd(HoldEnd {
+            status: TransferStatus::Cancelled(reason),
+            to: AccountId::new(&"z".repeat(64)).unwrap(),
+            amount: Amount::from_minor(AMOUNT_MINOR_MAX).unwrap(),
+            currency: Currency::KWD,
+            captured: None,
+        }));
         for leg in [0, 63, u8::MAX] {
             replies.push(Reply::Phase(PhaseResult::LegFailed { leg, reason }));
         }

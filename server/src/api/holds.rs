@@ -25,16 +25,17 @@ use serde_json::Value;
 use tokio::time::Instant;
 use utoipa::ToSchema;
 use walletd_core::ledger::{
-    Command, Hold, HoldTerms, TransferRow, TransferStatus, HOLD_EXPIRES_IN_MS_MAX,
+    Command, Hold, HoldEnd, HoldTerms, Reply, TransferRow, TransferStatus, HOLD_EXPIRES_IN_MS_MAX,
 };
 use walletd_core::model::event::{Reason, TransferKey};
-use walletd_core::model::money::{format_minor, Amount, Currency};
+use walletd_core::model::money::{format_minor, Amount, Currency, WrittenAmount};
 use walletd_runtime::driver::{Query, QueryAnswer};
 
+use super::accounts::unexpected;
 use super::dry_run::{self, WriteParams};
 use super::transfers::{
-    conclude, execute_started, interpret, parse_transfer_fields, status_url, status_view,
-    transfer_body, TransferFields, TransferStatusResponse,
+    counted, execute_started, parse_transfer_fields, status_url, status_view, TransferFields,
+    TransferStatusResponse,
 };
 use super::unexpected_answer;
 use super::{account_id, is_json_content_type, parse_json, transaction_id, Api, ApiJson};
@@ -209,28 +210,14 @@ pub async fn capture(
 ) -> Result<Response, ApiError> {
     let key = path_key(&from, &id)?;
     let request: CaptureRequest = optional_json(&headers, &body)?;
-    // An amount no currency could hold is refused before the hold is looked up; its own
-    // currency's digits are checked once it is known.
-    if let Some(text) = request.amount.as_deref() {
-        let widest = (Currency::ALL.iter().copied())
-            .max_by_key(|currency| currency.minor_units())
-            .expect("currencies");
-        Amount::parse(text, widest)?;
-    }
-    let row = HeldRow::read(&api, key).await?;
+    // Only the amount's grammar is checked here. Its currency's digits and bounds are the
+    // hold's, which its partition knows: it finishes the parse in the step that decides the
+    // capture, so a capture is one round, with no read of the hold before it.
     let amount = (request.amount.as_deref())
-        .map(|text| Amount::parse(text, row.currency))
+        .map(WrittenAmount::parse)
         .transpose()?;
-    let command = Command::Capture { key, amount };
-    let status = end(&api, command, params.dry_run).await?;
-    let captured = amount.unwrap_or(row.amount);
-    Ok(respond(
-        Asked::Capture,
-        &row,
-        status,
-        Some(captured),
-        params.dry_run,
-    ))
+    let end = end(&api, Command::Capture { key, amount }, params.dry_run).await?;
+    Ok(respond_end(Asked::Capture, key, &end, params.dry_run))
 }
 
 /// Void a hold: everything goes back to `from_account`.
@@ -247,14 +234,8 @@ pub async fn void(
     ApiQuery(params): ApiQuery<WriteParams>,
 ) -> Result<Response, ApiError> {
     let key = path_key(&from, &id)?;
-    let row = HeldRow::read(&api, key).await?;
-    let status = end(&api, Command::Void { key }, params.dry_run).await?;
-    // Found captured: say what was captured (one more read, on this rare path only).
-    let captured = match status {
-        TransferStatus::Captured => terms(&api, key).await?.and_then(|t| t.captured),
-        _ => None,
-    };
-    Ok(respond(Asked::Void, &row, status, captured, params.dry_run))
+    let end = end(&api, Command::Void { key }, params.dry_run).await?;
+    Ok(respond_end(Asked::Void, key, &end, params.dry_run))
 }
 
 /// The key a capture or void names in its path.
@@ -285,13 +266,19 @@ fn optional_json<T: Default + serde::de::DeserializeOwned>(
     parse_json(body)
 }
 
-/// Runs a capture or void (or its dry run): the hold's status after it.
-async fn end(api: &Api, command: Command, dry_run: bool) -> Result<TransferStatus, ApiError> {
-    if dry_run {
-        return interpret(dry_run::command(api, command).await?);
+/// Runs a capture or void (or its dry run): the hold's end, with what its client is shown
+/// of the hold.
+async fn end(api: &Api, command: Command, dry_run: bool) -> Result<HoldEnd, ApiError> {
+    let result = if dry_run {
+        dry_run::command(api, command).await?
+    } else {
+        // Decided at the home at once: nothing to wait for past the record's sync.
+        counted(api, api.client().execute(command, false).await)?
+    };
+    match result? {
+        Reply::HoldEnd(end) => Ok(end),
+        other => Err(unexpected(other)),
     }
-    // Decided at the home at once: nothing to wait for past the record's sync.
-    conclude(api, api.client().execute(command, false).await)
 }
 
 /// What an answer shows of the hold itself.
@@ -302,17 +289,15 @@ struct HeldRow {
     currency: Currency,
 }
 
-impl HeldRow {
-    /// The hold `key`, read at its home: `404 transfer_not_found` if nothing has that key.
-    async fn read(api: &Api, key: TransferKey) -> Result<HeldRow, ApiError> {
-        let body = transfer_body(api, key).await?;
-        Ok(HeldRow {
-            key,
-            to: body.to.to_string(),
-            amount: body.amount,
-            currency: body.currency,
-        })
-    }
+/// The answer to the capture or void of the hold `key` that ended it as `end` says.
+fn respond_end(asked: Asked, key: TransferKey, end: &HoldEnd, dry_run: bool) -> Response {
+    let row = HeldRow {
+        key,
+        to: end.to.to_string(),
+        amount: end.amount,
+        currency: end.currency,
+    };
+    respond(asked, &row, end.status, end.captured, dry_run)
 }
 
 /// The answer to `asked` for a hold now in `status`; `captured` is what a captured hold

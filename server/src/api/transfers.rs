@@ -181,6 +181,15 @@ pub fn conclude(
     api: &Api,
     answer: Result<CommandResult, Unavailable>,
 ) -> Result<TransferStatus, ApiError> {
+    interpret(counted(api, answer)?)
+}
+
+/// The result of a command that starts or ends a transfer, counted in the metrics by its
+/// outcome; a partition out of reach is its error.
+pub fn counted(
+    api: &Api,
+    answer: Result<CommandResult, Unavailable>,
+) -> Result<CommandResult, ApiError> {
     let result = match answer {
         Err(unavailable) => {
             api.metrics().transfer(Outcome::Failed);
@@ -189,12 +198,14 @@ pub fn conclude(
         Ok(result) => result,
     };
     let outcome = match &result {
-        Ok(Reply::Transfer(status)) => Outcome::of_status(*status),
+        Ok(reply) => reply
+            .transfer_status()
+            .map_or(Outcome::Failed, Outcome::of_status),
         Err(walletd_core::ledger::LedgerError::Conflict(_)) => Outcome::Conflict,
-        _ => Outcome::Failed,
+        Err(_) => Outcome::Failed,
     };
     api.metrics().transfer(outcome);
-    interpret(result)
+    Ok(result)
 }
 
 /// The status a transfer command's result tells its client, or the refusal.
@@ -443,18 +454,6 @@ pub(super) async fn transfer_row(api: &Api, key: TransferKey) -> Result<Transfer
     match api.ask(Query::Transfer(key)).await? {
         QueryAnswer::Transfer(Some(row)) => Ok(row),
         QueryAnswer::Transfer(None) => Err(not_found(key)),
-        other => Err(unexpected_answer(&other)),
-    }
-}
-
-/// The body of the transfer `key` (accounts, amount, currency), read at its home:
-/// `404 transfer_not_found` if it has no row. Answered as soon as the row's record is
-/// durable, not with the home's open batch (see [`Query::TransferBody`]): for what a
-/// command's answer shows beside its own durable outcome.
-pub(super) async fn transfer_body(api: &Api, key: TransferKey) -> Result<Transfer, ApiError> {
-    match api.ask(Query::TransferBody(key)).await? {
-        QueryAnswer::TransferBody(Some(body)) => Ok(body),
-        QueryAnswer::TransferBody(None) => Err(not_found(key)),
         other => Err(unexpected_answer(&other)),
     }
 }

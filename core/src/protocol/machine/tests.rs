@@ -695,14 +695,24 @@ fn a_hold_across_partitions_is_answered_held_and_its_capture_confirms_the_part()
         11,
         Command::Capture {
             key: h1,
-            amount: Some(crate::protocol::tests::support::amt(12)),
+            amount: Some(crate::model::money::WrittenAmount::of(
+                crate::protocol::tests::support::amt(12),
+                USD,
+            )),
         },
         false,
     );
     world.settle();
+    // The answer carries what its client is shown of the hold: no read of its own.
     assert_eq!(
         world.replies[&11],
-        Ok(Reply::Transfer(TransferStatus::Captured))
+        Ok(Reply::HoldEnd(crate::ledger::HoldEnd {
+            status: TransferStatus::Captured,
+            to: bob,
+            amount: crate::protocol::tests::support::amt(30),
+            currency: USD,
+            captured: Some(crate::protocol::tests::support::amt(12)),
+        }))
     );
     assert_eq!(world.balance(0, &alice), 88, "the rest came back at once");
     assert_eq!(
@@ -753,10 +763,8 @@ fn a_hold_expires_by_the_homes_clock_across_a_power_loss() {
     );
     world.settle();
     assert_eq!(
-        world.replies[&11],
-        Ok(Reply::Transfer(TransferStatus::Cancelled(
-            Reason::HoldExpired
-        )))
+        world.replies[&11].as_ref().map(Reply::transfer_status),
+        Ok(Some(TransferStatus::Cancelled(Reason::HoldExpired)))
     );
     let ended = world
         .durable_events(0)
@@ -810,12 +818,13 @@ fn a_hold_across_partitions_captured_in_part_leaves_no_credit_pending() {
         "bob's credit waits for the hold's end"
     );
     let key = key(alice, "h-1");
-    let amount = Some(crate::model::money::Amount::from_minor(12).expect("in range"));
+    let amount = crate::model::money::Amount::from_minor(12).expect("in range");
+    let amount = Some(crate::model::money::WrittenAmount::of(amount, USD));
     world.command(0, 11, Command::Capture { key, amount }, false);
     world.settle();
     assert_eq!(
-        world.replies[&11],
-        Ok(Reply::Transfer(TransferStatus::Captured))
+        world.replies[&11].as_ref().map(Reply::transfer_status),
+        Ok(Some(TransferStatus::Captured))
     );
     assert_eq!((world.balance(0, &alice), world.balance(1, &bob)), (88, 12));
     // The Confirm of a part is a credit confirmed: nothing is pending any more, so the
@@ -876,14 +885,14 @@ fn a_hold_across_partitions_is_answered_held_at_its_commit_point() {
     world.command(0, 12, capture, false);
     world.settle();
     assert_eq!(
-        world.replies[&12],
-        Ok(Reply::Transfer(TransferStatus::Captured))
+        world.replies[&12].as_ref().map(Reply::transfer_status),
+        Ok(Some(TransferStatus::Captured))
     );
     world.command(0, 13, hold_of(alice, bob, 30, "h-1", 1_000_000), true);
     world.settle();
     assert_eq!(
-        world.replies[&13],
-        Ok(Reply::Transfer(TransferStatus::Captured))
+        world.replies[&13].as_ref().map(Reply::transfer_status),
+        Ok(Some(TransferStatus::Captured))
     );
 }
 

@@ -11,6 +11,7 @@ use crate::ledger::{
 use crate::model::event::{Event, Reason, Timestamp, TransferKey};
 use crate::model::ids::AccountId;
 use crate::model::money::Currency::USD;
+use crate::model::money::WrittenAmount;
 use crate::model::partition::partition_of;
 
 use super::ledger::{destination, given, home, world, World, FUNDS, PARTITIONS};
@@ -32,7 +33,7 @@ fn hold(from: AccountId, to: AccountId, minor: u64, id: &str) -> Command {
 fn capture(key: TransferKey, minor: Option<u64>) -> Command {
     Command::Capture {
         key,
-        amount: minor.map(amt),
+        amount: minor.map(|minor| WrittenAmount::of(amt(minor), USD)),
     }
 }
 
@@ -61,6 +62,7 @@ fn ok(ledger: &mut Ledger, now: Timestamp, command: Command) -> Vec<Event> {
 fn status(result: Result<Reply, LedgerError>) -> TransferStatus {
     match result {
         Ok(Reply::Transfer(status)) => status,
+        Ok(Reply::HoldEnd(end)) => end.status,
         other => panic!("expected a transfer status, got {other:?}"),
     }
 }
