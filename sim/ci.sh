@@ -35,7 +35,7 @@ for entry in skip-barrier:0..20 reply-before-sync:0..20 no-idempotency:0..20 \
   recovery-trusts-unsynced:0..200 rollover-without-dir-sync:0..200 \
   cancel-after-durable-credit:0..20 commit-on-home-only:0..20 confirm-sent-once:0..20 \
   refund-beyond-original:0..20 capture-after-expiry:0..20 multi-leg-partial:0..20 \
-  body-before-durable:0..200; do
+  body-before-durable:0..200 hold-end-misreported:0..20; do
   bug=${entry%%:*}
   seeds=${entry#*:}
   if out=$(cargo sim -- --seeds "$seeds" --replicas 1 --bug "$bug" --fail-fast 2>&1); then

@@ -81,10 +81,13 @@ pub enum Bug {
     /// holds it is durable: a crash that takes the record leaves a client holding a body
     /// the log never kept (or kept only later, under a retry).
     BodyBeforeDurable = 1048576,
+    /// A capture's or void's answer shows the hold captured for all it held, whatever part
+    /// the capture took: the client is told one amount moved while the log keeps another.
+    HoldEndMisreported = 2097152,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 21] = [
+    pub const ALL: [Bug; 22] = [
         Bug::SkipBarrier,
         Bug::ReplyBeforeSync,
         Bug::NoIdempotency,
@@ -106,6 +109,7 @@ impl Bug {
         Bug::CaptureAfterExpiry,
         Bug::MultiLegPartial,
         Bug::BodyBeforeDurable,
+        Bug::HoldEndMisreported,
     ];
 
     /// The name used on the simulator's command line (`--bug skip-barrier`).
@@ -132,6 +136,7 @@ impl Bug {
             Bug::CaptureAfterExpiry => "capture-after-expiry",
             Bug::MultiLegPartial => "multi-leg-partial",
             Bug::BodyBeforeDurable => "body-before-durable",
+            Bug::HoldEndMisreported => "hold-end-misreported",
         }
     }
 

@@ -126,10 +126,33 @@ fn a_hold_within_a_partition_is_held_then_captured_in_part_once() {
         "{result:?}"
     );
     let (result, events) = at(&mut ledger, START + 5, Command::Void { key: h1 });
+    assert_eq!(events.len(), 0);
+    // Its answer shows the hold and what the capture took, with no read of its own.
+    let Ok(Reply::HoldEnd(end)) = result else {
+        panic!("a void answers with the hold's end, got {result:?}");
+    };
     assert_eq!(
-        (status(result), events.len()),
-        (TransferStatus::Captured, 0)
+        (end.status, end.to, end.amount, end.currency, end.captured),
+        (
+            TransferStatus::Captured,
+            w.b,
+            amt(3_000),
+            USD,
+            Some(amt(1_000))
+        )
     );
+    // A capture's amount is finished with the hold's currency: a cent's fraction is not one.
+    let written = WrittenAmount::parse("0.001").unwrap();
+    let capture_of = Command::Capture {
+        key: h1,
+        amount: Some(written),
+    };
+    let (result, events) = at(&mut ledger, START + 5, capture_of);
+    assert!(
+        matches!(&result, Err(LedgerError::InvalidAmount(why)) if why.contains("fraction")),
+        "{result:?}"
+    );
+    assert!(events.is_empty());
     // Even past its expiry, a captured hold stays captured.
     let (_, events) = at(
         &mut ledger,
