@@ -24,10 +24,11 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
-use walletd_core::ledger::LedgerError;
+use walletd_core::ledger::{LedgerError, Reply};
 use walletd_core::model::event::Reason;
 use walletd_core::model::ids::IdError;
 use walletd_core::model::money::MoneyError;
+use walletd_core::protocol::message::QueryAnswer;
 use walletd_runtime::engine::Unavailable;
 
 /// The body of every error response.
@@ -191,6 +192,20 @@ impl ApiError {
             s => s,
         };
         ApiError::new(status, code, message)
+    }
+
+    /// A query answered with the answer to another kind: a bug in the engine, never a
+    /// client's doing.
+    pub fn unexpected_answer(answer: &QueryAnswer) -> ApiError {
+        tracing::error!(?answer, "unexpected query answer");
+        ApiError::internal("unexpected query answer")
+    }
+
+    /// A command answered with a reply of another kind: a bug in the engine, never a
+    /// client's doing.
+    pub fn unexpected_reply(reply: Reply) -> ApiError {
+        tracing::error!(?reply, "unexpected reply kind");
+        ApiError::internal("unexpected reply from the ledger")
     }
 
     pub fn body(&self) -> ErrorBody {

@@ -83,13 +83,12 @@ impl<T> Sender<T> {
 
     /// Puts `value` in, wakes every waiting receiver, and returns the value it replaced.
     pub fn send_replace(&self, value: T) -> T {
-        let old = {
-            let mut current = self.shared.write();
-            self.shared.version.fetch_add(1, Ordering::AcqRel);
-            std::mem::replace(&mut *current, value)
-        };
-        self.shared.changed.notify_waiters();
-        old
+        let mut old = None;
+        self.send_if_modified(|current| {
+            old = Some(std::mem::replace(current, value));
+            true
+        });
+        old.expect("replaced")
     }
 
     /// Lets `modify` change the value in place; if it says it did, wakes every waiting

@@ -82,7 +82,7 @@ pub async fn open_account(
         .map_err(|e| api.unavailable(e))?;
     let created = match result? {
         Reply::Opened { created } => created,
-        other => return Err(unexpected(other)),
+        other => return Err(ApiError::unexpected_reply(other)),
     };
     let status = if created {
         StatusCode::CREATED
@@ -174,12 +174,6 @@ async fn cash(
             balance: format_minor(balance, currency),
             dry_run,
         })),
-        other => Err(unexpected(other)),
+        other => Err(ApiError::unexpected_reply(other)),
     }
-}
-
-/// A reply of the wrong kind: a bug in the engine, never a client's doing.
-pub fn unexpected(reply: Reply) -> ApiError {
-    tracing::error!(?reply, "unexpected reply kind");
-    ApiError::internal("unexpected reply from the ledger")
 }

@@ -20,9 +20,7 @@ use walletd_core::ledger::{Command, DryRun, PhaseResult, Reply, TransferStatus};
 use walletd_core::model::event::Transfer;
 use walletd_runtime::driver::{CommandResult, Query, QueryAnswer};
 
-use super::accounts::unexpected;
 use super::transfers::interpret;
-use super::unexpected_answer;
 use super::Api;
 use crate::errors::ApiError;
 
@@ -40,7 +38,7 @@ pub struct WriteParams {
 pub(super) async fn ask(api: &Api, command: Command) -> Result<DryRun, ApiError> {
     match api.ask(Query::DryRun(command)).await? {
         QueryAnswer::DryRun(dry) => Ok(dry),
-        other => Err(unexpected_answer(&other)),
+        other => Err(ApiError::unexpected_answer(&other)),
     }
 }
 
@@ -74,6 +72,6 @@ pub async fn started(api: &Api, command: Command) -> Result<TransferStatus, ApiE
         Reply::Phase(PhaseResult::Tried) => Ok(tried),
         // The home cancels a transfer whose Try the destination refused, with its reason.
         Reply::Phase(PhaseResult::TryFailed(reason)) => Ok(TransferStatus::Cancelled(reason)),
-        other => Err(unexpected(other)),
+        other => Err(ApiError::unexpected_reply(other)),
     }
 }

@@ -165,12 +165,13 @@ async fn currencies_of(
     let needed = records.iter().filter_map(|r| currency_needed(&r.event));
     let (mut found, missing) = cache.lookup(needed);
     for account in missing {
-        let answer = api
-            .client()
-            .query(partition, Query::Account(account))
-            .await
-            .map_err(|e| api.unavailable(e).into_response())?;
-        let currency = match answer {
+        // The feed's accounts are its partition's: asked where they live, that partition.
+        debug_assert_eq!(
+            Query::Account(account).partition(api.client().partitions()),
+            partition
+        );
+        let answer = api.ask(Query::Account(account)).await;
+        let currency = match answer.map_err(IntoResponse::into_response)? {
             QueryAnswer::Account(Some(found)) => found.currency,
             // A durable deposit names an account its partition has: a bug if not.
             _ => {

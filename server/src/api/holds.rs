@@ -31,13 +31,11 @@ use walletd_core::model::event::{Reason, TransferKey};
 use walletd_core::model::money::{format_minor, Amount, Currency, WrittenAmount};
 use walletd_runtime::driver::{Query, QueryAnswer};
 
-use super::accounts::unexpected;
 use super::dry_run::{self, WriteParams};
 use super::transfers::{
     counted, execute_started, parse_transfer_fields, status_url, status_view, TransferFields,
     TransferStatusResponse,
 };
-use super::unexpected_answer;
 use super::{account_id, is_json_content_type, parse_json, transaction_id, Api, ApiJson};
 use super::{ApiPath, ApiQuery};
 use crate::errors::ApiError;
@@ -277,7 +275,7 @@ async fn end(api: &Api, command: Command, dry_run: bool) -> Result<HoldEnd, ApiE
     };
     match result? {
         Reply::HoldEnd(end) => Ok(end),
-        other => Err(unexpected(other)),
+        other => Err(ApiError::unexpected_reply(other)),
     }
 }
 
@@ -357,7 +355,7 @@ fn respond(
 pub(super) async fn terms(api: &Api, key: TransferKey) -> Result<Option<HoldTerms>, ApiError> {
     match api.ask(Query::HoldTerms(key)).await? {
         QueryAnswer::HoldTerms(terms) => Ok(terms),
-        other => Err(unexpected_answer(&other)),
+        other => Err(ApiError::unexpected_answer(&other)),
     }
 }
 

@@ -303,13 +303,6 @@ impl Api {
     }
 }
 
-/// A query answered with the answer to another kind: a bug in the engine, never a client's
-/// doing.
-pub fn unexpected_answer(answer: &QueryAnswer) -> ApiError {
-    tracing::error!(?answer, "unexpected query answer");
-    ApiError::internal("unexpected query answer")
-}
-
 /// The complete router of the API.
 pub fn router(api: Api) -> Router {
     let options = api.options().clone();

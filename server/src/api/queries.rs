@@ -19,7 +19,6 @@ use walletd_core::model::money::{format_minor, Currency};
 use walletd_core::model::partition::PartitionId;
 use walletd_runtime::driver::{Query, QueryAnswer};
 
-use super::unexpected_answer;
 use super::{account_id, currency, forward, Api, ApiPath, ApiQuery};
 use crate::errors::ApiError;
 use crate::history::index::PartitionIndex;
@@ -126,7 +125,7 @@ async fn balance_now(
 ) -> Result<axum::Json<AccountBalance>, ApiError> {
     let found = match api.ask(Query::Account(account)).await? {
         QueryAnswer::Account(found) => found.ok_or(LedgerError::AccountNotFound(account))?,
-        other => return Err(unexpected_answer(&other)),
+        other => return Err(ApiError::unexpected_answer(&other)),
     };
     check_currency(account, found.currency, wanted)?;
     let c = found.currency;

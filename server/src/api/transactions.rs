@@ -25,10 +25,8 @@ use walletd_core::model::money::{format_minor, Amount};
 use walletd_core::model::transaction::{Leg, LegsError, Transaction, LEGS_MAX};
 use walletd_runtime::driver::{Query, QueryAnswer};
 
-use super::accounts::unexpected;
 use super::dry_run::{self, WriteParams};
 use super::transfers::{execute_started, interpret, status_url, status_view};
-use super::unexpected_answer;
 use super::{account_id, currency, parse_json, transaction_id, Api, ApiQuery, JsonBody};
 use crate::errors::ApiError;
 
@@ -184,7 +182,7 @@ pub(super) async fn terms(
 ) -> Result<Option<TransactionTerms>, ApiError> {
     match api.ask(Query::Transaction(key)).await? {
         QueryAnswer::Transaction(terms) => Ok(terms),
-        other => Err(unexpected_answer(&other)),
+        other => Err(ApiError::unexpected_answer(&other)),
     }
 }
 
@@ -218,7 +216,7 @@ async fn dry_run_of(
                     failed = Some((leg, reason));
                 }
             }
-            other => return Err(unexpected(other)),
+            other => return Err(ApiError::unexpected_reply(other)),
         }
     }
     Ok(match failed {

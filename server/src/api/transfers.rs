@@ -20,11 +20,9 @@ use walletd_core::model::money::{format_minor, Amount};
 use walletd_runtime::driver::{CommandResult, Query, QueryAnswer};
 use walletd_runtime::engine::Unavailable;
 
-use super::accounts::unexpected;
 use super::dry_run::{self, WriteParams};
 use super::holds;
 use super::metrics::Outcome;
-use super::unexpected_answer;
 use super::{account_id, currency, parse_json, transaction_id, Api, ApiPath, ApiQuery, JsonBody};
 use crate::errors::{reason_message, reason_status, ApiError};
 use crate::rfc3339;
@@ -172,7 +170,7 @@ pub async fn execute_started(
 async fn durably_accepted(api: &Api, key: TransferKey) -> Result<bool, ApiError> {
     match api.ask(Query::Transfer(key)).await? {
         QueryAnswer::Transfer(row) => Ok(row.is_some()),
-        other => Err(unexpected_answer(&other)),
+        other => Err(ApiError::unexpected_answer(&other)),
     }
 }
 
@@ -212,7 +210,7 @@ pub fn counted(
 pub fn interpret(result: CommandResult) -> Result<TransferStatus, ApiError> {
     match result? {
         Reply::Transfer(status) => Ok(status),
-        other => Err(unexpected(other)),
+        other => Err(ApiError::unexpected_reply(other)),
     }
 }
 
@@ -454,7 +452,7 @@ pub(super) async fn transfer_row(api: &Api, key: TransferKey) -> Result<Transfer
     match api.ask(Query::Transfer(key)).await? {
         QueryAnswer::Transfer(Some(row)) => Ok(row),
         QueryAnswer::Transfer(None) => Err(not_found(key)),
-        other => Err(unexpected_answer(&other)),
+        other => Err(ApiError::unexpected_answer(&other)),
     }
 }
 
@@ -466,6 +464,6 @@ fn not_found(key: TransferKey) -> ApiError {
 async fn refund_of(api: &Api, key: TransferKey) -> Result<Option<TransactionId>, ApiError> {
     match api.ask(Query::RefundOf(key)).await? {
         QueryAnswer::RefundOf(original) => Ok(original),
-        other => Err(unexpected_answer(&other)),
+        other => Err(ApiError::unexpected_answer(&other)),
     }
 }
