@@ -29,6 +29,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -285,16 +286,32 @@ pub fn accounts_in(prefix: &str, partition: u32, partitions: u32, count: usize) 
         .collect()
 }
 
-/// `count` distinct loopback ports that were free a moment ago (all held open together while
-/// they are chosen, so they differ; another process could still take one before it is used).
+/// `count` distinct loopback ports nobody listens on, for the cluster files of tests.
+///
+/// Taken below the kernel's ephemeral range (32768 and up on Linux), never from it: the
+/// servers' own `127.0.0.1:0` listeners and every outgoing connection draw their ports from
+/// that range, and one of them took a port chosen there between its choice and the node
+/// that bound it (`Address already in use`, a test failing by chance). Here a process-wide
+/// counter hands each port out once, starting where the process id points so that test
+/// processes that overlap start apart, and a port something already holds is skipped.
 pub fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local address").port())
-        .collect()
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let start = std::process::id().wrapping_mul(97) % SPAN;
+    let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::Relaxed, Ordering::Relaxed);
+    let mut ports = Vec::with_capacity(count);
+    for _ in 0..SPAN {
+        if ports.len() == count {
+            break;
+        }
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+        }
+    }
+    assert_eq!(ports.len(), count, "no {count} free ports left below 32000");
+    ports
 }
 
 /// Polls `check` until it returns true or `timeout` passes.
