@@ -34,6 +34,8 @@ use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
+
 use crate::ledger::{Command, Ledger, PhaseResult, TransferState, TransferStatus};
 use crate::model::event::{Event, Reason, TransferKey};
 use crate::model::partition::{partition_of, PartitionId};
@@ -141,11 +143,13 @@ pub struct TxCoordinator {
     config: CoordinatorConfig,
     partition: PartitionId,
     partitions: u32,
-    /// Transactions this partition is home of, being decided or cancelled.
-    flights: BTreeMap<TransferKey, Flight>,
+    /// Transactions this partition is home of, being decided or cancelled. Looked up by key
+    /// at every answer and never walked (the timers say what is due), so hashed: the search
+    /// of an ordered map compared 130-byte keys at every level.
+    flights: FxHashMap<TransferKey, Flight>,
     /// Transactions this partition tried for another home, not yet confirmed or cancelled:
-    /// when to ask their home about them next.
-    watched: BTreeMap<TransferKey, Micros>,
+    /// when to ask their home about them next. Hashed for the same reason.
+    watched: FxHashMap<TransferKey, Micros>,
     /// Due times of `flights` and of `watched`, earliest first, so that finding the next
     /// due time and what is due costs the entries that come up, not a scan of every
     /// transaction under way (thousands, while a participant is down, at every poll of the
@@ -162,8 +166,8 @@ impl TxCoordinator {
             config,
             partition,
             partitions,
-            flights: BTreeMap::new(),
-            watched: BTreeMap::new(),
+            flights: FxHashMap::default(),
+            watched: FxHashMap::default(),
             timers: TimerQueue::default(),
             watch_timers: TimerQueue::default(),
             outputs: VecDeque::new(),
