@@ -30,13 +30,11 @@
 //! record it would write) records the expiry itself and answers `hold_expired`, so a capture
 //! racing the expiry gets exactly one recorded outcome, whichever is decided first.
 
-use std::collections::BTreeSet;
-
-use rustc_hash::FxHashMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    check_move, check_room, find_account, sorted_by_key, Ledger, LedgerError, RecordMeta, Reply,
-    Source, TransferRow, TransferState, TransferStatus,
+    check_move, check_room, find_account, Ledger, LedgerError, RecordMeta, Reply, Source,
+    TransferRow, TransferState, TransferStatus,
 };
 use crate::model::event::{Event, Reason, Timestamp, Transfer, TransferKey};
 use crate::model::ids::AccountId;
@@ -87,17 +85,12 @@ pub struct HoldEnd {
     pub captured: Option<Amount>,
 }
 
-/// The holds a partition is home of. The terms only grow with holds and are in snapshots
-/// (sorted by key there); the open set is rebuilt from them and the rows.
-///
-/// The terms are hashed, not ordered: placing a hold, establishing it and every commit of a
-/// transfer at its home look a key up there, and a search of an ordered map of 130-byte keys
-/// was the largest single cost of a hold's place in the partition (3.7% of the server's time
-/// under holds then captures).
+/// The holds a partition is home of. Both maps only grow with holds; the terms are in
+/// snapshots, and the open set is rebuilt from them and the rows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct HoldTable {
     /// Every hold placed here, by key.
-    pub(crate) terms: FxHashMap<TransferKey, HoldTerms>,
+    pub(crate) terms: BTreeMap<TransferKey, HoldTerms>,
     /// The holds not ended yet (being placed, or held), by expiry then key: the next to
     /// expire first.
     pub(crate) open: BTreeSet<(Timestamp, TransferKey)>,
@@ -141,11 +134,10 @@ impl Ledger {
     /// holds whose rows are still being placed or held are open again.
     pub(crate) fn restore_holds(
         &mut self,
-        terms: FxHashMap<TransferKey, HoldTerms>,
+        terms: BTreeMap<TransferKey, HoldTerms>,
     ) -> Result<(), String> {
         let mut open = BTreeSet::new();
-        // In key order, so that a snapshot with two bad rows always names the same one.
-        for (key, terms) in sorted_by_key(&terms) {
+        for (key, terms) in &terms {
             // Open holds are unfinished rows, which are in memory: a row on disk is final.
             let state = self
                 .transfers

@@ -40,8 +40,6 @@ pub use transfer_table::CHUNK_ROWS;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
-
 use crate::ledger::account_table::AccountTable;
 use crate::ledger::cash_table::CashTable;
 use crate::ledger::cold::{ChunkRead, ColdError};
@@ -2127,14 +2125,4 @@ fn record_cash(
 #[cold]
 fn barrier_twice(key: &TransferKey) -> String {
     format!("barrier row of {key:?} recorded twice")
-}
-
-/// The rows of a table hashed by transfer key, sorted by key: for whatever must read one in
-/// order (a snapshot's encoding, a rebuild). The hashed tables are the ones every phase
-/// message or command looks a row up in, where an ordered map of 130-byte keys cost a search
-/// of several cache lines per level.
-pub(crate) fn sorted_by_key<V>(map: &FxHashMap<TransferKey, V>) -> Vec<(&TransferKey, &V)> {
-    let mut rows: Vec<_> = map.iter().collect();
-    rows.sort_unstable_by_key(|(key, _)| *key);
-    rows
 }

@@ -35,8 +35,8 @@ use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use super::{
-    check, check_covers, check_currency, check_room, new_row, sorted_by_key, vacancy, Account,
-    Ledger, LedgerError, PhaseResult, RecordMeta, Reply, Source, TransferState, TransferStatus,
+    check, check_covers, check_currency, check_room, new_row, vacancy, Account, Ledger,
+    LedgerError, PhaseResult, RecordMeta, Reply, Source, TransferState, TransferStatus,
 };
 use crate::model::event::{Event, Reason, TransferKey};
 use crate::model::partition::partition_of;
@@ -60,13 +60,19 @@ pub(crate) struct TransactionTable {
 impl TransactionTable {
     /// The home's transactions, sorted by key.
     pub(crate) fn home_sorted(&self) -> Vec<(&TransferKey, &TransactionTerms)> {
-        sorted_by_key(&self.home)
+        sorted(&self.home)
     }
 
     /// The participant rows, sorted by key.
     pub(crate) fn parts_sorted(&self) -> Vec<(&TransferKey, &PartRow)> {
-        sorted_by_key(&self.parts)
+        sorted(&self.parts)
     }
+}
+
+fn sorted<V>(map: &FxHashMap<TransferKey, V>) -> Vec<(&TransferKey, &V)> {
+    let mut rows: Vec<_> = map.iter().collect();
+    rows.sort_unstable_by_key(|(key, _)| *key);
+    rows
 }
 
 /// A transaction as its home keeps it beside its row.

@@ -65,7 +65,6 @@ use std::io::{self, Write};
 use std::sync::Arc;
 
 use crc32c::crc32c;
-use rustc_hash::FxHashMap;
 
 use crate::ledger::account_table::AccountRows;
 use crate::ledger::cash_table::CashRows;
@@ -75,8 +74,8 @@ use crate::ledger::refunds::RefundTable;
 use crate::ledger::transactions::{PartRow, PartState, TransactionTable, TransactionTerms};
 use crate::ledger::transfer_table::{RowStore, RowView, TransferTable, CHUNK_ROWS};
 use crate::ledger::{
-    sorted_by_key, Account, CashRow, CreditRow, CreditState, Flows, HoldTerms, Ledger, RecordMeta,
-    TransferRow, TransferState,
+    Account, CashRow, CreditRow, CreditState, Flows, HoldTerms, Ledger, RecordMeta, TransferRow,
+    TransferState,
 };
 use crate::log::chunk_file::{self, encode_chunk, DecodedChunk};
 use crate::log::codec::{
@@ -137,7 +136,7 @@ pub struct SnapshotImage {
     cash: CashRows,
     flows: BTreeMap<Currency, Flows>,
     refunds: RefundTable,
-    holds: FxHashMap<TransferKey, HoldTerms>,
+    holds: BTreeMap<TransferKey, HoldTerms>,
     /// Multi-leg transactions: shared, not copied, legs and all.
     transactions: TransactionTable,
     /// The chunk files this image's encoding writes, for the partition to drop their rows
@@ -431,16 +430,12 @@ fn encode_image(
         );
     }
     if version > SNAPSHOT_VERSION_UNHELD {
-        put_table(
-            &mut sink,
-            sorted_by_key(&ledger.holds).into_iter(),
-            |out, (key, terms)| {
-                put_key(out, key);
-                out.extend_from_slice(&terms.expires_at.to_le_bytes());
-                let captured = terms.captured.map_or(0, |amount| amount.minor());
-                out.extend_from_slice(&captured.to_le_bytes());
-            },
-        )?;
+        put_table(&mut sink, ledger.holds.iter(), |out, (key, terms)| {
+            put_key(out, key);
+            out.extend_from_slice(&terms.expires_at.to_le_bytes());
+            let captured = terms.captured.map_or(0, |amount| amount.minor());
+            out.extend_from_slice(&captured.to_le_bytes());
+        })?;
     } else {
         assert!(ledger.holds.is_empty(), "no holds before version 6");
     }
