@@ -441,38 +441,30 @@ fn encode_image(
     }
     if version > SNAPSHOT_VERSION_UNTRANSACTED {
         let transactions = &ledger.transactions;
-        put_table(
-            &mut sink,
-            transactions.home_sorted().into_iter(),
-            |out, (_, terms)| {
-                put_transaction(out, &terms.tx);
-                put_optional_leg(out, terms.failed_leg);
-            },
-        )?;
-        put_table(
-            &mut sink,
-            transactions.parts_sorted().into_iter(),
-            |out, (key, row)| {
-                put_key(out, key);
-                match row.state {
-                    PartState::Tried => out.push(1),
-                    PartState::Confirmed => out.push(2),
-                    PartState::Cancelled => out.push(3),
-                    PartState::Refused { failed_leg, reason } => {
-                        out.push(4);
-                        put_optional_leg(out, failed_leg);
-                        out.push(reason_tag(reason));
-                    }
+        put_table(&mut sink, transactions.home.values(), |out, terms| {
+            put_transaction(out, &terms.tx);
+            put_optional_leg(out, terms.failed_leg);
+        })?;
+        put_table(&mut sink, transactions.parts.iter(), |out, (key, row)| {
+            put_key(out, key);
+            match row.state {
+                PartState::Tried => out.push(1),
+                PartState::Confirmed => out.push(2),
+                PartState::Cancelled => out.push(3),
+                PartState::Refused { failed_leg, reason } => {
+                    out.push(4);
+                    put_optional_leg(out, failed_leg);
+                    out.push(reason_tag(reason));
                 }
-                match &row.tx {
-                    Some(tx) => {
-                        out.push(1);
-                        put_transaction(out, tx);
-                    }
-                    None => out.push(0),
+            }
+            match &row.tx {
+                Some(tx) => {
+                    out.push(1);
+                    put_transaction(out, tx);
                 }
-            },
-        )?;
+                None => out.push(0),
+            }
+        })?;
     } else {
         assert!(
             ledger.transactions == TransactionTable::default(),
