@@ -48,8 +48,10 @@ done
 
 step "every known bug of replication must be found by a short replicated sweep"
 # A stale read needs a leader cut off and drained while a deposit lands elsewhere: rarer.
+# A transaction's other legs confirmed needs a leader to lose the home's Try after its
+# participants tried, then a client's retry with other legs: rarer still.
 for entry in ack-before-quorum:0..20 forget-vote:0..20 stale-read:0..30 \
-  rejoin-under-old-id:0..20; do
+  rejoin-under-old-id:0..20 tx-confirm-other-legs:0..200; do
   bug=${entry%%:*}
   seeds=${entry#*:}
   if out=$(cargo sim -- --seeds "$seeds" --replicas 3 --bug "$bug" --fail-fast 2>&1); then

@@ -21,7 +21,7 @@ use walletd_core::model::money::{Amount, Currency};
 use crate::http;
 
 /// The schema version this consumer understands.
-pub const SCHEMA_VERSION: u64 = 4;
+pub const SCHEMA_VERSION: u64 = 5;
 
 /// One account of the read model, in minor units of its currency.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -774,10 +774,7 @@ fn transactions() -> Fixture {
         }
     );
     let y4 = tx(&log, "y-4", &[("carol", "judy", "3.00")]);
-    let abort = Command::AbortTransaction {
-        key: y4.key(),
-        partition,
-    };
+    let abort = Command::AbortTransaction { tx: y4, partition };
     assert_eq!(
         log.phase(abort),
         PhaseResult::TryFailed(Reason::CancelledBeforeTry)

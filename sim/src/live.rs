@@ -126,10 +126,8 @@ impl LiveBooks {
                 Some((row.transfer.key(), (row.transfer, committed)))
             })
             .collect();
-        for key in ledger.tried_transaction_parts() {
-            if let Some(tx) = ledger.transaction_part(&key).and_then(|row| row.tx.clone()) {
-                books.tx_tried.insert(key, tx);
-            }
+        for tx in ledger.tried_transaction_parts() {
+            books.tx_tried.insert(tx.key(), tx);
         }
         books.tx_committed = ledger
             .transfers()

@@ -44,9 +44,12 @@ OPTIONS:
                          rollover-without-dir-sync, cancel-after-durable-credit,
                          commit-on-home-only, confirm-sent-once,
                          refund-beyond-original, capture-after-expiry,
-                         multi-leg-partial, body-before-durable;
+                         multi-leg-partial, body-before-durable,
+                         hold-end-misreported;
                          replicated: ack-before-quorum, forget-vote, stale-read,
-                         rejoin-under-old-id
+                         rejoin-under-old-id, tx-confirm-other-legs;
+                         with moves (--nodes 4): leave-before-removed,
+                         lost-lease-ignored
   --nodes N              server nodes [3]
   --partitions N         partitions, spread over the nodes [6]
   --replicas N           1, or the number of nodes: every node runs a replica of every

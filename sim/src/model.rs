@@ -558,11 +558,20 @@ impl Model {
         &mut self,
         record: &Record,
         tx: &Arc<Transaction>,
-        failed_leg: u8,
+        failed_leg: Option<u8>,
         reason: Reason,
     ) {
         let key = tx.key();
-        self.transactions.insert(key, ModelTx::Refused);
+        let seen = self.transactions.insert(key, ModelTx::Refused).is_some();
+        let Some(failed_leg) = failed_leg else {
+            // A home rejects a transaction for no leg only when a participant asks about a
+            // Try the home lost: for a timeout, and as the first record of its key here.
+            if reason != Reason::Timeout || seen {
+                let detail = format!("transaction {key:?} rejected for {reason:?} at no leg");
+                self.problem("oracle", record, detail, Some(key), None);
+            }
+            return;
+        };
         let Some(leg) = tx.legs().get(usize::from(failed_leg)).copied() else {
             let detail = format!("transaction {key:?} rejected at leg {failed_leg}, past its legs");
             return self.problem("oracle", record, detail, Some(key), None);

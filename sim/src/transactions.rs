@@ -17,7 +17,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::sync::Arc;
-use walletd_core::ledger::{Command, Reply, TransferStatus};
+use walletd_core::ledger::{Command, LedgerError, Reply, TransferStatus};
 use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_core::model::money::{Amount, Currency, AMOUNT_MINOR_MAX};
 use walletd_core::model::transaction::{Leg, Transaction, LEGS_MAX};
@@ -36,6 +36,10 @@ pub enum TxExpect {
     Valid,
     /// One leg cannot move (`why`): never committed.
     MustFail(&'static str),
+    /// Other legs under the id of a transaction whose request got no answer: a conflict if
+    /// its home recorded the first, else any status (the first was lost, or rejected for
+    /// good once a participant asked about it).
+    Reused,
 }
 
 /// Why `result` contradicts `expect`, if it does.
@@ -46,6 +50,7 @@ pub fn contradiction(expect: TxExpect, result: &CommandResult) -> Option<String>
         )),
         (TxExpect::MustFail(_), Ok(Reply::Transfer(TransferStatus::Rejected(_)))) => None,
         (TxExpect::MustFail(_), Ok(Reply::Transfer(TransferStatus::Cancelled(_)))) => None,
+        (TxExpect::Reused, Err(LedgerError::Conflict(_))) => None,
         (_, Ok(Reply::Transfer(_))) => None,
         (_, other) => Some(format!("expected a transaction's status, got {other:?}")),
     }
@@ -176,10 +181,12 @@ pub fn build(
     Some((Command::Transact(tx), expect))
 }
 
-/// The same transaction id with other legs (the first leg's amount changed, so the key is
-/// the same): a conflict, once the first was answered.
+/// The same transaction id with other legs: the first leg alone (so the key is the same),
+/// its amount changed. A conflict, once the first was answered; if its home lost the first,
+/// a transaction of its own, whose participants may be fewer than the first's (those left
+/// out may hold Tries of the lost legs).
 pub fn other_legs(tx: &Arc<Transaction>) -> Option<Command> {
-    let mut legs = tx.legs().to_vec();
+    let mut legs = vec![tx.legs()[0]];
     let minor = legs[0].amount.minor();
     legs[0].amount = amount(if minor > 1 { minor - 1 } else { 2 });
     let tx = Transaction::new(tx.transaction_id(), legs).ok()?;
@@ -188,12 +195,16 @@ pub fn other_legs(tx: &Arc<Transaction>) -> Option<Command> {
 
 /// The run's transactions, for its summary: those sent (new ones, not repeats or reuses),
 /// those across partitions, and how they settled: committed, rejected at their home,
-/// cancelled (a participant refused, or never answered), and those bound to fail.
+/// cancelled (a participant refused, or never answered), and those bound to fail; then the
+/// reuses of unanswered ones' ids with other legs, and how many of those committed.
 pub fn summary(history: &crate::history::HistoryState) -> String {
     use crate::history::Expect;
-    let sent: Vec<&crate::history::Op> = (history.ops.iter())
+    let (reused, sent): (Vec<&crate::history::Op>, Vec<&crate::history::Op>) = (history.ops.iter())
         .filter(|op| matches!(op.expect, Expect::Transaction(_)))
-        .collect();
+        .partition(|op| op.expect == Expect::Transaction(TxExpect::Reused));
+    let reused_committed = (reused.iter())
+        .filter(|op| op.settled() == Some(&Ok(Reply::Transfer(TransferStatus::Committed))))
+        .count();
     let settled = |matches: fn(&TransferStatus) -> bool| {
         (sent.iter())
             .filter(|op| matches!(op.settled(), Some(Ok(Reply::Transfer(s))) if matches(s)))
@@ -206,10 +217,11 @@ pub fn summary(history: &crate::history::HistoryState) -> String {
         .filter(|op| matches!(&op.command, Command::Transact(tx) if tx.legs().len() > 6))
         .count();
     format!(
-        "transactions={} transactions_committed={} transactions_rejected={} transactions_cancelled={} transactions_failing={failing} transactions_over_6_legs={multi}",
+        "transactions={} transactions_committed={} transactions_rejected={} transactions_cancelled={} transactions_failing={failing} transactions_over_6_legs={multi} transactions_reused={} transactions_reused_committed={reused_committed}",
         sent.len(),
         settled(|s| *s == TransferStatus::Committed),
         settled(|s| matches!(s, TransferStatus::Rejected(_))),
         settled(|s| matches!(s, TransferStatus::Cancelled(_))),
+        reused.len(),
     )
 }

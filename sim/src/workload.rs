@@ -19,6 +19,7 @@ use walletd_core::model::event::{Transfer, TransferKey};
 use walletd_core::model::ids::{AccountId, TransactionId};
 use walletd_core::model::money::{Amount, Currency, AMOUNT_MINOR_MAX};
 use walletd_core::model::partition::{partition_of, PartitionId};
+use walletd_core::model::transaction::Transaction;
 use walletd_runtime::driver::{wall_clock_us, CommandResult, Query, QueryAnswer};
 
 use crate::config::SimConfig;
@@ -26,6 +27,7 @@ use crate::edges::Episode;
 use crate::history::{is_business_refusal, Attempt, BalanceRead, Expect, History, Outcome};
 use crate::holds::{HoldExpect, Plan};
 use crate::network::{Answer, HostId, Network, Request, Route};
+use crate::transactions::TxExpect;
 
 /// First backoff after a failed attempt; doubles up to `BACKOFF_MAX`.
 const BACKOFF_INITIAL: Duration = Duration::from_millis(50);
@@ -219,6 +221,10 @@ pub struct Client {
     /// Holds this client placed and was answered: candidates for repeats, which must get a
     /// hold's status, and for reuses of their ids with another body.
     placed: Vec<Command>,
+    /// Transactions whose request got no settled answer (their home may have lost them, as
+    /// a Try leaves before the home's record is durable): candidates for reuses of their ids
+    /// with other legs, which must never mix the two sets of legs.
+    unanswered: Vec<Arc<Transaction>>,
 }
 
 impl Client {
@@ -245,6 +251,7 @@ impl Client {
             answered: Vec::new(),
             plans: Vec::new(),
             placed: Vec::new(),
+            unanswered: Vec::new(),
         }
     }
 
@@ -340,8 +347,17 @@ impl Client {
         let roll = self.rng.gen_range(0..100);
         // The transfer a refund refunds.
         let mut refunding = None;
+        let mut attempts = self.attempts_max;
         let (command, expect) = match roll {
             0..=4 => return self.hold_step().await,
+            5 if !self.unanswered.is_empty() => {
+                let i = self.rng.gen_range(0..self.unanswered.len());
+                let first = self.unanswered.swap_remove(i);
+                let Some(command) = crate::transactions::other_legs(&first) else {
+                    return;
+                };
+                (command, Expect::Transaction(TxExpect::Reused))
+            }
             5..=8 => {
                 let id = self.fresh_id();
                 let ghost = self.ghost(None);
@@ -349,6 +365,11 @@ impl Client {
                 let Some((command, expect)) = built else {
                     return;
                 };
+                // An impatient client gives up after one attempt and may reuse the id with
+                // other legs: soon after a crash that took the home's record of the first.
+                if self.rng.gen_bool(0.5) {
+                    attempts = 1;
+                }
                 (command, Expect::Transaction(expect))
             }
             9..=52 => {
@@ -421,13 +442,8 @@ impl Client {
             Command::Transfer(t) if self.next_id % 4 == 0 => Some(t.key()),
             _ => None,
         };
-        let execute = (self.requester).execute(
-            &self.history,
-            op,
-            &command,
-            self.attempts_max,
-            &mut self.rng,
-        );
+        let execute =
+            (self.requester).execute(&self.history, op, &command, attempts, &mut self.rng);
         let read = read_body(&self.requester, &self.history, self.index, body_read);
         let (reply, ()) = tokio::join!(execute, read);
         if reply == Some(Ok(Reply::Transfer(TransferStatus::Committed))) {
@@ -447,6 +463,15 @@ impl Client {
             Ok(_) => true,
             Err(error) => is_business_refusal(error),
         });
+        if let (Command::Transact(tx), None, Expect::Transaction(TxExpect::Valid)) =
+            (&command, &settled, &expect)
+        {
+            if self.unanswered.len() == REMEMBERED_MAX {
+                let i = self.rng.gen_range(0..REMEMBERED_MAX);
+                drop(self.unanswered.swap_remove(i));
+            }
+            self.unanswered.push(tx.clone());
+        }
         if let (Some(reply), true) = (settled, valid) {
             if self.answered.len() == REMEMBERED_MAX {
                 let i = self.rng.gen_range(0..REMEMBERED_MAX);

@@ -48,7 +48,7 @@ impl Ledger {
             _ => None,
         });
         let failed_leg = events.iter().find_map(|event| match event {
-            Event::TransactionRejected { failed_leg, .. } => Some(*failed_leg),
+            Event::TransactionRejected { failed_leg, .. } => *failed_leg,
             _ => None,
         });
         DryRun {

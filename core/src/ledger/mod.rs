@@ -334,12 +334,21 @@ pub enum Command {
         key: TransferKey,
         partition: PartitionId,
     },
-    /// At a participant: cancel only if no Try came (the home's Try went unanswered); a
-    /// participant that tried says so, and the transaction may still commit.
+    /// At a participant: cancel only if no Try of these legs came (the home's Try went
+    /// unanswered); a participant that tried them says so, and the transaction may still
+    /// commit. It carries the legs because a Try of other legs under the key is an orphan
+    /// of a home that lost it, which this cancels.
     AbortTransaction {
-        key: TransferKey,
+        tx: Arc<Transaction>,
         partition: PartitionId,
     },
+    /// At the home: a participant asks about its Try of `tx` (see
+    /// [`crate::protocol::message::PeerMessage::TxUnresolved`]). Without a row under its key
+    /// the home lost the transaction (its Try leaves before the home's record is durable):
+    /// recorded rejected for good, for [`Reason::Timeout`] with no failed leg, so that the
+    /// participant's Try can be cancelled and no retry can commit it. A row found stands,
+    /// and its state is the answer.
+    AbandonTransaction(Arc<Transaction>),
     /// From the home's coordinator: decide to cancel the transaction `key` (leg
     /// `failed_leg` was refused for `reason`, or a participant never answered).
     DecideTransactionCancel {
@@ -393,8 +402,10 @@ impl Command {
             Command::TryTransaction { tx, .. } => &tx.legs()[0].from,
             Command::ConfirmTransaction { key, .. }
             | Command::CancelTransaction { key, .. }
-            | Command::AbortTransaction { key, .. }
             | Command::DecideTransactionCancel { key, .. } => &key.from,
+            Command::AbortTransaction { tx, .. } | Command::AbandonTransaction(tx) => {
+                &tx.legs()[0].from
+            }
             Command::TryCredit(transfer)
             | Command::ConfirmCredit(transfer)
             | Command::CancelCredit(transfer)
@@ -913,9 +924,8 @@ impl Ledger {
             Command::CancelTransaction { ref key, .. } => {
                 self.decide_cancel_transaction(key, false, events)
             }
-            Command::AbortTransaction { ref key, .. } => {
-                self.decide_cancel_transaction(key, true, events)
-            }
+            Command::AbortTransaction { ref tx, .. } => self.decide_abort_transaction(tx, events),
+            Command::AbandonTransaction(ref tx) => self.decide_abandon_transaction(tx, events),
             Command::DecideTransactionCancel {
                 ref key,
                 failed_leg,

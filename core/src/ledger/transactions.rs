@@ -129,10 +129,10 @@ impl Ledger {
 
     /// The transactions another partition is home of whose Try this partition holds,
     /// neither confirmed nor cancelled yet, sorted by key.
-    pub fn tried_transaction_parts(&self) -> Vec<TransferKey> {
-        (self.transactions.parts.iter())
-            .filter(|(_, row)| row.state == PartState::Tried)
-            .map(|(key, _)| *key)
+    pub fn tried_transaction_parts(&self) -> Vec<Arc<Transaction>> {
+        (self.transactions.parts.values())
+            .filter(|row| row.state == PartState::Tried)
+            .map(|row| row.tx.clone().expect("a Try carries its transaction"))
             .collect()
     }
 
@@ -231,7 +231,7 @@ impl Ledger {
         if let Some((failed_leg, reason)) = self.transaction_refusal(tx) {
             events.push(Event::TransactionRejected {
                 tx: tx.clone(),
-                failed_leg,
+                failed_leg: Some(failed_leg),
                 reason,
             });
             return Ok(Reply::Transfer(TransferStatus::Rejected(reason)));
@@ -269,10 +269,14 @@ impl Ledger {
         }
         if let Some(row) = self.transactions.parts.get(&key) {
             if row.tx.as_ref().is_some_and(|tried| tried != tx) {
-                // Other legs under a key tried here: never in a correct cluster (a home's
-                // Try is durable before any other leaves). Answering with the row would
-                // commit these legs with the other legs' nets held here.
-                return Ok(Reply::Phase(PhaseResult::Refused));
+                // Other legs tried under this key: their home lost that transaction (its
+                // Try leaves before its record is durable) and took these under the same
+                // id. These can never be tried here (answering with the row would commit
+                // them with the other legs' nets held here); the Cancel that follows this
+                // failure undoes the orphan.
+                return Ok(Reply::Phase(PhaseResult::TryFailed(
+                    Reason::CancelledBeforeTry,
+                )));
             }
             return Ok(Reply::Phase(part_answer(row.state)));
         }
@@ -353,6 +357,50 @@ impl Ledger {
         }
     }
 
+    /// A participant's Abort of `tx`: cancels only what never tried these legs. A Try of
+    /// other legs under the key is an orphan whose home lost it (see
+    /// [`Ledger::decide_try_transaction`]): cancelled, as the Abort of a transfer cancels a
+    /// credit of another body.
+    pub(crate) fn decide_abort_transaction(
+        &self,
+        tx: &Arc<Transaction>,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        let key = tx.key();
+        if let Some(PartRow {
+            state: PartState::Tried,
+            tx: Some(tried),
+        }) = self.transactions.parts.get(&key)
+        {
+            if tried != tx && !abort_ignores_legs() {
+                events.push(Event::TransactionCancelled { key });
+                return Ok(Reply::Phase(PhaseResult::Cancelled));
+            }
+        }
+        self.decide_cancel_transaction(&key, true, events)
+    }
+
+    /// See [`crate::ledger::Command::AbandonTransaction`]: at the home, a transaction a
+    /// participant tried but this partition has no row of is rejected for good.
+    pub(crate) fn decide_abandon_transaction(
+        &self,
+        tx: &Arc<Transaction>,
+        events: &mut Vec<Event>,
+    ) -> Result<Reply, LedgerError> {
+        let key = tx.key();
+        self.require_local(&key.from)?;
+        if let Some(row) = self.find_transfer(&key)? {
+            return Ok(Reply::Transfer(row.state.status()));
+        }
+        let reason = Reason::Timeout;
+        events.push(Event::TransactionRejected {
+            tx: tx.clone(),
+            failed_leg: None,
+            reason,
+        });
+        Ok(Reply::Transfer(TransferStatus::Rejected(reason)))
+    }
+
     /// A participant's Cancel (`unless_tried`: an Abort, which cancels only what never
     /// tried), or, at the home, the end of a cancel every participant acknowledged (never
     /// an Abort: the home's Try is the transaction itself).
@@ -421,7 +469,7 @@ impl Ledger {
                 let state = TransferState::Rejected(*reason);
                 let remote = !tx.is_local(self.partitions);
                 slot.fill(&new_row(meta, tx.first_leg(), state, remote));
-                self.record_terms(tx, Some(*failed_leg));
+                self.record_terms(tx, *failed_leg);
                 Ok(())
             }
             Event::TransactionTried { tx } => self.apply_transaction_tried(meta, tx, source),
@@ -728,4 +776,14 @@ fn part_answer(state: PartState) -> PhaseResult {
             reason,
         } => PhaseResult::TryFailed(reason),
     }
+}
+
+/// Known bug `TxConfirmOtherLegs`: an Abort of other legs under a key finds the Try of the
+/// legs it holds and answers tried, as if the legs were the same.
+fn abort_ignores_legs() -> bool {
+    #[cfg(any(test, madsim, feature = "testing"))]
+    if crate::protocol::bugs::enabled(crate::protocol::bugs::Bug::TxConfirmOtherLegs) {
+        return true;
+    }
+    false
 }

@@ -44,7 +44,7 @@
 //! | 20 | `HoldReleased` | hold (a transfer), reason, remote |
 //! | 21 | `CreditCaptured` | key, amount |
 //! | 22 | `TransactionApplied` | transaction |
-//! | 23 | `TransactionRejected` | transaction, failed leg u8, reason |
+//! | 23 | `TransactionRejected` | transaction, failed leg u8 (255: none), reason |
 //! | 24 | `TransactionTried` | transaction |
 //! | 25 | `TransactionRefused` | key, failed leg (optional), reason |
 //! | 26 | `TransactionCancelling` | key, failed leg (optional), reason |
@@ -169,6 +169,11 @@ pub const RECORD_ENCODED_LEN_MAX: usize = RECORD_HEADER_LEN + BODY_PREFIX_LEN + 
 /// the events nearly every record holds (a transaction's grows the buffer as it goes).
 const RECORD_RESERVE_LEN: usize = RECORD_HEADER_LEN + BODY_PREFIX_LEN + TRANSFER_EVENT_LEN_MAX;
 const _: () = assert!(BODY_PREFIX_LEN + EVENT_LEN_MAX <= RECORD_BODY_LEN_MAX);
+
+/// The failed leg of a `TransactionRejected` that names none (a home that lost the
+/// transaction rejected it for a timeout). Logs written before it existed never hold it: a
+/// transaction has at most 64 legs.
+const NO_FAILED_LEG: u8 = u8::MAX;
 
 /// Event tags; see the module docs. Never reuse or renumber one.
 mod tag {
@@ -424,7 +429,7 @@ fn encode_event(event: &Event, out: &mut Vec<u8>) {
         } => {
             out.push(tag::TRANSACTION_REJECTED);
             put_transaction(out, tx);
-            out.extend_from_slice(&[failed_leg, reason_tag(reason)]);
+            out.extend_from_slice(&[failed_leg.unwrap_or(NO_FAILED_LEG), reason_tag(reason)]);
         }
         Event::TransactionTried { ref tx } => {
             out.push(tag::TRANSACTION_TRIED);
@@ -878,8 +883,9 @@ fn decode_event(cursor: &mut Cursor<'_>) -> Result<Event, String> {
         },
         tag::TRANSACTION_REJECTED => {
             let tx = cursor.transaction()?;
-            let failed_leg = cursor.u8()?;
-            if usize::from(failed_leg) >= tx.legs().len() {
+            let failed_leg = Some(cursor.u8()?).filter(|leg| *leg != NO_FAILED_LEG);
+            if let Some(failed_leg) = failed_leg.filter(|leg| usize::from(*leg) >= tx.legs().len())
+            {
                 return Err(format!(
                     "failed leg {failed_leg} of a transaction of {} legs",
                     tx.legs().len()
@@ -1339,7 +1345,7 @@ mod tests {
         for reason in ALL_REASONS {
             events.push(Event::TransactionRejected {
                 tx: short.clone(),
-                failed_leg: 1,
+                failed_leg: Some(1),
                 reason,
             });
             for failed_leg in [None, Some(0), Some(u8::MAX)] {
@@ -1365,7 +1371,7 @@ mod tests {
             },
             Event::TransactionRejected {
                 tx: longest,
-                failed_leg: (LEGS_MAX - 1) as u8,
+                failed_leg: Some((LEGS_MAX - 1) as u8),
                 reason: Reason::InsufficientFunds,
             },
         ]);
@@ -1521,7 +1527,8 @@ mod tests {
                 "a failed leg far beyond the legs",
                 tag::TRANSACTION_REJECTED,
                 vec![ab],
-                rejected(u8::MAX).to_vec(),
+                // (255 is no leg at all, see `NO_FAILED_LEG`)
+                rejected(u8::MAX - 1).to_vec(),
             ),
             (
                 "fewer legs than counted",

@@ -252,10 +252,12 @@ pub enum Event {
     /// the net of its legs on each account (see [`crate::model::transaction`]).
     TransactionApplied { tx: Arc<Transaction> },
     /// A multi-leg transaction refused at its home: nothing moved. Its leg `failed_leg` (an
-    /// index into its legs) failed for `reason`; a retry of its id gets this answer.
+    /// index into its legs) failed for `reason`, or (no leg, [`Reason::Timeout`]) a
+    /// participant asked about a Try its home had lost, which the home rejects for good; a
+    /// retry of its id gets this answer.
     TransactionRejected {
         tx: Arc<Transaction>,
-        failed_leg: u8,
+        failed_leg: Option<u8>,
         reason: Reason,
     },
     /// A participant's Try of a multi-leg transaction across partitions, its home's record

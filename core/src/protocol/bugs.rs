@@ -84,10 +84,15 @@ pub enum Bug {
     /// A capture's or void's answer shows the hold captured for all it held, whatever part
     /// the capture took: the client is told one amount moved while the log keeps another.
     HoldEndMisreported = 2097152,
+    /// A transaction's home, asked by a participant about the legs it tried (or aborting
+    /// them), looks only at the key: after the home lost a transaction and a client's retry
+    /// put other legs under its id, a participant holding the lost legs is told to confirm
+    /// them (or answers an Abort as tried), and legs that never committed as a whole move.
+    TxConfirmOtherLegs = 4194304,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 22] = [
+    pub const ALL: [Bug; 23] = [
         Bug::SkipBarrier,
         Bug::ReplyBeforeSync,
         Bug::NoIdempotency,
@@ -110,6 +115,7 @@ impl Bug {
         Bug::MultiLegPartial,
         Bug::BodyBeforeDurable,
         Bug::HoldEndMisreported,
+        Bug::TxConfirmOtherLegs,
     ];
 
     /// The name used on the simulator's command line (`--bug skip-barrier`).
@@ -137,6 +143,7 @@ impl Bug {
             Bug::MultiLegPartial => "multi-leg-partial",
             Bug::BodyBeforeDurable => "body-before-durable",
             Bug::HoldEndMisreported => "hold-end-misreported",
+            Bug::TxConfirmOtherLegs => "tx-confirm-other-legs",
         }
     }
 

@@ -24,23 +24,28 @@
 //! bytes answers only from state that is already durable, and may be released at once.
 //!
 //! Some things may leave sooner, through [`PartitionMachine::poll_ready`], at any time:
-//! - **Tries.** A Try leaves as soon as its debit is applied, in parallel with the sync
-//!   that makes the debit durable. This is safe because nothing commits on the Try alone:
-//!   the commit point is both sides durable (see [`crate::protocol::coordinator`]). Should
-//!   the home lose the debit, the destination holds a pending credit, which is in no
-//!   balance, until it asks about it ([`crate::protocol::credit_watch`]) and the home, which
-//!   has no row, records the transfer refused for good and cancels it.
+//! - **Tries.** A Try, of a transfer or of a multi-leg transaction, leaves as soon as the
+//!   home's record of it (the debit, the transaction's `TransactionTried`) is applied, in
+//!   parallel with the sync that makes that record durable. This is safe because nothing
+//!   commits on the Try alone: the commit point is every side durable (see
+//!   [`crate::protocol::coordinator`] and [`crate::protocol::tx_coordinator`]). Should the
+//!   home lose its record, the destination holds a pending credit (a participant its
+//!   Try's nets), which is in no balance, until it asks about it
+//!   ([`crate::protocol::credit_watch`], [`PeerMessage::TxUnresolved`]) and the home, which
+//!   has no row, records the transfer (the transaction) refused for good and cancels it.
 //! - **What rests only on durable records.** When the destination's Tried answer comes, the
 //!   transfer is committed as soon as the home's own debit is durable: from then on its
 //!   Confirm may leave and its waiting client be told `committed` (in that order), without
 //!   waiting for the record that finishes the home's side (`DebitConfirmed`), which joins
-//!   the open batch.
+//!   the open batch. A transaction's clients, likewise, once every participant answered
+//!   tried and the home's `TransactionTried` is durable.
 //!
 //! A batch that holds only background work (decisions, second phases, acknowledgements) may
 //! wait up to [`MachineConfig::background_delay_us`] for a batch someone waits on, so that it
 //! does not pay a sync of its own.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
@@ -50,13 +55,16 @@ use crate::log::codec::encode_event_record;
 use crate::log::snapshot::{ChunkPlan, SnapshotImage};
 use crate::model::event::{Event, Lsn, Timestamp, Transfer, TransferKey};
 use crate::model::partition::PartitionId;
+use crate::model::transaction::Transaction;
 use crate::protocol::coordinator::{
     destination_answers, unresolved_answer, Coordinator, CoordinatorConfig, Micros, Output, Phase,
     PhaseRequest, PhaseResponse,
 };
 use crate::protocol::credit_watch::CreditWatch;
 use crate::protocol::message::{CommandGroup, CommandResult, PeerMessage, Query, QueryAnswer};
-use crate::protocol::tx_coordinator::{TxCoordinator, TxOutput, TxRequest, TxResponse};
+use crate::protocol::tx_coordinator::{
+    unresolved_transaction_answer, TxCoordinator, TxOutput, TxRequest, TxResponse,
+};
 
 /// Limits and timings of a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -652,13 +660,38 @@ impl<K: ReplyTokens> PartitionMachine<K> {
                 self.tx_coordinator.on_response(&response, now.micros);
                 self.drain_tx_coordinator();
             }
-            PeerMessage::TxUnresolved { key, partition } => {
-                let micros = now.micros;
-                self.tx_coordinator
-                    .on_unresolved(key, partition, &self.ledger, micros);
-                self.drain_tx_coordinator();
-            }
+            PeerMessage::TxUnresolved { tx, partition } => self.handle_tx_unresolved(tx, partition),
         }
+    }
+
+    /// A participant asks about its Try of `tx`. The coordinator answers for a transaction
+    /// it is carrying; otherwise the row answers, and a transaction this partition has no
+    /// row of (its Try was lost) is recorded rejected for good first. The answer leaves
+    /// with the open batch, after the records it rests on.
+    fn handle_tx_unresolved(&mut self, tx: Arc<Transaction>, partition: PartitionId) {
+        if self
+            .tx_coordinator
+            .on_unresolved(&tx, partition, self.now.micros)
+        {
+            return self.drain_tx_coordinator();
+        }
+        let status = match self.execute(&Command::AbandonTransaction(tx.clone())) {
+            Ok(Reply::Transfer(status)) => status,
+            Ok(other) => unreachable!("an abandon replies with a transfer status, got {other:?}"),
+            Err(error) => return self.report_refused_coordinator_command(error),
+        };
+        let home_tx = self.ledger.transaction(&tx.key()).map(|terms| &terms.tx);
+        let Some(phase) = unresolved_transaction_answer(status, home_tx, &tx) else {
+            return;
+        };
+        let request = TxRequest {
+            phase,
+            key: tx.key(),
+            partition,
+            tx: None,
+        };
+        let message = PeerMessage::TxRequest(request);
+        self.batch.release.peer_messages.push(message);
     }
 
     /// A participant's part of a transaction: its answer leaves with the batch that logs
@@ -691,15 +724,21 @@ impl<K: ReplyTokens> PartitionMachine<K> {
     fn drain_tx_coordinator(&mut self) {
         while let Some(output) = self.tx_coordinator.poll_output() {
             match output {
+                // A Try leaves at once (see the release rule); the rest with the batch.
+                TxOutput::Send(PeerMessage::TxRequest(request)) if request.phase == Phase::Try => {
+                    let message = PeerMessage::TxRequest(request);
+                    self.ready.peer_messages.push(message)
+                }
                 TxOutput::Send(message) => self.batch.release.peer_messages.push(message),
                 TxOutput::Execute(command) => {
                     if let Err(error) = self.execute(&command) {
                         self.report_refused_coordinator_command(error);
                     }
                 }
-                // The home's Try was durable before any Try left: its clients may hear now.
-                TxOutput::Committed { key } => {
-                    self.resolve_waiters(&key, TransferStatus::Committed, Some(0))
+                // Every participant durably tried: its clients hear once the home's own Try
+                // is durable too.
+                TxOutput::Committed { key, try_lsn } => {
+                    self.resolve_waiters(&key, TransferStatus::Committed, Some(try_lsn))
                 }
                 TxOutput::Violation { key, detail } => self.report_violation(key, detail),
             }
@@ -1104,7 +1143,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         for (lsn, event) in (first_lsn..).zip(events.iter()) {
             encode_event_record(lsn, timestamp, event, &mut self.batch.bytes);
             self.coordinator.on_event(event, lsn, self.now.micros);
-            self.tx_coordinator.on_event(event, self.now.micros);
+            self.tx_coordinator.on_event(event, lsn, self.now.micros);
             match event {
                 Event::CreditTried { .. } => self.pending_credits += 1,
                 Event::CreditConfirmed { .. }

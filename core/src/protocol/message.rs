@@ -12,6 +12,7 @@ use crate::ledger::{
 use crate::model::event::{Transfer, TransferKey};
 use crate::model::ids::{AccountId, TransactionId};
 use crate::model::partition::{partition_of, PartitionId};
+use crate::model::transaction::Transaction;
 use crate::protocol::coordinator::{PhaseRequest, PhaseResponse};
 use crate::protocol::tx_coordinator::{TxRequest, TxResponse};
 
@@ -169,10 +170,15 @@ pub enum PeerMessage {
     TxRequest(TxRequest),
     /// From a participant back to the home of `response.key`.
     TxResponse(TxResponse),
-    /// From participant `partition` to the home of `key`: "I still hold my Try of this
-    /// transaction; what became of it?" (a Confirm is not acknowledged, and may be lost).
+    /// From participant `partition` to the home of `tx`: "I still hold my Try of this
+    /// transaction; what became of it?" A Confirm is not acknowledged, and may be lost; and
+    /// a Try leaves before its home's record of the transaction is durable, so the home may
+    /// have lost it. The question carries the legs the participant tried, so that a home
+    /// with no row can record the transaction refused for good, and a home holding other
+    /// legs under the key (a client's retry after that loss) confirms nothing it did not
+    /// commit.
     TxUnresolved {
-        key: TransferKey,
+        tx: Arc<Transaction>,
         partition: PartitionId,
     },
 }
@@ -186,8 +192,8 @@ impl PeerMessage {
             PeerMessage::Unresolved { transfer } => partition_of(&transfer.from, partitions),
             PeerMessage::StillHeld { partition, .. } => *partition,
             PeerMessage::TxRequest(request) => request.partition,
-            PeerMessage::TxResponse(TxResponse { key, .. })
-            | PeerMessage::TxUnresolved { key, .. } => partition_of(&key.from, partitions),
+            PeerMessage::TxResponse(TxResponse { key, .. }) => partition_of(&key.from, partitions),
+            PeerMessage::TxUnresolved { tx, .. } => partition_of(&tx.key().from, partitions),
         }
     }
 }

@@ -8,20 +8,22 @@
 //! derivable from the ledger ([`TxCoordinator::rebuild`]).
 //!
 //! # The protocol (the ledger's rules are in [`crate::ledger`]'s `transactions` module)
-//! 1. The home's Try (`TransactionTried`) is made durable first; only then does the Try go
-//!    to every other participant (the driver releases [`TxOutput::Send`] with the batch
-//!    after the one that logged what caused it). So a participant never holds a Try its home
-//!    does not know, and nothing needs abandoning after a home's crash.
+//! 1. The home's Try (`TransactionTried`, record `try_lsn`) goes to every other participant
+//!    as soon as it is applied, in parallel with the sync that makes it durable at the home
+//!    (the driver releases a Try at once, as a transfer's; see
+//!    [`crate::protocol::machine`]'s release rule).
 //! 2. Each participant answers the Try durably: tried, or refused with its first failing
 //!    leg. The home waits for every answer. A Try unanswered by its deadline is followed by
-//!    an Abort ("cancel unless you tried"), whose answer decides like the Try's.
-//! 3. **Commit point**: every participant's Try is durable (the home's was first). The home
-//!    tells its clients `committed` at once ([`TxOutput::Committed`]), logs the commit
-//!    (`ConfirmTransaction` at the home), and sends each participant its Confirm with the
-//!    batch of that record. A Confirm is not acknowledged: a participant that still holds
-//!    its Try after [`CoordinatorConfig::resolve_after_us`] asks the home
-//!    ([`TxOutput::Send`] of [`PeerMessage::TxUnresolved`]), and the home answers from its
-//!    row.
+//!    an Abort ("cancel unless you tried these legs"), whose answer decides like the Try's.
+//! 3. **Commit point**: every participant's Try is durable, and so is the home's own. The
+//!    home learns the first from the answers; the second is `try_lsn` being durable, so
+//!    its clients are told `committed` ([`TxOutput::Committed`]) with the first release
+//!    after that record. It logs the commit (`ConfirmTransaction` at the home) and sends
+//!    each participant its Confirm with the batch of that record. A Confirm is not
+//!    acknowledged: a participant that still holds its Try after
+//!    [`CoordinatorConfig::resolve_after_us`] asks the home ([`TxOutput::Send`] of
+//!    [`PeerMessage::TxUnresolved`], which carries the legs it tried), and the home answers
+//!    from its row.
 //! 4. Otherwise the home decides to cancel (`DecideTransactionCancel`, naming the lowest
 //!    failed leg of all answers, or none for a timeout), carries the Cancel to every
 //!    participant until each acknowledges, then ends its own side (`CancelTransaction`).
@@ -29,6 +31,22 @@
 //! A home restarted finds its rows: a transaction still trying sends its Tries again (a
 //! participant that tried answers tried again: Tries are idempotent), one cancelling its
 //! Cancels.
+//!
+//! # A home that lost its Try
+//! A crash can take the home's `TransactionTried` after its Tries left: participants then
+//! hold Tries (nets in `held`, in no balance) of a transaction the home has no row of, and
+//! no client was told anything of it (the commit point needs the home's record). The first
+//! participant to ask about it makes the home record it rejected for good, for a timeout
+//! with no failed leg ([`Command::AbandonTransaction`]), before its Cancel leaves; every
+//! participant that tried asks in turn and is cancelled, and a client's retry gets the
+//! rejection. A client may instead retry first, with the same legs (the participants that
+//! tried answer tried again, and it commits) or with other legs under the same id. Then
+//! the key names two transactions, and every message that can lead to a commit names the
+//! legs: a participant holding other legs fails the Try
+//! ([`Reason::CancelledBeforeTry`]), so the new legs cancel and their Cancel undoes the
+//! orphan; an Abort carries the legs and cancels an orphan it finds; and the home answers a
+//! question about legs it does not hold with a Cancel. So a participant confirms only the
+//! legs its home committed.
 
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
@@ -37,15 +55,16 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use crate::ledger::{Command, Ledger, PhaseResult, TransferState, TransferStatus};
-use crate::model::event::{Event, Reason, TransferKey};
+use crate::model::event::{Event, Lsn, Reason, TransferKey};
 use crate::model::partition::{partition_of, PartitionId};
 use crate::model::transaction::Transaction;
 use crate::protocol::coordinator::{CoordinatorConfig, Micros, Phase};
 use crate::protocol::message::PeerMessage;
 use crate::protocol::timer_queue::{Timed, TimerQueue};
 
-/// A phase message of a transaction from its home to participant `partition`. Only a Try
-/// carries the transaction; the other phases name it by its key.
+/// A phase message of a transaction from its home to participant `partition`. A Try and an
+/// Abort carry the transaction (an Abort must not take a Try of other legs under the key
+/// for its own); a Confirm and a Cancel name it by its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxRequest {
     pub phase: Phase,
@@ -65,10 +84,15 @@ impl TxRequest {
                 tx: tx.clone(),
                 partition,
             },
-            (Phase::Try, None) => unreachable!("a Try carries its transaction"),
+            (Phase::Abort, Some(tx)) => Command::AbortTransaction {
+                tx: tx.clone(),
+                partition,
+            },
+            (Phase::Try | Phase::Abort, None) => {
+                unreachable!("a Try and an Abort carry their transaction")
+            }
             (Phase::Confirm, _) => Command::ConfirmTransaction { key, partition },
             (Phase::Cancel, _) => Command::CancelTransaction { key, partition },
-            (Phase::Abort, _) => Command::AbortTransaction { key, partition },
         }
     }
 }
@@ -91,8 +115,8 @@ pub enum TxOutput {
     /// Execute a command on this partition's ledger.
     Execute(Command),
     /// Every participant durably tried the transaction `key`: its clients may be told
-    /// `committed` now (the home's own Try was durable before any Try left).
-    Committed { key: TransferKey },
+    /// `committed` once the home's own Try (record `try_lsn`) is durable too.
+    Committed { key: TransferKey, try_lsn: Lsn },
     /// A participant answered what it cannot; surfaced so tests and the simulator fail.
     Violation { key: TransferKey, detail: String },
 }
@@ -114,6 +138,9 @@ enum Stage {
 #[derive(Debug, Clone)]
 struct Flight {
     tx: Arc<Transaction>,
+    /// The lsn of the home's `TransactionTried` (0 when rebuilt from a recovered, durable
+    /// log): the commit point waits for it to be durable.
+    try_lsn: Lsn,
     stage: Stage,
     /// Every participant but the home, with its answer so far (to the Try or the Abort
     /// while trying, to the Cancel while cancelling).
@@ -148,8 +175,9 @@ pub struct TxCoordinator {
     /// of an ordered map compared 130-byte keys at every level.
     flights: FxHashMap<TransferKey, Flight>,
     /// Transactions this partition tried for another home, not yet confirmed or cancelled:
-    /// when to ask their home about them next. Hashed for the same reason.
-    watched: FxHashMap<TransferKey, Micros>,
+    /// when to ask their home about them next, and the legs tried (the question names
+    /// them). Hashed for the same reason.
+    watched: FxHashMap<TransferKey, (Micros, Arc<Transaction>)>,
     /// Due times of `flights` and of `watched`, earliest first, so that finding the next
     /// due time and what is due costs the entries that come up, not a scan of every
     /// transaction under way (thousands, while a participant is down, at every poll of the
@@ -180,17 +208,17 @@ impl TxCoordinator {
         let mut coordinator = TxCoordinator::new(config, ledger.partition(), ledger.partitions());
         for (state, tx) in ledger.unfinished_transactions() {
             match state {
-                TransferState::Trying => coordinator.start(tx, now),
+                TransferState::Trying => coordinator.start(tx, 0, now),
                 TransferState::Cancelling(_) => {
-                    let mut flight = coordinator.flight(tx, Stage::Cancelling);
+                    let mut flight = coordinator.flight(tx, 0, Stage::Cancelling);
                     coordinator.send_unanswered(&mut flight, Phase::Cancel, now);
                     coordinator.put(flight.tx.key(), flight);
                 }
                 _ => {}
             }
         }
-        for key in ledger.tried_transaction_parts() {
-            coordinator.watch(key, now);
+        for tx in ledger.tried_transaction_parts() {
+            coordinator.watch(tx, now);
         }
         coordinator.settle();
         coordinator
@@ -219,18 +247,18 @@ impl TxCoordinator {
         partition_of(&key.from, self.partitions) == self.partition
     }
 
-    /// Observes an event this partition's ledger applied.
-    pub fn on_event(&mut self, event: &Event, now: Micros) {
-        self.observe(event, now);
+    /// Observes an event this partition's ledger applied as record `lsn`.
+    pub fn on_event(&mut self, event: &Event, lsn: Lsn, now: Micros) {
+        self.observe(event, lsn, now);
         self.settle();
     }
 
-    fn observe(&mut self, event: &Event, now: Micros) {
+    fn observe(&mut self, event: &Event, lsn: Lsn, now: Micros) {
         match event {
             Event::TransactionTried { tx } if self.is_home_of(&tx.key()) => {
-                self.start(tx.clone(), now)
+                self.start(tx.clone(), lsn, now)
             }
-            Event::TransactionTried { tx } => self.watch(tx.key(), now),
+            Event::TransactionTried { tx } => self.watch(tx.clone(), now),
             Event::TransactionCancelling { key, .. } => {
                 if let Some(mut flight) = self.flights.remove(key) {
                     flight.stage = Stage::Cancelling;
@@ -317,16 +345,27 @@ impl TxCoordinator {
         self.put(key, flight);
     }
 
-    /// Participant `partition` still holds its Try of `key` and asks what became of it.
-    /// Answered from the flight if the home is deciding it, else from the row.
+    /// Participant `partition` still holds its Try of `tx` and asks what became of it.
+    /// Answered here if a flight carries the key: as a Try's answer if the flight is of
+    /// these legs and still trying, with a Cancel if it is cancelling or of other legs (an
+    /// orphan of a transaction the home lost, which can never commit). Returns false when
+    /// no flight carries the key: the caller answers from the row
+    /// ([`unresolved_transaction_answer`]), recording the transaction rejected if there is
+    /// none.
     pub fn on_unresolved(
         &mut self,
-        key: TransferKey,
+        tx: &Arc<Transaction>,
         partition: PartitionId,
-        ledger: &Ledger,
         now: Micros,
-    ) {
-        if self.flights.contains_key(&key) {
+    ) -> bool {
+        let key = tx.key();
+        let Some(flight) = self.flights.get(&key) else {
+            return false;
+        };
+        let orphan = flight.tx != *tx && !legs_ignored();
+        if orphan || flight.stage == Stage::Cancelling {
+            self.request(key, partition, Phase::Cancel, None);
+        } else {
             // It asks because it tried: as good as its answer to the Try.
             let response = TxResponse {
                 phase: Phase::Try,
@@ -334,27 +373,9 @@ impl TxCoordinator {
                 partition,
                 result: PhaseResult::Tried,
             };
-            let cancelling = self.flights[&key].stage == Stage::Cancelling;
-            if cancelling {
-                self.request(key, partition, Phase::Cancel, None);
-            } else {
-                self.on_response(&response, now);
-            }
-            return;
+            self.on_response(&response, now);
         }
-        let state = ledger
-            .find_transfer(&key)
-            .ok()
-            .flatten()
-            .map(|row| row.state);
-        match state.map(|state| state.status()) {
-            Some(TransferStatus::Committed) => self.request(key, partition, Phase::Confirm, None),
-            Some(TransferStatus::Cancelled(_)) => self.request(key, partition, Phase::Cancel, None),
-            other => {
-                let detail = format!("participant {partition} holds a Try of a transaction whose home row is {other:?}");
-                self.outputs.push_back(TxOutput::Violation { key, detail });
-            }
-        }
+        true
     }
 
     /// Does what is due at `now`: resends, deadlines, questions to homes.
@@ -394,15 +415,16 @@ impl TxCoordinator {
                 break;
             }
             self.watch_timers.pop();
-            if self.watched.get(&key) != Some(&due) {
+            let Some((_, tx)) = self.watched.get(&key).filter(|(at, _)| *at == due) else {
                 continue;
-            }
+            };
+            let tx = tx.clone();
             let message = PeerMessage::TxUnresolved {
-                key,
+                tx: tx.clone(),
                 partition: self.partition,
             };
             self.outputs.push_back(TxOutput::Send(message));
-            self.watch(key, now);
+            self.watch(tx, now);
         }
         self.settle();
     }
@@ -420,26 +442,28 @@ impl TxCoordinator {
     fn settle(&mut self) {
         self.timers.settle(&mut self.flights);
         while let Some((due, key)) = self.watch_timers.peek().copied() {
-            if self.watched.get(&key) == Some(&due) {
+            if self.watched.get(&key).is_some_and(|(at, _)| *at == due) {
                 break;
             }
             self.watch_timers.pop();
         }
     }
 
-    fn watch(&mut self, key: TransferKey, now: Micros) {
+    fn watch(&mut self, tx: Arc<Transaction>, now: Micros) {
         let due = now + self.config.resolve_after_us;
-        self.watched.insert(key, due);
+        let key = tx.key();
+        self.watched.insert(key, (due, tx));
         self.watch_timers.push(due, key);
     }
 
-    fn flight(&self, tx: Arc<Transaction>, stage: Stage) -> Flight {
+    fn flight(&self, tx: Arc<Transaction>, try_lsn: Lsn, stage: Stage) -> Flight {
         let answers = (tx.participants(self.partitions).into_iter())
             .filter(|p| *p != self.partition)
             .map(|p| (p, None))
             .collect();
         Flight {
             tx,
+            try_lsn,
             stage,
             answers,
             due: 0,
@@ -449,9 +473,9 @@ impl TxCoordinator {
         }
     }
 
-    fn start(&mut self, tx: Arc<Transaction>, now: Micros) {
+    fn start(&mut self, tx: Arc<Transaction>, try_lsn: Lsn, now: Micros) {
         let deadline = now + self.config.try_timeout_us;
-        let mut flight = self.flight(tx, Stage::Trying { deadline });
+        let mut flight = self.flight(tx, try_lsn, Stage::Trying { deadline });
         assert!(
             !flight.answers.is_empty(),
             "a transaction across partitions"
@@ -468,7 +492,7 @@ impl TxCoordinator {
     /// Sends `phase` to every participant that has not answered, and arms the resend.
     fn send_unanswered(&mut self, flight: &mut Flight, phase: Phase, now: Micros) {
         let key = flight.tx.key();
-        let tx = (phase == Phase::Try).then(|| flight.tx.clone());
+        let tx = matches!(phase, Phase::Try | Phase::Abort).then(|| flight.tx.clone());
         let unanswered: Vec<PartitionId> = (flight.answers.iter())
             .filter(|(_, answer)| answer.is_none())
             .map(|(p, _)| *p)
@@ -508,7 +532,8 @@ impl TxCoordinator {
             .values()
             .all(|a| *a == Some(PhaseResult::Tried))
         {
-            self.outputs.push_back(TxOutput::Committed { key });
+            let try_lsn = flight.try_lsn;
+            self.outputs.push_back(TxOutput::Committed { key, try_lsn });
             let partition = self.partition;
             self.outputs
                 .push_back(TxOutput::Execute(Command::ConfirmTransaction {
@@ -564,6 +589,35 @@ impl TxCoordinator {
     }
 }
 
+/// What a home sends participant that asks about its Try of `tx` when no flight carries
+/// it: `status` is the home's answer to [`Command::AbandonTransaction`] for it (the row's
+/// state, or rejected for good when there was none), `home_tx` the legs of the home's row
+/// under the key, if it is a transaction's. Only a commit of these very legs confirms;
+/// every other outcome, and other legs (or a transfer) under the key, cancels. `None`:
+/// still being decided, and the flight carries it.
+pub fn unresolved_transaction_answer(
+    status: TransferStatus,
+    home_tx: Option<&Arc<Transaction>>,
+    tx: &Arc<Transaction>,
+) -> Option<Phase> {
+    let same_legs = home_tx.is_some_and(|home_tx| home_tx == tx) || legs_ignored();
+    match status {
+        TransferStatus::Pending => None,
+        TransferStatus::Committed if same_legs => Some(Phase::Confirm),
+        _ => Some(Phase::Cancel),
+    }
+}
+
+/// Known bug `TxConfirmOtherLegs`: the home answers a participant's question by the key
+/// alone, as if the legs it holds were the ones asked about.
+fn legs_ignored() -> bool {
+    #[cfg(any(test, madsim, feature = "testing"))]
+    if crate::protocol::bugs::enabled(crate::protocol::bugs::Bug::TxConfirmOtherLegs) {
+        return true;
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -603,6 +657,7 @@ mod tests {
         for (i, tx) in txs.iter().enumerate() {
             c.on_event(
                 &Event::TransactionTried { tx: tx.clone() },
+                i as u64 + 1,
                 1_000 * i as u64,
             );
         }
@@ -620,7 +675,7 @@ mod tests {
                 result: PhaseResult::Tried,
             };
             c.on_response(&response, 5_000);
-            c.on_event(&Event::TransactionConfirmed { key: tx.key() }, 5_000);
+            c.on_event(&Event::TransactionConfirmed { key: tx.key() }, 2_000, 5_000);
         }
         std::iter::from_fn(|| c.poll_output()).for_each(drop);
         assert_eq!(c.in_flight(), 990);
@@ -638,17 +693,17 @@ mod tests {
         // A participant's Try of another home's transaction is asked about once it waits.
         let theirs = one_leg("theirs", 2, 0);
         let mut p = TxCoordinator::new(CONFIG, 0, PARTITIONS);
-        p.on_event(&Event::TransactionTried { tx: theirs.clone() }, 7);
+        p.on_event(&Event::TransactionTried { tx: theirs.clone() }, 1, 7);
         assert_eq!(p.next_due(), Some(7 + CONFIG.resolve_after_us));
         p.on_tick(7 + CONFIG.resolve_after_us);
         let asked: Vec<_> = std::iter::from_fn(|| p.poll_output()).collect();
         let question = PeerMessage::TxUnresolved {
-            key: theirs.key(),
+            tx: theirs.clone(),
             partition: 0,
         };
         assert_eq!(asked, vec![TxOutput::Send(question)]);
         assert_eq!(p.next_due(), Some(7 + 2 * CONFIG.resolve_after_us));
-        p.on_event(&Event::TransactionConfirmed { key: theirs.key() }, 9);
+        p.on_event(&Event::TransactionConfirmed { key: theirs.key() }, 2, 9);
         assert_eq!(p.next_due(), None, "a confirmed Try is no longer watched");
     }
 }

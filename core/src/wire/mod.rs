@@ -130,8 +130,11 @@ use crate::replica::RaftMessage;
 /// (6) and its answer (7), and a dry run's failed leg. Version 11: query `TransferBody` (7)
 /// and its answer (8). Version 12: a `Capture` (15) carries its amount as the client wrote it
 /// (digits and scale, finished at the hold's partition), reply `HoldEnd` (6) answers a
-/// capture or void with the hold's terms, ledger error `InvalidAmount` (19).
-pub const WIRE_VERSION: u8 = 12;
+/// capture or void with the hold's terms, ledger error `InvalidAmount` (19). Version 13: a
+/// transaction's Try leaves before its home's record is durable, so an `AbortTransaction`
+/// (22) and a `TxRequest` Abort carry the transaction, `TxUnresolved` (7) carries it instead
+/// of its key, and commands know `AbandonTransaction` (24).
+pub const WIRE_VERSION: u8 = 13;
 /// Bytes of the frame header: body length and checksum.
 pub const FRAME_HEADER_LEN: usize = 8;
 /// Bytes of the body before the messages: version, map version, count.
@@ -602,11 +605,21 @@ fn encoded_len_max(message: &Message) -> usize {
             PEERS_PREFIX_LEN + peers.iter().map(peer_encoded_len_max).sum::<usize>()
         }
         Message::Request {
-            command: Command::Transact(_) | Command::TryTransaction { .. },
+            command:
+                Command::Transact(_)
+                | Command::TryTransaction { .. }
+                | Command::AbortTransaction { .. }
+                | Command::AbandonTransaction(_),
             ..
         }
         | Message::QueryRequest {
-            query: Query::DryRun(Command::Transact(_) | Command::TryTransaction { .. }),
+            query:
+                Query::DryRun(
+                    Command::Transact(_)
+                    | Command::TryTransaction { .. }
+                    | Command::AbortTransaction { .. }
+                    | Command::AbandonTransaction(_),
+                ),
             ..
         }
         | Message::Answer {
@@ -763,7 +776,15 @@ fn put_command(out: &mut Vec<u8>, command: &Command) {
         Command::CancelTransaction { key, partition } => {
             put_key_partition(out, 21, &key, partition)
         }
-        Command::AbortTransaction { key, partition } => put_key_partition(out, 22, &key, partition),
+        Command::AbortTransaction { ref tx, partition } => {
+            out.push(22);
+            put_transaction(out, tx);
+            out.extend_from_slice(&partition.to_le_bytes());
+        }
+        Command::AbandonTransaction(ref tx) => {
+            out.push(24);
+            put_transaction(out, tx);
+        }
         Command::DecideTransactionCancel {
             key,
             failed_leg,
@@ -876,7 +897,7 @@ fn get_command(cursor: &mut Cursor<'_>) -> Result<Command, String> {
             partition: get_u32(cursor)?,
         },
         22 => Command::AbortTransaction {
-            key: cursor.key()?,
+            tx: cursor.transaction()?,
             partition: get_u32(cursor)?,
         },
         23 => Command::DecideTransactionCancel {
@@ -888,6 +909,7 @@ fn get_command(cursor: &mut Cursor<'_>) -> Result<Command, String> {
             },
             reason: cursor.reason()?,
         },
+        24 => Command::AbandonTransaction(cursor.transaction()?),
         other => return Err(format!("unknown command {other}")),
     })
 }
@@ -1453,19 +1475,20 @@ fn put_peer(out: &mut Vec<u8>, peer: &PeerMessage) {
             out.extend_from_slice(&response.partition.to_le_bytes());
             put_phase_result(out, response.result);
         }
-        PeerMessage::TxUnresolved { key, partition } => {
+        PeerMessage::TxUnresolved { tx, partition } => {
             out.push(7);
-            put_key(out, key);
+            put_transaction(out, tx);
             out.extend_from_slice(&partition.to_le_bytes());
         }
     }
 }
 
 /// The most bytes `peer` can encode to: [`PEER_MESSAGE_ENCODED_LEN_MAX`], or for a
-/// transaction's Try, which carries its legs, [`TX_REQUEST_ENCODED_LEN_MAX`].
+/// transaction's Try, Abort or question, which carry its legs, [`TX_REQUEST_ENCODED_LEN_MAX`].
 pub fn peer_encoded_len_max(peer: &PeerMessage) -> usize {
     match peer {
-        PeerMessage::TxRequest(TxRequest { tx: Some(_), .. }) => TX_REQUEST_ENCODED_LEN_MAX,
+        PeerMessage::TxRequest(TxRequest { tx: Some(_), .. })
+        | PeerMessage::TxUnresolved { .. } => TX_REQUEST_ENCODED_LEN_MAX,
         _ => PEER_MESSAGE_ENCODED_LEN_MAX,
     }
 }
@@ -1554,11 +1577,12 @@ fn get_peer(cursor: &mut Cursor<'_>) -> Result<PeerMessage, String> {
                 true => Some(cursor.transaction()?),
                 false => None,
             };
-            if (phase == Phase::Try) != tx.is_some()
+            if matches!(phase, Phase::Try | Phase::Abort) != tx.is_some()
                 || tx.as_ref().is_some_and(|tx| tx.key() != key)
             {
                 return Err(
-                    "a transaction's request carries its transaction with its Try only".to_string(),
+                    "a transaction's request carries its transaction with its Try or Abort only"
+                        .to_string(),
                 );
             }
             PeerMessage::TxRequest(TxRequest {
@@ -1575,7 +1599,7 @@ fn get_peer(cursor: &mut Cursor<'_>) -> Result<PeerMessage, String> {
             result: get_phase_result(cursor)?,
         }),
         7 => PeerMessage::TxUnresolved {
-            key: cursor.key()?,
+            tx: cursor.transaction()?,
             partition: get_u32(cursor)?,
         },
         other => return Err(format!("unknown peer message {other}")),

@@ -167,9 +167,10 @@ fn transaction_commands(tx: &Arc<Transaction>) -> Vec<Command> {
         Command::ConfirmTransaction { key, partition: 0 },
         Command::CancelTransaction { key, partition: 1 },
         Command::AbortTransaction {
-            key,
+            tx: tx.clone(),
             partition: u32::MAX,
         },
+        Command::AbandonTransaction(tx.clone()),
     ];
     for reason in ALL_REASONS {
         for failed_leg in [None, Some(0), Some(63), Some(u8::MAX)] {
@@ -406,7 +407,7 @@ fn every_peer_message(t: Transfer) -> Vec<PeerMessage> {
     let legs = vec![leg(t.from, third), leg(third, t.to)];
     let tx = Transaction::new(t.transaction_id, legs).expect("valid legs");
     for phase in [Phase::Try, Phase::Confirm, Phase::Cancel, Phase::Abort] {
-        let tx = (phase == Phase::Try).then(|| tx.clone());
+        let tx = matches!(phase, Phase::Try | Phase::Abort).then(|| tx.clone());
         let request = TxRequest {
             phase,
             key: t.key(),
@@ -426,10 +427,7 @@ fn every_peer_message(t: Transfer) -> Vec<PeerMessage> {
         };
         messages.push(PeerMessage::TxResponse(response));
     }
-    messages.push(PeerMessage::TxUnresolved {
-        key: t.key(),
-        partition: 3,
-    });
+    messages.push(PeerMessage::TxUnresolved { tx, partition: 3 });
     messages
 }
 
@@ -782,7 +780,13 @@ fn peer_message_lengths_are_bounded() {
     }
     let longest = every_peer_message(longest_transfer())
         .into_iter()
-        .filter(|peer| !matches!(peer, PeerMessage::TxRequest(TxRequest { tx: Some(_), .. })))
+        .filter(|peer| {
+            !matches!(
+                peer,
+                PeerMessage::TxRequest(TxRequest { tx: Some(_), .. })
+                    | PeerMessage::TxUnresolved { .. }
+            )
+        })
         .map(peer_len)
         .max();
     assert_eq!(longest, Some(PEER_MESSAGE_ENCODED_LEN_MAX));

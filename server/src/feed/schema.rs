@@ -1,6 +1,6 @@
-//! The feed's JSON line for each event: schema version 4 (version 3 without the multi-leg
-//! transaction types, version 2 without the hold types either, version 1 without the refund
-//! types either).
+//! The feed's JSON line for each event: schema version 5 (version 4 with `failed_leg`
+//! always on `transaction_rejected`, version 3 without the multi-leg transaction types either,
+//! version 2 without the hold types either, version 1 without the refund types either).
 //!
 //! Every line is one object: `v` (the schema version), `lsn`, `timestamp` (RFC 3339, as
 //! everywhere in the API), `type` (the event, snake case) and the event's own fields. Amounts
@@ -29,7 +29,7 @@ use walletd_core::model::transaction::Transaction;
 use crate::rfc3339;
 
 /// The schema version every line carries as `v`.
-pub const SCHEMA_VERSION: u64 = 4;
+pub const SCHEMA_VERSION: u64 = 5;
 
 /// One event type of the feed: its name and fields beyond `v`, `lsn`, `timestamp`, `type`.
 pub struct EventType {
@@ -264,11 +264,13 @@ pub const EVENT_TYPES: &[EventType] = &[
     },
     EventType {
         name: "transaction_rejected",
-        fields: &["transaction_id", "legs", "failed_leg", "reason"],
-        optional: &[],
+        fields: &["transaction_id", "legs", "reason"],
+        optional: &["failed_leg"],
         description: "A multi-leg transaction refused at its home (the partition of its first \
             leg's `from_account`): leg `failed_leg` (an index into `legs`, from 0) failed for \
-            `reason`. Nothing moved.",
+            `reason`; or, with no `failed_leg` and `reason` `timeout`, a participant asked \
+            about a Try its home had lost (a crash took the home's record after the Tries \
+            left), and the home rejected it for good. Nothing moved.",
     },
     EventType {
         name: "transaction_tried",
@@ -491,8 +493,10 @@ fn type_and_fields(
             reason,
         } => {
             let mut fields = transaction_fields(tx);
-            fields["failed_leg"] = json!(failed_leg);
             fields["reason"] = json!(reason.code());
+            if let Some(leg) = failed_leg {
+                fields["failed_leg"] = json!(leg);
+            }
             ("transaction_rejected", fields)
         }
         Event::TransactionTried { tx } => ("transaction_tried", transaction_fields(tx)),
@@ -724,7 +728,7 @@ mod tests {
             Event::TransactionApplied { tx: tx.clone() },
             Event::TransactionRejected {
                 tx: tx.clone(),
-                failed_leg: 2,
+                failed_leg: Some(2),
                 reason: Reason::SourceCurrencyMismatch,
             },
             Event::TransactionTried { tx },
@@ -801,8 +805,8 @@ mod tests {
         let mut seen = std::collections::BTreeSet::new();
         for (i, event) in one_of_each().into_iter().enumerate() {
             let names_a_leg = match &event {
-                Event::TransactionRejected { .. } => true,
-                Event::TransactionRefused { failed_leg, .. }
+                Event::TransactionRejected { failed_leg, .. }
+                | Event::TransactionRefused { failed_leg, .. }
                 | Event::TransactionCancelling { failed_leg, .. } => failed_leg.is_some(),
                 _ => false,
             };

@@ -120,10 +120,8 @@ impl Money for Ledger {
     }
 
     fn for_each_tried_transaction(&self, each: &mut dyn FnMut(&Arc<Transaction>)) {
-        for key in self.tried_transaction_parts() {
-            if let Some(tx) = self.transaction_part(&key).and_then(|row| row.tx.as_ref()) {
-                each(tx);
-            }
+        for tx in self.tried_transaction_parts() {
+            each(&tx);
         }
     }
 

@@ -223,7 +223,7 @@ pub fn scan_transactions<'a>(
 /// All or nothing, over the scans of every partition of a cluster (`scans[p]` is partition
 /// `p`'s): a transaction its home committed was refused or cancelled by no participant (and
 /// at rest, `at_rest`, confirmed by every one); one its home did not commit was confirmed
-/// by none. A home's own side is judged by its own scan ([`TransactionScan::record`]).
+/// by none; a participant confirmed only the legs its home committed. A home's own side is judged by its own scan ([`TransactionScan::record`]).
 pub fn transactions_agree(scans: &[&TransactionScan], at_rest: bool) -> Vec<Violation> {
     let partitions = scans.len() as u32;
     let mut violations = Vec::new();
@@ -261,9 +261,13 @@ pub fn transactions_agree(scans: &[&TransactionScan], at_rest: bool) -> Vec<Viol
                     }
                 }
             } else {
-                let home = scans[home_partition as usize].side(key);
+                let home_seen = scans[home_partition as usize].seen.get(key);
+                let home = home_seen.map(|seen| seen.side);
+                // The legs confirmed here must be the very legs the home committed: after a
+                // home lost a transaction, a retry may put other legs under its key.
+                let same_legs = home_seen.is_some_and(|home| home.tx == seen.tx);
                 let wrong = match seen.side {
-                    TxSide::Confirmed => home != Some(TxSide::Confirmed),
+                    TxSide::Confirmed => home != Some(TxSide::Confirmed) || !same_legs,
                     TxSide::Tried => at_rest,
                     _ => false,
                 };
@@ -381,7 +385,7 @@ mod tests {
         let (confirmed, _) = scan(
             other,
             vec![
-                Event::TransactionTried { tx },
+                Event::TransactionTried { tx: tx.clone() },
                 Event::TransactionConfirmed { key },
             ],
         );
@@ -402,5 +406,22 @@ mod tests {
         let whole = cut(&confirmed);
         let whole: Vec<&TransactionScan> = whole.iter().collect();
         assert!(transactions_agree(&whole, true).is_empty());
+        // A participant that confirmed other legs under the key (a home that lost them, and
+        // committed a retry's) is not all or nothing either.
+        let mut legs = tx.legs().to_vec();
+        legs[0].amount = Amount::from_minor(6).unwrap();
+        let other_legs = Transaction::new(tx.transaction_id(), legs).unwrap();
+        let (orphan, _) = scan(
+            other,
+            vec![
+                Event::TransactionTried { tx: other_legs },
+                Event::TransactionConfirmed { key },
+            ],
+        );
+        let mixed = cut(&orphan);
+        let mixed: Vec<&TransactionScan> = mixed.iter().collect();
+        let found = transactions_agree(&mixed, true);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].invariant(), Invariant::TxAtomicity);
     }
 }

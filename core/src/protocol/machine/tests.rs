@@ -950,26 +950,27 @@ fn a_transaction_across_three_partitions_commits_once_every_participant_tried() 
     // b starts empty: the money passes through it.
     let (command, key) = transact("x-1", vec![leg(a, b, 30), leg(b, c, 30), leg(a, c, 10)]);
     world.command(0, 10, command.clone(), true);
-    // The home's Try first, durable before any Try leaves.
-    assert!(world.commit(0));
-    assert!(
-        !world.ready(0) && world.wire.is_empty(),
-        "no Try before the home's is durable"
-    );
+    // The Tries leave at once, in parallel with the sync of the home's own Try.
     assert_eq!(figures_of(&mut world, &[a])[0], (60, 40, 0));
-    assert!(world.sync(0));
+    assert!(world.ready(0));
     assert_eq!(world.wire.len(), 2, "a Try to each other participant");
+    assert!(world.commit(0));
     world.deliver();
     // Each participant tries durably; b's net is nothing, c's is counted as incoming.
     assert!(world.commit(1) && world.commit(2));
     assert_eq!(figures_of(&mut world, &[b, c]), vec![(0, 0, 0), (0, 0, 40)]);
     assert!(world.sync(1) && world.sync(2));
     world.deliver();
-    assert!(world.ready(0));
+    world.ready(0);
+    assert!(
+        !world.replies.contains_key(&10),
+        "every participant tried, but the home's own Try is not durable yet"
+    );
+    assert!(world.sync(0) && world.ready(0));
     assert_eq!(
         world.replies[&10],
         Ok(Reply::Transfer(TransferStatus::Committed)),
-        "committed once every participant's Try is durable"
+        "committed once every Try is durable, the home's included"
     );
     assert_eq!(
         figures_of(&mut world, &[c])[0],
@@ -1030,6 +1031,7 @@ fn a_participant_that_never_answers_is_aborted_and_its_late_try_fails() {
     let (mut world, [a, b, c]) = three_participants();
     let (command, key) = transact("x-3", vec![leg(a, b, 30), leg(a, c, 5)]);
     world.command(0, 10, command, true);
+    world.ready(0);
     world.commit(0);
     world.sync(0);
     // The Try to c is lost on the way.
@@ -1086,6 +1088,7 @@ fn a_home_that_loses_power_after_the_commit_point_commits_on_restart() {
     let (mut world, [a, b, c]) = three_participants();
     let (command, key) = transact("x-4", vec![leg(a, b, 30), leg(a, c, 20)]);
     world.command(0, 10, command.clone(), true);
+    world.ready(0);
     world.commit(0);
     world.sync(0);
     world.deliver();
@@ -1120,6 +1123,7 @@ fn a_participant_whose_confirm_is_lost_asks_its_home() {
     let (mut world, [a, b, c]) = three_participants();
     let (command, _) = transact("x-5", vec![leg(a, b, 30), leg(a, c, 20)]);
     world.command(0, 10, command, true);
+    world.ready(0);
     world.commit(0);
     world.sync(0);
     world.deliver();
@@ -1134,6 +1138,147 @@ fn a_participant_whose_confirm_is_lost_asks_its_home() {
         figures_of(&mut world, &[b, c]),
         vec![(0, 0, 30), (0, 0, 20)],
         "the credits wait, in no balance"
+    );
+    world.advance(config().coordinator.resolve_after_us + 1);
+    assert_eq!(
+        figures_of(&mut world, &[a, b, c]),
+        vec![(50, 0, 0), (30, 0, 0), (20, 0, 0)]
+    );
+}
+
+/// The home of a transaction takes it, its Tries leave at once, and both participants try
+/// it durably; then the home loses its power before its own Try is durable. Its client was
+/// told nothing.
+fn home_loses_its_try_after_the_participants_tried(
+    world: &mut World,
+    command: &Command,
+    key: TransferKey,
+) {
+    world.command(0, 10, command.clone(), true);
+    world.ready(0);
+    assert!(world.commit(0));
+    world.deliver();
+    assert!(world.commit(1) && world.commit(2) && world.sync(1) && world.sync(2));
+    world.wire.clear();
+    world.power_loss(0);
+    assert!(!world.replies.contains_key(&10), "nothing was told");
+    assert!(world.machine(0).ledger().transfer(&key).is_none());
+}
+
+#[test]
+fn a_home_that_lost_its_try_rejects_it_when_a_participant_asks_and_the_tries_are_undone() {
+    let (mut world, [a, b, c]) = three_participants();
+    let (command, key) = transact("x-6", vec![leg(a, b, 30), leg(a, c, 20)]);
+    home_loses_its_try_after_the_participants_tried(&mut world, &command, key);
+    assert_eq!(
+        figures_of(&mut world, &[a, b, c]),
+        vec![(100, 0, 0), (0, 0, 30), (0, 0, 20)],
+        "the participants' nets wait, in no balance"
+    );
+    // The participants ask; the home has no row, rejects the transaction for good and
+    // cancels their Tries.
+    world.advance(config().coordinator.resolve_after_us + 1);
+    assert_eq!(
+        figures_of(&mut world, &[a, b, c]),
+        vec![(100, 0, 0), (0, 0, 0), (0, 0, 0)]
+    );
+    let row = world.machine(0).ledger().transfer(&key).unwrap();
+    assert_eq!(row.state, TransferState::Rejected(Reason::Timeout));
+    // The client's retry gets that answer, and can never commit it.
+    world.command(0, 11, command, true);
+    world.settle();
+    assert_eq!(
+        world.replies[&11],
+        Ok(Reply::Transfer(TransferStatus::Rejected(Reason::Timeout)))
+    );
+    for p in [1, 2] {
+        let part = world.machine(p).ledger().transaction_part(&key).cloned();
+        assert_eq!(part.unwrap().state, PartState::Cancelled);
+    }
+}
+
+#[test]
+fn a_retry_with_other_legs_after_the_home_lost_its_try_confirms_no_leg_of_either() {
+    let (mut world, [a, b, c]) = three_participants();
+    let (command, key) = transact("x-7", vec![leg(a, b, 30), leg(a, c, 20)]);
+    home_loses_its_try_after_the_participants_tried(&mut world, &command, key);
+    // The client retries under the same id with other legs, which only b takes part in:
+    // b holds the lost legs and fails the new Try; the home cancels, and its Cancel undoes
+    // b's orphan. c, which the new legs do not name, asks about the lost ones and is told
+    // to cancel: the home holds other legs under the key.
+    let (other, _) = transact("x-7", vec![leg(a, b, 40)]);
+    world.command(0, 11, other, true);
+    world.settle();
+    assert_eq!(
+        world.replies[&11],
+        Ok(Reply::Transfer(TransferStatus::Cancelled(Reason::Timeout)))
+    );
+    world.advance(config().coordinator.resolve_after_us + 1);
+    assert_eq!(
+        figures_of(&mut world, &[a, b, c]),
+        vec![(100, 0, 0), (0, 0, 0), (0, 0, 0)],
+        "no leg of either moved"
+    );
+    for p in [1, 2] {
+        let part = world.machine(p).ledger().transaction_part(&key).cloned();
+        assert_eq!(part.unwrap().state, PartState::Cancelled, "partition {p}");
+    }
+}
+
+/// The home lost `t` (a→b, a→c) after b and c tried it; the client's retry under the same
+/// id moves money within the home only (a→d), and commits at once. b and c then ask about
+/// `t`. The figures of a, b, c and d at the end.
+fn other_legs_committed_at_the_home(bugs: &[crate::protocol::bugs::Bug]) -> Vec<(u64, u64, u64)> {
+    crate::protocol::bugs::set(bugs);
+    let (mut world, [a, b, c]) = three_participants();
+    let d = account_on("acct", 0, 3, 1);
+    world.command(0, 5, open(d, USD), false);
+    world.settle();
+    let (command, key) = transact("x-9", vec![leg(a, b, 30), leg(a, c, 20)]);
+    home_loses_its_try_after_the_participants_tried(&mut world, &command, key);
+    let (other, _) = transact("x-9", vec![leg(a, d, 40)]);
+    world.command(0, 11, other, true);
+    world.settle();
+    assert_eq!(
+        world.replies[&11],
+        Ok(Reply::Transfer(TransferStatus::Committed))
+    );
+    world.advance(config().coordinator.resolve_after_us + 1);
+    let figures = [a, b, c, d].map(|account| {
+        let p = crate::model::partition::partition_of(&account, 3);
+        let found = *world.machine(p).ledger().account(&account).expect("open");
+        (found.balance, found.held, found.incoming)
+    });
+    crate::protocol::bugs::set(&[]);
+    figures.to_vec()
+}
+
+#[test]
+fn a_participant_holding_legs_its_home_lost_is_cancelled_though_other_legs_committed() {
+    use crate::protocol::bugs::Bug;
+    assert_eq!(
+        other_legs_committed_at_the_home(&[]),
+        vec![(60, 0, 0), (0, 0, 0), (0, 0, 0), (40, 0, 0)],
+        "the lost legs moved nothing"
+    );
+    // Answered by the key alone, b and c confirm legs whose debit never was: 50 made up.
+    assert_eq!(
+        other_legs_committed_at_the_home(&[Bug::TxConfirmOtherLegs]),
+        vec![(60, 0, 0), (30, 0, 0), (20, 0, 0), (40, 0, 0)],
+    );
+}
+
+#[test]
+fn a_retry_with_the_same_legs_after_the_home_lost_its_try_commits_them_once() {
+    let (mut world, [a, b, c]) = three_participants();
+    let (command, key) = transact("x-8", vec![leg(a, b, 30), leg(a, c, 20)]);
+    home_loses_its_try_after_the_participants_tried(&mut world, &command, key);
+    // The participants answer the retry's Tries as they answered the first: tried.
+    world.command(0, 11, command, true);
+    world.settle();
+    assert_eq!(
+        world.replies[&11],
+        Ok(Reply::Transfer(TransferStatus::Committed))
     );
     world.advance(config().coordinator.resolve_after_us + 1);
     assert_eq!(

@@ -65,8 +65,11 @@ fn cancel_on(key: TransferKey, partition: PartitionId) -> Command {
     Command::CancelTransaction { key, partition }
 }
 
-fn abort_on(key: TransferKey, partition: PartitionId) -> Command {
-    Command::AbortTransaction { key, partition }
+fn abort_on(tx: &Arc<Transaction>, partition: PartitionId) -> Command {
+    Command::AbortTransaction {
+        tx: tx.clone(),
+        partition,
+    }
 }
 
 fn decide_cancel(key: TransferKey, failed_leg: Option<u8>, reason: Reason) -> Command {
@@ -158,7 +161,7 @@ fn rejected(events: &[Event], t: &Arc<Transaction>, leg: u8, reason: Reason) -> 
         .when(transact(t))
         .then_events(&[Event::TransactionRejected {
             tx: t.clone(),
-            failed_leg: leg,
+            failed_leg: Some(leg),
             reason,
         }])
         .then_status(TransferStatus::Rejected(reason));
@@ -797,7 +800,7 @@ fn a_transaction_across_three_partitions_commits_once_every_participant_tried() 
         // Anything after answers the commit and changes nothing.
         for again in [
             confirm_on(k, p),
-            abort_on(k, p),
+            abort_on(&t, p),
             cancel_on(k, p),
             try_on(&t, p),
         ] {
@@ -994,7 +997,7 @@ fn a_cancel_before_a_participant_tried_leaves_the_barrier_that_fails_its_late_tr
     );
     // An Abort is a participant's: at the home it would end the cancel before the
     // participants undid their Tries.
-    assert!(is_invalid_transition(&c.refused(0, abort_on(k, 0))));
+    assert!(is_invalid_transition(&c.refused(0, abort_on(&t, 0))));
 
     let not_tried = PhaseResult::TryFailed(Reason::CancelledBeforeTry);
     let barrier = Event::TransactionRefused {
@@ -1008,7 +1011,7 @@ fn a_cancel_before_a_participant_tried_leaves_the_barrier_that_fails_its_late_tr
     c.restart_from_snapshots();
     // The Try arrives late: it fails on the barrier, and nothing moves.
     assert_eq!(c.phase(2, try_on(&t, 2)), (not_tried, vec![]));
-    assert_eq!(c.phase(2, abort_on(k, 2)), (not_tried, vec![]));
+    assert_eq!(c.phase(2, abort_on(&t, 2)), (not_tried, vec![]));
     assert_eq!(c.account(&x.a[2]), (OPENING, 0, 0));
     let refused = c.refused(2, confirm_on(k, 2));
     assert!(matches!(refused, LedgerError::InvalidTransition { .. }));
@@ -1044,7 +1047,7 @@ fn an_abort_leaves_a_tried_participant_as_it_is_and_sets_the_barrier_on_an_untri
     assert_eq!(c.phase(1, try_on(&t, 1)).0, PhaseResult::Tried);
     let before = Snapshot::of(&c.ledgers[1]);
     // The home heard nothing from either in time, and asks both to abort.
-    assert_eq!(c.phase(1, abort_on(k, 1)), (PhaseResult::Tried, vec![]));
+    assert_eq!(c.phase(1, abort_on(&t, 1)), (PhaseResult::Tried, vec![]));
     assert_eq!(Snapshot::of(&c.ledgers[1]), before, "the Try stands");
     let not_tried = PhaseResult::TryFailed(Reason::CancelledBeforeTry);
     let barrier = Event::TransactionRefused {
@@ -1052,8 +1055,8 @@ fn an_abort_leaves_a_tried_participant_as_it_is_and_sets_the_barrier_on_an_untri
         failed_leg: None,
         reason: Reason::CancelledBeforeTry,
     };
-    assert_eq!(c.phase(2, abort_on(k, 2)), (not_tried, vec![barrier]));
-    assert_eq!(c.phase(2, abort_on(k, 2)), (not_tried, vec![]));
+    assert_eq!(c.phase(2, abort_on(&t, 2)), (not_tried, vec![barrier]));
+    assert_eq!(c.phase(2, abort_on(&t, 2)), (not_tried, vec![]));
     assert_eq!(c.phase(2, try_on(&t, 2)), (not_tried, vec![]));
     assert_eq!(c.account(&x.a[2]), (OPENING, 0, 0));
     c.check_durable();
@@ -1071,7 +1074,7 @@ fn an_abort_leaves_a_tried_participant_as_it_is_and_sets_the_barrier_on_an_untri
     c.watch(&u);
     c.status(0, transact(&u));
     c.phase(1, try_on(&u, 1));
-    assert_eq!(c.phase(1, abort_on(k, 1)), (PhaseResult::Tried, vec![]));
+    assert_eq!(c.phase(1, abort_on(&u, 1)), (PhaseResult::Tried, vec![]));
     c.done(0, confirm_on(k, 0));
     assert_eq!(c.phase(1, confirm_on(k, 1)).0, PhaseResult::Confirmed);
     assert_eq!(c.account(&x.b[1]), (100, 0, 0));
@@ -1107,7 +1110,7 @@ fn a_participant_refuses_what_no_leg_of_its_own_is_or_a_remote_account_cannot_ta
     let short = tx("m-2", vec![usd(x.a[0], x.b[1], OPENING + 1)]);
     let rejected = Event::TransactionRejected {
         tx: short.clone(),
-        failed_leg: 0,
+        failed_leg: Some(0),
         reason: Reason::InsufficientFunds,
     };
     let status = TransferStatus::Rejected(Reason::InsufficientFunds);
@@ -1146,7 +1149,7 @@ fn phase_commands_are_refused_where_the_transaction_is_not_or_not_in_that_state(
     assert!(is_invalid_transition(&c.refused(2, try_on(&t, 2))));
     // The home ends only a cancel it decided, and takes no Abort.
     assert!(is_invalid_transition(&c.refused(0, cancel_on(k, 0))));
-    assert!(is_invalid_transition(&c.refused(0, abort_on(k, 0))));
+    assert!(is_invalid_transition(&c.refused(0, abort_on(&t, 0))));
     c.phase(1, try_on(&t, 1));
     c.done(0, confirm_on(k, 0));
     assert!(is_invalid_transition(&c.refused(0, cancel_on(k, 0))));
@@ -1228,11 +1231,12 @@ fn the_phases_of_a_transaction_do_not_drive_a_transfer() {
 }
 
 #[test]
-fn a_try_of_other_legs_under_a_key_already_tried_is_refused_outright() {
+fn a_try_of_other_legs_under_a_tried_key_fails_and_an_abort_of_them_cancels_the_orphan() {
     let x = accounts();
     let mut c = Cluster::new(&x);
-    // Never in a correct cluster (a home's Try is durable before any other leaves): the
-    // participant holds a Try of `t` when a Try of `u`, other legs under the same key, comes.
+    // The home lost `t` after its Try left (a Try leaves before the home's record is
+    // durable), and a client's retry put `u`, other legs, under the same key: partition 1
+    // holds a Try of `t` when `u`'s Try comes.
     let t = tx("m-1", vec![usd(x.a[0], x.b[1], 100)]);
     let u = tx("m-1", vec![usd(x.a[0], x.b[1], 200)]);
     let k = u.key();
@@ -1241,19 +1245,62 @@ fn a_try_of_other_legs_under_a_key_already_tried_is_refused_outright() {
     c.watch(&u);
     assert_eq!(c.status(0, transact(&u)).0, TransferStatus::Pending);
     // Answering Tried would commit `u` with `t`'s legs held on partition 1.
-    assert_eq!(c.phase(1, try_on(&u, 1)), (PhaseResult::Refused, vec![]));
+    let not_tried = PhaseResult::TryFailed(Reason::CancelledBeforeTry);
+    assert_eq!(c.phase(1, try_on(&u, 1)), (not_tried, vec![]));
     let row = c.ledgers[1].transaction_part(&k).unwrap();
     assert_eq!((row.state, row.tx.as_ref()), (PartState::Tried, Some(&t)));
-    // A cancel of the key undoes what is held under it.
-    c.done(0, decide_cancel(k, None, Reason::Timeout));
+    // An Abort of `u` finds the orphan and cancels it (answering tried would commit `u`).
     let undone = vec![Event::TransactionCancelled { key: k }];
     assert_eq!(
-        c.phase(1, cancel_on(k, 1)),
+        c.phase(1, abort_on(&u, 1)),
         (PhaseResult::Cancelled, undone)
+    );
+    assert_eq!(c.account(&x.b[1]), (0, 0, 0));
+    // The home cancels `u`; the Cancel finds the orphan undone already.
+    c.done(0, decide_cancel(k, None, Reason::Timeout));
+    assert_eq!(
+        c.phase(1, cancel_on(k, 1)),
+        (PhaseResult::Cancelled, vec![])
     );
     c.done(0, cancel_on(k, 0));
     assert_eq!(c.account(&x.b[1]), (0, 0, 0));
     assert_eq!(c.account(&x.a[0]), (OPENING, 0, 0));
+    c.check_durable();
+}
+
+#[test]
+fn a_home_asked_about_a_transaction_it_has_no_row_of_rejects_it_for_good() {
+    let x = accounts();
+    let mut c = Cluster::new(&x);
+    let t = tx("m-1", vec![usd(x.a[0], x.b[1], 100)]);
+    let u = tx("m-1", vec![usd(x.a[0], x.b[1], 200)]);
+    // Partition 1 tried `t`, whose home lost its record: asked, the home rejects it, for a
+    // timeout and with no failed leg (none failed).
+    assert_eq!(c.phase(1, try_on(&t, 1)).0, PhaseResult::Tried);
+    let abandon = Command::AbandonTransaction(t.clone());
+    let rejected = Event::TransactionRejected {
+        tx: t.clone(),
+        failed_leg: None,
+        reason: Reason::Timeout,
+    };
+    let status = TransferStatus::Rejected(Reason::Timeout);
+    assert_eq!(c.status(0, abandon.clone()), (status, vec![rejected]));
+    // Asked again, and retried by its client, it answers the same and records nothing;
+    // other legs under its id are a conflict.
+    assert_eq!(c.status(0, abandon), (status, vec![]));
+    assert_eq!(c.status(0, transact(&t)), (status, vec![]));
+    let conflict = c.refused(0, transact(&u));
+    assert!(matches!(conflict, LedgerError::Conflict(_)), "{conflict:?}");
+    // Its terms name no leg; the participant's Try is cancelled by the home's answer.
+    assert_eq!(c.ledgers[0].transaction(&t.key()).unwrap().failed_leg, None);
+    c.phase(1, cancel_on(t.key(), 1));
+    assert_eq!(c.account(&x.b[1]), (0, 0, 0));
+    // A home that has the row answers with its state, and records nothing.
+    let v = tx("m-2", vec![usd(x.a[0], x.b[1], 100)]);
+    c.watch(&v);
+    c.status(0, transact(&v));
+    let asked = Command::AbandonTransaction(v.clone());
+    assert_eq!(c.status(0, asked), (TransferStatus::Pending, vec![]));
     c.check_durable();
 }
 
