@@ -30,8 +30,9 @@
 //! record it would write) records the expiry itself and answers `hold_expired`, so a capture
 //! racing the expiry gets exactly one recorded outcome, whichever is decided first.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
+use super::key_map::KeyMap;
 use super::{
     check_move, check_room, find_account, Ledger, LedgerError, RecordMeta, Reply, Source,
     TransferRow, TransferState, TransferStatus,
@@ -85,18 +86,17 @@ pub struct HoldEnd {
     pub captured: Option<Amount>,
 }
 
-/// The holds a partition is home of. Both maps only grow with holds; the terms are in
-/// snapshots, and the open set is rebuilt from them and the rows.
+/// The holds a partition is home of. The terms only grow with holds; they are in snapshots
+/// (sorted by key there), and the open set is rebuilt from them and the rows.
 ///
-/// The terms are an ordered map although every commit at a home looks a key up there (a
-/// search of 130-byte keys, 3.7% of the server's time under holds then captures): a hash
-/// map rehashes every hold ever placed in one step when it doubles, and that stall took the
-/// p99.9 of holds then captures from 13-15 to 19-24 ms for no clear gain in rate (see
-/// [`super::transactions::TransactionTable`]).
+/// The terms are a [`KeyMap`]: every commit at a home looks a key up there, and an ordered
+/// map's search of 130-byte keys was 3.7% of the server's time under holds then captures,
+/// while a general hash map's doubling stalled the partition (see
+/// [`crate::ledger::key_map`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct HoldTable {
     /// Every hold placed here, by key.
-    pub(crate) terms: BTreeMap<TransferKey, HoldTerms>,
+    pub(crate) terms: KeyMap<HoldTerms>,
     /// The holds not ended yet (being placed, or held), by expiry then key: the next to
     /// expire first.
     pub(crate) open: BTreeSet<(Timestamp, TransferKey)>,
@@ -138,12 +138,9 @@ impl Ledger {
 
     /// Takes the hold terms a snapshot kept, once its transfers table is restored: the
     /// holds whose rows are still being placed or held are open again.
-    pub(crate) fn restore_holds(
-        &mut self,
-        terms: BTreeMap<TransferKey, HoldTerms>,
-    ) -> Result<(), String> {
+    pub(crate) fn restore_holds(&mut self, terms: KeyMap<HoldTerms>) -> Result<(), String> {
         let mut open = BTreeSet::new();
-        for (key, terms) in &terms {
+        for (key, terms) in terms.iter() {
             // Open holds are unfinished rows, which are in memory: a row on disk is final.
             let state = self
                 .transfers

@@ -21,6 +21,7 @@ pub(crate) mod credit_table;
 mod dry_run;
 pub(crate) mod holds;
 pub(crate) mod id_arena;
+pub(crate) mod key_map;
 pub(crate) mod keyed_table;
 pub(crate) mod refunds;
 pub(crate) mod row_index;

@@ -170,6 +170,12 @@ impl Table<AccountId, Account> for crate::ledger::account_table::AccountTable {
     }
 }
 
+impl<V> Table<TransferKey, V> for crate::ledger::key_map::KeyMap<V> {
+    fn sorted(&self) -> BTreeMap<&TransferKey, &V> {
+        self.iter().collect()
+    }
+}
+
 impl<K: Ord, V> Table<K, V> for BTreeMap<K, V> {
     fn sorted(&self) -> BTreeMap<&K, &V> {
         self.iter().collect()

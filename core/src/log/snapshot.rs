@@ -70,6 +70,7 @@ use crate::ledger::account_table::AccountRows;
 use crate::ledger::cash_table::CashRows;
 use crate::ledger::cold::{BloomBuild, ChunkRead, ColdChunk, ColdRows, WrittenChunks};
 use crate::ledger::credit_table::CreditRows;
+use crate::ledger::key_map::KeyMap;
 use crate::ledger::refunds::RefundTable;
 use crate::ledger::transactions::{PartRow, PartState, TransactionTable, TransactionTerms};
 use crate::ledger::transfer_table::{RowStore, RowView, TransferTable, CHUNK_ROWS};
@@ -82,7 +83,6 @@ use crate::log::codec::{
     cash_kind_tag, put_cash_refusal, put_currency, put_key, put_transaction, put_transfer,
     reason_tag, CodecError, Cursor,
 };
-use crate::model::event::TransferKey;
 use crate::model::ids::AccountId;
 use crate::model::money::{Amount, Currency};
 use crate::model::partition::{partition_of, PartitionId, PARTITIONS_MAX};
@@ -136,7 +136,8 @@ pub struct SnapshotImage {
     cash: CashRows,
     flows: BTreeMap<Currency, Flows>,
     refunds: RefundTable,
-    holds: BTreeMap<TransferKey, HoldTerms>,
+    /// Shared, not copied, as the transactions are.
+    holds: KeyMap<HoldTerms>,
     /// Multi-leg transactions: shared, not copied, legs and all.
     transactions: TransactionTable,
     /// The chunk files this image's encoding writes, for the partition to drop their rows
@@ -430,41 +431,54 @@ fn encode_image(
         );
     }
     if version > SNAPSHOT_VERSION_UNHELD {
-        put_table(&mut sink, ledger.holds.iter(), |out, (key, terms)| {
-            put_key(out, key);
-            out.extend_from_slice(&terms.expires_at.to_le_bytes());
-            let captured = terms.captured.map_or(0, |amount| amount.minor());
-            out.extend_from_slice(&captured.to_le_bytes());
-        })?;
+        put_table(
+            &mut sink,
+            ledger.holds.sorted().into_iter(),
+            |out, (key, terms)| {
+                put_key(out, key);
+                out.extend_from_slice(&terms.expires_at.to_le_bytes());
+                let captured = terms.captured.map_or(0, |amount| amount.minor());
+                out.extend_from_slice(&captured.to_le_bytes());
+            },
+        )?;
     } else {
         assert!(ledger.holds.is_empty(), "no holds before version 6");
     }
     if version > SNAPSHOT_VERSION_UNTRANSACTED {
         let transactions = &ledger.transactions;
-        put_table(&mut sink, transactions.home.values(), |out, terms| {
+        let home = transactions
+            .home
+            .sorted()
+            .into_iter()
+            .map(|(_, terms)| terms);
+        put_table(&mut sink, home, |out, terms| {
             put_transaction(out, &terms.tx);
             put_optional_leg(out, terms.failed_leg);
         })?;
-        put_table(&mut sink, transactions.parts.iter(), |out, (key, row)| {
-            put_key(out, key);
-            match row.state {
-                PartState::Tried => out.push(1),
-                PartState::Confirmed => out.push(2),
-                PartState::Cancelled => out.push(3),
-                PartState::Refused { failed_leg, reason } => {
-                    out.push(4);
-                    put_optional_leg(out, failed_leg);
-                    out.push(reason_tag(reason));
+        put_table(
+            &mut sink,
+            transactions.parts.sorted().into_iter(),
+            |out, (key, row)| {
+                put_key(out, key);
+                match row.state {
+                    PartState::Tried => out.push(1),
+                    PartState::Confirmed => out.push(2),
+                    PartState::Cancelled => out.push(3),
+                    PartState::Refused { failed_leg, reason } => {
+                        out.push(4);
+                        put_optional_leg(out, failed_leg);
+                        out.push(reason_tag(reason));
+                    }
                 }
-            }
-            match &row.tx {
-                Some(tx) => {
-                    out.push(1);
-                    put_transaction(out, tx);
+                match &row.tx {
+                    Some(tx) => {
+                        out.push(1);
+                        put_transaction(out, tx);
+                    }
+                    None => out.push(0),
                 }
-                None => out.push(0),
-            }
-        })?;
+            },
+        )?;
     } else {
         assert!(
             ledger.transactions == TransactionTable::default(),
@@ -1441,9 +1455,11 @@ mod tests {
             .tx = None;
         bad.push(ledger);
         let mut ledger = s.ledger.clone();
-        let refused = (ledger.transactions.parts.values_mut())
-            .find(|row| row.tx.is_none())
-            .unwrap();
+        let refused_key = *(ledger.transactions.parts.iter())
+            .find(|(_, row)| row.tx.is_none())
+            .unwrap()
+            .0;
+        let refused = ledger.transactions.parts.get_mut(&refused_key).unwrap();
         refused.tx = Some(elsewhere.tx.clone().unwrap());
         bad.push(ledger);
         for ledger in bad {
