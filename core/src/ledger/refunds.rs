@@ -13,7 +13,7 @@
 //! original's source lives elsewhere. A refund cancelled there (the source's account could not
 //! take the money back) counts no more against its original once its cancel is final.
 
-use std::collections::BTreeMap;
+use crate::ledger::key_map::KeyMap;
 
 use crate::ledger::{CreditState, Ledger, LedgerError, Reply, TransferState, TransferStatus};
 use crate::model::event::{Event, Reason, Transfer, TransferKey};
@@ -43,14 +43,15 @@ pub struct Refund {
 const _: () = assert!(std::mem::size_of::<Refund>() <= std::mem::size_of::<Transfer>());
 
 /// The refunds a partition is home of: which original each refund refunds, and how much of
-/// each original is refunded (by refunds not cancelled). Both only grow with refunds, which
-/// are few next to transfers; both are in snapshots.
+/// each original is refunded (by refunds not cancelled). Both only grow with refunds; both
+/// are in snapshots (sorted by key there), and [`KeyMap`]s, as the other tables that grow
+/// with history are (see [`crate::ledger::key_map`]): a snapshot image shares them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct RefundTable {
     /// Refund key → the original's id (the original's source is the refund's destination).
-    pub(crate) originals: BTreeMap<TransferKey, TransactionId>,
+    pub(crate) originals: KeyMap<TransactionId>,
     /// Original key → minor units refunded so far.
-    pub(crate) refunded: BTreeMap<TransferKey, u64>,
+    pub(crate) refunded: KeyMap<u64>,
 }
 
 impl RefundTable {
@@ -251,7 +252,8 @@ impl Ledger {
             .originals
             .insert(refund.key(), original_key.transaction_id);
         if accepted {
-            *self.refunds.refunded.entry(original_key).or_default() += refund.amount.minor();
+            let refunded = self.refunds.refunded(&original_key) + refund.amount.minor();
+            self.refunds.refunded.insert(original_key, refunded);
         }
     }
 

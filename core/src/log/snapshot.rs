@@ -414,16 +414,20 @@ fn encode_image(
         let refunds = &ledger.refunds;
         put_table(
             &mut sink,
-            refunds.originals.iter(),
+            refunds.originals.sorted().into_iter(),
             |out, (key, original)| {
                 put_key(out, key);
                 original.encode_into(out);
             },
         )?;
-        put_table(&mut sink, refunds.refunded.iter(), |out, (key, minor)| {
-            put_key(out, key);
-            out.extend_from_slice(&minor.to_le_bytes());
-        })?;
+        put_table(
+            &mut sink,
+            refunds.refunded.sorted().into_iter(),
+            |out, (key, minor)| {
+                put_key(out, key);
+                out.extend_from_slice(&minor.to_le_bytes());
+            },
+        )?;
     } else {
         assert!(
             ledger.refunds == RefundTable::default(),
