@@ -225,6 +225,10 @@ pub struct Client {
     /// a Try leaves before the home's record is durable): candidates for reuses of their ids
     /// with other legs, which must never mix the two sets of legs.
     unanswered: Vec<Arc<Transaction>>,
+    /// The last of `unanswered` was given up by an impatient client: its next request
+    /// reuses its id with other legs, as a client that changed its mind would, soon after
+    /// whatever cut the first short (a crash may have taken the home's record of it).
+    reuse_next: bool,
 }
 
 impl Client {
@@ -252,6 +256,7 @@ impl Client {
             plans: Vec::new(),
             placed: Vec::new(),
             unanswered: Vec::new(),
+            reuse_next: false,
         }
     }
 
@@ -348,7 +353,15 @@ impl Client {
         // The transfer a refund refunds.
         let mut refunding = None;
         let mut attempts = self.attempts_max;
+        let reuse = std::mem::take(&mut self.reuse_next);
         let (command, expect) = match roll {
+            _ if reuse && !self.unanswered.is_empty() => {
+                let first = self.unanswered.pop().expect("not empty");
+                let Some(command) = crate::transactions::other_legs(&first) else {
+                    return;
+                };
+                (command, Expect::Transaction(TxExpect::Reused))
+            }
             0..=4 => return self.hold_step().await,
             5 if !self.unanswered.is_empty() => {
                 let i = self.rng.gen_range(0..self.unanswered.len());
@@ -471,6 +484,7 @@ impl Client {
                 drop(self.unanswered.swap_remove(i));
             }
             self.unanswered.push(tx.clone());
+            self.reuse_next = attempts == 1 && self.rng.gen_bool(0.5);
         }
         if let (Some(reply), true) = (settled, valid) {
             if self.answered.len() == REMEMBERED_MAX {
