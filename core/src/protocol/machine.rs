@@ -709,11 +709,13 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         if request.phase == Phase::Confirm && result == PhaseResult::Confirmed {
             return;
         }
+        // An answer to a Try or an Abort names the legs it is about (the request's).
         let response = TxResponse {
             phase: request.phase,
             key: request.key,
             partition: self.partition(),
             result,
+            tx: request.tx,
         };
         let message = PeerMessage::TxResponse(response);
         self.batch.release.peer_messages.push(message);

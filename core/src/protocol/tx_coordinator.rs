@@ -44,9 +44,10 @@
 //! the key names two transactions, and every message that can lead to a commit names the
 //! legs: a participant holding other legs fails the Try
 //! ([`Reason::CancelledBeforeTry`]), so the new legs cancel and their Cancel undoes the
-//! orphan; an Abort carries the legs and cancels an orphan it finds; and the home answers a
-//! question about legs it does not hold with a Cancel. So a participant confirms only the
-//! legs its home committed.
+//! orphan; an Abort carries the legs and cancels an orphan it finds; an answer to a Try or
+//! an Abort names the legs it is about, so a late answer about the lost legs does not count
+//! for the new ones; and the home answers a question about legs it does not hold with a
+//! Cancel. So a participant confirms only the legs its home committed.
 
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
@@ -98,13 +99,18 @@ impl TxRequest {
 }
 
 /// A participant's answer to a [`TxRequest`], routed to the home of `key`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxResponse {
     pub phase: Phase,
     pub key: TransferKey,
     /// The participant that answers.
     pub partition: PartitionId,
     pub result: PhaseResult,
+    /// With the answer to a Try or an Abort, the legs it is about (the request's). A home
+    /// that lost a transaction and took other legs under its key may still get a late
+    /// answer to the lost legs' Try: taken by its key alone, it would count as a Try of
+    /// the new legs.
+    pub tx: Option<Arc<Transaction>>,
 }
 
 /// What the coordinator asks its driver to do.
@@ -299,9 +305,20 @@ impl TxCoordinator {
         let Some(mut flight) = self.flights.remove(&key) else {
             return;
         };
+        let about_try = matches!(response.phase, Phase::Try | Phase::Abort);
+        if about_try && response.tx.as_ref() != Some(&flight.tx) && !legs_ignored() {
+            // A late answer about other legs under this key, which this home lost (see the
+            // module docs): it says nothing of these.
+            self.put(key, flight);
+            return;
+        }
         let Some(slot) = flight.answers.get_mut(&response.partition) else {
-            let detail = format!("partition {} is no participant", response.partition);
-            self.outputs.push_back(TxOutput::Violation { key, detail });
+            // A participant of lost legs under this key acknowledges the Cancel it was sent
+            // for them (see `on_unresolved`); any other answer from it cannot be.
+            if response.phase != Phase::Cancel {
+                let detail = format!("partition {} is no participant", response.partition);
+                self.outputs.push_back(TxOutput::Violation { key, detail });
+            }
             self.put(key, flight);
             return;
         };
@@ -372,6 +389,7 @@ impl TxCoordinator {
                 key,
                 partition,
                 result: PhaseResult::Tried,
+                tx: Some(tx.clone()),
             };
             self.on_response(&response, now);
         }
@@ -673,6 +691,7 @@ mod tests {
                 key: tx.key(),
                 partition: 1,
                 result: PhaseResult::Tried,
+                tx: Some(tx.clone()),
             };
             c.on_response(&response, 5_000);
             c.on_event(&Event::TransactionConfirmed { key: tx.key() }, 2_000, 5_000);

@@ -132,8 +132,9 @@ use crate::replica::RaftMessage;
 /// (digits and scale, finished at the hold's partition), reply `HoldEnd` (6) answers a
 /// capture or void with the hold's terms, ledger error `InvalidAmount` (19). Version 13: a
 /// transaction's Try leaves before its home's record is durable, so an `AbortTransaction`
-/// (22) and a `TxRequest` Abort carry the transaction, `TxUnresolved` (7) carries it instead
-/// of its key, and commands know `AbandonTransaction` (24).
+/// (22), a `TxRequest` Abort and a `TxResponse` to a Try or an Abort carry the transaction,
+/// `TxUnresolved` (7) carries it instead of its key, and commands know
+/// `AbandonTransaction` (24).
 pub const WIRE_VERSION: u8 = 13;
 /// Bytes of the frame header: body length and checksum.
 pub const FRAME_HEADER_LEN: usize = 8;
@@ -169,10 +170,12 @@ pub const FRAME_BODY_LEN_MAX: usize = BODY_PREFIX_LEN + RAFT_ENCODED_LEN_MAX;
 /// Most bytes one encoded peer message takes (a phase request carrying a transfer whose ids
 /// are all at their length limit; see `peer_message_lengths_are_bounded`).
 pub const PEER_MESSAGE_ENCODED_LEN_MAX: usize = 1 + 4 + 1 + 3 * (1 + ID_LEN_MAX) + 8 + 2;
-/// Most bytes a transaction's Try takes as a peer message: tag, phase, key, partition, a
-/// presence byte and the transaction (as the log codec writes it, up to 64 legs).
+/// Most bytes a peer message carrying a transaction takes: the answer to a Try, the longest
+/// of them (tag, phase, key, partition, a phase result of up to 3 bytes, a presence byte and
+/// the transaction as the log codec writes it, up to 64 legs); a Try, an Abort or a question
+/// is shorter.
 pub const TX_REQUEST_ENCODED_LEN_MAX: usize =
-    1 + 1 + 2 * (1 + ID_LEN_MAX) + 4 + 1 + TRANSACTION_ENCODED_LEN_MAX;
+    1 + 1 + 2 * (1 + ID_LEN_MAX) + 4 + 3 + 1 + TRANSACTION_ENCODED_LEN_MAX;
 /// Most bytes a `Request` message carrying a transaction takes: tag, request id, wait, the
 /// command's tag, the transaction and a participant.
 pub const TX_MESSAGE_ENCODED_LEN_MAX: usize = 1 + 8 + 1 + 1 + TRANSACTION_ENCODED_LEN_MAX + 4;
@@ -1474,6 +1477,13 @@ fn put_peer(out: &mut Vec<u8>, peer: &PeerMessage) {
             put_key(out, &response.key);
             out.extend_from_slice(&response.partition.to_le_bytes());
             put_phase_result(out, response.result);
+            match &response.tx {
+                Some(tx) => {
+                    out.push(1);
+                    put_transaction(out, tx);
+                }
+                None => out.push(0),
+            }
         }
         PeerMessage::TxUnresolved { tx, partition } => {
             out.push(7);
@@ -1488,6 +1498,7 @@ fn put_peer(out: &mut Vec<u8>, peer: &PeerMessage) {
 pub fn peer_encoded_len_max(peer: &PeerMessage) -> usize {
     match peer {
         PeerMessage::TxRequest(TxRequest { tx: Some(_), .. })
+        | PeerMessage::TxResponse(TxResponse { tx: Some(_), .. })
         | PeerMessage::TxUnresolved { .. } => TX_REQUEST_ENCODED_LEN_MAX,
         _ => PEER_MESSAGE_ENCODED_LEN_MAX,
     }
@@ -1592,12 +1603,26 @@ fn get_peer(cursor: &mut Cursor<'_>) -> Result<PeerMessage, String> {
                 tx,
             })
         }
-        6 => PeerMessage::TxResponse(TxResponse {
-            phase: get_phase(cursor)?,
-            key: cursor.key()?,
-            partition: get_u32(cursor)?,
-            result: get_phase_result(cursor)?,
-        }),
+        6 => {
+            let phase = get_phase(cursor)?;
+            let key = cursor.key()?;
+            let partition = get_u32(cursor)?;
+            let result = get_phase_result(cursor)?;
+            let tx = match get_bool(cursor)? {
+                true => Some(cursor.transaction()?),
+                false => None,
+            };
+            if tx.as_ref().is_some_and(|tx| tx.key() != key) {
+                return Err("a transaction's answer carries another key's legs".to_string());
+            }
+            PeerMessage::TxResponse(TxResponse {
+                phase,
+                key,
+                partition,
+                result,
+                tx,
+            })
+        }
         7 => PeerMessage::TxUnresolved {
             tx: cursor.transaction()?,
             partition: get_u32(cursor)?,

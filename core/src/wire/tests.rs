@@ -412,7 +412,7 @@ fn every_peer_message(t: Transfer) -> Vec<PeerMessage> {
             phase,
             key: t.key(),
             partition: 5,
-            tx,
+            tx: tx.clone(),
         };
         messages.push(PeerMessage::TxRequest(request));
         let result = PhaseResult::LegFailed {
@@ -424,6 +424,7 @@ fn every_peer_message(t: Transfer) -> Vec<PeerMessage> {
             key: t.key(),
             partition: 4,
             result,
+            tx,
         };
         messages.push(PeerMessage::TxResponse(response));
     }
@@ -784,6 +785,7 @@ fn peer_message_lengths_are_bounded() {
             !matches!(
                 peer,
                 PeerMessage::TxRequest(TxRequest { tx: Some(_), .. })
+                    | PeerMessage::TxResponse(TxResponse { tx: Some(_), .. })
                     | PeerMessage::TxUnresolved { .. }
             )
         })
@@ -813,9 +815,21 @@ fn peer_message_lengths_are_bounded() {
         phase: Phase::Try,
         key: tx.key(),
         partition: 1,
+        tx: Some(tx.clone()),
+    });
+    assert!(peer_len(longest_try) < TX_REQUEST_ENCODED_LEN_MAX);
+    // Its refusal, which names a failed leg beside the legs, is at the bound.
+    let longest_answer = PeerMessage::TxResponse(TxResponse {
+        phase: Phase::Try,
+        key: tx.key(),
+        partition: 1,
+        result: PhaseResult::LegFailed {
+            leg: 63,
+            reason: Reason::InsufficientFunds,
+        },
         tx: Some(tx),
     });
-    assert_eq!(peer_len(longest_try), TX_REQUEST_ENCODED_LEN_MAX);
+    assert_eq!(peer_len(longest_answer), TX_REQUEST_ENCODED_LEN_MAX);
     assert_eq!(peer_len(shortest_peer_message()), PEER_MESSAGE_LEN_MIN);
     let shortest = every_peer_message(transfer())
         .into_iter()

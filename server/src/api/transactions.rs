@@ -74,7 +74,8 @@ pub struct TransactionResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<&'static str>,
     /// The index (from 0) of the first leg that failed, when a leg did (a transaction
-    /// cancelled because a partition did not answer in time names none).
+    /// cancelled because a partition did not answer in time names none, nor one rejected
+    /// with `timeout` because a crash took its home's record of it before it committed).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(example = 1)]
     pub failed_leg: Option<u8>,

@@ -1225,6 +1225,45 @@ fn a_retry_with_other_legs_after_the_home_lost_its_try_confirms_no_leg_of_either
     }
 }
 
+#[test]
+fn a_late_answer_about_lost_legs_does_not_count_for_other_legs_under_the_key() {
+    let (mut world, [a, b, c]) = three_participants();
+    let (command, key) = transact("x-10", vec![leg(a, b, 30), leg(a, c, 20)]);
+    world.command(0, 10, command, true);
+    world.ready(0);
+    assert!(world.commit(0));
+    world.deliver();
+    assert!(world.commit(1) && world.commit(2) && world.sync(1) && world.sync(2));
+    // b's and c's answers (tried) are on their way when the home loses its Try.
+    let late: Vec<PeerMessage> = world.wire.drain(..).collect();
+    assert_eq!(late.len(), 2);
+    world.power_loss(0);
+    // The client's retry puts other legs under the id, which only b takes part in; the
+    // answers about the lost legs arrive before b's answer to the new Try.
+    let (other, _) = transact("x-10", vec![leg(a, b, 40)]);
+    world.command(0, 11, other, true);
+    world.ready(0);
+    let new_try: Vec<PeerMessage> = world.wire.drain(..).collect();
+    world.wire.extend(late);
+    world.wire.extend(new_try);
+    world.settle();
+    assert_eq!(
+        world.replies[&11],
+        Ok(Reply::Transfer(TransferStatus::Cancelled(Reason::Timeout))),
+        "b's tried was about the lost legs; it failed the new ones"
+    );
+    world.advance(config().coordinator.resolve_after_us + 1);
+    assert_eq!(
+        figures_of(&mut world, &[a, b, c]),
+        vec![(100, 0, 0), (0, 0, 0), (0, 0, 0)],
+        "no leg of either moved"
+    );
+    for p in [1, 2] {
+        let part = world.machine(p).ledger().transaction_part(&key).cloned();
+        assert_eq!(part.unwrap().state, PartState::Cancelled, "partition {p}");
+    }
+}
+
 /// The home lost `t` (a→b, a→c) after b and c tried it; the client's retry under the same
 /// id moves money within the home only (a→d), and commits at once. b and c then ask about
 /// `t`. The figures of a, b, c and d at the end.
