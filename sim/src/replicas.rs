@@ -655,7 +655,9 @@ async fn serve_node(shared: &Arc<Shared>, host: HostId) -> Option<(Arc<Replicate
 /// How long a node that left the map may take to stop. Ten seconds was too short in a few
 /// runs of the 4-node sweep (seed 60 of 0..100): a node that lost power just before it was
 /// drained left the map a moment after the heal and took longer than that to stop, for a
-/// reason not yet found; it stops, and the bound still catches a node that never does.
+/// reason not yet found; it stops, and the bound still catches a node that never does (as
+/// it caught a node whose stop asked a replica its group had just removed, and waited for
+/// its answer forever: see `Hosting::shutdown` in the runtime).
 const LEAVE_WITHIN: Duration = Duration::from_secs(120);
 
 /// Node `host` learned that map `version` leaves it out (the operator removed it, once it

@@ -848,36 +848,65 @@ impl<T: ReplicaStores, N: PeerIo> Hosting<T, N> {
     }
 
     /// Stops every replica cleanly, then the relays and links.
+    ///
+    /// A replica is asked to stop through its inbox, and this waits for its task to end, not
+    /// for an answer: a replica its group removed may have ended just before (its end not
+    /// taken yet), and its task's output then holds its inbox, which nothing reads. Waiting
+    /// for that replica's answer, or for room in its full inbox, never ended: a node drained
+    /// and left out of the map a moment later did not stop (4-node simulation, seeds 73 and
+    /// 90). So each ask races the ends of the tasks.
     async fn shutdown(mut self) -> Result<(), ReplicaDriverError> {
-        let mut acks = Vec::new();
-        for (partition, slot) in self.slots.iter().enumerate() {
-            if !matches!(slot, Slot::Replica) {
+        let mut ended_early = std::collections::BTreeSet::new();
+        for partition in 0..self.slots.len() {
+            if !matches!(self.slots[partition], Slot::Replica) {
                 continue;
             }
-            let (ack, done) = oneshot::channel();
-            if self.inboxes[partition]
-                .send(Input::Shutdown(ack))
-                .await
-                .is_ok()
-            {
-                acks.push(done);
+            let inbox = self.inboxes[partition].clone();
+            while !ended_early.contains(&partition) {
+                // The answer is not awaited (see above): its receiver goes at once.
+                let (ack, _) = oneshot::channel();
+                tokio::select! {
+                    biased;
+                    _ = inbox.send(Input::Shutdown(ack)) => break,
+                    Some(ended) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                        if let Some(ended) = self.take_end(ended) {
+                            ended_early.insert(ended as usize);
+                        }
+                    }
+                }
             }
-        }
-        for done in acks {
-            let _ = done.await;
         }
         while let Some(ended) = self.tasks.join_next().await {
-            match ended {
-                Ok((_, Err(error))) => {
-                    self.failure.get_or_insert(error);
-                }
-                Ok((_, Ok(_))) => {}
-                Err(join) => tracing::error!(%join, "replica task failed"),
-            }
+            self.take_end(ended);
         }
         drop(self.slots);
         drop(self.forwarders);
         self.failure.map_or(Ok(()), Err)
+    }
+
+    /// Keeps the failure of a replica task that ended while the node stops; returns its
+    /// partition, if the task ended at all.
+    fn take_end(
+        &mut self,
+        ended: Result<
+            (
+                PartitionId,
+                Result<Stopped<T::Log, T::Raft>, ReplicaDriverError>,
+            ),
+            tokio::task::JoinError,
+        >,
+    ) -> Option<PartitionId> {
+        match ended {
+            Ok((partition, Err(error))) => {
+                self.failure.get_or_insert(error);
+                Some(partition)
+            }
+            Ok((partition, Ok(_))) => Some(partition),
+            Err(join) => {
+                tracing::error!(%join, "replica task failed");
+                None
+            }
+        }
     }
 }
 
