@@ -886,16 +886,7 @@ impl<T: ReplicaStores, N: PeerIo> Hosting<T, N> {
 
     /// Keeps the failure of a replica task that ended while the node stops; returns its
     /// partition, if the task ended at all.
-    fn take_end(
-        &mut self,
-        ended: Result<
-            (
-                PartitionId,
-                Result<Stopped<T::Log, T::Raft>, ReplicaDriverError>,
-            ),
-            tokio::task::JoinError,
-        >,
-    ) -> Option<PartitionId> {
+    fn take_end(&mut self, ended: Result<Ended<T>, tokio::task::JoinError>) -> Option<PartitionId> {
         match ended {
             Ok((partition, Err(error))) => {
                 self.failure.get_or_insert(error);
