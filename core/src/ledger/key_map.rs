@@ -52,6 +52,12 @@ impl<V> KeyMap<V> {
         (self.index).find(hash_of(key), |at| self.rows.get(at).0 == *key)
     }
 
+    /// Asks for the index slots a lookup of `key` starts from, without waiting for them
+    /// (see `Ledger::prefetch`).
+    pub(crate) fn prefetch(&self, key: &TransferKey) {
+        self.index.touch(hash_of(key));
+    }
+
     pub(crate) fn get(&self, key: &TransferKey) -> Option<&V> {
         self.position(key).map(|at| &self.rows.get(at).1)
     }

@@ -825,9 +825,7 @@ impl Ledger {
                 let from = self.accounts.prefetch_slot(&transfer.from);
                 let to = self.accounts.prefetch_slot(&transfer.to);
                 self.transfers.prefetch(&transfer.key());
-                Prefetched {
-                    accounts: [Some(from), Some(to)],
-                }
+                Prefetched::of([Some(from), Some(to)])
             }
             Command::TryCredit(transfer)
             | Command::ConfirmCredit(transfer)
@@ -835,9 +833,7 @@ impl Ledger {
             | Command::AbortCredit(transfer) => {
                 let to = self.accounts.prefetch_slot(&transfer.to);
                 self.credits.prefetch(&transfer.key());
-                Prefetched {
-                    accounts: [Some(to), None],
-                }
+                Prefetched::of([Some(to), None])
             }
             Command::CommitDebit { key }
             | Command::FinishDebit { key }
@@ -845,8 +841,59 @@ impl Ledger {
                 self.transfers.prefetch(key);
                 Prefetched::default()
             }
+            Command::Hold(hold) => {
+                let from = self.accounts.prefetch_slot(&hold.transfer.from);
+                let to = self.accounts.prefetch_slot(&hold.transfer.to);
+                self.transfers.prefetch(&hold.transfer.key());
+                Prefetched::of([Some(from), Some(to)])
+            }
+            Command::Capture { key, .. } | Command::Void { key } | Command::ExpireHold { key } => {
+                self.transfers.prefetch(key);
+                self.holds.terms.prefetch(key);
+                Prefetched::default()
+            }
+            Command::Transact(tx) => {
+                let key = tx.key();
+                self.transfers.prefetch(&key);
+                self.transactions.home.prefetch(&key);
+                self.prefetch_legs(tx)
+            }
+            Command::TryTransaction { tx, .. } | Command::AbortTransaction { tx, .. } => {
+                self.transactions.parts.prefetch(&tx.key());
+                self.prefetch_legs(tx)
+            }
+            Command::ConfirmTransaction { key, .. } | Command::CancelTransaction { key, .. } => {
+                if self.is_home_of(key) {
+                    self.transfers.prefetch(key);
+                    self.transactions.home.prefetch(key);
+                } else {
+                    self.transactions.parts.prefetch(key);
+                }
+                Prefetched::default()
+            }
             _ => Prefetched::default(),
         }
+    }
+
+    /// The first step of a prefetch for the accounts of `tx` that live here: the first
+    /// [`PREFETCH_ACCOUNTS`] of them, in the order its legs name them (a transaction over
+    /// more of them finds the rest by a plain lookup).
+    fn prefetch_legs(&self, tx: &Transaction) -> Prefetched {
+        let mut prefetched = Prefetched::default();
+        let mut taken = 0;
+        let mut seen: [Option<&AccountId>; PREFETCH_ACCOUNTS] = [None; PREFETCH_ACCOUNTS];
+        for account in tx.legs().iter().flat_map(|leg| [&leg.from, &leg.to]) {
+            if taken == PREFETCH_ACCOUNTS {
+                break;
+            }
+            if !self.owns(account) || seen[..taken].contains(&Some(account)) {
+                continue;
+            }
+            seen[taken] = Some(account);
+            prefetched.accounts[taken] = Some(self.accounts.prefetch_slot(account));
+            taken += 1;
+        }
+        prefetched
     }
 
     /// The second step of [`Ledger::prefetch`] for one command: reads its accounts' index
@@ -2085,8 +2132,22 @@ pub const PREFETCH_ROWS_LAG: usize = 8;
 /// hashed once for both steps.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Prefetched {
-    accounts: [Option<account_index::IndexHash>; 2],
+    accounts: [Option<account_index::IndexHash>; PREFETCH_ACCOUNTS],
 }
+
+impl Prefetched {
+    /// The accounts of a transfer's command (two at most).
+    fn of(accounts: [Option<account_index::IndexHash>; 2]) -> Prefetched {
+        let mut prefetched = Prefetched::default();
+        prefetched.accounts[..2].copy_from_slice(&accounts);
+        prefetched
+    }
+}
+
+/// Most accounts of one command that [`Ledger::prefetch`] brings in: a transfer's two, and
+/// of a multi-leg transaction the first four of those on the partition (a random 4-leg
+/// transaction over 8 partitions names about two per participant).
+const PREFETCH_ACCOUNTS: usize = 4;
 
 /// Where an event being applied comes from: what has been checked of it already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -2136,4 +2197,77 @@ fn record_cash(
 #[cold]
 fn barrier_twice(key: &TransferKey) -> String {
     format!("barrier row of {key:?} recorded twice")
+}
+
+#[cfg(test)]
+mod prefetch_tests {
+    use super::*;
+    use crate::model::money::Amount;
+    use crate::model::transaction::Leg;
+
+    /// The first `count` accounts `acct-0`, `acct-1`, ... that `keep` takes.
+    fn accounts_where(count: usize, keep: impl Fn(&AccountId) -> bool) -> Vec<AccountId> {
+        (0..)
+            .map(|n| AccountId::new(&format!("acct-{n}")).unwrap())
+            .filter(|account| keep(account))
+            .take(count)
+            .collect()
+    }
+
+    fn leg(from: AccountId, to: AccountId) -> Leg {
+        Leg {
+            from,
+            to,
+            amount: Amount::from_minor(100).unwrap(),
+            currency: Currency::USD,
+        }
+    }
+
+    /// A transaction's command asks for the accounts of its legs that live on the
+    /// partition, each once, the first `PREFETCH_ACCOUNTS` in the order the legs name them.
+    #[test]
+    fn a_transaction_prefetches_its_first_distinct_accounts_of_the_partition() {
+        let ledger = Ledger::new(0, 2);
+        let here = accounts_where(6, |a| partition_of(a, 2) == 0);
+        let there = accounts_where(3, |a| partition_of(a, 2) == 1);
+        let legs = vec![
+            leg(here[0], there[0]),
+            leg(there[1], here[0]),
+            leg(there[2], here[1]),
+            leg(here[2], here[3]),
+            leg(here[4], here[5]),
+        ];
+        let tx = Transaction::new(TransactionId::new("t").unwrap(), legs).unwrap();
+        let expected = here[..PREFETCH_ACCOUNTS]
+            .iter()
+            .map(|account| Some(ledger.accounts.prefetch_slot(account)));
+        let expected: Vec<_> = expected.collect();
+        let commands = [
+            Command::Transact(tx.clone()),
+            Command::TryTransaction {
+                tx: tx.clone(),
+                partition: 0,
+            },
+            Command::AbortTransaction { tx, partition: 0 },
+        ];
+        for command in &commands {
+            let prefetched = ledger.prefetch_one(command);
+            assert_eq!(prefetched.accounts.to_vec(), expected, "{command:?}");
+        }
+    }
+
+    /// Fewer accounts here than the limit: the rest of the slots ask for nothing.
+    #[test]
+    fn a_transaction_with_one_account_here_prefetches_only_that_one() {
+        let ledger = Ledger::new(1, 2);
+        let here = accounts_where(1, |a| partition_of(a, 2) == 1);
+        let there = accounts_where(2, |a| partition_of(a, 2) == 0);
+        let legs = vec![leg(there[0], here[0]), leg(here[0], there[1])];
+        let tx = Transaction::new(TransactionId::new("t").unwrap(), legs).unwrap();
+        let command = Command::TryTransaction { tx, partition: 1 };
+        let prefetched = ledger.prefetch_one(&command);
+        let mut expected = [None; PREFETCH_ACCOUNTS];
+        expected[0] = Some(ledger.accounts.prefetch_slot(&here[0]));
+        assert_eq!(prefetched.accounts, expected);
+    }
 }

@@ -136,7 +136,7 @@ impl Ledger {
     }
 
     /// Whether this partition is the home of transactions under `key`.
-    fn is_home_of(&self, key: &TransferKey) -> bool {
+    pub(super) fn is_home_of(&self, key: &TransferKey) -> bool {
         partition_of(&key.from, self.partitions) == self.partition
     }
 
