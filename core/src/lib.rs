@@ -18,6 +18,19 @@
 //!   movements as of any point).
 //! - [`wire`]: the node-to-node frame codec: batched, versioned, CRC32C-checked frames.
 
+/// Whether the known bug `$bug` ([`protocol::bugs::Bug`]) is switched on: only tests and
+/// the simulator have the switches; everywhere else this is `false`, and the branch it
+/// guards compiles away.
+macro_rules! known_bug {
+    ($bug:ident) => {{
+        #[cfg(any(test, madsim, feature = "testing"))]
+        let on = $crate::protocol::bugs::enabled($crate::protocol::bugs::Bug::$bug);
+        #[cfg(not(any(test, madsim, feature = "testing")))]
+        let on = false;
+        on
+    }};
+}
+
 pub mod ledger;
 pub mod log;
 pub mod model;

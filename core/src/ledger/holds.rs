@@ -329,8 +329,7 @@ impl Ledger {
     }
 
     fn expired(&self, terms: &HoldTerms, now: Timestamp) -> bool {
-        #[cfg(any(test, madsim, feature = "testing"))]
-        if crate::protocol::bugs::enabled(crate::protocol::bugs::Bug::CaptureAfterExpiry) {
+        if known_bug!(CaptureAfterExpiry) {
             // Known bug: the clock is not asked; a hold past its expiry is captured or
             // voided as if it were not, until the expiry scan gets to it.
             return false;
@@ -571,13 +570,11 @@ impl Ledger {
 /// The answer to a capture or void of the hold `row`, now `status`; `captured` counts only
 /// if the hold is captured.
 fn hold_end(row: &TransferRow, status: TransferStatus, captured: Option<Amount>) -> Reply {
-    #[cfg(any(test, madsim, feature = "testing"))]
-    let captured =
-        match crate::protocol::bugs::enabled(crate::protocol::bugs::Bug::HoldEndMisreported) {
-            // Known bug: the answer shows all of the hold captured.
-            true => captured.map(|_| row.transfer.amount),
-            false => captured,
-        };
+    // Known bug: the answer shows all of the hold captured.
+    let captured = match known_bug!(HoldEndMisreported) {
+        true => captured.map(|_| row.transfer.amount),
+        false => captured,
+    };
     Reply::HoldEnd(HoldEnd {
         status,
         to: row.transfer.to,

@@ -2026,11 +2026,7 @@ fn new_row(
 /// Whether business refusals are recorded: always, but for the known bug that forgets to.
 #[inline]
 fn records_refusals() -> bool {
-    #[cfg(any(test, madsim, feature = "testing"))]
-    if crate::protocol::bugs::enabled(Bug::RefusalUnrecorded) {
-        return false;
-    }
-    true
+    !known_bug!(RefusalUnrecorded)
 }
 
 /// Whether `transfer` names one account on both sides. `decide` refuses it and `apply` must

@@ -162,8 +162,7 @@ impl Ledger {
     /// its refunds so far, but for the known bug that forgets them (deciding and applying
     /// alike, so that a log written with the bug on replays as it ran).
     fn refunded_before(&self, original: &TransferKey) -> u64 {
-        #[cfg(any(test, madsim, feature = "testing"))]
-        if crate::protocol::bugs::enabled(crate::protocol::bugs::Bug::RefundBeyondOriginal) {
+        if known_bug!(RefundBeyondOriginal) {
             return 0;
         }
         self.refunds.refunded(original)

@@ -371,7 +371,7 @@ impl Ledger {
             tx: Some(tried),
         }) = self.transactions.parts.get(&key)
         {
-            if tried != tx && !abort_ignores_legs() {
+            if tried != tx && !known_bug!(TxConfirmOtherLegs) {
                 events.push(Event::TransactionCancelled { key });
                 return Ok(Reply::Phase(PhaseResult::Cancelled));
             }
@@ -775,14 +775,4 @@ fn part_answer(state: PartState) -> PhaseResult {
             reason,
         } => PhaseResult::TryFailed(reason),
     }
-}
-
-/// Known bug `TxConfirmOtherLegs`: an Abort of other legs under a key finds the Try of the
-/// legs it holds and answers tried, as if the legs were the same.
-fn abort_ignores_legs() -> bool {
-    #[cfg(any(test, madsim, feature = "testing"))]
-    if crate::protocol::bugs::enabled(crate::protocol::bugs::Bug::TxConfirmOtherLegs) {
-        return true;
-    }
-    false
 }

@@ -138,8 +138,13 @@ impl Transaction {
     }
 
     /// Whether every account lives on one partition: then the transaction is one record.
+    /// Asked at every step of a transaction, so it allocates nothing and stops at the first
+    /// account elsewhere.
     pub fn is_local(&self, partitions: u32) -> bool {
-        self.participants(partitions).len() == 1
+        let home = self.home(partitions);
+        (self.legs.iter())
+            .flat_map(|leg| [&leg.from, &leg.to])
+            .all(|account| partition_of(account, partitions) == home)
     }
 
     /// What the transaction does to the accounts of `partition`.
@@ -293,6 +298,19 @@ mod tests {
         let order: Vec<AccountId> = effects.accounts.iter().map(|e| e.account).collect();
         assert_eq!(order, vec![id("a"), id("b"), id("c")]);
         assert!(t.is_local(1));
+    }
+
+    /// `is_local` (asked at every step, without allocating) agrees with the participants.
+    #[test]
+    fn a_transaction_is_local_exactly_when_it_has_one_participant() {
+        let t = tx(vec![leg("a", "b", 5), leg("b", "c", 3)]).unwrap();
+        let mut both = [false, false];
+        for partitions in 1..=64 {
+            let local = t.is_local(partitions);
+            assert_eq!(local, t.participants(partitions).len() == 1, "{partitions}");
+            both[usize::from(local)] = true;
+        }
+        assert_eq!(both, [true, true], "some counts spread it, some do not");
     }
 
     #[test]

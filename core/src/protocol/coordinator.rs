@@ -470,8 +470,7 @@ impl Coordinator {
     /// The Try went unanswered until its deadline: ask the destination to cancel unless it
     /// tried. Under the known bug `CancelAfterDurableCredit`, cancel without asking.
     fn abort(&mut self, mut flight: Flight, now: Micros) {
-        #[cfg(any(test, madsim, feature = "testing"))]
-        if crate::protocol::bugs::enabled(Bug::CancelAfterDurableCredit) {
+        if known_bug!(CancelAfterDurableCredit) {
             return self.decide(flight, Decision::Cancel(Reason::Timeout), now);
         }
         flight.stage = Stage::Aborting;
@@ -597,8 +596,7 @@ pub fn unresolved_answer(
         // A hold captured: the caller sends the captured amount.
         TransferStatus::Captured => Some(Phase::Confirm),
         TransferStatus::Committed if row_body.is_none_or(|body| body == *transfer) => {
-            #[cfg(any(test, madsim, feature = "testing"))]
-            if crate::protocol::bugs::enabled(Bug::ConfirmSentOnce) {
+            if known_bug!(ConfirmSentOnce) {
                 return None;
             }
             Some(Phase::Confirm)

@@ -631,8 +631,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
 
     /// Whether the home rows recorded through the `recorded_by`-th are all durable.
     fn is_durable_row(&self, recorded_by: usize) -> bool {
-        #[cfg(any(test, madsim, feature = "testing"))]
-        if crate::protocol::bugs::enabled(crate::protocol::bugs::Bug::BodyBeforeDurable) {
+        if known_bug!(BodyBeforeDurable) {
             return true;
         }
         recorded_by <= self.durable_transfer_rows

@@ -306,7 +306,8 @@ impl TxCoordinator {
             return;
         };
         let about_try = matches!(response.phase, Phase::Try | Phase::Abort);
-        if about_try && response.tx.as_ref() != Some(&flight.tx) && !legs_ignored() {
+        if about_try && response.tx.as_ref() != Some(&flight.tx) && !known_bug!(TxConfirmOtherLegs)
+        {
             // A late answer about other legs under this key, which this home lost (see the
             // module docs): it says nothing of these.
             self.put(key, flight);
@@ -330,13 +331,8 @@ impl TxCoordinator {
                     PhaseResult::Confirmed => PhaseResult::Tried,
                     result => result,
                 };
-                #[cfg(any(test, madsim, feature = "testing"))]
                 let result = match result {
-                    PhaseResult::LegFailed { .. }
-                        if crate::protocol::bugs::enabled(
-                            crate::protocol::bugs::Bug::MultiLegPartial,
-                        ) =>
-                    {
+                    PhaseResult::LegFailed { .. } if known_bug!(MultiLegPartial) => {
                         PhaseResult::Tried
                     }
                     result => result,
@@ -379,7 +375,7 @@ impl TxCoordinator {
         let Some(flight) = self.flights.get(&key) else {
             return false;
         };
-        let orphan = flight.tx != *tx && !legs_ignored();
+        let orphan = flight.tx != *tx && !known_bug!(TxConfirmOtherLegs);
         if orphan || flight.stage == Stage::Cancelling {
             self.request(key, partition, Phase::Cancel, None);
         } else {
@@ -618,22 +614,12 @@ pub fn unresolved_transaction_answer(
     home_tx: Option<&Arc<Transaction>>,
     tx: &Arc<Transaction>,
 ) -> Option<Phase> {
-    let same_legs = home_tx.is_some_and(|home_tx| home_tx == tx) || legs_ignored();
+    let same_legs = home_tx.is_some_and(|home_tx| home_tx == tx) || known_bug!(TxConfirmOtherLegs);
     match status {
         TransferStatus::Pending => None,
         TransferStatus::Committed if same_legs => Some(Phase::Confirm),
         _ => Some(Phase::Cancel),
     }
-}
-
-/// Known bug `TxConfirmOtherLegs`: the home answers a participant's question by the key
-/// alone, as if the legs it holds were the ones asked about.
-fn legs_ignored() -> bool {
-    #[cfg(any(test, madsim, feature = "testing"))]
-    if crate::protocol::bugs::enabled(crate::protocol::bugs::Bug::TxConfirmOtherLegs) {
-        return true;
-    }
-    false
 }
 
 #[cfg(test)]

@@ -239,8 +239,7 @@ impl Joiner {
         if nonce != self.nonce || !self.peers.contains(&from) {
             return None;
         }
-        #[cfg(any(test, madsim, feature = "testing"))]
-        if crate::protocol::bugs::enabled(crate::protocol::bugs::Bug::RejoinUnderOldId) {
+        if known_bug!(RejoinUnderOldId) {
             return Some(Decision::Bootstrap);
         }
         match answer {

@@ -854,8 +854,7 @@ impl<K: ReplyTokens> Replica<K> {
                 // without its knowing (it is cut off) holds stale committed state, so they
                 // wait for a majority to confirm that this replica still leads (ReadIndex).
                 if !commit.release.is_empty() {
-                    #[cfg(any(test, madsim, feature = "testing"))]
-                    if crate::protocol::bugs::enabled(crate::protocol::bugs::Bug::StaleRead) {
+                    if known_bug!(StaleRead) {
                         out.release.append(commit.release);
                         continue;
                     }
