@@ -1148,21 +1148,43 @@ fn a_participant_whose_confirm_is_lost_asks_its_home() {
 
 /// The home of a transaction takes it, its Tries leave at once, and both participants try
 /// it durably; then the home loses its power before its own Try is durable. Its client was
-/// told nothing.
+/// told nothing. The participants' answers, still on their way, are taken off the wire and
+/// returned.
 fn home_loses_its_try_after_the_participants_tried(
     world: &mut World,
     command: &Command,
     key: TransferKey,
-) {
+) -> Vec<PeerMessage> {
     world.command(0, 10, command.clone(), true);
     world.ready(0);
     assert!(world.commit(0));
     world.deliver();
     assert!(world.commit(1) && world.commit(2) && world.sync(1) && world.sync(2));
-    world.wire.clear();
+    let answers = world.wire.drain(..).collect();
     world.power_loss(0);
     assert!(!world.replies.contains_key(&10), "nothing was told");
     assert!(world.machine(0).ledger().transfer(&key).is_none());
+    answers
+}
+
+/// Partitions 1 and 2 hold the Try of `key` cancelled.
+fn assert_parts_cancelled(world: &mut World, key: TransferKey) {
+    for p in [1, 2] {
+        let part = world.machine(p).ledger().transaction_part(&key).cloned();
+        assert_eq!(part.unwrap().state, PartState::Cancelled, "partition {p}");
+    }
+}
+
+/// Once the participants have asked about `key`: no money of `accounts` (a, b, c of
+/// [`three_participants`]) moved, and both participants cancelled their Try.
+fn assert_no_leg_moved(world: &mut World, accounts: [AccountId; 3], key: TransferKey) {
+    world.advance(config().coordinator.resolve_after_us + 1);
+    assert_eq!(
+        figures_of(world, &accounts),
+        vec![(100, 0, 0), (0, 0, 0), (0, 0, 0)],
+        "no leg of either moved"
+    );
+    assert_parts_cancelled(world, key);
 }
 
 #[test]
@@ -1191,10 +1213,7 @@ fn a_home_that_lost_its_try_rejects_it_when_a_participant_asks_and_the_tries_are
         world.replies[&11],
         Ok(Reply::Transfer(TransferStatus::Rejected(Reason::Timeout)))
     );
-    for p in [1, 2] {
-        let part = world.machine(p).ledger().transaction_part(&key).cloned();
-        assert_eq!(part.unwrap().state, PartState::Cancelled);
-    }
+    assert_parts_cancelled(&mut world, key);
 }
 
 #[test]
@@ -1213,31 +1232,16 @@ fn a_retry_with_other_legs_after_the_home_lost_its_try_confirms_no_leg_of_either
         world.replies[&11],
         Ok(Reply::Transfer(TransferStatus::Cancelled(Reason::Timeout)))
     );
-    world.advance(config().coordinator.resolve_after_us + 1);
-    assert_eq!(
-        figures_of(&mut world, &[a, b, c]),
-        vec![(100, 0, 0), (0, 0, 0), (0, 0, 0)],
-        "no leg of either moved"
-    );
-    for p in [1, 2] {
-        let part = world.machine(p).ledger().transaction_part(&key).cloned();
-        assert_eq!(part.unwrap().state, PartState::Cancelled, "partition {p}");
-    }
+    assert_no_leg_moved(&mut world, [a, b, c], key);
 }
 
 #[test]
 fn a_late_answer_about_lost_legs_does_not_count_for_other_legs_under_the_key() {
     let (mut world, [a, b, c]) = three_participants();
     let (command, key) = transact("x-10", vec![leg(a, b, 30), leg(a, c, 20)]);
-    world.command(0, 10, command, true);
-    world.ready(0);
-    assert!(world.commit(0));
-    world.deliver();
-    assert!(world.commit(1) && world.commit(2) && world.sync(1) && world.sync(2));
     // b's and c's answers (tried) are on their way when the home loses its Try.
-    let late: Vec<PeerMessage> = world.wire.drain(..).collect();
+    let late = home_loses_its_try_after_the_participants_tried(&mut world, &command, key);
     assert_eq!(late.len(), 2);
-    world.power_loss(0);
     // The client's retry puts other legs under the id, which only b takes part in; the
     // answers about the lost legs arrive before b's answer to the new Try.
     let (other, _) = transact("x-10", vec![leg(a, b, 40)]);
@@ -1252,16 +1256,7 @@ fn a_late_answer_about_lost_legs_does_not_count_for_other_legs_under_the_key() {
         Ok(Reply::Transfer(TransferStatus::Cancelled(Reason::Timeout))),
         "b's tried was about the lost legs; it failed the new ones"
     );
-    world.advance(config().coordinator.resolve_after_us + 1);
-    assert_eq!(
-        figures_of(&mut world, &[a, b, c]),
-        vec![(100, 0, 0), (0, 0, 0), (0, 0, 0)],
-        "no leg of either moved"
-    );
-    for p in [1, 2] {
-        let part = world.machine(p).ledger().transaction_part(&key).cloned();
-        assert_eq!(part.unwrap().state, PartState::Cancelled, "partition {p}");
-    }
+    assert_no_leg_moved(&mut world, [a, b, c], key);
 }
 
 /// The home lost `t` (a→b, a→c) after b and c tried it; the client's retry under the same
