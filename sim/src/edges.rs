@@ -593,6 +593,13 @@ impl Episode<'_> {
             ))
         );
         let refused = result == Ok(refused);
+        // A refund whose record a crash took while its Try was out is abandoned when its
+        // destination asks about the credit: refused for good, nothing moved (checkers.rs
+        // holds its row to that). Nothing is known then of what a refund of the rest gets.
+        let abandoned = Reply::Transfer(TransferStatus::Rejected(Reason::Timeout));
+        if result == Ok(abandoned) {
+            return;
+        }
         match left {
             0 if refused => {}
             0 => self.history.violation(

@@ -90,7 +90,7 @@ impl CashTable {
         transaction_id: &TransactionId,
         row: CashRow,
     ) -> bool {
-        self.0.insert(account, transaction_id, None, row.into())
+        self.0.insert(account, transaction_id, row.into())
     }
 
     /// Every row with its key, in the order they were added.

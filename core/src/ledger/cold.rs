@@ -1,5 +1,5 @@
-//! Cold transfer rows: the home rows whose chunk is durable in a chunk file, dropped from
-//! memory and found again on disk.
+//! Cold transfer rows: the rows of the transfers table (home and credit rows alike) whose
+//! chunk is durable in a chunk file, dropped from memory and found again on disk.
 //!
 //! A transaction id is never forgotten (a retry a year later gets the first answer), but a
 //! partition cannot keep a row per transfer ever made in memory. Chunk files
@@ -78,7 +78,7 @@ use std::sync::Arc;
 use rustc_hash::FxHasher;
 
 use crate::ledger::transfer_table::CHUNK_ROWS;
-use crate::ledger::TransferRow;
+use crate::ledger::TableRow;
 pub use crate::log::chunk_file::ChunkIndex;
 use crate::log::chunk_file::{self, DecodedChunk};
 use crate::model::event::TransferKey;
@@ -611,11 +611,7 @@ impl ColdRows {
     /// filter that names the chunk takes a hash of its own, independent of `disk` (a
     /// stranger whose on-disk hash is a cold key's passes the Bloom filter), computed only
     /// for the keys the Bloom filter lets through.
-    pub(crate) fn get(
-        &self,
-        key: &TransferKey,
-        disk: u32,
-    ) -> Result<Option<TransferRow>, ColdError> {
+    pub(crate) fn get(&self, key: &TransferKey, disk: u32) -> Result<Option<TableRow>, ColdError> {
         debug_assert_eq!(
             disk,
             chunk_file::disk_key_hash(key.from.as_bytes(), key.transaction_id.as_bytes())
@@ -649,7 +645,7 @@ impl ColdRows {
     }
 
     /// Every row of cold chunk `chunk`, read whole and checked.
-    pub(crate) fn rows_of(&self, chunk: usize) -> Result<Vec<TransferRow>, ColdError> {
+    pub(crate) fn rows_of(&self, chunk: usize) -> Result<Vec<TableRow>, ColdError> {
         assert!(chunk < self.chunks.len());
         let reader = self.reader_or_error()?;
         let DecodedChunk { rows, .. } =

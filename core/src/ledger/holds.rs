@@ -540,8 +540,8 @@ impl Ledger {
         amount: Amount,
     ) -> Result<(), String> {
         let no_try = || format!("capture of {key:?} without a pending Try");
-        let at = self.credits.find(key).ok_or_else(no_try)?;
-        let (to_id, tried, currency) = self.credits.pending(at).ok_or_else(no_try)?;
+        let at = self.transfers.find_credit(key).ok_or_else(no_try)?;
+        let (to_id, tried, currency) = self.transfers.pending_credit(at).ok_or_else(no_try)?;
         let full = tried.minor();
         if amount.minor() > full {
             return Err(format!("capture of {key:?} beyond its pending credit"));
@@ -552,7 +552,7 @@ impl Ledger {
         to.incoming -= full;
         to.balance += amount.minor();
         self.flows.entry(currency).or_default().received += u128::from(amount.minor());
-        self.credits.capture(at, amount);
+        self.transfers.capture_credit(at, amount);
         Ok(())
     }
 

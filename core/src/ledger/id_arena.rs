@@ -1,5 +1,5 @@
 //! The id bytes of a packed table's rows, back to back, in chunks: the transfers table
-//! ([`crate::ledger::transfer_table`]) and the credit table ([`crate::ledger::credit_table`])
+//! ([`crate::ledger::transfer_table`]) and the cash table ([`crate::ledger::keyed_table`])
 //! keep each row's ids here and only their place and lengths in the row.
 //!
 //! An id is up to 64 bytes, held inline in a 65-byte array by [`crate::model::ids`]; typical

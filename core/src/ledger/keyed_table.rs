@@ -1,19 +1,16 @@
-//! A packed table of rows keyed by an account and a transaction id, each row with at most one
-//! more account id and a small fixed payload: the destination's credit table
-//! ([`crate::ledger::credit_table`]) and the cash table (the idempotency record of every
-//! deposit and withdrawal).
+//! A packed table of rows keyed by an account and a transaction id, each row with a small
+//! fixed payload: the cash table (the idempotency record of every deposit and withdrawal).
 //!
-//! Both grow by a row per operation and never shrink, so their layout is most of what a
-//! partition's memory grows by. Kept as `(key, value)` pairs of the ids' inline 65-byte arrays,
-//! a credit row took 224 bytes and a cash row 160; here a row is its payload, the place of its
-//! ids in an [`IdArena`] (their actual bytes, about 30 for typical ids) and their lengths, found
-//! through a [`RowIndex`] of 8-byte slots by the same key hash as the transfers table
-//! ([`crate::ledger::transfer_table`]).
+//! It grows by a row per operation and never shrinks. Kept as `(key, value)` pairs of the
+//! ids' inline 65-byte arrays, a cash row took 160 bytes; here a row is its payload, the
+//! place of its ids in an [`IdArena`] (their actual bytes, about 30 for typical ids) and their
+//! lengths, found through a [`RowIndex`] of 8-byte slots by the same key hash as the
+//! transfers table ([`crate::ledger::transfer_table`]). (The destination's credit rows were
+//! such a table too; they are rows of the transfers table now, which moves final rows to
+//! disk.)
 //!
-//! Rows are only ever added, in log order, and positions are stable; a payload may change in
-//! place ([`KeyedTable::payload_mut`]: a credit's state moves on). Sealed chunks of rows and of
-//! ids are shared with snapshot images ([`KeyedTable::freeze`]); a change in a chunk an image
-//! still reads copies that chunk first.
+//! Rows are only ever added, in log order, and positions are stable. Sealed chunks of rows
+//! and of ids are shared with snapshot images ([`KeyedTable::freeze`]).
 
 use crate::ledger::chunked::ChunkedVec;
 use crate::ledger::id_arena::{IdArena, IdsAt};
@@ -28,15 +25,14 @@ pub(crate) const CHUNK_ROWS: usize = if cfg!(any(test, madsim, feature = "testin
     4096
 };
 
-/// One row: its payload, and where its ids are in the arena: the key's account, its
-/// transaction id, then the extra account, if any (an account id is never empty).
+/// One row: its payload, and where its ids are in the arena: the key's account, then its
+/// transaction id.
 #[derive(Debug, Clone, Copy)]
 struct Packed<P> {
     ids_at: IdsAt,
     payload: P,
     account_len: u8,
     transaction_id_len: u8,
-    extra_len: u8,
 }
 
 /// The bytes a row with payload `P` takes in the table (besides its ids and index slot).
@@ -48,8 +44,6 @@ pub(crate) const fn row_size<P>() -> usize {
 pub(crate) struct RowIds<'a> {
     pub(crate) account: &'a [u8],
     pub(crate) transaction_id: &'a [u8],
-    /// Empty when the row has no extra account.
-    pub(crate) extra: &'a [u8],
 }
 
 impl RowIds<'_> {
@@ -59,10 +53,6 @@ impl RowIds<'_> {
 
     pub(crate) fn transaction_id(&self) -> TransactionId {
         TransactionId::from_stored(self.transaction_id)
-    }
-
-    pub(crate) fn extra(&self) -> Option<AccountId> {
-        (!self.extra.is_empty()).then(|| AccountId::from_stored(self.extra))
     }
 }
 
@@ -95,14 +85,11 @@ impl<P: Copy> KeyedRows<P> {
             usize::from(row.account_len),
             usize::from(row.transaction_id_len),
         );
-        let len = account_len + transaction_id_len + usize::from(row.extra_len);
-        let ids = self.ids.bytes(row.ids_at, len);
-        let (account, rest) = ids.split_at(account_len);
-        let (transaction_id, extra) = rest.split_at(transaction_id_len);
+        let ids = self.ids.bytes(row.ids_at, account_len + transaction_id_len);
+        let (account, transaction_id) = ids.split_at(account_len);
         let ids = RowIds {
             account,
             transaction_id,
-            extra,
         };
         (ids, row.payload)
     }
@@ -168,28 +155,17 @@ impl<P: Copy> KeyedTable<P> {
         self.rows.rows.get(at).payload
     }
 
-    /// The payload of the row at `at`, to change in place.
-    pub(crate) fn payload_mut(&mut self, at: usize) -> &mut P {
-        &mut self.rows.rows.get_mut(at).payload
-    }
-
-    /// The ids and the payload of the row at `at`.
-    pub(crate) fn at(&self, at: usize) -> (RowIds<'_>, P) {
-        self.rows.at(at)
-    }
-
     /// Every row, in the order they were added.
     pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = (RowIds<'_>, P)> + '_ {
         self.rows.iter()
     }
 
-    /// Adds a row under (`account`, `transaction_id`) with `extra` and `payload`; false,
-    /// adding nothing, when the key already has one. One hash of the key serves both.
+    /// Adds a row under (`account`, `transaction_id`) with `payload`; false, adding
+    /// nothing, when the key already has one. One hash of the key serves both.
     pub(crate) fn insert(
         &mut self,
         account: &AccountId,
         transaction_id: &TransactionId,
-        extra: Option<&AccountId>,
         payload: P,
     ) -> bool {
         let (account_bytes, id_bytes) = (account.as_bytes(), transaction_id.as_bytes());
@@ -197,56 +173,25 @@ impl<P: Copy> KeyedTable<P> {
         if self.find_hashed(hash, account_bytes, id_bytes).is_some() {
             return false;
         }
-        let ids_at = self.rows.ids.push(3, |out| {
+        let ids_at = self.rows.ids.push(2, |out| {
             account.append_bytes_to(out);
             transaction_id.append_bytes_to(out);
-            if let Some(extra) = extra {
-                extra.append_bytes_to(out);
-            }
         });
         let packed = Packed {
             ids_at,
             payload,
             account_len: account_bytes.len() as u8,
             transaction_id_len: id_bytes.len() as u8,
-            extra_len: extra.map_or(0, |extra| extra.as_bytes().len() as u8),
         };
         let at = self.rows.rows.push(packed);
         self.index.insert(hash, at);
         true
     }
 
-    /// Brings the index slot the key hashes to into cache, without waiting for it (see
-    /// [`crate::ledger::Ledger::prefetch`]).
-    pub(crate) fn prefetch(&self, account: &AccountId, transaction_id: &TransactionId) {
-        (self.index).touch(key_hash(account.as_bytes(), transaction_id.as_bytes()));
-    }
-
     /// The rows as they are now, for a snapshot image: sealed chunks are shared, only the
     /// open ones (fewer than a chunk of rows and of ids) are copied. The index is not.
     pub(crate) fn freeze(&self) -> KeyedRows<P> {
         self.rows.clone()
-    }
-
-    /// Known-bug mutations only: drops the row of the key. Slow (the table is rebuilt), as
-    /// nothing but a deliberately broken ledger removes a row.
-    #[cfg(any(test, madsim, feature = "testing"))]
-    pub(crate) fn remove(&mut self, account: &AccountId, transaction_id: &TransactionId) {
-        let Some(gone) = self.find(account, transaction_id) else {
-            return;
-        };
-        let mut kept = KeyedTable::default();
-        for at in (0..self.len()).filter(|&at| at != gone) {
-            let (ids, payload) = self.at(at);
-            let extra = ids.extra();
-            kept.insert(
-                &ids.account(),
-                &ids.transaction_id(),
-                extra.as_ref(),
-                payload,
-            );
-        }
-        *self = kept;
     }
 }
 
@@ -271,18 +216,16 @@ mod tests {
                 &format!("a-{}", "s".repeat(i as usize % 62)),
                 &format!("t-{i}"),
             );
-            let extra =
-                (i % 3 != 0).then(|| AccountId::new(&"x".repeat(1 + i as usize % 64)).unwrap());
             assert_eq!(table.find(&account, &id), None);
-            assert!(table.insert(&account, &id, extra.as_ref(), i * 10));
+            assert!(table.insert(&account, &id, i * 10));
             let at = table.find(&account, &id).unwrap();
             assert_eq!(table.payload(at), i * 10);
-            expected.push((account, id, extra, i * 10));
+            expected.push((account, id, i * 10));
         }
-        let (account, id, _, _) = expected[7];
-        assert!(!table.insert(&account, &id, None, 0), "a key is added once");
+        let (account, id, _) = expected[7];
+        assert!(!table.insert(&account, &id, 0), "a key is added once");
         let rows: Vec<_> = (table.iter())
-            .map(|(ids, payload)| (ids.account(), ids.transaction_id(), ids.extra(), payload))
+            .map(|(ids, payload)| (ids.account(), ids.transaction_id(), payload))
             .collect();
         assert_eq!(rows, expected);
         // A key differing only in where its bytes split is another key.
@@ -291,32 +234,19 @@ mod tests {
     }
 
     #[test]
-    fn a_frozen_copy_keeps_the_payloads_as_they_were() {
+    fn a_frozen_copy_keeps_the_rows_as_they_were() {
         let mut table: KeyedTable<u32> = KeyedTable::default();
         let keys: Vec<_> = (0..10 * CHUNK_ROWS + 3)
             .map(|i| ids(&format!("src-{i:0>40}"), &format!("t-{i}")))
             .collect();
-        for (account, id) in &keys {
-            table.insert(account, id, None, 7);
+        for (i, (account, id)) in keys.iter().enumerate() {
+            table.insert(account, id, i as u32);
         }
         let frozen = table.freeze();
-        // A row of a sealed chunk and one of the open chunk change; more rows come.
-        for (account, id) in [keys[1], keys[keys.len() - 1]] {
-            let at = table.find(&account, &id).unwrap();
-            *table.payload_mut(at) = 8;
-        }
         let (account, id) = ids("late", "t");
-        table.insert(&account, &id, None, 9);
-        assert!(frozen.iter().all(|(_, payload)| payload == 7));
+        table.insert(&account, &id, 9);
         assert_eq!(frozen.len(), keys.len());
-        assert_eq!(table.payload(1), 8);
-        let mut removed = table.clone();
-        removed.remove(&keys[2].0, &keys[2].1);
-        assert_eq!(removed.len(), table.len() - 1);
-        assert_eq!(removed.find(&keys[2].0, &keys[2].1), None);
-        assert_eq!(
-            removed.payload(removed.find(&keys[1].0, &keys[1].1).unwrap()),
-            8
-        );
+        assert!(frozen.iter().enumerate().all(|(i, (_, p))| p == i as u32));
+        assert_eq!(table.len(), keys.len() + 1);
     }
 }

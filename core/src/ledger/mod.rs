@@ -17,7 +17,6 @@ pub(crate) mod account_table;
 pub(crate) mod cash_table;
 pub(crate) mod chunked;
 pub mod cold;
-pub(crate) mod credit_table;
 mod dry_run;
 pub(crate) mod holds;
 pub(crate) mod id_arena;
@@ -44,8 +43,7 @@ use std::sync::Arc;
 use crate::ledger::account_table::AccountTable;
 use crate::ledger::cash_table::CashTable;
 use crate::ledger::cold::{ChunkRead, ColdError};
-use crate::ledger::credit_table::CreditTable;
-use crate::ledger::transfer_table::{Found, TransferTable, Vacancy};
+use crate::ledger::transfer_table::{Credit, Found, TransferTable, Vacancy};
 use crate::model::event::{Decision, Event, Lsn, Reason, Timestamp, Transfer, TransferKey};
 use crate::model::ids::{AccountId, TransactionId};
 use crate::model::money::{format_minor, Amount, Currency, WrittenAmount, BALANCE_MINOR_MAX};
@@ -195,6 +193,50 @@ pub struct TransferRow {
     pub decided_at: Timestamp,
     /// When the row became final (0 until then).
     pub finished_at: Timestamp,
+}
+
+/// A row of a partition's transfers table: the home row of a transfer whose source is on
+/// the partition, or the credit row of a transfer into it from another partition. A key has
+/// at most one: a transfer's home is its source's partition, and a credit row is only kept
+/// on another (see [`transfer_table`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableRow {
+    Home(TransferRow),
+    Credit(TransferKey, CreditRow),
+}
+
+impl TableRow {
+    pub fn key(&self) -> TransferKey {
+        match self {
+            TableRow::Home(row) => row.transfer.key(),
+            TableRow::Credit(key, _) => *key,
+        }
+    }
+
+    /// The home row, if this is one.
+    pub fn home(self) -> Option<TransferRow> {
+        match self {
+            TableRow::Home(row) => Some(row),
+            TableRow::Credit(..) => None,
+        }
+    }
+
+    /// Whether the row may still change: a home row still driven or held, a credit tried
+    /// and neither confirmed nor cancelled. Chunk files hold only rows that cannot.
+    pub fn is_unfinished(&self) -> bool {
+        match self {
+            TableRow::Home(row) => row.state.is_unfinished(),
+            TableRow::Credit(_, row) => row.state == CreditState::Tried,
+        }
+    }
+
+    /// The key and credit row, if this is one.
+    pub fn credit(self) -> Option<(TransferKey, CreditRow)> {
+        match self {
+            TableRow::Credit(key, row) => Some((key, row)),
+            TableRow::Home(_) => None,
+        }
+    }
 }
 
 /// The destination-side barrier row of a transfer, keyed by its [`TransferKey`].
@@ -588,7 +630,6 @@ pub struct Ledger {
     /// [`AccountTable`]): taking an image copies no account.
     pub(crate) accounts: AccountTable,
     pub(crate) transfers: TransferTable,
-    pub(crate) credits: CreditTable,
     pub(crate) cash: CashTable,
     pub(crate) flows: BTreeMap<Currency, Flows>,
     /// The refunds this partition is home of, and what they refunded (see [`refunds`]).
@@ -613,7 +654,6 @@ impl Ledger {
             partitions,
             accounts: AccountTable::default(),
             transfers: TransferTable::default(),
-            credits: CreditTable::default(),
             cash: CashTable::default(),
             flows: BTreeMap::new(),
             refunds: RefundTable::default(),
@@ -649,14 +689,13 @@ impl Ledger {
         Ok(self.transfers.get(key)?)
     }
 
-    /// The body of the home row of `key` and the count of home rows recorded by the time it
-    /// was: a reader that knows how many rows are durable knows whether this one is. A row
+    /// The body of the home row of `key` and the count of rows of the transfers table
+    /// recorded by the time it was: a reader that knows how many rows are durable knows whether this one is. A row
     /// on disk only is in a durable chunk file, recorded before every row in memory.
     pub fn find_transfer_body(
         &self,
         key: &TransferKey,
     ) -> Result<Option<(Transfer, usize)>, LedgerError> {
-        use crate::ledger::transfer_table::Found;
         Ok(match self.transfers.lookup(key)? {
             Some(Found::Hot(at)) => Some((self.transfers.row(at).transfer, at + 1)),
             Some(Found::Cold(row)) => Some((row.transfer, self.transfers.hot_from())),
@@ -679,16 +718,16 @@ impl Ledger {
     /// # Panics
     /// If a chunk file of such rows cannot be read (tools and checks only).
     pub fn transfers(&self) -> impl Iterator<Item = TransferRow> + '_ {
-        self.transfers.iter()
+        self.transfers.iter().filter_map(TableRow::home)
     }
 
-    /// Home rows recorded, in memory or not.
+    /// Rows of the transfers table recorded, home and credit rows, in memory or not.
     pub fn transfer_count(&self) -> usize {
         self.transfers.len()
     }
 
-    /// Home rows in memory: those not yet in a durable chunk file (see
-    /// [`Ledger::drop_transfer_chunk`]).
+    /// Rows of the transfers table in memory, home and credit rows: those not yet in a
+    /// durable chunk file (see [`Ledger::drop_transfer_chunk`]).
     pub fn transfer_rows_in_memory(&self) -> usize {
         self.transfers.len() - self.transfers.hot_from()
     }
@@ -703,13 +742,13 @@ impl Ledger {
         self.transfers.bytes()
     }
 
-    /// Gives the ledger its partition's chunk files, where it finds the home rows it drops
-    /// from memory ([`Ledger::drop_transfer_chunk`]).
+    /// Gives the ledger its partition's chunk files, where it finds the rows it drops from
+    /// memory ([`Ledger::drop_transfer_chunk`]).
     pub fn attach_chunk_reader(&mut self, reader: std::sync::Arc<dyn ChunkRead>) {
         self.transfers.attach(self.partition, reader);
     }
 
-    /// Drops the home rows of `chunk` from memory: its chunk file is durable (the snapshot
+    /// Drops the rows of `chunk` from memory: its chunk file is durable (the snapshot
     /// that wrote it is). Chunks leave in order; returns whether this one did (see
     /// [`cold::ColdChunk`]).
     pub fn drop_transfer_chunk(&mut self, chunk: cold::ColdChunk) -> bool {
@@ -729,23 +768,59 @@ impl Ledger {
         self.transfers.take_bloom_build(true);
     }
 
+    /// The barrier row of `key`, in memory or read from its chunk file.
+    pub fn find_credit(&self, key: &TransferKey) -> Result<Option<CreditRow>, LedgerError> {
+        Ok(self.transfers.credit(key)?)
+    }
+
+    /// [`Ledger::find_credit`] for tools and checks, which cannot go on without the row.
+    ///
+    /// # Panics
+    /// If the row is on disk and its chunk file cannot be read.
     pub fn credit(&self, key: &TransferKey) -> Option<CreditRow> {
-        self.credits.get(key)
+        self.find_credit(key)
+            .unwrap_or_else(|error| panic!("credit {key:?}: {error}"))
     }
 
-    /// Barrier rows recorded so far; rows are never removed, so positions below this stay.
+    /// Positions of the transfers table so far, home and barrier rows alike: rows are never
+    /// removed, so positions below this stay.
     pub fn credit_count(&self) -> usize {
-        self.credits.len()
+        self.transfers.len()
     }
 
-    /// The barrier row at `position` in the order the log recorded them.
-    pub fn credit_at(&self, position: usize) -> Option<(TransferKey, CreditRow)> {
-        self.credits.at(position)
+    /// The transfer of the pending credit at `position` of the transfers table, if the row
+    /// there is one (a pending credit is always in memory). Cheap for any other row: the
+    /// destination's watch looks at every position once.
+    pub fn pending_credit_at(&self, position: usize) -> Option<Transfer> {
+        self.transfers.pending_credit_at(position)
     }
 
-    /// Every barrier row, in the order the log recorded them.
+    /// Every barrier row, in the order the log recorded them; rows that left memory are
+    /// read from their chunk files.
+    ///
+    /// # Panics
+    /// If a chunk file of such rows cannot be read (tools and checks only).
     pub fn credits(&self) -> impl Iterator<Item = (TransferKey, CreditRow)> + '_ {
-        self.credits.iter()
+        self.transfers.iter().filter_map(TableRow::credit)
+    }
+
+    /// The position of the pending credit of `key` in the transfers table, if it has one
+    /// (pending rows are always in memory).
+    pub fn pending_credit_position(&self, key: &TransferKey) -> Option<usize> {
+        let at = self.transfers.find_credit(key)?;
+        self.transfers.pending_credit(at).map(|_| at)
+    }
+
+    /// Amount and currency of every pending credit (tried, neither confirmed nor cancelled):
+    /// from memory only, where every pending row is.
+    pub fn pending_credits(&self) -> impl Iterator<Item = (Amount, Currency)> + '_ {
+        self.transfers.pending_credits()
+    }
+
+    /// The transfers of every pending credit, in the order the log recorded them (see
+    /// [`Ledger::pending_credits`]).
+    pub fn pending_credit_transfers(&self) -> impl Iterator<Item = Transfer> + '_ {
+        self.transfers.pending_credit_transfers()
     }
 
     /// Sealed chunks of the transfers table, counted from chunk `first`, whose rows are all
@@ -756,7 +831,7 @@ impl Ledger {
 
     /// Rows in every table: the size of a snapshot, in rows.
     pub fn row_count(&self) -> usize {
-        self.accounts.len() + self.transfers.len() + self.credits.len() + self.cash.len()
+        self.accounts.len() + self.transfers.len() + self.cash.len()
     }
 
     /// Rows in every table but the transfer rows on disk only: the rows memory holds.
@@ -781,6 +856,24 @@ impl Ledger {
 
     fn owns(&self, account: &AccountId) -> bool {
         partition_of(account, self.partitions) == self.partition
+    }
+
+    /// Refuses a credit phase for a transfer whose source is on this partition: such a
+    /// transfer moves in one event and never has a credit row; its key's row here is its
+    /// home row (the transfers table keeps one row per key).
+    fn require_remote_source(
+        &self,
+        key: &TransferKey,
+        command: &'static str,
+    ) -> Result<(), LedgerError> {
+        if self.owns(&key.from) {
+            return Err(LedgerError::InvalidTransition {
+                key: *key,
+                from: "a source on this partition".to_string(),
+                command,
+            });
+        }
+        Ok(())
     }
 
     fn require_local(&self, account: &AccountId) -> Result<(), LedgerError> {
@@ -832,7 +925,7 @@ impl Ledger {
             | Command::CancelCredit(transfer)
             | Command::AbortCredit(transfer) => {
                 let to = self.accounts.prefetch_slot(&transfer.to);
-                self.credits.prefetch(&transfer.key());
+                self.transfers.prefetch(&transfer.key());
                 Prefetched::of([Some(to), None])
             }
             Command::CommitDebit { key }
@@ -1338,8 +1431,9 @@ impl Ledger {
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
         self.require_local(&transfer.to)?;
+        self.require_remote_source(&transfer.key(), "try credit")?;
         let key = transfer.key();
-        if let Some(row) = self.credit(&key) {
+        if let Some(row) = self.find_credit(&key)? {
             if row.transfer.is_some_and(|t| t != transfer) {
                 // Another body under this key: the home lost the transfer this row was
                 // tried for (with unsynced writes) and took a new one under the same id.
@@ -1413,12 +1507,15 @@ impl Ledger {
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
         self.require_local(&transfer.to)?;
+        self.require_remote_source(&transfer.key(), "confirm credit")?;
         let key = transfer.key();
-        let at = (self.credits)
-            .find(&key)
-            .ok_or(LedgerError::UnknownTransfer(key))?;
-        let tried = self.credits.pending_amount(at);
-        let result = match self.credits.state(at) {
+        let (state, tried) = match self.transfers.credit_lookup(&key)? {
+            Some(Credit::Hot(at)) => self.transfers.credit_state(at),
+            Some(Credit::Cold(row)) => (row.state, row.transfer.map(|t| t.amount)),
+            None => return Err(LedgerError::UnknownTransfer(key)),
+        };
+        let tried = (state == CreditState::Tried).then_some(tried).flatten();
+        let result = match state {
             // The Confirm of a hold captured in part carries the part.
             CreditState::Tried if tried.is_some_and(|tried| transfer.amount < tried) => {
                 let amount = transfer.amount;
@@ -1445,9 +1542,14 @@ impl Ledger {
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
         self.require_local(&transfer.to)?;
+        self.require_remote_source(&transfer.key(), "cancel credit")?;
         let key = transfer.key();
-        let found = self.credits.find(&key);
-        let result = match found.map(|at| self.credits.state(at)) {
+        let found = match self.transfers.credit_lookup(&key)? {
+            Some(Credit::Hot(at)) => Some(self.transfers.credit_state(at).0),
+            Some(Credit::Cold(row)) => Some(row.state),
+            None => None,
+        };
+        let result = match found {
             None => {
                 events.push(Event::CreditTryNotSeen { key });
                 PhaseResult::Cancelled
@@ -1469,8 +1571,9 @@ impl Ledger {
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
         self.require_local(&transfer.to)?;
+        self.require_remote_source(&transfer.key(), "abort credit")?;
         let key = transfer.key();
-        let Some(row) = self.credit(&key) else {
+        let Some(row) = self.find_credit(&key)? else {
             events.push(Event::CreditTryNotSeen { key });
             return Ok(Reply::Phase(PhaseResult::Cancelled));
         };
@@ -1855,6 +1958,7 @@ impl Ledger {
 
     fn apply_credit_tried(&mut self, transfer: &Transfer) -> Result<(), String> {
         let key = transfer.key();
+        self.check_remote_source(&key)?;
         let to = find_account(&mut self.accounts, &transfer.to, "credit to")?;
         let minor = transfer.amount.minor();
         check_move(&transfer.to, to, minor, transfer.currency, check_room)?;
@@ -1863,10 +1967,25 @@ impl Ledger {
             transfer: Some(*transfer),
         };
         // One lookup both checks and inserts.
-        if !self.credits.insert(&key, &row) {
+        if !self
+            .transfers
+            .insert_credit(&key, &row)
+            .map_err(|e| e.to_string())?
+        {
             return Err(barrier_twice(&key));
         }
         to.incoming += minor;
+        Ok(())
+    }
+
+    /// A barrier row is only for a transfer from another partition (see
+    /// [`Ledger::require_remote_source`]).
+    fn check_remote_source(&self, key: &TransferKey) -> Result<(), String> {
+        if self.owns(&key.from) {
+            return Err(format!(
+                "barrier row of {key:?}, whose source is on this partition"
+            ));
+        }
         Ok(())
     }
 
@@ -1875,8 +1994,8 @@ impl Ledger {
     fn apply_credit_finished(&mut self, key: &TransferKey, confirmed: bool) -> Result<(), String> {
         let no_try = || format!("second phase of {key:?} without a pending Try");
         // One lookup of the row both checks it and, once everything fits, moves it on.
-        let at = self.credits.find(key).ok_or_else(no_try)?;
-        let (to_id, amount, currency) = self.credits.pending(at).ok_or_else(no_try)?;
+        let at = self.transfers.find_credit(key).ok_or_else(no_try)?;
+        let (to_id, amount, currency) = self.transfers.pending_credit(at).ok_or_else(no_try)?;
         let minor = amount.minor();
         let Some(to) = self
             .accounts
@@ -1895,16 +2014,21 @@ impl Ledger {
         } else {
             CreditState::Cancelled
         };
-        self.credits.finish(at, state);
+        self.transfers.finish_credit(at, state);
         Ok(())
     }
 
     fn apply_try_not_seen(&mut self, key: &TransferKey) -> Result<(), String> {
+        self.check_remote_source(key)?;
         let row = CreditRow {
             state: CreditState::TryNotSeen,
             transfer: None,
         };
-        if !self.credits.insert(key, &row) {
+        if !self
+            .transfers
+            .insert_credit(key, &row)
+            .map_err(|e| e.to_string())?
+        {
             return Err(barrier_twice(key));
         }
         Ok(())
@@ -1945,11 +2069,14 @@ impl Ledger {
         if let Event::CreditTried { transfer } = *event {
             let key = transfer.key();
             let cancelled = matches!(
-                self.credits.find(&key).map(|at| self.credits.state(at)),
-                Some(CreditState::Cancelled | CreditState::TryNotSeen)
+                self.transfers.credit(&key),
+                Ok(Some(CreditRow {
+                    state: CreditState::Cancelled | CreditState::TryNotSeen,
+                    ..
+                }))
             );
             if cancelled && self.accounts.contains_key(&transfer.to) {
-                self.credits.remove(&key);
+                self.transfers.remove(&key);
             }
         }
     }
@@ -1965,7 +2092,7 @@ impl Ledger {
             entry.1 += u128::from(account.incoming);
         }
         let mut incoming_by_rows: BTreeMap<Currency, u128> = BTreeMap::new();
-        for (amount, currency) in self.credits.pending_amounts() {
+        for (amount, currency) in self.transfers.pending_credits() {
             *incoming_by_rows.entry(currency).or_default() += u128::from(amount.minor());
         }
         for (currency, minor) in self.local_holds_incoming() {

@@ -193,7 +193,7 @@ impl Ledger {
                 _ => return Err(not_refundable()),
             }
         } else {
-            match self.credit(original) {
+            match self.find_credit(original)? {
                 Some(row) if row.state == CreditState::Confirmed => {
                     row.transfer.ok_or_else(not_refundable)?
                 }

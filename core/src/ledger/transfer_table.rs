@@ -1,6 +1,24 @@
-//! The home partition's transfers table: the idempotency record and phase row of every
-//! transfer that started here, in the order the log recorded them.
+//! The partition's transfers table: the idempotency record and phase row of every transfer
+//! that started here (its *home row*), and the barrier row of every transfer that came in
+//! from another partition (its *credit row*: tried, confirmed, cancelled, or try-not-seen),
+//! in the order the log recorded them.
 //!
+//! # One table for both kinds of rows
+//! A key has at most one row on a partition: a transfer's home is its source's partition, and
+//! a credit row is only kept on another (the ledger refuses a credit phase for a source of
+//! its own). So both kinds share one index, one run of positions and one way to disk: final
+//! rows of either kind go to chunk files and leave memory ([`crate::ledger::cold`]). The
+//! credit rows were a table of their own, in memory for good: on the server's default of 8
+//! partitions seven transfers in eight leave one, and that table was most of what a
+//! partition's memory grew by per transfer. Lookups say which kind they want: [`find`] and
+//! [`lookup`] see home rows only, [`find_credit`] and [`credit_lookup`] credit rows only.
+//!
+//! [`find`]: TransferTable::find
+//! [`lookup`]: TransferTable::lookup
+//! [`find_credit`]: TransferTable::find_credit
+//! [`credit_lookup`]: TransferTable::credit_lookup
+//!
+//! # Layout
 //! It is the one table that grows by a row per transfer and is never pruned, so its layout is
 //! the ledger's hottest memory. A [`TransferRow`] holds three ids of up to 64 bytes each, inline;
 //! stored like that (an ordered hash map of `TransferKey → row`) every transfer wrote about 250
@@ -30,7 +48,7 @@ use crate::ledger::chunked::ChunkedVec;
 use crate::ledger::cold::{filter_hash, ChunkRead, ColdChunk, ColdError, ColdRows};
 use crate::ledger::id_arena::{IdArena, IdsAt};
 use crate::ledger::row_index::{RowIndex, ROWS_MAX};
-use crate::ledger::{TransferRow, TransferState};
+use crate::ledger::{CreditRow, CreditState, TableRow, TransferRow, TransferState};
 use crate::log::chunk_file::disk_key_hash;
 use crate::model::event::{Timestamp, Transfer, TransferKey};
 use crate::model::ids::{AccountId, TransactionId};
@@ -52,7 +70,38 @@ pub(crate) struct Phase {
     pub(crate) finished_at: Timestamp,
 }
 
+/// A row's state: the phase of a transfer at its home, or of a credit at its destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RowState {
+    Home(TransferState),
+    Credit(CreditState),
+}
+
+impl RowState {
+    /// Whether the row may still change: a transfer the coordinator still drives or a hold
+    /// still held ([`TransferState::is_unfinished`]), or a credit neither confirmed nor
+    /// cancelled. Only final rows go to chunk files.
+    #[inline]
+    pub(crate) fn is_unfinished(self) -> bool {
+        match self {
+            RowState::Home(state) => state.is_unfinished(),
+            RowState::Credit(state) => state == CreditState::Tried,
+        }
+    }
+}
+
+/// What a credit row without a Try ([`CreditState::TryNotSeen`]) keeps as its amount: never
+/// read, as such a row has no transfer (its `to` is empty).
+const NO_AMOUNT: Amount = match Amount::from_minor(1) {
+    Some(amount) => amount,
+    None => unreachable!(),
+};
+
 /// One row without its ids, which live in the arena at `ids_at`.
+///
+/// A credit row uses the same layout: its Try's `to`, amount and currency (none for a
+/// credit without a Try: `to` empty, the amount [`NO_AMOUNT`]), no timestamps, and
+/// `remote` false.
 #[derive(Debug, Clone, Copy)]
 struct PackedRow {
     /// Offset of the row's id bytes in the arena: `from`, then `transaction_id`, then `to`.
@@ -62,7 +111,7 @@ struct PackedRow {
     // A `Phase`, flat: as a struct its padding would make the row 64 bytes.
     decided_at: Timestamp,
     finished_at: Timestamp,
-    state: TransferState,
+    state: RowState,
     from_len: u8,
     transaction_id_len: u8,
     to_len: u8,
@@ -164,12 +213,15 @@ impl RowStore {
         self.ids.bytes(row.ids_at, len)
     }
 
-    /// Appends `row` with the ids of `transfer`; returns its position.
-    fn push(&mut self, mut row: PackedRow, transfer: &Transfer) -> usize {
+    /// Appends `row` with the ids of `key` and `to` (none for a credit without a Try);
+    /// returns its position.
+    fn push(&mut self, mut row: PackedRow, key: &TransferKey, to: Option<&AccountId>) -> usize {
         row.ids_at = self.ids.push(3, |out| {
-            transfer.from.append_bytes_to(out);
-            transfer.transaction_id.append_bytes_to(out);
-            transfer.to.append_bytes_to(out);
+            key.from.append_bytes_to(out);
+            key.transaction_id.append_bytes_to(out);
+            if let Some(to) = to {
+                to.append_bytes_to(out);
+            }
         });
         self.rows.push(row)
     }
@@ -219,13 +271,27 @@ impl RowStore {
     }
 }
 
-/// A row found by its key: in memory at a position, or read back from disk whole.
+/// A home row found by its key: in memory at a position, or read back from disk whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Found {
     Hot(usize),
     /// A row on disk only; always final. Boxed: a whole row is 240 bytes, and every lookup
     /// returns a `Found` by value, a retry of an old transfer being the rare case.
     Cold(Box<TransferRow>),
+}
+
+/// A row of either kind found by its key.
+enum AnyFound {
+    Hot(usize),
+    Cold(TableRow),
+}
+
+/// A credit row found by its key (see [`TransferTable::credit_lookup`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Credit {
+    Hot(usize),
+    /// A credit row on disk only; always final (confirmed, cancelled or try-not-seen).
+    Cold(CreditRow),
 }
 
 /// See the module documentation.
@@ -320,17 +386,45 @@ impl TransferTable {
         self.store.clone()
     }
 
-    /// The position of the row recorded under `key`, if it is in memory.
+    /// The position of the home row recorded under `key`, if it is in memory.
     #[inline]
     pub(crate) fn find(&self, key: &TransferKey) -> Option<usize> {
+        self.find_any(key).filter(|&at| self.is_home(at))
+    }
+
+    /// The position of the credit row of `key`, if it is in memory.
+    #[inline]
+    pub(crate) fn find_credit(&self, key: &TransferKey) -> Option<usize> {
+        self.find_any(key).filter(|&at| !self.is_home(at))
+    }
+
+    #[inline]
+    fn is_home(&self, at: usize) -> bool {
+        matches!(self.store.row(at).state, RowState::Home(_))
+    }
+
+    /// The position of the row of either kind recorded under `key`, if it is in memory.
+    #[inline]
+    fn find_any(&self, key: &TransferKey) -> Option<usize> {
         let (from, transaction_id) = (key.from.as_bytes(), key.transaction_id.as_bytes());
         let hash = key_hash(from, transaction_id);
         find_hot(&self.index, &self.store, hash, from, transaction_id)
     }
 
-    /// The row recorded under `key`: in memory, or read from its chunk file. The cold
-    /// filter is asked only when the key is not in memory.
+    /// The home row recorded under `key`: in memory, or read from its chunk file. The cold
+    /// filter is asked only when the key is not in memory. A credit row under `key` is no
+    /// home row: a key whose source is on this partition has none (the ledger refuses
+    /// such credits).
     pub(crate) fn lookup(&self, key: &TransferKey) -> Result<Option<Found>, ColdError> {
+        Ok(match self.lookup_any(key)? {
+            Some(AnyFound::Hot(at)) => self.is_home(at).then_some(Found::Hot(at)),
+            Some(AnyFound::Cold(row)) => row.home().map(|row| Found::Cold(Box::new(row))),
+            None => None,
+        })
+    }
+
+    /// The row of either kind recorded under `key`, in memory or on disk.
+    fn lookup_any(&self, key: &TransferKey) -> Result<Option<AnyFound>, ColdError> {
         let (from, transaction_id) = (key.from.as_bytes(), key.transaction_id.as_bytes());
         let disk = disk_key_hash(from, transaction_id);
         let hot = find_hot(
@@ -341,15 +435,13 @@ impl TransferTable {
             transaction_id,
         );
         if let Some(at) = hot {
-            return Ok(Some(Found::Hot(at)));
+            return Ok(Some(AnyFound::Hot(at)));
         }
-        Ok(self
-            .cold_row(key, disk)?
-            .map(|row| Found::Cold(Box::new(row))))
+        Ok(self.cold_row(key, disk)?.map(AnyFound::Cold))
     }
 
     /// The row of `key`, whose on-disk hash is `disk`, if it is on disk only.
-    fn cold_row(&self, key: &TransferKey, disk: u32) -> Result<Option<TransferRow>, ColdError> {
+    fn cold_row(&self, key: &TransferKey, disk: u32) -> Result<Option<TableRow>, ColdError> {
         if self.cold.chunks() == 0 {
             return Ok(None);
         }
@@ -367,7 +459,7 @@ impl TransferTable {
         }
     }
 
-    /// The row recorded under `key`, whole.
+    /// The home row recorded under `key`, whole.
     pub(crate) fn get(&self, key: &TransferKey) -> Result<Option<TransferRow>, ColdError> {
         Ok(match self.lookup(key)? {
             Some(Found::Hot(at)) => Some(self.row(at)),
@@ -376,15 +468,27 @@ impl TransferTable {
         })
     }
 
-    /// The row at position `at` (positions are log order), whole.
+    /// The home row at position `at` (positions are log order), whole.
+    ///
+    /// # Panics
+    /// If the row at `at` is a credit row.
     pub(crate) fn row(&self, at: usize) -> TransferRow {
-        self.store.view(at).to_row()
+        let row = self.store.view(at).to_row();
+        row.home()
+            .unwrap_or_else(|| panic!("row {at} is a credit row, not a home row: {row:?}"))
     }
 
+    /// The phase of the home row at `at`.
+    ///
+    /// # Panics
+    /// If the row at `at` is a credit row.
     pub(crate) fn phase(&self, at: usize) -> Phase {
         let row = self.store.row(at);
+        let RowState::Home(state) = row.state else {
+            panic!("row {at} is a credit row, not a home row");
+        };
         Phase {
-            state: row.state,
+            state,
             decided_at: row.decided_at,
             finished_at: row.finished_at,
         }
@@ -392,9 +496,124 @@ impl TransferTable {
 
     pub(crate) fn set_phase(&mut self, at: usize, phase: Phase) {
         let row = self.store.row_mut(at);
-        row.state = phase.state;
+        debug_assert!(matches!(row.state, RowState::Home(_)));
+        row.state = RowState::Home(phase.state);
         row.decided_at = phase.decided_at;
         row.finished_at = phase.finished_at;
+    }
+
+    /// The credit row of `key`: in memory at a position, or read back from disk (then final).
+    /// A home row under `key` is no credit row (see [`TableRow`]).
+    pub(crate) fn credit_lookup(&self, key: &TransferKey) -> Result<Option<Credit>, ColdError> {
+        Ok(match self.lookup_any(key)? {
+            Some(AnyFound::Hot(at)) => (!self.is_home(at)).then_some(Credit::Hot(at)),
+            Some(AnyFound::Cold(row)) => row.credit().map(|(_, row)| Credit::Cold(row)),
+            None => None,
+        })
+    }
+
+    /// The credit row of `key`, whole, in memory or read from disk.
+    pub(crate) fn credit(&self, key: &TransferKey) -> Result<Option<CreditRow>, ColdError> {
+        Ok(match self.credit_lookup(key)? {
+            Some(Credit::Hot(at)) => self.credit_at(at).map(|(_, row)| row),
+            Some(Credit::Cold(row)) => Some(row),
+            None => None,
+        })
+    }
+
+    /// The key and credit row at position `at`, if it is in memory and a credit row.
+    pub(crate) fn credit_at(&self, at: usize) -> Option<(TransferKey, CreditRow)> {
+        if at < self.hot_from() || at >= self.len() || self.is_home(at) {
+            return None;
+        }
+        self.store.view(at).to_row().credit()
+    }
+
+    /// The transfer of the pending credit at position `at`, if the row there is one (and so
+    /// in memory). Reads only the packed row of any other.
+    pub(crate) fn pending_credit_at(&self, at: usize) -> Option<Transfer> {
+        if at < self.hot_from() || at >= self.len() {
+            return None;
+        }
+        if self.store.row(at).state != RowState::Credit(CreditState::Tried) {
+            return None;
+        }
+        self.credit_at(at)?.1.transfer
+    }
+
+    /// The state of the credit row at `at` and the amount its Try brought (none without a
+    /// Try), without rebuilding its ids.
+    ///
+    /// # Panics
+    /// If the row at `at` is a home row.
+    pub(crate) fn credit_state(&self, at: usize) -> (CreditState, Option<Amount>) {
+        let row = self.store.row(at);
+        let RowState::Credit(state) = row.state else {
+            panic!("row {at} is a home row, not a credit row");
+        };
+        (
+            state,
+            (state != CreditState::TryNotSeen).then_some(row.amount),
+        )
+    }
+
+    /// Destination, amount and currency of the pending credit at `at`: what its Confirm or
+    /// Cancel moves. `None` unless the row is a credit's, tried and neither confirmed nor
+    /// cancelled.
+    pub(crate) fn pending_credit(&self, at: usize) -> Option<(AccountId, Amount, Currency)> {
+        let row = self.store.row(at);
+        if row.state != RowState::Credit(CreditState::Tried) {
+            return None;
+        }
+        let view = self.store.view(at);
+        Some((AccountId::from_stored(view.to), row.amount, row.currency))
+    }
+
+    /// Amount and currency of every pending credit. Pending rows are never on disk only.
+    pub(crate) fn pending_credits(&self) -> impl Iterator<Item = (Amount, Currency)> + '_ {
+        (self.hot_from()..self.len())
+            .map(|at| self.store.row(at))
+            .filter(|row| row.state == RowState::Credit(CreditState::Tried))
+            .map(|row| (row.amount, row.currency))
+    }
+
+    /// The transfer of every pending credit, in log order.
+    pub(crate) fn pending_credit_transfers(&self) -> impl Iterator<Item = Transfer> + '_ {
+        (self.hot_from()..self.len())
+            .filter(|&at| self.store.row(at).state == RowState::Credit(CreditState::Tried))
+            .filter_map(|at| self.pending_credit_at(at))
+    }
+
+    /// Moves the pending credit at `at` on to `state` (confirmed or cancelled).
+    pub(crate) fn finish_credit(&mut self, at: usize, state: CreditState) {
+        let row = self.store.row_mut(at);
+        debug_assert_eq!(row.state, RowState::Credit(CreditState::Tried));
+        row.state = RowState::Credit(state);
+    }
+
+    /// Confirms the pending credit at `at` for `amount` of it (a hold captured in part): the
+    /// row keeps the amount that arrived, what a refund of it may give back.
+    pub(crate) fn capture_credit(&mut self, at: usize, amount: Amount) {
+        let row = self.store.row_mut(at);
+        debug_assert!(row.state == RowState::Credit(CreditState::Tried) && amount <= row.amount);
+        row.amount = amount;
+        row.state = RowState::Credit(CreditState::Confirmed);
+    }
+
+    /// Records the credit row `row` under `key`, or returns `false` and changes nothing if
+    /// the key is already recorded (in memory or on disk).
+    pub(crate) fn insert_credit(
+        &mut self,
+        key: &TransferKey,
+        row: &CreditRow,
+    ) -> Result<bool, ColdError> {
+        Ok(match self.vacancy(key, true)? {
+            Some(vacancy) => {
+                vacancy.fill_credit(key, row);
+                true
+            }
+            None => false,
+        })
     }
 
     /// The amount and currency of the row at `at`: what finishing its hold needs.
@@ -407,6 +626,7 @@ impl TransferTable {
     /// row records (a retry) rather than another body under the same key (a conflict).
     pub(crate) fn records(&self, at: usize, transfer: &Transfer) -> bool {
         let row = self.store.row(at);
+        debug_assert!(matches!(row.state, RowState::Home(_)));
         debug_assert!(self.row(at).transfer.key() == transfer.key());
         let ids = self.store.ids_of(row);
         let to_at = usize::from(row.from_len) + usize::from(row.transaction_id_len);
@@ -415,8 +635,17 @@ impl TransferTable {
             && &ids[to_at..] == transfer.to.as_bytes()
     }
 
-    /// Records `row` under its transfer's key, or returns `false` and changes nothing if the
-    /// key is already recorded.
+    /// Records `row` of either kind under its key, or returns `false` and changes nothing
+    /// if the key is already recorded.
+    pub(crate) fn insert_row(&mut self, row: &TableRow) -> Result<bool, ColdError> {
+        match row {
+            TableRow::Home(row) => self.insert(row),
+            TableRow::Credit(key, row) => self.insert_credit(key, row),
+        }
+    }
+
+    /// Records the home row `row` under its transfer's key, or returns `false` and changes
+    /// nothing if the key is already recorded.
     pub(crate) fn insert(&mut self, row: &TransferRow) -> Result<bool, ColdError> {
         Ok(match self.vacancy(&row.transfer.key(), true)? {
             Some(vacancy) => {
@@ -453,20 +682,23 @@ impl TransferTable {
     /// # Panics
     /// If a chunk file of cold rows cannot be read: this is for tools and checks, which
     /// cannot go on without every row (the partition's own paths use [`Self::lookup`]).
-    pub(crate) fn iter(&self) -> impl Iterator<Item = TransferRow> + '_ {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = TableRow> + '_ {
         let cold = (0..self.cold.chunks()).flat_map(move |chunk| {
             self.cold
                 .rows_of(chunk)
                 .unwrap_or_else(|error| panic!("cold chunk {chunk} unreadable: {error}"))
         });
-        cold.chain((self.hot_from()..self.len()).map(|at| self.row(at)))
+        cold.chain((self.hot_from()..self.len()).map(|at| self.store.view(at).to_row()))
     }
 
-    /// Rows still driven by the coordinator, whole, in log order. Reads only the packed rows
-    /// of the others (and never the cold ones, which are final).
+    /// Home rows still driven by the coordinator or held, whole, in log order. Reads only
+    /// the packed rows of the others (and never the cold ones, which are final).
     pub(crate) fn unfinished(&self) -> impl Iterator<Item = TransferRow> + '_ {
         (self.hot_from()..self.len())
-            .filter(|&at| self.store.row(at).state.is_unfinished())
+            .filter(|&at| {
+                let state = self.store.row(at).state;
+                matches!(state, RowState::Home(_)) && state.is_unfinished()
+            })
             .map(|at| self.row(at))
     }
 
@@ -475,9 +707,11 @@ impl TransferTable {
     /// bug that forgets finished transfers removes rows, in tests and the simulator.
     #[cfg(any(test, madsim, feature = "testing"))]
     pub(crate) fn remove(&mut self, key: &TransferKey) {
-        let Some(at) = self.find(key) else { return };
+        let Some(at) = self.find_any(key) else { return };
         let first = self.hot_from();
-        let mut rows: Vec<TransferRow> = (first..self.len()).map(|at| self.row(at)).collect();
+        let mut rows: Vec<TableRow> = (first..self.len())
+            .map(|at| self.store.view(at).to_row())
+            .collect();
         rows.swap_remove(at - first);
         let mut table = TransferTable {
             index: RowIndex::default(),
@@ -485,12 +719,12 @@ impl TransferTable {
             cold: self.cold.clone(),
         };
         for row in rows {
-            let vacancy = table.vacancy(&row.transfer.key(), true);
-            vacancy
-                .ok()
-                .flatten()
-                .expect("a kept row's key is free")
-                .fill(&row);
+            let vacancy = table.vacancy(&row.key(), true);
+            let vacancy = vacancy.ok().flatten().expect("a kept row's key is free");
+            match row {
+                TableRow::Home(row) => vacancy.fill(&row),
+                TableRow::Credit(key, row) => vacancy.fill_credit(&key, &row),
+            }
         }
         *self = table;
     }
@@ -536,7 +770,8 @@ fn is_key(store: &RowStore, at: usize, from: &[u8], transaction_id: &[u8]) -> bo
     stored_from == from && &rest[..transaction_id.len()] == transaction_id
 }
 
-/// A row's fields with its ids borrowed from the table (see [`TransferTable::views`]).
+/// A row's fields with its ids borrowed from the table (see [`RowStore::views_of`]). A
+/// credit row has no timestamps and is not `remote`; one without a Try has an empty `to`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RowView<'a> {
     pub(crate) transaction_id: &'a [u8],
@@ -544,7 +779,7 @@ pub(crate) struct RowView<'a> {
     pub(crate) to: &'a [u8],
     pub(crate) amount: Amount,
     pub(crate) currency: Currency,
-    pub(crate) state: TransferState,
+    pub(crate) state: RowState,
     pub(crate) remote: bool,
     pub(crate) accepted_at: Timestamp,
     pub(crate) decided_at: Timestamp,
@@ -553,20 +788,34 @@ pub(crate) struct RowView<'a> {
 
 impl RowView<'_> {
     /// The row whole, its ids copied back inline.
-    fn to_row(self) -> TransferRow {
-        TransferRow {
-            transfer: Transfer {
-                transaction_id: TransactionId::from_stored(self.transaction_id),
-                from: AccountId::from_stored(self.from),
-                to: AccountId::from_stored(self.to),
-                amount: self.amount,
-                currency: self.currency,
-            },
-            state: self.state,
-            remote: self.remote,
-            accepted_at: self.accepted_at,
-            decided_at: self.decided_at,
-            finished_at: self.finished_at,
+    pub(crate) fn to_row(self) -> TableRow {
+        let key = TransferKey {
+            from: AccountId::from_stored(self.from),
+            transaction_id: TransactionId::from_stored(self.transaction_id),
+        };
+        let transfer = || Transfer {
+            transaction_id: key.transaction_id,
+            from: key.from,
+            to: AccountId::from_stored(self.to),
+            amount: self.amount,
+            currency: self.currency,
+        };
+        match self.state {
+            RowState::Home(state) => TableRow::Home(TransferRow {
+                transfer: transfer(),
+                state,
+                remote: self.remote,
+                accepted_at: self.accepted_at,
+                decided_at: self.decided_at,
+                finished_at: self.finished_at,
+            }),
+            RowState::Credit(state) => TableRow::Credit(
+                key,
+                CreditRow {
+                    state,
+                    transfer: (state != CreditState::TryNotSeen).then(transfer),
+                },
+            ),
         }
     }
 }
@@ -578,40 +827,79 @@ pub(crate) struct Vacancy<'a> {
 }
 
 impl Vacancy<'_> {
-    /// Appends `row`, whose key must be the one this place was found for.
+    /// Appends the home row `row`, whose key must be the one this place was found for.
     pub(crate) fn fill(self, row: &TransferRow) {
-        let TransferTable { index, store, .. } = self.table;
-        assert!(
-            store.len() < TRANSFER_ROWS_MAX,
-            "a partition records fewer than 2^32 - 1 transfers"
-        );
         let t = &row.transfer;
-        debug_assert_eq!(
-            self.hash,
-            key_hash(t.from.as_bytes(), t.transaction_id.as_bytes())
-        );
         let packed = PackedRow {
             ids_at: 0,
             amount: t.amount,
             accepted_at: row.accepted_at,
             decided_at: row.decided_at,
             finished_at: row.finished_at,
-            state: row.state,
+            state: RowState::Home(row.state),
             from_len: t.from.as_bytes().len() as u8,
             transaction_id_len: t.transaction_id.as_bytes().len() as u8,
             to_len: t.to.as_bytes().len() as u8,
             currency: t.currency,
             remote: row.remote,
         };
-        let at = store.push(packed, t);
+        self.push(packed, &t.key(), Some(&t.to));
+    }
+
+    /// Appends the credit row `row` of `key`, the key this place was found for.
+    pub(crate) fn fill_credit(self, key: &TransferKey, row: &CreditRow) {
+        debug_assert_eq!(row.transfer.is_none(), row.state == CreditState::TryNotSeen);
+        debug_assert!(row.transfer.is_none_or(|t| t.key() == *key));
+        let to = row.transfer.map(|t| t.to);
+        let packed = PackedRow {
+            ids_at: 0,
+            amount: row.transfer.map_or(NO_AMOUNT, |t| t.amount),
+            accepted_at: 0,
+            decided_at: 0,
+            finished_at: 0,
+            state: RowState::Credit(row.state),
+            from_len: key.from.as_bytes().len() as u8,
+            transaction_id_len: key.transaction_id.as_bytes().len() as u8,
+            to_len: to.map_or(0, |to| to.as_bytes().len() as u8),
+            currency: row.transfer.map_or(Currency::ALL[0], |t| t.currency),
+            remote: false,
+        };
+        self.push(packed, key, to.as_ref());
+    }
+
+    fn push(self, packed: PackedRow, key: &TransferKey, to: Option<&AccountId>) {
+        let TransferTable { index, store, .. } = self.table;
+        assert!(
+            store.len() < TRANSFER_ROWS_MAX,
+            "a partition records fewer than 2^32 - 1 transfers"
+        );
+        debug_assert_eq!(
+            self.hash,
+            key_hash(key.from.as_bytes(), key.transaction_id.as_bytes())
+        );
+        let at = store.push(packed, key, to);
         index.insert(self.hash, at);
     }
 }
 
 impl PartialEq for TransferTable {
-    /// The same rows in the same order (arena layout and index capacity aside).
+    /// The same rows under the same keys, in whatever order (arena layout and index
+    /// capacity aside): a table restored from a snapshot of before version 8 holds its
+    /// credit rows after its home rows, one replayed from the log holds them in log order.
+    ///
+    /// # Panics
+    /// If a chunk file of cold rows cannot be read (tests and checks only).
     fn eq(&self, other: &Self) -> bool {
-        self.len() == other.len() && self.iter().eq(other.iter())
+        self.len() == other.len()
+            && self.iter().all(|row| {
+                let found = match other.lookup_any(&row.key()) {
+                    Ok(Some(AnyFound::Hot(at))) => Some(other.store.view(at).to_row()),
+                    Ok(Some(AnyFound::Cold(row))) => Some(row),
+                    Ok(None) => None,
+                    Err(error) => panic!("cold rows unreadable: {error}"),
+                };
+                found == Some(row)
+            })
     }
 }
 impl Eq for TransferTable {}
@@ -623,14 +911,24 @@ impl std::fmt::Debug for TransferTable {
 }
 
 impl FromIterator<TransferRow> for TransferTable {
-    /// A table of `rows` in their order.
+    /// A table of the home rows `rows` in their order.
     ///
     /// # Panics
     /// If two rows share a key (readers of stored rows check for that first).
     fn from_iter<I: IntoIterator<Item = TransferRow>>(rows: I) -> Self {
+        rows.into_iter().map(TableRow::Home).collect()
+    }
+}
+
+impl FromIterator<TableRow> for TransferTable {
+    /// A table of `rows` in their order.
+    ///
+    /// # Panics
+    /// If two rows share a key (readers of stored rows check for that first).
+    fn from_iter<I: IntoIterator<Item = TableRow>>(rows: I) -> Self {
         let mut table = TransferTable::default();
         for row in rows {
-            let inserted = table.insert(&row);
+            let inserted = table.insert_row(&row);
             assert_eq!(inserted, Ok(true), "a transfer key is recorded once");
         }
         table
@@ -672,7 +970,7 @@ mod tests {
         ];
         let table: TransferTable = rows.iter().copied().collect();
         assert_eq!(table.len(), rows.len());
-        assert!(table.iter().eq(rows.iter().copied()));
+        assert!(table.iter().eq(rows.iter().copied().map(TableRow::Home)));
         for (at, expected) in rows.iter().enumerate() {
             assert_eq!(table.find(&expected.transfer.key()), Some(at));
             assert_eq!(table.get(&expected.transfer.key()), Ok(Some(*expected)));
@@ -765,7 +1063,8 @@ mod tests {
         }
         assert_eq!(frozen.len(), count);
         for (view, row) in frozen.views_of(0..count).zip(&before) {
-            assert_eq!(view.state, TransferState::Trying);
+            let row = row.home().unwrap();
+            assert_eq!(view.state, RowState::Home(TransferState::Trying));
             assert_eq!(view.from, row.transfer.from.as_bytes());
             assert_eq!(view.transaction_id, row.transfer.transaction_id.as_bytes());
             assert_eq!(view.to, row.transfer.to.as_bytes());
@@ -910,13 +1209,113 @@ mod tests {
             "{read} reads for {strangers} new keys"
         );
         // Every row still comes back in log order, and new rows take the next positions.
-        assert!(table.iter().eq(rows.iter().copied()));
+        assert!(table.iter().eq(rows.iter().copied().map(TableRow::Home)));
         let new = row("acct-1", "new", "dst", 1);
         assert_eq!(table.insert(&new), Ok(true));
         assert_eq!(table.find(&new.transfer.key()), Some(rows.len()));
         assert_eq!(table.unfinished().count(), 0);
         assert_eq!(table.final_chunks_from(0), 8);
         assert_eq!(table.final_chunks_from(7), 1);
+    }
+
+    /// The credit row of the `i`-th transfer in: every state, one without a Try among them.
+    fn credit(i: usize, state: CreditState) -> (TransferKey, CreditRow) {
+        let t = row(
+            &format!("far-{}", i % 5),
+            &format!("c-{i}"),
+            "here",
+            i as u64 + 1,
+        );
+        let transfer = (state != CreditState::TryNotSeen).then_some(t.transfer);
+        (t.transfer.key(), CreditRow { state, transfer })
+    }
+
+    #[test]
+    fn credit_rows_share_the_table_and_go_to_disk_once_final() {
+        // Home and credit rows interleaved, as a partition that is both home and destination
+        // records them; the first chunks all final, then a pending credit.
+        let states = [
+            CreditState::Confirmed,
+            CreditState::Cancelled,
+            CreditState::TryNotSeen,
+        ];
+        let mut rows = Vec::new();
+        for i in 0..3 * CHUNK_ROWS {
+            rows.push(if i % 3 == 0 {
+                TableRow::Home(row(&format!("acct-{}", i % 7), &format!("t-{i}"), "dst", 9))
+            } else {
+                let (key, credit) = credit(i, states[i % states.len()]);
+                TableRow::Credit(key, credit)
+            });
+        }
+        let pending = credit(rows.len(), CreditState::Tried);
+        rows.push(TableRow::Credit(pending.0, pending.1));
+        let mut table: TransferTable = rows.iter().copied().collect();
+        for i in 0..CHUNK_ROWS {
+            table
+                .insert(&row("acct-1", &format!("later-{i}"), "dst", 1))
+                .unwrap();
+        }
+        // The chunk with the pending credit is not final; those before it are.
+        assert_eq!(table.final_chunks_from(0), 3);
+        let files = Arc::new(TestChunks::default());
+        let store = table.freeze();
+        table.attach(3, files.clone());
+        for chunk in 0..3 {
+            let encoded = crate::log::chunk_file::encode_chunk(3, chunk, &store);
+            let decoded = crate::log::chunk_file::decode_chunk(&encoded.bytes, 3, chunk as u64);
+            let range = chunk * CHUNK_ROWS..(chunk + 1) * CHUNK_ROWS;
+            assert_eq!(decoded.unwrap().rows, rows[range]);
+            files
+                .files
+                .lock()
+                .unwrap()
+                .insert(chunk as u64, encoded.bytes);
+            let cold = ColdChunk {
+                chunk,
+                index: encoded.index,
+                filter_hashes: encoded.filter_hashes,
+                key_hashes: encoded.key_hashes,
+            };
+            assert!(drop_and_grow(&mut table, cold));
+        }
+        // Every row is found on disk by the lookup of its own kind only.
+        for expected in &rows[..3 * CHUNK_ROWS] {
+            let key = expected.key();
+            match *expected {
+                TableRow::Home(home) => {
+                    assert_eq!(table.lookup(&key), Ok(Some(Found::Cold(Box::new(home)))));
+                    assert_eq!(table.credit_lookup(&key), Ok(None));
+                }
+                TableRow::Credit(_, credit) => {
+                    assert_eq!(table.credit_lookup(&key), Ok(Some(Credit::Cold(credit))));
+                    assert_eq!(table.credit(&key), Ok(Some(credit)));
+                    assert_eq!(table.lookup(&key), Ok(None));
+                    assert_eq!(
+                        table.insert_credit(&key, &credit),
+                        Ok(false),
+                        "recorded once"
+                    );
+                }
+            }
+        }
+        // The pending credit stays in memory, found by position, and moves on there.
+        let at = table.find_credit(&pending.0).unwrap();
+        assert_eq!((at, table.find(&pending.0)), (3 * CHUNK_ROWS, None));
+        let t = pending.1.transfer.unwrap();
+        assert_eq!(table.pending_credit(at), Some((t.to, t.amount, t.currency)));
+        assert_eq!(table.pending_credit_transfers().collect::<Vec<_>>(), [t]);
+        table.capture_credit(at, Amount::from_minor(1).unwrap());
+        assert_eq!(table.pending_credit(at), None);
+        let captured = table.credit(&pending.0).unwrap().unwrap();
+        assert_eq!(captured.state, CreditState::Confirmed);
+        assert_eq!(captured.transfer.unwrap().amount.minor(), 1);
+        assert_eq!(table.pending_credits().count(), 0);
+        assert_eq!(table.final_chunks_from(3), 1);
+        assert!(table
+            .iter()
+            .take(3 * CHUNK_ROWS)
+            .eq(rows[..3 * CHUNK_ROWS].iter().copied()));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Chunk files: a chunk of final transfer rows, written once, and the sorted key index that
-//! finds one of its rows with two small reads.
+//! Chunk files: a chunk of final rows of the transfers table (home and credit rows), written
+//! once, and the sorted key index that finds one of its rows with two small reads.
 //!
 //! A snapshot keeps the first chunks of the transfers table in chunk files
 //! ([`crate::log::snapshot`], "Chunk files"). Once such a file is durable the partition drops
@@ -7,8 +7,9 @@
 //! from the file: the in-memory filter names the chunk, the directory below names the few
 //! index entries to read, and an entry names the row's offset.
 //!
-//! # Format (version 2)
-//! All integers little-endian; rows as in a snapshot's transfers table.
+//! # Format (version 3)
+//! All integers little-endian; rows as in a snapshot's transfers table (version 8: home rows
+//! and credit rows, see [`crate::log::snapshot`]).
 //!
 //! ```text
 //! magic "WCHK" | version u8 | partition u32 | chunk index u64 | count u32 | rows
@@ -32,25 +33,30 @@
 //! never a key reported absent (which would let a retry apply twice) or a wrong row.
 //!
 //! Version 1 had no key index: its rows are read whole, and the partition keeps them in
-//! memory until a snapshot writes the chunk again as version 2.
+//! memory until a snapshot writes the chunk again in the current version. Versions 1 and 2
+//! hold home rows only, each starting with an id's length; a credit row starts with a 0,
+//! so one reader reads the rows of every version.
 
 use crc32c::{crc32c, crc32c_append};
 
 use crate::ledger::cold::{filter_hash, ChunkRead};
 use crate::ledger::transfer_table::{RowStore, CHUNK_ROWS};
-use crate::ledger::TransferRow;
+use crate::ledger::TableRow;
 use crate::log::codec::Cursor;
 use crate::log::crc::crc32c_of;
 #[cfg(target_arch = "x86_64")]
 use crate::log::crc::register_after;
-use crate::log::snapshot::{put_transfer_row, read_transfer_row};
+use crate::log::snapshot::{put_table_row, read_table_row};
 use crate::model::event::TransferKey;
 use crate::model::partition::PartitionId;
 
 /// The first bytes of every chunk file.
 pub const CHUNK_MAGIC: [u8; 4] = *b"WCHK";
-/// The chunk file version this build writes: rows, then their sorted key index.
-pub(crate) const CHUNK_VERSION: u8 = 2;
+/// The chunk file version this build writes: rows of both kinds (home and credit rows, see
+/// [`crate::ledger::TableRow`]), then their sorted key index.
+pub(crate) const CHUNK_VERSION: u8 = 3;
+/// The version whose rows are all home rows (as version 1's).
+pub(crate) const CHUNK_VERSION_HOME_ROWS: u8 = 2;
 /// The version without a key index, still read.
 pub(crate) const CHUNK_VERSION_UNINDEXED: u8 = 1;
 /// Magic, version, partition, chunk index, count.
@@ -66,8 +72,9 @@ const TRAILER_LEN: usize = DIRECTORY_LEN + 8 + CRC_LEN;
 /// Most bytes an encoded transfer row takes: three ids of 1 + 64 bytes, amount, currency,
 /// state and reason, the remote flag, three timestamps (233), rounded up.
 const ROW_LEN_MAX: usize = 256;
-/// Fewest bytes an encoded transfer row takes (caps what a corrupt count preallocates).
-const ROW_LEN_MIN: usize = 40;
+/// Fewest bytes an encoded row takes, a credit row without a Try and with one-byte ids (caps
+/// what a corrupt count preallocates).
+const ROW_LEN_MIN: usize = 6;
 
 /// The on-disk hash of a transfer key (see the module docs). Every new transaction id is
 /// hashed so twice (the cold rows' Bloom filter is of these hashes), so keys are run through
@@ -182,7 +189,7 @@ pub(crate) fn key_hashes(
 
 /// The rows of a chunk file and, from version 2, its key index.
 pub(crate) struct DecodedChunk {
-    pub(crate) rows: Vec<TransferRow>,
+    pub(crate) rows: Vec<TableRow>,
     pub(crate) index: Option<ChunkIndex>,
 }
 
@@ -207,7 +214,7 @@ pub(crate) fn encode_chunk(partition: PartitionId, index: usize, rows: &RowStore
         debug_assert!(!row.state.is_unfinished(), "chunk rows are final");
         let start = out.len();
         let offset = u32::try_from(start).expect("a chunk file is under 4 GiB");
-        put_transfer_row(&mut out, row);
+        put_table_row(&mut out, row);
         let hash = disk_key_hash(row.from, row.transaction_id);
         entries.push((hash, offset, crc32c_of(&[&out[start..]])));
         filter_hashes.push(filter_hash(row.from, row.transaction_id));
@@ -239,7 +246,7 @@ pub(crate) fn encode_chunk_v1(partition: PartitionId, index: usize, rows: &RowSt
         CHUNK_ROWS,
     );
     for row in rows.views_of(range) {
-        put_transfer_row(&mut out, row);
+        put_table_row(&mut out, row);
     }
     let crc = crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -286,7 +293,13 @@ pub(crate) fn decode_chunk(
         return Err(format!("chunk file {index}: checksum mismatch"));
     }
     let version = content[4];
-    if version != CHUNK_VERSION && version != CHUNK_VERSION_UNINDEXED {
+    if ![
+        CHUNK_VERSION,
+        CHUNK_VERSION_HOME_ROWS,
+        CHUNK_VERSION_UNINDEXED,
+    ]
+    .contains(&version)
+    {
         return Err(format!("chunk file {index}: unknown version {version}"));
     }
     let mut cursor = Cursor::new(&content[5..]);
@@ -311,12 +324,14 @@ pub(crate) fn decode_chunk(
     let mut entries = Vec::new();
     for _ in 0..count {
         let start = 5 + cursor.position();
-        let row = read_transfer_row(&mut cursor)?;
-        if row.state.is_unfinished() {
+        // A home row starts with an id's length, never the credit rows' mark: versions 1
+        // and 2, which hold home rows only, read the same way.
+        let row = read_table_row(&mut cursor)?;
+        if row.is_unfinished() {
             return Err(format!("chunk file {index} holds a row still in flight"));
         }
         let crc = crc32c_of(&[&content[start..5 + cursor.position()]]);
-        entries.push((key_hash_of(&row.transfer.key()), start as u32, crc));
+        entries.push((key_hash_of(&row.key()), start as u32, crc));
         rows.push(row);
     }
     if version == CHUNK_VERSION_UNINDEXED {
@@ -356,7 +371,7 @@ pub(crate) fn find_row(
     chunk: u64,
     index: &ChunkIndex,
     key: &TransferKey,
-) -> Result<Option<TransferRow>, String> {
+) -> Result<Option<TableRow>, String> {
     let io = |e: std::io::Error| format!("chunk file {chunk}: {e}");
     let hash = key_hash_of(key);
     let (first, end) = index.bucket(hash);
@@ -382,15 +397,15 @@ pub(crate) fn find_row(
         let len = (index.index_at - offset).min(ROW_LEN_MAX as u64) as usize;
         let bytes = reader.read_at(chunk, offset, len).map_err(io)?;
         let mut cursor = Cursor::new(&bytes);
-        let row = read_transfer_row(&mut cursor)
+        let row = read_table_row(&mut cursor)
             .map_err(|e| format!("chunk file {chunk}: row at {offset}: {e}"))?;
         if crc32c_of(&[&bytes[..cursor.position()]]) != crc {
             return Err(format!(
                 "chunk file {chunk}: the row at {offset} is damaged"
             ));
         }
-        debug_assert!(!row.state.is_unfinished(), "chunk rows are final");
-        if row.transfer.key() == *key {
+        debug_assert!(!row.is_unfinished(), "chunk rows are final");
+        if row.key() == *key {
             return Ok(Some(row));
         }
     }

@@ -647,6 +647,12 @@ impl<'a> Cursor<'a> {
         Ok(self.array::<1>()?[0])
     }
 
+    /// The next byte, left unread.
+    pub(crate) fn peek_u8(&self) -> Result<u8, String> {
+        (self.bytes.get(self.pos).copied())
+            .ok_or_else(|| format!("field of 1 byte runs past the end at byte {}", self.pos))
+    }
+
     /// A byte that must be 0 (false) or 1 (true).
     pub(crate) fn bool(&mut self) -> Result<bool, String> {
         match self.u8()? {

@@ -91,7 +91,6 @@ pub fn same_state(a: &Ledger, b: &Ledger) -> bool {
         && a.last == b.last
         && a.accounts == b.accounts
         && a.transfers == b.transfers
-        && a.credits == b.credits
         && a.cash == b.cash
         && a.flows == b.flows
         && a.refunds == b.refunds

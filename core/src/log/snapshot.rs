@@ -14,9 +14,11 @@
 //! accounts:  count u32, rows sorted by id:
 //!            id | currency | balance u64 | held u64 | incoming u64
 //! transfers: count u32, rows in log order (the order their keys were first recorded), after
-//!            those of the chunk files:
+//!            those of the chunk files; a home row:
 //!            transfer | state | remote u8 | accepted_at u64 | decided_at u64 | finished_at u64
-//! credits:   count u32, rows in log order:
+//!            (version 8) or a credit row:
+//!            0 u8 | credit state u8 | key | [to | amount u64 | currency] (not for try-not-seen)
+//! credits:   (before version 8) count u32, rows in log order:
 //!            key | state u8 | has transfer u8 | [transfer]
 //! cash:      count u32, rows in log order:
 //!            account | transaction id | kind u8 | amount u64 | balance_after u64
@@ -59,6 +61,16 @@
 //!
 //! A chunk's bytes are a function of the log too, so rewriting one (a partition restarted
 //! from an older snapshot freezes its chunks again) writes the same bytes.
+//!
+//! # Credit rows in the transfers table (version 8)
+//! A destination's credit rows are rows of the transfers table
+//! ([`crate::ledger::transfer_table`]), so their final ones go to chunk files and leave
+//! memory as home rows do; a snapshot holds only those still recent. A credit row is told
+//! from a home row by its first byte, 0, where a home row starts with its transaction id's
+//! length. Before version 8 the credit rows were a table of their own, every one in every
+//! snapshot: a partition restored from such a snapshot puts them after its home rows, so
+//! its positions differ from those of one that replayed the same log (positions are not in
+//! the log, and tables are compared as maps).
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -69,14 +81,13 @@ use crc32c::crc32c;
 use crate::ledger::account_table::AccountRows;
 use crate::ledger::cash_table::CashRows;
 use crate::ledger::cold::{BloomBuild, ChunkRead, ColdChunk, ColdRows, WrittenChunks};
-use crate::ledger::credit_table::CreditRows;
 use crate::ledger::key_map::KeyMap;
 use crate::ledger::refunds::RefundTable;
 use crate::ledger::transactions::{PartRow, PartState, TransactionTable, TransactionTerms};
-use crate::ledger::transfer_table::{RowStore, RowView, TransferTable, CHUNK_ROWS};
+use crate::ledger::transfer_table::{RowState, RowStore, RowView, TransferTable, CHUNK_ROWS};
 use crate::ledger::{
-    Account, CashRow, CreditRow, CreditState, Flows, HoldTerms, Ledger, RecordMeta, TransferRow,
-    TransferState,
+    Account, CashRow, CreditRow, CreditState, Flows, HoldTerms, Ledger, RecordMeta, TableRow,
+    TransferRow, TransferState,
 };
 use crate::log::chunk_file::{self, encode_chunk, DecodedChunk};
 use crate::log::codec::{
@@ -90,7 +101,9 @@ use crate::model::partition::{partition_of, PartitionId, PARTITIONS_MAX};
 /// The first bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"WSNP";
 /// The snapshot version this build writes.
-pub const SNAPSHOT_VERSION: u8 = 7;
+pub const SNAPSHOT_VERSION: u8 = 8;
+/// The last version whose credit rows are a table of their own, after the transfers table.
+const SNAPSHOT_VERSION_SEPARATE_CREDITS: u8 = 7;
 /// The last version without the transaction tables.
 const SNAPSHOT_VERSION_UNTRANSACTED: u8 = 6;
 /// The last version without the hold table.
@@ -132,7 +145,6 @@ pub struct SnapshotImage {
     /// they were opened; sorted where the image is encoded.
     accounts: AccountRows,
     transfers: RowStore,
-    credits: CreditRows,
     cash: CashRows,
     flows: BTreeMap<Currency, Flows>,
     refunds: RefundTable,
@@ -188,7 +200,6 @@ impl SnapshotImage {
             last: ledger.last,
             accounts: ledger.accounts.freeze(),
             transfers: ledger.transfers.freeze(),
-            credits: ledger.credits.freeze(),
             cash: ledger.cash.freeze(),
             flows: ledger.flows.clone(),
             refunds: ledger.refunds.clone(),
@@ -377,19 +388,26 @@ fn encode_image(
     })?;
     // The table packs its rows (ids in an arena); the format keeps each whole transfer.
     let inline = ledger.chunks.frozen * CHUNK_ROWS..ledger.transfers.len();
-    put_table(
-        &mut sink,
-        ledger.transfers.views_of(inline),
-        put_transfer_row,
-    )?;
-    put_table(&mut sink, ledger.credits.iter(), |out, (key, row)| {
-        put_key(out, &key);
-        out.push(credit_state_tag(row.state));
-        out.push(u8::from(row.transfer.is_some()));
-        if let Some(transfer) = &row.transfer {
-            put_transfer(out, transfer);
-        }
-    })?;
+    if version > SNAPSHOT_VERSION_SEPARATE_CREDITS {
+        put_table(&mut sink, ledger.transfers.views_of(inline), put_table_row)?;
+    } else {
+        // Tests of reading old snapshots only: these versions are never written.
+        let (home, credits): (Vec<_>, Vec<_>) = ledger
+            .transfers
+            .views_of(inline)
+            .partition(|row| matches!(row.state, RowState::Home(_)));
+        put_table(&mut sink, home.into_iter(), put_table_row)?;
+        let credits = credits.into_iter().filter_map(|row| row.to_row().credit());
+        let credits: Vec<_> = credits.collect();
+        put_table(&mut sink, credits.into_iter(), |out, (key, row)| {
+            put_key(out, &key);
+            out.push(credit_state_tag(row.state));
+            out.push(u8::from(row.transfer.is_some()));
+            if let Some(transfer) = &row.transfer {
+                put_transfer(out, transfer);
+            }
+        })?;
+    }
     put_table(&mut sink, ledger.cash.iter(), |out, ((account, t), row)| {
         account.encode_into(out);
         t.encode_into(out);
@@ -506,16 +524,41 @@ fn put_table<R>(
     Ok(())
 }
 
-/// A transfer row as [`put_transfer`] and the row's phase fields would write it, from the
-/// packed table's borrowed ids.
-pub(crate) fn put_transfer_row(out: &mut Vec<u8>, row: RowView<'_>) {
+/// What a credit row's encoding starts with in the transfers table (version 8): a home row
+/// starts with its transaction id's length, never 0.
+const CREDIT_ROW_MARK: u8 = 0;
+
+/// Encodes a row of the transfers table: a home row as [`put_home_row`] does; a credit row
+/// as [`CREDIT_ROW_MARK`], its state, its key (`from`, transaction id), then, unless it
+/// is try-not-seen, the Try's `to`, amount and currency.
+pub(crate) fn put_table_row(out: &mut Vec<u8>, row: RowView<'_>) {
+    let state = match row.state {
+        RowState::Home(state) => return put_home_row(out, row, state),
+        RowState::Credit(state) => state,
+    };
+    out.push(CREDIT_ROW_MARK);
+    out.push(credit_state_tag(state));
+    let to = (state != CreditState::TryNotSeen).then_some(row.to);
+    for id in [row.from, row.transaction_id].into_iter().chain(to) {
+        out.push(id.len() as u8);
+        out.extend_from_slice(id);
+    }
+    if to.is_some() {
+        out.extend_from_slice(&row.amount.minor().to_le_bytes());
+        put_currency(out, row.currency);
+    }
+}
+
+/// Encodes a home row in `state` as [`put_transfer`] and the row's phase fields would write
+/// it, from the packed table's borrowed ids (every version).
+fn put_home_row(out: &mut Vec<u8>, row: RowView<'_>, state: TransferState) {
     for id in [row.transaction_id, row.from, row.to] {
         out.push(id.len() as u8);
         out.extend_from_slice(id);
     }
     out.extend_from_slice(&row.amount.minor().to_le_bytes());
     put_currency(out, row.currency);
-    let (tag, reason) = match row.state {
+    let (tag, reason) = match state {
         TransferState::Trying => (1, None),
         TransferState::Confirming => (2, None),
         TransferState::Cancelling(reason) => (3, Some(reason)),
@@ -533,6 +576,16 @@ pub(crate) fn put_transfer_row(out: &mut Vec<u8>, row: RowView<'_>) {
     for at in [row.accepted_at, row.decided_at, row.finished_at] {
         out.extend_from_slice(&at.to_le_bytes());
     }
+}
+
+fn credit_state(tag: u8) -> Result<CreditState, String> {
+    Ok(match tag {
+        1 => CreditState::Tried,
+        2 => CreditState::Confirmed,
+        3 => CreditState::Cancelled,
+        4 => CreditState::TryNotSeen,
+        other => return Err(format!("unknown credit state {other}")),
+    })
 }
 
 fn credit_state_tag(state: CreditState) -> u8 {
@@ -730,8 +783,12 @@ fn read_ledger(cursor: &mut Cursor<'_>, version: u8, chunks: Chunks<'_>) -> Resu
     })?;
     ledger.transfers = read_chunks(chunks, partition, chunk_count)?;
     let inline = read_rows(cursor, order, |cursor| {
-        let row = read_transfer_row(cursor)?;
-        Ok((row.transfer.key(), row))
+        let row = if version > SNAPSHOT_VERSION_SEPARATE_CREDITS {
+            read_table_row(cursor)?
+        } else {
+            TableRow::Home(read_transfer_row(cursor)?)
+        };
+        Ok((row.key(), row))
     })?;
     // A chunk goes to a file only once sealed, that is once a row follows it, so a snapshot
     // with chunk files has an inline row. Without one, the restored partition's last chunk
@@ -741,14 +798,33 @@ fn read_ledger(cursor: &mut Cursor<'_>, version: u8, chunks: Chunks<'_>) -> Resu
             "the snapshot refers to {chunk_count} chunk files but no row follows them"
         ));
     }
-    for (_, row) in inline {
-        if !ledger.transfers.insert(&row).map_err(|e| e.to_string())? {
+    // Before version 8 the credit rows were a table of their own: they follow the inline
+    // home rows (a partition restored so keeps other positions than one that replays its
+    // log from the start; positions are not in the log).
+    let credits = if version > SNAPSHOT_VERSION_SEPARATE_CREDITS {
+        Vec::new()
+    } else {
+        read_rows(cursor, order, read_credit_row)?
+    };
+    let credits = credits
+        .into_iter()
+        .map(|(key, row)| (key, TableRow::Credit(key, row)));
+    for (_, row) in inline.into_iter().chain(credits) {
+        if let TableRow::Credit(key, _) = row {
+            if partition_of(&key.from, partitions) == partition {
+                return Err(format!(
+                    "credit row of {key:?}, whose home is this partition"
+                ));
+            }
+        }
+        if !ledger
+            .transfers
+            .insert_row(&row)
+            .map_err(|e| e.to_string())?
+        {
             return Err("a table holds a key twice".to_string());
         }
     }
-    ledger.credits = read_rows(cursor, order, read_credit_row)?
-        .into_iter()
-        .collect();
     ledger.cash = read_table(cursor, order, |cursor| {
         let key = (cursor.account()?, cursor.transaction_id()?);
         let kind = cursor.cash_kind()?;
@@ -871,7 +947,7 @@ fn read_chunks(
                 let mut hashes = Vec::with_capacity(rows.len());
                 let mut key_hashes = Vec::with_capacity(rows.len());
                 for row in &rows {
-                    let key = row.transfer.key();
+                    let key = row.key();
                     let (from, id) = (key.from.as_bytes(), key.transaction_id.as_bytes());
                     let disk = crate::log::chunk_file::disk_key_hash(from, id);
                     if !seen.insert(key) || cold.get(&key, disk).map_err(|e| e.0)?.is_some() {
@@ -886,7 +962,7 @@ fn read_chunks(
                 let table =
                     hot.get_or_insert_with(|| TransferTable::with_cold(std::mem::take(&mut cold)));
                 for row in rows {
-                    if !table.insert(&row).map_err(|e| e.0)? {
+                    if !table.insert_row(&row).map_err(|e| e.0)? {
                         return Err(twice());
                     }
                 }
@@ -939,6 +1015,30 @@ fn read_table<K: Ord + std::hash::Hash, V, T: FromIterator<(K, V)>>(
     Ok(read_rows(cursor, order, read_row)?.into_iter().collect())
 }
 
+/// Reads a row of the transfers table as [`put_table_row`] wrote it (version 8 snapshots,
+/// version 3 chunk files).
+pub(crate) fn read_table_row(cursor: &mut Cursor<'_>) -> Result<TableRow, String> {
+    if cursor.peek_u8()? != CREDIT_ROW_MARK {
+        return read_transfer_row(cursor).map(TableRow::Home);
+    }
+    cursor.u8()?;
+    let state = credit_state(cursor.u8()?)?;
+    let key = cursor.key()?;
+    let transfer = if state == CreditState::TryNotSeen {
+        None
+    } else {
+        Some(crate::model::event::Transfer {
+            transaction_id: key.transaction_id,
+            from: key.from,
+            to: cursor.account()?,
+            amount: cursor.amount()?,
+            currency: cursor.currency()?,
+        })
+    };
+    Ok(TableRow::Credit(key, CreditRow { state, transfer }))
+}
+
+/// Reads a home row (every version before 8 of snapshots, before 3 of chunk files).
 pub(crate) fn read_transfer_row(cursor: &mut Cursor<'_>) -> Result<TransferRow, String> {
     let transfer = cursor.transfer()?;
     let state = cursor.transfer_state()?;
@@ -961,13 +1061,7 @@ fn read_credit_row(
     cursor: &mut Cursor<'_>,
 ) -> Result<(crate::model::event::TransferKey, CreditRow), String> {
     let key = cursor.key()?;
-    let state = match cursor.u8()? {
-        1 => CreditState::Tried,
-        2 => CreditState::Confirmed,
-        3 => CreditState::Cancelled,
-        4 => CreditState::TryNotSeen,
-        other => return Err(format!("unknown credit state {other}")),
-    };
+    let state = credit_state(cursor.u8()?)?;
     let transfer = match cursor.u8()? {
         0 => None,
         1 => Some(cursor.transfer()?),
@@ -1233,6 +1327,76 @@ mod tests {
     }
 
     #[test]
+    fn credit_rows_on_disk_answer_every_phase_as_they_did_in_memory() {
+        use crate::ledger::cold::TestChunks;
+        use crate::ledger::Command;
+        use crate::log::replay::tests::{transfer, Script};
+        // Partition 3 of 4 (alice's), home of some transfers and destination of more from
+        // bob's partition: confirmed, cancelled and cancelled before their Try.
+        let mut s = Script::new(3, 4);
+        s.open("alice", Currency::USD);
+        s.open("dave", Currency::USD);
+        s.deposit("alice", 1_000_000, Currency::USD, "d-1");
+        let mut credits = Vec::new();
+        for i in 0..3 * CHUNK_ROWS {
+            if i % 4 == 0 {
+                s.transfer(&format!("t-{i}"), "alice", "dave", 1);
+                continue;
+            }
+            let t = transfer(&format!("c-{i}"), "bob", "alice", 2);
+            if i % 4 != 3 {
+                s.run(Command::TryCredit(t)).unwrap();
+            }
+            let finish = if i % 4 == 1 {
+                Command::ConfirmCredit(t)
+            } else {
+                Command::CancelCredit(t)
+            };
+            s.run(finish).unwrap();
+            credits.push(t);
+        }
+        s.run(Command::TryCredit(transfer("c-p", "bob", "alice", 3)))
+            .unwrap();
+        let ledger = s.ledger;
+        let frozen = ledger.final_chunks_from(0);
+        assert_eq!(frozen, 3);
+        let plan = ChunkPlan { written: 0, frozen };
+        let (bytes, chunks) = SnapshotImage::with_chunks(&ledger, plan).encode();
+        let files = Arc::new(TestChunks::default());
+        files.files.lock().unwrap().extend(chunks);
+        let restored = decode_snapshot_cold(&bytes, files.clone()).unwrap();
+        assert_eq!(restored.cold_transfer_chunks(), 3);
+        assert_eq!(
+            restored.transfer_rows_in_memory(),
+            1,
+            "only the pending credit"
+        );
+        assert_eq!(restored.pending_credits().count(), 1);
+        assert!(same_state(&restored, &ledger));
+        // Every phase message a late or repeated copy could bring is answered from disk as
+        // it was from memory, and logs nothing.
+        for t in credits {
+            assert_eq!(restored.credit(&t.key()), ledger.credit(&t.key()));
+            for command in [
+                Command::TryCredit(t),
+                Command::ConfirmCredit(t),
+                Command::CancelCredit(t),
+                Command::AbortCredit(t),
+            ] {
+                let (mut hot, mut cold) = (Vec::new(), Vec::new());
+                let expected = ledger.decide(&command, &mut hot);
+                assert_eq!(
+                    restored.decide(&command, &mut cold),
+                    expected,
+                    "{command:?}"
+                );
+                assert_eq!((hot.len(), cold.len()), (0, 0), "{command:?}");
+            }
+        }
+        assert!(files.reads.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    }
+
+    #[test]
     fn a_damaged_chunk_count_is_refused_before_it_is_believed() {
         let ledger = chunked_state();
         let plan = ChunkPlan {
@@ -1269,12 +1433,13 @@ mod tests {
     #[test]
     fn version_1_snapshots_with_sorted_tables_are_still_read() {
         let mut ledger = every_state().ledger;
-        let mut rows: Vec<_> = ledger.transfers().collect();
-        rows.sort_by_key(|row| row.transfer.key());
-        ledger.transfers = rows.iter().copied().collect();
-        let mut credits: Vec<_> = ledger.credits().collect();
-        credits.sort_by_key(|(key, _)| *key);
-        ledger.credits = credits.into_iter().collect();
+        let mut rows: Vec<_> = ledger.transfers().map(TableRow::Home).collect();
+        rows.sort_by_key(TableRow::key);
+        let mut credits: Vec<_> = (ledger.credits())
+            .map(|(key, row)| TableRow::Credit(key, row))
+            .collect();
+        credits.sort_by_key(TableRow::key);
+        ledger.transfers = rows.iter().copied().chain(credits).collect();
         let mut cash: Vec<_> = ledger.cash.iter().collect();
         cash.sort_by_key(|(key, _)| *key);
         ledger.cash = cash.into_iter().collect();
@@ -1287,7 +1452,7 @@ mod tests {
         );
         // Version 1 promised sorted tables; one out of order is damage there.
         ledger.transfers = rows.iter().rev().copied().collect();
-        assert!(ledger.transfers.len() > 1);
+        assert!(rows.len() > 1);
         let result = decode_snapshot(&as_version_1(&v3(&ledger)));
         assert!(
             matches!(result, Err(CodecError::Corrupt { .. })),
@@ -1500,7 +1665,7 @@ mod tests {
         out.extend_from_slice(&(index as u64).to_le_bytes());
         out.extend_from_slice(&(rows as u32).to_le_bytes());
         for row in store.views_of(index * CHUNK_ROWS..index * CHUNK_ROWS + rows) {
-            put_transfer_row(&mut out, row);
+            put_table_row(&mut out, row);
         }
         sealed(out)
     }

@@ -114,10 +114,11 @@ pub struct Amount(NonZeroU64);
 
 impl Amount {
     /// Wraps a count of minor units; `None` for zero or above [`AMOUNT_MINOR_MAX`].
-    pub fn from_minor(minor: u64) -> Option<Amount> {
-        NonZeroU64::new(minor)
-            .filter(|_| minor <= AMOUNT_MINOR_MAX)
-            .map(Amount)
+    pub const fn from_minor(minor: u64) -> Option<Amount> {
+        match NonZeroU64::new(minor) {
+            Some(minor) if minor.get() <= AMOUNT_MINOR_MAX => Some(Amount(minor)),
+            _ => None,
+        }
     }
 
     /// The count of minor units (always `1..=AMOUNT_MINOR_MAX`).

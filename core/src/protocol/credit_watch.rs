@@ -8,10 +8,12 @@
 //! no row and sends nothing; only the destination knows the credit exists. Asked, the home
 //! answers from its row, or records the transfer refused for good and cancels the credit.
 //!
-//! Cheap on the hot path: credit rows are only ever appended, so the watch keeps no key per
+//! Cheap on the hot path: rows of the transfers table (credit rows among the home rows, see
+//! [`crate::ledger::transfer_table`]) are only ever appended, so the watch keeps no key per
 //! credit, only marks ("rows below this position are due at that time", one per tick that
-//! added rows) and a cursor. Every row is looked at once, when its mark is due; the few
-//! still pending are kept by position and looked at again.
+//! added rows) and a cursor. Every row is looked at once, when its mark is due (a home row's
+//! packed state only); the few credits still pending are kept by position and looked at
+//! again. A pending credit is never on disk only; one that has gone there is final.
 //!
 //! A hold's credit stays pending as long as the hold is held, which may be days. Asked about
 //! one, its home answers that it is held and until when
@@ -23,7 +25,7 @@ use std::collections::{BinaryHeap, VecDeque};
 
 use rustc_hash::FxHashMap;
 
-use crate::ledger::{CreditState, Ledger};
+use crate::ledger::Ledger;
 use crate::model::event::{Transfer, TransferKey};
 use crate::protocol::coordinator::Micros;
 
@@ -48,8 +50,10 @@ pub struct CreditWatch {
     looked_at: usize,
     /// `(due, position)` of rows found still pending, to look at again.
     again: VecDeque<(Micros, usize)>,
-    /// Credits of held holds, by key: not asked about before the time given.
-    deferred: FxHashMap<TransferKey, Micros>,
+    /// Credits of held holds, by position: not asked about before the time given. By
+    /// position, not key: a row that leaves memory once final ([`crate::ledger::cold`])
+    /// cannot be read back for its key when its deferral ends.
+    deferred: FxHashMap<usize, Micros>,
     /// `(due, position)` of deferred rows whose `again` entry came up before their time.
     later: BinaryHeap<Reverse<(Micros, usize)>>,
 }
@@ -78,10 +82,14 @@ impl CreditWatch {
     }
 
     /// Leaves the credit of `key` alone until `until`: its home said the hold is held until
-    /// about then. The deferral ends with the credit, or when it is next asked about.
-    pub fn defer(&mut self, key: TransferKey, until: Micros) {
+    /// about then. The deferral ends with the credit, or when it is next asked about. A key
+    /// with no pending credit in memory here is not deferred: there is nothing to ask about.
+    pub fn defer(&mut self, ledger: &Ledger, key: &TransferKey, until: Micros) {
+        let Some(position) = ledger.pending_credit_position(key) else {
+            return;
+        };
         if self.deferred.len() < DEFERRED_MAX {
-            self.deferred.insert(key, until);
+            self.deferred.insert(position, until);
         }
     }
 
@@ -96,7 +104,7 @@ impl CreditWatch {
                 break;
             }
             self.later.pop();
-            self.undefer(ledger, position);
+            self.undefer(position);
             if let Some(transfer) = pending_transfer(ledger, position) {
                 out.push(transfer);
                 pending.push(position);
@@ -124,13 +132,13 @@ impl CreditWatch {
             }
             self.again.pop_front();
             let Some(transfer) = pending_transfer(ledger, position) else {
-                self.undefer(ledger, position);
+                self.undefer(position);
                 continue;
             };
-            match self.deferred.get(&transfer.key()) {
+            match self.deferred.get(&position) {
                 Some(&until) if until > now => self.later.push(Reverse((until, position))),
                 _ => {
-                    self.undefer(ledger, position);
+                    self.undefer(position);
                     out.push(transfer);
                     pending.push(position);
                 }
@@ -144,13 +152,8 @@ impl CreditWatch {
     }
 
     /// Ends the deferral of the credit row at `position`, if it has one.
-    fn undefer(&mut self, ledger: &Ledger, position: usize) {
-        if self.deferred.is_empty() {
-            return;
-        }
-        if let Some((key, _)) = ledger.credit_at(position) {
-            self.deferred.remove(&key);
-        }
+    fn undefer(&mut self, position: usize) {
+        self.deferred.remove(&position);
     }
 
     /// Credits still pending that the watch will look at again.
@@ -162,10 +165,7 @@ impl CreditWatch {
 
 /// The transfer of the credit row at `position`, if that credit is still pending.
 fn pending_transfer(ledger: &Ledger, position: usize) -> Option<Transfer> {
-    let (_, row) = ledger.credit_at(position)?;
-    (row.state == CreditState::Tried)
-        .then_some(row.transfer)
-        .flatten()
+    ledger.pending_credit_at(position)
 }
 
 #[cfg(test)]

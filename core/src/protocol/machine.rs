@@ -81,8 +81,8 @@ pub struct MachineConfig {
     /// Take a snapshot after this many events since the last one, and no sooner than the log
     /// since the last one holds as many events as the state has rows (0: never).
     pub snapshot_every_events: u64,
-    /// The in-memory budget of the transfers table, in rows: once more rows than this are in
-    /// memory, a snapshot is taken as soon as a chunk of them is final, and once it is
+    /// The in-memory budget of the transfers table, in rows (home and credit rows): once more
+    /// rows than this are in memory, a snapshot is taken as soon as a chunk of them is final, and once it is
     /// durable the rows in its chunk files leave memory (they are read back from disk when
     /// a retry asks for one; see [`crate::ledger::cold`]). Rows still in flight, and those
     /// after them, stay. Applies while snapshots are on (`snapshot_every_events` > 0).
@@ -395,9 +395,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             chunks_to_drop: VecDeque::new(),
             background_since: None,
         };
-        machine.pending_credits = (machine.ledger.credits())
-            .filter(|(_, row)| row.state == crate::ledger::CreditState::Tried)
-            .count();
+        machine.pending_credits = machine.ledger.pending_credits().count();
         // Recovered pending credits are watched like new ones.
         let after_us = config.coordinator.resolve_after_us;
         machine
@@ -652,7 +650,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             PeerMessage::StillHeld { key, for_us, .. } => {
                 let after_us = self.config.coordinator.resolve_after_us;
                 let until = now.micros.saturating_add(for_us).saturating_add(after_us);
-                self.credit_watch.defer(key, until);
+                self.credit_watch.defer(&self.ledger, &key, until);
             }
             PeerMessage::TxRequest(request) => self.handle_tx_request(request),
             PeerMessage::TxResponse(response) => {

@@ -168,8 +168,8 @@ pub struct BenchArgs {
     pub transfers: Option<u64>,
     /// Partitions of the engine of `memory --transfers` (1: every transfer stays on its
     /// partition). With more, most transfers cross partitions and each also leaves its
-    /// destination's credit row, which stays in memory (see the README's "Not bounded yet:
-    /// every other row").
+    /// destination's credit row, which leaves memory once final as the home's row does (see
+    /// the README's "Credit rows go to disk too").
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64), help_heading = "Memory mode")]
     pub memory_partitions: u32,
 

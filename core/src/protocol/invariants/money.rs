@@ -98,10 +98,8 @@ impl Money for Ledger {
     }
 
     fn for_each_pending_credit(&self, each: &mut dyn FnMut(&Transfer)) {
-        for (_, credit) in self.credits() {
-            if let (CreditState::Tried, Some(transfer)) = (credit.state, credit.transfer) {
-                each(&transfer);
-            }
+        for transfer in self.pending_credit_transfers() {
+            each(&transfer);
         }
     }
 

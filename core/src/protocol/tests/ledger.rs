@@ -968,6 +968,37 @@ fn destination_cancel_after_try_drops_the_pending_credit_once() {
 }
 
 #[test]
+fn no_credit_phase_is_taken_for_a_source_on_the_partition() {
+    // A transfer within a partition has one event and no credit row: its key's row there is
+    // its home row (one table keeps both kinds, one row per key).
+    let w = world();
+    let local = transfer(w.c, w.c, 2_500, USD, "t1");
+    let wrong = |command| LedgerError::InvalidTransition {
+        key: local.key(),
+        from: "a source on this partition".to_string(),
+        command,
+    };
+    let given = || given(1, &destination(&w));
+    given()
+        .when(Command::TryCredit(local))
+        .then_error(wrong("try credit"));
+    given()
+        .when(Command::ConfirmCredit(local))
+        .then_error(wrong("confirm credit"));
+    given()
+        .when(Command::CancelCredit(local))
+        .then_error(wrong("cancel credit"));
+    given()
+        .when(Command::AbortCredit(local))
+        .then_error(wrong("abort credit"));
+    // Nor does a log that says otherwise apply.
+    let mut ledger = given().ledger();
+    let event = Event::CreditTryNotSeen { key: local.key() };
+    assert!(ledger.apply(meta(100), &event).is_err());
+    assert_eq!(ledger.credit(&local.key()), None);
+}
+
+#[test]
 fn cancel_before_try_leaves_try_not_seen_and_fails_the_late_try() {
     let w = world();
     let t = transfer(w.a, w.c, 2_500, USD, "t1");
