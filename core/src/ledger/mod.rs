@@ -782,12 +782,6 @@ impl Ledger {
             .unwrap_or_else(|error| panic!("credit {key:?}: {error}"))
     }
 
-    /// Positions of the transfers table so far, home and barrier rows alike: rows are never
-    /// removed, so positions below this stay.
-    pub fn credit_count(&self) -> usize {
-        self.transfers.len()
-    }
-
     /// The transfer of the pending credit at `position` of the transfers table, if the row
     /// there is one (a pending credit is always in memory). Cheap for any other row: the
     /// destination's watch looks at every position once.

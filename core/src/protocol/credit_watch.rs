@@ -66,7 +66,8 @@ impl CreditWatch {
 
     /// Covers the credit rows added since the last call: due `after_us` from `now`.
     pub fn mark(&mut self, ledger: &Ledger, now: Micros, after_us: u64) {
-        let end = ledger.credit_count();
+        // Positions of the transfers table: credit rows among home rows.
+        let end = ledger.transfer_count();
         if end > self.marked {
             self.marks.push_back((now + after_us, end));
             self.marked = end;

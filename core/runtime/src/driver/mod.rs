@@ -145,12 +145,13 @@ pub struct DriverStats {
     /// durable records (the HTTP event feed's long-poll) sleeps until there are some rather
     /// than polling. Register with `notified()` and `enable()` before reading `last_lsn`.
     pub durable: Notify,
-    /// Rows of the partition's tables held in memory ([`Ledger::rows_in_memory`]). Credit and
-    /// cash rows are idempotency records that are never pruned, so this grows with them;
-    /// transfer rows leave memory once their chunk file is durable.
+    /// Rows of the partition's tables held in memory ([`Ledger::rows_in_memory`]). Cash rows
+    /// are idempotency records that are never pruned, so this grows with them; rows of the
+    /// transfers table (home and credit rows) leave memory once their chunk file is durable.
     pub rows: AtomicU64,
-    /// Transfer rows in memory: those not yet in a durable chunk file (bounded by
-    /// `MachineConfig::transfer_rows_in_memory_max` while chunks become final).
+    /// Rows of the transfers table in memory, home and credit rows: those not yet in a
+    /// durable chunk file (bounded by `MachineConfig::transfer_rows_in_memory_max` while
+    /// chunks become final).
     pub transfer_rows_in_memory: AtomicU64,
     /// Chunks of transfer rows on disk only, read back by retries of old transfers.
     pub cold_transfer_chunks: AtomicU64,

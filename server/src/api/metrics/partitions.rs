@@ -73,14 +73,16 @@ const FAMILIES: [FamilySpec; 18] = [
     },
     FamilySpec {
         name: "walletd_partition_rows",
-        help: "Rows held in memory: accounts, the credit and cash rows (idempotency records, \
-               never pruned), and the transfer rows not yet in a durable chunk file.",
+        help: "Rows held in memory: accounts, the cash rows (idempotency records, never \
+               pruned), and the transfer rows (home and credit rows) not yet in a durable \
+               chunk file.",
         read: Read::Gauge(|s| s.rows.load(Ordering::Relaxed)),
     },
     FamilySpec {
         name: "walletd_partition_transfer_rows_in_memory",
-        help: "Transfer rows in memory; the rest are on disk only, in chunk files \
-               (bounded by --transfer-rows-in-memory-max while chunks become final).",
+        help: "Transfer rows in memory, home and credit rows; the rest are on disk only, in \
+               chunk files (bounded by --transfer-rows-in-memory-max while chunks become \
+               final).",
         read: Read::Gauge(|s| s.transfer_rows_in_memory.load(Ordering::Relaxed)),
     },
     FamilySpec {
