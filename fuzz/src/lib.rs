@@ -320,6 +320,19 @@ pub fn sample(full_chunks: usize) -> Sample {
         transaction_id: txn("w-1"),
     };
     s.run(withdraw).unwrap();
+    // Final credit rows first, so that the first chunk file holds some among home rows.
+    for (t, confirm) in [("c-confirm", true), ("c-cancel", false)] {
+        let incoming = transfer(t, q, a, 3);
+        s.run(Command::TryCredit(incoming)).unwrap();
+        let finish = if confirm {
+            Command::ConfirmCredit(incoming)
+        } else {
+            Command::CancelCredit(incoming)
+        };
+        s.run(finish).unwrap();
+    }
+    let unseen = transfer("c-unseen", q, b, 4);
+    s.run(Command::CancelCredit(unseen)).unwrap();
     let rows = full_chunks * walletd_core::ledger::CHUNK_ROWS;
     for i in 0..rows.max(1) {
         let (from, to) = if i % 2 == 0 { (a, b) } else { (b, a) };
@@ -342,22 +355,9 @@ pub fn sample(full_chunks: usize) -> Sample {
             s.run(Command::FinishDebit { key }).unwrap();
         }
     }
-    let credits = [
-        ("c-confirm", Some(true)),
-        ("c-cancel", Some(false)),
-        ("c-tried", None),
-    ];
-    for (t, confirm) in credits {
-        let incoming = transfer(t, q, a, 3);
-        s.run(Command::TryCredit(incoming)).unwrap();
-        match confirm {
-            Some(true) => drop(s.run(Command::ConfirmCredit(incoming)).unwrap()),
-            Some(false) => drop(s.run(Command::CancelCredit(incoming)).unwrap()),
-            None => {}
-        }
-    }
-    let unseen = transfer("c-unseen", q, b, 4);
-    s.run(Command::CancelCredit(unseen)).unwrap();
+    // A credit still pending, after the chunks: they hold only final rows.
+    let incoming = transfer("c-tried", q, a, 3);
+    s.run(Command::TryCredit(incoming)).unwrap();
     s
 }
 
