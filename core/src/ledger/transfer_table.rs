@@ -119,9 +119,10 @@ struct PackedRow {
     remote: bool,
 }
 
-// Offset, amount and three timestamps take 40 bytes; the state 2, three lengths, the currency
-// and `remote` 5 more: 47, padded to 48 by the 8-byte alignment. The bound is that exact
-// size, so a field that grows the row fails the build.
+// Offset, amount and three timestamps take 40 bytes; the state 2 (a home or a credit state:
+// the second in the niche of the first), three lengths, the currency and `remote` 5 more:
+// 47, padded to 48 by the 8-byte alignment. The bound is that exact size, so a field that
+// grows the row fails the build.
 const _: () = assert!(std::mem::size_of::<PackedRow>() <= 48);
 
 /// The 32-bit hash a key is indexed by in memory: its on-disk hash
