@@ -690,8 +690,9 @@ impl Ledger {
     }
 
     /// The body of the home row of `key` and the count of rows of the transfers table
-    /// recorded by the time it was: a reader that knows how many rows are durable knows whether this one is. A row
-    /// on disk only is in a durable chunk file, recorded before every row in memory.
+    /// recorded by the time it was: a reader that knows how many rows are durable knows
+    /// whether this one is. A row on disk only is in a durable chunk file, recorded before
+    /// every row in memory.
     pub fn find_transfer_body(
         &self,
         key: &TransferKey,

@@ -82,9 +82,9 @@ pub struct MachineConfig {
     /// since the last one holds as many events as the state has rows (0: never).
     pub snapshot_every_events: u64,
     /// The in-memory budget of the transfers table, in rows (home and credit rows): once more
-    /// rows than this are in memory, a snapshot is taken as soon as a chunk of them is final, and once it is
-    /// durable the rows in its chunk files leave memory (they are read back from disk when
-    /// a retry asks for one; see [`crate::ledger::cold`]). Rows still in flight, and those
+    /// rows than this are in memory, a snapshot is taken as soon as a chunk of them is final,
+    /// and once it is durable the rows in its chunk files leave memory (they are read back
+    /// from disk when a retry asks for one; see [`crate::ledger::cold`]). Rows still in flight, and those
     /// after them, stay. Applies while snapshots are on (`snapshot_every_events` > 0).
     pub transfer_rows_in_memory_max: usize,
     /// Most clients waiting for the outcome of a pending transfer; beyond it they get `Pending`.
