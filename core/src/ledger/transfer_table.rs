@@ -580,9 +580,7 @@ impl TransferTable {
 
     /// The transfer of every pending credit, in log order.
     pub(crate) fn pending_credit_transfers(&self) -> impl Iterator<Item = Transfer> + '_ {
-        (self.hot_from()..self.len())
-            .filter(|&at| self.store.row(at).state == RowState::Credit(CreditState::Tried))
-            .filter_map(|at| self.pending_credit_at(at))
+        (self.hot_from()..self.len()).filter_map(|at| self.pending_credit_at(at))
     }
 
     /// Moves the pending credit at `at` on to `state` (confirmed or cancelled).
