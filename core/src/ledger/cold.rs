@@ -481,7 +481,9 @@ impl BloomBuild {
                 }
             }
         }
-        debug_assert!(result.is_err() || bloom.len == self.chunks.len() * CHUNK_ROWS);
+        debug_assert!(
+            result.is_err() || bloom.len == self.chunks.iter().map(ChunkIndex::keys).sum::<usize>()
+        );
         *self.out.0.lock().expect("built bloom") = Some(result.map(|()| bloom));
     }
 }
@@ -526,17 +528,24 @@ impl ColdRows {
     /// of its rows' keys, `key_hashes` their on-disk hashes.
     ///
     /// # Panics
-    /// Unless `hashes` and `key_hashes` are a chunk's worth.
+    /// Unless `hashes` and `key_hashes` are the keys of the chunk's rows (a position whose
+    /// row moved on has none, so a chunk may have fewer keys than rows).
     pub(crate) fn push(&mut self, index: ChunkIndex, hashes: &[u64], key_hashes: &[u32]) {
-        assert_eq!(key_hashes.len(), CHUNK_ROWS, "a chunk is CHUNK_ROWS rows");
+        assert!(key_hashes.len() <= CHUNK_ROWS, "a chunk is CHUNK_ROWS rows");
+        assert_eq!(
+            hashes.len(),
+            key_hashes.len(),
+            "a hash of each kind per key"
+        );
+        assert_eq!(
+            index.keys(),
+            key_hashes.len(),
+            "the file's index has every key"
+        );
         let chunk = self.chunks.len();
         let before = self.keys.len();
         self.keys.insert_all(hashes, chunk);
-        assert_eq!(
-            self.keys.len() - before,
-            CHUNK_ROWS,
-            "a chunk is CHUNK_ROWS rows"
-        );
+        assert_eq!(self.keys.len() - before, key_hashes.len());
         if self.bloom.lines.is_empty() {
             self.bloom = Bloom::with_capacity(BLOOM_KEYS_FIRST);
         }
@@ -602,7 +611,7 @@ impl ColdRows {
         let growing = self.growing.take().expect("a growing filter");
         bloom.insert_all(&growing.later);
         // Every cold key is in it: those of the chunks it read and those that came since.
-        assert_eq!(bloom.len, self.chunks.len() * CHUNK_ROWS);
+        assert_eq!(bloom.len, self.keys.len());
         assert_eq!(bloom.len, self.bloom.len, "the new filter holds every key");
         self.bloom = bloom;
     }
@@ -644,13 +653,14 @@ impl ColdRows {
         }
     }
 
-    /// Every row of cold chunk `chunk`, read whole and checked.
+    /// Every row of cold chunk `chunk`, read whole and checked (positions whose row moved on
+    /// have none).
     pub(crate) fn rows_of(&self, chunk: usize) -> Result<Vec<TableRow>, ColdError> {
         assert!(chunk < self.chunks.len());
         let reader = self.reader_or_error()?;
         let DecodedChunk { rows, .. } =
             chunk_file::read_chunk(reader, self.partition, chunk as u64).map_err(ColdError)?;
-        Ok(rows)
+        Ok(rows.into_iter().flatten().collect())
     }
 
     fn reader_or_error(&self) -> Result<&dyn ChunkRead, ColdError> {

@@ -799,6 +799,13 @@ impl Ledger {
         self.transfers.iter().filter_map(TableRow::credit)
     }
 
+    /// Takes the moves of pending credits in the transfers table since the last call:
+    /// `(from, to)` positions, in the order they were made (see `transfer_table`, "Rows in
+    /// flight move on"). The destination's watch follows its credits with them.
+    pub fn take_moved_credits(&mut self) -> Vec<(usize, usize)> {
+        self.transfers.take_moved_credits()
+    }
+
     /// The position of the pending credit of `key` in the transfers table, if it has one
     /// (pending rows are always in memory).
     pub fn pending_credit_position(&self, key: &TransferKey) -> Option<usize> {

@@ -41,6 +41,24 @@
 //! table drops it ([`TransferTable::drop_chunk`]) and finds its rows on disk
 //! ([`crate::ledger::cold`]). Positions stay those of the whole table; the rows in memory
 //! (*hot*) are those from [`TransferTable::hot_from`] on, and the index forgets the others.
+//!
+//! # Rows in flight move on
+//! Only a chunk whose rows are all final goes to disk, and chunks leave memory in order. A
+//! row that stays in flight for long would keep its chunk, and every chunk after it, in
+//! memory: a hold may be held for 30 days, and a credit stays tried as long as its hold, or
+//! as long as its home is down. So when a chunk falls [`MOVE_AFTER_CHUNKS`] chunks behind the
+//! table's end (the insert that fills the chunk that many after it), each row of it still in
+//! flight moves to the end: a copy is appended, and its old position becomes
+//! [`RowState::Moved`], a position without a row. The chunk is then final, and memory holds
+//! about [`MOVE_AFTER_CHUNKS`] chunks plus the rows still in flight, however long they stay.
+//!
+//! A chunk with more than an eighth of its rows in flight (a destination down, say) does not
+//! move them: it stays in memory until they end, as before (see [`MOVE_IN_FLIGHT_MAX`]).
+//!
+//! The move is part of the fold: it depends only on the rows inserted, so a table replayed
+//! from the log, restored from a snapshot, or kept by another replica moves the same rows to
+//! the same positions. A move costs a row's copy once per [`MOVE_AFTER_CHUNKS`] chunks of
+//! traffic (a million rows), and only for rows still in flight then.
 
 use std::sync::Arc;
 
@@ -70,11 +88,16 @@ pub(crate) struct Phase {
     pub(crate) finished_at: Timestamp,
 }
 
-/// A row's state: the phase of a transfer at its home, or of a credit at its destination.
+/// A row's state: the phase of a transfer at its home, or of a credit at its destination;
+/// or a position whose row moved on to the table's end (see "Rows in flight move on").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RowState {
     Home(TransferState),
     Credit(CreditState),
+    /// No row: the row recorded here was still in flight [`MOVE_AFTER_CHUNKS`] chunks later
+    /// and moved to the end. The position keeps no key (its id lengths are 0), so neither
+    /// the index nor a chunk file finds anything here.
+    Moved,
 }
 
 impl RowState {
@@ -86,9 +109,34 @@ impl RowState {
         match self {
             RowState::Home(state) => state.is_unfinished(),
             RowState::Credit(state) => state == CreditState::Tried,
+            RowState::Moved => false,
         }
     }
 }
+
+/// How many chunks behind the table's end a chunk is when its rows still in flight move on
+/// to the end: the same as the default in-memory budget (16 chunks; 4 in tests and the
+/// simulator, so that their runs move rows).
+pub const MOVE_AFTER_CHUNKS: usize = if cfg!(any(test, madsim, feature = "testing")) {
+    4
+} else {
+    16
+};
+
+/// Most rows in flight a chunk may hold for them to move on: a chunk with more stays in
+/// memory until they end. Moving more would not shrink memory (the rows in flight are then
+/// most of it, wherever they are), only copy them again and again: with every row of the
+/// table in flight (a destination down for long), each chunk moved would fill the next
+/// chunk to move, without end. At an eighth, the rows moves append fill a chunk only after
+/// eight chunks moved, so a chain of moves ends, and moves add at most an eighth to the rows
+/// recorded.
+const MOVE_IN_FLIGHT_MAX: usize = CHUNK_ROWS / 8;
+
+/// Most moves of pending credits kept for the destination's watch between two takes (see
+/// [`TransferTable::take_moved_credits`]); a table whose watch does not take them (a
+/// follower's) keeps no more. Past it a move is not reported, and the watch looks at the
+/// moved credit as a new one: it asks about it later, never wrongly.
+const MOVED_CREDITS_MAX: usize = 1 << 17;
 
 /// What a credit row without a Try ([`CreditState::TryNotSeen`]) keeps as its amount: never
 /// read, as such a row has no transfer (its `to` is empty).
@@ -117,6 +165,25 @@ struct PackedRow {
     to_len: u8,
     currency: Currency,
     remote: bool,
+}
+
+impl PackedRow {
+    /// A position whose row moved on: no ids, no money, no times.
+    const fn moved() -> PackedRow {
+        PackedRow {
+            ids_at: 0,
+            amount: NO_AMOUNT,
+            accepted_at: 0,
+            decided_at: 0,
+            finished_at: 0,
+            state: RowState::Moved,
+            from_len: 0,
+            transaction_id_len: 0,
+            to_len: 0,
+            currency: Currency::ALL[0],
+            remote: false,
+        }
+    }
 }
 
 // Offset, amount and three timestamps take 40 bytes; the state 2 (a home or a credit state:
@@ -227,6 +294,13 @@ impl RowStore {
         self.rows.push(row)
     }
 
+    /// Appends `row` with `ids`, its id bytes as [`Self::ids_of`] gives them; returns its
+    /// position.
+    fn push_ids(&mut self, mut row: PackedRow, ids: &[u8]) -> usize {
+        row.ids_at = self.ids.push(3, |out| out.extend_from_slice(ids));
+        self.rows.push(row)
+    }
+
     /// The rows at positions `range`, as borrowed fields.
     pub(crate) fn views_of(
         &self,
@@ -302,6 +376,9 @@ pub(crate) struct TransferTable {
     index: RowIndex,
     store: RowStore,
     cold: ColdRows,
+    /// `(from, to)` positions of the pending credits moved on since the last
+    /// [`TransferTable::take_moved_credits`], at most [`MOVED_CREDITS_MAX`].
+    moved_credits: Vec<(usize, usize)>,
 }
 
 impl TransferTable {
@@ -348,6 +425,7 @@ impl TransferTable {
         debug_assert!(self
             .store
             .views_of(chunk * CHUNK_ROWS..(chunk + 1) * CHUNK_ROWS)
+            .filter(|row| row.state != RowState::Moved)
             .zip(&cold.filter_hashes)
             .all(|(row, &hash)| !row.state.is_unfinished()
                 && hash == filter_hash(row.from, row.transaction_id)));
@@ -396,12 +474,17 @@ impl TransferTable {
     /// The position of the credit row of `key`, if it is in memory.
     #[inline]
     pub(crate) fn find_credit(&self, key: &TransferKey) -> Option<usize> {
-        self.find_any(key).filter(|&at| !self.is_home(at))
+        self.find_any(key).filter(|&at| self.is_credit(at))
     }
 
     #[inline]
     fn is_home(&self, at: usize) -> bool {
         matches!(self.store.row(at).state, RowState::Home(_))
+    }
+
+    #[inline]
+    fn is_credit(&self, at: usize) -> bool {
+        matches!(self.store.row(at).state, RowState::Credit(_))
     }
 
     /// The position of the row of either kind recorded under `key`, if it is in memory.
@@ -507,7 +590,7 @@ impl TransferTable {
     /// A home row under `key` is no credit row (see [`TableRow`]).
     pub(crate) fn credit_lookup(&self, key: &TransferKey) -> Result<Option<Credit>, ColdError> {
         Ok(match self.lookup_any(key)? {
-            Some(AnyFound::Hot(at)) => (!self.is_home(at)).then_some(Credit::Hot(at)),
+            Some(AnyFound::Hot(at)) => self.is_credit(at).then_some(Credit::Hot(at)),
             Some(AnyFound::Cold(row)) => row.credit().map(|(_, row)| Credit::Cold(row)),
             None => None,
         })
@@ -524,7 +607,7 @@ impl TransferTable {
 
     /// The key and credit row at position `at`, if it is in memory and a credit row.
     pub(crate) fn credit_at(&self, at: usize) -> Option<(TransferKey, CreditRow)> {
-        if at < self.hot_from() || at >= self.len() || self.is_home(at) {
+        if at < self.hot_from() || at >= self.len() || !self.is_credit(at) {
             return None;
         }
         self.store.view(at).to_row().credit()
@@ -687,7 +770,98 @@ impl TransferTable {
                 .rows_of(chunk)
                 .unwrap_or_else(|error| panic!("cold chunk {chunk} unreadable: {error}"))
         });
-        cold.chain((self.hot_from()..self.len()).map(|at| self.store.view(at).to_row()))
+        cold.chain((self.hot_from()..self.len()).filter_map(|at| self.hot_row(at)))
+    }
+
+    /// The row at hot position `at`, whole; none where a row moved on.
+    fn hot_row(&self, at: usize) -> Option<TableRow> {
+        let view = self.store.view(at);
+        (view.state != RowState::Moved).then(|| view.to_row())
+    }
+
+    /// Takes the moves of pending credits made since the last call, `(from, to)` positions
+    /// in the order they were made (see "Rows in flight move on"): the destination's watch
+    /// follows its credits with them ([`crate::protocol::credit_watch`]).
+    pub(crate) fn take_moved_credits(&mut self) -> Vec<(usize, usize)> {
+        std::mem::take(&mut self.moved_credits)
+    }
+
+    /// Appends a position without a row, where a row that moved on was (what a snapshot
+    /// restores such a position as).
+    pub(crate) fn push_moved(&mut self) {
+        self.store.push_ids(PackedRow::moved(), &[]);
+        self.move_rows_in_flight();
+    }
+
+    /// The chunk whose rows in flight move on now that the last insert made the table as long
+    /// as it is: if that insert filled a chunk, the one [`MOVE_AFTER_CHUNKS`] before it.
+    fn chunk_to_move(&self) -> Option<usize> {
+        let len = self.len();
+        if len % CHUNK_ROWS != 0 {
+            return None;
+        }
+        (len / CHUNK_ROWS).checked_sub(MOVE_AFTER_CHUNKS + 1)
+    }
+
+    /// Moves each row still in flight of the chunk that fell [`MOVE_AFTER_CHUNKS`] behind
+    /// the end to the end (see "Rows in flight move on"). A move appends a row, which may
+    /// fill a chunk in turn: the chunk that one puts behind is taken next.
+    fn move_rows_in_flight(&mut self) {
+        let Some(first) = self.chunk_to_move() else {
+            return;
+        };
+        let mut chunks = std::collections::VecDeque::from([first]);
+        while let Some(chunk) = chunks.pop_front() {
+            // A chunk that left memory was final.
+            let end = (chunk + 1) * CHUNK_ROWS;
+            let start = (chunk * CHUNK_ROWS).max(self.hot_from());
+            if start >= end {
+                continue;
+            }
+            let in_flight = (start..end)
+                .filter(|&at| self.store.row(at).state.is_unfinished())
+                .count();
+            if in_flight > MOVE_IN_FLIGHT_MAX {
+                continue;
+            }
+            for at in start..end {
+                if self.store.row(at).state.is_unfinished() {
+                    self.move_to_end(at);
+                    chunks.extend(self.chunk_to_move());
+                }
+            }
+            debug_assert!(self
+                .store
+                .views_of(start..end)
+                .all(|row| !row.state.is_unfinished()));
+        }
+    }
+
+    /// Moves the row at `at`, in flight, to the end, and leaves its position without a row.
+    fn move_to_end(&mut self, at: usize) {
+        let row = *self.store.row(at);
+        debug_assert!(row.state.is_unfinished());
+        let ids = self.store.ids_of(&row).to_vec();
+        let (from, rest) = ids.split_at(usize::from(row.from_len));
+        let hash = key_hash(from, &rest[..usize::from(row.transaction_id_len)]);
+        assert!(
+            self.len() < TRANSFER_ROWS_MAX,
+            "a partition records fewer than 2^32 - 1 transfers"
+        );
+        let to = self.store.push_ids(row, &ids);
+        self.index.insert(hash, to);
+        // The old position's index slot stays until the index forgets it; with no key there,
+        // a lookup passes it by.
+        *self.store.row_mut(at) = PackedRow {
+            // Rows take their ids from the arena in order, and what the first row in memory
+            // left uses stays (see `RowStore::drop_front`): the position keeps the offset.
+            ids_at: row.ids_at,
+            ..PackedRow::moved()
+        };
+        let credit = row.state == RowState::Credit(CreditState::Tried);
+        if credit && self.moved_credits.len() < MOVED_CREDITS_MAX {
+            self.moved_credits.push((at, to));
+        }
     }
 
     /// Home rows still driven by the coordinator or held, whole, in log order. Reads only
@@ -706,16 +880,20 @@ impl TransferTable {
     /// bug that forgets finished transfers removes rows, in tests and the simulator.
     #[cfg(any(test, madsim, feature = "testing"))]
     pub(crate) fn remove(&mut self, key: &TransferKey) {
-        let Some(at) = self.find_any(key) else { return };
+        if self.find_any(key).is_none() {
+            return;
+        }
         let first = self.hot_from();
         let mut rows: Vec<TableRow> = (first..self.len())
-            .map(|at| self.store.view(at).to_row())
+            .filter_map(|at| self.hot_row(at))
             .collect();
-        rows.swap_remove(at - first);
+        let removed = rows.iter().position(|row| row.key() == *key);
+        rows.swap_remove(removed.expect("the row found is in memory"));
         let mut table = TransferTable {
             index: RowIndex::default(),
             store: RowStore::starting_after(self.cold.chunks()),
             cold: self.cold.clone(),
+            moved_credits: Vec::new(),
         };
         for row in rows {
             let vacancy = table.vacancy(&row.key(), true);
@@ -735,6 +913,7 @@ impl TransferTable {
             index: RowIndex::default(),
             store: RowStore::starting_after(cold.chunks()),
             cold,
+            moved_credits: Vec::new(),
         }
     }
 }
@@ -815,6 +994,7 @@ impl RowView<'_> {
                     transfer: (state != CreditState::TryNotSeen).then(transfer),
                 },
             ),
+            RowState::Moved => panic!("a position whose row moved on has no row"),
         }
     }
 }
@@ -867,17 +1047,18 @@ impl Vacancy<'_> {
     }
 
     fn push(self, packed: PackedRow, key: &TransferKey, to: Option<&AccountId>) {
-        let TransferTable { index, store, .. } = self.table;
+        let table = self.table;
         assert!(
-            store.len() < TRANSFER_ROWS_MAX,
+            table.len() < TRANSFER_ROWS_MAX,
             "a partition records fewer than 2^32 - 1 transfers"
         );
         debug_assert_eq!(
             self.hash,
             key_hash(key.from.as_bytes(), key.transaction_id.as_bytes())
         );
-        let at = store.push(packed, key, to);
-        index.insert(self.hash, at);
+        let at = table.store.push(packed, key, to);
+        table.index.insert(self.hash, at);
+        table.move_rows_in_flight();
     }
 }
 
@@ -1229,6 +1410,141 @@ mod tests {
         (t.transfer.key(), CreditRow { state, transfer })
     }
 
+    /// Writes chunk `chunk` of `table` to `files` and drops it from memory.
+    fn write_and_drop(table: &mut TransferTable, files: &TestChunks, chunk: usize) -> bool {
+        let encoded = crate::log::chunk_file::encode_chunk(3, chunk, &table.freeze());
+        files
+            .files
+            .lock()
+            .unwrap()
+            .insert(chunk as u64, encoded.bytes);
+        drop_and_grow(
+            table,
+            ColdChunk {
+                chunk,
+                index: encoded.index,
+                filter_hashes: encoded.filter_hashes,
+                key_hashes: encoded.key_hashes,
+            },
+        )
+    }
+
+    #[test]
+    fn rows_in_flight_move_on_and_never_keep_their_chunk_in_memory() {
+        let mut held = row("alice", "hold-1", "bob", 7);
+        held.state = TransferState::Held;
+        let (credit_key, credit_row) = credit(0, CreditState::Tried);
+        let mut table = TransferTable::default();
+        let files = Arc::new(TestChunks::default());
+        table.attach(3, files.clone());
+        assert_eq!(table.insert(&held), Ok(true));
+        assert_eq!(table.insert_credit(&credit_key, &credit_row), Ok(true));
+        let fill = |table: &mut TransferTable, rows: usize, tag: &str| {
+            for i in 0..rows {
+                let final_row = row("carol", &format!("{tag}-{i}"), "dan", 1);
+                assert_eq!(table.insert(&final_row), Ok(true));
+            }
+        };
+        // Until the chunk after the one `MOVE_AFTER_CHUNKS` behind is full, both stay.
+        fill(&mut table, (MOVE_AFTER_CHUNKS + 1) * CHUNK_ROWS - 3, "a");
+        assert_eq!(table.find(&held.transfer.key()), Some(0));
+        assert_eq!(table.final_chunks_from(0), 0);
+        // The insert that fills it moves both to the end, in order; chunk 0 is then final.
+        fill(&mut table, 1, "b");
+        let end = (MOVE_AFTER_CHUNKS + 1) * CHUNK_ROWS;
+        assert_eq!(table.len(), end + 2);
+        assert_eq!(table.find(&held.transfer.key()), Some(end));
+        assert_eq!(table.find_credit(&credit_key), Some(end + 1));
+        assert_eq!(table.take_moved_credits(), [(1, end + 1)]);
+        assert_eq!(table.take_moved_credits(), []);
+        assert_eq!(table.get(&held.transfer.key()), Ok(Some(held)));
+        assert_eq!(table.credit(&credit_key), Ok(Some(credit_row)));
+        assert_eq!(table.unfinished().collect::<Vec<_>>(), [held]);
+        assert_eq!(table.pending_credit_at(1), None);
+        assert_eq!(table.credit_at(1), None);
+        assert!(table.pending_credit_at(end + 1).is_some());
+        assert_eq!(table.final_chunks_from(0), MOVE_AFTER_CHUNKS + 1);
+        // Nothing is recorded twice, and the rows come back once each.
+        assert_eq!(table.insert(&held), Ok(false));
+        assert_eq!(table.insert_credit(&credit_key, &credit_row), Ok(false));
+        assert_eq!(table.iter().count(), end);
+        // A snapshot of the table restores the same positions: the moved ones have no row.
+        let restored: TransferTable = {
+            let mut restored = TransferTable::default();
+            for at in 0..table.len() {
+                match table.hot_row(at) {
+                    Some(row) => assert_eq!(restored.insert_row(&row), Ok(true)),
+                    None => restored.push_moved(),
+                }
+            }
+            restored
+        };
+        assert_eq!(restored.len(), table.len());
+        assert_eq!(restored.find(&held.transfer.key()), Some(end));
+        assert!(restored == table);
+        // Chunk 0 goes to disk, without the moved rows; they are still found, in memory.
+        assert!(write_and_drop(&mut table, &files, 0));
+        assert_eq!(table.hot_from(), CHUNK_ROWS);
+        assert_eq!(
+            table.lookup(&held.transfer.key()),
+            Ok(Some(Found::Hot(end)))
+        );
+        assert_eq!(
+            table.credit_lookup(&credit_key),
+            Ok(Some(Credit::Hot(end + 1)))
+        );
+        let first_on_disk = row("carol", "a-0", "dan", 1);
+        let cold = Found::Cold(Box::new(first_on_disk));
+        assert_eq!(table.lookup(&first_on_disk.transfer.key()), Ok(Some(cold)));
+        // Still held, the hold moves on again, and again, and memory holds its few chunks.
+        for round in 0..3 {
+            fill(
+                &mut table,
+                (MOVE_AFTER_CHUNKS + 1) * CHUNK_ROWS,
+                &format!("r{round}"),
+            );
+            while table.final_chunks_from(table.cold_chunks()) > 0
+                && table.len() - table.hot_from() > MOVE_AFTER_CHUNKS * CHUNK_ROWS
+            {
+                let next = table.cold_chunks();
+                assert!(write_and_drop(&mut table, &files, next));
+            }
+            assert!(table.len() - table.hot_from() <= (MOVE_AFTER_CHUNKS + 2) * CHUNK_ROWS);
+            assert_eq!(table.unfinished().collect::<Vec<_>>(), [held]);
+            assert_eq!(table.credit(&credit_key), Ok(Some(credit_row)));
+            assert_eq!(table.take_moved_credits().len(), 1);
+        }
+        // Once final, it goes to disk like any row, and is read back from there.
+        let at = table.find(&held.transfer.key()).unwrap();
+        let mut phase = table.phase(at);
+        phase.state = TransferState::Captured;
+        table.set_phase(at, phase);
+        let credit_at = table.find_credit(&credit_key).unwrap();
+        table.finish_credit(credit_at, CreditState::Confirmed);
+        fill(&mut table, (MOVE_AFTER_CHUNKS + 2) * CHUNK_ROWS, "last");
+        assert_eq!(table.take_moved_credits(), []);
+        while table.final_chunks_from(table.cold_chunks()) > 1 {
+            let next = table.cold_chunks();
+            assert!(write_and_drop(&mut table, &files, next));
+        }
+        assert!(table.hot_from() > at.max(credit_at));
+        let captured = TransferRow {
+            state: TransferState::Captured,
+            ..held
+        };
+        let found = table.lookup(&held.transfer.key());
+        assert_eq!(found, Ok(Some(Found::Cold(Box::new(captured)))));
+        let confirmed = table.credit(&credit_key).unwrap().unwrap();
+        assert_eq!(confirmed.state, CreditState::Confirmed);
+        assert_eq!(
+            table
+                .iter()
+                .filter(|row| row.key() == held.transfer.key())
+                .count(),
+            1
+        );
+    }
+
     #[test]
     fn credit_rows_share_the_table_and_go_to_disk_once_final() {
         // Home and credit rows interleaved, as a partition that is both home and destination
@@ -1264,7 +1580,8 @@ mod tests {
             let encoded = crate::log::chunk_file::encode_chunk(3, chunk, &store);
             let decoded = crate::log::chunk_file::decode_chunk(&encoded.bytes, 3, chunk as u64);
             let range = chunk * CHUNK_ROWS..(chunk + 1) * CHUNK_ROWS;
-            assert_eq!(decoded.unwrap().rows, rows[range]);
+            let decoded: Vec<TableRow> = decoded.unwrap().rows.into_iter().flatten().collect();
+            assert_eq!(decoded, rows[range]);
             files
                 .files
                 .lock()

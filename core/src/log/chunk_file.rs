@@ -7,9 +7,11 @@
 //! from the file: the in-memory filter names the chunk, the directory below names the few
 //! index entries to read, and an entry names the row's offset.
 //!
-//! # Format (version 3)
-//! All integers little-endian; rows as in a snapshot's transfers table (version 8: home rows
-//! and credit rows, see [`crate::log::snapshot`]).
+//! # Format (version 4)
+//! All integers little-endian; rows as in a snapshot's transfers table (version 9: home rows,
+//! credit rows and positions whose row moved on, see [`crate::log::snapshot`]). A position
+//! whose row moved on has no key, so no entry in the key index: a chunk's index holds at
+//! most `count` entries.
 //!
 //! ```text
 //! magic "WCHK" | version u8 | partition u32 | chunk index u64 | count u32 | rows
@@ -40,13 +42,14 @@
 use crc32c::{crc32c, crc32c_append};
 
 use crate::ledger::cold::{filter_hash, ChunkRead};
+use crate::ledger::transfer_table::RowState;
 use crate::ledger::transfer_table::{RowStore, CHUNK_ROWS};
 use crate::ledger::TableRow;
 use crate::log::codec::Cursor;
 use crate::log::crc::crc32c_of;
 #[cfg(target_arch = "x86_64")]
 use crate::log::crc::register_after;
-use crate::log::snapshot::{put_table_row, read_table_row};
+use crate::log::snapshot::{put_table_row, read_table_position, read_table_row};
 use crate::model::event::TransferKey;
 use crate::model::partition::PartitionId;
 
@@ -54,7 +57,9 @@ use crate::model::partition::PartitionId;
 pub const CHUNK_MAGIC: [u8; 4] = *b"WCHK";
 /// The chunk file version this build writes: rows of both kinds (home and credit rows, see
 /// [`crate::ledger::TableRow`]), then their sorted key index.
-pub(crate) const CHUNK_VERSION: u8 = 3;
+pub(crate) const CHUNK_VERSION: u8 = 4;
+/// The last version without positions whose row moved on.
+pub(crate) const CHUNK_VERSION_UNMOVED: u8 = 3;
 /// The version whose rows are all home rows (as version 1's).
 pub(crate) const CHUNK_VERSION_HOME_ROWS: u8 = 2;
 /// The version without a key index, still read.
@@ -122,6 +127,11 @@ pub struct ChunkIndex {
 type Entry = (u32, u32, u32);
 
 impl ChunkIndex {
+    /// Keys the chunk file holds: its rows, but for positions whose row moved on.
+    pub(crate) fn keys(&self) -> usize {
+        self.directory[BUCKETS] as usize
+    }
+
     /// The index of `entries` (sorted), starting at `index_at` in the file.
     fn of(entries: &[Entry], index_at: u64) -> ChunkIndex {
         debug_assert!(entries.is_sorted());
@@ -189,7 +199,9 @@ pub(crate) fn key_hashes(
 
 /// The rows of a chunk file and, from version 2, its key index.
 pub(crate) struct DecodedChunk {
-    pub(crate) rows: Vec<TableRow>,
+    /// Each position's row; none where the row moved on (see `transfer_table`, "Rows in
+    /// flight move on"), a position the key index has no entry for.
+    pub(crate) rows: Vec<Option<TableRow>>,
     pub(crate) index: Option<ChunkIndex>,
 }
 
@@ -215,6 +227,10 @@ pub(crate) fn encode_chunk(partition: PartitionId, index: usize, rows: &RowStore
         let start = out.len();
         let offset = u32::try_from(start).expect("a chunk file is under 4 GiB");
         put_table_row(&mut out, row);
+        if row.state == RowState::Moved {
+            // No key: the row is at its new position, in this chunk or a later one.
+            continue;
+        }
         let hash = disk_key_hash(row.from, row.transaction_id);
         entries.push((hash, offset, crc32c_of(&[&out[start..]])));
         filter_hashes.push(filter_hash(row.from, row.transaction_id));
@@ -295,6 +311,7 @@ pub(crate) fn decode_chunk(
     let version = content[4];
     if ![
         CHUNK_VERSION,
+        CHUNK_VERSION_UNMOVED,
         CHUNK_VERSION_HOME_ROWS,
         CHUNK_VERSION_UNINDEXED,
     ]
@@ -326,13 +343,16 @@ pub(crate) fn decode_chunk(
         let start = 5 + cursor.position();
         // A home row starts with an id's length, never the credit rows' mark: versions 1
         // and 2, which hold home rows only, read the same way.
-        let row = read_table_row(&mut cursor)?;
+        let Some(row) = read_table_position(&mut cursor, version > CHUNK_VERSION_UNMOVED)? else {
+            rows.push(None);
+            continue;
+        };
         if row.is_unfinished() {
             return Err(format!("chunk file {index} holds a row still in flight"));
         }
         let crc = crc32c_of(&[&content[start..5 + cursor.position()]]);
         entries.push((key_hash_of(&row.key()), start as u32, crc));
-        rows.push(row);
+        rows.push(Some(row));
     }
     if version == CHUNK_VERSION_UNINDEXED {
         cursor.finish()?;

@@ -101,7 +101,9 @@ use crate::model::partition::{partition_of, PartitionId, PARTITIONS_MAX};
 /// The first bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"WSNP";
 /// The snapshot version this build writes.
-pub const SNAPSHOT_VERSION: u8 = 8;
+pub const SNAPSHOT_VERSION: u8 = 9;
+/// The last version without positions whose row moved on ([`MOVED_ROW_MARK`]).
+pub(crate) const SNAPSHOT_VERSION_UNMOVED: u8 = 8;
 /// The last version whose credit rows are a table of their own, after the transfers table.
 const SNAPSHOT_VERSION_SEPARATE_CREDITS: u8 = 7;
 /// The last version without the transaction tables.
@@ -395,6 +397,7 @@ fn encode_image(
         let (home, credits): (Vec<_>, Vec<_>) = ledger
             .transfers
             .views_of(inline)
+            .filter(|row| row.state != RowState::Moved)
             .partition(|row| matches!(row.state, RowState::Home(_)));
         put_table(&mut sink, home.into_iter(), put_table_row)?;
         let credits = credits.into_iter().filter_map(|row| row.to_row().credit());
@@ -528,6 +531,11 @@ fn put_table<R>(
 /// starts with its transaction id's length, never 0.
 const CREDIT_ROW_MARK: u8 = 0;
 
+/// What a position whose row moved on (see `transfer_table`, "Rows in flight move on") is
+/// encoded as in the transfers table (version 9): this byte alone, which no row starts with
+/// (an id is at most 64 bytes long).
+const MOVED_ROW_MARK: u8 = 0xFF;
+
 /// Encodes a row of the transfers table: a home row as [`put_home_row`] does; a credit row
 /// as [`CREDIT_ROW_MARK`], its state, its key (`from`, transaction id), then, unless it
 /// is try-not-seen, the Try's `to`, amount and currency.
@@ -535,6 +543,7 @@ pub(crate) fn put_table_row(out: &mut Vec<u8>, row: RowView<'_>) {
     let state = match row.state {
         RowState::Home(state) => return put_home_row(out, row, state),
         RowState::Credit(state) => state,
+        RowState::Moved => return out.push(MOVED_ROW_MARK),
     };
     out.push(CREDIT_ROW_MARK);
     out.push(credit_state_tag(state));
@@ -782,14 +791,26 @@ fn read_ledger(cursor: &mut Cursor<'_>, version: u8, chunks: Chunks<'_>) -> Resu
         Ok((id, account))
     })?;
     ledger.transfers = read_chunks(chunks, partition, chunk_count)?;
-    let inline = read_rows(cursor, order, |cursor| {
-        let row = if version > SNAPSHOT_VERSION_SEPARATE_CREDITS {
-            read_table_row(cursor)?
-        } else {
-            TableRow::Home(read_transfer_row(cursor)?)
-        };
-        Ok((row.key(), row))
-    })?;
+    // Positions in order: rows, and from version 9 positions whose row moved on (none).
+    // A key twice is refused as the rows are inserted.
+    let inline: Vec<Option<TableRow>> = if version > SNAPSHOT_VERSION_UNMOVED {
+        let count = cursor.u32()? as usize;
+        let mut rows = Vec::with_capacity(count.min(cursor.remaining()));
+        for _ in 0..count {
+            rows.push(read_table_position(cursor, true)?);
+        }
+        rows
+    } else {
+        let rows = read_rows(cursor, order, |cursor| {
+            let row = if version > SNAPSHOT_VERSION_SEPARATE_CREDITS {
+                read_table_row(cursor)?
+            } else {
+                TableRow::Home(read_transfer_row(cursor)?)
+            };
+            Ok((row.key(), row))
+        })?;
+        rows.into_iter().map(|(_, row)| Some(row)).collect()
+    };
     // A chunk goes to a file only once sealed, that is once a row follows it, so a snapshot
     // with chunk files has an inline row. Without one, the restored partition's last chunk
     // was unsealed and the partition stopped on an assertion as it started.
@@ -808,8 +829,12 @@ fn read_ledger(cursor: &mut Cursor<'_>, version: u8, chunks: Chunks<'_>) -> Resu
     };
     let credits = credits
         .into_iter()
-        .map(|(key, row)| (key, TableRow::Credit(key, row)));
-    for (_, row) in inline.into_iter().chain(credits) {
+        .map(|(key, row)| Some(TableRow::Credit(key, row)));
+    for row in inline.into_iter().chain(credits) {
+        let Some(row) = row else {
+            ledger.transfers.push_moved();
+            continue;
+        };
         if let TableRow::Credit(key, _) = row {
             if partition_of(&key.from, partitions) == partition {
                 return Err(format!(
@@ -946,7 +971,7 @@ fn read_chunks(
                 let mut seen = rustc_hash::FxHashSet::default();
                 let mut hashes = Vec::with_capacity(rows.len());
                 let mut key_hashes = Vec::with_capacity(rows.len());
-                for row in &rows {
+                for row in rows.iter().flatten() {
                     let key = row.key();
                     let (from, id) = (key.from.as_bytes(), key.transaction_id.as_bytes());
                     let disk = crate::log::chunk_file::disk_key_hash(from, id);
@@ -962,6 +987,10 @@ fn read_chunks(
                 let table =
                     hot.get_or_insert_with(|| TransferTable::with_cold(std::mem::take(&mut cold)));
                 for row in rows {
+                    let Some(row) = row else {
+                        table.push_moved();
+                        continue;
+                    };
                     if !table.insert_row(&row).map_err(|e| e.0)? {
                         return Err(twice());
                     }
@@ -1013,6 +1042,23 @@ fn read_table<K: Ord + std::hash::Hash, V, T: FromIterator<(K, V)>>(
     read_row: impl FnMut(&mut Cursor<'_>) -> Result<(K, V), String>,
 ) -> Result<T, String> {
     Ok(read_rows(cursor, order, read_row)?.into_iter().collect())
+}
+
+/// Reads a position of the transfers table as [`put_table_row`] wrote it: its row, or none
+/// where the row moved on, which `moved` says the format may hold (version 9 snapshots,
+/// version 4 chunk files).
+pub(crate) fn read_table_position(
+    cursor: &mut Cursor<'_>,
+    moved: bool,
+) -> Result<Option<TableRow>, String> {
+    if cursor.peek_u8()? != MOVED_ROW_MARK {
+        return read_table_row(cursor).map(Some);
+    }
+    if !moved {
+        return Err("a moved row's mark in a format without them".to_string());
+    }
+    cursor.u8()?;
+    Ok(None)
 }
 
 /// Reads a row of the transfers table as [`put_table_row`] wrote it (version 8 snapshots,
@@ -1324,6 +1370,82 @@ mod tests {
         // A missing chunk file makes the snapshot bad, never a smaller state.
         files.files.lock().unwrap().remove(&4);
         assert!(decode_snapshot_cold(&bytes, files).is_err());
+    }
+
+    #[test]
+    fn positions_whose_rows_moved_on_round_trip_and_leave_their_chunks_final() {
+        use crate::ledger::cold::TestChunks;
+        use crate::ledger::Command;
+        use crate::log::replay::tests::{transfer, Script};
+        // Partition 3 of 4: a transfer to bob's partition still trying, a credit from it
+        // still tried, then enough local transfers that both move on.
+        let mut s = Script::new(3, 4);
+        s.open("alice", Currency::USD);
+        s.open("dave", Currency::USD);
+        s.deposit("alice", 1_000_000, Currency::USD, "d-1");
+        let trying = transfer("x-1", "alice", "bob", 5);
+        s.run(Command::Transfer(trying)).unwrap();
+        let tried = transfer("c-1", "bob", "alice", 3);
+        s.run(Command::TryCredit(tried)).unwrap();
+        for i in 0..6 * CHUNK_ROWS {
+            s.transfer(&format!("t-{i}"), "alice", "dave", 1);
+        }
+        let ledger = s.ledger;
+        let (home, credit) = (
+            ledger.transfer(&trying.key()).unwrap(),
+            ledger.credit(&tried.key()),
+        );
+        assert_eq!(home.state, crate::ledger::TransferState::Trying);
+        let position = |l: &Ledger| l.find_transfer_body(&trying.key()).unwrap().unwrap().1;
+        assert!(position(&ledger) > 5 * CHUNK_ROWS, "the transfer moved on");
+        let frozen = ledger.final_chunks_from(0);
+        assert_eq!(
+            frozen, 5,
+            "the chunks it left are final; it is in the sixth"
+        );
+        let plan = ChunkPlan { written: 0, frozen };
+        let (bytes, chunks) = SnapshotImage::with_chunks(&ledger, plan).encode();
+        // The first chunk file has two positions without a row, and no key for them.
+        let first = chunk_file::decode_chunk(&chunks[0].1, 3, 0).unwrap();
+        assert_eq!(first.rows.iter().filter(|row| row.is_none()).count(), 2);
+        assert_eq!(first.index.unwrap().keys(), CHUNK_ROWS - 2);
+        // Restored in memory or with its chunks on disk: the same state, the same positions.
+        let files: Vec<Vec<u8>> = chunks.iter().map(|(_, b)| b.clone()).collect();
+        let in_memory = decode_snapshot_with(&bytes, &files).unwrap();
+        let store = Arc::new(TestChunks::default());
+        store.files.lock().unwrap().extend(chunks);
+        let on_disk = decode_snapshot_cold(&bytes, store).unwrap();
+        assert_eq!(on_disk.cold_transfer_chunks(), 5);
+        for restored in [&in_memory, &on_disk] {
+            assert!(
+                same_state(restored, &ledger),
+                "{:?}",
+                state_difference(restored, &ledger)
+            );
+            assert_eq!(restored.transfer_count(), ledger.transfer_count());
+            assert_eq!(position(restored), position(&ledger));
+            assert_eq!(restored.transfer(&trying.key()), Some(home));
+            assert_eq!(restored.credit(&tried.key()), credit);
+            assert_eq!(
+                restored.pending_credit_transfers().collect::<Vec<_>>(),
+                [tried]
+            );
+        }
+        // An older reader's format holds no such position: a moved mark there is refused.
+        let old = chunks_with_version(&files[0], chunk_file::CHUNK_VERSION_UNMOVED);
+        assert!(chunk_file::decode_chunk(&old, 3, 0).is_err());
+        let again = chunks_with_version(&old, chunk_file::CHUNK_VERSION);
+        assert_eq!(again, files[0]);
+    }
+
+    /// `file` with its version byte set to `version` and its checksum made good again.
+    fn chunks_with_version(file: &[u8], version: u8) -> Vec<u8> {
+        let mut bytes = file.to_vec();
+        bytes[4] = version;
+        let end = bytes.len() - 4;
+        let crc = crc32c::crc32c(&bytes[..end]);
+        bytes[end..].copy_from_slice(&crc.to_le_bytes());
+        bytes
     }
 
     #[test]

@@ -15,6 +15,13 @@
 //! packed state only); the few credits still pending are kept by position and looked at
 //! again. A pending credit is never on disk only; one that has gone there is final.
 //!
+//! A credit pending for long moves on in the transfers table (see `transfer_table`, "Rows in
+//! flight move on"): the table reports each move, and the watch follows the credit to its new
+//! position ([`CreditWatch::moved`]), keeping its due time and deferral. Without that, a
+//! credit that moved before its first look would be looked at as a new row, later, and on a
+//! busy partition (a move every million rows) might move again before each look, never asked
+//! about.
+//!
 //! A hold's credit stays pending as long as the hold is held, which may be days. Asked about
 //! one, its home answers that it is held and until when
 //! ([`crate::protocol::message::PeerMessage::StillHeld`]); the watch then leaves it alone
@@ -23,7 +30,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::ledger::Ledger;
 use crate::model::event::{Transfer, TransferKey};
@@ -54,8 +61,14 @@ pub struct CreditWatch {
     /// position, not key: a row that leaves memory once final ([`crate::ledger::cold`])
     /// cannot be read back for its key when its deferral ends.
     deferred: FxHashMap<usize, Micros>,
-    /// `(due, position)` of deferred rows whose `again` entry came up before their time.
+    /// `(due, position)` of deferred rows whose `again` entry came up before their time,
+    /// and of credits that moved on before their first look.
     later: BinaryHeap<Reverse<(Micros, usize)>>,
+    /// Where a credit that an entry of `again` or `later` names moved on to.
+    forward: FxHashMap<usize, usize>,
+    /// Positions moved credits went to, not yet passed by the looks at new rows: their
+    /// credits are watched from the entry that followed them, not looked at as new.
+    followed: FxHashSet<usize>,
 }
 
 impl CreditWatch {
@@ -72,6 +85,35 @@ impl CreditWatch {
             self.marks.push_back((now + after_us, end));
             self.marked = end;
         }
+    }
+
+    /// Follows credits that moved on in the transfers table: `moves` are `(from, to)`
+    /// positions, in the order they moved ([`Ledger::take_moved_credits`]). A credit keeps
+    /// its due time and deferral; one not looked at yet is looked at when it would have
+    /// been (or `after_us` from `now`, if no mark covers it).
+    pub fn moved(&mut self, moves: &[(usize, usize)], now: Micros, after_us: u64) {
+        for &(from, to) in moves {
+            if let Some(until) = self.deferred.remove(&from) {
+                self.deferred.insert(to, until);
+            }
+            if from < self.looked_at || self.followed.remove(&from) {
+                // Looked at, so pending then and named by an entry: the entry follows it.
+                self.forward.insert(from, to);
+            } else {
+                let covering = self.marks.partition_point(|&(_, end)| end <= from);
+                let due = self.marks.get(covering).map_or(now + after_us, |m| m.0);
+                self.later.push(Reverse((due, to)));
+            }
+            self.followed.insert(to);
+        }
+    }
+
+    /// Where the credit an entry names at `position` is now: the entry follows its moves.
+    fn current(&mut self, mut position: usize) -> usize {
+        while let Some(to) = self.forward.remove(&position) {
+            position = to;
+        }
+        position
     }
 
     /// When the watch next has something to look at.
@@ -105,6 +147,7 @@ impl CreditWatch {
                 break;
             }
             self.later.pop();
+            let position = self.current(position);
             self.undefer(position);
             if let Some(transfer) = pending_transfer(ledger, position) {
                 out.push(transfer);
@@ -119,7 +162,12 @@ impl CreditWatch {
                 if full(out) {
                     break 'marks;
                 }
-                if let Some(transfer) = pending_transfer(ledger, self.looked_at) {
+                // A credit that moved here is watched from the entry that followed it.
+                let followed = !self.followed.is_empty() && self.followed.remove(&self.looked_at);
+                let transfer = (!followed)
+                    .then(|| pending_transfer(ledger, self.looked_at))
+                    .flatten();
+                if let Some(transfer) = transfer {
                     out.push(transfer);
                     pending.push(self.looked_at);
                 }
@@ -132,6 +180,7 @@ impl CreditWatch {
                 break;
             }
             self.again.pop_front();
+            let position = self.current(position);
             let Some(transfer) = pending_transfer(ledger, position) else {
                 self.undefer(position);
                 continue;
@@ -207,6 +256,71 @@ mod tests {
         out.clear();
         watch.due(&ledger, 2_600, 500, &mut out);
         assert_eq!(out, vec![late]);
+    }
+}
+
+#[cfg(test)]
+mod move_tests {
+    use super::*;
+    use crate::ledger::transfer_table::MOVE_AFTER_CHUNKS;
+    use crate::ledger::{Command, CHUNK_ROWS};
+    use crate::protocol::tests::support::{cross_transfer_for, destination_ledger};
+
+    /// Records enough settled credits that every pending credit moves on once, and hands
+    /// the watch the moves, as the partition machine does.
+    fn move_pending_credits(ledger: &mut Ledger, watch: &mut CreditWatch, tag: &str, now: u64) {
+        let mut events = Vec::new();
+        let moved_before = ledger.transfer_count();
+        for i in 0..(MOVE_AFTER_CHUNKS + 1) * CHUNK_ROWS {
+            let settled = cross_transfer_for(ledger, &format!("{tag}-{i}"));
+            for command in [Command::TryCredit(settled), Command::ConfirmCredit(settled)] {
+                ledger.execute(&command, 2, &mut events).unwrap();
+            }
+        }
+        let moves = ledger.take_moved_credits();
+        assert!(moves
+            .iter()
+            .all(|&(from, to)| from < moved_before && to >= moved_before));
+        assert_eq!(
+            moves.len(),
+            ledger.pending_credits().count(),
+            "each moved once"
+        );
+        watch.moved(&moves, now, 500);
+        watch.mark(ledger, now, 500);
+    }
+
+    #[test]
+    fn a_credit_that_moves_on_keeps_its_due_time_its_deferral_and_one_entry() {
+        let (mut ledger, transfers) = destination_ledger(3);
+        let mut watch = CreditWatch::new();
+        watch.mark(&ledger, 1_000, 500);
+        // Moved before their first look: asked about when they would have been, once.
+        move_pending_credits(&mut ledger, &mut watch, "a", 1_100);
+        let mut out = Vec::new();
+        watch.due(&ledger, 1_500, 500, &mut out);
+        assert_eq!(out, transfers);
+        out.clear();
+        watch.due(&ledger, 1_600, 500, &mut out);
+        assert!(out.is_empty(), "not looked at again as new rows: {out:?}");
+        // One is deferred; then all move on again after their look.
+        watch.defer(&ledger, &transfers[0].key(), 10_000);
+        move_pending_credits(&mut ledger, &mut watch, "b", 1_700);
+        out.clear();
+        watch.due(&ledger, 2_000, 500, &mut out);
+        assert_eq!(out, vec![transfers[1], transfers[2]]);
+        out.clear();
+        watch.due(&ledger, 2_200, 500, &mut out);
+        assert!(out.is_empty(), "each credit once: {out:?}");
+        // And again, before the next round comes due: the entries follow every move.
+        move_pending_credits(&mut ledger, &mut watch, "c", 2_300);
+        out.clear();
+        watch.due(&ledger, 2_500, 500, &mut out);
+        assert_eq!(out, vec![transfers[1], transfers[2]]);
+        out.clear();
+        watch.due(&ledger, 10_000, 500, &mut out);
+        assert_eq!(out, transfers, "the deferred one once its deferral ends");
+        assert!(watch.forward.is_empty() && watch.followed.is_empty());
     }
 }
 

@@ -396,8 +396,9 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             background_since: None,
         };
         machine.pending_credits = machine.ledger.pending_credits().count();
-        // Recovered pending credits are watched like new ones.
+        // Recovered pending credits are watched like new ones, where they are now.
         let after_us = config.coordinator.resolve_after_us;
+        machine.ledger.take_moved_credits();
         machine
             .credit_watch
             .mark(&machine.ledger, now.micros, after_us);
@@ -650,6 +651,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             PeerMessage::StillHeld { key, for_us, .. } => {
                 let after_us = self.config.coordinator.resolve_after_us;
                 let until = now.micros.saturating_add(for_us).saturating_add(after_us);
+                self.follow_moved_credits();
                 self.credit_watch.defer(&self.ledger, &key, until);
             }
             PeerMessage::TxRequest(request) => self.handle_tx_request(request),
@@ -780,6 +782,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         self.drain_tx_coordinator();
         let after_us = self.config.coordinator.resolve_after_us;
         let mut unresolved = Vec::new();
+        self.follow_moved_credits();
         self.credit_watch
             .due(&self.ledger, now.micros, after_us, &mut unresolved);
         for transfer in unresolved {
@@ -787,6 +790,16 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             self.batch.release.peer_messages.push(message);
         }
         self.expire_due_holds();
+    }
+
+    /// Hands the credit watch the moves of pending credits the ledger made since the last
+    /// call, before it looks at any position.
+    fn follow_moved_credits(&mut self) {
+        let moves = self.ledger.take_moved_credits();
+        if !moves.is_empty() {
+            let after_us = self.config.coordinator.resolve_after_us;
+            self.credit_watch.moved(&moves, self.now.micros, after_us);
+        }
     }
 
     /// Tells the destination of the held hold `transfer`, which asked about its credit, to
@@ -836,6 +849,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         }
         // Credits tried by this batch are asked about if they stay pending too long.
         let after_us = self.config.coordinator.resolve_after_us;
+        self.follow_moved_credits();
         self.credit_watch
             .mark(&self.ledger, self.now.micros, after_us);
         let next = OpenBatch::new(std::mem::take(&mut self.spare_bytes));
