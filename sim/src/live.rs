@@ -98,8 +98,10 @@ pub struct LiveBooks {
     committed: HashMap<TransferKey, (Transfer, u64)>,
     /// Multi-leg transactions another partition is home of, tried here and not finished.
     tx_tried: BTreeMap<TransferKey, Arc<Transaction>>,
-    /// Multi-leg transactions this partition is home of and committed.
-    tx_committed: HashSet<TransferKey>,
+    /// Multi-leg transactions this partition is home of and committed, with their legs
+    /// (other legs under the same key are another transaction, see
+    /// [`Money::transaction_committed`]).
+    tx_committed: HashMap<TransferKey, Arc<Transaction>>,
 }
 
 impl LiveBooks {
@@ -132,8 +134,10 @@ impl LiveBooks {
         books.tx_committed = ledger
             .transfers()
             .filter(|row| row.state == TransferState::Committed)
-            .map(|row| row.transfer.key())
-            .filter(|key| ledger.transaction(key).is_some())
+            .filter_map(|row| {
+                let key = row.transfer.key();
+                Some((key, ledger.transaction(&key)?.tx.clone()))
+            })
             .collect();
         books
     }
@@ -177,8 +181,9 @@ impl LiveBooks {
                 Event::TransactionConfirmed { key } | Event::TransactionCancelled { key } => {
                     let confirmed = matches!(record.event, Event::TransactionConfirmed { .. });
                     if partition_of(&key.from, ledger.partitions()) == partition {
-                        if confirmed {
-                            self.tx_committed.insert(*key);
+                        let terms = ledger.transaction(key).filter(|_| confirmed);
+                        if let Some(terms) = terms {
+                            self.tx_committed.insert(*key, terms.tx.clone());
                         }
                     } else {
                         self.tx_tried.remove(key);
@@ -333,8 +338,10 @@ impl Money for LiveBooks {
         self.tx_tried.values().for_each(each);
     }
 
-    fn transaction_committed(&self, key: &TransferKey) -> bool {
-        self.tx_committed.contains(key)
+    fn transaction_committed(&self, tx: &Transaction) -> bool {
+        self.tx_committed
+            .get(&tx.key())
+            .is_some_and(|committed| **committed == *tx)
     }
 }
 

@@ -335,7 +335,8 @@ async fn simulate(
     let transfers = finals
         .iter()
         .filter_map(|f| f.replayed.as_ref().ok())
-        .map(|l| l.transfer_count() as u64)
+        // Rows, not positions: a row that moved on leaves a position without one.
+        .map(|l| (l.transfers().count() + l.credits().count()) as u64)
         .sum();
     RunReport {
         seed: config.seed,

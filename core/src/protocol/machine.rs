@@ -84,8 +84,10 @@ pub struct MachineConfig {
     /// The in-memory budget of the transfers table, in rows (home and credit rows): once more
     /// rows than this are in memory, a snapshot is taken as soon as a chunk of them is final,
     /// and once it is durable the rows in its chunk files leave memory (they are read back
-    /// from disk when a retry asks for one; see [`crate::ledger::cold`]). Rows still in flight, and those
-    /// after them, stay. Applies while snapshots are on (`snapshot_every_events` > 0).
+    /// from disk when a retry asks for one; see [`crate::ledger::cold`]). A row still in flight
+    /// keeps its chunk, and those after it, in memory until it moves on to the table's end
+    /// (see `transfer_table`, "Rows in flight move on"). Applies while snapshots are on
+    /// (`snapshot_every_events` > 0).
     pub transfer_rows_in_memory_max: usize,
     /// Most clients waiting for the outcome of a pending transfer; beyond it they get `Pending`.
     pub waiters_max: usize,
@@ -1278,9 +1280,11 @@ impl<K: ReplyTokens> PartitionMachine<K> {
     /// so the log since the last snapshot would never catch up with a state growing with it.
     /// Whether the transfers table holds more rows in memory than its budget and half the
     /// budget's worth of them could go to chunk files now (see
-    /// [`MachineConfig::transfer_rows_in_memory_max`]). Half, not one chunk: rows pinned by a
-    /// transfer still in flight keep the table over budget, and a snapshot per chunk that
-    /// becomes final meanwhile would write the accounts each time.
+    /// [`MachineConfig::transfer_rows_in_memory_max`]). Half, not one chunk: rows still in
+    /// flight keep the last chunks in memory (up to
+    /// [`crate::ledger::transfer_table::MOVE_AFTER_CHUNKS`] of them, half the default
+    /// budget, before they move on), so the table stays over budget while they do, and a
+    /// snapshot per chunk that becomes final meanwhile would write the accounts each time.
     fn over_budget(&mut self) -> bool {
         let budget = self.config.transfer_rows_in_memory_max;
         let chunks_wanted = (budget / crate::ledger::CHUNK_ROWS / 2).max(1);

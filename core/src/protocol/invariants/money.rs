@@ -37,8 +37,11 @@ pub trait Money {
     /// this partition holds, neither confirmed nor cancelled (its nets are held and
     /// incoming here).
     fn for_each_tried_transaction(&self, each: &mut dyn FnMut(&Arc<Transaction>));
-    /// Whether this partition, as the home of the multi-leg transaction `key`, committed it.
-    fn transaction_committed(&self, key: &TransferKey) -> bool;
+    /// Whether this partition, as the home of the multi-leg transaction `tx`, committed it:
+    /// these legs, not only its key. A home that lost its Try may commit other legs under
+    /// the same key (a client's retry with other legs) while participants still hold the
+    /// lost legs' Tries, which they will cancel: those are not committed.
+    fn transaction_committed(&self, tx: &Transaction) -> bool;
 }
 
 impl<M: Money + ?Sized> Money for &M {
@@ -66,8 +69,8 @@ impl<M: Money + ?Sized> Money for &M {
         (**self).for_each_tried_transaction(each)
     }
 
-    fn transaction_committed(&self, key: &TransferKey) -> bool {
-        (**self).transaction_committed(key)
+    fn transaction_committed(&self, tx: &Transaction) -> bool {
+        (**self).transaction_committed(tx)
     }
 }
 
@@ -123,10 +126,11 @@ impl Money for Ledger {
         }
     }
 
-    fn transaction_committed(&self, key: &TransferKey) -> bool {
-        self.transaction(key).is_some()
+    fn transaction_committed(&self, tx: &Transaction) -> bool {
+        let key = tx.key();
+        self.transaction(&key).is_some_and(|terms| *terms.tx == *tx)
             && self
-                .transfer(key)
+                .transfer(&key)
                 .is_some_and(|row| row.state == TransferState::Committed)
     }
 }
@@ -191,7 +195,7 @@ pub fn money_totals<M: Money>(partitions: &[M]) -> BTreeMap<Currency, Totals> {
         let here = index as PartitionId;
         partition.for_each_tried_transaction(&mut |tx| {
             let home = &partitions[tx.home(count) as usize];
-            if !home.transaction_committed(&tx.key()) {
+            if !home.transaction_committed(tx) {
                 return;
             }
             for effect in tx.effects_on(here, count).accounts {
