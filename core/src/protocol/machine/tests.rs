@@ -1277,6 +1277,18 @@ fn other_legs_committed_at_the_home(bugs: &[crate::protocol::bugs::Bug]) -> Vec<
         world.replies[&11],
         Ok(Reply::Transfer(TransferStatus::Committed))
     );
+    // b and c still hold the lost legs' Tries under the key the home committed other legs
+    // under: money is conserved, counting those as what they are, not committed.
+    let ledgers: Vec<Ledger> = (0..3).map(|p| world.machine(p).ledger().clone()).collect();
+    let parts = |p: usize| ledgers[p].tried_transaction_parts().len();
+    assert_eq!(
+        (parts(1), parts(2)),
+        (1, 1),
+        "the lost legs are still tried"
+    );
+    if let Err(violation) = crate::protocol::invariants::conservation(&ledgers) {
+        panic!("{violation}");
+    }
     world.advance(config().coordinator.resolve_after_us + 1);
     let figures = [a, b, c, d].map(|account| {
         let p = crate::model::partition::partition_of(&account, 3);
