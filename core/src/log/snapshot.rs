@@ -18,6 +18,7 @@
 //!            transfer | state | remote u8 | accepted_at u64 | decided_at u64 | finished_at u64
 //!            (version 8) or a credit row:
 //!            0 u8 | credit state u8 | key | [to | amount u64 | currency] (not for try-not-seen)
+//!            (version 9) or a position whose row moved on: 0xFF u8
 //! credits:   (before version 8) count u32, rows in log order:
 //!            key | state u8 | has transfer u8 | [transfer]
 //! cash:      count u32, rows in log order:
@@ -71,6 +72,16 @@
 //! snapshot: a partition restored from such a snapshot puts them after its home rows, so
 //! its positions differ from those of one that replayed the same log (positions are not in
 //! the log, and tables are compared as maps).
+//!
+//! # Positions whose row moved on (version 9)
+//! A row still in flight when its chunk falls behind moves to the table's end
+//! ([`crate::ledger::transfer_table`], "Rows in flight move on") and leaves its position
+//! without a row. Positions are kept (a chunk is `CHUNK_ROWS` positions, and a restored table
+//! must move the same rows to the same places as the one it was taken from), so such a
+//! position is one byte, 0xFF, which no row starts with (an id is at most 64 bytes); a chunk
+//! file holds the same byte and no key index entry for it. A table restored from a version 8
+//! snapshot moves rows as chunks fill after it; rows in flight that were already more than
+//! `MOVE_AFTER_CHUNKS` chunks behind its end then stay where they are until they end.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
