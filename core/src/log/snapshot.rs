@@ -805,12 +805,8 @@ fn read_ledger(cursor: &mut Cursor<'_>, version: u8, chunks: Chunks<'_>) -> Resu
     // Positions in order: rows, and from version 9 positions whose row moved on (none).
     // A key twice is refused as the rows are inserted.
     let inline: Vec<Option<TableRow>> = if version > SNAPSHOT_VERSION_UNMOVED {
-        let count = cursor.u32()? as usize;
-        let mut rows = Vec::with_capacity(count.min(cursor.remaining()));
-        for _ in 0..count {
-            rows.push(read_table_position(cursor, true)?);
-        }
-        rows
+        // A moved position is one byte.
+        read_counted(cursor, 1, |cursor| read_table_position(cursor, true))?
     } else {
         let rows = read_rows(cursor, order, |cursor| {
             let row = if version > SNAPSHOT_VERSION_SEPARATE_CREDITS {
@@ -1025,17 +1021,11 @@ enum Order {
 fn read_rows<K: Ord + std::hash::Hash, V>(
     cursor: &mut Cursor<'_>,
     order: Order,
-    mut read_row: impl FnMut(&mut Cursor<'_>) -> Result<(K, V), String>,
+    read_row: impl FnMut(&mut Cursor<'_>) -> Result<(K, V), String>,
 ) -> Result<Vec<(K, V)>, String> {
-    let count = cursor.u32()? as usize;
-    let capacity = count.min(cursor.remaining() / ROW_LEN_MIN);
-    let mut rows: Vec<(K, V)> = Vec::with_capacity(capacity);
-    for _ in 0..count {
-        let row = read_row(cursor)?;
-        if order == Order::Sorted && rows.last().is_some_and(|last| last.0 >= row.0) {
-            return Err("table rows out of order".to_string());
-        }
-        rows.push(row);
+    let rows = read_counted(cursor, ROW_LEN_MIN, read_row)?;
+    if order == Order::Sorted && rows.windows(2).any(|pair| pair[0].0 >= pair[1].0) {
+        return Err("table rows out of order".to_string());
     }
     if order == Order::Unique {
         let mut seen = rustc_hash::FxHashSet::default();
@@ -1045,6 +1035,21 @@ fn read_rows<K: Ord + std::hash::Hash, V>(
         }
     }
     Ok(rows)
+}
+
+/// Reads a count and that many items, each `read` from at least `len_min` bytes (which caps
+/// what a corrupt count makes the decoder preallocate).
+fn read_counted<T>(
+    cursor: &mut Cursor<'_>,
+    len_min: usize,
+    mut read: impl FnMut(&mut Cursor<'_>) -> Result<T, String>,
+) -> Result<Vec<T>, String> {
+    let count = cursor.u32()? as usize;
+    let mut items = Vec::with_capacity(count.min(cursor.remaining() / len_min));
+    for _ in 0..count {
+        items.push(read(cursor)?);
+    }
+    Ok(items)
 }
 
 fn read_table<K: Ord + std::hash::Hash, V, T: FromIterator<(K, V)>>(

@@ -78,7 +78,8 @@ impl CreditWatch {
     }
 
     /// Covers the credit rows added since the last call: due `after_us` from `now`.
-    pub fn mark(&mut self, ledger: &Ledger, now: Micros, after_us: u64) {
+    pub fn mark(&mut self, ledger: &mut Ledger, now: Micros, after_us: u64) {
+        self.follow(ledger, now, after_us);
         // Positions of the transfers table: credit rows among home rows.
         let end = ledger.transfer_count();
         if end > self.marked {
@@ -91,7 +92,7 @@ impl CreditWatch {
     /// positions, in the order they moved ([`Ledger::take_moved_credits`]). A credit keeps
     /// its due time and deferral; one not looked at yet is looked at when it would have
     /// been (or `after_us` from `now`, if no mark covers it).
-    pub fn moved(&mut self, moves: &[(usize, usize)], now: Micros, after_us: u64) {
+    fn moved(&mut self, moves: &[(usize, usize)], now: Micros, after_us: u64) {
         for &(from, to) in moves {
             if let Some(until) = self.deferred.remove(&from) {
                 self.deferred.insert(to, until);
@@ -105,6 +106,16 @@ impl CreditWatch {
                 self.later.push(Reverse((due, to)));
             }
             self.followed.insert(to);
+        }
+    }
+
+    /// Takes the moves of pending credits `ledger` made since the last call and follows them
+    /// ([`CreditWatch::moved`]): every method that looks at a position calls it first, so a
+    /// move is never missed.
+    fn follow(&mut self, ledger: &mut Ledger, now: Micros, after_us: u64) {
+        let moves = ledger.take_moved_credits();
+        if !moves.is_empty() {
+            self.moved(&moves, now, after_us);
         }
     }
 
@@ -127,7 +138,15 @@ impl CreditWatch {
     /// Leaves the credit of `key` alone until `until`: its home said the hold is held until
     /// about then. The deferral ends with the credit, or when it is next asked about. A key
     /// with no pending credit in memory here is not deferred: there is nothing to ask about.
-    pub fn defer(&mut self, ledger: &Ledger, key: &TransferKey, until: Micros) {
+    pub fn defer(
+        &mut self,
+        ledger: &mut Ledger,
+        key: &TransferKey,
+        until: Micros,
+        now: Micros,
+        after_us: u64,
+    ) {
+        self.follow(ledger, now, after_us);
         let Some(position) = ledger.pending_credit_position(key) else {
             return;
         };
@@ -138,7 +157,14 @@ impl CreditWatch {
 
     /// The transfers whose credits are due and still pending at `now`, at most
     /// [`UNRESOLVED_PER_ROUND_MAX`] of them; each is looked at again `after_us` later.
-    pub fn due(&mut self, ledger: &Ledger, now: Micros, after_us: u64, out: &mut Vec<Transfer>) {
+    pub fn due(
+        &mut self,
+        ledger: &mut Ledger,
+        now: Micros,
+        after_us: u64,
+        out: &mut Vec<Transfer>,
+    ) {
+        self.follow(ledger, now, after_us);
         let mut pending = Vec::new();
         let first = out.len();
         let full = |out: &Vec<Transfer>| out.len() - first >= UNRESOLVED_PER_ROUND_MAX;
@@ -228,12 +254,12 @@ mod tests {
     fn a_pending_credit_is_asked_about_once_due_and_again_until_it_is_settled() {
         let (mut ledger, transfers) = destination_ledger(3);
         let mut watch = CreditWatch::new();
-        watch.mark(&ledger, 1_000, 500);
+        watch.mark(&mut ledger, 1_000, 500);
         assert_eq!(watch.next_due(), Some(1_500));
         let mut out = Vec::new();
-        watch.due(&ledger, 1_499, 500, &mut out);
+        watch.due(&mut ledger, 1_499, 500, &mut out);
         assert!(out.is_empty(), "nothing is due before its time");
-        watch.due(&ledger, 1_500, 500, &mut out);
+        watch.due(&mut ledger, 1_500, 500, &mut out);
         assert_eq!(out, transfers, "every pending credit, in log order");
         // Settle one: only the other two are asked about again.
         let mut events = Vec::new();
@@ -241,7 +267,7 @@ mod tests {
             .execute(&Command::ConfirmCredit(transfers[1]), 2, &mut events)
             .unwrap();
         out.clear();
-        watch.due(&ledger, 2_000, 500, &mut out);
+        watch.due(&mut ledger, 2_000, 500, &mut out);
         assert_eq!(out, vec![transfers[0], transfers[2]]);
         assert_eq!(watch.unresolved(), 2);
         // A credit tried later is covered by the next mark, not by the first.
@@ -249,12 +275,12 @@ mod tests {
         ledger
             .execute(&Command::TryCredit(late), 3, &mut events)
             .unwrap();
-        watch.mark(&ledger, 2_100, 500);
+        watch.mark(&mut ledger, 2_100, 500);
         out.clear();
-        watch.due(&ledger, 2_500, 500, &mut out);
+        watch.due(&mut ledger, 2_500, 500, &mut out);
         assert_eq!(out, vec![transfers[0], transfers[2]]);
         out.clear();
-        watch.due(&ledger, 2_600, 500, &mut out);
+        watch.due(&mut ledger, 2_600, 500, &mut out);
         assert_eq!(out, vec![late]);
     }
 }
@@ -294,31 +320,31 @@ mod move_tests {
     fn a_credit_that_moves_on_keeps_its_due_time_its_deferral_and_one_entry() {
         let (mut ledger, transfers) = destination_ledger(3);
         let mut watch = CreditWatch::new();
-        watch.mark(&ledger, 1_000, 500);
+        watch.mark(&mut ledger, 1_000, 500);
         // Moved before their first look: asked about when they would have been, once.
         move_pending_credits(&mut ledger, &mut watch, "a", 1_100);
         let mut out = Vec::new();
-        watch.due(&ledger, 1_500, 500, &mut out);
+        watch.due(&mut ledger, 1_500, 500, &mut out);
         assert_eq!(out, transfers);
         out.clear();
-        watch.due(&ledger, 1_600, 500, &mut out);
+        watch.due(&mut ledger, 1_600, 500, &mut out);
         assert!(out.is_empty(), "not looked at again as new rows: {out:?}");
         // One is deferred; then all move on again after their look.
-        watch.defer(&ledger, &transfers[0].key(), 10_000);
+        watch.defer(&mut ledger, &transfers[0].key(), 10_000, 1_600, 500);
         move_pending_credits(&mut ledger, &mut watch, "b", 1_700);
         out.clear();
-        watch.due(&ledger, 2_000, 500, &mut out);
+        watch.due(&mut ledger, 2_000, 500, &mut out);
         assert_eq!(out, vec![transfers[1], transfers[2]]);
         out.clear();
-        watch.due(&ledger, 2_200, 500, &mut out);
+        watch.due(&mut ledger, 2_200, 500, &mut out);
         assert!(out.is_empty(), "each credit once: {out:?}");
         // And again, before the next round comes due: the entries follow every move.
         move_pending_credits(&mut ledger, &mut watch, "c", 2_300);
         out.clear();
-        watch.due(&ledger, 2_500, 500, &mut out);
+        watch.due(&mut ledger, 2_500, 500, &mut out);
         assert_eq!(out, vec![transfers[1], transfers[2]]);
         out.clear();
-        watch.due(&ledger, 10_000, 500, &mut out);
+        watch.due(&mut ledger, 10_000, 500, &mut out);
         assert_eq!(out, transfers, "the deferred one once its deferral ends");
         assert!(watch.forward.is_empty() && watch.followed.is_empty());
     }
@@ -332,14 +358,14 @@ mod round_tests {
     #[test]
     fn many_due_credits_are_asked_about_in_rounds_each_once() {
         let count = UNRESOLVED_PER_ROUND_MAX + 10;
-        let (ledger, transfers) = destination_ledger(count);
+        let (mut ledger, transfers) = destination_ledger(count);
         let mut watch = CreditWatch::new();
-        watch.mark(&ledger, 0, 100);
+        watch.mark(&mut ledger, 0, 100);
         let mut out = Vec::new();
-        watch.due(&ledger, 100, 100, &mut out);
+        watch.due(&mut ledger, 100, 100, &mut out);
         assert_eq!(out.len(), UNRESOLVED_PER_ROUND_MAX, "one round at most");
         assert_eq!(watch.next_due(), Some(100), "the rest are still due");
-        watch.due(&ledger, 101, 100, &mut out);
+        watch.due(&mut ledger, 101, 100, &mut out);
         assert_eq!(out.len(), transfers.len(), "every credit once");
         assert!(out == transfers, "in log order");
     }

@@ -403,7 +403,7 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         machine.ledger.take_moved_credits();
         machine
             .credit_watch
-            .mark(&machine.ledger, now.micros, after_us);
+            .mark(&mut machine.ledger, now.micros, after_us);
         machine.handle_tick(now);
         machine
     }
@@ -653,8 +653,8 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             PeerMessage::StillHeld { key, for_us, .. } => {
                 let after_us = self.config.coordinator.resolve_after_us;
                 let until = now.micros.saturating_add(for_us).saturating_add(after_us);
-                self.follow_moved_credits();
-                self.credit_watch.defer(&self.ledger, &key, until);
+                let now = now.micros;
+                (self.credit_watch).defer(&mut self.ledger, &key, until, now, after_us);
             }
             PeerMessage::TxRequest(request) => self.handle_tx_request(request),
             PeerMessage::TxResponse(response) => {
@@ -784,24 +784,13 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         self.drain_tx_coordinator();
         let after_us = self.config.coordinator.resolve_after_us;
         let mut unresolved = Vec::new();
-        self.follow_moved_credits();
         self.credit_watch
-            .due(&self.ledger, now.micros, after_us, &mut unresolved);
+            .due(&mut self.ledger, now.micros, after_us, &mut unresolved);
         for transfer in unresolved {
             let message = PeerMessage::Unresolved { transfer };
             self.batch.release.peer_messages.push(message);
         }
         self.expire_due_holds();
-    }
-
-    /// Hands the credit watch the moves of pending credits the ledger made since the last
-    /// call, before it looks at any position.
-    fn follow_moved_credits(&mut self) {
-        let moves = self.ledger.take_moved_credits();
-        if !moves.is_empty() {
-            let after_us = self.config.coordinator.resolve_after_us;
-            self.credit_watch.moved(&moves, self.now.micros, after_us);
-        }
     }
 
     /// Tells the destination of the held hold `transfer`, which asked about its credit, to
@@ -851,9 +840,8 @@ impl<K: ReplyTokens> PartitionMachine<K> {
         }
         // Credits tried by this batch are asked about if they stay pending too long.
         let after_us = self.config.coordinator.resolve_after_us;
-        self.follow_moved_credits();
         self.credit_watch
-            .mark(&self.ledger, self.now.micros, after_us);
+            .mark(&mut self.ledger, self.now.micros, after_us);
         let next = OpenBatch::new(std::mem::take(&mut self.spare_bytes));
         let batch = std::mem::replace(&mut self.batch, next);
         let last_lsn = self.ledger.last_applied().lsn;

@@ -226,7 +226,7 @@ impl Cluster {
             self.drain(partition);
             let mut unresolved = Vec::new();
             let after_us = self.config.resolve_after_us;
-            self.watches[p].due(&self.ledgers[p], now, after_us, &mut unresolved);
+            self.watches[p].due(&mut self.ledgers[p], now, after_us, &mut unresolved);
             for transfer in unresolved {
                 let home = self.partition_of(&transfer.from);
                 self.network.push(Message::Unresolved { home, transfer });
@@ -293,7 +293,7 @@ impl Cluster {
         self.ledgers[p] = ledger;
         // Recovered pending credits are watched like new ones.
         self.watches[p] = CreditWatch::new();
-        self.watches[p].mark(&self.ledgers[p], self.now, self.config.resolve_after_us);
+        self.watches[p].mark(&mut self.ledgers[p], self.now, self.config.resolve_after_us);
         self.drain(partition);
     }
 
@@ -378,7 +378,7 @@ impl Cluster {
             });
         }
         let after_us = self.config.resolve_after_us;
-        self.watches[p].mark(&self.ledgers[p], self.now, after_us);
+        self.watches[p].mark(&mut self.ledgers[p], self.now, after_us);
         Ok(reply)
     }
 
