@@ -59,7 +59,7 @@ pub(crate) struct CashRows(KeyedRows<CashPayload>);
 impl CashRows {
     /// Every row with its key, in the order they were added.
     pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = (CashKey, CashRow)> + '_ {
-        self.0.iter().map(|(ids, payload)| cash_row(ids, payload))
+        self.0.iter().map(|(ids, payload)| cash_row(ids, *payload))
     }
 }
 
@@ -79,7 +79,7 @@ impl CashTable {
         transaction_id: &TransactionId,
     ) -> Option<CashRow> {
         let at = self.0.find(account, transaction_id)?;
-        Some(self.0.payload(at).into())
+        Some((*self.0.payload(at)).into())
     }
 
     /// Adds `row` as the record of `account`'s request `transaction_id`; false, adding
@@ -95,7 +95,7 @@ impl CashTable {
 
     /// Every row with its key, in the order they were added.
     pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = (CashKey, CashRow)> + '_ {
-        self.0.iter().map(|(ids, payload)| cash_row(ids, payload))
+        self.0.iter().map(|(ids, payload)| cash_row(ids, *payload))
     }
 
     /// The rows as they are now, for a snapshot image (see [`KeyedTable::freeze`]).

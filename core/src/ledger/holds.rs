@@ -144,10 +144,10 @@ impl Ledger {
             // Open holds are unfinished rows, which are in memory: a row on disk is final.
             let state = self
                 .transfers
-                .find(key)
+                .find(&key)
                 .map(|at| self.transfers.phase(at).state);
             if matches!(state, Some(TransferState::Trying | TransferState::Held)) {
-                open.insert((terms.expires_at, *key));
+                open.insert((terms.expires_at, key));
             }
             if state
                 .is_some_and(|state| terms.captured.is_some() != (state == TransferState::Captured))

@@ -1,5 +1,6 @@
-//! A packed table of rows keyed by an account and a transaction id, each row with a small
-//! fixed payload: the cash table (the idempotency record of every deposit and withdrawal).
+//! A packed table of rows keyed by an account and a transaction id, each row with a
+//! payload: the cash table (the idempotency record of every deposit and withdrawal), and
+//! through [`crate::ledger::key_map`] the tables of holds, refunds and transactions.
 //!
 //! It grows by a row per operation and never shrinks. Kept as `(key, value)` pairs of the
 //! ids' inline 65-byte arrays, a cash row took 160 bytes; here a row is its payload, the
@@ -27,7 +28,7 @@ pub(crate) const CHUNK_ROWS: usize = if cfg!(any(test, madsim, feature = "testin
 
 /// One row: its payload, and where its ids are in the arena: the key's account, then its
 /// transaction id.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Packed<P> {
     ids_at: IdsAt,
     payload: P,
@@ -72,14 +73,14 @@ impl<P> Default for KeyedRows<P> {
     }
 }
 
-impl<P: Copy> KeyedRows<P> {
+impl<P> KeyedRows<P> {
     pub(crate) fn len(&self) -> usize {
         self.rows.len()
     }
 
     /// The ids and the payload of the row at `at`.
     #[inline]
-    pub(crate) fn at(&self, at: usize) -> (RowIds<'_>, P) {
+    pub(crate) fn at(&self, at: usize) -> (RowIds<'_>, &P) {
         let row = self.rows.get(at);
         let (account_len, transaction_id_len) = (
             usize::from(row.account_len),
@@ -91,11 +92,11 @@ impl<P: Copy> KeyedRows<P> {
             account,
             transaction_id,
         };
-        (ids, row.payload)
+        (ids, &row.payload)
     }
 
     /// Every row, in the order they were added.
-    pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = (RowIds<'_>, P)> + '_ {
+    pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = (RowIds<'_>, &P)> + '_ {
         (0..self.len()).map(|at| self.at(at))
     }
 
@@ -128,7 +129,7 @@ impl<P> Default for KeyedTable<P> {
     }
 }
 
-impl<P: Copy> KeyedTable<P> {
+impl<P> KeyedTable<P> {
     pub(crate) fn len(&self) -> usize {
         self.rows.len()
     }
@@ -151,12 +152,18 @@ impl<P: Copy> KeyedTable<P> {
 
     /// The payload of the row at `at`.
     #[inline]
-    pub(crate) fn payload(&self, at: usize) -> P {
-        self.rows.rows.get(at).payload
+    pub(crate) fn payload(&self, at: usize) -> &P {
+        &self.rows.rows.get(at).payload
+    }
+
+    /// Asks for the index slots a lookup of (`account`, `transaction_id`) starts from,
+    /// without waiting for them (see `Ledger::prefetch`).
+    pub(crate) fn prefetch(&self, account: &AccountId, transaction_id: &TransactionId) {
+        (self.index).touch(key_hash(account.as_bytes(), transaction_id.as_bytes()));
     }
 
     /// Every row, in the order they were added.
-    pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = (RowIds<'_>, P)> + '_ {
+    pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = (RowIds<'_>, &P)> + '_ {
         self.rows.iter()
     }
 
@@ -186,6 +193,15 @@ impl<P: Copy> KeyedTable<P> {
         let at = self.rows.rows.push(packed);
         self.index.insert(hash, at);
         true
+    }
+}
+
+impl<P: Clone> KeyedTable<P> {
+    /// The payload of the row at `at`, mutably (a sealed chunk a snapshot image still shares
+    /// is copied first).
+    #[inline]
+    pub(crate) fn payload_mut(&mut self, at: usize) -> &mut P {
+        &mut self.rows.rows.get_mut(at).payload
     }
 
     /// The rows as they are now, for a snapshot image: sealed chunks are shared, only the
@@ -219,13 +235,13 @@ mod tests {
             assert_eq!(table.find(&account, &id), None);
             assert!(table.insert(&account, &id, i * 10));
             let at = table.find(&account, &id).unwrap();
-            assert_eq!(table.payload(at), i * 10);
+            assert_eq!(*table.payload(at), i * 10);
             expected.push((account, id, i * 10));
         }
         let (account, id, _) = expected[7];
         assert!(!table.insert(&account, &id, 0), "a key is added once");
         let rows: Vec<_> = (table.iter())
-            .map(|(ids, payload)| (ids.account(), ids.transaction_id(), payload))
+            .map(|(ids, payload)| (ids.account(), ids.transaction_id(), *payload))
             .collect();
         assert_eq!(rows, expected);
         // A key differing only in where its bytes split is another key.
@@ -246,7 +262,7 @@ mod tests {
         let (account, id) = ids("late", "t");
         table.insert(&account, &id, 9);
         assert_eq!(frozen.len(), keys.len());
-        assert!(frozen.iter().enumerate().all(|(i, (_, p))| p == i as u32));
+        assert!(frozen.iter().enumerate().all(|(i, (_, p))| *p == i as u32));
         assert_eq!(table.len(), keys.len() + 1);
     }
 }

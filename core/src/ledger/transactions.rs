@@ -118,7 +118,7 @@ impl Ledger {
             .filter_map(|(key, terms)| {
                 let state = self
                     .transfers
-                    .find(key)
+                    .find(&key)
                     .map(|at| self.transfers.phase(at).state)?;
                 state.is_unfinished().then(|| (state, terms.tx.clone()))
             })
@@ -696,17 +696,17 @@ impl Ledger {
     /// this partition is home of, a Try's row without its transaction or under another key.
     pub(crate) fn restore_transactions(&mut self, table: TransactionTable) -> Result<(), String> {
         for (key, _) in table.home.iter() {
-            if !self.is_home_of(key) {
+            if !self.is_home_of(&key) {
                 return Err(format!("transaction {key:?} kept where it is not at home"));
             }
         }
         for (key, row) in table.parts.iter() {
             let tried = !matches!(row.state, PartState::Refused { .. });
             let fits = match &row.tx {
-                Some(tx) => tried && tx.key() == *key,
+                Some(tx) => tried && tx.key() == key,
                 None => !tried,
             };
-            if self.is_home_of(key) || !fits {
+            if self.is_home_of(&key) || !fits {
                 return Err(format!("participant row of transaction {key:?} cannot be"));
             }
         }
@@ -731,7 +731,7 @@ impl Ledger {
         let home_open = self.transactions.home.iter().filter_map(|(key, terms)| {
             let state = self
                 .transfers
-                .find(key)
+                .find(&key)
                 .map(|at| self.transfers.phase(at).state);
             matches!(
                 state,

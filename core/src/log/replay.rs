@@ -154,30 +154,30 @@ fn credit_rows(ledger: &Ledger) -> BTreeMap<TransferKey, CreditRow> {
 
 /// A table as a sorted map, whatever its storage, so differences are found in key order.
 trait Table<K, V> {
-    fn sorted(&self) -> BTreeMap<&K, &V>;
+    fn sorted(&self) -> BTreeMap<K, &V>;
 }
 
-impl<K: Ord, V, S> Table<K, V> for std::collections::HashMap<K, V, S> {
-    fn sorted(&self) -> BTreeMap<&K, &V> {
-        self.iter().collect()
+impl<K: Ord + Clone, V, S> Table<K, V> for std::collections::HashMap<K, V, S> {
+    fn sorted(&self) -> BTreeMap<K, &V> {
+        self.iter().map(|(k, v)| (k.clone(), v)).collect()
     }
 }
 
 impl Table<AccountId, Account> for crate::ledger::account_table::AccountTable {
-    fn sorted(&self) -> BTreeMap<&AccountId, &Account> {
-        self.iter().collect()
+    fn sorted(&self) -> BTreeMap<AccountId, &Account> {
+        self.iter().map(|(k, v)| (*k, v)).collect()
     }
 }
 
 impl<V> Table<TransferKey, V> for crate::ledger::key_map::KeyMap<V> {
-    fn sorted(&self) -> BTreeMap<&TransferKey, &V> {
+    fn sorted(&self) -> BTreeMap<TransferKey, &V> {
         self.iter().collect()
     }
 }
 
-impl<K: Ord, V> Table<K, V> for BTreeMap<K, V> {
-    fn sorted(&self) -> BTreeMap<&K, &V> {
-        self.iter().collect()
+impl<K: Ord + Clone, V> Table<K, V> for BTreeMap<K, V> {
+    fn sorted(&self) -> BTreeMap<K, &V> {
+        self.iter().map(|(k, v)| (k.clone(), v)).collect()
     }
 }
 
@@ -190,7 +190,7 @@ fn table_difference<K: Ord + Debug, V: PartialEq + Debug>(
     let key = a
         .keys()
         .chain(b.keys())
-        .filter(|key| a.get(*key) != b.get(*key))
+        .filter(|key| a.get(key) != b.get(key))
         .min()?;
     Some(format!(
         "{name}[{key:?}]: {:?} != {:?}",

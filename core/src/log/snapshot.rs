@@ -448,7 +448,7 @@ fn encode_image(
             &mut sink,
             refunds.originals.sorted().into_iter(),
             |out, (key, original)| {
-                put_key(out, key);
+                put_key(out, &key);
                 original.encode_into(out);
             },
         )?;
@@ -456,7 +456,7 @@ fn encode_image(
             &mut sink,
             refunds.refunded.sorted().into_iter(),
             |out, (key, minor)| {
-                put_key(out, key);
+                put_key(out, &key);
                 out.extend_from_slice(&minor.to_le_bytes());
             },
         )?;
@@ -471,7 +471,7 @@ fn encode_image(
             &mut sink,
             ledger.holds.sorted().into_iter(),
             |out, (key, terms)| {
-                put_key(out, key);
+                put_key(out, &key);
                 out.extend_from_slice(&terms.expires_at.to_le_bytes());
                 let captured = terms.captured.map_or(0, |amount| amount.minor());
                 out.extend_from_slice(&captured.to_le_bytes());
@@ -495,7 +495,7 @@ fn encode_image(
             &mut sink,
             transactions.parts.sorted().into_iter(),
             |out, (key, row)| {
-                put_key(out, key);
+                put_key(out, &key);
                 match row.state {
                     PartState::Tried => out.push(1),
                     PartState::Confirmed => out.push(2),
@@ -1726,11 +1726,11 @@ mod tests {
     fn transaction_rows_that_cannot_be_where_they_are_are_refused() {
         let s = with_transactions();
         let (home, parts) = (&s.ledger.transactions.home, &s.ledger.transactions.parts);
-        let (here_key, here) = home.iter().next().map(|(k, v)| (*k, v.clone())).unwrap();
+        let (here_key, here) = home.iter().next().map(|(k, v)| (k, v.clone())).unwrap();
         let (elsewhere_key, elsewhere) = parts
             .iter()
             .find(|(_, row)| row.tx.is_some())
-            .map(|(k, v)| (*k, v.clone()))
+            .map(|(k, v)| (k, v.clone()))
             .unwrap();
         let mut bad = Vec::new();
         // Terms of a transaction homed on another partition.
@@ -1759,7 +1759,7 @@ mod tests {
             .tx = None;
         bad.push(ledger);
         let mut ledger = s.ledger.clone();
-        let refused_key = *(ledger.transactions.parts.iter())
+        let refused_key = (ledger.transactions.parts.iter())
             .find(|(_, row)| row.tx.is_none())
             .unwrap()
             .0;
