@@ -614,8 +614,8 @@ fn cancel_reasons(state: &FinalState<'_>, found: &mut Vec<Violation>) {
             // A multi-leg transaction: the reason is its failed leg's, at that leg's
             // account (of its destination, or of its source for the source's reasons).
             if let Some(terms) = ledger.transaction(&t.key()) {
-                let Some(leg) = (terms.failed_leg)
-                    .and_then(|leg| terms.tx.legs().get(usize::from(leg)).copied())
+                let Some(leg) =
+                    (terms.failed_leg).and_then(|leg| terms.tx.legs().get(usize::from(leg)))
                 else {
                     continue;
                 };

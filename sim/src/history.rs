@@ -128,7 +128,7 @@ impl Op {
             Command::OpenAccount { account, .. } => (vec![account], None),
             Command::Transfer(t) => (vec![t.from, t.to], Some(t.transaction_id)),
             Command::Transact(ref tx) => (
-                (tx.legs().iter()).flat_map(|l| [l.from, l.to]).collect(),
+                tx.legs().flat_map(|l| [l.from, l.to]).collect(),
                 Some(tx.transaction_id()),
             ),
             Command::Hold(ref h) => (

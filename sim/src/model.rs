@@ -572,7 +572,7 @@ impl Model {
             }
             return;
         };
-        let Some(leg) = tx.legs().get(usize::from(failed_leg)).copied() else {
+        let Some(leg) = tx.legs().get(usize::from(failed_leg)) else {
             let detail = format!("transaction {key:?} rejected at leg {failed_leg}, past its legs");
             return self.problem("oracle", record, detail, Some(key), None);
         };

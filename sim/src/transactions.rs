@@ -186,7 +186,7 @@ pub fn build(
 /// a transaction of its own, whose participants may be fewer than the first's (those left
 /// out may hold Tries of the lost legs).
 pub fn other_legs(tx: &Arc<Transaction>) -> Option<Command> {
-    let mut legs = vec![tx.legs()[0]];
+    let mut legs = vec![tx.leg(0)];
     let minor = legs[0].amount.minor();
     legs[0].amount = amount(if minor > 1 { minor - 1 } else { 2 });
     let tx = Transaction::new(tx.transaction_id(), legs).ok()?;

@@ -421,14 +421,14 @@ impl Command {
             | Command::ConfirmTransaction { partition, .. }
             | Command::CancelTransaction { partition, .. }
             | Command::AbortTransaction { partition, .. } => *partition,
-            command => partition_of(command.account(), partitions),
+            command => partition_of(&command.account(), partitions),
         }
     }
 
     /// The account whose partition executes this command; for a refund, which names its
     /// partition instead ([`Refund`]), the refunded transfer's source.
-    fn account(&self) -> &AccountId {
-        match self {
+    fn account(&self) -> AccountId {
+        *match self {
             Command::OpenAccount { account, .. }
             | Command::Deposit { account, .. }
             | Command::Withdraw { account, .. } => account,
@@ -441,13 +441,13 @@ impl Command {
             | Command::Void { key }
             | Command::ExpireHold { key } => &key.from,
             Command::Hold(hold) => &hold.transfer.from,
-            Command::Transact(tx) => &tx.legs()[0].from,
-            Command::TryTransaction { tx, .. } => &tx.legs()[0].from,
+            Command::Transact(tx) => return tx.first_from(),
+            Command::TryTransaction { tx, .. } => return tx.first_from(),
             Command::ConfirmTransaction { key, .. }
             | Command::CancelTransaction { key, .. }
             | Command::DecideTransactionCancel { key, .. } => &key.from,
             Command::AbortTransaction { tx, .. } | Command::AbandonTransaction(tx) => {
-                &tx.legs()[0].from
+                return tx.first_from();
             }
             Command::TryCredit(transfer)
             | Command::ConfirmCredit(transfer)
@@ -976,16 +976,16 @@ impl Ledger {
     fn prefetch_legs(&self, tx: &Transaction) -> Prefetched {
         let mut prefetched = Prefetched::default();
         let mut taken = 0;
-        let mut seen: [Option<&AccountId>; PREFETCH_ACCOUNTS] = [None; PREFETCH_ACCOUNTS];
-        for account in tx.legs().iter().flat_map(|leg| [&leg.from, &leg.to]) {
+        let mut seen: [Option<AccountId>; PREFETCH_ACCOUNTS] = [None; PREFETCH_ACCOUNTS];
+        for account in tx.legs().flat_map(|leg| [leg.from, leg.to]) {
             if taken == PREFETCH_ACCOUNTS {
                 break;
             }
-            if !self.owns(account) || seen[..taken].contains(&Some(account)) {
+            if !self.owns(&account) || seen[..taken].contains(&Some(account)) {
                 continue;
             }
             seen[taken] = Some(account);
-            prefetched.accounts[taken] = Some(self.accounts.prefetch_slot(account));
+            prefetched.accounts[taken] = Some(self.accounts.prefetch_slot(&account));
             taken += 1;
         }
         prefetched

@@ -183,7 +183,7 @@ impl Ledger {
                 fail(effect.first_leg, reason);
                 continue;
             };
-            let mismatch = tx.legs().iter().enumerate().find_map(|(index, leg)| {
+            let mismatch = tx.legs().enumerate().find_map(|(index, leg)| {
                 let names = leg.from == effect.account || leg.to == effect.account;
                 (names && leg.currency != account.currency).then_some((index, leg))
             });
@@ -259,7 +259,7 @@ impl Ledger {
             });
         }
         let names_one_here = |leg: &Leg| self.owns(&leg.from) || self.owns(&leg.to);
-        if !tx.legs().iter().any(names_one_here) {
+        if !tx.legs().any(|leg| names_one_here(&leg)) {
             return Err(LedgerError::InvalidTransition {
                 key,
                 from: "no account of it here".to_string(),

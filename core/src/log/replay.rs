@@ -522,14 +522,11 @@ impl AccountHistory {
 /// `account`'s net debit and net credit in `tx`, if `tx` names it.
 fn net_of(tx: &Transaction, account: &AccountId) -> Option<(u64, u64)> {
     let legs = tx.legs();
-    if !legs
-        .iter()
-        .any(|leg| leg.from == *account || leg.to == *account)
-    {
+    if !(legs.clone()).any(|leg| leg.from == *account || leg.to == *account) {
         return None;
     }
     let sum = |side: fn(&Leg) -> AccountId| -> u64 {
-        (legs.iter())
+        (legs.clone())
             .filter(|leg| side(leg) == *account)
             .map(|leg| leg.amount.minor())
             .sum()

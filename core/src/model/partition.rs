@@ -32,8 +32,13 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
 
 /// The partition that owns `account` when there are `partitions` partitions.
 pub fn partition_of(account: &AccountId, partitions: u32) -> PartitionId {
+    partition_of_bytes(account.as_bytes(), partitions)
+}
+
+/// [`partition_of`] the account whose bytes are `account` (for tables that keep ids as bytes).
+pub(crate) fn partition_of_bytes(account: &[u8], partitions: u32) -> PartitionId {
     assert!(partitions > 0 && partitions <= PARTITIONS_MAX);
-    (stable_hash(account.as_bytes()) % u64::from(partitions)) as PartitionId
+    (stable_hash(account) % u64::from(partitions)) as PartitionId
 }
 
 /// Where a node can be reached.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::model::event::{Transfer, TransferKey};
 use crate::model::ids::{AccountId, TransactionId};
 use crate::model::money::{Amount, Currency, AMOUNT_MINOR_MAX};
-use crate::model::partition::{partition_of, PartitionId};
+use crate::model::partition::{partition_of, partition_of_bytes, PartitionId};
 
 /// Most legs one transaction may have.
 pub const LEGS_MAX: usize = 64;
@@ -46,12 +46,84 @@ pub enum LegsError {
 }
 
 /// A multi-leg transaction: 1 to [`LEGS_MAX`] legs under one transaction id. Immutable and
-/// shared ([`Arc`]) by the commands, events and rows that carry it: up to 64 legs is up to
-/// 9 KiB, which nothing should copy.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// shared ([`Arc`]) by the commands, events and rows that carry it.
+///
+/// Packed: each distinct account's bytes once, and per leg their places, the amount and the
+/// currency (16 bytes). A [`Leg`] holds its two ids inline, 65 bytes each, so a transaction
+/// of legs took 144 bytes a leg, and every transaction a partition is home of or takes part
+/// in stays in its tables for good: 4 legs took 640 bytes, now about 160. Legs are rebuilt
+/// as they are read ([`Transaction::legs`]). The packing is a function of the legs (an
+/// account's bytes are placed where it first appears), so equal legs pack equal, and the
+/// derived equality and hash are those of the legs.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Transaction {
     transaction_id: TransactionId,
-    legs: Box<[Leg]>,
+    /// The distinct accounts' bytes, back to back, in the order they first appear.
+    accounts: Box<[u8]>,
+    legs: Box<[PackedLeg]>,
+}
+
+/// Where an account's bytes are in [`Transaction::accounts`]: at most 128 ids of 64 bytes
+/// each are 8 KiB, so 16 bits place one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct AccountAt {
+    at: u16,
+    len: u8,
+}
+
+/// A leg without its ids (flat: as two [`AccountAt`]s its padding would make it 24 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PackedLeg {
+    amount: Amount,
+    from_at: u16,
+    to_at: u16,
+    from_len: u8,
+    to_len: u8,
+    currency: Currency,
+}
+
+const _: () = assert!(std::mem::size_of::<PackedLeg>() <= 16);
+
+/// The legs of a transaction, rebuilt one at a time, in the client's order.
+#[derive(Clone)]
+pub struct Legs<'a> {
+    tx: &'a Transaction,
+    next: usize,
+    end: usize,
+}
+
+impl Iterator for Legs<'_> {
+    type Item = Leg;
+
+    fn next(&mut self) -> Option<Leg> {
+        if self.next == self.end {
+            return None;
+        }
+        self.next += 1;
+        Some(self.tx.leg(self.next - 1))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.end - self.next, Some(self.end - self.next))
+    }
+}
+
+impl ExactSizeIterator for Legs<'_> {}
+
+impl Legs<'_> {
+    /// Leg `index`, if the transaction has that many.
+    pub fn get(&self, index: usize) -> Option<Leg> {
+        (index < self.tx.legs.len()).then(|| self.tx.leg(index))
+    }
+}
+
+impl std::fmt::Debug for Transaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transaction")
+            .field("transaction_id", &self.transaction_id)
+            .field("legs", &self.legs().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl Transaction {
@@ -67,12 +139,8 @@ impl Transaction {
         if let Some(index) = legs.iter().position(|leg| leg.from == leg.to) {
             return Err(LegsError::LegToItself(index));
         }
-        let tx = Transaction {
-            transaction_id,
-            legs: legs.into_boxed_slice(),
-        };
         let mut totals: Vec<(AccountId, bool, u64)> = Vec::new();
-        for (index, leg) in tx.legs.iter().enumerate() {
+        for (index, leg) in legs.iter().enumerate() {
             for side in [(leg.from, true), (leg.to, false)] {
                 let at = match totals.iter().position(|t| (t.0, t.1) == side) {
                     Some(at) => at,
@@ -87,7 +155,90 @@ impl Transaction {
                 }
             }
         }
-        Ok(Arc::new(tx))
+        Ok(Arc::new(Transaction::pack(transaction_id, &legs)))
+    }
+
+    fn pack(transaction_id: TransactionId, legs: &[Leg]) -> Transaction {
+        let mut accounts = Vec::new();
+        let mut placed: Vec<(AccountId, AccountAt)> = Vec::new();
+        let mut place = |account: AccountId| -> AccountAt {
+            if let Some((_, at)) = placed.iter().find(|(a, _)| *a == account) {
+                return *at;
+            }
+            let at = AccountAt {
+                at: u16::try_from(accounts.len()).expect("at most 128 ids of 64 bytes"),
+                len: account.as_bytes().len() as u8,
+            };
+            accounts.extend_from_slice(account.as_bytes());
+            placed.push((account, at));
+            at
+        };
+        let legs = (legs.iter())
+            .map(|leg| {
+                let (from, to) = (place(leg.from), place(leg.to));
+                PackedLeg {
+                    amount: leg.amount,
+                    from_at: from.at,
+                    to_at: to.at,
+                    from_len: from.len,
+                    to_len: to.len,
+                    currency: leg.currency,
+                }
+            })
+            .collect();
+        Transaction {
+            transaction_id,
+            accounts: accounts.into_boxed_slice(),
+            legs,
+        }
+    }
+
+    fn account(&self, at: AccountAt) -> AccountId {
+        AccountId::from_stored(self.bytes(at))
+    }
+
+    fn bytes(&self, at: AccountAt) -> &[u8] {
+        let start = usize::from(at.at);
+        &self.accounts[start..start + usize::from(at.len)]
+    }
+
+    /// Each leg's source, then destination, as places: for the questions asked at every
+    /// step (which partitions), which need the accounts' bytes only.
+    fn sides(&self) -> impl Iterator<Item = AccountAt> + '_ {
+        self.legs.iter().flat_map(|leg| {
+            [
+                AccountAt {
+                    at: leg.from_at,
+                    len: leg.from_len,
+                },
+                AccountAt {
+                    at: leg.to_at,
+                    len: leg.to_len,
+                },
+            ]
+        })
+    }
+
+    /// Leg `index` (panics past the last: see [`Transaction::leg_count`]).
+    pub fn leg(&self, index: usize) -> Leg {
+        let packed = self.legs[index];
+        Leg {
+            from: self.account(AccountAt {
+                at: packed.from_at,
+                len: packed.from_len,
+            }),
+            to: self.account(AccountAt {
+                at: packed.to_at,
+                len: packed.to_len,
+            }),
+            amount: packed.amount,
+            currency: packed.currency,
+        }
+    }
+
+    /// How many legs: 1 to [`LEGS_MAX`].
+    pub fn leg_count(&self) -> usize {
+        self.legs.len()
     }
 
     pub fn transaction_id(&self) -> TransactionId {
@@ -96,14 +247,27 @@ impl Transaction {
 
     /// The legs, 1 to [`LEGS_MAX`], in the client's order (a refusal names a leg by its
     /// index here).
-    pub fn legs(&self) -> &[Leg] {
-        &self.legs
+    pub fn legs(&self) -> Legs<'_> {
+        Legs {
+            tx: self,
+            next: 0,
+            end: self.legs.len(),
+        }
+    }
+
+    /// The first leg's source: the account that names the transaction.
+    pub fn first_from(&self) -> AccountId {
+        let first = self.legs[0];
+        self.account(AccountAt {
+            at: first.from_at,
+            len: first.from_len,
+        })
     }
 
     /// The idempotency key: the first leg's source and the transaction id.
     pub fn key(&self) -> TransferKey {
         TransferKey {
-            from: self.legs[0].from,
+            from: self.first_from(),
             transaction_id: self.transaction_id,
         }
     }
@@ -111,7 +275,7 @@ impl Transaction {
     /// The first leg as a transfer under the transaction's id: what the home's row in the
     /// idempotency table holds (the legs are beside it).
     pub fn first_leg(&self) -> Transfer {
-        let leg = self.legs[0];
+        let leg = self.leg(0);
         Transfer {
             transaction_id: self.transaction_id,
             from: leg.from,
@@ -123,16 +287,14 @@ impl Transaction {
 
     /// The partition that decides the transaction: its first leg's source's.
     pub fn home(&self, partitions: u32) -> PartitionId {
-        partition_of(&self.legs[0].from, partitions)
+        partition_of(&self.first_from(), partitions)
     }
 
     /// Every partition holding one of its accounts, the home included, in ascending order.
     pub fn participants(&self, partitions: u32) -> Vec<PartitionId> {
         let set: BTreeSet<PartitionId> = self
-            .legs
-            .iter()
-            .flat_map(|leg| [leg.from, leg.to])
-            .map(|account| partition_of(&account, partitions))
+            .sides()
+            .map(|at| partition_of_bytes(self.bytes(at), partitions))
             .collect();
         set.into_iter().collect()
     }
@@ -142,28 +304,27 @@ impl Transaction {
     /// account elsewhere.
     pub fn is_local(&self, partitions: u32) -> bool {
         let home = self.home(partitions);
-        (self.legs.iter())
-            .flat_map(|leg| [&leg.from, &leg.to])
-            .all(|account| partition_of(account, partitions) == home)
+        (self.sides()).all(|at| partition_of_bytes(self.bytes(at), partitions) == home)
     }
 
     /// What the transaction does to the accounts of `partition`.
     pub fn effects_on(&self, partition: PartitionId, partitions: u32) -> Effects {
         let mut accounts: Vec<AccountEffect> = Vec::new();
-        for (index, leg) in self.legs.iter().enumerate() {
-            for (account, debit) in [(leg.from, true), (leg.to, false)] {
-                if partition_of(&account, partitions) != partition {
-                    continue;
-                }
-                let at = match accounts.iter().position(|a| a.account == account) {
-                    Some(at) => at,
-                    None => {
-                        accounts.push(AccountEffect::new(account, index));
-                        accounts.len() - 1
-                    }
-                };
-                accounts[at].add(index, leg.amount.minor(), debit);
+        // Sides in order: leg `i`'s source is side `2i`, its destination `2i + 1`.
+        for (side, at) in self.sides().enumerate() {
+            if partition_of_bytes(self.bytes(at), partitions) != partition {
+                continue;
             }
+            let (index, debit) = (side / 2, side % 2 == 0);
+            let account = self.account(at);
+            let at = match accounts.iter().position(|a| a.account == account) {
+                Some(at) => at,
+                None => {
+                    accounts.push(AccountEffect::new(account, index));
+                    accounts.len() - 1
+                }
+            };
+            accounts[at].add(index, self.legs[index].amount.minor(), debit);
         }
         Effects { accounts }
     }
@@ -245,6 +406,49 @@ mod tests {
 
     fn tx(legs: Vec<Leg>) -> Result<Arc<Transaction>, LegsError> {
         Transaction::new(TransactionId::new("t").unwrap(), legs)
+    }
+
+    proptest::proptest! {
+        /// Whatever the legs (accounts repeated or not, ids up to 64 bytes, up to 64 legs),
+        /// the packed transaction gives back exactly the legs it was made of, in order, and
+        /// two transactions are equal, and hash alike, exactly when their legs are equal.
+        #[test]
+        fn packed_legs_read_back_as_they_were_given(
+            specs in proptest::collection::vec((0u8..12, 0u8..12, 1u64..1000, 0usize..3), 1..=LEGS_MAX),
+            other in 0usize..LEGS_MAX,
+        ) {
+            let name = |n: u8| {
+                // Some ids of the longest length, so the packed bytes reach their bound.
+                let pad = if n % 3 == 0 { 62 } else { usize::from(n) };
+                format!("{n:02}{}", "x".repeat(pad))
+            };
+            let legs: Vec<Leg> = (specs.iter())
+                .map(|&(from, to, minor, currency)| Leg {
+                    from: id(&name(from)),
+                    to: id(&name(if to == from { (to + 1) % 12 } else { to })),
+                    amount: Amount::from_minor(minor).unwrap(),
+                    currency: Currency::ALL[currency],
+                })
+                .collect();
+            let t = tx(legs.clone()).unwrap();
+            proptest::prop_assert_eq!(t.legs().collect::<Vec<_>>(), legs.clone());
+            proptest::prop_assert_eq!(t.leg_count(), legs.len());
+            proptest::prop_assert_eq!(t.first_from(), legs[0].from);
+            proptest::prop_assert_eq!(t.legs().len(), legs.len());
+            proptest::prop_assert_eq!(t.legs().get(legs.len()), None);
+            let same = tx(legs.clone()).unwrap();
+            proptest::prop_assert_eq!(&t, &same);
+            let hash = |t: &Transaction| {
+                use std::hash::{BuildHasher, BuildHasherDefault};
+                BuildHasherDefault::<rustc_hash::FxHasher>::default().hash_one(t)
+            };
+            proptest::prop_assert_eq!(hash(&t), hash(&same));
+            // Another amount in one leg is another transaction.
+            let mut changed = legs;
+            let at = other % changed.len();
+            changed[at].amount = Amount::from_minor(changed[at].amount.minor() + 1).unwrap();
+            proptest::prop_assert_ne!(&*t, &*tx(changed).unwrap());
+        }
     }
 
     #[test]

@@ -423,7 +423,10 @@ pub async fn status(
     if !is_hold_state(row.state) {
         response.refund_of = refund_of(&api, key).await?.map(|id| id.to_string());
         if let Some(terms) = super::transactions::terms(&api, key).await? {
-            let legs = terms.tx.legs().iter().map(super::transactions::leg_view);
+            let legs = terms
+                .tx
+                .legs()
+                .map(|leg| super::transactions::leg_view(&leg));
             response.legs = Some(legs.collect());
             response.failed_leg = terms.failed_leg;
         }

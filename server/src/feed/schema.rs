@@ -546,7 +546,8 @@ fn key_fields(key: &TransferKey) -> Value {
 
 /// A multi-leg transaction's id and its legs, in its order (a `failed_leg` indexes them).
 fn transaction_fields(tx: &Transaction) -> Value {
-    let legs: Vec<Value> = (tx.legs().iter())
+    let legs: Vec<Value> = tx
+        .legs()
         .map(|leg| {
             let mut fields = money(leg.amount, leg.currency);
             fields["from_account"] = json!(leg.from.as_str());

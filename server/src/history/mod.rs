@@ -260,7 +260,8 @@ pub fn account_filter(account: AccountId) -> impl FnMut(&Record) -> bool {
     let mut credited: BTreeSet<TransferKey> = BTreeSet::new();
     let mut tried: BTreeSet<TransferKey> = BTreeSet::new();
     let names = move |tx: &Transaction| {
-        (tx.legs().iter()).any(|leg| leg.from == account || leg.to == account)
+        tx.legs()
+            .any(|leg| leg.from == account || leg.to == account)
     };
     move |record| match &record.event.effect() {
         Event::AccountOpened { account: a, .. }

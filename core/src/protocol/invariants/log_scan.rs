@@ -134,7 +134,7 @@ impl LogScan {
             Event::TransactionApplied { ref tx } | Event::TransactionRejected { ref tx, .. } => {
                 self.home_recorded(lsn, &tx.first_leg())
             }
-            Event::TransactionTried { ref tx } if self.here(&tx.legs()[0].from) => {
+            Event::TransactionTried { ref tx } if self.here(&tx.first_from()) => {
                 self.home_recorded(lsn, &tx.first_leg())
             }
             Event::TransactionTried { .. }

@@ -199,7 +199,7 @@ pub fn money_totals<M: Money>(partitions: &[M]) -> BTreeMap<Currency, Totals> {
                 return;
             }
             for effect in tx.effects_on(here, count).accounts {
-                let currency = tx.legs()[effect.first_leg].currency;
+                let currency = tx.leg(effect.first_leg).currency;
                 let nets = &mut totals.entry(currency).or_default().committed_tx_nets;
                 *nets += i128::from(effect.credits) - i128::from(effect.debits);
             }

@@ -408,7 +408,7 @@ mod tests {
         assert!(transactions_agree(&whole, true).is_empty());
         // A participant that confirmed other legs under the key (a home that lost them, and
         // committed a retry's) is not all or nothing either.
-        let mut legs = tx.legs().to_vec();
+        let mut legs = tx.legs().collect::<Vec<_>>();
         legs[0].amount = Amount::from_minor(6).unwrap();
         let other_legs = Transaction::new(tx.transaction_id(), legs).unwrap();
         let (orphan, _) = scan(
