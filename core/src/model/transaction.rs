@@ -48,8 +48,8 @@ pub enum LegsError {
 /// A multi-leg transaction: 1 to [`LEGS_MAX`] legs under one transaction id. Immutable and
 /// shared ([`Arc`]) by the commands, events and rows that carry it.
 ///
-/// Packed: each distinct account's bytes once, and per leg their places, the amount and the
-/// currency (16 bytes). A [`Leg`] holds its two ids inline, 65 bytes each, so a transaction
+/// Packed: the transaction id's bytes and each distinct account's once, and per leg their
+/// places, the amount and the currency (16 bytes). A [`Leg`] holds its two ids inline, 65 bytes each, so a transaction
 /// of legs took 144 bytes a leg, and every transaction a partition is home of or takes part
 /// in stays in its tables for good: 4 legs took 640 bytes, now about 160. Legs are rebuilt
 /// as they are read ([`Transaction::legs`]). The packing is a function of the legs (an
@@ -57,14 +57,15 @@ pub enum LegsError {
 /// derived equality and hash are those of the legs.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Transaction {
-    transaction_id: TransactionId,
-    /// The distinct accounts' bytes, back to back, in the order they first appear.
-    accounts: Box<[u8]>,
+    /// The transaction id's bytes, then the distinct accounts' bytes, back to back, in the
+    /// order they first appear.
+    ids: Box<[u8]>,
     legs: Box<[PackedLeg]>,
+    transaction_id_len: u8,
 }
 
-/// Where an account's bytes are in [`Transaction::accounts`]: at most 128 ids of 64 bytes
-/// each are 8 KiB, so 16 bits place one.
+/// Where an account's bytes are in [`Transaction::ids`]: the transaction id and at most 128
+/// accounts of 64 bytes each are about 8 KiB, so 16 bits place one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct AccountAt {
     at: u16,
@@ -120,7 +121,7 @@ impl Legs<'_> {
 impl std::fmt::Debug for Transaction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transaction")
-            .field("transaction_id", &self.transaction_id)
+            .field("transaction_id", &self.transaction_id())
             .field("legs", &self.legs().collect::<Vec<_>>())
             .finish()
     }
@@ -159,7 +160,7 @@ impl Transaction {
     }
 
     fn pack(transaction_id: TransactionId, legs: &[Leg]) -> Transaction {
-        let mut accounts = Vec::new();
+        let mut accounts = transaction_id.as_bytes().to_vec();
         let mut placed: Vec<(AccountId, AccountAt)> = Vec::new();
         let mut place = |account: AccountId| -> AccountAt {
             if let Some((_, at)) = placed.iter().find(|(a, _)| *a == account) {
@@ -187,9 +188,9 @@ impl Transaction {
             })
             .collect();
         Transaction {
-            transaction_id,
-            accounts: accounts.into_boxed_slice(),
+            ids: accounts.into_boxed_slice(),
             legs,
+            transaction_id_len: transaction_id.as_bytes().len() as u8,
         }
     }
 
@@ -199,7 +200,7 @@ impl Transaction {
 
     fn bytes(&self, at: AccountAt) -> &[u8] {
         let start = usize::from(at.at);
-        &self.accounts[start..start + usize::from(at.len)]
+        &self.ids[start..start + usize::from(at.len)]
     }
 
     /// Each leg's source, then destination, as places: for the questions asked at every
@@ -242,7 +243,7 @@ impl Transaction {
     }
 
     pub fn transaction_id(&self) -> TransactionId {
-        self.transaction_id
+        TransactionId::from_stored(&self.ids[..usize::from(self.transaction_id_len)])
     }
 
     /// The legs, 1 to [`LEGS_MAX`], in the client's order (a refusal names a leg by its
@@ -268,7 +269,7 @@ impl Transaction {
     pub fn key(&self) -> TransferKey {
         TransferKey {
             from: self.first_from(),
-            transaction_id: self.transaction_id,
+            transaction_id: self.transaction_id(),
         }
     }
 
@@ -277,7 +278,7 @@ impl Transaction {
     pub fn first_leg(&self) -> Transfer {
         let leg = self.leg(0);
         Transfer {
-            transaction_id: self.transaction_id,
+            transaction_id: self.transaction_id(),
             from: leg.from,
             to: leg.to,
             amount: leg.amount,
@@ -410,12 +411,14 @@ mod tests {
 
     proptest::proptest! {
         /// Whatever the legs (accounts repeated or not, ids up to 64 bytes, up to 64 legs),
-        /// the packed transaction gives back exactly the legs it was made of, in order, and
-        /// two transactions are equal, and hash alike, exactly when their legs are equal.
+        /// the packed transaction gives back exactly its id and the legs it was made of, in
+        /// order, and two transactions are equal, and hash alike, exactly when their ids and
+        /// legs are.
         #[test]
         fn packed_legs_read_back_as_they_were_given(
             specs in proptest::collection::vec((0u8..12, 0u8..12, 1u64..1000, 0usize..3), 1..=LEGS_MAX),
             other in 0usize..LEGS_MAX,
+            id_len in 1usize..=64,
         ) {
             let name = |n: u8| {
                 // Some ids of the longest length, so the packed bytes reach their bound.
@@ -430,13 +433,16 @@ mod tests {
                     currency: Currency::ALL[currency],
                 })
                 .collect();
-            let t = tx(legs.clone()).unwrap();
+            let id = TransactionId::new(&"t".repeat(id_len)).unwrap();
+            let t = Transaction::new(id, legs.clone()).unwrap();
+            proptest::prop_assert_eq!(t.transaction_id(), id);
+            proptest::prop_assert_eq!(t.key().transaction_id, id);
             proptest::prop_assert_eq!(t.legs().collect::<Vec<_>>(), legs.clone());
             proptest::prop_assert_eq!(t.leg_count(), legs.len());
             proptest::prop_assert_eq!(t.first_from(), legs[0].from);
             proptest::prop_assert_eq!(t.legs().len(), legs.len());
             proptest::prop_assert_eq!(t.legs().get(legs.len()), None);
-            let same = tx(legs.clone()).unwrap();
+            let same = Transaction::new(id, legs.clone()).unwrap();
             proptest::prop_assert_eq!(&t, &same);
             let hash = |t: &Transaction| {
                 use std::hash::{BuildHasher, BuildHasherDefault};
@@ -444,10 +450,14 @@ mod tests {
             };
             proptest::prop_assert_eq!(hash(&t), hash(&same));
             // Another amount in one leg is another transaction.
-            let mut changed = legs;
+            let mut changed = legs.clone();
             let at = other % changed.len();
             changed[at].amount = Amount::from_minor(changed[at].amount.minor() + 1).unwrap();
-            proptest::prop_assert_ne!(&*t, &*tx(changed).unwrap());
+            proptest::prop_assert_ne!(&*t, &*Transaction::new(id, changed).unwrap());
+            // So is another id.
+            let longer = TransactionId::new(&"t".repeat(id_len % 64 + 1)).unwrap();
+            let other_id = Transaction::new(longer, legs).unwrap();
+            proptest::prop_assert_ne!(&*t, &*other_id);
         }
     }
 
