@@ -48,13 +48,15 @@ pub enum LegsError {
 /// A multi-leg transaction: 1 to [`LEGS_MAX`] legs under one transaction id. Immutable and
 /// shared ([`Arc`]) by the commands, events and rows that carry it.
 ///
-/// Packed: the transaction id's bytes and each distinct account's once, and per leg their
-/// places, the amount and the currency (16 bytes). A [`Leg`] holds its two ids inline, 65 bytes each, so a transaction
-/// of legs took 144 bytes a leg, and every transaction a partition is home of or takes part
-/// in stays in its tables for good: 4 legs took 640 bytes, now about 160. Legs are rebuilt
-/// as they are read ([`Transaction::legs`]). The packing is a function of the legs (an
-/// account's bytes are placed where it first appears), so equal legs pack equal, and the
-/// derived equality and hash are those of the legs.
+/// Packed: the transaction id's bytes and each distinct account's, once, and per leg their
+/// places, the amount and the currency (16 bytes). A [`Leg`] holds its two ids inline, 65
+/// bytes each, so a transaction of legs took 144 bytes a leg, and every transaction a
+/// partition is home of or takes part in stays in its tables for good: 4 legs took 650
+/// bytes, now about 160 with short ids. Legs are rebuilt as they are read
+/// ([`Transaction::legs`]); the questions asked at every step (which partitions) read the
+/// bytes only. The packing is a function of the id and the legs (an account's bytes are
+/// placed where it first appears), so equal transactions pack equal, and the derived
+/// equality and hash are those of the id and the legs.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Transaction {
     /// The transaction id's bytes, then the distinct accounts' bytes, back to back, in the
@@ -84,6 +86,22 @@ struct PackedLeg {
 }
 
 const _: () = assert!(std::mem::size_of::<PackedLeg>() <= 16);
+
+impl PackedLeg {
+    fn from(&self) -> AccountAt {
+        AccountAt {
+            at: self.from_at,
+            len: self.from_len,
+        }
+    }
+
+    fn to(&self) -> AccountAt {
+        AccountAt {
+            at: self.to_at,
+            len: self.to_len,
+        }
+    }
+}
 
 /// The legs of a transaction, rebuilt one at a time, in the client's order.
 #[derive(Clone)]
@@ -160,17 +178,17 @@ impl Transaction {
     }
 
     fn pack(transaction_id: TransactionId, legs: &[Leg]) -> Transaction {
-        let mut accounts = transaction_id.as_bytes().to_vec();
+        let mut ids = transaction_id.as_bytes().to_vec();
         let mut placed: Vec<(AccountId, AccountAt)> = Vec::new();
         let mut place = |account: AccountId| -> AccountAt {
             if let Some((_, at)) = placed.iter().find(|(a, _)| *a == account) {
                 return *at;
             }
             let at = AccountAt {
-                at: u16::try_from(accounts.len()).expect("at most 128 ids of 64 bytes"),
+                at: u16::try_from(ids.len()).expect("at most 129 ids of 64 bytes"),
                 len: account.as_bytes().len() as u8,
             };
-            accounts.extend_from_slice(account.as_bytes());
+            ids.extend_from_slice(account.as_bytes());
             placed.push((account, at));
             at
         };
@@ -188,7 +206,7 @@ impl Transaction {
             })
             .collect();
         Transaction {
-            ids: accounts.into_boxed_slice(),
+            ids: ids.into_boxed_slice(),
             legs,
             transaction_id_len: transaction_id.as_bytes().len() as u8,
         }
@@ -206,32 +224,15 @@ impl Transaction {
     /// Each leg's source, then destination, as places: for the questions asked at every
     /// step (which partitions), which need the accounts' bytes only.
     fn sides(&self) -> impl Iterator<Item = AccountAt> + '_ {
-        self.legs.iter().flat_map(|leg| {
-            [
-                AccountAt {
-                    at: leg.from_at,
-                    len: leg.from_len,
-                },
-                AccountAt {
-                    at: leg.to_at,
-                    len: leg.to_len,
-                },
-            ]
-        })
+        self.legs.iter().flat_map(|leg| [leg.from(), leg.to()])
     }
 
     /// Leg `index` (panics past the last: see [`Transaction::leg_count`]).
     pub fn leg(&self, index: usize) -> Leg {
         let packed = self.legs[index];
         Leg {
-            from: self.account(AccountAt {
-                at: packed.from_at,
-                len: packed.from_len,
-            }),
-            to: self.account(AccountAt {
-                at: packed.to_at,
-                len: packed.to_len,
-            }),
+            from: self.account(packed.from()),
+            to: self.account(packed.to()),
             amount: packed.amount,
             currency: packed.currency,
         }
@@ -258,11 +259,7 @@ impl Transaction {
 
     /// The first leg's source: the account that names the transaction.
     pub fn first_from(&self) -> AccountId {
-        let first = self.legs[0];
-        self.account(AccountAt {
-            at: first.from_at,
-            len: first.from_len,
-        })
+        self.account(self.legs[0].from())
     }
 
     /// The idempotency key: the first leg's source and the transaction id.
