@@ -10,20 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-20}
-wallet=${2:-}
-if [[ -z "$wallet" ]]; then
-  cargo build --release --quiet -p walletd-server
-  wallet=target/release/wallet
-fi
-data=$(mktemp -d)
+source bench/serve_lib.sh
+wallet_binary "${2:-}"
 port=${LONG_HOLD_PORT:-18777}
-"$wallet" serve --partitions 1 --data-dir "$data" --listen "127.0.0.1:$port" >"$data/server.log" 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$data"' EXIT
-for _ in $(seq 1 100); do
-  curl -sf -o /dev/null "localhost:$port/v1/health" && break
-  sleep 0.1
-done
+start_serve "$port" --partitions 1
 post() { curl -sf -X POST "localhost:$port$1" -H 'Content-Type: application/json' -d "$2" >/dev/null; }
 post /v1/accounts '{"account_id":"holder","currency":"USD"}'
 post /v1/accounts '{"account_id":"payee","currency":"USD"}'

@@ -18,20 +18,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-multileg4}
 seconds=${2:-10}
-wallet=${3:-}
-if [[ -z "$wallet" ]]; then
-  cargo build --release --quiet -p walletd-server
-  wallet=target/release/wallet
-fi
-data=$(mktemp -d)
+source bench/serve_lib.sh
+wallet_binary "${3:-}"
 port=${SIDE_MEMORY_PORT:-18779}
-"$wallet" serve --data-dir "$data" --listen "127.0.0.1:$port" >"$data/server.log" 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$data"' EXIT
-for _ in $(seq 1 100); do
-  curl -sf -o /dev/null "localhost:$port/v1/health" && break
-  sleep 0.1
-done
+start_serve "$port"
 resident_kb() { awk '/^VmRSS/ {print $2}' "/proc/$server/status"; }
 run() { "$wallet" bench "$mode" --target "http://127.0.0.1:$port" --warmup-seconds 0 --seconds "$1"; }
 echo "side_memory: ${mode}, 1 s of warm-up, then ${seconds} s measured"
