@@ -7,16 +7,17 @@
 //! cache: with 4-leg transactions, the participants' table searched at every Try and Confirm
 //! was 12.7% of the server's time. A general hash map moves every row in one step each time
 //! it doubles, on the partition's thread: hashed tables took the p99.9 of 4-leg transactions
-//! from 31-36 to 42-53 ms. So this one keeps its rows in a [`ChunkedVec`] (appends never move
-//! a row; a clone, which a snapshot image takes, shares the sealed chunks) and finds them
-//! through a [`RowIndex`], which spreads its doublings over the inserts that follow, by the
-//! transfers table's own key hash. Iteration is in insertion order; whatever must read the
-//! rows in key order (a snapshot, a rebuild) sorts them ([`KeyMap::sorted`]).
+//! from 31-36 to 42-53 ms. So this one is a [`KeyedTable`], as the cash table is: rows in a
+//! [`ChunkedVec`](crate::ledger::chunked::ChunkedVec) (appends never move a row; a clone,
+//! which a snapshot image takes, shares the sealed chunks), found through a
+//! [`RowIndex`](crate::ledger::row_index::RowIndex), which spreads its doublings over the
+//! inserts that follow, by the transfers table's own key hash. Iteration is in insertion
+//! order; whatever must read the rows in key order (a snapshot, a rebuild) sorts them
+//! ([`KeyMap::sorted`]).
 //!
-//! It is a [`KeyedTable`], as the cash table is: a row keeps its key's actual bytes in an
-//! arena (about 20 bytes for typical ids) instead of the two ids' inline 65-byte arrays.
-//! With the keys inline a row of these tables took about 150 bytes before its value; a
-//! 4-leg transaction leaves four or five of them.
+//! A row keeps its key's actual bytes in an arena (about 20 bytes for typical ids), not the
+//! two ids' inline 65-byte arrays: with the keys inline a row of these tables took about 150
+//! bytes before its value, and a 4-leg transaction leaves four or five of them.
 
 use std::fmt;
 
@@ -98,12 +99,7 @@ impl<V: Clone> KeyMap<V> {
 
     /// Sets the row of `key`; returns the one it replaces, if there was one.
     pub(crate) fn insert(&mut self, key: TransferKey, value: V) -> Option<V> {
-        if let Some(row) = self.get_mut(&key) {
-            return Some(std::mem::replace(row, value));
-        }
-        let added = self.table.insert(&key.from, &key.transaction_id, value);
-        debug_assert!(added);
-        None
+        self.table.replace(&key.from, &key.transaction_id, value)
     }
 }
 

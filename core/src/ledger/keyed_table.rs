@@ -180,6 +180,19 @@ impl<P> KeyedTable<P> {
         if self.find_hashed(hash, account_bytes, id_bytes).is_some() {
             return false;
         }
+        self.push_new(hash, account, transaction_id, payload);
+        true
+    }
+
+    /// Appends a row for a key the table does not hold, whose [`key_hash`] is `hash`.
+    fn push_new(
+        &mut self,
+        hash: u32,
+        account: &AccountId,
+        transaction_id: &TransactionId,
+        payload: P,
+    ) {
+        let (account_bytes, id_bytes) = (account.as_bytes(), transaction_id.as_bytes());
         let ids_at = self.rows.ids.push(2, |out| {
             account.append_bytes_to(out);
             transaction_id.append_bytes_to(out);
@@ -192,7 +205,6 @@ impl<P> KeyedTable<P> {
         };
         let at = self.rows.rows.push(packed);
         self.index.insert(hash, at);
-        true
     }
 }
 
@@ -202,6 +214,23 @@ impl<P: Clone> KeyedTable<P> {
     #[inline]
     pub(crate) fn payload_mut(&mut self, at: usize) -> &mut P {
         &mut self.rows.rows.get_mut(at).payload
+    }
+
+    /// Sets the payload of (`account`, `transaction_id`), adding its row if it has none;
+    /// returns the payload it replaces. One hash of the key serves the lookup and the add.
+    pub(crate) fn replace(
+        &mut self,
+        account: &AccountId,
+        transaction_id: &TransactionId,
+        payload: P,
+    ) -> Option<P> {
+        let (account_bytes, id_bytes) = (account.as_bytes(), transaction_id.as_bytes());
+        let hash = key_hash(account_bytes, id_bytes);
+        if let Some(at) = self.find_hashed(hash, account_bytes, id_bytes) {
+            return Some(std::mem::replace(self.payload_mut(at), payload));
+        }
+        self.push_new(hash, account, transaction_id, payload);
+        None
     }
 
     /// The rows as they are now, for a snapshot image: sealed chunks are shared, only the
