@@ -73,6 +73,10 @@ pub struct HoldTerms {
     pub captured: Option<Amount>,
 }
 
+// A row of the hold terms: the terms, the place of the key's bytes and their lengths. The
+// bound is that size, so a field that grows the rows fails the build.
+const _: () = assert!(super::keyed_table::row_size::<HoldTerms>() <= 40);
+
 /// What the client of a capture or void is shown of its hold, besides its key: where it goes,
 /// what it holds, and what was captured of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

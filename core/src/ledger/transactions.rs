@@ -72,6 +72,12 @@ pub struct PartRow {
     pub tx: Option<Arc<Transaction>>,
 }
 
+// A row of either table is its payload, the place of its key's bytes and their lengths: 32
+// bytes, whatever the ids (the transaction itself is shared, see `Transaction`). The bound is
+// that size, so a field that grows the rows fails the build.
+const _: () = assert!(super::keyed_table::row_size::<TransactionTerms>() <= 32);
+const _: () = assert!(super::keyed_table::row_size::<PartRow>() <= 32);
+
 /// Where a participant's side of a transaction stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PartState {
