@@ -77,8 +77,8 @@ use std::sync::Arc;
 
 use rustc_hash::FxHasher;
 
+use crate::ledger::transfer_table::StoredRow;
 use crate::ledger::transfer_table::CHUNK_ROWS;
-use crate::ledger::TableRow;
 pub use crate::log::chunk_file::ChunkIndex;
 use crate::log::chunk_file::{self, DecodedChunk};
 use crate::model::event::TransferKey;
@@ -620,7 +620,7 @@ impl ColdRows {
     /// filter that names the chunk takes a hash of its own, independent of `disk` (a
     /// stranger whose on-disk hash is a cold key's passes the Bloom filter), computed only
     /// for the keys the Bloom filter lets through.
-    pub(crate) fn get(&self, key: &TransferKey, disk: u32) -> Result<Option<TableRow>, ColdError> {
+    pub(crate) fn get(&self, key: &TransferKey, disk: u32) -> Result<Option<StoredRow>, ColdError> {
         debug_assert_eq!(
             disk,
             chunk_file::disk_key_hash(key.from.as_bytes(), key.transaction_id.as_bytes())
@@ -655,7 +655,7 @@ impl ColdRows {
 
     /// Every row of cold chunk `chunk`, read whole and checked (positions whose row moved on
     /// have none).
-    pub(crate) fn rows_of(&self, chunk: usize) -> Result<Vec<TableRow>, ColdError> {
+    pub(crate) fn rows_of(&self, chunk: usize) -> Result<Vec<StoredRow>, ColdError> {
         assert!(chunk < self.chunks.len());
         let reader = self.reader_or_error()?;
         let DecodedChunk { rows, .. } =

@@ -32,7 +32,7 @@
 
 use std::collections::BTreeSet;
 
-use super::key_map::KeyMap;
+use super::row_terms::RowTerms;
 use super::{
     check_move, check_room, find_account, Ledger, LedgerError, RecordMeta, Reply, Source,
     TransferRow, TransferState, TransferStatus,
@@ -73,9 +73,9 @@ pub struct HoldTerms {
     pub captured: Option<Amount>,
 }
 
-// A row of the hold terms: the terms, the place of the key's bytes and their lengths. The
-// bound is that size, so a field that grows the rows fails the build.
-const _: () = assert!(super::keyed_table::row_size::<HoldTerms>() <= 40);
+// The terms sit in a map beside their row (see `row_terms`): 24 bytes, that the map's
+// slots stay small. The bound is that size, so a field that grows them fails the build.
+const _: () = assert!(std::mem::size_of::<HoldTerms>() <= 24);
 
 /// What the client of a capture or void is shown of its hold, besides its key: where it goes,
 /// what it holds, and what was captured of it.
@@ -90,34 +90,44 @@ pub struct HoldEnd {
     pub captured: Option<Amount>,
 }
 
-/// The holds a partition is home of. The terms only grow with holds; they are in snapshots
-/// (sorted by key there), and the open set is rebuilt from them and the rows.
-///
-/// The terms are a [`KeyMap`]: every commit at a home looks a key up there, and an ordered
-/// map's search of 130-byte keys was 3.7% of the server's time under holds then captures,
-/// while a general hash map's doubling stalled the partition (see
-/// [`crate::ledger::key_map`]).
+/// The holds a partition is home of that have not ended. Their terms are their rows', in
+/// the transfers table ([`crate::ledger::row_terms`]): they go to disk with the rows once
+/// final, and snapshots hold them with the rows. The open set is rebuilt from the rows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct HoldTable {
-    /// Every hold placed here, by key.
-    pub(crate) terms: KeyMap<HoldTerms>,
     /// The holds not ended yet (being placed, or held), by expiry then key: the next to
     /// expire first.
     pub(crate) open: BTreeSet<(Timestamp, TransferKey)>,
 }
 
-impl HoldTable {
-    pub(crate) fn close(&mut self, key: &TransferKey) {
-        if let Some(terms) = self.terms.get(key) {
-            self.open.remove(&(terms.expires_at, *key));
-        }
-    }
-}
-
 impl Ledger {
+    /// The terms of the hold `key`, if it is a hold placed here: in memory, or read with
+    /// its row from its chunk file.
+    pub fn find_hold_terms(&self, key: &TransferKey) -> Result<Option<HoldTerms>, LedgerError> {
+        let terms = self.transfers.terms_of(key)?;
+        Ok(terms.and_then(|terms| terms.hold()))
+    }
+
     /// The terms of the hold `key`, if it is a hold placed here.
+    ///
+    /// # Panics
+    /// If the hold's row is on disk only and its chunk file cannot be read: for the
+    /// coordinator's paths, whose holds are in flight (so in memory), and for checks.
     pub fn hold_terms(&self, key: &TransferKey) -> Option<HoldTerms> {
-        self.holds.terms.get(key).copied()
+        self.find_hold_terms(key)
+            .unwrap_or_else(|error| panic!("terms of hold {key:?}: {error}"))
+    }
+
+    /// The terms of the hold whose row is at `at`, in memory, if it is a hold's.
+    fn hold_terms_at(&self, at: usize) -> Option<HoldTerms> {
+        self.transfers.terms(at).and_then(RowTerms::hold)
+    }
+
+    /// Closes the hold whose row is at `at`: it leaves the open set.
+    pub(crate) fn close_hold(&mut self, at: usize, key: &TransferKey) {
+        if let Some(terms) = self.hold_terms_at(at) {
+            self.holds.open.remove(&(terms.expires_at, *key));
+        }
     }
 
     /// Open holds on this partition.
@@ -140,27 +150,39 @@ impl Ledger {
             .collect()
     }
 
-    /// Takes the hold terms a snapshot kept, once its transfers table is restored: the
-    /// holds whose rows are still being placed or held are open again.
-    pub(crate) fn restore_holds(&mut self, terms: KeyMap<HoldTerms>) -> Result<(), String> {
-        let mut open = BTreeSet::new();
-        for (key, terms) in terms.iter() {
-            // Open holds are unfinished rows, which are in memory: a row on disk is final.
-            let state = self
-                .transfers
-                .find(&key)
-                .map(|at| self.transfers.phase(at).state);
-            if matches!(state, Some(TransferState::Trying | TransferState::Held)) {
-                open.insert((terms.expires_at, key));
+    /// Gives their rows the hold terms a snapshot of before version 10 kept in a table of
+    /// their own. Every row is in memory then (such snapshots restore their chunks so).
+    pub(crate) fn restore_separate_hold_terms(
+        &mut self,
+        terms: Vec<(TransferKey, HoldTerms)>,
+    ) -> Result<(), String> {
+        for (key, terms) in terms {
+            let at = (self.transfers.find(&key))
+                .ok_or_else(|| format!("terms of hold {key:?}, which has no row"))?;
+            if self.transfers.terms(at).is_some() {
+                return Err(format!("hold {key:?} has terms twice"));
             }
-            if state
-                .is_some_and(|state| terms.captured.is_some() != (state == TransferState::Captured))
-            {
+            let state = self.transfers.phase(at).state;
+            if terms.captured.is_some() != (state == TransferState::Captured) {
                 return Err(format!("hold {key:?} captured, or not, against its row"));
             }
+            self.transfers.set_terms(at, RowTerms::Hold(terms));
         }
-        self.holds = HoldTable { terms, open };
         Ok(())
+    }
+
+    /// Rebuilds the open holds from the rows, once a snapshot is restored: the holds whose
+    /// rows are still being placed or held. Such rows are unfinished, so in memory.
+    pub(crate) fn restore_open_holds(&mut self) {
+        let open = (self.transfers.hot_from()..self.transfers.len())
+            .filter_map(|at| {
+                let terms = self.hold_terms_at(at)?;
+                let state = self.transfers.phase(at).state;
+                matches!(state, TransferState::Trying | TransferState::Held)
+                    .then(|| (terms.expires_at, self.transfers.row(at).transfer.key()))
+            })
+            .collect();
+        self.holds = HoldTable { open };
     }
 
     /// The earliest expiry of a held hold (holds still being placed expire once held).
@@ -186,7 +208,7 @@ impl Ledger {
         if let Some(row) = self.find_transfer(&transfer.key())? {
             // A hold refused at once has no terms: its row is the answer, as a transfer's.
             // A multi-leg transaction's row holds its first leg: no hold is its retry.
-            let hold_or_refused = self.holds.terms.contains_key(&transfer.key())
+            let hold_or_refused = self.find_hold_terms(&transfer.key())?.is_some()
                 || (matches!(row.state, TransferState::Rejected(_))
                     && !self.transactions.home.contains_key(&transfer.key()));
             return if row.transfer == transfer && hold_or_refused {
@@ -369,9 +391,6 @@ impl Ledger {
         if remote == self.owns(&hold.to) {
             return Err(format!("hold {key:?} misstates where its destination is"));
         }
-        if self.holds.terms.contains_key(&key) {
-            return Err(format!("hold {key:?} placed twice"));
-        }
         let minor = hold.amount.minor();
         if !remote {
             if hold.from == hold.to {
@@ -387,7 +406,7 @@ impl Ledger {
         } else {
             TransferState::Held
         };
-        self.debit_into_hold(meta, hold, source, state, remote)?;
+        let at = self.debit_into_hold(meta, hold, source, state, remote)?;
         if !remote {
             self.accounts
                 .get_mut(&hold.to)
@@ -398,7 +417,7 @@ impl Ledger {
             expires_at,
             captured: None,
         };
-        self.holds.terms.insert(key, terms);
+        self.transfers.set_terms(at, RowTerms::Hold(terms));
         self.holds.open.insert((expires_at, key));
         Ok(())
     }
@@ -408,7 +427,7 @@ impl Ledger {
         let at = self
             .transfers
             .find(key)
-            .filter(|_| self.holds.terms.contains_key(key))
+            .filter(|&at| self.hold_terms_at(at).is_some())
             .ok_or_else(|| format!("hold {key:?} established but never placed"))?;
         let mut phase = self.transfers.phase(at);
         if phase.state != TransferState::Trying {
@@ -428,7 +447,7 @@ impl Ledger {
         let at = self
             .transfers
             .find(&key)
-            .filter(|_| self.holds.terms.contains_key(&key))
+            .filter(|&at| self.hold_terms_at(at).is_some())
             .ok_or_else(|| format!("{what} of {key:?}, which is not a hold placed here"))?;
         let phase = self.transfers.phase(at);
         if phase.state != TransferState::Held {
@@ -478,9 +497,10 @@ impl Ledger {
             to.balance += captured;
         }
         self.end_hold(at, meta, TransferState::Captured);
-        let key = hold.key();
-        self.holds.close(&key);
-        let terms = self.holds.terms.get_mut(&key).expect("a hold placed here");
+        self.close_hold(at, &hold.key());
+        let Some(RowTerms::Hold(terms)) = self.transfers.terms_mut(at) else {
+            unreachable!("a hold placed here has terms");
+        };
         terms.captured = Some(amount);
         Ok(())
     }
@@ -522,7 +542,7 @@ impl Ledger {
             to.incoming -= full;
             self.end_hold(at, meta, TransferState::Cancelled(reason));
         }
-        self.holds.close(&hold.key());
+        self.close_hold(at, &hold.key());
         Ok(())
     }
 

@@ -68,10 +68,6 @@ impl<V> KeyMap<V> {
         self.table.len()
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Every row, in the order the keys were first inserted.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (TransferKey, &V)> {
         self.table.iter().map(|(ids, value)| (key_of(&ids), value))

@@ -24,6 +24,7 @@ pub(crate) mod key_map;
 pub(crate) mod keyed_table;
 pub(crate) mod refunds;
 pub(crate) mod row_index;
+pub(crate) mod row_terms;
 pub(crate) mod transactions;
 pub(crate) mod transfer_table;
 
@@ -699,7 +700,7 @@ impl Ledger {
     ) -> Result<Option<(Transfer, usize)>, LedgerError> {
         Ok(match self.transfers.lookup(key)? {
             Some(Found::Hot(at)) => Some((self.transfers.row(at).transfer, at + 1)),
-            Some(Found::Cold(row)) => Some((row.transfer, self.transfers.hot_from())),
+            Some(Found::Cold(row)) => Some((row.0.transfer, self.transfers.hot_from())),
             None => None,
         })
     }
@@ -944,7 +945,6 @@ impl Ledger {
             }
             Command::Capture { key, .. } | Command::Void { key } | Command::ExpireHold { key } => {
                 self.transfers.prefetch(key);
-                self.holds.terms.prefetch(key);
                 Prefetched::default()
             }
             Command::Transact(tx) => {
@@ -1240,8 +1240,8 @@ impl Ledger {
                 return Err(LedgerError::Conflict(transfer.transaction_id))
             }
             // A row on disk is final: a retry gets its outcome, another body a conflict.
-            Some(Found::Cold(row)) if row.transfer == transfer => {
-                return Ok(Reply::Transfer(row.state.status()))
+            Some(Found::Cold(row)) if row.0.transfer == transfer => {
+                return Ok(Reply::Transfer(row.0.state.status()))
             }
             Some(Found::Cold(_)) => return Err(LedgerError::Conflict(transfer.transaction_id)),
             Some(Found::Hot(at)) => at,
@@ -1323,9 +1323,21 @@ impl Ledger {
 
     /// The phase of the home row under `key`, in memory or on disk (where it is final).
     fn home_state(&self, key: &TransferKey) -> Result<TransferState, LedgerError> {
+        Ok(self.home_state_and_hold(key)?.0)
+    }
+
+    /// The phase of the home row under `key` and whether it is a hold's (has a hold's
+    /// terms), from one lookup.
+    fn home_state_and_hold(&self, key: &TransferKey) -> Result<(TransferState, bool), LedgerError> {
         match self.transfers.lookup(key)? {
-            Some(Found::Hot(at)) => Ok(self.transfers.phase(at).state),
-            Some(Found::Cold(row)) => Ok(row.state),
+            Some(Found::Hot(at)) => Ok((
+                self.transfers.phase(at).state,
+                self.transfers.terms(at).is_some_and(|t| t.hold().is_some()),
+            )),
+            Some(Found::Cold(row)) => Ok((
+                row.0.state,
+                row.1.as_ref().is_some_and(|t| t.hold().is_some()),
+            )),
             None => Err(LedgerError::UnknownTransfer(*key)),
         }
     }
@@ -1337,7 +1349,16 @@ impl Ledger {
         key: &TransferKey,
         command: &'static str,
     ) -> Result<TransferState, LedgerError> {
-        let state = self.home_state(key)?;
+        Ok(self.transfer_state_and_hold(key, command)?.0)
+    }
+
+    /// [`Self::transfer_state`], and whether the row is a hold's.
+    fn transfer_state_and_hold(
+        &self,
+        key: &TransferKey,
+        command: &'static str,
+    ) -> Result<(TransferState, bool), LedgerError> {
+        let (state, hold) = self.home_state_and_hold(key)?;
         if self.transactions.home.contains_key(key) {
             return Err(LedgerError::InvalidTransition {
                 key: *key,
@@ -1345,7 +1366,7 @@ impl Ledger {
                 command,
             });
         }
-        Ok(state)
+        Ok((state, hold))
     }
 
     fn decide_decision(
@@ -1402,8 +1423,8 @@ impl Ledger {
         key: TransferKey,
         events: &mut Vec<Event>,
     ) -> Result<Reply, LedgerError> {
-        let hold = self.holds.terms.contains_key(&key);
-        match self.transfer_state(&key, "commit")? {
+        let (state, hold) = self.transfer_state_and_hold(&key, "commit")?;
+        match state {
             // A hold is held at the commit point of its Try; a capture, a void or its expiry
             // ends it later (see `holds`).
             TransferState::Trying if hold => events.push(Event::HoldEstablished { key }),
@@ -1852,7 +1873,8 @@ impl Ledger {
         transfer: &Transfer,
         source: Source,
     ) -> Result<(), String> {
-        self.debit_into_hold(meta, transfer, source, TransferState::Trying, true)
+        self.debit_into_hold(meta, transfer, source, TransferState::Trying, true)?;
+        Ok(())
     }
 
     /// Moves `transfer`'s amount from its source's balance into `held` and places its row in
@@ -1864,15 +1886,14 @@ impl Ledger {
         source: Source,
         state: TransferState,
         remote: bool,
-    ) -> Result<(), String> {
+    ) -> Result<usize, String> {
         let slot = vacancy(&mut self.transfers, &transfer.key(), source)?;
         let from = find_account(&mut self.accounts, &transfer.from, "debit from")?;
         let minor = transfer.amount.minor();
         check_move(&transfer.from, from, minor, transfer.currency, check_covers)?;
         from.balance -= minor;
         from.held += minor;
-        slot.fill(&new_row(meta, *transfer, state, remote));
-        Ok(())
+        Ok(slot.fill(&new_row(meta, *transfer, state, remote)))
     }
 
     /// A refund accepted (`refused` `None`: applied as the transfer it is) or refused
@@ -1912,7 +1933,7 @@ impl Ledger {
         if matches!(decision, Decision::Cancel(_)) {
             // A hold whose placing is cancelled (its destination refused it, or never
             // answered) ends here: it is open no more, as a restart would rebuild it.
-            self.holds.close(key);
+            self.close_hold(at, key);
         }
         Ok(())
     }

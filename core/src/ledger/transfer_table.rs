@@ -66,6 +66,7 @@ use crate::ledger::chunked::ChunkedVec;
 use crate::ledger::cold::{filter_hash, ChunkRead, ColdChunk, ColdError, ColdRows};
 use crate::ledger::id_arena::{IdArena, IdsAt};
 use crate::ledger::row_index::{RowIndex, ROWS_MAX};
+use crate::ledger::row_terms::{RowTerms, TermsColumn};
 use crate::ledger::{CreditRow, CreditState, TableRow, TransferRow, TransferState};
 use crate::log::chunk_file::disk_key_hash;
 use crate::model::event::{Timestamp, Transfer, TransferKey};
@@ -236,6 +237,8 @@ pub const CHUNK_ROWS: usize = if cfg!(any(test, madsim, feature = "testing")) {
 pub(crate) struct RowStore {
     rows: ChunkedVec<PackedRow, CHUNK_ROWS>,
     ids: IdArena,
+    /// The terms of the rows that carry some (holds'), by position.
+    terms: TermsColumn,
 }
 
 impl RowStore {
@@ -243,18 +246,20 @@ impl RowStore {
     fn starting_after(chunks: usize) -> RowStore {
         RowStore {
             rows: ChunkedVec::starting_after(chunks),
+            terms: TermsColumn::starting_after(chunks),
             ..RowStore::default()
         }
     }
 
     /// The first position still held.
-    fn first(&self) -> usize {
+    pub(crate) fn first(&self) -> usize {
         self.rows.dropped() * CHUNK_ROWS
     }
 
     /// Drops rows `..chunks * CHUNK_ROWS` (sealed chunks) and the arena chunks only they used.
     fn drop_front(&mut self, chunks: usize) {
         self.rows.drop_front(chunks);
+        self.terms.drop_front(chunks);
         // Rows take their ids from the arena in order: what the first row left uses, and
         // what follows it, stays.
         if self.first() < self.len() {
@@ -347,6 +352,7 @@ impl RowStore {
             accepted_at: row.accepted_at,
             decided_at: row.decided_at,
             finished_at: row.finished_at,
+            terms: self.terms.get(at),
         }
     }
 }
@@ -355,16 +361,20 @@ impl RowStore {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Found {
     Hot(usize),
-    /// A row on disk only; always final. Boxed: a whole row is 240 bytes, and every lookup
-    /// returns a `Found` by value, a retry of an old transfer being the rare case.
-    Cold(Box<TransferRow>),
+    /// A row on disk only, with its terms; always final. Boxed: a whole row is 240 bytes,
+    /// and every lookup returns a `Found` by value, a retry of an old transfer being the
+    /// rare case.
+    Cold(Box<(TransferRow, Option<RowTerms>)>),
 }
 
 /// A row of either kind found by its key.
 enum AnyFound {
     Hot(usize),
-    Cold(TableRow),
+    Cold(StoredRow),
 }
+
+/// A row as chunk files and snapshots store it: the row, and its terms if it has some.
+pub(crate) type StoredRow = (TableRow, Option<RowTerms>);
 
 /// A credit row found by its key (see [`TransferTable::credit_lookup`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -410,7 +420,10 @@ impl TransferTable {
     /// Bytes of memory the table's structures take, roughly: rows, id arena, index, filter.
     pub(crate) fn bytes(&self) -> usize {
         let rows = (self.len() - self.hot_from()) * std::mem::size_of::<PackedRow>();
-        rows + self.store.ids.bytes_held() + self.index.bytes() + self.cold.bytes()
+        rows + self.store.ids.bytes_held()
+            + self.store.terms.bytes()
+            + self.index.bytes()
+            + self.cold.bytes()
     }
 
     /// Drops the rows of `cold`'s chunk from memory: its chunk file is durable. Chunks leave
@@ -507,7 +520,9 @@ impl TransferTable {
     pub(crate) fn lookup(&self, key: &TransferKey) -> Result<Option<Found>, ColdError> {
         Ok(match self.lookup_any(key)? {
             Some(AnyFound::Hot(at)) => self.is_home(at).then_some(Found::Hot(at)),
-            Some(AnyFound::Cold(row)) => row.home().map(|row| Found::Cold(Box::new(row))),
+            Some(AnyFound::Cold((row, terms))) => {
+                row.home().map(|row| Found::Cold(Box::new((row, terms))))
+            }
             None => None,
         })
     }
@@ -530,7 +545,7 @@ impl TransferTable {
     }
 
     /// The row of `key`, whose on-disk hash is `disk`, if it is on disk only.
-    fn cold_row(&self, key: &TransferKey, disk: u32) -> Result<Option<TableRow>, ColdError> {
+    fn cold_row(&self, key: &TransferKey, disk: u32) -> Result<Option<StoredRow>, ColdError> {
         if self.cold.chunks() == 0 {
             return Ok(None);
         }
@@ -552,9 +567,39 @@ impl TransferTable {
     pub(crate) fn get(&self, key: &TransferKey) -> Result<Option<TransferRow>, ColdError> {
         Ok(match self.lookup(key)? {
             Some(Found::Hot(at)) => Some(self.row(at)),
-            Some(Found::Cold(row)) => Some(*row),
+            Some(Found::Cold(row)) => Some(row.0),
             None => None,
         })
+    }
+
+    /// The terms of the home row recorded under `key`, in memory or on disk; none for a
+    /// row without terms or no row.
+    pub(crate) fn terms_of(&self, key: &TransferKey) -> Result<Option<RowTerms>, ColdError> {
+        Ok(match self.lookup(key)? {
+            Some(Found::Hot(at)) => self.terms(at).cloned(),
+            Some(Found::Cold(row)) => row.1,
+            None => None,
+        })
+    }
+
+    /// The terms of the row at `at`, in memory, if it has some.
+    #[inline]
+    pub(crate) fn terms(&self, at: usize) -> Option<&RowTerms> {
+        self.store.terms.get(at)
+    }
+
+    /// The terms of the row at `at` to change, if it has some.
+    pub(crate) fn terms_mut(&mut self, at: usize) -> Option<&mut RowTerms> {
+        self.store.terms.get_mut(at)
+    }
+
+    /// Gives the home row at `at`, in memory, its terms.
+    ///
+    /// # Panics
+    /// If the row has terms already.
+    pub(crate) fn set_terms(&mut self, at: usize, terms: RowTerms) {
+        debug_assert!(self.is_home(at), "terms are a home row's");
+        self.store.terms.insert(at, terms);
     }
 
     /// The home row at position `at` (positions are log order), whole.
@@ -596,7 +641,7 @@ impl TransferTable {
     pub(crate) fn credit_lookup(&self, key: &TransferKey) -> Result<Option<Credit>, ColdError> {
         Ok(match self.lookup_any(key)? {
             Some(AnyFound::Hot(at)) => self.is_credit(at).then_some(Credit::Hot(at)),
-            Some(AnyFound::Cold(row)) => row.credit().map(|(_, row)| Credit::Cold(row)),
+            Some(AnyFound::Cold((row, _))) => row.credit().map(|(_, row)| Credit::Cold(row)),
             None => None,
         })
     }
@@ -731,6 +776,27 @@ impl TransferTable {
         }
     }
 
+    /// Records `row` of either kind with its terms, or returns `false` and changes nothing
+    /// if the key is already recorded (what a snapshot restores).
+    pub(crate) fn insert_stored(&mut self, (row, terms): StoredRow) -> Result<bool, ColdError> {
+        let Some(vacancy) = self.vacancy(&row.key(), true)? else {
+            return Ok(false);
+        };
+        match (row, terms) {
+            (TableRow::Home(row), terms) => {
+                let at = vacancy.fill(&row);
+                if let Some(terms) = terms {
+                    self.set_terms(at, terms);
+                }
+            }
+            (TableRow::Credit(key, row), None) => {
+                vacancy.fill_credit(&key, &row);
+            }
+            (TableRow::Credit(..), Some(_)) => unreachable!("decoders give terms to home rows"),
+        }
+        Ok(true)
+    }
+
     /// Records the home row `row` under its transfer's key, or returns `false` and changes
     /// nothing if the key is already recorded.
     pub(crate) fn insert(&mut self, row: &TransferRow) -> Result<bool, ColdError> {
@@ -770,12 +836,19 @@ impl TransferTable {
     /// If a chunk file of cold rows cannot be read: this is for tools and checks, which
     /// cannot go on without every row (the partition's own paths use [`Self::lookup`]).
     pub(crate) fn iter(&self) -> impl Iterator<Item = TableRow> + '_ {
+        self.iter_stored().map(|(row, _)| row)
+    }
+
+    /// Every row with its terms, in log order, as [`Self::iter`].
+    pub(crate) fn iter_stored(&self) -> impl Iterator<Item = StoredRow> + '_ {
         let cold = (0..self.cold.chunks()).flat_map(move |chunk| {
             self.cold
                 .rows_of(chunk)
                 .unwrap_or_else(|error| panic!("cold chunk {chunk} unreadable: {error}"))
         });
-        cold.chain((self.hot_from()..self.len()).filter_map(|at| self.hot_row(at)))
+        let hot = (self.hot_from()..self.len())
+            .filter_map(|at| Some((self.hot_row(at)?, self.terms(at).cloned())));
+        cold.chain(hot)
     }
 
     /// The row at hot position `at`, whole; none where a row moved on.
@@ -854,6 +927,9 @@ impl TransferTable {
         );
         let to = self.store.push_ids(row, &ids);
         self.index.insert(hash, to);
+        if let Some(terms) = self.store.terms.remove(at) {
+            self.store.terms.insert(to, terms);
+        }
         // The old position's index slot stays until the index forgets it; with no key there,
         // a lookup passes it by.
         *self.store.row_mut(at) = PackedRow {
@@ -888,10 +964,10 @@ impl TransferTable {
             return;
         }
         let first = self.hot_from();
-        let mut rows: Vec<TableRow> = (first..self.len())
-            .filter_map(|at| self.hot_row(at))
+        let mut rows: Vec<StoredRow> = (first..self.len())
+            .filter_map(|at| Some((self.hot_row(at)?, self.terms(at).cloned())))
             .collect();
-        let removed = rows.iter().position(|row| row.key() == *key);
+        let removed = rows.iter().position(|(row, _)| row.key() == *key);
         rows.swap_remove(removed.expect("the row found is in memory"));
         let mut table = TransferTable {
             index: RowIndex::default(),
@@ -900,12 +976,11 @@ impl TransferTable {
             moved_credits: Vec::new(),
         };
         for row in rows {
-            let vacancy = table.vacancy(&row.key(), true);
-            let vacancy = vacancy.ok().flatten().expect("a kept row's key is free");
-            match row {
-                TableRow::Home(row) => vacancy.fill(&row),
-                TableRow::Credit(key, row) => vacancy.fill_credit(&key, &row),
-            }
+            let inserted = table.insert_stored(row);
+            assert!(
+                inserted.is_ok_and(|inserted| inserted),
+                "a kept row's key is free"
+            );
         }
         *self = table;
     }
@@ -966,6 +1041,8 @@ pub(crate) struct RowView<'a> {
     pub(crate) accepted_at: Timestamp,
     pub(crate) decided_at: Timestamp,
     pub(crate) finished_at: Timestamp,
+    /// The row's terms, if it has some (a hold's).
+    pub(crate) terms: Option<&'a RowTerms>,
 }
 
 impl RowView<'_> {
@@ -1010,8 +1087,9 @@ pub(crate) struct Vacancy<'a> {
 }
 
 impl Vacancy<'_> {
-    /// Appends the home row `row`, whose key must be the one this place was found for.
-    pub(crate) fn fill(self, row: &TransferRow) {
+    /// Appends the home row `row`, whose key must be the one this place was found for;
+    /// returns its position.
+    pub(crate) fn fill(self, row: &TransferRow) -> usize {
         let t = &row.transfer;
         let packed = PackedRow {
             ids_at: 0,
@@ -1026,11 +1104,12 @@ impl Vacancy<'_> {
             currency: t.currency,
             remote: row.remote,
         };
-        self.push(packed, &t.key(), Some(&t.to));
+        self.push(packed, &t.key(), Some(&t.to))
     }
 
-    /// Appends the credit row `row` of `key`, the key this place was found for.
-    pub(crate) fn fill_credit(self, key: &TransferKey, row: &CreditRow) {
+    /// Appends the credit row `row` of `key`, the key this place was found for; returns its
+    /// position.
+    pub(crate) fn fill_credit(self, key: &TransferKey, row: &CreditRow) -> usize {
         debug_assert_eq!(row.transfer.is_none(), row.state == CreditState::TryNotSeen);
         debug_assert!(row.transfer.is_none_or(|t| t.key() == *key));
         let to = row.transfer.map(|t| t.to);
@@ -1047,10 +1126,10 @@ impl Vacancy<'_> {
             currency: row.transfer.map_or(Currency::ALL[0], |t| t.currency),
             remote: false,
         };
-        self.push(packed, key, to.as_ref());
+        self.push(packed, key, to.as_ref())
     }
 
-    fn push(self, packed: PackedRow, key: &TransferKey, to: Option<&AccountId>) {
+    fn push(self, packed: PackedRow, key: &TransferKey, to: Option<&AccountId>) -> usize {
         let table = self.table;
         assert!(
             table.len() < TRANSFER_ROWS_MAX,
@@ -1067,6 +1146,7 @@ impl Vacancy<'_> {
         if table.len() % CHUNK_ROWS == 0 {
             table.move_rows_in_flight();
         }
+        at
     }
 }
 
@@ -1079,9 +1159,11 @@ impl PartialEq for TransferTable {
     /// If a chunk file of cold rows cannot be read (tests and checks only).
     fn eq(&self, other: &Self) -> bool {
         self.len() == other.len()
-            && self.iter().all(|row| {
-                let found = match other.lookup_any(&row.key()) {
-                    Ok(Some(AnyFound::Hot(at))) => Some(other.store.view(at).to_row()),
+            && self.iter_stored().all(|row| {
+                let found = match other.lookup_any(&row.0.key()) {
+                    Ok(Some(AnyFound::Hot(at))) => {
+                        Some((other.store.view(at).to_row(), other.terms(at).cloned()))
+                    }
                     Ok(Some(AnyFound::Cold(row))) => Some(row),
                     Ok(None) => None,
                     Err(error) => panic!("cold rows unreadable: {error}"),
@@ -1094,7 +1176,7 @@ impl Eq for TransferTable {}
 
 impl std::fmt::Debug for TransferTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.iter()).finish()
+        f.debug_list().entries(self.iter_stored()).finish()
     }
 }
 
@@ -1326,7 +1408,7 @@ mod tests {
         let (mut table, rows, _files, cold) = table_with_chunk_files(chunks);
         let all_found = |table: &TransferTable, cold_chunks: usize| {
             rows[..cold_chunks * CHUNK_ROWS].iter().all(|row| {
-                table.lookup(&row.transfer.key()) == Ok(Some(Found::Cold(Box::new(*row))))
+                table.lookup(&row.transfer.key()) == Ok(Some(Found::Cold(Box::new((*row, None)))))
             })
         };
         let mut out = None;
@@ -1376,7 +1458,11 @@ mod tests {
             let key = expected.transfer.key();
             let found = table.lookup(&key).unwrap();
             if at < 6 * CHUNK_ROWS {
-                assert_eq!(found, Some(Found::Cold(Box::new(*expected))), "row {at}");
+                assert_eq!(
+                    found,
+                    Some(Found::Cold(Box::new((*expected, None)))),
+                    "row {at}"
+                );
                 assert_eq!(table.find(&key), None);
             } else {
                 assert_eq!(found, Some(Found::Hot(at)), "row {at}");
@@ -1502,7 +1588,7 @@ mod tests {
             Ok(Some(Credit::Hot(end + 1)))
         );
         let first_on_disk = row("carol", "a-0", "dan", 1);
-        let cold = Found::Cold(Box::new(first_on_disk));
+        let cold = Found::Cold(Box::new((first_on_disk, None)));
         assert_eq!(table.lookup(&first_on_disk.transfer.key()), Ok(Some(cold)));
         // Still held, the hold moves on again, and again, and memory holds its few chunks.
         for round in 0..3 {
@@ -1541,7 +1627,7 @@ mod tests {
             ..held
         };
         let found = table.lookup(&held.transfer.key());
-        assert_eq!(found, Ok(Some(Found::Cold(Box::new(captured)))));
+        assert_eq!(found, Ok(Some(Found::Cold(Box::new((captured, None))))));
         let confirmed = table.credit(&credit_key).unwrap().unwrap();
         assert_eq!(confirmed.state, CreditState::Confirmed);
         assert_eq!(
@@ -1588,7 +1674,13 @@ mod tests {
             let encoded = crate::log::chunk_file::encode_chunk(3, chunk, &store);
             let decoded = crate::log::chunk_file::decode_chunk(&encoded.bytes, 3, chunk as u64);
             let range = chunk * CHUNK_ROWS..(chunk + 1) * CHUNK_ROWS;
-            let decoded: Vec<TableRow> = decoded.unwrap().rows.into_iter().flatten().collect();
+            let decoded: Vec<TableRow> = decoded
+                .unwrap()
+                .rows
+                .into_iter()
+                .flatten()
+                .map(|(row, _)| row)
+                .collect();
             assert_eq!(decoded, rows[range]);
             files
                 .files
@@ -1608,7 +1700,10 @@ mod tests {
             let key = expected.key();
             match *expected {
                 TableRow::Home(home) => {
-                    assert_eq!(table.lookup(&key), Ok(Some(Found::Cold(Box::new(home)))));
+                    assert_eq!(
+                        table.lookup(&key),
+                        Ok(Some(Found::Cold(Box::new((home, None)))))
+                    );
                     assert_eq!(table.credit_lookup(&key), Ok(None));
                 }
                 TableRow::Credit(_, credit) => {
@@ -1658,7 +1753,7 @@ mod tests {
                 match table.lookup(&key_of(row_at)) {
                     Ok(found) => assert_eq!(
                         found,
-                        Some(Found::Cold(Box::new(rows[row_at]))),
+                        Some(Found::Cold(Box::new((rows[row_at], None)))),
                         "byte {at}"
                     ),
                     Err(error) => assert!(error.0.contains("chunk file 1"), "{error}"),
@@ -1671,7 +1766,7 @@ mod tests {
         assert!(table.lookup(&key_of(2 * CHUNK_ROWS + 5)).is_err());
         assert_eq!(
             table.lookup(&key_of(5)),
-            Ok(Some(Found::Cold(Box::new(rows[5]))))
+            Ok(Some(Found::Cold(Box::new((rows[5], None)))))
         );
     }
 

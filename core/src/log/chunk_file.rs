@@ -7,9 +7,10 @@
 //! from the file: the in-memory filter names the chunk, the directory below names the few
 //! index entries to read, and an entry names the row's offset.
 //!
-//! # Format (version 4)
-//! All integers little-endian; rows as in a snapshot's transfers table (version 9: home rows,
-//! credit rows and positions whose row moved on, see [`crate::log::snapshot`]). A position
+//! # Format (version 5)
+//! All integers little-endian; rows as in a snapshot's transfers table (version 10: home
+//! rows with their terms, credit rows and positions whose row moved on, see
+//! [`crate::log::snapshot`]). A position
 //! whose row moved on has no key, so no entry in the key index: a chunk's index holds at
 //! most `count` entries.
 //!
@@ -37,19 +38,21 @@
 //! Version 1 had no key index: its rows are read whole, and the partition keeps them in
 //! memory until a snapshot writes the chunk again in the current version. Versions 1 and 2
 //! hold home rows only, each starting with an id's length; a credit row starts with a 0,
-//! so one reader reads the rows of every version.
+//! so one reader reads the rows of every version. Before version 5 a home row carried no
+//! terms (a hold's were a table of the snapshot): such files are read whole too, and
+//! written again in the current version by the next snapshot.
 
 use crc32c::{crc32c, crc32c_append};
 
 use crate::ledger::cold::{filter_hash, ChunkRead};
 use crate::ledger::transfer_table::RowState;
+use crate::ledger::transfer_table::StoredRow;
 use crate::ledger::transfer_table::{RowStore, CHUNK_ROWS};
-use crate::ledger::TableRow;
 use crate::log::codec::Cursor;
 use crate::log::crc::crc32c_of;
 #[cfg(target_arch = "x86_64")]
 use crate::log::crc::register_after;
-use crate::log::snapshot::{put_table_row, read_table_position, read_table_row};
+use crate::log::snapshot::{put_table_row, read_stored_row, read_table_position};
 use crate::model::event::TransferKey;
 use crate::model::partition::PartitionId;
 
@@ -57,7 +60,9 @@ use crate::model::partition::PartitionId;
 pub const CHUNK_MAGIC: [u8; 4] = *b"WCHK";
 /// The chunk file version this build writes: rows of both kinds (home and credit rows, see
 /// [`crate::ledger::TableRow`]), then their sorted key index.
-pub(crate) const CHUNK_VERSION: u8 = 4;
+pub(crate) const CHUNK_VERSION: u8 = 5;
+/// The last version whose home rows carry no terms (a hold's were in the snapshot).
+pub(crate) const CHUNK_VERSION_SEPARATE_TERMS: u8 = 4;
 /// The last version without positions whose row moved on.
 pub(crate) const CHUNK_VERSION_UNMOVED: u8 = 3;
 /// The version whose rows are all home rows (as version 1's).
@@ -75,7 +80,8 @@ const ENTRY_LEN: usize = 12;
 /// The directory, `index_at` and the checksum: what is read to open a chunk's index.
 const TRAILER_LEN: usize = DIRECTORY_LEN + 8 + CRC_LEN;
 /// Most bytes an encoded transfer row takes: three ids of 1 + 64 bytes, amount, currency,
-/// state and reason, the remote flag, three timestamps (233), rounded up.
+/// state and reason, the remote flag, three timestamps (233), a hold's terms (17: 250),
+/// rounded up.
 const ROW_LEN_MAX: usize = 256;
 /// Fewest bytes an encoded row takes, a credit row without a Try and with one-byte ids (caps
 /// what a corrupt count preallocates).
@@ -201,8 +207,10 @@ pub(crate) fn key_hashes(
 pub(crate) struct DecodedChunk {
     /// Each position's row; none where the row moved on (see `transfer_table`, "Rows in
     /// flight move on"), a position the key index has no entry for.
-    pub(crate) rows: Vec<Option<TableRow>>,
+    pub(crate) rows: Vec<Option<StoredRow>>,
     pub(crate) index: Option<ChunkIndex>,
+    /// The file's version: from 5 its home rows carry their terms.
+    pub(crate) version: u8,
 }
 
 /// A chunk file's bytes and what a partition keeps of them once the rows leave memory: the
@@ -217,16 +225,27 @@ pub struct EncodedChunk {
 
 /// Chunk file `index` of `rows` (see the module docs).
 pub(crate) fn encode_chunk(partition: PartitionId, index: usize, rows: &RowStore) -> EncodedChunk {
+    encode_chunk_in(CHUNK_VERSION, partition, index, rows)
+}
+
+/// Chunk file `index` of `rows` in `version` (4 or 5; 4 only in tests of reading old files).
+pub(crate) fn encode_chunk_in(
+    version: u8,
+    partition: PartitionId,
+    index: usize,
+    rows: &RowStore,
+) -> EncodedChunk {
+    assert!(version == CHUNK_VERSION || (cfg!(test) && version == CHUNK_VERSION_SEPARATE_TERMS));
     let range = index * CHUNK_ROWS..(index + 1) * CHUNK_ROWS;
     let mut out = Vec::with_capacity(CHUNK_ROWS * 104);
-    put_header(&mut out, CHUNK_VERSION, partition, index as u64, CHUNK_ROWS);
+    put_header(&mut out, version, partition, index as u64, CHUNK_ROWS);
     let mut entries: Vec<Entry> = Vec::with_capacity(CHUNK_ROWS);
     let mut filter_hashes = Vec::with_capacity(CHUNK_ROWS);
     for row in rows.views_of(range) {
         debug_assert!(!row.state.is_unfinished(), "chunk rows are final");
         let start = out.len();
         let offset = u32::try_from(start).expect("a chunk file is under 4 GiB");
-        put_table_row(&mut out, row);
+        put_table_row(&mut out, row, version > CHUNK_VERSION_SEPARATE_TERMS);
         if row.state == RowState::Moved {
             // No key: the row is at its new position, in this chunk or a later one.
             continue;
@@ -262,7 +281,7 @@ pub(crate) fn encode_chunk_v1(partition: PartitionId, index: usize, rows: &RowSt
         CHUNK_ROWS,
     );
     for row in rows.views_of(range) {
-        put_table_row(&mut out, row);
+        put_table_row(&mut out, row, false);
     }
     let crc = crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -311,6 +330,7 @@ pub(crate) fn decode_chunk(
     let version = content[4];
     if ![
         CHUNK_VERSION,
+        CHUNK_VERSION_SEPARATE_TERMS,
         CHUNK_VERSION_UNMOVED,
         CHUNK_VERSION_HOME_ROWS,
         CHUNK_VERSION_UNINDEXED,
@@ -343,20 +363,28 @@ pub(crate) fn decode_chunk(
         let start = 5 + cursor.position();
         // A home row starts with an id's length, never the credit rows' mark: versions 1
         // and 2, which hold home rows only, read the same way.
-        let Some(row) = read_table_position(&mut cursor, version > CHUNK_VERSION_UNMOVED)? else {
+        let (moved, terms) = (
+            version > CHUNK_VERSION_UNMOVED,
+            version > CHUNK_VERSION_SEPARATE_TERMS,
+        );
+        let Some(row) = read_table_position(&mut cursor, moved, terms)? else {
             rows.push(None);
             continue;
         };
-        if row.is_unfinished() {
+        if row.0.is_unfinished() {
             return Err(format!("chunk file {index} holds a row still in flight"));
         }
         let crc = crc32c_of(&[&content[start..5 + cursor.position()]]);
-        entries.push((key_hash_of(&row.key()), start as u32, crc));
+        entries.push((key_hash_of(&row.0.key()), start as u32, crc));
         rows.push(Some(row));
     }
     if version == CHUNK_VERSION_UNINDEXED {
         cursor.finish()?;
-        return Ok(DecodedChunk { rows, index: None });
+        return Ok(DecodedChunk {
+            rows,
+            index: None,
+            version,
+        });
     }
     let rows_end = 5 + cursor.position();
     entries.sort_unstable();
@@ -371,6 +399,7 @@ pub(crate) fn decode_chunk(
     Ok(DecodedChunk {
         rows,
         index: Some(key_index),
+        version,
     })
 }
 
@@ -391,7 +420,7 @@ pub(crate) fn find_row(
     chunk: u64,
     index: &ChunkIndex,
     key: &TransferKey,
-) -> Result<Option<TableRow>, String> {
+) -> Result<Option<StoredRow>, String> {
     let io = |e: std::io::Error| format!("chunk file {chunk}: {e}");
     let hash = key_hash_of(key);
     let (first, end) = index.bucket(hash);
@@ -417,15 +446,16 @@ pub(crate) fn find_row(
         let len = (index.index_at - offset).min(ROW_LEN_MAX as u64) as usize;
         let bytes = reader.read_at(chunk, offset, len).map_err(io)?;
         let mut cursor = Cursor::new(&bytes);
-        let row = read_table_row(&mut cursor)
+        // Only files of the current version stay on disk (see `snapshot::read_chunks`).
+        let row = read_stored_row(&mut cursor, true)
             .map_err(|e| format!("chunk file {chunk}: row at {offset}: {e}"))?;
         if crc32c_of(&[&bytes[..cursor.position()]]) != crc {
             return Err(format!(
                 "chunk file {chunk}: the row at {offset} is damaged"
             ));
         }
-        debug_assert!(!row.is_unfinished(), "chunk rows are final");
-        if row.key() == *key {
+        debug_assert!(!row.0.is_unfinished(), "chunk rows are final");
+        if row.0.key() == *key {
             return Ok(Some(row));
         }
     }

@@ -127,7 +127,7 @@ pub fn state_difference(a: &Ledger, b: &Ledger) -> Option<String> {
             table_difference("refunds", &a.originals, &b.originals)
                 .or_else(|| table_difference("refunded", &a.refunded, &b.refunded))
         })
-        .or_else(|| table_difference("holds", &a.holds.terms, &b.holds.terms))
+        .or_else(|| table_difference("hold terms", &hold_terms(a), &hold_terms(b)))
         .or_else(|| (a.holds.open != b.holds.open).then(|| "open holds differ".to_string()))
         .or_else(|| {
             let (a, b) = (&a.transactions, &b.transactions);
@@ -144,6 +144,13 @@ fn home_rows(ledger: &Ledger) -> BTreeMap<TransferKey, TransferRow> {
     ledger
         .transfers()
         .map(|row| (row.transfer.key(), row))
+        .collect()
+}
+
+/// The terms of `ledger`'s holds by key (their rows carry them).
+fn hold_terms(ledger: &Ledger) -> BTreeMap<TransferKey, crate::ledger::HoldTerms> {
+    (ledger.transfers.iter_stored())
+        .filter_map(|(row, terms)| Some((row.key(), terms?.hold()?)))
         .collect()
 }
 

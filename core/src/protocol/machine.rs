@@ -620,7 +620,13 @@ impl<K: ReplyTokens> PartitionMachine<K> {
                 QueryAnswer::DryRun(self.ledger.dry_run_at(&command, self.now.wall_us))
             }
             Query::RefundOf(key) => QueryAnswer::RefundOf(self.ledger.refund_of(&key)),
-            Query::HoldTerms(key) => QueryAnswer::HoldTerms(self.ledger.hold_terms(&key)),
+            Query::HoldTerms(key) => match self.ledger.find_hold_terms(&key) {
+                Ok(terms) => QueryAnswer::HoldTerms(terms),
+                Err(error) => {
+                    tracing::error!(partition = self.partition(), %error, "hold row unreadable");
+                    QueryAnswer::Unreadable
+                }
+            },
             Query::Transaction(key) => {
                 QueryAnswer::Transaction(self.ledger.transaction(&key).cloned())
             }

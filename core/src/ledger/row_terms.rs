@@ -1,0 +1,181 @@
+//! Terms that some home rows of the transfers table carry beside their packed fields: a
+//! hold's expiry and what was captured of it.
+//!
+//! # Why the terms live with the row
+//! A hold's terms used to be a table of their own, keyed by the hold's key, in memory for
+//! good: the transfers table's final rows go to chunk files and leave memory, but the terms
+//! beside them stayed, and every snapshot wrote every hold ever placed. Kept by the row's
+//! position instead, the terms go where the row goes: they move on with a row in flight
+//! (see `transfer_table`, "Rows in flight move on"), are written once, into the row's chunk
+//! file, leave memory with its chunk, and come back with the row from disk. Their key is the
+//! row's, so they need no index or key bytes of their own.
+//!
+//! Terms are kept per chunk of rows, in a map from the row's place in its chunk: most rows
+//! (transfers) have none, so a dense column would cost every transfer a slot. A sealed
+//! chunk's map is shared with snapshot images (`Arc`), as the rows are; a change to terms a
+//! snapshot still reads copies that chunk's map first.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use crate::ledger::holds::HoldTerms;
+use crate::ledger::transfer_table::CHUNK_ROWS;
+
+/// What a home row carries beyond a transfer's fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RowTerms {
+    /// The row is a hold's.
+    Hold(HoldTerms),
+}
+
+impl RowTerms {
+    pub(crate) fn hold(&self) -> Option<HoldTerms> {
+        match self {
+            RowTerms::Hold(terms) => Some(*terms),
+        }
+    }
+}
+
+/// The terms of a table's rows, by position (see the module docs).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TermsColumn {
+    /// Chunk `first + i`'s terms, by the row's place in its chunk. Chunks up to the last
+    /// that has terms; later ones are added as their rows get some.
+    chunks: VecDeque<Arc<FxHashMap<u32, RowTerms>>>,
+    /// The chunk of `chunks[0]`: those before it left memory.
+    first: usize,
+}
+
+impl TermsColumn {
+    /// An empty column whose first row will be at `chunks * CHUNK_ROWS`.
+    pub(crate) fn starting_after(chunks: usize) -> TermsColumn {
+        TermsColumn {
+            chunks: VecDeque::new(),
+            first: chunks,
+        }
+    }
+
+    fn place(&self, at: usize) -> Option<(usize, u32)> {
+        let chunk = (at / CHUNK_ROWS).checked_sub(self.first)?;
+        Some((chunk, (at % CHUNK_ROWS) as u32))
+    }
+
+    /// The terms of the row at `at`, if it has some.
+    #[inline]
+    pub(crate) fn get(&self, at: usize) -> Option<&RowTerms> {
+        let (chunk, place) = self.place(at)?;
+        let map = self.chunks.get(chunk)?;
+        if map.is_empty() {
+            return None;
+        }
+        map.get(&place)
+    }
+
+    /// The terms of the row at `at` to change, if it has some; a chunk a snapshot image
+    /// still shares is copied first.
+    pub(crate) fn get_mut(&mut self, at: usize) -> Option<&mut RowTerms> {
+        let (chunk, place) = self.place(at)?;
+        let map = self.chunks.get_mut(chunk)?;
+        if !map.contains_key(&place) {
+            return None;
+        }
+        Arc::make_mut(map).get_mut(&place)
+    }
+
+    /// Gives the row at `at` its terms.
+    ///
+    /// # Panics
+    /// If the row's chunk left memory, or the row has terms already.
+    pub(crate) fn insert(&mut self, at: usize, terms: RowTerms) {
+        let (chunk, place) = self.place(at).expect("terms of a row in memory");
+        while self.chunks.len() <= chunk {
+            self.chunks.push_back(Arc::default());
+        }
+        let previous = Arc::make_mut(&mut self.chunks[chunk]).insert(place, terms);
+        assert!(previous.is_none(), "row {at} given terms twice");
+    }
+
+    /// Takes the terms of the row at `at` away (the row moves on, or is forgotten).
+    pub(crate) fn remove(&mut self, at: usize) -> Option<RowTerms> {
+        let (chunk, place) = self.place(at)?;
+        let map = self.chunks.get_mut(chunk)?;
+        if !map.contains_key(&place) {
+            return None;
+        }
+        Arc::make_mut(map).remove(&place)
+    }
+
+    /// Drops the terms of the rows before chunk `chunks`, which left memory.
+    pub(crate) fn drop_front(&mut self, chunks: usize) {
+        while self.first < chunks {
+            self.chunks.pop_front();
+            self.first += 1;
+        }
+    }
+
+    /// Rows with terms in memory.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.chunks.iter().map(|map| map.len()).sum()
+    }
+
+    /// Bytes the column takes, roughly: each map's slots and control bytes.
+    pub(crate) fn bytes(&self) -> usize {
+        let slot = std::mem::size_of::<(u32, RowTerms)>() + 1;
+        self.chunks.iter().map(|map| map.capacity() * slot).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hold(expires_at: u64) -> RowTerms {
+        RowTerms::Hold(HoldTerms {
+            expires_at,
+            captured: None,
+        })
+    }
+
+    #[test]
+    fn terms_are_found_by_position_and_go_with_their_chunk() {
+        let mut column = TermsColumn::default();
+        column.insert(3, hold(1));
+        column.insert(CHUNK_ROWS + 5, hold(2));
+        column.insert(3 * CHUNK_ROWS, hold(3));
+        assert_eq!(column.get(3), Some(&hold(1)));
+        assert_eq!(column.get(4), None);
+        assert_eq!(column.get(CHUNK_ROWS + 5), Some(&hold(2)));
+        assert_eq!(column.get(2 * CHUNK_ROWS + 5), None);
+        assert_eq!(column.len(), 3);
+        column.drop_front(2);
+        assert_eq!(column.get(3), None);
+        assert_eq!(column.get(CHUNK_ROWS + 5), None);
+        assert_eq!(column.get(3 * CHUNK_ROWS), Some(&hold(3)));
+        assert_eq!(column.len(), 1);
+    }
+
+    #[test]
+    fn a_change_after_a_clone_leaves_the_clone_as_it_was() {
+        let mut column = TermsColumn::default();
+        column.insert(7, hold(1));
+        let image = column.clone();
+        if let Some(RowTerms::Hold(terms)) = column.get_mut(7) {
+            terms.expires_at = 9;
+        }
+        assert_eq!(column.remove(7), Some(hold(9)));
+        assert_eq!(image.get(7), Some(&hold(1)));
+        assert_eq!(column.get(7), None);
+        assert_eq!(column.remove(7), None);
+    }
+
+    #[test]
+    #[should_panic(expected = "given terms twice")]
+    fn a_row_is_given_terms_once() {
+        let mut column = TermsColumn::default();
+        column.insert(1, hold(1));
+        column.insert(1, hold(2));
+    }
+}
