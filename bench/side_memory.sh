@@ -5,10 +5,13 @@
 # then runs SECONDS of MODE and prints how much the server's resident set grew, per
 # operation.
 #
-# Usage: bash bench/side_memory.sh [MODE] [SECONDS] [WALLET_BINARY]
+# Usage: bash bench/side_memory.sh [MODE] [SECONDS] [WALLET_BINARY] [SERVE_ARGS...]
 #   MODE           a `wallet bench` HTTP mode: multileg4 (default) or hold-capture
 #   SECONDS        measured seconds (default 10)
-#   WALLET_BINARY  the `wallet` binary to run (default: built here with --release)
+#   WALLET_BINARY  the `wallet` binary to run (default, or "": built here with --release)
+#   SERVE_ARGS     more flags for `wallet serve`, e.g. a small in-memory budget
+#                  (`--transfer-rows-in-memory-max 131072 --snapshot-every-events 200000`)
+#                  so that final rows reach disk within a short run
 #
 # Last line: `side_memory mode=M ops=N rss_growth_mb=X bytes_per_op=B`. Operations are the
 # mode's mean rate times SECONDS (a 4-leg transaction, or a hold and its capture, is one).
@@ -21,7 +24,7 @@ seconds=${2:-10}
 source bench/serve_lib.sh
 wallet_binary "${3:-}"
 port=${SIDE_MEMORY_PORT:-18779}
-start_serve "$port"
+start_serve "$port" "${@:4}"
 resident_kb() { awk '/^VmRSS/ {print $2}' "/proc/$server/status"; }
 run() { "$wallet" bench "$mode" --target "http://127.0.0.1:$port" --warmup-seconds 0 --seconds "$1"; }
 echo "side_memory: ${mode}, 1 s of warm-up, then ${seconds} s measured"

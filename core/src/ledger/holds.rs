@@ -32,7 +32,7 @@
 
 use std::collections::BTreeSet;
 
-use super::row_terms::RowTerms;
+use super::row_terms::{RowKind, RowTerms};
 use super::{
     check_move, check_room, find_account, Ledger, LedgerError, RecordMeta, Reply, Source,
     TransferRow, TransferState, TransferStatus,
@@ -205,12 +205,14 @@ impl Ledger {
     ) -> Result<Reply, LedgerError> {
         let transfer = hold.transfer;
         self.require_local(&transfer.from)?;
-        if let Some(row) = self.find_transfer(&transfer.key())? {
+        if let Some((row, terms)) = self.find_home(&transfer.key())? {
             // A hold refused at once has no terms: its row is the answer, as a transfer's.
             // A multi-leg transaction's row holds its first leg: no hold is its retry.
-            let hold_or_refused = self.find_hold_terms(&transfer.key())?.is_some()
-                || (matches!(row.state, TransferState::Rejected(_))
-                    && !self.transactions.home.contains_key(&transfer.key()));
+            let hold_or_refused = match RowTerms::kind_of(terms.as_ref()) {
+                RowKind::Hold => true,
+                RowKind::Transfer => matches!(row.state, TransferState::Rejected(_)),
+                RowKind::Transaction => false,
+            };
             return if row.transfer == transfer && hold_or_refused {
                 Ok(Reply::Transfer(row.state.status()))
             } else {
@@ -240,10 +242,10 @@ impl Ledger {
     /// The hold `key` and its terms, or why a capture or void of it is refused outright.
     fn hold_row(&self, key: &TransferKey) -> Result<(TransferRow, HoldTerms), LedgerError> {
         self.require_local(&key.from)?;
-        let row = self
-            .find_transfer(key)?
+        let (row, terms) = self
+            .find_home(key)?
             .ok_or(LedgerError::UnknownTransfer(*key))?;
-        let terms = self.hold_terms(key).ok_or(LedgerError::NotAHold(*key))?;
+        let terms = (terms.and_then(|terms| terms.hold())).ok_or(LedgerError::NotAHold(*key))?;
         Ok((row, terms))
     }
 

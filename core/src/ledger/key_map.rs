@@ -1,6 +1,8 @@
 //! A map from transfer keys to rows that are only ever added: the tables that grow by a row
-//! per transaction or hold and never shrink (a transaction's terms at its home, each
-//! participant's row of it, a hold's terms).
+//! per transaction or refund and never shrink (each participant's row of a transaction, a
+//! refund's original and each original's refunded sum). A hold's terms and a transaction's
+//! legs at its home were such tables too; they are their rows' terms now
+//! ([`crate::ledger::row_terms`]), and go to disk with them.
 //!
 //! Neither an ordered map nor a general hash map does for them. An ordered map searches
 //! `log n` nodes comparing 130-byte keys, a cache miss each once the table outgrows the

@@ -25,6 +25,7 @@ pub(crate) mod keyed_table;
 pub(crate) mod refunds;
 pub(crate) mod row_index;
 pub(crate) mod row_terms;
+use row_terms::{RowKind, RowTerms};
 pub(crate) mod transactions;
 pub(crate) mod transfer_table;
 
@@ -110,7 +111,7 @@ pub enum TransferState {
     /// A hold, held: its amount is out of the source's balance and counted as incoming at
     /// its destination, until a capture, a void or its expiry ends it (see [`holds`]).
     Held,
-    /// Final: a hold captured (what of it is in the partition's hold terms).
+    /// Final: a hold captured (what of it is in the row's terms, see [`row_terms`]).
     Captured,
 }
 
@@ -851,7 +852,8 @@ impl Ledger {
     /// not among them: their rows are driven by their own rules ([`transactions`]).
     pub fn unfinished_transfers(&self) -> Vec<TransferRow> {
         let mut rows: Vec<TransferRow> = (self.transfers.unfinished())
-            .filter(|row| !self.transactions.home.contains_key(&row.transfer.key()))
+            .filter(|(_, terms)| RowTerms::kind_of(*terms) != RowKind::Transaction)
+            .map(|(row, _)| row)
             .collect();
         rows.sort_by_key(|row| row.transfer.key());
         rows
@@ -950,7 +952,6 @@ impl Ledger {
             Command::Transact(tx) => {
                 let key = tx.key();
                 self.transfers.prefetch(&key);
-                self.transactions.home.prefetch(&key);
                 self.prefetch_legs(tx)
             }
             Command::TryTransaction { tx, .. } | Command::AbortTransaction { tx, .. } => {
@@ -960,7 +961,6 @@ impl Ledger {
             Command::ConfirmTransaction { key, .. } | Command::CancelTransaction { key, .. } => {
                 if self.is_home_of(key) {
                     self.transfers.prefetch(key);
-                    self.transactions.home.prefetch(key);
                 } else {
                     self.transactions.parts.prefetch(key);
                 }
@@ -1236,7 +1236,12 @@ impl Ledger {
         let at = match self.transfers.lookup(&transfer.key())? {
             None => return self.decide_new_transfer(transfer, events),
             // A multi-leg transaction's row holds its first leg: no transfer is its retry.
-            Some(_) if self.transactions.home.contains_key(&transfer.key()) => {
+            Some(Found::Hot(at))
+                if RowTerms::kind_of(self.transfers.terms(at)) == RowKind::Transaction =>
+            {
+                return Err(LedgerError::Conflict(transfer.transaction_id))
+            }
+            Some(Found::Cold(row)) if RowTerms::kind_of(row.1.as_ref()) == RowKind::Transaction => {
                 return Err(LedgerError::Conflict(transfer.transaction_id))
             }
             // A row on disk is final: a retry gets its outcome, another body a conflict.
@@ -1321,23 +1326,32 @@ impl Ledger {
             .ok_or(LedgerError::UnknownTransfer(*key))
     }
 
-    /// The phase of the home row under `key`, in memory or on disk (where it is final).
-    fn home_state(&self, key: &TransferKey) -> Result<TransferState, LedgerError> {
-        Ok(self.home_state_and_hold(key)?.0)
+    /// The home row under `key` with its terms, in memory or read from its chunk file.
+    pub(crate) fn find_home(
+        &self,
+        key: &TransferKey,
+    ) -> Result<Option<(TransferRow, Option<RowTerms>)>, LedgerError> {
+        Ok(match self.transfers.lookup(key)? {
+            Some(Found::Hot(at)) => {
+                Some((self.transfers.row(at), self.transfers.terms(at).cloned()))
+            }
+            Some(Found::Cold(row)) => Some(*row),
+            None => None,
+        })
     }
 
-    /// The phase of the home row under `key` and whether it is a hold's (has a hold's
-    /// terms), from one lookup.
-    fn home_state_and_hold(&self, key: &TransferKey) -> Result<(TransferState, bool), LedgerError> {
+    /// The phase of the home row under `key` and the kind of operation it records, from
+    /// one lookup.
+    pub(crate) fn home_state_and_kind(
+        &self,
+        key: &TransferKey,
+    ) -> Result<(TransferState, RowKind), LedgerError> {
         match self.transfers.lookup(key)? {
             Some(Found::Hot(at)) => Ok((
                 self.transfers.phase(at).state,
-                self.transfers.terms(at).is_some_and(|t| t.hold().is_some()),
+                RowTerms::kind_of(self.transfers.terms(at)),
             )),
-            Some(Found::Cold(row)) => Ok((
-                row.0.state,
-                row.1.as_ref().is_some_and(|t| t.hold().is_some()),
-            )),
+            Some(Found::Cold(row)) => Ok((row.0.state, RowTerms::kind_of(row.1.as_ref()))),
             None => Err(LedgerError::UnknownTransfer(*key)),
         }
     }
@@ -1358,15 +1372,15 @@ impl Ledger {
         key: &TransferKey,
         command: &'static str,
     ) -> Result<(TransferState, bool), LedgerError> {
-        let (state, hold) = self.home_state_and_hold(key)?;
-        if self.transactions.home.contains_key(key) {
+        let (state, kind) = self.home_state_and_kind(key)?;
+        if kind == RowKind::Transaction {
             return Err(LedgerError::InvalidTransition {
                 key: *key,
                 from: format!("{state:?} transaction"),
                 command,
             });
         }
-        Ok((state, hold))
+        Ok((state, kind == RowKind::Hold))
     }
 
     fn decide_decision(

@@ -14,6 +14,7 @@
 //! take the money back) counts no more against its original once its cancel is final.
 
 use crate::ledger::key_map::KeyMap;
+use crate::ledger::row_terms::RowTerms;
 
 use crate::ledger::{CreditState, Ledger, LedgerError, Reply, TransferState, TransferStatus};
 use crate::model::event::{Event, Reason, Transfer, TransferKey};
@@ -174,17 +175,15 @@ impl Ledger {
     /// debit).
     fn refundable(&self, original: &TransferKey) -> Result<Transfer, LedgerError> {
         let not_refundable = || LedgerError::NotRefundable(*original);
-        // A multi-leg transaction is not a transfer: its row holds its first leg, whose
-        // money need not have stayed where that leg took it.
-        if self.transactions.home.contains_key(original) {
-            return Err(not_refundable());
-        }
         let transfer = if self.owns(&original.from) {
-            match self.find_transfer(original)? {
-                Some(row) if row.state == TransferState::Committed => row.transfer,
+            match self.find_home(original)? {
+                // A multi-leg transaction is not a transfer: its row holds its first leg,
+                // whose money need not have stayed where that leg took it.
+                Some((_, Some(RowTerms::Transaction(_)))) => return Err(not_refundable()),
+                Some((row, _)) if row.state == TransferState::Committed => row.transfer,
                 // A hold captured within the partition: what was captured arrived.
-                Some(row) if row.state == TransferState::Captured => {
-                    let captured = self.hold_terms(original).and_then(|terms| terms.captured);
+                Some((row, terms)) if row.state == TransferState::Captured => {
+                    let captured = terms.and_then(|terms| terms.hold()?.captured);
                     Transfer {
                         amount: captured.ok_or_else(not_refundable)?,
                         ..row.transfer

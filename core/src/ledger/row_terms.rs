@@ -1,10 +1,12 @@
 //! Terms that some home rows of the transfers table carry beside their packed fields: a
-//! hold's expiry and what was captured of it.
+//! hold's expiry and what was captured of it, a multi-leg transaction's legs and the leg
+//! that failed.
 //!
 //! # Why the terms live with the row
-//! A hold's terms used to be a table of their own, keyed by the hold's key, in memory for
-//! good: the transfers table's final rows go to chunk files and leave memory, but the terms
-//! beside them stayed, and every snapshot wrote every hold ever placed. Kept by the row's
+//! A hold's terms and a transaction's legs used to be tables of their own, keyed by the
+//! row's key, in memory for good: the transfers table's final rows go to chunk files and
+//! leave memory, but the terms beside them stayed, and every snapshot wrote every hold and
+//! transaction ever recorded. Kept by the row's
 //! position instead, the terms go where the row goes: they move on with a row in flight
 //! (see `transfer_table`, "Rows in flight move on"), are written once, into the row's chunk
 //! file, leave memory with its chunk, and come back with the row from disk. Their key is the
@@ -21,6 +23,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use crate::ledger::holds::HoldTerms;
+use crate::ledger::transactions::TransactionTerms;
 use crate::ledger::transfer_table::CHUNK_ROWS;
 
 /// What a home row carries beyond a transfer's fields.
@@ -28,12 +31,39 @@ use crate::ledger::transfer_table::CHUNK_ROWS;
 pub(crate) enum RowTerms {
     /// The row is a hold's.
     Hold(HoldTerms),
+    /// The row is a multi-leg transaction's (its first leg's transfer).
+    Transaction(TransactionTerms),
+}
+
+/// What kind of operation a home row records: told by its terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RowKind {
+    Transfer,
+    Hold,
+    Transaction,
 }
 
 impl RowTerms {
     pub(crate) fn hold(&self) -> Option<HoldTerms> {
         match self {
             RowTerms::Hold(terms) => Some(*terms),
+            RowTerms::Transaction(_) => None,
+        }
+    }
+
+    pub(crate) fn transaction(&self) -> Option<&TransactionTerms> {
+        match self {
+            RowTerms::Transaction(terms) => Some(terms),
+            RowTerms::Hold(_) => None,
+        }
+    }
+
+    /// The kind of a row with these terms, or without (`None`): a transfer's.
+    pub(crate) fn kind_of(terms: Option<&RowTerms>) -> RowKind {
+        match terms {
+            None => RowKind::Transfer,
+            Some(RowTerms::Hold(_)) => RowKind::Hold,
+            Some(RowTerms::Transaction(_)) => RowKind::Transaction,
         }
     }
 }

@@ -26,13 +26,15 @@
 //!   acknowledged it.
 //!
 //! The home's row is an ordinary transfer row under the transaction's key (its first leg,
-//! for the idempotency table and the status read); the legs and the failed leg are in the
-//! partition's [`TransactionTable`], as are the participants' rows.
+//! for the idempotency table and the status read); the legs and the failed leg are the
+//! row's terms ([`crate::ledger::row_terms`]), so they go to disk with it once final. The
+//! participants' rows are in the partition's [`TransactionTable`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::key_map::KeyMap;
+use super::row_terms::RowTerms;
 use super::{
     check, check_covers, check_currency, check_room, new_row, vacancy, Account, Ledger,
     LedgerError, PhaseResult, RecordMeta, Reply, Source, TransferState, TransferStatus,
@@ -41,21 +43,21 @@ use crate::model::event::{Event, Reason, TransferKey};
 use crate::model::partition::partition_of;
 use crate::model::transaction::{AccountEffect, Effects, Leg, Transaction};
 
-/// What a partition keeps of the transactions it is home of or takes part in. Both maps
-/// only grow with transactions; both are in snapshots (sorted by key there).
+/// What a partition keeps of the transactions another partition is home of and this one
+/// takes part in (those it is home of are rows of the transfers table, their legs the
+/// rows' terms). The map only grows with transactions; it is in snapshots (sorted by key
+/// there).
 ///
-/// [`KeyMap`]s: every Try, Confirm and Cancel looks its row up, and an ordered map's search
-/// was 12.7% of the server's time under 4-leg transactions, while a general hash map's
-/// doubling stalled the partition (see [`crate::ledger::key_map`]).
+/// A [`KeyMap`]: every Try, Confirm and Cancel looks its row up, and an ordered map's
+/// search was 12.7% of the server's time under 4-leg transactions, while a general hash
+/// map's doubling stalled the partition (see [`crate::ledger::key_map`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct TransactionTable {
-    /// The transactions this partition is home of (their rows are transfer rows).
-    pub(crate) home: KeyMap<TransactionTerms>,
     /// The rows of transactions another partition is home of, which this one takes part in.
     pub(crate) parts: KeyMap<PartRow>,
 }
 
-/// A transaction as its home keeps it beside its row.
+/// A transaction as its home keeps it beside its row (the row's terms).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransactionTerms {
     pub tx: Arc<Transaction>,
@@ -72,10 +74,11 @@ pub struct PartRow {
     pub tx: Option<Arc<Transaction>>,
 }
 
-// A row of either table is its payload, the place of its key's bytes and their lengths: 32
-// bytes, whatever the ids (the transaction itself is shared, see `Transaction`). The bound is
-// that size, so a field that grows the rows fails the build.
-const _: () = assert!(super::keyed_table::row_size::<TransactionTerms>() <= 32);
+// A participant's row is its payload, the place of its key's bytes and their lengths: 32
+// bytes, whatever the ids (the transaction itself is shared, see `Transaction`); the home's
+// terms sit in a map beside their row, 16 bytes. The bounds are those sizes, so a field
+// that grows them fails the build.
+const _: () = assert!(std::mem::size_of::<TransactionTerms>() <= 16);
 const _: () = assert!(super::keyed_table::row_size::<PartRow>() <= 32);
 
 /// Where a participant's side of a transaction stands.
@@ -107,9 +110,36 @@ fn leg_index(leg: usize) -> u8 {
 }
 
 impl Ledger {
-    /// The legs of the transaction `key` this partition is home of, and the leg that failed.
-    pub fn transaction(&self, key: &TransferKey) -> Option<&TransactionTerms> {
-        self.transactions.home.get(key)
+    /// The legs of the transaction `key` this partition is home of, and the leg that
+    /// failed: in memory, or read with its row from its chunk file.
+    pub fn find_transaction(
+        &self,
+        key: &TransferKey,
+    ) -> Result<Option<TransactionTerms>, LedgerError> {
+        let terms = self.transfers.terms_of(key)?;
+        Ok(terms.and_then(|terms| terms.transaction().cloned()))
+    }
+
+    /// [`Ledger::find_transaction`] for the coordinator's paths, whose transactions are in
+    /// flight (so in memory), and for checks.
+    ///
+    /// # Panics
+    /// If the row is on disk only and its chunk file cannot be read.
+    pub fn transaction(&self, key: &TransferKey) -> Option<TransactionTerms> {
+        self.find_transaction(key)
+            .unwrap_or_else(|error| panic!("terms of transaction {key:?}: {error}"))
+    }
+
+    /// The terms of the transaction whose home row is at `at`, in memory, if it is one.
+    fn transaction_at(&self, at: usize) -> Option<&TransactionTerms> {
+        self.transfers.terms(at).and_then(RowTerms::transaction)
+    }
+
+    /// The transactions this partition is home of, in memory (every one not final), with
+    /// the position of their rows, in log order.
+    fn home_transactions(&self) -> impl Iterator<Item = (usize, &TransactionTerms)> + '_ {
+        (self.transfers.hot_from()..self.transfers.len())
+            .filter_map(|at| Some((at, self.transaction_at(at)?)))
     }
 
     /// This partition's row of the transaction `key` another partition is home of.
@@ -120,15 +150,14 @@ impl Ledger {
     /// The transactions this partition is home of that are not over (trying or
     /// cancelling), with their states, sorted by key so that a rebuild is deterministic.
     pub fn unfinished_transactions(&self) -> Vec<(TransferState, Arc<Transaction>)> {
-        (self.transactions.home.sorted().into_iter())
-            .filter_map(|(key, terms)| {
-                let state = self
-                    .transfers
-                    .find(&key)
-                    .map(|at| self.transfers.phase(at).state)?;
+        let mut unfinished: Vec<_> = (self.home_transactions())
+            .filter_map(|(at, terms)| {
+                let state = self.transfers.phase(at).state;
                 state.is_unfinished().then(|| (state, terms.tx.clone()))
             })
-            .collect()
+            .collect();
+        unfinished.sort_by_key(|(_, tx)| tx.key());
+        unfinished
     }
 
     /// The transactions another partition is home of whose Try this partition holds,
@@ -153,8 +182,8 @@ impl Ledger {
         key: &TransferKey,
         command: &'static str,
     ) -> Result<TransferState, LedgerError> {
-        let state = self.home_state(key)?;
-        if !self.transactions.home.contains_key(key) {
+        let (state, kind) = self.home_state_and_kind(key)?;
+        if kind != super::row_terms::RowKind::Transaction {
             return Err(LedgerError::InvalidTransition {
                 key: *key,
                 from: format!("{state:?}, not a transaction"),
@@ -227,8 +256,8 @@ impl Ledger {
     ) -> Result<Reply, LedgerError> {
         let key = tx.key();
         self.require_local(&key.from)?;
-        if let Some(row) = self.find_transfer(&key)? {
-            return match self.transactions.home.get(&key) {
+        if let Some((row, terms)) = self.find_home(&key)? {
+            return match terms.as_ref().and_then(RowTerms::transaction) {
                 Some(terms) if terms.tx == *tx => Ok(Reply::Transfer(row.state.status())),
                 _ => Err(LedgerError::Conflict(key.transaction_id)),
             };
@@ -473,8 +502,8 @@ impl Ledger {
                 let slot = vacancy(&mut self.transfers, &tx.key(), source)?;
                 let state = TransferState::Rejected(*reason);
                 let remote = !tx.is_local(self.partitions);
-                slot.fill(&new_row(meta, tx.first_leg(), state, remote));
-                self.record_terms(tx, *failed_leg);
+                let at = slot.fill(&new_row(meta, tx.first_leg(), state, remote));
+                self.record_terms(at, tx, *failed_leg);
                 Ok(())
             }
             Event::TransactionTried { tx } => self.apply_transaction_tried(meta, tx, source),
@@ -502,8 +531,10 @@ impl Ledger {
             } => {
                 let at = self.home_row(key).map_err(|e| format!("cancel: {e}"))?;
                 let mut phase = self.transfers.phase(at);
-                let terms = self.transactions.home.get_mut(key);
-                let (TransferState::Trying, Some(terms)) = (phase.state, terms) else {
+                let terms = self.transfers.terms_mut(at);
+                let (TransferState::Trying, Some(RowTerms::Transaction(terms))) =
+                    (phase.state, terms)
+                else {
                     return Err(format!("cancel of transaction {key:?} out of turn"));
                 };
                 terms.failed_leg = *failed_leg;
@@ -518,12 +549,13 @@ impl Ledger {
         }
     }
 
-    fn record_terms(&mut self, tx: &Arc<Transaction>, failed_leg: Option<u8>) {
+    /// Gives the home row at `at` the transaction's terms.
+    fn record_terms(&mut self, at: usize, tx: &Arc<Transaction>, failed_leg: Option<u8>) {
         let terms = TransactionTerms {
             tx: tx.clone(),
             failed_leg,
         };
-        self.transactions.home.insert(tx.key(), terms);
+        self.transfers.set_terms(at, RowTerms::Transaction(terms));
     }
 
     /// That every account of `effects` exists, holds the currency of each of its legs, and
@@ -576,12 +608,12 @@ impl Ledger {
         let effects = tx.effects_on(self.partition, self.partitions);
         self.check_nets(&effects, tx, check_fits)?;
         let row = new_row(meta, tx.first_leg(), TransferState::Committed, false);
-        vacancy(&mut self.transfers, &tx.key(), source)?.fill(&row);
+        let at = vacancy(&mut self.transfers, &tx.key(), source)?.fill(&row);
         self.change_nets(&effects, |e, a| {
             a.balance -= e.net_debit();
             a.balance += e.net_credit();
         });
-        self.record_terms(tx, None);
+        self.record_terms(at, tx, None);
         Ok(())
     }
 
@@ -606,8 +638,8 @@ impl Ledger {
         self.check_nets(&effects, tx, check_fits)?;
         if home {
             let row = new_row(meta, tx.first_leg(), TransferState::Trying, true);
-            vacancy(&mut self.transfers, &key, source)?.fill(&row);
-            self.record_terms(tx, None);
+            let at = vacancy(&mut self.transfers, &key, source)?.fill(&row);
+            self.record_terms(at, tx, None);
         } else {
             let row = PartRow {
                 state: PartState::Tried,
@@ -643,7 +675,7 @@ impl Ledger {
                 TransferState::Cancelling(_) => !confirmed,
                 _ => false,
             };
-            let terms = self.transactions.home.get(key).filter(|_| fits);
+            let terms = self.transaction_at(at).filter(|_| fits);
             terms.ok_or_else(out_of_turn)?.tx.clone()
         } else {
             let row = self.transactions.parts.get(key);
@@ -697,15 +729,30 @@ impl Ledger {
         Ok(())
     }
 
-    /// Takes a snapshot's transaction tables, refusing rows that cannot be: a home row of a
-    /// transaction another partition is home of, a participant's row here of a transaction
-    /// this partition is home of, a Try's row without its transaction or under another key.
-    pub(crate) fn restore_transactions(&mut self, table: TransactionTable) -> Result<(), String> {
-        for (key, _) in table.home.iter() {
-            if !self.is_home_of(&key) {
-                return Err(format!("transaction {key:?} kept where it is not at home"));
+    /// Gives their rows the transactions' terms that a snapshot of before version 10 kept
+    /// in a table of their own. Every row is in memory then (such snapshots restore their
+    /// chunks so).
+    pub(crate) fn restore_separate_transaction_terms(
+        &mut self,
+        home: Vec<TransactionTerms>,
+    ) -> Result<(), String> {
+        for terms in home {
+            let key = terms.tx.key();
+            let at = (self.transfers.find(&key))
+                .ok_or_else(|| format!("transaction {key:?} without its row"))?;
+            check_transaction_row(&self.transfers.row(at), &terms)?;
+            if self.transfers.terms(at).is_some() {
+                return Err(format!("transaction {key:?} has terms twice"));
             }
+            self.transfers.set_terms(at, RowTerms::Transaction(terms));
         }
+        Ok(())
+    }
+
+    /// Takes a snapshot's participant rows, refusing rows that cannot be: a participant's
+    /// row here of a transaction this partition is home of, a Try's row without its
+    /// transaction or under another key.
+    pub(crate) fn restore_transactions(&mut self, table: TransactionTable) -> Result<(), String> {
         for (key, row) in table.parts.iter() {
             let tried = !matches!(row.state, PartState::Refused { .. });
             let fits = match &row.tx {
@@ -734,16 +781,10 @@ impl Ledger {
 
     /// The transactions whose Try here is neither confirmed nor undone.
     fn open_transactions(&self) -> impl Iterator<Item = &Arc<Transaction>> + '_ {
-        let home_open = self.transactions.home.iter().filter_map(|(key, terms)| {
-            let state = self
-                .transfers
-                .find(&key)
-                .map(|at| self.transfers.phase(at).state);
-            matches!(
-                state,
-                Some(TransferState::Trying | TransferState::Cancelling(_))
-            )
-            .then_some(&terms.tx)
+        let home_open = self.home_transactions().filter_map(|(at, terms)| {
+            let state = self.transfers.phase(at).state;
+            matches!(state, TransferState::Trying | TransferState::Cancelling(_))
+                .then_some(&terms.tx)
         });
         let parts_open = (self.transactions.parts.values())
             .filter(|row| row.state == PartState::Tried)
@@ -764,6 +805,30 @@ impl Ledger {
         }
         incoming
     }
+}
+
+/// That `terms` can be those of the home row `row`: the transaction recorded under its
+/// first leg, failed (if it did) at a leg it has. What a reader of stored rows checks; that
+/// the row is at home here is the row's own check.
+pub(crate) fn check_transaction_row(
+    row: &super::TransferRow,
+    terms: &TransactionTerms,
+) -> Result<(), String> {
+    let key = terms.tx.key();
+    if row.transfer != terms.tx.first_leg() {
+        return Err(format!(
+            "transaction {key:?} on a row that is not its first leg"
+        ));
+    }
+    if terms
+        .failed_leg
+        .is_some_and(|leg| usize::from(leg) >= terms.tx.leg_count())
+    {
+        return Err(format!(
+            "transaction {key:?} failed at a leg it does not have"
+        ));
+    }
+    Ok(())
 }
 
 /// A participant's answer to a Try, Cancel or Abort of a transaction whose row is `state`.

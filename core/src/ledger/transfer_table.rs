@@ -776,11 +776,26 @@ impl TransferTable {
         }
     }
 
-    /// Records `row` of either kind with its terms, or returns `false` and changes nothing
-    /// if the key is already recorded (what a snapshot restores).
-    pub(crate) fn insert_stored(&mut self, (row, terms): StoredRow) -> Result<bool, ColdError> {
+    /// Appends the next position of a stored table (a snapshot's, a chunk file's): `row`
+    /// of either kind with its terms, or (`None`) a position whose row moved on. Returns
+    /// `false` and changes nothing if the row's key is already recorded.
+    ///
+    /// Moves nothing: the moves the table made are in what it stored (the positions left
+    /// behind and the rows at the end). Moving here would decide again, by the rows' states
+    /// as stored, what was decided by their states when each chunk filled: a chunk with more
+    /// than [`MOVE_IN_FLIGHT_MAX`] rows in flight then moved none, and with some of them
+    /// final since, a restore moved the rest, so its positions differed from the table's.
+    pub(crate) fn restore(&mut self, position: Option<StoredRow>) -> Result<bool, ColdError> {
+        let Some((row, terms)) = position else {
+            self.store.push_ids(PackedRow::moved(), &[]);
+            return Ok(true);
+        };
         let Some(vacancy) = self.vacancy(&row.key(), true)? else {
             return Ok(false);
+        };
+        let vacancy = Vacancy {
+            moves: false,
+            ..vacancy
         };
         match (row, terms) {
             (TableRow::Home(row), terms) => {
@@ -827,7 +842,11 @@ impl TransferTable {
         {
             return Ok(None);
         }
-        Ok(Some(Vacancy { table: self, hash }))
+        Ok(Some(Vacancy {
+            table: self,
+            hash,
+            moves: true,
+        }))
     }
 
     /// Every row, whole, in log order: those on disk read from their chunk files.
@@ -862,13 +881,6 @@ impl TransferTable {
     /// follows its credits with them ([`crate::protocol::credit_watch`]).
     pub(crate) fn take_moved_credits(&mut self) -> Vec<(usize, usize)> {
         std::mem::take(&mut self.moved_credits)
-    }
-
-    /// Appends a position without a row, where a row that moved on was (what a snapshot
-    /// restores such a position as).
-    pub(crate) fn push_moved(&mut self) {
-        self.store.push_ids(PackedRow::moved(), &[]);
-        self.move_rows_in_flight();
     }
 
     /// The chunk whose rows in flight move on now that the last insert made the table as long
@@ -944,15 +956,16 @@ impl TransferTable {
         }
     }
 
-    /// Home rows still driven by the coordinator or held, whole, in log order. Reads only
-    /// the packed rows of the others (and never the cold ones, which are final).
-    pub(crate) fn unfinished(&self) -> impl Iterator<Item = TransferRow> + '_ {
+    /// Home rows still driven by the coordinator or held, whole, with their terms, in log
+    /// order. Reads only the packed rows of the others (and never the cold ones, which are
+    /// final).
+    pub(crate) fn unfinished(&self) -> impl Iterator<Item = (TransferRow, Option<&RowTerms>)> + '_ {
         (self.hot_from()..self.len())
             .filter(|&at| {
                 let state = self.store.row(at).state;
                 matches!(state, RowState::Home(_)) && state.is_unfinished()
             })
-            .map(|at| self.row(at))
+            .map(|at| (self.row(at), self.terms(at)))
     }
 
     /// Forgets the row under `key`, if it is in memory; the last row takes its position (the
@@ -976,7 +989,7 @@ impl TransferTable {
             moved_credits: Vec::new(),
         };
         for row in rows {
-            let inserted = table.insert_stored(row);
+            let inserted = table.restore(Some(row));
             assert!(
                 inserted.is_ok_and(|inserted| inserted),
                 "a kept row's key is free"
@@ -1084,6 +1097,9 @@ impl RowView<'_> {
 pub(crate) struct Vacancy<'a> {
     table: &'a mut TransferTable,
     hash: u32,
+    /// Whether filling a chunk moves the rows still in flight of the one behind (not when
+    /// restoring, see [`TransferTable::restore`]).
+    moves: bool,
 }
 
 impl Vacancy<'_> {
@@ -1143,7 +1159,7 @@ impl Vacancy<'_> {
         table.index.insert(self.hash, at);
         // Only the insert that fills a chunk may move rows: tested here, on every insert's
         // path, so that the others pay one comparison.
-        if table.len() % CHUNK_ROWS == 0 {
+        if table.len() % CHUNK_ROWS == 0 && self.moves {
             table.move_rows_in_flight();
         }
         at
@@ -1492,6 +1508,58 @@ mod tests {
         assert_eq!(table.final_chunks_from(7), 1);
     }
 
+    #[test]
+    fn a_restored_table_keeps_the_positions_of_the_one_it_was_taken_from() {
+        // Chunk 0 holds more rows in flight than move on when chunk `MOVE_AFTER_CHUNKS`
+        // fills, so none moves then; some end later. A restore that decided the moves again
+        // by the states it restores moved the rest on, and its positions differed from the
+        // table's (the simulator's replay check, seed 3067).
+        let mut table = TransferTable::default();
+        let in_flight = MOVE_IN_FLIGHT_MAX + 1;
+        for i in 0..CHUNK_ROWS {
+            let mut r = row("src", &format!("a-{i}"), "dst", 1);
+            if i < in_flight {
+                r.state = TransferState::Trying;
+                r.finished_at = 0;
+            }
+            assert_eq!(table.insert(&r), Ok(true));
+        }
+        for i in 0..MOVE_AFTER_CHUNKS * CHUNK_ROWS + 1 {
+            assert_eq!(
+                table.insert(&row("src", &format!("b-{i}"), "dst", 1)),
+                Ok(true)
+            );
+        }
+        assert_eq!(
+            table.len(),
+            (MOVE_AFTER_CHUNKS + 1) * CHUNK_ROWS + 1,
+            "nothing moved"
+        );
+        for at in 0..2 {
+            let mut phase = table.phase(at);
+            phase.state = TransferState::Committed;
+            table.set_phase(at, phase);
+        }
+        let mut restored = TransferTable::default();
+        for at in 0..table.len() {
+            let position = table.hot_row(at).map(|row| (row, None));
+            assert_eq!(restored.restore(position), Ok(true));
+        }
+        assert_eq!(restored.len(), table.len());
+        assert!(restored == table);
+        for at in 0..table.len() {
+            assert_eq!(restored.hot_row(at), table.hot_row(at), "position {at}");
+        }
+        // Both go on alike: the next chunk to fill moves what is in flight then.
+        for i in 0..CHUNK_ROWS {
+            let r = row("src", &format!("c-{i}"), "dst", 1);
+            assert_eq!(table.insert(&r), Ok(true));
+            assert_eq!(restored.insert(&r), Ok(true));
+        }
+        assert_eq!(restored.len(), table.len());
+        assert!(restored == table);
+    }
+
     /// The credit row of the `i`-th transfer in: every state, one without a Try among them.
     fn credit(i: usize, state: CreditState) -> (TransferKey, CreditRow) {
         let t = row(
@@ -1553,7 +1621,10 @@ mod tests {
         assert_eq!(table.take_moved_credits(), []);
         assert_eq!(table.get(&held.transfer.key()), Ok(Some(held)));
         assert_eq!(table.credit(&credit_key), Ok(Some(credit_row)));
-        assert_eq!(table.unfinished().collect::<Vec<_>>(), [held]);
+        assert_eq!(
+            table.unfinished().map(|(row, _)| row).collect::<Vec<_>>(),
+            [held]
+        );
         assert_eq!(table.pending_credit_at(1), None);
         assert_eq!(table.credit_at(1), None);
         assert!(table.pending_credit_at(end + 1).is_some());
@@ -1566,10 +1637,8 @@ mod tests {
         let restored: TransferTable = {
             let mut restored = TransferTable::default();
             for at in 0..table.len() {
-                match table.hot_row(at) {
-                    Some(row) => assert_eq!(restored.insert_row(&row), Ok(true)),
-                    None => restored.push_moved(),
-                }
+                let position = table.hot_row(at).map(|row| (row, None));
+                assert_eq!(restored.restore(position), Ok(true));
             }
             restored
         };
@@ -1604,7 +1673,10 @@ mod tests {
                 assert!(write_and_drop(&mut table, &files, next));
             }
             assert!(table.len() - table.hot_from() <= (MOVE_AFTER_CHUNKS + 2) * CHUNK_ROWS);
-            assert_eq!(table.unfinished().collect::<Vec<_>>(), [held]);
+            assert_eq!(
+                table.unfinished().map(|(row, _)| row).collect::<Vec<_>>(),
+                [held]
+            );
             assert_eq!(table.credit(&credit_key), Ok(Some(credit_row)));
             assert_eq!(table.take_moved_credits().len(), 1);
         }

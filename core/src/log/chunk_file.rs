@@ -55,6 +55,7 @@ use crate::log::crc::register_after;
 use crate::log::snapshot::{put_table_row, read_stored_row, read_table_position};
 use crate::model::event::TransferKey;
 use crate::model::partition::PartitionId;
+use crate::model::transaction::LEGS_MAX;
 
 /// The first bytes of every chunk file.
 pub const CHUNK_MAGIC: [u8; 4] = *b"WCHK";
@@ -79,10 +80,17 @@ const DIRECTORY_LEN: usize = (BUCKETS + 1) * 4;
 const ENTRY_LEN: usize = 12;
 /// The directory, `index_at` and the checksum: what is read to open a chunk's index.
 const TRAILER_LEN: usize = DIRECTORY_LEN + 8 + CRC_LEN;
-/// Most bytes an encoded transfer row takes: three ids of 1 + 64 bytes, amount, currency,
-/// state and reason, the remote flag, three timestamps (233), a hold's terms (17: 250),
-/// rounded up.
-const ROW_LEN_MAX: usize = 256;
+/// Most bytes an encoded home row takes before its terms: three ids of 1 + 64 bytes,
+/// amount, currency, state and reason, the remote flag, three timestamps.
+const HOME_ROW_LEN_MAX: usize = 3 * 65 + 8 + 2 + 2 + 1 + 3 * 8;
+/// Most bytes a row's terms take: a transaction of [`LEGS_MAX`] legs (the tag, its id, a
+/// count, each leg's two ids, amount and currency, then the failed leg).
+const TERMS_LEN_MAX: usize = 1 + 65 + 1 + LEGS_MAX * (2 * 65 + 8 + 2) + 2;
+/// Most bytes an encoded row takes (9,261).
+const ROW_LEN_MAX: usize = HOME_ROW_LEN_MAX + TERMS_LEN_MAX;
+/// What a lookup reads of a row at first: every row but a multi-leg transaction's fits (a
+/// hold's is at most 249 bytes); a longer one is read again, whole.
+const ROW_LEN_FIRST_READ: usize = 256;
 /// Fewest bytes an encoded row takes, a credit row without a Try and with one-byte ids (caps
 /// what a corrupt count preallocates).
 const ROW_LEN_MIN: usize = 6;
@@ -443,13 +451,8 @@ pub(crate) fn find_row(
         if offset < HEADER_LEN as u64 || offset >= index.index_at {
             return Err(format!("chunk file {chunk}: a row offset out of bounds"));
         }
-        let len = (index.index_at - offset).min(ROW_LEN_MAX as u64) as usize;
-        let bytes = reader.read_at(chunk, offset, len).map_err(io)?;
-        let mut cursor = Cursor::new(&bytes);
-        // Only files of the current version stay on disk (see `snapshot::read_chunks`).
-        let row = read_stored_row(&mut cursor, true)
-            .map_err(|e| format!("chunk file {chunk}: row at {offset}: {e}"))?;
-        if crc32c_of(&[&bytes[..cursor.position()]]) != crc {
+        let (bytes, row, len) = read_row_at(reader, chunk, offset, index.index_at - offset)?;
+        if crc32c_of(&[&bytes[..len]]) != crc {
             return Err(format!(
                 "chunk file {chunk}: the row at {offset} is damaged"
             ));
@@ -460,6 +463,34 @@ pub(crate) fn find_row(
         }
     }
     Ok(None)
+}
+
+/// The row at `offset` of chunk file `chunk`, which has at most `room` bytes for it: its
+/// bytes as read, the row, and how many of those bytes it took. Reads
+/// [`ROW_LEN_FIRST_READ`] bytes first and, if the row is longer, all it can be.
+fn read_row_at(
+    reader: &dyn ChunkRead,
+    chunk: u64,
+    offset: u64,
+    room: u64,
+) -> Result<(Vec<u8>, StoredRow, usize), String> {
+    let io = |e: std::io::Error| format!("chunk file {chunk}: {e}");
+    let mut len = room.min(ROW_LEN_FIRST_READ as u64) as usize;
+    loop {
+        let bytes = reader.read_at(chunk, offset, len).map_err(io)?;
+        let mut cursor = Cursor::new(&bytes);
+        // Only files of the current version stay on disk (see `snapshot::read_chunks`).
+        match read_stored_row(&mut cursor, true) {
+            Ok(row) => {
+                let used = cursor.position();
+                return Ok((bytes, row, used));
+            }
+            Err(_) if (len as u64) < room.min(ROW_LEN_MAX as u64) => {
+                len = room.min(ROW_LEN_MAX as u64) as usize;
+            }
+            Err(e) => return Err(format!("chunk file {chunk}: row at {offset}: {e}")),
+        }
+    }
 }
 
 /// The whole of chunk file `chunk`, decoded and checked (see [`decode_chunk`]).
@@ -482,6 +513,72 @@ pub(crate) fn read_chunk(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::row_terms::RowTerms;
+    use crate::ledger::transactions::TransactionTerms;
+    use crate::ledger::transfer_table::TransferTable;
+    use crate::ledger::{TransferRow, TransferState};
+    use crate::model::ids::{AccountId, TransactionId};
+    use crate::model::money::{Amount, Currency};
+    use crate::model::transaction::{Leg, Transaction};
+
+    /// An id of 64 bytes, the longest, ending in `n`.
+    fn long_id(n: usize) -> String {
+        format!("{n:a>64}")
+    }
+
+    /// The longest terms a row can have: a transaction of `LEGS_MAX` legs between accounts of
+    /// the longest ids, under the longest transaction id.
+    fn longest_transaction(n: usize) -> TransactionTerms {
+        let legs = (0..LEGS_MAX)
+            .map(|leg| Leg {
+                from: AccountId::new(&long_id(n * 1000 + 2 * leg)).unwrap(),
+                to: AccountId::new(&long_id(n * 1000 + 2 * leg + 1)).unwrap(),
+                amount: Amount::from_minor(1_000_000).unwrap(),
+                currency: Currency::USD,
+            })
+            .collect();
+        let tx = Transaction::new(TransactionId::new(&long_id(n)).unwrap(), legs).unwrap();
+        TransactionTerms {
+            tx,
+            failed_leg: Some(63),
+        }
+    }
+
+    #[test]
+    fn rows_longer_than_a_first_read_are_found_whole() {
+        let mut table = TransferTable::default();
+        let mut terms_of = Vec::new();
+        for n in 0..CHUNK_ROWS + 1 {
+            let terms = longest_transaction(n);
+            let row = TransferRow {
+                transfer: terms.tx.first_leg(),
+                state: TransferState::Cancelled(crate::model::event::Reason::InsufficientFunds),
+                remote: true,
+                accepted_at: u64::MAX,
+                decided_at: u64::MAX,
+                finished_at: u64::MAX,
+            };
+            let at = table.len();
+            assert!(table.insert(&row).unwrap());
+            table.set_terms(at, RowTerms::Transaction(terms.clone()));
+            terms_of.push((row, terms));
+        }
+        let store = table.freeze();
+        let mut longest = Vec::new();
+        put_table_row(&mut longest, store.views_of(0..1).next().unwrap(), true);
+        assert_eq!(longest.len(), ROW_LEN_MAX, "the bound is exact");
+        let encoded = encode_chunk(0, 0, &store);
+        let files = crate::ledger::cold::TestChunks::default();
+        files.files.lock().unwrap().insert(0, encoded.bytes);
+        for (row, terms) in &terms_of[..CHUNK_ROWS] {
+            let found = find_row(&files, 0, &encoded.index, &row.transfer.key()).unwrap();
+            let expected = (
+                crate::ledger::TableRow::Home(*row),
+                Some(RowTerms::Transaction(terms.clone())),
+            );
+            assert_eq!(found, Some(expected));
+        }
+    }
 
     proptest::proptest! {
         /// The on-disk hash is pinned: the instruction's path gives the `crc32c` crate's value.

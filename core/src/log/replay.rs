@@ -128,11 +128,15 @@ pub fn state_difference(a: &Ledger, b: &Ledger) -> Option<String> {
                 .or_else(|| table_difference("refunded", &a.refunded, &b.refunded))
         })
         .or_else(|| table_difference("hold terms", &hold_terms(a), &hold_terms(b)))
+        .or_else(|| table_difference("transactions", &tx_terms(a), &tx_terms(b)))
         .or_else(|| (a.holds.open != b.holds.open).then(|| "open holds differ".to_string()))
         .or_else(|| {
+            let (a, b) = (a.transfers.len(), b.transfers.len());
+            (a != b).then(|| format!("transfer positions: {a} != {b}"))
+        })
+        .or_else(|| {
             let (a, b) = (&a.transactions, &b.transactions);
-            table_difference("transactions", &a.home, &b.home)
-                .or_else(|| table_difference("transaction parts", &a.parts, &b.parts))
+            table_difference("transaction parts", &a.parts, &b.parts)
         });
     assert!(found.is_some(), "ledgers differ somewhere");
     found
@@ -151,6 +155,13 @@ fn home_rows(ledger: &Ledger) -> BTreeMap<TransferKey, TransferRow> {
 fn hold_terms(ledger: &Ledger) -> BTreeMap<TransferKey, crate::ledger::HoldTerms> {
     (ledger.transfers.iter_stored())
         .filter_map(|(row, terms)| Some((row.key(), terms?.hold()?)))
+        .collect()
+}
+
+/// The terms of the transactions `ledger` is home of, by key (their rows carry them).
+fn tx_terms(ledger: &Ledger) -> BTreeMap<TransferKey, crate::ledger::TransactionTerms> {
+    (ledger.transfers.iter_stored())
+        .filter_map(|(row, terms)| Some((row.key(), terms?.transaction()?.clone())))
         .collect()
 }
 

@@ -16,6 +16,8 @@
 //! transfers: count u32, rows in log order (the order their keys were first recorded), after
 //!            those of the chunk files; a home row:
 //!            transfer | state | remote u8 | accepted_at u64 | decided_at u64 | finished_at u64
+//!            | (version 10) terms: 0 u8 (none) | 1 u8, expires_at u64, minor units
+//!            captured u64 (a hold's) | 2 u8, transaction, failed leg (a transaction's)
 //!            (version 8) or a credit row:
 //!            0 u8 | credit state u8 | key | [to | amount u64 | currency] (not for try-not-seen)
 //!            (version 9) or a position whose row moved on: 0xFF u8
@@ -28,9 +30,9 @@
 //!            currency | deposited u128 | withdrawn u128 | sent u128 | received u128
 //! refunds:   (version 5) count u32, rows sorted by key: refund key | original's transaction id
 //! refunded:  (version 5) count u32, rows sorted by key: original key | minor units refunded u64
-//! holds:     (version 6) count u32, rows sorted by key: hold key | expires_at u64
+//! holds:     (versions 6 to 9) count u32, rows sorted by key: hold key | expires_at u64
 //!            | minor units captured u64 (0: not captured)
-//! transactions: (version 7) count u32, rows sorted by key: transaction | failed leg
+//! transactions: (versions 7 to 9) count u32, rows sorted by key: transaction | failed leg
 //! parts:     (version 7) count u32, rows sorted by key: key | part state | has transaction u8
 //!            | [transaction]
 //! crc32c u32 over every byte before it
@@ -72,6 +74,17 @@
 //! snapshot: a partition restored from such a snapshot puts them after its home rows, so
 //! its positions differ from those of one that replayed the same log (positions are not in
 //! the log, and tables are compared as maps).
+//!
+//! # Terms with their rows (version 10)
+//! A hold's terms and a multi-leg transaction's legs are the terms of their home rows
+//! ([`crate::ledger::row_terms`]), written right after the row, in snapshots and chunk files
+//! (version 5) alike: once final they go to disk with the row and leave memory, where
+//! versions 6 to 9 kept them in tables of their own, every one in every snapshot. A
+//! snapshot of before version 10 restores every chunk it refers to into memory, where the
+//! terms of its tables find their rows; the next snapshot writes those chunks again, with
+//! their terms (a one-time cost of the upgrade, in memory and in writes). A version 10
+//! snapshot refers only to chunk files of version 5: one that names an older file is
+//! damage.
 //!
 //! # Positions whose row moved on (version 9)
 //! A row still in flight when its chunk falls behind moves to the table's end
@@ -515,15 +528,18 @@ fn encode_image(
     }
     if version > SNAPSHOT_VERSION_UNTRANSACTED {
         let transactions = &ledger.transactions;
-        let home = transactions
-            .home
-            .sorted()
-            .into_iter()
-            .map(|(_, terms)| terms);
-        put_table(&mut sink, home, |out, terms| {
-            put_transaction(out, &terms.tx);
-            put_optional_leg(out, terms.failed_leg);
-        })?;
+        if !terms_inline {
+            // Tests of reading old snapshots only: every transaction's terms, by key.
+            let every = ledger.transfers.first()..ledger.transfers.len();
+            let mut home: Vec<_> = (ledger.transfers.views_of(every))
+                .filter_map(|row| row.terms?.transaction().cloned())
+                .collect();
+            home.sort_unstable_by_key(|terms| terms.tx.key());
+            put_table(&mut sink, home.into_iter(), |out, terms| {
+                put_transaction(out, &terms.tx);
+                put_optional_leg(out, terms.failed_leg);
+            })?;
+        }
         put_table(
             &mut sink,
             transactions.parts.sorted().into_iter(),
@@ -637,14 +653,19 @@ fn put_home_row(out: &mut Vec<u8>, row: RowView<'_>, state: TransferState) {
     }
 }
 
-/// A home row's terms (version 10 snapshots, version 5 chunk files): a byte 0 (none), or 1
-/// and a hold's terms.
+/// A home row's terms (version 10 snapshots, version 5 chunk files): a byte 0 (none), 1 and
+/// a hold's terms, or 2, the transaction and its failed leg.
 fn put_row_terms(out: &mut Vec<u8>, terms: Option<&RowTerms>) {
     match terms {
         None => out.push(0),
         Some(RowTerms::Hold(terms)) => {
             out.push(1);
             put_hold_terms(out, terms);
+        }
+        Some(RowTerms::Transaction(terms)) => {
+            out.push(2);
+            put_transaction(out, &terms.tx);
+            put_optional_leg(out, terms.failed_leg);
         }
     }
 }
@@ -653,6 +674,11 @@ fn get_row_terms(cursor: &mut Cursor<'_>) -> Result<Option<RowTerms>, String> {
     Ok(match cursor.u8()? {
         0 => None,
         1 => Some(RowTerms::Hold(get_hold_terms(cursor)?)),
+        2 => {
+            let tx = cursor.transaction()?;
+            let failed_leg = get_optional_leg(cursor)?;
+            Some(RowTerms::Transaction(TransactionTerms { tx, failed_leg }))
+        }
         other => return Err(format!("unknown row terms {other}")),
     })
 }
@@ -921,22 +947,14 @@ fn read_ledger(cursor: &mut Cursor<'_>, version: u8, chunks: Chunks<'_>) -> Resu
         .into_iter()
         .map(|(key, row)| Some((TableRow::Credit(key, row), None)));
     for row in inline.into_iter().chain(credits) {
-        let Some(row) = row else {
-            ledger.transfers.push_moved();
-            continue;
-        };
-        if let TableRow::Credit(key, _) = row.0 {
+        if let Some((TableRow::Credit(key, _), _)) = &row {
             if partition_of(&key.from, partitions) == partition {
                 return Err(format!(
                     "credit row of {key:?}, whose home is this partition"
                 ));
             }
         }
-        if !ledger
-            .transfers
-            .insert_stored(row)
-            .map_err(|e| e.to_string())?
-        {
+        if !ledger.transfers.restore(row).map_err(|e| e.to_string())? {
             return Err("a table holds a key twice".to_string());
         }
     }
@@ -993,11 +1011,15 @@ fn read_ledger(cursor: &mut Cursor<'_>, version: u8, chunks: Chunks<'_>) -> Resu
     }
     ledger.restore_open_holds();
     if version > SNAPSHOT_VERSION_UNTRANSACTED {
-        let home = read_table(cursor, Order::Sorted, |cursor| {
-            let tx = cursor.transaction()?;
-            let failed_leg = get_optional_leg(cursor)?;
-            Ok((tx.key(), TransactionTerms { tx, failed_leg }))
-        })?;
+        if !terms_inline {
+            let home = read_rows(cursor, Order::Sorted, |cursor| {
+                let tx = cursor.transaction()?;
+                let failed_leg = get_optional_leg(cursor)?;
+                Ok((tx.key(), TransactionTerms { tx, failed_leg }))
+            })?;
+            let home = home.into_iter().map(|(_, terms)| terms).collect();
+            ledger.restore_separate_transaction_terms(home)?;
+        }
         let parts = read_table(cursor, Order::Sorted, |cursor| {
             let key = cursor.key()?;
             let state = match cursor.u8()? {
@@ -1016,7 +1038,7 @@ fn read_ledger(cursor: &mut Cursor<'_>, version: u8, chunks: Chunks<'_>) -> Resu
             };
             Ok((key, PartRow { state, tx }))
         })?;
-        ledger.restore_transactions(TransactionTable { home, parts })?;
+        ledger.restore_transactions(TransactionTable { parts })?;
     }
     cursor.finish()?;
     Ok(ledger)
@@ -1074,11 +1096,7 @@ fn read_chunks(
                 let table =
                     hot.get_or_insert_with(|| TransferTable::with_cold(std::mem::take(&mut cold)));
                 for row in rows {
-                    let Some(row) = row else {
-                        table.push_moved();
-                        continue;
-                    };
-                    if !table.insert_stored(row).map_err(|e| e.0)? {
+                    if !table.restore(row).map_err(|e| e.0)? {
                         return Err(twice());
                     }
                 }
@@ -1169,13 +1187,19 @@ pub(crate) fn read_stored_row(
         TableRow::Home(_) if with_terms => get_row_terms(cursor)?,
         _ => None,
     };
-    if let (TableRow::Home(row), Some(RowTerms::Hold(terms))) = (&row, &terms) {
-        if terms.captured.is_some() != (row.state == TransferState::Captured) {
+    match (&row, &terms) {
+        (TableRow::Home(row), Some(RowTerms::Hold(terms)))
+            if terms.captured.is_some() != (row.state == TransferState::Captured) =>
+        {
             return Err(format!(
                 "hold {:?} captured, or not, against its row",
                 row.transfer.key()
             ));
         }
+        (TableRow::Home(row), Some(RowTerms::Transaction(terms))) => {
+            crate::ledger::transactions::check_transaction_row(row, terms)?;
+        }
+        _ => {}
     }
     Ok((row, terms))
 }
@@ -1407,10 +1431,33 @@ mod tests {
                 // Holds that end every way, so that chunk files hold their terms.
                 hold_and_end(&mut s, &format!("h-{i}"), i / 16 % 3);
             }
+            if i % 16 == 8 {
+                // Transactions (within the partition: applied at once), ditto.
+                s.run(crate::ledger::Command::Transact(two_legs(
+                    &format!("x-{i}"),
+                    5,
+                )))
+                .unwrap();
+            }
         }
         let pending = crate::ledger::Command::Transfer(transfer("t-p", "alice", "bob", 5));
         s.run(pending).unwrap();
         s.ledger
+    }
+
+    /// A transaction of two legs between alice and dave (both of partition 3 of 4), the
+    /// first of `minor`.
+    fn two_legs(id: &str, minor: u64) -> Arc<crate::model::transaction::Transaction> {
+        use crate::log::replay::tests::id as account;
+        use crate::model::transaction::{Leg, Transaction};
+        let leg = |from: &str, to: &str, minor: u64| Leg {
+            from: account(from),
+            to: account(to),
+            amount: Amount::from_minor(minor).unwrap(),
+            currency: Currency::USD,
+        };
+        let legs = vec![leg("alice", "dave", minor), leg("dave", "alice", 2)];
+        Transaction::new(crate::log::replay::tests::txn(id), legs).unwrap()
     }
 
     /// Places a hold from alice to dave (both of `s`'s partition) and ends it: captured in
@@ -1533,6 +1580,31 @@ mod tests {
             let answer = ledger.decide_at(&capture, now, &mut first);
             assert_eq!(restored.decide_at(&capture, now, &mut again), answer);
             assert!(first.is_empty() && again.is_empty(), "{answer:?}");
+        }
+        // So do transactions' legs: a retry of one on disk only gets its first answer.
+        let transactions: Vec<_> = (ledger.transfers.iter_stored())
+            .filter_map(|(row, terms)| Some((row.key(), terms?.transaction()?.clone())))
+            .collect();
+        assert!(transactions.len() > 3, "{transactions:?}");
+        for (key, terms) in &transactions {
+            assert_eq!(
+                restored.find_transaction(key).unwrap().as_ref(),
+                Some(terms)
+            );
+            let retry = crate::ledger::Command::Transact(terms.tx.clone());
+            let (mut first, mut again) = (Vec::new(), Vec::new());
+            let answer = ledger.decide(&retry, &mut first);
+            assert_eq!(restored.decide(&retry, &mut again), answer);
+            assert!(first.is_empty() && again.is_empty(), "{answer:?}");
+            // The same id with other legs is a conflict.
+            let other = two_legs(key.transaction_id.as_str(), 6);
+            let other = crate::ledger::Command::Transact(other);
+            let other_answer = restored.decide(&other, &mut again);
+            assert!(
+                matches!(other_answer, Err(crate::ledger::LedgerError::Conflict(_))),
+                "{other_answer:?}"
+            );
+            assert_eq!(other_answer, ledger.decide(&other, &mut first));
         }
         assert!(files.reads.load(std::sync::atomic::Ordering::Relaxed) > reads);
         // A chunk file of before version 5 (here version 1, without a key index) holds no
@@ -1903,21 +1975,29 @@ mod tests {
     #[test]
     fn transaction_rows_that_cannot_be_where_they_are_are_refused() {
         let s = with_transactions();
-        let (home, parts) = (&s.ledger.transactions.home, &s.ledger.transactions.parts);
-        let (here_key, here) = home.iter().next().map(|(k, v)| (k, v.clone())).unwrap();
+        let parts = &s.ledger.transactions.parts;
+        let (here_key, here) = (s.ledger.transfers.iter_stored())
+            .find_map(|(row, terms)| Some((row.key(), terms?.transaction()?.clone())))
+            .unwrap();
         let (elsewhere_key, elsewhere) = parts
             .iter()
             .find(|(_, row)| row.tx.is_some())
             .map(|(k, v)| (k, v.clone()))
             .unwrap();
         let mut bad = Vec::new();
-        // Terms of a transaction homed on another partition.
+        // Terms of another transaction (one homed elsewhere) on a transaction's row.
         let mut ledger = s.ledger.clone();
-        let terms = TransactionTerms {
-            tx: elsewhere.tx.clone().unwrap(),
-            failed_leg: None,
-        };
-        ledger.transactions.home.insert(elsewhere_key, terms);
+        let at = ledger.transfers.find(&here_key).unwrap();
+        if let Some(RowTerms::Transaction(terms)) = ledger.transfers.terms_mut(at) {
+            terms.tx = elsewhere.tx.clone().unwrap();
+        }
+        bad.push(ledger);
+        // Terms of a transaction that failed at a leg it does not have.
+        let mut ledger = s.ledger.clone();
+        let at = ledger.transfers.find(&here_key).unwrap();
+        if let Some(RowTerms::Transaction(terms)) = ledger.transfers.terms_mut(at) {
+            terms.failed_leg = Some(64);
+        }
         bad.push(ledger);
         // A participant's row of a transaction homed here.
         let mut ledger = s.ledger.clone();

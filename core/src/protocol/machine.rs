@@ -627,9 +627,13 @@ impl<K: ReplyTokens> PartitionMachine<K> {
                     QueryAnswer::Unreadable
                 }
             },
-            Query::Transaction(key) => {
-                QueryAnswer::Transaction(self.ledger.transaction(&key).cloned())
-            }
+            Query::Transaction(key) => match self.ledger.find_transaction(&key) {
+                Ok(terms) => QueryAnswer::Transaction(terms),
+                Err(error) => {
+                    tracing::error!(partition = self.partition(), %error, "transaction row unreadable");
+                    QueryAnswer::Unreadable
+                }
+            },
         };
         self.batch.inputs += 1;
         self.batch.client_inputs = true;
@@ -687,7 +691,12 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             Ok(other) => unreachable!("an abandon replies with a transfer status, got {other:?}"),
             Err(error) => return self.report_refused_coordinator_command(error),
         };
-        let home_tx = self.ledger.transaction(&tx.key()).map(|terms| &terms.tx);
+        let home_terms = match self.ledger.find_transaction(&tx.key()) {
+            Ok(terms) => terms,
+            // The participant asks again later.
+            Err(error) => return self.report_refused_coordinator_command(error),
+        };
+        let home_tx = home_terms.as_ref().map(|terms| &terms.tx);
         let Some(phase) = unresolved_transaction_answer(status, home_tx, &tx) else {
             return;
         };

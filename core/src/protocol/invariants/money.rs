@@ -89,9 +89,11 @@ impl Money for Ledger {
     }
 
     fn for_each_unfinished(&self, each: &mut dyn FnMut(&Transfer)) {
-        let transfers = self.transfers.unfinished().filter(|row| row.remote);
-        for row in transfers.filter(|row| self.transaction(&row.transfer.key()).is_none()) {
-            each(&row.transfer);
+        let transfers = self.transfers.unfinished().filter(|(row, _)| row.remote);
+        for (row, terms) in transfers {
+            if terms.and_then(|terms| terms.transaction()).is_none() {
+                each(&row.transfer);
+            }
         }
     }
 
@@ -253,8 +255,8 @@ pub fn books(ledger: &Ledger) -> Result<(), Violation> {
 /// unfinished transfers it is the source of. Every mismatch, in account order.
 pub fn holds(ledger: &Ledger) -> Vec<Violation> {
     let mut by_rows: BTreeMap<_, u64> = BTreeMap::new();
-    for row in ledger.transfers.unfinished() {
-        if ledger.transaction(&row.transfer.key()).is_none() {
+    for (row, terms) in ledger.transfers.unfinished() {
+        if terms.and_then(|terms| terms.transaction()).is_none() {
             *by_rows.entry(row.transfer.from).or_default() += row.transfer.amount.minor();
         }
     }

@@ -1007,12 +1007,7 @@ fn a_refused_leg_cancels_the_transaction_everywhere_and_names_the_lowest_failing
             Reason::InsufficientFunds
         )))
     );
-    let terms = world
-        .machine(0)
-        .ledger()
-        .transaction(&key)
-        .cloned()
-        .unwrap();
+    let terms = world.machine(0).ledger().transaction(&key).unwrap();
     assert_eq!(terms.failed_leg, Some(1));
     assert_eq!(
         figures_of(&mut world, &[a, b, c]),

@@ -1312,7 +1312,11 @@ fn ledgers_that_differ_only_in_their_transactions_are_not_the_same_state() {
     c.status(0, transact(&t));
     c.phase(1, try_on(&t, 1));
     let mut home = c.ledgers[0].clone();
-    let terms = home.transactions.home.get_mut(&t.key()).unwrap();
+    let at = home.transfers.find(&t.key()).unwrap();
+    let Some(crate::ledger::row_terms::RowTerms::Transaction(terms)) = home.transfers.terms_mut(at)
+    else {
+        panic!("a transaction's row has its terms");
+    };
     terms.failed_leg = Some(0);
     let difference = state_difference(&c.ledgers[0], &home).expect("they differ");
     assert!(difference.starts_with("transactions["), "{difference}");
