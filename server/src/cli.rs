@@ -186,10 +186,12 @@ pub struct ServiceArgs {
     #[arg(long, default_value_t = 1_000_000)]
     pub snapshot_every_events: u64,
     /// The in-memory budget of each partition's transfers table, in rows (the home rows of
-    /// transfers from its accounts and the credit rows of transfers into them from other
-    /// partitions). Beyond it a snapshot writes the final rows to chunk files and they leave
-    /// memory; a retry of an old transfer reads its row back from disk (about 100 bytes of
-    /// memory per row kept, 7 per row on disk). Rows still in flight stay, whatever the budget. Needs snapshots.
+    /// transfers, holds and multi-leg transactions from its accounts, with a hold's terms and
+    /// a transaction's legs; the credit rows of transfers into them from other partitions;
+    /// its parts of transactions homed elsewhere). Beyond it a snapshot writes the final rows
+    /// to chunk files and they leave memory; a retry of an old one reads its row back from
+    /// disk (about 100 bytes of memory per row kept, more with a transaction's legs; 7 per
+    /// row on disk). Rows still in flight stay, whatever the budget. Needs snapshots.
     #[arg(long, default_value_t = walletd_core::protocol::machine::TRANSFER_ROWS_IN_MEMORY_MAX_DEFAULT as u64, value_parser = clap::value_parser!(u64).range(1..=4_000_000_000))]
     pub transfer_rows_in_memory_max: u64,
     /// Records per chunk of a partition's history index: each chunk is built in memory

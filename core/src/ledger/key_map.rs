@@ -1,7 +1,7 @@
 //! A map from transfer keys to rows that are only ever added: the tables that grow by a row
-//! per transaction or refund and never shrink (each participant's row of a transaction, a
-//! refund's original and each original's refunded sum). A hold's terms and a transaction's
-//! legs at its home were such tables too; they are their rows' terms now
+//! per refund and never shrink (a refund's original, each original's refunded sum). A hold's
+//! terms, a transaction's legs at its home and each participant's part of it were such
+//! tables too; they are rows of the transfers table or their terms now
 //! ([`crate::ledger::row_terms`]), and go to disk with them.
 //!
 //! Neither an ordered map nor a general hash map does for them. An ordered map searches
@@ -52,12 +52,6 @@ impl<V> KeyMap<V> {
         self.table.find(&key.from, &key.transaction_id)
     }
 
-    /// Asks for the index slots a lookup of `key` starts from, without waiting for them
-    /// (see `Ledger::prefetch`).
-    pub(crate) fn prefetch(&self, key: &TransferKey) {
-        self.table.prefetch(&key.from, &key.transaction_id);
-    }
-
     pub(crate) fn get(&self, key: &TransferKey) -> Option<&V> {
         self.position(key).map(|at| self.table.payload(at))
     }
@@ -73,10 +67,6 @@ impl<V> KeyMap<V> {
     /// Every row, in the order the keys were first inserted.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (TransferKey, &V)> {
         self.table.iter().map(|(ids, value)| (key_of(&ids), value))
-    }
-
-    pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
-        self.table.iter().map(|(_, value)| value)
     }
 
     /// Every row, sorted by key: for whatever must not depend on the order of insertion.

@@ -156,12 +156,6 @@ impl<P> KeyedTable<P> {
         &self.rows.rows.get(at).payload
     }
 
-    /// Asks for the index slots a lookup of (`account`, `transaction_id`) starts from,
-    /// without waiting for them (see `Ledger::prefetch`).
-    pub(crate) fn prefetch(&self, account: &AccountId, transaction_id: &TransactionId) {
-        (self.index).touch(key_hash(account.as_bytes(), transaction_id.as_bytes()));
-    }
-
     /// Every row, in the order they were added.
     pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = (RowIds<'_>, &P)> + '_ {
         self.rows.iter()

@@ -35,7 +35,6 @@ use holds::HoldTable;
 pub use holds::{Hold, HoldEnd, HoldTerms, HOLD_EXPIRES_IN_MS_MAX, OPEN_HOLDS_MAX};
 pub use refunds::Refund;
 use refunds::RefundTable;
-use transactions::TransactionTable;
 pub use transactions::{PartRow, PartState, TransactionTerms};
 pub use transfer_table::CHUNK_ROWS;
 
@@ -198,20 +197,24 @@ pub struct TransferRow {
 }
 
 /// A row of a partition's transfers table: the home row of a transfer whose source is on
-/// the partition, or the credit row of a transfer into it from another partition. A key has
-/// at most one: a transfer's home is its source's partition, and a credit row is only kept
-/// on another (see [`transfer_table`]).
+/// the partition, the credit row of a transfer into it from another partition, or this
+/// partition's row of a multi-leg transaction another partition is home of (its *part*:
+/// whether it is tried here; the rest of it, [`PartRow`], is the row's terms). A key has at
+/// most one: a transfer's or transaction's home is its source's partition, credit rows and
+/// parts are only kept on others, and a home records a key once, for a transfer or a
+/// transaction (see [`transfer_table`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TableRow {
     Home(TransferRow),
     Credit(TransferKey, CreditRow),
+    Part { key: TransferKey, tried: bool },
 }
 
 impl TableRow {
     pub fn key(&self) -> TransferKey {
         match self {
             TableRow::Home(row) => row.transfer.key(),
-            TableRow::Credit(key, _) => *key,
+            TableRow::Credit(key, _) | TableRow::Part { key, .. } => *key,
         }
     }
 
@@ -219,16 +222,18 @@ impl TableRow {
     pub fn home(self) -> Option<TransferRow> {
         match self {
             TableRow::Home(row) => Some(row),
-            TableRow::Credit(..) => None,
+            TableRow::Credit(..) | TableRow::Part { .. } => None,
         }
     }
 
-    /// Whether the row may still change: a home row still driven or held, a credit tried
-    /// and neither confirmed nor cancelled. Chunk files hold only rows that cannot.
+    /// Whether the row may still change: a home row still driven or held, a credit or a
+    /// part tried and neither confirmed nor cancelled. Chunk files hold only rows that
+    /// cannot.
     pub fn is_unfinished(&self) -> bool {
         match self {
             TableRow::Home(row) => row.state.is_unfinished(),
             TableRow::Credit(_, row) => row.state == CreditState::Tried,
+            TableRow::Part { tried, .. } => *tried,
         }
     }
 
@@ -236,7 +241,7 @@ impl TableRow {
     pub fn credit(self) -> Option<(TransferKey, CreditRow)> {
         match self {
             TableRow::Credit(key, row) => Some((key, row)),
-            TableRow::Home(_) => None,
+            TableRow::Home(_) | TableRow::Part { .. } => None,
         }
     }
 }
@@ -638,9 +643,6 @@ pub struct Ledger {
     pub(crate) refunds: RefundTable,
     /// The holds this partition is home of (see [`holds`]).
     pub(crate) holds: HoldTable,
-    /// The multi-leg transactions this partition is home of or takes part in (see
-    /// [`transactions`]).
-    pub(crate) transactions: TransactionTable,
     pub(crate) last: RecordMeta,
 }
 
@@ -660,7 +662,6 @@ impl Ledger {
             flows: BTreeMap::new(),
             refunds: RefundTable::default(),
             holds: HoldTable::default(),
-            transactions: TransactionTable::default(),
             last: RecordMeta::default(),
         }
     }
@@ -955,15 +956,11 @@ impl Ledger {
                 self.prefetch_legs(tx)
             }
             Command::TryTransaction { tx, .. } | Command::AbortTransaction { tx, .. } => {
-                self.transactions.parts.prefetch(&tx.key());
+                self.transfers.prefetch(&tx.key());
                 self.prefetch_legs(tx)
             }
             Command::ConfirmTransaction { key, .. } | Command::CancelTransaction { key, .. } => {
-                if self.is_home_of(key) {
-                    self.transfers.prefetch(key);
-                } else {
-                    self.transactions.parts.prefetch(key);
-                }
+                self.transfers.prefetch(key);
                 Prefetched::default()
             }
             _ => Prefetched::default(),

@@ -1,6 +1,6 @@
-//! Terms that some home rows of the transfers table carry beside their packed fields: a
-//! hold's expiry and what was captured of it, a multi-leg transaction's legs and the leg
-//! that failed.
+//! Terms that some rows of the transfers table carry beside their packed fields: a hold's
+//! expiry and what was captured of it, a multi-leg transaction's legs and the leg that
+//! failed at its home, and a participant's side of a transaction (its part).
 //!
 //! # Why the terms live with the row
 //! A hold's terms and a transaction's legs used to be tables of their own, keyed by the
@@ -23,16 +23,19 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use crate::ledger::holds::HoldTerms;
-use crate::ledger::transactions::TransactionTerms;
+use crate::ledger::transactions::{PartRow, TransactionTerms};
 use crate::ledger::transfer_table::CHUNK_ROWS;
 
-/// What a home row carries beyond a transfer's fields.
+/// What a row carries beyond a transfer's fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RowTerms {
-    /// The row is a hold's.
+    /// The home row is a hold's.
     Hold(HoldTerms),
-    /// The row is a multi-leg transaction's (its first leg's transfer).
+    /// The home row is a multi-leg transaction's (its first leg's transfer).
     Transaction(TransactionTerms),
+    /// The row is a participant's part of a transaction another partition is home of
+    /// ([`crate::ledger::TableRow::Part`]): every such row has these terms.
+    Part(PartRow),
 }
 
 /// What kind of operation a home row records: told by its terms.
@@ -47,14 +50,21 @@ impl RowTerms {
     pub(crate) fn hold(&self) -> Option<HoldTerms> {
         match self {
             RowTerms::Hold(terms) => Some(*terms),
-            RowTerms::Transaction(_) => None,
+            _ => None,
         }
     }
 
     pub(crate) fn transaction(&self) -> Option<&TransactionTerms> {
         match self {
             RowTerms::Transaction(terms) => Some(terms),
-            RowTerms::Hold(_) => None,
+            _ => None,
+        }
+    }
+
+    pub(crate) fn part(&self) -> Option<&PartRow> {
+        match self {
+            RowTerms::Part(row) => Some(row),
+            _ => None,
         }
     }
 
@@ -63,7 +73,8 @@ impl RowTerms {
         match terms {
             None => RowKind::Transfer,
             Some(RowTerms::Hold(_)) => RowKind::Hold,
-            Some(RowTerms::Transaction(_)) => RowKind::Transaction,
+            // A part is no home row; it is a transaction's all the same.
+            Some(RowTerms::Transaction(_) | RowTerms::Part(_)) => RowKind::Transaction,
         }
     }
 }

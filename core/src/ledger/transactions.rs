@@ -27,13 +27,13 @@
 //!
 //! The home's row is an ordinary transfer row under the transaction's key (its first leg,
 //! for the idempotency table and the status read); the legs and the failed leg are the
-//! row's terms ([`crate::ledger::row_terms`]), so they go to disk with it once final. The
-//! participants' rows are in the partition's [`TransactionTable`].
+//! row's terms ([`crate::ledger::row_terms`]), so they go to disk with it once final. A
+//! participant's row (its *part*, [`PartRow`]) is a row of the transfers table as well
+//! ([`crate::ledger::TableRow::Part`]), and goes to disk the same way.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::key_map::KeyMap;
 use super::row_terms::RowTerms;
 use super::{
     check, check_covers, check_currency, check_room, new_row, vacancy, Account, Ledger,
@@ -42,20 +42,6 @@ use super::{
 use crate::model::event::{Event, Reason, TransferKey};
 use crate::model::partition::partition_of;
 use crate::model::transaction::{AccountEffect, Effects, Leg, Transaction};
-
-/// What a partition keeps of the transactions another partition is home of and this one
-/// takes part in (those it is home of are rows of the transfers table, their legs the
-/// rows' terms). The map only grows with transactions; it is in snapshots (sorted by key
-/// there).
-///
-/// A [`KeyMap`]: every Try, Confirm and Cancel looks its row up, and an ordered map's
-/// search was 12.7% of the server's time under 4-leg transactions, while a general hash
-/// map's doubling stalled the partition (see [`crate::ledger::key_map`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct TransactionTable {
-    /// The rows of transactions another partition is home of, which this one takes part in.
-    pub(crate) parts: KeyMap<PartRow>,
-}
 
 /// A transaction as its home keeps it beside its row (the row's terms).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,12 +60,11 @@ pub struct PartRow {
     pub tx: Option<Arc<Transaction>>,
 }
 
-// A participant's row is its payload, the place of its key's bytes and their lengths: 32
-// bytes, whatever the ids (the transaction itself is shared, see `Transaction`); the home's
-// terms sit in a map beside their row, 16 bytes. The bounds are those sizes, so a field
-// that grows them fails the build.
+// The home's terms and a participant's part sit in maps beside their rows (see
+// `row_terms`): 16 bytes each, whatever the ids (the transaction itself is shared, see
+// `Transaction`). The bounds are those sizes, so a field that grows them fails the build.
 const _: () = assert!(std::mem::size_of::<TransactionTerms>() <= 16);
-const _: () = assert!(super::keyed_table::row_size::<PartRow>() <= 32);
+const _: () = assert!(std::mem::size_of::<PartRow>() <= 16);
 
 /// Where a participant's side of a transaction stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -142,9 +127,19 @@ impl Ledger {
             .filter_map(|at| Some((at, self.transaction_at(at)?)))
     }
 
-    /// This partition's row of the transaction `key` another partition is home of.
-    pub fn transaction_part(&self, key: &TransferKey) -> Option<&PartRow> {
-        self.transactions.parts.get(key)
+    /// This partition's row of the transaction `key` another partition is home of: in
+    /// memory, or read from its chunk file.
+    pub fn find_transaction_part(&self, key: &TransferKey) -> Result<Option<PartRow>, LedgerError> {
+        Ok(self.transfers.part(key)?)
+    }
+
+    /// [`Ledger::find_transaction_part`] for checks and tests.
+    ///
+    /// # Panics
+    /// If the row is on disk only and its chunk file cannot be read.
+    pub fn transaction_part(&self, key: &TransferKey) -> Option<PartRow> {
+        self.find_transaction_part(key)
+            .unwrap_or_else(|error| panic!("part of transaction {key:?}: {error}"))
     }
 
     /// The transactions this partition is home of that are not over (trying or
@@ -163,11 +158,11 @@ impl Ledger {
     /// The transactions another partition is home of whose Try this partition holds,
     /// neither confirmed nor cancelled yet, sorted by key.
     pub fn tried_transaction_parts(&self) -> Vec<Arc<Transaction>> {
-        (self.transactions.parts.sorted().into_iter())
-            .map(|(_, row)| row)
-            .filter(|row| row.state == PartState::Tried)
+        let mut tried: Vec<Arc<Transaction>> = (self.transfers.tried_parts())
             .map(|row| row.tx.clone().expect("a Try carries its transaction"))
-            .collect()
+            .collect();
+        tried.sort_by_key(|tx| tx.key());
+        tried
     }
 
     /// Whether this partition is the home of transactions under `key`.
@@ -301,7 +296,7 @@ impl Ledger {
                 command: "TryTransaction",
             });
         }
-        if let Some(row) = self.transactions.parts.get(&key) {
+        if let Some(row) = self.find_transaction_part(&key)? {
             if row.tx.as_ref().is_some_and(|tried| tried != tx) {
                 // Other legs tried under this key: their home lost that transaction (its
                 // Try leaves before its record is durable) and took these under the same
@@ -354,7 +349,7 @@ impl Ledger {
                 state => Err(invalid(format!("{state:?}"))),
             };
         }
-        match self.transactions.parts.get(key).map(|row| row.state) {
+        match self.find_transaction_part(key)?.map(|row| row.state) {
             Some(PartState::Tried) => {
                 events.push(Event::TransactionConfirmed { key: *key });
                 Ok(Reply::Phase(PhaseResult::Confirmed))
@@ -404,9 +399,9 @@ impl Ledger {
         if let Some(PartRow {
             state: PartState::Tried,
             tx: Some(tried),
-        }) = self.transactions.parts.get(&key)
+        }) = self.find_transaction_part(&key)?
         {
-            if tried != tx && !known_bug!(TxConfirmOtherLegs) {
+            if tried != *tx && !known_bug!(TxConfirmOtherLegs) {
                 events.push(Event::TransactionCancelled { key });
                 return Ok(Reply::Phase(PhaseResult::Cancelled));
             }
@@ -465,7 +460,7 @@ impl Ledger {
                 }),
             };
         }
-        let answer = match self.transactions.parts.get(key).map(|row| row.state) {
+        let answer = match self.find_transaction_part(key)?.map(|row| row.state) {
             None => {
                 events.push(Event::TransactionRefused {
                     key: *key,
@@ -512,17 +507,15 @@ impl Ledger {
                 failed_leg,
                 reason,
             } => {
-                if self.is_home_of(key) || self.transactions.parts.contains_key(key) {
+                if self.is_home_of(key) {
                     return Err(format!("refusal of transaction {key:?} out of turn"));
                 }
                 let state = PartState::Refused {
                     failed_leg: *failed_leg,
                     reason: *reason,
                 };
-                self.transactions
-                    .parts
-                    .insert(*key, PartRow { state, tx: None });
-                Ok(())
+                self.record_part(key, PartRow { state, tx: None }, source)
+                    .map_err(|_| format!("refusal of transaction {key:?} out of turn"))
             }
             Event::TransactionCancelling {
                 key,
@@ -628,9 +621,6 @@ impl Ledger {
         if tx.is_local(self.partitions) {
             return Err(format!("transaction {key:?} tried within one partition"));
         }
-        if !home && self.transactions.parts.contains_key(&key) {
-            return Err(format!("transaction {key:?} tried twice"));
-        }
         let effects = tx.effects_on(self.partition, self.partitions);
         if effects.accounts.is_empty() {
             return Err(format!("transaction {key:?} tried where it has no account"));
@@ -645,7 +635,7 @@ impl Ledger {
                 state: PartState::Tried,
                 tx: Some(tx.clone()),
             };
-            self.transactions.parts.insert(key, row);
+            self.record_part(&key, row, source)?;
         }
         self.change_nets(&effects, |e, a| {
             a.balance -= e.net_debit();
@@ -678,7 +668,8 @@ impl Ledger {
             let terms = self.transaction_at(at).filter(|_| fits);
             terms.ok_or_else(out_of_turn)?.tx.clone()
         } else {
-            let row = self.transactions.parts.get(key);
+            let at = self.transfers.find_part(key);
+            let row = at.and_then(|at| self.transfers.part_at(at));
             let row = row.filter(|row| row.state == PartState::Tried);
             row.and_then(|row| row.tx.clone()).ok_or_else(out_of_turn)?
         };
@@ -719,12 +710,13 @@ impl Ledger {
             phase.finished_at = meta.timestamp;
             self.transfers.set_phase(at, phase);
         } else {
-            let row = self.transactions.parts.get_mut(key).expect("found above");
-            row.state = if confirmed {
+            let at = self.transfers.find_part(key).expect("found above");
+            let state = if confirmed {
                 PartState::Confirmed
             } else {
                 PartState::Cancelled
             };
+            self.transfers.finish_part(at, state);
         }
         Ok(())
     }
@@ -749,21 +741,49 @@ impl Ledger {
         Ok(())
     }
 
-    /// Takes a snapshot's participant rows, refusing rows that cannot be: a participant's
-    /// row here of a transaction this partition is home of, a Try's row without its
-    /// transaction or under another key.
-    pub(crate) fn restore_transactions(&mut self, table: TransactionTable) -> Result<(), String> {
-        for (key, row) in table.parts.iter() {
-            let tried = !matches!(row.state, PartState::Refused { .. });
-            let fits = match &row.tx {
-                Some(tx) => tried && tx.key() == key,
-                None => !tried,
-            };
-            if self.is_home_of(&key) || !fits {
+    /// Records this partition's part `row` of the transaction `key` (a Try here, or a
+    /// refusal), refused if the key has a row already (in memory, or on disk when
+    /// replaying a log: see `vacancy`).
+    fn record_part(
+        &mut self,
+        key: &TransferKey,
+        row: PartRow,
+        source: super::Source,
+    ) -> Result<(), String> {
+        let check_disk =
+            source == super::Source::Log || cfg!(any(test, madsim, feature = "testing"));
+        let recorded = self.transfers.insert_part(key, row, check_disk);
+        match recorded.map_err(|error| error.to_string())? {
+            true => Ok(()),
+            false => Err(format!("transaction {key:?}: its part recorded twice")),
+        }
+    }
+
+    /// Gives this partition the parts that a snapshot of before version 10 kept in a table
+    /// of their own, refusing one of a transaction this partition is home of. They are
+    /// appended after the rows (positions are not in the log; a replay of the same log puts
+    /// them where their records are, and tables are compared as maps).
+    pub(crate) fn restore_separate_parts(
+        &mut self,
+        parts: Vec<(TransferKey, PartRow)>,
+    ) -> Result<(), String> {
+        for (key, row) in parts {
+            if self.is_home_of(&key) {
                 return Err(format!("participant row of transaction {key:?} cannot be"));
             }
+            let tried = row.state == PartState::Tried;
+            let stored = (
+                super::TableRow::Part { key, tried },
+                Some(RowTerms::Part(row)),
+            );
+            if !self
+                .transfers
+                .restore(Some(stored))
+                .map_err(|e| e.to_string())?
+            {
+                return Err("a table holds a key twice".to_string());
+            }
         }
-        self.transactions = table;
         Ok(())
     }
 
@@ -786,8 +806,9 @@ impl Ledger {
             matches!(state, TransferState::Trying | TransferState::Cancelling(_))
                 .then_some(&terms.tx)
         });
-        let parts_open = (self.transactions.parts.values())
-            .filter(|row| row.state == PartState::Tried)
+        let parts_open = self
+            .transfers
+            .tried_parts()
             .filter_map(|row| row.tx.as_ref());
         home_open.chain(parts_open)
     }

@@ -1,22 +1,29 @@
-//! The partition's transfers table: the idempotency record and phase row of every transfer
-//! that started here (its *home row*), and the barrier row of every transfer that came in
-//! from another partition (its *credit row*: tried, confirmed, cancelled, or try-not-seen),
-//! in the order the log recorded them.
+//! The partition's transfers table: the idempotency record and phase row of every transfer,
+//! hold and multi-leg transaction that started here (its *home row*, with its terms for a
+//! hold or a transaction, see [`crate::ledger::row_terms`]), the barrier row of every
+//! transfer that came in from another partition (its *credit row*: tried, confirmed,
+//! cancelled, or try-not-seen), and this partition's *part* of every transaction another
+//! partition is home of, in the order the log recorded them.
 //!
-//! # One table for both kinds of rows
-//! A key has at most one row on a partition: a transfer's home is its source's partition, and
-//! a credit row is only kept on another (the ledger refuses a credit phase for a source of
-//! its own). So both kinds share one index, one run of positions and one way to disk: final
-//! rows of either kind go to chunk files and leave memory ([`crate::ledger::cold`]). The
-//! credit rows were a table of their own, in memory for good: on the server's default of 8
-//! partitions seven transfers in eight leave one, and that table was most of what a
-//! partition's memory grew by per transfer. Lookups say which kind they want: [`find`] and
-//! [`lookup`] see home rows only, [`find_credit`] and [`credit_lookup`] credit rows only.
+//! # One table for every kind of row
+//! A key has at most one row on a partition: a transfer's or transaction's home is its
+//! source's partition, credit rows and parts are only kept on others (the ledger refuses a
+//! credit phase for a source of its own, and a part of a transaction homed here), and a home
+//! records a key once, whatever it records. So every kind shares one index, one run of
+//! positions and one way to disk: final rows of any kind go to chunk files and leave memory
+//! ([`crate::ledger::cold`]). The credit rows were a table of their own, in memory for good:
+//! on the server's default of 8 partitions seven transfers in eight leave one, and that
+//! table was most of what a partition's memory grew by per transfer; the same went for the
+//! parts of multi-leg transactions, four or five per 4-leg transaction. Lookups say which
+//! kind they want: [`find`] and [`lookup`] see home rows only, [`find_credit`] and
+//! [`credit_lookup`] credit rows only, [`find_part`] and [`part`] parts only.
 //!
 //! [`find`]: TransferTable::find
 //! [`lookup`]: TransferTable::lookup
 //! [`find_credit`]: TransferTable::find_credit
 //! [`credit_lookup`]: TransferTable::credit_lookup
+//! [`find_part`]: TransferTable::find_part
+//! [`part`]: TransferTable::part
 //!
 //! # Layout
 //! It is the one table that grows by a row per transfer and is never pruned, so its layout is
@@ -67,6 +74,7 @@ use crate::ledger::cold::{filter_hash, ChunkRead, ColdChunk, ColdError, ColdRows
 use crate::ledger::id_arena::{IdArena, IdsAt};
 use crate::ledger::row_index::{RowIndex, ROWS_MAX};
 use crate::ledger::row_terms::{RowTerms, TermsColumn};
+use crate::ledger::transactions::{PartRow, PartState};
 use crate::ledger::{CreditRow, CreditState, TableRow, TransferRow, TransferState};
 use crate::log::chunk_file::disk_key_hash;
 use crate::model::event::{Timestamp, Transfer, TransferKey};
@@ -95,6 +103,11 @@ pub(crate) struct Phase {
 pub(crate) enum RowState {
     Home(TransferState),
     Credit(CreditState),
+    /// A participant's part of a transaction another partition is home of: tried (its
+    /// nets held here) or final; the rest of it is the row's terms ([`RowTerms::Part`]).
+    Part {
+        tried: bool,
+    },
     /// No row: the row recorded here was still in flight [`MOVE_AFTER_CHUNKS`] chunks later
     /// and moved to the end. The position keeps no key (its id lengths are 0), so neither
     /// the index nor a chunk file finds anything here.
@@ -110,6 +123,7 @@ impl RowState {
         match self {
             RowState::Home(state) => state.is_unfinished(),
             RowState::Credit(state) => state == CreditState::Tried,
+            RowState::Part { tried } => tried,
             RowState::Moved => false,
         }
     }
@@ -505,6 +519,71 @@ impl TransferTable {
         matches!(self.store.row(at).state, RowState::Credit(_))
     }
 
+    /// The position of this partition's part of the transaction `key`, if it is in memory.
+    #[inline]
+    pub(crate) fn find_part(&self, key: &TransferKey) -> Option<usize> {
+        self.find_any(key)
+            .filter(|&at| matches!(self.store.row(at).state, RowState::Part { .. }))
+    }
+
+    /// This partition's part of the transaction `key`: in memory, or read back from disk
+    /// (then final). A home or credit row under `key` is no part.
+    pub(crate) fn part(&self, key: &TransferKey) -> Result<Option<PartRow>, ColdError> {
+        Ok(match self.lookup_any(key)? {
+            Some(AnyFound::Hot(at)) => self.part_at(at).cloned(),
+            Some(AnyFound::Cold((TableRow::Part { .. }, Some(RowTerms::Part(row))))) => Some(row),
+            Some(AnyFound::Cold(_)) | None => None,
+        })
+    }
+
+    /// The part at position `at`, if the row there is one (and so in memory).
+    pub(crate) fn part_at(&self, at: usize) -> Option<&PartRow> {
+        if !matches!(self.store.row(at).state, RowState::Part { .. }) {
+            return None;
+        }
+        self.terms(at).and_then(RowTerms::part)
+    }
+
+    /// Records this partition's part `row` of the transaction `key`, or returns `false` and
+    /// changes nothing if the key is already recorded: in memory, or with `check_disk` on
+    /// disk (see [`Self::vacancy`]).
+    pub(crate) fn insert_part(
+        &mut self,
+        key: &TransferKey,
+        row: PartRow,
+        check_disk: bool,
+    ) -> Result<bool, ColdError> {
+        let Some(vacancy) = self.vacancy(key, check_disk)? else {
+            return Ok(false);
+        };
+        let at = vacancy.fill_part(key, row.state == PartState::Tried);
+        self.store.terms.insert(at, RowTerms::Part(row));
+        Ok(true)
+    }
+
+    /// Moves the part at `at`, tried, on to `state` (confirmed or cancelled).
+    pub(crate) fn finish_part(&mut self, at: usize, state: PartState) {
+        debug_assert!(state != PartState::Tried);
+        let row = self.store.row_mut(at);
+        assert_eq!(
+            row.state,
+            RowState::Part { tried: true },
+            "a tried part ends"
+        );
+        row.state = RowState::Part { tried: false };
+        let Some(RowTerms::Part(part)) = self.store.terms.get_mut(at) else {
+            unreachable!("a part has its terms");
+        };
+        part.state = state;
+    }
+
+    /// The parts still tried, in log order (never on disk: they are unfinished).
+    pub(crate) fn tried_parts(&self) -> impl Iterator<Item = &PartRow> + '_ {
+        (self.hot_from()..self.len())
+            .filter(|&at| self.store.row(at).state == RowState::Part { tried: true })
+            .filter_map(|at| self.terms(at).and_then(RowTerms::part))
+    }
+
     /// The position of the row of either kind recorded under `key`, if it is in memory.
     #[inline]
     fn find_any(&self, key: &TransferKey) -> Option<usize> {
@@ -773,6 +852,7 @@ impl TransferTable {
         match row {
             TableRow::Home(row) => self.insert(row),
             TableRow::Credit(key, row) => self.insert_credit(key, row),
+            TableRow::Part { .. } => panic!("a part is recorded with its terms (insert_part)"),
         }
     }
 
@@ -807,7 +887,11 @@ impl TransferTable {
             (TableRow::Credit(key, row), None) => {
                 vacancy.fill_credit(&key, &row);
             }
-            (TableRow::Credit(..), Some(_)) => unreachable!("decoders give terms to home rows"),
+            (TableRow::Part { key, tried }, Some(terms @ RowTerms::Part(_))) => {
+                let at = vacancy.fill_part(&key, tried);
+                self.store.terms.insert(at, terms);
+            }
+            _ => unreachable!("decoders give terms to home rows and parts, a part's to parts"),
         }
         Ok(true)
     }
@@ -1088,6 +1172,7 @@ impl RowView<'_> {
                     transfer: (state != CreditState::TryNotSeen).then(transfer),
                 },
             ),
+            RowState::Part { tried } => TableRow::Part { key, tried },
             RowState::Moved => panic!("a position whose row moved on has no row"),
         }
     }
@@ -1143,6 +1228,25 @@ impl Vacancy<'_> {
             remote: false,
         };
         self.push(packed, key, to.as_ref())
+    }
+
+    /// Appends a part of `key`, the key this place was found for, `tried` or final; returns
+    /// its position. Its terms are the caller's to give.
+    pub(crate) fn fill_part(self, key: &TransferKey, tried: bool) -> usize {
+        let packed = PackedRow {
+            ids_at: 0,
+            amount: NO_AMOUNT,
+            accepted_at: 0,
+            decided_at: 0,
+            finished_at: 0,
+            state: RowState::Part { tried },
+            from_len: key.from.as_bytes().len() as u8,
+            transaction_id_len: key.transaction_id.as_bytes().len() as u8,
+            to_len: 0,
+            currency: Currency::ALL[0],
+            remote: false,
+        };
+        self.push(packed, key, None)
     }
 
     fn push(self, packed: PackedRow, key: &TransferKey, to: Option<&AccountId>) -> usize {
@@ -1788,6 +1892,7 @@ mod tests {
                         "recorded once"
                     );
                 }
+                TableRow::Part { .. } => unreachable!("no parts here"),
             }
         }
         // The pending credit stays in memory, found by position, and moves on there.

@@ -1063,12 +1063,7 @@ fn a_participant_that_never_answers_is_aborted_and_its_late_try_fails() {
         figures_of(&mut world, &[a, b, c]),
         vec![(100, 0, 0), (0, 0, 0), (0, 0, 0)]
     );
-    let part = world
-        .machine(2)
-        .ledger()
-        .transaction_part(&key)
-        .cloned()
-        .unwrap();
+    let part = world.machine(2).ledger().transaction_part(&key).unwrap();
     assert_eq!(
         part.state,
         PartState::Refused {
@@ -1165,7 +1160,7 @@ fn home_loses_its_try_after_the_participants_tried(
 /// Partitions 1 and 2 hold the Try of `key` cancelled.
 fn assert_parts_cancelled(world: &mut World, key: TransferKey) {
     for p in [1, 2] {
-        let part = world.machine(p).ledger().transaction_part(&key).cloned();
+        let part = world.machine(p).ledger().transaction_part(&key);
         assert_eq!(part.unwrap().state, PartState::Cancelled, "partition {p}");
     }
 }

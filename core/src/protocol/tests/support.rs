@@ -121,7 +121,8 @@ pub struct Snapshot {
     pub cash: BTreeMap<(AccountId, TransactionId), CashRow>,
     pub flows: BTreeMap<Currency, Flows>,
     pub refunds: crate::ledger::refunds::RefundTable,
-    pub transactions: crate::ledger::transactions::TransactionTable,
+    /// The rows' terms (holds', transactions', parts'), by key.
+    pub terms: BTreeMap<TransferKey, crate::ledger::row_terms::RowTerms>,
     pub last: RecordMeta,
 }
 
@@ -137,7 +138,9 @@ impl Snapshot {
             cash: ledger.cash.iter().collect(),
             flows: ledger.flows().clone(),
             refunds: ledger.refunds.clone(),
-            transactions: ledger.transactions.clone(),
+            terms: (ledger.transfers.iter_stored())
+                .filter_map(|(row, terms)| Some((row.key(), terms?)))
+                .collect(),
             last: ledger.last_applied(),
         }
     }

@@ -1321,8 +1321,8 @@ fn ledgers_that_differ_only_in_their_transactions_are_not_the_same_state() {
     let difference = state_difference(&c.ledgers[0], &home).expect("they differ");
     assert!(difference.starts_with("transactions["), "{difference}");
     let mut part = c.ledgers[1].clone();
-    let row = part.transactions.parts.get_mut(&t.key()).unwrap();
-    row.state = PartState::Confirmed;
+    let at = part.transfers.find_part(&t.key()).unwrap();
+    part.transfers.finish_part(at, PartState::Confirmed);
     let difference = state_difference(&c.ledgers[1], &part).expect("they differ");
     assert!(difference.starts_with("transaction parts["), "{difference}");
 }
