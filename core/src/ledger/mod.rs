@@ -1985,7 +1985,7 @@ impl Ledger {
         self.transfers.set_phase(at, phase);
         if !confirmed {
             let row = self.transfers.row(at);
-            self.uncount_if_refund(&row.transfer);
+            self.uncount_if_refund(at, &row.transfer);
         }
         Ok(())
     }

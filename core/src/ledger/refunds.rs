@@ -43,24 +43,18 @@ pub struct Refund {
 // A refund command takes no more room than a transfer command.
 const _: () = assert!(std::mem::size_of::<Refund>() <= std::mem::size_of::<Transfer>());
 
-/// The refunds a partition is home of: which original each refund refunds, and how much of
-/// each original is refunded (by refunds not cancelled). Both only grow with refunds; both
-/// are in snapshots (sorted by key there), and [`KeyMap`]s, as the other tables that grow
-/// with history are (see [`crate::ledger::key_map`]): a snapshot image shares them.
+/// How much of each original a partition refunded (by refunds not cancelled): only grows
+/// with refunds; in snapshots (sorted by key there), and a [`KeyMap`], as the other tables
+/// that grow with history are (see [`crate::ledger::key_map`]): a snapshot image shares it.
+/// Which original each refund refunds is the refund's row's terms
+/// ([`crate::ledger::row_terms`]), on disk with the row once final.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct RefundTable {
-    /// Refund key → the original's id (the original's source is the refund's destination).
-    pub(crate) originals: KeyMap<TransactionId>,
     /// Original key → minor units refunded so far.
     pub(crate) refunded: KeyMap<u64>,
 }
 
 impl RefundTable {
-    /// The original transfer that the transfer `key` refunds, if it is a refund.
-    pub(crate) fn original_of(&self, key: &TransferKey) -> Option<TransactionId> {
-        self.originals.get(key).copied()
-    }
-
     /// Minor units of the transfer `original` refunded so far.
     pub(crate) fn refunded(&self, original: &TransferKey) -> u64 {
         self.refunded.get(original).copied().unwrap_or(0)
@@ -68,9 +62,20 @@ impl RefundTable {
 }
 
 impl Ledger {
-    /// The id of the transfer that the transfer `key` refunds, if it is a refund made here.
+    /// The id of the transfer that the transfer `key` refunds, if it is a refund made here:
+    /// in memory, or read with its row from its chunk file.
+    pub fn find_refund_of(&self, key: &TransferKey) -> Result<Option<TransactionId>, LedgerError> {
+        let terms = self.transfers.terms_of(key)?;
+        Ok(terms.and_then(|terms| terms.refund_of()))
+    }
+
+    /// [`Ledger::find_refund_of`] for checks and tests.
+    ///
+    /// # Panics
+    /// If the row is on disk only and its chunk file cannot be read.
     pub fn refund_of(&self, key: &TransferKey) -> Option<TransactionId> {
-        self.refunds.original_of(key)
+        self.find_refund_of(key)
+            .unwrap_or_else(|error| panic!("original of refund {key:?}: {error}"))
     }
 
     /// The key `refund` is recorded under if this partition decides it: the refunded
@@ -108,14 +113,14 @@ impl Ledger {
             from: original.to,
             transaction_id: request.refund_id,
         };
-        if let Some(row) = self.find_transfer(&key)? {
+        if let Some((row, terms)) = self.find_home(&key)? {
             // A refund whose record a crash took after its Try left is abandoned when its
             // destination asks about the credit (see `Command::Abandon`): recorded as a plain
             // transfer refused for good, which its retry is answered with, as a transfer's is.
-            let abandoned = self.refunds.original_of(&key).is_none()
-                && row.state == TransferState::Rejected(Reason::Timeout);
-            let same = (abandoned
-                || self.refunds.original_of(&key) == Some(request.original.transaction_id))
+            let original_of = terms.and_then(|terms| terms.refund_of());
+            let abandoned =
+                original_of.is_none() && row.state == TransferState::Rejected(Reason::Timeout);
+            let same = (abandoned || original_of == Some(request.original.transaction_id))
                 && row.transfer.to == request.original.from
                 && request.amount.is_none_or(|a| a == row.transfer.amount);
             return if same {
@@ -214,9 +219,6 @@ impl Ledger {
         accepted: bool,
     ) -> Result<TransferKey, String> {
         let original_key = Event::refund_original(refund, original);
-        if self.refunds.originals.contains_key(&refund.key()) {
-            return Err(format!("refund {:?} recorded twice", refund.key()));
-        }
         let found = (self.refundable(&original_key))
             .map_err(|e| format!("refund {:?}: {e}", refund.key()))?;
         if found.to != refund.from {
@@ -239,16 +241,35 @@ impl Ledger {
         Ok(original_key)
     }
 
-    /// Counts a refund applied from an event that [`Ledger::check_refund`] passed.
+    /// Gives their rows the originals that a snapshot of before version 10 kept in a table
+    /// of their own. Every row is in memory then (such snapshots restore their chunks so).
+    pub(crate) fn restore_separate_refund_originals(
+        &mut self,
+        originals: Vec<(TransferKey, TransactionId)>,
+    ) -> Result<(), String> {
+        for (key, original) in originals {
+            let at = (self.transfers.find(&key))
+                .ok_or_else(|| format!("refund {key:?} without its row"))?;
+            if self.transfers.terms(at).is_some() {
+                return Err(format!("refund {key:?} has terms twice"));
+            }
+            self.transfers
+                .set_terms(at, RowTerms::Refund(Box::new(original)));
+        }
+        Ok(())
+    }
+
+    /// Counts a refund applied from an event that [`Ledger::check_refund`] passed, whose
+    /// row was just recorded: the row names its original.
     pub(crate) fn count_refund(
         &mut self,
         refund: &Transfer,
         original_key: TransferKey,
         accepted: bool,
     ) {
-        self.refunds
-            .originals
-            .insert(refund.key(), original_key.transaction_id);
+        let at = (self.transfers.find(&refund.key())).expect("a refund's row was just recorded");
+        let original = Box::new(original_key.transaction_id);
+        self.transfers.set_terms(at, RowTerms::Refund(original));
         if accepted {
             let refunded = self.refunds.refunded(&original_key) + refund.amount.minor();
             self.refunds.refunded.insert(original_key, refunded);
@@ -257,8 +278,8 @@ impl Ledger {
 
     /// A transfer made here was cancelled for good: if it was a refund, its amount no
     /// longer counts against its original.
-    pub(crate) fn uncount_if_refund(&mut self, transfer: &Transfer) {
-        let Some(original) = self.refunds.original_of(&transfer.key()) else {
+    pub(crate) fn uncount_if_refund(&mut self, at: usize, transfer: &Transfer) {
+        let Some(original) = self.transfers.terms(at).and_then(RowTerms::refund_of) else {
             return;
         };
         let original = Event::refund_original(transfer, original);

@@ -1,6 +1,7 @@
 //! Terms that some rows of the transfers table carry beside their packed fields: a hold's
 //! expiry and what was captured of it, a multi-leg transaction's legs and the leg that
-//! failed at its home, and a participant's side of a transaction (its part).
+//! failed at its home, a refund's original, and a participant's side of a transaction (its
+//! part).
 //!
 //! # Why the terms live with the row
 //! A hold's terms and a transaction's legs used to be tables of their own, keyed by the
@@ -25,6 +26,7 @@ use rustc_hash::FxHashMap;
 use crate::ledger::holds::HoldTerms;
 use crate::ledger::transactions::{PartRow, TransactionTerms};
 use crate::ledger::transfer_table::CHUNK_ROWS;
+use crate::model::ids::TransactionId;
 
 /// What a row carries beyond a transfer's fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,14 +35,23 @@ pub(crate) enum RowTerms {
     Hold(HoldTerms),
     /// The home row is a multi-leg transaction's (its first leg's transfer).
     Transaction(TransactionTerms),
+    /// The home row is a refund's: the id of the transfer it refunds (from the refund's
+    /// destination, see [`crate::ledger::refunds`]). Boxed: inline, an id would make every
+    /// row's terms 72 bytes.
+    Refund(Box<TransactionId>),
     /// The row is a participant's part of a transaction another partition is home of
     /// ([`crate::ledger::TableRow::Part`]): every such row has these terms.
     Part(PartRow),
 }
 
+// Terms sit in a map slot beside their position: 32 bytes with the position (a hold's terms
+// are the largest), so a variant that grows them fails the build.
+const _: () = assert!(std::mem::size_of::<(u32, RowTerms)>() <= 32);
+
 /// What kind of operation a home row records: told by its terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RowKind {
+    /// A transfer's, a refund's among them.
     Transfer,
     Hold,
     Transaction,
@@ -61,6 +72,14 @@ impl RowTerms {
         }
     }
 
+    /// The id of the transfer a refund's row refunds.
+    pub(crate) fn refund_of(&self) -> Option<TransactionId> {
+        match self {
+            RowTerms::Refund(original) => Some(**original),
+            _ => None,
+        }
+    }
+
     pub(crate) fn part(&self) -> Option<&PartRow> {
         match self {
             RowTerms::Part(row) => Some(row),
@@ -71,7 +90,7 @@ impl RowTerms {
     /// The kind of a row with these terms, or without (`None`): a transfer's.
     pub(crate) fn kind_of(terms: Option<&RowTerms>) -> RowKind {
         match terms {
-            None => RowKind::Transfer,
+            None | Some(RowTerms::Refund(_)) => RowKind::Transfer,
             Some(RowTerms::Hold(_)) => RowKind::Hold,
             // A part is no home row; it is a transaction's all the same.
             Some(RowTerms::Transaction(_) | RowTerms::Part(_)) => RowKind::Transaction,

@@ -123,9 +123,9 @@ pub fn state_difference(a: &Ledger, b: &Ledger) -> Option<String> {
         .or_else(|| table_difference("flows", &a.flows, &b.flows))
         .or_else(|| {
             let (a, b) = (&a.refunds, &b.refunds);
-            table_difference("refunds", &a.originals, &b.originals)
-                .or_else(|| table_difference("refunded", &a.refunded, &b.refunded))
+            table_difference("refunded", &a.refunded, &b.refunded)
         })
+        .or_else(|| table_difference("refunds", &refund_originals(a), &refund_originals(b)))
         .or_else(|| table_difference("hold terms", &hold_terms(a), &hold_terms(b)))
         .or_else(|| table_difference("transactions", &tx_terms(a), &tx_terms(b)))
         .or_else(|| (a.holds.open != b.holds.open).then(|| "open holds differ".to_string()))
@@ -144,6 +144,13 @@ fn home_rows(ledger: &Ledger) -> BTreeMap<TransferKey, TransferRow> {
     ledger
         .transfers()
         .map(|row| (row.transfer.key(), row))
+        .collect()
+}
+
+/// The originals of `ledger`'s refunds by refund key (their rows carry them).
+fn refund_originals(ledger: &Ledger) -> BTreeMap<TransferKey, crate::model::ids::TransactionId> {
+    (ledger.transfers.iter_stored())
+        .filter_map(|(row, terms)| Some((row.key(), terms?.refund_of()?)))
         .collect()
 }
 

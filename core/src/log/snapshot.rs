@@ -18,6 +18,7 @@
 //!            transfer | state | remote u8 | accepted_at u64 | decided_at u64 | finished_at u64
 //!            | (version 10) terms: 0 u8 (none) | 1 u8, expires_at u64, minor units
 //!            captured u64 (a hold's) | 2 u8, transaction, failed leg (a transaction's)
+//!            | 4 u8, the original's transaction id (a refund's)
 //!            (version 8) or a credit row:
 //!            0 u8 | credit state u8 | key | [to | amount u64 | currency] (not for try-not-seen)
 //!            (version 9) or a position whose row moved on: 0xFF u8
@@ -30,7 +31,8 @@
 //!            | refusal (version 4: 0 for none, else as in the log codec)
 //! flows:     count u32, rows sorted by ISO numeric code:
 //!            currency | deposited u128 | withdrawn u128 | sent u128 | received u128
-//! refunds:   (version 5) count u32, rows sorted by key: refund key | original's transaction id
+//! refunds:   (versions 5 to 9) count u32, rows sorted by key: refund key
+//!            | original's transaction id
 //! refunded:  (version 5) count u32, rows sorted by key: original key | minor units refunded u64
 //! holds:     (versions 6 to 9) count u32, rows sorted by key: hold key | expires_at u64
 //!            | minor units captured u64 (0: not captured)
@@ -485,14 +487,18 @@ fn encode_image(
     })?;
     if version > SNAPSHOT_VERSION_UNREFUNDED {
         let refunds = &ledger.refunds;
-        put_table(
-            &mut sink,
-            refunds.originals.sorted().into_iter(),
-            |out, (key, original)| {
+        if !terms_inline {
+            // Tests of reading old snapshots only: every refund's original, by key.
+            let every = ledger.transfers.first()..ledger.transfers.len();
+            let mut originals: Vec<_> = (ledger.transfers.views_of(every))
+                .filter_map(|row| Some((row.to_row().key(), row.terms?.refund_of()?)))
+                .collect();
+            originals.sort_unstable_by_key(|(key, _)| *key);
+            put_table(&mut sink, originals.into_iter(), |out, (key, original)| {
                 put_key(out, &key);
                 original.encode_into(out);
-            },
-        )?;
+            })?;
+        }
         put_table(
             &mut sink,
             refunds.refunded.sorted().into_iter(),
@@ -657,8 +663,9 @@ fn put_home_row(out: &mut Vec<u8>, row: RowView<'_>, state: TransferState) {
     }
 }
 
-/// A home row's terms (version 10 snapshots, version 5 chunk files): a byte 0 (none), 1 and
-/// a hold's terms, or 2, the transaction and its failed leg.
+/// A row's terms (version 10 snapshots, version 5 chunk files): a byte 0 (none), 1 and a
+/// hold's terms, 2, the transaction and its failed leg, 3 and a part (a part's row only),
+/// or 4 and the id of the transfer a refund refunds.
 fn put_row_terms(out: &mut Vec<u8>, terms: Option<&RowTerms>) {
     match terms {
         None => out.push(0),
@@ -674,6 +681,10 @@ fn put_row_terms(out: &mut Vec<u8>, terms: Option<&RowTerms>) {
         Some(RowTerms::Part(row)) => {
             out.push(3);
             put_part(out, row);
+        }
+        Some(RowTerms::Refund(original)) => {
+            out.push(4);
+            original.encode_into(out);
         }
     }
 }
@@ -737,6 +748,7 @@ fn get_row_terms(cursor: &mut Cursor<'_>, key: &TransferKey) -> Result<Option<Ro
             Some(RowTerms::Transaction(TransactionTerms { tx, failed_leg }))
         }
         3 => Some(RowTerms::Part(get_part(cursor, key)?)),
+        4 => Some(RowTerms::Refund(Box::new(cursor.transaction_id()?))),
         other => return Err(format!("unknown row terms {other}")),
     })
 }
@@ -1062,9 +1074,12 @@ fn read_ledger(cursor: &mut Cursor<'_>, version: u8, chunks: Chunks<'_>) -> Resu
     })?;
     ledger.flows = flows.into_iter().map(|(_, row)| row).collect();
     if version > SNAPSHOT_VERSION_UNREFUNDED {
-        ledger.refunds.originals = read_table(cursor, Order::Sorted, |cursor| {
-            Ok((cursor.key()?, cursor.transaction_id()?))
-        })?;
+        if !terms_inline {
+            let originals = read_rows(cursor, Order::Sorted, |cursor| {
+                Ok((cursor.key()?, cursor.transaction_id()?))
+            })?;
+            ledger.restore_separate_refund_originals(originals)?;
+        }
         ledger.refunds.refunded = read_table(cursor, Order::Sorted, |cursor| {
             Ok((cursor.key()?, cursor.u64()?))
         })?;
@@ -1494,6 +1509,19 @@ mod tests {
                 ("dave", "alice")
             };
             s.transfer(&format!("t-{i}"), from, to, 1);
+            if i % 16 == 12 {
+                // Refunds of the transfer just made, ditto.
+                let refund = crate::ledger::Refund {
+                    refund_id: crate::log::replay::tests::txn(&format!("r-{i}")),
+                    original: TransferKey {
+                        from: crate::log::replay::tests::id(from),
+                        transaction_id: crate::log::replay::tests::txn(&format!("t-{i}")),
+                    },
+                    partition: 3,
+                    amount: None,
+                };
+                s.run(crate::ledger::Command::Refund(refund)).unwrap();
+            }
             if i % 16 == 0 {
                 // Holds that end every way, so that chunk files hold their terms.
                 hold_and_end(&mut s, &format!("h-{i}"), i / 16 % 3);
@@ -1672,6 +1700,26 @@ mod tests {
                 "{other_answer:?}"
             );
             assert_eq!(other_answer, ledger.decide(&other, &mut first));
+        }
+        // And refunds' originals: a retried refund of an original on disk only gets its
+        // first answer.
+        let refunds: Vec<_> = (ledger.transfers.iter_stored())
+            .filter_map(|(row, terms)| Some((row.home()?, terms?.refund_of()?)))
+            .collect();
+        assert!(refunds.len() > 3, "{refunds:?}");
+        for (row, original) in &refunds {
+            let key = row.transfer.key();
+            assert_eq!(restored.find_refund_of(&key).unwrap(), Some(*original));
+            let retry = crate::ledger::Command::Refund(crate::ledger::Refund {
+                refund_id: key.transaction_id,
+                original: crate::model::event::Event::refund_original(&row.transfer, *original),
+                partition: 3,
+                amount: None,
+            });
+            let (mut first, mut again) = (Vec::new(), Vec::new());
+            let answer = ledger.decide(&retry, &mut first);
+            assert_eq!(restored.decide(&retry, &mut again), answer);
+            assert!(first.is_empty() && again.is_empty(), "{answer:?}");
         }
         assert!(files.reads.load(std::sync::atomic::Ordering::Relaxed) > reads);
         // A chunk file of before version 5 (here version 1, without a key index) holds no

@@ -619,7 +619,13 @@ impl<K: ReplyTokens> PartitionMachine<K> {
             Query::DryRun(command) => {
                 QueryAnswer::DryRun(self.ledger.dry_run_at(&command, self.now.wall_us))
             }
-            Query::RefundOf(key) => QueryAnswer::RefundOf(self.ledger.refund_of(&key)),
+            Query::RefundOf(key) => match self.ledger.find_refund_of(&key) {
+                Ok(original) => QueryAnswer::RefundOf(original),
+                Err(error) => {
+                    tracing::error!(partition = self.partition(), %error, "refund row unreadable");
+                    QueryAnswer::Unreadable
+                }
+            },
             Query::HoldTerms(key) => match self.ledger.find_hold_terms(&key) {
                 Ok(terms) => QueryAnswer::HoldTerms(terms),
                 Err(error) => {
