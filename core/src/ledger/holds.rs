@@ -157,16 +157,13 @@ impl Ledger {
         terms: Vec<(TransferKey, HoldTerms)>,
     ) -> Result<(), String> {
         for (key, terms) in terms {
-            let at = (self.transfers.find(&key))
-                .ok_or_else(|| format!("terms of hold {key:?}, which has no row"))?;
-            if self.transfers.terms(at).is_some() {
-                return Err(format!("hold {key:?} has terms twice"));
-            }
+            let at = self
+                .transfers
+                .give_stored_terms(&key, RowTerms::Hold(terms))?;
             let state = self.transfers.phase(at).state;
             if terms.captured.is_some() != (state == TransferState::Captured) {
                 return Err(format!("hold {key:?} captured, or not, against its row"));
             }
-            self.transfers.set_terms(at, RowTerms::Hold(terms));
         }
         Ok(())
     }

@@ -248,13 +248,7 @@ impl Ledger {
         originals: Vec<(TransferKey, TransactionId)>,
     ) -> Result<(), String> {
         for (key, original) in originals {
-            let at = (self.transfers.find(&key))
-                .ok_or_else(|| format!("refund {key:?} without its row"))?;
-            if self.transfers.terms(at).is_some() {
-                return Err(format!("refund {key:?} has terms twice"));
-            }
-            self.transfers
-                .set_terms(at, RowTerms::Refund(Box::new(original)));
+            (self.transfers).give_stored_terms(&key, RowTerms::Refund(Box::new(original)))?;
         }
         Ok(())
     }

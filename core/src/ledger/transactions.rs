@@ -729,14 +729,10 @@ impl Ledger {
         home: Vec<TransactionTerms>,
     ) -> Result<(), String> {
         for terms in home {
-            let key = terms.tx.key();
-            let at = (self.transfers.find(&key))
-                .ok_or_else(|| format!("transaction {key:?} without its row"))?;
+            let at = (self.transfers.find(&terms.tx.key()))
+                .ok_or_else(|| format!("transaction {:?} without its row", terms.tx.key()))?;
             check_transaction_row(&self.transfers.row(at), &terms)?;
-            if self.transfers.terms(at).is_some() {
-                return Err(format!("transaction {key:?} has terms twice"));
-            }
-            self.transfers.set_terms(at, RowTerms::Transaction(terms));
+            (self.transfers).give_stored_terms(&terms.tx.key(), RowTerms::Transaction(terms))?;
         }
         Ok(())
     }

@@ -667,6 +667,22 @@ impl TransferTable {
         self.store.terms.get(at)
     }
 
+    /// Gives the home row of `key`, in memory, its `terms` from a table of their own (a
+    /// snapshot of before version 10); returns its position. Refuses a key without a home
+    /// row in memory, or whose row has terms already.
+    pub(crate) fn give_stored_terms(
+        &mut self,
+        key: &TransferKey,
+        terms: RowTerms,
+    ) -> Result<usize, String> {
+        let at = (self.find(key)).ok_or_else(|| format!("terms of {key:?}, which has no row"))?;
+        if self.terms(at).is_some() {
+            return Err(format!("{key:?} has terms twice"));
+        }
+        self.set_terms(at, terms);
+        Ok(at)
+    }
+
     /// The terms of the row at `at` to change, if it has some.
     pub(crate) fn terms_mut(&mut self, at: usize) -> Option<&mut RowTerms> {
         self.store.terms.get_mut(at)

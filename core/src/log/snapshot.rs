@@ -489,11 +489,7 @@ fn encode_image(
         let refunds = &ledger.refunds;
         if !terms_inline {
             // Tests of reading old snapshots only: every refund's original, by key.
-            let every = ledger.transfers.first()..ledger.transfers.len();
-            let mut originals: Vec<_> = (ledger.transfers.views_of(every))
-                .filter_map(|row| Some((row.to_row().key(), row.terms?.refund_of()?)))
-                .collect();
-            originals.sort_unstable_by_key(|(key, _)| *key);
+            let originals = terms_by_key(&ledger.transfers, RowTerms::refund_of);
             put_table(&mut sink, originals.into_iter(), |out, (key, original)| {
                 put_key(out, &key);
                 original.encode_into(out);
@@ -514,13 +510,8 @@ fn encode_image(
         );
     }
     if version > SNAPSHOT_VERSION_UNHELD && !terms_inline {
-        // Tests of reading old snapshots only: the terms of every row, by key (those of the
-        // chunk files' rows too, which the files of the time did not hold).
-        let every = ledger.transfers.first()..ledger.transfers.len();
-        let mut holds: Vec<_> = (ledger.transfers.views_of(every))
-            .filter_map(|row| Some((row.to_row().key(), row.terms?.hold()?)))
-            .collect();
-        holds.sort_unstable_by_key(|(key, _)| *key);
+        // Tests of reading old snapshots only: every hold's terms, by key.
+        let holds = terms_by_key(&ledger.transfers, RowTerms::hold);
         put_table(&mut sink, holds.into_iter(), |out, (key, terms)| {
             put_key(out, &key);
             put_hold_terms(out, &terms);
@@ -537,23 +528,13 @@ fn encode_image(
     if version > SNAPSHOT_VERSION_UNTRANSACTED {
         if !terms_inline {
             // Tests of reading old snapshots only: every transaction's terms, by key.
-            let every = ledger.transfers.first()..ledger.transfers.len();
-            let mut home: Vec<_> = (ledger.transfers.views_of(every))
-                .filter_map(|row| row.terms?.transaction().cloned())
-                .collect();
-            home.sort_unstable_by_key(|terms| terms.tx.key());
-            put_table(&mut sink, home.into_iter(), |out, terms| {
+            let home = terms_by_key(&ledger.transfers, |t| t.transaction().cloned());
+            put_table(&mut sink, home.into_iter(), |out, (_, terms)| {
                 put_transaction(out, &terms.tx);
                 put_optional_leg(out, terms.failed_leg);
             })?;
-        }
-        if !terms_inline {
-            // Tests of reading old snapshots only: every part, by key.
-            let every = ledger.transfers.first()..ledger.transfers.len();
-            let mut parts: Vec<_> = (ledger.transfers.views_of(every))
-                .filter_map(|row| Some((row.to_row().key(), row.terms?.part()?.clone())))
-                .collect();
-            parts.sort_unstable_by_key(|(key, _)| *key);
+            // And every part, by key.
+            let parts = terms_by_key(&ledger.transfers, |t| t.part().cloned());
             put_table(&mut sink, parts.into_iter(), |out, (key, row)| {
                 put_key(out, &key);
                 put_part(out, &row);
@@ -568,6 +549,21 @@ fn encode_image(
         );
     }
     sink.finish()
+}
+
+/// What `pick` takes of the terms of every row of `rows`, by the rows' keys, sorted: the
+/// tables of their own that snapshots of before version 10 kept them in (for tests of
+/// reading those; the chunk files of the time did not hold terms, so every row counts).
+fn terms_by_key<T>(
+    rows: &RowStore,
+    pick: impl Fn(&RowTerms) -> Option<T>,
+) -> Vec<(TransferKey, T)> {
+    let every = rows.first()..rows.len();
+    let mut picked: Vec<_> = (rows.views_of(every))
+        .filter_map(|row| Some((row.to_row().key(), pick(row.terms?)?)))
+        .collect();
+    picked.sort_unstable_by_key(|(key, _)| *key);
+    picked
 }
 
 fn put_table<R>(
