@@ -251,7 +251,8 @@ pub const CHUNK_ROWS: usize = if cfg!(any(test, madsim, feature = "testing")) {
 pub(crate) struct RowStore {
     rows: ChunkedVec<PackedRow, CHUNK_ROWS>,
     ids: IdArena,
-    /// The terms of the rows that carry some (holds'), by position.
+    /// The terms of the rows that carry some (holds', transactions', refunds', parts'), by
+    /// position.
     terms: TermsColumn,
 }
 
