@@ -1551,6 +1551,24 @@ mod tests {
         Transaction::new(crate::log::replay::tests::txn(id), legs).unwrap()
     }
 
+    /// Decides `command` on a ledger whose rows are in memory (`hot`) and on one restored
+    /// from its snapshot with rows on disk only (`cold`): the same answer and the same
+    /// records, which it returns.
+    fn answers_alike(
+        hot: &Ledger,
+        cold: &Ledger,
+        command: &crate::ledger::Command,
+    ) -> (
+        Result<crate::ledger::Reply, crate::ledger::LedgerError>,
+        Vec<crate::model::event::Event>,
+    ) {
+        let (mut from_hot, mut from_cold) = (Vec::new(), Vec::new());
+        let answer = hot.decide(command, &mut from_hot);
+        assert_eq!(cold.decide(command, &mut from_cold), answer, "{command:?}");
+        assert_eq!(from_cold, from_hot, "{command:?}");
+        (answer, from_hot)
+    }
+
     /// Places a hold from alice to dave (both of `s`'s partition) and ends it: captured in
     /// part (`end` 0), voided (1) or expired (2).
     fn hold_and_end(s: &mut crate::log::replay::tests::Script, id: &str, end: usize) {
@@ -1666,11 +1684,8 @@ mod tests {
                     crate::model::money::WrittenAmount::parse(&format!("0.0{}", c.minor())).unwrap()
                 }),
             };
-            let now = restored.last_applied().timestamp;
-            let (mut first, mut again) = (Vec::new(), Vec::new());
-            let answer = ledger.decide_at(&capture, now, &mut first);
-            assert_eq!(restored.decide_at(&capture, now, &mut again), answer);
-            assert!(first.is_empty() && again.is_empty(), "{answer:?}");
+            let (answer, events) = answers_alike(&ledger, &restored, &capture);
+            assert!(events.is_empty(), "{answer:?}");
         }
         // So do transactions' legs: a retry of one on disk only gets its first answer.
         let transactions: Vec<_> = (ledger.transfers.iter_stored())
@@ -1683,19 +1698,16 @@ mod tests {
                 Some(terms)
             );
             let retry = crate::ledger::Command::Transact(terms.tx.clone());
-            let (mut first, mut again) = (Vec::new(), Vec::new());
-            let answer = ledger.decide(&retry, &mut first);
-            assert_eq!(restored.decide(&retry, &mut again), answer);
-            assert!(first.is_empty() && again.is_empty(), "{answer:?}");
+            let (answer, events) = answers_alike(&ledger, &restored, &retry);
+            assert!(events.is_empty(), "{answer:?}");
             // The same id with other legs is a conflict.
             let other = two_legs(key.transaction_id.as_str(), 6);
             let other = crate::ledger::Command::Transact(other);
-            let other_answer = restored.decide(&other, &mut again);
+            let (other_answer, _) = answers_alike(&ledger, &restored, &other);
             assert!(
                 matches!(other_answer, Err(crate::ledger::LedgerError::Conflict(_))),
                 "{other_answer:?}"
             );
-            assert_eq!(other_answer, ledger.decide(&other, &mut first));
         }
         // And refunds' originals: a retried refund of an original on disk only gets its
         // first answer.
@@ -1712,10 +1724,8 @@ mod tests {
                 partition: 3,
                 amount: None,
             });
-            let (mut first, mut again) = (Vec::new(), Vec::new());
-            let answer = ledger.decide(&retry, &mut first);
-            assert_eq!(restored.decide(&retry, &mut again), answer);
-            assert!(first.is_empty() && again.is_empty(), "{answer:?}");
+            let (answer, events) = answers_alike(&ledger, &restored, &retry);
+            assert!(events.is_empty(), "{answer:?}");
         }
         assert!(files.reads.load(std::sync::atomic::Ordering::Relaxed) > reads);
         // A chunk file of before version 5 (here version 1, without a key index) holds no
@@ -1928,14 +1938,8 @@ mod tests {
                     partition,
                 },
             ] {
-                let (mut hot, mut cold) = (Vec::new(), Vec::new());
-                let expected = ledger.decide(&command, &mut hot);
-                assert_eq!(
-                    restored.decide(&command, &mut cold),
-                    expected,
-                    "{command:?}"
-                );
-                assert_eq!(cold, hot, "{command:?}");
+                // Answers and records alike; some (a Confirm of a cancelled part) refuse.
+                let (_answer, _records) = answers_alike(&ledger, &restored, &command);
             }
         }
         assert!(files.reads.load(std::sync::atomic::Ordering::Relaxed) > reads);
@@ -1998,14 +2002,8 @@ mod tests {
                 Command::CancelCredit(t),
                 Command::AbortCredit(t),
             ] {
-                let (mut hot, mut cold) = (Vec::new(), Vec::new());
-                let expected = ledger.decide(&command, &mut hot);
-                assert_eq!(
-                    restored.decide(&command, &mut cold),
-                    expected,
-                    "{command:?}"
-                );
-                assert_eq!((hot.len(), cold.len()), (0, 0), "{command:?}");
+                let (_, events) = answers_alike(&ledger, &restored, &command);
+                assert!(events.is_empty(), "{command:?}");
             }
         }
         assert!(files.reads.load(std::sync::atomic::Ordering::Relaxed) > 0);
